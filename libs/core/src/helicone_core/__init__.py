@@ -1,0 +1,1 @@
+"""Shared core for the Helicone-class gateway services."""

@@ -1,0 +1,239 @@
+"""Analytics store: the `request_log` table on chDB (embedded) or a ClickHouse server.
+
+Both backends run the same SQL text, with ClickHouse server-side parameters ({name:Type}),
+and insert the same JSONEachRow payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from .settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+REQUEST_LOG_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.request_log
+(
+    request_id UUID,
+    org_id String,
+    request_created_at DateTime64(3, 'UTC'),
+    response_created_at DateTime64(3, 'UTC'),
+    latency_ms UInt32,
+    time_to_first_token_ms Int64,
+    status Int32,
+    provider LowCardinality(String),
+    model String,
+    method LowCardinality(String),
+    path String,
+    target_url String,
+    user_id String,
+    session_id String,
+    session_path String,
+    session_name String,
+    properties Map(String, String),
+    prompt_tokens UInt64,
+    completion_tokens UInt64,
+    total_tokens UInt64,
+    cache_read_tokens UInt64,
+    cache_write_tokens UInt64,
+    usage_known UInt8,
+    cost_usd Float64,
+    cost_known UInt8,
+    streamed UInt8,
+    request_body_key String,
+    response_body_key String,
+    request_bytes UInt64,
+    response_bytes UInt64,
+    request_content_type String,
+    response_content_type String,
+    body_truncated UInt8,
+    error String,
+    source LowCardinality(String),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(request_created_at)
+ORDER BY (org_id, request_created_at, request_id)
+"""
+
+
+class AnalyticsStore(Protocol):
+    database: str
+
+    async def init_schema(self) -> None: ...
+    async def insert(self, table: str, rows: list[dict[str, Any]]) -> None: ...
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+def _check_ident(name: str) -> str:
+    if not _IDENT.match(name):
+        raise ValueError(f"invalid identifier {name!r}")
+    return name
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in rows)
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+class _ChdbHandle:
+    """The one chDB session of a data dir, and the one thread that may use it."""
+
+    def __init__(self, path: Path) -> None:
+        from chdb import session as chs
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
+        self.session = self.executor.submit(chs.Session, str(path)).result()
+        self.refs = 0
+
+
+class ChdbStore:
+    """chDB embedded engine. One process owns a data dir, so every store on the same path in
+    this process shares one session, used from a single thread."""
+
+    _handles: dict[Path, _ChdbHandle] = {}
+    _handles_lock = threading.Lock()
+
+    def __init__(self, path: Path, database: str) -> None:
+        self.path = Path(path).resolve()
+        self.database = _check_ident(database)
+        self._handle: _ChdbHandle | None = None
+
+    def _get_handle(self) -> _ChdbHandle:
+        if self._handle is None:
+            with self._handles_lock:
+                handle = self._handles.get(self.path)
+                if handle is None:
+                    handle = self._handles[self.path] = _ChdbHandle(self.path)
+                handle.refs += 1
+                self._handle = handle
+        return self._handle
+
+    async def _run(self, fn, *args):
+        handle = self._get_handle()
+        return await asyncio.get_running_loop().run_in_executor(handle.executor, fn, *args)
+
+    def _exec(self, sql: str, fmt: str = "CSV", params: dict[str, Any] | None = None):
+        sess = self._get_handle().session
+        if params:
+            return sess.query(sql, fmt, params={k: _param_str(v) for k, v in params.items()})
+        return sess.query(sql, fmt)
+
+    async def init_schema(self) -> None:
+        await self._run(self._exec, f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        await self._run(self._exec, REQUEST_LOG_DDL.format(db=self.database))
+
+    async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        sql = f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT JSONEachRow\n" + _jsonl(rows)
+        await self._run(self._exec, sql)
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            res = self._exec(sql.replace("{db}", self.database), "JSONEachRow", params)
+            text = res.data() if hasattr(res, "data") else str(res)
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+        return await self._run(run)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(self._exec, "SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - readiness probe
+            return False
+
+    async def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        with self._handles_lock:
+            handle.refs -= 1
+            if handle.refs > 0:
+                return
+            self._handles.pop(self.path, None)
+        await asyncio.get_running_loop().run_in_executor(handle.executor, handle.session.close)
+        handle.executor.shutdown(wait=True)
+
+
+class ClickHouseServerStore:
+    """A ClickHouse server through clickhouse-connect (HTTP)."""
+
+    def __init__(self, url: str, user: str, password: str, database: str) -> None:
+        self.url = url
+        self.user = user
+        self._password = password
+        self.database = _check_ident(database)
+        self._client = None
+
+    async def _client_(self):
+        if self._client is None:
+            import clickhouse_connect
+
+            self._client = await clickhouse_connect.get_async_client(
+                dsn=self.url, username=self.user, password=self._password
+            )
+        return self._client
+
+    async def init_schema(self) -> None:
+        client = await self._client_()
+        await client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        await client.command(REQUEST_LOG_DDL.format(db=self.database))
+
+    async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        client = await self._client_()
+        await client.raw_insert(
+            f"{self.database}.{_check_ident(table)}",
+            insert_block=_jsonl(rows).encode(),
+            fmt="JSONEachRow",
+        )
+
+    async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        client = await self._client_()
+        raw = await client.raw_query(
+            sql.replace("{db}", self.database), parameters=params or {}, fmt="JSONEachRow"
+        )
+        return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+    async def ping(self) -> bool:
+        try:
+            client = await self._client_()
+            return bool(await client.ping())
+        except Exception:  # noqa: BLE001 - readiness probe
+            return False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def make_analytics_store(settings: CommonSettings) -> AnalyticsStore:
+    if settings.analytics_backend == "chdb":
+        return ChdbStore(settings.resolved_chdb_path(), settings.clickhouse_database)
+    return ClickHouseServerStore(
+        settings.clickhouse_url,
+        settings.clickhouse_user,
+        settings.clickhouse_password.get_secret_value(),
+        settings.clickhouse_database,
+    )

@@ -1,0 +1,123 @@
+"""Object store for request/response bodies: a local directory (embedded mode) or S3."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from .settings import CommonSettings
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+
+
+def _check_key(key: str) -> str:
+    if not _KEY.match(key) or ".." in key.split("/"):
+        raise ValueError(f"invalid body key {key!r}")
+    return key
+
+
+class BodyStore(Protocol):
+    async def start(self) -> None: ...
+    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    async def get(self, key: str) -> bytes | None: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class LocalBodyStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def _write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        await asyncio.to_thread(self._write, key, data)
+
+    async def get(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+
+    async def ping(self) -> bool:
+        return self.root.is_dir() and os.access(self.root, os.W_OK)
+
+    async def close(self) -> None:
+        return None
+
+
+class S3BodyStore:
+    def __init__(self, bucket: str, endpoint: str | None, region: str, create_bucket: bool) -> None:
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self.region = region
+        self.create_bucket = create_bucket
+        self._session = None
+        self._client_cm = None
+        self._client = None
+
+    async def start(self) -> None:
+        import aioboto3
+
+        self._session = aioboto3.Session()
+        self._client_cm = self._session.client("s3", endpoint_url=self.endpoint, region_name=self.region)
+        self._client = await self._client_cm.__aenter__()
+        if self.create_bucket:
+            try:
+                await self._client.head_bucket(Bucket=self.bucket)
+            except Exception:  # noqa: BLE001 - missing bucket
+                await self._client.create_bucket(Bucket=self.bucket)
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        await self._client.put_object(
+            Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type or "application/octet-stream"
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            obj = await self._client.get_object(Bucket=self.bucket, Key=_check_key(key))
+        except self._client.exceptions.NoSuchKey:
+            return None
+        async with obj["Body"] as stream:
+            return await stream.read()
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+            return True
+        except Exception:  # noqa: BLE001 - readiness probe
+            return False
+
+    async def close(self) -> None:
+        if self._client_cm is not None:
+            await self._client_cm.__aexit__(None, None, None)
+            self._client_cm = self._client = None
+
+
+def make_body_store(settings: CommonSettings) -> BodyStore:
+    if settings.body_store == "local":
+        return LocalBodyStore(settings.resolved_body_dir())
+    return S3BodyStore(settings.s3_bucket, settings.s3_endpoint, settings.s3_region, settings.s3_create_bucket)

@@ -1,0 +1,126 @@
+"""Wrapper around the RequestLogged protobuf: build, encode, validate, and map to storage rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from google.protobuf.message import DecodeError
+from helicone.logging.v1 import events_pb2
+
+RequestLogged = events_pb2.RequestLogged
+Usage = events_pb2.Usage
+InlineBodies = events_pb2.InlineBodies
+BodyLocation = events_pb2.BodyLocation
+
+SCHEMA_VERSION = 1
+MAX_PROPERTY_KEY = 256
+MAX_PROPERTY_VALUE = 4096
+
+
+class EventError(ValueError):
+    """An event that can never be stored as it is (it belongs in the dead-letter topic)."""
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode(event: RequestLogged) -> bytes:
+    return event.SerializeToString(deterministic=True)
+
+
+def decode(data: bytes) -> RequestLogged:
+    event = RequestLogged()
+    try:
+        event.ParseFromString(data)
+    except DecodeError as exc:
+        raise EventError(f"not a RequestLogged protobuf: {exc}") from exc
+    validate(event)
+    return event
+
+
+def validate(event: RequestLogged) -> None:
+    if event.schema_version != SCHEMA_VERSION:
+        raise EventError(f"unsupported schema_version {event.schema_version}")
+    try:
+        uuid.UUID(event.request_id)
+    except ValueError as exc:
+        raise EventError(f"request_id {event.request_id!r} is not a UUID") from exc
+    if not event.org_id:
+        raise EventError("org_id is empty")
+    if not event.HasField("request_created_at"):
+        raise EventError("request_created_at is missing")
+    for key, value in event.properties.items():
+        if not key or len(key) > MAX_PROPERTY_KEY or len(value) > MAX_PROPERTY_VALUE:
+            raise EventError(f"property {key[:40]!r} has an empty/oversized key or value")
+
+
+def set_time(field, when: dt.datetime) -> None:
+    field.FromDatetime(when.astimezone(dt.timezone.utc))
+
+
+def _ch_time(ts) -> str:
+    # DateTime64(3, 'UTC') accepts 'YYYY-MM-DD HH:MM:SS.fff'
+    return ts.ToDatetime(tzinfo=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def body_keys(org_id: str, request_id: str) -> tuple[str, str]:
+    base = f"orgs/{org_id}/requests/{request_id}"
+    return f"{base}/request", f"{base}/response"
+
+
+def analytics_row(
+    event: RequestLogged,
+    *,
+    request_key: str,
+    response_key: str,
+    request_bytes: int,
+    response_bytes: int,
+    request_content_type: str,
+    response_content_type: str,
+    truncated: bool,
+    version: int,
+) -> dict:
+    """The `request_log` row for one event. Deterministic for the same event except `version`,
+    which ReplacingMergeTree uses to keep the newest copy of a replayed event."""
+    response_at = event.response_created_at if event.HasField("response_created_at") else event.request_created_at
+    u = event.usage
+    return {
+        "request_id": event.request_id,
+        "org_id": event.org_id,
+        "request_created_at": _ch_time(event.request_created_at),
+        "response_created_at": _ch_time(response_at),
+        "latency_ms": max(event.latency_ms, 0),
+        "time_to_first_token_ms": event.time_to_first_token_ms,
+        "status": event.status,
+        "provider": event.provider,
+        "model": event.model,
+        "method": event.method,
+        "path": event.path,
+        "target_url": event.target_url,
+        "user_id": event.user_id,
+        "session_id": event.session_id,
+        "session_path": event.session_path,
+        "session_name": event.session_name,
+        "properties": dict(event.properties),
+        "prompt_tokens": max(u.prompt_tokens, 0),
+        "completion_tokens": max(u.completion_tokens, 0),
+        "total_tokens": max(u.total_tokens, 0),
+        "cache_read_tokens": max(u.cache_read_tokens, 0),
+        "cache_write_tokens": max(u.cache_write_tokens, 0),
+        "usage_known": int(u.known),
+        "cost_usd": event.cost_usd,
+        "cost_known": int(event.cost_known),
+        "streamed": int(event.streamed),
+        "request_body_key": request_key,
+        "response_body_key": response_key,
+        "request_bytes": request_bytes,
+        "response_bytes": response_bytes,
+        "request_content_type": request_content_type,
+        "response_content_type": response_content_type,
+        "body_truncated": int(truncated),
+        "error": event.error,
+        "source": event.source,
+        "version": version,
+    }

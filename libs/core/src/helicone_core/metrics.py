@@ -1,0 +1,63 @@
+"""Prometheus helpers: one registry per service so that services sharing a process still
+expose only their own series on their own /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ServiceMetrics:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.up = Gauge("helicone_service_up", "1 while the service is running", ["service"], registry=self.registry)
+        self.up.labels(service).set(1)
+
+    def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def histogram(self, name: str, doc: str, labels: tuple[str, ...] = (), buckets=LATENCY_BUCKETS) -> Histogram:
+        return Histogram(name, doc, labels, registry=self.registry, buckets=buckets)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def add_ops_routes(app, metrics: ServiceMetrics, ready: ReadyCheck) -> None:
+    """Adds /metrics, /healthz (liveness) and /readyz (readiness) to a FastAPI app."""
+    from fastapi import Response
+    from fastapi.responses import JSONResponse
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def _healthz() -> dict:
+        return {"status": "ok", "service": metrics.service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def _readyz() -> JSONResponse:
+        checks = await ready()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
+def ops_app(metrics: ServiceMetrics, ready: ReadyCheck):
+    """A small FastAPI app with only the ops routes, for services whose main protocol is not HTTP."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title=f"helicone-{metrics.service} ops", docs_url=None, redoc_url=None, openapi_url=None)
+    add_ops_routes(app, metrics, ready)
+    return app

@@ -1,0 +1,66 @@
+"""Settings base shared by every service.
+
+Every field can be set from the environment with the ``HELICONE_`` prefix
+(e.g. ``HELICONE_KAFKA_BOOTSTRAP=kafka:9092``). Service settings subclass
+``CommonSettings`` and add their own fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REQUEST_LOGGED_TOPIC = "helicone.request-logged.v1"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HELICONE_", extra="ignore")
+
+    log_level: str = "INFO"
+    data_dir: Path = Path("./.helicone-data")
+
+    # Kafka
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_topic: str = REQUEST_LOGGED_TOPIC
+    kafka_dlq_topic: str = REQUEST_LOGGED_TOPIC + ".dlq"
+    kafka_topic_partitions: int = 1
+
+    # Postgres (metadata, keys, prompts)
+    postgres_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+
+    # Analytics store: same SQL on both backends
+    analytics_backend: Literal["chdb", "clickhouse"] = "clickhouse"
+    chdb_path: Path | None = None  # defaults to <data_dir>/chdb
+    clickhouse_url: str = "http://localhost:8123"
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    clickhouse_database: str = "helicone"
+
+    # Object store for request/response bodies
+    body_store: Literal["local", "s3"] = "s3"
+    body_dir: Path | None = None  # defaults to <data_dir>/bodies
+    s3_endpoint: str | None = None
+    s3_bucket: str = "helicone-bodies"
+    s3_region: str = "us-east-1"
+    s3_create_bucket: bool = False
+
+    @field_validator("kafka_topic_partitions")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    def resolved_chdb_path(self) -> Path:
+        return self.chdb_path or (self.data_dir / "chdb")
+
+    def resolved_body_dir(self) -> Path:
+        return self.body_dir or (self.data_dir / "bodies")
+
+
+class ServiceSettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)

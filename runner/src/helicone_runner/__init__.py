@@ -1,0 +1,1 @@
+"""Runs any set of Helicone services in one process, with embedded infrastructure."""

@@ -1,0 +1,112 @@
+"""Starts the chosen services in one asyncio loop, each on its own port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("helicone.runner")
+
+SERVICES = ("prompts", "ingest", "api", "gateway")  # start order; stop in reverse
+
+
+class _Server(uvicorn.Server):
+    """uvicorn server that leaves signal handling to the runner (several share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        return None
+
+
+@dataclass
+class Running:
+    name: str
+    urls: dict[str, str]
+    stop: Any
+    servers: list[_Server] = field(default_factory=list)
+
+
+async def _serve(app, host: str, port: int) -> _Server:
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    server._task = task  # type: ignore[attr-defined]
+    while not server.started:
+        if task.done():
+            exc = task.exception() if not task.cancelled() else None
+            raise RuntimeError(f"server on {host}:{port} failed to start: {exc!r}")
+        await asyncio.sleep(0.02)
+    return server
+
+
+async def _shutdown(server: _Server) -> None:
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await server._task  # type: ignore[attr-defined]
+
+
+async def start_services(targets: list[str], settings: dict[str, Any]) -> list[Running]:
+    """settings: per-service settings objects keyed by service name."""
+    running: list[Running] = []
+    try:
+        for name in SERVICES:
+            if name not in targets:
+                continue
+            s = settings[name]
+            if name == "prompts":
+                from helicone_core.metrics import ops_app
+                from helicone_prompts.server import PromptsServer
+
+                srv = PromptsServer(s)
+                await srv.start()
+                ops = await _serve(ops_app(srv.metrics, srv.ready), s.host, s.port)
+
+                async def stop_prompts(srv=srv, ops=ops):
+                    await _shutdown(ops)
+                    await srv.stop()
+
+                running.append(Running(name, {"grpc": f"{s.host}:{srv.bound_port}", "ops": f"http://{s.host}:{s.port}"}, stop_prompts))
+            elif name == "ingest":
+                from helicone_core.metrics import ops_app
+                from helicone_ingest.app import IngestService
+
+                svc = IngestService(s)
+                await svc.start()
+                ops = await _serve(ops_app(svc.metrics, svc.ready), s.host, s.port)
+
+                async def stop_ingest(svc=svc, ops=ops):
+                    await _shutdown(ops)
+                    await svc.stop()
+
+                running.append(Running(name, {"ops": f"http://{s.host}:{s.port}"}, stop_ingest))
+            elif name == "api":
+                from helicone_api.app import create_app as create_api
+
+                # With chDB, one process owns the data dir: every ChdbStore on the same path in
+                # this process shares one engine session, so api and ingest see the same data.
+                server = await _serve(create_api(s), s.host, s.port)
+                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server)))
+            elif name == "gateway":
+                from helicone_gateway.app import create_app as create_gateway
+
+                server = await _serve(create_gateway(s), s.host, s.port)
+                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server)))
+    except BaseException:
+        await stop_services(running)
+        raise
+    return running
+
+
+async def stop_services(running: list[Running]) -> None:
+    for r in reversed(running):
+        try:
+            await r.stop()
+        except Exception:  # noqa: BLE001 - keep stopping the others
+            log.exception("error stopping %s", r.name)

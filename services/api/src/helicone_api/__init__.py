@@ -1,0 +1,1 @@
+"""Helicone dashboard/query API."""

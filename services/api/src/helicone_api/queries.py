@@ -1,0 +1,121 @@
+"""SQL over the request_log table. Same text on chDB and ClickHouse (server-side parameters)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .models import RequestQuery, utc
+
+COLUMNS = """
+    toString(request_id) AS request_id, request_created_at, response_created_at, latency_ms,
+    time_to_first_token_ms, status, provider, model, method, path, target_url, user_id, session_id,
+    session_path, session_name, properties, prompt_tokens, completion_tokens, total_tokens,
+    cache_read_tokens, cache_write_tokens, usage_known, cost_usd, cost_known, streamed,
+    request_body_key, response_body_key, request_bytes, response_bytes, request_content_type,
+    response_content_type, body_truncated, error, source
+"""
+SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
+SORTS = {
+    "created_at_desc": "request_created_at DESC, request_id",
+    "created_at_asc": "request_created_at ASC, request_id",
+    "latency_desc": "latency_ms DESC, request_id",
+    "cost_desc": "cost_usd DESC, request_id",
+}
+
+
+def _ch_time(value) -> str:
+    return utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def detail_sql(org_id: str, request_id: str) -> tuple[str, dict[str, Any]]:
+    sql = (
+        f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL "
+        "WHERE org_id = {org:String} AND request_id = {rid:UUID} LIMIT 1 " + SETTINGS
+    )
+    return sql, {"org": org_id, "rid": request_id}
+
+
+def list_sql(org_id: str, q: RequestQuery) -> tuple[str, dict[str, Any]]:
+    f = q.filter
+    where = ["org_id = {org:String}"]
+    params: dict[str, Any] = {"org": org_id}
+    if f.start:
+        where.append("request_created_at >= {start:DateTime64(3, 'UTC')}")
+        params["start"] = _ch_time(f.start)
+    if f.end:
+        where.append("request_created_at < {end:DateTime64(3, 'UTC')}")
+        params["end"] = _ch_time(f.end)
+    for name in ("model", "provider", "user_id", "session_id"):
+        value = getattr(f, name)
+        if value is not None:
+            where.append(f"{name} = {{{name}:String}}")
+            params[name] = value
+    if f.status is not None:
+        where.append("status = {status:Int32}")
+        params["status"] = f.status
+    for i, (key, value) in enumerate(sorted(f.properties.items())):
+        where.append(f"properties[{{pk{i}:String}}] = {{pv{i}:String}}")
+        params[f"pk{i}"] = key
+        params[f"pv{i}"] = value
+    sql = (
+        f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} "
+        f"ORDER BY {SORTS[q.sort]} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + SETTINGS
+    )
+    params["limit"] = q.limit
+    params["offset"] = q.offset
+    return sql, params
+
+
+def _iso(ch_time: str) -> str:
+    return ch_time.replace(" ", "T") + "Z" if ch_time and "T" not in ch_time else ch_time
+
+
+def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "request_id": row["request_id"],
+        "created_at": _iso(row["request_created_at"]),
+        "response_created_at": _iso(row["response_created_at"]),
+        "latency_ms": int(row["latency_ms"]),
+        "time_to_first_token_ms": int(row["time_to_first_token_ms"]) if int(row["time_to_first_token_ms"]) >= 0 else None,
+        "status": int(row["status"]),
+        "provider": row["provider"],
+        "model": row["model"],
+        "method": row["method"],
+        "path": row["path"],
+        "target_url": row["target_url"],
+        "user_id": row["user_id"] or None,
+        "session": (
+            {"id": row["session_id"], "path": row["session_path"] or None, "name": row["session_name"] or None}
+            if row["session_id"] else None
+        ),
+        "properties": row["properties"],
+        "usage": {
+            "prompt_tokens": int(row["prompt_tokens"]),
+            "completion_tokens": int(row["completion_tokens"]),
+            "total_tokens": int(row["total_tokens"]),
+            "cache_read_tokens": int(row["cache_read_tokens"]),
+            "cache_write_tokens": int(row["cache_write_tokens"]),
+            "known": bool(row["usage_known"]),
+        },
+        "cost_usd": float(row["cost_usd"]) if row["cost_known"] else None,
+        "streamed": bool(row["streamed"]),
+        "request_bytes": int(row["request_bytes"]),
+        "response_bytes": int(row["response_bytes"]),
+        "body_truncated": bool(row["body_truncated"]),
+        "error": row["error"] or None,
+        "source": row["source"],
+    }
+
+
+def body_to_json(data: bytes | None, content_type: str) -> Any:
+    """JSON bodies come back as JSON; anything else (SSE streams included) as text."""
+    if data is None:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    if "json" in (content_type or "") or text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,1 @@
+"""Helicone gateway: the LLM proxy."""

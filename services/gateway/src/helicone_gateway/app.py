@@ -1,0 +1,324 @@
+"""The gateway ASGI app: authenticate, forward, stream back, then log off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from helicone_core import db, events
+from helicone_core.cost import CostRegistry
+from helicone_core.metrics import ServiceMetrics, add_ops_routes
+
+from .headers import (
+    HeaderError,
+    HeliconeHeaders,
+    forward_request_headers,
+    forward_response_headers,
+    parse_helicone_headers,
+)
+from .providers import Route, RoutingError, route
+from .publisher import EventPublisher
+from .settings import GatewaySettings
+from .spool import Spool
+from .usage import decode_body, parse_response, request_model
+
+log = logging.getLogger("helicone.gateway")
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+class Capture:
+    """Keeps up to `limit` bytes of a body for the log, counting the rest."""
+
+    __slots__ = ("limit", "parts", "size", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - self.size
+        if room > 0:
+            piece = chunk[:room]
+            self.parts.append(piece)
+            self.size += len(piece)
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.size
+
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.costs = (
+            CostRegistry.from_file(settings.cost_registry_file) if settings.cost_registry_file else CostRegistry.default()
+        )
+        self.client: httpx.AsyncClient | None = None
+        self.pool = None
+        self.keys: db.KeyResolver | None = None
+        self.publisher = EventPublisher(
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.kafka_topic,
+            spool=Spool(settings.resolved_spool_dir(), settings.spool_max_bytes),
+            metrics=metrics,
+            queue_size=settings.publish_queue_size,
+            publish_timeout=settings.publish_timeout,
+            replay_interval=settings.spool_replay_interval,
+            create_topic=settings.kafka_create_topics,
+            partitions=settings.kafka_topic_partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
+        self._db_task: asyncio.Task | None = None
+        self.m_requests = metrics.counter(
+            "helicone_gateway_requests_total", "Proxied requests", ("provider", "status_class")
+        )
+        self.m_duration = metrics.histogram(
+            "helicone_gateway_request_duration_seconds", "Request time, first byte in to last byte out", ("provider",)
+        )
+        self.m_ttfb = metrics.histogram(
+            "helicone_gateway_upstream_ttfb_seconds", "Time to the first upstream response byte", ("provider",)
+        )
+        self.m_upstream_errors = metrics.counter(
+            "helicone_gateway_upstream_errors_total", "Upstream transport failures", ("provider", "kind")
+        )
+        self.m_auth = metrics.counter(
+            "helicone_gateway_auth_results_total", "Helicone-Auth outcomes", ("result",)
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(s.upstream_read_timeout, connect=s.upstream_connect_timeout),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        await self.publisher.start()
+        self._db_task = asyncio.create_task(self._connect_db())
+
+    async def stop(self) -> None:
+        if self._db_task:
+            self._db_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._db_task
+        await self.publisher.stop()
+        if self.client:
+            await self.client.aclose()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def _connect_db(self) -> None:
+        backoff = 0.5
+        while self.pool is None:
+            try:
+                self.pool = await db.connect_pool(self.settings.postgres_dsn.get_secret_value(), max_size=5)
+                self.keys = db.KeyResolver(self.pool)
+            except Exception as exc:  # noqa: BLE001 - keep proxying while Postgres is away
+                log.warning("postgres not reachable (%s); retrying", exc.__class__.__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+
+    async def ready(self) -> dict[str, bool]:
+        return {"http_client": self.client is not None, "key_store": self.keys is not None}
+
+    # ---- auth ------------------------------------------------------------------------
+    async def org_for(self, key: str) -> tuple[str | None, JSONResponse | None]:
+        """(org_id, None) for a known key; (None, None) when the key store is down (proxy
+        without logging); (None, response) to reject."""
+        if not key:
+            self.m_auth.labels("missing").inc()
+            return None, _error(
+                401, "Missing Helicone-Auth header: send 'Helicone-Auth: Bearer <your Helicone API key>'", "helicone_auth_error"
+            )
+        if self.keys is None:
+            self.m_auth.labels("store_unavailable").inc()
+            return None, None
+        try:
+            org = await self.keys.resolve(key)
+        except Exception as exc:  # noqa: BLE001 - observability must not break traffic
+            log.warning("key store lookup failed (%s); proxying without logging", exc.__class__.__name__)
+            self.m_auth.labels("store_unavailable").inc()
+            return None, None
+        if org is None:
+            self.m_auth.labels("invalid").inc()
+            return None, _error(401, "Invalid or revoked Helicone API key", "helicone_auth_error")
+        self.m_auth.labels("ok").inc()
+        return org, None
+
+    # ---- proxy -----------------------------------------------------------------------
+    async def handle(self, request: Request, path: str) -> Response:
+        started = time.perf_counter()
+        started_at = dt.datetime.now(dt.timezone.utc)
+        raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        try:
+            hh = parse_helicone_headers(raw_headers)
+        except HeaderError as exc:
+            return _error(400, str(exc), "helicone_header_error")
+        org_id, rejection = await self.org_for(hh.auth_key)
+        if rejection is not None:
+            return rejection
+        try:
+            rt = route(self.settings, "/" + path, dict(raw_headers), hh.target_url)
+        except RoutingError as exc:
+            return _error(400, str(exc), "helicone_routing_error")
+
+        body = await request.body()
+        if len(body) > self.settings.max_request_bytes:
+            return _error(413, f"request body larger than {self.settings.max_request_bytes} bytes", "request_too_large")
+        request_id = hh.request_id or events.new_request_id()
+        url = rt.base_url + rt.path + (("?" + request.url.query) if request.url.query else "")
+        assert self.client is not None
+        upstream_req = self.client.build_request(
+            request.method, url, headers=forward_request_headers(raw_headers), content=body
+        )
+        try:
+            upstream = await self.client.send(upstream_req, stream=True)
+        except httpx.HTTPError as exc:
+            kind = exc.__class__.__name__
+            self.m_upstream_errors.labels(rt.provider, kind).inc()
+            self.m_requests.labels(rt.provider, "error").inc()
+            if org_id:
+                self._log(org_id, request_id, hh, rt, request.method, body, request.headers.get("content-type", ""),
+                          started, started_at, None, b"", "", False, -1, error=f"{kind}: upstream request failed")
+            resp = _error(502, f"Gateway could not reach the provider ({kind})", "gateway_upstream_error")
+            resp.headers["helicone-id"] = request_id
+            return resp
+
+        ttfb = time.perf_counter() - started
+        self.m_ttfb.labels(rt.provider).observe(ttfb)
+        resp_headers = forward_response_headers(list(upstream.headers.multi_items()))
+        resp_headers.append(("helicone-id", request_id))
+        capture = Capture(self.settings.max_logged_body_bytes)
+        req_ctype = request.headers.get("content-type", "")
+
+        async def stream() -> AsyncIterator[bytes]:
+            first_chunk_at = -1.0
+            completed = False
+            try:
+                async for chunk in upstream.aiter_raw():
+                    if first_chunk_at < 0:
+                        first_chunk_at = time.perf_counter()
+                    capture.add(chunk)
+                    yield chunk
+                completed = True
+            finally:
+                with contextlib.suppress(Exception):
+                    await upstream.aclose()
+                self.m_requests.labels(rt.provider, f"{upstream.status_code // 100}xx").inc()
+                self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
+                if org_id:
+                    ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
+                    self._log(org_id, request_id, hh, rt, request.method, body, req_ctype, started, started_at,
+                              upstream, capture.data(), upstream.headers.get("content-type", ""), capture.truncated,
+                              ttft_ms, error="" if completed else "client disconnected before the response completed")
+
+        response = StreamingResponse(stream(), status_code=upstream.status_code)
+        # raw header list: keeps repeated headers (set-cookie) and the upstream's exact values
+        response.raw_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in resp_headers]
+        return response
+
+    def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
+             req_ctype: str, started: float, started_at: dt.datetime, upstream: httpx.Response | None,
+             resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "") -> None:
+        """Hands the log event to the publisher; the event itself is built on its worker."""
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        finished_at = dt.datetime.now(dt.timezone.utc)
+        status = upstream.status_code if upstream is not None else 0
+        encoding = upstream.headers.get("content-encoding", "") if upstream is not None else ""
+        limit = self.settings.max_logged_body_bytes
+
+        def build() -> events.RequestLogged:
+            req_model, req_stream = request_model(body)
+            decoded = decode_body(resp_body, encoding) if encoding else resp_body
+            parsed = parse_response(rt.provider, decoded, resp_ctype)
+            model = parsed.model or req_model
+            cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
+            ev = events.RequestLogged(
+                schema_version=events.SCHEMA_VERSION,
+                request_id=request_id,
+                org_id=org_id,
+                latency_ms=latency_ms,
+                time_to_first_token_ms=ttft_ms,
+                status=status,
+                provider=rt.provider,
+                model=model,
+                method=method,
+                path=rt.path,
+                target_url=rt.base_url,
+                user_id=hh.user_id,
+                session_id=hh.session_id,
+                session_path=hh.session_path,
+                session_name=hh.session_name,
+                properties=hh.properties,
+                usage=events.Usage(
+                    prompt_tokens=parsed.tokens.prompt_tokens,
+                    completion_tokens=parsed.tokens.completion_tokens,
+                    total_tokens=parsed.tokens.prompt_tokens + parsed.tokens.completion_tokens,
+                    cache_read_tokens=parsed.tokens.cache_read_tokens,
+                    cache_write_tokens=parsed.tokens.cache_write_tokens,
+                    known=parsed.known,
+                ),
+                cost_usd=cost or 0.0,
+                cost_known=cost is not None,
+                streamed=req_stream or "text/event-stream" in resp_ctype,
+                inline=events.InlineBodies(
+                    request_body=body[:limit],
+                    response_body=decoded[:limit],
+                    request_content_type=req_ctype,
+                    response_content_type=resp_ctype,
+                    request_truncated=len(body) > limit,
+                    response_truncated=resp_truncated or len(decoded) > limit,
+                ),
+                error=error,
+                source="gateway",
+            )
+            events.set_time(ev.request_created_at, started_at)
+            events.set_time(ev.response_created_at, finished_at)
+            return ev
+
+        self.publisher.submit(build)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    metrics = ServiceMetrics("gateway")
+    gw = Gateway(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(title="helicone-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gw
+    add_ops_routes(app, metrics, gw.ready)
+
+    @app.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
+    async def proxy(request: Request, path: str) -> Response:
+        return await gw.handle(request, path)
+
+    return app

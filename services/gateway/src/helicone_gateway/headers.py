@@ -1,0 +1,102 @@
+"""Helicone-* request headers: what they mean and what is forwarded upstream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+PROPERTY_PREFIX = "helicone-property-"
+MAX_PROPERTIES = 64
+
+
+class HeaderError(ValueError):
+    """A Helicone-* header with a value we cannot accept (answered with 400)."""
+
+
+@dataclass
+class HeliconeHeaders:
+    auth_key: str = ""
+    target_url: str = ""
+    request_id: str = ""
+    user_id: str = ""
+    session_id: str = ""
+    session_path: str = ""
+    session_name: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
+    """headers: lower-cased (name, value) pairs as ASGI gives them."""
+    from helicone_core.db import bearer_token
+
+    out = HeliconeHeaders()
+    for name, value in headers:
+        if not name.startswith("helicone-"):
+            continue
+        value = value.strip()
+        if name == "helicone-auth":
+            out.auth_key = bearer_token(value)
+            if not out.auth_key:
+                raise HeaderError("Helicone-Auth must be 'Bearer <your Helicone API key>'")
+        elif name == "helicone-target-url":
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise HeaderError("Helicone-Target-URL must be an absolute http(s) URL")
+            if parts.username or parts.password:
+                raise HeaderError("Helicone-Target-URL must not contain credentials")
+            out.target_url = value.rstrip("/")
+        elif name == "helicone-request-id":
+            import uuid
+
+            try:
+                out.request_id = str(uuid.UUID(value))
+            except ValueError as exc:
+                raise HeaderError("Helicone-Request-Id must be a UUID") from exc
+        elif name == "helicone-user-id":
+            out.user_id = _bounded(name, value, 512)
+        elif name == "helicone-session-id":
+            out.session_id = _bounded(name, value, 512)
+        elif name == "helicone-session-path":
+            out.session_path = _bounded(name, value, 1024)
+        elif name == "helicone-session-name":
+            out.session_name = _bounded(name, value, 512)
+        elif name.startswith(PROPERTY_PREFIX):
+            key = name[len(PROPERTY_PREFIX):]
+            if not key:
+                raise HeaderError("Helicone-Property- header needs a name after the prefix")
+            if len(out.properties) >= MAX_PROPERTIES and key not in out.properties:
+                raise HeaderError(f"at most {MAX_PROPERTIES} Helicone-Property-* headers are allowed")
+            out.properties[key] = _bounded(name, value, 4096)
+    return out
+
+
+def _bounded(name: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise HeaderError(f"{name} is longer than {limit} characters")
+    return value
+
+
+def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Everything but Helicone-*, hop-by-hop headers, Host and Content-Length (re-computed)."""
+    return [
+        (n, v)
+        for n, v in headers
+        if not n.startswith("helicone-") and n not in HOP_BY_HOP and n not in ("host", "content-length")
+    ]
+
+
+def forward_response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]

@@ -1,0 +1,215 @@
+"""Publishes RequestLogged events to Kafka off the request path.
+
+submit() never blocks and never raises: the event is built and sent by a background worker.
+If Kafka cannot take an event it goes to the on-disk spool, which a replay loop drains once
+the broker answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer
+from helicone_core import events
+from helicone_core.kafka import ensure_topics
+from helicone_core.metrics import ServiceMetrics
+
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+EventBuilder = Callable[[], "events.RequestLogged | None"]
+
+
+class EventPublisher:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        spool: Spool,
+        metrics: ServiceMetrics,
+        queue_size: int = 10_000,
+        publish_timeout: float = 5.0,
+        replay_interval: float = 2.0,
+        create_topic: bool = True,
+        partitions: int = 1,
+        replication_factor: int = 1,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.spool = spool
+        self.publish_timeout = publish_timeout
+        self.replay_interval = replay_interval
+        self.create_topic = create_topic
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self._queue: asyncio.Queue[EventBuilder] = asyncio.Queue(maxsize=queue_size)
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._connected = asyncio.Event()
+        self._stopping = False
+
+        self.m_published = metrics.counter("helicone_gateway_events_published_total", "Log events accepted by Kafka", ("path",))
+        self.m_spooled = metrics.counter("helicone_gateway_events_spooled_total", "Log events written to the on-disk spool")
+        self.m_dropped = metrics.counter("helicone_gateway_events_dropped_total", "Log events lost", ("reason",))
+        self.m_queue = metrics.gauge("helicone_gateway_publish_queue_depth", "Log events waiting to be published")
+        self.m_spool_bytes = metrics.gauge("helicone_gateway_spool_bytes", "Bytes in the on-disk spool")
+        self.m_spool_events = metrics.gauge("helicone_gateway_spool_events", "Events in the on-disk spool")
+        self.m_connected = metrics.gauge("helicone_gateway_kafka_connected", "1 while the Kafka producer is connected")
+        self._update_gauges()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._worker(), name="publisher-worker"),
+            asyncio.create_task(self._connector(), name="publisher-connector"),
+        ]
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Publishes what is queued (or spools it), then closes the producer."""
+        self._stopping = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # anything still queued goes to disk
+        while not self._queue.empty():
+            builder = self._queue.get_nowait()
+            built = self._build(builder)
+            if built is not None:
+                await self._spool(built[1])
+        await self._close_producer()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # ---- request path ----------------------------------------------------------------
+    def submit(self, builder: EventBuilder) -> None:
+        """Queues the event builder; the builder runs on the worker, not on the request path."""
+        try:
+            self._queue.put_nowait(builder)
+        except asyncio.QueueFull:
+            # Overloaded: keep the event anyway, in the spool (the file write runs in a thread).
+            built = self._build(builder)
+            if built is not None:
+                asyncio.get_running_loop().create_task(self._spool(built[1]))
+        self.m_queue.set(self._queue.qsize())
+
+    # ---- internals -------------------------------------------------------------------
+    def _build(self, builder: EventBuilder) -> tuple[bytes, bytes] | None:
+        """(key, encoded event), or None when there is nothing to publish."""
+        try:
+            event = builder()
+            return None if event is None else (event.request_id.encode(), events.encode(event))
+        except Exception:  # noqa: BLE001 - never let a bad event stop the worker
+            log.exception("could not build a log event")
+            self.m_dropped.labels("build_error").inc()
+            return None
+
+    async def _worker(self) -> None:
+        while True:
+            builder = await self._queue.get()
+            try:
+                built = self._build(builder)
+                if built is not None:
+                    key, data = built
+                    if not (self.connected and await self._send(data, "direct", key)):
+                        await self._spool(data)
+            finally:
+                self._queue.task_done()
+                self.m_queue.set(self._queue.qsize())
+
+    async def _send(self, data: bytes, path: str, key: bytes | None = None) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            if key is None:
+                key = events.RequestLogged.FromString(data).request_id.encode()
+            await asyncio.wait_for(producer.send_and_wait(self.topic, data, key=key), self.publish_timeout)
+        except Exception as exc:  # noqa: BLE001 - broker down, topic missing, timeout
+            log.warning("kafka publish failed, spooling: %s", exc.__class__.__name__)
+            self._connected.clear()
+            self.m_connected.set(0)
+            return False
+        self.m_published.labels(path).inc()
+        return True
+
+    async def _spool(self, data: bytes) -> None:
+        try:
+            ok = await asyncio.to_thread(self.spool.write, data)
+        except OSError:
+            log.exception("could not write to the spool")
+            ok = False
+        if ok:
+            self.m_spooled.inc()
+        else:
+            self.m_dropped.labels("spool_full").inc()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.m_spool_bytes.set(self.spool.size_bytes)
+        self.m_spool_events.set(self.spool.count)
+
+    async def _connector(self) -> None:
+        """Keeps a producer connected and drains the spool whenever Kafka answers."""
+        backoff = 0.5
+        while True:
+            if not self.connected:
+                await self._close_producer()
+                try:
+                    await self._connect()
+                    backoff = 0.5
+                except Exception as exc:  # noqa: BLE001 - broker unreachable
+                    log.info("kafka not reachable (%s); retrying in %.1fs", exc.__class__.__name__, backoff)
+                    await self._close_producer()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+            if self.spool.count:
+                await self._replay()
+            await asyncio.sleep(self.replay_interval)
+
+    async def _connect(self) -> None:
+        if self.create_topic:
+            await ensure_topics(self.bootstrap, [self.topic], self.partitions, self.replication_factor, self.publish_timeout)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=5,
+            request_timeout_ms=int(self.publish_timeout * 1000),
+            max_request_size=4 * 1024 * 1024,
+        )
+        self._producer = producer
+        await asyncio.wait_for(producer.start(), self.publish_timeout)
+        self._connected.set()
+        self.m_connected.set(1)
+        log.info("kafka producer connected to %s", self.bootstrap)
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        self._connected.clear()
+        self.m_connected.set(0)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
+
+    async def _replay(self) -> None:
+        for path in await asyncio.to_thread(self.spool.oldest, 500):
+            try:
+                data = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                continue
+            if not await self._send(data, "replay"):
+                return
+            await asyncio.to_thread(self.spool.remove, path)
+            self._update_gauges()

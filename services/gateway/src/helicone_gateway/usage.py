@@ -1,0 +1,146 @@
+"""Extracts model and token usage from provider responses (JSON and SSE streams)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+
+from helicone_core.cost import TokenCounts
+
+
+@dataclass
+class Parsed:
+    model: str = ""
+    tokens: TokenCounts = TokenCounts()
+    known: bool = False
+
+
+def decode_body(data: bytes, content_encoding: str) -> bytes:
+    """Undoes Content-Encoding for logging; bytes that cannot be decoded are kept as they are."""
+    enc = (content_encoding or "").lower().strip()
+    try:
+        if enc == "gzip":
+            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+        if enc == "deflate":
+            try:
+                return zlib.decompress(data)
+            except zlib.error:
+                return zlib.decompress(data, -zlib.MAX_WBITS)
+        if enc == "br":
+            import brotli  # type: ignore[import-not-found]
+
+            return brotli.decompress(data)
+    except Exception:  # noqa: BLE001 - truncated or unsupported: log the raw bytes
+        return data
+    return data
+
+
+def sse_data(text: str):
+    """Yields the JSON payload of each `data:` line of an SSE stream."""
+    for line in text.splitlines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if not payload or payload == "[DONE]":
+            continue
+        try:
+            yield json.loads(payload)
+        except ValueError:
+            continue
+
+
+def _int(v) -> int:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def openai_usage(usage: dict) -> TokenCounts:
+    details = usage.get("prompt_tokens_details") or {}
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    cached = _int(details.get("cached_tokens")) or _int((usage.get("input_tokens_details") or {}).get("cached_tokens"))
+    return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached)
+
+
+def anthropic_usage(usage: dict, output_tokens: int | None = None) -> TokenCounts:
+    inp = _int(usage.get("input_tokens"))
+    write = _int(usage.get("cache_creation_input_tokens"))
+    read = _int(usage.get("cache_read_input_tokens"))
+    out = _int(usage.get("output_tokens")) if output_tokens is None else output_tokens
+    return TokenCounts(prompt_tokens=inp + write + read, completion_tokens=out, cache_read_tokens=read, cache_write_tokens=write)
+
+
+def parse_response(provider: str, body: bytes, content_type: str) -> Parsed:
+    text = body.decode("utf-8", errors="replace")
+    if "text/event-stream" in (content_type or ""):
+        return _parse_anthropic_sse(text) if provider == "anthropic" else _parse_openai_sse(text)
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return Parsed()
+    if not isinstance(doc, dict):
+        return Parsed()
+    model = doc.get("model") if isinstance(doc.get("model"), str) else ""
+    usage = doc.get("usage")
+    if not isinstance(usage, dict):
+        return Parsed(model=model)
+    if provider == "anthropic":
+        return Parsed(model=model, tokens=anthropic_usage(usage), known=True)
+    return Parsed(model=model, tokens=openai_usage(usage), known=True)
+
+
+def _parse_openai_sse(text: str) -> Parsed:
+    out = Parsed()
+    for chunk in sse_data(text):
+        if not isinstance(chunk, dict):
+            continue
+        if isinstance(chunk.get("model"), str) and chunk["model"]:
+            out.model = chunk["model"]
+        # Responses API streams wrap the final response object
+        resp = chunk.get("response") if isinstance(chunk.get("response"), dict) else None
+        usage = chunk.get("usage") or (resp or {}).get("usage")
+        if resp and isinstance(resp.get("model"), str):
+            out.model = resp["model"]
+        if isinstance(usage, dict):
+            out.tokens = openai_usage(usage)
+            out.known = True
+    return out
+
+
+def _parse_anthropic_sse(text: str) -> Parsed:
+    out = Parsed()
+    start_usage: dict = {}
+    output_tokens: int | None = None
+    for ev in sse_data(text):
+        if not isinstance(ev, dict):
+            continue
+        kind = ev.get("type")
+        if kind == "message_start" and isinstance(ev.get("message"), dict):
+            msg = ev["message"]
+            out.model = msg.get("model") or out.model
+            if isinstance(msg.get("usage"), dict):
+                start_usage = dict(msg["usage"])
+                out.known = True
+        elif kind == "message_delta" and isinstance(ev.get("usage"), dict):
+            usage = ev["usage"]
+            output_tokens = _int(usage.get("output_tokens"))
+            # newer APIs report final input/cache counts on message_delta too
+            for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+                if usage.get(k) is not None:
+                    start_usage[k] = usage[k]
+            out.known = True
+    if out.known:
+        out.tokens = anthropic_usage(start_usage, output_tokens)
+    return out
+
+
+def request_model(body: bytes) -> tuple[str, bool]:
+    """(model, stream) from a JSON request body."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "", False
+    if not isinstance(doc, dict):
+        return "", False
+    model = doc.get("model") if isinstance(doc.get("model"), str) else ""
+    return model, doc.get("stream") is True

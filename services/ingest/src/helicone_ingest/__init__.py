@@ -1,0 +1,1 @@
+"""Helicone ingest: Kafka log events to ClickHouse, the body store and Postgres."""

@@ -1,0 +1,122 @@
+"""The Faust ingest app. One agent consumes RequestLogged events in batches; a batch is
+acknowledged (so its offsets can be committed) only after it has been written. Events that
+can never be written go to the dead-letter topic with the reason in a header."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import faust
+from helicone_core import db
+from helicone_core.analytics import make_analytics_store
+from helicone_core.bodies import make_body_store
+from helicone_core.kafka import ensure_topics
+from helicone_core.metrics import ServiceMetrics
+
+from .settings import IngestSettings
+from .writer import BatchWriter
+
+log = logging.getLogger("helicone.ingest")
+
+
+class IngestService:
+    def __init__(self, settings: IngestSettings, *, analytics=None, bodies=None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics("ingest")
+        self.analytics = analytics or make_analytics_store(settings)
+        self.bodies = bodies or make_body_store(settings)
+        self.pool = None
+        self.writer: BatchWriter | None = None
+        self.faust: faust.App | None = None
+        self.m_dlq = self.metrics.counter("helicone_ingest_dead_letters_total", "Events sent to the dead-letter topic")
+        self.m_assigned = self.metrics.gauge("helicone_ingest_assigned_partitions", "Partitions assigned to this worker")
+        self._stopping = False
+
+    def _build_faust(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.consumer_group,
+            broker=[f"kafka://{b.strip()}" for b in s.kafka_bootstrap.split(",")],
+            store="memory://",
+            web_enabled=False,
+            autodiscover=False,
+            topic_partitions=s.kafka_topic_partitions,
+            topic_replication_factor=s.kafka_replication_factor,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=s.broker_session_timeout,
+            broker_heartbeat_interval=s.broker_heartbeat_interval,
+            broker_rebalance_timeout=s.broker_rebalance_timeout,
+            broker_commit_every=s.batch_size,
+            broker_commit_interval=1.0,
+            datadir=str(s.data_dir / "faust"),
+            stream_wait_empty=False,
+        )
+        topic = app.topic(s.kafka_topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
+        dlq = app.topic(s.kafka_dlq_topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
+        service = self
+
+        @app.agent(topic, name="request-logged-writer")
+        async def write_request_logs(stream):
+            async for raws in stream.take(s.batch_size, within=s.batch_within):
+                await service.process(raws, dlq)
+
+        return app
+
+    async def process(self, raws: list[bytes], dlq) -> None:
+        """Writes one batch, retrying until it succeeds; never raises (a crash would skip the
+        batch: its offsets are already past in the consumer)."""
+        assert self.writer is not None
+        good, bad = self.writer.decode(list(raws))
+        for rejected in bad:
+            await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason), "dead-letter")
+        await self._retry(lambda: self.writer.write(good), "write")
+
+    async def _dead_letter(self, dlq, raw: bytes, reason: str) -> None:
+        fut = await dlq.send(value=raw, headers={"x-helicone-error": reason[:500].encode()})
+        await fut
+        self.m_dlq.inc()
+        log.warning("event sent to dead-letter topic: %s", reason)
+
+    async def _retry(self, op, what: str) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await op()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - transient store failure: hold the batch
+                log.warning("ingest %s failed (%s: %s); retrying in %.1fs", what, exc.__class__.__name__, exc, backoff)
+                await asyncio.sleep(backoff * (1 + random.random() / 4))
+                backoff = min(backoff * 2, self.settings.retry_max_backoff)
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.bodies.start()
+        await self.analytics.init_schema()
+        self.pool = await db.connect_pool(s.postgres_dsn.get_secret_value(), max_size=5)
+        await db.migrate(self.pool)
+        self.writer = BatchWriter(self.analytics, self.bodies, self.pool, self.metrics)
+        await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor)
+        self.faust = self._build_faust()
+        await self.faust.start()
+
+    async def stop(self) -> None:
+        if self.faust is not None:
+            await self.faust.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        await self.analytics.close()
+        await self.bodies.close()
+
+    async def ready(self) -> dict[str, bool]:
+        assigned = len(self.faust.consumer.assignment()) if self.faust is not None and self.faust.consumer else 0
+        self.m_assigned.set(assigned)
+        return {
+            "consumer_assigned": assigned > 0,
+            "analytics": await self.analytics.ping(),
+            "bodies": await self.bodies.ping(),
+            "postgres": self.pool is not None,
+        }

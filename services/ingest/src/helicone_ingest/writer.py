@@ -1,0 +1,165 @@
+"""Writes a batch of log events: bodies to the object store, rows to ClickHouse, metadata to
+Postgres. Idempotent: a replayed event overwrites the same body keys, collapses into the same
+ReplacingMergeTree row and upserts the same metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from helicone_core import events
+from helicone_core.analytics import AnalyticsStore
+from helicone_core.bodies import BodyStore
+from helicone_core.metrics import ServiceMetrics
+
+log = logging.getLogger("helicone.ingest")
+
+
+@dataclass
+class Rejected:
+    raw: bytes
+    reason: str
+
+
+class BatchWriter:
+    def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, pool, metrics: ServiceMetrics) -> None:
+        self.analytics = analytics
+        self.bodies = bodies
+        self.pool = pool
+        self.m_events = metrics.counter("helicone_ingest_events_total", "Events consumed", ("result",))
+        self.m_batches = metrics.histogram(
+            "helicone_ingest_batch_seconds", "Time to write one batch", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        )
+        self.m_batch_size = metrics.histogram(
+            "helicone_ingest_batch_size", "Events per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+        )
+        self.m_write_errors = metrics.counter("helicone_ingest_write_errors_total", "Failed batch writes (retried)", ("stage",))
+        self.m_lag = metrics.histogram(
+            "helicone_ingest_end_to_end_seconds", "Response completed -> row written",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+
+    def decode(self, raws: list[bytes]) -> tuple[list[events.RequestLogged], list[Rejected]]:
+        good: dict[str, events.RequestLogged] = {}
+        bad: list[Rejected] = []
+        for raw in raws:
+            try:
+                ev = events.decode(raw)
+            except events.EventError as exc:
+                bad.append(Rejected(raw, str(exc)))
+                continue
+            good[ev.request_id] = ev  # last copy of a duplicate within the batch wins
+        self.m_events.labels("ok").inc(len(good))
+        self.m_events.labels("duplicate_in_batch").inc(len(raws) - len(bad) - len(good))
+        self.m_events.labels("rejected").inc(len(bad))
+        return list(good.values()), bad
+
+    async def write(self, batch: list[events.RequestLogged]) -> None:
+        """Raises on failure; the caller retries the same batch."""
+        if not batch:
+            return
+        started = time.perf_counter()
+        version = time.time_ns()
+        rows = []
+        try:
+            rows = await asyncio.gather(*(self._store_bodies(ev, version) for ev in batch))
+        except Exception:
+            self.m_write_errors.labels("bodies").inc()
+            raise
+        try:
+            await self.analytics.insert("request_log", list(rows))
+        except Exception:
+            self.m_write_errors.labels("analytics").inc()
+            raise
+        try:
+            await self._upsert_metadata(batch)
+        except Exception:
+            self.m_write_errors.labels("postgres").inc()
+            raise
+        now = time.time()
+        for ev in batch:
+            if ev.HasField("response_created_at"):
+                self.m_lag.observe(max(now - ev.response_created_at.ToDatetime(tzinfo=dt.timezone.utc).timestamp(), 0))
+        self.m_batches.observe(time.perf_counter() - started)
+        self.m_batch_size.observe(len(batch))
+
+    async def _store_bodies(self, ev: events.RequestLogged, version: int) -> dict:
+        which = ev.WhichOneof("bodies")
+        if which == "location":
+            loc = ev.location
+            return events.analytics_row(
+                ev, request_key=loc.request_key, response_key=loc.response_key,
+                request_bytes=loc.request_bytes, response_bytes=loc.response_bytes,
+                request_content_type="", response_content_type="", truncated=False, version=version,
+            )
+        inline = ev.inline if which == "inline" else events.InlineBodies()
+        req_key, resp_key = events.body_keys(ev.org_id, ev.request_id)
+        await asyncio.gather(
+            self.bodies.put(req_key, inline.request_body, inline.request_content_type),
+            self.bodies.put(resp_key, inline.response_body, inline.response_content_type),
+        )
+        return events.analytics_row(
+            ev, request_key=req_key, response_key=resp_key,
+            request_bytes=len(inline.request_body), response_bytes=len(inline.response_body),
+            request_content_type=inline.request_content_type, response_content_type=inline.response_content_type,
+            truncated=inline.request_truncated or inline.response_truncated, version=version,
+        )
+
+    async def _upsert_metadata(self, batch: list[events.RequestLogged]) -> None:
+        users: dict[tuple, tuple] = {}
+        sessions: dict[tuple, tuple] = {}
+        props: dict[tuple, dt.datetime] = {}
+        for ev in batch:
+            org = uuid.UUID(ev.org_id) if _is_uuid(ev.org_id) else None
+            if org is None:
+                continue
+            at = ev.request_created_at.ToDatetime(tzinfo=dt.timezone.utc)
+            if ev.user_id:
+                lo, hi = users.get((org, ev.user_id), (at, at))
+                users[(org, ev.user_id)] = (min(lo, at), max(hi, at))
+            if ev.session_id:
+                lo, hi, name = sessions.get((org, ev.session_id), (at, at, ev.session_name))
+                sessions[(org, ev.session_id)] = (min(lo, at), max(hi, at), ev.session_name or name)
+            for key in ev.properties:
+                props[(org, key)] = min(props.get((org, key), at), at)
+        if not (users or sessions or props):
+            return
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                if users:
+                    await conn.executemany(
+                        """INSERT INTO request_users(org_id, user_id, first_seen, last_seen) VALUES ($1,$2,$3,$4)
+                           ON CONFLICT (org_id, user_id) DO UPDATE SET
+                             first_seen = least(request_users.first_seen, excluded.first_seen),
+                             last_seen = greatest(request_users.last_seen, excluded.last_seen)""",
+                        [(o, u, lo, hi) for (o, u), (lo, hi) in users.items()],
+                    )
+                if sessions:
+                    await conn.executemany(
+                        """INSERT INTO request_sessions(org_id, session_id, session_name, first_seen, last_seen)
+                           VALUES ($1,$2,$3,$4,$5)
+                           ON CONFLICT (org_id, session_id) DO UPDATE SET
+                             session_name = CASE WHEN excluded.session_name <> '' THEN excluded.session_name
+                                                 ELSE request_sessions.session_name END,
+                             first_seen = least(request_sessions.first_seen, excluded.first_seen),
+                             last_seen = greatest(request_sessions.last_seen, excluded.last_seen)""",
+                        [(o, s, name, lo, hi) for (o, s), (lo, hi, name) in sessions.items()],
+                    )
+                if props:
+                    await conn.executemany(
+                        """INSERT INTO property_keys(org_id, key, first_seen) VALUES ($1,$2,$3)
+                           ON CONFLICT (org_id, key) DO UPDATE SET first_seen = least(property_keys.first_seen, excluded.first_seen)""",
+                        [(o, k, at) for (o, k), at in props.items()],
+                    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Helicone prompts: versioned prompt templates over gRPC."""

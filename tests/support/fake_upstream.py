@@ -1,0 +1,141 @@
+"""A local stand-in for the OpenAI and Anthropic APIs (JSON and SSE streaming).
+
+Token counts are deterministic: prompt tokens = words in the request's message contents,
+completion tokens = words in the reply. Every request's headers are recorded at
+GET /_received so tests can check what the gateway forwarded.
+
+Run: python -m tests.support.fake_upstream --port 9999
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+REPLY = "Hello from the fake upstream model"
+
+
+def _words(messages) -> int:
+    total = 0
+    for m in messages or []:
+        content = m.get("content", "")
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        total += len(str(content).split())
+    return total
+
+
+def create_app(chunk_delay: float = 0.0) -> FastAPI:
+    app = FastAPI()
+    app.state.received = []
+
+    @app.get("/_received")
+    async def received() -> list:
+        return app.state.received
+
+    @app.delete("/_received")
+    async def clear() -> dict:
+        app.state.received.clear()
+        return {}
+
+    def record(request: Request, body: dict) -> None:
+        app.state.received.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        record(request, body)
+        if body.get("model") == "fail-500":
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
+        prompt, completion = _words(body.get("messages")), len(REPLY.split())
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        model = body.get("model", "gpt-4o-mini")
+        cid = "chatcmpl-" + uuid.uuid4().hex[:12]
+        created = int(time.time())
+        if not body.get("stream"):
+            return {
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events():
+            words = REPLY.split(" ")
+            for i, word in enumerate(words):
+                chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}]}
+                if include_usage:
+                    chunk["usage"] = None
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                if chunk_delay:
+                    await asyncio.sleep(chunk_delay)
+            final = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield f"data: {json.dumps(final)}\n\n".encode()
+            if include_usage:
+                yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/messages")
+    async def messages(request: Request):
+        body = await request.json()
+        record(request, body)
+        prompt, completion = _words(body.get("messages")), len(REPLY.split())
+        model = body.get("model", "claude-3-5-haiku-latest")
+        mid = "msg_" + uuid.uuid4().hex[:12]
+        if not body.get("stream"):
+            return {
+                "id": mid, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": REPLY}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": prompt, "output_tokens": completion},
+            }
+
+        async def events():
+            def ev(kind: str, data: dict) -> bytes:
+                return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+            yield ev("message_start", {"type": "message_start", "message": {
+                "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1}}})
+            yield ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            for i, word in enumerate(REPLY.split(" ")):
+                yield ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                 "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}})
+                if chunk_delay:
+                    await asyncio.sleep(chunk_delay)
+            yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+            yield ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                       "usage": {"output_tokens": completion}})
+            yield ev("message_stop", {"type": "message_stop"})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.api_route("/{path:path}", methods=["GET", "POST"])
+    async def other(path: str, request: Request):
+        return Response(json.dumps({"path": "/" + path}), media_type="application/json")
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9999)
+    p.add_argument("--chunk-delay", type=float, default=0.0)
+    a = p.parse_args()
+    uvicorn.run(create_app(a.chunk_delay), host=a.host, port=a.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
