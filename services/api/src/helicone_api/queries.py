@@ -8,7 +8,7 @@ from typing import Any
 from .models import RequestQuery, utc
 
 COLUMNS = """
-    toString(request_id) AS request_id, request_created_at, response_created_at, latency_ms,
+    request_id, request_created_at, response_created_at, latency_ms,
     time_to_first_token_ms, status, provider, model, method, path, target_url, user_id, session_id,
     session_path, session_name, properties, prompt_tokens, completion_tokens, total_tokens,
     cache_read_tokens, cache_write_tokens, usage_known, cost_usd, cost_known, streamed,

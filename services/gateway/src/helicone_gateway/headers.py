@@ -89,13 +89,27 @@ def _bounded(name: str, value: str, limit: int) -> str:
     return value
 
 
+# Encodings the gateway can decode for the log. The response bytes themselves are passed through
+# unchanged; only the offer to the provider is narrowed.
+LOGGABLE_ENCODINGS = ("gzip", "deflate", "identity")
+
+
+def narrow_accept_encoding(value: str) -> str:
+    offered = [part.strip() for part in value.split(",") if part.strip()]
+    kept = [part for part in offered if part.split(";", 1)[0].strip().lower() in LOGGABLE_ENCODINGS]
+    return ", ".join(kept) or "identity"
+
+
 def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Everything but Helicone-*, hop-by-hop headers, Host and Content-Length (re-computed)."""
-    return [
-        (n, v)
-        for n, v in headers
-        if not n.startswith("helicone-") and n not in HOP_BY_HOP and n not in ("host", "content-length")
-    ]
+    out = []
+    for n, v in headers:
+        if n.startswith("helicone-") or n in HOP_BY_HOP or n in ("host", "content-length"):
+            continue
+        if n == "accept-encoding":
+            v = narrow_accept_encoding(v)
+        out.append((n, v))
+    return out
 
 
 def forward_response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

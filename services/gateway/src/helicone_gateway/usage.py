@@ -27,10 +27,6 @@ def decode_body(data: bytes, content_encoding: str) -> bytes:
                 return zlib.decompress(data)
             except zlib.error:
                 return zlib.decompress(data, -zlib.MAX_WBITS)
-        if enc == "br":
-            import brotli  # type: ignore[import-not-found]
-
-            return brotli.decompress(data)
     except Exception:  # noqa: BLE001 - truncated or unsupported: log the raw bytes
         return data
     return data

@@ -1,0 +1,67 @@
+import pytest
+from helicone_gateway.headers import HeaderError, forward_request_headers, narrow_accept_encoding, parse_helicone_headers
+from helicone_gateway.providers import RoutingError, route
+from helicone_gateway.settings import GatewaySettings
+
+
+def test_parse_helicone_headers():
+    hh = parse_helicone_headers([
+        ("helicone-auth", "Bearer sk-helicone-abc"),
+        ("helicone-user-id", "alice"),
+        ("helicone-session-id", "s-1"),
+        ("helicone-session-path", "/plan/step-1"),
+        ("helicone-session-name", "Trip planner"),
+        ("helicone-property-environment", "prod"),
+        ("helicone-property-feature", "chat"),
+        ("authorization", "Bearer sk-provider"),
+    ])
+    assert hh.auth_key == "sk-helicone-abc"
+    assert (hh.user_id, hh.session_id, hh.session_path, hh.session_name) == ("alice", "s-1", "/plan/step-1", "Trip planner")
+    assert hh.properties == {"environment": "prod", "feature": "chat"}
+
+
+@pytest.mark.parametrize("headers, message", [
+    ([("helicone-auth", "sk-helicone-abc")], "Bearer"),
+    ([("helicone-target-url", "ftp://x")], "absolute http"),
+    ([("helicone-target-url", "https://u:p@host")], "credentials"),
+    ([("helicone-request-id", "not-a-uuid")], "UUID"),
+    ([("helicone-property-", "x")], "name"),
+    ([("helicone-user-id", "u" * 600)], "longer"),
+])
+def test_bad_helicone_headers_are_clear_errors(headers, message):
+    with pytest.raises(HeaderError, match=message):
+        parse_helicone_headers(headers)
+
+
+def test_helicone_and_hop_by_hop_headers_are_not_forwarded():
+    fwd = dict(forward_request_headers([
+        ("helicone-auth", "Bearer x"), ("helicone-property-a", "b"), ("host", "gw"), ("connection", "keep-alive"),
+        ("content-length", "5"), ("authorization", "Bearer sk-provider"), ("x-api-key", "sk-ant"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+    ]))
+    assert fwd == {"authorization": "Bearer sk-provider", "x-api-key": "sk-ant", "accept-encoding": "gzip, deflate"}
+
+
+def test_accept_encoding_keeps_only_what_the_log_can_decode():
+    assert narrow_accept_encoding("br, zstd") == "identity"
+    assert narrow_accept_encoding("gzip;q=1.0, br;q=0.5") == "gzip;q=1.0"
+
+
+def test_routing():
+    s = GatewaySettings(openai_url="https://oai.example", anthropic_url="https://ant.example", _env_file=None)
+    assert route(s, "/v1/chat/completions", {}, "") .base_url == "https://oai.example"
+    r = route(s, "/v1/messages", {}, "")
+    assert (r.provider, r.base_url, r.path) == ("anthropic", "https://ant.example", "/v1/messages")
+    r = route(s, "/anthropic/v1/messages", {}, "")
+    assert (r.provider, r.path) == ("anthropic", "/v1/messages")
+    r = route(s, "/openai/v1/embeddings", {}, "")
+    assert (r.provider, r.path) == ("openai", "/v1/embeddings")
+    r = route(s, "/v1/chat/completions", {}, "https://api.together.xyz/")
+    assert (r.provider, r.base_url) == ("openai", "https://api.together.xyz")
+
+
+def test_target_url_allowlist():
+    s = GatewaySettings(target_url_allowlist=["api.together.xyz"], _env_file=None)
+    assert route(s, "/v1/chat/completions", {}, "https://api.together.xyz").base_url == "https://api.together.xyz"
+    with pytest.raises(RoutingError, match="not allowed"):
+        route(s, "/v1/chat/completions", {}, "http://169.254.169.254")

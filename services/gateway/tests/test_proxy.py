@@ -1,0 +1,121 @@
+"""The gateway app against the fake provider, in process (no sockets)."""
+
+import json
+
+import httpx
+import pytest
+from helicone_core import events
+from helicone_gateway.app import create_app
+from helicone_gateway.settings import GatewaySettings
+
+from tests.support.fake_upstream import create_app as create_fake_upstream
+
+ORG = "11111111-2222-3333-4444-555555555555"
+
+
+class StubKeys:
+    async def resolve(self, key):
+        if key == "down":
+            raise ConnectionError("postgres is down")
+        return ORG if key == "good-key" else None
+
+
+@pytest.fixture
+async def gateway(tmp_path):
+    settings = GatewaySettings(
+        data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url="http://upstream", anthropic_url="http://upstream",
+        max_logged_body_bytes=2048, _env_file=None,
+    )
+    app = create_app(settings)
+    gw = app.state.gateway
+    await gw.start()
+    fake = create_fake_upstream()
+    await gw.client.aclose()
+    gw.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=fake), base_url="http://upstream")
+    gw.keys = StubKeys()
+    built = []
+    gw.publisher.submit = lambda builder: built.append(builder())
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+    yield client, fake, built
+    await client.aclose()
+    await gw.stop()
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}
+
+
+async def test_proxies_and_logs_a_chat_completion(gateway):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={
+        "Helicone-Auth": "Bearer good-key", "Authorization": "Bearer sk-provider-secret",
+        "Helicone-User-Id": "u1", "Helicone-Property-Team": "search", "Helicone-Session-Id": "s1"})
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "Hello from the fake upstream model"
+    rid = r.headers["helicone-id"]
+    sent = fake.state.received[-1]["headers"]
+    assert sent["authorization"] == "Bearer sk-provider-secret"
+    assert not any(k.startswith("helicone-") for k in sent)
+    [ev] = built
+    assert ev.request_id == rid and ev.org_id == ORG and ev.status == 200
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens, ev.usage.known) == (3, 6, True)
+    assert ev.cost_known and ev.cost_usd == pytest.approx((3 * 0.15 + 6 * 0.60) / 1e6)
+    assert (ev.user_id, ev.session_id, dict(ev.properties)) == ("u1", "s1", {"team": "search"})
+    assert json.loads(ev.inline.request_body) == CHAT
+    assert b"sk-provider-secret" not in events.encode(ev)
+
+
+async def test_streaming_is_passed_through_and_logged(gateway):
+    client, fake, built = gateway
+    body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+    r = await client.post("/v1/chat/completions", json=body, headers={"Helicone-Auth": "Bearer good-key"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.endswith("data: [DONE]\n\n")
+    [ev] = built
+    assert ev.streamed and ev.usage.known and ev.usage.completion_tokens == 6
+    assert ev.inline.response_body.decode() == r.text
+
+
+async def test_missing_and_invalid_keys_are_rejected_without_calling_upstream(gateway):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 401 and "Helicone-Auth" in r.json()["error"]["message"]
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer nope"})
+    assert r.status_code == 401
+    assert fake.state.received == [] and built == []
+
+
+async def test_key_store_outage_still_proxies_without_logging(gateway):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer down"})
+    assert r.status_code == 200 and len(fake.state.received) == 1 and built == []
+
+
+async def test_upstream_errors_are_passed_through_and_logged(gateway):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=dict(CHAT, model="fail-500"), headers={"Helicone-Auth": "Bearer good-key"})
+    assert r.status_code == 500 and r.json()["error"]["message"] == "upstream exploded"
+    assert built[0].status == 500 and not built[0].usage.known
+
+
+async def test_large_bodies_are_truncated_in_the_log_only(gateway):
+    client, fake, built = gateway
+    big = dict(CHAT, messages=[{"role": "user", "content": "word " * 2000}])
+    r = await client.post("/v1/chat/completions", json=big, headers={"Helicone-Auth": "Bearer good-key"})
+    assert r.status_code == 200
+    assert fake.state.received[-1]["body"] == big  # the provider got everything
+    ev = built[0]
+    assert ev.inline.request_truncated and len(ev.inline.request_body) == 2048
+    assert ev.usage.prompt_tokens == 2000  # usage comes from the (small) response
+
+
+async def test_bad_helicone_header_is_a_400(gateway):
+    client, _, _ = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key", "Helicone-Request-Id": "x"})
+    assert r.status_code == 400 and "UUID" in r.json()["error"]["message"]
+
+
+async def test_ops_endpoints(gateway):
+    client, _, _ = gateway
+    assert (await client.get("/healthz")).json()["status"] == "ok"
+    assert (await client.get("/readyz")).status_code == 200
+    assert "helicone_gateway_requests_total" in (await client.get("/metrics")).text

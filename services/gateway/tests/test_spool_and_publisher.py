@@ -1,0 +1,72 @@
+import asyncio
+import datetime as dt
+
+from helicone_core import events
+from helicone_core.metrics import ServiceMetrics
+from helicone_gateway.publisher import EventPublisher
+from helicone_gateway.spool import Spool
+
+
+def test_spool_is_bounded_ordered_and_survives_reopen(tmp_path):
+    spool = Spool(tmp_path, max_bytes=25)
+    assert spool.write(b"a" * 10) and spool.write(b"b" * 10)
+    assert not spool.write(b"c" * 10)  # would exceed 25 bytes
+    assert spool.count == 2 and spool.size_bytes == 20
+    reopened = Spool(tmp_path, max_bytes=25)
+    assert reopened.count == 2 and reopened.size_bytes == 20
+    files = reopened.oldest(10)
+    assert [f.read_bytes()[:1] for f in files] == [b"a", b"b"]
+    reopened.remove(files[0])
+    assert reopened.count == 1 and reopened.size_bytes == 10
+
+
+def _event() -> events.RequestLogged:
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id="o")
+    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    return ev
+
+
+async def test_events_go_to_the_spool_when_kafka_is_unreachable(tmp_path):
+    metrics = ServiceMetrics("gateway")
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    pub = EventPublisher(bootstrap="127.0.0.1:1", topic="t", spool=spool, metrics=metrics, publish_timeout=0.5)
+    await pub.start()
+    try:
+        sent = [_event() for _ in range(3)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        for _ in range(100):
+            if spool.count == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert spool.count == 3
+        stored = {events.decode(p.read_bytes()).request_id for p in spool.oldest(10)}
+        assert stored == {ev.request_id for ev in sent}
+    finally:
+        await pub.stop()
+
+
+async def test_a_failing_event_builder_does_not_stop_the_worker(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    pub = EventPublisher(bootstrap="127.0.0.1:1", topic="t", spool=spool, metrics=ServiceMetrics("gateway"))
+    await pub.start()
+    try:
+        pub.submit(lambda: 1 / 0)
+        pub.submit(_event)
+        for _ in range(100):
+            if spool.count == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert spool.count == 1
+    finally:
+        await pub.stop()
+
+
+async def test_stop_spools_whatever_is_still_queued(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    pub = EventPublisher(bootstrap="127.0.0.1:1", topic="t", spool=spool, metrics=ServiceMetrics("gateway"))
+    # not started: nothing consumes the queue until stop()
+    for _ in range(5):
+        pub.submit(_event)
+    await pub.stop(drain_timeout=0.1)
+    assert spool.count == 5

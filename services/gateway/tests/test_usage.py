@@ -1,0 +1,56 @@
+import gzip
+import json
+
+from helicone_gateway.usage import decode_body, parse_response, request_model
+
+
+def sse(*events) -> bytes:
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
+
+
+def test_openai_json_usage_with_cached_tokens():
+    body = json.dumps({"model": "gpt-4o-2024-08-06", "usage": {
+        "prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150, "prompt_tokens_details": {"cached_tokens": 100}}}).encode()
+    p = parse_response("openai", body, "application/json")
+    assert p.known and p.model == "gpt-4o-2024-08-06"
+    assert (p.tokens.prompt_tokens, p.tokens.completion_tokens, p.tokens.cache_read_tokens) == (120, 30, 100)
+
+
+def test_openai_stream_usage_from_final_chunk():
+    body = sse({"model": "gpt-4o-mini", "choices": [{"delta": {"content": "hi"}}], "usage": None},
+               {"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
+    p = parse_response("openai", body, "text/event-stream; charset=utf-8")
+    assert p.known and (p.tokens.prompt_tokens, p.tokens.completion_tokens) == (7, 2)
+
+
+def test_openai_stream_without_usage_is_unknown_not_zero_cost():
+    p = parse_response("openai", sse({"model": "gpt-4o", "choices": [{"delta": {"content": "x"}}]}), "text/event-stream")
+    assert not p.known and p.model == "gpt-4o"
+
+
+def test_anthropic_json_and_stream_usage():
+    body = json.dumps({"model": "claude-sonnet-4-5", "usage": {
+        "input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 1000}}).encode()
+    p = parse_response("anthropic", body, "application/json")
+    assert (p.tokens.prompt_tokens, p.tokens.completion_tokens, p.tokens.cache_write_tokens, p.tokens.cache_read_tokens) == (1110, 5, 100, 1000)
+    stream = (
+        'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-3-5-haiku-20241022","usage":{"input_tokens":25,"output_tokens":1}}}\n\n'
+        'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}\n\n'
+        'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}\n\n'
+    ).encode()
+    p = parse_response("anthropic", stream, "text/event-stream")
+    assert p.known and p.model == "claude-3-5-haiku-20241022"
+    assert (p.tokens.prompt_tokens, p.tokens.completion_tokens) == (25, 15)
+
+
+def test_non_json_bodies_do_not_raise():
+    assert not parse_response("openai", b"<html>bad gateway</html>", "text/html").known
+    assert not parse_response("openai", b"[1,2]", "application/json").known
+
+
+def test_decode_body_and_request_model():
+    raw = b'{"usage":{}}'
+    assert decode_body(gzip.compress(raw), "gzip") == raw
+    assert decode_body(b"not gzip", "gzip") == b"not gzip"
+    assert request_model(b'{"model":"gpt-4o","stream":true}') == ("gpt-4o", True)
+    assert request_model(b"garbage") == ("", False)
