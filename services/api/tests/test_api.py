@@ -1,0 +1,109 @@
+import datetime as dt
+
+import httpx
+import pytest
+from helicone_api.app import create_app
+from helicone_api.settings import ApiSettings
+from helicone_core import db, events
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+
+async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice", props=None, status=200):
+    ev = events.RequestLogged(
+        schema_version=1, request_id=events.new_request_id(), org_id=org, status=status, provider="openai", model=model,
+        user_id=user, properties=props or {}, latency_ms=120, time_to_first_token_ms=-1,
+        usage=events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), cost_usd=0.5, cost_known=True,
+    )
+    events.set_time(ev.request_created_at, T0 + dt.timedelta(minutes=minutes))
+    req_key, resp_key = events.body_keys(org, ev.request_id)
+    await state.bodies.put(req_key, b'{"model":"%s"}' % model.encode(), "application/json")
+    await state.bodies.put(resp_key, b"data: {}\n\ndata: [DONE]\n\n", "text/event-stream")
+    row = events.analytics_row(ev, request_key=req_key, response_key=resp_key, request_bytes=1, response_bytes=1,
+                               request_content_type="application/json", response_content_type="text/event-stream",
+                               truncated=False, version=1)
+    await state.analytics.insert("request_log", [row])
+    return ev.request_id
+
+
+@pytest.fixture
+async def api(tmp_path, fresh_db_dsn):
+    settings = ApiSettings(data_dir=tmp_path, analytics_backend="chdb", body_store="local", postgres_dsn=fresh_db_dsn, _env_file=None)
+    app = create_app(settings)
+    state = app.state.api
+    await state.start()
+    org = await db.create_org(state.pool, "acme")
+    key = (await db.create_key(state.pool, org, "t")).key
+    other_org = await db.create_org(state.pool, "other")
+    other_key = (await db.create_key(state.pool, other_org, "t")).key
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                               headers={"Authorization": f"Bearer {key}"})
+    yield client, state, org, other_org, other_key
+    await client.aclose()
+    await state.stop()
+
+
+async def query(client, **body):
+    r = await client.post("/v1/request/query", json=body)
+    assert r.status_code == 200, r.text
+    return [d["request_id"] for d in r.json()["data"]]
+
+
+async def test_filters(api):
+    client, state, org, other_org, _ = api
+    a = await add_request(state, org, minutes=0, model="gpt-4o-mini", user="alice", props={"env": "prod"})
+    b = await add_request(state, org, minutes=10, model="gpt-4o", user="bob", props={"env": "dev", "team": "x"})
+    c = await add_request(state, org, minutes=20, model="gpt-4o", user="alice", props={"env": "prod", "team": "x"})
+    await add_request(state, other_org, minutes=5, model="gpt-4o")
+
+    assert await query(client) == [c, b, a]
+    assert await query(client, sort="created_at_asc") == [a, b, c]
+    assert await query(client, filter={"model": "gpt-4o"}) == [c, b]
+    assert await query(client, filter={"user_id": "alice"}) == [c, a]
+    assert await query(client, filter={"properties": {"env": "prod"}}) == [c, a]
+    assert await query(client, filter={"properties": {"Env": "prod", "team": "x"}}) == [c]
+    start, end = (T0 + dt.timedelta(minutes=5)).isoformat(), (T0 + dt.timedelta(minutes=20)).isoformat()
+    assert await query(client, filter={"start": start, "end": end}) == [b]  # end is exclusive
+    assert await query(client, filter={"start": "2026-03-01T12:05:00"}) == [c, b]  # naive means UTC
+    assert await query(client, limit=1, offset=1) == [b]
+    assert await query(client, filter={"model": "gpt-4o", "user_id": "nobody"}) == []
+
+
+async def test_detail_returns_bodies_and_usage(api):
+    client, state, org, _, other_key = api
+    rid = await add_request(state, org, minutes=1, props={"env": "prod"})
+    r = await client.get(f"/v1/request/{rid}")
+    assert r.status_code == 200
+    d = r.json()
+    assert d["request_id"] == rid and d["status"] == 200 and d["latency_ms"] == 120
+    assert d["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cache_read_tokens": 0,
+                          "cache_write_tokens": 0, "known": True}
+    assert d["cost_usd"] == 0.5 and d["properties"] == {"env": "prod"} and d["time_to_first_token_ms"] is None
+    assert d["request_body"] == {"model": "gpt-4o-mini"}
+    assert d["response_body"] == "data: {}\n\ndata: [DONE]\n\n"
+    assert d["created_at"] == "2026-03-01T12:01:00.000Z"
+    # another org cannot see it
+    r = await client.get(f"/v1/request/{rid}", headers={"Authorization": f"Bearer {other_key}"})
+    assert r.status_code == 404
+
+
+async def test_errors_are_clear(api):
+    client, *_ = api
+    r = await client.get("/v1/request/not-a-uuid")
+    assert r.status_code == 400 and "UUID" in r.json()["error"]["message"]
+    r = await client.post("/v1/request/query", json={"limit": 0, "filter": {"start": "2026-01-02", "end": "2026-01-01"}})
+    assert r.status_code == 422
+    fields = {d["field"] for d in r.json()["error"]["details"]}
+    assert "limit" in fields and "filter" in fields
+    r = await client.post("/v1/request/query", json={"filter": {"modle": "typo"}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "filter.modle"
+    r = await client.post("/v1/request/query", json={}, headers={"Authorization": ""})
+    assert r.status_code == 401
+    r = await client.post("/v1/request/query", json={}, headers={"Authorization": "Bearer sk-helicone-nope"})
+    assert r.status_code == 401
+
+
+async def test_ops_endpoints(api):
+    client, *_ = api
+    assert (await client.get("/readyz")).json()["ready"] is True
+    assert "helicone_api_queries_total" in (await client.get("/metrics")).text

@@ -1,0 +1,99 @@
+import datetime as dt
+import json
+import uuid
+
+import pytest
+from helicone_core import events
+from helicone_core.analytics import ChdbStore
+from helicone_core.bodies import LocalBodyStore
+from helicone_core.metrics import ServiceMetrics
+from helicone_ingest.writer import BatchWriter
+
+ORG = str(uuid.uuid4())
+
+
+def event(**kw) -> events.RequestLogged:
+    ev = events.RequestLogged(
+        schema_version=1, request_id=events.new_request_id(), org_id=ORG, status=200, provider="openai",
+        model="gpt-4o-mini", user_id="alice", session_id="s1", session_name="Planner", properties={"env": "prod"},
+        usage=events.Usage(prompt_tokens=3, completion_tokens=6, total_tokens=9, known=True), cost_usd=4.05e-6, cost_known=True,
+        inline=events.InlineBodies(request_body=b'{"model":"gpt-4o-mini"}', response_body=b'{"ok":true}',
+                                   request_content_type="application/json", response_content_type="application/json"),
+        source="gateway", **kw,
+    )
+    now = dt.datetime.now(dt.timezone.utc)
+    events.set_time(ev.request_created_at, now)
+    events.set_time(ev.response_created_at, now)
+    return ev
+
+
+@pytest.fixture
+async def writer(tmp_path, pg_pool):
+    analytics = ChdbStore(tmp_path / "chdb", "helicone")
+    await analytics.init_schema()
+    bodies = LocalBodyStore(tmp_path / "bodies")
+    await bodies.start()
+    await pg_pool.execute("INSERT INTO orgs(id, name) VALUES ($1, 'acme')", uuid.UUID(ORG))
+    yield BatchWriter(analytics, bodies, pg_pool, ServiceMetrics("ingest")), analytics, bodies, pg_pool
+    await analytics.close()
+
+
+async def count(analytics, rid=None) -> int:
+    sql = "SELECT count() AS n FROM {db}.request_log FINAL" + (" WHERE request_id = {rid:UUID}" if rid else "")
+    rows = await analytics.query(sql + " SETTINGS output_format_json_quote_64bit_integers=0", {"rid": rid} if rid else None)
+    return rows[0]["n"]
+
+
+async def test_batch_is_written_to_all_three_stores(writer):
+    w, analytics, bodies, pool = writer
+    evs = [event(), event()]
+    good, bad = w.decode([events.encode(e) for e in evs])
+    assert bad == [] and len(good) == 2
+    await w.write(good)
+    assert await count(analytics) == 2
+    req_key, resp_key = events.body_keys(ORG, evs[0].request_id)
+    assert json.loads(await bodies.get(req_key)) == {"model": "gpt-4o-mini"}
+    assert await bodies.get(resp_key) == b'{"ok":true}'
+    user = await pool.fetchrow("SELECT * FROM request_users")
+    assert user["user_id"] == "alice"
+    assert (await pool.fetchrow("SELECT * FROM request_sessions"))["session_name"] == "Planner"
+    assert [r["key"] for r in await pool.fetch("SELECT key FROM property_keys")] == ["env"]
+
+
+async def test_replayed_events_do_not_double_count(writer):
+    w, analytics, _, pool = writer
+    ev = event()
+    raw = events.encode(ev)
+    good, _ = w.decode([raw, raw])  # duplicate within a batch
+    assert len(good) == 1
+    await w.write(good)
+    good, _ = w.decode([raw])  # and replayed in a later batch
+    await w.write(good)
+    assert await count(analytics, ev.request_id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM request_users") == 1
+
+
+async def test_undecodable_events_are_rejected_with_reasons(writer):
+    w, analytics, _, _ = writer
+    bad_version = event()
+    bad_version.schema_version = 99
+    good, bad = w.decode([b"garbage\xff", events.encode(bad_version), events.encode(event())])
+    assert len(good) == 1
+    assert len(bad) == 2 and "schema_version" in bad[1].reason
+    assert bad[0].raw == b"garbage\xff"
+
+
+async def test_a_failing_store_raises_so_the_batch_is_retried(writer):
+    w, analytics, bodies, _ = writer
+
+    class Broken:
+        async def insert(self, *a):
+            raise ConnectionError("clickhouse down")
+
+    w.analytics = Broken()
+    good, _ = w.decode([events.encode(event())])
+    with pytest.raises(ConnectionError):
+        await w.write(good)
+    w.analytics = analytics
+    await w.write(good)  # the retry succeeds and the row is there once
+    assert await count(analytics) == 1
