@@ -151,14 +151,17 @@ async def run_up(args) -> int:
         if not bootstrap:
             kafka = EmbeddedKafka(args.host, args.kafka_port, args.data_dir / "logs" / "kafka.log")
             bootstrap = await asyncio.to_thread(kafka.start)
-        key = await _bootstrap_key(dsn, args.data_dir)
+        # A first key for a fresh embedded installation; with an external Postgres, keys are
+        # created deliberately (`helicone-stack keys create --postgres-dsn ...`).
+        key = await _bootstrap_key(dsn, args.data_dir) if pg else None
         running = await start_services(args.target, _settings(args, dsn, bootstrap))
         lines = [f"helicone stack ready in {time.monotonic() - t0:.1f}s (data: {args.data_dir})"]
         for r in running:
             lines.append(f"  {r.name:8s} " + "  ".join(f"{k}={v}" for k, v in r.urls.items()))
         lines.append(f"  kafka    {bootstrap}{' (embedded, in memory)' if kafka else ''}")
         lines.append(f"  postgres {'embedded, ' + str(args.data_dir / 'postgres') if pg else 'external'}")
-        lines.append(f"  Helicone API key: {key['key']}   (org {key['org_id']}; also in {args.data_dir / BOOTSTRAP_FILE})")
+        if key:
+            lines.append(f"  Helicone API key: {key['key']}   (org {key['org_id']}; also in {args.data_dir / BOOTSTRAP_FILE})")
         print("\n".join(lines), flush=True)
         print("READY", flush=True)
         await stop.wait()

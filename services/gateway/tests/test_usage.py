@@ -34,10 +34,10 @@ def test_anthropic_json_and_stream_usage():
     p = parse_response("anthropic", body, "application/json")
     assert (p.tokens.prompt_tokens, p.tokens.completion_tokens, p.tokens.cache_write_tokens, p.tokens.cache_read_tokens) == (1110, 5, 100, 1000)
     stream = (
-        'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-3-5-haiku-20241022","usage":{"input_tokens":25,"output_tokens":1}}}\n\n'
-        'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}\n\n'
-        'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}\n\n'
-    ).encode()
+        b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-3-5-haiku-20241022","usage":{"input_tokens":25,"output_tokens":1}}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"hi"}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}\n\n'
+    )
     p = parse_response("anthropic", stream, "text/event-stream")
     assert p.known and p.model == "claude-3-5-haiku-20241022"
     assert (p.tokens.prompt_tokens, p.tokens.completion_tokens) == (25, 15)

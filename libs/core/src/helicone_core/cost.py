@@ -52,12 +52,12 @@ class CostRegistry:
         }
 
     @classmethod
-    def default(cls) -> "CostRegistry":
+    def default(cls) -> CostRegistry:
         text = resources.files(__package__).joinpath("cost_registry.json").read_text()
         return cls(json.loads(text))
 
     @classmethod
-    def from_file(cls, path: Path) -> "CostRegistry":
+    def from_file(cls, path: Path) -> CostRegistry:
         return cls(json.loads(Path(path).read_text()))
 
     def price(self, provider: str, model: str) -> Price | None:

@@ -54,10 +54,23 @@ def add_ops_routes(app, metrics: ServiceMetrics, ready: ReadyCheck) -> None:
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
 
-def ops_app(metrics: ServiceMetrics, ready: ReadyCheck):
-    """A small FastAPI app with only the ops routes, for services whose main protocol is not HTTP."""
+def ops_app(metrics: ServiceMetrics, ready: ReadyCheck, service=None):
+    """A small FastAPI app with only the ops routes, for services whose main protocol is not HTTP.
+    With `service` (an object with async start()/stop()), the app's lifespan runs it."""
+    from contextlib import asynccontextmanager
+
     from fastapi import FastAPI
 
-    app = FastAPI(title=f"helicone-{metrics.service} ops", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(app):
+        if service is not None:
+            await service.start()
+        try:
+            yield
+        finally:
+            if service is not None:
+                await service.stop()
+
+    app = FastAPI(title=f"helicone-{metrics.service} ops", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     add_ops_routes(app, metrics, ready)
     return app

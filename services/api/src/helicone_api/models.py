@@ -28,7 +28,7 @@ class RequestFilter(BaseModel):
         return {k.lower(): val for k, val in v.items()}
 
     @model_validator(mode="after")
-    def _range(self) -> "RequestFilter":
+    def _range(self) -> RequestFilter:
         if self.start and self.end and utc(self.start) >= utc(self.end):
             raise ValueError("start must be before end")
         return self

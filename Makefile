@@ -1,0 +1,36 @@
+# Helicone-class LLM gateway: one-box development and CI entry points.
+PY := .venv/bin/python
+DATA_DIR ?= .helicone-data
+export DATA_DIR
+
+.PHONY: setup up test test-unit test-e2e proto proto-check lint bench clean
+
+setup:            ## create .venv and install every package (pinned by constraints.txt)
+	@bash scripts/setup.sh
+
+up: setup         ## run the whole stack on this machine (UPSTREAM=fake for an offline demo)
+	@bash scripts/up.sh
+
+test: setup proto-check lint  ## everything CI runs
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q -m "not e2e"
+
+test-e2e: setup
+	$(PY) -m pytest -q tests/e2e
+
+proto: setup      ## regenerate libs/protos/src from protos/
+	$(PY) scripts/gen_protos.py
+
+proto-check: setup  ## fail if the generated code is stale
+	$(PY) scripts/gen_protos.py --check
+
+lint: setup
+	.venv/bin/ruff check .
+
+bench: setup      ## gateway overhead against a direct call to the fake provider
+	$(PY) bench/gateway_overhead.py
+
+clean:
+	rm -rf .venv $(DATA_DIR)

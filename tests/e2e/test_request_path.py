@@ -1,0 +1,229 @@
+"""The path that must work: official SDKs -> gateway -> Kafka -> ingest -> ClickHouse/S3/Postgres -> api."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+
+import anthropic
+import grpc
+import httpx
+import openai
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helicone_core import events
+
+pytestmark = pytest.mark.e2e
+
+PROVIDER_KEY = "sk-proj-e2e-provider-secret-0123456789"
+ANTHROPIC_KEY = "sk-ant-e2e-provider-secret-0123456789"
+# gpt-4o-mini: $0.15 / $0.60 per 1M tokens; claude-3-5-haiku: $0.80 / $4.00
+GPT4O_MINI = (0.15, 0.60)
+HAIKU = (0.80, 4.00)
+
+
+def oai(stack, **headers) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.gateway}/v1", api_key=PROVIDER_KEY,
+                         default_headers={"Helicone-Auth": f"Bearer {stack.key}", **headers}, max_retries=0)
+
+
+def claude(stack, **headers) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=stack.gateway, api_key=ANTHROPIC_KEY,
+                               default_headers={"Helicone-Auth": f"Bearer {stack.key}", **headers}, max_retries=0)
+
+
+def cost(prices, prompt, completion) -> float:
+    return (prompt * prices[0] + completion * prices[1]) / 1e6
+
+
+def test_openai_chat_completion(stack):
+    client = oai(stack, **{"Helicone-User-Id": "alice", "Helicone-Session-Id": "sess-1", "Helicone-Session-Path": "/plan",
+                           "Helicone-Session-Name": "Trip", "Helicone-Property-Environment": "e2e",
+                           "Helicone-Property-Feature": "chat"})
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "four words of prompt"}])
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hello from the fake upstream model"
+    rid = raw.headers["helicone-id"]
+
+    logged = stack.wait_for_request(rid)
+    assert logged["status"] == 200 and logged["provider"] == "openai" and logged["model"] == "gpt-4o-mini"
+    assert logged["path"] == "/v1/chat/completions" and not logged["streamed"]
+    assert logged["usage"]["prompt_tokens"] == 4 and logged["usage"]["completion_tokens"] == 6
+    assert logged["usage"]["total_tokens"] == 10
+    assert logged["cost_usd"] == pytest.approx(cost(GPT4O_MINI, 4, 6))
+    assert logged["user_id"] == "alice"
+    assert logged["session"] == {"id": "sess-1", "path": "/plan", "name": "Trip"}
+    assert logged["properties"] == {"environment": "e2e", "feature": "chat"}
+    assert logged["latency_ms"] >= 0 and logged["time_to_first_token_ms"] is not None
+    assert logged["request_body"]["messages"] == [{"role": "user", "content": "four words of prompt"}]
+    assert logged["response_body"]["id"] == completion.id
+
+
+def test_openai_streaming(stack):
+    client = oai(stack, **{"Helicone-Property-Kind": "stream"})
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "stream this please"}], stream=True,
+        stream_options={"include_usage": True},
+    ) as resp:
+        rid = resp.headers["helicone-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text == "Hello from the fake upstream model"
+    logged = stack.wait_for_request(rid)
+    assert logged["streamed"] and logged["usage"]["prompt_tokens"] == 3 and logged["usage"]["completion_tokens"] == 6
+    assert logged["cost_usd"] == pytest.approx(cost(GPT4O_MINI, 3, 6))
+    assert isinstance(logged["response_body"], str) and logged["response_body"].rstrip().endswith("data: [DONE]")
+    assert '"content": " upstream"' in logged["response_body"]
+
+
+def test_anthropic_messages_and_stream(stack):
+    client = claude(stack, **{"Helicone-User-Id": "carol"})
+    raw = client.messages.with_raw_response.create(
+        model="claude-3-5-haiku-20241022", max_tokens=50, messages=[{"role": "user", "content": "hello there claude"}])
+    msg = raw.parse()
+    assert msg.content[0].text == "Hello from the fake upstream model"
+    logged = stack.wait_for_request(raw.headers["helicone-id"])
+    assert logged["provider"] == "anthropic" and logged["model"] == "claude-3-5-haiku-20241022"
+    assert (logged["usage"]["prompt_tokens"], logged["usage"]["completion_tokens"]) == (3, 6)
+    assert logged["cost_usd"] == pytest.approx(cost(HAIKU, 3, 6))
+    assert logged["response_body"]["usage"] == {"input_tokens": 3, "output_tokens": 6}
+
+    with client.messages.with_streaming_response.create(
+        model="claude-3-5-haiku-20241022", max_tokens=50, stream=True, messages=[{"role": "user", "content": "stream it"}]
+    ) as resp:
+        rid = resp.headers["helicone-id"]
+        chunks = [e for e in resp.parse()]
+    assert chunks[0].type == "message_start" and chunks[-1].type == "message_stop"
+    logged = stack.wait_for_request(rid)
+    assert logged["streamed"] and (logged["usage"]["prompt_tokens"], logged["usage"]["completion_tokens"]) == (2, 6)
+    assert logged["user_id"] == "carol"
+
+
+def test_query_filters(stack):
+    run = uuid.uuid4().hex[:8]
+    before = dt.datetime.now(dt.timezone.utc)
+    ids = {}
+    for name, model, user in [("a", "gpt-4o-mini", "u-a"), ("b", "gpt-4o", "u-b"), ("c", "gpt-4o", "u-a")]:
+        client = oai(stack, **{"Helicone-User-Id": f"{user}-{run}", "Helicone-Property-Run": run, "Helicone-Property-Name": name})
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": name}])
+        ids[name] = raw.headers["helicone-id"]
+        time.sleep(0.01)
+    for rid in ids.values():
+        stack.wait_for_request(rid)
+    after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+
+    def q(**flt):
+        with stack.api_client() as api:
+            r = api.post("/v1/request/query", json={"filter": {"properties": {"run": run}, **flt}})
+        assert r.status_code == 200, r.text
+        return sorted(d["properties"]["name"] for d in r.json()["data"])
+
+    assert q() == ["a", "b", "c"]
+    assert q(model="gpt-4o") == ["b", "c"]
+    assert q(user_id=f"u-a-{run}") == ["a", "c"]
+    assert q(properties={"run": run, "name": "b"}) == ["b"]
+    assert q(start=before.isoformat(), end=after.isoformat()) == ["a", "b", "c"]
+    assert q(end=before.isoformat()) == []
+    assert q(model="gpt-4o", user_id=f"u-b-{run}") == ["b"]
+
+
+def test_helicone_headers_stripped_provider_key_passed_and_never_logged(stack):
+    httpx.delete(f"{stack.upstream}/_received")
+    client = oai(stack, **{"Helicone-Property-Secret-Check": "yes"})
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    stack.wait_for_request(raw.headers["helicone-id"])
+    [received] = httpx.get(f"{stack.upstream}/_received").json()
+    assert received["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert not [h for h in received["headers"] if h.startswith("helicone-")]
+    output = stack.log_path.read_text()
+    assert PROVIDER_KEY not in output and ANTHROPIC_KEY not in output
+    # the Helicone key is shown once, in the startup banner, and never in a log line
+    assert [line for line in output.splitlines() if stack.key in line] == [
+        line for line in output.splitlines() if line.startswith("  Helicone API key:")]
+
+
+def test_auth_errors(stack):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    r = httpx.post(f"{stack.gateway}/v1/chat/completions", json=body)
+    assert r.status_code == 401 and "Helicone-Auth" in r.json()["error"]["message"]
+    r = httpx.post(f"{stack.gateway}/v1/chat/completions", json=body, headers={"Helicone-Auth": "Bearer sk-helicone-wrong"})
+    assert r.status_code == 401
+    assert httpx.post(f"{stack.api}/v1/request/query", json={}).status_code == 401
+
+
+def test_ops_endpoints_everywhere(stack):
+    for base in (stack.gateway, stack.api, stack.ingest_ops, stack.prompts_ops):
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 200, (base, ready.text)
+        assert "helicone_service_up" in httpx.get(f"{base}/metrics").text
+    assert "helicone_gateway_events_published_total" in httpx.get(f"{stack.gateway}/metrics").text
+    assert "helicone_ingest_events_total" in httpx.get(f"{stack.ingest_ops}/metrics").text
+
+    async def grpc_health():
+        async with grpc.aio.insecure_channel(stack.prompts_grpc) as ch:
+            return await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+
+    assert asyncio.run(grpc_health()).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _event(org_id: str, **kw) -> events.RequestLogged:
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id=org_id, status=200,
+                              provider="openai", model="gpt-4o-mini", source="e2e", **kw)
+    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    return ev
+
+
+async def _produce(bootstrap: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send_and_wait("helicone.request-logged.v1", v)
+    finally:
+        await producer.stop()
+
+
+def test_replayed_event_is_stored_once(stack):
+    run = uuid.uuid4().hex[:8]
+    ev = _event(stack.org_id, properties={"replay": run})
+    raw = events.encode(ev)
+    asyncio.run(_produce(stack.kafka.bootstrap, [raw]))
+    stack.wait_for_request(ev.request_id)
+    asyncio.run(_produce(stack.kafka.bootstrap, [raw, raw]))
+    marker = _event(stack.org_id, properties={"replay": run + "-marker"})
+    asyncio.run(_produce(stack.kafka.bootstrap, [events.encode(marker)]))
+    stack.wait_for_request(marker.request_id)  # everything before it has been written
+    with stack.api_client() as api:
+        data = api.post("/v1/request/query", json={"filter": {"properties": {"replay": run}}}).json()["data"]
+    assert [d["request_id"] for d in data] == [ev.request_id]
+
+
+def test_poison_event_goes_to_dead_letter_topic_and_ingest_continues(stack):
+    poison = b"\x08\x63 this is not a RequestLogged " + uuid.uuid4().hex.encode()
+    good = _event(stack.org_id)
+    asyncio.run(_produce(stack.kafka.bootstrap, [poison, events.encode(good)]))
+    stack.wait_for_request(good.request_id)
+
+    async def find_in_dlq():
+        consumer = AIOKafkaConsumer("helicone.request-logged.v1.dlq", bootstrap_servers=stack.kafka.bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for rec in records:
+                        if rec.value == poison:
+                            return dict(rec.headers)
+            return None
+        finally:
+            await consumer.stop()
+
+    headers = asyncio.run(find_in_dlq())
+    assert headers is not None, "poison event not found in the dead-letter topic"
+    assert headers["x-helicone-error"]

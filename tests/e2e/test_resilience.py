@@ -1,0 +1,47 @@
+"""Runs after the request-path tests (file order): stops the broker under live traffic."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_broker_down_users_get_answers_and_events_arrive_later(stack):
+    headers = {"Helicone-Auth": f"Bearer {stack.key}", "Authorization": "Bearer sk-whatever",
+               "Helicone-Property-Phase": "outage"}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "is anyone there"}]}
+    stack.kafka.stop()
+    try:
+        ids = []
+        for _ in range(5):
+            r = httpx.post(f"{stack.gateway}/v1/chat/completions", json=body, headers=headers, timeout=10)
+            assert r.status_code == 200
+            assert r.json()["choices"][0]["message"]["content"] == "Hello from the fake upstream model"
+            ids.append(r.headers["helicone-id"])
+        # the events are on disk while the broker is away
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            spooled = _metric(httpx.get(f"{stack.gateway}/metrics").text, "helicone_gateway_spool_events")
+            if spooled >= 5:
+                break
+            time.sleep(0.2)
+        assert spooled >= 5
+    finally:
+        stack.kafka.start()  # same port; a fresh, empty in-memory broker
+    for rid in ids:
+        logged = stack.wait_for_request(rid, timeout=90)
+        assert logged["properties"] == {"phase": "outage"} and logged["usage"]["completion_tokens"] == 6
+    metrics = httpx.get(f"{stack.gateway}/metrics").text
+    assert _metric(metrics, "helicone_gateway_spool_events") == 0
+    assert _metric(metrics, 'helicone_gateway_events_published_total{path="replay"}') >= 5
