@@ -16,6 +16,7 @@ import time
 import uuid
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 REPLY = "Hello from the fake upstream model"
@@ -33,6 +34,7 @@ def _words(messages) -> int:
 
 def create_app(chunk_delay: float = 0.0) -> FastAPI:
     app = FastAPI()
+    app.add_middleware(GZipMiddleware, minimum_size=200)
     app.state.received = []
 
     @app.get("/_received")

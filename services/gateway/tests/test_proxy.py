@@ -1,4 +1,4 @@
-"""The gateway app against the fake provider, in process (no sockets)."""
+"""The gateway app (in process) against the fake provider served on a local port."""
 
 import json
 
@@ -9,6 +9,7 @@ from helicone_gateway.app import create_app
 from helicone_gateway.settings import GatewaySettings
 
 from tests.support.fake_upstream import create_app as create_fake_upstream
+from tests.support.inloop import serve
 
 ORG = "11111111-2222-3333-4444-555555555555"
 
@@ -22,23 +23,40 @@ class StubKeys:
 
 @pytest.fixture
 async def gateway(tmp_path):
-    settings = GatewaySettings(
-        data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url="http://upstream", anthropic_url="http://upstream",
-        max_logged_body_bytes=2048, _env_file=None,
-    )
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url:
+        settings = GatewaySettings(
+            data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url=upstream_url, anthropic_url=upstream_url,
+            max_logged_body_bytes=2048, _env_file=None,
+        )
+        app = create_app(settings)
+        gw = app.state.gateway
+        await gw.start()
+        gw.keys = StubKeys()
+        built = []
+        gw.publisher.submit = lambda builder: built.append(builder())
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+        yield client, fake, built
+        await client.aclose()
+        await gw.stop()
+
+
+async def test_unreachable_provider_is_a_502_and_is_logged(tmp_path):
+    settings = GatewaySettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url="http://127.0.0.1:1", _env_file=None)
     app = create_app(settings)
     gw = app.state.gateway
     await gw.start()
-    fake = create_fake_upstream()
-    await gw.client.aclose()
-    gw.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=fake), base_url="http://upstream")
     gw.keys = StubKeys()
     built = []
     gw.publisher.submit = lambda builder: built.append(builder())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-    yield client, fake, built
-    await client.aclose()
-    await gw.stop()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key"})
+    finally:
+        await gw.stop()
+    assert r.status_code == 502 and r.json()["error"]["type"] == "gateway_upstream_error"
+    [ev] = built
+    assert ev.status == 0 and ev.request_id == r.headers["helicone-id"] and "upstream request failed" in ev.error
 
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}
@@ -69,7 +87,7 @@ async def test_streaming_is_passed_through_and_logged(gateway):
     body = dict(CHAT, stream=True, stream_options={"include_usage": True})
     r = await client.post("/v1/chat/completions", json=body, headers={"Helicone-Auth": "Bearer good-key"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    assert r.text.endswith("data: [DONE]\n\n")
+    assert r.text.endswith("data: [DONE]\n\n") and r.text.count("data: ") == 9
     [ev] = built
     assert ev.streamed and ev.usage.known and ev.usage.completion_tokens == 6
     assert ev.inline.response_body.decode() == r.text
@@ -112,6 +130,14 @@ async def test_bad_helicone_header_is_a_400(gateway):
     client, _, _ = gateway
     r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key", "Helicone-Request-Id": "x"})
     assert r.status_code == 400 and "UUID" in r.json()["error"]["message"]
+
+
+async def test_gzip_bytes_pass_through_unchanged_and_are_decoded_for_the_log(gateway):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key", "Accept-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers.get("content-encoding") == "gzip"
+    assert r.json()["usage"]["completion_tokens"] == 6  # httpx decoded the provider's gzip bytes
+    assert built[0].usage.completion_tokens == 6 and json.loads(built[0].inline.response_body)["object"] == "chat.completion"
 
 
 async def test_ops_endpoints(gateway):

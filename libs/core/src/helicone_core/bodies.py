@@ -43,10 +43,10 @@ class LocalBodyStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
+            # atomic (rename) but not fsynced: like chDB's own writes in embedded mode, a body
+            # survives a process crash, not a power loss; production stores bodies in S3
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

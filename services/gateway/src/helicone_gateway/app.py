@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from helicone_core import db, events
@@ -73,7 +73,7 @@ class Gateway:
         self.costs = (
             CostRegistry.from_file(settings.cost_registry_file) if settings.cost_registry_file else CostRegistry.default()
         )
-        self.client: httpx.AsyncClient | None = None
+        self.session: aiohttp.ClientSession | None = None
         self.pool = None
         self.keys: db.KeyResolver | None = None
         self.publisher = EventPublisher(
@@ -108,10 +108,12 @@ class Gateway:
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(s.upstream_read_timeout, connect=s.upstream_connect_timeout),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            follow_redirects=False,
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_upstream_connections, limit_per_host=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout),
+            auto_decompress=False,  # bytes go back to the caller exactly as the provider sent them
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # forward only what the caller sent
+            cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
         await self.publisher.start()
@@ -123,8 +125,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._db_task
         await self.publisher.stop()
-        if self.client:
-            await self.client.aclose()
+        if self.session:
+            await self.session.close()
         if self.pool is not None:
             await self.pool.close()
 
@@ -140,7 +142,7 @@ class Gateway:
                 backoff = min(backoff * 2, 10)
 
     async def ready(self) -> dict[str, bool]:
-        return {"http_client": self.client is not None, "key_store": self.keys is not None}
+        return {"http_client": self.session is not None, "key_store": self.keys is not None}
 
     # ---- auth ------------------------------------------------------------------------
     async def org_for(self, key: str) -> tuple[str | None, JSONResponse | None]:
@@ -188,64 +190,69 @@ class Gateway:
             return _error(413, f"request body larger than {self.settings.max_request_bytes} bytes", "request_too_large")
         request_id = hh.request_id or events.new_request_id()
         url = rt.base_url + rt.path + (("?" + request.url.query) if request.url.query else "")
-        assert self.client is not None
-        upstream_req = self.client.build_request(
-            request.method, url, headers=forward_request_headers(raw_headers), content=body
-        )
+        assert self.session is not None
+        req_ctype = request.headers.get("content-type", "")
         try:
-            upstream = await self.client.send(upstream_req, stream=True)
-        except httpx.HTTPError as exc:
-            kind = exc.__class__.__name__
+            upstream = await self.session.request(
+                request.method, url, headers=forward_request_headers(raw_headers), data=body, allow_redirects=False
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            kind = "timeout" if timed_out else exc.__class__.__name__
             self.m_upstream_errors.labels(rt.provider, kind).inc()
             self.m_requests.labels(rt.provider, "error").inc()
             if org_id:
-                self._log(org_id, request_id, hh, rt, request.method, body, request.headers.get("content-type", ""),
-                          started, started_at, None, b"", "", False, -1, error=f"{kind}: upstream request failed")
-            resp = _error(502, f"Gateway could not reach the provider ({kind})", "gateway_upstream_error")
+                self._log(org_id, request_id, hh, rt, request.method, body, req_ctype, started, started_at,
+                          0, "", b"", "", False, -1, error=f"{kind}: upstream request failed")
+            resp = _error(504 if timed_out else 502, f"Gateway could not reach the provider ({kind})",
+                          "gateway_upstream_timeout" if timed_out else "gateway_upstream_error")
             resp.headers["helicone-id"] = request_id
             return resp
 
-        ttfb = time.perf_counter() - started
-        self.m_ttfb.labels(rt.provider).observe(ttfb)
-        resp_headers = forward_response_headers(list(upstream.headers.multi_items()))
-        resp_headers.append(("helicone-id", request_id))
+        self.m_ttfb.labels(rt.provider).observe(time.perf_counter() - started)
+        resp_headers = forward_response_headers(upstream.raw_headers)
+        resp_headers.append((b"helicone-id", request_id.encode()))
         capture = Capture(self.settings.max_logged_body_bytes)
-        req_ctype = request.headers.get("content-type", "")
+        status = upstream.status
+        resp_ctype = upstream.headers.get("content-type", "")
+        resp_encoding = upstream.headers.get("content-encoding", "")
 
         async def stream() -> AsyncIterator[bytes]:
             first_chunk_at = -1.0
             completed = False
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in upstream.content.iter_any():
                     if first_chunk_at < 0:
                         first_chunk_at = time.perf_counter()
                     capture.add(chunk)
                     yield chunk
                 completed = True
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                self.m_upstream_errors.labels(rt.provider, "stream_" + exc.__class__.__name__).inc()
             finally:
-                with contextlib.suppress(Exception):
-                    await upstream.aclose()
-                self.m_requests.labels(rt.provider, f"{upstream.status_code // 100}xx").inc()
+                if completed:
+                    upstream.release()
+                else:
+                    upstream.close()
+                self.m_requests.labels(rt.provider, f"{status // 100}xx").inc()
                 self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
                 if org_id:
                     ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
                     self._log(org_id, request_id, hh, rt, request.method, body, req_ctype, started, started_at,
-                              upstream, capture.data(), upstream.headers.get("content-type", ""), capture.truncated,
-                              ttft_ms, error="" if completed else "client disconnected before the response completed")
+                              status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms,
+                              error="" if completed else "response did not complete (client disconnected or provider stream broke)")
 
-        response = StreamingResponse(stream(), status_code=upstream.status_code)
-        # raw header list: keeps repeated headers (set-cookie) and the upstream's exact values
-        response.raw_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in resp_headers]
+        response = StreamingResponse(stream(), status_code=status)
+        # raw header list: keeps repeated headers (set-cookie) and the provider's exact values
+        response.raw_headers = resp_headers
         return response
 
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
-             req_ctype: str, started: float, started_at: dt.datetime, upstream: httpx.Response | None,
+             req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "") -> None:
         """Hands the log event to the publisher; the event itself is built on its worker."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = dt.datetime.now(dt.timezone.utc)
-        status = upstream.status_code if upstream is not None else 0
-        encoding = upstream.headers.get("content-encoding", "") if upstream is not None else ""
         limit = self.settings.max_logged_body_bytes
 
         def build() -> events.RequestLogged:

@@ -112,5 +112,6 @@ def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, s
     return out
 
 
-def forward_response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
+def forward_response_headers(headers) -> list[tuple[bytes, bytes]]:
+    """Raw (bytes) provider headers minus hop-by-hop ones; the ASGI server re-frames the body."""
+    return [(n.lower(), v) for n, v in headers if n.lower().decode("latin-1") not in HOP_BY_HOP]

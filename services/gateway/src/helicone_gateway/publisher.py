@@ -38,6 +38,7 @@ class EventPublisher:
         create_topic: bool = True,
         partitions: int = 1,
         replication_factor: int = 1,
+        max_in_flight: int = 2000,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -51,7 +52,8 @@ class EventPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self._connected = asyncio.Event()
-        self._stopping = False
+        self._inflight = asyncio.Semaphore(max_in_flight)
+        self._spooling: set[asyncio.Task] = set()
 
         self.m_published = metrics.counter("helicone_gateway_events_published_total", "Log events accepted by Kafka", ("path",))
         self.m_spooled = metrics.counter("helicone_gateway_events_spooled_total", "Log events written to the on-disk spool")
@@ -71,7 +73,6 @@ class EventPublisher:
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Publishes what is queued (or spools it), then closes the producer."""
-        self._stopping = True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._queue.join(), drain_timeout)
         for task in self._tasks:
@@ -85,7 +86,9 @@ class EventPublisher:
             built = self._build(builder)
             if built is not None:
                 await self._spool(built[1])
-        await self._close_producer()
+        await self._close_producer()  # flushes; undelivered events fail over to the spool
+        if self._spooling:
+            await asyncio.gather(*self._spooling, return_exceptions=True)
 
     @property
     def connected(self) -> bool:
@@ -120,28 +123,43 @@ class EventPublisher:
             try:
                 built = self._build(builder)
                 if built is not None:
-                    key, data = built
-                    if not (self.connected and await self._send(data, "direct", key)):
-                        await self._spool(data)
+                    await self._dispatch(*built)
             finally:
                 self._queue.task_done()
                 self.m_queue.set(self._queue.qsize())
 
-    async def _send(self, data: bytes, path: str, key: bytes | None = None) -> bool:
+    async def _dispatch(self, key: bytes, data: bytes) -> None:
+        """Hands the event to the producer's batch without waiting for the broker's ack; the
+        delivery callback spools it if the broker never takes it."""
         producer = self._producer
-        if producer is None:
-            return False
+        if producer is None or not self.connected:
+            await self._spool(data)
+            return
+        await self._inflight.acquire()
         try:
-            if key is None:
-                key = events.RequestLogged.FromString(data).request_id.encode()
-            await asyncio.wait_for(producer.send_and_wait(self.topic, data, key=key), self.publish_timeout)
-        except Exception as exc:  # noqa: BLE001 - broker down, topic missing, timeout
-            log.warning("kafka publish failed, spooling: %s", exc.__class__.__name__)
-            self._connected.clear()
-            self.m_connected.set(0)
-            return False
-        self.m_published.labels(path).inc()
-        return True
+            delivery = await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)
+        except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
+            self._inflight.release()
+            self._mark_down(exc)
+            await self._spool(data)
+            return
+        delivery.add_done_callback(lambda fut, data=data: self._delivered(fut, data))
+
+    def _delivered(self, fut: asyncio.Future, data: bytes) -> None:
+        self._inflight.release()
+        if not fut.cancelled() and fut.exception() is None:
+            self.m_published.labels("direct").inc()
+            return
+        self._mark_down(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
+        task = asyncio.get_running_loop().create_task(self._spool(data))
+        self._spooling.add(task)
+        task.add_done_callback(self._spooling.discard)
+
+    def _mark_down(self, exc: BaseException | None) -> None:
+        if self.connected:
+            log.warning("kafka publish failed (%s); spooling until the broker is back", exc.__class__.__name__)
+        self._connected.clear()
+        self.m_connected.set(0)
 
     async def _spool(self, data: bytes) -> None:
         try:
@@ -203,13 +221,29 @@ class EventPublisher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 5)
 
-    async def _replay(self) -> None:
-        for path in await asyncio.to_thread(self.spool.oldest, 500):
-            try:
-                data = await asyncio.to_thread(path.read_bytes)
-            except FileNotFoundError:
-                continue
-            if not await self._send(data, "replay"):
+    async def _replay(self, chunk: int = 200) -> None:
+        """Sends the spool oldest first, `chunk` events in flight at a time; a file is removed
+        only after the broker acknowledged it."""
+        producer = self._producer
+        while producer is not None and self.connected and self.spool.count:
+            paths = await asyncio.to_thread(self.spool.oldest, chunk)
+            if not paths:
                 return
-            await asyncio.to_thread(self.spool.remove, path)
-            self._update_gauges()
+            sent = []
+            try:
+                for path in paths:
+                    try:
+                        data = await asyncio.to_thread(path.read_bytes)
+                    except FileNotFoundError:
+                        continue
+                    key = events.RequestLogged.FromString(data).request_id.encode()
+                    sent.append((path, await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)))
+                for path, delivery in sent:
+                    await asyncio.wait_for(delivery, self.publish_timeout)
+                    await asyncio.to_thread(self.spool.remove, path)
+                    self.m_published.labels("replay").inc()
+            except Exception as exc:  # noqa: BLE001 - broker went away again: keep the rest on disk
+                self._mark_down(exc)
+                return
+            finally:
+                self._update_gauges()

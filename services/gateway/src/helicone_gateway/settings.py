@@ -12,7 +12,8 @@ class GatewaySettings(ServiceSettings):
     # Hosts Helicone-Target-URL may point at; empty means any host.
     target_url_allowlist: list[str] = []
     upstream_connect_timeout: float = 10.0
-    upstream_read_timeout: float = 600.0
+    upstream_read_timeout: float = 600.0  # longest silence allowed between response bytes
+    max_upstream_connections: int = 1000
     max_request_bytes: int = 32 * 1024 * 1024
     # Bodies above this many bytes are truncated in the log event (never in the proxied traffic).
     max_logged_body_bytes: int = 450 * 1024

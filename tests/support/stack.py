@@ -1,0 +1,141 @@
+"""Launches the real stack as a user would (`helicone-stack up`), for e2e tests and benchmarks.
+
+Processes: the fake OpenAI/Anthropic upstream, optionally a moto S3 endpoint, a Tansu broker
+(started here, not by the runner, so callers can stop and restart it), and the runner with
+everything else embedded (PostgreSQL, chDB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from helicone_runner.embedded import EmbeddedKafka
+
+from tests.support.net import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 120
+
+
+@dataclass
+class Stack:
+    gateway: str
+    api: str
+    ingest_ops: str
+    prompts_ops: str
+    prompts_grpc: str
+    upstream: str
+    s3: str | None
+    kafka: EmbeddedKafka
+    key: str
+    org_id: str
+    log_path: Path
+    data_dir: Path
+    startup_seconds: float
+
+    def api_client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.key}"}, timeout=10)
+
+    def wait_for_request(self, request_id: str, timeout: float = 45.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.api_client() as api:
+            while time.monotonic() < deadline:
+                r = api.get(f"/v1/request/{request_id}")
+                if r.status_code == 200:
+                    return r.json()
+                assert r.status_code == 404, r.text
+                time.sleep(0.25)
+        raise AssertionError(f"request {request_id} did not reach the api within {timeout}s")
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    ports = {name: free_port() for name in ("gateway", "api", "ingest", "prompts", "grpc", "kafka", "upstream", "s3")}
+    procs: list[subprocess.Popen] = []
+    kafka = EmbeddedKafka("127.0.0.1", ports["kafka"], tmp / "kafka.log")
+    upstream_url = f"http://127.0.0.1:{ports['upstream']}"
+    s3_url = f"http://127.0.0.1:{ports['s3']}" if s3 else None
+    try:
+        upstream = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(ports["upstream"])],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "upstream.log", "wb"),
+        )
+        procs.append(upstream)
+        if s3:
+            moto = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
+                stdout=subprocess.DEVNULL, stderr=open(tmp / "s3.log", "wb"),
+            )
+            procs.append(moto)
+            _wait_http(s3_url + "/", 30, moto)
+        kafka.start()
+        _wait_http(upstream_url + "/_received", 30, upstream)
+
+        env = dict(os.environ)
+        env.update(
+            AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local-secret", AWS_DEFAULT_REGION="us-east-1",
+            HELICONE_BROKER_REBALANCE_TIMEOUT="2", HELICONE_BROKER_SESSION_TIMEOUT="10",
+            HELICONE_BROKER_HEARTBEAT_INTERVAL="1", HELICONE_SPOOL_REPLAY_INTERVAL="0.5",
+            HELICONE_BATCH_WITHIN="0.2", HELICONE_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+        )
+        env.update(extra_env or {})
+        log_path = tmp / "stack.log"
+        data_dir = tmp / "data"
+        cmd = [sys.executable, "-m", "helicone_runner", "up", "--data-dir", str(data_dir), "--kafka", kafka.bootstrap,
+               "--openai-url", upstream_url, "--anthropic-url", upstream_url,
+               "--gateway-port", str(ports["gateway"]), "--api-port", str(ports["api"]), "--ingest-port", str(ports["ingest"]),
+               "--prompts-port", str(ports["prompts"]), "--prompts-grpc-port", str(ports["grpc"])]
+        if s3:
+            cmd += ["--bodies", "s3", "--s3-endpoint", s3_url, "--s3-bucket", "stack-bodies"]
+        started = time.monotonic()
+        runner = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        procs.append(runner)
+        while b"\nREADY" not in log_path.read_bytes():
+            if runner.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT:
+                raise RuntimeError("stack did not start:\n" + log_path.read_text()[-5000:])
+            time.sleep(0.1)
+        startup = time.monotonic() - started
+        boot = json.loads((data_dir / "bootstrap-key.json").read_text())
+        yield Stack(
+            gateway=f"http://127.0.0.1:{ports['gateway']}", api=f"http://127.0.0.1:{ports['api']}",
+            ingest_ops=f"http://127.0.0.1:{ports['ingest']}", prompts_ops=f"http://127.0.0.1:{ports['prompts']}",
+            prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url, kafka=kafka,
+            key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup,
+        )
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        kafka.stop()
