@@ -45,3 +45,21 @@ def test_broker_down_users_get_answers_and_events_arrive_later(stack):
     metrics = httpx.get(f"{stack.gateway}/metrics").text
     assert _metric(metrics, "helicone_gateway_spool_events") == 0
     assert _metric(metrics, 'helicone_gateway_events_published_total{path="replay"}') >= 5
+
+
+def test_data_survives_a_restart_of_the_stack(stack):
+    headers = {"Helicone-Auth": f"Bearer {stack.key}", "Helicone-Property-Phase": "before-restart"}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "remember me"}]}
+    r = httpx.post(f"{stack.gateway}/v1/chat/completions", json=body, headers=headers, timeout=10)
+    rid = r.headers["helicone-id"]
+    before = stack.wait_for_request(rid)
+
+    stack.restart_runner()  # Postgres (keys), chDB (rows) and bodies all come back from the data dir
+
+    after = stack.wait_for_request(rid, timeout=10)
+    assert after == before
+    assert after["request_body"] == body
+    # the same key still works, and new traffic is logged after the restart
+    r = httpx.post(f"{stack.gateway}/v1/chat/completions", json=body, headers={**headers, "Helicone-Property-Phase": "after-restart"}, timeout=10)
+    assert r.status_code == 200
+    stack.wait_for_request(r.headers["helicone-id"])

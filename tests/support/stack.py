@@ -42,6 +42,11 @@ class Stack:
     log_path: Path
     data_dir: Path
     startup_seconds: float
+    _launch: object = None  # restarts the runner process with the same command
+
+    def restart_runner(self) -> float:
+        """Stops `helicone-stack up` and starts it again on the same data dir; returns seconds to READY."""
+        return self._launch()
 
     def api_client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.key}"}, timeout=10)
@@ -85,6 +90,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     ports = {name: free_port() for name in ("gateway", "api", "ingest", "prompts", "grpc", "kafka", "upstream", "s3")}
     procs: list[subprocess.Popen] = []
+    runner_slot: list[subprocess.Popen] = []
     kafka = EmbeddedKafka("127.0.0.1", ports["kafka"], tmp / "kafka.log")
     upstream_url = f"http://127.0.0.1:{ports['upstream']}"
     s3_url = f"http://127.0.0.1:{ports['s3']}" if s3 else None
@@ -120,22 +126,30 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
                "--prompts-port", str(ports["prompts"]), "--prompts-grpc-port", str(ports["grpc"])]
         if s3:
             cmd += ["--bodies", "s3", "--s3-endpoint", s3_url, "--s3-bucket", "stack-bodies"]
-        started = time.monotonic()
-        runner = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-        procs.append(runner)
-        while b"\nREADY" not in log_path.read_bytes():
-            if runner.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT:
-                raise RuntimeError("stack did not start:\n" + log_path.read_text()[-5000:])
-            time.sleep(0.1)
-        startup = time.monotonic() - started
+
+        def launch() -> float:
+            if runner_slot:
+                _stop(runner_slot.pop())
+            started = time.monotonic()
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            runner = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+            runner_slot.append(runner)
+            while b"\nREADY" not in log_path.read_bytes()[offset:]:
+                if runner.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT:
+                    raise RuntimeError("stack did not start:\n" + log_path.read_text()[-5000:])
+                time.sleep(0.1)
+            return time.monotonic() - started
+
+        startup = launch()
         boot = json.loads((data_dir / "bootstrap-key.json").read_text())
         yield Stack(
             gateway=f"http://127.0.0.1:{ports['gateway']}", api=f"http://127.0.0.1:{ports['api']}",
             ingest_ops=f"http://127.0.0.1:{ports['ingest']}", prompts_ops=f"http://127.0.0.1:{ports['prompts']}",
             prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url, kafka=kafka,
             key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup,
+            _launch=launch,
         )
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(runner_slot + procs):
             _stop(proc)
         kafka.stop()
