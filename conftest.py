@@ -47,3 +47,57 @@ async def pg_pool(fresh_db_dsn):
 def chdb_path(tmp_path) -> Path:
     return tmp_path / "chdb"
 
+
+
+@pytest.fixture(scope="session")
+def clickhouse_http_url(tmp_path_factory) -> str:
+    """A ClickHouse HTTP endpoint (tests/support/chdb_http.py: chDB behind the HTTP protocol)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.support.net import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path", str(tmp_path_factory.mktemp("chsrv"))],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/ping", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("chdb_http did not start")
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["chdb", "clickhouse"])
+def analytics_settings(request, tmp_path) -> dict:
+    """Settings selecting each analytics backend in turn (same SQL on both)."""
+    database = "t_" + uuid.uuid4().hex[:10]
+    if request.param == "chdb":
+        return {"analytics_backend": "chdb", "chdb_path": tmp_path / "chdb", "clickhouse_database": database}
+    url = request.getfixturevalue("clickhouse_http_url")
+    return {"analytics_backend": "clickhouse", "clickhouse_url": url, "clickhouse_database": database}
+
+
+@pytest.fixture
+async def analytics_store(analytics_settings):
+    from helicone_core.analytics import make_analytics_store
+    from helicone_core.settings import CommonSettings
+
+    store = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    await store.init_schema()
+    yield store
+    await store.close()

@@ -24,28 +24,24 @@ def _row(ev, version):
                                 request_content_type="", response_content_type="", truncated=False, version=version)
 
 
-async def test_chdb_replacing_merge_tree_dedupes_replayed_events(chdb_path):
-    store = ChdbStore(chdb_path, "helicone_test")
-    try:
-        await store.init_schema()
-        ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id="org-1",
-                                  model="gpt-4o", properties={"env": "prod"})
-        events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
-        other = events.RequestLogged()
-        other.CopyFrom(ev)
-        other.request_id = events.new_request_id()
-        await store.insert("request_log", [_row(ev, 1)])
-        await store.insert("request_log", [_row(ev, 2), _row(other, 2)])  # replay + a new one
-        rows = await store.query(
-            "SELECT request_id, version FROM {db}.request_log FINAL WHERE org_id = {org:String} "
-            "AND properties[{k:String}] = {v:String} ORDER BY request_id",
-            {"org": "org-1", "k": "env", "v": "prod"},
-        )
-        assert sorted(r["request_id"] for r in rows) == sorted([ev.request_id, other.request_id])
-        assert {int(r["version"]) for r in rows} == {2}
-        assert await store.ping()
-    finally:
-        await store.close()
+async def test_replacing_merge_tree_dedupes_replayed_events(analytics_store):
+    store = analytics_store
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id="org-1",
+                              model="gpt-4o", properties={"env": "prod"})
+    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    other = events.RequestLogged()
+    other.CopyFrom(ev)
+    other.request_id = events.new_request_id()
+    await store.insert("request_log", [_row(ev, 1)])
+    await store.insert("request_log", [_row(ev, 2), _row(other, 2)])  # replay + a new one
+    rows = await store.query(
+        "SELECT request_id, version FROM {db}.request_log FINAL WHERE org_id = {org:String} "
+        "AND properties[{k:String}] = {v:String} ORDER BY request_id",
+        {"org": "org-1", "k": "env", "v": "prod"},
+    )
+    assert sorted(r["request_id"] for r in rows) == sorted([ev.request_id, other.request_id])
+    assert {int(r["version"]) for r in rows} == {2}
+    assert await store.ping()
 
 
 async def test_chdb_stores_on_one_path_share_one_engine(chdb_path):

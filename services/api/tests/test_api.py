@@ -27,8 +27,8 @@ async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice",
 
 
 @pytest.fixture
-async def api(tmp_path, fresh_db_dsn):
-    settings = ApiSettings(data_dir=tmp_path, analytics_backend="chdb", body_store="local", postgres_dsn=fresh_db_dsn, _env_file=None)
+async def api(tmp_path, fresh_db_dsn, analytics_settings):
+    settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=fresh_db_dsn, _env_file=None, **analytics_settings)
     app = create_app(settings)
     state = app.state.api
     await state.start()

@@ -1,0 +1,81 @@
+"""A ClickHouse HTTP-interface endpoint backed by chDB, for testing the clickhouse-connect backend
+without a ClickHouse server binary. The SQL runs in the real ClickHouse engine (chDB); this module
+only speaks the HTTP protocol: `query` / `param_*` URL parameters, the request body as query or
+insert data, `X-ClickHouse-*` response headers, errors as HTTP 500 with ClickHouse's message.
+
+Run: python -m tests.support.chdb_http --port 8123 --path /tmp/chdb-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+from chdb import session as chs
+
+FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(\w+)\s*$", re.IGNORECASE)
+lock = threading.Lock()
+SESSION = None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        return
+
+    def _run(self) -> None:
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        if url.path == "/ping":
+            return self._reply(200, b"Ok.\n", {})
+        query = params.get("query")
+        if query is None:
+            query, body = body, ""
+        sql = query + ("\n" + body if body else "")
+        bind = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
+        m = FORMAT_CLAUSE.search(query.strip().split("\n", 1)[0] if body else query.strip())
+        fmt = m.group(1) if m else params.get("default_format", "TabSeparated")
+        try:
+            with lock:
+                res = SESSION.query(sql, fmt, params=bind) if bind else SESSION.query(sql, fmt)
+            data = res.bytes() if hasattr(res, "bytes") else str(res).encode()
+        except Exception as exc:  # noqa: BLE001 - ClickHouse reports errors as HTTP 500 + message
+            return self._reply(500, (str(exc) + "\n").encode(), {"X-ClickHouse-Exception-Code": "1"})
+        summary = {"read_rows": "0", "read_bytes": "0", "written_rows": "0", "written_bytes": "0",
+                   "total_rows_to_read": "0", "result_rows": "0", "result_bytes": "0", "elapsed_ns": "0"}
+        self._reply(200, data, {"X-ClickHouse-Format": fmt, "X-ClickHouse-Summary": json.dumps(summary),
+                                "X-ClickHouse-Timezone": "UTC", "X-ClickHouse-Query-Id": params.get("query_id", "q"),
+                                "X-ClickHouse-Server-Display-Name": "chdb-http"})
+
+    def _reply(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "text/plain; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _run
+
+
+def main() -> None:
+    global SESSION
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8123)
+    p.add_argument("--path", required=True)
+    a = p.parse_args()
+    SESSION = chs.Session(a.path)
+    ThreadingHTTPServer((a.host, a.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
