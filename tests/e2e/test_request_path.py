@@ -79,6 +79,23 @@ def test_openai_streaming(stack):
     assert '"content": " upstream"' in logged["response_body"]
 
 
+def test_stream_chunks_are_forwarded_as_they_arrive(stack):
+    """The provider pauses 0.3 s between chunks: each chunk must reach the client before the next
+    one is produced, not all at the end."""
+    headers = {"Helicone-Auth": f"Bearer {stack.key}", "x-fake-chunk-delay": "0.3"}
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "slowly"}]}
+    arrivals = []
+    with httpx.stream("POST", f"{stack.gateway}/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+        start = time.monotonic()
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append(time.monotonic() - start)
+    assert len(arrivals) == 7
+    # six word chunks 0.3 s apart, then the final chunk: arrivals are spread out, not bunched at the end
+    gaps = [b - a for a, b in zip(arrivals[:-1], arrivals[1:], strict=True)]
+    assert sum(1 for g in gaps if g > 0.2) >= 5, arrivals
+
+
 def test_anthropic_messages_and_stream(stack):
     client = claude(stack, **{"Helicone-User-Id": "carol"})
     raw = client.messages.with_raw_response.create(

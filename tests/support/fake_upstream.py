@@ -67,6 +67,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                 "usage": usage,
             }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        delay = float(request.headers.get("x-fake-chunk-delay", chunk_delay))
 
         async def events():
             words = REPLY.split(" ")
@@ -76,8 +77,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                 if include_usage:
                     chunk["usage"] = None
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
-                if chunk_delay:
-                    await asyncio.sleep(chunk_delay)
+                if delay:
+                    await asyncio.sleep(delay)
             final = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                      "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             yield f"data: {json.dumps(final)}\n\n".encode()

@@ -115,7 +115,7 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local-secret", AWS_DEFAULT_REGION="us-east-1",
             HELICONE_BROKER_REBALANCE_TIMEOUT="2", HELICONE_BROKER_SESSION_TIMEOUT="10",
             HELICONE_BROKER_HEARTBEAT_INTERVAL="1", HELICONE_SPOOL_REPLAY_INTERVAL="0.5",
-            HELICONE_BATCH_WITHIN="0.2", HELICONE_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+            HELICONE_BATCH_WITHIN="0.2", HELICONE_OFFSET_GUARD_INTERVAL="1", HELICONE_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
         )
         env.update(extra_env or {})
         log_path = tmp / "stack.log"

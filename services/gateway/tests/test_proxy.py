@@ -126,6 +126,30 @@ async def test_large_bodies_are_truncated_in_the_log_only(gateway):
     assert ev.usage.prompt_tokens == 2000  # usage comes from the (small) response
 
 
+async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url:
+        settings = GatewaySettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url="http://127.0.0.1:1",
+                                   max_request_bytes=4096, _env_file=None)
+        app = create_app(settings)
+        gw = app.state.gateway
+        await gw.start()
+        gw.keys = StubKeys()
+        built = []
+        gw.publisher.submit = lambda builder: built.append(builder())
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+                r = await client.post("/v1/chat/completions", json=CHAT,
+                                      headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url + "/"})
+                too_big = await client.post("/v1/chat/completions", content=b"x" * 5000,
+                                            headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url})
+        finally:
+            await gw.stop()
+    assert r.status_code == 200 and fake.state.received[0]["path"] == "/v1/chat/completions"
+    assert built[0].target_url == upstream_url
+    assert too_big.status_code == 413 and len(fake.state.received) == 1
+
+
 async def test_bad_helicone_header_is_a_400(gateway):
     client, _, _ = gateway
     r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key", "Helicone-Request-Id": "x"})

@@ -185,8 +185,8 @@ class Gateway:
         except RoutingError as exc:
             return _error(400, str(exc), "helicone_routing_error")
 
-        body = await request.body()
-        if len(body) > self.settings.max_request_bytes:
+        body = await self._read_body(request)
+        if body is None:
             return _error(413, f"request body larger than {self.settings.max_request_bytes} bytes", "request_too_large")
         request_id = hh.request_id or events.new_request_id()
         url = rt.base_url + rt.path + (("?" + request.url.query) if request.url.query else "")
@@ -246,6 +246,20 @@ class Gateway:
         # raw header list: keeps repeated headers (set-cookie) and the provider's exact values
         response.raw_headers = resp_headers
         return response
+
+    async def _read_body(self, request: Request) -> bytes | None:
+        """The request body, or None as soon as it exceeds max_request_bytes (nothing more is read)."""
+        limit = self.settings.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return None
+        parts, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
 
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,

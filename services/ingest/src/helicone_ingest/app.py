@@ -5,6 +5,7 @@ can never be written go to the dead-letter topic with the reason in a header."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 
@@ -32,7 +33,10 @@ class IngestService:
         self.faust: faust.App | None = None
         self.m_dlq = self.metrics.counter("helicone_ingest_dead_letters_total", "Events sent to the dead-letter topic")
         self.m_assigned = self.metrics.gauge("helicone_ingest_assigned_partitions", "Partitions assigned to this worker")
-        self._stopping = False
+        self.m_rewinds = self.metrics.counter(
+            "helicone_ingest_offset_rewinds_total", "Partitions rewound because the log ended before the consumer position"
+        )
+        self._guard_task: asyncio.Task | None = None
 
     def _build_faust(self) -> faust.App:
         s = self.settings
@@ -102,8 +106,53 @@ class IngestService:
         await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor)
         self.faust = self._build_faust()
         await self.faust.start()
+        self._guard_task = asyncio.create_task(self._offset_guard())
+
+    async def _offset_guard(self) -> None:
+        """Rewinds partitions whose consumer position is past the end of the log.
+
+        That happens when a topic was recreated or truncated under a consumer group (or a
+        memory-only broker restarted) while the group kept its old offsets. Kafka answers such a
+        fetch with OFFSET_OUT_OF_RANGE and the reset policy applies; brokers that answer with an
+        empty fetch instead would leave ingest waiting forever. Re-reading is safe: writes are
+        idempotent."""
+        while True:
+            await asyncio.sleep(self.settings.offset_guard_interval)
+            try:
+                await self._rewind_past_end()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker unreachable: try again next round
+                log.debug("offset guard skipped a round: %s", exc)
+
+    async def _rewind_past_end(self) -> None:
+        consumer = self.faust.consumer if self.faust is not None else None
+        if consumer is None:
+            return
+        tps = list(consumer.assignment())
+        if not tps:
+            return
+        ends = await consumer.highwaters(*tps)
+        for tp in tps:
+            position = await consumer.position(tp)
+            end = ends.get(tp)
+            if position is None or end is None or position <= end:
+                continue
+            start = (await consumer.earliest_offsets(tp)).get(tp) or 0
+            log.warning("partition %s: position %s is past the log end %s; rewinding to %s", tp, position, end, start)
+            # forget the offsets Faust tracked for the old log, or it would skip the new records
+            consumer._committed_offset[tp] = None
+            consumer._acked.pop(tp, None)
+            consumer._acked_index.pop(tp, None)
+            consumer._gap.pop(tp, None)
+            await consumer.seek(tp, start)
+            self.m_rewinds.inc()
 
     async def stop(self) -> None:
+        if self._guard_task is not None:
+            self._guard_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._guard_task
         if self.faust is not None:
             await self.faust.stop()
         if self.pool is not None:

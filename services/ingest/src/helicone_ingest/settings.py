@@ -14,3 +14,4 @@ class IngestSettings(ServiceSettings):
     broker_heartbeat_interval: float = 3.0
     broker_rebalance_timeout: float = 60.0
     retry_max_backoff: float = 30.0
+    offset_guard_interval: float = 5.0  # seconds between checks for positions past the log end
