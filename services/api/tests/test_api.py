@@ -103,6 +103,18 @@ async def test_errors_are_clear(api):
     assert r.status_code == 401
 
 
+async def test_key_store_outage_is_a_503(api):
+    client, state, *_ = api
+
+    class Down:
+        async def resolve(self, key):
+            raise ConnectionError("postgres down")
+
+    state.keys = Down()
+    r = await client.post("/v1/request/query", json={})
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+
+
 async def test_ops_endpoints(api):
     client, *_ = api
     assert (await client.get("/readyz")).json()["ready"] is True

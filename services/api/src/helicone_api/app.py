@@ -92,7 +92,11 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         if not key:
             raise HTTPException(401, "send 'Authorization: Bearer <your Helicone API key>'", {"WWW-Authenticate": "Bearer"})
         assert state.keys is not None
-        org = await state.keys.resolve(key)
+        try:
+            org = await state.keys.resolve(key)
+        except Exception as exc:  # noqa: BLE001 - Postgres unreachable
+            log.warning("key store unavailable: %s", exc.__class__.__name__)
+            raise HTTPException(503, "key store unavailable; try again shortly", {"Retry-After": "5"}) from None
         if org is None:
             raise HTTPException(401, "invalid or revoked Helicone API key", {"WWW-Authenticate": "Bearer"})
         return org
