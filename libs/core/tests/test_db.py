@@ -25,3 +25,34 @@ def test_bearer_token_parsing():
     assert db.bearer_token("bearer   abc ") == "abc"
     assert db.bearer_token("Basic abc") == ""
     assert db.bearer_token(None) == ""
+
+
+class _HangingPool:
+    def __init__(self):
+        self.calls = 0
+        self.hang = False
+
+    async def fetchrow(self, sql, digest):
+        import asyncio
+
+        self.calls += 1
+        if self.hang:
+            await asyncio.sleep(30)
+        return {"org_id": "org-1"}
+
+
+async def test_key_lookups_never_wait_long_on_a_hung_store():
+    import time
+
+    import pytest
+
+    pool = _HangingPool()
+    resolver = db.KeyResolver(pool, ttl=0.0, timeout=0.2, breaker_seconds=5)
+    assert await resolver.resolve("k") == "org-1"  # cached, already expired (ttl 0)
+    pool.hang = True
+    t0 = time.monotonic()
+    assert await resolver.resolve("k") == "org-1"  # stale answer after the timeout
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(db.KeyStoreUnavailable):
+        await resolver.resolve("unknown-key")  # breaker open: fails at once, no new lookup
+    assert pool.calls == 2

@@ -5,6 +5,7 @@ API keys are stored only as SHA-256 hashes; the plaintext is shown once, at crea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -121,19 +122,28 @@ async def create_key(pool: asyncpg.Pool, org_id: str, name: str) -> CreatedKey:
     return CreatedKey(org_id=org_id, key=key)
 
 
-class KeyResolver:
-    """Maps a Helicone API key to its org, with a short in-memory cache.
+class KeyStoreUnavailable(RuntimeError):
+    """Postgres could not answer a key lookup in time."""
 
-    resolve() returns the org id, None for an unknown/revoked key, and raises when Postgres
-    cannot be asked (callers decide what an outage means for them).
+
+class KeyResolver:
+    """Maps a Helicone API key to its org, with an in-memory cache.
+
+    resolve() returns the org id, or None for an unknown/revoked key. When Postgres does not answer
+    within `timeout`, a cached answer is used even if expired; without one, KeyStoreUnavailable is
+    raised. After a failure, lookups fail fast for `breaker_seconds` instead of waiting again.
     """
 
-    def __init__(self, pool: asyncpg.Pool, ttl: float = 60.0, negative_ttl: float = 5.0, max_entries: int = 100_000) -> None:
+    def __init__(self, pool: asyncpg.Pool, ttl: float = 60.0, negative_ttl: float = 5.0, max_entries: int = 100_000,
+                 timeout: float = 1.0, breaker_seconds: float = 2.0) -> None:
         self.pool = pool
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.max_entries = max_entries
+        self.timeout = timeout
+        self.breaker_seconds = breaker_seconds
         self._cache: dict[str, tuple[float, str | None]] = {}
+        self._down_until = 0.0
 
     async def resolve(self, key: str) -> str | None:
         if not key:
@@ -143,9 +153,19 @@ class KeyResolver:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        row = await self.pool.fetchrow(
-            "SELECT org_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest
-        )
+        try:
+            if now < self._down_until:
+                raise KeyStoreUnavailable("key store marked down")
+            row = await asyncio.wait_for(
+                self.pool.fetchrow("SELECT org_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest),
+                self.timeout,
+            )
+        except Exception as exc:
+            if not isinstance(exc, KeyStoreUnavailable):
+                self._down_until = time.monotonic() + self.breaker_seconds
+            if hit is not None:
+                return hit[1]  # stale, but better than failing the caller during an outage
+            raise KeyStoreUnavailable(str(exc) or exc.__class__.__name__) from exc
         org = str(row["org_id"]) if row else None
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
