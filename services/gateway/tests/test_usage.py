@@ -1,5 +1,7 @@
 import gzip
 import json
+import secrets
+import zlib
 
 from helicone_gateway.usage import decode_body, parse_response, request_model
 
@@ -52,5 +54,9 @@ def test_decode_body_and_request_model():
     raw = b'{"usage":{}}'
     assert decode_body(gzip.compress(raw), "gzip") == raw
     assert decode_body(b"not gzip", "gzip") == b"not gzip"
+    big = json.dumps({"text": secrets.token_hex(30000)}).encode()
+    partial = decode_body(gzip.compress(big)[:300], "gzip")  # capture cut off mid-stream
+    assert 0 < len(partial) < len(big) and big.startswith(partial)
+    assert decode_body(zlib.compress(raw), "deflate") == raw
     assert request_model(b'{"model":"gpt-4o","stream":true}') == ("gpt-4o", True)
     assert request_model(b"garbage") == ("", False)

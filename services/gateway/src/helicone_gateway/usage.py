@@ -17,18 +17,20 @@ class Parsed:
 
 
 def decode_body(data: bytes, content_encoding: str) -> bytes:
-    """Undoes Content-Encoding for logging; bytes that cannot be decoded are kept as they are."""
+    """Undoes Content-Encoding for logging. A truncated capture decodes as far as it goes; bytes
+    that cannot be decoded at all are kept as they are."""
     enc = (content_encoding or "").lower().strip()
-    try:
-        if enc == "gzip":
-            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
-        if enc == "deflate":
-            try:
-                return zlib.decompress(data)
-            except zlib.error:
-                return zlib.decompress(data, -zlib.MAX_WBITS)
-    except Exception:  # noqa: BLE001 - truncated or unsupported: log the raw bytes
+    if enc == "gzip":
+        wbits = [16 + zlib.MAX_WBITS]
+    elif enc == "deflate":
+        wbits = [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # zlib-wrapped, or raw deflate as some servers send
+    else:
         return data
+    for bits in wbits:
+        try:
+            return zlib.decompressobj(bits).decompress(data)
+        except zlib.error:
+            continue
     return data
 
 
