@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helicone_runner.embedded import EmbeddedKafka
+from helicone_runner.embedded import EmbeddedKafka, terminate
 
 from tests.support.net import free_port
 
@@ -77,13 +76,7 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    terminate(proc, grace=20)
 
 
 @contextlib.contextmanager

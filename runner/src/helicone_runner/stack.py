@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -31,7 +31,6 @@ class Running:
     name: str
     urls: dict[str, str]
     stop: Any
-    servers: list[_Server] = field(default_factory=list)
 
 
 async def _serve(app, host: str, port: int) -> _Server:

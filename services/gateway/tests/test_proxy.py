@@ -1,5 +1,6 @@
 """The gateway app (in process) against the fake provider served on a local port."""
 
+import contextlib
 import json
 
 import httpx
@@ -21,29 +22,12 @@ class StubKeys:
         return ORG if key == "good-key" else None
 
 
-@pytest.fixture
-async def gateway(tmp_path):
-    fake = create_fake_upstream()
-    async with serve(fake) as upstream_url:
-        settings = GatewaySettings(
-            data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url=upstream_url, anthropic_url=upstream_url,
-            max_logged_body_bytes=2048, _env_file=None,
-        )
-        app = create_app(settings)
-        gw = app.state.gateway
-        await gw.start()
-        gw.keys = StubKeys()
-        built = []
-        gw.publisher.submit = lambda builder: built.append(builder())
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-        yield client, fake, built
-        await client.aclose()
-        await gw.stop()
-
-
-async def test_unreachable_provider_is_a_502_and_is_logged(tmp_path):
-    settings = GatewaySettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url="http://127.0.0.1:1", _env_file=None)
-    app = create_app(settings)
+@contextlib.asynccontextmanager
+async def started_gateway(tmp_path, **settings):
+    """(in-process client, published events) for a gateway with a stub key store and a publisher
+    that records built events instead of sending them."""
+    settings.setdefault("kafka_bootstrap", "127.0.0.1:1")
+    app = create_app(GatewaySettings(data_dir=tmp_path, _env_file=None, **settings))
     gw = app.state.gateway
     await gw.start()
     gw.keys = StubKeys()
@@ -51,9 +35,23 @@ async def test_unreachable_provider_is_a_502_and_is_logged(tmp_path):
     gw.publisher.submit = lambda builder: built.append(builder())
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key"})
+            yield client, built
     finally:
         await gw.stop()
+
+
+@pytest.fixture
+async def gateway(tmp_path):
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, openai_url=upstream_url, anthropic_url=upstream_url, max_logged_body_bytes=2048
+    ) as (client, built):
+        yield client, fake, built
+
+
+async def test_unreachable_provider_is_a_502_and_is_logged(tmp_path):
+    async with started_gateway(tmp_path, openai_url="http://127.0.0.1:1") as (client, built):
+        r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key"})
     assert r.status_code == 502 and r.json()["error"]["type"] == "gateway_upstream_error"
     [ev] = built
     assert ev.status == 0 and ev.request_id == r.headers["helicone-id"] and "upstream request failed" in ev.error
@@ -128,23 +126,13 @@ async def test_large_bodies_are_truncated_in_the_log_only(gateway):
 
 async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
     fake = create_fake_upstream()
-    async with serve(fake) as upstream_url:
-        settings = GatewaySettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", openai_url="http://127.0.0.1:1",
-                                   max_request_bytes=4096, _env_file=None)
-        app = create_app(settings)
-        gw = app.state.gateway
-        await gw.start()
-        gw.keys = StubKeys()
-        built = []
-        gw.publisher.submit = lambda builder: built.append(builder())
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-                r = await client.post("/v1/chat/completions", json=CHAT,
-                                      headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url + "/"})
-                too_big = await client.post("/v1/chat/completions", content=b"x" * 5000,
-                                            headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url})
-        finally:
-            await gw.stop()
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, openai_url="http://127.0.0.1:1", max_request_bytes=4096
+    ) as (client, built):
+        r = await client.post("/v1/chat/completions", json=CHAT,
+                              headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url + "/"})
+        too_big = await client.post("/v1/chat/completions", content=b"x" * 5000,
+                                    headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url})
     assert r.status_code == 200 and fake.state.received[0]["path"] == "/v1/chat/completions"
     assert built[0].target_url == upstream_url
     assert too_big.status_code == 413 and len(fake.state.received) == 1

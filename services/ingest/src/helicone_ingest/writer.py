@@ -52,6 +52,9 @@ class BatchWriter:
             except events.EventError as exc:
                 bad.append(Rejected(raw, str(exc)))
                 continue
+            except Exception as exc:  # noqa: BLE001 - anything else about one event must not stop the batch
+                bad.append(Rejected(raw, f"{exc.__class__.__name__}: {exc}"))
+                continue
             good[ev.request_id] = ev  # last copy of a duplicate within the batch wins
         self.m_events.labels("ok").inc(len(good))
         self.m_events.labels("duplicate_in_batch").inc(len(raws) - len(bad) - len(good))
