@@ -13,6 +13,7 @@ from tests.support.fake_upstream import create_app as create_fake_upstream
 from tests.support.inloop import serve
 
 ORG = "11111111-2222-3333-4444-555555555555"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}
 
 
 class StubKeys:
@@ -55,9 +56,6 @@ async def test_unreachable_provider_is_a_502_and_is_logged(tmp_path):
     assert r.status_code == 502 and r.json()["error"]["type"] == "gateway_upstream_error"
     [ev] = built
     assert ev.status == 0 and ev.request_id == r.headers["helicone-id"] and "upstream request failed" in ev.error
-
-
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}
 
 
 async def test_proxies_and_logs_a_chat_completion(gateway):
