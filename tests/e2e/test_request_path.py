@@ -91,9 +91,9 @@ def test_stream_chunks_are_forwarded_as_they_arrive(stack):
             if line.startswith("data: {"):
                 arrivals.append(time.monotonic() - start)
     assert len(arrivals) == 7
-    # six word chunks 0.3 s apart, then the final chunk: arrivals are spread out, not bunched at the end
-    gaps = [b - a for a, b in zip(arrivals[:-1], arrivals[1:], strict=True)]
-    assert sum(1 for g in gaps if g > 0.2) >= 5, arrivals
+    # the provider needs 1.8 s from the first chunk to the last; a buffering proxy would deliver
+    # them together at the end
+    assert arrivals[-1] - arrivals[0] >= 1.2, arrivals
 
 
 def test_anthropic_messages_and_stream(stack):
