@@ -62,11 +62,15 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) >= 100 else max(values) * 1000
 
 
-def ingest_ok(stack) -> float:
-    for line in httpx.get(f"{stack.ingest_ops}/metrics").text.splitlines():
-        if line.startswith('helicone_ingest_events_total{result="ok"}'):
+def metric(url: str, series: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def ingest_ok(stack) -> float:
+    return metric(stack.ingest_ops, 'helicone_ingest_events_total{result="ok"}')
 
 
 async def wait_for_ingest(stack, count: float, timeout: float) -> None:
@@ -115,6 +119,10 @@ async def main() -> None:
                   f"p50 added {pct(g_lat, 50) - pct(d_lat, 50):.2f} ms, p99 added {pct(g_lat, 99) - pct(d_lat, 99):.2f} ms")
         print(f"ingest: {logged:.0f}/{sent_through_gateway} gateway events written, "
               f"last one {drain:.2f}s after the load ended")
+        published = metric(stack.gateway, 'helicone_gateway_events_published_total{path="direct"}')
+        spooled = metric(stack.gateway, "helicone_gateway_events_spooled_total")
+        rewinds = metric(stack.ingest_ops, "helicone_ingest_offset_rewinds_total")
+        print(f"gateway: {published:.0f} events published directly, {spooled:.0f} spooled; ingest offset rewinds: {rewinds:.0f}")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,62 @@ async def test_process_retries_until_written_and_dead_letters_poison(tmp_path):
     [(value, headers)] = dlq.sent
     assert value == b"\x00junk"
     assert headers["x-helicone-error"].startswith((b"not a RequestLogged", b"unsupported schema_version"))
+
+
+class FakeConsumer:
+    """The part of Faust's consumer the offset guard uses."""
+
+    def __init__(self, position: int, highwater: int):
+        self.tp = ("helicone.request-logged.v1", 0)
+        self.pos, self.hw = position, highwater
+        self._committed_offset = {self.tp: position}
+        self._acked = {self.tp: [position - 1]}
+        self._acked_index = {self.tp: {position - 1}}
+        self._gap = {self.tp: object()}
+        self.seeks = []
+
+    def assignment(self):
+        return {self.tp}
+
+    async def position(self, tp):
+        return self.pos
+
+    def highwater(self, tp):
+        return self.hw
+
+    async def earliest_offsets(self, *tps):
+        return {tp: 0 for tp in tps}
+
+    async def seek(self, tp, offset):
+        self.seeks.append(offset)
+        self.pos = offset
+
+
+class FakeFaust:
+    def __init__(self, consumer):
+        self.consumer = consumer
+
+
+async def test_offset_guard_rewinds_only_a_position_stuck_past_the_log_end(tmp_path):
+    svc = IngestService(IngestSettings(data_dir=tmp_path, body_store="local", analytics_backend="chdb", _env_file=None))
+    live = FakeConsumer(position=40, highwater=40)
+    svc.faust = FakeFaust(live)
+    for _ in range(3):
+        await svc._rewind_past_end()
+    assert live.seeks == []  # at the end of a live log: nothing to do
+
+    moving = FakeConsumer(position=41, highwater=40)  # a moment of position > end, then it moves on
+    svc.faust, svc._past_end = FakeFaust(moving), {}
+    await svc._rewind_past_end()
+    moving.pos, moving.hw = 45, 44
+    await svc._rewind_past_end()
+    assert moving.seeks == []
+
+    stuck = FakeConsumer(position=21, highwater=5)  # the log was recreated under the consumer
+    svc.faust, svc._past_end = FakeFaust(stuck), {}
+    await svc._rewind_past_end()
+    assert stuck.seeks == []  # first sighting only
+    await svc._rewind_past_end()
+    assert stuck.seeks == [0]
+    assert stuck._committed_offset[stuck.tp] is None and stuck.tp not in stuck._acked and stuck.tp not in stuck._gap
+    assert svc.metrics.registry.get_sample_value("helicone_ingest_offset_rewinds_total") == 1

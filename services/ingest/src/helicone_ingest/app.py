@@ -37,6 +37,7 @@ class IngestService:
             "helicone_ingest_offset_rewinds_total", "Partitions rewound because the log ended before the consumer position"
         )
         self._guard_task: asyncio.Task | None = None
+        self._past_end: dict = {}  # partition -> position seen past the log end in the last round
 
     def _build_faust(self) -> faust.App:
         s = self.settings
@@ -132,12 +133,17 @@ class IngestService:
         tps = list(consumer.assignment())
         if not tps:
             return
-        ends = await consumer.highwaters(*tps)
+        # The log end is the high watermark of the consumer's own latest fetch response: it is
+        # never behind the position on a live log. (ListOffsets is not used: Tansu answers it
+        # with the last batch's base offset + 1.)
+        stuck: dict = {}
         for tp in tps:
-            position = await consumer.position(tp)
-            end = ends.get(tp)
+            position, end = await consumer.position(tp), consumer.highwater(tp)
             if position is None or end is None or position <= end:
                 continue
+            stuck[tp] = position
+            if self._past_end.get(tp) != position:
+                continue  # act only when the same position was past the end last round too
             start = (await consumer.earliest_offsets(tp)).get(tp) or 0
             log.warning("partition %s: position %s is past the log end %s; rewinding to %s", tp, position, end, start)
             # forget the offsets Faust tracked for the old log, or it would skip the new records
@@ -146,7 +152,9 @@ class IngestService:
             consumer._acked_index.pop(tp, None)
             consumer._gap.pop(tp, None)
             await consumer.seek(tp, start)
+            stuck.pop(tp)
             self.m_rewinds.inc()
+        self._past_end = stuck
 
     async def stop(self) -> None:
         if self._guard_task is not None:
