@@ -96,6 +96,19 @@ def test_stream_chunks_are_forwarded_as_they_arrive(stack):
     assert arrivals[-1] - arrivals[0] >= 1.2, arrivals
 
 
+def test_caller_disconnecting_mid_stream_is_logged_as_incomplete(stack):
+    headers = {"Helicone-Auth": f"Bearer {stack.key}", "x-fake-chunk-delay": "0.5"}
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "bye"}]}
+    with httpx.stream("POST", f"{stack.gateway}/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+        rid = r.headers["helicone-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # leave after the first chunk; closing the stream drops the connection
+    logged = stack.wait_for_request(rid)
+    assert logged["error"] and "did not complete" in logged["error"]
+    assert logged["response_body"].count("data: {") < 7  # the rest was never read from the provider
+
+
 def test_anthropic_messages_and_stream(stack):
     client = claude(stack, **{"Helicone-User-Id": "carol"})
     raw = client.messages.with_raw_response.create(

@@ -124,7 +124,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
 
     @app.api_route("/{path:path}", methods=["GET", "POST"])
     async def other(path: str, request: Request):
-        return Response(json.dumps({"path": "/" + path}), media_type="application/json")
+        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        return Response(json.dumps({"path": raw, "query": request.url.query}), media_type="application/json")
 
     return app
 

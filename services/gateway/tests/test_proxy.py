@@ -136,6 +136,13 @@ async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
     assert too_big.status_code == 413 and len(fake.state.received) == 1
 
 
+async def test_path_encoding_and_query_string_are_forwarded_as_sent(gateway):
+    client, fake, _ = gateway
+    r = await client.get("/v1/files/file%2Fabc/content?limit=2&after=x%20y", headers={"Helicone-Auth": "Bearer good-key"})
+    assert r.status_code == 200
+    assert r.json() == {"path": "/v1/files/file%2Fabc/content", "query": "limit=2&after=x%20y"}
+
+
 async def test_bad_helicone_header_is_a_400(gateway):
     client, _, _ = gateway
     r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key", "Helicone-Request-Id": "x"})

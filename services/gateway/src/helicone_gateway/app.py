@@ -1,18 +1,20 @@
-"""The gateway ASGI app: authenticate, forward, stream back, then log off the request path."""
+"""The gateway: authenticate, forward, stream back, then log off the request path.
+
+Proxied traffic is served as raw ASGI (no framework layers on the hot path); FastAPI serves the
+lifespan and the ops routes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI
 from helicone_core import db, events
 from helicone_core.cost import CostRegistry
 from helicone_core.metrics import ServiceMetrics, add_ops_routes
@@ -32,11 +34,20 @@ from .usage import decode_body, parse_response, request_model
 
 log = logging.getLogger("helicone.gateway")
 
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+class ClientGone(Exception):
+    """The caller disconnected before its request body arrived."""
+
+
+async def send_error(send, status: int, message: str, kind: str, request_id: str = "") -> None:
+    body = json.dumps({"error": {"message": message, "type": kind}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if request_id:
+        headers.append((b"helicone-id", request_id.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class Capture:
@@ -145,14 +156,13 @@ class Gateway:
         return {"http_client": self.session is not None, "key_store": self.keys is not None}
 
     # ---- auth ------------------------------------------------------------------------
-    async def org_for(self, key: str) -> tuple[str | None, JSONResponse | None]:
+    async def org_for(self, key: str) -> tuple[str | None, tuple[int, str, str] | None]:
         """(org_id, None) for a known key; (None, None) when the key store is down (proxy
-        without logging); (None, response) to reject."""
+        without logging); (None, (status, message, kind)) to reject."""
         if not key:
             self.m_auth.labels("missing").inc()
-            return None, _error(
-                401, "Missing Helicone-Auth header: send 'Helicone-Auth: Bearer <your Helicone API key>'", "helicone_auth_error"
-            )
+            return None, (401, "Missing Helicone-Auth header: send 'Helicone-Auth: Bearer <your Helicone API key>'",
+                          "helicone_auth_error")
         if self.keys is None:
             self.m_auth.labels("store_unavailable").inc()
             return None, None
@@ -164,37 +174,44 @@ class Gateway:
             return None, None
         if org is None:
             self.m_auth.labels("invalid").inc()
-            return None, _error(401, "Invalid or revoked Helicone API key", "helicone_auth_error")
+            return None, (401, "Invalid or revoked Helicone API key", "helicone_auth_error")
         self.m_auth.labels("ok").inc()
         return org, None
 
-    # ---- proxy -----------------------------------------------------------------------
-    async def handle(self, request: Request, path: str) -> Response:
+    # ---- proxy (raw ASGI: this is the hot path) ---------------------------------------
+    async def handle(self, scope, receive, send) -> None:
         started = time.perf_counter()
         started_at = dt.datetime.now(dt.timezone.utc)
-        raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
         try:
             hh = parse_helicone_headers(raw_headers)
         except HeaderError as exc:
-            return _error(400, str(exc), "helicone_header_error")
+            return await send_error(send, 400, str(exc), "helicone_header_error")
         org_id, rejection = await self.org_for(hh.auth_key)
         if rejection is not None:
-            return rejection
+            return await send_error(send, *rejection)
         try:
-            rt = route(self.settings, "/" + path, dict(raw_headers), hh.target_url)
+            # raw_path keeps percent-encoding as the caller sent it (e.g. ids containing %2F)
+            path = scope.get("raw_path") or scope["path"].encode()
+            rt = route(self.settings, path.decode("latin-1"), dict(raw_headers), hh.target_url)
         except RoutingError as exc:
-            return _error(400, str(exc), "helicone_routing_error")
-
-        body = await self._read_body(request)
+            return await send_error(send, 400, str(exc), "helicone_routing_error")
+        try:
+            body = await self._read_body(receive, dict(raw_headers).get("content-length"))
+        except ClientGone:
+            return
         if body is None:
-            return _error(413, f"request body larger than {self.settings.max_request_bytes} bytes", "request_too_large")
+            return await send_error(send, 413, f"request body larger than {self.settings.max_request_bytes} bytes",
+                                    "request_too_large")
         request_id = hh.request_id or events.new_request_id()
-        url = rt.base_url + rt.path + (("?" + request.url.query) if request.url.query else "")
+        query = scope.get("query_string") or b""
+        url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
+        method = scope["method"]
+        req_ctype = dict(raw_headers).get("content-type", "")
         assert self.session is not None
-        req_ctype = request.headers.get("content-type", "")
         try:
             upstream = await self.session.request(
-                request.method, url, headers=forward_request_headers(raw_headers), data=body, allow_redirects=False
+                method, url, headers=forward_request_headers(raw_headers), data=body, allow_redirects=False
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -202,64 +219,68 @@ class Gateway:
             self.m_upstream_errors.labels(rt.provider, kind).inc()
             self.m_requests.labels(rt.provider, "error").inc()
             if org_id:
-                self._log(org_id, request_id, hh, rt, request.method, body, req_ctype, started, started_at,
+                self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                           0, "", b"", "", False, -1, error=f"{kind}: upstream request failed")
-            resp = _error(504 if timed_out else 502, f"Gateway could not reach the provider ({kind})",
-                          "gateway_upstream_timeout" if timed_out else "gateway_upstream_error")
-            resp.headers["helicone-id"] = request_id
-            return resp
+            return await send_error(send, 504 if timed_out else 502, f"Gateway could not reach the provider ({kind})",
+                                    "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id)
 
         self.m_ttfb.labels(rt.provider).observe(time.perf_counter() - started)
-        resp_headers = forward_response_headers(upstream.raw_headers)
-        resp_headers.append((b"helicone-id", request_id.encode()))
-        capture = Capture(self.settings.max_logged_body_bytes)
         status = upstream.status
         resp_ctype = upstream.headers.get("content-type", "")
         resp_encoding = upstream.headers.get("content-encoding", "")
-
-        async def stream() -> AsyncIterator[bytes]:
-            first_chunk_at = -1.0
-            completed = False
-            try:
-                async for chunk in upstream.content.iter_any():
-                    if first_chunk_at < 0:
-                        first_chunk_at = time.perf_counter()
-                    capture.add(chunk)
-                    yield chunk
+        resp_headers = forward_response_headers(upstream.raw_headers)
+        resp_headers.append((b"helicone-id", request_id.encode()))
+        capture = Capture(self.settings.max_logged_body_bytes)
+        # after the request body, receive() only ever reports the caller going away
+        disconnected = asyncio.ensure_future(receive())
+        first_chunk_at = -1.0
+        completed = False
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": resp_headers})
+            async for chunk in upstream.content.iter_any():
+                if first_chunk_at < 0:
+                    first_chunk_at = time.perf_counter()
+                capture.add(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if disconnected.done():
+                    break
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 completed = True
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                self.m_upstream_errors.labels(rt.provider, "stream_" + exc.__class__.__name__).inc()
-            finally:
-                if completed:
-                    upstream.release()
-                else:
-                    upstream.close()
-                self.m_requests.labels(rt.provider, f"{status // 100}xx").inc()
-                self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
-                if org_id:
-                    ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
-                    self._log(org_id, request_id, hh, rt, request.method, body, req_ctype, started, started_at,
-                              status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms,
-                              error="" if completed else "response did not complete (client disconnected or provider stream broke)")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # the provider's stream broke mid-way; the caller sees the response end early
+            self.m_upstream_errors.labels(rt.provider, "stream_" + exc.__class__.__name__).inc()
+        finally:
+            disconnected.cancel()
+            if completed:
+                upstream.release()
+            else:
+                upstream.close()
+            self.m_requests.labels(rt.provider, f"{status // 100}xx").inc()
+            self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
+            if org_id:
+                ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
+                self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
+                          status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms,
+                          error="" if completed else "response did not complete (client disconnected or provider stream broke)")
 
-        response = StreamingResponse(stream(), status_code=status)
-        # raw header list: keeps repeated headers (set-cookie) and the provider's exact values
-        response.raw_headers = resp_headers
-        return response
-
-    async def _read_body(self, request: Request) -> bytes | None:
+    async def _read_body(self, receive, declared: str | None) -> bytes | None:
         """The request body, or None as soon as it exceeds max_request_bytes (nothing more is read)."""
         limit = self.settings.max_request_bytes
-        declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return None
         parts, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 return None
             parts.append(chunk)
-        return b"".join(parts)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
@@ -321,7 +342,23 @@ class Gateway:
         self.publisher.submit(build)
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+class GatewayApp:
+    """ASGI entry point: proxied traffic goes straight to Gateway.handle; lifespan and the ops
+    routes (/metrics, /healthz, /readyz) are served by a small FastAPI app."""
+
+    def __init__(self, ops: FastAPI, gateway: Gateway) -> None:
+        self.ops = ops
+        self.gateway = gateway
+        self.state = ops.state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
+            await self.gateway.handle(scope, receive, send)
+        else:
+            await self.ops(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     settings = settings or GatewaySettings()
     metrics = ServiceMetrics("gateway")
     gw = Gateway(settings, metrics)
@@ -334,12 +371,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             await gw.stop()
 
-    app = FastAPI(title="helicone-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.gateway = gw
-    add_ops_routes(app, metrics, gw.ready)
-
-    @app.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
-    async def proxy(request: Request, path: str) -> Response:
-        return await gw.handle(request, path)
-
-    return app
+    ops = FastAPI(title="helicone-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    ops.state.gateway = gw
+    add_ops_routes(ops, metrics, gw.ready)
+    return GatewayApp(ops, gw)
