@@ -183,6 +183,7 @@ class Gateway:
         started = time.perf_counter()
         started_at = dt.datetime.now(dt.timezone.utc)
         raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        header_map = dict(raw_headers)
         try:
             hh = parse_helicone_headers(raw_headers)
         except HeaderError as exc:
@@ -193,11 +194,11 @@ class Gateway:
         try:
             # raw_path keeps percent-encoding as the caller sent it (e.g. ids containing %2F)
             path = scope.get("raw_path") or scope["path"].encode()
-            rt = route(self.settings, path.decode("latin-1"), dict(raw_headers), hh.target_url)
+            rt = route(self.settings, path.decode("latin-1"), header_map, hh.target_url)
         except RoutingError as exc:
             return await send_error(send, 400, str(exc), "helicone_routing_error")
         try:
-            body = await self._read_body(receive, dict(raw_headers).get("content-length"))
+            body = await self._read_body(receive, header_map.get("content-length"))
         except ClientGone:
             return
         if body is None:
@@ -207,7 +208,7 @@ class Gateway:
         query = scope.get("query_string") or b""
         url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
         method = scope["method"]
-        req_ctype = dict(raw_headers).get("content-type", "")
+        req_ctype = header_map.get("content-type", "")
         assert self.session is not None
         try:
             upstream = await self.session.request(
