@@ -5,16 +5,17 @@ API keys are stored only as SHA-256 hashes; the plaintext is shown once, at crea
 
 from __future__ import annotations
 
-import asyncio
+import datetime as dt
 import hashlib
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
 
 KEY_PREFIX = "sk-helicone-"
+# Postgres NOTIFY channel for api_keys changes; payload "<key hash>:<org id, empty when revoked or deleted>"
+KEY_CHANGES_CHANNEL = "helicone_api_keys"
 
 MIGRATIONS: list[str] = [
     # 1: organisations and keys
@@ -71,6 +72,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (org_id, key)
     );
     """,
+    # 4: key ids (to list and revoke keys without their plaintext) and a change feed for key directories
+    f"""
+    ALTER TABLE api_keys ADD COLUMN id UUID NOT NULL DEFAULT gen_random_uuid();
+    CREATE UNIQUE INDEX api_keys_id ON api_keys(id);
+    CREATE FUNCTION helicone_notify_api_key_change() RETURNS trigger AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            PERFORM pg_notify('{KEY_CHANGES_CHANNEL}', OLD.key_hash || ':');
+            RETURN OLD;
+        END IF;
+        IF TG_OP = 'UPDATE' AND OLD.key_hash <> NEW.key_hash THEN
+            PERFORM pg_notify('{KEY_CHANGES_CHANNEL}', OLD.key_hash || ':');
+        END IF;
+        PERFORM pg_notify('{KEY_CHANGES_CHANNEL}',
+                          NEW.key_hash || ':' || CASE WHEN NEW.revoked_at IS NULL THEN NEW.org_id::text ELSE '' END);
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_api_key_change();
+    """,
 ]
 
 
@@ -102,6 +123,7 @@ def hash_key(key: str) -> str:
 class CreatedKey:
     org_id: str
     key: str  # plaintext: shown once
+    id: str = ""
 
 
 async def create_org(pool: asyncpg.Pool, name: str) -> str:
@@ -112,65 +134,62 @@ async def create_org(pool: asyncpg.Pool, name: str) -> str:
 
 async def create_key(pool: asyncpg.Pool, org_id: str, name: str) -> CreatedKey:
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    await pool.execute(
-        "INSERT INTO api_keys(key_hash, org_id, name, key_preview) VALUES ($1, $2, $3, $4)",
+    key_id = await pool.fetchval(
+        "INSERT INTO api_keys(key_hash, org_id, name, key_preview) VALUES ($1, $2, $3, $4) RETURNING id",
         hash_key(key),
         uuid.UUID(org_id),
         name,
         key[: len(KEY_PREFIX) + 4] + "…",
     )
-    return CreatedKey(org_id=org_id, key=key)
+    return CreatedKey(org_id=org_id, key=key, id=str(key_id))
 
 
 class KeyStoreUnavailable(RuntimeError):
-    """Postgres could not answer a key lookup in time."""
+    """No key set is available to answer a lookup (auth must then fail closed)."""
 
 
-class KeyResolver:
-    """Maps a Helicone API key to its org, with an in-memory cache.
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    org_id: str
+    name: str
+    preview: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
 
-    resolve() returns the org id, or None for an unknown/revoked key. When Postgres does not answer
-    within `timeout`, a cached answer is used even if expired; without one, KeyStoreUnavailable is
-    raised. After a failure, lookups fail fast for `breaker_seconds` instead of waiting again.
-    """
+    def to_json(self) -> dict:
+        return {"id": self.id, "org_id": self.org_id, "name": self.name, "preview": self.preview,
+                "created_at": self.created_at.isoformat(), "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
 
-    def __init__(self, pool: asyncpg.Pool, ttl: float = 60.0, negative_ttl: float = 5.0, max_entries: int = 100_000,
-                 timeout: float = 1.0, breaker_seconds: float = 2.0) -> None:
-        self.pool = pool
-        self.ttl = ttl
-        self.negative_ttl = negative_ttl
-        self.max_entries = max_entries
-        self.timeout = timeout
-        self.breaker_seconds = breaker_seconds
-        self._cache: dict[str, tuple[float, str | None]] = {}
-        self._down_until = 0.0
 
-    async def resolve(self, key: str) -> str | None:
-        if not key:
-            return None
-        digest = hash_key(key)
-        now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+async def list_keys(pool: asyncpg.Pool, org_id: str | None = None) -> list[KeyInfo]:
+    """Every key (revoked ones too), oldest first; only one org's with `org_id`."""
+    rows = await pool.fetch(
+        "SELECT id, org_id, name, key_preview, created_at, revoked_at FROM api_keys "
+        "WHERE $1::uuid IS NULL OR org_id = $1::uuid ORDER BY created_at, id",
+        uuid.UUID(org_id) if org_id else None,
+    )
+    return [KeyInfo(str(r["id"]), str(r["org_id"]), r["name"], r["key_preview"], r["created_at"], r["revoked_at"]) for r in rows]
+
+
+async def revoke_key(pool: asyncpg.Pool, key_id: str, org_id: str | None = None) -> KeyInfo | None:
+    """Revokes a key by id (or by its plaintext); with `org_id`, only a key of that org.
+    Returns the key (already revoked ones too), or None when there is no such key."""
+    if key_id.startswith(KEY_PREFIX):
+        where, arg = "key_hash = $1", hash_key(key_id)
+    else:
         try:
-            if now < self._down_until:
-                raise KeyStoreUnavailable("key store marked down")
-            row = await asyncio.wait_for(
-                self.pool.fetchrow("SELECT org_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", digest),
-                self.timeout,
-            )
-        except Exception as exc:
-            if not isinstance(exc, KeyStoreUnavailable):
-                self._down_until = time.monotonic() + self.breaker_seconds
-            if hit is not None:
-                return hit[1]  # stale, but better than failing the caller during an outage
-            raise KeyStoreUnavailable(str(exc) or exc.__class__.__name__) from exc
-        org = str(row["org_id"]) if row else None
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[digest] = (now + (self.ttl if org else self.negative_ttl), org)
-        return org
+            where, arg = "id = $1::uuid", uuid.UUID(key_id)
+        except ValueError:
+            return None
+    row = await pool.fetchrow(
+        f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE {where} "
+        "AND ($2::uuid IS NULL OR org_id = $2::uuid) RETURNING id, org_id, name, key_preview, created_at, revoked_at",
+        arg, uuid.UUID(org_id) if org_id else None,
+    )
+    if row is None:
+        return None
+    return KeyInfo(str(row["id"]), str(row["org_id"]), row["name"], row["key_preview"], row["created_at"], row["revoked_at"])
 
 
 def bearer_token(header_value: str | None) -> str:

@@ -30,6 +30,9 @@ class CommonSettings(BaseSettings):
 
     # Postgres (metadata, keys, prompts)
     postgres_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    # Local copy of the API key hashes (see key_directory.py): survives Postgres outages and restarts.
+    key_snapshot_file: Path | None = None  # defaults to <data_dir>/keys/<service>.snapshot.json
+    key_resync_interval: float = Field(default=60.0, gt=0)  # full reload besides the live change feed
 
     # Analytics store: same SQL on both backends
     analytics_backend: Literal["chdb", "clickhouse"] = "clickhouse"
@@ -56,6 +59,9 @@ class CommonSettings(BaseSettings):
 
     def resolved_chdb_path(self) -> Path:
         return self.chdb_path or (self.data_dir / "chdb")
+
+    def resolved_key_snapshot_file(self, service: str) -> Path:
+        return self.key_snapshot_file or (self.data_dir / "keys" / f"{service}.snapshot.json")
 
     def resolved_body_dir(self) -> Path:
         return self.body_dir or (self.data_dir / "bodies")

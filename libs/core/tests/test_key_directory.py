@@ -1,0 +1,119 @@
+"""The key directory: answers from memory, follows Postgres live, survives its outage and a
+restart from the snapshot, and fails closed when it has never seen the key set."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+
+import pytest
+from helicone_core import db
+from helicone_core.key_directory import KeyDirectory
+from helicone_core.metrics import ServiceMetrics
+
+from tests.support.fault_proxy import postgres_proxy
+
+
+def directory(dsn: str, snapshot, **kw) -> KeyDirectory:
+    kw.setdefault("connect_timeout", 1.0)
+    kw.setdefault("max_backoff", 0.2)
+    return KeyDirectory(dsn, snapshot, ServiceMetrics("test"), **kw)
+
+
+async def eventually(check, timeout: float = 2.0) -> float:
+    """Seconds until check() holds; fails after `timeout`."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - t0
+
+
+async def test_new_and_revoked_keys_take_effect_within_two_seconds(pg_pool, fresh_db_dsn, tmp_path):
+    org = await db.create_org(pg_pool, "acme")
+    first = await db.create_key(pg_pool, org, "first")
+    keys = directory(fresh_db_dsn, tmp_path / "keys.json")
+    await keys.start()
+    try:
+        assert keys.live and keys.lookup(first.key) == org and keys.lookup("sk-helicone-unknown") is None
+        second = await db.create_key(pg_pool, org, "second")
+        added = await eventually(lambda: keys.lookup(second.key) == org)
+        await db.revoke_key(pg_pool, first.id, org)
+        revoked = await eventually(lambda: keys.lookup(first.key) is None)
+        assert added < 2 and revoked < 2
+        assert keys.lookup(second.key) == org
+    finally:
+        await keys.stop()
+
+
+async def test_postgres_outage_keeps_known_keys_and_refuses_unknown_ones(pg_pool, fresh_db_dsn, tmp_path):
+    org = await db.create_org(pg_pool, "acme")
+    known = await db.create_key(pg_pool, org, "known")
+    proxy, dsn = await postgres_proxy(fresh_db_dsn)
+    snapshot = tmp_path / "keys" / "svc.snapshot.json"
+    keys = directory(dsn, snapshot)
+    await keys.start()
+    try:
+        assert keys.live
+        proxy.cut()
+        await eventually(lambda: not keys.live)
+        later = await db.create_key(pg_pool, org, "created during the outage")
+        assert keys.lookup(known.key) == org
+        assert keys.lookup(later.key) is None and keys.lookup("sk-helicone-guess") is None
+        # a restart during the outage answers from the snapshot
+        await keys.stop()
+        assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600
+        keys = directory(dsn, snapshot)
+        await keys.start(wait=0.3)
+        assert not keys.live and keys.lookup(known.key) == org and keys.lookup("sk-helicone-guess") is None
+        # Postgres back: the change feed resumes and catches up with what happened meanwhile
+        proxy.restore()
+        await eventually(lambda: keys.live, timeout=5)
+        assert keys.lookup(later.key) == org
+        await db.revoke_key(pg_pool, known.id)
+        await eventually(lambda: keys.lookup(known.key) is None)
+    finally:
+        await keys.stop()
+        await proxy.stop()
+
+
+async def test_without_postgres_or_snapshot_every_lookup_fails_closed(pg_pool, fresh_db_dsn, tmp_path):
+    proxy, dsn = await postgres_proxy(fresh_db_dsn)
+    proxy.cut()
+    keys = directory(dsn, tmp_path / "none.json")
+    await keys.start(wait=0.3)
+    try:
+        assert not keys.loaded
+        with pytest.raises(db.KeyStoreUnavailable):
+            keys.lookup("sk-helicone-anything")
+        org = await db.create_org(pg_pool, "acme")
+        created = await db.create_key(pg_pool, org, "k")
+        proxy.restore()
+        await eventually(lambda: keys.loaded, timeout=5)
+        assert keys.lookup(created.key) == org
+    finally:
+        await keys.stop()
+        await proxy.stop()
+
+
+async def test_a_change_that_arrives_during_a_full_reload_is_not_lost():
+    keys = directory("postgresql://unused", None)
+
+    class Conn:
+        async def fetch(self, sql):
+            # committed after the reload's snapshot was taken: the reload's rows do not have it
+            keys._on_notify(None, 0, db.KEY_CHANGES_CHANNEL, "hash-new:org-2")
+            keys._on_notify(None, 0, db.KEY_CHANGES_CHANNEL, "hash-old:")
+            return [{"key_hash": "hash-old", "org_id": "org-1"}]
+
+    await keys._reload(Conn())
+    assert keys._keys == {"hash-new": "org-2"}
+
+
+def test_corrupt_snapshot_is_ignored(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text("{not json")
+    keys = directory("postgresql://unused", path)
+    keys._load_snapshot()
+    assert not keys.loaded
