@@ -11,9 +11,9 @@ from tests.support.net import free_port
 
 
 @contextlib.asynccontextmanager
-async def serve(app):
+async def serve(app, lifespan: str = "off"):
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:

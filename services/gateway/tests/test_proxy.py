@@ -6,6 +6,7 @@ import json
 import httpx
 import pytest
 from helicone_core import events
+from helicone_core.db import KeyStoreUnavailable
 from helicone_gateway.app import create_app
 from helicone_gateway.settings import GatewaySettings
 
@@ -17,9 +18,19 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one tw
 
 
 class StubKeys:
-    async def resolve(self, key):
+    """The key directory's interface: "good-key" belongs to ORG; "down" is asked while no key set is loaded."""
+
+    loaded = True
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    def lookup(self, key):
         if key == "down":
-            raise ConnectionError("postgres is down")
+            raise KeyStoreUnavailable("no key set loaded")
         return ORG if key == "good-key" else None
 
 
@@ -30,8 +41,8 @@ async def started_gateway(tmp_path, **settings):
     settings.setdefault("kafka_bootstrap", "127.0.0.1:1")
     app = create_app(GatewaySettings(data_dir=tmp_path, _env_file=None, **settings))
     gw = app.state.gateway
-    await gw.start()
     gw.keys = StubKeys()
+    await gw.start()
     built = []
     gw.publisher.submit = lambda builder: built.append(builder())
     try:
@@ -50,12 +61,12 @@ async def gateway(tmp_path):
         yield client, fake, built
 
 
-async def test_unreachable_provider_is_a_502_and_is_logged(tmp_path):
+async def test_unreachable_provider_is_a_502_and_is_logged_as_such(tmp_path):
     async with started_gateway(tmp_path, openai_url="http://127.0.0.1:1") as (client, built):
         r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key"})
     assert r.status_code == 502 and r.json()["error"]["type"] == "gateway_upstream_error"
     [ev] = built
-    assert ev.status == 0 and ev.request_id == r.headers["helicone-id"] and "upstream request failed" in ev.error
+    assert ev.status == 502 and ev.request_id == r.headers["helicone-id"] and "upstream request failed" in ev.error
 
 
 async def test_proxies_and_logs_a_chat_completion(gateway):
@@ -98,10 +109,12 @@ async def test_missing_and_invalid_keys_are_rejected_without_calling_upstream(ga
     assert fake.state.received == [] and built == []
 
 
-async def test_key_store_outage_still_proxies_without_logging(gateway):
+async def test_without_a_key_set_every_request_is_refused_never_proxied(gateway):
     client, fake, built = gateway
     r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer down"})
-    assert r.status_code == 200 and len(fake.state.received) == 1 and built == []
+    assert r.status_code == 503 and r.headers["retry-after"] == "5" and r.headers["helicone-id"]
+    assert r.json()["error"]["type"] == "helicone_auth_unavailable"
+    assert fake.state.received == [] and built == []
 
 
 async def test_upstream_errors_are_passed_through_and_logged(gateway):
@@ -134,6 +147,7 @@ async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
     assert r.status_code == 200 and fake.state.received[0]["path"] == "/v1/chat/completions"
     assert built[0].target_url == upstream_url
     assert too_big.status_code == 413 and len(fake.state.received) == 1
+    assert built[1].status == 413 and built[1].request_id == too_big.headers["helicone-id"]
 
 
 async def test_path_encoding_and_query_string_are_forwarded_as_sent(gateway):
@@ -147,6 +161,47 @@ async def test_bad_helicone_header_is_a_400(gateway):
     client, _, _ = gateway
     r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key", "Helicone-Request-Id": "x"})
     assert r.status_code == 400 and "UUID" in r.json()["error"]["message"]
+
+
+async def test_every_gateway_answer_carries_a_helicone_id(gateway):
+    client, _, _ = gateway
+    answers = [
+        await client.post("/v1/chat/completions", json=CHAT),  # 401 missing
+        await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer nope"}),  # 401 invalid
+        await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Basic x"}),  # 400 header
+        await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key"}),  # 200
+    ]
+    assert [r.status_code for r in answers] == [401, 401, 400, 200]
+    ids = [r.headers["helicone-id"] for r in answers]
+    assert len(set(ids)) == 4
+
+
+async def test_utf8_header_values_are_logged_and_forwarded_as_sent(gateway):
+    client, fake, built = gateway
+    user = "Zoë 東京 🚀"
+    r = await client.post("/v1/chat/completions", json=CHAT, headers=[
+        ("Helicone-Auth", "Bearer good-key"), ("Helicone-User-Id", user.encode()),
+        ("Helicone-Property-City", "Zürich".encode()), ("X-Custom", "naïve".encode())])
+    assert r.status_code == 200
+    assert built[0].user_id == user and dict(built[0].properties) == {"city": "Zürich"}
+    assert fake.state.received[-1]["headers"]["x-custom"].encode("latin-1") == "naïve".encode()
+    bad = await client.post("/v1/chat/completions", json=CHAT, headers=[
+        ("Helicone-Auth", "Bearer good-key"), ("Helicone-User-Id", b"\xff\xfe")])
+    assert bad.status_code == 400 and "helicone-user-id" in bad.json()["error"]["message"]
+    assert "UTF-8" in bad.json()["error"]["message"] and len(built) == 1
+
+
+async def test_date_and_server_headers_are_never_duplicated(tmp_path):
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(tmp_path, openai_url=upstream_url) as (_, _built):
+        app = create_app(GatewaySettings(data_dir=tmp_path / "gw", _env_file=None, openai_url=upstream_url,
+                                         kafka_bootstrap="127.0.0.1:1"))
+        app.state.gateway.keys = StubKeys()
+        async with serve(app, lifespan="on") as gateway_url, httpx.AsyncClient() as http:
+            r = await http.post(gateway_url + "/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key"})
+    assert r.status_code == 200
+    names = [name.lower() for name, _ in r.headers.raw]
+    assert names.count(b"date") == 1 and names.count(b"server") <= 1
 
 
 async def test_gzip_bytes_pass_through_unchanged_and_are_decoded_for_the_log(gateway):

@@ -6,7 +6,6 @@ lifespan and the ops routes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -15,13 +14,16 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from fastapi import FastAPI
-from helicone_core import db, events
+from helicone_core import events
 from helicone_core.cost import CostRegistry
+from helicone_core.db import KeyStoreUnavailable
+from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import ServiceMetrics, add_ops_routes
 
 from .headers import (
     HeaderError,
     HeliconeHeaders,
+    decode_headers,
     forward_request_headers,
     forward_response_headers,
     parse_helicone_headers,
@@ -37,17 +39,45 @@ log = logging.getLogger("helicone.gateway")
 OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
+# Status logged when the caller left before the provider answered (nginx's "client closed request").
+CLIENT_CLOSED_STATUS = 499
+# Connection failures that, on a connection reused from the pool and before any response byte,
+# mean the provider had already closed it: the request is sent once more on a new connection.
+STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 class ClientGone(Exception):
-    """The caller disconnected before its request body arrived."""
+    """The caller disconnected before the provider answered."""
 
 
-async def send_error(send, status: int, message: str, kind: str, request_id: str = "") -> None:
+class Rejection(Exception):
+    """A request the gateway answers itself (status, message, error type, extra headers)."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
+async def send_error(send, status: int, message: str, kind: str, request_id: str,
+                     extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     body = json.dumps({"error": {"message": message, "type": kind}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if request_id:
-        headers.append((b"helicone-id", request_id.encode()))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"helicone-id", request_id.encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Attempt:
+    """Per upstream attempt, filled in by the trace hook: was the connection reused from the pool?"""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_connection_reused(_session, ctx, _params) -> None:
+    ctx.trace_request_ctx.reused = True
 
 
 class Capture:
@@ -85,8 +115,10 @@ class Gateway:
             CostRegistry.from_file(settings.cost_registry_file) if settings.cost_registry_file else CostRegistry.default()
         )
         self.session: aiohttp.ClientSession | None = None
-        self.pool = None
-        self.keys: db.KeyResolver | None = None
+        self.keys = KeyDirectory(
+            settings.postgres_dsn.get_secret_value(), settings.resolved_key_snapshot_file("gateway"), metrics,
+            resync_interval=settings.key_resync_interval,
+        )
         self.publisher = EventPublisher(
             bootstrap=settings.kafka_bootstrap,
             topic=settings.kafka_topic,
@@ -99,7 +131,6 @@ class Gateway:
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,
         )
-        self._db_task: asyncio.Task | None = None
         self.m_requests = metrics.counter(
             "helicone_gateway_requests_total", "Proxied requests", ("provider", "status_class")
         )
@@ -115,10 +146,15 @@ class Gateway:
         self.m_auth = metrics.counter(
             "helicone_gateway_auth_results_total", "Helicone-Auth outcomes", ("result",)
         )
+        self.m_retries = metrics.counter(
+            "helicone_gateway_upstream_retries_total", "Requests sent again after a pooled connection turned out closed", ("provider",)
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        reuse = aiohttp.TraceConfig()
+        reuse.on_connection_reuseconn.append(_on_connection_reused)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.max_upstream_connections, limit_per_host=0, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout),
@@ -126,103 +162,97 @@ class Gateway:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # forward only what the caller sent
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            trace_configs=[reuse],
         )
         await self.publisher.start()
-        self._db_task = asyncio.create_task(self._connect_db())
+        await self.keys.start()
 
     async def stop(self) -> None:
-        if self._db_task:
-            self._db_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._db_task
+        await self.keys.stop()
         await self.publisher.stop()
         if self.session:
             await self.session.close()
-        if self.pool is not None:
-            await self.pool.close()
-
-    async def _connect_db(self) -> None:
-        backoff = 0.5
-        while self.pool is None:
-            try:
-                self.pool = await db.connect_pool(self.settings.postgres_dsn.get_secret_value(), max_size=5)
-                self.keys = db.KeyResolver(self.pool)
-            except Exception as exc:  # noqa: BLE001 - keep proxying while Postgres is away
-                log.warning("postgres not reachable (%s); retrying", exc.__class__.__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
 
     async def ready(self) -> dict[str, bool]:
-        return {"http_client": self.session is not None, "key_store": self.keys is not None}
+        return {"http_client": self.session is not None, "key_store": self.keys.loaded}
 
     # ---- auth ------------------------------------------------------------------------
-    async def org_for(self, key: str) -> tuple[str | None, tuple[int, str, str] | None]:
-        """(org_id, None) for a known key; (None, None) when the key store is down (proxy
-        without logging); (None, (status, message, kind)) to reject."""
+    def org_for(self, key: str) -> str:
+        """The org of a known Helicone key; raises Rejection otherwise. Fails closed: without a
+        loaded key set (Postgres never reached and no snapshot) every request gets a 503."""
         if not key:
             self.m_auth.labels("missing").inc()
-            return None, (401, "Missing Helicone-Auth header: send 'Helicone-Auth: Bearer <your Helicone API key>'",
-                          "helicone_auth_error")
-        if self.keys is None:
-            self.m_auth.labels("store_unavailable").inc()
-            return None, None
+            raise Rejection(401, "Missing Helicone-Auth header: send 'Helicone-Auth: Bearer <your Helicone API key>'",
+                            "helicone_auth_error")
         try:
-            org = await self.keys.resolve(key)
-        except Exception as exc:  # noqa: BLE001 - observability must not break traffic
-            log.warning("key store lookup failed (%s); proxying without logging", exc.__class__.__name__)
+            org = self.keys.lookup(key)
+        except KeyStoreUnavailable:
             self.m_auth.labels("store_unavailable").inc()
-            return None, None
+            raise Rejection(503, "Helicone key store unavailable; try again shortly", "helicone_auth_unavailable",
+                            ((b"retry-after", b"5"),)) from None
         if org is None:
             self.m_auth.labels("invalid").inc()
-            return None, (401, "Invalid or revoked Helicone API key", "helicone_auth_error")
+            raise Rejection(401, "Invalid or revoked Helicone API key", "helicone_auth_error")
         self.m_auth.labels("ok").inc()
-        return org, None
+        return org
 
     # ---- proxy (raw ASGI: this is the hot path) ---------------------------------------
     async def handle(self, scope, receive, send) -> None:
         started = time.perf_counter()
         started_at = dt.datetime.now(dt.timezone.utc)
-        raw_headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
-        header_map = dict(raw_headers)
+        request_id = events.new_request_id()  # every response carries one, errors included
         try:
+            raw_headers = decode_headers(scope["headers"])
             hh = parse_helicone_headers(raw_headers)
         except HeaderError as exc:
-            return await send_error(send, 400, str(exc), "helicone_header_error")
-        org_id, rejection = await self.org_for(hh.auth_key)
-        if rejection is not None:
-            return await send_error(send, *rejection)
+            return await send_error(send, 400, str(exc), "helicone_header_error", request_id)
+        request_id = hh.request_id or request_id
         try:
-            # raw_path keeps percent-encoding as the caller sent it (e.g. ids containing %2F)
-            path = scope.get("raw_path") or scope["path"].encode()
-            rt = route(self.settings, path.decode("latin-1"), header_map, hh.target_url)
-        except RoutingError as exc:
-            return await send_error(send, 400, str(exc), "helicone_routing_error")
+            org_id = self.org_for(hh.auth_key)
+        except Rejection as r:
+            return await send_error(send, r.status, r.message, r.kind, request_id, r.headers)
+        method = scope["method"]
+        # raw_path keeps percent-encoding as the caller sent it (e.g. ids containing %2F)
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        header_map = dict(raw_headers)
+        req_ctype = header_map.get("content-type", "")
+        rt = Route(provider="unknown", base_url="", path=path)
+        body = b""
         try:
+            try:
+                rt = route(self.settings, path, header_map, hh.target_url)
+            except RoutingError as exc:
+                raise Rejection(400, str(exc), "helicone_routing_error") from None
             body = await self._read_body(receive, header_map.get("content-length"))
         except ClientGone:
-            return
-        if body is None:
-            return await send_error(send, 413, f"request body larger than {self.settings.max_request_bytes} bytes",
-                                    "request_too_large")
-        request_id = hh.request_id or events.new_request_id()
+            return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
+                             CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
+        except Rejection as r:
+            self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
+                      r.status, "", b"", "", False, -1, error=r.message)
+            return await send_error(send, r.status, r.message, r.kind, request_id, r.headers)
+
         query = scope.get("query_string") or b""
         url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
-        method = scope["method"]
-        req_ctype = header_map.get("content-type", "")
-        assert self.session is not None
+        # after the request body, receive() only ever reports the caller going away
+        disconnected = asyncio.ensure_future(receive())
         try:
-            upstream = await self.session.request(
-                method, url, headers=forward_request_headers(raw_headers), data=body, allow_redirects=False
-            )
+            upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers), body, disconnected)
+        except ClientGone:
+            self.m_requests.labels(rt.provider, "client_closed").inc()
+            return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
+                             CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
+                             error="client disconnected before the provider answered; upstream request cancelled")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            disconnected.cancel()
             timed_out = isinstance(exc, TimeoutError)
             kind = "timeout" if timed_out else exc.__class__.__name__
+            status = 504 if timed_out else 502
             self.m_upstream_errors.labels(rt.provider, kind).inc()
-            self.m_requests.labels(rt.provider, "error").inc()
-            if org_id:
-                self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                          0, "", b"", "", False, -1, error=f"{kind}: upstream request failed")
-            return await send_error(send, 504 if timed_out else 502, f"Gateway could not reach the provider ({kind})",
+            self.m_requests.labels(rt.provider, "5xx").inc()
+            self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
+                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed")
+            return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id)
 
         self.m_ttfb.labels(rt.provider).observe(time.perf_counter() - started)
@@ -232,8 +262,12 @@ class Gateway:
         resp_headers = forward_response_headers(upstream.raw_headers)
         resp_headers.append((b"helicone-id", request_id.encode()))
         capture = Capture(self.settings.max_logged_body_bytes)
-        # after the request body, receive() only ever reports the caller going away
-        disconnected = asyncio.ensure_future(receive())
+        # a caller that leaves mid-stream closes the provider's response at once, even while the
+        # provider is silent (the read below would otherwise wait for its next byte)
+        def close_upstream(_f: asyncio.Future) -> None:
+            upstream.close()
+
+        disconnected.add_done_callback(close_upstream)
         first_chunk_at = -1.0
         completed = False
         try:
@@ -246,30 +280,68 @@ class Gateway:
                 if disconnected.done():
                     break
             else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                completed = True
+                if not disconnected.done():
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    completed = True
         except (TimeoutError, aiohttp.ClientError) as exc:
-            # the provider's stream broke mid-way; the caller sees the response end early
-            self.m_upstream_errors.labels(rt.provider, "stream_" + exc.__class__.__name__).inc()
+            # the provider's stream broke mid-way (or was closed because the caller left)
+            if not disconnected.done():
+                self.m_upstream_errors.labels(rt.provider, "stream_" + exc.__class__.__name__).inc()
         finally:
+            caller_left = disconnected.done() and not completed
+            disconnected.remove_done_callback(close_upstream)
             disconnected.cancel()
-            if completed:
+            # a connection that answered 5xx or did not finish cleanly is not reused
+            if completed and status < 500:
                 upstream.release()
             else:
                 upstream.close()
             self.m_requests.labels(rt.provider, f"{status // 100}xx").inc()
             self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
-            if org_id:
-                ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
-                self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                          status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms,
-                          error="" if completed else "response did not complete (client disconnected or provider stream broke)")
+            ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
+            if completed:
+                error = ""
+            elif caller_left:
+                error = "client disconnected before the response completed; upstream response closed"
+            else:
+                error = "provider stream broke before the response completed"
+            self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
+                      status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error)
 
-    async def _read_body(self, receive, declared: str | None) -> bytes | None:
-        """The request body, or None as soon as it exceeds max_request_bytes (nothing more is read)."""
+    async def _send_upstream(self, rt: Route, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+                             disconnected: asyncio.Future) -> aiohttp.ClientResponse:
+        """The provider's response (headers read); raises ClientGone as soon as the caller leaves,
+        cancelling the upstream request. A request that fails on a connection reused from the pool
+        before any response byte is sent once more on a fresh connection."""
+        assert self.session is not None
+        for attempt_no in (1, 2):
+            attempt = _Attempt()
+            pending = asyncio.ensure_future(self.session.request(
+                method, url, headers=headers, data=body, allow_redirects=False, trace_request_ctx=attempt))
+            cancel = lambda _f, pending=pending: pending.cancel()  # noqa: E731
+            disconnected.add_done_callback(cancel)
+            try:
+                return await pending
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if disconnected.done() and not (task is not None and task.cancelling()):
+                    raise ClientGone() from None
+                raise
+            except STALE_CONNECTION_ERRORS:
+                if attempt_no == 2 or not attempt.reused:
+                    raise
+                self.m_retries.labels(rt.provider).inc()
+            finally:
+                disconnected.remove_done_callback(cancel)
+        raise AssertionError("unreachable")
+
+    async def _read_body(self, receive, declared: str | None) -> bytes:
+        """The request body; raises Rejection (413) as soon as it exceeds max_request_bytes
+        (nothing more is read) and ClientGone if the caller leaves."""
         limit = self.settings.max_request_bytes
+        too_large = Rejection(413, f"request body larger than {limit} bytes (HELICONE_MAX_REQUEST_BYTES)", "request_too_large")
         if declared and declared.isdigit() and int(declared) > limit:
-            return None
+            raise too_large
         parts, size = [], 0
         while True:
             message = await receive()
@@ -278,7 +350,7 @@ class Gateway:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return None
+                raise too_large
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)

@@ -18,6 +18,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# Set by the gateway's own HTTP server on every response; the provider's copies are dropped so
+# that the caller never sees them twice.
+SERVER_SET = frozenset({"date", "server"})
 PROPERTY_PREFIX = "helicone-property-"
 MAX_PROPERTIES = 64
 
@@ -36,6 +39,18 @@ class HeliconeHeaders:
     session_path: str = ""
     session_name: str = ""
     properties: dict[str, str] = field(default_factory=dict)
+
+
+def decode_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """ASGI header pairs as (lower-case name, value) text. Values are UTF-8 (so a non-ASCII user id
+    or property is stored as sent, and forwarded byte for byte); anything else is refused."""
+    out = []
+    for name, value in raw:
+        try:
+            out.append((name.decode("latin-1").lower(), value.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise HeaderError(f"header {name.decode('latin-1')!r} is not valid UTF-8") from None
+    return out
 
 
 def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
@@ -113,5 +128,12 @@ def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, s
 
 
 def forward_response_headers(headers) -> list[tuple[bytes, bytes]]:
-    """Raw (bytes) provider headers minus hop-by-hop ones; the ASGI server re-frames the body."""
-    return [(n.lower(), v) for n, v in headers if n.lower().decode("latin-1") not in HOP_BY_HOP]
+    """Raw (bytes) provider headers minus hop-by-hop ones (the ASGI server re-frames the body) and
+    the ones our server sets itself (Date, Server)."""
+    out = []
+    for n, v in headers:
+        name = n.lower()
+        text = name.decode("latin-1")
+        if text not in HOP_BY_HOP and text not in SERVER_SET:
+            out.append((name, v))
+    return out

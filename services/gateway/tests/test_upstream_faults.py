@@ -1,0 +1,149 @@
+"""Upstream faults, against raw loopback TCP servers that misbehave on purpose: a provider that
+never answers, one that stalls mid-stream, and one that closes a pooled connection as it is reused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+from helicone_gateway.app import CLIENT_CLOSED_STATUS, create_app
+from helicone_gateway.settings import GatewaySettings
+
+from services.gateway.tests.test_proxy import CHAT, StubKeys
+from tests.support.inloop import serve
+from tests.support.net import free_port
+
+AUTH = {"Helicone-Auth": "Bearer good-key"}
+
+
+class RawProvider:
+    """Reads one HTTP request per turn and lets `script(conn_no, request_no)` decide: a bytes answer,
+    "hang" (never answer), "stall:<text>" (send text, then nothing more) or "close" (drop the
+    connection without answering)."""
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.port = free_port()
+        self.requests: list[tuple[int, int]] = []
+        self.closed_by_peer = asyncio.Event()
+        self.closed_at = 0.0
+        self._conns = 0
+
+    async def __aenter__(self) -> RawProvider:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._conns += 1
+        conn_no, request_no = self._conns, 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                request_no += 1
+                self.requests.append((conn_no, request_no))
+                action = self.script(conn_no, request_no)
+                if action == "close":
+                    writer.transport.abort()
+                    return
+                if isinstance(action, bytes):
+                    writer.write(action)
+                    await writer.drain()
+                    continue
+                if action.startswith("stall:"):  # answer this much, then go silent
+                    writer.write(action[len("stall:"):].encode())
+                    await writer.drain()
+                # hang: wait until the gateway gives up on us
+                await reader.read()
+                self.closed_at = time.monotonic()
+                self.closed_by_peer.set()
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed_at = time.monotonic()
+            self.closed_by_peer.set()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+STREAM_START = ("stall:HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "f\r\ndata: {\"a\":1}\n\n\r\n")
+
+
+@contextlib.asynccontextmanager
+async def gateway_on(tmp_path, provider_url: str):
+    app = create_app(GatewaySettings(data_dir=tmp_path, _env_file=None, openai_url=provider_url, kafka_bootstrap="127.0.0.1:1"))
+    gw = app.state.gateway
+    gw.keys = StubKeys()
+    built = []
+    async with serve(app, lifespan="on") as url:
+        gw.publisher.submit = lambda builder: built.append(builder())
+        yield url, gw, built
+
+
+async def test_caller_leaving_cancels_a_hung_provider_request_and_it_is_logged(tmp_path):
+    async with RawProvider(lambda c, r: "hang") as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}") as (url, _gw, built):
+        async with httpx.AsyncClient(timeout=0.5) as http:
+            try:
+                await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+                raise AssertionError("the provider never answers")
+            except httpx.ReadTimeout:
+                left_at = time.monotonic()
+        await asyncio.wait_for(provider.closed_by_peer.wait(), 3)
+        assert provider.closed_at - left_at < 1.0  # not after upstream_read_timeout (600 s)
+        for _ in range(100):
+            if built:
+                break
+            await asyncio.sleep(0.02)
+    [ev] = built
+    assert ev.status == CLIENT_CLOSED_STATUS and "cancelled" in ev.error
+
+
+async def test_caller_leaving_mid_stream_closes_a_silent_provider_stream(tmp_path):
+    async with RawProvider(lambda c, r: STREAM_START) as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}") as (url, _gw, built):
+        async with httpx.AsyncClient(timeout=5) as http:
+            async with http.stream("POST", url + "/v1/chat/completions", json=CHAT, headers=AUTH) as r:
+                assert r.status_code == 200
+                async for chunk in r.aiter_raw():
+                    assert chunk.startswith(b"data:")
+                    break
+            left_at = time.monotonic()
+        await asyncio.wait_for(provider.closed_by_peer.wait(), 3)
+        assert provider.closed_at - left_at < 1.0
+        for _ in range(100):
+            if built:
+                break
+            await asyncio.sleep(0.02)
+    [ev] = built
+    assert ev.status == 200 and "client disconnected" in ev.error and ev.inline.response_body.startswith(b"data:")
+
+
+async def test_a_pooled_connection_closed_by_the_provider_is_retried_once_on_a_new_one(tmp_path):
+    # connection 1 answers its first request, then is found closed when reused
+    script = lambda conn, req: OK if (conn, req) != (1, 2) else "close"  # noqa: E731
+    async with RawProvider(script) as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}") as (url, gw, _built):
+        async with httpx.AsyncClient(timeout=5) as http:
+            first = await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+            second = await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+        retries = gw.m_retries.labels("openai")._value.get()
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert provider.requests == [(1, 1), (1, 2), (2, 1)] and retries == 1
+
+
+async def test_a_fresh_connection_that_fails_is_not_retried(tmp_path):
+    async with RawProvider(lambda c, r: "close") as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}") as (url, _gw, built):
+        async with httpx.AsyncClient(timeout=5) as http:
+            r = await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert r.status_code == 502 and provider.requests == [(1, 1)]
+    assert built[0].status == 502
