@@ -2,6 +2,8 @@
 
   helicone-stack up [--target gateway,api|all] [--data-dir DIR] ...
   helicone-stack keys create [--org-name NAME] [--name NAME] [--data-dir DIR]
+  helicone-stack keys list [--org-id ORG]
+  helicone-stack keys revoke KEY_ID
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--org-name", default="default")
     kc.add_argument("--org-id", help="add the key to this existing org instead of creating one")
     kc.add_argument("--name", default="cli")
+    kl = ksub.add_parser("list", help="list keys (id, org, name, preview, created, revoked); never the keys themselves")
+    common(kl)
+    kl.add_argument("--org-id", help="only this org's keys")
+    kr = ksub.add_parser("revoke", help="revoke a key: every gateway and api refuses it within about a second")
+    common(kr)
+    kr.add_argument("key_id", help="the key's id from `keys list` (or the key itself)")
     return p
 
 
@@ -175,20 +183,29 @@ async def run_up(args) -> int:
             pg.stop()
 
 
-async def run_keys_create(args) -> int:
+async def run_keys(args) -> int:
+    """keys create|list|revoke against --postgres-dsn, or the embedded Postgres of --data-dir."""
     from helicone_core import db
 
-    pg = None
     dsn = args.postgres_dsn
     if not dsn:
-        pg = EmbeddedPostgres(args.data_dir.resolve())
-        dsn = pg.start()
+        dsn = EmbeddedPostgres(args.data_dir.resolve()).start()
     pool = await db.connect_pool(dsn, max_size=2)
     try:
         await db.migrate(pool)
-        org = args.org_id or await db.create_org(pool, args.org_name)
-        created = await db.create_key(pool, org, args.name)
-        print(json.dumps({"org_id": created.org_id, "key": created.key}))
+        if args.keys_command == "create":
+            org = args.org_id or await db.create_org(pool, args.org_name)
+            created = await db.create_key(pool, org, args.name)
+            print(json.dumps({"org_id": created.org_id, "key": created.key, "id": created.id}))
+        elif args.keys_command == "list":
+            for key in await db.list_keys(pool, args.org_id):
+                print(json.dumps(key.to_json()))
+        else:
+            revoked = await db.revoke_key(pool, args.key_id)
+            if revoked is None:
+                print(f"error: no key with id {args.key_id!r} (see `helicone-stack keys list`)", file=sys.stderr)
+                return 1
+            print(json.dumps(revoked.to_json()))
     finally:
         await pool.close()
     return 0
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             return _run(run_up(args))
-        return asyncio.run(run_keys_create(args))
+        return asyncio.run(run_keys(args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - a clear message for the operator

@@ -36,11 +36,23 @@ async def api(tmp_path, fresh_db_dsn, analytics_settings):
     key = (await db.create_key(state.pool, org, "t")).key
     other_org = await db.create_org(state.pool, "other")
     other_key = (await db.create_key(state.pool, other_org, "t")).key
+    await wait_for_keys(state, key, other_key)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
                                headers={"Authorization": f"Bearer {key}"})
     yield client, state, org, other_org, other_key
     await client.aclose()
     await state.stop()
+
+
+async def wait_for_keys(state, *keys) -> None:
+    """New keys reach the api's key directory through Postgres NOTIFY, a few ms after creation."""
+    import asyncio
+
+    for _ in range(200):
+        if all(state.keys.lookup(k) for k in keys):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("keys did not reach the key directory")
 
 
 async def query(client, **body):
@@ -108,7 +120,10 @@ async def test_key_store_outage_is_a_503(api):
 
     class Down:
         async def resolve(self, key):
-            raise ConnectionError("postgres down")
+            raise db.KeyStoreUnavailable("no key set loaded")
+
+        async def stop(self):
+            pass
 
     state.keys = Down()
     r = await client.post("/v1/request/query", json={})

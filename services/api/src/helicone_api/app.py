@@ -13,8 +13,10 @@ from fastapi.responses import JSONResponse
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
+from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import ServiceMetrics, add_ops_routes
 
+from .keys import keys_router
 from .models import RequestQuery
 from .queries import body_to_json, detail_sql, list_sql, row_to_json
 from .settings import ApiSettings
@@ -29,7 +31,10 @@ class ApiState:
         self.analytics = analytics or make_analytics_store(settings)
         self.bodies = bodies or make_body_store(settings)
         self.pool = None
-        self.keys: db.KeyResolver | None = None
+        self.keys = KeyDirectory(
+            settings.postgres_dsn.get_secret_value(), settings.resolved_key_snapshot_file("api"), self.metrics,
+            resync_interval=settings.key_resync_interval,
+        )
         self.m_queries = self.metrics.counter("helicone_api_queries_total", "Queries served", ("endpoint", "result"))
         self.m_query_seconds = self.metrics.histogram("helicone_api_query_seconds", "Query time", ("endpoint",))
 
@@ -38,9 +43,10 @@ class ApiState:
         await self.analytics.init_schema()
         self.pool = await db.connect_pool(self.settings.postgres_dsn.get_secret_value(), max_size=5)
         await db.migrate(self.pool)
-        self.keys = db.KeyResolver(self.pool, ttl=30.0)
+        await self.keys.start()
 
     async def stop(self) -> None:
+        await self.keys.stop()
         if self.pool is not None:
             await self.pool.close()
         await self.analytics.close()
@@ -91,7 +97,6 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         key = db.bearer_token(request.headers.get("authorization"))
         if not key:
             raise HTTPException(401, "send 'Authorization: Bearer <your Helicone API key>'", {"WWW-Authenticate": "Bearer"})
-        assert state.keys is not None
         try:
             org = await state.keys.resolve(key)
         except Exception as exc:  # noqa: BLE001 - Postgres unreachable
@@ -131,4 +136,5 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         state.m_queries.labels("query", "ok").inc()
         return {"data": [row_to_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
 
+    app.include_router(keys_router(state, org_id))
     return app

@@ -1,0 +1,48 @@
+"""Key management for the caller's own org: list, create, revoke. A revoked key stops working in
+every gateway and api within about a second (the key directories follow Postgres live)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Depends, HTTPException
+from helicone_core import db
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("api", min_length=1, max_length=200, description="a label to recognise the key by")
+
+
+def keys_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
+    router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+    def pool():
+        if state.pool is None:
+            raise HTTPException(503, "key store unavailable; try again shortly", {"Retry-After": "5"})
+        return state.pool
+
+    @router.get("")
+    async def list_keys(org: str = Depends(org_id)) -> dict:
+        """Every key of your org (revoked ones too); never the key itself, only a preview."""
+        return {"data": [k.to_json() for k in await db.list_keys(pool(), org)]}
+
+    @router.post("", status_code=201)
+    async def create_key(new: NewKey, org: str = Depends(org_id)) -> dict:
+        """A new key for your org; the plaintext `key` is shown in this answer only."""
+        created = await db.create_key(pool(), org, new.name)
+        return {"id": created.id, "org_id": created.org_id, "name": new.name, "key": created.key}
+
+    @router.delete("/{key_id}")
+    async def revoke_key(key_id: str, org: str = Depends(org_id)) -> dict:
+        """Revokes one of your org's keys (by id); revoking twice is harmless."""
+        if key_id.startswith(db.KEY_PREFIX):  # a key in a URL ends up in access logs
+            raise HTTPException(400, "revoke by key id (from GET /v1/keys), never by the key itself")
+        revoked = await db.revoke_key(pool(), key_id, org)
+        if revoked is None:
+            raise HTTPException(404, f"no key {key_id!r} in your org (use the id from GET /v1/keys)")
+        return revoked.to_json()
+
+    return router
