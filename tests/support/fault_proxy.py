@@ -84,3 +84,33 @@ async def postgres_proxy(dsn: str) -> tuple[FaultProxy, str]:
     user = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else "postgres"
     via = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{proxy.port}", query=urlencode(query, doseq=True)))
     return proxy, via
+
+
+class ThreadedPostgresProxy:
+    """postgres_proxy() on its own event loop thread, for synchronous tests: cut() and restore()
+    may be called from any thread."""
+
+    def __init__(self, dsn: str) -> None:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+        self.proxy, self.dsn = asyncio.run_coroutine_threadsafe(postgres_proxy(dsn), self._loop).result(10)
+
+    def _call(self, fn) -> None:
+        async def run():
+            fn()
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def cut(self) -> None:
+        self._call(self.proxy.cut)
+
+    def restore(self) -> None:
+        self._call(self.proxy.restore)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -79,8 +79,28 @@ def _stop(proc: subprocess.Popen) -> None:
     terminate(proc, grace=20)
 
 
+def _create_key(dsn: str) -> dict:
+    import asyncio
+
+    from helicone_core import db
+
+    async def create() -> dict:
+        pool = await db.connect_pool(dsn, max_size=1)
+        try:
+            await db.migrate(pool)
+            created = await db.create_key(pool, await db.create_org(pool, "faults"), "faults")
+            return {"org_id": created.org_id, "key": created.key}
+        finally:
+            await pool.close()
+
+    return asyncio.run(create())
+
+
 @contextlib.contextmanager
-def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None,
+                  postgres_dsn: str | None = None) -> Iterator[Stack]:
+    """The whole stack; with `postgres_dsn`, on that Postgres (e.g. behind a fault proxy) instead of
+    the runner's embedded one, with a key created here."""
     ports = {name: free_port() for name in ("gateway", "api", "ingest", "prompts", "grpc", "kafka", "upstream", "s3")}
     procs: list[subprocess.Popen] = []
     runner_slot: list[subprocess.Popen] = []
@@ -119,6 +139,10 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
                "--prompts-port", str(ports["prompts"]), "--prompts-grpc-port", str(ports["grpc"])]
         if s3:
             cmd += ["--bodies", "s3", "--s3-endpoint", s3_url, "--s3-bucket", "stack-bodies"]
+        if postgres_dsn:
+            cmd += ["--postgres-dsn", postgres_dsn]
+            data_dir.mkdir(parents=True, exist_ok=True)
+            (data_dir / "bootstrap-key.json").write_text(json.dumps(_create_key(postgres_dsn)))
 
         def launch() -> float:
             if runner_slot:
