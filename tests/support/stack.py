@@ -42,10 +42,21 @@ class Stack:
     data_dir: Path
     startup_seconds: float
     _launch: object = None  # restarts the runner process with the same command
+    _runner: object = None  # () -> the current runner process
 
     def restart_runner(self) -> float:
         """Stops `helicone-stack up` and starts it again on the same data dir; returns seconds to READY."""
         return self._launch()
+
+    def kill_runner(self) -> None:
+        """SIGKILL `helicone-stack up`: no graceful stop, nothing flushed."""
+        proc = self._runner()
+        proc.kill()
+        proc.wait(10)
+
+    def stop_runner(self) -> None:
+        """SIGTERM `helicone-stack up` and wait for its graceful stop."""
+        _stop(self._runner())
 
     def api_client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.key}"}, timeout=10)
@@ -164,7 +175,7 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             ingest_ops=f"http://127.0.0.1:{ports['ingest']}", prompts_ops=f"http://127.0.0.1:{ports['prompts']}",
             prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url, kafka=kafka,
             key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup,
-            _launch=launch,
+            _launch=launch, _runner=lambda: runner_slot[-1],
         )
     finally:
         for proc in reversed(runner_slot + procs):
