@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -41,11 +42,20 @@ class HeliconeHeaders:
     properties: dict[str, str] = field(default_factory=dict)
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110: no control characters but HTAB
+
+
 def decode_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     """ASGI header pairs as (lower-case name, value) text. Values are UTF-8 (so a non-ASCII user id
-    or property is stored as sent, and forwarded byte for byte); anything else is refused."""
+    or property is stored as sent, and forwarded byte for byte); names that are not HTTP tokens and
+    values with control characters (CR, LF, NUL: header injection) are refused, whatever server runs the app."""
     out = []
     for name, value in raw:
+        if not _TOKEN.fullmatch(name):
+            raise HeaderError(f"header name {name[:40]!r} is not a valid HTTP token")
+        if _FORBIDDEN_IN_VALUE.search(value):
+            raise HeaderError(f"header {name.decode('latin-1')!r} contains a control character")
         try:
             out.append((name.decode("latin-1").lower(), value.decode("utf-8")))
         except UnicodeDecodeError:
