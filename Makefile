@@ -3,7 +3,7 @@ PY := .venv/bin/python
 DATA_DIR ?= .helicone-data
 export DATA_DIR
 
-.PHONY: setup up test test-unit test-e2e proto proto-check lint bench clean
+.PHONY: setup up test test-unit test-e2e proto proto-check lint bench chaos clean
 
 setup:            ## create .venv and install every package (pinned by constraints.txt)
 	@bash scripts/setup.sh
@@ -31,6 +31,9 @@ lint: setup
 
 bench: setup      ## gateway overhead against a direct call to the fake provider
 	$(PY) bench/gateway_overhead.py
+
+chaos: setup      ## fault scenarios at scale (sent/answered/logged/lost/duplicated/p99) and a 1M-event broker soak
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf .venv $(DATA_DIR)

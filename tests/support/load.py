@@ -25,6 +25,7 @@ class Outcome:
 
 @dataclass
 class LoadResult:
+    run_id: str = ""  # the Helicone-Property-Fault-Run value every request carried
     outcomes: list[Outcome] = field(default_factory=list)
 
     @property
@@ -59,7 +60,7 @@ class SteadyLoad:
             base_url=f"{gateway}/v1", api_key="sk-fault-provider-key", max_retries=0, timeout=timeout,
             default_headers={"Helicone-Auth": f"Bearer {key}", "Helicone-Property-Fault-Run": run_id, **(extra_headers or {})},
         )
-        self.result = LoadResult()
+        self.result = LoadResult(run_id)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="load")
