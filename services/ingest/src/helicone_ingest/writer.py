@@ -1,6 +1,10 @@
 """Writes a batch of log events: bodies to the object store, rows to ClickHouse, metadata to
-Postgres. Idempotent: a replayed event overwrites the same body keys, collapses into the same
-ReplacingMergeTree row and upserts the same metadata."""
+Postgres. Idempotent: a replayed event writes the same body keys, collapses into the same
+ReplacingMergeTree row (same identity, same version) and upserts the same metadata.
+
+A log's identity is (org_id, request_id). A request id reused within an org replaces the earlier
+log: the newest request (highest events.event_version) wins, and its row points at its own
+bodies (the version is part of the body keys), so rows and bodies never mix two requests."""
 
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ class BatchWriter:
         )
 
     def decode(self, raws: list[bytes]) -> tuple[list[events.RequestLogged], list[Rejected]]:
-        good: dict[str, events.RequestLogged] = {}
+        good: dict[tuple[str, str], events.RequestLogged] = {}
         bad: list[Rejected] = []
         for raw in raws:
             try:
@@ -55,7 +59,11 @@ class BatchWriter:
             except Exception as exc:  # noqa: BLE001 - anything else about one event must not stop the batch
                 bad.append(Rejected(raw, f"{exc.__class__.__name__}: {exc}"))
                 continue
-            good[ev.request_id] = ev  # last copy of a duplicate within the batch wins
+            identity = (ev.org_id, ev.request_id)
+            kept = good.get(identity)
+            # one row per identity, the newest request (as ReplacingMergeTree would keep; a tie: the later copy)
+            if kept is None or events.event_version(ev) >= events.event_version(kept):
+                good[identity] = ev
         self.m_events.labels("ok").inc(len(good))
         self.m_events.labels("duplicate_in_batch").inc(len(raws) - len(bad) - len(good))
         self.m_events.labels("rejected").inc(len(bad))
@@ -66,10 +74,9 @@ class BatchWriter:
         if not batch:
             return
         started = time.perf_counter()
-        version = time.time_ns()
         rows = []
         try:
-            rows = await asyncio.gather(*(self._store_bodies(ev, version) for ev in batch))
+            rows = await asyncio.gather(*(self._store_bodies(ev) for ev in batch))
         except Exception:
             self.m_write_errors.labels("bodies").inc()
             raise
@@ -90,17 +97,17 @@ class BatchWriter:
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(batch))
 
-    async def _store_bodies(self, ev: events.RequestLogged, version: int) -> dict:
+    async def _store_bodies(self, ev: events.RequestLogged) -> dict:
         which = ev.WhichOneof("bodies")
         if which == "location":
             loc = ev.location
             return events.analytics_row(
                 ev, request_key=loc.request_key, response_key=loc.response_key,
                 request_bytes=loc.request_bytes, response_bytes=loc.response_bytes,
-                request_content_type="", response_content_type="", truncated=False, version=version,
+                request_content_type="", response_content_type="", truncated=False,
             )
         inline = ev.inline if which == "inline" else events.InlineBodies()
-        req_key, resp_key = events.body_keys(ev.org_id, ev.request_id)
+        req_key, resp_key = events.body_keys(ev.org_id, ev.request_id, events.event_version(ev))
         await asyncio.gather(
             self.bodies.put(req_key, inline.request_body, inline.request_content_type),
             self.bodies.put(resp_key, inline.response_body, inline.response_content_type),
@@ -109,7 +116,7 @@ class BatchWriter:
             ev, request_key=req_key, response_key=resp_key,
             request_bytes=len(inline.request_body), response_bytes=len(inline.response_body),
             request_content_type=inline.request_content_type, response_content_type=inline.response_content_type,
-            truncated=inline.request_truncated or inline.response_truncated, version=version,
+            truncated=inline.request_truncated or inline.response_truncated,
         )
 
     async def _upsert_metadata(self, batch: list[events.RequestLogged]) -> None:
