@@ -1,13 +1,18 @@
+import asyncio
 import datetime as dt
 import json
+import time
 import uuid
 
 import pytest
-from helicone_core import events
+from helicone_core import db, events
 from helicone_core.analytics import ChdbStore
 from helicone_core.bodies import LocalBodyStore
 from helicone_core.metrics import ServiceMetrics
+from helicone_ingest.metadata import PendingMetadata
 from helicone_ingest.writer import BatchWriter
+
+from tests.support.fault_proxy import postgres_proxy
 
 ORG = str(uuid.uuid4())
 OTHER_ORG = str(uuid.uuid4())
@@ -29,8 +34,11 @@ def event(*, org=ORG, at: dt.datetime | None = None, body: bytes = b'{"ok":true}
     return ev
 
 
-def new_writer(analytics, bodies, pool) -> BatchWriter:
-    return BatchWriter(analytics, bodies, pool, ServiceMetrics("ingest"))
+def new_writer(analytics, bodies, pool, metrics: ServiceMetrics | None = None) -> BatchWriter:
+    metrics = metrics or ServiceMetrics("ingest")
+    metadata = PendingMetadata(metrics, retry_max_backoff=0.2)
+    metadata.attach(pool)
+    return BatchWriter(analytics, bodies, metadata, metrics)
 
 
 @pytest.fixture
@@ -65,6 +73,7 @@ async def test_batch_is_written_to_all_three_stores(writer):
     good, bad = w.decode([events.encode(e) for e in evs])
     assert bad == [] and len(good) == 2
     await w.write(good)
+    assert await w.metadata.flush()
     assert await count(analytics) == 2
     req_key, resp_key = events.body_keys(ORG, evs[0].request_id, events.event_version(evs[0]))
     assert json.loads(await bodies.get(req_key)) == {"model": "gpt-4o-mini"}
@@ -84,6 +93,7 @@ async def test_replayed_events_do_not_double_count(writer):
     await w.write(good)
     good, _ = w.decode([raw])  # and replayed in a later batch
     await w.write(good)
+    assert await w.metadata.flush()
     assert await count(analytics, ev.request_id) == 1
     assert await pool.fetchval("SELECT count(*) FROM request_users") == 1
 
@@ -149,3 +159,62 @@ async def test_a_reused_request_id_is_replaced_by_the_newest_request(writer):
     await w.write(w.decode([events.encode(older), events.encode(newer)])[0])
     assert [(r["model"], r["response_body"]) for r in await logged(analytics, bodies, ORG, rid)] == [
         ("newest", b'{"answer":"newest"}')]
+
+
+async def test_rows_and_bodies_are_written_while_postgres_is_down(tmp_path, fresh_db_dsn, pg_pool):
+    proxy, dsn = await postgres_proxy(fresh_db_dsn)
+    pool = await db.connect_pool(dsn, max_size=2)
+    analytics = ChdbStore(tmp_path / "chdb", "helicone")
+    await analytics.init_schema()
+    bodies = LocalBodyStore(tmp_path / "bodies")
+    await bodies.start()
+    metrics = ServiceMetrics("ingest")
+    w = new_writer(analytics, bodies, pool, metrics)
+    flusher = asyncio.create_task(w.metadata.run())
+    try:
+        proxy.cut()
+        evs = [event(user_id=f"user-{i}", session_id="s-outage", properties={f"k{i % 3}": "v"}) for i in range(30)]
+        started = time.monotonic()
+        for i in range(0, 30, 10):
+            good, _ = w.decode([events.encode(e) for e in evs[i:i + 10]])
+            await asyncio.wait_for(w.write(good), 5)
+        assert time.monotonic() - started < 5
+        assert await count(analytics) == 30
+        assert (await logged(analytics, bodies, ORG, evs[7].request_id))[0]["response_body"] == b'{"ok":true}'
+        await asyncio.sleep(0.5)  # the flusher has tried (and failed) meanwhile
+        assert metrics.registry.get_sample_value("helicone_ingest_metadata_flush_failures_total") >= 1
+        # users + the session + property keys, merged
+        assert metrics.registry.get_sample_value("helicone_ingest_metadata_pending_keys") == 30 + 1 + 3
+        assert await pg_pool.fetchval("SELECT count(*) FROM request_users") == 0
+
+        proxy.restore()
+        for _ in range(100):
+            if await pg_pool.fetchval("SELECT count(*) FROM request_users") == 30 and not len(w.metadata):
+                break
+            await asyncio.sleep(0.05)
+        assert await pg_pool.fetchval("SELECT count(*) FROM request_users") == 30
+        assert await pg_pool.fetchval("SELECT count(*) FROM property_keys") == 3
+        assert await pg_pool.fetchval("SELECT count(*) FROM request_sessions") == 1
+        assert metrics.registry.get_sample_value("helicone_ingest_metadata_pending_keys") == 0
+    finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await pool.close()
+        await proxy.stop()
+        await analytics.close()
+
+
+async def test_pending_metadata_is_bounded_by_distinct_keys():
+    metrics = ServiceMetrics("ingest")
+    pending = PendingMetadata(metrics, max_keys=3)  # never attached: Postgres is away
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    pending.add([event(user_id=f"u{i}", session_id="", properties={}, at=t0) for i in range(5)])
+    assert len(pending) == 3
+    assert metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "full"}) == 2
+    # keys already pending keep being updated past the bound
+    pending.add([event(user_id="u0", session_id="", properties={}, at=t0 + dt.timedelta(hours=1))])
+    assert pending.users[(uuid.UUID(ORG), "u0")] == (t0, t0 + dt.timedelta(hours=1))
+    assert metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "full"}) == 2
+    assert not await pending.flush()  # nothing to write to yet: it all stays
+    await pending.close(timeout=0.1)
+    assert metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "stopped"}) == 3

@@ -1,6 +1,7 @@
-"""Writes a batch of log events: bodies to the object store, rows to ClickHouse, metadata to
-Postgres. Idempotent: a replayed event writes the same body keys, collapses into the same
-ReplacingMergeTree row (same identity, same version) and upserts the same metadata.
+"""Writes a batch of log events: bodies to the object store and rows to ClickHouse, then hands
+the Postgres metadata to PendingMetadata (written in the background, so a Postgres outage delays
+nothing here). Idempotent: a replayed event writes the same body keys, collapses into the same
+ReplacingMergeTree row (same identity, same version) and merges into the same metadata.
 
 A log's identity is (org_id, request_id). A request id reused within an org replaces the earlier
 log: the newest request (highest events.event_version) wins, and its row points at its own
@@ -12,13 +13,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from helicone_core import events
 from helicone_core.analytics import AnalyticsStore
 from helicone_core.bodies import BodyStore
 from helicone_core.metrics import ServiceMetrics
+
+from .metadata import PendingMetadata
 
 log = logging.getLogger("helicone.ingest")
 
@@ -30,10 +32,10 @@ class Rejected:
 
 
 class BatchWriter:
-    def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, pool, metrics: ServiceMetrics) -> None:
+    def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, metadata: PendingMetadata, metrics: ServiceMetrics) -> None:
         self.analytics = analytics
         self.bodies = bodies
-        self.pool = pool
+        self.metadata = metadata
         self.m_events = metrics.counter("helicone_ingest_events_total", "Events consumed", ("result",))
         self.m_batches = metrics.histogram(
             "helicone_ingest_batch_seconds", "Time to write one batch", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -85,11 +87,7 @@ class BatchWriter:
         except Exception:
             self.m_write_errors.labels("analytics").inc()
             raise
-        try:
-            await self._upsert_metadata(batch)
-        except Exception:
-            self.m_write_errors.labels("postgres").inc()
-            raise
+        self.metadata.add(batch)
         now = time.time()
         for ev in batch:
             if ev.HasField("response_created_at"):
@@ -118,58 +116,3 @@ class BatchWriter:
             request_content_type=inline.request_content_type, response_content_type=inline.response_content_type,
             truncated=inline.request_truncated or inline.response_truncated,
         )
-
-    async def _upsert_metadata(self, batch: list[events.RequestLogged]) -> None:
-        users: dict[tuple, tuple] = {}
-        sessions: dict[tuple, tuple] = {}
-        props: dict[tuple, dt.datetime] = {}
-        for ev in batch:
-            org = uuid.UUID(ev.org_id) if _is_uuid(ev.org_id) else None
-            if org is None:
-                continue
-            at = ev.request_created_at.ToDatetime(tzinfo=dt.timezone.utc)
-            if ev.user_id:
-                lo, hi = users.get((org, ev.user_id), (at, at))
-                users[(org, ev.user_id)] = (min(lo, at), max(hi, at))
-            if ev.session_id:
-                lo, hi, name = sessions.get((org, ev.session_id), (at, at, ev.session_name))
-                sessions[(org, ev.session_id)] = (min(lo, at), max(hi, at), ev.session_name or name)
-            for key in ev.properties:
-                props[(org, key)] = min(props.get((org, key), at), at)
-        if not (users or sessions or props):
-            return
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                if users:
-                    await conn.executemany(
-                        """INSERT INTO request_users(org_id, user_id, first_seen, last_seen) VALUES ($1,$2,$3,$4)
-                           ON CONFLICT (org_id, user_id) DO UPDATE SET
-                             first_seen = least(request_users.first_seen, excluded.first_seen),
-                             last_seen = greatest(request_users.last_seen, excluded.last_seen)""",
-                        [(o, u, lo, hi) for (o, u), (lo, hi) in users.items()],
-                    )
-                if sessions:
-                    await conn.executemany(
-                        """INSERT INTO request_sessions(org_id, session_id, session_name, first_seen, last_seen)
-                           VALUES ($1,$2,$3,$4,$5)
-                           ON CONFLICT (org_id, session_id) DO UPDATE SET
-                             session_name = CASE WHEN excluded.session_name <> '' THEN excluded.session_name
-                                                 ELSE request_sessions.session_name END,
-                             first_seen = least(request_sessions.first_seen, excluded.first_seen),
-                             last_seen = greatest(request_sessions.last_seen, excluded.last_seen)""",
-                        [(o, s, name, lo, hi) for (o, s), (lo, hi, name) in sessions.items()],
-                    )
-                if props:
-                    await conn.executemany(
-                        """INSERT INTO property_keys(org_id, key, first_seen) VALUES ($1,$2,$3)
-                           ON CONFLICT (org_id, key) DO UPDATE SET first_seen = least(property_keys.first_seen, excluded.first_seen)""",
-                        [(o, k, at) for (o, k), at in props.items()],
-                    )
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-        return True
-    except ValueError:
-        return False
