@@ -139,7 +139,7 @@ class IngestService:
         s = self.settings
         pool = await asyncio.wait_for(db.connect_pool(s.postgres_dsn.get_secret_value(), max_size=5), s.postgres_timeout)
         try:
-            await asyncio.wait_for(db.migrate(pool), s.postgres_timeout * 6)
+            await db.migrate(pool)  # bounded by the pool's command timeout (it may wait for another service's migration)
         except BaseException:
             pool.terminate()
             raise
