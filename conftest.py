@@ -82,6 +82,18 @@ def clickhouse_http_url(tmp_path_factory) -> str:
     proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory) -> str:
+    """A Kafka-compatible broker for the session (Tansu, in memory, as `helicone-stack up` runs it)."""
+    from helicone_runner.embedded import EmbeddedKafka
+
+    from tests.support.net import free_port
+
+    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path_factory.mktemp("kafka") / "kafka.log")
+    yield broker.start()
+    broker.stop()
+
+
 @pytest.fixture(params=["chdb", "clickhouse"])
 def analytics_settings(request, tmp_path) -> dict:
     """Settings selecting each analytics backend in turn (same SQL on both)."""

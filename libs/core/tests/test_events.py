@@ -40,13 +40,48 @@ def test_garbage_is_rejected():
         events.decode(b"\xff\xff\xff not protobuf")
 
 
-def test_analytics_row_is_deterministic_apart_from_version():
+def test_analytics_row_is_deterministic_and_versioned_by_the_request_time():
     ev = make_event()
     kw = dict(request_key="a", response_key="b", request_bytes=1, response_bytes=2,
               request_content_type="application/json", response_content_type="application/json", truncated=False)
-    r1 = events.analytics_row(ev, version=1, **kw)
-    r2 = events.analytics_row(ev, version=2, **kw)
-    assert {k: v for k, v in r1.items() if k != "version"} == {k: v for k, v in r2.items() if k != "version"}
+    r1 = events.analytics_row(ev, **kw)
+    assert events.analytics_row(events.decode(events.encode(ev)), **kw) == r1  # a replayed copy: the same row
     assert r1["request_created_at"] == "2026-01-02 03:04:05.678"
+    assert r1["version"] == events.event_version(ev) == 1767323045678000000  # request time in ns
     # no response time: falls back to the request time
     assert r1["response_created_at"] == r1["request_created_at"]
+    later = make_event()
+    events.set_time(later.request_created_at, dt.datetime(2026, 1, 2, 3, 4, 5, 678001, tzinfo=dt.timezone.utc))
+    assert events.event_version(later) == r1["version"] + 1000  # microseconds apart: ordered
+
+
+def test_identity_keys_name_the_org_and_the_request():
+    ev = make_event()
+    assert events.message_key(ev) == f"{ev.org_id}/{ev.request_id}".encode()
+    version = events.event_version(ev)
+    req, resp = events.body_keys(ev.org_id, ev.request_id, version)
+    assert req == f"orgs/{ev.org_id}/requests/{ev.request_id}/{version}/request"
+    assert resp == f"orgs/{ev.org_id}/requests/{ev.request_id}/{version}/response"
+    # a newer request with the same id gets its own keys
+    assert events.body_keys(ev.org_id, ev.request_id, version + 1)[0] != req
+
+
+@pytest.mark.parametrize("org_id", ["../other", "a/b", "o rg", "x" * 129])
+def test_org_ids_that_could_escape_their_key_space_are_rejected(org_id):
+    ev = make_event()
+    ev.org_id = org_id
+    with pytest.raises(events.EventError, match="org_id"):
+        events.decode(events.encode(ev))
+
+
+def test_body_locations_must_be_the_orgs_own():
+    ev = make_event(location=events.BodyLocation(request_key="orgs/someone-else/requests/x/request",
+                                                 response_key="orgs/someone-else/requests/x/response"))
+    with pytest.raises(events.EventError, match="location.request_key"):
+        events.decode(events.encode(ev))
+    own = f"orgs/{ev.org_id}/requests/{ev.request_id}/1"
+    ev.location.request_key, ev.location.response_key = own + "/request", own + "/../../x/response"
+    with pytest.raises(events.EventError, match="location.response_key"):
+        events.decode(events.encode(ev))
+    ev.location.response_key = own + "/response"
+    assert events.decode(events.encode(ev)) == ev

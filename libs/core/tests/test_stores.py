@@ -1,9 +1,11 @@
+import asyncio
 import datetime as dt
 
 import pytest
-from helicone_core import events
-from helicone_core.analytics import ChdbStore
+from helicone_core import analytics, events
+from helicone_core.analytics import ChdbStore, make_analytics_store
 from helicone_core.bodies import LocalBodyStore
+from helicone_core.settings import CommonSettings
 
 
 async def test_local_body_store_roundtrip_and_key_safety(tmp_path):
@@ -19,38 +21,141 @@ async def test_local_body_store_roundtrip_and_key_safety(tmp_path):
         await store.get("orgs/../../etc/passwd")
 
 
-def _row(ev, version):
+def _row(ev):
     return events.analytics_row(ev, request_key="k1", response_key="k2", request_bytes=1, response_bytes=1,
-                                request_content_type="", response_content_type="", truncated=False, version=version)
+                                request_content_type="", response_content_type="", truncated=False)
+
+
+def _event(org_id: str, when: dt.datetime, request_id: str | None = None, **kw) -> events.RequestLogged:
+    ev = events.RequestLogged(schema_version=1, request_id=request_id or events.new_request_id(), org_id=org_id, **kw)
+    events.set_time(ev.request_created_at, when)
+    return ev
+
+
+T0 = dt.datetime(2026, 1, 31, 23, 59, 59, 500000, tzinfo=dt.timezone.utc)
+FINAL_ROWS = ("SELECT org_id, request_id, model, version FROM {db}.request_log FINAL ORDER BY org_id, model "
+              "SETTINGS output_format_json_quote_64bit_integers = 0")
 
 
 async def test_replacing_merge_tree_dedupes_replayed_events(analytics_store):
     store = analytics_store
-    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id="org-1",
-                              model="gpt-4o", properties={"env": "prod"})
-    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
-    other = events.RequestLogged()
-    other.CopyFrom(ev)
-    other.request_id = events.new_request_id()
-    await store.insert("request_log", [_row(ev, 1)])
-    await store.insert("request_log", [_row(ev, 2), _row(other, 2)])  # replay + a new one
+    ev = _event("org-1", dt.datetime.now(dt.timezone.utc), model="gpt-4o", properties={"env": "prod"})
+    other = _event("org-1", dt.datetime.now(dt.timezone.utc), model="gpt-4o", properties={"env": "prod"})
+    await store.insert("request_log", [_row(ev)])
+    await store.insert("request_log", [_row(ev), _row(other)])  # replay + a new one
     rows = await store.query(
         "SELECT request_id, version FROM {db}.request_log FINAL WHERE org_id = {org:String} "
         "AND properties[{k:String}] = {v:String} ORDER BY request_id",
         {"org": "org-1", "k": "env", "v": "prod"},
     )
     assert sorted(r["request_id"] for r in rows) == sorted([ev.request_id, other.request_id])
-    assert {int(r["version"]) for r in rows} == {2}
     assert await store.ping()
+
+
+async def test_one_row_per_org_and_request_id_whatever_the_times(analytics_store):
+    store = analytics_store
+    rid = events.new_request_id()
+    first = _event("org-a", T0, rid, model="first")
+    newest = _event("org-a", T0 + dt.timedelta(days=40), rid, model="newest")  # another month
+    other_org = _event("org-b", T0, rid, model="org-b's own")
+    await store.insert("request_log", [_row(first), _row(other_org)])
+    await store.insert("request_log", [_row(newest)])
+    await store.insert("request_log", [_row(first)])  # a late replay of the older request
+    rows = await store.query(FINAL_ROWS)
+    assert [(r["org_id"], r["request_id"], r["model"]) for r in rows] == [
+        ("org-a", rid, "newest"), ("org-b", rid, "org-b's own")]
+    assert rows[0]["version"] == events.event_version(newest)
+    sorting_key = await store.query("SELECT sorting_key, partition_key FROM system.tables "
+                                    "WHERE database = {d:String} AND name = 'request_log'", {"d": store.database})
+    assert sorting_key == [{"sorting_key": "org_id, request_id", "partition_key": ""}]
+
+
+# request_log as created before the sorting key became the log identity
+OLD_REQUEST_LOG_DDL = analytics.REQUEST_LOG_DDL.replace(
+    "ORDER BY ({sorting_key})", "PARTITION BY toYYYYMM(request_created_at)\nORDER BY (org_id, request_created_at, request_id)"
+).replace("    INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1\n", "").replace(
+    "version UInt64,", "version UInt64")
+
+
+async def _old_installation(settings: dict, rows: list[dict]):
+    store = make_analytics_store(CommonSettings(**settings, _env_file=None))
+    await store._command(f"CREATE DATABASE IF NOT EXISTS {store.database}")
+    await store._command(OLD_REQUEST_LOG_DDL.format(db=store.database, table="request_log"))
+    for row in rows:
+        await store.insert("request_log", [row])
+    return store
+
+
+async def _tables(store) -> dict[str, str]:
+    rows = await store.query("SELECT name, sorting_key FROM system.tables WHERE database = {d:String}", {"d": store.database})
+    return {r["name"]: r["sorting_key"] for r in rows}
+
+
+def _old_rows() -> tuple[list[dict], list[tuple]]:
+    rid = events.new_request_id()
+    old = _row(_event("org-a", T0, rid, model="first"))
+    reused = _row(_event("org-a", T0 + dt.timedelta(days=40), rid, model="newest"))  # two rows in the old table
+    old["version"], reused["version"] = 1_000, 2_000  # ingest used to stamp the write time
+    rows = [old, reused, _row(_event("org-b", T0, rid, model="org-b's own"))]
+    rows += [_row(_event("org-c", T0 + dt.timedelta(hours=i), model=f"m{i}")) for i in range(20)]
+    expected = sorted({(r["org_id"], r["request_id"], r["model"]) for r in rows if r is not old})
+    return rows, expected
+
+
+async def test_init_schema_rebuilds_an_old_request_log_keeping_every_row(analytics_settings):
+    rows, expected = _old_rows()
+    store = await _old_installation(analytics_settings, rows)
+    try:
+        assert (await _tables(store))["request_log"] == "org_id, request_created_at, request_id"
+        await store.init_schema()
+        assert await _tables(store) == {"request_log": "org_id, request_id"}  # the old table is gone
+        after = await store.query(FINAL_ROWS)
+        assert sorted((r["org_id"], r["request_id"], r["model"]) for r in after) == expected
+        # new rows go on collapsing by identity; running the migration again changes nothing
+        await store.insert("request_log", [_row(_event("org-c", T0, after[-1]["request_id"], model="m-new"))])
+        await store.init_schema()
+        assert await _tables(store) == {"request_log": "org_id, request_id"}
+        assert len(await store.query(FINAL_ROWS)) == len(expected)
+    finally:
+        await store.close()
+
+
+async def test_an_interrupted_rebuild_resumes_and_concurrent_starts_agree(analytics_settings):
+    rows, expected = _old_rows()
+    store = await _old_installation(analytics_settings, rows)
+    other = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    try:
+        # a crash after the rename, before the copy: the old table is kept aside, the new one empty
+        await store._command(f"RENAME TABLE {store.database}.request_log TO {store.database}.{analytics.REQUEST_LOG_PREVIOUS}")
+        await store._command(analytics.request_log_ddl(store.database))
+        await asyncio.gather(store.init_schema(), other.init_schema())
+        assert await _tables(store) == {"request_log": "org_id, request_id"}
+        after = await store.query(FINAL_ROWS)
+        assert sorted((r["org_id"], r["request_id"], r["model"]) for r in after) == expected
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_two_processes_migrating_at_once_keep_every_row(analytics_settings):
+    rows, expected = _old_rows()
+    store = await _old_installation(analytics_settings, rows)
+    other = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    try:
+        await asyncio.gather(store.init_schema(), other.init_schema())
+        assert await _tables(store) == {"request_log": "org_id, request_id"}
+        after = await store.query(FINAL_ROWS)
+        assert sorted((r["org_id"], r["request_id"], r["model"]) for r in after) == expected
+    finally:
+        await other.close()
+        await store.close()
 
 
 async def test_chdb_stores_on_one_path_share_one_engine(chdb_path):
     a, b = ChdbStore(chdb_path, "shared_db"), ChdbStore(chdb_path, "shared_db")
     try:
         await a.init_schema()
-        ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id="o")
-        events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
-        await a.insert("request_log", [_row(ev, 1)])
+        await a.insert("request_log", [_row(_event("o", dt.datetime.now(dt.timezone.utc)))])
         rows = await b.query("SELECT count() AS n FROM {db}.request_log SETTINGS output_format_json_quote_64bit_integers=0")
         assert rows == [{"n": 1}]
     finally:

@@ -9,19 +9,21 @@ from helicone_core import db, events
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
-async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice", props=None, status=200):
+async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice", props=None, status=200, request_id=None,
+                      response=b"data: {}\n\ndata: [DONE]\n\n"):
+    """Stores a request the way ingest does: bodies under the event's own keys, then its row."""
     ev = events.RequestLogged(
-        schema_version=1, request_id=events.new_request_id(), org_id=org, status=status, provider="openai", model=model,
-        user_id=user, properties=props or {}, latency_ms=120, time_to_first_token_ms=-1,
+        schema_version=1, request_id=request_id or events.new_request_id(), org_id=org, status=status, provider="openai",
+        model=model, user_id=user, properties=props or {}, latency_ms=120, time_to_first_token_ms=-1,
         usage=events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), cost_usd=0.5, cost_known=True,
     )
     events.set_time(ev.request_created_at, T0 + dt.timedelta(minutes=minutes))
-    req_key, resp_key = events.body_keys(org, ev.request_id)
+    req_key, resp_key = events.body_keys(org, ev.request_id, events.event_version(ev))
     await state.bodies.put(req_key, b'{"model":"%s"}' % model.encode(), "application/json")
-    await state.bodies.put(resp_key, b"data: {}\n\ndata: [DONE]\n\n", "text/event-stream")
+    await state.bodies.put(resp_key, response, "text/event-stream")
     row = events.analytics_row(ev, request_key=req_key, response_key=resp_key, request_bytes=1, response_bytes=1,
                                request_content_type="application/json", response_content_type="text/event-stream",
-                               truncated=False, version=1)
+                               truncated=False)
     await state.analytics.insert("request_log", [row])
     return ev.request_id
 
@@ -97,6 +99,33 @@ async def test_detail_returns_bodies_and_usage(api):
     # another org cannot see it
     r = await client.get(f"/v1/request/{rid}", headers={"Authorization": f"Bearer {other_key}"})
     assert r.status_code == 404
+
+
+async def test_a_reused_request_id_shows_the_newest_request_only(api):
+    client, state, org, _, _ = api
+    rid = await add_request(state, org, minutes=60 * 24 * 40, model="newest", response=b"newest answer")
+    await add_request(state, org, minutes=0, model="first", request_id=rid, response=b"first answer")  # a late replay
+    await add_request(state, org, minutes=5, model="second", request_id=rid, response=b"second answer")
+    d = (await client.get(f"/v1/request/{rid}")).json()
+    assert (d["model"], d["request_body"], d["response_body"]) == ("newest", {"model": "newest"}, "newest answer")
+    assert d["created_at"] == "2026-04-10T12:00:00.000Z"
+    assert await query(client) == [rid]
+    # the earlier requests are gone, also from the time range they were sent in
+    assert await query(client, filter={"end": (T0 + dt.timedelta(days=1)).isoformat()}) == []
+    assert await query(client, filter={"model": "first"}) == []
+
+
+async def test_a_request_id_never_crosses_orgs(api):
+    client, state, org, other_org, other_key = api
+    theirs = await add_request(state, other_org, minutes=1, model="theirs", response=b"their answer")
+    assert (await client.get(f"/v1/request/{theirs}")).status_code == 404  # their id is not yours
+    # the same id sent by both orgs: each sees its own request and bodies
+    await add_request(state, org, minutes=2, model="mine", request_id=theirs, response=b"my answer")
+    mine = (await client.get(f"/v1/request/{theirs}")).json()
+    other = (await client.get(f"/v1/request/{theirs}", headers={"Authorization": f"Bearer {other_key}"})).json()
+    assert (mine["model"], mine["response_body"]) == ("mine", "my answer")
+    assert (other["model"], other["response_body"]) == ("theirs", "their answer")
+    assert await query(client) == [theirs]
 
 
 async def test_errors_are_clear(api):

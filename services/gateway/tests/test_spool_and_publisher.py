@@ -1,5 +1,6 @@
 import asyncio
 import datetime as dt
+import uuid
 
 from helicone_core import events
 from helicone_core.metrics import ServiceMetrics
@@ -70,3 +71,36 @@ async def test_stop_spools_whatever_is_still_queued(tmp_path):
         pub.submit(_event)
     await pub.stop(drain_timeout=0.1)
     assert spool.count == 5
+
+
+async def test_events_are_keyed_by_org_and_request_id_live_and_replayed(tmp_path, kafka_bootstrap):
+    """One identity, one partition: the message key is "<org>/<request id>" on both paths."""
+    from aiokafka import AIOKafkaConsumer
+
+    topic = "keys-" + uuid.uuid4().hex[:8]
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spooled, live = _event(), _event()
+    spool.write(events.encode(spooled))  # left from an outage: goes out through the replay path
+    metrics = ServiceMetrics("gateway")
+    pub = EventPublisher(bootstrap=kafka_bootstrap, topic=topic, spool=spool, metrics=metrics, replay_interval=0.1)
+    await pub.start()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None)
+    try:
+        for _ in range(200):
+            if pub.connected and spool.count == 0:
+                break
+            await asyncio.sleep(0.05)
+        pub.submit(lambda: live)
+        await consumer.start()
+        keys: dict[bytes, str] = {}
+        for _ in range(40):
+            for records in (await consumer.getmany(timeout_ms=250)).values():
+                keys.update((r.key, events.decode(r.value).request_id) for r in records)
+            if len(keys) == 2:
+                break
+        assert keys == {f"o/{spooled.request_id}".encode(): spooled.request_id, f"o/{live.request_id}".encode(): live.request_id}
+        assert metrics.registry.get_sample_value("helicone_gateway_events_published_total", {"path": "replay"}) == 1
+        assert metrics.registry.get_sample_value("helicone_gateway_events_published_total", {"path": "direct"}) == 1
+    finally:
+        await consumer.stop()
+        await pub.stop()

@@ -40,7 +40,7 @@ async def test_process_retries_until_written_and_dead_letters_poison(tmp_path):
     analytics = FlakyAnalytics(failures=3)
     bodies = LocalBodyStore(tmp_path / "bodies")
     await bodies.start()
-    svc.writer = BatchWriter(analytics, bodies, pool=None, metrics=svc.metrics)
+    svc.writer = BatchWriter(analytics, bodies, svc.metadata, svc.metrics)
     ev = events.RequestLogged(schema_version=1, request_id=str(uuid.uuid4()), org_id=str(uuid.uuid4()))
     events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
     dlq = FakeDlq()

@@ -1,30 +1,44 @@
+import asyncio
 import datetime as dt
 import json
+import time
 import uuid
 
 import pytest
-from helicone_core import events
+from helicone_core import db, events
 from helicone_core.analytics import ChdbStore
 from helicone_core.bodies import LocalBodyStore
 from helicone_core.metrics import ServiceMetrics
+from helicone_ingest.metadata import PendingMetadata
 from helicone_ingest.writer import BatchWriter
 
+from tests.support.fault_proxy import postgres_proxy
+
 ORG = str(uuid.uuid4())
+OTHER_ORG = str(uuid.uuid4())
 
 
-def event(**kw) -> events.RequestLogged:
-    ev = events.RequestLogged(
-        schema_version=1, request_id=events.new_request_id(), org_id=ORG, status=200, provider="openai",
+def event(*, org=ORG, at: dt.datetime | None = None, body: bytes = b'{"ok":true}', **kw) -> events.RequestLogged:
+    fields = dict(
+        schema_version=1, request_id=events.new_request_id(), org_id=org, status=200, provider="openai",
         model="gpt-4o-mini", user_id="alice", session_id="s1", session_name="Planner", properties={"env": "prod"},
         usage=events.Usage(prompt_tokens=3, completion_tokens=6, total_tokens=9, known=True), cost_usd=4.05e-6, cost_known=True,
-        inline=events.InlineBodies(request_body=b'{"model":"gpt-4o-mini"}', response_body=b'{"ok":true}',
+        inline=events.InlineBodies(request_body=b'{"model":"gpt-4o-mini"}', response_body=body,
                                    request_content_type="application/json", response_content_type="application/json"),
-        source="gateway", **kw,
+        source="gateway",
     )
-    now = dt.datetime.now(dt.timezone.utc)
-    events.set_time(ev.request_created_at, now)
-    events.set_time(ev.response_created_at, now)
+    ev = events.RequestLogged(**(fields | kw))
+    at = at or dt.datetime.now(dt.timezone.utc)
+    events.set_time(ev.request_created_at, at)
+    events.set_time(ev.response_created_at, at)
     return ev
+
+
+def new_writer(analytics, bodies, pool, metrics: ServiceMetrics | None = None) -> BatchWriter:
+    metrics = metrics or ServiceMetrics("ingest")
+    metadata = PendingMetadata(metrics, retry_max_backoff=0.2)
+    metadata.attach(pool)
+    return BatchWriter(analytics, bodies, metadata, metrics)
 
 
 @pytest.fixture
@@ -34,8 +48,17 @@ async def writer(tmp_path, pg_pool):
     bodies = LocalBodyStore(tmp_path / "bodies")
     await bodies.start()
     await pg_pool.execute("INSERT INTO orgs(id, name) VALUES ($1, 'acme')", uuid.UUID(ORG))
-    yield BatchWriter(analytics, bodies, pg_pool, ServiceMetrics("ingest")), analytics, bodies, pg_pool
+    yield new_writer(analytics, bodies, pg_pool), analytics, bodies, pg_pool
     await analytics.close()
+
+
+async def logged(analytics, bodies, org: str, rid: str) -> list[dict]:
+    """What the api reads for (org, request id): the FINAL rows, each with its bodies."""
+    rows = await analytics.query(
+        "SELECT model, request_body_key, response_body_key FROM {db}.request_log FINAL "
+        "WHERE org_id = {org:String} AND request_id = {rid:UUID}", {"org": org, "rid": rid})
+    return [{"model": r["model"], "request_body": await bodies.get(r["request_body_key"]),
+             "response_body": await bodies.get(r["response_body_key"])} for r in rows]
 
 
 async def count(analytics, rid=None) -> int:
@@ -50,8 +73,9 @@ async def test_batch_is_written_to_all_three_stores(writer):
     good, bad = w.decode([events.encode(e) for e in evs])
     assert bad == [] and len(good) == 2
     await w.write(good)
+    assert await w.metadata.flush()
     assert await count(analytics) == 2
-    req_key, resp_key = events.body_keys(ORG, evs[0].request_id)
+    req_key, resp_key = events.body_keys(ORG, evs[0].request_id, events.event_version(evs[0]))
     assert json.loads(await bodies.get(req_key)) == {"model": "gpt-4o-mini"}
     assert await bodies.get(resp_key) == b'{"ok":true}'
     user = await pool.fetchrow("SELECT * FROM request_users")
@@ -69,6 +93,7 @@ async def test_replayed_events_do_not_double_count(writer):
     await w.write(good)
     good, _ = w.decode([raw])  # and replayed in a later batch
     await w.write(good)
+    assert await w.metadata.flush()
     assert await count(analytics, ev.request_id) == 1
     assert await pool.fetchval("SELECT count(*) FROM request_users") == 1
 
@@ -97,3 +122,99 @@ async def test_a_failing_store_raises_so_the_batch_is_retried(writer):
     w.analytics = analytics
     await w.write(good)  # the retry succeeds and the row is there once
     assert await count(analytics) == 1
+
+
+async def test_the_same_request_id_from_two_orgs_in_one_batch_keeps_both(writer):
+    w, analytics, bodies, _ = writer
+    rid = events.new_request_id()
+    mine = event(request_id=rid, model="mine", body=b'{"org":"mine"}')
+    theirs = event(org=OTHER_ORG, request_id=rid, model="theirs", body=b'{"org":"theirs"}')
+    good, _ = w.decode([events.encode(mine), events.encode(theirs)])
+    assert len(good) == 2
+    await w.write(good)
+    assert [(r["model"], r["response_body"]) for r in await logged(analytics, bodies, ORG, rid)] == [
+        ("mine", b'{"org":"mine"}')]
+    assert [(r["model"], r["response_body"]) for r in await logged(analytics, bodies, OTHER_ORG, rid)] == [
+        ("theirs", b'{"org":"theirs"}')]
+
+
+async def test_a_reused_request_id_is_replaced_by_the_newest_request(writer):
+    w, analytics, bodies, _ = writer
+    rid = events.new_request_id()
+    t0 = dt.datetime(2026, 1, 31, 23, 59, tzinfo=dt.timezone.utc)
+    older = event(request_id=rid, at=t0, model="older", body=b'{"answer":"older"}')
+    newer = event(request_id=rid, at=t0 + dt.timedelta(days=3), model="newer", body=b'{"answer":"newer"}')
+    newest = event(request_id=rid, at=t0 + dt.timedelta(days=40), model="newest", body=b'{"answer":"newest"}')
+
+    for batch in ([older], [newer]):
+        await w.write(w.decode([events.encode(e) for e in batch])[0])
+    assert await logged(analytics, bodies, ORG, rid) == [
+        {"model": "newer", "request_body": b'{"model":"gpt-4o-mini"}', "response_body": b'{"answer":"newer"}'}]
+
+    # the newest request arrives in one batch with a late replay of an older one after it
+    good, _ = w.decode([events.encode(newest), events.encode(older)])
+    assert [e.model for e in good] == ["newest"]
+    await w.write(good)
+    # and the older ones are replayed once more, on their own
+    await w.write(w.decode([events.encode(older), events.encode(newer)])[0])
+    assert [(r["model"], r["response_body"]) for r in await logged(analytics, bodies, ORG, rid)] == [
+        ("newest", b'{"answer":"newest"}')]
+
+
+async def test_rows_and_bodies_are_written_while_postgres_is_down(tmp_path, fresh_db_dsn, pg_pool):
+    proxy, dsn = await postgres_proxy(fresh_db_dsn)
+    pool = await db.connect_pool(dsn, max_size=2)
+    analytics = ChdbStore(tmp_path / "chdb", "helicone")
+    await analytics.init_schema()
+    bodies = LocalBodyStore(tmp_path / "bodies")
+    await bodies.start()
+    metrics = ServiceMetrics("ingest")
+    w = new_writer(analytics, bodies, pool, metrics)
+    flusher = asyncio.create_task(w.metadata.run())
+    try:
+        proxy.cut()
+        evs = [event(user_id=f"user-{i}", session_id="s-outage", properties={f"k{i % 3}": "v"}) for i in range(30)]
+        started = time.monotonic()
+        for i in range(0, 30, 10):
+            good, _ = w.decode([events.encode(e) for e in evs[i:i + 10]])
+            await asyncio.wait_for(w.write(good), 5)
+        assert time.monotonic() - started < 5
+        assert await count(analytics) == 30
+        assert (await logged(analytics, bodies, ORG, evs[7].request_id))[0]["response_body"] == b'{"ok":true}'
+        await asyncio.sleep(0.5)  # the flusher has tried (and failed) meanwhile
+        assert metrics.registry.get_sample_value("helicone_ingest_metadata_flush_failures_total") >= 1
+        # users + the session + property keys, merged
+        assert metrics.registry.get_sample_value("helicone_ingest_metadata_pending_keys") == 30 + 1 + 3
+        assert await pg_pool.fetchval("SELECT count(*) FROM request_users") == 0
+
+        proxy.restore()
+        for _ in range(100):
+            if await pg_pool.fetchval("SELECT count(*) FROM request_users") == 30 and not len(w.metadata):
+                break
+            await asyncio.sleep(0.05)
+        assert await pg_pool.fetchval("SELECT count(*) FROM request_users") == 30
+        assert await pg_pool.fetchval("SELECT count(*) FROM property_keys") == 3
+        assert await pg_pool.fetchval("SELECT count(*) FROM request_sessions") == 1
+        assert metrics.registry.get_sample_value("helicone_ingest_metadata_pending_keys") == 0
+    finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await pool.close()
+        await proxy.stop()
+        await analytics.close()
+
+
+async def test_pending_metadata_is_bounded_by_distinct_keys():
+    metrics = ServiceMetrics("ingest")
+    pending = PendingMetadata(metrics, max_keys=3)  # never attached: Postgres is away
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    pending.add([event(user_id=f"u{i}", session_id="", properties={}, at=t0) for i in range(5)])
+    assert len(pending) == 3
+    assert metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "full"}) == 2
+    # keys already pending keep being updated past the bound
+    pending.add([event(user_id="u0", session_id="", properties={}, at=t0 + dt.timedelta(hours=1))])
+    assert pending.users[(uuid.UUID(ORG), "u0")] == (t0, t0 + dt.timedelta(hours=1))
+    assert metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "full"}) == 2
+    assert not await pending.flush()  # nothing to write to yet: it all stays
+    await pending.close(timeout=0.1)
+    assert metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "stopped"}) == 3

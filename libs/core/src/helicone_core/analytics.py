@@ -21,8 +21,20 @@ log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# A log's identity is (org_id, request_id), and it is the whole sorting key, with no partition key:
+# ReplacingMergeTree collapses only rows with equal sorting keys in the same partition, so with the
+# request time in either one (the old ORDER BY (org_id, request_created_at, request_id) and
+# PARTITION BY month), a reused id sent at another time stayed two rows. Now `FINAL` gives exactly
+# one row per (org, request id): the highest `version`, the newest request (events.event_version).
+# Queries always filter on org_id, the key prefix; time ranges use the minmax skip index, which
+# skips parts and granules outside the range (most effective on recent, not yet merged parts). With
+# FINAL it is exact since ClickHouse 25.6 (use_skip_indexes_if_final_exact_mode, on by default:
+# never turn it off for this table) and unused before (correct, slower). Retention, if wanted,
+# is a TTL on request_created_at, which needs no partitions.
+REQUEST_LOG_SORTING_KEY = "org_id, request_id"
+
 REQUEST_LOG_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.request_log
+CREATE TABLE IF NOT EXISTS {db}.{table}
 (
     request_id UUID,
     org_id String,
@@ -59,12 +71,86 @@ CREATE TABLE IF NOT EXISTS {db}.request_log
     body_truncated UInt8,
     error String,
     source LowCardinality(String),
-    version UInt64
+    version UInt64,
+    INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(request_created_at)
-ORDER BY (org_id, request_created_at, request_id)
+ORDER BY ({sorting_key})
 """
+# Where init_schema moves a request_log with an older sorting key while it copies it into the new one.
+REQUEST_LOG_PREVIOUS = "request_log_before_identity"
+
+
+def request_log_ddl(database: str, table: str = "request_log") -> str:
+    return REQUEST_LOG_DDL.format(db=database, table=table, sorting_key=REQUEST_LOG_SORTING_KEY)
+
+
+async def _sorting_key(store, table: str) -> str | None:
+    rows = await store.query(
+        "SELECT sorting_key FROM system.tables WHERE database = {database:String} AND name = {table:String}",
+        {"database": store.database, "table": table},
+    )
+    return rows[0]["sorting_key"] if rows else None
+
+
+async def _columns(store, table: str) -> list[str]:
+    rows = await store.query(
+        "SELECT name FROM system.columns WHERE database = {database:String} AND table = {table:String} ORDER BY position",
+        {"database": store.database, "table": table},
+    )
+    return [_check_ident(r["name"]) for r in rows]
+
+
+async def migrate_request_log(store) -> None:
+    """Creates `request_log`, or rebuilds one with an older sorting key into the current one,
+    keeping every row (rows of one identity collapse into the highest version, as they would have
+    if the table had always had this key).
+
+    Steps, each safe to repeat, so a crash or a second process starting at the same time only
+    repeats work: the old table is renamed away (one atomic rename: new rows go to the new table
+    from then on, so none is missed), the new table is created, the old rows are copied (copying
+    twice is harmless: the copies collapse), the copy is checked (every identity of the old
+    table is in the new one) and only then is the old table dropped. Until the copy is done,
+    requests logged before the migration are missing from queries."""
+    db = store.database
+    key = await _sorting_key(store, "request_log")
+    if key is not None and key != REQUEST_LOG_SORTING_KEY:
+        log.warning("request_log is sorted by (%s): rebuilding it sorted by (%s)", key, REQUEST_LOG_SORTING_KEY)
+        try:
+            await store._command(f"RENAME TABLE {db}.request_log TO {db}.{REQUEST_LOG_PREVIOUS}")
+        except Exception:
+            # another process renamed it first: carry on from the state it left
+            if await _sorting_key(store, "request_log") not in (None, REQUEST_LOG_SORTING_KEY):
+                raise
+    await store._command(request_log_ddl(db))
+    if await _sorting_key(store, REQUEST_LOG_PREVIOUS) is not None:
+        await _copy_previous_request_log(store)
+
+
+async def _copy_previous_request_log(store, attempts: int = 3) -> None:
+    db, previous = store.database, REQUEST_LOG_PREVIOUS
+    current = set(await _columns(store, "request_log"))
+    columns = ", ".join(c for c in await _columns(store, previous) if c in current)
+    for _ in range(attempts):
+        try:
+            await store._command(f"INSERT INTO {db}.request_log ({columns}) SELECT {columns} FROM {db}.{previous}")
+            rows = await store.query(
+                f"SELECT count() AS n FROM (SELECT DISTINCT org_id, request_id FROM {db}.{previous}) "
+                f"WHERE (org_id, request_id) NOT IN (SELECT org_id, request_id FROM {db}.request_log) "
+                "SETTINGS output_format_json_quote_64bit_integers = 0"
+            )
+        except Exception:
+            if await _sorting_key(store, previous) is None:
+                return  # another process finished the copy and dropped the old table
+            raise
+        missing = int(rows[0]["n"])
+        if missing == 0:
+            await store._command(f"DROP TABLE IF EXISTS {db}.{previous}")
+            log.warning("request_log rebuilt with sorting key (%s)", REQUEST_LOG_SORTING_KEY)
+            return
+        # a write that was in flight during the rename landed in the old table: copy again
+        log.warning("%d request ids of %s are not in request_log yet; copying again", missing, previous)
+    raise RuntimeError(f"could not copy {db}.{previous} into {db}.request_log; the old table is kept")
 
 
 class AnalyticsStore(Protocol):
@@ -137,9 +223,12 @@ class ChdbStore:
             return sess.query(sql, fmt, params={k: _param_str(v) for k, v in params.items()})
         return sess.query(sql, fmt)
 
+    async def _command(self, sql: str) -> None:
+        await self._run(self._exec, sql)
+
     async def init_schema(self) -> None:
-        await self._run(self._exec, f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        await self._run(self._exec, REQUEST_LOG_DDL.format(db=self.database))
+        await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        await migrate_request_log(self)
 
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -194,10 +283,13 @@ class ClickHouseServerStore:
             )
         return self._client
 
-    async def init_schema(self) -> None:
+    async def _command(self, sql: str) -> None:
         client = await self._client_()
-        await client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        await client.command(REQUEST_LOG_DDL.format(db=self.database))
+        await client.command(sql)
+
+    async def init_schema(self) -> None:
+        await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        await migrate_request_log(self)
 
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 
 from google.protobuf.message import DecodeError
@@ -16,6 +17,8 @@ BodyLocation = events_pb2.BodyLocation
 SCHEMA_VERSION = 1
 MAX_PROPERTY_KEY = 256
 MAX_PROPERTY_VALUE = 4096
+# org ids go into body keys ("orgs/<org>/...") and Kafka keys ("<org>/<request>"): no separators
+_ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 class EventError(ValueError):
@@ -49,11 +52,20 @@ def validate(event: RequestLogged) -> None:
         raise EventError(f"request_id {event.request_id!r} is not a UUID") from exc
     if not event.org_id:
         raise EventError("org_id is empty")
+    if not _ORG_ID.match(event.org_id):
+        raise EventError(f"org_id {event.org_id[:40]!r} is not an id (letters, digits, '-' and '_', at most 128)")
     if not event.HasField("request_created_at"):
         raise EventError("request_created_at is missing")
     for key, value in event.properties.items():
         if not key or len(key) > MAX_PROPERTY_KEY or len(value) > MAX_PROPERTY_VALUE:
             raise EventError(f"property {key[:40]!r} has an empty/oversized key or value")
+    if event.WhichOneof("bodies") == "location":
+        # bodies written by the producer: they must be this org's, or a row could point at another org's bodies
+        prefix = body_prefix(event.org_id)
+        for name in ("request_key", "response_key"):
+            key = getattr(event.location, name)
+            if not key.startswith(prefix) or ".." in key.split("/"):
+                raise EventError(f"location.{name} {key[:80]!r} is not under {prefix!r}")
 
 
 def set_time(field, when: dt.datetime) -> None:
@@ -65,8 +77,31 @@ def _ch_time(ts) -> str:
     return ts.ToDatetime(tzinfo=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def body_keys(org_id: str, request_id: str) -> tuple[str, str]:
-    base = f"orgs/{org_id}/requests/{request_id}"
+def message_key(event: RequestLogged) -> bytes:
+    """The Kafka message key: the log identity (org, request id), so that every copy and every
+    reuse of one identity lands on one partition, in order, on one ingest worker."""
+    return f"{event.org_id}/{event.request_id}".encode()
+
+
+def event_version(event: RequestLogged) -> int:
+    """The ReplacingMergeTree version of an event's row: its request time in nanoseconds.
+
+    It comes from the event, not from the time it is written, so the newest request with an id
+    wins whatever order events arrive in, and a replayed copy of one event has the same version
+    (and the same body keys) as the original. Two different requests of one org with one id and
+    the very same request time tie: the one written last wins, row and bodies alike."""
+    ts = event.request_created_at
+    return max(ts.seconds, 0) * 1_000_000_000 + max(ts.nanos, 0)
+
+
+def body_prefix(org_id: str) -> str:
+    return f"orgs/{org_id}/"
+
+
+def body_keys(org_id: str, request_id: str, version: int) -> tuple[str, str]:
+    """Where ingest stores one event's bodies. The version is part of the key so that a row
+    always points at its own request's bodies, even when a request id is reused."""
+    base = f"{body_prefix(org_id)}requests/{request_id}/{version}"
     return f"{base}/request", f"{base}/response"
 
 
@@ -80,10 +115,9 @@ def analytics_row(
     request_content_type: str,
     response_content_type: str,
     truncated: bool,
-    version: int,
 ) -> dict:
-    """The `request_log` row for one event. Deterministic for the same event except `version`,
-    which ReplacingMergeTree uses to keep the newest copy of a replayed event."""
+    """The `request_log` row for one event; deterministic, so a replayed event gives the same
+    row (`version`, see event_version, lets ReplacingMergeTree keep the newest request of an id)."""
     response_at = event.response_created_at if event.HasField("response_created_at") else event.request_created_at
     u = event.usage
     return {
@@ -122,5 +156,5 @@ def analytics_row(
         "body_truncated": int(truncated),
         "error": event.error,
         "source": event.source,
-        "version": version,
+        "version": event_version(event),
     }

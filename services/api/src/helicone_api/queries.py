@@ -29,6 +29,8 @@ def _ch_time(value) -> str:
 
 
 def detail_sql(org_id: str, request_id: str) -> tuple[str, dict[str, Any]]:
+    """(org, request id) is the table's identity: FINAL leaves one row, the newest request with
+    that id in this org; another org's request with the same id is never read."""
     sql = (
         f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL "
         "WHERE org_id = {org:String} AND request_id = {rid:UUID} LIMIT 1 " + SETTINGS

@@ -111,7 +111,7 @@ class EventPublisher:
         """(key, encoded event), or None when there is nothing to publish."""
         try:
             event = builder()
-            return None if event is None else (event.request_id.encode(), events.encode(event))
+            return None if event is None else (events.message_key(event), events.encode(event))
         except Exception:  # noqa: BLE001 - never let a bad event stop the worker
             log.exception("could not build a log event")
             self.m_dropped.labels("build_error").inc()
@@ -236,7 +236,7 @@ class EventPublisher:
                         data = await asyncio.to_thread(path.read_bytes)
                     except FileNotFoundError:
                         continue
-                    key = events.RequestLogged.FromString(data).request_id.encode()
+                    key = events.message_key(events.RequestLogged.FromString(data))
                     sent.append((path, await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)))
                 for path, delivery in sent:
                     await asyncio.wait_for(delivery, self.publish_timeout)

@@ -1,6 +1,8 @@
 """The Faust ingest app. One agent consumes RequestLogged events in batches; a batch is
-acknowledged (so its offsets can be committed) only after it has been written. Events that
-can never be written go to the dead-letter topic with the reason in a header."""
+acknowledged (so its offsets can be committed) only after its bodies and rows have been written.
+Events that can never be written go to the dead-letter topic with the reason in a header.
+Postgres only holds derived metadata: ingest starts, writes and acknowledges without it, connects
+in the background and writes the pending metadata once Postgres answers (see metadata.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from helicone_core.bodies import make_body_store
 from helicone_core.kafka import ensure_topics
 from helicone_core.metrics import ServiceMetrics
 
+from .metadata import PendingMetadata
 from .settings import IngestSettings
 from .writer import BatchWriter
 
@@ -29,6 +32,9 @@ class IngestService:
         self.analytics = analytics or make_analytics_store(settings)
         self.bodies = bodies or make_body_store(settings)
         self.pool = None
+        self.metadata = PendingMetadata(
+            self.metrics, max_keys=settings.metadata_max_pending_keys, retry_max_backoff=settings.metadata_retry_max_backoff
+        )
         self.writer: BatchWriter | None = None
         self.faust: faust.App | None = None
         self.m_dlq = self.metrics.counter("helicone_ingest_dead_letters_total", "Events sent to the dead-letter topic")
@@ -37,6 +43,8 @@ class IngestService:
             "helicone_ingest_offset_rewinds_total", "Partitions rewound because the log ended before the consumer position"
         )
         self._guard_task: asyncio.Task | None = None
+        self._postgres_task: asyncio.Task | None = None
+        self._metadata_task: asyncio.Task | None = None
         self._past_end: dict = {}  # partition -> position seen past the log end in the last round
 
     def _build_faust(self) -> faust.App:
@@ -101,13 +109,43 @@ class IngestService:
         s = self.settings
         await self.bodies.start()
         await self.analytics.init_schema()
-        self.pool = await db.connect_pool(s.postgres_dsn.get_secret_value(), max_size=5)
-        await db.migrate(self.pool)
-        self.writer = BatchWriter(self.analytics, self.bodies, self.pool, self.metrics)
+        self.writer = BatchWriter(self.analytics, self.bodies, self.metadata, self.metrics)
+        self._postgres_task = asyncio.create_task(self._connect_postgres(), name="ingest-postgres")
+        self._metadata_task = asyncio.create_task(self.metadata.run(), name="ingest-metadata")
         await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor)
         self.faust = self._build_faust()
         await self.faust.start()
         self._guard_task = asyncio.create_task(self._offset_guard())
+
+    async def _connect_postgres(self) -> None:
+        """Connects and migrates, retrying until Postgres answers; then the pending metadata flows."""
+        backoff, attempts = 0.5, 0
+        while True:
+            attempts += 1
+            try:
+                await self._connect_postgres_once()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Postgres unreachable: rows and bodies do not wait for it
+                # warn once per outage, not on every attempt
+                log.log(logging.WARNING if attempts == 1 else logging.DEBUG,
+                        "postgres not reachable (%s: %s); metadata stays pending, retrying in %.1fs",
+                        exc.__class__.__name__, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.metadata_retry_max_backoff)
+
+    async def _connect_postgres_once(self) -> None:
+        s = self.settings
+        pool = await asyncio.wait_for(db.connect_pool(s.postgres_dsn.get_secret_value(), max_size=5), s.postgres_timeout)
+        try:
+            await db.migrate(pool)  # bounded by the pool's command timeout (it may wait for another service's migration)
+        except BaseException:
+            pool.terminate()
+            raise
+        self.pool = pool
+        self.metadata.attach(pool)
+        log.info("postgres connected; %d metadata keys pending", len(self.metadata))
 
     async def _offset_guard(self) -> None:
         """Rewinds partitions whose consumer position is past the end of the log.
@@ -157,16 +195,33 @@ class IngestService:
         self._past_end = stuck
 
     async def stop(self) -> None:
-        if self._guard_task is not None:
-            self._guard_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._guard_task
+        for task in (self._guard_task, self._postgres_task):
+            await _cancel(task)
         if self.faust is not None:
             await self.faust.stop()
+        await _cancel(self._metadata_task)
+        if self.pool is None and len(self.metadata):
+            # Postgres may be back between two reconnection attempts: one last try, bounded
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._connect_postgres_once(), self.settings.metadata_stop_timeout)
+        await self.metadata.close(self.settings.metadata_stop_timeout)
         if self.pool is not None:
-            await self.pool.close()
+            try:
+                await asyncio.wait_for(self.pool.close(), self.settings.postgres_timeout)
+            except Exception:  # noqa: BLE001 - a hung or unreachable Postgres must not hold the shutdown
+                self.pool.terminate()
         await self.analytics.close()
         await self.bodies.close()
+
+    async def _postgres_ok(self) -> bool:
+        """A real round trip, bounded by postgres_timeout (a pool object says nothing about the server)."""
+        if self.pool is None:
+            return False
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), self.settings.postgres_timeout)
+            return True
+        except Exception:  # noqa: BLE001 - readiness probe
+            return False
 
     async def ready(self) -> dict[str, bool]:
         assigned = len(self.faust.consumer.assignment()) if self.faust is not None and self.faust.consumer else 0
@@ -175,5 +230,12 @@ class IngestService:
             "consumer_assigned": assigned > 0,
             "analytics": await self.analytics.ping(),
             "bodies": await self.bodies.ping(),
-            "postgres": self.pool is not None,
+            "postgres": await self._postgres_ok(),
         }
+
+
+async def _cancel(task: asyncio.Task | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from helicone_core.settings import ServiceSettings
+from pydantic import Field
 
 
 class IngestSettings(ServiceSettings):
@@ -15,3 +16,8 @@ class IngestSettings(ServiceSettings):
     broker_rebalance_timeout: float = 60.0
     retry_max_backoff: float = 30.0
     offset_guard_interval: float = 5.0  # seconds between checks for positions past the log end
+    # Postgres metadata (users, sessions, property keys) is written in the background, see metadata.py
+    postgres_timeout: float = Field(default=2.0, gt=0)  # connect, readiness ping and pool close
+    metadata_max_pending_keys: int = Field(default=100_000, ge=1)  # distinct keys kept while Postgres is away
+    metadata_retry_max_backoff: float = Field(default=5.0, gt=0)
+    metadata_stop_timeout: float = Field(default=5.0, ge=0)  # last flush on a graceful stop

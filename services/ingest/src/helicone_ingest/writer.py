@@ -1,6 +1,11 @@
-"""Writes a batch of log events: bodies to the object store, rows to ClickHouse, metadata to
-Postgres. Idempotent: a replayed event overwrites the same body keys, collapses into the same
-ReplacingMergeTree row and upserts the same metadata."""
+"""Writes a batch of log events: bodies to the object store and rows to ClickHouse, then hands
+the Postgres metadata to PendingMetadata (written in the background, so a Postgres outage delays
+nothing here). Idempotent: a replayed event writes the same body keys, collapses into the same
+ReplacingMergeTree row (same identity, same version) and merges into the same metadata.
+
+A log's identity is (org_id, request_id). A request id reused within an org replaces the earlier
+log: the newest request (highest events.event_version) wins, and its row points at its own
+bodies (the version is part of the body keys), so rows and bodies never mix two requests."""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from helicone_core import events
 from helicone_core.analytics import AnalyticsStore
 from helicone_core.bodies import BodyStore
 from helicone_core.metrics import ServiceMetrics
+
+from .metadata import PendingMetadata
 
 log = logging.getLogger("helicone.ingest")
 
@@ -26,10 +32,10 @@ class Rejected:
 
 
 class BatchWriter:
-    def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, pool, metrics: ServiceMetrics) -> None:
+    def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, metadata: PendingMetadata, metrics: ServiceMetrics) -> None:
         self.analytics = analytics
         self.bodies = bodies
-        self.pool = pool
+        self.metadata = metadata
         self.m_events = metrics.counter("helicone_ingest_events_total", "Events consumed", ("result",))
         self.m_batches = metrics.histogram(
             "helicone_ingest_batch_seconds", "Time to write one batch", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -44,7 +50,7 @@ class BatchWriter:
         )
 
     def decode(self, raws: list[bytes]) -> tuple[list[events.RequestLogged], list[Rejected]]:
-        good: dict[str, events.RequestLogged] = {}
+        good: dict[tuple[str, str], events.RequestLogged] = {}
         bad: list[Rejected] = []
         for raw in raws:
             try:
@@ -55,7 +61,11 @@ class BatchWriter:
             except Exception as exc:  # noqa: BLE001 - anything else about one event must not stop the batch
                 bad.append(Rejected(raw, f"{exc.__class__.__name__}: {exc}"))
                 continue
-            good[ev.request_id] = ev  # last copy of a duplicate within the batch wins
+            identity = (ev.org_id, ev.request_id)
+            kept = good.get(identity)
+            # one row per identity, the newest request (as ReplacingMergeTree would keep; a tie: the later copy)
+            if kept is None or events.event_version(ev) >= events.event_version(kept):
+                good[identity] = ev
         self.m_events.labels("ok").inc(len(good))
         self.m_events.labels("duplicate_in_batch").inc(len(raws) - len(bad) - len(good))
         self.m_events.labels("rejected").inc(len(bad))
@@ -66,10 +76,9 @@ class BatchWriter:
         if not batch:
             return
         started = time.perf_counter()
-        version = time.time_ns()
         rows = []
         try:
-            rows = await asyncio.gather(*(self._store_bodies(ev, version) for ev in batch))
+            rows = await asyncio.gather(*(self._store_bodies(ev) for ev in batch))
         except Exception:
             self.m_write_errors.labels("bodies").inc()
             raise
@@ -78,11 +87,7 @@ class BatchWriter:
         except Exception:
             self.m_write_errors.labels("analytics").inc()
             raise
-        try:
-            await self._upsert_metadata(batch)
-        except Exception:
-            self.m_write_errors.labels("postgres").inc()
-            raise
+        self.metadata.add(batch)
         now = time.time()
         for ev in batch:
             if ev.HasField("response_created_at"):
@@ -90,17 +95,17 @@ class BatchWriter:
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(batch))
 
-    async def _store_bodies(self, ev: events.RequestLogged, version: int) -> dict:
+    async def _store_bodies(self, ev: events.RequestLogged) -> dict:
         which = ev.WhichOneof("bodies")
         if which == "location":
             loc = ev.location
             return events.analytics_row(
                 ev, request_key=loc.request_key, response_key=loc.response_key,
                 request_bytes=loc.request_bytes, response_bytes=loc.response_bytes,
-                request_content_type="", response_content_type="", truncated=False, version=version,
+                request_content_type="", response_content_type="", truncated=False,
             )
         inline = ev.inline if which == "inline" else events.InlineBodies()
-        req_key, resp_key = events.body_keys(ev.org_id, ev.request_id)
+        req_key, resp_key = events.body_keys(ev.org_id, ev.request_id, events.event_version(ev))
         await asyncio.gather(
             self.bodies.put(req_key, inline.request_body, inline.request_content_type),
             self.bodies.put(resp_key, inline.response_body, inline.response_content_type),
@@ -109,60 +114,5 @@ class BatchWriter:
             ev, request_key=req_key, response_key=resp_key,
             request_bytes=len(inline.request_body), response_bytes=len(inline.response_body),
             request_content_type=inline.request_content_type, response_content_type=inline.response_content_type,
-            truncated=inline.request_truncated or inline.response_truncated, version=version,
+            truncated=inline.request_truncated or inline.response_truncated,
         )
-
-    async def _upsert_metadata(self, batch: list[events.RequestLogged]) -> None:
-        users: dict[tuple, tuple] = {}
-        sessions: dict[tuple, tuple] = {}
-        props: dict[tuple, dt.datetime] = {}
-        for ev in batch:
-            org = uuid.UUID(ev.org_id) if _is_uuid(ev.org_id) else None
-            if org is None:
-                continue
-            at = ev.request_created_at.ToDatetime(tzinfo=dt.timezone.utc)
-            if ev.user_id:
-                lo, hi = users.get((org, ev.user_id), (at, at))
-                users[(org, ev.user_id)] = (min(lo, at), max(hi, at))
-            if ev.session_id:
-                lo, hi, name = sessions.get((org, ev.session_id), (at, at, ev.session_name))
-                sessions[(org, ev.session_id)] = (min(lo, at), max(hi, at), ev.session_name or name)
-            for key in ev.properties:
-                props[(org, key)] = min(props.get((org, key), at), at)
-        if not (users or sessions or props):
-            return
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                if users:
-                    await conn.executemany(
-                        """INSERT INTO request_users(org_id, user_id, first_seen, last_seen) VALUES ($1,$2,$3,$4)
-                           ON CONFLICT (org_id, user_id) DO UPDATE SET
-                             first_seen = least(request_users.first_seen, excluded.first_seen),
-                             last_seen = greatest(request_users.last_seen, excluded.last_seen)""",
-                        [(o, u, lo, hi) for (o, u), (lo, hi) in users.items()],
-                    )
-                if sessions:
-                    await conn.executemany(
-                        """INSERT INTO request_sessions(org_id, session_id, session_name, first_seen, last_seen)
-                           VALUES ($1,$2,$3,$4,$5)
-                           ON CONFLICT (org_id, session_id) DO UPDATE SET
-                             session_name = CASE WHEN excluded.session_name <> '' THEN excluded.session_name
-                                                 ELSE request_sessions.session_name END,
-                             first_seen = least(request_sessions.first_seen, excluded.first_seen),
-                             last_seen = greatest(request_sessions.last_seen, excluded.last_seen)""",
-                        [(o, s, name, lo, hi) for (o, s), (lo, hi, name) in sessions.items()],
-                    )
-                if props:
-                    await conn.executemany(
-                        """INSERT INTO property_keys(org_id, key, first_seen) VALUES ($1,$2,$3)
-                           ON CONFLICT (org_id, key) DO UPDATE SET first_seen = least(property_keys.first_seen, excluded.first_seen)""",
-                        [(o, k, at) for (o, k), at in props.items()],
-                    )
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-        return True
-    except ValueError:
-        return False
