@@ -155,7 +155,7 @@ async def produce(bootstrap: str, topic: str, org_id: str, count: int) -> None:
                                       status=200, provider="openai", model="gpt-4o-mini", source="soak",
                                       properties={"soak": "1"}, latency_ms=5, time_to_first_token_ms=-1)
             events.set_time(ev.request_created_at, events_now())
-            batch.append(await producer.send(topic, events.encode(ev), key=ev.request_id.encode()))
+            batch.append(await producer.send(topic, events.encode(ev), key=events.message_key(ev)))
             if len(batch) >= 5000:
                 await asyncio.gather(*batch)
                 batch.clear()

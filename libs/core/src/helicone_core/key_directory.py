@@ -39,6 +39,7 @@ class KeyDirectory:
         self.max_backoff = max_backoff
         self._keys: dict[str, str] = {}  # sha256 hex of the key -> org id
         self._loaded = False
+        self._synced = False  # the set came from Postgres at least once (not only from the snapshot)
         self._live = False
         self._buffer: list[str] | None = None  # notifications that arrive during a full load
         self._task: asyncio.Task | None = None
@@ -61,12 +62,14 @@ class KeyDirectory:
             await asyncio.wait_for(self._first_load.wait(), self.connect_timeout if wait is None else wait)
 
     async def stop(self) -> None:
-        for task in (self._task, self._save_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if self._loaded and self._live:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._save_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._save_task  # a save under way finishes: it may be the only copy of a change
+        if self._synced:
             await asyncio.to_thread(self._save_snapshot, dict(self._keys))
 
     # ---- lookups ---------------------------------------------------------------------
@@ -133,7 +136,7 @@ class KeyDirectory:
         for payload in pending:  # changes committed while the load ran: newer than what it read
             self._apply(keys, payload)
         self._keys = keys
-        self._loaded = True
+        self._loaded = self._synced = True
         self._first_load.set()
         self.m_entries.set(len(keys))
         self.m_changes.labels("full_reload").inc()
