@@ -8,6 +8,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,8 +54,13 @@ class SteadyLoad:
     """Sends `rate` chat completions a second from a pool of threads until stop()."""
 
     def __init__(self, gateway: str, key: str, run_id: str, *, rate: float = 40.0, workers: int = 8,
-                 timeout: float = 15.0, extra_headers: dict[str, str] | None = None) -> None:
+                 timeout: float = 15.0, extra_headers: dict[str, str] | None = None,
+                 request_ids: Iterator[str] | None = None, prompt: str = "steady load") -> None:
+        """request_ids: the Helicone-Request-Id of each request in turn (default: a new UUID each);
+        the load stops sending when it runs out."""
         self.rate = rate
+        self._ids = request_ids
+        self.prompt = prompt
         self.run_id = run_id
         self.client = openai.OpenAI(
             base_url=f"{gateway}/v1", api_key="sk-fault-provider-key", max_retries=0, timeout=timeout,
@@ -88,12 +94,15 @@ class SteadyLoad:
             self._stop.wait(max(0.0, due - time.monotonic()))
 
     def _one(self) -> None:
-        rid = str(uuid.uuid4())
+        with self._lock:
+            rid = next(self._ids, None) if self._ids is not None else str(uuid.uuid4())
+        if rid is None:
+            return
         t0 = time.monotonic()
         status = 0
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "steady load"}],
+                model="gpt-4o-mini", messages=[{"role": "user", "content": self.prompt}],
                 extra_headers={"Helicone-Request-Id": rid})
             status = raw.http_response.status_code
         except openai.APIStatusError as exc:
