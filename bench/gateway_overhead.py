@@ -120,9 +120,10 @@ async def main() -> None:
         print(f"ingest: {logged:.0f}/{sent_through_gateway} gateway events written, "
               f"last one {drain:.2f}s after the load ended")
         published = metric(stack.gateway, 'helicone_gateway_events_published_total{path="direct"}')
-        spooled = metric(stack.gateway, "helicone_gateway_events_spooled_total")
+        resent = metric(stack.gateway, 'helicone_gateway_events_published_total{path="resend"}')
         rewinds = metric(stack.ingest_ops, "helicone_ingest_offset_rewinds_total")
-        print(f"gateway: {published:.0f} events published directly, {spooled:.0f} spooled; ingest offset rewinds: {rewinds:.0f}")
+        print(f"gateway: {published:.0f} events published directly, {resent:.0f} resent from the journal; "
+              f"ingest offset rewinds: {rewinds:.0f}")
 
 
 if __name__ == "__main__":

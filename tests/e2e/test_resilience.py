@@ -29,22 +29,22 @@ def test_broker_down_users_get_answers_and_events_arrive_later(stack):
             assert r.status_code == 200
             assert r.json()["choices"][0]["message"]["content"] == "Hello from the fake upstream model"
             ids.append(r.headers["helicone-id"])
-        # the events are on disk while the broker is away
+        # the events wait in the journal while the broker is away
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            spooled = _metric(httpx.get(f"{stack.gateway}/metrics").text, "helicone_gateway_spool_events")
-            if spooled >= 5:
+            unacked = _metric(httpx.get(f"{stack.gateway}/metrics").text, "helicone_gateway_journal_unacked_events")
+            if unacked >= 5:
                 break
             time.sleep(0.2)
-        assert spooled >= 5
+        assert unacked >= 5
     finally:
         stack.kafka.start()  # same port; a fresh, empty in-memory broker
     for rid in ids:
         logged = stack.wait_for_request(rid, timeout=90)
         assert logged["properties"] == {"phase": "outage"} and logged["usage"]["completion_tokens"] == 6
     metrics = httpx.get(f"{stack.gateway}/metrics").text
-    assert _metric(metrics, "helicone_gateway_spool_events") == 0
-    assert _metric(metrics, 'helicone_gateway_events_published_total{path="replay"}') >= 5
+    assert _metric(metrics, "helicone_gateway_journal_unacked_events") == 0
+    assert _metric(metrics, 'helicone_gateway_events_published_total{path="resend"}') >= 5
 
 
 def test_data_survives_a_restart_of_the_stack(stack):

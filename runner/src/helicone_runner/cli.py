@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--data-dir", type=Path, default=Path(os.environ.get("HELICONE_DATA_DIR", "./.helicone-data")),
-                        help="where Postgres, chDB, bodies and the spool live (default ./.helicone-data)")
+                        help="where Postgres, chDB, bodies and the event journal live (default ./.helicone-data)")
         sp.add_argument("--postgres-dsn", default=os.environ.get("HELICONE_POSTGRES_DSN"),
                         help="use this Postgres instead of the embedded one")
 
@@ -128,12 +128,13 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
         host=args.host,
         log_level=args.log_level,
     )
-    ingest_extra = {}
+    ingest_extra, gateway_extra = {}, {}
     if not args.kafka:
+        gateway_extra = dict(kafka_idempotent_producer=False)  # Tansu has no InitProducerId
         # one local broker, one member: no reason to wait long for others to join
         ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0)
     return {
-        "gateway": GatewaySettings(**common, port=args.gateway_port, openai_url=args.openai_url, anthropic_url=args.anthropic_url),
+        "gateway": GatewaySettings(**common, port=args.gateway_port, openai_url=args.openai_url, anthropic_url=args.anthropic_url, **gateway_extra),
         "api": ApiSettings(**common, port=args.api_port),
         "ingest": IngestSettings(**common, port=args.ingest_port, **ingest_extra),
         "prompts": PromptsSettings(**common, port=args.prompts_port, grpc_port=args.prompts_grpc_port),

@@ -27,6 +27,8 @@ class CommonSettings(BaseSettings):
     kafka_topic: str = REQUEST_LOGGED_TOPIC
     kafka_dlq_topic: str = REQUEST_LOGGED_TOPIC + ".dlq"
     kafka_topic_partitions: int = 1
+    # Ingest's consumer group; the gateway reads its committed offsets to trim its journal.
+    consumer_group: str = "helicone-ingest"
 
     # Postgres (metadata, keys, prompts)
     postgres_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")

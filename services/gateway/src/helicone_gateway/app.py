@@ -29,9 +29,9 @@ from .headers import (
     parse_helicone_headers,
 )
 from .providers import Route, RoutingError, route
+from .journal import Journal
 from .publisher import EventPublisher
 from .settings import GatewaySettings
-from .spool import Spool
 from .usage import decode_body, parse_response, request_model
 
 log = logging.getLogger("helicone.gateway")
@@ -122,11 +122,14 @@ class Gateway:
         self.publisher = EventPublisher(
             bootstrap=settings.kafka_bootstrap,
             topic=settings.kafka_topic,
-            spool=Spool(settings.resolved_spool_dir(), settings.spool_max_bytes),
+            journal=Journal(settings.resolved_journal_dir(), settings.journal_max_bytes, settings.journal_segment_bytes),
             metrics=metrics,
+            consumer_group=settings.consumer_group,
             queue_size=settings.publish_queue_size,
             publish_timeout=settings.publish_timeout,
-            replay_interval=settings.spool_replay_interval,
+            check_interval=settings.journal_check_interval,
+            segment_seconds=settings.journal_segment_seconds,
+            idempotent=settings.kafka_idempotent_producer,
             create_topic=settings.kafka_create_topics,
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,

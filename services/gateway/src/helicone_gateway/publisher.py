@@ -1,8 +1,14 @@
-"""Publishes RequestLogged events to Kafka off the request path.
+"""Publishes RequestLogged events to Kafka off the request path, through the on-disk journal.
 
-submit() never blocks and never raises: the event is built and sent by a background worker.
-If Kafka cannot take an event it goes to the on-disk spool, which a replay loop drains once
-the broker answers again.
+submit() never blocks and never raises: the event is built by a background worker, appended to
+the journal (journal.py) and only then sent. An event leaves the journal once the ingest consumer
+group has committed past it. Whatever the broker did not acknowledge, or acknowledged and then
+forgot (a memory-only broker restarted, a topic recreated), is sent again; ingest dedupes by
+(org, request id). After a crash everything still in the journal is sent again on start-up.
+
+Residual window, stated honestly: an event lives only in memory between the end of its response
+and its append (normally well under a millisecond, longer only while the worker is backed up);
+a SIGKILL in that window loses it.
 """
 
 from __future__ import annotations
@@ -11,13 +17,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from helicone_core import events
 from helicone_core.kafka import ensure_topics
 from helicone_core.metrics import ServiceMetrics
 
-from .spool import Spool
+from .journal import Journal, RecordRef, Segment
 
 log = logging.getLogger(__name__)
 
@@ -30,49 +40,94 @@ class EventPublisher:
         *,
         bootstrap: str,
         topic: str,
-        spool: Spool,
+        journal: Journal,
         metrics: ServiceMetrics,
+        consumer_group: str,
         queue_size: int = 10_000,
         publish_timeout: float = 5.0,
-        replay_interval: float = 2.0,
+        check_interval: float = 1.0,
+        segment_seconds: float = 10.0,
         create_topic: bool = True,
         partitions: int = 1,
         replication_factor: int = 1,
+        idempotent: bool = True,
         max_in_flight: int = 2000,
+        batch_size: int = 256,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.spool = spool
+        self.journal = journal
+        self.consumer_group = consumer_group
         self.publish_timeout = publish_timeout
-        self.replay_interval = replay_interval
+        self.check_interval = check_interval
+        self.segment_seconds = segment_seconds
         self.create_topic = create_topic
         self.partitions = partitions
         self.replication_factor = replication_factor
+        self.idempotent = idempotent
+        self.batch_size = batch_size
         self._queue: asyncio.Queue[EventBuilder] = asyncio.Queue(maxsize=queue_size)
         self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._offsets: AIOKafkaConsumer | None = None  # no group: reads log-end offsets only
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
         self._connected = asyncio.Event()
+        self._resend = asyncio.Event()
         self._inflight = asyncio.Semaphore(max_in_flight)
-        self._spooling: set[asyncio.Task] = set()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")  # one writer keeps appends in order
+        self._last_ack: dict[int, int] = {}  # highest offset acknowledged per partition since the last data loss
+        self._seen_committed: dict[int, int] = {}
+        self._seen_end: dict[int, int] = {}
+        self._evicted_seen = 0
 
-        self.m_published = metrics.counter("helicone_gateway_events_published_total", "Log events accepted by Kafka", ("path",))
-        self.m_spooled = metrics.counter("helicone_gateway_events_spooled_total", "Log events written to the on-disk spool")
+        self.m_published = metrics.counter(
+            "helicone_gateway_events_published_total", "Log events acknowledged by Kafka", ("path",)
+        )
         self.m_dropped = metrics.counter("helicone_gateway_events_dropped_total", "Log events lost", ("reason",))
-        self.m_queue = metrics.gauge("helicone_gateway_publish_queue_depth", "Log events waiting to be published")
-        self.m_spool_bytes = metrics.gauge("helicone_gateway_spool_bytes", "Bytes in the on-disk spool")
-        self.m_spool_events = metrics.gauge("helicone_gateway_spool_events", "Events in the on-disk spool")
+        self.m_queue = metrics.gauge("helicone_gateway_publish_queue_depth", "Log events waiting to be journaled")
         self.m_connected = metrics.gauge("helicone_gateway_kafka_connected", "1 while the Kafka producer is connected")
-        self._update_gauges()
+        self.m_journal_bytes = metrics.gauge("helicone_gateway_journal_bytes", "Bytes in the event journal")
+        self.m_journal_events = metrics.gauge(
+            "helicone_gateway_journal_events", "Events in the journal (ingest has not committed past them yet)"
+        )
+        self.m_journal_unacked = metrics.gauge(
+            "helicone_gateway_journal_unacked_events", "Journaled events Kafka has not acknowledged"
+        )
+        self.m_journal_segments = metrics.gauge("helicone_gateway_journal_segments", "Segment files in the journal")
+        self.m_trimmed = metrics.counter(
+            "helicone_gateway_journal_trimmed_segments_total", "Segments deleted after ingest committed past them"
+        )
+        self.m_evicted = metrics.counter(
+            "helicone_gateway_journal_evicted_segments_total",
+            "Segments deleted to make room while ingest had not committed them (Kafka held them)",
+        )
+        self.m_losses = metrics.counter(
+            "helicone_gateway_broker_data_losses_total",
+            "Times the broker was found to have lost acknowledged events (they were sent again)",
+            ("reason",),
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._io, self.journal.open)
+        self._update_gauges()
+        if self.journal.record_count:
+            log.info("journal holds %d events from before; they are sent again", self.journal.record_count)
+            self._resend.set()
         self._tasks = [
             asyncio.create_task(self._worker(), name="publisher-worker"),
             asyncio.create_task(self._connector(), name="publisher-connector"),
+            asyncio.create_task(self._resender(), name="publisher-resender"),
+            asyncio.create_task(self._watcher(), name="publisher-watcher"),
         ]
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
-        """Publishes what is queued (or spools it), then closes the producer."""
+        """Journals and sends what is queued, waits for the broker's acks, trims what ingest has
+        committed, then closes. What is left stays in the journal for the next start."""
+        loop = asyncio.get_running_loop()
+        if not self.journal.is_open:  # stopped without a start: still keep what was submitted
+            await loop.run_in_executor(self._io, self.journal.open)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._queue.join(), drain_timeout)
         for task in self._tasks:
@@ -80,15 +135,25 @@ class EventPublisher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # anything still queued goes to disk
+        leftovers = []
         while not self._queue.empty():
-            builder = self._queue.get_nowait()
-            built = self._build(builder)
+            built = self._build(self._queue.get_nowait())
             if built is not None:
-                await self._spool(built[1])
-        await self._close_producer()  # flushes; undelivered events fail over to the spool
-        if self._spooling:
-            await asyncio.gather(*self._spooling, return_exceptions=True)
+                leftovers.append(built)
+        if leftovers:
+            await self._append(leftovers, send=False)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        producer = self._producer
+        if producer is not None and self.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.flush(), drain_timeout)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._check_offsets(), drain_timeout)
+        await self._disconnect()
+        await loop.run_in_executor(self._io, self.journal.close)
+        self._io.shutdown(wait=True)
+        self._update_gauges()
 
     @property
     def connected(self) -> bool:
@@ -100,13 +165,18 @@ class EventPublisher:
         try:
             self._queue.put_nowait(builder)
         except asyncio.QueueFull:
-            # Overloaded: keep the event anyway, in the spool (the file write runs in a thread).
+            # Overloaded: journal it anyway (file write off the loop); the resender sends it.
             built = self._build(builder)
             if built is not None:
-                asyncio.get_running_loop().create_task(self._spool(built[1]))
+                self._spawn(self._append([built], send=False))
         self.m_queue.set(self._queue.qsize())
 
     # ---- internals -------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _build(self, builder: EventBuilder) -> tuple[bytes, bytes] | None:
         """(key, encoded event), or None when there is nothing to publish."""
         try:
@@ -119,131 +189,231 @@ class EventPublisher:
 
     async def _worker(self) -> None:
         while True:
-            builder = await self._queue.get()
+            builders = [await self._queue.get()]
+            while len(builders) < self.batch_size and not self._queue.empty():
+                builders.append(self._queue.get_nowait())
             try:
-                built = self._build(builder)
-                if built is not None:
-                    await self._dispatch(*built)
+                built = [b for b in map(self._build, builders) if b is not None]
+                if built:
+                    await self._append(built, send=True)
             finally:
-                self._queue.task_done()
+                for _ in builders:
+                    self._queue.task_done()
                 self.m_queue.set(self._queue.qsize())
 
-    async def _dispatch(self, key: bytes, data: bytes) -> None:
-        """Hands the event to the producer's batch without waiting for the broker's ack; the
-        delivery callback spools it if the broker never takes it."""
+    async def _append(self, built: list[tuple[bytes, bytes]], *, send: bool) -> None:
+        """Appends to the journal, then (when connected) hands each event to the producer."""
+        send = send and self.connected
+        generation = self.journal.generation
+        try:
+            refs = await asyncio.get_running_loop().run_in_executor(
+                self._io, partial(self.journal.append, built, inflight=send)
+            )
+        except OSError:
+            log.exception("could not append to the event journal")
+            self.m_dropped.labels("journal_error").inc(len(built))
+            return
+        full = sum(ref is None for ref in refs)
+        if full:
+            self.m_dropped.labels("journal_full").inc(full)
+        if self.journal.evicted_segments != self._evicted_seen:
+            self.m_evicted.inc(self.journal.evicted_segments - self._evicted_seen)
+            self._evicted_seen = self.journal.evicted_segments
+        for ref, (key, data) in zip(refs, built):
+            if ref is None:
+                continue
+            if send and self.connected:
+                await self._send(ref, key, data, generation, "direct")
+            elif send:
+                self.journal.failed(ref, generation)
+        if not send:
+            self._resend.set()
+        self._update_gauges()
+
+    async def _send(self, ref: RecordRef, key: bytes, data: bytes, generation: int, path: str) -> bool:
+        """Hands one journaled event to the producer's batch; the ack is recorded by a callback."""
         producer = self._producer
         if producer is None or not self.connected:
-            await self._spool(data)
-            return
+            self.journal.failed(ref, generation)
+            return False
         await self._inflight.acquire()
         try:
             delivery = await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
             self._inflight.release()
+            self.journal.failed(ref, generation)
             self._mark_down(exc)
-            await self._spool(data)
-            return
-        delivery.add_done_callback(lambda fut, data=data: self._delivered(fut, data))
+            return False
+        delivery.add_done_callback(partial(self._delivered, ref, generation, path))
+        return True
 
-    def _delivered(self, fut: asyncio.Future, data: bytes) -> None:
+    def _delivered(self, ref: RecordRef, generation: int, path: str, fut: asyncio.Future) -> None:
         self._inflight.release()
-        if not fut.cancelled() and fut.exception() is None:
-            self.m_published.labels("direct").inc()
+        if fut.cancelled() or fut.exception() is not None:
+            self.journal.failed(ref, generation)
+            self._mark_down(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
             return
-        self._mark_down(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
-        task = asyncio.get_running_loop().create_task(self._spool(data))
-        self._spooling.add(task)
-        task.add_done_callback(self._spooling.discard)
+        self.m_published.labels(path).inc()
+        md = fut.result()
+        if generation == self.journal.generation:
+            if md.offset < self._last_ack.get(md.partition, -1):
+                # a fresh, empty broker hands out offsets from 0 again
+                self._broker_lost_data("offset_regressed")
+                return
+            self._last_ack[md.partition] = md.offset
+        self.journal.acked(ref, md.partition, md.offset, generation)
+
+    def _broker_lost_data(self, reason: str) -> None:
+        log.warning("the broker lost acknowledged events (%s); sending the journal again", reason)
+        self.m_losses.labels(reason).inc()
+        self.journal.forget_deliveries()
+        self._last_ack.clear()
+        self._seen_committed.clear()
+        self._seen_end.clear()
+        self._resend.set()
 
     def _mark_down(self, exc: BaseException | None) -> None:
         if self.connected:
-            log.warning("kafka publish failed (%s); spooling until the broker is back", exc.__class__.__name__)
+            log.warning("kafka publish failed (%s); journaling until the broker is back", exc.__class__.__name__)
         self._connected.clear()
         self.m_connected.set(0)
 
-    async def _spool(self, data: bytes) -> None:
-        try:
-            ok = await asyncio.to_thread(self.spool.write, data)
-        except OSError:
-            log.exception("could not write to the spool")
-            ok = False
-        if ok:
-            self.m_spooled.inc()
-        else:
-            self.m_dropped.labels("spool_full").inc()
-        self._update_gauges()
-
     def _update_gauges(self) -> None:
-        self.m_spool_bytes.set(self.spool.size_bytes)
-        self.m_spool_events.set(self.spool.count)
+        j = self.journal
+        self.m_journal_bytes.set(j.size_bytes)
+        self.m_journal_events.set(j.record_count)
+        self.m_journal_unacked.set(j.unacked_count())
+        self.m_journal_segments.set(len(j.segments))
 
+    # ---- connection ------------------------------------------------------------------
     async def _connector(self) -> None:
-        """Keeps a producer connected and drains the spool whenever Kafka answers."""
+        """Keeps a producer connected; every (re)connect sends what the journal still holds unsent."""
         backoff = 0.5
         while True:
             if not self.connected:
-                await self._close_producer()
+                await self._disconnect()
                 try:
                     await self._connect()
                     backoff = 0.5
+                    self._resend.set()
                 except Exception as exc:  # noqa: BLE001 - broker unreachable
-                    log.info("kafka not reachable (%s); retrying in %.1fs", exc.__class__.__name__, backoff)
-                    await self._close_producer()
+                    hint = " (a broker without idempotent producers needs HELICONE_KAFKA_IDEMPOTENT_PRODUCER=false)" if (
+                        self.idempotent and isinstance(exc, KafkaError) and not isinstance(exc, KafkaConnectionError)
+                    ) else ""
+                    log.log(logging.WARNING if hint else logging.INFO, "kafka not usable (%r)%s; retrying in %.1fs", exc, hint, backoff)
+                    await self._disconnect()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
-            if self.spool.count:
-                await self._replay()
-            await asyncio.sleep(self.replay_interval)
+            await asyncio.sleep(0.2)
 
     async def _connect(self) -> None:
+        timeout = self.publish_timeout
         if self.create_topic:
-            await ensure_topics(self.bootstrap, [self.topic], self.partitions, self.replication_factor, self.publish_timeout)
+            await ensure_topics(self.bootstrap, [self.topic], self.partitions, self.replication_factor, timeout)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
-            enable_idempotence=False,
+            enable_idempotence=self.idempotent,
             linger_ms=5,
-            request_timeout_ms=int(self.publish_timeout * 1000),
+            request_timeout_ms=int(timeout * 1000),
             max_request_size=4 * 1024 * 1024,
         )
         self._producer = producer
-        await asyncio.wait_for(producer.start(), self.publish_timeout)
+        await asyncio.wait_for(producer.start(), timeout)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(timeout * 1000))
+        await asyncio.wait_for(self._admin.start(), timeout)
+        self._offsets = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=int(timeout * 1000)
+        )
+        await asyncio.wait_for(self._offsets.start(), timeout)
         self._connected.set()
         self.m_connected.set(1)
         log.info("kafka producer connected to %s", self.bootstrap)
 
-    async def _close_producer(self) -> None:
+    async def _disconnect(self) -> None:
         producer, self._producer = self._producer, None
+        admin, self._admin = self._admin, None
+        offsets, self._offsets = self._offsets, None
         self._connected.clear()
         self.m_connected.set(0)
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 5)
+        for client, close in ((producer, "stop"), (admin, "close"), (offsets, "stop")):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(getattr(client, close)(), 5)
 
-    async def _replay(self, chunk: int = 200) -> None:
-        """Sends the spool oldest first, `chunk` events in flight at a time; a file is removed
-        only after the broker acknowledged it."""
-        producer = self._producer
-        while producer is not None and self.connected and self.spool.count:
-            paths = await asyncio.to_thread(self.spool.oldest, chunk)
-            if not paths:
-                return
-            sent = []
+    # ---- resending -------------------------------------------------------------------
+    async def _resender(self) -> None:
+        """Sends every journaled event that is neither acknowledged nor in flight, oldest first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._resend.wait()
+            self._resend.clear()
+            await self._connected.wait()
+            for seg in self.journal.pending_segments():
+                if not await self._resend_segment(loop, seg):
+                    break
+            self._update_gauges()
+
+    async def _resend_segment(self, loop: asyncio.AbstractEventLoop, seg: Segment) -> bool:
+        generation = self.journal.generation
+        records = await loop.run_in_executor(self._io, self.journal.read, seg)
+        for index, (key, data) in enumerate(records):
+            if not self.connected or generation != self.journal.generation:
+                self._resend.set()  # go again once connected / from the start of the new generation
+                return False
+            ref = self.journal.claim(seg, index)
+            if ref is not None and not await self._send(ref, key, data, generation, "resend"):
+                self._resend.set()
+                return False
+        return True
+
+    # ---- trimming and loss detection ---------------------------------------------------
+    async def _watcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.check_interval)
             try:
-                for path in paths:
-                    try:
-                        data = await asyncio.to_thread(path.read_bytes)
-                    except FileNotFoundError:
-                        continue
-                    key = events.message_key(events.RequestLogged.FromString(data))
-                    sent.append((path, await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)))
-                for path, delivery in sent:
-                    await asyncio.wait_for(delivery, self.publish_timeout)
-                    await asyncio.to_thread(self.spool.remove, path)
-                    self.m_published.labels("replay").inc()
-            except Exception as exc:  # noqa: BLE001 - broker went away again: keep the rest on disk
-                self._mark_down(exc)
-                return
-            finally:
-                self._update_gauges()
+                await loop.run_in_executor(self._io, self.journal.seal_if_older, self.segment_seconds)
+                await loop.run_in_executor(self._io, self.journal.sync)
+                if self.connected:
+                    await asyncio.wait_for(self._check_offsets(), self.publish_timeout)
+            except Exception as exc:  # noqa: BLE001 - next round tries again
+                log.warning("journal check failed: %r", exc)
+            self._update_gauges()
+
+    async def _check_offsets(self) -> None:
+        """Detects a broker that lost acknowledged events, then deletes the sealed segments the
+        ingest group has committed past."""
+        admin, offsets = self._admin, self._offsets
+        if admin is None or offsets is None:
+            return
+        if self.topic not in await admin.list_topics():
+            # a restarted memory-only broker: reconnecting recreates the topic, then the log end
+            # below is found to have moved backwards
+            return self._mark_down(RuntimeError(f"topic {self.topic} is gone"))
+        generation = self.journal.generation
+        holding = self.journal.acked_partitions()  # read before the log end, so later acks cannot look lost
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        end = await offsets.end_offsets(tps)
+        got = await admin.list_consumer_group_offsets(self.consumer_group, partitions=tps)
+        if generation != self.journal.generation:
+            return
+        # A log end that moves backwards means a new, emptier log (the exact end is not compared
+        # with acked offsets: some brokers, Tansu among them, report the end of the last batch).
+        for tp in tps:
+            if end.get(tp, 0) == 0 and tp.partition in holding:
+                return self._broker_lost_data("log_emptied")
+            if end.get(tp, 0) < self._seen_end.get(tp.partition, 0):
+                return self._broker_lost_data("log_end_regressed")
+        self._seen_end.update({tp.partition: off for tp, off in end.items()})
+        committed = {tp.partition: meta.offset for tp, meta in got.items() if meta is not None}
+        for p, off in committed.items():
+            if off < self._seen_committed.get(p, -1):
+                return self._broker_lost_data("commit_regressed")
+        self._seen_committed.update(committed)
+        trimmed = await asyncio.get_running_loop().run_in_executor(
+            self._io, self.journal.trim, {p: o for p, o in committed.items() if o >= 0}, generation
+        )
+        if trimmed:
+            self.m_trimmed.inc(trimmed)

@@ -6,7 +6,6 @@ from pydantic import Field
 
 class IngestSettings(ServiceSettings):
     port: int = 8788  # ops HTTP: /metrics, /healthz, /readyz
-    consumer_group: str = "helicone-ingest"
     batch_size: int = 500
     batch_within: float = 1.0  # seconds to wait for a batch to fill
     kafka_replication_factor: int = 1

@@ -1,0 +1,357 @@
+"""The gateway's on-disk event journal: every log event is appended here before it is sent to
+Kafka and stays until the ingest consumer group has committed past it.
+
+That makes a broker that forgets (the memory-only embedded broker restarted, a Kafka topic
+recreated) or a gateway killed with SIGKILL lose nothing: whatever is still in the journal is sent
+again, and ingest dedupes by (org, request id).
+
+Layout: numbered segment files ``<seq>.seg`` in one directory, each a magic header followed by
+records ``[u32 length][u32 crc32][u16 key length][key][event]``. A torn or corrupt tail (a crash
+mid-write) is cut off when the journal is opened. Appends are plain ``write()`` calls, which a
+killed process cannot lose (the kernel holds the pages); ``fsync`` runs on a timer and when a
+segment is sealed, for power loss.
+
+This class does file I/O and bookkeeping only; EventPublisher decides what to send and when.
+It is thread-safe: file work runs on the publisher's journal thread, acks arrive on the loop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"HLJ1"
+SUFFIX = ".seg"
+_HEADER = struct.Struct(">II")  # payload length, crc32 of the payload
+_KEYLEN = struct.Struct(">H")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class JournalInUse(RuntimeError):
+    """Another process owns this journal directory."""
+
+
+@dataclass(eq=False)  # identity: segments are compared as objects, never by content
+class Segment:
+    seq: int
+    path: Path
+    size: int = 0  # bytes, header included
+    records: int = 0
+    sealed: bool = False
+    opened_at: float = field(default_factory=time.monotonic)
+    # Delivery state for the current broker epoch: record indices acknowledged or in flight, and
+    # the highest acknowledged offset per partition (what ingest must commit past before trimming).
+    acked: set[int] = field(default_factory=set)
+    inflight: set[int] = field(default_factory=set)
+    max_offset: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def fully_acked(self) -> bool:
+        return len(self.acked) >= self.records
+
+    def committed_past(self, committed: dict[int, int]) -> bool:
+        """True when the consumer group's committed offset is past every record of this segment."""
+        return self.fully_acked and all(committed.get(p, -1) > off for p, off in self.max_offset.items())
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    segment: Segment
+    index: int
+
+
+def encode_record(key: bytes, data: bytes) -> bytes:
+    payload = _KEYLEN.pack(len(key)) + key + data
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _read_records(path: Path) -> tuple[list[tuple[bytes, bytes]], int, bool]:
+    """(records, bytes of the good prefix, whether anything after it was bad)."""
+    raw = path.read_bytes()
+    if not raw.startswith(MAGIC):
+        return [], 0, bool(raw)
+    pos, out = len(MAGIC), []
+    while pos < len(raw):
+        if pos + _HEADER.size > len(raw):
+            return out, pos, True
+        length, crc = _HEADER.unpack_from(raw, pos)
+        start, end = pos + _HEADER.size, pos + _HEADER.size + length
+        payload = raw[start:end]
+        if end > len(raw) or zlib.crc32(payload) != crc or length < _KEYLEN.size:
+            return out, pos, True
+        (klen,) = _KEYLEN.unpack_from(payload)
+        out.append((payload[_KEYLEN.size : _KEYLEN.size + klen], payload[_KEYLEN.size + klen :]))
+        pos = end
+    return out, pos, False
+
+
+class Journal:
+    def __init__(self, root: Path, max_bytes: int, segment_bytes: int = 16 * 1024 * 1024) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._dirty = False
+        self.segments: list[Segment] = []
+        self.cut_tails = 0  # segments whose torn or corrupt tail was cut off when opening
+        self.evicted_segments = 0
+        self.generation = 0  # bumped when the broker lost what it acknowledged
+        self._lock_fd: int | None = None
+
+    def open(self) -> Journal:
+        """Takes ownership of the directory and reads back what a previous run left."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, DIR_MODE)
+        # One owner per directory: two gateways appending to the same segments would corrupt them.
+        self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise JournalInUse(
+                f"the event journal {self.root} is in use by another gateway process; give each gateway its own "
+                "HELICONE_JOURNAL_DIR (or data dir)"
+            ) from None
+        self._recover()
+        return self
+
+    # ---- state -----------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._lock_fd is not None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def record_count(self) -> int:
+        return sum(s.records for s in self.segments)
+
+    def unacked_count(self) -> int:
+        with self._lock:
+            return sum(s.records - len(s.acked) for s in self.segments)
+
+    def acked_partitions(self) -> set[int]:
+        """Partitions holding records the broker acknowledged in this generation."""
+        with self._lock:
+            return {p for s in self.segments for p in s.max_offset}
+
+    # ---- writes ----------------------------------------------------------------------
+    def append(self, records: list[tuple[bytes, bytes]], *, inflight: bool) -> list[RecordRef | None]:
+        """Appends the records in order; None for each one that did not fit (journal full).
+        With ``inflight`` the records are marked as being sent, so a resend pass skips them."""
+        refs: list[RecordRef | None] = []
+        with self._lock:
+            batch: list[bytes] = []
+            seg = self._active_locked()
+            for key, data in records:
+                rec = encode_record(key, data)
+                if seg.size + len(rec) > self.segment_bytes and seg.records:
+                    self._write_locked(seg, batch)
+                    batch = []
+                    self._seal_locked(seg)
+                    seg = self._active_locked()
+                if not self._room_locked(len(rec)):
+                    refs.append(None)
+                    continue
+                batch.append(rec)
+                ref = RecordRef(seg, seg.records)
+                seg.records += 1
+                seg.size += len(rec)
+                if inflight:
+                    seg.inflight.add(ref.index)
+                refs.append(ref)
+            self._write_locked(seg, batch)
+        return refs
+
+    def _room_locked(self, need: int) -> bool:
+        """Makes room by evicting the oldest sealed segments Kafka has fully acknowledged (only
+        the consumer's commit was still missing); False if there is still not enough."""
+        total = sum(s.size for s in self.segments)
+        while total + need > self.max_bytes:
+            victim = next((s for s in self.segments if s.sealed and s.fully_acked), None)
+            if victim is None:
+                return False
+            total -= victim.size
+            self._delete_locked(victim)
+            self.evicted_segments += 1
+            log.warning("journal full: evicted segment %d (acknowledged by Kafka, not yet committed by ingest)", victim.seq)
+        return True
+
+    def _write_locked(self, seg: Segment, batch: list[bytes]) -> None:
+        if not batch:
+            return
+        data = b"".join(batch)
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._dirty = True
+
+    def _active_locked(self) -> Segment:
+        if self.segments and not self.segments[-1].sealed and self._fd is not None:
+            return self.segments[-1]
+        seq = self.segments[-1].seq + 1 if self.segments else 1
+        path = self.root / f"{seq:012d}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
+        os.write(fd, MAGIC)
+        self._fd = fd
+        seg = Segment(seq, path, size=len(MAGIC))
+        self.segments.append(seg)
+        return seg
+
+    def _seal_locked(self, seg: Segment) -> None:
+        if seg.sealed:
+            return
+        seg.sealed = True
+        if self._fd is not None and self.segments and self.segments[-1] is seg:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            self._dirty = False
+
+    def seal_if_older(self, seconds: float) -> bool:
+        """Seals the active segment once it holds records and is older than `seconds`, so that
+        a quiet gateway can still trim it."""
+        with self._lock:
+            if not self.segments:
+                return False
+            seg = self.segments[-1]
+            if seg.sealed or not seg.records or time.monotonic() - seg.opened_at < seconds:
+                return False
+            self._seal_locked(seg)
+            return True
+
+    def sync(self) -> None:
+        with self._lock:
+            if self._fd is not None and self._dirty:
+                os.fsync(self._fd)
+                self._dirty = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+            if self.segments and not self.segments[-1].sealed:
+                self.segments[-1].sealed = True
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+
+    # ---- delivery bookkeeping (loop side) ----------------------------------------------
+    def acked(self, ref: RecordRef, partition: int, offset: int, generation: int) -> None:
+        """Records a broker acknowledgement; one from before the broker lost its data is ignored
+        (the record is unsent again and goes out once more)."""
+        with self._lock:
+            if generation != self.generation:
+                return
+            seg = ref.segment
+            seg.inflight.discard(ref.index)
+            seg.acked.add(ref.index)
+            if offset > seg.max_offset.get(partition, -1):
+                seg.max_offset[partition] = offset
+
+    def failed(self, ref: RecordRef, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            ref.segment.inflight.discard(ref.index)
+
+    def forget_deliveries(self) -> None:
+        """The broker lost what it had acknowledged: every record counts as unsent again."""
+        with self._lock:
+            self.generation += 1
+            for s in self.segments:
+                s.acked.clear()
+                s.inflight.clear()
+                s.max_offset.clear()
+
+    # ---- reads / trimming ---------------------------------------------------------------
+    def pending_segments(self) -> list[Segment]:
+        """Segments holding records neither acknowledged nor in flight, oldest first."""
+        with self._lock:
+            return [s for s in self.segments if len(s.acked) + len(s.inflight) < s.records]
+
+    def claim(self, seg: Segment, index: int) -> RecordRef | None:
+        """Marks a record in flight unless it is acknowledged, in flight or trimmed already."""
+        with self._lock:
+            if index >= seg.records or index in seg.acked or index in seg.inflight or seg not in self.segments:
+                return None
+            seg.inflight.add(index)
+            return RecordRef(seg, index)
+
+    def read(self, seg: Segment) -> list[tuple[bytes, bytes]]:
+        """The records of one segment as (key, event); file I/O, run it off the loop."""
+        return self._read(seg)[: seg.records]
+
+    def _read(self, seg: Segment) -> list[tuple[bytes, bytes]]:
+        try:
+            records, _, _ = _read_records(seg.path)
+        except FileNotFoundError:
+            return []
+        return records
+
+    def trim(self, committed: dict[int, int], generation: int) -> int:
+        """Deletes sealed segments the consumer group has committed past; returns how many.
+        `committed` must have been read in `generation`: offsets from a broker that has since
+        forgotten its data say nothing about the acks of its successor."""
+        with self._lock:
+            if generation != self.generation:
+                return 0
+            done = [s for s in self.segments if s.sealed and s.committed_past(committed)]
+            for seg in done:
+                self._delete_locked(seg)
+        return len(done)
+
+    def _delete_locked(self, seg: Segment) -> None:
+        self.segments.remove(seg)
+        try:
+            seg.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def iter_all(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every record still in the journal, oldest first (tests and tools)."""
+        for seg in list(self.segments):
+            yield from self._read(seg)[: seg.records]
+
+    # ---- opening ---------------------------------------------------------------------
+    def _recover(self) -> None:
+        for path in sorted(self.root.glob("*" + SUFFIX)):
+            try:
+                seq = int(path.stem)
+            except ValueError:
+                continue
+            records, good, bad = _read_records(path)
+            if bad:
+                cut = path.stat().st_size - good
+                self.cut_tails += 1
+                log.warning("journal segment %s: cut %d bytes of a torn or corrupt record", path.name, cut)
+                if good == 0:
+                    path.unlink()
+                    continue
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+            os.chmod(path, FILE_MODE)
+            if not records:
+                path.unlink()
+                continue
+            self.segments.append(Segment(seq, path, size=good, records=len(records), sealed=True))
+        for stale in self.root.glob(".tmp-*"):
+            stale.unlink(missing_ok=True)

@@ -1,0 +1,290 @@
+import asyncio
+import datetime as dt
+import os
+import stat
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from helicone_core import events
+from helicone_core.metrics import ServiceMetrics
+from helicone_gateway.journal import Journal, JournalInUse, encode_record
+from helicone_gateway.publisher import EventPublisher
+from helicone_runner.embedded import EmbeddedKafka
+
+from tests.support.net import free_port
+
+
+def _event(org: str = "o") -> events.RequestLogged:
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id=org)
+    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    return ev
+
+
+def _rec(ev: events.RequestLogged) -> tuple[bytes, bytes]:
+    return events.message_key(ev), events.encode(ev)
+
+
+async def _until(cond, timeout: float = 20.0, step: float = 0.05) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+def _sample(metrics: ServiceMetrics, name: str, labels: dict | None = None) -> float:
+    return metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+# ---- the journal on its own ------------------------------------------------------------
+
+
+def test_journal_survives_reopen_in_order_with_private_files(tmp_path):
+    root = tmp_path / "journal"
+    j = Journal(root, max_bytes=1 << 20, segment_bytes=200).open()
+    recs = [(f"k{i}".encode(), bytes([i]) * 60) for i in range(6)]
+    assert all(j.append(recs, inflight=False))
+    assert len(j.segments) >= 2  # 200-byte segments roll over
+    j.close()
+    again = Journal(root, max_bytes=1 << 20, segment_bytes=200).open()
+    assert list(again.iter_all()) == recs
+    assert again.unacked_count() == 6
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+    for seg in again.segments:
+        assert stat.S_IMODE(os.stat(seg.path).st_mode) == 0o600
+    again.close()
+
+
+def test_a_torn_or_corrupt_tail_is_cut_and_the_rest_kept(tmp_path):
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+    j.append([(b"a", b"first"), (b"b", b"second")], inflight=False)
+    path = j.segments[-1].path
+    j.close()
+    with open(path, "ab") as f:
+        f.write(encode_record(b"c", b"third")[:-2])  # killed mid-write
+    again = Journal(tmp_path, max_bytes=1 << 20).open()
+    assert list(again.iter_all()) == [(b"a", b"first"), (b"b", b"second")]
+    assert again.cut_tails == 1
+    again.close()
+    # a flipped byte inside the last record: its CRC no longer matches
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    third = Journal(tmp_path, max_bytes=1 << 20).open()
+    assert list(third.iter_all()) == [(b"a", b"first")]
+    third.close()
+
+
+def test_one_gateway_per_journal_directory(tmp_path):
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+    with pytest.raises(JournalInUse, match="HELICONE_JOURNAL_DIR"):
+        Journal(tmp_path, max_bytes=1 << 20).open()
+    j.close()
+    Journal(tmp_path, max_bytes=1 << 20).open().close()  # free again once closed
+
+
+def test_trim_waits_for_the_consumer_commit_of_every_record(tmp_path):
+    j = Journal(tmp_path, max_bytes=1 << 20, segment_bytes=100).open()
+    refs = j.append([(b"k", b"x" * 40) for _ in range(4)], inflight=True)
+    first = refs[0].segment
+    assert first.sealed and first is not refs[-1].segment
+    gen = j.generation
+    for offset, ref in enumerate(refs):
+        j.acked(ref, 0, offset, gen)
+    first_max = first.max_offset[0]
+    assert j.trim({0: first_max}, gen) == 0  # committed offset = next to read: not past it yet
+    assert j.trim({0: first_max + 1}, gen + 1) == 0  # offsets read before a data loss count for nothing
+    assert j.trim({0: first_max + 1}, gen) == 1
+    assert first not in j.segments
+    j.close()
+
+
+def test_a_data_loss_makes_every_record_unsent_again(tmp_path):
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+    refs = j.append([(b"k", b"a"), (b"k", b"b")], inflight=True)
+    gen = j.generation
+    j.acked(refs[0], 0, 7, gen)
+    assert j.unacked_count() == 1
+    j.forget_deliveries()
+    j.acked(refs[1], 0, 8, gen)  # an ack from the old broker arriving late: ignored
+    assert j.unacked_count() == 2 and refs[0].segment.max_offset == {}
+    seg = j.pending_segments()[0]
+    assert [j.claim(seg, i) is not None for i in range(2)] == [True, True]
+    assert j.claim(seg, 0) is None  # already in flight
+    j.close()
+
+
+def test_a_full_journal_evicts_what_kafka_holds_before_refusing_new_events(tmp_path):
+    j = Journal(tmp_path, max_bytes=1024, segment_bytes=300).open()
+    refs = j.append([(b"k", b"x" * 100) for _ in range(6)], inflight=True)
+    assert all(refs)
+    # nothing acknowledged: the next records do not fit and are refused, nothing is evicted
+    assert j.append([(b"k", b"y" * 100) for _ in range(6)], inflight=False).count(None) >= 1
+    assert j.evicted_segments == 0
+    for i, ref in enumerate(refs):
+        if ref is not None:
+            j.acked(ref, 0, i, j.generation)
+    ok = j.append([(b"k", b"z" * 100) for _ in range(3)], inflight=False)
+    assert all(ok) and j.evicted_segments >= 1
+    assert j.size_bytes <= 1024
+    j.close()
+
+
+# ---- the publisher ------------------------------------------------------------------------
+
+
+def _publisher(tmp_path, bootstrap: str, topic: str = "t", **kw) -> tuple[EventPublisher, ServiceMetrics]:
+    metrics = ServiceMetrics("gateway")
+    journal = Journal(tmp_path / "journal", max_bytes=kw.pop("max_bytes", 1 << 24), segment_bytes=kw.pop("segment_bytes", 1 << 20))
+    kw.setdefault("publish_timeout", 1.0)
+    pub = EventPublisher(
+        bootstrap=bootstrap, topic=topic, journal=journal, metrics=metrics, consumer_group="ingest-" + topic,
+        idempotent=False, **kw,
+    )
+    return pub, metrics
+
+
+async def test_events_stay_in_the_journal_while_kafka_is_unreachable(tmp_path):
+    pub, metrics = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5)
+    await pub.start()
+    try:
+        sent = [_event() for _ in range(3)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: pub.journal.record_count == 3)
+        stored = {events.decode(data).request_id for _, data in pub.journal.iter_all()}
+        assert stored == {ev.request_id for ev in sent}
+        assert _sample(metrics, "helicone_gateway_journal_unacked_events") == 3
+    finally:
+        await pub.stop()
+
+
+async def test_a_failing_event_builder_does_not_stop_the_worker(tmp_path):
+    pub, _ = _publisher(tmp_path, "127.0.0.1:1")
+    await pub.start()
+    try:
+        pub.submit(lambda: 1 / 0)
+        pub.submit(_event)
+        await _until(lambda: pub.journal.record_count == 1)
+    finally:
+        await pub.stop()
+
+
+async def test_stop_journals_whatever_is_still_queued(tmp_path):
+    pub, _ = _publisher(tmp_path, "127.0.0.1:1")
+    for _ in range(5):  # not started: nothing consumes the queue until stop()
+        pub.submit(_event)
+    await pub.stop(drain_timeout=0.1)
+    j = Journal(tmp_path / "journal", max_bytes=1 << 20).open()
+    assert j.record_count == 5
+    j.close()
+
+
+async def _consume(bootstrap: str, topic: str, want: int, group: str | None = None, timeout: float = 30) -> dict[bytes, str]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    got: dict[bytes, str] = {}
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(got) < want and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=250)).values():
+                got.update((r.key, events.decode(r.value).request_id) for r in records)
+        if group:
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_left_over_events_are_resent_at_start_and_trimmed_once_ingest_commits(tmp_path, kafka_bootstrap):
+    """One identity, one partition: the message key is "<org>/<request id>" on both paths."""
+    topic = "journal-" + uuid.uuid4().hex[:8]
+    old, live = _event(), _event()
+    previous = Journal(tmp_path / "journal", max_bytes=1 << 20).open()
+    previous.append([_rec(old)], inflight=False)  # left by a gateway killed before Kafka acknowledged it
+    previous.close()
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, check_interval=0.1, segment_seconds=0.2)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        pub.submit(lambda: live)
+        got = await _consume(kafka_bootstrap, topic, 2, group=pub.consumer_group)
+        assert got == {f"o/{old.request_id}".encode(): old.request_id, f"o/{live.request_id}".encode(): live.request_id}
+        assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "resend"}) == 1
+        assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "direct"}) == 1
+        # the group committed past both: the journal empties
+        await _until(lambda: pub.journal.record_count == 0)
+        assert _sample(metrics, "helicone_gateway_journal_trimmed_segments_total") >= 2
+    finally:
+        await pub.stop()
+
+
+async def test_nothing_is_trimmed_before_the_consumer_group_commits(tmp_path, kafka_bootstrap):
+    topic = "journal-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, check_interval=0.1, segment_seconds=0.1)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        for _ in range(20):
+            pub.submit(_event)
+        await _until(lambda: pub.journal.unacked_count() == 0 and pub.journal.record_count == 20)
+        await asyncio.sleep(1.0)  # several checks, segments sealed, but no commit yet
+        assert pub.journal.record_count == 20
+        await _consume(kafka_bootstrap, topic, 20, group=pub.consumer_group)
+        await _until(lambda: pub.journal.record_count == 0)
+    finally:
+        await pub.stop()
+
+
+@pytest.mark.parametrize("traffic_after_restart", [True, False], ids=["new-traffic", "no-traffic"])
+async def test_events_a_restarted_broker_forgot_are_sent_again(tmp_path, traffic_after_restart):
+    """The memory-only broker acknowledged events, then was killed: it comes back empty and the
+    journal sends everything again, whether or not new traffic arrives first."""
+    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "kafka.log")
+    bootstrap = broker.start()
+    topic = "journal-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, bootstrap, topic, check_interval=0.2)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        before = [_event() for _ in range(30)]
+        for ev in before:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: pub.journal.record_count == 30 and pub.journal.unacked_count() == 0)
+        broker.proc.kill()  # SIGKILL: all it held in memory is gone
+        broker.proc.wait(5)
+        broker.start()
+        after = [_event()] if traffic_after_restart else []
+        for ev in after:
+            pub.submit(lambda ev=ev: ev)
+        want = {ev.request_id for ev in before + after}
+        got = await _consume(bootstrap, topic, len(want), timeout=60)
+        assert set(got.values()) == want
+        losses = sum(
+            _sample(metrics, "helicone_gateway_broker_data_losses_total", {"reason": r})
+            for r in ("offset_regressed", "log_emptied", "log_end_regressed", "commit_regressed")
+        )
+        assert losses >= 1
+    finally:
+        await pub.stop()
+        broker.stop()
+
+
+async def test_offsets_checked_against_the_real_broker(tmp_path, kafka_bootstrap):
+    """The watcher's two reads (log end, group commit) work against the embedded broker."""
+    topic = "journal-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        pub.submit(_event)
+        await _until(lambda: pub.journal.unacked_count() == 0 and pub.journal.record_count == 1)
+        tp = TopicPartition(topic, 0)
+        assert (await pub._offsets.end_offsets([tp]))[tp] == 1
+        got = await pub._admin.list_consumer_group_offsets(pub.consumer_group, partitions=[tp])
+        assert got[tp].offset == -1  # nobody committed yet
+    finally:
+        await pub.stop()
