@@ -12,6 +12,8 @@ import logging
 import random
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
@@ -40,12 +42,14 @@ class IngestService:
         self.m_dlq = self.metrics.counter("helicone_ingest_dead_letters_total", "Events sent to the dead-letter topic")
         self.m_assigned = self.metrics.gauge("helicone_ingest_assigned_partitions", "Partitions assigned to this worker")
         self.m_rewinds = self.metrics.counter(
-            "helicone_ingest_offset_rewinds_total", "Partitions rewound because the log ended before the consumer position"
+            "helicone_ingest_offset_rewinds_total", "Partitions rewound to the log start: position past the log end, or the log replaced"
         )
         self._guard_task: asyncio.Task | None = None
         self._postgres_task: asyncio.Task | None = None
         self._metadata_task: asyncio.Task | None = None
         self._past_end: dict = {}  # partition -> position seen past the log end in the last round
+        self._log_marks: dict = {}  # partition -> (offset, timestamp, key) of one record: tells a replaced log
+        self._probe: AIOKafkaConsumer | None = None  # group-less consumer that reads single records for the marks
 
     def _build_faust(self) -> faust.App:
         s = self.settings
@@ -148,21 +152,23 @@ class IngestService:
         log.info("postgres connected; %d metadata keys pending", len(self.metadata))
 
     async def _offset_guard(self) -> None:
-        """Rewinds partitions whose consumer position is past the end of the log.
+        """Rewinds partitions whose consumer position is past the end of the log, or whose log
+        was replaced (see _rewind_replaced_logs).
 
-        That happens when a topic was recreated or truncated under a consumer group (or a
+        The first happens when a topic was recreated or truncated under a consumer group (or a
         memory-only broker restarted) while the group kept its old offsets. Kafka answers such a
         fetch with OFFSET_OUT_OF_RANGE and the reset policy applies; brokers that answer with an
         empty fetch instead would leave ingest waiting forever. Re-reading is safe: writes are
         idempotent."""
         while True:
-            await asyncio.sleep(self.settings.offset_guard_interval)
             try:
                 await self._rewind_past_end()
+                await self._rewind_replaced_logs()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker unreachable: try again next round
                 log.debug("offset guard skipped a round: %s", exc)
+            await asyncio.sleep(self.settings.offset_guard_interval)
 
     async def _rewind_past_end(self) -> None:
         consumer = self.faust.consumer if self.faust is not None else None
@@ -182,21 +188,78 @@ class IngestService:
             stuck[tp] = position
             if self._past_end.get(tp) != position:
                 continue  # act only when the same position was past the end last round too
-            start = (await consumer.earliest_offsets(tp)).get(tp) or 0
-            log.warning("partition %s: position %s is past the log end %s; rewinding to %s", tp, position, end, start)
-            # forget the offsets Faust tracked for the old log, or it would skip the new records
-            consumer._committed_offset[tp] = None
-            consumer._acked.pop(tp, None)
-            consumer._acked_index.pop(tp, None)
-            consumer._gap.pop(tp, None)
-            await consumer.seek(tp, start)
+            await self._rewind(consumer, tp, f"position {position} is past the log end {end}")
             stuck.pop(tp)
-            self.m_rewinds.inc()
         self._past_end = stuck
+
+    async def _rewind(self, consumer, tp, why: str) -> None:
+        start = (await consumer.earliest_offsets(tp)).get(tp) or 0
+        log.warning("partition %s: %s; rewinding to %s", tp, why, start)
+        # forget the offsets Faust tracked for the old log, or it would skip the new records
+        consumer._committed_offset[tp] = None
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
+        consumer._gap.pop(tp, None)
+        await consumer.seek(tp, start)
+        # and the group's committed offset: a stale one from the old log would send the next
+        # rebalance's seek-to-committed straight past the new log's start
+        if await consumer._commit({tp: start}):
+            consumer._committed_offset[tp] = start
+        self._log_marks.pop(tp, None)
+        self.m_rewinds.inc()
+
+    async def _rewind_replaced_logs(self) -> None:
+        """Rewinds partitions whose log was replaced by a new one under the consumer.
+
+        A memory-only broker that restarts comes back with empty logs, and the gateway's journal
+        refills them at once, often past the consumer's old position before anything notices:
+        reading on from there would skip the new log's start. So one record per partition (its
+        offset, timestamp and key) is remembered and read back each round; a different record at
+        that offset means a new log. Records removed by retention only move the mark."""
+        consumer = self.faust.consumer if self.faust is not None else None
+        if consumer is None:
+            return
+        if self._probe is None:
+            probe = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                auto_offset_reset="none",
+            )
+            await probe.start()
+            self._probe = probe
+        for tp in list(consumer.assignment()):
+            ktp = TopicPartition(tp.topic, tp.partition)
+            earliest = (await self._probe.beginning_offsets([ktp]))[ktp]
+            mark = self._log_marks.get(tp)
+            if mark is not None and mark[0] < earliest:  # removed by retention, not replaced
+                self._log_marks.pop(tp)
+                mark = None
+            offset = mark[0] if mark is not None else earliest
+            record = await self._record_at(ktp, offset)
+            if record is None:
+                continue  # not there (yet): a new log still shorter than the mark, or an empty one
+            seen = (record.offset, record.timestamp, record.key)
+            if mark is None:
+                self._log_marks[tp] = seen
+            elif seen != mark:
+                await self._rewind(consumer, tp, f"the log was replaced (offset {offset} holds another record)")
+
+    async def _record_at(self, tp: TopicPartition, offset: int):
+        probe = self._probe
+        assert probe is not None
+        probe.assign([tp])
+        probe.seek(tp, offset)
+        try:
+            record = await asyncio.wait_for(probe.getone(tp), self.settings.offset_guard_interval + 1.0)
+        except (OffsetOutOfRangeError, asyncio.TimeoutError):
+            return None
+        return record if record.offset == offset else None
 
     async def stop(self) -> None:
         for task in (self._guard_task, self._postgres_task):
             await _cancel(task)
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._probe.stop(), 5)
         if self.faust is not None:
             await self.faust.stop()
         await _cancel(self._metadata_task)
