@@ -73,7 +73,9 @@ def uvicorn_limits(settings: ServiceSettings) -> dict[str, Any]:
 def bounded_httptools_protocol(max_head_bytes: int) -> type:
     """uvicorn's httptools protocol, counting the bytes of each request head as they arrive: once a
     head still incomplete passes `max_head_bytes`, it answers 431, drops whatever follows and closes
-    the connection (at most one more read, 256 KiB, is buffered beyond the limit)."""
+    the connection. At most two reads (256 KiB each: the uncounted one in which the head began and the
+    one that passes the limit) are buffered beyond the limit. Built on uvicorn's parser callbacks
+    (libs/core/tests/test_http_limits.py fails if an upgrade changes them)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     body = json.dumps({"error": {
