@@ -1,7 +1,9 @@
 """A ClickHouse HTTP-interface endpoint backed by chDB, for testing the clickhouse-connect backend
 without a ClickHouse server binary. The SQL runs in the real ClickHouse engine (chDB); this module
 only speaks the HTTP protocol: `query` / `param_*` URL parameters, the request body as query or
-insert data, `X-ClickHouse-*` response headers, errors as HTTP 500 with ClickHouse's message.
+insert data or as multipart/form-data fields (clickhouse-connect sends `query` and `param_*` that
+way once they are too long for a URL), `X-ClickHouse-*` response headers, errors as HTTP 500 with
+ClickHouse's message.
 
 Run: python -m tests.support.chdb_http --port 8123 --path /tmp/chdb-server
 """
@@ -12,6 +14,8 @@ import argparse
 import json
 import re
 import threading
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -20,6 +24,12 @@ from chdb import session as chs
 FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(\w+)\s*$", re.IGNORECASE)
 lock = threading.Lock()
 SESSION = None
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    form = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
+            for part in form.iter_parts()}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -32,7 +42,12 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode() if length else ""
+        raw = self.rfile.read(length) if length else b""
+        ctype = self.headers.get("Content-Type") or ""
+        if ctype.startswith("multipart/form-data"):
+            params.update(_form_fields(ctype, raw))
+            raw = b""
+        body = raw.decode()
         if url.path == "/ping":
             return self._reply(200, b"Ok.\n", {})
         query = params.get("query")

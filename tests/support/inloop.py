@@ -11,9 +11,10 @@ from tests.support.net import free_port
 
 
 @contextlib.asynccontextmanager
-async def serve(app, lifespan: str = "off"):
+async def serve(app, lifespan: str = "off", **options):
+    """options: more uvicorn.Config arguments (e.g. helicone_core.http_limits.uvicorn_limits)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, **options))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -52,6 +52,17 @@ async def test_replacing_merge_tree_dedupes_replayed_events(analytics_store):
     assert await store.ping()
 
 
+# Text ClickHouse would read as escape sequences, NULL or the end of a value if passed unescaped.
+AWKWARD_TEXT = ["a\\b", "ends with \\", "\\N", "\\x41\\0\\t", "tab\there", "new\nline", "cr\rlf", "quote'\"`",
+                "nul\x00byte", "{x:String}", "%2F%00", "é中😀", "", "long\\é" * 2000]
+
+
+async def test_query_parameters_come_back_exactly_as_given(analytics_store):
+    for text in AWKWARD_TEXT:
+        rows = await analytics_store.query("SELECT {v:String} AS v, length({v:String}) AS n", {"v": text})
+        assert rows == [{"v": text, "n": len(text.encode())}], text[:40]
+
+
 async def test_one_row_per_org_and_request_id_whatever_the_times(analytics_store):
     store = analytics_store
     rid = events.new_request_id()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from helicone_core.http_limits import uvicorn_limits
 
 log = logging.getLogger("helicone.runner")
 
@@ -33,8 +34,10 @@ class Running:
     stop: Any
 
 
-async def _serve(app, host: str, port: int) -> _Server:
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on"))
+async def _serve(app, settings) -> _Server:
+    host, port = settings.host, settings.port
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+                                    **uvicorn_limits(settings)))
     task = asyncio.create_task(server.serve())
     server._task = task  # type: ignore[attr-defined]
     while not server.started:
@@ -65,7 +68,7 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
 
                 srv = PromptsServer(s)
                 await srv.start()
-                ops = await _serve(ops_app(srv.metrics, srv.ready), s.host, s.port)
+                ops = await _serve(ops_app(srv.metrics, srv.ready), s)
 
                 async def stop_prompts(srv=srv, ops=ops):
                     await _shutdown(ops)
@@ -78,7 +81,7 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
 
                 svc = IngestService(s)
                 await svc.start()
-                ops = await _serve(ops_app(svc.metrics, svc.ready), s.host, s.port)
+                ops = await _serve(ops_app(svc.metrics, svc.ready), s)
 
                 async def stop_ingest(svc=svc, ops=ops):
                     await _shutdown(ops)
@@ -90,12 +93,12 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
 
                 # With chDB, one process owns the data dir: every ChdbStore on the same path in
                 # this process shares one engine session, so api and ingest see the same data.
-                server = await _serve(create_api(s), s.host, s.port)
+                server = await _serve(create_api(s), s)
                 running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server)))
             elif name == "gateway":
                 from helicone_gateway.app import create_app as create_gateway
 
-                server = await _serve(create_gateway(s), s.host, s.port)
+                server = await _serve(create_gateway(s), s)
                 running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server)))
     except BaseException:
         await stop_services(running)

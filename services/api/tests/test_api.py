@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 
 import httpx
 import pytest
@@ -83,6 +84,55 @@ async def test_filters(api):
     assert await query(client, filter={"model": "gpt-4o", "user_id": "nobody"}) == []
 
 
+async def test_filter_values_are_matched_exactly_whatever_they_contain(api):
+    client, state, org, _, _ = api
+    awkward = ["dom\\alice", "ends\\", "\\N", "\\t", "tab\tx", "line\nx", "cr\rx", "it's \"q\"", "nul\x00x",
+               "{user_id:String}", "", "é\\" * 1500]  # the last one only fits in a ClickHouse request body
+    ids = {user: await add_request(state, org, minutes=i, user=user, props={"dept": user})
+           for i, user in enumerate(awkward)}
+    plain = await add_request(state, org, minutes=99, user="dom", props={"dept": "dom"})
+    for user, rid in ids.items():
+        if user:  # an empty user id is stored as "no user"
+            assert await query(client, filter={"user_id": user}) == [rid], user[:20]
+        assert await query(client, filter={"properties": {"dept": user}}) == [rid], user[:20]
+    assert await query(client, filter={"user_id": "dom"}) == [plain]
+    assert await query(client, filter={"user_id": "dom\\"}) == []
+
+
+async def test_filter_values_that_cannot_be_stored_are_a_422_naming_the_field(api):
+    client, *_ = api
+
+    async def problem(filter_: dict) -> dict:
+        r = await client.post("/v1/request/query", content=json.dumps({"filter": filter_}),
+                              headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        [detail] = r.json()["error"]["details"]
+        return detail
+
+    d = await problem({"user_id": "a\ud800b"})
+    assert d["field"] == "filter.user_id" and "lone surrogate" in d["message"] and "position 1" in d["message"]
+    d = await problem({"properties": {"team\udfff": "x"}})
+    assert d["field"].startswith("filter.properties.team") and "lone surrogate" in d["message"]
+    d = await problem({"model": "m" * 4097})
+    assert d["field"] == "filter.model" and "4096" in d["message"]
+    for field, value in (("start", "0001-01-01T00:00:00"), ("start", "0001-01-01T00:30:00+01:00"),
+                         ("start", "1899-12-31T23:59:59.999Z"), ("end", "2300-01-01T00:00:00Z"),
+                         ("end", "9999-12-31T23:59:59-01:00")):
+        d = await problem({field: value})
+        assert d["field"] == f"filter.{field}", value
+        assert "between 1900-01-01T00:00:00Z and 2299-12-31T23:59:59.999Z" in d["message"], value
+
+
+async def test_time_filters_cover_the_whole_stored_range_at_millisecond_precision(api):
+    client, state, org, _, _ = api
+    rid = await add_request(state, org, minutes=0)  # created at T0 exactly
+    assert await query(client, filter={"start": "1900-01-01T00:00:00Z", "end": "2299-12-31T23:59:59.999Z"}) == [rid]
+    assert await query(client, filter={"start": (T0 - dt.timedelta(microseconds=500)).isoformat()}) == [rid]
+    assert await query(client, filter={"start": (T0 + dt.timedelta(microseconds=1)).isoformat()}) == []
+    assert await query(client, filter={"end": (T0 + dt.timedelta(microseconds=1)).isoformat()}) == [rid]
+    assert await query(client, filter={"end": T0.isoformat()}) == []
+
+
 async def test_detail_returns_bodies_and_usage(api):
     client, state, org, _, other_key = api
     rid = await add_request(state, org, minutes=1, props={"env": "prod"})
@@ -131,7 +181,8 @@ async def test_a_request_id_never_crosses_orgs(api):
 async def test_errors_are_clear(api):
     client, *_ = api
     r = await client.get("/v1/request/not-a-uuid")
-    assert r.status_code == 400 and "UUID" in r.json()["error"]["message"]
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "request_id"
+    assert "UUID" in r.json()["error"]["details"][0]["message"]
     r = await client.post("/v1/request/query", json={"limit": 0, "filter": {"start": "2026-01-02", "end": "2026-01-01"}})
     assert r.status_code == 422
     fields = {d["field"] for d in r.json()["error"]["details"]}
@@ -148,7 +199,7 @@ async def test_key_store_outage_is_a_503(api):
     client, state, *_ = api
 
     class Down:
-        async def resolve(self, key):
+        def lookup(self, key):
             raise db.KeyStoreUnavailable("no key set loaded")
 
         async def stop(self):
@@ -157,6 +208,7 @@ async def test_key_store_outage_is_a_503(api):
     state.keys = Down()
     r = await client.post("/v1/request/query", json={})
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert r.json() == {"error": {"type": "http_error", "message": "key store unavailable; try again shortly"}}
 
 
 async def test_ops_endpoints(api):

@@ -117,6 +117,30 @@ async def test_without_a_key_set_every_request_is_refused_never_proxied(gateway)
     assert fake.state.received == [] and built == []
 
 
+async def test_header_limits_are_a_431_before_auth_never_proxied_nor_logged(gateway):
+    client, fake, built = gateway
+    many = {f"x-h{i}": "v" for i in range(100)}  # + httpx's own host, accept, ... headers
+    big = {"x-big": "a" * 65536}
+    for extra, setting in ((many, "HELICONE_MAX_HEADER_COUNT"), (big, "HELICONE_MAX_HEADER_BYTES")):
+        for auth in ({}, {"Helicone-Auth": "Bearer good-key"}):
+            r = await client.post("/v1/chat/completions", json=CHAT, headers={**extra, **auth})
+            assert r.status_code == 431 and r.headers["helicone-id"]
+            assert r.json()["error"]["type"] == "request_headers_too_large" and setting in r.json()["error"]["message"]
+    assert fake.state.received == [] and built == []
+    r = await client.post("/v1/chat/completions", json=CHAT,
+                          headers={"Helicone-Auth": "Bearer good-key", **{f"x-h{i}": "a" * 600 for i in range(90)}})
+    assert r.status_code == 200 and len(built) == 1
+
+
+async def test_header_limits_follow_the_settings(tmp_path):
+    async with started_gateway(tmp_path, openai_url="http://127.0.0.1:1", max_header_count=12, max_header_bytes=2048) as (client, built):
+        r = await client.post("/v1/chat/completions", json=CHAT, headers={f"x-h{i}": "v" for i in range(10)})
+        assert r.status_code == 431 and "at most 12" in r.json()["error"]["message"]
+        r = await client.post("/v1/chat/completions", json=CHAT, headers={"x-big": "a" * 2048})
+        assert r.status_code == 431 and "at most 2048" in r.json()["error"]["message"]
+    assert built == []
+
+
 async def test_upstream_errors_are_passed_through_and_logged(gateway):
     client, fake, built = gateway
     r = await client.post("/v1/chat/completions", json=dict(CHAT, model="fail-500"), headers={"Helicone-Auth": "Bearer good-key"})

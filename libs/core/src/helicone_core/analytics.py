@@ -173,9 +173,18 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "\n".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in rows)
 
 
+# ClickHouse parses a query parameter's value in its escaped text format (as TSV fields): a
+# backslash starts an escape sequence (a lone \N is NULL) and a raw tab or newline ends the value.
+# clickhouse-connect escapes its parameters itself; chDB takes them as given, so they are escaped here.
+_PARAM_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
+
+
 def _param_str(value: Any) -> str:
+    """A chDB query parameter's value as text, escaped so that ClickHouse reads back exactly `value`."""
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, str):
+        return value.translate(_PARAM_ESCAPES)
     return str(value)
 
 

@@ -10,6 +10,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 
+# The routes add_ops_routes serves: unauthenticated by design (cluster network only).
+OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 

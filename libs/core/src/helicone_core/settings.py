@@ -72,3 +72,7 @@ class CommonSettings(BaseSettings):
 class ServiceSettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
+    # Request header limits (http_limits.py): more headers or more header bytes (names + values)
+    # are answered 431; the HTTP server itself refuses far larger header blocks before parsing them.
+    max_header_count: int = Field(default=100, ge=1)
+    max_header_bytes: int = Field(default=65536, ge=1024)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -14,10 +13,12 @@ from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
 from helicone_core.key_directory import KeyDirectory
-from helicone_core.metrics import ServiceMetrics, add_ops_routes
+from helicone_core.metrics import OPS_PATHS, ServiceMetrics, add_ops_routes
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .keys import keys_router
-from .models import RequestQuery
+from .models import RequestId, RequestQuery
 from .queries import body_to_json, detail_sql, list_sql, row_to_json
 from .settings import ApiSettings
 
@@ -60,6 +61,11 @@ class ApiState:
         }
 
 
+def _field(loc: tuple) -> str:
+    """A validation error's place: `filter.user_id`, `request_id` (a path parameter)."""
+    return ".".join(str(p) for p in loc if p not in ("body", "path"))
+
+
 def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=None) -> FastAPI:
     settings = settings or ApiSettings()
     state = ApiState(settings, analytics, bodies)
@@ -75,45 +81,35 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app = FastAPI(title="helicone-api", version="0.1.0", lifespan=lifespan)
     app.state.api = state
     add_ops_routes(app, state.metrics, state.ready)
+    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
+    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in exc.errors()
-        ]
+        problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
         return JSONResponse({"error": {"type": "invalid_request", "message": "invalid request", "details": problems}}, status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": {"type": "http_error", "message": exc.detail}}, status_code=exc.status_code,
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's 404/405
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": {"type": HTTP_ERROR_TYPE, "message": exc.detail}}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %r", request.method, request.scope.get("path"))  # request.url may not parse
         return JSONResponse({"error": {"type": "internal_error", "message": "internal error; see the api logs"}}, status_code=500)
 
     async def org_id(request: Request) -> str:
-        key = db.bearer_token(request.headers.get("authorization"))
-        if not key:
-            raise HTTPException(401, "send 'Authorization: Bearer <your Helicone API key>'", {"WWW-Authenticate": "Bearer"})
-        try:
-            org = await state.keys.resolve(key)
-        except Exception as exc:  # noqa: BLE001 - Postgres unreachable
-            log.warning("key store unavailable: %s", exc.__class__.__name__)
-            raise HTTPException(503, "key store unavailable; try again shortly", {"Retry-After": "5"}) from None
-        if org is None:
-            raise HTTPException(401, "invalid or revoked Helicone API key", {"WWW-Authenticate": "Bearer"})
+        """The org of the caller's key, which RequestGuard checked before any body byte was read."""
+        org = request.scope.get("state", {}).get(ORG_STATE_KEY)
+        if org is None:  # only a route the guard treats as public could get here: fail closed
+            raise HTTPException(401, MISSING_KEY, {"WWW-Authenticate": "Bearer"})
         return org
 
     @app.get("/v1/request/{request_id}")
-    async def get_request(request_id: str, org: str = Depends(org_id)) -> dict:
-        try:
-            request_id = str(uuid.UUID(request_id))
-        except ValueError:
-            raise HTTPException(400, "request id must be a UUID") from None
+    async def get_request(request_id: RequestId, org: str = Depends(org_id)) -> dict:
         with state.m_query_seconds.labels("detail").time():
-            sql, params = detail_sql(org, request_id)
+            sql, params = detail_sql(org, str(request_id))
             rows = await state.analytics.query(sql, params)
         if not rows:
             state.m_queries.labels("detail", "not_found").inc()

@@ -4,16 +4,26 @@ every gateway and api within about a second (the key directories follow Postgres
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 from helicone_core import db
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .models import utf8_text
+
+
+def _storable(name: str) -> str:
+    if "\x00" in name:
+        raise ValueError("must not contain NUL characters (Postgres text cannot store them)")
+    return name
 
 
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("api", min_length=1, max_length=200, description="a label to recognise the key by")
+    name: Annotated[utf8_text(200, min_length=1), AfterValidator(_storable)] = Field(
+        "api", description="a label to recognise the key by")
 
 
 def keys_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
@@ -42,7 +52,8 @@ def keys_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             raise HTTPException(400, "revoke by key id (from GET /v1/keys), never by the key itself")
         revoked = await db.revoke_key(pool(), key_id, org)
         if revoked is None:
-            raise HTTPException(404, f"no key {key_id!r} in your org (use the id from GET /v1/keys)")
+            shown = key_id if len(key_id) <= 64 else key_id[:64] + "..."
+            raise HTTPException(404, f"no key {shown!r} in your org (use the id from GET /v1/keys)")
         return revoked.to_json()
 
     return router

@@ -1,24 +1,91 @@
-"""Request/response shapes of the query API."""
+"""Request/response shapes of the query API.
+
+Filter values are checked here, the same for both analytics backends: text must be storable as
+UTF-8 (a lone surrogate such as "\\ud800" is refused, naming the field) and times must lie in the
+range ClickHouse's DateTime64 covers; anything else is a 422, never a failed query."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+import uuid
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+# As long as the longest header value the gateway stores (a property value: 4096 characters).
+MAX_FILTER_CHARS = 4096
+# The range ClickHouse documents for DateTime64; outside it, what a comparison does depends on the
+# version (chDB and a ClickHouse server may disagree), so such times are refused.
+EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)
+LATEST = dt.datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=dt.timezone.utc)
+TIME_RANGE = f"{EARLIEST:%Y-%m-%dT%H:%M:%S}Z and {LATEST:%Y-%m-%dT%H:%M:%S}.999Z"
+
+
+def _utf8(value):
+    """Runs before pydantic's own str check, whose message for this case does not say what is wrong."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"must be valid Unicode text: {value[exc.start]!r} at position {exc.start} is a lone surrogate, "
+            "which cannot be stored as UTF-8"
+        ) from None
+    return value
+
+
+def utf8_text(max_length: int, min_length: int = 0):
+    """A str type that must be storable as UTF-8, of at most max_length characters."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length), BeforeValidator(_utf8)]
+
+
+FilterText = utf8_text(MAX_FILTER_CHARS)
+
+
+def _uuid(value):
+    """One message for every malformed id (too long, not UTF-8, control characters, ...)."""
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError("must be a UUID such as 6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1") from None
+
+
+RequestId = Annotated[uuid.UUID, BeforeValidator(_uuid)]
+
+
+def _ch_range(value: dt.datetime | None) -> dt.datetime | None:
+    """UTC, rounded up to the millisecond (the stored precision: `>= start` and `< end` keep exactly
+    the rows they would with the full value), within the range ClickHouse stores."""
+    if value is None:
+        return None
+    try:
+        value = utc(value)
+        if value.microsecond % 1000:
+            value += dt.timedelta(microseconds=1000 - value.microsecond % 1000)
+    except OverflowError:
+        value = None
+    if value is None or not EARLIEST <= value <= LATEST:
+        raise ValueError(f"must be between {TIME_RANGE}")
+    return value
 
 
 class RequestFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    start: dt.datetime | None = Field(None, description="created at or after (ISO 8601; naive times are UTC)")
+    start: dt.datetime | None = Field(None, description=f"created at or after (ISO 8601; naive times are UTC; between {TIME_RANGE})")
     end: dt.datetime | None = Field(None, description="created before")
-    model: str | None = None
-    provider: str | None = None
-    user_id: str | None = None
-    session_id: str | None = None
+    model: FilterText | None = None
+    provider: FilterText | None = None
+    user_id: FilterText | None = None
+    session_id: FilterText | None = None
     status: int | None = Field(None, ge=0, le=999)
-    properties: dict[str, str] = Field(default_factory=dict, description="every key must equal its value")
+    properties: dict[FilterText, FilterText] = Field(default_factory=dict, description="every key must equal its value")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _stored_range(cls, v: dt.datetime | None) -> dt.datetime | None:
+        return _ch_range(v)
 
     @field_validator("properties")
     @classmethod
@@ -29,7 +96,7 @@ class RequestFilter(BaseModel):
 
     @model_validator(mode="after")
     def _range(self) -> RequestFilter:
-        if self.start and self.end and utc(self.start) >= utc(self.end):
+        if self.start and self.end and self.start >= self.end:
             raise ValueError("start must be before end")
         return self
 

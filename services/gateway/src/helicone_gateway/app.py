@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from helicone_core import events
 from helicone_core.cost import CostRegistry
 from helicone_core.db import KeyStoreUnavailable
+from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, header_limit_error
 from helicone_core.key_directory import KeyDirectory
-from helicone_core.metrics import ServiceMetrics, add_ops_routes
+from helicone_core.metrics import OPS_PATHS, ServiceMetrics, add_ops_routes
 
 from .headers import (
     HeaderError,
@@ -35,8 +36,6 @@ from .settings import GatewaySettings
 from .usage import decode_body, parse_response, request_model
 
 log = logging.getLogger("helicone.gateway")
-
-OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 # Status logged when the caller left before the provider answered (nginx's "client closed request").
@@ -204,6 +203,10 @@ class Gateway:
         started = time.perf_counter()
         started_at = dt.datetime.now(dt.timezone.utc)
         request_id = events.new_request_id()  # every response carries one, errors included
+        # Like every answer before auth, a 431 is not logged: who sent it is unknown.
+        too_large = header_limit_error(scope, self.settings.max_header_count, self.settings.max_header_bytes)
+        if too_large is not None:
+            return await send_error(send, HEADERS_TOO_LARGE_STATUS, too_large, HEADERS_TOO_LARGE_TYPE, request_id)
         try:
             raw_headers = decode_headers(scope["headers"])
             hh = parse_helicone_headers(raw_headers)
