@@ -187,6 +187,11 @@ class EventPublisher:
                     await self._connect()
                     backoff = 0.5
                 except Exception as exc:  # noqa: BLE001 - broker unreachable
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # stop() cancelled us mid-connect and asyncio.wait_for (3.11) turned the
+                        # cancellation into the connect error: without this, stop() waits forever
+                        raise asyncio.CancelledError() from exc
                     log.info("kafka not reachable (%s); retrying in %.1fs", exc.__class__.__name__, backoff)
                     await self._close_producer()
                     await asyncio.sleep(backoff)
