@@ -1,6 +1,6 @@
 import pytest
 from helicone_gateway.headers import HeaderError, forward_request_headers, narrow_accept_encoding, parse_helicone_headers
-from helicone_gateway.providers import RoutingError, route
+from helicone_gateway.providers import route
 from helicone_gateway.settings import GatewaySettings
 
 
@@ -24,6 +24,13 @@ def test_parse_helicone_headers():
     ([("helicone-auth", "sk-helicone-abc")], "Bearer"),
     ([("helicone-target-url", "ftp://x")], "absolute http"),
     ([("helicone-target-url", "https://u:p@host")], "credentials"),
+    ([("helicone-target-url", "http://a\\@b/")], "not a valid URL"),
+    # IPv4 addresses spelled so that the resolver, not the gateway, would decode them
+    ([("helicone-target-url", "http://2130706433:8000")], "non-standard form"),
+    ([("helicone-target-url", "http://0x7f.1/")], "non-standard form"),
+    ([("helicone-target-url", "http://127.1/")], "non-standard form"),
+    ([("helicone-target-url", "http://0177.0.0.1/")], "non-standard form"),
+    ([("helicone-target-url", "http://127.0.0.1./")], "non-standard form"),
     ([("helicone-request-id", "not-a-uuid")], "UUID"),
     ([("helicone-property-", "x")], "name"),
     ([("helicone-user-id", "u" * 600)], "longer"),
@@ -56,12 +63,6 @@ def test_routing():
     assert (r.provider, r.path) == ("anthropic", "/v1/messages")
     r = route(s, "/openai/v1/embeddings", {}, "")
     assert (r.provider, r.path) == ("openai", "/v1/embeddings")
+    assert not r.target
     r = route(s, "/v1/chat/completions", {}, "https://api.together.xyz/")
-    assert (r.provider, r.base_url) == ("openai", "https://api.together.xyz")
-
-
-def test_target_url_allowlist():
-    s = GatewaySettings(target_url_allowlist=["api.together.xyz"], _env_file=None)
-    assert route(s, "/v1/chat/completions", {}, "https://api.together.xyz").base_url == "https://api.together.xyz"
-    with pytest.raises(RoutingError, match="not allowed"):
-        route(s, "/v1/chat/completions", {}, "http://169.254.169.254")
+    assert (r.provider, r.base_url, r.target) == ("openai", "https://api.together.xyz", True)

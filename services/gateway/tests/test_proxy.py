@@ -2,16 +2,19 @@
 
 import contextlib
 import json
+from ipaddress import ip_address
 
 import httpx
 import pytest
 from helicone_core import events
 from helicone_core.db import KeyStoreUnavailable
+from helicone_gateway import egress
 from helicone_gateway.app import create_app
 from helicone_gateway.settings import GatewaySettings
 
 from tests.support.fake_upstream import create_app as create_fake_upstream
 from tests.support.inloop import serve
+from tests.support.net import free_port
 
 ORG = "11111111-2222-3333-4444-555555555555"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}
@@ -50,6 +53,26 @@ async def started_gateway(tmp_path, **settings):
             yield client, built
     finally:
         await gw.stop()
+
+
+@pytest.fixture(autouse=True)
+def target_sockets(monkeypatch):
+    """Safety net: Target-URL sockets to anything but loopback are recorded here and never opened."""
+    attempted = []
+    real = egress._open_socket
+
+    def open_socket(addr_info):
+        if ip_address(addr_info[4][0]).is_loopback:
+            return real(addr_info)
+        attempted.append(addr_info[4][:2])
+        raise OSError("test: a non-loopback connection is never made")
+
+    monkeypatch.setattr(egress, "_open_socket", open_socket)
+    return attempted
+
+
+def host_port(url: str) -> str:
+    return url.removeprefix("http://")
 
 
 @pytest.fixture
@@ -162,7 +185,7 @@ async def test_large_bodies_are_truncated_in_the_log_only(gateway):
 async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
     fake = create_fake_upstream()
     async with serve(fake) as upstream_url, started_gateway(
-        tmp_path, openai_url="http://127.0.0.1:1", max_request_bytes=4096
+        tmp_path, openai_url="http://127.0.0.1:1", max_request_bytes=4096, target_url_allowlist=[host_port(upstream_url)]
     ) as (client, built):
         r = await client.post("/v1/chat/completions", json=CHAT,
                               headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url + "/"})
@@ -172,6 +195,102 @@ async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
     assert built[0].target_url == upstream_url
     assert too_big.status_code == 413 and len(fake.state.received) == 1
     assert built[1].status == 413 and built[1].request_id == too_big.headers["helicone-id"]
+
+
+def target(url: str | bytes) -> list[tuple[str, str | bytes]]:
+    return [("Helicone-Auth", "Bearer good-key"), ("Helicone-Target-URL", url)]
+
+
+async def test_target_urls_into_the_gateways_own_network_are_refused_and_logged(tmp_path, target_sockets):
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(tmp_path, openai_url=upstream_url) as (client, built):
+        port = upstream_url.rsplit(":", 1)[1]
+        cases = {  # Target-URL: (metric reason, words in the message)
+            f"http://127.0.0.1:{port}": ("loopback", "is a loopback address"),
+            f"http://localhost:{port}": ("loopback", "resolves to a loopback address"),  # refused at connect time
+            f"http://0.0.0.0:{port}": ("unspecified", "is an unspecified address"),
+            f"http://[::1]:{port}": ("loopback", "is a loopback address"),
+            f"http://[::ffff:127.0.0.1]:{port}": ("loopback", "is a loopback address"),
+            f"http://１２７.０.０.１:{port}".encode(): ("loopback", "is a loopback address"),  # full-width digits
+            "http://169.254.169.254/latest/meta-data/": ("cloud_metadata", "is a cloud metadata address"),
+            "http://10.0.0.5:8000": ("private", "is a private (RFC 1918) address"),
+        }
+        answers = [await client.post("/v1/chat/completions", json=CHAT, headers=target(url)) for url in cases]
+        odd = [await client.post("/v1/chat/completions", json=CHAT, headers=target(f"http://{host}:{port}"))
+               for host in ("2130706433", "0x7f.1", "127.1", "0177.0.0.1")]
+        provider = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key"})
+        metrics = (await client.get("/metrics")).text
+    assert provider.status_code == 200  # the configured provider, on loopback too, is not affected
+    assert len(fake.state.received) == 1 and target_sockets == []
+    for r, ev, (reason, words) in zip(answers, built[:len(cases)], cases.values(), strict=True):
+        error = r.json()["error"]
+        assert (r.status_code, error["type"]) == (403, "helicone_target_refused"), error
+        assert error["message"].startswith("Helicone-Target-URL ") and words in error["message"]
+        assert "HELICONE_TARGET_URL_ALLOWLIST" in error["message"]
+        assert ("HELICONE_TARGET_URL_ALLOW_PRIVATE" in error["message"]) == (reason == "private")
+        assert (ev.status, ev.request_id, ev.error) == (403, r.headers["helicone-id"], error["message"])
+    assert len(built) == len(cases) + 1  # + the provider request; the 400s below are not logged (no valid headers)
+    assert [r.status_code for r in odd] == [400] * 4
+    assert all("non-standard form" in r.json()["error"]["message"] for r in odd)
+    assert 'helicone_gateway_target_refused_total{reason="loopback"} 5.0' in metrics
+    assert 'helicone_gateway_target_refused_total{reason="cloud_metadata"} 1.0' in metrics
+
+
+async def test_allow_private_opens_private_ranges_but_not_loopback_or_metadata(tmp_path, target_sockets):
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(tmp_path, target_url_allow_private=True) as (client, built):
+        private = await client.post("/v1/chat/completions", json=CHAT, headers=target("http://10.0.0.5:8000"))
+        loopback = await client.post("/v1/chat/completions", json=CHAT, headers=target(upstream_url))
+        metadata = await client.post("/v1/chat/completions", json=CHAT, headers=target("http://[fd00:ec2::254]"))
+    assert target_sockets == [("10.0.0.5", 8000)]  # let through to the socket (which the test never opens): 502
+    assert [private.status_code, loopback.status_code, metadata.status_code] == [502, 403, 403]
+    assert "cloud metadata" in metadata.json()["error"]["message"] and fake.state.received == []
+    assert [ev.status for ev in built] == [502, 403, 403]
+
+
+async def test_an_allowlisted_host_port_is_opened_and_nothing_else(tmp_path):
+    fake = create_fake_upstream()
+    other = f"http://127.0.0.1:{free_port()}"
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, target_url_allowlist=[host_port(upstream_url), "localhost:" + upstream_url.rsplit(":", 1)[1]]
+    ) as (client, built):
+        by_address = await client.post("/v1/chat/completions", json=CHAT, headers=target(upstream_url))
+        by_name = await client.post("/v1/chat/completions", json=CHAT,
+                                    headers=target(upstream_url.replace("127.0.0.1", "localhost")))
+        other_port = await client.post("/v1/chat/completions", json=CHAT, headers=target(other))
+        elsewhere = await client.post("/v1/chat/completions", json=CHAT, headers=target("https://93.184.216.34"))  # public
+    assert (by_address.status_code, by_name.status_code) == (200, 200) and len(fake.state.received) == 2
+    for r in (other_port, elsewhere):
+        assert r.status_code == 403 and "is not in this gateway's HELICONE_TARGET_URL_ALLOWLIST" in r.json()["error"]["message"]
+    assert [ev.status for ev in built] == [200, 200, 403, 403]
+
+
+async def test_a_star_entry_keeps_other_hosts_open_but_only_to_public_addresses(tmp_path):
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, target_url_allowlist=["*", host_port(upstream_url)]
+    ) as (client, _):
+        listed = await client.post("/v1/chat/completions", json=CHAT, headers=target(upstream_url))
+        other_port = await client.post("/v1/chat/completions", json=CHAT, headers=target(f"http://127.0.0.1:{free_port()}"))
+    assert listed.status_code == 200
+    assert other_port.status_code == 403 and "is a loopback address" in other_port.json()["error"]["message"]
+
+
+async def test_redirects_from_a_target_are_passed_back_never_followed(tmp_path):
+    fake = create_fake_upstream()
+
+    async def redirector(scope, receive, send):
+        await send({"type": "http.response.start", "status": 307,
+                    "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serve(fake) as upstream_url, serve(redirector) as redirect_url, started_gateway(
+        tmp_path, target_url_allowlist=[host_port(redirect_url)]
+    ) as (client, built):
+        location = upstream_url + "/v1/chat/completions"  # loopback, not allowlisted
+        r = await client.post("/v1/chat/completions", json=CHAT, headers=target(redirect_url))
+    assert r.status_code == 307 and r.headers["location"] == location
+    assert fake.state.received == [] and built[0].status == 307
 
 
 async def test_path_encoding_and_query_string_are_forwarded_as_sent(gateway):

@@ -20,7 +20,18 @@ from helicone_core.db import KeyStoreUnavailable
 from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, header_limit_error
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, ServiceMetrics, add_ops_routes
+from yarl import URL
 
+from .egress import (
+    CONNECTING,
+    NOT_ALLOWLISTED,
+    OPENED_BY_ALLOW_PRIVATE,
+    REASONS,
+    EgressPolicy,
+    TargetConnect,
+    normalize_host,
+    target_connector,
+)
 from .headers import (
     HeaderError,
     HeliconeHeaders,
@@ -29,10 +40,10 @@ from .headers import (
     forward_response_headers,
     parse_helicone_headers,
 )
-from .providers import Route, RoutingError, route
 from .journal import Journal
+from .providers import Route, route
 from .publisher import EventPublisher
-from .settings import GatewaySettings
+from .settings import GatewaySettings, env_name
 from .usage import decode_body, parse_response, request_model
 
 log = logging.getLogger("helicone.gateway")
@@ -43,6 +54,8 @@ CLIENT_CLOSED_STATUS = 499
 # Connection failures that, on a connection reused from the pool and before any response byte,
 # mean the provider had already closed it: the request is sent once more on a new connection.
 STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+ALLOWLIST_ENV = env_name("target_url_allowlist")
+ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
 
 
 class ClientGone(Exception):
@@ -79,6 +92,16 @@ async def _on_connection_reused(_session, ctx, _params) -> None:
     ctx.trace_request_ctx.reused = True
 
 
+class TargetDest:
+    """Where a Helicone-Target-URL request goes: the URL object aiohttp is given (so the host checked
+    is the host it connects to) and its normalized host and port."""
+
+    __slots__ = ("host", "port", "url")
+
+    def __init__(self, url: URL, host: str, port: int) -> None:
+        self.url, self.host, self.port = url, host, port
+
+
 class Capture:
     """Keeps up to `limit` bytes of a body for the log, counting the rest."""
 
@@ -113,7 +136,9 @@ class Gateway:
         self.costs = (
             CostRegistry.from_file(settings.cost_registry_file) if settings.cost_registry_file else CostRegistry.default()
         )
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # configured providers
+        self.target_session: aiohttp.ClientSession | None = None  # Helicone-Target-URL traffic, egress-checked
+        self.egress = EgressPolicy(settings.target_url_allowlist, settings.target_url_allow_private)
         self.keys = KeyDirectory(
             settings.postgres_dsn.get_secret_value(), settings.resolved_key_snapshot_file("gateway"), metrics,
             resync_interval=settings.key_resync_interval,
@@ -151,32 +176,42 @@ class Gateway:
         self.m_retries = metrics.counter(
             "helicone_gateway_upstream_retries_total", "Requests sent again after a pooled connection turned out closed", ("provider",)
         )
+        self.m_target_refused = metrics.counter(
+            "helicone_gateway_target_refused_total", "Helicone-Target-URL requests refused by the egress policy", ("reason",)
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         reuse = aiohttp.TraceConfig()
         reuse.on_connection_reuseconn.append(_on_connection_reused)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_upstream_connections, limit_per_host=0, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout),
-            auto_decompress=False,  # bytes go back to the caller exactly as the provider sent them
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # forward only what the caller sent
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            trace_configs=[reuse],
-        )
+        connector_options = dict(limit=s.max_upstream_connections, limit_per_host=0, ttl_dns_cache=300)
+
+        def session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout),
+                auto_decompress=False,  # bytes go back to the caller exactly as the provider sent them
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # forward only what the caller sent
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,  # no proxy from the environment: the egress check must see the real peer
+                trace_configs=[reuse],
+            )
+
+        self.session = session(aiohttp.TCPConnector(**connector_options))
+        self.target_session = session(target_connector(self.egress, **connector_options))
         await self.publisher.start()
         await self.keys.start()
 
     async def stop(self) -> None:
         await self.keys.stop()
         await self.publisher.stop()
-        if self.session:
-            await self.session.close()
+        for session in (self.session, self.target_session):
+            if session:
+                await session.close()
 
     async def ready(self) -> dict[str, bool]:
-        return {"http_client": self.session is not None, "key_store": self.keys.loaded}
+        return {"http_client": self.session is not None and self.target_session is not None, "key_store": self.keys.loaded}
 
     # ---- auth ------------------------------------------------------------------------
     def org_for(self, key: str) -> str:
@@ -224,11 +259,13 @@ class Gateway:
         req_ctype = header_map.get("content-type", "")
         rt = Route(provider="unknown", base_url="", path=path)
         body = b""
+        query = scope.get("query_string") or b""
+        target: TargetDest | None = None
         try:
-            try:
-                rt = route(self.settings, path, header_map, hh.target_url)
-            except RoutingError as exc:
-                raise Rejection(400, str(exc), "helicone_routing_error") from None
+            rt = route(self.settings, path, header_map, hh.target_url)
+            url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
+            if rt.target:
+                target = self._target(url)  # refused before the body is read
             body = await self._read_body(receive, header_map.get("content-length"))
         except ClientGone:
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -238,12 +275,16 @@ class Gateway:
                       r.status, "", b"", "", False, -1, error=r.message)
             return await send_error(send, r.status, r.message, r.kind, request_id, r.headers)
 
-        query = scope.get("query_string") or b""
-        url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
         # after the request body, receive() only ever reports the caller going away
         disconnected = asyncio.ensure_future(receive())
         try:
-            upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers), body, disconnected)
+            upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers), body, disconnected,
+                                                 target)
+        except Rejection as r:  # every address of the Target-URL host was refused at connect time
+            disconnected.cancel()
+            self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
+                      r.status, "", b"", "", False, -1, error=r.message)
+            return await send_error(send, r.status, r.message, r.kind, request_id, r.headers)
         except ClientGone:
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -314,16 +355,58 @@ class Gateway:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error)
 
+    def _target(self, url: str) -> TargetDest:
+        """The checked destination of a Target-URL request; raises Rejection (403) if the egress
+        policy refuses its host and port, or its address when the host is an IP literal."""
+        try:
+            parsed = URL(url)  # the same object is handed to aiohttp: no second reading of the host
+            if not parsed.raw_host:
+                raise ValueError("no host")
+        except ValueError as exc:
+            raise Rejection(400, f"Helicone-Target-URL plus the request path is not a valid URL ({exc})",
+                            "helicone_header_error") from None
+        host = normalize_host(parsed.raw_host)
+        port = parsed.port or 0
+        reason = self.egress.refusal(host, port)
+        if reason:
+            raise self._target_refused(reason, host, port, literal=True)
+        return TargetDest(parsed, host, port)
+
+    def _target_refused(self, reason: str, host: str, port: int, literal: bool) -> Rejection:
+        self.m_target_refused.labels(reason).inc()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if reason == NOT_ALLOWLISTED:
+            message = f"Helicone-Target-URL {where} is not in this gateway's {ALLOWLIST_ENV}"
+        else:
+            message = (f"Helicone-Target-URL {where} is refused: it {'is' if literal else 'resolves to'} {REASONS[reason]}. "
+                       f"The gateway's operator can open this host with {ALLOWLIST_ENV} (host or host:port entries)")
+            if reason in OPENED_BY_ALLOW_PRIVATE:
+                message += f", or all private ranges with {ALLOW_PRIVATE_ENV}=true"
+        return Rejection(403, message, "helicone_target_refused")
+
     async def _send_upstream(self, rt: Route, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
-                             disconnected: asyncio.Future) -> aiohttp.ClientResponse:
+                             disconnected: asyncio.Future, target: TargetDest | None = None) -> aiohttp.ClientResponse:
         """The provider's response (headers read); raises ClientGone as soon as the caller leaves,
         cancelling the upstream request. A request that fails on a connection reused from the pool
-        before any response byte is sent once more on a fresh connection."""
-        assert self.session is not None
+        before any response byte is sent once more on a fresh connection. Target-URL requests go
+        through the egress-checked session; Rejection (403) if every address was refused."""
+        assert self.session is not None and self.target_session is not None
+        session = self.session if target is None else self.target_session
         for attempt_no in (1, 2):
             attempt = _Attempt()
-            pending = asyncio.ensure_future(self.session.request(
-                method, url, headers=headers, data=body, allow_redirects=False, trace_request_ctx=attempt))
+            connecting = None
+            if target is None:
+                pending = asyncio.ensure_future(session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False, trace_request_ctx=attempt))
+            else:
+                # the task copies the context: the connector's socket factory finds the host there
+                connecting = TargetConnect(target.host, target.port)
+                token = CONNECTING.set(connecting)
+                try:
+                    pending = asyncio.ensure_future(session.request(
+                        method, target.url, headers=headers, data=body, allow_redirects=False, trace_request_ctx=attempt))
+                finally:
+                    CONNECTING.reset(token)
             cancel = lambda _f, pending=pending: pending.cancel()  # noqa: E731
             disconnected.add_done_callback(cancel)
             try:
@@ -334,6 +417,8 @@ class Gateway:
                     raise ClientGone() from None
                 raise
             except STALE_CONNECTION_ERRORS:
+                if connecting is not None and connecting.refused and not connecting.opened:
+                    raise self._target_refused(connecting.refused, target.host, target.port, literal=False) from None
                 if attempt_no == 2 or not attempt.reused:
                     raise
                 self.m_retries.labels(rt.provider).inc()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+
+from yarl import URL
+
+from .egress import noncanonical_ipv4
 
 HOP_BY_HOP = frozenset(
     {
@@ -77,12 +80,7 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             if not out.auth_key:
                 raise HeaderError("Helicone-Auth must be 'Bearer <your Helicone API key>'")
         elif name == "helicone-target-url":
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise HeaderError("Helicone-Target-URL must be an absolute http(s) URL")
-            if parts.username or parts.password:
-                raise HeaderError("Helicone-Target-URL must not contain credentials")
-            out.target_url = value.rstrip("/")
+            out.target_url = _target_url(value)
         elif name == "helicone-request-id":
             import uuid
 
@@ -106,6 +104,22 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
                 raise HeaderError(f"at most {MAX_PROPERTIES} Helicone-Property-* headers are allowed")
             out.properties[key] = _bounded(name, value, 4096)
     return out
+
+
+def _target_url(value: str) -> str:
+    # parsed with yarl, as aiohttp parses the URL it connects to: one reading of the host everywhere
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise HeaderError(f"Helicone-Target-URL is not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise HeaderError("Helicone-Target-URL must be an absolute http(s) URL")
+    if url.raw_user or url.raw_password:
+        raise HeaderError("Helicone-Target-URL must not contain credentials")
+    if noncanonical_ipv4(url.raw_host):
+        raise HeaderError(f"Helicone-Target-URL host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
+                          "write it as four decimal numbers a.b.c.d")
+    return value.rstrip("/")
 
 
 def _bounded(name: str, value: str, limit: int) -> str:

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from .settings import GatewaySettings
-
-
-class RoutingError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -17,6 +12,7 @@ class Route:
     provider: str  # openai or anthropic: decides how usage is read from the response
     base_url: str  # scheme://host[:port][/prefix], no trailing slash
     path: str  # path sent upstream, starting with /
+    target: bool = False  # base_url came from Helicone-Target-URL (egress-checked, see egress.py)
 
 
 PREFIXES = {"/openai": "openai", "/anthropic": "anthropic"}
@@ -27,7 +23,8 @@ def route(settings: GatewaySettings, path: str, headers: dict[str, str], target_
 
     /openai/... and /anthropic/... choose the provider explicitly; otherwise /v1/messages (or an
     anthropic-version header) means Anthropic and anything else OpenAI. Helicone-Target-URL
-    replaces the provider's base URL, keeping the provider detection for usage parsing.
+    replaces the provider's base URL, keeping the provider detection for usage parsing (where it
+    may go is checked by the gateway's egress policy, not here).
     """
     provider = ""
     for prefix, name in PREFIXES.items():
@@ -40,11 +37,6 @@ def route(settings: GatewaySettings, path: str, headers: dict[str, str], target_
         else:
             provider = "openai"
     if target_url:
-        host = (urlsplit(target_url).hostname or "").lower()
-        allow = [h.lower() for h in settings.target_url_allowlist]
-        if allow and host not in allow:
-            raise RoutingError(f"Helicone-Target-URL host {host!r} is not allowed by this gateway")
-        base = target_url
-    else:
-        base = settings.anthropic_url if provider == "anthropic" else settings.openai_url
+        return Route(provider=provider, base_url=target_url.rstrip("/"), path=path, target=True)
+    base = settings.anthropic_url if provider == "anthropic" else settings.openai_url
     return Route(provider=provider, base_url=base.rstrip("/"), path=path)

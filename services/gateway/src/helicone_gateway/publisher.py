@@ -297,6 +297,11 @@ class EventPublisher:
                     backoff = 0.5
                     self._resend.set()
                 except Exception as exc:  # noqa: BLE001 - broker unreachable
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # stop() cancelled us mid-connect and asyncio.wait_for (3.11) turned the
+                        # cancellation into the connect error: without this, stop() waits forever
+                        raise asyncio.CancelledError() from exc
                     hint = " (a broker without idempotent producers needs HELICONE_KAFKA_IDEMPOTENT_PRODUCER=false)" if (
                         self.idempotent and isinstance(exc, KafkaError) and not isinstance(exc, KafkaConnectionError)
                     ) else ""

@@ -1,17 +1,26 @@
+"""Gateway settings (environment: HELICONE_<FIELD>)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from helicone_core.settings import ServiceSettings
-from pydantic import Field
+from pydantic import Field, field_validator
+
+from .egress import parse_allowlist_entry
 
 
 class GatewaySettings(ServiceSettings):
     port: int = 8787
     openai_url: str = "https://api.openai.com"
     anthropic_url: str = "https://api.anthropic.com"
-    # Hosts Helicone-Target-URL may point at; empty means any host.
+    # Helicone-Target-URL: `host`, `host:port`, `[v6]:port` entries the caller may target, whatever
+    # their address (how a self-hosted model on a private or loopback address is opened). Empty (or
+    # an entry `*`) lets any other host through too, but only to public addresses (see egress.py).
     target_url_allowlist: list[str] = []
+    # Also let any Target-URL reach private ranges (RFC 1918, 100.64/10, fc00::/7); loopback,
+    # link-local, unspecified and cloud metadata addresses still need an allowlist entry.
+    target_url_allow_private: bool = False
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0  # longest silence allowed between response bytes
     max_upstream_connections: int = 1000
@@ -35,3 +44,18 @@ class GatewaySettings(ServiceSettings):
 
     def resolved_journal_dir(self) -> Path:
         return self.journal_dir or (self.data_dir / "journal")
+
+    @field_validator("target_url_allowlist")
+    @classmethod
+    def _allowlist_entries(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_allowlist_entry(entry)  # raises ValueError naming the entry and the accepted forms
+        return entries
+
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a GatewaySettings field (for error messages)."""
+    if field not in GatewaySettings.model_fields:
+        raise KeyError(field)
+    return (GatewaySettings.model_config["env_prefix"] + field).upper()
