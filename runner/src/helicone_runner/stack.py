@@ -31,6 +31,7 @@ class Running:
     name: str
     urls: dict[str, str]
     stop: Any
+    service: Any = None  # the service object (Gateway, IngestService, ...) for the runner's supervision
 
 
 async def _serve(app, host: str, port: int) -> _Server:
@@ -84,7 +85,7 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
                     await _shutdown(ops)
                     await svc.stop()
 
-                running.append(Running(name, {"ops": f"http://{s.host}:{s.port}"}, stop_ingest))
+                running.append(Running(name, {"ops": f"http://{s.host}:{s.port}"}, stop_ingest, svc))
             elif name == "api":
                 from helicone_api.app import create_app as create_api
 
@@ -95,8 +96,10 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
             elif name == "gateway":
                 from helicone_gateway.app import create_app as create_gateway
 
-                server = await _serve(create_gateway(s), s.host, s.port)
-                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server)))
+                app = create_gateway(s)
+                server = await _serve(app, s.host, s.port)
+                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
+                                       app.gateway))
     except BaseException:
         await stop_services(running)
         raise

@@ -18,7 +18,7 @@ from helicone_core import events
 from helicone_core.cost import CostRegistry
 from helicone_core.db import KeyStoreUnavailable
 from helicone_core.key_directory import KeyDirectory
-from helicone_core.metrics import ServiceMetrics, add_ops_routes
+from helicone_core.metrics import Check, ServiceMetrics, add_ops_routes, readiness
 
 from .headers import (
     HeaderError,
@@ -173,8 +173,15 @@ class Gateway:
         if self.session:
             await self.session.close()
 
-    async def ready(self) -> dict[str, bool]:
-        return {"http_client": self.session is not None, "key_store": self.keys.loaded}
+    async def ready(self) -> dict[str, Check]:
+        """Ready while it can authenticate and forward. Kafka and Postgres are optional: without
+        Kafka events wait in the spool, without Postgres keys answer from the last known set."""
+        timeout = self.settings.readiness_timeout
+        return await readiness(
+            timeout,
+            required={"http_client": self.session is not None and not self.session.closed, "key_store": self.keys.loaded},
+            optional={"kafka": self.publisher.ping(timeout), "postgres": self.keys.ping(timeout)},
+        )
 
     # ---- auth ------------------------------------------------------------------------
     def org_for(self, key: str) -> str:

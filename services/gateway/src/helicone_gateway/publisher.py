@@ -2,7 +2,8 @@
 
 submit() never blocks and never raises: the event is built and sent by a background worker.
 If Kafka cannot take an event it goes to the on-disk spool, which a replay loop drains once
-the broker answers again.
+the broker answers again. hold()/release() pause handing events to the broker (the embedded
+runner resets the broker's log in between; see helicone_runner.supervision).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from helicone_core import events
-from helicone_core.kafka import ensure_topics
+from helicone_core.kafka import ensure_topics, ping_broker
 from helicone_core.metrics import ServiceMetrics
 
 from .spool import Spool
@@ -52,7 +53,11 @@ class EventPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self._connected = asyncio.Event()
+        self._max_in_flight = max_in_flight
         self._inflight = asyncio.Semaphore(max_in_flight)
+        self._open = asyncio.Event()  # cleared while held
+        self._open.set()
+        self._replay_lock = asyncio.Lock()  # held while a replay chunk is with the broker
         self._spooling: set[asyncio.Task] = set()
 
         self.m_published = metrics.counter("helicone_gateway_events_published_total", "Log events accepted by Kafka", ("path",))
@@ -93,6 +98,27 @@ class EventPublisher:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    async def hold(self) -> None:
+        """Stops handing events to the broker; returns once every event handed over before has
+        been acknowledged or spooled. Events wait in the queue meanwhile (overflow: spool)."""
+        self._open.clear()
+        taken = 0
+        try:
+            async with self._replay_lock:  # a replay chunk under way finishes first
+                for _ in range(self._max_in_flight):  # all permits back: nothing in flight
+                    await self._inflight.acquire()
+                    taken += 1
+        finally:
+            for _ in range(taken):
+                self._inflight.release()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def ping(self, timeout: float) -> bool:
+        """A real round trip to the broker (metadata request), bounded by `timeout`."""
+        return await ping_broker(self.bootstrap, timeout)
 
     # ---- request path ----------------------------------------------------------------
     def submit(self, builder: EventBuilder) -> None:
@@ -135,7 +161,12 @@ class EventPublisher:
         if producer is None or not self.connected:
             await self._spool(data)
             return
-        await self._inflight.acquire()
+        while True:
+            await self._open.wait()
+            await self._inflight.acquire()
+            if self._open.is_set():
+                break
+            self._inflight.release()  # held while this event waited for a permit
         try:
             delivery = await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
@@ -192,7 +223,7 @@ class EventPublisher:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
-            if self.spool.count:
+            if self.spool.count and self._open.is_set():
                 await self._replay()
             await asyncio.sleep(self.replay_interval)
 
@@ -225,25 +256,32 @@ class EventPublisher:
         """Sends the spool oldest first, `chunk` events in flight at a time; a file is removed
         only after the broker acknowledged it."""
         producer = self._producer
-        while producer is not None and self.connected and self.spool.count:
-            paths = await asyncio.to_thread(self.spool.oldest, chunk)
-            if not paths:
-                return
-            sent = []
-            try:
-                for path in paths:
-                    try:
-                        data = await asyncio.to_thread(path.read_bytes)
-                    except FileNotFoundError:
-                        continue
-                    key = events.message_key(events.RequestLogged.FromString(data))
-                    sent.append((path, await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)))
-                for path, delivery in sent:
-                    await asyncio.wait_for(delivery, self.publish_timeout)
-                    await asyncio.to_thread(self.spool.remove, path)
-                    self.m_published.labels("replay").inc()
-            except Exception as exc:  # noqa: BLE001 - broker went away again: keep the rest on disk
-                self._mark_down(exc)
-                return
-            finally:
-                self._update_gauges()
+        while producer is not None and self.connected and self.spool.count and self._open.is_set():
+            async with self._replay_lock:
+                if not self._open.is_set() or not await self._replay_chunk(producer, chunk):
+                    return
+
+    async def _replay_chunk(self, producer: AIOKafkaProducer, chunk: int) -> bool:
+        """One chunk of the spool; False when there is nothing more to send now."""
+        paths = await asyncio.to_thread(self.spool.oldest, chunk)
+        if not paths:
+            return False
+        sent = []
+        try:
+            for path in paths:
+                try:
+                    data = await asyncio.to_thread(path.read_bytes)
+                except FileNotFoundError:
+                    continue
+                key = events.message_key(events.RequestLogged.FromString(data))
+                sent.append((path, await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)))
+            for path, delivery in sent:
+                await asyncio.wait_for(delivery, self.publish_timeout)
+                await asyncio.to_thread(self.spool.remove, path)
+                self.m_published.labels("replay").inc()
+        except Exception as exc:  # noqa: BLE001 - broker went away again: keep the rest on disk
+            self._mark_down(exc)
+            return False
+        finally:
+            self._update_gauges()
+        return True

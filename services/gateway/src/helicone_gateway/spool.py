@@ -1,6 +1,7 @@
 """Bounded on-disk spool for log events that could not be published to Kafka.
 
-One file per event, named so that lexical order is arrival order; written atomically.
+One file per event, named so that lexical order is arrival order; written atomically, owner-only
+(directory 0700, files 0600: events carry request and response bodies).
 When the spool is full, new events are dropped (and counted) rather than filling the disk.
 """
 
@@ -12,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from helicone_core.filemodes import open_private, private_dir
+
 SUFFIX = ".evt"
 
 
@@ -20,7 +23,7 @@ class Spool:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         for stale in self.root.glob(".tmp-*"):
             stale.unlink(missing_ok=True)
         self._bytes = sum(p.stat().st_size for p in self.root.glob("*" + SUFFIX))
@@ -44,7 +47,7 @@ class Spool:
         name = f"{time.time_ns():020d}-{secrets.token_hex(4)}{SUFFIX}"
         tmp = self.root / f".tmp-{name}"
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(open_private(tmp), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
