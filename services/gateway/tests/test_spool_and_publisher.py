@@ -104,3 +104,59 @@ async def test_events_are_keyed_by_org_and_request_id_live_and_replayed(tmp_path
     finally:
         await consumer.stop()
         await pub.stop()
+
+
+def test_spool_files_are_owner_only_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0)
+    try:
+        spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+        assert spool.write(b"event with a request body")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+    [path] = spool.oldest(1)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_hold_stops_publishing_until_release_and_returns_with_nothing_in_flight(tmp_path, kafka_bootstrap):
+    from aiokafka import AIOKafkaConsumer
+
+    topic = "hold-" + uuid.uuid4().hex[:8]
+    pub = EventPublisher(bootstrap=kafka_bootstrap, topic=topic, spool=Spool(tmp_path, 1 << 20),
+                         metrics=ServiceMetrics("gateway"), replay_interval=0.1)
+    await pub.start()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    try:
+        for _ in range(200):
+            if pub.connected:
+                break
+            await asyncio.sleep(0.05)
+        await consumer.start()
+        before = [_event() for _ in range(50)]
+        for ev in before:
+            pub.submit(lambda ev=ev: ev)
+        await pub.hold()
+        # hold() returned: what was handed to the producer is acknowledged, the rest waits queued
+        published = pub.m_published.labels("direct")._value.get()
+        assert published + pub._queue.qsize() >= 49 and pub.spool.count == 0
+        assert pub._inflight._value == pub._max_in_flight  # no send awaiting its acknowledgement
+        during = [_event() for _ in range(20)]
+        for ev in during:
+            pub.submit(lambda ev=ev: ev)
+        await asyncio.sleep(0.5)
+        assert pub.m_published.labels("direct")._value.get() == published  # nothing handed over while held
+        assert pub._queue.qsize() >= 69 - published  # the worker may hold one at the gate
+        pub.release()
+        got: set[str] = set()
+        for _ in range(100):
+            batch = await consumer.getmany(timeout_ms=200)
+            got |= {events.decode(m.value).request_id for msgs in batch.values() for m in msgs}
+            if len(got) == 70:
+                break
+        assert got == {ev.request_id for ev in before + during}
+    finally:
+        await consumer.stop()
+        await pub.stop()
