@@ -13,7 +13,7 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from helicone_core.kafka import ensure_topics
-from helicone_runner.embedded import EmbeddedKafka, PidFile, alive, cmdline
+from helicone_runner.embedded import DataDirLock, EmbeddedKafka, PidFile, alive, cmdline
 from helicone_runner.settings import EmbeddedBrokerSettings
 from helicone_runner.supervision import BrokerSupervisor
 
@@ -211,3 +211,16 @@ def test_pid_file_kills_only_the_process_it_recorded(tmp_path):
         for proc in (ours, stranger):
             proc.kill()
             proc.wait()
+
+
+def test_one_runner_per_data_dir(tmp_path):
+    first = DataDirLock(tmp_path)
+    first.acquire()
+    try:
+        with pytest.raises(RuntimeError, match=f"used by another `helicone-stack up` \\(pid {os.getpid()}\\)"):
+            DataDirLock(tmp_path).acquire()
+    finally:
+        first.release()
+    again = DataDirLock(tmp_path)
+    again.acquire()  # released: free again (the kernel also releases it when the runner dies)
+    again.release()

@@ -14,6 +14,7 @@ import uuid
 
 import httpx
 import pytest
+from helicone_runner.embedded import alive
 
 from tests.faults.conftest import assert_exactly_once
 from tests.support.load import SteadyLoad, wait_logged
@@ -29,15 +30,6 @@ def stack(tmp_path_factory):
            "HELICONE_EMBEDDED_BROKER_RECYCLE_CHECK_INTERVAL": "1"}
     with running_stack(tmp_path_factory.mktemp("supervised"), s3=False, embedded_broker=True, extra_env=env) as s:
         yield s
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie (an orphan killed by its parent's death waits for pid 1 to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def wait_until(predicate, timeout: float, what: str):
