@@ -37,6 +37,11 @@ def test_broker_down_users_get_answers_and_events_arrive_later(stack):
                 break
             time.sleep(0.2)
         assert unacked >= 5
+        # readiness says so: the gateway keeps serving (Kafka optional), ingest cannot work without it
+        gateway_ready = httpx.get(f"{stack.gateway}/readyz", timeout=10)
+        assert gateway_ready.status_code == 200 and gateway_ready.json()["checks"]["kafka"] == {"ok": False, "required": False}
+        ingest_ready = httpx.get(f"{stack.ingest_ops}/readyz", timeout=10)
+        assert ingest_ready.status_code == 503 and ingest_ready.json()["checks"]["kafka"] == {"ok": False, "required": True}
     finally:
         stack.kafka.start()  # same port; a fresh, empty in-memory broker
     for rid in ids:

@@ -33,7 +33,8 @@ def test_postgres_outage_keeps_auth_closed_and_loses_nothing(fresh_db_dsn, tmp_p
                 time.sleep(2)
             result = load.stop()
             assert forged.status_code == 401 and forged.headers["helicone-id"]
-            assert ready.json()["checks"]["key_store"] is True  # answering from its key set
+            assert ready.json()["checks"]["key_store"] == {"ok": True, "required": True}  # answering from its key set
+            assert ready.status_code == 200 and ready.json()["checks"]["postgres"]["ok"] is False  # optional, reported
             logged = wait_logged(stack.api, stack.key, run, set(result.sent))
             assert_exactly_once(result, logged)
             assert len(result.sent) > 200

@@ -1,8 +1,9 @@
 """Launches the real stack as a user would (`helicone-stack up`), for e2e tests and benchmarks.
 
 Processes: the fake OpenAI/Anthropic upstream, optionally a moto S3 endpoint, a Tansu broker
-(started here, not by the runner, so callers can stop and restart it), and the runner with
-everything else embedded (PostgreSQL, chDB).
+(started here, not by the runner, so callers can stop and restart it; with `embedded_broker`
+the runner starts and supervises its own), and the runner with everything else embedded
+(PostgreSQL, chDB).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helicone_runner.embedded import EmbeddedKafka, terminate
+from helicone_runner.embedded import BROKER_PID_FILE, EmbeddedKafka, terminate
 
 from tests.support.net import free_port
 
@@ -35,7 +36,8 @@ class Stack:
     prompts_grpc: str
     upstream: str
     s3: str | None
-    kafka: EmbeddedKafka
+    kafka: EmbeddedKafka | None  # None when the runner runs its own broker (embedded_broker=True)
+    kafka_bootstrap: str
     key: str
     org_id: str
     log_path: Path
@@ -57,6 +59,16 @@ class Stack:
     def stop_runner(self) -> None:
         """SIGTERM `helicone-stack up` and wait for its graceful stop."""
         _stop(self._runner())
+
+    def runner_pid(self) -> int:
+        return self._runner().pid
+
+    def broker_pid(self) -> int | None:
+        """The runner's own broker (embedded_broker=True), from the pid file it keeps."""
+        try:
+            return json.loads((self.data_dir / BROKER_PID_FILE).read_text())["pid"]
+        except (OSError, ValueError):
+            return None
 
     def api_client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.key}"}, timeout=10)
@@ -109,9 +121,10 @@ def _create_key(dsn: str) -> dict:
 
 @contextlib.contextmanager
 def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None,
-                  postgres_dsn: str | None = None) -> Iterator[Stack]:
+                  postgres_dsn: str | None = None, embedded_broker: bool = False) -> Iterator[Stack]:
     """The whole stack; with `postgres_dsn`, on that Postgres (e.g. behind a fault proxy) instead of
-    the runner's embedded one, with a key created here."""
+    the runner's embedded one, with a key created here; with `embedded_broker`, on the broker the
+    runner starts and supervises itself."""
     ports = {name: free_port() for name in ("gateway", "api", "ingest", "prompts", "grpc", "kafka", "upstream", "s3")}
     procs: list[subprocess.Popen] = []
     runner_slot: list[subprocess.Popen] = []
@@ -131,7 +144,8 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             )
             procs.append(moto)
             _wait_http(s3_url + "/", 30, moto)
-        kafka.start()
+        if not embedded_broker:
+            kafka.start()
         _wait_http(upstream_url + "/_received", 30, upstream)
 
         env = dict(os.environ)
@@ -145,7 +159,8 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
         env.update(extra_env or {})
         log_path = tmp / "stack.log"
         data_dir = tmp / "data"
-        cmd = [sys.executable, "-m", "helicone_runner", "up", "--data-dir", str(data_dir), "--kafka", kafka.bootstrap,
+        broker_args = ["--kafka-port", str(ports["kafka"])] if embedded_broker else ["--kafka", kafka.bootstrap]
+        cmd = [sys.executable, "-m", "helicone_runner", "up", "--data-dir", str(data_dir), *broker_args,
                "--openai-url", upstream_url, "--anthropic-url", upstream_url,
                "--gateway-port", str(ports["gateway"]), "--api-port", str(ports["api"]), "--ingest-port", str(ports["ingest"]),
                "--prompts-port", str(ports["prompts"]), "--prompts-grpc-port", str(ports["grpc"])]
@@ -174,7 +189,8 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
         yield Stack(
             gateway=f"http://127.0.0.1:{ports['gateway']}", api=f"http://127.0.0.1:{ports['api']}",
             ingest_ops=f"http://127.0.0.1:{ports['ingest']}", prompts_ops=f"http://127.0.0.1:{ports['prompts']}",
-            prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url, kafka=kafka,
+            prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url,
+            kafka=None if embedded_broker else kafka, kafka_bootstrap=kafka.bootstrap,
             key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup,
             _launch=launch, _runner=lambda: runner_slot[-1],
         )

@@ -18,10 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from helicone_core.filemodes import write_private
 from helicone_core.logging import configure_logging
 
-from .embedded import EmbeddedKafka, EmbeddedPostgres
-from .stack import SERVICES, start_services, stop_services
+from .embedded import BROKER_PID_FILE, DataDirLock, EmbeddedKafka, EmbeddedPostgres, secure_data_dir
+from .settings import EmbeddedBrokerSettings
+from .stack import SERVICES, Running, start_services, stop_services
+from .supervision import BrokerSupervisor
 
 log = logging.getLogger("helicone.runner")
 BOOTSTRAP_FILE = "bootstrap-key.json"
@@ -101,9 +104,7 @@ async def _bootstrap_key(dsn: str, data_dir: Path) -> dict:
         org = await db.create_org(pool, "default")
         created = await db.create_key(pool, org, "bootstrap")
         saved = {"org_id": created.org_id, "key": created.key}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(saved, f)
+        write_private(path, json.dumps(saved).encode())
         return saved
     finally:
         await pool.close()
@@ -141,11 +142,30 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
     }
 
 
+def _broker_supervisor(kafka: EmbeddedKafka, settings: dict, running: list[Running]) -> BrokerSupervisor:
+    """Restarts the embedded broker; recycles its request-log topic only when every producer and
+    consumer of that topic runs in this process (see supervision.py)."""
+    services = {r.name: r.service for r in running}
+    gateway, ingest = services.get("gateway"), services.get("ingest")
+    recycle = gateway is not None and ingest is not None
+    if not recycle:
+        log.info("embedded broker: topic recycling is off (it needs this process's gateway and ingest); "
+                 "the broker's memory grows with every event")
+    s = settings["ingest"]
+    return BrokerSupervisor(
+        kafka, EmbeddedBrokerSettings(), topics=[s.kafka_topic, s.kafka_dlq_topic], partitions=s.kafka_topic_partitions,
+        recycled_topic=s.kafka_topic, consumer_group=s.consumer_group,
+        producers=[gateway.publisher] if gateway else [], consumers=[ingest] if ingest else [], recycle=recycle,
+    )
+
+
 async def run_up(args) -> int:
     t0 = time.monotonic()
     args.data_dir = args.data_dir.resolve()
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    pg = kafka = None
+    secure_data_dir(args.data_dir, postgres=not args.postgres_dsn)
+    lock = DataDirLock(args.data_dir)
+    lock.acquire()  # before anything else: what the data dir's pid files name is now a leftover
+    pg = kafka = supervisor = None
     running = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -158,12 +178,16 @@ async def run_up(args) -> int:
             dsn = await asyncio.to_thread(pg.start)
         bootstrap = args.kafka
         if not bootstrap:
-            kafka = EmbeddedKafka(args.host, args.kafka_port, args.data_dir / "logs" / "kafka.log")
-            bootstrap = await asyncio.to_thread(kafka.start)
+            kafka = EmbeddedKafka(args.host, args.kafka_port, args.data_dir / "logs" / "kafka.log", args.data_dir / BROKER_PID_FILE)
+            bootstrap = await kafka.start_async()  # spawned from this thread, the main one: see embedded.py
         # A first key for a fresh embedded installation; with an external Postgres, keys are
         # created deliberately (`helicone-stack keys create --postgres-dsn ...`).
         key = await _bootstrap_key(dsn, args.data_dir) if pg else None
-        running = await start_services(args.target, _settings(args, dsn, bootstrap))
+        settings = _settings(args, dsn, bootstrap)
+        running = await start_services(args.target, settings)
+        if kafka:
+            supervisor = _broker_supervisor(kafka, settings, running)
+            supervisor.start()
         lines = [f"helicone stack ready in {time.monotonic() - t0:.1f}s (data: {args.data_dir})"]
         for r in running:
             lines.append(f"  {r.name:8s} " + "  ".join(f"{k}={v}" for k, v in r.urls.items()))
@@ -177,11 +201,17 @@ async def run_up(args) -> int:
         print("stopping...", flush=True)
         return 0
     finally:
+        # Stop order: supervision first (a broker being stopped is not a crash), then the services
+        # (reverse start order: the gateway first, so what it still holds reaches the broker),
+        # then the broker, then Postgres, then the data dir lock.
+        if supervisor:
+            await supervisor.stop()
         await stop_services(running)
         if kafka:
             kafka.stop()
         if pg:
             pg.stop()
+        lock.release()
 
 
 async def run_keys(args) -> int:

@@ -32,6 +32,7 @@ class Running:
     name: str
     urls: dict[str, str]
     stop: Any
+    service: Any = None  # the service object (Gateway, IngestService, ...) for the runner's supervision
 
 
 async def _serve(app, settings) -> _Server:
@@ -87,7 +88,7 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
                     await _shutdown(ops)
                     await svc.stop()
 
-                running.append(Running(name, {"ops": f"http://{s.host}:{s.port}"}, stop_ingest))
+                running.append(Running(name, {"ops": f"http://{s.host}:{s.port}"}, stop_ingest, svc))
             elif name == "api":
                 from helicone_api.app import create_app as create_api
 
@@ -98,8 +99,10 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
             elif name == "gateway":
                 from helicone_gateway.app import create_app as create_gateway
 
-                server = await _serve(create_gateway(s), s)
-                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server)))
+                app = create_gateway(s)
+                server = await _serve(app, s)
+                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
+                                       app.gateway))
     except BaseException:
         await stop_services(running)
         raise

@@ -215,3 +215,48 @@ async def test_ops_endpoints(api):
     client, *_ = api
     assert (await client.get("/readyz")).json()["ready"] is True
     assert "helicone_api_queries_total" in (await client.get("/metrics")).text
+
+
+async def test_readiness_reports_postgres_and_clickhouse_as_they_are(tmp_path, fresh_db_dsn, clickhouse_http_url):
+    """Each check is a real round trip with a short timeout: a cut connection shows within it."""
+    import time
+    import urllib.parse
+    import uuid
+
+    from tests.support.fault_proxy import FaultProxy, postgres_proxy
+
+    pg_proxy, dsn = await postgres_proxy(fresh_db_dsn)
+    ch = urllib.parse.urlsplit(clickhouse_http_url)
+    ch_proxy = await FaultProxy(ch.hostname, ch.port).start()
+    settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=dsn, analytics_backend="clickhouse",
+                           clickhouse_url=f"http://127.0.0.1:{ch_proxy.port}", clickhouse_database="t_" + uuid.uuid4().hex[:10],
+                           readiness_timeout=0.5, _env_file=None)
+    app = create_app(settings)
+    state = app.state.api
+    await state.start()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    try:
+        async def readyz() -> tuple[int, dict[str, bool]]:
+            r = await client.get("/readyz")
+            checks = r.json()["checks"]
+            assert all(c["required"] for c in checks.values())
+            return r.status_code, {name: c["ok"] for name, c in checks.items()}
+
+        assert await readyz() == (200, {"postgres": True, "analytics": True, "bodies": True, "key_store": True})
+        pg_proxy.cut()
+        started = time.monotonic()
+        assert await readyz() == (503, {"postgres": False, "analytics": True, "bodies": True, "key_store": True})
+        assert time.monotonic() - started < 2
+        pg_proxy.restore()
+        ch_proxy.cut()
+        status, checks = await readyz()
+        assert status == 503 and checks["analytics"] is False and checks["postgres"] is True
+        ch_proxy.restore()
+        assert (await readyz())[0] == 200
+    finally:
+        await client.aclose()
+        pg_proxy.restore()
+        ch_proxy.restore()
+        await state.stop()
+        await pg_proxy.stop()
+        await ch_proxy.stop()

@@ -58,11 +58,11 @@ async def test_auth_never_fails_open_through_a_postgres_outage_and_a_restart(pg_
             async with real_gateway(tmp_path, dsn, upstream) as (status, gw):
                 assert not gw.keys.live
                 assert await status(known.key) == 200 and await status("sk-helicone-unknown") == 401
-                assert (await gw.ready())["key_store"] is True
+                assert (await gw.ready())["key_store"].ok is True
             # a fresh gateway with no snapshot and no Postgres: closed
             async with real_gateway(tmp_path / "fresh", dsn, upstream) as (status, gw):
                 assert await status(known.key) == 503 and await status("sk-helicone-unknown") == 503
-                assert (await gw.ready())["key_store"] is False
+                assert (await gw.ready())["key_store"].ok is False
                 forwarded_during_outage = len(fake.state.received)
                 proxy.restore()
                 t0 = time.monotonic()

@@ -288,3 +288,55 @@ async def test_offsets_checked_against_the_real_broker(tmp_path, kafka_bootstrap
         assert got[tp].offset == -1  # nobody committed yet
     finally:
         await pub.stop()
+
+
+async def test_hold_stops_sending_until_release_and_returns_with_nothing_in_flight(tmp_path, kafka_bootstrap):
+    topic = "hold-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        before = [_event() for _ in range(50)]
+        for ev in before:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: pub.journal.record_count == 50)
+        await pub.hold()
+        # hold() returned: everything handed to the producer is acknowledged or back to unsent
+        assert pub._inflight._value == pub._max_in_flight
+        direct = _sample(metrics, "helicone_gateway_events_published_total", {"path": "direct"})
+        during = [_event() for _ in range(20)]
+        for ev in during:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: pub.journal.record_count == 70)
+        await asyncio.sleep(0.5)
+        published = sum(_sample(metrics, "helicone_gateway_events_published_total", {"path": p}) for p in ("direct", "resend"))
+        assert published == direct  # nothing handed over while held: the 20 wait in the journal
+        assert pub.journal.unacked_count() == 70 - direct
+        pub.release()
+        got = await _consume(kafka_bootstrap, topic, 70)
+        assert set(got.values()) == {ev.request_id for ev in before + during}
+    finally:
+        await pub.stop()
+
+
+async def test_committed_to_end_trims_what_was_acknowledged_before_the_hold(tmp_path, kafka_bootstrap):
+    topic = "hold-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        for _ in range(10):
+            pub.submit(_event)
+        await _until(lambda: pub.journal.record_count == 10 and pub.journal.unacked_count() == 0)
+        await pub.hold()
+        waiting = _event()
+        pub.submit(lambda: waiting)
+        await _until(lambda: pub.journal.record_count == 11)
+        await pub.committed_to_end()
+        assert [events.decode(data).request_id for _, data in pub.journal.iter_all()] == [waiting.request_id]
+        await pub.log_reset()
+        pub.release()
+        got = await _consume(kafka_bootstrap, topic, 11)
+        assert waiting.request_id in got.values()
+    finally:
+        await pub.stop()

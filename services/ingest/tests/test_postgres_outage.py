@@ -86,7 +86,7 @@ async def test_ingest_starts_and_writes_while_postgres_is_down_then_catches_up(t
     svc = IngestService(settings(tmp_path, dsn, kafka_bootstrap, topic))
     try:
         await asyncio.wait_for(svc.start(), 60)
-        assert (await svc.ready())["postgres"] is False
+        assert (await svc.ready())["postgres"].ok is False
         evs = make_events(40)
         await produce(kafka_bootstrap, topic, evs)
 
@@ -105,12 +105,12 @@ async def test_ingest_starts_and_writes_while_postgres_is_down_then_catches_up(t
         async def metadata_written():
             return await users_in_postgres(fresh_db_dsn) == 40
         await eventually(metadata_written)
-        assert (await svc.ready())["postgres"] is True
+        assert (await svc.ready())["postgres"].ok is True
         assert registry.get_sample_value("helicone_ingest_metadata_pending_keys") == 0
 
         proxy.cut()  # connected, then gone again: readiness pings the server, it does not trust the pool
         started = time.monotonic()
-        assert (await svc.ready())["postgres"] is False
+        assert (await svc.ready())["postgres"].ok is False
         assert time.monotonic() - started < 2
     finally:
         await svc.stop()

@@ -65,6 +65,7 @@ class FakeConsumer:
         self._acked_index = {self.tp: {position - 1}}
         self._gap = {self.tp: object()}
         self.seeks = []
+        self.commits = []
 
     def assignment(self):
         return {self.tp}
@@ -81,6 +82,10 @@ class FakeConsumer:
     async def seek(self, tp, offset):
         self.seeks.append(offset)
         self.pos = offset
+
+    async def _commit(self, offsets):
+        self.commits.append(dict(offsets))
+        return True
 
 
 class FakeFaust:
@@ -109,5 +114,6 @@ async def test_offset_guard_rewinds_only_a_position_stuck_past_the_log_end(tmp_p
     assert stuck.seeks == []  # first sighting only
     await svc._rewind_past_end()
     assert stuck.seeks == [0]
-    assert stuck._committed_offset[stuck.tp] is None and stuck.tp not in stuck._acked and stuck.tp not in stuck._gap
+    assert stuck.commits == [{stuck.tp: 0}]  # the group's offset too, or a rebalance would seek past the start again
+    assert stuck._committed_offset[stuck.tp] == 0 and stuck.tp not in stuck._acked and stuck.tp not in stuck._gap
     assert svc.metrics.registry.get_sample_value("helicone_ingest_offset_rewinds_total") == 1

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from .filemodes import private_dir
 from .settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class _ChdbHandle:
     def __init__(self, path: Path) -> None:
         from chdb import session as chs
 
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         self.session = self.executor.submit(chs.Session, str(path)).result()
         self.refs = 0

@@ -1,4 +1,5 @@
-"""Object store for request/response bodies: a local directory (embedded mode) or S3."""
+"""Object store for request/response bodies: a local directory (embedded mode; owner-only,
+directories 0700 and files 0600) or S3."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from .filemodes import PRIVATE_FILE_MODE, private_dir
 from .settings import CommonSettings
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
@@ -33,19 +35,21 @@ class LocalBodyStore:
         self.root = Path(root).resolve()
 
     async def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(private_dir, self.root)
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
     def _write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             # atomic (rename) but not fsynced: like chDB's own writes in embedded mode, a body
             # survives a process crash, not a power loss; production stores bodies in S3
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(fd, PRIVATE_FILE_MODE)  # mkstemp asks for 0600; an odd umask may take bits away
                 f.write(data)
             os.replace(tmp, path)
         except BaseException:

@@ -99,6 +99,11 @@ async def connect_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> async
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
 
 
+async def ping(pool: asyncpg.Pool | None) -> bool:
+    """A real round trip (a pool object says nothing about the server); the caller bounds the time."""
+    return pool is not None and await pool.fetchval("SELECT 1") == 1
+
+
 async def migrate(pool: asyncpg.Pool) -> int:
     """Applies pending migrations under an advisory lock; returns the schema version."""
     async with pool.acquire() as conn:

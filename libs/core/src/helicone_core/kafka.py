@@ -21,3 +21,18 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
                 await admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing])
     finally:
         await admin.close()
+
+
+async def ping_broker(bootstrap: str, timeout: float) -> bool:
+    """True if a broker of `bootstrap` answers a metadata request within `timeout` seconds."""
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        return True
+    except Exception:  # noqa: BLE001 - readiness probe: any failure means "not reachable"
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()

@@ -3,7 +3,7 @@ working through a Postgres outage and a restart, and fails closed.
 
 The copy is loaded whole from Postgres, kept current by LISTEN/NOTIFY (a trigger on `api_keys`,
 migration 4, sends `<key hash>:<org id or empty>` on every change) plus a periodic full reload, and
-saved as a snapshot file (owner-only) that a restart loads when Postgres cannot be reached.
+saved as a snapshot file (owner-only: 0600 in a 0700 directory) that a restart loads when Postgres cannot be reached.
 While Postgres is down the last known set answers: known keys keep working, unknown keys are
 refused. With neither Postgres nor a snapshot, every lookup raises KeyStoreUnavailable (the
 caller answers 503): a key is never accepted without being known.
@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from .db import KEY_CHANGES_CHANNEL, KeyStoreUnavailable, hash_key
+from .filemodes import open_private, private_dir
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,19 @@ class KeyDirectory:
 
     async def resolve(self, key: str) -> str | None:
         return self.lookup(key)
+
+    async def ping(self, timeout: float) -> bool:
+        """A real round trip to Postgres on a connection of its own, bounded by `timeout`."""
+        try:
+            conn = await asyncio.wait_for(asyncpg.connect(self.dsn, timeout=timeout), timeout)
+        except Exception:  # noqa: BLE001 - readiness probe
+            return False
+        try:
+            return await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout) == 1
+        except Exception:  # noqa: BLE001 - readiness probe
+            return False
+        finally:
+            conn.terminate()
 
     # ---- following Postgres ------------------------------------------------------------
     async def _follow(self) -> None:
@@ -183,9 +197,10 @@ class KeyDirectory:
         if self.snapshot_path is None:
             return
         path = self.snapshot_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            private_dir(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(tmp)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump({"format": SNAPSHOT_FORMAT, "saved_at": time.time(), "keys": keys}, f)

@@ -1,14 +1,55 @@
-"""Prometheus helpers: one registry per service so that services sharing a process still
-expose only their own series on their own /metrics."""
+"""Prometheus helpers (one registry per service so that services sharing a process still
+expose only their own series on their own /metrics) and the ops routes, /readyz included.
+
+/readyz answers `{"ready": bool, "checks": {name: {"ok": bool, "required": bool}}}`: 200 when
+every required check is ok, else 503. An optional check that fails (e.g. the gateway's Kafka:
+events wait in its journal) is reported but keeps the service ready. Every check is a real round
+trip bounded by the service's `readiness_timeout`, and all run concurrently.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    required: bool = True
+
+    def to_json(self) -> dict[str, bool]:
+        return {"ok": self.ok, "required": self.required}
+
+
+ReadyCheck = Callable[[], Awaitable[dict[str, Check]]]
+Probe = Awaitable[bool] | bool
+
+
+async def _probe(check: Probe, timeout: float) -> bool:
+    if isinstance(check, bool):
+        return check
+    try:
+        return bool(await asyncio.wait_for(check, timeout))
+    except Exception:  # noqa: BLE001 - a probe that fails or times out answers "not ok"
+        return False
+
+
+async def readiness(timeout: float, required: dict[str, Probe], optional: dict[str, Probe] | None = None) -> dict[str, Check]:
+    """Runs the probes (awaitables answering a bool, or a bool already known) concurrently,
+    each bounded by `timeout` seconds."""
+    named = [(name, probe, True) for name, probe in required.items()]
+    named += [(name, probe, False) for name, probe in (optional or {}).items()]
+    results = await asyncio.gather(*(_probe(probe, timeout) for _, probe, _ in named))
+    return {name: Check(ok, req) for (name, _, req), ok in zip(named, results, strict=True)}
+
+
+def is_ready(checks: dict[str, Check]) -> bool:
+    return all(c.ok for c in checks.values() if c.required)
 
 # The routes add_ops_routes serves: unauthenticated by design (cluster network only).
 OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -53,8 +94,9 @@ def add_ops_routes(app, metrics: ServiceMetrics, ready: ReadyCheck) -> None:
     @app.get("/readyz", include_in_schema=False)
     async def _readyz() -> JSONResponse:
         checks = await ready()
-        ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        ok = is_ready(checks)
+        return JSONResponse({"ready": ok, "checks": {name: c.to_json() for name, c in checks.items()}},
+                            status_code=200 if ok else 503)
 
 
 def ops_app(metrics: ServiceMetrics, ready: ReadyCheck, service=None):

@@ -21,6 +21,7 @@ class CommonSettings(BaseSettings):
 
     log_level: str = "INFO"
     data_dir: Path = Path("./.helicone-data")
+    readiness_timeout: float = Field(default=1.0, gt=0)  # seconds for each /readyz check (they run concurrently)
 
     # Kafka
     kafka_bootstrap: str = "localhost:9092"

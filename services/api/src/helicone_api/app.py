@@ -13,7 +13,7 @@ from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
 from helicone_core.key_directory import KeyDirectory
-from helicone_core.metrics import OPS_PATHS, ServiceMetrics, add_ops_routes
+from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, readiness
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
@@ -53,12 +53,13 @@ class ApiState:
         await self.analytics.close()
         await self.bodies.close()
 
-    async def ready(self) -> dict[str, bool]:
-        return {
-            "postgres": self.pool is not None,
-            "analytics": await self.analytics.ping(),
-            "bodies": await self.bodies.ping(),
-        }
+    async def ready(self) -> dict[str, Check]:
+        return await readiness(self.settings.readiness_timeout, required={
+            "postgres": db.ping(self.pool),
+            "analytics": self.analytics.ping(),
+            "bodies": self.bodies.ping(),
+            "key_store": self.keys.loaded,
+        })
 
 
 def _field(loc: tuple) -> str:

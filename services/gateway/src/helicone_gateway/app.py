@@ -19,7 +19,7 @@ from helicone_core.cost import CostRegistry
 from helicone_core.db import KeyStoreUnavailable
 from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, header_limit_error
 from helicone_core.key_directory import KeyDirectory
-from helicone_core.metrics import OPS_PATHS, ServiceMetrics, add_ops_routes
+from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, readiness
 from yarl import URL
 
 from .egress import (
@@ -210,8 +210,16 @@ class Gateway:
             if session:
                 await session.close()
 
-    async def ready(self) -> dict[str, bool]:
-        return {"http_client": self.session is not None and self.target_session is not None, "key_store": self.keys.loaded}
+    async def ready(self) -> dict[str, Check]:
+        """Ready while it can authenticate and forward. Kafka and Postgres are optional: without
+        Kafka events wait in the journal, without Postgres keys answer from the last known set."""
+        timeout = self.settings.readiness_timeout
+        sessions = (self.session, self.target_session)
+        return await readiness(
+            timeout,
+            required={"http_client": all(x is not None and not x.closed for x in sessions), "key_store": self.keys.loaded},
+            optional={"kafka": self.publisher.ping(timeout), "postgres": self.keys.ping(timeout)},
+        )
 
     # ---- auth ------------------------------------------------------------------------
     def org_for(self, key: str) -> str:

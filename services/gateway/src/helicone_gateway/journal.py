@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helicone_core.filemodes import private_dir
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"HLJ1"
@@ -35,7 +37,6 @@ SUFFIX = ".seg"
 _HEADER = struct.Struct(">II")  # payload length, crc32 of the payload
 _KEYLEN = struct.Struct(">H")
 FILE_MODE = 0o600
-DIR_MODE = 0o700
 
 
 class JournalInUse(RuntimeError):
@@ -112,8 +113,7 @@ class Journal:
 
     def open(self) -> Journal:
         """Takes ownership of the directory and reads back what a previous run left."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, DIR_MODE)
+        private_dir(self.root)
         # One owner per directory: two gateways appending to the same segments would corrupt them.
         self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
@@ -236,6 +236,11 @@ class Journal:
             self._seal_locked(seg)
             return True
 
+    def seal_active(self) -> None:
+        with self._lock:
+            if self.segments and not self.segments[-1].sealed and self.segments[-1].records:
+                self._seal_locked(self.segments[-1])
+
     def sync(self) -> None:
         with self._lock:
             if self._fd is not None and self._dirty:
@@ -315,6 +320,17 @@ class Journal:
             if generation != self.generation:
                 return 0
             done = [s for s in self.segments if s.sealed and s.committed_past(committed)]
+            for seg in done:
+                self._delete_locked(seg)
+        return len(done)
+
+    def trim_acked(self, generation: int) -> int:
+        """Deletes sealed segments whose every record the broker acknowledged (for when the
+        consumer is known to have committed the whole log); returns how many."""
+        with self._lock:
+            if generation != self.generation:
+                return 0
+            done = [s for s in self.segments if s.sealed and s.fully_acked]
             for seg in done:
                 self._delete_locked(seg)
         return len(done)

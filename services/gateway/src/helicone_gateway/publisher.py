@@ -9,6 +9,10 @@ forgot (a memory-only broker restarted, a topic recreated), is sent again; inges
 Residual window, stated honestly: an event lives only in memory between the end of its response
 and its append (normally well under a millisecond, longer only while the worker is backed up);
 a SIGKILL in that window loses it.
+
+hold()/release() pause handing events to the broker (they keep going to the journal); the
+embedded runner replaces the broker's log in between and says so with committed_to_end() and
+log_reset() (see helicone_runner.supervision).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from helicone_core import events
-from helicone_core.kafka import ensure_topics
+from helicone_core.kafka import ensure_topics, ping_broker
 from helicone_core.metrics import ServiceMetrics
 
 from .journal import Journal, RecordRef, Segment
@@ -74,7 +78,10 @@ class EventPublisher:
         self._background: set[asyncio.Task] = set()
         self._connected = asyncio.Event()
         self._resend = asyncio.Event()
+        self._max_in_flight = max_in_flight
         self._inflight = asyncio.Semaphore(max_in_flight)
+        self._open = asyncio.Event()  # cleared while held
+        self._open.set()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")  # one writer keeps appends in order
         self._last_ack: dict[int, int] = {}  # highest offset acknowledged per partition since the last data loss
         self._seen_committed: dict[int, int] = {}
@@ -159,6 +166,44 @@ class EventPublisher:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    async def ping(self, timeout: float) -> bool:
+        """A real round trip to the broker (metadata request), bounded by `timeout`."""
+        return await ping_broker(self.bootstrap, timeout)
+
+    # ---- hold / release (the embedded runner's log resets) ------------------------------
+    async def hold(self) -> None:
+        """Stops handing events to the broker (they are journaled and wait) and returns once
+        nothing handed over before is still awaiting its acknowledgement. The active segment is
+        sealed, so what was sent before the hold and what waits during it never share a segment."""
+        self._open.clear()
+        await asyncio.get_running_loop().run_in_executor(self._io, self.journal.seal_active)
+        taken = 0
+        try:
+            for _ in range(self._max_in_flight):  # every permit back: nothing in flight
+                await self._inflight.acquire()
+                taken += 1
+        finally:
+            for _ in range(taken):
+                self._inflight.release()
+
+    def release(self) -> None:
+        self._open.set()
+        self._resend.set()
+
+    async def committed_to_end(self) -> None:
+        """While held: the consumer group has committed the whole log, so every acknowledged
+        event is written; the segments holding only such events are deleted."""
+        trimmed = await asyncio.get_running_loop().run_in_executor(self._io, self.journal.trim_acked, self.journal.generation)
+        if trimmed:
+            self.m_trimmed.inc(trimmed)
+        self._update_gauges()
+
+    async def log_reset(self) -> None:
+        """The topic's log was replaced by an empty one on purpose (restarted broker, recreated
+        topic): what the journal still holds goes out again, and offsets start over."""
+        log.info("the broker's log was reset; %d journaled events go out again", self.journal.record_count)
+        self._forget_log()
+
     # ---- request path ----------------------------------------------------------------
     def submit(self, builder: EventBuilder) -> None:
         """Queues the event builder; the builder runs on the worker, not on the request path."""
@@ -203,7 +248,7 @@ class EventPublisher:
 
     async def _append(self, built: list[tuple[bytes, bytes]], *, send: bool) -> None:
         """Appends to the journal, then (when connected) hands each event to the producer."""
-        send = send and self.connected
+        send = send and self.connected and self._open.is_set()
         generation = self.journal.generation
         try:
             refs = await asyncio.get_running_loop().run_in_executor(
@@ -237,6 +282,11 @@ class EventPublisher:
             self.journal.failed(ref, generation)
             return False
         await self._inflight.acquire()
+        if not self._open.is_set():  # held while this event waited for a permit: it goes out after release
+            self._inflight.release()
+            self.journal.failed(ref, generation)
+            self._resend.set()
+            return False
         try:
             delivery = await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
@@ -266,6 +316,9 @@ class EventPublisher:
     def _broker_lost_data(self, reason: str) -> None:
         log.warning("the broker lost acknowledged events (%s); sending the journal again", reason)
         self.m_losses.labels(reason).inc()
+        self._forget_log()
+
+    def _forget_log(self) -> None:
         self.journal.forget_deliveries()
         self._last_ack.clear()
         self._seen_committed.clear()
@@ -355,6 +408,7 @@ class EventPublisher:
             await self._resend.wait()
             self._resend.clear()
             await self._connected.wait()
+            await self._open.wait()
             for seg in self.journal.pending_segments():
                 if not await self._resend_segment(loop, seg):
                     break
@@ -364,7 +418,7 @@ class EventPublisher:
         generation = self.journal.generation
         records = await loop.run_in_executor(self._io, self.journal.read, seg)
         for index, (key, data) in enumerate(records):
-            if not self.connected or generation != self.journal.generation:
+            if not self.connected or not self._open.is_set() or generation != self.journal.generation:
                 self._resend.set()  # go again once connected / from the start of the new generation
                 return False
             ref = self.journal.claim(seg, index)
@@ -381,7 +435,7 @@ class EventPublisher:
             try:
                 await loop.run_in_executor(self._io, self.journal.seal_if_older, self.segment_seconds)
                 await loop.run_in_executor(self._io, self.journal.sync)
-                if self.connected:
+                if self.connected and self._open.is_set():  # held: the runner is replacing the log
                     await asyncio.wait_for(self._check_offsets(), self.publish_timeout)
             except Exception as exc:  # noqa: BLE001 - next round tries again
                 log.warning("journal check failed: %r", exc)

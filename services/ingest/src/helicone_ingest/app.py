@@ -17,8 +17,9 @@ from aiokafka.errors import OffsetOutOfRangeError
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
-from helicone_core.kafka import ensure_topics
-from helicone_core.metrics import ServiceMetrics
+from helicone_core.filemodes import private_dir
+from helicone_core.kafka import ensure_topics, ping_broker
+from helicone_core.metrics import Check, ServiceMetrics, readiness
 
 from .metadata import PendingMetadata
 from .settings import IngestSettings
@@ -42,7 +43,8 @@ class IngestService:
         self.m_dlq = self.metrics.counter("helicone_ingest_dead_letters_total", "Events sent to the dead-letter topic")
         self.m_assigned = self.metrics.gauge("helicone_ingest_assigned_partitions", "Partitions assigned to this worker")
         self.m_rewinds = self.metrics.counter(
-            "helicone_ingest_offset_rewinds_total", "Partitions rewound to the log start: position past the log end, or the log replaced"
+            "helicone_ingest_offset_rewinds_total",
+            "Partitions rewound to the log start: position past the log end, the log replaced, or reset by the embedded runner",
         )
         self._guard_task: asyncio.Task | None = None
         self._postgres_task: asyncio.Task | None = None
@@ -53,6 +55,7 @@ class IngestService:
 
     def _build_faust(self) -> faust.App:
         s = self.settings
+        private_dir(s.data_dir / "faust")
         app = faust.App(
             s.consumer_group,
             broker=[f"kafka://{b.strip()}" for b in s.kafka_bootstrap.split(",")],
@@ -188,23 +191,23 @@ class IngestService:
             stuck[tp] = position
             if self._past_end.get(tp) != position:
                 continue  # act only when the same position was past the end last round too
-            await self._rewind(consumer, tp, f"position {position} is past the log end {end}")
+            start = (await consumer.earliest_offsets(tp)).get(tp) or 0
+            log.warning("partition %s: position %s is past the log end %s; rewinding to %s", tp, position, end, start)
+            await self._rewind(consumer, tp, start)
             stuck.pop(tp)
         self._past_end = stuck
 
-    async def _rewind(self, consumer, tp, why: str) -> None:
-        start = (await consumer.earliest_offsets(tp)).get(tp) or 0
-        log.warning("partition %s: %s; rewinding to %s", tp, why, start)
+    async def _rewind(self, consumer, tp, offset: int) -> None:
         # forget the offsets Faust tracked for the old log, or it would skip the new records
         consumer._committed_offset[tp] = None
         consumer._acked.pop(tp, None)
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
-        await consumer.seek(tp, start)
+        await consumer.seek(tp, offset)
         # and the group's committed offset: a stale one from the old log would send the next
         # rebalance's seek-to-committed straight past the new log's start
-        if await consumer._commit({tp: start}):
-            consumer._committed_offset[tp] = start
+        if await consumer._commit({tp: offset}):
+            consumer._committed_offset[tp] = offset
         self._log_marks.pop(tp, None)
         self.m_rewinds.inc()
 
@@ -241,7 +244,9 @@ class IngestService:
             if mark is None:
                 self._log_marks[tp] = seen
             elif seen != mark:
-                await self._rewind(consumer, tp, f"the log was replaced (offset {offset} holds another record)")
+                log.warning("partition %s: the log was replaced (offset %s holds another record); rewinding to %s",
+                            tp, offset, earliest)
+                await self._rewind(consumer, tp, earliest)
 
     async def _record_at(self, tp: TopicPartition, offset: int):
         probe = self._probe
@@ -253,6 +258,22 @@ class IngestService:
         except (OffsetOutOfRangeError, asyncio.TimeoutError):
             return None
         return record if record.offset == offset else None
+
+    async def log_reset(self) -> None:
+        """The broker's log was reset under this consumer (the embedded runner recreated the
+        topic or restarted its in-memory broker): every position and offset Faust tracks refers
+        to the old log, so each assigned partition goes back to the start of the new one. A
+        partition assigned later starts from the group's offsets on the new log: none, so the
+        start too. Re-reading is safe: writes are idempotent."""
+        consumer = self.faust.consumer if self.faust is not None else None
+        if consumer is None:
+            return
+        for tp in list(consumer.assignment()):
+            try:
+                await self._rewind(consumer, tp, 0)
+            except Exception as exc:  # noqa: BLE001 - revoked meanwhile: the new assignment starts at the start
+                log.info("partition %s not rewound after a log reset (%s)", tp, exc.__class__.__name__)
+        self._past_end = {}
 
     async def stop(self) -> None:
         for task in (self._guard_task, self._postgres_task):
@@ -276,25 +297,18 @@ class IngestService:
         await self.analytics.close()
         await self.bodies.close()
 
-    async def _postgres_ok(self) -> bool:
-        """A real round trip, bounded by postgres_timeout (a pool object says nothing about the server)."""
-        if self.pool is None:
-            return False
-        try:
-            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), self.settings.postgres_timeout)
-            return True
-        except Exception:  # noqa: BLE001 - readiness probe
-            return False
-
-    async def ready(self) -> dict[str, bool]:
+    async def ready(self) -> dict[str, Check]:
+        """Not ready without the broker, a partition or the stores it writes to; Postgres is
+        optional (its metadata waits in memory until Postgres answers, see metadata.py)."""
+        s = self.settings
         assigned = len(self.faust.consumer.assignment()) if self.faust is not None and self.faust.consumer else 0
         self.m_assigned.set(assigned)
-        return {
-            "consumer_assigned": assigned > 0,
-            "analytics": await self.analytics.ping(),
-            "bodies": await self.bodies.ping(),
-            "postgres": await self._postgres_ok(),
-        }
+        return await readiness(
+            s.readiness_timeout,
+            required={"kafka": ping_broker(s.kafka_bootstrap, s.readiness_timeout), "consumer_assigned": assigned > 0,
+                      "analytics": self.analytics.ping(), "bodies": self.bodies.ping()},
+            optional={"postgres": db.ping(self.pool)},
+        )
 
 
 async def _cancel(task: asyncio.Task | None) -> None:

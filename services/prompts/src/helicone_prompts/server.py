@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from helicone.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 from helicone_core import db
-from helicone_core.metrics import ServiceMetrics
+from helicone_core.metrics import Check, ServiceMetrics, readiness
 
 from . import templates
 from .settings import PromptsSettings
@@ -153,8 +153,9 @@ class PromptsServer:
         if self.pool is not None:
             await self.pool.close()
 
-    async def ready(self) -> dict[str, bool]:
-        return {"grpc": self.server is not None, "postgres": self.pool is not None}
+    async def ready(self) -> dict[str, Check]:
+        return await readiness(self.settings.readiness_timeout,
+                               required={"grpc": self.server is not None, "postgres": db.ping(self.pool)})
 
 
 async def _maybe_await(value):

@@ -1,0 +1,243 @@
+"""Supervision of the embedded broker run by `helicone-stack up`.
+
+Restart: when the broker process exits unexpectedly it is started again on the same port (with
+backoff if it keeps dying), its topics are created again (memory storage forgot them) and the
+consumers in this process are rewound to the start of the new log. The gateway's journal sends
+everything ingest had not committed again, so what the dead broker held is not lost.
+
+Recycling (bounded memory): Tansu's memory storage keeps every record until its topic is
+deleted. It stores topic configs such as retention.ms / retention.bytes but never applies them,
+and DeleteRecords is `todo!()` in its dynostore engine (a request panics the connection task).
+Deleting the topic is the one operation that frees records. So once the request-log topic holds
+`recycle_records` records the supervisor holds every producer (each returns once everything it
+sent was acknowledged), waits until the ingest group has committed the end of every partition,
+deletes and recreates the topic, rewinds the consumers and releases the producers. Nothing is
+lost: only records ingest committed are deleted, and nothing is produced in between (held
+events wait in the gateway's queue). This needs every producer and consumer of the topic to be
+in this process (the runner's gateway and ingest); cli.py turns recycling off otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from helicone_core.kafka import ensure_topics
+
+from .embedded import EmbeddedKafka
+from .settings import EmbeddedBrokerSettings
+
+log = logging.getLogger("helicone.runner")
+
+STABLE_AFTER = 60.0  # seconds up after which a broker restart is no longer "crashing again"
+
+
+class HeldProducer(Protocol):
+    async def hold(self) -> None:
+        """Stop sending; return once everything sent before is acknowledged (or kept elsewhere)."""
+
+    def release(self) -> None: ...
+
+    async def committed_to_end(self) -> None:
+        """While held: the consumer group committed the whole log (nothing acknowledged is unwritten)."""
+
+    async def log_reset(self) -> None:
+        """The log was replaced by an empty one: send again whatever may not have been written."""
+
+
+class ResettableConsumer(Protocol):
+    async def log_reset(self) -> None:
+        """The log was replaced by an empty one: read it from the start."""
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class BrokerSupervisor:
+    def __init__(self, broker: EmbeddedKafka, settings: EmbeddedBrokerSettings, *, topics: Sequence[str], partitions: int,
+                 recycled_topic: str, consumer_group: str, producers: Sequence[HeldProducer] = (),
+                 consumers: Sequence[ResettableConsumer] = (), recycle: bool = True) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.topics = list(topics)
+        self.partitions = partitions
+        self.recycled_topic = recycled_topic
+        self.consumer_group = consumer_group
+        self.producers = list(producers)
+        self.consumers = list(consumers)
+        self.recycle_enabled = recycle and settings.recycle_records > 0
+        self.restarts = 0
+        self.recycles = 0
+        self._task: asyncio.Task | None = None
+        self._down = False
+        self._backoff = 0.0
+        self._started_at = time.monotonic()
+        self._next_recycle_check = time.monotonic() + settings.recycle_check_interval
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="broker-supervisor")
+
+    async def stop(self) -> None:
+        """Stops supervising (first, so that stopping the broker is not taken for a crash)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.check_interval)
+            try:
+                if self._down or self.broker.exited() is not None:
+                    await self.restart()
+                elif self.recycle_enabled and time.monotonic() >= self._next_recycle_check:
+                    self._next_recycle_check = time.monotonic() + self.settings.recycle_check_interval
+                    await self.recycle_if_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep supervising; the next round tries again
+                log.warning("broker supervision: %s: %s", exc.__class__.__name__, exc)
+
+    # ---- producers -------------------------------------------------------------------
+    async def _hold_producers(self, timeout: float) -> bool:
+        """True once every producer has nothing in flight; False if that took over `timeout`."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.hold() for p in self.producers)), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def _release_producers(self) -> None:
+        for producer in self.producers:
+            producer.release()
+
+    async def _reset_consumers(self) -> None:
+        for consumer in self.consumers:
+            await consumer.log_reset()
+        for producer in self.producers:
+            await producer.log_reset()
+
+    # ---- restart ---------------------------------------------------------------------
+    async def restart(self) -> None:
+        """Starts the broker again on the same port (it exited, or the last attempt failed)."""
+        if not self._down:
+            code = self.broker.exited()
+            self.broker.stop()  # reaps it and removes its pid file
+            self._down = True
+            self.restarts += 1
+            crashed_again = time.monotonic() - self._started_at < STABLE_AFTER
+            self._backoff = min(max(self._backoff * 2, 0.5), self.settings.restart_max_backoff) if crashed_again else 0.0
+            log.warning("kafka broker exited unexpectedly (%s); restarting it on %s in %.1fs "
+                        "(helicone_runner_broker_restarts_total=%d); records it held that ingest had not read are lost "
+                        "(memory storage)", _describe_exit(code or 0), self.broker.bootstrap, self._backoff, self.restarts)
+        await asyncio.sleep(self._backoff)
+        # Held while the new log is set up, so that nothing lands in it before the consumers are
+        # rewound; events wait in the gateway's journal meanwhile.
+        await self._hold_producers(self.settings.drain_timeout)
+        try:
+            try:
+                await self.broker.start_async()
+            except Exception:
+                self._backoff = min(max(self._backoff * 2, 0.5), self.settings.restart_max_backoff)
+                raise
+            self._down = False
+            self._started_at = time.monotonic()
+            await ensure_topics(self.broker.bootstrap, self.topics, self.partitions, 1)
+            await self._reset_consumers()
+        finally:
+            self._release_producers()
+        log.info("kafka broker restarted on %s (pid %s); topics created again", self.broker.bootstrap, self.broker.pid)
+
+    # ---- recycling -------------------------------------------------------------------
+    def _partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(self.recycled_topic, p) for p in range(self.partitions)]
+
+    @contextlib.asynccontextmanager
+    async def _clients(self):
+        """An admin client and a group-less consumer, new for each look (a broker restart or a
+        recreated topic leaves nothing stale behind)."""
+        timeout_ms = 5000
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap, request_timeout_ms=timeout_ms)
+        probe = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=None, enable_auto_commit=False,
+                                 request_timeout_ms=timeout_ms, fetch_max_wait_ms=100, max_partition_fetch_bytes=1024)
+        try:
+            await admin.start()
+            await probe.start()
+            probe.assign(self._partitions())
+            yield admin, probe
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.stop()
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    async def _records(self, probe: AIOKafkaConsumer) -> int:
+        """About how many records the topic holds (Tansu answers ListOffsets with the last
+        batch's base offset + 1, a little under the true end)."""
+        ends = await probe.end_offsets(self._partitions())
+        return sum(ends.values())
+
+    async def _committed_to_end(self, admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer) -> bool:
+        """True when the group has committed every record of every partition: a fetch from the
+        committed offset finds nothing."""
+        committed = await admin.list_consumer_group_offsets(self.consumer_group, partitions=self._partitions())
+        for tp in self._partitions():
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None and meta.offset >= 0 else 0
+            probe.seek(tp, offset)
+            found = await probe.getmany(tp, timeout_ms=300, max_records=1)
+            if found.get(tp):
+                return False
+        return True
+
+    async def recycle_if_due(self) -> bool:
+        """Recycles the topic if it holds `recycle_records` records and ingest committed them all
+        within `drain_timeout` (producers held meanwhile); True if it did."""
+        async with self._clients() as (admin, probe):
+            records = await self._records(probe)
+            if records < self.settings.recycle_records:
+                return False
+            deadline = time.monotonic() + self.settings.drain_timeout
+            if not await self._hold_producers(self.settings.drain_timeout):
+                self._release_producers()
+                log.info("not recycling %s: producers still had events in flight after %.0fs; trying later",
+                         self.recycled_topic, self.settings.drain_timeout)
+                return False
+            try:
+                while not await self._committed_to_end(admin, probe):
+                    if time.monotonic() >= deadline:
+                        log.info("not recycling %s: ingest has not committed its end within %.0fs; trying later",
+                                 self.recycled_topic, self.settings.drain_timeout)
+                        return False
+                    await asyncio.sleep(0.2)
+                for producer in self.producers:
+                    await producer.committed_to_end()
+                await self._recreate(admin)
+                await self._reset_consumers()
+            finally:
+                self._release_producers()
+        self.recycles += 1
+        log.info("recycled topic %s: ~%d committed records freed from broker memory (helicone_runner_broker_recycles_total=%d)",
+                 self.recycled_topic, records, self.recycles)
+        return True
+
+    async def _recreate(self, admin: AIOKafkaAdminClient) -> None:
+        await admin.delete_topics([self.recycled_topic])
+        try:
+            await admin.create_topics([NewTopic(self.recycled_topic, self.partitions, 1)])
+        except TopicAlreadyExistsError:
+            pass  # a client's metadata request created it again in between: empty all the same
