@@ -27,6 +27,8 @@ class CommonSettings(BaseSettings):
     kafka_bootstrap: str = "localhost:9092"
     kafka_topic: str = REQUEST_LOGGED_TOPIC
     kafka_dlq_topic: str = REQUEST_LOGGED_TOPIC + ".dlq"
+    # Partitions of the request-log topic: created with this many, and the gateway writes only to
+    # 0..N-1 (a broker may auto-create the topic with more before anyone creates it properly).
     kafka_topic_partitions: int = 1
     # Ingest's consumer group; the gateway reads its committed offsets to trim its journal.
     consumer_group: str = "helicone-ingest"

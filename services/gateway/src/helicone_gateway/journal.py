@@ -56,14 +56,21 @@ class Segment:
     acked: set[int] = field(default_factory=set)
     inflight: set[int] = field(default_factory=set)
     max_offset: dict[int, int] = field(default_factory=dict)
+    min_offset: dict[int, int] = field(default_factory=dict)
 
     @property
     def fully_acked(self) -> bool:
         return len(self.acked) >= self.records
 
-    def committed_past(self, committed: dict[int, int]) -> bool:
-        """True when the consumer group's committed offset is past every record of this segment."""
-        return self.fully_acked and all(committed.get(p, -1) > off for p, off in self.max_offset.items())
+    def committed_past(self, committed: dict[int, int], floor: dict[int, int]) -> bool:
+        """True when the consumer group's committed offset is past every record of this segment,
+        and every record lies at or above `floor`: the first offset the group was seen to have
+        committed in this generation. An offset committed before these records existed in this
+        log (a consumer carrying its offset over from a log the broker lost) proves nothing."""
+        return self.fully_acked and all(
+            committed.get(p, -1) > off and self.min_offset.get(p, -1) >= floor.get(p, -1)
+            for p, off in self.max_offset.items()
+        )
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,8 @@ class Journal:
             seg.acked.add(ref.index)
             if offset > seg.max_offset.get(partition, -1):
                 seg.max_offset[partition] = offset
+            if offset < seg.min_offset.get(partition, offset + 1):
+                seg.min_offset[partition] = offset
 
     def failed(self, ref: RecordRef, generation: int) -> None:
         with self._lock:
@@ -286,6 +295,7 @@ class Journal:
                 s.acked.clear()
                 s.inflight.clear()
                 s.max_offset.clear()
+                s.min_offset.clear()
 
     # ---- reads / trimming ---------------------------------------------------------------
     def pending_segments(self) -> list[Segment]:
@@ -312,14 +322,14 @@ class Journal:
             return []
         return records
 
-    def trim(self, committed: dict[int, int], generation: int) -> int:
+    def trim(self, committed: dict[int, int], generation: int, floor: dict[int, int] | None = None) -> int:
         """Deletes sealed segments the consumer group has committed past; returns how many.
         `committed` must have been read in `generation`: offsets from a broker that has since
         forgotten its data say nothing about the acks of its successor."""
         with self._lock:
             if generation != self.generation:
                 return 0
-            done = [s for s in self.segments if s.sealed and s.committed_past(committed)]
+            done = [s for s in self.segments if s.sealed and s.committed_past(committed, floor or {})]
             for seg in done:
                 self._delete_locked(seg)
         return len(done)

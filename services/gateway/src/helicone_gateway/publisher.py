@@ -27,6 +27,7 @@ from functools import partial
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from helicone_core import events
 from helicone_core.kafka import ensure_topics, ping_broker
 from helicone_core.metrics import ServiceMetrics
@@ -79,6 +80,10 @@ class EventPublisher:
         self._connected = asyncio.Event()
         self._resend = asyncio.Event()
         self._max_in_flight = max_in_flight
+        # Events go to partitions 0..partitions-1 (Kafka's default key hash over that many), the
+        # ones ingest was configured with, even when a broker auto-created the topic with more.
+        self._partitions = list(range(partitions))
+        self._partitioner = DefaultPartitioner()
         self._inflight = asyncio.Semaphore(max_in_flight)
         self._open = asyncio.Event()  # cleared while held
         self._open.set()
@@ -86,6 +91,7 @@ class EventPublisher:
         self._last_ack: dict[int, int] = {}  # highest offset acknowledged per partition since the last data loss
         self._seen_committed: dict[int, int] = {}
         self._seen_end: dict[int, int] = {}
+        self._commit_floor: dict[int, int] = {}  # first committed offset seen per partition since the last reset
         self._evicted_seen = 0
 
         self.m_published = metrics.counter(
@@ -288,7 +294,10 @@ class EventPublisher:
             self._resend.set()
             return False
         try:
-            delivery = await asyncio.wait_for(producer.send(self.topic, data, key=key), self.publish_timeout)
+            partition = self._partitioner(key, self._partitions, self._partitions)
+            delivery = await asyncio.wait_for(
+                producer.send(self.topic, data, key=key, partition=partition), self.publish_timeout
+            )
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
             self._inflight.release()
             self.journal.failed(ref, generation)
@@ -323,6 +332,7 @@ class EventPublisher:
         self._last_ack.clear()
         self._seen_committed.clear()
         self._seen_end.clear()
+        self._commit_floor.clear()
         self._resend.set()
 
     def _mark_down(self, exc: BaseException | None) -> None:
@@ -453,7 +463,7 @@ class EventPublisher:
             return self._mark_down(RuntimeError(f"topic {self.topic} is gone"))
         generation = self.journal.generation
         holding = self.journal.acked_partitions()  # read before the log end, so later acks cannot look lost
-        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        tps = [TopicPartition(self.topic, p) for p in self._partitions]
         end = await offsets.end_offsets(tps)
         got = await admin.list_consumer_group_offsets(self.consumer_group, partitions=tps)
         if generation != self.journal.generation:
@@ -471,8 +481,14 @@ class EventPublisher:
             if off < self._seen_committed.get(p, -1):
                 return self._broker_lost_data("commit_regressed")
         self._seen_committed.update(committed)
+        for p, off in committed.items():
+            if off >= 0:  # the first real commit in this generation: see Segment.committed_past
+                self._commit_floor.setdefault(p, off)
+        # After a reset the group may commit an offset carried over from the lost log before it
+        # reads the new one: only commits that moved on from the first one seen count then.
+        floor = dict(self._commit_floor) if generation > 0 else None
         trimmed = await asyncio.get_running_loop().run_in_executor(
-            self._io, self.journal.trim, {p: o for p, o in committed.items() if o >= 0}, generation
+            self._io, self.journal.trim, {p: o for p, o in committed.items() if o >= 0}, generation, floor
         )
         if trimmed:
             self.m_trimmed.inc(trimmed)
