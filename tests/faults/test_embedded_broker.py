@@ -1,12 +1,14 @@
 """`helicone-stack up` supervising its own broker (tests/support/stack.py, embedded_broker=True):
 the broker killed under the stack comes back and logging goes on; the request-log topic is
-recycled under load with every answered request logged exactly once; the runner killed with
+recycled under load with every answered request logged exactly once; a graceful stop writes
+everything the broker held before it goes away; the runner killed with
 SIGKILL leaves no broker or postmaster behind once it is started again; files are owner-only.
 Tests run in file order on one stack; the runner-kill test is last."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import time
@@ -111,6 +113,22 @@ def test_topic_recycled_under_load_loses_nothing(stack):
     print(f"\nrecycling under load: {len(result.sent)} sent, all logged once, {recycles} recycles, "
           f"p99 {result.p99() * 1000:.0f} ms")
     assert recycles >= 2
+
+
+def test_a_graceful_stop_writes_everything_the_broker_held(stack):
+    """SIGTERM right after a burst of load: the last events are only in the memory-only broker.
+    The stop waits until ingest has written them, so with the gateway's journal removed (nothing
+    can be sent again) and an empty broker after the restart, every answered request is logged."""
+    run = uuid.uuid4().hex
+    with SteadyLoad(stack.gateway, stack.key, run, rate=60) as load:
+        time.sleep(3)
+    result = load.stop()
+    stack.stop_runner()
+    assert log_lines(stack, "ingest has written everything the broker held") >= 1
+    shutil.rmtree(stack.data_dir / "journal")
+    stack.restart_runner()
+    logged = wait_logged(stack.api, stack.key, run, set(result.sent))
+    assert_exactly_once(result, logged)
 
 
 def test_a_killed_runner_leaves_nothing_behind_after_the_next_start(stack):

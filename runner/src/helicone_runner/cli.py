@@ -201,12 +201,16 @@ async def run_up(args) -> int:
         print("stopping...", flush=True)
         return 0
     finally:
-        # Stop order: supervision first (a broker being stopped is not a crash), then the services
-        # (reverse start order: the gateway first, so what it still holds reaches the broker),
-        # then the broker, then Postgres, then the data dir lock.
+        # Stop order: supervision first (a broker being stopped is not a crash), then the gateway
+        # (what it still holds reaches the broker), then a drain (ingest writes everything the
+        # memory-only broker holds), then the other services, the broker, Postgres, the lock.
         if supervisor:
             await supervisor.stop()
-        await stop_services(running)
+        gateway = [r for r in running if r.name == "gateway"]
+        await stop_services(gateway)
+        if supervisor and any(r.name == "ingest" for r in running):
+            await supervisor.drain(supervisor.settings.drain_timeout)
+        await stop_services([r for r in running if r.name != "gateway"])
         if kafka:
             kafka.stop()
         if pg:

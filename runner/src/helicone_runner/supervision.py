@@ -204,6 +204,25 @@ class BrokerSupervisor:
                 return False
         return True
 
+    async def drain(self, timeout: float) -> bool:
+        """Waits until the ingest group has committed the end of the request-log topic (the
+        gateway stopped first, so the log no longer grows): on a graceful stop, everything the
+        memory-only broker holds is written before it goes away. True if that happened in time."""
+        deadline = time.monotonic() + timeout
+        try:
+            async with self._clients() as (admin, probe):
+                while not await self._committed_to_end(admin, probe):
+                    if time.monotonic() >= deadline:
+                        log.warning("stopping: ingest had not committed the whole log after %.0fs; what it has not "
+                                    "written stays in the gateway's journal and goes out at the next start", timeout)
+                        return False
+                    await asyncio.sleep(0.2)
+        except Exception as exc:  # noqa: BLE001 - broker gone: the journal keeps what was not written
+            log.warning("stopping: could not drain the broker (%s: %s)", exc.__class__.__name__, exc)
+            return False
+        log.info("stopping: ingest has written everything the broker held")
+        return True
+
     async def recycle_if_due(self) -> bool:
         """Recycles the topic if it holds `recycle_records` records and ingest committed them all
         within `drain_timeout` (producers held meanwhile); True if it did."""
