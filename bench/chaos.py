@@ -104,17 +104,14 @@ def stack_sigkill(tmp: Path, args) -> Row:
 def postgres_down_graceful_restart(tmp: Path, args, pg_dsn: str) -> Row:
     proxy = ThreadedPostgresProxy(pg_dsn)
     try:
-        with running_stack(tmp, s3=False, postgres_dsn=proxy.dsn) as stack:
+        with running_stack(tmp, s3=False, postgres_dsn=proxy.dsn, embedded_broker=True) as stack:
             def fault():
                 proxy.cut()
                 time.sleep(args.fault_seconds / 2)
 
             result, window = under_load(stack, args.rate, 3, fault, args.fault_seconds / 2)
-            stack.stop_runner()  # graceful, while Postgres is still away
-            stack.kafka.stop()  # the embedded broker goes away with the stack, and with it what it held
             proxy.restore()
-            stack.kafka.start()
-            stack.restart_runner()
+            stack.restart_runner()  # graceful: the runner's memory-only broker goes away with it
             logged = wait_logged(stack.api, stack.key, result.run_id, set(result.sent))
             return row("postgres down, graceful restart", result, logged, window)
     finally:
@@ -130,7 +127,7 @@ def rss_kib(pid: int) -> int:
 
 def stack_processes(stack, tmp: Path) -> dict[str, int]:
     """name -> pid for the runner, the broker and the Postgres postmaster of this stack."""
-    procs = {"runner": stack._runner().pid, "broker": stack.kafka.proc.pid}
+    procs = {"runner": stack._runner().pid, "broker": stack.broker_pid()}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -180,17 +177,31 @@ def ingest_ok(stack) -> float:
 
 
 def soak(tmp: Path, args) -> list[tuple[str, int, int]]:
+    """The runner's own broker, recycled every `--soak-chunk` records. The soak's producer is not
+    one the runner can hold, so it sends a chunk, waits until ingest wrote it and the topic was
+    recycled, then sends the next (the gateway's publisher is held by the runner instead)."""
     from helicone_core.settings import REQUEST_LOGGED_TOPIC
 
-    with running_stack(tmp, s3=False) as stack:
+    env = {"HELICONE_EMBEDDED_BROKER_RECYCLE_RECORDS": str(args.soak_chunk // 2),
+           "HELICONE_EMBEDDED_BROKER_RECYCLE_CHECK_INTERVAL": "1"}
+    with running_stack(tmp, s3=False, embedded_broker=True, extra_env=env) as stack:
         procs = stack_processes(stack, tmp)
         before = {name: rss_kib(pid) for name, pid in procs.items()}
-        t0 = time.monotonic()
-        asyncio.run(produce(stack.kafka.bootstrap, REQUEST_LOGGED_TOPIC, stack.org_id, args.soak_events))
-        while ingest_ok(stack) < args.soak_events:
-            time.sleep(1)
-        print(f"  {args.soak_events} events produced and written by ingest in {time.monotonic() - t0:.0f}s", flush=True)
-        time.sleep(args.settle_seconds)  # let retention / trimming catch up
+        t0, produced = time.monotonic(), 0
+        while produced < args.soak_events:
+            count = min(args.soak_chunk, args.soak_events - produced)
+            recycles = stack.log_path.read_text().count("recycled topic")
+            asyncio.run(produce(stack.kafka_bootstrap, REQUEST_LOGGED_TOPIC, stack.org_id, count))
+            produced += count
+            while ingest_ok(stack) < produced:
+                time.sleep(0.5)
+            deadline = time.monotonic() + 120
+            while stack.log_path.read_text().count("recycled topic") == recycles and time.monotonic() < deadline:
+                time.sleep(0.5)
+            print(f"  {produced} events written, broker RSS {rss_kib(procs['broker']) / 1024:.1f} MB", flush=True)
+        print(f"  {args.soak_events} events produced and written by ingest in {time.monotonic() - t0:.0f}s, "
+              f"{stack.log_path.read_text().count('recycled topic')} recycles", flush=True)
+        time.sleep(args.settle_seconds)
         after = {name: rss_kib(pid) for name, pid in procs.items()}
         return [(name, before[name], after[name]) for name in procs]
 
@@ -200,6 +211,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=60.0, help="requests per second during each fault scenario")
     p.add_argument("--fault-seconds", type=float, default=20.0)
     p.add_argument("--soak-events", type=int, default=1_000_000)
+    p.add_argument("--soak-chunk", type=int, default=50_000, help="events sent between two recycles of the topic")
     p.add_argument("--settle-seconds", type=float, default=15.0)
     p.add_argument("--only", choices=["faults", "soak"], help="run only one half")
     args = p.parse_args()
