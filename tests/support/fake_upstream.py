@@ -53,6 +53,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     async def chat(request: Request):
         body = await request.json()
         record(request, body)
+        if body.get("model") == "hang":  # accepts the request and never answers
+            await asyncio.sleep(3600)
         if body.get("model") == "fail-500":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
         prompt, completion = _words(body.get("messages")), len(REPLY.split())
