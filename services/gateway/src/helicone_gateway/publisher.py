@@ -270,7 +270,7 @@ class EventPublisher:
         if self.journal.evicted_segments != self._evicted_seen:
             self.m_evicted.inc(self.journal.evicted_segments - self._evicted_seen)
             self._evicted_seen = self.journal.evicted_segments
-        for ref, (key, data) in zip(refs, built):
+        for ref, (key, data) in zip(refs, built, strict=True):
             if ref is None:
                 continue
             if send and self.connected:

@@ -255,7 +255,7 @@ class IngestService:
         probe.seek(tp, offset)
         try:
             record = await asyncio.wait_for(probe.getone(tp), self.settings.offset_guard_interval + 1.0)
-        except (OffsetOutOfRangeError, asyncio.TimeoutError):
+        except (OffsetOutOfRangeError, TimeoutError):
             return None
         return record if record.offset == offset else None
 
