@@ -4,6 +4,7 @@ import asyncio
 import datetime as dt
 import uuid
 
+from aiokafka import TopicPartition
 from helicone_core import events
 from helicone_core.bodies import LocalBodyStore
 from helicone_ingest.app import IngestService
@@ -58,7 +59,7 @@ class FakeConsumer:
     """The part of Faust's consumer the offset guard uses."""
 
     def __init__(self, position: int, highwater: int):
-        self.tp = ("helicone.request-logged.v1", 0)
+        self.tp = TopicPartition("helicone.request-logged.v1", 0)
         self.pos, self.hw = position, highwater
         self._committed_offset = {self.tp: position}
         self._acked = {self.tp: [position - 1]}
@@ -66,6 +67,7 @@ class FakeConsumer:
         self._gap = {self.tp: object()}
         self.seeks = []
         self.commits = []
+        self._thread = self  # Faust's consumer thread: call_thread runs the call there
 
     def assignment(self):
         return {self.tp}
@@ -83,9 +85,14 @@ class FakeConsumer:
         self.seeks.append(offset)
         self.pos = offset
 
-    async def _commit(self, offsets):
-        self.commits.append(dict(offsets))
-        return True
+    def _ensure_consumer(self):
+        return self
+
+    async def call_thread(self, fn, *args):
+        return await fn(*args)
+
+    async def commit(self, offsets):
+        self.commits.append({tp.partition: meta.offset for tp, meta in offsets.items()})
 
 
 class FakeFaust:
@@ -114,6 +121,6 @@ async def test_offset_guard_rewinds_only_a_position_stuck_past_the_log_end(tmp_p
     assert stuck.seeks == []  # first sighting only
     await svc._rewind_past_end()
     assert stuck.seeks == [0]
-    assert stuck.commits == [{stuck.tp: 0}]  # the group's offset too, or a rebalance would seek past the start again
-    assert stuck._committed_offset[stuck.tp] == 0 and stuck.tp not in stuck._acked and stuck.tp not in stuck._gap
+    assert stuck.commits == [{0: 0}]  # the group's offset too, or a rebalance would seek past the start again
+    assert stuck._committed_offset[stuck.tp] is None and stuck.tp not in stuck._acked and stuck.tp not in stuck._gap
     assert svc.metrics.registry.get_sample_value("helicone_ingest_offset_rewinds_total") == 1

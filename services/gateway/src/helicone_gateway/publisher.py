@@ -77,6 +77,7 @@ class EventPublisher:
         self._offsets: AIOKafkaConsumer | None = None  # no group: reads log-end offsets only
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
+        self._deliveries: set[asyncio.Future] = set()  # sends awaiting the broker's answer
         self._connected = asyncio.Event()
         self._resend = asyncio.Event()
         self._max_in_flight = max_in_flight
@@ -303,6 +304,8 @@ class EventPublisher:
             self.journal.failed(ref, generation)
             self._mark_down(exc)
             return False
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(self._deliveries.discard)
         delivery.add_done_callback(partial(self._delivered, ref, generation, path))
         return True
 
@@ -409,6 +412,10 @@ class EventPublisher:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(getattr(client, close)(), 5)
+        # A send the old producer never answered would hold its record "in flight" (and a permit)
+        # forever: it counts as failed, and the record goes out again on the next connection.
+        for delivery in list(self._deliveries):
+            delivery.cancel()
 
     # ---- resending -------------------------------------------------------------------
     async def _resender(self) -> None:

@@ -14,6 +14,7 @@ import random
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.structs import OffsetAndMetadata
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
@@ -50,6 +51,7 @@ class IngestService:
         self._postgres_task: asyncio.Task | None = None
         self._metadata_task: asyncio.Task | None = None
         self._past_end: dict = {}  # partition -> position seen past the log end in the last round
+        self._uncommitted_rewinds: dict = {}  # partition -> offset a rewind still has to commit
         self._log_marks: dict = {}  # partition -> (offset, timestamp, key) of one record: tells a replaced log
         self._probe: AIOKafkaConsumer | None = None  # group-less consumer that reads single records for the marks
 
@@ -167,6 +169,8 @@ class IngestService:
             try:
                 await self._rewind_past_end()
                 await self._rewind_replaced_logs()
+                if self._uncommitted_rewinds and self.faust is not None:
+                    await self._commit_rewinds(self.faust.consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker unreachable: try again next round
@@ -204,12 +208,28 @@ class IngestService:
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
         await consumer.seek(tp, offset)
-        # and the group's committed offset: a stale one from the old log would send the next
-        # rebalance's seek-to-committed straight past the new log's start
-        if await consumer._commit({tp: offset}):
-            consumer._committed_offset[tp] = offset
         self._log_marks.pop(tp, None)
+        # The group's committed offset goes back too, or the next rebalance's seek-to-committed
+        # would jump past the new log's start (Faust may have carried its old offset over).
+        self._uncommitted_rewinds[tp] = offset
+        await self._commit_rewinds(consumer)
         self.m_rewinds.inc()
+
+    async def _commit_rewinds(self, consumer) -> None:
+        """Commits the offset of each rewind until it sticks, as long as Faust has committed
+        nothing newer for that partition since (then its own commit is the right one)."""
+        for tp, offset in list(self._uncommitted_rewinds.items()):
+            if consumer._committed_offset.get(tp) is not None:
+                self._uncommitted_rewinds.pop(tp)
+                continue
+            try:  # not Faust's own commit path: it crashes the consumer on a failed commit
+                thread = consumer._thread
+                aio = thread._ensure_consumer()
+                await thread.call_thread(aio.commit, {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")})
+            except Exception as exc:  # noqa: BLE001 - rejoining the group: next round
+                log.info("partition %s: rewind to %s not committed yet (%s)", tp, offset, exc.__class__.__name__)
+                continue
+            self._uncommitted_rewinds.pop(tp, None)
 
     async def _rewind_replaced_logs(self) -> None:
         """Rewinds partitions whose log was replaced by a new one under the consumer.
