@@ -44,14 +44,23 @@ def test_broker_down_users_get_answers_and_events_arrive_later(stack):
         assert ingest_ready.status_code == 503 and ingest_ready.json()["checks"]["kafka"] == {"ok": False, "required": True}
     finally:
         stack.kafka.start()  # same port; a fresh, empty in-memory broker
-    for rid in ids:
-        logged = stack.wait_for_request(rid, timeout=90)
-        assert logged["properties"] == {"phase": "outage"} and logged["usage"]["completion_tokens"] == 6
+    # the journal hands them to the broker once it is back
+    deadline = time.monotonic() + 60
+    while (unacked := _metric(httpx.get(f"{stack.gateway}/metrics").text, "helicone_gateway_journal_unacked_events")) and (
+            time.monotonic() < deadline):
+        time.sleep(0.5)
+    assert unacked == 0
     metrics = httpx.get(f"{stack.gateway}/metrics").text
-    assert _metric(metrics, "helicone_gateway_journal_unacked_events") == 0
     # delivered either by the producer's own retries once the broker answered, or sent again from the journal
     published = sum(_metric(metrics, f'helicone_gateway_events_published_total{{path="{p}"}}') for p in ("direct", "resend"))
     assert published >= 5
+    # This broker was restarted behind the stack's back (not by `helicone-stack up`'s supervisor,
+    # which rewinds ingest itself; see tests/faults): a running ingest may not notice the new log
+    # (README, limits). A restart of the stack always reads it, and the journal still holds them.
+    stack.restart_runner()
+    for rid in ids:
+        logged = stack.wait_for_request(rid, timeout=90)
+        assert logged["properties"] == {"phase": "outage"} and logged["usage"]["completion_tokens"] == 6
 
 
 def test_data_survives_a_restart_of_the_stack(stack):

@@ -12,8 +12,7 @@ import logging
 import random
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
@@ -45,15 +44,13 @@ class IngestService:
         self.m_assigned = self.metrics.gauge("helicone_ingest_assigned_partitions", "Partitions assigned to this worker")
         self.m_rewinds = self.metrics.counter(
             "helicone_ingest_offset_rewinds_total",
-            "Partitions rewound to the log start: position past the log end, the log replaced, or reset by the embedded runner",
+            "Partitions rewound to the log start: position past the log end, or the log reset by the embedded runner",
         )
         self._guard_task: asyncio.Task | None = None
         self._postgres_task: asyncio.Task | None = None
         self._metadata_task: asyncio.Task | None = None
         self._past_end: dict = {}  # partition -> position seen past the log end in the last round
         self._uncommitted_rewinds: dict = {}  # partition -> offset a rewind still has to commit
-        self._log_marks: dict = {}  # partition -> (offset, timestamp, key) of one record: tells a replaced log
-        self._probe: AIOKafkaConsumer | None = None  # group-less consumer that reads single records for the marks
 
     def _build_faust(self) -> faust.App:
         s = self.settings
@@ -157,10 +154,9 @@ class IngestService:
         log.info("postgres connected; %d metadata keys pending", len(self.metadata))
 
     async def _offset_guard(self) -> None:
-        """Rewinds partitions whose consumer position is past the end of the log, or whose log
-        was replaced (see _rewind_replaced_logs).
+        """Rewinds partitions whose consumer position is past the end of the log.
 
-        The first happens when a topic was recreated or truncated under a consumer group (or a
+        That happens when a topic was recreated or truncated under a consumer group (or a
         memory-only broker restarted) while the group kept its old offsets. Kafka answers such a
         fetch with OFFSET_OUT_OF_RANGE and the reset policy applies; brokers that answer with an
         empty fetch instead would leave ingest waiting forever. Re-reading is safe: writes are
@@ -168,7 +164,6 @@ class IngestService:
         while True:
             try:
                 await self._rewind_past_end()
-                await self._rewind_replaced_logs()
                 if self._uncommitted_rewinds and self.faust is not None:
                     await self._commit_rewinds(self.faust.consumer)
             except asyncio.CancelledError:
@@ -208,7 +203,6 @@ class IngestService:
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
         await consumer.seek(tp, offset)
-        self._log_marks.pop(tp, None)
         # The group's committed offset goes back too, or the next rebalance's seek-to-committed
         # would jump past the new log's start (Faust may have carried its old offset over).
         self._uncommitted_rewinds[tp] = offset
@@ -231,54 +225,6 @@ class IngestService:
                 continue
             self._uncommitted_rewinds.pop(tp, None)
 
-    async def _rewind_replaced_logs(self) -> None:
-        """Rewinds partitions whose log was replaced by a new one under the consumer.
-
-        A memory-only broker that restarts comes back with empty logs, and the gateway's journal
-        refills them at once, often past the consumer's old position before anything notices:
-        reading on from there would skip the new log's start. So one record per partition (its
-        offset, timestamp and key) is remembered and read back each round; a different record at
-        that offset means a new log. Records removed by retention only move the mark."""
-        consumer = self.faust.consumer if self.faust is not None else None
-        if consumer is None:
-            return
-        if self._probe is None:
-            probe = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-                auto_offset_reset="none",
-            )
-            await probe.start()
-            self._probe = probe
-        for tp in list(consumer.assignment()):
-            ktp = TopicPartition(tp.topic, tp.partition)
-            earliest = (await self._probe.beginning_offsets([ktp]))[ktp]
-            mark = self._log_marks.get(tp)
-            if mark is not None and mark[0] < earliest:  # removed by retention, not replaced
-                self._log_marks.pop(tp)
-                mark = None
-            offset = mark[0] if mark is not None else earliest
-            record = await self._record_at(ktp, offset)
-            if record is None:
-                continue  # not there (yet): a new log still shorter than the mark, or an empty one
-            seen = (record.offset, record.timestamp, record.key)
-            if mark is None:
-                self._log_marks[tp] = seen
-            elif seen != mark:
-                log.warning("partition %s: the log was replaced (offset %s holds another record); rewinding to %s",
-                            tp, offset, earliest)
-                await self._rewind(consumer, tp, earliest)
-
-    async def _record_at(self, tp: TopicPartition, offset: int):
-        probe = self._probe
-        assert probe is not None
-        probe.assign([tp])
-        probe.seek(tp, offset)
-        try:
-            record = await asyncio.wait_for(probe.getone(tp), self.settings.offset_guard_interval + 1.0)
-        except (OffsetOutOfRangeError, TimeoutError):
-            return None
-        return record if record.offset == offset else None
-
     async def log_reset(self) -> None:
         """The broker's log was reset under this consumer (the embedded runner recreated the
         topic or restarted its in-memory broker): every position and offset Faust tracks refers
@@ -298,9 +244,6 @@ class IngestService:
     async def stop(self) -> None:
         for task in (self._guard_task, self._postgres_task):
             await _cancel(task)
-        if self._probe is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._probe.stop(), 5)
         if self.faust is not None:
             await self.faust.stop()
         await _cancel(self._metadata_task)
