@@ -12,8 +12,6 @@ import logging
 import random
 
 import faust
-from aiokafka import TopicPartition
-from aiokafka.structs import OffsetAndMetadata
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
@@ -50,7 +48,6 @@ class IngestService:
         self._postgres_task: asyncio.Task | None = None
         self._metadata_task: asyncio.Task | None = None
         self._past_end: dict = {}  # partition -> position seen past the log end in the last round
-        self._uncommitted_rewinds: dict = {}  # partition -> offset a rewind still has to commit
 
     def _build_faust(self) -> faust.App:
         s = self.settings
@@ -164,8 +161,6 @@ class IngestService:
         while True:
             try:
                 await self._rewind_past_end()
-                if self._uncommitted_rewinds and self.faust is not None:
-                    await self._commit_rewinds(self.faust.consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker unreachable: try again next round
@@ -203,27 +198,7 @@ class IngestService:
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
         await consumer.seek(tp, offset)
-        # The group's committed offset goes back too, or the next rebalance's seek-to-committed
-        # would jump past the new log's start (Faust may have carried its old offset over).
-        self._uncommitted_rewinds[tp] = offset
-        await self._commit_rewinds(consumer)
         self.m_rewinds.inc()
-
-    async def _commit_rewinds(self, consumer) -> None:
-        """Commits the offset of each rewind until it sticks, as long as Faust has committed
-        nothing newer for that partition since (then its own commit is the right one)."""
-        for tp, offset in list(self._uncommitted_rewinds.items()):
-            if consumer._committed_offset.get(tp) is not None:
-                self._uncommitted_rewinds.pop(tp)
-                continue
-            try:  # not Faust's own commit path: it crashes the consumer on a failed commit
-                thread = consumer._thread
-                aio = thread._ensure_consumer()
-                await thread.call_thread(aio.commit, {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")})
-            except Exception as exc:  # noqa: BLE001 - rejoining the group: next round
-                log.info("partition %s: rewind to %s not committed yet (%s)", tp, offset, exc.__class__.__name__)
-                continue
-            self._uncommitted_rewinds.pop(tp, None)
 
     async def log_reset(self) -> None:
         """The broker's log was reset under this consumer (the embedded runner recreated the
