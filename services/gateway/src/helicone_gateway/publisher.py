@@ -455,7 +455,7 @@ class EventPublisher:
                 if self.connected and self._open.is_set():  # held: the runner is replacing the log
                     await asyncio.wait_for(self._check_offsets(), self.publish_timeout)
             except Exception as exc:  # noqa: BLE001 - next round tries again
-                log.warning("journal check failed: %r", exc)
+                log.debug("journal check failed: %r", exc)
             self._update_gauges()
 
     async def _check_offsets(self) -> None:
