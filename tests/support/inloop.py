@@ -26,3 +26,29 @@ async def serve(app, lifespan: str = "off", **options):
     finally:
         server.should_exit = True
         await task
+
+
+async def asgi_request(app, scope: dict, parts: list[bytes]) -> tuple[int, dict, bytes]:
+    """One request straight through an ASGI app (no server: any bytes can go in): the body in
+    `parts`, then a disconnect once the response is complete. Returns status, headers, body."""
+    parts = list(parts)
+    done = asyncio.Event()
+
+    async def receive():
+        if parts:
+            return {"type": "http.request", "body": parts.pop(0), "more_body": bool(parts)}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        done.set()
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])

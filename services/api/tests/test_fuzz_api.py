@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from services.api.tests.test_api import wait_for_keys
+from tests.support.inloop import asgi_request
 
 KEY = "<the test's key>"  # replaced by the real one once it exists
 
@@ -105,26 +106,8 @@ async def call(app, r: dict, key: str) -> tuple[int, bytes]:
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode("utf-8", "surrogatepass"), "query_string": r["query"],
              "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000), "server": ("api", 80)}
-    done = asyncio.Event()
-
-    async def receive():
-        if parts:
-            return {"type": "http.request", "body": parts.pop(0), "more_body": bool(parts)}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            done.set()
-
-    try:
-        await app(scope, receive, send)
-    finally:
-        done.set()
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+    status, _, content = await asgi_request(app, scope, parts)
+    return status, content
 
 
 def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from services.gateway.tests.test_proxy import CHAT, StubKeys
 from tests.support.fake_upstream import create_app as create_fake_upstream
-from tests.support.inloop import serve
+from tests.support.inloop import asgi_request, serve
 
 NAMES = [b"helicone-auth", b"helicone-request-id", b"helicone-user-id", b"helicone-session-id", b"helicone-session-path",
          b"helicone-session-name", b"helicone-property-team", b"helicone-property-", b"helicone-property-\xc3\xa9",
@@ -36,28 +36,7 @@ async def call(app, headers, body: bytes) -> tuple[int, dict, bytes]:
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
              "headers": headers, "client": ("127.0.0.1", 5000), "server": ("gw", 80)}
-    done = asyncio.Event()
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive():
-        if messages:
-            return messages.pop()
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            done.set()
-
-    try:
-        await app(scope, receive, send)
-    finally:
-        done.set()
-    start = sent[0]
-    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+    return await asgi_request(app, scope, [body])
 
 
 def test_gateway_survives_any_headers(tmp_path):

@@ -355,7 +355,7 @@ class Journal:
     def iter_all(self) -> Iterator[tuple[bytes, bytes]]:
         """Every record still in the journal, oldest first (tests and tools)."""
         for seg in list(self.segments):
-            yield from self._read(seg)[: seg.records]
+            yield from self.read(seg)
 
     # ---- opening ---------------------------------------------------------------------
     def _recover(self) -> None:
