@@ -204,6 +204,14 @@ class BrokerSupervisor:
                 return False
         return True
 
+    async def _wait_committed_to_end(self, admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, deadline: float) -> bool:
+        """Polls until the group has committed every record; False once `deadline` passes first."""
+        while not await self._committed_to_end(admin, probe):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
     async def drain(self, timeout: float) -> bool:
         """Waits until the ingest group has committed the end of the request-log topic (the
         gateway stopped first, so the log no longer grows): on a graceful stop, everything the
@@ -211,12 +219,10 @@ class BrokerSupervisor:
         deadline = time.monotonic() + timeout
         try:
             async with self._clients() as (admin, probe):
-                while not await self._committed_to_end(admin, probe):
-                    if time.monotonic() >= deadline:
-                        log.warning("stopping: ingest had not committed the whole log after %.0fs; what it has not "
-                                    "written stays in the gateway's journal and goes out at the next start", timeout)
-                        return False
-                    await asyncio.sleep(0.2)
+                if not await self._wait_committed_to_end(admin, probe, deadline):
+                    log.warning("stopping: ingest had not committed the whole log after %.0fs; what it has not "
+                                "written stays in the gateway's journal and goes out at the next start", timeout)
+                    return False
         except Exception as exc:  # noqa: BLE001 - broker gone: the journal keeps what was not written
             log.warning("stopping: could not drain the broker (%s: %s)", exc.__class__.__name__, exc)
             return False
@@ -237,12 +243,10 @@ class BrokerSupervisor:
                          self.recycled_topic, self.settings.drain_timeout)
                 return False
             try:
-                while not await self._committed_to_end(admin, probe):
-                    if time.monotonic() >= deadline:
-                        log.info("not recycling %s: ingest has not committed its end within %.0fs; trying later",
-                                 self.recycled_topic, self.settings.drain_timeout)
-                        return False
-                    await asyncio.sleep(0.2)
+                if not await self._wait_committed_to_end(admin, probe, deadline):
+                    log.info("not recycling %s: ingest has not committed its end within %.0fs; trying later",
+                             self.recycled_topic, self.settings.drain_timeout)
+                    return False
                 for producer in self.producers:
                     await producer.committed_to_end()
                 await self._recreate(admin)
