@@ -81,7 +81,8 @@ secrets it gets, and whose ports its NetworkPolicy opens.
   "gateway" (list "kafka" "postgres" "prompts")
   "ingest" (list "kafka" "postgres" "clickhouse" "s3")
   "api" (list "postgres" "clickhouse" "s3" "prompts")
-  "prompts" (list "postgres") -}}
+  "prompts" (list "postgres")
+  "migrations" (list "postgres" "clickhouse") -}}
 {{- toJson (get $uses .) }}
 {{- end }}
 
@@ -92,7 +93,7 @@ secrets it gets, and whose ports its NetworkPolicy opens.
 
 {{/* A component's values: components.<name> merged over defaults (component wins). */}}
 {{- define "helicone.componentValues" -}}
-{{- $c := get .ctx.Values.components .component }}
+{{- $c := get .ctx.Values.components .component | default dict }}
 {{- toJson (fromJson (include "helicone.merge" (dict "base" .ctx.Values.defaults "over" $c))) }}
 {{- end }}
 
@@ -129,11 +130,11 @@ field names (schema-checked against the code).
 {{- $name := .component }}
 {{- $c := fromJson (include "helicone.componentValues" .) }}
 {{- $uses := fromJsonArray (include "helicone.uses" $name) }}
-{{- $s := dict
-  "host" "0.0.0.0"
-  "port" $c.port
-  "log_level" $v.logLevel
-  "data_dir" (include "helicone.dataDir" $ctx) }}
+{{- $s := dict "log_level" $v.logLevel "data_dir" (include "helicone.dataDir" $ctx) }}
+{{- if $c.port }}
+{{- $_ := set $s "host" "0.0.0.0" }}
+{{- $_ := set $s "port" $c.port }}
+{{- end }}
 {{- if $v.region }}{{ $_ := set $s "region" $v.region }}{{ end }}
 {{- if has "kafka" $uses }}
 {{- $k := $v.kafka }}
@@ -167,8 +168,10 @@ field names (schema-checked against the code).
 {{- if eq $name "prompts" }}
 {{- $_ := set $s "grpc_port" $c.grpcPort }}
 {{- end }}
+{{- if ne $name "migrations" }}
 {{- range $k, $val := $v.config }}{{ $_ := set $s $k $val }}{{ end }}
 {{- range $k, $val := ($c.config | default dict) }}{{ $_ := set $s $k $val }}{{ end }}
+{{- end }}
 {{- toJson $s }}
 {{- end }}
 
@@ -198,7 +201,7 @@ service's existingSecret when set, else from the chart's Secret.
 {{- $ctx := .ctx }}
 {{- $v := $ctx.Values }}
 {{- $uses := fromJsonArray (include "helicone.uses" .component) }}
-{{- $own := include "helicone.secretName" $ctx }}
+{{- $own := .secretName | default (include "helicone.secretName" $ctx) }}
 {{- $out := list }}
 {{- if has "postgres" $uses }}
 {{- if $v.postgres.existingSecret }}
