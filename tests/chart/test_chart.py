@@ -368,4 +368,4 @@ def test_notes_print_the_port_forward_and_base_url_lines(chart):
     assert "kubectl -n helicone port-forward svc/hc-helicone-gateway 8787:8787" in notes
     assert 'base_url="http://localhost:8787/v1"' in notes
     assert "kubectl -n helicone port-forward svc/hc-helicone-api 8585:8585" in notes
-    assert "helicone-stack keys create" in notes
+    assert "python -m helicone_core.key_admin create" in notes
