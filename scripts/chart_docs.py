@@ -228,7 +228,7 @@ def build_schema(values: dict, params: dict[str, str]) -> dict:
     props = {k: schema_for(k, v, params, classes) for k, v in values.items()}
     components = props["components"]["properties"]
     defaults = props["defaults"]["properties"]
-    for name, comp in components.items():
+    for comp in components.values():
         # every component accepts every `defaults` key (its override) besides its own keys
         merged = copy.deepcopy(defaults)
         for key, sub in comp["properties"].items():
