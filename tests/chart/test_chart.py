@@ -1,0 +1,371 @@
+"""The Helm chart rendered with the real Helm engine: every values file and a matrix of feature switches
+renders, lints and validates against the Kubernetes and CRD schemas; bad values are refused by the schema
+or by the templates with a message naming the value; and the rendered objects do what the docs say."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import helm_python as helm
+import pytest
+import yaml
+
+from tests.chart.render import CHART_DIR, REQUIRED, ROOT, by_kind, load_chart, merge, objects, render, values_file
+from tests.chart.validation import validate_manifest
+
+KUBE_VERSION = "v1.33.0"
+COMPONENTS = ("gateway", "ingest", "api", "prompts")
+REGIONS = sorted(p.name for p in CHART_DIR.glob("values-*.yaml") if p.name != "values-global.yaml")
+
+EXISTING_SECRETS = {
+    "postgres": {"dsn": "", "existingSecret": "pg-app", "existingSecretKey": "uri"},
+    "clickhouse": {"existingSecret": "ch", "existingSecretKey": "password"},
+    "s3": {"existingSecret": "s3"},
+    "kafka": {"sasl": {"password": "", "existingSecret": "kafka-user", "existingSecretKey": "password"}},
+}
+
+
+def switches(rollout: bool, keda: bool, monitoring: bool, existing: bool) -> dict:
+    layer = {
+        "components": {"gateway": {"rollout": {"enabled": rollout}}, "ingest": {"keda": {"enabled": keda}}},
+        "metrics": {"podMonitor": {"enabled": monitoring}, "prometheusRule": {"enabled": monitoring},
+                    "grafanaDashboards": {"enabled": monitoring}},
+        "defaults": {"autoscaling": {"enabled": True, "maxReplicas": 12}},
+    }
+    if existing:
+        layer = merge(layer, EXISTING_SECRETS)
+    else:
+        layer = merge(layer, {"clickhouse": {"password": "ch-pw"}, "s3": {"accessKeyId": "AK", "secretAccessKey": "SK"}})
+    return layer
+
+
+MATRIX = list(itertools.product([False, True], repeat=4))
+
+
+@pytest.fixture(scope="module")
+def chart():
+    return load_chart()
+
+
+def pods(objs: list[dict]) -> dict[str, dict]:
+    """component -> pod template of its workload (Deployment or Rollout)."""
+    out = {}
+    for o in objs:
+        if o["kind"] in ("Deployment", "Rollout"):
+            out[o["metadata"]["labels"]["app.kubernetes.io/component"]] = o["spec"]["template"]
+    return out
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def assert_valid(objs: list[dict]) -> None:
+    problems = {f'{o["kind"]}/{o["metadata"]["name"]}': errs for o in objs if (errs := validate_manifest(o))}
+    assert not problems, problems
+
+
+# --- every values file and the switch matrix: render, lint, validate -------------------------------------------
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_each_region_renders_lints_and_validates_with_only_its_values_files(chart, region):
+    layers = [values_file("values-global.yaml"), values_file(region)]
+    objs = objects(render(*layers, chart=chart))
+    assert_valid(objs)
+    report = helm.lint(str(CHART_DIR), merge(*layers), strict=True, kube_version=KUBE_VERSION)
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+def test_default_values_render_lint_and_validate(chart):
+    objs = objects(render(REQUIRED, chart=chart))
+    assert_valid(objs)
+    kinds = sorted({o["kind"] for o in objs})
+    assert kinds == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Service",
+                     "ServiceAccount"]
+    report = helm.lint(str(CHART_DIR), REQUIRED, strict=True, kube_version=KUBE_VERSION)
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+@pytest.mark.parametrize(("rollout", "keda", "monitoring", "existing"), MATRIX,
+                         ids=[f"rollout={r}-keda={k}-monitoring={m}-existing={e}" for r, k, m, e in MATRIX])
+def test_feature_matrix_renders_and_validates(chart, rollout, keda, monitoring, existing):
+    objs = objects(render(REQUIRED, switches(rollout, keda, monitoring, existing), chart=chart))
+    assert_valid(objs)
+    kinds = {o["kind"] for o in objs}
+    workloads = {o["metadata"]["name"]: o["kind"] for o in objs if o["kind"] in ("Deployment", "Rollout")}
+    assert workloads["hc-helicone-gateway"] == ("Rollout" if rollout else "Deployment")
+    assert workloads["hc-helicone-ingest"] == "Deployment"  # ingest is never canaried
+    assert ("AnalysisTemplate" in kinds) == rollout
+    assert ("ScaledObject" in kinds) == keda
+    for kind in ("PodMonitor", "PrometheusRule"):
+        assert (kind in kinds) == monitoring, kind
+    dashboards = [o for o in objs if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"].get("labels", {})]
+    assert bool(dashboards) == monitoring
+
+    hpas = by_kind(objs, "HorizontalPodAutoscaler")
+    gateway_target = hpas["hc-helicone-gateway"]["spec"]["scaleTargetRef"]
+    assert gateway_target["kind"] == ("Rollout" if rollout else "Deployment")
+    assert gateway_target["apiVersion"] == ("argoproj.io/v1alpha1" if rollout else "apps/v1")
+    assert ("hc-helicone-ingest" in hpas) == (not keda)  # KEDA off: a CPU HPA instead
+
+    secret_names = {ref["secretKeyRef"]["name"] for pod in pods(objs).values() for c in pod["spec"]["containers"]
+                    for e in c.get("env", []) if (ref := e.get("valueFrom"))}
+    own = by_kind(objs, "Secret").get("hc-helicone", {"data": {}})
+    if existing:
+        assert secret_names >= {"pg-app", "ch", "s3", "kafka-user"}
+        assert not {"postgres-dsn", "clickhouse-password", "s3-access-key-id", "kafka-sasl-password"} & set(own["data"])
+    else:
+        assert secret_names == {"hc-helicone"}
+        assert {"postgres-dsn", "clickhouse-password", "s3-access-key-id", "s3-secret-access-key",
+                "kafka-sasl-password"} <= set(own["data"])
+
+
+def test_lint_of_the_whole_matrix_is_clean():
+    for rollout, keda, monitoring, existing in MATRIX:
+        report = helm.lint(str(CHART_DIR), merge(REQUIRED, switches(rollout, keda, monitoring, existing)), strict=True,
+                           kube_version=KUBE_VERSION)
+        assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+# --- bad values: refused with a message naming the value --------------------------------------------------------
+
+BAD_VALUES = [
+    ({"bogus": 1}, "bogus"),
+    ({"components": {"gateway": {"replicas": "two"}}}, "/components/gateway/replicas"),
+    ({"components": {"gateway": {"config": {"no_such_setting": 1}}}}, "no_such_setting"),
+    ({"components": {"gateway": {"config": {"postgres_dsn": "x"}}}}, "postgres_dsn"),  # secrets only from Secrets
+    ({"components": {"gateway": {"config": {"kafka_bootstrap": "x:1"}}}}, "kafka_bootstrap"),  # set via kafka.bootstrap
+    ({"components": {"api": {"config": {"journal_max_bytes": 1}}}}, "journal_max_bytes"),  # a gateway setting
+    ({"components": {"gateway": {"config": {"journal_max_bytes": 5}}}}, "journal_max_bytes"),  # below the code's minimum
+    ({"config": {"max_query_limit": 5}}, "max_query_limit"),  # api-only: not for every component
+    ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
+    ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
+    ({"kafka": {"securityProtocol": "TLS"}}, "/kafka/securityProtocol"),
+    ({"region": "EU West"}, "/region"),
+    ({"image": {"digest": "latest"}}, "/image/digest"),
+    ({"components": {"gateway": {"port": 70000}}}, "/components/gateway/port"),
+    ({"components": {"gateway": {"rollout": {"analysis": {"maxErrorRatio": 2}}}}}, "maxErrorRatio"),
+    ({"components": {"ingest": {"keda": {"lagThreshold": 0}}}}, "lagThreshold"),
+    ({"components": {"prompts": {"enabled": "yes"}}}, "/components/prompts/enabled"),
+    ({"metrics": {"prometheusRule": {"gatewayErrorRatio": 0}}}, "gatewayErrorRatio"),
+    ({"networkPolicy": {"providerPorts": []}}, "providerPorts"),
+]
+
+
+@pytest.mark.parametrize(("bad", "named"), BAD_VALUES, ids=[n for _, n in BAD_VALUES])
+def test_schema_refuses_bad_values_naming_them(chart, bad, named):
+    with pytest.raises(helm.HelmError) as err:
+        chart.validate_schema(merge(REQUIRED, bad))
+    assert named in str(err.value)
+    with pytest.raises(helm.HelmError):  # and an install (render) is refused the same way
+        render(REQUIRED, bad, chart=chart)
+
+
+TEMPLATE_ERRORS = [
+    ({}, "postgres.dsn or postgres.existingSecret is required"),
+    ({"postgres": {"dsn": "x"}}, "kafka.sasl.password or kafka.sasl.existingSecret is required"),
+    (merge(REQUIRED, {"components": {"ingest": {"keda": {"enabled": True, "maxReplicas": 13}}}}), "above kafka.partitions"),
+    (merge(REQUIRED, {"components": {"ingest": {"autoscaling": {"enabled": True, "maxReplicas": 20}}}}), "above kafka.partitions"),
+    (merge(REQUIRED, {"s3": {"accessKeyId": "AK"}}), "s3.accessKeyId and s3.secretAccessKey go together"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), TEMPLATE_ERRORS, ids=[m for _, m in TEMPLATE_ERRORS])
+def test_values_the_schema_cannot_judge_are_refused_by_the_templates(chart, values, message):
+    with pytest.raises(helm.HelmError) as err:
+        render(values, chart=chart)
+    assert message in str(err.value)
+
+
+def test_schema_and_readme_table_are_generated_from_values_and_settings():
+    done = subprocess.run([sys.executable, "scripts/chart_docs.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# --- what the rendered objects promise ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full(chart):
+    """Everything on: canary, KEDA, monitoring, autoscaling, chart-owned secrets."""
+    return objects(render(REQUIRED, switches(True, True, True, False), chart=chart))
+
+
+def test_every_component_runs_its_own_module_from_the_same_hardened_pod_template(full):
+    templates = pods(full)
+    assert set(templates) == set(COMPONENTS)
+    for name, pod in templates.items():
+        spec = pod["spec"]
+        (container,) = spec["containers"]
+        assert container["command"] == ["python", "-m", f"helicone_{name}"]
+        assert container["envFrom"] == [{"configMapRef": {"name": f"hc-helicone-{name}"}}]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault" == spec["securityContext"]["seccompProfile"]["type"]
+        assert spec["securityContext"]["runAsUser"] != 0
+        assert spec["automountServiceAccountToken"] is False
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+        zones = [c for c in spec["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
+        assert zones and zones[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == name
+        assert {v["name"] for v in spec["volumes"]} >= {"data", "tmp"}
+        assert all("sizeLimit" in v["emptyDir"] for v in spec["volumes"] if "emptyDir" in v)
+        assert {"checksum/config", "checksum/secret"} <= set(pod["metadata"]["annotations"])
+        if name == "prompts":  # gRPC probes on the standard health service
+            assert container["readinessProbe"]["grpc"]["port"] == container["ports"][1]["containerPort"]
+            assert container["startupProbe"]["grpc"]
+        else:
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_a_fix_to_the_shared_defaults_lands_in_every_component(chart):
+    objs = objects(render(REQUIRED, {"defaults": {"probes": {"timeoutSeconds": 7}, "podLabels": {"team": "llm"}}}, chart=chart))
+    for name, pod in pods(objs).items():
+        container = pod["spec"]["containers"][0]
+        assert container["readinessProbe"]["timeoutSeconds"] == 7, name
+        assert pod["metadata"]["labels"]["team"] == "llm", name
+    # and a component can still override a default, even with false/0
+    objs = objects(render(REQUIRED, {"components": {"api": {"pdb": {"enabled": False}, "replicas": 0}}}, chart=chart))
+    assert "hc-helicone-api" not in by_kind(objs, "PodDisruptionBudget")
+    assert by_kind(objs, "Deployment")["hc-helicone-api"]["spec"]["replicas"] == 0
+    assert by_kind(objs, "Deployment")["hc-helicone-gateway"]["spec"]["replicas"] == 2
+
+
+def test_config_changes_roll_only_the_pods_they_reach(chart):
+    def checksums(layer):
+        return {n: p["metadata"]["annotations"] for n, p in pods(objects(render(REQUIRED, layer, chart=chart))).items()}
+
+    base = checksums({})
+    gateway_only = checksums({"components": {"gateway": {"config": {"publish_timeout": 9}}}})
+    assert gateway_only["gateway"]["checksum/config"] != base["gateway"]["checksum/config"]
+    assert all(gateway_only[n] == base[n] for n in ("ingest", "api", "prompts"))
+    everyone = checksums({"config": {"readiness_timeout": 2}})
+    assert all(everyone[n]["checksum/config"] != base[n]["checksum/config"] for n in COMPONENTS)
+    new_password = checksums({"postgres": {"dsn": "postgresql://helicone:rotated@pg:5432/helicone"}})
+    assert all(new_password[n]["checksum/secret"] != base[n]["checksum/secret"] for n in COMPONENTS)
+
+
+def test_gateway_shutdown_and_journal_volume_fit_the_gateway_settings(full):
+    from helicone_gateway.settings import GatewaySettings
+
+    pod = pods(full)["gateway"]
+    config = by_kind(full, "ConfigMap")["hc-helicone-gateway"]["data"]
+    container = pod["spec"]["containers"][0]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    publish_timeout = float(config.get("HELICONE_PUBLISH_TIMEOUT", GatewaySettings.model_fields["publish_timeout"].default))
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= pre_stop + publish_timeout + 30  # + in-flight streams
+    data = next(v for v in pod["spec"]["volumes"] if v["name"] == "data")
+    size_mib = int(data["emptyDir"]["sizeLimit"].removesuffix("Mi"))
+    journal = int(config["HELICONE_JOURNAL_MAX_BYTES"]) + int(config["HELICONE_JOURNAL_SEGMENT_BYTES"])
+    assert size_mib * 1024 * 1024 > journal  # the journal refuses to grow before the kubelet would evict the pod
+    assert config["HELICONE_DATA_DIR"] == container["volumeMounts"][0]["mountPath"]
+
+
+def test_canary_rollout_uses_both_services_and_the_analysis_from_values(chart):
+    steps = [{"setWeight": 10}, {"pause": {"duration": "1m"}}, {"setWeight": 100}]
+    objs = objects(render(REQUIRED, {"components": {"gateway": {"rollout": {
+        "enabled": True, "steps": steps, "analysis": {"maxErrorRatio": 0.01, "maxP95Seconds": 3}}}}}, chart=chart))
+    rollout = by_kind(objs, "Rollout")["hc-helicone-gateway"]
+    canary = rollout["spec"]["strategy"]["canary"]
+    services = by_kind(objs, "Service")
+    assert canary["stableService"] in services and canary["canaryService"] in services
+    assert canary["steps"] == steps
+    template = by_kind(objs, "AnalysisTemplate")[canary["analysis"]["templates"][0]["templateName"]]
+    conditions = {m["name"]: m["successCondition"] for m in template["spec"]["metrics"]}
+    assert conditions == {"error-ratio": "result[0] <= 0.01", "p95-time-to-first-byte": "result[0] <= 3"}
+    assert canary["analysis"]["args"] == [{"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}}]
+    assert "hc-helicone-gateway" not in by_kind(objs, "Deployment")
+
+
+def test_keda_scales_ingest_on_its_consumer_group_lag(full):
+    scaled = by_kind(full, "ScaledObject")["hc-helicone-ingest"]
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "helicone-ingest"
+    assert trigger["metadata"]["topic"] == "helicone.request-logged.v1"
+    assert scaled["spec"]["maxReplicaCount"] <= 12  # kafka.partitions
+    auth = by_kind(full, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
+    params = {p["parameter"]: p for p in auth["spec"]["secretTargetRef"]}
+    assert set(params) == {"sasl", "username", "password", "tls"}
+    secret = by_kind(full, "Secret")["hc-helicone"]["data"]
+    for p in params.values():
+        assert p["key"] in secret
+
+
+def test_the_code_defaults_agree_with_the_chart_names():
+    from helicone_core.settings import CommonSettings
+
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    defaults = CommonSettings()
+    assert values["kafka"]["topic"] == defaults.kafka_topic
+    assert values["kafka"]["dlqTopic"] == defaults.kafka_dlq_topic
+    assert values["kafka"]["consumerGroup"] == defaults.consumer_group
+
+
+def test_network_policies_deny_by_default_and_allow_each_real_edge(full):
+    policies = by_kind(full, "NetworkPolicy")
+    deny = policies["hc-helicone-default-deny"]["spec"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny and "egress" not in deny
+
+    def egress_ports(name):
+        return {p["port"] for rule in policies[name]["spec"]["egress"] for p in rule["ports"]}
+
+    assert egress_ports("hc-helicone-gateway") == {53, 9092, 9093, 5432, 50051, 443}
+    assert egress_ports("hc-helicone-ingest") == {53, 9092, 9093, 5432, 8123, 8443, 80, 443, 9000}
+    assert egress_ports("hc-helicone-prompts") == {53, 5432}
+    provider = next(r for r in policies["hc-helicone-gateway"]["spec"]["egress"] if r["ports"] == [{"port": 443, "protocol": "TCP"}])
+    assert "169.254.0.0/16" in provider["to"][0]["ipBlock"]["except"]  # never the cloud metadata service
+    assert "10.0.0.0/8" in provider["to"][0]["ipBlock"]["except"]
+    api_from = policies["hc-helicone-api"]["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in api_from
+    grpc = next(r for r in policies["hc-helicone-prompts"]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")
+    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in grpc["from"]} == {"gateway", "api"}
+    assert policies["hc-helicone-migrations"]["spec"]["ingress"] == []
+
+
+def test_pdbs_select_each_component(full):
+    pdbs = by_kind(full, "PodDisruptionBudget")
+    for name in COMPONENTS:
+        assert pdbs[f"hc-helicone-{name}"]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == name
+
+
+def test_migrations_run_before_install_and_upgrade_with_their_own_copy_of_the_secrets(full):
+    job = by_kind(full, "Job")["hc-helicone-migrations"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "helicone_core.migrate"]
+    env = env_of(container)
+    hook_secret = by_kind(full, "Secret")[env["HELICONE_POSTGRES_DSN"]["valueFrom"]["secretKeyRef"]["name"]]
+    assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert env["HELICONE_ANALYTICS_BACKEND"]["value"] == "clickhouse"
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]  # the release's one does not exist yet
+
+
+def test_regions_keep_their_data_apart(chart):
+    rendered = {}
+    for region in REGIONS:
+        objs = objects(render(values_file("values-global.yaml"), values_file(region), chart=chart))
+        rendered[region] = {n: o["data"] for n, o in by_kind(objs, "ConfigMap").items() if n.startswith("hc-helicone-")}
+    assert len(rendered) >= 2
+    buckets = set()
+    for region, configs in rendered.items():
+        name = region.removeprefix("values-").removesuffix(".yaml")
+        for component, data in configs.items():
+            assert data["HELICONE_REGION"] == name, component
+        buckets.add(configs["hc-helicone-ingest"]["HELICONE_S3_BUCKET"])
+    assert len(buckets) == len(rendered)  # one bucket per region
+    global_values = values_file("values-global.yaml")
+    assert "region" not in global_values and "bootstrap" not in global_values.get("kafka", {})
+    assert "bucket" not in global_values.get("s3", {}) and "url" not in global_values.get("clickhouse", {})
+
+
+def test_notes_print_the_port_forward_and_base_url_lines(chart):
+    notes = render(REQUIRED, chart=chart)["helicone/templates/NOTES.txt"]
+    assert "kubectl -n helicone port-forward svc/hc-helicone-gateway 8787:8787" in notes
+    assert 'base_url="http://localhost:8787/v1"' in notes
+    assert "kubectl -n helicone port-forward svc/hc-helicone-api 8585:8585" in notes
+    assert "python -m helicone_core.key_admin create" in notes
