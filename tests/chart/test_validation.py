@@ -234,7 +234,7 @@ def test_rejects_unknown_built_in_kinds_sub_types_and_look_alike_groups():
     container = {"apiVersion": "v1", "kind": "Container", "metadata": {"name": "x"}, "name": "x", "image": "i"}
     assert validate_manifest(container) == [
         f"Container/x: no schema: v1 Container is not a built-in kind (kubernetes_validate {kubernetes_validate.__version__}) "
-        "(Kubernetes 1.29.0, 1.33.0)"]
+        "and no CRD of it is vendored (Kubernetes 1.29.0, 1.33.0)"]
     # A Deployment of another group is not apps/v1's Deployment.
     lookalike = dict(copy.deepcopy(DEPLOYMENT), apiVersion="apps.example.com/v1")
     assert "no schema: apps.example.com/v1 Deployment" in joined(validate_manifest(lookalike))
@@ -248,8 +248,13 @@ def test_rejects_a_kind_missing_from_an_older_kubernetes():
            "spec": {"priorityLevelConfiguration": {"name": "global-default"}}}
     assert validate_manifest(old, ("1.29.0",)) == [
         f"FlowSchema/x: no schema: flowcontrol.apiserver.k8s.io/v1beta2 FlowSchema is not a built-in kind "
-        f"(kubernetes_validate {kubernetes_validate.__version__}) (Kubernetes 1.29.0)"]
+        f"(kubernetes_validate {kubernetes_validate.__version__}) and no CRD of it is vendored (Kubernetes 1.29.0)"]
     assert validate_manifest(old, ("1.28.0",)) == []
+
+
+def test_refuses_to_check_against_no_kubernetes_version():
+    with pytest.raises(ValueError, match="kube_versions is empty"):
+        validate_manifest(DEPLOYMENT, ())
 
 
 def test_rejects_objects_without_apiversion_or_kind():
