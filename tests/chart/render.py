@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "charts" / "helicone"
 RELEASE = "hc"
 NAMESPACE = "helicone"
-# The least an install must say: where Postgres is and the Kafka SASL password (no silent defaults for secrets).
+# The least an install must say: where Postgres is and the Kafka SASL passwords (no silent defaults for secrets).
 REQUIRED = {"postgres": {"dsn": "postgresql://helicone:pw@helicone-pg-rw.helicone-data:5432/helicone"},
-            "kafka": {"sasl": {"password": "kafka-pw"}}}
+            "kafka": {"sasl": {"gateway": {"password": "gw-pw"}, "ingest": {"password": "in-pw"}}}}
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -23,7 +23,8 @@ EXISTING_SECRETS = {
     "postgres": {"dsn": "", "existingSecret": "pg-app", "existingSecretKey": "uri"},
     "clickhouse": {"existingSecret": "ch", "existingSecretKey": "password"},
     "s3": {"existingSecret": "s3"},
-    "kafka": {"sasl": {"password": "", "existingSecret": "kafka-user", "existingSecretKey": "password"}},
+    "kafka": {"sasl": {"gateway": {"password": "", "existingSecret": "kafka-gateway"},
+                       "ingest": {"password": "", "existingSecret": "kafka-ingest"}}},
 }
 
 
@@ -115,12 +116,13 @@ def test_feature_matrix_renders_and_validates(chart, rollout, keda, monitoring, 
                     for e in c.get("env", []) if (ref := e.get("valueFrom"))}
     own = by_kind(objs, "Secret").get("hc-helicone", {"data": {}})
     if existing:
-        assert secret_names >= {"pg-app", "ch", "s3", "kafka-user"}
-        assert not {"postgres-dsn", "clickhouse-password", "s3-access-key-id", "kafka-sasl-password"} & set(own["data"])
+        assert secret_names >= {"pg-app", "ch", "s3", "kafka-gateway", "kafka-ingest"}
+        assert not {"postgres-dsn", "clickhouse-password", "s3-access-key-id", "kafka-sasl-password-gateway",
+                    "kafka-sasl-password-ingest"} & set(own["data"])
     else:
         assert secret_names == {"hc-helicone"}
         assert {"postgres-dsn", "clickhouse-password", "s3-access-key-id", "s3-secret-access-key",
-                "kafka-sasl-password"} <= set(own["data"])
+                "kafka-sasl-password-gateway", "kafka-sasl-password-ingest"} <= set(own["data"])
 
 
 def test_lint_of_the_whole_matrix_is_clean():
@@ -166,7 +168,9 @@ def test_schema_refuses_bad_values_naming_them(chart, bad, named):
 
 TEMPLATE_ERRORS = [
     ({}, "postgres.dsn or postgres.existingSecret is required"),
-    ({"postgres": {"dsn": "x"}}, "kafka.sasl.password or kafka.sasl.existingSecret is required"),
+    ({"postgres": {"dsn": "x"}}, "kafka.sasl.gateway.password or kafka.sasl.gateway.existingSecret is required"),
+    ({"postgres": {"dsn": "x"}, "kafka": {"sasl": {"gateway": {"password": "p"}}}},
+     "kafka.sasl.ingest.password or kafka.sasl.ingest.existingSecret is required"),
     (merge(REQUIRED, {"components": {"ingest": {"keda": {"enabled": True, "maxReplicas": 13}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"components": {"ingest": {"autoscaling": {"enabled": True, "maxReplicas": 20}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"s3": {"accessKeyId": "AK"}}), "s3.accessKeyId and s3.secretAccessKey go together"),

@@ -95,7 +95,7 @@ def test_accepts_a_minimal_object_of_each_vendored_kind(key):
 
 
 def test_accepts_a_valid_deployment_for_every_kube_version():
-    assert KUBE_VERSIONS == ("1.29.0", "1.33.0")
+    assert KUBE_VERSIONS == ("1.30.0", "1.33.0")
     assert validate_manifest(DEPLOYMENT) == []
 
 
@@ -132,7 +132,7 @@ def test_rejects_an_unknown_field_in_a_deployment():
     bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     assert validate_manifest(bad) == [  # one error, naming the Kubernetes versions it was found in
         "Deployment/gateway: spec.template.spec.containers[0]: unknown field(s) ('imagePullPolicyy' was unexpected) "
-        "(Kubernetes 1.29.0, 1.33.0)"]
+        "(Kubernetes 1.30.0, 1.33.0)"]
     assert validate_manifest(bad, ("1.33.0",)) == [
         "Deployment/gateway: spec.template.spec.containers[0]: unknown field(s) ('imagePullPolicyy' was unexpected) "
         "(Kubernetes 1.33.0)"]
@@ -199,7 +199,7 @@ def test_rejects_bad_metadata_of_a_custom_resource():
     bad = minimal("KafkaTopic")
     bad["metadata"]["labelz"] = {}  # checked against Kubernetes' ObjectMeta
     assert validate_manifest(bad) == [
-        "KafkaTopic/example: metadata: unknown field(s) ('labelz' was unexpected) (Kubernetes 1.29.0, 1.33.0)"]
+        "KafkaTopic/example: metadata: unknown field(s) ('labelz' was unexpected) (Kubernetes 1.30.0, 1.33.0)"]
     bad = minimal("KafkaTopic")
     bad["metadata"]["name"] = "Helicone_Topic"
     assert "metadata.name: 'Helicone_Topic' is not a DNS-1123 subdomain" in joined(validate_manifest(bad))
@@ -234,7 +234,7 @@ def test_rejects_unknown_built_in_kinds_sub_types_and_look_alike_groups():
     container = {"apiVersion": "v1", "kind": "Container", "metadata": {"name": "x"}, "name": "x", "image": "i"}
     assert validate_manifest(container) == [
         f"Container/x: no schema: v1 Container is not a built-in kind (kubernetes_validate {kubernetes_validate.__version__}) "
-        "and no CRD of it is vendored (Kubernetes 1.29.0, 1.33.0)"]
+        "and no CRD of it is vendored (Kubernetes 1.30.0, 1.33.0)"]
     # A Deployment of another group is not apps/v1's Deployment.
     lookalike = dict(copy.deepcopy(DEPLOYMENT), apiVersion="apps.example.com/v1")
     assert "no schema: apps.example.com/v1 Deployment" in joined(validate_manifest(lookalike))

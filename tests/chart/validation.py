@@ -37,7 +37,7 @@ from packaging.version import Version
 from tests.chart.crd_schemas.vendor import HERE as CRD_SCHEMA_DIR
 from tests.chart.crd_schemas.vendor import SOURCES
 
-KUBE_VERSIONS = ("1.29.0", "1.33.0")
+KUBE_VERSIONS = ("1.30.0", "1.33.0")
 
 _K8S_DEFS_ID = "https://kubernetes.io/api/_definitions.json"
 _OBJECT_META_REF = _K8S_DEFS_ID + "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"

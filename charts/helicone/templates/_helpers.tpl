@@ -147,7 +147,7 @@ field names (schema-checked against the code).
 {{- $_ := set $s "kafka_security_protocol" $k.securityProtocol }}
 {{- if hasPrefix "SASL" $k.securityProtocol }}
 {{- $_ := set $s "kafka_sasl_mechanism" $k.sasl.mechanism }}
-{{- $_ := set $s "kafka_sasl_username" (required "kafka.sasl.username is required when kafka.securityProtocol is SASL_*" $k.sasl.username) }}
+{{- $_ := set $s "kafka_sasl_username" (required (printf "kafka.sasl.%s.username is required when kafka.securityProtocol is SASL_*" $name) (get $k.sasl $name).username) }}
 {{- end }}
 {{- if and (hasSuffix "SSL" $k.securityProtocol) $k.tls.caSecret }}
 {{- $_ := set $s "kafka_ssl_cafile" "/etc/helicone/kafka-ca/ca.crt" }}
@@ -229,11 +229,12 @@ service's existingSecret when set, else from the chart's Secret.
 {{- end }}
 {{- end }}
 {{- if and (has "kafka" $uses) (hasPrefix "SASL" $v.kafka.securityProtocol) }}
-{{- if $v.kafka.sasl.existingSecret }}
-{{- $out = append $out (dict "env" "HELICONE_KAFKA_SASL_PASSWORD" "secret" $v.kafka.sasl.existingSecret "key" $v.kafka.sasl.existingSecretKey) }}
+{{- $user := get $v.kafka.sasl .component }}
+{{- if $user.existingSecret }}
+{{- $out = append $out (dict "env" "HELICONE_KAFKA_SASL_PASSWORD" "secret" $user.existingSecret "key" $user.existingSecretKey) }}
 {{- else }}
-{{- $_ := required "kafka.sasl.password or kafka.sasl.existingSecret is required when kafka.securityProtocol is SASL_*" $v.kafka.sasl.password }}
-{{- $out = append $out (dict "env" "HELICONE_KAFKA_SASL_PASSWORD" "secret" $own "key" "kafka-sasl-password") }}
+{{- $_ := required (printf "kafka.sasl.%s.password or kafka.sasl.%s.existingSecret is required when kafka.securityProtocol is SASL_*" .component .component) $user.password }}
+{{- $out = append $out (dict "env" "HELICONE_KAFKA_SASL_PASSWORD" "secret" $own "key" (printf "kafka-sasl-password-%s" .component)) }}
 {{- end }}
 {{- end }}
 {{- toJson $out }}
@@ -249,13 +250,18 @@ service's existingSecret when set, else from the chart's Secret.
 {{- $_ := set $d "s3-access-key-id" $v.s3.accessKeyId }}
 {{- $_ := set $d "s3-secret-access-key" $v.s3.secretAccessKey }}
 {{- end }}
-{{- if and (hasPrefix "SASL" $v.kafka.securityProtocol) (not $v.kafka.sasl.existingSecret) $v.kafka.sasl.password }}{{ $_ := set $d "kafka-sasl-password" $v.kafka.sasl.password }}{{ end }}
+{{- if hasPrefix "SASL" $v.kafka.securityProtocol }}
+{{- range $component := list "gateway" "ingest" }}
+{{- $user := get $v.kafka.sasl $component }}
+{{- if and (get $v.components $component).enabled (not $user.existingSecret) $user.password }}{{ $_ := set $d (printf "kafka-sasl-password-%s" $component) $user.password }}{{ end }}
+{{- end }}
+{{- end }}
 {{- if and $v.components.ingest.enabled $v.components.ingest.keda.enabled (ne $v.kafka.securityProtocol "PLAINTEXT") }}
 {{- /* KEDA's TriggerAuthentication takes these connection facts only from Secrets */}}
 {{- $_ := set $d "keda-kafka-tls" (ternary "enable" "disable" (hasSuffix "SSL" $v.kafka.securityProtocol)) }}
 {{- if hasPrefix "SASL" $v.kafka.securityProtocol }}
 {{- $_ := set $d "keda-kafka-sasl" (get (dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512") $v.kafka.sasl.mechanism) }}
-{{- $_ := set $d "keda-kafka-username" $v.kafka.sasl.username }}
+{{- $_ := set $d "keda-kafka-username" $v.kafka.sasl.ingest.username }}
 {{- end }}
 {{- end }}
 {{- toJson $d }}
