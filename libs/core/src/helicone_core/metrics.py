@@ -69,7 +69,6 @@ def build_version() -> str:
 class ServiceMetrics:
     def __init__(self, service: str, region: str = "") -> None:
         self.service = service
-        self.region = region
         self.registry = CollectorRegistry(auto_describe=True)
         self.up = Gauge("helicone_service_up", "1 while the service is running", ["service"], registry=self.registry)
         self.up.labels(service).set(1)
