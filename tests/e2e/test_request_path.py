@@ -257,3 +257,64 @@ def test_poison_event_goes_to_dead_letter_topic_and_ingest_continues(stack):
     headers = asyncio.run(find_in_dlq())
     assert headers is not None, "poison event not found in the dead-letter topic"
     assert headers["x-helicone-error"]
+
+
+def metric_samples(url: str, name: str) -> dict[tuple, float]:
+    """The samples of one metric on a /metrics page, keyed by their sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics").text
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples if s.name == name}
+
+
+def test_region_flows_from_the_gateway_through_kafka_to_the_api(stack):
+    assert stack.region == "eu-west-1"
+    run = uuid.uuid4().hex[:8]
+    raw = oai(stack, **{"Helicone-Property-Run": run}).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "which region"}])
+    assert raw.headers.get_list("helicone-region") == [stack.region]
+    rid = raw.headers["helicone-id"]
+    assert stack.wait_for_request(rid)["region"] == stack.region
+    with stack.api_client() as api:
+        def q(region):
+            r = api.post("/v1/request/query", json={"filter": {"properties": {"run": run}, "region": region}})
+            assert r.status_code == 200, r.text
+            return [d["request_id"] for d in r.json()["data"]]
+        assert q(stack.region) == [rid] and q("us-east-1") == []
+    # the gateway's own answers name the region too
+    unauthorized = httpx.post(f"{stack.gateway}/v1/chat/completions", json={"model": "gpt-4o-mini"})
+    assert unauthorized.status_code == 401 and unauthorized.headers["helicone-region"] == stack.region
+
+
+def test_every_service_reports_its_region_and_ingest_its_usage_and_lag(stack):
+    import importlib.metadata
+
+    version = importlib.metadata.version("helicone-core")
+    for name, url in (("gateway", stack.gateway), ("api", stack.api), ("ingest", stack.ingest_ops),
+                      ("prompts", stack.prompts_ops)):
+        assert metric_samples(url, "helicone_service_info") == {
+            (("region", stack.region), ("service", name), ("version", version)): 1.0}, name
+
+    def prompt_tokens(model: str) -> float:
+        return metric_samples(stack.ingest_ops, "helicone_ingest_tokens_total").get(
+            (("kind", "prompt"), ("model", model), ("provider", "openai")), 0.0)
+
+    before, other_before = prompt_tokens("gpt-4.1-nano"), prompt_tokens("other")
+    private_model = "acme-private-" + uuid.uuid4().hex[:8]  # a model name the caller made up
+    rids = []
+    for model in ("gpt-4.1-nano-2025-04-14", "gpt-4.1-nano-2025-04-14", "gpt-4.1-nano", private_model):
+        raw = oai(stack).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "count these tokens"}])  # 3 prompt tokens
+        rids.append(raw.headers["helicone-id"])
+    for rid in rids:
+        assert stack.wait_for_request(rid)["usage"]["prompt_tokens"] == 3
+    # once each, under the cost registry's name for the model, or "other"; never the caller's string
+    assert prompt_tokens("gpt-4.1-nano") - before == 9
+    assert prompt_tokens("other") - other_before >= 3
+    labels = metric_samples(stack.ingest_ops, "helicone_ingest_tokens_total")
+    assert not [k for k in labels if ("model", private_model) in k]
+    deadline = time.monotonic() + 30
+    while metric_samples(stack.ingest_ops, "helicone_ingest_consumer_lag_events") != {(): 0.0}:
+        assert time.monotonic() < deadline, "ingest's lag did not return to 0 after it caught up"
+        time.sleep(0.25)

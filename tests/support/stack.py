@@ -43,6 +43,7 @@ class Stack:
     log_path: Path
     data_dir: Path
     startup_seconds: float
+    region: str = ""  # HELICONE_REGION of every service
     _launch: object = None  # restarts the runner process with the same command
     _runner: object = None  # () -> the current runner process
 
@@ -121,10 +122,10 @@ def _create_key(dsn: str) -> dict:
 
 @contextlib.contextmanager
 def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None,
-                  postgres_dsn: str | None = None, embedded_broker: bool = False) -> Iterator[Stack]:
+                  postgres_dsn: str | None = None, embedded_broker: bool = False, region: str = "") -> Iterator[Stack]:
     """The whole stack; with `postgres_dsn`, on that Postgres (e.g. behind a fault proxy) instead of
     the runner's embedded one, with a key created here; with `embedded_broker`, on the broker the
-    runner starts and supervises itself."""
+    runner starts and supervises itself; with `region`, every service's HELICONE_REGION."""
     ports = {name: free_port() for name in ("gateway", "api", "ingest", "prompts", "grpc", "kafka", "upstream", "s3")}
     procs: list[subprocess.Popen] = []
     runner_slot: list[subprocess.Popen] = []
@@ -156,6 +157,8 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             HELICONE_KAFKA_IDEMPOTENT_PRODUCER="false",  # the test broker is Tansu, which lacks InitProducerId
             HELICONE_BATCH_WITHIN="0.2", HELICONE_OFFSET_GUARD_INTERVAL="1", HELICONE_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
         )
+        if region:
+            env["HELICONE_REGION"] = region
         env.update(extra_env or {})
         log_path = tmp / "stack.log"
         data_dir = tmp / "data"
@@ -191,7 +194,7 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             ingest_ops=f"http://127.0.0.1:{ports['ingest']}", prompts_ops=f"http://127.0.0.1:{ports['prompts']}",
             prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url,
             kafka=None if embedded_broker else kafka, kafka_bootstrap=kafka.bootstrap,
-            key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup,
+            key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup, region=region,
             _launch=launch, _runner=lambda: runner_slot[-1],
         )
     finally:

@@ -44,3 +44,21 @@ def test_bad_registry_file_is_a_clear_error(tmp_path):
     path.write_text(json.dumps({"openai": {"x": {"input": "cheap"}}}))
     with pytest.raises(ValueError, match="openai/x"):
         CostRegistry.from_file(path)
+
+
+def test_canonical_model_names_come_from_the_registry_only():
+    reg = CostRegistry.default()
+    assert reg.canonical_model("openai", "gpt-4o-mini-2024-07-18") == "gpt-4o-mini"
+    assert reg.canonical_model("openai", "GPT-4o") == "gpt-4o"
+    assert reg.canonical_model("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123") == "gpt-4o-mini"
+    assert reg.canonical_model("anthropic", "claude-3-5-haiku-20241022") == "claude-3-5-haiku"
+    assert reg.canonical_model("together", "openai/gpt-4o") == "gpt-4o"  # unknown provider: every provider's names
+    assert reg.canonical_model("openai", "my-team-finetune-9000") is None
+    assert reg.canonical_model("openai", "") is None
+
+
+def test_load_takes_a_file_or_the_shipped_registry(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"openai": {"house-model": {"input": 1, "output": 2}}}))
+    assert CostRegistry.load(path).canonical_model("openai", "house-model-v2") == "house-model"
+    assert CostRegistry.load(None).canonical_model("openai", "house-model-v2") is None

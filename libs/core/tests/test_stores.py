@@ -172,3 +172,39 @@ async def test_chdb_stores_on_one_path_share_one_engine(chdb_path):
     finally:
         await a.close()
         await b.close()
+
+
+
+COLUMNS_SQL = ("SELECT name, type FROM system.columns WHERE database = {d:String} AND table = 'request_log' "
+               "ORDER BY position")
+
+
+async def test_init_schema_adds_the_region_column_to_an_existing_table_keeping_its_rows(analytics_settings):
+    store = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    other = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    db = store.database
+    try:
+        # request_log as created before the region column existed
+        await store._command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        pre_region = analytics.request_log_ddl(db).replace("    region LowCardinality(String),\n", "")
+        assert "region" not in pre_region
+        await store._command(pre_region)
+        old = _row(_event("org-a", T0, model="before"))
+        del old["region"]
+        await store.insert("request_log", [old])
+
+        await asyncio.gather(store.init_schema(), other.init_schema())  # two processes starting at once
+        await store.init_schema()  # and once more: nothing changes
+        await store.insert("request_log", [_row(_event("org-a", T0, model="after", region="eu-west-1"))])
+        rows = await store.query("SELECT model, region FROM {db}.request_log FINAL ORDER BY model")
+        assert rows == [{"model": "after", "region": "eu-west-1"}, {"model": "before", "region": ""}]
+
+        # the same columns, in the same order, as a table created today
+        await store._command(f"CREATE DATABASE IF NOT EXISTS {db}_fresh")
+        await store._command(analytics.request_log_ddl(f"{db}_fresh"))
+        columns = await store.query(COLUMNS_SQL, {"d": db})
+        assert columns == await store.query(COLUMNS_SQL, {"d": f"{db}_fresh"})
+        assert {"name": "region", "type": "LowCardinality(String)"} in columns
+    finally:
+        await other.close()
+        await store.close()

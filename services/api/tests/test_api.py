@@ -11,11 +11,11 @@ T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
 async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice", props=None, status=200, request_id=None,
-                      response=b"data: {}\n\ndata: [DONE]\n\n"):
+                      response=b"data: {}\n\ndata: [DONE]\n\n", region=""):
     """Stores a request the way ingest does: bodies under the event's own keys, then its row."""
     ev = events.RequestLogged(
         schema_version=1, request_id=request_id or events.new_request_id(), org_id=org, status=status, provider="openai",
-        model=model, user_id=user, properties=props or {}, latency_ms=120, time_to_first_token_ms=-1,
+        model=model, user_id=user, properties=props or {}, latency_ms=120, time_to_first_token_ms=-1, region=region,
         usage=events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), cost_usd=0.5, cost_known=True,
     )
     events.set_time(ev.request_created_at, T0 + dt.timedelta(minutes=minutes))
@@ -82,6 +82,22 @@ async def test_filters(api):
     assert await query(client, filter={"start": "2026-03-01T12:05:00"}) == [c, b]  # naive means UTC
     assert await query(client, limit=1, offset=1) == [b]
     assert await query(client, filter={"model": "gpt-4o", "user_id": "nobody"}) == []
+
+
+async def test_rows_name_their_region_and_can_be_filtered_by_it(api):
+    client, state, org, other_org, _ = api
+    eu = await add_request(state, org, minutes=0, region="eu-west-1")
+    us = await add_request(state, org, minutes=1, region="us-east-1")
+    unset = await add_request(state, org, minutes=2)
+    await add_request(state, other_org, minutes=3, region="eu-west-1")
+    assert await query(client, filter={"region": "eu-west-1"}) == [eu]
+    assert await query(client, filter={"region": "us-east-1", "model": "gpt-4o-mini"}) == [us]
+    assert await query(client, filter={"region": ""}) == [unset]
+    assert await query(client, filter={"region": "ap-south-1"}) == []
+    r = await client.post("/v1/request/query", json={"filter": {}, "sort": "created_at_asc"})
+    assert [(d["request_id"], d["region"]) for d in r.json()["data"]] == [(eu, "eu-west-1"), (us, "us-east-1"), (unset, None)]
+    assert (await client.get(f"/v1/request/{eu}")).json()["region"] == "eu-west-1"
+    assert (await client.get(f"/v1/request/{unset}")).json()["region"] is None
 
 
 async def test_filter_values_are_matched_exactly_whatever_they_contain(api):

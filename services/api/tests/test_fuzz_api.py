@@ -42,7 +42,7 @@ scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max
 json_value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)),
                           max_leaves=12)
 filters = st.fixed_dictionaries({}, optional={
-    "start": when, "end": when, "model": text, "provider": text, "user_id": text, "session_id": text,
+    "start": when, "end": when, "model": text, "provider": text, "user_id": text, "session_id": text, "region": text,
     "status": st.one_of(st.integers(-5, 2000), scalar), "properties": st.one_of(st.dictionaries(text, text, max_size=25), json_value),
     "bogus": json_value,
 })

@@ -367,3 +367,33 @@ async def test_ops_endpoints(gateway):
         "http_client": {"ok": True, "required": True}, "key_store": {"ok": True, "required": True},
         "kafka": {"ok": False, "required": False}, "postgres": {"ok": False, "required": False}}}
     assert "helicone_gateway_requests_total" in (await client.get("/metrics")).text
+
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", ""])
+async def test_every_answer_names_the_gateways_region_when_one_is_set_and_so_does_the_log(tmp_path, region):
+    fake = create_fake_upstream()
+    auth = {"Helicone-Auth": "Bearer good-key"}
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, openai_url=upstream_url, anthropic_url="http://127.0.0.1:1", region=region,
+        max_header_count=12, max_request_bytes=4096,
+    ) as (client, built):
+        post = client.post
+        answers = {  # proxied ones, and every kind of answer the gateway gives itself
+            "200": await post("/v1/chat/completions", json=CHAT, headers=auth),
+            "200 stream": await post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=auth),
+            "500 from the provider": await post("/v1/chat/completions", json=dict(CHAT, model="fail-500"), headers=auth),
+            "401": await post("/v1/chat/completions", json=CHAT),
+            "503": await post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer down"}),
+            "400": await post("/v1/chat/completions", json=CHAT, headers={**auth, "Helicone-Request-Id": "x"}),
+            "431": await post("/v1/chat/completions", json=CHAT, headers={f"x-h{i}": "v" for i in range(12)}),
+            "413": await post("/v1/chat/completions", content=b"x" * 5000, headers=auth),
+            "403": await post("/v1/chat/completions", json=CHAT, headers={**auth, "Helicone-Target-URL": "http://127.0.0.1:9"}),
+            "502": await post("/v1/messages", json=CHAT, headers=auth),  # the provider cannot be reached
+        }
+    assert {name: r.status_code for name, r in answers.items()} == {name: int(name[:3]) for name in answers}
+    for name, r in answers.items():
+        assert r.headers.get_list("helicone-region") == ([region] if region else []), name
+    # what was logged (proxied, 413, 403, 502) names the region too
+    assert sorted(ev.status for ev in built) == [200, 200, 403, 413, 500, 502]
+    assert {ev.region for ev in built} == {region}

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS {db}.{table}
     body_truncated UInt8,
     error String,
     source LowCardinality(String),
+    region LowCardinality(String),
     version UInt64,
     INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1
 )
@@ -80,6 +81,12 @@ ORDER BY ({sorting_key})
 """
 # Where init_schema moves a request_log with an older sorting key while it copies it into the new one.
 REQUEST_LOG_PREVIOUS = "request_log_before_identity"
+# Columns added to REQUEST_LOG_DDL after tables were created with it: (name, type, the column it
+# follows), added to an existing table by init_schema so that old and new tables look the same.
+# Old rows read the type's default ('' for region).
+REQUEST_LOG_ADDED_COLUMNS = (
+    ("region", "LowCardinality(String)", "source"),
+)
 
 
 def request_log_ddl(database: str, table: str = "request_log") -> str:
@@ -112,7 +119,10 @@ async def migrate_request_log(store) -> None:
     from then on, so none is missed), the new table is created, the old rows are copied (copying
     twice is harmless: the copies collapse), the copy is checked (every identity of the old
     table is in the new one) and only then is the old table dropped. Until the copy is done,
-    requests logged before the migration are missing from queries."""
+    requests logged before the migration are missing from queries.
+
+    Columns added since a table was created (REQUEST_LOG_ADDED_COLUMNS) are added in place: a
+    metadata change, no rows rewritten; old rows read the column's default."""
     db = store.database
     key = await _sorting_key(store, "request_log")
     if key is not None and key != REQUEST_LOG_SORTING_KEY:
@@ -124,6 +134,11 @@ async def migrate_request_log(store) -> None:
             if await _sorting_key(store, "request_log") not in (None, REQUEST_LOG_SORTING_KEY):
                 raise
     await store._command(request_log_ddl(db))
+    present = set(await _columns(store, "request_log"))
+    for name, type_, after in REQUEST_LOG_ADDED_COLUMNS:
+        if name not in present:  # IF NOT EXISTS: another process starting at once may add it first
+            log.warning("request_log has no %s column: adding it", name)
+            await store._command(f"ALTER TABLE {db}.request_log ADD COLUMN IF NOT EXISTS {name} {type_} AFTER {after}")
     if await _sorting_key(store, REQUEST_LOG_PREVIOUS) is not None:
         await _copy_previous_request_log(store)
 

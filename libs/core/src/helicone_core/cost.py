@@ -60,7 +60,13 @@ class CostRegistry:
     def from_file(cls, path: Path) -> CostRegistry:
         return cls(json.loads(Path(path).read_text()))
 
-    def price(self, provider: str, model: str) -> Price | None:
+    @classmethod
+    def load(cls, path: Path | None) -> CostRegistry:
+        """The registry in `path` (HELICONE_COST_REGISTRY_FILE), else the one shipped here."""
+        return cls.from_file(path) if path else cls.default()
+
+    def _match(self, provider: str, model: str) -> tuple[str, Price] | None:
+        """(the registry's name for the model, its price)."""
         model = model.lower().strip()
         if not model:
             return None
@@ -72,11 +78,21 @@ class CostRegistry:
         for prov in providers:
             models = self._prices[prov]
             if model in models:
-                return models[model]
+                return model, models[model]
             for candidate in self._ordered[prov]:
                 if model.startswith(candidate):
-                    return models[candidate]
+                    return candidate, models[candidate]
         return None
+
+    def price(self, provider: str, model: str) -> Price | None:
+        match = self._match(provider, model)
+        return match[1] if match else None
+
+    def canonical_model(self, provider: str, model: str) -> str | None:
+        """The registry's name for a model ("gpt-4o-2024-08-06" -> "gpt-4o"), None if it has no
+        price here: a value from a fixed set, fit for a metric label, whatever the caller sent."""
+        match = self._match(provider, model)
+        return match[0] if match else None
 
     def cost(self, provider: str, model: str, tokens: TokenCounts) -> float | None:
         price = self.price(provider, model)

@@ -15,6 +15,10 @@ InlineBodies = events_pb2.InlineBodies
 BodyLocation = events_pb2.BodyLocation
 
 SCHEMA_VERSION = 1
+# The providers the gateway routes to (`provider` of its events). Where a bounded value is needed
+# (a metric label) anything else an event may carry counts as CUSTOM_PROVIDER.
+PROVIDERS = ("openai", "anthropic")
+CUSTOM_PROVIDER = "custom"
 MAX_PROPERTY_KEY = 256
 MAX_PROPERTY_VALUE = 4096
 # org ids go into body keys ("orgs/<org>/...") and Kafka keys ("<org>/<request>"): no separators
@@ -156,5 +160,6 @@ def analytics_row(
         "body_truncated": int(truncated),
         "error": event.error,
         "source": event.source,
+        "region": event.region,
         "version": event_version(event),
     }

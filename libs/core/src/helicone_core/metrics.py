@@ -10,6 +10,7 @@ trip bounded by the service's `readiness_timeout`, and all run concurrently.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -57,12 +58,24 @@ OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+def build_version() -> str:
+    """The version every service reports: all of them ship together with helicone-core, in one image."""
+    try:
+        return importlib.metadata.version("helicone-core")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 class ServiceMetrics:
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, region: str = "") -> None:
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
         self.up = Gauge("helicone_service_up", "1 while the service is running", ["service"], registry=self.registry)
         self.up.labels(service).set(1)
+        # a constant 1 whose labels say what runs where (join it onto other series by `service`)
+        self.info = Gauge("helicone_service_info", "Which service, in which region (HELICONE_REGION), at which version",
+                          ["service", "region", "version"], registry=self.registry)
+        self.info.labels(service, region, build_version()).set(1)
 
     def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

@@ -7,13 +7,24 @@ Every field can be set from the environment with the ``HELICONE_`` prefix
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REQUEST_LOGGED_TOPIC = "helicone.request-logged.v1"
+
+# A region name goes into a response header, a metric label and every log row: short and plain.
+_REGION = re.compile(r"[a-z0-9-]{1,32}")
+
+
+def _region(value: str) -> str:
+    if value and not _REGION.fullmatch(value):
+        raise ValueError(f"HELICONE_REGION {value[:40]!r} must be empty or 1-32 lower-case letters, digits and '-' "
+                         "(e.g. eu-west-1)")
+    return value
 
 
 class CommonSettings(BaseSettings):
@@ -22,6 +33,12 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     data_dir: Path = Path("./.helicone-data")
     readiness_timeout: float = Field(default=1.0, gt=0)  # seconds for each /readyz check (they run concurrently)
+    # Where this deployment runs (e.g. eu-west-1): the gateway's Helicone-Region header, each log
+    # row's `region` and the `region` label of helicone_service_info. Empty: not multi-region.
+    region: Annotated[str, AfterValidator(_region)] = ""
+    # Model prices (cost.py): the gateway prices requests with them, ingest names models by them in
+    # its metrics. Default: the registry shipped with helicone_core.
+    cost_registry_file: Path | None = None
 
     # Kafka
     kafka_bootstrap: str = "localhost:9092"

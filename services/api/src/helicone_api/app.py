@@ -13,7 +13,7 @@ from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
 from helicone_core.key_directory import KeyDirectory
-from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, readiness
+from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
@@ -28,7 +28,7 @@ log = logging.getLogger("helicone.api")
 class ApiState:
     def __init__(self, settings: ApiSettings, analytics=None, bodies=None) -> None:
         self.settings = settings
-        self.metrics = ServiceMetrics("api")
+        self.metrics = ServiceMetrics("api", settings.region)
         self.analytics = analytics or make_analytics_store(settings)
         self.bodies = bodies or make_body_store(settings)
         self.pool = None
@@ -79,7 +79,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         finally:
             await state.stop()
 
-    app = FastAPI(title="helicone-api", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="helicone-api", version=build_version(), lifespan=lifespan)
     app.state.api = state
     add_ops_routes(app, state.metrics, state.ready)
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}

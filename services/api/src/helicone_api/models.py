@@ -79,6 +79,7 @@ class RequestFilter(BaseModel):
     provider: FilterText | None = None
     user_id: FilterText | None = None
     session_id: FilterText | None = None
+    region: FilterText | None = Field(None, description="the region whose gateway served the request (HELICONE_REGION)")
     status: int | None = Field(None, ge=0, le=999)
     properties: dict[FilterText, FilterText] = Field(default_factory=dict, description="every key must equal its value")
 

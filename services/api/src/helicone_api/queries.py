@@ -13,7 +13,7 @@ COLUMNS = """
     session_path, session_name, properties, prompt_tokens, completion_tokens, total_tokens,
     cache_read_tokens, cache_write_tokens, usage_known, cost_usd, cost_known, streamed,
     request_body_key, response_body_key, request_bytes, response_bytes, request_content_type,
-    response_content_type, body_truncated, error, source
+    response_content_type, body_truncated, error, source, region
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
 SORTS = {
@@ -48,7 +48,7 @@ def list_sql(org_id: str, q: RequestQuery) -> tuple[str, dict[str, Any]]:
     if f.end:
         where.append("request_created_at < {end:DateTime64(3, 'UTC')}")
         params["end"] = _ch_time(f.end)
-    for name in ("model", "provider", "user_id", "session_id"):
+    for name in ("model", "provider", "user_id", "session_id", "region"):
         value = getattr(f, name)
         if value is not None:
             where.append(f"{name} = {{{name}:String}}")
@@ -107,6 +107,7 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
         "body_truncated": bool(row["body_truncated"]),
         "error": row["error"] or None,
         "source": row["source"],
+        "region": row["region"] or None,
     }
 
 

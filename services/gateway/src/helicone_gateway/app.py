@@ -33,6 +33,7 @@ from .egress import (
     target_connector,
 )
 from .headers import (
+    REGION_HEADER,
     HeaderError,
     HeliconeHeaders,
     decode_headers,
@@ -71,10 +72,11 @@ class Rejection(Exception):
 
 
 async def send_error(send, status: int, message: str, kind: str, request_id: str,
-                     extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+                     always: tuple[tuple[bytes, bytes], ...], extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """A JSON error answer; `always` are the headers every gateway answer carries (Gateway.answer_headers)."""
     body = json.dumps({"error": {"message": message, "type": kind}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"helicone-id", request_id.encode()), *extra]
+               (b"helicone-id", request_id.encode()), *always, *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -133,9 +135,11 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.costs = (
-            CostRegistry.from_file(settings.cost_registry_file) if settings.cost_registry_file else CostRegistry.default()
+        # added to every answer, proxied or the gateway's own: built once here, not per request
+        self.answer_headers: tuple[tuple[bytes, bytes], ...] = (
+            ((REGION_HEADER.lower().encode(), settings.region.encode()),) if settings.region else ()
         )
+        self.costs = CostRegistry.load(settings.cost_registry_file)
         self.session: aiohttp.ClientSession | None = None  # configured providers
         self.target_session: aiohttp.ClientSession | None = None  # Helicone-Target-URL traffic, egress-checked
         self.egress = EgressPolicy(settings.target_url_allowlist, settings.target_url_allow_private)
@@ -249,17 +253,18 @@ class Gateway:
         # Like every answer before auth, a 431 is not logged: who sent it is unknown.
         too_large = header_limit_error(scope, self.settings.max_header_count, self.settings.max_header_bytes)
         if too_large is not None:
-            return await send_error(send, HEADERS_TOO_LARGE_STATUS, too_large, HEADERS_TOO_LARGE_TYPE, request_id)
+            return await send_error(send, HEADERS_TOO_LARGE_STATUS, too_large, HEADERS_TOO_LARGE_TYPE, request_id,
+                                    self.answer_headers)
         try:
             raw_headers = decode_headers(scope["headers"])
             hh = parse_helicone_headers(raw_headers)
         except HeaderError as exc:
-            return await send_error(send, 400, str(exc), "helicone_header_error", request_id)
+            return await send_error(send, 400, str(exc), "helicone_header_error", request_id, self.answer_headers)
         request_id = hh.request_id or request_id
         try:
             org_id = self.org_for(hh.auth_key)
         except Rejection as r:
-            return await send_error(send, r.status, r.message, r.kind, request_id, r.headers)
+            return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
         method = scope["method"]
         # raw_path keeps percent-encoding as the caller sent it (e.g. ids containing %2F)
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
@@ -281,7 +286,7 @@ class Gateway:
         except Rejection as r:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.message)
-            return await send_error(send, r.status, r.message, r.kind, request_id, r.headers)
+            return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
 
         # after the request body, receive() only ever reports the caller going away
         disconnected = asyncio.ensure_future(receive())
@@ -292,7 +297,7 @@ class Gateway:
             disconnected.cancel()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.message)
-            return await send_error(send, r.status, r.message, r.kind, request_id, r.headers)
+            return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
         except ClientGone:
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -308,7 +313,8 @@ class Gateway:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, "", b"", "", False, -1, error=f"{kind}: upstream request failed")
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
-                                    "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id)
+                                    "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
+                                    self.answer_headers)
 
         self.m_ttfb.labels(rt.provider).observe(time.perf_counter() - started)
         status = upstream.status
@@ -316,6 +322,7 @@ class Gateway:
         resp_encoding = upstream.headers.get("content-encoding", "")
         resp_headers = forward_response_headers(upstream.raw_headers)
         resp_headers.append((b"helicone-id", request_id.encode()))
+        resp_headers.extend(self.answer_headers)
         capture = Capture(self.settings.max_logged_body_bytes)
         # a caller that leaves mid-stream closes the provider's response at once, even while the
         # provider is silent (the read below would otherwise wait for its next byte)
@@ -506,6 +513,7 @@ class Gateway:
                 ),
                 error=error,
                 source="gateway",
+                region=self.settings.region,
             )
             events.set_time(ev.request_created_at, started_at)
             events.set_time(ev.response_created_at, finished_at)
@@ -532,7 +540,7 @@ class GatewayApp:
 
 def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     settings = settings or GatewaySettings()
-    metrics = ServiceMetrics("gateway")
+    metrics = ServiceMetrics("gateway", settings.region)
     gw = Gateway(settings, metrics)
 
     @asynccontextmanager

@@ -27,6 +27,8 @@ HOP_BY_HOP = frozenset(
 SERVER_SET = frozenset({"date", "server"})
 PROPERTY_PREFIX = "helicone-property-"
 MAX_PROPERTIES = 64
+# Response header naming the region whose gateway answered (HELICONE_REGION), when one is set.
+REGION_HEADER = "Helicone-Region"
 
 
 class HeaderError(ValueError):

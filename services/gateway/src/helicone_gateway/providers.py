@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from helicone_core.events import PROVIDERS
+
 from .settings import GatewaySettings
 
 
@@ -15,7 +17,7 @@ class Route:
     target: bool = False  # base_url came from Helicone-Target-URL (egress-checked, see egress.py)
 
 
-PREFIXES = {"/openai": "openai", "/anthropic": "anthropic"}
+PREFIXES = {f"/{name}": name for name in PROVIDERS}
 
 
 def route(settings: GatewaySettings, path: str, headers: dict[str, str], target_url: str) -> Route:

@@ -40,7 +40,6 @@ class GatewaySettings(ServiceSettings):
     # Idempotent producer (no duplicates from producer retries); the embedded broker (Tansu) lacks
     # InitProducerId, so `helicone-stack up` turns it off there.
     kafka_idempotent_producer: bool = True
-    cost_registry_file: Path | None = None
 
     def resolved_journal_dir(self) -> Path:
         return self.journal_dir or (self.data_dir / "journal")

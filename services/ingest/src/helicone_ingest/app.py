@@ -15,6 +15,7 @@ import faust
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
+from helicone_core.cost import CostRegistry
 from helicone_core.filemodes import private_dir
 from helicone_core.kafka import ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
@@ -29,7 +30,7 @@ log = logging.getLogger("helicone.ingest")
 class IngestService:
     def __init__(self, settings: IngestSettings, *, analytics=None, bodies=None) -> None:
         self.settings = settings
-        self.metrics = ServiceMetrics("ingest")
+        self.metrics = ServiceMetrics("ingest", settings.region)
         self.analytics = analytics or make_analytics_store(settings)
         self.bodies = bodies or make_body_store(settings)
         self.pool = None
@@ -43,6 +44,11 @@ class IngestService:
         self.m_rewinds = self.metrics.counter(
             "helicone_ingest_offset_rewinds_total",
             "Partitions rewound to the log start: position past the log end, or the log reset by the embedded runner",
+        )
+        self.m_consumer_lag = self.metrics.gauge(
+            "helicone_ingest_consumer_lag_events",
+            "Events in the partitions assigned to this worker that the group has not committed yet "
+            "(log end - committed offset), refreshed every offset_guard_interval",
         )
         self._guard_task: asyncio.Task | None = None
         self._postgres_task: asyncio.Task | None = None
@@ -112,7 +118,8 @@ class IngestService:
         s = self.settings
         await self.bodies.start()
         await self.analytics.init_schema()
-        self.writer = BatchWriter(self.analytics, self.bodies, self.metadata, self.metrics)
+        self.writer = BatchWriter(self.analytics, self.bodies, self.metadata, self.metrics,
+                                  CostRegistry.load(s.cost_registry_file))
         self._postgres_task = asyncio.create_task(self._connect_postgres(), name="ingest-postgres")
         self._metadata_task = asyncio.create_task(self.metadata.run(), name="ingest-metadata")
         await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor)
@@ -151,20 +158,22 @@ class IngestService:
         log.info("postgres connected; %d metadata keys pending", len(self.metadata))
 
     async def _offset_guard(self) -> None:
-        """Rewinds partitions whose consumer position is past the end of the log.
+        """Rewinds partitions whose consumer position is past the end of the log, and measures
+        the consumer lag, every offset_guard_interval.
 
-        That happens when a topic was recreated or truncated under a consumer group (or a
-        memory-only broker restarted) while the group kept its old offsets. Kafka answers such a
-        fetch with OFFSET_OUT_OF_RANGE and the reset policy applies; brokers that answer with an
-        empty fetch instead would leave ingest waiting forever. Re-reading is safe: writes are
-        idempotent."""
+        A position past the end happens when a topic was recreated or truncated under a consumer
+        group (or a memory-only broker restarted) while the group kept its old offsets. Kafka
+        answers such a fetch with OFFSET_OUT_OF_RANGE and the reset policy applies; brokers that
+        answer with an empty fetch instead would leave ingest waiting forever. Re-reading is safe:
+        writes are idempotent."""
         while True:
-            try:
-                await self._rewind_past_end()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - broker unreachable: try again next round
-                log.debug("offset guard skipped a round: %s", exc)
+            for step in (self._rewind_past_end, self._measure_lag):
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - broker unreachable: try again next round
+                    log.debug("offset guard: %s skipped a round: %s", step.__name__, exc)
             await asyncio.sleep(self.settings.offset_guard_interval)
 
     async def _rewind_past_end(self) -> None:
@@ -190,6 +199,27 @@ class IngestService:
             await self._rewind(consumer, tp, start)
             stuck.pop(tp)
         self._past_end = stuck
+
+    async def _measure_lag(self) -> None:
+        """Sets helicone_ingest_consumer_lag_events (see consumer_lag) for the request-log
+        partitions assigned to this worker (not Faust's own assignor topic); 0 when none is."""
+        consumer = self.faust.consumer if self.faust is not None else None
+        assigned = consumer.assignment() if consumer is not None else ()
+        tps = [tp for tp in assigned if tp.topic == self.settings.kafka_topic]
+        if not tps:
+            self.m_consumer_lag.set(0)
+            return
+        # The log end: the high watermark of the consumer's latest fetch or the broker's answer to
+        # one ListOffsets request for them all, whichever is further. The watermark stands still
+        # while the consumer does not fetch (its buffers are full: ingest is behind, just when the
+        # lag matters); ListOffsets falls a little short on Tansu (the last batch's base offset + 1).
+        listed = await consumer.highwaters(*tps)
+        ends = {tp: max(consumer.highwater(tp) or 0, listed.get(tp) or 0) for tp in tps}
+        # What Faust committed for the group on these partitions (read from the broker when they
+        # were assigned, then updated with each commit); None when nothing is committed yet.
+        committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
+        positions = {tp: await consumer.position(tp) for tp in tps if committed[tp] is None}
+        self.m_consumer_lag.set(consumer_lag(ends, committed, positions))
 
     async def _rewind(self, consumer, tp, offset: int) -> None:
         # forget the offsets Faust tracked for the old log, or it would skip the new records
@@ -247,6 +277,20 @@ class IngestService:
                       "analytics": self.analytics.ping(), "bodies": self.bodies.ping()},
             optional={"postgres": db.ping(self.pool)},
         )
+
+
+def consumer_lag(ends: dict, committed: dict, positions: dict) -> int:
+    """Sum over partitions of (log end - the group's committed offset, or the consumer's position
+    where nothing is committed). A committed offset past the end (a log recreated under the group,
+    see _offset_guard) counts 0, not a negative lag."""
+    total = 0
+    for tp, end in ends.items():
+        done = committed.get(tp)
+        if done is None:
+            done = positions.get(tp)
+        if done is not None:
+            total += max(end - done, 0)
+    return total
 
 
 async def _cancel(task: asyncio.Task | None) -> None:

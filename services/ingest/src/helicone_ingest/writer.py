@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from helicone_core import events
 from helicone_core.analytics import AnalyticsStore
 from helicone_core.bodies import BodyStore
+from helicone_core.cost import CostRegistry
 from helicone_core.metrics import ServiceMetrics
 
 from .metadata import PendingMetadata
 
 log = logging.getLogger("helicone.ingest")
+
+# The `model` label of a model the cost registry does not know (the caller chose the name).
+OTHER_MODEL = "other"
 
 
 @dataclass
@@ -32,10 +36,12 @@ class Rejected:
 
 
 class BatchWriter:
-    def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, metadata: PendingMetadata, metrics: ServiceMetrics) -> None:
+    def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, metadata: PendingMetadata, metrics: ServiceMetrics,
+                 costs: CostRegistry | None = None) -> None:
         self.analytics = analytics
         self.bodies = bodies
         self.metadata = metadata
+        self.costs = costs or CostRegistry.default()
         self.m_events = metrics.counter("helicone_ingest_events_total", "Events consumed", ("result",))
         self.m_batches = metrics.histogram(
             "helicone_ingest_batch_seconds", "Time to write one batch", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -47,6 +53,18 @@ class BatchWriter:
         self.m_lag = metrics.histogram(
             "helicone_ingest_end_to_end_seconds", "Response completed -> row written",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        # Usage of the events written (counted once a batch is written, so a retried batch counts
+        # once; an event replayed in a later batch is written, and counted, again). Labels are
+        # bounded: provider from events.PROVIDERS else "custom", model the cost registry's name else "other".
+        self.m_tokens = metrics.counter(
+            "helicone_ingest_tokens_total",
+            "Tokens of the events written; kind: prompt (every prompt token), completion, cache_read and "
+            "cache_write (both parts of prompt)",
+            ("provider", "model", "kind"),
+        )
+        self.m_cost = metrics.counter(
+            "helicone_ingest_cost_usd_total", "Cost in USD of the events written (events with a known cost)", ("provider", "model")
         )
 
     def decode(self, raws: list[bytes]) -> tuple[list[events.RequestLogged], list[Rejected]]:
@@ -92,8 +110,26 @@ class BatchWriter:
         for ev in batch:
             if ev.HasField("response_created_at"):
                 self.m_lag.observe(max(now - ev.response_created_at.ToDatetime(tzinfo=dt.timezone.utc).timestamp(), 0))
+            self._count_usage(ev)
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(batch))
+
+    def usage_labels(self, ev: events.RequestLogged) -> tuple[str, str]:
+        """(provider, model) labels of an event: never a string the caller chose."""
+        provider = ev.provider if ev.provider in events.PROVIDERS else events.CUSTOM_PROVIDER
+        return provider, self.costs.canonical_model(ev.provider, ev.model) or OTHER_MODEL
+
+    def _count_usage(self, ev: events.RequestLogged) -> None:
+        if not (ev.usage.known or ev.cost_known):
+            return
+        provider, model = self.usage_labels(ev)
+        u = ev.usage
+        for kind, tokens in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
+                             ("cache_read", u.cache_read_tokens), ("cache_write", u.cache_write_tokens)):
+            if tokens > 0:
+                self.m_tokens.labels(provider, model, kind).inc(tokens)
+        if ev.cost_known and ev.cost_usd > 0:
+            self.m_cost.labels(provider, model).inc(ev.cost_usd)
 
     async def _store_bodies(self, ev: events.RequestLogged) -> dict:
         which = ev.WhichOneof("bodies")

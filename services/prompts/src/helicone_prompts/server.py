@@ -127,7 +127,7 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
 class PromptsServer:
     def __init__(self, settings: PromptsSettings) -> None:
         self.settings = settings
-        self.metrics = ServiceMetrics("prompts")
+        self.metrics = ServiceMetrics("prompts", settings.region)
         self.pool = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()

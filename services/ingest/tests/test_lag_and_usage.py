@@ -1,0 +1,219 @@
+"""Ingest's consumer-lag gauge and usage counters, on a real broker (Tansu) and a real chDB store:
+the lag rises while ingest is held and falls to 0 once it has caught up; tokens and cost are
+counted once per written event (a failed, retried batch included), with bounded labels."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from helicone_core import events
+from helicone_core.analytics import ChdbStore
+from helicone_ingest.app import IngestService, consumer_lag
+from helicone_ingest.settings import IngestSettings
+
+ORG = str(uuid.uuid4())
+LAG = "helicone_ingest_consumer_lag_events"
+
+
+class HeldAnalytics:
+    """A real chDB store whose inserts wait while `open` is clear and fail `failures` times first."""
+
+    def __init__(self, store: ChdbStore) -> None:
+        self.store = store
+        self.database = store.database
+        self.open = asyncio.Event()
+        self.open.set()
+        self.failures = 0
+        self.attempts = 0
+
+    async def init_schema(self) -> None:
+        await self.store.init_schema()
+
+    async def insert(self, table, rows) -> None:
+        await self.open.wait()
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("clickhouse unreachable (test)")
+        await self.store.insert(table, rows)
+
+    async def query(self, sql, params=None):
+        return await self.store.query(sql, params)
+
+    async def ping(self) -> bool:
+        return await self.store.ping()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def settings(tmp_path, bootstrap: str, topic: str) -> IngestSettings:
+    return IngestSettings(
+        data_dir=tmp_path, body_store="local", analytics_backend="chdb", postgres_dsn="postgresql://127.0.0.1:1/none",
+        kafka_bootstrap=bootstrap, kafka_topic=topic, kafka_dlq_topic=topic + ".dlq", consumer_group=f"ingest-{topic}",
+        batch_size=50, batch_within=0.2, broker_rebalance_timeout=2.0, broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0, offset_guard_interval=0.2, retry_max_backoff=0.2, postgres_timeout=0.5,
+        metadata_stop_timeout=0.1, _env_file=None,
+    )
+
+
+def event(**kw) -> events.RequestLogged:
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id=ORG, status=200, **kw)
+    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    return ev
+
+
+async def produce(bootstrap: str, topic: str, evs: list[events.RequestLogged]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for ev in evs:
+            await producer.send_and_wait(topic, events.encode(ev), key=events.message_key(ev))
+    finally:
+        await producer.stop()
+
+
+async def eventually(check, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: still not true after {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def rows(svc: IngestService) -> int:
+    found = await svc.analytics.query(
+        "SELECT count() AS n FROM {db}.request_log FINAL WHERE org_id = {org:String} "
+        "SETTINGS output_format_json_quote_64bit_integers = 0", {"org": ORG})
+    return found[0]["n"]
+
+
+@pytest.fixture
+async def ingest(tmp_path, kafka_bootstrap):
+    topic = "metrics-" + uuid.uuid4().hex[:8]
+    analytics = HeldAnalytics(ChdbStore(tmp_path / "chdb", "helicone"))
+    svc = IngestService(settings(tmp_path, kafka_bootstrap, topic), analytics=analytics)
+    await asyncio.wait_for(svc.start(), 60)
+    try:
+        yield svc, analytics, kafka_bootstrap, topic
+    finally:
+        await svc.stop()
+
+
+def lag(svc: IngestService) -> float | None:
+    return svc.metrics.registry.get_sample_value(LAG)
+
+
+async def test_lag_rises_while_ingest_is_held_and_returns_to_zero_once_it_caught_up(ingest):
+    svc, analytics, bootstrap, topic = ingest
+    assert lag(svc) == 0  # nothing assigned yet, or nothing in the log
+
+    await produce(bootstrap, topic, [event(model="warm-up")])
+
+    async def caught_up(n: int):
+        async def check():
+            return await rows(svc) == n and lag(svc) == 0
+        return check
+    await eventually(await caught_up(1), "the first event written and committed")
+
+    analytics.open.clear()  # ClickHouse hangs: the batch is not written, so nothing is committed
+    await produce(bootstrap, topic, [event(model=f"held-{i}") for i in range(20)])
+
+    async def lag_is(n: int):
+        async def check():
+            return lag(svc) == n
+        return check
+    await eventually(await lag_is(20), "lag while held")
+
+    # The consumer stops fetching, as it does once Faust's buffers are full: its high watermark stands
+    # still, and only the broker's log end (ListOffsets) shows the events produced since.
+    consumer = svc.faust.consumer
+    [tp] = [tp for tp in consumer.assignment() if tp.topic == topic]
+    aio, aio_tp = consumer._thread._ensure_consumer(), TopicPartition(tp.topic, tp.partition)
+
+    async def pause():
+        aio.pause(aio_tp)
+    await consumer._thread.call_thread(pause)
+    await asyncio.sleep(3 * aio._fetcher._fetch_max_wait_ms / 1000)  # a fetch already in flight has come back
+    watermark = consumer.highwater(tp)
+    await produce(bootstrap, topic, [event(model=f"unfetched-{i}") for i in range(10)])
+    await eventually(await lag_is(30), "lag of events the consumer has not fetched")
+    assert consumer.highwater(tp) == watermark <= 21
+
+    async def resume():
+        aio.resume(aio_tp)
+    await consumer._thread.call_thread(resume)
+    analytics.open.set()
+    await eventually(await caught_up(31), "caught up after the hold")
+
+
+def test_lag_sums_partitions_from_the_committed_offset_or_the_position():
+    ends = {"p0": 100, "p1": 50, "p2": 7, "p3": 9}
+    committed = {"p0": 90, "p1": None, "p2": 12, "p3": None}  # p2: committed past a recreated log's end
+    positions = {"p1": 45, "p3": None}  # p3: no position yet either
+    assert consumer_lag(ends, committed, positions) == 10 + 5
+    assert consumer_lag({}, {}, {}) == 0
+
+
+def usage(prompt=0, completion=0, cache_read=0, cache_write=0, known=True) -> events.Usage:
+    return events.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                        cache_read_tokens=cache_read, cache_write_tokens=cache_write, known=known)
+
+
+async def test_tokens_and_cost_are_counted_once_per_written_event_with_bounded_labels(ingest):
+    svc, analytics, bootstrap, topic = ingest
+    evs = [
+        event(provider="openai", model="gpt-4o-mini-2024-07-18", usage=usage(100, 20, cache_read=40),
+              cost_usd=1.5e-5, cost_known=True),
+        event(provider="anthropic", model="claude-3-5-haiku-20241022", usage=usage(300, 50, cache_write=200),
+              cost_usd=2.5e-4, cost_known=True),
+        # a model name the caller chose, unknown to the cost registry: counted, as "other"
+        event(provider="openai", model="my-team-finetune-" + uuid.uuid4().hex, usage=usage(7, 3)),
+        # a provider outside the fixed set (e.g. logged through the api): "custom"
+        event(provider="together-" + uuid.uuid4().hex[:6], model="openai/gpt-4o", usage=usage(5, 5),
+              cost_usd=6.25e-5, cost_known=True),
+        event(provider="openai", model="gpt-4o-mini", usage=usage(known=False)),  # no usage from the provider
+    ]
+    analytics.failures = 1  # the first attempt at writing fails; the batch is retried
+    await produce(bootstrap, topic, evs)
+
+    async def all_written():
+        return await rows(svc) == len(evs)
+    await eventually(all_written, "every event written")
+    registry = svc.metrics.registry
+    assert registry.get_sample_value("helicone_ingest_write_errors_total", {"stage": "analytics"}) == 1
+
+    def samples(name: str) -> dict[tuple, float]:
+        return {tuple(sorted(s.labels.items())): s.value for metric in registry.collect() for s in metric.samples
+                if s.name == name}
+
+    def tokens(provider, model, kind):
+        return (("kind", kind), ("model", model), ("provider", provider))
+
+    assert samples("helicone_ingest_tokens_total") == {
+        tokens("openai", "gpt-4o-mini", "prompt"): 100, tokens("openai", "gpt-4o-mini", "completion"): 20,
+        tokens("openai", "gpt-4o-mini", "cache_read"): 40,
+        tokens("anthropic", "claude-3-5-haiku", "prompt"): 300, tokens("anthropic", "claude-3-5-haiku", "completion"): 50,
+        tokens("anthropic", "claude-3-5-haiku", "cache_write"): 200,
+        tokens("openai", "other", "prompt"): 7, tokens("openai", "other", "completion"): 3,
+        tokens("custom", "gpt-4o", "prompt"): 5, tokens("custom", "gpt-4o", "completion"): 5,
+    }
+    cost = samples("helicone_ingest_cost_usd_total")
+    assert cost.keys() == {(("model", "gpt-4o-mini"), ("provider", "openai")),
+                           (("model", "claude-3-5-haiku"), ("provider", "anthropic")),
+                           (("model", "gpt-4o"), ("provider", "custom"))}
+    assert cost[(("model", "gpt-4o-mini"), ("provider", "openai"))] == pytest.approx(1.5e-5)
+    assert cost[(("model", "claude-3-5-haiku"), ("provider", "anthropic"))] == pytest.approx(2.5e-4)
+    assert cost[(("model", "gpt-4o"), ("provider", "custom"))] == pytest.approx(6.25e-5)
+    # the counters add up to what the rows hold
+    [totals] = await svc.analytics.query(
+        "SELECT sum(prompt_tokens) AS p, sum(completion_tokens) AS c, sum(cost_usd) AS usd FROM {db}.request_log FINAL "
+        "WHERE org_id = {org:String} SETTINGS output_format_json_quote_64bit_integers = 0", {"org": ORG})
+    counted = samples("helicone_ingest_tokens_total")
+    assert sum(v for k, v in counted.items() if ("kind", "prompt") in k) == totals["p"] == 412
+    assert sum(v for k, v in counted.items() if ("kind", "completion") in k) == totals["c"] == 78
+    assert sum(cost.values()) == pytest.approx(totals["usd"])
