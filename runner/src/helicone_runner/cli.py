@@ -131,6 +131,8 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
     )
     ingest_extra, gateway_extra = {}, {}
     if not args.kafka:
+        # the embedded broker listens in plain text, whatever HELICONE_KAFKA_SECURITY_* say
+        common.update(kafka_security_protocol="PLAINTEXT", kafka_sasl_username="", kafka_sasl_password="", kafka_ssl_cafile=None)
         gateway_extra = dict(kafka_idempotent_producer=False)  # Tansu has no InitProducerId
         # one local broker, one member: no reason to wait long for others to join
         ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0)
