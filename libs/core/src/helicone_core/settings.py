@@ -28,6 +28,10 @@ def env_name(setting: str) -> str:
     return ENV_PREFIX + setting.upper()
 
 
+S3_KEY_PAIR_ERROR = (f"{env_name('s3_access_key_id')} and {env_name('s3_secret_access_key')} go together: "
+                     "set both, or neither to use the default AWS credential chain")
+
+
 class CommonSettings(BaseSettings):
     # hide_input_in_errors: a validation error would otherwise print the input, secrets included
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True)
@@ -73,6 +77,9 @@ class CommonSettings(BaseSettings):
     s3_bucket: str = "helicone-bodies"
     s3_region: str = "us-east-1"
     s3_create_bucket: bool = False
+    # Both or neither; neither: the default AWS credential chain (IRSA, instance role, AWS_* variables).
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
 
     @field_validator("kafka_topic_partitions")
     @classmethod
@@ -80,6 +87,11 @@ class CommonSettings(BaseSettings):
         if v < 1:
             raise ValueError("must be >= 1")
         return v
+
+    @field_validator("s3_access_key_id", "s3_secret_access_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        return None if v == "" else v  # an empty variable (e.g. rendered by a chart) means "not set"
 
     @model_validator(mode="after")
     def _kafka_security(self) -> CommonSettings:
@@ -100,6 +112,12 @@ class CommonSettings(BaseSettings):
                                  "which does not use TLS; use SSL or SASL_SSL")
             if not (self.kafka_ssl_cafile.is_file() and os.access(self.kafka_ssl_cafile, os.R_OK)):
                 raise ValueError(f"{cafile}: {self.kafka_ssl_cafile} is not a readable file (a PEM CA bundle)")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_credentials(self) -> CommonSettings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(S3_KEY_PAIR_ERROR)
         return self
 
     def resolved_chdb_path(self) -> Path:
