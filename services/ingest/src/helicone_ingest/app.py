@@ -20,6 +20,7 @@ from helicone_core.bodies import make_body_store
 from helicone_core.filemodes import private_dir
 from helicone_core.kafka import client_security, ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
+from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 
 from .metadata import PendingMetadata
 from .settings import IngestSettings
@@ -259,7 +260,7 @@ def faust_credentials(security: Mapping[str, Any]) -> faust.types.auth.Credentia
     from these (faust.transport.drivers.aiokafka.credentials_to_aiokafka_auth), giving them the
     same options as every other client."""
     protocol = security["security_protocol"]
-    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+    if protocol in KAFKA_SASL_PROTOCOLS:
         # SASLCredentials picks SASL_SSL exactly when it gets a TLS context
         return faust.SASLCredentials(
             username=security["sasl_plain_username"], password=security["sasl_plain_password"],
