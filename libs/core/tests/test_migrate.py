@@ -39,10 +39,6 @@ async def _migrate(env: dict[str, str], timeout: float = 120) -> tuple[int, str,
     return proc.returncode, out.decode(), err.decode(), time.monotonic() - started
 
 
-def _analytics_env(settings: dict) -> dict[str, str]:
-    return {k: str(v) for k, v in settings.items()}
-
-
 async def _schema_version(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -61,7 +57,7 @@ async def _request_log_key(settings: dict) -> list[dict]:
 
 
 async def test_migrates_postgres_and_analytics_and_running_again_changes_nothing(fresh_db_dsn, analytics_settings):
-    env = _env(postgres_dsn=fresh_db_dsn, **_analytics_env(analytics_settings))
+    env = _env(postgres_dsn=fresh_db_dsn, **analytics_settings)
     for _ in range(2):  # the second run finds everything migrated
         code, out, err, _ = await _migrate(env)
         assert code == 0, err
@@ -132,6 +128,5 @@ async def test_wrong_credentials_fail_at_once(fresh_db_dsn, chdb_path):
 async def test_invalid_settings_are_one_line_naming_the_variable(env, message):
     code, out, err, _ = await _migrate(_env(**env))
     assert code == 2
-    assert err.strip() == f"helicone migrate: invalid settings: {message}" or (
-        err.count("\n") == 1 and err.startswith("helicone migrate: invalid settings: ") and message in err), err
+    assert err.count("\n") == 1 and err.startswith("helicone migrate: invalid settings: ") and message in err, err
     assert PASSWORD not in out + err
