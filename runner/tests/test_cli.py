@@ -62,3 +62,72 @@ def test_unknown_target_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["up", "--target", "billing"])
     assert exc.value.code == 2 and "unknown service(s) billing" in capsys.readouterr().err
+
+
+def _runner_env(**helicone: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELICONE_")}
+    env.update({"HELICONE_" + k.upper(): str(v) for k, v in helicone.items()})
+    return env
+
+
+def test_up_migrates_postgres_and_analytics_before_starting_services(fresh_db_dsn, tmp_path):
+    """`helicone-stack up` runs helicone_core.migrate's apply_migrations first: the gateway alone
+    migrates neither Postgres nor the analytics store, yet both are migrated once it is READY."""
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    import asyncpg
+    from helicone_core import analytics, db
+    from helicone_core.analytics import ChdbStore
+    from helicone_runner.embedded import terminate
+
+    from tests.support.net import free_port
+
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "runner.log"
+    cmd = [sys.executable, "-m", "helicone_runner", "up", "--target", "gateway", "--data-dir", str(data_dir),
+           "--postgres-dsn", fresh_db_dsn, "--kafka", f"127.0.0.1:{free_port()}", "--gateway-port", str(free_port())]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=_runner_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while b"\nREADY" not in log_path.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        terminate(proc, grace=20)
+
+    async def schema() -> tuple[int, list[dict]]:
+        conn = await asyncpg.connect(fresh_db_dsn)
+        try:
+            version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+        finally:
+            await conn.close()
+        store = ChdbStore(data_dir / "chdb", "helicone")
+        try:
+            key = await store.query("SELECT sorting_key FROM system.tables WHERE database = 'helicone' AND name = 'request_log'")
+        finally:
+            await store.close()
+        return version, key
+
+    assert asyncio.run(schema()) == (len(db.MIGRATIONS), [{"sorting_key": analytics.REQUEST_LOG_SORTING_KEY}])
+
+
+def test_up_stops_with_the_migration_error_when_postgres_is_unreachable(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support.net import free_port
+
+    secret = "pw-never-shown-4711"
+    dsn = f"postgresql://helicone:{secret}@127.0.0.1:{free_port()}/helicone"
+    proc = subprocess.run([sys.executable, "-m", "helicone_runner", "up", "--target", "gateway", "--data-dir", str(tmp_path / "d"),
+                           "--postgres-dsn", dsn, "--kafka", f"127.0.0.1:{free_port()}", "--gateway-port", str(free_port())],
+                          env=_runner_env(migrate_timeout=1), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "error: postgres not reachable within 1s (HELICONE_MIGRATE_TIMEOUT)" in proc.stderr, proc.stderr
+    assert "READY" not in proc.stdout and secret not in proc.stdout + proc.stderr

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from helicone_core.kafka import ensure_topics
+from helicone_core.kafka import PLAINTEXT, ensure_topics
 from helicone_runner.embedded import DataDirLock, EmbeddedKafka, PidFile, alive, cmdline
 from helicone_runner.settings import EmbeddedBrokerSettings
 from helicone_runner.supervision import BrokerSupervisor
@@ -98,7 +98,7 @@ async def run_broker(tmp_path, name: str, recycle: bool) -> tuple[list[int], Con
     broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / f"{name}.log", tmp_path / f"{name}.pid")
     broker.start()
     try:
-        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1)
+        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
         producer, consumer = Producer(broker.bootstrap), Consumer(broker.bootstrap)
         await producer.producer.start()
         await consumer.start()
@@ -145,7 +145,7 @@ async def test_no_recycling_before_the_group_committed_everything(tmp_path):
     broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
     broker.start()
     try:
-        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1)
+        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
         producer, consumer = Producer(broker.bootstrap), Consumer(broker.bootstrap)
         await producer.producer.start()
         await consumer.start()

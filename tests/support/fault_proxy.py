@@ -1,11 +1,12 @@
 """A loopback TCP forwarder that tests can cut and restore, to put a real server (Postgres, a
 broker) out of reach without stopping it: `cut()` drops every open connection and refuses new
-ones until `restore()`."""
+ones until `restore()`. With `tls`, it also terminates TLS in front of a plain-text server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from tests.support.net import free_port
 
@@ -13,18 +14,20 @@ from tests.support.net import free_port
 class FaultProxy:
     """Listens on 127.0.0.1:<port>; forwards to a loopback TCP address or a Unix socket."""
 
-    def __init__(self, target_host: str = "", target_port: int = 0, *, unix_path: str = "") -> None:
+    def __init__(self, target_host: str = "", target_port: int = 0, *, unix_path: str = "",
+                 tls: ssl.SSLContext | None = None) -> None:
         if not unix_path and target_host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("FaultProxy only forwards to loopback or a Unix socket")
         self.target = (target_host, target_port)
         self.unix_path = unix_path
+        self.tls = tls  # a server context: clients speak TLS to the proxy, the proxy plain text to the target
         self.port = free_port()
         self.cut_now = False
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.tls)
         return self
 
     async def stop(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from helicone_core.filemodes import write_private
 from helicone_core.logging import configure_logging
+from helicone_core.migrate import MigrateSettings, apply_migrations
 
 from .embedded import BROKER_PID_FILE, DataDirLock, EmbeddedKafka, EmbeddedPostgres, secure_data_dir
 from .settings import EmbeddedBrokerSettings
@@ -90,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _bootstrap_key(dsn: str, data_dir: Path) -> dict:
-    """The first key of a fresh installation, kept (mode 600) so `up` can show it again."""
+    """The first key of a fresh installation, kept (mode 600) so `up` can show it again (on a
+    migrated database: run_up migrates first)."""
     from helicone_core import db
 
     path = data_dir / BOOTSTRAP_FILE
     pool = await db.connect_pool(dsn, max_size=2)
     try:
-        await db.migrate(pool)
         if path.exists():
             saved = json.loads(path.read_text())
             if await pool.fetchval("SELECT 1 FROM api_keys WHERE key_hash=$1 AND revoked_at IS NULL", db.hash_key(saved["key"])):
@@ -131,6 +132,8 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
     )
     ingest_extra, gateway_extra = {}, {}
     if not args.kafka:
+        # the embedded broker listens in plain text, whatever HELICONE_KAFKA_SECURITY_* say
+        common.update(kafka_security_protocol="PLAINTEXT", kafka_sasl_username="", kafka_sasl_password="", kafka_ssl_cafile=None)
         gateway_extra = dict(kafka_idempotent_producer=False)  # Tansu has no InitProducerId
         # one local broker, one member: no reason to wait long for others to join
         ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0)
@@ -139,6 +142,7 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
         "api": ApiSettings(**common, port=args.api_port),
         "ingest": IngestSettings(**common, port=args.ingest_port, **ingest_extra),
         "prompts": PromptsSettings(**common, port=args.prompts_port, grpc_port=args.prompts_grpc_port),
+        "migrate": MigrateSettings(**common),
     }
 
 
@@ -180,10 +184,12 @@ async def run_up(args) -> int:
         if not bootstrap:
             kafka = EmbeddedKafka(args.host, args.kafka_port, args.data_dir / "logs" / "kafka.log", args.data_dir / BROKER_PID_FILE)
             bootstrap = await kafka.start_async()  # spawned from this thread, the main one: see embedded.py
+        settings = _settings(args, dsn, bootstrap)
+        # what the chart's hook Job runs (python -m helicone_core.migrate), before any service starts
+        await apply_migrations(settings["migrate"])
         # A first key for a fresh embedded installation; with an external Postgres, keys are
         # created deliberately (`helicone-stack keys create --postgres-dsn ...`).
         key = await _bootstrap_key(dsn, args.data_dir) if pg else None
-        settings = _settings(args, dsn, bootstrap)
         running = await start_services(args.target, settings)
         if kafka:
             supervisor = _broker_supervisor(kafka, settings, running)

@@ -30,7 +30,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from helicone_core.kafka import ensure_topics
+from helicone_core.kafka import PLAINTEXT, ensure_topics
 
 from .embedded import EmbeddedKafka
 from .settings import EmbeddedBrokerSettings
@@ -156,7 +156,7 @@ class BrokerSupervisor:
                 raise
             self._down = False
             self._started_at = time.monotonic()
-            await ensure_topics(self.broker.bootstrap, self.topics, self.partitions, 1)
+            await ensure_topics(self.broker.bootstrap, self.topics, self.partitions, 1, security=PLAINTEXT)  # the embedded broker
             await self._reset_consumers()
         finally:
             self._release_producers()

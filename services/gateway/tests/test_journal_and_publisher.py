@@ -7,6 +7,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from helicone_core import events
+from helicone_core.kafka import PLAINTEXT
 from helicone_core.metrics import ServiceMetrics
 from helicone_gateway.journal import Journal, JournalInUse, encode_record
 from helicone_gateway.publisher import EventPublisher
@@ -141,7 +142,7 @@ def _publisher(tmp_path, bootstrap: str, topic: str = "t", **kw) -> tuple[EventP
     journal = Journal(tmp_path / "journal", max_bytes=kw.pop("max_bytes", 1 << 24), segment_bytes=kw.pop("segment_bytes", 1 << 20))
     kw.setdefault("publish_timeout", 1.0)
     pub = EventPublisher(
-        bootstrap=bootstrap, topic=topic, journal=journal, metrics=metrics, consumer_group="ingest-" + topic,
+        bootstrap=bootstrap, security=PLAINTEXT, topic=topic, journal=journal, metrics=metrics, consumer_group="ingest-" + topic,
         idempotent=False, **kw,
     )
     return pub, metrics
@@ -350,7 +351,7 @@ async def test_events_stay_on_the_configured_partitions_when_the_topic_has_more(
     from helicone_core.kafka import ensure_topics
 
     topic = "parts-" + uuid.uuid4().hex[:8]
-    await ensure_topics(kafka_bootstrap, [topic], 4, 1)
+    await ensure_topics(kafka_bootstrap, [topic], 4, 1, security=PLAINTEXT)
     pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, partitions=1)
     await pub.start()
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None)

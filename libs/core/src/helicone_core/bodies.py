@@ -1,5 +1,6 @@
 """Object store for request/response bodies: a local directory (embedded mode; owner-only,
-directories 0700 and files 0600) or S3."""
+directories 0700 and files 0600) or S3 (explicit keys from the settings, or the default AWS
+credential chain: IRSA, instance role, AWS_* variables)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import SecretStr
+
 from .filemodes import PRIVATE_FILE_MODE, private_dir
-from .settings import CommonSettings
+from .settings import S3_KEY_PAIR_ERROR, CommonSettings
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
 
@@ -74,11 +77,16 @@ class LocalBodyStore:
 
 
 class S3BodyStore:
-    def __init__(self, bucket: str, endpoint: str | None, region: str, create_bucket: bool) -> None:
+    def __init__(self, bucket: str, endpoint: str | None, region: str, create_bucket: bool,
+                 access_key_id: SecretStr | None = None, secret_access_key: SecretStr | None = None) -> None:
+        if (access_key_id is None) != (secret_access_key is None):
+            raise ValueError(S3_KEY_PAIR_ERROR)
         self.bucket = bucket
         self.endpoint = endpoint
         self.region = region
         self.create_bucket = create_bucket
+        self._access_key_id = access_key_id  # None: the default credential chain
+        self._secret_access_key = secret_access_key
         self._session = None
         self._client_cm = None
         self._client = None
@@ -87,7 +95,11 @@ class S3BodyStore:
         import aioboto3
 
         self._session = aioboto3.Session()
-        self._client_cm = self._session.client("s3", endpoint_url=self.endpoint, region_name=self.region)
+        keys = {}
+        if self._access_key_id is not None and self._secret_access_key is not None:
+            keys = {"aws_access_key_id": self._access_key_id.get_secret_value(),
+                    "aws_secret_access_key": self._secret_access_key.get_secret_value()}
+        self._client_cm = self._session.client("s3", endpoint_url=self.endpoint, region_name=self.region, **keys)
         self._client = await self._client_cm.__aenter__()
         if self.create_bucket:
             try:
@@ -124,4 +136,5 @@ class S3BodyStore:
 def make_body_store(settings: CommonSettings) -> BodyStore:
     if settings.body_store == "local":
         return LocalBodyStore(settings.resolved_body_dir())
-    return S3BodyStore(settings.s3_bucket, settings.s3_endpoint, settings.s3_region, settings.s3_create_bucket)
+    return S3BodyStore(settings.s3_bucket, settings.s3_endpoint, settings.s3_region, settings.s3_create_bucket,
+                       settings.s3_access_key_id, settings.s3_secret_access_key)

@@ -16,7 +16,7 @@ import functools
 import json
 from typing import Any
 
-from .settings import CommonSettings, ServiceSettings
+from .settings import ServiceSettings, env_name
 
 HEADERS_TOO_LARGE_STATUS = 431
 HEADERS_TOO_LARGE_TYPE = "request_headers_too_large"
@@ -28,11 +28,6 @@ PER_HEADER_FRAMING = 4
 # closing: closing at once, with its bytes unread, resets the connection and the caller may never
 # read the 431 (most clients send the whole request before reading).
 REFUSED_LINGER_SECONDS = 2.0
-
-
-def env_name(setting: str) -> str:
-    """The environment variable of a setting (HELICONE_<NAME>)."""
-    return CommonSettings.model_config["env_prefix"] + setting.upper()
 
 
 _COUNT_SETTING = f"max_header_count, {env_name('max_header_count')}"

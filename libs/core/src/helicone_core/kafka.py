@@ -1,17 +1,59 @@
-"""Kafka helpers shared by producers and consumers."""
+"""Kafka helpers shared by producers and consumers.
+
+`client_security` is the one place that turns the Kafka security settings into aiokafka client
+options: every client the services create (the gateway's producer, admin and offsets reader,
+ingest's Faust consumer and producer, `ensure_topics`, `ping_broker`) is built with them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from .settings import KAFKA_SASL_PROTOCOLS, KAFKA_TLS_PROTOCOLS, CommonSettings
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication_factor: int, timeout: float = 10.0) -> None:
-    """Creates the topics that do not exist yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+log = logging.getLogger(__name__)
+
+# The options of a plain connection: what the embedded broker (Tansu, loopback only) speaks.
+PLAINTEXT: Mapping[str, Any] = {"security_protocol": "PLAINTEXT"}
+
+
+def client_security(settings: CommonSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the security settings: security_protocol, and
+    sasl_mechanism / sasl_plain_username / sasl_plain_password and ssl_context as the protocol needs.
+
+    The result holds the SASL password in clear (aiokafka wants a str): never log it. The TLS
+    context is built here, once (it reads the CA bundle): call this at start-up, not per client."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    described = [protocol]
+    if protocol in KAFKA_TLS_PROTOCOLS:
+        cafile = settings.kafka_ssl_cafile
+        # verifies the broker's certificate and host name; no CA bundle: the system's CAs
+        options["ssl_context"] = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        described.append(f"CA bundle {cafile}" if cafile else "system CAs")
+    if protocol in KAFKA_SASL_PROTOCOLS:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+        described.append(f"{settings.kafka_sasl_mechanism} as {settings.kafka_sasl_username!r}")
+    log.info("kafka security: %s", ", ".join(described))
+    return options
+
+
+async def ensure_topics(
+    bootstrap: str, topics: list[str], partitions: int, replication_factor: int, timeout: float = 10.0,
+    *, security: Mapping[str, Any],
+) -> None:
+    """Creates the topics that do not exist yet. `security`: client_security(settings)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **security)
     await asyncio.wait_for(admin.start(), timeout)
     try:
         existing = set(await admin.list_topics())
@@ -23,11 +65,12 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         await admin.close()
 
 
-async def ping_broker(bootstrap: str, timeout: float) -> bool:
-    """True if a broker of `bootstrap` answers a metadata request within `timeout` seconds."""
+async def ping_broker(bootstrap: str, timeout: float, *, security: Mapping[str, Any]) -> bool:
+    """True if a broker of `bootstrap` answers a metadata request within `timeout` seconds
+    (over the connection `security` describes, authentication included)."""
     from aiokafka.client import AIOKafkaClient
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)))
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)), **security)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return True

@@ -7,14 +7,30 @@ Every field can be set from the environment with the ``HELICONE_`` prefix
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REQUEST_LOGGED_TOPIC = "helicone.request-logged.v1"
+ENV_PREFIX = "HELICONE_"
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+KAFKA_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting (HELICONE_<NAME>), for error messages."""
+    return ENV_PREFIX + setting.upper()
+
+
+S3_KEY_PAIR_ERROR = (f"{env_name('s3_access_key_id')} and {env_name('s3_secret_access_key')} go together: "
+                     "set both, or neither to use the default AWS credential chain")
 
 # A region name goes into a response header, a metric label and every log row: short and plain.
 _REGION = re.compile(r"[a-z0-9-]{1,32}")
@@ -28,7 +44,8 @@ def _region(value: str) -> str:
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HELICONE_", extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise print the input, secrets included
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True)
 
     log_level: str = "INFO"
     data_dir: Path = Path("./.helicone-data")
@@ -49,6 +66,12 @@ class CommonSettings(BaseSettings):
     kafka_topic_partitions: int = 1
     # Ingest's consumer group; the gateway reads its committed offsets to trim its journal.
     consumer_group: str = "helicone-ingest"
+    # How every Kafka client of the services reaches the brokers (kafka.py builds the client options).
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism = "SCRAM-SHA-512"  # SASL_PLAINTEXT / SASL_SSL only
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = None  # CA bundle (PEM) for SSL / SASL_SSL; None: the system's CAs
 
     # Postgres (metadata, keys, prompts)
     postgres_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
@@ -71,6 +94,9 @@ class CommonSettings(BaseSettings):
     s3_bucket: str = "helicone-bodies"
     s3_region: str = "us-east-1"
     s3_create_bucket: bool = False
+    # Both or neither; neither: the default AWS credential chain (IRSA, instance role, AWS_* variables).
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
 
     @field_validator("kafka_topic_partitions")
     @classmethod
@@ -78,6 +104,38 @@ class CommonSettings(BaseSettings):
         if v < 1:
             raise ValueError("must be >= 1")
         return v
+
+    @field_validator("s3_access_key_id", "s3_secret_access_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        return None if v == "" else v  # an empty variable (e.g. rendered by a chart) means "not set"
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> CommonSettings:
+        protocol = env_name("kafka_security_protocol")
+        if self.kafka_security_protocol in KAFKA_SASL_PROTOCOLS:
+            given = {"kafka_sasl_username": self.kafka_sasl_username, "kafka_sasl_password": self.kafka_sasl_password.get_secret_value()}
+            missing = [env_name(field) for field, value in given.items() if not value]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} must be set when {protocol} is {self.kafka_security_protocol}")
+        elif self.kafka_sasl_username or self.kafka_sasl_password.get_secret_value():
+            # credentials that would silently go unused hide a wrong protocol
+            raise ValueError(f"{env_name('kafka_sasl_username')} / {env_name('kafka_sasl_password')} are set but "
+                             f"{protocol} is {self.kafka_security_protocol}; use SASL_PLAINTEXT or SASL_SSL")
+        if self.kafka_ssl_cafile is not None:
+            cafile = env_name("kafka_ssl_cafile")
+            if self.kafka_security_protocol not in KAFKA_TLS_PROTOCOLS:
+                raise ValueError(f"{cafile} is set but {protocol} is {self.kafka_security_protocol}, "
+                                 "which does not use TLS; use SSL or SASL_SSL")
+            if not (self.kafka_ssl_cafile.is_file() and os.access(self.kafka_ssl_cafile, os.R_OK)):
+                raise ValueError(f"{cafile}: {self.kafka_ssl_cafile} is not a readable file (a PEM CA bundle)")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_credentials(self) -> CommonSettings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(S3_KEY_PAIR_ERROR)
+        return self
 
     def resolved_chdb_path(self) -> Path:
         return self.chdb_path or (self.data_dir / "chdb")

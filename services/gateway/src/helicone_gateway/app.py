@@ -18,6 +18,7 @@ from helicone_core import events
 from helicone_core.cost import CostRegistry
 from helicone_core.db import KeyStoreUnavailable
 from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, header_limit_error
+from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, readiness
 from yarl import URL
@@ -149,6 +150,7 @@ class Gateway:
         )
         self.publisher = EventPublisher(
             bootstrap=settings.kafka_bootstrap,
+            security=client_security(settings),
             topic=settings.kafka_topic,
             journal=Journal(settings.resolved_journal_dir(), settings.journal_max_bytes, settings.journal_segment_bytes),
             metrics=metrics,

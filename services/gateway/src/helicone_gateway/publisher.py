@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -44,6 +45,7 @@ class EventPublisher:
         self,
         *,
         bootstrap: str,
+        security: Mapping[str, Any],  # helicone_core.kafka.client_security(settings), for every client
         topic: str,
         journal: Journal,
         metrics: ServiceMetrics,
@@ -60,6 +62,7 @@ class EventPublisher:
         batch_size: int = 256,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.topic = topic
         self.journal = journal
         self.consumer_group = consumer_group
@@ -175,7 +178,7 @@ class EventPublisher:
 
     async def ping(self, timeout: float) -> bool:
         """A real round trip to the broker (metadata request), bounded by `timeout`."""
-        return await ping_broker(self.bootstrap, timeout)
+        return await ping_broker(self.bootstrap, timeout, security=self.security)
 
     # ---- hold / release (the embedded runner's log resets) ------------------------------
     async def hold(self) -> None:
@@ -381,9 +384,11 @@ class EventPublisher:
     async def _connect(self) -> None:
         timeout = self.publish_timeout
         if self.create_topic:
-            await ensure_topics(self.bootstrap, [self.topic], self.partitions, self.replication_factor, timeout)
+            await ensure_topics(self.bootstrap, [self.topic], self.partitions, self.replication_factor, timeout,
+                                security=self.security)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
+            **self.security,
             acks="all",
             enable_idempotence=self.idempotent,
             linger_ms=5,
@@ -392,10 +397,11 @@ class EventPublisher:
         )
         self._producer = producer
         await asyncio.wait_for(producer.start(), timeout)
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(timeout * 1000))
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(timeout * 1000), **self.security)
         await asyncio.wait_for(self._admin.start(), timeout)
         self._offsets = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=int(timeout * 1000)
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=int(timeout * 1000),
+            **self.security,
         )
         await asyncio.wait_for(self._offsets.start(), timeout)
         self._connected.set()

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Mapping
+from typing import Any
 
 import faust
 from helicone_core import db
@@ -17,8 +19,9 @@ from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
 from helicone_core.cost import CostRegistry
 from helicone_core.filemodes import private_dir
-from helicone_core.kafka import ensure_topics, ping_broker
+from helicone_core.kafka import client_security, ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
+from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 
 from .metadata import PendingMetadata
 from .settings import IngestSettings
@@ -30,6 +33,7 @@ log = logging.getLogger("helicone.ingest")
 class IngestService:
     def __init__(self, settings: IngestSettings, *, analytics=None, bodies=None) -> None:
         self.settings = settings
+        self.kafka_security = client_security(settings)  # every Kafka client of ingest uses it
         self.metrics = ServiceMetrics("ingest", settings.region)
         self.analytics = analytics or make_analytics_store(settings)
         self.bodies = bodies or make_body_store(settings)
@@ -61,6 +65,7 @@ class IngestService:
         app = faust.App(
             s.consumer_group,
             broker=[f"kafka://{b.strip()}" for b in s.kafka_bootstrap.split(",")],
+            broker_credentials=faust_credentials(self.kafka_security),
             store="memory://",
             web_enabled=False,
             autodiscover=False,
@@ -122,7 +127,8 @@ class IngestService:
                                   CostRegistry.load(s.cost_registry_file))
         self._postgres_task = asyncio.create_task(self._connect_postgres(), name="ingest-postgres")
         self._metadata_task = asyncio.create_task(self.metadata.run(), name="ingest-metadata")
-        await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor)
+        await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor,
+                            security=self.kafka_security)
         self.faust = self._build_faust()
         await self.faust.start()
         self._guard_task = asyncio.create_task(self._offset_guard())
@@ -273,7 +279,7 @@ class IngestService:
         self.m_assigned.set(assigned)
         return await readiness(
             s.readiness_timeout,
-            required={"kafka": ping_broker(s.kafka_bootstrap, s.readiness_timeout), "consumer_assigned": assigned > 0,
+            required={"kafka": ping_broker(s.kafka_bootstrap, s.readiness_timeout, security=self.kafka_security), "consumer_assigned": assigned > 0,
                       "analytics": self.analytics.ping(), "bodies": self.bodies.ping()},
             optional={"postgres": db.ping(self.pool)},
         )
@@ -291,6 +297,22 @@ def consumer_lag(ends: dict, committed: dict, positions: dict) -> int:
         if done is not None:
             total += max(end - done, 0)
     return total
+
+
+def faust_credentials(security: Mapping[str, Any]) -> faust.types.auth.CredentialsT | None:
+    """Faust's form of client_security(settings): Faust builds its aiokafka consumer and producer
+    from these (faust.transport.drivers.aiokafka.credentials_to_aiokafka_auth), giving them the
+    same options as every other client."""
+    protocol = security["security_protocol"]
+    if protocol in KAFKA_SASL_PROTOCOLS:
+        # SASLCredentials picks SASL_SSL exactly when it gets a TLS context
+        return faust.SASLCredentials(
+            username=security["sasl_plain_username"], password=security["sasl_plain_password"],
+            mechanism=security["sasl_mechanism"], ssl_context=security.get("ssl_context"),
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(security["ssl_context"])
+    return None
 
 
 async def _cancel(task: asyncio.Task | None) -> None:
