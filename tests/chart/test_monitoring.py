@@ -1,0 +1,363 @@
+"""The chart's monitoring: PodMonitors, the PrometheusRule (checked and unit-tested by promtool),
+runbooks, Grafana dashboards, and every metric their PromQL reads held against the /metrics of a
+running stack."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import helm_python as helm
+import httpx
+import pytest
+import yaml
+
+from tests.chart.promql import (
+    CHART,
+    analysis_exprs,
+    chart_metric_names,
+    dashboard_exprs,
+    dashboard_files,
+    grafana_variable_metric_names,
+    promql_metric_names,
+    rule_exprs,
+)
+
+RELEASE, NAMESPACE = "hc", "helicone"
+# What the chart needs to render at all; the monitoring switches are the point of these tests.
+BASE_VALUES = {"postgres": {"dsn": "postgresql://helicone@postgres.helicone-data:5432/helicone"},
+               "kafka": {"sasl": {"password": "not-a-real-password"}}}
+MONITORING = {"metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                          "grafanaDashboards": {"enabled": True}}}
+ALERTS_TEST = Path(__file__).parent / "promtool" / "alerts_test.yaml"
+RUNBOOKS = CHART / "docs" / "runbooks.md"
+RUNBOOK_BASE = "https://github.com/helicone-stack/helicone-stack/blob/main/charts/helicone/docs/runbooks.md"
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def render(*overrides: dict) -> dict[str, str]:
+    values = BASE_VALUES
+    for over in overrides:
+        values = merge(values, over)
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def docs(rendered: dict[str, str], kind: str) -> list[dict]:
+    out = []
+    for path, text in rendered.items():
+        if path.endswith(".yaml"):
+            out += [d for d in yaml.safe_load_all(text) if d and d.get("kind") == kind]
+    return out
+
+
+def the_rule(rendered: dict[str, str]) -> dict:
+    (rule,) = docs(rendered, "PrometheusRule")
+    return rule
+
+
+def alerts(rule: dict) -> dict[str, dict]:
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: install Debian's 'prometheus' package (scripts/setup.sh checks for it)")
+    return path
+
+
+def write_rules(rule: dict, tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, str]:
+    return render(MONITORING)
+
+
+# ---- (a) the PrometheusRule ---------------------------------------------------------------------
+
+def test_rules_pass_promtool_check(rendered, tmp_path):
+    rules = write_rules(the_rule(rendered), tmp_path)
+    out = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(alerts(the_rule(rendered)))} rules found" in out.stdout
+
+
+def test_every_alert_fires_and_stays_quiet_in_the_promtool_unit_tests(rendered, tmp_path):
+    rules = write_rules(the_rule(rendered), tmp_path)
+    suite = yaml.safe_load(ALERTS_TEST.read_text())
+    suite["rule_files"] = [str(rules)]
+    test_file = tmp_path / "alerts_test.yaml"
+    test_file.write_text(yaml.safe_dump(suite, sort_keys=False))
+    out = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test(rendered):
+    suite = yaml.safe_load(ALERTS_TEST.read_text())
+    fires, quiet = set(), set()
+    for case in suite["tests"]:
+        expected: dict[str, bool] = {}
+        for check in case["alert_rule_test"]:
+            expected[check["alertname"]] = expected.get(check["alertname"], False) or bool(check["exp_alerts"])
+            for exp in check["exp_alerts"]:
+                assert "severity" in exp["exp_labels"], f"{case['name']}: the severity label is not checked"
+                assert set(exp["exp_annotations"]) == {"summary", "description", "runbook_url"}, case["name"]
+        # quiet: series under which the alert is never expected (not just still pending in a firing case)
+        for name, fired in expected.items():
+            (fires if fired else quiet).add(name)
+    names = set(alerts(the_rule(rendered)))
+    assert names - fires == set(), "alerts without a unit test where they fire"
+    assert names - quiet == set(), "alerts without a unit test where healthy series keep them quiet"
+    assert (fires | quiet) - names == set(), "unit tests of alerts the rule does not have"
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_severity_annotations_and_its_runbook_section(rendered):
+    sections = {github_anchor(h) for h in re.findall(r"^## (.+)$", RUNBOOKS.read_text(), re.M)}
+    rules = alerts(the_rule(rendered))
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        assert rule["annotations"]["summary"].strip() and rule["annotations"]["description"].strip(), name
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"{RUNBOOK_BASE}#{name.lower()}", name
+        assert url.rsplit("#", 1)[1] in sections, f"{name}: no `## {name}` section in {RUNBOOKS.name}"
+    assert sections == {n.lower() for n in rules}, "runbook sections without an alert"
+
+
+def test_thresholds_come_from_values(tmp_path):
+    rule = the_rule(render(MONITORING, {"metrics": {"prometheusRule": {
+        "gatewayErrorRatio": 0.2, "gatewayP95Seconds": 7.5, "journalBacklogMinutes": 17,
+        "consumerLagEvents": 2500000, "deadLettersPerSecond": 0.003}}}))
+    rules = alerts(rule)
+    assert rules["GatewayHighErrorRatio"]["expr"].rstrip().endswith("> 0.2")
+    assert rules["GatewayHighLatency"]["expr"].rstrip().endswith("> 7.5")
+    assert rules["GatewayJournalBacklog"]["for"] == "17m"
+    assert rules["IngestConsumerLag"]["expr"].rstrip().endswith("> 2500000")  # no exponent (2.5e+06)
+    assert rules["IngestDeadLetters"]["expr"].rstrip().endswith("> 0.003")
+    assert "(threshold 0.2)" in rules["GatewayHighErrorRatio"]["annotations"]["description"]
+    assert "for 17 minutes" in rules["GatewayJournalBacklog"]["annotations"]["description"]
+    out = subprocess.run([promtool(), "check", "rules", str(write_rules(rule, tmp_path))], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("journalBacklogMinutes", 2.5, "journalBacklogMinutes must be a whole number of minutes above 0, got 2.5"),
+    ("journalBacklogMinutes", 0, "journalBacklogMinutes must be a whole number of minutes above 0, got 0"),
+    ("gatewayErrorRatio", "high", "metrics.prometheusRule.gatewayErrorRatio must be a number above 0, got high"),
+    ("consumerLagEvents", -5, "metrics.prometheusRule.consumerLagEvents must be a number above 0, got -5"),
+])
+def test_bad_thresholds_are_refused_naming_the_value(key, value, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render(MONITORING, {"metrics": {"prometheusRule": {key: value}}})
+
+
+def test_only_enabled_components_are_monitored():
+    rendered = render(MONITORING, {"components": {"ingest": {"enabled": False}, "prompts": {"enabled": False}}})
+    rule = the_rule(rendered)
+    assert [g["name"] for g in rule["spec"]["groups"]] == ["helicone-gateway", "helicone-services"]
+    down = alerts(rule)["ServiceDown"]["expr"]
+    assert 'job=~"hc-helicone-gateway|hc-helicone-api"' in down
+    assert "ingest" not in down and "prompts" not in down
+    assert sorted(pm["metadata"]["name"] for pm in docs(rendered, "PodMonitor")) == ["hc-helicone-api", "hc-helicone-gateway"]
+
+
+def test_monitoring_is_off_by_default():
+    rendered = render()
+    for kind in ("PodMonitor", "PrometheusRule"):
+        assert docs(rendered, kind) == []
+    assert not [cm for cm in docs(rendered, "ConfigMap") if "-dashboard-" in cm["metadata"]["name"]]
+
+
+def test_chart_lints_with_monitoring_enabled():
+    report = helm.lint(CHART, merge(BASE_VALUES, MONITORING), strict=True, kube_version="v1.33.0")
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
+# ---- PodMonitors --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rollout", [False, True])
+def test_podmonitors_select_each_workloads_pods_and_give_the_labels_the_queries_use(rollout):
+    rendered = render(MONITORING, {"metrics": {"podMonitor": {"interval": "15s", "labels": {"release": "kps"}}},
+                                   "components": {"gateway": {"rollout": {"enabled": rollout}}}})
+    workloads = {w["metadata"]["name"]: w for w in docs(rendered, "Deployment") + docs(rendered, "Rollout")}
+    monitors = {pm["metadata"]["name"]: pm for pm in docs(rendered, "PodMonitor")}
+    assert monitors.keys() == workloads.keys() == {f"hc-helicone-{c}" for c in ("gateway", "ingest", "api", "prompts")}
+    assert workloads["hc-helicone-gateway"]["kind"] == ("Rollout" if rollout else "Deployment")
+    rule_jobs = {j for _, expr in rule_exprs(rendered) for j in re.findall(r'\bjob=~?"([^"]+)"', expr)}
+    for name, pm in monitors.items():
+        spec, pod = pm["spec"], workloads[name]["spec"]["template"]
+        assert pm["metadata"]["labels"]["release"] == "kps"
+        assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        assert spec["selector"]["matchLabels"] == workloads[name]["spec"]["selector"]["matchLabels"]
+        assert set(spec["selector"]["matchLabels"].items()) <= set(pod["metadata"]["labels"].items())
+        (endpoint,) = spec["podMetricsEndpoints"]
+        assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "15s")
+        assert endpoint["port"] in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+        relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+        assert relabel["job"]["replacement"] == name and "sourceLabels" not in relabel["job"]
+        assert any(name == j or re.fullmatch(j, name) for j in rule_jobs), f"the rules never select job {name}"
+        assert relabel["namespace"]["sourceLabels"] == ["__meta_kubernetes_namespace"]
+        assert relabel["pod"]["sourceLabels"] == ["__meta_kubernetes_pod_name"]
+        assert relabel["component"]["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+        assert relabel["rollouts_pod_template_hash"]["sourceLabels"] == ["__meta_kubernetes_pod_label_rollouts_pod_template_hash"]
+        assert all(r.get("action", "replace") == "replace" for r in endpoint["relabelings"])
+    # the canary analysis selects the canary's series by labels these relabelings set
+    for _, query in analysis_exprs(rendered):
+        assert {"namespace", "rollouts_pod_template_hash"} <= set(re.findall(r'(\w+)="', query)) <= set(relabel) | {"status_class"}
+    assert bool(list(analysis_exprs(rendered))) == rollout
+
+
+# ---- (b) dashboards and the PromQL scanner ------------------------------------------------------
+
+def test_dashboards_parse_and_every_panel_queries_the_datasource_variable():
+    files = dashboard_files()
+    assert {f.stem for f in files} >= {"overview", "gateway", "ingest", "api", "cost"}
+    uids = set()
+    for path in files:
+        board = json.loads(path.read_text())
+        assert board["uid"] not in uids and len(board["uid"]) <= 40, path.name
+        uids.add(board["uid"])
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus", path.name
+        assert board["panels"], path.name
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), f"{path.name}: panel ids repeat"
+        for panel in board["panels"]:
+            where = f"{path.name} panel {panel.get('title')!r}"
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            assert panel["targets"], where
+            for target in panel["targets"]:
+                assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+                assert target["expr"].strip(), where
+        for var in variables.values():
+            if var["type"] == "query":
+                assert var["datasource"]["uid"] == "${datasource}", f"{path.name} variable {var['name']}"
+
+
+def test_every_dashboard_query_reads_helicone_metrics():
+    for path in dashboard_files():
+        for where, expr, names in dashboard_exprs(path):
+            assert names or "up{" in expr, f"{where}: no metric in {expr!r}"
+
+
+def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar():
+    rendered = render(MONITORING, {"metrics": {"grafanaDashboards": {
+        "namespace": "monitoring", "labels": {"grafana_dashboard": "1", "team": "llm"}, "annotations": {"grafana_folder": "LLM"}}}})
+    maps = {cm["metadata"]["name"]: cm for cm in docs(rendered, "ConfigMap") if "-dashboard-" in cm["metadata"]["name"]}
+    assert set(maps) == {f"hc-helicone-dashboard-{f.stem}" for f in dashboard_files()}
+    for path in dashboard_files():
+        cm = maps[f"hc-helicone-dashboard-{path.stem}"]
+        assert cm["metadata"]["namespace"] == "monitoring"
+        assert {"grafana_dashboard": "1", "team": "llm", "app.kubernetes.io/instance": RELEASE}.items() <= cm["metadata"]["labels"].items()
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+        assert cm["data"] == {path.name: path.read_text().rstrip("\n")}
+    default_ns = [cm for cm in docs(render(MONITORING), "ConfigMap") if "-dashboard-" in cm["metadata"]["name"]]
+    assert default_ns and all(cm["metadata"]["namespace"] == NAMESPACE for cm in default_ns)
+
+
+@pytest.mark.parametrize(("expr", "names"), [
+    ("up == 0", set()),
+    ('sum by (namespace, le) (rate(a_seconds_bucket{le="0.5", job=~"x|y"}[5m]))', {"a_seconds"}),
+    ("histogram_quantile(0.95, sum by (le) (rate(b_seconds_bucket[$__rate_interval])))", {"b_seconds"}),
+    ("c_seconds_sum / c_seconds_count", {"c_seconds"}),
+    ('a > on (pod) group_left (x) b offset 10m or absent(c{ns="$namespace"}) unless up == 0', {"a", "b", "c"}),
+    ('sum without (pod) (x_total) > bool 1e+06 * y and ignoring (kind) z', {"x_total", "y", "z"}),
+    ('label_replace(max by (pod) (m) == 0, "reason", "kafka_disconnected", "", "")', {"m"}),
+    ("sum(rate(s_total[5m:1m])) by (le) and on() vector(1) > time() - 1h", {"s_total"}),
+    ('sum(r{hash="{{args.canary-hash}}", a=\'{b}\'}) or vector(0)', {"r"}),
+    ("topk($n, sum by (provider, model) (increase(cost_total[$__range])))", {"cost_total"}),
+    ("rate(d_total[1h30m] offset -5m) @ start()", {"d_total"}),
+    ("sum(namespace:my_rule:rate5m)", {"namespace:my_rule:rate5m"}),
+    ("e_total OR f AND g unless Inf > NaN", {"e_total", "f", "g"}),
+])
+def test_promql_metric_names(expr, names):
+    assert promql_metric_names(expr) == names
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ('rate(x{a="b"[5m])', "unbalanced"),
+    ("rate(x[5m)", "unbalanced"),
+    ('{__name__=~"helicone_.*"}', "__name__"),
+])
+def test_promql_metric_names_refuses_what_it_cannot_read(expr, message):
+    with pytest.raises(ValueError, match=message):
+        promql_metric_names(expr)
+
+
+def test_grafana_variable_queries():
+    assert grafana_variable_metric_names("label_values(helicone_service_up, namespace)") == {"helicone_service_up"}
+    assert grafana_variable_metric_names('label_values(x_total{namespace="$namespace"}, pod)') == {"x_total"}
+    assert grafana_variable_metric_names("query_result(sum by (pod) (y))") == {"y"}
+
+
+def test_every_promql_metric_name_follows_the_naming_convention():
+    rendered = render(MONITORING, {"components": {"gateway": {"rollout": {"enabled": True}}}})
+    used = chart_metric_names(rendered)
+    assert any(w.startswith("AnalysisTemplate") for ws in used.values() for w in ws), "the canary analysis was not read"
+    for name, where in used.items():
+        assert re.fullmatch(r"helicone_(service_(up|info)|(gateway|ingest|api|prompts)_[a-z0-9_]+)", name), (name, where)
+
+
+# ---- (c) against a running stack ----------------------------------------------------------------
+
+def exported_metric_names(exposition: str) -> set[str]:
+    """Names with a `# TYPE` line: exported even before a labelled metric has its first sample."""
+    return {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_exported_metric_names_reads_type_lines():
+    text = ("# HELP a_total A\n# TYPE a_total counter\n# HELP h_seconds H\n# TYPE h_seconds histogram\n"
+            'h_seconds_bucket{le="+Inf"} 0.0\nh_seconds_count 0.0\n# TYPE g gauge\ng{k="v"} 1.0\n')
+    assert exported_metric_names(text) == {"a_total", "h_seconds", "g"}
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    from tests.support.stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("monitoring"), s3=False) as stack:
+        yield stack
+
+
+@pytest.mark.e2e
+def test_every_promql_metric_exists_in_the_metrics_of_a_running_stack(running):
+    # one proxied request, logged end to end, so labelled series appear on gateway and ingest
+    r = httpx.post(f"{running.gateway}/v1/chat/completions", timeout=30, headers={
+        "Authorization": "Bearer sk-proj-monitoring-test-0123456789", "Helicone-Auth": f"Bearer {running.key}",
+        "Helicone-Property-Test": uuid.uuid4().hex},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
+    assert r.status_code == 200, r.text
+    running.wait_for_request(r.headers["helicone-id"])
+
+    exported: dict[str, set[str]] = {}
+    for service, base in (("gateway", running.gateway), ("ingest", running.ingest_ops), ("api", running.api),
+                          ("prompts", running.prompts_ops)):
+        page = httpx.get(f"{base}/metrics", timeout=10)
+        assert page.status_code == 200, (service, page.text[:200])
+        for name in exported_metric_names(page.text):
+            exported.setdefault(name, set()).add(service)
+    assert "helicone_gateway_requests_total" in exported and "helicone_ingest_events_total" in exported
+
+    used = chart_metric_names(render(MONITORING, {"components": {"gateway": {"rollout": {"enabled": True}}}}))
+    missing = {name: sorted(where) for name, where in used.items() if name not in exported}
+    assert missing == {}, "metrics the chart's PromQL reads but no service exports:\n" + "\n".join(
+        f"  {name}: {', '.join(where)}" for name, where in sorted(missing.items()))
