@@ -13,9 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "helicone"
+from tests.chart.render import CHART_DIR as CHART
+from tests.chart.render import objects
 
 # Strings first: label values hold anything, even braces ("{{args.canary-hash}}") and `$vars`.
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
@@ -112,9 +111,4 @@ def chart_metric_names(rendered: dict[str, str]) -> dict[str, set[str]]:
 
 
 def _docs(rendered: dict[str, str], kind: str) -> Iterator[dict]:
-    for path, text in rendered.items():
-        if not path.endswith((".yaml", ".yml")):
-            continue  # NOTES.txt
-        for doc in yaml.safe_load_all(text):
-            if doc and doc.get("kind") == kind:
-                yield doc
+    return (o for o in objects(rendered) if o["kind"] == kind)

@@ -4,7 +4,6 @@ running stack."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -27,11 +26,10 @@ from tests.chart.promql import (
     promql_metric_names,
     rule_exprs,
 )
+from tests.chart.render import NAMESPACE, RELEASE, REQUIRED, merge, objects
+from tests.chart.render import render as render_chart
 
-RELEASE, NAMESPACE = "hc", "helicone"
-# What the chart needs to render at all; the monitoring switches are the point of these tests.
-BASE_VALUES = {"postgres": {"dsn": "postgresql://helicone@postgres.helicone-data:5432/helicone"},
-               "kafka": {"sasl": {"password": "not-a-real-password"}}}
+pytestmark = pytest.mark.chart
 MONITORING = {"metrics": {"podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                           "grafanaDashboards": {"enabled": True}}}
 ALERTS_TEST = Path(__file__).parent / "promtool" / "alerts_test.yaml"
@@ -39,27 +37,12 @@ RUNBOOKS = CHART / "docs" / "runbooks.md"
 RUNBOOK_BASE = "https://github.com/helicone-stack/helicone-stack/blob/main/charts/helicone/docs/runbooks.md"
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def render(*overrides: dict) -> dict[str, str]:
-    values = BASE_VALUES
-    for over in overrides:
-        values = merge(values, over)
-    with helm.Chart.load(CHART) as chart:
-        return chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    return render_chart(REQUIRED, *overrides)
 
 
 def docs(rendered: dict[str, str], kind: str) -> list[dict]:
-    out = []
-    for path, text in rendered.items():
-        if path.endswith(".yaml"):
-            out += [d for d in yaml.safe_load_all(text) if d and d.get("kind") == kind]
-    return out
+    return [o for o in objects(rendered) if o["kind"] == kind]
 
 
 def the_rule(rendered: dict[str, str]) -> dict:
@@ -145,11 +128,11 @@ def test_every_alert_has_severity_annotations_and_its_runbook_section(rendered):
 
 def test_thresholds_come_from_values(tmp_path):
     rule = the_rule(render(MONITORING, {"metrics": {"prometheusRule": {
-        "gatewayErrorRatio": 0.2, "gatewayP95Seconds": 7.5, "journalBacklogMinutes": 17,
+        "gatewayErrorRatio": 0.2, "gatewayP95Seconds": 8, "journalBacklogMinutes": 17,
         "consumerLagEvents": 2500000, "deadLettersPerSecond": 0.003}}}))
     rules = alerts(rule)
     assert rules["GatewayHighErrorRatio"]["expr"].rstrip().endswith("> 0.2")
-    assert rules["GatewayHighLatency"]["expr"].rstrip().endswith("> 7.5")
+    assert rules["GatewayHighLatency"]["expr"].rstrip().endswith("> 8")
     assert rules["GatewayJournalBacklog"]["for"] == "17m"
     assert rules["IngestConsumerLag"]["expr"].rstrip().endswith("> 2500000")  # no exponent (2.5e+06)
     assert rules["IngestDeadLetters"]["expr"].rstrip().endswith("> 0.003")
@@ -159,14 +142,13 @@ def test_thresholds_come_from_values(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("journalBacklogMinutes", 2.5, "journalBacklogMinutes must be a whole number of minutes above 0, got 2.5"),
-    ("journalBacklogMinutes", 0, "journalBacklogMinutes must be a whole number of minutes above 0, got 0"),
-    ("gatewayErrorRatio", "high", "metrics.prometheusRule.gatewayErrorRatio must be a number above 0, got high"),
-    ("consumerLagEvents", -5, "metrics.prometheusRule.consumerLagEvents must be a number above 0, got -5"),
+@pytest.mark.parametrize(("key", "value"), [
+    ("journalBacklogMinutes", 2.5), ("journalBacklogMinutes", 0), ("gatewayErrorRatio", "high"), ("gatewayErrorRatio", 0),
+    ("consumerLagEvents", -5), ("deadLettersPerSecond", 0),
 ])
-def test_bad_thresholds_are_refused_naming_the_value(key, value, message):
-    with pytest.raises(helm.HelmError, match=re.escape(message)):
+def test_thresholds_the_rules_cannot_use_are_refused_naming_them(key, value):
+    """A threshold lands in PromQL as it is (a duration for journalBacklogMinutes): the schema keeps it a number above 0."""
+    with pytest.raises(helm.HelmError, match=re.escape(f"/metrics/prometheusRule/{key}")):
         render(MONITORING, {"metrics": {"prometheusRule": {key: value}}})
 
 
@@ -188,7 +170,7 @@ def test_monitoring_is_off_by_default():
 
 
 def test_chart_lints_with_monitoring_enabled():
-    report = helm.lint(CHART, merge(BASE_VALUES, MONITORING), strict=True, kube_version="v1.33.0")
+    report = helm.lint(CHART, merge(REQUIRED, MONITORING), strict=True, kube_version="v1.33.0")
     assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
 
 

@@ -17,15 +17,3 @@ component's series carry and the selector the rules scope every query with.
 {{- define "helicone.runbookUrl" -}}
 {{- printf "%s/blob/main/charts/%s/docs/runbooks.md#%s" (trimSuffix "/" .ctx.Chart.Home) .ctx.Chart.Name (lower .alert) }}
 {{- end }}
-
-{{/* A threshold from metrics.prometheusRule as a PromQL number: a number above 0, whole ones without an exponent. Called with (dict "ctx" $ "key" name). */}}
-{{- define "helicone.ruleThreshold" -}}
-{{- $v := get .ctx.Values.metrics.prometheusRule .key }}
-{{- if not (or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v)) }}
-{{- fail (printf "metrics.prometheusRule.%s must be a number above 0, got %v" .key $v) }}
-{{- end }}
-{{- if le (float64 $v) 0.0 }}
-{{- fail (printf "metrics.prometheusRule.%s must be a number above 0, got %v" .key $v) }}
-{{- end }}
-{{- include "helicone.settingValue" $v }}
-{{- end }}
