@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
 import helm_python as helm
@@ -324,8 +323,7 @@ def running(tmp_path_factory):
 def test_every_promql_metric_exists_in_the_metrics_of_a_running_stack(running):
     # one proxied request, logged end to end, so labelled series appear on gateway and ingest
     r = httpx.post(f"{running.gateway}/v1/chat/completions", timeout=30, headers={
-        "Authorization": "Bearer sk-proj-monitoring-test-0123456789", "Helicone-Auth": f"Bearer {running.key}",
-        "Helicone-Property-Test": uuid.uuid4().hex},
+        "Authorization": "Bearer sk-proj-monitoring-test-0123456789", "Helicone-Auth": f"Bearer {running.key}"},
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
     assert r.status_code == 200, r.text
     running.wait_for_request(r.headers["helicone-id"])
