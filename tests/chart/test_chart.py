@@ -353,7 +353,8 @@ def test_regions_keep_their_data_apart(chart):
     rendered = {}
     for region in REGIONS:
         objs = objects(render(values_file("values-global.yaml"), values_file(region), chart=chart))
-        rendered[region] = {n: o["data"] for n, o in by_kind(objs, "ConfigMap").items() if n.startswith("hc-helicone-")}
+        rendered[region] = {n: o["data"] for n, o in by_kind(objs, "ConfigMap").items()
+                            if n in {f"hc-helicone-{c}" for c in COMPONENTS}}
     assert len(rendered) >= 2
     buckets = set()
     for region, configs in rendered.items():
