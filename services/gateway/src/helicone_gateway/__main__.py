@@ -1,7 +1,6 @@
 """Production entrypoint: python -m helicone_gateway (settings from HELICONE_* environment)."""
 
-import uvicorn
-from helicone_core.http_limits import uvicorn_limits
+from helicone_core.entrypoint import serve
 from helicone_core.logging import configure_logging
 
 from .app import create_app
@@ -9,5 +8,4 @@ from .settings import GatewaySettings
 
 settings = GatewaySettings()
 configure_logging("gateway", settings.log_level)
-uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
-            **uvicorn_limits(settings))
+serve(create_app(settings), settings)
