@@ -1,15 +1,24 @@
 # Helicone-class LLM gateway: one-box development and CI entry points.
-PY := .venv/bin/python
+PY ?= .venv/bin/python
 DATA_DIR ?= .helicone-data
-export DATA_DIR
+export PY DATA_DIR
 
-.PHONY: setup up test test-unit test-e2e proto proto-check lint bench chaos clean
+.PHONY: setup up down status demo test test-unit test-e2e proto proto-check lint bench chaos clean
 
 setup:            ## create .venv and install every package (pinned by constraints.txt)
 	@bash scripts/setup.sh
 
-up: setup         ## run the whole stack on this machine (UPSTREAM=fake for an offline demo)
-	@bash scripts/up.sh
+up: setup         ## run the whole stack (UPSTREAM=fake: offline; DETACH=1: in the background; ARGS="--gateway-port 9000")
+	@bash scripts/up.sh $(ARGS)
+
+down:             ## stop what `make up` started on DATA_DIR (graceful; waits and reports)
+	@$(PY) -m helicone_runner down --data-dir "$(DATA_DIR)" $(ARGS)
+
+status:           ## each service's URL and health, the broker and Postgres (exit 3: not running)
+	@$(PY) -m helicone_runner status --data-dir "$(DATA_DIR)"
+
+demo:             ## a few requests (one streaming) through the running stack, then where to find them
+	@$(PY) -m helicone_runner demo --data-dir "$(DATA_DIR)" $(ARGS)
 
 test: setup proto-check lint  ## everything CI runs
 	$(PY) -m pytest -q

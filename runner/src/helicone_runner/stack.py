@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,13 +57,16 @@ async def _shutdown(server: _Server) -> None:
         await server._task  # type: ignore[attr-defined]
 
 
-async def start_services(targets: list[str], settings: dict[str, Any]) -> list[Running]:
-    """settings: per-service settings objects keyed by service name."""
+async def start_services(targets: list[str], settings: dict[str, Any],
+                         on_started: Callable[[Running, float], None] | None = None) -> list[Running]:
+    """settings: per-service settings objects keyed by service name; on_started(running, seconds)
+    after each service answers (the runner's progress lines)."""
     running: list[Running] = []
     try:
         for name in SERVICES:
             if name not in targets:
                 continue
+            t0 = time.monotonic()
             s = settings[name]
             if name == "prompts":
                 from helicone_core.metrics import ops_app
@@ -103,6 +108,8 @@ async def start_services(targets: list[str], settings: dict[str, Any]) -> list[R
                 server = await _serve(app, s)
                 running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
                                        app.gateway))
+            if on_started:
+                on_started(running[-1], time.monotonic() - t0)
     except BaseException:
         await stop_services(running)
         raise

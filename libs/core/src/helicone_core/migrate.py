@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError
 
 from .logging import configure_logging, redact
-from .settings import CommonSettings, env_name
+from .settings import CommonSettings, describe_settings_error, env_name
 
 log = logging.getLogger("helicone.migrate")
 
@@ -123,19 +123,11 @@ def _describe(exc: BaseException, settings: CommonSettings) -> str:
     return " ".join(redact(text).split())
 
 
-def _settings_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{env_name(field)}: {err['msg']}" if field else err["msg"].removeprefix("Value error, "))
-    return "; ".join(parts)
-
-
 def main() -> int:
     try:
         settings = MigrateSettings()
     except ValidationError as exc:
-        print(f"helicone migrate: invalid settings: {_settings_error(exc)}", file=sys.stderr)
+        print(f"helicone migrate: invalid settings: {describe_settings_error(exc)}", file=sys.stderr)
         return 2
     configure_logging("migrate", settings.log_level)
     try:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REQUEST_LOGGED_TOPIC = "helicone.request-logged.v1"
@@ -27,6 +27,17 @@ KAFKA_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 def env_name(setting: str) -> str:
     """The environment variable of a setting (HELICONE_<NAME>), for error messages."""
     return ENV_PREFIX + setting.upper()
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """A settings ValidationError on one line: each failing variable with what it accepts (pydantic
+    names the accepted values of a Literal and the bounds of a number; inputs are hidden)."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{env_name(field)}: {msg}" if field else msg)
+    return "; ".join(dict.fromkeys(parts))
 
 
 S3_KEY_PAIR_ERROR = (f"{env_name('s3_access_key_id')} and {env_name('s3_secret_access_key')} go together: "
