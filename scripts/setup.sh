@@ -3,6 +3,9 @@
 # Safe to re-run; does nothing heavy when the environment is already up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${PY:-}" ] && [ "$PY" != ".venv/bin/python" ]; then
+  exit 0  # `make PY=/path/to/python ...`: that interpreter's environment is used as it is
+fi
 PY=${PYTHON:-python3}
 # promtool (Debian's prometheus package) checks and unit-tests the chart's alert rules.
 if ! command -v promtool >/dev/null 2>&1; then
