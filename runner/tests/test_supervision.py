@@ -226,7 +226,7 @@ def test_one_runner_per_data_dir(tmp_path):
     first = DataDirLock(tmp_path)
     first.acquire()
     try:
-        with pytest.raises(RuntimeError, match=f"used by another `helicone-stack up` \\(pid {os.getpid()}\\)"):
+        with pytest.raises(RuntimeError, match=f"used by another `helicone-stack up` \\(pid {os.getpid()}: "):
             DataDirLock(tmp_path).acquire()
     finally:
         first.release()

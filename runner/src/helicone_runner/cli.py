@@ -125,12 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create an org and a key (prints the key once)")
     common(kc)
-    kc.add_argument("--org-name", default="default", help="name of the new org (default default)")
-    kc.add_argument("--org-id", help="add the key to this existing org instead of creating one")
-    kc.add_argument("--name", default="cli", help="the key's name (default cli)")
+    env_option(kc, "--org-name", "HELICONE_KEYS_ORG_NAME", "name of the new org", default="default", metavar="NAME")
+    env_option(kc, "--org-id", "HELICONE_KEYS_ORG_ID", "add the key to this existing org instead of creating one", metavar="ORG")
+    env_option(kc, "--name", "HELICONE_KEYS_NAME", "the key's name", default="cli", metavar="NAME")
     kl = ksub.add_parser("list", help="list keys (id, org, name, preview, created, revoked); never the keys themselves")
     common(kl)
-    kl.add_argument("--org-id", help="only this org's keys")
+    env_option(kl, "--org-id", "HELICONE_KEYS_ORG_ID", "only this org's keys", metavar="ORG")
     kr = ksub.add_parser("revoke", help="revoke a key: every gateway and api refuses it within about a second")
     common(kr)
     kr.add_argument("key_id", help="the key's id from `keys list` (or the key itself)")
@@ -258,7 +258,7 @@ class _Steps:
 
 def _postgres_failed(pgdata: Path, exc: Exception) -> RuntimeError:
     return RuntimeError(
-        f"embedded Postgres in {pgdata} did not start ({exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}). "
+        f"embedded Postgres in {pgdata} did not start ({exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}; its log: {pgdata / 'log'}). "
         f"If that directory is damaged or from another Postgres version, move it away (mv {pgdata} {pgdata}.old) "
         "and run up again: a fresh one is created (keys and metadata start over); or choose another --data-dir")
 

@@ -73,7 +73,7 @@ def describe_holder(port: int) -> str:
     if holders:
         return "held by " + ", ".join(f"pid {pid} ({cmd[:120]})" for pid, cmd in holders)
     if listening_inodes(port):
-        return "held by a process this user cannot inspect (try `sudo ss -ltnp 'sport = :%d'`)" % port
+        return f"held by a process this user cannot inspect (try `sudo ss -ltnp 'sport = :{port}'`)"
     return "held by something this user cannot see (another network namespace, or a socket not listening yet)"
 
 
