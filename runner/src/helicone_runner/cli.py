@@ -372,31 +372,14 @@ async def run_up(args) -> int:
 
 
 async def run_keys(args) -> int:
-    """keys create|list|revoke against --postgres-dsn, or the embedded Postgres of --data-dir."""
-    from helicone_core import db
+    """keys create|list|revoke against --postgres-dsn, or the embedded Postgres of --data-dir
+    (the same code as `python -m helicone_core.key_admin` in a cluster)."""
+    from helicone_core import key_admin
 
     dsn = args.postgres_dsn
     if not dsn:
         dsn = EmbeddedPostgres(args.data_dir.resolve()).start()
-    pool = await db.connect_pool(dsn, max_size=2)
-    try:
-        await db.migrate(pool)
-        if args.keys_command == "create":
-            org = args.org_id or await db.create_org(pool, args.org_name)
-            created = await db.create_key(pool, org, args.name)
-            print(json.dumps({"org_id": created.org_id, "key": created.key, "id": created.id}))
-        elif args.keys_command == "list":
-            for key in await db.list_keys(pool, args.org_id):
-                print(json.dumps(key.to_json()))
-        else:
-            revoked = await db.revoke_key(pool, args.key_id)
-            if revoked is None:
-                print(f"error: no key with id {args.key_id!r} (see `helicone-stack keys list`)", file=sys.stderr)
-                return 1
-            print(json.dumps(revoked.to_json()))
-    finally:
-        await pool.close()
-    return 0
+    return await key_admin.run(args, dsn)
 
 
 def _run(coro) -> int:
