@@ -113,3 +113,11 @@ async def analytics_store(analytics_settings):
     await store.init_schema()
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    """A throw-away CA and a broker certificate for the TLS-fronted Kafka of tests/support/kafka_security.py."""
+    from tests.support.kafka_security import make_ca
+
+    return make_ca(tmp_path_factory.mktemp("ca"))
