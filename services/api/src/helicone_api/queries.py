@@ -13,7 +13,7 @@ COLUMNS = """
     session_path, session_name, properties, prompt_tokens, completion_tokens, total_tokens,
     cache_read_tokens, cache_write_tokens, usage_known, cost_usd, cost_known, streamed,
     request_body_key, response_body_key, request_bytes, response_bytes, request_content_type,
-    response_content_type, body_truncated, error, source, region
+    response_content_type, body_truncated, error, source, region, prompt_id, prompt_version, prompt_inputs
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
 SORTS = {
@@ -108,6 +108,10 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
         "error": row["error"] or None,
         "source": row["source"],
         "region": row["region"] or None,
+        "prompt": (
+            {"id": row["prompt_id"], "version": int(row["prompt_version"]), "inputs": json.loads(row["prompt_inputs"] or "{}")}
+            if row["prompt_id"] else None
+        ),
     }
 
 

@@ -21,11 +21,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from helicone.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 from helicone_core import db
+from helicone_core import prompt_templates as templates
 from helicone_core.db import KeyStoreUnavailable, bearer_token
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import Check, ServiceMetrics, readiness
 
-from . import templates
 from .settings import PromptsSettings
 
 log = logging.getLogger("helicone.prompts")

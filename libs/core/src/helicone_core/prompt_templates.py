@@ -1,4 +1,5 @@
-"""Prompt templates: JSON request bodies (messages with roles, model, parameters, tools,
+"""Prompt templates (shared by the prompts service, which stores them, and the gateway, which renders
+cached versions itself): JSON request bodies (messages with roles, model, parameters, tools,
 response_format) whose string values carry placeholders.
 
 Placeholders: `{{name}}` (a string) and Helicone's typed form `{{hc:name:string|number|boolean}}`.

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helicone_prompts import templates
+from helicone_core import prompt_templates as templates
 
 TEMPLATE = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise {{topic}} for {{ audience }}"}]})
 TYPED = json.dumps({
