@@ -137,6 +137,9 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
         gateway_extra = dict(kafka_idempotent_producer=False)  # Tansu has no InitProducerId
         # one local broker, one member: no reason to wait long for others to join
         ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0)
+    if "prompts" in args.target:  # the gateway renders stored prompts from this process's prompts service
+        local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        gateway_extra["prompts_target"] = f"{local}:{args.prompts_grpc_port}"
     return {
         "gateway": GatewaySettings(**common, port=args.gateway_port, openai_url=args.openai_url, anthropic_url=args.anthropic_url, **gateway_extra),
         "api": ApiSettings(**common, port=args.api_port),

@@ -14,6 +14,11 @@ import math
 import re
 from typing import Any
 
+# A prompt's id (a user-chosen slug) and an environment label, as every service accepts them.
+PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+PROMPT_ID_FORM = "1-128 characters of letters, digits, '_', '-', '.'"
+ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+ENVIRONMENT_FORM = "1-64 characters of a-z, 0-9, '_', '-' (e.g. production, staging)"
 PLACEHOLDER = re.compile(r"\{\{\s*(hc:)?([A-Za-z_][A-Za-z0-9_\-]*)(?::([A-Za-z]+))?\s*\}\}")
 TYPES = ("string", "number", "boolean")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})

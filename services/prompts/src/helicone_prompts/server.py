@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import re
 import time
 import uuid
 
@@ -30,8 +29,6 @@ from .settings import PromptsSettings
 
 log = logging.getLogger("helicone.prompts")
 SERVICE_NAME = prompts_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name
-PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 AUTH_METADATA = "authorization"  # gRPC metadata keys are lower-case
 
 VERSION_COLUMNS = """v.org_id, v.prompt_id, v.version, v.template, v.model, v.variables, v.variable_types, v.message,
@@ -126,17 +123,14 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
 
     @staticmethod
     async def _prompt_id(prompt_id: str, context) -> str:
-        if not PROMPT_ID.match(prompt_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "prompt_id must be 1-128 characters of letters, digits, '_', '-', '.'")
+        if not templates.PROMPT_ID.match(prompt_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompt_id must be {templates.PROMPT_ID_FORM}")
         return prompt_id
 
     @staticmethod
     async def _environment(environment: str, context, field: str = "environment") -> str:
-        if not ENVIRONMENT.match(environment):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{field} {environment[:64]!r} must be 1-64 characters of a-z, 0-9, '_', '-' "
-                                "(e.g. production, staging)")
+        if not templates.ENVIRONMENT.match(environment):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} {environment[:64]!r} must be {templates.ENVIRONMENT_FORM}")
         return environment
 
     async def _db(self, context, work):
