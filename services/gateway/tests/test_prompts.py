@@ -200,3 +200,33 @@ async def test_promoted_version_is_used_once_the_cache_expires_and_cached_prompt
         metrics = s.gateway.metrics.render()[0].decode()
         assert 'helicone_gateway_prompt_lookups_total{result="stale"} 1.0' in metrics
         assert 'helicone_gateway_prompt_lookups_total{result="unavailable"} 1.0' in metrics
+
+
+async def test_a_promotion_reaches_the_cache_through_the_change_stream_before_the_ttl(fresh_db_dsn, tmp_path):
+    import asyncio
+    import time
+
+    async with started(fresh_db_dsn, tmp_path, prompt_cache_ttl=3600) as s:
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(
+            prompt_id="triage", template_json=json.dumps(TEMPLATE), environments=["production"]))
+        headers = {**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Environment": "production",
+                   "Helicone-Prompt-Inputs": json.dumps(INPUTS)}
+
+        async def version() -> int:
+            r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, headers=headers)
+            assert r.status_code == 200, r.text
+            return s.built[-1].prompt_version
+
+        assert await version() == 1
+        assert await version() == 1  # a cache hit: the TTL is an hour
+        await asyncio.sleep(0.5)  # the gateway's watch for this org is open
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="triage", template_json=json.dumps(TEMPLATE)))
+        await s.prompts("SetEnvironment", pb.SetEnvironmentRequest(prompt_id="triage", environment="production", version=2))
+        deadline = time.monotonic() + 5
+        while await version() != 2:
+            assert time.monotonic() < deadline, "the promotion never reached the gateway's cache"
+            await asyncio.sleep(0.05)
+        metrics = s.gateway.metrics.render()[0].decode()
+        [count] = [float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("helicone_gateway_prompt_cache_invalidations_total ")]
+        assert count >= 1

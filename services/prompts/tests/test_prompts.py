@@ -301,3 +301,29 @@ async def test_prompts_written_before_migration_5_still_serve(fresh_db_dsn, tmp_
                                                    metadata=bearer(key.key))).version == 2
     finally:
         await server.stop()
+
+
+async def test_watch_streams_the_orgs_prompt_changes(env):
+    s = env.stub
+    await env.create()
+    watch = s.WatchPrompts(pb.WatchPromptsRequest(), metadata=env.auth)
+    other = s.WatchPrompts(pb.WatchPromptsRequest(), metadata=env.other_auth)
+
+    async def next_change(call) -> str:
+        return (await asyncio.wait_for(call.read(), 5)).prompt_id
+
+    assert await next_change(watch) == "" and await next_change(other) == ""  # subscribed: "anything may have changed"
+    await s.CreatePromptVersion(pb.CreatePromptVersionRequest(prompt_id="summary", template_json=TEMPLATE), metadata=env.other_auth)
+    await env.create("second", "{}")
+    assert await next_change(watch) == "second"  # the other org's change is not in this org's stream
+    await s.SetEnvironment(pb.SetEnvironmentRequest(prompt_id="summary", environment="production", version=1), metadata=env.auth)
+    assert await next_change(watch) == "summary"
+    await s.ArchivePrompt(pb.ArchivePromptRequest(prompt_id="second"), metadata=env.auth)
+    assert await next_change(watch) == "second"
+    assert await next_change(other) == "summary"
+    code, _ = await code_of(s.WatchPrompts(pb.WatchPromptsRequest()).read())
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    started = time.monotonic()
+    await env.server.stop()  # open watches end at once, not after the grace period
+    assert time.monotonic() - started < 3
+    assert await asyncio.wait_for(watch.read(), 5) == grpc.aio.EOF

@@ -16,6 +16,8 @@ import asyncpg
 KEY_PREFIX = "sk-helicone-"
 # Postgres NOTIFY channel for api_keys changes; payload "<key hash>:<org id, empty when revoked or deleted>"
 KEY_CHANGES_CHANNEL = "helicone_api_keys"
+# Postgres NOTIFY channel for prompt changes; payload "<org id>:<prompt id>"
+PROMPT_CHANGES_CHANNEL = "helicone_prompt_changes"
 
 MIGRATIONS: list[str] = [
     # 1: organisations and keys
@@ -125,6 +127,20 @@ MIGRATIONS: list[str] = [
         set_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     CREATE INDEX prompt_environment_history_env ON prompt_environment_history(org_id, prompt_id, environment, id);
+    """,
+    # 6: a change feed of prompts (new versions, environment labels, archives) for the caches of every gateway
+    f"""
+    CREATE FUNCTION helicone_notify_prompt_change() RETURNS trigger AS $$
+    BEGIN
+        PERFORM pg_notify('{PROMPT_CHANGES_CHANNEL}', NEW.org_id::text || ':' || NEW.prompt_id);
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER prompt_versions_notify AFTER INSERT ON prompt_versions
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_prompt_change();
+    CREATE TRIGGER prompt_environments_notify AFTER INSERT OR UPDATE ON prompt_environments
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_prompt_change();
+    CREATE TRIGGER prompts_notify AFTER UPDATE ON prompts
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_prompt_change();
     """,
 ]
 

@@ -3,13 +3,15 @@ body form `prompt_id` / `version_id` / `environment` / `inputs`) is rendered fro
 service's version before it is forwarded.
 
 Versions come over gRPC (a small pool of channels, a deadline per call, retries on UNAVAILABLE)
-into a local cache with a TTL; rendering happens here (helicone_core.prompt_templates), so while
+into a local cache with a TTL, expired early by the prompts service's change stream (WatchPrompts,
+one per org with cached prompts, opened with a key of that org); rendering happens here (helicone_core.prompt_templates), so while
 the prompts service is unreachable a cached version keeps serving, and an uncached one gets a 503
 before anything is sent upstream. Requests that name no prompt never reach this module."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -155,7 +157,10 @@ class PromptResolver:
         self._inflight: dict[tuple, asyncio.Future] = {}
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: itertools.cycle | None = None
+        self._watches: dict[str, asyncio.Task] = {}  # org -> its change stream
         self.m_lookups = metrics.counter("helicone_gateway_prompt_lookups_total", "Prompt versions looked up", ("result",))
+        self.m_invalidated = metrics.counter("helicone_gateway_prompt_cache_invalidations_total",
+                                             "Cached prompt versions expired by a change from the prompts service")
         self.m_rpc = metrics.histogram("helicone_gateway_prompt_rpc_seconds", "Time of GetPrompt calls to the prompts service")
 
     async def start(self) -> None:
@@ -168,6 +173,12 @@ class PromptResolver:
         self._stubs = itertools.cycle([prompts_pb2_grpc.PromptServiceStub(c) for c in self._channels])
 
     async def stop(self) -> None:
+        for task in self._watches.values():
+            task.cancel()
+        for task in self._watches.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watches.clear()
         for channel in self._channels:
             await channel.close()
 
@@ -217,11 +228,43 @@ class PromptResolver:
         finally:
             self.m_rpc.observe(time.perf_counter() - started)
         self.m_lookups.labels("fetched").inc()
+        watch = self._watches.get(org)
+        if watch is None or watch.done():
+            self._watches[org] = asyncio.get_running_loop().create_task(self._watch(org, key), name=f"prompt-watch-{org}")
         self._cache[cache_key] = _Entry(found, time.monotonic())
         self._cache.move_to_end(cache_key)
         while len(self._cache) > self.settings.prompt_cache_max_entries:
             self._cache.popitem(last=False)
         return found
+
+    # ---- invalidation --------------------------------------------------------------------
+    def _expire(self, org: str, prompt_id: str, before: float) -> None:
+        """Cached versions of the prompt (all of the org's when prompt_id is empty) fetched before
+        `before` are re-checked on their next use; until then, and while the service is away, they still serve."""
+        for cache_key, entry in self._cache.items():
+            if cache_key[0] == org and (not prompt_id or cache_key[1] == prompt_id) and entry.fetched < before:
+                entry.fetched = -self.ttl
+                self.m_invalidated.inc()
+
+    async def _watch(self, org: str, key: str) -> None:
+        """The org's change stream, reopened after a loss; ends when the key is no longer accepted
+        (the next fetch for the org opens it again with the caller's key)."""
+        backoff, reconnect = 0.2, False
+        while True:
+            try:
+                call = next(self._stubs).WatchPrompts(prompts_pb2.WatchPromptsRequest(),
+                                                      metadata=(("authorization", f"Bearer {key}"),))
+                async for change in call:
+                    if change.prompt_id or reconnect:  # the first marker after a loss: changes may have been missed
+                        self._expire(org, change.prompt_id, time.monotonic())
+                    reconnect, backoff = False, 0.2
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                                  grpc.StatusCode.UNIMPLEMENTED):
+                    return
+            reconnect = True
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     # ---- requests ----------------------------------------------------------------------
     async def apply(self, key: str, org: str, provider: str, body: bytes,

@@ -59,6 +59,88 @@ def _version(row) -> prompts_pb2.PromptVersion:
     return pv
 
 
+ANYTHING = ""  # PromptChanged.prompt_id meaning "anything may have changed"
+CLOSED = None  # queued to end a watch when the server stops
+
+
+class PromptChanges:
+    """Follows the prompt change feed (Postgres NOTIFY, migration 6) and fans it out to the watch
+    streams of each org. While the feed is lost, and when a watcher falls behind, watchers are
+    told that anything may have changed."""
+
+    def __init__(self, dsn: str, queue_size: int = 256) -> None:
+        self.dsn = dsn
+        self.queue_size = queue_size
+        self.watchers: dict[str, set[asyncio.Queue]] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="prompt-changes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for queues in self.watchers.values():
+            for q in queues:
+                self._put(q, CLOSED)
+
+    def subscribe(self, org: str) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(self.queue_size)
+        self.watchers.setdefault(org, set()).add(q)
+        return q
+
+    def unsubscribe(self, org: str, q: asyncio.Queue) -> None:
+        queues = self.watchers.get(org)
+        if queues is not None:
+            queues.discard(q)
+            if not queues:
+                del self.watchers[org]
+
+    @staticmethod
+    def _put(q: asyncio.Queue, item) -> None:
+        if q.full():  # a slow watcher: what it missed collapses into "anything changed"
+            while not q.empty():
+                q.get_nowait()
+            item = ANYTHING if item is not CLOSED else CLOSED
+        q.put_nowait(item)
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        org, _, prompt_id = payload.partition(":")
+        for q in self.watchers.get(org, ()):
+            self._put(q, prompt_id)
+
+    async def _follow(self) -> None:
+        backoff, lost_since_last = 0.2, False
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(db.PROMPT_CHANGES_CHANNEL, self._on_notify)
+                if lost_since_last:  # changes made while the feed was away were not seen
+                    for queues in self.watchers.values():
+                        for q in queues:
+                            self._put(q, ANYTHING)
+                backoff, lost_since_last = 0.2, False
+                while not lost.is_set() and not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Postgres away: retry, watchers are told on return
+                log.warning("prompt change feed unavailable (%s); retrying", exc.__class__.__name__)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+            lost_since_last = True
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts every unary call by method and status code and times it by method."""
 
@@ -96,10 +178,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 class PromptService(prompts_pb2_grpc.PromptServiceServicer):
-    def __init__(self, pool, settings: PromptsSettings, keys: KeyDirectory) -> None:
+    def __init__(self, pool, settings: PromptsSettings, keys: KeyDirectory, changes: PromptChanges) -> None:
         self.pool = pool
         self.settings = settings
         self.keys = keys
+        self.changes = changes
 
     # ---- checks ----------------------------------------------------------------------
     async def _org(self, request, context) -> uuid.UUID:
@@ -341,6 +424,17 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
 
         return prompts_pb2.ArchivePromptResponse(prompt_id=prompt_id, versions=await self._db(context, archive))
 
+    async def WatchPrompts(self, request, context):
+        """The org's prompt changes as they happen; first an "anything" marker once subscribed."""
+        org = str(await self._org(request, context))
+        q = self.changes.subscribe(org)
+        try:
+            yield prompts_pb2.PromptChanged(prompt_id=ANYTHING)
+            while (prompt_id := await q.get()) is not CLOSED:
+                yield prompts_pb2.PromptChanged(prompt_id=prompt_id)
+        finally:
+            self.changes.unsubscribe(org, q)
+
 
 class PromptsServer:
     def __init__(self, settings: PromptsSettings) -> None:
@@ -353,6 +447,7 @@ class PromptsServer:
             settings.postgres_dsn.get_secret_value(), settings.resolved_key_snapshot_file("prompts"), self.metrics,
             resync_interval=settings.key_resync_interval,
         )
+        self.changes = PromptChanges(settings.postgres_dsn.get_secret_value())
         self.serving: bool | None = None
         self._watch: asyncio.Task | None = None
         self.bound_port = 0
@@ -361,8 +456,10 @@ class PromptsServer:
         self.pool = await db.connect_pool(self.settings.postgres_dsn.get_secret_value(), max_size=5)
         await db.migrate(self.pool)
         await self.keys.start()
+        self.changes.start()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)])
-        prompts_pb2_grpc.add_PromptServiceServicer_to_server(PromptService(self.pool, self.settings, self.keys), self.server)
+        prompts_pb2_grpc.add_PromptServiceServicer_to_server(
+            PromptService(self.pool, self.settings, self.keys, self.changes), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
@@ -394,16 +491,21 @@ class PromptsServer:
             await self._set_serving(ok)
 
     async def stop(self) -> None:
+        """Stops everything; a second call does nothing."""
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+            self._watch = None
+        await self.changes.stop()  # ends the watch streams, which would otherwise hold the grace period
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace=5)
-        await self.keys.stop()
+            self.server = None
+            await self.keys.stop()
         if self.pool is not None:
             await self.pool.close()
+            self.pool = None
 
     async def ready(self) -> dict[str, Check]:
         return await readiness(self.settings.readiness_timeout,

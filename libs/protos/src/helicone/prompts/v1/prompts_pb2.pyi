@@ -171,3 +171,15 @@ class RenderPromptResponse(_message.Message):
     prompt: PromptVersion
     rendered_json: str
     def __init__(self, prompt: _Optional[_Union[PromptVersion, _Mapping]] = ..., rendered_json: _Optional[str] = ...) -> None: ...
+
+class WatchPromptsRequest(_message.Message):
+    __slots__ = ("org_id",)
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    def __init__(self, org_id: _Optional[str] = ...) -> None: ...
+
+class PromptChanged(_message.Message):
+    __slots__ = ("prompt_id",)
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    prompt_id: str
+    def __init__(self, prompt_id: _Optional[str] = ...) -> None: ...

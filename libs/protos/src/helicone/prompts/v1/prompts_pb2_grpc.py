@@ -74,6 +74,11 @@ class PromptServiceStub:
                 request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptRequest.SerializeToString,
                 response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptResponse.FromString,
                 _registered_method=True)
+        self.WatchPrompts = channel.unary_stream(
+                '/helicone.prompts.v1.PromptService/WatchPrompts',
+                request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.WatchPromptsRequest.SerializeToString,
+                response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptChanged.FromString,
+                _registered_method=True)
 
 
 class PromptServiceServicer:
@@ -129,6 +134,13 @@ class PromptServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPrompts(self, request, context):
+        """what caches subscribe to
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromptServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +183,11 @@ def add_PromptServiceServicer_to_server(servicer, server):
                     servicer.ArchivePrompt,
                     request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptRequest.FromString,
                     response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptResponse.SerializeToString,
+            ),
+            'WatchPrompts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPrompts,
+                    request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.WatchPromptsRequest.FromString,
+                    response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptChanged.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +406,33 @@ class PromptService:
             '/helicone.prompts.v1.PromptService/ArchivePrompt',
             helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptRequest.SerializeToString,
             helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPrompts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/helicone.prompts.v1.PromptService/WatchPrompts',
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.WatchPromptsRequest.SerializeToString,
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptChanged.FromString,
             options,
             channel_credentials,
             insecure,
