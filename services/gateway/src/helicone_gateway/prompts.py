@@ -249,20 +249,21 @@ class PromptResolver:
     async def _watch(self, org: str, key: str) -> None:
         """The org's change stream, reopened after a loss; ends when the key is no longer accepted
         (the next fetch for the org opens it again with the caller's key)."""
-        backoff, reconnect = 0.2, False
+        backoff = 0.2
         while True:
+            opened = time.monotonic()
             try:
                 call = next(self._stubs).WatchPrompts(prompts_pb2.WatchPromptsRequest(),
                                                       metadata=(("authorization", f"Bearer {key}"),))
                 async for change in call:
-                    if change.prompt_id or reconnect:  # the first marker after a loss: changes may have been missed
-                        self._expire(org, change.prompt_id, time.monotonic())
-                    reconnect, backoff = False, 0.2
+                    # a prompt id: that prompt changed; the empty marker (first on every stream): what
+                    # was fetched before the stream opened may have changed unseen
+                    self._expire(org, change.prompt_id, time.monotonic() if change.prompt_id else opened)
+                    backoff = 0.2
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                                   grpc.StatusCode.UNIMPLEMENTED):
                     return
-            reconnect = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 

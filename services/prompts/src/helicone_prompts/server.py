@@ -128,6 +128,8 @@ class PromptChanges:
                 while not lost.is_set() and not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), 5)
+                    if not lost.is_set():  # a silently dead connection raises here
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres away: retry, watchers are told on return
