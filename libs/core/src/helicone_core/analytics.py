@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS {db}.{table}
     error String,
     source LowCardinality(String),
     region LowCardinality(String),
+    prompt_id String,
+    prompt_version UInt32,
+    prompt_inputs String,
     version UInt64,
     INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1
 )
@@ -83,9 +86,12 @@ ORDER BY ({sorting_key})
 REQUEST_LOG_PREVIOUS = "request_log_before_identity"
 # Columns added to REQUEST_LOG_DDL after tables were created with it: (name, type, the column it
 # follows), added to an existing table by init_schema so that old and new tables look the same.
-# Old rows read the type's default ('' for region).
+# Old rows read the type's default ('' for region and prompt_id, 0 for prompt_version).
 REQUEST_LOG_ADDED_COLUMNS = (
     ("region", "LowCardinality(String)", "source"),
+    ("prompt_id", "String", "region"),
+    ("prompt_version", "UInt32", "prompt_id"),
+    ("prompt_inputs", "String", "prompt_version"),
 )
 
 

@@ -161,5 +161,8 @@ def analytics_row(
         "error": event.error,
         "source": event.source,
         "region": event.region,
+        "prompt_id": event.prompt_id,
+        "prompt_version": max(event.prompt_version, 0),
+        "prompt_inputs": event.prompt_inputs_json,
         "version": event_version(event),
     }

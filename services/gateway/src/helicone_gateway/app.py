@@ -43,6 +43,7 @@ from .headers import (
     parse_helicone_headers,
 )
 from .journal import Journal
+from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, route
 from .publisher import EventPublisher
 from .settings import GatewaySettings, env_name
@@ -164,6 +165,7 @@ class Gateway:
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,
         )
+        self.prompts = PromptResolver(settings, metrics)
         self.m_requests = metrics.counter(
             "helicone_gateway_requests_total", "Proxied requests", ("provider", "status_class")
         )
@@ -208,8 +210,10 @@ class Gateway:
         self.target_session = session(target_connector(self.egress, **connector_options))
         await self.publisher.start()
         await self.keys.start()
+        await self.prompts.start()
 
     async def stop(self) -> None:
+        await self.prompts.stop()
         await self.keys.stop()
         await self.publisher.stop()
         for session in (self.session, self.target_session):
@@ -276,18 +280,22 @@ class Gateway:
         body = b""
         query = scope.get("query_string") or b""
         target: TargetDest | None = None
+        prompt: PromptUse | None = None
         try:
             rt = route(self.settings, path, header_map, hh.target_url)
             url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
             if rt.target:
                 target = self._target(url)  # refused before the body is read
             body = await self._read_body(receive, header_map.get("content-length"))
+            # only requests naming a prompt pay for it: a header, or the body form's field name
+            if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
+                body, prompt = await self._render_prompt(hh, org_id, rt, body)
         except ClientGone:
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
         except Rejection as r:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      r.status, "", b"", "", False, -1, error=r.message)
+                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
 
         # after the request body, receive() only ever reports the caller going away
@@ -298,13 +306,13 @@ class Gateway:
         except Rejection as r:  # every address of the Target-URL host was refused at connect time
             disconnected.cancel()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      r.status, "", b"", "", False, -1, error=r.message)
+                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
         except ClientGone:
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
-                             error="client disconnected before the provider answered; upstream request cancelled")
+                             error="client disconnected before the provider answered; upstream request cancelled", prompt=prompt)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             disconnected.cancel()
             timed_out = isinstance(exc, TimeoutError)
@@ -313,7 +321,7 @@ class Gateway:
             self.m_upstream_errors.labels(rt.provider, kind).inc()
             self.m_requests.labels(rt.provider, "5xx").inc()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed")
+                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt)
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
                                     self.answer_headers)
@@ -370,7 +378,7 @@ class Gateway:
             else:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error)
+                      status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt)
 
     def _target(self, url: str) -> TargetDest:
         """The checked destination of a Target-URL request; raises Rejection (403) if the egress
@@ -443,6 +451,14 @@ class Gateway:
                 disconnected.remove_done_callback(cancel)
         raise AssertionError("unreachable")
 
+    async def _render_prompt(self, hh: HeliconeHeaders, org_id: str, rt: Route, body: bytes) -> tuple[bytes, PromptUse | None]:
+        """The stored prompt rendered into the body (provider-shaped); Rejection when it cannot be,
+        before anything is sent upstream."""
+        try:
+            return await self.prompts.apply(hh.auth_key, org_id, rt.provider, body, hh.prompt)
+        except PromptError as exc:
+            raise Rejection(exc.status, exc.message, exc.kind, exc.headers) from None
+
     async def _read_body(self, receive, declared: str | None) -> bytes:
         """The request body; raises Rejection (413) as soon as it exceeds max_request_bytes
         (nothing more is read) and ClientGone if the caller leaves."""
@@ -465,7 +481,8 @@ class Gateway:
 
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
-             resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "") -> None:
+             resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
+             prompt: PromptUse | None = None) -> None:
         """Hands the log event to the publisher; the event itself is built on its worker."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = dt.datetime.now(dt.timezone.utc)
@@ -517,6 +534,9 @@ class Gateway:
                 source="gateway",
                 region=self.settings.region,
             )
+            if prompt is not None:
+                ev.prompt_id, ev.prompt_version = prompt.prompt_id, prompt.version
+                ev.prompt_inputs_json, ev.prompt_environment = prompt.inputs_json, prompt.environment
             events.set_time(ev.request_created_at, started_at)
             events.set_time(ev.response_created_at, finished_at)
             return ev
