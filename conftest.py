@@ -113,3 +113,13 @@ async def analytics_store(analytics_settings):
     await store.init_schema()
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A real Redis server for the session (tests/support/redis_server.py)."""
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
