@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS {db}.{table}
     error String,
     source LowCardinality(String),
     region LowCardinality(String),
+    cache_hit UInt8,
+    cache_saved_usd Float64,
     version UInt64,
     INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1
 )
@@ -83,9 +85,11 @@ ORDER BY ({sorting_key})
 REQUEST_LOG_PREVIOUS = "request_log_before_identity"
 # Columns added to REQUEST_LOG_DDL after tables were created with it: (name, type, the column it
 # follows), added to an existing table by init_schema so that old and new tables look the same.
-# Old rows read the type's default ('' for region).
+# Old rows read the type's default ('' for region, 0 for the cache columns).
 REQUEST_LOG_ADDED_COLUMNS = (
     ("region", "LowCardinality(String)", "source"),
+    ("cache_hit", "UInt8", "region"),
+    ("cache_saved_usd", "Float64", "cache_hit"),
 )
 
 

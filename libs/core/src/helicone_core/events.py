@@ -161,5 +161,7 @@ def analytics_row(
         "error": event.error,
         "source": event.source,
         "region": event.region,
+        "cache_hit": int(event.cache_hit),
+        "cache_saved_usd": event.cache_saved_usd,
         "version": event_version(event),
     }
