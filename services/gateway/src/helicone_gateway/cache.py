@@ -231,7 +231,8 @@ class CacheStore(Protocol):
 
 
 class MemoryCacheStore:
-    """One process's cache: least recently used entries go first once `max_bytes` is reached."""
+    """One process's cache: least recently used entries go first once `max_bytes` (keys and values)
+    is reached."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -252,18 +253,19 @@ class MemoryCacheStore:
         return out
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
-        if len(value) > self.max_bytes:
+        need = len(key) + len(value)
+        if need > self.max_bytes:
             return
         self._drop(key)
-        while self.size + len(value) > self.max_bytes:
+        while self.size + need > self.max_bytes:
             self._drop(next(iter(self._entries)))
         self._entries[key] = (time.monotonic() + ttl, value)
-        self.size += len(value)
+        self.size += need
 
     def _drop(self, key: str) -> None:
         item = self._entries.pop(key, None)
         if item is not None:
-            self.size -= len(item[1])
+            self.size -= len(key) + len(item[1])
 
     def __len__(self) -> int:
         return len(self._entries)
