@@ -96,7 +96,8 @@ def sample(gw, name, **labels) -> float:
     ({"helicone-cache-enabled": "true"}, "max-age=60", (True, True, 60, 1)),
     ({"helicone-cache-enabled": "true"}, "no-store, max-age=60, s-maxage=120", (True, True, 120, 1)),
     ({"helicone-cache-enabled": "true"}, f"max-age={MAX_TTL * 3}", (True, True, MAX_TTL, 1)),
-    ({"helicone-cache-enabled": "true"}, "max-age=0", (True, False, 0, 1)),  # expires at once: nothing saved
+    ({"helicone-cache-enabled": "true"}, "max-age=0", (True, False, 0, 1)),
+    ({"helicone-cache-enabled": "true"}, "max-age=" + "9" * 5000, (True, True, MAX_TTL, 1)),  # expires at once: nothing saved
     ({"helicone-cache-enabled": "true", "helicone-cache-bucket-max-size": "20"}, "", (True, True, DEFAULT_TTL, 20)),
 ])
 def test_directive_from_headers(headers, cache_control, expected):
@@ -118,6 +119,8 @@ def test_seed_and_ignore_keys_are_read():
     ("Helicone-Cache-Bucket-Max-Size", "21", "from 1 to 20"),
     ("Helicone-Cache-Bucket-Max-Size", "two", "from 1 to 20"),
     ("Helicone-Cache-Bucket-Max-Size", "-1", "from 1 to 20"),
+    ("Helicone-Cache-Bucket-Max-Size", "9" * 5000, "from 1 to 20"),
+    ("Helicone-Cache-Bucket-Max-Size", "5.0", "from 1 to 20"),
     ("Helicone-Cache-Seed", "s" * 257, "longer than 256"),
     ("Helicone-Cache-Ignore-Keys", " , ", "comma-separated list"),
     ("Helicone-Cache-Ignore-Keys", ",".join(f"k{i}" for i in range(65)), "comma-separated list"),

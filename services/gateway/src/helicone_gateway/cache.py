@@ -37,8 +37,6 @@ CACHE_BUCKET_MAX_SIZE = "Helicone-Cache-Bucket-Max-Size"
 CACHE_SEED = "Helicone-Cache-Seed"
 CACHE_IGNORE_KEYS = "Helicone-Cache-Ignore-Keys"
 CACHE_CONTROL = "Cache-Control"
-REQUEST_HEADERS = frozenset(h.lower() for h in (
-    CACHE_ENABLED, CACHE_SAVE, CACHE_READ, CACHE_BUCKET_MAX_SIZE, CACHE_SEED, CACHE_IGNORE_KEYS))
 # Response headers
 CACHE_STATUS = "Helicone-Cache"
 CACHE_BUCKET_IDX = "Helicone-Cache-Bucket-Idx"
@@ -95,7 +93,7 @@ def _ttl(cache_control: str) -> int:
         return DEFAULT_TTL
     if not raw.isdigit() or not raw.isascii():
         raise HeaderError(f"{CACHE_CONTROL} max-age/s-maxage must be a whole number of seconds, got {raw[:40]!r}")
-    return min(int(raw), MAX_TTL)
+    return MAX_TTL if len(raw) > len(str(MAX_TTL)) else min(int(raw), MAX_TTL)  # no int() of 5000 digits
 
 
 def cache_directive(raw: dict[str, str], cache_control: str) -> CacheDirective:
@@ -107,7 +105,7 @@ def cache_directive(raw: dict[str, str], cache_control: str) -> CacheDirective:
     bucket = 1
     if (value := raw.get(CACHE_BUCKET_MAX_SIZE.lower())) is not None:
         v = value.strip()
-        if not (v.isascii() and v.isdigit() and 1 <= int(v) <= MAX_BUCKET_SIZE):
+        if not (v.isascii() and v.isdigit() and len(v) <= 2 and 1 <= int(v) <= MAX_BUCKET_SIZE):
             raise HeaderError(f"{CACHE_BUCKET_MAX_SIZE} must be a whole number from 1 to {MAX_BUCKET_SIZE}, got {value[:40]!r}")
         bucket = int(v)
     seed = raw.get(CACHE_SEED.lower(), "").strip()
