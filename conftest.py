@@ -123,3 +123,11 @@ def redis_url(tmp_path_factory) -> str:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    """A throw-away CA and a broker certificate for the TLS-fronted Kafka of tests/support/kafka_security.py."""
+    from tests.support.kafka_security import make_ca
+
+    return make_ca(tmp_path_factory.mktemp("ca"))

@@ -182,7 +182,11 @@ def soak(tmp: Path, args) -> list[tuple[str, int, int]]:
     recycled, then sends the next (the gateway's publisher is held by the runner instead)."""
     from helicone_core.settings import REQUEST_LOGGED_TOPIC
 
-    env = {"HELICONE_EMBEDDED_BROKER_RECYCLE_RECORDS": str(args.soak_chunk // 2),
+    # A recycle deletes the topic once ingest has committed its end; this producer is not held meanwhile,
+    # so the threshold sits just under a whole chunk (Tansu counts a little short: the last batch's
+    # base offset + 1): it is reached only in a chunk's last few hundred records, long before ingest,
+    # which trails the producer by seconds, can have committed them.
+    env = {"HELICONE_EMBEDDED_BROKER_RECYCLE_RECORDS": str(max(1, args.soak_chunk - 500)),
            "HELICONE_EMBEDDED_BROKER_RECYCLE_CHECK_INTERVAL": "1"}
     with running_stack(tmp, s3=False, embedded_broker=True, extra_env=env) as stack:
         procs = stack_processes(stack, tmp)

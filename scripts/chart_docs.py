@@ -46,7 +46,7 @@ CHART_MANAGED = {
     "kafka_bootstrap", "kafka_topic", "kafka_dlq_topic", "kafka_topic_partitions", "kafka_replication_factor",
     "consumer_group", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_cafile",
     "analytics_backend", "chdb_path", "clickhouse_url", "clickhouse_user", "clickhouse_database",
-    "body_store", "body_dir", "s3_endpoint", "s3_bucket", "s3_region", "journal_dir",
+    "body_store", "body_dir", "s3_endpoint", "s3_bucket", "s3_region", "journal_dir", "prompts_target",
 }
 # Secrets reach the pods only from Secrets (postgres.existingSecret, ...), never from a ConfigMap.
 SECRET_SETTINGS = {"postgres_dsn", "clickhouse_password", "kafka_sasl_password", "s3_access_key_id", "s3_secret_access_key"}

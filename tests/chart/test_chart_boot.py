@@ -298,8 +298,16 @@ def test_chart_boots_a_working_stack(tmp_path):
 
             # 2. every Deployment's pod, all at once, each until its probes pass
             ports: dict[str, dict[int, int]] = {}
+            # the prompts pod's gRPC port first: the gateway and the api are rendered to reach it by its Service
+            prompts, ports["prompts"] = local_pod(pods["prompts"], rendered, endpoints, tmp_path / "prompts")
+            for caller in ("gateway", "api"):
+                target = pods[caller].environment(rendered)["HELICONE_PROMPTS_TARGET"]
+                endpoints[target] = f"127.0.0.1:{ports['prompts'][pods['prompts'].ports['grpc']]}"
             for name in COMPONENTS:
-                proc, ports[name] = local_pod(pods[name], rendered, endpoints, tmp_path / name)
+                if name == "prompts":
+                    proc = prompts
+                else:
+                    proc, ports[name] = local_pod(pods[name], rendered, endpoints, tmp_path / name)
                 running.append(proc.start())
             with ThreadPoolExecutor(len(running)) as pool:  # each measured from its own start
                 ready = pool.map(lambda p: _ready(p, pods[p.name], ports[p.name]), running)

@@ -46,6 +46,15 @@ class Stack:
     region: str = ""  # HELICONE_REGION of every service
     _launch: object = None  # restarts the runner process with the same command
     _runner: object = None  # () -> the current runner process
+    _prompts: object = None  # (start, stop) of the prompts process, with prompts_apart
+
+    def stop_prompts(self) -> None:
+        """SIGTERM the prompts service (prompts_apart=True): the rest of the stack runs on."""
+        self._prompts[1]()
+
+    def start_prompts(self) -> float:
+        """Starts the prompts service again (prompts_apart=True); returns seconds to READY."""
+        return self._prompts[0]()
 
     def restart_runner(self) -> float:
         """Stops `helicone-stack up` and starts it again on the same data dir; returns seconds to READY."""
@@ -122,13 +131,19 @@ def _create_key(dsn: str) -> dict:
 
 @contextlib.contextmanager
 def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None,
-                  postgres_dsn: str | None = None, embedded_broker: bool = False, region: str = "") -> Iterator[Stack]:
+                  postgres_dsn: str | None = None, embedded_broker: bool = False, region: str = "",
+                  prompts_apart: bool = False) -> Iterator[Stack]:
     """The whole stack; with `postgres_dsn`, on that Postgres (e.g. behind a fault proxy) instead of
     the runner's embedded one, with a key created here; with `embedded_broker`, on the broker the
-    runner starts and supervises itself; with `region`, every service's HELICONE_REGION."""
+    runner starts and supervises itself; with `region`, every service's HELICONE_REGION; with
+    `prompts_apart` (needs `postgres_dsn`), the prompts service in a process of its own
+    (`helicone-stack up --target prompts`) that tests can stop and start."""
+    if prompts_apart and not postgres_dsn:
+        raise ValueError("prompts_apart needs postgres_dsn: the prompts process shares the stack's Postgres")
     ports = {name: free_port() for name in ("gateway", "api", "ingest", "prompts", "grpc", "kafka", "upstream", "s3")}
     procs: list[subprocess.Popen] = []
     runner_slot: list[subprocess.Popen] = []
+    prompts_slot: list[subprocess.Popen] = []  # with prompts_apart
     kafka = EmbeddedKafka("127.0.0.1", ports["kafka"], tmp / "kafka.log")
     upstream_url = f"http://127.0.0.1:{ports['upstream']}"
     s3_url = f"http://127.0.0.1:{ports['s3']}" if s3 else None
@@ -173,6 +188,32 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             cmd += ["--postgres-dsn", postgres_dsn]
             data_dir.mkdir(parents=True, exist_ok=True)
             (data_dir / "bootstrap-key.json").write_text(json.dumps(_create_key(postgres_dsn)))
+        prompts_control = None
+        if prompts_apart:
+            cmd += ["--target", "gateway,ingest,api"]
+            env["HELICONE_PROMPTS_TARGET"] = f"127.0.0.1:{ports['grpc']}"  # read by the gateway and the api
+            prompts_log = tmp / "prompts.log"
+            prompts_cmd = [sys.executable, "-m", "helicone_runner", "up", "--target", "prompts",
+                           "--data-dir", str(tmp / "prompts-data"), "--postgres-dsn", postgres_dsn, "--kafka", kafka.bootstrap,
+                           "--prompts-port", str(ports["prompts"]), "--prompts-grpc-port", str(ports["grpc"])]
+
+            def start_prompts() -> float:
+                started = time.monotonic()
+                offset = prompts_log.stat().st_size if prompts_log.exists() else 0
+                proc = subprocess.Popen(prompts_cmd, cwd=tmp, env=env, stdout=open(prompts_log, "ab"), stderr=subprocess.STDOUT)
+                prompts_slot.append(proc)
+                while b"\nREADY" not in prompts_log.read_bytes()[offset:]:
+                    if proc.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT:
+                        raise RuntimeError("prompts did not start:\n" + prompts_log.read_text()[-5000:])
+                    time.sleep(0.1)
+                return time.monotonic() - started
+
+            def stop_prompts() -> None:
+                while prompts_slot:
+                    _stop(prompts_slot.pop())
+
+            start_prompts()
+            prompts_control = (start_prompts, stop_prompts)
 
         def launch() -> float:
             if runner_slot:
@@ -195,9 +236,9 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url,
             kafka=None if embedded_broker else kafka, kafka_bootstrap=kafka.bootstrap,
             key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup, region=region,
-            _launch=launch, _runner=lambda: runner_slot[-1],
+            _launch=launch, _runner=lambda: runner_slot[-1], _prompts=prompts_control,
         )
     finally:
-        for proc in reversed(runner_slot + procs):
+        for proc in reversed(runner_slot + prompts_slot + procs):
             _stop(proc)
         kafka.stop()

@@ -159,6 +159,9 @@ field names (schema-checked against the code).
 {{- $_ := set $s "clickhouse_user" $v.clickhouse.user }}
 {{- $_ := set $s "clickhouse_database" $v.clickhouse.database }}
 {{- end }}
+{{- if and (has "prompts" $uses) $v.components.prompts.enabled }}
+{{- $_ := set $s "prompts_target" (printf "%s:%v" (include "helicone.componentName" (dict "ctx" $ctx "component" "prompts")) $v.components.prompts.grpcPort) }}
+{{- end }}
 {{- if has "s3" $uses }}
 {{- $_ := set $s "body_store" "s3" }}
 {{- if $v.s3.endpoint }}{{ $_ := set $s "s3_endpoint" $v.s3.endpoint }}{{ end }}

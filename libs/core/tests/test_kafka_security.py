@@ -18,18 +18,13 @@ from helicone_core.kafka import PLAINTEXT, client_security, ensure_topics, ping_
 from helicone_core.settings import CommonSettings
 from pydantic import ValidationError
 
-from tests.support.kafka_security import make_ca, tls_kafka
+from tests.support.kafka_security import tls_kafka
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # unique: any appearance in a log or a repr is this test's
 
 
 def _settings(**kw) -> CommonSettings:
     return CommonSettings(_env_file=None, **kw)
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 def test_plaintext_is_the_default_and_adds_nothing_else():

@@ -215,3 +215,32 @@ async def test_init_schema_adds_the_region_and_cache_columns_to_an_existing_tabl
     finally:
         await other.close()
         await store.close()
+
+
+async def test_init_schema_adds_the_prompt_columns_to_a_table_that_predates_them(analytics_settings):
+    store = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    db = store.database
+    try:
+        await store._command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        before = analytics.request_log_ddl(db)
+        for line in ("    prompt_id String,\n", "    prompt_version UInt32,\n", "    prompt_inputs String,\n"):
+            assert line in before
+            before = before.replace(line, "")
+        await store._command(before)
+        old = _row(_event("org-a", T0, model="before"))
+        for name in ("prompt_id", "prompt_version", "prompt_inputs"):
+            del old[name]
+        await store.insert("request_log", [old])
+        await store.init_schema()
+        new = _row(_event("org-a", T0, model="after"))
+        new.update(prompt_id="triage", prompt_version=3, prompt_inputs='{"topic": "x"}')
+        await store.insert("request_log", [new])
+        rows = await store.query("SELECT model, prompt_id, prompt_version, prompt_inputs FROM {db}.request_log FINAL "
+                                 "ORDER BY model SETTINGS output_format_json_quote_64bit_integers=0")
+        assert rows == [{"model": "after", "prompt_id": "triage", "prompt_version": 3, "prompt_inputs": '{"topic": "x"}'},
+                        {"model": "before", "prompt_id": "", "prompt_version": 0, "prompt_inputs": ""}]
+        await store._command(f"CREATE DATABASE IF NOT EXISTS {db}_fresh")
+        await store._command(analytics.request_log_ddl(f"{db}_fresh"))
+        assert await store.query(COLUMNS_SQL, {"d": db}) == await store.query(COLUMNS_SQL, {"d": f"{db}_fresh"})
+    finally:
+        await store.close()

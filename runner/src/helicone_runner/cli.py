@@ -182,16 +182,19 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
         host=args.host,
         log_level=args.log_level,
     )
-    ingest_extra, gateway_extra = {}, {}
+    ingest_extra, gateway_extra, api_extra = {}, {}, {}
     if not args.kafka:
         # the embedded broker listens in plain text, whatever HELICONE_KAFKA_SECURITY_* say
         common.update(kafka_security_protocol="PLAINTEXT", kafka_sasl_username="", kafka_sasl_password="", kafka_ssl_cafile=None)
         gateway_extra = dict(kafka_idempotent_producer=False)  # Tansu has no InitProducerId
         # one local broker, one member: no reason to wait long for others to join
         ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0)
+    if "prompts" in args.target:  # the gateway renders stored prompts from this process's prompts service
+        local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        gateway_extra["prompts_target"] = api_extra["prompts_target"] = f"{local}:{args.prompts_grpc_port}"
     return {
         "gateway": GatewaySettings(**common, port=args.gateway_port, openai_url=args.openai_url, anthropic_url=args.anthropic_url, **gateway_extra),
-        "api": ApiSettings(**common, port=args.api_port),
+        "api": ApiSettings(**common, port=args.api_port, **api_extra),
         "ingest": IngestSettings(**common, port=args.ingest_port, **ingest_extra),
         "prompts": PromptsSettings(**common, port=args.prompts_port, grpc_port=args.prompts_grpc_port),
         "migrate": MigrateSettings(**common),

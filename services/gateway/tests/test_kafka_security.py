@@ -19,15 +19,10 @@ from helicone_core.metrics import ServiceMetrics
 from helicone_gateway.app import Gateway
 from helicone_gateway.settings import GatewaySettings
 
-from tests.support.kafka_security import ClientRecorder, make_ca, tls_kafka
+from tests.support.kafka_security import ClientRecorder, tls_kafka
 from tests.support.net import free_port
 
 PASSWORD = "pw-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 def _event() -> events.RequestLogged:

@@ -22,15 +22,10 @@ from helicone_core.kafka import client_security, ensure_topics
 from helicone_ingest.app import IngestService, faust_credentials
 from helicone_ingest.settings import IngestSettings
 
-from tests.support.kafka_security import ClientRecorder, make_ca, tls_kafka
+from tests.support.kafka_security import ClientRecorder, tls_kafka
 from tests.support.net import free_port
 
 PASSWORD = "pw-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
 
 
 def _settings(tmp_path, bootstrap: str, protocol: str, ca_file, **kw) -> IngestSettings:

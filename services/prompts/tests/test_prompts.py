@@ -1,4 +1,11 @@
+"""The PromptService against a real grpc.aio server and a real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
 import json
+import time
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -6,77 +13,317 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helicone.prompts.v1 import prompts_pb2 as pb
 from helicone.prompts.v1 import prompts_pb2_grpc
 from helicone_core import db
-from helicone_prompts import templates
 from helicone_prompts.server import SERVICE_NAME, PromptsServer
 from helicone_prompts.settings import PromptsSettings
 
+from tests.support.fault_proxy import postgres_proxy
+
 TEMPLATE = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise {{topic}} for {{ audience }}"}]})
+TYPED = json.dumps({"model": "gpt-4o-mini", "temperature": "{{hc:temp:number}}",
+                    "messages": [{"role": "user", "content": "Tell me about {{hc:topic:string}}"}]})
 
 
-def test_template_variables_and_render_escape_values():
-    assert templates.variables(TEMPLATE) == ["topic", "audience"]
-    out = json.loads(templates.render(TEMPLATE, {"topic": 'the "Q3" report\n', "audience": "execs"}))
-    assert out["messages"][0]["content"] == 'Summarise the "Q3" report\n for execs'
-    with pytest.raises(templates.TemplateError, match="missing inputs: audience"):
-        templates.render(TEMPLATE, {"topic": "x"})
-    with pytest.raises(templates.TemplateError, match="JSON object"):
-        templates.validate("[1]")
+@dataclass
+class Env:
+    stub: prompts_pb2_grpc.PromptServiceStub
+    channel: grpc.aio.Channel
+    server: PromptsServer
+    org: str
+    auth: tuple  # metadata with the org's key
+    other_auth: tuple  # a key of another org
+    dsn: str
+
+    async def create(self, prompt_id="summary", template=TEMPLATE, **kw) -> pb.PromptVersion:
+        return await self.stub.CreatePromptVersion(
+            pb.CreatePromptVersionRequest(prompt_id=prompt_id, template_json=template, **kw), metadata=self.auth)
+
+
+def bearer(key: str) -> tuple:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def start_server(dsn: str, tmp_path, **settings) -> PromptsServer:
+    server = PromptsServer(PromptsSettings(postgres_dsn=dsn, grpc_port=0, data_dir=tmp_path, _env_file=None, **settings))
+    await server.start()
+    return server
 
 
 @pytest.fixture
-async def prompts(fresh_db_dsn):
-    server = PromptsServer(PromptsSettings(postgres_dsn=fresh_db_dsn, grpc_port=0, _env_file=None))
-    await server.start()
-    org = await db.create_org(server.pool, "acme")
+async def env(fresh_db_dsn, tmp_path):
+    pool = await db.connect_pool(fresh_db_dsn, max_size=2)
+    await db.migrate(pool)
+    key = await db.create_key(pool, await db.create_org(pool, "acme"), "t")
+    other = await db.create_key(pool, await db.create_org(pool, "globex"), "t")
+    await pool.close()
+    server = await start_server(fresh_db_dsn, tmp_path)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.bound_port}")
-    yield prompts_pb2_grpc.PromptServiceStub(channel), channel, org
+    yield Env(prompts_pb2_grpc.PromptServiceStub(channel), channel, server, key.org_id, bearer(key.key), bearer(other.key),
+              fresh_db_dsn)
     await channel.close()
     await server.stop()
 
 
-async def test_versions_get_list_render(prompts):
-    stub, _, org = prompts
-    v1 = await stub.CreatePromptVersion(pb.CreatePromptVersionRequest(org_id=org, prompt_id="summary", template_json=TEMPLATE, model="gpt-4o-mini"))
-    v2 = await stub.CreatePromptVersion(pb.CreatePromptVersionRequest(org_id=org, prompt_id="summary", template_json=TEMPLATE.replace("Summarise", "Explain")))
+async def code_of(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value.code(), err.value.details()
+
+
+async def test_versions_get_list_render(env):
+    v1 = await env.create(template=TEMPLATE, message="first")
+    v2 = await env.create(template=json.dumps({**json.loads(TEMPLATE), "model": "gpt-4o", "temperature": 0}))
     assert (v1.version, v2.version) == (1, 2)
+    assert v1.org_id == env.org and v1.model == "gpt-4o-mini" and v1.message == "first"  # model taken from the template
     assert list(v1.variables) == ["topic", "audience"]
-    assert (await stub.GetPrompt(pb.GetPromptRequest(org_id=org, prompt_id="summary"))).version == 2
-    assert "Summarise" in (await stub.GetPrompt(pb.GetPromptRequest(org_id=org, prompt_id="summary", version=1))).template_json
-    await stub.CreatePromptVersion(pb.CreatePromptVersionRequest(org_id=org, prompt_id="other", template_json="{}"))
-    listed = await stub.ListPrompts(pb.ListPromptsRequest(org_id=org))
+    assert [(v.name, v.type) for v in v1.typed_variables] == [("topic", "string"), ("audience", "string")]
+    assert list(v1.changed_fields) == ["messages", "model"] and list(v2.changed_fields) == ["model", "temperature"]
+    s = env.stub
+    assert (await s.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=env.auth)).version == 2
+    assert "gpt-4o-mini" in (await s.GetPrompt(pb.GetPromptRequest(prompt_id="summary", version=1), metadata=env.auth)).template_json
+    await env.create("other", "{}")
+    listed = await s.ListPrompts(pb.ListPromptsRequest(), metadata=env.auth)
     assert [(p.prompt_id, p.version) for p in listed.prompts] == [("other", 1), ("summary", 2)]
-    rendered = await stub.RenderPrompt(pb.RenderPromptRequest(org_id=org, prompt_id="summary", inputs={"topic": "AI", "audience": "kids"}))
-    assert json.loads(rendered.rendered_json)["messages"][0]["content"] == "Explain AI for kids"
+    versions = await s.ListVersions(pb.ListVersionsRequest(prompt_id="summary"), metadata=env.auth)
+    assert [(v.version, list(v.changed_fields)) for v in versions.versions] == [(2, ["model", "temperature"]), (1, ["messages", "model"])]
+    rendered = await s.RenderPrompt(pb.RenderPromptRequest(prompt_id="summary", inputs={"topic": "AI", "audience": "kids"}),
+                                    metadata=env.auth)
+    assert json.loads(rendered.rendered_json)["messages"][0]["content"] == "Summarise AI for kids"
+    assert rendered.prompt.version == 2
 
 
-@pytest.mark.parametrize("request_, code", [
-    (pb.CreatePromptVersionRequest(org_id="nope", prompt_id="p", template_json="{}"), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.CreatePromptVersionRequest(prompt_id="bad id!", template_json="{}"), grpc.StatusCode.INVALID_ARGUMENT),
-    (pb.CreatePromptVersionRequest(prompt_id="p", template_json="{not json"), grpc.StatusCode.INVALID_ARGUMENT),
+async def test_typed_inputs_and_their_errors_name_the_variable(env):
+    await env.create("typed", TYPED)
+    s = env.stub
+    out = await s.RenderPrompt(pb.RenderPromptRequest(prompt_id="typed", inputs_json=json.dumps({"temp": 0.3, "topic": "owls"})),
+                               metadata=env.auth)
+    assert json.loads(out.rendered_json)["temperature"] == 0.3
+    out = await s.RenderPrompt(pb.RenderPromptRequest(prompt_id="typed", inputs={"temp": "1", "topic": "owls"}), metadata=env.auth)
+    assert json.loads(out.rendered_json)["temperature"] == 1
+    code, details = await code_of(s.RenderPrompt(pb.RenderPromptRequest(prompt_id="typed", inputs={"temp": "hot", "topic": "x"}),
+                                                 metadata=env.auth))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'temp' must be a number" in details
+    code, details = await code_of(s.RenderPrompt(pb.RenderPromptRequest(prompt_id="typed", inputs={"temp": "1"}), metadata=env.auth))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "missing inputs: topic" in details
+    code, details = await code_of(s.RenderPrompt(pb.RenderPromptRequest(prompt_id="typed", inputs_json="[1]"), metadata=env.auth))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "inputs_json" in details
+
+
+async def test_environments_label_rollback_and_archive(env):
+    s = env.stub
+    await env.create(environments=["production"])
+    await env.create(template=TEMPLATE.replace("Summarise", "Explain"))
+    await env.create(template=TEMPLATE.replace("Summarise", "Shorten"))
+
+    async def production() -> int:
+        return (await s.GetPrompt(pb.GetPromptRequest(prompt_id="summary", environment="production"), metadata=env.auth)).version
+
+    assert await production() == 1
+    labelled = await s.SetEnvironment(pb.SetEnvironmentRequest(prompt_id="summary", environment="production", version=2),
+                                      metadata=env.auth)
+    assert labelled.version == 2 and list(labelled.environments) == ["production"]
+    await s.SetEnvironment(pb.SetEnvironmentRequest(prompt_id="summary", environment="production", version=3), metadata=env.auth)
+    await s.SetEnvironment(pb.SetEnvironmentRequest(prompt_id="summary", environment="staging", version=3), metadata=env.auth)
+    rendered = await s.RenderPrompt(pb.RenderPromptRequest(prompt_id="summary", environment="production",
+                                                           inputs={"topic": "a", "audience": "b"}), metadata=env.auth)
+    assert json.loads(rendered.rendered_json)["messages"][0]["content"].startswith("Shorten")
+    assert sorted((await s.GetPrompt(pb.GetPromptRequest(prompt_id="summary", version=3), metadata=env.auth)).environments) == [
+        "production", "staging"]
+    # rollback walks back through what the environment was labelled with
+    assert (await s.RollbackEnvironment(pb.RollbackEnvironmentRequest(prompt_id="summary", environment="production"),
+                                        metadata=env.auth)).version == 2
+    assert (await s.RollbackEnvironment(pb.RollbackEnvironmentRequest(prompt_id="summary", environment="production"),
+                                        metadata=env.auth)).version == 1
+    assert await production() == 1
+    code, details = await code_of(s.RollbackEnvironment(
+        pb.RollbackEnvironmentRequest(prompt_id="summary", environment="production"), metadata=env.auth))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "no earlier version" in details
+    code, details = await code_of(s.GetPrompt(pb.GetPromptRequest(prompt_id="summary", environment="dev"), metadata=env.auth))
+    assert code == grpc.StatusCode.NOT_FOUND and "environment 'dev'" in details
+    code, _ = await code_of(s.SetEnvironment(pb.SetEnvironmentRequest(prompt_id="summary", environment="production", version=9),
+                                             metadata=env.auth))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+    archived = await s.ArchivePrompt(pb.ArchivePromptRequest(prompt_id="summary"), metadata=env.auth)
+    assert archived.versions == 3
+    for call in (s.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=env.auth),
+                 env.create(),
+                 s.SetEnvironment(pb.SetEnvironmentRequest(prompt_id="summary", environment="production", version=2), metadata=env.auth)):
+        code, details = await code_of(call)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "archived" in details
+    assert not (await s.ListPrompts(pb.ListPromptsRequest(), metadata=env.auth)).prompts
+    listed = await s.ListPrompts(pb.ListPromptsRequest(include_archived=True), metadata=env.auth)
+    assert [(p.prompt_id, p.archived) for p in listed.prompts] == [("summary", True)]
+
+
+async def test_new_prompt_already_exists(env):
+    await env.create(new_prompt=True)
+    code, details = await code_of(env.create(new_prompt=True))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "'summary'" in details
+
+
+@pytest.mark.parametrize("kw, code, words", [
+    (dict(prompt_id="bad id!"), grpc.StatusCode.INVALID_ARGUMENT, "prompt_id"),
+    (dict(template="{not json"), grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON"),
+    (dict(template='{"a": "{{hc:n:date}}"}'), grpc.StatusCode.INVALID_ARGUMENT, "variable 'n'"),
+    (dict(environments=["Prod uction"]), grpc.StatusCode.INVALID_ARGUMENT, "environments"),
 ])
-async def test_invalid_requests(prompts, request_, code):
-    stub, _, org = prompts
-    if request_.org_id != "nope":
-        request_.org_id = org
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.CreatePromptVersion(request_)
-    assert err.value.code() == code
+async def test_invalid_requests(env, kw, code, words):
+    got, details = await code_of(env.create(**kw))
+    assert got == code and words in details
 
 
-async def test_missing_prompt_and_missing_inputs(prompts):
-    stub, _, org = prompts
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetPrompt(pb.GetPromptRequest(org_id=org, prompt_id="ghost"))
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    await stub.CreatePromptVersion(pb.CreatePromptVersionRequest(org_id=org, prompt_id="t", template_json=TEMPLATE))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.RenderPrompt(pb.RenderPromptRequest(org_id=org, prompt_id="t", inputs={"topic": "x"}))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "audience" in err.value.details()
+async def test_org_comes_from_the_key_in_metadata(env):
+    await env.create()
+    s = env.stub
+    code, details = await code_of(s.GetPrompt(pb.GetPromptRequest(prompt_id="summary")))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "authorization" in details
+    code, _ = await code_of(s.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=bearer("sk-helicone-nope")))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    # another org's key sees nothing of this org's prompts, and cannot name this org
+    code, _ = await code_of(s.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=env.other_auth))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = await code_of(s.GetPrompt(pb.GetPromptRequest(org_id=env.org, prompt_id="summary"), metadata=env.other_auth))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert not (await s.ListPrompts(pb.ListPromptsRequest(), metadata=env.other_auth)).prompts
+    # the same name in another org is another prompt
+    assert (await s.CreatePromptVersion(pb.CreatePromptVersionRequest(prompt_id="summary", template_json="{}"),
+                                        metadata=env.other_auth)).version == 1
 
 
-async def test_grpc_health(prompts):
-    _, channel, _ = prompts
+async def test_deadline_is_honoured_and_the_query_cancelled(env):
+    await env.create()
+    import asyncpg
+
+    locker = await asyncpg.connect(env.dsn)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE prompt_versions IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        code, _ = await code_of(env.stub.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=env.auth, timeout=0.5))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - started < 3
+        # the server gave up too: no query of its own is left waiting on the lock
+        deadline = time.monotonic() + 3
+        while await locker.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await locker.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == 0
+        await tx.rollback()
+    finally:
+        await locker.close()
+    assert (await env.stub.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=env.auth, timeout=5)).version == 1
+
+
+async def test_metrics_per_method_and_code(env):
+    await env.create()
+    await code_of(env.stub.GetPrompt(pb.GetPromptRequest(prompt_id="ghost"), metadata=env.auth))
+    wanted = ['helicone_prompts_rpc_total{code="OK",method="CreatePromptVersion"} 1.0',
+              'helicone_prompts_rpc_total{code="NOT_FOUND",method="GetPrompt"} 1.0',
+              'helicone_prompts_rpc_seconds_count{method="GetPrompt"} 1.0']
+    # grpc.aio sends an aborted call's status before the handler unwinds: the count may land just after
+    deadline = time.monotonic() + 5
+    while not all(w in (text := env.server.metrics.render()[0].decode()) for w in wanted) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for w in wanted:
+        assert w in text
+
+
+async def test_server_reflection_lists_the_services(env):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    def services() -> list[str]:
+        with grpc.insecure_channel(f"127.0.0.1:{env.server.bound_port}") as channel:  # sync client: in a thread
+            database = ProtoReflectionDescriptorDatabase(channel)
+            names = list(database.get_services())
+            method = database.FindFileContainingSymbol(SERVICE_NAME).service[0].method
+            return names + [m.name for m in method]
+
+    found = await asyncio.to_thread(services)
+    assert SERVICE_NAME in found and "grpc.health.v1.Health" in found and "RollbackEnvironment" in found
+
+
+async def test_grpc_health_follows_postgres(fresh_db_dsn, tmp_path):
+    pool = await db.connect_pool(fresh_db_dsn, max_size=1)
+    await db.migrate(pool)
+    key = await db.create_key(pool, await db.create_org(pool, "acme"), "t")
+    await pool.close()
+    proxy, via = await postgres_proxy(fresh_db_dsn)
+    server = await start_server(via, tmp_path, health_check_interval=0.2, readiness_timeout=0.5)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.bound_port}")
     health = health_pb2_grpc.HealthStub(channel)
-    for name in ("", SERVICE_NAME):
-        resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
-        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def status_becomes(want, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = [(await health.Check(health_pb2.HealthCheckRequest(service=n))).status for n in ("", SERVICE_NAME)]
+            if got == [want, want]:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"health never became {want}")
+
+    try:
+        await status_becomes(health_pb2.HealthCheckResponse.SERVING)
+        proxy.cut()
+        await status_becomes(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # the key is known from memory; the prompt store is not reachable: UNAVAILABLE, quickly
+        started = time.monotonic()
+        code, details = await code_of(prompts_pb2_grpc.PromptServiceStub(channel).ListPrompts(
+            pb.ListPromptsRequest(), metadata=bearer(key.key), timeout=8))
+        assert code == grpc.StatusCode.UNAVAILABLE and "Postgres" in details and time.monotonic() - started < 7
+        proxy.restore()
+        await status_becomes(health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        await channel.close()
+        await server.stop()
+        await proxy.stop()
+
+
+async def test_prompts_written_before_migration_5_still_serve(fresh_db_dsn, tmp_path):
+    import asyncpg
+
+    conn = await asyncpg.connect(fresh_db_dsn)
+    await conn.execute("CREATE TABLE schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+    for version, sql in enumerate(db.MIGRATIONS[:4], start=1):
+        await conn.execute(sql)
+        await conn.execute("INSERT INTO schema_migrations(version) VALUES ($1)", version)
+    await conn.close()
+    pool = await db.connect_pool(fresh_db_dsn, max_size=1)
+    key = await db.create_key(pool, await db.create_org(pool, "old"), "t")
+    await pool.execute("INSERT INTO prompt_versions(org_id, prompt_id, version, template, model, variables) "
+                       "VALUES ($1, 'legacy', 1, $2::jsonb, 'm', '{topic,audience}')", __import__("uuid").UUID(key.org_id), TEMPLATE)
+    await pool.close()
+    server = await start_server(fresh_db_dsn, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.bound_port}") as channel:
+            stub = prompts_pb2_grpc.PromptServiceStub(channel)
+            got = await stub.GetPrompt(pb.GetPromptRequest(prompt_id="legacy"), metadata=bearer(key.key))
+            assert [(v.name, v.type) for v in got.typed_variables] == [("topic", "string"), ("audience", "string")]
+            assert (await stub.CreatePromptVersion(pb.CreatePromptVersionRequest(prompt_id="legacy", template_json=TEMPLATE),
+                                                   metadata=bearer(key.key))).version == 2
+    finally:
+        await server.stop()
+
+
+async def test_watch_streams_the_orgs_prompt_changes(env):
+    s = env.stub
+    await env.create()
+    watch = s.WatchPrompts(pb.WatchPromptsRequest(), metadata=env.auth)
+    other = s.WatchPrompts(pb.WatchPromptsRequest(), metadata=env.other_auth)
+
+    async def next_change(call) -> str:
+        return (await asyncio.wait_for(call.read(), 5)).prompt_id
+
+    assert await next_change(watch) == "" and await next_change(other) == ""  # subscribed: "anything may have changed"
+    await s.CreatePromptVersion(pb.CreatePromptVersionRequest(prompt_id="summary", template_json=TEMPLATE), metadata=env.other_auth)
+    await env.create("second", "{}")
+    assert await next_change(watch) == "second"  # the other org's change is not in this org's stream
+    await s.SetEnvironment(pb.SetEnvironmentRequest(prompt_id="summary", environment="production", version=1), metadata=env.auth)
+    assert await next_change(watch) == "summary"
+    await s.ArchivePrompt(pb.ArchivePromptRequest(prompt_id="second"), metadata=env.auth)
+    assert await next_change(watch) == "second"
+    assert await next_change(other) == "summary"
+    code, _ = await code_of(s.WatchPrompts(pb.WatchPromptsRequest()).read())
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    started = time.monotonic()
+    await env.server.stop()  # open watches end at once, not after the grace period
+    assert time.monotonic() - started < 3
+    assert await asyncio.wait_for(watch.read(), 5) == grpc.aio.EOF

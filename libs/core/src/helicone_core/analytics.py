@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS {db}.{table}
     error String,
     source LowCardinality(String),
     region LowCardinality(String),
+    prompt_id String,
+    prompt_version UInt32,
+    prompt_inputs String,
     cache_hit UInt8,
     cache_saved_usd Float64,
     version UInt64,
@@ -85,10 +88,14 @@ ORDER BY ({sorting_key})
 REQUEST_LOG_PREVIOUS = "request_log_before_identity"
 # Columns added to REQUEST_LOG_DDL after tables were created with it: (name, type, the column it
 # follows), added to an existing table by init_schema so that old and new tables look the same.
-# Old rows read the type's default ('' for region, 0 for the cache columns).
+# Old rows read the type's default ('' for region and prompt_id, 0 for prompt_version and the cache columns).
+# Listed in the order they were added: each follows a column that exists by the time it is added.
 REQUEST_LOG_ADDED_COLUMNS = (
     ("region", "LowCardinality(String)", "source"),
-    ("cache_hit", "UInt8", "region"),
+    ("prompt_id", "String", "region"),
+    ("prompt_version", "UInt32", "prompt_id"),
+    ("prompt_inputs", "String", "prompt_version"),
+    ("cache_hit", "UInt8", "prompt_inputs"),
     ("cache_saved_usd", "Float64", "cache_hit"),
 )
 

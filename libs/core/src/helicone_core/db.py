@@ -16,6 +16,8 @@ import asyncpg
 KEY_PREFIX = "sk-helicone-"
 # Postgres NOTIFY channel for api_keys changes; payload "<key hash>:<org id, empty when revoked or deleted>"
 KEY_CHANGES_CHANNEL = "helicone_api_keys"
+# Postgres NOTIFY channel for prompt changes; payload "<org id>:<prompt id>"
+PROMPT_CHANGES_CHANNEL = "helicone_prompt_changes"
 
 MIGRATIONS: list[str] = [
     # 1: organisations and keys
@@ -91,6 +93,54 @@ MIGRATIONS: list[str] = [
     END $$ LANGUAGE plpgsql;
     CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE OR DELETE ON api_keys
         FOR EACH ROW EXECUTE FUNCTION helicone_notify_api_key_change();
+    """,
+    # 5: prompts as things of their own (archive), typed variables and change notes per version,
+    # environment labels and their history (what a rollback returns to)
+    """
+    CREATE TABLE prompts (
+        org_id UUID NOT NULL REFERENCES orgs(id),
+        prompt_id TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        archived_at TIMESTAMPTZ,
+        PRIMARY KEY (org_id, prompt_id)
+    );
+    INSERT INTO prompts(org_id, prompt_id, created_at)
+        SELECT org_id, prompt_id, min(created_at) FROM prompt_versions GROUP BY org_id, prompt_id;
+    ALTER TABLE prompt_versions ADD COLUMN variable_types TEXT[] NOT NULL DEFAULT '{}';  -- parallel to variables; '{}' means all string
+    ALTER TABLE prompt_versions ADD COLUMN message TEXT NOT NULL DEFAULT '';
+    ALTER TABLE prompt_versions ADD COLUMN changed_fields TEXT[] NOT NULL DEFAULT '{}';
+    CREATE TABLE prompt_environments (
+        org_id UUID NOT NULL,
+        prompt_id TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        version INT NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (org_id, prompt_id, environment),
+        FOREIGN KEY (org_id, prompt_id, version) REFERENCES prompt_versions(org_id, prompt_id, version)
+    );
+    CREATE TABLE prompt_environment_history (
+        id BIGSERIAL PRIMARY KEY,
+        org_id UUID NOT NULL,
+        prompt_id TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        version INT NOT NULL,
+        set_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX prompt_environment_history_env ON prompt_environment_history(org_id, prompt_id, environment, id);
+    """,
+    # 6: a change feed of prompts (new versions, environment labels, archives) for the caches of every gateway
+    f"""
+    CREATE FUNCTION helicone_notify_prompt_change() RETURNS trigger AS $$
+    BEGIN
+        PERFORM pg_notify('{PROMPT_CHANGES_CHANNEL}', NEW.org_id::text || ':' || NEW.prompt_id);
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER prompt_versions_notify AFTER INSERT ON prompt_versions
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_prompt_change();
+    CREATE TRIGGER prompt_environments_notify AFTER INSERT OR UPDATE ON prompt_environments
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_prompt_change();
+    CREATE TRIGGER prompts_notify AFTER UPDATE ON prompts
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_prompt_change();
     """,
 ]
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .keys import keys_router
 from .models import RequestId, RequestQuery
+from .prompts import PromptsClient, prompts_router
 from .queries import body_to_json, detail_sql, list_sql, row_to_json
 from .settings import ApiSettings
 
@@ -36,6 +37,7 @@ class ApiState:
             settings.postgres_dsn.get_secret_value(), settings.resolved_key_snapshot_file("api"), self.metrics,
             resync_interval=settings.key_resync_interval,
         )
+        self.prompts = PromptsClient(settings.prompts_target, settings.prompts_timeout)
         self.m_queries = self.metrics.counter("helicone_api_queries_total", "Queries served", ("endpoint", "result"))
         self.m_query_seconds = self.metrics.histogram("helicone_api_query_seconds", "Query time", ("endpoint",))
 
@@ -45,8 +47,10 @@ class ApiState:
         self.pool = await db.connect_pool(self.settings.postgres_dsn.get_secret_value(), max_size=5)
         await db.migrate(self.pool)
         await self.keys.start()
+        await self.prompts.start()
 
     async def stop(self) -> None:
+        await self.prompts.stop()
         await self.keys.stop()
         if self.pool is not None:
             await self.pool.close()
@@ -134,4 +138,5 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         return {"data": [row_to_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
 
     app.include_router(keys_router(state, org_id))
+    app.include_router(prompts_router(state, org_id))
     return app

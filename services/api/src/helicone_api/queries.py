@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .models import RequestQuery, utc
+from .models import RequestFilter, RequestQuery, utc
 
 COLUMNS = """
     request_id, request_created_at, response_created_at, latency_ms,
@@ -13,7 +13,8 @@ COLUMNS = """
     session_path, session_name, properties, prompt_tokens, completion_tokens, total_tokens,
     cache_read_tokens, cache_write_tokens, usage_known, cost_usd, cost_known, streamed,
     request_body_key, response_body_key, request_bytes, response_bytes, request_content_type,
-    response_content_type, body_truncated, error, source, region, cache_hit, cache_saved_usd
+    response_content_type, body_truncated, error, source, region, prompt_id, prompt_version, prompt_inputs,
+    cache_hit, cache_saved_usd
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
 SORTS = {
@@ -38,8 +39,8 @@ def detail_sql(org_id: str, request_id: str) -> tuple[str, dict[str, Any]]:
     return sql, {"org": org_id, "rid": request_id}
 
 
-def list_sql(org_id: str, q: RequestQuery) -> tuple[str, dict[str, Any]]:
-    f = q.filter
+def where_sql(org_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]:
+    """The filter tree as WHERE conditions (joined with AND) and their parameters."""
     where = ["org_id = {org:String}"]
     params: dict[str, Any] = {"org": org_id}
     if f.start:
@@ -63,6 +64,11 @@ def list_sql(org_id: str, q: RequestQuery) -> tuple[str, dict[str, Any]]:
         where.append(f"properties[{{pk{i}:String}}] = {{pv{i}:String}}")
         params[f"pk{i}"] = key
         params[f"pv{i}"] = value
+    return where, params
+
+
+def list_sql(org_id: str, q: RequestQuery) -> tuple[str, dict[str, Any]]:
+    where, params = where_sql(org_id, q.filter)
     sql = (
         f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} "
         f"ORDER BY {SORTS[q.sort]} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + SETTINGS
@@ -111,6 +117,10 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
         "error": row["error"] or None,
         "source": row["source"],
         "region": row["region"] or None,
+        "prompt": (
+            {"id": row["prompt_id"], "version": int(row["prompt_version"]), "inputs": json.loads(row["prompt_inputs"] or "{}")}
+            if row["prompt_id"] else None
+        ),
         # answered from the gateway's response cache: cost_usd is 0, cache_saved_usd what the provider would have charged
         "cache_hit": bool(row["cache_hit"]),
         "cache_saved_usd": float(row["cache_saved_usd"]) if row["cache_hit"] and row["cost_known"] else None,
@@ -128,3 +138,30 @@ def body_to_json(data: bytes | None, content_type: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def prompt_analytics_sql(org_id: str, prompt_id: str, f: RequestFilter) -> tuple[str, dict[str, Any]]:
+    """Per version of one prompt: requests, cost, latency and error rate of the requests it rendered."""
+    where, params = where_sql(org_id, f)
+    where.append("prompt_id = {prompt_id:String}")
+    params["prompt_id"] = prompt_id
+    sql = (
+        "SELECT prompt_version, count() AS requests, sum(cost_usd) AS cost_usd, countIf(cost_known = 0) AS cost_unknown, "
+        "avg(latency_ms) AS latency_ms_avg, quantile(0.95)(latency_ms) AS latency_ms_p95, "
+        "countIf(status >= 400 OR status = 0 OR error != '') AS errors "
+        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY prompt_version ORDER BY prompt_version DESC " + SETTINGS
+    )
+    return sql, params
+
+
+def prompt_analytics_json(row: dict[str, Any]) -> dict[str, Any]:
+    requests = int(row["requests"])
+    return {
+        "version": int(row["prompt_version"]),
+        "requests": requests,
+        "cost_usd": float(row["cost_usd"]),
+        "cost_unknown_requests": int(row["cost_unknown"]),
+        "latency_ms": {"avg": float(row["latency_ms_avg"]), "p95": float(row["latency_ms_p95"])},
+        "errors": int(row["errors"]),
+        "error_rate": int(row["errors"]) / requests if requests else 0.0,
+    }

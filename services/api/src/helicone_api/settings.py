@@ -9,3 +9,6 @@ class ApiSettings(ServiceSettings):
     max_query_limit: int = 1000
     # Largest request body (bytes) the api reads; larger ones are answered 413 (guard.py).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # The prompts service's gRPC address (host:port) behind /v1/prompts; empty: those answer 503.
+    prompts_target: str = ""
+    prompts_timeout: float = Field(default=5.0, gt=0)  # deadline of one call to it

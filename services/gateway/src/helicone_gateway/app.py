@@ -61,6 +61,7 @@ from .headers import (
     parse_helicone_headers,
 )
 from .journal import Journal
+from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, route
 from .publisher import EventPublisher
 from .settings import GatewaySettings, env_name
@@ -186,6 +187,7 @@ class Gateway:
                  if settings.redis_url and settings.redis_url.get_secret_value()
                  else MemoryCacheStore(settings.cache_memory_max_bytes))
         self.cache = ResponseCache(store, settings.cache_store_timeout, settings.cache_max_entry_bytes, metrics)
+        self.prompts = PromptResolver(settings, metrics)
         self.m_requests = metrics.counter(
             "helicone_gateway_requests_total", "Proxied requests", ("provider", "status_class")
         )
@@ -230,8 +232,10 @@ class Gateway:
         self.target_session = session(target_connector(self.egress, **connector_options))
         await self.publisher.start()
         await self.keys.start()
+        await self.prompts.start()
 
     async def stop(self) -> None:
+        await self.prompts.stop()
         await self.keys.stop()
         await self.publisher.stop()
         await self.cache.close()
@@ -307,29 +311,35 @@ class Gateway:
         body = b""
         query = scope.get("query_string") or b""
         target: TargetDest | None = None
+        prompt: PromptUse | None = None
         try:
             rt = route(self.settings, path, header_map, hh.target_url)
             url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
             if rt.target:
                 target = self._target(url)  # refused before the body is read
             body = await self._read_body(receive, header_map.get("content-length"))
+            # only requests naming a prompt pay for it: a header, or the body form's field name
+            if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
+                body, prompt = await self._render_prompt(hh, org_id, rt, body)
         except ClientGone:
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
         except Rejection as r:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      r.status, "", b"", "", False, -1, error=r.message)
+                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
 
         lookup: Lookup | None = None
         if directive is not None:
+            # keyed on the body as rendered: renders of one prompt version with the same inputs share an
+            # entry, and a newly promoted version renders differently, so it never gets the old answer
             key = await cache_key(org_id, f"{rt.provider} {rt.base_url}", method,
                                   rt.path + ("?" + query.decode("latin-1") if query else ""),
                                   narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(), body, directive)
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
                 return await self._serve_cached(send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
-                                                started, started_at)
+                                                started, started_at, prompt)
 
         # after the request body, receive() only ever reports the caller going away
         disconnected = asyncio.ensure_future(receive())
@@ -339,13 +349,13 @@ class Gateway:
         except Rejection as r:  # every address of the Target-URL host was refused at connect time
             disconnected.cancel()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      r.status, "", b"", "", False, -1, error=r.message)
+                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
         except ClientGone:
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
-                             error="client disconnected before the provider answered; upstream request cancelled")
+                             error="client disconnected before the provider answered; upstream request cancelled", prompt=prompt)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             disconnected.cancel()
             timed_out = isinstance(exc, TimeoutError)
@@ -354,7 +364,7 @@ class Gateway:
             self.m_upstream_errors.labels(rt.provider, kind).inc()
             self.m_requests.labels(rt.provider, "5xx").inc()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed")
+                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt)
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
                                     self.answer_headers)
@@ -423,10 +433,11 @@ class Gateway:
             else:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error)
+                      status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt)
 
     async def _serve_cached(self, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
-                            method: str, body: bytes, req_ctype: str, started: float, started_at: dt.datetime) -> None:
+                            method: str, body: bytes, req_ctype: str, started: float, started_at: dt.datetime,
+                            prompt: PromptUse | None) -> None:
         """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream)."""
         entry = lookup.hit
         assert entry is not None
@@ -448,7 +459,8 @@ class Gateway:
         ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
         self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at, entry.status,
                   stored.get(b"content-encoding", b"").decode("latin-1"), resp_body[:limit],
-                  stored.get(b"content-type", b"").decode("latin-1"), len(resp_body) > limit, ttft_ms, cache_hit=True)
+                  stored.get(b"content-type", b"").decode("latin-1"), len(resp_body) > limit, ttft_ms, prompt=prompt,
+                  cache_hit=True)
 
     def _target(self, url: str) -> TargetDest:
         """The checked destination of a Target-URL request; raises Rejection (403) if the egress
@@ -521,6 +533,14 @@ class Gateway:
                 disconnected.remove_done_callback(cancel)
         raise AssertionError("unreachable")
 
+    async def _render_prompt(self, hh: HeliconeHeaders, org_id: str, rt: Route, body: bytes) -> tuple[bytes, PromptUse | None]:
+        """The stored prompt rendered into the body (provider-shaped); Rejection when it cannot be,
+        before anything is sent upstream."""
+        try:
+            return await self.prompts.apply(hh.auth_key, org_id, rt.provider, body, hh.prompt)
+        except PromptError as exc:
+            raise Rejection(exc.status, exc.message, exc.kind, exc.headers) from None
+
     async def _read_body(self, receive, declared: str | None) -> bytes:
         """The request body; raises Rejection (413) as soon as it exceeds max_request_bytes
         (nothing more is read) and ClientGone if the caller leaves."""
@@ -544,7 +564,7 @@ class Gateway:
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
-             cache_hit: bool = False) -> None:
+             prompt: PromptUse | None = None, cache_hit: bool = False) -> None:
         """Hands the log event to the publisher; the event itself is built on its worker."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = dt.datetime.now(dt.timezone.utc)
@@ -599,6 +619,9 @@ class Gateway:
                 cache_hit=cache_hit,
                 cache_saved_usd=(cost or 0.0) if cache_hit else 0.0,
             )
+            if prompt is not None:
+                ev.prompt_id, ev.prompt_version = prompt.prompt_id, prompt.version
+                ev.prompt_inputs_json, ev.prompt_environment = prompt.inputs_json, prompt.environment
             events.set_time(ev.request_created_at, started_at)
             events.set_time(ev.response_created_at, finished_at)
             return ev

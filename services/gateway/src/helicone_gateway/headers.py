@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
 from yarl import URL
 
 from .egress import noncanonical_ipv4
+from .prompts import PromptError, PromptRequest, check_environment, check_prompt_id, check_version
 
 HOP_BY_HOP = frozenset(
     {
@@ -49,6 +51,7 @@ class HeliconeHeaders:
     # Helicone-Cache-* headers as sent (lower-case names); None when there are none (the common case:
     # such a request never touches the cache, see cache.py)
     cache: dict[str, str] | None = None
+    prompt: PromptRequest | None = None  # Helicone-Prompt-Id and its companions
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -77,6 +80,7 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
     from helicone_core.db import bearer_token
 
     out = HeliconeHeaders()
+    prompt: dict[str, str] | None = None
     for name, value in headers:
         if not name.startswith("helicone-"):
             continue
@@ -113,7 +117,49 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             if out.cache is None:
                 out.cache = {}
             out.cache[name] = value
+        elif name.startswith(PROMPT_PREFIX):
+            if prompt is None:
+                prompt = {}
+            prompt[name] = value
+    if prompt is not None:
+        out.prompt = _prompt_request(prompt)
     return out
+
+
+PROMPT_PREFIX = "helicone-prompt-"
+PROMPT_HEADERS = ("helicone-prompt-id", "helicone-prompt-version", "helicone-prompt-environment", "helicone-prompt-inputs")
+
+
+def _prompt_request(values: dict[str, str]) -> PromptRequest:
+    """Helicone-Prompt-Id (+ Helicone-Prompt-Version or Helicone-Prompt-Environment, and
+    Helicone-Prompt-Inputs, a JSON object)."""
+    for name in values:
+        if name not in PROMPT_HEADERS:
+            raise HeaderError(f"unknown header {name!r}; prompt headers are "
+                              "Helicone-Prompt-Id, -Version, -Environment and -Inputs")
+    try:
+        if "helicone-prompt-id" not in values:
+            raise HeaderError("Helicone-Prompt-Version, -Environment and -Inputs need Helicone-Prompt-Id")
+        version, environment = values.get("helicone-prompt-version"), values.get("helicone-prompt-environment")
+        if version is not None and environment is not None:
+            raise HeaderError("give Helicone-Prompt-Version or Helicone-Prompt-Environment, not both")
+        inputs: object = {}
+        if "helicone-prompt-inputs" in values:
+            try:
+                inputs = json.loads(values["helicone-prompt-inputs"])
+            except ValueError:
+                inputs = None
+            if not isinstance(inputs, dict):
+                raise HeaderError("Helicone-Prompt-Inputs must be a JSON object of variable values, "
+                                  'e.g. {"topic": "billing", "max_words": 50}')
+        return PromptRequest(
+            prompt_id=check_prompt_id(values["helicone-prompt-id"], "Helicone-Prompt-Id"),
+            version=check_version(version, "Helicone-Prompt-Version") if version is not None else 0,
+            environment=check_environment(environment, "Helicone-Prompt-Environment") if environment else "",
+            inputs=inputs,
+        )
+    except PromptError as exc:
+        raise HeaderError(exc.message) from None
 
 
 def _target_url(value: str) -> str:

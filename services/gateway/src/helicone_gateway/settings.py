@@ -40,6 +40,13 @@ class GatewaySettings(ServiceSettings):
     # Idempotent producer (no duplicates from producer retries); the embedded broker (Tansu) lacks
     # InitProducerId, so `helicone-stack up` turns it off there.
     kafka_idempotent_producer: bool = True
+    # Stored prompts (prompts.py): the prompts service's gRPC address (host:port); empty: requests
+    # naming a prompt get a 503.
+    prompts_target: str = ""
+    prompts_timeout: float = Field(default=2.0, gt=0)  # deadline of one GetPrompt call, retries included
+    prompts_channels: int = Field(default=2, ge=1, le=16)  # gRPC connections to the prompts service
+    prompt_cache_ttl: float = Field(default=30.0, ge=0)  # how long a fetched version is used without asking again
+    prompt_cache_max_entries: int = Field(default=10_000, ge=1)
     # Response cache (cache.py, Helicone-Cache-* headers). With a Redis/Valkey URL
     # (redis://[:password@]host:port/db, rediss:// for TLS) every replica shares one cache;
     # without one each gateway keeps its own, in memory, up to cache_memory_max_bytes.

@@ -9,8 +9,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Variable(_message.Message):
+    __slots__ = ("name", "type")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
 class PromptVersion(_message.Message):
-    __slots__ = ("org_id", "prompt_id", "version", "template_json", "model", "created_at", "variables")
+    __slots__ = ("org_id", "prompt_id", "version", "template_json", "model", "created_at", "variables", "typed_variables", "environments", "message", "archived", "changed_fields")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +26,11 @@ class PromptVersion(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    TYPED_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     prompt_id: str
     version: int
@@ -25,35 +38,50 @@ class PromptVersion(_message.Message):
     model: str
     created_at: _timestamp_pb2.Timestamp
     variables: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., version: _Optional[int] = ..., template_json: _Optional[str] = ..., model: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variables: _Optional[_Iterable[str]] = ...) -> None: ...
+    typed_variables: _containers.RepeatedCompositeFieldContainer[Variable]
+    environments: _containers.RepeatedScalarFieldContainer[str]
+    message: str
+    archived: bool
+    changed_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., version: _Optional[int] = ..., template_json: _Optional[str] = ..., model: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variables: _Optional[_Iterable[str]] = ..., typed_variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ..., environments: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., archived: _Optional[bool] = ..., changed_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreatePromptVersionRequest(_message.Message):
-    __slots__ = ("org_id", "prompt_id", "template_json", "model")
+    __slots__ = ("org_id", "prompt_id", "template_json", "model", "message", "new_prompt", "environments")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_JSON_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NEW_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     prompt_id: str
     template_json: str
     model: str
-    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., template_json: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    message: str
+    new_prompt: bool
+    environments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., template_json: _Optional[str] = ..., model: _Optional[str] = ..., message: _Optional[str] = ..., new_prompt: _Optional[bool] = ..., environments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPromptRequest(_message.Message):
-    __slots__ = ("org_id", "prompt_id", "version")
+    __slots__ = ("org_id", "prompt_id", "version", "environment")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     prompt_id: str
     version: int
-    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    environment: str
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., version: _Optional[int] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class ListPromptsRequest(_message.Message):
-    __slots__ = ("org_id",)
+    __slots__ = ("org_id", "include_archived")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     org_id: str
-    def __init__(self, org_id: _Optional[str] = ...) -> None: ...
+    include_archived: bool
+    def __init__(self, org_id: _Optional[str] = ..., include_archived: _Optional[bool] = ...) -> None: ...
 
 class ListPromptsResponse(_message.Message):
     __slots__ = ("prompts",)
@@ -61,8 +89,60 @@ class ListPromptsResponse(_message.Message):
     prompts: _containers.RepeatedCompositeFieldContainer[PromptVersion]
     def __init__(self, prompts: _Optional[_Iterable[_Union[PromptVersion, _Mapping]]] = ...) -> None: ...
 
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("org_id", "prompt_id")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    prompt_id: str
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[PromptVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[PromptVersion, _Mapping]]] = ...) -> None: ...
+
+class SetEnvironmentRequest(_message.Message):
+    __slots__ = ("org_id", "prompt_id", "environment", "version")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    prompt_id: str
+    environment: str
+    version: int
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., environment: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RollbackEnvironmentRequest(_message.Message):
+    __slots__ = ("org_id", "prompt_id", "environment")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    prompt_id: str
+    environment: str
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., environment: _Optional[str] = ...) -> None: ...
+
+class ArchivePromptRequest(_message.Message):
+    __slots__ = ("org_id", "prompt_id")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    prompt_id: str
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ...) -> None: ...
+
+class ArchivePromptResponse(_message.Message):
+    __slots__ = ("prompt_id", "versions")
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    prompt_id: str
+    versions: int
+    def __init__(self, prompt_id: _Optional[str] = ..., versions: _Optional[int] = ...) -> None: ...
+
 class RenderPromptRequest(_message.Message):
-    __slots__ = ("org_id", "prompt_id", "version", "inputs")
+    __slots__ = ("org_id", "prompt_id", "version", "inputs", "environment", "inputs_json")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,11 +154,15 @@ class RenderPromptRequest(_message.Message):
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     prompt_id: str
     version: int
     inputs: _containers.ScalarMap[str, str]
-    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    environment: str
+    inputs_json: str
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Mapping[str, str]] = ..., environment: _Optional[str] = ..., inputs_json: _Optional[str] = ...) -> None: ...
 
 class RenderPromptResponse(_message.Message):
     __slots__ = ("prompt", "rendered_json")
@@ -87,3 +171,15 @@ class RenderPromptResponse(_message.Message):
     prompt: PromptVersion
     rendered_json: str
     def __init__(self, prompt: _Optional[_Union[PromptVersion, _Mapping]] = ..., rendered_json: _Optional[str] = ...) -> None: ...
+
+class WatchPromptsRequest(_message.Message):
+    __slots__ = ("org_id",)
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    def __init__(self, org_id: _Optional[str] = ...) -> None: ...
+
+class PromptChanged(_message.Message):
+    __slots__ = ("prompt_id",)
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    prompt_id: str
+    def __init__(self, prompt_id: _Optional[str] = ...) -> None: ...

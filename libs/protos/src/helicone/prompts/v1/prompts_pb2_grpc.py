@@ -54,6 +54,31 @@ class PromptServiceStub:
                 request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.RenderPromptRequest.SerializeToString,
                 response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.RenderPromptResponse.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/helicone.prompts.v1.PromptService/ListVersions',
+                request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.SetEnvironment = channel.unary_unary(
+                '/helicone.prompts.v1.PromptService/SetEnvironment',
+                request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.SetEnvironmentRequest.SerializeToString,
+                response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptVersion.FromString,
+                _registered_method=True)
+        self.RollbackEnvironment = channel.unary_unary(
+                '/helicone.prompts.v1.PromptService/RollbackEnvironment',
+                request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.RollbackEnvironmentRequest.SerializeToString,
+                response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptVersion.FromString,
+                _registered_method=True)
+        self.ArchivePrompt = channel.unary_unary(
+                '/helicone.prompts.v1.PromptService/ArchivePrompt',
+                request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptRequest.SerializeToString,
+                response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptResponse.FromString,
+                _registered_method=True)
+        self.WatchPrompts = channel.unary_stream(
+                '/helicone.prompts.v1.PromptService/WatchPrompts',
+                request_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.WatchPromptsRequest.SerializeToString,
+                response_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptChanged.FromString,
+                _registered_method=True)
 
 
 class PromptServiceServicer:
@@ -83,6 +108,39 @@ class PromptServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEnvironment(self, request, context):
+        """labels a version for an environment
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackEnvironment(self, request, context):
+        """back to the environment's previous version
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchivePrompt(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchPrompts(self, request, context):
+        """what caches subscribe to
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromptServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +163,31 @@ def add_PromptServiceServicer_to_server(servicer, server):
                     servicer.RenderPrompt,
                     request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.RenderPromptRequest.FromString,
                     response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.RenderPromptResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ListVersionsRequest.FromString,
+                    response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'SetEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEnvironment,
+                    request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.SetEnvironmentRequest.FromString,
+                    response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptVersion.SerializeToString,
+            ),
+            'RollbackEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackEnvironment,
+                    request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.RollbackEnvironmentRequest.FromString,
+                    response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptVersion.SerializeToString,
+            ),
+            'ArchivePrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchivePrompt,
+                    request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptRequest.FromString,
+                    response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptResponse.SerializeToString,
+            ),
+            'WatchPrompts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPrompts,
+                    request_deserializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.WatchPromptsRequest.FromString,
+                    response_serializer=helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptChanged.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +298,141 @@ class PromptService:
             '/helicone.prompts.v1.PromptService/RenderPrompt',
             helicone_dot_prompts_dot_v1_dot_prompts__pb2.RenderPromptRequest.SerializeToString,
             helicone_dot_prompts_dot_v1_dot_prompts__pb2.RenderPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helicone.prompts.v1.PromptService/ListVersions',
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.ListVersionsRequest.SerializeToString,
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helicone.prompts.v1.PromptService/SetEnvironment',
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.SetEnvironmentRequest.SerializeToString,
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helicone.prompts.v1.PromptService/RollbackEnvironment',
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.RollbackEnvironmentRequest.SerializeToString,
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchivePrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helicone.prompts.v1.PromptService/ArchivePrompt',
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptRequest.SerializeToString,
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.ArchivePromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPrompts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/helicone.prompts.v1.PromptService/WatchPrompts',
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.WatchPromptsRequest.SerializeToString,
+            helicone_dot_prompts_dot_v1_dot_prompts__pb2.PromptChanged.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,137 @@
+"""Prompt templates (shared by the prompts service, which stores them, and the gateway, which renders
+cached versions itself): JSON request bodies (messages with roles, model, parameters, tools,
+response_format) whose string values carry placeholders.
+
+Placeholders: `{{name}}` (a string) and Helicone's typed form `{{hc:name:string|number|boolean}}`.
+A string value that is exactly one typed number/boolean placeholder becomes that JSON value
+(`"temperature": "{{hc:temp:number}}"` renders as `"temperature": 0.2`); anywhere else a
+placeholder is replaced by its text, JSON-escaped so the result stays valid JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+# A prompt's id (a user-chosen slug) and an environment label, as every service accepts them.
+PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+PROMPT_ID_FORM = "1-128 characters of letters, digits, '_', '-', '.'"
+ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+ENVIRONMENT_FORM = "1-64 characters of a-z, 0-9, '_', '-' (e.g. production, staging)"
+PLACEHOLDER = re.compile(r"\{\{\s*(hc:)?([A-Za-z_][A-Za-z0-9_\-]*)(?::([A-Za-z]+))?\s*\}\}")
+TYPES = ("string", "number", "boolean")
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+class TemplateError(ValueError):
+    """A template or inputs we cannot accept; the message names the variable or field."""
+
+
+def _matches(template_json: str):
+    for m in PLACEHOLDER.finditer(template_json):
+        prefixed, name, type_ = m.group(1), m.group(2), m.group(3)
+        if type_ is not None and not prefixed:
+            raise TemplateError(f"variable {name!r}: a type needs the Helicone form {{{{hc:{name}:{type_}}}}}")
+        type_ = type_ or "string"
+        if type_ not in TYPES:
+            raise TemplateError(f"variable {name!r} has unknown type {type_!r}; use one of {', '.join(TYPES)}")
+        yield name, type_
+
+
+def typed_variables(template_json: str) -> dict[str, str]:
+    """Variable name -> type, in order of first use; one name used with two types is refused."""
+    seen: dict[str, str] = {}
+    for name, type_ in _matches(template_json):
+        if seen.setdefault(name, type_) != type_:
+            raise TemplateError(f"variable {name!r} is used as both {seen[name]} and {type_}")
+    return seen
+
+
+def variables(template_json: str) -> list[str]:
+    return list(typed_variables(template_json))
+
+
+def validate(template_json: str) -> dict:
+    """The parsed template; raises TemplateError naming what is wrong."""
+    try:
+        doc = json.loads(template_json)
+    except ValueError as exc:
+        raise TemplateError(f"template is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise TemplateError("template must be a JSON object (a provider request body)")
+    messages = doc.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list):
+            raise TemplateError("template field 'messages' must be a list of {role, content} objects")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                raise TemplateError(f"template messages[{i}] must be an object with a 'role'")
+            if msg["role"] not in ROLES:
+                raise TemplateError(f"template messages[{i}].role {msg['role'][:40]!r} is not one of {', '.join(sorted(ROLES))}")
+    if "tools" in doc and not isinstance(doc["tools"], list):
+        raise TemplateError("template field 'tools' must be a list")
+    if "response_format" in doc and not isinstance(doc["response_format"], dict):
+        raise TemplateError("template field 'response_format' must be an object")
+    typed_variables(template_json)
+    return doc
+
+
+def changed_fields(previous: dict | None, current: dict) -> list[str]:
+    """Top-level fields whose value differs between two versions (all of them for a first version)."""
+    if previous is None:
+        return sorted(current)
+    return sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
+
+
+def _coerce(name: str, type_: str, value: Any) -> Any:
+    if type_ == "number":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return int(number) if re.fullmatch(r"\s*-?\d+\s*", value) else number
+        raise TemplateError(f"input {name!r} must be a number (variable {{{{hc:{name}:number}}}}), got {str(value)[:40]!r}")
+    if type_ == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise TemplateError(f"input {name!r} must be true or false (variable {{{{hc:{name}:boolean}}}}), got {str(value)[:40]!r}")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, bool)):
+        return json.dumps(value)
+    raise TemplateError(f"input {name!r} must be text (variable {{{{{name}}}}}), got a JSON {type(value).__name__}")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def render(template_json: str, inputs: dict[str, Any]) -> str:
+    """The template with every placeholder replaced; missing or mistyped inputs are refused
+    (TemplateError naming the variable). Inputs the template does not use are ignored."""
+    types = typed_variables(template_json)
+    missing = [v for v in types if v not in inputs]
+    if missing:
+        raise TemplateError(f"missing inputs: {', '.join(missing)}")
+    values = {name: _coerce(name, type_, inputs[name]) for name, type_ in types.items()}
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, str):
+            whole = PLACEHOLDER.fullmatch(node.strip())
+            if whole and types[whole.group(2)] != "string":
+                return values[whole.group(2)]
+            return PLACEHOLDER.sub(lambda m: _text(values[m.group(2)]), node)
+        if isinstance(node, list):
+            return [fill(x) for x in node]
+        if isinstance(node, dict):
+            return {PLACEHOLDER.sub(lambda m: _text(values[m.group(2)]), k): fill(v) for k, v in node.items()}
+        return node
+
+    return json.dumps(fill(json.loads(template_json)), ensure_ascii=False)

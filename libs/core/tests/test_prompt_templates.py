@@ -1,0 +1,66 @@
+"""Templates and typed variables (no server)."""
+
+import json
+
+import pytest
+from helicone_core import prompt_templates as templates
+
+TEMPLATE = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise {{topic}} for {{ audience }}"}]})
+TYPED = json.dumps({
+    "model": "gpt-4o-mini", "temperature": "{{hc:temp:number}}", "stream": "{{hc:stream:boolean}}",
+    "messages": [{"role": "system", "content": "Answer in {{hc:lang:string}}, at most {{hc:words:number}} words."},
+                 {"role": "user", "content": "{{question}}"}],
+})
+
+
+def test_plain_variables_render_escaped_text():
+    assert templates.variables(TEMPLATE) == ["topic", "audience"]
+    out = json.loads(templates.render(TEMPLATE, {"topic": 'the "Q3" report\n', "audience": "execs", "unused": "x"}))
+    assert out["messages"][0]["content"] == 'Summarise the "Q3" report\n for execs'
+    with pytest.raises(templates.TemplateError, match="missing inputs: audience"):
+        templates.render(TEMPLATE, {"topic": "x"})
+
+
+def test_typed_variables_render_json_values_where_they_stand_alone():
+    assert templates.typed_variables(TYPED) == {"temp": "number", "stream": "boolean", "lang": "string", "words": "number",
+                                                "question": "string"}
+    out = json.loads(templates.render(TYPED, {"temp": "0.2", "stream": False, "lang": "French", "words": 50, "question": "why?"}))
+    assert out["temperature"] == 0.2 and out["stream"] is False
+    assert out["messages"][0]["content"] == "Answer in French, at most 50 words."
+    assert json.loads(templates.render(TYPED, {"temp": 1, "stream": "TRUE", "lang": "x", "words": "7", "question": 3}))["stream"] is True
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"temp": "warm"}, r"input 'temp' must be a number .*hc:temp:number.*'warm'"),
+    ({"temp": True}, r"input 'temp' must be a number"),
+    ({"temp": "nan"}, r"input 'temp' must be a number"),
+    ({"stream": "yes"}, r"input 'stream' must be true or false .*hc:stream:boolean"),
+    ({"question": {"a": 1}}, r"input 'question' must be text"),
+])
+def test_mistyped_inputs_are_refused_naming_the_variable(inputs, message):
+    good = {"temp": 0.5, "stream": True, "lang": "en", "words": 5, "question": "q"}
+    with pytest.raises(templates.TemplateError, match=message):
+        templates.render(TYPED, {**good, **inputs})
+
+
+@pytest.mark.parametrize("template, message", [
+    ("[1]", "JSON object"),
+    ("{not json", "not valid JSON"),
+    ('{"messages": {"role": "user"}}', "'messages' must be a list"),
+    ('{"messages": [{"content": "hi"}]}', r"messages\[0\] must be an object with a 'role'"),
+    ('{"messages": [{"role": "wizard", "content": "hi"}]}', r"messages\[0\].role 'wizard' is not one of"),
+    ('{"tools": {}}', "'tools' must be a list"),
+    ('{"response_format": "json"}', "'response_format' must be an object"),
+    ('{"a": "{{hc:x:date}}"}', "variable 'x' has unknown type 'date'"),
+    ('{"a": "{{x:number}}"}', r"variable 'x': a type needs the Helicone form \{\{hc:x:number\}\}"),
+    ('{"a": "{{hc:x:number}} {{x}}"}', "variable 'x' is used as both number and string"),
+])
+def test_invalid_templates_name_the_problem(template, message):
+    with pytest.raises(templates.TemplateError, match=message):
+        templates.validate(template)
+
+
+def test_changed_fields():
+    assert templates.changed_fields(None, {"model": "a", "messages": []}) == ["messages", "model"]
+    assert templates.changed_fields({"model": "a", "temperature": 1}, {"model": "b", "tools": []}) == ["model", "temperature", "tools"]
+    assert templates.changed_fields({"model": "a"}, {"model": "a"}) == []

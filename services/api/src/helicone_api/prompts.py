@@ -1,0 +1,184 @@
+"""REST facade over the prompts gRPC service (create versions, list, get, label environments,
+roll back, archive, render previews), plus analytics per prompt version from the request log.
+
+The caller's own Helicone key goes along as gRPC metadata: the prompts service scopes every call
+to that key's org itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import grpc
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from helicone.prompts.v1 import prompts_pb2 as pb
+from helicone.prompts.v1 import prompts_pb2_grpc
+from helicone_core import prompt_templates as templates
+from helicone_core.db import bearer_token
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import RequestFilter
+from .queries import prompt_analytics_json, prompt_analytics_sql
+
+PromptId = Annotated[str, Path(pattern=templates.PROMPT_ID.pattern, description=f"the prompt's id: {templates.PROMPT_ID_FORM}")]
+Environment = Annotated[str, Path(pattern=templates.ENVIRONMENT.pattern, description=templates.ENVIRONMENT_FORM)]
+# gRPC status -> HTTP status for the caller
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+}
+
+
+class NewVersion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    template: dict[str, Any] = Field(description="the request body: messages, model, parameters, tools, response_format, "
+                                                 "with {{name}} / {{hc:name:type}} placeholders in string values")
+    model: str = Field("", max_length=256, description="defaults to the template's model")
+    message: str = Field("", max_length=2000, description="what changed")
+    environments: list[Annotated[str, Field(pattern=templates.ENVIRONMENT.pattern)]] = Field(
+        default_factory=list, max_length=16, description="label the new version for these environments at once")
+    new_prompt: bool = Field(False, description="create a new prompt: 409 when the id is taken")
+
+
+class EnvironmentLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class RenderPreview(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(0, ge=0, description="0: latest (or the environment's)")
+    environment: Annotated[str, Field(pattern=templates.ENVIRONMENT.pattern)] | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptAnalyticsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filter: RequestFilter = Field(default_factory=RequestFilter)
+
+
+def version_json(v: pb.PromptVersion) -> dict:
+    return {
+        "prompt_id": v.prompt_id,
+        "version": v.version,
+        "template": json.loads(v.template_json),
+        "model": v.model,
+        "variables": [{"name": x.name, "type": x.type} for x in v.typed_variables],
+        "environments": list(v.environments),
+        "message": v.message,
+        "changed_fields": list(v.changed_fields),
+        "archived": v.archived,
+        "created_at": v.created_at.ToDatetime(tzinfo=dt.timezone.utc).isoformat() if v.HasField("created_at") else None,
+    }
+
+
+class PromptsClient:
+    """One gRPC channel to the prompts service, opened in the api's lifespan."""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        self.target, self.timeout = target, timeout
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: prompts_pb2_grpc.PromptServiceStub | None = None
+
+    async def start(self) -> None:
+        if self.target:
+            self.channel = grpc.aio.insecure_channel(self.target)
+            self.stub = prompts_pb2_grpc.PromptServiceStub(self.channel)
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+    async def call(self, request: Request, method: str, message):
+        if self.stub is None:
+            raise HTTPException(503, "this api has no prompts service configured (HELICONE_PROMPTS_TARGET)")
+        key = bearer_token(request.headers.get("authorization"))  # checked by RequestGuard already
+        try:
+            return await getattr(self.stub, method)(message, metadata=(("authorization", f"Bearer {key}"),), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            status = HTTP_STATUS.get(exc.code())
+            if status is None:
+                raise HTTPException(503, f"prompts service unavailable ({exc.code().name}); try again shortly",
+                                    {"Retry-After": "5"}) from None
+            raise HTTPException(status, exc.details()) from None
+
+
+def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
+    router = APIRouter(prefix="/v1/prompts", tags=["prompts"])
+    client: PromptsClient = state.prompts
+
+    @router.get("")
+    async def list_prompts(request: Request, include_archived: bool = Query(False), org: str = Depends(org_id)) -> dict:
+        """The latest version of each prompt."""
+        found = await client.call(request, "ListPrompts", pb.ListPromptsRequest(include_archived=include_archived))
+        return {"data": [version_json(v) for v in found.prompts]}
+
+    @router.post("/{prompt_id}/versions", status_code=201)
+    async def create_version(request: Request, prompt_id: PromptId, body: NewVersion, org: str = Depends(org_id)) -> dict:
+        created = await client.call(request, "CreatePromptVersion", pb.CreatePromptVersionRequest(
+            prompt_id=prompt_id, template_json=json.dumps(body.template), model=body.model, message=body.message,
+            environments=body.environments, new_prompt=body.new_prompt))
+        return version_json(created)
+
+    @router.get("/{prompt_id}/versions")
+    async def list_versions(request: Request, prompt_id: PromptId, org: str = Depends(org_id)) -> dict:
+        """Every version, newest first, with the fields each changed."""
+        found = await client.call(request, "ListVersions", pb.ListVersionsRequest(prompt_id=prompt_id))
+        return {"data": [version_json(v) for v in found.versions]}
+
+    @router.get("/{prompt_id}")
+    async def get_prompt(request: Request, prompt_id: PromptId, version: int = Query(0, ge=0),
+                         environment: str | None = Query(None, pattern=templates.ENVIRONMENT.pattern),
+                         org: str = Depends(org_id)) -> dict:
+        found = await client.call(request, "GetPrompt", pb.GetPromptRequest(
+            prompt_id=prompt_id, version=version, environment=environment or ""))
+        return version_json(found)
+
+    @router.put("/{prompt_id}/environments/{environment}")
+    async def set_environment(request: Request, prompt_id: PromptId, environment: Environment, body: EnvironmentLabel,
+                              org: str = Depends(org_id)) -> dict:
+        """Labels a version for an environment (e.g. promotes it to production)."""
+        found = await client.call(request, "SetEnvironment", pb.SetEnvironmentRequest(
+            prompt_id=prompt_id, environment=environment, version=body.version))
+        return version_json(found)
+
+    @router.post("/{prompt_id}/environments/{environment}/rollback")
+    async def rollback(request: Request, prompt_id: PromptId, environment: Environment, org: str = Depends(org_id)) -> dict:
+        found = await client.call(request, "RollbackEnvironment", pb.RollbackEnvironmentRequest(
+            prompt_id=prompt_id, environment=environment))
+        return version_json(found)
+
+    @router.post("/{prompt_id}/archive")
+    async def archive(request: Request, prompt_id: PromptId, org: str = Depends(org_id)) -> dict:
+        done = await client.call(request, "ArchivePrompt", pb.ArchivePromptRequest(prompt_id=prompt_id))
+        return {"prompt_id": done.prompt_id, "archived": True, "versions": done.versions}
+
+    @router.post("/{prompt_id}/render")
+    async def render(request: Request, prompt_id: PromptId, body: RenderPreview, org: str = Depends(org_id)) -> dict:
+        """A preview of the request body a version renders to with these inputs."""
+        if body.version and body.environment:
+            raise HTTPException(400, "give version or environment, not both")
+        done = await client.call(request, "RenderPrompt", pb.RenderPromptRequest(
+            prompt_id=prompt_id, version=body.version, environment=body.environment or "", inputs_json=json.dumps(body.inputs)))
+        return {"prompt": version_json(done.prompt), "rendered": json.loads(done.rendered_json)}
+
+    @router.post("/{prompt_id}/analytics")
+    async def analytics(prompt_id: PromptId, q: PromptAnalyticsQuery, org: str = Depends(org_id)) -> dict:
+        """Per version: requests, cost, latency and error rate of the requests rendered from it,
+        filtered like POST /v1/request/query."""
+        with state.m_query_seconds.labels("prompt_analytics").time():
+            sql, params = prompt_analytics_sql(org, prompt_id, q.filter)
+            rows = await state.analytics.query(sql, params)
+        state.m_queries.labels("prompt_analytics", "ok").inc()
+        return {"prompt_id": prompt_id, "data": [prompt_analytics_json(r) for r in rows]}
+
+    return router

@@ -1,0 +1,140 @@
+"""/v1/prompts: the REST facade against a real prompts gRPC server, and analytics per prompt
+version from the request log."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+
+import httpx
+import pytest
+from helicone_api.app import create_app
+from helicone_api.settings import ApiSettings
+from helicone_core import db, events
+from helicone_prompts.server import PromptsServer
+from helicone_prompts.settings import PromptsSettings
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+TEMPLATE = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Reply in {{hc:lang:string}}"},
+                                                 {"role": "user", "content": "{{question}}"}],
+            "max_tokens": "{{hc:limit:number}}"}
+
+
+@pytest.fixture
+async def api(tmp_path, fresh_db_dsn, analytics_settings):
+    prompts = PromptsServer(PromptsSettings(postgres_dsn=fresh_db_dsn, grpc_port=0, data_dir=tmp_path / "p", _env_file=None))
+    await prompts.start()
+    app = create_app(ApiSettings(data_dir=tmp_path / "a", body_store="local", postgres_dsn=fresh_db_dsn, _env_file=None,
+                                 prompts_target=f"127.0.0.1:{prompts.bound_port}", **analytics_settings))
+    state = app.state.api
+    await state.start()
+    org = await db.create_org(state.pool, "acme")
+    key = (await db.create_key(state.pool, org, "t")).key
+    other = (await db.create_key(state.pool, await db.create_org(state.pool, "other"), "t")).key
+    for _ in range(300):  # new keys reach both key directories through NOTIFY
+        if all(d.lookup(k) for d in (state.keys, prompts.keys) for k in (key, other)):
+            break
+        await asyncio.sleep(0.01)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        yield client, state, org, other, prompts
+    await state.stop()
+    await prompts.stop()
+
+
+async def test_create_list_get_promote_rollback_render_archive(api):
+    client, _, _, other, _ = api
+    r = await client.post("/v1/prompts/support/versions", json={"template": TEMPLATE, "message": "v1", "environments": ["production"]})
+    assert r.status_code == 201, r.text
+    v1 = r.json()
+    assert v1["version"] == 1 and v1["model"] == "gpt-4o-mini" and v1["environments"] == ["production"]
+    assert v1["variables"] == [{"name": "lang", "type": "string"}, {"name": "question", "type": "string"},
+                               {"name": "limit", "type": "number"}]
+    r = await client.post("/v1/prompts/support/versions", json={"template": {**TEMPLATE, "model": "gpt-4o"}})
+    assert r.json()["version"] == 2 and r.json()["changed_fields"] == ["model"]
+
+    assert [p["prompt_id"] for p in (await client.get("/v1/prompts")).json()["data"]] == ["support"]
+    assert [v["version"] for v in (await client.get("/v1/prompts/support/versions")).json()["data"]] == [2, 1]
+    assert (await client.get("/v1/prompts/support", params={"environment": "production"})).json()["version"] == 1
+    assert (await client.get("/v1/prompts/support")).json()["version"] == 2
+
+    r = await client.put("/v1/prompts/support/environments/production", json={"version": 2})
+    assert r.status_code == 200 and r.json()["environments"] == ["production"]
+    assert (await client.get("/v1/prompts/support", params={"environment": "production"})).json()["version"] == 2
+    r = await client.post("/v1/prompts/support/render", json={"environment": "production",
+                                                               "inputs": {"lang": "German", "question": "hi?", "limit": 20}})
+    assert r.status_code == 200 and r.json()["prompt"]["version"] == 2
+    assert r.json()["rendered"] == {"model": "gpt-4o", "max_tokens": 20, "messages": [
+        {"role": "system", "content": "Reply in German"}, {"role": "user", "content": "hi?"}]}
+    r = await client.post("/v1/prompts/support/render", json={"inputs": {"lang": "x", "question": "y", "limit": "many"}})
+    assert r.status_code == 400 and "'limit' must be a number" in r.json()["error"]["message"]
+
+    assert (await client.post("/v1/prompts/support/environments/production/rollback")).json()["version"] == 1
+    r = await client.post("/v1/prompts/support/environments/production/rollback")
+    assert r.status_code == 409 and "no earlier version" in r.json()["error"]["message"]
+
+    # another org's key sees none of it
+    r = await client.get("/v1/prompts/support", headers={"Authorization": f"Bearer {other}"})
+    assert r.status_code == 404
+
+    r = await client.post("/v1/prompts/support/versions", json={"template": TEMPLATE, "new_prompt": True})
+    assert r.status_code == 409 and "already exists" in r.json()["error"]["message"]
+    assert (await client.post("/v1/prompts/support/archive")).json() == {"prompt_id": "support", "archived": True, "versions": 2}
+    assert (await client.get("/v1/prompts/support")).status_code == 409
+    assert (await client.get("/v1/prompts")).json()["data"] == []
+
+
+@pytest.mark.parametrize("method, path, body, status, words", [
+    ("post", "/v1/prompts/bad%20id/versions", {"template": {}}, 422, "prompt_id"),
+    ("post", "/v1/prompts/p/versions", {"template": {"messages": [{"role": "wizard"}]}}, 400, "messages[0].role"),
+    ("post", "/v1/prompts/p/versions", {"template": []}, 422, "template"),
+    ("put", "/v1/prompts/p/environments/Prod", {"version": 1}, 422, "environment"),
+    ("put", "/v1/prompts/p/environments/prod", {"version": 0}, 422, "version"),
+    ("get", "/v1/prompts/ghost", None, 404, "'ghost' not found"),
+])
+async def test_bad_requests_name_the_problem(api, method, path, body, status, words):
+    client = api[0]
+    r = await client.request(method, path, json=body)
+    assert r.status_code == status, r.text
+    assert words in json.dumps(r.json())
+
+
+async def test_prompts_service_down_is_a_503(api):
+    client, _, _, _, prompts = api
+    await prompts.stop()
+    r = await client.get("/v1/prompts")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5" and "prompts service unavailable" in r.json()["error"]["message"]
+
+
+def logged(org: str, version: int, *, minutes: int, status: int = 200, latency: int = 100, cost: float = 0.01,
+           prompt_id: str = "support", error: str = "") -> dict:
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id=org, status=status, provider="openai",
+                              model="gpt-4o-mini", latency_ms=latency, time_to_first_token_ms=-1, cost_usd=cost, cost_known=True,
+                              error=error, prompt_id=prompt_id, prompt_version=version, prompt_inputs_json='{"lang": "en"}')
+    events.set_time(ev.request_created_at, T0 + dt.timedelta(minutes=minutes))
+    return events.analytics_row(ev, request_key="", response_key="", request_bytes=0, response_bytes=0,
+                                request_content_type="", response_content_type="", truncated=False)
+
+
+async def test_analytics_per_prompt_version(api):
+    client, state, org, _, _ = api
+    rows = [logged(org, 1, minutes=0, latency=100, cost=0.01), logged(org, 1, minutes=1, latency=300, cost=0.03, status=500),
+            logged(org, 2, minutes=2, latency=50, cost=0.02), logged(org, 2, minutes=3, status=0, error="timeout"),
+            logged(org, 2, minutes=30, latency=70), logged(org, 1, minutes=4, prompt_id="other"),
+            logged("another-org", 1, minutes=5)]
+    await state.analytics.insert("request_log", rows)
+    r = await client.post("/v1/prompts/support/analytics", json={})
+    assert r.status_code == 200, r.text
+    by_version = {d["version"]: d for d in r.json()["data"]}
+    assert sorted(by_version) == [1, 2]
+    one, two = by_version[1], by_version[2]
+    assert (one["requests"], one["errors"], one["error_rate"]) == (2, 1, 0.5)
+    assert one["cost_usd"] == pytest.approx(0.04) and one["latency_ms"]["avg"] == pytest.approx(200)
+    assert (two["requests"], two["errors"]) == (3, 1) and two["error_rate"] == pytest.approx(1 / 3)
+    # the same filter tree as /v1/request/query
+    end = (T0 + dt.timedelta(minutes=10)).isoformat()
+    r = await client.post("/v1/prompts/support/analytics", json={"filter": {"end": end, "status": 200}})
+    assert {d["version"]: d["requests"] for d in r.json()["data"]} == {1: 1, 2: 1}
+    r = await client.post("/v1/prompts/support/analytics", json={"filter": {"nope": 1}})
+    assert r.status_code == 422

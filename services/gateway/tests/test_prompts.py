@@ -1,0 +1,232 @@
+"""Stored prompts through the gateway: the in-process gateway, a real prompts gRPC server on
+Postgres and the fake provider on local ports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import grpc
+import httpx
+import pytest
+from helicone.prompts.v1 import prompts_pb2 as pb
+from helicone.prompts.v1 import prompts_pb2_grpc
+from helicone_core import db
+from helicone_gateway import prompts as gateway_prompts
+from helicone_gateway.app import create_app
+from helicone_gateway.settings import GatewaySettings
+from helicone_prompts.server import PromptsServer
+from helicone_prompts.settings import PromptsSettings
+
+from tests.support.fake_upstream import create_app as create_fake_upstream
+from tests.support.inloop import serve
+
+TEMPLATE = {"model": "gpt-4o-mini", "temperature": "{{hc:temp:number}}",
+            "messages": [{"role": "system", "content": "You triage {{hc:product:string}} tickets."},
+                         {"role": "user", "content": "Ticket: {{ticket}}"}]}
+INPUTS = {"temp": 0.1, "product": "Acme", "ticket": "login \"fails\""}
+
+
+class Keys:
+    """The gateway's key directory, knowing the one real key the prompts service knows too."""
+
+    loaded = True
+
+    def __init__(self, key: str, org: str) -> None:
+        self.key, self.org = key, org
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def ping(self, timeout):
+        return True
+
+    def lookup(self, key):
+        return self.org if key == self.key else None
+
+
+class Setup:
+    def __init__(self, client, fake, built, server, key, gateway):
+        self.client, self.fake, self.built, self.server, self.key, self.gateway = client, fake, built, server, key, gateway
+        self.headers = {"Helicone-Auth": f"Bearer {key}", "Authorization": "Bearer sk-provider"}
+
+    async def prompts(self, call, request):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.server.bound_port}") as channel:
+            stub = prompts_pb2_grpc.PromptServiceStub(channel)
+            return await getattr(stub, call)(request, metadata=(("authorization", f"Bearer {self.key}"),))
+
+    def sent(self) -> dict:
+        return self.fake.state.received[-1]["body"]
+
+
+@contextlib.asynccontextmanager
+async def started(fresh_db_dsn, tmp_path, **gateway_settings):
+    pool = await db.connect_pool(fresh_db_dsn, max_size=1)
+    await db.migrate(pool)
+    created = await db.create_key(pool, await db.create_org(pool, "acme"), "t")
+    await pool.close()
+    server = PromptsServer(PromptsSettings(postgres_dsn=fresh_db_dsn, grpc_port=0, data_dir=tmp_path / "p", _env_file=None))
+    await server.start()
+    fake = create_fake_upstream()
+    try:
+        async with serve(fake) as upstream:
+            app = create_app(GatewaySettings(
+                data_dir=tmp_path / "g", _env_file=None, kafka_bootstrap="127.0.0.1:1", openai_url=upstream,
+                anthropic_url=upstream, prompts_target=f"127.0.0.1:{server.bound_port}", **gateway_settings))
+            gw = app.state.gateway
+            gw.keys = Keys(created.key, created.org_id)
+            await gw.start()
+            built = []
+            gw.publisher.submit = lambda builder: built.append(builder())
+            try:
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+                    yield Setup(client, fake, built, server, created.key, gw)
+            finally:
+                await gw.stop()
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def setup(fresh_db_dsn, tmp_path):
+    async with started(fresh_db_dsn, tmp_path) as s:
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(
+            prompt_id="triage", template_json=json.dumps(TEMPLATE), environments=["production"]))
+        yield s
+
+
+async def test_headers_render_the_prompt_into_an_openai_request_and_the_log(setup):
+    s = setup
+    r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "more"}]},
+                            headers={**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Environment": "production",
+                                     "Helicone-Prompt-Inputs": json.dumps(INPUTS)})
+    assert r.status_code == 200, r.text
+    assert s.sent() == {"model": "gpt-4o-mini", "temperature": 0.1, "messages": [
+        {"role": "system", "content": "You triage Acme tickets."}, {"role": "user", "content": 'Ticket: login "fails"'},
+        {"role": "user", "content": "more"}]}
+    [ev] = s.built
+    assert (ev.prompt_id, ev.prompt_version, ev.prompt_environment) == ("triage", 1, "production")
+    assert json.loads(ev.prompt_inputs_json) == INPUTS
+    assert json.loads(ev.inline.request_body)["temperature"] == 0.1  # the log holds what the provider got
+
+
+async def test_body_form_renders_an_anthropic_request(setup):
+    s = setup
+    body = {"prompt_id": "triage", "version_id": 1, "inputs": INPUTS, "model": "claude-3-5-haiku-latest", "max_tokens": 64,
+            "messages": []}
+    r = await s.client.post("/v1/messages", json=body, headers={**s.headers, "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200, r.text
+    assert s.sent() == {"model": "claude-3-5-haiku-latest", "max_tokens": 64, "temperature": 0.1,
+                        "system": "You triage Acme tickets.", "messages": [{"role": "user", "content": 'Ticket: login "fails"'}]}
+    [ev] = s.built
+    assert (ev.prompt_id, ev.prompt_version, ev.prompt_environment, ev.provider) == ("triage", 1, "", "anthropic")
+
+
+@pytest.mark.parametrize("headers, body, status, words", [
+    ({"Helicone-Prompt-Id": "triage", "Helicone-Prompt-Inputs": json.dumps({**INPUTS, "temp": "warm"})}, None, 400,
+     "'temp' must be a number"),
+    ({"Helicone-Prompt-Id": "triage", "Helicone-Prompt-Inputs": json.dumps({"temp": 1, "product": "x"})}, None, 400,
+     "missing inputs: ticket"),
+    ({"Helicone-Prompt-Id": "ghost"}, None, 404, "'ghost' not found"),
+    ({"Helicone-Prompt-Id": "triage", "Helicone-Prompt-Environment": "staging"}, None, 404, "environment 'staging'"),
+    ({"Helicone-Prompt-Id": "triage", "Helicone-Prompt-Inputs": "[1]"}, None, 400, "Helicone-Prompt-Inputs must be a JSON object"),
+    ({"Helicone-Prompt-Id": "triage", "Helicone-Prompt-Version": "1", "Helicone-Prompt-Environment": "production"}, None, 400,
+     "not both"),
+    ({"Helicone-Prompt-Version": "x"}, None, 400, "Helicone-Prompt-Version"),
+    ({}, {"prompt_id": "triage", "version_id": "one", "messages": []}, 400, "version_id must be a positive version number"),
+    ({}, {"prompt_id": "bad id!", "messages": []}, 400, "body field prompt_id must be"),
+])
+async def test_bad_prompt_requests_are_refused_before_any_upstream_call(setup, headers, body, status, words):
+    s = setup
+    r = await s.client.post("/v1/chat/completions", json=body or {"model": "gpt-4o-mini", "messages": []},
+                            headers={**s.headers, **headers})
+    assert r.status_code == status and words in r.json()["error"]["message"], r.text
+    assert s.fake.state.received == []
+
+
+async def test_requests_without_a_prompt_are_forwarded_untouched(setup, monkeypatch):
+    s = setup
+
+    async def never(*_a, **_k):
+        raise AssertionError("prompt work on a request that names no prompt")
+
+    raw = b'{"model":"gpt-4o-mini",  "messages":[{"role":"user","content":"what is a \\"prompt_id\\"?"}]}'
+    monkeypatch.setattr(s.gateway.prompts, "version", never)
+    r = await s.client.post("/v1/chat/completions", content=raw, headers={**s.headers, "content-type": "application/json"})
+    assert r.status_code == 200
+    assert json.loads(s.built[0].inline.request_body) == json.loads(raw) and s.built[0].inline.request_body == raw
+    assert s.built[0].prompt_id == ""
+    monkeypatch.setattr(gateway_prompts.PromptResolver, "apply", never)
+    r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, headers=s.headers)
+    assert r.status_code == 200
+
+
+async def test_promoted_version_is_used_once_the_cache_expires_and_cached_prompts_survive_an_outage(fresh_db_dsn, tmp_path):
+    async with started(fresh_db_dsn, tmp_path, prompt_cache_ttl=0.3, prompts_timeout=1.0) as s:
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(
+            prompt_id="triage", template_json=json.dumps(TEMPLATE), environments=["production"]))
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="other", template_json=json.dumps(TEMPLATE)))
+        headers = {**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Environment": "production",
+                   "Helicone-Prompt-Inputs": json.dumps(INPUTS)}
+        chat = {"model": "gpt-4o-mini", "messages": []}
+
+        async def system_prompt() -> str:
+            r = await s.client.post("/v1/chat/completions", json=chat, headers=headers)
+            assert r.status_code == 200, r.text
+            return s.sent()["messages"][0]["content"]
+
+        assert await system_prompt() == "You triage Acme tickets."
+        v2 = dict(TEMPLATE, messages=[{"role": "system", "content": "You route {{hc:product:string}} tickets."}, TEMPLATE["messages"][1]])
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="triage", template_json=json.dumps(v2)))
+        await s.prompts("SetEnvironment", pb.SetEnvironmentRequest(prompt_id="triage", environment="production", version=2))
+        import asyncio
+
+        await asyncio.sleep(0.4)  # past the cache TTL
+        assert await system_prompt() == "You route Acme tickets."
+        assert s.built[-1].prompt_version == 2
+
+        await s.server.stop()  # the prompts service goes away
+        await asyncio.sleep(0.4)
+        assert await system_prompt() == "You route Acme tickets."  # the cached version keeps serving
+        calls = len(s.fake.state.received)
+        r = await s.client.post("/v1/chat/completions", json=chat, headers={**headers, "Helicone-Prompt-Id": "other",
+                                                                             "Helicone-Prompt-Environment": "production"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert "prompts service unavailable" in r.json()["error"]["message"] and "'other'" in r.json()["error"]["message"]
+        assert len(s.fake.state.received) == calls  # nothing went upstream
+        metrics = s.gateway.metrics.render()[0].decode()
+        assert 'helicone_gateway_prompt_lookups_total{result="stale"} 1.0' in metrics
+        assert 'helicone_gateway_prompt_lookups_total{result="unavailable"} 1.0' in metrics
+
+
+async def test_a_promotion_reaches_the_cache_through_the_change_stream_before_the_ttl(fresh_db_dsn, tmp_path):
+    import asyncio
+    import time
+
+    async with started(fresh_db_dsn, tmp_path, prompt_cache_ttl=3600) as s:
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(
+            prompt_id="triage", template_json=json.dumps(TEMPLATE), environments=["production"]))
+        headers = {**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Environment": "production",
+                   "Helicone-Prompt-Inputs": json.dumps(INPUTS)}
+
+        async def version() -> int:
+            r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, headers=headers)
+            assert r.status_code == 200, r.text
+            return s.built[-1].prompt_version
+
+        assert await version() == 1
+        assert await version() == 1  # a cache hit: the TTL is an hour
+        await asyncio.sleep(0.5)  # the gateway's watch for this org is open
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="triage", template_json=json.dumps(TEMPLATE)))
+        await s.prompts("SetEnvironment", pb.SetEnvironmentRequest(prompt_id="triage", environment="production", version=2))
+        deadline = time.monotonic() + 5
+        while await version() != 2:
+            assert time.monotonic() < deadline, "the promotion never reached the gateway's cache"
+            await asyncio.sleep(0.05)
+        metrics = s.gateway.metrics.render()[0].decode()
+        [count] = [float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("helicone_gateway_prompt_cache_invalidations_total ")]
+        assert count >= 1
