@@ -115,6 +115,16 @@ async def analytics_store(analytics_settings):
     await store.close()
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A real Redis server for the session (tests/support/redis_server.py)."""
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
     """A throw-away CA and a broker certificate for the TLS-fronted Kafka of tests/support/kafka_security.py."""

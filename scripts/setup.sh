@@ -16,6 +16,15 @@ if ! command -v promtool >/dev/null 2>&1; then
     echo "setup: promtool not found; install Debian's 'prometheus' package (the chart's alert tests need it)" >&2
   fi
 fi
+# redis-server (Debian's redis-server package): the gateway cache tests run against a real Redis.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }
+  else
+    echo "setup: redis-server not found; install Debian's 'redis-server' package (the gateway cache tests need it)" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -132,6 +132,7 @@ NEEDED_WHEN = {
     "s3_access_key_id": lambda env: env.get("HELICONE_BODY_STORE") == "s3",
     "s3_secret_access_key": lambda env: env.get("HELICONE_BODY_STORE") == "s3",
     "kafka_sasl_password": lambda env: env.get("HELICONE_KAFKA_SECURITY_PROTOCOL", "").startswith("SASL"),
+    "redis_url": lambda env: False,  # optional: without it each gateway keeps its response cache in memory
 }
 
 

@@ -179,25 +179,30 @@ COLUMNS_SQL = ("SELECT name, type FROM system.columns WHERE database = {d:String
                "ORDER BY position")
 
 
-async def test_init_schema_adds_the_region_column_to_an_existing_table_keeping_its_rows(analytics_settings):
+async def test_init_schema_adds_the_region_and_cache_columns_to_an_existing_table_keeping_its_rows(analytics_settings):
     store = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
     other = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
     db = store.database
     try:
-        # request_log as created before the region column existed
+        # request_log as created before the added columns existed (region, then cache_hit, cache_saved_usd)
         await store._command(f"CREATE DATABASE IF NOT EXISTS {db}")
-        pre_region = analytics.request_log_ddl(db).replace("    region LowCardinality(String),\n", "")
-        assert "region" not in pre_region
+        pre_region = analytics.request_log_ddl(db)
+        for name, type_, _ in analytics.REQUEST_LOG_ADDED_COLUMNS:
+            pre_region = pre_region.replace(f"    {name} {type_},\n", "")
+            assert f" {name} " not in pre_region
         await store._command(pre_region)
         old = _row(_event("org-a", T0, model="before"))
-        del old["region"]
+        for name, _, _ in analytics.REQUEST_LOG_ADDED_COLUMNS:
+            del old[name]
         await store.insert("request_log", [old])
 
         await asyncio.gather(store.init_schema(), other.init_schema())  # two processes starting at once
         await store.init_schema()  # and once more: nothing changes
-        await store.insert("request_log", [_row(_event("org-a", T0, model="after", region="eu-west-1"))])
-        rows = await store.query("SELECT model, region FROM {db}.request_log FINAL ORDER BY model")
-        assert rows == [{"model": "after", "region": "eu-west-1"}, {"model": "before", "region": ""}]
+        await store.insert("request_log", [_row(_event("org-a", T0, model="after", region="eu-west-1", cache_hit=True,
+                                                       cache_saved_usd=0.25))])
+        rows = await store.query("SELECT model, region, cache_hit, cache_saved_usd FROM {db}.request_log FINAL ORDER BY model")
+        assert rows == [{"model": "after", "region": "eu-west-1", "cache_hit": 1, "cache_saved_usd": 0.25},
+                        {"model": "before", "region": "", "cache_hit": 0, "cache_saved_usd": 0}]
 
         # the same columns, in the same order, as a table created today
         await store._command(f"CREATE DATABASE IF NOT EXISTS {db}_fresh")
@@ -205,6 +210,8 @@ async def test_init_schema_adds_the_region_column_to_an_existing_table_keeping_i
         columns = await store.query(COLUMNS_SQL, {"d": db})
         assert columns == await store.query(COLUMNS_SQL, {"d": f"{db}_fresh"})
         assert {"name": "region", "type": "LowCardinality(String)"} in columns
+        assert {"name": "cache_hit", "type": "UInt8"} in columns
+        assert {"name": "cache_saved_usd", "type": "Float64"} in columns
     finally:
         await other.close()
         await store.close()

@@ -11,12 +11,14 @@ T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
 async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice", props=None, status=200, request_id=None,
-                      response=b"data: {}\n\ndata: [DONE]\n\n", region=""):
+                      response=b"data: {}\n\ndata: [DONE]\n\n", region="", cache_hit=False):
     """Stores a request the way ingest does: bodies under the event's own keys, then its row."""
     ev = events.RequestLogged(
         schema_version=1, request_id=request_id or events.new_request_id(), org_id=org, status=status, provider="openai",
         model=model, user_id=user, properties=props or {}, latency_ms=120, time_to_first_token_ms=-1, region=region,
-        usage=events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), cost_usd=0.5, cost_known=True,
+        usage=events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), cost_known=True,
+        # as the gateway logs a cache hit: nothing paid, the provider's price saved
+        cost_usd=0.0 if cache_hit else 0.5, cache_hit=cache_hit, cache_saved_usd=0.5 if cache_hit else 0.0,
     )
     events.set_time(ev.request_created_at, T0 + dt.timedelta(minutes=minutes))
     req_key, resp_key = events.body_keys(org, ev.request_id, events.event_version(ev))
@@ -98,6 +100,22 @@ async def test_rows_name_their_region_and_can_be_filtered_by_it(api):
     assert [(d["request_id"], d["region"]) for d in r.json()["data"]] == [(eu, "eu-west-1"), (us, "us-east-1"), (unset, None)]
     assert (await client.get(f"/v1/request/{eu}")).json()["region"] == "eu-west-1"
     assert (await client.get(f"/v1/request/{unset}")).json()["region"] is None
+
+
+async def test_rows_say_whether_the_gateway_cache_answered_and_can_be_filtered_by_it(api):
+    client, state, org, other_org, _ = api
+    paid = await add_request(state, org, minutes=0)
+    hit = await add_request(state, org, minutes=1, cache_hit=True)
+    await add_request(state, other_org, minutes=2, cache_hit=True)
+    assert await query(client, filter={"cache_hit": True}) == [hit]
+    assert await query(client, filter={"cache_hit": False}) == [paid]
+    assert set(await query(client)) == {paid, hit}
+    row = (await client.get(f"/v1/request/{hit}")).json()
+    assert (row["cache_hit"], row["cache_saved_usd"], row["cost_usd"]) == (True, 0.5, 0.0)
+    row = (await client.get(f"/v1/request/{paid}")).json()
+    assert (row["cache_hit"], row["cache_saved_usd"], row["cost_usd"]) == (False, None, 0.5)
+    r = await client.post("/v1/request/query", json={"filter": {"cache_hit": "maybe"}})
+    assert r.status_code in (400, 422) and "cache_hit" in r.text
 
 
 async def test_filter_values_are_matched_exactly_whatever_they_contain(api):

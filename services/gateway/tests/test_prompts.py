@@ -230,3 +230,41 @@ async def test_a_promotion_reaches_the_cache_through_the_change_stream_before_th
         [count] = [float(line.split()[-1]) for line in metrics.splitlines()
                    if line.startswith("helicone_gateway_prompt_cache_invalidations_total ")]
         assert count >= 1
+
+
+async def test_a_rendered_prompt_is_cached_by_its_rendered_body_and_a_promotion_misses(fresh_db_dsn, tmp_path):
+    import asyncio
+
+    async with started(fresh_db_dsn, tmp_path, prompt_cache_ttl=0.3) as s:
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(
+            prompt_id="triage", template_json=json.dumps(TEMPLATE), environments=["production"]))
+        headers = {**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Environment": "production",
+                   "Helicone-Prompt-Inputs": json.dumps(INPUTS), "Helicone-Cache-Enabled": "true"}
+
+        async def call(**extra) -> httpx.Response:
+            sent = {k: v for k, v in {**headers, **extra}.items() if v is not None}
+            r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, headers=sent)
+            assert r.status_code == 200, r.text
+            await s.gateway.cache.flush()  # the save runs after the answer, off the request's task
+            return r
+
+        assert (await call()).headers["helicone-cache"] == "MISS"
+        calls = len(s.fake.state.received)
+        hit = await call()
+        assert hit.headers["helicone-cache"] == "HIT" and len(s.fake.state.received) == calls  # the provider is not called
+        ev = s.built[-1]
+        assert ev.cache_hit and (ev.prompt_id, ev.prompt_version, ev.prompt_environment) == ("triage", 1, "production")
+        assert json.loads(ev.prompt_inputs_json) == INPUTS
+        # the same version by number renders the same body: one cache entry for both ways of naming it
+        assert (await call(**{"Helicone-Prompt-Environment": None, "Helicone-Prompt-Version": "1"})).headers["helicone-cache"] == "HIT"
+        # other inputs render another body: another entry
+        assert (await call(**{"Helicone-Prompt-Inputs": json.dumps(dict(INPUTS, product="Globex"))})).headers["helicone-cache"] == "MISS"
+
+        v2 = dict(TEMPLATE, messages=[{"role": "system", "content": "You route {{hc:product:string}} tickets."}, TEMPLATE["messages"][1]])
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="triage", template_json=json.dumps(v2)))
+        await s.prompts("SetEnvironment", pb.SetEnvironmentRequest(prompt_id="triage", environment="production", version=2))
+        await asyncio.sleep(0.4)  # past the prompt cache's TTL
+        r = await call()
+        assert r.headers["helicone-cache"] == "MISS"  # the promoted version never gets version 1's answer
+        assert s.sent()["messages"][0]["content"] == "You route Acme tickets." and s.built[-1].prompt_version == 2
+        assert not s.built[-1].cache_hit

@@ -164,5 +164,7 @@ def analytics_row(
         "prompt_id": event.prompt_id,
         "prompt_version": max(event.prompt_version, 0),
         "prompt_inputs": event.prompt_inputs_json,
+        "cache_hit": int(event.cache_hit),
+        "cache_saved_usd": event.cache_saved_usd,
         "version": event_version(event),
     }

@@ -81,6 +81,7 @@ class RequestFilter(BaseModel):
     session_id: FilterText | None = None
     region: FilterText | None = Field(None, description="the region whose gateway served the request (HELICONE_REGION)")
     status: int | None = Field(None, ge=0, le=999)
+    cache_hit: bool | None = Field(None, description="true: only answers from the gateway's response cache; false: only the others")
     properties: dict[FilterText, FilterText] = Field(default_factory=dict, description="every key must equal its value")
 
     @field_validator("start", "end")

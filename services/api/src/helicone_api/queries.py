@@ -13,7 +13,8 @@ COLUMNS = """
     session_path, session_name, properties, prompt_tokens, completion_tokens, total_tokens,
     cache_read_tokens, cache_write_tokens, usage_known, cost_usd, cost_known, streamed,
     request_body_key, response_body_key, request_bytes, response_bytes, request_content_type,
-    response_content_type, body_truncated, error, source, region, prompt_id, prompt_version, prompt_inputs
+    response_content_type, body_truncated, error, source, region, prompt_id, prompt_version, prompt_inputs,
+    cache_hit, cache_saved_usd
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
 SORTS = {
@@ -53,6 +54,9 @@ def where_sql(org_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]
         if value is not None:
             where.append(f"{name} = {{{name}:String}}")
             params[name] = value
+    if f.cache_hit is not None:
+        where.append("cache_hit = {cache_hit:UInt8}")
+        params["cache_hit"] = int(f.cache_hit)
     if f.status is not None:
         where.append("status = {status:Int32}")
         params["status"] = f.status
@@ -117,6 +121,9 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
             {"id": row["prompt_id"], "version": int(row["prompt_version"]), "inputs": json.loads(row["prompt_inputs"] or "{}")}
             if row["prompt_id"] else None
         ),
+        # answered from the gateway's response cache: cost_usd is 0, cache_saved_usd what the provider would have charged
+        "cache_hit": bool(row["cache_hit"]),
+        "cache_saved_usd": float(row["cache_saved_usd"]) if row["cache_hit"] and row["cost_known"] else None,
     }
 
 

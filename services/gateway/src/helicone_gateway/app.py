@@ -23,6 +23,23 @@ from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, readiness
 from yarl import URL
 
+from .cache import (
+    BUCKET_IDX_HEADER,
+    HIT,
+    MISS,
+    NOT_REPLAYED,
+    STATUS_HEADER,
+    BodyRecorder,
+    CacheDirective,
+    CachedResponse,
+    Lookup,
+    MemoryCacheStore,
+    RedisCacheStore,
+    ResponseCache,
+    cache_directive,
+    cache_key,
+    replay_headers,
+)
 from .egress import (
     CONNECTING,
     NOT_ALLOWLISTED,
@@ -40,6 +57,7 @@ from .headers import (
     decode_headers,
     forward_request_headers,
     forward_response_headers,
+    narrow_accept_encoding,
     parse_helicone_headers,
 )
 from .journal import Journal
@@ -165,6 +183,10 @@ class Gateway:
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,
         )
+        store = (RedisCacheStore(settings.redis_url.get_secret_value(), settings.cache_store_timeout)
+                 if settings.redis_url and settings.redis_url.get_secret_value()
+                 else MemoryCacheStore(settings.cache_memory_max_bytes))
+        self.cache = ResponseCache(store, settings.cache_store_timeout, settings.cache_max_entry_bytes, metrics)
         self.prompts = PromptResolver(settings, metrics)
         self.m_requests = metrics.counter(
             "helicone_gateway_requests_total", "Proxied requests", ("provider", "status_class")
@@ -216,6 +238,7 @@ class Gateway:
         await self.prompts.stop()
         await self.keys.stop()
         await self.publisher.stop()
+        await self.cache.close()
         for session in (self.session, self.target_session):
             if session:
                 await session.close()
@@ -225,10 +248,13 @@ class Gateway:
         Kafka events wait in the journal, without Postgres keys answer from the last known set."""
         timeout = self.settings.readiness_timeout
         sessions = (self.session, self.target_session)
+        optional = {"kafka": self.publisher.ping(timeout), "postgres": self.keys.ping(timeout)}
+        if isinstance(self.cache.store, RedisCacheStore):  # optional too: without it requests just miss
+            optional["redis"] = self.cache.store.ping()
         return await readiness(
             timeout,
             required={"http_client": all(x is not None and not x.closed for x in sessions), "key_store": self.keys.loaded},
-            optional={"kafka": self.publisher.ping(timeout), "postgres": self.keys.ping(timeout)},
+            optional=optional,
         )
 
     # ---- auth ------------------------------------------------------------------------
@@ -264,6 +290,11 @@ class Gateway:
         try:
             raw_headers = decode_headers(scope["headers"])
             hh = parse_helicone_headers(raw_headers)
+            directive: CacheDirective | None = None
+            if hh.cache is not None:  # only requests that name the cache pay for it
+                directive = cache_directive(hh.cache, next((v for n, v in raw_headers if n == "cache-control"), ""))
+                if not (directive.read or directive.save):
+                    directive = None
         except HeaderError as exc:
             return await send_error(send, 400, str(exc), "helicone_header_error", request_id, self.answer_headers)
         request_id = hh.request_id or request_id
@@ -298,6 +329,18 @@ class Gateway:
                       r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
 
+        lookup: Lookup | None = None
+        if directive is not None:
+            # keyed on the body as rendered: renders of one prompt version with the same inputs share an
+            # entry, and a newly promoted version renders differently, so it never gets the old answer
+            key = await cache_key(org_id, f"{rt.provider} {rt.base_url}", method,
+                                  rt.path + ("?" + query.decode("latin-1") if query else ""),
+                                  narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(), body, directive)
+            lookup = await self.cache.lookup(key, directive)
+            if lookup.hit is not None:
+                return await self._serve_cached(send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
+                                                started, started_at, prompt)
+
         # after the request body, receive() only ever reports the caller going away
         disconnected = asyncio.ensure_future(receive())
         try:
@@ -331,6 +374,14 @@ class Gateway:
         resp_ctype = upstream.headers.get("content-type", "")
         resp_encoding = upstream.headers.get("content-encoding", "")
         resp_headers = forward_response_headers(upstream.raw_headers)
+        recorder: BodyRecorder | None = None
+        if lookup is not None:
+            if lookup.slot >= 0 and 200 <= status < 300:  # only successful answers are stored
+                recorder = BodyRecorder(self.cache.max_entry_bytes)
+                cached_headers = [(n, v) for n, v in resp_headers if n not in NOT_REPLAYED]
+            resp_headers.append((STATUS_HEADER, MISS))
+            if lookup.slot >= 0:
+                resp_headers.append((BUCKET_IDX_HEADER, str(lookup.slot).encode()))
         resp_headers.append((b"helicone-id", request_id.encode()))
         resp_headers.extend(self.answer_headers)
         capture = Capture(self.settings.max_logged_body_bytes)
@@ -348,6 +399,8 @@ class Gateway:
                 if first_chunk_at < 0:
                     first_chunk_at = time.perf_counter()
                 capture.add(chunk)
+                if recorder is not None:
+                    recorder.add(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if disconnected.done():
                     break
@@ -368,6 +421,8 @@ class Gateway:
                 upstream.release()
             else:
                 upstream.close()
+            if completed and recorder is not None and recorder.chunks is not None:
+                self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl)
             self.m_requests.labels(rt.provider, f"{status // 100}xx").inc()
             self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
@@ -379,6 +434,33 @@ class Gateway:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt)
+
+    async def _serve_cached(self, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
+                            method: str, body: bytes, req_ctype: str, started: float, started_at: dt.datetime,
+                            prompt: PromptUse | None) -> None:
+        """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream)."""
+        entry = lookup.hit
+        assert entry is not None
+        headers = replay_headers(entry)
+        headers += [(STATUS_HEADER, HIT), (BUCKET_IDX_HEADER, str(lookup.slot).encode()),
+                    (b"helicone-id", request_id.encode()), *self.answer_headers]
+        first_chunk_at = -1.0
+        await send({"type": "http.response.start", "status": entry.status, "headers": headers})
+        for chunk in entry.chunks:
+            if first_chunk_at < 0:
+                first_chunk_at = time.perf_counter()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.m_requests.labels(rt.provider, f"{entry.status // 100}xx").inc()
+        self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
+        stored = dict(entry.headers)
+        resp_body = b"".join(entry.chunks)
+        limit = self.settings.max_logged_body_bytes
+        ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
+        self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at, entry.status,
+                  stored.get(b"content-encoding", b"").decode("latin-1"), resp_body[:limit],
+                  stored.get(b"content-type", b"").decode("latin-1"), len(resp_body) > limit, ttft_ms, prompt=prompt,
+                  cache_hit=True)
 
     def _target(self, url: str) -> TargetDest:
         """The checked destination of a Target-URL request; raises Rejection (403) if the egress
@@ -482,7 +564,7 @@ class Gateway:
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
-             prompt: PromptUse | None = None) -> None:
+             prompt: PromptUse | None = None, cache_hit: bool = False) -> None:
         """Hands the log event to the publisher; the event itself is built on its worker."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = dt.datetime.now(dt.timezone.utc)
@@ -519,7 +601,8 @@ class Gateway:
                     cache_write_tokens=parsed.tokens.cache_write_tokens,
                     known=parsed.known,
                 ),
-                cost_usd=cost or 0.0,
+                # a cache hit cost nothing: what the provider would have charged is logged as saved
+                cost_usd=0.0 if cache_hit else cost or 0.0,
                 cost_known=cost is not None,
                 streamed=req_stream or "text/event-stream" in resp_ctype,
                 inline=events.InlineBodies(
@@ -533,6 +616,8 @@ class Gateway:
                 error=error,
                 source="gateway",
                 region=self.settings.region,
+                cache_hit=cache_hit,
+                cache_saved_usd=(cost or 0.0) if cache_hit else 0.0,
             )
             if prompt is not None:
                 ev.prompt_id, ev.prompt_version = prompt.prompt_id, prompt.version

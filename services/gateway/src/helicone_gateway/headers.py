@@ -28,6 +28,7 @@ HOP_BY_HOP = frozenset(
 # that the caller never sees them twice.
 SERVER_SET = frozenset({"date", "server"})
 PROPERTY_PREFIX = "helicone-property-"
+CACHE_PREFIX = "helicone-cache-"
 MAX_PROPERTIES = 64
 # Response header naming the region whose gateway answered (HELICONE_REGION), when one is set.
 REGION_HEADER = "Helicone-Region"
@@ -47,6 +48,9 @@ class HeliconeHeaders:
     session_path: str = ""
     session_name: str = ""
     properties: dict[str, str] = field(default_factory=dict)
+    # Helicone-Cache-* headers as sent (lower-case names); None when there are none (the common case:
+    # such a request never touches the cache, see cache.py)
+    cache: dict[str, str] | None = None
     prompt: PromptRequest | None = None  # Helicone-Prompt-Id and its companions
 
 
@@ -109,6 +113,10 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             if len(out.properties) >= MAX_PROPERTIES and key not in out.properties:
                 raise HeaderError(f"at most {MAX_PROPERTIES} Helicone-Property-* headers are allowed")
             out.properties[key] = _bounded(name, value, 4096)
+        elif name.startswith(CACHE_PREFIX):
+            if out.cache is None:
+                out.cache = {}
+            out.cache[name] = value
         elif name.startswith(PROMPT_PREFIX):
             if prompt is None:
                 prompt = {}

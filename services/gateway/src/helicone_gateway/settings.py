@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helicone_core.settings import ServiceSettings
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from .egress import parse_allowlist_entry
 
@@ -47,6 +47,14 @@ class GatewaySettings(ServiceSettings):
     prompts_channels: int = Field(default=2, ge=1, le=16)  # gRPC connections to the prompts service
     prompt_cache_ttl: float = Field(default=30.0, ge=0)  # how long a fetched version is used without asking again
     prompt_cache_max_entries: int = Field(default=10_000, ge=1)
+    # Response cache (cache.py, Helicone-Cache-* headers). With a Redis/Valkey URL
+    # (redis://[:password@]host:port/db, rediss:// for TLS) every replica shares one cache;
+    # without one each gateway keeps its own, in memory, up to cache_memory_max_bytes.
+    redis_url: SecretStr | None = None
+    cache_memory_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    cache_max_entry_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger answers are served, not cached
+    # Longest a request waits on the cache store; past it (or on any store error) the cache is skipped.
+    cache_store_timeout: float = Field(default=0.1, gt=0, le=5)
 
     def resolved_journal_dir(self) -> Path:
         return self.journal_dir or (self.data_dir / "journal")

@@ -1,0 +1,474 @@
+"""The response cache (Helicone-Cache-* headers): grammar, keys, buckets, TTL, streams, and stores
+that are down, against the fake provider and a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+
+import httpx
+import pytest
+from helicone_gateway import app as gateway_app
+from helicone_gateway import cache as cache_mod
+from helicone_gateway.app import create_app
+from helicone_gateway.cache import (
+    DEFAULT_TTL,
+    MAX_TTL,
+    CachedResponse,
+    MemoryCacheStore,
+    RedisCacheStore,
+    cache_directive,
+    cache_key,
+)
+from helicone_gateway.headers import HeaderError
+from helicone_gateway.settings import GatewaySettings
+
+from services.gateway.tests.test_proxy import CHAT, StubKeys
+from tests.support.fake_upstream import create_app as create_fake_upstream
+from tests.support.inloop import serve
+from tests.support.net import free_port
+
+OTHER_ORG = "99999999-2222-3333-4444-555555555555"
+AUTH = {"Helicone-Auth": "Bearer good-key"}
+ON = {**AUTH, "Helicone-Cache-Enabled": "true"}
+
+
+class TwoOrgKeys(StubKeys):
+    def lookup(self, key):
+        return OTHER_ORG if key == "other-key" else super().lookup(key)
+
+
+@contextlib.asynccontextmanager
+async def cache_gateway(tmp_path, upstream_url: str, **settings):
+    """(client, gateway, built events) for an in-process gateway in front of the fake provider."""
+    settings.setdefault("kafka_bootstrap", "127.0.0.1:1")
+    settings.setdefault("cache_store_timeout", 2.0)  # generous: the machine is shared; the down tests set their own
+    app = create_app(GatewaySettings(data_dir=tmp_path, openai_url=upstream_url, anthropic_url=upstream_url,
+                                     _env_file=None, **settings))
+    gw = app.state.gateway
+    gw.keys = TwoOrgKeys()
+    await gw.start()
+    built = []
+    gw.publisher.submit = lambda builder: built.append(builder())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            yield client, gw, built
+    finally:
+        await gw.stop()
+
+
+@pytest.fixture
+async def upstream():
+    fake = create_fake_upstream()
+    async with serve(fake) as url:
+        yield url, fake
+
+
+@pytest.fixture
+async def gateway(tmp_path, upstream):
+    url, fake = upstream
+    async with cache_gateway(tmp_path, url) as (client, gw, built):
+        yield client, gw, built, fake
+
+
+async def post(client, gw, body=CHAT, headers=ON, path="/v1/chat/completions"):
+    r = await client.post(path, json=body, headers=headers)
+    await gw.cache.flush()  # the save runs after the answer, off the request's task
+    return r
+
+
+def sample(gw, name, **labels) -> float:
+    return gw.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+# ---- header grammar -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("headers", "cache_control", "expected"), [
+    ({"helicone-cache-enabled": "true"}, "", (True, True, DEFAULT_TTL, 1)),
+    ({"helicone-cache-enabled": "TRUE"}, "", (True, True, DEFAULT_TTL, 1)),
+    ({"helicone-cache-save": "true"}, "", (False, True, DEFAULT_TTL, 1)),
+    ({"helicone-cache-read": "true"}, "", (True, False, DEFAULT_TTL, 1)),
+    ({"helicone-cache-enabled": "false", "helicone-cache-read": "true"}, "", (True, False, DEFAULT_TTL, 1)),
+    ({"helicone-cache-enabled": "true"}, "max-age=60", (True, True, 60, 1)),
+    ({"helicone-cache-enabled": "true"}, "no-store, max-age=60, s-maxage=120", (True, True, 120, 1)),
+    ({"helicone-cache-enabled": "true"}, f"max-age={MAX_TTL * 3}", (True, True, MAX_TTL, 1)),
+    ({"helicone-cache-enabled": "true"}, "max-age=0", (True, False, 0, 1)),
+    ({"helicone-cache-enabled": "true"}, "max-age=" + "9" * 5000, (True, True, MAX_TTL, 1)),  # expires at once: nothing saved
+    ({"helicone-cache-enabled": "true", "helicone-cache-bucket-max-size": "20"}, "", (True, True, DEFAULT_TTL, 20)),
+])
+def test_directive_from_headers(headers, cache_control, expected):
+    d = cache_directive(headers, cache_control)
+    assert (d.read, d.save, d.ttl, d.bucket_size) == expected
+
+
+def test_seed_and_ignore_keys_are_read():
+    d = cache_directive({"helicone-cache-enabled": "true", "helicone-cache-seed": " s1 ",
+                         "helicone-cache-ignore-keys": "user, metadata,,"}, "")
+    assert d.seed == "s1" and d.ignore_keys == {"user", "metadata"}
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), [
+    ("Helicone-Cache-Enabled", "yes", "'true' or 'false'"),
+    ("Helicone-Cache-Save", "1", "'true' or 'false'"),
+    ("Helicone-Cache-Read", "", "'true' or 'false'"),
+    ("Helicone-Cache-Bucket-Max-Size", "0", "from 1 to 20"),
+    ("Helicone-Cache-Bucket-Max-Size", "21", "from 1 to 20"),
+    ("Helicone-Cache-Bucket-Max-Size", "two", "from 1 to 20"),
+    ("Helicone-Cache-Bucket-Max-Size", "-1", "from 1 to 20"),
+    ("Helicone-Cache-Bucket-Max-Size", "9" * 5000, "from 1 to 20"),
+    ("Helicone-Cache-Bucket-Max-Size", "5.0", "from 1 to 20"),
+    ("Helicone-Cache-Seed", "s" * 257, "longer than 256"),
+    ("Helicone-Cache-Ignore-Keys", " , ", "comma-separated list"),
+    ("Helicone-Cache-Ignore-Keys", ",".join(f"k{i}" for i in range(65)), "comma-separated list"),
+    ("Cache-Control", "max-age=soon", "whole number of seconds"),
+    ("Cache-Control", "max-age=-5", "whole number of seconds"),
+    ("Cache-Control", "s-maxage", "max-age=<seconds>"),
+])
+async def test_bad_cache_headers_are_a_400_naming_the_header_and_form(gateway, name, value, accepted):
+    client, gw, built, fake = gateway
+    r = await post(client, gw, headers={**ON, name: value})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "helicone_header_error"
+    message = r.json()["error"]["message"]
+    assert name in message and accepted in message
+    assert fake.state.received == [] and "helicone-cache" not in r.headers
+
+
+def test_every_bad_value_raises_header_error():
+    with pytest.raises(HeaderError, match="Helicone-Cache-Enabled"):
+        cache_directive({"helicone-cache-enabled": "maybe"}, "")
+    # checked even when the cache is not asked for
+    with pytest.raises(HeaderError, match="Helicone-Cache-Bucket-Max-Size"):
+        cache_directive({"helicone-cache-bucket-max-size": "99"}, "")
+
+
+# ---- the hot path ----------------------------------------------------------------------------
+
+
+async def test_requests_without_cache_headers_never_touch_the_cache(gateway, monkeypatch):
+    client, gw, built, fake = gateway
+    calls = []
+
+    async def no_key(*a, **kw):
+        calls.append("key")
+        raise AssertionError("cache key computed for a request without cache headers")
+
+    monkeypatch.setattr(gateway_app, "cache_key", no_key)
+    real_get, real_set = gw.cache.store.get_many, gw.cache.store.set
+    gw.cache.store.get_many = lambda *a: calls.append("get") or real_get(*a)
+    gw.cache.store.set = lambda *a: calls.append("set") or real_set(*a)
+    for headers in (AUTH, {**AUTH, "Helicone-Cache-Enabled": "false"}, {**AUTH, "Helicone-Cache-Seed": "x"}):
+        r = await post(client, gw, headers=headers)
+        assert r.status_code == 200 and "helicone-cache" not in r.headers and "helicone-cache-bucket-idx" not in r.headers
+    assert calls == [] and len(fake.state.received) == 3
+    assert sample(gw, "helicone_gateway_cache_lookups_total", result="miss") == 0
+
+
+# ---- hits, misses and what is stored -----------------------------------------------------------
+
+
+async def test_miss_then_hit_same_bytes_logged_as_a_cache_hit_with_the_cost_saved(gateway):
+    client, gw, built, fake = gateway
+    first = await post(client, gw)
+    second = await post(client, gw)
+    assert first.status_code == second.status_code == 200
+    assert (first.headers["helicone-cache"], first.headers["helicone-cache-bucket-idx"]) == ("MISS", "0")
+    assert (second.headers["helicone-cache"], second.headers["helicone-cache-bucket-idx"]) == ("HIT", "0")
+    assert second.content == first.content and len(fake.state.received) == 1
+    assert second.headers["helicone-id"] != first.headers["helicone-id"]
+    assert second.headers["content-type"] == first.headers["content-type"]
+    miss_ev, hit_ev = built
+    assert not miss_ev.cache_hit and miss_ev.cost_usd > 0 and miss_ev.cache_saved_usd == 0
+    assert hit_ev.cache_hit and hit_ev.cost_usd == 0 and hit_ev.cache_saved_usd == pytest.approx(miss_ev.cost_usd)
+    assert hit_ev.request_id == second.headers["helicone-id"] and hit_ev.status == 200
+    assert hit_ev.usage.completion_tokens == 6 and hit_ev.inline.response_body == first.content
+    assert sample(gw, "helicone_gateway_cache_lookups_total", result="miss") == 1
+    assert sample(gw, "helicone_gateway_cache_lookups_total", result="hit") == 1
+
+
+async def asgi_call(gw, body: bytes, headers: dict[str, str]) -> tuple[dict, list[bytes]]:
+    """One request straight into Gateway.handle: (response headers, the body messages as sent)."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    done = asyncio.Event()
+    parts = [body]
+
+    async def receive():
+        if parts:
+            return {"type": "http.request", "body": parts.pop(), "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    await gw.handle(scope, receive, send)
+    await gw.cache.flush()
+    return dict(sent[0]["headers"]), [m["body"] for m in sent[1:] if m["body"]]
+
+
+async def test_streamed_answers_are_replayed_as_the_same_stream(gateway):
+    client, gw, built, fake = gateway
+    body = json.dumps(dict(CHAT, stream=True, stream_options={"include_usage": True})).encode()
+    # the provider pauses between events, so each arrives as its own chunk
+    headers = {**ON, "content-type": "application/json", "x-fake-chunk-delay": "0.02"}
+    h1, c1 = await asgi_call(gw, body, headers)
+    h2, c2 = await asgi_call(gw, body, headers)
+    assert (h1[b"helicone-cache"], h2[b"helicone-cache"]) == (b"MISS", b"HIT")
+    assert h2[b"content-type"].startswith(b"text/event-stream") and b"content-length" not in h2
+    assert b"".join(c1).endswith(b"data: [DONE]\n\n") and b"".join(c1).count(b"data: ") == 9
+    assert c2 == c1 and len(c1) > 5  # the same bytes, in the same chunks: a stream, not one block
+    assert len(fake.state.received) == 1
+    assert built[1].cache_hit and built[1].streamed and built[1].usage.completion_tokens == 6
+    assert built[1].inline.response_body == b"".join(c1)
+    # and through an HTTP client, the SSE text is identical
+    r = await client.post("/v1/chat/completions", content=body, headers={**headers, "accept-encoding": "identity"})
+    assert r.headers["helicone-cache"] == "HIT" and r.content == b"".join(c1)
+    # a caller offering gzip may get a gzip answer: it never shares an entry with one that did not offer it
+    r = await client.post("/v1/chat/completions", content=body, headers={**headers, "accept-encoding": "gzip"})
+    assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 2
+
+
+async def test_only_successful_answers_are_stored(gateway):
+    client, gw, built, fake = gateway
+    failing = dict(CHAT, model="fail-500")
+    for _ in range(2):
+        r = await post(client, gw, body=failing)
+        assert r.status_code == 500 and r.headers["helicone-cache"] == "MISS"
+    assert len(fake.state.received) == 2 and len(gw.cache.store) == 0
+
+
+async def test_save_only_and_read_only(gateway):
+    client, gw, built, fake = gateway
+    read_only = {**AUTH, "Helicone-Cache-Read": "true"}
+    save_only = {**AUTH, "Helicone-Cache-Save": "true"}
+    r = await post(client, gw, headers=read_only)
+    assert r.headers["helicone-cache"] == "MISS" and "helicone-cache-bucket-idx" not in r.headers
+    r = await post(client, gw, headers=read_only)  # a read-only miss saved nothing
+    assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 2
+    saved = await post(client, gw, headers=save_only)
+    again = await post(client, gw, headers=save_only)  # save only never answers from the cache
+    assert saved.headers["helicone-cache"] == again.headers["helicone-cache"] == "MISS"
+    assert len(fake.state.received) == 4
+    hit = await post(client, gw, headers=read_only)
+    assert hit.headers["helicone-cache"] == "HIT" and hit.content == again.content
+
+
+# ---- the key ---------------------------------------------------------------------------------
+
+
+async def test_key_is_canonical_json_minus_ignored_keys_plus_seed(gateway):
+    client, gw, built, fake = gateway
+    await post(client, gw, body=dict(CHAT, user="alice"))
+    # same JSON, other key order and spacing: one entry
+    reordered = json.dumps({"user": "alice", "messages": CHAT["messages"], "model": CHAT["model"]}, indent=2)
+    r = await client.post("/v1/chat/completions", content=reordered,
+                          headers={**ON, "content-type": "application/json"})
+    assert r.headers["helicone-cache"] == "HIT"
+    r = await post(client, gw, body=dict(CHAT, user="bob"))
+    assert r.headers["helicone-cache"] == "MISS"
+    ignore = {**ON, "Helicone-Cache-Ignore-Keys": "user"}
+    await post(client, gw, body=dict(CHAT, user="carol"), headers=ignore)
+    r = await post(client, gw, body=dict(CHAT, user="dave"), headers=ignore)
+    assert r.headers["helicone-cache"] == "HIT"
+    r = await post(client, gw, body=dict(CHAT, user="dave", temperature=0.5), headers=ignore)
+    assert r.headers["helicone-cache"] == "MISS"
+    for seed, expected in (("a", "MISS"), ("a", "HIT"), ("b", "MISS")):
+        r = await post(client, gw, headers={**ON, "Helicone-Cache-Seed": seed})
+        assert r.headers["helicone-cache"] == expected
+    r = await post(client, gw, body=dict(CHAT, user="alice"))  # no seed: the very first entry
+    assert r.headers["helicone-cache"] == "HIT"
+
+
+async def test_key_parts(monkeypatch):
+    d = cache_directive({"helicone-cache-enabled": "true"}, "")
+    base = ("org", "openai https://api.openai.com", "POST", "/v1/chat/completions", "gzip")
+
+    async def key(*parts, body=b'{"a":1,"b":2}', directive=d):
+        return await cache_key(*parts, body, directive)
+
+    k = await key(*base)
+    assert k == await key(*base, body=b'{ "b": 2,\n "a": 1 }')  # canonical JSON
+    for i, other in enumerate(("org2", "openai http://127.0.0.1:9", "GET", "/v1/embeddings", "identity")):
+        assert await key(*base[:i], other, *base[i + 1:]) != k
+    # not JSON: keyed byte for byte (ignore keys cannot apply)
+    assert await key(*base, body=b"not json") == await key(*base, body=b"not json") != await key(*base, body=b"not  json")
+    # length-prefixed parts: moving bytes between parts changes the key
+    assert await key("or", "gopenai https://api.openai.com", *base[2:]) != k
+    # large bodies are canonicalised on a worker thread, to the same key
+    monkeypatch.setattr(cache_mod, "INLINE_JSON_BYTES", 4)
+    assert await key(*base) == k
+
+
+async def test_orgs_never_share_entries(gateway):
+    client, gw, built, fake = gateway
+    await post(client, gw)
+    r = await post(client, gw, headers={**ON, "Helicone-Auth": "Bearer other-key"})
+    assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 2
+    assert built[1].org_id == OTHER_ORG and not built[1].cache_hit
+    r = await post(client, gw, headers={**ON, "Helicone-Auth": "Bearer other-key"})
+    assert r.headers["helicone-cache"] == "HIT" and built[2].org_id == OTHER_ORG
+
+
+async def test_path_and_provider_are_part_of_the_key(gateway):
+    client, gw, built, fake = gateway
+    await post(client, gw)
+    r = await post(client, gw, path="/openai/v1/chat/completions")  # same upstream path and target
+    assert r.headers["helicone-cache"] == "HIT"
+    anthropic = {"model": "claude-3-5-haiku-latest", "max_tokens": 10, "messages": CHAT["messages"]}
+    r1 = await post(client, gw, body=anthropic, path="/v1/messages")
+    assert r1.headers["helicone-cache"] == "MISS"
+    r2 = await post(client, gw, body=anthropic, path="/anthropic/v1/messages")
+    assert r2.headers["helicone-cache"] == "HIT"
+    r3 = await post(client, gw, body=anthropic, path="/v1/chat/completions")  # other path: other key
+    assert r3.headers["helicone-cache"] == "MISS"
+
+
+# ---- buckets and TTL ---------------------------------------------------------------------------
+
+
+async def test_bucket_misses_until_full_then_answers_from_a_random_slot(gateway):
+    client, gw, built, fake = gateway
+    headers = {**ON, "Helicone-Cache-Bucket-Max-Size": "3"}
+    filled = {}
+    for expected_slot in ("0", "1", "2"):
+        r = await post(client, gw, headers=headers)
+        assert r.headers["helicone-cache"] == "MISS" and r.headers["helicone-cache-bucket-idx"] == expected_slot
+        filled[expected_slot] = r.content
+    assert len(set(filled.values())) == 3 and len(fake.state.received) == 3
+    seen = set()
+    for _ in range(40):
+        r = await post(client, gw, headers=headers)
+        assert r.headers["helicone-cache"] == "HIT"
+        idx = r.headers["helicone-cache-bucket-idx"]
+        assert r.content == filled[idx]
+        seen.add(idx)
+    assert seen == {"0", "1", "2"} and len(fake.state.received) == 3  # 40 draws: all three, with near certainty
+    # the bucket size is not part of the key: a bucket of 1 reads slot 0, already filled
+    r = await post(client, gw)
+    assert r.headers["helicone-cache"] == "HIT" and r.content == filled["0"]
+
+
+async def test_entries_expire_after_max_age(gateway):
+    client, gw, built, fake = gateway
+    short = {**ON, "Cache-Control": "max-age=1"}
+    await post(client, gw, headers=short)
+    r = await post(client, gw, headers=short)
+    assert r.headers["helicone-cache"] == "HIT"
+    await asyncio.sleep(1.3)
+    r = await post(client, gw, headers=short)
+    assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 2
+
+
+async def test_redis_entries_get_the_requested_ttl(tmp_path, upstream, redis_url):
+    import redis.asyncio as redis
+
+    url, fake = upstream
+    direct = redis.Redis.from_url(redis_url)
+
+    async def keys() -> set[bytes]:
+        return {k async for k in direct.scan_iter("helicone:cache:v1:*")}
+
+    try:
+        async with cache_gateway(tmp_path, url, redis_url=redis_url) as (client, gw, built):
+            for cc, low, high in (("s-maxage=120, max-age=5", 110, 120), ("", DEFAULT_TTL - 10, DEFAULT_TTL),
+                                  (f"max-age={10 * MAX_TTL}", MAX_TTL - 10, MAX_TTL)):
+                headers = {**ON, "Cache-Control": cc, "Helicone-Cache-Seed": f"ttl-{cc}-{time.time_ns()}"}
+                before = await keys()
+                r = await post(client, gw, headers=headers)
+                assert r.headers["helicone-cache"] == "MISS"
+                [new] = await keys() - before
+                assert low <= await direct.ttl(new) <= high, cc
+                r = await post(client, gw, headers=headers)
+                assert r.headers["helicone-cache"] == "HIT"
+    finally:
+        await direct.aclose()
+
+
+# ---- stores ----------------------------------------------------------------------------------
+
+
+async def test_memory_store_is_a_bounded_lru():
+    store = MemoryCacheStore(max_bytes=100)
+    await store.set("a", b"x" * 39, 60)  # 40 bytes with its key
+    await store.set("b", b"y" * 39, 60)
+    assert await store.get_many(["a"]) == [b"x" * 39]  # a is now the most recently used
+    await store.set("c", b"z" * 39, 60)
+    assert await store.get_many(["a", "b", "c"]) == [b"x" * 39, None, b"z" * 39] and store.size == 80
+    await store.set("c", b"w" * 59, 60)  # replacing an entry counts its new size only
+    assert store.size == 100 and await store.get_many(["a", "c"]) == [b"x" * 39, b"w" * 59]
+    await store.set("big", b"!" * 98, 60)  # larger than the whole cache: not stored, nothing evicted
+    assert len(store) == 2 and store.size == 100
+    await store.set("d", b"", 1)
+    assert await store.get_many(["a", "c", "d"]) == [None, b"w" * 59, b""]  # a was the least recently used
+    await asyncio.sleep(1.1)
+    assert await store.get_many(["d"]) == [None] and store.size == 60  # expired: gone, and its bytes freed
+
+
+def test_entries_round_trip_and_damaged_ones_are_refused():
+    entry = CachedResponse(200, [(b"content-type", b"text/event-stream"), (b"x-empty", b"")], [b"data: 1\n\n", b"", b"\x00" * 3])
+    data = entry.encode()
+    assert CachedResponse.decode(data) == entry
+    for bad in (data[:-1], data + b"x", b"XXXX" + data[4:]):
+        with pytest.raises(ValueError):
+            CachedResponse.decode(bad)
+
+
+async def test_two_gateways_sharing_redis_hit_each_others_entries(tmp_path, upstream, redis_url):
+    url, fake = upstream
+    async with cache_gateway(tmp_path / "a", url, redis_url=redis_url) as (client_a, gw_a, built_a), \
+            cache_gateway(tmp_path / "b", url, redis_url=redis_url) as (client_b, gw_b, built_b):
+        assert isinstance(gw_a.cache.store, RedisCacheStore)
+        headers = {**ON, "Helicone-Cache-Seed": f"shared-{time.time_ns()}"}
+        first = await post(client_a, gw_a, headers=headers)
+        second = await post(client_b, gw_b, headers=headers)
+        assert (first.headers["helicone-cache"], second.headers["helicone-cache"]) == ("MISS", "HIT")
+        assert second.content == first.content and len(fake.state.received) == 1
+        assert built_b[0].cache_hit
+        # buckets fill across replicas too
+        bucket = {**headers, "Helicone-Cache-Seed": headers["Helicone-Cache-Seed"] + "-b", "Helicone-Cache-Bucket-Max-Size": "2"}
+        r = await post(client_a, gw_a, headers=bucket)
+        r2 = await post(client_b, gw_b, headers=bucket)
+        assert [r.headers["helicone-cache-bucket-idx"], r2.headers["helicone-cache-bucket-idx"]] == ["0", "1"]
+        r3 = await post(client_a, gw_a, headers=bucket)
+        assert r3.headers["helicone-cache"] == "HIT" and r3.content in (r.content, r2.content)
+        assert (await gw_a.ready())["redis"].ok
+
+
+@contextlib.contextmanager
+def black_hole():
+    """A loopback port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+
+
+@pytest.mark.parametrize("store", ["refused", "silent"])
+async def test_a_store_that_is_down_or_silent_is_skipped_fast(tmp_path, upstream, store):
+    url, fake = upstream
+    timeout = 0.2
+    with black_hole() as silent:
+        redis_url = f"redis://127.0.0.1:{free_port()}/0" if store == "refused" else silent
+        async with cache_gateway(tmp_path, url, redis_url=redis_url, cache_store_timeout=timeout) as (client, gw, built):
+            await post(client, gw, headers=AUTH)  # warm the upstream connection
+            started = time.perf_counter()
+            r = await client.post("/v1/chat/completions", json=CHAT, headers=ON)
+            elapsed = time.perf_counter() - started
+            await gw.cache.flush()
+            assert r.status_code == 200 and r.headers["helicone-cache"] == "MISS"
+            assert r.json()["choices"][0]["message"]["content"] == "Hello from the fake upstream model"
+            # one bounded read; the write happens after the answer (a silent store would otherwise hang it forever)
+            assert elapsed < timeout + 1.5
+            assert sample(gw, "helicone_gateway_cache_errors_total", op="read") == 1
+            assert sample(gw, "helicone_gateway_cache_errors_total", op="write") == 1
+            assert sample(gw, "helicone_gateway_cache_lookups_total", result="miss") == 1
+            assert not (await gw.ready())["redis"].ok
+            assert built[-1].status == 200 and not built[-1].cache_hit
