@@ -78,6 +78,8 @@ CONSTRAINTS = {
     "kafka.securityProtocol": {"enum": ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]},
     "kafka.sasl.mechanism": {"enum": ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]},
     "postgres.port": PORT,
+    "redis.port": PORT,
+    "redis.url": {"pattern": "^(rediss?://.+)?$"},
     "defaults.replicas": {"minimum": 0},
     "defaults.terminationGracePeriodSeconds": {"minimum": 1},
     "defaults.preStopSeconds": {"minimum": 0},
@@ -278,12 +280,23 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def examples() -> dict[str, str]:
+def examples(schema: str) -> dict[str, str]:
     """examples/<region>.yaml: what `helm template helicone charts/helicone -n helicone -f values-global.yaml
-    -f values-<region>.yaml` prints (hooks included, NOTES.txt excluded)."""
+    -f values-<region>.yaml` prints (hooks included, NOTES.txt excluded), with the schema just generated."""
+    import shutil
+    import tempfile
+
     import helm_python as helm
 
-    chart = helm.Chart.load(str(CHART))
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_dir = Path(tmp) / CHART.name
+        shutil.copytree(CHART, copy_dir, ignore=shutil.ignore_patterns("examples"))
+        (copy_dir / SCHEMA.name).write_text(schema)
+        chart = helm.Chart.load(str(copy_dir))
+        return render_examples(chart)
+
+
+def render_examples(chart) -> dict[str, str]:
     base = yaml.safe_load((CHART / "values-global.yaml").read_text())
     out = {}
     for path in sorted(CHART.glob("values-*.yaml")):
@@ -332,7 +345,7 @@ def generate() -> tuple[str, str, dict[str, str]]:
     if stray := sorted(set(params) - documented):
         raise SystemExit(f"values.yaml: @param lines for keys that do not exist: {', '.join(stray)}")
     schema = json.dumps(build_schema(values, params), indent=2, sort_keys=False) + "\n"
-    rendered = examples()
+    rendered = examples(schema)
     readme = replace_block(README.read_text(), TABLE_BEGIN, TABLE_END, table(values, params, sections))
     readme = replace_block(readme, KINDS_BEGIN, KINDS_END, kinds_table(rendered))
     return schema, readme, rendered

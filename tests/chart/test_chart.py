@@ -147,6 +147,7 @@ BAD_VALUES = [
     ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
     ({"kafka": {"securityProtocol": "TLS"}}, "/kafka/securityProtocol"),
     ({"region": "EU West"}, "/region"),
+    ({"redis": {"url": "valkey:6379"}}, "/redis/url"),
     ({"image": {"digest": "latest"}}, "/image/digest"),
     ({"components": {"gateway": {"port": 70000}}}, "/components/gateway/port"),
     ({"components": {"gateway": {"rollout": {"analysis": {"maxErrorRatio": 2}}}}}, "maxErrorRatio"),
@@ -329,6 +330,24 @@ def test_network_policies_deny_by_default_and_allow_each_real_edge(full):
     grpc = next(r for r in policies["hc-helicone-prompts"]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")
     assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in grpc["from"]} == {"gateway", "api"}
     assert policies["hc-helicone-migrations"]["spec"]["ingress"] == []
+
+
+def test_a_shared_redis_reaches_only_the_gateway_from_a_secret(chart):
+    objs = objects(render(REQUIRED, {"redis": {"url": "redis://:pw@valkey.helicone-data:6379/0"}}, chart=chart))
+    gateway = env_of(pods(objs)["gateway"]["spec"]["containers"][0])
+    assert gateway["HELICONE_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "hc-helicone", "key": "redis-url"}
+    assert by_kind(objs, "Secret")["hc-helicone"]["data"]["redis-url"]
+    assert all("HELICONE_REDIS_URL" not in env_of(p["spec"]["containers"][0]) for n, p in pods(objs).items() if n != "gateway")
+    policies = by_kind(objs, "NetworkPolicy")
+    assert 6379 in {p["port"] for r in policies["hc-helicone-gateway"]["spec"]["egress"] for p in r["ports"]}
+    assert 6379 not in {p["port"] for r in policies["hc-helicone-ingest"]["spec"]["egress"] for p in r["ports"]}
+    existing = objects(render(REQUIRED, {"redis": {"existingSecret": "valkey"}}, chart=chart))
+    ref = env_of(pods(existing)["gateway"]["spec"]["containers"][0])["HELICONE_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "valkey", "key": "url"}
+    without = objects(render(REQUIRED, chart=chart))  # no Redis: each gateway caches in memory, no egress to 6379
+    assert "HELICONE_REDIS_URL" not in env_of(pods(without)["gateway"]["spec"]["containers"][0])
+    assert 6379 not in {p["port"] for r in by_kind(without, "NetworkPolicy")["hc-helicone-gateway"]["spec"]["egress"]
+                        for p in r["ports"]}
 
 
 def test_pdbs_select_each_component(full):

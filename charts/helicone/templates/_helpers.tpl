@@ -78,7 +78,7 @@ secrets it gets, and whose ports its NetworkPolicy opens.
 */}}
 {{- define "helicone.uses" -}}
 {{- $uses := dict
-  "gateway" (list "kafka" "postgres" "prompts")
+  "gateway" (list "kafka" "postgres" "prompts" "redis")
   "ingest" (list "kafka" "postgres" "clickhouse" "s3")
   "api" (list "postgres" "clickhouse" "s3" "prompts")
   "prompts" (list "postgres")
@@ -231,6 +231,13 @@ service's existingSecret when set, else from the chart's Secret.
 {{- $out = append $out (dict "env" "HELICONE_S3_SECRET_ACCESS_KEY" "secret" $own "key" "s3-secret-access-key") }}
 {{- end }}
 {{- end }}
+{{- if and (has "redis" $uses) (or $v.redis.url $v.redis.existingSecret) }}
+{{- if $v.redis.existingSecret }}
+{{- $out = append $out (dict "env" "HELICONE_REDIS_URL" "secret" $v.redis.existingSecret "key" $v.redis.existingSecretKey) }}
+{{- else }}
+{{- $out = append $out (dict "env" "HELICONE_REDIS_URL" "secret" $own "key" "redis-url") }}
+{{- end }}
+{{- end }}
 {{- if and (has "kafka" $uses) (hasPrefix "SASL" $v.kafka.securityProtocol) }}
 {{- $user := get $v.kafka.sasl .component }}
 {{- if $user.existingSecret }}
@@ -249,6 +256,7 @@ service's existingSecret when set, else from the chart's Secret.
 {{- $d := dict }}
 {{- if and (not $v.postgres.existingSecret) $v.postgres.dsn }}{{ $_ := set $d "postgres-dsn" $v.postgres.dsn }}{{ end }}
 {{- if and (not $v.clickhouse.existingSecret) $v.clickhouse.password }}{{ $_ := set $d "clickhouse-password" $v.clickhouse.password }}{{ end }}
+{{- if and $v.components.gateway.enabled (not $v.redis.existingSecret) $v.redis.url }}{{ $_ := set $d "redis-url" $v.redis.url }}{{ end }}
 {{- if and (not $v.s3.existingSecret) $v.s3.accessKeyId $v.s3.secretAccessKey }}
 {{- $_ := set $d "s3-access-key-id" $v.s3.accessKeyId }}
 {{- $_ := set $d "s3-secret-access-key" $v.s3.secretAccessKey }}
