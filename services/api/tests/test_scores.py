@@ -8,7 +8,10 @@ import json
 import pytest
 from helicone_core import events
 
-from services.api.tests.test_api import add_request, api, query  # noqa: F401 - the fixture
+from services.api.tests import test_api
+from services.api.tests.test_api import add_request, query
+
+api = test_api.api  # the fixture: an api on a real Postgres and each analytics backend
 
 
 async def put(client, rid, name, value, **kw):
@@ -125,7 +128,7 @@ async def test_bad_scores_and_filters_are_a_422_naming_the_place(api):
 
     score = f"/v1/request/{rid}/score"
     for value in ("NaN", "Infinity", "-Infinity", "1e400", "true", '"0.5"', "null", "[1]"):
-        d = await problem("PUT", f"{score}/accuracy", '{"value": %s}' % value)
+        d = await problem("PUT", f"{score}/accuracy", f'{{"value": {value}}}')
         assert d["field"] == "value", (value, d)
     assert (await problem("PUT", f"{score}/accuracy", "{}"))["field"] == "value"
     assert (await problem("PUT", f"{score}/accuracy", '{"value": 1, "extra": 2}'))["field"] == "extra"
