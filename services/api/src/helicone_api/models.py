@@ -10,7 +10,16 @@ import datetime as dt
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 # As long as the longest header value the gateway stores (a property value: 4096 characters).
 MAX_FILTER_CHARS = 4096
@@ -77,7 +86,8 @@ ScoreName = Annotated[str, StringConstraints(pattern=SCORE_NAME_PATTERN)]
 # Thumbs up/down is the score of this name, 1 (up) or 0 (down): filtered, returned and deleted like any score.
 FEEDBACK_SCORE = "feedback"
 # A finite number (NaN and infinities cannot be compared or averaged); true/false and "1" are not numbers here.
-ScoreValue = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+# -0.0 becomes 0.0 (+ 0.0 does that), as ClickHouse's JSON output would drop the sign anyway.
+ScoreValue = Annotated[float, Field(allow_inf_nan=False, strict=True), AfterValidator(lambda v: v + 0.0)]
 
 
 class ScoreCondition(BaseModel):

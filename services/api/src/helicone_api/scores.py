@@ -102,12 +102,9 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     @router.put("/score/{name}")
     async def put_score(request_id: RequestId, name: ScoreNamePath, body: Score, org: str = Depends(org_id)) -> dict:
         """Sets the score `name`; writing it again replaces the value."""
-        value = body.value
-        if name == FEEDBACK_SCORE:
-            if value not in (0.0, 1.0):
-                raise _invalid("value", f"the {FEEDBACK_SCORE!r} score is 1 (thumbs up) or 0 (thumbs down)")
-            value = 1.0 if value else 0.0  # not -0.0
-        return await put(org, request_id, name, value, "score")
+        if name == FEEDBACK_SCORE and body.value not in (0.0, 1.0):
+            raise _invalid("value", f"the {FEEDBACK_SCORE!r} score is 1 (thumbs up) or 0 (thumbs down)")
+        return await put(org, request_id, name, body.value, "score")
 
     @router.delete("/score/{name}", status_code=204)
     async def delete_score(request_id: RequestId, name: ScoreNamePath, org: str = Depends(org_id)) -> Response:
