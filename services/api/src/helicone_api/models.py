@@ -89,6 +89,9 @@ FEEDBACK_SCORE = "feedback"
 # -0.0 becomes 0.0 (+ 0.0 does that), as ClickHouse's JSON output would drop the sign anyway.
 ScoreValue = Annotated[float, Field(allow_inf_nan=False, strict=True), AfterValidator(lambda v: v + 0.0)]
 
+# A score filter's bounds and their SQL comparisons.
+SCORE_OPERATORS = {"equals": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
 
 class ScoreCondition(BaseModel):
     """Requests whose score of this name meets every bound given (a request without it never matches)."""
@@ -106,9 +109,6 @@ class ScoreCondition(BaseModel):
         if all(getattr(self, op) is None for op in SCORE_OPERATORS):
             raise ValueError(f"give at least one of {', '.join(SCORE_OPERATORS)}")
         return self
-
-
-SCORE_OPERATORS = {"equals": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 class Feedback(BaseModel):

@@ -74,9 +74,10 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(prefix="/v1/request/{request_id}", tags=["scores"])
     clock = ScoreClock()
 
-    async def logged(org: str, request_id: uuid.UUID) -> None:
+    async def logged(org: str, request_id: uuid.UUID, endpoint: str) -> None:
         rows = await state.analytics.query(LOGGED_SQL, {"org": org, "rid": str(request_id)})
         if not int(rows[0]["n"]):
+            state.m_queries.labels(endpoint, "not_found").inc()
             raise HTTPException(404, f"request {request_id} not found")
 
     async def write(org: str, request_id: uuid.UUID, name: str, value: float, *, deleted: bool = False) -> str:
@@ -88,7 +89,7 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
 
     async def put(org: str, request_id: uuid.UUID, name: str, value: float, endpoint: str) -> dict[str, Any]:
         with state.m_query_seconds.labels(endpoint).time():
-            await logged(org, request_id)
+            await logged(org, request_id, endpoint)
             updated_at = await write(org, request_id, name, value)
         state.m_queries.labels(endpoint, "ok").inc()
         return {"request_id": str(request_id), "name": name, "value": value, "updated_at": updated_at}
@@ -109,7 +110,7 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     @router.delete("/score/{name}", status_code=204)
     async def delete_score(request_id: RequestId, name: ScoreNamePath, org: str = Depends(org_id)) -> Response:
         with state.m_query_seconds.labels("score_delete").time():
-            await logged(org, request_id)
+            await logged(org, request_id, "score_delete")
             found = await state.analytics.query(SCORE_SQL, {"org": org, "rid": str(request_id), "name": name})
             if not int(found[0]["n"]):
                 state.m_queries.labels("score_delete", "not_found").inc()
