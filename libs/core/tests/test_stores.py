@@ -97,6 +97,9 @@ async def _old_installation(settings: dict, rows: list[dict]):
     return store
 
 
+CURRENT_TABLES = {"request_log": "org_id, request_id", "request_scores": "org_id, request_id, name"}
+
+
 async def _tables(store) -> dict[str, str]:
     rows = await store.query("SELECT name, sorting_key FROM system.tables WHERE database = {d:String}", {"d": store.database})
     return {r["name"]: r["sorting_key"] for r in rows}
@@ -119,13 +122,13 @@ async def test_init_schema_rebuilds_an_old_request_log_keeping_every_row(analyti
     try:
         assert (await _tables(store))["request_log"] == "org_id, request_created_at, request_id"
         await store.init_schema()
-        assert await _tables(store) == {"request_log": "org_id, request_id"}  # the old table is gone
+        assert await _tables(store) == CURRENT_TABLES  # the old table is gone
         after = await store.query(FINAL_ROWS)
         assert sorted((r["org_id"], r["request_id"], r["model"]) for r in after) == expected
         # new rows go on collapsing by identity; running the migration again changes nothing
         await store.insert("request_log", [_row(_event("org-c", T0, after[-1]["request_id"], model="m-new"))])
         await store.init_schema()
-        assert await _tables(store) == {"request_log": "org_id, request_id"}
+        assert await _tables(store) == CURRENT_TABLES
         assert len(await store.query(FINAL_ROWS)) == len(expected)
     finally:
         await store.close()
@@ -140,7 +143,7 @@ async def test_an_interrupted_rebuild_resumes_and_concurrent_starts_agree(analyt
         await store._command(f"RENAME TABLE {store.database}.request_log TO {store.database}.{analytics.REQUEST_LOG_PREVIOUS}")
         await store._command(analytics.request_log_ddl(store.database))
         await asyncio.gather(store.init_schema(), other.init_schema())
-        assert await _tables(store) == {"request_log": "org_id, request_id"}
+        assert await _tables(store) == CURRENT_TABLES
         after = await store.query(FINAL_ROWS)
         assert sorted((r["org_id"], r["request_id"], r["model"]) for r in after) == expected
     finally:
@@ -154,7 +157,7 @@ async def test_two_processes_migrating_at_once_keep_every_row(analytics_settings
     other = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
     try:
         await asyncio.gather(store.init_schema(), other.init_schema())
-        assert await _tables(store) == {"request_log": "org_id, request_id"}
+        assert await _tables(store) == CURRENT_TABLES
         after = await store.query(FINAL_ROWS)
         assert sorted((r["org_id"], r["request_id"], r["model"]) for r in after) == expected
     finally:
@@ -244,3 +247,36 @@ async def test_init_schema_adds_the_prompt_columns_to_a_table_that_predates_them
         assert await store.query(COLUMNS_SQL, {"d": db}) == await store.query(COLUMNS_SQL, {"d": f"{db}_fresh"})
     finally:
         await store.close()
+
+
+SCORES = ("SELECT org_id, toString(request_id) AS rid, name, value FROM {db}.request_scores FINAL WHERE deleted = 0 "
+          "ORDER BY org_id, rid, name")
+
+
+def _score(org: str, rid: str, name: str, value: float, at: str, deleted: int = 0) -> dict:
+    return {"org_id": org, "request_id": rid, "name": name, "value": value, "deleted": deleted, "updated_at": at}
+
+
+async def test_request_scores_keep_one_score_per_name_the_newest_write(analytics_store):
+    store = analytics_store
+    await store.init_schema()  # a second run changes nothing
+    assert await _tables(store) == CURRENT_TABLES == {"request_log": analytics.REQUEST_LOG_SORTING_KEY,
+                                                      "request_scores": analytics.REQUEST_SCORES_SORTING_KEY}
+    rid, other = events.new_request_id(), events.new_request_id()
+    first = _score("org-a", rid, "accuracy", 0.5, "2026-03-01 12:00:00.000001")
+    await store.insert("request_scores", [first])
+    await store.insert("request_scores", [first])  # a retried write
+    assert await store.query(SCORES) == [{"org_id": "org-a", "rid": rid, "name": "accuracy", "value": 0.5}]
+    # the newest timestamp wins, whatever order the writes arrive in
+    await store.insert("request_scores", [_score("org-a", rid, "accuracy", 0.75, "2026-03-01 12:00:00.000003")])
+    await store.insert("request_scores", [_score("org-a", rid, "accuracy", 0.25, "2026-03-01 12:00:00.000002")])
+    await store.insert("request_scores", [_score("org-b", rid, "accuracy", 1.0, "2026-03-01 12:00:00.000001"),
+                                          _score("org-a", other, "accuracy", 2.0, "2026-03-01 12:00:00.000001"),
+                                          _score("org-a", rid, "feedback", 1.0, "2026-03-01 12:00:00.000001")])
+    assert [(r["org_id"], r["rid"], r["name"], r["value"]) for r in await store.query(SCORES)] == sorted([
+        ("org-a", rid, "accuracy", 0.75), ("org-a", rid, "feedback", 1.0), ("org-a", other, "accuracy", 2.0),
+        ("org-b", rid, "accuracy", 1.0)])
+    # a delete is a newer row marked deleted
+    await store.insert("request_scores", [_score("org-a", rid, "accuracy", 0.0, "2026-03-01 12:00:00.000004", deleted=1)])
+    assert {(r["org_id"], r["rid"], r["name"]) for r in await store.query(SCORES)} == {
+        ("org-a", rid, "feedback"), ("org-a", other, "accuracy"), ("org-b", rid, "accuracy")}

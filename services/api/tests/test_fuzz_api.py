@@ -1,7 +1,7 @@
 """Property-based fuzzing of the api straight through its ASGI entry point (so any bytes can be sent,
 not only what an HTTP client allows), against a real Postgres and each analytics backend: random
-methods, paths and ids, query strings, headers, and filter bodies (awkward text, lone surrogates,
-far-off dates, wrong types, broken JSON) sent in random chunks. The api never answers 500, always
+methods, paths and ids, query strings, headers, and filter and score bodies (awkward text, lone
+surrogates, far-off dates, non-finite and huge numbers, wrong types, broken JSON) sent in random chunks. The api never answers 500, always
 answers in JSON, and never hangs."""
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from helicone_core import db
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from services.api.tests.test_api import wait_for_keys
+from services.api.tests.test_api import add_request, wait_for_keys
 from tests.support.inloop import asgi_request
 
 KEY = "<the test's key>"  # replaced by the real one once it exists
+LOGGED = "<a logged request id>"  # in paths: replaced by the id of a request the key's org logged
 
 # text a caller can send, lone surrogates included (JSON \udXXX escapes carry them)
 text = st.one_of(
@@ -41,9 +42,13 @@ scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max
                    st.floats(allow_nan=True, allow_infinity=True), text)
 json_value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)),
                           max_leaves=12)
+numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-(10**400), max_value=10**400), scalar)
+score_names = st.one_of(st.sampled_from(["accuracy", "feedback", "a.b-c_D9", "x" * 64, "x" * 65, ""]), text)
+bounds = st.fixed_dictionaries({}, optional={op: numbers for op in ("equals", "gt", "gte", "lt", "lte", "bogus")})
 filters = st.fixed_dictionaries({}, optional={
     "start": when, "end": when, "model": text, "provider": text, "user_id": text, "session_id": text, "region": text,
     "status": st.one_of(st.integers(-5, 2000), scalar), "properties": st.one_of(st.dictionaries(text, text, max_size=25), json_value),
+    "scores": st.one_of(st.dictionaries(score_names, st.one_of(bounds, json_value), max_size=22), json_value),
     "bogus": json_value,
 })
 queries = st.fixed_dictionaries({}, optional={
@@ -57,7 +62,10 @@ def encoded(document) -> bytes:
     return json.dumps(document, ensure_ascii=True, allow_nan=True).encode()  # ascii: surrogates travel as \udXXX
 
 
-bodies = st.one_of(queries.map(encoded), json_value.map(encoded), st.binary(max_size=200),
+score_bodies = st.one_of(st.fixed_dictionaries({}, optional={"value": numbers, "rating": scalar, "bogus": json_value}),
+                         st.fixed_dictionaries({"value": st.floats(allow_nan=False, allow_infinity=False)}),
+                         st.fixed_dictionaries({"rating": st.booleans()}))
+bodies = st.one_of(queries.map(encoded), json_value.map(encoded), st.binary(max_size=200), score_bodies.map(encoded),
                    queries.map(encoded).map(lambda b: b[: len(b) // 2]),  # cut short
                    st.just(b"[" * 5000), st.just(b'{"limit": 5}' + b" " * 70_000))  # deeply nested, over the limit
 ids = st.one_of(st.uuids().map(str), text, st.binary(max_size=60).map(lambda b: b.decode("latin-1")), st.just("x" * 5000),
@@ -67,6 +75,9 @@ routes = st.one_of(
     st.tuples(st.just("POST"), st.just("/v1/request/query")),
     st.tuples(st.just("POST"), st.just("/v1/request/query")),
     st.tuples(st.just("GET"), ids.map(lambda i: "/v1/request/" + i)),
+    st.tuples(st.just("POST"), st.one_of(st.just(LOGGED), ids).map(lambda i: f"/v1/request/{i}/feedback")),
+    st.tuples(st.sampled_from(["PUT", "DELETE", "PUT"]),
+              st.builds(lambda i, n: f"/v1/request/{i}/score/{n}", st.one_of(st.just(LOGGED), ids), score_names)),
     st.tuples(st.just("DELETE"), ids.map(lambda i: "/v1/keys/" + i)),
     st.tuples(st.sampled_from(["GET", "POST"]), st.just("/v1/keys")),
     st.tuples(st.sampled_from(["GET", "POST", "DELETE", "PUT", "OPTIONS", "HEAD"]),
@@ -94,8 +105,9 @@ OK = {"route": ("POST", "/v1/request/query"), "query": b"", "auth": b"Bearer <ke
       "headers": [], "body": b'{"filter": {"user_id": "a\\\\b"}}', "chunk": 5}
 
 
-async def call(app, r: dict, key: str) -> tuple[int, bytes]:
+async def call(app, r: dict, key: str, logged: str) -> tuple[int, bytes]:
     method, path = r["route"]
+    path = path.replace(LOGGED, logged)
     headers = [(n, v) for n, v in r["headers"]]
     if r["content_type"] is not None:
         headers.append((b"content-type", r["content_type"]))
@@ -127,10 +139,14 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         org = await db.create_org(state.pool, "acme")
         key = (await db.create_key(state.pool, org, "fuzz")).key
         await wait_for_keys(state, key)
-        return app, key
+        logged = await add_request(state, org, minutes=0)
+        # scored already, so the DELETE example below finds a score whichever example runs first
+        await state.analytics.insert("request_scores", [{"org_id": org, "request_id": logged, "name": "accuracy", "value": 1,
+                                                         "deleted": 0, "updated_at": "2026-01-01 00:00:00.000000"}])
+        return app, key, logged
 
     try:
-        app, key = loop.run_until_complete(start())
+        app, key, logged = loop.run_until_complete(start())
         seen: set[int] = set()
 
         @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -138,15 +154,66 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         @example(r=OK)
         @example(r=dict(OK, body=encoded({"filter": {"user_id": "\ud800", "start": "0001-01-01T00:00:00+01:00"}})))
         @example(r=dict(OK, auth=None))
+        @example(r=dict(OK, route=("PUT", f"/v1/request/{LOGGED}/score/accuracy"), body=b'{"value": 0.5}'))
+        @example(r=dict(OK, route=("DELETE", f"/v1/request/{LOGGED}/score/accuracy"), body=b""))
+        @example(r=dict(OK, route=("POST", f"/v1/request/{LOGGED}/feedback"), body=b'{"rating": true}'))
+        @example(r=dict(OK, body=encoded({"filter": {"scores": {"feedback": {"equals": 1}, "accuracy": {"gte": 1e308}}}})))
         def check(r):
-            status, answer = loop.run_until_complete(asyncio.wait_for(call(app, r, key), 10))
+            status, answer = loop.run_until_complete(asyncio.wait_for(call(app, r, key, logged), 10))
             assert status != 500, answer
-            if r["route"][0] != "HEAD" and not 300 <= status < 400:  # redirects (/v1/keys/ -> /v1/keys) have no body
+            # redirects (/v1/keys/ -> /v1/keys) and 204 (a deleted score) have no body
+            if r["route"][0] != "HEAD" and not 300 <= status < 400 and status != 204:
                 assert isinstance(json.loads(answer), dict), answer[:200]
             seen.add(status)
 
         check()
-        assert {200, 401, 422} <= seen, seen  # the examples above got past auth and validation
+        assert {200, 204, 401, 422} <= seen, seen  # the examples above got past auth and validation
+
+        # Scores on the logged request: any number a caller sends is stored and read back exactly,
+        # or refused with a 422 naming `value`; a name is taken or refused as a whole.
+        headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
+
+        async def send(method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+            raw = path.encode("utf-8", "surrogatepass")
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+                     "path": path, "raw_path": raw, "query_string": b"", "root_path": "", "headers": headers,
+                     "client": ("127.0.0.1", 5000), "server": ("api", 80)}
+            status, _, content = await asgi_request(app, scope, [body])
+            return status, content
+
+        stored = json.loads(loop.run_until_complete(send("GET", f"/v1/request/{logged}"))[1])["scores"]
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(name=score_names, value=numbers, delete=st.booleans())
+        @example(name="accuracy", value=5e-324, delete=False)  # the smallest subnormal
+        @example(name="accuracy", value=-0.0, delete=False)
+        @example(name="accuracy", value=1.7976931348623157e308, delete=False)
+        @example(name="accuracy", value=10**400, delete=False)
+        @example(name="0/", value=1, delete=False)  # a trailing slash: redirected, never stored
+        def check_scores(name, value, delete):
+            path = f"/v1/request/{logged}/score/{name}"
+            if "/" in name:  # another path: no route, or a redirect for a trailing slash
+                status, answer = loop.run_until_complete(send("DELETE" if delete else "PUT", path, encoded({"value": value})))
+                assert status in (307, 404, 405), answer
+            elif delete:
+                had = name in stored
+                status, answer = loop.run_until_complete(send("DELETE", path))
+                assert status in ((204,) if had else (404, 422)), answer
+                stored.pop(name, None)
+            else:
+                status, answer = loop.run_until_complete(send("PUT", path, encoded({"value": value})))
+                assert status in (200, 404, 422), answer
+                if status == 200:
+                    stored[name] = json.loads(answer)["value"]
+                    assert stored[name] == value and not isinstance(value, bool), (value, answer)
+                elif status == 422:
+                    details = json.loads(answer)["error"]["details"]
+                    assert details and {d["field"] for d in details} <= {"name", "value"}, details
+            status, answer = loop.run_until_complete(send("GET", f"/v1/request/{logged}"))
+            got = json.loads(answer)["scores"]
+            assert got == stored and all(str(got[n]) == str(stored[n]) for n in got), (got, stored)  # 5e-324 stays 5e-324
+
+        check_scores()
     finally:
         loop.run_until_complete(stack.aclose())
         loop.close()

@@ -138,3 +138,59 @@ async def test_analytics_per_prompt_version(api):
     assert {d["version"]: d["requests"] for d in r.json()["data"]} == {1: 1, 2: 1}
     r = await client.post("/v1/prompts/support/analytics", json={"filter": {"nope": 1}})
     assert r.status_code == 422
+
+
+async def test_analytics_per_prompt_version_include_scores_and_feedback(api):
+    client, state, org, other_key, _ = api
+    rows = {name: logged(org, version, minutes=i) for i, (name, version) in enumerate(
+        [("r1", 1), ("r2", 1), ("r3", 1), ("r4", 1), ("r5", 2), ("r6", 2), ("r7", 3)])}
+    rows["elsewhere"] = logged(org, 1, minutes=9, prompt_id="other")
+    await state.analytics.insert("request_log", list(rows.values()))
+    theirs = logged(state.keys.lookup(other_key), 1, minutes=10)
+    await state.analytics.insert("request_log", [theirs])
+    rid = {name: row["request_id"] for name, row in rows.items()}
+
+    async def score(name: str, score_name: str, value: float, key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        r = await client.put(f"/v1/request/{rid.get(name, name)}/score/{score_name}", json={"value": value}, headers=headers)
+        assert r.status_code == 200, r.text
+
+    async def thumbs(name: str, up: bool) -> None:
+        assert (await client.post(f"/v1/request/{rid[name]}/feedback", json={"rating": up})).status_code == 200
+
+    await score("r1", "accuracy", 0.5)
+    await score("r2", "accuracy", 0.25)
+    await thumbs("r1", True)
+    await thumbs("r2", True)
+    await thumbs("r2", False)  # replaced: r2 counts as thumbs down only
+    await thumbs("r3", True)
+    await score("r5", "accuracy", 0.0)
+    await score("r5", "accuracy", 1.0)
+    await score("r6", "accuracy", 0.75)
+    assert (await client.delete(f"/v1/request/{rid['r6']}/score/accuracy")).status_code == 204
+    await score("r6", "tone", 3)
+    await score("elsewhere", "accuracy", 0.0)  # another prompt's request
+    await score(theirs["request_id"], "accuracy", 0.0, other_key)  # another org's request of a prompt with this id
+    r = await client.post(f"/v1/request/{theirs['request_id']}/feedback", json={"rating": False},
+                          headers={"Authorization": f"Bearer {other_key}"})
+    assert r.status_code == 200
+
+    r = await client.post("/v1/prompts/support/analytics", json={})
+    assert r.status_code == 200, r.text
+    got = {d["version"]: (d["requests"], d["scores"], d["feedback"]) for d in r.json()["data"]}
+    assert got == {
+        1: (4, {"accuracy": {"avg": 0.375, "count": 2}}, {"up": 2, "down": 1, "count": 3, "ratio": 2 / 3}),
+        2: (2, {"accuracy": {"avg": 1.0, "count": 1}, "tone": {"avg": 3.0, "count": 1}},
+            {"up": 0, "down": 0, "count": 0, "ratio": None}),
+        3: (1, {}, {"up": 0, "down": 0, "count": 0, "ratio": None}),
+    }
+    # the request filter applies to the scores too, score filters included
+    r = await client.post("/v1/prompts/support/analytics", json={"filter": {"scores": {"feedback": {"equals": 1}}}})
+    got = {d["version"]: (d["requests"], d["scores"], d["feedback"]) for d in r.json()["data"]}
+    assert got == {1: (2, {"accuracy": {"avg": 0.5, "count": 1}}, {"up": 2, "down": 0, "count": 2, "ratio": 1.0})}
+    end = (T0 + dt.timedelta(minutes=1)).isoformat()  # r1 only
+    r = await client.post("/v1/prompts/support/analytics", json={"filter": {"end": end}})
+    [v1] = r.json()["data"]
+    assert (v1["version"], v1["scores"], v1["feedback"]["ratio"]) == (1, {"accuracy": {"avg": 0.5, "count": 1}}, 1.0)
+    r = await client.post("/v1/prompts/support/analytics", json={"filter": {"scores": {"accuracy": {"gte": "x"}}}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "filter.scores.accuracy.gte"

@@ -1,4 +1,4 @@
-"""Analytics store: the `request_log` table on chDB (embedded) or a ClickHouse server.
+"""Analytics store: the `request_log` and `request_scores` tables on chDB (embedded) or a ClickHouse server.
 
 Both backends run the same SQL text, with ClickHouse server-side parameters ({name:Type}),
 and insert the same JSONEachRow payload.
@@ -154,6 +154,37 @@ async def migrate_request_log(store) -> None:
         await _copy_previous_request_log(store)
 
 
+# Feedback and named scores on a logged request. A score's identity is (org_id, request_id, name),
+# the whole sorting key; `updated_at` (the api's clock, microseconds) is the version: FINAL keeps
+# the newest write of each name, so writing the same score twice leaves one, and a later write
+# replaces an earlier one. A delete is a newer row with deleted = 1, so readers filter on
+# `deleted = 0` after FINAL. Thumbs up/down is the score named `feedback` (1 up, 0 down).
+REQUEST_SCORES_SORTING_KEY = "org_id, request_id, name"
+REQUEST_SCORES_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.request_scores
+(
+    org_id String,
+    request_id UUID,
+    name String,
+    value Float64,
+    deleted UInt8,
+    updated_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY ({sorting_key})
+"""
+
+
+def request_scores_ddl(database: str) -> str:
+    return REQUEST_SCORES_DDL.format(db=database, sorting_key=REQUEST_SCORES_SORTING_KEY)
+
+
+async def migrate_schema(store) -> None:
+    """Every analytics table, created or brought up to date; safe to run again and at once."""
+    await migrate_request_log(store)
+    await store._command(request_scores_ddl(store.database))
+
+
 async def _copy_previous_request_log(store, attempts: int = 3) -> None:
     db, previous = store.database, REQUEST_LOG_PREVIOUS
     current = set(await _columns(store, "request_log"))
@@ -264,7 +295,7 @@ class ChdbStore:
 
     async def init_schema(self) -> None:
         await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        await migrate_request_log(self)
+        await migrate_schema(self)
 
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -325,7 +356,7 @@ class ClickHouseServerStore:
 
     async def init_schema(self) -> None:
         await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        await migrate_request_log(self)
+        await migrate_schema(self)
 
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:

@@ -2,9 +2,10 @@
 chart's pre-install/pre-upgrade hook Job) and `helicone-stack up` run the same `apply_migrations`.
 
 It applies the Postgres migrations (db.migrate) and the analytics schema of the store the settings
-select (init_schema: the database, then analytics.migrate_request_log), with the settings read from
-the HELICONE_* environment. A database that does not answer yet (the hook may run before Postgres
-or ClickHouse is up) is tried again with backoff for up to HELICONE_MIGRATE_TIMEOUT seconds.
+select (init_schema: the database, then analytics.migrate_schema: request_log and request_scores),
+with the settings read from the HELICONE_* environment. A database that does not answer yet (the
+hook may run before Postgres or ClickHouse is up) is tried again with backoff for up to
+HELICONE_MIGRATE_TIMEOUT seconds.
 Exit status 0 once both are migrated; otherwise 1 (2 for invalid settings) and one line on stderr
 that names what failed, never a DSN or a password. Both migrations are safe to run again.
 """

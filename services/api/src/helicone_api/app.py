@@ -21,6 +21,7 @@ from .keys import keys_router
 from .models import RequestId, RequestQuery
 from .prompts import PromptsClient, prompts_router
 from .queries import body_to_json, detail_sql, list_sql, row_to_json
+from .scores import scores_of, scores_router
 from .settings import ApiSettings
 
 log = logging.getLogger("helicone.api")
@@ -120,10 +121,11 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
             state.m_queries.labels("detail", "not_found").inc()
             raise HTTPException(404, f"request {request_id} not found")
         row = rows[0]
-        req_body, resp_body = await asyncio.gather(
-            state.bodies.get(row["request_body_key"]), state.bodies.get(row["response_body_key"])
+        req_body, resp_body, scores = await asyncio.gather(
+            state.bodies.get(row["request_body_key"]), state.bodies.get(row["response_body_key"]),
+            scores_of(state.analytics, org, [row["request_id"]]),
         )
-        out = row_to_json(row)
+        out = row_to_json(row, scores.get(row["request_id"]))
         out["request_body"] = body_to_json(req_body, row["request_content_type"])
         out["response_body"] = body_to_json(resp_body, row["response_content_type"])
         state.m_queries.labels("detail", "ok").inc()
@@ -134,9 +136,11 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         with state.m_query_seconds.labels("query").time():
             sql, params = list_sql(org, q)
             rows = await state.analytics.query(sql, params)
+            scores = await scores_of(state.analytics, org, [r["request_id"] for r in rows])
         state.m_queries.labels("query", "ok").inc()
-        return {"data": [row_to_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
+        return {"data": [row_to_json(r, scores.get(r["request_id"])) for r in rows], "limit": q.limit, "offset": q.offset}
 
+    app.include_router(scores_router(state, org_id))
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
     return app

@@ -10,7 +10,16 @@ import datetime as dt
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 # As long as the longest header value the gateway stores (a property value: 4096 characters).
 MAX_FILTER_CHARS = 4096
@@ -70,6 +79,50 @@ def _ch_range(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+# Score names: what a caller may call a score (path segment, filter key, JSON key).
+SCORE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+SCORE_NAME_FORM = "1-64 characters of A-Z a-z 0-9 _ . -"
+ScoreName = Annotated[str, StringConstraints(pattern=SCORE_NAME_PATTERN)]
+# Thumbs up/down is the score of this name, 1 (up) or 0 (down): filtered, returned and deleted like any score.
+FEEDBACK_SCORE = "feedback"
+# A finite number (NaN and infinities cannot be compared or averaged); true/false and "1" are not numbers here.
+# -0.0 becomes 0.0 (+ 0.0 does that), as ClickHouse's JSON output would drop the sign anyway.
+ScoreValue = Annotated[float, Field(allow_inf_nan=False, strict=True), AfterValidator(lambda v: v + 0.0)]
+
+# A score filter's bounds and their SQL comparisons.
+SCORE_OPERATORS = {"equals": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+class ScoreCondition(BaseModel):
+    """Requests whose score of this name meets every bound given (a request without it never matches)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    equals: ScoreValue | None = None
+    gt: ScoreValue | None = None
+    gte: ScoreValue | None = None
+    lt: ScoreValue | None = None
+    lte: ScoreValue | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> ScoreCondition:
+        if all(getattr(self, op) is None for op in SCORE_OPERATORS):
+            raise ValueError(f"give at least one of {', '.join(SCORE_OPERATORS)}")
+        return self
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rating: bool = Field(..., strict=True, description="true: thumbs up, false: thumbs down")
+
+
+class Score(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: ScoreValue = Field(..., description="a finite number")
+
+
 class RequestFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,6 +136,8 @@ class RequestFilter(BaseModel):
     status: int | None = Field(None, ge=0, le=999)
     cache_hit: bool | None = Field(None, description="true: only answers from the gateway's response cache; false: only the others")
     properties: dict[FilterText, FilterText] = Field(default_factory=dict, description="every key must equal its value")
+    scores: dict[ScoreName, ScoreCondition] = Field(
+        default_factory=dict, description='score name -> bounds, e.g. {"feedback": {"equals": 1}, "accuracy": {"gte": 0.8}}')
 
     @field_validator("start", "end")
     @classmethod
@@ -95,6 +150,13 @@ class RequestFilter(BaseModel):
         if len(v) > 20:
             raise ValueError("at most 20 property filters")
         return {k.lower(): val for k, val in v.items()}
+
+    @field_validator("scores")
+    @classmethod
+    def _few_scores(cls, v: dict[str, ScoreCondition]) -> dict[str, ScoreCondition]:
+        if len(v) > 20:
+            raise ValueError("at most 20 score filters")
+        return v
 
     @model_validator(mode="after")
     def _range(self) -> RequestFilter:

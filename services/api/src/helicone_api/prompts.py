@@ -20,7 +20,7 @@ from helicone_core.db import bearer_token
 from pydantic import BaseModel, ConfigDict, Field
 
 from .models import RequestFilter
-from .queries import prompt_analytics_json, prompt_analytics_sql
+from .queries import no_feedback, prompt_analytics_json, prompt_analytics_sql, prompt_scores_json, prompt_scores_sql
 
 PromptId = Annotated[str, Path(pattern=templates.PROMPT_ID.pattern, description=f"the prompt's id: {templates.PROMPT_ID_FORM}")]
 Environment = Annotated[str, Path(pattern=templates.ENVIRONMENT.pattern, description=templates.ENVIRONMENT_FORM)]
@@ -173,12 +173,19 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
 
     @router.post("/{prompt_id}/analytics")
     async def analytics(prompt_id: PromptId, q: PromptAnalyticsQuery, org: str = Depends(org_id)) -> dict:
-        """Per version: requests, cost, latency and error rate of the requests rendered from it,
-        filtered like POST /v1/request/query."""
+        """Per version: requests, cost, latency and error rate of the requests rendered from it, the mean
+        and count of each score and the feedback's thumbs-up share, filtered like POST /v1/request/query."""
         with state.m_query_seconds.labels("prompt_analytics").time():
             sql, params = prompt_analytics_sql(org, prompt_id, q.filter)
             rows = await state.analytics.query(sql, params)
+            sql, params = prompt_scores_sql(org, prompt_id, q.filter)
+            scored = prompt_scores_json(await state.analytics.query(sql, params))
         state.m_queries.labels("prompt_analytics", "ok").inc()
-        return {"prompt_id": prompt_id, "data": [prompt_analytics_json(r) for r in rows]}
+        data = []
+        for row in rows:
+            version = prompt_analytics_json(row)
+            version.update(scored.get(version["version"]) or {"scores": {}, "feedback": no_feedback()})
+            data.append(version)
+        return {"prompt_id": prompt_id, "data": data}
 
     return router

@@ -1,11 +1,11 @@
-"""SQL over the request_log table. Same text on chDB and ClickHouse (server-side parameters)."""
+"""SQL over the request_log and request_scores tables. Same text on chDB and ClickHouse (server-side parameters)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from .models import RequestFilter, RequestQuery, utc
+from .models import FEEDBACK_SCORE, SCORE_OPERATORS, RequestFilter, RequestQuery, utc
 
 COLUMNS = """
     request_id, request_created_at, response_created_at, latency_ms,
@@ -64,6 +64,18 @@ def where_sql(org_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]
         where.append(f"properties[{{pk{i}:String}}] = {{pv{i}:String}}")
         params[f"pk{i}"] = key
         params[f"pv{i}"] = value
+    for i, (name, bounds) in enumerate(sorted(f.scores.items())):
+        tests = []
+        for op, sign in SCORE_OPERATORS.items():
+            if getattr(bounds, op) is not None:
+                tests.append(f"value {sign} {{s{i}_{op}:Float64}}")
+                params[f"s{i}_{op}"] = getattr(bounds, op)
+        # after FINAL (the newest write of each score), so a replaced or deleted value never matches
+        where.append(
+            "request_id IN (SELECT request_id FROM {db}.request_scores FINAL WHERE org_id = {org:String} "
+            f"AND name = {{sn{i}:String}} AND deleted = 0 AND {' AND '.join(tests)})"
+        )
+        params[f"sn{i}"] = name
     return where, params
 
 
@@ -82,7 +94,8 @@ def _iso(ch_time: str) -> str:
     return ch_time.replace(" ", "T") + "Z" if ch_time and "T" not in ch_time else ch_time
 
 
-def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
+def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None) -> dict[str, Any]:
+    """A request_log row in the api's shape, with its scores (score name -> value; empty: none)."""
     return {
         "request_id": row["request_id"],
         "created_at": _iso(row["request_created_at"]),
@@ -124,6 +137,7 @@ def row_to_json(row: dict[str, Any]) -> dict[str, Any]:
         # answered from the gateway's response cache: cost_usd is 0, cache_saved_usd what the provider would have charged
         "cache_hit": bool(row["cache_hit"]),
         "cache_saved_usd": float(row["cache_saved_usd"]) if row["cache_hit"] and row["cost_known"] else None,
+        "scores": scores or {},
     }
 
 
@@ -165,3 +179,37 @@ def prompt_analytics_json(row: dict[str, Any]) -> dict[str, Any]:
         "errors": int(row["errors"]),
         "error_rate": int(row["errors"]) / requests if requests else 0.0,
     }
+
+
+def prompt_scores_sql(org_id: str, prompt_id: str, f: RequestFilter) -> tuple[str, dict[str, Any]]:
+    """Per version of one prompt and score name: how many of its requests have that score, and their sum and mean."""
+    where, params = where_sql(org_id, f)
+    where.append("prompt_id = {prompt_id:String}")
+    params["prompt_id"] = prompt_id
+    sql = (
+        "SELECT r.prompt_version AS prompt_version, s.name AS name, count() AS n, sum(s.value) AS total, avg(s.value) AS mean "
+        f"FROM (SELECT request_id, prompt_version FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)}) AS r "
+        "INNER JOIN (SELECT request_id, name, value FROM {db}.request_scores FINAL "
+        "WHERE org_id = {org:String} AND deleted = 0) AS s ON r.request_id = s.request_id "
+        "GROUP BY prompt_version, name ORDER BY prompt_version, name " + SETTINGS
+    )
+    return sql, params
+
+
+def prompt_scores_json(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """version -> {"scores": {name: {"avg", "count"}}, "feedback": {"up", "down", "count", "ratio"}}; the
+    feedback score shows only as its thumbs-up share."""
+    out: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        version = out.setdefault(int(row["prompt_version"]), {"scores": {}, "feedback": no_feedback()})
+        n = int(row["n"])
+        if row["name"] == FEEDBACK_SCORE:
+            up = round(float(row["total"]))  # a sum of ones
+            version["feedback"] = {"up": up, "down": n - up, "count": n, "ratio": up / n}
+        else:
+            version["scores"][row["name"]] = {"avg": float(row["mean"]), "count": n}
+    return out
+
+
+def no_feedback() -> dict[str, Any]:
+    return {"up": 0, "down": 0, "count": 0, "ratio": None}
