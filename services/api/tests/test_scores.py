@@ -163,3 +163,14 @@ async def test_the_feedback_score_can_be_put_as_zero_or_one(api, value):
     rid = await add_request(state, org, minutes=0)
     assert (await put(client, rid, "feedback", value)).status_code == 200
     assert await scores(client, rid) == {"feedback": value}
+
+
+async def test_an_integer_a_score_cannot_hold_exactly_is_refused_not_rounded():
+    from helicone_api.models import Score
+    from pydantic import ValidationError
+
+    assert Score.model_validate({"value": 2**53}).value == 2**53
+    for too_big in (2**53 + 1, 10**400):
+        with pytest.raises(ValidationError) as err:
+            Score.model_validate({"value": too_big})
+        assert "cannot be stored exactly" in str(err.value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -85,9 +85,23 @@ SCORE_NAME_FORM = "1-64 characters of A-Z a-z 0-9 _ . -"
 ScoreName = Annotated[str, StringConstraints(pattern=SCORE_NAME_PATTERN)]
 # Thumbs up/down is the score of this name, 1 (up) or 0 (down): filtered, returned and deleted like any score.
 FEEDBACK_SCORE = "feedback"
+def _exact_integer(value: Any) -> Any:
+    """Scores are 64-bit floats: an integer they cannot hold exactly (beyond 2**53) is refused, not rounded."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            exact = float(value) == value
+        except OverflowError:
+            exact = False
+        if not exact:
+            raise ValueError("an integer this large cannot be stored exactly (scores are 64-bit floats: "
+                             "whole numbers up to 2**53 = 9007199254740992)")
+    return value
+
+
 # A finite number (NaN and infinities cannot be compared or averaged); true/false and "1" are not numbers here.
 # -0.0 becomes 0.0 (+ 0.0 does that), as ClickHouse's JSON output would drop the sign anyway.
-ScoreValue = Annotated[float, Field(allow_inf_nan=False, strict=True), AfterValidator(lambda v: v + 0.0)]
+ScoreValue = Annotated[float, BeforeValidator(lambda v: _exact_integer(v)), Field(allow_inf_nan=False, strict=True),
+                       AfterValidator(lambda v: v + 0.0)]
 
 # A score filter's bounds and their SQL comparisons.
 SCORE_OPERATORS = {"equals": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
