@@ -58,7 +58,7 @@ def test_readiness_reports_required_and_optional_checks(stack):
         stack.gateway: {"http_client": True, "key_store": True, "kafka": False, "postgres": False},
         stack.api: {"postgres": True, "analytics": True, "bodies": True, "key_store": True},
         stack.ingest_ops: {"kafka": True, "consumer_assigned": True, "analytics": True, "bodies": True, "postgres": False},
-        stack.prompts_ops: {"grpc": True, "postgres": True},
+        stack.prompts_ops: {"grpc": True, "postgres": True, "key_store": True},
     }
     for base, required in expected.items():
         r = httpx.get(f"{base}/readyz", timeout=10)
