@@ -7,24 +7,18 @@ if [ -n "${PY:-}" ] && [ "$PY" != ".venv/bin/python" ]; then
   exit 0  # `make PY=/path/to/python ...`: that interpreter's environment is used as it is
 fi
 PY=${PYTHON:-python3}
-# promtool (Debian's prometheus package) checks and unit-tests the chart's alert rules.
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian tools the tests drive: `apt_tool <command> <package> <what needs it>` installs the package when the command is missing.
+apt_tool() {
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$2" >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$2" >/dev/null; }
   else
-    echo "setup: promtool not found; install Debian's 'prometheus' package (the chart's alert tests need it)" >&2
+    echo "setup: $1 not found; install Debian's '$2' package ($3 need it)" >&2
   fi
-fi
-# redis-server (Debian's redis-server package): the gateway cache tests run against a real Redis.
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }
-  else
-    echo "setup: redis-server not found; install Debian's 'redis-server' package (the gateway cache tests need it)" >&2
-  fi
-fi
+}
+apt_tool promtool prometheus "the chart's alert tests"
+apt_tool redis-server redis-server "the gateway cache tests"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
