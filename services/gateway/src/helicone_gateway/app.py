@@ -65,7 +65,7 @@ from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, route
 from .publisher import EventPublisher
 from .settings import GatewaySettings, env_name
-from .usage import decode_body, parse_response, request_model
+from .usage import decode_body, parse_response, request_model, with_stream_usage
 
 log = logging.getLogger("helicone.gateway")
 
@@ -321,6 +321,9 @@ class Gateway:
             # only requests naming a prompt pay for it: a header, or the body form's field name
             if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
                 body, prompt = await self._render_prompt(hh, org_id, rt, body)
+            # only requests naming the header pay for the JSON round trip; Anthropic streams always carry usage
+            if hh.stream_usage and rt.provider == "openai" and method == "POST":
+                body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
         except ClientGone:
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
@@ -592,7 +595,7 @@ class Gateway:
                 session_id=hh.session_id,
                 session_path=hh.session_path,
                 session_name=hh.session_name,
-                properties=hh.properties,
+                properties=hh.logged_properties(),
                 usage=events.Usage(
                     prompt_tokens=parsed.tokens.prompt_tokens,
                     completion_tokens=parsed.tokens.completion_tokens,
@@ -605,13 +608,14 @@ class Gateway:
                 cost_usd=0.0 if cache_hit else cost or 0.0,
                 cost_known=cost is not None,
                 streamed=req_stream or "text/event-stream" in resp_ctype,
+                # Helicone-Omit-Request/-Response: that body is not stored (usage and cost are still read from it)
                 inline=events.InlineBodies(
-                    request_body=body[:limit],
-                    response_body=decoded[:limit],
+                    request_body=b"" if hh.omit_request else body[:limit],
+                    response_body=b"" if hh.omit_response else decoded[:limit],
                     request_content_type=req_ctype,
                     response_content_type=resp_ctype,
-                    request_truncated=len(body) > limit,
-                    response_truncated=resp_truncated or len(decoded) > limit,
+                    request_truncated=not hh.omit_request and len(body) > limit,
+                    response_truncated=not hh.omit_response and (resp_truncated or len(decoded) > limit),
                 ),
                 error=error,
                 source="gateway",

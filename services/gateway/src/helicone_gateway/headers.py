@@ -30,6 +30,15 @@ SERVER_SET = frozenset({"date", "server"})
 PROPERTY_PREFIX = "helicone-property-"
 CACHE_PREFIX = "helicone-cache-"
 MAX_PROPERTIES = 64
+# Helicone-Request-Name is stored as this property (Helicone's name for it), next to the Helicone-Property-* ones.
+REQUEST_NAME_PROPERTY = "Helicone-Request-Name"
+MAX_REQUEST_NAME = 256
+# true/false switches, by lower-case header name -> HeliconeHeaders field
+SWITCHES = {
+    "helicone-omit-request": "omit_request",
+    "helicone-omit-response": "omit_response",
+    "helicone-stream-usage": "stream_usage",
+}
 # Response header naming the region whose gateway answered (HELICONE_REGION), when one is set.
 REGION_HEADER = "Helicone-Region"
 
@@ -52,6 +61,16 @@ class HeliconeHeaders:
     # such a request never touches the cache, see cache.py)
     cache: dict[str, str] | None = None
     prompt: PromptRequest | None = None  # Helicone-Prompt-Id and its companions
+    request_name: str = ""  # Helicone-Request-Name, logged as the REQUEST_NAME_PROPERTY property
+    omit_request: bool = False  # Helicone-Omit-Request: the request body is not logged
+    omit_response: bool = False  # Helicone-Omit-Response: the response body is not logged
+    stream_usage: bool = False  # Helicone-Stream-Usage: ask OpenAI-format streams for usage (usage.with_stream_usage)
+
+    def logged_properties(self) -> dict[str, str]:
+        """The properties the log event carries: Helicone-Property-* plus the request name."""
+        if not self.request_name:
+            return self.properties
+        return {**self.properties, REQUEST_NAME_PROPERTY: self.request_name}
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -106,6 +125,10 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             out.session_path = _bounded(name, value, 1024)
         elif name == "helicone-session-name":
             out.session_name = _bounded(name, value, 512)
+        elif name == "helicone-request-name":
+            out.request_name = _bounded(REQUEST_NAME_PROPERTY, value, MAX_REQUEST_NAME)
+        elif name in SWITCHES:
+            setattr(out, SWITCHES[name], _switch(name, value))
         elif name.startswith(PROPERTY_PREFIX):
             key = name[len(PROPERTY_PREFIX):]
             if not key:
@@ -176,6 +199,16 @@ def _target_url(value: str) -> str:
         raise HeaderError(f"Helicone-Target-URL host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
                           "write it as four decimal numbers a.b.c.d")
     return value.rstrip("/")
+
+
+def _switch(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    display = "-".join(part.capitalize() for part in name.split("-"))
+    raise HeaderError(f"{display} must be 'true' or 'false', got {value[:40]!r}")
 
 
 def _bounded(name: str, value: str, limit: int) -> str:

@@ -142,3 +142,23 @@ def request_model(body: bytes) -> tuple[str, bool]:
         return "", False
     model = doc.get("model") if isinstance(doc.get("model"), str) else ""
     return model, doc.get("stream") is True
+
+
+def with_stream_usage(body: bytes) -> bytes:
+    """Helicone-Stream-Usage: an OpenAI-format streaming request (`"stream": true`) that does not
+    already ask for usage gets `stream_options.include_usage = true`, so the stream's last chunk
+    carries the usage the log needs. Anything else (not JSON, not a stream, usage already asked
+    for, a stream_options that is not an object) is returned as it came, byte for byte."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(doc, dict) or doc.get("stream") is not True:
+        return body
+    options = doc.get("stream_options")
+    if options is None:
+        options = doc["stream_options"] = {}
+    elif not isinstance(options, dict) or options.get("include_usage") is True:
+        return body
+    options["include_usage"] = True
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,212 @@
+"""Helicone-Omit-Request/-Response, Helicone-Stream-Usage and Helicone-Request-Name: parsed (unit) and
+through the gateway app against the fake provider."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helicone_gateway import app as gateway_app
+from helicone_gateway.headers import MAX_PROPERTIES, REQUEST_NAME_PROPERTY, HeaderError, parse_helicone_headers
+from helicone_gateway.usage import with_stream_usage
+
+from services.gateway.tests.test_proxy import CHAT, gateway, started_gateway, target_sockets  # noqa: F401 (fixtures)
+
+AUTH = {"Helicone-Auth": "Bearer good-key"}
+# spaced as a person would write it: a re-serialised body would be shorter
+STREAM_BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}], "stream": true}'
+
+
+# ---- grammar ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("TRUE", True), (" False ", False)])
+def test_switches_accept_true_and_false(value, expected):
+    hh = parse_helicone_headers([("helicone-omit-request", value), ("helicone-omit-response", value),
+                                 ("helicone-stream-usage", value)])
+    assert (hh.omit_request, hh.omit_response, hh.stream_usage) == (expected, expected, expected)
+
+
+def test_switches_default_to_off():
+    hh = parse_helicone_headers([("helicone-auth", "Bearer k")])
+    assert (hh.omit_request, hh.omit_response, hh.stream_usage, hh.request_name) == (False, False, False, "")
+
+
+@pytest.mark.parametrize("name, display", [("helicone-omit-request", "Helicone-Omit-Request"),
+                                           ("helicone-omit-response", "Helicone-Omit-Response"),
+                                           ("helicone-stream-usage", "Helicone-Stream-Usage")])
+@pytest.mark.parametrize("value", ["yes", "1", "", "truee"])
+def test_other_switch_values_name_the_header_and_the_accepted_form(name, display, value):
+    with pytest.raises(HeaderError, match=f"{display} must be 'true' or 'false'"):
+        parse_helicone_headers([(name, value)])
+
+
+def test_request_name_is_a_bounded_property_beside_the_custom_ones():
+    props = [(f"helicone-property-p{i}", "v") for i in range(MAX_PROPERTIES)]
+    hh = parse_helicone_headers([("helicone-request-name", "n" * 256), *props])
+    assert hh.request_name == "n" * 256
+    logged = hh.logged_properties()
+    assert logged[REQUEST_NAME_PROPERTY] == "n" * 256 and len(logged) == MAX_PROPERTIES + 1
+    assert REQUEST_NAME_PROPERTY not in hh.properties  # the parsed Helicone-Property-* set is left as sent
+    with pytest.raises(HeaderError, match="Helicone-Request-Name is longer than 256 characters"):
+        parse_helicone_headers([("helicone-request-name", "n" * 257)])
+
+
+def test_without_a_request_name_the_properties_are_logged_as_they_are():
+    hh = parse_helicone_headers([("helicone-property-team", "search")])
+    assert hh.logged_properties() is hh.properties  # no copy per request
+
+
+# ---- with_stream_usage -----------------------------------------------------------------------
+
+def test_stream_usage_is_added_to_a_stream_that_does_not_ask_for_it():
+    out = json.loads(with_stream_usage(STREAM_BODY))
+    assert out["stream_options"] == {"include_usage": True}
+    assert out["messages"] == CHAT["messages"] and out["stream"] is True
+    kept = json.loads(with_stream_usage(b'{"stream": true, "stream_options": {"include_usage": false, "x": 1}}'))
+    assert kept["stream_options"] == {"include_usage": True, "x": 1}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "gpt-4o-mini", "stream": false}',
+    b'{"model": "gpt-4o-mini"}',
+    b'{"stream": "true"}',
+    b'{"stream": true, "stream_options": {"include_usage": true}}',
+    b'{"stream": true, "stream_options": "weird"}',
+    b"[1, 2]",
+    b"not json",
+    b"\xff\xfe",
+    b"",
+])
+def test_anything_else_is_returned_byte_for_byte(body):
+    assert with_stream_usage(body) is body
+
+
+# ---- through the gateway ---------------------------------------------------------------------
+
+async def test_omit_request_drops_only_the_request_body_from_the_log(gateway):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Omit-Request": "true"})
+    assert r.status_code == 200
+    assert fake.state.received[-1]["body"] == CHAT  # the provider gets the body all the same
+    [ev] = built
+    assert ev.inline.request_body == b"" and not ev.inline.request_truncated
+    assert json.loads(ev.inline.response_body) == r.json()
+    assert ev.status == 200 and ev.model == "gpt-4o-mini"
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens, ev.usage.known) == (3, 6, True)
+    assert ev.cost_known and ev.cost_usd == pytest.approx((3 * 0.15 + 6 * 0.60) / 1e6)
+
+
+async def test_omit_response_drops_only_the_response_body_and_usage_is_still_read(gateway):
+    client, _, built = gateway
+    body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+    r = await client.post("/v1/chat/completions", json=body, headers={**AUTH, "Helicone-Omit-Response": "true"})
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")  # the caller gets every byte
+    [ev] = built
+    assert ev.inline.response_body == b"" and not ev.inline.response_truncated
+    assert json.loads(ev.inline.request_body) == body
+    assert ev.streamed and ev.usage.known and ev.usage.completion_tokens == 6 and ev.cost_known
+
+
+async def test_omit_both_and_false_values(gateway):
+    client, _, built = gateway
+    await client.post("/v1/chat/completions", json=CHAT,
+                      headers={**AUTH, "Helicone-Omit-Request": "true", "Helicone-Omit-Response": "true"})
+    await client.post("/v1/chat/completions", json=CHAT,
+                      headers={**AUTH, "Helicone-Omit-Request": "false", "Helicone-Omit-Response": "false"})
+    omitted, kept = built
+    assert (omitted.inline.request_body, omitted.inline.response_body) == (b"", b"")
+    assert omitted.usage.known and omitted.status == 200
+    assert json.loads(kept.inline.request_body) == CHAT and json.loads(kept.inline.response_body)["usage"]
+
+
+async def test_omitted_bodies_stay_out_of_the_log_of_a_failed_request(gateway):
+    client, _, built = gateway
+    body = dict(CHAT, model="fail-500")
+    r = await client.post("/v1/chat/completions", json=body,
+                          headers={**AUTH, "Helicone-Omit-Request": "true", "Helicone-Omit-Response": "true"})
+    assert r.status_code == 500
+    [ev] = built
+    assert ev.status == 500 and (ev.inline.request_body, ev.inline.response_body) == (b"", b"")
+
+
+@pytest.mark.parametrize("header", ["Helicone-Omit-Request", "Helicone-Omit-Response", "Helicone-Stream-Usage"])
+async def test_bad_switch_values_are_a_400_before_anything_is_sent_or_logged(gateway, header):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, header: "yes"})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["type"] == "helicone_header_error" and error["message"] == f"{header} must be 'true' or 'false', got 'yes'"
+    assert fake.state.received == [] and built == []
+
+
+async def test_stream_usage_asks_the_provider_for_usage_and_it_is_logged(gateway):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", content=STREAM_BODY,
+                          headers={**AUTH, "Helicone-Stream-Usage": "true", "Content-Type": "application/json"})
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    received = fake.state.received[-1]
+    assert received["body"]["stream_options"] == {"include_usage": True}
+    assert int(received["headers"]["content-length"]) == len(with_stream_usage(STREAM_BODY)) != len(STREAM_BODY)
+    [ev] = built
+    assert ev.streamed and ev.usage.known and (ev.usage.prompt_tokens, ev.usage.completion_tokens) == (3, 6)
+    assert ev.cost_known and ev.cost_usd > 0
+    assert json.loads(ev.inline.request_body)["stream_options"] == {"include_usage": True}  # what was sent
+
+
+async def test_without_stream_usage_a_stream_has_no_usage_and_is_forwarded_as_sent(gateway):
+    client, fake, built = gateway
+    for headers in ({}, {"Helicone-Stream-Usage": "false"}):
+        r = await client.post("/v1/chat/completions", content=STREAM_BODY,
+                              headers={**AUTH, **headers, "Content-Type": "application/json"})
+        assert r.status_code == 200
+        received = fake.state.received[-1]
+        assert "stream_options" not in received["body"]
+        assert int(received["headers"]["content-length"]) == len(STREAM_BODY)
+    assert [ev.usage.known for ev in built] == [False, False]
+
+
+async def test_stream_usage_leaves_non_streaming_and_non_json_bodies_untouched(gateway):
+    client, fake, built = gateway
+    plain = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}'
+    r = await client.post("/v1/chat/completions", content=plain,
+                          headers={**AUTH, "Helicone-Stream-Usage": "true", "Content-Type": "application/json"})
+    assert r.status_code == 200 and built[-1].usage.known
+    assert int(fake.state.received[-1]["headers"]["content-length"]) == len(plain)
+    assert built[-1].inline.request_body == plain
+    r = await client.post("/v1/audio/transcriptions", content=b"\x00binary\xff",
+                          headers={**AUTH, "Helicone-Stream-Usage": "true", "Content-Type": "application/octet-stream"})
+    assert built[-1].inline.request_body == b"\x00binary\xff"
+
+
+async def test_stream_usage_is_not_applied_to_anthropic_requests(gateway, monkeypatch):
+    client, fake, _ = gateway
+    calls = []
+    monkeypatch.setattr(gateway_app, "with_stream_usage", lambda body: calls.append(body) or body)
+    body = {"model": "claude-3-5-haiku-latest", "max_tokens": 10, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    r = await client.post("/v1/messages", json=body, headers={**AUTH, "Helicone-Stream-Usage": "true"})
+    assert r.status_code == 200 and calls == []
+    assert "stream_options" not in fake.state.received[-1]["body"]
+
+
+async def test_without_the_headers_no_body_is_parsed_or_rewritten(gateway, monkeypatch):
+    client, fake, built = gateway
+    calls = []
+    monkeypatch.setattr(gateway_app, "with_stream_usage", lambda body: calls.append(body) or body)
+    r = await client.post("/v1/chat/completions", content=STREAM_BODY, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 200 and calls == []
+    r = await client.post("/v1/chat/completions", content=STREAM_BODY,
+                          headers={**AUTH, "Helicone-Stream-Usage": "true", "Content-Type": "application/json"})
+    assert r.status_code == 200 and calls == [STREAM_BODY]  # the hook is the one the gateway calls
+    assert built[0].inline.request_body == STREAM_BODY and REQUEST_NAME_PROPERTY not in built[0].properties
+
+
+async def test_request_name_is_logged_as_a_property(gateway):
+    client, _, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT,
+                          headers={**AUTH, "Helicone-Request-Name": "Weekly digest", "Helicone-Property-Team": "search"})
+    assert r.status_code == 200
+    assert dict(built[0].properties) == {"team": "search", "Helicone-Request-Name": "Weekly digest"}
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Request-Name": "x" * 257})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Helicone-Request-Name is longer than 256 characters"
+    assert len(built) == 1
