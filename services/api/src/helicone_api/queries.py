@@ -142,8 +142,9 @@ def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None) -> 
 
 
 def body_to_json(data: bytes | None, content_type: str) -> Any:
-    """JSON bodies come back as JSON; anything else (SSE streams included) as text."""
-    if data is None:
+    """JSON bodies come back as JSON; anything else (SSE streams included) as text. No body (none
+    sent, or not stored because of Helicone-Omit-Request/-Response) is null."""
+    if not data:
         return None
     text = data.decode("utf-8", errors="replace")
     if "json" in (content_type or "") or text[:1] in "{[":
