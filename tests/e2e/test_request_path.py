@@ -79,6 +79,26 @@ def test_openai_streaming(stack):
     assert '"content": " upstream"' in logged["response_body"]
 
 
+def test_stream_usage_omitted_bodies_and_request_name(stack):
+    # the SDK asks for no usage; Helicone-Stream-Usage gets it logged all the same
+    client = oai(stack, **{"Helicone-Stream-Usage": "true", "Helicone-Omit-Request": "true",
+                           "Helicone-Omit-Response": "true", "Helicone-Request-Name": "digest"})
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "stream this please"}], stream=True,
+    ) as resp:
+        rid = resp.headers["helicone-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text == "Hello from the fake upstream model"
+    logged = stack.wait_for_request(rid)
+    assert logged["status"] == 200 and logged["streamed"] and logged["usage"]["completion_tokens"] == 6
+    assert logged["cost_usd"] == pytest.approx(cost(GPT4O_MINI, 3, 6))
+    assert logged["request_body"] is None and logged["response_body"] is None
+    assert logged["properties"] == {"Helicone-Request-Name": "digest"}
+    r = httpx.post(f"{stack.gateway}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                   headers={"Helicone-Auth": f"Bearer {stack.key}", "Helicone-Omit-Request": "yes"})
+    assert r.status_code == 400 and "Helicone-Omit-Request must be 'true' or 'false'" in r.json()["error"]["message"]
+
+
 def test_stream_chunks_are_forwarded_as_they_arrive(stack):
     """The provider pauses 0.3 s between chunks: each chunk must reach the client before the next
     one is produced, not all at the end."""

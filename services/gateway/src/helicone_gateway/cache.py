@@ -25,7 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-from .headers import HeaderError
+from .headers import HeaderError, switch
 
 log = logging.getLogger("helicone.gateway.cache")
 
@@ -71,13 +71,6 @@ class CacheDirective:
     ignore_keys: frozenset[str]
 
 
-def _flag(name: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v not in ("true", "false"):
-        raise HeaderError(f"{name} must be 'true' or 'false', got {value[:40]!r}")
-    return v == "true"
-
-
 def _ttl(cache_control: str) -> int:
     """TTL from Cache-Control's s-maxage (preferred, the shared-cache directive) or max-age."""
     found: dict[str, str] = {}
@@ -99,9 +92,9 @@ def _ttl(cache_control: str) -> int:
 def cache_directive(raw: dict[str, str], cache_control: str) -> CacheDirective:
     """raw: the Helicone-Cache-* request headers present (lower-case names); raises HeaderError
     naming the header and the accepted form. Every header is checked, even when the cache is off."""
-    enabled = _flag(CACHE_ENABLED, raw[CACHE_ENABLED.lower()]) if CACHE_ENABLED.lower() in raw else False
-    save = _flag(CACHE_SAVE, raw[CACHE_SAVE.lower()]) if CACHE_SAVE.lower() in raw else False
-    read = _flag(CACHE_READ, raw[CACHE_READ.lower()]) if CACHE_READ.lower() in raw else False
+    enabled = switch(CACHE_ENABLED, raw[CACHE_ENABLED.lower()]) if CACHE_ENABLED.lower() in raw else False
+    save = switch(CACHE_SAVE, raw[CACHE_SAVE.lower()]) if CACHE_SAVE.lower() in raw else False
+    read = switch(CACHE_READ, raw[CACHE_READ.lower()]) if CACHE_READ.lower() in raw else False
     bucket = 1
     if (value := raw.get(CACHE_BUCKET_MAX_SIZE.lower())) is not None:
         v = value.strip()

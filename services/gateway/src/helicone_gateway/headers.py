@@ -33,11 +33,14 @@ MAX_PROPERTIES = 64
 # Helicone-Request-Name is stored as this property (Helicone's name for it), next to the Helicone-Property-* ones.
 REQUEST_NAME_PROPERTY = "Helicone-Request-Name"
 MAX_REQUEST_NAME = 256
-# true/false switches, by lower-case header name -> HeliconeHeaders field
+OMIT_REQUEST = "Helicone-Omit-Request"
+OMIT_RESPONSE = "Helicone-Omit-Response"
+STREAM_USAGE = "Helicone-Stream-Usage"
+# true/false switches: lower-case name -> (the header's name, the HeliconeHeaders field it sets)
 SWITCHES = {
-    "helicone-omit-request": "omit_request",
-    "helicone-omit-response": "omit_response",
-    "helicone-stream-usage": "stream_usage",
+    OMIT_REQUEST.lower(): (OMIT_REQUEST, "omit_request"),
+    OMIT_RESPONSE.lower(): (OMIT_RESPONSE, "omit_response"),
+    STREAM_USAGE.lower(): (STREAM_USAGE, "stream_usage"),
 }
 # Response header naming the region whose gateway answered (HELICONE_REGION), when one is set.
 REGION_HEADER = "Helicone-Region"
@@ -128,7 +131,8 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
         elif name == "helicone-request-name":
             out.request_name = _bounded(REQUEST_NAME_PROPERTY, value, MAX_REQUEST_NAME)
         elif name in SWITCHES:
-            setattr(out, SWITCHES[name], _switch(name, value))
+            header, attr = SWITCHES[name]
+            setattr(out, attr, switch(header, value))
         elif name.startswith(PROPERTY_PREFIX):
             key = name[len(PROPERTY_PREFIX):]
             if not key:
@@ -201,14 +205,12 @@ def _target_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _switch(name: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered == "true":
-        return True
-    if lowered == "false":
-        return False
-    display = "-".join(part.capitalize() for part in name.split("-"))
-    raise HeaderError(f"{display} must be 'true' or 'false', got {value[:40]!r}")
+def switch(name: str, value: str) -> bool:
+    """A true/false header (any case); name is the header as the error message spells it."""
+    v = value.strip().lower()
+    if v not in ("true", "false"):
+        raise HeaderError(f"{name} must be 'true' or 'false', got {value[:40]!r}")
+    return v == "true"
 
 
 def _bounded(name: str, value: str, limit: int) -> str:
