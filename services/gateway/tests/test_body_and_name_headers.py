@@ -10,7 +10,9 @@ from helicone_gateway import app as gateway_app
 from helicone_gateway.headers import MAX_PROPERTIES, REQUEST_NAME_PROPERTY, HeaderError, parse_helicone_headers
 from helicone_gateway.usage import with_stream_usage
 
-from services.gateway.tests.test_proxy import CHAT, gateway, started_gateway, target_sockets  # noqa: F401 (fixtures)
+from services.gateway.tests.test_proxy import CHAT, started_gateway
+from tests.support.fake_upstream import create_app as create_fake_upstream
+from tests.support.inloop import serve
 
 AUTH = {"Helicone-Auth": "Bearer good-key"}
 # spaced as a person would write it: a re-serialised body would be shorter
@@ -82,6 +84,16 @@ def test_anything_else_is_returned_byte_for_byte(body):
 
 
 # ---- through the gateway ---------------------------------------------------------------------
+
+@pytest.fixture
+async def gateway(tmp_path):
+    """(in-process gateway client, fake provider app, events the gateway built)"""
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, openai_url=upstream_url, anthropic_url=upstream_url
+    ) as (client, built):
+        yield client, fake, built
+
 
 async def test_omit_request_drops_only_the_request_body_from_the_log(gateway):
     client, fake, built = gateway
