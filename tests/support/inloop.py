@@ -28,9 +28,9 @@ async def serve(app, lifespan: str = "off", **options):
         await task
 
 
-async def asgi_request(app, scope: dict, parts: list[bytes]) -> tuple[int, dict, bytes]:
+async def asgi_exchange(app, scope: dict, parts: list[bytes]) -> list[dict]:
     """One request straight through an ASGI app (no server: any bytes can go in): the body in
-    `parts`, then a disconnect once the response is complete. Returns status, headers, body."""
+    `parts`, then a disconnect once the response is complete. Returns the messages the app sent."""
     parts = list(parts)
     done = asyncio.Event()
 
@@ -51,4 +51,10 @@ async def asgi_request(app, scope: dict, parts: list[bytes]) -> tuple[int, dict,
         await app(scope, receive, send)
     finally:
         done.set()
+    return sent
+
+
+async def asgi_request(app, scope: dict, parts: list[bytes]) -> tuple[int, dict, bytes]:
+    """asgi_exchange's answer as status, headers, body."""
+    sent = await asgi_exchange(app, scope, parts)
     return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])

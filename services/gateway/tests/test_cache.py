@@ -28,7 +28,7 @@ from helicone_gateway.settings import GatewaySettings
 
 from services.gateway.tests.test_proxy import CHAT, StubKeys
 from tests.support.fake_upstream import create_app as create_fake_upstream
-from tests.support.inloop import serve
+from tests.support.inloop import asgi_exchange, serve
 from tests.support.net import free_port
 
 OTHER_ORG = "99999999-2222-3333-4444-555555555555"
@@ -193,23 +193,7 @@ async def asgi_call(gw, body: bytes, headers: dict[str, str]) -> tuple[dict, lis
     """One request straight into Gateway.handle: (response headers, the body messages as sent)."""
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
              "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-    done = asyncio.Event()
-    parts = [body]
-
-    async def receive():
-        if parts:
-            return {"type": "http.request", "body": parts.pop(), "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            done.set()
-
-    await gw.handle(scope, receive, send)
+    sent = await asgi_exchange(gw.handle, scope, [body])
     await gw.cache.flush()
     return dict(sent[0]["headers"]), [m["body"] for m in sent[1:] if m["body"]]
 
