@@ -129,6 +129,20 @@ def _create_key(dsn: str) -> dict:
     return asyncio.run(create())
 
 
+def _start_until_ready(cmd: list[str], cwd: Path, env: dict, log: Path, slot: list, what: str) -> float:
+    """Starts `helicone-stack up` (its output appended to `log`, the process put in `slot`) and waits
+    for the READY line it prints; returns the seconds that took."""
+    started = time.monotonic()
+    offset = log.stat().st_size if log.exists() else 0
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    slot.append(proc)
+    while b"\nREADY" not in log.read_bytes()[offset:]:
+        if proc.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT:
+            raise RuntimeError(f"{what} did not start:\n" + log.read_text()[-5000:])
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
 @contextlib.contextmanager
 def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None,
                   postgres_dsn: str | None = None, embedded_broker: bool = False, region: str = "",
@@ -198,15 +212,7 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
                            "--prompts-port", str(ports["prompts"]), "--prompts-grpc-port", str(ports["grpc"])]
 
             def start_prompts() -> float:
-                started = time.monotonic()
-                offset = prompts_log.stat().st_size if prompts_log.exists() else 0
-                proc = subprocess.Popen(prompts_cmd, cwd=tmp, env=env, stdout=open(prompts_log, "ab"), stderr=subprocess.STDOUT)
-                prompts_slot.append(proc)
-                while b"\nREADY" not in prompts_log.read_bytes()[offset:]:
-                    if proc.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT:
-                        raise RuntimeError("prompts did not start:\n" + prompts_log.read_text()[-5000:])
-                    time.sleep(0.1)
-                return time.monotonic() - started
+                return _start_until_ready(prompts_cmd, tmp, env, prompts_log, prompts_slot, "prompts")
 
             def stop_prompts() -> None:
                 while prompts_slot:
@@ -218,15 +224,7 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
         def launch() -> float:
             if runner_slot:
                 _stop(runner_slot.pop())
-            started = time.monotonic()
-            offset = log_path.stat().st_size if log_path.exists() else 0
-            runner = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
-            runner_slot.append(runner)
-            while b"\nREADY" not in log_path.read_bytes()[offset:]:
-                if runner.poll() is not None or time.monotonic() - started > STARTUP_TIMEOUT:
-                    raise RuntimeError("stack did not start:\n" + log_path.read_text()[-5000:])
-                time.sleep(0.1)
-            return time.monotonic() - started
+            return _start_until_ready(cmd, tmp, env, log_path, runner_slot, "stack")
 
         startup = launch()
         boot = json.loads((data_dir / "bootstrap-key.json").read_text())
