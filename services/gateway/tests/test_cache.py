@@ -9,11 +9,9 @@ import json
 import socket
 import time
 
-import httpx
 import pytest
 from helicone_gateway import app as gateway_app
 from helicone_gateway import cache as cache_mod
-from helicone_gateway.app import create_app
 from helicone_gateway.cache import (
     DEFAULT_TTL,
     MAX_TTL,
@@ -24,10 +22,10 @@ from helicone_gateway.cache import (
     cache_key,
 )
 from helicone_gateway.headers import HeaderError
-from helicone_gateway.settings import GatewaySettings
 
 from services.gateway.tests.test_proxy import CHAT, StubKeys
 from tests.support.fake_upstream import create_app as create_fake_upstream
+from tests.support.gateway import in_process_gateway
 from tests.support.inloop import asgi_exchange, serve
 from tests.support.net import free_port
 
@@ -44,20 +42,10 @@ class TwoOrgKeys(StubKeys):
 @contextlib.asynccontextmanager
 async def cache_gateway(tmp_path, upstream_url: str, **settings):
     """(client, gateway, built events) for an in-process gateway in front of the fake provider."""
-    settings.setdefault("kafka_bootstrap", "127.0.0.1:1")
     settings.setdefault("cache_store_timeout", 2.0)  # generous: the machine is shared; the down tests set their own
-    app = create_app(GatewaySettings(data_dir=tmp_path, openai_url=upstream_url, anthropic_url=upstream_url,
-                                     _env_file=None, **settings))
-    gw = app.state.gateway
-    gw.keys = TwoOrgKeys()
-    await gw.start()
-    built = []
-    gw.publisher.submit = lambda builder: built.append(builder())
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            yield client, gw, built
-    finally:
-        await gw.stop()
+    async with in_process_gateway(tmp_path, TwoOrgKeys(), openai_url=upstream_url, anthropic_url=upstream_url,
+                                  **settings) as started:
+        yield started
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from helicone_gateway.app import create_app
 from helicone_gateway.settings import GatewaySettings
 
 from tests.support.fake_upstream import create_app as create_fake_upstream
+from tests.support.gateway import in_process_gateway
 from tests.support.inloop import serve
 from tests.support.net import free_port
 
@@ -44,18 +45,8 @@ class StubKeys:
 async def started_gateway(tmp_path, **settings):
     """(in-process client, published events) for a gateway with a stub key store and a publisher
     that records built events instead of sending them."""
-    settings.setdefault("kafka_bootstrap", "127.0.0.1:1")
-    app = create_app(GatewaySettings(data_dir=tmp_path, _env_file=None, **settings))
-    gw = app.state.gateway
-    gw.keys = StubKeys()
-    await gw.start()
-    built = []
-    gw.publisher.submit = lambda builder: built.append(builder())
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-            yield client, built
-    finally:
-        await gw.stop()
+    async with in_process_gateway(tmp_path, StubKeys(), **settings) as (client, _gw, built):
+        yield client, built
 
 
 @pytest.fixture(autouse=True)
