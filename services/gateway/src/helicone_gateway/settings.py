@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helicone_core.settings import ServiceSettings
+from helicone_core.settings import env_name as settings_env_name
 from pydantic import Field, SecretStr, field_validator
 
 from .egress import parse_allowlist_entry
@@ -69,7 +70,8 @@ class GatewaySettings(ServiceSettings):
 
 
 def env_name(field: str) -> str:
-    """The environment variable that sets a GatewaySettings field (for error messages)."""
+    """The environment variable that sets a GatewaySettings field (for error messages); a KeyError
+    for a name that is no gateway setting."""
     if field not in GatewaySettings.model_fields:
         raise KeyError(field)
-    return (GatewaySettings.model_config["env_prefix"] + field).upper()
+    return settings_env_name(field)
