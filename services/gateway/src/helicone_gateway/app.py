@@ -314,7 +314,8 @@ class Gateway:
         prompt: PromptUse | None = None
         try:
             rt = route(self.settings, path, header_map, hh.target_url)
-            url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
+            path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
+            url = rt.base_url + path_and_query
             if rt.target:
                 target = self._target(url)  # refused before the body is read
             body = await self._read_body(receive, header_map.get("content-length"))
@@ -337,7 +338,7 @@ class Gateway:
             # keyed on the body as rendered: renders of one prompt version with the same inputs share an
             # entry, and a newly promoted version renders differently, so it never gets the old answer
             key = await cache_key(org_id, f"{rt.provider} {rt.base_url}", method,
-                                  rt.path + ("?" + query.decode("latin-1") if query else ""),
+                                  path_and_query,
                                   narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(), body, directive)
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
