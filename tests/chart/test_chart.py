@@ -393,3 +393,32 @@ def test_notes_print_the_port_forward_and_base_url_lines(chart):
     assert 'base_url="http://localhost:8787/v1"' in notes
     assert "kubectl -n helicone port-forward svc/hc-helicone-api 8585:8585" in notes
     assert "python -m helicone_core.key_admin create" in notes
+
+
+def test_the_readmes_deploy_commands_name_what_the_chart_renders(chart):
+    """README "Deploy on Kubernetes": its `helm install --set ...` values pass the schema and render, and each
+    `kubectl` line names a workload or Service of that render and is what NOTES.txt prints."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    install = next(line for line in block.splitlines() if line.startswith("helm install "))
+    words = install.split()
+    release, namespace = words[2], words[words.index("-n") + 1]
+    values: dict = {}
+    for setting in (words[i + 1] for i, w in enumerate(words) if w == "--set"):
+        path, value = setting.split("=", 1)
+        layer = value
+        for key in reversed(path.split(".")):
+            layer = {key: layer}
+        values = merge(values, layer)
+    rendered = render(values, chart=chart, name=release, namespace=namespace)
+    objs = objects(rendered)
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    notes = rendered["helicone/templates/NOTES.txt"]
+    kubectl = [line.split("#")[0].strip() for line in block.splitlines() if line.startswith("kubectl ")]
+    assert len(kubectl) == 3
+    for line in kubectl:
+        target = next(w for w in line.split() if w.startswith(("svc/", "deploy/")))
+        kind = {"svc": "Service", "deploy": "Deployment"}[target.split("/")[0]]
+        assert (kind, target.split("/", 1)[1]) in names, line
+        assert line.replace("--org-name acme", "--org-name <your org>") in notes, line
