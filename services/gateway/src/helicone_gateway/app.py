@@ -64,6 +64,14 @@ from .journal import Journal
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, route
 from .publisher import EventPublisher
+from .ratelimit import (
+    CENTS,
+    MemoryRateLimitStore,
+    RateLimiter,
+    RateLimitRequest,
+    RedisRateLimitStore,
+    rate_limit_request,
+)
 from .settings import GatewaySettings, env_name
 from .usage import decode_body, parse_response, request_model, with_stream_usage
 
@@ -183,10 +191,13 @@ class Gateway:
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,
         )
-        store = (RedisCacheStore(settings.redis_url.get_secret_value(), settings.cache_store_timeout)
-                 if settings.redis_url and settings.redis_url.get_secret_value()
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
+        store = (RedisCacheStore(redis_url, settings.cache_store_timeout) if redis_url
                  else MemoryCacheStore(settings.cache_memory_max_bytes))
         self.cache = ResponseCache(store, settings.cache_store_timeout, settings.cache_max_entry_bytes, metrics)
+        # the same store and timeout as the cache: one Redis for every replica, or each gateway's memory
+        self.ratelimits = RateLimiter(RedisRateLimitStore(redis_url, settings.cache_store_timeout) if redis_url
+                                      else MemoryRateLimitStore(), settings.cache_store_timeout, metrics)
         self.prompts = PromptResolver(settings, metrics)
         self.m_requests = metrics.counter(
             "helicone_gateway_requests_total", "Proxied requests", ("provider", "status_class")
@@ -239,6 +250,7 @@ class Gateway:
         await self.keys.stop()
         await self.publisher.stop()
         await self.cache.close()
+        await self.ratelimits.close()
         for session in (self.session, self.target_session):
             if session:
                 await session.close()
@@ -295,6 +307,9 @@ class Gateway:
                 directive = cache_directive(hh.cache, next((v for n, v in raw_headers if n == "cache-control"), ""))
                 if not (directive.read or directive.save):
                     directive = None
+            rate_limit: RateLimitRequest | None = None
+            if hh.rate_limit_policy:  # only requests naming a policy pay for it
+                rate_limit = rate_limit_request(hh.rate_limit_policy, hh)
         except HeaderError as exc:
             return await send_error(send, 400, str(exc), "helicone_header_error", request_id, self.answer_headers)
         request_id = hh.request_id or request_id
@@ -312,6 +327,7 @@ class Gateway:
         query = scope.get("query_string") or b""
         target: TargetDest | None = None
         prompt: PromptUse | None = None
+        limit_headers: tuple[tuple[bytes, bytes], ...] = ()
         try:
             rt = route(self.settings, path, header_map, hh.target_url)
             path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
@@ -319,6 +335,13 @@ class Gateway:
             if rt.target:
                 target = self._target(url)  # refused before the body is read
             body = await self._read_body(receive, header_map.get("content-length"))
+            if rate_limit is not None:  # before the prompt is fetched or the cache read: a refused request costs nothing more
+                decision = await self.ratelimits.check(org_id, rate_limit)
+                limit_headers = decision.headers
+                if not decision.allowed:
+                    raise Rejection(429, f"Rate limit reached for {rate_limit.policy.text!r} (Helicone-RateLimit-Policy); "
+                                    f"retry in {decision.retry_after} s", "helicone_rate_limited",
+                                    (*limit_headers, (b"retry-after", str(decision.retry_after).encode())))
             # only requests naming a prompt pay for it: a header, or the body form's field name
             if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
                 body, prompt = await self._render_prompt(hh, org_id, rt, body)
@@ -343,7 +366,7 @@ class Gateway:
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
                 return await self._serve_cached(send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
-                                                started, started_at, prompt)
+                                                started, started_at, prompt, limit_headers)
 
         # after the request body, receive() only ever reports the caller going away
         disconnected = asyncio.ensure_future(receive())
@@ -388,6 +411,7 @@ class Gateway:
                 resp_headers.append((BUCKET_IDX_HEADER, str(lookup.slot).encode()))
         resp_headers.append((b"helicone-id", request_id.encode()))
         resp_headers.extend(self.answer_headers)
+        resp_headers.extend(limit_headers)
         capture = Capture(self.settings.max_logged_body_bytes)
         # a caller that leaves mid-stream closes the provider's response at once, even while the
         # provider is silent (the read below would otherwise wait for its next byte)
@@ -437,17 +461,18 @@ class Gateway:
             else:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt)
+                      status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt,
+                      rate_limit=rate_limit)
 
     async def _serve_cached(self, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
                             method: str, body: bytes, req_ctype: str, started: float, started_at: dt.datetime,
-                            prompt: PromptUse | None) -> None:
+                            prompt: PromptUse | None, limit_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream)."""
         entry = lookup.hit
         assert entry is not None
         headers = replay_headers(entry)
         headers += [(STATUS_HEADER, HIT), (BUCKET_IDX_HEADER, str(lookup.slot).encode()),
-                    (b"helicone-id", request_id.encode()), *self.answer_headers]
+                    (b"helicone-id", request_id.encode()), *self.answer_headers, *limit_headers]
         first_chunk_at = -1.0
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})
         for chunk in entry.chunks:
@@ -568,8 +593,9 @@ class Gateway:
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
-             prompt: PromptUse | None = None, cache_hit: bool = False) -> None:
-        """Hands the log event to the publisher; the event itself is built on its worker."""
+             prompt: PromptUse | None = None, cache_hit: bool = False, rate_limit: RateLimitRequest | None = None) -> None:
+        """Hands the log event to the publisher; the event itself is built on its worker. With a
+        u=cents rate limit, the cost it computes is charged to the bucket there (off the request path)."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = dt.datetime.now(dt.timezone.utc)
         limit = self.settings.max_logged_body_bytes
@@ -580,6 +606,8 @@ class Gateway:
             parsed = parse_response(rt.provider, decoded, resp_ctype)
             model = parsed.model or req_model
             cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
+            if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
+                self.ratelimits.charge(org_id, rate_limit, cost * 100)
             ev = events.RequestLogged(
                 schema_version=events.SCHEMA_VERSION,
                 request_id=request_id,

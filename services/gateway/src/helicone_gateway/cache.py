@@ -269,17 +269,22 @@ class MemoryCacheStore:
         self.size = 0
 
 
+def redis_client(url: str, timeout: float):
+    """A redis-py asyncio client for a store the gateway may skip (the cache, rate limits)."""
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # no client-side retries: a failing store is skipped, the request is never held up by it
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+
+
 class RedisCacheStore:
     """A Redis (or Valkey) server shared by every gateway replica: MGET for a bucket, SET EX to save."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        import redis.asyncio as redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # no client-side retries: a failing store is skipped, the request is never held up by it
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                           retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+        self.client = redis_client(url, timeout)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         return await self.client.mget(keys)

@@ -68,6 +68,7 @@ class HeliconeHeaders:
     omit_request: bool = False  # Helicone-Omit-Request: the request body is not logged
     omit_response: bool = False  # Helicone-Omit-Response: the response body is not logged
     stream_usage: bool = False  # Helicone-Stream-Usage: ask OpenAI-format streams for usage (usage.with_stream_usage)
+    rate_limit_policy: str = ""  # Helicone-RateLimit-Policy as sent; "" (the common case): never near the store (ratelimit.py)
 
     def logged_properties(self) -> dict[str, str]:
         """The properties the log event carries: Helicone-Property-* plus the request name."""
@@ -130,6 +131,8 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             out.session_name = _bounded(name, value, 512)
         elif name == "helicone-request-name":
             out.request_name = _bounded(REQUEST_NAME_PROPERTY, value, MAX_REQUEST_NAME)
+        elif name == "helicone-ratelimit-policy":
+            out.rate_limit_policy = value
         elif name in SWITCHES:
             header, attr = SWITCHES[name]
             setattr(out, attr, switch(header, value))
