@@ -38,7 +38,7 @@ proto-check: setup  ## fail if the generated code is stale
 lint: setup
 	.venv/bin/ruff check .
 
-bench: setup      ## gateway overhead against a direct call to the fake provider
+bench: setup      ## gateway overhead against a direct call to the fake provider, plus cache-hit and rate-limit rows (memory and Redis)
 	$(PY) bench/gateway_overhead.py
 
 chaos: setup      ## fault scenarios at scale (sent/answered/logged/lost/duplicated/p99) and a 1M-event broker soak

@@ -5,6 +5,11 @@ load twice in the same run: straight at the fake provider (baseline) and through
 also authenticates, captures bodies and publishes every event to Kafka). Prints requests/s and
 latency for both and their ratios, then how long ingest took to write every gateway event.
 
+Then the features' rows, each next to plain proxying measured again just before it: a response-cache
+hit (Helicone-Cache-Enabled, answered without the provider) and a Helicone-RateLimit-Policy check
+(a quota never reached), first on the gateways' in-memory stores, then with the stack restarted on a
+local Redis (HELICONE_REDIS_URL; skipped without `redis-server`).
+
     .venv/bin/python bench/gateway_overhead.py [--requests 2000] [--concurrency 16]
 
 Client, gateway, broker, ingest and provider share this machine's cores, so absolute numbers are
@@ -25,6 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.stack import running_stack  # noqa: E402
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "benchmark prompt with a few words"}]}
@@ -124,6 +130,86 @@ async def main() -> None:
         rewinds = metric(stack.ingest_ops, "helicone_ingest_offset_rewinds_total")
         print(f"gateway: {published:.0f} events published directly, {resent:.0f} resent from the journal; "
               f"ingest offset rewinds: {rewinds:.0f}")
+        await feature_rows(stack, Path(tmp), gw_headers, args)
+
+
+def uses_redis(stack) -> bool:
+    return "redis" in httpx.get(f"{stack.gateway}/readyz").text  # the optional check only a Redis store adds
+
+
+# A quota the bench never reaches: every request pays the check, none is refused.
+RATE_LIMIT = {"Helicone-RateLimit-Policy": "1000000000;w=3600"}
+CACHE = {"Helicone-Cache-Enabled": "true", "Helicone-Cache-Seed": "bench"}
+
+
+async def feature_rows(stack, tmp: Path, gw_headers: dict, args) -> None:
+    """Cache-hit latency and rate-limit check overhead against plain proxying, per store."""
+    url = f"{stack.gateway}/v1/chat/completions"
+    cases = {"plain": gw_headers, "cache-hit": {**gw_headers, **CACHE}, "ratelimit": {**gw_headers, **RATE_LIMIT}}
+    rows: dict[tuple[str, str], tuple[float, list[float]]] = {}
+    redis = None
+    try:
+        for store in ("memory", "redis"):
+            if store == "redis":
+                try:
+                    redis = RedisServer(tmp)
+                except RuntimeError as exc:
+                    print(f"redis rows skipped: {exc}")
+                    break
+                stack.restart_runner({"HELICONE_REDIS_URL": redis.url})
+                if not uses_redis(stack):
+                    raise RuntimeError("the restarted gateway does not use HELICONE_REDIS_URL")
+            for headers in cases.values():  # warm up; the cache case also saves the entry it then hits
+                await load(url, headers, BODY, 50, args.concurrency)
+            # interleaved rounds: drift in the machine's load (shared cores) hits every case alike
+            rounds, elapsed = 5, dict.fromkeys(cases, 0.0)
+            lat: dict[str, list[float]] = {name: [] for name in cases}
+            for _ in range(rounds):
+                for name, headers in cases.items():
+                    n = max(1, args.requests // rounds)
+                    rps, round_lat = await load(url, headers, BODY, n, args.concurrency)
+                    elapsed[name] += n / rps
+                    lat[name] += round_lat
+            for name in cases:
+                rows[(store, name)] = (len(lat[name]) / elapsed[name], lat[name])
+        checks = await check_cost(redis.url if redis is not None else None, args.requests)
+    finally:
+        if redis is not None:  # the stack stops right after: no need to start it again without Redis
+            redis.stop()
+    print(f"features ({args.requests} JSON requests per case, concurrency {args.concurrency}; "
+          "ratio = case / plain gateway of the same store)")
+    print(f"{'case':20s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 ratio':>10s} {'p50 added ms':>13s}")
+    for (store, name), (rps, lat) in rows.items():
+        base = rows[(store, "plain")][1]
+        print(f"{store + '/' + name:20s} {rps:8.0f} {pct(lat, 50):8.2f} {pct(lat, 99):8.2f} "
+              f"{pct(lat, 50) / pct(base, 50):10.2f} {pct(lat, 50) - pct(base, 50):13.2f}")
+    print("rate-limit check alone, in this process, one caller (what a request with the header adds): " +
+          ", ".join(f"{store} p50 {pct(lat, 50) * 1000:.0f} us, p99 {pct(lat, 99) * 1000:.0f} us" for store, lat in checks.items()))
+
+
+async def check_cost(redis_url: str | None, calls: int) -> dict[str, list[float]]:
+    """Seconds per RateLimiter.check (the gateway's call) on each store, timed without HTTP around it."""
+    from helicone_core.metrics import ServiceMetrics
+    from helicone_gateway.headers import HeliconeHeaders
+    from helicone_gateway.ratelimit import MemoryRateLimitStore, RateLimiter, RedisRateLimitStore, rate_limit_request
+
+    req = rate_limit_request(RATE_LIMIT["Helicone-RateLimit-Policy"], HeliconeHeaders())
+    stores = {"memory": MemoryRateLimitStore()}
+    if redis_url:
+        stores["redis"] = RedisRateLimitStore(redis_url, 1.0)
+    out = {}
+    for name, store in stores.items():
+        limiter = RateLimiter(store, 1.0, ServiceMetrics("bench"))
+        for _ in range(50):
+            await limiter.check("bench-org", req)
+        lat = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            await limiter.check("bench-org", req)
+            lat.append(time.perf_counter() - t0)
+        out[name] = lat
+        await limiter.close()
+    return out
 
 
 if __name__ == "__main__":

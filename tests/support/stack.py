@@ -56,9 +56,10 @@ class Stack:
         """Starts the prompts service again (prompts_apart=True); returns seconds to READY."""
         return self._prompts[0]()
 
-    def restart_runner(self) -> float:
-        """Stops `helicone-stack up` and starts it again on the same data dir; returns seconds to READY."""
-        return self._launch()
+    def restart_runner(self, env: dict[str, str] | None = None) -> float:
+        """Stops `helicone-stack up` and starts it again on the same data dir (with `env`: these
+        variables set from now on); returns seconds to READY."""
+        return self._launch(env)
 
     def kill_runner(self) -> None:
         """SIGKILL `helicone-stack up`: no graceful stop, nothing flushed."""
@@ -221,7 +222,8 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             start_prompts()
             prompts_control = (start_prompts, stop_prompts)
 
-        def launch() -> float:
+        def launch(more_env: dict[str, str] | None = None) -> float:
+            env.update(more_env or {})
             if runner_slot:
                 _stop(runner_slot.pop())
             return _start_until_ready(cmd, tmp, env, log_path, runner_slot, "stack")
