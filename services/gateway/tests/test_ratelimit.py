@@ -131,6 +131,10 @@ async def test_cents_go_negative_and_refuse_until_refilled(store):
     allowed, left = await store.take(key, 1, 60, 3, CHARGE)  # the answer cost more than was left
     assert allowed and left == pytest.approx(-2, abs=0.01)
     assert (await store.take(key, 1, 60, 0, CHECK))[0] is False
+    # overspent a million times over on a year's window: still recorded (the Redis key's expiry is capped)
+    year = f"test:{run_id()}"
+    assert (await store.take(year, 0.0001, 31536000, 100, CHARGE))[0]
+    assert (await store.take(year, 0.0001, 31536000, 0, CHECK)) == (False, pytest.approx(-99.9999))
 
 
 async def test_redis_reloads_the_script_after_the_server_forgot_it(redis_url):
@@ -310,3 +314,11 @@ async def test_a_store_that_is_down_or_silent_fails_open_fast(tmp_path, upstream
             assert sample(gw, "helicone_gateway_ratelimit_errors_total", op="charge") == 1  # the cents one, after the answer
             assert sample(gw, "helicone_gateway_ratelimit_decisions_total", result="failed_open") == 3
             assert len(fake.state.received) == 4 and [e.status for e in built] == [200] * 4
+
+
+async def test_gateway_errors_after_an_allowed_check_carry_the_headers_too(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"  # a closed loopback port: the provider cannot be reached
+    async with cache_gateway(tmp_path, dead) as (client, gw, built):
+        r = await client.post("/v1/chat/completions", json=CHAT, headers=limited("2;w=60"))
+        assert r.status_code == 502 and r.headers["helicone-ratelimit-remaining"] == "1"
+        assert r.headers["helicone-ratelimit-policy"] == "2;w=60" and built[-1].status == 502

@@ -341,7 +341,7 @@ class Gateway:
                 if not decision.allowed:
                     raise Rejection(429, f"Rate limit reached for {rate_limit.policy.text!r} (Helicone-RateLimit-Policy); "
                                     f"retry in {decision.retry_after} s", "helicone_rate_limited",
-                                    (*limit_headers, (b"retry-after", str(decision.retry_after).encode())))
+                                    ((b"retry-after", str(decision.retry_after).encode()),))
             # only requests naming a prompt pay for it: a header, or the body form's field name
             if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
                 body, prompt = await self._render_prompt(hh, org_id, rt, body)
@@ -354,7 +354,8 @@ class Gateway:
         except Rejection as r:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
-            return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
+            return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
+                                    (*r.headers, *limit_headers))
 
         lookup: Lookup | None = None
         if directive is not None:
@@ -377,7 +378,8 @@ class Gateway:
             disconnected.cancel()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
-            return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
+            return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
+                                    (*r.headers, *limit_headers))
         except ClientGone:
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -394,7 +396,7 @@ class Gateway:
                       status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt)
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
-                                    self.answer_headers)
+                                    self.answer_headers, limit_headers)
 
         self.m_ttfb.labels(rt.provider).observe(time.perf_counter() - started)
         status = upstream.status

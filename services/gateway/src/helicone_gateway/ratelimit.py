@@ -53,6 +53,7 @@ FORM = "'<quota>;w=<seconds>[;u=request|cents][;s=user|<property name>]', e.g. '
 _GRAMMAR = re.compile(r"(\d{1,15}(?:\.\d{1,9})?);w=(\d{1,12})(?:;u=([a-z]+))?(?:;s=([A-Za-z0-9_-]{1,128}))?",
                       re.IGNORECASE)
 KEY_PREFIX = "helicone:ratelimit:v1:"
+MAX_EXPIRY_MS = 10 * MAX_WINDOW * 1000
 
 # Store modes: take one request token, check that a cents budget is left, charge a cost after the answer.
 TAKE, CHECK, CHARGE = "take", "check", "charge"
@@ -179,7 +180,8 @@ class MemoryRateLimitStore:
 
 
 # One round trip, atomic: refill from the Redis server's clock (replicas' clocks never matter), decide,
-# write only when tokens were taken. The key expires once the bucket would be full again.
+# write only when tokens were taken. The key expires once the bucket would be full again (at most
+# MAX_EXPIRY_MS: a bucket overspent by far more than its quota is forgotten then, not kept for ever).
 TOKEN_BUCKET_LUA = """
 local quota = tonumber(ARGV[1])
 local window_ms = tonumber(ARGV[2]) * 1000
@@ -206,7 +208,8 @@ else
 end
 if changed then
   redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'at', string.format('%d', now))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((quota - tokens) * window_ms / quota) + 1000)
+  local ttl = math.min(math.ceil((quota - tokens) * window_ms / quota) + 1000, tonumber(ARGV[5]))
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
 end
 return {allowed, string.format('%.17g', tokens)}
 """
@@ -223,7 +226,7 @@ class RedisRateLimitStore:
         self.script = self.client.register_script(TOKEN_BUCKET_LUA)
 
     async def take(self, key: str, quota: float, window: int, cost: float, mode: str) -> tuple[bool, float]:
-        allowed, tokens = await self.script(keys=[key], args=[repr(quota), window, repr(cost), mode])
+        allowed, tokens = await self.script(keys=[key], args=[repr(quota), window, repr(cost), mode, MAX_EXPIRY_MS])
         return allowed == 1, float(tokens)
 
     async def ping(self) -> bool:
