@@ -239,3 +239,15 @@ async def call(gw, headers: dict, body: dict, leave_after: float | None = None) 
     finally:
         answered.set()
     return sent
+
+
+async def test_requests_without_the_headers_never_build_a_plan(tmp_path):
+    async with two_providers(tmp_path) as (client, gw, built, primary, _, _, _):
+        def no_plan(*_args, **_kw):
+            raise AssertionError("a plan was built for a request without Helicone-Retry-* or Helicone-Fallbacks")
+
+        gw._plan = no_plan
+        primary.state.fail_next = [503]
+        r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Retry-Enabled": "false"})
+    assert r.status_code == 503 and len(primary.state.received) == 1  # sent once, answered as the provider answered
+    assert len(built[0].attempts) == 0 and "helicone-fallback-index" not in r.headers
