@@ -128,6 +128,7 @@ async def test_fallback_to_the_next_target_with_its_own_key_and_body(tmp_path, f
     assert second["body"] == dict(CHAT, model="gpt-4o-mini", temperature=0)
     ev = built[0]
     assert ev.fallback_index == 1 and ev.target_url == backup_url and ev.model == "gpt-4o-mini"
+    assert json.loads(ev.inline.request_body) == second["body"]  # the body the answering target got
     assert tries(ev) == [(primary_url, failure, 0, 0), (backup_url, 200, 1, 0)]
     assert "sk-backup" not in str(ev) and "sk-primary" not in str(ev)  # provider keys are never logged
     assert sample(gw, "helicone_gateway_fallbacks_total", provider="openai") == 1

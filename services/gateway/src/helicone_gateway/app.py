@@ -408,13 +408,16 @@ class Gateway:
                                                      disconnected, target)
             else:
                 upstream = await self._send_planned(plan, method, forward_request_headers(raw_headers), body, disconnected)
-                rt = plan.legs[plan.index].rt
+                served = plan.legs[plan.index]
+                rt, body = served.rt, body if served.body is None else served.body  # logged as the answering target got it
         except Rejection as r:  # every address of the Target-URL host was refused at connect time
             disconnected.cancel()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.message, prompt=prompt, plan=plan)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
         except ClientGone:
+            if plan is not None:
+                rt = plan.legs[plan.index].rt
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
