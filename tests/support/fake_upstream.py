@@ -36,6 +36,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     app = FastAPI()
     app.add_middleware(GZipMiddleware, minimum_size=200)
     app.state.received = []
+    # statuses the next chat requests get instead of an answer, in order: 503 or (429, {"retry-after": "1"})
+    app.state.fail_next = []
 
     @app.get("/_received")
     async def received() -> list:
@@ -55,8 +57,16 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         record(request, body)
         if body.get("model") == "hang":  # accepts the request and never answers
             await asyncio.sleep(3600)
-        if body.get("model") == "fail-500":
-            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
+        if app.state.fail_next:
+            status, headers = app.state.fail_next.pop(0), {}
+            if isinstance(status, tuple):
+                status, headers = status
+            return JSONResponse({"error": {"message": f"planned failure {status}", "type": "server_error"}},
+                                status_code=status, headers=headers)
+        model_name = str(body.get("model", ""))
+        if model_name.startswith("fail-") and model_name[5:].isdigit():  # e.g. fail-500, fail-429
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}},
+                                status_code=int(model_name[5:]))
         prompt, completion = _words(body.get("messages")), len(REPLY.split())
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         model = body.get("model", "gpt-4o-mini")
@@ -74,6 +84,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         async def events():
             words = REPLY.split(" ")
             for i, word in enumerate(words):
+                if i == 1 and model == "break-stream":  # the connection drops after the first chunk
+                    raise ConnectionResetError("fake upstream: stream broken on purpose")
                 chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                          "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}]}
                 if include_usage:

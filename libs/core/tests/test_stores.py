@@ -202,10 +202,14 @@ async def test_init_schema_adds_the_region_and_cache_columns_to_an_existing_tabl
         await asyncio.gather(store.init_schema(), other.init_schema())  # two processes starting at once
         await store.init_schema()  # and once more: nothing changes
         await store.insert("request_log", [_row(_event("org-a", T0, model="after", region="eu-west-1", cache_hit=True,
-                                                       cache_saved_usd=0.25))])
-        rows = await store.query("SELECT model, region, cache_hit, cache_saved_usd FROM {db}.request_log FINAL ORDER BY model")
-        assert rows == [{"model": "after", "region": "eu-west-1", "cache_hit": 1, "cache_saved_usd": 0.25},
-                        {"model": "before", "region": "", "cache_hit": 0, "cache_saved_usd": 0}]
+                                                       cache_saved_usd=0.25, fallback_index=1,
+                                                       attempts=[events.Attempt(target_url="https://a", status=503)]))])
+        rows = await store.query("SELECT model, region, cache_hit, cache_saved_usd, attempts, fallback_index "
+                                 "FROM {db}.request_log FINAL ORDER BY model")
+        assert rows == [{"model": "after", "region": "eu-west-1", "cache_hit": 1, "cache_saved_usd": 0.25,
+                         "attempts": '[{"target_url":"https://a","provider":"","status":503,"error":"","latency_ms":0,'
+                                     '"fallback_index":0,"retry":0}]', "fallback_index": 1},
+                        {"model": "before", "region": "", "cache_hit": 0, "cache_saved_usd": 0, "attempts": "", "fallback_index": 0}]
 
         # the same columns, in the same order, as a table created today
         await store._command(f"CREATE DATABASE IF NOT EXISTS {db}_fresh")

@@ -11,7 +11,7 @@ T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
 async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice", props=None, status=200, request_id=None,
-                      response=b"data: {}\n\ndata: [DONE]\n\n", region="", cache_hit=False):
+                      response=b"data: {}\n\ndata: [DONE]\n\n", region="", cache_hit=False, attempts=(), fallback_index=0):
     """Stores a request the way ingest does: bodies under the event's own keys, then its row."""
     ev = events.RequestLogged(
         schema_version=1, request_id=request_id or events.new_request_id(), org_id=org, status=status, provider="openai",
@@ -19,6 +19,7 @@ async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice",
         usage=events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), cost_known=True,
         # as the gateway logs a cache hit: nothing paid, the provider's price saved
         cost_usd=0.0 if cache_hit else 0.5, cache_hit=cache_hit, cache_saved_usd=0.5 if cache_hit else 0.0,
+        attempts=[events.Attempt(**a) for a in attempts], fallback_index=fallback_index,
     )
     events.set_time(ev.request_created_at, T0 + dt.timedelta(minutes=minutes))
     req_key, resp_key = events.body_keys(org, ev.request_id, events.event_version(ev))
@@ -294,3 +295,21 @@ async def test_readiness_reports_postgres_and_clickhouse_as_they_are(tmp_path, f
         await state.stop()
         await pg_proxy.stop()
         await ch_proxy.stop()
+
+
+async def test_the_detail_lists_every_upstream_try_and_the_fallback_that_answered(api):
+    client, state, org, _, _ = api
+    tries = [
+        {"target_url": "https://api.openai.com", "provider": "openai", "status": 503, "error": "", "latency_ms": 40,
+         "fallback_index": 0, "retry": 0},
+        {"target_url": "https://api.openai.com", "provider": "openai", "status": 0, "error": "ClientConnectorError: upstream request failed",
+         "latency_ms": 3, "fallback_index": 0, "retry": 1},
+        {"target_url": "https://backup.example", "provider": "openai", "status": 200, "error": "", "latency_ms": 90,
+         "fallback_index": 1, "retry": 0},
+    ]
+    fell_back = await add_request(state, org, minutes=0, attempts=tries, fallback_index=1)
+    plain = await add_request(state, org, minutes=1)
+    row = (await client.get(f"/v1/request/{fell_back}")).json()
+    assert row["attempts"] == tries and row["fallback_index"] == 1
+    row = (await client.get(f"/v1/request/{plain}")).json()
+    assert row["attempts"] == [] and row["fallback_index"] == 0

@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS {db}.{table}
     prompt_inputs String,
     cache_hit UInt8,
     cache_saved_usd Float64,
+    attempts String,
+    fallback_index UInt16,
     version UInt64,
     INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1
 )
@@ -88,7 +90,8 @@ ORDER BY ({sorting_key})
 REQUEST_LOG_PREVIOUS = "request_log_before_identity"
 # Columns added to REQUEST_LOG_DDL after tables were created with it: (name, type, the column it
 # follows), added to an existing table by init_schema so that old and new tables look the same.
-# Old rows read the type's default ('' for region and prompt_id, 0 for prompt_version and the cache columns).
+# Old rows read the type's default ('' for region, prompt_id and attempts, 0 for prompt_version, the cache columns
+# and fallback_index).
 # Listed in the order they were added: each follows a column that exists by the time it is added.
 REQUEST_LOG_ADDED_COLUMNS = (
     ("region", "LowCardinality(String)", "source"),
@@ -97,6 +100,8 @@ REQUEST_LOG_ADDED_COLUMNS = (
     ("prompt_inputs", "String", "prompt_version"),
     ("cache_hit", "UInt8", "prompt_inputs"),
     ("cache_saved_usd", "Float64", "cache_hit"),
+    ("attempts", "String", "cache_saved_usd"),  # JSON list of upstream tries (events.attempts_json); '' when none
+    ("fallback_index", "UInt16", "attempts"),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import uuid
 
@@ -13,6 +14,7 @@ RequestLogged = events_pb2.RequestLogged
 Usage = events_pb2.Usage
 InlineBodies = events_pb2.InlineBodies
 BodyLocation = events_pb2.BodyLocation
+Attempt = events_pb2.Attempt
 
 SCHEMA_VERSION = 1
 # The providers the gateway routes to (`provider` of its events). Where a bounded value is needed
@@ -70,6 +72,17 @@ def validate(event: RequestLogged) -> None:
             key = getattr(event.location, name)
             if not key.startswith(prefix) or ".." in key.split("/"):
                 raise EventError(f"location.{name} {key[:80]!r} is not under {prefix!r}")
+
+
+def attempts_json(event: RequestLogged) -> str:
+    """The event's upstream tries as the JSON list stored in request_log.attempts ('' when none)."""
+    if not event.attempts:
+        return ""
+    return json.dumps([
+        {"target_url": a.target_url, "provider": a.provider, "status": a.status, "error": a.error,
+         "latency_ms": a.latency_ms, "fallback_index": a.fallback_index, "retry": a.retry}
+        for a in event.attempts
+    ], separators=(",", ":"))
 
 
 def set_time(field, when: dt.datetime) -> None:
@@ -166,5 +179,7 @@ def analytics_row(
         "prompt_inputs": event.prompt_inputs_json,
         "cache_hit": int(event.cache_hit),
         "cache_saved_usd": event.cache_saved_usd,
+        "attempts": attempts_json(event),
+        "fallback_index": max(event.fallback_index, 0),
         "version": event_version(event),
     }

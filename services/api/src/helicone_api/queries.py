@@ -14,7 +14,7 @@ COLUMNS = """
     cache_read_tokens, cache_write_tokens, usage_known, cost_usd, cost_known, streamed,
     request_body_key, response_body_key, request_bytes, response_bytes, request_content_type,
     response_content_type, body_truncated, error, source, region, prompt_id, prompt_version, prompt_inputs,
-    cache_hit, cache_saved_usd
+    cache_hit, cache_saved_usd, attempts, fallback_index
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
 SORTS = {
@@ -137,6 +137,10 @@ def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None) -> 
         # answered from the gateway's response cache: cost_usd is 0, cache_saved_usd what the provider would have charged
         "cache_hit": bool(row["cache_hit"]),
         "cache_saved_usd": float(row["cache_saved_usd"]) if row["cache_hit"] and row["cost_known"] else None,
+        # every upstream try when the request asked for retries or fallbacks ([] otherwise), and the
+        # Helicone-Fallbacks target that answered (0 = the primary)
+        "attempts": json.loads(row["attempts"]) if row["attempts"] else [],
+        "fallback_index": int(row["fallback_index"]),
         "scores": scores or {},
     }
 

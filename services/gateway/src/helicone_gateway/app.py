@@ -62,7 +62,7 @@ from .headers import (
 )
 from .journal import Journal
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
-from .providers import Route, route
+from .providers import Route, provider_base_url, route
 from .publisher import EventPublisher
 from .ratelimit import (
     CENTS,
@@ -71,6 +71,16 @@ from .ratelimit import (
     RateLimitRequest,
     RedisRateLimitStore,
     rate_limit_request,
+)
+from .resilience import (
+    FALLBACK_INDEX_HEADER,
+    FALLBACKS,
+    FallbackTarget,
+    ResilienceError,
+    RetryPolicy,
+    merge_body,
+    retry_after_seconds,
+    retryable_status,
 )
 from .settings import GatewaySettings, env_name
 from .usage import decode_body, parse_response, request_model, with_stream_usage
@@ -85,6 +95,12 @@ CLIENT_CLOSED_STATUS = 499
 STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 ALLOWLIST_ENV = env_name("target_url_allowlist")
 ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
+
+
+def retryable_error(exc: BaseException) -> bool:
+    """Transport failures Helicone-Retry-* sends again: the provider was not reached, or dropped the
+    connection before answering. A read timeout is not: the provider may still be working on it."""
+    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, aiohttp.SocketTimeoutError)
 
 
 class ClientGone(Exception):
@@ -124,12 +140,39 @@ async def _on_connection_reused(_session, ctx, _params) -> None:
 
 class TargetDest:
     """Where a Helicone-Target-URL request goes: the URL object aiohttp is given (so the host checked
-    is the host it connects to) and its normalized host and port."""
+    is the host it connects to), its normalized host and port, and the header that named it."""
 
-    __slots__ = ("host", "port", "url")
+    __slots__ = ("host", "name", "port", "url")
 
-    def __init__(self, url: URL, host: str, port: int) -> None:
-        self.url, self.host, self.port = url, host, port
+    def __init__(self, url: URL, host: str, port: int, name: str = "Helicone-Target-URL") -> None:
+        self.url, self.host, self.port, self.name = url, host, port, name
+
+
+class Leg:
+    """One target of a request with Helicone-Retry-* or Helicone-Fallbacks: its route, URL, checked
+    destination (Target-URL traffic), and its Helicone-Fallbacks entry (headers, body, onCodes)."""
+
+    __slots__ = ("body", "fallback", "rt", "target", "url")
+
+    def __init__(self, rt: Route, url: str, target: TargetDest | None, fallback: FallbackTarget | None) -> None:
+        self.rt, self.url, self.target, self.fallback = rt, url, target, fallback
+        self.body: bytes | None = None  # the request body with bodyKeyOverride merged in; None: the body as sent
+
+
+class Plan:
+    """The targets a request may be sent to, the retries it asked for, and every try made (logged
+    as RequestLogged.attempts). Only requests with those headers have one."""
+
+    __slots__ = ("attempts", "index", "legs", "retry")
+
+    def __init__(self, retry: RetryPolicy | None, legs: list[Leg]) -> None:
+        self.retry, self.legs = retry, legs
+        self.index = 0  # the leg being tried, then the one that answered
+        self.attempts: list[tuple[str, str, int, str, int, int, int]] = []
+
+    def record(self, leg: Leg, status: int, error: str, sent: float, retry: int) -> None:
+        self.attempts.append((leg.rt.base_url, leg.rt.provider, status, error,
+                              int((time.perf_counter() - sent) * 1000), self.index, retry))
 
 
 class Capture:
@@ -216,6 +259,13 @@ class Gateway:
         )
         self.m_retries = metrics.counter(
             "helicone_gateway_upstream_retries_total", "Requests sent again after a pooled connection turned out closed", ("provider",)
+        )
+        self.m_retry_attempts = metrics.counter(
+            "helicone_gateway_retry_attempts_total", "Tries sent again because of Helicone-Retry-*", ("provider", "cause")
+        )
+        self.m_fallbacks = metrics.counter(
+            "helicone_gateway_fallbacks_total", "Helicone-Fallbacks targets given up for the next one (by the one given up)",
+            ("provider",)
         )
         self.m_target_refused = metrics.counter(
             "helicone_gateway_target_refused_total", "Helicone-Target-URL requests refused by the egress policy", ("reason",)
@@ -328,12 +378,15 @@ class Gateway:
         target: TargetDest | None = None
         prompt: PromptUse | None = None
         limit_headers: tuple[tuple[bytes, bytes], ...] = ()
+        plan: Plan | None = None
         try:
             rt = route(self.settings, path, header_map, hh.target_url)
             path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
             url = rt.base_url + path_and_query
             if rt.target:
                 target = self._target(url)  # refused before the body is read
+            if hh.retry is not None or hh.fallbacks is not None:  # only requests asking for them pay for a plan
+                plan = self._plan(hh, rt, url, target, path_and_query)
             body = await self._read_body(receive, header_map.get("content-length"))
             if rate_limit is not None:  # before the prompt is fetched or the cache read: a refused request costs nothing more
                 decision = await self.ratelimits.check(org_id, rate_limit)
@@ -348,6 +401,8 @@ class Gateway:
             # only requests naming the header pay for the JSON round trip; Anthropic streams always carry usage
             if hh.stream_usage and rt.provider == "openai" and method == "POST":
                 body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
+            if plan is not None:
+                self._plan_bodies(plan, body)
         except ClientGone:
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
@@ -372,31 +427,41 @@ class Gateway:
         # after the request body, receive() only ever reports the caller going away
         disconnected = asyncio.ensure_future(receive())
         try:
-            upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers), body, disconnected,
-                                                 target)
+            if plan is None:
+                upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers), body,
+                                                     disconnected, target)
+            else:
+                upstream = await self._send_planned(plan, method, forward_request_headers(raw_headers), body, disconnected)
+                served = plan.legs[plan.index]
+                rt, body = served.rt, body if served.body is None else served.body  # logged as the answering target got it
         except Rejection as r:  # every address of the Target-URL host was refused at connect time
             disconnected.cancel()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
+                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt, plan=plan)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
                                     (*r.headers, *limit_headers))
         except ClientGone:
+            if plan is not None:
+                rt = plan.legs[plan.index].rt
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
-                             error="client disconnected before the provider answered; upstream request cancelled", prompt=prompt)
+                             error="client disconnected before the provider answered; upstream request cancelled", prompt=prompt,
+                             plan=plan)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             disconnected.cancel()
+            if plan is not None:
+                rt = plan.legs[plan.index].rt
             timed_out = isinstance(exc, TimeoutError)
             kind = "timeout" if timed_out else exc.__class__.__name__
             status = 504 if timed_out else 502
             self.m_upstream_errors.labels(rt.provider, kind).inc()
             self.m_requests.labels(rt.provider, "5xx").inc()
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt)
+                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt, plan=plan)
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
-                                    self.answer_headers, limit_headers)
+                                    self.answer_headers, (*limit_headers, *self._fallback_index(hh, plan)))
 
         self.m_ttfb.labels(rt.provider).observe(time.perf_counter() - started)
         status = upstream.status
@@ -414,6 +479,8 @@ class Gateway:
         resp_headers.append((b"helicone-id", request_id.encode()))
         resp_headers.extend(self.answer_headers)
         resp_headers.extend(limit_headers)
+        if hh.fallbacks is not None:
+            resp_headers.extend(self._fallback_index(hh, plan))
         capture = Capture(self.settings.max_logged_body_bytes)
         # a caller that leaves mid-stream closes the provider's response at once, even while the
         # provider is silent (the read below would otherwise wait for its next byte)
@@ -464,7 +531,7 @@ class Gateway:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt,
-                      rate_limit=rate_limit)
+                      rate_limit=rate_limit, plan=plan)
 
     async def _serve_cached(self, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
                             method: str, body: bytes, req_ctype: str, started: float, started_at: dt.datetime,
@@ -493,30 +560,31 @@ class Gateway:
                   stored.get(b"content-type", b"").decode("latin-1"), len(resp_body) > limit, ttft_ms, prompt=prompt,
                   cache_hit=True)
 
-    def _target(self, url: str) -> TargetDest:
-        """The checked destination of a Target-URL request; raises Rejection (403) if the egress
-        policy refuses its host and port, or its address when the host is an IP literal."""
+    def _target(self, url: str, name: str = "Helicone-Target-URL") -> TargetDest:
+        """The checked destination of a Target-URL request (or of a Helicone-Fallbacks target: `name`
+        says which header named it); raises Rejection (403) if the egress policy refuses its host and
+        port, or its address when the host is an IP literal."""
         try:
             parsed = URL(url)  # the same object is handed to aiohttp: no second reading of the host
             if not parsed.raw_host:
                 raise ValueError("no host")
         except ValueError as exc:
-            raise Rejection(400, f"Helicone-Target-URL plus the request path is not a valid URL ({exc})",
+            raise Rejection(400, f"{name} plus the request path is not a valid URL ({exc})",
                             "helicone_header_error") from None
         host = normalize_host(parsed.raw_host)
         port = parsed.port or 0
         reason = self.egress.refusal(host, port)
         if reason:
-            raise self._target_refused(reason, host, port, literal=True)
-        return TargetDest(parsed, host, port)
+            raise self._target_refused(reason, host, port, literal=True, name=name)
+        return TargetDest(parsed, host, port, name)
 
-    def _target_refused(self, reason: str, host: str, port: int, literal: bool) -> Rejection:
+    def _target_refused(self, reason: str, host: str, port: int, literal: bool, name: str = "Helicone-Target-URL") -> Rejection:
         self.m_target_refused.labels(reason).inc()
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if reason == NOT_ALLOWLISTED:
-            message = f"Helicone-Target-URL {where} is not in this gateway's {ALLOWLIST_ENV}"
+            message = f"{name} {where} is not in this gateway's {ALLOWLIST_ENV}"
         else:
-            message = (f"Helicone-Target-URL {where} is refused: it {'is' if literal else 'resolves to'} {REASONS[reason]}. "
+            message = (f"{name} {where} is refused: it {'is' if literal else 'resolves to'} {REASONS[reason]}. "
                        f"The gateway's operator can open this host with {ALLOWLIST_ENV} (host or host:port entries)")
             if reason in OPENED_BY_ALLOW_PRIVATE:
                 message += f", or all private ranges with {ALLOW_PRIVATE_ENV}=true"
@@ -556,13 +624,106 @@ class Gateway:
                 raise
             except STALE_CONNECTION_ERRORS:
                 if connecting is not None and connecting.refused and not connecting.opened:
-                    raise self._target_refused(connecting.refused, target.host, target.port, literal=False) from None
+                    raise self._target_refused(connecting.refused, target.host, target.port, literal=False,
+                                               name=target.name) from None
                 if attempt_no == 2 or not attempt.reused:
                     raise
                 self.m_retries.labels(rt.provider).inc()
             finally:
                 disconnected.remove_done_callback(cancel)
         raise AssertionError("unreachable")
+
+    # ---- retries and fallbacks (only requests with Helicone-Retry-* or Helicone-Fallbacks) ----
+    def _plan(self, hh: HeliconeHeaders, rt: Route, url: str, target: TargetDest | None, path_and_query: str) -> Plan:
+        """The targets in order: the request's own route, or each Helicone-Fallbacks entry (its
+        target-url egress-checked like Helicone-Target-URL; Rejection before anything is read or sent)."""
+        if hh.fallbacks is None:
+            return Plan(hh.retry, [Leg(rt, url, target, None)])
+        legs = []
+        for i, fb in enumerate(hh.fallbacks):
+            provider = fb.provider or rt.provider
+            if fb.target_url:
+                leg_rt = Route(provider=provider, base_url=fb.target_url, path=rt.path, target=True)
+            elif rt.target:  # the request's own Helicone-Target-URL
+                leg_rt = Route(provider=provider, base_url=rt.base_url, path=rt.path, target=True)
+            else:
+                leg_rt = Route(provider=provider, base_url=provider_base_url(self.settings, provider), path=rt.path)
+            leg_url = leg_rt.base_url + path_and_query
+            leg_target = None
+            if leg_rt.target:
+                leg_target = self._target(leg_url, f'{FALLBACKS}[{i}]."target-url"' if fb.target_url else "Helicone-Target-URL")
+            legs.append(Leg(leg_rt, leg_url, leg_target, fb))
+        return Plan(hh.retry, legs)
+
+    @staticmethod
+    def _plan_bodies(plan: Plan, body: bytes) -> None:
+        for i, leg in enumerate(plan.legs):
+            if leg.fallback is not None and leg.fallback.body_override is not None:
+                try:
+                    leg.body = merge_body(body, leg.fallback.body_override, f"{FALLBACKS}[{i}]")
+                except ResilienceError as exc:
+                    raise Rejection(400, str(exc), "helicone_header_error") from None
+
+    @staticmethod
+    def _fallback_index(hh: HeliconeHeaders, plan: Plan | None) -> tuple[tuple[bytes, bytes], ...]:
+        if hh.fallbacks is None or plan is None:
+            return ()
+        return ((FALLBACK_INDEX_HEADER, str(plan.index).encode()),)
+
+    async def _send_planned(self, plan: Plan, method: str, headers: list[tuple[str, str]], body: bytes,
+                            disconnected: asyncio.Future) -> aiohttp.ClientResponse:
+        """The response to answer with: each target in turn, each tried again (Helicone-Retry-*) on
+        429/5xx and connection failures, until one answers with a status its onCodes do not list
+        (or the last answers). Nothing has been sent to the caller yet, so any try may be dropped.
+        Transport failures of the last try are raised (a 502/504 as usual); a failure counts as 502
+        (504 for a timeout) against onCodes. The caller leaving cancels a backoff (ClientGone)."""
+        retries = plan.retry.retries if plan.retry is not None else 0
+        last = len(plan.legs) - 1
+        for index, leg in enumerate(plan.legs):
+            plan.index = index
+            fb = leg.fallback
+            leg_headers = headers
+            if fb is not None and fb.headers:
+                names = {n for n, _ in fb.headers}
+                leg_headers = [h for h in headers if h[0] not in names] + list(fb.headers)
+            leg_body = body if leg.body is None else leg.body
+            for n in range(retries + 1):
+                sent = time.perf_counter()
+                try:
+                    resp = await self._send_upstream(leg.rt, method, leg.url, leg_headers, leg_body, disconnected, leg.target)
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    timed_out = isinstance(exc, TimeoutError)
+                    plan.record(leg, 0, f"{'timeout' if timed_out else exc.__class__.__name__}: upstream request failed", sent, n)
+                    if n < retries and retryable_error(exc):
+                        self.m_retry_attempts.labels(leg.rt.provider, "connect").inc()
+                        await self._backoff(plan.retry.delay(n + 1), disconnected)  # type: ignore[union-attr]
+                        continue
+                    if index < last and fb is not None and fb.falls_back_on(504 if timed_out else 502):
+                        self.m_fallbacks.labels(leg.rt.provider).inc()
+                        break
+                    raise
+                status = resp.status
+                plan.record(leg, status, "", sent, n)
+                if n < retries and retryable_status(status):
+                    wait = plan.retry.delay(n + 1, retry_after_seconds(resp.headers.get("retry-after"), time.time()))  # type: ignore[union-attr]
+                    resp.close()
+                    self.m_retry_attempts.labels(leg.rt.provider, "429" if status == 429 else "5xx").inc()
+                    await self._backoff(wait, disconnected)
+                    continue
+                if index < last and fb is not None and fb.falls_back_on(status):
+                    resp.close()
+                    self.m_fallbacks.labels(leg.rt.provider).inc()
+                    break
+                return resp
+        raise AssertionError("unreachable: the last target always answers or raises")
+
+    @staticmethod
+    async def _backoff(seconds: float, disconnected: asyncio.Future) -> None:
+        """Waits between tries; ClientGone at once if the caller leaves meanwhile."""
+        if seconds > 0 and not disconnected.done():
+            await asyncio.wait((disconnected,), timeout=seconds)
+        if disconnected.done():
+            raise ClientGone()
 
     async def _render_prompt(self, hh: HeliconeHeaders, org_id: str, rt: Route, body: bytes) -> tuple[bytes, PromptUse | None]:
         """The stored prompt rendered into the body (provider-shaped); Rejection when it cannot be,
@@ -595,7 +756,8 @@ class Gateway:
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
-             prompt: PromptUse | None = None, cache_hit: bool = False, rate_limit: RateLimitRequest | None = None) -> None:
+             prompt: PromptUse | None = None, cache_hit: bool = False, rate_limit: RateLimitRequest | None = None,
+             plan: Plan | None = None) -> None:
         """Hands the log event to the publisher; the event itself is built on its worker. With a
         u=cents rate limit, the cost it computes is charged to the bucket there (off the request path)."""
         latency_ms = int((time.perf_counter() - started) * 1000)
@@ -654,6 +816,11 @@ class Gateway:
                 cache_hit=cache_hit,
                 cache_saved_usd=(cost or 0.0) if cache_hit else 0.0,
             )
+            if plan is not None:
+                ev.fallback_index = plan.index
+                for target_url, provider, a_status, a_error, a_latency, a_index, a_retry in plan.attempts:
+                    ev.attempts.add(target_url=target_url, provider=provider, status=a_status, error=a_error,
+                                    latency_ms=a_latency, fallback_index=a_index, retry=a_retry)
             if prompt is not None:
                 ev.prompt_id, ev.prompt_version = prompt.prompt_id, prompt.version
                 ev.prompt_inputs_json, ev.prompt_environment = prompt.inputs_json, prompt.environment

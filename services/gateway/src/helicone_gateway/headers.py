@@ -10,6 +10,7 @@ from yarl import URL
 
 from .egress import noncanonical_ipv4
 from .prompts import PromptError, PromptRequest, check_environment, check_prompt_id, check_version
+from .resilience import RETRY_PREFIX, FallbackTarget, ResilienceError, RetryPolicy, parse_fallbacks, parse_retry
 
 HOP_BY_HOP = frozenset(
     {
@@ -69,6 +70,8 @@ class HeliconeHeaders:
     omit_response: bool = False  # Helicone-Omit-Response: the response body is not logged
     stream_usage: bool = False  # Helicone-Stream-Usage: ask OpenAI-format streams for usage (usage.with_stream_usage)
     rate_limit_policy: str = ""  # Helicone-RateLimit-Policy as sent; "" (the common case): never near the store (ratelimit.py)
+    retry: RetryPolicy | None = None  # Helicone-Retry-*, when enabled
+    fallbacks: tuple[FallbackTarget, ...] | None = None  # Helicone-Fallbacks
 
     def logged_properties(self) -> dict[str, str]:
         """The properties the log event carries: Helicone-Property-* plus the request name."""
@@ -104,6 +107,7 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
 
     out = HeliconeHeaders()
     prompt: dict[str, str] | None = None
+    retry: dict[str, str] | None = None
     for name, value in headers:
         if not name.startswith("helicone-"):
             continue
@@ -151,8 +155,22 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             if prompt is None:
                 prompt = {}
             prompt[name] = value
+        elif name.startswith(RETRY_PREFIX):
+            if retry is None:
+                retry = {}
+            retry[name] = value
+        elif name == "helicone-fallbacks":
+            try:
+                out.fallbacks = parse_fallbacks(value, _target_url)
+            except ResilienceError as exc:
+                raise HeaderError(str(exc)) from None
     if prompt is not None:
         out.prompt = _prompt_request(prompt)
+    if retry is not None:
+        try:
+            out.retry = parse_retry(retry)
+        except ResilienceError as exc:
+            raise HeaderError(str(exc)) from None
     return out
 
 
@@ -192,18 +210,19 @@ def _prompt_request(values: dict[str, str]) -> PromptRequest:
         raise HeaderError(exc.message) from None
 
 
-def _target_url(value: str) -> str:
+def _target_url(value: str, name: str = "Helicone-Target-URL") -> str:
+    """A target base URL (Helicone-Target-URL, or a Helicone-Fallbacks "target-url": `name` says which)."""
     # parsed with yarl, as aiohttp parses the URL it connects to: one reading of the host everywhere
     try:
         url = URL(value)
     except ValueError as exc:
-        raise HeaderError(f"Helicone-Target-URL is not a valid URL ({exc})") from None
+        raise HeaderError(f"{name} is not a valid URL ({exc})") from None
     if url.scheme not in ("http", "https") or not url.raw_host:
-        raise HeaderError("Helicone-Target-URL must be an absolute http(s) URL")
+        raise HeaderError(f"{name} must be an absolute http(s) URL")
     if url.raw_user or url.raw_password:
-        raise HeaderError("Helicone-Target-URL must not contain credentials")
+        raise HeaderError(f"{name} must not contain credentials")
     if noncanonical_ipv4(url.raw_host):
-        raise HeaderError(f"Helicone-Target-URL host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
+        raise HeaderError(f"{name} host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
                           "write it as four decimal numbers a.b.c.d")
     return value.rstrip("/")
 

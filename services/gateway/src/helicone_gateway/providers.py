@@ -40,5 +40,10 @@ def route(settings: GatewaySettings, path: str, headers: dict[str, str], target_
             provider = "openai"
     if target_url:
         return Route(provider=provider, base_url=target_url.rstrip("/"), path=path, target=True)
+    return Route(provider=provider, base_url=provider_base_url(settings, provider), path=path)
+
+
+def provider_base_url(settings: GatewaySettings, provider: str) -> str:
+    """The configured base URL of a provider, without a trailing slash."""
     base = settings.anthropic_url if provider == "anthropic" else settings.openai_url
-    return Route(provider=provider, base_url=base.rstrip("/"), path=path)
+    return base.rstrip("/")

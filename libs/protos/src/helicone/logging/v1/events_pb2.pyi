@@ -4,7 +4,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -53,8 +53,26 @@ class BodyLocation(_message.Message):
     response_bytes: int
     def __init__(self, request_key: _Optional[str] = ..., response_key: _Optional[str] = ..., request_bytes: _Optional[int] = ..., response_bytes: _Optional[int] = ...) -> None: ...
 
+class Attempt(_message.Message):
+    __slots__ = ("target_url", "provider", "status", "error", "latency_ms", "fallback_index", "retry")
+    TARGET_URL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    target_url: str
+    provider: str
+    status: int
+    error: str
+    latency_ms: int
+    fallback_index: int
+    retry: int
+    def __init__(self, target_url: _Optional[str] = ..., provider: _Optional[str] = ..., status: _Optional[int] = ..., error: _Optional[str] = ..., latency_ms: _Optional[int] = ..., fallback_index: _Optional[int] = ..., retry: _Optional[int] = ...) -> None: ...
+
 class RequestLogged(_message.Message):
-    __slots__ = ("schema_version", "request_id", "org_id", "request_created_at", "response_created_at", "latency_ms", "time_to_first_token_ms", "status", "provider", "model", "method", "path", "target_url", "user_id", "session_id", "session_path", "session_name", "properties", "usage", "cost_usd", "cost_known", "streamed", "inline", "location", "error", "source", "region", "prompt_id", "prompt_version", "prompt_inputs_json", "prompt_environment", "cache_hit", "cache_saved_usd")
+    __slots__ = ("schema_version", "request_id", "org_id", "request_created_at", "response_created_at", "latency_ms", "time_to_first_token_ms", "status", "provider", "model", "method", "path", "target_url", "user_id", "session_id", "session_path", "session_name", "properties", "usage", "cost_usd", "cost_known", "streamed", "inline", "location", "error", "source", "region", "prompt_id", "prompt_version", "prompt_inputs_json", "prompt_environment", "cache_hit", "cache_saved_usd", "attempts", "fallback_index")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +113,8 @@ class RequestLogged(_message.Message):
     PROMPT_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     CACHE_SAVED_USD_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_INDEX_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     request_id: str
     org_id: str
@@ -128,4 +148,6 @@ class RequestLogged(_message.Message):
     prompt_environment: str
     cache_hit: bool
     cache_saved_usd: float
-    def __init__(self, schema_version: _Optional[int] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ..., request_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., response_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[int] = ..., time_to_first_token_ms: _Optional[int] = ..., status: _Optional[int] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., target_url: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_path: _Optional[str] = ..., session_name: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_known: _Optional[bool] = ..., streamed: _Optional[bool] = ..., inline: _Optional[_Union[InlineBodies, _Mapping]] = ..., location: _Optional[_Union[BodyLocation, _Mapping]] = ..., error: _Optional[str] = ..., source: _Optional[str] = ..., region: _Optional[str] = ..., prompt_id: _Optional[str] = ..., prompt_version: _Optional[int] = ..., prompt_inputs_json: _Optional[str] = ..., prompt_environment: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., cache_saved_usd: _Optional[float] = ...) -> None: ...
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    fallback_index: int
+    def __init__(self, schema_version: _Optional[int] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ..., request_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., response_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[int] = ..., time_to_first_token_ms: _Optional[int] = ..., status: _Optional[int] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., target_url: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_path: _Optional[str] = ..., session_name: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_known: _Optional[bool] = ..., streamed: _Optional[bool] = ..., inline: _Optional[_Union[InlineBodies, _Mapping]] = ..., location: _Optional[_Union[BodyLocation, _Mapping]] = ..., error: _Optional[str] = ..., source: _Optional[str] = ..., region: _Optional[str] = ..., prompt_id: _Optional[str] = ..., prompt_version: _Optional[int] = ..., prompt_inputs_json: _Optional[str] = ..., prompt_environment: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., cache_saved_usd: _Optional[float] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., fallback_index: _Optional[int] = ...) -> None: ...
