@@ -129,7 +129,7 @@ def verify(secret: str, headers: dict, body: bytes) -> None:
 
 async def test_rules_are_created_read_replaced_and_deleted_per_org(alerts):
     client, state, org, other, _ = alerts
-    created = await create(client, rule("https://hooks.example.com/x", filter={"model": "gpt-4o", "properties": {"Env": "prod"}},
+    created = await create(client, rule("https://hooks.example.invalid/x", filter={"model": "gpt-4o", "properties": {"Env": "prod"}},
                                         min_requests=5))
     rid = created["id"]
     assert created["webhook_secret"].startswith("whsec_")
@@ -139,7 +139,7 @@ async def test_rules_are_created_read_replaced_and_deleted_per_org(alerts):
     assert "webhook_secret" not in got and got == {k: v for k, v in created.items() if k != "webhook_secret"}
     assert [a["id"] for a in (await client.get("/v1/alerts")).json()["data"]] == [rid]
 
-    r = await client.put(f"/v1/alerts/{rid}", json=rule("https://hooks.example.com/y", metric="latency_p95_ms", threshold=2500,
+    r = await client.put(f"/v1/alerts/{rid}", json=rule("https://hooks.example.invalid/y", metric="latency_p95_ms", threshold=2500,
                                                         comparison="gte", enabled=False))
     assert r.status_code == 200, r.text
     replaced = r.json()
@@ -149,10 +149,10 @@ async def test_rules_are_created_read_replaced_and_deleted_per_org(alerts):
     # another org sees none of it and can change none of it
     assert (await other.get("/v1/alerts")).json()["data"] == []
     for r in (await other.get(f"/v1/alerts/{rid}"), await other.get(f"/v1/alerts/{rid}/history"),
-              await other.put(f"/v1/alerts/{rid}", json=rule("https://hooks.example.com/z")),
+              await other.put(f"/v1/alerts/{rid}", json=rule("https://hooks.example.invalid/z")),
               await other.delete(f"/v1/alerts/{rid}")):
         assert r.status_code == 404 and r.json()["error"]["message"] == f"alert {rid} not found", r.text
-    assert (await client.get(f"/v1/alerts/{rid}")).json()["webhook_url"] == "https://hooks.example.com/y"
+    assert (await client.get(f"/v1/alerts/{rid}")).json()["webhook_url"] == "https://hooks.example.invalid/y"
 
     assert (await client.delete(f"/v1/alerts/{rid}")).status_code == 204
     assert (await client.get(f"/v1/alerts/{rid}")).status_code == 404
@@ -170,22 +170,24 @@ async def test_rules_are_created_read_replaced_and_deleted_per_org(alerts):
     ({"name": ""}, "name", "at least 1 character"),
     ({"filter": {"start": "2026-03-01T00:00:00Z"}}, "filter.start", "window_seconds sets the time range"),
     ({"filter": {"colour": "red"}}, "filter.colour", "Extra inputs"),
-    ({"webhook_url": "ftp://hooks.example.com/x"}, "webhook_url", "http:// or https://"),
+    ({"webhook_url": "ftp://hooks.example.invalid/x"}, "webhook_url", "http:// or https://"),
     ({"webhook_url": "https:///x"}, "webhook_url", "has no host"),
-    ({"webhook_url": "https://user:pw@hooks.example.com/x"}, "webhook_url", "user:password@"),
+    ({"webhook_url": "https://user:pw@hooks.example.invalid/x"}, "webhook_url", "user:password@"),
     ({"webhook_url": "http://169.254.169.254/latest"}, "webhook_url", "a cloud metadata address"),
     ({"webhook_url": "http://10.1.2.3/hook"}, "webhook_url", "a private (RFC 1918) address"),
     ({"webhook_url": "http://[fe80::1]/hook"}, "webhook_url", "a link-local address"),
     ({"surprise": 1}, "surprise", "Extra inputs"),
+    ({"name": "a\x00b"}, "name", "NUL"),
+    ({"filter": {"properties": {"env": "a\x00"}}}, "filter", "NUL"),
 ])
 async def test_bad_rules_are_refused_naming_the_field(alerts, change, field, says):
     client, *_ = alerts
-    body = rule("https://hooks.example.com/x", **change)
+    body = rule("https://hooks.example.invalid/x", **change)
     r = await client.post("/v1/alerts", json=body)
     assert r.status_code == 422, r.text
     details = r.json()["error"]["details"]
     assert any(d["field"] == field and says in d["message"] for d in details), details
-    created = await create(client, rule("https://hooks.example.com/x"))
+    created = await create(client, rule("https://hooks.example.invalid/x"))
     r = await client.put(f"/v1/alerts/{created['id']}", json=body)
     assert r.status_code == 422 and any(d["field"] == field for d in r.json()["error"]["details"])
 

@@ -44,8 +44,17 @@ METRIC_SQL: dict[str, str] = {
 RATE_METRICS = frozenset({"error_rate", "latency_p95_ms", "latency_p50_ms"})
 MIN_WINDOW, MAX_WINDOW = 60, 7 * 86400
 MAX_RULES_PER_ORG = 500
+NUL_MESSAGE = "must not contain the NUL character (\\u0000)"
 
 Threshold = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(_has_nul(v) for v in value)
 
 
 class AlertFilter(RequestFilter):
@@ -74,6 +83,20 @@ class AlertRule(BaseModel):
                               description="error_rate and latencies: fewer requests in the window is no data (state kept)")
     webhook_url: str = Field(..., description="http(s) URL on a public address; notifications are POSTed there")
     enabled: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError(NUL_MESSAGE)  # Postgres text cannot hold it
+        return v
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_storable(cls, v: AlertFilter) -> AlertFilter:
+        if _has_nul(v.model_dump(mode="json")):
+            raise ValueError(NUL_MESSAGE)  # Postgres jsonb cannot hold it
+        return v
 
     @field_validator("webhook_url")
     @classmethod
