@@ -369,17 +369,24 @@ async def test_a_dead_webhook_is_recorded_and_other_rules_and_later_evaluations_
     assert 'helicone_api_alert_notifications_total{result="delivered"} 2.0' in metrics
 
 
-async def test_the_lifespan_loop_evaluates_on_its_own(alerts, receiver):
-    client, state, org, _, _ = alerts
-    await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500)])
-    await create(client, rule(receiver.url))
-    loop = AlertEvaluator(state, interval=0.05, clock=lambda: NOW)
-    loop.start()
-    try:
+async def test_the_lifespan_starts_a_loop_that_evaluates_every_interval(tmp_path, fresh_db_dsn, chdb_path, receiver):
+    settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=fresh_db_dsn, analytics_backend="chdb",
+                           chdb_path=chdb_path, clickhouse_database="t_" + uuid.uuid4().hex[:10], alert_interval=0.1,
+                           alert_webhook_allow_loopback=True, _env_file=None)
+    app = create_app(settings)
+    state = app.state.api
+    async with app.router.lifespan_context(app):  # what uvicorn runs
+        state.alerts.clock = lambda: NOW
+        org = await db.create_org(state.pool, "acme")
+        await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500)])
+        await state.pool.execute(
+            "INSERT INTO alert_rules(org_id, name, metric, window_seconds, comparison, threshold, webhook_url, webhook_secret) "
+            "VALUES ($1, 'errors', 'error_rate', 300, 'gt', 0.2, $2, 's')", uuid.UUID(org), receiver.url)
         await asyncio.wait_for(receiver.arrived.wait(), 10)
-    finally:
-        await loop.stop()
+        await asyncio.sleep(0.5)  # a few more intervals: evaluated again, not notified again
+        assert state.metrics.registry.get_sample_value("helicone_api_alert_evaluations_total", {"result": "breached"}) >= 3
     assert [n["state"] for n in receiver.bodies()] == ["firing"]
+    assert state.alerts._loop is None  # stopped with the app
 
 
 # ---- the address guard, with a fake DNS and connections that are never made ----------------------
