@@ -325,6 +325,11 @@ def test_network_policies_deny_by_default_and_allow_each_real_edge(full):
     provider = next(r for r in policies["hc-helicone-gateway"]["spec"]["egress"] if r["ports"] == [{"port": 443, "protocol": "TCP"}])
     assert "169.254.0.0/16" in provider["to"][0]["ipBlock"]["except"]  # never the cloud metadata service
     assert "10.0.0.0/8" in provider["to"][0]["ipBlock"]["except"]
+    # the api's alert webhooks: public addresses on 443 and 80, never the cluster or the metadata service
+    webhooks = next(r for r in policies["hc-helicone-api"]["spec"]["egress"] if r["ports"][0]["port"] == 443 and "ipBlock" in r["to"][0])
+    assert {p["port"] for p in webhooks["ports"]} == {443, 80}
+    assert {"169.254.0.0/16", "10.0.0.0/8"} <= set(webhooks["to"][0]["ipBlock"]["except"])
+    assert webhooks["to"][1]["ipBlock"]["except"] == ["fc00::/7", "fe80::/10"]
     api_from = policies["hc-helicone-api"]["spec"]["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in api_from
     grpc = next(r for r in policies["hc-helicone-prompts"]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")

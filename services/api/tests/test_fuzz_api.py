@@ -65,7 +65,16 @@ def encoded(document) -> bytes:
 score_bodies = st.one_of(st.fixed_dictionaries({}, optional={"value": numbers, "rating": scalar, "bogus": json_value}),
                          st.fixed_dictionaries({"value": st.floats(allow_nan=False, allow_infinity=False)}),
                          st.fixed_dictionaries({"rating": st.booleans()}))
+# alert rules; webhook hosts never resolve (.invalid) and no evaluation runs here (HELICONE_ALERT_INTERVAL=0)
+alert_bodies = st.fixed_dictionaries({}, optional={
+    "name": text, "metric": st.one_of(st.sampled_from(["cost_usd", "error_rate", "latency_p95_ms", "requests"]), text),
+    "window_seconds": numbers, "comparison": st.one_of(st.sampled_from(["gt", "lte"]), text), "threshold": numbers,
+    "filter": st.one_of(queries.map(lambda q: q.get("filter", {})), json_value), "min_requests": numbers, "enabled": scalar,
+    "webhook_url": st.one_of(text, st.sampled_from(["https://hooks.example.invalid/x", "http://127.0.0.1:1/x", "http://[::1]/",
+                                                    "http://[zz/", "http://hooks.example.invalid:99999/", "http://10.0.0.1/"])),
+})
 bodies = st.one_of(queries.map(encoded), json_value.map(encoded), st.binary(max_size=200), score_bodies.map(encoded),
+                   alert_bodies.map(encoded),
                    queries.map(encoded).map(lambda b: b[: len(b) // 2]),  # cut short
                    st.just(b"[" * 5000), st.just(b'{"limit": 5}' + b" " * 70_000))  # deeply nested, over the limit
 ids = st.one_of(st.uuids().map(str), text, st.binary(max_size=60).map(lambda b: b.decode("latin-1")), st.just("x" * 5000),
@@ -80,6 +89,9 @@ routes = st.one_of(
               st.builds(lambda i, n: f"/v1/request/{i}/score/{n}", st.one_of(st.just(LOGGED), ids), score_names)),
     st.tuples(st.just("DELETE"), ids.map(lambda i: "/v1/keys/" + i)),
     st.tuples(st.sampled_from(["GET", "POST"]), st.just("/v1/keys")),
+    st.tuples(st.sampled_from(["GET", "POST"]), st.just("/v1/alerts")),
+    st.tuples(st.sampled_from(["GET", "PUT", "DELETE"]), ids.map(lambda i: "/v1/alerts/" + i)),
+    st.tuples(st.just("GET"), ids.map(lambda i: f"/v1/alerts/{i}/history")),
     st.tuples(st.sampled_from(["GET", "POST", "DELETE", "PUT", "OPTIONS", "HEAD"]),
               st.one_of(ids.map(lambda i: "/v1/" + i), st.sampled_from(["/healthz", "/readyz", "/", "/v1/keys/", "/nowhere"]))),
 )
@@ -132,7 +144,7 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         await admin.execute(f"CREATE DATABASE {name}")
         await admin.close()
         app = create_app(ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=pg_dsn.replace("/postgres?", f"/{name}?"),
-                                     max_body_bytes=64 * 1024, _env_file=None, **analytics_settings))
+                                     max_body_bytes=64 * 1024, alert_interval=0, _env_file=None, **analytics_settings))
         state = app.state.api
         await state.start()
         stack.push_async_callback(state.stop)
@@ -158,6 +170,9 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         @example(r=dict(OK, route=("DELETE", f"/v1/request/{LOGGED}/score/accuracy"), body=b""))
         @example(r=dict(OK, route=("POST", f"/v1/request/{LOGGED}/feedback"), body=b'{"rating": true}'))
         @example(r=dict(OK, body=encoded({"filter": {"scores": {"feedback": {"equals": 1}, "accuracy": {"gte": 1e308}}}})))
+        @example(r=dict(OK, route=("POST", "/v1/alerts"), body=encoded({
+            "name": "x", "metric": "requests", "window_seconds": 60, "comparison": "gt", "threshold": 1e308,
+            "filter": {"properties": {"a": "\\N"}}, "webhook_url": "https://hooks.example.invalid/x"})))
         def check(r):
             status, answer = loop.run_until_complete(asyncio.wait_for(call(app, r, key, logged), 10))
             assert status != 500, answer
@@ -167,7 +182,7 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
             seen.add(status)
 
         check()
-        assert {200, 204, 401, 422} <= seen, seen  # the examples above got past auth and validation
+        assert {200, 201, 204, 401, 422} <= seen, seen  # the examples above got past auth and validation
 
         # Scores on the logged request: any number a caller sends is stored and read back exactly,
         # or refused with a 422 naming `value`; a name is taken or refused as a whole.

@@ -142,6 +142,45 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER prompts_notify AFTER UPDATE ON prompts
         FOR EACH ROW EXECUTE FUNCTION helicone_notify_prompt_change();
     """,
+    # 7: alert rules (helicone_api.alerts), their state and the history of their transitions
+    """
+    CREATE TABLE alert_rules (
+        id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+        org_id UUID NOT NULL REFERENCES orgs(id),
+        name TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        window_seconds INT NOT NULL,
+        comparison TEXT NOT NULL,
+        threshold DOUBLE PRECISION NOT NULL,
+        filter JSONB NOT NULL DEFAULT '{}',
+        min_requests INT NOT NULL DEFAULT 1,
+        webhook_url TEXT NOT NULL,
+        webhook_secret TEXT NOT NULL,
+        enabled BOOLEAN NOT NULL DEFAULT true,
+        state TEXT NOT NULL DEFAULT 'ok',
+        last_value DOUBLE PRECISION,
+        last_requests BIGINT,
+        last_evaluated_at TIMESTAMPTZ,
+        next_evaluation_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX alert_rules_org ON alert_rules(org_id, created_at);
+    CREATE INDEX alert_rules_due ON alert_rules(next_evaluation_at) WHERE enabled;
+    CREATE TABLE alert_events (
+        id BIGSERIAL PRIMARY KEY,
+        rule_id UUID NOT NULL REFERENCES alert_rules(id) ON DELETE CASCADE,
+        at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        state TEXT NOT NULL,
+        value DOUBLE PRECISION,
+        requests BIGINT,
+        delivery_result TEXT NOT NULL DEFAULT 'pending',
+        delivery_attempts INT NOT NULL DEFAULT 0,
+        delivery_status INT,
+        delivery_error TEXT
+    );
+    CREATE INDEX alert_events_rule ON alert_events(rule_id, id);
+    """,
 ]
 
 

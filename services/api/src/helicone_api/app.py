@@ -16,6 +16,8 @@ from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .alert_evaluator import EVALUATION_RESULTS, AlertEvaluator
+from .alerts import alerts_router
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .keys import keys_router
 from .models import RequestId, RequestQuery
@@ -23,6 +25,7 @@ from .prompts import PromptsClient, prompts_router
 from .queries import body_to_json, detail_sql, list_sql, row_to_json
 from .scores import scores_of, scores_router
 from .settings import ApiSettings
+from .webhooks import DELIVERY_RESULTS, WebhookSender
 
 log = logging.getLogger("helicone.api")
 
@@ -41,6 +44,17 @@ class ApiState:
         self.prompts = PromptsClient(settings.prompts_target, settings.prompts_timeout)
         self.m_queries = self.metrics.counter("helicone_api_queries_total", "Queries served", ("endpoint", "result"))
         self.m_query_seconds = self.metrics.histogram("helicone_api_query_seconds", "Query time", ("endpoint",))
+        self.webhooks = WebhookSender(allow_loopback=settings.alert_webhook_allow_loopback,
+                                      timeout=settings.alert_webhook_timeout, attempts=settings.alert_webhook_attempts)
+        self.m_alert_evaluations = self.metrics.counter(
+            "helicone_api_alert_evaluations_total", "Alert rule evaluations, by outcome", ("result",))
+        self.m_alert_notifications = self.metrics.counter(
+            "helicone_api_alert_notifications_total", "Alert notifications to webhooks, by delivery result", ("result",))
+        for result in EVALUATION_RESULTS:
+            self.m_alert_evaluations.labels(result)
+        for result in DELIVERY_RESULTS:
+            self.m_alert_notifications.labels(result)
+        self.alerts = AlertEvaluator(self, settings.alert_interval)
 
     async def start(self) -> None:
         await self.bodies.start()
@@ -49,8 +63,13 @@ class ApiState:
         await db.migrate(self.pool)
         await self.keys.start()
         await self.prompts.start()
+        await self.webhooks.start()
+        if self.settings.alert_interval > 0:
+            self.alerts.start()
 
     async def stop(self) -> None:
+        await self.alerts.stop()
+        await self.webhooks.close()
         await self.prompts.stop()
         await self.keys.stop()
         if self.pool is not None:
@@ -143,4 +162,5 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(scores_router(state, org_id))
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
+    app.include_router(alerts_router(state, org_id))
     return app

@@ -12,3 +12,10 @@ class ApiSettings(ServiceSettings):
     # The prompts service's gRPC address (host:port) behind /v1/prompts; empty: those answer 503.
     prompts_target: str = ""
     prompts_timeout: float = Field(default=5.0, gt=0)  # deadline of one call to it
+    # Alerts (alerts.py): seconds between two evaluations of each rule; 0: this replica evaluates none
+    # (others may: each rule is claimed by one replica per interval).
+    alert_interval: float = Field(default=60.0, ge=0)
+    alert_webhook_timeout: float = Field(default=5.0, gt=0)  # seconds for one delivery attempt
+    alert_webhook_attempts: int = Field(default=3, ge=1, le=10)  # tries per notification (backoff between them)
+    # Webhooks go to public addresses only; this also allows loopback (tests, a single-box install).
+    alert_webhook_allow_loopback: bool = False

@@ -3,8 +3,8 @@
 A caller chooses the host of a Target-URL request, so without a guard any key holder could make the
 gateway call its own loopback ports, the cluster network or a cloud metadata endpoint. The rules:
 
-- `classify(ip)` names why an address is not a public destination (loopback, private, metadata, ...),
-  looking through the IPv6 forms that embed an IPv4 address (mapped, NAT64, 6to4, Teredo, ...).
+- `classify(ip)` (helicone_core.addresses) names why an address is not a public destination (loopback,
+  private, metadata, ...), looking through the IPv6 forms that embed an IPv4 address.
 - `EgressPolicy.refusal(host, port, ip)` applies the operator's settings on top: allowlisted
   `host`/`host:port` entries are opened whatever their address; `allow_private` opens only the
   private ranges (RFC 1918, CGNAT, IPv6 unique-local), never loopback, link-local or metadata.
@@ -22,158 +22,21 @@ import socket
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import ip_address
 
 import aiohttp
+from helicone_core.addresses import CGNAT, PRIVATE, UNIQUE_LOCAL, IPAddress, classify
+from helicone_core.addresses import REASONS as ADDRESS_REASONS
 from yarl import URL
 
-# ---- address classification -----------------------------------------------------------------
+# ---- address classification (helicone_core.addresses) ----------------------------------------
 
-LOOPBACK = "loopback"
-UNSPECIFIED = "unspecified"
-LINK_LOCAL = "link_local"
-CLOUD_METADATA = "cloud_metadata"
-PRIVATE = "private"
-CGNAT = "cgnat"
-UNIQUE_LOCAL = "unique_local"
-MULTICAST = "multicast"
-BROADCAST = "broadcast"
-RESERVED = "reserved"
-DOCUMENTATION = "documentation"
-BENCHMARKING = "benchmarking"
-LOCAL_NAT64 = "local_nat64"
 NOT_ALLOWLISTED = "not_allowlisted"
-
 # Every reason a Target-URL is refused (also the bounded label set of the refusal metric).
-REASONS: dict[str, str] = {
-    LOOPBACK: "a loopback address",
-    UNSPECIFIED: "an unspecified address (0.0.0.0/8 or ::)",
-    LINK_LOCAL: "a link-local address",
-    CLOUD_METADATA: "a cloud metadata address",
-    PRIVATE: "a private (RFC 1918) address",
-    CGNAT: "a shared carrier-grade NAT address (100.64.0.0/10)",
-    UNIQUE_LOCAL: "a unique-local IPv6 address (fc00::/7)",
-    MULTICAST: "a multicast address",
-    BROADCAST: "the broadcast address",
-    RESERVED: "a reserved address",
-    DOCUMENTATION: "a documentation-only address",
-    BENCHMARKING: "a benchmarking-only address",
-    LOCAL_NAT64: "a local-use NAT64 address (64:ff9b:1::/48)",
-    NOT_ALLOWLISTED: "not in the allowlist",
-}
+REASONS: dict[str, str] = {**ADDRESS_REASONS, NOT_ALLOWLISTED: "not in the allowlist"}
 # What target_url_allow_private opens: ranges a self-hosted model can live on. Loopback, link-local,
 # metadata and the rest stay closed (they reach the gateway's own host or the cloud's control plane).
 OPENED_BY_ALLOW_PRIVATE = frozenset({PRIVATE, CGNAT, UNIQUE_LOCAL})
-
-IPAddress = IPv4Address | IPv6Address
-
-
-def _table(rows: list[tuple[str, object]]) -> list[tuple[int, int, object]]:
-    out = []
-    for cidr, action in rows:
-        net = ip_network(cidr)
-        out.append((int(net.network_address), int(net.netmask), action))
-    return out
-
-
-# First match wins, so specific ranges come before the ranges that contain them.
-_V4 = _table([
-    ("169.254.169.254/32", CLOUD_METADATA),  # AWS, GCP, Azure, OCI, DigitalOcean, ...
-    ("169.254.170.2/32", CLOUD_METADATA),  # AWS ECS task credentials
-    ("169.254.170.23/32", CLOUD_METADATA),  # AWS EKS pod identity
-    ("100.100.100.200/32", CLOUD_METADATA),  # Alibaba Cloud (inside CGNAT space)
-    ("0.0.0.0/8", UNSPECIFIED),  # "this network": 0.0.0.0 reaches the local host on Linux
-    ("127.0.0.0/8", LOOPBACK),
-    ("169.254.0.0/16", LINK_LOCAL),
-    ("10.0.0.0/8", PRIVATE),
-    ("172.16.0.0/12", PRIVATE),
-    ("192.168.0.0/16", PRIVATE),
-    ("100.64.0.0/10", CGNAT),
-    ("192.0.0.0/24", RESERVED),  # IETF protocol assignments
-    ("192.0.2.0/24", DOCUMENTATION),
-    ("198.51.100.0/24", DOCUMENTATION),
-    ("203.0.113.0/24", DOCUMENTATION),
-    ("198.18.0.0/15", BENCHMARKING),
-    ("192.88.99.0/24", RESERVED),  # former 6to4 relay anycast
-    ("224.0.0.0/4", MULTICAST),
-    ("255.255.255.255/32", BROADCAST),
-    ("240.0.0.0/4", RESERVED),
-])
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _last32(n: int) -> tuple[int, ...]:
-    return (n & _MASK32,)
-
-
-def _sixtofour(n: int) -> tuple[int, ...]:
-    return ((n >> 80) & _MASK32,)  # 2002:AABB:CCDD::/48
-
-
-def _teredo(n: int) -> tuple[int, ...]:
-    return (~n & _MASK32, (n >> 64) & _MASK32)  # client (obfuscated), server
-
-
-_V6 = _table([
-    ("fd00:ec2::254/128", CLOUD_METADATA),  # AWS IMDS over IPv6 (inside fc00::/7)
-    ("fd00:ec2::23/128", CLOUD_METADATA),  # AWS EKS pod identity over IPv6
-    ("::/128", UNSPECIFIED),
-    ("::1/128", LOOPBACK),
-    # IPv6 addresses that carry an IPv4 address: the IPv4 one decides.
-    ("::ffff:0:0/96", _last32),  # IPv4-mapped
-    ("::ffff:0:0:0/96", _last32),  # IPv4-translated (SIIT)
-    ("::/96", _last32),  # IPv4-compatible (deprecated)
-    ("64:ff9b::/96", _last32),  # NAT64 well-known prefix
-    ("64:ff9b:1::/48", _last32),  # local-use NAT64, see _classify_v6
-    ("2002::/16", _sixtofour),
-    ("2001::/32", _teredo),
-    ("2001:2::/48", BENCHMARKING),
-    ("2001::/23", RESERVED),  # IETF protocol assignments
-    ("2001:db8::/32", DOCUMENTATION),
-    ("3fff::/20", DOCUMENTATION),
-    ("5f00::/16", RESERVED),  # SRv6 SIDs
-    ("fc00::/7", UNIQUE_LOCAL),
-    ("fe80::/10", LINK_LOCAL),
-    ("fec0::/10", RESERVED),  # deprecated site-local
-    ("ff00::/8", MULTICAST),
-])
-_LOCAL_NAT64 = int(IPv6Address("64:ff9b:1::"))
-_V6_GLOBAL_NET, _V6_GLOBAL_MASK = int(IPv6Address("2000::")), int(IPv6Address("e000::"))
-
-
-def _classify_v4(n: int) -> str | None:
-    for net, mask, label in _V4:
-        if n & mask == net:
-            return label  # type: ignore[return-value]
-    return None
-
-
-def _classify_v6(n: int) -> str | None:
-    for net, mask, action in _V6:
-        if n & mask != net:
-            continue
-        if isinstance(action, str):
-            return action
-        for embedded in action(n):  # type: ignore[operator]
-            label = _classify_v4(embedded)
-            if label:
-                return label
-        # The local-use NAT64 prefix may embed the IPv4 address at other offsets (RFC 6052,
-        # prefix lengths /48../96) depending on the site: it cannot be verified, so it stays shut.
-        return LOCAL_NAT64 if net == _LOCAL_NAT64 else None
-    if n & _V6_GLOBAL_MASK != _V6_GLOBAL_NET:
-        return RESERVED  # outside 2000::/3 nothing else is assigned for global unicast
-    return None
-
-
-def classify(ip: IPAddress | str) -> str | None:
-    """Why `ip` is not a public destination (a key of REASONS), or None if it is one."""
-    if isinstance(ip, str):
-        ip = ip_address(ip)
-    if ip.version == 4:
-        return _classify_v4(int(ip))
-    return _classify_v6(int(ip))  # int() ignores a %zone suffix
 
 
 # ---- host spellings ----------------------------------------------------------------------------
