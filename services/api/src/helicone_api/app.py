@@ -17,6 +17,7 @@ from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_rout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
+from .insights import insights_router
 from .keys import keys_router
 from .models import RequestId, RequestQuery
 from .prompts import PromptsClient, prompts_router
@@ -143,4 +144,5 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(scores_router(state, org_id))
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
+    app.include_router(insights_router(state, org_id))
     return app

@@ -17,6 +17,8 @@ COLUMNS = """
     cache_hit, cache_saved_usd
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
+# A request that failed: an error status, no response (status 0), or a transport error the gateway recorded.
+IS_ERROR = "(status >= 400 OR status = 0 OR error != '')"
 SORTS = {
     "created_at_desc": "request_created_at DESC, request_id",
     "created_at_asc": "request_created_at ASC, request_id",
@@ -169,7 +171,7 @@ def prompt_analytics_sql(org_id: str, prompt_id: str, f: RequestFilter) -> tuple
     sql = (
         "SELECT prompt_version, count() AS requests, sum(cost_usd) AS cost_usd, countIf(cost_known = 0) AS cost_unknown, "
         "avg(latency_ms) AS latency_ms_avg, quantile(0.95)(latency_ms) AS latency_ms_p95, "
-        "countIf(status >= 400 OR status = 0 OR error != '') AS errors "
+        f"countIf({IS_ERROR}) AS errors "
         f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY prompt_version ORDER BY prompt_version DESC " + SETTINGS
     )
     return sql, params
