@@ -5,14 +5,18 @@ expected number is computed here in Python from the same rows, never read back f
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
+import urllib.parse
 from collections import defaultdict
 from zoneinfo import ZoneInfo
 
 import pytest
 from helicone_core import events
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from services.api.tests import test_api
+from services.api.tests import test_api, test_fuzz_api
 
 api = test_api.api  # the fixture: an api on a real Postgres and each analytics backend
 
@@ -509,3 +513,67 @@ async def test_bad_input_is_a_422_naming_the_place(api):
     d = await problem("GET", "/v1/metrics/summary", params={"start": "2026-03-02T00:00:00Z", "end": "2026-03-01T00:00:00Z"})
     assert d["field"] == "query.end"
     assert (await problem("POST", "/v1/property/env/values", json={"limit": 0}))["field"] == "limit"
+
+
+# Any body or query string on these endpoints is answered (200 or a 422 naming the place), never a 500.
+fuzz_text = test_fuzz_api.text
+fuzz_sorts = st.fixed_dictionaries({}, optional={"field": st.one_of(st.sampled_from(["requests", "active_days", "errors"]), fuzz_text),
+                                                 "direction": st.one_of(st.sampled_from(["asc", "desc"]), fuzz_text)})
+fuzz_bodies = st.fixed_dictionaries({}, optional={
+    "filter": st.one_of(test_fuzz_api.filters, test_fuzz_api.json_value), "search": st.one_of(fuzz_text, test_fuzz_api.scalar),
+    "sort": st.one_of(fuzz_sorts, test_fuzz_api.json_value), "limit": st.one_of(st.integers(-5, 2000), test_fuzz_api.scalar),
+    "offset": st.integers(-5, 2_000_000), "start": test_fuzz_api.when, "end": test_fuzz_api.when,
+    "bucket": st.one_of(st.sampled_from(["minute", "hour", "day", "week"]), fuzz_text),
+    "timezone": st.one_of(st.sampled_from(["UTC", "Asia/Kolkata", "America/New_York", "Etc/GMT+5", "utc", ""]), fuzz_text),
+    "group_by": st.one_of(st.sampled_from(["model", "provider", "user", "property:env", "property:"]),
+                          fuzz_text.map(lambda t: "property:" + t), fuzz_text),
+    "top_groups": st.integers(-2, 60), "by": st.one_of(st.sampled_from(["model", "provider"]), fuzz_text),
+})
+
+
+def segment(text: str) -> str:
+    """A path segment as a client sends it: percent-encoded UTF-8 (a lone surrogate as its raw bytes)."""
+    return urllib.parse.quote(text.encode("utf-8", "surrogatepass"), safe="")
+
+
+fuzz_routes = st.one_of(
+    st.sampled_from(["/v1/session/query", "/v1/user/query", "/v1/metrics/timeseries", "/v1/metrics/breakdown"]).map(lambda p: ("POST", p)),
+    fuzz_text.map(lambda k: ("POST", f"/v1/property/{segment(k)}/values")), fuzz_text.map(lambda s: ("GET", f"/v1/session/{segment(s)}")),
+    st.sampled_from(["/v1/property/keys", "/v1/metrics/summary"]).map(lambda p: ("GET", p)),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(route=fuzz_routes, body=fuzz_bodies, query=st.fixed_dictionaries({}, optional={"start": test_fuzz_api.when, "end": test_fuzz_api.when}))
+@example(route=("POST", "/v1/metrics/timeseries"), query={},
+         body={"start": "2026-03-01T00:00:00Z", "end": "2026-03-02T00:00:00Z", "group_by": "property:a\\'\t{x:String}\ud800"})
+async def test_any_input_is_answered_never_a_500(api, route, body, query):
+    client, *_ = api
+    method, path = route
+    raw = json.dumps(body, ensure_ascii=True, allow_nan=True)  # lone surrogates travel as \udXXX
+    r = await client.request(method, path, content=raw if method == "POST" else None,
+                             params={k: str(v).encode("utf-8", "surrogatepass").decode("utf-8", "replace") for k, v in query.items()},
+                             headers={"content-type": "application/json"})
+    assert r.status_code in (200, 307, 404, 405, 422), (route, body, r.text)
+    if r.status_code == 422:
+        assert all(d["field"] or d["message"] for d in r.json()["error"]["details"])
+
+
+async def test_ids_keys_and_search_text_are_matched_exactly_whatever_they_contain(api):
+    client, state, org, _, _ = api
+    awkward = "a'b\\c\td{x:String}%/é"  # header values: no newline
+    rows = dataset(seed=11, n=3)
+    for r in rows:
+        r.update(session_id=awkward, session_name="", user=awkward, props={awkward.lower(): awkward})
+    await log(state, org, rows)
+    r = await client.get(f"/v1/session/{segment(awkward)}")
+    assert r.status_code == 200 and (r.json()["session_id"], r.json()["requests"]) == (awkward, 3), r.text
+    assert [s["session_id"] for s in (await post(client, "/v1/session/query", {"search": "\\C\tD"}))["data"]] == [awkward]
+    assert [u["user_id"] for u in (await post(client, "/v1/user/query", {"search": "{X:string}%"}))["data"]] == [awkward]
+    assert (await client.get("/v1/property/keys")).json()["data"] == [{"key": awkward.lower(), "requests": 3}]
+    data = (await post(client, f"/v1/property/{segment(awkward)}/values", {}))["data"]
+    assert [(d["value"], d["requests"]) for d in data] == [(awkward, 3)]
+    body = {"start": T0.isoformat(), "end": (T0 + dt.timedelta(days=3)).isoformat(), "bucket": "day",
+            "group_by": f"property:{awkward}"}
+    assert [(d["group"], d["requests"]) for d in (await post(client, "/v1/metrics/timeseries", body))["data"]] == [
+        (awkward, sum(1 for x in rows if x["created"].day == d)) for d in (1, 2, 3)]

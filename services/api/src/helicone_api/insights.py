@@ -492,7 +492,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         rows = await run("session_query", session_list_sql(org, q))
         return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
 
-    @router.get("/session/{session_id}")
+    @router.get("/session/{session_id:path}")  # :path: a session id may contain "/"
     async def get_session(session_id: Annotated[FilterText, Path()], org: str = Depends(org_id)) -> dict:
         """One session's totals and its trace tree (Helicone-Session-Path), with every request in it."""
         found = await run("session_detail", session_list_sql(org, None, session_id))
@@ -517,7 +517,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         rows = await run("property_keys", property_keys_sql(org, r))
         return {"data": [{"key": row["key"], "requests": int(row["requests"])} for row in rows]}
 
-    @router.post("/property/{key}/values")
+    @router.post("/property/{key:path}/values")
     async def property_values(key: PropertyKey, q: PropertyValuesQuery, org: str = Depends(org_id)) -> dict:
         """A property's values, most requests first: requests, cost and latency per value."""
         rows = await run("property_values", property_values_sql(org, _utf8(key).lower(), q))
