@@ -577,3 +577,18 @@ async def test_ids_keys_and_search_text_are_matched_exactly_whatever_they_contai
             "group_by": f"property:{awkward}"}
     assert [(d["group"], d["requests"]) for d in (await post(client, "/v1/metrics/timeseries", body))["data"]] == [
         (awkward, sum(1 for x in rows if x["created"].day == d)) for d in (1, 2, 3)]
+
+
+async def test_the_openapi_examples_are_accepted_as_they_stand(logged):
+    client, *_ = logged
+    spec = (await client.get("/openapi.json")).json()
+    posted = 0
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+            for ex in spec["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {}).get("examples", []):
+                if ref.rsplit("/", 1)[-1] in ("SessionQuery", "UserQuery", "PropertyValuesQuery", "TimeseriesQuery", "BreakdownQuery"):
+                    r = await client.request(method.upper(), path.replace("{key}", "env"), json=ex)
+                    assert r.status_code == 200, (path, r.text)
+                    posted += 1
+    assert posted == 5

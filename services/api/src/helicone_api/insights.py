@@ -48,7 +48,7 @@ SESSION_SORTS = ("requests", "cost_usd", "total_tokens", "duration_ms", "first_s
 USER_SORTS = ("requests", "cost_usd", "total_tokens", "active_days", "first_seen", "last_seen")
 
 SearchText = Annotated[str, Field(min_length=1, max_length=256), BeforeValidator(_utf8)]
-PropertyKey = Annotated[str, Path(min_length=1, max_length=MAX_FILTER_CHARS, description="a property name (any case)")]
+PropertyKey = Annotated[FilterText, Path(min_length=1, description="a property name (any case)")]
 
 FILTER_EXAMPLE = {"start": "2026-03-01T00:00:00Z", "end": "2026-03-08T00:00:00Z", "model": "gpt-4o-mini"}
 
@@ -520,7 +520,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     @router.post("/property/{key:path}/values")
     async def property_values(key: PropertyKey, q: PropertyValuesQuery, org: str = Depends(org_id)) -> dict:
         """A property's values, most requests first: requests, cost and latency per value."""
-        rows = await run("property_values", property_values_sql(org, _utf8(key).lower(), q))
+        rows = await run("property_values", property_values_sql(org, key.lower(), q))
         return {"data": [{"value": row["value"], "requests": int(row["requests"]), "cost_usd": float(row["cost_usd"]),
                           "avg_latency_ms": _number(row["avg_latency_ms"]), "p95_latency_ms": _number(row["p95_latency_ms"])}
                          for row in rows]}
