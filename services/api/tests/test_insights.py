@@ -474,6 +474,9 @@ async def test_no_endpoint_shows_another_orgs_requests(api):
     assert (await post(client, "/v1/metrics/timeseries", {"start": start, "end": end, "group_by": "model"}))["data"] == []
     assert (await post(client, "/v1/metrics/breakdown", {"by": "model"}))["data"] == []
     assert (await client.get("/v1/metrics/summary")).json()["requests"] == 0
+    for path in ("/v1/metrics/summary", "/v1/property/keys", "/v1/session/sess-checkout-1"):  # and no key sees anything
+        assert (await client.get(path, headers={"Authorization": ""})).status_code == 401
+    assert (await client.post("/v1/session/query", json={}, headers={"Authorization": "Bearer sk-helicone-nope"})).status_code == 401
 
 
 async def test_bad_input_is_a_422_naming_the_place(api):
