@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .alert_evaluator import EVALUATION_RESULTS, AlertEvaluator
 from .alerts import alerts_router
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
+from .insights import insights_router
 from .keys import keys_router
 from .models import RequestId, RequestQuery
 from .prompts import PromptsClient, prompts_router
@@ -163,4 +164,5 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
     app.include_router(alerts_router(state, org_id))
+    app.include_router(insights_router(state, org_id))
     return app

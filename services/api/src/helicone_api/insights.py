@@ -1,0 +1,550 @@
+"""Dashboard analytics over `request_log`: sessions (and their trace tree), users, custom properties,
+time series, breakdowns and summary tiles.
+
+Same SQL text on chDB and a ClickHouse server, server-side parameters only; every query is scoped to
+the caller's org, and every caller filter becomes SQL in one place (`_conditions`, through
+queries.where_sql). Time-series buckets are cut in the caller's IANA time zone by ClickHouse itself
+(half-hour offsets, 23- and 25-hour days) and zero-filled with `WITH FILL`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import math
+import re
+import zoneinfo
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from .models import MAX_FILTER_CHARS, FilterText, RequestFilter, _ch_range, _utf8
+from .queries import COLUMNS, ERROR_CONDITION, SETTINGS, _ch_time, _iso, row_to_json, where_sql
+from .scores import scores_of
+
+# Bounds that keep one answer small: buckets of a time series, its groups (the rest is "other"),
+# the requests one session's tree carries, the users listed per session.
+MAX_BUCKETS = 2000
+MAX_GROUPS = 50
+MAX_SESSION_REQUESTS = 5000
+MAX_SESSION_USERS = 50
+BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+# A bucket's start from a DateTime in the caller's zone ({t}), and the WITH FILL step between buckets:
+# ClickHouse steps DAY and WEEK by the calendar of that zone, so DST days are 23 or 25 hours long.
+BUCKET_SQL = {
+    "minute": ("toStartOfMinute({t})", "INTERVAL 1 MINUTE"),
+    "hour": ("toStartOfHour({t})", "INTERVAL 1 HOUR"),
+    "day": ("toStartOfDay({t})", "INTERVAL 1 DAY"),
+    "week": ("toDateTime(toMonday({t}), {{tz:String}})", "INTERVAL 1 WEEK"),  # weeks start on Monday
+}
+GROUP_BY_FORM = '"model", "provider", "user" or "property:<key>"'
+GROUP_COLUMNS = {"model": "model", "provider": "provider", "user": "user_id"}
+PROPERTY_GROUP = re.compile(r"^property:(.+)$", re.DOTALL)
+TZ_FORM = "an IANA time zone name such as UTC, Europe/Berlin or Asia/Kolkata"
+
+SESSION_SORTS = ("requests", "cost_usd", "total_tokens", "duration_ms", "first_seen", "last_seen", "errors")
+USER_SORTS = ("requests", "cost_usd", "total_tokens", "active_days", "first_seen", "last_seen")
+
+SearchText = Annotated[str, Field(min_length=1, max_length=256), BeforeValidator(_utf8)]
+PropertyKey = Annotated[FilterText, Path(min_length=1, description="a property name (any case)")]
+
+FILTER_EXAMPLE = {"start": "2026-03-01T00:00:00Z", "end": "2026-03-08T00:00:00Z", "model": "gpt-4o-mini"}
+
+
+class Sort(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    direction: Literal["asc", "desc"] = "desc"
+
+
+class SessionSort(Sort):
+    field: Literal[SESSION_SORTS] = "last_seen"  # type: ignore[valid-type]
+
+
+class UserSort(Sort):
+    field: Literal[USER_SORTS] = "last_seen"  # type: ignore[valid-type]
+
+
+class SessionQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": FILTER_EXAMPLE, "search": "checkout", "sort": {"field": "cost_usd", "direction": "desc"}, "limit": 50}]})
+
+    filter: RequestFilter = Field(default_factory=RequestFilter)
+    search: SearchText | None = Field(None, description="a substring of the session id or name (any case)")
+    sort: SessionSort = Field(default_factory=SessionSort)
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+class UserQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": FILTER_EXAMPLE, "search": "alice", "sort": {"field": "requests", "direction": "desc"}, "limit": 50}]})
+
+    filter: RequestFilter = Field(default_factory=RequestFilter)
+    search: SearchText | None = Field(None, description="a substring of the user id (any case)")
+    sort: UserSort = Field(default_factory=UserSort)
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+class PropertyValuesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"filter": FILTER_EXAMPLE, "limit": 20}]})
+
+    filter: RequestFilter = Field(default_factory=RequestFilter)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class TimeRange(BaseModel):
+    """start/end in the query string of the GET endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: dt.datetime | None = Field(None, description="created at or after (ISO 8601; naive times are UTC)")
+    end: dt.datetime | None = Field(None, description="created before")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _stored_range(cls, v: dt.datetime | None) -> dt.datetime | None:
+        return _ch_range(v)
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, v: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
+        start = info.data.get("start")
+        if v is not None and start is not None and v <= start:
+            raise ValueError("must be after start")
+        return v
+
+
+class BreakdownQuery(TimeRange):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": {"provider": "openai"}, "start": "2026-03-01T00:00:00Z", "end": "2026-03-08T00:00:00Z", "by": "model"}]})
+
+    filter: RequestFilter = Field(default_factory=RequestFilter)
+    by: Literal["model", "provider"]
+    limit: int = Field(100, ge=1, le=1000)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _group_column(group_by: str | None) -> tuple[str, dict[str, Any]]:
+    """The SQL of a group_by value and its parameters ('' and none without one)."""
+    if group_by is None:
+        return "''", {}
+    if group_by in GROUP_COLUMNS:
+        return GROUP_COLUMNS[group_by], {}
+    return "properties[{group_key:String}]", {"group_key": PROPERTY_GROUP.match(group_by).group(1).lower()}
+
+
+class TimeseriesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": {"provider": "openai"}, "start": "2026-03-01T00:00:00Z", "end": "2026-03-08T00:00:00Z",
+         "bucket": "day", "timezone": "Europe/Berlin", "group_by": "model", "top_groups": 5}]})
+
+    filter: RequestFilter = Field(default_factory=RequestFilter)
+    start: dt.datetime = Field(description="the first bucket is the one holding start (ISO 8601; naive times are UTC)")
+    end: dt.datetime = Field(description="buckets up to end (exclusive)")
+    timezone: str = Field("UTC", description=TZ_FORM + "; buckets start at its midnights and hours")
+    bucket: Literal["minute", "hour", "day", "week"] = Field("hour", description="weeks start on Monday")
+    group_by: str | None = Field(None, description=f"{GROUP_BY_FORM}: one series per value")
+    top_groups: int = Field(10, ge=1, le=MAX_GROUPS, description="with group_by: the groups with most requests; the rest is \"other\"")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _stored_range(cls, v: dt.datetime) -> dt.datetime:
+        return _ch_range(v)
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, v: dt.datetime, info: ValidationInfo) -> dt.datetime:
+        start = info.data.get("start")
+        if start is not None and v <= start:
+            raise ValueError("must be after start")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        if v not in _zones():
+            raise ValueError(f"must be {TZ_FORM}; {v[:64]!r} is not one")
+        return v
+
+    @field_validator("bucket")
+    @classmethod
+    def _few_buckets(cls, v: str, info: ValidationInfo) -> str:
+        start, end = info.data.get("start"), info.data.get("end")
+        if start is not None and end is not None:
+            n = math.ceil((end - start).total_seconds() / BUCKET_SECONDS[v]) + 1  # +1: the first bucket starts before start
+            if n > MAX_BUCKETS:
+                raise ValueError(f"{n} {v} buckets between start and end; at most {MAX_BUCKETS}: use a larger bucket "
+                                 "or a shorter range")
+        return v
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_form(cls, v: str | None) -> str | None:
+        if v is None or v in GROUP_COLUMNS:
+            return v
+        m = PROPERTY_GROUP.match(v)
+        if m is None or len(m.group(1)) > MAX_FILTER_CHARS:
+            raise ValueError(f"must be {GROUP_BY_FORM}")
+        _utf8(m.group(1))
+        return v
+
+
+def _conditions(org_id: str, f: RequestFilter, start: dt.datetime | None = None,
+                end: dt.datetime | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The one place this module turns a caller's filter (and an extra time range) into WHERE conditions."""
+    where, params = where_sql(org_id, f)
+    if start is not None:
+        where.append("request_created_at >= {range_start:DateTime64(3, 'UTC')}")
+        params["range_start"] = _ch_time(start)
+    if end is not None:
+        where.append("request_created_at < {range_end:DateTime64(3, 'UTC')}")
+        params["range_end"] = _ch_time(end)
+    return where, params
+
+
+# The usage and cost sums every aggregate answer carries.
+TOTALS = (
+    "count() AS requests, sum(cost_usd) AS cost_usd, sum(prompt_tokens) AS prompt_tokens, "
+    "sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens, "
+    f"countIf({ERROR_CONDITION}) AS errors"
+)
+
+
+def _totals(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requests": int(row["requests"]),
+        "cost_usd": float(row["cost_usd"]),
+        "prompt_tokens": int(row["prompt_tokens"]),
+        "completion_tokens": int(row["completion_tokens"]),
+        "total_tokens": int(row["total_tokens"]),
+    }
+
+
+def _rate(errors: int, requests: int) -> float:
+    return errors / requests if requests else 0.0
+
+
+def _number(value: Any) -> float | None:
+    """A quantile or average, null where there was nothing to measure (ClickHouse gives null or nan)."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Sessions (requests sharing a Helicone-Session-Id) with their totals; one session when session_id is given."""
+    if session_id is None:
+        where, params = _conditions(org_id, q.filter)
+    else:
+        where, params = ["org_id = {org:String}", "session_id = {sid:String}"], {"org": org_id, "sid": session_id}
+    where.append("session_id != ''")
+    having = ""
+    if q is not None and q.search:
+        having = ("HAVING positionCaseInsensitiveUTF8(session_id, {search:String}) > 0 "
+                  "OR positionCaseInsensitiveUTF8(session_name, {search:String}) > 0 ")
+        params["search"] = q.search
+    sort, direction = (q.sort.field, q.sort.direction.upper()) if q is not None else ("last_seen", "DESC")
+    sql = (
+        "SELECT session_id, argMaxIf(session_name, request_created_at, session_name != '') AS session_name, "
+        f"{TOTALS}, min(request_created_at) AS first_seen, max(request_created_at) AS last_seen, "
+        "toUnixTimestamp64Milli(max(response_created_at)) - toUnixTimestamp64Milli(min(request_created_at)) AS duration_ms, "
+        f"arraySort(groupUniqArrayIf({MAX_SESSION_USERS})(user_id, user_id != '')) AS users "
+        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY session_id {having}"
+        f"ORDER BY {sort} {direction}, session_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + SETTINGS
+    )
+    params["limit"] = q.limit if q is not None else 1
+    params["offset"] = q.offset if q is not None else 0
+    return sql, params
+
+
+def session_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "session_id": row["session_id"],
+        "session_name": row["session_name"] or None,
+        **_totals(row),
+        "duration_ms": max(int(row["duration_ms"]), 0),
+        "first_seen": _iso(row["first_seen"]),
+        "last_seen": _iso(row["last_seen"]),
+        "errors": int(row["errors"]),
+        "users": row["users"],
+    }
+
+
+def session_requests_sql(org_id: str, session_id: str) -> tuple[str, dict[str, Any]]:
+    sql = (
+        f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL WHERE org_id = {{org:String}} AND session_id = {{sid:String}} "
+        "ORDER BY request_created_at, request_id LIMIT {limit:UInt32} " + SETTINGS
+    )
+    return sql, {"org": org_id, "sid": session_id, "limit": MAX_SESSION_REQUESTS}
+
+
+def _segments(session_path: str) -> list[str]:
+    """"/a/b", "a/b/" and "/a//b" are all the node /a/b; "" and "/" the root."""
+    return [s for s in session_path.split("/") if s]
+
+
+def session_tree(rows: list[dict[str, Any]], requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The session's trace tree from Helicone-Session-Path: a node per path prefix, each with the
+    requests logged exactly at its path (oldest first) and its children; cost_usd and duration_ms
+    cover the node's whole subtree (duration: first request to last response)."""
+    root: dict[str, Any] = {"path": "/", "name": "", "requests": [], "children": []}
+    for row, req in zip(rows, requests, strict=True):
+        node, segments = root, _segments(row["session_path"])
+        for i, segment in enumerate(segments):
+            child = next((c for c in node["children"] if c["name"] == segment), None)
+            if child is None:
+                child = {"path": "/" + "/".join(segments[: i + 1]), "name": segment, "requests": [], "children": []}
+                node["children"].append(child)
+            node = child
+        node["requests"].append(req)
+
+    def finish(node: dict[str, Any]) -> tuple[float, str | None, str | None]:
+        cost = sum(r["cost_usd"] or 0.0 for r in node["requests"])
+        starts = [r["created_at"] for r in node["requests"]]
+        ends = [r["response_created_at"] for r in node["requests"]]
+        for child in node["children"]:
+            c_cost, c_start, c_end = finish(child)
+            cost += c_cost
+            starts += [c_start] if c_start else []
+            ends += [c_end] if c_end else []
+        first, last = (min(starts), max(ends)) if starts else (None, None)
+        node["cost_usd"] = cost
+        node["duration_ms"] = max(_ms(last) - _ms(first), 0) if first else 0
+        return cost, first, last
+
+    finish(root)
+    return root
+
+
+def _ms(iso: str) -> int:
+    return round(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def user_list_sql(org_id: str, q: UserQuery) -> tuple[str, dict[str, Any]]:
+    """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request."""
+    where, params = _conditions(org_id, q.filter)
+    where.append("user_id != ''")
+    if q.search:
+        where.append("positionCaseInsensitiveUTF8(user_id, {search:String}) > 0")
+        params["search"] = q.search
+    sql = (
+        f"SELECT user_id, {TOTALS}, uniqExact(toDate(request_created_at)) AS active_days, "
+        "min(request_created_at) AS first_seen, max(request_created_at) AS last_seen "
+        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY user_id "
+        f"ORDER BY {q.sort.field} {q.sort.direction.upper()}, user_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} "
+        + SETTINGS
+    )
+    params["limit"] = q.limit
+    params["offset"] = q.offset
+    return sql, params
+
+
+def user_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {"user_id": row["user_id"], **_totals(row), "active_days": int(row["active_days"]),
+            "first_seen": _iso(row["first_seen"]), "last_seen": _iso(row["last_seen"])}
+
+
+def property_keys_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
+    where, params = _conditions(org_id, RequestFilter(), r.start, r.end)
+    sql = (
+        "SELECT key, count() AS requests FROM {db}.request_log FINAL ARRAY JOIN mapKeys(properties) AS key "
+        f"WHERE {' AND '.join(where)} GROUP BY key ORDER BY requests DESC, key LIMIT 1000 " + SETTINGS
+    )
+    return sql, params
+
+
+def property_values_sql(org_id: str, key: str, q: PropertyValuesQuery) -> tuple[str, dict[str, Any]]:
+    """The values of one property, most requests first, with their cost and latency."""
+    where, params = _conditions(org_id, q.filter)
+    where.append("mapContains(properties, {pkey:String})")
+    params["pkey"] = key
+    params["limit"] = q.limit
+    sql = (
+        "SELECT properties[{pkey:String}] AS value, count() AS requests, sum(cost_usd) AS cost_usd, "
+        "avg(latency_ms) AS avg_latency_ms, quantile(0.95)(latency_ms) AS p95_latency_ms "
+        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY value "
+        "ORDER BY requests DESC, value LIMIT {limit:UInt32} " + SETTINGS
+    )
+    return sql, params
+
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+QUANTILE_NAMES = ("p50", "p90", "p95", "p99")
+
+
+def _quantiles(values: list | None) -> dict[str, float | None]:
+    values = values or [None] * len(QUANTILES)
+    return {name: _number(v) for name, v in zip(QUANTILE_NAMES, values, strict=True)}
+
+
+def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]]:
+    """One row per (group, bucket), zero-filled by WITH FILL within each group from the bucket holding
+    start to end. The groups are the top_groups values with most requests in the range; every other
+    value is summed into one group flagged `is_other`. Buckets come out as Unix seconds
+    (date_time_output_format), so a bucket that repeats a local time (the DST fall-back hour) stays distinct."""
+    where, params = _conditions(org_id, q.filter, q.start, q.end)
+    params["tz"] = q.timezone
+    start_of, step = BUCKET_SQL[q.bucket]
+    bucket = start_of.format(t="toDateTime(request_created_at, {tz:String})")
+    fill_from = start_of.format(t="toDateTime({range_start:DateTime64(3, 'UTC')}, {tz:String})")
+    group, group_params = _group_column(q.group_by)
+    params.update(group_params)
+    conditions = " AND ".join(where)
+    if q.group_by is None:
+        grouping = "'' AS grp, 0 AS is_other"
+    else:
+        top = (f"SELECT {group} FROM {{db}}.request_log FINAL WHERE {conditions} GROUP BY {group} "
+               f"ORDER BY count() DESC, {group} LIMIT {{top:UInt32}}")
+        # both keys repeat the IN: a shared alias would not be a grouping key (ClickHouse builds the set once)
+        grouping = f"toUInt8(({group}) NOT IN ({top})) AS is_other, if(is_other, '', {group}) AS grp"
+        params["top"] = q.top_groups
+    sql = (
+        f"SELECT {grouping}, {bucket} AS bucket, {TOTALS}, "
+        f"quantiles{QUANTILES}(latency_ms) AS latency_ms, "
+        f"quantilesIf{QUANTILES}(time_to_first_token_ms, time_to_first_token_ms >= 0) AS ttft_ms "
+        f"FROM {{db}}.request_log FINAL WHERE {conditions} GROUP BY is_other, grp, bucket "
+        f"ORDER BY is_other, grp, bucket WITH FILL FROM {fill_from} "
+        f"TO toDateTime({{range_end:DateTime64(3, 'UTC')}}, {{tz:String}}) STEP {step} "
+        f"{SETTINGS}, date_time_output_format = 'unix_timestamp'"
+    )
+    return sql, params
+
+
+def timeseries_json(row: dict[str, Any], q: TimeseriesQuery, zone: zoneinfo.ZoneInfo) -> dict[str, Any]:
+    requests, errors = int(row["requests"]), int(row["errors"])
+    other = q.group_by is not None and bool(int(row["is_other"]))
+    return {
+        "bucket": dt.datetime.fromtimestamp(int(row["bucket"]), zone).isoformat(),
+        "group": None if q.group_by is None else ("other" if other else row["grp"]),
+        "is_other": other,
+        "requests": requests,
+        "cost_usd": float(row["cost_usd"]),
+        "prompt_tokens": int(row["prompt_tokens"]),
+        "completion_tokens": int(row["completion_tokens"]),
+        "errors": errors,
+        "error_rate": _rate(errors, requests),
+        "latency_ms": _quantiles(row["latency_ms"]),
+        "ttft_ms": _quantiles(row["ttft_ms"]),
+    }
+
+
+def breakdown_sql(org_id: str, q: BreakdownQuery) -> tuple[str, dict[str, Any]]:
+    where, params = _conditions(org_id, q.filter, q.start, q.end)
+    params["limit"] = q.limit
+    sql = (
+        f"SELECT {q.by} AS key, {TOTALS}, quantile(0.95)(latency_ms) AS p95_latency_ms "
+        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY key "
+        "ORDER BY requests DESC, key LIMIT {limit:UInt32} " + SETTINGS
+    )
+    return sql, params
+
+
+def breakdown_json(row: dict[str, Any]) -> dict[str, Any]:
+    totals = _totals(row)
+    return {"key": row["key"], "requests": totals["requests"], "cost_usd": totals["cost_usd"],
+            "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
+            "error_rate": _rate(int(row["errors"]), totals["requests"]), "p95_latency_ms": _number(row["p95_latency_ms"])}
+
+
+def summary_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
+    where, params = _conditions(org_id, RequestFilter(), r.start, r.end)
+    sql = (
+        f"SELECT {TOTALS}, uniqExactIf(user_id, user_id != '') AS users, "
+        "uniqExactIf(session_id, session_id != '') AS sessions, avg(latency_ms) AS avg_latency_ms, "
+        "quantile(0.95)(latency_ms) AS p95_latency_ms, countIf(cache_hit = 1) AS cache_hits, "
+        "sum(cache_saved_usd) AS cache_saved_usd "
+        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} " + SETTINGS
+    )
+    return sql, params
+
+
+def summary_json(row: dict[str, Any]) -> dict[str, Any]:
+    totals = _totals(row)
+    return {**totals, "errors": int(row["errors"]), "error_rate": _rate(int(row["errors"]), totals["requests"]),
+            "users": int(row["users"]), "sessions": int(row["sessions"]),
+            "avg_latency_ms": _number(row["avg_latency_ms"]) if totals["requests"] else None,
+            "p95_latency_ms": _number(row["p95_latency_ms"]) if totals["requests"] else None,
+            "cache_hits": int(row["cache_hits"]), "cache_saved_usd": float(row["cache_saved_usd"])}
+
+
+def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["insights"])
+
+    async def run(endpoint: str, sql_params: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        with state.m_query_seconds.labels(endpoint).time():
+            rows = await state.analytics.query(*sql_params)
+        state.m_queries.labels(endpoint, "ok").inc()
+        return rows
+
+    @router.post("/session/query")
+    async def query_sessions(q: SessionQuery, org: str = Depends(org_id)) -> dict:
+        """Sessions with requests matching the filter, their totals over those requests."""
+        rows = await run("session_query", session_list_sql(org, q))
+        return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
+
+    @router.get("/session/{session_id:path}")  # :path: a session id may contain "/"
+    async def get_session(session_id: Annotated[FilterText, Path()], org: str = Depends(org_id)) -> dict:
+        """One session's totals and its trace tree (Helicone-Session-Path), with every request in it."""
+        found = await run("session_detail", session_list_sql(org, None, session_id))
+        if not found:
+            state.m_queries.labels("session_detail", "not_found").inc()
+            raise HTTPException(404, f"session {session_id[:200]!r} not found")
+        rows = await state.analytics.query(*session_requests_sql(org, session_id))
+        scores = await scores_of(state.analytics, org, [r["request_id"] for r in rows])
+        requests = [row_to_json(r, scores.get(r["request_id"])) for r in rows]
+        return {**session_json(found[0]), "tree": session_tree(rows, requests),
+                "requests_truncated": len(rows) >= MAX_SESSION_REQUESTS}
+
+    @router.post("/user/query")
+    async def query_users(q: UserQuery, org: str = Depends(org_id)) -> dict:
+        """Users with requests matching the filter, their totals over those requests."""
+        rows = await run("user_query", user_list_sql(org, q))
+        return {"data": [user_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
+
+    @router.get("/property/keys")
+    async def property_keys(r: Annotated[TimeRange, Query()], org: str = Depends(org_id)) -> dict:
+        """The custom property names (Helicone-Property-*) logged, most requests first."""
+        rows = await run("property_keys", property_keys_sql(org, r))
+        return {"data": [{"key": row["key"], "requests": int(row["requests"])} for row in rows]}
+
+    @router.post("/property/{key:path}/values")
+    async def property_values(key: PropertyKey, q: PropertyValuesQuery, org: str = Depends(org_id)) -> dict:
+        """A property's values, most requests first: requests, cost and latency per value."""
+        rows = await run("property_values", property_values_sql(org, key.lower(), q))
+        return {"data": [{"value": row["value"], "requests": int(row["requests"]), "cost_usd": float(row["cost_usd"]),
+                          "avg_latency_ms": _number(row["avg_latency_ms"]), "p95_latency_ms": _number(row["p95_latency_ms"])}
+                         for row in rows]}
+
+    @router.post("/metrics/timeseries")
+    async def timeseries(q: TimeseriesQuery, org: str = Depends(org_id)) -> dict:
+        """Requests, cost, tokens, errors and latency/TTFT percentiles per time bucket (and group), zero-filled."""
+        rows = await run("timeseries", timeseries_sql(org, q))
+        if q.group_by is not None and not any(int(r["requests"]) for r in rows):
+            rows = []  # no group had a request: only the fill rows of an empty group are left
+        zone = zoneinfo.ZoneInfo(q.timezone)
+        return {"data": [timeseries_json(r, q, zone) for r in rows]}
+
+    @router.post("/metrics/breakdown")
+    async def breakdown(q: BreakdownQuery, org: str = Depends(org_id)) -> dict:
+        """Totals per model or provider, most requests first."""
+        rows = await run("breakdown", breakdown_sql(org, q))
+        return {"data": [breakdown_json(r) for r in rows]}
+
+    @router.get("/metrics/summary")
+    async def summary(r: Annotated[TimeRange, Query()], org: str = Depends(org_id)) -> dict:
+        """Totals for dashboard tiles."""
+        rows = await run("summary", summary_sql(org, r))
+        return summary_json(rows[0])
+
+    return router
+
