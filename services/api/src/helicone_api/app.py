@@ -16,6 +16,7 @@ from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .dashboard import dashboard_router, load_static, public_paths
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .keys import keys_router
 from .models import RequestId, RequestQuery
@@ -88,7 +89,8 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.state.api = state
     add_ops_routes(app, state.metrics, state.ready)
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
-    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs)
+    static = load_static()
+    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs | public_paths(static))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -143,4 +145,5 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(scores_router(state, org_id))
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
+    app.include_router(dashboard_router(static))
     return app
