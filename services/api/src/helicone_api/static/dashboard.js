@@ -71,16 +71,29 @@ function setPanel(name, state, message = "") {
   $(".panel-status", panel).textContent = message;
 }
 
-// Runs one panel's load: a 404 means this api does not serve the route (yet).
+// Runs one panel's load: a 404 means this api does not serve the route (yet). Only the newest load
+// of a panel renders: `load(current)` checks current() after each await, so a slow older answer
+// never overwrites a newer one.
+const panelLoads = {};
 async function loadPanel(name, load) {
+  const seq = (panelLoads[name] = (panelLoads[name] || 0) + 1);
+  const current = () => panelLoads[name] === seq;
   setPanel(name, "loading", "Loading…");
   try {
-    const empty = await load();
-    setPanel(name, empty ? "empty" : "ready", empty ? "No data in this range." : "");
+    const empty = await load(current);
+    if (current()) setPanel(name, empty ? "empty" : "ready", empty ? "No data in this range." : "");
   } catch (e) {
+    if (!current()) return;
     if (e instanceof ApiError && e.status === 404) setPanel(name, "unavailable", "Not available: this api does not serve it yet.");
     else setPanel(name, "error", "Error: " + e.message);
   }
+}
+
+class Superseded extends Error {}
+
+// Throws Superseded (ignored by loadPanel, which no longer owns the panel) when a newer load started.
+function stillCurrent(current) {
+  if (!current()) throw new Superseded();
 }
 
 function range() {
@@ -115,10 +128,11 @@ function timeChart(id, x, series) {
   );
 }
 
-async function loadTimeseries() {
+async function loadTimeseries(current) {
   const r = range();
   const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   const resp = await api("POST", "/v1/metrics/timeseries", { start: r.start, end: r.end, bucket: r.bucket, timezone: tz });
+  stillCurrent(current);
   // rows may come per group: sum them per bucket (latency takes the slowest group's percentile)
   const byBucket = new Map();
   for (const d of resp.data) {
@@ -148,9 +162,10 @@ async function loadTimeseries() {
   return x.length === 0;
 }
 
-async function loadModels() {
+async function loadModels(current) {
   const r = range();
   const resp = await api("POST", "/v1/metrics/breakdown", { start: r.start, end: r.end, by: "model" });
+  stillCurrent(current);
   const rows = [...resp.data].sort((a, b) => (b.cost_usd || 0) - (a.cost_usd || 0));
   const keys = rows.map((d) => d.key || "(none)");
   const x = keys.map((_, i) => i);
@@ -173,10 +188,11 @@ async function loadModels() {
   return rows.length === 0;
 }
 
-async function loadSummary() {
+async function loadSummary(current) {
   const r = range();
   const q = new URLSearchParams({ start: r.start, end: r.end });
   const s = await api("GET", "/v1/metrics/summary?" + q);
+  stillCurrent(current);
   const items = [
     ["Requests", fmtInt(s.requests)],
     ["Cost", fmtUsd(s.cost_usd)],
@@ -217,8 +233,9 @@ function scoresText(scores) {
   return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "–";
 }
 
-async function loadRequests() {
+async function loadRequests(current) {
   const resp = await api("POST", "/v1/request/query", requestFilter());
+  stillCurrent(current);
   $("#requests-table tbody").replaceChildren(
     ...resp.data.map((d) =>
       row([
@@ -246,8 +263,9 @@ async function openRequest(id) {
   const panel = $("#panel-detail");
   panel.hidden = false;
   $("#detail-id").textContent = id;
-  await loadPanel("detail", async () => {
+  await loadPanel("detail", async (current) => {
     const d = await api("GET", "/v1/request/" + encodeURIComponent(id));
+    stillCurrent(current);
     const meta = [
       ["Time", fmtTime(d.created_at)],
       ["Provider", d.provider],
@@ -276,8 +294,9 @@ async function openRequest(id) {
 
 // ---- sessions and users -----------------------------------------------------------------------
 
-async function loadSessions() {
+async function loadSessions(current) {
   const resp = await api("POST", "/v1/session/query", { limit: LIST_LIMIT, offset: 0 });
+  stillCurrent(current);
   $("#sessions-table tbody").replaceChildren(
     ...resp.data.map((s) =>
       row([
@@ -304,21 +323,24 @@ function treeItem(node) {
   return el("li", { role: "treeitem", "aria-expanded": "true", class: "tree-node" }, el("span", { text: label }), group);
 }
 
+let sessionOpens = 0;
 async function openSession(id) {
+  const seq = ++sessionOpens;
   $("#session-tree-box").hidden = false;
   $("#session-tree-id").textContent = id;
   const tree = $("#session-tree");
   tree.replaceChildren(el("li", { text: "Loading…" }));
   try {
     const s = await api("GET", "/v1/session/" + encodeURIComponent(id));
-    tree.replaceChildren(treeItem(s.tree));
+    if (seq === sessionOpens) tree.replaceChildren(treeItem(s.tree));
   } catch (e) {
-    tree.replaceChildren(el("li", { text: e instanceof ApiError && e.status === 404 ? "Not available." : "Error: " + e.message }));
+    if (seq === sessionOpens) tree.replaceChildren(el("li", { text: e instanceof ApiError && e.status === 404 ? "Not available." : "Error: " + e.message }));
   }
 }
 
-async function loadUsers() {
+async function loadUsers(current) {
   const resp = await api("POST", "/v1/user/query", { limit: LIST_LIMIT, offset: 0 });
+  stillCurrent(current);
   $("#users-table tbody").replaceChildren(
     ...resp.data.map((u) =>
       row([
