@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -73,7 +74,7 @@ def page(stack, sent, tmp_path_factory):
 
 
 def wait(driver, until, timeout: float = WAIT):
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(until)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(until)
 
 
 def panel_state(driver, name: str) -> str:
@@ -91,7 +92,9 @@ def settled(driver, name: str) -> str:
 
 
 def table_request_ids(driver) -> list[str]:
-    return [b.get_attribute("data-request-id") for b in driver.find_elements(By.CSS_SELECTOR, "#requests-table button.open-request")]
+    """Read in one script call: the table may be re-rendered between two WebDriver calls."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#requests-table button.open-request')].map(b => b.dataset.requestId)")
 
 
 def table_rows(driver, table: str) -> list[str]:
@@ -105,7 +108,8 @@ def apply_filters(driver, **values: str) -> None:
         field.clear()
         if values.get(name):
             field.send_keys(values[name])
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # the panel is "loading" once the click returns
+    settled(driver, "requests")
 
 
 def served(stack, method: str, path: str, **kwargs) -> bool:
@@ -155,8 +159,8 @@ def test_filters_narrow_the_table(page, sent):
 def test_request_detail_shows_both_bodies_and_scores(page, sent):
     apply_filters(page, user_id=sent.alice)
     wait(page, lambda d: sent.scored in table_request_ids(d))
-    row = next(r for r in page.find_elements(By.CSS_SELECTOR, "#requests-table tbody tr") if sent.scored in
-               r.find_element(By.CSS_SELECTOR, "button.open-request").get_attribute("data-request-id"))
+    wait(page, lambda d: set(table_request_ids(d)) == set(sent.alice_ids))
+    row = page.find_element(By.CSS_SELECTOR, f"button.open-request[data-request-id='{sent.scored}']").find_element(By.XPATH, "../..")
     assert "accuracy=0.75" in row.text
     page.find_element(By.CSS_SELECTOR, f"button.open-request[data-request-id='{sent.scored}']").click()
     wait(page, lambda d: settled(d, "detail") == "ready" and d.find_element(By.ID, "detail-id").text == sent.scored)

@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from helicone_api.dashboard import dashboard_router, load_static
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -129,7 +130,7 @@ def page(served, tmp_path_factory):
 
 
 def wait(driver, until):
-    return WebDriverWait(driver, 20, poll_frequency=0.05).until(until)
+    return WebDriverWait(driver, 20, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)).until(until)
 
 
 def settled(driver, name: str) -> str:
