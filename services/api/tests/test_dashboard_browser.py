@@ -168,6 +168,10 @@ def test_session_tree(page):
     nested = page.find_element(By.CSS_SELECTOR, "#session-tree li.tree-node li.tree-node")
     assert nested.text.startswith("book") and "gpt-4o · 200 · 340 ms" in nested.text
     assert page.find_element(By.ID, "session-tree").get_attribute("role") == "tree"
+    nested.find_element(By.CSS_SELECTOR, f"button[aria-label='Open request {REQ_B}']").click()  # a request of the tree opens
+    wait(page, lambda d: settled(d, "detail") == "ready" and d.find_element(By.ID, "detail-id").text == REQ_B)
+    assert "Here is your plan" in page.find_element(By.ID, "detail-response-body").text
+    assert [s.text for s in page.find_elements(By.CSS_SELECTOR, "#detail-scores li.score")] == ["accuracy: 0.5"]
 
 
 def test_user_opens_their_requests(page):

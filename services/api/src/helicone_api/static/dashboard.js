@@ -317,7 +317,9 @@ function treeItem(node) {
   const label = `${node.name || node.path || "/"} — ${fmtUsd(node.cost_usd)}, ${fmtInt(node.duration_ms)} ms`;
   const group = el("ul", { role: "group" });
   for (const r of node.requests || []) {
-    group.append(el("li", { role: "treeitem", class: "tree-request", text: `${r.model || r.path} · ${r.status} · ${fmtInt(r.latency_ms)} ms · ${fmtUsd(r.cost_usd)}` }));
+    const text = `${r.model || r.path} · ${r.status} · ${fmtInt(r.latency_ms)} ms · ${fmtUsd(r.cost_usd)}`;
+    const open = el("button", { type: "button", class: "link", "aria-label": "Open request " + r.request_id, text, onclick: () => openRequest(r.request_id) });
+    group.append(el("li", { role: "treeitem", class: "tree-request" }, open));
   }
   for (const child of node.children || []) group.append(treeItem(child));
   return el("li", { role: "treeitem", "aria-expanded": "true", class: "tree-node" }, el("span", { text: label }), group);
@@ -344,7 +346,9 @@ async function loadUsers(current) {
   $("#users-table tbody").replaceChildren(
     ...resp.data.map((u) =>
       row([
-        el("button", { type: "button", class: "link", "aria-label": "Show requests of user " + u.user_id, text: u.user_id, onclick: () => filterByUser(u.user_id) }),
+        u.user_id
+          ? el("button", { type: "button", class: "link", "aria-label": "Show requests of user " + u.user_id, text: u.user_id, onclick: () => filterByUser(u.user_id) })
+          : "(no user)",
         fmtInt(u.requests),
         fmtUsd(u.cost_usd),
         fmtInt(u.total_tokens),
