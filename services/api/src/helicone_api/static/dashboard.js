@@ -121,7 +121,7 @@ function timeChart(id, x, series) {
   drawChart(
     id,
     {
-      series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, points: { show: x.length < 3 } }))],
+      series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, points: { show: x.length < 3, size: 7 } }))],
       scales: { x: { time: true } },
     },
     [x, ...series.map((s) => s.values)],
