@@ -19,6 +19,8 @@ apt_tool() {
 }
 apt_tool promtool prometheus "the chart's alert tests"
 apt_tool redis-server redis-server "the gateway cache tests"
+apt_tool chromium chromium "the dashboard browser test"
+apt_tool chromedriver chromium-driver "the dashboard browser test"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .alert_evaluator import EVALUATION_RESULTS, AlertEvaluator
 from .alerts import alerts_router
+from .dashboard import dashboard_router, load_static, public_paths
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .insights import insights_router
 from .keys import keys_router
@@ -108,7 +109,8 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.state.api = state
     add_ops_routes(app, state.metrics, state.ready)
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
-    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs)
+    static = load_static()
+    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs | public_paths(static))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -165,4 +167,5 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(prompts_router(state, org_id))
     app.include_router(alerts_router(state, org_id))
     app.include_router(insights_router(state, org_id))
+    app.include_router(dashboard_router(static))
     return app

@@ -1,0 +1,411 @@
+// The Helicone dashboard: calls the api's /v1 routes with the key the user entered (kept in
+// sessionStorage, so it lives as long as the tab) and renders what they answer. Every panel has a
+// data-state (loading | ready | empty | unavailable | error) and a status line; a route this api
+// does not serve (404) leaves its panel "not available" and the rest of the page working.
+"use strict";
+
+const KEY_STORAGE = "helicone-api-key";
+const REQUEST_LIMIT = 100;
+const LIST_LIMIT = 50;
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE);
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + apiKey() };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try {
+    data = await resp.json();
+  } catch (e) {
+    data = null;
+  }
+  if (!resp.ok) {
+    const err = (data && data.error) || {};
+    let message = err.message || resp.statusText || "request failed";
+    if (err.details) message += ": " + err.details.map((d) => `${d.field} ${d.message}`).join("; ");
+    if (resp.status === 401) keyRefused(message);
+    throw new ApiError(resp.status, message);
+  }
+  return data;
+}
+
+// ---- formatting -------------------------------------------------------------------------------
+
+const fmtInt = (n) => (n === null || n === undefined ? "–" : Math.round(n).toLocaleString("en-US"));
+const fmtUsd = (n) => (n === null || n === undefined ? "–" : "$" + Number(n).toFixed(n >= 1 ? 2 : 6));
+const fmtPct = (n) => (n === null || n === undefined ? "–" : (n * 100).toFixed(1) + "%");
+const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "text") node.textContent = v;
+    else if (k === "onclick") node.addEventListener("click", v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function row(cells) {
+  return el("tr", {}, ...cells.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: String(c) }))));
+}
+
+// ---- panels -----------------------------------------------------------------------------------
+
+function setPanel(name, state, message = "") {
+  const panel = $("#panel-" + name);
+  panel.dataset.state = state;
+  $(".panel-status", panel).textContent = message;
+}
+
+// Runs one panel's load: a 404 means this api does not serve the route (yet). Only the newest load
+// of a panel renders: `load(current)` checks current() after each await, so a slow older answer
+// never overwrites a newer one.
+const panelLoads = {};
+async function loadPanel(name, load) {
+  const seq = (panelLoads[name] = (panelLoads[name] || 0) + 1);
+  const current = () => panelLoads[name] === seq;
+  setPanel(name, "loading", "Loading…");
+  try {
+    const empty = await load(current);
+    if (current()) setPanel(name, empty ? "empty" : "ready", empty ? "No data in this range." : "");
+  } catch (e) {
+    if (!current()) return;
+    if (e instanceof ApiError && e.status === 404) setPanel(name, "unavailable", "Not available: this api does not serve it yet.");
+    else setPanel(name, "error", "Error: " + e.message);
+  }
+}
+
+class Superseded extends Error {}
+
+// Throws Superseded (ignored by loadPanel, which no longer owns the panel) when a newer load started.
+function stillCurrent(current) {
+  if (!current()) throw new Superseded();
+}
+
+function range() {
+  const hours = Number($("#range").value);
+  const end = new Date();
+  const start = new Date(end.getTime() - hours * 3600 * 1000);
+  const bucket = hours <= 1 ? "minute" : hours <= 168 ? "hour" : "day";
+  return { start: start.toISOString(), end: end.toISOString(), bucket };
+}
+
+// ---- charts -----------------------------------------------------------------------------------
+
+const charts = {};
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"];
+
+function drawChart(id, opts, data) {
+  const box = document.getElementById(id);
+  if (charts[id]) charts[id].destroy();
+  box.dataset.points = String(data[0].length);
+  const width = Math.max(box.clientWidth, 280);
+  charts[id] = new uPlot({ width, height: 180, legend: { show: true }, ...opts }, data, box);
+}
+
+function timeChart(id, x, series) {
+  drawChart(
+    id,
+    {
+      series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, points: { show: x.length < 3, size: 7 } }))],
+      scales: { x: { time: true } },
+    },
+    [x, ...series.map((s) => s.values)],
+  );
+}
+
+async function loadTimeseries(current) {
+  const r = range();
+  const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const resp = await api("POST", "/v1/metrics/timeseries", { start: r.start, end: r.end, bucket: r.bucket, timezone: tz });
+  stillCurrent(current);
+  // rows may come per group: sum them per bucket (latency takes the slowest group's percentile)
+  const byBucket = new Map();
+  for (const d of resp.data) {
+    const t = Date.parse(d.bucket) / 1000;
+    const acc = byBucket.get(t) || { requests: 0, cost: 0, prompt: 0, completion: 0, p50: null, p95: null };
+    acc.requests += d.requests;
+    acc.cost += d.cost_usd || 0;
+    acc.prompt += d.prompt_tokens;
+    acc.completion += d.completion_tokens;
+    const lat = d.latency_ms || {};
+    if (lat.p50 !== null && lat.p50 !== undefined) acc.p50 = Math.max(acc.p50 ?? 0, lat.p50);
+    if (lat.p95 !== null && lat.p95 !== undefined) acc.p95 = Math.max(acc.p95 ?? 0, lat.p95);
+    byBucket.set(t, acc);
+  }
+  const x = [...byBucket.keys()].sort((a, b) => a - b);
+  const col = (f) => x.map((t) => f(byBucket.get(t)));
+  timeChart("chart-requests", x, [{ label: "requests", values: col((a) => a.requests) }]);
+  timeChart("chart-cost", x, [{ label: "cost (USD)", values: col((a) => a.cost) }]);
+  timeChart("chart-tokens", x, [
+    { label: "prompt", values: col((a) => a.prompt) },
+    { label: "completion", values: col((a) => a.completion) },
+  ]);
+  timeChart("chart-latency", x, [
+    { label: "p50", values: col((a) => a.p50) },
+    { label: "p95", values: col((a) => a.p95) },
+  ]);
+  return x.length === 0;
+}
+
+async function loadModels(current) {
+  const r = range();
+  const resp = await api("POST", "/v1/metrics/breakdown", { start: r.start, end: r.end, by: "model" });
+  stillCurrent(current);
+  const rows = [...resp.data].sort((a, b) => (b.cost_usd || 0) - (a.cost_usd || 0));
+  const keys = rows.map((d) => d.key || "(none)");
+  const x = keys.map((_, i) => i);
+  drawChart(
+    "chart-models",
+    {
+      scales: { x: { time: false, range: () => [-0.5, Math.max(keys.length, 1) - 0.5] } },
+      axes: [{ splits: () => x, values: (u, splits) => splits.map((i) => keys[i] ?? "") }, {}],
+      series: [{}, { label: "cost (USD)", fill: COLORS[0], stroke: COLORS[0], paths: uPlot.paths.bars({ size: [0.6, 80] }), points: { show: false } }],
+      legend: { show: false },
+    },
+    [x, rows.map((d) => d.cost_usd || 0)],
+  );
+  const body = $("#models-table tbody");
+  body.replaceChildren(
+    ...rows.map((d) =>
+      row([d.key || "(none)", fmtInt(d.requests), fmtUsd(d.cost_usd), fmtInt(d.prompt_tokens + d.completion_tokens), fmtPct(d.error_rate), fmtInt(d.p95_latency_ms)]),
+    ),
+  );
+  return rows.length === 0;
+}
+
+async function loadSummary(current) {
+  const r = range();
+  const q = new URLSearchParams({ start: r.start, end: r.end });
+  const s = await api("GET", "/v1/metrics/summary?" + q);
+  stillCurrent(current);
+  const items = [
+    ["Requests", fmtInt(s.requests)],
+    ["Cost", fmtUsd(s.cost_usd)],
+    ["Tokens", fmtInt(s.prompt_tokens + s.completion_tokens)],
+    ["Error rate", fmtPct(s.error_rate)],
+    ["Users", fmtInt(s.users)],
+    ["Sessions", fmtInt(s.sessions)],
+    ["Avg latency (ms)", fmtInt(s.avg_latency_ms)],
+    ["p95 latency (ms)", fmtInt(s.p95_latency_ms)],
+  ];
+  $("#summary").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
+  return false;
+}
+
+// ---- requests ---------------------------------------------------------------------------------
+
+function requestFilter() {
+  const form = $("#request-filters");
+  const r = range();
+  const filter = { start: r.start, end: r.end };
+  for (const name of ["model", "provider", "user_id", "session_id"]) {
+    const v = form.elements[name].value.trim();
+    if (v) filter[name] = v;
+  }
+  const status = form.elements.status.value.trim();
+  if (status) filter.status = Number(status);
+  const prop = form.elements.property.value.trim();
+  if (prop) {
+    const at = prop.indexOf("=");
+    if (at < 1) throw new ApiError(0, "Property filter: write key=value, e.g. environment=prod");
+    filter.properties = { [prop.slice(0, at).trim()]: prop.slice(at + 1).trim() };
+  }
+  return { filter, limit: REQUEST_LIMIT, offset: 0, sort: form.elements.sort.value };
+}
+
+function scoresText(scores) {
+  const entries = Object.entries(scores || {});
+  return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "–";
+}
+
+async function loadRequests(current) {
+  const resp = await api("POST", "/v1/request/query", requestFilter());
+  stillCurrent(current);
+  $("#requests-table tbody").replaceChildren(
+    ...resp.data.map((d) =>
+      row([
+        fmtTime(d.created_at),
+        d.model || "–",
+        d.user_id || "–",
+        d.status,
+        fmtInt(d.latency_ms),
+        fmtInt(d.usage.total_tokens),
+        fmtUsd(d.cost_usd),
+        scoresText(d.scores),
+        el("button", { type: "button", class: "open-request", "data-request-id": d.request_id, "aria-label": "Open request " + d.request_id, text: "Open", onclick: () => openRequest(d.request_id) }),
+      ]),
+    ),
+  );
+  $("#requests-table").dataset.rows = String(resp.data.length);
+  return resp.data.length === 0;
+}
+
+function showBody(pre, body) {
+  pre.textContent = body === null || body === undefined ? "(not stored)" : typeof body === "string" ? body : JSON.stringify(body, null, 2);
+}
+
+async function openRequest(id) {
+  const panel = $("#panel-detail");
+  panel.hidden = false;
+  $("#detail-id").textContent = id;
+  await loadPanel("detail", async (current) => {
+    const d = await api("GET", "/v1/request/" + encodeURIComponent(id));
+    stillCurrent(current);
+    const meta = [
+      ["Time", fmtTime(d.created_at)],
+      ["Provider", d.provider],
+      ["Model", d.model || "–"],
+      ["Status", String(d.status)],
+      ["Latency (ms)", fmtInt(d.latency_ms)],
+      ["Time to first token (ms)", fmtInt(d.time_to_first_token_ms)],
+      ["User", d.user_id || "–"],
+      ["Session", d.session ? `${d.session.id} ${d.session.path || ""}` : "–"],
+      ["Tokens (prompt / completion)", `${fmtInt(d.usage.prompt_tokens)} / ${fmtInt(d.usage.completion_tokens)}`],
+      ["Cost", fmtUsd(d.cost_usd)],
+      ["Properties", Object.entries(d.properties || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–"],
+    ];
+    if (d.error) meta.push(["Error", d.error]);
+    $("#detail-meta").replaceChildren(...meta.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
+    const scores = Object.entries(d.scores || {});
+    $("#detail-scores").replaceChildren(
+      ...(scores.length ? scores.map(([k, v]) => el("li", { class: "score", text: `${k}: ${v}` })) : [el("li", { text: "No scores" })]),
+    );
+    showBody($("#detail-request-body"), d.request_body);
+    showBody($("#detail-response-body"), d.response_body);
+    return false;
+  });
+  panel.scrollIntoView({ block: "start" });
+}
+
+// ---- sessions and users -----------------------------------------------------------------------
+
+async function loadSessions(current) {
+  const resp = await api("POST", "/v1/session/query", { limit: LIST_LIMIT, offset: 0 });
+  stillCurrent(current);
+  $("#sessions-table tbody").replaceChildren(
+    ...resp.data.map((s) =>
+      row([
+        el("button", { type: "button", class: "link", "aria-label": "Show session tree " + s.session_id, text: s.session_name ? `${s.session_name} (${s.session_id})` : s.session_id, onclick: () => openSession(s.session_id) }),
+        fmtInt(s.requests),
+        fmtUsd(s.cost_usd),
+        fmtInt(s.total_tokens),
+        fmtInt(s.duration_ms),
+        fmtInt(s.errors),
+        fmtTime(s.last_seen),
+      ]),
+    ),
+  );
+  return resp.data.length === 0;
+}
+
+function treeItem(node) {
+  const label = `${node.name || node.path || "/"} — ${fmtUsd(node.cost_usd)}, ${fmtInt(node.duration_ms)} ms`;
+  const group = el("ul", { role: "group" });
+  for (const r of node.requests || []) {
+    const text = `${r.model || r.path} · ${r.status} · ${fmtInt(r.latency_ms)} ms · ${fmtUsd(r.cost_usd)}`;
+    const open = el("button", { type: "button", class: "link", "aria-label": "Open request " + r.request_id, text, onclick: () => openRequest(r.request_id) });
+    group.append(el("li", { role: "treeitem", class: "tree-request" }, open));
+  }
+  for (const child of node.children || []) group.append(treeItem(child));
+  return el("li", { role: "treeitem", "aria-expanded": "true", class: "tree-node" }, el("span", { text: label }), group);
+}
+
+let sessionOpens = 0;
+async function openSession(id) {
+  const seq = ++sessionOpens;
+  $("#session-tree-box").hidden = false;
+  $("#session-tree-id").textContent = id;
+  const tree = $("#session-tree");
+  tree.replaceChildren(el("li", { text: "Loading…" }));
+  try {
+    const s = await api("GET", "/v1/session/" + encodeURIComponent(id));
+    if (seq === sessionOpens) tree.replaceChildren(treeItem(s.tree));
+  } catch (e) {
+    if (seq === sessionOpens) tree.replaceChildren(el("li", { text: e instanceof ApiError && e.status === 404 ? "Not available." : "Error: " + e.message }));
+  }
+}
+
+async function loadUsers(current) {
+  const resp = await api("POST", "/v1/user/query", { limit: LIST_LIMIT, offset: 0 });
+  stillCurrent(current);
+  $("#users-table tbody").replaceChildren(
+    ...resp.data.map((u) =>
+      row([
+        u.user_id
+          ? el("button", { type: "button", class: "link", "aria-label": "Show requests of user " + u.user_id, text: u.user_id, onclick: () => filterByUser(u.user_id) })
+          : "(no user)",
+        fmtInt(u.requests),
+        fmtUsd(u.cost_usd),
+        fmtInt(u.total_tokens),
+        fmtInt(u.active_days),
+        fmtTime(u.last_seen),
+      ]),
+    ),
+  );
+  return resp.data.length === 0;
+}
+
+function filterByUser(userId) {
+  $("#request-filters").elements.user_id.value = userId;
+  loadPanel("requests", loadRequests);
+  $("#panel-requests").scrollIntoView({ block: "start" });
+}
+
+// ---- key and page wiring ----------------------------------------------------------------------
+
+function keyRefused(message) {
+  sessionStorage.removeItem(KEY_STORAGE);
+  $("#main").hidden = true;
+  $("#forget-key").hidden = true;
+  $("#key-status").textContent = "The api refused the key: " + message;
+}
+
+function loadAll() {
+  $("#main").hidden = false;
+  $("#forget-key").hidden = false;
+  $("#key-status").textContent = "Connected.";
+  loadPanel("summary", loadSummary);
+  loadPanel("timeseries", loadTimeseries);
+  loadPanel("models", loadModels);
+  loadPanel("requests", loadRequests);
+  loadPanel("sessions", loadSessions);
+  loadPanel("users", loadUsers);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#key-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const input = $("#api-key");
+    sessionStorage.setItem(KEY_STORAGE, input.value.trim());
+    input.value = "";
+    loadAll();
+  });
+  $("#forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    $("#main").hidden = true;
+    $("#forget-key").hidden = true;
+    $("#key-status").textContent = "Key forgotten. Enter a Helicone API key to load the dashboard.";
+  });
+  $("#range").addEventListener("change", () => apiKey() && loadAll());
+  $("#request-filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    loadPanel("requests", loadRequests);
+  });
+  $("#request-filters").addEventListener("reset", () => setTimeout(() => loadPanel("requests", loadRequests), 0));
+  if (apiKey()) loadAll();
+});

@@ -1,0 +1,243 @@
+"""The dashboard in a real headless browser against the running stack: traffic sent through the gateway
+with the official SDKs shows up in the request table, filters narrow it, a request opens with both
+bodies and its scores, and each analytics panel either draws its data or, while the api does not
+serve its route, says "not available"."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.e2e.test_request_path import claude, oai
+from tests.support.browser import headless_chromium, series_pixels
+
+pytestmark = pytest.mark.e2e
+
+WAIT = 30
+PANELS_WITH_CHARTS = {"timeseries": ("chart-requests", "chart-cost", "chart-tokens", "chart-latency"), "models": ("chart-models",)}
+
+
+@dataclass
+class Sent:
+    alice: str  # user ids, unique to this run
+    bob: str
+    session: str
+    alice_ids: list[str]  # request ids, oldest first
+    bob_ids: list[str]
+    scored: str  # an alice request with the score "accuracy" = 0.75
+    prompt: str  # the scored request's user message
+
+    @property
+    def all_ids(self) -> set[str]:
+        return set(self.alice_ids) | set(self.bob_ids)
+
+
+@pytest.fixture(scope="module")
+def sent(stack) -> Sent:
+    run = uuid.uuid4().hex[:8]
+    alice, bob, session = f"dash-alice-{run}", f"dash-bob-{run}", f"dash-sess-{run}"
+    alice_ids = []
+    for path, words in (("/plan", "plan a trip"), ("/plan/book", "book the flight now")):
+        client = oai(stack, **{"Helicone-User-Id": alice, "Helicone-Session-Id": session, "Helicone-Session-Path": path,
+                               "Helicone-Session-Name": "Dashboard trip"})
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": words}])
+        alice_ids.append(raw.headers["helicone-id"])
+    raw = claude(stack, **{"Helicone-User-Id": bob}).messages.with_raw_response.create(
+        model="claude-3-5-haiku-20241022", max_tokens=32, messages=[{"role": "user", "content": "hello from bob"}])
+    bob_ids = [raw.headers["helicone-id"]]
+    for rid in alice_ids + bob_ids:
+        stack.wait_for_request(rid)
+    with stack.api_client() as api:
+        r = api.put(f"/v1/request/{alice_ids[1]}/score/accuracy", json={"value": 0.75})
+        assert r.status_code == 200, r.text
+    return Sent(alice, bob, session, alice_ids, bob_ids, alice_ids[1], "book the flight now")
+
+
+@pytest.fixture(scope="module")
+def page(stack, sent, tmp_path_factory):
+    """The dashboard, opened and given the key as a user would."""
+    with headless_chromium(tmp_path_factory.mktemp("chromium")) as driver:
+        driver.get(stack.api + "/")
+        assert not driver.find_element(By.ID, "main").is_displayed()  # nothing to show before a key
+        key = driver.find_element(By.ID, "api-key")
+        assert driver.find_element(By.CSS_SELECTOR, "label[for=api-key]").text == "Helicone API key"
+        key.send_keys(stack.key)
+        driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+        wait(driver, lambda d: panel_state(d, "requests") in ("ready", "empty", "error"))
+        yield driver
+
+
+def wait(driver, until, timeout: float = WAIT):
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(until)
+
+
+def panel_state(driver, name: str) -> str:
+    return driver.find_element(By.ID, f"panel-{name}").get_attribute("data-state")
+
+
+def panel_status(driver, name: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, f"#panel-{name} .panel-status").get_attribute("textContent")
+
+
+def settled(driver, name: str) -> str:
+    """The panel's state once its load finished."""
+    wait(driver, lambda d: panel_state(d, name) not in ("idle", "loading"))
+    return panel_state(driver, name)
+
+
+def table_request_ids(driver) -> list[str]:
+    """Read in one script call: the table may be re-rendered between two WebDriver calls."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#requests-table button.open-request')].map(b => b.dataset.requestId)")
+
+
+def table_rows(driver, table: str) -> list[str]:
+    return [r.text for r in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
+
+
+def apply_filters(driver, **values: str) -> None:
+    form = driver.find_element(By.ID, "request-filters")
+    for name in ("model", "provider", "user_id", "session_id", "status", "property"):
+        field = form.find_element(By.NAME, name)
+        field.clear()
+        if values.get(name):
+            field.send_keys(values[name])
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # the panel is "loading" once the click returns
+    settled(driver, "requests")
+
+
+def served(stack, method: str, path: str, **kwargs) -> bool:
+    """Whether this api serves the route: 200, or 404 while it does not (anything else fails the test)."""
+    with stack.api_client() as api:
+        r = api.request(method, path, **kwargs)
+    assert r.status_code in (200, 404), f"{method} {path}: {r.status_code} {r.text}"
+    return r.status_code == 200
+
+
+def window() -> dict:
+    end = dt.datetime.now(dt.timezone.utc)
+    return {"start": (end - dt.timedelta(hours=24)).isoformat(), "end": end.isoformat()}
+
+
+def expect_not_available(driver, name: str) -> None:
+    assert settled(driver, name) == "unavailable", panel_status(driver, name)
+    assert "Not available" in panel_status(driver, name)
+    for chart in PANELS_WITH_CHARTS.get(name, ()):
+        assert series_pixels(driver, chart) == -1
+
+
+# ---- the request table and detail (routes the api serves) -------------------------------------
+
+
+def test_request_table_lists_the_requests_sent(page, sent):
+    wait(page, lambda d: sent.all_ids <= set(table_request_ids(d)))
+    assert panel_state(page, "requests") == "ready"
+    row = next(r for r in page.find_elements(By.CSS_SELECTOR, "#requests-table tbody tr") if sent.bob in r.text)
+    assert "claude-3-5-haiku" in row.text and "200" in row.text
+
+
+def test_filters_narrow_the_table(page, sent):
+    apply_filters(page, user_id=sent.alice)
+    wait(page, lambda d: set(table_request_ids(d)) == set(sent.alice_ids))
+    apply_filters(page, user_id=sent.alice, property="nothing=here")
+    wait(page, lambda d: panel_state(d, "requests") == "empty" and table_request_ids(d) == [])
+    apply_filters(page, model="claude-3-5-haiku-20241022", user_id=sent.bob)
+    wait(page, lambda d: table_request_ids(d) == sent.bob_ids)
+    apply_filters(page, session_id=sent.session)
+    wait(page, lambda d: set(table_request_ids(d)) == set(sent.alice_ids))
+    apply_filters(page, property="no equals sign")
+    wait(page, lambda d: panel_state(d, "requests") == "error")
+    assert "key=value" in panel_status(page, "requests")
+
+
+def test_request_detail_shows_both_bodies_and_scores(page, sent):
+    apply_filters(page, user_id=sent.alice)
+    wait(page, lambda d: sent.scored in table_request_ids(d))
+    wait(page, lambda d: set(table_request_ids(d)) == set(sent.alice_ids))
+    row = page.find_element(By.CSS_SELECTOR, f"button.open-request[data-request-id='{sent.scored}']").find_element(By.XPATH, "../..")
+    assert "accuracy=0.75" in row.text
+    page.find_element(By.CSS_SELECTOR, f"button.open-request[data-request-id='{sent.scored}']").click()
+    wait(page, lambda d: settled(d, "detail") == "ready" and d.find_element(By.ID, "detail-id").text == sent.scored)
+    request_body = page.find_element(By.ID, "detail-request-body").text
+    response_body = page.find_element(By.ID, "detail-response-body").text
+    assert sent.prompt in request_body and '"model": "gpt-4o-mini"' in request_body
+    assert "Hello from the fake upstream model" in response_body
+    assert [s.text for s in page.find_elements(By.CSS_SELECTOR, "#detail-scores li.score")] == ["accuracy: 0.75"]
+    meta = page.find_element(By.ID, "detail-meta").text
+    assert sent.alice in meta and "/plan/book" in meta
+
+
+# ---- analytics panels: drawn when the api serves their route, "not available" while it does not ----
+
+
+def test_timeseries_panel(page, stack, sent):
+    if not served(stack, "POST", "/v1/metrics/timeseries", json={**window(), "bucket": "hour", "timezone": "UTC"}):
+        return expect_not_available(page, "timeseries")
+    assert settled(page, "timeseries") == "ready", panel_status(page, "timeseries")
+    for chart in PANELS_WITH_CHARTS["timeseries"]:
+        assert int(page.find_element(By.ID, chart).get_attribute("data-points")) > 0, chart
+        assert series_pixels(page, chart) > 0, f"{chart} drew no series"
+
+
+def test_models_panel(page, stack, sent):
+    if not served(stack, "POST", "/v1/metrics/breakdown", json={**window(), "by": "model"}):
+        return expect_not_available(page, "models")
+    assert settled(page, "models") == "ready", panel_status(page, "models")
+    assert series_pixels(page, "chart-models") > 0, "no bars drawn"
+    rows = table_rows(page, "models-table")
+    assert any(r.startswith("gpt-4o-mini") for r in rows) and any(r.startswith("claude-3-5-haiku") for r in rows), rows
+
+
+def test_summary_panel(page, stack, sent):
+    if not served(stack, "GET", "/v1/metrics/summary", params=window()):
+        return expect_not_available(page, "summary")
+    assert settled(page, "summary") == "ready", panel_status(page, "summary")
+    tiles = {t.find_element(By.TAG_NAME, "dt").text: t.find_element(By.TAG_NAME, "dd").text
+             for t in page.find_elements(By.CSS_SELECTOR, "#summary > div")}
+    assert int(tiles["Requests"].replace(",", "")) >= len(sent.all_ids) and int(tiles["Users"].replace(",", "")) >= 2
+
+
+def test_sessions_panel(page, stack, sent):
+    if not served(stack, "POST", "/v1/session/query", json={"limit": 1, "offset": 0}):
+        return expect_not_available(page, "sessions")
+    assert settled(page, "sessions") == "ready", panel_status(page, "sessions")
+    page.find_element(By.CSS_SELECTOR, f"#sessions-table button[aria-label='Show session tree {sent.session}']").click()
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-tree li.tree-request")) == len(sent.alice_ids))
+    # /plan/book is a child of /plan: two levels of nodes
+    assert len(page.find_elements(By.CSS_SELECTOR, "#session-tree li.tree-node li.tree-node")) >= 1
+
+
+def test_users_panel(page, stack, sent):
+    if not served(stack, "POST", "/v1/user/query", json={"limit": 1, "offset": 0}):
+        return expect_not_available(page, "users")
+    assert settled(page, "users") == "ready", panel_status(page, "users")
+    rows = table_rows(page, "users-table")
+    assert any(r.startswith(sent.alice) for r in rows) and any(r.startswith(sent.bob) for r in rows), rows
+    page.find_element(By.CSS_SELECTOR, f"#users-table button[aria-label='Show requests of user {sent.bob}']").click()
+    wait(page, lambda d: table_request_ids(d) == sent.bob_ids)
+
+
+def test_the_page_ran_without_script_errors_or_csp_violations(page):
+    problems = [e["message"] for e in page.get_log("browser")
+                if "Content Security Policy" in e["message"] or "Uncaught" in e["message"] or "TypeError" in e["message"]]
+    assert problems == []
+
+
+def test_the_key_stays_in_the_tab_and_a_wrong_key_is_refused(page, stack):
+    assert page.execute_script("return sessionStorage.getItem('helicone-api-key')") == stack.key
+    assert page.execute_script("return localStorage.length") == 0
+    page.refresh()  # the same tab keeps its key: the page loads straight away
+    wait(page, lambda d: settled(d, "requests") == "ready")
+    page.find_element(By.ID, "forget-key").click()
+    assert page.execute_script("return sessionStorage.getItem('helicone-api-key')") is None
+    assert not page.find_element(By.ID, "main").is_displayed()
+    page.find_element(By.ID, "api-key").send_keys("sk-helicone-not-a-real-key")
+    page.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    wait(page, lambda d: "refused the key" in d.find_element(By.ID, "key-status").text)
+    assert page.execute_script("return sessionStorage.getItem('helicone-api-key')") is None
