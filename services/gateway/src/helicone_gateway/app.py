@@ -62,7 +62,7 @@ from .headers import (
 )
 from .journal import Journal
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
-from .providers import Route, route
+from .providers import Route, Router, missing_base_url
 from .publisher import EventPublisher
 from .settings import GatewaySettings, env_name
 from .usage import decode_body, parse_response, request_model, with_stream_usage
@@ -160,6 +160,7 @@ class Gateway:
             ((REGION_HEADER.lower().encode(), settings.region.encode()),) if settings.region else ()
         )
         self.costs = CostRegistry.load(settings.cost_registry_file)
+        self.router = Router(settings)
         self.session: aiohttp.ClientSession | None = None  # configured providers
         self.target_session: aiohttp.ClientSession | None = None  # Helicone-Target-URL traffic, egress-checked
         self.egress = EgressPolicy(settings.target_url_allowlist, settings.target_url_allow_private)
@@ -313,7 +314,9 @@ class Gateway:
         target: TargetDest | None = None
         prompt: PromptUse | None = None
         try:
-            rt = route(self.settings, path, header_map, hh.target_url)
+            rt = self.router.route(path, header_map, hh.target_url)
+            if not rt.base_url:
+                raise Rejection(400, missing_base_url(rt.provider), "helicone_route_error")
             path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
             url = rt.base_url + path_and_query
             if rt.target:
@@ -323,7 +326,7 @@ class Gateway:
             if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
                 body, prompt = await self._render_prompt(hh, org_id, rt, body)
             # only requests naming the header pay for the JSON round trip; Anthropic streams always carry usage
-            if hh.stream_usage and rt.provider == "openai" and method == "POST":
+            if hh.stream_usage and rt.usage == "openai" and method == "POST":
                 body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
         except ClientGone:
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -577,8 +580,8 @@ class Gateway:
         def build() -> events.RequestLogged:
             req_model, req_stream = request_model(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
-            parsed = parse_response(rt.provider, decoded, resp_ctype)
-            model = parsed.model or req_model
+            parsed = parse_response(rt.usage, decoded, resp_ctype)
+            model = parsed.model or rt.path_model() or req_model
             cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
             ev = events.RequestLogged(
                 schema_version=events.SCHEMA_VERSION,
