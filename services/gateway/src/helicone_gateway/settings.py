@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
 from helicone_core.settings import env_name as settings_env_name
 from pydantic import Field, SecretStr, field_validator
-
-from helicone_core.providers import PROVIDER_TABLE
 from yarl import URL
 
 from .egress import parse_allowlist_entry
