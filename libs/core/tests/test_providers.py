@@ -2,7 +2,7 @@ import pytest
 from helicone_core import events
 from helicone_core.providers import PROVIDER_TABLE, parse_table
 
-GOOD = {"label": "X", "base_url": "https://x.example/", "key": "Authorization: Bearer <key>", "usage": "openai"}
+GOOD = {"label": "X", "base_url": "https://x.example/", "key": ["Authorization: Bearer <key>"], "usage": "openai"}
 
 
 def test_table_names_are_the_logged_providers():
@@ -31,7 +31,7 @@ def test_usage_format_and_model_by_path():
     ("ok", {**GOOD, "usage_paths": {":x": "nope"}}, "'ok': usage format 'nope'"),
     ("ok", {**GOOD, "model_path": "("}, "'ok': model_path is not a regex"),
     ("ok", {**GOOD, "prefix": "/ok"}, r"'ok': unknown field\(s\) \['prefix'\]"),
-    ("ok", {k: v for k, v in GOOD.items() if k != "key"}, "'ok': key must be a string"),
+    ("ok", {k: v for k, v in GOOD.items() if k != "key"}, "'ok': key must be a list"),
 ])
 def test_malformed_entries_are_named(name, entry, message):
     with pytest.raises(ValueError, match=message):

@@ -25,7 +25,7 @@ class Provider:
     name: str  # also the path prefix (/<name>/...), the logged `provider` and a metric label value
     label: str
     base_url: str  # default upstream; "" when each deployment must name it (Azure)
-    key: str  # how the caller sends its provider key (forwarded untouched), for docs and errors
+    key: tuple[str, ...]  # the ways the caller sends its provider key (forwarded untouched), for docs
     usage: str  # default usage format (a USAGE_FORMATS key)
     usage_paths: tuple[tuple[str, str], ...] = ()  # (marker in the path, usage format) checked in order
     model_path: re.Pattern | None = None  # first group: the model named in the path
@@ -59,9 +59,12 @@ def parse_table(doc: dict) -> dict[str, Provider]:
         unknown = set(entry) - _FIELDS
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; accepted: {sorted(_FIELDS)}")
-        for req in ("label", "base_url", "key", "usage"):
+        for req in ("label", "base_url", "usage"):
             if not isinstance(entry.get(req), str):
                 raise ValueError(f"{where}: {req} must be a string")
+        key = entry.get("key")
+        if not (isinstance(key, list) and key and all(isinstance(k, str) and k for k in key)):
+            raise ValueError(f"{where}: key must be a list of the ways the provider key is sent, e.g. [\"Authorization: Bearer <key>\"]")
         paths = entry.get("usage_paths") or {}
         formats = [entry["usage"], *paths.values()]
         for fmt in formats:
@@ -72,7 +75,7 @@ def parse_table(doc: dict) -> dict[str, Provider]:
         except re.error as exc:
             raise ValueError(f"{where}: model_path is not a regex ({exc})") from None
         out[name] = Provider(
-            name=name, label=entry["label"], base_url=entry["base_url"].rstrip("/"), key=entry["key"],
+            name=name, label=entry["label"], base_url=entry["base_url"].rstrip("/"), key=tuple(key),
             usage=entry["usage"], usage_paths=tuple(paths.items()), model_path=model_path,
             sdk_base=entry.get("sdk_base", ""), formats=tuple(dict.fromkeys(formats)),
         )
