@@ -158,14 +158,14 @@ def test_bad_override_entry_is_named_with_the_file(tmp_path, entry, message):
     path.write_text(json.dumps({"groq": {"bad": entry}}))
     with pytest.raises(ValueError, match=message) as err:
         CostRegistry.load(path)
-    assert str(path) in str(err.value)
+    assert f"cost registry {path} (HELICONE_COST_REGISTRY_FILE): " in str(err.value)
 
 
 def test_unreadable_or_non_json_override_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read it"):
         CostRegistry.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="bad.json: not JSON"):
+    with pytest.raises(ValueError, match=r"bad.json \(HELICONE_COST_REGISTRY_FILE\): not JSON"):
         CostRegistry.load(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text(json.dumps({"openai": ["gpt-4o"]}))
     with pytest.raises(ValueError, match="openai: expected an object of model prices"):

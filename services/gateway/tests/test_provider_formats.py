@@ -151,3 +151,30 @@ async def test_provider_metric_label_is_the_table_name(gateway):
     metrics = (await client.get("/metrics")).text
     line = next(x for x in metrics.splitlines() if x.startswith("helicone_gateway_requests_total{") and 'provider="groq"' in x)
     assert line.endswith(" 1.0") and 'status_class="2xx"' in line
+
+
+async def test_cost_registry_file_overrides_and_extends_the_shipped_prices(tmp_path):
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"groq": {"llama-3.3-70b-versatile": {"input": 1.0, "output": 2.0}},'
+                      ' "together": {"house-model": {"pattern": "house-*", "input": 3.0, "output": 4.0}}}')
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(
+            tmp_path, cost_registry_file=prices, provider_urls={"groq": upstream_url, "together": upstream_url}) as (client, built):
+        for path, model in (("/groq/openai/v1/chat/completions", "llama-3.3-70b-versatile"),
+                            ("/together/v1/chat/completions", "house-v2"),
+                            ("/together/v1/chat/completions", "meta-llama/Llama-3.3-70B-Instruct-Turbo")):
+            assert (await client.post(path, json=chat(model), headers=AUTH)).status_code == 200
+    groq, house, shipped = built
+    assert groq.cost_usd == pytest.approx(usd(4, REPLY_WORDS, 1.0, 2.0))
+    assert house.cost_usd == pytest.approx(usd(4, REPLY_WORDS, 3.0, 4.0))
+    assert shipped.cost_usd == pytest.approx(usd(4, REPLY_WORDS, 0.88, 0.88))
+
+
+def test_a_bad_cost_registry_file_stops_the_gateway_naming_the_entry(tmp_path):
+    from helicone_gateway.app import create_app
+    from helicone_gateway.settings import GatewaySettings
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"groq": {"llama-3.3-70b-versatile": {"input": 1.0, "ouptut": 2.0}}}')
+    with pytest.raises(ValueError, match=r"\(HELICONE_COST_REGISTRY_FILE\): groq/llama-3.3-70b-versatile: unknown field\(s\) \['ouptut'\]"):
+        create_app(GatewaySettings(data_dir=tmp_path, cost_registry_file=prices, _env_file=None))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .settings import env_name
+
 PER_TOKENS = 1_000_000
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
 _ENTRY_FIELDS = {*_PRICE_FIELDS, "tiers", "pattern", "regex"}
@@ -156,15 +158,15 @@ class CostRegistry:
     @classmethod
     def from_file(cls, path: Path) -> CostRegistry:
         """Only the prices in `path` (no shipped ones)."""
-        return cls(_read(path), source=f"cost registry {path}")
+        return cls(_read(path, f"cost registry {path}"), source=f"cost registry {path}")
 
     @classmethod
     def load(cls, path: Path | None) -> CostRegistry:
         """The shipped registry, with the file `path` (HELICONE_COST_REGISTRY_FILE) merged over it."""
         if not path:
             return cls.default()
-        source = f"cost registry {path}"
-        return cls(merge(cls._shipped(), _read(path), source), source=f"{source} (merged over the shipped one)")
+        source = f"cost registry {path} ({env_name('cost_registry_file')})"
+        return cls(merge(cls._shipped(), _read(path, source), source), source=source)
 
     def _match(self, provider: str, model: str) -> _Entry | None:
         model = model.lower().strip()
@@ -214,13 +216,13 @@ class CostRegistry:
         return round(usd, 12)
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, source: str) -> dict:
     try:
         doc = json.loads(Path(path).read_text())
     except OSError as exc:
-        raise ValueError(f"cost registry {path}: cannot read it ({exc.strerror})") from None
+        raise ValueError(f"{source}: cannot read it ({exc.strerror})") from None
     except ValueError as exc:
-        raise ValueError(f"cost registry {path}: not JSON ({exc})") from None
+        raise ValueError(f"{source}: not JSON ({exc})") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"cost registry {path}: expected a JSON object of provider sections")
+        raise ValueError(f"{source}: expected a JSON object of provider sections")
     return doc
