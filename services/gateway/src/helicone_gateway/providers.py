@@ -61,7 +61,11 @@ class Router:
         if provider is not None:
             path = path[len(provider.name) + 1:] or "/"
         else:
-            name = next((n for marker, n in self.markers if marker in path), "")
+            name = ""
+            for marker, owner in self.markers:
+                if marker in path:
+                    name = owner
+                    break
             if not name:
                 anthropic = path.startswith("/v1/messages") or "anthropic-version" in headers
                 name = "anthropic" if anthropic else "openai"
