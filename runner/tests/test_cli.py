@@ -131,3 +131,16 @@ def test_up_stops_with_the_migration_error_when_postgres_is_unreachable(tmp_path
     assert proc.returncode == 1
     assert "error: postgres not reachable within 1s (HELICONE_MIGRATE_TIMEOUT)" in proc.stderr, proc.stderr
     assert "READY" not in proc.stdout and secret not in proc.stdout + proc.stderr
+
+
+def test_fake_upstream_answers_for_every_provider(tmp_path):
+    from helicone_core.providers import PROVIDER_TABLE
+    from helicone_runner.cli import _settings
+
+    args = build_parser().parse_args(["up", "--upstream", "fake", "--data-dir", str(tmp_path)])
+    args.openai_url = args.anthropic_url = "http://127.0.0.1:9999"  # what run_up sets for --upstream fake
+    gateway = _settings(args, "postgresql://x@127.0.0.1:1/x", "127.0.0.1:1")["gateway"]
+    assert set(gateway.provider_urls) == set(PROVIDER_TABLE) - {"openai", "anthropic"}
+    assert set(gateway.provider_urls.values()) == {"http://127.0.0.1:9999"}
+    real = build_parser().parse_args(["up", "--data-dir", str(tmp_path)])
+    assert _settings(real, "postgresql://x@127.0.0.1:1/x", "127.0.0.1:1")["gateway"].provider_urls == {}

@@ -1,7 +1,10 @@
-"""A local stand-in for the OpenAI and Anthropic APIs (JSON and SSE streaming).
+"""A local stand-in for the OpenAI, Anthropic and Gemini APIs (JSON and SSE streaming).
 
-Token counts are deterministic: prompt tokens = words in the request's message contents,
-completion tokens = words in the reply. Every request's headers are recorded at
+OpenAI's chat completions answer under any prefix (`/openai/v1/...` as Groq, `/api/v1/...` as
+OpenRouter, Azure's `/openai/deployments/<d>/...`), Gemini's `models/<m>:generateContent` and
+`:streamGenerateContent` (SSE with `?alt=sse`, else a JSON array) under `/v1beta` or `/v1`.
+Token counts are deterministic: prompt tokens = words in the request's message contents (Gemini:
+its parts' text), completion tokens = words in the reply. Every request's headers are recorded at
 GET /_received so tests can check what the gateway forwarded.
 
 Run: python -m tests.support.fake_upstream --port 9999
@@ -49,9 +52,12 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         return {}
 
     def record(request: Request, body: dict) -> None:
-        app.state.received.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+        app.state.received.append({"path": request.url.path, "query": request.url.query, "headers": dict(request.headers),
+                                   "body": body})
 
     @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    @app.post("/{prefix:path}/chat/completions")
     async def chat(request: Request):
         body = await request.json()
         record(request, body)
@@ -135,6 +141,36 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
             yield ev("message_stop", {"type": "message_stop"})
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/{version}/models/{model_call}")
+    async def gemini(version: str, model_call: str, request: Request):
+        body = await request.json()
+        record(request, body)
+        model, _, call = model_call.partition(":")
+        if call not in ("generateContent", "streamGenerateContent"):
+            return JSONResponse({"error": {"code": 404, "message": f"unknown method {call}", "status": "NOT_FOUND"}}, 404)
+        prompt = sum(len(str(p.get("text", "")).split()) for c in body.get("contents", []) for p in c.get("parts", []))
+        words = REPLY.split(" ")
+
+        def chunk(text: str, done: bool, completion: int) -> dict:
+            out = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}],
+                   "usageMetadata": {"promptTokenCount": prompt, "totalTokenCount": prompt + completion},
+                   "modelVersion": model, "responseId": "fake-" + uuid.uuid4().hex[:8]}
+            if done:
+                out["candidates"][0]["finishReason"] = "STOP"
+            if completion:
+                out["usageMetadata"]["candidatesTokenCount"] = completion
+            return out
+
+        if call == "generateContent":
+            return chunk(REPLY, True, len(words))
+        parts = [chunk(w if i == 0 else " " + w, i == len(words) - 1, i + 1) for i, w in enumerate(words)]
+        if request.query_params.get("alt") == "sse":
+            stream = (f"data: {json.dumps(c)}\r\n\r\n".encode() for c in parts)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        array = ((("[" if i == 0 else ",\r\n") + json.dumps(c) + ("]" if i == len(parts) - 1 else "")).encode()
+                 for i, c in enumerate(parts))
+        return StreamingResponse(array, media_type="application/json")
 
     @app.api_route("/{path:path}", methods=["GET", "POST"])
     async def other(path: str, request: Request):

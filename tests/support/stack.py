@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from helicone_core.providers import PROVIDER_TABLE
 from helicone_runner.embedded import BROKER_PID_FILE, EmbeddedKafka, terminate
 
 from tests.support.net import free_port
@@ -189,6 +190,9 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
         )
         if region:
             env["HELICONE_REGION"] = region
+        # every provider of the table goes to the fake upstream too: a test never reaches a real provider
+        env["HELICONE_PROVIDER_URLS"] = json.dumps(
+            {name: upstream_url for name in PROVIDER_TABLE if name not in ("openai", "anthropic")})
         env.update(extra_env or {})
         log_path = tmp / "stack.log"
         data_dir = tmp / "data"

@@ -52,7 +52,7 @@ def test_canonical_model_names_come_from_the_registry_only():
     assert reg.canonical_model("openai", "GPT-4o") == "gpt-4o"
     assert reg.canonical_model("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123") == "gpt-4o-mini"
     assert reg.canonical_model("anthropic", "claude-3-5-haiku-20241022") == "claude-3-5-haiku"
-    assert reg.canonical_model("together", "openai/gpt-4o") == "gpt-4o"  # unknown provider: every provider's names
+    assert reg.canonical_model("openrouter", "openai/gpt-4o") == "gpt-4o"  # provider without a section: every section
     assert reg.canonical_model("openai", "my-team-finetune-9000") is None
     assert reg.canonical_model("openai", "") is None
 
@@ -62,3 +62,111 @@ def test_load_takes_a_file_or_the_shipped_registry(tmp_path):
     path.write_text(json.dumps({"openai": {"house-model": {"input": 1, "output": 2}}}))
     assert CostRegistry.load(path).canonical_model("openai", "house-model-v2") == "house-model"
     assert CostRegistry.load(None).canonical_model("openai", "house-model-v2") is None
+
+
+def test_every_routed_provider_is_priced_or_falls_back_to_every_section():
+    from helicone_core.providers import PROVIDER_NAMES
+
+    shipped = json.loads((__import__("importlib").resources.files("helicone_core") / "cost_registry.json").read_text())
+    assert {"as_of", "source"} <= set(shipped["_meta"])
+    # azure serves OpenAI's models and openrouter every vendor's: their models are found in every section
+    assert set(PROVIDER_NAMES) - set(shipped) == {"azure", "openrouter"}
+    assert set(shipped) - {"_meta"} <= set(PROVIDER_NAMES)
+    reg = CostRegistry.default()
+    assert reg.canonical_model("azure", "gpt-4o-2024-11-20") == "gpt-4o"
+    assert reg.canonical_model("openrouter", "google/gemini-2.5-flash") == "gemini-2.5-flash"
+
+
+def test_current_models_of_each_provider():
+    reg = CostRegistry.default()
+    cases = {
+        ("openai", "gpt-5.1-2025-11-13"): (1.25, 10.0, 0.125),
+        ("openai", "gpt-5-mini-2025-08-07"): (0.25, 2.0, 0.025),
+        ("anthropic", "claude-opus-4-5-20251101"): (5.0, 25.0, 0.50),
+        ("anthropic", "claude-haiku-4-5"): (1.0, 5.0, 0.10),
+        ("gemini", "gemini-2.5-flash"): (0.30, 2.50, 0.03),
+        ("gemini", "gemini-2.5-flash-lite-preview-09-2025"): (0.10, 0.40, 0.01),
+        ("groq", "llama-3.3-70b-versatile"): (0.59, 0.79, 0.59),
+        ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"): (0.88, 0.88, 0.88),
+        ("mistral", "mistral-small-latest"): (0.10, 0.30, 0.10),
+        ("deepseek", "deepseek-chat"): (0.28, 0.42, 0.028),
+        ("xai", "grok-4-fast-reasoning"): (0.20, 0.50, 0.05),
+        ("xai", "grok-4-0709"): (3.0, 15.0, 0.75),
+        ("fireworks", "accounts/fireworks/models/llama-v3p3-70b-instruct"): (0.90, 0.90, 0.90),
+    }
+    for (provider, model), want in cases.items():
+        p = reg.price(provider, model)
+        assert p is not None, (provider, model)
+        assert (p.input, p.output, p.cache_read) == want, (provider, model)
+
+
+def test_regex_entries_come_before_prefixes():
+    reg = CostRegistry.default()
+    # OpenRouter spells versions with a dot: "claude-opus-4.5" must not fall to the claude-opus-4 prefix ($15)
+    assert reg.canonical_model("openrouter", "anthropic/claude-opus-4.5") == "claude-opus-4-5"
+    assert reg.price("anthropic", "claude-opus-4.5").input == 5.0
+    assert reg.canonical_model("anthropic", "claude-opus-4-20250514") == "claude-opus-4"
+    # a glob over the whole name
+    assert reg.canonical_model("groq", "meta-llama/llama-4-scout-17b-16e-instruct") == "llama-4-scout"
+    assert reg.canonical_model("groq", "not-llama-4-scout-x") is None
+
+
+def test_long_context_tier_prices_the_whole_request():
+    reg = CostRegistry.default()
+    # gemini-2.5-pro: 1.25 in / 10 out / 0.125 cached up to 200K prompt tokens; 2.50 / 15 / 0.25 above
+    small = TokenCounts(prompt_tokens=200_000, completion_tokens=1000, cache_read_tokens=50_000)
+    assert reg.cost("gemini", "gemini-2.5-pro", small) == pytest.approx((150_000 * 1.25 + 50_000 * 0.125 + 1000 * 10) / 1e6)
+    big = TokenCounts(prompt_tokens=200_001, completion_tokens=1000, cache_read_tokens=50_000)
+    assert reg.cost("gemini", "gemini-2.5-pro", big) == pytest.approx((150_001 * 2.5 + 50_000 * 0.25 + 1000 * 15) / 1e6)
+    # Claude Sonnet 4.5 with the 1M context: every prompt token (cache reads and writes included) counts toward the 200K
+    tokens = TokenCounts(prompt_tokens=250_000, completion_tokens=100, cache_read_tokens=100_000, cache_write_tokens=100_000)
+    assert reg.cost("anthropic", "claude-sonnet-4-5-20250929", tokens) == pytest.approx(
+        (50_000 * 6.0 + 100_000 * 0.60 + 100_000 * 7.50 + 100 * 22.5) / 1e6)
+
+
+def test_override_file_replaces_extends_and_removes(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({
+        "_meta": {"source": "our contract"},
+        "openai": {"gpt-4o": {"input": 2.0, "output": 8.0}, "gpt-4": None},
+        "groq": {"house-llama": {"regex": "^house-llama-v[0-9]+$", "input": 0.1, "output": 0.2,
+                                 "tiers": [{"above": 1000, "input": 1, "output": 2}]}},
+        "vllm": {"qwen3": {"input": 0.01, "output": 0.02}},
+    }))
+    reg = CostRegistry.load(path)
+    assert reg.price("openai", "gpt-4o-2024-08-06").input == 2.0
+    assert reg.price("openai", "gpt-4o").cache_read == 2.0  # the replaced entry gave none: the input price
+    assert reg.price("openai", "gpt-4o-mini").input == 0.15  # shipped entries stay
+    assert reg.canonical_model("openai", "gpt-4-0613") is None  # removed
+    assert reg.price("groq", "llama-3.3-70b-versatile").input == 0.59
+    assert reg.cost("groq", "house-llama-v3", TokenCounts(1000, 10)) == pytest.approx((1000 * 0.1 + 10 * 0.2) / 1e6)
+    assert reg.cost("groq", "house-llama-v3", TokenCounts(1001, 10)) == pytest.approx((1001 * 1 + 10 * 2) / 1e6)
+    assert reg.canonical_model("vllm", "qwen3-8b") == "qwen3"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"input": 1}, "groq/bad: output is missing"),
+    ({"input": -1, "output": 1}, "groq/bad: input must be a number >= 0"),
+    ({"input": 1, "output": 1, "cached": 0.5}, r"groq/bad: unknown field\(s\) \['cached'\]"),
+    ({"input": 1, "output": 1, "regex": "(unclosed"}, "groq/bad: not a valid regex"),
+    ({"input": 1, "output": 1, "regex": "a", "pattern": "a*"}, "groq/bad: give regex or pattern"),
+    ({"input": 1, "output": 1, "tiers": [{"above": "200k", "input": 1, "output": 1}]}, r"groq/bad: tiers\[0\]: above must be"),
+    ({"input": 1, "output": 1, "tiers": [{"above": 10, "input": 1}]}, r"groq/bad: tiers\[0\]: output is missing"),
+])
+def test_bad_override_entry_is_named_with_the_file(tmp_path, entry, message):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"groq": {"bad": entry}}))
+    with pytest.raises(ValueError, match=message) as err:
+        CostRegistry.load(path)
+    assert f"cost registry {path} (HELICONE_COST_REGISTRY_FILE): " in str(err.value)
+
+
+def test_unreadable_or_non_json_override_file(tmp_path):
+    with pytest.raises(ValueError, match="cannot read it"):
+        CostRegistry.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad.json \(HELICONE_COST_REGISTRY_FILE\): not JSON"):
+        CostRegistry.load(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text(json.dumps({"openai": ["gpt-4o"]}))
+    with pytest.raises(ValueError, match="openai: expected an object of model prices"):
+        CostRegistry.load(tmp_path / "list.json")

@@ -25,6 +25,7 @@ from pathlib import Path
 from helicone_core.filemodes import write_private
 from helicone_core.logging import configure_logging
 from helicone_core.migrate import MigrateSettings, apply_migrations
+from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import describe_settings_error
 from pydantic import ValidationError
 
@@ -189,6 +190,8 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
         gateway_extra = dict(kafka_idempotent_producer=False)  # Tansu has no InitProducerId
         # one local broker, one member: no reason to wait long for others to join
         ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0)
+    if getattr(args, "upstream", None) == "fake":  # every provider of the table answered by the fake upstream
+        gateway_extra["provider_urls"] = {n: args.openai_url for n in PROVIDER_TABLE if n not in ("openai", "anthropic")}
     if "prompts" in args.target:  # the gateway renders stored prompts from this process's prompts service
         local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         gateway_extra["prompts_target"] = api_extra["prompts_target"] = f"{local}:{args.prompts_grpc_port}"

@@ -1,6 +1,6 @@
 import pytest
 from helicone_gateway.headers import HeaderError, forward_request_headers, narrow_accept_encoding, parse_helicone_headers
-from helicone_gateway.providers import route
+from helicone_gateway.providers import Router
 from helicone_gateway.settings import GatewaySettings
 
 
@@ -56,13 +56,48 @@ def test_accept_encoding_keeps_only_what_the_log_can_decode():
 
 def test_routing():
     s = GatewaySettings(openai_url="https://oai.example", anthropic_url="https://ant.example", _env_file=None)
-    assert route(s, "/v1/chat/completions", {}, "") .base_url == "https://oai.example"
-    r = route(s, "/v1/messages", {}, "")
-    assert (r.provider, r.base_url, r.path) == ("anthropic", "https://ant.example", "/v1/messages")
-    r = route(s, "/anthropic/v1/messages", {}, "")
+    route = Router(s).route
+    assert route("/v1/chat/completions", {}, "") .base_url == "https://oai.example"
+    r = route("/v1/messages", {}, "")
+    assert (r.provider, r.base_url, r.path, r.usage) == ("anthropic", "https://ant.example", "/v1/messages", "anthropic")
+    r = route("/anthropic/v1/messages", {}, "")
     assert (r.provider, r.path) == ("anthropic", "/v1/messages")
-    r = route(s, "/openai/v1/embeddings", {}, "")
+    r = route("/openai/v1/embeddings", {}, "")
     assert (r.provider, r.path) == ("openai", "/v1/embeddings")
     assert not r.target
-    r = route(s, "/v1/chat/completions", {}, "https://api.together.xyz/")
+    r = route("/v1/chat/completions", {}, "https://api.together.xyz/")
     assert (r.provider, r.base_url, r.target) == ("openai", "https://api.together.xyz", True)
+
+
+def test_routing_by_the_provider_table():
+    s = GatewaySettings(provider_urls={"groq": "https://groq.proxy.example/"}, _env_file=None)
+    route = Router(s).route
+    r = route("/groq/openai/v1/chat/completions", {}, "")
+    assert (r.provider, r.base_url, r.path, r.usage) == ("groq", "https://groq.proxy.example", "/openai/v1/chat/completions", "openai")
+    r = route("/together/v1/chat/completions", {}, "")
+    assert (r.provider, r.base_url, r.path) == ("together", "https://api.together.xyz", "/v1/chat/completions")
+    r = route("/gemini/v1beta/models/gemini-2.5-pro:streamGenerateContent", {}, "")
+    assert (r.provider, r.base_url, r.usage, r.path_model()) == (
+        "gemini", "https://generativelanguage.googleapis.com", "gemini", "gemini-2.5-pro")
+    r = route("/gemini/v1beta/openai/chat/completions", {}, "")
+    assert (r.provider, r.usage, r.path_model()) == ("gemini", "openai", "")
+    # no prefix: Gemini's native path names it (e.g. Vertex AI through Helicone-Target-URL)
+    r = route("/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:generateContent", {}, "https://vertex.example")
+    assert (r.provider, r.usage, r.target, r.path_model()) == ("gemini", "gemini", True, "gemini-2.5-flash")
+    # Azure has no default: Helicone-Target-URL (or HELICONE_PROVIDER_URLS) names the resource
+    r = route("/azure/openai/deployments/prod-4o/chat/completions", {}, "")
+    assert (r.provider, r.base_url, r.path_model()) == ("azure", "", "prod-4o")
+    r = route("/azure/openai/deployments/prod-4o/chat/completions", {}, "https://acme.openai.azure.com")
+    assert (r.provider, r.base_url, r.target) == ("azure", "https://acme.openai.azure.com", True)
+    assert route("/groqx/v1/chat/completions", {}, "").provider == "openai"  # not a prefix: a path like any other
+    assert route("/groq", {}, "").path == "/"
+
+
+@pytest.mark.parametrize("urls, message", [
+    ({"openai": "https://x.example"}, "HELICONE_PROVIDER_URLS: 'openai': set its base URL with HELICONE_OPENAI_URL"),
+    ({"cohere": "https://x.example"}, "HELICONE_PROVIDER_URLS: 'cohere' is no provider of the table; accepted: .*'azure'"),
+    ({"groq": "groq.example"}, "HELICONE_PROVIDER_URLS: 'groq': 'groq.example' is not a base URL"),
+])
+def test_bad_provider_urls_are_named(urls, message):
+    with pytest.raises(ValueError, match=message):
+        GatewaySettings(provider_urls=urls, _env_file=None)

@@ -60,3 +60,38 @@ def test_decode_body_and_request_model():
     assert decode_body(zlib.compress(raw), "deflate") == raw
     assert request_model(b'{"model":"gpt-4o","stream":true}') == ("gpt-4o", True)
     assert request_model(b"garbage") == ("", False)
+
+
+GEMINI_CHUNKS = [
+    {"candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}}], "modelVersion": "gemini-2.5-pro",
+     "usageMetadata": {"promptTokenCount": 1200, "totalTokenCount": 1200}},
+    {"candidates": [{"content": {"parts": [{"text": "lo"}], "role": "model"}, "finishReason": "STOP"}],
+     "modelVersion": "gemini-2.5-pro",
+     "usageMetadata": {"promptTokenCount": 1200, "candidatesTokenCount": 40, "thoughtsTokenCount": 300,
+                       "cachedContentTokenCount": 1000, "toolUsePromptTokenCount": 5, "totalTokenCount": 1545}},
+]
+
+
+def test_gemini_json_sse_and_json_array_stream():
+    want = (1205, 340, 1000)  # tool-use prompt tokens are prompt, thinking tokens are output
+    for body, ctype in (
+        (json.dumps(GEMINI_CHUNKS[1]).encode(), "application/json; charset=UTF-8"),  # generateContent
+        ("".join(f"data: {json.dumps(c)}\r\n\r\n" for c in GEMINI_CHUNKS).encode(), "text/event-stream"),  # ?alt=sse
+        (("[" + ",\r\n".join(json.dumps(c) for c in GEMINI_CHUNKS) + "]").encode(), "application/json"),  # JSON array
+    ):
+        p = parse_response("gemini", body, ctype)
+        assert p.known and p.model == "gemini-2.5-pro", ctype
+        assert (p.tokens.prompt_tokens, p.tokens.completion_tokens, p.tokens.cache_read_tokens) == want, ctype
+
+
+def test_gemini_answer_without_usage_and_cut_off_array_are_unknown():
+    assert not parse_response("gemini", b'{"error": {"code": 400}}', "application/json").known
+    cut = ("[" + json.dumps(GEMINI_CHUNKS[0]) + ",\r\n" + json.dumps(GEMINI_CHUNKS[1])[:50]).encode()
+    assert not parse_response("gemini", cut, "application/json").known
+
+
+def test_deepseek_cache_hit_tokens_count_as_cache_reads():
+    body = json.dumps({"model": "deepseek-chat", "usage": {"prompt_tokens": 100, "completion_tokens": 5,
+                       "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}}).encode()
+    p = parse_response("openai", body, "application/json")
+    assert (p.tokens.prompt_tokens, p.tokens.cache_read_tokens) == (100, 64)

@@ -1,13 +1,26 @@
-"""Cost registry: model prices and the cost of one request from its token usage."""
+"""Cost registry: model prices and the cost of one request from its token usage.
+
+The registry ships as cost_registry.json; HELICONE_COST_REGISTRY_FILE names a file of the same shape
+merged over it (an entry replaces the shipped entry of that name, `null` removes one). A model is
+found in its provider's section (every section when the provider has none): by exact name, else by
+the first entry whose `regex` / `pattern` (glob) matches, else by the longest entry name it starts
+with. Tiers price the whole request differently above a prompt size (long-context pricing)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .settings import env_name
+
 PER_TOKENS = 1_000_000
+_PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
+_ENTRY_FIELDS = {*_PRICE_FIELDS, "tiers", "pattern", "regex"}
+_TIER_FIELDS = {*_PRICE_FIELDS, "above"}
 
 
 @dataclass(frozen=True)
@@ -16,6 +29,16 @@ class Price:
     output: float
     cache_read: float
     cache_write: float
+    # (prompt tokens above which it applies, price), ascending: the whole request is priced at the
+    # highest tier its prompt exceeds
+    tiers: tuple[tuple[int, Price], ...] = ()
+
+    def for_prompt(self, prompt_tokens: int) -> Price:
+        chosen = self
+        for above, tier in self.tiers:
+            if prompt_tokens > above:
+                chosen = tier
+        return chosen
 
 
 @dataclass(frozen=True)
@@ -28,76 +51,161 @@ class TokenCounts:
     cache_write_tokens: int = 0
 
 
+def _number(where: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{where}: {name} must be a number >= 0 (USD per 1M tokens), got {value!r}")
+    return float(value)
+
+
+def _price(where: str, p: dict, fields: set[str]) -> Price:
+    if not isinstance(p, dict):
+        raise ValueError(f"{where}: expected an object with input and output prices, got {p!r}")
+    unknown = set(p) - fields
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; accepted: {sorted(fields)}")
+    for req in ("input", "output"):
+        if req not in p:
+            raise ValueError(f"{where}: {req} is missing")
+    inp = _number(where, "input", p["input"])
+    return Price(
+        input=inp,
+        output=_number(where, "output", p["output"]),
+        cache_read=_number(where, "cache_read", p.get("cache_read", inp)),
+        cache_write=_number(where, "cache_write", p.get("cache_write", inp)),
+    )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    price: Price
+    matcher: re.Pattern | None  # from `regex`, or `pattern` (a glob) translated to one
+
+
+def _entry(where: str, name: str, p) -> _Entry:
+    price = _price(where, p, _ENTRY_FIELDS)
+    tiers = []
+    for i, t in enumerate(p.get("tiers") or []):
+        tw = f"{where}: tiers[{i}]"
+        above = t.get("above") if isinstance(t, dict) else None
+        if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
+            raise ValueError(f"{tw}: above must be a prompt token count > 0, got {above!r}")
+        tiers.append((above, _price(tw, t, _TIER_FIELDS)))
+    tiers.sort(key=lambda x: x[0])
+    if len({a for a, _ in tiers}) != len(tiers):
+        raise ValueError(f"{where}: two tiers start above the same prompt size")
+    matcher = None
+    if "regex" in p and "pattern" in p:
+        raise ValueError(f"{where}: give regex or pattern (a glob), not both")
+    try:
+        if "regex" in p:
+            matcher = re.compile(p["regex"], re.IGNORECASE)
+        elif "pattern" in p:
+            matcher = re.compile("^" + fnmatch.translate(p["pattern"].lower()))  # the whole name
+    except (re.error, TypeError, AttributeError) as exc:
+        raise ValueError(f"{where}: not a valid {'regex' if 'regex' in p else 'glob pattern'} ({exc})") from None
+    return _Entry(name.lower(), Price(price.input, price.output, price.cache_read, price.cache_write, tuple(tiers)), matcher)
+
+
+def merge(base: dict, override: dict, source: str = "override") -> dict:
+    """`override` over `base` (both registry documents): per provider, an entry replaces the entry of
+    that name, `null` removes it; new providers and models are added."""
+    if not isinstance(override, dict):
+        raise ValueError(f"cost registry {source}: expected a JSON object of provider sections")
+    out = {prov: dict(models) if isinstance(models, dict) else models for prov, models in base.items()}
+    for prov, models in override.items():
+        if prov.startswith("_"):
+            continue
+        if not isinstance(models, dict):
+            raise ValueError(f"cost registry {source}: {prov}: expected an object of model prices")
+        section = out.setdefault(prov, {})
+        for model, p in models.items():
+            if p is None:
+                section.pop(model, None)
+            else:
+                section[model] = p
+    return out
+
+
 class CostRegistry:
-    def __init__(self, table: dict[str, dict[str, dict[str, float]]]) -> None:
-        self._prices: dict[str, dict[str, Price]] = {}
+    def __init__(self, table: dict, source: str = "cost registry") -> None:
+        self._sections: dict[str, dict[str, _Entry]] = {}
+        self._patterns: dict[str, list[_Entry]] = {}
+        self._ordered: dict[str, list[str]] = {}
         for provider, models in table.items():
             if provider.startswith("_"):
                 continue
-            parsed: dict[str, Price] = {}
+            if not isinstance(models, dict):
+                raise ValueError(f"{source}: {provider}: expected an object of model prices")
+            entries = {}
             for model, p in models.items():
-                try:
-                    parsed[model.lower()] = Price(
-                        input=float(p["input"]),
-                        output=float(p["output"]),
-                        cache_read=float(p.get("cache_read", p["input"])),
-                        cache_write=float(p.get("cache_write", p["input"])),
-                    )
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ValueError(f"cost registry: bad price for {provider}/{model}: {exc}") from exc
-            self._prices[provider.lower()] = parsed
-        # longest prefix first so gpt-4o-mini wins over gpt-4o
-        self._ordered = {
-            prov: sorted(models, key=len, reverse=True) for prov, models in self._prices.items()
-        }
+                e = _entry(f"{source}: {provider}/{model}", model, p)
+                entries[e.name] = e
+            prov = provider.lower()
+            self._sections[prov] = entries
+            self._patterns[prov] = [e for e in entries.values() if e.matcher is not None]
+            # longest prefix first so gpt-4o-mini wins over gpt-4o
+            self._ordered[prov] = sorted(entries, key=len, reverse=True)
+
+    @staticmethod
+    def _shipped() -> dict:
+        return json.loads(resources.files(__package__).joinpath("cost_registry.json").read_text())
 
     @classmethod
     def default(cls) -> CostRegistry:
-        text = resources.files(__package__).joinpath("cost_registry.json").read_text()
-        return cls(json.loads(text))
+        return cls(cls._shipped())
 
     @classmethod
     def from_file(cls, path: Path) -> CostRegistry:
-        return cls(json.loads(Path(path).read_text()))
+        """Only the prices in `path` (no shipped ones)."""
+        return cls(_read(path, f"cost registry {path}"), source=f"cost registry {path}")
 
     @classmethod
     def load(cls, path: Path | None) -> CostRegistry:
-        """The registry in `path` (HELICONE_COST_REGISTRY_FILE), else the one shipped here."""
-        return cls.from_file(path) if path else cls.default()
+        """The shipped registry, with the file `path` (HELICONE_COST_REGISTRY_FILE) merged over it."""
+        if not path:
+            return cls.default()
+        source = f"cost registry {path} ({env_name('cost_registry_file')})"
+        return cls(merge(cls._shipped(), _read(path, source), source), source=source)
 
-    def _match(self, provider: str, model: str) -> tuple[str, Price] | None:
-        """(the registry's name for the model, its price)."""
+    def _match(self, provider: str, model: str) -> _Entry | None:
         model = model.lower().strip()
         if not model:
             return None
-        # providers prefix models in some APIs ("openai/gpt-4o"); fine-tunes look like "ft:gpt-4o:org::id"
+        # providers prefix models in some APIs ("openai/gpt-4o", "accounts/x/models/y"); fine-tunes look like "ft:gpt-4o:org::id"
         if model.startswith("ft:"):
             model = model[3:]
         model = model.rsplit("/", 1)[-1]
-        providers = [provider.lower()] if provider.lower() in self._prices else list(self._prices)
+        prov = provider.lower()
+        providers = [prov] if prov in self._sections else list(self._sections)
         for prov in providers:
-            models = self._prices[prov]
-            if model in models:
-                return model, models[model]
+            entries = self._sections[prov]
+            hit = entries.get(model)
+            if hit is not None:
+                return hit
+            for e in self._patterns[prov]:
+                if e.matcher.search(model):
+                    return e
             for candidate in self._ordered[prov]:
                 if model.startswith(candidate):
-                    return candidate, models[candidate]
+                    return entries[candidate]
         return None
 
     def price(self, provider: str, model: str) -> Price | None:
         match = self._match(provider, model)
-        return match[1] if match else None
+        return match.price if match else None
 
     def canonical_model(self, provider: str, model: str) -> str | None:
         """The registry's name for a model ("gpt-4o-2024-08-06" -> "gpt-4o"), None if it has no
         price here: a value from a fixed set, fit for a metric label, whatever the caller sent."""
         match = self._match(provider, model)
-        return match[0] if match else None
+        return match.name if match else None
 
     def cost(self, provider: str, model: str, tokens: TokenCounts) -> float | None:
-        price = self.price(provider, model)
-        if price is None:
+        base = self.price(provider, model)
+        if base is None:
             return None
+        price = base.for_prompt(tokens.prompt_tokens)
         uncached = max(tokens.prompt_tokens - tokens.cache_read_tokens - tokens.cache_write_tokens, 0)
         usd = (
             uncached * price.input
@@ -106,3 +214,15 @@ class CostRegistry:
             + tokens.completion_tokens * price.output
         ) / PER_TOKENS
         return round(usd, 12)
+
+
+def _read(path: Path, source: str) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"{source}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{source}: expected a JSON object of provider sections")
+    return doc

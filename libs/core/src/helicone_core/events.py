@@ -10,6 +10,8 @@ import uuid
 from google.protobuf.message import DecodeError
 from helicone.logging.v1 import events_pb2
 
+from .providers import PROVIDER_NAMES
+
 RequestLogged = events_pb2.RequestLogged
 Usage = events_pb2.Usage
 InlineBodies = events_pb2.InlineBodies
@@ -17,9 +19,9 @@ BodyLocation = events_pb2.BodyLocation
 Attempt = events_pb2.Attempt
 
 SCHEMA_VERSION = 1
-# The providers the gateway routes to (`provider` of its events). Where a bounded value is needed
-# (a metric label) anything else an event may carry counts as CUSTOM_PROVIDER.
-PROVIDERS = ("openai", "anthropic")
+# The providers the gateway routes to (`provider` of its events): the provider table's names. Where a
+# bounded value is needed (a metric label) anything else an event may carry counts as CUSTOM_PROVIDER.
+PROVIDERS = PROVIDER_NAMES
 CUSTOM_PROVIDER = "custom"
 MAX_PROPERTY_KEY = 256
 MAX_PROPERTY_VALUE = 4096

@@ -65,7 +65,7 @@ class CommonSettings(BaseSettings):
     # row's `region` and the `region` label of helicone_service_info. Empty: not multi-region.
     region: Annotated[str, AfterValidator(_region)] = ""
     # Model prices (cost.py): the gateway prices requests with them, ingest names models by them in
-    # its metrics. Default: the registry shipped with helicone_core.
+    # its metrics. The registry shipped with helicone_core, with this file (same shape) merged over it.
     cost_registry_file: Path | None = None
 
     # Kafka

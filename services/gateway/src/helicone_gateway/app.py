@@ -62,7 +62,7 @@ from .headers import (
 )
 from .journal import Journal
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
-from .providers import Route, provider_base_url, route
+from .providers import Route, Router, missing_base_url
 from .publisher import EventPublisher
 from .ratelimit import (
     CENTS,
@@ -211,6 +211,7 @@ class Gateway:
             ((REGION_HEADER.lower().encode(), settings.region.encode()),) if settings.region else ()
         )
         self.costs = CostRegistry.load(settings.cost_registry_file)
+        self.router = Router(settings)
         self.session: aiohttp.ClientSession | None = None  # configured providers
         self.target_session: aiohttp.ClientSession | None = None  # Helicone-Target-URL traffic, egress-checked
         self.egress = EgressPolicy(settings.target_url_allowlist, settings.target_url_allow_private)
@@ -380,7 +381,9 @@ class Gateway:
         limit_headers: tuple[tuple[bytes, bytes], ...] = ()
         plan: Plan | None = None
         try:
-            rt = route(self.settings, path, header_map, hh.target_url)
+            rt = self.router.route(path, header_map, hh.target_url)
+            if not rt.base_url:
+                raise Rejection(400, missing_base_url(rt.provider), "helicone_route_error")
             path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
             url = rt.base_url + path_and_query
             if rt.target:
@@ -399,7 +402,7 @@ class Gateway:
             if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
                 body, prompt = await self._render_prompt(hh, org_id, rt, body)
             # only requests naming the header pay for the JSON round trip; Anthropic streams always carry usage
-            if hh.stream_usage and rt.provider == "openai" and method == "POST":
+            if hh.stream_usage and rt.usage == "openai" and method == "POST":
                 body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
             if plan is not None:
                 self._plan_bodies(plan, body)
@@ -642,12 +645,8 @@ class Gateway:
         legs = []
         for i, fb in enumerate(hh.fallbacks):
             provider = fb.provider or rt.provider
-            if fb.target_url:
-                leg_rt = Route(provider=provider, base_url=fb.target_url, path=rt.path, target=True)
-            elif rt.target:  # the request's own Helicone-Target-URL
-                leg_rt = Route(provider=provider, base_url=rt.base_url, path=rt.path, target=True)
-            else:
-                leg_rt = Route(provider=provider, base_url=provider_base_url(self.settings, provider), path=rt.path)
+            # a target-url, else the request's own Helicone-Target-URL, else the provider's base URL
+            leg_rt = self.router.route_to(provider, rt.path, fb.target_url or (rt.base_url if rt.target else ""))
             leg_url = leg_rt.base_url + path_and_query
             leg_target = None
             if leg_rt.target:
@@ -767,8 +766,8 @@ class Gateway:
         def build() -> events.RequestLogged:
             req_model, req_stream = request_model(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
-            parsed = parse_response(rt.provider, decoded, resp_ctype)
-            model = parsed.model or req_model
+            parsed = parse_response(rt.usage, decoded, resp_ctype)
+            model = parsed.model or rt.path_model() or req_model
             cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
                 self.ratelimits.charge(org_id, rate_limit, cost * 100)

@@ -1,49 +1,85 @@
-"""Provider routing: which upstream a request goes to, and under which path."""
+"""Provider routing: which upstream a request goes to, under which path, and how its usage is read.
+
+The facts per provider (prefix, default base URL, usage format) are the provider table
+(helicone_core.providers); this module applies them, with the deployment's base URLs, once per
+request: one dict lookup on the first path segment."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from helicone_core.events import PROVIDERS
+from helicone_core.providers import PROVIDER_TABLE
 
-from .settings import GatewaySettings
+from .settings import GatewaySettings, env_name
+
+TARGET_URL_HEADER = "Helicone-Target-URL"
 
 
 @dataclass(frozen=True)
 class Route:
-    provider: str  # openai or anthropic: decides how usage is read from the response
-    base_url: str  # scheme://host[:port][/prefix], no trailing slash
+    provider: str  # a provider table name: the logged provider and the metric label
+    base_url: str  # scheme://host[:port][/prefix], no trailing slash; "" when the deployment names none
     path: str  # path sent upstream, starting with /
     target: bool = False  # base_url came from Helicone-Target-URL (egress-checked, see egress.py)
+    usage: str = "openai"  # how model and tokens are read from the answer (helicone_core.providers.USAGE_FORMATS)
+
+    def path_model(self) -> str:
+        """The model the path names (Gemini's models/<m>:generateContent, Azure's deployment), or ""."""
+        p = PROVIDER_TABLE.get(self.provider)
+        return p.model_in(self.path) if p is not None else ""
 
 
-PREFIXES = {f"/{name}": name for name in PROVIDERS}
+def missing_base_url(provider: str) -> str:
+    """The 400 message for a provider whose base URL this deployment does not set."""
+    example = "https://<resource>.openai.azure.com" if provider == "azure" else "https://..."
+    return (f"No base URL for provider {provider!r}: send {TARGET_URL_HEADER}: {example}, or have the gateway's operator "
+            f"set {env_name('provider_urls')}='{{\"{provider}\": \"{example}\"}}'")
 
 
-def route(settings: GatewaySettings, path: str, headers: dict[str, str], target_url: str) -> Route:
-    """path is the request path; headers are lower-cased.
+class Router:
+    """Routes with the base URLs of one deployment: the table's defaults, then HELICONE_OPENAI_URL /
+    HELICONE_ANTHROPIC_URL, then HELICONE_PROVIDER_URLS."""
 
-    /openai/... and /anthropic/... choose the provider explicitly; otherwise /v1/messages (or an
-    anthropic-version header) means Anthropic and anything else OpenAI. Helicone-Target-URL
-    replaces the provider's base URL, keeping the provider detection for usage parsing (where it
-    may go is checked by the gateway's egress policy, not here).
-    """
-    provider = ""
-    for prefix, name in PREFIXES.items():
-        if path == prefix or path.startswith(prefix + "/"):
-            provider, path = name, path[len(prefix):] or "/"
-            break
-    if not provider:
-        if path.startswith("/v1/messages") or "anthropic-version" in headers:
-            provider = "anthropic"
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.base_urls = {name: p.base_url for name, p in PROVIDER_TABLE.items()}
+        self.base_urls["openai"] = settings.openai_url.rstrip("/")
+        self.base_urls["anthropic"] = settings.anthropic_url.rstrip("/")
+        self.base_urls.update({name: url.rstrip("/") for name, url in settings.provider_urls.items()})
+        # a path marker that, without a prefix, names its provider (Gemini's ":generateContent")
+        self.markers = tuple((marker, name) for name, p in PROVIDER_TABLE.items() for marker, _fmt in p.usage_paths)
+
+    def route(self, path: str, headers: dict[str, str], target_url: str) -> Route:
+        """path is the request path; headers are lower-cased.
+
+        /<provider>/... chooses a provider of the table explicitly; otherwise a path marker of one
+        (Gemini's `:generateContent`) names it, /v1/messages (or an anthropic-version header) means
+        Anthropic and anything else OpenAI. Helicone-Target-URL replaces the provider's base URL,
+        keeping the provider (and so how usage is read); where it may go is checked by the egress
+        policy, not here."""
+        end = path.find("/", 1)
+        provider = PROVIDER_TABLE.get(path[1:end] if end > 0 else path[1:])
+        if provider is not None:
+            path = path[len(provider.name) + 1:] or "/"
         else:
-            provider = "openai"
-    if target_url:
-        return Route(provider=provider, base_url=target_url.rstrip("/"), path=path, target=True)
-    return Route(provider=provider, base_url=provider_base_url(settings, provider), path=path)
+            name = ""
+            for marker, owner in self.markers:
+                if marker in path:
+                    name = owner
+                    break
+            if not name:
+                anthropic = path.startswith("/v1/messages") or "anthropic-version" in headers
+                name = "anthropic" if anthropic else "openai"
+            provider = PROVIDER_TABLE[name]
+        usage = provider.usage_for(path)
+        if target_url:
+            return Route(provider.name, target_url.rstrip("/"), path, target=True, usage=usage)
+        return Route(provider.name, self.base_urls[provider.name], path, usage=usage)
 
-
-def provider_base_url(settings: GatewaySettings, provider: str) -> str:
-    """The configured base URL of a provider, without a trailing slash."""
-    base = settings.anthropic_url if provider == "anthropic" else settings.openai_url
-    return base.rstrip("/")
+    def route_to(self, name: str, path: str, target_url: str = "") -> Route:
+        """A route to the provider the table names `name` (a Helicone-Fallbacks entry), its base URL
+        replaced by target_url when one is given."""
+        provider = PROVIDER_TABLE[name]
+        usage = provider.usage_for(path)
+        if target_url:
+            return Route(provider.name, target_url.rstrip("/"), path, target=True, usage=usage)
+        return Route(provider.name, self.base_urls[provider.name], path, usage=usage)

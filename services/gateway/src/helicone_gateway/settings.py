@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
 from helicone_core.settings import env_name as settings_env_name
 from pydantic import Field, SecretStr, field_validator
+from yarl import URL
 
 from .egress import parse_allowlist_entry
 
@@ -15,6 +17,10 @@ class GatewaySettings(ServiceSettings):
     port: int = 8787
     openai_url: str = "https://api.openai.com"
     anthropic_url: str = "https://api.anthropic.com"
+    # Base URLs of the provider table's other providers (helicone_core/providers.json), a JSON map:
+    # {"azure": "https://<resource>.openai.azure.com", "groq": "https://groq.internal-proxy"}. A
+    # provider left out keeps the table's URL (Azure has none: Helicone-Target-URL must name it).
+    provider_urls: dict[str, str] = {}
     # Helicone-Target-URL: `host`, `host:port`, `[v6]:port` entries the caller may target, whatever
     # their address (how a self-hosted model on a private or loopback address is opened). Empty (or
     # an entry `*`) lets any other host through too, but only to public addresses (see egress.py).
@@ -66,6 +72,23 @@ class GatewaySettings(ServiceSettings):
         for entry in entries:
             parse_allowlist_entry(entry)  # raises ValueError naming the entry and the accepted forms
         return entries
+
+    @field_validator("provider_urls")
+    @classmethod
+    def _provider_urls(cls, urls: dict[str, str]) -> dict[str, str]:
+        where = settings_env_name("provider_urls")
+        for name, url in urls.items():
+            if name in ("openai", "anthropic"):
+                raise ValueError(f"{where}: {name!r}: set its base URL with {settings_env_name(name + '_url')}")
+            if name not in PROVIDER_TABLE:
+                raise ValueError(f"{where}: {name!r} is no provider of the table; accepted: {sorted(set(PROVIDER_TABLE) - {'openai', 'anthropic'})}")
+            try:
+                parsed = URL(url)
+            except ValueError:
+                parsed = None
+            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.query_string:
+                raise ValueError(f"{where}: {name!r}: {url!r} is not a base URL (http(s)://host[:port][/path], no query)")
+        return urls
 
 
 

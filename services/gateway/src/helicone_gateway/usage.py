@@ -1,4 +1,5 @@
-"""Extracts model and token usage from provider responses (JSON and SSE streams)."""
+"""Extracts model and token usage from provider responses (JSON and SSE streams) in each usage
+format of the provider table: openai, anthropic, gemini."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def openai_usage(usage: dict) -> TokenCounts:
     details = usage.get("prompt_tokens_details") or {}
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
-    cached = _int(details.get("cached_tokens")) or _int((usage.get("input_tokens_details") or {}).get("cached_tokens"))
+    cached = (_int(details.get("cached_tokens")) or _int((usage.get("input_tokens_details") or {}).get("cached_tokens"))
+              or _int(usage.get("prompt_cache_hit_tokens")))  # DeepSeek's name for it
     return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached)
 
 
@@ -68,23 +70,55 @@ def anthropic_usage(usage: dict, output_tokens: int | None = None) -> TokenCount
     return TokenCounts(prompt_tokens=inp + write + read, completion_tokens=out, cache_read_tokens=read, cache_write_tokens=write)
 
 
-def parse_response(provider: str, body: bytes, content_type: str) -> Parsed:
+def gemini_usage(meta: dict) -> TokenCounts:
+    """Gemini's usageMetadata: thinking tokens are billed as output, tool-use prompt tokens as input;
+    cachedContentTokenCount is part of promptTokenCount."""
+    prompt = _int(meta.get("promptTokenCount")) + _int(meta.get("toolUsePromptTokenCount"))
+    completion = _int(meta.get("candidatesTokenCount")) + _int(meta.get("thoughtsTokenCount"))
+    return TokenCounts(prompt_tokens=prompt, completion_tokens=completion,
+                       cache_read_tokens=_int(meta.get("cachedContentTokenCount")))
+
+
+def parse_response(usage_format: str, body: bytes, content_type: str) -> Parsed:
+    """Model and usage of an answer read the way `usage_format` (openai, anthropic, gemini) says."""
     text = body.decode("utf-8", errors="replace")
     if "text/event-stream" in (content_type or ""):
-        return _parse_anthropic_sse(text) if provider == "anthropic" else _parse_openai_sse(text)
+        if usage_format == "anthropic":
+            return _parse_anthropic_sse(text)
+        if usage_format == "gemini":
+            return _parse_gemini(sse_data(text))
+        return _parse_openai_sse(text)
     try:
         doc = json.loads(text)
     except ValueError:
         return Parsed()
+    if usage_format == "gemini":
+        # generateContent answers one object; streamGenerateContent without alt=sse a JSON array of them
+        return _parse_gemini(doc if isinstance(doc, list) else [doc])
     if not isinstance(doc, dict):
         return Parsed()
     model = doc.get("model") if isinstance(doc.get("model"), str) else ""
     usage = doc.get("usage")
     if not isinstance(usage, dict):
         return Parsed(model=model)
-    if provider == "anthropic":
+    if usage_format == "anthropic":
         return Parsed(model=model, tokens=anthropic_usage(usage), known=True)
     return Parsed(model=model, tokens=openai_usage(usage), known=True)
+
+
+def _parse_gemini(chunks) -> Parsed:
+    """Every chunk of a stream carries the usage so far: the last one counts."""
+    out = Parsed()
+    for chunk in chunks:
+        if not isinstance(chunk, dict):
+            continue
+        if isinstance(chunk.get("modelVersion"), str) and chunk["modelVersion"]:
+            out.model = chunk["modelVersion"]
+        meta = chunk.get("usageMetadata")
+        if isinstance(meta, dict):
+            out.tokens = gemini_usage(meta)
+            out.known = True
+    return out
 
 
 def _parse_openai_sse(text: str) -> Parsed:

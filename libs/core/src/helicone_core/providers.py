@@ -1,0 +1,90 @@
+"""The provider table (providers.json next to this file): the one place for what the gateway knows
+about each provider it routes to: path prefix, default base URL, how the key is sent, how usage is
+read. Loaded once at import; a malformed entry fails start-up naming the entry and field."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+
+# How model and token usage are read from an answer (helicone_gateway.usage): the JSON body and
+# the stream forms of each API.
+USAGE_FORMATS = {
+    "openai": "OpenAI JSON, SSE (`stream_options.include_usage`)",
+    "anthropic": "Anthropic JSON, SSE",
+    "gemini": "Gemini `generateContent` JSON, `streamGenerateContent` SSE (`?alt=sse`) and JSON-array stream",
+}
+_NAME = re.compile(r"^[a-z][a-z0-9]{1,31}$")
+_FIELDS = {"label", "base_url", "key", "usage", "usage_paths", "model_path", "sdk_base"}
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str  # also the path prefix (/<name>/...), the logged `provider` and a metric label value
+    label: str
+    base_url: str  # default upstream; "" when each deployment must name it (Azure)
+    key: tuple[str, ...]  # the ways the caller sends its provider key (forwarded untouched), for docs
+    usage: str  # default usage format (a USAGE_FORMATS key)
+    usage_paths: tuple[tuple[str, str], ...] = ()  # (marker in the path, usage format) checked in order
+    model_path: re.Pattern | None = None  # first group: the model named in the path
+    sdk_base: str = ""  # the SDK base_url under the gateway, for docs
+    formats: tuple[str, ...] = field(default=())  # every usage format this provider's answers come in
+
+    def usage_for(self, path: str) -> str:
+        for marker, fmt in self.usage_paths:
+            if marker in path:
+                return fmt
+        return self.usage
+
+    def model_in(self, path: str) -> str:
+        if self.model_path is None:
+            return ""
+        m = self.model_path.search(path)
+        return m.group(1) if m else ""
+
+
+def parse_table(doc: dict) -> dict[str, Provider]:
+    """The table from its JSON document; ValueError naming the entry and field on anything malformed."""
+    out: dict[str, Provider] = {}
+    for name, entry in doc.items():
+        if name.startswith("_"):
+            continue
+        where = f"provider table: {name!r}"
+        if not _NAME.match(name):
+            raise ValueError(f"{where}: a name is 2-32 lower-case letters and digits (it is the path prefix and a metric label)")
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object")
+        unknown = set(entry) - _FIELDS
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; accepted: {sorted(_FIELDS)}")
+        for req in ("label", "base_url", "usage"):
+            if not isinstance(entry.get(req), str):
+                raise ValueError(f"{where}: {req} must be a string")
+        key = entry.get("key")
+        if not (isinstance(key, list) and key and all(isinstance(k, str) and k for k in key)):
+            raise ValueError(f"{where}: key must be a list of the ways the provider key is sent, e.g. [\"Authorization: Bearer <key>\"]")
+        paths = entry.get("usage_paths") or {}
+        formats = [entry["usage"], *paths.values()]
+        for fmt in formats:
+            if fmt not in USAGE_FORMATS:
+                raise ValueError(f"{where}: usage format {fmt!r} is not one of {sorted(USAGE_FORMATS)}")
+        try:
+            model_path = re.compile(entry["model_path"]) if entry.get("model_path") else None
+        except re.error as exc:
+            raise ValueError(f"{where}: model_path is not a regex ({exc})") from None
+        out[name] = Provider(
+            name=name, label=entry["label"], base_url=entry["base_url"].rstrip("/"), key=tuple(key),
+            usage=entry["usage"], usage_paths=tuple(paths.items()), model_path=model_path,
+            sdk_base=entry.get("sdk_base", ""), formats=tuple(dict.fromkeys(formats)),
+        )
+    return out
+
+
+def _load() -> dict[str, Provider]:
+    return parse_table(json.loads(resources.files(__package__).joinpath("providers.json").read_text()))
+
+
+PROVIDER_TABLE: dict[str, Provider] = _load()
+PROVIDER_NAMES: tuple[str, ...] = tuple(PROVIDER_TABLE)

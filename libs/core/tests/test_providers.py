@@ -1,0 +1,42 @@
+import pytest
+from helicone_core import events
+from helicone_core.providers import PROVIDER_TABLE, parse_table
+
+GOOD = {"label": "X", "base_url": "https://x.example/", "key": ["Authorization: Bearer <key>"], "usage": "openai"}
+
+
+def test_table_names_are_the_logged_providers():
+    assert events.PROVIDERS == tuple(PROVIDER_TABLE)
+    for name in ("openai", "anthropic", "azure", "gemini", "groq", "together", "mistral", "deepseek", "xai",
+                 "openrouter", "fireworks"):
+        assert name in PROVIDER_TABLE
+    assert events.CUSTOM_PROVIDER not in PROVIDER_TABLE
+
+
+def test_usage_format_and_model_by_path():
+    gemini = PROVIDER_TABLE["gemini"]
+    assert gemini.usage_for("/v1beta/models/gemini-2.5-flash:generateContent") == "gemini"
+    assert gemini.usage_for("/v1beta/models/gemini-2.5-flash:streamGenerateContent") == "gemini"
+    assert gemini.usage_for("/v1beta/openai/chat/completions") == "openai"
+    assert gemini.model_in("/v1beta/models/gemini-2.5-pro:streamGenerateContent") == "gemini-2.5-pro"
+    assert PROVIDER_TABLE["azure"].model_in("/openai/deployments/prod-4o/chat/completions") == "prod-4o"
+    assert PROVIDER_TABLE["azure"].base_url == ""  # every deployment names its resource
+    assert PROVIDER_TABLE["groq"].model_in("/openai/v1/chat/completions") == ""
+
+
+@pytest.mark.parametrize("name, entry, message", [
+    ("Bad-Name", GOOD, "'Bad-Name': a name is 2-32 lower-case"),
+    ("x", GOOD, "'x': a name is"),
+    ("ok", {**GOOD, "usage": "cohere"}, "'ok': usage format 'cohere' is not one of"),
+    ("ok", {**GOOD, "usage_paths": {":x": "nope"}}, "'ok': usage format 'nope'"),
+    ("ok", {**GOOD, "model_path": "("}, "'ok': model_path is not a regex"),
+    ("ok", {**GOOD, "prefix": "/ok"}, r"'ok': unknown field\(s\) \['prefix'\]"),
+    ("ok", {k: v for k, v in GOOD.items() if k != "key"}, "'ok': key must be a list"),
+])
+def test_malformed_entries_are_named(name, entry, message):
+    with pytest.raises(ValueError, match=message):
+        parse_table({name: entry})
+
+
+def test_base_url_loses_its_trailing_slash():
+    assert parse_table({"ok": GOOD})["ok"].base_url == "https://x.example"
