@@ -18,7 +18,7 @@ DAYS = 30
 
 
 def insert_sql(database: str, rows: int, *, start: dt.datetime, seed: int = 1, users: int = 20_000,
-               sessions: int = 300_000, first_row: int = 0, total: int | None = None) -> str:
+               orgs: tuple[str, ...] = ORGS, sessions: int = 300_000, first_row: int = 0, total: int | None = None) -> str:
     """One INSERT of rows `first_row`..`first_row + rows - 1` of a data set of `total` rows (default: these),
     spread evenly over DAYS days from `start` (a large set loads in several inserts)."""
     total = total or first_row + rows
@@ -26,7 +26,7 @@ def insert_sql(database: str, rows: int, *, start: dt.datetime, seed: int = 1, u
     t0 = start.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     providers = "[" + ", ".join(f"'{p}'" for p, _ in MODELS) + "]"
     models = "[" + ", ".join(f"'{m}'" for _, m in MODELS) + "]"
-    orgs = "[" + ", ".join(f"'{o}'" for o in ORGS) + "]"
+    org_list = "[" + ", ".join(f"'{o}'" for o in orgs) + "]"
 
     def h(k: int) -> str:
         return f"cityHash64(number, {seed}, {k})"
@@ -42,7 +42,7 @@ INSERT INTO {database}.request_log (request_id, org_id, request_created_at, resp
     streamed, source, version)
 SELECT
     reinterpretAsUUID(concat(reinterpretAsString({h(100)}), reinterpretAsString({h(101)}))) AS request_id,
-    {orgs}[1 + intDiv(number, {per_session}) % {len(ORGS)}],
+    {org_list}[1 + intDiv(number, {per_session}) % {len(orgs)}],
     {created} AS created,
     created + toIntervalMillisecond({latency}),
     {latency},
