@@ -84,8 +84,8 @@ async def test_one_row_per_org_and_request_id_whatever_the_times(analytics_store
 # request_log as created before the sorting key became the log identity
 OLD_REQUEST_LOG_DDL = analytics.REQUEST_LOG_DDL.replace(
     "ORDER BY ({sorting_key})", "PARTITION BY toYYYYMM(request_created_at)\nORDER BY (org_id, request_created_at, request_id)"
-).replace("    INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1\n", "").replace(
-    "version UInt64,", "version UInt64")
+).replace("    INDEX request_created_at_minmax request_created_at TYPE minmax GRANULARITY 1{projections}\n", "").replace(
+    "version UInt64,", "version UInt64").replace("SETTINGS deduplicate_merge_projection_mode = 'rebuild'\n", "")
 
 
 async def _old_installation(settings: dict, rows: list[dict]):

@@ -1,0 +1,126 @@
+"""request_log's projections answer the dashboard's aggregations with the numbers a scan of the
+rows gives (analytics.REQUEST_LOG_PROJECTIONS), on both backends, fresh and migrated tables."""
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+import pytest
+from helicone_core import analytics
+from helicone_core.analytics import AGGREGATES as A
+from helicone_core.analytics import GRAINS, PROJECTION_SETTINGS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from tests.support.synthetic import ORGS, insert_sql  # noqa: E402
+
+START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+ORG = ORGS[0]
+SETTINGS = "output_format_json_quote_64bit_integers = 0"
+LO, HI = "'2026-10-02 00:00:00'", "'2026-10-20 00:00:00'"  # on every grain's boundary
+
+
+def _in_range(grain: str | None) -> str:
+    col = GRAINS[grain][0] if grain else "request_created_at"
+    return f"org_id = '{ORG}' AND {col} >= {LO} AND {col} < {HI}"
+
+
+def _aggs(*names: str) -> str:
+    return ", ".join(f"{A[n]} AS {n}" for n in names)
+
+
+# (projection, the dashboard query it serves); each query written on that projection's grain
+QUERIES = {
+    "series_v1": f"SELECT toStartOfHour(toTimeZone({GRAINS['quarter_hour'][0]}, 'Asia/Kathmandu')) AS b, "
+                 f"{_aggs('requests', 'cost_usd', 'prompt_tokens', 'errors', 'latency_quantiles', 'ttft_quantiles')} "
+                 f"FROM {{db}}.request_log {{final}} WHERE {_in_range('quarter_hour')} GROUP BY b ORDER BY b",
+    "models_v1": f"SELECT provider, model, {_aggs('requests', 'cost_usd', 'total_tokens', 'errors', 'latency_quantiles')} "
+                 f"FROM {{db}}.request_log {{final}} WHERE {_in_range('hour')} GROUP BY provider, model ORDER BY model",
+    "users_v1": f"SELECT user_id, {_aggs('requests', 'cost_usd', 'first_seen', 'last_seen')} FROM {{db}}.request_log "
+                f"{{final}} WHERE {_in_range('day')} GROUP BY user_id ORDER BY cost_usd DESC, user_id LIMIT 20",
+    "sessions_v1": f"SELECT session_id, {_aggs('requests', 'cost_usd', 'errors', 'first_seen', 'last_response')} "
+                   f"FROM {{db}}.request_log {{final}} WHERE {_in_range('day')} GROUP BY session_id "
+                   "ORDER BY last_response DESC, session_id LIMIT 20",
+    "properties_v1": f"SELECT properties['feature'] AS v, {_aggs('requests', 'cost_usd', 'latency_sum', 'latency_quantiles')} "
+                     f"FROM {{db}}.request_log {{final}} WHERE {_in_range('day')} GROUP BY v ORDER BY cost_usd DESC, v",
+    "by_time_v1": f"SELECT request_id, request_created_at, model FROM {{db}}.request_log {{final}} "
+                  f"WHERE {_in_range(None)} AND model = 'gpt-4o' ORDER BY request_created_at DESC LIMIT 50",
+}
+
+
+async def _run(store, name: str, raw: bool) -> list[dict]:
+    sql = QUERIES[name].replace("{final}", "FINAL" if raw else "")
+    if raw:
+        sql += f" SETTINGS optimize_use_projections = 0, {SETTINGS}"
+    else:
+        sql += f" SETTINGS force_optimize_projection_name = '{name}', {PROJECTION_SETTINGS}, {SETTINGS}"
+    return await store.query(sql)
+
+
+def _same(from_projection: list[dict], from_rows: list[dict]) -> None:
+    assert len(from_projection) == len(from_rows) > 0
+    for p, r in zip(from_projection, from_rows, strict=True):
+        assert p.keys() == r.keys()
+        for key in p:
+            if key.endswith("quantiles"):  # t-digests merged per part vs one digest: close, not bit-equal
+                assert [q is None for q in p[key]] == [q is None for q in r[key]]  # none: no such requests (NaN)
+                assert [q for q in p[key] if q is not None] == pytest.approx(
+                    [q for q in r[key] if q is not None], rel=0.05, abs=5)
+            elif isinstance(p[key], float):
+                assert p[key] == pytest.approx(r[key], rel=1e-9)
+            else:
+                assert p[key] == r[key], key
+
+
+async def _load(store, rows: int = 40_000) -> None:
+    # two inserts: two parts, as a live table has, whose projections merge at query time
+    half = rows // 2
+    for first, count in ((0, half), (half, rows - half)):
+        await store._command(insert_sql(store.database, count, start=START, sessions=1_500, users=400,
+                                        first_row=first, total=rows))
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+async def test_each_projection_answers_its_dashboard_query_as_the_rows_do(analytics_store, name):
+    await _load(analytics_store)
+    assert set(QUERIES) == set(analytics.REQUEST_LOG_PROJECTIONS)
+    _same(await _run(analytics_store, name, raw=False), await _run(analytics_store, name, raw=True))
+
+
+async def test_after_a_merge_a_resent_or_replaced_log_counts_once_in_the_projections(analytics_store):
+    store = analytics_store
+    await _load(store, 4_000)
+    rows = await store.query(f"SELECT * FROM {{db}}.request_log WHERE org_id = '{ORG}' "
+                             f"ORDER BY request_created_at LIMIT 3 SETTINGS {SETTINGS}")
+    resent, replaced = rows[0], dict(rows[1])
+    replaced.update(model="gpt-4o-mini", cost_usd=123.0, version=replaced["version"] + 1)  # its id reused later
+    await store.insert("request_log", [resent, replaced])
+    await store._command(f"OPTIMIZE TABLE {store.database}.request_log FINAL")
+    for name in QUERIES:
+        _same(await _run(store, name, raw=False), await _run(store, name, raw=True))
+
+
+async def test_a_table_from_before_the_projections_gets_them_and_keeps_its_rows(analytics_settings):
+    from helicone_core.analytics import make_analytics_store
+    from helicone_core.settings import CommonSettings
+
+    store = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    db = store.database
+    try:
+        await store._command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        await store._command(analytics.REQUEST_LOG_DDL.format(db=db, table="request_log", projections="",
+                                                              sorting_key=analytics.REQUEST_LOG_SORTING_KEY)
+                             .replace("SETTINGS deduplicate_merge_projection_mode = 'rebuild'\n", ""))
+        await _load(store, 6_000)
+        await store.init_schema()
+        await store.init_schema()  # a second start changes nothing
+        names = {r["name"] for r in await store.query(
+            "SELECT name FROM system.projections WHERE database = {d:String} AND table = 'request_log'", {"d": db})}
+        assert names == set(analytics.REQUEST_LOG_PROJECTIONS)
+        await store._command(f"OPTIMIZE TABLE {db}.request_log FINAL")  # waits for the parts, projections built
+        for name in QUERIES:
+            _same(await _run(store, name, raw=False), await _run(store, name, raw=True))
+        count = await store.query(f"SELECT count() AS n FROM {{db}}.request_log SETTINGS {SETTINGS}")
+        assert count == [{"n": 6_000}]
+    finally:
+        await store.close()
+
