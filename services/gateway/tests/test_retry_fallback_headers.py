@@ -67,7 +67,7 @@ def test_fallbacks_in_helicones_format():
     (json.dumps([{"target-url": "https://u:p@a"}]), r'Helicone-Fallbacks\[0\]\."target-url" must not contain credentials'),
     (json.dumps([{"target-url": "http://127.1"}]), "non-standard form"),
     (json.dumps([{"target-url": 5}]), "must be a string"),
-    (json.dumps([{"provider": "mistral"}]), r'"provider" must be one of openai, anthropic'),
+    (json.dumps([{"provider": "acme"}]), r'"provider" must be one of openai, anthropic'),
     (json.dumps([{"onCodes": "500"}]), r'"onCodes" must be a list of status codes \(100-599\) and ranges'),
     (json.dumps([{"onCodes": [{"from": 599, "to": 500}]}]), '"onCodes" must be a list'),
     (json.dumps([{"onCodes": [700]}]), '"onCodes" must be a list'),

@@ -114,21 +114,32 @@ REQUEST_LOG_ADDED_COLUMNS = (
 # the api builds its aggregations from AGGREGATES and GRAINS below (one place for both sides).
 # Replacing merges rebuild the projections (deduplicate_merge_projection_mode), so what a projection
 # counts is what FINAL would count once the parts holding a resent or replaced log have merged.
+# A request that failed: an error status, no answer at all (status 0) or an error the gateway noted.
+ERROR_CONDITION = "(status >= 400 OR status = 0 OR notEmpty(error))"
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 _Q = ", ".join(str(q) for q in QUANTILES)
+SESSION_USERS = 50  # the users listed per session
+# t-digests: small states that merge across parts and buckets (a few % off the exact quantile at most).
+# Written as ClickHouse's analyzer rewrites them (notEmpty(x), not x != ''), or a query would not match.
 AGGREGATES = {
     "requests": "count()",
     "cost_usd": "sum(cost_usd)",
     "prompt_tokens": "sum(prompt_tokens)",
     "completion_tokens": "sum(completion_tokens)",
     "total_tokens": "sum(total_tokens)",
-    "errors": "countIf((status >= 400) OR (status = 0))",
+    "errors": f"countIf({ERROR_CONDITION})",
     "latency_quantiles": f"quantilesTDigest({_Q})(latency_ms)",
     "ttft_quantiles": f"quantilesTDigestIf({_Q})(time_to_first_token_ms, time_to_first_token_ms >= 0)",
-    "latency_sum": "sum(latency_ms)",
+    "avg_latency_ms": "avg(latency_ms)",
+    "users": "uniqIf(user_id, notEmpty(user_id))",
+    "sessions": "uniqIf(session_id, notEmpty(session_id))",
+    "cache_hits": "countIf(cache_hit = 1)",
+    "cache_saved_usd": "sum(cache_saved_usd)",
     "first_seen": "min(request_created_at)",
     "last_seen": "max(request_created_at)",
     "last_response": "max(response_created_at)",
+    "session_name": "argMaxIf(session_name, request_created_at, notEmpty(session_name))",
+    "session_users": f"groupUniqArrayIf({SESSION_USERS})(user_id, notEmpty(user_id))",
 }
 # Time grains of the aggregate projections: a time bound on a grain's boundary is written as a bound
 # on the grain's expression (the same rows), which lets the projection answer.
@@ -151,17 +162,19 @@ REQUEST_LOG_PROJECTIONS = {
     "by_time_v1": "SELECT * ORDER BY org_id, request_created_at",
     # metrics over time in any time zone (every zone's offset is a multiple of 15 minutes), summary tiles
     "series_v1": _aggregate_projection(["org_id", GRAINS["quarter_hour"][0]],
-                                       _TOTALS + ["errors", "latency_quantiles", "ttft_quantiles", "latency_sum"]),
+                                       _TOTALS + ["errors", "latency_quantiles", "ttft_quantiles", "avg_latency_ms",
+                                                  "users", "sessions", "cache_hits", "cache_saved_usd"]),
     # model/provider breakdowns and series grouped by them (UTC hours)
     "models_v1": _aggregate_projection(["org_id", GRAINS["hour"][0], "provider", "model"],
-                                       _TOTALS + ["errors", "latency_quantiles", "latency_sum"]),
+                                       _TOTALS + ["errors", "latency_quantiles", "avg_latency_ms"]),
     "users_v1": _aggregate_projection(["org_id", "user_id", GRAINS["day"][0]],
                                       _TOTALS + ["errors", "first_seen", "last_seen"]),
     "sessions_v1": _aggregate_projection(["org_id", "session_id", GRAINS["day"][0]],
-                                         _TOTALS + ["errors", "first_seen", "last_seen", "last_response"]),
+                                         _TOTALS + ["errors", "first_seen", "last_seen", "last_response", "session_name",
+                                                    "session_users"]),
     # properties: grouped by the whole map, so a key's values, and the keys in use, come from it
     "properties_v1": _aggregate_projection(["org_id", GRAINS["day"][0], "properties"],
-                                           _TOTALS + ["errors", "latency_quantiles", "latency_sum"]),
+                                           _TOTALS + ["errors", "latency_quantiles", "avg_latency_ms"]),
 }
 # Reads that use the projections: a Map subscript read as a subcolumn, or a time bound rewritten
 # from a grain's expression to the column, would not match them.

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SESSION_USERS
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from .models import MAX_FILTER_CHARS, FilterText, RequestFilter, _ch_range, _utf8
-from .queries import COLUMNS, ERROR_CONDITION, SETTINGS, _ch_time, _iso, row_to_json, where_sql
+from .queries import COLUMNS, SETTINGS, _ch_time, _iso, row_to_json, where_sql
 from .scores import scores_of
 
 # Bounds that keep one answer small: buckets of a time series, its groups (the rest is "other"),
@@ -29,7 +30,10 @@ from .scores import scores_of
 MAX_BUCKETS = 2000
 MAX_GROUPS = 50
 MAX_SESSION_REQUESTS = 5000
-MAX_SESSION_USERS = 50
+MAX_SESSION_USERS = SESSION_USERS
+# Aggregations read request_log without FINAL, so that ClickHouse can answer them from its projections
+# (helicone_core.analytics.REQUEST_LOG_PROJECTIONS); see _conditions for when it can.
+AGG_SETTINGS = f"{SETTINGS}, {PROJECTION_SETTINGS}"
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
 # A bucket's start from a DateTime in the caller's zone ({t}), and the WITH FILL step between buckets:
 # ClickHouse steps DAY and WEEK by the calendar of that zone, so DST days are 23 or 25 hours long.
@@ -198,25 +202,44 @@ class TimeseriesQuery(BaseModel):
         return v
 
 
-def _conditions(org_id: str, f: RequestFilter, start: dt.datetime | None = None,
-                end: dt.datetime | None = None) -> tuple[list[str], dict[str, Any]]:
-    """The one place this module turns a caller's filter (and an extra time range) into WHERE conditions."""
-    where, params = where_sql(org_id, f)
-    if start is not None:
-        where.append("request_created_at >= {range_start:DateTime64(3, 'UTC')}")
-        params["range_start"] = _ch_time(start)
-    if end is not None:
-        where.append("request_created_at < {range_end:DateTime64(3, 'UTC')}")
-        params["range_end"] = _ch_time(end)
+def _aligned(t: dt.datetime, seconds: int) -> bool:
+    return t.microsecond == 0 and int(t.timestamp()) % seconds == 0
+
+
+def _conditions(org_id: str, f: RequestFilter, start: dt.datetime | None = None, end: dt.datetime | None = None,
+                grain: str | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The one place this module turns a caller's filter (and an extra time range) into WHERE conditions.
+
+    The time range (the filter's and the extra one, whichever is narrower) is written on a projection's
+    grain (analytics.GRAINS) when both its ends fall on that grain's boundaries: the very same rows, and
+    the form that lets the projection answer; otherwise on request_created_at."""
+    lows = [t for t in (f.start, start) if t is not None]
+    highs = [t for t in (f.end, end) if t is not None]
+    where, params = where_sql(org_id, f.model_copy(update={"start": None, "end": None}))
+    low, high = (max(lows) if lows else None), (min(highs) if highs else None)
+    column = "request_created_at"
+    if grain is not None and all(t is None or _aligned(t, GRAINS[grain][1]) for t in (low, high)):
+        column = GRAINS[grain][0]
+    if low is not None:
+        where.append(f"{column} >= {{range_start:DateTime64(3, 'UTC')}}")
+        params["range_start"] = _ch_time(low)
+    if high is not None:
+        where.append(f"{column} < {{range_end:DateTime64(3, 'UTC')}}")
+        params["range_end"] = _ch_time(high)
     return where, params
 
 
+def _aggregates(*names: str, prefix: str = "") -> str:
+    """The named analytics.AGGREGATES, each AS its name (after prefix): the exact expressions the
+    projections hold."""
+    return ", ".join(f"{AGGREGATES[n]} AS {prefix}{n}" for n in names)
+
+
+TOTAL_NAMES = ("requests", "cost_usd", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
 # The usage and cost sums every aggregate answer carries.
-TOTALS = (
-    "count() AS requests, sum(cost_usd) AS cost_usd, sum(prompt_tokens) AS prompt_tokens, "
-    "sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens, "
-    f"countIf({ERROR_CONDITION}) AS errors"
-)
+TOTALS = _aggregates(*TOTAL_NAMES)
+# ...and the same summed again over per-day rows whose columns are named d_<name>
+TOTALS_OF_DAYS = ", ".join(f"sum(d_{n}) AS {n}" for n in TOTAL_NAMES)
 
 
 def _totals(row: dict[str, Any]) -> dict[str, Any]:
@@ -242,9 +265,10 @@ def _number(value: Any) -> float | None:
 
 
 def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None = None) -> tuple[str, dict[str, Any]]:
-    """Sessions (requests sharing a Helicone-Session-Id) with their totals; one session when session_id is given."""
+    """Sessions (requests sharing a Helicone-Session-Id) with their totals; one session when session_id is given.
+    Totals per session and UTC day first (what the sessions projection holds), then per session."""
     if session_id is None:
-        where, params = _conditions(org_id, q.filter)
+        where, params = _conditions(org_id, q.filter, grain="day")
     else:
         where, params = ["org_id = {org:String}", "session_id = {sid:String}"], {"org": org_id, "sid": session_id}
     where.append("session_id != ''")
@@ -254,13 +278,18 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
                   "OR positionCaseInsensitiveUTF8(session_name, {search:String}) > 0 ")
         params["search"] = q.search
     sort, direction = (q.sort.field, q.sort.direction.upper()) if q is not None else ("last_seen", "DESC")
+    days = (
+        f"SELECT session_id, {GRAINS['day'][0]} AS day, "
+        + _aggregates(*TOTAL_NAMES, "first_seen", "last_seen", "last_response", "session_name", "session_users", prefix="d_")
+        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY session_id, day"
+    )
     sql = (
-        "SELECT session_id, argMaxIf(session_name, request_created_at, session_name != '') AS session_name, "
-        f"{TOTALS}, min(request_created_at) AS first_seen, max(request_created_at) AS last_seen, "
-        "toUnixTimestamp64Milli(max(response_created_at)) - toUnixTimestamp64Milli(min(request_created_at)) AS duration_ms, "
-        f"arraySort(groupUniqArrayIf({MAX_SESSION_USERS})(user_id, user_id != '')) AS users "
-        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY session_id {having}"
-        f"ORDER BY {sort} {direction}, session_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + SETTINGS
+        f"SELECT session_id, argMaxIf(d_session_name, d_last_seen, d_session_name != '') AS session_name, "
+        f"{TOTALS_OF_DAYS}, min(d_first_seen) AS first_seen, max(d_last_seen) AS last_seen, "
+        "toUnixTimestamp64Milli(max(d_last_response)) - toUnixTimestamp64Milli(min(d_first_seen)) AS duration_ms, "
+        f"arraySlice(arraySort(arrayDistinct(arrayFlatten(groupArray(d_session_users)))), 1, {MAX_SESSION_USERS}) AS users "
+        f"FROM ({days}) GROUP BY session_id {having}"
+        f"ORDER BY {sort} {direction}, session_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + AGG_SETTINGS
     )
     params["limit"] = q.limit if q is not None else 1
     params["offset"] = q.offset if q is not None else 0
@@ -331,18 +360,22 @@ def _ms(iso: str) -> int:
 
 
 def user_list_sql(org_id: str, q: UserQuery) -> tuple[str, dict[str, Any]]:
-    """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request."""
-    where, params = _conditions(org_id, q.filter)
+    """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request.
+    Totals per user and UTC day first (what the users projection holds), then per user."""
+    where, params = _conditions(org_id, q.filter, grain="day")
     where.append("user_id != ''")
     if q.search:
         where.append("positionCaseInsensitiveUTF8(user_id, {search:String}) > 0")
         params["search"] = q.search
+    days = (
+        f"SELECT user_id, {GRAINS['day'][0]} AS day, " + _aggregates(*TOTAL_NAMES, "first_seen", "last_seen", prefix="d_")
+        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY user_id, day"
+    )
     sql = (
-        f"SELECT user_id, {TOTALS}, uniqExact(toDate(request_created_at)) AS active_days, "
-        "min(request_created_at) AS first_seen, max(request_created_at) AS last_seen "
-        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY user_id "
+        f"SELECT user_id, {TOTALS_OF_DAYS}, count() AS active_days, min(d_first_seen) AS first_seen, "
+        f"max(d_last_seen) AS last_seen FROM ({days}) GROUP BY user_id "
         f"ORDER BY {q.sort.field} {q.sort.direction.upper()}, user_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} "
-        + SETTINGS
+        + AGG_SETTINGS
     )
     params["limit"] = q.limit
     params["offset"] = q.offset
@@ -355,36 +388,45 @@ def user_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def property_keys_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
-    where, params = _conditions(org_id, RequestFilter(), r.start, r.end)
+    """Requests per property set first (what the properties projection groups by), then per key."""
+    where, params = _conditions(org_id, RequestFilter(), r.start, r.end, grain="day")
+    sets = f"SELECT properties, count() AS n FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY properties"
     sql = (
-        "SELECT key, count() AS requests FROM {db}.request_log FINAL ARRAY JOIN mapKeys(properties) AS key "
-        f"WHERE {' AND '.join(where)} GROUP BY key ORDER BY requests DESC, key LIMIT 1000 " + SETTINGS
+        f"SELECT key, sum(n) AS requests FROM ({sets}) ARRAY JOIN mapKeys(properties) AS key "
+        "GROUP BY key ORDER BY requests DESC, key LIMIT 1000 " + AGG_SETTINGS
     )
     return sql, params
 
 
 def property_values_sql(org_id: str, key: str, q: PropertyValuesQuery) -> tuple[str, dict[str, Any]]:
     """The values of one property, most requests first, with their cost and latency."""
-    where, params = _conditions(org_id, q.filter)
+    where, params = _conditions(org_id, q.filter, grain="day")
     where.append("mapContains(properties, {pkey:String})")
     params["pkey"] = key
     params["limit"] = q.limit
     sql = (
-        "SELECT properties[{pkey:String}] AS value, count() AS requests, sum(cost_usd) AS cost_usd, "
-        "avg(latency_ms) AS avg_latency_ms, quantile(0.95)(latency_ms) AS p95_latency_ms "
-        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY value "
-        "ORDER BY requests DESC, value LIMIT {limit:UInt32} " + SETTINGS
+        "SELECT properties[{pkey:String}] AS value, "
+        + _aggregates("requests", "cost_usd", "avg_latency_ms", "latency_quantiles")
+        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY value "
+        "ORDER BY requests DESC, value LIMIT {limit:UInt32} " + AGG_SETTINGS
     )
     return sql, params
 
 
-QUANTILES = (0.5, 0.9, 0.95, 0.99)
-QUANTILE_NAMES = ("p50", "p90", "p95", "p99")
+QUANTILE_NAMES = ("p50", "p90", "p95", "p99")  # of analytics.QUANTILES
+P95 = QUANTILE_NAMES.index("p95")
+# Since 1980 every time zone's UTC offset is a multiple of 15 minutes, so an hour, day or week in any zone
+# is a whole number of quarter hours: such buckets are cut from the quarter-hour grain (the series projection).
+QUARTER_HOUR_ZONES_SINCE = dt.datetime(1980, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _quantiles(values: list | None) -> dict[str, float | None]:
-    values = values or [None] * len(QUANTILES)
+    values = values or [None] * len(QUANTILE_NAMES)
     return {name: _number(v) for name, v in zip(QUANTILE_NAMES, values, strict=True)}
+
+
+def _p95(values: list | None) -> float | None:
+    return _number(values[P95]) if values else None
 
 
 def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]]:
@@ -392,30 +434,31 @@ def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]
     start to end. The groups are the top_groups values with most requests in the range; every other
     value is summed into one group flagged `is_other`. Buckets come out as Unix seconds
     (date_time_output_format), so a bucket that repeats a local time (the DST fall-back hour) stays distinct."""
-    where, params = _conditions(org_id, q.filter, q.start, q.end)
-    params["tz"] = q.timezone
+    grain = "quarter_hour" if q.bucket != "minute" and q.start >= QUARTER_HOUR_ZONES_SINCE else None
+    where, params = _conditions(org_id, q.filter, q.start, q.end, grain)
+    params.update(tz=q.timezone, fill_start=_ch_time(q.start), fill_end=_ch_time(q.end))
     start_of, step = BUCKET_SQL[q.bucket]
-    bucket = start_of.format(t="toDateTime(request_created_at, {tz:String})")
-    fill_from = start_of.format(t="toDateTime({range_start:DateTime64(3, 'UTC')}, {tz:String})")
+    time = GRAINS[grain][0] if grain else "request_created_at"
+    bucket = start_of.format(t=f"toDateTime({time}, {{tz:String}})")
+    fill_from = start_of.format(t="toDateTime({fill_start:DateTime64(3, 'UTC')}, {tz:String})")
     group, group_params = _group_column(q.group_by)
     params.update(group_params)
     conditions = " AND ".join(where)
     if q.group_by is None:
         grouping = "'' AS grp, 0 AS is_other"
     else:
-        top = (f"SELECT {group} FROM {{db}}.request_log FINAL WHERE {conditions} GROUP BY {group} "
+        top = (f"SELECT {group} FROM {{db}}.request_log WHERE {conditions} GROUP BY {group} "
                f"ORDER BY count() DESC, {group} LIMIT {{top:UInt32}}")
         # both keys repeat the IN: a shared alias would not be a grouping key (ClickHouse builds the set once)
         grouping = f"toUInt8(({group}) NOT IN ({top})) AS is_other, if(is_other, '', {group}) AS grp"
         params["top"] = q.top_groups
     sql = (
         f"SELECT {grouping}, {bucket} AS bucket, {TOTALS}, "
-        f"quantiles{QUANTILES}(latency_ms) AS latency_ms, "
-        f"quantilesIf{QUANTILES}(time_to_first_token_ms, time_to_first_token_ms >= 0) AS ttft_ms "
-        f"FROM {{db}}.request_log FINAL WHERE {conditions} GROUP BY is_other, grp, bucket "
+        + _aggregates("latency_quantiles", "ttft_quantiles")
+        + f" FROM {{db}}.request_log WHERE {conditions} GROUP BY is_other, grp, bucket "
         f"ORDER BY is_other, grp, bucket WITH FILL FROM {fill_from} "
-        f"TO toDateTime({{range_end:DateTime64(3, 'UTC')}}, {{tz:String}}) STEP {step} "
-        f"{SETTINGS}, date_time_output_format = 'unix_timestamp'"
+        f"TO toDateTime({{fill_end:DateTime64(3, 'UTC')}}, {{tz:String}}) STEP {step} "
+        f"{AGG_SETTINGS}, date_time_output_format = 'unix_timestamp'"
     )
     return sql, params
 
@@ -433,18 +476,18 @@ def timeseries_json(row: dict[str, Any], q: TimeseriesQuery, zone: zoneinfo.Zone
         "completion_tokens": int(row["completion_tokens"]),
         "errors": errors,
         "error_rate": _rate(errors, requests),
-        "latency_ms": _quantiles(row["latency_ms"]),
-        "ttft_ms": _quantiles(row["ttft_ms"]),
+        "latency_ms": _quantiles(row["latency_quantiles"]),
+        "ttft_ms": _quantiles(row["ttft_quantiles"]),
     }
 
 
 def breakdown_sql(org_id: str, q: BreakdownQuery) -> tuple[str, dict[str, Any]]:
-    where, params = _conditions(org_id, q.filter, q.start, q.end)
+    where, params = _conditions(org_id, q.filter, q.start, q.end, grain="hour")
     params["limit"] = q.limit
     sql = (
-        f"SELECT {q.by} AS key, {TOTALS}, quantile(0.95)(latency_ms) AS p95_latency_ms "
-        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY key "
-        "ORDER BY requests DESC, key LIMIT {limit:UInt32} " + SETTINGS
+        f"SELECT {q.by} AS key, {TOTALS}, " + _aggregates("latency_quantiles")
+        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY key "
+        "ORDER BY requests DESC, key LIMIT {limit:UInt32} " + AGG_SETTINGS
     )
     return sql, params
 
@@ -453,17 +496,15 @@ def breakdown_json(row: dict[str, Any]) -> dict[str, Any]:
     totals = _totals(row)
     return {"key": row["key"], "requests": totals["requests"], "cost_usd": totals["cost_usd"],
             "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
-            "error_rate": _rate(int(row["errors"]), totals["requests"]), "p95_latency_ms": _number(row["p95_latency_ms"])}
+            "error_rate": _rate(int(row["errors"]), totals["requests"]), "p95_latency_ms": _p95(row["latency_quantiles"])}
 
 
 def summary_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
-    where, params = _conditions(org_id, RequestFilter(), r.start, r.end)
+    where, params = _conditions(org_id, RequestFilter(), r.start, r.end, grain="quarter_hour")
     sql = (
-        f"SELECT {TOTALS}, uniqExactIf(user_id, user_id != '') AS users, "
-        "uniqExactIf(session_id, session_id != '') AS sessions, avg(latency_ms) AS avg_latency_ms, "
-        "quantile(0.95)(latency_ms) AS p95_latency_ms, countIf(cache_hit = 1) AS cache_hits, "
-        "sum(cache_saved_usd) AS cache_saved_usd "
-        f"FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} " + SETTINGS
+        f"SELECT {TOTALS}, "
+        + _aggregates("users", "sessions", "avg_latency_ms", "latency_quantiles", "cache_hits", "cache_saved_usd")
+        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} " + AGG_SETTINGS
     )
     return sql, params
 
@@ -473,7 +514,7 @@ def summary_json(row: dict[str, Any]) -> dict[str, Any]:
     return {**totals, "errors": int(row["errors"]), "error_rate": _rate(int(row["errors"]), totals["requests"]),
             "users": int(row["users"]), "sessions": int(row["sessions"]),
             "avg_latency_ms": _number(row["avg_latency_ms"]) if totals["requests"] else None,
-            "p95_latency_ms": _number(row["p95_latency_ms"]) if totals["requests"] else None,
+            "p95_latency_ms": _p95(row["latency_quantiles"]) if totals["requests"] else None,
             "cache_hits": int(row["cache_hits"]), "cache_saved_usd": float(row["cache_saved_usd"])}
 
 
@@ -522,7 +563,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         """A property's values, most requests first: requests, cost and latency per value."""
         rows = await run("property_values", property_values_sql(org, key.lower(), q))
         return {"data": [{"value": row["value"], "requests": int(row["requests"]), "cost_usd": float(row["cost_usd"]),
-                          "avg_latency_ms": _number(row["avg_latency_ms"]), "p95_latency_ms": _number(row["p95_latency_ms"])}
+                          "avg_latency_ms": _number(row["avg_latency_ms"]), "p95_latency_ms": _p95(row["latency_quantiles"])}
                          for row in rows]}
 
     @router.post("/metrics/timeseries")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from helicone_core.analytics import ERROR_CONDITION
+
 from .models import FEEDBACK_SCORE, SCORE_OPERATORS, RequestFilter, RequestQuery, utc
 
 COLUMNS = """
@@ -17,8 +19,6 @@ COLUMNS = """
     cache_hit, cache_saved_usd, attempts, fallback_index
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
-# A request that failed: an error status, no answer at all (status 0) or an error the gateway noted.
-ERROR_CONDITION = "(status >= 400 OR status = 0 OR error != '')"
 SORTS = {
     "created_at_desc": "request_created_at DESC, request_id",
     "created_at_asc": "request_created_at ASC, request_id",
