@@ -3,7 +3,7 @@ import json
 import secrets
 import zlib
 
-from helicone_gateway.usage import decode_body, parse_response, request_model
+from helicone_core.usage import decode_body, parse_response, request_model
 
 
 def sse(*events) -> bytes:

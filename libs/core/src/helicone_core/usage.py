@@ -1,4 +1,5 @@
-"""Extracts model and token usage from provider responses (JSON and SSE streams)."""
+"""Reads model and token usage from provider responses (JSON and SSE streams): one reading for the
+gateway's traffic and the api's async logs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import zlib
 from dataclasses import dataclass
 
-from helicone_core.cost import TokenCounts
+from .cost import TokenCounts
 
 
 @dataclass
