@@ -337,3 +337,25 @@ async def test_publish_waits_while_held_and_answers_after_release(logging_api, k
     r = await pending
     assert r.status_code == 200
     assert len(await consume(kafka_bootstrap, topic, 1)) == 1
+
+
+async def test_odd_numbers_in_spans_never_break_the_receiver(logging_api, kafka_bootstrap):
+    client, _, _, topic = logging_api
+    trace = "1af7651916cd43dd8448eb211c80319c"
+    late = 10_500_000_000 * 10**9  # after 2299
+    spans = [_span(trace, "a1ad6b7169203331", GENAI), _span(trace, "a2ad6b7169203331", GENAI, start=late, end=late)]
+    odd = {"gen_ai.usage.input_tokens": "Infinity", "gen_ai.usage.output_tokens": 1e30,
+           "gen_ai.response.time_to_first_chunk": "NaN"}  # OTLP JSON spells these doubles as strings
+    for kv in spans[0]["attributes"]:
+        if kv["key"] in odd:
+            kv["value"] = {"doubleValue": odd[kv["key"]]}
+    spans[0]["attributes"].append({"key": "gen_ai.response.time_to_first_chunk", "value": {"doubleValue": "NaN"}})
+    r = await client.post("/v1/traces", content=json.dumps(_otlp_json(spans)), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert "2299" in r.json()["partialSuccess"]["errorMessage"]
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens, ev.time_to_first_token_ms) == (0, 0, -1)
+    p = helicone_payload()
+    p["timing"]["endTime"]["seconds"] = 10**11
+    r = await client.post("/custom/v1/log", json=p)
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "timing.endTime.seconds"

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ASYNC_LOG_SOURCE = "async-log"
 MAX_URL = 2048
 MAX_PROVIDER = 64
+LATEST_SECONDS = 10_413_791_999  # 2299-12-31T23:59:59Z: the newest time the log store (ClickHouse DateTime64) keeps
 # The provider a request URL's host names, when the payload does not say.
 _HOST_PROVIDERS = (("anthropic", "anthropic"), ("openai", "openai"))
 
@@ -25,7 +26,7 @@ _HOST_PROVIDERS = (("anthropic", "anthropic"), ("openai", "openai"))
 class Instant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: int = Field(ge=0, le=253402300799)  # Unix seconds, up to year 9999
+    seconds: int = Field(ge=0, le=LATEST_SECONDS)  # Unix seconds
     milliseconds: int = Field(0, ge=0, le=999)
 
     def to_datetime(self) -> dt.datetime:
@@ -37,7 +38,7 @@ class Timing(BaseModel):
 
     startTime: Instant
     endTime: Instant
-    timeToFirstToken: float | None = Field(None, ge=0, description="milliseconds from start to the first token")
+    timeToFirstToken: float | None = Field(None, ge=0, le=86_400_000, description="milliseconds from start to the first token")
 
     @model_validator(mode="after")
     def _ordered(self) -> Timing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from .async_log import MAX_PROVIDER, inline_bodies
+from .async_log import LATEST_SECONDS, MAX_PROVIDER, inline_bodies
 
 OTLP_SOURCE = "otlp"
 PROTOBUF = "application/x-protobuf"
@@ -35,6 +36,7 @@ _MESSAGE_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "us
                    "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}
 _REQUEST_PARAMS = ("temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed",
                    "stop_sequences")
+LATEST_NANOS = LATEST_SECONDS * 1_000_000_000
 _USER_ATTRS = ("user.id", "enduser.id")
 _SESSION_ATTRS = ("session.id", "gen_ai.conversation.id")
 
@@ -162,9 +164,9 @@ def _count(attrs: dict, *names: str) -> int | None:
         value = attrs.get(name)
         if isinstance(value, bool):
             continue
-        if isinstance(value, (int, float)) and value >= 0:
+        if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < 2**63:
             return int(value)
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isdigit() and len(value) < 19:
             return int(value)
     return None
 
@@ -240,6 +242,8 @@ def span_event(span, attrs: dict, *, org_id: str, costs: CostRegistry, region: s
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
     if not start or end < start:
         raise ValueError("startTimeUnixNano must be set and endTimeUnixNano not before it")
+    if end > LATEST_NANOS:
+        raise ValueError("endTimeUnixNano is after 2299-12-31 (the newest time the log store keeps)")
     hh = _span_headers(attrs)
     provider = (_text(attrs, "gen_ai.provider.name", "gen_ai.system").lower() or events.CUSTOM_PROVIDER)[:MAX_PROVIDER]
     req_model = _text(attrs, "gen_ai.request.model")
@@ -279,12 +283,13 @@ def span_event(span, attrs: dict, *, org_id: str, costs: CostRegistry, region: s
     server = _text(attrs, "server.address")
     port = _count(attrs, "server.port")
     ttft = attrs.get("gen_ai.response.time_to_first_chunk")  # seconds
+    ttft_ms = int(ttft * 1000) if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) and 0 <= ttft < 86400 else -1
     ev = events.RequestLogged(
         schema_version=events.SCHEMA_VERSION,
         request_id=hh.request_id or str(uuid.uuid5(_ID_NAMESPACE, f"{trace_hex}/{span_hex}")),
         org_id=org_id,
         latency_ms=(end - start) // 1_000_000,
-        time_to_first_token_ms=int(ttft * 1000) if isinstance(ttft, (int, float)) and not isinstance(ttft, bool) else -1,
+        time_to_first_token_ms=ttft_ms,
         status=status,
         provider=provider,
         model=model,
