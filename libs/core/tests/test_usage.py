@@ -60,3 +60,14 @@ def test_decode_body_and_request_model():
     assert decode_body(zlib.compress(raw), "deflate") == raw
     assert request_model(b'{"model":"gpt-4o","stream":true}') == ("gpt-4o", True)
     assert request_model(b"garbage") == ("", False)
+
+
+def test_token_counts_that_are_no_real_usage_count_as_zero():
+    body = json.dumps({"model": "m", "usage": {"prompt_tokens": 2**70, "completion_tokens": -3,
+                                               "prompt_tokens_details": {"cached_tokens": 1e308}}}).encode()
+    parsed = parse_response("openai", body, "application/json")
+    assert parsed.known and (parsed.tokens.prompt_tokens, parsed.tokens.completion_tokens, parsed.tokens.cache_read_tokens) == (0, 0, 0)
+    inf = b'{"model": "m", "usage": {"input_tokens": Infinity, "output_tokens": 7}}'
+    assert parse_response("anthropic", inf, "application/json").tokens.completion_tokens == 7
+    odd = b'{"usage": {"prompt_tokens": 4, "prompt_tokens_details": 12, "input_tokens_details": ["x"]}}'
+    assert parse_response("openai", odd, "application/json").tokens.prompt_tokens == 4

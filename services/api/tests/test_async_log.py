@@ -359,3 +359,51 @@ async def test_odd_numbers_in_spans_never_break_the_receiver(logging_api, kafka_
     p["timing"]["endTime"]["seconds"] = 10**11
     r = await client.post("/custom/v1/log", json=p)
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "timing.endTime.seconds"
+
+
+AWKWARD = [None, -1, 2**70, 1e308, "x", "", [], {}, "\ud800", "é" * 5000, True]
+
+
+def _leaves(doc, path=()):
+    if isinstance(doc, dict) and doc:
+        for k, v in doc.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(doc, list) and doc:
+        for i, v in enumerate(doc):
+            yield from _leaves(v, (*path, i))
+    yield path
+
+
+def _replaced(doc, path, value):
+    if not path:
+        return value
+    out = json.loads(json.dumps(doc))
+    node = out
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return out
+
+
+async def test_every_field_of_a_payload_takes_awkward_values_without_a_500(logging_api):
+    """Each leaf and branch of a valid payload replaced by awkward values: a 200 or a 422, never a 500."""
+    client, *_ = logging_api
+    base = helicone_payload()
+    base["providerRequest"]["meta"]["Helicone-Request-Id"] = str(uuid.uuid4())  # retries replace one log
+    seen = set()
+    for path in _leaves(base):
+        for value in AWKWARD:
+            body = json.dumps(_replaced(base, path, value), ensure_ascii=True).encode()
+            r = await client.post("/custom/v1/log", content=body, headers={"Content-Type": "application/json"})
+            seen.add(r.status_code)
+            assert r.status_code in (200, 422), (path, value, r.text)
+            assert r.headers["content-type"] == "application/json"
+    assert seen == {200, 422}
+    span = _span("2af7651916cd43dd8448eb211c80319c", "b1ad6b7169203331", GENAI)
+    for i in range(len(span["attributes"])):
+        for value in AWKWARD:
+            awkward = json.loads(json.dumps(span))
+            awkward["attributes"][i]["value"] = {"stringValue": value} if isinstance(value, str) else {"intValue": str(value)}
+            r = await client.post("/v1/traces", content=json.dumps(_otlp_json([awkward]), ensure_ascii=True),
+                                  headers={"Content-Type": "application/json"})
+            assert r.status_code in (200, 400), (i, value, r.text)

@@ -85,6 +85,7 @@ def log_headers(meta: dict[str, str], field: str) -> LogHeaders:
     """The log headers among `meta` (names in any case); the rest (Helicone-Auth included) is ignored."""
     out = LogHeaders()
     for name, value in meta.items():
+        _storable(f"{field}.{name}", name + value)
         try:
             read_log_header(out, name.strip().lower(), value.strip())
         except HeaderError as exc:
@@ -113,13 +114,27 @@ def _target(url: str) -> tuple[str, str]:
 
 
 def _json_bytes(doc: Any) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (sent as a \udXXX escape): kept escaped, as it came
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _storable(field: str, text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise PayloadError(field, "must be valid UTF-8 text (no lone surrogates)") from None
+    return text
 
 
 def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str, body_limit: int,
              now: dt.datetime) -> events.RequestLogged:
     req, resp = payload.providerRequest, payload.providerResponse
     hh = log_headers(req.meta, "providerRequest.meta")
+    _storable("providerRequest.url", req.url)
+    _storable("provider", payload.provider or "")
     try:
         target_url, path = _target(req.url)
     except ValueError as exc:  # urlsplit refuses e.g. a bad port or bracketed host
@@ -129,12 +144,13 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
     if resp.json_ is not None:
         resp_body, resp_ctype = _json_bytes(resp.json_), "application/json"
     elif resp.textBody is not None:
-        resp_body, resp_ctype = resp.textBody.encode(), headers.get("content-type", "text/plain")
+        resp_body = resp.textBody.encode(errors="replace")  # a lone surrogate is no text: stored as '?'
+        resp_ctype = _storable("providerResponse.headers.content-type", headers.get("content-type", "text/plain"))
     else:
         resp_body, resp_ctype = b"", ""
     parsed = parse_response(provider, resp_body, resp_ctype)
     req_model = req.json_.get("model") if isinstance(req.json_.get("model"), str) else ""
-    model = parsed.model or req_model
+    model = (parsed.model or req_model).encode(errors="replace").decode()  # a lone surrogate is no text
     cost = costs.cost(provider, model, parsed.tokens) if parsed.known else None
     req_body = _json_bytes(req.json_)
     if payload.timing is not None:
