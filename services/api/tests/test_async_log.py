@@ -269,8 +269,8 @@ async def test_otlp_protobuf_genai_span_becomes_a_request_log(logging_api, kafka
     assert (ev.user_id, ev.session_id, dict(ev.properties)) == ("bob", "chat-9", {"team": "ml"})
     assert ev.latency_ms == 800 and ev.request_created_at.ToNanoseconds() == T0 * 10**9
     assert json.loads(ev.inline.request_body) == {"model": "gpt-4o", "temperature": 0.2, "messages": []}
-    # the same span exported again is the same log (ids derive from trace and span ids)
-    r = await client.post("/v1/traces", content=_otlp_request().SerializeToString(),
+    # the same span exported again (here to Helicone's path for OTLP) is the same log: ids derive from trace and span ids
+    r = await client.post("/v1/trace/log", content=_otlp_request().SerializeToString(),
                           headers={"Content-Type": "application/x-protobuf"})
     assert r.status_code == 200
     again = await consume(kafka_bootstrap, topic, 2)

@@ -51,6 +51,7 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         return JSONResponse({"request_id": ev.request_id}, headers={"Helicone-Id": ev.request_id})
 
     @router.post("/v1/traces")
+    @router.post("/v1/trace/log")  # Helicone's path for the same (its helicone-async / OpenLLMetry loggers export there)
     async def otlp_traces(request: Request, org: str = Depends(org_id)) -> Response:
         """OTLP/HTTP trace export (protobuf or JSON): GenAI spans become request logs."""
         content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
