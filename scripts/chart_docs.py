@@ -50,7 +50,8 @@ CHART_MANAGED = {
 }
 # Secrets reach the pods only from Secrets (postgres.existingSecret, ...), never from a ConfigMap.
 SECRET_SETTINGS = {"postgres_dsn", "clickhouse_password", "kafka_sasl_password", "s3_access_key_id", "s3_secret_access_key",
-                   "redis_url"}  # a Redis URL may carry its password
+                   "redis_url",  # a Redis URL may carry its password
+                   "admin_token"}
 
 # Keys whose content is free-form Kubernetes (or Argo) structure: checked by Kubernetes, not here.
 FREE_OBJECTS = {

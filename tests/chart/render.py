@@ -15,7 +15,8 @@ RELEASE = "hc"
 NAMESPACE = "helicone"
 # The least an install must say: where Postgres is and the Kafka SASL passwords (no silent defaults for secrets).
 REQUIRED = {"postgres": {"dsn": "postgresql://helicone:pw@helicone-pg-rw.helicone-data:5432/helicone"},
-            "kafka": {"sasl": {"gateway": {"password": "gw-pw"}, "ingest": {"password": "in-pw"}}}}
+            "kafka": {"sasl": {"gateway": {"password": "gw-pw"}, "ingest": {"password": "in-pw"},
+                                "api": {"password": "api-pw"}}}}
 
 
 def merge(base: dict, over: dict) -> dict:

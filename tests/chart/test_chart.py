@@ -24,7 +24,8 @@ EXISTING_SECRETS = {
     "clickhouse": {"existingSecret": "ch", "existingSecretKey": "password"},
     "s3": {"existingSecret": "s3"},
     "kafka": {"sasl": {"gateway": {"password": "", "existingSecret": "kafka-gateway"},
-                       "ingest": {"password": "", "existingSecret": "kafka-ingest"}}},
+                       "ingest": {"password": "", "existingSecret": "kafka-ingest"},
+                       "api": {"password": "", "existingSecret": "kafka-api"}}},
 }
 
 
@@ -116,13 +117,13 @@ def test_feature_matrix_renders_and_validates(chart, rollout, keda, monitoring, 
                     for e in c.get("env", []) if (ref := e.get("valueFrom"))}
     own = by_kind(objs, "Secret").get("hc-helicone", {"data": {}})
     if existing:
-        assert secret_names >= {"pg-app", "ch", "s3", "kafka-gateway", "kafka-ingest"}
+        assert secret_names >= {"pg-app", "ch", "s3", "kafka-gateway", "kafka-ingest", "kafka-api"}
         assert not {"postgres-dsn", "clickhouse-password", "s3-access-key-id", "kafka-sasl-password-gateway",
-                    "kafka-sasl-password-ingest"} & set(own["data"])
+                    "kafka-sasl-password-ingest", "kafka-sasl-password-api"} & set(own["data"])
     else:
         assert secret_names == {"hc-helicone"}
         assert {"postgres-dsn", "clickhouse-password", "s3-access-key-id", "s3-secret-access-key",
-                "kafka-sasl-password-gateway", "kafka-sasl-password-ingest"} <= set(own["data"])
+                "kafka-sasl-password-gateway", "kafka-sasl-password-ingest", "kafka-sasl-password-api"} <= set(own["data"])
 
 
 def test_lint_of_the_whole_matrix_is_clean():
@@ -172,6 +173,8 @@ TEMPLATE_ERRORS = [
     ({"postgres": {"dsn": "x"}}, "kafka.sasl.gateway.password or kafka.sasl.gateway.existingSecret is required"),
     ({"postgres": {"dsn": "x"}, "kafka": {"sasl": {"gateway": {"password": "p"}}}},
      "kafka.sasl.ingest.password or kafka.sasl.ingest.existingSecret is required"),
+    ({"postgres": {"dsn": "x"}, "kafka": {"sasl": {"gateway": {"password": "p"}, "ingest": {"password": "p"}}}},
+     "kafka.sasl.api.password or kafka.sasl.api.existingSecret is required"),
     (merge(REQUIRED, {"components": {"ingest": {"keda": {"enabled": True, "maxReplicas": 13}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"components": {"ingest": {"autoscaling": {"enabled": True, "maxReplicas": 20}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"s3": {"accessKeyId": "AK"}}), "s3.accessKeyId and s3.secretAccessKey go together"),
@@ -322,6 +325,7 @@ def test_network_policies_deny_by_default_and_allow_each_real_edge(full):
     assert egress_ports("hc-helicone-gateway") == {53, 9092, 9093, 5432, 50051, 443}
     assert egress_ports("hc-helicone-ingest") == {53, 9092, 9093, 5432, 8123, 8443, 80, 443, 9000}
     assert egress_ports("hc-helicone-prompts") == {53, 5432}
+    assert egress_ports("hc-helicone-api") == {53, 9092, 9093, 5432, 8123, 8443, 80, 443, 9000, 50051}  # Kafka: async logs
     provider = next(r for r in policies["hc-helicone-gateway"]["spec"]["egress"] if r["ports"] == [{"port": 443, "protocol": "TCP"}])
     assert "169.254.0.0/16" in provider["to"][0]["ipBlock"]["except"]  # never the cloud metadata service
     assert "10.0.0.0/8" in provider["to"][0]["ipBlock"]["except"]
@@ -353,6 +357,20 @@ def test_a_shared_redis_reaches_only_the_gateway_from_a_secret(chart):
     assert "HELICONE_REDIS_URL" not in env_of(pods(without)["gateway"]["spec"]["containers"][0])
     assert 6379 not in {p["port"] for r in by_kind(without, "NetworkPolicy")["hc-helicone-gateway"]["spec"]["egress"]
                         for p in r["ports"]}
+
+
+def test_the_admin_token_reaches_only_the_api_from_a_secret(chart):
+    objs = objects(render(REQUIRED, {"admin": {"token": "t" * 40}}, chart=chart))
+    api = env_of(pods(objs)["api"]["spec"]["containers"][0])
+    assert api["HELICONE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hc-helicone", "key": "admin-token"}
+    assert by_kind(objs, "Secret")["hc-helicone"]["data"]["admin-token"]
+    assert all("HELICONE_ADMIN_TOKEN" not in env_of(p["spec"]["containers"][0]) for n, p in pods(objs).items() if n != "api")
+    existing = objects(render(REQUIRED, {"admin": {"existingSecret": "helicone-admin"}}, chart=chart))
+    ref = env_of(pods(existing)["api"]["spec"]["containers"][0])["HELICONE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "helicone-admin", "key": "token"}
+    assert "admin-token" not in by_kind(existing, "Secret")["hc-helicone"]["data"]
+    without = objects(render(REQUIRED, chart=chart))  # no token: the admin routes are off
+    assert "HELICONE_ADMIN_TOKEN" not in env_of(pods(without)["api"]["spec"]["containers"][0])
 
 
 def test_pdbs_select_each_component(full):

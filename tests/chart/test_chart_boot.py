@@ -92,7 +92,8 @@ def cluster_values() -> dict:
         "region": "eu-west-1",
         "config": {"readiness_timeout": 2},
         "kafka": {"securityProtocol": "SASL_SSL", "tls": {"caSecret": "kafka-ca"},
-                  "sasl": {"gateway": {"existingSecret": "kafka-gateway"}, "ingest": {"existingSecret": "kafka-ingest"}}},
+                  "sasl": {"gateway": {"existingSecret": "kafka-gateway"}, "ingest": {"existingSecret": "kafka-ingest"},
+                           "api": {"existingSecret": "kafka-api"}}},
         "postgres": {"existingSecret": "pg-app"},
         "clickhouse": {"existingSecret": "ch-user"},
         "s3": {"existingSecret": "s3-keys"},
@@ -133,6 +134,7 @@ NEEDED_WHEN = {
     "s3_secret_access_key": lambda env: env.get("HELICONE_BODY_STORE") == "s3",
     "kafka_sasl_password": lambda env: env.get("HELICONE_KAFKA_SECURITY_PROTOCOL", "").startswith("SASL"),
     "redis_url": lambda env: False,  # optional: without it each gateway keeps its response cache in memory
+    "admin_token": lambda env: False,  # optional: without it the api's /v1/admin routes answer 404
 }
 
 

@@ -119,6 +119,10 @@ def test_gateway_user_may_write_the_log_and_read_ingests_commits_only():
     }
 
 
+def test_api_user_may_only_write_the_log():
+    assert acls("helicone-api") == {("topic", REQUEST_LOGGED_TOPIC, "literal"): {"Describe", "Write"}}
+
+
 def test_ingest_user_may_consume_the_log_in_its_group_and_write_the_dlq(tmp_path):
     from helicone_ingest.app import IngestService
     from helicone_ingest.settings import IngestSettings
@@ -137,7 +141,7 @@ def test_ingest_user_may_consume_the_log_in_its_group_and_write_the_dlq(tmp_path
 
 def test_kafka_users_authenticate_with_scram_sha_512():
     users = [d for _, d in all_documents() if d["kind"] == "KafkaUser"]
-    assert {u["metadata"]["name"] for u in users} == {"helicone-gateway", "helicone-ingest"}
+    assert {u["metadata"]["name"] for u in users} == {"helicone-gateway", "helicone-ingest", "helicone-api"}
     assert all(u["spec"]["authentication"] == {"type": "scram-sha-512"} for u in users)
 
 

@@ -80,7 +80,7 @@ secrets it gets, and whose ports its NetworkPolicy opens.
 {{- $uses := dict
   "gateway" (list "kafka" "postgres" "prompts" "redis")
   "ingest" (list "kafka" "postgres" "clickhouse" "s3")
-  "api" (list "postgres" "clickhouse" "s3" "prompts")
+  "api" (list "kafka" "postgres" "clickhouse" "s3" "prompts")
   "prompts" (list "postgres")
   "migrations" (list "postgres" "clickhouse") -}}
 {{- toJson (get $uses .) }}
@@ -143,7 +143,9 @@ field names (schema-checked against the code).
 {{- $_ := set $s "kafka_dlq_topic" $k.dlqTopic }}
 {{- $_ := set $s "kafka_topic_partitions" $k.partitions }}
 {{- $_ := set $s "consumer_group" $k.consumerGroup }}
+{{- if ne $name "api" }}{{/* the api only publishes; it never creates topics */}}
 {{- $_ := set $s "kafka_replication_factor" $k.replicationFactor }}
+{{- end }}
 {{- $_ := set $s "kafka_security_protocol" $k.securityProtocol }}
 {{- if hasPrefix "SASL" $k.securityProtocol }}
 {{- $_ := set $s "kafka_sasl_mechanism" $k.sasl.mechanism }}
@@ -238,6 +240,13 @@ service's existingSecret when set, else from the chart's Secret.
 {{- $out = append $out (dict "env" "HELICONE_REDIS_URL" "secret" $own "key" "redis-url") }}
 {{- end }}
 {{- end }}
+{{- if and (eq .component "api") (or $v.admin.token $v.admin.existingSecret) }}
+{{- if $v.admin.existingSecret }}
+{{- $out = append $out (dict "env" "HELICONE_ADMIN_TOKEN" "secret" $v.admin.existingSecret "key" $v.admin.existingSecretKey) }}
+{{- else }}
+{{- $out = append $out (dict "env" "HELICONE_ADMIN_TOKEN" "secret" $own "key" "admin-token") }}
+{{- end }}
+{{- end }}
 {{- if and (has "kafka" $uses) (hasPrefix "SASL" $v.kafka.securityProtocol) }}
 {{- $user := get $v.kafka.sasl .component }}
 {{- if $user.existingSecret }}
@@ -257,12 +266,13 @@ service's existingSecret when set, else from the chart's Secret.
 {{- if and (not $v.postgres.existingSecret) $v.postgres.dsn }}{{ $_ := set $d "postgres-dsn" $v.postgres.dsn }}{{ end }}
 {{- if and (not $v.clickhouse.existingSecret) $v.clickhouse.password }}{{ $_ := set $d "clickhouse-password" $v.clickhouse.password }}{{ end }}
 {{- if and $v.components.gateway.enabled (not $v.redis.existingSecret) $v.redis.url }}{{ $_ := set $d "redis-url" $v.redis.url }}{{ end }}
+{{- if and $v.components.api.enabled (not $v.admin.existingSecret) $v.admin.token }}{{ $_ := set $d "admin-token" $v.admin.token }}{{ end }}
 {{- if and (not $v.s3.existingSecret) $v.s3.accessKeyId $v.s3.secretAccessKey }}
 {{- $_ := set $d "s3-access-key-id" $v.s3.accessKeyId }}
 {{- $_ := set $d "s3-secret-access-key" $v.s3.secretAccessKey }}
 {{- end }}
 {{- if hasPrefix "SASL" $v.kafka.securityProtocol }}
-{{- range $component := list "gateway" "ingest" }}
+{{- range $component := list "gateway" "ingest" "api" }}
 {{- $user := get $v.kafka.sasl $component }}
 {{- if and (get $v.components $component).enabled (not $user.existingSecret) $user.password }}{{ $_ := set $d (printf "kafka-sasl-password-%s" $component) $user.password }}{{ end }}
 {{- end }}

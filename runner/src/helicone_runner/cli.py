@@ -217,7 +217,9 @@ def _broker_supervisor(kafka: EmbeddedKafka, settings: dict, running: list[Runni
     return BrokerSupervisor(
         kafka, EmbeddedBrokerSettings(), topics=[s.kafka_topic, s.kafka_dlq_topic], partitions=s.kafka_topic_partitions,
         recycled_topic=s.kafka_topic, consumer_group=s.consumer_group,
-        producers=[gateway.publisher] if gateway else [], consumers=[ingest] if ingest else [], recycle=recycle,
+        # the api publishes async logs: held like the gateway while the topic is recycled
+        producers=[svc.publisher for svc in (gateway, services.get("api")) if svc is not None],
+        consumers=[ingest] if ingest else [], recycle=recycle,
     )
 
 

@@ -99,8 +99,10 @@ async def start_services(targets: list[str], settings: dict[str, Any],
 
                 # With chDB, one process owns the data dir: every ChdbStore on the same path in
                 # this process shares one engine session, so api and ingest see the same data.
-                server = await _serve(create_api(s), s)
-                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server)))
+                api = create_api(s)
+                server = await _serve(api, s)
+                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
+                                       api.state.api))
             elif name == "gateway":
                 from helicone_gateway.app import create_app as create_gateway
 

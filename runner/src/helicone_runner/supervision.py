@@ -14,7 +14,7 @@ sent was acknowledged), waits until the ingest group has committed the end of ev
 deletes and recreates the topic, rewinds the consumers and releases the producers. Nothing is
 lost: only records ingest committed are deleted, and nothing is produced in between (held
 events wait in the gateway's queue). This needs every producer and consumer of the topic to be
-in this process (the runner's gateway and ingest); cli.py turns recycling off otherwise.
+in this process (the runner's gateway, api and ingest); cli.py turns recycling off otherwise.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
+import pytest
+from helicone_api.app import create_app
+from helicone_api.settings import ApiSettings
+from helicone_core import db
+
 from services.api.tests.test_api import api, wait_for_keys  # noqa: F401 - the fixture
 
 
@@ -47,3 +53,65 @@ async def test_key_management_errors_are_clear(api):  # noqa: F811
     r = await client.post("/v1/keys", json={"name": "x", "admin": True})
     assert r.status_code == 422
     assert (await client.get("/v1/keys", headers={"Authorization": ""})).status_code == 401
+
+
+async def test_keys_are_stored_only_as_hashes_and_shown_once(api):  # noqa: F811
+    client, state, org, *_ = api
+    created = (await client.post("/v1/keys", json={"name": "once"})).json()
+    rows = await state.pool.fetch("SELECT * FROM api_keys")
+    stored = " ".join(str(v) for row in rows for v in row.values())
+    assert created["key"] not in stored and db.hash_key(created["key"]) in stored
+    listed = (await client.get("/v1/keys")).json()["data"]
+    mine = next(k for k in listed if k["id"] == created["id"])
+    assert "key" not in mine and created["key"].startswith(mine["preview"].rstrip("…"))
+    revoked = (await client.delete(f"/v1/keys/{created['id']}")).json()
+    assert "key" not in revoked
+
+
+ADMIN_TOKEN = "a" * 40
+
+
+@pytest.fixture
+async def admin_api(tmp_path, fresh_db_dsn):
+    settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=fresh_db_dsn, analytics_backend="chdb",
+                           chdb_path=tmp_path / "chdb", admin_token=ADMIN_TOKEN, _env_file=None)
+    app = create_app(settings)
+    await app.state.api.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        yield client, app.state.api
+    await app.state.api.stop()
+
+
+async def test_admin_token_creates_an_org_whose_first_key_works(admin_api):
+    client, state = admin_api
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    r = await client.post("/v1/admin/orgs", json={"name": "acme"}, headers=admin)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert out["name"] == "acme" and out["key"]["key"].startswith(db.KEY_PREFIX) and out["key"]["name"] == "admin"
+    await wait_for_keys(state, out["key"]["key"])
+    key_headers = {"Authorization": f"Bearer {out['key']['key']}"}
+    listed = (await client.get("/v1/keys", headers=key_headers)).json()["data"]
+    assert [(k["id"], k["org_id"]) for k in listed] == [(out["key"]["id"], out["org_id"])]
+    assert out["key"]["key"] not in str(listed)
+    # the admin token is no Helicone key, and a Helicone key is no admin token
+    assert (await client.get("/v1/keys", headers=admin)).status_code == 401
+    assert (await client.post("/v1/admin/orgs", json={"name": "x"}, headers=key_headers)).status_code == 401
+    r = await client.post("/v1/admin/orgs", json={"name": "x"}, headers={"Authorization": "Bearer " + "b" * 40})
+    assert r.status_code == 401 and "HELICONE_ADMIN_TOKEN" in r.json()["error"]["message"]
+    # auth comes before the body is judged
+    assert (await client.post("/v1/admin/orgs", json={}, headers={})).status_code == 401
+    r = await client.post("/v1/admin/orgs", json={"name": ""}, headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "name"
+
+
+async def test_admin_routes_are_off_without_a_token(api):  # noqa: F811
+    client, *_ = api
+    r = await client.post("/v1/admin/orgs", json={"name": "acme"}, headers={"Authorization": "Bearer " + "a" * 40})
+    assert r.status_code == 404 and "HELICONE_ADMIN_TOKEN" in r.json()["error"]["message"]
+
+
+def test_a_short_admin_token_stops_the_api_at_start_up():
+    with pytest.raises(ValueError, match="at least 32 characters"):
+        ApiSettings(admin_token="short", _env_file=None)
+    assert ApiSettings(admin_token="", _env_file=None).admin_token is None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from helicone_core.usage import with_stream_usage
 from helicone_gateway import app as gateway_app
 from helicone_gateway.headers import MAX_PROPERTIES, REQUEST_NAME_PROPERTY, HeaderError, parse_helicone_headers
-from helicone_gateway.usage import with_stream_usage
 
 from services.gateway.tests.test_proxy import CHAT, started_gateway
 from tests.support.fake_upstream import create_app as create_fake_upstream

@@ -12,16 +12,20 @@ from fastapi.responses import JSONResponse
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
+from helicone_core.cost import CostRegistry
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admin import ADMIN_PATHS, admin_router
 from .alert_evaluator import EVALUATION_RESULTS, AlertEvaluator
 from .alerts import alerts_router
 from .dashboard import dashboard_router, load_static, public_paths
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .insights import insights_router
 from .keys import keys_router
+from .log_publisher import LogPublisher
+from .log_routes import logs_router
 from .models import RequestId, RequestQuery
 from .prompts import PromptsClient, prompts_router
 from .queries import body_to_json, detail_sql, list_sql, row_to_json
@@ -44,6 +48,10 @@ class ApiState:
             resync_interval=settings.key_resync_interval,
         )
         self.prompts = PromptsClient(settings.prompts_target, settings.prompts_timeout)
+        self.publisher = LogPublisher(settings, self.metrics)  # async logs (log_routes.py)
+        self.costs = CostRegistry.load(settings.cost_registry_file)
+        self.m_spans = self.metrics.counter("helicone_api_otlp_spans_total", "OTLP spans received, by what became of them",
+                                            ("result",))
         self.m_queries = self.metrics.counter("helicone_api_queries_total", "Queries served", ("endpoint", "result"))
         self.m_query_seconds = self.metrics.histogram("helicone_api_query_seconds", "Query time", ("endpoint",))
         self.webhooks = WebhookSender(allow_loopback=settings.alert_webhook_allow_loopback,
@@ -68,9 +76,11 @@ class ApiState:
         await self.webhooks.start()
         if self.settings.alert_interval > 0:
             self.alerts.start()
+        await self.publisher.start()
 
     async def stop(self) -> None:
         await self.alerts.stop()
+        await self.publisher.stop()
         await self.webhooks.close()
         await self.prompts.stop()
         await self.keys.stop()
@@ -85,7 +95,7 @@ class ApiState:
             "analytics": self.analytics.ping(),
             "bodies": self.bodies.ping(),
             "key_store": self.keys.loaded,
-        })
+        }, optional={"kafka": self.publisher.ping(self.settings.readiness_timeout)})  # only the log intake needs it
 
 
 def _field(loc: tuple) -> str:
@@ -110,7 +120,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     add_ops_routes(app, state.metrics, state.ready)
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
     static = load_static()
-    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs | public_paths(static))
+    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs | public_paths(static) | ADMIN_PATHS)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -168,4 +178,6 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(alerts_router(state, org_id))
     app.include_router(insights_router(state, org_id))
     app.include_router(dashboard_router(static))
+    app.include_router(logs_router(state, org_id))
+    app.include_router(admin_router(state))
     return app

@@ -21,6 +21,7 @@ from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARG
 from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, readiness
+from helicone_core.usage import decode_body, parse_response, request_model, with_stream_usage
 from yarl import URL
 
 from .cache import (
@@ -83,7 +84,6 @@ from .resilience import (
     retryable_status,
 )
 from .settings import GatewaySettings, env_name
-from .usage import decode_body, parse_response, request_model, with_stream_usage
 
 log = logging.getLogger("helicone.gateway")
 

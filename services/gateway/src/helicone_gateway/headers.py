@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway's modules and tests read them here
+    MAX_PROPERTIES,
+    OMIT_REQUEST,
+    OMIT_RESPONSE,
+    PROPERTY_PREFIX,
+    REQUEST_NAME_PROPERTY,
+    HeaderError,
+    LogHeaders,
+    read_log_header,
+    switch,
+)
 from yarl import URL
 
 from .egress import noncanonical_ipv4
@@ -28,56 +39,26 @@ HOP_BY_HOP = frozenset(
 # Set by the gateway's own HTTP server on every response; the provider's copies are dropped so
 # that the caller never sees them twice.
 SERVER_SET = frozenset({"date", "server"})
-PROPERTY_PREFIX = "helicone-property-"
 CACHE_PREFIX = "helicone-cache-"
-MAX_PROPERTIES = 64
-# Helicone-Request-Name is stored as this property (Helicone's name for it), next to the Helicone-Property-* ones.
-REQUEST_NAME_PROPERTY = "Helicone-Request-Name"
-MAX_REQUEST_NAME = 256
-OMIT_REQUEST = "Helicone-Omit-Request"
-OMIT_RESPONSE = "Helicone-Omit-Response"
 STREAM_USAGE = "Helicone-Stream-Usage"
-# true/false switches: lower-case name -> (the header's name, the HeliconeHeaders field it sets)
-SWITCHES = {
-    OMIT_REQUEST.lower(): (OMIT_REQUEST, "omit_request"),
-    OMIT_RESPONSE.lower(): (OMIT_RESPONSE, "omit_response"),
-    STREAM_USAGE.lower(): (STREAM_USAGE, "stream_usage"),
-}
 # Response header naming the region whose gateway answered (HELICONE_REGION), when one is set.
 REGION_HEADER = "Helicone-Region"
 
 
-class HeaderError(ValueError):
-    """A Helicone-* header with a value we cannot accept (answered with 400)."""
-
-
 @dataclass
-class HeliconeHeaders:
+class HeliconeHeaders(LogHeaders):
+    """The log headers (helicone_core.log_headers) and the gateway's own."""
+
     auth_key: str = ""
     target_url: str = ""
-    request_id: str = ""
-    user_id: str = ""
-    session_id: str = ""
-    session_path: str = ""
-    session_name: str = ""
-    properties: dict[str, str] = field(default_factory=dict)
     # Helicone-Cache-* headers as sent (lower-case names); None when there are none (the common case:
     # such a request never touches the cache, see cache.py)
     cache: dict[str, str] | None = None
     prompt: PromptRequest | None = None  # Helicone-Prompt-Id and its companions
-    request_name: str = ""  # Helicone-Request-Name, logged as the REQUEST_NAME_PROPERTY property
-    omit_request: bool = False  # Helicone-Omit-Request: the request body is not logged
-    omit_response: bool = False  # Helicone-Omit-Response: the response body is not logged
     stream_usage: bool = False  # Helicone-Stream-Usage: ask OpenAI-format streams for usage (usage.with_stream_usage)
     rate_limit_policy: str = ""  # Helicone-RateLimit-Policy as sent; "" (the common case): never near the store (ratelimit.py)
     retry: RetryPolicy | None = None  # Helicone-Retry-*, when enabled
     fallbacks: tuple[FallbackTarget, ...] | None = None  # Helicone-Fallbacks
-
-    def logged_properties(self) -> dict[str, str]:
-        """The properties the log event carries: Helicone-Property-* plus the request name."""
-        if not self.request_name:
-            return self.properties
-        return {**self.properties, REQUEST_NAME_PROPERTY: self.request_name}
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -118,35 +99,12 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
                 raise HeaderError("Helicone-Auth must be 'Bearer <your Helicone API key>'")
         elif name == "helicone-target-url":
             out.target_url = _target_url(value)
-        elif name == "helicone-request-id":
-            import uuid
-
-            try:
-                out.request_id = str(uuid.UUID(value))
-            except ValueError as exc:
-                raise HeaderError("Helicone-Request-Id must be a UUID") from exc
-        elif name == "helicone-user-id":
-            out.user_id = _bounded(name, value, 512)
-        elif name == "helicone-session-id":
-            out.session_id = _bounded(name, value, 512)
-        elif name == "helicone-session-path":
-            out.session_path = _bounded(name, value, 1024)
-        elif name == "helicone-session-name":
-            out.session_name = _bounded(name, value, 512)
-        elif name == "helicone-request-name":
-            out.request_name = _bounded(REQUEST_NAME_PROPERTY, value, MAX_REQUEST_NAME)
+        elif name == STREAM_USAGE.lower():
+            out.stream_usage = switch(STREAM_USAGE, value)
         elif name == "helicone-ratelimit-policy":
             out.rate_limit_policy = value
-        elif name in SWITCHES:
-            header, attr = SWITCHES[name]
-            setattr(out, attr, switch(header, value))
-        elif name.startswith(PROPERTY_PREFIX):
-            key = name[len(PROPERTY_PREFIX):]
-            if not key:
-                raise HeaderError("Helicone-Property- header needs a name after the prefix")
-            if len(out.properties) >= MAX_PROPERTIES and key not in out.properties:
-                raise HeaderError(f"at most {MAX_PROPERTIES} Helicone-Property-* headers are allowed")
-            out.properties[key] = _bounded(name, value, 4096)
+        elif read_log_header(out, name, value):
+            pass
         elif name.startswith(CACHE_PREFIX):
             if out.cache is None:
                 out.cache = {}
@@ -225,20 +183,6 @@ def _target_url(value: str, name: str = "Helicone-Target-URL") -> str:
         raise HeaderError(f"{name} host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
                           "write it as four decimal numbers a.b.c.d")
     return value.rstrip("/")
-
-
-def switch(name: str, value: str) -> bool:
-    """A true/false header (any case); name is the header as the error message spells it."""
-    v = value.strip().lower()
-    if v not in ("true", "false"):
-        raise HeaderError(f"{name} must be 'true' or 'false', got {value[:40]!r}")
-    return v == "true"
-
-
-def _bounded(name: str, value: str, limit: int) -> str:
-    if len(value) > limit:
-        raise HeaderError(f"{name} is longer than {limit} characters")
-    return value
 
 
 # Encodings the gateway can decode for the log. The response bytes themselves are passed through

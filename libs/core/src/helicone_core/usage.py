@@ -1,13 +1,14 @@
-"""Extracts model and token usage from provider responses (JSON and SSE streams) in each usage
-format of the provider table: openai, anthropic, gemini."""
+"""Reads model and token usage from provider responses (JSON and SSE streams) in each usage format of
+the provider table (openai, anthropic, gemini): one reading for the gateway's traffic and the api's async logs."""
 
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass
 
-from helicone_core.cost import TokenCounts
+from .cost import TokenCounts
 
 
 @dataclass
@@ -49,15 +50,25 @@ def sse_data(text: str):
             continue
 
 
+# Token counts past this are no real usage (and would overflow the event's int64 fields once summed): counted as 0.
+MAX_TOKENS = 2**53
+
+
 def _int(v) -> int:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= MAX_TOKENS:
+        return 0
+    return int(v)
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
 
 
 def openai_usage(usage: dict) -> TokenCounts:
-    details = usage.get("prompt_tokens_details") or {}
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
-    cached = (_int(details.get("cached_tokens")) or _int((usage.get("input_tokens_details") or {}).get("cached_tokens"))
+    cached = (_int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
+              or _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
               or _int(usage.get("prompt_cache_hit_tokens")))  # DeepSeek's name for it
     return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached)
 

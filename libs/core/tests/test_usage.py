@@ -3,7 +3,7 @@ import json
 import secrets
 import zlib
 
-from helicone_gateway.usage import decode_body, parse_response, request_model
+from helicone_core.usage import decode_body, parse_response, request_model
 
 
 def sse(*events) -> bytes:
@@ -95,3 +95,14 @@ def test_deepseek_cache_hit_tokens_count_as_cache_reads():
                        "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}}).encode()
     p = parse_response("openai", body, "application/json")
     assert (p.tokens.prompt_tokens, p.tokens.cache_read_tokens) == (100, 64)
+
+
+def test_token_counts_that_are_no_real_usage_count_as_zero():
+    body = json.dumps({"model": "m", "usage": {"prompt_tokens": 2**70, "completion_tokens": -3,
+                                               "prompt_tokens_details": {"cached_tokens": 1e308}}}).encode()
+    parsed = parse_response("openai", body, "application/json")
+    assert parsed.known and (parsed.tokens.prompt_tokens, parsed.tokens.completion_tokens, parsed.tokens.cache_read_tokens) == (0, 0, 0)
+    inf = b'{"model": "m", "usage": {"input_tokens": Infinity, "output_tokens": 7}}'
+    assert parse_response("anthropic", inf, "application/json").tokens.completion_tokens == 7
+    odd = b'{"usage": {"prompt_tokens": 4, "prompt_tokens_details": 12, "input_tokens_details": ["x"]}}'
+    assert parse_response("openai", odd, "application/json").tokens.prompt_tokens == 4

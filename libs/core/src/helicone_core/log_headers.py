@@ -1,0 +1,89 @@
+"""The Helicone-* headers that describe a log (request id, user, session, properties, request name,
+omit switches): one reading for the gateway's request headers and the api's async-log `meta`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+PROPERTY_PREFIX = "helicone-property-"
+MAX_PROPERTIES = 64
+MAX_PROPERTY_VALUE = 4096
+# Helicone-Request-Name is stored as this property (Helicone's name for it), next to the Helicone-Property-* ones.
+REQUEST_NAME_PROPERTY = "Helicone-Request-Name"
+MAX_REQUEST_NAME = 256
+OMIT_REQUEST = "Helicone-Omit-Request"
+OMIT_RESPONSE = "Helicone-Omit-Response"
+# lower-case name -> (the header's longest value, the LogHeaders field it sets)
+_BOUNDED = {
+    "helicone-user-id": (512, "user_id"),
+    "helicone-session-id": (512, "session_id"),
+    "helicone-session-path": (1024, "session_path"),
+    "helicone-session-name": (512, "session_name"),
+}
+_SWITCHES = {OMIT_REQUEST.lower(): (OMIT_REQUEST, "omit_request"), OMIT_RESPONSE.lower(): (OMIT_RESPONSE, "omit_response")}
+
+
+class HeaderError(ValueError):
+    """A Helicone-* header with a value we cannot accept (the gateway answers 400, the api 422)."""
+
+
+@dataclass
+class LogHeaders:
+    request_id: str = ""
+    user_id: str = ""
+    session_id: str = ""
+    session_path: str = ""
+    session_name: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+    request_name: str = ""  # Helicone-Request-Name, logged as the REQUEST_NAME_PROPERTY property
+    omit_request: bool = False  # Helicone-Omit-Request: the request body is not logged
+    omit_response: bool = False  # Helicone-Omit-Response: the response body is not logged
+
+    def logged_properties(self) -> dict[str, str]:
+        """The properties the log event carries: Helicone-Property-* plus the request name."""
+        if not self.request_name:
+            return self.properties
+        return {**self.properties, REQUEST_NAME_PROPERTY: self.request_name}
+
+
+def read_log_header(out: LogHeaders, name: str, value: str) -> bool:
+    """Applies one header to `out` when it is a log header (name lower-case, value stripped) and
+    says whether it was; raises HeaderError naming the header for a value it cannot take."""
+    if name in _BOUNDED:
+        limit, attr = _BOUNDED[name]
+        setattr(out, attr, bounded(name, value, limit))
+    elif name == "helicone-request-id":
+        try:
+            out.request_id = str(uuid.UUID(value))
+        except ValueError:
+            raise HeaderError("Helicone-Request-Id must be a UUID") from None
+    elif name == "helicone-request-name":
+        out.request_name = bounded(REQUEST_NAME_PROPERTY, value, MAX_REQUEST_NAME)
+    elif name in _SWITCHES:
+        header, attr = _SWITCHES[name]
+        setattr(out, attr, switch(header, value))
+    elif name.startswith(PROPERTY_PREFIX):
+        key = name[len(PROPERTY_PREFIX):]
+        if not key:
+            raise HeaderError("Helicone-Property- header needs a name after the prefix")
+        if len(out.properties) >= MAX_PROPERTIES and key not in out.properties:
+            raise HeaderError(f"at most {MAX_PROPERTIES} Helicone-Property-* headers are allowed")
+        out.properties[key] = bounded(name, value, MAX_PROPERTY_VALUE)
+    else:
+        return False
+    return True
+
+
+def switch(name: str, value: str) -> bool:
+    """A true/false header (any case); name is the header as the error message spells it."""
+    v = value.strip().lower()
+    if v not in ("true", "false"):
+        raise HeaderError(f"{name} must be 'true' or 'false', got {value[:40]!r}")
+    return v == "true"
+
+
+def bounded(name: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise HeaderError(f"{name} is longer than {limit} characters")
+    return value

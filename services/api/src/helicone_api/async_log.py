@@ -1,0 +1,215 @@
+"""Async logging (Helicone's `POST /custom/v1/log`): apps that call a provider themselves send the
+request, the response and its timing afterwards; it becomes the same RequestLogged the gateway
+emits (usage and cost read by helicone_core.usage), with source "async-log"."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from helicone_core import events
+from helicone_core.cost import CostRegistry
+from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
+from helicone_core.providers import PROVIDER_TABLE
+from helicone_core.usage import parse_response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ASYNC_LOG_SOURCE = "async-log"
+MAX_URL = 2048
+MAX_PROVIDER = 64
+LATEST_SECONDS = 10_413_791_999  # 2299-12-31T23:59:59Z: the newest time the log store (ClickHouse DateTime64) keeps
+# The provider a request URL's host names, when the payload does not say.
+# a provider's host, from the provider table's default base URLs (api.openai.com -> openai, ...)
+_HOST_PROVIDERS = tuple((urlsplit(p.base_url).hostname, p.name) for p in PROVIDER_TABLE.values() if p.base_url)
+
+
+class Instant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: int = Field(ge=0, le=LATEST_SECONDS)  # Unix seconds
+    milliseconds: int = Field(0, ge=0, le=999)
+
+    def to_datetime(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.seconds + self.milliseconds / 1000, dt.timezone.utc)
+
+
+class Timing(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    startTime: Instant
+    endTime: Instant
+    timeToFirstToken: float | None = Field(None, ge=0, le=86_400_000, description="milliseconds from start to the first token")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Timing:
+        if self.endTime.to_datetime() < self.startTime.to_datetime():
+            raise ValueError("endTime is before startTime")
+        return self
+
+
+class ProviderRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(max_length=MAX_URL, description="the provider URL called, or a name such as custom-model-nopath")
+    json_: dict[str, Any] = Field(alias="json", description="the request body sent to the provider")
+    meta: dict[str, str] = Field(default_factory=dict, description="Helicone-* header names and their values")
+
+
+class ProviderResponse(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    json_: dict[str, Any] | list[Any] | None = Field(None, alias="json")
+    textBody: str | None = None
+    status: int = Field(ge=0, le=999)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class AsyncLog(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    providerRequest: ProviderRequest
+    providerResponse: ProviderResponse
+    timing: Timing | None = None
+    provider: str | None = Field(None, max_length=MAX_PROVIDER)
+
+
+class PayloadError(ValueError):
+    """A payload that validates as JSON but cannot be logged (answered 422 naming `field`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def log_headers(meta: dict[str, str], field: str) -> LogHeaders:
+    """The log headers among `meta` (names in any case); the rest (Helicone-Auth included) is ignored."""
+    out = LogHeaders()
+    for name, value in meta.items():
+        _storable(f"{field}.{name}", name + value)
+        try:
+            read_log_header(out, name.strip().lower(), value.strip())
+        except HeaderError as exc:
+            raise PayloadError(f"{field}.{name}", str(exc)) from None
+    return out
+
+
+def _provider(given: str | None, url: str) -> str:
+    if given and given.strip():
+        return given.strip().lower()
+    host = (urlsplit(url).hostname or "") if "://" in url else ""
+    for provider_host, name in _HOST_PROVIDERS:
+        if host == provider_host or host.endswith("." + provider_host):
+            return name
+    if host.endswith(".openai.azure.com"):
+        return "azure"
+    return events.CUSTOM_PROVIDER
+
+
+def _target(url: str) -> tuple[str, str]:
+    """(base URL without credentials, path) of an absolute http(s) URL; ("", url) for a name."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}", parts.path or "/"
+    return "", url
+
+
+def _json_bytes(doc: Any) -> bytes:
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (sent as a \udXXX escape): kept escaped, as it came
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _storable(field: str, text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise PayloadError(field, "must be valid UTF-8 text (no lone surrogates)") from None
+    return text
+
+
+def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str, body_limit: int,
+             now: dt.datetime) -> events.RequestLogged:
+    req, resp = payload.providerRequest, payload.providerResponse
+    hh = log_headers(req.meta, "providerRequest.meta")
+    _storable("providerRequest.url", req.url)
+    _storable("provider", payload.provider or "")
+    try:
+        target_url, path = _target(req.url)
+    except ValueError as exc:  # urlsplit refuses e.g. a bad port or bracketed host
+        raise PayloadError("providerRequest.url", f"not a valid URL ({exc})") from None
+    provider = _provider(payload.provider, req.url)
+    headers = {k.lower(): v for k, v in resp.headers.items()}
+    if resp.json_ is not None:
+        resp_body, resp_ctype = _json_bytes(resp.json_), "application/json"
+    elif resp.textBody is not None:
+        resp_body = resp.textBody.encode(errors="replace")  # a lone surrogate is no text: stored as '?'
+        resp_ctype = _storable("providerResponse.headers.content-type", headers.get("content-type", "text/plain"))
+    else:
+        resp_body, resp_ctype = b"", ""
+    table = PROVIDER_TABLE.get(provider)
+    # the table says how each provider's answers carry usage; any other answer is read as OpenAI's
+    parsed = parse_response(table.usage_for(path) if table else "openai", resp_body, resp_ctype)
+    req_model = req.json_.get("model") if isinstance(req.json_.get("model"), str) else ""
+    model = (parsed.model or req_model).encode(errors="replace").decode()  # a lone surrogate is no text
+    cost = costs.cost(provider, model, parsed.tokens) if parsed.known else None
+    req_body = _json_bytes(req.json_)
+    if payload.timing is not None:
+        started, finished = payload.timing.startTime.to_datetime(), payload.timing.endTime.to_datetime()
+        ttft = payload.timing.timeToFirstToken
+    else:
+        started = finished = now
+        ttft = None
+    ev = events.RequestLogged(
+        schema_version=events.SCHEMA_VERSION,
+        request_id=hh.request_id or events.new_request_id(),
+        org_id=org_id,
+        latency_ms=int((finished - started).total_seconds() * 1000),
+        time_to_first_token_ms=int(ttft) if ttft is not None else -1,
+        status=resp.status,
+        provider=provider,
+        model=model,
+        method="POST",
+        path=path,
+        target_url=target_url,
+        user_id=hh.user_id,
+        session_id=hh.session_id,
+        session_path=hh.session_path,
+        session_name=hh.session_name,
+        properties=hh.logged_properties(),
+        usage=events.Usage(
+            prompt_tokens=parsed.tokens.prompt_tokens,
+            completion_tokens=parsed.tokens.completion_tokens,
+            total_tokens=parsed.tokens.prompt_tokens + parsed.tokens.completion_tokens,
+            cache_read_tokens=parsed.tokens.cache_read_tokens,
+            cache_write_tokens=parsed.tokens.cache_write_tokens,
+            known=parsed.known,
+        ),
+        cost_usd=cost or 0.0,
+        cost_known=cost is not None,
+        streamed=req.json_.get("stream") is True or "text/event-stream" in resp_ctype,
+        inline=inline_bodies(req_body, "application/json", resp_body, resp_ctype, hh, body_limit),
+        source=ASYNC_LOG_SOURCE,
+        region=region,
+    )
+    events.set_time(ev.request_created_at, started)
+    events.set_time(ev.response_created_at, finished)
+    return ev
+
+
+def inline_bodies(req_body: bytes, req_ctype: str, resp_body: bytes, resp_ctype: str, hh: LogHeaders,
+                  limit: int) -> events.InlineBodies:
+    """The bodies as the gateway logs them: cut at `limit`, left out when Helicone-Omit-* asks."""
+    return events.InlineBodies(
+        request_body=b"" if hh.omit_request else req_body[:limit],
+        response_body=b"" if hh.omit_response else resp_body[:limit],
+        request_content_type=req_ctype,
+        response_content_type=resp_ctype,
+        request_truncated=not hh.omit_request and len(req_body) > limit,
+        response_truncated=not hh.omit_response and len(resp_body) > limit,
+    )

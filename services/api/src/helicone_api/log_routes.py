@@ -1,0 +1,90 @@
+"""The api's log intake: `POST /custom/v1/log` (Helicone's async logging) and `POST /v1/traces`
+(OTLP/HTTP GenAI spans). Both answer 200 only once Kafka acknowledged the events (log_publisher.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from helicone_core import events
+from helicone_core.settings import env_name
+
+from .async_log import AsyncLog, PayloadError, to_event
+from .log_publisher import PublishUnavailable
+from .otlp import JSON, PROTOBUF, OtlpError, decode_request, encode_response, to_events
+
+RETRY_AFTER = "5"
+UNAVAILABLE = "the log store (Kafka) did not accept the log in time; nothing was stored, send it again"
+
+
+def _invalid(field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": "invalid_request", "message": "invalid request",
+                                   "details": [{"field": field, "message": message}]}}, status_code=422)
+
+
+def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
+    router = APIRouter(tags=["logs"])
+    settings = state.settings
+
+    async def publish(evs: list[events.RequestLogged]) -> None:
+        try:
+            await state.publisher.publish(evs)
+        except PublishUnavailable:
+            raise HTTPException(503, UNAVAILABLE, {"Retry-After": RETRY_AFTER}) from None
+
+    @router.post("/custom/v1/log")
+    async def async_log(payload: AsyncLog, org: str = Depends(org_id)) -> JSONResponse:
+        """Logs a provider call your app made itself (Helicone's async-log payload); the answer
+        comes once the log is in Kafka, and the request shows in the api within about a second."""
+        try:
+            ev = to_event(payload, org_id=org, costs=state.costs, region=settings.region,
+                          body_limit=settings.max_logged_body_bytes, now=dt.datetime.now(dt.timezone.utc))
+            events.validate(ev)
+        except PayloadError as exc:
+            return _invalid(exc.field, exc.message)
+        except events.EventError as exc:
+            return _invalid("providerRequest.meta", str(exc))
+        await publish([ev])
+        return JSONResponse({"request_id": ev.request_id}, headers={"Helicone-Id": ev.request_id})
+
+    @router.post("/v1/traces")
+    @router.post("/v1/trace/log")  # Helicone's path for the same (its helicone-async / OpenLLMetry loggers export there)
+    async def otlp_traces(request: Request, org: str = Depends(org_id)) -> Response:
+        """OTLP/HTTP trace export (protobuf or JSON): GenAI spans become request logs."""
+        content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type not in (PROTOBUF, JSON):
+            raise HTTPException(415, f"Content-Type must be {PROTOBUF} or {JSON} (OTLP/HTTP), got {content_type[:80]!r}")
+        body = await request.body()
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding == "gzip":
+            body = _gunzip(body, settings.max_body_bytes)
+        elif encoding not in ("", "identity"):
+            raise HTTPException(415, f"Content-Encoding must be gzip or none, got {encoding[:40]!r}")
+        try:
+            msg = decode_request(body, content_type)
+        except OtlpError as exc:
+            raise HTTPException(400, str(exc)) from None
+        converted = to_events(msg, org_id=org, costs=state.costs, region=settings.region,
+                              body_limit=settings.max_logged_body_bytes)
+        await publish(converted.events)
+        state.m_spans.labels("logged").inc(len(converted.events))
+        state.m_spans.labels("skipped").inc(converted.skipped)
+        state.m_spans.labels("rejected").inc(converted.rejected)
+        return Response(encode_response(converted.rejected, converted.first_problem, content_type), media_type=content_type)
+
+    return router
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """The decompressed body, held to the same limit as a plain one (413 past it)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise HTTPException(400, "body is not valid gzip (Content-Encoding: gzip)") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise HTTPException(413, f"decompressed body larger than {limit} bytes (max_body_bytes, {env_name('max_body_bytes')})")
+    return out

@@ -1,0 +1,409 @@
+"""Async logging through the api against a real broker: `POST /custom/v1/log` (Helicone's payload)
+and `POST /v1/traces` (OTLP GenAI spans) become RequestLogged events on the request-log topic,
+answered 200 only once Kafka acknowledged them."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from helicone_api.app import create_app
+from helicone_api.settings import ApiSettings
+from helicone_core import db, events
+from helicone_core.kafka import PLAINTEXT, ensure_topics
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+
+from services.api.tests.test_api import wait_for_keys
+
+T0 = 1_767_000_000  # seconds
+
+
+def _settings(tmp_path, dsn, bootstrap, topic, **kw) -> ApiSettings:
+    return ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=dsn, analytics_backend="chdb",
+                       chdb_path=tmp_path / "chdb", kafka_bootstrap=bootstrap, kafka_topic=topic, _env_file=None, **kw)
+
+
+@pytest.fixture
+async def logging_api(tmp_path, fresh_db_dsn, kafka_bootstrap):
+    topic = "asynclog-" + uuid.uuid4().hex[:8]
+    await ensure_topics(kafka_bootstrap, [topic], 1, 1, security=PLAINTEXT)
+    app = create_app(_settings(tmp_path, fresh_db_dsn, kafka_bootstrap, topic, publish_timeout=3.0))
+    state = app.state.api
+    await state.start()
+    org = await db.create_org(state.pool, "acme")
+    key = (await db.create_key(state.pool, org, "t")).key
+    await wait_for_keys(state, key)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                               headers={"Authorization": f"Bearer {key}"})
+    yield client, state, org, topic
+    await client.aclose()
+    await state.stop()
+
+
+async def consume(bootstrap: str, topic: str, want: int, timeout: float = 20) -> list[events.RequestLogged]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    got: list[events.RequestLogged] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(got) < want and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for r in records:
+                    ev = events.decode(r.value)
+                    assert r.key == events.message_key(ev)
+                    got.append(ev)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def helicone_payload(**over) -> dict:
+    payload = {
+        "providerRequest": {
+            "url": "https://api.openai.com/v1/chat/completions",
+            "json": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+            "meta": {"Helicone-Auth": "Bearer ignored", "Helicone-User-Id": "alice", "helicone-session-id": "s-1",
+                     "Helicone-Session-Path": "/a", "Helicone-Property-Env": "dev", "Helicone-Request-Name": "greet"},
+        },
+        "providerResponse": {
+            "json": {"id": "c1", "model": "gpt-4o-mini-2024-07-18",
+                     "choices": [{"message": {"role": "assistant", "content": "Hello!"}}],
+                     "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"cached_tokens": 200}}},
+            "status": 200, "headers": {"content-type": "application/json"},
+        },
+        "timing": {"startTime": {"seconds": T0, "milliseconds": 250}, "endTime": {"seconds": T0 + 1, "milliseconds": 750},
+                   "timeToFirstToken": 300},
+    }
+    payload.update(over)
+    return payload
+
+
+async def test_an_async_log_is_the_event_the_gateway_would_emit(logging_api, kafka_bootstrap):
+    client, state, org, topic = logging_api
+    rid = str(uuid.uuid4())
+    payload = helicone_payload()
+    payload["providerRequest"]["meta"]["Helicone-Request-Id"] = rid
+    r = await client.post("/custom/v1/log", json=payload)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"request_id": rid} and r.headers["helicone-id"] == rid
+
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert (ev.org_id, ev.request_id, ev.source) == (org, rid, "async-log")
+    assert (ev.provider, ev.model, ev.status, ev.method) == ("openai", "gpt-4o-mini-2024-07-18", 200, "POST")
+    assert (ev.target_url, ev.path) == ("https://api.openai.com", "/v1/chat/completions")
+    assert (ev.user_id, ev.session_id, ev.session_path) == ("alice", "s-1", "/a")
+    assert dict(ev.properties) == {"env": "dev", "Helicone-Request-Name": "greet"}
+    assert (ev.latency_ms, ev.time_to_first_token_ms) == (1500, 300)
+    assert ev.request_created_at.ToMilliseconds() == T0 * 1000 + 250
+    u = ev.usage
+    assert (u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cache_read_tokens, u.known) == (1000, 500, 1500, 200, True)
+    assert ev.cost_known and ev.cost_usd == pytest.approx(state.costs.cost("openai", "gpt-4o-mini", _tokens(1000, 500, 200)))
+    assert json.loads(ev.inline.request_body)["messages"][0]["content"] == "Hi"
+    assert json.loads(ev.inline.response_body)["choices"][0]["message"]["content"] == "Hello!"
+    assert ev.inline.response_content_type == "application/json"
+
+
+def _tokens(prompt, completion, cached):
+    from helicone_core.cost import TokenCounts
+
+    return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached)
+
+
+async def test_anthropic_text_stream_and_omitted_bodies(logging_api, kafka_bootstrap):
+    client, _, _, topic = logging_api
+    sse = ('event: message_start\ndata: {"type":"message_start","message":{"model":"claude-haiku-4-5",'
+           '"usage":{"input_tokens":12,"output_tokens":1}}}\n\n'
+           'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":7}}\n\n')
+    payload = {
+        "providerRequest": {"url": "https://api.anthropic.com/v1/messages", "json": {"model": "claude-haiku-4-5", "stream": True},
+                            "meta": {"Helicone-Omit-Request": "true", "Helicone-Omit-Response": "TRUE"}},
+        "providerResponse": {"textBody": sse, "status": 200, "headers": {"Content-Type": "text/event-stream"}},
+    }
+    r = await client.post("/custom/v1/log", json=payload)
+    assert r.status_code == 200, r.text
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert (ev.provider, ev.model, ev.streamed) == ("anthropic", "claude-haiku-4-5", True)
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens) == (12, 7)
+    assert ev.inline.request_body == b"" and ev.inline.response_body == b""
+    assert ev.time_to_first_token_ms == -1  # no timing: logged at arrival, latency unknown
+    assert abs(ev.request_created_at.ToSeconds() - time.time()) < 60
+
+
+async def test_bad_async_log_payloads_are_422_naming_the_place(logging_api):
+    client, *_ = logging_api
+
+    async def problem(payload) -> tuple[str, str]:
+        r = await client.post("/custom/v1/log", json=payload)
+        assert r.status_code == 422, r.text
+        detail = r.json()["error"]["details"][0]
+        return detail["field"], detail["message"]
+
+    p = helicone_payload()
+    del p["providerResponse"]["status"]
+    assert (await problem(p))[0] == "providerResponse.status"
+    p = helicone_payload()
+    p["providerRequest"]["json"] = [1, 2]
+    assert (await problem(p))[0] == "providerRequest.json"
+    p = helicone_payload(timing={"startTime": {"seconds": T0 + 5}, "endTime": {"seconds": T0}})
+    field, message = await problem(p)
+    assert field == "timing" and "endTime is before startTime" in message
+    p = helicone_payload()
+    p["timing"]["startTime"]["milliseconds"] = 1000
+    assert (await problem(p))[0] == "timing.startTime.milliseconds"
+    p = helicone_payload()
+    p["providerRequest"]["meta"]["Helicone-Request-Id"] = "not-a-uuid"
+    assert await problem(p) == ("providerRequest.meta.Helicone-Request-Id", "Helicone-Request-Id must be a UUID")
+    p = helicone_payload()
+    p["providerRequest"]["meta"]["Helicone-Omit-Response"] = "yes"
+    field, message = await problem(p)
+    assert field == "providerRequest.meta.Helicone-Omit-Response" and "'true' or 'false'" in message
+    assert (await client.post("/custom/v1/log", json=helicone_payload(), headers={"Authorization": ""})).status_code == 401
+
+
+async def test_too_large_async_log_is_413(tmp_path, fresh_db_dsn):
+    app = create_app(_settings(tmp_path, fresh_db_dsn, "127.0.0.1:1", "t", max_body_bytes=2048))
+    state = app.state.api
+    await state.start()
+    try:
+        org = await db.create_org(state.pool, "acme")
+        key = (await db.create_key(state.pool, org, "t")).key
+        await wait_for_keys(state, key)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            p = helicone_payload()
+            p["providerRequest"]["json"]["messages"][0]["content"] = "x" * 5000
+            r = await client.post("/custom/v1/log", json=p, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 413 and "HELICONE_MAX_BODY_BYTES" in r.json()["error"]["message"]
+    finally:
+        await state.stop()
+
+
+async def test_no_kafka_ack_means_503_with_retry_after(tmp_path, fresh_db_dsn):
+    """Nothing listens on the broker address: the log is not accepted, and the caller is told to retry."""
+    app = create_app(_settings(tmp_path, fresh_db_dsn, "127.0.0.1:1", "t", publish_timeout=0.5))
+    state = app.state.api
+    await state.start()
+    try:
+        org = await db.create_org(state.pool, "acme")
+        key = (await db.create_key(state.pool, org, "t")).key
+        await wait_for_keys(state, key)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
+            t0 = time.monotonic()
+            r = await client.post("/custom/v1/log", json=helicone_payload())
+            assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+            assert "nothing was stored" in r.json()["error"]["message"]
+            assert time.monotonic() - t0 < 3
+            r = await client.post("/v1/traces", content=_otlp_request().SerializeToString(),
+                                  headers={"Content-Type": "application/x-protobuf"})
+            assert r.status_code == 503
+            ready = await client.get("/readyz")
+            assert ready.json()["checks"]["kafka"]["ok"] is False and ready.status_code == 200  # queries still served
+    finally:
+        await state.stop()
+
+
+def _kv(key, value) -> dict:
+    if isinstance(value, bool):
+        v = {"boolValue": value}
+    elif isinstance(value, int):
+        v = {"intValue": str(value)}
+    elif isinstance(value, float):
+        v = {"doubleValue": value}
+    else:
+        v = {"stringValue": value}
+    return {"key": key, "value": v}
+
+
+def _otlp_json(spans: list[dict], resource: dict | None = None) -> dict:
+    return {"resourceSpans": [{
+        "resource": {"attributes": [_kv(k, v) for k, v in (resource or {"service.name": "bot"}).items()]},
+        "scopeSpans": [{"scope": {"name": "opentelemetry.instrumentation.openai"}, "spans": spans}],
+    }]}
+
+
+def _span(trace: str, span: str, attrs: dict, *, start=T0 * 10**9, end=T0 * 10**9 + 800_000_000, status=None, events_=()) -> dict:
+    out = {"traceId": trace, "spanId": span, "name": "chat gpt-4o", "kind": 3, "startTimeUnixNano": str(start),
+           "endTimeUnixNano": str(end), "attributes": [_kv(k, v) for k, v in attrs.items()], "events": list(events_)}
+    if status:
+        out["status"] = status
+    return out
+
+
+GENAI = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+         "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 20,
+         "gen_ai.usage.cache_read.input_tokens": 40, "user.id": "bob", "session.id": "chat-9", "helicone.property.team": "ml",
+         "gen_ai.request.temperature": 0.2}
+
+
+def _otlp_request() -> ExportTraceServiceRequest:
+    from google.protobuf import json_format
+
+    doc = _otlp_json([_span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", GENAI)])
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:  # protobuf JSON wants base64 ids
+        import base64
+
+        span["traceId"] = base64.b64encode(bytes.fromhex(span["traceId"])).decode()
+        span["spanId"] = base64.b64encode(bytes.fromhex(span["spanId"])).decode()
+    return json_format.ParseDict(doc, ExportTraceServiceRequest())
+
+
+async def test_otlp_protobuf_genai_span_becomes_a_request_log(logging_api, kafka_bootstrap):
+    client, state, org, topic = logging_api
+    body = gzip.compress(_otlp_request().SerializeToString())
+    r = await client.post("/v1/traces", content=body,
+                          headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    answer = ExportTraceServiceResponse.FromString(r.content)
+    assert not answer.HasField("partial_success")
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert (ev.org_id, ev.source, ev.provider, ev.model, ev.status) == (org, "otlp", "openai", "gpt-4o-2024-08-06", 200)
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens, ev.usage.cache_read_tokens) == (100, 20, 40)
+    assert ev.cost_known and ev.cost_usd > 0
+    assert (ev.user_id, ev.session_id, dict(ev.properties)) == ("bob", "chat-9", {"team": "ml"})
+    assert ev.latency_ms == 800 and ev.request_created_at.ToNanoseconds() == T0 * 10**9
+    assert json.loads(ev.inline.request_body) == {"model": "gpt-4o", "temperature": 0.2, "messages": []}
+    # the same span exported again (here to Helicone's path for OTLP) is the same log: ids derive from trace and span ids
+    r = await client.post("/v1/trace/log", content=_otlp_request().SerializeToString(),
+                          headers={"Content-Type": "application/x-protobuf"})
+    assert r.status_code == 200
+    again = await consume(kafka_bootstrap, topic, 2)
+    assert [e.request_id for e in again] == [ev.request_id, ev.request_id]
+
+
+async def test_otlp_json_skips_other_spans_and_reports_rejected_ones(logging_api, kafka_bootstrap):
+    client, _, _, topic = logging_api
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    messages = [
+        {"timeUnixNano": str(T0 * 10**9), "name": "gen_ai.system.message", "attributes": [_kv("content", "Be brief.")]},
+        {"timeUnixNano": str(T0 * 10**9), "name": "gen_ai.user.message", "attributes": [_kv("content", "Hi there")]},
+        {"timeUnixNano": str(T0 * 10**9), "name": "gen_ai.choice",
+         "attributes": [_kv("index", 0), _kv("finish_reason", "stop"), _kv("message", '{"role":"assistant","content":"Hey"}')]},
+    ]
+    spans = [
+        _span(trace, "00f067aa0ba902b7", {"http.route": "/chat"}),  # not GenAI: skipped
+        _span(trace, "b7ad6b7169203331", {"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-haiku-4-5",
+                                          "gen_ai.usage.input_tokens": 9, "gen_ai.usage.output_tokens": 3,
+                                          "helicone.user.id": "carol", "helicone.session.id": "s-7",
+                                          "error.type": "overloaded"},
+              status={"code": 2, "message": "overloaded_error"}, events_=messages),
+        _span(trace, "c7ad6b7169203331", GENAI, start=T0 * 10**9, end=T0 * 10**9 - 1),  # ends before it starts
+        _span(trace, "d7ad6b7169203331", {**GENAI, "helicone.request.id": "nope"}),
+    ]
+    r = await client.post("/v1/traces", json=_otlp_json(spans))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    partial = r.json()["partialSuccess"]
+    assert partial["rejectedSpans"] in (2, "2")
+    assert partial["errorMessage"].startswith("resourceSpans[0].scopeSpans[0].spans[2]: ")
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert (ev.provider, ev.model, ev.status, ev.error) == ("anthropic", "claude-haiku-4-5", 500, "overloaded_error")
+    assert (ev.user_id, ev.session_id) == ("carol", "s-7")
+    assert json.loads(ev.inline.request_body)["messages"] == [{"role": "system", "content": "Be brief."},
+                                                             {"role": "user", "content": "Hi there"}]
+    out = json.loads(ev.inline.response_body)
+    assert out["output"] == [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hey"}}]
+
+
+async def test_otlp_bad_bodies_are_clear(logging_api):
+    client, *_ = logging_api
+    r = await client.post("/v1/traces", content=b"{}", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/x-protobuf" in r.json()["error"]["message"]
+    r = await client.post("/v1/traces", content=b"\xff\xff\xff", headers={"Content-Type": "application/x-protobuf"})
+    assert r.status_code == 400 and "protobuf" in r.json()["error"]["message"]
+    bad_id = _otlp_json([_span("zz", "eee19b7ec3c1b174", GENAI)])
+    r = await client.post("/v1/traces", json=bad_id)
+    assert r.status_code == 400 and "resourceSpans[0].scopeSpans[0].spans[0].traceId must be hex" in r.json()["error"]["message"]
+    r = await client.post("/v1/traces", content=b"not gzip", headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 400
+    # nothing GenAI: nothing logged, nothing rejected
+    r = await client.post("/v1/traces", json=_otlp_json([_span("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7", {})]))
+    assert r.status_code == 200 and r.json() == {}
+
+
+async def test_publish_waits_while_held_and_answers_after_release(logging_api, kafka_bootstrap):
+    """The embedded runner holds producers while it recycles the topic: an async log waits, then lands."""
+    client, state, _, topic = logging_api
+    await state.publisher.hold()
+    pending = asyncio.create_task(client.post("/custom/v1/log", json=helicone_payload()))
+    await asyncio.sleep(0.3)
+    assert not pending.done()
+    state.publisher.release()
+    r = await pending
+    assert r.status_code == 200
+    assert len(await consume(kafka_bootstrap, topic, 1)) == 1
+
+
+async def test_odd_numbers_in_spans_never_break_the_receiver(logging_api, kafka_bootstrap):
+    client, _, _, topic = logging_api
+    trace = "1af7651916cd43dd8448eb211c80319c"
+    late = 10_500_000_000 * 10**9  # after 2299
+    spans = [_span(trace, "a1ad6b7169203331", GENAI), _span(trace, "a2ad6b7169203331", GENAI, start=late, end=late)]
+    odd = {"gen_ai.usage.input_tokens": "Infinity", "gen_ai.usage.output_tokens": 1e30,
+           "gen_ai.response.time_to_first_chunk": "NaN"}  # OTLP JSON spells these doubles as strings
+    for kv in spans[0]["attributes"]:
+        if kv["key"] in odd:
+            kv["value"] = {"doubleValue": odd[kv["key"]]}
+    spans[0]["attributes"].append({"key": "gen_ai.response.time_to_first_chunk", "value": {"doubleValue": "NaN"}})
+    r = await client.post("/v1/traces", content=json.dumps(_otlp_json(spans)), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert "2299" in r.json()["partialSuccess"]["errorMessage"]
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens, ev.time_to_first_token_ms) == (0, 0, -1)
+    p = helicone_payload()
+    p["timing"]["endTime"]["seconds"] = 10**11
+    r = await client.post("/custom/v1/log", json=p)
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "timing.endTime.seconds"
+
+
+AWKWARD = [None, -1, 2**70, 1e308, "x", "", [], {}, "\ud800", "é" * 5000, True]
+
+
+def _leaves(doc, path=()):
+    if isinstance(doc, dict) and doc:
+        for k, v in doc.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(doc, list) and doc:
+        for i, v in enumerate(doc):
+            yield from _leaves(v, (*path, i))
+    yield path
+
+
+def _replaced(doc, path, value):
+    if not path:
+        return value
+    out = json.loads(json.dumps(doc))
+    node = out
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return out
+
+
+async def test_every_field_of_a_payload_takes_awkward_values_without_a_500(logging_api):
+    """Each leaf and branch of a valid payload replaced by awkward values: a 200 or a 422, never a 500."""
+    client, *_ = logging_api
+    base = helicone_payload()
+    base["providerRequest"]["meta"]["Helicone-Request-Id"] = str(uuid.uuid4())  # retries replace one log
+    seen = set()
+    for path in _leaves(base):
+        for value in AWKWARD:
+            body = json.dumps(_replaced(base, path, value), ensure_ascii=True).encode()
+            r = await client.post("/custom/v1/log", content=body, headers={"Content-Type": "application/json"})
+            seen.add(r.status_code)
+            assert r.status_code in (200, 422), (path, value, r.text)
+            assert r.headers["content-type"] == "application/json"
+    assert seen == {200, 422}
+    span = _span("2af7651916cd43dd8448eb211c80319c", "b1ad6b7169203331", GENAI)
+    for i in range(len(span["attributes"])):
+        for value in AWKWARD:
+            awkward = json.loads(json.dumps(span))
+            awkward["attributes"][i]["value"] = {"stringValue": value} if isinstance(value, str) else {"intValue": str(value)}
+            r = await client.post("/v1/traces", content=json.dumps(_otlp_json([awkward]), ensure_ascii=True),
+                                  headers={"Content-Type": "application/json"})
+            assert r.status_code in (200, 400), (i, value, r.text)
