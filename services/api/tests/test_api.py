@@ -274,6 +274,7 @@ async def test_readiness_reports_postgres_and_clickhouse_as_they_are(tmp_path, f
         async def readyz() -> tuple[int, dict[str, bool]]:
             r = await client.get("/readyz")
             checks = r.json()["checks"]
+            assert checks.pop("kafka")["required"] is False  # only async logs wait for Kafka
             assert all(c["required"] for c in checks.values())
             return r.status_code, {name: c["ok"] for name, c in checks.items()}
 
@@ -313,3 +314,16 @@ async def test_the_detail_lists_every_upstream_try_and_the_fallback_that_answere
     assert row["attempts"] == tries and row["fallback_index"] == 1
     row = (await client.get(f"/v1/request/{plain}")).json()
     assert row["attempts"] == [] and row["fallback_index"] == 0
+
+
+async def test_a_row_without_body_keys_is_answered_with_null_bodies(api):
+    client, state, org, _, _ = api
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id=org, status=200,
+                              provider="openai", model="gpt-4o", latency_ms=5, time_to_first_token_ms=-1)
+    events.set_time(ev.request_created_at, T0)
+    row = events.analytics_row(ev, request_key="", response_key="", request_bytes=0, response_bytes=0,
+                               request_content_type="", response_content_type="", truncated=False)
+    await state.analytics.insert("request_log", [row])
+    r = await client.get(f"/v1/request/{ev.request_id}")
+    assert r.status_code == 200, r.text
+    assert (r.json()["request_body"], r.json()["response_body"]) == (None, None)

@@ -153,8 +153,11 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
             state.m_queries.labels("detail", "not_found").inc()
             raise HTTPException(404, f"request {request_id} not found")
         row = rows[0]
+        async def body(key: str) -> bytes | None:
+            return await state.bodies.get(key) if key else None  # a row without a key has no stored body
+
         req_body, resp_body, scores = await asyncio.gather(
-            state.bodies.get(row["request_body_key"]), state.bodies.get(row["response_body_key"]),
+            body(row["request_body_key"]), body(row["response_body_key"]),
             scores_of(state.analytics, org, [row["request_id"]]),
         )
         out = row_to_json(row, scores.get(row["request_id"]))

@@ -98,7 +98,10 @@ function stillCurrent(current) {
 
 function range() {
   const hours = Number($("#range").value);
-  const end = new Date();
+  // ends on the next quarter hour, hour or UTC midnight (by the range's length), so the api answers
+  // from its pre-aggregated projections, which hold whole quarter hours, hours and days
+  const grain = (hours >= 168 ? 86400 : hours >= 24 ? 3600 : 900) * 1000;
+  const end = new Date(Math.ceil(Date.now() / grain) * grain);
   const start = new Date(end.getTime() - hours * 3600 * 1000);
   const bucket = hours <= 1 ? "minute" : hours <= 168 ? "hour" : "day";
   return { start: start.toISOString(), end: end.toISOString(), bucket };
