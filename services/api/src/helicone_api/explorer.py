@@ -1,0 +1,307 @@
+"""The request explorer: POST /v1/request/query (a page of requests, by offset or by cursor) and
+POST /v1/request/export (every matching request, streamed as CSV or JSON Lines).
+
+A filter is the flat RequestFilter the api has always taken or Helicone's filter tree (filters.py);
+a cursor is keyset pagination on (sort column, request id), so pages stay exact while new requests arrive."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from .filters import (
+    BRANCH,
+    EXAMPLE_TREE,
+    TABLES,
+    CursorCodec,
+    CursorError,
+    CursorText,
+    FilterNode,
+    FloatCondition,
+    Sort,
+    SortSpec,
+    after_sql,
+    filter_sql,
+    order_sql,
+    query_digest,
+    sort_value,
+)
+from .models import SCORE_OPERATORS, RequestFilter
+from .queries import COLUMNS, SETTINGS, row_to_json, where_sql
+from .scores import scores_of
+
+# The tags of the two filter forms; app.py leaves them out of a validation error's field path.
+FLAT, TREE = "flat", "tree"
+FILTER_FORMS = (FLAT, TREE)
+EXPORT_PAGE = 1000  # rows per internal query of an export
+MAX_EXPORT = 1_000_000
+
+
+def _filter_form(value: Any) -> str:
+    """The tree when the object uses anything only the tree has; the flat form otherwise ({} included)."""
+    tree_score_ops = set(FloatCondition.operator_names()) - set(SCORE_OPERATORS)
+    if isinstance(value, FilterNode):
+        return TREE
+    if not isinstance(value, dict) or isinstance(value, RequestFilter):
+        return FLAT
+    if any(k in value for k in (*BRANCH, *TABLES)):
+        return TREE
+    props, scores = value.get("properties"), value.get("scores")
+    if isinstance(props, dict) and any(isinstance(v, dict) for v in props.values()):
+        return TREE
+    if isinstance(scores, dict) and any(isinstance(c, dict) and set(c) & tree_score_ops for c in scores.values()):
+        return TREE
+    return FLAT
+
+
+AnyFilter = Annotated[
+    Annotated[RequestFilter, Tag(FLAT)] | Annotated[FilterNode, Tag(TREE)],
+    Discriminator(_filter_form),
+    Field(description="the flat filter (every field given must match) or a filter tree (see FilterNode)"),
+]
+
+
+class RequestQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": {"model": "gpt-4o", "user_id": "alice"}, "limit": 50, "sort": "created_at_desc"},
+        {"filter": EXAMPLE_TREE, "sort": {"field": "latency_ms", "direction": "desc"}, "limit": 100},
+    ]})
+
+    filter: AnyFilter = Field(default_factory=RequestFilter)
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=1_000_000, description="rows to skip; with a cursor it must be 0")
+    sort: SortSpec = Sort(field="created_at", direction="desc")
+    cursor: CursorText | None = Field(None, description="the next_cursor of the previous page (same filter and sort)")
+
+    @model_validator(mode="after")
+    def _cursor_or_offset(self) -> RequestQuery:
+        if self.cursor is not None and self.offset:
+            raise ValueError("give a cursor or an offset, not both")
+        return self
+
+
+class ExportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"filter": EXAMPLE_TREE, "sort": "created_at_desc", "format": "csv", "limit": 10000},
+    ]})
+
+    filter: AnyFilter = Field(default_factory=RequestFilter)
+    sort: SortSpec = Sort(field="created_at", direction="desc")
+    format: Literal["csv", "jsonl"] = Field(..., description="csv: a header row, then one row per request; jsonl: one request per line")
+    limit: int | None = Field(None, ge=1, le=MAX_EXPORT, description=f"at most this many requests; none: all (up to {MAX_EXPORT})")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    known: bool
+
+
+class SessionRef(BaseModel):
+    id: str
+    path: str | None
+    name: str | None
+
+
+class PromptRef(BaseModel):
+    id: str
+    version: int
+    inputs: dict[str, Any]
+
+
+class RequestRow(BaseModel):
+    """One logged request as the query and export return it."""
+
+    request_id: str
+    created_at: str
+    response_created_at: str
+    latency_ms: int
+    time_to_first_token_ms: int | None
+    status: int
+    provider: str
+    model: str
+    method: str
+    path: str
+    target_url: str
+    user_id: str | None
+    session: SessionRef | None
+    properties: dict[str, str]
+    usage: Usage
+    cost_usd: float | None
+    streamed: bool
+    request_bytes: int
+    response_bytes: int
+    body_truncated: bool
+    error: str | None
+    source: str
+    region: str | None
+    prompt: PromptRef | None
+    cache_hit: bool
+    cache_saved_usd: float | None
+    scores: dict[str, float]
+
+
+class RequestDetail(RequestRow):
+    request_body: Any = Field(description="JSON when the body was JSON, else text; null when not stored")
+    response_body: Any = Field(description="JSON when the body was JSON, else text (SSE streams as sent); null when not stored")
+
+
+class QueryPage(BaseModel):
+    data: list[RequestRow]
+    limit: int
+    offset: int
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: this is the last page")
+
+
+# The CSV columns of an export: the row's fields, nested ones flattened; maps and lists as JSON text.
+CSV_COLUMNS = (
+    "request_id", "created_at", "response_created_at", "latency_ms", "time_to_first_token_ms", "status", "provider", "model",
+    "method", "path", "target_url", "user_id", "session_id", "session_path", "session_name", "properties", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cache_read_tokens", "cache_write_tokens", "usage_known", "cost_usd", "streamed",
+    "request_bytes", "response_bytes", "body_truncated", "error", "source", "region", "prompt_id", "prompt_version",
+    "prompt_inputs", "cache_hit", "cache_saved_usd", "scores",
+)
+
+
+def csv_record(row: dict[str, Any]) -> list[Any]:
+    session, prompt, usage = row["session"] or {}, row["prompt"] or {}, row["usage"]
+    flat = {**row, "session_id": session.get("id"), "session_path": session.get("path"), "session_name": session.get("name"),
+            "prompt_id": prompt.get("id"), "prompt_version": prompt.get("version"),
+            "prompt_inputs": json.dumps(prompt["inputs"], ensure_ascii=False) if prompt else None,
+            "properties": json.dumps(row["properties"], ensure_ascii=False, sort_keys=True),
+            "scores": json.dumps(row["scores"], sort_keys=True), "usage_known": usage["known"],
+            **{k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens", "cache_read_tokens", "cache_write_tokens")}}
+    return ["" if flat[c] is None else ("true" if flat[c] is True else "false" if flat[c] is False else flat[c]) for c in CSV_COLUMNS]
+
+
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+class RequestPager:
+    """Pages of one org's requests under one filter and sort, by offset or by keyset cursor."""
+
+    def __init__(self, state, codec: CursorCodec, org: str, filter_: RequestFilter | FilterNode, sort: Sort) -> None:
+        self.state, self.codec, self.org, self.sort = state, codec, org, sort
+        self.filter = filter_
+        self.digest = query_digest(filter_, sort)
+
+    def after(self, cursor: str) -> tuple[Any, str]:
+        try:
+            return self.codec.decode(self.org, self.digest, self.sort, cursor)
+        except CursorError as exc:
+            raise _invalid("cursor", str(exc)) from None
+
+    async def page(self, limit: int, *, offset: int = 0, after: tuple[Any, str] | None = None) -> tuple[list[dict], tuple | None]:
+        """Up to `limit` rows (raw) and the keyset position after the last one (None when no row follows)."""
+        if isinstance(self.filter, FilterNode):
+            where, params = filter_sql(self.org, self.filter)
+        else:
+            where, params = where_sql(self.org, self.filter)
+        if after is not None:
+            where.append(after_sql(self.sort, *after, params))
+        params.update(limit=limit + 1, offset=offset)  # one more than asked: whether another page follows
+        sql = (f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} "
+               f"ORDER BY {order_sql(self.sort)} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + SETTINGS)
+        rows = await self.state.analytics.query(sql, params)
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, (sort_value(rows[-1], self.sort), rows[-1]["request_id"])
+
+    def cursor(self, position: tuple | None) -> str | None:
+        return None if position is None else self.codec.encode(self.org, self.digest, *position)
+
+    async def rows_json(self, rows: list[dict]) -> list[dict[str, Any]]:
+        scores = await scores_of(self.state.analytics, self.org, [r["request_id"] for r in rows])
+        return [row_to_json(r, scores.get(r["request_id"])) for r in rows]
+
+
+def explorer_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
+    router = APIRouter(prefix="/v1/request", tags=["requests"])
+    # Cursors are signed with a key every replica shares and no caller knows: derived from the Postgres DSN
+    # (its password), so no new secret has to be deployed; changing it only invalidates open cursors.
+    codec = CursorCodec(state.settings.postgres_dsn.get_secret_value().encode())
+
+    @router.post("/query", response_model=QueryPage)
+    async def query_requests(
+        q: Annotated[RequestQuery, Body(openapi_examples={
+            "flat": {"summary": "the flat filter", "value": RequestQuery.model_config["json_schema_extra"]["examples"][0]},
+            "tree": {"summary": "a filter tree, sorted by latency", "value": RequestQuery.model_config["json_schema_extra"]["examples"][1]},
+            "next page": {"summary": "the page after a cursor", "value": {"filter": {"model": "gpt-4o"}, "cursor": "<next_cursor>"}},
+        })],
+        org: str = Depends(org_id),
+    ) -> dict:
+        """A page of the caller's requests, newest first unless `sort` says otherwise. Page by `cursor`
+        (keyset: exact while new requests arrive) or by `offset`."""
+        with state.m_query_seconds.labels("query").time():
+            pager = RequestPager(state, codec, org, q.filter, q.sort)
+            after = pager.after(q.cursor) if q.cursor is not None else None
+            rows, position = await pager.page(q.limit, offset=q.offset, after=after)
+            data = await pager.rows_json(rows)
+            next_cursor = pager.cursor(position)
+        state.m_queries.labels("query", "ok").inc()
+        return {"data": data, "limit": q.limit, "offset": q.offset, "next_cursor": next_cursor}
+
+    @router.post("/export", response_class=StreamingResponse, responses={200: {
+        "description": "CSV (text/csv, a header row) or JSON Lines (application/x-ndjson, one request per line as in the query's data)",
+        "content": {"text/csv": {"schema": {"type": "string"}, "example": ",".join(CSV_COLUMNS[:4]) + "\r\n"},
+                    "application/x-ndjson": {"schema": {"type": "string"}, "example": '{"request_id": "…", "model": "gpt-4o"}\n'}},
+    }})
+    async def export_requests(
+        q: Annotated[ExportQuery, Body(openapi_examples={
+            "csv": {"summary": "failed gpt-4o requests as CSV", "value": {
+                "filter": {"left": {"request": {"model": {"equals": "gpt-4o"}}}, "operator": "and",
+                           "right": {"response": {"status": {"gte": 400}}}}, "format": "csv"}},
+            "jsonl": {"summary": "the newest 10,000 requests as JSON Lines", "value": {"format": "jsonl", "limit": 10000}},
+        })],
+        org: str = Depends(org_id),
+    ) -> StreamingResponse:
+        """Every matching request (or the first `limit`), streamed page by page: never the whole result in memory."""
+        pager = RequestPager(state, codec, org, q.filter, q.sort)
+        total = q.limit or MAX_EXPORT
+        # the first page before answering, so that a failing query is an error status, not a cut stream
+        first, position = await pager.page(min(EXPORT_PAGE, total))
+
+        def encode(rows: list[dict[str, Any]], header: bool) -> bytes:
+            if q.format == "jsonl":
+                return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+            out = io.StringIO()
+            writer = csv.writer(out)
+            if header:
+                writer.writerow(CSV_COLUMNS)
+            writer.writerows(csv_record(r) for r in rows)
+            return out.getvalue().encode()
+
+        async def stream() -> AsyncIterator[bytes]:
+            started, sent, rows, after = time.monotonic(), 0, first, position
+            result = "error"
+            try:
+                yield encode(await pager.rows_json(rows), header=True)
+                sent += len(rows)
+                while after is not None and sent < total:
+                    rows, after = await pager.page(min(EXPORT_PAGE, total - sent), after=after)
+                    yield encode(await pager.rows_json(rows), header=False)
+                    sent += len(rows)
+                result = "ok"
+            finally:
+                state.m_queries.labels("export", result).inc()
+                state.m_query_seconds.labels("export").observe(time.monotonic() - started)
+
+        kind = "text/csv; charset=utf-8" if q.format == "csv" else "application/x-ndjson"
+        return StreamingResponse(stream(), media_type=kind,
+                                 headers={"content-disposition": f'attachment; filename="requests.{q.format}"'})
+
+    return router
