@@ -198,11 +198,18 @@ class ErrorBody(BaseModel):
 
 # The errors any route may answer (guard.py and app.py's handlers), as the OpenAPI documents them.
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a body that is not JSON, or a query string that is not ASCII"},
     401: {"model": ErrorBody, "description": "no key, or an unknown or revoked key"},
     413: {"model": ErrorBody, "description": "request body over max_body_bytes"},
     422: {"model": ErrorBody, "description": "invalid request: `details` name each field (a JSON path) and what is wrong"},
+    431: {"model": ErrorBody, "description": "too many or too large request headers"},
     503: {"model": ErrorBody, "description": "the key store is not loaded yet"},
 }
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's own error answers for its OpenAPI `responses` (on top of ERRORS)."""
+    return {code: {"model": ErrorBody, "description": text} for code, text in descriptions.items()}
 
 
 def utc(value: dt.datetime) -> dt.datetime:
