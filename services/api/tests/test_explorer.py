@@ -202,6 +202,46 @@ async def test_cursor_pages_stay_exact_while_requests_arrive(api):
     assert (pages, len(seen)) == (6, 28)
 
 
+@pytest.mark.parametrize("field", ["created_at", "cost_usd", "model", "time_to_first_token_ms", "total_tokens", "region"])
+async def test_cursor_pages_give_the_same_order_as_one_query_on_every_kind_of_column(api, field):
+    client, state, org, _, _ = api
+    models = ["a\\b", "it's", "tab\tx", "é", "", "a\\b", "{f0:String}", "z"]  # ties and awkward text
+    for i, model in enumerate(models):
+        await add_request(state, org, minutes=i % 3, model=model, cost_usd=[0.1, 0.2, 1e-7, 0.1 + 0.2][i % 4],
+                          time_to_first_token_ms=[-1, 5, 2**40][i % 3], region=["", "eu"][i % 2],
+                          usage=events.Usage(prompt_tokens=i, completion_tokens=0, total_tokens=[7, 2**62][i % 2], known=True))
+    for direction in ("asc", "desc"):
+        sort = {"field": field, "direction": direction}
+        everything = await ids(client, sort=sort, limit=1000)
+        paged, cursor = [], None
+        while True:
+            r = await client.post("/v1/request/query", json={"sort": sort, "limit": 3, **({"cursor": cursor} if cursor else {})})
+            assert r.status_code == 200, r.text
+            paged += [d["request_id"] for d in r.json()["data"]]
+            if (cursor := r.json()["next_cursor"]) is None:
+                break
+        assert paged == everything and len(everything) == len(models), (field, direction)
+
+
+async def test_filter_sql_is_the_where_clause_for_any_view_of_requests(api):
+    """Other views (sessions, users, metrics) build their WHERE from filter_sql: org first, then the filter."""
+    from helicone_api.filters import FilterNode, filter_sql
+
+    client, state, org, other_org, _ = api
+    await add_request(state, org, minutes=0, model="gpt-4o", user="alice")
+    await add_request(state, org, minutes=1, model="gpt-4o", user="bob", status=500)
+    await add_request(state, other_org, minutes=1, model="gpt-4o", user="bob", status=500)
+    node = FilterNode.model_validate(tree("and", {"request": {"model": {"equals": "gpt-4o"}}}, {"response": {"status": {"gte": 400}}}))
+    where, params = filter_sql(org, node)
+    assert where[0] == "org_id = {org:String}" and params["org"] == org
+    assert "gpt-4o" not in " ".join(where)  # values are parameters, never SQL text
+    rows = await state.analytics.query(
+        f"SELECT user_id, count() AS n FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} GROUP BY user_id "
+        "SETTINGS output_format_json_quote_64bit_integers = 0", params)
+    assert rows == [{"user_id": "bob", "n": 1}]
+    assert filter_sql(org, None) == (["org_id = {org:String}"], {"org": org})
+
+
 async def test_a_changed_or_foreign_cursor_is_a_422(api):
     client, state, org, _, other_key = api
     for i in range(3):

@@ -16,7 +16,8 @@ from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .explorer import FILTER_FORMS, RequestDetail, explorer_router
+from .explorer import RequestDetail, explorer_router
+from .filters import FILTER_FORMS
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .keys import keys_router
 from .models import ERRORS, ErrorBody, RequestId

@@ -16,17 +16,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .filters import (
-    BRANCH,
     EXAMPLE_TREE,
-    TABLES,
+    AnyFilter,
     CursorCodec,
     CursorError,
     CursorText,
     FilterNode,
-    FloatCondition,
     Sort,
     SortSpec,
     after_sql,
@@ -35,39 +33,12 @@ from .filters import (
     query_digest,
     sort_value,
 )
-from .models import SCORE_OPERATORS, RequestFilter
-from .queries import COLUMNS, SETTINGS, row_to_json, where_sql
+from .models import RequestFilter
+from .queries import COLUMNS, SETTINGS, row_to_json
 from .scores import scores_of
 
-# The tags of the two filter forms; app.py leaves them out of a validation error's field path.
-FLAT, TREE = "flat", "tree"
-FILTER_FORMS = (FLAT, TREE)
 EXPORT_PAGE = 1000  # rows per internal query of an export
 MAX_EXPORT = 1_000_000
-
-
-def _filter_form(value: Any) -> str:
-    """The tree when the object uses anything only the tree has; the flat form otherwise ({} included)."""
-    tree_score_ops = set(FloatCondition.operator_names()) - set(SCORE_OPERATORS)
-    if isinstance(value, FilterNode):
-        return TREE
-    if not isinstance(value, dict) or isinstance(value, RequestFilter):
-        return FLAT
-    if any(k in value for k in (*BRANCH, *TABLES)):
-        return TREE
-    props, scores = value.get("properties"), value.get("scores")
-    if isinstance(props, dict) and any(isinstance(v, dict) for v in props.values()):
-        return TREE
-    if isinstance(scores, dict) and any(isinstance(c, dict) and set(c) & tree_score_ops for c in scores.values()):
-        return TREE
-    return FLAT
-
-
-AnyFilter = Annotated[
-    Annotated[RequestFilter, Tag(FLAT)] | Annotated[FilterNode, Tag(TREE)],
-    Discriminator(_filter_form),
-    Field(description="the flat filter (every field given must match) or a filter tree (see FilterNode)"),
-]
 
 
 class RequestQuery(BaseModel):
@@ -121,8 +92,24 @@ class PromptRef(BaseModel):
     inputs: dict[str, Any]
 
 
+EXAMPLE_ROW = {
+    "request_id": "6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1", "created_at": "2026-03-01T12:00:00.000Z",
+    "response_created_at": "2026-03-01T12:00:01.250Z", "latency_ms": 1250, "time_to_first_token_ms": 310, "status": 200,
+    "provider": "openai", "model": "gpt-4o", "method": "POST", "path": "/v1/chat/completions",
+    "target_url": "https://api.openai.com/v1/chat/completions", "user_id": "alice",
+    "session": {"id": "s-42", "path": "/chat", "name": "Support chat"}, "properties": {"env": "prod"},
+    "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160, "cache_read_tokens": 0,
+              "cache_write_tokens": 0, "known": True},
+    "cost_usd": 0.0007, "streamed": True, "request_bytes": 512, "response_bytes": 2048, "body_truncated": False, "error": None,
+    "source": "gateway", "region": "eu-west-1", "prompt": None, "cache_hit": False, "cache_saved_usd": None,
+    "scores": {"accuracy": 0.9, "feedback": 1.0},
+}
+
+
 class RequestRow(BaseModel):
     """One logged request as the query and export return it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_ROW]})
 
     request_id: str
     created_at: str
@@ -154,11 +141,16 @@ class RequestRow(BaseModel):
 
 
 class RequestDetail(RequestRow):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {**EXAMPLE_ROW, "request_body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
+         "response_body": "data: {...}\n\ndata: [DONE]\n\n"}]})
     request_body: Any = Field(description="JSON when the body was JSON, else text; null when not stored")
     response_body: Any = Field(description="JSON when the body was JSON, else text (SSE streams as sent); null when not stored")
 
 
 class QueryPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"data": [EXAMPLE_ROW], "limit": 1, "offset": 0, "next_cursor": "WyIyMDI2LTAzLTAxIDEyOjAwOjAwLjAwMCIsIjZmMWIiXQ.q8Jb0x"}]})
     data: list[RequestRow]
     limit: int
     offset: int
@@ -206,10 +198,7 @@ class RequestPager:
 
     async def page(self, limit: int, *, offset: int = 0, after: tuple[Any, str] | None = None) -> tuple[list[dict], tuple | None]:
         """Up to `limit` rows (raw) and the keyset position after the last one (None when no row follows)."""
-        if isinstance(self.filter, FilterNode):
-            where, params = filter_sql(self.org, self.filter)
-        else:
-            where, params = where_sql(self.org, self.filter)
+        where, params = filter_sql(self.org, self.filter)
         if after is not None:
             where.append(after_sql(self.sort, *after, params))
         params.update(limit=limit + 1, offset=offset)  # one more than asked: whether another page follows

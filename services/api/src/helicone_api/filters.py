@@ -26,8 +26,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     WithJsonSchema,
     create_model,
     field_validator,
@@ -35,12 +37,15 @@ from pydantic import (
 )
 
 from .models import (
+    SCORE_OPERATORS,
     FilterText,
+    RequestFilter,
     RequestId,
     ScoreName,
     _ch_range,
     utc,
 )
+from .queries import where_sql
 
 MAX_DEPTH = 16  # branch levels: a left-deep chain of 17 leaves, as a UI adding one filter at a time builds
 MAX_CONDITIONS = 64  # field conditions in the whole tree (each operator of each field counts once)
@@ -399,14 +404,47 @@ def _node_sql(node: FilterNode, p: _Params) -> str:
     return "(" + _node_sql(node.left, p) + joiner + _node_sql(node.right, p) + ")"
 
 
-def filter_sql(org_id: str, node: FilterNode | None) -> tuple[list[str], dict[str, Any]]:
-    """The caller's org and the tree as WHERE conditions (to be joined with AND) and their parameters
-    (`org` and f0, f1, ...). Every value travels as a server-side parameter, never in the SQL text."""
+def filter_sql(org_id: str, node: FilterNode | RequestFilter | None) -> tuple[list[str], dict[str, Any]]:
+    """The caller's org and the filter (a tree, or the flat RequestFilter) as WHERE conditions over
+    request_log (to be joined with AND) and their parameters (`org` and f0, f1, ...). Every value
+    travels as a server-side parameter, never in the SQL text."""
+    if isinstance(node, RequestFilter):
+        return where_sql(org_id, node)
     where = ["org_id = {org:String}"]
     params: dict[str, Any] = {"org": org_id}
     if node is not None:
         where.append(_node_sql(node, _Params(params)))
     return where, params
+
+
+# The tags of the two forms of a filter in a request body; app.py leaves them out of an error's field path.
+FLAT, TREE = "flat", "tree"
+FILTER_FORMS = (FLAT, TREE)
+
+
+def _filter_form(value: Any) -> str:
+    """The tree when the object uses anything only the tree has; the flat form otherwise ({} included)."""
+    if isinstance(value, FilterNode):
+        return TREE
+    if not isinstance(value, dict):
+        return FLAT
+    if any(k in value for k in (*BRANCH, *TABLES)):
+        return TREE
+    props, scores = value.get("properties"), value.get("scores")
+    if isinstance(props, dict) and any(isinstance(v, dict) for v in props.values()):
+        return TREE
+    tree_score_ops = set(FloatCondition.operator_names()) - set(SCORE_OPERATORS)
+    if isinstance(scores, dict) and any(isinstance(c, dict) and set(c) & tree_score_ops for c in scores.values()):
+        return TREE
+    return FLAT
+
+
+# A request body's `filter`: the flat RequestFilter or the tree, told apart by _filter_form.
+AnyFilter = Annotated[
+    Annotated[RequestFilter, Tag(FLAT)] | Annotated[FilterNode, Tag(TREE)],
+    Discriminator(_filter_form),
+    Field(description="the flat filter (every field given must match) or a filter tree (see FilterNode)"),
+]
 
 
 def ch_time(value: dt.datetime) -> str:
@@ -423,9 +461,9 @@ SORT_COLUMNS: dict[str, tuple[str, str]] = {
     "time_to_first_token_ms": ("time_to_first_token_ms", "Int64"),
     "status": ("status", "Int64"),
     "cost_usd": ("cost_usd", "Float64"),
-    "prompt_tokens": ("prompt_tokens", "Int64"),
-    "completion_tokens": ("completion_tokens", "Int64"),
-    "total_tokens": ("total_tokens", "Int64"),
+    "prompt_tokens": ("prompt_tokens", "UInt64"),
+    "completion_tokens": ("completion_tokens", "UInt64"),
+    "total_tokens": ("total_tokens", "UInt64"),
     "model": ("model", _TEXT),
     "provider": ("provider", _TEXT),
     "user_id": ("user_id", _TEXT),
@@ -537,7 +575,7 @@ class CursorCodec:
         except (ValueError, TypeError):
             raise CursorError("is not a cursor this api returned") from None
         ch_type = SORT_COLUMNS[sort.field][1]
-        if ch_type in (_TEXT, _TIME) and not isinstance(value, str) or ch_type == "Int64" and not isinstance(value, int) \
+        if ch_type in (_TEXT, _TIME) and not isinstance(value, str) or ch_type.endswith("Int64") and not isinstance(value, int) \
                 or ch_type == "Float64" and not isinstance(value, (int, float)) or isinstance(value, bool):
             raise CursorError("is not a cursor this api returned")
         return value, request_id
