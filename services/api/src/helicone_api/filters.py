@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     StringConstraints,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
     create_model,
     field_validator,
@@ -78,11 +79,38 @@ BOOL_OPERATORS = ("equals", "not-equals")
 ID_OPERATORS = ("equals", "not-equals", "in")
 
 
-class _Condition(BaseModel):
+_STRICT: dict[str, type[_StrictKeys]] = {}  # model name -> model, for the message about a key it does not take
+
+
+def _unknown_key(value: Any, info: ValidationInfo) -> Any:
+    model = _STRICT.get(info.config.get("title", "") if info.config else "")
+    raise ValueError(model.unknown_key() if model else "unknown key")
+
+
+class _StrictKeys(BaseModel):
+    """An unknown key is a 422 at its own path (filter.left.request.modle), saying which keys this object takes."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+    __pydantic_extra__: dict[str, Annotated[Any, BeforeValidator(_unknown_key)]]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        _STRICT[cls.__name__] = cls
+
+    @classmethod
+    def unknown_key(cls) -> str:
+        return "unknown key"
+
+
+class _Condition(_StrictKeys):
     """At least one operator; all of those given must hold. `kind` names the field type in messages."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: ClassVar[str] = "value"
+
+    @classmethod
+    def unknown_key(cls) -> str:
+        return f"not an operator for {cls.kind}; use {', '.join(cls.operator_names())}"
 
     @classmethod
     def operator_names(cls) -> list[str]:
@@ -94,9 +122,6 @@ class _Condition(BaseModel):
         ops = ", ".join(cls.operator_names())
         if not isinstance(value, dict):
             raise ValueError(f'must be an object of operator -> value, such as {{"equals": ...}}; operators for {cls.kind}: {ops}')
-        unknown = [k for k in value if k not in cls.operator_names()]
-        if unknown:
-            raise ValueError(f"{unknown[0]!r} is not an operator for {cls.kind}; use {ops}")
         if not value:
             raise ValueError(f"give at least one operator: {ops}")
         return value
@@ -227,11 +252,14 @@ TABLES: dict[str, dict[str, Column]] = {
 }
 
 
-class _Fields(BaseModel):
+class _Fields(_StrictKeys):
     """Conditions on one table's fields; all must hold."""
 
-    model_config = ConfigDict(extra="forbid")
     table: ClassVar[str] = ""
+
+    @classmethod
+    def unknown_key(cls) -> str:
+        return f"not a {cls.table} field; use {', '.join(TABLES[cls.table])}"
 
     @model_validator(mode="before")
     @classmethod
@@ -239,9 +267,6 @@ class _Fields(BaseModel):
         names = ", ".join(TABLES[cls.table])
         if not isinstance(value, dict):
             raise ValueError(f"must be an object of field -> condition; {cls.table} fields: {names}")
-        unknown = [k for k in value if k not in TABLES[cls.table]]
-        if unknown:
-            raise ValueError(f"{unknown[0]!r} is not a {cls.table} field; use {names}")
         if not value:
             raise ValueError(f"name at least one {cls.table} field: {names}")
         return value
@@ -249,7 +274,8 @@ class _Fields(BaseModel):
 
 def _table_model(table: str) -> type[_Fields]:
     fields = {name: (col.condition | None, None) for name, col in TABLES[table].items()}
-    model = create_model(f"{table.capitalize()}Fields", __base__=_Fields, **fields)
+    model = create_model(f"{table.capitalize()}Fields", __base__=_Fields, __doc__=f"Conditions on the {table}'s fields; all must hold.",
+                         **fields)
     model.table = table
     return model
 
@@ -293,10 +319,14 @@ def _shape(value: Any, path: str = "") -> tuple[int, int, str]:
     return depth, count, deepest
 
 
-class FilterNode(BaseModel):
+class FilterNode(_StrictKeys):
     """A branch (`left`, `operator`, `right`) or a leaf (exactly one of request, response, user, session, properties, scores)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_TREE]})
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False, "examples": [EXAMPLE_TREE]})
+
+    @classmethod
+    def unknown_key(cls) -> str:
+        return f"not a filter key: a node is {{{', '.join(BRANCH)}}} or one of {', '.join(LEAVES)}"
 
     left: FilterNode | None = None
     operator: Literal["and", "or"] | None = None
