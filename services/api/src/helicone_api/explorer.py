@@ -50,7 +50,7 @@ class RequestQuery(BaseModel):
     filter: AnyFilter = Field(default_factory=RequestFilter)
     limit: int = Field(100, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=1_000_000, description="rows to skip; with a cursor it must be 0")
-    sort: SortSpec = Sort(field="created_at", direction="desc")
+    sort: SortSpec = Field("created_at_desc", validate_default=True)
     cursor: CursorText | None = Field(None, description="the next_cursor of the previous page (same filter and sort)")
 
     @model_validator(mode="after")
@@ -66,7 +66,7 @@ class ExportQuery(BaseModel):
     ]})
 
     filter: AnyFilter = Field(default_factory=RequestFilter)
-    sort: SortSpec = Sort(field="created_at", direction="desc")
+    sort: SortSpec = Field("created_at_desc", validate_default=True)
     format: Literal["csv", "jsonl"] = Field(..., description="csv: a header row, then one row per request; jsonl: one request per line")
     limit: int | None = Field(None, ge=1, le=MAX_EXPORT, description=f"at most this many requests; none: all (up to {MAX_EXPORT})")
 

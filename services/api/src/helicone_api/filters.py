@@ -532,7 +532,7 @@ def _legacy_sort(value: Any) -> Any:
 SortSpec = Annotated[
     Sort,
     BeforeValidator(_legacy_sort),
-    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(LEGACY_SORTS)}, {"$ref": "#/components/schemas/Sort"}],
+    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(LEGACY_SORTS)}, Sort.model_json_schema()],
                     "description": '"created_at_desc", "created_at_asc", "latency_desc", "cost_desc", or {"field", "direction"}'}),
 ]
 
