@@ -138,6 +138,8 @@ async def test_a_bad_tree_is_a_422_naming_the_place(api):
         ({"user": {"user_id": "alice"}}, "filter.user.user_id", "operator -> value"),
         ({"request": {}}, "filter.request", "name at least one request field"),
         ({"request": {"model": {}}}, "filter.request.model", "at least one operator"),
+        ({"request": {"model": {"equals": None}}}, "filter.request.model", "at least one operator"),  # null: not given
+        ({"request": {"model": None}}, "filter.request", "name at least one request field"),
         ({"scores": {"bad name!": {"gte": 1}}}, "filter.scores.bad name!.[key]", "pattern"),
         ({"left": {"request": {"model": {"equals": "x"}}}, "operator": "xor", "right": {"user": {"user_id": {"equals": "a"}}}},
          "filter.operator", "'and' or 'or'"),

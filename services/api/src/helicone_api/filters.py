@@ -122,7 +122,7 @@ class _Condition(_StrictKeys):
         ops = ", ".join(cls.operator_names())
         if not isinstance(value, dict):
             raise ValueError(f'must be an object of operator -> value, such as {{"equals": ...}}; operators for {cls.kind}: {ops}')
-        if not value:
+        if all(v is None for v in value.values()):  # null is the same as absent
             raise ValueError(f"give at least one operator: {ops}")
         return value
 
@@ -267,7 +267,7 @@ class _Fields(_StrictKeys):
         names = ", ".join(TABLES[cls.table])
         if not isinstance(value, dict):
             raise ValueError(f"must be an object of field -> condition; {cls.table} fields: {names}")
-        if not value:
+        if all(v is None for v in value.values()):  # null is the same as absent
             raise ValueError(f"name at least one {cls.table} field: {names}")
         return value
 
