@@ -316,6 +316,8 @@ def _shape(value: Any, path: str = "") -> tuple[int, int, str]:
             fields = node.get(leaf)
             if isinstance(fields, dict):
                 count += sum(len(c) if isinstance(c, dict) else 1 for c in fields.values())
+        if count > MAX_CONDITIONS:  # refused already: a wide tree is not walked to the end
+            break
     return depth, count, deepest
 
 
