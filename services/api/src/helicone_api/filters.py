@@ -7,7 +7,7 @@ one table and its fields: `{"request": {"model": {"equals": "gpt-4o"}}}`,
 `{"response": {"status": {"gte": 400}}}`, `{"user": {"user_id": {"in": ["a", "b"]}}}`,
 `{"session": {"session_name": {"like": "chat%"}}}`, `{"properties": {"env": {"equals": "prod"}}}`,
 `{"scores": {"accuracy": {"gte": 0.5}}}`. Several fields (or operators) in one leaf must all hold.
-Each field has a type and takes only that type's operators (TEXT_OPERATORS, NUMBER_OPERATORS, ...);
+Each field has a type and takes only that type's operators (the fields of TextCondition, FloatCondition, ...);
 anything else is a 422 whose `field` is the JSON path of the mistake (`filter.left.request.model`).
 """
 
@@ -72,11 +72,6 @@ COMPARE = {"equals": "{c} = {p}", "not-equals": "{c} != {p}", "gt": "{c} > {p}",
            "lt": "{c} < {p}", "lte": "{c} <= {p}"}
 TEXT_SQL = {"equals": COMPARE["equals"], "not-equals": COMPARE["not-equals"], "like": "{c} LIKE {p}",
             "ilike": "{c} ILIKE {p}", "contains": "position({c}, {p}) > 0"}
-TEXT_OPERATORS = (*TEXT_SQL, "in")
-NUMBER_OPERATORS = (*COMPARE, "in")
-TIME_OPERATORS = tuple(COMPARE)
-BOOL_OPERATORS = ("equals", "not-equals")
-ID_OPERATORS = ("equals", "not-equals", "in")
 
 
 _STRICT: dict[str, type[_StrictKeys]] = {}  # model name -> model, for the message about a key it does not take
