@@ -11,16 +11,19 @@ T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
 async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice", props=None, status=200, request_id=None,
-                      response=b"data: {}\n\ndata: [DONE]\n\n", region="", cache_hit=False, attempts=(), fallback_index=0):
-    """Stores a request the way ingest does: bodies under the event's own keys, then its row."""
-    ev = events.RequestLogged(
-        schema_version=1, request_id=request_id or events.new_request_id(), org_id=org, status=status, provider="openai",
-        model=model, user_id=user, properties=props or {}, latency_ms=120, time_to_first_token_ms=-1, region=region,
-        usage=events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), cost_known=True,
+                      response=b"data: {}\n\ndata: [DONE]\n\n", region="", cache_hit=False, attempts=(), **fields):
+    """Stores a request the way ingest does: bodies under the event's own keys, then its row. `fields`:
+    any other RequestLogged field (latency_ms, cost_usd, session_id, ...)."""
+    ev = events.RequestLogged(**{
+        "schema_version": 1, "request_id": request_id or events.new_request_id(), "org_id": org, "status": status,
+        "provider": "openai", "model": model, "user_id": user, "properties": props or {}, "latency_ms": 120,
+        "time_to_first_token_ms": -1, "region": region,
+        "usage": events.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, known=True), "cost_known": True,
         # as the gateway logs a cache hit: nothing paid, the provider's price saved
-        cost_usd=0.0 if cache_hit else 0.5, cache_hit=cache_hit, cache_saved_usd=0.5 if cache_hit else 0.0,
-        attempts=[events.Attempt(**a) for a in attempts], fallback_index=fallback_index,
-    )
+        "cost_usd": 0.0 if cache_hit else 0.5, "cache_hit": cache_hit, "cache_saved_usd": 0.5 if cache_hit else 0.0,
+        "attempts": [events.Attempt(**a) for a in attempts],
+        **fields,
+    })
     events.set_time(ev.request_created_at, T0 + dt.timedelta(minutes=minutes))
     req_key, resp_key = events.body_keys(org, ev.request_id, events.event_version(ev))
     await state.bodies.put(req_key, b'{"model":"%s"}' % model.encode(), "application/json")

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the api straight through its ASGI entry point (so any bytes can be sent,
 not only what an HTTP client allows), against a real Postgres and each analytics backend: random
 methods, paths and ids, query strings, headers, and filter and score bodies (awkward text, lone
-surrogates, far-off dates, non-finite and huge numbers, wrong types, broken JSON) sent in random chunks. The api never answers 500, always
+surrogates, far-off dates, non-finite and huge numbers, wrong types, broken JSON, filter trees, sorts, cursors and
+exports) sent in random chunks. The api never answers 500, always
 answers in JSON, and never hangs."""
 
 from __future__ import annotations
@@ -51,10 +52,25 @@ filters = st.fixed_dictionaries({}, optional={
     "scores": st.one_of(st.dictionaries(score_names, st.one_of(bounds, json_value), max_size=22), json_value),
     "bogus": json_value,
 })
+# Helicone's filter tree: known and unknown tables, fields and operators, any value, nested and ANDed/ORed
+tree_fields = st.sampled_from(["model", "status", "created_at", "latency_ms", "cost_usd", "cache_hit", "user_id", "session_id",
+                               "request_id", "total_tokens", "prompt_version", "bogus"])
+tree_ops = st.sampled_from(["equals", "not-equals", "like", "ilike", "contains", "gt", "gte", "lt", "lte", "in", "bogus"])
+conditions = st.one_of(st.dictionaries(tree_ops, st.one_of(numbers, when, st.lists(st.one_of(numbers, text), max_size=4)),
+                                       max_size=3), json_value)
+tree_leaves = st.builds(lambda table, fields: {table: fields},
+                        st.sampled_from(["request", "response", "user", "session", "properties", "scores", "bogus"]),
+                        st.one_of(st.dictionaries(st.one_of(tree_fields, text), conditions, max_size=3), json_value))
+trees = st.recursive(tree_leaves, lambda inner: st.fixed_dictionaries(
+    {"left": inner, "right": inner}, optional={"operator": st.one_of(st.sampled_from(["and", "or"]), scalar)}), max_leaves=8)
+sorts = st.one_of(st.sampled_from(["created_at_desc", "created_at_asc", "latency_desc", "cost_desc"]), text,
+                  st.fixed_dictionaries({"field": st.one_of(tree_fields, text)},
+                                        optional={"direction": st.sampled_from(["asc", "desc", "up"])}))
 queries = st.fixed_dictionaries({}, optional={
-    "filter": st.one_of(filters, json_value), "limit": st.one_of(st.integers(-5, 5000), scalar),
-    "offset": st.one_of(st.integers(-5, 2_000_000), scalar),
-    "sort": st.one_of(st.sampled_from(["created_at_desc", "created_at_asc", "latency_desc", "cost_desc"]), text),
+    "filter": st.one_of(filters, trees, json_value), "limit": st.one_of(st.integers(-5, 5000), scalar),
+    "offset": st.one_of(st.integers(-5, 2_000_000), scalar), "sort": sorts,
+    "cursor": st.one_of(text, st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.", max_size=80)),
+    "format": st.one_of(st.sampled_from(["csv", "jsonl"]), scalar),
 })
 
 
@@ -83,6 +99,7 @@ ids = st.one_of(st.uuids().map(str), text, st.binary(max_size=60).map(lambda b: 
 routes = st.one_of(
     st.tuples(st.just("POST"), st.just("/v1/request/query")),
     st.tuples(st.just("POST"), st.just("/v1/request/query")),
+    st.tuples(st.just("POST"), st.just("/v1/request/export")),
     st.tuples(st.just("GET"), ids.map(lambda i: "/v1/request/" + i)),
     st.tuples(st.just("POST"), st.one_of(st.just(LOGGED), ids).map(lambda i: f"/v1/request/{i}/feedback")),
     st.tuples(st.sampled_from(["PUT", "DELETE", "PUT"]),
@@ -173,12 +190,17 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         @example(r=dict(OK, route=("POST", "/v1/alerts"), body=encoded({
             "name": "x", "metric": "requests", "window_seconds": 60, "comparison": "gt", "threshold": 1e308,
             "filter": {"properties": {"a": "\\N"}}, "webhook_url": "https://hooks.example.invalid/x"})))
+        @example(r=dict(OK, body=encoded({"filter": {"left": {"request": {"model": {"in": ["a\\", "\ud800"]}}}, "operator": "or",
+                                                     "right": {"response": {"status": {"gte": 400}}}}})))
+        @example(r=dict(OK, route=("POST", "/v1/request/export"), body=encoded({"format": "csv", "sort": {"field": "model"}})))
         def check(r):
             status, answer = loop.run_until_complete(asyncio.wait_for(call(app, r, key, logged), 10))
             assert status != 500, answer
             # redirects (/v1/keys/ -> /v1/keys) and 204 (a deleted score) have no body
             if r["route"] == ("GET", "/") and status == 200:  # the dashboard page
                 assert answer.startswith(b"<!doctype html>"), answer[:200]
+            if r["route"] == ("POST", "/v1/request/export") and status == 200:  # CSV or JSON Lines
+                assert answer.startswith(b"request_id,") or all(json.loads(line) for line in answer.splitlines()), answer[:200]
             elif r["route"][0] != "HEAD" and not 300 <= status < 400 and status != 204:
                 assert isinstance(json.loads(answer), dict), answer[:200]
             seen.add(status)

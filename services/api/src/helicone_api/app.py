@@ -21,14 +21,16 @@ from .admin import ADMIN_PATHS, admin_router
 from .alert_evaluator import EVALUATION_RESULTS, AlertEvaluator
 from .alerts import alerts_router
 from .dashboard import dashboard_router, load_static, public_paths
+from .explorer import RequestDetail, explorer_router
+from .filters import FILTER_FORMS
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .insights import insights_router
 from .keys import keys_router
 from .log_publisher import LogPublisher
 from .log_routes import logs_router
-from .models import RequestId, RequestQuery
+from .models import ERRORS, ErrorBody, RequestId
 from .prompts import PromptsClient, prompts_router
-from .queries import body_to_json, detail_sql, list_sql, row_to_json
+from .queries import body_to_json, detail_sql, row_to_json
 from .scores import scores_of, scores_router
 from .settings import ApiSettings
 from .webhooks import DELIVERY_RESULTS, WebhookSender
@@ -99,8 +101,12 @@ class ApiState:
 
 
 def _field(loc: tuple) -> str:
-    """A validation error's place: `filter.user_id`, `request_id` (a path parameter)."""
-    return ".".join(str(p) for p in loc if p not in ("body", "path"))
+    """A validation error's place: `filter.user_id`, `filter.left.request.model`, `request_id` (a path
+    parameter); the tag of the filter's form (flat or tree) right after `filter` is not part of it."""
+    loc = tuple(p for p in loc if p not in ("body", "path"))
+    if len(loc) > 1 and loc[0] == "filter" and loc[1] in FILTER_FORMS:
+        loc = loc[:1] + loc[2:]
+    return ".".join(str(p) for p in loc)
 
 
 def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=None) -> FastAPI:
@@ -115,7 +121,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         finally:
             await state.stop()
 
-    app = FastAPI(title="helicone-api", version=build_version(), lifespan=lifespan)
+    app = FastAPI(title="helicone-api", version=build_version(), lifespan=lifespan, responses=ERRORS)
     app.state.api = state
     add_ops_routes(app, state.metrics, state.ready)
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
@@ -144,7 +150,8 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
             raise HTTPException(401, MISSING_KEY, {"WWW-Authenticate": "Bearer"})
         return org
 
-    @app.get("/v1/request/{request_id}")
+    @app.get("/v1/request/{request_id}", response_model=RequestDetail, tags=["requests"],
+             responses={404: {"model": ErrorBody, "description": "no request of the caller's org has this id"}})
     async def get_request(request_id: RequestId, org: str = Depends(org_id)) -> dict:
         with state.m_query_seconds.labels("detail").time():
             sql, params = detail_sql(org, str(request_id))
@@ -166,15 +173,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         state.m_queries.labels("detail", "ok").inc()
         return out
 
-    @app.post("/v1/request/query")
-    async def query_requests(q: RequestQuery, org: str = Depends(org_id)) -> dict:
-        with state.m_query_seconds.labels("query").time():
-            sql, params = list_sql(org, q)
-            rows = await state.analytics.query(sql, params)
-            scores = await scores_of(state.analytics, org, [r["request_id"] for r in rows])
-        state.m_queries.labels("query", "ok").inc()
-        return {"data": [row_to_json(r, scores.get(r["request_id"])) for r in rows], "limit": q.limit, "offset": q.offset}
-
+    app.include_router(explorer_router(state, org_id))
     app.include_router(scores_router(state, org_id))
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))

@@ -21,8 +21,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SESSION_USERS
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from .filters import AnyFilter, FilterNode, filter_sql
 from .models import MAX_FILTER_CHARS, FilterText, RequestFilter, _ch_range, _utf8
-from .queries import COLUMNS, SETTINGS, _ch_time, _iso, row_to_json, where_sql
+from .queries import COLUMNS, SETTINGS, _ch_time, _iso, row_to_json
 from .scores import scores_of
 
 # Bounds that keep one answer small: buckets of a time series, its groups (the rest is "other"),
@@ -76,7 +77,7 @@ class SessionQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"filter": FILTER_EXAMPLE, "search": "checkout", "sort": {"field": "cost_usd", "direction": "desc"}, "limit": 50}]})
 
-    filter: RequestFilter = Field(default_factory=RequestFilter)
+    filter: AnyFilter = Field(default_factory=RequestFilter)
     search: SearchText | None = Field(None, description="a substring of the session id or name (any case)")
     sort: SessionSort = Field(default_factory=SessionSort)
     limit: int = Field(100, ge=1, le=1000)
@@ -87,7 +88,7 @@ class UserQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"filter": FILTER_EXAMPLE, "search": "alice", "sort": {"field": "requests", "direction": "desc"}, "limit": 50}]})
 
-    filter: RequestFilter = Field(default_factory=RequestFilter)
+    filter: AnyFilter = Field(default_factory=RequestFilter)
     search: SearchText | None = Field(None, description="a substring of the user id (any case)")
     sort: UserSort = Field(default_factory=UserSort)
     limit: int = Field(100, ge=1, le=1000)
@@ -97,7 +98,7 @@ class UserQuery(BaseModel):
 class PropertyValuesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"filter": FILTER_EXAMPLE, "limit": 20}]})
 
-    filter: RequestFilter = Field(default_factory=RequestFilter)
+    filter: AnyFilter = Field(default_factory=RequestFilter)
     limit: int = Field(100, ge=1, le=1000)
 
 
@@ -127,7 +128,7 @@ class BreakdownQuery(TimeRange):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"filter": {"provider": "openai"}, "start": "2026-03-01T00:00:00Z", "end": "2026-03-08T00:00:00Z", "by": "model"}]})
 
-    filter: RequestFilter = Field(default_factory=RequestFilter)
+    filter: AnyFilter = Field(default_factory=RequestFilter)
     by: Literal["model", "provider"]
     limit: int = Field(100, ge=1, le=1000)
 
@@ -151,7 +152,7 @@ class TimeseriesQuery(BaseModel):
         {"filter": {"provider": "openai"}, "start": "2026-03-01T00:00:00Z", "end": "2026-03-08T00:00:00Z",
          "bucket": "day", "timezone": "Europe/Berlin", "group_by": "model", "top_groups": 5}]})
 
-    filter: RequestFilter = Field(default_factory=RequestFilter)
+    filter: AnyFilter = Field(default_factory=RequestFilter)
     start: dt.datetime = Field(description="the first bucket is the one holding start (ISO 8601; naive times are UTC)")
     end: dt.datetime = Field(description="buckets up to end (exclusive)")
     timezone: str = Field("UTC", description=TZ_FORM + "; buckets start at its midnights and hours")
@@ -206,16 +207,17 @@ def _aligned(t: dt.datetime, seconds: int) -> bool:
     return t.microsecond == 0 and int(t.timestamp()) % seconds == 0
 
 
-def _conditions(org_id: str, f: RequestFilter, start: dt.datetime | None = None, end: dt.datetime | None = None,
+def _conditions(org_id: str, f: RequestFilter | FilterNode, start: dt.datetime | None = None, end: dt.datetime | None = None,
                 grain: str | None = None) -> tuple[list[str], dict[str, Any]]:
     """The one place this module turns a caller's filter (and an extra time range) into WHERE conditions.
 
     The time range (the filter's and the extra one, whichever is narrower) is written on a projection's
     grain (analytics.GRAINS) when both its ends fall on that grain's boundaries: the very same rows, and
     the form that lets the projection answer; otherwise on request_created_at."""
-    lows = [t for t in (f.start, start) if t is not None]
-    highs = [t for t in (f.end, end) if t is not None]
-    where, params = where_sql(org_id, f.model_copy(update={"start": None, "end": None}))
+    flat = isinstance(f, RequestFilter)  # a filter tree's own time conditions stay in the tree (on the rows)
+    lows = [t for t in (f.start if flat else None, start) if t is not None]
+    highs = [t for t in (f.end if flat else None, end) if t is not None]
+    where, params = filter_sql(org_id, f.model_copy(update={"start": None, "end": None}) if flat else f)
     low, high = (max(lows) if lows else None), (min(highs) if highs else None)
     column = "request_created_at"
     if grain is not None and all(t is None or _aligned(t, GRAINS[grain][1]) for t in (low, high)):

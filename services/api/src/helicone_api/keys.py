@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from helicone_core import db
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from .models import utf8_text
+from .models import error_responses, utf8_text
 
 
 def _storable(name: str) -> str:
@@ -27,7 +27,8 @@ class NewKey(BaseModel):
 
 
 def keys_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
-    router = APIRouter(prefix="/v1/keys", tags=["keys"])
+    router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=error_responses({
+        400: "a key given where its id belongs", 404: "no key with this id in the caller's org"}))
 
     def pool():
         if state.pool is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -179,13 +179,37 @@ class RequestFilter(BaseModel):
         return self
 
 
-class RequestQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProblemDetail(BaseModel):
+    field: str = Field(description="where: a JSON path into the body (filter.left.request.model), or a path/query parameter")
+    message: str
 
-    filter: RequestFilter = Field(default_factory=RequestFilter)
-    limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=1_000_000)
-    sort: Literal["created_at_desc", "created_at_asc", "latency_desc", "cost_desc"] = "created_at_desc"
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+    details: list[ProblemDetail] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error the api answers: {"error": {"type", "message", "details"?}}."""
+
+    error: ErrorInfo
+
+
+# The errors any route may answer (guard.py and app.py's handlers), as the OpenAPI documents them.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a body that is not JSON, or a query string that is not ASCII"},
+    401: {"model": ErrorBody, "description": "no key, or an unknown or revoked key"},
+    413: {"model": ErrorBody, "description": "request body over max_body_bytes"},
+    422: {"model": ErrorBody, "description": "invalid request: `details` name each field (a JSON path) and what is wrong"},
+    431: {"model": ErrorBody, "description": "too many or too large request headers"},
+    503: {"model": ErrorBody, "description": "the key store is not loaded yet"},
+}
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's own error answers for its OpenAPI `responses` (on top of ERRORS)."""
+    return {code: {"model": ErrorBody, "description": text} for code, text in descriptions.items()}
 
 
 def utc(value: dt.datetime) -> dt.datetime:

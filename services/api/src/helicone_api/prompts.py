@@ -17,9 +17,9 @@ from helicone.prompts.v1 import prompts_pb2 as pb
 from helicone.prompts.v1 import prompts_pb2_grpc
 from helicone_core import prompt_templates as templates
 from helicone_core.db import bearer_token
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .models import RequestFilter
+from .models import RequestFilter, error_responses
 from .queries import no_feedback, prompt_analytics_json, prompt_analytics_sql, prompt_scores_json, prompt_scores_sql
 
 PromptId = Annotated[str, Path(pattern=templates.PROMPT_ID.pattern, description=f"the prompt's id: {templates.PROMPT_ID_FORM}")]
@@ -34,6 +34,27 @@ HTTP_STATUS = {
 }
 
 
+def _unstorable(value: Any, path: str) -> str | None:
+    """Where `value` holds text Postgres cannot store (NUL, a lone surrogate): the prompts service keeps
+    templates as jsonb and messages as text, so such text is a 422 here, never a failed insert."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return f"{where} contains a NUL character (\\u0000), which cannot be stored"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where} contains a lone surrogate, which cannot be stored as UTF-8"
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                stack += [(k, f"{where} (a key)"), (v, f"{where}.{k}")]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+    return None
+
+
 class NewVersion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,17 +66,28 @@ class NewVersion(BaseModel):
         default_factory=list, max_length=16, description="label the new version for these environments at once")
     new_prompt: bool = Field(False, description="create a new prompt: 409 when the id is taken")
 
+    @model_validator(mode="after")
+    def _storable(self) -> NewVersion:
+        problem = _unstorable({"template": self.template, "model": self.model, "message": self.message}, "")
+        if problem:
+            raise ValueError(problem.lstrip("."))
+        return self
+
+
+# Versions are int32 in the prompts proto: a larger number is a 422, never a failed call.
+MAX_VERSION = 2**31 - 1
+
 
 class EnvironmentLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class RenderPreview(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(0, ge=0, description="0: latest (or the environment's)")
+    version: int = Field(0, ge=0, le=MAX_VERSION, description="0: latest (or the environment's)")
     environment: Annotated[str, Field(pattern=templates.ENVIRONMENT.pattern)] | None = None
     inputs: dict[str, Any] = Field(default_factory=dict)
 
@@ -113,7 +145,9 @@ class PromptsClient:
 
 
 def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
-    router = APIRouter(prefix="/v1/prompts", tags=["prompts"])
+    router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=error_responses({
+        400: "refused by the prompts service (the message says why)", 403: "not allowed", 404: "no such prompt or version",
+        409: "conflicts with the prompt's state (exists already, archived, ...)"}))
     client: PromptsClient = state.prompts
 
     @router.get("")
@@ -136,7 +170,7 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         return {"data": [version_json(v) for v in found.versions]}
 
     @router.get("/{prompt_id}")
-    async def get_prompt(request: Request, prompt_id: PromptId, version: int = Query(0, ge=0),
+    async def get_prompt(request: Request, prompt_id: PromptId, version: int = Query(0, ge=0, le=MAX_VERSION),
                          environment: str | None = Query(None, pattern=templates.ENVIRONMENT.pattern),
                          org: str = Depends(org_id)) -> dict:
         found = await client.call(request, "GetPrompt", pb.GetPromptRequest(

@@ -7,7 +7,7 @@ from typing import Any
 
 from helicone_core.analytics import ERROR_CONDITION
 
-from .models import FEEDBACK_SCORE, SCORE_OPERATORS, RequestFilter, RequestQuery, utc
+from .models import FEEDBACK_SCORE, SCORE_OPERATORS, RequestFilter, utc
 
 COLUMNS = """
     request_id, request_created_at, response_created_at, latency_ms,
@@ -19,12 +19,6 @@ COLUMNS = """
     cache_hit, cache_saved_usd, attempts, fallback_index
 """
 SETTINGS = "SETTINGS output_format_json_quote_64bit_integers = 0"
-SORTS = {
-    "created_at_desc": "request_created_at DESC, request_id",
-    "created_at_asc": "request_created_at ASC, request_id",
-    "latency_desc": "latency_ms DESC, request_id",
-    "cost_desc": "cost_usd DESC, request_id",
-}
 
 
 def _ch_time(value) -> str:
@@ -42,7 +36,7 @@ def detail_sql(org_id: str, request_id: str) -> tuple[str, dict[str, Any]]:
 
 
 def where_sql(org_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]:
-    """The filter tree as WHERE conditions (joined with AND) and their parameters."""
+    """The flat filter as WHERE conditions (joined with AND) and their parameters (the tree: filters.filter_sql)."""
     where = ["org_id = {org:String}"]
     params: dict[str, Any] = {"org": org_id}
     if f.start:
@@ -79,17 +73,6 @@ def where_sql(org_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]
         )
         params[f"sn{i}"] = name
     return where, params
-
-
-def list_sql(org_id: str, q: RequestQuery) -> tuple[str, dict[str, Any]]:
-    where, params = where_sql(org_id, q.filter)
-    sql = (
-        f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)} "
-        f"ORDER BY {SORTS[q.sort]} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + SETTINGS
-    )
-    params["limit"] = q.limit
-    params["offset"] = q.offset
-    return sql, params
 
 
 def _iso(ch_time: str) -> str:

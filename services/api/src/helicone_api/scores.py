@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Response
 from fastapi.exceptions import RequestValidationError
 
-from .models import FEEDBACK_SCORE, SCORE_NAME_FORM, SCORE_NAME_PATTERN, Feedback, RequestId, Score
+from .models import FEEDBACK_SCORE, SCORE_NAME_FORM, SCORE_NAME_PATTERN, Feedback, RequestId, Score, error_responses
 from .queries import SETTINGS
 
 ScoreNamePath = Annotated[str, Path(pattern=SCORE_NAME_PATTERN, description=f"the score's name: {SCORE_NAME_FORM}")]
@@ -71,7 +71,8 @@ def _invalid(field: str, message: str) -> RequestValidationError:
 
 
 def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
-    router = APIRouter(prefix="/v1/request/{request_id}", tags=["scores"])
+    router = APIRouter(prefix="/v1/request/{request_id}", tags=["scores"],
+                       responses=error_responses({404: "no such request in the caller's org, or no such score on it"}))
     clock = ScoreClock()
 
     async def logged(org: str, request_id: uuid.UUID, endpoint: str) -> None:

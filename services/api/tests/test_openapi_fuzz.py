@@ -1,0 +1,101 @@
+"""Schemathesis over the api's own OpenAPI document: requests generated from the schema (valid ones and
+deliberately invalid ones) go through the in-process ASGI app on a real Postgres and chDB, with a working
+key (and a real prompts service behind /v1/prompts). No answer is a 5xx, and every answer is one the document declares: its status code, its content type
+and, for JSON, its schema (errors included: {"error": {"type", "message", "details"?}})."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+import schemathesis
+from helicone_api.app import create_app
+from helicone_api.settings import ApiSettings
+from helicone_core import db
+from helicone_prompts.server import PromptsServer
+from helicone_prompts.settings import PromptsSettings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+
+from services.api.tests.test_api import add_request, wait_for_keys
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+EXAMPLES = 400  # across every operation; 10-25 s on a quiet machine
+
+
+@pytest.mark.parametrize("analytics_settings", ["chdb"], indirect=True)
+def test_every_answer_matches_the_openapi_document(pg_dsn, analytics_settings, tmp_path):
+    loop = asyncio.new_event_loop()
+    stack = contextlib.AsyncExitStack()
+
+    async def start():
+        name = "s_" + uuid.uuid4().hex[:12]
+        admin = await asyncpg.connect(pg_dsn)
+        await admin.execute(f"CREATE DATABASE {name}")
+        await admin.close()
+        dsn = pg_dsn.replace("/postgres?", f"/{name}?")
+        prompts = PromptsServer(PromptsSettings(postgres_dsn=dsn, grpc_port=0, data_dir=tmp_path / "p", _env_file=None))
+        await prompts.start()
+        stack.push_async_callback(prompts.stop)
+        app = create_app(ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=dsn, _env_file=None,
+                                     prompts_target=f"127.0.0.1:{prompts.bound_port}", **analytics_settings))
+        state = app.state.api
+        await state.start()
+        stack.push_async_callback(state.stop)
+        org = await db.create_org(state.pool, "acme")
+        key = (await db.create_key(state.pool, org, "schemathesis")).key
+        await wait_for_keys(state, key)
+        for _ in range(300):  # and the prompts service's key directory
+            if prompts.keys.lookup(key):
+                break
+            await asyncio.sleep(0.01)
+        for i in range(3):
+            await add_request(state, org, minutes=i)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+        stack.push_async_callback(client.aclose)
+        return app, key, client
+
+    try:
+        app, key, client = loop.run_until_complete(start())
+        schema = schemathesis.openapi.from_dict(app.openapi())
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert {"POST /v1/request/query", "POST /v1/request/export", "GET /v1/request/{request_id}"} <= {
+            f"{op.method.upper()} {op.path}" for op in operations}
+        cases = st.one_of(*(op.as_strategy(generation_mode=mode) for op in operations
+                            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)))
+        seen: dict[str, set[int]] = {}
+
+        async def send(kwargs: dict) -> httpx.Response:
+            body = {"json": kwargs["json"]} if "json" in kwargs else {"content": kwargs.get("data")}
+            return await client.request(kwargs["method"], kwargs["url"], headers=kwargs.get("headers"),
+                                        params=kwargs.get("params"), cookies=kwargs.get("cookies"), **body)
+
+        started = time.monotonic()
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+        @given(case=cases)
+        def check(case):
+            kwargs = case.as_transport_kwargs(base_url="http://api", headers={"Authorization": f"Bearer {key}"})
+            response = loop.run_until_complete(asyncio.wait_for(send(kwargs), 20))
+            seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
+            case.validate_response(response, checks=CHECKS)
+
+        check()
+        elapsed = time.monotonic() - started
+        # the explorer's routes were reached, and past validation
+        assert 200 in seen.get("POST /v1/request/query", set()), seen
+        assert 422 in seen.get("POST /v1/request/query", set()), seen
+        assert 200 in seen.get("POST /v1/request/export", set()), seen
+        assert elapsed < 60, elapsed
+    finally:
+        loop.run_until_complete(stack.aclose())
+        loop.close()
