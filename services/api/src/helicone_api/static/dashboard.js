@@ -124,7 +124,12 @@ function timeChart(id, x, series) {
   drawChart(
     id,
     {
-      series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, points: { show: x.length < 3, size: 7 } }))],
+      // a series with fewer than 3 values (the rest null: buckets without requests) marks its points,
+      // or a lone value would draw nothing
+      series: [{}, ...series.map((s, i) => ({
+        label: s.label, stroke: COLORS[i % COLORS.length], width: 2,
+        points: { show: s.values.filter((v) => v !== null && v !== undefined).length < 3, size: 7 },
+      }))],
       scales: { x: { time: true } },
     },
     [x, ...series.map((s) => s.values)],
