@@ -266,11 +266,31 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None = None) -> tuple[str, dict[str, Any]]:
-    """Sessions (requests sharing a Helicone-Session-Id) with their totals; one session when session_id is given.
-    Totals per session and UTC day first (what the sessions projection holds), then per session."""
+def recent_sessions_sql(org_id: str, q: SessionQuery, rows: int) -> tuple[str, dict[str, Any]]:
+    """The sessions of the newest `rows` matching requests, newest first: read in time order from the
+    by_time projection, so the default session list (last seen first) need not total every session."""
+    where, params = _conditions(org_id, q.filter)
+    where.append("session_id != ''")
+    params["rows"] = rows
+    # n: how many of the rows read each session had (their sum below `rows`: every matching request was read)
+    sql = (
+        f"SELECT session_id, max(request_created_at) AS seen, count() AS n FROM (SELECT session_id, request_created_at "
+        f"FROM {{db}}.request_log WHERE {' AND '.join(where)} ORDER BY request_created_at DESC LIMIT {{rows:UInt32}}) "
+        "GROUP BY session_id ORDER BY seen DESC, session_id " + SETTINGS
+    )
+    return sql, params
+
+
+def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None = None,
+                     only: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """Sessions (requests sharing a Helicone-Session-Id) with their totals; one session when session_id is
+    given, these sessions when `only` is. Totals per session and UTC day first (what the sessions
+    projection holds), then per session."""
     if session_id is None:
         where, params = _conditions(org_id, q.filter, grain="day")
+        if only is not None:
+            where.append("session_id IN {only:Array(String)}")
+            params["only"] = only
     else:
         where, params = ["org_id = {org:String}", "session_id = {sid:String}"], {"org": org_id, "sid": session_id}
     where.append("session_id != ''")
@@ -529,9 +549,29 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         state.m_queries.labels(endpoint, "ok").inc()
         return rows
 
+    async def recent_sessions(q: SessionQuery, org: str) -> list[str] | None:
+        """The ids of the page of sessions last seen first, from the newest requests; None when that
+        order is not asked for (or a search narrows the list) and the sessions must all be totalled."""
+        if (q.sort.field, q.sort.direction) != ("last_seen", "desc") or q.search:
+            return None
+        want, rows = q.offset + q.limit, max(2000, 40 * (q.offset + q.limit))
+        for _ in range(3):
+            found = await state.analytics.query(*recent_sessions_sql(org, q, rows))
+            # the newest session of the rows read may go on further back, but it is among the newest
+            # sessions whatever its older requests; so are all before it
+            if len(found) >= want or sum(int(r["n"]) for r in found) < rows:
+                return [r["session_id"] for r in found][q.offset:want]
+            rows *= 8
+        return None
+
     @router.post("/session/query")
     async def query_sessions(q: SessionQuery, org: str = Depends(org_id)) -> dict:
         """Sessions with requests matching the filter, their totals over those requests."""
+        ids = await recent_sessions(q, org)
+        if ids is not None:
+            page = q.model_copy(update={"offset": 0})
+            rows = await run("session_query", session_list_sql(org, page, only=ids)) if ids else []
+            return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
         rows = await run("session_query", session_list_sql(org, q))
         return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
 
