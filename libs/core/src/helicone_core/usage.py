@@ -17,6 +17,15 @@ class Parsed:
     tokens: TokenCounts = TokenCounts()
     known: bool = False
 
+    def logged_usage(self):
+        """The usage as RequestLogged carries it (the gateway's and the async logs' events alike)."""
+        from .events import Usage
+
+        t = self.tokens
+        return Usage(prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
+                     total_tokens=t.prompt_tokens + t.completion_tokens, cache_read_tokens=t.cache_read_tokens,
+                     cache_write_tokens=t.cache_write_tokens, known=self.known)
+
 
 def decode_body(data: bytes, content_encoding: str) -> bytes:
     """Undoes Content-Encoding for logging. A truncated capture decodes as far as it goes; bytes

@@ -788,14 +788,7 @@ class Gateway:
                 session_path=hh.session_path,
                 session_name=hh.session_name,
                 properties=hh.logged_properties(),
-                usage=events.Usage(
-                    prompt_tokens=parsed.tokens.prompt_tokens,
-                    completion_tokens=parsed.tokens.completion_tokens,
-                    total_tokens=parsed.tokens.prompt_tokens + parsed.tokens.completion_tokens,
-                    cache_read_tokens=parsed.tokens.cache_read_tokens,
-                    cache_write_tokens=parsed.tokens.cache_write_tokens,
-                    known=parsed.known,
-                ),
+                usage=parsed.logged_usage(),
                 # a cache hit cost nothing: what the provider would have charged is logged as saved
                 cost_usd=0.0 if cache_hit else cost or 0.0,
                 cost_known=cost is not None,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .headers import HeaderError, switch
+from .offpath import OffPathWrites
 
 log = logging.getLogger("helicone.gateway.cache")
 
@@ -315,7 +316,7 @@ class ResponseCache:
         self.store = store
         self.timeout = timeout
         self.max_entry_bytes = max_entry_bytes
-        self._saving: set[asyncio.Task] = set()
+        self._saving = OffPathWrites()
         self.m_lookups = metrics.counter("helicone_gateway_cache_lookups_total",
                                          "Response cache lookups by result (a store error counts as a miss)", ("result",))
         self.m_errors = metrics.counter("helicone_gateway_cache_errors_total",
@@ -354,9 +355,7 @@ class ResponseCache:
         data = entry.encode()
         if len(data) > self.max_entry_bytes:
             return
-        task = asyncio.get_running_loop().create_task(self._save(f"{lookup.key}:{lookup.slot}", data, ttl))
-        self._saving.add(task)
-        task.add_done_callback(self._saving.discard)
+        self._saving.start(self._save(f"{lookup.key}:{lookup.slot}", data, ttl))
 
     async def _save(self, key: str, data: bytes, ttl: int) -> None:
         try:
@@ -367,8 +366,7 @@ class ResponseCache:
 
     async def flush(self) -> None:
         """Waits for saves in flight (shutdown, tests)."""
-        while self._saving:
-            await asyncio.gather(*list(self._saving), return_exceptions=True)
+        await self._saving.flush()
 
     async def close(self) -> None:
         await self.flush()

@@ -32,6 +32,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from .headers import HeaderError, HeliconeHeaders
+from .offpath import OffPathWrites
 
 log = logging.getLogger("helicone.gateway.ratelimit")
 
@@ -251,7 +252,7 @@ class RateLimiter:
     def __init__(self, store: RateLimitStore, timeout: float, metrics) -> None:
         self.store = store
         self.timeout = timeout
-        self._charging: set[asyncio.Task] = set()
+        self._charging = OffPathWrites()
         self.m_decisions = metrics.counter(
             "helicone_gateway_ratelimit_decisions_total",
             "Helicone-RateLimit-Policy decisions (failed_open: the store failed or was slow, the request went on)",
@@ -286,9 +287,7 @@ class RateLimiter:
         """Charges a u=cents bucket in the background (off the request's task), bounded by the timeout."""
         if cents <= 0:
             return
-        task = asyncio.get_running_loop().create_task(self._charge(bucket_key(org_id, req), req.policy, cents))
-        self._charging.add(task)
-        task.add_done_callback(self._charging.discard)
+        self._charging.start(self._charge(bucket_key(org_id, req), req.policy, cents))
 
     async def _charge(self, key: str, p: RateLimitPolicy, cents: float) -> None:
         try:
@@ -299,8 +298,7 @@ class RateLimiter:
 
     async def flush(self) -> None:
         """Waits for charges in flight (shutdown, tests)."""
-        while self._charging:
-            await asyncio.gather(*list(self._charging), return_exceptions=True)
+        await self._charging.flush()
 
     async def close(self) -> None:
         await self.flush()
