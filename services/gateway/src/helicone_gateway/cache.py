@@ -316,11 +316,11 @@ class ResponseCache:
         self.store = store
         self.timeout = timeout
         self.max_entry_bytes = max_entry_bytes
-        self._saving = OffPathWrites()
         self.m_lookups = metrics.counter("helicone_gateway_cache_lookups_total",
                                          "Response cache lookups by result (a store error counts as a miss)", ("result",))
         self.m_errors = metrics.counter("helicone_gateway_cache_errors_total",
                                         "Response cache store calls that failed or timed out (skipped)", ("op",))
+        self._saving = OffPathWrites(timeout, self.m_errors.labels("write").inc, "cache write")
 
     async def lookup(self, key: str, d: CacheDirective) -> Lookup:
         """Reads the bucket when the request may read; on a miss, picks the free slot to save into."""
@@ -355,14 +355,7 @@ class ResponseCache:
         data = entry.encode()
         if len(data) > self.max_entry_bytes:
             return
-        self._saving.start(self._save(f"{lookup.key}:{lookup.slot}", data, ttl))
-
-    async def _save(self, key: str, data: bytes, ttl: int) -> None:
-        try:
-            await asyncio.wait_for(self.store.set(key, data, ttl), self.timeout)
-        except Exception as exc:
-            self.m_errors.labels("write").inc()
-            log.warning("cache write skipped: %s", exc.__class__.__name__)
+        self._saving.start(self.store.set(f"{lookup.key}:{lookup.slot}", data, ttl))
 
     async def flush(self) -> None:
         """Waits for saves in flight (shutdown, tests)."""

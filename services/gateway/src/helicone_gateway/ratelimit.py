@@ -252,13 +252,13 @@ class RateLimiter:
     def __init__(self, store: RateLimitStore, timeout: float, metrics) -> None:
         self.store = store
         self.timeout = timeout
-        self._charging = OffPathWrites()
         self.m_decisions = metrics.counter(
             "helicone_gateway_ratelimit_decisions_total",
             "Helicone-RateLimit-Policy decisions (failed_open: the store failed or was slow, the request went on)",
             ("result",))
         self.m_errors = metrics.counter(
             "helicone_gateway_ratelimit_errors_total", "Rate-limit store calls that failed or timed out (skipped)", ("op",))
+        self._charging = OffPathWrites(timeout, self.m_errors.labels("charge").inc, "rate limit charge")
 
     async def check(self, org_id: str, req: RateLimitRequest) -> Decision:
         """Takes a request token (u=request) or checks a budget is left (u=cents), bounded by the timeout."""
@@ -287,14 +287,8 @@ class RateLimiter:
         """Charges a u=cents bucket in the background (off the request's task), bounded by the timeout."""
         if cents <= 0:
             return
-        self._charging.start(self._charge(bucket_key(org_id, req), req.policy, cents))
-
-    async def _charge(self, key: str, p: RateLimitPolicy, cents: float) -> None:
-        try:
-            await asyncio.wait_for(self.store.take(key, p.quota, p.window, cents, CHARGE), self.timeout)
-        except Exception as exc:
-            self.m_errors.labels("charge").inc()
-            log.warning("rate limit charge skipped: %s", exc.__class__.__name__)
+        p = req.policy
+        self._charging.start(self.store.take(bucket_key(org_id, req), p.quota, p.window, cents, CHARGE))
 
     async def flush(self) -> None:
         """Waits for charges in flight (shutdown, tests)."""
