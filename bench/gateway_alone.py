@@ -97,9 +97,13 @@ def serve_upstream(port: int) -> None:
     uvloop.run(main())
 
 
+def spawn_upstream(port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)])
+
+
 # ---- load client: HTTP/1.1 keep-alive, raw -----------------------------------------------------
 def request_bytes(port: int, body: bytes, headers: dict[str, str]) -> bytes:
-    head = [f"POST /v1/chat/completions HTTP/1.1", f"host: 127.0.0.1:{port}", "content-type: application/json",
+    head = ["POST /v1/chat/completions HTTP/1.1", f"host: 127.0.0.1:{port}", "content-type: application/json",
             f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
@@ -291,11 +295,11 @@ class TopicCount:
 
 
 async def run(args) -> None:
-    variants = [Variant(label, Path(tree).resolve(), workers) for label, tree, workers in args.variants]
+    variants = [Variant(label, tree, workers) for label, tree, workers in args.variants]
     with tempfile.TemporaryDirectory(prefix="bench-alone-") as tmpname:
         tmp = Path(tmpname)
         upstream_port = free_port()
-        upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port)])
+        upstream = spawn_upstream(upstream_port)
         kafka = EmbeddedKafka("127.0.0.1", free_port(), tmp / "kafka.log")
         kafka.start()
         ends = TopicCount(kafka.bootstrap)
@@ -351,7 +355,8 @@ async def run(args) -> None:
             print(f"\ngateway alone: {args.burst} requests per burst at concurrency {args.concurrency}, {args.single} at concurrency 1, "
                   f"{args.rounds} interleaved rounds; direct upstream at c={args.concurrency}: {statistics.median(direct['rps']):.0f} rps")
             print(f"{'variant':18s} {'c1 p50+':>8s} {'c1 p99+':>8s} {'1st p50+':>8s} {'burst':>7s} {'sustain':>7s} "
-                  f"{'stream':>7s} {'str/json':>8s} {'spooled':>7s} {'RSS MB':>7s}")
+                  f"{'stream':>7s} {'str/json':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'RSS MB':>7s}")
+            first = variants[0].results["sustained"]
             for v in variants:
                 g = [x for r in v.results["c1_json"] for x in r]
                 d = [x for r in v.results["c1_json_direct"] for x in r]
@@ -362,9 +367,14 @@ async def run(args) -> None:
                 v.results["spooled"] = [await spooled(v)]
                 print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):8.2f} {pct(g, 99) - pct(d, 99):8.2f} "
                       f"{pct(gf, 50) - pct(df, 50):8.2f} {burst:7.0f} {statistics.median(v.results['sustained']):7.0f} "
-                      f"{stream:7.0f} {stream / burst:8.2f} {v.results['spooled'][0]:7.0f} {rss_mb(v):7.1f}")
+                      f"{stream:7.0f} {stream / burst:8.2f} "
+                      f"{statistics.median(s / b for s, b in zip(v.results['sustained'], v.results['burst_rps'], strict=True)):7.2f} "
+                      f"{statistics.median(s / f for s, f in zip(v.results['sustained'], first, strict=True)):6.2f} "
+                      f"{v.results['spooled'][0]:7.0f} {rss_mb(v):7.1f}")
             print("c1 p50+/p99+: ms added over a direct call (JSON); 1st p50+: ms added to the first streamed byte; "
-                  "burst: rps while the c=32 burst lasts; sustain: burst requests / (burst + until Kafka held all its events)")
+                  "burst: rps while the c=32 burst lasts; sustain: burst requests / (burst + until Kafka held all its events); "
+                  "kept up: sustain / burst; vs 1st: sustain / the first variant's, same round (median); "
+                  "spooled: events not handed to Kafka at once (broker up all along); RSS: largest worker after the load")
         finally:
             await ends.close()
             for v in variants:
@@ -386,7 +396,7 @@ def parse_variant(text: str) -> tuple[str, str, int]:
     if not sep or not label:
         raise argparse.ArgumentTypeError(f"--variant {text!r}: expected LABEL=TREE[:WORKERS]")
     tree, _, workers = rest.partition(":")
-    return label, tree or str(ROOT), int(workers or 1)
+    return label, Path(tree or ROOT).resolve(), int(workers or 1)
 
 
 def main() -> None:
@@ -402,9 +412,9 @@ def main() -> None:
     args = p.parse_args()
     if args.serve_upstream:
         return serve_upstream(args.serve_upstream)
-    args.variants = list(args.variant) + [(f"{n}-worker", str(ROOT), int(n)) for n in args.workers.split(",") if n]
+    args.variants = list(args.variant) + [(f"{n}-worker", ROOT, int(n)) for n in args.workers.split(",") if n]
     if not args.variants:
-        args.variants = [("this", str(ROOT), 1)]
+        args.variants = [("this", ROOT, 1)]
     uvloop.run(run(args))
 
 

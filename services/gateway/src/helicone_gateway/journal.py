@@ -7,9 +7,9 @@ again, and ingest dedupes by (org, request id).
 
 Layout: numbered segment files ``<seq>.seg`` in one directory, each a magic header followed by
 records ``[u32 length][u32 crc32][u16 key length][key][event]``. A torn or corrupt tail (a crash
-mid-write) is cut off when the journal is opened. Appends are plain ``write()`` calls, which a
-killed process cannot lose (the kernel holds the pages); ``fsync`` runs on a timer and when a
-segment is sealed, for power loss.
+mid-write) is cut off when the journal is opened. Each batch of events is one ``write()`` and one
+``fsync`` (group commit, EventPublisher asks for it) before any of them is sent, so neither a killed
+process nor a power loss loses an appended event; ``fsync`` also runs when a segment is sealed.
 
 This class does file I/O and bookkeeping only; EventPublisher decides what to send and when.
 It is thread-safe: file work runs on the publisher's journal thread, acks arrive on the loop.
@@ -157,9 +157,11 @@ class Journal:
             return {p for s in self.segments for p in s.max_offset}
 
     # ---- writes ----------------------------------------------------------------------
-    def append(self, records: list[tuple[bytes, bytes]], *, inflight: bool) -> list[RecordRef | None]:
+    def append(self, records: list[tuple[bytes, bytes]], *, inflight: bool, sync: bool = False) -> list[RecordRef | None]:
         """Appends the records in order; None for each one that did not fit (journal full).
-        With ``inflight`` the records are marked as being sent, so a resend pass skips them."""
+        With ``inflight`` the records are marked as being sent, so a resend pass skips them. With
+        ``sync`` the batch is fsynced before this returns (group commit: one write and one fsync
+        for the whole batch)."""
         refs: list[RecordRef | None] = []
         with self._lock:
             batch: list[bytes] = []
@@ -182,6 +184,9 @@ class Journal:
                     seg.inflight.add(ref.index)
                 refs.append(ref)
             self._write_locked(seg, batch)
+            if sync and self._dirty and self._fd is not None:
+                os.fsync(self._fd)
+                self._dirty = False
         return refs
 
     def _room_locked(self, need: int) -> bool:

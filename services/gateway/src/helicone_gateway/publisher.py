@@ -288,7 +288,7 @@ class EventPublisher:
         generation = self.journal.generation
         try:
             refs = await asyncio.get_running_loop().run_in_executor(
-                self._io, partial(self.journal.append, built, inflight=send)
+                self._io, partial(self.journal.append, built, inflight=send, sync=True)
             )
         except OSError:
             log.exception("could not append to the event journal")
