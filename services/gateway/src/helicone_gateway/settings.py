@@ -13,6 +13,9 @@ from .egress import parse_allowlist_entry
 
 class GatewaySettings(ServiceSettings):
     port: int = 8787
+    # Gateway processes sharing the port (SO_REUSEPORT), each with its own journal (workers.py);
+    # `python -m helicone_gateway --workers N` overrides it.
+    gateway_workers: int = Field(default=1, ge=1, le=64)
     openai_url: str = "https://api.openai.com"
     anthropic_url: str = "https://api.anthropic.com"
     # Helicone-Target-URL: `host`, `host:port`, `[v6]:port` entries the caller may target, whatever
