@@ -177,6 +177,7 @@ class Variant:
     label: str
     tree: Path
     workers: int
+    env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     topic: str = ""
     proc: subprocess.Popen | None = None
@@ -201,6 +202,7 @@ def start_gateway(v: Variant, tmp: Path, bootstrap: str, upstream_port: int) -> 
                HELICONE_KAFKA_BOOTSTRAP=bootstrap, HELICONE_KAFKA_TOPIC=v.topic, HELICONE_KAFKA_IDEMPOTENT_PRODUCER="false",
                HELICONE_POSTGRES_DSN="postgresql://bench@127.0.0.1:1/bench", HELICONE_OPENAI_URL=f"http://127.0.0.1:{upstream_port}",
                HELICONE_LOG_LEVEL="WARNING", HELICONE_GATEWAY_WORKERS=str(v.workers))
+    env.update(v.env)
     argv = [sys.executable, "-m", "helicone_gateway"] + (["--workers", str(v.workers)] if v.workers > 1 else [])
     v.proc = subprocess.Popen(argv, env=env, stdout=open(tmp / f"{v.label}.log", "ab"), stderr=subprocess.STDOUT)
 
@@ -295,7 +297,7 @@ class TopicCount:
 
 
 async def run(args) -> None:
-    variants = [Variant(label, tree, workers) for label, tree, workers in args.variants]
+    variants = [Variant(label, tree, workers, dict(args.variant_env.get(label, {}))) for label, tree, workers in args.variants]
     with tempfile.TemporaryDirectory(prefix="bench-alone-") as tmpname:
         tmp = Path(tmpname)
         upstream_port = free_port()
@@ -316,7 +318,7 @@ async def run(args) -> None:
                 await load(v.port, reqs[v.label][0], 300, 8)
             direct: dict[str, list] = {}
             for rnd in range(args.rounds):
-                for v in variants:
+                for v in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:  # each goes first in turn
                     js, st = reqs[v.label]
                     # overhead at concurrency 1, each gateway call next to a direct one
                     _, d_lat, _ = await load(upstream_port, direct_json, args.single, 1)
@@ -403,6 +405,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     p.add_argument("--variant", action="append", type=parse_variant, default=[])
+    p.add_argument("--env", action="append", default=[], metavar="LABEL:NAME=VALUE",
+                   help="an environment variable for one variant's gateway (e.g. lz4:HELICONE_KAFKA_COMPRESSION=lz4)")
     p.add_argument("--workers", default="", help="comma-separated worker counts: one variant of this tree each")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--burst", type=int, default=4000)
@@ -412,9 +416,16 @@ def main() -> None:
     args = p.parse_args()
     if args.serve_upstream:
         return serve_upstream(args.serve_upstream)
+    args.variant_env = {}
     args.variants = list(args.variant) + [(f"{n}-worker", ROOT, int(n)) for n in args.workers.split(",") if n]
     if not args.variants:
         args.variants = [("this", ROOT, 1)]
+    for item in args.env:
+        label, _, assignment = item.partition(":")
+        name, sep, value = assignment.partition("=")
+        if not sep or label not in {v[0] for v in args.variants}:
+            p.error(f"--env {item!r}: expected LABEL:NAME=VALUE with the LABEL of a variant")
+        args.variant_env.setdefault(label, {})[name] = value
     uvloop.run(run(args))
 
 

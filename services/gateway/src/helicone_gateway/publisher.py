@@ -1,14 +1,18 @@
 """Publishes RequestLogged events to Kafka off the request path, through the on-disk journal.
 
 submit() never blocks and never raises: the event is built by a background worker, appended to
-the journal (journal.py) and only then sent. An event leaves the journal once the ingest consumer
+the journal (journal.py) in batches (one write + one fsync per batch, in the journal's thread) and
+only then handed to the producer, which batches again (linger, batch size, optional gzip). Past the
+queue's size an event is built at once and joins an overflow batch that is sent the same way: while
+the broker is up nothing waits for the resender (helicone_gateway_events_spooled_total counts what
+does, by reason). An event leaves the journal once the ingest consumer
 group has committed past it. Whatever the broker did not acknowledge, or acknowledged and then
 forgot (a memory-only broker restarted, a topic recreated), is sent again; ingest dedupes by
 (org, request id). After a crash everything still in the journal is sent again on start-up.
 
 Residual window, stated honestly: an event lives only in memory between the end of its response
-and its append (normally well under a millisecond, longer only while the worker is backed up);
-a SIGKILL in that window loses it.
+and the fsync of its batch (normally a few milliseconds, longer only while the worker is backed up);
+a SIGKILL or power loss in that window loses it.
 
 hold()/release() pause handing events to the broker (they keep going to the journal); the
 embedded runner replaces the broker's log in between and says so with committed_to_end() and

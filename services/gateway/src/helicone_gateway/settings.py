@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from helicone_core.settings import ServiceSettings
 from helicone_core.settings import env_name as settings_env_name
@@ -32,6 +33,11 @@ class GatewaySettings(ServiceSettings):
     # Bodies above this many bytes are truncated in the log event (never in the proxied traffic).
     max_logged_body_bytes: int = 450 * 1024
     publish_queue_size: int = 10_000
+    # Producer batching: Kafka's linger.ms, batch size and compression of the request-log topic.
+    kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
+    kafka_max_batch_bytes: int = Field(default=256 * 1024, ge=16 * 1024, le=4 * 1024 * 1024)
+    # gzip only: lz4/zstd would need cramjam in the gateway and in ingest
+    kafka_compression: Literal["none", "gzip"] = "none"
     publish_timeout: float = 5.0
     # Event journal (journal.py): every log event stays on disk until ingest has committed past it.
     journal_dir: Path | None = None  # defaults to <data_dir>/journal
