@@ -226,7 +226,7 @@ async def wait_ready(v: Variant, timeout: float = 60) -> None:
     raise RuntimeError(f"gateway {v.label} not ready within {timeout}s")
 
 
-async def spooled(v: Variant) -> float:
+async def spooled(v: Variant, series: str = "helicone_gateway_events_spooled_total{") -> float:
     """Events journaled without a direct send while connected; every worker is asked (each answers
     /metrics for itself, so a few reads reach all of them)."""
     import httpx
@@ -237,7 +237,7 @@ async def spooled(v: Variant) -> float:
             text = (await c.get(f"http://127.0.0.1:{v.port}/metrics", headers={"connection": "close"})).text
             pid, value = "", 0.0
             for line in text.splitlines():
-                if line.startswith("helicone_gateway_events_spooled_total{"):
+                if line.startswith(series):
                     value += float(line.rsplit(" ", 1)[1])
                 elif line.startswith("process_start_time_seconds "):
                     pid = line
@@ -264,13 +264,13 @@ def profile(v: Variant, out: Path, rnd: int) -> subprocess.Popen:
 
 
 class TopicCount:
-    """Records in a topic, counted by reading them (Tansu reports a log end that can stop short of
-    the last batch's end, so end offsets undercount)."""
+    """Distinct events (message keys: org/request id) in a topic, counted by reading them: Tansu
+    reports a log end that can stop short of the last batch's end, and a resend adds duplicates."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.consumers: dict = {}
-        self.counts: dict[str, int] = {}
+        self.keys: dict[str, set[bytes]] = {}
 
     async def __call__(self, topic: str) -> int:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -283,13 +283,13 @@ class TopicCount:
             consumer.assign([TopicPartition(topic, 0)])
             await consumer.seek_to_beginning()
             self.consumers[topic] = consumer
-            self.counts[topic] = 0
+            self.keys[topic] = set()
         while True:
             got = await consumer.getmany(timeout_ms=50, max_records=100_000)
-            n = sum(len(batch) for batch in got.values())
-            self.counts[topic] += n
-            if not n:
-                return self.counts[topic]
+            for batch in got.values():
+                self.keys[topic].update(r.key for r in batch)
+            if not got:
+                return len(self.keys[topic])
 
     async def close(self) -> None:
         for consumer in self.consumers.values():
@@ -357,7 +357,7 @@ async def run(args) -> None:
             print(f"\ngateway alone: {args.burst} requests per burst at concurrency {args.concurrency}, {args.single} at concurrency 1, "
                   f"{args.rounds} interleaved rounds; direct upstream at c={args.concurrency}: {statistics.median(direct['rps']):.0f} rps")
             print(f"{'variant':18s} {'c1 p50+':>8s} {'c1 p99+':>8s} {'1st p50+':>8s} {'burst':>7s} {'sustain':>7s} "
-                  f"{'stream':>7s} {'str/json':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'RSS MB':>7s}")
+                  f"{'stream':>7s} {'str/json':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'resent':>7s} {'RSS MB':>7s}")
             first = variants[0].results["sustained"]
             for v in variants:
                 g = [x for r in v.results["c1_json"] for x in r]
@@ -367,16 +367,21 @@ async def run(args) -> None:
                 burst = statistics.median(v.results["burst_rps"])
                 stream = statistics.median(v.results["stream_rps"])
                 v.results["spooled"] = [await spooled(v)]
+                v.results["resent"] = [await spooled(v, 'helicone_gateway_events_published_total{path="resend"}')]
                 print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):8.2f} {pct(g, 99) - pct(d, 99):8.2f} "
                       f"{pct(gf, 50) - pct(df, 50):8.2f} {burst:7.0f} {statistics.median(v.results['sustained']):7.0f} "
                       f"{stream:7.0f} {stream / burst:8.2f} "
                       f"{statistics.median(s / b for s, b in zip(v.results['sustained'], v.results['burst_rps'], strict=True)):7.2f} "
                       f"{statistics.median(s / f for s, f in zip(v.results['sustained'], first, strict=True)):6.2f} "
-                      f"{v.results['spooled'][0]:7.0f} {rss_mb(v):7.1f}")
+                      f"{v.results['spooled'][0]:7.0f} {v.results['resent'][0]:7.0f} {rss_mb(v):7.1f}")
             print("c1 p50+/p99+: ms added over a direct call (JSON); 1st p50+: ms added to the first streamed byte; "
                   "burst: rps while the c=32 burst lasts; sustain: burst requests / (burst + until Kafka held all its events); "
                   "kept up: sustain / burst; vs 1st: sustain / the first variant's, same round (median); "
-                  "spooled: events not handed to Kafka at once (broker up all along); RSS: largest worker after the load")
+                  "spooled: events not handed to Kafka at once (broker up all along); resent: events the journal sent again; RSS: largest worker after the load")
+            for v in variants:
+                for line in (tmp / f"{v.label}.log").read_text(errors="replace").splitlines():
+                    if "lost acknowledged" in line or "journaling until" in line:
+                        print(f"{v.label}: {line[:300]}")
         finally:
             await ends.close()
             for v in variants:

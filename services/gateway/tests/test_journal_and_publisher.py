@@ -428,3 +428,35 @@ async def test_events_journaled_while_kafka_is_down_are_counted_as_spooled(tmp_p
         assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "broker_down"}) == 3
     finally:
         await pub.stop()
+
+
+def test_acks_do_not_wait_for_an_fsync_in_progress(tmp_path, monkeypatch):
+    """The loop records acks while the journal's thread is in a slow fsync: a slow disk must not
+    stall request handling."""
+    import threading
+    import time
+
+    j = Journal(tmp_path, max_bytes=1 << 24).open()
+    (ref,) = j.append([(b"k", b"first")], inflight=True)
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        in_fsync.set()
+        release.wait(5)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    writer = threading.Thread(target=lambda: j.append([(b"k2", b"second")], inflight=True, sync=True))
+    writer.start()
+    try:
+        assert in_fsync.wait(5)
+        t0 = time.monotonic()
+        j.acked(ref, 0, 0, j.generation)
+        assert j.unacked_count() == 1
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        release.set()
+        writer.join(5)
+        monkeypatch.undo()
+        j.close()

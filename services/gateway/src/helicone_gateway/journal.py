@@ -12,7 +12,8 @@ mid-write) is cut off when the journal is opened. Each batch of events is one ``
 process nor a power loss loses an appended event; ``fsync`` also runs when a segment is sealed.
 
 This class does file I/O and bookkeeping only; EventPublisher decides what to send and when.
-It is thread-safe: file work runs on the publisher's journal thread, acks arrive on the loop.
+It is thread-safe: file work runs on the publisher's journal thread (one thread: fsync runs outside
+the lock, so acks arriving on the loop never wait for the disk, and only that thread closes files).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class Journal:
         ``sync`` the batch is fsynced before this returns (group commit: one write and one fsync
         for the whole batch)."""
         refs: list[RecordRef | None] = []
+        fd = None
         with self._lock:
             batch: list[bytes] = []
             seg = self._active_locked()
@@ -185,8 +187,11 @@ class Journal:
                 refs.append(ref)
             self._write_locked(seg, batch)
             if sync and self._dirty and self._fd is not None:
-                os.fsync(self._fd)
-                self._dirty = False
+                fd, self._dirty = self._fd, False
+        if fd is not None:
+            # outside the lock: the loop's acked()/claim() must not wait for the disk. Only this
+            # (the journal's one file thread) closes the fd, so it is still open here.
+            os.fsync(fd)
         return refs
 
     def _room_locked(self, need: int) -> bool:
@@ -255,9 +260,10 @@ class Journal:
 
     def sync(self) -> None:
         with self._lock:
-            if self._fd is not None and self._dirty:
-                os.fsync(self._fd)
-                self._dirty = False
+            fd = self._fd if self._dirty else None
+            self._dirty = False
+        if fd is not None:
+            os.fsync(fd)  # outside the lock, like append's
 
     def close(self) -> None:
         with self._lock:
