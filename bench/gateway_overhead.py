@@ -128,8 +128,10 @@ async def main() -> None:
         published = metric(stack.gateway, 'helicone_gateway_events_published_total{path="direct"}')
         resent = metric(stack.gateway, 'helicone_gateway_events_published_total{path="resend"}')
         rewinds = metric(stack.ingest_ops, "helicone_ingest_offset_rewinds_total")
-        print(f"gateway: {published:.0f} events published directly, {resent:.0f} resent from the journal; "
-              f"ingest offset rewinds: {rewinds:.0f}")
+        spooled = sum(metric(stack.gateway, f'helicone_gateway_events_spooled_total{{reason="{reason}"}}')
+                      for reason in ("broker_down", "held", "send_failed", "stopping"))
+        print(f"gateway: {published:.0f} events published directly, {resent:.0f} resent from the journal, "
+              f"{spooled:.0f} spooled (broker up all along: should be 0); ingest offset rewinds: {rewinds:.0f}")
         await feature_rows(stack, Path(tmp), gw_headers, args)
 
 

@@ -369,3 +369,94 @@ async def test_events_stay_on_the_configured_partitions_when_the_topic_has_more(
     finally:
         await consumer.stop()
         await pub.stop()
+
+
+def test_a_batch_is_one_write_and_one_fsync(tmp_path, monkeypatch):
+    """Group commit: a batch of events costs one write and one fsync, and is on disk when append returns."""
+    calls = {"write": 0, "fsync": 0}
+    real_write, real_fsync = os.write, os.fsync
+    j = Journal(tmp_path, max_bytes=1 << 24).open()
+    j.append([(b"warm", b"up")], inflight=False)  # the segment file and its header exist
+
+    def write(fd, data):
+        calls["write"] += 1
+        return real_write(fd, data)
+
+    def fsync(fd):
+        calls["fsync"] += 1
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fsync", fsync)
+    refs = j.append([(f"k{i}".encode(), b"x" * 300) for i in range(200)], inflight=True, sync=True)
+    assert all(refs) and calls == {"write": 1, "fsync": 1}
+    j.append([(b"k", b"v")], inflight=False)  # without sync: written now, fsynced on the timer
+    assert calls == {"write": 2, "fsync": 1}
+    monkeypatch.undo()
+    j.close()
+
+
+async def test_an_overflowing_queue_still_sends_every_event_at_once(tmp_path, kafka_bootstrap):
+    """Past the queue's size events are built at once, but still journaled and sent directly in
+    one batch: nothing waits for the resender while the broker is up."""
+    topic = "overflow-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, queue_size=4)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(300)]
+        for ev in sent:  # one loop iteration: the worker cannot drain the queue in between
+            pub.submit(lambda ev=ev: ev)
+        got = await _consume(kafka_bootstrap, topic, len(sent))
+        assert set(got.values()) == {ev.request_id for ev in sent}
+        await _until(lambda: _sample(metrics, "helicone_gateway_events_published_total", {"path": "direct"}) == len(sent))
+        assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "resend"}) == 0
+        for reason in ("broker_down", "held", "send_failed", "stopping"):
+            assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": reason}) == 0
+        assert pub.journal.record_count == len(sent)  # journaled all the same, until ingest commits
+    finally:
+        await pub.stop()
+
+
+async def test_events_journaled_while_kafka_is_down_are_counted_as_spooled(tmp_path):
+    pub, metrics = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5)
+    await pub.start()
+    try:
+        for _ in range(3):
+            pub.submit(_event)
+        await _until(lambda: pub.journal.record_count == 3)
+        assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "broker_down"}) == 3
+    finally:
+        await pub.stop()
+
+
+def test_acks_do_not_wait_for_an_fsync_in_progress(tmp_path, monkeypatch):
+    """The loop records acks while the journal's thread is in a slow fsync: a slow disk must not
+    stall request handling."""
+    import threading
+    import time
+
+    j = Journal(tmp_path, max_bytes=1 << 24).open()
+    (ref,) = j.append([(b"k", b"first")], inflight=True)
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        in_fsync.set()
+        release.wait(5)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    writer = threading.Thread(target=lambda: j.append([(b"k2", b"second")], inflight=True, sync=True))
+    writer.start()
+    try:
+        assert in_fsync.wait(5)
+        t0 = time.monotonic()
+        j.acked(ref, 0, 0, j.generation)
+        assert j.unacked_count() == 1
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        release.set()
+        writer.join(5)
+        monkeypatch.undo()
+        j.close()

@@ -11,6 +11,8 @@ signal instead, so `serve` returns and the process exits 0; a failed startup sti
 from __future__ import annotations
 
 import signal
+import socket
+import sys
 from typing import Any
 
 import uvicorn
@@ -25,7 +27,16 @@ def _stopped(signum: int, frame: Any) -> None:
     """The stop signal uvicorn re-raises after its shutdown: nothing left to do."""
 
 
-def serve(app: Any, settings: ServiceSettings) -> None:
+def serve(app: Any, settings: ServiceSettings, *, sock: socket.socket | None = None, **options: Any) -> None:
+    """Serves on settings.host:port, or on `sock` (already listening: one of several workers
+    sharing a port); `options` go to uvicorn.Config."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stopped)  # uvicorn puts its own handlers over these while it serves
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False, **uvicorn_limits(settings))
+    config = dict(log_config=None, access_log=False, **uvicorn_limits(settings), **options)
+    if sock is None:
+        uvicorn.run(app, host=settings.host, port=settings.port, **config)
+        return
+    server = uvicorn.Server(uvicorn.Config(app, **config))
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(3)  # what uvicorn.run exits with when startup failed

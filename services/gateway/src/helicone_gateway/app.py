@@ -234,6 +234,9 @@ class Gateway:
             create_topic=settings.kafka_create_topics,
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,
+            linger_ms=settings.kafka_linger_ms,
+            max_batch_bytes=settings.kafka_max_batch_bytes,
+            compression=None if settings.kafka_compression == "none" else settings.kafka_compression,
         )
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
         store = (RedisCacheStore(redis_url, settings.cache_store_timeout) if redis_url

@@ -7,12 +7,13 @@ again, and ingest dedupes by (org, request id).
 
 Layout: numbered segment files ``<seq>.seg`` in one directory, each a magic header followed by
 records ``[u32 length][u32 crc32][u16 key length][key][event]``. A torn or corrupt tail (a crash
-mid-write) is cut off when the journal is opened. Appends are plain ``write()`` calls, which a
-killed process cannot lose (the kernel holds the pages); ``fsync`` runs on a timer and when a
-segment is sealed, for power loss.
+mid-write) is cut off when the journal is opened. Each batch of events is one ``write()`` and one
+``fsync`` (group commit, EventPublisher asks for it) before any of them is sent, so neither a killed
+process nor a power loss loses an appended event; ``fsync`` also runs when a segment is sealed.
 
 This class does file I/O and bookkeeping only; EventPublisher decides what to send and when.
-It is thread-safe: file work runs on the publisher's journal thread, acks arrive on the loop.
+It is thread-safe: file work runs on the publisher's journal thread (one thread: fsync runs outside
+the lock, so acks arriving on the loop never wait for the disk, and only that thread closes files).
 """
 
 from __future__ import annotations
@@ -157,10 +158,13 @@ class Journal:
             return {p for s in self.segments for p in s.max_offset}
 
     # ---- writes ----------------------------------------------------------------------
-    def append(self, records: list[tuple[bytes, bytes]], *, inflight: bool) -> list[RecordRef | None]:
+    def append(self, records: list[tuple[bytes, bytes]], *, inflight: bool, sync: bool = False) -> list[RecordRef | None]:
         """Appends the records in order; None for each one that did not fit (journal full).
-        With ``inflight`` the records are marked as being sent, so a resend pass skips them."""
+        With ``inflight`` the records are marked as being sent, so a resend pass skips them. With
+        ``sync`` the batch is fsynced before this returns (group commit: one write and one fsync
+        for the whole batch)."""
         refs: list[RecordRef | None] = []
+        fd = None
         with self._lock:
             batch: list[bytes] = []
             seg = self._active_locked()
@@ -182,6 +186,12 @@ class Journal:
                     seg.inflight.add(ref.index)
                 refs.append(ref)
             self._write_locked(seg, batch)
+            if sync and self._dirty and self._fd is not None:
+                fd, self._dirty = self._fd, False
+        if fd is not None:
+            # outside the lock: the loop's acked()/claim() must not wait for the disk. Only this
+            # (the journal's one file thread) closes the fd, so it is still open here.
+            os.fsync(fd)
         return refs
 
     def _room_locked(self, need: int) -> bool:
@@ -250,9 +260,10 @@ class Journal:
 
     def sync(self) -> None:
         with self._lock:
-            if self._fd is not None and self._dirty:
-                os.fsync(self._fd)
-                self._dirty = False
+            fd = self._fd if self._dirty else None
+            self._dirty = False
+        if fd is not None:
+            os.fsync(fd)  # outside the lock, like append's
 
     def close(self) -> None:
         with self._lock:

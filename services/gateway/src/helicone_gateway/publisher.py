@@ -1,14 +1,18 @@
 """Publishes RequestLogged events to Kafka off the request path, through the on-disk journal.
 
 submit() never blocks and never raises: the event is built by a background worker, appended to
-the journal (journal.py) and only then sent. An event leaves the journal once the ingest consumer
+the journal (journal.py) in batches (one write + one fsync per batch, in the journal's thread) and
+only then handed to the producer, which batches again (linger, batch size, optional gzip). Past the
+queue's size an event is built at once and joins an overflow batch that is sent the same way: while
+the broker is up nothing waits for the resender (helicone_gateway_events_spooled_total counts what
+does, by reason). An event leaves the journal once the ingest consumer
 group has committed past it. Whatever the broker did not acknowledge, or acknowledged and then
 forgot (a memory-only broker restarted, a topic recreated), is sent again; ingest dedupes by
 (org, request id). After a crash everything still in the journal is sent again on start-up.
 
 Residual window, stated honestly: an event lives only in memory between the end of its response
-and its append (normally well under a millisecond, longer only while the worker is backed up);
-a SIGKILL in that window loses it.
+and the fsync of its batch (normally a few milliseconds, longer only while the worker is backed up);
+a SIGKILL or power loss in that window loses it.
 
 hold()/release() pause handing events to the broker (they keep going to the journal); the
 embedded runner replaces the broker's log in between and says so with committed_to_end() and
@@ -60,6 +64,9 @@ class EventPublisher:
         idempotent: bool = True,
         max_in_flight: int = 2000,
         batch_size: int = 256,
+        compression: str | None = None,
+        linger_ms: int = 5,
+        max_batch_bytes: int = 256 * 1024,
     ) -> None:
         self.bootstrap = bootstrap
         self.security = security
@@ -74,6 +81,10 @@ class EventPublisher:
         self.replication_factor = replication_factor
         self.idempotent = idempotent
         self.batch_size = batch_size
+        self.compression = compression
+        self.linger_ms = linger_ms
+        self.max_batch_bytes = max_batch_bytes
+        self._overflow: list[tuple[bytes, bytes]] = []  # built on the request path while the queue was full
         self._queue: asyncio.Queue[EventBuilder] = asyncio.Queue(maxsize=queue_size)
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -102,6 +113,10 @@ class EventPublisher:
             "helicone_gateway_events_published_total", "Log events acknowledged by Kafka", ("path",)
         )
         self.m_dropped = metrics.counter("helicone_gateway_events_dropped_total", "Log events lost", ("reason",))
+        self.m_spooled = metrics.counter(
+            "helicone_gateway_events_spooled_total",
+            "Journaled events not handed to Kafka at once (they wait for the resender)", ("reason",),
+        )
         self.m_queue = metrics.gauge("helicone_gateway_publish_queue_depth", "Log events waiting to be journaled")
         self.m_connected = metrics.gauge("helicone_gateway_kafka_connected", "1 while the Kafka producer is connected")
         self.m_journal_bytes = metrics.gauge("helicone_gateway_journal_bytes", "Bytes in the event journal")
@@ -220,11 +235,18 @@ class EventPublisher:
         try:
             self._queue.put_nowait(builder)
         except asyncio.QueueFull:
-            # Overloaded: journal it anyway (file write off the loop); the resender sends it.
+            # Overloaded: built here to bound memory, then journaled and sent with the other
+            # overflowed events in one batch (one task, one journal write).
             built = self._build(builder)
             if built is not None:
-                self._spawn(self._append([built], send=False))
-        self.m_queue.set(self._queue.qsize())
+                if not self._overflow:
+                    self._spawn(self._flush_overflow())
+                self._overflow.append(built)
+
+    async def _flush_overflow(self) -> None:
+        await asyncio.sleep(0)  # let the events of this loop iteration join the batch
+        batch, self._overflow = self._overflow, []
+        await self._append(batch, send=True)
 
     # ---- internals -------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -254,15 +276,23 @@ class EventPublisher:
             finally:
                 for _ in builders:
                     self._queue.task_done()
-                self.m_queue.set(self._queue.qsize())
+                self.m_queue.set(self._queue.qsize())  # per batch: a gauge write per event costs the request path
 
     async def _append(self, built: list[tuple[bytes, bytes]], *, send: bool) -> None:
         """Appends to the journal, then (when connected) hands each event to the producer."""
-        send = send and self.connected and self._open.is_set()
+        if not send:
+            reason = "stopping"
+        elif not self.connected:
+            reason = "broker_down"
+        elif not self._open.is_set():
+            reason = "held"
+        else:
+            reason = ""
+        send = not reason
         generation = self.journal.generation
         try:
             refs = await asyncio.get_running_loop().run_in_executor(
-                self._io, partial(self.journal.append, built, inflight=send)
+                self._io, partial(self.journal.append, built, inflight=send, sync=True)
             )
         except OSError:
             log.exception("could not append to the event journal")
@@ -274,14 +304,17 @@ class EventPublisher:
         if self.journal.evicted_segments != self._evicted_seen:
             self.m_evicted.inc(self.journal.evicted_segments - self._evicted_seen)
             self._evicted_seen = self.journal.evicted_segments
+        unsent = 0
         for ref, (key, data) in zip(refs, built, strict=True):
             if ref is None:
                 continue
-            if send and self.connected:
-                await self._send(ref, key, data, generation, "direct")
-            elif send:
-                self.journal.failed(ref, generation)
-        if not send:
+            if not send:
+                unsent += 1
+            elif not await self._send(ref, key, data, generation, "direct"):
+                unsent += 1
+                reason = "send_failed"
+        if unsent:
+            self.m_spooled.labels(reason).inc(unsent)
             self._resend.set()
         self._update_gauges()
 
@@ -298,21 +331,20 @@ class EventPublisher:
             self._resend.set()
             return False
         try:
-            partition = self._partitioner(key, self._partitions, self._partitions)
-            delivery = await asyncio.wait_for(
-                producer.send(self.topic, data, key=key, partition=partition), self.publish_timeout
-            )
+            partition = self._partitioner(key, self._partitions, self._partitions) if len(self._partitions) > 1 else 0
+            # bounded without wait_for: a full buffer makes send() wait at most request_timeout_ms
+            delivery = await producer.send(self.topic, data, key=key, partition=partition)
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
             self._inflight.release()
             self.journal.failed(ref, generation)
             self._mark_down(exc)
             return False
         self._deliveries.add(delivery)
-        delivery.add_done_callback(self._deliveries.discard)
         delivery.add_done_callback(partial(self._delivered, ref, generation, path))
         return True
 
     def _delivered(self, ref: RecordRef, generation: int, path: str, fut: asyncio.Future) -> None:
+        self._deliveries.discard(fut)
         self._inflight.release()
         if fut.cancelled() or fut.exception() is not None:
             self.journal.failed(ref, generation)
@@ -391,7 +423,9 @@ class EventPublisher:
             **self.security,
             acks="all",
             enable_idempotence=self.idempotent,
-            linger_ms=5,
+            linger_ms=self.linger_ms,
+            max_batch_size=self.max_batch_bytes,
+            compression_type=self.compression,
             request_timeout_ms=int(timeout * 1000),
             max_request_size=4 * 1024 * 1024,
         )

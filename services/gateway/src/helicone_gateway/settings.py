@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
@@ -15,6 +16,9 @@ from .egress import parse_allowlist_entry
 
 class GatewaySettings(ServiceSettings):
     port: int = 8787
+    # Gateway processes sharing the port (SO_REUSEPORT), each with its own journal (workers.py);
+    # `python -m helicone_gateway --workers N` overrides it.
+    gateway_workers: int = Field(default=1, ge=1, le=64)
     openai_url: str = "https://api.openai.com"
     anthropic_url: str = "https://api.anthropic.com"
     # Base URLs of the provider table's other providers (helicone_core/providers.json), a JSON map:
@@ -35,6 +39,11 @@ class GatewaySettings(ServiceSettings):
     # Bodies above this many bytes are truncated in the log event (never in the proxied traffic).
     max_logged_body_bytes: int = 450 * 1024
     publish_queue_size: int = 10_000
+    # Producer batching: Kafka's linger.ms, batch size and compression of the request-log topic.
+    kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
+    kafka_max_batch_bytes: int = Field(default=256 * 1024, ge=16 * 1024, le=4 * 1024 * 1024)
+    # gzip only: lz4/zstd would need cramjam in the gateway and in ingest
+    kafka_compression: Literal["none", "gzip"] = "none"
     publish_timeout: float = 5.0
     # Event journal (journal.py): every log event stays on disk until ingest has committed past it.
     journal_dir: Path | None = None  # defaults to <data_dir>/journal

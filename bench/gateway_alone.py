@@ -1,0 +1,438 @@
+"""A gateway process alone, in front of a minimal upstream, with every event sent to Kafka.
+
+What it measures, per variant (a source tree and a worker count), in interleaved rounds so that
+drift in this shared machine's load hits every variant alike:
+
+- overhead at concurrency 1: gateway p50/p99 minus a direct call's, JSON and first streamed byte;
+- a burst at concurrency 32: requests/s while it lasts, and *sustained* requests/s = requests /
+  (burst time + time until Kafka holds every one of its events: the topic's log end, read from the
+  broker, so it counts what every worker published);
+- streaming requests/s at concurrency 32;
+- events journaled without a direct send while the broker was connected
+  (helicone_gateway_events_spooled_total{reason="queue_full"}, must stay 0), and the RSS of the
+  gateway's processes after the load.
+
+The upstream and the load client are raw asyncio (uvloop) so neither caps what the gateway can do;
+the broker is Tansu in memory, each variant on its own topic.
+
+    .venv/bin/python bench/gateway_alone.py [--variant after=.] [--variant before=/tmp/base:1] \
+        [--rounds 3] [--burst 4000] [--workers 1,2]
+
+A variant is LABEL=TREE[:WORKERS]; TREE is a checkout whose libs/*/src and services/*/src are put on
+PYTHONPATH (default: this one). `--workers 1,2` adds one variant of this tree per worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from helicone_runner.embedded import EmbeddedKafka  # noqa: E402
+
+from tests.support.net import free_port  # noqa: E402
+
+KEY = "sk-helicone-bench-alone"
+ORG = "00000000-0000-0000-0000-0000000000be"
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "benchmark prompt with a few words"}]}).encode()
+STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
+                          "messages": [{"role": "user", "content": "benchmark prompt with a few words"}]}).encode()
+
+# ---- upstream: an OpenAI-shaped answer with as little work as possible ---------------------------
+JSON_ANSWER = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11}}).encode()
+_SSE = [b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % w
+        for w in (b"Hello", b" from", b" the", b" bench")]
+_SSE.append(b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],'
+            b'"usage":{"prompt_tokens":6,"completion_tokens":4,"total_tokens":10}}\n\ndata: [DONE]\n\n')
+JSON_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(JSON_ANSWER)) + JSON_ANSWER
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def _upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length) if length else b""
+            if b'"stream": true' in body or b'"stream":true' in body:
+                writer.write(STREAM_HEAD)
+                for chunk in _SSE:
+                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                writer.write(b"0\r\n\r\n")
+            else:
+                writer.write(JSON_RESPONSE)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+def serve_upstream(port: int) -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(_upstream_conn, "127.0.0.1", port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+def spawn_upstream(port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)])
+
+
+# ---- load client: HTTP/1.1 keep-alive, raw -----------------------------------------------------
+def request_bytes(port: int, body: bytes, headers: dict[str, str]) -> bytes:
+    head = ["POST /v1/chat/completions HTTP/1.1", f"host: 127.0.0.1:{port}", "content-type: application/json",
+            f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, float]:
+    """(status, perf_counter when the first body byte arrived)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length, chunked = -1, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    first = 0.0
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if not first:
+                first = time.perf_counter()
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    else:
+        if length > 0:
+            await reader.readexactly(1)
+            first = time.perf_counter()
+            await reader.readexactly(length - 1)
+    return status, first
+
+
+async def load(port: int, raw: bytes, total: int, concurrency: int) -> tuple[float, list[float], list[float]]:
+    """(elapsed seconds, latencies, times to the first body byte)."""
+    left = [total]
+    lat: list[float] = []
+    ttfb: list[float] = []
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while left[0] > 0:
+                left[0] -= 1
+                t0 = time.perf_counter()
+                writer.write(raw)
+                status, first = await _read_response(reader)
+                if status != 200:
+                    raise RuntimeError(f"port {port} answered {status}")
+                lat.append(time.perf_counter() - t0)
+                ttfb.append(first - t0)
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, lat, ttfb
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) >= 100 else max(values) * 1000
+
+
+# ---- processes -----------------------------------------------------------------------------------
+def tree_path(tree: Path) -> str:
+    return os.pathsep.join(str(p) for p in [*sorted(tree.glob("libs/*/src")), *sorted(tree.glob("services/*/src")), tree / "runner/src"])
+
+
+@dataclass
+class Variant:
+    label: str
+    tree: Path
+    workers: int
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    topic: str = ""
+    proc: subprocess.Popen | None = None
+    results: dict[str, list] = field(default_factory=dict)
+
+    def add(self, name: str, value) -> None:
+        self.results.setdefault(name, []).append(value)
+
+
+def start_gateway(v: Variant, tmp: Path, bootstrap: str, upstream_port: int) -> None:
+    data = tmp / v.label
+    (data / "keys").mkdir(parents=True, mode=0o700)
+    snap = data / "keys" / "gateway.snapshot.json"
+    from helicone_core.db import hash_key
+    from helicone_core.key_directory import SNAPSHOT_FORMAT
+
+    snap.write_text(json.dumps({"format": SNAPSHOT_FORMAT, "saved_at": time.time(), "keys": {hash_key(KEY): ORG}}))
+    snap.chmod(0o600)
+    v.port = free_port()
+    v.topic = f"bench.alone.{v.label}.v1"
+    env = dict(os.environ, PYTHONPATH=tree_path(v.tree), HELICONE_PORT=str(v.port), HELICONE_DATA_DIR=str(data),
+               HELICONE_KAFKA_BOOTSTRAP=bootstrap, HELICONE_KAFKA_TOPIC=v.topic, HELICONE_KAFKA_IDEMPOTENT_PRODUCER="false",
+               HELICONE_POSTGRES_DSN="postgresql://bench@127.0.0.1:1/bench", HELICONE_OPENAI_URL=f"http://127.0.0.1:{upstream_port}",
+               HELICONE_LOG_LEVEL="WARNING", HELICONE_GATEWAY_WORKERS=str(v.workers))
+    env.update(v.env)
+    argv = [sys.executable, "-m", "helicone_gateway"] + (["--workers", str(v.workers)] if v.workers > 1 else [])
+    v.proc = subprocess.Popen(argv, env=env, stdout=open(tmp / f"{v.label}.log", "ab"), stderr=subprocess.STDOUT)
+
+
+async def wait_ready(v: Variant, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as c:
+        while time.monotonic() < deadline:
+            if v.proc.poll() is not None:
+                raise RuntimeError(f"gateway {v.label} exited with {v.proc.returncode}")
+            try:
+                if (await c.get(f"http://127.0.0.1:{v.port}/readyz", timeout=1)).status_code == 200:
+                    r = await c.get(f"http://127.0.0.1:{v.port}/metrics")
+                    if "helicone_gateway_kafka_connected 1.0" in r.text:
+                        return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"gateway {v.label} not ready within {timeout}s")
+
+
+async def spooled(v: Variant, series: str = "helicone_gateway_events_spooled_total{") -> float:
+    """Events journaled without a direct send while connected; every worker is asked (each answers
+    /metrics for itself, so a few reads reach all of them)."""
+    import httpx
+
+    seen: dict[str, float] = {}
+    async with httpx.AsyncClient() as c:
+        for _ in range(8 * v.workers):
+            text = (await c.get(f"http://127.0.0.1:{v.port}/metrics", headers={"connection": "close"})).text
+            pid, value = "", 0.0
+            for line in text.splitlines():
+                if line.startswith(series):
+                    value += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("process_start_time_seconds "):
+                    pid = line
+            seen[pid] = value
+    return sum(seen.values())
+
+
+def rss_mb(v: Variant) -> float:
+    proc = psutil.Process(v.proc.pid)
+    procs = [proc, *proc.children(recursive=True)]
+    workers = [p for p in procs if p.pid != proc.pid] or [proc]
+    return max(p.memory_info().rss for p in workers) / 2**20
+
+
+def profile(v: Variant, out: Path, rnd: int) -> subprocess.Popen:
+    """py-spy on the gateway (every worker) through the burst and the drain after it: collapsed
+    stacks in OUT/<variant>-<round>.txt (see --profile)."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(v.proc.pid), "--subprocesses",
+                            "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out / f"{v.label}-{rnd + 1}.txt")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the burst starts
+    return spy
+
+
+class TopicCount:
+    """Distinct events (message keys: org/request id) in a topic, counted by reading them: Tansu
+    reports a log end that can stop short of the last batch's end, and a resend adds duplicates."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.consumers: dict = {}
+        self.keys: dict[str, set[bytes]] = {}
+
+    async def __call__(self, topic: str) -> int:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = self.consumers.get(topic)
+        if consumer is None:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                        fetch_max_bytes=16 * 2**20, max_partition_fetch_bytes=16 * 2**20)
+            await consumer.start()
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.seek_to_beginning()
+            self.consumers[topic] = consumer
+            self.keys[topic] = set()
+        while True:
+            got = await consumer.getmany(timeout_ms=50, max_records=100_000)
+            for batch in got.values():
+                self.keys[topic].update(r.key for r in batch)
+            if not got:
+                return len(self.keys[topic])
+
+    async def close(self) -> None:
+        for consumer in self.consumers.values():
+            await consumer.stop()
+
+
+async def run(args) -> None:
+    variants = [Variant(label, tree, workers, dict(args.variant_env.get(label, {}))) for label, tree, workers in args.variants]
+    with tempfile.TemporaryDirectory(prefix="bench-alone-") as tmpname:
+        tmp = Path(tmpname)
+        upstream_port = free_port()
+        upstream = spawn_upstream(upstream_port)
+        kafka = EmbeddedKafka("127.0.0.1", free_port(), tmp / "kafka.log")
+        kafka.start()
+        ends = TopicCount(kafka.bootstrap)
+        try:
+            for v in variants:
+                start_gateway(v, tmp, kafka.bootstrap, upstream_port)
+            for v in variants:
+                await wait_ready(v)
+            direct_json = request_bytes(upstream_port, BODY, {"authorization": "Bearer sk-bench"})
+            direct_stream = request_bytes(upstream_port, STREAM_BODY, {"authorization": "Bearer sk-bench"})
+            gw_headers = {"authorization": "Bearer sk-bench", "helicone-auth": f"Bearer {KEY}", "helicone-property-bench": "alone"}
+            reqs = {v.label: (request_bytes(v.port, BODY, gw_headers), request_bytes(v.port, STREAM_BODY, gw_headers)) for v in variants}
+            for v in variants:  # warm up: connections, the topic, the journal
+                await load(v.port, reqs[v.label][0], 300, 8)
+            direct: dict[str, list] = {}
+            for rnd in range(args.rounds):
+                for v in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:  # each goes first in turn
+                    js, st = reqs[v.label]
+                    # overhead at concurrency 1, each gateway call next to a direct one
+                    _, d_lat, _ = await load(upstream_port, direct_json, args.single, 1)
+                    _, g_lat, _ = await load(v.port, js, args.single, 1)
+                    _, ds_lat, ds_first = await load(upstream_port, direct_stream, args.single, 1)
+                    _, gs_lat, gs_first = await load(v.port, st, args.single, 1)
+                    direct.setdefault("json", []).extend(d_lat)
+                    direct.setdefault("first", []).extend(ds_first)
+                    v.add("c1_json", g_lat)
+                    v.add("c1_json_direct", d_lat)
+                    v.add("c1_first", gs_first)
+                    v.add("c1_first_direct", ds_first)
+                    # burst at concurrency 32, then until Kafka holds every event
+                    await asyncio.sleep(1.0)
+                    before = await ends(v.topic)
+                    spy = profile(v, args.profile, rnd) if args.profile else None
+                    t0 = time.perf_counter()
+                    elapsed, lat, _ = await load(v.port, js, args.burst, args.concurrency)
+                    deadline = time.perf_counter() + 300
+                    while await ends(v.topic) < before + args.burst and time.perf_counter() < deadline:
+                        await asyncio.sleep(0.05)
+                    logged = await ends(v.topic) - before
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(30)
+                    v.add("burst_rps", args.burst / elapsed)
+                    v.add("sustained", logged / (time.perf_counter() - t0))
+                    v.add("logged", logged)
+                    v.add("burst_lat", lat)
+                    s_elapsed, _, _ = await load(v.port, st, args.burst // 2, args.concurrency)
+                    v.add("stream_rps", (args.burst // 2) / s_elapsed)
+                    d_elapsed, _, _ = await load(upstream_port, direct_json, args.burst // 2, args.concurrency)
+                    direct.setdefault("rps", []).append((args.burst // 2) / d_elapsed)
+                    print(f"round {rnd + 1} {v.label}: burst {args.burst / elapsed:.0f} rps, logged {logged}/{args.burst}", flush=True)
+            await asyncio.sleep(2)
+            print(f"\ngateway alone: {args.burst} requests per burst at concurrency {args.concurrency}, {args.single} at concurrency 1, "
+                  f"{args.rounds} interleaved rounds; direct upstream at c={args.concurrency}: {statistics.median(direct['rps']):.0f} rps")
+            print(f"{'variant':18s} {'c1 p50+':>8s} {'c1 p99+':>8s} {'1st p50+':>8s} {'burst':>7s} {'sustain':>7s} "
+                  f"{'stream':>7s} {'str/json':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'resent':>7s} {'RSS MB':>7s}")
+            first = variants[0].results["sustained"]
+            for v in variants:
+                g = [x for r in v.results["c1_json"] for x in r]
+                d = [x for r in v.results["c1_json_direct"] for x in r]
+                gf = [x for r in v.results["c1_first"] for x in r]
+                df = [x for r in v.results["c1_first_direct"] for x in r]
+                burst = statistics.median(v.results["burst_rps"])
+                stream = statistics.median(v.results["stream_rps"])
+                v.results["spooled"] = [await spooled(v)]
+                v.results["resent"] = [await spooled(v, 'helicone_gateway_events_published_total{path="resend"}')]
+                print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):8.2f} {pct(g, 99) - pct(d, 99):8.2f} "
+                      f"{pct(gf, 50) - pct(df, 50):8.2f} {burst:7.0f} {statistics.median(v.results['sustained']):7.0f} "
+                      f"{stream:7.0f} {stream / burst:8.2f} "
+                      f"{statistics.median(s / b for s, b in zip(v.results['sustained'], v.results['burst_rps'], strict=True)):7.2f} "
+                      f"{statistics.median(s / f for s, f in zip(v.results['sustained'], first, strict=True)):6.2f} "
+                      f"{v.results['spooled'][0]:7.0f} {v.results['resent'][0]:7.0f} {rss_mb(v):7.1f}")
+            print("c1 p50+/p99+: ms added over a direct call (JSON); 1st p50+: ms added to the first streamed byte; "
+                  "burst: rps while the c=32 burst lasts; sustain: burst requests / (burst + until Kafka held all its events); "
+                  "kept up: sustain / burst; vs 1st: sustain / the first variant's, same round (median); "
+                  "spooled: events not handed to Kafka at once (broker up all along); resent: events the journal sent again; RSS: largest worker after the load")
+            for v in variants:
+                for line in (tmp / f"{v.label}.log").read_text(errors="replace").splitlines():
+                    if "lost acknowledged" in line or "journaling until" in line:
+                        print(f"{v.label}: {line[:300]}")
+        finally:
+            await ends.close()
+            for v in variants:
+                if v.proc is not None and v.proc.poll() is None:
+                    v.proc.send_signal(signal.SIGTERM)
+            for v in variants:
+                if v.proc is not None:
+                    try:
+                        v.proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        v.proc.kill()
+            upstream.terminate()
+            upstream.wait(10)
+            kafka.stop()
+
+
+def parse_variant(text: str) -> tuple[str, str, int]:
+    label, sep, rest = text.partition("=")
+    if not sep or not label:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected LABEL=TREE[:WORKERS]")
+    tree, _, workers = rest.partition(":")
+    return label, Path(tree or ROOT).resolve(), int(workers or 1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--variant", action="append", type=parse_variant, default=[])
+    p.add_argument("--env", action="append", default=[], metavar="LABEL:NAME=VALUE",
+                   help="an environment variable for one variant's gateway (e.g. lz4:HELICONE_KAFKA_COMPRESSION=lz4)")
+    p.add_argument("--workers", default="", help="comma-separated worker counts: one variant of this tree each")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--burst", type=int, default=4000)
+    p.add_argument("--single", type=int, default=300, help="requests per concurrency-1 sample")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--profile", type=Path, help="py-spy every burst into this directory (collapsed stacks)")
+    args = p.parse_args()
+    if args.serve_upstream:
+        return serve_upstream(args.serve_upstream)
+    args.variant_env = {}
+    args.variants = list(args.variant) + [(f"{n}-worker", ROOT, int(n)) for n in args.workers.split(",") if n]
+    if not args.variants:
+        args.variants = [("this", ROOT, 1)]
+    for item in args.env:
+        label, _, assignment = item.partition(":")
+        name, sep, value = assignment.partition("=")
+        if not sep or label not in {v[0] for v in args.variants}:
+            p.error(f"--env {item!r}: expected LABEL:NAME=VALUE with the LABEL of a variant")
+        args.variant_env.setdefault(label, {})[name] = value
+    uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

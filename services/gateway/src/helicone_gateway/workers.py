@@ -1,0 +1,173 @@
+"""Several gateway processes on one port (`python -m helicone_gateway --workers N`,
+HELICONE_GATEWAY_WORKERS): a parent starts N workers, each binding the port with SO_REUSEPORT so
+the kernel spreads connections over them, and each with its own event journal.
+
+Worker 0 keeps the journal directory itself (one worker is the plain layout); worker i > 0 uses
+`<journal dir>/worker-<i>`. Before the workers start, the parent hands the segments of journals
+no worker will own (a restart with fewer workers) to the worker that takes their place, so nothing
+journaled waits forever. SIGTERM/SIGINT to the parent stops every worker gracefully; a worker that
+dies after it has served is started again; one that fails to start stops them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .journal import SUFFIX
+
+log = logging.getLogger(__name__)
+
+WORKER_PREFIX = "worker-"
+STARTED_AFTER = 10.0  # seconds: a worker that exits sooner failed to start (no restart loop)
+STOP_GRACE = 30.0  # seconds a worker gets to drain after SIGTERM before it is killed
+
+
+def worker_journal_dir(journal_dir: Path, index: int) -> Path:
+    return journal_dir if index == 0 else journal_dir / f"{WORKER_PREFIX}{index}"
+
+
+def _seqs(directory: Path) -> list[int]:
+    return sorted(int(p.stem) for p in directory.glob("*" + SUFFIX) if p.stem.isdigit())
+
+
+def _locked(directory: Path):
+    """The directory's journal lock, taken (an open fd), or None if a running gateway holds it."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def adopt_orphan_journals(journal_dir: Path, workers: int) -> int:
+    """Moves the segments of `worker-<j>` journals with j >= workers into the journal of worker
+    j % workers (numbered after its own), then removes the emptied directories; returns how many
+    segments moved. A journal some process still holds is left alone."""
+    moved = 0
+    if not journal_dir.is_dir():
+        return 0
+    for orphan in sorted(journal_dir.glob(WORKER_PREFIX + "*")):
+        index = orphan.name.removeprefix(WORKER_PREFIX)
+        if not orphan.is_dir() or not index.isdigit() or int(index) < workers:
+            continue
+        heir = worker_journal_dir(journal_dir, int(index) % workers)
+        fds = [_locked(orphan), _locked(heir)]
+        try:
+            if None in fds:
+                log.warning("journal %s or %s is in use by a running gateway; its events stay where they are", orphan, heir)
+                continue
+            next_seq = max(_seqs(heir), default=0) + 1
+            for seq in _seqs(orphan):
+                os.rename(orphan / f"{seq:012d}{SUFFIX}", heir / f"{next_seq:012d}{SUFFIX}")
+                next_seq += 1
+                moved += 1
+            if not _seqs(orphan):
+                for leftover in orphan.iterdir():
+                    if leftover.name == ".lock" or leftover.name.startswith(".tmp-"):
+                        leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    orphan.rmdir()
+        finally:
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
+    if moved:
+        log.info("%d journal segments of workers that no longer run were handed to running ones", moved)
+    return moved
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that other workers can bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"gateway: cannot listen on {host}:{port} (HELICONE_HOST/HELICONE_PORT): {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (even by SIGKILL), so no worker
+    outlives it holding the port and its journal."""
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class WorkerParent:
+    def __init__(self, workers: int, host: str, port: int) -> None:
+        self.workers = workers
+        self.host, self.port = host, port
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.started_at: dict[int, float] = {}
+        self.stopping = False
+
+    def _spawn(self, index: int) -> None:
+        argv = [sys.executable, "-m", "helicone_gateway", "--worker-index", str(index), "--workers", str(self.workers)]
+        # own process group: a terminal's Ctrl-C reaches the parent only, which stops each worker once
+        self.procs[index] = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
+        self.started_at[index] = time.monotonic()
+
+    def _signal_all(self, sig: int) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    def _stop(self, signum: int, frame) -> None:
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+
+    def run(self) -> int:
+        reuseport_socket(self.host, self.port).close()  # a clear error now if the port is taken
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        for i in range(self.workers):
+            self._spawn(i)
+        log.info("gateway: %d workers on %s:%d", self.workers, self.host, self.port)
+        failed = 0
+        while True:
+            alive = [i for i, p in self.procs.items() if p.poll() is None]
+            if self.stopping or failed:
+                break
+            for i, proc in self.procs.items():
+                code = proc.poll()
+                if code is None:
+                    continue
+                if time.monotonic() - self.started_at[i] < STARTED_AFTER:
+                    log.error("gateway worker %d exited with %s while starting; stopping every worker", i, code)
+                    failed = code or 1
+                    self._signal_all(signal.SIGTERM)
+                    break
+                log.error("gateway worker %d exited with %s; starting it again", i, code)
+                self._spawn(i)
+            time.sleep(0.2)
+        deadline = time.monotonic() + STOP_GRACE
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [i for i, p in self.procs.items() if p.poll() is None]
+        for i in alive:
+            log.error("gateway worker %d did not stop within %.0fs; killing it", i, STOP_GRACE)
+            self.procs[i].kill()
+            self.procs[i].wait()
+        codes = [p.returncode for p in self.procs.values()]
+        return failed or next((c for c in codes if c), 0)

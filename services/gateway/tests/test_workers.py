@@ -1,0 +1,111 @@
+"""`python -m helicone_gateway --workers N`: N processes on one port, each with its own journal,
+stopped together by one SIGTERM; journals of workers that no longer run are handed over."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from helicone_core.db import hash_key
+from helicone_core.key_directory import SNAPSHOT_FORMAT
+from helicone_gateway.journal import Journal
+from helicone_gateway.workers import adopt_orphan_journals, worker_journal_dir
+
+from tests.support.net import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+KEY = "sk-helicone-workers-test"
+
+
+def _journal_with(path: Path, records: list[tuple[bytes, bytes]]) -> None:
+    j = Journal(path, max_bytes=1 << 20, segment_bytes=4096).open()
+    j.append(records, inflight=False)
+    j.close()
+
+
+def _records(path: Path) -> list[tuple[bytes, bytes]]:
+    j = Journal(path, max_bytes=1 << 24).open()
+    try:
+        return list(j.iter_all())
+    finally:
+        j.close()
+
+
+def test_journals_of_workers_that_no_longer_run_are_handed_over(tmp_path):
+    root = tmp_path / "journal"
+    mine, orphan2, orphan3 = [(b"w0", b"a")], [(b"w2", b"b"), (b"w2", b"c")], [(b"w3", b"d")]
+    _journal_with(worker_journal_dir(root, 0), mine)
+    _journal_with(worker_journal_dir(root, 1), [(b"w1", b"e")])
+    _journal_with(worker_journal_dir(root, 2), orphan2)
+    _journal_with(worker_journal_dir(root, 3), orphan3)
+    assert adopt_orphan_journals(root, 2) == 2  # one segment each
+    assert _records(worker_journal_dir(root, 0)) == mine + orphan2  # worker-2 -> worker 0
+    assert _records(worker_journal_dir(root, 1)) == [(b"w1", b"e")] + orphan3  # worker-3 -> worker 1
+    assert not (root / "worker-2").exists() and not (root / "worker-3").exists()
+    # down to one worker: everything ends in the plain journal directory
+    adopt_orphan_journals(root, 1)
+    assert sorted(_records(root)) == sorted(mine + orphan2 + [(b"w1", b"e")] + orphan3)
+
+
+def test_a_journal_still_in_use_is_left_alone(tmp_path):
+    root = tmp_path / "journal"
+    _journal_with(worker_journal_dir(root, 2), [(b"k", b"v")])
+    running = Journal(worker_journal_dir(root, 2), max_bytes=1 << 20).open()  # a gateway still holds it
+    try:
+        assert adopt_orphan_journals(root, 1) == 0
+    finally:
+        running.close()
+    assert _records(worker_journal_dir(root, 2)) == [(b"k", b"v")]
+
+
+def _gateway_env(tmp_path: Path, port: int, upstream_port: int) -> dict:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    snap = keys / "gateway.snapshot.json"
+    snap.write_text(json.dumps({"format": SNAPSHOT_FORMAT, "saved_at": time.time(), "keys": {hash_key(KEY): "org-w"}}))
+    snap.chmod(0o600)
+    return dict(os.environ, HELICONE_PORT=str(port), HELICONE_DATA_DIR=str(tmp_path),
+                HELICONE_KAFKA_BOOTSTRAP="127.0.0.1:1", HELICONE_POSTGRES_DSN="postgresql://t@127.0.0.1:1/t",
+                HELICONE_OPENAI_URL=f"http://127.0.0.1:{upstream_port}", HELICONE_LOG_LEVEL="WARNING")
+
+
+def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(tmp_path):
+    port = free_port()
+    env = _gateway_env(tmp_path, port, free_port())  # nothing listens upstream: every request is a logged 502
+    proc = subprocess.Popen([sys.executable, "-m", "helicone_gateway", "--workers", "2"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gateway.log", "wb"))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway workers did not get ready"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the second worker too
+        sent = 40
+        for _ in range(sent):  # a new connection each: the kernel spreads them over the workers
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"},
+                           headers={"Helicone-Auth": f"Bearer {KEY}", "Connection": "close"}, timeout=10)
+            assert r.status_code == 502
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(children) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
+        for child in children:
+            assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    journal = tmp_path / "journal"
+    per_worker = [len(_records(worker_journal_dir(journal, i))) for i in range(2)]
+    assert sum(per_worker) == sent  # every event kept (Kafka was never reachable)
+    assert all(per_worker), per_worker  # and both workers served some of them
