@@ -22,7 +22,7 @@ from helicone_api.webhooks import SIGNATURE_HEADER, WebhookSender
 from helicone_core import db, events
 
 from services.api.tests.test_api import wait_for_keys
-from services.gateway.tests.test_egress import FakeResolver, Recorder
+from tests.support.fake_network import FakeResolver, Recorder
 from tests.support.net import free_port
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)

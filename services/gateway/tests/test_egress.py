@@ -3,12 +3,10 @@ connect-time check in the connector. Connections are faked: the socket factory's
 recorder that notes the address it would connect to and raises, so nothing leaves this process."""
 
 import contextlib
-import socket
 from ipaddress import ip_address
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver
 from helicone_gateway import egress
 from helicone_gateway.egress import (
     CONNECTING,
@@ -22,6 +20,8 @@ from helicone_gateway.egress import (
 )
 from helicone_gateway.settings import GatewaySettings, env_name
 from pydantic import ValidationError
+
+from tests.support.fake_network import FakeResolver, Recorder
 
 CLASSIFIED = [
     # loopback, unspecified
@@ -131,35 +131,6 @@ def test_policy():
 
 
 # ---- the connector, with a fake resolver and no real connection ----------------------------------
-
-
-class FakeResolver(AbstractResolver):
-    """Answers from a table; each answer list is used in turn (the last one repeats): DNS rebinding."""
-
-    def __init__(self, answers: dict[str, list[list[str]]]) -> None:
-        self.answers = answers
-        self.asked: list[str] = []
-
-    async def resolve(self, host, port=0, family=socket.AF_INET):
-        self.asked.append(host)
-        rounds = self.answers[host]
-        ips = rounds.pop(0) if len(rounds) > 1 else rounds[0]
-        return [{"hostname": host, "host": ip, "port": port, "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                 "proto": 0, "flags": socket.AI_NUMERICHOST} for ip in ips]
-
-    async def close(self):
-        pass
-
-
-class Recorder:
-    """Stands in for opening the socket: records the address and fails the attempt."""
-
-    def __init__(self) -> None:
-        self.addresses: list[tuple[str, int]] = []
-
-    def __call__(self, addr_info):
-        self.addresses.append(addr_info[4][:2])
-        raise OSError("test: not connecting")
 
 
 @contextlib.asynccontextmanager
