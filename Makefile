@@ -38,8 +38,9 @@ proto-check: setup  ## fail if the generated code is stale
 lint: setup
 	.venv/bin/ruff check .
 
-bench: setup      ## gateway overhead against a direct call to the fake provider, plus cache-hit and rate-limit rows (memory and Redis)
+bench: setup      ## gateway overhead against a direct call to the fake provider, plus cache-hit and rate-limit rows (memory and Redis); then ours vs Portkey vs LiteLLM (installed into .bench/ the first time)
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/rivals.py $(RIVALS_ARGS)
 
 chaos: setup      ## fault scenarios at scale (sent/answered/logged/lost/duplicated/p99) and a 1M-event broker soak
 	$(PY) bench/chaos.py
