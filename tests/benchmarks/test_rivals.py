@@ -67,3 +67,19 @@ def test_markdown_table_aligns_names_left_and_numbers_right():
     ]
     with pytest.raises(ValueError, match="3 cells"):
         rivals.markdown_table(["system", "rps", "p99 ms"], [["ours", "2,358"]])
+
+
+def test_machine_busy_ticks_counts_busy_states_only():
+    # cpu  user nice system idle iowait irq softirq steal guest guest_nice
+    stat = "cpu  100 5 40 9000 300 2 3 7 0 0\ncpu0 50 2 20 4500 150 1 1 3 0 0\n"
+    assert rivals.machine_busy_ticks(stat) == 100 + 5 + 40 + 2 + 3 + 7
+
+
+def test_pooled_rounds_keep_every_latency_and_the_best_rate():
+    pooled = rivals.Window()
+    pooled.add(rivals.Window(latencies=[0.01, 0.02], sent=2, seconds=1.0))
+    pooled.add(rivals.Window(latencies=[0.03], sent=2, seconds=0.5, drain=0.5))  # drain counts: 2 / 1.0 s
+    pooled.add(rivals.Window(latencies=[0.04], sent=4, seconds=0.5))
+    assert pooled.latencies == [0.01, 0.02, 0.03, 0.04]
+    assert pooled.best_rate == 8.0
+    assert pooled.sent == 8
