@@ -20,6 +20,8 @@ counters; and, for ours, that every request answered is visible in the api.
 
     .venv/bin/python bench/rivals.py [--rounds 2] [--burst-requests 2000] [--out bench/results/rivals-DATE.txt]
 
+Traffic only ever goes to 127.0.0.1. Portkey's server has no listen-address option and binds every
+interface; LiteLLM runs with LITELLM_LOCAL_MODEL_COST_MAP so it does not fetch its price list.
 The client shares the machine's cores with every server: compare systems within one run, not
 absolute numbers between machines.
 """
@@ -343,7 +345,8 @@ def main() -> None:
     p.add_argument("--sustained-requests", type=int, default=3000)
     p.add_argument("--idle-cores", type=float, default=0.05, help="the started processes count as idle below this")
     p.add_argument("--latency-ms", type=float, default=1.0, help="the mock provider's delay before every answer")
-    p.add_argument("--only", default="", help="comma list of systems (default all): direct,ours-all,ours-gw,portkey,litellm")
+    p.add_argument("--only", default="", help="comma list of the systems to measure (direct always; every system is still started): "
+                   "ours-all,ours-gw,portkey,litellm")
     p.add_argument("--out", type=Path, default=ROOT / f"bench/results/rivals-{dt.date.today().isoformat()}.txt")
     args = p.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
