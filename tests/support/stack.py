@@ -45,6 +45,7 @@ class Stack:
     data_dir: Path
     startup_seconds: float
     region: str = ""  # HELICONE_REGION of every service
+    env: dict | None = None  # the runner's environment, for more processes of the same stack
     _launch: object = None  # restarts the runner process with the same command
     _runner: object = None  # () -> the current runner process
     _prompts: object = None  # (start, stop) of the prompts process, with prompts_apart
@@ -148,12 +149,13 @@ def _start_until_ready(cmd: list[str], cwd: Path, env: dict, log: Path, slot: li
 @contextlib.contextmanager
 def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | None = None,
                   postgres_dsn: str | None = None, embedded_broker: bool = False, region: str = "",
-                  prompts_apart: bool = False) -> Iterator[Stack]:
+                  prompts_apart: bool = False, upstream_url: str | None = None) -> Iterator[Stack]:
     """The whole stack; with `postgres_dsn`, on that Postgres (e.g. behind a fault proxy) instead of
     the runner's embedded one, with a key created here; with `embedded_broker`, on the broker the
     runner starts and supervises itself; with `region`, every service's HELICONE_REGION; with
     `prompts_apart` (needs `postgres_dsn`), the prompts service in a process of its own
-    (`helicone-stack up --target prompts`) that tests can stop and start."""
+    (`helicone-stack up --target prompts`) that tests can stop and start; with `upstream_url`, every
+    provider at that running server instead of a fake upstream started here."""
     if prompts_apart and not postgres_dsn:
         raise ValueError("prompts_apart needs postgres_dsn: the prompts process shares the stack's Postgres")
     ports = {name: free_port() for name in ("gateway", "api", "ingest", "prompts", "grpc", "kafka", "upstream", "s3")}
@@ -161,14 +163,16 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
     runner_slot: list[subprocess.Popen] = []
     prompts_slot: list[subprocess.Popen] = []  # with prompts_apart
     kafka = EmbeddedKafka("127.0.0.1", ports["kafka"], tmp / "kafka.log")
-    upstream_url = f"http://127.0.0.1:{ports['upstream']}"
+    own_upstream = upstream_url is None
+    upstream_url = upstream_url or f"http://127.0.0.1:{ports['upstream']}"
     s3_url = f"http://127.0.0.1:{ports['s3']}" if s3 else None
     try:
-        upstream = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(ports["upstream"])],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "upstream.log", "wb"),
-        )
-        procs.append(upstream)
+        if own_upstream:
+            upstream = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(ports["upstream"])],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "upstream.log", "wb"),
+            )
+            procs.append(upstream)
         if s3:
             moto = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
@@ -178,7 +182,8 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             _wait_http(s3_url + "/", 30, moto)
         if not embedded_broker:
             kafka.start()
-        _wait_http(upstream_url + "/_received", 30, upstream)
+        if own_upstream:
+            _wait_http(upstream_url + "/_received", 30, upstream)
 
         env = dict(os.environ)
         env.update(
@@ -239,7 +244,7 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             ingest_ops=f"http://127.0.0.1:{ports['ingest']}", prompts_ops=f"http://127.0.0.1:{ports['prompts']}",
             prompts_grpc=f"127.0.0.1:{ports['grpc']}", upstream=upstream_url, s3=s3_url,
             kafka=None if embedded_broker else kafka, kafka_bootstrap=kafka.bootstrap,
-            key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup, region=region,
+            key=boot["key"], org_id=boot["org_id"], log_path=log_path, data_dir=data_dir, startup_seconds=startup, region=region, env=env,
             _launch=launch, _runner=lambda: runner_slot[-1], _prompts=prompts_control,
         )
     finally:

@@ -1,0 +1,529 @@
+"""Comparison benchmark: our gateway against Portkey and LiteLLM, on one neutral mock provider.
+
+Systems, all on loopback and all calling the same mock provider (bench/mock_provider.py):
+  direct      the mock provider itself (the baseline every overhead is measured against)
+  ours-all    `helicone-stack up` with every service in one process (gateway, ingest, api, prompts)
+  ours-gw     the gateway alone (`helicone-stack up --target gateway`), logging to the same broker
+  portkey     Portkey's open-source gateway (npm @portkey-ai/gateway, Node)
+  litellm     LiteLLM's proxy (PyPI litellm[proxy], one worker, master key, no database)
+
+Portkey and LiteLLM are installed the first time into .bench/ (gitignored), never into the project
+venv. Every metric window runs each system in turn (interleaved, `--rounds` times), and before each
+window the bench waits until every process it started is idle (their CPU from /proc), so one
+system's leftover work (our ingest writing logs, a garbage collection) never lands on the next.
+
+Metrics: c=1 p50/p99 overhead over direct; c=32 burst requests/s and p99; sustained requests/s =
+requests / (load time + time until the last one is visible in our api; the rivals log nothing, so
+their sustained rate is their load time alone); streaming first byte (c=1, over direct) and
+requests/s (c=32); resident memory of each system's processes; the gateway's journal/spool
+counters; and, for ours, that every request answered is visible in the api.
+
+    .venv/bin/python bench/rivals.py [--rounds 2] [--burst-requests 2000] [--out bench/results/rivals-DATE.txt]
+
+Traffic only ever goes to 127.0.0.1. Portkey's server has no listen-address option and binds every
+interface; LiteLLM runs with LITELLM_LOCAL_MODEL_COST_MAP so it does not fetch its price list.
+The client shares the machine's cores with every server: compare systems within one run, not
+absolute numbers between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.load import logged_ids  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.stack import _start_until_ready, running_stack  # noqa: E402
+
+BENCH_DIR = ROOT / ".bench"  # rivals' installs, gitignored, kept between runs
+PORTKEY_VERSION = "1.15.2"
+# Portkey-AI/gateway#1389: with a newer @hono/node-server the gateway hands the provider's (immutable)
+# fetch response to its header code and every stream answers 500 "Something went wrong"
+PORTKEY_NODE_SERVER = "1.13.8"
+LITELLM_VERSION = "1.108.7"
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "benchmark prompt with a few words"}]}
+STREAM_BODY = dict(BODY, stream=True, stream_options={"include_usage": True})
+RUN_HEADER = "Helicone-Property-Fault-Run"  # the property tests.support.load.logged_ids filters on
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SPOOL_METRICS = ("helicone_gateway_events_spooled_total", "helicone_gateway_journal_")
+
+
+# ---- pure helpers (unit-tested in tests/benchmarks/test_rivals.py) ------------------------------------
+def parse_stat(text: str) -> tuple[int, int]:
+    """(parent pid, user + system CPU ticks) from a /proc/<pid>/stat line; the command name in
+    parentheses may itself hold spaces and parentheses, so fields are counted from the last ')'."""
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def descendants(parents: dict[int, int], roots: Iterable[int]) -> set[int]:
+    """The roots that exist and every process below them, from a pid -> parent pid map."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = [r for r in roots if r in parents]
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo += children.get(pid, [])
+    return out
+
+
+def machine_busy_ticks(proc_stat: str) -> int:
+    """CPU ticks every core spent busy (user, nice, system, irq, softirq, steal) from /proc/stat."""
+    fields = [int(v) for v in proc_stat.splitlines()[0].split()[1:]]
+    return sum(fields[i] for i in (0, 1, 2, 5, 6, 7) if i < len(fields))
+
+
+def busy_cores(before: dict[int, int], after: dict[int, int], seconds: float, hz: int = CLK_TCK) -> float:
+    """Cores' worth of CPU the processes used between two tick samples (a process that appeared in
+    between counts from zero, one that ended counts nothing)."""
+    ticks = sum(max(0, t - before.get(pid, 0)) for pid, t in after.items())
+    return ticks / hz / seconds if seconds > 0 else 0.0
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (q in 0..1) of unsorted values; 0.0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered), max(1, math.ceil(round(q * len(ordered), 9)))) - 1]
+
+
+def metric_series(text: str, prefixes: Iterable[str]) -> dict[str, float]:
+    """Prometheus text lines whose metric name starts with one of the prefixes, as series -> value."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and any(line.startswith(p) for p in prefixes):
+            series, _, value = line.rpartition(" ")
+            if not series.split("{", 1)[0].endswith("_created"):  # the client library's creation timestamps
+                out[series] = float(value)
+    return out
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub table: the first column (names) left-aligned, the numbers right-aligned."""
+    if any(len(r) != len(header) for r in rows):
+        raise ValueError(f"every row needs {len(header)} cells, one per column of {header}")
+    lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---- processes --------------------------------------------------------------------------------
+def proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU ticks) of every process now."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                out[int(entry.name)] = parse_stat(Path(entry.path, "stat").read_text())
+    return out
+
+
+def machine_ticks() -> int:
+    return machine_busy_ticks(Path("/proc/stat").read_text())
+
+
+def tree_ticks(roots: Iterable[int]) -> dict[int, int]:
+    table = proc_table()
+    pids = descendants({pid: ppid for pid, (ppid, _) in table.items()}, roots)
+    return {pid: table[pid][1] for pid in pids}
+
+
+def wait_idle(roots: Callable[[], list[int]], *, below: float, sample: float = 0.5, settle: int = 2,
+              timeout: float = 60.0) -> tuple[float, float]:
+    """Waits until the process trees under `roots` use less than `below` cores for `settle` samples
+    in a row; returns (seconds waited, cores in the last sample). Gives up after `timeout`."""
+    started, quiet, cores = time.monotonic(), 0, 0.0
+    while quiet < settle and time.monotonic() - started < timeout:
+        before, t0 = tree_ticks(roots()), time.monotonic()
+        time.sleep(sample)
+        cores = busy_cores(before, tree_ticks(roots()), time.monotonic() - t0)
+        quiet = quiet + 1 if cores < below else 0
+    return time.monotonic() - started, cores
+
+
+def rss_kb(pids: Iterable[int], field_name: str = "VmRSS") -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    total += int(line.split()[1])
+    return total
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@contextlib.contextmanager
+def spawned(cmd: list[str], log: Path, **kw) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, **kw)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# ---- rivals' installs -------------------------------------------------------------------------
+def ensure_portkey(say: Callable[[str], None]) -> tuple[Path, str]:
+    """Portkey's gateway under .bench/portkey (npm, pinned); returns (start-server.js, version)."""
+    home = BENCH_DIR / "portkey"
+    manifest = {"private": True, "dependencies": {"@portkey-ai/gateway": PORTKEY_VERSION},
+                "overrides": {"@hono/node-server": PORTKEY_NODE_SERVER}}
+    installed = home / "node_modules/@portkey-ai/gateway/package.json"
+    home.mkdir(parents=True, exist_ok=True)
+    current = (home / "package.json").read_text() if (home / "package.json").exists() else ""
+    if not installed.exists() or json.loads(current or "{}") != manifest:
+        say(f"installing @portkey-ai/gateway {PORTKEY_VERSION} into {home} (npm, first run only)")
+        (home / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=home, check=True)
+    version = json.loads(installed.read_text())["version"]
+    return home / "node_modules/@portkey-ai/gateway/build/start-server.js", version
+
+
+def ensure_litellm(say: Callable[[str], None]) -> tuple[Path, str]:
+    """LiteLLM's proxy in its own venv under .bench/litellm (pinned); returns (litellm CLI, version)."""
+    venv = BENCH_DIR / "litellm"
+    python = venv / "bin/python"
+
+    def version() -> str:
+        r = subprocess.run([str(python), "-c", "from importlib.metadata import version; print(version('litellm'))"],
+                           capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if version() != LITELLM_VERSION:
+        say(f"installing litellm[proxy]=={LITELLM_VERSION} into {venv} (pip, first run only)")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    return venv / "bin/litellm", version()
+
+
+# ---- load -------------------------------------------------------------------------------------
+@dataclass
+class Window:
+    latencies: list[float] = field(default_factory=list)  # seconds, whole response
+    first_bytes: list[float] = field(default_factory=list)  # seconds to the first body bytes
+    seconds: float = 0.0  # load time
+    drain: float = 0.0  # after the load, until the last request was visible in the api
+    errors: int = 0
+    sent: int = 0
+    best_rate: float = 0.0  # of the rounds pooled by add()
+
+    @property
+    def rate(self) -> float:
+        """Requests a second, counting the wait until the api showed them all (when there was one)."""
+        return self.sent / (self.seconds + self.drain) if self.seconds else 0.0
+
+    def add(self, other: Window) -> None:
+        """Pools another round's requests; the rate kept is the best round's, since the other work
+        on a shared machine only ever slows a round down."""
+        self.best_rate = max(self.best_rate, other.rate)
+        self.latencies += other.latencies
+        self.first_bytes += other.first_bytes
+        self.seconds += other.seconds
+        self.drain += other.drain
+        self.errors += other.errors
+        self.sent += other.sent
+
+
+async def drive(url: str, headers: dict, body: dict, total: int, concurrency: int) -> Window:
+    """`total` POSTs from `concurrency` workers on kept-alive connections, each read to the end."""
+    out = Window(sent=total)
+    todo = iter(range(total))
+    payload = json.dumps(body).encode()
+    headers = {**headers, "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def worker() -> None:
+            for _ in todo:
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=payload, headers=headers) as r:
+                        await r.content.readany()
+                        first = time.perf_counter() - t0
+                        async for _chunk in r.content.iter_any():
+                            pass
+                        ok = r.status == 200
+                except (TimeoutError, aiohttp.ClientError):
+                    ok = False
+                if ok:
+                    out.first_bytes.append(first)
+                    out.latencies.append(time.perf_counter() - t0)
+                else:
+                    out.errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        out.seconds = time.perf_counter() - started
+    return out
+
+
+# ---- systems ----------------------------------------------------------------------------------
+@dataclass
+class System:
+    name: str
+    label: str  # the README row
+    url: str  # chat completions
+    headers: dict
+    pids: Callable[[], list[int]]  # the processes whose memory counts as this system's
+    logged_to: tuple[str, str] | None = None  # (api, key) where ours shows every request
+    metrics_url: str | None = None
+    runs: dict[str, int] = field(default_factory=dict)  # run id -> requests answered 200
+
+
+WINDOWS = [  # name, body, concurrency, request-count option
+    ("c1", BODY, 1, "c1_requests"),
+    ("burst", BODY, 32, "burst_requests"),
+    ("sustained", BODY, 32, "sustained_requests"),
+    ("stream-c1", STREAM_BODY, 1, "c1_requests"),
+    ("stream-c32", STREAM_BODY, 32, "burst_requests"),
+]
+
+
+def visible(system: System, run: str, expected: int, timeout: float) -> tuple[int, float]:
+    """Polls our api until `expected` distinct requests of `run` are visible; (count, seconds)."""
+    api, key = system.logged_to
+    started = time.monotonic()
+    while True:
+        count = len(set(logged_ids(api, key, run)))
+        if count >= expected or time.monotonic() - started > timeout:
+            return count, time.monotonic() - started
+        time.sleep(0.1)
+
+
+def fmt_ms(seconds: float, signed: bool = False) -> str:
+    ms = seconds * 1000
+    return f"{ms:+.2f}" if signed else f"{ms:.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="ours vs Portkey vs LiteLLM on one mock provider")
+    p.add_argument("--rounds", type=int, default=2, help="times every window runs per system, interleaved")
+    p.add_argument("--c1-requests", type=int, default=300)
+    p.add_argument("--burst-requests", type=int, default=2000)
+    p.add_argument("--sustained-requests", type=int, default=3000)
+    p.add_argument("--idle-cores", type=float, default=0.05, help="the started processes count as idle below this")
+    p.add_argument("--latency-ms", type=float, default=1.0, help="the mock provider's delay before every answer")
+    p.add_argument("--only", default="", help="comma list of the systems to measure (direct always; every system is still started): "
+                   "ours-all,ours-gw,portkey,litellm")
+    p.add_argument("--out", type=Path, default=ROOT / f"bench/results/rivals-{dt.date.today().isoformat()}.txt")
+    args = p.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    raw = open(args.out, "w")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        raw.write(line + "\n")
+        raw.flush()
+
+    with tempfile.TemporaryDirectory(prefix="rivals-") as tmp_name:
+        run(args, Path(tmp_name), say)
+    raw.close()
+    print(f"raw output: {args.out}")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}"
+
+
+def run(args, tmp: Path, say: Callable[[str], None]) -> None:
+    from helicone_runner.embedded import EmbeddedPostgres
+
+    only = set(filter(None, args.only.split(",")))
+    say(f"rivals benchmark {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; "
+        f"load average {os.getloadavg()[0]:.2f} (the machine's other work)")
+    pk_js, pk_version = ensure_portkey(say)
+    ll_cli, ll_version = ensure_litellm(say)
+    say(f"Portkey gateway {pk_version} (node {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()},"
+        f" @hono/node-server {PORTKEY_NODE_SERVER}), LiteLLM {ll_version} (1 worker)")
+
+    mock_port = free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}"
+    pg = EmbeddedPostgres(tmp / "pg")
+    dsn = pg.start()
+    with contextlib.ExitStack() as stack_exit:
+        stack_exit.callback(pg.stop)
+        mock = stack_exit.enter_context(spawned(
+            [sys.executable, str(ROOT / "bench/mock_provider.py"), "--port", str(mock_port),
+             "--latency-ms", str(args.latency_ms)], tmp / "mock.log"))
+        wait_http(mock_url + "/v1/models", mock, 30, "mock provider", tmp / "mock.log")
+        stack = stack_exit.enter_context(running_stack(
+            tmp / "ours", s3=False, postgres_dsn=dsn, upstream_url=mock_url, extra_env={"HELICONE_LOG_LEVEL": "WARNING"}))
+        say(f"ours (all services in one process) ready in {stack.startup_seconds:.1f}s")
+
+        gw_port, gw_procs = free_port(), []
+        gw_cmd = [sys.executable, "-m", "helicone_runner", "up", "--target", "gateway", "--data-dir", str(tmp / "gw-alone"),
+                  "--postgres-dsn", dsn, "--kafka", stack.kafka_bootstrap, "--gateway-port", str(gw_port),
+                  "--openai-url", mock_url, "--anthropic-url", mock_url, "--log-level", "WARNING",
+                  *[a for name in ("api", "ingest", "prompts", "prompts-grpc") for a in (f"--{name}-port", str(free_port()))]]
+        say(f"ours (gateway alone) ready in {_start_until_ready(gw_cmd, ROOT, stack.env, tmp / 'gw.log', gw_procs, 'gateway'):.1f}s")
+        stack_exit.callback(lambda: [p.terminate() or p.wait(20) for p in gw_procs])
+
+        pk_port = free_port()
+        portkey = stack_exit.enter_context(spawned(["node", str(pk_js), f"--port={pk_port}", "--headless"],
+                                                   tmp / "portkey.log", cwd=pk_js.parent))
+        wait_http(f"http://127.0.0.1:{pk_port}/", portkey, 60, "Portkey", tmp / "portkey.log")
+
+        ll_port, master = free_port(), "sk-bench-" + secrets.token_hex(16)
+        (tmp / "litellm.yaml").write_text(json.dumps({"model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
+            "model": "openai/gpt-4o-mini", "api_base": mock_url + "/v1", "api_key": "sk-bench"}}]}))
+        ll_env = {**os.environ, "LITELLM_MASTER_KEY": master, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        litellm = stack_exit.enter_context(spawned(
+            [str(ll_cli), "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(ll_port), "--num_workers", "1"],
+            tmp / "litellm.log", cwd=tmp, env=ll_env))
+        wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", litellm, 180, "LiteLLM", tmp / "litellm.log")
+
+        ours_headers = {"Helicone-Auth": f"Bearer {stack.key}", "Authorization": "Bearer sk-bench"}
+        systems = [
+            System("direct", "direct (mock provider)", f"{mock_url}/v1/chat/completions",
+                   {"Authorization": "Bearer sk-bench"}, lambda: [mock.pid]),
+            System("ours-all", "ours, all services in one process", f"{stack.gateway}/v1/chat/completions", ours_headers,
+                   lambda: [stack.runner_pid()], (stack.api, stack.key), stack.gateway),
+            System("ours-gw", "ours, gateway alone", f"http://127.0.0.1:{gw_port}/v1/chat/completions", ours_headers,
+                   lambda: [gw_procs[-1].pid], (stack.api, stack.key), f"http://127.0.0.1:{gw_port}"),
+            System("portkey", f"Portkey {pk_version}", f"http://127.0.0.1:{pk_port}/v1/chat/completions",
+                   {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{mock_url}/v1", "Authorization": "Bearer sk-bench"},
+                   lambda: [portkey.pid]),
+            System("litellm", f"LiteLLM {ll_version}, 1 worker", f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                   {"Authorization": f"Bearer {master}"}, lambda: [litellm.pid]),
+        ]
+        systems = [s for s in systems if not only or s.name in only or s.name == "direct"]
+
+        def every_root() -> list[int]:
+            roots = [p.pid for p in (mock, portkey, litellm, *gw_procs)] + [stack.runner_pid()]
+            roots += [pid for pid in (stack.kafka.pid if stack.kafka else None, pg.postmaster_pid()) if pid]
+            return roots
+
+        for s in systems:  # warm up connections, key caches, JIT
+            for body in (BODY, STREAM_BODY):
+                w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: "rivals-warmup"}, body, 50, 4))
+                if w.errors:
+                    raise RuntimeError(f"{s.name} failed {w.errors} of 50 warm-up requests ({'stream' if body is STREAM_BODY else 'json'})")
+        waited, cores = wait_idle(every_root, below=args.idle_cores, timeout=120)
+        say(f"after warm-up: idle after {waited:.1f}s ({cores:.3f} cores); idle threshold {args.idle_cores} cores; "
+            f"mock provider latency {args.latency_ms} ms; rounds {args.rounds}")
+
+        stamp = secrets.token_hex(3)
+        results: dict[tuple[str, str], Window] = {}
+        for rnd in range(args.rounds):
+            for window, body, conc, count_opt in WINDOWS:
+                for s in systems:
+                    waited, cores = wait_idle(every_root, below=args.idle_cores)
+                    run_id = f"rivals-{stamp}-{s.name}-{window}-{rnd}"
+                    ours_before, machine_before, t0 = tree_ticks(every_root() + [os.getpid()]), machine_ticks(), time.monotonic()
+                    w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: run_id}, body, getattr(args, count_opt), conc))
+                    spent = time.monotonic() - t0
+                    ours_cores = busy_cores(ours_before, tree_ticks(every_root() + [os.getpid()]), spent)
+                    others = max(0.0, (machine_ticks() - machine_before) / CLK_TCK / spent - ours_cores)
+                    s.runs[run_id] = len(w.latencies)
+                    note = ""
+                    if window == "sustained" and s.logged_to:
+                        seen, w.drain = visible(s, run_id, len(w.latencies), timeout=180)
+                        note = (f", {seen}/{len(w.latencies)} visible in the api {w.drain:.2f}s after the load: "
+                                f"sustained {w.rate:.0f} rps")
+                    say(f"round {rnd + 1} {window:10s} {s.name:8s} c={conc:<2d} n={w.sent} errors={w.errors} "
+                        f"{w.sent / w.seconds:7.0f} rps p50 {fmt_ms(quantile(w.latencies, .5))} ms "
+                        f"p99 {fmt_ms(quantile(w.latencies, .99))} ms first byte p50 {fmt_ms(quantile(w.first_bytes, .5))} ms"
+                        f"{note} (waited {waited:.1f}s for idle, {cores:.3f} cores; bench processes used {ours_cores:.2f} cores, "
+                        f"other work on the machine {others:.2f})")
+                    results.setdefault((s.name, window), Window()).add(w)
+
+        waited, cores = wait_idle(every_root, below=args.idle_cores, timeout=120)
+        say(f"after the last window: idle after {waited:.1f}s ({cores:.3f} cores); load average {os.getloadavg()[0]:.2f}")
+        report(systems, results, stack, pg, every_root, say)
+
+
+def report(systems: list[System], results: dict, stack, pg, every_root, say: Callable[[str], None]) -> None:
+    direct = {name: results[("direct", name)] for name, *_ in WINDOWS}
+    rows, completeness = [], []
+    for s in systems:
+        c1, burst, sus = results[(s.name, "c1")], results[(s.name, "burst")], results[(s.name, "sustained")]
+        sc1, s32 = results[(s.name, "stream-c1")], results[(s.name, "stream-c32")]
+        tree = descendants({pid: ppid for pid, (ppid, _) in proc_table().items()}, s.pids())
+        rss, peak = rss_kb(tree) / 1024, rss_kb(tree, "VmHWM") / 1024
+        spooled = "—"
+        if s.metrics_url:
+            series = metric_series(httpx.get(f"{s.metrics_url}/metrics", timeout=10).text, SPOOL_METRICS)
+            for name, value in sorted(series.items()):
+                say(f"{s.name} /metrics {name} {value:g}")
+            spool = {k: v for k, v in series.items() if k.startswith(SPOOL_METRICS[0])}
+            spooled = f"{sum(spool.values()):.0f}" if spool else "n/a¹"
+        logged = "—"
+        if s.logged_to:
+            answered = sum(s.runs.values())
+            seen = sum(visible(s, run, n, timeout=120)[0] for run, n in s.runs.items())
+            logged = f"{seen}/{answered}"
+            completeness.append(seen == answered)
+        errors = sum(results[(s.name, w)].errors for w, *_ in WINDOWS)
+        is_direct = s.name == "direct"
+        rows.append([
+            s.label,
+            "—" if is_direct else f"{fmt_ms(quantile(c1.latencies, .5) - quantile(direct['c1'].latencies, .5), True)} / "
+                                  f"{fmt_ms(quantile(c1.latencies, .99) - quantile(direct['c1'].latencies, .99), True)}",
+            f"{fmt_ms(quantile(c1.latencies, .5))} / {fmt_ms(quantile(c1.latencies, .99))}",
+            f"{burst.best_rate:,.0f}", fmt_ms(quantile(burst.latencies, .99)),
+            f"{sus.best_rate:,.0f}",
+            "—" if is_direct else fmt_ms(quantile(sc1.first_bytes, .5) - quantile(direct["stream-c1"].first_bytes, .5), True),
+            f"{s32.best_rate:,.0f}",
+            f"{rss:.0f} ({peak:.0f})", spooled, logged, str(errors),
+        ])
+    for name, pids in (("postgres (ours' store)", [pg.postmaster_pid() or 0]), ("broker (ours')", [stack.kafka.pid or 0])):
+        tree = descendants({pid: ppid for pid, (ppid, _) in proc_table().items()}, pids)
+        say(f"RSS {name}: {rss_kb(tree) / 1024:.0f} MB")
+    say("")
+    say(markdown_table(
+        ["system", "c=1 overhead p50 / p99 ms", "c=1 p50 / p99 ms", "burst c=32 rps", "burst p99 ms", "sustained rps",
+         "stream first byte (c=1) ms", "stream rps c=32", "RSS MB (peak)", "events spooled", "in the api", "errors"], rows))
+    say("Rates: the best of the rounds; latencies: every round's requests pooled; overhead: the system minus direct.")
+    say("¹ no helicone_gateway_events_spooled_total on this build: every event goes through the journal "
+        "(its helicone_gateway_journal_* series are listed above)")
+    if not all(completeness):
+        say("NOT every request answered by ours is visible in the api (see 'in the api')")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The pure helpers of bench/rivals.py: /proc parsing, idle arithmetic, quantiles, the metrics
+filter and the README table."""
+
+import pytest
+
+from bench import rivals
+
+
+def stat_line(pid: int, comm: str, ppid: int, utime: int, stime: int) -> str:
+    # fields 3.. of proc(5): state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+    return f"{pid} ({comm}) S {ppid} 1 1 0 -1 4194560 10 0 0 0 {utime} {stime} 0 0 20 0 1 0 100 1000 50"
+
+
+def test_parse_stat_counts_fields_after_the_last_parenthesis():
+    assert rivals.parse_stat(stat_line(42, "node", 7, 120, 30)) == (7, 150)
+    # a command name with spaces and parentheses must not shift the fields
+    assert rivals.parse_stat(stat_line(43, "uv (worker) 1) S 9", 8, 5, 6)) == (8, 11)
+
+
+def test_descendants_walks_the_whole_tree_below_existing_roots_only():
+    parents = {1: 0, 10: 1, 11: 10, 12: 11, 13: 10, 20: 1, 21: 20}
+    assert rivals.descendants(parents, [10]) == {10, 11, 12, 13}
+    assert rivals.descendants(parents, [11, 20]) == {11, 12, 20, 21}
+    assert rivals.descendants(parents, [999]) == set()  # an exited process
+
+
+def test_busy_cores_counts_new_processes_and_ignores_ended_ones():
+    before = {10: 1000, 11: 500, 12: 70}
+    after = {10: 1050, 11: 500, 13: 25}  # 12 ended, 13 started
+    assert rivals.busy_cores(before, after, seconds=0.5, hz=100) == pytest.approx((50 + 25) / 100 / 0.5)
+    assert rivals.busy_cores(before, before, seconds=1.0, hz=100) == 0.0
+    assert rivals.busy_cores({10: 5}, {10: 9}, seconds=0.0) == 0.0
+
+
+def test_quantile_is_nearest_rank():
+    values = [float(v) for v in range(100, 0, -1)]  # 1..100, unsorted
+    assert rivals.quantile(values, 0.5) == 50.0
+    assert rivals.quantile(values, 0.99) == 99.0
+    assert rivals.quantile(values, 1.0) == 100.0
+    assert rivals.quantile([3.0], 0.99) == 3.0
+    assert rivals.quantile([], 0.5) == 0.0
+
+
+def test_metric_series_keeps_the_asked_families_without_comments_or_creation_stamps():
+    text = "\n".join([
+        "# HELP helicone_gateway_journal_events Events in the journal",
+        "helicone_gateway_journal_events 12.0",
+        "helicone_gateway_journal_trimmed_segments_total 4.0",
+        "helicone_gateway_journal_trimmed_segments_created 1.7e+09",
+        'helicone_gateway_events_spooled_total{reason="broker_down"} 3.0',
+        'helicone_gateway_events_published_total{path="direct"} 99.0',
+    ])
+    assert rivals.metric_series(text, rivals.SPOOL_METRICS) == {
+        "helicone_gateway_journal_events": 12.0,
+        "helicone_gateway_journal_trimmed_segments_total": 4.0,
+        'helicone_gateway_events_spooled_total{reason="broker_down"}': 3.0,
+    }
+
+
+def test_markdown_table_aligns_names_left_and_numbers_right():
+    table = rivals.markdown_table(["system", "rps", "p99 ms"], [["ours", "2,358", "2.56"], ["Portkey", "1,105", "5.24"]])
+    assert table.splitlines() == [
+        "| system | rps | p99 ms |",
+        "|:---|---:|---:|",
+        "| ours | 2,358 | 2.56 |",
+        "| Portkey | 1,105 | 5.24 |",
+    ]
+    with pytest.raises(ValueError, match="3 cells"):
+        rivals.markdown_table(["system", "rps", "p99 ms"], [["ours", "2,358"]])
+
+
+def test_machine_busy_ticks_counts_busy_states_only():
+    # cpu  user nice system idle iowait irq softirq steal guest guest_nice
+    stat = "cpu  100 5 40 9000 300 2 3 7 0 0\ncpu0 50 2 20 4500 150 1 1 3 0 0\n"
+    assert rivals.machine_busy_ticks(stat) == 100 + 5 + 40 + 2 + 3 + 7
+
+
+def test_pooled_rounds_keep_every_latency_and_the_best_rate():
+    pooled = rivals.Window()
+    pooled.add(rivals.Window(latencies=[0.01, 0.02], sent=2, seconds=1.0))
+    pooled.add(rivals.Window(latencies=[0.03], sent=2, seconds=0.5, drain=0.5))  # drain counts: 2 / 1.0 s
+    pooled.add(rivals.Window(latencies=[0.04], sent=4, seconds=0.5))
+    assert pooled.latencies == [0.01, 0.02, 0.03, 0.04]
+    assert pooled.best_rate == 8.0
+    assert pooled.sent == 8
