@@ -124,6 +124,12 @@ def body_keys(org_id: str, request_id: str, version: int) -> tuple[str, str]:
     return f"{base}/request", f"{base}/response"
 
 
+def body_pack_key(org_id: str, digest: str) -> str:
+    """Where ingest stores a body pack: the bodies of one org's events of one batch, named by a
+    digest of its content (so rewriting the same batch writes the same object)."""
+    return f"{body_prefix(org_id)}packs/{digest}"
+
+
 def analytics_row(
     event: RequestLogged,
     *,
