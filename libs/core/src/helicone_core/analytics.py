@@ -341,8 +341,12 @@ def _check_ident(name: str) -> str:
     return name
 
 
+# one encoder for every row: json.dumps with options builds a new encoder on each call
+_ROW_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _jsonl(rows: list[dict[str, Any]]) -> str:
-    return "\n".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in rows)
+    return "\n".join(map(_ROW_JSON, rows))
 
 
 # ClickHouse parses a query parameter's value in its escaped text format (as TSV fields): a

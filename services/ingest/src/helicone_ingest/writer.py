@@ -20,7 +20,6 @@ bodies (the version is part of the body keys), so rows and bodies never mix two 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import time
@@ -58,7 +57,7 @@ class BatchWriter:
             "helicone_ingest_batch_seconds", "Time to write one batch", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         )
         self.m_batch_size = metrics.histogram(
-            "helicone_ingest_batch_size", "Events per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+            "helicone_ingest_batch_size", "Events per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
         )
         self.m_write_errors = metrics.counter("helicone_ingest_write_errors_total", "Failed batch writes (retried)", ("stage",))
         self.m_lag = metrics.histogram(
@@ -119,7 +118,8 @@ class BatchWriter:
         now = time.time()
         for ev in batch:
             if ev.HasField("response_created_at"):
-                self.m_lag.observe(max(now - ev.response_created_at.ToDatetime(tzinfo=dt.timezone.utc).timestamp(), 0))
+                at = ev.response_created_at
+                self.m_lag.observe(max(now - at.seconds - at.nanos / 1e9, 0))
             self._count_usage(ev)
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(batch))
