@@ -38,8 +38,9 @@ proto-check: setup  ## fail if the generated code is stale
 lint: setup
 	.venv/bin/ruff check .
 
-bench: setup      ## gateway overhead against a direct call to the fake provider, plus cache-hit and rate-limit rows (memory and Redis)
+bench: setup      ## gateway overhead against a direct call to the fake provider, plus cache-hit and rate-limit rows (memory and Redis); then ingest events/s per worker straight from the topic
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/ingest_throughput.py
 
 chaos: setup      ## fault scenarios at scale (sent/answered/logged/lost/duplicated/p99) and a 1M-event broker soak
 	$(PY) bench/chaos.py

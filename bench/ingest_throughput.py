@@ -276,7 +276,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--workers", default="1,2,4")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, help="events per batch (default: ingest's batch_size setting)")
     p.add_argument("--backends", default="chdb,clickhouse")
     p.add_argument("--projection-batches", type=int, default=10, help="inserts per variant in the projection cost table")
     p.add_argument("--profile", help="py-spy flame graph (SVG) of the first worker of the first case")
@@ -286,6 +286,10 @@ def main() -> None:
                 "clickhouse-url"):
         p.add_argument(f"--{opt}", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.batch_size is None:
+        from helicone_ingest.settings import IngestSettings
+
+        args.batch_size = IngestSettings.model_fields["batch_size"].default
     if args.worker:
         asyncio.run(run_worker(args))
         return
