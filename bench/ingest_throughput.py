@@ -113,14 +113,14 @@ async def run_worker(args) -> None:
     else:
         settings["chdb_path"] = data / "chdb"
     svc = IngestService(IngestSettings(**settings))
-    marks: list[tuple[float, float, int]] = []
+    marks: list[tuple[float, float, int, float, float]] = []  # wall start, wall end, events, CPU start, CPU end
     await svc.start()
     write = svc.writer.write
 
     async def timed(batch):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()  # CPU of every thread of the worker (chDB's too)
         await write(batch)
-        marks.append((start, time.perf_counter(), len(batch)))
+        marks.append((start, time.perf_counter(), len(batch), cpu, time.process_time()))
         progress.write_text(str(sum(m[2] for m in marks)))  # noqa: ASYNC240 - a tiny file per batch, read by the driver
 
     svc.writer.write = timed
@@ -157,8 +157,15 @@ def start_clickhouse_http(root: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, partitions: int, batch_size: int,
-             clickhouse_url: str | None, profile: Path | None = None) -> dict:
+             clickhouse_url: str | None, profile: Path | None = None, server_pid: int | None = None) -> dict:
     name = f"{backend}-{workers}-{uuid.uuid4().hex[:6]}"
     topic = f"bench.ingest.{name}"
     avg = asyncio.run(produce(bootstrap, topic, partitions, n, seed=workers))
@@ -166,6 +173,7 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
     case.mkdir()
     done = case / "done"
     procs, outs = [], []
+    server_cpu = _cpu_seconds(server_pid)
     for w in range(workers):
         out = case / f"worker{w}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--bootstrap", bootstrap, "--topic", topic,
@@ -188,13 +196,14 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
                 raise RuntimeError(f"{name}: ingest did not write {n} rows in time")
             time.sleep(0.5)
     finally:
+        server_cpu = _cpu_seconds(server_pid) - server_cpu
         done.write_text("1")
         for p in procs:
             try:
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
-    per_worker, spans, busy, batches = [], [], [], []
+    per_worker, spans, busy, batches, cpu = [], [], [], [], []
     for out in outs:
         data = json.loads(out.read_text())
         marks = data["marks"]
@@ -205,13 +214,16 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
         per_worker.append((total, total / (last - first) if last > first else 0.0))
         busy.append(sum(m[1] - m[0] for m in marks))
         batches.append(len(marks))
+        cpu.append(max(m[4] for m in marks) - min(m[3] for m in marks))
         spans.append((first + data["wall_offset"], last + data["wall_offset"]))
     written = sum(t for t, _ in per_worker)
     span = max(e for _, e in spans) - min(s for s, _ in spans)
     return {"backend": backend, "workers": workers, "events": n, "written": written, "event_bytes": avg,
             "per_worker": [round(r) for _, r in per_worker], "total_eps": written / span,
             # events per second of BatchWriter.write time alone, and the mean batch: where the rest of the time goes
-            "write_eps": written / sum(busy), "mean_batch": written / sum(batches)}
+            "write_eps": written / sum(busy), "mean_batch": written / sum(batches),
+            # CPU per event, which the machine's load does not inflate as much as wall time
+            "worker_cpu_us": sum(cpu) * 1e6 / written, "server_cpu_us": server_cpu * 1e6 / written}
 
 
 async def projection_cost(store, batches: int, batch_size: int) -> dict[str, float]:
@@ -315,7 +327,7 @@ def main() -> None:
                 ch_proc, url = start_clickhouse_http(tmp / "chsrv")
                 for w in (int(x) for x in args.workers.split(",")):
                     results.append(run_case(bootstrap, tmp, "clickhouse", w, args.events, args.partitions,
-                                            args.batch_size, url, profile))
+                                            args.batch_size, url, profile, ch_proc.pid))
                     profile = None
             costs = asyncio.run(projection_costs(tmp, url, args.projection_batches, args.batch_size))
         finally:
@@ -328,12 +340,15 @@ def main() -> None:
           f"bodies ~2 KB + ~1 KB), {args.partitions} partitions, batch {args.batch_size}; "
           f"load average {load[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'backend':<28} {'workers':>7} {'events/s per worker':>30} {'total events/s':>15} {'in write()':>11} "
-          f"{'mean batch':>10}")
+          f"{'mean batch':>10} {'worker CPU us/event':>20} {'server CPU us/event':>20}")
     for r in results:
         label = "chDB" if r["backend"] == "chdb" else "server (chDB behind HTTP)"
         per = ", ".join(str(x) for x in r["per_worker"])
         print(f"{label:<28} {r['workers']:>7} {per:>30} {r['total_eps']:>15.0f} {r['write_eps']:>11.0f} "
-              f"{r['mean_batch']:>10.0f}")
+              f"{r['mean_batch']:>10.0f} {r['worker_cpu_us']:>20.0f} {r['server_cpu_us']:>20.0f}")
+    print("events/s per worker: from its first batch's start to its last batch's end; in write(): events per second "
+          "of BatchWriter.write alone;\nworker CPU: every thread of the worker process (chDB's included) over that "
+          "span; server CPU: the chDB-behind-HTTP process, the whole case")
     print(f"\nrequest_log insert of {args.batch_size} rows, ms (projections are built at insert time):")
     labels = list(next(iter(costs.values())))
     print(f"{'table':<22}" + "".join(f"{name:>10}" for name in costs))
