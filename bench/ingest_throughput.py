@@ -183,7 +183,7 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
         if clickhouse_url:
             cmd += ["--clickhouse-url", clickhouse_url]
         if profile is not None and w == 0:
-            spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--threads", "--idle",
+            spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--threads",
                    "-r", "100", "-o", str(profile)]
             # .txt: collapsed stacks (grep-able); else an SVG flame graph
             cmd = spy + (["--format", "raw"] if profile.suffix == ".txt" else []) + ["--"] + cmd
