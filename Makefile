@@ -38,10 +38,11 @@ proto-check: setup  ## fail if the generated code is stale
 lint: setup
 	.venv/bin/ruff check .
 
-bench: setup      ## gateway overhead (plus cache-hit and rate-limit rows); a gateway alone with 1 and 2 workers; ours vs Portkey vs LiteLLM (installed into .bench/ the first time); dashboard queries at 10M and 100M rows
+bench: setup      ## gateway overhead (plus cache-hit and rate-limit rows); a gateway alone with 1 and 2 workers; ours vs Portkey vs LiteLLM (installed into .bench/ the first time); ingest events/s per worker; dashboard queries at 10M and 100M rows
 	$(PY) bench/gateway_overhead.py
 	$(PY) bench/gateway_alone.py --workers 1,2
 	$(PY) bench/rivals.py $(RIVALS_ARGS)
+	$(PY) bench/ingest_throughput.py
 	$(PY) bench/dashboard_queries.py --data-dir .bench/dashboard
 
 chaos: setup      ## fault scenarios at scale (sent/answered/logged/lost/duplicated/p99) and a 1M-event broker soak

@@ -15,7 +15,7 @@ import uuid
 import httpx
 import pytest
 from botocore.exceptions import ClientError
-from helicone_core.bodies import S3BodyStore, make_body_store
+from helicone_core.bodies import PACK_CONTENT_TYPE, S3BodyStore, body_ref, make_body_store
 from helicone_core.settings import CommonSettings
 from pydantic import SecretStr, ValidationError
 
@@ -137,3 +137,20 @@ def test_the_keys_are_not_shown():
     settings = CommonSettings(_env_file=None, s3_access_key_id="AKIASHOWNOWHERE00000", s3_secret_access_key="secret-shown-nowhere")
     for shown in (repr(settings), str(settings), settings.model_dump_json()):
         assert "AKIASHOWNOWHERE" not in shown and "secret-shown-nowhere" not in shown
+
+
+async def test_a_body_inside_a_pack_is_read_by_its_byte_range_and_a_whole_object_by_its_key(s3, default_chain):
+    endpoint, key_id, secret = s3
+    default_chain(key_id, secret)
+    store = make_body_store(_settings(endpoint))
+    await store.start()
+    try:
+        await store.put("orgs/o/packs/p1", b'{"req":1}{"resp":1}', PACK_CONTENT_TYPE)
+        await store.put("orgs/o/requests/r/1/request", b'{"old":1}', "application/json")
+        assert await store.get(body_ref("orgs/o/packs/p1", 9, 10)) == b'{"resp":1}'
+        assert await store.get(body_ref("orgs/o/packs/p1", 0, 9)) == b'{"req":1}'
+        assert await store.get(body_ref("orgs/o/packs/p1", 9, 0)) == b""  # an omitted body
+        assert await store.get("orgs/o/requests/r/1/request") == b'{"old":1}'  # rows written before packs
+        assert await store.get(body_ref("orgs/o/packs/missing", 0, 3)) is None
+    finally:
+        await store.close()

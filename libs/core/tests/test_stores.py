@@ -4,7 +4,7 @@ import datetime as dt
 import pytest
 from helicone_core import analytics, events
 from helicone_core.analytics import ChdbStore, make_analytics_store
-from helicone_core.bodies import LocalBodyStore
+from helicone_core.bodies import LocalBodyStore, body_ref, split_ref
 from helicone_core.settings import CommonSettings
 
 
@@ -19,6 +19,19 @@ async def test_local_body_store_roundtrip_and_key_safety(tmp_path):
         await store.put("../escape", b"x", "text/plain")
     with pytest.raises(ValueError):
         await store.get("orgs/../../etc/passwd")
+
+
+async def test_local_body_store_reads_a_body_inside_a_pack_by_its_byte_range(tmp_path):
+    store = LocalBodyStore(tmp_path / "bodies")
+    await store.start()
+    await store.put("orgs/o/packs/p1", b'{"req":1}{"resp":1}', "application/octet-stream")
+    assert await store.get(body_ref("orgs/o/packs/p1", 9, 10)) == b'{"resp":1}'
+    assert await store.get(body_ref("orgs/o/packs/p1", 0, 0)) == b""
+    assert await store.get(body_ref("orgs/o/packs/missing", 0, 3)) is None
+    assert split_ref("orgs/o/requests/r/1/request") == ("orgs/o/requests/r/1/request", None, None)
+    for bad in ("orgs/o/packs/p1#9", "orgs/o/packs/p1#-1+3", "orgs/o/packs/p1#a+b", "../x#0+1"):
+        with pytest.raises(ValueError, match="body"):
+            await store.get(bad)
 
 
 def _row(ev):

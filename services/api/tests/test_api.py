@@ -330,3 +330,49 @@ async def test_a_row_without_body_keys_is_answered_with_null_bodies(api):
     r = await client.get(f"/v1/request/{ev.request_id}")
     assert r.status_code == 200, r.text
     assert (r.json()["request_body"], r.json()["response_body"]) == (None, None)
+
+
+async def test_bodies_ingest_wrote_into_body_packs_come_back_and_a_replay_writes_the_same(api):
+    """Ingest stores a batch's bodies in one object per org (byte ranges in the rows); the api returns them
+    like bodies stored one object each (rows written before packs), and replaying the batch changes nothing."""
+    from helicone_core.metrics import ServiceMetrics
+    from helicone_ingest.metadata import PendingMetadata
+    from helicone_ingest.writer import BatchWriter
+
+    client, state, org, other_org, _ = api
+    metrics = ServiceMetrics("ingest")
+    writer = BatchWriter(state.analytics, state.bodies, PendingMetadata(metrics), metrics)
+    evs = []
+    for i, o in enumerate([org, org, other_org, org]):
+        ev = events.RequestLogged(
+            schema_version=1, request_id=events.new_request_id(), org_id=o, status=200, provider="openai", model="gpt-4o",
+            inline=events.InlineBodies(request_body=b'{"n":%d}' % i, request_content_type="application/json",
+                                       response_body=b"" if i == 3 else b"data: %d\n\n" % i,
+                                       response_content_type="text/event-stream"))
+        events.set_time(ev.request_created_at, T0 + dt.timedelta(seconds=i))
+        evs.append(ev)
+    raws = [events.encode(e) for e in evs]
+    await writer.write(writer.decode(raws)[0])
+    old = await add_request(state, org, minutes=1, response=b'{"old":true}')  # one object per body
+
+    async def detail(rid):
+        r = await client.get(f"/v1/request/{rid}")
+        assert r.status_code == 200, r.text
+        return r.json()["request_body"], r.json()["response_body"]
+
+    assert [await detail(e.request_id) for e in (evs[0], evs[1], evs[3])] == [
+        ({"n": 0}, "data: 0\n\n"), ({"n": 1}, "data: 1\n\n"), ({"n": 3}, None)]
+    assert (await client.get(f"/v1/request/{evs[2].request_id}")).status_code == 404  # another org's
+    assert await detail(old) == ({"model": "gpt-4o-mini"}, {"old": True})
+    packs = sorted(p.relative_to(state.bodies.root) for p in state.bodies.root.rglob("packs/*"))
+    assert len(packs) == 2 and all(str(p).startswith(f"orgs/{o}/packs/") for p, o in zip(packs, sorted([org, other_org]), strict=True))
+
+    sql = ("SELECT request_id, request_body_key, response_body_key FROM {db}.request_log FINAL ORDER BY request_id "
+           "SETTINGS output_format_json_quote_64bit_integers = 0")
+    rows = await state.analytics.query(sql)
+    await writer.write(writer.decode(list(reversed(raws)))[0])  # replayed, in another order: the same pack, the same rows
+    assert await state.analytics.query(sql) == rows
+    assert sorted(p.relative_to(state.bodies.root) for p in state.bodies.root.rglob("packs/*")) == packs
+    await writer.write(writer.decode(raws[1:2])[0])  # replayed in another batch: its own pack, the same bodies
+    assert await detail(evs[1].request_id) == ({"n": 1}, "data: 1\n\n")
+    assert len(await state.analytics.query(sql)) == len(rows)

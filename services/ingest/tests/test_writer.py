@@ -75,9 +75,9 @@ async def test_batch_is_written_to_all_three_stores(writer):
     await w.write(good)
     assert await w.metadata.flush()
     assert await count(analytics) == 2
-    req_key, resp_key = events.body_keys(ORG, evs[0].request_id, events.event_version(evs[0]))
-    assert json.loads(await bodies.get(req_key)) == {"model": "gpt-4o-mini"}
-    assert await bodies.get(resp_key) == b'{"ok":true}'
+    [first] = await logged(analytics, bodies, ORG, evs[0].request_id)
+    assert json.loads(first["request_body"]) == {"model": "gpt-4o-mini"}
+    assert first["response_body"] == b'{"ok":true}'
     user = await pool.fetchrow("SELECT * FROM request_users")
     assert user["user_id"] == "alice"
     assert (await pool.fetchrow("SELECT * FROM request_sessions"))["session_name"] == "Planner"

@@ -1,7 +1,7 @@
 """Analytics store: the `request_log` and `request_scores` tables on chDB (embedded) or a ClickHouse server.
 
 Both backends run the same SQL text, with ClickHouse server-side parameters ({name:Type}),
-and insert the same JSONEachRow payload.
+and insert the same JSONCompactEachRowWithNames payload.
 """
 
 from __future__ import annotations
@@ -341,8 +341,23 @@ def _check_ident(name: str) -> str:
     return name
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> str:
-    return "\n".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in rows)
+# one encoder for every row: json.dumps with options builds a new encoder on each call
+_ROW_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+ROWS_FORMAT = "JSONCompactEachRowWithNames"
+
+
+def _compact_rows(rows: list[dict[str, Any]]) -> str:
+    """Rows with the same keys in the same order as JSONCompactEachRowWithNames: the names once, then a
+    list of values per row (a third of JSONEachRow's encoding time, and no names for ClickHouse to match)."""
+    names = tuple(_check_ident(c) for c in rows[0])
+    lines = [_ROW_JSON(names)]
+    for row in rows:
+        if tuple(row) != names:
+            raise ValueError(f"analytics rows of one insert must have the same columns: {sorted(row)} vs {sorted(names)}")
+        lines.append(_ROW_JSON(list(row.values())))
+    return "\n".join(lines)
 
 
 # ClickHouse parses a query parameter's value in its escaped text format (as TSV fields): a
@@ -414,7 +429,7 @@ class ChdbStore:
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        sql = f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT JSONEachRow\n" + _jsonl(rows)
+        sql = f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT {ROWS_FORMAT}\n" + _compact_rows(rows)
         await self._run(self._exec, sql)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -476,11 +491,8 @@ class ClickHouseServerStore:
         if not rows:
             return
         client = await self._client_()
-        await client.raw_insert(
-            f"{self.database}.{_check_ident(table)}",
-            insert_block=_jsonl(rows).encode(),
-            fmt="JSONEachRow",
-        )
+        await client.raw_insert(f"{self.database}.{_check_ident(table)}", insert_block=_compact_rows(rows).encode(),
+                                fmt=ROWS_FORMAT)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         client = await self._client_()

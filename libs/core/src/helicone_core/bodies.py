@@ -1,6 +1,11 @@
 """Object store for request/response bodies: a local directory (embedded mode; owner-only,
 directories 0700 and files 0600) or S3 (explicit keys from the settings, or the default AWS
-credential chain: IRSA, instance role, AWS_* variables)."""
+credential chain: IRSA, instance role, AWS_* variables).
+
+A body is read by its reference, the row's request_body_key / response_body_key: either a whole
+object's key (bodies written one object per body: producers' `location` keys, and rows ingest wrote
+before body packs) or `<pack key>#<offset>+<length>`, a byte range of a body pack, the one object
+per org and batch that ingest writes (see helicone_ingest.writer). Both forms stay readable."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from .filemodes import PRIVATE_FILE_MODE, private_dir
 from .settings import S3_KEY_PAIR_ERROR, CommonSettings
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+RANGE_SEP = "#"  # never part of an object key (_KEY)
+_RANGE = re.compile(r"^(\d{1,15})\+(\d{1,15})$")
+PACK_CONTENT_TYPE = "application/vnd.helicone.body-pack"
 
 
 def _check_key(key: str) -> str:
@@ -25,10 +33,26 @@ def _check_key(key: str) -> str:
     return key
 
 
+def body_ref(key: str, offset: int, length: int) -> str:
+    """The reference of the `length` bytes at `offset` of the object `key` (a body inside a pack)."""
+    return f"{_check_key(key)}{RANGE_SEP}{offset}+{length}"
+
+
+def split_ref(ref: str) -> tuple[str, int | None, int | None]:
+    """(object key, offset, length) of a body reference; offset and length are None for a whole object."""
+    key, sep, span = ref.partition(RANGE_SEP)
+    if not sep:
+        return _check_key(key), None, None
+    m = _RANGE.match(span)
+    if m is None:
+        raise ValueError(f"invalid body reference {ref!r}: expected <key>{RANGE_SEP}<offset>+<length>")
+    return _check_key(key), int(m.group(1)), int(m.group(2))
+
+
 class BodyStore(Protocol):
     async def start(self) -> None: ...
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
-    async def get(self, key: str) -> bytes | None: ...
+    async def get(self, ref: str) -> bytes | None: ...  # a key or a body_ref; None: no such object
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -62,10 +86,13 @@ class LocalBodyStore:
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         await asyncio.to_thread(self._write, key, data)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, ref: str) -> bytes | None:
+        key, offset, length = split_ref(ref)
         path = self._path(key)
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            if offset is None:
+                return await asyncio.to_thread(path.read_bytes)
+            return await asyncio.to_thread(_read_range, path, offset, length)
         except FileNotFoundError:
             return None
 
@@ -74,6 +101,12 @@ class LocalBodyStore:
 
     async def close(self) -> None:
         return None
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 class S3BodyStore:
@@ -112,9 +145,15 @@ class S3BodyStore:
             Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type or "application/octet-stream"
         )
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, ref: str) -> bytes | None:
+        key, offset, length = split_ref(ref)
+        extra = {}
+        if offset is not None:
+            if length == 0:
+                return b""
+            extra["Range"] = f"bytes={offset}-{offset + length - 1}"
         try:
-            obj = await self._client.get_object(Bucket=self.bucket, Key=_check_key(key))
+            obj = await self._client.get_object(Bucket=self.bucket, Key=key, **extra)
         except self._client.exceptions.NoSuchKey:
             return None
         async with obj["Body"] as stream:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 import uuid
 
 from google.protobuf.message import DecodeError
@@ -92,8 +93,8 @@ def set_time(field, when: dt.datetime) -> None:
 
 
 def _ch_time(ts) -> str:
-    # DateTime64(3, 'UTC') accepts 'YYYY-MM-DD HH:MM:SS.fff'
-    return ts.ToDatetime(tzinfo=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    # DateTime64(3, 'UTC') accepts 'YYYY-MM-DD HH:MM:SS.fff'; gmtime: a third of ToDatetime + strftime's cost
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(ts.seconds))}.{ts.nanos // 1_000_000:03d}"
 
 
 def message_key(event: RequestLogged) -> bytes:
@@ -122,6 +123,12 @@ def body_keys(org_id: str, request_id: str, version: int) -> tuple[str, str]:
     always points at its own request's bodies, even when a request id is reused."""
     base = f"{body_prefix(org_id)}requests/{request_id}/{version}"
     return f"{base}/request", f"{base}/response"
+
+
+def body_pack_key(org_id: str, digest: str) -> str:
+    """Where ingest stores a body pack: the bodies of one org's events of one batch, named by a
+    digest of its content (so rewriting the same batch writes the same object)."""
+    return f"{body_prefix(org_id)}packs/{digest}"
 
 
 def analytics_row(

@@ -1,7 +1,17 @@
 """Writes a batch of log events: bodies to the object store and rows to ClickHouse, then hands
 the Postgres metadata to PendingMetadata (written in the background, so a Postgres outage delays
-nothing here). Idempotent: a replayed event writes the same body keys, collapses into the same
-ReplacingMergeTree row (same identity, same version) and merges into the same metadata.
+nothing here). Idempotent: a replayed event collapses into the same ReplacingMergeTree row (same
+identity, same version) pointing at the same bytes, and merges into the same metadata.
+
+Bodies go into body packs: one object per org and batch (`orgs/<org>/packs/<digest>`, see
+events.body_pack_key), the events' bodies one after the other; a row points at its bodies as byte
+ranges of the pack (bodies.body_ref). One object per body cost two file or S3 writes per event,
+which was most of ingest's time. The pack's name is a digest of its content, so retrying or
+replaying the same batch writes the same object and the same rows; a replay that batches events
+differently writes a new pack and its rows point there (the same bytes), leaving the earlier pack
+unreferenced. Deleting an org's bodies is still deleting the `orgs/<org>/` prefix; age-based
+retention (an S3 lifecycle rule) removes a pack once all its requests are past the age, since a
+pack only holds requests written in one batch.
 
 A log's identity is (org_id, request_id). A request id reused within an org replaces the earlier
 log: the newest request (highest events.event_version) wins, and its row points at its own
@@ -10,14 +20,14 @@ bodies (the version is part of the body keys), so rows and bodies never mix two 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 
 from helicone_core import events
 from helicone_core.analytics import AnalyticsStore
-from helicone_core.bodies import BodyStore
+from helicone_core.bodies import PACK_CONTENT_TYPE, BodyStore, body_ref
 from helicone_core.cost import CostRegistry
 from helicone_core.metrics import ServiceMetrics
 
@@ -47,7 +57,7 @@ class BatchWriter:
             "helicone_ingest_batch_seconds", "Time to write one batch", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         )
         self.m_batch_size = metrics.histogram(
-            "helicone_ingest_batch_size", "Events per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+            "helicone_ingest_batch_size", "Events per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
         )
         self.m_write_errors = metrics.counter("helicone_ingest_write_errors_total", "Failed batch writes (retried)", ("stage",))
         self.m_lag = metrics.histogram(
@@ -94,9 +104,8 @@ class BatchWriter:
         if not batch:
             return
         started = time.perf_counter()
-        rows = []
         try:
-            rows = await asyncio.gather(*(self._store_bodies(ev) for ev in batch))
+            rows = await self._store_bodies(batch)
         except Exception:
             self.m_write_errors.labels("bodies").inc()
             raise
@@ -109,7 +118,8 @@ class BatchWriter:
         now = time.time()
         for ev in batch:
             if ev.HasField("response_created_at"):
-                self.m_lag.observe(max(now - ev.response_created_at.ToDatetime(tzinfo=dt.timezone.utc).timestamp(), 0))
+                at = ev.response_created_at
+                self.m_lag.observe(max(now - at.seconds - at.nanos / 1e9, 0))
             self._count_usage(ev)
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(batch))
@@ -131,24 +141,47 @@ class BatchWriter:
         if ev.cost_known and ev.cost_usd > 0:
             self.m_cost.labels(provider, model).inc(ev.cost_usd)
 
-    async def _store_bodies(self, ev: events.RequestLogged) -> dict:
-        which = ev.WhichOneof("bodies")
-        if which == "location":
-            loc = ev.location
-            return events.analytics_row(
-                ev, request_key=loc.request_key, response_key=loc.response_key,
-                request_bytes=loc.request_bytes, response_bytes=loc.response_bytes,
-                request_content_type="", response_content_type="", truncated=False,
-            )
-        inline = ev.inline if which == "inline" else events.InlineBodies()
-        req_key, resp_key = events.body_keys(ev.org_id, ev.request_id, events.event_version(ev))
-        await asyncio.gather(
-            self.bodies.put(req_key, inline.request_body, inline.request_content_type),
-            self.bodies.put(resp_key, inline.response_body, inline.response_content_type),
-        )
-        return events.analytics_row(
-            ev, request_key=req_key, response_key=resp_key,
-            request_bytes=len(inline.request_body), response_bytes=len(inline.response_body),
-            request_content_type=inline.request_content_type, response_content_type=inline.response_content_type,
-            truncated=inline.request_truncated or inline.response_truncated,
-        )
+    async def _store_bodies(self, batch: list[events.RequestLogged]) -> list[dict]:
+        """Writes one body pack per org of the batch; returns the batch's rows, in batch order."""
+        rows: list[dict | None] = [None] * len(batch)
+        by_org: dict[str, list[int]] = {}
+        for i, ev in enumerate(batch):
+            if ev.WhichOneof("bodies") == "location":  # bodies the producer stored itself
+                loc = ev.location
+                rows[i] = events.analytics_row(
+                    ev, request_key=loc.request_key, response_key=loc.response_key,
+                    request_bytes=loc.request_bytes, response_bytes=loc.response_bytes,
+                    request_content_type="", response_content_type="", truncated=False,
+                )
+            else:
+                by_org.setdefault(ev.org_id, []).append(i)
+        puts = []
+        for org_id, members in by_org.items():
+            # a deterministic order, so the same events make the same pack whatever order they came in
+            members.sort(key=lambda i: (batch[i].request_id, events.event_version(batch[i])))
+            parts, spans, offset = [], [], 0
+            for i in members:
+                inline = batch[i].inline
+                for body in (inline.request_body, inline.response_body):
+                    parts.append(body)
+                    spans.append((offset, len(body)))
+                    offset += len(body)
+            digest = hashlib.sha256()
+            for n, i in enumerate(members):  # identities, versions and lengths too: the same bytes split otherwise
+                digest.update(f"{batch[i].request_id}/{events.event_version(batch[i])}/{spans[2 * n][1]}/"
+                              f"{spans[2 * n + 1][1]};".encode())
+            pack = b"".join(parts)
+            digest.update(pack)
+            key = events.body_pack_key(org_id, digest.hexdigest()[:32])
+            puts.append(self.bodies.put(key, pack, PACK_CONTENT_TYPE))
+            for n, i in enumerate(members):
+                ev, inline = batch[i], batch[i].inline
+                (req_off, req_len), (resp_off, resp_len) = spans[2 * n], spans[2 * n + 1]
+                rows[i] = events.analytics_row(
+                    ev, request_key=body_ref(key, req_off, req_len), response_key=body_ref(key, resp_off, resp_len),
+                    request_bytes=req_len, response_bytes=resp_len,
+                    request_content_type=inline.request_content_type, response_content_type=inline.response_content_type,
+                    truncated=inline.request_truncated or inline.response_truncated,
+                )
+        await asyncio.gather(*puts)
+        return rows
