@@ -34,6 +34,9 @@ QUERIES = {
                  f"{_aggs('requests', 'cost_usd', 'prompt_tokens', 'errors', 'latency_quantiles', 'ttft_quantiles')}, "
                  f"{_aggs('users', 'sessions', 'avg_latency_ms', 'cache_hits')} "
                  f"FROM {{db}}.request_log {{final}} WHERE {_in_range('quarter_hour')} GROUP BY b ORDER BY b",
+    "series_hourly_v1": f"SELECT toStartOfDay(toTimeZone({GRAINS['hour'][0]}, 'Europe/Berlin')) AS b, "
+                        f"{_aggs('requests', 'cost_usd', 'errors', 'latency_quantiles', 'ttft_quantiles', 'users')} "
+                        f"FROM {{db}}.request_log {{final}} WHERE {_in_range('hour')} GROUP BY b ORDER BY b",
     "models_v1": f"SELECT provider, model, {_aggs('requests', 'cost_usd', 'total_tokens', 'errors', 'latency_quantiles')} "
                  f"FROM {{db}}.request_log {{final}} WHERE {_in_range('hour')} GROUP BY provider, model ORDER BY model",
     "users_v1": f"SELECT user_id, {_aggs('requests', 'cost_usd', 'first_seen', 'last_seen')} FROM {{db}}.request_log "

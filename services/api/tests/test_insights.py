@@ -622,7 +622,10 @@ async def test_dashboard_reads_over_whole_hours_or_days_are_answered_from_the_pr
         "sessions_v1": ins.session_list_sql(org, ins.SessionQuery(filter=window)),
         "properties_v1": ins.property_values_sql(org, "env", ins.PropertyValuesQuery(filter=window)),
     }
-    reads["summary (series_v1)"] = ins.summary_sql(org, ins.TimeRange(**window))
+    reads["series_hourly_v1"] = ins.timeseries_sql(org, ins.TimeseriesQuery(**window, bucket="day", timezone="Europe/Berlin"))
+    reads["summary (series_hourly_v1)"] = ins.summary_sql(org, ins.TimeRange(**window))
+    reads["summary on quarter hours (series_v1)"] = ins.summary_sql(
+        org, ins.TimeRange(start=start + dt.timedelta(minutes=15), end=end))
     for projection, (sql, params) in reads.items():
         plan = "\n".join(r["explain"] for r in await state.analytics.query("EXPLAIN " + sql, params))
         assert f"ReadFromMergeTree ({projection.split('(')[-1].rstrip(')')})" in plan, (projection, plan)

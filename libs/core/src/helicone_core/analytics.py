@@ -164,6 +164,11 @@ REQUEST_LOG_PROJECTIONS = {
     "series_v1": _aggregate_projection(["org_id", GRAINS["quarter_hour"][0]],
                                        _TOTALS + ["errors", "latency_quantiles", "ttft_quantiles", "avg_latency_ms",
                                                   "users", "sessions", "cache_hits", "cache_saved_usd"]),
+    # the same by UTC hour: a quarter of the t-digests to merge, for ranges on whole hours in zones
+    # whose offset is whole hours (most), and for summaries over whole hours
+    "series_hourly_v1": _aggregate_projection(["org_id", GRAINS["hour"][0]],
+                                              _TOTALS + ["errors", "latency_quantiles", "ttft_quantiles", "avg_latency_ms",
+                                                         "users", "sessions", "cache_hits", "cache_saved_usd"]),
     # model/provider breakdowns and series grouped by them (UTC hours)
     "models_v1": _aggregate_projection(["org_id", GRAINS["hour"][0], "provider", "model"],
                                        _TOTALS + ["errors", "latency_quantiles", "avg_latency_ms"]),

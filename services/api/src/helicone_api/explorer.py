@@ -264,10 +264,14 @@ class RequestPager:
     async def _newest_versions(self, rows: list[dict]) -> list[dict]:
         if not rows:
             return rows
+        # a newer version of a log is a later request (events.event_version): only rows from the oldest
+        # candidate on can replace one, which the by_time projection reads without scanning the org
         newest = await self.state.analytics.query(
             "SELECT toString(request_id) AS id, max(version) AS v FROM {db}.request_log "
-            "WHERE org_id = {org:String} AND request_id IN {ids:Array(UUID)} GROUP BY request_id " + SETTINGS,
-            {"org": self.org, "ids": [r["request_id"] for r in rows]})
+            "WHERE org_id = {org:String} AND request_created_at >= {oldest:DateTime64(3, 'UTC')} "
+            "AND request_id IN {ids:Array(UUID)} GROUP BY request_id " + SETTINGS,
+            {"org": self.org, "ids": [r["request_id"] for r in rows],
+             "oldest": min(r["request_created_at"] for r in rows)})
         latest = {n["id"]: int(n["v"]) for n in newest}
         out, seen = [], set()
         for r in rows:

@@ -207,6 +207,28 @@ def _aligned(t: dt.datetime, seconds: int) -> bool:
     return t.microsecond == 0 and int(t.timestamp()) % seconds == 0
 
 
+def _grain(f: RequestFilter | FilterNode, start: dt.datetime | None, end: dt.datetime | None,
+           candidates: tuple[str, ...]) -> str | None:
+    """The first of `candidates` (coarsest first: fewer pre-aggregated rows to merge) on whose boundaries
+    the time range falls, the filter's own range included (see _conditions)."""
+    ends = [start, end] + ([f.start, f.end] if isinstance(f, RequestFilter) else [])
+    for grain in candidates:
+        if all(t is None or _aligned(t, GRAINS[grain][1]) for t in ends):
+            return grain
+    return None
+
+
+def _whole_hour_zone(zone: str, start: dt.datetime, end: dt.datetime) -> bool:
+    """Whether the zone's UTC offset is a whole number of hours all through the range (checked daily:
+    an offset lasts months), so its hours and days are whole UTC hours."""
+    tz, t = zoneinfo.ZoneInfo(zone), start
+    while t <= end + dt.timedelta(days=1):
+        if tz.utcoffset(t) % dt.timedelta(hours=1):
+            return False
+        t += dt.timedelta(days=1)
+    return True
+
+
 def _conditions(org_id: str, f: RequestFilter | FilterNode, start: dt.datetime | None = None, end: dt.datetime | None = None,
                 grain: str | None = None) -> tuple[list[str], dict[str, Any]]:
     """The one place this module turns a caller's filter (and an extra time range) into WHERE conditions.
@@ -456,7 +478,10 @@ def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]
     start to end. The groups are the top_groups values with most requests in the range; every other
     value is summed into one group flagged `is_other`. Buckets come out as Unix seconds
     (date_time_output_format), so a bucket that repeats a local time (the DST fall-back hour) stays distinct."""
-    grain = "quarter_hour" if q.bucket != "minute" and q.start >= QUARTER_HOUR_ZONES_SINCE else None
+    grain = None
+    if q.bucket != "minute" and q.start >= QUARTER_HOUR_ZONES_SINCE:
+        whole_hours = _whole_hour_zone(q.timezone, q.start, q.end)
+        grain = _grain(q.filter, q.start, q.end, ("hour", "quarter_hour") if whole_hours else ("quarter_hour",))
     where, params = _conditions(org_id, q.filter, q.start, q.end, grain)
     params.update(tz=q.timezone, fill_start=_ch_time(q.start), fill_end=_ch_time(q.end))
     start_of, step = BUCKET_SQL[q.bucket]
@@ -522,7 +547,8 @@ def breakdown_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
-    where, params = _conditions(org_id, RequestFilter(), r.start, r.end, grain="quarter_hour")
+    grain = _grain(RequestFilter(), r.start, r.end, ("hour", "quarter_hour"))
+    where, params = _conditions(org_id, RequestFilter(), r.start, r.end, grain=grain)
     sql = (
         f"SELECT {TOTALS}, "
         + _aggregates("users", "sessions", "avg_latency_ms", "latency_quantiles", "cache_hits", "cache_saved_usd")
