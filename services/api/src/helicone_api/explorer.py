@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from helicone_core.analytics import TIME_ORDER_SETTINGS
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .filters import (
@@ -247,7 +248,7 @@ class RequestPager:
             # inner: time order only, which the projection serves; outer: the tie-break on request_id
             sql = (f"SELECT * FROM (SELECT {COLUMNS}, version FROM {{db}}.request_log WHERE {' AND '.join(where)} "
                    f"ORDER BY request_created_at {direction} LIMIT {{fetch:UInt32}}) "
-                   f"ORDER BY {order_sql(self.sort)} " + SETTINGS)
+                   f"ORDER BY {order_sql(self.sort)} " + SETTINGS + ", " + TIME_ORDER_SETTINGS)
             rows = await self.state.analytics.query(sql, params)
             full = len(rows) == fetch
             if full:  # the last instant read may have more rows than were read: not part of this answer
@@ -269,7 +270,7 @@ class RequestPager:
         newest = await self.state.analytics.query(
             "SELECT toString(request_id) AS id, max(version) AS v FROM {db}.request_log "
             "WHERE org_id = {org:String} AND request_created_at >= {oldest:DateTime64(3, 'UTC')} "
-            "AND request_id IN {ids:Array(UUID)} GROUP BY request_id " + SETTINGS,
+            "AND request_id IN {ids:Array(UUID)} GROUP BY request_id " + SETTINGS + ", " + TIME_ORDER_SETTINGS,
             {"org": self.org, "ids": [r["request_id"] for r in rows],
              "oldest": min(r["request_created_at"] for r in rows)})
         latest = {n["id"]: int(n["v"]) for n in newest}

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SESSION_USERS
+from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SESSION_USERS, TIME_ORDER_SETTINGS
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from .filters import AnyFilter, FilterNode, filter_sql
@@ -288,17 +288,21 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def recent_sessions_sql(org_id: str, q: SessionQuery, rows: int) -> tuple[str, dict[str, Any]]:
-    """The sessions of the newest `rows` matching requests, newest first: read in time order from the
-    by_time projection, so the default session list (last seen first) need not total every session."""
+def recent_sessions_sql(org_id: str, q: SessionQuery, rows: int, since: dt.datetime | None = None) -> tuple[str, dict[str, Any]]:
+    """The sessions of the newest `rows` matching requests (from `since` on), newest first: read in time
+    order from the by_time projection, so the default session list (last seen first) need not total
+    every session. A recent `since` is what makes ClickHouse pick the projection (fewer marks to read)."""
     where, params = _conditions(org_id, q.filter)
     where.append("session_id != ''")
+    if since is not None:
+        where.append("request_created_at >= {since:DateTime64(3, 'UTC')}")
+        params["since"] = _ch_time(since)
     params["rows"] = rows
     # n: how many of the rows read each session had (their sum below `rows`: every matching request was read)
     sql = (
         f"SELECT session_id, max(request_created_at) AS seen, count() AS n FROM (SELECT session_id, request_created_at "
         f"FROM {{db}}.request_log WHERE {' AND '.join(where)} ORDER BY request_created_at DESC LIMIT {{rows:UInt32}}) "
-        "GROUP BY session_id ORDER BY seen DESC, session_id " + SETTINGS
+        "GROUP BY session_id ORDER BY seen DESC, session_id " + SETTINGS + ", " + TIME_ORDER_SETTINGS
     )
     return sql, params
 
@@ -580,15 +584,36 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         order is not asked for (or a search narrows the list) and the sessions must all be totalled."""
         if (q.sort.field, q.sort.direction) != ("last_seen", "desc") or q.search:
             return None
-        want, rows = q.offset + q.limit, max(2000, 40 * (q.offset + q.limit))
-        for _ in range(3):
-            found = await state.analytics.query(*recent_sessions_sql(org, q, rows))
-            # the newest session of the rows read may go on further back, but it is among the newest
-            # sessions whatever its older requests; so are all before it
-            if len(found) >= want or sum(int(r["n"]) for r in found) < rows:
-                return [r["session_id"] for r in found][q.offset:want]
-            rows *= 8
+        want = q.offset + q.limit
+        f = q.filter
+        end = f.end if isinstance(f, RequestFilter) and f.end is not None else await newest_hour(org)
+        if end is None:
+            return []  # the org has logged nothing
+        for since in (end - dt.timedelta(hours=1), end - dt.timedelta(days=1), end - dt.timedelta(days=7), None):
+            rows = max(2000, 40 * want)
+            for _ in range(3):
+                found = await state.analytics.query(*recent_sessions_sql(org, q, rows, since))
+                # a session with any of the rows read has its newest request among them, and every
+                # session not read was last seen before all of them: these lead the list
+                if len(found) >= want:
+                    return [r["session_id"] for r in found][q.offset:want]
+                if sum(int(r["n"]) for r in found) < rows:  # every matching request since `since` was read
+                    if since is None:
+                        return [r["session_id"] for r in found][q.offset:want]
+                    break
+                rows *= 8
+            else:
+                return None
         return None
+
+    async def newest_hour(org: str) -> dt.datetime | None:
+        """The end of the org's newest hour with a request (from the hourly series projection)."""
+        rows = await state.analytics.query(
+            f"SELECT count() AS n, max({GRAINS['hour'][0]}) AS h FROM {{db}}.request_log WHERE org_id = {{org:String}} "
+            + AGG_SETTINGS, {"org": org})
+        if not rows or not int(rows[0]["n"]):
+            return None
+        return dt.datetime.fromisoformat(rows[0]["h"]).replace(tzinfo=dt.timezone.utc) + dt.timedelta(hours=1)
 
     @router.post("/session/query")
     async def query_sessions(q: SessionQuery, org: str = Depends(org_id)) -> dict:
