@@ -56,7 +56,7 @@ def log_lines(stack, text: str) -> int:
 def test_readiness_reports_required_and_optional_checks(stack):
     expected = {
         stack.gateway: {"http_client": True, "key_store": True, "kafka": False, "postgres": False},
-        stack.api: {"postgres": True, "analytics": True, "bodies": True, "key_store": True},
+        stack.api: {"postgres": True, "analytics": True, "bodies": True, "key_store": True, "kafka": False},
         stack.ingest_ops: {"kafka": True, "consumer_assigned": True, "analytics": True, "bodies": True, "postgres": False},
         stack.prompts_ops: {"grpc": True, "postgres": True, "key_store": True},
     }

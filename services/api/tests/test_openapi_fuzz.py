@@ -1,6 +1,6 @@
 """Schemathesis over the api's own OpenAPI document: requests generated from the schema (valid ones and
 deliberately invalid ones) go through the in-process ASGI app on a real Postgres and chDB, with a working
-key (and a real prompts service behind /v1/prompts). No answer is a 5xx, and every answer is one the document declares: its status code, its content type
+key (a real prompts service behind /v1/prompts, a real broker behind the async-log routes). No answer is a 5xx, and every answer is one the document declares: its status code, its content type
 and, for JSON, its schema (errors included: {"error": {"type", "message", "details"?}})."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import schemathesis
 from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
 from helicone_core import db
+from helicone_core.kafka import PLAINTEXT, ensure_topics
 from helicone_prompts.server import PromptsServer
 from helicone_prompts.settings import PromptsSettings
 from hypothesis import HealthCheck, given, settings
@@ -32,7 +33,7 @@ EXAMPLES = 400  # across every operation; 10-25 s on a quiet machine
 
 
 @pytest.mark.parametrize("analytics_settings", ["chdb"], indirect=True)
-def test_every_answer_matches_the_openapi_document(pg_dsn, analytics_settings, tmp_path):
+def test_every_answer_matches_the_openapi_document(pg_dsn, analytics_settings, tmp_path, kafka_bootstrap):
     loop = asyncio.new_event_loop()
     stack = contextlib.AsyncExitStack()
 
@@ -45,8 +46,13 @@ def test_every_answer_matches_the_openapi_document(pg_dsn, analytics_settings, t
         prompts = PromptsServer(PromptsSettings(postgres_dsn=dsn, grpc_port=0, data_dir=tmp_path / "p", _env_file=None))
         await prompts.start()
         stack.push_async_callback(prompts.stop)
+        # a real broker behind the async-log routes (/custom/v1/log, /v1/traces), as in production
+        topic = "fuzz." + uuid.uuid4().hex[:8]
+        await ensure_topics(kafka_bootstrap, [topic], 1, 1, security=PLAINTEXT)
         app = create_app(ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=dsn, _env_file=None,
-                                     prompts_target=f"127.0.0.1:{prompts.bound_port}", **analytics_settings))
+                                     prompts_target=f"127.0.0.1:{prompts.bound_port}", kafka_bootstrap=kafka_bootstrap,
+                                     kafka_topic=topic,
+                                     **analytics_settings))
         state = app.state.api
         await state.start()
         stack.push_async_callback(state.stop)

@@ -14,7 +14,7 @@ from helicone_core.settings import env_name
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .keys import _storable
-from .models import utf8_text
+from .models import error_responses, utf8_text
 
 ADMIN_ORGS_PATH = "/v1/admin/orgs"
 ADMIN_PATHS = frozenset({ADMIN_ORGS_PATH})  # skipped by RequestGuard's key check: the route checks the admin token
@@ -42,7 +42,8 @@ def admin_router(state) -> APIRouter:
         if state.pool is None:
             raise HTTPException(503, "key store unavailable; try again shortly", {"Retry-After": "5"})
 
-    @router.post("/orgs", status_code=201)
+    @router.post("/orgs", status_code=201, responses=error_responses({
+        404: "the admin routes are off: the operator has not set HELICONE_ADMIN_TOKEN"}))
     async def create_org(new: NewOrg, _: None = Depends(check)) -> dict:
         """A new org and its first key; the plaintext `key` is in this answer only (Postgres keeps its hash)."""
         async with state.pool.acquire() as conn, conn.transaction():

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .models import RequestFilter, RequestId, utf8_text
+from .models import RequestFilter, RequestId, error_responses, utf8_text
 from .queries import ERROR_CONDITION
 from .webhooks import url_shape_problem
 
@@ -155,7 +155,8 @@ AlertId = RequestId  # any UUID, one message for a malformed one
 
 
 def alerts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
-    router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+    router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=error_responses({
+        404: "no alert rule of the caller's org has this id", 409: "the org already has the most alert rules allowed"}))
 
     def check_url(rule: AlertRule) -> None:
         problem = state.webhooks.url_problem(rule.webhook_url)

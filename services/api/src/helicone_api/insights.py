@@ -22,7 +22,7 @@ from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SES
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from .filters import AnyFilter, FilterNode, filter_sql
-from .models import MAX_FILTER_CHARS, FilterText, RequestFilter, _ch_range, _utf8
+from .models import MAX_FILTER_CHARS, FilterText, RequestFilter, _ch_range, _utf8, error_responses
 from .queries import COLUMNS, SETTINGS, _ch_time, _iso, row_to_json
 from .scores import scores_of
 
@@ -571,7 +571,7 @@ def summary_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["insights"])
+    router = APIRouter(prefix="/v1", tags=["insights"], responses=error_responses({404: "no session of the caller's org has this id"}))
 
     async def run(endpoint: str, sql_params: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
         with state.m_query_seconds.labels(endpoint).time():

@@ -14,6 +14,7 @@ from helicone_core.settings import env_name
 
 from .async_log import AsyncLog, PayloadError, to_event
 from .log_publisher import PublishUnavailable
+from .models import error_responses
 from .otlp import JSON, PROTOBUF, OtlpError, decode_request, encode_response, to_events
 
 RETRY_AFTER = "5"
@@ -26,7 +27,9 @@ def _invalid(field: str, message: str) -> JSONResponse:
 
 
 def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
-    router = APIRouter(tags=["logs"])
+    router = APIRouter(tags=["logs"], responses=error_responses({
+        400: "an OTLP body that does not decode", 415: "an OTLP Content-Type or Content-Encoding not taken",
+        503: "Kafka did not take the logs in time; send them again (Retry-After)"}))
     settings = state.settings
 
     async def publish(evs: list[events.RequestLogged]) -> None:
