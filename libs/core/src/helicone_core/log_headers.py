@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from .events import InlineBodies
+
 PROPERTY_PREFIX = "helicone-property-"
 MAX_PROPERTIES = 64
 MAX_PROPERTY_VALUE = 4096
@@ -45,6 +47,19 @@ class LogHeaders:
         if not self.request_name:
             return self.properties
         return {**self.properties, REQUEST_NAME_PROPERTY: self.request_name}
+
+    def inline_bodies(self, req_body: bytes, req_ctype: str, resp_body: bytes, resp_ctype: str, limit: int,
+                      *, response_cut: bool = False) -> InlineBodies:
+        """The bodies as a log event carries them: cut at `limit`, left out when Helicone-Omit-* asks
+        (usage and cost are still read from them). response_cut: the response was captured cut already."""
+        return InlineBodies(
+            request_body=b"" if self.omit_request else req_body[:limit],
+            response_body=b"" if self.omit_response else resp_body[:limit],
+            request_content_type=req_ctype,
+            response_content_type=resp_ctype,
+            request_truncated=not self.omit_request and len(req_body) > limit,
+            response_truncated=not self.omit_response and (response_cut or len(resp_body) > limit),
+        )
 
 
 def read_log_header(out: LogHeaders, name: str, value: str) -> bool:

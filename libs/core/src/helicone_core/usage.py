@@ -9,6 +9,7 @@ import zlib
 from dataclasses import dataclass
 
 from .cost import TokenCounts
+from .events import Usage
 
 
 @dataclass
@@ -17,10 +18,8 @@ class Parsed:
     tokens: TokenCounts = TokenCounts()
     known: bool = False
 
-    def logged_usage(self):
+    def logged_usage(self) -> Usage:
         """The usage as RequestLogged carries it (the gateway's and the async logs' events alike)."""
-        from .events import Usage
-
         t = self.tokens
         return Usage(prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
                      total_tokens=t.prompt_tokens + t.completion_tokens, cache_read_tokens=t.cache_read_tokens,

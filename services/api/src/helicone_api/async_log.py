@@ -186,23 +186,10 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
         cost_usd=cost or 0.0,
         cost_known=cost is not None,
         streamed=req.json_.get("stream") is True or "text/event-stream" in resp_ctype,
-        inline=inline_bodies(req_body, "application/json", resp_body, resp_ctype, hh, body_limit),
+        inline=hh.inline_bodies(req_body, "application/json", resp_body, resp_ctype, body_limit),
         source=ASYNC_LOG_SOURCE,
         region=region,
     )
     events.set_time(ev.request_created_at, started)
     events.set_time(ev.response_created_at, finished)
     return ev
-
-
-def inline_bodies(req_body: bytes, req_ctype: str, resp_body: bytes, resp_ctype: str, hh: LogHeaders,
-                  limit: int) -> events.InlineBodies:
-    """The bodies as the gateway logs them: cut at `limit`, left out when Helicone-Omit-* asks."""
-    return events.InlineBodies(
-        request_body=b"" if hh.omit_request else req_body[:limit],
-        response_body=b"" if hh.omit_response else resp_body[:limit],
-        request_content_type=req_ctype,
-        response_content_type=resp_ctype,
-        request_truncated=not hh.omit_request and len(req_body) > limit,
-        response_truncated=not hh.omit_response and len(resp_body) > limit,
-    )

@@ -23,7 +23,7 @@ from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from .async_log import LATEST_SECONDS, MAX_PROVIDER, inline_bodies
+from .async_log import LATEST_SECONDS, MAX_PROVIDER
 
 OTLP_SOURCE = "otlp"
 PROTOBUF = "application/x-protobuf"
@@ -309,7 +309,7 @@ def span_event(span, attrs: dict, *, org_id: str, costs: CostRegistry, region: s
         cost_usd=cost or 0.0,
         cost_known=cost is not None,
         streamed=attrs.get("gen_ai.request.stream") is True,
-        inline=inline_bodies(req_body, JSON, resp_body, JSON, hh, body_limit),
+        inline=hh.inline_bodies(req_body, JSON, resp_body, JSON, body_limit),
         error=error[:1024],
         source=OTLP_SOURCE,
         region=region,

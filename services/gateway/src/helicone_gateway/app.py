@@ -796,15 +796,7 @@ class Gateway:
                 cost_usd=0.0 if cache_hit else cost or 0.0,
                 cost_known=cost is not None,
                 streamed=req_stream or "text/event-stream" in resp_ctype,
-                # Helicone-Omit-Request/-Response: that body is not stored (usage and cost are still read from it)
-                inline=events.InlineBodies(
-                    request_body=b"" if hh.omit_request else body[:limit],
-                    response_body=b"" if hh.omit_response else decoded[:limit],
-                    request_content_type=req_ctype,
-                    response_content_type=resp_ctype,
-                    request_truncated=not hh.omit_request and len(body) > limit,
-                    response_truncated=not hh.omit_response and (resp_truncated or len(decoded) > limit),
-                ),
+                inline=hh.inline_bodies(body, req_ctype, decoded, resp_ctype, limit, response_cut=resp_truncated),
                 error=error,
                 source="gateway",
                 region=self.settings.region,
