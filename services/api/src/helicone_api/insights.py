@@ -73,26 +73,30 @@ class UserSort(Sort):
     field: Literal[USER_SORTS] = "last_seen"  # type: ignore[valid-type]
 
 
-class SessionQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+class _ListQuery(BaseModel):
+    """A page of sessions or users with requests matching the filter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: AnyFilter = Field(default_factory=RequestFilter)
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+class SessionQuery(_ListQuery):
+    model_config = ConfigDict(json_schema_extra={"examples": [
         {"filter": FILTER_EXAMPLE, "search": "checkout", "sort": {"field": "cost_usd", "direction": "desc"}, "limit": 50}]})
 
-    filter: AnyFilter = Field(default_factory=RequestFilter)
     search: SearchText | None = Field(None, description="a substring of the session id or name (any case)")
     sort: SessionSort = Field(default_factory=SessionSort)
-    limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=1_000_000)
 
 
-class UserQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+class UserQuery(_ListQuery):
+    model_config = ConfigDict(json_schema_extra={"examples": [
         {"filter": FILTER_EXAMPLE, "search": "alice", "sort": {"field": "requests", "direction": "desc"}, "limit": 50}]})
 
-    filter: AnyFilter = Field(default_factory=RequestFilter)
     search: SearchText | None = Field(None, description="a substring of the user id (any case)")
     sort: UserSort = Field(default_factory=UserSort)
-    limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=1_000_000)
 
 
 class PropertyValuesQuery(BaseModel):
@@ -207,17 +211,6 @@ def _aligned(t: dt.datetime, seconds: int) -> bool:
     return t.microsecond == 0 and int(t.timestamp()) % seconds == 0
 
 
-def _grain(f: RequestFilter | FilterNode, start: dt.datetime | None, end: dt.datetime | None,
-           candidates: tuple[str, ...]) -> str | None:
-    """The first of `candidates` (coarsest first: fewer pre-aggregated rows to merge) on whose boundaries
-    the time range falls, the filter's own range included (see _conditions)."""
-    ends = [start, end] + ([f.start, f.end] if isinstance(f, RequestFilter) else [])
-    for grain in candidates:
-        if all(t is None or _aligned(t, GRAINS[grain][1]) for t in ends):
-            return grain
-    return None
-
-
 def _whole_hour_zone(zone: str, start: dt.datetime, end: dt.datetime) -> bool:
     """Whether the zone's UTC offset is a whole number of hours all through the range (checked daily:
     an offset lasts months), so its hours and days are whole UTC hours."""
@@ -230,27 +223,28 @@ def _whole_hour_zone(zone: str, start: dt.datetime, end: dt.datetime) -> bool:
 
 
 def _conditions(org_id: str, f: RequestFilter | FilterNode, start: dt.datetime | None = None, end: dt.datetime | None = None,
-                grain: str | None = None) -> tuple[list[str], dict[str, Any]]:
-    """The one place this module turns a caller's filter (and an extra time range) into WHERE conditions.
+                grains: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any], str | None]:
+    """The one place this module turns a caller's filter (and an extra time range) into WHERE conditions,
+    their parameters, and the grain the range is written on.
 
-    The time range (the filter's and the extra one, whichever is narrower) is written on a projection's
-    grain (analytics.GRAINS) when both its ends fall on that grain's boundaries: the very same rows, and
-    the form that lets the projection answer; otherwise on request_created_at."""
+    The time range (the filter's and the extra one, whichever is narrower) is written on the first of
+    `grains` (coarsest first: fewer pre-aggregated rows to merge; analytics.GRAINS) on whose boundaries
+    both its ends fall: the very same rows, and the form that lets that projection answer; otherwise on
+    request_created_at (grain None)."""
     flat = isinstance(f, RequestFilter)  # a filter tree's own time conditions stay in the tree (on the rows)
     lows = [t for t in (f.start if flat else None, start) if t is not None]
     highs = [t for t in (f.end if flat else None, end) if t is not None]
     where, params = filter_sql(org_id, f.model_copy(update={"start": None, "end": None}) if flat else f)
     low, high = (max(lows) if lows else None), (min(highs) if highs else None)
-    column = "request_created_at"
-    if grain is not None and all(t is None or _aligned(t, GRAINS[grain][1]) for t in (low, high)):
-        column = GRAINS[grain][0]
+    grain = next((g for g in grains if all(t is None or _aligned(t, GRAINS[g][1]) for t in (low, high))), None)
+    column = GRAINS[grain][0] if grain else "request_created_at"
     if low is not None:
         where.append(f"{column} >= {{range_start:DateTime64(3, 'UTC')}}")
         params["range_start"] = _ch_time(low)
     if high is not None:
         where.append(f"{column} < {{range_end:DateTime64(3, 'UTC')}}")
         params["range_end"] = _ch_time(high)
-    return where, params
+    return where, params, grain
 
 
 def _aggregates(*names: str, prefix: str = "") -> str:
@@ -292,7 +286,7 @@ def recent_sessions_sql(org_id: str, q: SessionQuery, rows: int, since: dt.datet
     """The sessions of the newest `rows` matching requests (from `since` on), newest first: read in time
     order from the by_time projection, so the default session list (last seen first) need not total
     every session. A recent `since` is what makes ClickHouse pick the projection (fewer marks to read)."""
-    where, params = _conditions(org_id, q.filter)
+    where, params, _ = _conditions(org_id, q.filter)
     where.append("session_id != ''")
     if since is not None:
         where.append("request_created_at >= {since:DateTime64(3, 'UTC')}")
@@ -313,7 +307,7 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
     given, these sessions when `only` is. Totals per session and UTC day first (what the sessions
     projection holds), then per session."""
     if session_id is None:
-        where, params = _conditions(org_id, q.filter, grain="day")
+        where, params, _ = _conditions(org_id, q.filter, grains=("day",))
         if only is not None:
             where.append("session_id IN {only:Array(String)}")
             params["only"] = only
@@ -410,7 +404,7 @@ def _ms(iso: str) -> int:
 def user_list_sql(org_id: str, q: UserQuery) -> tuple[str, dict[str, Any]]:
     """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request.
     Totals per user and UTC day first (what the users projection holds), then per user."""
-    where, params = _conditions(org_id, q.filter, grain="day")
+    where, params, _ = _conditions(org_id, q.filter, grains=("day",))
     where.append("user_id != ''")
     if q.search:
         where.append("positionCaseInsensitiveUTF8(user_id, {search:String}) > 0")
@@ -437,7 +431,7 @@ def user_json(row: dict[str, Any]) -> dict[str, Any]:
 
 def property_keys_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
     """Requests per property set first (what the properties projection groups by), then per key."""
-    where, params = _conditions(org_id, RequestFilter(), r.start, r.end, grain="day")
+    where, params, _ = _conditions(org_id, RequestFilter(), r.start, r.end, grains=("day",))
     sets = f"SELECT properties, count() AS n FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY properties"
     sql = (
         f"SELECT key, sum(n) AS requests FROM ({sets}) ARRAY JOIN mapKeys(properties) AS key "
@@ -448,7 +442,7 @@ def property_keys_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
 
 def property_values_sql(org_id: str, key: str, q: PropertyValuesQuery) -> tuple[str, dict[str, Any]]:
     """The values of one property, most requests first, with their cost and latency."""
-    where, params = _conditions(org_id, q.filter, grain="day")
+    where, params, _ = _conditions(org_id, q.filter, grains=("day",))
     where.append("mapContains(properties, {pkey:String})")
     params["pkey"] = key
     params["limit"] = q.limit
@@ -482,11 +476,10 @@ def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]
     start to end. The groups are the top_groups values with most requests in the range; every other
     value is summed into one group flagged `is_other`. Buckets come out as Unix seconds
     (date_time_output_format), so a bucket that repeats a local time (the DST fall-back hour) stays distinct."""
-    grain = None
+    grains: tuple[str, ...] = ()
     if q.bucket != "minute" and q.start >= QUARTER_HOUR_ZONES_SINCE:
-        whole_hours = _whole_hour_zone(q.timezone, q.start, q.end)
-        grain = _grain(q.filter, q.start, q.end, ("hour", "quarter_hour") if whole_hours else ("quarter_hour",))
-    where, params = _conditions(org_id, q.filter, q.start, q.end, grain)
+        grains = ("hour", "quarter_hour") if _whole_hour_zone(q.timezone, q.start, q.end) else ("quarter_hour",)
+    where, params, grain = _conditions(org_id, q.filter, q.start, q.end, grains)
     params.update(tz=q.timezone, fill_start=_ch_time(q.start), fill_end=_ch_time(q.end))
     start_of, step = BUCKET_SQL[q.bucket]
     time = GRAINS[grain][0] if grain else "request_created_at"
@@ -533,7 +526,7 @@ def timeseries_json(row: dict[str, Any], q: TimeseriesQuery, zone: zoneinfo.Zone
 
 
 def breakdown_sql(org_id: str, q: BreakdownQuery) -> tuple[str, dict[str, Any]]:
-    where, params = _conditions(org_id, q.filter, q.start, q.end, grain="hour")
+    where, params, _ = _conditions(org_id, q.filter, q.start, q.end, grains=("hour",))
     params["limit"] = q.limit
     sql = (
         f"SELECT {q.by} AS key, {TOTALS}, " + _aggregates("latency_quantiles")
@@ -551,8 +544,7 @@ def breakdown_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
-    grain = _grain(RequestFilter(), r.start, r.end, ("hour", "quarter_hour"))
-    where, params = _conditions(org_id, RequestFilter(), r.start, r.end, grain=grain)
+    where, params, _ = _conditions(org_id, RequestFilter(), r.start, r.end, grains=("hour", "quarter_hour"))
     sql = (
         f"SELECT {TOTALS}, "
         + _aggregates("users", "sessions", "avg_latency_ms", "latency_quantiles", "cache_hits", "cache_saved_usd")
