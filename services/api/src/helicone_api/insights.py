@@ -430,29 +430,45 @@ def user_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def property_keys_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
-    """Requests per property set first (what the properties projection groups by), then per key."""
+    """The keys in use, most requests first, from request_properties (its values projection over whole days)."""
     where, params, _ = _conditions(org_id, RequestFilter(), r.start, r.end, grains=("day",))
-    sets = f"SELECT properties, count() AS n FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY properties"
-    sql = (
-        f"SELECT key, sum(n) AS requests FROM ({sets}) ARRAY JOIN mapKeys(properties) AS key "
-        "GROUP BY key ORDER BY requests DESC, key LIMIT 1000 " + AGG_SETTINGS
-    )
+    sql = (f"SELECT key, count() AS requests FROM {{db}}.request_properties WHERE {' AND '.join(where)} "
+           "GROUP BY key ORDER BY requests DESC, key LIMIT 1000 " + AGG_SETTINGS)
     return sql, params
+
+
+PROPERTY_VALUE_AGGREGATES = ("requests", "cost_usd", "errors", "avg_latency_ms", "latency_quantiles")
 
 
 def property_values_sql(org_id: str, key: str, q: PropertyValuesQuery) -> tuple[str, dict[str, Any]]:
-    """The values of one property, most requests first, with their cost and latency."""
-    where, params, _ = _conditions(org_id, q.filter, grains=("day",))
-    where.append("mapContains(properties, {pkey:String})")
+    """The values of one property, most requests first, with their cost, errors and latency.
+
+    A filter of a time range alone reads request_properties (the key's own rows; over whole days its
+    values projection); any other filter needs the request's other columns: request_log's rows."""
+    f = q.filter
+    only_time = isinstance(f, RequestFilter) and f.model_copy(update={"start": None, "end": None}) == RequestFilter()
+    where, params, _ = _conditions(org_id, f, grains=("day",))
+    if only_time:
+        table, value = "request_properties", "value"
+        where.append("key = {pkey:String}")
+    else:
+        table, value = "request_log", "properties[{pkey:String}]"
+        where.append("mapContains(properties, {pkey:String})")
     params["pkey"] = key
     params["limit"] = q.limit
     sql = (
-        "SELECT properties[{pkey:String}] AS value, "
-        + _aggregates("requests", "cost_usd", "avg_latency_ms", "latency_quantiles")
-        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY value "
+        f"SELECT {value} AS value, " + _aggregates(*PROPERTY_VALUE_AGGREGATES)
+        + f" FROM {{db}}.{table} WHERE {' AND '.join(where)} GROUP BY value "
         "ORDER BY requests DESC, value LIMIT {limit:UInt32} " + AGG_SETTINGS
     )
     return sql, params
+
+
+def property_value_json(row: dict[str, Any]) -> dict[str, Any]:
+    requests, errors = int(row["requests"]), int(row["errors"])
+    return {"value": row["value"], "requests": requests, "cost_usd": float(row["cost_usd"]), "errors": errors,
+            "error_rate": _rate(errors, requests), "avg_latency_ms": _number(row["avg_latency_ms"]),
+            "latency_ms": _quantiles(row["latency_quantiles"]), "p95_latency_ms": _p95(row["latency_quantiles"])}
 
 
 QUANTILE_NAMES = ("p50", "p90", "p95", "p99")  # of analytics.QUANTILES
@@ -645,11 +661,9 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
 
     @router.post("/property/{key:path}/values")
     async def property_values(key: PropertyKey, q: PropertyValuesQuery, org: str = Depends(org_id)) -> dict:
-        """A property's values, most requests first: requests, cost and latency per value."""
+        """A property's values, most requests first: requests, cost, errors and latency percentiles per value."""
         rows = await run("property_values", property_values_sql(org, key.lower(), q))
-        return {"data": [{"value": row["value"], "requests": int(row["requests"]), "cost_usd": float(row["cost_usd"]),
-                          "avg_latency_ms": _number(row["avg_latency_ms"]), "p95_latency_ms": _p95(row["latency_quantiles"])}
-                         for row in rows]}
+        return {"data": [property_value_json(row) for row in rows]}
 
     @router.post("/metrics/timeseries")
     async def timeseries(q: TimeseriesQuery, org: str = Depends(org_id)) -> dict:
