@@ -110,7 +110,8 @@ async def _old_installation(settings: dict, rows: list[dict]):
     return store
 
 
-CURRENT_TABLES = {"request_log": "org_id, request_id", "request_scores": "org_id, request_id, name"}
+CURRENT_TABLES = {"request_log": "org_id, request_id", "request_scores": "org_id, request_id, name",
+                  "request_properties": "org_id, key, request_id", "request_properties_mv": ""}
 
 
 async def _tables(store) -> dict[str, str]:
@@ -284,7 +285,9 @@ async def test_request_scores_keep_one_score_per_name_the_newest_write(analytics
     store = analytics_store
     await store.init_schema()  # a second run changes nothing
     assert await _tables(store) == CURRENT_TABLES == {"request_log": analytics.REQUEST_LOG_SORTING_KEY,
-                                                      "request_scores": analytics.REQUEST_SCORES_SORTING_KEY}
+                                                      "request_scores": analytics.REQUEST_SCORES_SORTING_KEY,
+                                                      "request_properties": analytics.REQUEST_PROPERTIES_SORTING_KEY,
+                                                      "request_properties_mv": ""}
     rid, other = events.new_request_id(), events.new_request_id()
     first = _score("org-a", rid, "accuracy", 0.5, "2026-03-01 12:00:00.000001")
     await store.insert("request_scores", [first])
