@@ -191,13 +191,13 @@ PROJECTION_SETTINGS = "optimize_functions_to_subcolumns = 0, optimize_time_filte
 TIME_ORDER_SETTINGS = "preferred_optimize_projection_name = 'by_time_v1'"
 
 
-def _projections_ddl() -> str:
-    return "".join(f",\n    PROJECTION {name} ({query})" for name, query in REQUEST_LOG_PROJECTIONS.items())
+def _projections_ddl(projections: dict[str, str]) -> str:
+    return "".join(f",\n    PROJECTION {name} ({query})" for name, query in projections.items())
 
 
 def request_log_ddl(database: str, table: str = "request_log") -> str:
     return REQUEST_LOG_DDL.format(db=database, table=table, sorting_key=REQUEST_LOG_SORTING_KEY,
-                                  projections=_projections_ddl())
+                                  projections=_projections_ddl(REQUEST_LOG_PROJECTIONS))
 
 
 async def _projections(store, table: str) -> set[str]:
@@ -347,8 +347,8 @@ _PROPERTY_ROWS = ("SELECT org_id, key, value, request_id, request_created_at, la
 
 
 def request_properties_ddl(database: str) -> str:
-    projections = "".join(f",\n    PROJECTION {name} ({query})" for name, query in REQUEST_PROPERTIES_PROJECTIONS.items())
-    return REQUEST_PROPERTIES_DDL.format(db=database, sorting_key=REQUEST_PROPERTIES_SORTING_KEY, projections=projections,
+    return REQUEST_PROPERTIES_DDL.format(db=database, sorting_key=REQUEST_PROPERTIES_SORTING_KEY,
+                                         projections=_projections_ddl(REQUEST_PROPERTIES_PROJECTIONS),
                                          comment=_PROPERTIES_BACKFILL_PENDING)
 
 
