@@ -118,6 +118,29 @@ def test_a_data_loss_makes_every_record_unsent_again(tmp_path):
     j.close()
 
 
+def test_a_log_reset_after_the_group_committed_everything_resends_only_what_was_never_acked(tmp_path):
+    """A segment sealed by hold() can mix acknowledged events (the group has committed them) with
+    events the hold kept back: trim_acked keeps it, and the log reset after it must send only the
+    held ones again, not the whole segment."""
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+    refs = j.append([(b"k%d" % i, b"x") for i in range(5)], inflight=True)
+    gen = j.generation
+    for offset, ref in enumerate(refs[:3]):
+        j.acked(ref, 0, offset, gen)
+    for ref in refs[3:]:
+        j.failed(ref, gen)  # handed over after the hold began: never sent
+    j.seal_active()
+    assert j.trim_acked(gen) == 0  # not fully acknowledged: kept
+    j.forget_deliveries()  # the runner recreated the topic
+    assert j.unacked_count() == 2
+    seg = j.pending_segments()[0]
+    assert [i for i in range(5) if j.claim(seg, i) is not None] == [3, 4]
+    for offset, ref in enumerate(refs[3:]):
+        j.acked(ref, 0, offset, j.generation)
+    assert j.trim({0: 2}, j.generation) == 1  # committed past the two sent again: the segment goes
+    j.close()
+
+
 def test_a_full_journal_evicts_what_kafka_holds_before_refusing_new_events(tmp_path):
     j = Journal(tmp_path, max_bytes=1024, segment_bytes=300).open()
     refs = j.append([(b"k", b"x" * 100) for _ in range(6)], inflight=True)
@@ -341,6 +364,69 @@ async def test_committed_to_end_trims_what_was_acknowledged_before_the_hold(tmp_
         pub.release()
         got = await _consume(kafka_bootstrap, topic, 11)
         assert waiting.request_id in got.values()
+    finally:
+        await pub.stop()
+
+
+async def test_a_recycle_that_catches_a_batch_mid_journal_resends_only_the_held_events(tmp_path, kafka_bootstrap, monkeypatch):
+    """hold() while the worker is journaling a batch: that batch lands in the segment hold() seals
+    next to events the broker acknowledged and the group committed, but it is not sent. After
+    committed_to_end() and log_reset() only that batch goes out again (once), never the
+    acknowledged events beside it (ingest had written them: each resend was a duplicate)."""
+    import threading
+
+    topic = "recycle-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        acked = [_event() for _ in range(10)]
+        for ev in acked:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: pub.journal.record_count == 10 and pub.journal.unacked_count() == 0)
+        await _consume(kafka_bootstrap, topic, 10, group=pub.consumer_group)  # ingest commits them
+
+        loop = asyncio.get_running_loop()
+        in_append, go = asyncio.Event(), threading.Event()
+        real_append = pub.journal.append
+
+        def append_caught_by_the_hold(records, **kw):  # the journal thread, mid-append
+            loop.call_soon_threadsafe(in_append.set)
+            go.wait(5)
+            return real_append(records, **kw)
+
+        monkeypatch.setattr(pub.journal, "append", append_caught_by_the_hold)
+        caught = [_event() for _ in range(5)]
+        for ev in caught:
+            pub.submit(lambda ev=ev: ev)
+        await asyncio.wait_for(in_append.wait(), 5)  # the worker decided to send this batch
+        holding = asyncio.create_task(pub.hold())
+        await asyncio.sleep(0.05)  # hold() stopped sending; its seal waits behind the append
+        go.set()
+        await asyncio.wait_for(holding, 10)
+        monkeypatch.undo()
+        assert pub.journal.record_count == 15 and pub.journal.unacked_count() == 5
+        assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "held"}) == 5
+
+        await pub.committed_to_end()
+        await pub.log_reset()
+        pub.release()
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        await asyncio.sleep(0.5)  # a duplicate would have been sent by now
+        assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "resend"}) == 5
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        keys: list[bytes] = []
+        try:
+            deadline = loop.time() + 30
+            while len(keys) < 15 and loop.time() < deadline:
+                for records in (await consumer.getmany(timeout_ms=250)).values():
+                    keys.extend(r.key for r in records)
+            for records in (await consumer.getmany(timeout_ms=1000)).values():  # and nothing after them
+                keys.extend(r.key for r in records)
+        finally:
+            await consumer.stop()
+        assert sorted(keys) == sorted(events.message_key(ev) for ev in acked + caught)  # each exactly once
     finally:
         await pub.stop()
 

@@ -58,6 +58,9 @@ class Segment:
     inflight: set[int] = field(default_factory=set)
     max_offset: dict[int, int] = field(default_factory=dict)
     min_offset: dict[int, int] = field(default_factory=dict)
+    # Record indices the consumer group is known to have committed (see Journal.trim_acked): they
+    # stay acknowledged in every later broker epoch, so a log reset never sends them again.
+    consumed: set[int] = field(default_factory=set)
 
     @property
     def fully_acked(self) -> bool:
@@ -299,11 +302,12 @@ class Journal:
             ref.segment.inflight.discard(ref.index)
 
     def forget_deliveries(self) -> None:
-        """The broker lost what it had acknowledged: every record counts as unsent again."""
+        """The broker lost what it had acknowledged: every record counts as unsent again, except
+        those the consumer group is known to have committed (trim_acked)."""
         with self._lock:
             self.generation += 1
             for s in self.segments:
-                s.acked.clear()
+                s.acked = set(s.consumed)
                 s.inflight.clear()
                 s.max_offset.clear()
                 s.min_offset.clear()
@@ -346,14 +350,18 @@ class Journal:
         return len(done)
 
     def trim_acked(self, generation: int) -> int:
-        """Deletes sealed segments whose every record the broker acknowledged (for when the
-        consumer is known to have committed the whole log); returns how many."""
+        """For when the consumer is known to have committed the whole log: deletes sealed
+        segments whose every record the broker acknowledged, and marks the acknowledged records
+        of the others consumed (a segment sealed by a hold can mix them with records the hold kept
+        back: a log reset must send only those again); returns how many segments it deleted."""
         with self._lock:
             if generation != self.generation:
                 return 0
             done = [s for s in self.segments if s.sealed and s.fully_acked]
             for seg in done:
                 self._delete_locked(seg)
+            for seg in self.segments:
+                seg.consumed |= seg.acked
         return len(done)
 
     def _delete_locked(self, seg: Segment) -> None:

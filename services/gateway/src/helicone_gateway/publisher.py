@@ -217,7 +217,9 @@ class EventPublisher:
 
     async def committed_to_end(self) -> None:
         """While held: the consumer group has committed the whole log, so every acknowledged
-        event is written; the segments holding only such events are deleted."""
+        event is written; the segments holding only such events are deleted, and in the others
+        (one sealed by hold() may hold both) such events are never sent again, even after
+        log_reset()."""
         trimmed = await asyncio.get_running_loop().run_in_executor(self._io, self.journal.trim_acked, self.journal.generation)
         if trimmed:
             self.m_trimmed.inc(trimmed)
@@ -312,7 +314,7 @@ class EventPublisher:
                 unsent += 1
             elif not await self._send(ref, key, data, generation, "direct"):
                 unsent += 1
-                reason = "send_failed"
+                reason = "send_failed" if self._open.is_set() else "held"  # held while this batch was journaled
         if unsent:
             self.m_spooled.labels(reason).inc(unsent)
             self._resend.set()
