@@ -170,6 +170,35 @@ async def test_no_recycling_before_the_group_committed_everything(tmp_path):
         broker.stop()
 
 
+async def test_producers_are_held_only_once_ingest_has_nearly_caught_up(tmp_path):
+    """What the gateway logs while held waits in its journal (spooled): a recycle that finds ingest
+    behind lets it catch up first, producers still sending, and holds only for the last records."""
+    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
+    broker.start()
+    try:
+        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
+        producer, consumer = Producer(broker.bootstrap), Consumer(broker.bootstrap)
+        await producer.producer.start()
+        await consumer.start()
+        try:
+            settings = EmbeddedBrokerSettings(recycle_records=10, recycle_hold_lag=50, drain_timeout=15)
+            supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
+                                          consumer_group=GROUP, producers=[producer], consumers=[consumer])
+            await producer.send(0, 500)
+            recycling = asyncio.create_task(supervisor.recycle_if_due())
+            await asyncio.sleep(1.5)
+            assert producer.holds == 0 and producer._open.is_set()  # 500 behind: not held yet
+            await producer.send(500, 20)  # and still sending
+            await consumer.read_all(520)
+            assert await asyncio.wait_for(recycling, 30)
+            assert producer.holds == 1 and supervisor.recycles == 1
+        finally:
+            await producer.producer.stop()
+            await consumer.consumer.stop()
+    finally:
+        broker.stop()
+
+
 async def test_a_killed_broker_is_restarted_with_its_topics(tmp_path):
     broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log", tmp_path / "b.pid")
     broker.start()

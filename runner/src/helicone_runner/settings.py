@@ -19,5 +19,8 @@ class EmbeddedBrokerSettings(BaseSettings):
     recycle_check_interval: float = Field(default=5.0, gt=0)  # seconds between looks at the topic's size
     # Longest wait, producers held, for ingest to commit the topic's end; then try again later.
     drain_timeout: float = Field(default=10.0, gt=0)
+    # Before holding the producers (what they log meanwhile waits in the gateway's journal, counted
+    # as spooled), wait up to drain_timeout, unheld, until ingest is at most this many records behind.
+    recycle_hold_lag: int = Field(default=2000, ge=0)
     check_interval: float = Field(default=0.5, gt=0)  # seconds between looks at the broker process
     restart_max_backoff: float = Field(default=30.0, gt=0)  # longest pause between restarts of a crashing broker

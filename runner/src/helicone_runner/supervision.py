@@ -9,7 +9,8 @@ Recycling (bounded memory): Tansu's memory storage keeps every record until its 
 deleted. It stores topic configs such as retention.ms / retention.bytes but never applies them,
 and DeleteRecords is `todo!()` in its dynostore engine (a request panics the connection task).
 Deleting the topic is the one operation that frees records. So once the request-log topic holds
-`recycle_records` records the supervisor holds every producer (each returns once everything it
+`recycle_records` records the supervisor lets ingest catch up (to `recycle_hold_lag` records, within
+`drain_timeout`, producers still sending), then holds every producer (each returns once everything it
 sent was acknowledged), waits until the ingest group has committed the end of every partition,
 deletes and recreates the topic, rewinds the consumers and releases the producers. Nothing is
 lost: only records ingest committed are deleted, and nothing is produced in between (held
@@ -204,6 +205,24 @@ class BrokerSupervisor:
                 return False
         return True
 
+    async def _lag(self, admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer) -> int:
+        """About how many records the group has not committed yet (the log end is a little short
+        on Tansu: see _records)."""
+        tps = self._partitions()
+        ends = await probe.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(self.consumer_group, partitions=tps)
+        done = {tp: meta.offset if meta is not None and meta.offset >= 0 else 0 for tp, meta in committed.items()}
+        return sum(max(0, ends.get(tp, 0) - done.get(tp, 0)) for tp in tps)
+
+    async def _wait_caught_up(self, admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, deadline: float) -> bool:
+        """Polls, producers unheld, until the group is at most recycle_hold_lag records behind;
+        False once `deadline` passes first."""
+        while await self._lag(admin, probe) > self.settings.recycle_hold_lag:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
     async def _wait_committed_to_end(self, admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, deadline: float) -> bool:
         """Polls until the group has committed every record; False once `deadline` passes first."""
         while not await self._committed_to_end(admin, probe):
@@ -236,6 +255,10 @@ class BrokerSupervisor:
             records = await self._records(probe)
             if records < self.settings.recycle_records:
                 return False
+            # Everything logged during the hold waits in the gateway's journal: hold only for the
+            # last records ingest has to commit, not for a whole backlog (past the wait, hold anyway:
+            # the broker's memory must stay bounded even when ingest never quite catches up).
+            await self._wait_caught_up(admin, probe, time.monotonic() + self.settings.drain_timeout)
             deadline = time.monotonic() + self.settings.drain_timeout
             if not await self._hold_producers(self.settings.drain_timeout):
                 self._release_producers()
