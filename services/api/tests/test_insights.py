@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import re
 import urllib.parse
 from collections import defaultdict
 from zoneinfo import ZoneInfo
@@ -255,7 +256,7 @@ async def test_a_session_has_its_totals_and_a_trace_tree_by_session_path(logged)
     assert sum(len(n["requests"]) for n in walk(r.json()["tree"])) == len(theirs_checkout)
 
 
-async def test_users_are_listed_with_totals_and_active_days(logged):
+async def test_users_are_listed_with_totals_and_active_days(logged, monkeypatch):
     client, state, org, other_key, mine, theirs = logged
     extra = dataset(seed=9, n=3, start=T0 + dt.timedelta(days=30), hours=1)
     for r in extra:
@@ -276,6 +277,26 @@ async def test_users_are_listed_with_totals_and_active_days(logged):
         assert values == sorted(values) and len(values) == len(expected), field
     data = (await post(client, "/v1/user/query", {"search": "EXAMPLE.com"}))["data"]
     assert [u["user_id"] for u in data] == ["carol@example.com"]
+
+    # a time range alone is answered in two steps (sort values, then the page's totals): every sort and
+    # direction gives the page one step gives, and pages put together give the whole list once
+    from helicone_api import insights as ins
+
+    window = {"start": T0.isoformat(), "end": (T0 + dt.timedelta(days=31)).isoformat()}
+    for field in ins.USER_SORTS:
+        for direction in ("asc", "desc"):
+            body = {"filter": window, "sort": {"field": field, "direction": direction}}
+            two_steps = (await post(client, "/v1/user/query", body))["data"]
+            pages = []
+            for offset in range(0, len(expected), 2):
+                pages += (await post(client, "/v1/user/query", {**body, "limit": 2, "offset": offset}))["data"]
+            monkeypatch.setattr(ins, "USER_PAGE_TWO_STEPS", 0)  # one step
+            one_step = (await post(client, "/v1/user/query", body))["data"]
+            monkeypatch.undo()
+            assert two_steps == pages == one_step == sorted(
+                sorted(expected.values(), key=lambda u: u["user_id"]),
+                key=lambda u: getattr(u[field], "expected", u[field]), reverse=direction == "desc"  # approx: its value
+            ), (field, direction)
     end = T0 + dt.timedelta(days=1)
     data = (await post(client, "/v1/user/query", {"filter": {"end": end.isoformat(), "status": 200}}))["data"]
     first_day = by([r for r in mine if r["user"] and r["created"] < end and r["status"] == 200], lambda r: r["user"])
@@ -625,20 +646,25 @@ async def test_dashboard_reads_over_whole_hours_or_days_are_answered_from_the_pr
     start, end = T0, T0 + dt.timedelta(days=3)
     window = {"start": start, "end": end}
     reads = {
-        "series_v2": ins.timeseries_sql(org, ins.TimeseriesQuery(**window, bucket="hour", timezone="Asia/Kolkata")),
+        "series_v2": ins.timeseries_sql(org, ins.TimeseriesQuery(**window, bucket="hour", timezone="Asia/Kathmandu")),
+        "series_half_hourly_v1": ins.timeseries_sql(org, ins.TimeseriesQuery(**window, bucket="day", timezone="Asia/Kolkata")),
         "models_v2": ins.breakdown_sql(org, ins.BreakdownQuery(**window, by="model")),
-        "users_v1": ins.user_list_sql(org, ins.UserQuery(filter=window)),
+        "users_v1": ins.user_list_sql(org, ins.UserQuery(filter=window), two_steps=False),
         "sessions_v1": ins.session_list_sql(org, ins.SessionQuery(filter=window)),
         "request_properties (values_v1)": ins.property_values_sql(org, "env", ins.PropertyValuesQuery(filter=window)),
         "property keys (values_v1)": ins.property_keys_sql(org, ins.TimeRange(**window)),
     }
     reads["series_hourly_v2"] = ins.timeseries_sql(org, ins.TimeseriesQuery(**window, bucket="day", timezone="Europe/Berlin"))
     reads["summary (series_hourly_v2)"] = ins.summary_sql(org, ins.TimeRange(**window))
+    reads["summary on half hours (series_half_hourly_v1)"] = ins.summary_sql(
+        org, ins.TimeRange(start=start + dt.timedelta(minutes=30), end=end))
     reads["summary on quarter hours (series_v2)"] = ins.summary_sql(
         org, ins.TimeRange(start=start + dt.timedelta(minutes=15), end=end))
     for projection, (sql, params) in reads.items():
         plan = "\n".join(r["explain"] for r in await state.analytics.query("EXPLAIN " + sql, params))
-        assert f"ReadFromMergeTree ({projection.split('(')[-1].rstrip(')')})" in plan, (projection, plan)
+        name = projection.split('(')[-1].rstrip(')')
+        read = re.findall(r"ReadFromMergeTree \(([^)]*)\)", plan)
+        assert read and set(read) == {name}, (projection, plan)  # every read (the users page has two) from it
     # off the grain (a range ending mid-hour), the same answer comes from the rows
     sql, params = ins.breakdown_sql(org, ins.BreakdownQuery(start=start, end=end - dt.timedelta(minutes=1), by="model"))
     plan = "\n".join(r["explain"] for r in await state.analytics.query("EXPLAIN " + sql, params))

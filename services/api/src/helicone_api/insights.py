@@ -211,15 +211,16 @@ def _aligned(t: dt.datetime, seconds: int) -> bool:
     return t.microsecond == 0 and int(t.timestamp()) % seconds == 0
 
 
-def _whole_hour_zone(zone: str, start: dt.datetime, end: dt.datetime) -> bool:
-    """Whether the zone's UTC offset is a whole number of hours all through the range (checked daily:
-    an offset lasts months), so its hours and days are whole UTC hours."""
-    tz, t = zoneinfo.ZoneInfo(zone), start
-    while t <= end + dt.timedelta(days=1):
-        if tz.utcoffset(t) % dt.timedelta(hours=1):
-            return False
+def _zone_grains(zone: str, start: dt.datetime, end: dt.datetime) -> tuple[str, ...]:
+    """The time grains (coarsest first) whose UTC boundaries are boundaries of the zone's hours all
+    through the range: those dividing its UTC offset, checked daily (an offset lasts months). Every
+    offset since 1980 is a multiple of 15 minutes."""
+    tz, t, grains = zoneinfo.ZoneInfo(zone), start, ["hour", "half_hour", "quarter_hour"]
+    while t <= end + dt.timedelta(days=1) and len(grains) > 1:
+        offset = tz.utcoffset(t)
+        grains = [g for g in grains if not offset % dt.timedelta(seconds=GRAINS[g][1])]
         t += dt.timedelta(days=1)
-    return True
+    return tuple(grains)
 
 
 def _conditions(org_id: str, f: RequestFilter | FilterNode, start: dt.datetime | None = None, end: dt.datetime | None = None,
@@ -401,26 +402,67 @@ def _ms(iso: str) -> int:
     return round(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def user_list_sql(org_id: str, q: UserQuery) -> tuple[str, dict[str, Any]]:
+# The user page in two steps for at most this many users up to its end (offset + limit): more, and one
+# step reading every user's totals costs less than carrying their ids into the second.
+USER_PAGE_TWO_STEPS = 5000
+# The page's users read from the projection of small granules (analytics.PROJECTION_OPTIONS), their
+# sort values (every user) from the plain one: ClickHouse would pick by marks, which favours large
+# granules; the step reading every user clears the preference.
+PAGE_SETTINGS = f"{AGG_SETTINGS}, preferred_optimize_projection_name = 'users_page_v1'"
+# A user's sort value read straight from the users projection (GROUP BY user_id over its per-day rows);
+# active_days counts the user's (user, day) groups.
+_USER_SORT_VALUE = {"requests": AGGREGATES["requests"], "cost_usd": AGGREGATES["cost_usd"],
+                    "total_tokens": AGGREGATES["total_tokens"], "first_seen": AGGREGATES["first_seen"],
+                    "last_seen": AGGREGATES["last_seen"]}
+
+
+def _only_time(f: RequestFilter | FilterNode) -> bool:
+    """Whether the filter is a time range alone (or nothing): what the pre-aggregated tables can answer."""
+    return isinstance(f, RequestFilter) and f.model_copy(update={"start": None, "end": None}) == RequestFilter()
+
+
+def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[str, dict[str, Any]]:
     """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request.
-    Totals per user and UTC day first (what the users projection holds), then per user."""
+    Totals per user and UTC day first (what the users projection holds), then per user.
+
+    A filter of a time range alone is answered in two steps: first every user's sort value alone from
+    the users projection (one aggregate read per row instead of nine), the page's users in order, then
+    all the totals of just those users from users_page (their rows in small granules), in that order;
+    other filters read request_log's rows once."""
     where, params, _ = _conditions(org_id, q.filter, grains=("day",))
     where.append("user_id != ''")
     if q.search:
         where.append("positionCaseInsensitiveUTF8(user_id, {search:String}) > 0")
         params["search"] = q.search
-    days = (
-        f"SELECT user_id, {GRAINS['day'][0]} AS day, " + _aggregates(*TOTAL_NAMES, "first_seen", "last_seen", prefix="d_")
-        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY user_id, day"
-    )
-    sql = (
-        f"SELECT user_id, {TOTALS_OF_DAYS}, count() AS active_days, min(d_first_seen) AS first_seen, "
-        f"max(d_last_seen) AS last_seen FROM ({days}) GROUP BY user_id "
-        f"ORDER BY {q.sort.field} {q.sort.direction.upper()}, user_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} "
-        + AGG_SETTINGS
-    )
+    field, direction = q.sort.field, q.sort.direction.upper()
+    conditions = " AND ".join(where)
+
+    def days_of(cond: str) -> str:  # the per-(user, day) rows under a condition
+        return (f"SELECT user_id, {GRAINS['day'][0]} AS day, " + _aggregates(*TOTAL_NAMES, "first_seen", "last_seen", prefix="d_")
+                + f" FROM {{db}}.request_log WHERE {cond} GROUP BY user_id, day")
+
+    columns = (f"SELECT user_id, {TOTALS_OF_DAYS}, count() AS active_days, min(d_first_seen) AS first_seen, "
+               "max(d_last_seen) AS last_seen")
     params["limit"] = q.limit
     params["offset"] = q.offset
+    if two_steps and _only_time(q.filter) and q.offset + q.limit <= USER_PAGE_TWO_STEPS:
+        if field == "active_days":
+            values = (f"SELECT user_id, count() AS v FROM (SELECT user_id, {GRAINS['day'][0]} AS day FROM {{db}}.request_log "
+                      f"WHERE {conditions} GROUP BY user_id, day) GROUP BY user_id")
+        else:
+            values = f"SELECT user_id, {_USER_SORT_VALUE[field]} AS v FROM {{db}}.request_log WHERE {conditions} GROUP BY user_id"
+        page = (f"(SELECT groupArray(user_id) FROM ({values} ORDER BY v {direction}, user_id "
+                "LIMIT {page_end:UInt32}) SETTINGS preferred_optimize_projection_name = '')")
+        params["page_end"] = q.offset + q.limit
+        sql = (
+            f"WITH {page} AS page {columns} FROM ({days_of(conditions + ' AND has(page, user_id)')}) GROUP BY user_id "
+            "ORDER BY indexOf(page, user_id) LIMIT {limit:UInt32} OFFSET {offset:UInt32} " + PAGE_SETTINGS
+        )
+        return sql, params
+    sql = (
+        f"{columns} FROM ({days_of(conditions)}) GROUP BY user_id "
+        f"ORDER BY {field} {direction}, user_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + AGG_SETTINGS
+    )
     return sql, params
 
 
@@ -446,7 +488,7 @@ def property_values_sql(org_id: str, key: str, q: PropertyValuesQuery) -> tuple[
     A filter of a time range alone reads request_properties (the key's own rows; over whole days its
     values projection); any other filter needs the request's other columns: request_log's rows."""
     f = q.filter
-    only_time = isinstance(f, RequestFilter) and f.model_copy(update={"start": None, "end": None}) == RequestFilter()
+    only_time = _only_time(f)
     where, params, _ = _conditions(org_id, f, grains=("day",))
     if only_time:
         table, value = "request_properties", "value"
@@ -494,7 +536,7 @@ def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]
     (date_time_output_format), so a bucket that repeats a local time (the DST fall-back hour) stays distinct."""
     grains: tuple[str, ...] = ()
     if q.bucket != "minute" and q.start >= QUARTER_HOUR_ZONES_SINCE:
-        grains = ("hour", "quarter_hour") if _whole_hour_zone(q.timezone, q.start, q.end) else ("quarter_hour",)
+        grains = _zone_grains(q.timezone, q.start, q.end)
     where, params, grain = _conditions(org_id, q.filter, q.start, q.end, grains)
     params.update(tz=q.timezone, fill_start=_ch_time(q.start), fill_end=_ch_time(q.end))
     start_of, step = BUCKET_SQL[q.bucket]
@@ -560,7 +602,7 @@ def breakdown_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
-    where, params, _ = _conditions(org_id, RequestFilter(), r.start, r.end, grains=("hour", "quarter_hour"))
+    where, params, _ = _conditions(org_id, RequestFilter(), r.start, r.end, grains=("hour", "half_hour", "quarter_hour"))
     sql = (
         f"SELECT {TOTALS}, "
         + _aggregates("users", "sessions", "avg_latency_ms", "latency_quantiles", "cache_hits", "cache_saved_usd")
