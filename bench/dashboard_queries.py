@@ -69,12 +69,14 @@ async def load(store, rows: int, orgs: tuple[str, ...]) -> float:
 
 
 async def settle(store, database: str, limit: float = 3600.0) -> float:
-    """Waits until no background merge runs (checked twice, 2 s apart): chDB merges only while a session
-    is open, so a fresh load (or one whose merge an earlier run cut short) merges here, and an OPTIMIZE
-    started meanwhile would wait for its lock. Returns the seconds waited."""
+    """Waits until no background merge or mutation runs (checked twice, 2 s apart): chDB merges only while
+    a session is open, so a fresh load (or one whose merge an earlier run cut short) merges here, an
+    OPTIMIZE started meanwhile would wait for its lock, and a projection the schema migration added is
+    built (a mutation) before the queries that read it are timed. Returns the seconds waited."""
     started, idle = time.perf_counter(), 0
     while idle < 2 and time.perf_counter() - started < limit:
-        rows = await store.query("SELECT count() AS n FROM system.merges WHERE database = {d:String} "
+        rows = await store.query("SELECT (SELECT count() FROM system.merges WHERE database = {d:String}) + "
+                                 "(SELECT count() FROM system.mutations WHERE database = {d:String} AND NOT is_done) AS n "
                                  "SETTINGS output_format_json_quote_64bit_integers = 0",
                                  {"d": database})
         idle = idle + 1 if rows[0]["n"] == 0 else 0
