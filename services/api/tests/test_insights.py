@@ -283,6 +283,11 @@ async def test_users_are_listed_with_totals_and_active_days(logged, monkeypatch)
     from helicone_api import insights as ins
 
     window = {"start": T0.isoformat(), "end": (T0 + dt.timedelta(days=31)).isoformat()}
+    two_step = "has(page, user_id)"
+    assert two_step in ins.user_list_sql(org, ins.UserQuery(filter=window))[0]
+    for other in ({**window, "start": (T0 + dt.timedelta(hours=1)).isoformat()}, {**window, "model": "gpt-4o"}):
+        assert two_step not in ins.user_list_sql(org, ins.UserQuery(filter=other))[0]  # the projections cannot answer
+    assert two_step not in ins.user_list_sql(org, ins.UserQuery(filter=window, offset=ins.USER_PAGE_TWO_STEPS))[0]
     for field in ins.USER_SORTS:
         for direction in ("asc", "desc"):
             body = {"filter": window, "sort": {"field": field, "direction": direction}}

@@ -425,11 +425,11 @@ def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[st
     """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request.
     Totals per user and UTC day first (what the users projection holds), then per user.
 
-    A filter of a time range alone is answered in two steps: first every user's sort value alone from
-    the users projection (one aggregate read per row instead of nine), the page's users in order, then
-    all the totals of just those users from users_page (their rows in small granules), in that order;
-    other filters read request_log's rows once."""
-    where, params, _ = _conditions(org_id, q.filter, grains=("day",))
+    A filter of a time range alone, on whole UTC days, is answered in two steps: first every user's sort
+    value alone from the users projection (one aggregate read per row instead of nine), the page's users
+    in order, then all the totals of just those users from users_page (their rows in small granules), in
+    that order; other filters (which the projections cannot answer) read request_log's rows once."""
+    where, params, grain = _conditions(org_id, q.filter, grains=("day",))
     where.append("user_id != ''")
     if q.search:
         where.append("positionCaseInsensitiveUTF8(user_id, {search:String}) > 0")
@@ -445,7 +445,7 @@ def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[st
                "max(d_last_seen) AS last_seen")
     params["limit"] = q.limit
     params["offset"] = q.offset
-    if two_steps and _only_time(q.filter) and q.offset + q.limit <= USER_PAGE_TWO_STEPS:
+    if two_steps and _only_time(q.filter) and grain == "day" and q.offset + q.limit <= USER_PAGE_TWO_STEPS:
         if field == "active_days":
             values = (f"SELECT user_id, count() AS v FROM (SELECT user_id, {GRAINS['day'][0]} AS day FROM {{db}}.request_log "
                       f"WHERE {conditions} GROUP BY user_id, day) GROUP BY user_id")
