@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -110,6 +111,45 @@ def add_ops_routes(app, metrics: ServiceMetrics, ready: ReadyCheck) -> None:
         ok = is_ready(checks)
         return JSONResponse({"ready": ok, "checks": {name: c.to_json() for name, c in checks.items()}},
                             status_code=200 if ok else 503)
+
+
+class OpsRoutes:
+    """The ops routes (GET /metrics, /healthz, /readyz) as a bare ASGI app answering what
+    add_ops_routes answers, for a process that has no other use for FastAPI (the gateway: importing
+    FastAPI costs it several MB of resident memory). `scope["path"]` must be one of OPS_PATHS."""
+
+    def __init__(self, metrics: ServiceMetrics, ready: ReadyCheck) -> None:
+        self.metrics, self.ready = metrics, ready
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1000, "reason": ""})
+            return
+        path = scope["path"]
+        if path not in OPS_PATHS:
+            return await _answer(send, 404, _json({"detail": "Not Found"}), b"application/json")
+        if scope["method"] != "GET":
+            return await _answer(send, 405, _json({"detail": "Method Not Allowed"}), b"application/json", ((b"allow", b"GET"),))
+        if path == "/metrics":
+            body, ctype = self.metrics.render()
+            return await _answer(send, 200, body, ctype.encode())
+        if path == "/healthz":
+            return await _answer(send, 200, _json({"status": "ok", "service": self.metrics.service}), b"application/json")
+        checks = await self.ready()
+        ok = is_ready(checks)
+        await _answer(send, 200 if ok else 503, _json({"ready": ok, "checks": {name: c.to_json() for name, c in checks.items()}}),
+                      b"application/json")
+
+
+def _json(content) -> bytes:
+    """JSON as FastAPI's JSONResponse renders it."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _answer(send, status: int, body: bytes, ctype: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", ctype), *extra]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def ops_app(metrics: ServiceMetrics, ready: ReadyCheck, service=None):

@@ -1,7 +1,7 @@
 """The gateway: authenticate, forward, stream back, then log off the request path.
 
-Proxied traffic is served as raw ASGI (no framework layers on the hot path); FastAPI serves the
-lifespan and the ops routes."""
+Proxied traffic is served as raw ASGI (no framework layers on the hot path), and so are the lifespan
+and the ops routes (helicone_core.metrics.OpsRoutes): the gateway process never imports FastAPI."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import datetime as dt
 import json
 import logging
 import time
-from contextlib import asynccontextmanager
+import traceback
+from types import SimpleNamespace
 
 import aiohttp
-from fastapi import FastAPI
 from helicone_core import events
 from helicone_core.cost import CostRegistry
 from helicone_core.db import KeyStoreUnavailable
 from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, header_limit_error
 from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
-from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, readiness
+from helicone_core.metrics import OPS_PATHS, Check, OpsRoutes, ServiceMetrics, readiness
 from helicone_core.usage import decode_body, parse_response, request_model, with_stream_usage
 from yarl import URL
 
@@ -819,35 +819,48 @@ class Gateway:
 
 
 class GatewayApp:
-    """ASGI entry point: proxied traffic goes straight to Gateway.handle; lifespan and the ops
-    routes (/metrics, /healthz, /readyz) are served by a small FastAPI app."""
+    """ASGI entry point: proxied traffic goes straight to Gateway.handle; the lifespan starts and
+    stops the gateway; the ops routes (/metrics, /healthz, /readyz) are OpsRoutes."""
 
-    def __init__(self, ops: FastAPI, gateway: Gateway) -> None:
-        self.ops = ops
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.state = ops.state
+        self.ops = OpsRoutes(gateway.metrics, gateway.ready)
+        self.state = SimpleNamespace(gateway=gateway)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
+        kind = scope["type"]
+        if kind == "http" and scope["path"] not in OPS_PATHS:
             await self.gateway.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
         else:
             await self.ops(scope, receive, send)
+
+    async def lifespan(self, receive, send) -> None:
+        """The ASGI lifespan protocol: start on startup, stop on shutdown; a failure is reported
+        to the server (which then exits) and raised."""
+        started = False
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except BaseException:
+                    await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+                    raise
+                started = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    if started:
+                        await self.gateway.stop()
+                except BaseException:
+                    await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+                    raise
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 def create_app(settings: GatewaySettings | None = None) -> GatewayApp:
     settings = settings or GatewaySettings()
-    metrics = ServiceMetrics("gateway", settings.region)
-    gw = Gateway(settings, metrics)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await gw.start()
-        try:
-            yield
-        finally:
-            await gw.stop()
-
-    ops = FastAPI(title="helicone-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    ops.state.gateway = gw
-    add_ops_routes(ops, metrics, gw.ready)
-    return GatewayApp(ops, gw)
+    return GatewayApp(Gateway(settings, ServiceMetrics("gateway", settings.region)))

@@ -6,7 +6,10 @@ Versions come over gRPC (a small pool of channels, a deadline per call, retries 
 into a local cache with a TTL, expired early by the prompts service's change stream (WatchPrompts,
 one per org with cached prompts, opened with a key of that org); rendering happens here (helicone_core.prompt_templates), so while
 the prompts service is unreachable a cached version keeps serving, and an uncached one gets a 503
-before anything is sent upstream. Requests that name no prompt never reach this module."""
+before anything is sent upstream. Requests that name no prompt never reach this module.
+
+gRPC itself (prompt_rpc.py, ~8 MB of resident memory) is imported only by a gateway that has a
+prompts service configured (HELICONE_PROMPTS_TARGET), when it starts."""
 
 from __future__ import annotations
 
@@ -20,8 +23,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from helicone.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 from helicone_core import prompt_templates as templates
 from helicone_core.metrics import ServiceMetrics
 
@@ -33,15 +34,6 @@ log = logging.getLogger("helicone.gateway.prompts")
 BODY_FIELDS = ("prompt_id", "version_id", "environment", "inputs")
 # Cheap test for the body form: only bodies containing it are parsed for a top-level "prompt_id".
 BODY_MARK = b'"prompt_id"'
-# Transient answers: a cached version serves instead, an uncached prompt gets a 503.
-TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                       grpc.StatusCode.UNAUTHENTICATED})  # a key the prompts service has not seen yet
-RETRY_POLICY = json.dumps({"methodConfig": [{
-    "name": [{"service": prompts_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name}],
-    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]},
-}]})
 
 
 @dataclass(frozen=True)
@@ -145,7 +137,7 @@ def merge(rendered: dict, caller: dict) -> dict:
 class _Entry:
     __slots__ = ("fetched", "version")
 
-    def __init__(self, version: prompts_pb2.PromptVersion, fetched: float) -> None:
+    def __init__(self, version: Any, fetched: float) -> None:  # a prompts_pb2.PromptVersion
         self.version, self.fetched = version, fetched
 
 
@@ -155,7 +147,8 @@ class PromptResolver:
         self.ttl = settings.prompt_cache_ttl
         self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
         self._inflight: dict[tuple, asyncio.Future] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._rpc: Any = None  # the prompt_rpc module, once a prompts service is configured
+        self._channels: list = []  # grpc.aio.Channel
         self._stubs: itertools.cycle | None = None
         self._watches: dict[str, asyncio.Task] = {}  # org -> its change stream
         self.m_lookups = metrics.counter("helicone_gateway_prompt_lookups_total", "Prompt versions looked up", ("result",))
@@ -166,11 +159,11 @@ class PromptResolver:
     async def start(self) -> None:
         if not self.settings.prompts_target:
             return
-        options = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_POLICY),
-                   ("grpc.use_local_subchannel_pool", 1)]  # one connection per channel: a real pool
-        self._channels = [grpc.aio.insecure_channel(self.settings.prompts_target, options=options)
-                          for _ in range(self.settings.prompts_channels)]
-        self._stubs = itertools.cycle([prompts_pb2_grpc.PromptServiceStub(c) for c in self._channels])
+        from . import prompt_rpc as rpc  # only here: a gateway without a prompts service never loads gRPC
+
+        self._rpc = rpc
+        self._channels = rpc.open_channels(self.settings.prompts_target, self.settings.prompts_channels)
+        self._stubs = itertools.cycle([rpc.stub(c) for c in self._channels])
 
     async def stop(self) -> None:
         for task in self._watches.values():
@@ -183,7 +176,7 @@ class PromptResolver:
             await channel.close()
 
     # ---- versions ----------------------------------------------------------------------
-    async def version(self, key: str, org: str, req: PromptRequest) -> prompts_pb2.PromptVersion:
+    async def version(self, key: str, org: str, req: PromptRequest):  # -> prompts_pb2.PromptVersion
         """The version to render: from the cache while fresh, else from the prompts service (a
         stale cached copy answers while the service cannot); raises PromptError."""
         cache_key = (org, req.prompt_id, req.version, req.environment)
@@ -204,14 +197,15 @@ class PromptResolver:
         if self._stubs is None:
             raise PromptError(503, "this gateway has no prompts service configured (HELICONE_PROMPTS_TARGET)",
                               "helicone_prompt_unavailable")
+        rpc = self._rpc
         started = time.perf_counter()
         try:
             found = await next(self._stubs).GetPrompt(
-                prompts_pb2.GetPromptRequest(prompt_id=req.prompt_id, version=req.version, environment=req.environment),
+                rpc.prompts_pb2.GetPromptRequest(prompt_id=req.prompt_id, version=req.version, environment=req.environment),
                 metadata=(("authorization", f"Bearer {key}"),), timeout=self.settings.prompts_timeout)
-        except grpc.aio.AioRpcError as exc:
+        except rpc.grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if code in TRANSIENT:
+            if code in rpc.TRANSIENT:
                 if entry is not None:
                     self.m_lookups.labels("stale").inc()
                     log.warning("prompts service %s: serving cached prompt %r", code.name, req.prompt_id)
@@ -221,8 +215,7 @@ class PromptResolver:
                                   "cached on this gateway; try again shortly", "helicone_prompt_unavailable",
                                   ((b"retry-after", b"5"),)) from None
             self._cache.pop(cache_key, None)  # the prompt changed under us: forget it
-            status = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.FAILED_PRECONDITION: 409,
-                      grpc.StatusCode.PERMISSION_DENIED: 403}.get(code, 400)
+            status = rpc.HTTP_STATUS.get(code, 400)
             self.m_lookups.labels(code.name.lower() if status != 400 else "invalid").inc()
             raise PromptError(status, f"Helicone prompt: {exc.details()}") from None
         finally:
@@ -249,20 +242,20 @@ class PromptResolver:
     async def _watch(self, org: str, key: str) -> None:
         """The org's change stream, reopened after a loss; ends when the key is no longer accepted
         (the next fetch for the org opens it again with the caller's key)."""
+        rpc = self._rpc
         backoff = 0.2
         while True:
             opened = time.monotonic()
             try:
-                call = next(self._stubs).WatchPrompts(prompts_pb2.WatchPromptsRequest(),
+                call = next(self._stubs).WatchPrompts(rpc.prompts_pb2.WatchPromptsRequest(),
                                                       metadata=(("authorization", f"Bearer {key}"),))
                 async for change in call:
                     # a prompt id: that prompt changed; the empty marker (first on every stream): what
                     # was fetched before the stream opened may have changed unseen
                     self._expire(org, change.prompt_id, time.monotonic() if change.prompt_id else opened)
                     backoff = 0.2
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                                  grpc.StatusCode.UNIMPLEMENTED):
+            except rpc.grpc.aio.AioRpcError as exc:
+                if exc.code() in rpc.WATCH_ENDS:
                     return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
