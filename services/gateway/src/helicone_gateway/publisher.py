@@ -516,9 +516,8 @@ class EventPublisher:
             ref, sent_to = doubtful[key]
             if partition != sent_to:
                 continue
-            # _last_ack stays as it is: a send in flight now may still be acknowledged below this
-            # offset (the stale request can be written after it), which is no data loss
             self.journal.acked(ref, partition, offset, generation)
+            self._last_ack[partition] = max(self._last_ack.get(partition, -1), offset)
         if found:
             self.m_found.inc(len(found))
             log.info("%d of %d events whose sends failed were in the log already; the rest are sent again",
