@@ -6,8 +6,7 @@ only then handed to the producer, which batches again (linger, batch size, optio
 queue's size an event is built at once and joins an overflow batch that is sent the same way: while
 the broker is up nothing waits for the resender (helicone_gateway_events_spooled_total counts what
 does, by reason). An event leaves the journal once the ingest consumer
-group has committed past it. Whatever the broker did not acknowledge (but a send that failed after
-the producer had it is first looked for in the log: a timed-out request may have been written), or acknowledged and then
+group has committed past it. Whatever the broker did not acknowledge, or acknowledged and then
 forgot (a memory-only broker restarted, a topic recreated), is sent again; ingest dedupes by
 (org, request id). After a crash everything still in the journal is sent again on start-up.
 
@@ -109,11 +108,6 @@ class EventPublisher:
         self._seen_end: dict[int, int] = {}
         self._commit_floor: dict[int, int] = {}  # first committed offset seen per partition since the last reset
         self._evicted_seen = 0
-        # Events whose send failed after the producer had them (a timed-out or cancelled request):
-        # the broker may have written them. key -> (ref, partition), and per partition the first
-        # offset they can be at; the resender looks for them in the log before sending them again.
-        self._doubtful: dict[bytes, tuple[RecordRef, int]] = {}
-        self._doubtful_from: dict[int, int] = {}
 
         self.m_published = metrics.counter(
             "helicone_gateway_events_published_total", "Log events acknowledged by Kafka", ("path",)
@@ -139,10 +133,6 @@ class EventPublisher:
         self.m_evicted = metrics.counter(
             "helicone_gateway_journal_evicted_segments_total",
             "Segments deleted to make room while ingest had not committed them (Kafka held them)",
-        )
-        self.m_found = metrics.counter(
-            "helicone_gateway_events_found_in_log_total",
-            "Events whose send failed (timed out, cancelled) but which the broker had written: found in the log, not sent again",
         )
         self.m_losses = metrics.counter(
             "helicone_gateway_broker_data_losses_total",
@@ -352,24 +342,14 @@ class EventPublisher:
             self._mark_down(exc)
             return False
         self._deliveries.add(delivery)
-        delivery.add_done_callback(partial(self._delivered, ref, generation, path, key, partition))
+        delivery.add_done_callback(partial(self._delivered, ref, generation, path))
         return True
 
-    def _delivered(self, ref: RecordRef, generation: int, path: str, key: bytes, partition: int, fut: asyncio.Future) -> None:
+    def _delivered(self, ref: RecordRef, generation: int, path: str, fut: asyncio.Future) -> None:
         self._deliveries.discard(fut)
         self._inflight.release()
         if fut.cancelled() or fut.exception() is not None:
             self.journal.failed(ref, generation)
-            if generation == self.journal.generation:
-                # The request may have reached the broker (a slow ack that timed out, a connection
-                # closed under it): sent again only if the log turns out not to hold it. Sends are
-                # acknowledged in order per partition, so it is past the highest ack seen so far
-                # (without one, past the last log end the watcher read: a look that starts too
-                # late only misses it, and then it is sent again).
-                self._doubtful[key] = (ref, partition)
-                last = self._last_ack.get(partition)
-                start = last + 1 if last is not None else self._seen_end.get(partition, 0)
-                self._doubtful_from[partition] = min(self._doubtful_from.get(partition, start), start)
             self._mark_down(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
             return
         self.m_published.labels(path).inc()
@@ -389,8 +369,6 @@ class EventPublisher:
 
     def _forget_log(self) -> None:
         self.journal.forget_deliveries()
-        self._doubtful.clear()
-        self._doubtful_from.clear()
         self._last_ack.clear()
         self._seen_committed.clear()
         self._seen_end.clear()
@@ -490,67 +468,10 @@ class EventPublisher:
             self._resend.clear()
             await self._connected.wait()
             await self._open.wait()
-            if self._doubtful:
-                await self._reconcile()
             for seg in self.journal.pending_segments():
                 if not await self._resend_segment(loop, seg):
                     break
             self._update_gauges()
-
-    async def _reconcile(self) -> None:
-        """Looks in the log for the events whose sends failed after the producer had them and
-        records the ones found as acknowledged, so that only the others are sent again (a timed-out
-        request the broker did carry out would otherwise put its whole batch in the log twice).
-        Whatever is not found, or cannot be looked for, is sent again: at least once."""
-        doubtful, self._doubtful = self._doubtful, {}
-        starts, self._doubtful_from = self._doubtful_from, {}
-        generation = self.journal.generation
-        try:
-            found = await self._find_in_log(set(doubtful), starts)
-        except Exception as exc:  # noqa: BLE001 - broker unreachable again: send them all
-            log.info("could not look for %d events of failed sends in the log (%r); sending them again", len(doubtful), exc)
-            return
-        if generation != self.journal.generation:
-            return  # the log was lost meanwhile: everything goes out again anyway
-        for key, (partition, offset) in found.items():
-            ref, sent_to = doubtful[key]
-            if partition != sent_to:
-                continue
-            self.journal.acked(ref, partition, offset, generation)
-            self._last_ack[partition] = max(self._last_ack.get(partition, -1), offset)
-        if found:
-            self.m_found.inc(len(found))
-            log.info("%d of %d events whose sends failed were in the log already; the rest are sent again",
-                     len(found), len(doubtful))
-
-    async def _find_in_log(self, keys: set[bytes], starts: dict[int, int]) -> dict[bytes, tuple[int, int]]:
-        """{key: (partition, offset)} of the `keys` found in the log from `starts` (per partition)
-        to its end; a group-less consumer of its own, stopped after the look."""
-        timeout_ms = int(self.publish_timeout * 1000)
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-            request_timeout_ms=timeout_ms, fetch_max_wait_ms=100, **self.security,
-        )
-        found: dict[bytes, tuple[int, int]] = {}
-        await asyncio.wait_for(reader.start(), self.publish_timeout)
-        try:
-            tps = [TopicPartition(self.topic, p) for p in starts]
-            reader.assign(tps)
-            for tp in tps:
-                reader.seek(tp, starts[tp.partition])
-            deadline = asyncio.get_running_loop().time() + 4 * self.publish_timeout
-            empty = 0
-            # Up to the end: two empty fetches in a row (a log end from ListOffsets can fall short
-            # of the last batch on some brokers, Tansu among them).
-            while len(found) < len(keys) and empty < 2 and asyncio.get_running_loop().time() < deadline:
-                got = await reader.getmany(timeout_ms=200)
-                empty = 0 if got else empty + 1
-                for tp, records in got.items():
-                    found.update((r.key, (tp.partition, r.offset)) for r in records if r.key in keys and r.key not in found)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(reader.stop(), self.publish_timeout)
-        return found
 
     async def _resend_segment(self, loop: asyncio.AbstractEventLoop, seg: Segment) -> bool:
         generation = self.journal.generation
