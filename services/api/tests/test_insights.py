@@ -669,7 +669,7 @@ async def test_dashboard_reads_over_whole_hours_or_days_are_answered_from_the_pr
         plan = "\n".join(r["explain"] for r in await state.analytics.query("EXPLAIN " + sql, params))
         name = projection.split('(')[-1].rstrip(')')
         read = re.findall(r"ReadFromMergeTree \(([^)]*)\)", plan)
-        assert read and set(read) == {name}, (projection, plan)  # every read (the users page has two) from it
+        assert read and set(read) == {name}, (projection, plan)  # every read of the query from it
     # off the grain (a range ending mid-hour), the same answer comes from the rows
     sql, params = ins.breakdown_sql(org, ins.BreakdownQuery(start=start, end=end - dt.timedelta(minutes=1), by="model"))
     plan = "\n".join(r["explain"] for r in await state.analytics.query("EXPLAIN " + sql, params))
