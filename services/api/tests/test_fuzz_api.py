@@ -193,13 +193,14 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         @example(r=dict(OK, body=encoded({"filter": {"left": {"request": {"model": {"in": ["a\\", "\ud800"]}}}, "operator": "or",
                                                      "right": {"response": {"status": {"gte": 400}}}}})))
         @example(r=dict(OK, route=("POST", "/v1/request/export"), body=encoded({"format": "csv", "sort": {"field": "model"}})))
+        @example(r=dict(OK, route=("GET", "/"), auth=None))  # the dashboard page: HTML, not JSON
         def check(r):
             status, answer = loop.run_until_complete(asyncio.wait_for(call(app, r, key, logged), 10))
             assert status != 500, answer
             # redirects (/v1/keys/ -> /v1/keys) and 204 (a deleted score) have no body
             if r["route"] == ("GET", "/") and status == 200:  # the dashboard page
                 assert answer.startswith(b"<!doctype html>"), answer[:200]
-            if r["route"] == ("POST", "/v1/request/export") and status == 200:  # CSV or JSON Lines
+            elif r["route"] == ("POST", "/v1/request/export") and status == 200:  # CSV or JSON Lines
                 assert answer.startswith(b"request_id,") or all(json.loads(line) for line in answer.splitlines()), answer[:200]
             elif r["route"][0] != "HEAD" and not 300 <= status < 400 and status != 204:
                 assert isinstance(json.loads(answer), dict), answer[:200]
