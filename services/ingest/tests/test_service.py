@@ -65,6 +65,7 @@ class FakeConsumer:
         self._acked = {self.tp: [position - 1]}
         self._acked_index = {self.tp: {position - 1}}
         self._gap = {self.tp: object()}
+        self.log_epoch = 0
         self.seeks = []
 
     def assignment(self):
@@ -111,4 +112,5 @@ async def test_offset_guard_rewinds_only_a_position_stuck_past_the_log_end(tmp_p
     await svc._rewind_past_end()
     assert stuck.seeks == [0]
     assert stuck._committed_offset[stuck.tp] is None and stuck.tp not in stuck._acked and stuck.tp not in stuck._gap
+    assert stuck.log_epoch == 1  # batches fetched from the old log are neither written nor acknowledged
     assert svc.metrics.registry.get_sample_value("helicone_ingest_offset_rewinds_total") == 1

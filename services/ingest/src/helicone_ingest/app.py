@@ -1,5 +1,5 @@
-"""The Faust ingest app. One agent consumes RequestLogged events in batches; a batch is
-acknowledged (so its offsets can be committed) only after its bodies and rows have been written.
+"""The Faust ingest app. Its consumer hands RequestLogged events over a fetch at a time, gathered
+into batches (batches.py), to one agent that writes them; a batch is acknowledged (so its offsets can be committed) only after its bodies and rows have been written.
 Events that can never be written go to the dead-letter topic with the reason in a header.
 Postgres only holds derived metadata: ingest starts, writes and acknowledges without it, connects
 in the background and writes the pending metadata once Postgres answers (see metadata.py)."""
@@ -23,6 +23,7 @@ from helicone_core.kafka import client_security, ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
 from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 
+from .batches import Batch, BatchApp
 from .metadata import PendingMetadata
 from .settings import IngestSettings
 from .writer import BatchWriter
@@ -62,7 +63,7 @@ class IngestService:
     def _build_faust(self) -> faust.App:
         s = self.settings
         private_dir(s.data_dir / "faust")
-        app = faust.App(
+        app = BatchApp(
             s.consumer_group,
             broker=[f"kafka://{b.strip()}" for b in s.kafka_bootstrap.split(",")],
             broker_credentials=faust_credentials(self.kafka_security),
@@ -80,15 +81,30 @@ class IngestService:
             datadir=str(s.data_dir / "faust"),
             stream_wait_empty=False,
         )
-        topic = app.topic(s.kafka_topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
+        app.batch_size, app.batch_within = s.batch_size, s.batch_within
+        app.topics.add(app.topic(s.kafka_topic, value_type=bytes, value_serializer="raw", key_serializer="raw"))
         dlq = app.topic(s.kafka_dlq_topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
+        # The consumer hands each batch to the agent through a channel, at most two at a time: the
+        # next batch is fetched while one is written.
+        batches = app.channel()
+        in_flight = asyncio.Semaphore(2)
         service = self
 
-        @app.agent(topic, name="request-logged-writer")
-        async def write_request_logs(stream):
-            async for raws in stream.take(s.batch_size, within=s.batch_within):
-                await service.process(raws, dlq)
+        async def hand_over(batch: Batch) -> None:
+            await in_flight.acquire()
+            await batches.put(batch)
 
+        @app.agent(batches, name="request-logged-writer")
+        async def write_request_logs(stream):
+            async for batch in stream:
+                try:
+                    if batch.current():  # else its partitions are read again from the committed offsets
+                        await service.process(batch.values(), dlq)
+                        batch.ack()
+                finally:
+                    in_flight.release()
+
+        app.batch_handler = hand_over
         return app
 
     async def process(self, raws: list[bytes], dlq) -> None:
@@ -233,6 +249,7 @@ class IngestService:
         consumer._acked.pop(tp, None)
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
+        consumer.log_epoch += 1  # batches fetched before are neither written nor acknowledged
         await consumer.seek(tp, offset)
         self.m_rewinds.inc()
 

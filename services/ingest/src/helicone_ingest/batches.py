@@ -1,0 +1,155 @@
+"""Faust, fed a fetch at a time.
+
+Faust's own consumer turns every Kafka record into a Message, hands it to the conductor, a stream
+buffer and the agent one at a time, and acks it one at a time: 3,000-4,300 events/s per process
+is all it can receive whatever the stream API (bench/faust_ceiling.py). Ingest writes in batches
+anyway, so here the aiokafka Consumer's fetch loop (`_drain_messages`) hands the records of each
+fetch, gathered up to `batch_size` events or `batch_within` seconds, to a handler as one `Batch`,
+and a batch is acknowledged as a whole, with one call, once it is written. Faust keeps everything
+else: group membership and rebalances, the periodic commit of acknowledged offsets (what it
+commits is computed from the acks exactly as for its own messages, gaps in the offsets included),
+flow control, seeks and stopping.
+
+A batch belongs to the consumer generation it was fetched in and to the log it was fetched from
+(`Consumer.log_epoch`, moved on by IngestService._rewind when a partition goes back to the start
+of a new log): acknowledging a batch of an earlier generation or epoch does nothing (its
+partitions were re-read or handed to another worker, from the committed offsets)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import faust
+from faust.transport.drivers import aiokafka as driver
+
+
+class Batch:
+    """The records of one or more fetches; ack() marks every offset done at once."""
+
+    __slots__ = ("consumer", "records", "generation", "epoch", "started", "size")
+
+    def __init__(self, consumer: BatchConsumer) -> None:
+        self.consumer = consumer
+        self.records: dict = {}  # TP -> [ConsumerRecord], in offset order
+        self.generation = consumer.app.consumer_generation_id
+        self.epoch = consumer.log_epoch
+        self.started = time.monotonic()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, tp, records: list) -> None:
+        self.records.setdefault(tp, []).extend(records)
+        self.size += len(records)
+
+    def values(self) -> list[bytes]:
+        return [r.value for recs in self.records.values() for r in recs]
+
+    def current(self) -> bool:
+        """Fetched in the consumer's present generation, from the present log."""
+        c = self.consumer
+        return self.generation == c.app.consumer_generation_id and self.epoch == c.log_epoch
+
+    def ack(self) -> bool:
+        """Marks the batch's offsets as done, so that the next commit may pass them; False (nothing
+        marked) when the batch is no longer current."""
+        if not self.current():
+            return False
+        for tp, recs in self.records.items():
+            self.consumer.ack_offsets(tp, [r.offset for r in recs])
+        return True
+
+
+class BatchConsumer(driver.Consumer):
+    """Faust's aiokafka Consumer with a fetch loop that hands batches to `app.batch_handler`."""
+
+    log_epoch = 0
+
+    async def _drain_messages(self, fetcher) -> None:  # the Fetcher service's task (see faust.transport.consumer)
+        app = self.app
+        stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        read_offset = self._read_offset
+        pending: Batch | None = None
+        try:
+            while not (stopped() or fetcher_stopped()):
+                size, within = app.batch_size, app.batch_within
+                timeout = 1.0 if pending is None else max(pending.started + within - time.monotonic(), 0.0)
+                generation = app.consumer_generation_id
+                records, active = await self._wait_next_records(timeout)
+                if self.should_stop:
+                    return
+                if records and not self.flow_active:
+                    await self.perform_seek()  # what Faust's getmany does: back to the committed offsets
+                    records = None
+                if pending is not None and not pending.current():
+                    pending = None  # rebalanced or rewound meanwhile: its records are read again
+                if records and generation == app.consumer_generation_id:
+                    for tp, recs in records.items():
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue
+                        fresh = await self._fresh(tp, recs, read_offset)
+                        if fresh:
+                            if pending is None:
+                                pending = Batch(self)
+                            pending.add(tp, fresh)
+                            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                if pending is not None and (len(pending) >= size or time.monotonic() >= pending.started + within):
+                    batch, pending = pending, None
+                    await app.batch_handler(batch)  # acks it now or later
+                if self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                await asyncio.sleep(0)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    async def _fresh(self, tp, recs: list, read_offset) -> list:
+        """The records past the partition's read offset, noting gaps in the offsets as Faust's
+        loop does (so a commit can pass offsets that hold no record, e.g. transaction markers)."""
+        r = read_offset[tp]
+        if r is not None:
+            recs = [rec for rec in recs if rec.offset >= r]
+        if not recs:
+            return recs
+        if r and self.app.topics.acks_enabled_for(tp.topic):
+            previous = r
+            for rec in recs:
+                if rec.offset - previous > 1:
+                    await self._add_gap(tp, previous + 1, rec.offset)
+                previous = rec.offset
+        read_offset[tp] = recs[-1].offset
+        return recs
+
+    def ack_offsets(self, tp, offsets: list[int]) -> None:
+        """Consumer.ack for many offsets of one partition (what commit() reads)."""
+        committed = self._committed_offset[tp]
+        index, acked = self._acked_index[tp], self._acked[tp]
+        new = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+        index.update(new)
+        acked.extend(new)
+        self._n_acked += len(new)
+
+
+class BatchTransport(driver.Transport):
+    Consumer = BatchConsumer
+
+
+class BatchApp(faust.App):
+    """A Faust app whose consumer hands batches to `batch_handler` (set it before start()), each
+    of up to `batch_size` records or whatever `batch_within` seconds gathered."""
+
+    batch_handler: Callable[[Batch], Awaitable[None]] | None = None
+    batch_size = 2000
+    batch_within = 1.0
+
+    def _new_transport(self):
+        return BatchTransport(self.conf.broker_consumer, self)
