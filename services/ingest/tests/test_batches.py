@@ -1,0 +1,118 @@
+"""Ingest's Faust consumer that hands over a fetch at a time (batches.py): offsets are committed
+only once their batch is written, a failed write holds them until it succeeds, batches of an
+earlier generation or of a log that was reset are never acknowledged, and gaps in the offsets
+do not stop the commits."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import uuid
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
+from helicone_ingest.app import IngestService
+from helicone_ingest.batches import Batch, BatchApp
+
+from .test_postgres_outage import eventually, make_events, produce, row_count, settings
+
+
+def consumer_of(app: BatchApp, topic: str):
+    app.topics.add(app.topic(topic, value_type=bytes, value_serializer="raw"))
+    app.topics._acking_topics.add(topic)  # what Faust's conductor does once it subscribes
+    return app.consumer
+
+
+def records(*offsets: int) -> list:
+    return [types.SimpleNamespace(offset=o, value=b"%d" % o) for o in offsets]
+
+
+async def test_a_batch_acknowledges_its_offsets_at_once_and_gaps_do_not_stop_the_commit():
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    consumer, tp = consumer_of(app, "t"), TP("t", 0)
+    consumer._read_offset[tp] = 3  # seeked there: 3 is the next record
+    fresh = await consumer._fresh(tp, records(1, 2, 3, 4, 5, 8, 9), consumer._read_offset)
+    assert [r.offset for r in fresh] == [3, 4, 5, 8, 9]  # what was read before the seek is dropped
+    assert consumer._read_offset[tp] == 9
+    assert sorted((i.begin, i.end) for i in consumer._gap[tp]) == [(6, 8)]  # 6 and 7 hold no record
+    batch = Batch(consumer)
+    batch.add(tp, fresh)
+    assert len(batch) == 5 and batch.values() == [b"3", b"4", b"5", b"8", b"9"]
+    assert consumer._new_offset(tp) is None  # nothing acknowledged: nothing to commit
+    assert batch.ack()
+    assert consumer._n_acked == 5
+    assert consumer._new_offset(tp) == 10  # through the gap
+
+
+async def test_a_batch_of_an_earlier_generation_or_log_is_not_acknowledged():
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    consumer, tp = consumer_of(app, "t"), TP("t", 0)
+    old_generation = Batch(consumer)
+    old_generation.add(tp, records(0, 1))
+    app.consumer_generation_id += 1  # a rebalance: the partitions are read again from the committed offsets
+    old_log = Batch(consumer)
+    old_log.add(tp, records(0, 1))
+    consumer.log_epoch += 1  # IngestService._rewind: the log was reset
+    current = Batch(consumer)
+    current.add(tp, records(0))
+    assert not old_generation.current() and not old_generation.ack()
+    assert not old_log.current() and not old_log.ack()
+    assert current.current() and current.ack()
+    assert list(consumer._acked[tp]) == [0]
+
+
+async def committed(bootstrap: str, topic: str, group: str) -> int:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        if not parts:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic) or set()
+        total = 0
+        for p in parts:
+            total += await c.committed(TopicPartition(topic, p)) or 0
+        return total
+    finally:
+        await c.stop()
+
+
+async def test_offsets_are_committed_only_after_their_batch_is_written_and_a_failed_write_is_retried(tmp_path, kafka_bootstrap):
+    topic = "batches-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    svc = IngestService(s)
+    failing = asyncio.Event()
+    failing.set()
+    calls = 0
+    insert = svc.analytics.insert
+
+    async def flaky_insert(table, rows):
+        nonlocal calls
+        calls += 1
+        if failing.is_set():
+            raise ConnectionError("analytics store down")
+        await insert(table, rows)
+
+    svc.analytics.insert = flaky_insert
+    await svc.start()
+    try:
+        evs = make_events(120)
+        await produce(kafka_bootstrap, topic, evs)
+        await eventually(lambda: asyncio.sleep(0, calls >= 3))  # the first batch failed and was retried
+        await asyncio.sleep(2.5)  # more than one commit interval (1 s) while the write keeps failing
+        assert await committed(kafka_bootstrap, topic, s.consumer_group) == 0
+        assert await row_count(svc) == 0
+        failing.clear()
+
+        async def all_written() -> bool:
+            return await row_count(svc) == len(evs)
+
+        await eventually(all_written)
+
+        async def all_committed() -> bool:
+            return await committed(kafka_bootstrap, topic, s.consumer_group) == len(evs)
+
+        await eventually(all_committed)
+        assert svc.metrics.registry.get_sample_value("helicone_ingest_write_errors_total", {"stage": "analytics"}) >= 3
+    finally:
+        await svc.stop()
