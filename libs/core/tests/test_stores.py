@@ -306,3 +306,35 @@ async def test_request_scores_keep_one_score_per_name_the_newest_write(analytics
     await store.insert("request_scores", [_score("org-a", rid, "accuracy", 0.0, "2026-03-01 12:00:00.000004", deleted=1)])
     assert {(r["org_id"], r["rid"], r["name"]) for r in await store.query(SCORES)} == {
         ("org-a", rid, "feedback"), ("org-a", other, "accuracy"), ("org-b", rid, "accuracy")}
+
+
+async def test_rows_come_back_exactly_as_written_whatever_their_values(analytics_store):
+    """Ingest sends a batch's rows as one JSONColumns document (insert_values): every column of a row
+    with awkward values reads back equal to what analytics_row gives for the event."""
+    store = analytics_store
+    awkward = events.RequestLogged(
+        schema_version=1, request_id=events.new_request_id(), org_id="org-x", provider="openai", model='m"\\N\t\n€😀',
+        method="POST", path="/v1/x?a=1&b=\\", status=599, latency_ms=2**31, time_to_first_token_ms=-1,
+        user_id="\\N", session_id="s\u2028", session_path="/a/b", session_name="", error="\x00\x1f",
+        properties={"k\\": "\\N", "ünï": "v\"", "": "empty key"}, cost_usd=1e-300, cost_known=True,
+        prompt_id="p", prompt_version=7, prompt_inputs_json='{"a":"\\u0000"}', cache_hit=True, cache_saved_usd=0.25,
+        fallback_index=3, attempts=[events.Attempt(target_url="https://x/\\", provider="p", status=500, error="e\n")],
+    )
+    events.set_time(awkward.request_created_at, T0)
+    events.set_time(awkward.response_created_at, T0 + dt.timedelta(seconds=1, milliseconds=1))
+    awkward.usage.prompt_tokens, awkward.usage.completion_tokens, awkward.usage.total_tokens = 2**40, 1, 2**40 + 1
+    awkward.usage.known = True
+    plain = _event("org-x", T0, model="plain")
+    rows = [events.analytics_values(ev, "orgs/org-x/packs/p#0+1", "r\\", 2**63 - 1, 0, "application/json; x=\"y\"",
+                                    "", True) for ev in (awkward, plain)]
+    await store.insert_values("request_log", events.ANALYTICS_COLUMNS, rows)
+    got = await store.query(
+        "SELECT * EXCEPT (request_created_at, response_created_at), toString(request_created_at) AS request_created_at, "
+        "toString(response_created_at) AS response_created_at FROM {db}.request_log FINAL WHERE org_id = 'org-x' "
+        "ORDER BY model SETTINGS output_format_json_quote_64bit_integers = 0")
+    expected = sorted((dict(zip(events.ANALYTICS_COLUMNS, row, strict=True)) for row in rows), key=lambda r: r["model"])
+    assert len(got) == 2
+    for want, row in zip(expected, got, strict=True):
+        assert row == want
+    with pytest.raises(ValueError, match="one per column"):
+        await store.insert_values("request_log", events.ANALYTICS_COLUMNS, [rows[0][:-1]])

@@ -84,16 +84,16 @@ async def test_offsets_are_committed_only_after_their_batch_is_written_and_a_fai
     failing = asyncio.Event()
     failing.set()
     calls = 0
-    insert = svc.analytics.insert
+    insert = svc.analytics.insert_values
 
-    async def flaky_insert(table, rows):
+    async def flaky_insert(table, names, rows):
         nonlocal calls
         calls += 1
         if failing.is_set():
             raise ConnectionError("analytics store down")
-        await insert(table, rows)
+        await insert(table, names, rows)
 
-    svc.analytics.insert = flaky_insert
+    svc.analytics.insert_values = flaky_insert
     await svc.start()
     try:
         evs = make_events(120)

@@ -17,11 +17,11 @@ class FlakyAnalytics:
         self.failures = failures
         self.rows = []
 
-    async def insert(self, table, rows):
+    async def insert_values(self, table, names, rows):
         if self.failures:
             self.failures -= 1
             raise ConnectionError("clickhouse down")
-        self.rows.extend(rows)
+        self.rows.extend(dict(zip(names, row, strict=True)) for row in rows)
 
 
 class FakeDlq:

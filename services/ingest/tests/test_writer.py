@@ -112,7 +112,7 @@ async def test_a_failing_store_raises_so_the_batch_is_retried(writer):
     w, analytics, bodies, _ = writer
 
     class Broken:
-        async def insert(self, *a):
+        async def insert_values(self, *a):
             raise ConnectionError("clickhouse down")
 
     w.analytics = Broken()

@@ -427,6 +427,7 @@ class AnalyticsStore(Protocol):
 
     async def init_schema(self) -> None: ...
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None: ...
+    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None: ...
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
@@ -442,19 +443,27 @@ def _check_ident(name: str) -> str:
 _ROW_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-ROWS_FORMAT = "JSONCompactEachRowWithNames"
+ROWS_FORMAT = "JSONColumns"
 
 
 def _compact_rows(rows: list[dict[str, Any]]) -> str:
-    """Rows with the same keys in the same order as JSONCompactEachRowWithNames: the names once, then a
-    list of values per row (a third of JSONEachRow's encoding time, and no names for ClickHouse to match)."""
-    names = tuple(_check_ident(c) for c in rows[0])
-    lines = [_ROW_JSON(names)]
+    """Rows that all have the same keys in the same order, as one JSONColumns document."""
+    names = tuple(rows[0])
     for row in rows:
         if tuple(row) != names:
             raise ValueError(f"analytics rows of one insert must have the same columns: {sorted(row)} vs {sorted(names)}")
-        lines.append(_ROW_JSON(list(row.values())))
-    return "\n".join(lines)
+    return _columns_json(names, [list(row.values()) for row in rows])
+
+
+def _columns_json(names: tuple[str, ...], rows: list[list[Any]]) -> str:
+    """Rows of values in `names` order as JSONColumns: one JSON object of column name -> the column's
+    values, encoded in one call (each row on its own took twice the time) and parsed by
+    ClickHouse a column at a time."""
+    for name in names:
+        _check_ident(name)
+    if any(len(row) != len(names) for row in rows):
+        raise ValueError(f"every row must have {len(names)} values, one per column")
+    return _ROW_JSON(dict(zip(names, zip(*rows, strict=True), strict=True)))
 
 
 # ClickHouse parses a query parameter's value in its escaped text format (as TSV fields): a
@@ -524,10 +533,16 @@ class ChdbStore:
         await migrate_schema(self)
 
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        sql = f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT {ROWS_FORMAT}\n" + _compact_rows(rows)
-        await self._run(self._exec, sql)
+        if rows:
+            await self._insert(table, _compact_rows(rows))
+
+    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None:
+        """insert() for rows given as values in `names` order."""
+        if rows:
+            await self._insert(table, _columns_json(names, rows))
+
+    async def _insert(self, table: str, body: str) -> None:
+        await self._run(self._exec, f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT {ROWS_FORMAT}\n" + body)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
@@ -585,11 +600,17 @@ class ClickHouseServerStore:
         await migrate_schema(self)
 
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
+        if rows:
+            await self._insert(table, _compact_rows(rows))
+
+    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None:
+        """insert() for rows given as values in `names` order."""
+        if rows:
+            await self._insert(table, _columns_json(names, rows))
+
+    async def _insert(self, table: str, body: str) -> None:
         client = await self._client_()
-        await client.raw_insert(f"{self.database}.{_check_ident(table)}", insert_block=_compact_rows(rows).encode(),
-                                fmt=ROWS_FORMAT)
+        await client.raw_insert(f"{self.database}.{_check_ident(table)}", insert_block=body.encode(), fmt=ROWS_FORMAT)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         client = await self._client_()

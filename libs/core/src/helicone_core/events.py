@@ -92,9 +92,18 @@ def set_time(field, when: dt.datetime) -> None:
     field.FromDatetime(when.astimezone(dt.timezone.utc))
 
 
+_SECONDS: dict[int, str] = {}  # epoch second -> 'YYYY-MM-DD HH:MM:SS' (the events of a batch share a few seconds)
+
+
 def _ch_time(ts) -> str:
     # DateTime64(3, 'UTC') accepts 'YYYY-MM-DD HH:MM:SS.fff'; gmtime: a third of ToDatetime + strftime's cost
-    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(ts.seconds))}.{ts.nanos // 1_000_000:03d}"
+    seconds = ts.seconds
+    text = _SECONDS.get(seconds)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[seconds] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{ts.nanos // 1_000_000:03d}"
 
 
 def message_key(event: RequestLogged) -> bytes:
@@ -131,6 +140,18 @@ def body_pack_key(org_id: str, digest: str) -> str:
     return f"{body_prefix(org_id)}packs/{digest}"
 
 
+# The columns of a `request_log` row, in the order analytics_values gives them.
+ANALYTICS_COLUMNS = (
+    "request_id", "org_id", "request_created_at", "response_created_at", "latency_ms", "time_to_first_token_ms",
+    "status", "provider", "model", "method", "path", "target_url", "user_id", "session_id", "session_path",
+    "session_name", "properties", "prompt_tokens", "completion_tokens", "total_tokens", "cache_read_tokens",
+    "cache_write_tokens", "usage_known", "cost_usd", "cost_known", "streamed", "request_body_key", "response_body_key",
+    "request_bytes", "response_bytes", "request_content_type", "response_content_type", "body_truncated", "error",
+    "source", "region", "prompt_id", "prompt_version", "prompt_inputs", "cache_hit", "cache_saved_usd", "attempts",
+    "fallback_index", "version",
+)
+
+
 def analytics_row(
     event: RequestLogged,
     *,
@@ -142,53 +163,74 @@ def analytics_row(
     response_content_type: str,
     truncated: bool,
 ) -> dict:
-    """The `request_log` row for one event; deterministic, so a replayed event gives the same
-    row (`version`, see event_version, lets ReplacingMergeTree keep the newest request of an id)."""
-    response_at = event.response_created_at if event.HasField("response_created_at") else event.request_created_at
+    """The `request_log` row for one event, by column name (see analytics_values)."""
+    return dict(zip(ANALYTICS_COLUMNS, analytics_values(
+        event, request_key, response_key, request_bytes, response_bytes, request_content_type, response_content_type,
+        truncated), strict=True))
+
+
+def analytics_values(
+    event: RequestLogged,
+    request_key: str,
+    response_key: str,
+    request_bytes: int,
+    response_bytes: int,
+    request_content_type: str,
+    response_content_type: str,
+    truncated: bool,
+) -> list:
+    """The `request_log` row for one event, as values in ANALYTICS_COLUMNS order (ingest writes a
+    batch of these without naming each column per row); deterministic, so a replayed event gives
+    the same row (`version`, see event_version, lets ReplacingMergeTree keep the newest request
+    of an id)."""
+    created = event.request_created_at
+    response_at = event.response_created_at if event.HasField("response_created_at") else created
     u = event.usage
-    return {
-        "request_id": event.request_id,
-        "org_id": event.org_id,
-        "request_created_at": _ch_time(event.request_created_at),
-        "response_created_at": _ch_time(response_at),
-        "latency_ms": max(event.latency_ms, 0),
-        "time_to_first_token_ms": event.time_to_first_token_ms,
-        "status": event.status,
-        "provider": event.provider,
-        "model": event.model,
-        "method": event.method,
-        "path": event.path,
-        "target_url": event.target_url,
-        "user_id": event.user_id,
-        "session_id": event.session_id,
-        "session_path": event.session_path,
-        "session_name": event.session_name,
-        "properties": dict(event.properties),
-        "prompt_tokens": max(u.prompt_tokens, 0),
-        "completion_tokens": max(u.completion_tokens, 0),
-        "total_tokens": max(u.total_tokens, 0),
-        "cache_read_tokens": max(u.cache_read_tokens, 0),
-        "cache_write_tokens": max(u.cache_write_tokens, 0),
-        "usage_known": int(u.known),
-        "cost_usd": event.cost_usd,
-        "cost_known": int(event.cost_known),
-        "streamed": int(event.streamed),
-        "request_body_key": request_key,
-        "response_body_key": response_key,
-        "request_bytes": request_bytes,
-        "response_bytes": response_bytes,
-        "request_content_type": request_content_type,
-        "response_content_type": response_content_type,
-        "body_truncated": int(truncated),
-        "error": event.error,
-        "source": event.source,
-        "region": event.region,
-        "prompt_id": event.prompt_id,
-        "prompt_version": max(event.prompt_version, 0),
-        "prompt_inputs": event.prompt_inputs_json,
-        "cache_hit": int(event.cache_hit),
-        "cache_saved_usd": event.cache_saved_usd,
-        "attempts": attempts_json(event),
-        "fallback_index": max(event.fallback_index, 0),
-        "version": event_version(event),
-    }
+    properties = event.properties
+    seconds, nanos = created.seconds, created.nanos
+    return [
+        event.request_id,
+        event.org_id,
+        _ch_time(created),
+        _ch_time(response_at),
+        max(event.latency_ms, 0),
+        event.time_to_first_token_ms,
+        event.status,
+        event.provider,
+        event.model,
+        event.method,
+        event.path,
+        event.target_url,
+        event.user_id,
+        event.session_id,
+        event.session_path,
+        event.session_name,
+        dict(properties) if properties else {},
+        max(u.prompt_tokens, 0),
+        max(u.completion_tokens, 0),
+        max(u.total_tokens, 0),
+        max(u.cache_read_tokens, 0),
+        max(u.cache_write_tokens, 0),
+        int(u.known),
+        event.cost_usd,
+        int(event.cost_known),
+        int(event.streamed),
+        request_key,
+        response_key,
+        request_bytes,
+        response_bytes,
+        request_content_type,
+        response_content_type,
+        int(truncated),
+        event.error,
+        event.source,
+        event.region,
+        event.prompt_id,
+        max(event.prompt_version, 0),
+        event.prompt_inputs_json,
+        int(event.cache_hit),
+        event.cache_saved_usd,
+        attempts_json(event) if event.attempts else "",
+        max(event.fallback_index, 0),
+        (seconds if seconds > 0 else 0) * 1_000_000_000 + (nanos if nanos > 0 else 0),  # event_version
+    ]

@@ -26,7 +26,9 @@ from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 from .batches import Batch, BatchApp
 from .metadata import PendingMetadata
 from .settings import IngestSettings
-from .writer import BatchWriter
+from .writer import BatchWriter, Rejected
+
+Decoded = tuple[list, list[Rejected]]  # BatchWriter.decode's answer: events to write, events to dead-letter
 
 log = logging.getLogger("helicone.ingest")
 
@@ -84,8 +86,10 @@ class IngestService:
         app.batch_size, app.batch_within = s.batch_size, s.batch_within
         app.topics.add(app.topic(s.kafka_topic, value_type=bytes, value_serializer="raw", key_serializer="raw"))
         dlq = app.topic(s.kafka_dlq_topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
-        # The consumer hands each batch to the agent through a channel, at most two at a time: the
-        # next batch is fetched while one is written.
+        # The consumer hands each batch to the agent through a channel, at most two at a time. The
+        # agent decodes a batch while the one before is being written (the stores' I/O and chDB's
+        # insert run off the event loop's thread), then writes it once that write is done: writes
+        # and acknowledgements stay in order, one at a time.
         batches = app.channel()
         in_flight = asyncio.Semaphore(2)
         service = self
@@ -94,15 +98,27 @@ class IngestService:
             await in_flight.acquire()
             await batches.put(batch)
 
+        async def write(batch: Batch, decoded: Decoded) -> None:
+            try:
+                await service.write_decoded(decoded, dlq)
+                batch.ack()
+            finally:
+                in_flight.release()
+
         @app.agent(batches, name="request-logged-writer")
         async def write_request_logs(stream):
-            async for batch in stream:
-                try:
-                    if batch.current():  # else its partitions are read again from the committed offsets
-                        await service.process(batch.values(), dlq)
-                        batch.ack()
-                finally:
-                    in_flight.release()
+            writing: asyncio.Task | None = None
+            try:
+                async for batch in stream:
+                    if not batch.current():  # its partitions are read again from the committed offsets
+                        in_flight.release()
+                        continue
+                    decoded = service.decode(batch.values())
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(write(batch, decoded), name="ingest-write")
+            finally:
+                await _cancel(writing)  # stopping: an unfinished batch is not acknowledged (read again)
 
         app.batch_handler = hand_over
         return app
@@ -110,8 +126,16 @@ class IngestService:
     async def process(self, raws: list[bytes], dlq) -> None:
         """Writes one batch, retrying until it succeeds; never raises (a crash would skip the
         batch: its offsets are already past in the consumer)."""
+        await self.write_decoded(self.decode(raws), dlq)
+
+    def decode(self, raws: list[bytes]) -> Decoded:
         assert self.writer is not None
-        good, bad = self.writer.decode(list(raws))
+        return self.writer.decode(list(raws))
+
+    async def write_decoded(self, decoded: Decoded, dlq) -> None:
+        """process() after decode(): dead-letters the rejected events and writes the good ones,
+        each retried until it succeeds; never raises."""
+        good, bad = decoded
         for rejected in bad:
             await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason), "dead-letter")
         await self._retry(lambda: self.writer.write(good), "write")

@@ -45,6 +45,18 @@ class Rejected:
     reason: str
 
 
+@dataclass
+class PreparedBatch:
+    """A decoded batch made ready to write (BatchWriter.prepare): its body packs and its rows."""
+
+    events: list[events.RequestLogged]
+    packs: list[tuple[str, bytes]]  # (key, content), one per org
+    rows: list[list]  # request_log rows as values in events.ANALYTICS_COLUMNS order, in batch order
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
 class BatchWriter:
     def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, metadata: PendingMetadata, metrics: ServiceMetrics,
                  costs: CostRegistry | None = None) -> None:
@@ -99,89 +111,110 @@ class BatchWriter:
         self.m_events.labels("rejected").inc(len(bad))
         return list(good.values()), bad
 
-    async def write(self, batch: list[events.RequestLogged]) -> None:
-        """Raises on failure; the caller retries the same batch."""
+    def prepare(self, batch: list[events.RequestLogged]) -> PreparedBatch:
+        """The CPU part of writing a batch: its body packs and rows, nothing stored yet (ingest
+        prepares a batch while the one before is being written)."""
+        packs, rows = self._pack_bodies(batch)
+        return PreparedBatch(batch, packs, rows)
+
+    async def write(self, batch: list[events.RequestLogged] | PreparedBatch) -> None:
+        """Writes a batch (decode's events or prepare's answer); raises on failure, and the caller
+        retries the same batch."""
         if not batch:
             return
         started = time.perf_counter()
+        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
         try:
-            rows = await self._store_bodies(batch)
+            await asyncio.gather(*(self.bodies.put(key, pack, PACK_CONTENT_TYPE) for key, pack in prepared.packs))
         except Exception:
             self.m_write_errors.labels("bodies").inc()
             raise
         try:
-            await self.analytics.insert("request_log", list(rows))
+            await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, prepared.rows)
         except Exception:
             self.m_write_errors.labels("analytics").inc()
             raise
-        self.metadata.add(batch)
+        written = prepared.events
+        self.metadata.add(written)
         now = time.time()
-        for ev in batch:
+        observe = self.m_lag.observe
+        for ev in written:
             if ev.HasField("response_created_at"):
                 at = ev.response_created_at
-                self.m_lag.observe(max(now - at.seconds - at.nanos / 1e9, 0))
-            self._count_usage(ev)
+                observe(max(now - at.seconds - at.nanos / 1e9, 0))
+        self._count_usage(written)
         self.m_batches.observe(time.perf_counter() - started)
-        self.m_batch_size.observe(len(batch))
+        self.m_batch_size.observe(len(written))
 
     def usage_labels(self, ev: events.RequestLogged) -> tuple[str, str]:
         """(provider, model) labels of an event: never a string the caller chose."""
         provider = ev.provider if ev.provider in events.PROVIDERS else events.CUSTOM_PROVIDER
         return provider, self.costs.canonical_model(ev.provider, ev.model) or OTHER_MODEL
 
-    def _count_usage(self, ev: events.RequestLogged) -> None:
-        if not (ev.usage.known or ev.cost_known):
-            return
-        provider, model = self.usage_labels(ev)
-        u = ev.usage
-        for kind, tokens in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
-                             ("cache_read", u.cache_read_tokens), ("cache_write", u.cache_write_tokens)):
-            if tokens > 0:
-                self.m_tokens.labels(provider, model, kind).inc(tokens)
-        if ev.cost_known and ev.cost_usd > 0:
-            self.m_cost.labels(provider, model).inc(ev.cost_usd)
+    def _count_usage(self, batch: list[events.RequestLogged]) -> None:
+        """Adds the batch's tokens and cost to the usage counters: summed per label set first,
+        then one increment each."""
+        tokens: dict[tuple[str, str, str], int] = {}
+        cost: dict[tuple[str, str], float] = {}
+        labels: dict[tuple[str, str], tuple[str, str]] = {}  # (provider, model) as sent -> their labels
+        for ev in batch:
+            cost_known = ev.cost_known
+            u = ev.usage
+            if not (u.known or cost_known):
+                continue
+            sent = (ev.provider, ev.model)
+            pm = labels.get(sent)
+            if pm is None:
+                pm = labels[sent] = self.usage_labels(ev)
+            for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
+                            ("cache_read", u.cache_read_tokens), ("cache_write", u.cache_write_tokens)):
+                if n > 0:
+                    key = (*pm, kind)
+                    tokens[key] = tokens.get(key, 0) + n
+            if cost_known and ev.cost_usd > 0:
+                cost[pm] = cost.get(pm, 0.0) + ev.cost_usd
+        for (provider, model, kind), n in tokens.items():
+            self.m_tokens.labels(provider, model, kind).inc(n)
+        for (provider, model), usd in cost.items():
+            self.m_cost.labels(provider, model).inc(usd)
 
-    async def _store_bodies(self, batch: list[events.RequestLogged]) -> list[dict]:
-        """Writes one body pack per org of the batch; returns the batch's rows, in batch order."""
-        rows: list[dict | None] = [None] * len(batch)
+    def _pack_bodies(self, batch: list[events.RequestLogged]) -> tuple[list[tuple[str, bytes]], list[list]]:
+        """One body pack per org of the batch, as (key, content), and the batch's rows (values in
+        events.ANALYTICS_COLUMNS order), in batch order."""
+        rows: list[list | None] = [None] * len(batch)
         by_org: dict[str, list[int]] = {}
+        values = events.analytics_values
         for i, ev in enumerate(batch):
             if ev.WhichOneof("bodies") == "location":  # bodies the producer stored itself
                 loc = ev.location
-                rows[i] = events.analytics_row(
-                    ev, request_key=loc.request_key, response_key=loc.response_key,
-                    request_bytes=loc.request_bytes, response_bytes=loc.response_bytes,
-                    request_content_type="", response_content_type="", truncated=False,
-                )
+                rows[i] = values(ev, loc.request_key, loc.response_key, loc.request_bytes, loc.response_bytes, "", "", False)
             else:
                 by_org.setdefault(ev.org_id, []).append(i)
-        puts = []
+        packs = []
         for org_id, members in by_org.items():
             # a deterministic order, so the same events make the same pack whatever order they came in
             members.sort(key=lambda i: (batch[i].request_id, events.event_version(batch[i])))
-            parts, spans, offset = [], [], 0
+            parts, lengths, names = [], [], []
             for i in members:
-                inline = batch[i].inline
-                for body in (inline.request_body, inline.response_body):
-                    parts.append(body)
-                    spans.append((offset, len(body)))
-                    offset += len(body)
-            digest = hashlib.sha256()
-            for n, i in enumerate(members):  # identities, versions and lengths too: the same bytes split otherwise
-                digest.update(f"{batch[i].request_id}/{events.event_version(batch[i])}/{spans[2 * n][1]}/"
-                              f"{spans[2 * n + 1][1]};".encode())
+                ev = batch[i]
+                inline = ev.inline
+                request, response = inline.request_body, inline.response_body
+                parts.append(request)
+                parts.append(response)
+                lengths.append((len(request), len(response)))
+                # identities, versions and lengths go into the digest too: the same bytes split otherwise
+                names.append(f"{ev.request_id}/{events.event_version(ev)}/{len(request)}/{len(response)};")
             pack = b"".join(parts)
+            digest = hashlib.sha256("".join(names).encode())
             digest.update(pack)
             key = events.body_pack_key(org_id, digest.hexdigest()[:32])
-            puts.append(self.bodies.put(key, pack, PACK_CONTENT_TYPE))
-            for n, i in enumerate(members):
-                ev, inline = batch[i], batch[i].inline
-                (req_off, req_len), (resp_off, resp_len) = spans[2 * n], spans[2 * n + 1]
-                rows[i] = events.analytics_row(
-                    ev, request_key=body_ref(key, req_off, req_len), response_key=body_ref(key, resp_off, resp_len),
-                    request_bytes=req_len, response_bytes=resp_len,
-                    request_content_type=inline.request_content_type, response_content_type=inline.response_content_type,
-                    truncated=inline.request_truncated or inline.response_truncated,
-                )
-        await asyncio.gather(*puts)
-        return rows
+            packs.append((key, pack))
+            offset = 0
+            for i, (req_len, resp_len) in zip(members, lengths, strict=True):
+                ev = batch[i]
+                inline = ev.inline
+                rows[i] = values(ev, body_ref(key, offset, req_len), body_ref(key, offset + req_len, resp_len), req_len,
+                                 resp_len, inline.request_content_type, inline.response_content_type,
+                                 inline.request_truncated or inline.response_truncated)
+                offset += req_len + resp_len
+        return packs, rows
