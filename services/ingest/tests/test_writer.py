@@ -11,6 +11,8 @@ from helicone_core.bodies import LocalBodyStore
 from helicone_core.metrics import ServiceMetrics
 from helicone_ingest.metadata import PendingMetadata
 from helicone_ingest.writer import BatchWriter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.fault_proxy import postgres_proxy
 
@@ -218,3 +220,37 @@ async def test_pending_metadata_is_bounded_by_distinct_keys():
     assert not await pending.flush()  # nothing to write to yet: it all stays
     await pending.close(timeout=0.1)
     assert metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "stopped"}) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=st.lists(st.lists(st.tuples(st.sampled_from([ORG, OTHER_ORG, "not-a-uuid"]), st.sampled_from(["", "u1", "u2"]),
+                                           st.sampled_from(["", "s1", "s2"]), st.sampled_from(["", "Plan", "Act"]),
+                                           st.sets(st.sampled_from(["env", "team", "x"])), st.integers(0, 5)),
+                                 max_size=8), max_size=4),
+       max_keys=st.integers(0, 8))
+def test_pending_metadata_merges_a_batch_as_the_merge_rules_say(batches, max_keys):
+    """add() inlines the merges for speed: its aggregate equals the one _merge_user, _merge_session
+    and _merge_prop build event by event (first/last seen, the latest non-empty session name, the
+    bound on distinct keys and the drop count)."""
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    metrics = ServiceMetrics("ingest")
+    fast, reference = PendingMetadata(metrics, max_keys=max_keys), PendingMetadata(ServiceMetrics("ingest"), max_keys=max_keys)
+    dropped = 0
+    for batch in batches:
+        evs = [event(org=org, user_id=user, session_id=session, session_name=name, properties=dict.fromkeys(props, "v"),
+                     at=t0 + dt.timedelta(minutes=minute)) for org, user, session, name, props, minute in batch]
+        fast.add(evs)
+        for ev in evs:
+            try:
+                org = uuid.UUID(ev.org_id)
+            except ValueError:
+                continue
+            at = ev.request_created_at.ToDatetime(tzinfo=dt.timezone.utc)
+            if ev.user_id:
+                dropped += not reference._merge_user((org, ev.user_id), at, at)
+            if ev.session_id:
+                dropped += not reference._merge_session((org, ev.session_id), at, at, ev.session_name)
+            for key in ev.properties:
+                dropped += not reference._merge_prop((org, key), at)
+    assert (fast.users, fast.sessions, fast.props) == (reference.users, reference.sessions, reference.props)
+    assert (metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "full"}) or 0) == dropped

@@ -26,9 +26,9 @@ from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 from .batches import Batch, BatchApp
 from .metadata import PendingMetadata
 from .settings import IngestSettings
-from .writer import BatchWriter, Rejected
+from .writer import BatchWriter, PreparedBatch, Rejected
 
-Decoded = tuple[list, list[Rejected]]  # BatchWriter.decode's answer: events to write, events to dead-letter
+Decoded = tuple[PreparedBatch, list[Rejected]]  # IngestService.decode's answer
 
 log = logging.getLogger("helicone.ingest")
 
@@ -129,8 +129,10 @@ class IngestService:
         await self.write_decoded(self.decode(raws), dlq)
 
     def decode(self, raws: list[bytes]) -> Decoded:
+        """The batch's events made ready to write (their rows and body packs), and those to dead-letter."""
         assert self.writer is not None
-        return self.writer.decode(list(raws))
+        good, bad = self.writer.decode(list(raws))
+        return self.writer.prepare(good), bad
 
     async def write_decoded(self, decoded: Decoded, dlq) -> None:
         """process() after decode(): dead-letters the rejected events and writes the good ones,

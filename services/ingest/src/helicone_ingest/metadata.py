@@ -62,19 +62,58 @@ class PendingMetadata:
 
     # ---- aggregate -------------------------------------------------------------------
     def add(self, batch: list[events.RequestLogged]) -> None:
-        """Merges a written batch's metadata; never blocks, never fails."""
+        """Merges a written batch's metadata; never blocks, never fails. (The merges of
+        _merge_user, _merge_session and _merge_prop, inlined: this runs for every event ingest writes.)"""
         dropped = 0
+        users, sessions, props = self.users, self.sessions, self.props
+        size, limit = len(self), self.max_keys
+        orgs: dict[str, uuid.UUID | None] = {}
+        utc = dt.timezone.utc
         for ev in batch:
-            org = _org_uuid(ev.org_id)
+            org_id = ev.org_id
+            if org_id in orgs:
+                org = orgs[org_id]
+            else:
+                org = orgs[org_id] = _org_uuid(org_id)
             if org is None:
                 continue
-            at = ev.request_created_at.ToDatetime(tzinfo=dt.timezone.utc)
-            if ev.user_id:
-                dropped += not self._merge_user((org, ev.user_id), at, at)
-            if ev.session_id:
-                dropped += not self._merge_session((org, ev.session_id), at, at, ev.session_name)
-            for key in ev.properties:
-                dropped += not self._merge_prop((org, key), at)
+            at = ev.request_created_at.ToDatetime(tzinfo=utc)
+            user = ev.user_id
+            if user:
+                key = (org, user)
+                old = users.get(key)
+                if old is not None:
+                    if at < old[0] or at > old[1]:
+                        users[key] = (min(old[0], at), max(old[1], at))
+                elif size < limit:
+                    users[key] = (at, at)
+                    size += 1
+                else:
+                    dropped += 1
+            session = ev.session_id
+            if session:
+                key = (org, session)
+                old = sessions.get(key)
+                name = ev.session_name
+                if old is not None:
+                    if at < old[0] or at > old[1] or (name and name != old[2]):
+                        sessions[key] = (min(old[0], at), max(old[1], at), name or old[2])
+                elif size < limit:
+                    sessions[key] = (at, at, name)
+                    size += 1
+                else:
+                    dropped += 1
+            for prop in ev.properties:
+                key = (org, prop)
+                old = props.get(key)
+                if old is not None:
+                    if at < old:
+                        props[key] = at
+                elif size < limit:
+                    props[key] = at
+                    size += 1
+                else:
+                    dropped += 1
         if dropped:
             self.m_dropped.labels("full").inc(dropped)
             if not self._full:  # once per episode; the counter has the numbers
