@@ -338,3 +338,19 @@ async def test_rows_come_back_exactly_as_written_whatever_their_values(analytics
         assert row == want
     with pytest.raises(ValueError, match="one per column"):
         await store.insert_values("request_log", events.ANALYTICS_COLUMNS, [rows[0][:-1]])
+
+
+async def test_non_finite_costs_and_odd_strings_are_written_as_the_json_module_wrote_them(analytics_store):
+    """The fast encoder (orjson) would write NaN and infinities as null (read as 0): those documents,
+    and strings it refuses, go through the json module, as every insert did before."""
+    store = analytics_store
+    evs = [_event("org-nan", T0, model=model, cost_usd=cost, cost_known=True)
+           for model, cost in (("nan", float("nan")), ("inf", float("inf")), ("minus", float("-inf")), ("plain", 0.5))]
+    rows = [events.analytics_values(ev, "k1", "k2", 1, 1, "", "", False) for ev in evs]
+    assert analytics._all_finite(zip(*rows, strict=True)) is False
+    assert isinstance(analytics._columns_json(events.ANALYTICS_COLUMNS, rows), str)  # the json module's
+    assert isinstance(analytics._columns_json(events.ANALYTICS_COLUMNS, rows[3:]), bytes)  # orjson's
+    await store.insert_values("request_log", events.ANALYTICS_COLUMNS, rows)
+    got = await store.query("SELECT model, toString(cost_usd) AS cost FROM {db}.request_log FINAL WHERE org_id = 'org-nan' "
+                            "ORDER BY model")
+    assert {r["model"]: r["cost"] for r in got} == {"inf": "inf", "minus": "-inf", "nan": "nan", "plain": "0.5"}

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
 
 from .filemodes import private_dir
 from .settings import CommonSettings
@@ -446,7 +449,7 @@ _ROW_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 ROWS_FORMAT = "JSONColumns"
 
 
-def _compact_rows(rows: list[dict[str, Any]]) -> str:
+def _compact_rows(rows: list[dict[str, Any]]) -> str | bytes:
     """Rows that all have the same keys in the same order, as one JSONColumns document."""
     names = tuple(rows[0])
     for row in rows:
@@ -455,15 +458,36 @@ def _compact_rows(rows: list[dict[str, Any]]) -> str:
     return _columns_json(names, [list(row.values()) for row in rows])
 
 
-def _columns_json(names: tuple[str, ...], rows: list[list[Any]]) -> str:
+def _columns_json(names: tuple[str, ...], rows: list[list[Any]]) -> str | bytes:
     """Rows of values in `names` order as JSONColumns: one JSON object of column name -> the column's
-    values, encoded in one call (each row on its own took twice the time) and parsed by
-    ClickHouse a column at a time."""
+    values, parsed by ClickHouse a column at a time. orjson encodes it (a twentieth of the json
+    module's time: 0.5 against 8-10 us per request_log row); the json module takes the documents
+    orjson would write differently or refuse: a non-finite float (orjson writes null, which
+    ClickHouse reads as 0, where json's NaN and Infinity are read as such), a lone surrogate or an
+    integer past 64 bits."""
     for name in names:
         _check_ident(name)
     if any(len(row) != len(names) for row in rows):
         raise ValueError(f"every row must have {len(names)} values, one per column")
-    return _ROW_JSON(dict(zip(names, zip(*rows, strict=True), strict=True)))
+    document = dict(zip(names, zip(*rows, strict=True), strict=True))
+    if _all_finite(document.values()):
+        try:
+            return orjson.dumps(document)
+        except TypeError:  # orjson.JSONEncodeError: a lone surrogate, an integer past 64 bits
+            pass
+    return _ROW_JSON(document)
+
+
+def _all_finite(columns) -> bool:
+    """No number of the numeric columns is NaN or infinite (fsum runs in C over a column)."""
+    for column in columns:
+        if column and isinstance(column[0], (int, float)):
+            try:
+                if not math.isfinite(math.fsum(column)):
+                    return False
+            except (OverflowError, TypeError, ValueError):  # a huge integer, a value of another type
+                return False
+    return True
 
 
 # ClickHouse parses a query parameter's value in its escaped text format (as TSV fields): a
@@ -541,8 +565,9 @@ class ChdbStore:
         if rows:
             await self._insert(table, _columns_json(names, rows))
 
-    async def _insert(self, table: str, body: str) -> None:
-        await self._run(self._exec, f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT {ROWS_FORMAT}\n" + body)
+    async def _insert(self, table: str, body: str | bytes) -> None:
+        text = body if isinstance(body, str) else body.decode()
+        await self._run(self._exec, f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT {ROWS_FORMAT}\n" + text)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
@@ -608,9 +633,10 @@ class ClickHouseServerStore:
         if rows:
             await self._insert(table, _columns_json(names, rows))
 
-    async def _insert(self, table: str, body: str) -> None:
+    async def _insert(self, table: str, body: str | bytes) -> None:
         client = await self._client_()
-        await client.raw_insert(f"{self.database}.{_check_ident(table)}", insert_block=body.encode(), fmt=ROWS_FORMAT)
+        block = body.encode() if isinstance(body, str) else body
+        await client.raw_insert(f"{self.database}.{_check_ident(table)}", insert_block=block, fmt=ROWS_FORMAT)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         client = await self._client_()

@@ -6,8 +6,9 @@ from pydantic import Field
 
 class IngestSettings(ServiceSettings):
     port: int = 8788  # ops HTTP: /metrics, /healthz, /readyz
-    # events per ClickHouse insert: each insert makes a part and its 6 projections, a cost per insert more than per row
-    # (bench/ingest_throughput.py: 500 -> 2000 halves ingest's CPU per event); memory holds batch_size events
+    # events per ClickHouse insert: each insert makes a part and its projections, a cost per insert more than per row
+    # (bench/ingest_throughput.py: 500 -> 2000 halves ingest's CPU per event). A batch closes once it holds batch_size
+    # events (its last fetch may take it past); memory holds up to three: one written, one prepared, one gathering.
     batch_size: int = 2000
     batch_within: float = 1.0  # seconds to wait for a batch to fill
     kafka_replication_factor: int = 1
