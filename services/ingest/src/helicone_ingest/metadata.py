@@ -69,6 +69,7 @@ class PendingMetadata:
         size, limit = len(self), self.max_keys
         orgs: dict[str, uuid.UUID | None] = {}
         utc = dt.timezone.utc
+        times: dict[int, dt.datetime] = {}  # epoch second -> its datetime (a batch's events share a few seconds)
         for ev in batch:
             org_id = ev.org_id
             if org_id in orgs:
@@ -77,7 +78,13 @@ class PendingMetadata:
                 org = orgs[org_id] = _org_uuid(org_id)
             if org is None:
                 continue
-            at = ev.request_created_at.ToDatetime(tzinfo=utc)
+            ts = ev.request_created_at
+            seconds, nanos = ts.seconds, ts.nanos
+            base = times.get(seconds)
+            if base is None:
+                base = times[seconds] = _second_datetime(ts)
+            # what Timestamp.ToDatetime gives (nanos rounded toward zero to microseconds); it raises for invalid ones
+            at = base.replace(microsecond=nanos // 1000) if 0 <= nanos < 1_000_000_000 else ts.ToDatetime(tzinfo=utc)
             user = ev.user_id
             if user:
                 key = (org, user)
@@ -261,6 +268,13 @@ async def _upsert(pool, users: dict, sessions: dict, props: dict) -> None:
                        ON CONFLICT (org_id, key) DO UPDATE SET first_seen = least(property_keys.first_seen, excluded.first_seen)""",
                     [(o, k, at) for (o, k), at in props.items()],
                 )
+
+
+def _second_datetime(ts) -> dt.datetime:
+    """The UTC datetime of a Timestamp's whole second (Timestamp.ToDatetime's checks and errors)."""
+    if ts.nanos:
+        return ts.ToDatetime(tzinfo=dt.timezone.utc).replace(microsecond=0)
+    return ts.ToDatetime(tzinfo=dt.timezone.utc)
 
 
 def _org_uuid(value: str) -> uuid.UUID | None:
