@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from helicone_core import events
 from helicone_core.analytics import AnalyticsStore
-from helicone_core.bodies import PACK_CONTENT_TYPE, BodyStore, body_ref
+from helicone_core.bodies import PACK_CONTENT_TYPE, RANGE_SEP, BodyStore, body_ref
 from helicone_core.cost import CostRegistry
 from helicone_core.metrics import ServiceMetrics
 
@@ -182,39 +182,48 @@ class BatchWriter:
         """One body pack per org of the batch, as (key, content), and the batch's rows (values in
         events.ANALYTICS_COLUMNS order), in batch order."""
         rows: list[list | None] = [None] * len(batch)
-        by_org: dict[str, list[int]] = {}
+        by_org: dict[str, list[tuple[str, int, int]]] = {}  # org -> (request id, version, index) of its inline events
         values = events.analytics_values
+        version = events.event_version
         for i, ev in enumerate(batch):
             if ev.WhichOneof("bodies") == "location":  # bodies the producer stored itself
                 loc = ev.location
                 rows[i] = values(ev, loc.request_key, loc.response_key, loc.request_bytes, loc.response_bytes, "", "", False)
             else:
-                by_org.setdefault(ev.org_id, []).append(i)
+                org_id = ev.org_id
+                members = by_org.get(org_id)
+                if members is None:
+                    members = by_org[org_id] = []
+                members.append((ev.request_id, version(ev), i))
         packs = []
         for org_id, members in by_org.items():
             # a deterministic order, so the same events make the same pack whatever order they came in
-            members.sort(key=lambda i: (batch[i].request_id, events.event_version(batch[i])))
-            parts, lengths, names = [], [], []
-            for i in members:
-                ev = batch[i]
-                inline = ev.inline
+            members.sort(key=_identity)
+            parts, inlines, names = [], [], []
+            for request_id, ev_version, i in members:
+                inline = batch[i].inline
                 request, response = inline.request_body, inline.response_body
                 parts.append(request)
                 parts.append(response)
-                lengths.append((len(request), len(response)))
+                req_len, resp_len = len(request), len(response)
+                inlines.append((i, inline, req_len, resp_len))
                 # identities, versions and lengths go into the digest too: the same bytes split otherwise
-                names.append(f"{ev.request_id}/{events.event_version(ev)}/{len(request)}/{len(response)};")
+                names.append(f"{request_id}/{ev_version}/{req_len}/{resp_len};")
             pack = b"".join(parts)
             digest = hashlib.sha256("".join(names).encode())
             digest.update(pack)
             key = events.body_pack_key(org_id, digest.hexdigest()[:32])
             packs.append((key, pack))
+            prefix = body_ref(key, 0, 0).partition(RANGE_SEP)[0] + RANGE_SEP  # checks the key once: body_ref's text
             offset = 0
-            for i, (req_len, resp_len) in zip(members, lengths, strict=True):
-                ev = batch[i]
-                inline = ev.inline
-                rows[i] = values(ev, body_ref(key, offset, req_len), body_ref(key, offset + req_len, resp_len), req_len,
+            for i, inline, req_len, resp_len in inlines:
+                middle = offset + req_len
+                rows[i] = values(batch[i], f"{prefix}{offset}+{req_len}", f"{prefix}{middle}+{resp_len}", req_len,
                                  resp_len, inline.request_content_type, inline.response_content_type,
                                  inline.request_truncated or inline.response_truncated)
-                offset += req_len + resp_len
+                offset = middle + resp_len
         return packs, rows
+
+
+def _identity(member: tuple[str, int, int]) -> tuple[str, int]:
+    return member[0], member[1]
