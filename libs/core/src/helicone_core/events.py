@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 import re
 import time
 import uuid
@@ -169,6 +170,18 @@ def analytics_row(
         truncated), strict=True))
 
 
+# the event's fields analytics_values reads, in one call each (a field read is most of a row's cost)
+_ROW_FIELDS = operator.attrgetter(
+    "request_id", "org_id", "request_created_at", "latency_ms", "time_to_first_token_ms", "status", "provider", "model",
+    "method", "path", "target_url", "user_id", "session_id", "session_path", "session_name", "properties", "usage",
+    "cost_usd", "cost_known", "streamed", "error", "source", "region", "prompt_id", "prompt_version",
+    "prompt_inputs_json", "cache_hit", "cache_saved_usd", "attempts", "fallback_index",
+)
+_USAGE_FIELDS = operator.attrgetter(
+    "prompt_tokens", "completion_tokens", "total_tokens", "cache_read_tokens", "cache_write_tokens", "known"
+)
+
+
 def analytics_values(
     event: RequestLogged,
     request_key: str,
@@ -183,38 +196,40 @@ def analytics_values(
     batch of these without naming each column per row); deterministic, so a replayed event gives
     the same row (`version`, see event_version, lets ReplacingMergeTree keep the newest request
     of an id)."""
-    created = event.request_created_at
-    response_at = event.response_created_at if event.HasField("response_created_at") else created
-    u = event.usage
-    properties = event.properties
+    (request_id, org_id, created, latency_ms, ttft_ms, status, provider, model, method, path, target_url, user_id,
+     session_id, session_path, session_name, properties, u, cost_usd, cost_known, streamed, error, source, region,
+     prompt_id, prompt_version, prompt_inputs, cache_hit, cache_saved_usd, attempts, fallback_index) = _ROW_FIELDS(event)
+    created_at = _ch_time(created)
+    response_at = _ch_time(event.response_created_at) if event.HasField("response_created_at") else created_at
+    prompt, completion, total, cache_read, cache_write, usage_known = _USAGE_FIELDS(u)
     seconds, nanos = created.seconds, created.nanos
     return [
-        event.request_id,
-        event.org_id,
-        _ch_time(created),
-        _ch_time(response_at),
-        max(event.latency_ms, 0),
-        event.time_to_first_token_ms,
-        event.status,
-        event.provider,
-        event.model,
-        event.method,
-        event.path,
-        event.target_url,
-        event.user_id,
-        event.session_id,
-        event.session_path,
-        event.session_name,
+        request_id,
+        org_id,
+        created_at,
+        response_at,
+        latency_ms if latency_ms > 0 else 0,
+        ttft_ms,
+        status,
+        provider,
+        model,
+        method,
+        path,
+        target_url,
+        user_id,
+        session_id,
+        session_path,
+        session_name,
         dict(properties) if properties else {},
-        max(u.prompt_tokens, 0),
-        max(u.completion_tokens, 0),
-        max(u.total_tokens, 0),
-        max(u.cache_read_tokens, 0),
-        max(u.cache_write_tokens, 0),
-        int(u.known),
-        event.cost_usd,
-        int(event.cost_known),
-        int(event.streamed),
+        prompt if prompt > 0 else 0,
+        completion if completion > 0 else 0,
+        total if total > 0 else 0,
+        cache_read if cache_read > 0 else 0,
+        cache_write if cache_write > 0 else 0,
+        int(usage_known),
+        cost_usd,
+        int(cost_known),
+        int(streamed),
         request_key,
         response_key,
         request_bytes,
@@ -222,15 +237,15 @@ def analytics_values(
         request_content_type,
         response_content_type,
         int(truncated),
-        event.error,
-        event.source,
-        event.region,
-        event.prompt_id,
-        max(event.prompt_version, 0),
-        event.prompt_inputs_json,
-        int(event.cache_hit),
-        event.cache_saved_usd,
-        attempts_json(event) if event.attempts else "",
-        max(event.fallback_index, 0),
+        error,
+        source,
+        region,
+        prompt_id,
+        prompt_version if prompt_version > 0 else 0,
+        prompt_inputs,
+        int(cache_hit),
+        cache_saved_usd,
+        attempts_json(event) if attempts else "",
+        fallback_index if fallback_index > 0 else 0,
         (seconds if seconds > 0 else 0) * 1_000_000_000 + (nanos if nanos > 0 else 0),  # event_version
     ]
