@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import operator
 import time
 from dataclasses import dataclass
 
@@ -37,6 +38,14 @@ log = logging.getLogger("helicone.ingest")
 
 # The `model` label of a model the cost registry does not know (the caller chose the name).
 OTHER_MODEL = "other"
+# the `kind` label of the token counter, in the order an event's tokens are counted
+TOKEN_KINDS = ("prompt", "completion", "cache_read", "cache_write")
+# the fields _count_usage and _pack_bodies read, one call each (a protobuf field read is most of their cost)
+_USAGE_EVENT_FIELDS = operator.attrgetter("usage", "cost_known", "provider", "model", "cost_usd")
+_TOKEN_FIELDS = operator.attrgetter("known", "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens")
+_INLINE_FIELDS = operator.attrgetter(
+    "request_body", "response_body", "request_content_type", "response_content_type", "request_truncated", "response_truncated"
+)
 
 
 @dataclass
@@ -156,23 +165,29 @@ class BatchWriter:
         then one increment each."""
         tokens: dict[tuple[str, str, str], int] = {}
         cost: dict[tuple[str, str], float] = {}
-        labels: dict[tuple[str, str], tuple[str, str]] = {}  # (provider, model) as sent -> their labels
+        # (provider, model) as sent -> their labels and the token keys of each kind
+        labels: dict[tuple[str, str], tuple[tuple[str, str], tuple[tuple[str, str, str], ...]]] = {}
         for ev in batch:
-            cost_known = ev.cost_known
-            u = ev.usage
-            if not (u.known or cost_known):
+            u, cost_known, provider, model, cost_usd = _USAGE_EVENT_FIELDS(ev)
+            known, prompt, completion, cache_read, cache_write = _TOKEN_FIELDS(u)
+            if not (known or cost_known):
                 continue
-            sent = (ev.provider, ev.model)
-            pm = labels.get(sent)
-            if pm is None:
-                pm = labels[sent] = self.usage_labels(ev)
-            for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
-                            ("cache_read", u.cache_read_tokens), ("cache_write", u.cache_write_tokens)):
-                if n > 0:
-                    key = (*pm, kind)
-                    tokens[key] = tokens.get(key, 0) + n
-            if cost_known and ev.cost_usd > 0:
-                cost[pm] = cost.get(pm, 0.0) + ev.cost_usd
+            sent = (provider, model)
+            entry = labels.get(sent)
+            if entry is None:
+                pm = self.usage_labels(ev)
+                entry = labels[sent] = (pm, tuple((*pm, kind) for kind in TOKEN_KINDS))
+            pm, (prompt_key, completion_key, cache_read_key, cache_write_key) = entry
+            if prompt > 0:
+                tokens[prompt_key] = tokens.get(prompt_key, 0) + prompt
+            if completion > 0:
+                tokens[completion_key] = tokens.get(completion_key, 0) + completion
+            if cache_read > 0:
+                tokens[cache_read_key] = tokens.get(cache_read_key, 0) + cache_read
+            if cache_write > 0:
+                tokens[cache_write_key] = tokens.get(cache_write_key, 0) + cache_write
+            if cost_known and cost_usd > 0:
+                cost[pm] = cost.get(pm, 0.0) + cost_usd
         for (provider, model, kind), n in tokens.items():
             self.m_tokens.labels(provider, model, kind).inc(n)
         for (provider, model), usd in cost.items():
@@ -201,12 +216,11 @@ class BatchWriter:
             members.sort(key=_identity)
             parts, inlines, names = [], [], []
             for request_id, ev_version, i in members:
-                inline = batch[i].inline
-                request, response = inline.request_body, inline.response_body
+                request, response, request_type, response_type, request_cut, response_cut = _INLINE_FIELDS(batch[i].inline)
                 parts.append(request)
                 parts.append(response)
                 req_len, resp_len = len(request), len(response)
-                inlines.append((i, inline, req_len, resp_len))
+                inlines.append((i, req_len, resp_len, request_type, response_type, request_cut or response_cut))
                 # identities, versions and lengths go into the digest too: the same bytes split otherwise
                 names.append(f"{request_id}/{ev_version}/{req_len}/{resp_len};")
             pack = b"".join(parts)
@@ -216,11 +230,10 @@ class BatchWriter:
             packs.append((key, pack))
             prefix = body_ref(key, 0, 0).partition(RANGE_SEP)[0] + RANGE_SEP  # checks the key once: body_ref's text
             offset = 0
-            for i, inline, req_len, resp_len in inlines:
+            for i, req_len, resp_len, request_type, response_type, truncated in inlines:
                 middle = offset + req_len
                 rows[i] = values(batch[i], f"{prefix}{offset}+{req_len}", f"{prefix}{middle}+{resp_len}", req_len,
-                                 resp_len, inline.request_content_type, inline.response_content_type,
-                                 inline.request_truncated or inline.response_truncated)
+                                 resp_len, request_type, response_type, truncated)
                 offset = middle + resp_len
         return packs, rows
 
