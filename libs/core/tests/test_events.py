@@ -1,7 +1,10 @@
 import datetime as dt
+import uuid
 
 import pytest
 from helicone_core import events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def make_event(**kw) -> events.RequestLogged:
@@ -85,3 +88,27 @@ def test_body_locations_must_be_the_orgs_own():
         events.decode(events.encode(ev))
     ev.location.response_key = own + "/response"
     assert events.decode(events.encode(ev)) == ev
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), st.uuids().map(lambda u: u.hex),
+    st.uuids().map(lambda u: f"{{{u}}}"), st.uuids().map(lambda u: f"urn:uuid:{u}"),
+    st.uuids().map(lambda u: f"{u}\n"), st.uuids().map(lambda u: f" {u}"), st.uuids().map(lambda u: str(u)[:-1] + "g"),
+    st.text(alphabet="0123456789abcdefABCDEF-{}:urnid\n é", max_size=45),
+))
+def test_request_ids_are_accepted_exactly_when_uuid_accepts_them(request_id):
+    """validate takes the usual UUID form without uuid.UUID; it accepts and refuses what uuid.UUID does."""
+    try:
+        uuid.UUID(request_id)
+        expected = None
+    except ValueError:
+        expected = f"request_id {request_id!r} is not a UUID"
+    ev = make_event()
+    ev.request_id = request_id
+    if expected is None:
+        events.validate(ev)
+    else:
+        with pytest.raises(events.EventError) as caught:
+            events.validate(ev)
+        assert str(caught.value) == expected
