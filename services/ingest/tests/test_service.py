@@ -55,6 +55,31 @@ async def test_process_retries_until_written_and_dead_letters_poison(tmp_path):
     assert headers["x-helicone-error"].startswith((b"not a RequestLogged", b"unsupported schema_version"))
 
 
+async def test_a_batch_whose_preparation_fails_is_prepared_again_by_the_retried_write(tmp_path):
+    svc = IngestService(IngestSettings(data_dir=tmp_path, body_store="local", analytics_backend="chdb",
+                                       retry_max_backoff=0.05, _env_file=None))
+    analytics = FlakyAnalytics(failures=0)
+    bodies = LocalBodyStore(tmp_path / "bodies")
+    await bodies.start()
+    svc.writer = BatchWriter(analytics, bodies, svc.metadata, svc.metrics)
+    prepare, calls = svc.writer.prepare, []
+
+    def flaky_prepare(batch):
+        calls.append(len(batch))
+        if len(calls) <= 2:  # ahead of the write, then in the write's first try
+            raise MemoryError("no room for the pack")
+        return prepare(batch)
+
+    svc.writer.prepare = flaky_prepare
+    ev = events.RequestLogged(schema_version=1, request_id=str(uuid.uuid4()), org_id=str(uuid.uuid4()))
+    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    decoded = svc.decode([events.encode(ev)])
+    assert decoded[0] == [ev]  # the events themselves: write() prepares them under its retries
+    await asyncio.wait_for(svc.write_decoded(decoded, FakeDlq()), 10)
+    assert calls == [1, 1, 1]
+    assert [r["request_id"] for r in analytics.rows] == [ev.request_id]
+
+
 class FakeConsumer:
     """The part of Faust's consumer the offset guard uses."""
 

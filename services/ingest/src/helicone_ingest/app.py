@@ -1,5 +1,6 @@
 """The Faust ingest app. Its consumer hands RequestLogged events over a fetch at a time, gathered
-into batches (batches.py), to one agent that writes them; a batch is acknowledged (so its offsets can be committed) only after its bodies and rows have been written.
+into batches (batches.py), to one agent that writes them; a batch is acknowledged (so its offsets
+can be committed) only after its bodies and rows have been written.
 Events that can never be written go to the dead-letter topic with the reason in a header.
 Postgres only holds derived metadata: ingest starts, writes and acknowledges without it, connects
 in the background and writes the pending metadata once Postgres answers (see metadata.py)."""
@@ -28,7 +29,8 @@ from .metadata import PendingMetadata
 from .settings import IngestSettings
 from .writer import BatchWriter, PreparedBatch, Rejected
 
-Decoded = tuple[PreparedBatch, list[Rejected]]  # IngestService.decode's answer
+# IngestService.decode's answer: what to write (prepared, or the events if preparing failed), what to dead-letter
+Decoded = tuple[PreparedBatch | list, list[Rejected]]
 
 log = logging.getLogger("helicone.ingest")
 
@@ -132,7 +134,11 @@ class IngestService:
         """The batch's events made ready to write (their rows and body packs), and those to dead-letter."""
         assert self.writer is not None
         good, bad = self.writer.decode(list(raws))
-        return self.writer.prepare(good), bad
+        try:
+            return self.writer.prepare(good), bad
+        except Exception as exc:  # noqa: BLE001 - write() prepares them again, under _retry like every write
+            log.warning("ingest prepare failed (%s: %s); the write retries it", exc.__class__.__name__, exc)
+            return good, bad
 
     async def write_decoded(self, decoded: Decoded, dlq) -> None:
         """process() after decode(): dead-letters the rejected events and writes the good ones,
