@@ -116,8 +116,11 @@ def custom_app_class(*, lean: bool):
                         await callback(message)
                         read_offset[tp] = message.offset
 
-    class BatchConsumer(driver.Consumer):
-        """Each fetch goes to app.batch_handler(records) as one call; its offsets are acked at once."""
+    from helicone_ingest.batches import BatchConsumer as IngestBatchConsumer
+
+    class BatchConsumer(IngestBatchConsumer):
+        """Each fetch goes to app.batch_handler(records) as one call, not gathered as ingest does; its
+        offsets are acked at once (ingest's ack_offsets)."""
 
         async def _drain_messages(self, fetcher) -> None:
             handler = self.app.batch_handler
@@ -132,17 +135,6 @@ def custom_app_class(*, lean: bool):
                 if self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
-
-        def ack_offsets(self, tp, offsets: list[int]) -> None:
-            """Consumer.ack for many offsets of one partition (what commit() reads)."""
-            committed = self._committed_offset[tp]
-            index, acked = self._acked_index[tp], self._acked[tp]
-            new = [o for o in offsets if (committed is None or o >= committed) and o not in index]
-            index.update(new)
-            acked.extend(new)
-            self._n_acked += len(new)
-            if offsets:
-                self._read_offset[tp] = offsets[-1]
 
     class Batch:
         """The records of one fetch; ack() marks their offsets done (then commit() can pass them)."""

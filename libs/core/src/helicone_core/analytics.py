@@ -442,7 +442,8 @@ def _check_ident(name: str) -> str:
     return name
 
 
-# one encoder for every row: json.dumps with options builds a new encoder on each call
+# the json module's encoder for the documents orjson does not take (see _columns_json); json.dumps with
+# options would build a new encoder on each call
 _ROW_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -505,6 +506,22 @@ def _param_str(value: Any) -> str:
     return str(value)
 
 
+class _Inserts:
+    """insert and insert_values of both stores, through their _insert(table, JSONColumns document)."""
+
+    async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await self._insert(table, _compact_rows(rows))
+
+    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None:
+        """insert() for rows given as values in `names` order."""
+        if rows:
+            await self._insert(table, _columns_json(names, rows))
+
+    async def _insert(self, table: str, body: str | bytes) -> None:
+        raise NotImplementedError
+
+
 class _ChdbHandle:
     """The one chDB session of a data dir, and the one thread that may use it."""
 
@@ -517,7 +534,7 @@ class _ChdbHandle:
         self.refs = 0
 
 
-class ChdbStore:
+class ChdbStore(_Inserts):
     """chDB embedded engine. One process owns a data dir, so every store on the same path in
     this process shares one session, used from a single thread."""
 
@@ -556,15 +573,6 @@ class ChdbStore:
         await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         await migrate_schema(self)
 
-    async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            await self._insert(table, _compact_rows(rows))
-
-    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None:
-        """insert() for rows given as values in `names` order."""
-        if rows:
-            await self._insert(table, _columns_json(names, rows))
-
     async def _insert(self, table: str, body: str | bytes) -> None:
         text = body if isinstance(body, str) else body.decode()
         await self._run(self._exec, f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT {ROWS_FORMAT}\n" + text)
@@ -597,7 +605,7 @@ class ChdbStore:
         handle.executor.shutdown(wait=True)
 
 
-class ClickHouseServerStore:
+class ClickHouseServerStore(_Inserts):
     """A ClickHouse server through clickhouse-connect (HTTP)."""
 
     def __init__(self, url: str, user: str, password: str, database: str) -> None:
@@ -623,15 +631,6 @@ class ClickHouseServerStore:
     async def init_schema(self) -> None:
         await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         await migrate_schema(self)
-
-    async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            await self._insert(table, _compact_rows(rows))
-
-    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None:
-        """insert() for rows given as values in `names` order."""
-        if rows:
-            await self._insert(table, _columns_json(names, rows))
 
     async def _insert(self, table: str, body: str | bytes) -> None:
         client = await self._client_()
