@@ -116,3 +116,36 @@ async def test_offsets_are_committed_only_after_their_batch_is_written_and_a_fai
         assert svc.metrics.registry.get_sample_value("helicone_ingest_write_errors_total", {"stage": "analytics"}) >= 3
     finally:
         await svc.stop()
+
+
+async def test_a_hand_over_that_waits_is_abandoned_when_a_rebalance_suspends_the_flow():
+    """Faust's rebalance waits for the fetch loop; a handler waiting for the writer must not hold it
+    (the stall this guards against: ingest stopped for a rebalance timeout after a broker restart)."""
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    consumer, tp = consumer_of(app, "t"), TP("t", 0)
+    forever, cancelled = asyncio.Event(), []
+
+    async def busy_writer(batch):
+        try:
+            await forever.wait()
+        except asyncio.CancelledError:
+            cancelled.append(batch)
+            raise
+
+    app.batch_handler = busy_writer
+    batch = Batch(consumer)
+    batch.add(tp, records(0, 1))
+    handing = asyncio.create_task(consumer._hand_over(batch))
+    await asyncio.sleep(0.05)
+    assert not handing.done()  # the writer is busy: the loop waits
+    consumer.stop_flow()  # what Faust does when a rebalance starts
+    assert await asyncio.wait_for(handing, 5) is False
+    assert cancelled == [batch] and not consumer._acked[tp]
+    assert await consumer._hand_over(batch) is False  # suspended: not even tried
+    consumer.resume_flow()
+
+    async def writer(batch):
+        batch.ack()
+
+    app.batch_handler = writer
+    assert await consumer._hand_over(batch) is True and list(consumer._acked[tp]) == [0, 1]

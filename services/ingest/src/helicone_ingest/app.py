@@ -98,7 +98,11 @@ class IngestService:
 
         async def hand_over(batch: Batch) -> None:
             await in_flight.acquire()
-            await batches.put(batch)
+            try:
+                await batches.put(batch)
+            except BaseException:  # abandoned (a rebalance, see BatchConsumer._hand_over) or stopping
+                in_flight.release()
+                raise
 
         async def write(batch: Batch, decoded: Decoded) -> None:
             try:

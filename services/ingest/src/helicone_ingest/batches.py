@@ -18,6 +18,7 @@ partitions were re-read or handed to another worker, from the committed offsets)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -98,7 +99,7 @@ class BatchConsumer(driver.Consumer):
                             app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if pending is not None and (len(pending) >= size or time.monotonic() >= pending.started + within):
                     batch, pending = pending, None
-                    await app.batch_handler(batch)  # acks it now or later
+                    await self._hand_over(batch)  # the handler acks it now or later
                 if self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -111,6 +112,28 @@ class BatchConsumer(driver.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _hand_over(self, batch: Batch) -> bool:
+        """Gives the batch to app.batch_handler, unless the flow is suspended first (a rebalance
+        starting: Faust waits for this loop while the handler may wait for the writer, so the
+        handler is abandoned, as Faust's own loop abandons a message's callback). An abandoned
+        batch is never acknowledged: it is read again. True if the handler took it."""
+        if self.suspend_flow.is_set():
+            return False
+        handing = asyncio.ensure_future(self.app.batch_handler(batch))
+        suspended = asyncio.ensure_future(self.suspend_flow.wait())
+        try:
+            await asyncio.wait((handing, suspended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            suspended.cancel()
+            if not handing.done():
+                handing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handing
+        if handing.cancelled():
+            return False
+        handing.result()  # its exception, if any
+        return True
 
     async def _fresh(self, tp, recs: list, read_offset) -> list:
         """The records past the partition's read offset, noting gaps in the offsets as Faust's
