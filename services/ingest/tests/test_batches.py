@@ -12,7 +12,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from helicone_ingest.app import IngestService
-from helicone_ingest.batches import Batch, BatchApp
+from helicone_ingest.batches import Batch, BatchApp, InFlight
 
 from .test_postgres_outage import eventually, make_events, produce, row_count, settings
 
@@ -149,3 +149,28 @@ async def test_a_hand_over_that_waits_is_abandoned_when_a_rebalance_suspends_the
 
     app.batch_handler = writer
     assert await consumer._hand_over(batch) is True and list(consumer._acked[tp]) == [0, 1]
+
+
+async def test_in_flight_counts_only_current_batches_so_a_rebalance_frees_its_slots():
+    """Faust clears its channels' queues on a rebalance: a batch dropped there never leaves, and
+    must stop holding a slot once it is stale (with a semaphore, ingest stopped for good)."""
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    consumer = consumer_of(app, "t")
+    in_flight = InFlight(2, poll=0.05)
+    first, second, third = Batch(consumer), Batch(consumer), Batch(consumer)
+    await in_flight.enter(first)
+    await in_flight.enter(second)
+    waiting = asyncio.create_task(in_flight.enter(third))
+    await asyncio.sleep(0.15)
+    assert not waiting.done()  # two current batches: full
+    in_flight.leave(first)  # written
+    await asyncio.wait_for(waiting, 1)
+    fourth = Batch(consumer)
+    waiting = asyncio.create_task(in_flight.enter(fourth))
+    await asyncio.sleep(0.15)
+    assert not waiting.done()
+    app.consumer_generation_id += 1  # a rebalance: second and third were dropped from the channel, never leave
+    fifth = Batch(consumer)
+    await asyncio.wait_for(in_flight.enter(fifth), 1)
+    await asyncio.wait_for(waiting, 1)
+    assert in_flight.batches == {fourth, fifth}

@@ -24,7 +24,7 @@ from helicone_core.kafka import client_security, ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
 from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 
-from .batches import Batch, BatchApp
+from .batches import Batch, BatchApp, InFlight
 from .metadata import PendingMetadata
 from .settings import IngestSettings
 from .writer import BatchWriter, PreparedBatch, Rejected
@@ -93,15 +93,15 @@ class IngestService:
         # insert run off the event loop's thread), then writes it once that write is done: writes
         # and acknowledgements stay in order, one at a time.
         batches = app.channel()
-        in_flight = asyncio.Semaphore(2)
+        in_flight = InFlight(2)
         service = self
 
         async def hand_over(batch: Batch) -> None:
-            await in_flight.acquire()
+            await in_flight.enter(batch)
             try:
                 await batches.put(batch)
             except BaseException:  # abandoned (a rebalance, see BatchConsumer._hand_over) or stopping
-                in_flight.release()
+                in_flight.leave(batch)
                 raise
 
         async def write(batch: Batch, decoded: Decoded) -> None:
@@ -109,7 +109,7 @@ class IngestService:
                 await service.write_decoded(decoded, dlq)
                 batch.ack()
             finally:
-                in_flight.release()
+                in_flight.leave(batch)
 
         @app.agent(batches, name="request-logged-writer")
         async def write_request_logs(stream):
@@ -117,7 +117,7 @@ class IngestService:
             try:
                 async for batch in stream:
                     if not batch.current():  # its partitions are read again from the committed offsets
-                        in_flight.release()
+                        in_flight.leave(batch)
                         continue
                     decoded = service.decode(batch.values())
                     if writing is not None:

@@ -64,6 +64,34 @@ class Batch:
         return True
 
 
+class InFlight:
+    """The batches handed to the writer and not finished yet, at most `limit` of them current.
+
+    Counting batches rather than holding a semaphore's permits: on a rebalance Faust clears its
+    channels' queues, so a batch handed over may never reach the writer to give its slot back. By
+    then it belongs to an earlier generation, and stale batches stop counting."""
+
+    def __init__(self, limit: int = 2, poll: float = 0.5) -> None:
+        self.limit, self.poll = limit, poll
+        self.batches: set[Batch] = set()
+        self._room = asyncio.Event()
+
+    async def enter(self, batch: Batch) -> None:
+        while True:
+            self.batches = {b for b in self.batches if b.current()}
+            if len(self.batches) < self.limit:
+                self.batches.add(batch)
+                return
+            self._room.clear()
+            # a rebalance makes batches stale without a leave(): look again every `poll` seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self.poll)
+
+    def leave(self, batch: Batch) -> None:
+        self.batches.discard(batch)
+        self._room.set()
+
+
 class BatchConsumer(driver.Consumer):
     """Faust's aiokafka Consumer with a fetch loop that hands batches to `app.batch_handler`."""
 
