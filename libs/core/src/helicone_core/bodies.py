@@ -35,7 +35,13 @@ def _check_key(key: str) -> str:
 
 def body_ref(key: str, offset: int, length: int) -> str:
     """The reference of the `length` bytes at `offset` of the object `key` (a body inside a pack)."""
-    return f"{_check_key(key)}{RANGE_SEP}{offset}+{length}"
+    return body_refs(key, ((offset, length),))[0]
+
+
+def body_refs(key: str, spans) -> list[str]:
+    """body_ref of each (offset, length) of one object, the key checked once (a pack's bodies)."""
+    prefix = _check_key(key) + RANGE_SEP
+    return [f"{prefix}{offset}+{length}" for offset, length in spans]
 
 
 def split_ref(ref: str) -> tuple[str, int | None, int | None]:

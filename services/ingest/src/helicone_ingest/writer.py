@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from helicone_core import events
 from helicone_core.analytics import AnalyticsStore
-from helicone_core.bodies import PACK_CONTENT_TYPE, RANGE_SEP, BodyStore, body_ref
+from helicone_core.bodies import PACK_CONTENT_TYPE, BodyStore, body_refs
 from helicone_core.cost import CostRegistry
 from helicone_core.metrics import ServiceMetrics
 
@@ -228,13 +228,15 @@ class BatchWriter:
             digest.update(pack)
             key = events.body_pack_key(org_id, digest.hexdigest()[:32])
             packs.append((key, pack))
-            prefix = body_ref(key, 0, 0).partition(RANGE_SEP)[0] + RANGE_SEP  # checks the key once: body_ref's text
-            offset = 0
-            for i, req_len, resp_len, request_type, response_type, truncated in inlines:
-                middle = offset + req_len
-                rows[i] = values(batch[i], f"{prefix}{offset}+{req_len}", f"{prefix}{middle}+{resp_len}", req_len,
-                                 resp_len, request_type, response_type, truncated)
-                offset = middle + resp_len
+            spans, offset = [], 0
+            for _, req_len, resp_len, *_ in inlines:
+                spans.append((offset, req_len))
+                spans.append((offset + req_len, resp_len))
+                offset += req_len + resp_len
+            refs = body_refs(key, spans)
+            for n, (i, req_len, resp_len, request_type, response_type, truncated) in enumerate(inlines):
+                rows[i] = values(batch[i], refs[2 * n], refs[2 * n + 1], req_len, resp_len, request_type, response_type,
+                                 truncated)
         return packs, rows
 
 
