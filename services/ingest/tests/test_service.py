@@ -35,18 +35,29 @@ class FakeDlq:
         return fut
 
 
-async def test_process_retries_until_written_and_dead_letters_poison(tmp_path):
+async def service_with_writer(tmp_path, analytics) -> IngestService:
+    """An ingest service whose writer writes rows to `analytics` and bodies to a local store."""
     svc = IngestService(IngestSettings(data_dir=tmp_path, body_store="local", analytics_backend="chdb",
                                        retry_max_backoff=0.05, _env_file=None))
-    analytics = FlakyAnalytics(failures=3)
     bodies = LocalBodyStore(tmp_path / "bodies")
     await bodies.start()
     svc.writer = BatchWriter(analytics, bodies, svc.metadata, svc.metrics)
+    return svc
+
+
+def logged_event() -> events.RequestLogged:
     ev = events.RequestLogged(schema_version=1, request_id=str(uuid.uuid4()), org_id=str(uuid.uuid4()))
     events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    return ev
+
+
+async def test_a_batch_is_retried_until_written_and_poison_is_dead_lettered(tmp_path):
+    analytics = FlakyAnalytics(failures=3)
+    svc = await service_with_writer(tmp_path, analytics)
+    ev = logged_event()
     dlq = FakeDlq()
 
-    await asyncio.wait_for(svc.process([b"\x00junk", events.encode(ev)], dlq), 10)
+    await asyncio.wait_for(svc.write_decoded(svc.decode([b"\x00junk", events.encode(ev)]), dlq), 10)
 
     assert analytics.failures == 0
     assert [r["request_id"] for r in analytics.rows] == [ev.request_id]
@@ -56,12 +67,8 @@ async def test_process_retries_until_written_and_dead_letters_poison(tmp_path):
 
 
 async def test_a_batch_whose_preparation_fails_is_prepared_again_by_the_retried_write(tmp_path):
-    svc = IngestService(IngestSettings(data_dir=tmp_path, body_store="local", analytics_backend="chdb",
-                                       retry_max_backoff=0.05, _env_file=None))
     analytics = FlakyAnalytics(failures=0)
-    bodies = LocalBodyStore(tmp_path / "bodies")
-    await bodies.start()
-    svc.writer = BatchWriter(analytics, bodies, svc.metadata, svc.metrics)
+    svc = await service_with_writer(tmp_path, analytics)
     prepare, calls = svc.writer.prepare, []
 
     def flaky_prepare(batch):
@@ -71,8 +78,7 @@ async def test_a_batch_whose_preparation_fails_is_prepared_again_by_the_retried_
         return prepare(batch)
 
     svc.writer.prepare = flaky_prepare
-    ev = events.RequestLogged(schema_version=1, request_id=str(uuid.uuid4()), org_id=str(uuid.uuid4()))
-    events.set_time(ev.request_created_at, dt.datetime.now(dt.timezone.utc))
+    ev = logged_event()
     decoded = svc.decode([events.encode(ev)])
     assert decoded[0] == [ev]  # the events themselves: write() prepares them under its retries
     await asyncio.wait_for(svc.write_decoded(decoded, FakeDlq()), 10)

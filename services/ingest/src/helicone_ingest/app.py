@@ -129,11 +129,6 @@ class IngestService:
         app.batch_handler = hand_over
         return app
 
-    async def process(self, raws: list[bytes], dlq) -> None:
-        """Writes one batch, retrying until it succeeds; never raises (a crash would skip the
-        batch: its offsets are already past in the consumer)."""
-        await self.write_decoded(self.decode(raws), dlq)
-
     def decode(self, raws: list[bytes]) -> Decoded:
         """The batch's events made ready to write (their rows and body packs), and those to dead-letter."""
         assert self.writer is not None
@@ -145,8 +140,9 @@ class IngestService:
             return good, bad
 
     async def write_decoded(self, decoded: Decoded, dlq) -> None:
-        """process() after decode(): dead-letters the rejected events and writes the good ones,
-        each retried until it succeeds; never raises."""
+        """Dead-letters decode()'s rejected events and writes the good ones, each retried until it
+        succeeds; never raises (the batch is acknowledged after it, so giving up would hold its
+        partitions' commits for good)."""
         good, bad = decoded
         for rejected in bad:
             await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason), "dead-letter")
