@@ -1,4 +1,4 @@
-"""IngestService.process: retries until the write succeeds; poison events go to the dead-letter topic."""
+"""IngestService.decode and write_decoded: a write is retried until it succeeds; poison events go to the dead-letter topic."""
 
 import asyncio
 import datetime as dt
