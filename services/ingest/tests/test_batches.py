@@ -6,6 +6,7 @@ do not stop the commits."""
 from __future__ import annotations
 
 import asyncio
+import time
 import types
 import uuid
 
@@ -174,3 +175,49 @@ async def test_in_flight_counts_only_current_batches_so_a_rebalance_frees_its_sl
     await asyncio.wait_for(in_flight.enter(fifth), 1)
     await asyncio.wait_for(waiting, 1)
     assert in_flight.batches == {fourth, fifth}
+
+
+async def test_a_batch_is_caught_up_only_when_it_holds_every_record_up_to_the_log_end():
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    consumer = consumer_of(app, "t")
+    a, b = TP("t", 0), TP("t", 1)
+    ends = {a: 10, b: None}
+    consumer.highwater = ends.get  # the log ends the last fetch saw (None: not fetched yet)
+    batch = Batch(consumer)
+    batch.add(a, await consumer._fresh(a, records(7, 8), consumer._read_offset))
+    assert not consumer._caught_up(batch)  # offset 9 is still to be read
+    batch.add(a, await consumer._fresh(a, records(9), consumer._read_offset))
+    assert consumer._caught_up(batch)
+    batch.add(b, await consumer._fresh(b, records(0), consumer._read_offset))
+    assert not consumer._caught_up(batch)  # partition 1's end is unknown
+    ends[b] = 1
+    assert consumer._caught_up(batch)
+
+
+async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap(tmp_path, kafka_bootstrap):
+    """Events trickling in are written within about batch_gap, not batch_within (60 s here), and the
+    gap bounds how many inserts they make."""
+    topic = "batches-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 0.5})
+    svc = IngestService(s)
+    await svc.start()
+    try:
+        await produce(kafka_bootstrap, topic, make_events(1))
+
+        def written(n: int):
+            async def check() -> bool:
+                return await row_count(svc) == n
+            return check
+
+        await eventually(written(1), timeout=30)  # the group join included; far less than batch_within
+        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
+        started = time.monotonic()
+        await produce(kafka_bootstrap, topic, make_events(40), pause=0.05)
+        await eventually(written(41), timeout=30)
+        took = time.monotonic() - started
+        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        assert 1 <= made <= took / s.batch_gap + 1, (made, took)
+        assert took < 15
+    finally:
+        await svc.stop()

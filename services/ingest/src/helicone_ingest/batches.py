@@ -5,7 +5,10 @@ buffer and the agent one at a time, and acks it one at a time: 3,000-4,300 event
 is all it can receive whatever the stream API (bench/faust_ceiling.py). Ingest writes in batches
 anyway, so here the aiokafka Consumer's fetch loop (`_drain_messages`) hands the records of each
 fetch, gathered up to `batch_size` events or `batch_within` seconds, to a handler as one `Batch`,
-and a batch is acknowledged as a whole, with one call, once it is written. Faust keeps everything
+and a batch is acknowledged as a whole, with one call, once it is written. A batch that has caught
+up with the log end of its partitions goes at once if the one before went at least `batch_gap`
+seconds ago: light load shows up within `batch_gap` (not `batch_within`), at most 1 / batch_gap
+inserts a second, and under a backlog batches fill up as before. Faust keeps everything
 else: group membership and rebalances, the periodic commit of acknowledged offsets (what it
 commits is computed from the acks exactly as for its own messages, gaps in the offsets included),
 flow control, seeks and stopping.
@@ -102,10 +105,17 @@ class BatchConsumer(driver.Consumer):
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         read_offset = self._read_offset
         pending: Batch | None = None
+        handed = 0.0  # when the last batch was handed over (time.monotonic)
         try:
             while not (stopped() or fetcher_stopped()):
-                size, within = app.batch_size, app.batch_within
-                timeout = 1.0 if pending is None else max(pending.started + within - time.monotonic(), 0.0)
+                size, within, gap = app.batch_size, app.batch_within, app.batch_gap
+                if pending is None:
+                    timeout = 1.0
+                else:
+                    due = pending.started + within
+                    if self._caught_up(pending):
+                        due = min(due, handed + gap)
+                    timeout = max(due - time.monotonic(), 0.0)
                 generation = app.consumer_generation_id
                 records, active = await self._wait_next_records(timeout)
                 if self.should_stop:
@@ -125,9 +135,12 @@ class BatchConsumer(driver.Consumer):
                                 pending = Batch(self)
                             pending.add(tp, fresh)
                             app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                if pending is not None and (len(pending) >= size or time.monotonic() >= pending.started + within):
-                    batch, pending = pending, None
-                    await self._hand_over(batch)  # the handler acks it now or later
+                if pending is not None:
+                    now = time.monotonic()
+                    if (len(pending) >= size or now >= pending.started + within
+                            or (now >= handed + gap and self._caught_up(pending))):
+                        batch, pending, handed = pending, None, now
+                        await self._hand_over(batch)  # the handler acks it now or later
                 if self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -163,6 +176,15 @@ class BatchConsumer(driver.Consumer):
         handing.result()  # its exception, if any
         return True
 
+    def _caught_up(self, batch: Batch) -> bool:
+        """The batch holds every record up to the log end the last fetch saw, in each of its partitions."""
+        read_offset = self._read_offset
+        for tp in batch.records:
+            end, read = self.highwater(tp), read_offset[tp]
+            if end is None or read is None or read + 1 < end:
+                return False
+        return True
+
     async def _fresh(self, tp, recs: list, read_offset) -> list:
         """The records past the partition's read offset, noting gaps in the offsets as Faust's
         loop does (so a commit can pass offsets that hold no record, e.g. transaction markers)."""
@@ -196,11 +218,13 @@ class BatchTransport(driver.Transport):
 
 class BatchApp(faust.App):
     """A Faust app whose consumer hands batches to `batch_handler` (set it before start()), each
-    of up to `batch_size` records or whatever `batch_within` seconds gathered."""
+    of up to `batch_size` records or whatever `batch_within` seconds gathered, or, once caught up
+    with the log end, whatever it holds when the previous batch went `batch_gap` seconds ago."""
 
     batch_handler: Callable[[Batch], Awaitable[None]] | None = None
     batch_size = 2000
     batch_within = 1.0
+    batch_gap = 0.25
 
     def _new_transport(self):
         return BatchTransport(self.conf.broker_consumer, self)

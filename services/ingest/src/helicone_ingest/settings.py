@@ -11,6 +11,9 @@ class IngestSettings(ServiceSettings):
     # events (its last fetch may take it past); memory holds up to three: one written, one prepared, one gathering.
     batch_size: int = 2000
     batch_within: float = 1.0  # seconds to wait for a batch to fill
+    # once a batch holds everything up to the log end, it is written if the previous one went this long ago: light
+    # load is visible within batch_gap, with at most 1 / batch_gap inserts a second per worker (0: at once)
+    batch_gap: float = Field(default=0.25, ge=0)
     kafka_replication_factor: int = 1
     # Faust consumer-group timings; the embedded runner shortens them for a single local broker.
     broker_session_timeout: float = 60.0
