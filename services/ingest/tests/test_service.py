@@ -17,7 +17,7 @@ class FlakyAnalytics:
         self.failures = failures
         self.rows = []
 
-    async def insert_values(self, table, names, rows):
+    async def insert_values(self, table, names, rows, **kw):
         if self.failures:
             self.failures -= 1
             raise ConnectionError("clickhouse down")

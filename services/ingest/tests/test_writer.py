@@ -114,7 +114,7 @@ async def test_a_failing_store_raises_so_the_batch_is_retried(writer):
     w, analytics, bodies, _ = writer
 
     class Broken:
-        async def insert_values(self, *a):
+        async def insert_values(self, *a, **kw):
             raise ConnectionError("clickhouse down")
 
     w.analytics = Broken()
@@ -161,6 +161,24 @@ async def test_a_reused_request_id_is_replaced_by_the_newest_request(writer):
     await w.write(w.decode([events.encode(older), events.encode(newer)])[0])
     assert [(r["model"], r["response_body"]) for r in await logged(analytics, bodies, ORG, rid)] == [
         ("newest", b'{"answer":"newest"}')]
+
+
+async def test_request_ids_in_another_case_or_notation_are_one_request(writer):
+    """The UUID column stores one form, so "ABC..." and "{abc...}" are the request "abc...": a batch
+    keeps only the newest of them (the insert relies on one row per key, see unique_keys), stored in
+    the canonical form (ClickHouse cannot read "{...}": such an event used to fail its batch's insert
+    on every retry)."""
+    w, analytics, bodies, _ = writer
+    rid = events.new_request_id()
+    t0 = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
+    forms = [event(request_id=rid.upper(), at=t0, model="upper"),
+             event(request_id="{" + rid.replace("-", "") + "}", at=t0 + dt.timedelta(seconds=2), model="braces"),
+             event(request_id=rid, at=t0 + dt.timedelta(seconds=1), model="canonical")]
+    good, bad = w.decode([events.encode(e) for e in forms])
+    assert not bad and [e.model for e in good] == ["braces"]
+    await w.write(good)
+    assert [r["model"] for r in await logged(analytics, bodies, ORG, rid)] == ["braces"]
+    assert await count(analytics, rid) == 1
 
 
 async def test_rows_and_bodies_are_written_while_postgres_is_down(tmp_path, fresh_db_dsn, pg_pool):

@@ -81,6 +81,12 @@ def validate(event: RequestLogged) -> None:
                 raise EventError(f"location.{name} {key[:80]!r} is not under {prefix!r}")
 
 
+def request_uuid(request_id: str) -> str:
+    """A valid request id in the canonical form (lower case, 8-4-4-4-12), the form ClickHouse's UUID
+    column stores: ids that differ only in case or notation are one request."""
+    return request_id.lower() if _CANONICAL_UUID.match(request_id) else str(uuid.UUID(request_id))
+
+
 def attempts_json(event: RequestLogged) -> str:
     """The event's upstream tries as the JSON list stored in request_log.attempts ('' when none)."""
     if not event.attempts:

@@ -110,7 +110,10 @@ class BatchWriter:
             except Exception as exc:  # noqa: BLE001 - anything else about one event must not stop the batch
                 bad.append(Rejected(raw, f"{exc.__class__.__name__}: {exc}"))
                 continue
-            identity = (ev.org_id, ev.request_id)
+            rid = events.request_uuid(ev.request_id)
+            if rid != ev.request_id:  # "{...}", "urn:uuid:...", upper case: the UUID column reads one form only
+                ev.request_id = rid
+            identity = (ev.org_id, rid)
             kept = good.get(identity)
             # one row per identity, the newest request (as ReplacingMergeTree would keep; a tie: the later copy)
             if kept is None or events.event_version(ev) >= events.event_version(kept):
@@ -139,7 +142,8 @@ class BatchWriter:
             self.m_write_errors.labels("bodies").inc()
             raise
         try:
-            await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, prepared.rows)
+            # decode() left one row per identity, the table's whole sorting key
+            await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, prepared.rows, unique_keys=True)
         except Exception:
             self.m_write_errors.labels("analytics").inc()
             raise
