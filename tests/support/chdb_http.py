@@ -1,8 +1,6 @@
 """A ClickHouse HTTP-interface endpoint backed by chDB, for testing the clickhouse-connect backend
 without a ClickHouse server binary. The SQL runs in the real ClickHouse engine (chDB); this module
-only speaks the HTTP protocol: `query` / `param_*` URL parameters, the insert settings the code sends
-as URL parameters (analytics.UNIQUE_KEYS_SETTINGS, applied as the INSERT's SETTINGS clause; the
-others clickhouse-connect sends are ignored), the request body as query or
+only speaks the HTTP protocol: `query` / `param_*` URL parameters, the request body as query or
 insert data or as multipart/form-data fields (clickhouse-connect sends `query` and `param_*` that
 way once they are too long for a URL), `X-ClickHouse-*` response headers, errors as HTTP 500 with
 ClickHouse's message.
@@ -22,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from chdb import session as chs
-from helicone_core.analytics import UNIQUE_KEYS_SETTINGS, settings_clause
 
 FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(\w+)\s*$", re.IGNORECASE)
 lock = threading.Lock()
@@ -56,9 +53,6 @@ class Handler(BaseHTTPRequestHandler):
         query = params.get("query")
         if query is None:
             query, body = body, ""
-        applied = {k: int(params[k]) for k in UNIQUE_KEYS_SETTINGS if k in params}
-        if applied and query.lstrip().upper().startswith("INSERT"):
-            query = re.sub(r"\s+FORMAT\s", lambda m: settings_clause(applied) + m.group(0), query, count=1)
         sql = query + ("\n" + body if body else "")
         bind = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
         m = FORMAT_CLAUSE.search(query.strip().split("\n", 1)[0] if body else query.strip())

@@ -327,7 +327,7 @@ async def test_rows_come_back_exactly_as_written_whatever_their_values(analytics
     plain = _event("org-x", T0, model="plain")
     rows = [events.analytics_values(ev, "orgs/org-x/packs/p#0+1", "r\\", 2**63 - 1, 0, "application/json; x=\"y\"",
                                     "", True) for ev in (awkward, plain)]
-    await store.insert_values("request_log", events.ANALYTICS_COLUMNS, rows, unique_keys=True)  # as ingest writes
+    await store.insert_values("request_log", events.ANALYTICS_COLUMNS, rows)
     got = await store.query(
         "SELECT * EXCEPT (request_created_at, response_created_at), toString(request_created_at) AS request_created_at, "
         "toString(response_created_at) AS response_created_at FROM {db}.request_log FINAL WHERE org_id = 'org-x' "
@@ -338,29 +338,6 @@ async def test_rows_come_back_exactly_as_written_whatever_their_values(analytics
         assert row == want
     with pytest.raises(ValueError, match="one per column"):
         await store.insert_values("request_log", events.ANALYTICS_COLUMNS, [rows[0][:-1]])
-
-
-async def test_an_insert_of_unique_keys_reaches_the_engine_without_the_in_block_merge(analytics_store):
-    """unique_keys (ingest's batches: one row per identity) turns off ReplacingMergeTree's merge of the
-    insert block, on both backends. Shown with the one thing it changes: two rows of one key sent
-    anyway stay two stored rows until a merge (a plain insert collapses them at once); FINAL reads
-    the newest either way."""
-    store = analytics_store
-    rid = events.new_request_id()
-    older, newer = _event("org-u", T0, rid, model="older"), _event("org-u", T0 + dt.timedelta(seconds=1), rid, model="newer")
-    stored = ("SELECT count() AS n FROM {db}.request_log WHERE org_id = {org:String} "
-              "SETTINGS output_format_json_quote_64bit_integers = 0")
-    final = "SELECT model FROM {db}.request_log FINAL WHERE org_id = {org:String}"
-    rows = [events.analytics_values(ev, "k1", "k2", 1, 1, "", "", False) for ev in (older, newer)]
-    await store._command(f"SYSTEM STOP MERGES {store.database}.request_log")  # no background merge between the counts
-    try:
-        await store.insert_values("request_log", events.ANALYTICS_COLUMNS, rows)
-        assert (await store.query(stored, {"org": "org-u"}))[0]["n"] == 1
-        await store.insert_values("request_log", events.ANALYTICS_COLUMNS, rows, unique_keys=True)
-        assert (await store.query(stored, {"org": "org-u"}))[0]["n"] == 3
-        assert await store.query(final, {"org": "org-u"}) == [{"model": "newer"}]
-    finally:
-        await store._command(f"SYSTEM START MERGES {store.database}.request_log")
 
 
 async def test_non_finite_costs_and_odd_strings_are_written_as_the_json_module_wrote_them(analytics_store):

@@ -87,12 +87,12 @@ async def test_offsets_are_committed_only_after_their_batch_is_written_and_a_fai
     calls = 0
     insert = svc.analytics.insert_values
 
-    async def flaky_insert(table, names, rows, **kw):
+    async def flaky_insert(table, names, rows):
         nonlocal calls
         calls += 1
         if failing.is_set():
             raise ConnectionError("analytics store down")
-        await insert(table, names, rows, **kw)
+        await insert(table, names, rows)
 
     svc.analytics.insert_values = flaky_insert
     await svc.start()

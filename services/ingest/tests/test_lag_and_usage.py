@@ -34,13 +34,13 @@ class HeldAnalytics:
     async def init_schema(self) -> None:
         await self.store.init_schema()
 
-    async def insert_values(self, table, names, rows, **kw) -> None:
+    async def insert_values(self, table, names, rows) -> None:
         await self.open.wait()
         self.attempts += 1
         if self.failures:
             self.failures -= 1
             raise ConnectionError("clickhouse unreachable (test)")
-        await self.store.insert_values(table, names, rows, **kw)
+        await self.store.insert_values(table, names, rows)
 
     async def query(self, sql, params=None):
         return await self.store.query(sql, params)

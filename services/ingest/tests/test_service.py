@@ -17,7 +17,7 @@ class FlakyAnalytics:
         self.failures = failures
         self.rows = []
 
-    async def insert_values(self, table, names, rows, **kw):
+    async def insert_values(self, table, names, rows):
         if self.failures:
             self.failures -= 1
             raise ConnectionError("clickhouse down")

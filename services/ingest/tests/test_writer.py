@@ -114,7 +114,7 @@ async def test_a_failing_store_raises_so_the_batch_is_retried(writer):
     w, analytics, bodies, _ = writer
 
     class Broken:
-        async def insert_values(self, *a, **kw):
+        async def insert_values(self, *a):
             raise ConnectionError("clickhouse down")
 
     w.analytics = Broken()
@@ -165,9 +165,8 @@ async def test_a_reused_request_id_is_replaced_by_the_newest_request(writer):
 
 async def test_request_ids_in_another_case_or_notation_are_one_request(writer):
     """The UUID column stores one form, so "ABC..." and "{abc...}" are the request "abc...": a batch
-    keeps only the newest of them (the insert relies on one row per key, see unique_keys), stored in
-    the canonical form (ClickHouse cannot read "{...}": such an event used to fail its batch's insert
-    on every retry)."""
+    keeps only the newest of them, stored in the canonical form (ClickHouse cannot read "{...}": such
+    an event used to fail its batch's insert on every retry)."""
     w, analytics, bodies, _ = writer
     rid = events.new_request_id()
     t0 = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)

@@ -430,8 +430,7 @@ class AnalyticsStore(Protocol):
 
     async def init_schema(self) -> None: ...
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None: ...
-    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]], *,
-                            unique_keys: bool = False) -> None: ...
+    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None: ...
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
@@ -449,19 +448,6 @@ _ROW_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 ROWS_FORMAT = "JSONColumns"
-
-# The settings of an insert whose rows all have distinct sorting keys (insert_values' unique_keys; ingest's
-# request_log batches hold one row per (org, request id)): ReplacingMergeTree's merge of the insert block
-# (optimize_on_insert) has nothing to collapse there, and skipping it saves about a quarter of the insert
-# (2,000 rows on chDB: 69 -> 51 ms). Duplicates across inserts are collapsed by merges and FINAL as before.
-UNIQUE_KEYS_SETTINGS = {"optimize_on_insert": 0}
-
-
-def settings_clause(settings: dict[str, int] | None) -> str:
-    """' SETTINGS a = 1, b = 0' for an INSERT's query ('' for none)."""
-    if not settings:
-        return ""
-    return " SETTINGS " + ", ".join(f"{_check_ident(k)} = {int(v)}" for k, v in settings.items())
 
 
 def _compact_rows(rows: list[dict[str, Any]]) -> str | bytes:
@@ -527,14 +513,12 @@ class _Inserts:
         if rows:
             await self._insert(table, _compact_rows(rows))
 
-    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]], *,
-                            unique_keys: bool = False) -> None:
-        """insert() for rows given as values in `names` order. unique_keys: the caller guarantees that no
-        two rows share a sorting key (see UNIQUE_KEYS_SETTINGS)."""
+    async def insert_values(self, table: str, names: tuple[str, ...], rows: list[list[Any]]) -> None:
+        """insert() for rows given as values in `names` order."""
         if rows:
-            await self._insert(table, _columns_json(names, rows), UNIQUE_KEYS_SETTINGS if unique_keys else None)
+            await self._insert(table, _columns_json(names, rows))
 
-    async def _insert(self, table: str, body: str | bytes, settings: dict[str, int] | None = None) -> None:
+    async def _insert(self, table: str, body: str | bytes) -> None:
         raise NotImplementedError
 
 
@@ -589,10 +573,9 @@ class ChdbStore(_Inserts):
         await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         await migrate_schema(self)
 
-    async def _insert(self, table: str, body: str | bytes, settings: dict[str, int] | None = None) -> None:
+    async def _insert(self, table: str, body: str | bytes) -> None:
         text = body if isinstance(body, str) else body.decode()
-        await self._run(self._exec, f"INSERT INTO {self.database}.{_check_ident(table)}{settings_clause(settings)} "
-                                    f"FORMAT {ROWS_FORMAT}\n" + text)
+        await self._run(self._exec, f"INSERT INTO {self.database}.{_check_ident(table)} FORMAT {ROWS_FORMAT}\n" + text)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
@@ -649,11 +632,10 @@ class ClickHouseServerStore(_Inserts):
         await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         await migrate_schema(self)
 
-    async def _insert(self, table: str, body: str | bytes, settings: dict[str, int] | None = None) -> None:
+    async def _insert(self, table: str, body: str | bytes) -> None:
         client = await self._client_()
         block = body.encode() if isinstance(body, str) else body
-        await client.raw_insert(f"{self.database}.{_check_ident(table)}", insert_block=block, fmt=ROWS_FORMAT,
-                                settings=settings)
+        await client.raw_insert(f"{self.database}.{_check_ident(table)}", insert_block=block, fmt=ROWS_FORMAT)
 
     async def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         client = await self._client_()

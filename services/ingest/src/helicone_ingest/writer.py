@@ -142,8 +142,7 @@ class BatchWriter:
             self.m_write_errors.labels("bodies").inc()
             raise
         try:
-            # decode() left one row per identity, the table's whole sorting key
-            await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, prepared.rows, unique_keys=True)
+            await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, prepared.rows)
         except Exception:
             self.m_write_errors.labels("analytics").inc()
             raise
