@@ -81,7 +81,7 @@ def boot_values() -> dict:
             },
             # Tansu holds a new group's first join for half the session timeout (30 s with the
             # default 60; Kafka waits group.initial.rebalance.delay.ms, 3 s by default)
-            "ingest": {"extraEnv": [{"name": "HELICONE_BROKER_SESSION_TIMEOUT", "value": "10"}]},
+            "ingest": {"extraEnv": [{"name": "HELICONE_BROKER_SESSION_TIMEOUT", "value": "6"}]},
         },
     }
 

@@ -188,7 +188,7 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
         env = dict(os.environ)
         env.update(
             AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local-secret", AWS_DEFAULT_REGION="us-east-1",
-            HELICONE_BROKER_REBALANCE_TIMEOUT="2", HELICONE_BROKER_SESSION_TIMEOUT="10",
+            HELICONE_BROKER_REBALANCE_TIMEOUT="2", HELICONE_BROKER_SESSION_TIMEOUT="6",
             HELICONE_BROKER_HEARTBEAT_INTERVAL="1", HELICONE_JOURNAL_CHECK_INTERVAL="0.5",
             HELICONE_KAFKA_IDEMPOTENT_PRODUCER="false",  # the test broker is Tansu, which lacks InitProducerId
             HELICONE_BATCH_WITHIN="0.2", HELICONE_OFFSET_GUARD_INTERVAL="1", HELICONE_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",

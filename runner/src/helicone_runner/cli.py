@@ -188,8 +188,9 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
         # the embedded broker listens in plain text, whatever HELICONE_KAFKA_SECURITY_* say
         common.update(kafka_security_protocol="PLAINTEXT", kafka_sasl_username="", kafka_sasl_password="", kafka_ssl_cafile=None)
         gateway_extra = dict(kafka_idempotent_producer=False)  # Tansu has no InitProducerId
-        # one local broker, one member: no reason to wait long for others to join
-        ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0)
+        # one local broker, one member: no reason to wait long for others to join (Tansu holds a new group's
+        # first join for half the session timeout: 3 s here; heartbeats every second keep a busy process in)
+        ingest_extra = dict(broker_rebalance_timeout=2.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0)
     if getattr(args, "upstream", None) == "fake":  # every provider of the table answered by the fake upstream
         gateway_extra["provider_urls"] = {n: args.openai_url for n in PROVIDER_TABLE if n not in ("openai", "anthropic")}
     if "prompts" in args.target:  # the gateway renders stored prompts from this process's prompts service

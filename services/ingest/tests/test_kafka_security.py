@@ -36,7 +36,7 @@ def _settings(tmp_path, bootstrap: str, protocol: str, ca_file, **kw) -> IngestS
         _env_file=None, data_dir=tmp_path, body_store="local", analytics_backend="chdb", kafka_bootstrap=bootstrap,
         kafka_topic=topic, kafka_dlq_topic=topic + ".dlq", consumer_group="g-" + topic, kafka_security_protocol=protocol,
         postgres_dsn=f"postgresql://nobody@127.0.0.1:{free_port()}/none", batch_size=10, batch_within=0.2,
-        broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=2.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
         metadata_stop_timeout=0.2, **sasl, **tls, **kw,
     )
 

@@ -56,7 +56,7 @@ def settings(tmp_path, bootstrap: str, topic: str) -> IngestSettings:
     return IngestSettings(
         data_dir=tmp_path, body_store="local", analytics_backend="chdb", postgres_dsn="postgresql://127.0.0.1:1/none",
         kafka_bootstrap=bootstrap, kafka_topic=topic, kafka_dlq_topic=topic + ".dlq", consumer_group=f"ingest-{topic}",
-        batch_size=50, batch_within=0.2, broker_rebalance_timeout=2.0, broker_session_timeout=10.0,
+        batch_size=50, batch_within=0.2, broker_rebalance_timeout=2.0, broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0, offset_guard_interval=0.2, retry_max_backoff=0.2, postgres_timeout=0.5,
         metadata_stop_timeout=0.1, _env_file=None,
     )

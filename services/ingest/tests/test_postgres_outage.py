@@ -24,7 +24,7 @@ def settings(tmp_path, dsn: str, bootstrap: str, topic: str) -> IngestSettings:
     return IngestSettings(
         data_dir=tmp_path, body_store="local", analytics_backend="chdb", postgres_dsn=dsn, kafka_bootstrap=bootstrap,
         kafka_topic=topic, kafka_dlq_topic=topic + ".dlq", consumer_group=f"ingest-{topic}", batch_size=50,
-        batch_within=0.2, broker_rebalance_timeout=2.0, broker_session_timeout=10.0, broker_heartbeat_interval=1.0,
+        batch_within=0.2, broker_rebalance_timeout=2.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
         postgres_timeout=0.5, metadata_retry_max_backoff=0.2, metadata_stop_timeout=0.5, _env_file=None,
     )
 
