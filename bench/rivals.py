@@ -491,9 +491,37 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
         report(systems, results, stack, pg, every_root, say)
 
 
+# issue 9's goals for one gateway process: sustained >= 3x Portkey and >= 30x LiteLLM; c=1 overhead p50 <= 0.3 ms and
+# p99 <= 1 ms; the first streamed byte adds <= 0.3 ms
+SUSTAINED_GOALS = (("portkey", 3.0), ("litellm", 30.0))
+C1_GOALS_MS = (0.3, 1.0)
+FIRST_BYTE_GOAL_MS = 0.3
+
+
+def goal_lines(systems: list[System], results: dict, sustained: dict[str, float]) -> list[str]:
+    """Ours against the goals, one line per system of ours: ratios of sustained rates and the overheads."""
+    names = {s.name for s in systems}
+    direct_c1, direct_fb = results[("direct", "c1")], results[("direct", "stream-c1")]
+    out = []
+    for ours in ("ours-gw", "ours-all"):
+        if ours not in names:
+            continue
+        parts = [f"{ours} sustained / {rival} {sustained[ours] / sustained[rival]:.2f} (goal >= {goal:g})"
+                 for rival, goal in SUSTAINED_GOALS if rival in names and sustained.get(rival)]
+        c1 = results[(ours, "c1")]
+        p50 = (quantile(c1.latencies, .5) - quantile(direct_c1.latencies, .5)) * 1000
+        p99 = (quantile(c1.latencies, .99) - quantile(direct_c1.latencies, .99)) * 1000
+        fb = (quantile(results[(ours, "stream-c1")].first_bytes, .5) - quantile(direct_fb.first_bytes, .5)) * 1000
+        parts.append(f"c=1 overhead {p50:+.2f} / {p99:+.2f} ms (goal <= {C1_GOALS_MS[0]} / {C1_GOALS_MS[1]})")
+        parts.append(f"first streamed byte {fb:+.2f} ms (goal <= {FIRST_BYTE_GOAL_MS})")
+        out.append("goals: " + "; ".join(parts))
+    return out
+
+
 def report(systems: list[System], results: dict, stack, pg, every_root, say: Callable[[str], None]) -> None:
     direct = {name: results[("direct", name)] for name, *_ in WINDOWS}
     rows, completeness = [], []
+    sustained: dict[str, float] = {}
     for s in systems:
         c1, burst, sus = results[(s.name, "c1")], results[(s.name, "burst")], results[(s.name, "sustained")]
         sc1, s32 = results[(s.name, "stream-c1")], results[(s.name, "stream-c32")]
@@ -514,6 +542,7 @@ def report(systems: list[System], results: dict, stack, pg, every_root, say: Cal
             completeness.append(seen == answered)
         errors = sum(results[(s.name, w)].errors for w, *_ in WINDOWS)
         is_direct = s.name == "direct"
+        sustained[s.name] = sus.best_rate
         rows.append([
             s.label,
             "—" if is_direct else f"{fmt_ms(quantile(c1.latencies, .5) - quantile(direct['c1'].latencies, .5), True)} / "
@@ -533,6 +562,8 @@ def report(systems: list[System], results: dict, stack, pg, every_root, say: Cal
         ["system", "c=1 overhead p50 / p99 ms", "c=1 p50 / p99 ms", "burst c=32 rps", "burst p99 ms", "sustained rps",
          "stream first byte (c=1) ms", "stream rps c=32", "RSS MB (peak)", "events spooled", "in the api", "errors"], rows))
     say("Rates: the best of the rounds; latencies: every round's requests pooled; overhead: the system minus direct.")
+    for line in goal_lines(systems, results, sustained):
+        say(line)
     say("¹ no helicone_gateway_events_spooled_total on this build: every event goes through the journal "
         "(its helicone_gateway_journal_* series are listed above)")
     if not all(completeness):

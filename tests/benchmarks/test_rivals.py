@@ -83,3 +83,17 @@ def test_pooled_rounds_keep_every_latency_and_the_best_rate():
     assert pooled.latencies == [0.01, 0.02, 0.03, 0.04]
     assert pooled.best_rate == 8.0
     assert pooled.sent == 8
+
+
+def test_goal_lines_give_the_sustained_ratios_and_overheads_of_ours():
+    def window(latencies_ms: list[float], first_ms: list[float] | None = None) -> rivals.Window:
+        return rivals.Window(latencies=[v / 1000 for v in latencies_ms], first_bytes=[v / 1000 for v in (first_ms or [])])
+
+    names = ("direct", "ours-gw", "portkey", "litellm")
+    systems = [rivals.System(n, n, "", {}, list) for n in names]
+    results = {(n, "c1"): window([1.0 + i, 2.0 + i]) for i, n in enumerate(names)}
+    results |= {(n, "stream-c1"): window([], [1.5 + i]) for i, n in enumerate(names)}
+    lines = rivals.goal_lines(systems, results, {"direct": 5000, "ours-gw": 1500, "portkey": 600, "litellm": 80})
+    assert lines == ["goals: ours-gw sustained / portkey 2.50 (goal >= 3); ours-gw sustained / litellm 18.75 (goal >= 30); "
+                     "c=1 overhead +1.00 / +1.00 ms (goal <= 0.3 / 1.0); first streamed byte +1.00 ms (goal <= 0.3)"]
+    assert rivals.goal_lines(systems[:2], results, {"direct": 5000, "ours-gw": 1500})[0].startswith("goals: c=1 overhead")
