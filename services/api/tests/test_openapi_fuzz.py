@@ -86,17 +86,29 @@ def test_every_answer_matches_the_openapi_document(pg_dsn, analytics_settings, t
 
         started = time.monotonic()
 
-        @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
-        @given(case=cases)
-        def check(case):
+        def run_case(case) -> None:
             kwargs = case.as_transport_kwargs(base_url="http://api", headers={"Authorization": f"Bearer {key}"})
             response = loop.run_until_complete(asyncio.wait_for(send(kwargs), 20))
             seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
             case.validate_response(response, checks=CHECKS)
 
+        @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+        @given(case=cases)
+        def check(case):
+            run_case(case)
+
         check()
         elapsed = time.monotonic() - started
+        # The draw is the same every run (derandomize) only as far as the schema's processing is: on some runs no
+        # valid request query came out of it. The explorer's answers are always checked with one valid and one
+        # invalid request of each, through the same checks.
+        by_route = {f"{op.method.upper()} {op.path}": op for op in operations}
+        for route, body in (("POST /v1/request/query", {"limit": 1}), ("POST /v1/request/query", {"limit": 0}),
+                            ("POST /v1/request/export", {"format": "jsonl", "limit": 1}),
+                            ("POST /v1/request/export", {"format": "xml"})):
+            case = by_route[route].Case(body=body, media_type="application/json")
+            run_case(case)
         # the explorer's routes were reached, and past validation
         assert 200 in seen.get("POST /v1/request/query", set()), seen
         assert 422 in seen.get("POST /v1/request/query", set()), seen
