@@ -235,6 +235,7 @@ class Gateway:
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,
             linger_ms=settings.kafka_linger_ms,
+            journal_linger_ms=settings.journal_linger_ms,
             max_batch_bytes=settings.kafka_max_batch_bytes,
             compression=None if settings.kafka_compression == "none" else settings.kafka_compression,
         )
