@@ -277,17 +277,28 @@ class EventPublisher:
         while True:
             builders = self._taken
             builders.append(await self._queue.get())
-            if self.journal_linger and self._queue.empty():
-                # Light load: the events of the next few milliseconds join this batch, so one build
-                # pass, journal write, fsync and journal-thread round trip serve several requests
-                # instead of each one landing on the next request's time. Under load the queue is
-                # never empty here and batches go at once.
+            light = self.journal_linger > 0 and self._queue.empty()
+            if light:
+                # Light load: the events of the next few milliseconds join this batch, so one journal
+                # write, fsync and journal-thread round trip serve several requests instead of each
+                # one landing on the next request's time. Under load the queue is never empty here
+                # and batches go at once.
                 await asyncio.sleep(self.journal_linger)
             while len(builders) < self.batch_size and not self._queue.empty():
                 builders.append(self._queue.get_nowait())
-            self._taken = []
             try:
-                built = [b for b in map(self._build, builders) if b is not None]
+                if light:
+                    # one event per loop iteration: a request arriving meanwhile waits for one build,
+                    # not for the batch's
+                    built = []
+                    for builder in builders:
+                        one = self._build(builder)
+                        if one is not None:
+                            built.append(one)
+                        await asyncio.sleep(0)
+                else:
+                    built = [b for b in map(self._build, builders) if b is not None]
+                self._taken = []  # stop() builds what is still here: none of it is journaled yet
                 if built:
                     await self._append(built, send=True)
             finally:
