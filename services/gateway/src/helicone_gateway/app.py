@@ -13,6 +13,7 @@ import time
 import traceback
 from contextvars import ContextVar
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 from helicone_core import events
@@ -292,6 +293,11 @@ class Gateway:
         self.m_target_refused = metrics.counter(
             "helicone_gateway_target_refused_total", "Helicone-Target-URL requests refused by the egress policy", ("reason",)
         )
+        # the series every proxied request touches, looked up once per label values (labels() takes
+        # a lock and builds a key per call)
+        self._auth_ok = self.m_auth.labels("ok")
+        self._per_provider: dict[str, tuple] = {}  # provider -> (ttfb, duration) children
+        self._requests_by: dict[tuple[str, str], Any] = {}  # (provider, status class) -> m_requests child
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -338,6 +344,21 @@ class Gateway:
             optional=optional,
         )
 
+    def _provider_series(self, provider: str) -> tuple:
+        """(upstream ttfb, request duration) histogram children of a provider."""
+        series = self._per_provider.get(provider)
+        if series is None:
+            series = self._per_provider[provider] = (self.m_ttfb.labels(provider), self.m_duration.labels(provider))
+        return series
+
+    def _requests(self, provider: str, status: int):
+        """The m_requests child of a provider and status class."""
+        key = (provider, f"{status // 100}xx")
+        child = self._requests_by.get(key)
+        if child is None:
+            child = self._requests_by[key] = self.m_requests.labels(*key)
+        return child
+
     # ---- auth ------------------------------------------------------------------------
     def org_for(self, key: str) -> str:
         """The org of a known Helicone key; raises Rejection otherwise. Fails closed: without a
@@ -355,7 +376,7 @@ class Gateway:
         if org is None:
             self.m_auth.labels("invalid").inc()
             raise Rejection(401, "Invalid or revoked Helicone API key", "helicone_auth_error")
-        self.m_auth.labels("ok").inc()
+        self._auth_ok.inc()
         return org
 
     # ---- proxy (raw ASGI: this is the hot path) ---------------------------------------
@@ -484,7 +505,7 @@ class Gateway:
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
                                     self.answer_headers, (*limit_headers, *self._fallback_index(hh, plan)))
 
-        self.m_ttfb.labels(rt.provider).observe(time.perf_counter() - started)
+        self._provider_series(rt.provider)[0].observe(time.perf_counter() - started)
         status = upstream.status
         resp_ctype = upstream.headers.get("content-type", "")
         resp_encoding = upstream.headers.get("content-encoding", "")
@@ -541,8 +562,8 @@ class Gateway:
                 upstream.close()
             if completed and recorder is not None and recorder.chunks is not None:
                 self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl)
-            self.m_requests.labels(rt.provider, f"{status // 100}xx").inc()
-            self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
+            self._requests(rt.provider, status).inc()
+            self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
             if completed:
                 error = ""
@@ -570,8 +591,8 @@ class Gateway:
                 first_chunk_at = time.perf_counter()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self.m_requests.labels(rt.provider, f"{entry.status // 100}xx").inc()
-        self.m_duration.labels(rt.provider).observe(time.perf_counter() - started)
+        self._requests(rt.provider, entry.status).inc()
+        self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
         stored = dict(entry.headers)
         resp_body = b"".join(entry.chunks)
         limit = self.settings.max_logged_body_bytes
