@@ -162,6 +162,12 @@ async def test_a_head_without_a_body_at_hand_goes_out_at_the_end_of_the_iteratio
     held.write(b"H2")
     held.close()  # flushed before the close
     assert raw.sent[-1] == b"H2" and raw.closed
+    gone = FakeTransport()
+    late = HeadWithBody(gone, asyncio.get_running_loop())
+    late.write(b"H3")
+    gone.closed = True  # the caller left before the end of the iteration: nothing is written to a closed transport
+    await asyncio.sleep(0)
+    assert gone.sent == []
 
 
 async def stream_app(scope, receive, send):

@@ -91,7 +91,7 @@ class HeadWithBody:
 
     def flush(self) -> None:
         held, self._held = self._held, None
-        if held:
+        if held and not self.transport.is_closing():  # the caller may have left since (nothing to tell it)
             self.transport.write(held)
 
     def is_closing(self) -> bool:
