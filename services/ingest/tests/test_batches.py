@@ -193,6 +193,16 @@ async def test_a_batch_is_caught_up_only_when_it_holds_every_record_up_to_the_lo
     ends[b] = 1
     assert consumer._caught_up(batch)
 
+    def revoked(tp):  # what aiokafka's highwater does for a partition a rebalance took away
+        assert tp == a, "Partition is not assigned"
+        return ends[tp]
+
+    consumer.highwater = revoked
+    assert not consumer._caught_up(batch)  # not caught up, and the fetch loop goes on (it used to raise there)
+    consumer.highwater = ends.get
+    app.consumer_generation_id += 1
+    assert not consumer._caught_up(batch)  # a batch of an earlier generation is dropped, never handed over early
+
 
 async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap(tmp_path, kafka_bootstrap):
     """Events trickling in are written within about batch_gap, not batch_within (60 s here), and the

@@ -177,12 +177,18 @@ class BatchConsumer(driver.Consumer):
         return True
 
     def _caught_up(self, batch: Batch) -> bool:
-        """The batch holds every record up to the log end the last fetch saw, in each of its partitions."""
+        """The batch holds every record up to the log end the last fetch saw, in each of its partitions
+        (False for a batch of an earlier generation or log, or whose partitions are not assigned now)."""
+        if not batch.current():
+            return False
         read_offset = self._read_offset
-        for tp in batch.records:
-            end, read = self.highwater(tp), read_offset[tp]
-            if end is None or read is None or read + 1 < end:
-                return False
+        try:
+            for tp in batch.records:
+                end, read = self.highwater(tp), read_offset[tp]
+                if end is None or read is None or read + 1 < end:
+                    return False
+        except Exception:  # noqa: BLE001 - aiokafka asserts the partition is assigned: a rebalance is under way
+            return False  # (raising here would end the fetch loop, and ingest with it)
         return True
 
     async def _fresh(self, tp, recs: list, read_offset) -> list:
