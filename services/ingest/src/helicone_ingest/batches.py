@@ -144,8 +144,6 @@ class BatchConsumer(driver.Consumer):
                     if self._caught_up(pending):
                         due = min(due, handed + gap)
                     timeout = max(due - time.monotonic(), 0.0)
-                if not self.flow_active:  # (what _wait_next_records does first) waited for here, so that nothing
-                    await self.wait(self.can_resume_flow)  # runs between noting the epoch and asking for the fetch
                 generation, epoch = app.consumer_generation_id, self.log_epoch
                 records, active = await self._wait_next_records(timeout)
                 if self.should_stop:
