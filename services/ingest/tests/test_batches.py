@@ -62,24 +62,6 @@ async def test_a_batch_of_an_earlier_generation_or_log_is_not_acknowledged():
     assert list(consumer._acked[tp]) == [0]
 
 
-async def test_records_a_fetch_brings_back_from_before_a_rewind_are_dropped():
-    """A fetch under way while a partition is rewound to a new log returns the old log's records: kept,
-    they moved the read offset past the new log's first records (which were then skipped as read)."""
-    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
-    consumer = consumer_of(app, "t")
-    a, b = TP("t", 0), TP("t", 1)
-    consumer.highwater = lambda tp: 1000
-    consumer._read_offset[a] = 199  # the old log was read up to here
-    epoch = consumer.log_epoch  # a fetch starts
-    consumer.rewound(a)  # meanwhile the broker's log was reset (IngestService._rewind) ...
-    consumer._read_offset[a] = None  # ... and the partition seeked to the start
-    pending = await consumer._gather(None, {a: records(200, 201), b: records(5, 6)}, None, epoch)
-    assert {tp: [r.offset for r in recs] for tp, recs in pending.records.items()} == {b: [5, 6]}
-    assert consumer._read_offset[a] is None and pending.current()
-    pending = await consumer._gather(pending, {a: records(0, 1)}, None, consumer.log_epoch)  # the next fetch: the new log
-    assert [r.offset for r in pending.records[a]] == [0, 1] and consumer._read_offset[a] == 1
-
-
 async def committed(bootstrap: str, topic: str, group: str) -> int:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await c.start()

@@ -100,38 +100,10 @@ class BatchConsumer(driver.Consumer):
 
     log_epoch = 0
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.rewound_at: dict = {}  # partition -> the log epoch its last rewind started
-
-    def rewound(self, tp) -> None:
-        """tp was sent back to the start of a new log (IngestService._rewind): batches fetched before
-        are stale, and so are records of tp that a fetch under way brings back from the old log."""
-        self.log_epoch += 1
-        self.rewound_at[tp] = self.log_epoch
-
-    async def _gather(self, pending: Batch | None, records: dict, active, epoch: int) -> Batch | None:
-        """Adds a fetch's new records to the pending batch (a new one if there is none); `epoch` is the
-        log epoch when the fetch started. Records of a partition rewound meanwhile are from the old
-        log: kept, they would move its read offset past the new log's records (which were then
-        skipped) and their acks would commit offsets of the old log on the new one."""
-        read_offset = self._read_offset
-        for tp, recs in records.items():
-            if active is not None and tp not in active and tp not in self._buffered_partitions:
-                continue
-            if self.rewound_at.get(tp, -1) > epoch:
-                continue
-            fresh = await self._fresh(tp, recs, read_offset)
-            if fresh:
-                if pending is None:
-                    pending = Batch(self)
-                pending.add(tp, fresh)
-                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-        return pending
-
     async def _drain_messages(self, fetcher) -> None:  # the Fetcher service's task (see faust.transport.consumer)
         app = self.app
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        read_offset = self._read_offset
         pending: Batch | None = None
         handed = 0.0  # when the last batch was handed over (time.monotonic)
         try:
@@ -144,7 +116,7 @@ class BatchConsumer(driver.Consumer):
                     if self._caught_up(pending):
                         due = min(due, handed + gap)
                     timeout = max(due - time.monotonic(), 0.0)
-                generation, epoch = app.consumer_generation_id, self.log_epoch
+                generation = app.consumer_generation_id
                 records, active = await self._wait_next_records(timeout)
                 if self.should_stop:
                     return
@@ -154,7 +126,15 @@ class BatchConsumer(driver.Consumer):
                 if pending is not None and not pending.current():
                     pending = None  # rebalanced or rewound meanwhile: its records are read again
                 if records and generation == app.consumer_generation_id:
-                    pending = await self._gather(pending, records, active, epoch)
+                    for tp, recs in records.items():
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue
+                        fresh = await self._fresh(tp, recs, read_offset)
+                        if fresh:
+                            if pending is None:
+                                pending = Batch(self)
+                            pending.add(tp, fresh)
+                            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if pending is not None:
                     now = time.monotonic()
                     if (len(pending) >= size or now >= pending.started + within
