@@ -112,3 +112,18 @@ def test_request_ids_are_accepted_exactly_when_uuid_accepts_them(request_id):
         with pytest.raises(events.EventError) as caught:
             events.validate(ev)
         assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize("when", [
+    dt.datetime(2026, 12, 4, 7, 5, 9, 123456, tzinfo=dt.timezone.utc),
+    dt.datetime(2026, 3, 29, 1, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    dt.datetime(1969, 12, 31, 23, 59, 58, 500000, tzinfo=dt.timezone.utc),
+    dt.datetime(2024, 2, 29, 12, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=-7, minutes=-30))),
+    dt.datetime(2026, 12, 4, 7, 5, 9, 42),  # naive: local time
+])
+def test_set_time_stores_what_from_datetime_stores(when):
+    ev, expected = events.RequestLogged(), events.RequestLogged()
+    events.set_time(ev.request_created_at, when)
+    expected.request_created_at.FromDatetime(when.astimezone(dt.timezone.utc))
+    assert (ev.request_created_at.seconds, ev.request_created_at.nanos) == \
+        (expected.request_created_at.seconds, expected.request_created_at.nanos)

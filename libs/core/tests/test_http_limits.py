@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from helicone_core.http_limits import header_limit_error, server_head_limit, uvicorn_limits
+from helicone_core.http_limits import HeadWithBody, header_limit_error, server_head_limit, uvicorn_limits
 from helicone_core.settings import ServiceSettings
 
 from tests.support.inloop import serve
@@ -116,3 +116,78 @@ async def test_without_httptools_h11_is_used_with_the_same_limit(monkeypatch):
         assert SEEN == []
         [(status, _)] = await exchange(url, [request(b"x-a: b\r\n", b"hello")])
         assert status == 200 and len(SEEN) == 1
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str):
+        return ("peer", name)
+
+
+async def test_a_response_head_goes_out_with_the_first_body_chunk():
+    raw = FakeTransport()
+    t = HeadWithBody(raw, asyncio.get_running_loop())
+    t.write(b"HEAD")
+    assert raw.sent == []
+    t.write(b"body1")
+    t.write(b"body2")
+    assert raw.sent == [b"HEADbody1", b"body2"]
+    await asyncio.sleep(0)  # the end-of-iteration flush finds nothing held
+    assert raw.sent == [b"HEADbody1", b"body2"]
+    assert t.get_extra_info("x") == ("peer", "x") and not t.is_closing()
+
+
+async def test_a_head_without_a_body_at_hand_goes_out_at_the_end_of_the_iteration():
+    raw = FakeTransport()
+    t = HeadWithBody(raw, asyncio.get_running_loop())
+    t.write(b"")  # nothing to hold
+    t.write(b"HEAD")
+    await asyncio.sleep(0)
+    assert raw.sent == [b"HEAD"]
+    t.write(b"later")
+    assert raw.sent == [b"HEAD", b"later"]
+    held = HeadWithBody(raw, asyncio.get_running_loop())
+    held.write(b"H2")
+    held.close()  # flushed before the close
+    assert raw.sent[-1] == b"H2" and raw.closed
+    gone = FakeTransport()
+    late = HeadWithBody(gone, asyncio.get_running_loop())
+    late.write(b"H3")
+    gone.closed = True  # the caller left before the end of the iteration: nothing is written to a closed transport
+    await asyncio.sleep(0)
+    assert gone.sent == []
+
+
+async def stream_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await asyncio.sleep(0.3)
+    await send({"type": "http.response.body", "body": b"late", "more_body": False})
+
+
+async def test_a_streamed_head_is_not_held_until_the_body():
+    async with serve(stream_app, **uvicorn_limits(SETTINGS)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(request())
+            started = asyncio.get_running_loop().time()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and asyncio.get_running_loop().time() - started < 0.25
+            assert b"late" in await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        finally:
+            writer.close()

@@ -207,6 +207,66 @@ async def test_stop_journals_whatever_is_still_queued(tmp_path):
     j.close()
 
 
+async def test_events_of_a_light_load_share_one_journal_write(tmp_path):
+    """At light load the worker waits journal_linger_ms for company: events submitted within it
+    are journaled as one batch (one write and fsync), not one each."""
+    pub, _ = _publisher(tmp_path, "127.0.0.1:1", journal_linger_ms=100)
+    batches = []
+    append = pub.journal.append
+    pub.journal.append = lambda records, **kw: batches.append(len(records)) or append(records, **kw)
+    await pub.start()
+    try:
+        for _ in range(3):
+            pub.submit(_event)
+            await asyncio.sleep(0.01)
+        await _until(lambda: pub.journal.record_count == 3)
+        assert batches == [3]
+    finally:
+        await pub.stop()
+
+
+async def test_at_light_load_other_tasks_run_between_the_builds_of_a_batch(tmp_path):
+    """A lingered batch is built one event per loop iteration: a request arriving meanwhile waits
+    for one build, not for the whole batch."""
+    pub, _ = _publisher(tmp_path, "127.0.0.1:1", journal_linger_ms=50)
+    ticks, seen = [0], []
+
+    async def ticker():
+        while True:
+            ticks[0] += 1
+            await asyncio.sleep(0)
+
+    def builder():
+        seen.append(ticks[0])
+        return _event()
+
+    await pub.start()
+    running = asyncio.create_task(ticker())
+    try:
+        for _ in range(3):
+            pub.submit(builder)
+            await asyncio.sleep(0.005)  # the worker finds the queue empty: light load, it lingers
+        await _until(lambda: pub.journal.record_count == 3)
+        assert len(seen) == 3 and seen[0] < seen[1] < seen[2]
+    finally:
+        running.cancel()
+        await pub.stop()
+
+
+async def test_stop_journals_events_the_worker_holds_while_lingering(tmp_path):
+    """An event the worker took off the queue and holds for company is journaled by stop() even
+    when the worker is cancelled first (drain timeout shorter than the linger)."""
+    pub, _ = _publisher(tmp_path, "127.0.0.1:1", journal_linger_ms=100)
+    await pub.start()
+    pub.submit(_event)
+    await asyncio.sleep(0.01)  # the worker has taken it and lingers
+    assert pub._queue.empty() and pub.journal.record_count == 0
+    await pub.stop(drain_timeout=0)
+    j = Journal(tmp_path / "journal", max_bytes=1 << 20).open()
+    assert j.record_count == 1
+    j.close()
+
+
 async def _consume(bootstrap: str, topic: str, want: int, group: str | None = None, timeout: float = 30) -> dict[bytes, str]:
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=group, enable_auto_commit=False

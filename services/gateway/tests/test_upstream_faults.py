@@ -78,8 +78,9 @@ STREAM_START = ("stall:HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTra
 
 
 @contextlib.asynccontextmanager
-async def gateway_on(tmp_path, provider_url: str):
-    app = create_app(GatewaySettings(data_dir=tmp_path, _env_file=None, openai_url=provider_url, kafka_bootstrap="127.0.0.1:1"))
+async def gateway_on(tmp_path, provider_url: str, **settings):
+    app = create_app(GatewaySettings(data_dir=tmp_path, _env_file=None, openai_url=provider_url, kafka_bootstrap="127.0.0.1:1",
+                                     **settings))
     gw = app.state.gateway
     gw.keys = StubKeys()
     built = []
@@ -136,6 +137,20 @@ async def test_a_pooled_connection_closed_by_the_provider_is_retried_once_on_a_n
             first = await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
             second = await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
         retries = gw.m_retries.labels("openai")._value.get()
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert provider.requests == [(1, 1), (1, 2), (2, 1)] and retries == 1
+
+
+async def test_a_pooled_target_url_connection_closed_by_the_provider_is_retried_once_on_a_new_one(tmp_path):
+    """The same for Helicone-Target-URL traffic (its own, egress-checked session and connector)."""
+    script = lambda conn, req: OK if (conn, req) != (1, 2) else "close"  # noqa: E731
+    async with RawProvider(script) as provider, \
+            gateway_on(tmp_path, "http://127.0.0.1:1", target_url_allowlist=[f"127.0.0.1:{provider.port}"]) as (url, gw, _built):
+        headers = {**AUTH, "Helicone-Target-URL": f"http://127.0.0.1:{provider.port}"}
+        async with httpx.AsyncClient(timeout=5) as http:
+            first = await http.post(url + "/v1/chat/completions", json=CHAT, headers=headers)
+            second = await http.post(url + "/v1/chat/completions", json=CHAT, headers=headers)
+        retries = sum(s.value for m in gw.m_retries.collect() for s in m.samples if s.name.endswith("_total"))
     assert (first.status_code, second.status_code) == (200, 200)
     assert provider.requests == [(1, 1), (1, 2), (2, 1)] and retries == 1
 

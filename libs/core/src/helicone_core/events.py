@@ -98,8 +98,17 @@ def attempts_json(event: RequestLogged) -> str:
     ], separators=(",", ":"))
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def set_time(field, when: dt.datetime) -> None:
-    field.FromDatetime(when.astimezone(dt.timezone.utc))
+    if when.tzinfo is None:  # naive: local time, as astimezone reads it
+        field.FromDatetime(when.astimezone(dt.timezone.utc))
+        return
+    # what FromDatetime stores (timegm of the UTC time tuple, microseconds as nanos), without the time tuple
+    since = when - _EPOCH
+    field.seconds = since.days * 86400 + since.seconds
+    field.nanos = since.microseconds * 1000
 
 
 _SECONDS: dict[int, str] = {}  # epoch second -> 'YYYY-MM-DD HH:MM:SS' (the events of a batch share a few seconds)

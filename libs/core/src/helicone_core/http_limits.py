@@ -64,6 +64,47 @@ def uvicorn_limits(settings: ServiceSettings) -> dict[str, Any]:
     return {"http": bounded_httptools_protocol(limit)}
 
 
+class HeadWithBody:
+    """A response's transport as uvicorn's request cycle sees it: the first write (the response head,
+    which uvicorn writes on http.response.start) is held until the next write, the first body chunk
+    when the app has it at hand, and both go out in one send; otherwise it goes out alone at the end
+    of the loop iteration. The bytes and their order are unchanged: one send and one wake-up of the
+    caller fewer per response (and its first body byte sooner)."""
+
+    __slots__ = ("_held", "_loop", "transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self.transport, self._loop = transport, loop
+        self._held: bytes | None = b""  # b"": nothing written yet; None: the first write went out
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self.transport.write(data)
+        elif held:
+            self._held = None
+            self.transport.write(held + data)
+        elif data:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        # an empty first write is nothing to hold
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held and not self.transport.is_closing():  # the caller may have left since (nothing to tell it)
+            self.transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 @functools.cache
 def bounded_httptools_protocol(max_head_bytes: int) -> type:
     """uvicorn's httptools protocol, counting the bytes of each request head as they arrive: once a
@@ -95,6 +136,18 @@ def bounded_httptools_protocol(max_head_bytes: int) -> type:
         def on_headers_complete(self) -> None:
             self._in_head, self._events = False, self._events + 1
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.transport is self.transport:  # a new cycle (not an upgrade)
+                cycle.transport = HeadWithBody(self.transport, self.loop)
+
+        def send_400_response(self, msg: str) -> None:
+            self._flush_cycle()
+            super().send_400_response(msg)
+
+        def _flush_cycle(self) -> None:
+            cycle = self.cycle
+            if cycle is not None and isinstance(cycle.transport, HeadWithBody):
+                cycle.transport.flush()
 
         def on_message_complete(self) -> None:
             self._events += 1
@@ -114,6 +167,7 @@ def bounded_httptools_protocol(max_head_bytes: int) -> type:
 
         def _refuse(self) -> None:
             self._refused = True
+            self._flush_cycle()
             defaults = b"".join(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers)
             self.transport.write(head + defaults + b"\r\n" + body)
             if self.transport.can_write_eof():

@@ -184,6 +184,6 @@ def guarded_socket_factory(policy: EgressPolicy, open_socket: Callable[[AddrInfo
 
 
 def target_connector(policy: EgressPolicy, *, open_socket: Callable[[AddrInfo], socket.socket] | None = None,
-                     **kwargs) -> aiohttp.TCPConnector:
-    """The connector of the Target-URL session (kwargs as for aiohttp.TCPConnector)."""
-    return aiohttp.TCPConnector(socket_factory=guarded_socket_factory(policy, open_socket), **kwargs)
+                     cls: type[aiohttp.TCPConnector] = aiohttp.TCPConnector, **kwargs) -> aiohttp.TCPConnector:
+    """The connector of the Target-URL session (`cls`: a TCPConnector class; kwargs as for it)."""
+    return cls(socket_factory=guarded_socket_factory(policy, open_socket), **kwargs)

@@ -11,7 +11,8 @@ forgot (a memory-only broker restarted, a topic recreated), is sent again; inges
 (org, request id). After a crash everything still in the journal is sent again on start-up.
 
 Residual window, stated honestly: an event lives only in memory between the end of its response
-and the fsync of its batch (normally a few milliseconds, longer only while the worker is backed up);
+and the fsync of its batch (normally a few milliseconds: at light load a batch waits up to
+journal_linger_ms for company, then the fsync; longer only while the worker is backed up);
 a SIGKILL or power loss in that window loses it.
 
 hold()/release() pause handing events to the broker (they keep going to the journal); the
@@ -67,6 +68,7 @@ class EventPublisher:
         compression: str | None = None,
         linger_ms: int = 5,
         max_batch_bytes: int = 256 * 1024,
+        journal_linger_ms: int = 5,
     ) -> None:
         self.bootstrap = bootstrap
         self.security = security
@@ -83,9 +85,11 @@ class EventPublisher:
         self.batch_size = batch_size
         self.compression = compression
         self.linger_ms = linger_ms
+        self.journal_linger = journal_linger_ms / 1000
         self.max_batch_bytes = max_batch_bytes
         self._overflow: list[tuple[bytes, bytes]] = []  # built on the request path while the queue was full
         self._queue: asyncio.Queue[EventBuilder] = asyncio.Queue(maxsize=queue_size)
+        self._taken: list[EventBuilder] = []  # taken off the queue by the worker, waiting for company (journal_linger)
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._offsets: AIOKafkaConsumer | None = None  # no group: reads log-end offsets only
@@ -168,8 +172,11 @@ class EventPublisher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         leftovers = []
+        pending, self._taken = self._taken, []
         while not self._queue.empty():
-            built = self._build(self._queue.get_nowait())
+            pending.append(self._queue.get_nowait())
+        for builder in pending:
+            built = self._build(builder)
             if built is not None:
                 leftovers.append(built)
         if leftovers:
@@ -268,11 +275,30 @@ class EventPublisher:
 
     async def _worker(self) -> None:
         while True:
-            builders = [await self._queue.get()]
+            builders = self._taken
+            builders.append(await self._queue.get())
+            light = self.journal_linger > 0 and self._queue.empty()
+            if light:
+                # Light load: the events of the next few milliseconds join this batch, so one journal
+                # write, fsync and journal-thread round trip serve several requests instead of each
+                # one landing on the next request's time. Under load the queue is never empty here
+                # and batches go at once.
+                await asyncio.sleep(self.journal_linger)
             while len(builders) < self.batch_size and not self._queue.empty():
                 builders.append(self._queue.get_nowait())
             try:
-                built = [b for b in map(self._build, builders) if b is not None]
+                if light:
+                    # one event per loop iteration: a request arriving meanwhile waits for one build,
+                    # not for the batch's
+                    built = []
+                    for builder in builders:
+                        one = self._build(builder)
+                        if one is not None:
+                            built.append(one)
+                        await asyncio.sleep(0)
+                else:
+                    built = [b for b in map(self._build, builders) if b is not None]
+                self._taken = []  # stop() builds what is still here: none of it is journaled yet
                 if built:
                     await self._append(built, send=True)
             finally:
