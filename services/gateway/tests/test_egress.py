@@ -1,5 +1,5 @@
 """The Helicone-Target-URL egress guard: address classification, the operator's policy, and the
-connect-time check in the connector. Connections are faked: the socket factory's open_socket is a
+connect-time check in the upstream pool's socket factory. Connections are faked: the socket factory's open_socket is a
 recorder that notes the address it would connect to and raises, so nothing leaves this process."""
 
 import contextlib
@@ -15,10 +15,11 @@ from helicone_gateway.egress import (
     TargetConnect,
     classify,
     noncanonical_ipv4,
+    guarded_socket_factory,
     parse_allowlist_entry,
-    target_connector,
 )
 from helicone_gateway.settings import GatewaySettings, env_name
+from helicone_gateway.upstream import UpstreamPool
 from pydantic import ValidationError
 
 from tests.support.fake_network import FakeResolver, Recorder
@@ -130,15 +131,27 @@ def test_policy():
     assert opened.refusal("127.0.0.1", 4001) == "loopback"  # listed host, other port: back to the address rules
 
 
-# ---- the connector, with a fake resolver and no real connection ----------------------------------
+# ---- the upstream pool's socket factory, with a fake resolver and no real connection -------------
+
+
+class GuardedSession:
+    """Requests through an UpstreamPool with the guarded socket factory, as the gateway sends Target-URL traffic."""
+
+    def __init__(self, pool, factory):
+        self.pool, self.factory = pool, factory
+
+    async def get(self, url):
+        return await self.pool.request("GET", url, [], b"", socket_factory=self.factory)
 
 
 @contextlib.asynccontextmanager
 async def guarded(policy, answers):
     resolver, recorder = FakeResolver(answers), Recorder()
-    connector = target_connector(policy, open_socket=recorder, resolver=resolver, use_dns_cache=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield session, resolver, recorder
+    pool = UpstreamPool(limit=10, connect_timeout=5, read_timeout=5, dns_ttl=0, resolver=resolver)
+    try:
+        yield GuardedSession(pool, guarded_socket_factory(policy, open_socket=recorder)), resolver, recorder
+    finally:
+        await pool.close()
 
 
 async def attempt(session, url, host, port):
@@ -175,7 +188,7 @@ async def test_names_resolving_to_refused_addresses_are_never_connected(host, re
 async def test_a_refused_address_is_skipped_and_the_public_one_tried():
     async with guarded(EgressPolicy([], allow_private=False), ANSWERS) as (session, _, recorder):
         target = await attempt(session, "http://mixed.example/", "mixed.example", 80)
-    assert target.refused == "private" and target.opened  # (aiohttp tries the remaining address again)
+    assert target.refused == "private" and target.opened
     assert set(recorder.addresses) == {("93.184.216.34", 80)}
 
 

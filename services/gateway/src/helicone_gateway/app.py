@@ -11,7 +11,6 @@ import json
 import logging
 import time
 import traceback
-from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import Any
 
@@ -50,8 +49,8 @@ from .egress import (
     REASONS,
     EgressPolicy,
     TargetConnect,
+    guarded_socket_factory,
     normalize_host,
-    target_connector,
 )
 from .headers import (
     REGION_HEADER,
@@ -86,6 +85,7 @@ from .resilience import (
     retryable_status,
 )
 from .settings import GatewaySettings, env_name
+from .upstream import Attempt, Response, UpstreamPool
 
 log = logging.getLogger("helicone.gateway")
 
@@ -127,38 +127,9 @@ async def send_error(send, status: int, message: str, kind: str, request_id: str
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class _Attempt:
-    """Per upstream attempt, filled in by PoolConnector: was the connection reused from the pool?"""
-
-    __slots__ = ("reused",)
-
-    def __init__(self) -> None:
-        self.reused = False
-
-
-# The attempt a request task works for: set around the task's creation (the task copies the context).
-ATTEMPT: ContextVar[_Attempt | None] = ContextVar("helicone_upstream_attempt", default=None)
-
-
-class PoolConnector(aiohttp.TCPConnector):
-    """A TCPConnector that marks the current attempt (ATTEMPT) when it hands out a pooled
-    connection. Where aiohttp's on_connection_reuseconn trace signal would do the same, a TraceConfig
-    makes every request build traces and send each of its signals (about 30 us of CPU per request
-    measured with aiohttp 3.14); this is one check on the reuse path only. `_get` is aiohttp's pool
-    lookup (tests/test_upstream_faults.py fails if an upgrade changes it)."""
-
-    async def _get(self, key, traces):  # type: ignore[override]
-        conn = await super()._get(key, traces)
-        if conn is not None:
-            attempt = ATTEMPT.get()
-            if attempt is not None:
-                attempt.reused = True
-        return conn
-
-
 class TargetDest:
-    """Where a Helicone-Target-URL request goes: the URL object aiohttp is given (so the host checked
-    is the host it connects to), its normalized host and port, and the header that named it."""
+    """Where a Helicone-Target-URL request goes: the URL object the upstream pool is given (so the host
+    checked is the host it connects to), its normalized host and port, and the header that named it."""
 
     __slots__ = ("host", "name", "port", "url")
 
@@ -230,9 +201,10 @@ class Gateway:
         )
         self.costs = CostRegistry.load(settings.cost_registry_file)
         self.router = Router(settings)
-        self.session: aiohttp.ClientSession | None = None  # configured providers
-        self.target_session: aiohttp.ClientSession | None = None  # Helicone-Target-URL traffic, egress-checked
+        self.upstream: UpstreamPool | None = None
         self.egress = EgressPolicy(settings.target_url_allowlist, settings.target_url_allow_private)
+        # opens the sockets of Helicone-Target-URL connections (pooled apart from the others)
+        self.target_sockets = guarded_socket_factory(self.egress)
         self.keys = KeyDirectory(
             settings.postgres_dsn.get_secret_value(), settings.resolved_key_snapshot_file("gateway"), metrics,
             resync_interval=settings.key_resync_interval,
@@ -302,20 +274,10 @@ class Gateway:
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        connector_options = dict(limit=s.max_upstream_connections, limit_per_host=0, ttl_dns_cache=300)
-
-        def session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
-            return aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout),
-                auto_decompress=False,  # bytes go back to the caller exactly as the provider sent them
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # forward only what the caller sent
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,  # no proxy from the environment: the egress check must see the real peer
-            )
-
-        self.session = session(PoolConnector(**connector_options))
-        self.target_session = session(target_connector(self.egress, cls=PoolConnector, **connector_options))
+        # bytes go back to the caller exactly as the provider sent them; only the caller's headers
+        # are forwarded; no proxy from the environment (the egress check must see the real peer)
+        self.upstream = UpstreamPool(limit=s.max_upstream_connections, connect_timeout=s.upstream_connect_timeout,
+                                     read_timeout=s.upstream_read_timeout, dns_ttl=300)
         await self.publisher.start()
         await self.keys.start()
         await self.prompts.start()
@@ -326,21 +288,19 @@ class Gateway:
         await self.publisher.stop()
         await self.cache.close()
         await self.ratelimits.close()
-        for session in (self.session, self.target_session):
-            if session:
-                await session.close()
+        if self.upstream is not None:
+            await self.upstream.close()
 
     async def ready(self) -> dict[str, Check]:
         """Ready while it can authenticate and forward. Kafka and Postgres are optional: without
         Kafka events wait in the journal, without Postgres keys answer from the last known set."""
         timeout = self.settings.readiness_timeout
-        sessions = (self.session, self.target_session)
         optional = {"kafka": self.publisher.ping(timeout), "postgres": self.keys.ping(timeout)}
         if isinstance(self.cache.store, RedisCacheStore):  # optional too: without it requests just miss
             optional["redis"] = self.cache.store.ping()
         return await readiness(
             timeout,
-            required={"http_client": all(x is not None and not x.closed for x in sessions), "key_store": self.keys.loaded},
+            required={"http_client": self.upstream is not None and not self.upstream.closed, "key_store": self.keys.loaded},
             optional=optional,
         )
 
@@ -607,7 +567,7 @@ class Gateway:
         says which header named it); raises Rejection (403) if the egress policy refuses its host and
         port, or its address when the host is an IP literal."""
         try:
-            parsed = URL(url)  # the same object is handed to aiohttp: no second reading of the host
+            parsed = URL(url)  # the same object is handed to the upstream pool: no second reading of the host
             if not parsed.raw_host:
                 raise ValueError("no host")
         except ValueError as exc:
@@ -633,33 +593,27 @@ class Gateway:
         return Rejection(403, message, "helicone_target_refused")
 
     async def _send_upstream(self, rt: Route, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
-                             disconnected: asyncio.Future, target: TargetDest | None = None) -> aiohttp.ClientResponse:
+                             disconnected: asyncio.Future, target: TargetDest | None = None) -> Response:
         """The provider's response (headers read); raises ClientGone as soon as the caller leaves,
         cancelling the upstream request. A request that fails on a connection reused from the pool
         before any response byte is sent once more on a fresh connection. Target-URL requests go
-        through the egress-checked session; Rejection (403) if every address was refused."""
-        assert self.session is not None and self.target_session is not None
-        session = self.session if target is None else self.target_session
+        through the egress-checked socket factory; Rejection (403) if every address was refused."""
+        upstream = self.upstream
+        assert upstream is not None
         for attempt_no in (1, 2):
-            attempt = _Attempt()
+            attempt = Attempt()
             connecting = None
-            # the task copies the context: the connector finds the attempt (and, for Target-URL
-            # requests, its socket factory the host) there
-            attempt_token = ATTEMPT.set(attempt)
-            try:
-                if target is None:
-                    pending = asyncio.ensure_future(session.request(method, url, headers=headers, data=body,
-                                                                    allow_redirects=False))
-                else:
-                    connecting = TargetConnect(target.host, target.port)
-                    token = CONNECTING.set(connecting)
-                    try:
-                        pending = asyncio.ensure_future(session.request(method, target.url, headers=headers, data=body,
-                                                                        allow_redirects=False))
-                    finally:
-                        CONNECTING.reset(token)
-            finally:
-                ATTEMPT.reset(attempt_token)
+            if target is None:
+                pending = asyncio.ensure_future(upstream.request(method, url, headers, body, attempt))
+            else:
+                # the task copies the context: the socket factory finds the host being connected there
+                connecting = TargetConnect(target.host, target.port)
+                token = CONNECTING.set(connecting)
+                try:
+                    pending = asyncio.ensure_future(upstream.request(method, target.url, headers, body, attempt,
+                                                                     self.target_sockets))
+                finally:
+                    CONNECTING.reset(token)
             cancel = lambda _f, pending=pending: pending.cancel()  # noqa: E731
             disconnected.add_done_callback(cancel)
             try:
@@ -714,7 +668,7 @@ class Gateway:
         return ((FALLBACK_INDEX_HEADER, str(plan.index).encode()),)
 
     async def _send_planned(self, plan: Plan, method: str, headers: list[tuple[str, str]], body: bytes,
-                            disconnected: asyncio.Future) -> aiohttp.ClientResponse:
+                            disconnected: asyncio.Future) -> Response:
         """The response to answer with: each target in turn, each tried again (Helicone-Retry-*) on
         429/5xx and connection failures, until one answers with a status its onCodes do not list
         (or the last answers). Nothing has been sent to the caller yet, so any try may be dropped.

@@ -8,10 +8,11 @@ gateway call its own loopback ports, the cluster network or a cloud metadata end
 - `EgressPolicy.refusal(host, port, ip)` applies the operator's settings on top: allowlisted
   `host`/`host:port` entries are opened whatever their address; `allow_private` opens only the
   private ranges (RFC 1918, CGNAT, IPv6 unique-local), never loopback, link-local or metadata.
-- The check runs on the address actually connected to: Target-URL traffic has its own aiohttp
-  connector whose socket factory sees the final sockaddr of every connection attempt (after DNS,
-  for names and IP literals alike), so DNS rebinding cannot get around it. Redirects are never
-  followed by the gateway (allow_redirects=False), so a 30x cannot lead anywhere either.
+- The check runs on the address actually connected to: Target-URL connections are opened by
+  `guarded_socket_factory` (upstream.UpstreamPool pools them apart from the others), which sees the
+  final sockaddr of every connection attempt (after DNS, for names and IP literals alike), so DNS
+  rebinding cannot get around it. The gateway never follows redirects, so a 30x cannot lead anywhere
+  either.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-import aiohttp
 from helicone_core.addresses import CGNAT, PRIVATE, UNIQUE_LOCAL, IPAddress, classify
 from helicone_core.addresses import REASONS as ADDRESS_REASONS
 from yarl import URL
@@ -145,12 +145,12 @@ class TargetConnect:
 
 
 # Set around the creation of the task that sends a Target-URL request; tasks copy the context, so
-# the connector's socket factory (run inside that task or its happy-eyeballs subtasks) sees it.
+# the socket factory (run inside that task) sees it.
 CONNECTING: ContextVar[TargetConnect | None] = ContextVar("helicone_target_connect", default=None)
 
 
 class TargetRefused(OSError):
-    """Raised by the socket factory instead of opening a socket (aiohttp tries the next address)."""
+    """Raised by the socket factory instead of opening a socket (the pool tries the next address)."""
 
 
 AddrInfo = tuple[int, int, int, str, tuple]
@@ -163,7 +163,7 @@ def _open_socket(addr_info: AddrInfo) -> socket.socket:
 
 def guarded_socket_factory(policy: EgressPolicy, open_socket: Callable[[AddrInfo], socket.socket] | None = None
                            ) -> Callable[[AddrInfo], socket.socket]:
-    """A TCPConnector socket_factory that refuses addresses the policy refuses. It runs for every
+    """An UpstreamPool socket_factory that refuses addresses the policy refuses. It runs for every
     new connection, with the sockaddr the socket is about to connect to. open_socket defaults to
     this module's _open_socket, looked up per call (tests replace it so nothing leaves loopback)."""
 
@@ -182,8 +182,3 @@ def guarded_socket_factory(policy: EgressPolicy, open_socket: Callable[[AddrInfo
 
     return factory
 
-
-def target_connector(policy: EgressPolicy, *, open_socket: Callable[[AddrInfo], socket.socket] | None = None,
-                     cls: type[aiohttp.TCPConnector] = aiohttp.TCPConnector, **kwargs) -> aiohttp.TCPConnector:
-    """The connector of the Target-URL session (`cls`: a TCPConnector class; kwargs as for it)."""
-    return cls(socket_factory=guarded_socket_factory(policy, open_socket), **kwargs)
