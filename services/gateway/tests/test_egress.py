@@ -14,8 +14,8 @@ from helicone_gateway.egress import (
     EgressPolicy,
     TargetConnect,
     classify,
-    noncanonical_ipv4,
     guarded_socket_factory,
+    noncanonical_ipv4,
     parse_allowlist_entry,
 )
 from helicone_gateway.settings import GatewaySettings, env_name

@@ -576,10 +576,10 @@ class UpstreamPool:
             conn = Connection(self, key, loop)
             try:
                 if scheme == "https":
-                    await loop.create_connection(lambda: conn, sock=sock, ssl=self._ssl_context(),
+                    await loop.create_connection(lambda c=conn: c, sock=sock, ssl=self._ssl_context(),
                                                  server_hostname=host.rstrip("."))
                 else:
-                    await loop.create_connection(lambda: conn, sock=sock)
+                    await loop.create_connection(lambda c=conn: c, sock=sock)
             except ssl.SSLCertVerificationError as exc:
                 sock.close()
                 raise aiohttp.ClientConnectorCertificateError(conn_key, exc) from exc
