@@ -83,7 +83,7 @@ def parse_allowlist_entry(entry: str) -> tuple[str, int | None]:
     if text.count(":") > 1 and not text.startswith("["):
         raise ValueError(f"target_url_allowlist entry {entry!r}: write IPv6 addresses in brackets; {accepted}")
     try:
-        url = URL("http://" + text)  # the parser aiohttp uses for the request URLs themselves
+        url = URL("http://" + text)  # the parser the upstream pool uses for the request URLs themselves
     except ValueError as exc:
         raise ValueError(f"target_url_allowlist entry {entry!r}: {exc}; {accepted}") from None
     if not url.raw_host:

@@ -170,7 +170,7 @@ def _prompt_request(values: dict[str, str]) -> PromptRequest:
 
 def _target_url(value: str, name: str = "Helicone-Target-URL") -> str:
     """A target base URL (Helicone-Target-URL, or a Helicone-Fallbacks "target-url": `name` says which)."""
-    # parsed with yarl, as aiohttp parses the URL it connects to: one reading of the host everywhere
+    # parsed with yarl, as the upstream pool parses the URL it connects to: one reading of the host everywhere
     try:
         url = URL(value)
     except ValueError as exc:
