@@ -405,6 +405,31 @@ async def test_hold_stops_sending_until_release_and_returns_with_nothing_in_flig
         await pub.stop()
 
 
+async def test_a_graceful_stop_sends_what_the_journal_holds_unsent(tmp_path, kafka_bootstrap):
+    """Events journaled while held (a log reset under way) and released just before a graceful stop
+    are handed to the broker by stop() itself, not left to the resender it cancels: the embedded
+    runner's stop waits for ingest to write what the broker holds, and nothing waits in the journal."""
+    topic = "stop-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    stopped = False
+    try:
+        await _until(lambda: pub.connected)
+        await pub.hold()
+        held = [_event() for _ in range(200)]
+        for ev in held:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: pub.journal.record_count == 200)
+        pub.release()
+        await pub.stop()
+        stopped = True
+        got = await _consume(kafka_bootstrap, topic, 200, timeout=10)
+        assert set(got.values()) == {ev.request_id for ev in held}
+    finally:
+        if not stopped:
+            await pub.stop()
+
+
 async def test_committed_to_end_trims_what_was_acknowledged_before_the_hold(tmp_path, kafka_bootstrap):
     topic = "hold-" + uuid.uuid4().hex[:8]
     pub, _ = _publisher(tmp_path, kafka_bootstrap, topic)

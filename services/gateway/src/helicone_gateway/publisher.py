@@ -159,13 +159,21 @@ class EventPublisher:
         ]
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
-        """Journals and sends what is queued, waits for the broker's acks, trims what ingest has
-        committed, then closes. What is left stays in the journal for the next start."""
+        """Journals and sends what is queued and what the journal holds unsent, waits for the broker's
+        acks, trims what ingest has committed, then closes. What is left stays in the journal for
+        the next start."""
         loop = asyncio.get_running_loop()
         if not self.journal.is_open:  # stopped without a start: still keep what was submitted
             await loop.run_in_executor(self._io, self.journal.open)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._queue.join(), drain_timeout)
+        if self.journal.is_open and self.connected and self._open.is_set():
+            # What the journal holds unsent (journaled while held or while the broker was away, and
+            # not yet picked up by the resender, which is cancelled below) goes out now too, so a
+            # graceful stop with the broker up leaves nothing unsent; records already in flight are
+            # not claimed twice.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._resend_pending(loop), drain_timeout)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -494,10 +502,13 @@ class EventPublisher:
             self._resend.clear()
             await self._connected.wait()
             await self._open.wait()
-            for seg in self.journal.pending_segments():
-                if not await self._resend_segment(loop, seg):
-                    break
-            self._update_gauges()
+            await self._resend_pending(loop)
+
+    async def _resend_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        for seg in self.journal.pending_segments():
+            if not await self._resend_segment(loop, seg):
+                break
+        self._update_gauges()
 
     async def _resend_segment(self, loop: asyncio.AbstractEventLoop, seg: Segment) -> bool:
         generation = self.journal.generation
