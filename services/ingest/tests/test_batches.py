@@ -231,3 +231,66 @@ async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap
         assert took < 15
     finally:
         await svc.stop()
+
+
+async def _drain_once(consumer, fetched: dict, during_fetch=None) -> list:
+    """Runs the fetch loop for one fetch that returns `fetched` (after `during_fetch()`, what happens
+    while the fetch is under way); returns the seeks it made, as (partition, offset)."""
+    seeks, calls = [], []
+    fetcher = types.SimpleNamespace(_stopped=asyncio.Event())
+
+    async def wait_next_records(timeout):
+        calls.append(timeout)
+        if len(calls) > 1:
+            fetcher._stopped.set()
+            return {}, None
+        if during_fetch is not None:
+            during_fetch()
+        return fetched, None
+
+    async def seek(tp, offset):
+        seeks.append((tp.partition, offset))
+
+    async def perform_seek():  # to the committed offsets (Faust's own; none is seeked here)
+        pass
+
+    consumer._wait_next_records = wait_next_records
+    consumer.seek = seek
+    consumer.perform_seek = perform_seek
+    consumer.assignment = lambda: {TP("t", 0), TP("t", 1)}
+    await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
+    return seeks
+
+
+async def test_records_fetched_while_a_rebalance_runs_are_read_again_even_without_a_committed_offset():
+    """A fetch that lands while the flow is suspended or after the generation changed is not taken;
+    its partitions go back to its first records (or to the committed offset if earlier), or they
+    would be skipped: on a fresh log after a broker restart the group has no committed offset for
+    perform_seek to go back to (the stall and loss a killed embedded broker showed: a record sent
+    after the restart was never written)."""
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    handed = []
+
+    async def handler(batch):
+        handed.append(batch)
+
+    app.batch_handler = handler
+    consumer = consumer_of(app, "t")
+    fetched = {TP("t", 0): records(0, 1), TP("t", 1): records(7, 8), TP("t", 2): records(3)}  # t/2: not assigned
+    consumer._committed_offset[TP("t", 1)] = 5  # earlier than the fetch: back there, nothing skipped
+
+    consumer.stop_flow()  # a rebalance under way
+    assert sorted(await _drain_once(consumer, fetched)) == [(0, 0), (1, 5)]
+    consumer.resume_flow()
+
+    def rebalanced():
+        app.consumer_generation_id += 1
+
+    assert sorted(await _drain_once(consumer, fetched, rebalanced)) == [(0, 0), (1, 5)]
+    assert handed == []  # nothing of either fetch was handed over
+
+    def rewound():
+        consumer.log_epoch += 1  # IngestService._rewind seeked to the new log: that seek stands
+        app.consumer_generation_id += 1
+
+    assert await _drain_once(consumer, fetched, rewound) == []

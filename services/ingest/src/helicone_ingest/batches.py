@@ -116,16 +116,20 @@ class BatchConsumer(driver.Consumer):
                     if self._caught_up(pending):
                         due = min(due, handed + gap)
                     timeout = max(due - time.monotonic(), 0.0)
-                generation = app.consumer_generation_id
+                generation, epoch = app.consumer_generation_id, self.log_epoch
                 records, active = await self._wait_next_records(timeout)
                 if self.should_stop:
                     return
                 if records and not self.flow_active:
                     await self.perform_seek()  # what Faust's getmany does: back to the committed offsets
+                    await self._unread(records, epoch)
                     records = None
                 if pending is not None and not pending.current():
                     pending = None  # rebalanced or rewound meanwhile: its records are read again
-                if records and generation == app.consumer_generation_id:
+                if records and generation != app.consumer_generation_id:
+                    await self._unread(records, epoch)
+                    records = None
+                if records:
                     for tp, recs in records.items():
                         if active is not None and tp not in active and tp not in self._buffered_partitions:
                             continue
@@ -153,6 +157,24 @@ class BatchConsumer(driver.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _unread(self, records: dict, epoch: int) -> None:
+        """Records a fetch brought that are not taken (the flow was suspended, or the consumer
+        generation changed, while it was under way) moved their partitions' positions past them.
+        Each partition still assigned goes back to its first such record, or to its committed
+        offset if that is earlier, so they are read again. perform_seek alone is not enough: a
+        group with no committed offset (a fresh log after a broker restart or a recycle) has
+        nowhere to go back to, and those records were skipped. Not after a rewind meanwhile
+        (`epoch` is the log epoch when the fetch started): the rewind's seek to the new log stands."""
+        if epoch != self.log_epoch:
+            return
+        assigned = self.assignment()
+        for tp, recs in records.items():
+            if not recs or tp not in assigned:
+                continue
+            committed = self._committed_offset.get(tp)
+            first = recs[0].offset
+            await self.seek(tp, first if committed is None else min(committed, first))
 
     async def _hand_over(self, batch: Batch) -> bool:
         """Gives the batch to app.batch_handler, unless the flow is suspended first (a rebalance
