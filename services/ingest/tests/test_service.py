@@ -97,7 +97,12 @@ class FakeConsumer:
         self._acked_index = {self.tp: {position - 1}}
         self._gap = {self.tp: object()}
         self.log_epoch = 0
+        self.rewinds = {}
         self.seeks = []
+
+    def rewound(self, tp, offset):  # as BatchConsumer.rewound
+        self.log_epoch += 1
+        self.rewinds[tp] = (self.log_epoch, offset)
 
     def assignment(self):
         return {self.tp}
@@ -144,4 +149,5 @@ async def test_offset_guard_rewinds_only_a_position_stuck_past_the_log_end(tmp_p
     assert stuck.seeks == [0]
     assert stuck._committed_offset[stuck.tp] is None and stuck.tp not in stuck._acked and stuck.tp not in stuck._gap
     assert stuck.log_epoch == 1  # batches fetched from the old log are neither written nor acknowledged
+    assert stuck.rewinds == {stuck.tp: (1, 0)}  # a fetch under way goes back there at the latest (_unread)
     assert svc.metrics.registry.get_sample_value("helicone_ingest_offset_rewinds_total") == 1

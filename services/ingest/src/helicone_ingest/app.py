@@ -281,7 +281,7 @@ class IngestService:
         consumer._acked.pop(tp, None)
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
-        consumer.log_epoch += 1  # batches fetched before are neither written nor acknowledged
+        consumer.rewound(tp, offset)  # batches fetched before are neither written nor acknowledged
         await consumer.seek(tp, offset)
         self.m_rewinds.inc()
 

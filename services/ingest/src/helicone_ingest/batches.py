@@ -100,6 +100,16 @@ class BatchConsumer(driver.Consumer):
 
     log_epoch = 0
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rewinds: dict = {}  # partition -> (the log epoch its last rewind started, the offset it went to)
+
+    def rewound(self, tp, offset: int) -> None:
+        """IngestService._rewind sent tp to `offset`, the start of a new log: batches fetched before
+        are neither written nor acknowledged."""
+        self.log_epoch += 1
+        self.rewinds[tp] = (self.log_epoch, offset)
+
     async def _drain_messages(self, fetcher) -> None:  # the Fetcher service's task (see faust.transport.consumer)
         app = self.app
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
@@ -162,19 +172,23 @@ class BatchConsumer(driver.Consumer):
         """Records a fetch brought that are not taken (the flow was suspended, or the consumer
         generation changed, while it was under way) moved their partitions' positions past them.
         Each partition still assigned goes back to its first such record, or to its committed
-        offset if that is earlier, so they are read again. perform_seek alone is not enough: a
+        offset if that is earlier, so they are read again; a partition rewound while the fetch was
+        under way (`epoch` is the log epoch when it started) goes back to where the rewind sent
+        it at the latest, as its records may be the old log's. perform_seek alone is not enough: a
         group with no committed offset (a fresh log after a broker restart or a recycle) has
-        nowhere to go back to, and those records were skipped. Not after a rewind meanwhile
-        (`epoch` is the log epoch when the fetch started): the rewind's seek to the new log stands."""
-        if epoch != self.log_epoch:
-            return
+        nowhere to go back to, and those records were skipped."""
         assigned = self.assignment()
         for tp, recs in records.items():
             if not recs or tp not in assigned:
                 continue
+            target = recs[0].offset
             committed = self._committed_offset.get(tp)
-            first = recs[0].offset
-            await self.seek(tp, first if committed is None else min(committed, first))
+            if committed is not None:
+                target = min(target, committed)
+            rewind = self.rewinds.get(tp)
+            if rewind is not None and rewind[0] > epoch:
+                target = min(target, rewind[1])
+            await self.seek(tp, target)
 
     async def _hand_over(self, batch: Batch) -> bool:
         """Gives the batch to app.batch_handler, unless the flow is suspended first (a rebalance
