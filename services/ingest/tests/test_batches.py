@@ -246,7 +246,7 @@ async def _drain_once(consumer, fetched: dict, during_fetch=None) -> list:
             return {}, None
         if during_fetch is not None:
             during_fetch()
-        return fetched, None
+        return fetched, consumer.assignment()  # the active partitions
 
     async def seek(tp, offset):
         seeks.append((tp.partition, offset))
@@ -296,3 +296,10 @@ async def test_records_fetched_while_a_rebalance_runs_are_read_again_even_withou
 
     fetched[TP("t", 0)] = records(40, 41)  # the old log's, or the new one's: either way from 0 again
     assert sorted(await _drain_once(consumer, fetched, rewound)) == [(0, 0), (1, 5)]
+    assert handed == []
+
+    # rewound without a rebalance (the offset guard): only the rewound partition's records are left
+    app.batch_within = 0  # whatever is taken is handed over at once
+    consumer.highwater = lambda tp: None
+    assert await _drain_once(consumer, fetched, lambda: consumer.rewound(TP("t", 0), 0)) == [(0, 0)]
+    assert [sorted(tp.partition for tp in b.records) for b in handed] == [[1]]

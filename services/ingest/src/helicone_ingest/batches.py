@@ -139,6 +139,12 @@ class BatchConsumer(driver.Consumer):
                 if records and generation != app.consumer_generation_id:
                     await self._unread(records, epoch)
                     records = None
+                if records and epoch != self.log_epoch:
+                    # partitions rewound while the fetch was under way: their records may be the old log's
+                    stale = {tp: recs for tp, recs in records.items() if self.rewinds.get(tp, (-1, 0))[0] > epoch}
+                    if stale:
+                        await self._unread(stale, epoch)
+                        records = {tp: recs for tp, recs in records.items() if tp not in stale}
                 if records:
                     for tp, recs in records.items():
                         if active is not None and tp not in active and tp not in self._buffered_partitions:
