@@ -561,32 +561,24 @@ class UpstreamPool:
             except OSError as exc:
                 last = exc
                 continue
+            conn = Connection(self, key, loop)
             try:
                 sock.setblocking(False)
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 await loop.sock_connect(sock, info[4])
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            conn = Connection(self, key, loop)
-            try:
                 if scheme == "https":
                     await loop.create_connection(lambda c=conn: c, sock=sock, ssl=self._ssl_context(),
                                                  server_hostname=host.rstrip("."))
                 else:
                     await loop.create_connection(lambda c=conn: c, sock=sock)
-            except ssl.SSLCertVerificationError as exc:
+            except ssl.SSLCertVerificationError as exc:  # (SSL errors are OSErrors: these come first)
                 sock.close()
                 raise aiohttp.ClientConnectorCertificateError(conn_key, exc) from exc
             except ssl.SSLError as exc:
                 sock.close()
                 raise aiohttp.ClientConnectorSSLError(conn_key, exc) from exc
-            except OSError as exc:
+            except OSError as exc:  # refused, unreachable...: the next address
                 sock.close()
                 last = exc
                 continue
