@@ -79,18 +79,6 @@ class Headers:
         m = self._map if self._map is not None else self._build()
         return m.get(name.lower(), default)
 
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return value
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def items(self):
-        return [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in self._raw]
-
 
 class Connection(asyncio.Protocol):
     """One upstream connection and the response being read on it (one at a time, no pipelining)."""
@@ -177,8 +165,6 @@ class Connection(asyncio.Protocol):
         resp.raw_headers = raw
         resp.headers = Headers(raw)
         resp.keep_alive = self.parser.should_keep_alive()
-        version = self.parser.get_http_version()
-        resp.version = version
         if resp.method == "HEAD" or status in (204, 304):
             self._skip_body = resp.method == "HEAD"  # llhttp itself knows 204/304 have no body
             head = self.head
@@ -301,7 +287,7 @@ class Response:
     """The provider's answer: status and headers, and the body as it arrives."""
 
     __slots__ = ("_conn", "_size", "_waiter", "chunked", "chunks", "done", "exc", "headers", "keep_alive", "method",
-                 "raw_headers", "released", "status", "until_eof", "url", "version")
+                 "raw_headers", "status", "until_eof", "url")
 
     def __init__(self, conn: Connection, method: str, url: URL) -> None:
         self._conn: Connection | None = conn
@@ -309,7 +295,6 @@ class Response:
         self.status = 0
         self.headers: Headers = Headers(())
         self.raw_headers: tuple[tuple[bytes, bytes], ...] = ()
-        self.version = (1, 1)
         self.keep_alive = False
         self.chunked = self.until_eof = False
         self.chunks: deque[bytes] = deque()
@@ -317,7 +302,6 @@ class Response:
         self._waiter: asyncio.Future | None = None
         self.done = False
         self.exc: BaseException | None = None
-        self.released = False
 
     @property
     def content(self) -> Response:  # aiohttp's `resp.content.iter_any()`
@@ -399,10 +383,6 @@ class Response:
         conn.pool._drop(conn)
         self._wake()
 
-    @property
-    def closed(self) -> bool:
-        return self._conn is None
-
 
 class Attempt:
     """Per upstream request: `reused` tells whether its connection came from the pool."""
@@ -432,7 +412,6 @@ class UpstreamPool:
         self._all: set[Connection] = set()
         self._waiters: deque[asyncio.Future] = deque()
         self._dns: dict[tuple[str, int], tuple[float, list[AddrInfo]]] = {}
-        self._urls: dict[str, tuple] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
