@@ -110,6 +110,11 @@ class BatchConsumer(driver.Consumer):
         self.log_epoch += 1
         self.rewinds[tp] = (self.log_epoch, offset)
 
+    def rewound_since(self, tp, epoch: int) -> int | None:
+        """Where tp was rewound to after log epoch `epoch`, or None if it was not."""
+        rewind = self.rewinds.get(tp)
+        return rewind[1] if rewind is not None and rewind[0] > epoch else None
+
     async def _drain_messages(self, fetcher) -> None:  # the Fetcher service's task (see faust.transport.consumer)
         app = self.app
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
@@ -141,7 +146,7 @@ class BatchConsumer(driver.Consumer):
                     records = None
                 if records and epoch != self.log_epoch:
                     # partitions rewound while the fetch was under way: their records may be the old log's
-                    stale = {tp: recs for tp, recs in records.items() if self.rewinds.get(tp, (-1, 0))[0] > epoch}
+                    stale = {tp: recs for tp, recs in records.items() if self.rewound_since(tp, epoch) is not None}
                     if stale:
                         await self._unread(stale, epoch)
                         records = {tp: recs for tp, recs in records.items() if tp not in stale}
@@ -191,9 +196,9 @@ class BatchConsumer(driver.Consumer):
             committed = self._committed_offset.get(tp)
             if committed is not None:
                 target = min(target, committed)
-            rewind = self.rewinds.get(tp)
-            if rewind is not None and rewind[0] > epoch:
-                target = min(target, rewind[1])
+            rewound_to = self.rewound_since(tp, epoch)
+            if rewound_to is not None:
+                target = min(target, rewound_to)
             await self.seek(tp, target)
 
     async def _hand_over(self, batch: Batch) -> bool:
