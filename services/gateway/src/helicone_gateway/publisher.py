@@ -167,7 +167,7 @@ class EventPublisher:
             await loop.run_in_executor(self._io, self.journal.open)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._queue.join(), drain_timeout)
-        if self.journal.is_open and self.connected and self._open.is_set():
+        if self.connected and self._open.is_set():
             # What the journal holds unsent (journaled while held or while the broker was away, and
             # not yet picked up by the resender, which is cancelled below) goes out now too, so a
             # graceful stop with the broker up leaves nothing unsent; records already in flight are
