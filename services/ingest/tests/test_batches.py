@@ -233,6 +233,39 @@ async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap
         await svc.stop()
 
 
+async def test_fetches_wait_briefly_while_records_keep_coming_and_long_once_idle(tmp_path, kafka_bootstrap):
+    """The embedded broker answers a fetch only when its wait is up (Kafka as soon as records arrive):
+    with Faust's 1.5 s, records reached ingest up to 0.77 s after they were produced. While records
+    keep coming, the consumer's fetches wait fetch_wait at most; a second without records and they
+    wait Faust's 1.5 s again, so an idle worker does not poll the broker ten times a second."""
+    topic = "batches-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    s = s.model_copy(update={"fetch_wait": 0.05})
+    svc = IngestService(s)
+    await svc.start()
+    try:
+        def fetch_wait_ms() -> int | None:
+            fetcher = getattr(getattr(svc.faust.consumer._thread, "_consumer", None), "_fetcher", None)
+            return None if fetcher is None else fetcher._fetch_max_wait_ms
+
+        def waits(ms: int):
+            async def check() -> bool:
+                return fetch_wait_ms() == ms
+            check.__name__ = f"fetch wait {ms} ms (now {fetch_wait_ms()})"
+            return check
+
+        await produce(kafka_bootstrap, topic, make_events(1))
+        await eventually(lambda: asyncio.sleep(0, svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")))
+        trickle = asyncio.create_task(produce(kafka_bootstrap, topic, make_events(30), pause=0.1))
+        await eventually(waits(50), timeout=30)
+        await trickle
+        await eventually(waits(1500), timeout=30)  # idle again
+        await asyncio.sleep(0.5)
+        assert fetch_wait_ms() == 1500
+    finally:
+        await svc.stop()
+
+
 async def _drain_once(consumer, fetched: dict, during_fetch=None) -> list:
     """Runs the fetch loop for one fetch that returns `fetched` (after `during_fetch()`, what happens
     while the fetch is under way); returns the seeks it made, as (partition, offset)."""

@@ -8,7 +8,12 @@ fetch, gathered up to `batch_size` events or `batch_within` seconds, to a handle
 and a batch is acknowledged as a whole, with one call, once it is written. A batch that has caught
 up with the log end of its partitions goes at once if the one before went at least `batch_gap`
 seconds ago: light load shows up within `batch_gap` (not `batch_within`), at most 1 / batch_gap
-inserts a second, and under a backlog batches fill up as before. Faust keeps everything
+inserts a second, and under a backlog batches fill up as before. While records keep coming, a
+fetch waits at most `fetch_wait` seconds for more (Faust sets 1.5 s): Kafka answers a fetch as
+soon as records arrive whatever the wait, but the embedded broker (Tansu) answers only when the
+wait is up, so with 1.5 s records reached ingest up to 0.77 s after they were produced. A second
+without records and the wait goes back to Faust's (an idle consumer fetches 15 times less often).
+Faust keeps everything
 else: group membership and rebalances, the periodic commit of acknowledged offsets (what it
 commits is computed from the acks exactly as for its own messages, gaps in the offsets included),
 flow control, seeks and stopping.
@@ -99,6 +104,8 @@ class BatchConsumer(driver.Consumer):
     """Faust's aiokafka Consumer with a fetch loop that hands batches to `app.batch_handler`."""
 
     log_epoch = 0
+    IDLE_AFTER = 1.0  # seconds without records before fetches wait IDLE_FETCH_WAIT again
+    IDLE_FETCH_WAIT = 1.5  # what Faust's aiokafka driver sets
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -115,12 +122,21 @@ class BatchConsumer(driver.Consumer):
         rewind = self.rewinds.get(tp)
         return rewind[1] if rewind is not None and rewind[0] > epoch else None
 
+    def _fetch_wait(self, seconds: float) -> None:
+        """How long the aiokafka consumer's next fetch requests wait for records at most (read by its
+        fetcher for every request it builds; nothing to set before it starts)."""
+        fetcher = getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = int(seconds * 1000)
+
     async def _drain_messages(self, fetcher) -> None:  # the Fetcher service's task (see faust.transport.consumer)
         app = self.app
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         read_offset = self._read_offset
         pending: Batch | None = None
         handed = 0.0  # when the last batch was handed over (time.monotonic)
+        busy = False  # records came within the last IDLE_AFTER seconds: fetches wait app.fetch_wait at most
+        last_records = 0.0
         try:
             while not (stopped() or fetcher_stopped()):
                 size, within, gap = app.batch_size, app.batch_within, app.batch_gap
@@ -135,6 +151,12 @@ class BatchConsumer(driver.Consumer):
                 records, active = await self._wait_next_records(timeout)
                 if self.should_stop:
                     return
+                now = time.monotonic()
+                if records:
+                    last_records = now
+                if busy != (now - last_records < self.IDLE_AFTER):
+                    busy = not busy
+                    self._fetch_wait(app.fetch_wait if busy else self.IDLE_FETCH_WAIT)
                 if records and not self.flow_active:
                     await self.perform_seek()  # what Faust's getmany does: back to the committed offsets
                     await self._unread(records, epoch)
@@ -272,12 +294,14 @@ class BatchTransport(driver.Transport):
 class BatchApp(faust.App):
     """A Faust app whose consumer hands batches to `batch_handler` (set it before start()), each
     of up to `batch_size` records or whatever `batch_within` seconds gathered, or, once caught up
-    with the log end, whatever it holds when the previous batch went `batch_gap` seconds ago."""
+    with the log end, whatever it holds when the previous batch went `batch_gap` seconds ago.
+    While records keep coming, fetches wait `fetch_wait` seconds at most."""
 
     batch_handler: Callable[[Batch], Awaitable[None]] | None = None
     batch_size = 2000
     batch_within = 1.0
     batch_gap = 0.25
+    fetch_wait = 0.1
 
     def _new_transport(self):
         return BatchTransport(self.conf.broker_consumer, self)

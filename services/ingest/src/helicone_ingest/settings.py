@@ -14,6 +14,9 @@ class IngestSettings(ServiceSettings):
     # once a batch holds everything up to the log end, it is written if the previous one went this long ago: light
     # load is visible within batch_gap, with at most 1 / batch_gap inserts a second per worker (0: at once)
     batch_gap: float = Field(default=0.25, ge=0)
+    # while records keep coming, a fetch waits this long at most for more (Kafka answers as soon as records arrive;
+    # the embedded broker only when the wait is up); a second without records and it waits Faust's 1.5 s again
+    fetch_wait: float = Field(default=0.1, gt=0, le=1.5)
     kafka_replication_factor: int = 1
     # Faust consumer-group timings; the embedded runner shortens them for a single local broker.
     broker_session_timeout: float = 60.0
