@@ -126,8 +126,9 @@ class BatchConsumer(driver.Consumer):
         """How long the aiokafka consumer's next fetch requests wait for records at most (read by its
         fetcher for every request it builds; nothing to set before it starts)."""
         fetcher = getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
-        if fetcher is not None:
-            fetcher._fetch_max_wait_ms = int(seconds * 1000)
+        ms = int(seconds * 1000)
+        if fetcher is not None and fetcher._fetch_max_wait_ms != ms:
+            fetcher._fetch_max_wait_ms = ms
 
     async def _drain_messages(self, fetcher) -> None:  # the Fetcher service's task (see faust.transport.consumer)
         app = self.app
@@ -135,8 +136,7 @@ class BatchConsumer(driver.Consumer):
         read_offset = self._read_offset
         pending: Batch | None = None
         handed = 0.0  # when the last batch was handed over (time.monotonic)
-        busy = False  # records came within the last IDLE_AFTER seconds: fetches wait app.fetch_wait at most
-        last_records = 0.0
+        last_records = 0.0  # when a fetch last brought records (time.monotonic)
         try:
             while not (stopped() or fetcher_stopped()):
                 size, within, gap = app.batch_size, app.batch_within, app.batch_gap
@@ -154,9 +154,7 @@ class BatchConsumer(driver.Consumer):
                 now = time.monotonic()
                 if records:
                     last_records = now
-                if busy != (now - last_records < self.IDLE_AFTER):
-                    busy = not busy
-                    self._fetch_wait(app.fetch_wait if busy else self.IDLE_FETCH_WAIT)
+                self._fetch_wait(app.fetch_wait if now - last_records < self.IDLE_AFTER else self.IDLE_FETCH_WAIT)
                 if records and not self.flow_active:
                     await self.perform_seek()  # what Faust's getmany does: back to the committed offsets
                     await self._unread(records, epoch)
