@@ -290,7 +290,7 @@ def main() -> None:
     p.add_argument("--workers", default="1,2,4")
     p.add_argument("--batch-size", type=int, help="events per batch (default: ingest's batch_size setting)")
     p.add_argument("--backends", default="chdb,clickhouse")
-    p.add_argument("--projection-batches", type=int, default=10, help="inserts per variant in the projection cost table")
+    p.add_argument("--projection-batches", type=int, default=10, help="inserts per variant in the projection cost table (0: no table)")
     p.add_argument("--profile", help="py-spy flame graph (SVG) of the first worker of the first case")
     # worker mode
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -329,7 +329,7 @@ def main() -> None:
                     results.append(run_case(bootstrap, tmp, "clickhouse", w, args.events, args.partitions,
                                             args.batch_size, url, profile, ch_proc.pid))
                     profile = None
-            costs = asyncio.run(projection_costs(tmp, url, args.projection_batches, args.batch_size))
+            costs = asyncio.run(projection_costs(tmp, url, args.projection_batches, args.batch_size)) if args.projection_batches else {}
         finally:
             if ch_proc is not None:
                 ch_proc.terminate()
@@ -349,6 +349,8 @@ def main() -> None:
     print("events/s per worker: from its first batch's start to its last batch's end; in write(): events per second "
           "of BatchWriter.write alone;\nworker CPU: every thread of the worker process (chDB's included) over that "
           "span; server CPU: the chDB-behind-HTTP process, the whole case")
+    if not costs:
+        return
     print(f"\nrequest_log insert of {args.batch_size} rows, ms (projections are built at insert time):")
     labels = list(next(iter(costs.values())))
     print(f"{'table':<22}" + "".join(f"{name:>10}" for name in costs))
