@@ -250,8 +250,9 @@ async def test_fetches_wait_briefly_while_records_keep_coming_and_long_once_idle
 
         def waits(ms: int):
             async def check() -> bool:
-                return fetch_wait_ms() == ms
-            check.__name__ = f"fetch wait {ms} ms (now {fetch_wait_ms()})"
+                now = fetch_wait_ms()
+                check.__name__ = f"fetch wait {ms} ms (it is {now})"  # what eventually() reports
+                return now == ms
             return check
 
         await produce(kafka_bootstrap, topic, make_events(1))

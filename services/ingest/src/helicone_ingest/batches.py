@@ -13,10 +13,9 @@ fetch waits at most `fetch_wait` seconds for more (Faust sets 1.5 s): Kafka answ
 soon as records arrive whatever the wait, but the embedded broker (Tansu) answers only when the
 wait is up, so with 1.5 s records reached ingest up to 0.77 s after they were produced. A second
 without records and the wait goes back to Faust's (an idle consumer fetches 15 times less often).
-Faust keeps everything
-else: group membership and rebalances, the periodic commit of acknowledged offsets (what it
-commits is computed from the acks exactly as for its own messages, gaps in the offsets included),
-flow control, seeks and stopping.
+Faust keeps everything else: group membership and rebalances, the periodic commit of acknowledged
+offsets (what it commits is computed from the acks exactly as for its own messages, gaps in the
+offsets included), flow control, seeks and stopping.
 
 A batch belongs to the consumer generation it was fetched in and to the log it was fetched from
 (`Consumer.log_epoch`, moved on by IngestService._rewind when a partition goes back to the start
