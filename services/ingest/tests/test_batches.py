@@ -245,7 +245,7 @@ async def test_fetches_wait_briefly_while_records_keep_coming_and_long_once_idle
     await svc.start()
     try:
         def fetch_wait_ms() -> int | None:
-            fetcher = getattr(getattr(svc.faust.consumer._thread, "_consumer", None), "_fetcher", None)
+            fetcher = svc.faust.consumer.kafka_fetcher()
             return None if fetcher is None else fetcher._fetch_max_wait_ms
 
         def waits(ms: int):

@@ -8,6 +8,7 @@ from aiokafka import TopicPartition
 from helicone_core import events
 from helicone_core.bodies import LocalBodyStore
 from helicone_ingest.app import IngestService
+from helicone_ingest.batches import BatchConsumer
 from helicone_ingest.settings import IngestSettings
 from helicone_ingest.writer import BatchWriter
 
@@ -100,9 +101,7 @@ class FakeConsumer:
         self.rewinds = {}
         self.seeks = []
 
-    def rewound(self, tp, offset):  # as BatchConsumer.rewound
-        self.log_epoch += 1
-        self.rewinds[tp] = (self.log_epoch, offset)
+    rewound = BatchConsumer.rewound  # the real bookkeeping, on this fake's log_epoch and rewinds
 
     def assignment(self):
         return {self.tp}

@@ -121,10 +121,14 @@ class BatchConsumer(driver.Consumer):
         rewind = self.rewinds.get(tp)
         return rewind[1] if rewind is not None and rewind[0] > epoch else None
 
+    def kafka_fetcher(self):
+        """The aiokafka consumer's Fetcher, not Faust's Fetcher service (None until that consumer has started)."""
+        return getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
+
     def _fetch_wait(self, seconds: float) -> None:
         """How long the aiokafka consumer's next fetch requests wait for records at most (read by its
         fetcher for every request it builds; nothing to set before it starts)."""
-        fetcher = getattr(getattr(self._thread, "_consumer", None), "_fetcher", None)
+        fetcher = self.kafka_fetcher()
         ms = int(seconds * 1000)
         if fetcher is not None and fetcher._fetch_max_wait_ms != ms:
             fetcher._fetch_max_wait_ms = ms
