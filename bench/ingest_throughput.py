@@ -298,6 +298,9 @@ def main() -> None:
                 "clickhouse-url"):
         p.add_argument(f"--{opt}", help=argparse.SUPPRESS)
     args = p.parse_args()
+    unknown = set(args.backends.split(",")) - {"chdb", "clickhouse"}
+    if unknown and not args.worker:
+        p.error(f"--backends: unknown {', '.join(sorted(unknown))} (choose from chdb, clickhouse)")
     if args.batch_size is None:
         from helicone_ingest.settings import IngestSettings
 

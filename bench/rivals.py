@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -146,6 +147,29 @@ def proc_table() -> dict[int, tuple[int, int]]:
 
 def machine_ticks() -> int:
     return machine_busy_ticks(Path("/proc/stat").read_text())
+
+
+def ticks_by_part(table: dict[int, tuple[int, int]], parts: dict[str, list[int]], me: int) -> dict[str, int]:
+    """CPU ticks of each named group of process trees, from a proc_table(). A process below the
+    roots of two parts (a broker the stack's runner started) counts once, in the smaller part;
+    the part "client" is `me` alone, not what it started."""
+    parents = {pid: ppid for pid, (ppid, _) in table.items()}
+    trees = {name: descendants(parents, roots) for name, roots in parts.items() if name != "client"}
+    claimed: set[int] = set()
+    out: dict[str, int] = {}
+    for name in sorted(trees, key=lambda n: len(trees[n])):
+        pids = trees[name] - claimed
+        claimed |= pids
+        out[name] = sum(table[pid][1] for pid in pids)
+    if "client" in parts:
+        out["client"] = table.get(me, (0, 0))[1]
+    return {name: out[name] for name in parts}
+
+
+def cpu_per_request(before: dict[str, int], after: dict[str, int], requests: int, hz: int = CLK_TCK) -> str:
+    """'name N µs, ...': each part's CPU over a window per request answered in it."""
+    return ", ".join(f"{name} {(after[name] - before.get(name, 0)) / hz / max(requests, 1) * 1e6:.0f} µs"
+                     for name in after)
 
 
 def tree_ticks(roots: Iterable[int]) -> dict[int, int]:
@@ -321,6 +345,19 @@ WINDOWS = [  # name, body, concurrency, request-count option
 ]
 
 
+def product_defaults() -> dict[str, str]:
+    """Environment for the stack under test: the settings the test stack shortens for quick tests
+    (tests/support/stack.py) back at what the product ships with, and quiet logs."""
+    from helicone_gateway.settings import GatewaySettings
+    from helicone_ingest.settings import IngestSettings
+
+    env = {"HELICONE_LOG_LEVEL": "WARNING"}
+    for settings, name in ((IngestSettings, "batch_within"), (IngestSettings, "offset_guard_interval"),
+                           (GatewaySettings, "journal_check_interval")):
+        env[f"HELICONE_{name.upper()}"] = str(settings.model_fields[name].default)
+    return env
+
+
 def logged_count(api: str, key: str, run: str) -> int:
     """Requests of `run` the api counts (one aggregate query: cheap enough to poll often, where
     paging through thousands of rows would take longer than what it measures)."""
@@ -330,15 +367,19 @@ def logged_count(api: str, key: str, run: str) -> int:
     return sum(row["requests"] for row in r.json()["data"])
 
 
-def visible(system: System, run: str, expected: int, timeout: float) -> tuple[int, float]:
+def visible(system: System, run: str, expected: int, timeout: float,
+            counted: Callable[[], None] | None = None) -> tuple[int, float]:
     """Polls our api until `expected` distinct requests of `run` are visible; (count, seconds). The
-    time is taken when the api's count first reaches `expected`, then the distinct ids are checked
-    (a count could include a request logged twice); if some are missing, polling goes on by ids."""
+    time is taken when the api's count first reaches `expected` (then `counted()` is called), then
+    the distinct ids are checked (a count could include a request logged twice); if some are
+    missing, polling goes on by ids."""
     api, key = system.logged_to
     started = time.monotonic()
     while logged_count(api, key, run) < expected and time.monotonic() - started <= timeout:
         time.sleep(0.02)
     seen = time.monotonic() - started
+    if counted is not None:
+        counted()
     count = len(set(logged_ids(api, key, run)))
     while count < expected and time.monotonic() - started <= timeout:
         time.sleep(0.1)
@@ -406,7 +447,7 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
              "--latency-ms", str(args.latency_ms)], tmp / "mock.log"))
         wait_http(mock_url + "/v1/models", mock, 30, "mock provider", tmp / "mock.log")
         stack = stack_exit.enter_context(running_stack(
-            tmp / "ours", s3=False, postgres_dsn=dsn, upstream_url=mock_url, extra_env={"HELICONE_LOG_LEVEL": "WARNING"}))
+            tmp / "ours", s3=False, postgres_dsn=dsn, upstream_url=mock_url, extra_env=product_defaults()))
         say(f"ours (all services in one process) ready in {stack.startup_seconds:.1f}s")
 
         gw_port, gw_procs = free_port(), []
@@ -452,6 +493,16 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
             roots += [pid for pid in (stack.kafka.pid if stack.kafka else None, pg.postmaster_pid()) if pid]
             return roots
 
+        def parts() -> dict[str, list[int]]:
+            """Where the CPU of a window goes (the sustained window prints it per request)."""
+            return {"gateway alone": [p.pid for p in gw_procs], "all-in-one": [stack.runner_pid()],
+                    "broker": [stack.kafka.pid] if stack.kafka and stack.kafka.pid else [],
+                    "postgres": [pg.postmaster_pid() or 0], "mock": [mock.pid], "portkey": [portkey.pid],
+                    "litellm": [litellm.pid], "client": []}
+
+        def snapshot_parts(into: list[dict[str, int]]) -> None:
+            into.append(ticks_by_part(proc_table(), parts(), os.getpid()))
+
         for s in systems:  # warm up connections, key caches, JIT
             for body in (BODY, STREAM_BODY):
                 w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: "rivals-warmup"}, body, 50, 4))
@@ -469,6 +520,7 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
                     waited, cores = wait_idle(every_root, below=args.idle_cores)
                     run_id = f"rivals-{stamp}-{s.name}-{window}-{rnd}"
                     ours_before, machine_before, t0 = tree_ticks(every_root() + [os.getpid()]), machine_ticks(), time.monotonic()
+                    parts_before = ticks_by_part(proc_table(), parts(), os.getpid())
                     w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: run_id}, body, getattr(args, count_opt), conc))
                     spent = time.monotonic() - t0
                     ours_cores = busy_cores(ours_before, tree_ticks(every_root() + [os.getpid()]), spent)
@@ -476,9 +528,12 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
                     s.runs[run_id] = len(w.latencies)
                     note = ""
                     if window == "sustained" and s.logged_to:
-                        seen, w.drain = visible(s, run_id, len(w.latencies), timeout=180)
+                        parts_after: list[dict[str, int]] = []
+                        seen, w.drain = visible(s, run_id, len(w.latencies), timeout=180,
+                                                counted=partial(snapshot_parts, parts_after))
                         note = (f", {seen}/{len(w.latencies)} visible in the api {w.drain:.2f}s after the load: "
-                                f"sustained {w.rate:.0f} rps")
+                                f"sustained {w.rate:.0f} rps; CPU per request until the api counted them all: "
+                                f"{cpu_per_request(parts_before, parts_after[-1], len(w.latencies))}")
                     say(f"round {rnd + 1} {window:10s} {s.name:8s} c={conc:<2d} n={w.sent} errors={w.errors} "
                         f"{w.sent / w.seconds:7.0f} rps p50 {fmt_ms(quantile(w.latencies, .5))} ms "
                         f"p99 {fmt_ms(quantile(w.latencies, .99))} ms first byte p50 {fmt_ms(quantile(w.first_bytes, .5))} ms"

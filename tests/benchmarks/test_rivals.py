@@ -24,6 +24,18 @@ def test_descendants_walks_the_whole_tree_below_existing_roots_only():
     assert rivals.descendants(parents, [999]) == set()  # an exited process
 
 
+def test_cpu_by_part_counts_each_process_once_in_its_smallest_part():
+    # pid -> (parent, ticks): a runner (10) with its broker (11) and a worker (12); a gateway (20); this bench (1)
+    table = {1: (0, 7), 10: (1, 100), 11: (10, 40), 12: (10, 5), 20: (1, 300), 21: (20, 1)}
+    parts = {"gateway": [20], "all-in-one": [10], "broker": [11], "gone": [99], "client": []}
+    before = rivals.ticks_by_part(table, parts, me=1)
+    assert before == {"gateway": 301, "all-in-one": 105, "broker": 40, "gone": 0, "client": 7}
+    later = {**table, 11: (10, 60), 20: (1, 500), 1: (0, 9)}
+    after = rivals.ticks_by_part(later, parts, me=1)
+    assert rivals.cpu_per_request(before, after, requests=100, hz=100) == (
+        "gateway 20000 µs, all-in-one 0 µs, broker 2000 µs, gone 0 µs, client 200 µs")
+
+
 def test_busy_cores_counts_new_processes_and_ignores_ended_ones():
     before = {10: 1000, 11: 500, 12: 70}
     after = {10: 1050, 11: 500, 13: 25}  # 12 ended, 13 started
