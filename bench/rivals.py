@@ -172,8 +172,9 @@ def cpu_per_request(before: dict[str, int], after: dict[str, int], requests: int
                      for name in after)
 
 
-def tree_ticks(roots: Iterable[int]) -> dict[int, int]:
-    table = proc_table()
+def tree_ticks(roots: Iterable[int], table: dict[int, tuple[int, int]] | None = None) -> dict[int, int]:
+    """CPU ticks of every process in the trees under `roots` (from `table`, a proc_table(), or one read now)."""
+    table = proc_table() if table is None else table
     pids = descendants({pid: ppid for pid, (ppid, _) in table.items()}, roots)
     return {pid: table[pid][1] for pid in pids}
 
@@ -488,17 +489,15 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
         ]
         systems = [s for s in systems if not only or s.name in only or s.name == "direct"]
 
-        def every_root() -> list[int]:
-            roots = [p.pid for p in (mock, portkey, litellm, *gw_procs)] + [stack.runner_pid()]
-            roots += [pid for pid in (stack.kafka.pid if stack.kafka else None, pg.postmaster_pid()) if pid]
-            return roots
-
         def parts() -> dict[str, list[int]]:
-            """Where the CPU of a window goes (the sustained window prints it per request)."""
+            """Every process the bench started, by group (the sustained window prints each one's CPU per request)."""
             return {"gateway alone": [p.pid for p in gw_procs], "all-in-one": [stack.runner_pid()],
                     "broker": [stack.kafka.pid] if stack.kafka and stack.kafka.pid else [],
                     "postgres": [pg.postmaster_pid() or 0], "mock": [mock.pid], "portkey": [portkey.pid],
                     "litellm": [litellm.pid], "client": []}
+
+        def every_root() -> list[int]:
+            return [pid for roots in parts().values() for pid in roots if pid]
 
         def snapshot_parts(into: list[dict[str, int]]) -> None:
             into.append(ticks_by_part(proc_table(), parts(), os.getpid()))
@@ -519,8 +518,8 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
                 for s in systems:
                     waited, cores = wait_idle(every_root, below=args.idle_cores)
                     run_id = f"rivals-{stamp}-{s.name}-{window}-{rnd}"
-                    ours_before, machine_before, t0 = tree_ticks(every_root() + [os.getpid()]), machine_ticks(), time.monotonic()
-                    parts_before = ticks_by_part(proc_table(), parts(), os.getpid())
+                    table, machine_before, t0 = proc_table(), machine_ticks(), time.monotonic()
+                    ours_before, parts_before = tree_ticks(every_root() + [os.getpid()], table), ticks_by_part(table, parts(), os.getpid())
                     w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: run_id}, body, getattr(args, count_opt), conc))
                     spent = time.monotonic() - t0
                     ours_cores = busy_cores(ours_before, tree_ticks(every_root() + [os.getpid()]), spent)
