@@ -37,10 +37,13 @@ class Running:
     service: Any = None  # the service object (Gateway, IngestService, ...) for the runner's supervision
 
 
-async def _serve(app, settings) -> _Server:
+async def _serve(app, settings, server: Any = None) -> Any:
+    """Serves `app` with uvicorn, or with `server` (an object with uvicorn's serve(), started and
+    should_exit: the gateway's own HttpServer); returns once it accepts connections."""
     host, port = settings.host, settings.port
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                                    **uvicorn_limits(settings)))
+    if server is None:
+        server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+                                        **uvicorn_limits(settings)))
     task = asyncio.create_task(server.serve())
     server._task = task  # type: ignore[attr-defined]
     while not server.started:
@@ -51,7 +54,7 @@ async def _serve(app, settings) -> _Server:
     return server
 
 
-async def _shutdown(server: _Server) -> None:
+async def _shutdown(server: Any) -> None:
     server.should_exit = True
     with contextlib.suppress(Exception):
         await server._task  # type: ignore[attr-defined]
@@ -104,10 +107,12 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                 running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
                                        api.state.api))
             elif name == "gateway":
+                from helicone_core.http_limits import server_head_limit
                 from helicone_gateway.app import create_app as create_gateway
+                from helicone_gateway.http_server import HttpServer
 
                 app = create_gateway(s)
-                server = await _serve(app, s)
+                server = await _serve(app, s, HttpServer(app, s.host, s.port, max_head_bytes=server_head_limit(s)))
                 running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
                                        app.gateway))
             if on_started:

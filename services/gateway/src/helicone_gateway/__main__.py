@@ -4,10 +4,10 @@ environment; --workers overrides HELICONE_GATEWAY_WORKERS)."""
 import argparse
 import sys
 
-from helicone_core.entrypoint import serve
 from helicone_core.logging import configure_logging
 
 from .app import create_app
+from .http_server import run
 from .settings import GatewaySettings
 from .workers import WorkerParent, adopt_orphan_journals, reuseport_socket, worker_journal_dir
 
@@ -26,7 +26,7 @@ if args.worker_index is None and workers > 1:
     sys.exit(WorkerParent(workers, settings.host, settings.port).run())
 if args.worker_index is None:
     adopt_orphan_journals(settings.resolved_journal_dir(), 1)
-    serve(create_app(settings), settings, proxy_headers=False)
+    run(create_app(settings), settings)
 else:
     worker = settings.model_copy(update={"journal_dir": worker_journal_dir(settings.resolved_journal_dir(), args.worker_index)})
-    serve(create_app(worker), worker, sock=reuseport_socket(settings.host, settings.port), proxy_headers=False)
+    run(create_app(worker), worker, sock=reuseport_socket(settings.host, settings.port))

@@ -1,0 +1,603 @@
+"""The gateway's HTTP/1.1 server: ASGI over an asyncio Protocol that parses with httptools, made for
+the proxy's hot path. uvicorn's general request cycle (a scope copied per request, a second task to
+watch for the caller leaving, regex checks of every response header, a wrapper to send the head with
+the first body bytes) cost the gateway a measurable part of its time per request (bench/gateway_alone.py).
+
+It does: keep-alive, pipelined requests (answered in order), request bodies by Content-Length or
+chunked, responses framed by their Content-Length, else chunked (HTTP/1.1) or by closing (HTTP/1.0),
+no body for HEAD, 1xx, 204 and 304, Expect: 100-continue, the request-head limit of http_limits (431
+while the head arrives, before it is buffered), a Date header, a 500 when the app fails before it
+answers, an idle keep-alive timeout, a graceful stop (no new connections, answers in progress
+finish, idle connections close) and the ASGI lifespan.
+It does not: upgrades (WebSocket, h2c: 400), HTTP/2, proxy headers (the gateway trusts none).
+
+receive() returns an asyncio.Future, so the gateway's `ensure_future(receive())` (its watch for the
+caller leaving) costs no task. The response head is held until the first body bytes and goes out in
+the same write, or alone at the end of the loop iteration (one write and one wake-up of the caller
+fewer per response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import http
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from urllib.parse import unquote
+
+import httptools
+from helicone_core.http_limits import HEADERS_TOO_LARGE_TYPE, REFUSED_LINGER_SECONDS, server_head_limit
+from helicone_core.settings import ServiceSettings
+
+log = logging.getLogger("helicone.gateway.http")
+
+KEEPALIVE_TIMEOUT = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
+BODY_HIGH_WATER = 256 * 1024  # request body bytes buffered ahead of the app before reading pauses
+MAX_PIPELINED = 16  # requests read ahead of the one being answered before reading pauses
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+DISCONNECT = {"type": "http.disconnect"}
+NO_BODY_STATUS = frozenset({204, 304})
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+def error_response(status: int, message: str, kind: str, close: bool = True) -> bytes:
+    """A whole JSON error answer in the gateway's error shape."""
+    body = json.dumps({"error": {"message": message, "type": kind}}).encode()
+    return (status_line(status) + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+            + (b"connection: close\r\n" if close else b"") + b"date: " + http_date() + b"\r\n\r\n" + body)
+
+
+_date = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header's value, formatted once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, email.utils.formatdate(now, usegmt=True).encode()
+    return _date[1]
+
+
+class Exchange:
+    """One request on a connection and the response the app gives it."""
+
+    __slots__ = ("body", "body_done", "chunked", "conn", "continue_sent", "end_sent", "expect_continue", "finished", "head",
+                 "head_only", "http10", "keep_alive", "queued", "remaining", "scope", "started", "task", "waiter")
+
+    def __init__(self, conn: HttpConnection, scope: dict, keep_alive: bool, expect_continue: bool) -> None:
+        self.conn, self.scope, self.keep_alive, self.expect_continue = conn, scope, keep_alive, expect_continue
+        self.http10 = scope["http_version"] == "1.0"
+        self.body: list[bytes] = []
+        self.queued = 0  # bytes in body
+        self.body_done = False  # the whole request body has been read
+        self.end_sent = False  # the app was given the body's last message (receive() then waits for the end)
+        self.waiter: asyncio.Future | None = None  # a receive() waiting for body bytes or the end
+        self.continue_sent = False
+        self.started = False
+        self.finished = False
+        self.head: bytes | None = None  # the response head while it waits for the first body bytes
+        self.head_only = scope["method"] == "HEAD"
+        self.chunked = False
+        self.remaining = -1  # body bytes still owed by Content-Length; -1: not framed by a length
+        self.task: asyncio.Task | None = None
+
+    # ---- request side (called by the connection) -------------------------------------
+    def add_body(self, chunk: bytes) -> None:
+        self.body.append(chunk)
+        self.queued += len(chunk)
+        if self.queued > BODY_HIGH_WATER:
+            self.conn.pause_reading()
+        self._wake()
+
+    def end_body(self) -> None:
+        self.body_done = True
+        self._wake()
+
+    def disconnect(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(DISCONNECT)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and not self.end_sent:
+            self.waiter = None
+            waiter.set_result(self._message())
+
+    def _message(self) -> dict:
+        data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        if self.queued > BODY_HIGH_WATER:
+            self.conn.resume_reading()
+        self.queued = 0
+        if self.body_done:
+            self.end_sent = True
+        return {"type": "http.request", "body": data, "more_body": not self.body_done}
+
+    # ---- ASGI --------------------------------------------------------------------------
+    def receive(self) -> asyncio.Future:
+        fut = self.conn.loop.create_future()
+        if self.conn.closed or self.finished:
+            fut.set_result(DISCONNECT)
+        elif self.body or (self.body_done and not self.end_sent):
+            fut.set_result(self._message())
+        else:
+            if self.expect_continue and not self.continue_sent and not self.body_done:
+                self.continue_sent = True
+                self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiter = fut  # body bytes, the end of the body, or the caller leaving resolve it
+        return fut
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.started or self.finished:
+                raise RuntimeError("http.response.body " + ("after the response ended" if self.finished else "before http.response.start"))
+            conn = self.conn
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if self.head_only:
+                data = b""
+            elif self.chunked:
+                data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+                if not more:
+                    data += b"0\r\n\r\n"
+            else:
+                data = body
+                if self.remaining >= 0:
+                    self.remaining -= len(body)
+                    if self.remaining < 0:
+                        raise RuntimeError("response body longer than its Content-Length")
+                    if not more and self.remaining:
+                        self.keep_alive = False  # the caller would wait for bytes that never come: closing ends it
+            head = self.head
+            if head is not None:
+                self.head = None
+                data = head + data
+            if data and not conn.closed:
+                conn.transport.write(data)
+            if not more:
+                self.finished = True
+                conn.finished(self)
+            elif conn.write_paused and not conn.closed:
+                await conn.drain()
+        elif kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.head = self._head(message["status"], message.get("headers") or ())  # raises on a bad header: still a 500
+            self.started = True
+            self.conn.loop.call_soon(self._flush_head)
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _head(self, status: int, headers) -> bytes:
+        parts = [status_line(status)]
+        append = parts.append
+        framed = False
+        for name, value in headers:
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name:
+                raise RuntimeError(f"invalid response header {name!r}")
+            name = name.lower()
+            if name == b"content-length":
+                framed = True
+                self.remaining = int(value)
+            elif name == b"transfer-encoding":
+                framed = self.chunked = value.lower() == b"chunked"
+            elif name == b"connection":
+                if b"close" in value.lower():
+                    self.keep_alive = False
+                continue  # set below from keep_alive
+            append(name + b": " + value + b"\r\n")
+        if status < 200 or status in NO_BODY_STATUS:
+            self.head_only, self.remaining = True, -1
+        elif not framed and not self.head_only:
+            if self.http10:
+                self.keep_alive = False  # the end of the body is the end of the connection
+            else:
+                self.chunked = True
+                append(b"transfer-encoding: chunked\r\n")
+        if not self.keep_alive or self.conn.stopping:
+            self.keep_alive = False
+            append(b"connection: close\r\n")
+        elif self.http10:
+            append(b"connection: keep-alive\r\n")
+        append(b"date: " + http_date() + b"\r\n\r\n")
+        return b"".join(parts)
+
+    def _flush_head(self) -> None:
+        head = self.head
+        if head is not None and not self.conn.closed:
+            self.head = None
+            self.conn.transport.write(head)
+
+    async def run(self, app) -> None:
+        conn = self.conn
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("request %s %s failed: %s", self.scope["method"], self.scope["path"],
+                          "".join(traceback.format_exception_only(exc)).strip())
+            self._failed()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not self.finished:
+                if self.started:
+                    log.error("request %s %s: the app returned before its response ended", self.scope["method"], self.scope["path"])
+                self._failed()
+        finally:
+            conn.ended(self)
+
+    def _failed(self) -> None:
+        conn = self.conn
+        if self.finished or conn.closed:
+            return
+        if self.started:
+            self._flush_head()
+            conn.abort()  # a response cut short: only closing tells the caller
+        else:
+            conn.transport.write(error_response(500, "internal gateway error", "gateway_error"))
+            self.finished = True
+            conn.close()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs one Exchange at a time, keeps pipelined ones in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.app = server.app
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.stopping = server.stopping
+        self.current: Exchange | None = None  # the exchange being answered
+        self.pending: deque[Exchange] = deque()  # requests read while another is answered
+        self.reading: Exchange | None = None  # the request whose body is being read
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.in_head = False
+        self.head_bytes = 0
+        self.events = 0  # message begins, heads and messages completed: where a read's bytes belong
+        self.refused = False
+        self.paused_reading = False
+        self.write_paused = False
+        self.drained: asyncio.Future | None = None
+        self.last_active = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        self._touch()
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self.last_active = self.loop.time()
+        events = self.events
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported", "invalid_request")
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"invalid HTTP request: {exc}", "invalid_request")
+            return
+        # A read in which a message began or a head or message ended is not counted: part of it
+        # belongs to another message (so a big body never counts against the next head).
+        if self.in_head and events == self.events:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.server.max_head_bytes:
+                self._refuse(431, f"request line and headers larger than {self.server.max_head_bytes} bytes "
+                             f"(max_header_bytes, HELICONE_MAX_HEADER_BYTES)", HEADERS_TOO_LARGE_TYPE)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for ex in (self.current, self.reading, *self.pending):
+            if ex is not None:
+                ex.disconnect()
+        self.pending.clear()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    async def drain(self) -> None:
+        if self.drained is None or self.drained.done():
+            self.drained = self.loop.create_future()
+        await self.drained
+
+    # ---- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_head, self.head_bytes, self.events = True, 0, self.events + 1
+        self.url = b""
+        self.headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head, self.events = False, self.events + 1
+        parser = self.parser
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        headers = self.headers
+        scope = {"type": "http", "asgi": ASGI, "http_version": parser.get_http_version(), "server": self.local,
+                 "client": self.client, "scheme": "http", "method": parser.get_method().decode("ascii"), "root_path": "",
+                 "path": path, "raw_path": raw_path, "query_string": parsed.query or b"", "headers": headers}
+        expect = False
+        for name, value in headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                expect = True
+        ex = Exchange(self, scope, parser.should_keep_alive(), expect)
+        self.reading = ex
+        if self.current is None:
+            self._start(ex)
+        else:
+            self.pending.append(ex)
+            if len(self.pending) >= MAX_PIPELINED:
+                self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self.reading is not None:
+            self.reading.add_body(body)
+
+    def on_message_complete(self) -> None:
+        self.events += 1
+        if self.reading is not None:
+            self.reading.end_body()
+            self.reading = None
+
+    # ---- exchanges ---------------------------------------------------------------------
+    def _start(self, ex: Exchange) -> None:
+        self.current = ex
+        ex.task = self.loop.create_task(ex.run(self.app))
+        self.server.tasks.add(ex.task)
+        ex.task.add_done_callback(self.server.tasks.discard)
+
+    def finished(self, ex: Exchange) -> None:
+        """The response of `ex` went out whole."""
+        ex.disconnect()  # a receive() still waiting learns the exchange is over
+        if not ex.keep_alive or self.stopping:
+            self.close()
+
+    def ended(self, ex: Exchange) -> None:
+        """The app is done with `ex`: the next pipelined request starts."""
+        if self.current is not ex:
+            return
+        self.current = None
+        if self.closed or self.transport.is_closing():
+            return
+        if self.pending:
+            self._start(self.pending.popleft())
+            if self.paused_reading and len(self.pending) < MAX_PIPELINED // 2 and (self.reading is None or self.reading.queued <= BODY_HIGH_WATER):
+                self.resume_reading()
+        else:
+            self._touch()
+
+    # ---- connection state ----------------------------------------------------------------
+    def _touch(self) -> None:
+        """Arms the idle timer (it re-arms itself while the connection is used: no timer per request)."""
+        self.last_active = self.loop.time()
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_at(self.last_active + self.server.keepalive_timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.closed:
+            return
+        deadline = self.last_active + self.server.keepalive_timeout
+        if self.current is None and not self.pending and self.reading is None and self.loop.time() >= deadline:
+            self.close()
+        else:
+            self.idle_timer = self.loop.call_at(max(deadline, self.loop.time() + 0.1), self._idle_check)
+
+    def pause_reading(self) -> None:
+        if not self.paused_reading and not self.closed:
+            self.paused_reading = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused_reading and not self.closed:
+            self.paused_reading = False
+            self.transport.resume_reading()
+
+    def _refuse(self, status: int, message: str, kind: str) -> None:
+        """Answers a request that cannot be parsed or is too large, then closes the connection (after
+        reading what the caller still sends for a moment: closing with bytes unread resets it and the
+        caller may never read the answer)."""
+        self.refused = True
+        for ex in (self.current, self.reading, *self.pending):
+            if ex is not None and ex.task is not None and not ex.started:
+                ex.task.cancel()  # the request was not read whole: the app does not answer it
+        self.pending.clear()
+        if self.closed:
+            return
+        self.transport.write(error_response(status, message, kind))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(REFUSED_LINGER_SECONDS, self.close)
+        else:
+            self.close()
+
+    def stop(self) -> None:
+        """Graceful stop: an idle connection closes now, a busy one after its current response."""
+        self.stopping = True
+        if self.current is None and self.reading is None:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+
+
+class HttpServer:
+    """Serves an ASGI app on host:port or on a listening socket. `serve()` runs the lifespan and the
+    listener until `should_exit` is set; `started` tells when it accepts connections."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None,
+                 max_head_bytes: int = 1 << 20, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 backlog: int = 2048) -> None:
+        self.app, self.host, self.port, self.sock = app, host, port, sock
+        self.max_head_bytes = max_head_bytes
+        self.keepalive_timeout = keepalive_timeout
+        self.backlog = backlog
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.started = False
+        self.stopping = False
+        self._exit: asyncio.Event | None = None
+        self._should_exit = False
+        self.bound: tuple[str, int] | None = None
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        if value and self._exit is not None:
+            self._exit.set()
+
+    async def serve(self) -> bool:
+        """Returns False when the app's startup failed (nothing was served), True after a stop."""
+        self.loop = asyncio.get_running_loop()
+        self._exit = asyncio.Event()
+        if self._should_exit:
+            self._exit.set()
+        lifespan = Lifespan(self.app)
+        if not await lifespan.startup():
+            return False
+        factory: Callable[[], HttpConnection] = lambda: HttpConnection(self)  # noqa: E731
+        if self.sock is not None:
+            listener = await self.loop.create_server(factory, sock=self.sock, backlog=self.backlog)
+        else:
+            listener = await self.loop.create_server(factory, self.host, self.port, reuse_address=True, backlog=self.backlog)
+        name = listener.sockets[0].getsockname()
+        self.bound = (name[0], name[1])
+        self.started = True
+        log.info("gateway serving on http://%s:%d", self.bound[0], self.bound[1])
+        try:
+            await self._exit.wait()
+        finally:
+            self.stopping = True
+            listener.close()
+            for conn in list(self.connections):
+                conn.stop()
+            while self.connections or self.tasks:  # answers in progress finish
+                await asyncio.sleep(0.05)
+                for conn in list(self.connections):
+                    if conn.current is None and conn.reading is None:
+                        conn.close()
+            await lifespan.shutdown()
+        return True
+
+
+class Lifespan:
+    """Drives the app's ASGI lifespan: startup before the listener opens, shutdown after it closes."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        try:
+            await self.app({"type": "lifespan", "asgi": ASGI, "state": {}}, self.inbox.get, self.outbox.put)
+        finally:
+            await self.outbox.put({"type": "lifespan.ended"})
+
+    async def _ask(self, message: str) -> bool:
+        await self.inbox.put({"type": message})
+        reply = await self.outbox.get()
+        if reply["type"].endswith(".failed"):
+            log.error("%s failed: %s", message, reply.get("message", ""))
+            return False
+        return reply["type"].endswith(".complete")
+
+    async def startup(self) -> bool:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        if await self._ask("lifespan.startup"):
+            return True
+        with contextlib.suppress(BaseException):  # the app reported why (logged above) and then raised
+            await self.task
+        return False
+
+    async def shutdown(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        await self._ask("lifespan.shutdown")
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+def run(app, settings: ServiceSettings, *, sock: socket.socket | None = None) -> None:
+    """Serves `app` on settings.host:port (or on `sock`, already listening: one of several workers
+    sharing a port) until SIGTERM or SIGINT, then stops gracefully and returns (exit 0); exits 3
+    when the app's startup failed, as uvicorn does."""
+    server = HttpServer(app, settings.host, settings.port, sock=sock, max_head_bytes=server_head_limit(settings))
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+        return await server.serve()
+
+    try:
+        import uvloop
+    except ImportError:  # uvicorn[standard] brings it; without it the default loop serves
+        served = asyncio.run(main())
+    else:
+        served = uvloop.run(main())
+    if not served:
+        sys.exit(3)

@@ -1,0 +1,333 @@
+"""The gateway's HTTP/1.1 server (helicone_gateway.http_server) on the wire: raw bytes from a socket
+client, so framing, keep-alive and refusals are seen as a caller sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+from helicone_gateway.http_server import HttpServer
+
+
+async def echo_app(scope, receive, send):
+    """Answers with what it got: method, path, query, headers, body; some paths behave differently."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    path = scope["path"]
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if path == "/fail":
+        raise ValueError("the app broke")
+    if path == "/fail-midway":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise ValueError("the app broke mid-answer")
+    if path == "/inject":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-evil", b"a\r\nset-cookie: stolen=1")]})
+        await send({"type": "http.response.body", "body": b"no"})
+        return
+    if path == "/stream":  # no Content-Length: framed by the server
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for part in (b"one ", b"two ", b"three"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    if path == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/slow":
+        await asyncio.sleep(0.3)
+    answer = json.dumps({"method": scope["method"], "path": path, "raw_path": scope["raw_path"].decode(),
+                         "query": scope["query_string"].decode(), "body": body.decode("latin-1"),
+                         "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@contextlib.asynccontextmanager
+async def running(app=echo_app, **options):
+    server = HttpServer(app, "127.0.0.1", 0, **options)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise AssertionError("server did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response as framed on the wire: status, headers, body (Content-Length, chunked or to EOF)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    if status in (204, 304) or 100 <= status < 200:
+        return status, headers, b""
+    if "content-length" in headers:
+        return status, headers, await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 5)
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return status, headers, body
+            body += chunk[:-2]
+    return status, headers, await asyncio.wait_for(reader.read(), 5)
+
+
+async def connect(server: HttpServer):
+    return await asyncio.open_connection(*server.bound)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+def request(path: str = "/", body: bytes = b"", method: str = "POST", extra: str = "") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nhost: gw\r\ncontent-length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection_with_their_bodies_and_headers():
+    async with running() as server:
+        reader, writer = await connect(server)
+        for i in range(3):
+            writer.write(request(f"/v1/chat/completions?n={i}", b'{"i": %d}' % i, extra="X-Custom: Yes\r\n"))
+            status, headers, body = await read_response(reader)
+            got = json.loads(body)
+            assert status == 200 and "date" in headers and "connection" not in headers
+            assert got["path"] == "/v1/chat/completions" and got["query"] == f"n={i}" and got["body"] == f'{{"i": {i}}}'
+            assert ["x-custom", "Yes"] in got["headers"]  # names lowercased, values as sent
+        writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/slow", b"first") + request("/fast", b"second") + request("/third", b"third"))
+        bodies = [json.loads((await read_response(reader))[2])["body"] for _ in range(3)]
+        assert bodies == ["first", "second", "third"]
+        writer.close()
+
+
+async def test_percent_encoded_path_keeps_its_raw_form_for_the_proxy():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/v1/files/a%2Fb", method="GET"))
+        got = json.loads((await read_response(reader))[2])
+        assert got["raw_path"] == "/v1/files/a%2Fb" and got["path"] == "/v1/files/a/b"
+        writer.close()
+
+
+async def test_chunked_request_body_reaches_the_app_whole():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /c HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        assert json.loads((await read_response(reader))[2])["body"] == "hello world"
+        writer.close()
+
+
+async def test_large_body_arrives_intact():
+    body = bytes(range(256)) * 8192  # 2 MiB, past the read-ahead bound: reading pauses and resumes
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/big", body))
+        _, _, answer = await read_response(reader)
+        assert json.loads(answer)["body"].encode("latin-1") == body
+        writer.close()
+
+
+async def test_response_without_length_is_chunked_on_http11_and_closes_on_http10():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/stream", method="GET"))
+        status, headers, body = await read_response(reader)
+        assert headers["transfer-encoding"] == "chunked" and body == b"one two three"
+        writer.write(request("/", b"still open"))  # keep-alive after a chunked answer
+        assert json.loads((await read_response(reader))[2])["body"] == "still open"
+        writer.close()
+
+        reader, writer = await connect(server)
+        writer.write(b"GET /stream HTTP/1.0\r\nhost: gw\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert "transfer-encoding" not in headers and headers["connection"] == "close" and body == b"one two three"
+        writer.close()
+
+
+async def test_http10_keep_alive_is_kept_when_asked_for():
+    async with running() as server:
+        reader, writer = await connect(server)
+        for _ in range(2):
+            writer.write(b"GET /x HTTP/1.0\r\nhost: gw\r\nconnection: keep-alive\r\n\r\n")
+            status, headers, _ = await read_response(reader)
+            assert status == 200 and headers["connection"] == "keep-alive"
+        writer.close()
+
+
+async def test_head_and_204_have_no_body_and_the_connection_stays_usable():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/x", method="HEAD"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b" 200 " in head.split(b"\r\n")[0] and b"content-length:" in head
+        writer.write(request("/empty", method="GET"))
+        status, headers, _ = await read_response(reader)
+        assert status == 204 and "transfer-encoding" not in headers
+        writer.write(request("/after", b"ok"))  # nothing stray was written after either head
+        assert json.loads((await read_response(reader))[2])["body"] == "ok"
+        writer.close()
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /e HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"body")
+        assert json.loads((await read_response(reader))[2])["body"] == "body"
+        writer.close()
+
+
+async def test_oversized_request_head_is_refused_431_before_it_is_complete():
+    async with running(max_head_bytes=4096) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\n")
+        for i in range(8):  # the head never ends: the server answers while it still arrives
+            await asyncio.sleep(0.02)  # separate reads (the one in which the head began is not counted)
+            writer.write(b"x-filler-%d: %s\r\n" % (i, b"a" * 1000))
+        status, headers, body = await read_response(reader)
+        assert status == 431 and headers["connection"] == "close"
+        assert json.loads(body)["error"]["type"] == "request_headers_too_large"
+        writer.close()
+
+
+async def test_malformed_request_gets_400_and_the_connection_closes():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        status, _, body = await read_response(reader)
+        assert status == 400 and "invalid HTTP request" in json.loads(body)["error"]["message"]
+        assert await closed_by_server(reader)
+
+        reader, writer = await connect(server)
+        writer.write(b"GET /ws HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        status, _, body = await read_response(reader)
+        assert status == 400 and "upgrade" in json.loads(body)["error"]["message"]
+        writer.close()
+
+
+async def test_app_failure_before_answering_is_a_500_after_answering_a_cut_connection(caplog):
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/fail"))
+        status, headers, body = await read_response(reader)
+        assert status == 500 and headers["connection"] == "close" and json.loads(body)["error"]["type"] == "gateway_error"
+        assert await closed_by_server(reader)
+
+        reader, writer = await connect(server)
+        writer.write(request("/fail-midway"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"content-length: 100" in head
+        assert await asyncio.wait_for(reader.read(), 5) == b"partial"  # then end of stream: 93 bytes never came
+    assert "the app broke" in caplog.text
+
+
+async def test_a_response_header_with_a_line_break_never_reaches_the_wire():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/inject"))
+        status, headers, _ = await read_response(reader)
+        assert status == 500 and "set-cookie" not in headers
+
+
+async def test_receive_reports_the_caller_leaving_while_the_app_waits():
+    seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def waits_for_disconnect(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        await receive()  # the (empty) body
+        watch = asyncio.ensure_future(receive())  # the gateway's watch for the caller leaving
+        seen.set_result(await asyncio.wait_for(watch, 5))
+
+    async with running(waits_for_disconnect) as server:
+        reader, writer = await connect(server)
+        writer.write(request("/wait"))
+        await asyncio.sleep(0.1)
+        writer.close()
+        assert (await asyncio.wait_for(seen, 5))["type"] == "http.disconnect"
+
+
+async def test_idle_keep_alive_connection_is_closed_after_the_timeout():
+    async with running(keepalive_timeout=0.3) as server:
+        reader, writer = await connect(server)
+        writer.write(request("/x"))
+        await read_response(reader)
+        assert await closed_by_server(reader)
+        assert not server.connections
+
+
+async def test_graceful_stop_finishes_the_answer_in_progress_and_closes_idle_connections():
+    stopped = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            stopped.append("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await echo_app(scope, receive, send)
+
+    server = HttpServer(app, "127.0.0.1", 0)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    idle_reader, idle_writer = await connect(server)
+    idle_writer.write(request("/x"))
+    await read_response(idle_reader)
+    reader, writer = await connect(server)
+    writer.write(request("/slow", b"in flight"))
+    await asyncio.sleep(0.05)
+    server.should_exit = True
+    assert await closed_by_server(idle_reader)
+    status, headers, body = await read_response(reader)
+    assert status == 200 and headers["connection"] == "close" and json.loads(body)["body"] == "in flight"
+    assert await asyncio.wait_for(task, 5) is True
+    assert stopped == ["shutdown"]
+    with pytest.raises(OSError):
+        await asyncio.open_connection(*server.bound)
+
+
+async def test_failed_startup_serves_nothing():
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no key store"})
+        raise RuntimeError("no key store")
+
+    server = HttpServer(app, "127.0.0.1", 0)
+    assert await asyncio.wait_for(server.serve(), 5) is False
+    assert not server.started
