@@ -7,6 +7,8 @@ drift in this shared machine's load hits every variant alike:
 - a burst at concurrency 32: requests/s while it lasts, and *sustained* requests/s = requests /
   (burst time + time until Kafka holds every one of its events: the topic's log end, read from the
   broker, so it counts what every worker published);
+- the gateway's CPU (every worker and thread) per request of that burst, until Kafka held its events:
+  the number the shared machine's speed moves least, so the one to compare variants by;
 - streaming requests/s at concurrency 32;
 - events journaled without a direct send while the broker was connected
   (helicone_gateway_events_spooled_total{reason="queue_full"}, must stay 0), and the RSS of the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -252,6 +255,17 @@ def rss_mb(v: Variant) -> float:
     return max(p.memory_info().rss for p in workers) / 2**20
 
 
+def cpu_seconds(v: Variant) -> float:
+    """CPU time (user + system, every thread) of the gateway and its workers so far."""
+    proc = psutil.Process(v.proc.pid)
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def profile(v: Variant, out: Path, rnd: int) -> subprocess.Popen:
     """py-spy on the gateway (every worker) through the burst and the drain after it: collapsed
     stacks in OUT/<variant>-<round>.txt (see --profile)."""
@@ -335,12 +349,13 @@ async def run(args) -> None:
                     await asyncio.sleep(1.0)
                     before = await ends(v.topic)
                     spy = profile(v, args.profile, rnd) if args.profile else None
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), cpu_seconds(v)
                     elapsed, lat, _ = await load(v.port, js, args.burst, args.concurrency)
                     deadline = time.perf_counter() + 300
                     while await ends(v.topic) < before + args.burst and time.perf_counter() < deadline:
                         await asyncio.sleep(0.05)
                     logged = await ends(v.topic) - before
+                    v.add("cpu_us", (cpu_seconds(v) - cpu0) * 1e6 / args.burst)
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
                         spy.wait(30)
@@ -357,7 +372,7 @@ async def run(args) -> None:
             print(f"\ngateway alone: {args.burst} requests per burst at concurrency {args.concurrency}, {args.single} at concurrency 1, "
                   f"{args.rounds} interleaved rounds; direct upstream at c={args.concurrency}: {statistics.median(direct['rps']):.0f} rps")
             print(f"{'variant':18s} {'c1 p50+':>8s} {'c1 p99+':>8s} {'1st p50+':>8s} {'burst':>7s} {'sustain':>7s} "
-                  f"{'stream':>7s} {'str/json':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'resent':>7s} {'RSS MB':>7s}")
+                  f"{'CPU us':>6s} {'stream':>7s} {'str/json':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'resent':>7s} {'RSS MB':>7s}")
             first = variants[0].results["sustained"]
             for v in variants:
                 g = [x for r in v.results["c1_json"] for x in r]
@@ -370,12 +385,13 @@ async def run(args) -> None:
                 v.results["resent"] = [await spooled(v, 'helicone_gateway_events_published_total{path="resend"}')]
                 print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):8.2f} {pct(g, 99) - pct(d, 99):8.2f} "
                       f"{pct(gf, 50) - pct(df, 50):8.2f} {burst:7.0f} {statistics.median(v.results['sustained']):7.0f} "
-                      f"{stream:7.0f} {stream / burst:8.2f} "
+                      f"{statistics.median(v.results['cpu_us']):6.0f} {stream:7.0f} {stream / burst:8.2f} "
                       f"{statistics.median(s / b for s, b in zip(v.results['sustained'], v.results['burst_rps'], strict=True)):7.2f} "
                       f"{statistics.median(s / f for s, f in zip(v.results['sustained'], first, strict=True)):6.2f} "
                       f"{v.results['spooled'][0]:7.0f} {v.results['resent'][0]:7.0f} {rss_mb(v):7.1f}")
             print("c1 p50+/p99+: ms added over a direct call (JSON); 1st p50+: ms added to the first streamed byte; "
                   "burst: rps while the c=32 burst lasts; sustain: burst requests / (burst + until Kafka held all its events); "
+                  "CPU us: the gateway's CPU (every worker and thread) per burst request over that time (median of the rounds); "
                   "kept up: sustain / burst; vs 1st: sustain / the first variant's, same round (median); "
                   "spooled: events not handed to Kafka at once (broker up all along); resent: events the journal sent again; RSS: largest worker after the load")
             for v in variants:

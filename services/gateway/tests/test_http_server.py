@@ -331,3 +331,16 @@ async def test_failed_startup_serves_nothing():
     server = HttpServer(app, "127.0.0.1", 0)
     assert await asyncio.wait_for(server.serve(), 5) is False
     assert not server.started
+
+
+async def test_a_request_head_never_finished_does_not_hold_up_a_stop():
+    server = HttpServer(echo_app, "127.0.0.1", 0)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    reader, writer = await connect(server)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n")  # and nothing more
+    await asyncio.sleep(0.05)
+    server.should_exit = True
+    assert await closed_by_server(reader)
+    assert await asyncio.wait_for(task, 5) is True

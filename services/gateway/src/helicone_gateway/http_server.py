@@ -429,11 +429,13 @@ class HttpConnection(asyncio.Protocol):
         self.idle_timer = None
         if self.closed:
             return
-        deadline = self.last_active + self.server.keepalive_timeout
-        if self.current is None and not self.pending and self.reading is None and self.loop.time() >= deadline:
+        timeout, now = self.server.keepalive_timeout, self.loop.time()
+        if self.current is not None or self.pending:  # busy: no idle timeout while a request is answered
+            self.idle_timer = self.loop.call_at(now + timeout, self._idle_check)
+        elif now >= self.last_active + timeout:  # idle, or a head begun and not finished, for that long
             self.close()
         else:
-            self.idle_timer = self.loop.call_at(max(deadline, self.loop.time() + 0.1), self._idle_check)
+            self.idle_timer = self.loop.call_at(self.last_active + timeout, self._idle_check)
 
     def pause_reading(self) -> None:
         if not self.paused_reading and not self.closed:
@@ -464,9 +466,10 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def stop(self) -> None:
-        """Graceful stop: an idle connection closes now, a busy one after its current response."""
+        """Graceful stop: an idle connection closes now, a busy one after its current response (requests
+        pipelined behind it are not answered)."""
         self.stopping = True
-        if self.current is None and self.reading is None:
+        if self.current is None:  # idle, or a request not yet read whole: it is not answered
             self.close()
 
     def close(self) -> None:
@@ -536,7 +539,7 @@ class HttpServer:
             while self.connections or self.tasks:  # answers in progress finish
                 await asyncio.sleep(0.05)
                 for conn in list(self.connections):
-                    if conn.current is None and conn.reading is None:
+                    if conn.current is None:
                         conn.close()
             await lifespan.shutdown()
         return True
