@@ -344,3 +344,37 @@ async def test_a_request_head_never_finished_does_not_hold_up_a_stop():
     server.should_exit = True
     assert await closed_by_server(reader)
     assert await asyncio.wait_for(task, 5) is True
+
+
+async def test_a_caller_that_reads_slowly_holds_the_app_back_instead_of_filling_memory():
+    chunk, total = b"x" * 65536, 1024  # 64 MiB offered: far beyond what the socket buffers hold
+    sent = []
+
+    async def big(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(chunk) * total).encode())]})
+        for i in range(total):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < total - 1})
+            sent.append(i)
+
+    async with running(big) as server:
+        reader, writer = await connect(server)
+        writer.write(request("/big", method="GET"))
+        await asyncio.sleep(0.5)  # reads nothing meanwhile
+        assert len(sent) < total // 2  # send() waited for the caller: at most socket buffers + 64 KiB went ahead
+        _, _, body = await read_response(reader)
+        assert len(body) == len(chunk) * total and len(sent) == total
+        writer.close()
+
+
+async def test_a_request_with_both_content_length_and_chunked_is_refused():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: gw\r\n\r\n")
+        status, _, _ = await read_response(reader)
+        assert status == 400  # never two requests from one ambiguous body
+        assert await closed_by_server(reader)
