@@ -48,6 +48,11 @@ def header_limit_error(scope: dict[str, Any], max_count: int, max_bytes: int) ->
     return None
 
 
+def head_too_large_message(max_head_bytes: int) -> str:
+    """The 431 message of a request head refused by the HTTP server while it arrives."""
+    return f"request line and headers larger than {max_head_bytes} bytes ({_BYTES_SETTING})"
+
+
 def server_head_limit(settings: ServiceSettings) -> int:
     """Bytes of one request head (request line + headers) the HTTP server accepts: anything within
     the app's limits fits, anything larger is refused before it is buffered."""
@@ -116,7 +121,7 @@ def bounded_httptools_protocol(max_head_bytes: int) -> type:
 
     body = json.dumps({"error": {
         "type": HEADERS_TOO_LARGE_TYPE,
-        "message": f"request line and headers larger than {max_head_bytes} bytes ({_BYTES_SETTING})",
+        "message": head_too_large_message(max_head_bytes),
     }}).encode()
     head = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n" % len(body))
