@@ -378,3 +378,28 @@ async def test_a_request_with_both_content_length_and_chunked_is_refused():
         status, _, _ = await read_response(reader)
         assert status == 400  # never two requests from one ambiguous body
         assert await closed_by_server(reader)
+
+
+async def test_a_second_stop_signal_cuts_answers_that_would_never_end():
+    async def hangs(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await asyncio.Event().wait()  # a stream that never ends
+
+    server = HttpServer(hangs, "127.0.0.1", 0)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    reader, writer = await connect(server)
+    writer.write(request("/stream", method="GET"))
+    await asyncio.wait_for(reader.readuntil(b"data: 1\n\n"), 5)
+    server.stop_signal()
+    await asyncio.sleep(0.3)
+    assert not task.done()  # the first signal waits for the answer in progress
+    server.stop_signal()
+    assert await asyncio.wait_for(task, 5) is True
+    assert await asyncio.wait_for(reader.read(), 5) == b"\r\n"  # the rest of the chunk, then the end: no 0-chunk
+    assert reader.at_eof()

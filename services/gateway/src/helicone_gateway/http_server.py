@@ -516,6 +516,21 @@ class HttpServer:
         if value and self._exit is not None:
             self._exit.set()
 
+    def stop_signal(self) -> None:
+        """SIGTERM/SIGINT: the first stops gracefully, a second one stops at once."""
+        if self.should_exit:
+            self.force_stop()
+        else:
+            self.should_exit = True
+
+    def force_stop(self) -> None:
+        """Cuts every connection and cancels the answers in progress (a graceful stop then ends at once)."""
+        self.should_exit = True
+        for conn in list(self.connections):
+            conn.abort()
+        for task in list(self.tasks):
+            task.cancel()
+
     async def serve(self) -> bool:
         """Returns False when the app's startup failed (nothing was served), True after a stop."""
         self.loop = asyncio.get_running_loop()
@@ -591,19 +606,19 @@ class Lifespan:
 
 def run(app, settings: ServiceSettings, *, sock: socket.socket | None = None) -> None:
     """Serves `app` on settings.host:port (or on `sock`, already listening: one of several workers
-    sharing a port) until SIGTERM or SIGINT, then stops gracefully and returns (exit 0); exits 3
-    when the app's startup failed, as uvicorn does."""
+    sharing a port) until SIGTERM or SIGINT, then stops gracefully (a second signal: at once) and
+    returns (exit 0); exits 3 when the app's startup failed, as uvicorn does."""
     server = HttpServer(app, settings.host, settings.port, sock=sock, max_head_bytes=server_head_limit(settings))
 
     async def main() -> bool:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+            loop.add_signal_handler(sig, server.stop_signal)
         return await server.serve()
 
     try:
         import uvloop
-    except ImportError:  # uvicorn[standard] brings it; without it the default loop serves
+    except ImportError:  # a dependency of the gateway; where it cannot be installed the default loop serves
         served = asyncio.run(main())
     else:
         served = uvloop.run(main())
