@@ -107,12 +107,11 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                 running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
                                        api.state.api))
             elif name == "gateway":
-                from helicone_core.http_limits import server_head_limit
                 from helicone_gateway.app import create_app as create_gateway
                 from helicone_gateway.http_server import HttpServer
 
                 app = create_gateway(s)
-                server = await _serve(app, s, HttpServer(app, s.host, s.port, max_head_bytes=server_head_limit(s)))
+                server = await _serve(app, s, HttpServer.for_settings(app, s))
                 running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
                                        app.gateway))
             if on_started:

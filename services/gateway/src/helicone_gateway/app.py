@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import time
 import traceback
@@ -62,6 +61,7 @@ from .headers import (
     narrow_accept_encoding,
     parse_helicone_headers,
 )
+from .http_server import error_body
 from .journal import Journal
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, Router, missing_base_url
@@ -120,7 +120,7 @@ class Rejection(Exception):
 async def send_error(send, status: int, message: str, kind: str, request_id: str,
                      always: tuple[tuple[bytes, bytes], ...], extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """A JSON error answer; `always` are the headers every gateway answer carries (Gateway.answer_headers)."""
-    body = json.dumps({"error": {"message": message, "type": kind}}).encode()
+    body = error_body(message, kind)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"helicone-id", request_id.encode()), *always, *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -60,9 +60,14 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
+def error_body(message: str, kind: str) -> bytes:
+    """The gateway's JSON error shape: {"error": {"message", "type"}}."""
+    return json.dumps({"error": {"message": message, "type": kind}}).encode()
+
+
 def error_response(status: int, message: str, kind: str) -> bytes:
     """A whole JSON error answer in the gateway's error shape, after which the connection closes."""
-    body = json.dumps({"error": {"message": message, "type": kind}}).encode()
+    body = error_body(message, kind)
     return (status_line(status) + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
             + b"connection: close\r\ndate: " + http_date() + b"\r\n\r\n" + body)
 
@@ -216,7 +221,7 @@ class Exchange:
             else:
                 self.chunked = True
                 append(b"transfer-encoding: chunked\r\n")
-        if not self.keep_alive or self.conn.stopping:
+        if not self.keep_alive or self.conn.server.stopping:
             self.keep_alive = False
             append(b"connection: close\r\n")
         elif self.http10:
@@ -272,7 +277,6 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.stopping = server.stopping
         self.current: Exchange | None = None  # the exchange being answered
         self.pending: deque[Exchange] = deque()  # requests read while another is answered
         self.reading: Exchange | None = None  # the request whose body is being read
@@ -406,7 +410,7 @@ class HttpConnection(asyncio.Protocol):
     def finished(self, ex: Exchange) -> None:
         """The response of `ex` went out whole."""
         ex.disconnect()  # a receive() still waiting learns the exchange is over
-        if not ex.keep_alive or self.stopping:
+        if not ex.keep_alive or self.server.stopping:
             self.close()
 
     def ended(self, ex: Exchange) -> None:
@@ -415,6 +419,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self.current = None
         if self.closed or self.transport.is_closing():
+            return
+        if self.server.stopping:
+            self.close()
             return
         if self.pending:
             self._start(self.pending.popleft())
@@ -471,9 +478,8 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def stop(self) -> None:
-        """Graceful stop: an idle connection closes now, a busy one after its current response (requests
-        pipelined behind it are not answered)."""
-        self.stopping = True
+        """Graceful stop (the server's `stopping` is set): an idle connection closes now, a busy one after
+        its current response (requests pipelined behind it are not answered)."""
         if self.current is None:  # idle, or a request not yet read whole: it is not answered
             self.close()
 
@@ -505,6 +511,11 @@ class HttpServer:
         self._exit: asyncio.Event | None = None
         self._should_exit = False
         self.bound: tuple[str, int] | None = None
+
+    @classmethod
+    def for_settings(cls, app, settings: ServiceSettings, *, sock: socket.socket | None = None) -> HttpServer:
+        """On settings.host:port (or `sock`), refusing request heads over the service's header limits."""
+        return cls(app, settings.host, settings.port, sock=sock, max_head_bytes=server_head_limit(settings))
 
     @property
     def should_exit(self) -> bool:
@@ -556,11 +567,8 @@ class HttpServer:
             listener.close()
             for conn in list(self.connections):
                 conn.stop()
-            while self.connections or self.tasks:  # answers in progress finish
+            while self.connections or self.tasks:  # answers in progress finish (their connections close then)
                 await asyncio.sleep(0.05)
-                for conn in list(self.connections):
-                    if conn.current is None:
-                        conn.close()
             await lifespan.shutdown()
         return True
 
@@ -608,7 +616,7 @@ def run(app, settings: ServiceSettings, *, sock: socket.socket | None = None) ->
     """Serves `app` on settings.host:port (or on `sock`, already listening: one of several workers
     sharing a port) until SIGTERM or SIGINT, then stops gracefully (a second signal: at once) and
     returns (exit 0); exits 3 when the app's startup failed, as uvicorn does."""
-    server = HttpServer(app, settings.host, settings.port, sock=sock, max_head_bytes=server_head_limit(settings))
+    server = HttpServer.for_settings(app, settings, sock=sock)
 
     async def main() -> bool:
         loop = asyncio.get_running_loop()
