@@ -99,6 +99,7 @@ async def produce(bootstrap: str, topic: str, partitions: int, n: int, seed: int
 
 # ---- worker mode: one ingest worker in this process ------------------------------------------------
 async def run_worker(args) -> None:
+    from helicone_core.gc_tuning import tune_gc
     from helicone_ingest.app import IngestService
     from helicone_ingest.settings import IngestSettings
 
@@ -115,6 +116,7 @@ async def run_worker(args) -> None:
     svc = IngestService(IngestSettings(**settings))
     marks: list[tuple[float, float, int, float, float]] = []  # wall start, wall end, events, CPU start, CPU end
     await svc.start()
+    tune_gc(svc.settings.gc_young_threshold)  # as python -m helicone_ingest does
     write = svc.writer.write
 
     async def timed(batch):

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from helicone_core.filemodes import write_private
+from helicone_core.gc_tuning import tune_gc
 from helicone_core.logging import configure_logging
 from helicone_core.migrate import MigrateSettings, apply_migrations
 from helicone_core.providers import PROVIDER_TABLE
@@ -339,6 +340,7 @@ async def run_up(args) -> int:
             print(f"  {r.name:9s} {seconds:5.1f}s  " + "  ".join(f"{k}={v}" for k, v in r.urls.items()), flush=True)
 
         running = await start_services(args.target, settings, on_started=started)
+        tune_gc(settings["migrate"].gc_young_threshold)  # once every service has started
         if kafka:
             supervisor = _broker_supervisor(kafka, settings, running)
             supervisor.start()

@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from .gc_tuning import tune_gc
 from .http_limits import uvicorn_limits
 from .settings import ServiceSettings
 
@@ -33,6 +34,7 @@ def serve(app: Any, settings: ServiceSettings, *, sock: socket.socket | None = N
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stopped)  # uvicorn puts its own handlers over these while it serves
     config = dict(log_config=None, access_log=False, **uvicorn_limits(settings), **options)
+    tune_gc(settings.gc_young_threshold)
     if sock is None:
         uvicorn.run(app, host=settings.host, port=settings.port, **config)
         return

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .gc_tuning import DEFAULT_YOUNG_THRESHOLD
+
 REQUEST_LOGGED_TOPIC = "helicone.request-logged.v1"
 ENV_PREFIX = "HELICONE_"
 
@@ -67,6 +69,8 @@ class CommonSettings(BaseSettings):
     # Model prices (cost.py): the gateway prices requests with them, ingest names models by them in
     # its metrics. The registry shipped with helicone_core, with this file (same shape) merged over it.
     cost_registry_file: Path | None = None
+    # Python's garbage collector: young-generation threshold (gc_tuning.py; 0: Python's 700)
+    gc_young_threshold: int = Field(default=DEFAULT_YOUNG_THRESHOLD, ge=0)
 
     # Kafka
     kafka_bootstrap: str = "localhost:9092"

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 import httptools
+from helicone_core.gc_tuning import tune_gc
 from helicone_core.http_limits import (
     HEADERS_TOO_LARGE_TYPE,
     REFUSED_LINGER_SECONDS,
@@ -617,6 +618,7 @@ def run(app, settings: ServiceSettings, *, sock: socket.socket | None = None) ->
     sharing a port) until SIGTERM or SIGINT, then stops gracefully (a second signal: at once) and
     returns (exit 0); exits 3 when the app's startup failed, as uvicorn does."""
     server = HttpServer.for_settings(app, settings, sock=sock)
+    tune_gc(settings.gc_young_threshold)
 
     async def main() -> bool:
         loop = asyncio.get_running_loop()
