@@ -233,6 +233,40 @@ async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap
         await svc.stop()
 
 
+async def test_a_batch_closes_once_its_events_hold_batch_max_bytes(tmp_path, kafka_bootstrap):
+    """Large bodies make a batch go once it holds batch_max_bytes, not batch_size events: with the size,
+    the wait and the gap all far off (1,000 events, 60 s), 100 KB events still go in batches of about
+    batch_max_bytes (256 KiB here: three events, a fetch more at most), within seconds."""
+    topic = "batches-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 60.0, "batch_max_bytes": 256 * 1024})
+    svc = IngestService(s)
+    await svc.start()
+    sample = svc.metrics.registry.get_sample_value
+    try:
+        await produce(kafka_bootstrap, topic, make_events(1))  # the first batch goes at once (no batch went before)
+
+        def written(n: int):
+            async def check() -> bool:
+                return await row_count(svc) >= n
+            check.__name__ = f"{n} rows written"
+            return check
+
+        await eventually(written(1), timeout=30)
+        large = make_events(12)
+        for ev in large:
+            ev.inline.request_body = b"x" * 100_000
+        started = time.monotonic()
+        await produce(kafka_bootstrap, topic, large, pause=0.15)
+        await eventually(written(10), timeout=30)  # 1 + at least three batches of 3 (the rest waits for a fuller batch)
+        assert time.monotonic() - started < 20  # not held for batch_within or batch_gap (60 s)
+        batches = sample("helicone_ingest_batch_size_count") - 1
+        small = sample("helicone_ingest_batch_size_bucket", {"le": "5.0"}) - 1
+        assert batches >= 3 and small == batches, (batches, small)
+    finally:
+        await svc.stop()
+
+
 async def test_fetches_wait_briefly_while_records_keep_coming_and_long_once_idle(tmp_path, kafka_bootstrap):
     """The embedded broker answers a fetch only when its wait is up (Kafka as soon as records arrive):
     with Faust's 1.5 s, records reached ingest up to 0.77 s after they were produced. While records

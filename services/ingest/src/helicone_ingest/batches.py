@@ -4,7 +4,8 @@ Faust's own consumer turns every Kafka record into a Message, hands it to the co
 buffer and the agent one at a time, and acks it one at a time: 3,000-4,300 events/s per process
 is all it can receive whatever the stream API (bench/faust_ceiling.py). Ingest writes in batches
 anyway, so here the aiokafka Consumer's fetch loop (`_drain_messages`) hands the records of each
-fetch, gathered up to `batch_size` events or `batch_within` seconds, to a handler as one `Batch`,
+fetch, gathered up to `batch_size` events, `batch_max_bytes` (whole fetches: a batch closes once it
+holds that many bytes, so it may pass them by one fetch) or `batch_within` seconds, to a handler as one `Batch`,
 and a batch is acknowledged as a whole, with one call, once it is written. A batch that has caught
 up with the log end of its partitions goes at once if the one before went at least `batch_gap`
 seconds ago: light load shows up within `batch_gap` (not `batch_within`), at most 1 / batch_gap
@@ -36,7 +37,7 @@ from faust.transport.drivers import aiokafka as driver
 class Batch:
     """The records of one or more fetches; ack() marks every offset done at once."""
 
-    __slots__ = ("consumer", "records", "generation", "epoch", "started", "size")
+    __slots__ = ("consumer", "records", "generation", "epoch", "started", "size", "bytes")
 
     def __init__(self, consumer: BatchConsumer) -> None:
         self.consumer = consumer
@@ -45,6 +46,7 @@ class Batch:
         self.epoch = consumer.log_epoch
         self.started = time.monotonic()
         self.size = 0
+        self.bytes = 0  # of the records' values
 
     def __len__(self) -> int:
         return self.size
@@ -52,6 +54,7 @@ class Batch:
     def add(self, tp, records: list) -> None:
         self.records.setdefault(tp, []).extend(records)
         self.size += len(records)
+        self.bytes += sum([len(r.value) for r in records])
 
     def values(self) -> list[bytes]:
         return [r.value for recs in self.records.values() for r in recs]
@@ -142,7 +145,7 @@ class BatchConsumer(driver.Consumer):
         last_records = 0.0  # when a fetch last brought records (time.monotonic)
         try:
             while not (stopped() or fetcher_stopped()):
-                size, within, gap = app.batch_size, app.batch_within, app.batch_gap
+                size, max_bytes, within, gap = app.batch_size, app.batch_max_bytes, app.batch_within, app.batch_gap
                 if pending is None:
                     timeout = 1.0
                 else:
@@ -185,7 +188,7 @@ class BatchConsumer(driver.Consumer):
                             app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if pending is not None:
                     now = time.monotonic()
-                    if (len(pending) >= size or now >= pending.started + within
+                    if (len(pending) >= size or pending.bytes >= max_bytes or now >= pending.started + within
                             or (now >= handed + gap and self._caught_up(pending))):
                         batch, pending, handed = pending, None, now
                         await self._hand_over(batch)  # the handler acks it now or later
@@ -294,12 +297,13 @@ class BatchTransport(driver.Transport):
 
 class BatchApp(faust.App):
     """A Faust app whose consumer hands batches to `batch_handler` (set it before start()), each
-    of up to `batch_size` records or whatever `batch_within` seconds gathered, or, once caught up
+    of up to `batch_size` records (or `batch_max_bytes`, plus at most one fetch) or whatever `batch_within` seconds gathered, or, once caught up
     with the log end, whatever it holds when the previous batch went `batch_gap` seconds ago.
     While records keep coming, fetches wait `fetch_wait` seconds at most."""
 
     batch_handler: Callable[[Batch], Awaitable[None]] | None = None
     batch_size = 2000
+    batch_max_bytes = 32 * 1024 * 1024
     batch_within = 1.0
     batch_gap = 0.25
     fetch_wait = 0.1

@@ -10,6 +10,9 @@ class IngestSettings(ServiceSettings):
     # (bench/ingest_throughput.py: 500 -> 2000 halves ingest's CPU per event). A batch closes once it holds batch_size
     # events (its last fetch may take it past); memory holds up to three: one written, one prepared, one gathering.
     batch_size: int = 2000
+    # a batch also closes once its events hold this many bytes (encoded, bodies included; it may pass them by one fetch):
+    # a run of large bodies must not make a batch of batch_size events that the worker's memory cannot hold
+    batch_max_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
     batch_within: float = 1.0  # seconds to wait for a batch to fill
     # once a batch holds everything up to the log end, it is written if the previous one went this long ago: light
     # load is visible within batch_gap, with at most 1 / batch_gap inserts a second per worker (0: at once)
