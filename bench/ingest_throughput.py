@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -133,7 +134,8 @@ async def run_worker(args) -> None:
             await asyncio.sleep(0.1)
     finally:
         await svc.stop()
-        result = json.dumps({"marks": marks, "wall_offset": time.time() - time.perf_counter()})
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+        result = json.dumps({"marks": marks, "wall_offset": time.time() - time.perf_counter(), "peak_rss_kb": peak_kb})
         Path(args.out).write_text(result)  # noqa: ASYNC240 - once, at exit
 
 
@@ -205,10 +207,11 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
-    per_worker, spans, busy, batches, cpu = [], [], [], [], []
+    per_worker, spans, busy, batches, cpu, peaks = [], [], [], [], [], []
     for out in outs:
         data = json.loads(out.read_text())
         marks = data["marks"]
+        peaks.append(data["peak_rss_kb"] / 1024)
         if not marks:
             per_worker.append((0, 0.0))
             continue
@@ -225,7 +228,8 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
             # events per second of BatchWriter.write time alone, and the mean batch: where the rest of the time goes
             "write_eps": written / sum(busy), "mean_batch": written / sum(batches),
             # CPU per event, which the machine's load does not inflate as much as wall time
-            "worker_cpu_us": sum(cpu) * 1e6 / written, "server_cpu_us": server_cpu * 1e6 / written}
+            "worker_cpu_us": sum(cpu) * 1e6 / written, "server_cpu_us": server_cpu * 1e6 / written,
+            "peak_rss_mb": max(peaks)}
 
 
 async def projection_cost(store, batches: int, batch_size: int) -> dict[str, float]:
@@ -345,15 +349,15 @@ def main() -> None:
           f"bodies ~2 KB + ~1 KB), {args.partitions} partitions, batch {args.batch_size}; "
           f"load average {load[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'backend':<28} {'workers':>7} {'events/s per worker':>30} {'total events/s':>15} {'in write()':>11} "
-          f"{'mean batch':>10} {'worker CPU us/event':>20} {'server CPU us/event':>20}")
+          f"{'mean batch':>10} {'worker CPU us/event':>20} {'server CPU us/event':>20} {'worker peak RSS MB':>19}")
     for r in results:
         label = "chDB" if r["backend"] == "chdb" else "server (chDB behind HTTP)"
         per = ", ".join(str(x) for x in r["per_worker"])
         print(f"{label:<28} {r['workers']:>7} {per:>30} {r['total_eps']:>15.0f} {r['write_eps']:>11.0f} "
-              f"{r['mean_batch']:>10.0f} {r['worker_cpu_us']:>20.0f} {r['server_cpu_us']:>20.0f}")
+              f"{r['mean_batch']:>10.0f} {r['worker_cpu_us']:>20.0f} {r['server_cpu_us']:>20.0f} {r['peak_rss_mb']:>19.0f}")
     print("events/s per worker: from its first batch's start to its last batch's end; in write(): events per second "
           "of BatchWriter.write alone;\nworker CPU: every thread of the worker process (chDB's included) over that "
-          "span; server CPU: the chDB-behind-HTTP process, the whole case")
+          "span; server CPU: the chDB-behind-HTTP process, the whole case; worker peak RSS: the largest worker's")
     if not costs:
         return
     print(f"\nrequest_log insert of {args.batch_size} rows, ms (projections are built at insert time):")

@@ -302,7 +302,7 @@ class BatchApp(faust.App):
     While records keep coming, fetches wait `fetch_wait` seconds at most."""
 
     batch_handler: Callable[[Batch], Awaitable[None]] | None = None
-    batch_size = 2000
+    batch_size = 5000
     batch_max_bytes = 32 * 1024 * 1024
     batch_within = 1.0
     batch_gap = 0.25

@@ -78,7 +78,7 @@ class BatchWriter:
             "helicone_ingest_batch_seconds", "Time to write one batch", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         )
         self.m_batch_size = metrics.histogram(
-            "helicone_ingest_batch_size", "Events per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+            "helicone_ingest_batch_size", "Events per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
         )
         self.m_write_errors = metrics.counter("helicone_ingest_write_errors_total", "Failed batch writes (retried)", ("stage",))
         self.m_lag = metrics.histogram(
