@@ -370,4 +370,4 @@ async def test_records_fetched_while_a_rebalance_runs_are_read_again_even_withou
     app.batch_within = 0  # whatever is taken is handed over at once
     consumer.highwater = lambda tp: None
     assert await _drain_once(consumer, fetched, lambda: consumer.rewound(TP("t", 0), 0)) == [(0, 0)]
-    assert [sorted(tp.partition for tp in b.records) for b in handed] == [[1]]
+    assert [sorted(tp.partition for tp in b.offsets) for b in handed] == [[1]]

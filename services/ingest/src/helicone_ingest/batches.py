@@ -37,11 +37,12 @@ from faust.transport.drivers import aiokafka as driver
 class Batch:
     """The records of one or more fetches; ack() marks every offset done at once."""
 
-    __slots__ = ("consumer", "records", "generation", "epoch", "started", "size", "bytes")
+    __slots__ = ("consumer", "offsets", "_values", "generation", "epoch", "started", "size", "bytes")
 
     def __init__(self, consumer: BatchConsumer) -> None:
         self.consumer = consumer
-        self.records: dict = {}  # TP -> [ConsumerRecord], in offset order
+        self.offsets: dict = {}  # TP -> [offset], in offset order
+        self._values: dict = {}  # TP -> [record value], the same order, until values() takes them
         self.generation = consumer.app.consumer_generation_id
         self.epoch = consumer.log_epoch
         self.started = time.monotonic()
@@ -52,12 +53,18 @@ class Batch:
         return self.size
 
     def add(self, tp, records: list) -> None:
-        self.records.setdefault(tp, []).extend(records)
+        values = [r.value for r in records]
+        self.offsets.setdefault(tp, []).extend([r.offset for r in records])
+        self._values.setdefault(tp, []).extend(values)
         self.size += len(records)
-        self.bytes += sum([len(r.value) for r in records])
+        self.bytes += sum(map(len, values))
 
     def values(self) -> list[bytes]:
-        return [r.value for recs in self.records.values() for r in recs]
+        """The records' values, taken once: the batch keeps only their offsets (what ack() needs), so a
+        batch being decoded or written does not also hold its events' raw bytes."""
+        values = [v for vs in self._values.values() for v in vs]
+        self._values = {}
+        return values
 
     def current(self) -> bool:
         """Fetched in the consumer's present generation, from the present log."""
@@ -69,8 +76,8 @@ class Batch:
         marked) when the batch is no longer current."""
         if not self.current():
             return False
-        for tp, recs in self.records.items():
-            self.consumer.ack_offsets(tp, [r.offset for r in recs])
+        for tp, offsets in self.offsets.items():
+            self.consumer.ack_offsets(tp, offsets)
         return True
 
 
@@ -256,7 +263,7 @@ class BatchConsumer(driver.Consumer):
             return False
         read_offset = self._read_offset
         try:
-            for tp in batch.records:
+            for tp in batch.offsets:
                 end, read = self.highwater(tp), read_offset[tp]
                 if end is None or read is None or read + 1 < end:
                     return False
