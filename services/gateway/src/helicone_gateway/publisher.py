@@ -41,6 +41,10 @@ from helicone_core.metrics import ServiceMetrics
 from .journal import Journal, RecordRef, Segment
 
 log = logging.getLogger(__name__)
+# Events handed to Kafka together at least this many go as record batches (_send_many: a future per
+# batch, not per event; under load 8 % less gateway CPU per request). Fewer go one by one: at light
+# load the per-batch sends added 0.1 ms to the c=1 overhead (bench/gateway_alone.py).
+BATCH_SEND_MIN = 16
 
 EventBuilder = Callable[[], "events.RequestLogged | None"]
 
@@ -340,15 +344,18 @@ class EventPublisher:
         if self.journal.evicted_segments != self._evicted_seen:
             self.m_evicted.inc(self.journal.evicted_segments - self._evicted_seen)
             self._evicted_seen = self.journal.evicted_segments
-        unsent = 0
-        for ref, (key, data) in zip(refs, built, strict=True):
-            if ref is None:
-                continue
-            if not send:
-                unsent += 1
-            elif not await self._send(ref, key, data, generation, "direct"):
-                unsent += 1
-                reason = "send_failed" if self._open.is_set() else "held"  # held while this batch was journaled
+        journaled = [(ref, key, data) for ref, (key, data) in zip(refs, built, strict=True) if ref is not None]
+        if not send:
+            unsent = len(journaled)
+        elif len(journaled) >= BATCH_SEND_MIN:
+            unsent = await self._send_many(journaled, generation)
+        else:
+            unsent = 0
+            for ref, key, data in journaled:
+                if not await self._send(ref, key, data, generation, "direct"):
+                    unsent += 1
+        if send and unsent:
+            reason = "send_failed" if self._open.is_set() else "held"  # held while this batch was journaled
         if unsent:
             self.m_spooled.labels(reason).inc(unsent)
             self._resend.set()
@@ -378,6 +385,91 @@ class EventPublisher:
         self._deliveries.add(delivery)
         delivery.add_done_callback(partial(self._delivered, ref, generation, path))
         return True
+
+    async def _send_many(self, sends: list[tuple[RecordRef, bytes, bytes]], generation: int) -> int:
+        """Hands journaled events to the producer as record batches, one future per batch and
+        partition instead of one per event (aiokafka's send() cost 15-18 us of CPU per event, a
+        batch's append 6); returns how many were not handed over (the journal has them as failed)."""
+        multi = len(self._partitions) > 1
+        by_partition: dict[int, list[tuple[RecordRef, bytes, bytes]]] = {}
+        for item in sends:
+            partition = self._partitioner(item[1], self._partitions, self._partitions) if multi else 0
+            by_partition.setdefault(partition, []).append(item)
+        unsent = 0
+        for partition, items in by_partition.items():
+            i = 0
+            while i < len(items):
+                taken = await self._send_batch(partition, items, i, generation)
+                if taken == 0:  # not handed over: this one failed (and the producer may be gone)
+                    unsent += 1
+                    taken = 1
+                elif taken < 0:  # the batch failed
+                    unsent += -taken
+                    taken = -taken
+                i += taken
+        return unsent
+
+    async def _send_batch(self, partition: int, items: list[tuple[RecordRef, bytes, bytes]], start: int,
+                          generation: int) -> int:
+        """Sends items[start:] that fit in one record batch: how many went (> 0), or minus how many
+        failed (< 0), or 0 when items[start] alone failed."""
+        producer = self._producer
+        if producer is None or not self.connected:
+            self.journal.failed(items[start][0], generation)
+            return 0
+        batch = producer.create_batch()
+        taken: list[tuple[RecordRef, int]] = []  # (ref, offset within the batch)
+        for ref, key, data in items[start:]:
+            if taken and self._inflight.locked():
+                break  # never wait for a permit while holding some: hold() waits for all of them
+            await self._inflight.acquire()
+            appended = batch.append(key=key, value=data, timestamp=None)
+            if appended is None:  # the batch is full
+                self._inflight.release()
+                break
+            taken.append((ref, appended.offset))
+        if not taken:  # one event larger than a batch: sent on its own
+            return 1 if await self._send(*items[start], generation, "direct") else 0
+        batch.close()
+        if not self._open.is_set():  # held while these waited for permits: they go out after release
+            self._failed_batch(taken, generation)
+            self._resend.set()
+            return -len(taken)
+        try:
+            # bounded without wait_for: a full buffer makes send_batch() wait at most request_timeout_ms
+            delivery = await producer.send_batch(batch, self.topic, partition=partition)
+        except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
+            self._failed_batch(taken, generation)
+            self._mark_down(exc)
+            return -len(taken)
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(partial(self._delivered_batch, taken, generation))
+        return len(taken)
+
+    def _failed_batch(self, taken: list[tuple[RecordRef, int]], generation: int) -> None:
+        for ref, _ in taken:
+            self._inflight.release()
+            self.journal.failed(ref, generation)
+
+    def _delivered_batch(self, taken: list[tuple[RecordRef, int]], generation: int, fut: asyncio.Future) -> None:
+        self._deliveries.discard(fut)
+        if fut.cancelled() or fut.exception() is not None:
+            self._failed_batch(taken, generation)
+            self._mark_down(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
+            return
+        for _ in taken:
+            self._inflight.release()
+        self.m_published.labels("direct").inc(len(taken))
+        md = fut.result()  # the batch's: its offset is the first record's
+        base = md.offset
+        if generation == self.journal.generation:
+            if base < self._last_ack.get(md.partition, -1):
+                self._broker_lost_data("offset_regressed")  # a fresh, empty broker hands out offsets from 0 again
+                return
+            self._last_ack[md.partition] = base + taken[-1][1]
+        acked = self.journal.acked
+        for ref, offset in taken:
+            acked(ref, md.partition, base + offset, generation)
 
     def _delivered(self, ref: RecordRef, generation: int, path: str, fut: asyncio.Future) -> None:
         self._deliveries.discard(fut)
