@@ -3,6 +3,7 @@ failed startup does not."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from tests.support.net import free_port
 
 APP = textwrap.dedent("""
-    import contextlib, sys
+    import contextlib, gc, sys
     from fastapi import FastAPI
     from helicone_core.entrypoint import serve
     from helicone_core.settings import ServiceSettings
@@ -29,29 +30,35 @@ APP = textwrap.dedent("""
 
     app = FastAPI(lifespan=lifespan)
     app.get("/healthz")(lambda: {})
+    app.get("/gc")(lambda: {"young": gc.get_threshold()[0], "frozen": gc.get_freeze_count()})
     serve(app, ServiceSettings(port=int(sys.argv[1]), _env_file=None))
 """)
 
 
-def _start(mode: str) -> tuple[subprocess.Popen, int]:
+def _start(mode: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", APP, str(port), mode], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", APP, str(port), mode], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     return proc, port
+
+
+def _wait_ready(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no answer"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_graceful_stop_exits_0_after_the_shutdown(sig):
     proc, port = _start("ok")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no answer"
-            time.sleep(0.05)
+        _wait_ready(proc, port)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=20)
     finally:
@@ -66,3 +73,18 @@ def test_a_failed_startup_still_exits_non_zero():
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode != 0, out
     assert "startup failed" in out
+
+
+@pytest.mark.parametrize("threshold", ["12345", "0"])
+def test_a_served_process_has_its_collector_tuned(threshold):
+    """serve() freezes what the process holds at start and sets HELICONE_GC_YOUNG_THRESHOLD (0: Python's 700)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELICONE_")}
+    env["HELICONE_GC_YOUNG_THRESHOLD"] = threshold
+    proc, port = _start("ok", env)
+    try:
+        _wait_ready(proc, port)
+        got = httpx.get(f"http://127.0.0.1:{port}/gc", timeout=5).json()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert got["young"] == (int(threshold) or 700) and got["frozen"] > 1000, got
