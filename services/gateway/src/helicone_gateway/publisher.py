@@ -361,6 +361,9 @@ class EventPublisher:
             self._resend.set()
         self._update_gauges()
 
+    def _partition(self, key: bytes) -> int:
+        return self._partitioner(key, self._partitions, self._partitions) if len(self._partitions) > 1 else 0
+
     async def _send(self, ref: RecordRef, key: bytes, data: bytes, generation: int, path: str) -> bool:
         """Hands one journaled event to the producer's batch; the ack is recorded by a callback."""
         producer = self._producer
@@ -368,58 +371,48 @@ class EventPublisher:
             self.journal.failed(ref, generation)
             return False
         await self._inflight.acquire()
+        sent = [(ref, 0)]
         if not self._open.is_set():  # held while this event waited for a permit: it goes out after release
-            self._inflight.release()
-            self.journal.failed(ref, generation)
+            self._failed(sent, generation)
             self._resend.set()
             return False
         try:
-            partition = self._partitioner(key, self._partitions, self._partitions) if len(self._partitions) > 1 else 0
             # bounded without wait_for: a full buffer makes send() wait at most request_timeout_ms
-            delivery = await producer.send(self.topic, data, key=key, partition=partition)
+            delivery = await producer.send(self.topic, data, key=key, partition=self._partition(key))
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
-            self._inflight.release()
-            self.journal.failed(ref, generation)
+            self._failed(sent, generation)
             self._mark_down(exc)
             return False
         self._deliveries.add(delivery)
-        delivery.add_done_callback(partial(self._delivered, ref, generation, path))
+        delivery.add_done_callback(partial(self._delivered, sent, generation, path))
         return True
 
     async def _send_many(self, sends: list[tuple[RecordRef, bytes, bytes]], generation: int) -> int:
         """Hands journaled events to the producer as record batches, one future per batch and
         partition instead of one per event (aiokafka's send() cost 15-18 us of CPU per event, a
         batch's append 6); returns how many were not handed over (the journal has them as failed)."""
-        multi = len(self._partitions) > 1
         by_partition: dict[int, list[tuple[RecordRef, bytes, bytes]]] = {}
         for item in sends:
-            partition = self._partitioner(item[1], self._partitions, self._partitions) if multi else 0
-            by_partition.setdefault(partition, []).append(item)
+            by_partition.setdefault(self._partition(item[1]), []).append(item)
         unsent = 0
         for partition, items in by_partition.items():
-            i = 0
-            while i < len(items):
-                taken = await self._send_batch(partition, items, i, generation)
-                if taken == 0:  # not handed over: this one failed (and the producer may be gone)
-                    unsent += 1
-                    taken = 1
-                elif taken < 0:  # the batch failed
-                    unsent += -taken
-                    taken = -taken
-                i += taken
+            while items:
+                dealt, failed = await self._send_batch(partition, items, generation)
+                unsent += failed
+                items = items[dealt:]
         return unsent
 
-    async def _send_batch(self, partition: int, items: list[tuple[RecordRef, bytes, bytes]], start: int,
-                          generation: int) -> int:
-        """Sends items[start:] that fit in one record batch: how many went (> 0), or minus how many
-        failed (< 0), or 0 when items[start] alone failed."""
+    async def _send_batch(self, partition: int, items: list[tuple[RecordRef, bytes, bytes]],
+                          generation: int) -> tuple[int, int]:
+        """Sends the first of `items` that fit in one record batch: (how many it dealt with, how many
+        of those were not handed over)."""
         producer = self._producer
         if producer is None or not self.connected:
-            self.journal.failed(items[start][0], generation)
-            return 0
+            self.journal.failed(items[0][0], generation)
+            return 1, 1
         batch = producer.create_batch()
         taken: list[tuple[RecordRef, int]] = []  # (ref, offset within the batch)
-        for ref, key, data in items[start:]:
+        for ref, key, data in items:
             if taken and self._inflight.locked():
                 break  # never wait for a permit while holding some: hold() waits for all of them
             await self._inflight.acquire()
@@ -429,64 +422,51 @@ class EventPublisher:
                 break
             taken.append((ref, appended.offset))
         if not taken:  # one event larger than a batch: sent on its own
-            return 1 if await self._send(*items[start], generation, "direct") else 0
+            return 1, 0 if await self._send(*items[0], generation, "direct") else 1
         batch.close()
         if not self._open.is_set():  # held while these waited for permits: they go out after release
-            self._failed_batch(taken, generation)
+            self._failed(taken, generation)
             self._resend.set()
-            return -len(taken)
+            return len(taken), len(taken)
         try:
             # bounded without wait_for: a full buffer makes send_batch() wait at most request_timeout_ms
             delivery = await producer.send_batch(batch, self.topic, partition=partition)
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
-            self._failed_batch(taken, generation)
+            self._failed(taken, generation)
             self._mark_down(exc)
-            return -len(taken)
+            return len(taken), len(taken)
         self._deliveries.add(delivery)
-        delivery.add_done_callback(partial(self._delivered_batch, taken, generation))
-        return len(taken)
+        delivery.add_done_callback(partial(self._delivered, taken, generation, "direct"))
+        return len(taken), 0
 
-    def _failed_batch(self, taken: list[tuple[RecordRef, int]], generation: int) -> None:
-        for ref, _ in taken:
+    def _failed(self, sent: list[tuple[RecordRef, int]], generation: int) -> None:
+        """Events that did not reach the broker: their permits back, unsent again in the journal."""
+        for ref, _ in sent:
             self._inflight.release()
             self.journal.failed(ref, generation)
 
-    def _delivered_batch(self, taken: list[tuple[RecordRef, int]], generation: int, fut: asyncio.Future) -> None:
+    def _delivered(self, sent: list[tuple[RecordRef, int]], generation: int, path: str, fut: asyncio.Future) -> None:
+        """The broker's answer to one send: one event (offset 0) or a record batch (each event's offset
+        within it), acknowledged at the offset of the batch's first record plus its own."""
         self._deliveries.discard(fut)
         if fut.cancelled() or fut.exception() is not None:
-            self._failed_batch(taken, generation)
+            self._failed(sent, generation)
             self._mark_down(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
             return
-        for _ in taken:
+        for _ in sent:
             self._inflight.release()
-        self.m_published.labels("direct").inc(len(taken))
-        md = fut.result()  # the batch's: its offset is the first record's
+        self.m_published.labels(path).inc(len(sent))
+        md = fut.result()
         base = md.offset
         if generation == self.journal.generation:
             if base < self._last_ack.get(md.partition, -1):
-                self._broker_lost_data("offset_regressed")  # a fresh, empty broker hands out offsets from 0 again
-                return
-            self._last_ack[md.partition] = base + taken[-1][1]
-        acked = self.journal.acked
-        for ref, offset in taken:
-            acked(ref, md.partition, base + offset, generation)
-
-    def _delivered(self, ref: RecordRef, generation: int, path: str, fut: asyncio.Future) -> None:
-        self._deliveries.discard(fut)
-        self._inflight.release()
-        if fut.cancelled() or fut.exception() is not None:
-            self.journal.failed(ref, generation)
-            self._mark_down(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
-            return
-        self.m_published.labels(path).inc()
-        md = fut.result()
-        if generation == self.journal.generation:
-            if md.offset < self._last_ack.get(md.partition, -1):
                 # a fresh, empty broker hands out offsets from 0 again
                 self._broker_lost_data("offset_regressed")
                 return
-            self._last_ack[md.partition] = md.offset
-        self.journal.acked(ref, md.partition, md.offset, generation)
+            self._last_ack[md.partition] = base + sent[-1][1]
+        acked = self.journal.acked
+        for ref, offset in sent:
+            acked(ref, md.partition, base + offset, generation)
 
     def _broker_lost_data(self, reason: str) -> None:
         log.warning("the broker lost acknowledged events (%s); sending the journal again", reason)
