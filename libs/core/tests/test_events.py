@@ -43,6 +43,44 @@ def test_garbage_is_rejected():
         events.decode(b"\xff\xff\xff not protobuf")
 
 
+def _decoded_alone(raw: bytes):
+    try:
+        return events.decode(raw)
+    except events.EventError as exc:
+        return exc
+
+
+def _same_answer(got, want) -> bool:
+    if isinstance(want, events.EventError):
+        return isinstance(got, events.EventError) and str(got) == str(want)
+    return got == want
+
+
+@pytest.mark.parametrize("garbage", [False, True], ids=["all-protobuf", "one-not-protobuf"])
+def test_decode_many_answers_what_decode_answers_for_each_value_in_order(garbage):
+    bad_version, bad_org = make_event(), make_event()
+    bad_version.schema_version = 2
+    bad_org.org_id = "../other"
+    raws = [events.encode(make_event(user_id=f"u{i}")) for i in range(5)]
+    raws[1:1] = [events.encode(bad_version), b"", events.encode(bad_org)]
+    if garbage:  # the batch no longer parses as one message: each value is decoded alone
+        raws.insert(4, b"\xff\xffnot a protobuf")
+    got = events.decode_many(raws)
+    want = [_decoded_alone(raw) for raw in raws]
+    assert len(got) == len(raws)
+    assert all(_same_answer(g, w) for g, w in zip(got, want, strict=True)), (got, want)
+    assert sum(isinstance(g, events.RequestLogged) for g in got) == 5
+    assert [g.user_id for g in got if isinstance(g, events.RequestLogged)] == [f"u{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 2_097_152])
+def test_the_frame_of_a_value_is_protobufs_own_encoding_of_a_batch_entry(size):
+    ev = make_event(inline=events.InlineBodies(request_body=b"x" * size))
+    raw = events.encode(ev)
+    assert events._frame_head(len(raw)) + raw == events.RequestLoggedBatch(events=[ev]).SerializeToString()
+    assert events.decode_many([raw, raw]) == [ev, ev]
+
+
 def test_analytics_row_is_deterministic_and_versioned_by_the_request_time():
     ev = make_event()
     kw = dict(request_key="a", response_key="b", request_bytes=1, response_bytes=2,

@@ -19,6 +19,7 @@ Usage = events_pb2.Usage
 InlineBodies = events_pb2.InlineBodies
 BodyLocation = events_pb2.BodyLocation
 Attempt = events_pb2.Attempt
+RequestLoggedBatch = events_pb2.RequestLoggedBatch
 
 SCHEMA_VERSION = 1
 # The providers the gateway routes to (`provider` of its events): the provider table's names. Where a
@@ -52,6 +53,65 @@ def decode(data: bytes) -> RequestLogged:
         raise EventError(f"not a RequestLogged protobuf: {exc}") from exc
     validate(event)
     return event
+
+
+def decode_many(raws: list[bytes]) -> list[RequestLogged | EventError]:
+    """decode() of each value, in order: its event, or the EventError it raised.
+
+    The values are parsed as one RequestLoggedBatch (each framed as an `events` entry): one parse
+    and one protobuf arena for them all. With an arena per event, freeing a batch's events made
+    protobuf trim the C heap (malloc_trim, every 10,000 frees), and the next batch faulted all
+    that memory back in: a third of decoding's time. A value that is not a RequestLogged protobuf
+    fails the whole parse; each value is then decoded on its own."""
+    framed = []
+    heads = _FRAME_HEADS
+    for raw in raws:
+        length = len(raw)
+        head = heads.get(length)
+        if head is None:
+            if len(heads) >= 4096:
+                heads.clear()
+            head = heads[length] = _frame_head(length)
+        framed.append(head)
+        framed.append(raw)
+    batch = RequestLoggedBatch()
+    try:
+        batch.ParseFromString(b"".join(framed))
+    except DecodeError:
+        decoded = None
+    else:
+        decoded = batch.events
+    if decoded is None or len(decoded) != len(raws):
+        return [_decoded_or_error(raw) for raw in raws]
+    out: list[RequestLogged | EventError] = []
+    for event in decoded:
+        try:
+            validate(event)
+        except EventError as exc:
+            out.append(exc)
+        else:
+            out.append(event)
+    return out
+
+
+def _decoded_or_error(raw: bytes) -> RequestLogged | EventError:
+    try:
+        return decode(raw)
+    except EventError as exc:
+        return exc
+
+
+_FRAME_HEADS: dict[int, bytes] = {}  # value length -> _frame_head (a batch's values have a few hundred lengths)
+
+
+def _frame_head(length: int) -> bytes:
+    """The tag of RequestLoggedBatch.events (field 1, length-delimited) and `length` as a varint."""
+    head = bytearray(b"\x0a")
+    while length >= 0x80:
+        head.append(length & 0x7F | 0x80)
+        length >>= 7
+    head.append(length)
+    return bytes(head)
 
 
 def validate(event: RequestLogged) -> None:

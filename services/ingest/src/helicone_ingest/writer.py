@@ -101,14 +101,13 @@ class BatchWriter:
     def decode(self, raws: list[bytes]) -> tuple[list[events.RequestLogged], list[Rejected]]:
         good: dict[tuple[str, str], events.RequestLogged] = {}
         bad: list[Rejected] = []
-        for raw in raws:
-            try:
-                ev = events.decode(raw)
-            except events.EventError as exc:
-                bad.append(Rejected(raw, str(exc)))
-                continue
-            except Exception as exc:  # noqa: BLE001 - anything else about one event must not stop the batch
-                bad.append(Rejected(raw, f"{exc.__class__.__name__}: {exc}"))
+        try:
+            decoded = events.decode_many(raws)
+        except Exception:  # noqa: BLE001 - anything else about one event must not stop the batch: one at a time
+            decoded = [_decoded(raw) for raw in raws]
+        for raw, ev in zip(raws, decoded, strict=True):
+            if isinstance(ev, Exception):
+                bad.append(Rejected(raw, str(ev) if isinstance(ev, events.EventError) else f"{ev.__class__.__name__}: {ev}"))
                 continue
             rid = events.request_uuid(ev.request_id)
             if rid != ev.request_id:  # "{...}", "urn:uuid:...", upper case: the UUID column reads one form only
@@ -241,6 +240,13 @@ class BatchWriter:
                 rows[i] = values(batch[i], refs[2 * n], refs[2 * n + 1], req_len, resp_len, request_type, response_type,
                                  truncated)
         return packs, rows
+
+
+def _decoded(raw: bytes) -> events.RequestLogged | Exception:
+    try:
+        return events.decode(raw)
+    except Exception as exc:  # noqa: BLE001 - an EventError, or anything else about this one event
+        return exc
 
 
 def _identity(member: tuple[str, int, int]) -> tuple[str, int]:

@@ -151,3 +151,9 @@ class RequestLogged(_message.Message):
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
     fallback_index: int
     def __init__(self, schema_version: _Optional[int] = ..., request_id: _Optional[str] = ..., org_id: _Optional[str] = ..., request_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., response_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[int] = ..., time_to_first_token_ms: _Optional[int] = ..., status: _Optional[int] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., target_url: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_path: _Optional[str] = ..., session_name: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_known: _Optional[bool] = ..., streamed: _Optional[bool] = ..., inline: _Optional[_Union[InlineBodies, _Mapping]] = ..., location: _Optional[_Union[BodyLocation, _Mapping]] = ..., error: _Optional[str] = ..., source: _Optional[str] = ..., region: _Optional[str] = ..., prompt_id: _Optional[str] = ..., prompt_version: _Optional[int] = ..., prompt_inputs_json: _Optional[str] = ..., prompt_environment: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., cache_saved_usd: _Optional[float] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., fallback_index: _Optional[int] = ...) -> None: ...
+
+class RequestLoggedBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[RequestLogged]
+    def __init__(self, events: _Optional[_Iterable[_Union[RequestLogged, _Mapping]]] = ...) -> None: ...
