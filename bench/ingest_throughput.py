@@ -120,9 +120,9 @@ async def run_worker(args) -> None:
     tune_gc(svc.settings.gc_young_threshold)  # as python -m helicone_ingest does
     write = svc.writer.write
 
-    async def timed(batch):
+    async def timed(batch, turn=None):
         start, cpu = time.perf_counter(), time.process_time()  # CPU of every thread of the worker (chDB's too)
-        await write(batch)
+        await write(batch, turn)
         marks.append((start, time.perf_counter(), len(batch), cpu, time.process_time()))
         progress.write_text(str(sum(m[2] for m in marks)))  # noqa: ASYNC240 - a tiny file per batch, read by the driver
 
@@ -217,7 +217,7 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
             continue
         first, last, total = min(m[0] for m in marks), max(m[1] for m in marks), sum(m[2] for m in marks)
         per_worker.append((total, total / (last - first) if last > first else 0.0))
-        busy.append(sum(m[1] - m[0] for m in marks))
+        busy.append(_covered([(m[0], m[1]) for m in marks]))
         batches.append(len(marks))
         cpu.append(max(m[4] for m in marks) - min(m[3] for m in marks))
         spans.append((first + data["wall_offset"], last + data["wall_offset"]))
@@ -225,11 +225,21 @@ def run_case(bootstrap: str, tmp: Path, backend: str, workers: int, n: int, part
     span = max(e for _, e in spans) - min(s for s, _ in spans)
     return {"backend": backend, "workers": workers, "events": n, "written": written, "event_bytes": avg,
             "per_worker": [round(r) for _, r in per_worker], "total_eps": written / span,
-            # events per second of BatchWriter.write time alone, and the mean batch: where the rest of the time goes
+            # events per second of the time some BatchWriter.write ran, and the mean batch: where the rest of the time goes
             "write_eps": written / sum(busy), "mean_batch": written / sum(batches),
             # CPU per event, which the machine's load does not inflate as much as wall time
             "worker_cpu_us": sum(cpu) * 1e6 / written, "server_cpu_us": server_cpu * 1e6 / written,
             "peak_rss_mb": max(peaks)}
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """The time covered by the (start, end) spans (writes of consecutive batches overlap)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 async def projection_cost(store, batches: int, batch_size: int) -> dict[str, float]:
@@ -356,7 +366,7 @@ def main() -> None:
         print(f"{label:<28} {r['workers']:>7} {per:>30} {r['total_eps']:>15.0f} {r['write_eps']:>11.0f} "
               f"{r['mean_batch']:>10.0f} {r['worker_cpu_us']:>20.0f} {r['server_cpu_us']:>20.0f} {r['peak_rss_mb']:>19.0f}")
     print("events/s per worker: from its first batch's start to its last batch's end; in write(): events per second "
-          "of BatchWriter.write alone;\nworker CPU: every thread of the worker process (chDB's included) over that "
+          "of the time some BatchWriter.write ran;\nworker CPU: every thread of the worker process (chDB's included) over that "
           "span; server CPU: the chDB-behind-HTTP process, the whole case; worker peak RSS: the largest worker's")
     if not costs:
         return

@@ -6,14 +6,16 @@ do not stop the commits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import types
 import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
+from helicone_core.kafka import ensure_topics
 from helicone_ingest.app import IngestService
-from helicone_ingest.batches import Batch, BatchApp, InFlight
+from helicone_ingest.batches import Batch, BatchApp, InFlight, Turns
 
 from .test_postgres_outage import eventually, make_events, produce, row_count, settings
 
@@ -117,6 +119,76 @@ async def test_offsets_are_committed_only_after_their_batch_is_written_and_a_fai
         assert svc.metrics.registry.get_sample_value("helicone_ingest_write_errors_total", {"stage": "analytics"}) >= 3
     finally:
         await svc.stop()
+
+
+async def test_a_batch_stores_its_bodies_while_the_one_before_inserts_and_rows_go_in_one_batch_at_a_time_in_order(
+        tmp_path, kafka_bootstrap):
+    topic = "pipeline-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    svc = IngestService(s)
+    inserting, most_at_once, bodies_during_an_insert, users = 0, 0, 0, []
+    first_inserting, bodies_while_inserting = asyncio.Event(), asyncio.Event()
+    insert, put = svc.analytics.insert_values, svc.bodies.put
+
+    async def slow_insert(table, names, rows):
+        nonlocal inserting, most_at_once
+        inserting += 1
+        most_at_once = max(most_at_once, inserting)
+        try:
+            if not first_inserting.is_set():  # the first insert lasts until a later batch has stored its bodies
+                first_inserting.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(bodies_while_inserting.wait(), 10)
+            await insert(table, names, rows)
+            users.extend(int(row[names.index("user_id")].removeprefix("user-")) for row in rows)
+        finally:
+            inserting -= 1
+
+    async def noted_put(key, data, content_type):
+        nonlocal bodies_during_an_insert
+        if inserting:
+            bodies_during_an_insert += 1
+            bodies_while_inserting.set()
+        await put(key, data, content_type)
+
+    svc.analytics.insert_values, svc.bodies.put = slow_insert, noted_put
+    evs = make_events(400)
+    await ensure_topics(kafka_bootstrap, [topic, s.kafka_dlq_topic], 1, 1, security=svc.kafka_security)
+    await svc.start()
+    try:
+        await produce(kafka_bootstrap, topic, evs[:100])
+        await eventually(lambda: asyncio.sleep(0, first_inserting.is_set()))
+        await produce(kafka_bootstrap, topic, evs[100:])
+
+        async def all_committed() -> bool:
+            return await committed(kafka_bootstrap, topic, s.consumer_group) == len(evs)
+
+        await eventually(all_committed)
+        assert bodies_during_an_insert > 0
+        assert most_at_once == 1
+        assert users == list(range(len(evs)))  # every row once, batches in the order they were read (one partition)
+        assert await row_count(svc) == len(evs)
+    finally:
+        await svc.stop()
+
+
+async def test_a_turn_starts_once_the_turn_before_has_ended():
+    turns = Turns()
+    first, second, third = turns.next(), turns.next(), turns.next()
+    await asyncio.wait_for(first.wait(), 1)  # the first turn has none before it
+    waiting = asyncio.ensure_future(second.wait())
+    third_waiting = asyncio.ensure_future(third.wait())
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and not third_waiting.done()
+    first.end()
+    first.end()  # ending again does nothing
+    await asyncio.wait_for(waiting, 1)
+    await asyncio.sleep(0.05)
+    assert not third_waiting.done()
+    waiting.cancel()  # a waiter that gives up does not end the turn before it, nor its own
+    second.end()
+    await asyncio.wait_for(third_waiting, 1)
+    await asyncio.wait_for(second.wait(), 1)  # at once the second time
 
 
 async def test_a_hand_over_that_waits_is_abandoned_when_a_rebalance_suspends_the_flow():

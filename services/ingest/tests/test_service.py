@@ -58,7 +58,7 @@ async def test_a_batch_is_retried_until_written_and_poison_is_dead_lettered(tmp_
     ev = logged_event()
     dlq = FakeDlq()
 
-    await asyncio.wait_for(svc.write_decoded(svc.decode([b"\x00junk", events.encode(ev)]), dlq), 10)
+    await asyncio.wait_for(svc.write_decoded(await svc.decode([b"\x00junk", events.encode(ev)]), dlq), 10)
 
     assert analytics.failures == 0
     assert [r["request_id"] for r in analytics.rows] == [ev.request_id]
@@ -80,7 +80,7 @@ async def test_a_batch_whose_preparation_fails_is_prepared_again_by_the_retried_
 
     svc.writer.prepare = flaky_prepare
     ev = logged_event()
-    decoded = svc.decode([events.encode(ev)])
+    decoded = await svc.decode([events.encode(ev)])
     assert decoded[0] == [ev]  # the events themselves: write() prepares them under its retries
     await asyncio.wait_for(svc.write_decoded(decoded, FakeDlq()), 10)
     assert calls == [1, 1, 1]

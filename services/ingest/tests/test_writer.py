@@ -9,6 +9,7 @@ from helicone_core import db, events
 from helicone_core.analytics import ChdbStore
 from helicone_core.bodies import LocalBodyStore
 from helicone_core.metrics import ServiceMetrics
+from helicone_ingest import writer as writer_module
 from helicone_ingest.metadata import PendingMetadata
 from helicone_ingest.writer import BatchWriter
 from hypothesis import given, settings
@@ -271,3 +272,32 @@ def test_pending_metadata_merges_a_batch_as_the_merge_rules_say(batches, max_key
                 dropped += not reference._merge_prop((org, key), at)
     assert (fast.users, fast.sessions, fast.props) == (reference.users, reference.sessions, reference.props)
     assert (metrics.registry.get_sample_value("helicone_ingest_metadata_dropped_keys_total", {"reason": "full"}) or 0) == dropped
+
+
+async def test_a_batch_is_prepared_a_step_at_a_time_with_the_event_loop_running_between_steps(writer, monkeypatch):
+    w, analytics, bodies, _ = writer
+    monkeypatch.setattr(writer_module, "PREPARE_STEP", 3)
+    evs = [event(org=ORG if i % 2 else OTHER_ORG, body=b'{"n":%d}' % i) for i in range(8)]
+    turns = 0
+
+    async def ticker():
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = turns
+    prepared = await w.prepare_in_steps(evs)
+    ticking.cancel()
+    assert turns - before >= 2  # three steps, and the loop ran between them
+    steps = [w.prepare(evs[i:i + 3]) for i in range(0, len(evs), 3)]
+    assert prepared.events == evs
+    assert prepared.rows == [row for step in steps for row in step.rows]
+    assert prepared.packs == [pack for step in steps for pack in step.packs]
+    assert len(prepared.packs) == 6  # one per org and step
+    await w.write(prepared)
+    for i, ev in enumerate(evs):
+        assert await logged(analytics, bodies, ev.org_id, ev.request_id) == [
+            {"model": "gpt-4o-mini", "request_body": b'{"model":"gpt-4o-mini"}', "response_body": b'{"n":%d}' % i}]

@@ -24,7 +24,7 @@ from helicone_core.kafka import client_security, ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
 from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 
-from .batches import Batch, BatchApp, InFlight
+from .batches import Batch, BatchApp, InFlight, Turn, Turns
 from .metadata import PendingMetadata
 from .settings import IngestSettings
 from .writer import BatchWriter, PreparedBatch, Rejected
@@ -91,10 +91,13 @@ class IngestService:
         dlq = app.topic(s.kafka_dlq_topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
         # The consumer hands each batch to the agent through a channel, at most two at a time. The
         # agent decodes a batch while the one before is being written (the stores' I/O and chDB's
-        # insert run off the event loop's thread), then writes it once that write is done: writes
-        # and acknowledgements stay in order, one at a time.
+        # insert run off the event loop's thread) and starts its write at once: its bodies are stored
+        # while the batch before inserts its rows, and it inserts its own in the next turn (Turns), so
+        # rows go in one batch at a time, in order, each right after the one before. Acknowledgements
+        # stay in order too: a batch is acknowledged after the one before it.
         batches = app.channel()
         in_flight = InFlight(2)
+        turns = Turns()
         service = self
 
         async def hand_over(batch: Batch) -> None:
@@ -105,49 +108,53 @@ class IngestService:
                 in_flight.leave(batch)
                 raise
 
-        async def write(batch: Batch, decoded: Decoded) -> None:
+        async def write(batch: Batch, decoded: Decoded, turn: Turn, before: asyncio.Task | None) -> None:
             try:
-                await service.write_decoded(decoded, dlq)
+                await service.write_decoded(decoded, dlq, turn)
+                if before is not None:
+                    await asyncio.wait([before])
                 batch.ack()
             finally:
+                turn.end()
                 in_flight.leave(batch)
 
         @app.agent(batches, name="request-logged-writer")
         async def write_request_logs(stream):
-            writing: asyncio.Task | None = None
+            writes: list[asyncio.Task] = []
             try:
                 async for batch in stream:
                     if not batch.current():  # its partitions are read again from the committed offsets
                         in_flight.leave(batch)
                         continue
-                    decoded = service.decode(batch.values())
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.create_task(write(batch, decoded), name="ingest-write")
+                    decoded = await service.decode(batch.values())
+                    writes = [w for w in writes if not w.done()]
+                    before = writes[-1] if writes else None
+                    writes.append(asyncio.create_task(write(batch, decoded, turns.next(), before), name="ingest-write"))
             finally:
-                await _cancel(writing)  # stopping: an unfinished batch is not acknowledged (read again)
+                for task in reversed(writes):  # stopping: an unfinished batch is not acknowledged (read again)
+                    await _cancel(task)
 
         app.batch_handler = hand_over
         return app
 
-    def decode(self, raws: list[bytes]) -> Decoded:
+    async def decode(self, raws: list[bytes]) -> Decoded:
         """The batch's events made ready to write (their rows and body packs), and those to dead-letter."""
         assert self.writer is not None
         good, bad = self.writer.decode(list(raws))
         try:
-            return self.writer.prepare(good), bad
+            return await self.writer.prepare_in_steps(good), bad
         except Exception as exc:  # noqa: BLE001 - write() prepares them again, under _retry like every write
             log.warning("ingest prepare failed (%s: %s); the write retries it", exc.__class__.__name__, exc)
             return good, bad
 
-    async def write_decoded(self, decoded: Decoded, dlq) -> None:
-        """Dead-letters decode()'s rejected events and writes the good ones, each retried until it
-        succeeds; never raises (the batch is acknowledged after it, so giving up would hold its
-        partitions' commits for good)."""
+    async def write_decoded(self, decoded: Decoded, dlq, turn: Turn | None = None) -> None:
+        """Dead-letters decode()'s rejected events and writes the good ones (their rows in `turn`,
+        see BatchWriter.write), each retried until it succeeds; never raises (the batch is
+        acknowledged after it, so giving up would hold its partitions' commits for good)."""
         good, bad = decoded
         for rejected in bad:
             await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason), "dead-letter")
-        await self._retry(lambda: self.writer.write(good), "write")
+        await self._retry(lambda: self.writer.write(good, turn), "write")
 
     async def _dead_letter(self, dlq, raw: bytes, reason: str) -> None:
         fut = await dlq.send(value=raw, headers={"x-helicone-error": reason[:500].encode()})

@@ -109,6 +109,39 @@ class InFlight:
         self._room.set()
 
 
+class Turns:
+    """Turns handed out in order: a turn starts once the turn before it has ended.
+
+    Ingest writes a batch's rows in its turn, so that batches insert one at a time and in the order
+    they were read (rows of one identity and version: the later batch's wins), while the next
+    batch's bodies and the last batch's accounting run alongside."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Future | None = None
+
+    def next(self) -> Turn:
+        ended = asyncio.get_running_loop().create_future()
+        turn, self._last = Turn(self._last, ended), ended
+        return turn
+
+
+class Turn:
+    __slots__ = ("_before", "_ended")
+
+    def __init__(self, before: asyncio.Future | None, ended: asyncio.Future) -> None:
+        self._before, self._ended = before, ended
+
+    async def wait(self) -> None:
+        """Returns once the turn before this one has ended (at once the second time)."""
+        if self._before is not None:
+            await asyncio.shield(self._before)
+
+    def end(self) -> None:
+        """Ends the turn (again: nothing): the next one may start."""
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+
 class BatchConsumer(driver.Consumer):
     """Faust's aiokafka Consumer with a fetch loop that hands batches to `app.batch_handler`."""
 

@@ -3,7 +3,8 @@ the Postgres metadata to PendingMetadata (written in the background, so a Postgr
 nothing here). Idempotent: a replayed event collapses into the same ReplacingMergeTree row (same
 identity, same version) pointing at the same bytes, and merges into the same metadata.
 
-Bodies go into body packs: one object per org and batch (`orgs/<org>/packs/<digest>`, see
+Bodies go into body packs: one object per org and batch, or per org and step of PREPARE_STEP
+events when ingest prepares a batch in steps (`orgs/<org>/packs/<digest>`, see
 events.body_pack_key), the events' bodies one after the other; a row points at its bodies as byte
 ranges of the pack (bodies.body_ref). One object per body cost two file or S3 writes per event,
 which was most of ingest's time. The pack's name is a digest of its content, so retrying or
@@ -25,6 +26,7 @@ import logging
 import operator
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from helicone_core import events
 from helicone_core.analytics import AnalyticsStore
@@ -34,10 +36,16 @@ from helicone_core.metrics import ServiceMetrics
 
 from .metadata import PendingMetadata
 
+if TYPE_CHECKING:
+    from .batches import Turn
+
 log = logging.getLogger("helicone.ingest")
 
 # The `model` label of a model the cost registry does not know (the caller chose the name).
 OTHER_MODEL = "other"
+# events prepared (prepare_in_steps), or accounted for once written (write), between two turns of the
+# event loop: about 15 ms of work
+PREPARE_STEP = 1000
 # the `kind` label of the token counter, in the order an event's tokens are counted
 TOKEN_KINDS = ("prompt", "completion", "cache_read", "cache_write")
 # the fields _count_usage and _pack_bodies read, one call each (a protobuf field read is most of their cost)
@@ -128,10 +136,29 @@ class BatchWriter:
         packs, rows = self._pack_bodies(batch)
         return PreparedBatch(batch, packs, rows)
 
-    async def write(self, batch: list[events.RequestLogged] | PreparedBatch) -> None:
+    async def prepare_in_steps(self, batch: list[events.RequestLogged]) -> PreparedBatch:
+        """prepare() one PREPARE_STEP of events at a time, letting the event loop run in between: a
+        batch prepared in one go held the loop for a tenth of a second or more, and the writes in
+        progress (the batch before it inserting its rows) waited for it. Each step makes its own
+        body packs (one per org), so packs hold up to PREPARE_STEP events."""
+        packs: list[tuple[str, bytes]] = []
+        rows: list[list] = []
+        for start in range(0, len(batch), PREPARE_STEP):
+            if start:
+                await asyncio.sleep(0)
+            step = self.prepare(batch[start:start + PREPARE_STEP])
+            packs += step.packs
+            rows += step.rows
+        return PreparedBatch(batch, packs, rows)
+
+    async def write(self, batch: list[events.RequestLogged] | PreparedBatch, turn: Turn | None = None) -> None:
         """Writes a batch (decode's events or prepare's answer); raises on failure, and the caller
-        retries the same batch."""
+        retries the same batch. With a `turn` the rows are inserted in it (after the bodies are
+        stored), and it ends once they are."""
         if not batch:
+            if turn is not None:  # nothing to insert: the turn passes on in its place in the order
+                await turn.wait()
+                turn.end()
             return
         started = time.perf_counter()
         prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
@@ -140,20 +167,29 @@ class BatchWriter:
         except Exception:
             self.m_write_errors.labels("bodies").inc()
             raise
+        if turn is not None:
+            await turn.wait()
         try:
             await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, prepared.rows)
         except Exception:
             self.m_write_errors.labels("analytics").inc()
             raise
+        if turn is not None:
+            turn.end()
         written = prepared.events
-        self.metadata.add(written)
         now = time.time()
         observe = self.m_lag.observe
-        for ev in written:
-            if ev.HasField("response_created_at"):
-                at = ev.response_created_at
-                observe(max(now - at.seconds - at.nanos / 1e9, 0))
-        self._count_usage(written)
+        # the written events' metadata, lag and usage, a step at a time: the next batch's insert,
+        # whose turn has come, starts first and goes on alongside
+        for start in range(0, len(written), PREPARE_STEP):
+            await asyncio.sleep(0)
+            step = written[start:start + PREPARE_STEP]
+            self.metadata.add(step)
+            for ev in step:
+                if ev.HasField("response_created_at"):
+                    at = ev.response_created_at
+                    observe(max(now - at.seconds - at.nanos / 1e9, 0))
+            self._count_usage(step)
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(written))
 
