@@ -61,7 +61,7 @@ def decode_many(raws: list[bytes]) -> list[RequestLogged | EventError]:
     The values are parsed as one RequestLoggedBatch (each framed as an `events` entry): one parse
     and one protobuf arena for them all. With an arena per event, freeing a batch's events made
     protobuf trim the C heap (malloc_trim, every 10,000 frees), and the next batch faulted all
-    that memory back in: a third of decoding's time. A value that is not a RequestLogged protobuf
+    that memory back in: about a quarter of decoding's time. A value that is not a RequestLogged protobuf
     fails the whole parse; each value is then decoded on its own."""
     framed = []
     heads = _FRAME_HEADS
