@@ -185,7 +185,13 @@ async def test_a_turn_starts_once_the_turn_before_has_ended():
     await asyncio.wait_for(waiting, 1)
     await asyncio.sleep(0.05)
     assert not third_waiting.done()
-    waiting.cancel()  # a waiter that gives up does not end the turn before it, nor its own
+    fourth = turns.next()
+    gives_up = asyncio.ensure_future(fourth.wait())
+    await asyncio.sleep(0.05)
+    gives_up.cancel()  # a waiter that gives up while waiting does not end the turn before it
+    await asyncio.sleep(0.05)
+    assert not third_waiting.done()
+    assert not asyncio.ensure_future(fourth.wait()).done()
     second.end()
     await asyncio.wait_for(third_waiting, 1)
     await asyncio.wait_for(second.wait(), 1)  # at once the second time

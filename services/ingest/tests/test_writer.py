@@ -301,3 +301,20 @@ async def test_a_batch_is_prepared_a_step_at_a_time_with_the_event_loop_running_
     for i, ev in enumerate(evs):
         assert await logged(analytics, bodies, ev.org_id, ev.request_id) == [
             {"model": "gpt-4o-mini", "request_body": b'{"model":"gpt-4o-mini"}', "response_body": b'{"n":%d}' % i}]
+
+
+async def test_a_failure_after_the_rows_are_in_neither_rewrites_the_batch_nor_holds_the_next_turn(writer, monkeypatch):
+    w, analytics, bodies, _ = writer
+    from helicone_ingest.batches import Turns
+
+    def broken_add(batch):
+        raise ValueError("Timestamp is not valid")
+
+    monkeypatch.setattr(w.metadata, "add", broken_add)
+    turns = Turns()
+    first, second = turns.next(), turns.next()
+    ev = event()
+    await asyncio.wait_for(w.write(w.prepare([ev]), first), 10)  # does not raise: the caller would write it again
+    await asyncio.wait_for(second.wait(), 1)
+    assert await count(analytics, ev.request_id) == 1
+    assert w.m_write_errors.labels("accounting")._value.get() == 1

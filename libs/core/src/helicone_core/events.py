@@ -33,6 +33,9 @@ _ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 and 9999-12-31T23:59:59 UTC
+
+
 class EventError(ValueError):
     """An event that can never be stored as it is (it belongs in the dead-letter topic)."""
 
@@ -129,6 +132,11 @@ def validate(event: RequestLogged) -> None:
         raise EventError(f"org_id {event.org_id[:40]!r} is not an id (letters, digits, '-' and '_', at most 128)")
     if not event.HasField("request_created_at"):
         raise EventError("request_created_at is missing")
+    for name in ("request_created_at", "response_created_at"):
+        ts = getattr(event, name)
+        # what Timestamp.ToDatetime accepts (years 1-9999): ingest reads these times after the rows are in
+        if not (0 <= ts.nanos < 1_000_000_000 and _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS):
+            raise EventError(f"{name} is not a valid timestamp (seconds {ts.seconds}, nanos {ts.nanos})")
     for key, value in event.properties.items():
         if not key or len(key) > MAX_PROPERTY_KEY or len(value) > MAX_PROPERTY_VALUE:
             raise EventError(f"property {key[:40]!r} has an empty/oversized key or value")

@@ -120,19 +120,25 @@ class IngestService:
 
         @app.agent(batches, name="request-logged-writer")
         async def write_request_logs(stream):
-            writes: list[asyncio.Task] = []
+            writes: list[tuple[asyncio.Task, Turn, Batch]] = []
             try:
                 async for batch in stream:
                     if not batch.current():  # its partitions are read again from the committed offsets
                         in_flight.leave(batch)
                         continue
+                    # at most two writes unfinished, stale ones included (InFlight stops counting a batch
+                    # a rebalance made stale, and a stuck write must not gather decoded batches behind it)
+                    while len(writes := [w for w in writes if not w[0].done()]) >= 2:
+                        await asyncio.wait([writes[0][0]])
                     decoded = await service.decode(batch.values())
-                    writes = [w for w in writes if not w.done()]
-                    before = writes[-1] if writes else None
-                    writes.append(asyncio.create_task(write(batch, decoded, turns.next(), before), name="ingest-write"))
+                    before = writes[-1][0] if writes else None
+                    turn = turns.next()
+                    writes.append((asyncio.create_task(write(batch, decoded, turn, before), name="ingest-write"), turn, batch))
             finally:
-                for task in reversed(writes):  # stopping: an unfinished batch is not acknowledged (read again)
+                for task, turn, batch in reversed(writes):  # stopping: an unfinished batch is not acknowledged (read again)
                     await _cancel(task)
+                    turn.end()  # a task cancelled before it started never ran its own finally
+                    in_flight.leave(batch)
 
         app.batch_handler = hand_over
         return app

@@ -180,16 +180,22 @@ class BatchWriter:
         now = time.time()
         observe = self.m_lag.observe
         # the written events' metadata, lag and usage, a step at a time: the next batch's insert,
-        # whose turn has come, starts first and goes on alongside
+        # whose turn has come, starts first and goes on alongside. The rows are in: a failure here must
+        # not make the caller write the batch again (out of its turn, its usage counted twice)
         for start in range(0, len(written), PREPARE_STEP):
             await asyncio.sleep(0)
             step = written[start:start + PREPARE_STEP]
-            self.metadata.add(step)
-            for ev in step:
-                if ev.HasField("response_created_at"):
-                    at = ev.response_created_at
-                    observe(max(now - at.seconds - at.nanos / 1e9, 0))
-            self._count_usage(step)
+            try:
+                self.metadata.add(step)
+                for ev in step:
+                    if ev.HasField("response_created_at"):
+                        at = ev.response_created_at
+                        observe(max(now - at.seconds - at.nanos / 1e9, 0))
+                self._count_usage(step)
+            except Exception as exc:  # noqa: BLE001 - derived data (the rows carry it); never a rewrite
+                self.m_write_errors.labels("accounting").inc()
+                log.warning("ingest accounting of %d written events failed (%s: %s); their rows are written",
+                            len(step), exc.__class__.__name__, exc)
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(written))
 
