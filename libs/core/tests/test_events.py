@@ -75,6 +75,24 @@ def test_decode_many_answers_what_decode_answers_for_each_value_in_order(garbage
     assert [g.user_id for g in got if isinstance(g, events.RequestLogged)] == [f"u{i}" for i in range(5)]
 
 
+@pytest.mark.parametrize("garbage", [False, True], ids=["all-protobuf", "one-not-protobuf"])
+def test_decode_many_keeps_any_other_failure_to_its_own_value(garbage, monkeypatch):
+    validate = events.validate
+
+    def fragile_validate(event):
+        if event.user_id == "u1":
+            raise RuntimeError("no room")
+        validate(event)
+
+    monkeypatch.setattr(events, "validate", fragile_validate)
+    raws = [events.encode(make_event(user_id=f"u{i}")) for i in range(3)] + ([b"\xff\xffnot a protobuf"] if garbage else [])
+    got = events.decode_many(raws)
+    assert [g.user_id for g in got[:3:2]] == ["u0", "u2"]
+    assert isinstance(got[1], RuntimeError) and str(got[1]) == "no room"
+    if garbage:
+        assert isinstance(got[3], events.EventError)
+
+
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 2_097_152])
 def test_the_frame_of_a_value_is_protobufs_own_encoding_of_a_batch_entry(size):
     ev = make_event(inline=events.InlineBodies(request_body=b"x" * size))

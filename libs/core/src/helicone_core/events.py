@@ -58,8 +58,9 @@ def decode(data: bytes) -> RequestLogged:
     return event
 
 
-def decode_many(raws: list[bytes]) -> list[RequestLogged | EventError]:
-    """decode() of each value, in order: its event, or the EventError it raised.
+def decode_many(raws: list[bytes]) -> list[RequestLogged | Exception]:
+    """decode() of each value, in order: its event, or what it raised (an EventError, or anything
+    else about that one value: it must not stop the others).
 
     The values are parsed as one RequestLoggedBatch (each framed as an `events` entry): one parse
     and one protobuf arena for them all. With an arena per event, freeing a batch's events made
@@ -80,27 +81,27 @@ def decode_many(raws: list[bytes]) -> list[RequestLogged | EventError]:
     batch = RequestLoggedBatch()
     try:
         batch.ParseFromString(b"".join(framed))
-    except DecodeError:
+    except Exception:  # noqa: BLE001 - a DecodeError, or anything else: each value on its own
         decoded = None
     else:
         decoded = batch.events
     if decoded is None or len(decoded) != len(raws):
         return [_decoded_or_error(raw) for raw in raws]
-    out: list[RequestLogged | EventError] = []
+    out: list[RequestLogged | Exception] = []
     for event in decoded:
         try:
             validate(event)
-        except EventError as exc:
+        except Exception as exc:  # noqa: BLE001 - an EventError, or anything else about this one event
             out.append(exc)
         else:
             out.append(event)
     return out
 
 
-def _decoded_or_error(raw: bytes) -> RequestLogged | EventError:
+def _decoded_or_error(raw: bytes) -> RequestLogged | Exception:
     try:
         return decode(raw)
-    except EventError as exc:
+    except Exception as exc:  # noqa: BLE001 - an EventError, or anything else about this one value
         return exc
 
 

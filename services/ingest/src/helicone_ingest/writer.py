@@ -109,11 +109,7 @@ class BatchWriter:
     def decode(self, raws: list[bytes]) -> tuple[list[events.RequestLogged], list[Rejected]]:
         good: dict[tuple[str, str], events.RequestLogged] = {}
         bad: list[Rejected] = []
-        try:
-            decoded = events.decode_many(raws)
-        except Exception:  # noqa: BLE001 - anything else about one event must not stop the batch: one at a time
-            decoded = [_decoded(raw) for raw in raws]
-        for raw, ev in zip(raws, decoded, strict=True):
+        for raw, ev in zip(raws, events.decode_many(raws), strict=True):
             if isinstance(ev, Exception):
                 bad.append(Rejected(raw, str(ev) if isinstance(ev, events.EventError) else f"{ev.__class__.__name__}: {ev}"))
                 continue
@@ -282,13 +278,6 @@ class BatchWriter:
                 rows[i] = values(batch[i], refs[2 * n], refs[2 * n + 1], req_len, resp_len, request_type, response_type,
                                  truncated)
         return packs, rows
-
-
-def _decoded(raw: bytes) -> events.RequestLogged | Exception:
-    try:
-        return events.decode(raw)
-    except Exception as exc:  # noqa: BLE001 - an EventError, or anything else about this one event
-        return exc
 
 
 def _identity(member: tuple[str, int, int]) -> tuple[str, int]:
