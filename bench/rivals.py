@@ -3,7 +3,8 @@
 Systems, all on loopback and all calling the same mock provider (bench/mock_provider.py):
   direct      the mock provider itself (the baseline every overhead is measured against)
   ours-all    `helicone-stack up` with every service in one process (gateway, ingest, api, prompts)
-  ours-gw     the gateway alone (`helicone-stack up --target gateway`), logging to the same broker
+  ours-gw     the gateway alone (`python -m helicone_gateway`, what the chart runs), logging to the same
+              broker, Postgres, ingest and api as ours-all
   portkey     Portkey's open-source gateway (npm @portkey-ai/gateway, Node)
   litellm     LiteLLM's proxy (PyPI litellm[proxy], one worker, master key, no database)
 
@@ -54,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.load import logged_ids  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
-from tests.support.stack import _start_until_ready, running_stack  # noqa: E402
+from tests.support.stack import running_stack  # noqa: E402
 
 BENCH_DIR = ROOT / ".bench"  # rivals' installs, gitignored, kept between runs
 PORTKEY_VERSION = "1.15.2"
@@ -213,6 +214,22 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log: 
         except httpx.HTTPError:
             time.sleep(0.2)
     raise RuntimeError(f"{what} did not answer {url} within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def wait_gateway(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Until the gateway is ready and connected to the broker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if (httpx.get(url + "/readyz", timeout=1).status_code == 200
+                    and "helicone_gateway_kafka_connected 1.0" in httpx.get(url + "/metrics", timeout=1).text):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the gateway was not ready within {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 @contextlib.contextmanager
@@ -451,13 +468,16 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
             tmp / "ours", s3=False, postgres_dsn=dsn, upstream_url=mock_url, extra_env=product_defaults()))
         say(f"ours (all services in one process) ready in {stack.startup_seconds:.1f}s")
 
-        gw_port, gw_procs = free_port(), []
-        gw_cmd = [sys.executable, "-m", "helicone_runner", "up", "--target", "gateway", "--data-dir", str(tmp / "gw-alone"),
-                  "--postgres-dsn", dsn, "--kafka", stack.kafka_bootstrap, "--gateway-port", str(gw_port),
-                  "--openai-url", mock_url, "--anthropic-url", mock_url, "--log-level", "WARNING",
-                  *[a for name in ("api", "ingest", "prompts", "prompts-grpc") for a in (f"--{name}-port", str(free_port()))]]
-        say(f"ours (gateway alone) ready in {_start_until_ready(gw_cmd, ROOT, stack.env, tmp / 'gw.log', gw_procs, 'gateway'):.1f}s")
-        stack_exit.callback(lambda: [p.terminate() or p.wait(20) for p in gw_procs])
+        # the gateway as the chart and the image run it (python -m helicone_gateway), on the stack's
+        # broker, Postgres and provider settings
+        gw_port, gw_log = free_port(), tmp / "gw.log"
+        gw_env = {**stack.env, "HELICONE_PORT": str(gw_port), "HELICONE_DATA_DIR": str(tmp / "gw-alone"),
+                  "HELICONE_POSTGRES_DSN": dsn, "HELICONE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+                  "HELICONE_OPENAI_URL": mock_url, "HELICONE_ANTHROPIC_URL": mock_url}
+        started = time.monotonic()
+        gateway = stack_exit.enter_context(spawned([sys.executable, "-m", "helicone_gateway"], gw_log, cwd=ROOT, env=gw_env))
+        wait_gateway(f"http://127.0.0.1:{gw_port}", gateway, 60, gw_log)
+        say(f"ours (gateway alone) ready in {time.monotonic() - started:.1f}s")
 
         pk_port = free_port()
         portkey = stack_exit.enter_context(spawned(["node", str(pk_js), f"--port={pk_port}", "--headless"],
@@ -480,7 +500,7 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
             System("ours-all", "ours, all services in one process", f"{stack.gateway}/v1/chat/completions", ours_headers,
                    lambda: [stack.runner_pid()], (stack.api, stack.key), stack.gateway),
             System("ours-gw", "ours, gateway alone", f"http://127.0.0.1:{gw_port}/v1/chat/completions", ours_headers,
-                   lambda: [gw_procs[-1].pid], (stack.api, stack.key), f"http://127.0.0.1:{gw_port}"),
+                   lambda: [gateway.pid], (stack.api, stack.key), f"http://127.0.0.1:{gw_port}"),
             System("portkey", f"Portkey {pk_version}", f"http://127.0.0.1:{pk_port}/v1/chat/completions",
                    {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{mock_url}/v1", "Authorization": "Bearer sk-bench"},
                    lambda: [portkey.pid]),
@@ -491,7 +511,7 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
 
         def parts() -> dict[str, list[int]]:
             """Every process the bench started, by group (the sustained window prints each one's CPU per request)."""
-            return {"gateway alone": [p.pid for p in gw_procs], "all-in-one": [stack.runner_pid()],
+            return {"gateway alone": [gateway.pid], "all-in-one": [stack.runner_pid()],
                     "broker": [stack.kafka.pid] if stack.kafka and stack.kafka.pid else [],
                     "postgres": [pg.postmaster_pid() or 0], "mock": [mock.pid], "portkey": [portkey.pid],
                     "litellm": [litellm.pid], "client": []}
@@ -522,6 +542,7 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
                     ours_before, parts_before = tree_ticks(every_root() + [os.getpid()], table), ticks_by_part(table, parts(), os.getpid())
                     w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: run_id}, body, getattr(args, count_opt), conc))
                     spent = time.monotonic() - t0
+                    parts_at_end = ticks_by_part(proc_table(), parts(), os.getpid())
                     ours_cores = busy_cores(ours_before, tree_ticks(every_root() + [os.getpid()]), spent)
                     others = max(0.0, (machine_ticks() - machine_before) / CLK_TCK / spent - ours_cores)
                     s.runs[run_id] = len(w.latencies)
@@ -533,6 +554,8 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
                         note = (f", {seen}/{len(w.latencies)} visible in the api {w.drain:.2f}s after the load: "
                                 f"sustained {w.rate:.0f} rps; CPU per request until the api counted them all: "
                                 f"{cpu_per_request(parts_before, parts_after[-1], len(w.latencies))}")
+                    else:  # each process's share of the window (at c=1: what runs beside the request path)
+                        note = f"; CPU per request during the load: {cpu_per_request(parts_before, parts_at_end, len(w.latencies))}"
                     say(f"round {rnd + 1} {window:10s} {s.name:8s} c={conc:<2d} n={w.sent} errors={w.errors} "
                         f"{w.sent / w.seconds:7.0f} rps p50 {fmt_ms(quantile(w.latencies, .5))} ms "
                         f"p99 {fmt_ms(quantile(w.latencies, .99))} ms first byte p50 {fmt_ms(quantile(w.first_bytes, .5))} ms"
