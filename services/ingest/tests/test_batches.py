@@ -11,8 +11,9 @@ import time
 import types
 import uuid
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
+from helicone_core import events
 from helicone_core.kafka import ensure_topics
 from helicone_ingest.app import IngestService
 from helicone_ingest.batches import Batch, BatchApp, InFlight, Turns
@@ -284,10 +285,10 @@ async def test_a_batch_is_caught_up_only_when_it_holds_every_record_up_to_the_lo
 
 async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap(tmp_path, kafka_bootstrap):
     """Events trickling in are written within about batch_gap, not batch_within (60 s here), and the
-    gap bounds how many inserts they make."""
+    gap bounds how many inserts they make (batch_light_events 0: every batch goes by batch_gap)."""
     topic = "batches-" + uuid.uuid4().hex[:8]
     s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
-    s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 0.5})
+    s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 0.5, "batch_light_events": 0})
     svc = IngestService(s)
     await svc.start()
     try:
@@ -309,6 +310,80 @@ async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap
         assert took < 15
     finally:
         await svc.stop()
+
+
+async def produce_at_once(bootstrap: str, topic: str, evs: list) -> None:
+    """The events as one record batch: one fetch reads them all."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for ev in evs:
+            assert batch.append(key=events.message_key(ev), value=events.encode(ev), timestamp=None) is not None
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+
+
+async def test_below_batch_light_events_a_second_batches_go_batch_gap_light_apart(tmp_path, kafka_bootstrap):
+    """A trickle (far fewer than batch_light_events a second) makes about one insert per
+    batch_gap_light (1 s), not one per batch_gap (0.1 s): ClickHouse's advice for small inserts."""
+    topic = "batches-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 0.1, "batch_light_events": 1000,
+                             "batch_gap_light": 1.0})
+    svc = IngestService(s)
+    await svc.start()
+    try:
+        await produce(kafka_bootstrap, topic, make_events(1))
+        await eventually(written(svc, 1), timeout=30)
+        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
+        started = time.monotonic()
+        await produce(kafka_bootstrap, topic, make_events(40), pause=0.05)
+        await eventually(written(svc, 41), timeout=30)
+        took = time.monotonic() - started
+        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        assert 1 <= made <= took / s.batch_gap_light + 1, (made, took)  # by batch_gap: about took / 0.1
+    finally:
+        await svc.stop()
+
+
+async def test_after_a_fast_flow_a_small_batch_goes_by_batch_gap_and_the_one_after_it_by_batch_gap_light(
+        tmp_path, kafka_bootstrap):
+    """The tail of a burst is not held for batch_gap_light: after a batch that brought
+    batch_light_events or more per batch_gap_light, a small caught-up batch goes batch_gap after
+    it; the small batch after that small one waits for batch_gap_light."""
+    topic = "batches-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 0.2, "batch_light_events": 500,
+                             "batch_gap_light": 6.0})
+    svc = IngestService(s)
+    await svc.start()
+    try:
+        await produce(kafka_bootstrap, topic, make_events(1))
+        await eventually(written(svc, 1), timeout=30)
+        await produce_at_once(kafka_bootstrap, topic, make_events(600))  # >= batch_light_events: by batch_gap
+        await eventually(written(svc, 601), timeout=5)
+        # small, after 600 in a few seconds (over 500 per 6 s): by batch_gap
+        await produce_at_once(kafka_bootstrap, topic, make_events(5))
+        await eventually(written(svc, 606), timeout=4)
+        sent = time.monotonic()
+        # small, after 5 in more than half a second (under 500 per 6 s): batch_gap_light
+        await produce_at_once(kafka_bootstrap, topic, make_events(5))
+        await asyncio.sleep(2.0)
+        assert await row_count(svc) == 606
+        await eventually(written(svc, 611), timeout=20)
+        assert time.monotonic() - sent > 3.0
+    finally:
+        await svc.stop()
+
+
+def written(svc: IngestService, n: int):
+    async def check() -> bool:
+        return await row_count(svc) == n
+    check.__name__ = f"{n} rows written"
+    return check
 
 
 async def test_a_batch_closes_once_its_events_hold_batch_max_bytes(tmp_path, kafka_bootstrap):

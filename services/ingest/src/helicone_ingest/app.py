@@ -87,6 +87,7 @@ class IngestService:
         )
         app.batch_size, app.batch_max_bytes = s.batch_size, s.batch_max_bytes
         app.batch_within, app.batch_gap, app.fetch_wait = s.batch_within, s.batch_gap, s.fetch_wait
+        app.batch_light_events, app.batch_gap_light = s.batch_light_events, s.batch_gap_light
         app.topics.add(app.topic(s.kafka_topic, value_type=bytes, value_serializer="raw", key_serializer="raw"))
         dlq = app.topic(s.kafka_dlq_topic, value_type=bytes, value_serializer="raw", key_serializer="raw")
         # The consumer hands each batch to the agent through a channel, at most two at a time. The

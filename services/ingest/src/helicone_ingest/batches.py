@@ -8,8 +8,11 @@ fetch, gathered up to `batch_size` events, `batch_max_bytes` (whole fetches: a b
 holds that many bytes, so it may pass them by one fetch) or `batch_within` seconds, to a handler as one `Batch`,
 and a batch is acknowledged as a whole, with one call, once it is written. A batch that has caught
 up with the log end of its partitions goes at once if the one before went at least `batch_gap`
-seconds ago: light load shows up within `batch_gap` (not `batch_within`), at most 1 / batch_gap
-inserts a second, and under a backlog batches fill up as before. While records keep coming, a
+seconds ago, or `batch_gap_light` seconds at light load (the batch holds fewer than
+`batch_light_events` events and the one before brought fewer than that per `batch_gap_light`):
+light load shows up within `batch_gap_light` (not `batch_within`) with about one insert a second,
+a faster flow (and the tail of a burst) within `batch_gap`, with at most 1 / batch_gap inserts a
+second, and under a backlog batches fill up as before. While records keep coming, a
 fetch waits at most `fetch_wait` seconds for more (Faust sets 1.5 s): Kafka answers a fetch as
 soon as records arrive whatever the wait, but the embedded broker (Tansu) answers only when the
 wait is up, so with 1.5 s records reached ingest up to 0.77 s after they were produced. A second
@@ -182,16 +185,17 @@ class BatchConsumer(driver.Consumer):
         read_offset = self._read_offset
         pending: Batch | None = None
         handed = 0.0  # when the last batch was handed over (time.monotonic)
+        handed_rate = 0.0  # its events a second since the one before it
         last_records = 0.0  # when a fetch last brought records (time.monotonic)
         try:
             while not (stopped() or fetcher_stopped()):
-                size, max_bytes, within, gap = app.batch_size, app.batch_max_bytes, app.batch_within, app.batch_gap
+                size, max_bytes, within = app.batch_size, app.batch_max_bytes, app.batch_within
                 if pending is None:
                     timeout = 1.0
                 else:
                     due = pending.started + within
                     if self._caught_up(pending):
-                        due = min(due, handed + gap)
+                        due = min(due, handed + self._gap_after(pending, handed_rate))
                     timeout = max(due - time.monotonic(), 0.0)
                 generation, epoch = app.consumer_generation_id, self.log_epoch
                 records, active = await self._wait_next_records(timeout)
@@ -229,7 +233,8 @@ class BatchConsumer(driver.Consumer):
                 if pending is not None:
                     now = time.monotonic()
                     if (len(pending) >= size or pending.bytes >= max_bytes or now >= pending.started + within
-                            or (now >= handed + gap and self._caught_up(pending))):
+                            or (now >= handed + self._gap_after(pending, handed_rate) and self._caught_up(pending))):
+                        handed_rate = len(pending) / max(now - handed, 1e-3)
                         batch, pending, handed = pending, None, now
                         await self._hand_over(batch)  # the handler acks it now or later
                 if self._n_acked >= self._commit_every:
@@ -244,6 +249,16 @@ class BatchConsumer(driver.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    def _gap_after(self, pending: Batch, handed_rate: float) -> float:
+        """How long after the previous batch a caught-up `pending` goes: batch_gap_light at light
+        load (`pending` under batch_light_events, and the previous batch brought fewer than
+        batch_light_events per batch_gap_light seconds), batch_gap otherwise."""
+        app = self.app
+        gap, light_gap, light = app.batch_gap, app.batch_gap_light, app.batch_light_events
+        if light_gap <= gap or len(pending) >= light or handed_rate * light_gap >= light:
+            return gap
+        return light_gap
 
     async def _unread(self, records: dict, epoch: int) -> None:
         """Records a fetch brought that are not taken (the flow was suspended, or the consumer
@@ -338,7 +353,8 @@ class BatchTransport(driver.Transport):
 class BatchApp(faust.App):
     """A Faust app whose consumer hands batches to `batch_handler` (set it before start()), each
     of up to `batch_size` records (or `batch_max_bytes`, plus at most one fetch) or whatever `batch_within` seconds gathered, or, once caught up
-    with the log end, whatever it holds when the previous batch went `batch_gap` seconds ago.
+    with the log end, whatever it holds when the previous batch went `batch_gap` seconds ago
+    (`batch_gap_light` at light load: fewer than `batch_light_events` per `batch_gap_light`).
     While records keep coming, fetches wait `fetch_wait` seconds at most."""
 
     batch_handler: Callable[[Batch], Awaitable[None]] | None = None
@@ -346,6 +362,8 @@ class BatchApp(faust.App):
     batch_max_bytes = 32 * 1024 * 1024
     batch_within = 1.0
     batch_gap = 0.25
+    batch_light_events = 1000
+    batch_gap_light = 1.0
     fetch_wait = 0.1
 
     def _new_transport(self):

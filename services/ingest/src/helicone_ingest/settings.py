@@ -15,9 +15,16 @@ class IngestSettings(ServiceSettings):
     # a run of large bodies must not make a batch of batch_size events that the worker's memory cannot hold
     batch_max_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
     batch_within: float = 1.0  # seconds to wait for a batch to fill
-    # once a batch holds everything up to the log end, it is written if the previous one went this long ago: light
-    # load is visible within batch_gap, with at most 1 / batch_gap inserts a second per worker (0: at once)
+    # once a batch holds everything up to the log end, it is written if the previous one went this long ago: a flow of
+    # batch_light_events a second or more is visible within batch_gap, with at most 1 / batch_gap inserts a second per
+    # worker (0: at once)
     batch_gap: float = Field(default=0.25, ge=0)
+    # light load: a caught-up batch of fewer than batch_light_events events, after a batch that brought fewer than
+    # that per batch_gap_light seconds, waits until batch_gap_light after the one before (ClickHouse's advice: inserts
+    # of at least 1,000 rows, about one a second; each small insert makes a part per projection, merged later). A batch
+    # that reaches batch_light_events goes by batch_gap, and so does one after a faster flow (the tail of a burst)
+    batch_light_events: int = Field(default=1000, ge=0)
+    batch_gap_light: float = Field(default=1.0, ge=0)
     # while records keep coming, a fetch waits this long at most for more (Kafka answers as soon as records arrive;
     # the embedded broker only when the wait is up); a second without records and it waits Faust's 1.5 s again
     fetch_wait: float = Field(default=0.1, gt=0, le=1.5)
