@@ -352,29 +352,57 @@ async def test_below_batch_light_events_a_second_batches_go_batch_gap_light_apar
 async def test_after_a_fast_flow_a_small_batch_goes_by_batch_gap_and_the_one_after_it_by_batch_gap_light(
         tmp_path, kafka_bootstrap):
     """The tail of a burst is not held for batch_gap_light: after a batch that brought
-    batch_light_events or more per batch_gap_light, a small caught-up batch goes batch_gap after
-    it; the small batch after that small one waits for batch_gap_light."""
+    batch_light_events or more per batch_gap_light, however long the idle time before it, a small
+    caught-up batch goes batch_gap after it; the small batch after that small one waits for
+    batch_gap_light."""
     topic = "batches-" + uuid.uuid4().hex[:8]
     s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
     s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 0.2, "batch_light_events": 500,
-                             "batch_gap_light": 6.0})
+                             "batch_gap_light": 8.0})
     svc = IngestService(s)
     await svc.start()
     try:
         await produce(kafka_bootstrap, topic, make_events(1))
         await eventually(written(svc, 1), timeout=30)
-        await produce_at_once(kafka_bootstrap, topic, make_events(600))  # >= batch_light_events: by batch_gap
-        await eventually(written(svc, 601), timeout=5)
-        # small, after 600 in a few seconds (over 500 per 6 s): by batch_gap
+        # 500 (batch_light_events) in one fetch, more than batch_gap_light after the batch before: a fast flow
+        # (were the idle time counted, 500 in 9 s would be under 500 per 8 s)
+        await asyncio.sleep(9.0)
+        await produce_at_once(kafka_bootstrap, topic, make_events(500))
+        await eventually(written(svc, 501), timeout=30)
+        # small, after that batch: by batch_gap, not 8 s after the 500
         await produce_at_once(kafka_bootstrap, topic, make_events(5))
-        await eventually(written(svc, 606), timeout=4)
+        await eventually(written(svc, 506), timeout=5)
         sent = time.monotonic()
-        # small, after 5 in more than half a second (under 500 per 6 s): batch_gap_light
+        # small, after 5 (under 500 per 8 s): batch_gap_light after the batch of 5
         await produce_at_once(kafka_bootstrap, topic, make_events(5))
-        await asyncio.sleep(2.0)
-        assert await row_count(svc) == 606
-        await eventually(written(svc, 611), timeout=20)
-        assert time.monotonic() - sent > 3.0
+        await asyncio.sleep(3.0)
+        assert await row_count(svc) == 506
+        await eventually(written(svc, 511), timeout=30)
+        assert time.monotonic() - sent > 4.5
+    finally:
+        await svc.stop()
+
+
+async def test_a_burst_after_an_idle_time_goes_by_batch_gap_though_each_fetch_brings_few(tmp_path, kafka_bootstrap):
+    """A batch that fills at batch_light_events per batch_gap_light or faster is a fast flow even
+    when the batch before it was small: a burst after an idle time is visible batch_gap after it
+    ends, not batch_gap_light after the previous batch."""
+    topic = "batches-" + uuid.uuid4().hex[:8]
+    s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
+    s = s.model_copy(update={"batch_size": 1000, "batch_within": 60.0, "batch_gap": 0.2, "batch_light_events": 500,
+                             "batch_gap_light": 12.0})
+    svc = IngestService(s)
+    await svc.start()
+    try:
+        await produce(kafka_bootstrap, topic, make_events(1))
+        await eventually(written(svc, 1), timeout=30)
+        handed = time.monotonic()  # the batch of 1 went before this
+        await produce(kafka_bootstrap, topic, make_events(400))  # one at a time: the fetches bring a few each
+        sent = time.monotonic()
+        took = sent - handed
+        assert took < 6, took  # a flow of 400 in 6 s is 800 per 12 s, a fast one (the light gap ends after 12 s)
+        await eventually(written(svc, 401), timeout=30)
+        assert time.monotonic() - handed < 9.0  # by batch_gap_light: 12 s after the batch of 1
     finally:
         await svc.stop()
 

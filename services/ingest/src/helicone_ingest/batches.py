@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -184,8 +185,8 @@ class BatchConsumer(driver.Consumer):
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         read_offset = self._read_offset
         pending: Batch | None = None
-        handed = 0.0  # when the last batch was handed over (time.monotonic)
-        handed_rate = 0.0  # its events a second since the one before it
+        handed = -math.inf  # when the last batch was handed over (time.monotonic)
+        handed_rate = 0.0  # its events a second since the one before it (over batch_gap_light at most)
         last_records = 0.0  # when a fetch last brought records (time.monotonic)
         try:
             while not (stopped() or fetcher_stopped()):
@@ -195,7 +196,7 @@ class BatchConsumer(driver.Consumer):
                 else:
                     due = pending.started + within
                     if self._caught_up(pending):
-                        due = min(due, handed + self._gap_after(pending, handed_rate))
+                        due = min(due, handed + self._gap_after(pending, handed_rate, time.monotonic()))
                     timeout = max(due - time.monotonic(), 0.0)
                 generation, epoch = app.consumer_generation_id, self.log_epoch
                 records, active = await self._wait_next_records(timeout)
@@ -233,8 +234,10 @@ class BatchConsumer(driver.Consumer):
                 if pending is not None:
                     now = time.monotonic()
                     if (len(pending) >= size or pending.bytes >= max_bytes or now >= pending.started + within
-                            or (now >= handed + self._gap_after(pending, handed_rate) and self._caught_up(pending))):
-                        handed_rate = len(pending) / max(now - handed, 1e-3)
+                            or (now >= handed + self._gap_after(pending, handed_rate, now) and self._caught_up(pending))):
+                        # over batch_gap_light at most: a batch of batch_light_events or more always counts as a
+                        # fast flow, however long the idle time (or a rebalance) before it
+                        handed_rate = len(pending) / max(min(now - handed, app.batch_gap_light), 1e-3)
                         batch, pending, handed = pending, None, now
                         await self._hand_over(batch)  # the handler acks it now or later
                 if self._n_acked >= self._commit_every:
@@ -250,13 +253,20 @@ class BatchConsumer(driver.Consumer):
                 return
             raise
 
-    def _gap_after(self, pending: Batch, handed_rate: float) -> float:
+    def _gap_after(self, pending: Batch, handed_rate: float, now: float) -> float:
         """How long after the previous batch a caught-up `pending` goes: batch_gap_light at light
-        load (`pending` under batch_light_events, and the previous batch brought fewer than
-        batch_light_events per batch_gap_light seconds), batch_gap otherwise."""
+        load, batch_gap otherwise. The flow is fast (batch_gap) when `pending` holds
+        batch_light_events, when the previous batch came at batch_light_events per batch_gap_light
+        or more (the tail of a burst), or when `pending` fills at that rate itself (a burst after an
+        idle time; measured over batch_gap and a tenth of batch_gap_light at least, so that its
+        first few events are no rate). batch_light_events 0, or batch_gap_light not above
+        batch_gap, turns the light gap off."""
         app = self.app
         gap, light_gap, light = app.batch_gap, app.batch_gap_light, app.batch_light_events
-        if light_gap <= gap or len(pending) >= light or handed_rate * light_gap >= light:
+        n = len(pending)
+        if light_gap <= gap or n >= light or handed_rate * light_gap >= light:
+            return gap
+        if n * light_gap >= light * max(now - pending.started, gap, light_gap / 10):
             return gap
         return light_gap
 

@@ -17,12 +17,14 @@ class IngestSettings(ServiceSettings):
     batch_within: float = 1.0  # seconds to wait for a batch to fill
     # once a batch holds everything up to the log end, it is written if the previous one went this long ago: a flow of
     # batch_light_events a second or more is visible within batch_gap, with at most 1 / batch_gap inserts a second per
-    # worker (0: at once)
+    # worker (0: at once; a lighter flow goes by batch_gap_light below)
     batch_gap: float = Field(default=0.25, ge=0)
-    # light load: a caught-up batch of fewer than batch_light_events events, after a batch that brought fewer than
-    # that per batch_gap_light seconds, waits until batch_gap_light after the one before (ClickHouse's advice: inserts
-    # of at least 1,000 rows, about one a second; each small insert makes a part per projection, merged later). A batch
-    # that reaches batch_light_events goes by batch_gap, and so does one after a faster flow (the tail of a burst)
+    # light load: a caught-up batch of fewer than batch_light_events events waits until batch_gap_light after the one
+    # before (ClickHouse's advice: inserts of at least 1,000 rows, about one a second; each small insert makes a part per
+    # projection, merged later) unless the flow is fast: the previous batch brought batch_light_events or more per
+    # batch_gap_light (the tail of a burst), or this one fills at that rate (a burst after an idle time). Those go by
+    # batch_gap. batch_light_events 0, or batch_gap_light not above batch_gap, turns the light gap off; batch_within
+    # still bounds every batch's wait
     batch_light_events: int = Field(default=1000, ge=0)
     batch_gap_light: float = Field(default=1.0, ge=0)
     # while records keep coming, a fetch waits this long at most for more (Kafka answers as soon as records arrive;
