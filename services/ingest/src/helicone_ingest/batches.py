@@ -9,7 +9,8 @@ holds that many bytes, so it may pass them by one fetch) or `batch_within` secon
 and a batch is acknowledged as a whole, with one call, once it is written. A batch that has caught
 up with the log end of its partitions goes at once if the one before went at least `batch_gap`
 seconds ago, or `batch_gap_light` seconds at light load (the batch holds fewer than
-`batch_light_events` events and the one before brought fewer than that per `batch_gap_light`):
+`batch_light_events` events, and neither it nor the one before comes at that many per
+`batch_gap_light`):
 light load shows up within `batch_gap_light` (not `batch_within`) with about one insert a second,
 a faster flow (and the tail of a burst) within `batch_gap`, with at most 1 / batch_gap inserts a
 second, and under a backlog batches fill up as before. While records keep coming, a

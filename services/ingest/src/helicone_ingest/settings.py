@@ -16,8 +16,8 @@ class IngestSettings(ServiceSettings):
     batch_max_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
     batch_within: float = 1.0  # seconds to wait for a batch to fill
     # once a batch holds everything up to the log end, it is written if the previous one went this long ago: a flow of
-    # batch_light_events a second or more is visible within batch_gap, with at most 1 / batch_gap inserts a second per
-    # worker (0: at once; a lighter flow goes by batch_gap_light below)
+    # batch_light_events per batch_gap_light or more is visible within batch_gap, with at most 1 / batch_gap inserts a
+    # second per worker (0: at once; a lighter flow goes by batch_gap_light below)
     batch_gap: float = Field(default=0.25, ge=0)
     # light load: a caught-up batch of fewer than batch_light_events events waits until batch_gap_light after the one
     # before (ClickHouse's advice: inserts of at least 1,000 rows, about one a second; each small insert makes a part per
