@@ -195,10 +195,10 @@ class BatchConsumer(driver.Consumer):
                 if pending is None:
                     timeout = 1.0
                 else:
-                    due = pending.started + within
+                    now, due = time.monotonic(), pending.started + within
                     if self._caught_up(pending):
-                        due = min(due, handed + self._gap_after(pending, handed_rate, time.monotonic()))
-                    timeout = max(due - time.monotonic(), 0.0)
+                        due = min(due, handed + self._gap_after(pending, handed_rate, now))
+                    timeout = max(due - now, 0.0)
                 generation, epoch = app.consumer_generation_id, self.log_epoch
                 records, active = await self._wait_next_records(timeout)
                 if self.should_stop:
