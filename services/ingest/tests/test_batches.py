@@ -299,17 +299,23 @@ async def one_written(tmp_path, kafka_bootstrap: str, **batching):
         await svc.stop()
 
 
+async def trickle(svc: IngestService, kafka_bootstrap: str, topic: str) -> tuple[float, float]:
+    """40 events, one every 50 ms after the one before is acknowledged, to a service that has
+    written one: how many batches it made of them, and how long until all were written."""
+    batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
+    started = time.monotonic()
+    await produce(kafka_bootstrap, topic, make_events(40), pause=0.05)
+    await eventually(written(svc, 41), timeout=30)
+    took = time.monotonic() - started
+    return svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches, took
+
+
 async def test_a_light_load_is_written_once_caught_up_at_most_once_per_batch_gap(tmp_path, kafka_bootstrap):
     """Events trickling in are written within about batch_gap, not batch_within (60 s here), and the
     gap bounds how many inserts they make (batch_light_events 0: every batch goes by batch_gap)."""
     # the first write, the group join included, is far less than batch_within
     async with one_written(tmp_path, kafka_bootstrap, batch_gap=0.5, batch_light_events=0) as (svc, topic):
-        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
-        started = time.monotonic()
-        await produce(kafka_bootstrap, topic, make_events(40), pause=0.05)
-        await eventually(written(svc, 41), timeout=30)
-        took = time.monotonic() - started
-        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        made, took = await trickle(svc, kafka_bootstrap, topic)
         assert 1 <= made <= took / svc.settings.batch_gap + 1, (made, took)
         assert took < 15
 
@@ -333,12 +339,7 @@ async def test_below_batch_light_events_a_second_batches_go_batch_gap_light_apar
     batch_gap_light (1 s), not one per batch_gap (0.1 s): ClickHouse's advice for small inserts."""
     async with one_written(tmp_path, kafka_bootstrap, batch_gap=0.1, batch_light_events=1000,
                            batch_gap_light=1.0) as (svc, topic):
-        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
-        started = time.monotonic()
-        await produce(kafka_bootstrap, topic, make_events(40), pause=0.05)
-        await eventually(written(svc, 41), timeout=30)
-        took = time.monotonic() - started
-        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        made, took = await trickle(svc, kafka_bootstrap, topic)
         assert 1 <= made <= took / svc.settings.batch_gap_light + 1, (made, took)  # by batch_gap: about took / 0.1
 
 
