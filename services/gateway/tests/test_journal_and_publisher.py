@@ -2,6 +2,7 @@ import asyncio
 import datetime as dt
 import os
 import stat
+import time
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from helicone_core.kafka import PLAINTEXT
 from helicone_core.metrics import ServiceMetrics
 from helicone_gateway.journal import Journal, JournalInUse, encode_record
 from helicone_gateway.publisher import BATCH_SEND_MIN, EventPublisher
+from helicone_gateway.settings import GatewaySettings
 from helicone_runner.embedded import EmbeddedKafka
 
 from tests.support.net import free_port
@@ -677,6 +679,39 @@ async def test_events_sent_as_record_batches_are_acked_with_the_offsets_kafka_ga
         assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "direct"}) == len(sent)
     finally:
         await consumer.stop()
+        await pub.stop()
+
+
+async def test_at_light_load_a_produce_request_carries_20_ms_of_events(tmp_path, kafka_bootstrap):
+    """Every event is on disk (the journal) before the producer sees it, so at light load the
+    gateway's producer lets a request wait for company (HELICONE_KAFKA_LINGER_MS, default 20):
+    events a few ms apart, journaled every 5 ms or so, reach Kafka in at most one produce request per
+    20 ms, not one per journal batch. A slow machine only makes the requests fewer."""
+    topic = "linger-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=GatewaySettings.model_fields["kafka_linger_ms"].default)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        client = pub._producer.client
+        produce_requests = []
+        send = client.send
+
+        async def counting_send(node_id, request, **kw):
+            if type(request).__name__.startswith("ProduceRequest"):
+                produce_requests.append(request)
+            return await send(node_id, request, **kw)
+
+        client.send = counting_send
+        n, started = 0, time.monotonic()
+        while time.monotonic() - started < 0.3:
+            pub.submit(_event)
+            n += 1
+            await asyncio.sleep(0.002)
+        elapsed = time.monotonic() - started
+        await _until(lambda: pub.journal.record_count == n and pub.journal.unacked_count() == 0)
+        assert len(produce_requests) <= elapsed / 0.020 + 2, (len(produce_requests), n, elapsed)
+        assert n >= 3 * len(produce_requests)
+    finally:
         await pub.stop()
 
 

@@ -70,7 +70,7 @@ class EventPublisher:
         max_in_flight: int = 2000,
         batch_size: int = 256,
         compression: str | None = None,
-        linger_ms: int = 5,
+        linger_ms: int = 20,
         max_batch_bytes: int = 256 * 1024,
         journal_linger_ms: int = 5,
     ) -> None:
