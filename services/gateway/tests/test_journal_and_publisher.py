@@ -710,7 +710,6 @@ async def test_at_light_load_a_produce_request_carries_20_ms_of_events(tmp_path,
         elapsed = time.monotonic() - started
         await _until(lambda: pub.journal.record_count == n and pub.journal.unacked_count() == 0)
         assert len(produce_requests) <= elapsed / 0.020 + 2, (len(produce_requests), n, elapsed)
-        assert n >= 3 * len(produce_requests)
     finally:
         await pub.stop()
 
