@@ -32,6 +32,19 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
             for part in form.iter_parts()}
 
 
+def response_format(query: str, has_data: bool) -> str | None:
+    """The statement's FORMAT clause, if any. Insert data is never searched, as a server never
+    parses it as SQL: with data in the body (`has_data`) or an INSERT sent whole in the body
+    (clickhouse-connect's raw_insert: the statement's first line, then the rows, megabytes of them)
+    only the statement's first line is read."""
+    text = query.lstrip()
+    if has_data or text[:6].upper() == "INSERT":
+        end = text.find("\n")
+        text = text if end < 0 else text[:end]
+    m = FORMAT_CLAUSE.search(text.rstrip())
+    return m.group(1) if m else None
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -55,8 +68,7 @@ class Handler(BaseHTTPRequestHandler):
             query, body = body, ""
         sql = query + ("\n" + body if body else "")
         bind = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
-        m = FORMAT_CLAUSE.search(query.strip().split("\n", 1)[0] if body else query.strip())
-        fmt = m.group(1) if m else params.get("default_format", "TabSeparated")
+        fmt = response_format(query, bool(body)) or params.get("default_format", "TabSeparated")
         try:
             with lock:
                 res = SESSION.query(sql, fmt, params=bind) if bind else SESSION.query(sql, fmt)
