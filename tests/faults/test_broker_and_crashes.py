@@ -59,7 +59,8 @@ def test_whole_stack_sigkilled_under_load_then_up_again(tmp_path):
         # requests in flight at the kill got no answer; every answered one must be logged exactly once, save
         # a late one lost in the window
         lost_late = late - set(logged)
-        result.outcomes = [o for o in result.outcomes if o.request_id in answered - lost_late]
+        kept = answered - lost_late
+        result.outcomes = [o for o in result.outcomes if o.request_id in kept]
         stray = set(logged) - answered
         logged = [rid for rid in logged if rid not in stray]
         assert len(answered) - len(late) >= 100  # ~120 answered in 3 s: the window excuses a few at most
