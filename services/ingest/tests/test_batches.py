@@ -383,6 +383,53 @@ async def test_a_burst_after_an_idle_time_goes_by_batch_gap_though_each_fetch_br
         assert time.monotonic() - handed < 10.0  # by batch_gap_light: 12 s after the batch of 1
 
 
+async def test_the_tail_of_a_fast_flow_goes_once_a_fetch_brings_nothing_not_batch_gap_after_the_batch_before(
+        tmp_path, kafka_bootstrap):
+    """A fast flow's caught-up batch goes as soon as the flow pauses (a fetch of its partitions is
+    answered with nothing new, fetch_wait after its last records), not batch_gap after the batch
+    before it: the last requests of a burst are visible a fetch wait after it ends. batch_gap is
+    6 s here; before, each of these batches waited for it."""
+    async with one_written(tmp_path, kafka_bootstrap, batch_gap=6.0, batch_light_events=500,
+                           batch_gap_light=12.0) as (svc, topic):
+        sent = time.monotonic()
+        await produce_at_once(kafka_bootstrap, topic, make_events(500))  # a fast flow: batch_light_events at once
+        await eventually(written(svc, 501), timeout=30)
+        assert time.monotonic() - sent < 3.0  # by batch_gap: 6 s after the batch of 1
+        sent = time.monotonic()
+        await produce_at_once(kafka_bootstrap, topic, make_events(5))  # the tail, right after the 500
+        await eventually(written(svc, 506), timeout=30)
+        assert time.monotonic() - sent < 3.0  # by batch_gap: 6 s after the 500
+
+
+async def produce_steadily(bootstrap: str, topic: str, n: int, every: float) -> None:
+    """n events to partition 0, one every `every` seconds, not waiting for each to be acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        sends, start = [], time.monotonic()
+        for i, ev in enumerate(make_events(n)):
+            sends.append(await producer.send(topic, events.encode(ev), key=events.message_key(ev), partition=0))
+            await asyncio.sleep(max(start + (i + 1) * every - time.monotonic(), 0))
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+async def test_a_steady_fast_flow_still_makes_one_insert_per_batch_gap(tmp_path, kafka_bootstrap):
+    """While records keep coming (every fetch brings some), a fast flow is not taken for a pause:
+    its batches still go batch_gap apart, not a fetch at a time."""
+    async with one_written(tmp_path, kafka_bootstrap, batch_gap=1.0, batch_light_events=100,
+                           batch_gap_light=2.0) as (svc, topic):
+        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
+        started = time.monotonic()
+        await produce_steadily(kafka_bootstrap, topic, 400, every=0.01)  # 100 a second, for 4 s
+        await eventually(written(svc, 401), timeout=30)
+        took = time.monotonic() - started
+        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        # a fetch at a time would be about 60; a stall of the producer as long as a fetch wait is a pause (room for two)
+        assert 2 <= made <= took / svc.settings.batch_gap + 4, (made, took)
+
+
 def written(svc: IngestService, n: int):
     async def check() -> bool:
         return await row_count(svc) == n

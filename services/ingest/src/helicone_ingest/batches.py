@@ -13,7 +13,11 @@ seconds ago, or `batch_gap_light` seconds at light load (the batch holds fewer t
 `batch_gap_light`):
 light load shows up within `batch_gap_light` (not `batch_within`) with about one insert a second,
 a faster flow (and the tail of a burst) within `batch_gap`, with at most 1 / batch_gap inserts a
-second, and under a backlog batches fill up as before. While records keep coming, a
+second, and under a backlog batches fill up as before. A fast flow's caught-up batch also goes as
+soon as the flow pauses (a fetch of each of its partitions answered with nothing new, about
+`fetch_wait` after their last records): the tail of a burst is not held for the rest of
+`batch_gap`, while a steady flow, whose every fetch brings records, still makes one insert per
+`batch_gap`. While records keep coming, a
 fetch waits at most `fetch_wait` seconds for more (Faust sets 1.5 s): Kafka answers a fetch as
 soon as records arrive whatever the wait, but the embedded broker (Tansu) answers only when the
 wait is up, so with 1.5 s records reached ingest up to 0.77 s after they were produced. A second
@@ -157,6 +161,7 @@ class BatchConsumer(driver.Consumer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.rewinds: dict = {}  # partition -> (the log epoch its last rewind started, the offset it went to)
+        self._records_ms: dict = {}  # partition -> when a fetch last brought it records (ms, aiokafka's clock)
 
     def rewound(self, tp, offset: int) -> None:
         """IngestService._rewind sent tp to `offset`, the start of a new log: batches fetched before
@@ -189,6 +194,7 @@ class BatchConsumer(driver.Consumer):
         handed = -math.inf  # when the last batch was handed over (time.monotonic)
         handed_rate = 0.0  # its events a second since the one before it (over batch_gap_light at most)
         last_records = 0.0  # when a fetch last brought records (time.monotonic)
+        records_ms = 0.0  # the same in ms of time.time(), the clock aiokafka notes fetch answers with
         try:
             while not (stopped() or fetcher_stopped()):
                 size, max_bytes, within = app.batch_size, app.batch_max_bytes, app.batch_within
@@ -197,7 +203,10 @@ class BatchConsumer(driver.Consumer):
                 else:
                     now, due = time.monotonic(), pending.started + within
                     if self._caught_up(pending):
-                        due = min(due, handed + self._gap_after(pending, handed_rate, now))
+                        gap = self._gap_after(pending, handed_rate, now)
+                        due = min(due, handed + gap)
+                        if self._watch_pause(gap):  # look again soon: has a fetch come back with nothing?
+                            due = min(due, now + app.fetch_wait / 4)
                     timeout = max(due - now, 0.0)
                 generation, epoch = app.consumer_generation_id, self.log_epoch
                 records, active = await self._wait_next_records(timeout)
@@ -206,6 +215,7 @@ class BatchConsumer(driver.Consumer):
                 now = time.monotonic()
                 if records:
                     last_records = now
+                    records_ms = time.time() * 1000
                 self._fetch_wait(app.fetch_wait if now - last_records < self.IDLE_AFTER else self.IDLE_FETCH_WAIT)
                 if records and not self.flow_active:
                     await self.perform_seek()  # what Faust's getmany does: back to the committed offsets
@@ -231,11 +241,14 @@ class BatchConsumer(driver.Consumer):
                             if pending is None:
                                 pending = Batch(self)
                             pending.add(tp, fresh)
+                            self._records_ms[tp] = records_ms
                             app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 if pending is not None:
                     now = time.monotonic()
+                    gap = self._gap_after(pending, handed_rate, now)
                     if (len(pending) >= size or pending.bytes >= max_bytes or now >= pending.started + within
-                            or (now >= handed + self._gap_after(pending, handed_rate, now) and self._caught_up(pending))):
+                            or (self._caught_up(pending)
+                                and (now >= handed + gap or (self._watch_pause(gap) and self._paused(pending))))):
                         # over batch_gap_light at most: a batch of batch_light_events or more always counts as a
                         # fast flow, however long the idle time (or a rebalance) before it
                         handed_rate = len(pending) / max(min(now - handed, app.batch_gap_light), 1e-3)
@@ -253,6 +266,32 @@ class BatchConsumer(driver.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    def _watch_pause(self, gap: float) -> bool:
+        """Whether a caught-up batch that waits `gap` goes as soon as its flow pauses: a fast flow's
+        (its gap is batch_gap while the light gap is on). A trickle pauses between any two events,
+        and keeps to about one insert per batch_gap_light."""
+        app = self.app
+        return gap == app.batch_gap < app.batch_gap_light and app.batch_light_events > 0
+
+    def _paused(self, batch: Batch) -> bool:
+        """The flow into the batch's partitions has paused: since each partition last brought
+        records, a fetch of it has been answered (aiokafka notes the time of every answer, records
+        or not) and the batch is still caught up, so that answer brought nothing. A fetch is answered
+        with nothing only after fetch_wait without records (Kafka answers as soon as some arrive),
+        so the tail of a burst goes about fetch_wait after its last records, not batch_gap after
+        the batch before."""
+        consumer = getattr(self._thread, "_consumer", None)
+        if consumer is None:
+            return False
+        try:
+            for tp in batch.offsets:
+                answered = consumer.last_poll_timestamp(tp)
+                if answered is None or answered <= self._records_ms.get(tp, math.inf):
+                    return False
+        except Exception:  # noqa: BLE001 - aiokafka asserts the partition is assigned: a rebalance is under way
+            return False
+        return True
 
     def _gap_after(self, pending: Batch, handed_rate: float, now: float) -> float:
         """How long after the previous batch a caught-up `pending` goes: batch_gap_light at light

@@ -17,7 +17,9 @@ class IngestSettings(ServiceSettings):
     batch_within: float = 1.0  # seconds to wait for a batch to fill
     # once a batch holds everything up to the log end, it is written if the previous one went this long ago: a flow of
     # batch_light_events per batch_gap_light or more is visible within batch_gap, with at most 1 / batch_gap inserts a
-    # second per worker (0: at once; a lighter flow goes by batch_gap_light below)
+    # second per worker (0: at once; a lighter flow goes by batch_gap_light below). Such a fast flow's batch also goes
+    # as soon as the flow pauses (a fetch of its partitions answered with nothing new, about fetch_wait after their
+    # last records): the tail of a burst is visible a fetch wait after it ends, not up to batch_gap later
     batch_gap: float = Field(default=0.25, ge=0)
     # light load: a caught-up batch of fewer than batch_light_events events waits until batch_gap_light after the one
     # before (ClickHouse's advice: inserts of at least 1,000 rows, about one a second; each small insert makes a part per
