@@ -192,6 +192,33 @@ async def test_chdb_stores_on_one_path_share_one_engine(chdb_path):
 
 
 
+async def test_chdb_writes_each_insert_as_a_few_packed_files_also_into_tables_made_before(chdb_path):
+    """On chDB an insert's parts (request_log's and the properties view's, with their projections) are
+    stored packed, a file each instead of about ten, tables made before the setting included."""
+    store = ChdbStore(chdb_path, "packed_db")
+    try:
+        await store.init_schema()
+        for table in analytics.CHDB_PACKED_TABLES:  # as a table made before it had the setting
+            await store._command(f"ALTER TABLE packed_db.{table} RESET SETTING min_bytes_for_full_part_storage")
+        await store.init_schema()
+        before = {p for p in chdb_path.rglob("*") if p.is_file()}
+        await store.insert("request_log", [_row(_event("o", dt.datetime.now(dt.timezone.utc), properties={"env": "prod"}))
+                                           for _ in range(3)])
+        parts = await store.query("SELECT table, part_storage_type AS storage FROM system.parts "
+                                  "WHERE database = 'packed_db' AND active ORDER BY table")
+        assert parts == [{"table": "request_log", "storage": "Packed"},
+                         {"table": "request_properties", "storage": "Packed"}], parts
+        made = {p for p in chdb_path.rglob("*") if p.is_file()} - before
+        projections = len(analytics.REQUEST_LOG_PROJECTIONS) + len(analytics.REQUEST_PROPERTIES_PROJECTIONS)
+        assert len([p for p in made if p.name == "data.packed"]) == 2 + projections, sorted(map(str, made))
+        assert len(made) < 2 * (2 + projections), sorted(map(str, made))  # stored as usual: about 120
+        rows = await store.query("SELECT count() AS n FROM {db}.request_log FINAL "
+                                 "SETTINGS output_format_json_quote_64bit_integers = 0")
+        assert rows == [{"n": 3}]
+    finally:
+        await store.close()
+
+
 def _ddl_without_projections(db: str) -> str:
     """request_log as created before the projections (they read columns the older tables lacked)."""
     return analytics.REQUEST_LOG_DDL.format(db=db, table="request_log", sorting_key=analytics.REQUEST_LOG_SORTING_KEY,
