@@ -211,7 +211,7 @@ async def test_chdb_writes_each_insert_as_a_few_packed_files_also_into_tables_ma
         made = {p for p in chdb_path.rglob("*") if p.is_file()} - before
         projections = len(analytics.REQUEST_LOG_PROJECTIONS) + len(analytics.REQUEST_PROPERTIES_PROJECTIONS)
         assert len([p for p in made if p.name == "data.packed"]) == 2 + projections, sorted(map(str, made))
-        assert len(made) < 2 * (2 + projections), sorted(map(str, made))  # stored as usual: about 120
+        assert len(made) < 2 * (2 + projections), sorted(map(str, made))  # stored as usual: 111
         rows = await store.query("SELECT count() AS n FROM {db}.request_log FINAL "
                                  "SETTINGS output_format_json_quote_64bit_integers = 0")
         assert rows == [{"n": 3}]
