@@ -1,5 +1,6 @@
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from helicone_core import analytics, events
@@ -201,14 +202,21 @@ async def test_chdb_writes_each_insert_as_a_few_packed_files_also_into_tables_ma
         for table in analytics.CHDB_PACKED_TABLES:  # as a table made before it had the setting
             await store._command(f"ALTER TABLE packed_db.{table} RESET SETTING min_bytes_for_full_part_storage")
         await store.init_schema()
-        before = {p for p in chdb_path.rglob("*") if p.is_file()}
+        tables = await store.query("SELECT data_paths FROM system.tables WHERE database = 'packed_db' AND name IN "
+                                   f"{analytics.CHDB_PACKED_TABLES}")
+        dirs = [Path(d) for t in tables for d in t["data_paths"]]
+
+        def files() -> set[Path]:  # the two tables' files only (not chDB's own logs)
+            return {p for d in dirs for p in d.rglob("*") if p.is_file()}
+
+        before = files()
         await store.insert("request_log", [_row(_event("o", dt.datetime.now(dt.timezone.utc), properties={"env": "prod"}))
                                            for _ in range(3)])
         parts = await store.query("SELECT table, part_storage_type AS storage FROM system.parts "
                                   "WHERE database = 'packed_db' AND active ORDER BY table")
         assert parts == [{"table": "request_log", "storage": "Packed"},
                          {"table": "request_properties", "storage": "Packed"}], parts
-        made = {p for p in chdb_path.rglob("*") if p.is_file()} - before
+        made = files() - before
         projections = len(analytics.REQUEST_LOG_PROJECTIONS) + len(analytics.REQUEST_PROPERTIES_PROJECTIONS)
         assert len([p for p in made if p.name == "data.packed"]) == 2 + projections, sorted(map(str, made))
         assert len(made) < 2 * (2 + projections), sorted(map(str, made))  # stored as usual: 111
