@@ -30,6 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.net import poll_client  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.stack import running_stack  # noqa: E402
 
@@ -69,7 +70,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def metric(url: str, series: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+    for line in poll_client().get(f"{url}/metrics").text.splitlines():
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.load import logged_ids  # noqa: E402
-from tests.support.net import free_port  # noqa: E402
+from tests.support.net import free_port, poll_client  # noqa: E402
 from tests.support.stack import running_stack  # noqa: E402
 
 BENCH_DIR = ROOT / ".bench"  # rivals' installs, gitignored, kept between runs
@@ -379,8 +379,8 @@ def product_defaults() -> dict[str, str]:
 def logged_count(api: str, key: str, run: str) -> int:
     """Requests of `run` the api counts (one aggregate query: cheap enough to poll often, where
     paging through thousands of rows would take longer than what it measures)."""
-    r = httpx.post(f"{api}/v1/metrics/breakdown", headers={"Authorization": f"Bearer {key}"}, timeout=30,
-                   json={"filter": {"properties": {"fault-run": run}}, "by": "provider"})
+    r = poll_client().post(f"{api}/v1/metrics/breakdown", headers={"Authorization": f"Bearer {key}"},
+                           json={"filter": {"properties": {"fault-run": run}}, "by": "provider"})
     r.raise_for_status()
     return sum(row["requests"] for row in r.json()["data"])
 

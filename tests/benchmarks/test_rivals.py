@@ -109,3 +109,43 @@ def test_goal_lines_give_the_sustained_ratios_and_overheads_of_ours():
     assert lines == ["goals: ours-gw sustained / portkey 2.50 (goal >= 3); ours-gw sustained / litellm 18.75 (goal >= 30); "
                      "c=1 overhead +1.00 / +1.00 ms (goal <= 0.3 / 1.0); first streamed byte +1.00 ms (goal <= 0.3)"]
     assert rivals.goal_lines(systems[:2], results, {"direct": 5000, "ours-gw": 1500})[0].startswith("goals: c=1 overhead")
+
+
+def test_polling_the_api_keeps_one_connection_instead_of_a_new_client_per_poll():
+    """logged_count is called every 20 ms while a burst drains; a new client per call loaded a TLS
+    context (about 25 ms of the bench's CPU) and opened a connection each time."""
+    import http.server
+    import json
+    import threading
+
+    connections = []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(self.client_address)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path == "/v1/metrics/breakdown" and self.headers["Authorization"] == "Bearer k"
+            body = json.dumps({"data": [{"key": "openai", "requests": 2}, {"key": asked["by"], "requests": 1}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = f"http://127.0.0.1:{server.server_address[1]}"
+        assert [rivals.logged_count(api, "k", "run-1") for _ in range(5)] == [3] * 5
+        assert len(connections) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
