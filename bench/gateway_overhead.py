@@ -70,7 +70,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def metric(url: str, series: str) -> float:
-    for line in poll_client().get(f"{url}/metrics").text.splitlines():
+    for line in poll_client().get(f"{url}/metrics", timeout=5).text.splitlines():  # httpx.get's default, as before
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
