@@ -473,8 +473,9 @@ async def test_a_batch_closes_once_its_events_hold_batch_max_bytes(tmp_path, kaf
 
 
 async def test_fetches_wait_briefly_while_records_keep_coming_and_long_once_idle(tmp_path, kafka_bootstrap):
-    """The embedded broker answers a fetch only when its wait is up (Kafka as soon as records arrive):
-    with Faust's 1.5 s, records reached ingest up to 0.77 s after they were produced. While records
+    """The embedded broker looks for records when a fetch arrives, then after half the time left, again
+    and again (Kafka answers as soon as records arrive): with Faust's 1.5 s, records reached ingest up to
+    0.77 s after they were produced. While records
     keep coming, the consumer's fetches wait fetch_wait at most; a second without records and they
     wait Faust's 1.5 s again, so an idle worker does not poll the broker ten times a second."""
     topic = "batches-" + uuid.uuid4().hex[:8]

@@ -19,8 +19,11 @@ soon as the flow pauses (a fetch of each of its partitions answered with nothing
 `batch_gap`, while a steady flow, whose every fetch brings records, still makes one insert per
 `batch_gap`. While records keep coming, a
 fetch waits at most `fetch_wait` seconds for more (Faust sets 1.5 s): Kafka answers a fetch as
-soon as records arrive whatever the wait, but the embedded broker (Tansu) answers only when the
-wait is up, so with 1.5 s records reached ingest up to 0.77 s after they were produced. A second
+soon as records arrive whatever the wait, but the embedded broker (Tansu) does not watch for them:
+it looks when the fetch arrives, then after half the time left, again and again until the wait is up
+(tansu-broker/src/broker/fetch.rs), so a record that arrives meanwhile waits for its next look, up to
+about half the wait (bench/broker_fetch_wait.py, Tansu 0.6.0: at most 50 ms with a 0.1 s wait, 240 ms
+with 0.5 s, 752 ms with 1.5 s). A second
 without records and the wait goes back to Faust's (an idle consumer fetches 15 times less often).
 Faust keeps everything else: group membership and rebalances, the periodic commit of acknowledged
 offsets (what it commits is computed from the acks exactly as for its own messages, gaps in the

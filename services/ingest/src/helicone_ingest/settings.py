@@ -30,7 +30,8 @@ class IngestSettings(ServiceSettings):
     batch_light_events: int = Field(default=1000, ge=0)
     batch_gap_light: float = Field(default=1.0, ge=0)
     # while records keep coming, a fetch waits this long at most for more (Kafka answers as soon as records arrive;
-    # the embedded broker only when the wait is up); a second without records and it waits Faust's 1.5 s again
+    # a record waits up to about half the wait in the embedded broker, see batches.py); a second without records and
+    # it waits Faust's 1.5 s again
     fetch_wait: float = Field(default=0.1, gt=0, le=1.5)
     kafka_replication_factor: int = 1
     # Faust consumer-group timings; the embedded runner shortens them for a single local broker.
