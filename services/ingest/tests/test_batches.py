@@ -17,6 +17,7 @@ from helicone_core import events
 from helicone_core.kafka import ensure_topics
 from helicone_ingest.app import IngestService
 from helicone_ingest.batches import Batch, BatchApp, InFlight, Turns
+from helicone_ingest.settings import IngestSettings
 
 from .test_postgres_outage import eventually, make_events, produce, row_count, settings
 
@@ -428,6 +429,25 @@ async def test_a_steady_fast_flow_still_makes_one_insert_per_batch_gap(tmp_path,
         made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
         # a fetch at a time would be about 60; a stall of the producer as long as a fetch wait is a pause (room for two)
         assert 2 <= made <= took / svc.settings.batch_gap + 4, (made, took)
+
+
+async def test_a_fast_flow_with_the_shipped_gap_makes_about_two_inserts_a_second(tmp_path, kafka_bootstrap):
+    """The shipped batch_gap (0.5 s; each chDB insert costs about 30 ms of CPU whatever its rows): a
+    flow of 1,200 events a second, past batch_light_events (1,000) per batch_gap_light (1 s), is
+    written in batches about batch_gap apart, not four a second as with 0.25 s."""
+    defaults = IngestSettings.model_fields
+    assert defaults["batch_gap"].default == 0.5
+    async with one_written(tmp_path, kafka_bootstrap, batch_size=5000) as (svc, topic):
+        assert (svc.settings.batch_gap, svc.settings.batch_light_events, svc.settings.batch_gap_light) == (
+            defaults["batch_gap"].default, defaults["batch_light_events"].default, defaults["batch_gap_light"].default)
+        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
+        started = time.monotonic()
+        await produce_steadily(kafka_bootstrap, topic, 3600, every=1 / 1200)  # for 3 s
+        await eventually(written(svc, 3601), timeout=60)
+        took = time.monotonic() - started
+        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        # by 0.25 s: about took / 0.25 (13-14); a stall of the producer as long as a fetch wait is a pause (room for three)
+        assert 2 <= made <= took / 0.5 + 3, (made, took)
 
 
 def written(svc: IngestService, n: int):

@@ -414,7 +414,7 @@ class BatchApp(faust.App):
     batch_size = 5000
     batch_max_bytes = 32 * 1024 * 1024
     batch_within = 1.0
-    batch_gap = 0.25
+    batch_gap = 0.5
     batch_light_events = 1000
     batch_gap_light = 1.0
     fetch_wait = 0.1

@@ -19,8 +19,11 @@ class IngestSettings(ServiceSettings):
     # batch_light_events per batch_gap_light or more is visible within batch_gap, with at most 1 / batch_gap inserts a
     # second per worker (0: at once; a lighter flow goes by batch_gap_light below). Such a fast flow's batch also goes
     # as soon as the flow pauses (a fetch of its partitions answered with nothing new, about fetch_wait after their
-    # last records): the tail of a burst is visible a fetch wait after it ends, not up to batch_gap later
-    batch_gap: float = Field(default=0.25, ge=0)
+    # last records): the tail of a burst is visible a fetch wait after it ends, not up to batch_gap later. Each insert
+    # costs about 30 ms of CPU on chDB whatever its rows (the projections, the properties view): 0.5 s instead of 0.25
+    # took the stack's CPU per request 131-137 -> 102 us, for the last request of a burst visible 26-64 ms later
+    # (bench/stack_variants.py, bench/results/stack-variants-2026-12-05-batchgap*.txt)
+    batch_gap: float = Field(default=0.5, ge=0)
     # light load: a caught-up batch of fewer than batch_light_events events waits until batch_gap_light after the one
     # before (ClickHouse's advice: inserts of at least 1,000 rows, about one a second; each small insert makes a part per
     # projection, merged later) unless the flow is fast: the previous batch brought batch_light_events or more per
