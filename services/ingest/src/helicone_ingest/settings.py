@@ -21,7 +21,7 @@ class IngestSettings(ServiceSettings):
     # as soon as the flow pauses (a fetch of its partitions answered with nothing new, about fetch_wait after their
     # last records): the tail of a burst is visible a fetch wait after it ends, not up to batch_gap later. Each insert
     # costs about 30 ms of CPU on chDB whatever its rows (the projections, the properties view): 0.5 s instead of 0.25
-    # took the stack's CPU per request 131-137 -> 102 us, for the last request of a burst visible 26-64 ms later
+    # took the stack's CPU per request 119-137 -> 98-102 us, for the last request of a burst visible 26-64 ms later
     # (bench/stack_variants.py, bench/results/stack-variants-2026-12-05-batchgap*.txt)
     batch_gap: float = Field(default=0.5, ge=0)
     # light load: a caught-up batch of fewer than batch_light_events events waits until batch_gap_light after the one
