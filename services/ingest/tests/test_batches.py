@@ -497,10 +497,12 @@ async def test_fetches_wait_briefly_while_records_keep_coming_and_long_once_idle
     and again (Kafka answers as soon as records arrive): with Faust's 1.5 s, records reached ingest up to
     0.77 s after they were produced. While records
     keep coming, the consumer's fetches wait fetch_wait at most; a second without records and they
-    wait Faust's 1.5 s again, so an idle worker does not poll the broker ten times a second."""
+    wait Faust's 1.5 s again, so an idle worker does not poll the broker twenty times a second. The
+    shipped fetch_wait, 0.05 s: a fast flow's tail goes once a fetch is answered empty, about that long
+    after its last records."""
     topic = "batches-" + uuid.uuid4().hex[:8]
     s = settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", kafka_bootstrap, topic)
-    s = s.model_copy(update={"fetch_wait": 0.05})
+    assert s.fetch_wait == IngestSettings.model_fields["fetch_wait"].default == 0.05
     svc = IngestService(s)
     await svc.start()
     try:

@@ -417,7 +417,7 @@ class BatchApp(faust.App):
     batch_gap = 0.5
     batch_light_events = 1000
     batch_gap_light = 1.0
-    fetch_wait = 0.1
+    fetch_wait = 0.05
 
     def _new_transport(self):
         return BatchTransport(self.conf.broker_consumer, self)
