@@ -24,7 +24,7 @@ it looks when the fetch arrives, then after half the time left, again and again 
 (tansu-broker/src/broker/fetch.rs), so a record that arrives meanwhile waits for its next look, up to
 about half the wait (bench/broker_fetch_wait.py, Tansu 0.6.0: at most 50 ms with a 0.1 s wait, 240 ms
 with 0.5 s, 752 ms with 1.5 s). A second
-without records and the wait goes back to Faust's (an idle consumer fetches 15 times less often).
+without records and the wait goes back to Faust's (an idle consumer fetches 30 times less often).
 Faust keeps everything else: group membership and rebalances, the periodic commit of acknowledged
 offsets (what it commits is computed from the acks exactly as for its own messages, gaps in the
 offsets included), flow control, seeks and stopping.
