@@ -265,3 +265,49 @@ def test_one_runner_per_data_dir(tmp_path):
     again = DataDirLock(tmp_path)
     again.acquire()  # released: free again (the kernel also releases it when the runner dies)
     again.release()
+
+
+class StuckProducer(Producer):
+    """A producer whose hold() never finishes (events still in flight), as when a graceful stop
+    cancels supervision while a recycle waits for the gateway's acknowledgements."""
+
+    async def hold(self) -> None:
+        self._open.clear()
+        self.holds += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_recycle_cancelled_while_holding_releases_the_producers(tmp_path):
+    """`helicone-stack up` stops supervision first on a graceful stop: a recycle cancelled while it
+    holds the producers must release them, or the gateway's stop leaves what it journaled during
+    the hold unsent (it found one request missing after a stop with the journal removed)."""
+    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
+    broker.start()
+    try:
+        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
+        producer, consumer = StuckProducer(broker.bootstrap), Consumer(broker.bootstrap)
+        await producer.producer.start()
+        await consumer.start()
+        try:
+            settings = EmbeddedBrokerSettings(recycle_records=10, drain_timeout=30)
+            supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
+                                          consumer_group=GROUP, producers=[producer], consumers=[consumer])
+            for first in range(0, 100, 5):  # batches of their own: Tansu reports the last batch's base offset + 1 as the end
+                await producer.send(first, 5)
+            await consumer.read_all(100)
+            recycling = asyncio.create_task(supervisor.recycle_if_due())
+            deadline = time.monotonic() + 20
+            while producer.holds == 0:
+                assert time.monotonic() < deadline and not recycling.done(), "the recycle never held the producer"
+                await asyncio.sleep(0.05)
+            assert not producer._open.is_set()
+            recycling.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await recycling
+            assert producer._open.is_set()  # released
+            assert supervisor.recycles == 0
+        finally:
+            await producer.producer.stop()
+            await consumer.consumer.stop()
+    finally:
+        broker.stop()

@@ -147,9 +147,10 @@ class BrokerSupervisor:
                         "(memory storage)", _describe_exit(code or 0), self.broker.bootstrap, self._backoff, self.restarts)
         await asyncio.sleep(self._backoff)
         # Held while the new log is set up, so that nothing lands in it before the consumers are
-        # rewound; events wait in the gateway's journal meanwhile.
-        await self._hold_producers(self.settings.drain_timeout)
+        # rewound; events wait in the gateway's journal meanwhile. Released however this ends (a cancel
+        # while holding included).
         try:
+            await self._hold_producers(self.settings.drain_timeout)
             try:
                 await self.broker.start_async()
             except Exception:
@@ -260,12 +261,13 @@ class BrokerSupervisor:
             # the broker's memory must stay bounded even when ingest never quite catches up).
             await self._wait_caught_up(admin, probe, time.monotonic() + self.settings.drain_timeout)
             deadline = time.monotonic() + self.settings.drain_timeout
-            if not await self._hold_producers(self.settings.drain_timeout):
-                self._release_producers()
-                log.info("not recycling %s: producers still had events in flight after %.0fs; trying later",
-                         self.recycled_topic, self.settings.drain_timeout)
-                return False
+            # released however this ends, a cancel while holding included (a graceful stop cancels
+            # supervision first): a publisher left held would keep what it journals meanwhile unsent
             try:
+                if not await self._hold_producers(self.settings.drain_timeout):
+                    log.info("not recycling %s: producers still had events in flight after %.0fs; trying later",
+                             self.recycled_topic, self.settings.drain_timeout)
+                    return False
                 if not await self._wait_committed_to_end(admin, probe, deadline):
                     log.info("not recycling %s: ingest has not committed its end within %.0fs; trying later",
                              self.recycled_topic, self.settings.drain_timeout)
