@@ -311,3 +311,51 @@ async def test_a_recycle_cancelled_while_holding_releases_the_producers(tmp_path
             await consumer.consumer.stop()
     finally:
         broker.stop()
+
+
+class SlowResetConsumer(Consumer):
+    """A consumer whose rewind to the new log takes a while (a stop can land in the middle)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(bootstrap)
+        self.rewinding = asyncio.Event()
+        self.rewound = False
+
+    async def log_reset(self) -> None:
+        self.rewinding.set()
+        await asyncio.sleep(0.5)
+        await super().log_reset()
+        self.rewound = True
+
+
+async def test_a_recycle_cancelled_while_replacing_the_log_still_rewinds_everyone(tmp_path):
+    """A cancel that lands once the topic is being replaced waits for the consumers and producers to
+    start over on the new log before it goes through: a consumer left at the old log's offsets would
+    skip what the gateway sends to the new one (the drain on a graceful stop would then pass with
+    those events unwritten)."""
+    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
+    broker.start()
+    try:
+        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
+        producer, consumer = Producer(broker.bootstrap), SlowResetConsumer(broker.bootstrap)
+        await producer.producer.start()
+        await consumer.start()
+        try:
+            settings = EmbeddedBrokerSettings(recycle_records=10, drain_timeout=30)
+            supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
+                                          consumer_group=GROUP, producers=[producer], consumers=[consumer])
+            for first in range(0, 100, 5):  # batches of their own: Tansu reports the last batch's base offset + 1 as the end
+                await producer.send(first, 5)
+            await consumer.read_all(100)
+            recycling = asyncio.create_task(supervisor.recycle_if_due())
+            await asyncio.wait_for(consumer.rewinding.wait(), 20)
+            recycling.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await recycling
+            assert consumer.rewound and consumer.resets == 1 and producer.log_resets == 1
+            assert producer._open.is_set()  # released once everyone started over
+        finally:
+            await producer.producer.stop()
+            await consumer.consumer.stop()
+    finally:
+        broker.stop()

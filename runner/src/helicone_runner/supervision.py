@@ -272,16 +272,29 @@ class BrokerSupervisor:
                     log.info("not recycling %s: ingest has not committed its end within %.0fs; trying later",
                              self.recycled_topic, self.settings.drain_timeout)
                     return False
-                for producer in self.producers:
-                    await producer.committed_to_end()
-                await self._recreate(admin)
-                await self._reset_consumers()
+                # once the topic is going, it is re-created and everyone rewound even if cancelled meanwhile
+                # (a graceful stop): a consumer left past the new log's end would never read what lands in it
+                reset = asyncio.ensure_future(self._replace_log(admin))
+                try:
+                    await asyncio.shield(reset)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):  # the cancel is what the caller is told about
+                        await reset
+                    raise
             finally:
                 self._release_producers()
         self.recycles += 1
         log.info("recycled topic %s: ~%d committed records freed from broker memory (helicone_runner_broker_recycles_total=%d)",
                  self.recycled_topic, records, self.recycles)
         return True
+
+    async def _replace_log(self, admin: AIOKafkaAdminClient) -> None:
+        """The group committed the whole log: producers may trim, then an empty topic replaces it and
+        every consumer and producer starts over on it."""
+        for producer in self.producers:
+            await producer.committed_to_end()
+        await self._recreate(admin)
+        await self._reset_consumers()
 
     async def _recreate(self, admin: AIOKafkaAdminClient) -> None:
         await admin.delete_topics([self.recycled_topic])
