@@ -5,6 +5,7 @@ only ever kill the process they recorded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -95,30 +96,16 @@ class Consumer:
 async def run_broker(tmp_path, name: str, recycle: bool) -> tuple[list[int], Consumer, BrokerSupervisor, Producer]:
     """Sends ROUNDS x PER_ROUND events; after each round the consumer reads and commits them and
     (recycle=True) the supervisor recycles the topic. Returns the broker's RSS after each round."""
-    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / f"{name}.log", tmp_path / f"{name}.pid")
-    broker.start()
-    try:
-        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
-        producer, consumer = Producer(broker.bootstrap), Consumer(broker.bootstrap)
-        await producer.producer.start()
-        await consumer.start()
-        settings = EmbeddedBrokerSettings(recycle_records=PER_ROUND // 2, drain_timeout=20)
-        supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
-                                      consumer_group=GROUP, producers=[producer], consumers=[consumer], recycle=recycle)
+    settings = EmbeddedBrokerSettings(recycle_records=PER_ROUND // 2, drain_timeout=20)
+    async with supervised(tmp_path, settings, name=name, recycle=recycle) as (producer, consumer, supervisor):
         rss = []
-        try:
-            for r in range(ROUNDS):
-                await producer.send(r * PER_ROUND, PER_ROUND)
-                await consumer.read_all((r + 1) * PER_ROUND)
-                if recycle:
-                    assert await supervisor.recycle_if_due()
-                rss.append(rss_kb(broker.pid))
-        finally:
-            await producer.producer.stop()
-            await consumer.consumer.stop()
-        return rss, consumer, supervisor, producer
-    finally:
-        broker.stop()
+        for r in range(ROUNDS):
+            await producer.send(r * PER_ROUND, PER_ROUND)
+            await consumer.read_all((r + 1) * PER_ROUND)
+            if recycle:
+                assert await supervisor.recycle_if_due()
+            rss.append(rss_kb(supervisor.broker.pid))
+    return rss, consumer, supervisor, producer
 
 
 async def test_recycling_bounds_broker_memory_and_loses_nothing(tmp_path):
@@ -142,61 +129,33 @@ async def test_recycling_bounds_broker_memory_and_loses_nothing(tmp_path):
 
 
 async def test_no_recycling_before_the_group_committed_everything(tmp_path):
-    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
-    broker.start()
-    try:
-        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
-        producer, consumer = Producer(broker.bootstrap), Consumer(broker.bootstrap)
-        await producer.producer.start()
-        await consumer.start()
-        try:
-            settings = EmbeddedBrokerSettings(recycle_records=10, drain_timeout=1)
-            supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
-                                          consumer_group=GROUP, producers=[producer], consumers=[consumer])
-            await producer.send(0, 100)
-            await consumer.read_all(50)  # reads the first batches: commits 50..100, not the end
-            await producer.send(100, 100)
-            assert not await supervisor.recycle_if_due()
-            assert producer._open.is_set()  # released again after giving up
-            await consumer.read_all(200)
-            assert await supervisor.recycle_if_due()
-            await producer.send(200, 5)
-            await consumer.read_all(205)
-            assert consumer.seen[-5:] == [PAYLOAD + str(i).encode() for i in range(200, 205)]
-        finally:
-            await producer.producer.stop()
-            await consumer.consumer.stop()
-    finally:
-        broker.stop()
+    settings = EmbeddedBrokerSettings(recycle_records=10, drain_timeout=1)
+    async with supervised(tmp_path, settings) as (producer, consumer, supervisor):
+        await producer.send(0, 100)
+        await consumer.read_all(50)  # reads the first batches: commits 50..100, not the end
+        await producer.send(100, 100)
+        assert not await supervisor.recycle_if_due()
+        assert producer._open.is_set()  # released again after giving up
+        await consumer.read_all(200)
+        assert await supervisor.recycle_if_due()
+        await producer.send(200, 5)
+        await consumer.read_all(205)
+        assert consumer.seen[-5:] == [PAYLOAD + str(i).encode() for i in range(200, 205)]
 
 
 async def test_producers_are_held_only_once_ingest_has_nearly_caught_up(tmp_path):
     """What the gateway logs while held waits in its journal (spooled): a recycle that finds ingest
     behind lets it catch up first, producers still sending, and holds only for the last records."""
-    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
-    broker.start()
-    try:
-        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
-        producer, consumer = Producer(broker.bootstrap), Consumer(broker.bootstrap)
-        await producer.producer.start()
-        await consumer.start()
-        try:
-            settings = EmbeddedBrokerSettings(recycle_records=10, recycle_hold_lag=50, drain_timeout=15)
-            supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
-                                          consumer_group=GROUP, producers=[producer], consumers=[consumer])
-            await producer.send(0, 500)
-            recycling = asyncio.create_task(supervisor.recycle_if_due())
-            await asyncio.sleep(1.5)
-            assert producer.holds == 0 and producer._open.is_set()  # 500 behind: not held yet
-            await producer.send(500, 20)  # and still sending
-            await consumer.read_all(520)
-            assert await asyncio.wait_for(recycling, 30)
-            assert producer.holds == 1 and supervisor.recycles == 1
-        finally:
-            await producer.producer.stop()
-            await consumer.consumer.stop()
-    finally:
-        broker.stop()
+    settings = EmbeddedBrokerSettings(recycle_records=10, recycle_hold_lag=50, drain_timeout=15)
+    async with supervised(tmp_path, settings) as (producer, consumer, supervisor):
+        await producer.send(0, 500)
+        recycling = asyncio.create_task(supervisor.recycle_if_due())
+        await asyncio.sleep(1.5)
+        assert producer.holds == 0 and producer._open.is_set()  # 500 behind: not held yet
+        await producer.send(500, 20)  # and still sending
+        await consumer.read_all(520)
+        assert await asyncio.wait_for(recycling, 30)
+        assert producer.holds == 1 and supervisor.recycles == 1
 
 
 async def test_a_killed_broker_is_restarted_with_its_topics(tmp_path):
@@ -267,6 +226,41 @@ def test_one_runner_per_data_dir(tmp_path):
     again.release()
 
 
+@contextlib.asynccontextmanager
+async def supervised(tmp_path, settings: EmbeddedBrokerSettings, producer_cls=Producer, consumer_cls=Consumer,
+                     name: str = "b", recycle: bool = True):
+    """A broker with TOPIC, a started producer and consumer, and a supervisor of TOPIC with `settings`
+    (recycling unless recycle=False): (producer, consumer, supervisor)."""
+    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / f"{name}.log", tmp_path / f"{name}.pid")
+    broker.start()
+    try:
+        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
+        producer, consumer = producer_cls(broker.bootstrap), consumer_cls(broker.bootstrap)
+        await producer.producer.start()
+        await consumer.start()
+        try:
+            yield producer, consumer, BrokerSupervisor(
+                broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC, consumer_group=GROUP,
+                producers=[producer], consumers=[consumer], recycle=recycle)
+        finally:
+            await producer.producer.stop()
+            await consumer.consumer.stop()
+    finally:
+        broker.stop()
+
+
+@contextlib.asynccontextmanager
+async def due_for_a_recycle(tmp_path, producer_cls=Producer, consumer_cls=Consumer):
+    """supervised() with a topic of 100 records, all read and committed: the supervisor's next
+    recycle_if_due() recycles."""
+    settings = EmbeddedBrokerSettings(recycle_records=10, drain_timeout=30)
+    async with supervised(tmp_path, settings, producer_cls, consumer_cls) as (producer, consumer, supervisor):
+        for first in range(0, 100, 5):  # batches of their own: Tansu reports the last batch's base offset + 1 as the end
+            await producer.send(first, 5)
+        await consumer.read_all(100)
+        yield producer, consumer, supervisor
+
+
 class StuckProducer(Producer):
     """A producer whose hold() never finishes (events still in flight), as when a graceful stop
     cancels supervision while a recycle waits for the gateway's acknowledgements."""
@@ -281,36 +275,18 @@ async def test_a_recycle_cancelled_while_holding_releases_the_producers(tmp_path
     """`helicone-stack up` stops supervision first on a graceful stop: a recycle cancelled while it
     holds the producers must release them, or the gateway's stop leaves what it journaled during
     the hold unsent (it found one request missing after a stop with the journal removed)."""
-    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
-    broker.start()
-    try:
-        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
-        producer, consumer = StuckProducer(broker.bootstrap), Consumer(broker.bootstrap)
-        await producer.producer.start()
-        await consumer.start()
-        try:
-            settings = EmbeddedBrokerSettings(recycle_records=10, drain_timeout=30)
-            supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
-                                          consumer_group=GROUP, producers=[producer], consumers=[consumer])
-            for first in range(0, 100, 5):  # batches of their own: Tansu reports the last batch's base offset + 1 as the end
-                await producer.send(first, 5)
-            await consumer.read_all(100)
-            recycling = asyncio.create_task(supervisor.recycle_if_due())
-            deadline = time.monotonic() + 20
-            while producer.holds == 0:
-                assert time.monotonic() < deadline and not recycling.done(), "the recycle never held the producer"
-                await asyncio.sleep(0.05)
-            assert not producer._open.is_set()
-            recycling.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await recycling
-            assert producer._open.is_set()  # released
-            assert supervisor.recycles == 0
-        finally:
-            await producer.producer.stop()
-            await consumer.consumer.stop()
-    finally:
-        broker.stop()
+    async with due_for_a_recycle(tmp_path, producer_cls=StuckProducer) as (producer, _, supervisor):
+        recycling = asyncio.create_task(supervisor.recycle_if_due())
+        deadline = time.monotonic() + 20
+        while producer.holds == 0:
+            assert time.monotonic() < deadline and not recycling.done(), "the recycle never held the producer"
+            await asyncio.sleep(0.05)
+        assert not producer._open.is_set()
+        recycling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await recycling
+        assert producer._open.is_set()  # released
+        assert supervisor.recycles == 0
 
 
 class SlowResetConsumer(Consumer):
@@ -333,29 +309,11 @@ async def test_a_recycle_cancelled_while_replacing_the_log_still_rewinds_everyon
     start over on the new log before it goes through: a consumer left at the old log's offsets would
     skip what the gateway sends to the new one (the drain on a graceful stop would then pass with
     those events unwritten)."""
-    broker = EmbeddedKafka("127.0.0.1", free_port(), tmp_path / "b.log")
-    broker.start()
-    try:
-        await ensure_topics(broker.bootstrap, [TOPIC], 1, 1, security=PLAINTEXT)
-        producer, consumer = Producer(broker.bootstrap), SlowResetConsumer(broker.bootstrap)
-        await producer.producer.start()
-        await consumer.start()
-        try:
-            settings = EmbeddedBrokerSettings(recycle_records=10, drain_timeout=30)
-            supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC,
-                                          consumer_group=GROUP, producers=[producer], consumers=[consumer])
-            for first in range(0, 100, 5):  # batches of their own: Tansu reports the last batch's base offset + 1 as the end
-                await producer.send(first, 5)
-            await consumer.read_all(100)
-            recycling = asyncio.create_task(supervisor.recycle_if_due())
-            await asyncio.wait_for(consumer.rewinding.wait(), 20)
-            recycling.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await recycling
-            assert consumer.rewound and consumer.resets == 1 and producer.log_resets == 1
-            assert producer._open.is_set()  # released once everyone started over
-        finally:
-            await producer.producer.stop()
-            await consumer.consumer.stop()
-    finally:
-        broker.stop()
+    async with due_for_a_recycle(tmp_path, consumer_cls=SlowResetConsumer) as (producer, consumer, supervisor):
+        recycling = asyncio.create_task(supervisor.recycle_if_due())
+        await asyncio.wait_for(consumer.rewinding.wait(), 20)
+        recycling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await recycling
+        assert consumer.rewound and consumer.resets == 1 and producer.log_resets == 1
+        assert producer._open.is_set()  # released once everyone started over
