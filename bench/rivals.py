@@ -167,10 +167,14 @@ def ticks_by_part(table: dict[int, tuple[int, int]], parts: dict[str, list[int]]
     return {name: out[name] for name in parts}
 
 
+def cpu_us_per_request(before: dict[str, int], after: dict[str, int], requests: int, hz: int = CLK_TCK) -> dict[str, float]:
+    """Each part's CPU over a window, in µs per request answered in it."""
+    return {name: (after[name] - before.get(name, 0)) / hz / max(requests, 1) * 1e6 for name in after}
+
+
 def cpu_per_request(before: dict[str, int], after: dict[str, int], requests: int, hz: int = CLK_TCK) -> str:
-    """'name N µs, ...': each part's CPU over a window per request answered in it."""
-    return ", ".join(f"{name} {(after[name] - before.get(name, 0)) / hz / max(requests, 1) * 1e6:.0f} µs"
-                     for name in after)
+    """'name N µs, ...': cpu_us_per_request as the bench prints it."""
+    return ", ".join(f"{name} {us:.0f} µs" for name, us in cpu_us_per_request(before, after, requests, hz).items())
 
 
 def tree_ticks(roots: Iterable[int], table: dict[int, tuple[int, int]] | None = None) -> dict[int, int]:
@@ -247,6 +251,27 @@ def spawned(cmd: list[str], log: Path, **kw) -> Iterator[subprocess.Popen]:
 
 
 # ---- rivals' installs -------------------------------------------------------------------------
+def start_mock(stack_exit: contextlib.ExitStack, port: int, latency_ms: float, log: Path) -> subprocess.Popen:
+    """bench/mock_provider.py on `port`, answering after `latency_ms`, stopped with `stack_exit`."""
+    mock = stack_exit.enter_context(spawned(
+        [sys.executable, str(ROOT / "bench/mock_provider.py"), "--port", str(port), "--latency-ms", str(latency_ms)], log))
+    wait_http(f"http://127.0.0.1:{port}/v1/models", mock, 30, "mock provider", log)
+    return mock
+
+
+def start_lone_gateway(stack_exit: contextlib.ExitStack, stack, dsn: str, upstream_url: str, port: int, data_dir: Path,
+                       log: Path) -> subprocess.Popen:
+    """The gateway as the chart and the image run it (python -m helicone_gateway) on `port`, on the
+    stack's broker and Postgres (`dsn`) and provider settings, every provider at `upstream_url`;
+    stopped with `stack_exit`. Returns once it is ready and connected to the broker."""
+    env = {**stack.env, "HELICONE_PORT": str(port), "HELICONE_DATA_DIR": str(data_dir), "HELICONE_POSTGRES_DSN": dsn,
+           "HELICONE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "HELICONE_OPENAI_URL": upstream_url,
+           "HELICONE_ANTHROPIC_URL": upstream_url}
+    gateway = stack_exit.enter_context(spawned([sys.executable, "-m", "helicone_gateway"], log, cwd=ROOT, env=env))
+    wait_gateway(f"http://127.0.0.1:{port}", gateway, 60, log)
+    return gateway
+
+
 def ensure_portkey(say: Callable[[str], None]) -> tuple[Path, str]:
     """Portkey's gateway under .bench/portkey (npm, pinned); returns (start-server.js, version)."""
     home = BENCH_DIR / "portkey"
@@ -460,23 +485,14 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
     dsn = pg.start()
     with contextlib.ExitStack() as stack_exit:
         stack_exit.callback(pg.stop)
-        mock = stack_exit.enter_context(spawned(
-            [sys.executable, str(ROOT / "bench/mock_provider.py"), "--port", str(mock_port),
-             "--latency-ms", str(args.latency_ms)], tmp / "mock.log"))
-        wait_http(mock_url + "/v1/models", mock, 30, "mock provider", tmp / "mock.log")
+        mock = start_mock(stack_exit, mock_port, args.latency_ms, tmp / "mock.log")
         stack = stack_exit.enter_context(running_stack(
             tmp / "ours", s3=False, postgres_dsn=dsn, upstream_url=mock_url, extra_env=product_defaults()))
         say(f"ours (all services in one process) ready in {stack.startup_seconds:.1f}s")
 
-        # the gateway as the chart and the image run it (python -m helicone_gateway), on the stack's
-        # broker, Postgres and provider settings
-        gw_port, gw_log = free_port(), tmp / "gw.log"
-        gw_env = {**stack.env, "HELICONE_PORT": str(gw_port), "HELICONE_DATA_DIR": str(tmp / "gw-alone"),
-                  "HELICONE_POSTGRES_DSN": dsn, "HELICONE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-                  "HELICONE_OPENAI_URL": mock_url, "HELICONE_ANTHROPIC_URL": mock_url}
+        gw_port = free_port()
         started = time.monotonic()
-        gateway = stack_exit.enter_context(spawned([sys.executable, "-m", "helicone_gateway"], gw_log, cwd=ROOT, env=gw_env))
-        wait_gateway(f"http://127.0.0.1:{gw_port}", gateway, 60, gw_log)
+        gateway = start_lone_gateway(stack_exit, stack, dsn, mock_url, gw_port, tmp / "gw-alone", tmp / "gw.log")
         say(f"ours (gateway alone) ready in {time.monotonic() - started:.1f}s")
 
         pk_port = free_port()

@@ -80,10 +80,7 @@ def run(tmp: Path, variants: list[tuple[str, dict[str, str]]], rounds: int, requ
     mock_port = free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
     with contextlib.ExitStack() as stack_exit:
-        mock = stack_exit.enter_context(rivals.spawned(
-            [sys.executable, str(ROOT / "bench/mock_provider.py"), "--port", str(mock_port), "--latency-ms", "1.0"],
-            tmp / "mock.log"))
-        rivals.wait_http(mock_url + "/v1/models", mock, 30, "mock provider", tmp / "mock.log")
+        mock = rivals.start_mock(stack_exit, mock_port, 1.0, tmp / "mock.log")
         systems = []  # (System, stack, gateway process)
         for label, env in variants:
             home = tmp / label
@@ -94,12 +91,7 @@ def run(tmp: Path, variants: list[tuple[str, dict[str, str]]], rounds: int, requ
             stack = stack_exit.enter_context(running_stack(
                 home, s3=False, postgres_dsn=dsn, upstream_url=mock_url, extra_env={**rivals.product_defaults(), **env}))
             gw_port = free_port()
-            gw_env = {**stack.env, "HELICONE_PORT": str(gw_port), "HELICONE_DATA_DIR": str(home / "gw"),
-                      "HELICONE_POSTGRES_DSN": dsn, "HELICONE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-                      "HELICONE_OPENAI_URL": mock_url, "HELICONE_ANTHROPIC_URL": mock_url}
-            gateway = stack_exit.enter_context(rivals.spawned([sys.executable, "-m", "helicone_gateway"], home / "gw.log",
-                                                              cwd=ROOT, env=gw_env))
-            rivals.wait_gateway(f"http://127.0.0.1:{gw_port}", gateway, 60, home / "gw.log")
+            gateway = rivals.start_lone_gateway(stack_exit, stack, dsn, mock_url, gw_port, home / "gw", home / "gw.log")
             system = rivals.System(label, label, f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                                    {"Helicone-Auth": f"Bearer {stack.key}", "Authorization": "Bearer sk-bench"},
                                    lambda gateway=gateway: [gateway.pid], (stack.api, stack.key))
@@ -129,8 +121,7 @@ def run(tmp: Path, variants: list[tuple[str, dict[str, str]]], rounds: int, requ
                     after.append(rivals.ticks_by_part(rivals.proc_table(), parts(stack, gateway), os.getpid()))
 
                 seen, w.drain = rivals.visible(system, run_id, len(w.latencies), timeout=180, counted=counted)
-                per_request = {name: (after[-1][name] - before[name]) / rivals.CLK_TCK / max(len(w.latencies), 1) * 1e6
-                               for name in ("gateway", "stack")}
+                per_request = rivals.cpu_us_per_request(before, after[-1], len(w.latencies))
                 results[system.name].append((w.sent / w.seconds, w.drain, w.rate, per_request["gateway"], per_request["stack"]))
                 say(f"round {rnd + 1} {system.name}: load {w.sent / w.seconds:.0f} rps, errors {w.errors}, {seen}/{len(w.latencies)} "
                     f"visible {w.drain:.3f}s after the load, sustained {w.rate:.0f} rps; CPU per request until counted: "

@@ -416,17 +416,24 @@ async def produce_steadily(bootstrap: str, topic: str, n: int, every: float) -> 
         await producer.stop()
 
 
+async def steady(svc: IngestService, kafka_bootstrap: str, topic: str, n: int, every: float,
+                 timeout: float) -> tuple[float, float]:
+    """n events, one every `every` seconds (produce_steadily), to a service that has written one: how
+    many batches it made of them, and how long until all were written."""
+    batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
+    started = time.monotonic()
+    await produce_steadily(kafka_bootstrap, topic, n, every)
+    await eventually(written(svc, n + 1), timeout=timeout)
+    took = time.monotonic() - started
+    return svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches, took
+
+
 async def test_a_steady_fast_flow_still_makes_one_insert_per_batch_gap(tmp_path, kafka_bootstrap):
     """While records keep coming (every fetch brings some), a fast flow is not taken for a pause:
     its batches still go batch_gap apart, not a fetch at a time."""
     async with one_written(tmp_path, kafka_bootstrap, batch_gap=1.0, batch_light_events=100,
                            batch_gap_light=2.0) as (svc, topic):
-        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
-        started = time.monotonic()
-        await produce_steadily(kafka_bootstrap, topic, 400, every=0.01)  # 100 a second, for 4 s
-        await eventually(written(svc, 401), timeout=30)
-        took = time.monotonic() - started
-        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        made, took = await steady(svc, kafka_bootstrap, topic, 400, every=0.01, timeout=30)  # 100 a second, for 4 s
         # a fetch at a time would be about 60; a stall of the producer as long as a fetch wait is a pause (room for two)
         assert 2 <= made <= took / svc.settings.batch_gap + 4, (made, took)
 
@@ -440,12 +447,7 @@ async def test_a_fast_flow_with_the_shipped_gap_makes_about_two_inserts_a_second
     async with one_written(tmp_path, kafka_bootstrap, batch_size=5000) as (svc, topic):
         assert (svc.settings.batch_gap, svc.settings.batch_light_events, svc.settings.batch_gap_light) == (
             defaults["batch_gap"].default, defaults["batch_light_events"].default, defaults["batch_gap_light"].default)
-        batches = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count")
-        started = time.monotonic()
-        await produce_steadily(kafka_bootstrap, topic, 3600, every=1 / 1200)  # for 3 s
-        await eventually(written(svc, 3601), timeout=60)
-        took = time.monotonic() - started
-        made = svc.metrics.registry.get_sample_value("helicone_ingest_batch_size_count") - batches
+        made, took = await steady(svc, kafka_bootstrap, topic, 3600, every=1 / 1200, timeout=60)  # for 3 s
         # 6 in 3.2 s here; by 0.25 s 11 in 3.25 s; a stall of the producer as long as a fetch wait is a pause (room for three)
         assert 2 <= made <= took / 0.5 + 3, (made, took)
 
