@@ -317,3 +317,19 @@ async def test_a_recycle_cancelled_while_replacing_the_log_still_rewinds_everyon
             await recycling
         assert consumer.rewound and consumer.resets == 1 and producer.log_resets == 1
         assert producer._open.is_set()  # released once everyone started over
+
+
+async def test_a_restart_cancelled_while_rewinding_still_rewinds_everyone(tmp_path):
+    """The same for the restart after a broker crash: a stop that lands once the new broker is up
+    waits for its topics and for every consumer and producer to start over on its log."""
+    settings = EmbeddedBrokerSettings(check_interval=0.1, recycle_records=0)
+    async with supervised(tmp_path, settings, consumer_cls=SlowResetConsumer) as (producer, consumer, supervisor):
+        supervisor.start()
+        try:
+            supervisor.broker.proc.kill()
+            await asyncio.wait_for(consumer.rewinding.wait(), 20)
+        finally:
+            await supervisor.stop()  # cancels the restart in the middle of the consumer's rewind
+        assert supervisor.restarts == 1 and not supervisor._down
+        assert consumer.rewound and consumer.resets == 1 and producer.log_resets == 1
+        assert producer._open.is_set()  # released once everyone started over

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -64,6 +64,18 @@ def _describe_exit(code: int) -> str:
         with contextlib.suppress(ValueError):
             return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+async def _to_the_end(step: Coroutine[object, object, None]) -> None:
+    """Runs `step` to its end even if the caller is cancelled meanwhile; the cancel then goes through
+    (a second cancel while waiting stops `step` too)."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # the cancel is what the caller is told about
+            await task
+        raise
 
 
 class BrokerSupervisor:
@@ -151,18 +163,23 @@ class BrokerSupervisor:
         # while holding included).
         try:
             await self._hold_producers(self.settings.drain_timeout)
-            try:
-                await self.broker.start_async()
-            except Exception:
-                self._backoff = min(max(self._backoff * 2, 0.5), self.settings.restart_max_backoff)
-                raise
-            self._down = False
-            self._started_at = time.monotonic()
-            await ensure_topics(self.broker.bootstrap, self.topics, self.partitions, 1, security=PLAINTEXT)  # the embedded broker
-            await self._reset_consumers()
+            # once the new broker is starting, its topics are made and everyone rewound even if cancelled
+            # meanwhile (a graceful stop): a consumer left at the dead log's offsets would skip the new one
+            await _to_the_end(self._bring_up())
         finally:
             self._release_producers()
         log.info("kafka broker restarted on %s (pid %s); topics created again", self.broker.bootstrap, self.broker.pid)
+
+    async def _bring_up(self) -> None:
+        try:
+            await self.broker.start_async()
+        except Exception:
+            self._backoff = min(max(self._backoff * 2, 0.5), self.settings.restart_max_backoff)
+            raise
+        self._down = False
+        self._started_at = time.monotonic()
+        await ensure_topics(self.broker.bootstrap, self.topics, self.partitions, 1, security=PLAINTEXT)  # the embedded broker
+        await self._reset_consumers()
 
     # ---- recycling -------------------------------------------------------------------
     def _partitions(self) -> list[TopicPartition]:
@@ -274,13 +291,7 @@ class BrokerSupervisor:
                     return False
                 # once the topic is going, it is re-created and everyone rewound even if cancelled meanwhile
                 # (a graceful stop): a consumer left past the new log's end would never read what lands in it
-                reset = asyncio.ensure_future(self._replace_log(admin))
-                try:
-                    await asyncio.shield(reset)
-                except asyncio.CancelledError:
-                    with contextlib.suppress(Exception):  # the cancel is what the caller is told about
-                        await reset
-                    raise
+                await _to_the_end(self._replace_log(admin))
             finally:
                 self._release_producers()
         self.recycles += 1
