@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -282,11 +283,17 @@ async def test_a_recycle_cancelled_while_holding_releases_the_producers(tmp_path
             assert time.monotonic() < deadline and not recycling.done(), "the recycle never held the producer"
             await asyncio.sleep(0.05)
         assert not producer._open.is_set()
+        unhandled = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unhandled.append(context["message"]))
         recycling.cancel()
         with pytest.raises(asyncio.CancelledError):
             await recycling
         assert producer._open.is_set()  # released
         assert supervisor.recycles == 0
+        del recycling
+        await asyncio.sleep(0)
+        gc.collect()
+        assert unhandled == []  # the cut-short hold was seen, not left "never retrieved"
 
 
 class SlowResetConsumer(Consumer):

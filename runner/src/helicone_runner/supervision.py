@@ -128,11 +128,15 @@ class BrokerSupervisor:
     # ---- producers -------------------------------------------------------------------
     async def _hold_producers(self, timeout: float) -> bool:
         """True once every producer has nothing in flight; False if that took over `timeout`."""
+        held = asyncio.gather(*(p.hold() for p in self.producers))
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.hold() for p in self.producers)), timeout)
+            await asyncio.wait_for(held, timeout)
             return True
         except TimeoutError:
             return False
+        finally:
+            if held.done() and not held.cancelled():
+                held.exception()  # seen: a hold cut short by the timeout or a cancel is not "never retrieved"
 
     def _release_producers(self) -> None:
         for producer in self.producers:
