@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from helicone_runner.embedded import EmbeddedKafka  # noqa: E402
 
+from bench.raw_http import read_response, request_bytes  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
 KEY = "sk-helicone-bench-alone"
@@ -104,42 +105,7 @@ def spawn_upstream(port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)])
 
 
-# ---- load client: HTTP/1.1 keep-alive, raw -----------------------------------------------------
-def request_bytes(port: int, body: bytes, headers: dict[str, str]) -> bytes:
-    head = ["POST /v1/chat/completions HTTP/1.1", f"host: 127.0.0.1:{port}", "content-type: application/json",
-            f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, float]:
-    """(status, perf_counter when the first body byte arrived)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length, chunked = -1, False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
-    first = 0.0
-    if chunked:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if not first:
-                first = time.perf_counter()
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    else:
-        if length > 0:
-            await reader.readexactly(1)
-            first = time.perf_counter()
-            await reader.readexactly(length - 1)
-    return status, first
-
-
+# ---- load client: HTTP/1.1 keep-alive, raw (bench/raw_http.py) ---------------------------------
 async def load(port: int, raw: bytes, total: int, concurrency: int) -> tuple[float, list[float], list[float]]:
     """(elapsed seconds, latencies, times to the first body byte)."""
     left = [total]
@@ -153,11 +119,11 @@ async def load(port: int, raw: bytes, total: int, concurrency: int) -> tuple[flo
                 left[0] -= 1
                 t0 = time.perf_counter()
                 writer.write(raw)
-                status, first = await _read_response(reader)
-                if status != 200:
-                    raise RuntimeError(f"port {port} answered {status}")
+                r = await read_response(reader)
+                if r.status != 200:
+                    raise RuntimeError(f"port {port} answered {r.status}")
                 lat.append(time.perf_counter() - t0)
-                ttfb.append(first - t0)
+                ttfb.append(r.first_byte - t0)
         finally:
             writer.close()
 

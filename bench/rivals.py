@@ -49,10 +49,12 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import raw_http  # noqa: E402
 from tests.support.load import logged_ids  # noqa: E402
 from tests.support.net import free_port, poll_client  # noqa: E402
 from tests.support.stack import running_stack  # noqa: E402
@@ -334,7 +336,29 @@ class Window:
         self.sent += other.sent
 
 
-async def drive(url: str, headers: dict, body: dict, total: int, concurrency: int) -> Window:
+CLIENTS = ("raw", "aiohttp")
+
+
+def client_list(text: str) -> list[str]:
+    clients = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in clients if c not in CLIENTS]
+    if unknown or not clients or len(set(clients)) != len(clients):
+        raise argparse.ArgumentTypeError(f"a comma list of distinct clients out of {', '.join(CLIENTS)}, not {text!r}")
+    return clients
+
+
+def drive(url: str, headers: dict, body: dict, total: int, concurrency: int, client: str = "raw") -> Window:
+    """`total` POSTs of `body` from `concurrency` kept-alive connections, each response read to its end,
+    with the raw client (bench/raw_http.py, on uvloop) or aiohttp's (on asyncio's loop)."""
+    if client == "aiohttp":
+        return asyncio.run(drive_aiohttp(url, headers, body, total, concurrency))
+    if client != "raw":
+        raise ValueError(f"unknown client {client!r}: one of {', '.join(CLIENTS)}")
+    o = uvloop.run(raw_http.drive(url, headers, json.dumps(body).encode(), total, concurrency))
+    return Window(latencies=o.latencies, first_bytes=o.first_bytes, seconds=o.seconds, errors=o.errors, sent=total)
+
+
+async def drive_aiohttp(url: str, headers: dict, body: dict, total: int, concurrency: int) -> Window:
     """`total` POSTs from `concurrency` workers on kept-alive connections, each read to the end."""
     out = Window(sent=total)
     todo = iter(range(total))
@@ -446,6 +470,9 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=1.0, help="the mock provider's delay before every answer")
     p.add_argument("--only", default="", help="comma list of the systems to measure (direct always; every system is still started): "
                    "ours-all,ours-gw,portkey,litellm")
+    p.add_argument("--client", type=client_list, default=["raw"],
+                   help="the load client: raw HTTP/1.1 on uvloop (bench/raw_http.py), or aiohttp's (the bench's before "
+                        "2026-12-06); 'raw,aiohttp' runs every window with each, interleaved, and prints a table per client")
     p.add_argument("--out", type=Path, default=ROOT / f"bench/results/rivals-{dt.date.today().isoformat()}.txt")
     args = p.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -538,25 +565,25 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
         def snapshot_parts(into: list[dict[str, int]]) -> None:
             into.append(ticks_by_part(proc_table(), parts(), os.getpid()))
 
-        for s in systems:  # warm up connections, key caches, JIT
-            for body in (BODY, STREAM_BODY):
-                w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: "rivals-warmup"}, body, 50, 4))
-                if w.errors:
-                    raise RuntimeError(f"{s.name} failed {w.errors} of 50 warm-up requests ({'stream' if body is STREAM_BODY else 'json'})")
+        for s, client, body in ((s, c, b) for s in systems for c in args.client for b in (BODY, STREAM_BODY)):  # warm up
+            w = drive(s.url, {**s.headers, RUN_HEADER: "rivals-warmup"}, body, 50, 4, client)
+            if w.errors:
+                raise RuntimeError(f"{s.name} failed {w.errors} of 50 warm-up requests ({'stream' if body is STREAM_BODY else 'json'}, "
+                                   f"{client} client)")
         waited, cores = wait_idle(every_root, below=args.idle_cores, timeout=120)
         say(f"after warm-up: idle after {waited:.1f}s ({cores:.3f} cores); idle threshold {args.idle_cores} cores; "
-            f"mock provider latency {args.latency_ms} ms; rounds {args.rounds}")
+            f"mock provider latency {args.latency_ms} ms; rounds {args.rounds}; load client {', '.join(args.client)}")
 
         stamp = secrets.token_hex(3)
-        results: dict[tuple[str, str], Window] = {}
+        results: dict[tuple[str, str, str], Window] = {}  # (client, system, window)
         for rnd in range(args.rounds):
             for window, body, conc, count_opt in WINDOWS:
-                for s in systems:
+                for s, client in ((s, c) for s in systems for c in args.client):
                     waited, cores = wait_idle(every_root, below=args.idle_cores)
-                    run_id = f"rivals-{stamp}-{s.name}-{window}-{rnd}"
+                    run_id = f"rivals-{stamp}-{s.name}-{window}-{rnd}-{client}"
                     table, machine_before, t0 = proc_table(), machine_ticks(), time.monotonic()
                     ours_before, parts_before = tree_ticks(every_root() + [os.getpid()], table), ticks_by_part(table, parts(), os.getpid())
-                    w = asyncio.run(drive(s.url, {**s.headers, RUN_HEADER: run_id}, body, getattr(args, count_opt), conc))
+                    w = drive(s.url, {**s.headers, RUN_HEADER: run_id}, body, getattr(args, count_opt), conc, client)
                     spent = time.monotonic() - t0
                     parts_at_end = ticks_by_part(proc_table(), parts(), os.getpid())
                     ours_cores = busy_cores(ours_before, tree_ticks(every_root() + [os.getpid()]), spent)
@@ -572,16 +599,17 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
                                 f"{cpu_per_request(parts_before, parts_after[-1], len(w.latencies))}")
                     else:  # each process's share of the window (at c=1: what runs beside the request path)
                         note = f"; CPU per request during the load: {cpu_per_request(parts_before, parts_at_end, len(w.latencies))}"
-                    say(f"round {rnd + 1} {window:10s} {s.name:8s} c={conc:<2d} n={w.sent} errors={w.errors} "
+                    by = f" {client:7s}" if len(args.client) > 1 else ""
+                    say(f"round {rnd + 1} {window:10s} {s.name:8s}{by} c={conc:<2d} n={w.sent} errors={w.errors} "
                         f"{w.sent / w.seconds:7.0f} rps p50 {fmt_ms(quantile(w.latencies, .5))} ms "
                         f"p99 {fmt_ms(quantile(w.latencies, .99))} ms first byte p50 {fmt_ms(quantile(w.first_bytes, .5))} ms"
                         f"{note} (waited {waited:.1f}s for idle, {cores:.3f} cores; bench processes used {ours_cores:.2f} cores, "
                         f"other work on the machine {others:.2f})")
-                    results.setdefault((s.name, window), Window()).add(w)
+                    results.setdefault((client, s.name, window), Window()).add(w)
 
         waited, cores = wait_idle(every_root, below=args.idle_cores, timeout=120)
         say(f"after the last window: idle after {waited:.1f}s ({cores:.3f} cores); load average {os.getloadavg()[0]:.2f}")
-        report(systems, results, stack, pg, every_root, say)
+        report(systems, args.client, results, stack, pg, say)
 
 
 # issue 9's goals for one gateway process: sustained >= 3x Portkey and >= 30x LiteLLM; c=1 overhead p50 <= 0.3 ms and
@@ -611,13 +639,10 @@ def goal_lines(systems: list[System], results: dict, sustained: dict[str, float]
     return out
 
 
-def report(systems: list[System], results: dict, stack, pg, every_root, say: Callable[[str], None]) -> None:
-    direct = {name: results[("direct", name)] for name, *_ in WINDOWS}
-    rows, completeness = [], []
-    sustained: dict[str, float] = {}
+def report(systems: list[System], clients: list[str], results: dict, stack, pg, say: Callable[[str], None]) -> None:
+    """Each system's memory, journal counters and completeness, then a table and the goal lines per load client."""
+    extras, completeness = {}, []
     for s in systems:
-        c1, burst, sus = results[(s.name, "c1")], results[(s.name, "burst")], results[(s.name, "sustained")]
-        sc1, s32 = results[(s.name, "stream-c1")], results[(s.name, "stream-c32")]
         tree = descendants({pid: ppid for pid, (ppid, _) in proc_table().items()}, s.pids())
         rss, peak = rss_kb(tree) / 1024, rss_kb(tree, "VmHWM") / 1024
         spooled = "—"
@@ -633,35 +658,47 @@ def report(systems: list[System], results: dict, stack, pg, every_root, say: Cal
             seen = sum(visible(s, run, n, timeout=120)[0] for run, n in s.runs.items())
             logged = f"{seen}/{answered}"
             completeness.append(seen == answered)
-        errors = sum(results[(s.name, w)].errors for w, *_ in WINDOWS)
-        is_direct = s.name == "direct"
-        sustained[s.name] = sus.best_rate
-        rows.append([
-            s.label,
-            "—" if is_direct else f"{fmt_ms(quantile(c1.latencies, .5) - quantile(direct['c1'].latencies, .5), True)} / "
-                                  f"{fmt_ms(quantile(c1.latencies, .99) - quantile(direct['c1'].latencies, .99), True)}",
-            f"{fmt_ms(quantile(c1.latencies, .5))} / {fmt_ms(quantile(c1.latencies, .99))}",
-            f"{burst.best_rate:,.0f}", fmt_ms(quantile(burst.latencies, .99)),
-            f"{sus.best_rate:,.0f}",
-            "—" if is_direct else fmt_ms(quantile(sc1.first_bytes, .5) - quantile(direct["stream-c1"].first_bytes, .5), True),
-            f"{s32.best_rate:,.0f}",
-            f"{rss:.0f} ({peak:.0f})", spooled, logged, str(errors),
-        ])
+        extras[s.name] = (f"{rss:.0f} ({peak:.0f})", spooled, logged)
     for name, pids in (("postgres (ours' store)", [pg.postmaster_pid() or 0]), ("broker (ours')", [stack.kafka.pid or 0])):
         tree = descendants({pid: ppid for pid, (ppid, _) in proc_table().items()}, pids)
         say(f"RSS {name}: {rss_kb(tree) / 1024:.0f} MB")
-    say("")
-    say(markdown_table(
-        ["system", "c=1 overhead p50 / p99 ms", "c=1 p50 / p99 ms", "burst c=32 rps", "burst p99 ms", "sustained rps",
-         "stream first byte (c=1) ms", "stream rps c=32", "RSS MB (peak)", "events spooled", "in the api", "errors"], rows))
-    say("Rates: the best of the rounds; latencies: every round's requests pooled; overhead: the system minus direct.")
-    for line in goal_lines(systems, results, sustained):
-        say(line)
+    for client in clients:
+        by_client = {(name, window): w for (c, name, window), w in results.items() if c == client}
+        say("")
+        if len(clients) > 1:
+            say(f"load client: {client}")
+        say(markdown_table(
+            ["system", "c=1 overhead p50 / p99 ms", "c=1 p50 / p99 ms", "burst c=32 rps", "burst p99 ms", "sustained rps",
+             "stream first byte (c=1) ms", "stream rps c=32", "RSS MB (peak)", "events spooled", "in the api", "errors"],
+            [table_row(s, by_client, extras[s.name]) for s in systems]))
+        say("Rates: the best of the rounds; latencies: every round's requests pooled; overhead: the system minus direct.")
+        sustained = {s.name: by_client[(s.name, "sustained")].best_rate for s in systems}
+        for line in goal_lines(systems, by_client, sustained):
+            say(line)
     say("¹ no helicone_gateway_events_spooled_total on this build: every event goes through the journal "
         "(its helicone_gateway_journal_* series are listed above)")
     if not all(completeness):
         say("NOT every request answered by ours is visible in the api (see 'in the api')")
         sys.exit(1)
+
+
+def table_row(s: System, results: dict, extras: tuple[str, str, str]) -> list[str]:
+    """The README table's row of one system: `results` maps (system, window) to its pooled Window."""
+    direct = {name: results[("direct", name)] for name, *_ in WINDOWS}
+    c1, burst, sus = results[(s.name, "c1")], results[(s.name, "burst")], results[(s.name, "sustained")]
+    sc1, s32 = results[(s.name, "stream-c1")], results[(s.name, "stream-c32")]
+    errors = sum(results[(s.name, w)].errors for w, *_ in WINDOWS)
+    is_direct = s.name == "direct"
+    return [
+        s.label,
+        "—" if is_direct else f"{fmt_ms(quantile(c1.latencies, .5) - quantile(direct['c1'].latencies, .5), True)} / "
+                              f"{fmt_ms(quantile(c1.latencies, .99) - quantile(direct['c1'].latencies, .99), True)}",
+        f"{fmt_ms(quantile(c1.latencies, .5))} / {fmt_ms(quantile(c1.latencies, .99))}",
+        f"{burst.best_rate:,.0f}", fmt_ms(quantile(burst.latencies, .99)),
+        f"{sus.best_rate:,.0f}",
+        "—" if is_direct else fmt_ms(quantile(sc1.first_bytes, .5) - quantile(direct["stream-c1"].first_bytes, .5), True),
+        f"{s32.best_rate:,.0f}", *extras, str(errors),
+    ]
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ A variant is LABEL:NAME=VALUE,NAME=VALUE (the environment of its stack and of it
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import secrets
@@ -53,6 +52,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", type=parse_variant, default=[], help="LABEL:NAME=VALUE,... (repeat)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--requests", type=int, default=3000, help="requests per window")
+    p.add_argument("--client", choices=rivals.CLIENTS, default="raw", help="the load client (see bench/rivals.py)")
     p.add_argument("--out", type=Path, help="also write the output to this file")
     args = p.parse_args()
     variants = args.variant or [("this", {})]
@@ -67,14 +67,14 @@ def main() -> None:
             out.flush()
 
     say(f"stack variants {' '.join(f'{label}:{env}' for label, env in variants)}; {args.rounds} rounds of {args.requests} "
-        f"requests at c=32 on {rivals.machine()}; load average {os.getloadavg()[0]:.2f}")
+        f"requests at c=32 ({args.client} client) on {rivals.machine()}; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="stack-variants-") as tmp_name:
-        run(Path(tmp_name), variants, args.rounds, args.requests, say)
+        run(Path(tmp_name), variants, args.rounds, args.requests, say, args.client)
     if out:
         out.close()
 
 
-def run(tmp: Path, variants: list[tuple[str, dict[str, str]]], rounds: int, requests: int, say) -> None:
+def run(tmp: Path, variants: list[tuple[str, dict[str, str]]], rounds: int, requests: int, say, client: str = "raw") -> None:
     from helicone_runner.embedded import EmbeddedPostgres
 
     mock_port = free_port()
@@ -106,7 +106,7 @@ def run(tmp: Path, variants: list[tuple[str, dict[str, str]]], rounds: int, requ
             return [pid for _, stack, gateway in systems for group in parts(stack, gateway).values() for pid in group if pid]
 
         for system, _, _ in systems:  # warm up connections, key caches
-            asyncio.run(rivals.drive(system.url, {**system.headers, rivals.RUN_HEADER: "warm-up"}, rivals.BODY, 300, 8))
+            rivals.drive(system.url, {**system.headers, rivals.RUN_HEADER: "warm-up"}, rivals.BODY, 300, 8, client)
         stamp = secrets.token_hex(3)
         results: dict[str, list[tuple[float, ...]]] = {s.name: [] for s, _, _ in systems}
         for rnd in range(rounds):
@@ -114,7 +114,7 @@ def run(tmp: Path, variants: list[tuple[str, dict[str, str]]], rounds: int, requ
                 waited, cores = rivals.wait_idle(every_root, below=0.05)
                 run_id = f"variants-{stamp}-{system.name}-{rnd}"
                 before = rivals.ticks_by_part(rivals.proc_table(), parts(stack, gateway), os.getpid())
-                w = asyncio.run(rivals.drive(system.url, {**system.headers, rivals.RUN_HEADER: run_id}, rivals.BODY, requests, 32))
+                w = rivals.drive(system.url, {**system.headers, rivals.RUN_HEADER: run_id}, rivals.BODY, requests, 32, client)
                 after: list[dict[str, int]] = []
 
                 def counted(stack=stack, gateway=gateway, after=after) -> None:

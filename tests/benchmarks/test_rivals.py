@@ -1,6 +1,8 @@
 """The pure helpers of bench/rivals.py: /proc parsing, idle arithmetic, quantiles, the metrics
 filter and the README table."""
 
+import argparse
+
 import pytest
 
 from bench import rivals
@@ -149,3 +151,11 @@ def test_polling_the_api_keeps_one_connection_instead_of_a_new_client_per_poll()
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_client_option_takes_a_comma_list_of_distinct_known_clients():
+    assert rivals.client_list("raw") == ["raw"]
+    assert rivals.client_list("raw, aiohttp") == ["raw", "aiohttp"]
+    for bad in ("", "raw,raw", "httpx", "raw,curl"):
+        with pytest.raises(argparse.ArgumentTypeError, match="distinct clients out of raw, aiohttp"):
+            rivals.client_list(bad)
