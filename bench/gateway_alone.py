@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from helicone_runner.embedded import EmbeddedKafka  # noqa: E402
 
-from bench.raw_http import read_response, request_bytes  # noqa: E402
+from bench.raw_http import drive_raw, request_bytes  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 
 KEY = "sk-helicone-bench-alone"
@@ -107,29 +107,11 @@ def spawn_upstream(port: int) -> subprocess.Popen:
 
 # ---- load client: HTTP/1.1 keep-alive, raw (bench/raw_http.py) ---------------------------------
 async def load(port: int, raw: bytes, total: int, concurrency: int) -> tuple[float, list[float], list[float]]:
-    """(elapsed seconds, latencies, times to the first body byte)."""
-    left = [total]
-    lat: list[float] = []
-    ttfb: list[float] = []
-
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while left[0] > 0:
-                left[0] -= 1
-                t0 = time.perf_counter()
-                writer.write(raw)
-                r = await read_response(reader)
-                if r.status != 200:
-                    raise RuntimeError(f"port {port} answered {r.status}")
-                lat.append(time.perf_counter() - t0)
-                ttfb.append(r.first_byte - t0)
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, lat, ttfb
+    """(elapsed seconds, latencies, times to the first body byte); raises if any request failed."""
+    out = await drive_raw(port, raw, total, concurrency)
+    if out.errors:
+        raise RuntimeError(f"port {port}: {out.errors} of {total} requests failed (another status than 200, or a broken answer)")
+    return out.seconds, out.latencies, out.first_bytes
 
 
 def pct(values: list[float], q: int) -> float:

@@ -82,7 +82,11 @@ async def drive(url: str, headers: dict[str, str], body: bytes, total: int, conc
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname != "127.0.0.1" or not parts.port:
         raise ValueError(f"the raw client only sends to http://127.0.0.1:PORT, not {url!r}")
-    raw = request_bytes(parts.port, body, headers, parts.path or "/")
+    return await drive_raw(parts.port, request_bytes(parts.port, body, headers, parts.path or "/"), total, concurrency, timeout)
+
+
+async def drive_raw(port: int, raw: bytes, total: int, concurrency: int, timeout: float = 600.0) -> Outcome:
+    """drive() with the request already in bytes (request_bytes), to 127.0.0.1:`port`."""
     left = [total]
     out = Outcome([], [], 0, 0.0)
 
@@ -94,7 +98,7 @@ async def drive(url: str, headers: dict[str, str], body: bytes, total: int, conc
                 t0 = time.perf_counter()
                 try:
                     if conn is None:
-                        conn = await asyncio.open_connection("127.0.0.1", parts.port)
+                        conn = await asyncio.open_connection("127.0.0.1", port)
                     conn[1].write(raw)
                     r = await read_response(conn[0])
                 except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
