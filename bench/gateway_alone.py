@@ -110,7 +110,7 @@ async def load(port: int, raw: bytes, total: int, concurrency: int) -> tuple[flo
     """(elapsed seconds, latencies, times to the first body byte); raises if any request failed."""
     out = await drive_raw(port, raw, total, concurrency)
     if out.errors:
-        raise RuntimeError(f"port {port}: {out.errors} of {total} requests failed (another status than 200, or a broken answer)")
+        raise RuntimeError(f"port {port}: {out.errors} of {total} requests failed (another status than 200, a broken answer or the timeout)")
     return out.seconds, out.latencies, out.first_bytes
 
 
