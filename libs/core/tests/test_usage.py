@@ -1,8 +1,12 @@
 import gzip
 import json
+import random
 import secrets
 import zlib
+from types import SimpleNamespace
 
+from helicone_core import usage
+from helicone_core.cost import TokenCounts
 from helicone_core.usage import decode_body, parse_response, request_model
 
 
@@ -106,3 +110,144 @@ def test_token_counts_that_are_no_real_usage_count_as_zero():
     assert parse_response("anthropic", inf, "application/json").tokens.completion_tokens == 7
     odd = b'{"usage": {"prompt_tokens": 4, "prompt_tokens_details": 12, "input_tokens_details": ["x"]}}'
     assert parse_response("openai", odd, "application/json").tokens.prompt_tokens == 4
+
+
+# ---- long streams: only the lines that can hold the usage are parsed -------------------------------
+def _counting_json(monkeypatch) -> list[str]:
+    """Every JSON text the usage reader parses, in order."""
+    parsed: list[str] = []
+
+    def loads(text, *args, **kwargs):
+        parsed.append(text)
+        return json.loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(usage, "json", SimpleNamespace(loads=loads, dumps=json.dumps))
+    return parsed
+
+
+def openai_stream(n: int, with_usage: bool) -> bytes:
+    chunks = [{"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18",
+               "choices": [{"index": 0, "delta": {"content": f" word{i}"}}], **({"usage": None} if with_usage else {})}
+              for i in range(n)]
+    if with_usage:
+        chunks.append({"id": "c", "model": "gpt-4o-mini-2024-07-18", "choices": [],
+                       "usage": {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n}})
+    return sse(*chunks)
+
+
+def test_a_long_stream_costs_a_json_parse_or_two_not_one_per_chunk(monkeypatch):
+    parsed = _counting_json(monkeypatch)
+    p = parse_response("openai", openai_stream(2000, True), "text/event-stream")
+    assert p.known and (p.model, p.tokens.prompt_tokens, p.tokens.completion_tokens) == ("gpt-4o-mini-2024-07-18", 9, 2000)
+    assert len(parsed) == 1, parsed[:3]  # the usage chunk, which names the model too
+
+    parsed.clear()  # no usage asked for: the last chunk gives the model, and no line has a usage key
+    p = parse_response("openai", openai_stream(2000, False), "text/event-stream")
+    assert not p.known and p.model == "gpt-4o-mini-2024-07-18" and len(parsed) == 1
+
+    parsed.clear()
+    start = {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": {"input_tokens": 30, "output_tokens": 1}}}
+    deltas = [{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f" w{i}"}} for i in range(2000)]
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2000}}
+    body = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in [start, *deltas, end]).encode()
+    p = parse_response("anthropic", body, "text/event-stream")
+    assert p.known and (p.model, p.tokens.prompt_tokens, p.tokens.completion_tokens) == ("claude-sonnet-4-5", 30, 2000)
+    assert len(parsed) == 2  # message_start and message_delta
+
+    parsed.clear()
+    chunks = [dict(GEMINI_CHUNKS[0], usageMetadata={"promptTokenCount": 5, "candidatesTokenCount": i}) for i in range(1, 2001)]
+    p = parse_response("gemini", "".join(f"data: {json.dumps(c)}\r\n\r\n" for c in chunks).encode(), "text/event-stream")
+    assert p.known and (p.model, p.tokens.completion_tokens) == ("gemini-2.5-pro", 2000) and len(parsed) == 1
+
+
+def _every_event(text: str):
+    """The reference reading: every `data:` line's JSON, first to last (lines end with CR, LF or CRLF)."""
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        payload = line[5:].strip() if line.startswith("data:") else ""
+        if payload and payload != "[DONE]":
+            try:
+                yield json.loads(payload)
+            except ValueError:
+                continue
+
+
+def _reference(fmt: str, body: bytes) -> tuple[str, TokenCounts, bool]:
+    """What reading every event of a stream gives (the readers before they skipped lines)."""
+    model, tokens, known = "", TokenCounts(), False
+    start: dict = {}
+    output: int | None = None
+    for ev in _every_event(body.decode()):
+        if not isinstance(ev, dict):
+            continue
+        if fmt == "openai":
+            if isinstance(ev.get("model"), str) and ev["model"]:
+                model = ev["model"]
+            resp = ev.get("response") if isinstance(ev.get("response"), dict) else None
+            use = ev.get("usage") or (resp or {}).get("usage")
+            if resp and isinstance(resp.get("model"), str):
+                model = resp["model"]
+            if isinstance(use, dict):
+                tokens, known = usage.openai_usage(use), True
+        elif fmt == "gemini":
+            if isinstance(ev.get("modelVersion"), str) and ev["modelVersion"]:
+                model = ev["modelVersion"]
+            if isinstance(ev.get("usageMetadata"), dict):
+                tokens, known = usage.gemini_usage(ev["usageMetadata"]), True
+        elif ev.get("type") == "message_start" and isinstance(ev.get("message"), dict):
+            model = ev["message"].get("model") or model
+            if isinstance(ev["message"].get("usage"), dict):
+                start, known = dict(ev["message"]["usage"]), True
+        elif ev.get("type") == "message_delta" and isinstance(ev.get("usage"), dict):
+            output = usage._int(ev["usage"].get("output_tokens"))
+            for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+                if ev["usage"].get(k) is not None:
+                    start[k] = ev["usage"][k]
+            known = True
+    if fmt == "anthropic" and known:
+        tokens = usage.anthropic_usage(start, output)
+    return model, tokens, known
+
+
+def _random_event(rng: random.Random, fmt: str) -> str:
+    text = rng.choice(["hi", ' the "usage" of "model"', "usage: none", "a\u2028b", "\u00e9t\u00e9", ""])
+    maybe = lambda: rng.random() < 0.5  # noqa: E731
+    if fmt == "openai":
+        ev: dict = {"choices": [{"delta": {"content": text}}]}
+        if maybe():
+            ev["model"] = rng.choice(["gpt-4o", "gpt-4o-mini", "", None, 7])
+        if maybe():
+            ev["usage"] = rng.choice([None, {}, {"prompt_tokens": rng.randint(0, 99), "completion_tokens": rng.randint(0, 99)},
+                                      {"input_tokens": 3, "output_tokens": 4, "input_tokens_details": {"cached_tokens": 1}}, "x"])
+        if rng.random() < 0.2:  # a Responses API event
+            ev = {"type": "response.completed", "response": {"model": rng.choice(["gpt-5", ""]),
+                                                             "usage": rng.choice([None, {"input_tokens": 8, "output_tokens": 2}])}}
+    elif fmt == "gemini":
+        ev = {"candidates": [{"content": {"parts": [{"text": text}]}}]}
+        if maybe():
+            ev["modelVersion"] = rng.choice(["gemini-2.5-pro", "gemini-2.5-flash", ""])
+        if maybe():
+            ev["usageMetadata"] = rng.choice([{"promptTokenCount": rng.randint(0, 99), "candidatesTokenCount": rng.randint(0, 99)}, None])
+    else:
+        kind = rng.choice(["message_start", "content_block_delta", "content_block_delta", "message_delta", "ping"])
+        ev = {"type": kind}
+        if kind == "message_start":
+            ev["message"] = {"model": rng.choice(["claude-sonnet-4-5", "claude-3-5-haiku-latest", ""])}
+            if maybe():
+                ev["message"]["usage"] = {"input_tokens": rng.randint(0, 99), "cache_read_input_tokens": rng.randint(0, 9)}
+        elif kind == "content_block_delta":
+            ev["delta"] = {"type": "text_delta", "text": text}
+        elif kind == "message_delta" and maybe():
+            ev["usage"] = {"output_tokens": rng.randint(0, 99), **({"input_tokens": 5} if maybe() else {})}
+    line = "data: " + json.dumps(ev, ensure_ascii=rng.random() < 0.5, separators=rng.choice([(",", ":"), (", ", ": ")]))
+    return rng.choice([line, line, line, line, line, ": keep-alive", "event: x\n" + line, "data: [DONE]", "data: {not json",
+                       line[:len(line) // 2]])
+
+
+def test_the_stream_readers_agree_with_reading_every_event():
+    rng = random.Random(20261206)
+    for fmt in ("openai", "anthropic", "gemini"):
+        for case in range(400):
+            eol = rng.choice(["\n", "\r\n", "\r"])
+            body = "".join(_random_event(rng, fmt) + eol + eol for _ in range(rng.randint(0, 12))).encode()
+            got = parse_response(fmt, body, "text/event-stream")
+            assert (got.model, got.tokens, got.known) == _reference(fmt, body), (fmt, case, body)
