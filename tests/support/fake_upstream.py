@@ -5,7 +5,8 @@ OpenRouter, Azure's `/openai/deployments/<d>/...`), Gemini's `models/<m>:generat
 `:streamGenerateContent` (SSE with `?alt=sse`, else a JSON array) under `/v1beta` or `/v1`.
 Token counts are deterministic: prompt tokens = words in the request's message contents (Gemini:
 its parts' text), completion tokens = words in the reply. Every request's headers are recorded at
-GET /_received so tests can check what the gateway forwarded.
+GET /_received so tests can check what the gateway forwarded. Chat and Messages streams answer
+`x-fake-words: N` with a reply of N words (a long stream), and chat streams `x-fake-gzip: 1` gzip-encoded.
 
 Run: python -m tests.support.fake_upstream --port 9999
 """
@@ -17,6 +18,7 @@ import asyncio
 import json
 import time
 import uuid
+import zlib
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
@@ -33,6 +35,25 @@ def _words(messages) -> int:
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
         total += len(str(content).split())
     return total
+
+
+def _reply(request: Request) -> list[str]:
+    """The reply's words: REPLY's, or `x-fake-words` of them (REPLY's words over and over)."""
+    words = REPLY.split(" ")
+    n = int(request.headers.get("x-fake-words", "0") or 0)
+    return [words[i % len(words)] for i in range(n)] if n > 0 else words
+
+
+def _gzip(stream):
+    """A stream gzip-encoded as it goes: each event is flushed, so it arrives as soon as it is made."""
+    encoder = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+
+    async def encoded():
+        async for piece in stream:
+            yield encoder.compress(piece) + encoder.flush(zlib.Z_SYNC_FLUSH)
+        yield encoder.flush()
+
+    return encoded()
 
 
 def create_app(chunk_delay: float = 0.0) -> FastAPI:
@@ -73,7 +94,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         if model_name.startswith("fail-") and model_name[5:].isdigit():  # e.g. fail-500, fail-429
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}},
                                 status_code=int(model_name[5:]))
-        prompt, completion = _words(body.get("messages")), len(REPLY.split())
+        words = _reply(request) if body.get("stream") else REPLY.split(" ")
+        prompt, completion = _words(body.get("messages")), len(words)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         model = body.get("model", "gpt-4o-mini")
         cid = "chatcmpl-" + uuid.uuid4().hex[:12]
@@ -88,7 +110,6 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         delay = float(request.headers.get("x-fake-chunk-delay", chunk_delay))
 
         async def events():
-            words = REPLY.split(" ")
             for i, word in enumerate(words):
                 if i == 1 and model == "break-stream":  # the connection drops after the first chunk
                     raise ConnectionResetError("fake upstream: stream broken on purpose")
@@ -106,13 +127,16 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                 yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
+        if request.headers.get("x-fake-gzip") == "1":
+            return StreamingResponse(_gzip(events()), media_type="text/event-stream", headers={"content-encoding": "gzip"})
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/messages")
     async def messages(request: Request):
         body = await request.json()
         record(request, body)
-        prompt, completion = _words(body.get("messages")), len(REPLY.split())
+        words = _reply(request) if body.get("stream") else REPLY.split(" ")
+        prompt, completion = _words(body.get("messages")), len(words)
         model = body.get("model", "claude-3-5-haiku-latest")
         mid = "msg_" + uuid.uuid4().hex[:12]
         if not body.get("stream"):
@@ -130,7 +154,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                 "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1}}})
             yield ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
-            for i, word in enumerate(REPLY.split(" ")):
+            for i, word in enumerate(words):
                 yield ev("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                  "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}})
                 if chunk_delay:

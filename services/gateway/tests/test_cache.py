@@ -208,6 +208,18 @@ async def test_streamed_answers_are_replayed_as_the_same_stream(gateway):
     assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 2
 
 
+async def test_a_cached_stream_longer_than_the_logged_body_logs_what_its_hit_saved(tmp_path, upstream):
+    url, fake = upstream
+    async with cache_gateway(tmp_path, url, max_logged_body_bytes=2048) as (client, gw, built):
+        body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+        headers = {**ON, "x-fake-words": "400", "accept-encoding": "identity"}
+        first, hit = await post(client, gw, body, headers), await post(client, gw, body, headers)
+    assert (first.headers["helicone-cache"], hit.headers["helicone-cache"]) == ("MISS", "HIT") and hit.text == first.text
+    assert built[1].cache_hit and built[1].inline.response_truncated and len(built[1].inline.response_body) == 2048
+    assert built[1].usage.known and built[1].usage.completion_tokens == 400  # in the stream's last chunk, past the cut
+    assert built[1].cost_usd == 0 and built[1].cache_saved_usd == pytest.approx(built[0].cost_usd) and built[0].cost_usd > 0
+
+
 async def test_only_successful_answers_are_stored(gateway):
     client, gw, built, fake = gateway
     failing = dict(CHAT, model="fail-500")

@@ -1,7 +1,9 @@
 """The gateway app (in process) against the fake provider served on a local port."""
 
 import contextlib
+import gzip
 import json
+import zlib
 from ipaddress import ip_address
 
 import httpx
@@ -9,7 +11,7 @@ import pytest
 from helicone_core import events
 from helicone_core.db import KeyStoreUnavailable
 from helicone_gateway import egress
-from helicone_gateway.app import create_app
+from helicone_gateway.app import TAIL_BYTES, Capture, create_app
 from helicone_gateway.settings import GatewaySettings
 
 from tests.support.fake_upstream import create_app as create_fake_upstream
@@ -174,6 +176,54 @@ async def test_large_bodies_are_truncated_in_the_log_only(gateway):
     ev = built[0]
     assert ev.inline.request_truncated and len(ev.inline.request_body) == 2048
     assert ev.usage.prompt_tokens == 2000  # usage comes from the (small) response
+
+
+async def test_a_stream_longer_than_the_logged_body_still_logs_its_usage(gateway):
+    """The log keeps a body's first 2048 bytes here; a stream's usage is in its last event (OpenAI's
+    usage chunk, Anthropic's message_delta), past the cut, and still counts, plain or gzip-encoded."""
+    client, fake, built = gateway
+    body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+    for words, gz in ((400, "0"), (3000, "1")):
+        r = await client.post("/v1/chat/completions", json=body,
+                              headers={"Helicone-Auth": "Bearer good-key", "x-fake-words": str(words), "x-fake-gzip": gz})
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n") and r.text.count("data: ") == words + 3
+        assert r.headers.get("content-encoding", "identity") == ("gzip" if gz == "1" else "identity")
+        ev = built[-1]
+        assert ev.inline.response_truncated and len(ev.inline.response_body) == 2048
+        assert r.text.startswith(ev.inline.response_body.decode())  # the log's body is the answer's start
+        assert ev.usage.known and (ev.usage.prompt_tokens, ev.usage.completion_tokens) == (3, words), gz
+        assert ev.cost_known and ev.cost_usd == pytest.approx((3 * 0.15 + words * 0.60) / 1e6)
+    anthropic = {"model": "claude-3-5-haiku-latest", "max_tokens": 900, "stream": True, "messages": [{"role": "user", "content": "a b"}]}
+    r = await client.post("/v1/messages", json=anthropic, headers={"Helicone-Auth": "Bearer good-key", "x-fake-words": "900",
+                                                                   "x-api-key": "sk-ant-test"})
+    assert r.status_code == 200 and r.text.count("event: content_block_delta") == 900
+    ev = built[-1]
+    assert ev.inline.response_truncated and ev.model == "claude-3-5-haiku-latest"
+    assert ev.usage.known and (ev.usage.prompt_tokens, ev.usage.completion_tokens) == (2, 900)  # message_start + message_delta
+
+
+def test_a_capture_keeps_a_bounded_decoded_tail_of_long_event_streams_only():
+    chunks = [b"data: %d %s\n\n" % (i, b"x" * 990) for i in range(5000)]  # 5 MB
+    whole = b"".join(chunks)
+    plain = Capture(1000, "text/event-stream", "identity")
+    for c in chunks:
+        plain.add(c)
+    assert (plain.data(), plain.truncated, plain.total) == (whole[:1000], True, len(whole))
+    assert TAIL_BYTES <= len(plain.end()) <= TAIL_BYTES + 1000 and whole.endswith(plain.end())  # bounded, the end
+    encoder = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    gz = [encoder.compress(c) + encoder.flush(zlib.Z_SYNC_FLUSH) for c in chunks] + [encoder.flush()]
+    packed = Capture(1000, "text/event-stream; charset=utf-8", "GZIP")
+    for c in gz:
+        packed.add(c)
+    assert packed.data() == b"".join(gz)[:1000] and whole.endswith(packed.end()) and len(packed.end()) >= TAIL_BYTES
+    short, other = Capture(len(whole), "text/event-stream", ""), Capture(1000, "application/json", "")
+    broken = Capture(10, "text/event-stream", "gzip")  # says gzip, is not: no tail, nothing raised
+    for c in chunks:
+        short.add(c)
+        other.add(c)
+        broken.add(c)
+    assert short.end() == other.end() == broken.end() == b"" and not short.truncated and other.truncated
+    assert gzip.decompress(b"".join(gz)) == whole
 
 
 async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):

@@ -10,6 +10,8 @@ import datetime as dt
 import logging
 import time
 import traceback
+import zlib
+from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +23,7 @@ from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARG
 from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, OpsRoutes, ServiceMetrics, readiness
-from helicone_core.usage import decode_body, parse_response, request_model, with_stream_usage
+from helicone_core.usage import body_decoder, decode_body, parse_response, request_model, with_stream_usage
 from yarl import URL
 
 from .cache import (
@@ -164,16 +166,31 @@ class Plan:
                               int((time.perf_counter() - sent) * 1000), self.index, retry))
 
 
+# How much of an event stream's end a capture keeps past the logged body's limit: the stream's last
+# events, where its usage is (OpenAI's usage chunk, Anthropic's message_delta, a Responses API
+# response.completed with the whole answer in it).
+TAIL_BYTES = 128 * 1024
+
+
 class Capture:
-    """Keeps up to `limit` bytes of a body for the log, counting the rest."""
+    """Keeps up to `limit` bytes of a body for the log, counting the rest. An event stream longer
+    than that also keeps its last TAIL_BYTES or a little more (decoded, when gzip or deflate): the log's
+    body stays cut at `limit`, and the usage is read from the kept head and tail together, so a long
+    answer still logs its tokens and cost."""
 
-    __slots__ = ("limit", "parts", "size", "total")
+    __slots__ = ("limit", "parts", "size", "total", "keep_tail", "encoding", "decoder", "tail", "tail_size")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, content_type: str = "", encoding: str = "") -> None:
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
         self.total = 0
+        self.keep_tail = "text/event-stream" in content_type
+        encoding = encoding.lower().strip()
+        self.encoding = "" if encoding == "identity" else encoding
+        self.decoder: Any = None
+        self.tail: deque[bytes] | None = None
+        self.tail_size = 0
 
     def add(self, chunk: bytes) -> None:
         self.total += len(chunk)
@@ -182,6 +199,32 @@ class Capture:
             piece = chunk[:room]
             self.parts.append(piece)
             self.size += len(piece)
+            if len(piece) == len(chunk):
+                return
+            chunk = chunk[room:]
+        if self.keep_tail:
+            self._add_tail(chunk)
+
+    def _add_tail(self, chunk: bytes) -> None:
+        tail = self.tail
+        if tail is None:
+            tail = self.tail = deque()
+            if self.encoding:  # the decoder reads the head once, then each chunk past it
+                self.decoder = body_decoder(self.data(), self.encoding)
+                if self.decoder is None:
+                    self.keep_tail = False
+                    return
+        if self.decoder is not None:
+            try:
+                chunk = self.decoder.decompress(chunk)
+            except zlib.error:
+                self.keep_tail, self.decoder = False, None
+                tail.clear()
+                return
+        tail.append(chunk)
+        self.tail_size += len(chunk)
+        while self.tail_size - len(tail[0]) >= TAIL_BYTES:
+            self.tail_size -= len(tail.popleft())
 
     @property
     def truncated(self) -> bool:
@@ -189,6 +232,10 @@ class Capture:
 
     def data(self) -> bytes:
         return b"".join(self.parts)
+
+    def end(self) -> bytes:
+        """The kept tail of a stream longer than the limit (decoded); empty for anything else."""
+        return b"".join(self.tail) if self.keep_tail and self.tail else b""
 
 
 class Gateway:
@@ -483,7 +530,7 @@ class Gateway:
         resp_headers.extend(limit_headers)
         if hh.fallbacks is not None:
             resp_headers.extend(self._fallback_index(hh, plan))
-        capture = Capture(self.settings.max_logged_body_bytes)
+        capture = Capture(self.settings.max_logged_body_bytes, resp_ctype, resp_encoding)
         # a caller that leaves mid-stream closes the provider's response at once, even while the
         # provider is silent (the read below would otherwise wait for its next byte)
         def close_upstream(_f: asyncio.Future) -> None:
@@ -533,7 +580,7 @@ class Gateway:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt,
-                      rate_limit=rate_limit, plan=plan)
+                      rate_limit=rate_limit, plan=plan, resp_tail=capture.end())
 
     async def _serve_cached(self, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
                             method: str, body: bytes, req_ctype: str, started: float, started_at: dt.datetime,
@@ -554,13 +601,14 @@ class Gateway:
         self._requests(rt.provider, entry.status).inc()
         self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
         stored = dict(entry.headers)
-        resp_body = b"".join(entry.chunks)
-        limit = self.settings.max_logged_body_bytes
+        encoding = stored.get(b"content-encoding", b"").decode("latin-1")
+        ctype = stored.get(b"content-type", b"").decode("latin-1")
+        capture = Capture(self.settings.max_logged_body_bytes, ctype, encoding)
+        for chunk in entry.chunks:
+            capture.add(chunk)
         ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
-        self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at, entry.status,
-                  stored.get(b"content-encoding", b"").decode("latin-1"), resp_body[:limit],
-                  stored.get(b"content-type", b"").decode("latin-1"), len(resp_body) > limit, ttft_ms, prompt=prompt,
-                  cache_hit=True)
+        self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at, entry.status, encoding,
+                  capture.data(), ctype, capture.truncated, ttft_ms, prompt=prompt, cache_hit=True, resp_tail=capture.end())
 
     def _target(self, url: str, name: str = "Helicone-Target-URL") -> TargetDest:
         """The checked destination of a Target-URL request (or of a Helicone-Fallbacks target: `name`
@@ -754,9 +802,10 @@ class Gateway:
              req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
              prompt: PromptUse | None = None, cache_hit: bool = False, rate_limit: RateLimitRequest | None = None,
-             plan: Plan | None = None) -> None:
+             plan: Plan | None = None, resp_tail: bytes = b"") -> None:
         """Hands the log event to the publisher; the event itself is built on its worker. With a
-        u=cents rate limit, the cost it computes is charged to the bucket there (off the request path)."""
+        u=cents rate limit, the cost it computes is charged to the bucket there (off the request path).
+        resp_tail: the decoded end of a stream cut at the logged body's limit (Capture.end), read for the usage."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = dt.datetime.now(dt.timezone.utc)
         limit = self.settings.max_logged_body_bytes
@@ -764,7 +813,8 @@ class Gateway:
         def build() -> events.RequestLogged:
             req_model, req_stream = request_model(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
-            parsed = parse_response(rt.usage, decoded, resp_ctype)
+            # a line break between the cut head and the tail: their broken lines never join into one
+            parsed = parse_response(rt.usage, decoded + b"\n" + resp_tail if resp_tail else decoded, resp_ctype)
             model = parsed.model or rt.path_model() or req_model
             cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
