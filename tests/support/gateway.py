@@ -19,7 +19,7 @@ async def in_process_gateway(tmp_path, keys, **settings):
     gw.keys = keys
     await gw.start()
     built = []
-    gw.publisher.submit = lambda builder: built.append(builder())
+    gw.publisher.submit = lambda builder, size=0: built.append(builder())
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
             yield client, gw, built

@@ -27,7 +27,7 @@ async def real_gateway(data_dir, dsn: str, upstream_url: str):
     gw.keys.connect_timeout = 1.0
     gw.keys.max_backoff = 0.2
     await gw.start()
-    gw.publisher.submit = lambda builder: None
+    gw.publisher.submit = lambda builder, size=0: None
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
             async def status(key: str) -> int:

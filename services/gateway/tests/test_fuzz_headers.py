@@ -50,7 +50,7 @@ def test_gateway_survives_any_headers(tmp_path):
         gw.keys = StubKeys()
         loop.run_until_complete(gw.start())
         built = []
-        gw.publisher.submit = lambda builder: built.append(builder())
+        gw.publisher.submit = lambda builder, size=0: built.append(builder())
         body = json.dumps(CHAT).encode()
 
         @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

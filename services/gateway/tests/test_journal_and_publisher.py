@@ -758,3 +758,44 @@ async def test_a_failed_record_batch_leaves_every_event_to_the_resender(tmp_path
         pub.release()
     finally:
         await pub.stop()
+
+
+async def test_the_log_backlog_counts_body_bytes_until_journaled_and_says_when_there_is_room(tmp_path, monkeypatch):
+    """submit(builder, size) counts the event's body bytes until its batch is journaled (queued, taken
+    by the worker, or built at once past the queue's size); over backlog_bytes the publisher is
+    backlogged and room() waits, bounded, until a batch lands."""
+    import threading
+
+    pub, metrics = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5, backlog_bytes=1000, queue_size=1,
+                              journal_linger_ms=0)
+    await pub.start()
+    go = threading.Event()
+    try:
+        loop = asyncio.get_running_loop()
+        in_append = asyncio.Event()
+        real_append = pub.journal.append
+
+        def slow_append(records, **kw):  # the journal thread, stuck on a slow disk until go
+            loop.call_soon_threadsafe(in_append.set)
+            go.wait(10)
+            return real_append(records, **kw)
+
+        monkeypatch.setattr(pub.journal, "append", slow_append)
+        pub.submit(_event, 600)
+        assert not pub.backlogged and await pub.room(0)
+        await asyncio.wait_for(in_append.wait(), 5)  # taken and being journaled: still counted
+        pub.submit(_event, 600)  # queued
+        pub.submit(_event, 600)  # past the queue's size: built at once, an overflow batch
+        assert pub._backlog == 1800 and pub.backlogged
+        started = loop.time()
+        assert not await pub.room(0.2) and loop.time() - started >= 0.2
+        waiter = asyncio.create_task(pub.room(10))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        go.set()
+        assert await waiter
+        await _until(lambda: pub.journal.record_count == 3 and pub._backlog == 0)
+        assert not pub.backlogged and _sample(metrics, "helicone_gateway_log_backlog_bytes") == 0
+    finally:
+        go.set()
+        await pub.stop()

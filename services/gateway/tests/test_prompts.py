@@ -80,7 +80,7 @@ async def started(fresh_db_dsn, tmp_path, **gateway_settings):
             gw.keys = Keys(created.key, created.org_id)
             await gw.start()
             built = []
-            gw.publisher.submit = lambda builder: built.append(builder())
+            gw.publisher.submit = lambda builder, size=0: built.append(builder())
             try:
                 async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
                     yield Setup(client, fake, built, server, created.key, gw)

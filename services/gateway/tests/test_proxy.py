@@ -1,8 +1,10 @@
 """The gateway app (in process) against the fake provider served on a local port."""
 
+import asyncio
 import contextlib
 import gzip
 import json
+import time
 import zlib
 from ipaddress import ip_address
 
@@ -224,6 +226,40 @@ def test_a_capture_keeps_a_bounded_decoded_tail_of_long_event_streams_only():
         broken.add(c)
     assert short.end() == other.end() == broken.end() == b"" and not short.truncated and other.truncated
     assert gzip.decompress(b"".join(gz)) == whole
+
+
+async def test_requests_wait_while_the_log_backlog_is_over_its_budget(tmp_path):
+    """Each event is submitted with its body bytes; while the publisher's backlog is over its budget a
+    request waits for room before it is read and forwarded, at most publish_backlog_wait, then goes on."""
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, in_process_gateway(
+        tmp_path, StubKeys(), openai_url=upstream_url, publish_backlog_wait=0.3
+    ) as (client, gw, built):
+        sizes: list[int] = []
+        gw.publisher.submit = lambda builder, size=0: (sizes.append(size), built.append(builder()))
+        pub = gw.publisher
+
+        def held(outcome: str) -> float:
+            return gw.metrics.registry.get_sample_value("helicone_gateway_requests_held_total", {"outcome": outcome}) or 0.0
+
+        async def call() -> httpx.Response:
+            return await client.post("/v1/chat/completions", json=CHAT,
+                                      headers={"Helicone-Auth": "Bearer good-key", "accept-encoding": "identity"})
+
+        r = await call()
+        assert r.status_code == 200 and sizes == [len(r.request.content) + len(r.content)]
+        assert held("timeout") == held("room") == 0
+        pub._grow(pub.backlog_bytes + 1)  # the logging fell behind
+        started = time.perf_counter()
+        r = await call()
+        assert r.status_code == 200 and time.perf_counter() - started >= 0.3 and held("timeout") == 1
+        waiting = asyncio.create_task(call())
+        await asyncio.sleep(0.1)
+        assert not waiting.done() and len(fake.state.received) == 2  # not forwarded yet
+        pub._shrink(pub.backlog_bytes + 1)  # a batch landed: room
+        assert (await waiting).status_code == 200 and held("room") == 1 and held("timeout") == 1
+        r = await call()
+        assert r.status_code == 200 and held("room") == 1 and len(fake.state.received) == 4 and len(built) == 4
 
 
 async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):

@@ -85,7 +85,7 @@ async def gateway_on(tmp_path, provider_url: str, **settings):
     gw.keys = StubKeys()
     built = []
     async with serve(app, lifespan="on") as url:
-        gw.publisher.submit = lambda builder: built.append(builder())
+        gw.publisher.submit = lambda builder, size=0: built.append(builder())
         yield url, gw, built
 
 

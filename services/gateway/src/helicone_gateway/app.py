@@ -273,6 +273,7 @@ class Gateway:
             replication_factor=settings.kafka_replication_factor,
             linger_ms=settings.kafka_linger_ms,
             journal_linger_ms=settings.journal_linger_ms,
+            backlog_bytes=settings.publish_backlog_bytes,
             max_batch_bytes=settings.kafka_max_batch_bytes,
             compression=None if settings.kafka_compression == "none" else settings.kafka_compression,
         )
@@ -295,6 +296,11 @@ class Gateway:
         )
         self.m_upstream_errors = metrics.counter(
             "helicone_gateway_upstream_errors_total", "Upstream transport failures", ("provider", "kind")
+        )
+        self.m_held = metrics.counter(
+            "helicone_gateway_requests_held_total",
+            "Requests that waited for the log backlog to get back within its memory budget, by how the wait ended",
+            ("outcome",),
         )
         self.m_auth = metrics.counter(
             "helicone_gateway_auth_results_total", "Helicone-Auth outcomes", ("result",)
@@ -414,6 +420,11 @@ class Gateway:
             org_id = self.org_for(hh.auth_key)
         except Rejection as r:
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
+        if self.publisher.backlogged:
+            # the log backlog is over its memory budget: wait for room, before the body is read
+            # (it stays in the socket), at most publish_backlog_wait; then go on regardless
+            room = await self.publisher.room(self.settings.publish_backlog_wait)
+            self.m_held.labels("room" if room else "timeout").inc()
         method = scope["method"]
         # raw_path keeps percent-encoding as the caller sent it (e.g. ids containing %2F)
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
@@ -860,7 +871,7 @@ class Gateway:
             events.set_time(ev.response_created_at, finished_at)
             return ev
 
-        self.publisher.submit(build)
+        self.publisher.submit(build, len(body) + len(resp_body) + len(resp_tail))
 
 
 class GatewayApp:

@@ -10,6 +10,11 @@ group has committed past it. Whatever the broker did not acknowledge, or acknowl
 forgot (a memory-only broker restarted, a topic recreated), is sent again; ingest dedupes by
 (org, request id). After a crash everything still in the journal is sent again on start-up.
 
+Memory: the bodies of events not yet journaled and handed over (the log backlog) are counted against
+backlog_bytes. While the backlog is over it, `backlogged` is true and the gateway holds new requests
+until room() (bounded), so a logging path slower than the traffic (long streams: each event carries its
+bodies) slows intake instead of growing the process without bound; the queue's count bounds small events.
+
 Residual window, stated honestly: an event lives only in memory between the end of its response
 and the fsync of its batch (normally a few milliseconds: at light load a batch waits up to
 journal_linger_ms for company, then the fsync; longer only while the worker is backed up);
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -73,6 +79,7 @@ class EventPublisher:
         linger_ms: int = 20,
         max_batch_bytes: int = 256 * 1024,
         journal_linger_ms: int = 5,
+        backlog_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.bootstrap = bootstrap
         self.security = security
@@ -94,6 +101,15 @@ class EventPublisher:
         self._overflow: list[tuple[bytes, bytes]] = []  # built on the request path while the queue was full
         self._queue: asyncio.Queue[EventBuilder] = asyncio.Queue(maxsize=queue_size)
         self._taken: list[EventBuilder] = []  # taken off the queue by the worker, waiting for company (journal_linger)
+        # the log backlog: body bytes submitted and not yet journaled and handed over (see the module docstring)
+        self.backlog_bytes = backlog_bytes
+        self._batch_bytes = backlog_bytes // 8
+        self._backlog = 0
+        self._sizes: deque[int] = deque()  # the size of each queued builder, in queue order
+        self._taken_bytes = 0
+        self._overflow_bytes = 0
+        self._room = asyncio.Event()  # set while the backlog is within backlog_bytes
+        self._room.set()
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._offsets: AIOKafkaConsumer | None = None  # no group: reads log-end offsets only
@@ -126,6 +142,9 @@ class EventPublisher:
             "Journaled events not handed to Kafka at once (they wait for the resender)", ("reason",),
         )
         self.m_queue = metrics.gauge("helicone_gateway_publish_queue_depth", "Log events waiting to be journaled")
+        self.m_backlog = metrics.gauge(
+            "helicone_gateway_log_backlog_bytes", "Body bytes of log events not yet journaled and handed to Kafka"
+        )
         self.m_connected = metrics.gauge("helicone_gateway_kafka_connected", "1 while the Kafka producer is connected")
         self.m_journal_bytes = metrics.gauge("helicone_gateway_journal_bytes", "Bytes in the event journal")
         self.m_journal_events = metrics.gauge(
@@ -204,6 +223,9 @@ class EventPublisher:
         await self._disconnect()
         await loop.run_in_executor(self._io, self.journal.close)
         self._io.shutdown(wait=True)
+        self._sizes.clear()
+        self._backlog = self._taken_bytes = self._overflow_bytes = 0  # all journaled (or lost with the journal)
+        self._room.set()
         self._update_gauges()
 
     @property
@@ -251,23 +273,58 @@ class EventPublisher:
         self._forget_log()
 
     # ---- request path ----------------------------------------------------------------
-    def submit(self, builder: EventBuilder) -> None:
-        """Queues the event builder; the builder runs on the worker, not on the request path."""
+    def submit(self, builder: EventBuilder, size: int = 0) -> None:
+        """Queues the event builder; the builder runs on the worker, not on the request path.
+        size: the bytes of the bodies it holds, counted in the log backlog until journaled."""
         try:
             self._queue.put_nowait(builder)
         except asyncio.QueueFull:
             # Overloaded: built here to bound memory, then journaled and sent with the other
             # overflowed events in one batch (one task, one journal write).
             built = self._build(builder)
-            if built is not None:
-                if not self._overflow:
-                    self._spawn(self._flush_overflow())
-                self._overflow.append(built)
+            if built is None:
+                return
+            if not self._overflow:
+                self._spawn(self._flush_overflow())
+            self._overflow.append(built)
+            self._overflow_bytes += size
+        else:
+            self._sizes.append(size)
+        self._grow(size)
 
     async def _flush_overflow(self) -> None:
         await asyncio.sleep(0)  # let the events of this loop iteration join the batch
         batch, self._overflow = self._overflow, []
-        await self._append(batch, send=True)
+        size, self._overflow_bytes = self._overflow_bytes, 0
+        try:
+            await self._append(batch, send=True)
+        finally:
+            self._shrink(size)
+
+    @property
+    def backlogged(self) -> bool:
+        """The log backlog is over backlog_bytes."""
+        return not self._room.is_set()
+
+    async def room(self, timeout: float) -> bool:
+        """Waits, at most `timeout` seconds, until the log backlog is back within backlog_bytes."""
+        if self._room.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _grow(self, size: int) -> None:
+        self._backlog += size
+        if self._backlog > self.backlog_bytes and self._room.is_set():
+            self._room.clear()
+
+    def _shrink(self, size: int) -> None:
+        self._backlog -= size
+        if self._backlog <= self.backlog_bytes and not self._room.is_set():
+            self._room.set()
 
     # ---- internals -------------------------------------------------------------------
     def _spawn(self, coro) -> None:
@@ -289,6 +346,7 @@ class EventPublisher:
         while True:
             builders = self._taken
             builders.append(await self._queue.get())
+            self._taken_bytes += self._sizes.popleft()
             light = self.journal_linger > 0 and self._queue.empty()
             if light:
                 # Light load: the events of the next few milliseconds join this batch, so one journal
@@ -296,8 +354,11 @@ class EventPublisher:
                 # one landing on the next request's time. Under load the queue is never empty here
                 # and batches go at once.
                 await asyncio.sleep(self.journal_linger)
-            while len(builders) < self.batch_size and not self._queue.empty():
+            # a batch also stops at an eighth of the backlog's budget: bodies that are being journaled
+            # are still counted, and smaller batches give room back sooner
+            while len(builders) < self.batch_size and self._taken_bytes < self._batch_bytes and not self._queue.empty():
                 builders.append(self._queue.get_nowait())
+                self._taken_bytes += self._sizes.popleft()
             try:
                 if light:
                     # one event per loop iteration: a request arriving meanwhile waits for one build,
@@ -316,7 +377,10 @@ class EventPublisher:
             finally:
                 for _ in builders:
                     self._queue.task_done()
+                size, self._taken_bytes = self._taken_bytes, 0
+                self._shrink(size)
                 self.m_queue.set(self._queue.qsize())  # per batch: a gauge write per event costs the request path
+                self.m_backlog.set(self._backlog)
 
     async def _append(self, built: list[tuple[bytes, bytes]], *, send: bool) -> None:
         """Appends to the journal, then (when connected) hands each event to the producer."""
@@ -488,6 +552,7 @@ class EventPublisher:
         self.m_connected.set(0)
 
     def _update_gauges(self) -> None:
+        self.m_backlog.set(self._backlog)
         j = self.journal
         self.m_journal_bytes.set(j.size_bytes)
         self.m_journal_events.set(j.record_count)

@@ -39,6 +39,12 @@ class GatewaySettings(ServiceSettings):
     # Bodies above this many bytes are truncated in the log event (never in the proxied traffic).
     max_logged_body_bytes: int = 450 * 1024
     publish_queue_size: int = 10_000
+    # The log backlog's memory (EventPublisher): body bytes of log events not yet journaled and handed
+    # to Kafka. Past this, new requests wait (at most publish_backlog_wait seconds) until the logging
+    # catches up, so a logging path slower than the traffic (long streams) slows intake instead of
+    # growing the process until it is killed. The queue's size still bounds small events.
+    publish_backlog_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    publish_backlog_wait: float = Field(default=1.0, ge=0, le=30)
     # Producer batching: Kafka's linger.ms, batch size and compression of the request-log topic. An
     # event is on disk (the journal) before the producer sees it, so the linger costs freshness only
     # (at most this much later in ingest), never durability. Under load, record batches go at once
