@@ -10,6 +10,9 @@ drift in this shared machine's load hits every variant alike:
 - the gateway's CPU (every worker and thread) per request of that burst, until Kafka held its events:
   the number the shared machine's speed moves least, so the one to compare variants by;
 - streaming requests/s at concurrency 32;
+- long streams (LONG_CHUNKS chunks, a few hundred tokens' answer; every event carries its 73 KiB body),
+  in rounds after the others: requests/s while the load lasts and sustained (until Kafka held their
+  events), the gateway's CPU per request, and its RSS after them (the log backlog's budget bounds it);
 - events journaled without a direct send while the broker was connected
   (helicone_gateway_events_spooled_total{reason="queue_full"}, must stay 0), and the RSS of the
   gateway's processes after the load.
@@ -67,6 +70,17 @@ _SSE = [b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini"
         for w in (b"Hello", b" from", b" the", b" bench")]
 _SSE.append(b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],'
             b'"usage":{"prompt_tokens":6,"completion_tokens":4,"total_tokens":10}}\n\ndata: [DONE]\n\n')
+# a long answer: LONG_CHUNKS content chunks as OpenAI sends them when usage is asked for, then the usage chunk
+LONG_CHUNKS = 300
+LONG_STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
+                               "max_tokens": LONG_CHUNKS, "messages": [{"role": "user", "content": "a long answer please"}]}).encode()
+_LONG_SSE = [b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18",'
+             b'"system_fingerprint":"fp_bench","choices":[{"index":0,"delta":{"content":" word%d"},"logprobs":null,'
+             b'"finish_reason":null}],"usage":null}\n\n' % i for i in range(LONG_CHUNKS)]
+_LONG_SSE.append(b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18",'
+                 b'"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\ndata: [DONE]\n\n'
+                 % (LONG_CHUNKS, LONG_CHUNKS + 5))
+LONG_CHUNKED = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in _LONG_SSE) + b"0\r\n\r\n"
 JSON_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(JSON_ANSWER)) + JSON_ANSWER
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -80,7 +94,9 @@ async def _upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWri
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             body = await reader.readexactly(length) if length else b""
-            if b'"stream": true' in body or b'"stream":true' in body:
+            if b'"max_tokens": %d' % LONG_CHUNKS in body:
+                writer.write(STREAM_HEAD + LONG_CHUNKED)
+            elif b'"stream": true' in body or b'"stream":true' in body:
                 writer.write(STREAM_HEAD)
                 for chunk in _SSE:
                     writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -275,13 +291,14 @@ async def run(args) -> None:
             direct_json = request_bytes(upstream_port, BODY, {"authorization": "Bearer sk-bench"})
             direct_stream = request_bytes(upstream_port, STREAM_BODY, {"authorization": "Bearer sk-bench"})
             gw_headers = {"authorization": "Bearer sk-bench", "helicone-auth": f"Bearer {KEY}", "helicone-property-bench": "alone"}
-            reqs = {v.label: (request_bytes(v.port, BODY, gw_headers), request_bytes(v.port, STREAM_BODY, gw_headers)) for v in variants}
+            reqs = {v.label: (request_bytes(v.port, BODY, gw_headers), request_bytes(v.port, STREAM_BODY, gw_headers),
+                              request_bytes(v.port, LONG_STREAM_BODY, gw_headers)) for v in variants}
             for v in variants:  # warm up: connections, the topic, the journal
                 await load(v.port, reqs[v.label][0], 300, 8)
             direct: dict[str, list] = {}
             for rnd in range(args.rounds):
                 for v in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:  # each goes first in turn
-                    js, st = reqs[v.label]
+                    js, st, _ = reqs[v.label]
                     # overhead at concurrency 1, each gateway call next to a direct one
                     _, d_lat, _ = await load(upstream_port, direct_json, args.single, 1)
                     _, g_lat, _ = await load(v.port, js, args.single, 1)
@@ -317,10 +334,27 @@ async def run(args) -> None:
                     direct.setdefault("rps", []).append((args.burst // 2) / d_elapsed)
                     print(f"round {rnd + 1} {v.label}: burst {args.burst / elapsed:.0f} rps, logged {logged}/{args.burst}", flush=True)
             await asyncio.sleep(2)
+            for v in variants:  # the RSS of the rounds above, before the long streams' bodies pass through
+                v.results["rss"] = [rss_mb(v)]
+            # long streams, in rounds of their own, each until Kafka holds their events
+            n_long = args.burst // 4
+            for rnd in range(args.rounds):
+                for v in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:
+                    before = await ends(v.topic)
+                    t0, cpu0 = time.perf_counter(), cpu_seconds(v)
+                    l_elapsed, _, _ = await load(v.port, reqs[v.label][2], n_long, args.concurrency)
+                    deadline = time.perf_counter() + 300
+                    while await ends(v.topic) < before + n_long and time.perf_counter() < deadline:
+                        await asyncio.sleep(0.05)
+                    v.add("long_rps", n_long / l_elapsed)
+                    v.add("long_sustained", (await ends(v.topic) - before) / (time.perf_counter() - t0))
+                    v.add("long_cpu_us", (cpu_seconds(v) - cpu0) * 1e6 / n_long)
+                    v.add("long_rss", rss_mb(v))
+            await asyncio.sleep(1)
             print(f"\ngateway alone: {args.burst} requests per burst at concurrency {args.concurrency}, {args.single} at concurrency 1, "
                   f"{args.rounds} interleaved rounds; direct upstream at c={args.concurrency}: {statistics.median(direct['rps']):.0f} rps")
             print(f"{'variant':18s} {'c1 p50+':>8s} {'c1 p99+':>8s} {'1st p50+':>8s} {'burst':>7s} {'sustain':>7s} "
-                  f"{'CPU us':>6s} {'stream':>7s} {'str/json':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'resent':>7s} {'RSS MB':>7s}")
+                  f"{'CPU us':>6s} {'stream':>7s} {'str/json':>8s} {'long':>6s} {'long sus':>8s} {'long CPU':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'resent':>7s} {'RSS MB':>7s} {'RSS long':>8s}")
             first = variants[0].results["sustained"]
             for v in variants:
                 g = [x for r in v.results["c1_json"] for x in r]
@@ -334,14 +368,19 @@ async def run(args) -> None:
                 print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):8.2f} {pct(g, 99) - pct(d, 99):8.2f} "
                       f"{pct(gf, 50) - pct(df, 50):8.2f} {burst:7.0f} {statistics.median(v.results['sustained']):7.0f} "
                       f"{statistics.median(v.results['cpu_us']):6.0f} {stream:7.0f} {stream / burst:8.2f} "
+                      f"{statistics.median(v.results['long_rps']):6.0f} {statistics.median(v.results['long_sustained']):8.0f} "
+                      f"{statistics.median(v.results['long_cpu_us']):8.0f} "
                       f"{statistics.median(s / b for s, b in zip(v.results['sustained'], v.results['burst_rps'], strict=True)):7.2f} "
                       f"{statistics.median(s / f for s, f in zip(v.results['sustained'], first, strict=True)):6.2f} "
-                      f"{v.results['spooled'][0]:7.0f} {v.results['resent'][0]:7.0f} {rss_mb(v):7.1f}")
+                      f"{v.results['spooled'][0]:7.0f} {v.results['resent'][0]:7.0f} {v.results['rss'][0]:7.1f} {max(v.results['long_rss']):8.1f}")
             print("c1 p50+/p99+: ms added over a direct call (JSON); 1st p50+: ms added to the first streamed byte; "
                   "burst: rps while the c=32 burst lasts; sustain: burst requests / (burst + until Kafka held all its events); "
                   "CPU us: the gateway's CPU (every worker and thread) per burst request over that time (median of the rounds); "
+                  f"long: rps of {LONG_CHUNKS}-chunk streams ({len(LONG_CHUNKED) // 1024} KiB) at c={args.concurrency}, {args.burst // 4} a round, "
+                  "in rounds after the others, while the load lasts; long sus: sustained, until Kafka held their events; long CPU: the gateway's CPU per long-stream request until Kafka held its events; "
                   "kept up: sustain / burst; vs 1st: sustain / the first variant's, same round (median); "
-                  "spooled: events not handed to Kafka at once (broker up all along); resent: events the journal sent again; RSS: largest worker after the load")
+                  "spooled: events not handed to Kafka at once (broker up all along); resent: events the journal sent again; "
+                  "RSS: largest worker after the JSON and short-stream rounds; RSS long: the largest after a long-stream round")
             for v in variants:
                 for line in (tmp / f"{v.label}.log").read_text(errors="replace").splitlines():
                     if "lost acknowledged" in line or "journaling until" in line:
