@@ -6,7 +6,8 @@ OpenRouter, Azure's `/openai/deployments/<d>/...`), Gemini's `models/<m>:generat
 Token counts are deterministic: prompt tokens = words in the request's message contents (Gemini:
 its parts' text), completion tokens = words in the reply. Every request's headers are recorded at
 GET /_received so tests can check what the gateway forwarded. Chat and Messages streams answer
-`x-fake-words: N` with a reply of N words (a long stream), and chat streams `x-fake-gzip: 1` gzip-encoded.
+`x-fake-words: N` with a reply of N words (a long stream), and chat streams `x-fake-gzip: 1` gzip-encoded;
+`/v1/embeddings` answers vectors of `x-fake-dims` numbers.
 
 Run: python -m tests.support.fake_upstream --port 9999
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import struct
 import time
 import uuid
 import zlib
@@ -130,6 +133,23 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         if request.headers.get("x-fake-gzip") == "1":
             return StreamingResponse(_gzip(events()), media_type="text/event-stream", headers={"content-encoding": "gzip"})
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        """OpenAI's embeddings: a vector of `x-fake-dims` (default 8) per input, floats or base64 as
+        `encoding_format` asks; prompt tokens = words of the inputs. A large batch is a large answer
+        whose model and usage come last."""
+        body = await request.json()
+        record(request, body)
+        inputs = body.get("input") or []
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        dims = int(request.headers.get("x-fake-dims", "8"))
+        vector = [round((i % 97) / 97 - 0.5, 8) for i in range(dims)]
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        tokens = sum(len(str(text).split()) for text in inputs)
+        return {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(len(inputs))],
+                "model": body.get("model", "text-embedding-3-small"), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.post("/v1/messages")
     async def messages(request: Request):

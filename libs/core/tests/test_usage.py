@@ -251,3 +251,51 @@ def test_the_stream_readers_agree_with_reading_every_event():
             body = "".join(_random_event(rng, fmt) + eol + eol for _ in range(rng.randint(0, 12))).encode()
             got = parse_response(fmt, body, "text/event-stream")
             assert (got.model, got.tokens, got.known) == _reference(fmt, body), (fmt, case, body)
+
+
+# ---- JSON answers longer than the logged body: usage from the tail --------------------------------
+def _cut(doc, keep: int = 300) -> tuple[bytes, bytes]:
+    """(the logged start, the kept tail) of a JSON answer much longer than both."""
+    raw = json.dumps(doc).encode()
+    assert len(raw) > 4 * keep
+    return raw[:keep], raw[-keep:]
+
+
+def test_a_cut_json_answer_reads_its_usage_and_model_from_the_tail():
+    vectors = [{"object": "embedding", "index": i, "embedding": [0.001 * i] * 40} for i in range(60)]
+    cases = [
+        ("openai", {"object": "list", "data": vectors, "model": "text-embedding-3-small",
+                    "usage": {"prompt_tokens": 812, "total_tokens": 812}}, ("text-embedding-3-small", 812, 0)),
+        ("openai", {"id": "c", "model": "gpt-4o", "choices": [{"message": {"content": "x" * 2000}}],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 700}, "service_tier": "default",
+                    "system_fingerprint": "fp_1"}, ("gpt-4o", 9, 700)),  # usage followed by more members
+        ("openai", {"id": "r", "object": "response", "model": "gpt-5", "output": [{"content": [{"text": "y" * 2000}]}],
+                    "usage": {"input_tokens": 5, "output_tokens": 600}, "user": None, "metadata": {}}, ("gpt-5", 5, 600)),
+        ("anthropic", {"id": "m", "model": "claude-sonnet-4-5", "content": [{"type": "text", "text": "z" * 2000}],
+                       "usage": {"input_tokens": 11, "output_tokens": 650}}, ("claude-sonnet-4-5", 11, 650)),
+        ("gemini", {"candidates": [{"content": {"parts": [{"text": "w" * 2000}]}}], "usageMetadata":
+                    {"promptTokenCount": 7, "candidatesTokenCount": 640}, "modelVersion": "gemini-2.5-flash",
+                    "responseId": "abc"}, ("gemini-2.5-flash", 7, 640)),
+        ("gemini", [{"candidates": [{"content": {"parts": [{"text": "v" * 900}]}}], "modelVersion": "gemini-2.5-pro",
+                     "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": n}} for n in (100, 200, 300)],
+         ("gemini-2.5-pro", 3, 300)),  # streamGenerateContent without SSE: a JSON array, the last chunk counts
+    ]
+    for fmt, doc, (model, prompt, completion) in cases:
+        head, tail = _cut(doc)
+        assert not parse_response(fmt, head, "application/json").known  # the start alone has no usage
+        p = parse_response(fmt, head, "application/json", tail)
+        assert p.known and (p.model, p.tokens.prompt_tokens, p.tokens.completion_tokens) == (model, prompt, completion), fmt
+
+
+def test_a_nested_usage_in_the_tail_is_not_the_answers():
+    # the last "usage" in the text belongs to an object inside `extra`; the answer's own comes before it
+    doc = {"model": "m-1", "data": [{"x": "q" * 2000}], "usage": {"prompt_tokens": 1},
+           "extra": [{"usage": {"prompt_tokens": 999}, "model": "inner"}]}
+    head, tail = _cut(doc, keep=200)
+    p = parse_response("openai", head, "application/json", tail)
+    assert p.known and p.tokens.prompt_tokens == 1 and p.model == "m-1"
+    nested_only = {"data": [{"x": "q" * 1200, "usage": {"prompt_tokens": 999}, "model": "inner"}], "object": "list"}
+    head, tail = _cut(nested_only)
+    p = parse_response("openai", head, "application/json", tail)
+    assert not p.known and p.model == ""
+    assert not parse_response("openai", b'{"a": ', "application/json", b'not json at all "usage": 5').known

@@ -204,7 +204,23 @@ async def test_a_stream_longer_than_the_logged_body_still_logs_its_usage(gateway
     assert ev.usage.known and (ev.usage.prompt_tokens, ev.usage.completion_tokens) == (2, 900)  # message_start + message_delta
 
 
-def test_a_capture_keeps_a_bounded_decoded_tail_of_long_event_streams_only():
+async def test_a_json_answer_longer_than_the_logged_body_still_logs_its_usage(gateway):
+    """A large embeddings batch (here 300 vectors of 64 numbers, past the 2048 bytes logged) ends with
+    its model and usage: they are read from the answer's tail, as floats, base64 or gzip-encoded."""
+    client, fake, built = gateway
+    batch = {"model": "text-embedding-3-small", "input": ["three little words"] * 300}
+    for fmt, encoding in (("float", "identity"), ("base64", "identity"), ("float", "gzip")):
+        r = await client.post("/v1/embeddings", json=dict(batch, encoding_format=fmt),
+                              headers={"Helicone-Auth": "Bearer good-key", "x-fake-dims": "64", "accept-encoding": encoding})
+        assert r.status_code == 200 and len(r.json()["data"]) == 300
+        assert r.headers.get("content-encoding", "identity") == encoding
+        ev = built[-1]
+        assert ev.inline.response_truncated and len(ev.inline.response_body) == 2048, fmt
+        assert ev.usage.known and ev.usage.prompt_tokens == 900 and ev.model == "text-embedding-3-small", (fmt, encoding)
+        assert ev.cost_known and ev.cost_usd == pytest.approx(900 * 0.02 / 1e6)
+
+
+def test_a_capture_keeps_a_bounded_decoded_tail_of_long_event_streams_and_json_only():
     chunks = [b"data: %d %s\n\n" % (i, b"x" * 990) for i in range(5000)]  # 5 MB
     whole = b"".join(chunks)
     plain = Capture(1000, "text/event-stream", "identity")
@@ -218,7 +234,7 @@ def test_a_capture_keeps_a_bounded_decoded_tail_of_long_event_streams_only():
     for c in gz:
         packed.add(c)
     assert packed.data() == b"".join(gz)[:1000] and whole.endswith(packed.end()) and len(packed.end()) >= TAIL_BYTES
-    short, other = Capture(len(whole), "text/event-stream", ""), Capture(1000, "application/json", "")
+    short, other = Capture(len(whole), "text/event-stream", ""), Capture(1000, "text/html", "")
     broken = Capture(10, "text/event-stream", "gzip")  # says gzip, is not: no tail, nothing raised
     for c in chunks:
         short.add(c)

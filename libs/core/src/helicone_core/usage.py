@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -115,19 +116,23 @@ def gemini_usage(meta: dict) -> TokenCounts:
                        cache_read_tokens=_int(meta.get("cachedContentTokenCount")))
 
 
-def parse_response(usage_format: str, body: bytes, content_type: str) -> Parsed:
-    """Model and usage of an answer read the way `usage_format` (openai, anthropic, gemini) says."""
-    text = body.decode("utf-8", errors="replace")
+def parse_response(usage_format: str, body: bytes, content_type: str, tail: bytes = b"") -> Parsed:
+    """Model and usage of an answer read the way `usage_format` (openai, anthropic, gemini) says.
+    tail: the answer's last bytes when `body` is only its start (a capture cut at the logged body's
+    limit): a stream is read as the start and the tail, a JSON answer's usage is taken from the tail."""
     if "text/event-stream" in (content_type or ""):
+        # a line break between the cut start and the tail: their broken lines never join into one
+        text = (body + b"\n" + tail if tail else body).decode("utf-8", errors="replace")
         if usage_format == "anthropic":
             return _parse_anthropic_sse(text)
         if usage_format == "gemini":
             return _parse_gemini_sse(text)
         return _parse_openai_sse(text)
+    text = body.decode("utf-8", errors="replace")
     try:
         doc = json.loads(text)
     except ValueError:
-        return Parsed()
+        return _parse_json_tail(usage_format, text, tail.decode("utf-8", errors="replace")) if tail else Parsed()
     if usage_format == "gemini":
         # generateContent answers one object; streamGenerateContent without alt=sse a JSON array of them
         return _parse_gemini(doc if isinstance(doc, list) else [doc])
@@ -140,6 +145,86 @@ def parse_response(usage_format: str, body: bytes, content_type: str) -> Parsed:
     if usage_format == "anthropic":
         return Parsed(model=model, tokens=anthropic_usage(usage), known=True)
     return Parsed(model=model, tokens=openai_usage(usage), known=True)
+
+
+_MEMBER_COLON = re.compile(r"\s*:\s*")
+_MEMBER_SPACE = re.compile(r"\s*")
+
+
+def _last_member(text: str, key: str):
+    """The value of the outermost object's member `key`, read from the document's last bytes only
+    (the start is cut off): the last `"key":` whose value is followed, up to the end, by nothing but
+    more members of the object it belongs to and that object's closing brace (then, for a JSON array
+    of objects as Gemini streams without SSE, the array's bracket). A member of a nested object is
+    followed by more closing brackets, so it is never taken. None when there is no such member."""
+    quoted, end = f'"{key}"', len(text)
+    decoder = json.JSONDecoder()
+    while (pos := text.rfind(quoted, 0, end)) >= 0:
+        end = pos
+        colon = _MEMBER_COLON.match(text, pos + len(quoted))
+        if colon is None:
+            continue
+        try:
+            value, after = decoder.raw_decode(text, colon.end())
+        except ValueError:
+            continue
+        rest = text[after:].strip()
+        if rest.endswith("]"):
+            rest = rest[:-1].rstrip()
+        if rest == "}":
+            return value
+        if rest.startswith(","):
+            try:
+                more = json.loads("{" + rest[1:])
+            except ValueError:
+                continue
+            if isinstance(more, dict):
+                return value
+    return None
+
+
+def _first_member(text: str, key: str):
+    """The value of the outermost object's member `key` among those that come whole before the
+    document is cut off (None if it is not one of them)."""
+    decoder = json.JSONDecoder()
+    i = text.find("{")
+    if i < 0 or text[:i].strip():
+        return None
+    i += 1
+    while True:
+        try:
+            name, i = decoder.raw_decode(text, _MEMBER_SPACE.match(text, i).end())
+            colon = _MEMBER_COLON.match(text, i)
+            if not isinstance(name, str) or colon is None:
+                return None
+            value, i = decoder.raw_decode(text, colon.end())
+        except ValueError:
+            return None
+        if name == key:
+            return value
+        i = _MEMBER_SPACE.match(text, i).end()
+        if not text.startswith(",", i):
+            return None
+        i += 1
+
+
+def _parse_json_tail(usage_format: str, head: str, tail: str) -> Parsed:
+    """A JSON answer longer than the logged body (a large embeddings batch, say): its usage is a member
+    of the outermost object near its end, read from the tail; its model comes at the end (embeddings,
+    Gemini) or at the start (chat completions, Messages), read from the tail or the logged start."""
+    if usage_format == "gemini":
+        key, model_key, counts = "usageMetadata", "modelVersion", gemini_usage
+    else:
+        key, model_key = "usage", "model"
+        counts = anthropic_usage if usage_format == "anthropic" else openai_usage
+    usage = _last_member(tail, key)
+    model = _last_member(tail, model_key)
+    if not isinstance(model, str):
+        model = _first_member(head, model_key)
+    out = Parsed(model=model if isinstance(model, str) else "")
+    if isinstance(usage, dict):
+        out.tokens, out.known = counts(usage), True
+    return out
 
 
 def _parse_gemini(chunks) -> Parsed:

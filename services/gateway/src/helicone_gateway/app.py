@@ -166,16 +166,17 @@ class Plan:
                               int((time.perf_counter() - sent) * 1000), self.index, retry))
 
 
-# How much of an event stream's end a capture keeps past the logged body's limit: the stream's last
-# events, where its usage is (OpenAI's usage chunk, Anthropic's message_delta, a Responses API
-# response.completed with the whole answer in it).
+# How much of an answer's end a capture keeps past the logged body's limit: a stream's last events,
+# where its usage is (OpenAI's usage chunk, Anthropic's message_delta, a Responses API
+# response.completed with the whole answer in it), or a JSON answer's last members (a large
+# embeddings batch ends with its model and usage).
 TAIL_BYTES = 128 * 1024
 
 
 class Capture:
-    """Keeps up to `limit` bytes of a body for the log, counting the rest. An event stream longer
-    than that also keeps its last TAIL_BYTES or a little more (decoded, when gzip or deflate): the log's
-    body stays cut at `limit`, and the usage is read from the kept head and tail together, so a long
+    """Keeps up to `limit` bytes of a body for the log, counting the rest. An event stream or a JSON
+    answer longer than that also keeps its last TAIL_BYTES or a little more (decoded, when gzip or
+    deflate): the log's body stays cut at `limit`, and the usage is read from the tail too, so a long
     answer still logs its tokens and cost."""
 
     __slots__ = ("limit", "parts", "size", "total", "keep_tail", "encoding", "decoder", "tail", "tail_size")
@@ -185,7 +186,7 @@ class Capture:
         self.parts: list[bytes] = []
         self.size = 0
         self.total = 0
-        self.keep_tail = "text/event-stream" in content_type
+        self.keep_tail = "text/event-stream" in content_type or "json" in content_type
         encoding = encoding.lower().strip()
         self.encoding = "" if encoding == "identity" else encoding
         self.decoder: Any = None
@@ -816,7 +817,7 @@ class Gateway:
              plan: Plan | None = None, resp_tail: bytes = b"") -> None:
         """Hands the log event to the publisher; the event itself is built on its worker. With a
         u=cents rate limit, the cost it computes is charged to the bucket there (off the request path).
-        resp_tail: the decoded end of a stream cut at the logged body's limit (Capture.end), read for the usage."""
+        resp_tail: the decoded end of an answer cut at the logged body's limit (Capture.end), read for the usage."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = dt.datetime.now(dt.timezone.utc)
         limit = self.settings.max_logged_body_bytes
@@ -824,8 +825,7 @@ class Gateway:
         def build() -> events.RequestLogged:
             req_model, req_stream = request_model(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
-            # a line break between the cut head and the tail: their broken lines never join into one
-            parsed = parse_response(rt.usage, decoded + b"\n" + resp_tail if resp_tail else decoded, resp_ctype)
+            parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
             model = parsed.model or rt.path_model() or req_model
             cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
