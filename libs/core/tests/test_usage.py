@@ -299,3 +299,12 @@ def test_a_nested_usage_in_the_tail_is_not_the_answers():
     p = parse_response("openai", head, "application/json", tail)
     assert not p.known and p.model == ""
     assert not parse_response("openai", b'{"a": ', "application/json", b'not json at all "usage": 5').known
+
+
+def test_a_tail_stuffed_with_the_key_costs_a_bounded_number_of_tries(monkeypatch):
+    tries = []
+    real = json.JSONDecoder.raw_decode
+    monkeypatch.setattr(json.JSONDecoder, "raw_decode", lambda self, s, idx=0: (tries.append(idx), real(self, s, idx))[1])
+    tail = b'"x": [' + b", ".join(b'{"usage": {"prompt_tokens": 5}}' for _ in range(5000)) + b"]}"
+    assert not parse_response("openai", b'{"a": [', "application/json", tail).known
+    assert len(tries) <= 2 * usage.LAST_MEMBER_TRIES + 2  # the usage's and the model's tries, and the start's

@@ -151,18 +151,27 @@ _MEMBER_COLON = re.compile(r"\s*:\s*")
 _MEMBER_SPACE = re.compile(r"\s*")
 
 
-def _last_member(text: str, key: str):
+# _last_member looks at this many `"key":` from the end at most: the answer's own is the last or next
+# to last, and a tail stuffed with the key cannot make the read cost more than this many tries
+LAST_MEMBER_TRIES = 16
+
+
+def _last_member(text: str, key: str, opening: str):
     """The value of the outermost object's member `key`, read from the document's last bytes only
-    (the start is cut off): the last `"key":` whose value is followed, up to the end, by nothing but
-    more members of the object it belongs to and that object's closing brace (then, for a JSON array
-    of objects as Gemini streams without SSE, the array's bracket). A member of a nested object is
-    followed by more closing brackets, so it is never taken. None when there is no such member."""
+    (the start is cut off): the last `"key":` whose value (starting with `opening`: `{` an object,
+    `"` a string) is followed, up to the end, by nothing but more members of the object it belongs to
+    and that object's closing brace (then, for a JSON array of objects as Gemini streams without SSE,
+    the array's bracket). A member of a nested object is followed by more closing brackets, so it is
+    never taken. None when there is no such member."""
     quoted, end = f'"{key}"', len(text)
     decoder = json.JSONDecoder()
-    while (pos := text.rfind(quoted, 0, end)) >= 0:
+    for _ in range(LAST_MEMBER_TRIES):
+        pos = text.rfind(quoted, 0, end)
+        if pos < 0:
+            break
         end = pos
         colon = _MEMBER_COLON.match(text, pos + len(quoted))
-        if colon is None:
+        if colon is None or not text.startswith(opening, colon.end()):
             continue
         try:
             value, after = decoder.raw_decode(text, colon.end())
@@ -217,8 +226,8 @@ def _parse_json_tail(usage_format: str, head: str, tail: str) -> Parsed:
     else:
         key, model_key = "usage", "model"
         counts = anthropic_usage if usage_format == "anthropic" else openai_usage
-    usage = _last_member(tail, key)
-    model = _last_member(tail, model_key)
+    usage = _last_member(tail, key, "{")
+    model = _last_member(tail, model_key, '"')
     if not isinstance(model, str):
         model = _first_member(head, model_key)
     out = Parsed(model=model if isinstance(model, str) else "")
