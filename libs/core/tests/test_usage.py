@@ -308,3 +308,25 @@ def test_a_tail_stuffed_with_the_key_costs_a_bounded_number_of_tries(monkeypatch
     tail = b'"x": [' + b", ".join(b'{"usage": {"prompt_tokens": 5}}' for _ in range(5000)) + b"]}"
     assert not parse_response("openai", b'{"a": [', "application/json", tail).known
     assert len(tries) <= 2 * usage.LAST_MEMBER_TRIES + 2  # the usage's and the model's tries, and the start's
+
+
+def test_decoding_for_the_log_stops_at_max_decoded_bytes(monkeypatch):
+    monkeypatch.setattr(usage, "MAX_DECODED_BYTES", 1 << 20)
+    bomb = gzip.compress(b"\0" * (8 << 20))  # 8 MiB of zeros in a few KiB
+    assert len(bomb) < 20_000 and len(decode_body(bomb, "gzip")) == 1 << 20
+    tail = usage.TailDecoder(bomb[:100], "gzip")
+    assert not tail.failed
+    sizes = [len(piece) for piece in tail.decode(bomb[100:])]
+    assert tail.failed and sum(sizes) <= 1 << 20 and max(sizes) <= 64 * 1024
+    assert list(tail.decode(b"more")) == []
+    assert usage.TailDecoder(b"not gzip at all", "gzip").failed
+    plain = gzip.compress(b"data: 1\n\n" * 1000)
+    ok = usage.TailDecoder(plain[:50], "gzip")
+    assert b"".join(ok.decode(plain[50:])).endswith(b"data: 1\n\n") and not ok.failed
+
+
+def test_json_nested_too_deep_is_an_unknown_usage_not_an_error():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert not parse_response("openai", b'{"usage": ' + deep + b"}", "application/json").known
+    assert not parse_response("openai", b'data: {"usage": ' + deep + b"}\n\n", "text/event-stream").known
+    assert not parse_response("openai", b'{"a": [', "application/json", b'"usage": {"x": ' + deep + b"}}").known

@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import gzip
 import json
+import os
+import threading
 import time
 import zlib
 from ipaddress import ip_address
@@ -11,6 +13,7 @@ from ipaddress import ip_address
 import httpx
 import pytest
 from helicone_core import events
+from helicone_core import usage as usage_mod
 from helicone_core.db import KeyStoreUnavailable
 from helicone_gateway import egress
 from helicone_gateway.app import TAIL_BYTES, Capture, create_app
@@ -276,6 +279,69 @@ async def test_requests_wait_while_the_log_backlog_is_over_its_budget(tmp_path):
         assert (await waiting).status_code == 200 and held("room") == 1 and held("timeout") == 1
         r = await call()
         assert r.status_code == 200 and held("room") == 1 and len(fake.state.received) == 4 and len(built) == 4
+
+
+def test_a_capture_decodes_a_bounded_amount_of_a_gzip_bomb(monkeypatch):
+    monkeypatch.setattr(usage_mod, "MAX_DECODED_BYTES", 4 << 20)
+    encoder = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    head = encoder.compress(os.urandom(3000)) + encoder.flush(zlib.Z_SYNC_FLUSH)
+    zeros = encoder.compress(b"\0" * (64 << 20)) + encoder.flush()  # 64 MiB of zeros in about 64 KiB
+    capture = Capture(len(head), "text/event-stream", "gzip")
+    capture.add(head)
+    peak = 0
+    for i in range(0, len(zeros), 4096):
+        capture.add(zeros[i:i + 4096])
+        peak = max(peak, sum(map(len, capture.tail or ())))
+    assert capture.truncated and capture.data() == head
+    assert peak <= TAIL_BYTES + 64 * 1024 and capture.end() == b""  # past the decode budget: no tail, no usage
+
+
+async def test_a_logging_path_that_falls_behind_holds_requests_until_it_catches_up(tmp_path, monkeypatch):
+    """The real publisher (Kafka unreachable: events go to the journal) with a journal stuck on a slow
+    disk: a request with a 1.5 MB body puts the backlog over its 1 MiB budget, the next request waits
+    publish_backlog_wait and goes on; once the journal catches up, requests no longer wait."""
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, in_process_gateway(
+        tmp_path, StubKeys(), openai_url=upstream_url, publish_backlog_bytes=1 << 20, publish_backlog_wait=0.3,
+        journal_linger_ms=0,
+    ) as (client, gw, built):
+        del gw.publisher.submit  # the real one again
+        pub, loop = gw.publisher, asyncio.get_running_loop()
+        go, in_append = threading.Event(), asyncio.Event()
+        real_append = pub.journal.append
+
+        def slow_append(records, **kw):
+            loop.call_soon_threadsafe(in_append.set)
+            go.wait(10)
+            return real_append(records, **kw)
+
+        def held(outcome: str) -> float:
+            return gw.metrics.registry.get_sample_value("helicone_gateway_requests_held_total", {"outcome": outcome}) or 0.0
+
+        async def call(body=CHAT) -> float:
+            started = time.perf_counter()
+            r = await client.post("/v1/chat/completions", json=body, headers={"Helicone-Auth": "Bearer good-key"})
+            assert r.status_code == 200
+            return time.perf_counter() - started
+
+        monkeypatch.setattr(pub.journal, "append", slow_append)
+        try:
+            await call(dict(CHAT, messages=[{"role": "user", "content": "word " * 300_000}]))
+            await asyncio.wait_for(in_append.wait(), 5)
+            assert pub.backlogged and held("timeout") == 0
+            assert await call() >= 0.3 and held("timeout") == 1
+            go.set()
+            deadline = loop.time() + 10
+            while pub.backlogged and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            assert not pub.backlogged
+            await call()
+            assert held("timeout") == 1 and held("room") == 0
+            while pub.journal.record_count < 3 and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            assert pub.journal.record_count == 3
+        finally:
+            go.set()
 
 
 async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):

@@ -36,28 +36,69 @@ def _wbits(content_encoding: str) -> tuple[int, ...]:
     return ()
 
 
+# Decoding a body for the log stops after this many bytes of output: gzip expands up to about 1,000
+# times, so an answer of a few hundred KiB could otherwise take gigabytes (and seconds of the event loop).
+MAX_DECODED_BYTES = 32 * 1024 * 1024
+_PIECE = 64 * 1024
+
+
+def _inflate(decoder, data: bytes, budget: int):
+    """The output of feeding `data` to `decoder`, in pieces of at most 64 KiB, until `budget` bytes
+    came out (the rest of `data` is dropped); raises zlib.error on bytes that do not decode."""
+    while data and budget > 0:
+        out = decoder.decompress(data, min(_PIECE, budget))
+        if not out:
+            return
+        budget -= len(out)
+        data = decoder.unconsumed_tail
+        yield out
+
+
 def decode_body(data: bytes, content_encoding: str) -> bytes:
-    """Undoes Content-Encoding for logging. A truncated capture decodes as far as it goes; bytes
-    that cannot be decoded at all are kept as they are."""
+    """Undoes Content-Encoding for logging, up to MAX_DECODED_BYTES. A truncated capture decodes as
+    far as it goes; bytes that cannot be decoded at all are kept as they are."""
     for bits in _wbits(content_encoding):
         try:
-            return zlib.decompressobj(bits).decompress(data)
+            return b"".join(_inflate(zlib.decompressobj(bits), data, MAX_DECODED_BYTES))
         except zlib.error:
             continue
     return data
 
 
-def body_decoder(head: bytes, content_encoding: str):
-    """A decompressor (gzip or deflate) that has read `head`, the body's first bytes, so that it
-    decodes the bytes that follow; None if `head` does not decode (or the encoding is another)."""
-    for bits in _wbits(content_encoding):
-        decoder = zlib.decompressobj(bits)
+class TailDecoder:
+    """Decodes a gzip or deflate body from where its logged start ends: it reads the start once
+    (its output dropped), then decodes each chunk past it into pieces of at most 64 KiB. Once
+    MAX_DECODED_BYTES came out in all, or on bytes that do not decode, it has failed and decodes
+    nothing more."""
+
+    def __init__(self, head: bytes, content_encoding: str) -> None:
+        self.decoder = None
+        self.left = MAX_DECODED_BYTES
+        for bits in _wbits(content_encoding):
+            decoder = zlib.decompressobj(bits)
+            try:
+                left = self.left
+                for out in _inflate(decoder, head, left):
+                    left -= len(out)
+            except zlib.error:
+                continue
+            self.decoder, self.left = decoder, left
+            break
+
+    @property
+    def failed(self) -> bool:
+        return self.decoder is None or self.left <= 0
+
+    def decode(self, data: bytes):
+        """Yields the decoded pieces of `data`; none once failed (see `failed` after the last)."""
+        if self.failed:
+            return
         try:
-            decoder.decompress(head)
+            for out in _inflate(self.decoder, data, self.left):
+                self.left -= len(out)
+                yield out
         except zlib.error:
-            continue
-        return decoder
-    return None
+            self.decoder = None
 
 
 _NOTHING = object()
@@ -119,7 +160,15 @@ def gemini_usage(meta: dict) -> TokenCounts:
 def parse_response(usage_format: str, body: bytes, content_type: str, tail: bytes = b"") -> Parsed:
     """Model and usage of an answer read the way `usage_format` (openai, anthropic, gemini) says.
     tail: the answer's last bytes when `body` is only its start (a capture cut at the logged body's
-    limit): a stream is read as the start and the tail, a JSON answer's usage is taken from the tail."""
+    limit): a stream is read as the start and the tail, a JSON answer's usage is taken from the tail.
+    JSON nested too deep to read gives an unknown usage, not an error (the event is still logged)."""
+    try:
+        return _parse_response(usage_format, body, content_type, tail)
+    except RecursionError:
+        return Parsed()
+
+
+def _parse_response(usage_format: str, body: bytes, content_type: str, tail: bytes) -> Parsed:
     if "text/event-stream" in (content_type or ""):
         # a line break between the cut start and the tail: their broken lines never join into one
         text = (body + b"\n" + tail if tail else body).decode("utf-8", errors="replace")

@@ -10,7 +10,6 @@ import datetime as dt
 import logging
 import time
 import traceback
-import zlib
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +22,7 @@ from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARG
 from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, OpsRoutes, ServiceMetrics, readiness
-from helicone_core.usage import body_decoder, decode_body, parse_response, request_model, with_stream_usage
+from helicone_core.usage import TailDecoder, decode_body, parse_response, request_model, with_stream_usage
 from yarl import URL
 
 from .cache import (
@@ -167,17 +166,18 @@ class Plan:
 
 
 # How much of an answer's end a capture keeps past the logged body's limit: a stream's last events,
-# where its usage is (OpenAI's usage chunk, Anthropic's message_delta, a Responses API
-# response.completed with the whole answer in it), or a JSON answer's last members (a large
-# embeddings batch ends with its model and usage).
+# where its usage is (OpenAI's usage chunk, Anthropic's message_delta, Gemini's last chunk), or a
+# JSON answer's last members (a large embeddings batch ends with its model and usage). A Responses API
+# stream's usage is in response.completed, which repeats the whole answer: past this size that event
+# is cut, and its usage is unknown.
 TAIL_BYTES = 128 * 1024
 
 
 class Capture:
     """Keeps up to `limit` bytes of a body for the log, counting the rest. An event stream or a JSON
-    answer longer than that also keeps its last TAIL_BYTES or a little more (decoded, when gzip or
-    deflate): the log's body stays cut at `limit`, and the usage is read from the tail too, so a long
-    answer still logs its tokens and cost."""
+    answer longer than that also keeps its last TAIL_BYTES, or at most 64 KiB more (decoded, when gzip
+    or deflate, up to MAX_DECODED_BYTES in all): the log's body stays cut at `limit`, and the usage is
+    read from the tail too, so a long answer still logs its tokens and cost."""
 
     __slots__ = ("limit", "parts", "size", "total", "keep_tail", "encoding", "decoder", "tail", "tail_size")
 
@@ -189,7 +189,7 @@ class Capture:
         self.keep_tail = "text/event-stream" in content_type or "json" in content_type
         encoding = encoding.lower().strip()
         self.encoding = "" if encoding == "identity" else encoding
-        self.decoder: Any = None
+        self.decoder: TailDecoder | None = None
         self.tail: deque[bytes] | None = None
         self.tail_size = 0
 
@@ -211,21 +211,16 @@ class Capture:
         if tail is None:
             tail = self.tail = deque()
             if self.encoding:  # the decoder reads the head once, then each chunk past it
-                self.decoder = body_decoder(self.data(), self.encoding)
-                if self.decoder is None:
-                    self.keep_tail = False
-                    return
-        if self.decoder is not None:
-            try:
-                chunk = self.decoder.decompress(chunk)
-            except zlib.error:
-                self.keep_tail, self.decoder = False, None
-                tail.clear()
-                return
-        tail.append(chunk)
-        self.tail_size += len(chunk)
-        while self.tail_size - len(tail[0]) >= TAIL_BYTES:
-            self.tail_size -= len(tail.popleft())
+                self.decoder = TailDecoder(self.data(), self.encoding)
+        decoder = self.decoder
+        for piece in (chunk[-TAIL_BYTES:],) if decoder is None else decoder.decode(chunk):
+            tail.append(piece)
+            self.tail_size += len(piece)
+            while self.tail_size - len(tail[0]) >= TAIL_BYTES:
+                self.tail_size -= len(tail.popleft())
+        if decoder is not None and decoder.failed:  # bytes that do not decode, or too many: no usage rather than a wrong one
+            self.keep_tail = False
+            tail.clear()
 
     @property
     def truncated(self) -> bool:
