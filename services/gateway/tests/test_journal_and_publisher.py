@@ -760,14 +760,15 @@ async def test_a_failed_record_batch_leaves_every_event_to_the_resender(tmp_path
         await pub.stop()
 
 
-async def test_the_log_backlog_counts_body_bytes_until_journaled_and_says_when_there_is_room(tmp_path, monkeypatch):
+@pytest.mark.parametrize("linger_ms", [0, 5])
+async def test_the_log_backlog_counts_body_bytes_until_journaled_and_says_when_there_is_room(tmp_path, monkeypatch, linger_ms):
     """submit(builder, size) counts the event's body bytes until its batch is journaled (queued, taken
     by the worker, or built at once past the queue's size); over backlog_bytes the publisher is
     backlogged and room() waits, bounded, until a batch lands."""
     import threading
 
     pub, metrics = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5, backlog_bytes=1000, queue_size=1,
-                              journal_linger_ms=0)
+                              journal_linger_ms=linger_ms)
     await pub.start()
     go = threading.Event()
     try:
@@ -798,4 +799,18 @@ async def test_the_log_backlog_counts_body_bytes_until_journaled_and_says_when_t
         assert not pub.backlogged and _sample(metrics, "helicone_gateway_log_backlog_bytes") == 0
     finally:
         go.set()
+        await pub.stop()
+
+
+async def test_a_publisher_whose_worker_is_gone_never_holds_requests(tmp_path):
+    pub, _ = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5, backlog_bytes=1000)
+    pub.submit(_event, 5000)  # not started: no worker to shrink the backlog
+    assert not pub.backlogged
+    await pub.start()
+    try:
+        pub._tasks[0].cancel()  # the worker gone (a bug would end it the same way)
+        await asyncio.sleep(0)
+        pub.submit(_event, 5000)
+        assert pub._backlog > pub.backlog_bytes and not pub.backlogged
+    finally:
         await pub.stop()

@@ -11,9 +11,11 @@ forgot (a memory-only broker restarted, a topic recreated), is sent again; inges
 (org, request id). After a crash everything still in the journal is sent again on start-up.
 
 Memory: the bodies of events not yet journaled and handed over (the log backlog) are counted against
-backlog_bytes. While the backlog is over it, `backlogged` is true and the gateway holds new requests
-until room() (bounded), so a logging path slower than the traffic (long streams: each event carries its
-bodies) slows intake instead of growing the process without bound; the queue's count bounds small events.
+backlog_bytes. While the backlog is over it, `backlogged` is true and the gateway holds each new request
+until room(), at most publish_backlog_wait seconds: a logging path somewhat slower than the traffic (long
+streams: each event carries its bodies) slows the intake instead of growing the process. The budget is
+soft: a request held for the whole wait goes on, and those waiting when room comes all go on, so a
+journal that stops altogether still grows memory up to the queue's size (which also bounds small events).
 
 Residual window, stated honestly: an event lives only in memory between the end of its response
 and the fsync of its batch (normally a few milliseconds: at light load a batch waits up to
@@ -303,8 +305,9 @@ class EventPublisher:
 
     @property
     def backlogged(self) -> bool:
-        """The log backlog is over backlog_bytes."""
-        return not self._room.is_set()
+        """The log backlog is over backlog_bytes, and the worker that shrinks it is running (were it
+        gone, waiting for room would only add latency to every request)."""
+        return not self._room.is_set() and bool(self._tasks) and not self._tasks[0].done()
 
     async def room(self, timeout: float) -> bool:
         """Waits, at most `timeout` seconds, until the log backlog is back within backlog_bytes."""
