@@ -348,15 +348,21 @@ def _last_lines_holding(text: str, wanted: set[str]):
                 found[key] = text.rfind(key, 0, start)
 
 
+def _last_chunks(text: str, wanted: set[str]):
+    """The JSON objects of an SSE stream's `data:` lines that hold a key in `wanted`, last first (the
+    caller removes a key from `wanted` once it has what it stands for, as in _last_lines_holding)."""
+    for line in _last_lines_holding(_sse_text(text), wanted):
+        chunk = _data(line)
+        if isinstance(chunk, dict):
+            yield chunk
+
+
 def _parse_openai_sse(text: str) -> Parsed:
     """The model of the last chunk naming one and the usage of the last chunk carrying it (Chat
     Completions chunks; Responses API events, whose `response` object carries both), read from the end."""
     out = Parsed()
     wanted = {'"model"', '"usage"'}
-    for line in _last_lines_holding(_sse_text(text), wanted):
-        chunk = _data(line)
-        if not isinstance(chunk, dict):
-            continue
+    for chunk in _last_chunks(text, wanted):
         resp = chunk.get("response") if isinstance(chunk.get("response"), dict) else None
         if '"model"' in wanted:
             if resp is not None and isinstance(resp.get("model"), str):
@@ -407,10 +413,7 @@ def _parse_gemini_sse(text: str) -> Parsed:
     """Gemini with ?alt=sse: the last chunk's modelVersion and usageMetadata, read from the end."""
     out = Parsed()
     wanted = {'"modelVersion"', '"usageMetadata"'}
-    for line in _last_lines_holding(_sse_text(text), wanted):
-        chunk = _data(line)
-        if not isinstance(chunk, dict):
-            continue
+    for chunk in _last_chunks(text, wanted):
         if '"modelVersion"' in wanted and isinstance(chunk.get("modelVersion"), str) and chunk["modelVersion"]:
             out.model = chunk["modelVersion"]
             wanted.discard('"modelVersion"')
