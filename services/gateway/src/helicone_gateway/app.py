@@ -230,7 +230,7 @@ class Capture:
         return b"".join(self.parts)
 
     def end(self) -> bytes:
-        """The kept tail of a stream longer than the limit (decoded); empty for anything else."""
+        """The kept tail of an answer longer than the limit (decoded); empty for anything else."""
         return b"".join(self.tail) if self.keep_tail and self.tail else b""
 
 
