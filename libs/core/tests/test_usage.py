@@ -330,3 +330,23 @@ def test_json_nested_too_deep_is_an_unknown_usage_not_an_error():
     assert not parse_response("openai", b'{"usage": ' + deep + b"}", "application/json").known
     assert not parse_response("openai", b'data: {"usage": ' + deep + b"}\n\n", "text/event-stream").known
     assert not parse_response("openai", b'{"a": [', "application/json", b'"usage": {"x": ' + deep + b"}}").known
+
+
+def test_a_responses_stream_whose_last_event_is_cut_still_gives_its_usage():
+    """response.completed repeats the whole answer: in a long one the tail starts inside it."""
+    answer = "word " * 60_000  # 300 KB
+    events = [{"type": "response.created", "response": {"id": "r", "model": "gpt-5-2025-08-07", "output": [], "usage": None}}]
+    events += [{"type": "response.output_text.delta", "delta": "word "} for _ in range(50)]
+    events.append({"type": "response.completed", "sequence_number": 99, "response": {
+        "id": "r", "model": "gpt-5-2025-08-07", "output": [{"type": "message", "content": [{"type": "output_text", "text": answer}]}],
+        "usage": {"input_tokens": 12, "output_tokens": 60_000, "input_tokens_details": {"cached_tokens": 4}},
+        "tools": [{"type": "function", "name": "f", "parameters": {"usage": {"type": "object"}}}], "user": None}})
+    body = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+    head, tail = body[:2048], body[-128 * 1024:]
+    assert not parse_response("openai", head + b"\n", "text/event-stream").known
+    p = parse_response("openai", head, "text/event-stream", tail)
+    assert p.known and (p.tokens.prompt_tokens, p.tokens.completion_tokens, p.tokens.cache_read_tokens) == (12, 60_000, 4)
+    assert p.model == "gpt-5-2025-08-07"
+    # a nested usage deeper in the cut event is not taken for the answer's
+    nested_only = body.replace(b'"usage": {"input_tokens": 12', b'"usage_": {"input_tokens": 12')
+    assert not parse_response("openai", nested_only[:2048], "text/event-stream", nested_only[-128 * 1024:]).known

@@ -176,7 +176,10 @@ def _parse_response(usage_format: str, body: bytes, content_type: str, tail: byt
             return _parse_anthropic_sse(text)
         if usage_format == "gemini":
             return _parse_gemini_sse(text)
-        return _parse_openai_sse(text)
+        out = _parse_openai_sse(text)
+        if not out.known and tail:
+            _responses_completed_cut(out, _sse_text(text).rstrip())
+        return out
     text = body.decode("utf-8", errors="replace")
     try:
         doc = json.loads(text)
@@ -205,13 +208,14 @@ _MEMBER_SPACE = re.compile(r"\s*")
 LAST_MEMBER_TRIES = 16
 
 
-def _last_member(text: str, key: str, opening: str):
-    """The value of the outermost object's member `key`, read from the document's last bytes only
-    (the start is cut off): the last `"key":` whose value (starting with `opening`: `{` an object,
-    `"` a string) is followed, up to the end, by nothing but more members of the object it belongs to
-    and that object's closing brace (then, for a JSON array of objects as Gemini streams without SSE,
-    the array's bracket). A member of a nested object is followed by more closing brackets, so it is
-    never taken. None when there is no such member."""
+def _last_member(text: str, key: str, opening: str, depth: int = 1):
+    """The value of the member `key` of the outermost object (depth 1; depth 2: of an object that is
+    a member of the outermost one, as a Responses API event's `response`), read from the document's
+    last bytes only (the start is cut off): the last `"key":` whose value (starting with `opening`:
+    `{` an object, `"` a string) is followed, up to the end, by nothing but the rest of `depth`
+    objects, each more members and a closing brace (then, for a JSON array of objects as Gemini
+    streams without SSE, the array's bracket). A member of an object nested deeper is followed by
+    more closing brackets, so it is never taken. None when there is no such member."""
     quoted, end = f'"{key}"', len(text)
     decoder = json.JSONDecoder()
     for _ in range(LAST_MEMBER_TRIES):
@@ -224,21 +228,33 @@ def _last_member(text: str, key: str, opening: str):
             continue
         try:
             value, after = decoder.raw_decode(text, colon.end())
+            if _closes(decoder, text, after, depth):
+                return value
         except ValueError:
             continue
-        rest = text[after:].strip()
-        if rest.endswith("]"):
-            rest = rest[:-1].rstrip()
-        if rest == "}":
-            return value
-        if rest.startswith(","):
-            try:
-                more = json.loads("{" + rest[1:])
-            except ValueError:
-                continue
-            if isinstance(more, dict):
-                return value
     return None
+
+
+def _closes(decoder: json.JSONDecoder, text: str, i: int, depth: int) -> bool:
+    """text[i:] is the rest of `depth` nested objects and nothing else: for each, more members and its
+    closing brace; then an array's closing bracket at most, and white space. Raises ValueError on
+    members that do not parse."""
+    for _ in range(depth):
+        i = _MEMBER_SPACE.match(text, i).end()
+        while text.startswith(",", i):
+            name, i = decoder.raw_decode(text, _MEMBER_SPACE.match(text, i + 1).end())
+            colon = _MEMBER_COLON.match(text, i)
+            if not isinstance(name, str) or colon is None:
+                return False
+            _, i = decoder.raw_decode(text, colon.end())
+            i = _MEMBER_SPACE.match(text, i).end()
+        if not text.startswith("}", i):
+            return False
+        i += 1
+    i = _MEMBER_SPACE.match(text, i).end()
+    if text.startswith("]", i):
+        i = _MEMBER_SPACE.match(text, i + 1).end()
+    return i == len(text)
 
 
 def _first_member(text: str, key: str):
@@ -377,6 +393,21 @@ def _parse_openai_sse(text: str) -> Parsed:
                 out.tokens, out.known = openai_usage(usage), True
                 wanted.discard('"usage"')
     return out
+
+
+def _responses_completed_cut(out: Parsed, text: str) -> None:
+    """A Responses API stream's last event, response.completed, repeats the whole answer, so in a long
+    one the tail may start inside it: its `response` object's usage and model are read from the end of
+    that cut last line."""
+    line = text[text.rfind("\n") + 1:]
+    if line.startswith("data:"):  # a whole line: read already
+        return
+    usage = _last_member(line, "usage", "{", depth=2)
+    if isinstance(usage, dict):
+        out.tokens, out.known = openai_usage(usage), True
+        model = _last_member(line, "model", '"', depth=2)
+        if isinstance(model, str) and model:
+            out.model = model
 
 
 def _parse_anthropic_sse(text: str) -> Parsed:

@@ -168,8 +168,8 @@ class Plan:
 # How much of an answer's end a capture keeps past the logged body's limit: a stream's last events,
 # where its usage is (OpenAI's usage chunk, Anthropic's message_delta, Gemini's last chunk), or a
 # JSON answer's last members (a large embeddings batch ends with its model and usage). A Responses API
-# stream's usage is in response.completed, which repeats the whole answer: past this size that event
-# is cut, and its usage is unknown.
+# stream's usage is in response.completed, which repeats the whole answer: past this size the tail
+# starts inside that event, and the usage is read from its cut end.
 TAIL_BYTES = 128 * 1024
 
 
