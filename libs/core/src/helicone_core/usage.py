@@ -242,11 +242,7 @@ def _closes(decoder: json.JSONDecoder, text: str, i: int, depth: int) -> bool:
     for _ in range(depth):
         i = _MEMBER_SPACE.match(text, i).end()
         while text.startswith(",", i):
-            name, i = decoder.raw_decode(text, _MEMBER_SPACE.match(text, i + 1).end())
-            colon = _MEMBER_COLON.match(text, i)
-            if not isinstance(name, str) or colon is None:
-                return False
-            _, i = decoder.raw_decode(text, colon.end())
+            _, _, i = _member(decoder, text, i + 1)
             i = _MEMBER_SPACE.match(text, i).end()
         if not text.startswith("}", i):
             return False
@@ -255,6 +251,17 @@ def _closes(decoder: json.JSONDecoder, text: str, i: int, depth: int) -> bool:
     if text.startswith("]", i):
         i = _MEMBER_SPACE.match(text, i + 1).end()
     return i == len(text)
+
+
+def _member(decoder: json.JSONDecoder, text: str, i: int) -> tuple[str, object, int]:
+    """(name, value, the index after it) of the object member `"name": value` at text[i:] (white
+    space first allowed); raises ValueError when there is none."""
+    name, i = decoder.raw_decode(text, _MEMBER_SPACE.match(text, i).end())
+    colon = _MEMBER_COLON.match(text, i)
+    if not isinstance(name, str) or colon is None:
+        raise ValueError("not an object member")
+    value, i = decoder.raw_decode(text, colon.end())
+    return name, value, i
 
 
 def _first_member(text: str, key: str):
@@ -267,11 +274,7 @@ def _first_member(text: str, key: str):
     i += 1
     while True:
         try:
-            name, i = decoder.raw_decode(text, _MEMBER_SPACE.match(text, i).end())
-            colon = _MEMBER_COLON.match(text, i)
-            if not isinstance(name, str) or colon is None:
-                return None
-            value, i = decoder.raw_decode(text, colon.end())
+            name, value, i = _member(decoder, text, i)
         except ValueError:
             return None
         if name == key:
