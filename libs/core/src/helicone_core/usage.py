@@ -171,14 +171,14 @@ def parse_response(usage_format: str, body: bytes, content_type: str, tail: byte
 def _parse_response(usage_format: str, body: bytes, content_type: str, tail: bytes) -> Parsed:
     if "text/event-stream" in (content_type or ""):
         # a line break between the cut start and the tail: their broken lines never join into one
-        text = (body + b"\n" + tail if tail else body).decode("utf-8", errors="replace")
+        text = _sse_text((body + b"\n" + tail if tail else body).decode("utf-8", errors="replace"))
         if usage_format == "anthropic":
             return _parse_anthropic_sse(text)
         if usage_format == "gemini":
             return _parse_gemini_sse(text)
         out = _parse_openai_sse(text)
         if not out.known and tail:
-            _responses_completed_cut(out, _sse_text(text).rstrip())
+            _responses_completed_cut(out, text.rstrip())
         return out
     text = body.decode("utf-8", errors="replace")
     try:
@@ -321,9 +321,10 @@ def _parse_gemini(chunks) -> Parsed:
 
 # A stream's usage and model are in its last events (OpenAI's usage chunk, Gemini's last chunk) or in a
 # few named ones (Anthropic's message_start and message_delta), so the SSE readers below find the lines
-# holding a key they still miss (str.find, no split into lines) and parse only those: a line lacking
-# the quoted key cannot carry it (providers write keys plainly, not as \u escapes). Parsing every
-# chunk cost about 3.5 ms of the event loop's time for a 1,000-chunk answer (1 ms for 300).
+# holding a key they still miss (str.find, no split into lines; _parse_response makes the line ends LF
+# once, with _sse_text) and parse only those: a line lacking the quoted key cannot carry it (providers
+# write keys plainly, not as \u escapes). Parsing every chunk cost about 3.5 ms of the event loop's
+# time for a 1,000-chunk answer (1 ms for 300).
 
 
 def _sse_text(text: str) -> str:
@@ -368,9 +369,9 @@ def _last_lines_holding(text: str, wanted: set[str]):
 
 
 def _last_chunks(text: str, wanted: set[str]):
-    """The JSON objects of an SSE stream's `data:` lines that hold a key in `wanted`, last first (the
-    caller removes a key from `wanted` once it has what it stands for, as in _last_lines_holding)."""
-    for line in _last_lines_holding(_sse_text(text), wanted):
+    """The JSON objects of an LF-only SSE stream's `data:` lines that hold a key in `wanted`, last first
+    (the caller removes a key from `wanted` once it has what it stands for, as in _last_lines_holding)."""
+    for line in _last_lines_holding(text, wanted):
         chunk = _data(line)
         if isinstance(chunk, dict):
             yield chunk
@@ -419,7 +420,7 @@ def _parse_anthropic_sse(text: str) -> Parsed:
     out = Parsed()
     start_usage: dict = {}
     output_tokens: int | None = None
-    for line in _lines_holding(_sse_text(text), ('"usage"', '"message_start"')):
+    for line in _lines_holding(text, ('"usage"', '"message_start"')):
         ev = _data(line)
         if not isinstance(ev, dict):
             continue
