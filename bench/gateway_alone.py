@@ -274,6 +274,19 @@ class TopicCount:
             await consumer.stop()
 
 
+def in_turn(variants: list[Variant], rnd: int) -> list[Variant]:
+    """The variants in round `rnd`'s order: each goes first in turn."""
+    return variants[rnd % len(variants):] + variants[:rnd % len(variants)]
+
+
+async def until_logged(ends: TopicCount, topic: str, target: int) -> int:
+    """Waits (at most 300 s) until the topic holds `target` events; the events it holds then."""
+    deadline = time.perf_counter() + 300
+    while await ends(topic) < target and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    return await ends(topic)
+
+
 async def run(args) -> None:
     variants = [Variant(label, tree, workers, dict(args.variant_env.get(label, {}))) for label, tree, workers in args.variants]
     with tempfile.TemporaryDirectory(prefix="bench-alone-") as tmpname:
@@ -297,7 +310,7 @@ async def run(args) -> None:
                 await load(v.port, reqs[v.label][0], 300, 8)
             direct: dict[str, list] = {}
             for rnd in range(args.rounds):
-                for v in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:  # each goes first in turn
+                for v in in_turn(variants, rnd):
                     js, st, _ = reqs[v.label]
                     # overhead at concurrency 1, each gateway call next to a direct one
                     _, d_lat, _ = await load(upstream_port, direct_json, args.single, 1)
@@ -316,10 +329,7 @@ async def run(args) -> None:
                     spy = profile(v, args.profile, rnd) if args.profile else None
                     t0, cpu0 = time.perf_counter(), cpu_seconds(v)
                     elapsed, lat, _ = await load(v.port, js, args.burst, args.concurrency)
-                    deadline = time.perf_counter() + 300
-                    while await ends(v.topic) < before + args.burst and time.perf_counter() < deadline:
-                        await asyncio.sleep(0.05)
-                    logged = await ends(v.topic) - before
+                    logged = await until_logged(ends, v.topic, before + args.burst) - before
                     v.add("cpu_us", (cpu_seconds(v) - cpu0) * 1e6 / args.burst)
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
@@ -339,15 +349,13 @@ async def run(args) -> None:
             # long streams, in rounds of their own, each until Kafka holds their events
             n_long = args.burst // 4
             for rnd in range(args.rounds):
-                for v in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:
+                for v in in_turn(variants, rnd):
                     before = await ends(v.topic)
                     t0, cpu0 = time.perf_counter(), cpu_seconds(v)
                     l_elapsed, _, _ = await load(v.port, reqs[v.label][2], n_long, args.concurrency)
-                    deadline = time.perf_counter() + 300
-                    while await ends(v.topic) < before + n_long and time.perf_counter() < deadline:
-                        await asyncio.sleep(0.05)
+                    logged = await until_logged(ends, v.topic, before + n_long) - before
                     v.add("long_rps", n_long / l_elapsed)
-                    v.add("long_sustained", (await ends(v.topic) - before) / (time.perf_counter() - t0))
+                    v.add("long_sustained", logged / (time.perf_counter() - t0))
                     v.add("long_cpu_us", (cpu_seconds(v) - cpu0) * 1e6 / n_long)
                     v.add("long_rss", rss_mb(v))
             await asyncio.sleep(1)
