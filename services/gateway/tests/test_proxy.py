@@ -247,6 +247,11 @@ def test_a_capture_keeps_a_bounded_decoded_tail_of_long_event_streams_and_json_o
     assert gzip.decompress(b"".join(gz)) == whole
 
 
+def held(gw, outcome: str) -> float:
+    """Requests the gateway held for the log backlog so far, by how the wait ended."""
+    return gw.metrics.registry.get_sample_value("helicone_gateway_requests_held_total", {"outcome": outcome}) or 0.0
+
+
 async def test_requests_wait_while_the_log_backlog_is_over_its_budget(tmp_path):
     """Each event is submitted with its body bytes; while the publisher's backlog is over its budget a
     request waits for room before it is read and forwarded, at most publish_backlog_wait, then goes on."""
@@ -258,27 +263,24 @@ async def test_requests_wait_while_the_log_backlog_is_over_its_budget(tmp_path):
         gw.publisher.submit = lambda builder, size=0: (sizes.append(size), built.append(builder()))
         pub = gw.publisher
 
-        def held(outcome: str) -> float:
-            return gw.metrics.registry.get_sample_value("helicone_gateway_requests_held_total", {"outcome": outcome}) or 0.0
-
         async def call() -> httpx.Response:
             return await client.post("/v1/chat/completions", json=CHAT,
                                       headers={"Helicone-Auth": "Bearer good-key", "accept-encoding": "identity"})
 
         r = await call()
         assert r.status_code == 200 and sizes == [len(r.request.content) + len(r.content)]
-        assert held("timeout") == held("room") == 0
+        assert held(gw, "timeout") == held(gw, "room") == 0
         pub._grow(pub.backlog_bytes + 1)  # the logging fell behind
         started = time.perf_counter()
         r = await call()
-        assert r.status_code == 200 and time.perf_counter() - started >= 0.3 and held("timeout") == 1
+        assert r.status_code == 200 and time.perf_counter() - started >= 0.3 and held(gw, "timeout") == 1
         waiting = asyncio.create_task(call())
         await asyncio.sleep(0.1)
         assert not waiting.done() and len(fake.state.received) == 2  # not forwarded yet
         pub._shrink(pub.backlog_bytes + 1)  # a batch landed: room
-        assert (await waiting).status_code == 200 and held("room") == 1 and held("timeout") == 1
+        assert (await waiting).status_code == 200 and held(gw, "room") == 1 and held(gw, "timeout") == 1
         r = await call()
-        assert r.status_code == 200 and held("room") == 1 and len(fake.state.received) == 4 and len(built) == 4
+        assert r.status_code == 200 and held(gw, "room") == 1 and len(fake.state.received) == 4 and len(built) == 4
 
 
 def test_a_capture_decodes_a_bounded_amount_of_a_gzip_bomb(monkeypatch):
@@ -315,9 +317,6 @@ async def test_a_logging_path_that_falls_behind_holds_requests_until_it_catches_
             go.wait(10)
             return real_append(records, **kw)
 
-        def held(outcome: str) -> float:
-            return gw.metrics.registry.get_sample_value("helicone_gateway_requests_held_total", {"outcome": outcome}) or 0.0
-
         async def call(body=CHAT) -> float:
             started = time.perf_counter()
             r = await client.post("/v1/chat/completions", json=body, headers={"Helicone-Auth": "Bearer good-key"})
@@ -328,15 +327,15 @@ async def test_a_logging_path_that_falls_behind_holds_requests_until_it_catches_
         try:
             await call(dict(CHAT, messages=[{"role": "user", "content": "word " * 300_000}]))
             await asyncio.wait_for(in_append.wait(), 5)
-            assert pub.backlogged and held("timeout") == 0
-            assert await call() >= 0.3 and held("timeout") == 1
+            assert pub.backlogged and held(gw, "timeout") == 0
+            assert await call() >= 0.3 and held(gw, "timeout") == 1
             go.set()
             deadline = loop.time() + 10
             while pub.backlogged and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             assert not pub.backlogged
             await call()
-            assert held("timeout") == 1 and held("room") == 0
+            assert held(gw, "timeout") == 1 and held(gw, "room") == 0
             while pub.journal.record_count < 3 and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             assert pub.journal.record_count == 3
