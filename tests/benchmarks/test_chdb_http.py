@@ -35,3 +35,52 @@ def test_a_served_insert_whose_rows_end_like_a_format_clause(clickhouse_http_url
         assert r.headers["X-ClickHouse-Format"] == "TabSeparated"
         r = http.post("/", params={"query": f"SELECT s FROM {table} ORDER BY s FORMAT JSONCompactColumns"})
         assert r.json() == [["first", "last FORMAT JSON"]]
+
+
+def test_on_sigusr1_the_stand_in_reports_its_requests_in_flight_and_its_stacks(tmp_path):
+    """What a stuck test's report (tests/support/hang_report.py) gets from the stand-in: the SQL each
+    request runs, for how long and at which stage, and every thread's stack."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    from tests.support.net import free_port
+
+    port, log = free_port(), tmp_path / "stderr.txt"
+    root = Path(__file__).resolve().parents[2]
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path",
+                                 str(tmp_path / "ch")], cwd=root, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        slow = ("SELECT sleepEachRow(1) FROM numbers(30) SETTINGS max_block_size = 1, "
+                "function_sleep_max_microseconds_per_block = 60000000 FORMAT TSV")
+
+        def run_slow() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # it ends when the stand-in is killed
+                httpx.post(url, content=slow, timeout=120)
+
+        threading.Thread(target=run_slow, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while "running in chDB" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(0.5)
+        text = log.read_text(errors="replace")
+        assert proc.poll() is None, text  # it reported, and goes on serving
+        assert "request(s) in flight" in text and "running in chDB for" in text and "sleepEachRow(1)" in text, text
+        assert "Thread 0x" in text and "chdb_http.py" in text and "in _serve" in text, text  # the stacks
+        assert httpx.get(url + "/ping", timeout=5).status_code == 200
+    finally:
+        proc.kill()
+        proc.wait(10)

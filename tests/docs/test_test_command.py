@@ -35,3 +35,47 @@ def test_a_stuck_test_ends_the_run_with_the_stack_of_every_thread(tmp_path):
     assert "Timeout" in out, out
     assert "helper-waiting-too" in out and "test_stuck" in out, out  # both threads' stacks
     assert not (tmp_path / "test_stuck.py.after").exists(), out
+
+
+def test_a_stuck_asyncio_test_reports_where_each_of_its_tasks_waits(tmp_path):
+    """The threads' stacks of an asyncio test show only the event loop's select: the coroutine that
+    waits is on no thread's stack. The report written before the limit (tests/support/hang_report.py)
+    prints each task's stack, and that comes out with the run's end."""
+    (tmp_path / "test_stuck_async.py").write_text(textwrap.dedent("""
+        import asyncio
+        import subprocess
+        import sys
+
+        from tests.support import hang_report
+
+        HELPER = "import faulthandler, signal, sys, time; faulthandler.register(signal.SIGUSR1); print('up', flush=True); time.sleep(20)"
+
+        async def wait_for_a_reply_that_never_comes(reply):
+            await reply
+
+        async def keep_polling():
+            while True:
+                await asyncio.sleep(0.05)
+
+        async def test_stuck():
+            helper = subprocess.Popen([sys.executable, "-c", HELPER], stdout=subprocess.PIPE)  # stderr: pytest's
+            assert helper.stdout.readline() == b"up\\n"
+            hang_report.HELPERS["a helper process"] = helper.pid
+            poller = asyncio.create_task(keep_polling())
+            await wait_for_a_reply_that_never_comes(asyncio.get_running_loop().create_future())
+    """))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+         "--rootdir", str(ROOT), "--basetemp", str(tmp_path / "t"), "-p", "tests.support.hang_report", "-o", "timeout=3",
+         str(tmp_path / "test_stuck_async.py")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "Timeout" in out, out
+    assert "2 asyncio task(s)" in out, out
+    assert "in wait_for_a_reply_that_never_comes" in out and "in keep_polling" in out, out
+    assert "await reply" in out and "waiting for <Future pending" in out, out  # the innermost await
+    # a helper process's own stacks, asked for with SIGUSR1
+    assert "asking a helper process (pid" in out and 'File "<string>", line 1 in <module>' in out, out
+    # the report is written before pytest-timeout's own, which follows it
+    assert out.index("in wait_for_a_reply_that_never_comes") < out.index("Stack of MainThread"), out

@@ -5,15 +5,23 @@ insert data or as multipart/form-data fields (clickhouse-connect sends `query` a
 way once they are too long for a URL), `X-ClickHouse-*` response headers, errors as HTTP 500 with
 ClickHouse's message.
 
+On SIGUSR1 it prints to stderr every thread's stack and each request in flight: its SQL, how long
+it has run, and whether it waits for the session's lock or runs in chDB (the report a stuck test's
+tests/support/hang_report.py asks for).
+
 Run: python -m tests.support.chdb_http --port 8123 --path /tmp/chdb-server
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import re
+import signal
+import sys
 import threading
+import time
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +32,23 @@ from chdb import session as chs
 FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(\w+)\s*$", re.IGNORECASE)
 lock = threading.Lock()
 SESSION = None
+IN_FLIGHT: dict[int, list] = {}  # thread id -> [started (monotonic), stage, SQL]
+SQL_SHOWN = 2000
+
+
+def report_in_flight(*_) -> None:
+    now = time.monotonic()
+    lines = [f"--- chdb_http: {len(IN_FLIGHT)} request(s) in flight ---"]
+    for ident, (started, stage, sql) in list(IN_FLIGHT.items()):
+        lines.append(f"thread {ident:#x}: {stage} for {now - started:.1f} s: {sql[:SQL_SHOWN]!r}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def watch_for_reports() -> None:
+    """SIGUSR1: the requests in flight (Python handler, run by the main thread), and every
+    thread's stack (faulthandler, in C: it answers even if a thread holds the GIL in chDB)."""
+    signal.signal(signal.SIGUSR1, report_in_flight)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
 
 
 def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
@@ -52,6 +77,14 @@ class Handler(BaseHTTPRequestHandler):
         return
 
     def _run(self) -> None:
+        me = threading.get_ident()
+        IN_FLIGHT[me] = entry = [time.monotonic(), "reading the request", self.requestline]
+        try:
+            self._serve(entry)
+        finally:
+            IN_FLIGHT.pop(me, None)
+
+    def _serve(self, entry: list) -> None:
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         length = int(self.headers.get("Content-Length") or 0)
@@ -69,12 +102,15 @@ class Handler(BaseHTTPRequestHandler):
         sql = query + ("\n" + body if body else "")
         bind = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
         fmt = response_format(query, bool(body)) or params.get("default_format", "TabSeparated")
+        entry[:] = [time.monotonic(), "waiting for the session lock", sql]
         try:
             with lock:
+                entry[0], entry[1] = time.monotonic(), "running in chDB"
                 res = SESSION.query(sql, fmt, params=bind) if bind else SESSION.query(sql, fmt)
             data = res.bytes() if hasattr(res, "bytes") else str(res).encode()
         except Exception as exc:  # noqa: BLE001 - ClickHouse reports errors as HTTP 500 + message
             return self._reply(500, (str(exc) + "\n").encode(), {"X-ClickHouse-Exception-Code": "1"})
+        entry[:2] = [time.monotonic(), "sending the reply"]
         summary = {"read_rows": "0", "read_bytes": "0", "written_rows": "0", "written_bytes": "0",
                    "total_rows_to_read": "0", "result_rows": "0", "result_bytes": "0", "elapsed_ns": "0"}
         self._reply(200, data, {"X-ClickHouse-Format": fmt, "X-ClickHouse-Summary": json.dumps(summary),
@@ -101,6 +137,7 @@ def main() -> None:
     p.add_argument("--path", required=True)
     a = p.parse_args()
     SESSION = chs.Session(a.path)
+    watch_for_reports()
     ThreadingHTTPServer((a.host, a.port), Handler).serve_forever()
 
 

@@ -1,0 +1,132 @@
+"""What a stuck test waits for, written shortly before pytest-timeout ends the run.
+
+pytest-timeout's thread method prints every thread's stack and exits. For an asyncio test that
+says little: the main thread sits in the event loop's `select`, and the coroutine that waits (on
+a socket, a lock, a future) is not on any thread's stack. So a little before the limit
+(`lead(timeout)` earlier) this module:
+- prints the stack of every task of the event loop the main thread runs, from inside that loop;
+- sends SIGUSR1 to the helper processes registered in HELPERS (the ClickHouse stand-in), which
+  print their own threads' stacks and what they are doing.
+All of it goes to stderr, which pytest captures and pytest-timeout prints with its report.
+
+A pytest plugin (the root conftest loads it): it hooks pytest-timeout's own timer, so it runs with
+the same limit, and pytest-timeout's timer still runs after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import linecache
+import os
+import signal
+import sys
+import threading
+
+import pytest
+
+HELPERS: dict[str, int] = {}  # name -> pid of a helper process that reports itself on SIGUSR1
+LOOP_ANSWER_SECONDS = 5.0
+
+
+def lead(timeout: float) -> float:
+    """How long before the limit the report is written: long enough for helpers to answer, and
+    for the report to be in the captured output pytest-timeout prints."""
+    return min(30.0, timeout / 10)
+
+
+def running_loop(thread: threading.Thread) -> asyncio.AbstractEventLoop | None:
+    """The event loop `thread` is running, found on its stack (a loop is thread-local state that
+    another thread cannot ask for)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, asyncio.BaseEventLoop) and candidate.is_running():
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def awaits(task: asyncio.Task) -> list[str]:
+    """Where `task` waits: each coroutine of its await chain, outermost first, then what the last
+    one awaits. (Task.print_stack shows only the outermost coroutine: a suspended coroutine's frame
+    has no f_back, the chain is in cr_await.)"""
+    lines, coro = [], task.get_coro()
+    for _ in range(200):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        source = linecache.getline(code.co_filename, frame.f_lineno).strip()
+        if source:
+            lines.append(f"    {source}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    waiter = getattr(task, "_fut_waiter", None)
+    lines.append(f"  waiting for {waiter!r}" if waiter is not None else "  (ready to run)")
+    return lines
+
+
+def _print_tasks(loop: asyncio.AbstractEventLoop, done: threading.Event) -> None:
+    try:
+        tasks = asyncio.all_tasks(loop)
+        print(f"--- {len(tasks)} asyncio task(s) of the stuck test's event loop, each where it waits ---", file=sys.stderr)
+        for task in tasks:
+            print("\n".join([f"{task.get_name()} ({task.get_coro().__qualname__}):", *awaits(task)]), file=sys.stderr)
+        sys.stderr.flush()
+    finally:
+        done.set()
+
+
+def report(thread: threading.Thread) -> None:
+    """Writes the report for a test running on `thread` (the main thread)."""
+    print("\n--- the test is close to its time limit: what it waits for (tests/support/hang_report.py) ---",
+          file=sys.stderr)
+    _report_tasks(thread)
+    # then the helpers, whose reports (other processes writing to the same stderr) come after this one
+    for name, pid in list(HELPERS.items()):
+        print(f"--- asking {name} (pid {pid}) for its stacks ---", file=sys.stderr, flush=True)
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            print(f"--- {name} (pid {pid}) is not running ---", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _report_tasks(thread: threading.Thread) -> None:
+    loop = running_loop(thread)
+    if loop is None:
+        print("--- no event loop is running on the test's thread ---", file=sys.stderr)
+        return
+    done = threading.Event()
+    try:
+        loop.call_soon_threadsafe(_print_tasks, loop, done)
+    except RuntimeError:  # closed in the meantime
+        return
+    if not done.wait(LOOP_ANSWER_SECONDS):
+        print(f"--- the event loop did not run a callback within {LOOP_ANSWER_SECONDS:.0f} s: it is blocked outside "
+              "its select (see the main thread's stack below) ---", file=sys.stderr)
+
+
+def start(timeout: float) -> threading.Timer:
+    timer = threading.Timer(timeout - lead(timeout), report, args=(threading.main_thread(),))
+    timer.name = "hang-report"
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+TIMER = pytest.StashKey[threading.Timer]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    if settings.timeout and settings.timeout > 0:
+        item.stash[TIMER] = start(settings.timeout)
+    # None: pytest-timeout's own implementation runs next
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item):
+    timer = item.stash.get(TIMER, None)
+    if timer is not None:
+        timer.cancel()
