@@ -31,6 +31,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.kafka import PLAINTEXT, ensure_topics
 
 from .embedded import EmbeddedKafka
@@ -123,6 +124,7 @@ class BrokerSupervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep supervising; the next round tries again
+                raise_if_cancelling(exc)
                 log.warning("broker supervision: %s: %s", exc.__class__.__name__, exc)
 
     # ---- producers -------------------------------------------------------------------
@@ -130,7 +132,7 @@ class BrokerSupervisor:
         """True once every producer has nothing in flight; False if that took over `timeout`."""
         held = asyncio.gather(*(p.hold() for p in self.producers))
         try:
-            await asyncio.wait_for(held, timeout)
+            await wait_for(held, timeout)
             return True
         except TimeoutError:
             return False

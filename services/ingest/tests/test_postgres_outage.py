@@ -158,3 +158,31 @@ async def test_a_graceful_stop_with_postgres_down_loses_no_row(tmp_path, fresh_d
         if second is not None:
             await second.stop()
         await proxy.stop()
+
+
+async def test_a_stop_ends_the_postgres_reconnect_loop_even_when_it_meets_a_refusal(tmp_path, monkeypatch):
+    """Postgres refusing, and stop() cancelling the reconnect loop in the loop iteration in which an
+    attempt is refused: Python 3.11's asyncio.wait_for (around the connect, and inside asyncpg) raised
+    the refusal instead of the cancellation, the loop caught it and tried again, and stop() waited for
+    ever (an ingest test hung ten minutes on it). Now stop() ends."""
+    from helicone_core import db
+
+    attempts, refusal = 0, asyncio.Event()
+
+    async def refused(*_args, **_kwargs):
+        nonlocal attempts
+        attempts += 1
+        await refusal.wait()
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(db, "connect_pool", refused)
+    svc = IngestService(settings(tmp_path, "postgresql://nobody@127.0.0.1:9/none", "127.0.0.1:9", "outage")
+                        .model_copy(update={"postgres_timeout": 30.0}))
+    svc._postgres_task = asyncio.create_task(svc._connect_postgres(), name="ingest-postgres")
+    await asyncio.sleep(0.1)  # in its first attempt
+    refusal.set()  # refused in the next loop iteration ...
+    stopping = asyncio.create_task(svc.stop())  # ... in which stop() cancels the loop
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    assert done, "stop() did not end"
+    await stopping
+    assert svc._postgres_task.cancelled() and attempts <= 2

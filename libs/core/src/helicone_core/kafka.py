@@ -7,7 +7,6 @@ ingest's Faust consumer and producer, `ensure_topics`, `ping_broker`) is built w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import ssl
@@ -17,6 +16,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from .cancellation import wait_for
 from .settings import KAFKA_SASL_PROTOCOLS, KAFKA_TLS_PROTOCOLS, CommonSettings
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ async def ensure_topics(
 ) -> None:
     """Creates the topics that do not exist yet. `security`: client_security(settings)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **security)
-    await asyncio.wait_for(admin.start(), timeout)
+    await wait_for(admin.start(), timeout)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
@@ -72,7 +72,7 @@ async def ping_broker(bootstrap: str, timeout: float, *, security: Mapping[str, 
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)), **security)
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout)
+        await wait_for(client.bootstrap(), timeout)
         return True
     except Exception:  # noqa: BLE001 - readiness probe: any failure means "not reachable"
         return False

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
+from .cancellation import raise_if_cancelling, wait_for
 from .db import KEY_CHANGES_CHANNEL, KeyStoreUnavailable, hash_key
 from .filemodes import open_private, private_dir
 from .metrics import ServiceMetrics
@@ -60,7 +61,7 @@ class KeyDirectory:
         await asyncio.to_thread(self._load_snapshot)
         self._task = asyncio.create_task(self._follow(), name="key-directory")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_load.wait(), self.connect_timeout if wait is None else wait)
+            await wait_for(self._first_load.wait(), self.connect_timeout if wait is None else wait)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -96,11 +97,11 @@ class KeyDirectory:
     async def ping(self, timeout: float) -> bool:
         """A real round trip to Postgres on a connection of its own, bounded by `timeout`."""
         try:
-            conn = await asyncio.wait_for(asyncpg.connect(self.dsn, timeout=timeout), timeout)
+            conn = await wait_for(asyncpg.connect(self.dsn, timeout=timeout), timeout)
         except Exception:  # noqa: BLE001 - readiness probe
             return False
         try:
-            return await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout) == 1
+            return await wait_for(conn.fetchval("SELECT 1"), timeout) == 1
         except Exception:  # noqa: BLE001 - readiness probe
             return False
         finally:
@@ -122,12 +123,13 @@ class KeyDirectory:
                     self._set_live(True)
                     backoff = 0.2
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self.resync_interval)
+                        await wait_for(lost.wait(), self.resync_interval)
                     if lost.is_set() or conn.is_closed():
                         raise ConnectionError("key change feed connection lost")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres away: keep answering from the last known set
+                raise_if_cancelling(exc)
                 if self._live:
                     log.warning("key store unreachable (%s); answering from the last known key set (%d keys)",
                                 exc.__class__.__name__, len(self._keys))
@@ -142,7 +144,7 @@ class KeyDirectory:
 
     async def _reload(self, conn: asyncpg.Connection) -> None:
         self._buffer = []
-        rows = await asyncio.wait_for(
+        rows = await wait_for(
             conn.fetch("SELECT key_hash, org_id FROM api_keys WHERE revoked_at IS NULL"), self.connect_timeout * 5
         )
         keys = {r["key_hash"]: str(r["org_id"]) for r in rows}

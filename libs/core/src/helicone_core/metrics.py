@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .cancellation import wait_for
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -36,7 +38,7 @@ async def _probe(check: Probe, timeout: float) -> bool:
     if isinstance(check, bool):
         return check
     try:
-        return bool(await asyncio.wait_for(check, timeout))
+        return bool(await wait_for(check, timeout))
     except Exception:  # noqa: BLE001 - a probe that fails or times out answers "not ok"
         return False
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError
 
+from .cancellation import wait_for
 from .logging import configure_logging, redact
 from .settings import CommonSettings, describe_settings_error, env_name
 
@@ -69,7 +70,7 @@ async def apply_migrations(settings: MigrateSettings) -> None:
 
 async def _close_pool(pool) -> None:
     try:
-        await asyncio.wait_for(pool.close(), 5)
+        await wait_for(pool.close(), 5)
     except BaseException:  # cancelled (the deadline) or a hung server: do not wait for it
         pool.terminate()
         raise
@@ -97,7 +98,7 @@ async def _until_reachable(what: str, attempt: Callable[[], Awaitable[None]], re
     backoff = 0.25
     while True:
         try:
-            await asyncio.wait_for(attempt(), max(deadline - time.monotonic(), 0.01))
+            await wait_for(attempt(), max(deadline - time.monotonic(), 0.01))
             return
         except retryable as exc:
             left = deadline - time.monotonic()

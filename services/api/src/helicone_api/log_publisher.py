@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from helicone_core import events
+from helicone_core.cancellation import wait_for
 from helicone_core.kafka import client_security, ping_broker
 from helicone_core.metrics import ServiceMetrics
 
@@ -83,7 +84,7 @@ class LogPublisher:
                 request_timeout_ms=max(1000, int(self.timeout * 1000)), max_request_size=4 * 1024 * 1024,
             )
             try:
-                await asyncio.wait_for(producer.start(), timeout)
+                await wait_for(producer.start(), timeout)
             except Exception as exc:  # noqa: BLE001 - unreachable, refused, timed out: all mean "not now"
                 with contextlib.suppress(Exception):
                     await producer.stop()

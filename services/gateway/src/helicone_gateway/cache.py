@@ -25,6 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
+from helicone_core.cancellation import wait_for
+
 from .headers import HeaderError, switch
 from .offpath import OffPathWrites
 
@@ -328,7 +330,7 @@ class ResponseCache:
             return Lookup(key, None, 0)  # save only, one slot: nothing to read
         slots = [f"{key}:{i}" for i in range(d.bucket_size)]
         try:
-            found = await asyncio.wait_for(self.store.get_many(slots), self.timeout)
+            found = await wait_for(self.store.get_many(slots), self.timeout)
         except Exception as exc:  # down, slow or broken: skipped, never the caller's problem
             self.m_errors.labels("read").inc()
             log.warning("cache read skipped: %s", exc.__class__.__name__)

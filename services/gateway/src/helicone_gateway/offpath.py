@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from helicone_core.cancellation import wait_for
+
 log = logging.getLogger("helicone.gateway")
 
 
@@ -24,7 +26,7 @@ class OffPathWrites:
 
     async def _bounded(self, write: Coroutine[Any, Any, Any]) -> None:
         try:
-            await asyncio.wait_for(write, self.timeout)
+            await wait_for(write, self.timeout)
         except Exception as exc:
             self.failed()
             log.warning("%s skipped: %s", self.what, exc.__class__.__name__)

@@ -43,6 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from helicone_core import events
+from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.kafka import ensure_topics, ping_broker
 from helicone_core.metrics import ServiceMetrics
 
@@ -191,14 +192,14 @@ class EventPublisher:
         if not self.journal.is_open:  # stopped without a start: still keep what was submitted
             await loop.run_in_executor(self._io, self.journal.open)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._queue.join(), drain_timeout)
+            await wait_for(self._queue.join(), drain_timeout)
         if self.connected and self._open.is_set():
             # What the journal holds unsent (journaled while held or while the broker was away, and
             # not yet picked up by the resender, which is cancelled below) goes out now too, so a
             # graceful stop with the broker up leaves nothing unsent; records already in flight are
             # not claimed twice.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._resend_pending(loop), drain_timeout)
+                await wait_for(self._resend_pending(loop), drain_timeout)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -219,9 +220,9 @@ class EventPublisher:
         producer = self._producer
         if producer is not None and self.connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.flush(), drain_timeout)
+                await wait_for(producer.flush(), drain_timeout)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._check_offsets(), drain_timeout)
+                await wait_for(self._check_offsets(), drain_timeout)
         await self._disconnect()
         await loop.run_in_executor(self._io, self.journal.close)
         self._io.shutdown(wait=True)
@@ -314,7 +315,7 @@ class EventPublisher:
         if self._room.is_set():
             return True
         try:
-            await asyncio.wait_for(self._room.wait(), timeout)
+            await wait_for(self._room.wait(), timeout)
         except TimeoutError:
             return False
         return True
@@ -574,11 +575,8 @@ class EventPublisher:
                     backoff = 0.5
                     self._resend.set()
                 except Exception as exc:  # noqa: BLE001 - broker unreachable
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        # stop() cancelled us mid-connect and asyncio.wait_for (3.11) turned the
-                        # cancellation into the connect error: without this, stop() waits forever
-                        raise asyncio.CancelledError() from exc
+                    # stop() cancelled us mid-connect, and the cancellation came out as the connect's error
+                    raise_if_cancelling(exc)
                     hint = " (a broker without idempotent producers needs HELICONE_KAFKA_IDEMPOTENT_PRODUCER=false)" if (
                         self.idempotent and isinstance(exc, KafkaError) and not isinstance(exc, KafkaConnectionError)
                     ) else ""
@@ -606,14 +604,14 @@ class EventPublisher:
             max_request_size=4 * 1024 * 1024,
         )
         self._producer = producer
-        await asyncio.wait_for(producer.start(), timeout)
+        await wait_for(producer.start(), timeout)
         self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(timeout * 1000), **self.security)
-        await asyncio.wait_for(self._admin.start(), timeout)
+        await wait_for(self._admin.start(), timeout)
         self._offsets = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=int(timeout * 1000),
             **self.security,
         )
-        await asyncio.wait_for(self._offsets.start(), timeout)
+        await wait_for(self._offsets.start(), timeout)
         self._connected.set()
         self.m_connected.set(1)
         log.info("kafka producer connected to %s", self.bootstrap)
@@ -627,7 +625,7 @@ class EventPublisher:
         for client, close in ((producer, "stop"), (admin, "close"), (offsets, "stop")):
             if client is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(getattr(client, close)(), 5)
+                    await wait_for(getattr(client, close)(), 5)
         # A send the old producer never answered would hold its record "in flight" (and a permit)
         # forever: it counts as failed, and the record goes out again on the next connection.
         for delivery in list(self._deliveries):
@@ -672,8 +670,9 @@ class EventPublisher:
                 await loop.run_in_executor(self._io, self.journal.seal_if_older, self.segment_seconds)
                 await loop.run_in_executor(self._io, self.journal.sync)
                 if self.connected and self._open.is_set():  # held: the runner is replacing the log
-                    await asyncio.wait_for(self._check_offsets(), self.publish_timeout)
+                    await wait_for(self._check_offsets(), self.publish_timeout)
             except Exception as exc:  # noqa: BLE001 - next round tries again
+                raise_if_cancelling(exc)
                 log.debug("journal check failed: %r", exc)
             self._update_gauges()
 

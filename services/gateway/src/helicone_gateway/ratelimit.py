@@ -19,7 +19,6 @@ by the same short timeout as the cache's; a store that fails or is slow lets the
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -30,6 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
+
+from helicone_core.cancellation import wait_for
 
 from .headers import HeaderError, HeliconeHeaders
 from .offpath import OffPathWrites
@@ -265,7 +266,7 @@ class RateLimiter:
         p = req.policy
         mode, cost = (TAKE, 1.0) if p.unit == REQUEST else (CHECK, 0.0)
         try:
-            allowed, tokens = await asyncio.wait_for(
+            allowed, tokens = await wait_for(
                 self.store.take(bucket_key(org_id, req), p.quota, p.window, cost, mode), self.timeout)
         except Exception as exc:  # down, slow or broken: the request goes on, never the caller's problem
             self.m_errors.labels("check").inc()

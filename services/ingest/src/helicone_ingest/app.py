@@ -18,6 +18,7 @@ import faust
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
+from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.cost import CostRegistry
 from helicone_core.filemodes import private_dir
 from helicone_core.kafka import client_security, ensure_topics, ping_broker
@@ -178,6 +179,7 @@ class IngestService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - transient store failure: hold the batch
+                raise_if_cancelling(exc)
                 log.warning("ingest %s failed (%s: %s); retrying in %.1fs", what, exc.__class__.__name__, exc, backoff)
                 await asyncio.sleep(backoff * (1 + random.random() / 4))
                 backoff = min(backoff * 2, self.settings.retry_max_backoff)
@@ -207,6 +209,7 @@ class IngestService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres unreachable: rows and bodies do not wait for it
+                raise_if_cancelling(exc)
                 # warn once per outage, not on every attempt
                 log.log(logging.WARNING if attempts == 1 else logging.DEBUG,
                         "postgres not reachable (%s: %s); metadata stays pending, retrying in %.1fs",
@@ -216,7 +219,7 @@ class IngestService:
 
     async def _connect_postgres_once(self) -> None:
         s = self.settings
-        pool = await asyncio.wait_for(db.connect_pool(s.postgres_dsn.get_secret_value(), max_size=5), s.postgres_timeout)
+        pool = await wait_for(db.connect_pool(s.postgres_dsn.get_secret_value(), max_size=5), s.postgres_timeout)
         try:
             await db.migrate(pool)  # bounded by the pool's command timeout (it may wait for another service's migration)
         except BaseException:
@@ -242,6 +245,7 @@ class IngestService:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - broker unreachable: try again next round
+                    raise_if_cancelling(exc)
                     log.debug("offset guard: %s skipped a round: %s", step.__name__, exc)
             await asyncio.sleep(self.settings.offset_guard_interval)
 
@@ -325,11 +329,11 @@ class IngestService:
         if self.pool is None and len(self.metadata):
             # Postgres may be back between two reconnection attempts: one last try, bounded
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._connect_postgres_once(), self.settings.metadata_stop_timeout)
+                await wait_for(self._connect_postgres_once(), self.settings.metadata_stop_timeout)
         await self.metadata.close(self.settings.metadata_stop_timeout)
         if self.pool is not None:
             try:
-                await asyncio.wait_for(self.pool.close(), self.settings.postgres_timeout)
+                await wait_for(self.pool.close(), self.settings.postgres_timeout)
             except Exception:  # noqa: BLE001 - a hung or unreachable Postgres must not hold the shutdown
                 self.pool.terminate()
         await self.analytics.close()

@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable
 
 import faust
 from faust.transport.drivers import aiokafka as driver
+from helicone_core.cancellation import wait_for
 
 
 class Batch:
@@ -114,7 +115,7 @@ class InFlight:
             self._room.clear()
             # a rebalance makes batches stale without a leave(): look again every `poll` seconds
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), self.poll)
+                await wait_for(self._room.wait(), self.poll)
 
     def leave(self, batch: Batch) -> None:
         self.batches.discard(batch)

@@ -21,6 +21,7 @@ import random
 import uuid
 
 from helicone_core import events
+from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.metrics import ServiceMetrics
 
 log = logging.getLogger("helicone.ingest")
@@ -197,6 +198,7 @@ class PendingMetadata:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres unreachable: keep it pending
                 self._put_back(users, sessions, props)
+                raise_if_cancelling(exc)
                 self.m_failures.inc()
                 # warn once per outage, not on every retry
                 log.log(logging.DEBUG if self._failing else logging.WARNING, "metadata upsert failed (%s: %s); %d keys pending",
@@ -234,7 +236,7 @@ class PendingMetadata:
         """Best-effort last flush at shutdown, bounded by `timeout`; what cannot be written is counted."""
         if len(self):
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.flush(), timeout)
+                await wait_for(self.flush(), timeout)
         if len(self):
             self.m_dropped.labels("stopped").inc(len(self))
             log.warning("stopping with %d metadata keys not written to Postgres (unreachable)", len(self))

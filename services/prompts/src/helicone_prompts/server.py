@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from helicone.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 from helicone_core import db
 from helicone_core import prompt_templates as templates
+from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.db import KeyStoreUnavailable, bearer_token
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import Check, ServiceMetrics, readiness
@@ -127,12 +128,13 @@ class PromptChanges:
                 backoff, lost_since_last = 0.2, False
                 while not lost.is_set() and not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 5)
+                        await wait_for(lost.wait(), 5)
                     if not lost.is_set():  # a silently dead connection raises here
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5)
+                        await wait_for(conn.fetchval("SELECT 1"), 5)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres away: retry, watchers are told on return
+                raise_if_cancelling(exc)
                 log.warning("prompt change feed unavailable (%s); retrying", exc.__class__.__name__)
             finally:
                 if conn is not None:
@@ -487,8 +489,9 @@ class PromptsServer:
         while True:
             await asyncio.sleep(self.settings.health_check_interval)
             try:
-                ok = await asyncio.wait_for(db.ping(self.pool), self.settings.readiness_timeout)
-            except Exception:  # noqa: BLE001 - any failure means not serving
+                ok = await wait_for(db.ping(self.pool), self.settings.readiness_timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure means not serving
+                raise_if_cancelling(exc)
                 ok = False
             await self._set_serving(ok)
 
