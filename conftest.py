@@ -66,11 +66,12 @@ def clickhouse_http_url(tmp_path_factory) -> str:
 
     port = free_port()
     root = Path(__file__).resolve().parent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path", str(tmp_path_factory.mktemp("chsrv"))],
-        cwd=root, stdout=subprocess.DEVNULL,  # stderr: pytest's, so a stuck test's report shows the stand-in's
-    )
-    hang_report.HELPERS["the ClickHouse stand-in"] = proc.pid
+    data = tmp_path_factory.mktemp("chsrv")
+    log = data / "stand-in.log"  # what a stuck test's report copies from (tests/support/hang_report.py)
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path", str(data / "ch")],
+                                cwd=root, stdout=subprocess.DEVNULL, stderr=err)
+    hang_report.HELPERS["the ClickHouse stand-in"] = (proc.pid, log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:

@@ -45,10 +45,12 @@ def test_a_stuck_asyncio_test_reports_where_each_of_its_tasks_waits(tmp_path):
         import asyncio
         import subprocess
         import sys
+        from pathlib import Path
 
         from tests.support import hang_report
 
-        HELPER = "import faulthandler, signal, sys, time; faulthandler.register(signal.SIGUSR1); print('up', flush=True); time.sleep(20)"
+        # reports its stacks on SIGUSR1; ends when its stdin closes (the run ended)
+        HELPER = "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1); print('up', flush=True); sys.stdin.read()"
 
         async def wait_for_a_reply_that_never_comes(reply):
             await reply
@@ -58,15 +60,17 @@ def test_a_stuck_asyncio_test_reports_where_each_of_its_tasks_waits(tmp_path):
                 await asyncio.sleep(0.05)
 
         async def test_stuck():
-            helper = subprocess.Popen([sys.executable, "-c", HELPER], stdout=subprocess.PIPE)  # stderr: pytest's
+            log = Path(__file__).with_name("helper.log")
+            with log.open("wb") as err:
+                helper = subprocess.Popen([sys.executable, "-c", HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
             assert helper.stdout.readline() == b"up\\n"
-            hang_report.HELPERS["a helper process"] = helper.pid
+            hang_report.HELPERS["a helper process"] = (helper.pid, log)
             poller = asyncio.create_task(keep_polling())
             await wait_for_a_reply_that_never_comes(asyncio.get_running_loop().create_future())
     """))
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
-         "--rootdir", str(ROOT), "--basetemp", str(tmp_path / "t"), "-p", "tests.support.hang_report", "-o", "timeout=3",
+         "--rootdir", str(ROOT), "--basetemp", str(tmp_path / "t"), "-p", "tests.support.hang_report", "-o", "timeout=8",
          str(tmp_path / "test_stuck_async.py")],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )

@@ -6,8 +6,10 @@ a socket, a lock, a future) is not on any thread's stack. So a little before the
 (`lead(timeout)` earlier) this module:
 - prints the stack of every task of the event loop the main thread runs, from inside that loop;
 - sends SIGUSR1 to the helper processes registered in HELPERS (the ClickHouse stand-in), which
-  print their own threads' stacks and what they are doing.
-All of it goes to stderr, which pytest captures and pytest-timeout prints with its report.
+  write their own threads' stacks and what they are doing to their log file, and copies what
+  they wrote (their log stays out of the tests' output otherwise).
+All of it goes to stderr, which pytest captures and pytest-timeout prints with its report. Not
+while a debugger is attached (pytest-timeout does not fire then either).
 
 A pytest plugin (the root conftest loads it): it hooks pytest-timeout's own timer, so it runs with
 the same limit, and pytest-timeout's timer still runs after it.
@@ -21,11 +23,14 @@ import os
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
-HELPERS: dict[str, int] = {}  # name -> pid of a helper process that reports itself on SIGUSR1
+HELPERS: dict[str, tuple[int, Path]] = {}  # name -> (pid, log file) of a helper that reports itself on SIGUSR1
 LOOP_ANSWER_SECONDS = 5.0
+HELPER_ANSWER_SECONDS = 3.0
 
 
 def lead(timeout: float) -> float:
@@ -79,17 +84,41 @@ def _print_tasks(loop: asyncio.AbstractEventLoop, done: threading.Event) -> None
 
 def report(thread: threading.Thread) -> None:
     """Writes the report for a test running on `thread` (the main thread)."""
+    try:
+        import pytest_timeout
+
+        if pytest_timeout.is_debugging():
+            return
+    except ImportError:
+        pass
     print("\n--- the test is close to its time limit: what it waits for (tests/support/hang_report.py) ---",
           file=sys.stderr)
     _report_tasks(thread)
-    # then the helpers, whose reports (other processes writing to the same stderr) come after this one
-    for name, pid in list(HELPERS.items()):
-        print(f"--- asking {name} (pid {pid}) for its stacks ---", file=sys.stderr, flush=True)
-        try:
-            os.kill(pid, signal.SIGUSR1)
-        except ProcessLookupError:
-            print(f"--- {name} (pid {pid}) is not running ---", file=sys.stderr)
+    for name, (pid, log) in list(HELPERS.items()):
+        _report_helper(name, pid, log)
     sys.stderr.flush()
+
+
+def _report_helper(name: str, pid: int, log: Path) -> None:
+    """Signals the helper, then copies what it appended to its log (once that stops growing)."""
+    print(f"--- asking {name} (pid {pid}) for its stacks ---", file=sys.stderr, flush=True)
+    start = log.stat().st_size if log.exists() else 0
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        print(f"--- {name} (pid {pid}) is not running ---", file=sys.stderr)
+        return
+    size, deadline = start, time.monotonic() + HELPER_ANSWER_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = log.stat().st_size
+        if now > start and now == size:
+            break
+        size = now
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    print(text.rstrip() or f"--- {name} wrote nothing within {HELPER_ANSWER_SECONDS:.0f} s ---", file=sys.stderr)
 
 
 def _report_tasks(thread: threading.Thread) -> None:
@@ -118,14 +147,15 @@ def start(timeout: float) -> threading.Timer:
 TIMER = pytest.StashKey[threading.Timer]()
 
 
-@pytest.hookimpl(tryfirst=True)
+# optional: the plugin loads with pytest-timeout disabled too (-p no:timeout)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_set_timer(item, settings):
     if settings.timeout and settings.timeout > 0:
         item.stash[TIMER] = start(settings.timeout)
     # None: pytest-timeout's own implementation runs next
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_cancel_timer(item):
     timer = item.stash.get(TIMER, None)
     if timer is not None:

@@ -70,6 +70,22 @@ async def test_wait_for_answers_times_out_and_waits_without_limit():
     assert fut.cancelled()  # as asyncio.wait_for does with a future
 
 
+async def test_a_timeout_of_zero_runs_nothing():
+    started = []
+
+    async def work() -> int:
+        started.append(True)
+        return 1
+
+    for limit in (0, -1):
+        with pytest.raises(TimeoutError):
+            await wait_for(work(), limit)
+    assert not started  # as asyncio.wait_for: the call never began (a Postgres connect, an upsert)
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(7)
+    assert await wait_for(fut, 0) == 7
+
+
 async def test_a_retry_loop_ends_when_a_library_loses_the_cancellation_of_its_call():
     """A library call that turns the cancellation into its own error (asyncpg, aiokafka and mode use
     asyncio.wait_for inside): the loop's except branch still ends it."""

@@ -253,8 +253,10 @@ async def test_in_flight_counts_only_current_batches_so_a_rebalance_frees_its_sl
     app.consumer_generation_id += 1  # a rebalance: second and third were dropped from the channel, never leave
     fifth = Batch(consumer)
     await asyncio.wait_for(in_flight.enter(fifth), 1)
-    await asyncio.wait_for(waiting, 1)
-    assert in_flight.batches == {fourth, fifth}
+    await asyncio.wait_for(waiting, 1)  # the batch that waited got in too
+    # fourth was fetched before the rebalance: stale as well, it counts only until the next enter() looks
+    # (which of the two entered first depends on the poll's timing)
+    assert fifth in in_flight.batches and in_flight.batches <= {fourth, fifth}
 
 
 async def test_a_batch_is_caught_up_only_when_it_holds_every_record_up_to_the_log_end():

@@ -25,7 +25,17 @@ T = TypeVar("T")
 
 async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
     """asyncio.wait_for as Python 3.12 has it: TimeoutError after `timeout` seconds (None: no limit),
-    and a cancellation always raises CancelledError. The awaitable runs in the calling task."""
+    and a cancellation always raises CancelledError. The awaitable runs in the calling task. With a
+    timeout of 0 or less nothing runs: a finished future's result, else TimeoutError."""
+    if timeout is not None and timeout <= 0:
+        fut = asyncio.ensure_future(aw)
+        if not fut.done():
+            fut.cancel()  # before its first step: the work never starts
+            await asyncio.wait({fut})
+        try:
+            return fut.result()
+        except asyncio.CancelledError as exc:
+            raise TimeoutError from exc
     async with asyncio.timeout(timeout):
         return await aw
 
