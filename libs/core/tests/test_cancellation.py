@@ -87,8 +87,8 @@ async def test_a_timeout_of_zero_runs_nothing():
 
 
 async def test_a_retry_loop_ends_when_a_library_loses_the_cancellation_of_its_call():
-    """A library call that turns the cancellation into its own error (asyncpg, aiokafka and mode use
-    asyncio.wait_for inside): the loop's except branch still ends it."""
+    """A library call that turns the cancellation into its own error (mode still uses asyncio.wait_for
+    inside): the loop's except branch still ends it."""
     attempts = 0
 
     async def library_call() -> None:
