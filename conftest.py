@@ -56,34 +56,13 @@ def chdb_path(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def clickhouse_http_url(tmp_path_factory) -> str:
     """A ClickHouse HTTP endpoint (tests/support/chdb_http.py: chDB behind the HTTP protocol)."""
-    import subprocess
-    import sys
-    import time
+    from tests.support import chdb_http, hang_report
 
-    import httpx
-
-    from tests.support import hang_report
-    from tests.support.net import free_port
-
-    port = free_port()
-    root = Path(__file__).resolve().parent
     data = tmp_path_factory.mktemp("chsrv")
     log = data / "stand-in.log"  # what a stuck test's report copies from (tests/support/hang_report.py)
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path", str(data / "ch")],
-                                cwd=root, stdout=subprocess.DEVNULL, stderr=err)
+        proc, url = chdb_http.start(data / "ch", stderr=err)
     hang_report.HELPERS["the ClickHouse stand-in"] = (proc.pid, log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("chdb_http did not start")
-        time.sleep(0.1)
     yield url
     hang_report.HELPERS.pop("the ClickHouse stand-in", None)
     proc.terminate()

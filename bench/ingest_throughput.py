@@ -140,27 +140,6 @@ async def run_worker(args) -> None:
 
 
 # ---- driver ------------------------------------------------------------------------------------------
-def start_clickhouse_http(root: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    from tests.support.net import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path", str(root)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("chdb_http did not start")
-        time.sleep(0.2)
-
-
 def _cpu_seconds(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -327,6 +306,7 @@ def main() -> None:
 
     from helicone_runner.embedded import EmbeddedKafka
 
+    from tests.support import chdb_http
     from tests.support.net import free_port
 
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmpdir:
@@ -343,7 +323,7 @@ def main() -> None:
                                         profile))
                 profile = None
             if "clickhouse" in backends:
-                ch_proc, url = start_clickhouse_http(tmp / "chsrv")
+                ch_proc, url = chdb_http.start(tmp / "chsrv", timeout=60)
                 for w in (int(x) for x in args.workers.split(",")):
                     results.append(run_case(bootstrap, tmp, "clickhouse", w, args.events, args.partitions,
                                             args.batch_size, url, profile, ch_proc.pid))

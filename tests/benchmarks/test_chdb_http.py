@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from tests.support.chdb_http import response_format
+from tests.support.chdb_http import response_format, start
 
 
 def test_the_format_clause_of_a_query_ends_the_statement():
@@ -43,27 +43,13 @@ def test_on_sigusr1_the_stand_in_reports_its_requests_in_flight_and_its_stacks(t
     import contextlib
     import os
     import signal
-    import subprocess
-    import sys
     import threading
     import time
-    from pathlib import Path
 
-    from tests.support.net import free_port
-
-    port, log = free_port(), tmp_path / "stderr.txt"
-    root = Path(__file__).resolve().parents[2]
+    log = tmp_path / "stderr.txt"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path",
-                                 str(tmp_path / "ch")], cwd=root, stdout=subprocess.DEVNULL, stderr=err)
+        proc, url = start(tmp_path / "ch", stderr=err)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         slow = ("SELECT sleepEachRow(1) FROM numbers(30) SETTINGS max_block_size = 1, "
                 "function_sleep_max_microseconds_per_block = 60000000 FORMAT TSV")
 

@@ -9,7 +9,8 @@ On SIGUSR1 it prints to stderr every thread's stack and each request in flight: 
 it has run, and whether it waits for the session's lock or runs in chDB (the report a stuck test's
 tests/support/hang_report.py asks for).
 
-Run: python -m tests.support.chdb_http --port 8123 --path /tmp/chdb-server
+Run: python -m tests.support.chdb_http --port 8123 --path /tmp/chdb-server, or start() from a test or
+bench (a process of its own on a free loopback port, once it answers).
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ import faulthandler
 import json
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO
 from urllib.parse import parse_qsl, urlsplit
 
-from chdb import session as chs
-
+ROOT = Path(__file__).resolve().parents[2]
 FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(\w+)\s*$", re.IGNORECASE)
 lock = threading.Lock()
 SESSION = None
@@ -129,7 +132,33 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = _run
 
 
+def start(path: Path, *, stderr: IO | int = subprocess.DEVNULL, timeout: float = 30) -> tuple[subprocess.Popen, str]:
+    """Runs the stand-in on `path` in a process of its own, on a free loopback port: (the process,
+    its URL) once it answers /ping; RuntimeError if it exits or does not answer within `timeout` s."""
+    import httpx
+
+    from tests.support.net import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.chdb_http", "--port", str(port), "--path", str(path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/ping", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("chdb_http did not start")
+        time.sleep(0.1)
+
+
 def main() -> None:
+    from chdb import session as chs  # here: start() is imported by processes that only launch the stand-in
+
     global SESSION
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
