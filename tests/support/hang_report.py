@@ -18,12 +18,12 @@ the same limit, and pytest-timeout's timer still runs after it.
 from __future__ import annotations
 
 import asyncio
-import linecache
 import os
 import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -55,17 +55,14 @@ def awaits(task: asyncio.Task) -> list[str]:
     """Where `task` waits: each coroutine of its await chain, outermost first, then what the last
     one awaits. (Task.print_stack shows only the outermost coroutine: a suspended coroutine's frame
     has no f_back, the chain is in cr_await.)"""
-    lines, coro = [], task.get_coro()
+    frames, coro = [], task.get_coro()
     for _ in range(200):
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
         if frame is None:
             break
-        code = frame.f_code
-        lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
-        source = linecache.getline(code.co_filename, frame.f_lineno).strip()
-        if source:
-            lines.append(f"    {source}")
+        frames.append((frame, frame.f_lineno))
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    lines = "".join(traceback.StackSummary.extract(frames).format()).rstrip("\n").split("\n")
     waiter = getattr(task, "_fut_waiter", None)
     lines.append(f"  waiting for {waiter!r}" if waiter is not None else "  (ready to run)")
     return lines
