@@ -8,8 +8,10 @@ import contextlib
 import time
 
 import httpx
-from helicone_gateway.app import CLIENT_CLOSED_STATUS, create_app
+import pytest
+from helicone_gateway.app import CLIENT_CLOSED_STATUS, ClientGone, Gateway, create_app
 from helicone_gateway.settings import GatewaySettings
+from helicone_gateway.upstream import Attempt
 
 from services.gateway.tests.test_proxy import CHAT, StubKeys
 from tests.support.inloop import serve
@@ -162,3 +164,80 @@ async def test_a_fresh_connection_that_fails_is_not_retried(tmp_path):
             r = await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
     assert r.status_code == 502 and provider.requests == [(1, 1)]
     assert built[0].status == 502
+
+
+# ---- the upstream request runs in the handler's own task (Gateway._request_here) ----
+class FakePool:
+    """upstream.request stand-in: `script(disconnected)` runs inside the request; a future it returns
+    is awaited (the request waiting for the provider's answer)."""
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.cancelled = False
+
+    async def request(self, method, url, headers, body, attempt, socket_factory=None):
+        waited = self.script()
+        try:
+            if waited is not None:
+                await waited
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return "response"
+
+
+async def test_a_caller_leaving_while_the_provider_is_awaited_cancels_the_request_and_only_that():
+    disconnected = asyncio.get_running_loop().create_future()
+    pool = FakePool(lambda: asyncio.get_running_loop().create_future())  # never answered
+
+    async def handler():
+        try:
+            await Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected)
+        except ClientGone:
+            await asyncio.sleep(0.01)  # the handler goes on (logs the request): no cancellation is left over
+            return asyncio.current_task().cancelling()
+        raise AssertionError("the caller left")
+
+    task = asyncio.ensure_future(handler())
+    await asyncio.sleep(0.01)
+    disconnected.set_result({"type": "http.disconnect"})
+    assert await asyncio.wait_for(task, 2) == 0
+    assert pool.cancelled
+
+
+async def test_a_caller_leaving_as_the_answer_arrives_does_not_cancel_what_the_handler_does_next():
+    # the caller's disconnect is seen in the same loop iteration as the response head: its callback
+    # runs after the request has returned, and must not cancel the handler's streaming or logging
+    disconnected = asyncio.get_running_loop().create_future()
+    pool = FakePool(lambda: disconnected.set_result({"type": "http.disconnect"}))
+
+    async def handler():
+        resp = await Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return resp, asyncio.current_task().cancelling()
+
+    assert await asyncio.wait_for(asyncio.ensure_future(handler()), 2) == ("response", 0)
+
+
+async def test_a_shutdown_while_the_caller_also_leaves_stays_a_cancellation():
+    disconnected = asyncio.get_running_loop().create_future()
+    pool = FakePool(lambda: asyncio.get_running_loop().create_future())
+    task = asyncio.ensure_future(
+        Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected))
+    await asyncio.sleep(0.01)
+    disconnected.set_result({"type": "http.disconnect"})
+    task.cancel()  # the server stopping: not to be turned into ClientGone
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.cancelled
+
+
+async def test_a_caller_already_gone_sends_nothing_upstream():
+    disconnected = asyncio.get_running_loop().create_future()
+    disconnected.set_result({"type": "http.disconnect"})
+    calls = []
+    pool = FakePool(lambda: calls.append(1))
+    with pytest.raises(ClientGone):
+        await Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected)
+    assert calls == []

@@ -86,7 +86,7 @@ from .resilience import (
     retryable_status,
 )
 from .settings import GatewaySettings, env_name
-from .upstream import Attempt, Response, UpstreamPool
+from .upstream import Attempt, Response, SocketFactory, UpstreamPool
 
 log = logging.getLogger("helicone.gateway")
 
@@ -657,27 +657,14 @@ class Gateway:
         assert upstream is not None
         for attempt_no in (1, 2):
             attempt = Attempt()
-            connecting = None
-            if target is None:
-                pending = asyncio.ensure_future(upstream.request(method, url, headers, body, attempt))
-            else:
-                # the task copies the context: the socket factory finds the host being connected there
+            connecting = token = None
+            if target is not None:
+                # the socket factory finds the host being connected in this context variable
                 connecting = TargetConnect(target.host, target.port)
                 token = CONNECTING.set(connecting)
-                try:
-                    pending = asyncio.ensure_future(upstream.request(method, target.url, headers, body, attempt,
-                                                                     self.target_sockets))
-                finally:
-                    CONNECTING.reset(token)
-            cancel = lambda _f, pending=pending: pending.cancel()  # noqa: E731
-            disconnected.add_done_callback(cancel)
             try:
-                return await pending
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if disconnected.done() and not (task is not None and task.cancelling()):
-                    raise ClientGone() from None
-                raise
+                dest, sockets = (url, None) if target is None else (target.url, self.target_sockets)
+                return await self._request_here(upstream, method, dest, headers, body, attempt, disconnected, sockets)
             except STALE_CONNECTION_ERRORS:
                 if connecting is not None and connecting.refused and not connecting.opened:
                     raise self._target_refused(connecting.refused, target.host, target.port, literal=False,
@@ -686,8 +673,40 @@ class Gateway:
                     raise
                 self.m_retries.labels(rt.provider).inc()
             finally:
-                disconnected.remove_done_callback(cancel)
+                if token is not None:
+                    CONNECTING.reset(token)
         raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _request_here(upstream: UpstreamPool, method: str, url: str | URL, headers: list[tuple[str, str]], body: bytes,
+                            attempt: Attempt, disconnected: asyncio.Future,
+                            socket_factory: SocketFactory | None = None) -> Response:
+        """upstream.request run by the calling task, with no task of its own: the request is written
+        in this loop iteration, and its response head wakes the handler directly (a task of its own
+        cost two more loop iterations per request). The caller leaving cancels this task while it
+        waits in here; that one cancellation is taken back (Task.uncancel) and raised as ClientGone.
+        Any other cancellation (shutdown) propagates as it is."""
+        if disconnected.done():
+            raise ClientGone()
+        task = asyncio.current_task()
+        assert task is not None
+        state = [True, False]  # [still waiting in here, cancelled by the caller leaving]
+
+        def cancel(_f: asyncio.Future) -> None:
+            if state[0]:  # a callback scheduled before the request ended must not cancel what follows it
+                state[1] = True
+                task.cancel()
+
+        disconnected.add_done_callback(cancel)
+        try:
+            return await upstream.request(method, url, headers, body, attempt, socket_factory)
+        except asyncio.CancelledError:
+            if state[1] and task.uncancel() == 0:
+                raise ClientGone() from None
+            raise
+        finally:
+            state[0] = False
+            disconnected.remove_done_callback(cancel)
 
     # ---- retries and fallbacks (only requests with Helicone-Retry-* or Helicone-Fallbacks) ----
     def _plan(self, hh: HeliconeHeaders, rt: Route, url: str, target: TargetDest | None, path_and_query: str) -> Plan:
