@@ -2,6 +2,9 @@
 
 Systems, all on loopback and all calling the same mock provider (bench/mock_provider.py):
   direct      the mock provider itself (the baseline every overhead is measured against)
+  relay       bench/relay.py: a byte relay in front of the mock (no HTTP parsing, no auth, no logging), the
+              floor of what any proxy adds here (one more process hop); each gateway's overhead is also
+              printed over it
   ours-all    `helicone-stack up` with every service in one process (gateway, ingest, api, prompts)
   ours-gw     the gateway alone (`python -m helicone_gateway`, what the chart runs), logging to the same
               broker, Postgres, ingest and api as ours-all
@@ -537,10 +540,18 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
             tmp / "litellm.log", cwd=tmp, env=ll_env))
         wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", litellm, 180, "LiteLLM", tmp / "litellm.log")
 
+        relay_port = free_port()
+        relay = stack_exit.enter_context(spawned(
+            [sys.executable, str(ROOT / "bench/relay.py"), "--port", str(relay_port), "--upstream-port", str(mock_port)],
+            tmp / "relay.log"))
+        wait_http(f"http://127.0.0.1:{relay_port}/v1/models", relay, 30, "byte relay", tmp / "relay.log")
+
         ours_headers = {"Helicone-Auth": f"Bearer {stack.key}", "Authorization": "Bearer sk-bench"}
         systems = [
             System("direct", "direct (mock provider)", f"{mock_url}/v1/chat/completions",
                    {"Authorization": "Bearer sk-bench"}, lambda: [mock.pid]),
+            System("relay", "byte relay (floor: one more hop)", f"http://127.0.0.1:{relay_port}/v1/chat/completions",
+                   {"Authorization": "Bearer sk-bench"}, lambda: [relay.pid]),
             System("ours-all", "ours, all services in one process", f"{stack.gateway}/v1/chat/completions", ours_headers,
                    lambda: [stack.runner_pid()], (stack.api, stack.key), stack.gateway),
             System("ours-gw", "ours, gateway alone", f"http://127.0.0.1:{gw_port}/v1/chat/completions", ours_headers,
@@ -557,7 +568,7 @@ def run(args, tmp: Path, say: Callable[[str], None]) -> None:
             """Every process the bench started, by group (the sustained window prints each one's CPU per request)."""
             return {"gateway alone": [gateway.pid], "all-in-one": [stack.runner_pid()],
                     "broker": [stack.kafka.pid] if stack.kafka and stack.kafka.pid else [],
-                    "postgres": [pg.postmaster_pid() or 0], "mock": [mock.pid], "portkey": [portkey.pid],
+                    "postgres": [pg.postmaster_pid() or 0], "mock": [mock.pid], "relay": [relay.pid], "portkey": [portkey.pid],
                     "litellm": [litellm.pid], "client": []}
 
         def every_root() -> list[int]:
@@ -620,22 +631,34 @@ C1_GOALS_MS = (0.3, 1.0)
 FIRST_BYTE_GOAL_MS = 0.3
 
 
+def overheads(results: dict, name: str, base: str) -> tuple[float, float, float]:
+    """ms that `name` adds over `base`: c=1 p50 and p99, and the first streamed byte's p50."""
+    c1, base_c1 = results[(name, "c1")].latencies, results[(base, "c1")].latencies
+    fb, base_fb = results[(name, "stream-c1")].first_bytes, results[(base, "stream-c1")].first_bytes
+    return ((quantile(c1, .5) - quantile(base_c1, .5)) * 1000, (quantile(c1, .99) - quantile(base_c1, .99)) * 1000,
+            (quantile(fb, .5) - quantile(base_fb, .5)) * 1000)
+
+
 def goal_lines(systems: list[System], results: dict, sustained: dict[str, float]) -> list[str]:
-    """Ours against the goals, one line per system of ours: ratios of sustained rates and the overheads."""
+    """Ours against the goals, one line per system of ours: ratios of sustained rates and the overheads;
+    with the byte relay measured, first what it adds (the floor), then each of ours over it."""
     names = {s.name for s in systems}
-    direct_c1, direct_fb = results[("direct", "c1")], results[("direct", "stream-c1")]
     out = []
+    if "relay" in names:
+        p50, p99, fb = overheads(results, "relay", "direct")
+        out.append(f"floor: a byte relay adds c=1 {p50:+.2f} / {p99:+.2f} ms, first streamed byte {fb:+.2f} ms "
+                   "(one more process hop, no HTTP work)")
     for ours in ("ours-gw", "ours-all"):
         if ours not in names:
             continue
         parts = [f"{ours} sustained / {rival} {sustained[ours] / sustained[rival]:.2f} (goal >= {goal:g})"
                  for rival, goal in SUSTAINED_GOALS if rival in names and sustained.get(rival)]
-        c1 = results[(ours, "c1")]
-        p50 = (quantile(c1.latencies, .5) - quantile(direct_c1.latencies, .5)) * 1000
-        p99 = (quantile(c1.latencies, .99) - quantile(direct_c1.latencies, .99)) * 1000
-        fb = (quantile(results[(ours, "stream-c1")].first_bytes, .5) - quantile(direct_fb.first_bytes, .5)) * 1000
+        p50, p99, fb = overheads(results, ours, "direct")
         parts.append(f"c=1 overhead {p50:+.2f} / {p99:+.2f} ms (goal <= {C1_GOALS_MS[0]} / {C1_GOALS_MS[1]})")
         parts.append(f"first streamed byte {fb:+.2f} ms (goal <= {FIRST_BYTE_GOAL_MS})")
+        if "relay" in names:
+            p50, p99, fb = overheads(results, ours, "relay")
+            parts.append(f"over the relay {p50:+.2f} / {p99:+.2f} ms, first byte {fb:+.2f} ms")
         out.append("goals: " + "; ".join(parts))
     return out
 

@@ -111,6 +111,13 @@ def test_goal_lines_give_the_sustained_ratios_and_overheads_of_ours():
     assert lines == ["goals: ours-gw sustained / portkey 2.50 (goal >= 3); ours-gw sustained / litellm 18.75 (goal >= 30); "
                      "c=1 overhead +1.00 / +1.00 ms (goal <= 0.3 / 1.0); first streamed byte +1.00 ms (goal <= 0.3)"]
     assert rivals.goal_lines(systems[:2], results, {"direct": 5000, "ours-gw": 1500})[0].startswith("goals: c=1 overhead")
+    # with the byte relay: what it adds first, then ours over it as well
+    relay = rivals.System("relay", "relay", "", {}, list)
+    results |= {("relay", "c1"): window([1.25, 2.5]), ("relay", "stream-c1"): window([], [1.75])}
+    assert rivals.goal_lines([*systems[:2], relay], results, {"direct": 5000, "ours-gw": 1500, "relay": 4000}) == [
+        "floor: a byte relay adds c=1 +0.25 / +0.50 ms, first streamed byte +0.25 ms (one more process hop, no HTTP work)",
+        "goals: c=1 overhead +1.00 / +1.00 ms (goal <= 0.3 / 1.0); first streamed byte +1.00 ms (goal <= 0.3); "
+        "over the relay +0.75 / +0.50 ms, first byte +0.75 ms"]
 
 
 def test_polling_the_api_keeps_one_connection_instead_of_a_new_client_per_poll():
