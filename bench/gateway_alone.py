@@ -23,6 +23,9 @@ the broker is Tansu in memory, each variant on its own topic.
     .venv/bin/python bench/gateway_alone.py [--variant after=.] [--variant before=/tmp/base:1] \
         [--rounds 3] [--burst 4000] [--workers 1,2]
 
+`--c1-only --single 2000 --rounds 8` measures the concurrency-1 windows alone, with p90 and the first
+byte's p99 too: the A/B for a change to the request path's latency.
+
 A variant is LABEL=TREE[:WORKERS]; TREE is a checkout whose libs/*/src and services/*/src are put on
 PYTHONPATH (default: this one). `--workers 1,2` adds one variant of this tree per worker count.
 """
@@ -323,6 +326,8 @@ async def run(args) -> None:
                     v.add("c1_json_direct", d_lat)
                     v.add("c1_first", gs_first)
                     v.add("c1_first_direct", ds_first)
+                    if args.c1_only:
+                        continue
                     # burst at concurrency 32, then until Kafka holds every event
                     await asyncio.sleep(1.0)
                     before = await ends(v.topic)
@@ -343,6 +348,9 @@ async def run(args) -> None:
                     d_elapsed, _, _ = await load(upstream_port, direct_json, args.burst // 2, args.concurrency)
                     direct.setdefault("rps", []).append((args.burst // 2) / d_elapsed)
                     print(f"round {rnd + 1} {v.label}: burst {args.burst / elapsed:.0f} rps, logged {logged}/{args.burst}", flush=True)
+            if args.c1_only:
+                c1_report(variants, args)
+                return
             await asyncio.sleep(2)
             for v in variants:  # the RSS of the rounds above, before the long streams' bodies pass through
                 v.results["rss"] = [rss_mb(v)]
@@ -409,6 +417,20 @@ async def run(args) -> None:
             kafka.stop()
 
 
+def c1_report(variants: list[Variant], args) -> None:
+    """--c1-only: the concurrency-1 columns alone, with the quantiles around them."""
+    print(f"\ngateway alone at concurrency 1: {args.single} requests a sample, {args.rounds} interleaved rounds, "
+          "each next to a direct call")
+    print(f"{'variant':18s} {'p50+':>6s} {'p90+':>6s} {'p99+':>6s} {'1st p50+':>8s} {'1st p99+':>8s} {'p50':>6s} {'direct p50':>10s}")
+    for v in variants:
+        g, d = ([x for r in v.results[k] for x in r] for k in ("c1_json", "c1_json_direct"))
+        gf, df = ([x for r in v.results[k] for x in r] for k in ("c1_first", "c1_first_direct"))
+        print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):6.3f} {pct(g, 90) - pct(d, 90):6.3f} "
+              f"{pct(g, 99) - pct(d, 99):6.3f} {pct(gf, 50) - pct(df, 50):8.3f} {pct(gf, 99) - pct(df, 99):8.3f} "
+              f"{pct(g, 50):6.3f} {pct(d, 50):10.3f}")
+    print("ms added over the direct calls of the same rounds: JSON (p50, p90, p99) and the first streamed byte (p50, p99)")
+
+
 def parse_variant(text: str) -> tuple[str, str, int]:
     label, sep, rest = text.partition("=")
     if not sep or not label:
@@ -428,6 +450,7 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=4000)
     p.add_argument("--single", type=int, default=300, help="requests per concurrency-1 sample")
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--c1-only", action="store_true", help="only the concurrency-1 windows (use a larger --single)")
     p.add_argument("--profile", type=Path, help="py-spy every burst into this directory (collapsed stacks)")
     args = p.parse_args()
     if args.serve_upstream:
