@@ -185,3 +185,37 @@ def test_set_time_stores_what_from_datetime_stores(when):
     expected.request_created_at.FromDatetime(when.astimezone(dt.timezone.utc))
     assert (ev.request_created_at.seconds, ev.request_created_at.nanos) == \
         (expected.request_created_at.seconds, expected.request_created_at.nanos)
+
+
+@pytest.mark.parametrize("ns", [1_764_997_509_123_456_789, 0, -1_500_000_000, 1_000_000_000, 999_999_999])
+def test_set_time_ns_stores_what_from_nanoseconds_stores(ns):
+    ev, expected = events.RequestLogged(), events.RequestLogged()
+    events.set_time_ns(ev.request_created_at, ns)
+    expected.request_created_at.FromNanoseconds(ns)
+    assert (ev.request_created_at.seconds, ev.request_created_at.nanos) == \
+        (expected.request_created_at.seconds, expected.request_created_at.nanos)
+    assert 0 <= ev.request_created_at.nanos < 1_000_000_000
+
+
+def test_request_ids_are_distinct_version_4_uuids_in_canonical_form():
+    ids = [events.new_request_id() for _ in range(3000)]  # past several blocks of random bytes
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        u = uuid.UUID(rid)
+        assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, rid)
+    # every hex digit turns up where the random bits are (none is stuck by the formatting)
+    assert {c for rid in ids for c in rid.replace("-", "")[20:]} == set("0123456789abcdef")
+
+
+def test_a_forked_child_never_hands_out_its_parent_s_request_ids():
+    import multiprocessing
+
+    events.new_request_id()  # this process has a block of random bytes in use: the child must not go on with it
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply(_draw_ids, (600,))
+    mine = _draw_ids(600)
+    assert len(set(child + mine)) == 1200
+
+
+def _draw_ids(n: int) -> list[str]:
+    return [events.new_request_id() for _ in range(n)]

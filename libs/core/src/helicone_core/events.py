@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import operator
+import os
 import re
+import threading
 import time
 import uuid
 
@@ -40,8 +42,36 @@ class EventError(ValueError):
     """An event that can never be stored as it is (it belongs in the dead-letter topic)."""
 
 
+class _IdBytes(threading.local):
+    """Each thread's block of random bytes for request ids, and how far it is used."""
+
+    def __init__(self) -> None:
+        self.block, self.used = b"", 0
+
+
+_ID_BLOCK = 4096  # 256 ids per os.urandom call
+_ID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}  # RFC 4122's variant bits (10xx)
+_id_bytes = _IdBytes()
+
+
+def _forget_id_bytes() -> None:
+    """A forked child (a gateway worker) draws its own bytes: never an id its parent hands out too."""
+    _id_bytes.block, _id_bytes.used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_id_bytes)
+
+
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, as str(uuid.uuid4()) gives it, in about a quarter of the time
+    (it is on the gateway's request path): the 122 random bits come from os.urandom, a block at a time."""
+    ids = _id_bytes
+    used = ids.used
+    if used >= len(ids.block):
+        ids.block, used = os.urandom(_ID_BLOCK), 0
+    ids.used = used + 16
+    h = ids.block[used:used + 16].hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_ID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def encode(event: RequestLogged) -> bytes:
@@ -178,6 +208,11 @@ def set_time(field, when: dt.datetime) -> None:
     since = when - _EPOCH
     field.seconds = since.days * 86400 + since.seconds
     field.nanos = since.microseconds * 1000
+
+
+def set_time_ns(field, ns: int) -> None:
+    """A Timestamp field from nanoseconds since the epoch (time.time_ns(): no datetime on the request path)."""
+    field.seconds, field.nanos = divmod(ns, 1_000_000_000)
 
 
 _SECONDS: dict[int, str] = {}  # epoch second -> 'YYYY-MM-DD HH:MM:SS' (the events of a batch share a few seconds)

@@ -6,7 +6,6 @@ and the ops routes (helicone_core.metrics.OpsRoutes): the gateway process never 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import traceback
@@ -391,7 +390,7 @@ class Gateway:
     # ---- proxy (raw ASGI: this is the hot path) ---------------------------------------
     async def handle(self, scope, receive, send) -> None:
         started = time.perf_counter()
-        started_at = dt.datetime.now(dt.timezone.utc)
+        started_at = time.time_ns()  # wall clock, for the log (a datetime is made off the request path)
         request_id = events.new_request_id()  # every response carries one, errors included
         # Like every answer before auth, a 431 is not logged: who sent it is unknown.
         too_large = header_limit_error(scope, self.settings.max_header_count, self.settings.max_header_bytes)
@@ -519,7 +518,7 @@ class Gateway:
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
                                     self.answer_headers, (*limit_headers, *self._fallback_index(hh, plan)))
 
-        self._provider_series(rt.provider)[0].observe(time.perf_counter() - started)
+        to_headers = time.perf_counter() - started  # observed once the answer is out: not on its way
         status = upstream.status
         resp_ctype = upstream.headers.get("content-type", "")
         resp_encoding = upstream.headers.get("content-encoding", "")
@@ -577,7 +576,9 @@ class Gateway:
             if completed and recorder is not None and recorder.chunks is not None:
                 self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl)
             self._requests(rt.provider, status).inc()
-            self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
+            series = self._provider_series(rt.provider)
+            series[0].observe(to_headers)
+            series[1].observe(time.perf_counter() - started)
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
             if completed:
                 error = ""
@@ -590,7 +591,7 @@ class Gateway:
                       rate_limit=rate_limit, plan=plan, resp_tail=capture.end())
 
     async def _serve_cached(self, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
-                            method: str, body: bytes, req_ctype: str, started: float, started_at: dt.datetime,
+                            method: str, body: bytes, req_ctype: str, started: float, started_at: int,
                             prompt: PromptUse | None, limit_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream)."""
         entry = lookup.hit
@@ -825,7 +826,7 @@ class Gateway:
                 return b"".join(parts)
 
     def _log(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, method: str, body: bytes,
-             req_ctype: str, started: float, started_at: dt.datetime, status: int, encoding: str,
+             req_ctype: str, started: float, started_at: int, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
              prompt: PromptUse | None = None, cache_hit: bool = False, rate_limit: RateLimitRequest | None = None,
              plan: Plan | None = None, resp_tail: bytes = b"") -> None:
@@ -833,7 +834,7 @@ class Gateway:
         u=cents rate limit, the cost it computes is charged to the bucket there (off the request path).
         resp_tail: the decoded end of an answer cut at the logged body's limit (Capture.end), read for the usage."""
         latency_ms = int((time.perf_counter() - started) * 1000)
-        finished_at = dt.datetime.now(dt.timezone.utc)
+        finished_at = time.time_ns()
         limit = self.settings.max_logged_body_bytes
 
         def build() -> events.RequestLogged:
@@ -881,8 +882,8 @@ class Gateway:
             if prompt is not None:
                 ev.prompt_id, ev.prompt_version = prompt.prompt_id, prompt.version
                 ev.prompt_inputs_json, ev.prompt_environment = prompt.inputs_json, prompt.environment
-            events.set_time(ev.request_created_at, started_at)
-            events.set_time(ev.response_created_at, finished_at)
+            events.set_time_ns(ev.request_created_at, started_at)
+            events.set_time_ns(ev.response_created_at, finished_at)
             return ev
 
         self.publisher.submit(build, len(body) + len(resp_body) + len(resp_tail))
