@@ -340,6 +340,37 @@ async def test_read_timeout_waiting_for_the_head_and_between_body_bytes():
         assert p.in_use == 0
 
 
+async def test_one_read_timer_per_connection_times_each_request_from_its_own_start(monkeypatch):
+    async def handler(server, request, writer):
+        if request["line"].split()[1] == "/hang":
+            await asyncio.sleep(5)
+            return False
+        writer.write(answer())
+        await writer.drain()
+        return True
+
+    loop = asyncio.get_running_loop()
+    armed = []
+    call_at = loop.call_at
+
+    def counting_call_at(when, callback, *args, **kw):
+        if getattr(callback, "__name__", "") == "_check_timeout":
+            armed.append(when)
+        return call_at(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    async with Server(handler) as server, pool(read_timeout=0.4) as p:
+        for _ in range(5):
+            await get(p, server.url + "/")
+        assert len(armed) == 1  # five requests on one kept-alive connection: one timer, not one each
+        await asyncio.sleep(0.3)  # that timer is due 0.1 s into the next request
+        started = time.monotonic()
+        with pytest.raises(aiohttp.SocketTimeoutError):
+            await p.request("GET", server.url + "/hang", [], b"")
+        assert 0.35 < time.monotonic() - started < 2  # timed from its own start
+        assert {r["conn"] for r in server.requests} == {1}
+
+
 async def test_a_slow_but_steady_stream_does_not_time_out():
     async def handler(server, request, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")

@@ -208,8 +208,7 @@ class Connection(asyncio.Protocol):
         resp = self.response
         assert resp is not None
         resp.keep_alive = keep_alive
-        resp.done = True
-        self._cancel_timer()
+        resp.done = True  # the read timer, left armed, finds nothing to time and stops (see send)
         resp._wake()
 
     def _fail(self, exc: BaseException) -> None:
@@ -231,7 +230,8 @@ class Connection(asyncio.Protocol):
         timeout = self.pool.read_timeout
         if timeout:
             self.last_read = self.loop.time()
-            self.timer = self.loop.call_at(self.last_read + timeout, self._check_timeout)
+            if self.timer is None:  # one timer per connection, not per request: it re-arms itself from last_read
+                self.timer = self.loop.call_at(self.last_read + timeout, self._check_timeout)
         transport = self.transport
         assert transport is not None
         if len(body) < 65536:
