@@ -371,6 +371,22 @@ async def test_one_read_timer_per_connection_times_each_request_from_its_own_sta
         assert {r["conn"] for r in server.requests} == {1}
 
 
+async def test_a_request_cancelled_in_the_turn_its_slot_frees_ends_cancelled_and_frees_the_slot():
+    async with Server(fixed(answer())) as server, pool(limit=1) as p:
+        first = await p.request("GET", server.url + "/", [], b"")
+        await first.read()  # it holds the only slot until released
+        waiting = asyncio.ensure_future(p.request("GET", server.url + "/", [], b""))
+        await asyncio.sleep(0.01)
+        assert len(p._waiters) == 1
+        waiting.cancel()  # the caller leaves ...
+        first.release()  # ... in the turn of the loop in which the slot is freed
+        with pytest.raises(asyncio.CancelledError):  # not ValueError from the waiter list
+            await waiting
+        assert p.in_use == 0 and not p._waiters
+        _, data = await get(p, server.url + "/")
+        assert data == b"ok"
+
+
 async def test_a_slow_but_steady_stream_does_not_time_out():
     async def handler(server, request, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")

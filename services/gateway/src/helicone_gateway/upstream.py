@@ -22,6 +22,7 @@ connections parsing responses with httptools. It does what the gateway needs and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
@@ -513,7 +514,9 @@ class UpstreamPool:
             if waiter.done() and not waiter.cancelled():
                 self._release_slot()  # handed a slot as we were cancelled: pass it on
             else:
-                self._waiters.remove(waiter)
+                # cancelled in the turn in which a slot was freed: _release_slot already dropped it
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def _release_slot(self) -> None:
