@@ -168,11 +168,13 @@ async def test_a_fresh_connection_that_fails_is_not_retried(tmp_path):
 
 # ---- the upstream request runs in the handler's own task (Gateway._request_here) ----
 class FakePool:
-    """upstream.request stand-in: `script(disconnected)` runs inside the request; a future it returns
-    is awaited (the request waiting for the provider's answer)."""
+    """upstream.request stand-in: `script()` runs inside the request; a future it returns is awaited
+    (the request waiting for the provider's answer). `on_cancel`: the error a cancellation comes out
+    as (a library that turns it into one of its own), else CancelledError."""
 
-    def __init__(self, script) -> None:
+    def __init__(self, script, on_cancel: Exception | None = None) -> None:
         self.script = script
+        self.on_cancel = on_cancel
         self.cancelled = False
 
     async def request(self, method, url, headers, body, attempt, socket_factory=None):
@@ -182,6 +184,8 @@ class FakePool:
                 await waited
         except asyncio.CancelledError:
             self.cancelled = True
+            if self.on_cancel is not None:
+                raise self.on_cancel from None
             raise
         return "response"
 
@@ -241,3 +245,35 @@ async def test_a_caller_already_gone_sends_nothing_upstream():
     with pytest.raises(ClientGone):
         await Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected)
     assert calls == []
+
+
+async def test_a_cancellation_that_comes_out_as_another_error_is_still_taken_back():
+    disconnected = asyncio.get_running_loop().create_future()
+    pool = FakePool(lambda: asyncio.get_running_loop().create_future(), on_cancel=ValueError("a library's own error"))
+
+    async def handler():
+        try:
+            await Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected)
+        except ValueError:
+            await asyncio.sleep(0.01)  # the handler goes on (answers 502, logs): nothing cancels it
+            return asyncio.current_task().cancelling()
+        raise AssertionError("the library's error comes through")
+
+    task = asyncio.ensure_future(handler())
+    await asyncio.sleep(0.01)
+    disconnected.set_result({"type": "http.disconnect"})
+    assert await asyncio.wait_for(task, 2) == 0
+
+
+async def test_the_time_to_headers_is_observed_while_a_stream_is_still_open(tmp_path):
+    # the p95 time-to-first-byte alert and the canary analysis read it: a long stream must not hold it back
+    async with RawProvider(lambda c, r: STREAM_START) as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}") as (url, gw, _built):
+        count = ("helicone_gateway_upstream_ttfb_seconds_count", {"provider": "openai"})
+        async with httpx.AsyncClient(timeout=5) as http:
+            async with http.stream("POST", url + "/v1/chat/completions", json=CHAT, headers=AUTH) as r:
+                chunks = r.aiter_raw()  # kept open: leaving the loop would close the stream
+                assert (await chunks.__anext__()).startswith(b"data:")
+                await asyncio.sleep(0.05)
+                assert not provider.closed_by_peer.is_set()  # the stream is still open
+                assert gw.metrics.registry.get_sample_value(*count) == 1

@@ -55,7 +55,8 @@ _id_bytes = _IdBytes()
 
 
 def _forget_id_bytes() -> None:
-    """A forked child (a gateway worker) draws its own bytes: never an id its parent hands out too."""
+    """A forked child draws its own bytes: never an id its parent hands out too. (Gateway workers are
+    started with fork and exec, which starts afresh anyway; this covers os.fork and multiprocessing.)"""
     _id_bytes.block, _id_bytes.used = b"", 0
 
 

@@ -518,7 +518,7 @@ class Gateway:
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
                                     self.answer_headers, (*limit_headers, *self._fallback_index(hh, plan)))
 
-        to_headers = time.perf_counter() - started  # observed once the answer is out: not on its way
+        to_headers = time.perf_counter() - started  # observed once the head is on its way (below)
         status = upstream.status
         resp_ctype = upstream.headers.get("content-type", "")
         resp_encoding = upstream.headers.get("content-encoding", "")
@@ -547,6 +547,8 @@ class Gateway:
         completed = False
         try:
             await send({"type": "http.response.start", "status": status, "headers": resp_headers})
+            # in the next turn of the loop: after the first body bytes are written, long before a stream ends
+            asyncio.get_running_loop().call_soon(self._provider_series(rt.provider)[0].observe, to_headers)
             async for chunk in upstream.content.iter_any():
                 if first_chunk_at < 0:
                     first_chunk_at = time.perf_counter()
@@ -576,9 +578,7 @@ class Gateway:
             if completed and recorder is not None and recorder.chunks is not None:
                 self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl)
             self._requests(rt.provider, status).inc()
-            series = self._provider_series(rt.provider)
-            series[0].observe(to_headers)
-            series[1].observe(time.perf_counter() - started)
+            self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
             if completed:
                 error = ""
@@ -702,12 +702,16 @@ class Gateway:
         try:
             return await upstream.request(method, url, headers, body, attempt, socket_factory)
         except asyncio.CancelledError:
-            if state[1] and task.uncancel() == 0:
-                raise ClientGone() from None
+            if state[1]:
+                state[1] = False
+                if task.uncancel() == 0:
+                    raise ClientGone() from None
             raise
         finally:
             state[0] = False
             disconnected.remove_done_callback(cancel)
+            if state[1]:  # the cancellation came out as another error: take it back all the same
+                task.uncancel()
 
     # ---- retries and fallbacks (only requests with Helicone-Retry-* or Helicone-Fallbacks) ----
     def _plan(self, hh: HeliconeHeaders, rt: Route, url: str, target: TargetDest | None, path_and_query: str) -> Plan:

@@ -144,8 +144,8 @@ class TargetConnect:
     opened: int = 0  # sockets opened (addresses that passed)
 
 
-# Set around the creation of the task that sends a Target-URL request; tasks copy the context, so
-# the socket factory (run inside that task) sees it.
+# Set by the handler around its await of a Target-URL request (Gateway._send_upstream); the socket
+# factory runs in that same task and context, so it sees it.
 CONNECTING: ContextVar[TargetConnect | None] = ContextVar("helicone_target_connect", default=None)
 
 
