@@ -190,22 +190,28 @@ class FakePool:
         return "response"
 
 
-async def test_a_caller_leaving_while_the_provider_is_awaited_cancels_the_request_and_only_that():
+async def left_while_waiting(pool: FakePool, raised: type[Exception]) -> int:
+    """The caller leaves while a handler waits in _request_here: it must raise `raised`, and the
+    handler, going on after it (answering, logging), must not be left cancelling: its count."""
     disconnected = asyncio.get_running_loop().create_future()
-    pool = FakePool(lambda: asyncio.get_running_loop().create_future())  # never answered
 
     async def handler():
         try:
             await Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected)
-        except ClientGone:
-            await asyncio.sleep(0.01)  # the handler goes on (logs the request): no cancellation is left over
+        except raised:
+            await asyncio.sleep(0.01)
             return asyncio.current_task().cancelling()
-        raise AssertionError("the caller left")
+        raise AssertionError(f"expected {raised.__name__}")
 
     task = asyncio.ensure_future(handler())
     await asyncio.sleep(0.01)
     disconnected.set_result({"type": "http.disconnect"})
-    assert await asyncio.wait_for(task, 2) == 0
+    return await asyncio.wait_for(task, 2)
+
+
+async def test_a_caller_leaving_while_the_provider_is_awaited_cancels_the_request_and_only_that():
+    pool = FakePool(lambda: asyncio.get_running_loop().create_future())  # never answered
+    assert await left_while_waiting(pool, ClientGone) == 0
     assert pool.cancelled
 
 
@@ -248,21 +254,8 @@ async def test_a_caller_already_gone_sends_nothing_upstream():
 
 
 async def test_a_cancellation_that_comes_out_as_another_error_is_still_taken_back():
-    disconnected = asyncio.get_running_loop().create_future()
     pool = FakePool(lambda: asyncio.get_running_loop().create_future(), on_cancel=ValueError("a library's own error"))
-
-    async def handler():
-        try:
-            await Gateway._request_here(pool, "POST", "http://127.0.0.1:9/x", [], b"", Attempt(), disconnected)
-        except ValueError:
-            await asyncio.sleep(0.01)  # the handler goes on (answers 502, logs): nothing cancels it
-            return asyncio.current_task().cancelling()
-        raise AssertionError("the library's error comes through")
-
-    task = asyncio.ensure_future(handler())
-    await asyncio.sleep(0.01)
-    disconnected.set_result({"type": "http.disconnect"})
-    assert await asyncio.wait_for(task, 2) == 0
+    assert await left_while_waiting(pool, ValueError) == 0  # the library's error comes through
 
 
 async def test_the_time_to_headers_is_observed_while_a_stream_is_still_open(tmp_path):
