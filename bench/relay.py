@@ -61,7 +61,7 @@ class _Caller(_Side):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         transport.set_write_buffer_limits(HIGH_WATER)
-        asyncio.get_running_loop().create_task(self._connect())
+        self.connecting = asyncio.get_running_loop().create_task(self._connect())  # referenced: never collected mid-way
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
