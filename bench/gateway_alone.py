@@ -373,10 +373,7 @@ async def run(args) -> None:
                   f"{'CPU us':>6s} {'stream':>7s} {'str/json':>8s} {'long':>6s} {'long sus':>8s} {'long CPU':>8s} {'kept up':>7s} {'vs 1st':>6s} {'spooled':>7s} {'resent':>7s} {'RSS MB':>7s} {'RSS long':>8s}")
             first = variants[0].results["sustained"]
             for v in variants:
-                g = [x for r in v.results["c1_json"] for x in r]
-                d = [x for r in v.results["c1_json_direct"] for x in r]
-                gf = [x for r in v.results["c1_first"] for x in r]
-                df = [x for r in v.results["c1_first_direct"] for x in r]
+                g, d, gf, df = c1_samples(v)
                 burst = statistics.median(v.results["burst_rps"])
                 stream = statistics.median(v.results["stream_rps"])
                 v.results["spooled"] = [await spooled(v)]
@@ -417,14 +414,19 @@ async def run(args) -> None:
             kafka.stop()
 
 
+def c1_samples(v: Variant) -> tuple[list[float], ...]:
+    """Every round's concurrency-1 latencies pooled: the gateway's JSON, the direct JSON next to them,
+    the gateway's first streamed byte, the direct one."""
+    return tuple([x for r in v.results[k] for x in r] for k in ("c1_json", "c1_json_direct", "c1_first", "c1_first_direct"))
+
+
 def c1_report(variants: list[Variant], args) -> None:
     """--c1-only: the concurrency-1 columns alone, with the quantiles around them."""
     print(f"\ngateway alone at concurrency 1: {args.single} requests a sample, {args.rounds} interleaved rounds, "
           "each next to a direct call")
     print(f"{'variant':18s} {'p50+':>6s} {'p90+':>6s} {'p99+':>6s} {'1st p50+':>8s} {'1st p99+':>8s} {'p50':>6s} {'direct p50':>10s}")
     for v in variants:
-        g, d = ([x for r in v.results[k] for x in r] for k in ("c1_json", "c1_json_direct"))
-        gf, df = ([x for r in v.results[k] for x in r] for k in ("c1_first", "c1_first_direct"))
+        g, d, gf, df = c1_samples(v)
         print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):6.3f} {pct(g, 90) - pct(d, 90):6.3f} "
               f"{pct(g, 99) - pct(d, 99):6.3f} {pct(gf, 50) - pct(df, 50):8.3f} {pct(gf, 99) - pct(df, 99):8.3f} "
               f"{pct(g, 50):6.3f} {pct(d, 50):10.3f}")

@@ -656,6 +656,7 @@ class Gateway:
         through the egress-checked socket factory; Rejection (403) if every address was refused."""
         upstream = self.upstream
         assert upstream is not None
+        dest, sockets = (url, None) if target is None else (target.url, self.target_sockets)
         for attempt_no in (1, 2):
             attempt = Attempt()
             connecting = token = None
@@ -664,7 +665,6 @@ class Gateway:
                 connecting = TargetConnect(target.host, target.port)
                 token = CONNECTING.set(connecting)
             try:
-                dest, sockets = (url, None) if target is None else (target.url, self.target_sockets)
                 return await self._request_here(upstream, method, dest, headers, body, attempt, disconnected, sockets)
             except STALE_CONNECTION_ERRORS:
                 if connecting is not None and connecting.refused and not connecting.opened:
