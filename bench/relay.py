@@ -72,13 +72,19 @@ class _Caller(_Side):
                 self.transport.close()
             return
         if self.transport is None:  # the caller left meanwhile
-            upstream.transport.close()
+            if upstream.transport is not None:
+                upstream.transport.close()
             return
         upstream.peer, self.peer = self, upstream
-        upstream.transport.set_write_buffer_limits(HIGH_WATER)
-        for data in self.early:
-            upstream.transport.write(data)
-        self.early.clear()
+        for side in (self, upstream):  # what each side sent before the pair was made (a server may speak first)
+            if side.peer.transport is not None:
+                for data in side.early:
+                    side.peer.transport.write(data)
+            side.early.clear()
+        if upstream.transport is None:  # the server already closed: so does the caller, after its bytes
+            self.transport.close()
+        else:
+            upstream.transport.set_write_buffer_limits(HIGH_WATER)
 
 
 async def serve(port: int, upstream_port: int, ready: asyncio.Future | None = None) -> None:

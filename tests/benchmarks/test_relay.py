@@ -63,3 +63,38 @@ async def test_the_upstream_closing_or_refusing_closes_the_caller():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+
+async def test_what_a_server_sends_before_the_pair_is_made_reaches_the_caller_and_its_close_too(monkeypatch):
+    # the order a live socket only sometimes gives: the server's banner and its close arrive while the
+    # relay still waits for its connection to be handed over
+    async def create_connection(factory, host, port):
+        side = factory()
+        side.connection_made(FakeTransport())
+        side.data_received(b"220 banner before anything was asked\n")
+        side.connection_lost(None)
+        return None, side
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", create_connection)
+    caller = relay._Caller(upstream_port=9)
+    transport = FakeTransport()
+    caller.connection_made(transport)
+    caller.data_received(b"hello\n")  # the caller's own early bytes go nowhere: the server is gone
+    await caller.connecting
+    assert transport.written == [b"220 banner before anything was asked\n"] and transport.closed
