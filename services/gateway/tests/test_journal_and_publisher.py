@@ -12,7 +12,7 @@ from helicone_core import events
 from helicone_core.kafka import PLAINTEXT
 from helicone_core.metrics import ServiceMetrics
 from helicone_gateway.journal import Journal, JournalInUse, encode_record
-from helicone_gateway.publisher import BATCH_SEND_MIN, EventPublisher
+from helicone_gateway.publisher import EventPublisher
 from helicone_gateway.settings import GatewaySettings
 from helicone_runner.embedded import EmbeddedKafka
 
@@ -638,7 +638,7 @@ def test_acks_do_not_wait_for_an_fsync_in_progress(tmp_path, monkeypatch):
 
 async def test_events_sent_as_record_batches_are_acked_with_the_offsets_kafka_gave_them(tmp_path, kafka_bootstrap):
     """Under load the publisher hands events to Kafka as one record batch per partition
-    (BATCH_SEND_MIN or more at once): every event lands once, on its key's partition, and the
+    (several at once): every event lands once, on its key's partition, and the
     journal records for each the very offset Kafka gave it (what trimming waits for ingest to pass)."""
     from helicone_core.kafka import ensure_topics
 
@@ -663,7 +663,7 @@ async def test_events_sent_as_record_batches_are_acked_with_the_offsets_kafka_ga
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None)
     try:
         await _until(lambda: pub.connected)
-        sent = [_event(org=f"org{i % 7}") for i in range(10 * BATCH_SEND_MIN)]
+        sent = [_event(org=f"org{i % 7}") for i in range(160)]
         for ev in sent:  # one loop iteration: the worker takes them as one batch
             pub.submit(lambda ev=ev: ev)
         await _until(lambda: pub.journal.record_count == len(sent) and pub.journal.unacked_count() == 0)
@@ -714,6 +714,125 @@ async def test_at_light_load_a_produce_request_carries_20_ms_of_events(tmp_path,
         await pub.stop()
 
 
+async def _read_all(bootstrap: str, topic: str, want: int, settle: float = 1.0) -> list[str]:
+    """Every record on the topic (duplicates kept): read until `want` arrived and `settle` s more passed."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    got: list[str] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline, quiet_from = loop.time() + 30, None
+        while loop.time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got += [events.decode(r.value).request_id for r in records]
+            if len(got) >= want:
+                quiet_from = quiet_from or loop.time()
+                if loop.time() - quiet_from >= settle:
+                    break
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_at_light_load_journal_batches_share_one_record_batch_per_linger(tmp_path, kafka_bootstrap):
+    """Events a few ms apart are journaled in several small batches; they reach the producer as one
+    record batch per linger_ms (one future, one callback on the loop for all of them), not one send()
+    per event (a future and a callback each: at c=1 the callbacks of 20 ms of events ran back to
+    back on the loop, and the p99 overhead was theirs)."""
+    topic = "lingering-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=100, journal_linger_ms=5)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        producer = pub._producer
+        calls = {"send": 0, "send_batch": 0}
+        for name in calls:
+            real = getattr(producer, name)
+
+            async def counted(*a, _real=real, _name=name, **kw):
+                calls[_name] += 1
+                return await _real(*a, **kw)
+
+            setattr(producer, name, counted)
+        sent, started = [], time.monotonic()
+        while time.monotonic() - started < 0.3:
+            sent.append(_event())
+            pub.submit(lambda ev=sent[-1]: ev)
+            await asyncio.sleep(0.002)
+        elapsed = time.monotonic() - started
+        await _until(lambda: pub.journal.record_count == len(sent) and pub.journal.unacked_count() == 0)
+        assert calls["send"] == 0
+        assert 1 <= calls["send_batch"] <= elapsed / 0.100 + 2, (calls, len(sent), elapsed)
+        assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "direct"}) == len(sent)
+        assert sorted(await _read_all(kafka_bootstrap, topic, len(sent), settle=0.2)) == sorted(ev.request_id for ev in sent)
+    finally:
+        await pub.stop()
+
+
+async def test_a_hold_does_not_wait_for_a_lingering_record_batch_whose_events_go_out_after_release(tmp_path, kafka_bootstrap):
+    """hold() returns once nothing handed over is unacknowledged; a record batch still waiting for
+    company was not handed over: its events go back to the journal at once (spooled as held) instead
+    of the hold waiting out the linger, and after release() each reaches Kafka once."""
+    topic = "lingerhold-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=3_000, journal_linger_ms=0)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(5)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: sum(len(o.taken) for o in pub._lingering.values()) == len(sent))
+        await asyncio.wait_for(pub.hold(), 1)  # not the 3 s linger
+        assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "held"}) == len(sent)
+        assert pub._lingering == {}
+        pub.release()
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert sorted(await _read_all(kafka_bootstrap, topic, len(sent), settle=0.3)) == sorted(ev.request_id for ev in sent)
+    finally:
+        await pub.stop()
+
+
+async def test_a_graceful_stop_hands_a_lingering_record_batch_over(tmp_path, kafka_bootstrap):
+    """stop() does not leave events waiting out a long linger: they reach Kafka before it returns."""
+    topic = "lingerstop-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=60_000, journal_linger_ms=0)
+    await pub.start()
+    stopped = False
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(5)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: sum(len(o.taken) for o in pub._lingering.values()) == len(sent))
+        await asyncio.wait_for(pub.stop(), 15)
+        stopped = True
+        assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "direct"}) == len(sent)
+        assert sorted(await _read_all(kafka_bootstrap, topic, len(sent), settle=0.2)) == sorted(ev.request_id for ev in sent)
+    finally:
+        if not stopped:
+            await pub.stop()
+
+
+async def test_a_lingering_record_batch_from_before_a_log_reset_is_not_sent_twice(tmp_path, kafka_bootstrap):
+    """After log_reset() the journal sends every unconsumed event again, those waiting in an open record
+    batch too; the open batch itself is then not sent, so each event lands once."""
+    topic = "lingerreset-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=300, journal_linger_ms=0)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(5)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: sum(len(o.taken) for o in pub._lingering.values()) == len(sent))
+        await pub.log_reset()
+        await _until(lambda: pub.journal.unacked_count() == 0 and not pub._lingering)
+        got = await _read_all(kafka_bootstrap, topic, len(sent), settle=1.0)
+        assert sorted(got) == sorted(ev.request_id for ev in sent)
+    finally:
+        await pub.stop()
+
+
 class _FailingProducer:
     """A producer whose record batches fail: at hand-over, or later when the broker answers."""
 
@@ -745,7 +864,7 @@ async def test_a_failed_record_batch_leaves_every_event_to_the_resender(tmp_path
     try:
         await _until(lambda: pub.connected)
         pub._producer = _FailingProducer(pub._producer, at_send)
-        sent = [_event() for _ in range(2 * BATCH_SEND_MIN)]
+        sent = [_event() for _ in range(32)]
         for ev in sent:  # one loop iteration: one batch, sent as record batches
             pub.submit(lambda ev=ev: ev)
         got = await _consume(kafka_bootstrap, topic, len(sent))

@@ -2,7 +2,8 @@
 
 submit() never blocks and never raises: the event is built by a background worker, appended to
 the journal (journal.py) in batches (one write + one fsync per batch, in the journal's thread) and
-only then handed to the producer, which batches again (linger, batch size, optional gzip). Past the
+only then handed to the producer as record batches: one per partition, which at light load waits
+linger_ms for the next journal batches (_send_batch; batch size, optional gzip). Past the
 queue's size an event is built at once and joins an overflow batch that is sent the same way: while
 the broker is up nothing waits for the resender (helicone_gateway_events_spooled_total counts what
 does, by reason). An event leaves the journal once the ingest consumer
@@ -50,12 +51,20 @@ from helicone_core.metrics import ServiceMetrics
 from .journal import Journal, RecordRef, Segment
 
 log = logging.getLogger(__name__)
-# Events handed to Kafka together at least this many go as record batches (_send_many: a future per
-# batch, not per event; under load 8 % less gateway CPU per request). Fewer go one by one: at light
-# load the per-batch sends added 0.1 ms to the c=1 overhead (bench/gateway_alone.py).
-BATCH_SEND_MIN = 16
-
 EventBuilder = Callable[[], "events.RequestLogged | None"]
+
+
+class _Lingering:
+    """A partition's open record batch: journaled events wait in it, at most linger_ms, for more
+    (_send_batch). Each holds an in-flight permit."""
+
+    __slots__ = ("batch", "generation", "taken", "timer")
+
+    def __init__(self, batch: Any, generation: int) -> None:
+        self.batch = batch
+        self.generation = generation
+        self.taken: list[tuple[RecordRef, int]] = []  # (ref, offset within the batch)
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class EventPublisher:
@@ -119,6 +128,7 @@ class EventPublisher:
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._deliveries: set[asyncio.Future] = set()  # sends awaiting the broker's answer
+        self._lingering: dict[int, _Lingering] = {}  # per partition: the record batch waiting for company
         self._connected = asyncio.Event()
         self._resend = asyncio.Event()
         self._max_in_flight = max_in_flight
@@ -217,6 +227,7 @@ class EventPublisher:
             await self._append(leftovers, send=False)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._hand_over_lingering()  # record batches still waiting for company go now
         producer = self._producer
         if producer is not None and self.connected:
             with contextlib.suppress(Exception):
@@ -245,6 +256,7 @@ class EventPublisher:
         nothing handed over before is still awaiting its acknowledgement. The active segment is
         sealed, so what was sent before the hold and what waits during it never share a segment."""
         self._open.clear()
+        self._drop_lingering("held")  # not handed over yet: they wait in the journal
         await asyncio.get_running_loop().run_in_executor(self._io, self.journal.seal_active)
         taken = 0
         try:
@@ -413,15 +425,7 @@ class EventPublisher:
             self.m_evicted.inc(self.journal.evicted_segments - self._evicted_seen)
             self._evicted_seen = self.journal.evicted_segments
         journaled = [(ref, key, data) for ref, (key, data) in zip(refs, built, strict=True) if ref is not None]
-        if not send:
-            unsent = len(journaled)
-        elif len(journaled) >= BATCH_SEND_MIN:
-            unsent = await self._send_many(journaled, generation)
-        else:
-            unsent = 0
-            for ref, key, data in journaled:
-                if not await self._send(ref, key, data, generation, "direct"):
-                    unsent += 1
+        unsent = await self._send_many(journaled, generation) if send else len(journaled)
         if send and unsent:
             reason = "send_failed" if self._open.is_set() else "held"  # held while this batch was journaled
         if unsent:
@@ -458,7 +462,8 @@ class EventPublisher:
     async def _send_many(self, sends: list[tuple[RecordRef, bytes, bytes]], generation: int) -> int:
         """Hands journaled events to the producer as record batches, one future per batch and
         partition instead of one per event (aiokafka's send() cost 15-18 us of CPU per event, a
-        batch's append 6); returns how many were not handed over (the journal has them as failed)."""
+        batch's append 6, and each event's future another callback on the loop); returns how many
+        were not handed over (the journal has them as failed)."""
         by_partition: dict[int, list[tuple[RecordRef, bytes, bytes]]] = {}
         for item in sends:
             by_partition.setdefault(self._partition(item[1]), []).append(item)
@@ -472,40 +477,101 @@ class EventPublisher:
 
     async def _send_batch(self, partition: int, items: list[tuple[RecordRef, bytes, bytes]],
                           generation: int) -> tuple[int, int]:
-        """Sends the first of `items` that fit in one record batch: (how many it dealt with, how many
-        of those were not handed over)."""
+        """Adds the first of `items` that fit to the partition's open record batch: (how many it
+        dealt with, how many events were not handed over). The batch goes once it is full or permits
+        run short (under load: at once), else after linger_ms. At light load that is one produce
+        request and one acknowledgement per linger_ms, not one per journal batch (each a broker
+        round trip) or per event (each a callback on the loop)."""
         producer = self._producer
         if producer is None or not self.connected:
             self.journal.failed(items[0][0], generation)
             return 1, 1
-        batch = producer.create_batch()
-        taken: list[tuple[RecordRef, int]] = []  # (ref, offset within the batch)
+        await self._inflight.acquire()  # the only wait: from here to the hand-over nothing yields
+        open_ = self._lingering.get(partition)
+        if open_ is not None and open_.generation != generation:
+            self._drop_lingering("", partition)  # the journal sends the old generation's events again
+            open_ = None
+        if open_ is None:
+            open_ = self._lingering[partition] = _Lingering(producer.create_batch(), generation)
+        dealt, full = 0, False
         for ref, key, data in items:
-            if taken and self._inflight.locked():
-                break  # never wait for a permit while holding some: hold() waits for all of them
-            await self._inflight.acquire()
-            appended = batch.append(key=key, value=data, timestamp=None)
+            if dealt:
+                if self._inflight.locked():
+                    full = True  # never wait for a permit while holding some: hold() waits for all of them
+                    break
+                await self._inflight.acquire()  # free: returns without yielding
+            appended = open_.batch.append(key=key, value=data, timestamp=None)
             if appended is None:  # the batch is full
                 self._inflight.release()
+                full = True
                 break
-            taken.append((ref, appended.offset))
-        if not taken:  # one event larger than a batch: sent on its own
+            open_.taken.append((ref, appended.offset))
+            dealt += 1
+        if not open_.taken:  # one event larger than a batch: sent on its own
+            del self._lingering[partition]
             return 1, 0 if await self._send(*items[0], generation, "direct") else 1
-        batch.close()
-        if not self._open.is_set():  # held while these waited for permits: they go out after release
-            self._failed(taken, generation)
+        if full or self.linger_ms <= 0:
+            del self._lingering[partition]
+            return dealt, await self._hand_over(partition, open_)
+        if open_.timer is None:
+            open_.timer = asyncio.get_running_loop().call_later(self.linger_ms / 1000, self._linger_over, partition, open_)
+        return dealt, 0
+
+    def _linger_over(self, partition: int, open_: _Lingering) -> None:
+        if self._lingering.get(partition) is open_:
+            del self._lingering[partition]
+            self._spawn(self._hand_over_later(partition, open_))
+
+    async def _hand_over_later(self, partition: int, open_: _Lingering) -> None:
+        """A batch whose linger is over; its events' _append has returned, so their spooling is counted here."""
+        unsent = await self._hand_over(partition, open_)
+        if unsent:
+            self.m_spooled.labels("send_failed" if self._open.is_set() else "held").inc(unsent)
+            self._update_gauges()
+
+    async def _hand_over(self, partition: int, open_: _Lingering) -> int:
+        """Sends a record batch taken out of _lingering; returns how many of its events were not handed over."""
+        if open_.timer is not None:
+            open_.timer.cancel()
+        taken, producer = open_.taken, self._producer
+        open_.batch.close()
+        if not self._open.is_set() or producer is None or not self.connected or open_.generation != self.journal.generation:
+            # held while these waited (they go out after release), or the broker went away
+            self._failed(taken, open_.generation)
             self._resend.set()
-            return len(taken), len(taken)
+            return len(taken)
         try:
             # bounded without wait_for: a full buffer makes send_batch() wait at most request_timeout_ms
-            delivery = await producer.send_batch(batch, self.topic, partition=partition)
+            delivery = await producer.send_batch(open_.batch, self.topic, partition=partition)
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
-            self._failed(taken, generation)
+            self._failed(taken, open_.generation)
             self._mark_down(exc)
-            return len(taken), len(taken)
+            self._resend.set()
+            return len(taken)
         self._deliveries.add(delivery)
-        delivery.add_done_callback(partial(self._delivered, taken, generation, "direct"))
-        return len(taken), 0
+        delivery.add_done_callback(partial(self._delivered, taken, open_.generation, "direct"))
+        return 0
+
+    def _drop_lingering(self, reason: str, partition: int | None = None) -> None:
+        """Open record batches not sent after all (a hold, a disconnect, a new generation): their
+        permits back, their events unsent in the journal, for the resender. reason: the spooled
+        metric's, or "" for events of a generation the journal sends again anyway."""
+        for p in [partition] if partition is not None else list(self._lingering):
+            open_ = self._lingering.pop(p, None)
+            if open_ is not None:
+                if open_.timer is not None:
+                    open_.timer.cancel()
+                self._failed(open_.taken, open_.generation)
+                if reason:
+                    self.m_spooled.labels(reason).inc(len(open_.taken))
+                self._resend.set()
+
+    async def _hand_over_lingering(self) -> None:
+        """Sends every open record batch now (a graceful stop)."""
+        for partition in list(self._lingering):
+            open_ = self._lingering.pop(partition, None)
+            if open_ is not None:
+                await self._hand_over_later(partition, open_)
 
     def _failed(self, sent: list[tuple[RecordRef, int]], generation: int) -> None:
         """Events that did not reach the broker: their permits back, unsent again in the journal."""
@@ -617,6 +683,7 @@ class EventPublisher:
         log.info("kafka producer connected to %s", self.bootstrap)
 
     async def _disconnect(self) -> None:
+        self._drop_lingering("broker_down")
         producer, self._producer = self._producer, None
         admin, self._admin = self._admin, None
         offsets, self._offsets = self._offsets, None

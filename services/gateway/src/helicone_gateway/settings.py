@@ -48,9 +48,10 @@ class GatewaySettings(ServiceSettings):
     # Producer batching: Kafka's linger.ms, batch size and compression of the request-log topic. An
     # event is on disk (the journal) before the producer sees it, so the linger costs freshness only
     # (at most this much later in ingest), never durability. Under load, record batches go at once
-    # (EventPublisher._send_many closes them); at light load a produce request carries this long's
-    # events: at c=1 (about 370 requests/s) 20 ms instead of 5 took the broker's CPU per request from
-    # 270-413 to 133-185 us and the gateway's from 842-953 to 809-858 us, p99 overhead 2.6-3.4 -> 2.1-2.8 ms.
+    # (EventPublisher._send_batch sends a full one); at light load the journal's batches of this long
+    # share one record batch: one produce request and one acknowledgement. At c=1 (about 370 requests/s)
+    # 20 ms instead of 5 took the broker's CPU per request from 270-413 to 133-185 us and the gateway's
+    # from 842-953 to 809-858 us, p99 overhead 2.6-3.4 -> 2.1-2.8 ms.
     kafka_linger_ms: int = Field(default=20, ge=0, le=1000)
     kafka_max_batch_bytes: int = Field(default=256 * 1024, ge=16 * 1024, le=4 * 1024 * 1024)
     # gzip only: lz4/zstd would need cramjam in the gateway and in ingest
