@@ -56,7 +56,7 @@ EventBuilder = Callable[[], "events.RequestLogged | None"]
 
 class _Lingering:
     """A partition's open record batch: journaled events wait in it, at most linger_ms, for more
-    (_send_batch). Each holds an in-flight permit."""
+    (_send_batch). Each of them holds an in-flight permit."""
 
     __slots__ = ("batch", "generation", "taken", "timer")
 
@@ -510,7 +510,8 @@ class EventPublisher:
         if not open_.taken:  # one event larger than a batch: sent on its own
             del self._lingering[partition]
             return 1, 0 if await self._send(*items[0], generation, "direct") else 1
-        if full or self.linger_ms <= 0:
+        if full or self.linger_ms <= 0 or not self._open.is_set() or not self.connected:
+            # (held or disconnected while waiting for the first permit: _hand_over gives them back at once)
             del self._lingering[partition]
             return dealt, await self._hand_over(partition, open_)
         if open_.timer is None:
