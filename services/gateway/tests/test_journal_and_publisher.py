@@ -2,6 +2,7 @@ import asyncio
 import datetime as dt
 import os
 import stat
+import threading
 import time
 import uuid
 
@@ -792,27 +793,201 @@ async def test_a_hold_does_not_wait_for_a_lingering_record_batch_whose_events_go
         await pub.stop()
 
 
+class _GatedProducer:
+    """The real producer, but the broker's answers to record batches wait until `gate` is set (in-flight
+    permits stay taken until then)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.gate = real, asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    async def send_batch(self, batch, topic, *, partition):
+        answer = await self.real.send_batch(batch, topic, partition=partition)
+
+        async def gated():
+            await self.gate.wait()
+            return await answer
+
+        return asyncio.ensure_future(gated())
+
+
+def _lingering_events(pub: EventPublisher) -> int:
+    return sum(len(o.taken) for o in pub._lingering.values())
+
+
+async def test_permits_running_short_send_the_open_record_batches_at_once(tmp_path, kafka_bootstrap):
+    """Open record batches hold in-flight permits while they wait for company. When the permits run
+    short they go at once: the worker does not wait out their linger (the events behind it would not
+    even be journaled meanwhile)."""
+    topic = "lingershort-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=3_000, journal_linger_ms=0, max_in_flight=2)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(4)]
+        for ev in sent[:2]:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 2)  # both permits
+        pub.submit(lambda: sent[2])
+        await _until(lambda: pub.journal.record_count == 3)
+        started = time.monotonic()
+        pub.submit(lambda: sent[3])  # journaled once the worker is done with the one before
+        await _until(lambda: pub.journal.record_count == 4 and _lingering_events(pub) == 2, timeout=10)
+        assert time.monotonic() - started < 1.5  # not the 3 s linger
+        assert sorted(await _read_all(kafka_bootstrap, topic, 2, settle=0.2))[:2] == sorted(ev.request_id for ev in sent[:2])
+    finally:
+        await pub.stop()
+
+
 async def test_a_hold_does_not_wait_for_a_record_batch_begun_while_it_held(tmp_path, kafka_bootstrap):
-    """An event still waiting for an in-flight permit when hold() begins gets it from the batch the
-    hold gave back; it is not left to linger (holding that permit, so the hold would wait out the
-    linger) but goes back to the journal at once."""
+    """An event still waiting for an in-flight permit when hold() begins gets one before the hold does;
+    it is not left to linger (holding that permit, so the hold would wait out the linger) but goes
+    back to the journal at once, and out after release()."""
     topic = "lingerheld-" + uuid.uuid4().hex[:8]
     pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=1_500, journal_linger_ms=0, max_in_flight=2)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        gated = pub._producer = _GatedProducer(pub._producer)
+        sent = [_event() for _ in range(3)]
+        for ev in sent[:2]:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 2)
+        pub.submit(lambda: sent[2])  # no permit left: the two go, and their answers wait for the gate
+        await _until(lambda: pub.journal.record_count == 3 and not pub._lingering)
+        await asyncio.sleep(0.05)  # the worker waits for a permit
+        hold = asyncio.ensure_future(pub.hold())
+        await asyncio.sleep(0.05)
+        gated.gate.set()  # the answers give back the permits: the waiting event's first, then the hold's
+        await asyncio.wait_for(hold, 1)
+        assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "held"}) == 1
+        pub.release()
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
+    finally:
+        await pub.stop()
+
+
+async def test_a_lost_broker_gives_a_lingering_record_batch_back_at_once(tmp_path, kafka_bootstrap):
+    """The producer replaced after a failure: events waiting in an open record batch go back to the
+    journal (spooled as broker_down, their permits back) at the disconnect, not at their linger's end,
+    and reach Kafka once after the reconnect."""
+    topic = "lingerdown-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=3_000, journal_linger_ms=0)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(3)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 3)
+        pub._mark_down(RuntimeError("a failed send"))  # as a failed send does; the connector reconnects
+        await _until(lambda: _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "broker_down"}) == 3, timeout=1.5)
+        assert not pub._lingering
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
+    finally:
+        await pub.stop()
+
+
+async def test_a_stop_leaves_no_hand_over_behind_when_linger_timers_fire_during_it(tmp_path, kafka_bootstrap):
+    """Two partitions' open batches; stop() sends the first while the second's linger ends. Every event
+    is handed over before stop() returns, and no task is left running."""
+    topic = "lingerstop2-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=200, journal_linger_ms=0, partitions=2)
+    await pub.start()
+    await _until(lambda: pub.connected)
+    real = pub._producer.send_batch
+
+    async def slow(*a, **kw):  # as when aiokafka waits for the partition's previous batch to drain
+        await asyncio.sleep(0.3)
+        return await real(*a, **kw)
+
+    pub._producer.send_batch = slow
+    sent = [_event(org=f"org{i}") for i in range(12)]
+    for ev in sent:
+        pub.submit(lambda ev=ev: ev)
+    await _until(lambda: len(pub._lingering) == 2 and _lingering_events(pub) == 12)
+    await pub.stop()
+    assert not [t for t in pub._background if not t.done()]
+    assert _sample(metrics, "helicone_gateway_events_published_total", {"path": "direct"}) == len(sent)
+
+
+async def test_events_journaled_while_the_broker_lost_data_are_sent_in_the_new_generation(tmp_path, kafka_bootstrap):
+    """A data loss (_forget_log: every unconsumed record goes out again) lands while a batch is being
+    written on the journal's thread. The batch is then marked in flight in the new generation; sent
+    under the old one, its acknowledgement would be ignored and the resender would skip it for ever.
+    It goes to the resender instead, and reaches Kafka."""
+    topic = "lingergen-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=50, journal_linger_ms=0)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        real, entered, gate = pub.journal.append, threading.Event(), threading.Event()
+
+        def append(*a, **kw):
+            if not entered.is_set():
+                entered.set()
+                gate.wait(5)
+            return real(*a, **kw)
+
+        pub.journal.append = append
+        ev = _event()
+        pub.submit(lambda: ev)
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        pub._broker_lost_data("offset_regressed")  # on the loop, as _delivered or _check_offsets would
+        gate.set()
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert ev.request_id in await _read_all(kafka_bootstrap, topic, 1, settle=0.2)
+    finally:
+        await pub.stop()
+
+
+async def test_an_open_record_batch_from_before_a_log_reset_takes_no_new_events(tmp_path, kafka_bootstrap):
+    """After a reset the next journal batch does not join the old generation's open batch (sent under
+    that generation, its acknowledgement would be ignored and the new events would stay in flight
+    for ever): the old batch goes back to the journal, and every event lands once."""
+    topic = "lingergen2-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=1_000, journal_linger_ms=0)
     await pub.start()
     try:
         await _until(lambda: pub.connected)
         sent = [_event() for _ in range(3)]
         for ev in sent[:2]:
             pub.submit(lambda ev=ev: ev)
-        await _until(lambda: sum(len(o.taken) for o in pub._lingering.values()) == 2)  # both permits
+        await _until(lambda: _lingering_events(pub) == 2)
+        await pub.log_reset()  # the resender sends the two again, in the new generation
         pub.submit(lambda: sent[2])
-        await _until(lambda: pub.journal.record_count == 3)
-        await asyncio.sleep(0.05)  # the worker waits for a permit
-        await asyncio.wait_for(pub.hold(), 1)
-        assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "held"}) == 3
-        pub.release()
+        await _until(lambda: pub.journal.record_count == 3 and _lingering_events(pub) == 1)
         await _until(lambda: pub.journal.unacked_count() == 0)
-        assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
+        assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=1.2)) == sorted(ev.request_id for ev in sent)
+        assert pub._inflight._value == pub._max_in_flight  # every permit back, the old batch's too
+    finally:
+        await pub.stop()
+
+
+async def test_an_event_larger_than_a_record_batch_goes_on_its_own_beside_an_open_batch(tmp_path, kafka_bootstrap):
+    """An open batch that cannot take the next event goes; an event no batch can hold is sent on its own;
+    the events after it start a new batch. Each lands once and every permit comes back."""
+    topic = "lingerbig-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=300, journal_linger_ms=0, max_batch_bytes=16384)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        small = [_event() for _ in range(2)]
+        for ev in small:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 2)
+        big, after = _event(), _event()
+        big.error = "x" * 40_000
+        pub.submit(lambda: big)
+        pub.submit(lambda: after)
+        await _until(lambda: pub.journal.record_count == 4 and pub.journal.unacked_count() == 0)
+        assert pub._inflight._value == pub._max_in_flight
+        got = await _read_all(kafka_bootstrap, topic, 4, settle=0.3)
+        assert sorted(got) == sorted(ev.request_id for ev in [*small, big, after])
     finally:
         await pub.stop()
 

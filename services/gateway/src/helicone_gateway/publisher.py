@@ -225,9 +225,11 @@ class EventPublisher:
                 leftovers.append(built)
         if leftovers:
             await self._append(leftovers, send=False)
-        if self._background:
+        while self._background or self._lingering:
+            # overflow batches still being journaled, record batches still waiting for company (they
+            # go now), hand-overs whose linger ended before
             await asyncio.gather(*self._background, return_exceptions=True)
-        await self._hand_over_lingering()  # record batches still waiting for company go now
+            await self._hand_over_lingering()
         producer = self._producer
         if producer is not None and self.connected:
             with contextlib.suppress(Exception):
@@ -425,6 +427,15 @@ class EventPublisher:
             self.m_evicted.inc(self.journal.evicted_segments - self._evicted_seen)
             self._evicted_seen = self.journal.evicted_segments
         journaled = [(ref, key, data) for ref, (key, data) in zip(refs, built, strict=True) if ref is not None]
+        if send and generation != self.journal.generation:
+            # The broker lost data while this batch was written (_forget_log, on the loop): the journal
+            # sends every unconsumed record again in the new generation, these too. Written after the
+            # reset, they would be marked in flight there, and the resender would skip them for ever.
+            for ref, _, _ in journaled:
+                self.journal.failed(ref, self.journal.generation)
+            self._resend.set()
+            self._update_gauges()
+            return
         unsent = await self._send_many(journaled, generation) if send else len(journaled)
         if send and unsent:
             reason = "send_failed" if self._open.is_set() else "held"  # held while this batch was journaled
@@ -486,7 +497,17 @@ class EventPublisher:
         if producer is None or not self.connected:
             self.journal.failed(items[0][0], generation)
             return 1, 1
+        if self._inflight.locked():
+            # permits run short while open batches hold some: they go now, not at their linger's end
+            # (the worker would wait that long, and the events behind it would not even be journaled)
+            for p, waiting in list(self._lingering.items()):
+                self._linger_over(p, waiting)
         await self._inflight.acquire()  # the only wait: from here to the hand-over nothing yields
+        producer = self._producer  # (a reconnect while it waited)
+        if producer is None or not self.connected:
+            self._inflight.release()
+            self.journal.failed(items[0][0], generation)
+            return 1, 1
         open_ = self._lingering.get(partition)
         if open_ is not None and open_.generation != generation:
             self._drop_lingering("", partition)  # the journal sends the old generation's events again
@@ -568,11 +589,11 @@ class EventPublisher:
                 self._resend.set()
 
     async def _hand_over_lingering(self) -> None:
-        """Sends every open record batch now (a graceful stop)."""
-        for partition in list(self._lingering):
-            open_ = self._lingering.pop(partition, None)
-            if open_ is not None:
-                await self._hand_over_later(partition, open_)
+        """Sends every open record batch now (a graceful stop). All are taken at once: a timer that
+        fires while one is sent finds its batch gone and starts nothing."""
+        lingering, self._lingering = self._lingering, {}
+        for partition, open_ in lingering.items():
+            await self._hand_over_later(partition, open_)
 
     def _failed(self, sent: list[tuple[RecordRef, int]], generation: int) -> None:
         """Events that did not reach the broker: their permits back, unsent again in the journal."""
