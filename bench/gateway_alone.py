@@ -24,7 +24,7 @@ the broker is Tansu in memory, each variant on its own topic.
         [--rounds 3] [--burst 4000] [--workers 1,2]
 
 `--c1-only --single 2000 --rounds 8` measures the concurrency-1 windows alone, with p90 and the first
-byte's p99 too: the A/B for a change to the request path's latency.
+byte's p99 too, and the gateway's CPU per c=1 request: the A/B for a change to the request path's latency.
 
 A variant is LABEL=TREE[:WORKERS]; TREE is a checkout whose libs/*/src and services/*/src are put on
 PYTHONPATH (default: this one). `--workers 1,2` adds one variant of this tree per worker count.
@@ -317,8 +317,12 @@ async def run(args) -> None:
                     js, st, _ = reqs[v.label]
                     # overhead at concurrency 1, each gateway call next to a direct one
                     _, d_lat, _ = await load(upstream_port, direct_json, args.single, 1)
+                    cpu_before = cpu_seconds(v)
                     _, g_lat, _ = await load(v.port, js, args.single, 1)
                     _, ds_lat, ds_first = await load(upstream_port, direct_stream, args.single, 1)
+                    # the gateway's CPU over its JSON window and the direct window after it (the logging
+                    # of its last events, journal_linger_ms and kafka_linger_ms later, falls in that one)
+                    v.add("c1_cpu", [(cpu_seconds(v) - cpu_before) / args.single * 1e6])
                     _, gs_lat, gs_first = await load(v.port, st, args.single, 1)
                     direct.setdefault("json", []).extend(d_lat)
                     direct.setdefault("first", []).extend(ds_first)
@@ -424,13 +428,16 @@ def c1_report(variants: list[Variant], args) -> None:
     """--c1-only: the concurrency-1 columns alone, with the quantiles around them."""
     print(f"\ngateway alone at concurrency 1: {args.single} requests a sample, {args.rounds} interleaved rounds, "
           "each next to a direct call")
-    print(f"{'variant':18s} {'p50+':>6s} {'p90+':>6s} {'p99+':>6s} {'1st p50+':>8s} {'1st p99+':>8s} {'p50':>6s} {'direct p50':>10s}")
+    print(f"{'variant':18s} {'p50+':>6s} {'p90+':>6s} {'p99+':>6s} {'1st p50+':>8s} {'1st p99+':>8s} {'p50':>6s} {'direct p50':>10s} "
+          f"{'CPU us':>6s}")
     for v in variants:
         g, d, gf, df = c1_samples(v)
+        cpu = statistics.median(x for r in v.results["c1_cpu"] for x in r)
         print(f"{v.label + f' ({v.workers}w)':18s} {pct(g, 50) - pct(d, 50):6.3f} {pct(g, 90) - pct(d, 90):6.3f} "
               f"{pct(g, 99) - pct(d, 99):6.3f} {pct(gf, 50) - pct(df, 50):8.3f} {pct(gf, 99) - pct(df, 99):8.3f} "
-              f"{pct(g, 50):6.3f} {pct(d, 50):10.3f}")
-    print("ms added over the direct calls of the same rounds: JSON (p50, p90, p99) and the first streamed byte (p50, p99)")
+              f"{pct(g, 50):6.3f} {pct(d, 50):10.3f} {cpu:6.0f}")
+    print("ms added over the direct calls of the same rounds: JSON (p50, p90, p99) and the first streamed byte (p50, p99);")
+    print("CPU us: the gateway's CPU (every worker and thread) per c=1 JSON request, its logging included (median of the rounds)")
 
 
 def parse_variant(text: str) -> tuple[str, str, int]:
