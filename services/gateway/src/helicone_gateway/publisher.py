@@ -490,7 +490,7 @@ class EventPublisher:
                           generation: int) -> tuple[int, int]:
         """Adds the first of `items` that fit to the partition's open record batch: (how many it
         dealt with, how many events were not handed over). The batch goes once it is full or permits
-        run short (under load: at once), else after linger_ms. At light load that is one produce
+        run short (under load: as soon as it fills), else after linger_ms. At light load that is one produce
         request and one acknowledgement per linger_ms, not one per journal batch (each a broker
         round trip) or per event (each a callback on the loop)."""
         producer = self._producer
