@@ -836,7 +836,7 @@ async def test_permits_running_short_send_the_open_record_batches_at_once(tmp_pa
         pub.submit(lambda: sent[3])  # journaled once the worker is done with the one before
         await _until(lambda: pub.journal.record_count == 4 and _lingering_events(pub) == 2, timeout=10)
         assert time.monotonic() - started < 1.5  # not the 3 s linger
-        assert sorted(await _read_all(kafka_bootstrap, topic, 2, settle=0.2))[:2] == sorted(ev.request_id for ev in sent[:2])
+        assert {ev.request_id for ev in sent[:2]} <= set(await _read_all(kafka_bootstrap, topic, 2, settle=0.2))
     finally:
         await pub.stop()
 
@@ -896,13 +896,13 @@ async def test_a_stop_leaves_no_hand_over_behind_when_linger_timers_fire_during_
     """Two partitions' open batches; stop() sends the first while the second's linger ends. Every event
     is handed over before stop() returns, and no task is left running."""
     topic = "lingerstop2-" + uuid.uuid4().hex[:8]
-    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=200, journal_linger_ms=0, partitions=2)
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=400, journal_linger_ms=0, partitions=2)
     await pub.start()
     await _until(lambda: pub.connected)
     real = pub._producer.send_batch
 
     async def slow(*a, **kw):  # as when aiokafka waits for the partition's previous batch to drain
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         return await real(*a, **kw)
 
     pub._producer.send_batch = slow
