@@ -83,3 +83,20 @@ def test_a_stuck_asyncio_test_reports_where_each_of_its_tasks_waits(tmp_path):
     assert "asking a helper process (pid" in out and 'File "<string>", line 1 in <module>' in out, out
     # the report is written before pytest-timeout's own, which follows it
     assert out.index("in wait_for_a_reply_that_never_comes") < out.index("Stack of MainThread"), out
+
+
+def test_free_port_hands_out_ports_below_the_ephemeral_range_never_twice():
+    """A port the tests pick for a service is bound seconds later; one from the kernel's ephemeral range
+    could meanwhile become an outbound connection's local port (a stack start failed with EADDRINUSE)."""
+    import socket
+
+    from tests.support.net import ephemeral_ports, free_port
+
+    lo = ephemeral_ports()[0]
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    if lo > 12_000:
+        assert all(10_000 <= p < lo for p in ports), [p for p in ports if not 10_000 <= p < lo]
+    for port in ports[:20]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free when handed out

@@ -1,11 +1,42 @@
+import random
 import socket
 from functools import cache
+from pathlib import Path
 
 import httpx
 
+_handed_out: set[int] = set()
+_rng = random.SystemRandom()  # whatever a test seeds the random module with
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outbound connections (and of bind to port 0)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port that is free now, for a service started later. It is picked below the ephemeral
+    range: a port from bind(0) is one the kernel may hand next to an outbound connection (a client of
+    Kafka, Postgres or S3) before the service binds it, and a stack start failed so (EADDRINUSE). Never
+    the same port twice in one process."""
+    lo = ephemeral_ports()[0]
+    if lo > 12_000:
+        for _ in range(500):
+            port = _rng.randint(10_000, lo - 1)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range (or none free): the kernel's pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
