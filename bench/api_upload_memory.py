@@ -27,12 +27,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = ("libs/core/src", "libs/protos/src", "services/api/src")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from tests.support.net import free_port  # noqa: E402  (ports below the ephemeral range, as the tests pick them)
 
 
 def upload(port: int, size: int, key: str | None, chunked: bool, server: psutil.Process) -> str:

@@ -438,7 +438,7 @@ class EventPublisher:
             return
         unsent = await self._send_many(journaled, generation) if send else len(journaled)
         if send and unsent:
-            reason = "send_failed" if self._open.is_set() else "held"  # held while this batch was journaled
+            reason = self._unsent_reason()  # held while this batch was journaled, or the send failed
         if unsent:
             self.m_spooled.labels(reason).inc(unsent)
             self._resend.set()
@@ -539,6 +539,10 @@ class EventPublisher:
             open_.timer = asyncio.get_running_loop().call_later(self.linger_ms / 1000, self._linger_over, partition, open_)
         return dealt, 0
 
+    def _unsent_reason(self) -> str:
+        """The spooled metric's reason for events that were to be sent and were not: held, or the send failed."""
+        return "send_failed" if self._open.is_set() else "held"
+
     def _linger_over(self, partition: int, open_: _Lingering) -> None:
         if self._lingering.get(partition) is open_:
             del self._lingering[partition]
@@ -548,7 +552,7 @@ class EventPublisher:
         """A batch whose linger is over; its events' _append has returned, so their spooling is counted here."""
         unsent = await self._hand_over(partition, open_)
         if unsent:
-            self.m_spooled.labels("send_failed" if self._open.is_set() else "held").inc(unsent)
+            self.m_spooled.labels(self._unsent_reason()).inc(unsent)
             self._update_gauges()
 
     async def _hand_over(self, partition: int, open_: _Lingering) -> int:
