@@ -968,6 +968,56 @@ async def test_an_open_record_batch_from_before_a_log_reset_takes_no_new_events(
         await pub.stop()
 
 
+async def test_a_log_reset_gives_the_open_record_batches_back_at_once(tmp_path, kafka_bootstrap):
+    """A data loss makes every unconsumed event unsent again (a new generation). The open record
+    batches hold old-generation events, which are never sent: they go back at the reset, their
+    permits with them, not at their linger's end. They are not counted as spooled (the whole
+    generation goes again), and each event lands once."""
+    topic = "lingerreset-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=5_000, journal_linger_ms=0)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(3)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 3)
+        assert pub._inflight._value == pub._max_in_flight - 3
+        pub._broker_lost_data("offset_regressed")  # on the loop, as _delivered or _check_offsets would
+        assert not pub._lingering
+        assert pub._inflight._value == pub._max_in_flight
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
+        assert sum(_sample(metrics, "helicone_gateway_events_spooled_total", {"reason": r})
+                   for r in ("broker_down", "held", "send_failed", "stopping")) == 0
+    finally:
+        await pub.stop()
+
+
+async def test_a_linger_that_ends_while_the_broker_is_down_spools_its_events_as_broker_down(tmp_path, kafka_bootstrap):
+    """A failed send marks the broker down; the connector gives open batches back a moment later. An
+    open batch whose linger ends in between is not sent either: its events are spooled as broker_down
+    (not send_failed: nothing was sent), and reach Kafka once after the reconnect."""
+    topic = "lingerdown2-" + uuid.uuid4().hex[:8]
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=5_000, journal_linger_ms=0)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(3)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 3)
+        ((partition, open_),) = pub._lingering.items()
+        pub._mark_down(RuntimeError("a failed send"))
+        pub._linger_over(partition, open_)  # its timer fires before the connector sees the failure
+        await _until(lambda: _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "broker_down"}) == 3, timeout=1.5)
+        assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "send_failed"}) == 0
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
+    finally:
+        await pub.stop()
+
+
 async def test_an_event_larger_than_a_record_batch_goes_on_its_own_beside_an_open_batch(tmp_path, kafka_bootstrap):
     """An open batch that cannot take the next event goes; an event no batch can hold is sent on its own;
     the events after it start a new batch. Each lands once and every permit comes back."""

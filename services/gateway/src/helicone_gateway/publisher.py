@@ -436,67 +436,70 @@ class EventPublisher:
             self._resend.set()
             self._update_gauges()
             return
-        unsent = await self._send_many(journaled, generation) if send else len(journaled)
-        if send and unsent:
-            reason = self._unsent_reason()  # held while this batch was journaled, or the send failed
-        if unsent:
-            self.m_spooled.labels(reason).inc(unsent)
+        if send:
+            await self._send_many(journaled, generation)  # what it does not hand over, it counts as spooled
+        elif journaled:
+            self.m_spooled.labels(reason).inc(len(journaled))
             self._resend.set()
         self._update_gauges()
 
     def _partition(self, key: bytes) -> int:
         return self._partitioner(key, self._partitions, self._partitions) if len(self._partitions) > 1 else 0
 
-    async def _send(self, ref: RecordRef, key: bytes, data: bytes, generation: int, path: str) -> bool:
-        """Hands one journaled event to the producer's batch; the ack is recorded by a callback."""
+    async def _send(self, ref: RecordRef, key: bytes, data: bytes, generation: int, path: str) -> str:
+        """Hands one journaled event to the producer's batch; the ack is recorded by a callback.
+        Returns "" once handed over, else why not (the spooled metric's reason; the journal has it unsent)."""
         producer = self._producer
         if producer is None or not self.connected:
             self.journal.failed(ref, generation)
-            return False
+            return "broker_down"
         await self._inflight.acquire()
         sent = [(ref, 0)]
         if not self._open.is_set():  # held while this event waited for a permit: it goes out after release
             self._failed(sent, generation)
             self._resend.set()
-            return False
+            return "held"
         try:
             # bounded without wait_for: a full buffer makes send() wait at most request_timeout_ms
             delivery = await producer.send(self.topic, data, key=key, partition=self._partition(key))
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
             self._failed(sent, generation)
             self._mark_down(exc)
-            return False
+            return "send_failed"
         self._deliveries.add(delivery)
         delivery.add_done_callback(partial(self._delivered, sent, generation, path))
-        return True
+        return ""
 
-    async def _send_many(self, sends: list[tuple[RecordRef, bytes, bytes]], generation: int) -> int:
+    async def _send_many(self, sends: list[tuple[RecordRef, bytes, bytes]], generation: int) -> None:
         """Hands journaled events to the producer as record batches, one future per batch and
         partition instead of one per event (aiokafka's send() cost 15-18 us of CPU per event, a
-        batch's append 6, and each event's future another callback on the loop); returns how many
-        were not handed over (the journal has them as failed)."""
+        batch's append 6, and each event's future another callback on the loop). Those not handed
+        over are unsent in the journal and counted as spooled, each with the reason it was not."""
         by_partition: dict[int, list[tuple[RecordRef, bytes, bytes]]] = {}
         for item in sends:
             by_partition.setdefault(self._partition(item[1]), []).append(item)
-        unsent = 0
         for partition, items in by_partition.items():
             while items:
-                dealt, failed = await self._send_batch(partition, items, generation)
-                unsent += failed
-                items = items[dealt:]
-        return unsent
+                items = items[await self._send_batch(partition, items, generation):]
 
-    async def _send_batch(self, partition: int, items: list[tuple[RecordRef, bytes, bytes]],
-                          generation: int) -> tuple[int, int]:
-        """Adds the first of `items` that fit to the partition's open record batch: (how many it
-        dealt with, how many events were not handed over). The batch goes once it is full or permits
+    def _spooled(self, count: int, reason: str) -> None:
+        """Events to be sent that were not: the journal has them unsent, for the resender. reason:
+        the spooled metric's, or "" for a stale generation's, which the journal sends again anyway."""
+        if reason:
+            self.m_spooled.labels(reason).inc(count)
+        self._resend.set()
+
+    async def _send_batch(self, partition: int, items: list[tuple[RecordRef, bytes, bytes]], generation: int) -> int:
+        """Adds the first of `items` that fit to the partition's open record batch; returns how many
+        it dealt with (handed over, or left unsent and counted). The batch goes once it is full or permits
         run short (under load: as soon as it fills), else after linger_ms. At light load that is one produce
         request and one acknowledgement per linger_ms, not one per journal batch (each a broker
         round trip) or per event (each a callback on the loop)."""
         producer = self._producer
         if producer is None or not self.connected:
             self.journal.failed(items[0][0], generation)
-            return 1, 1
+            self._spooled(1, "broker_down")
+            return 1
         if self._inflight.locked():
             # permits run short while open batches hold some: they go now, not at their linger's end
             # (the worker would wait that long, and the events behind it would not even be journaled)
@@ -507,7 +510,8 @@ class EventPublisher:
         if producer is None or not self.connected:
             self._inflight.release()
             self.journal.failed(items[0][0], generation)
-            return 1, 1
+            self._spooled(1, "broker_down")
+            return 1
         open_ = self._lingering.get(partition)
         if open_ is not None and open_.generation != generation:
             self._drop_lingering("", partition)  # the journal sends the old generation's events again
@@ -530,18 +534,17 @@ class EventPublisher:
             dealt += 1
         if not open_.taken:  # one event larger than a batch: sent on its own
             del self._lingering[partition]
-            return 1, 0 if await self._send(*items[0], generation, "direct") else 1
+            reason = await self._send(*items[0], generation, "direct")
+            if reason:
+                self._spooled(1, reason)
+            return 1
         if full or self.linger_ms <= 0 or not self._open.is_set() or not self.connected:
             # (held or disconnected while waiting for the first permit: _hand_over gives them back at once)
             del self._lingering[partition]
-            return dealt, await self._hand_over(partition, open_)
-        if open_.timer is None:
+            await self._hand_over(partition, open_)
+        elif open_.timer is None:
             open_.timer = asyncio.get_running_loop().call_later(self.linger_ms / 1000, self._linger_over, partition, open_)
-        return dealt, 0
-
-    def _unsent_reason(self) -> str:
-        """The spooled metric's reason for events that were to be sent and were not: held, or the send failed."""
-        return "send_failed" if self._open.is_set() else "held"
+        return dealt
 
     def _linger_over(self, partition: int, open_: _Lingering) -> None:
         if self._lingering.get(partition) is open_:
@@ -549,34 +552,38 @@ class EventPublisher:
             self._spawn(self._hand_over_later(partition, open_))
 
     async def _hand_over_later(self, partition: int, open_: _Lingering) -> None:
-        """A batch whose linger is over; its events' _append has returned, so their spooling is counted here."""
-        unsent = await self._hand_over(partition, open_)
-        if unsent:
-            self.m_spooled.labels(self._unsent_reason()).inc(unsent)
+        """A batch whose linger is over (or sent by a graceful stop): its events' _append has returned."""
+        if not await self._hand_over(partition, open_):
             self._update_gauges()
 
-    async def _hand_over(self, partition: int, open_: _Lingering) -> int:
-        """Sends a record batch taken out of _lingering; returns how many of its events were not handed over."""
+    async def _hand_over(self, partition: int, open_: _Lingering) -> bool:
+        """Sends a record batch taken out of _lingering; False if it was not handed over (its events
+        unsent in the journal, counted as spooled with the reason)."""
         if open_.timer is not None:
             open_.timer.cancel()
         taken, producer = open_.taken, self._producer
         open_.batch.close()
-        if not self._open.is_set() or producer is None or not self.connected or open_.generation != self.journal.generation:
-            # held while these waited (they go out after release), or the broker went away
-            self._failed(taken, open_.generation)
-            self._resend.set()
-            return len(taken)
-        try:
-            # bounded without wait_for: a full buffer makes send_batch() wait at most request_timeout_ms
-            delivery = await producer.send_batch(open_.batch, self.topic, partition=partition)
-        except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
-            self._failed(taken, open_.generation)
-            self._mark_down(exc)
-            self._resend.set()
-            return len(taken)
-        self._deliveries.add(delivery)
-        delivery.add_done_callback(partial(self._delivered, taken, open_.generation, "direct"))
-        return 0
+        if not self._open.is_set():
+            reason = "held"  # held while these waited: they go out after release
+        elif producer is None or not self.connected:
+            reason = "broker_down"
+        elif open_.generation != self.journal.generation:
+            reason = ""  # the broker lost data meanwhile: the journal sends the whole generation again
+        else:
+            try:
+                # bounded without wait_for: a full buffer makes send_batch() wait at most request_timeout_ms
+                delivery = await producer.send_batch(open_.batch, self.topic, partition=partition)
+            except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
+                self._failed(taken, open_.generation)
+                self._mark_down(exc)
+                self._spooled(len(taken), "send_failed")
+                return False
+            self._deliveries.add(delivery)
+            delivery.add_done_callback(partial(self._delivered, taken, open_.generation, "direct"))
+            return True
+        self._failed(taken, open_.generation)
+        self._spooled(len(taken), reason)
+        return False
 
     def _drop_lingering(self, reason: str, partition: int | None = None) -> None:
         """Open record batches not sent after all (a hold, a disconnect, a new generation): their
@@ -588,9 +595,7 @@ class EventPublisher:
                 if open_.timer is not None:
                     open_.timer.cancel()
                 self._failed(open_.taken, open_.generation)
-                if reason:
-                    self.m_spooled.labels(reason).inc(len(open_.taken))
-                self._resend.set()
+                self._spooled(len(open_.taken), reason)
 
     async def _hand_over_lingering(self) -> None:
         """Sends every open record batch now (a graceful stop). All are taken at once: a timer that
@@ -635,6 +640,9 @@ class EventPublisher:
 
     def _forget_log(self) -> None:
         self.journal.forget_deliveries()
+        # open record batches hold the old generation's events, which are all unsent again now: they are
+        # not sent, and their permits come back now rather than at their linger's end
+        self._drop_lingering("")
         self._last_ack.clear()
         self._seen_committed.clear()
         self._seen_end.clear()
@@ -749,7 +757,7 @@ class EventPublisher:
                 self._resend.set()  # go again once connected / from the start of the new generation
                 return False
             ref = self.journal.claim(seg, index)
-            if ref is not None and not await self._send(ref, key, data, generation, "resend"):
+            if ref is not None and await self._send(ref, key, data, generation, "resend"):
                 self._resend.set()
                 return False
         return True
