@@ -118,6 +118,14 @@ def test_goal_lines_give_the_sustained_ratios_and_overheads_of_ours():
         "floor: a byte relay adds c=1 +0.25 / +0.50 ms, first streamed byte +0.25 ms (one more process hop, no HTTP work)",
         "goals: c=1 overhead +1.00 / +1.00 ms (goal <= 0.3 / 1.0); first streamed byte +1.00 ms (goal <= 0.3); "
         "over the relay +0.75 / +0.50 ms, first byte +0.75 ms"]
+    # the gateway whose events no ingest reads: its overheads on a line of its own, and no sustained ratio (its
+    # rate is its load time alone, as the rivals')
+    solo = rivals.System("ours-gw-noingest", "solo", "", {}, list)
+    results |= {("ours-gw-noingest", "c1"): window([1.5, 2.25]), ("ours-gw-noingest", "stream-c1"): window([], [1.75])}
+    lines = rivals.goal_lines([*systems, solo], results,
+                              {"direct": 5000, "ours-gw": 1500, "portkey": 600, "litellm": 80, "ours-gw-noingest": 4000})
+    assert lines[1:] == ["ours-gw-noingest, without ingest on its cores: c=1 overhead +0.50 / +0.25 ms (goal <= 0.3 / 1.0); "
+                         "first streamed byte +0.25 ms (goal <= 0.3)"]
 
 
 def test_polling_the_api_keeps_one_connection_instead_of_a_new_client_per_poll():
