@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import stat
@@ -817,6 +818,24 @@ def _lingering_events(pub: EventPublisher) -> int:
     return sum(len(o.taken) for o in pub._lingering.values())
 
 
+@contextlib.asynccontextmanager
+async def _events_lingering(tmp_path, bootstrap: str, name: str, count: int = 3):
+    """A connected publisher (on a topic of its own) whose `count` events wait in an open record
+    batch with a long linger: (publisher, metrics, topic, events); stopped on the way out."""
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    pub, metrics = _publisher(tmp_path, bootstrap, topic, linger_ms=5_000, journal_linger_ms=0)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        sent = [_event() for _ in range(count)]
+        for ev in sent:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == count)
+        yield pub, metrics, topic, sent
+    finally:
+        await pub.stop()
+
+
 async def test_permits_running_short_send_the_open_record_batches_at_once(tmp_path, kafka_bootstrap):
     """Open record batches hold in-flight permits while they wait for company. When the permits run
     short they go at once: the worker does not wait out their linger (the events behind it would not
@@ -874,22 +893,12 @@ async def test_a_lost_broker_gives_a_lingering_record_batch_back_at_once(tmp_pat
     """The producer replaced after a failure: events waiting in an open record batch go back to the
     journal (spooled as broker_down, their permits back) at the disconnect, not at their linger's end,
     and reach Kafka once after the reconnect."""
-    topic = "lingerdown-" + uuid.uuid4().hex[:8]
-    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=3_000, journal_linger_ms=0)
-    await pub.start()
-    try:
-        await _until(lambda: pub.connected)
-        sent = [_event() for _ in range(3)]
-        for ev in sent:
-            pub.submit(lambda ev=ev: ev)
-        await _until(lambda: _lingering_events(pub) == 3)
+    async with _events_lingering(tmp_path, kafka_bootstrap, "lingerdown") as (pub, metrics, topic, sent):
         pub._mark_down(RuntimeError("a failed send"))  # as a failed send does; the connector reconnects
         await _until(lambda: _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "broker_down"}) == 3, timeout=1.5)
         assert not pub._lingering
         await _until(lambda: pub.journal.unacked_count() == 0)
         assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
-    finally:
-        await pub.stop()
 
 
 async def test_a_stop_leaves_no_hand_over_behind_when_linger_timers_fire_during_it(tmp_path, kafka_bootstrap):
@@ -973,15 +982,7 @@ async def test_a_log_reset_gives_the_open_record_batches_back_at_once(tmp_path, 
     batches hold old-generation events, which are never sent: they go back at the reset, their
     permits with them, not at their linger's end. They are not counted as spooled (the whole
     generation goes again), and each event lands once."""
-    topic = "lingerreset-" + uuid.uuid4().hex[:8]
-    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=5_000, journal_linger_ms=0)
-    await pub.start()
-    try:
-        await _until(lambda: pub.connected)
-        sent = [_event() for _ in range(3)]
-        for ev in sent:
-            pub.submit(lambda ev=ev: ev)
-        await _until(lambda: _lingering_events(pub) == 3)
+    async with _events_lingering(tmp_path, kafka_bootstrap, "lingerreset") as (pub, metrics, topic, sent):
         assert pub._inflight._value == pub._max_in_flight - 3
         pub._broker_lost_data("offset_regressed")  # on the loop, as _delivered or _check_offsets would
         assert not pub._lingering
@@ -990,23 +991,13 @@ async def test_a_log_reset_gives_the_open_record_batches_back_at_once(tmp_path, 
         assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
         assert sum(_sample(metrics, "helicone_gateway_events_spooled_total", {"reason": r})
                    for r in ("broker_down", "held", "send_failed", "stopping")) == 0
-    finally:
-        await pub.stop()
 
 
 async def test_a_linger_that_ends_while_the_broker_is_down_spools_its_events_as_broker_down(tmp_path, kafka_bootstrap):
     """A failed send marks the broker down; the connector gives open batches back a moment later. An
     open batch whose linger ends in between is not sent either: its events are spooled as broker_down
     (not send_failed: nothing was sent), and reach Kafka once after the reconnect."""
-    topic = "lingerdown2-" + uuid.uuid4().hex[:8]
-    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=5_000, journal_linger_ms=0)
-    await pub.start()
-    try:
-        await _until(lambda: pub.connected)
-        sent = [_event() for _ in range(3)]
-        for ev in sent:
-            pub.submit(lambda ev=ev: ev)
-        await _until(lambda: _lingering_events(pub) == 3)
+    async with _events_lingering(tmp_path, kafka_bootstrap, "lingerdown2") as (pub, metrics, topic, sent):
         ((partition, open_),) = pub._lingering.items()
         pub._mark_down(RuntimeError("a failed send"))
         pub._linger_over(partition, open_)  # its timer fires before the connector sees the failure
@@ -1014,8 +1005,6 @@ async def test_a_linger_that_ends_while_the_broker_is_down_spools_its_events_as_
         assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "send_failed"}) == 0
         await _until(lambda: pub.journal.unacked_count() == 0)
         assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
-    finally:
-        await pub.stop()
 
 
 async def test_an_event_larger_than_a_record_batch_goes_on_its_own_beside_an_open_batch(tmp_path, kafka_bootstrap):
