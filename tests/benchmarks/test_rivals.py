@@ -71,6 +71,15 @@ def test_metric_series_keeps_the_asked_families_without_comments_or_creation_sta
     }
 
 
+def test_the_spooled_cell_sums_the_reasons_and_tells_an_unused_counter_from_a_missing_one():
+    declared = "# HELP helicone_gateway_events_spooled_total x\n# TYPE helicone_gateway_events_spooled_total counter\n"
+    assert rivals.spooled_cell(declared) == "0"
+    assert rivals.spooled_cell(declared + 'helicone_gateway_events_spooled_total{reason="held"} 2.0\n'
+                               'helicone_gateway_events_spooled_total{reason="broker_down"} 3.0\n'
+                               'helicone_gateway_events_spooled_created{reason="held"} 1.7e9\n') == "5"
+    assert rivals.spooled_cell("helicone_gateway_journal_events 4.0\n") == "n/a¹"
+
+
 def test_markdown_table_aligns_names_left_and_numbers_right():
     table = rivals.markdown_table(["system", "rps", "p99 ms"], [["ours", "2,358", "2.56"], ["Portkey", "1,105", "5.24"]])
     assert table.splitlines() == [

@@ -993,6 +993,39 @@ async def test_a_log_reset_gives_the_open_record_batches_back_at_once(tmp_path, 
                    for r in ("broker_down", "held", "send_failed", "stopping")) == 0
 
 
+async def test_an_event_that_waited_for_a_permit_across_a_log_reset_opens_no_batch_of_the_old_generation(
+        tmp_path, kafka_bootstrap):
+    """A journal batch waits for an in-flight permit while the broker's data loss starts a new generation.
+    Once it has a permit it does not open a record batch of the old generation (its acknowledgement would
+    be ignored, and the batch would hold its permit until its linger ends): the journal already has its
+    events unsent in the new generation, and every event lands."""
+    topic = "lingerwait-" + uuid.uuid4().hex[:8]
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=1_500, journal_linger_ms=0, max_in_flight=2)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        gated = pub._producer = _GatedProducer(pub._producer)
+        sent = [_event() for _ in range(3)]
+        for ev in sent[:2]:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 2)
+        pub.submit(lambda: sent[2])  # no permit left: the two go, and the third waits for a permit
+        await _until(lambda: pub.journal.record_count == 3 and not pub._lingering)
+        await asyncio.sleep(0.05)
+        pub._broker_lost_data("offset_regressed")
+        gated.gate.set()  # the answers (ignored: the old generation) give the permits back
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 0.6
+        while loop.time() < until:
+            assert all(o.generation == pub.journal.generation for o in pub._lingering.values())
+            await asyncio.sleep(0.01)
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert set(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == {ev.request_id for ev in sent}
+        await _until(lambda: pub._inflight._value == pub._max_in_flight)
+    finally:
+        await pub.stop()
+
+
 async def test_a_linger_that_ends_while_the_broker_is_down_spools_its_events_as_broker_down(tmp_path, kafka_bootstrap):
     """A failed send marks the broker down; the connector gives open batches back a moment later. An
     open batch whose linger ends in between is not sent either: its events are spooled as broker_down
@@ -1005,6 +1038,21 @@ async def test_a_linger_that_ends_while_the_broker_is_down_spools_its_events_as_
         assert _sample(metrics, "helicone_gateway_events_spooled_total", {"reason": "send_failed"}) == 0
         await _until(lambda: pub.journal.unacked_count() == 0)
         assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
+
+
+async def test_a_batch_whose_generation_ended_before_its_hand_over_is_not_counted_as_spooled(tmp_path, kafka_bootstrap):
+    """A batch's linger ends, and before its hand-over runs the broker loses data and then goes away. The
+    batch is not sent, and its events are not counted as spooled (broker_down): the journal sends the whole
+    old generation again anyway, and they land once."""
+    async with _events_lingering(tmp_path, kafka_bootstrap, "lingerstale") as (pub, metrics, topic, sent):
+        ((partition, open_),) = pub._lingering.items()
+        pub._linger_over(partition, open_)  # the hand-over is a task: it runs after the two below
+        pub._broker_lost_data("offset_regressed")
+        pub._mark_down(RuntimeError("a failed send"))
+        await _until(lambda: pub.connected and pub.journal.unacked_count() == 0)
+        assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
+        assert sum(_sample(metrics, "helicone_gateway_events_spooled_total", {"reason": r})
+                   for r in ("broker_down", "held", "send_failed", "stopping")) == 0
 
 
 async def test_an_event_larger_than_a_record_batch_goes_on_its_own_beside_an_open_batch(tmp_path, kafka_bootstrap):

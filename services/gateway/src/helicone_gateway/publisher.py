@@ -512,6 +512,12 @@ class EventPublisher:
             self.journal.failed(items[0][0], generation)
             self._spooled(1, "broker_down")
             return 1
+        if generation != self.journal.generation:
+            # the broker lost data while this waited: the journal has these unsent in the new generation
+            # and sends them again; they must not open a batch of the old one (nor drop a current one)
+            self._inflight.release()
+            self._resend.set()
+            return len(items)
         open_ = self._lingering.get(partition)
         if open_ is not None and open_.generation != generation:
             self._drop_lingering("", partition)  # the journal sends the old generation's events again
@@ -563,12 +569,12 @@ class EventPublisher:
             open_.timer.cancel()
         taken, producer = open_.taken, self._producer
         open_.batch.close()
-        if not self._open.is_set():
+        if open_.generation != self.journal.generation:
+            reason = ""  # the broker lost data meanwhile: the journal sends the whole generation again
+        elif not self._open.is_set():
             reason = "held"  # held while these waited: they go out after release
         elif producer is None or not self.connected:
             reason = "broker_down"
-        elif open_.generation != self.journal.generation:
-            reason = ""  # the broker lost data meanwhile: the journal sends the whole generation again
         else:
             try:
                 # bounded without wait_for: a full buffer makes send_batch() wait at most request_timeout_ms
@@ -588,14 +594,15 @@ class EventPublisher:
     def _drop_lingering(self, reason: str, partition: int | None = None) -> None:
         """Open record batches not sent after all (a hold, a disconnect, a new generation): their
         permits back, their events unsent in the journal, for the resender. reason: the spooled
-        metric's, or "" for events of a generation the journal sends again anyway."""
+        metric's, or "" for events of a generation the journal sends again anyway (a batch of an
+        older generation is never counted)."""
         for p in [partition] if partition is not None else list(self._lingering):
             open_ = self._lingering.pop(p, None)
             if open_ is not None:
                 if open_.timer is not None:
                     open_.timer.cancel()
                 self._failed(open_.taken, open_.generation)
-                self._spooled(len(open_.taken), reason)
+                self._spooled(len(open_.taken), reason if open_.generation == self.journal.generation else "")
 
     async def _hand_over_lingering(self) -> None:
         """Sends every open record batch now (a graceful stop). All are taken at once: a timer that
