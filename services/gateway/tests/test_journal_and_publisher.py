@@ -819,6 +819,29 @@ def _lingering_events(pub: EventPublisher) -> int:
 
 
 @contextlib.asynccontextmanager
+async def _third_waits_for_a_permit(tmp_path, bootstrap: str, name: str):
+    """A connected publisher with two in-flight permits: two events sent, the broker's answers held back
+    by a gate, and a third event waiting for a permit: (publisher, metrics, topic, events, gated producer);
+    stopped on the way out."""
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    pub, metrics = _publisher(tmp_path, bootstrap, topic, linger_ms=1_500, journal_linger_ms=0, max_in_flight=2)
+    await pub.start()
+    try:
+        await _until(lambda: pub.connected)
+        gated = pub._producer = _GatedProducer(pub._producer)
+        sent = [_event() for _ in range(3)]
+        for ev in sent[:2]:
+            pub.submit(lambda ev=ev: ev)
+        await _until(lambda: _lingering_events(pub) == 2)
+        pub.submit(lambda: sent[2])  # no permit left: the two go, and their answers wait for the gate
+        await _until(lambda: pub.journal.record_count == 3 and not pub._lingering)
+        await asyncio.sleep(0.05)  # the worker waits for a permit
+        yield pub, metrics, topic, sent, gated
+    finally:
+        await pub.stop()
+
+
+@contextlib.asynccontextmanager
 async def _events_lingering(tmp_path, bootstrap: str, name: str, count: int = 3):
     """A connected publisher (on a topic of its own) whose `count` events wait in an open record
     batch with a long linger: (publisher, metrics, topic, events); stopped on the way out."""
@@ -864,19 +887,7 @@ async def test_a_hold_does_not_wait_for_a_record_batch_begun_while_it_held(tmp_p
     """An event still waiting for an in-flight permit when hold() begins gets one before the hold does;
     it is not left to linger (holding that permit, so the hold would wait out the linger) but goes
     back to the journal at once, and out after release()."""
-    topic = "lingerheld-" + uuid.uuid4().hex[:8]
-    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=1_500, journal_linger_ms=0, max_in_flight=2)
-    await pub.start()
-    try:
-        await _until(lambda: pub.connected)
-        gated = pub._producer = _GatedProducer(pub._producer)
-        sent = [_event() for _ in range(3)]
-        for ev in sent[:2]:
-            pub.submit(lambda ev=ev: ev)
-        await _until(lambda: _lingering_events(pub) == 2)
-        pub.submit(lambda: sent[2])  # no permit left: the two go, and their answers wait for the gate
-        await _until(lambda: pub.journal.record_count == 3 and not pub._lingering)
-        await asyncio.sleep(0.05)  # the worker waits for a permit
+    async with _third_waits_for_a_permit(tmp_path, kafka_bootstrap, "lingerheld") as (pub, metrics, topic, sent, gated):
         hold = asyncio.ensure_future(pub.hold())
         await asyncio.sleep(0.05)
         gated.gate.set()  # the answers give back the permits: the waiting event's first, then the hold's
@@ -885,8 +896,6 @@ async def test_a_hold_does_not_wait_for_a_record_batch_begun_while_it_held(tmp_p
         pub.release()
         await _until(lambda: pub.journal.unacked_count() == 0)
         assert sorted(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == sorted(ev.request_id for ev in sent)
-    finally:
-        await pub.stop()
 
 
 async def test_a_lost_broker_gives_a_lingering_record_batch_back_at_once(tmp_path, kafka_bootstrap):
@@ -999,19 +1008,7 @@ async def test_an_event_that_waited_for_a_permit_across_a_log_reset_opens_no_bat
     Once it has a permit it does not open a record batch of the old generation (its acknowledgement would
     be ignored, and the batch would hold its permit until its linger ends): the journal already has its
     events unsent in the new generation, and every event lands."""
-    topic = "lingerwait-" + uuid.uuid4().hex[:8]
-    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=1_500, journal_linger_ms=0, max_in_flight=2)
-    await pub.start()
-    try:
-        await _until(lambda: pub.connected)
-        gated = pub._producer = _GatedProducer(pub._producer)
-        sent = [_event() for _ in range(3)]
-        for ev in sent[:2]:
-            pub.submit(lambda ev=ev: ev)
-        await _until(lambda: _lingering_events(pub) == 2)
-        pub.submit(lambda: sent[2])  # no permit left: the two go, and the third waits for a permit
-        await _until(lambda: pub.journal.record_count == 3 and not pub._lingering)
-        await asyncio.sleep(0.05)
+    async with _third_waits_for_a_permit(tmp_path, kafka_bootstrap, "lingerwait") as (pub, _, topic, sent, gated):
         pub._broker_lost_data("offset_regressed")
         gated.gate.set()  # the answers (ignored: the old generation) give the permits back
         loop = asyncio.get_running_loop()
@@ -1022,8 +1019,6 @@ async def test_an_event_that_waited_for_a_permit_across_a_log_reset_opens_no_bat
         await _until(lambda: pub.journal.unacked_count() == 0)
         assert set(await _read_all(kafka_bootstrap, topic, 3, settle=0.3)) == {ev.request_id for ev in sent}
         await _until(lambda: pub._inflight._value == pub._max_in_flight)
-    finally:
-        await pub.stop()
 
 
 async def test_a_linger_that_ends_while_the_broker_is_down_spools_its_events_as_broker_down(tmp_path, kafka_bootstrap):
