@@ -966,7 +966,7 @@ async def test_events_journaled_while_the_broker_lost_data_are_sent_in_the_new_g
 async def test_an_open_record_batch_from_before_a_log_reset_takes_no_new_events(tmp_path, kafka_bootstrap):
     """After a reset the next journal batch does not join the old generation's open batch (sent under
     that generation, its acknowledgement would be ignored and the new events would stay in flight
-    for ever): the old batch goes back to the journal, and every event lands once."""
+    for ever): the reset gives the old batch back to the journal, and every event lands once."""
     topic = "lingergen2-" + uuid.uuid4().hex[:8]
     pub, _ = _publisher(tmp_path, kafka_bootstrap, topic, linger_ms=1_000, journal_linger_ms=0)
     await pub.start()

@@ -518,10 +518,7 @@ class EventPublisher:
             self._inflight.release()
             self._resend.set()
             return len(items)
-        open_ = self._lingering.get(partition)
-        if open_ is not None and open_.generation != generation:
-            self._drop_lingering("", partition)  # the journal sends the old generation's events again
-            open_ = None
+        open_ = self._lingering.get(partition)  # of this generation: a reset drops them all (_forget_log)
         if open_ is None:
             open_ = self._lingering[partition] = _Lingering(producer.create_batch(), generation)
         dealt, full = 0, False
@@ -591,18 +588,16 @@ class EventPublisher:
         self._spooled(len(taken), reason)
         return False
 
-    def _drop_lingering(self, reason: str, partition: int | None = None) -> None:
-        """Open record batches not sent after all (a hold, a disconnect, a new generation): their
+    def _drop_lingering(self, reason: str) -> None:
+        """Every open record batch, not sent after all (a hold, a disconnect, a new generation): their
         permits back, their events unsent in the journal, for the resender. reason: the spooled
-        metric's, or "" for events of a generation the journal sends again anyway (a batch of an
-        older generation is never counted)."""
-        for p in [partition] if partition is not None else list(self._lingering):
-            open_ = self._lingering.pop(p, None)
-            if open_ is not None:
-                if open_.timer is not None:
-                    open_.timer.cancel()
-                self._failed(open_.taken, open_.generation)
-                self._spooled(len(open_.taken), reason if open_.generation == self.journal.generation else "")
+        metric's, or "" for events of a generation the journal sends again anyway."""
+        lingering, self._lingering = self._lingering, {}
+        for open_ in lingering.values():
+            if open_.timer is not None:
+                open_.timer.cancel()
+            self._failed(open_.taken, open_.generation)
+            self._spooled(len(open_.taken), reason)
 
     async def _hand_over_lingering(self) -> None:
         """Sends every open record batch now (a graceful stop). All are taken at once: a timer that
