@@ -439,8 +439,7 @@ class EventPublisher:
         if send:
             await self._send_many(journaled, generation)  # what it does not hand over, it counts as spooled
         elif journaled:
-            self.m_spooled.labels(reason).inc(len(journaled))
-            self._resend.set()
+            self._spooled(len(journaled), reason)
         self._update_gauges()
 
     def _partition(self, key: bytes) -> int:
@@ -577,13 +576,12 @@ class EventPublisher:
                 # bounded without wait_for: a full buffer makes send_batch() wait at most request_timeout_ms
                 delivery = await producer.send_batch(open_.batch, self.topic, partition=partition)
             except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
-                self._failed(taken, open_.generation)
                 self._mark_down(exc)
-                self._spooled(len(taken), "send_failed")
-                return False
-            self._deliveries.add(delivery)
-            delivery.add_done_callback(partial(self._delivered, taken, open_.generation, "direct"))
-            return True
+                reason = "send_failed"
+            else:
+                self._deliveries.add(delivery)
+                delivery.add_done_callback(partial(self._delivered, taken, open_.generation, "direct"))
+                return True
         self._failed(taken, open_.generation)
         self._spooled(len(taken), reason)
         return False
