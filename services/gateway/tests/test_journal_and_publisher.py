@@ -1,10 +1,12 @@
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import os
 import stat
 import threading
 import time
+import types
 import uuid
 
 import pytest
@@ -162,6 +164,94 @@ def test_a_full_journal_evicts_what_kafka_holds_before_refusing_new_events(tmp_p
     j.close()
 
 
+def _disk_full(monkeypatch, under, partial: int = 0, skip: int = 0) -> None:
+    """After `skip` more writes, the next write to a file under `under` fails as on a full disk, having
+    written `partial` bytes."""
+    real = os.write
+    left = [skip, 1]
+
+    def write(fd, data):
+        if left[1] and os.readlink(f"/proc/self/fd/{fd}").startswith(str(under)):
+            if left[0]:
+                left[0] -= 1
+                return real(fd, data)
+            left[1] = 0
+            if partial:
+                real(fd, bytes(data[:partial]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def _resend_pass(j: Journal) -> list[bytes]:
+    """What the publisher's resender sends: each pending segment read back, its records claimed by place."""
+    return [data for seg in j.pending_segments() for index, (_, data) in enumerate(j.read(seg)) if j.claim(seg, index)]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("partial", [0, 7], ids=["nothing-written", "torn"])
+def test_a_write_the_disk_refuses_leaves_nothing_behind(tmp_path, monkeypatch, partial):
+    """A full disk fails one batch: its records are not journaled (None, counted in `failed`), and nothing of
+    them stays in the counts or the file. So a record journaled once there is room again is where its index
+    says (the resender finds it, the size matches the disk), and a restart recovers it (no torn record before it)."""
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+    assert all(j.append([(b"k", b"first")], inflight=False))
+    _disk_full(monkeypatch, tmp_path, partial)
+    refused = j.append([(b"k", b"refused-1"), (b"k", b"refused-2")], inflight=True, sync=True)
+    assert list(refused) == [None, None] and refused.failed == 2 and refused.error.errno == errno.ENOSPC
+    monkeypatch.undo()
+    (later,) = j.append([(b"k", b"later")], inflight=True, sync=True)
+    assert later is not None
+    assert j.size_bytes == sum(s.path.stat().st_size for s in j.segments)
+    j.failed(later, j.generation)  # its send failed: the resender sends it again
+    assert _resend_pass(j) == [b"first", b"later"]
+    j.close()
+    again = Journal(tmp_path, max_bytes=1 << 20).open()
+    assert [data for _, data in again.iter_all()] == [b"first", b"later"] and again.cut_tails == 0
+    again.close()
+
+
+def test_a_segment_the_disk_refuses_to_begin_leaks_no_descriptor_and_keeps_what_was_written(tmp_path, monkeypatch):
+    """A batch that fills its segment goes on in a new one; a full disk refusing the new segment keeps the
+    records already written to the old one (journaled) and refuses the rest, leaving no file or descriptor
+    behind, however often it happens."""
+    one = len(encode_record(b"k", b"x" * 100))
+    j = Journal(tmp_path, max_bytes=1 << 20, segment_bytes=len(b"HLJ1") + 2 * one).open()
+    assert all(j.append([(b"k", b"x" * 100)], inflight=False))
+    before = _open_fds()
+    _disk_full(monkeypatch, tmp_path, skip=1)  # the first record's write goes, the new segment's header does not
+    refs = j.append([(b"k", b"x" * 100)] * 2, inflight=False, sync=True)
+    assert refs[0] is not None and refs[1:] == [None] and refs.failed == 1
+    for _ in range(4):
+        _disk_full(monkeypatch, tmp_path)
+        refs = j.append([(b"k", b"y")], inflight=False, sync=True)
+        assert list(refs) == [None] and refs.failed == 1
+    monkeypatch.undo()
+    assert _open_fds() == before - 1  # the sealed segment's descriptor is closed, and no new one is open
+    assert [p.name for p in tmp_path.glob("*.seg")] == ["000000000001.seg"]
+    assert j.append([(b"k", b"room again")], inflight=False)[0] is not None
+    assert [data for _, data in j.iter_all()] == [b"x" * 100] * 2 + [b"room again"]
+    j.close()
+
+
+def test_a_failed_fsync_leaves_the_batch_journaled_and_says_so(tmp_path, monkeypatch):
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    refs = j.append([(b"k", b"a"), (b"k", b"b")], inflight=True, sync=True)
+    monkeypatch.undo()
+    assert all(refs) and refs.failed == 0 and refs.error.errno == errno.EIO
+    assert [data for _, data in j.iter_all()] == [b"a", b"b"]
+    j.close()
+
+
 # ---- the publisher ------------------------------------------------------------------------
 
 
@@ -174,6 +264,55 @@ def _publisher(tmp_path, bootstrap: str, topic: str = "t", **kw) -> tuple[EventP
         idempotent=False, **kw,
     )
     return pub, metrics
+
+
+class _AckingProducer:
+    """Stands in for the producer: each event sent on its own is acknowledged at once, at the next offset."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, topic, value, key=None, partition=None):
+        self.sent.append(value)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(types.SimpleNamespace(partition=partition, offset=len(self.sent) - 1))
+        return fut
+
+
+@contextlib.asynccontextmanager
+async def _publisher_by_hand(tmp_path, **kw):
+    """A publisher driven step by step: its journal open, no task started, connected to an _AckingProducer.
+    (publisher, metrics, producer)"""
+    pub, metrics = _publisher(tmp_path, "127.0.0.1:1", **kw)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(pub._io, pub.journal.open)
+    try:
+        producer = pub._producer = _AckingProducer()
+        pub._connected.set()
+        yield pub, metrics, producer
+    finally:
+        await loop.run_in_executor(pub._io, pub.journal.close)
+        pub._io.shutdown(wait=True)
+
+
+async def test_after_batches_a_full_disk_refused_the_publisher_journals_and_resends_the_next_ones(tmp_path, monkeypatch, caplog):
+    """Each refused event is counted as dropped (journal_error), the run of failures is logged once, and
+    the events journaled once there is room again go out as usual."""
+    async with _publisher_by_hand(tmp_path) as (pub, metrics, producer):
+        await pub._append([(b"o/0", b"event-0")], send=False)  # journaled, unsent (a stop)
+        for _ in range(3):
+            _disk_full(monkeypatch, tmp_path / "journal")
+            await pub._append([(b"o/a", b"refused")], send=True)
+            monkeypatch.undo()
+        assert _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "journal_error"}) == 3
+        assert _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "journal_full"}) == 0
+        assert sum("could not append to the event journal" in r.getMessage() for r in caplog.records) == 1
+        pub._connected.clear()
+        await pub._append([(b"o/b", b"event-b")], send=True)  # the broker is away: it waits in the journal
+        assert "the event journal works again" in caplog.text
+        pub._connected.set()
+        await pub._resend_pending(asyncio.get_running_loop())
+        assert producer.sent == [b"event-0", b"event-b"]
 
 
 async def test_events_stay_in_the_journal_while_kafka_is_unreachable(tmp_path):

@@ -18,6 +18,7 @@ the lock, so acks arriving on the loop never wait for the disk, and only that th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -42,6 +43,13 @@ FILE_MODE = 0o600
 
 class JournalInUse(RuntimeError):
     """Another process owns this journal directory."""
+
+
+class Appended(list):
+    """Journal.append's answer: a RecordRef per record, or None where it was not journaled."""
+
+    failed = 0  # records not journaled because the disk refused them (the rest of the Nones: journal full)
+    error: OSError | None = None  # that refusal, or a failed fsync of records that are journaled
 
 
 @dataclass(eq=False)  # identity: segments are compared as objects, never by content
@@ -161,41 +169,77 @@ class Journal:
             return {p for s in self.segments for p in s.max_offset}
 
     # ---- writes ----------------------------------------------------------------------
-    def append(self, records: list[tuple[bytes, bytes]], *, inflight: bool, sync: bool = False) -> list[RecordRef | None]:
-        """Appends the records in order; None for each one that did not fit (journal full).
+    def append(self, records: list[tuple[bytes, bytes]], *, inflight: bool, sync: bool = False) -> Appended:
+        """Appends the records in order; None for each one that is not journaled: it did not fit
+        (journal full), or the disk refused it (``error`` and ``failed`` of the answer say so).
         With ``inflight`` the records are marked as being sent, so a resend pass skips them. With
         ``sync`` the batch is fsynced before this returns (group commit: one write and one fsync
-        for the whole batch)."""
-        refs: list[RecordRef | None] = []
+        for the whole batch).
+
+        A write that fails (a full disk) leaves nothing of its records behind: the segment's file is
+        cut back to where they began and sealed, and its counts are what the file holds, so a later
+        record's index is its place in the file (the resender claims records by that place) and
+        recovery finds no torn record before later ones. A failed fsync leaves the records journaled
+        (written, and sent as usual) with ``error`` set: they may not survive a power loss."""
+        refs = Appended()
         fd = None
         with self._lock:
             batch: list[bytes] = []
-            seg = self._active_locked()
-            for key, data in records:
-                rec = encode_record(key, data)
-                if seg.size + len(rec) > self.segment_bytes and seg.records:
-                    self._write_locked(seg, batch)
-                    batch = []
-                    self._seal_locked(seg)
-                    seg = self._active_locked()
-                if not self._room_locked(len(rec)):
-                    refs.append(None)
-                    continue
-                batch.append(rec)
-                ref = RecordRef(seg, seg.records)
-                seg.records += 1
-                seg.size += len(rec)
-                if inflight:
-                    seg.inflight.add(ref.index)
-                refs.append(ref)
-            self._write_locked(seg, batch)
+            seg: Segment | None = None  # the segment the records not yet written go to
+            mark = first = start = 0  # where they begin: in `records`, and in seg (index, bytes)
+            try:
+                seg = self._active_locked()
+                first, start = seg.records, seg.size
+                for key, data in records:
+                    rec = encode_record(key, data)
+                    if seg.size + len(rec) > self.segment_bytes and seg.records:
+                        self._write_locked(seg, batch)
+                        self._seal_locked(seg)
+                        batch, seg, mark = [], None, len(refs)  # those are on disk now
+                        seg = self._active_locked()
+                        first, start = seg.records, seg.size
+                    if not self._room_locked(len(rec)):
+                        refs.append(None)
+                        continue
+                    batch.append(rec)
+                    ref = RecordRef(seg, seg.records)
+                    seg.records += 1
+                    seg.size += len(rec)
+                    if inflight:
+                        seg.inflight.add(ref.index)
+                    refs.append(ref)
+                self._write_locked(seg, batch)
+            except OSError as exc:
+                if seg is not None:
+                    self._undo_locked(seg, first, start)
+                refs[mark:] = [None] * (len(records) - mark)
+                refs.failed, refs.error = len(records) - mark, exc
+                return refs
             if sync and self._dirty and self._fd is not None:
                 fd, self._dirty = self._fd, False
         if fd is not None:
             # outside the lock: the loop's acked()/claim() must not wait for the disk. Only this
             # (the journal's one file thread) closes the fd, so it is still open here.
-            os.fsync(fd)
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                refs.error = exc
         return refs
+
+    def _undo_locked(self, seg: Segment, first: int, start: int) -> None:
+        """Forgets the records of `seg` from index `first` (byte `start`) on, whose write failed, and
+        seals it: its file is cut back to `start` (if even that fails, the cut records lie past the
+        counts, where neither the resender nor recovery mistakes them for later ones)."""
+        for index in range(first, seg.records):
+            seg.inflight.discard(index)
+        seg.records, seg.size = first, start
+        seg.sealed = True
+        if self._fd is not None and self.segments and self.segments[-1] is seg:
+            fd, self._fd, self._dirty = self._fd, None, False
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _room_locked(self, need: int) -> bool:
         """Makes room by evicting the oldest sealed segments Kafka has fully acknowledged (only
@@ -228,7 +272,13 @@ class Journal:
         seq = self.segments[-1].seq + 1 if self.segments else 1
         path = self.root / f"{seq:012d}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
-        os.write(fd, MAGIC)
+        try:
+            os.write(fd, MAGIC)
+        except OSError:  # a full disk: no segment, and no descriptor left open for it
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         self._fd = fd
         seg = Segment(seq, path, size=len(MAGIC))
         self.segments.append(seg)

@@ -145,6 +145,7 @@ class EventPublisher:
         self._seen_end: dict[int, int] = {}
         self._commit_floor: dict[int, int] = {}  # first committed offset seen per partition since the last reset
         self._evicted_seen = 0
+        self._journal_failing = False  # the last journal append failed (logged once a run of failures)
 
         self.m_published = metrics.counter(
             "helicone_gateway_events_published_total", "Log events acknowledged by Kafka", ("path",)
@@ -416,11 +417,18 @@ class EventPublisher:
             refs = await asyncio.get_running_loop().run_in_executor(
                 self._io, partial(self.journal.append, built, inflight=send, sync=True)
             )
-        except OSError:
-            log.exception("could not append to the event journal")
+        except OSError as exc:  # (append answers a refused write itself: this is anything else)
+            self._journal_trouble(exc, len(built))
             self.m_dropped.labels("journal_error").inc(len(built))
             return
-        full = sum(ref is None for ref in refs)
+        if refs.error is not None:
+            self._journal_trouble(refs.error, refs.failed)
+        elif self._journal_failing:
+            self._journal_failing = False
+            log.warning("the event journal works again")
+        if refs.failed:
+            self.m_dropped.labels("journal_error").inc(refs.failed)
+        full = sum(ref is None for ref in refs) - refs.failed
         if full:
             self.m_dropped.labels("journal_full").inc(full)
         if self.journal.evicted_segments != self._evicted_seen:
@@ -441,6 +449,19 @@ class EventPublisher:
         elif journaled:
             self._spooled(len(journaled), reason)
         self._update_gauges()
+
+    def _journal_trouble(self, exc: OSError, dropped: int) -> None:
+        """Logs the journal's first failure of a run of them (a full disk fails every batch until
+        there is room: the dropped counter has the numbers)."""
+        if self._journal_failing:
+            return
+        self._journal_failing = True
+        if dropped:
+            log.error("could not append to the event journal (%s): events are dropped "
+                      "(helicone_gateway_events_dropped_total{reason=\"journal_error\"}) until it takes them again", exc)
+        else:
+            log.error("could not fsync the event journal (%s): its latest events are written and sent, but may not "
+                      "survive a power loss", exc)
 
     def _partition(self, key: bytes) -> int:
         return self._partitioner(key, self._partitions, self._partitions) if len(self._partitions) > 1 else 0
