@@ -315,6 +315,23 @@ async def test_after_batches_a_full_disk_refused_the_publisher_journals_and_rese
         assert producer.sent == [b"event-0", b"event-b"]
 
 
+async def test_a_resend_that_waited_for_a_permit_across_a_log_reset_is_sent_once(tmp_path):
+    """The resender claimed a record, then waited for a permit while the broker lost its log: the record
+    goes out in the new generation's pass only, not also from the old one's."""
+    async with _publisher_by_hand(tmp_path, max_in_flight=1) as (pub, metrics, producer):
+        loop = asyncio.get_running_loop()
+        pub.journal.append([(b"o/1", b"event-1")], inflight=False, sync=True)  # journaled while held, say
+        await pub._inflight.acquire()  # the only permit: a send still waiting for its answer
+        old_pass = asyncio.ensure_future(pub._resend_segment(loop, pub.journal.pending_segments()[0]))
+        await asyncio.sleep(0.05)  # it claimed the record and waits for the permit
+        await pub.log_reset()  # generation 1: the record is unsent again
+        pub._inflight.release()  # the earlier send's answer gives the permit back
+        await old_pass
+        await pub._resend_pending(loop)
+        await asyncio.sleep(0)  # the acknowledgement's callback
+        assert producer.sent == [b"event-1"] and pub.journal.unacked_count() == 0
+
+
 async def test_events_stay_in_the_journal_while_kafka_is_unreachable(tmp_path):
     pub, metrics = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5)
     await pub.start()

@@ -468,12 +468,20 @@ class EventPublisher:
 
     async def _send(self, ref: RecordRef, key: bytes, data: bytes, generation: int, path: str) -> str:
         """Hands one journaled event to the producer's batch; the ack is recorded by a callback.
-        Returns "" once handed over, else why not (the spooled metric's reason; the journal has it unsent)."""
+        Returns "" once handed over (or given back to a generation that ended while it waited for a
+        permit: not counted, the journal sends the whole generation again), else why not (the spooled
+        metric's reason; the journal has it unsent)."""
         producer = self._producer
         if producer is None or not self.connected:
             self.journal.failed(ref, generation)
             return "broker_down"
         await self._inflight.acquire()
+        if generation != self.journal.generation:
+            # the broker lost data while this waited: the journal has it unsent in the new generation
+            # and sends it again there (sent now, it would reach the new log twice)
+            self._inflight.release()
+            self._resend.set()
+            return ""
         sent = [(ref, 0)]
         if not self._open.is_set():  # held while this event waited for a permit: it goes out after release
             self._failed(sent, generation)
