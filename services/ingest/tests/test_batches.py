@@ -12,6 +12,7 @@ import types
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from helicone_core import events
 from helicone_core.kafka import ensure_topics
@@ -57,7 +58,7 @@ async def test_a_batch_of_an_earlier_generation_or_log_is_not_acknowledged():
     app.consumer_generation_id += 1  # a rebalance: the partitions are read again from the committed offsets
     old_log = Batch(consumer)
     old_log.add(tp, records(0, 1))
-    consumer.log_epoch += 1  # IngestService._rewind: the log was reset
+    consumer.rewound(tp, 0)  # IngestService._rewind: the log was reset
     current = Batch(consumer)
     current.add(tp, records(0))
     assert not old_generation.current() and not old_generation.ack()
@@ -533,17 +534,18 @@ async def test_fetches_wait_briefly_while_records_keep_coming_and_long_once_idle
         await svc.stop()
 
 
-async def _drain_once(consumer, fetched: dict, during_fetch=None) -> list:
-    """Runs the fetch loop for one fetch that returns `fetched` (after `during_fetch()`, what happens
-    while the fetch is under way); returns the seeks it made, as (partition, offset)."""
-    seeks, calls = [], []
+async def _drain(consumer, fetches: list, perform_seek=None) -> list:
+    """Runs the fetch loop over `fetches`, each (what happens while that fetch is under way or None,
+    what it returns), and stops after the last; returns the seeks it made, as (partition, offset).
+    `perform_seek` stands in for Faust's seek to the committed offsets (by default: none is made)."""
+    seeks, left = [], list(fetches)
     fetcher = types.SimpleNamespace(_stopped=asyncio.Event())
 
     async def wait_next_records(timeout):
-        calls.append(timeout)
-        if len(calls) > 1:
+        if not left:
             fetcher._stopped.set()
             return {}, None
+        during_fetch, fetched = left.pop(0)
         if during_fetch is not None:
             during_fetch()
         return fetched, consumer.assignment()  # the active partitions
@@ -551,15 +553,20 @@ async def _drain_once(consumer, fetched: dict, during_fetch=None) -> list:
     async def seek(tp, offset):
         seeks.append((tp.partition, offset))
 
-    async def perform_seek():  # to the committed offsets (Faust's own; none is seeked here)
+    async def no_seek():
         pass
 
     consumer._wait_next_records = wait_next_records
     consumer.seek = seek
-    consumer.perform_seek = perform_seek
+    consumer.perform_seek = perform_seek or no_seek
     consumer.assignment = lambda: {TP("t", 0), TP("t", 1)}
     await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
     return seeks
+
+
+async def _drain_once(consumer, fetched: dict, during_fetch=None) -> list:
+    """_drain for one fetch that returns `fetched` (after `during_fetch()`)."""
+    return await _drain(consumer, [(during_fetch, fetched)])
 
 
 async def test_records_fetched_while_a_rebalance_runs_are_read_again_even_without_a_committed_offset():
@@ -603,3 +610,82 @@ async def test_records_fetched_while_a_rebalance_runs_are_read_again_even_withou
     consumer.highwater = lambda tp: None
     assert await _drain_once(consumer, fetched, lambda: consumer.rewound(TP("t", 0), 0)) == [(0, 0)]
     assert [sorted(tp.partition for tp in b.offsets) for b in handed] == [[1]]
+
+
+def _rewind_test_app(acking: bool):
+    """An app whose batches go by neither size, time nor being caught up until `go()`; the batches it
+    hands over are in `handed` (acknowledged at once with `acking`): (app, consumer, handed, go)."""
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    handed: list[Batch] = []
+
+    async def handler(batch):
+        handed.append(batch)
+        if acking:
+            batch.ack()
+
+    app.batch_handler = handler
+    app.batch_size, app.batch_within = 1000, 60.0
+    consumer = consumer_of(app, "t")
+    consumer.highwater = lambda tp: 1000
+
+    def go():
+        app.batch_within = 0  # what is gathered goes after the fetch under way
+
+    return app, consumer, handed, go
+
+
+async def test_a_rewind_of_one_partition_keeps_the_other_partitions_gathered_records():
+    """The offset guard rewinds t/0 (its position past a new log's end) while a batch gathers t/1's
+    records: they stay in the batch (nothing would read them again), written and acknowledged as usual."""
+    app, consumer, handed, go = _rewind_test_app(acking=True)
+    p0, p1 = TP("t", 0), TP("t", 1)
+    await _drain(consumer, [(None, {p1: records(0, 1, 2)}), (lambda: consumer.rewound(p0, 0), {p1: records(3, 4)}),
+                            (go, {})])
+    assert [b.offsets for b in handed] == [{p1: [0, 1, 2, 3, 4]}]
+    assert consumer._new_offset(p1) == 5
+
+
+async def test_a_rewind_takes_only_that_partitions_records_out_of_the_gathered_batch():
+    app, consumer, handed, go = _rewind_test_app(acking=True)
+    p0, p1 = TP("t", 0), TP("t", 1)
+    def rewind_p0():  # IngestService._rewind, but for the seek, which Faust's notes as the read offset
+        consumer.rewound(p0, 0)
+        consumer._read_offset[p0] = None
+
+    seeks = await _drain(consumer, [(None, {p0: records(7, 8), p1: records(0, 1)}), (rewind_p0, {p1: records(2)}),
+                                    (None, {p0: records(0)}),  # the new log's first record
+                                    (go, {})])
+    assert seeks == []  # nothing read again: t/0's rewind itself went to 0
+    assert [b.offsets for b in handed] == [{p1: [0, 1, 2], p0: [0]}]
+    assert handed[0].values() == [b"0", b"1", b"2", b"0"] and handed[0].bytes == 4
+    assert (consumer._new_offset(p0), consumer._new_offset(p1)) == (1, 3)
+
+
+async def test_a_batch_being_written_when_another_partition_is_rewound_is_still_acknowledged():
+    """A batch handed over before t/0's rewind: t/1's offsets in it are acknowledged (t/1's commit goes on),
+    t/0's are not (they number the old log)."""
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    consumer = consumer_of(app, "t")
+    p0, p1 = TP("t", 0), TP("t", 1)
+    consumer._committed_offset[p1] = 10
+    mixed, only_p0 = Batch(consumer), Batch(consumer)
+    mixed.add(p0, records(40, 41))
+    mixed.add(p1, records(*range(10, 20)))
+    only_p0.add(p0, records(42))
+    consumer.rewound(p0, 0)
+    assert mixed.current() and mixed.ack()
+    assert not only_p0.current() and not only_p0.ack()
+    assert consumer._new_offset(p1) == 20 and not consumer._acked.get(p0)
+
+
+async def test_a_seek_that_fails_while_the_flow_is_stopped_does_not_end_the_fetch_loop():
+    """A rebalance stops the flow while a fetch is under way; the seek back to the committed offsets fails
+    (a partition revoked meanwhile): the loop goes on, and the fetched records are read again."""
+    app = BatchApp("g", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False, autodiscover=False)
+    consumer = consumer_of(app, "t")
+
+    async def failing_seek():
+        raise IllegalStateError("No current assignment for partition TopicPartition(topic='t', partition=1)")
+
+    seeks = await _drain(consumer, [(consumer.stop_flow, {TP("t", 0): records(5, 6)}), (None, {})], failing_seek)
+    assert seeks == [(0, 5)]

@@ -125,7 +125,7 @@ class IngestService:
             writes: list[tuple[asyncio.Task, Turn, Batch]] = []
             try:
                 async for batch in stream:
-                    if not batch.current():  # its partitions are read again from the committed offsets
+                    if not batch.current():  # read again: from the committed offsets, or its partitions from their new log
                         in_flight.leave(batch)
                         continue
                     # at most two writes unfinished, stale ones included (InFlight stops counting a batch

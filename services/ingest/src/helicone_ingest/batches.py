@@ -31,8 +31,10 @@ offsets included), flow control, seeks and stopping.
 
 A batch belongs to the consumer generation it was fetched in and to the log it was fetched from
 (`Consumer.log_epoch`, moved on by IngestService._rewind when a partition goes back to the start
-of a new log): acknowledging a batch of an earlier generation or epoch does nothing (its
-partitions were re-read or handed to another worker, from the committed offsets)."""
+of a new log): acknowledging a batch of an earlier generation does nothing (its partitions were
+re-read or handed to another worker, from the committed offsets), nor does it acknowledge the
+offsets of a partition rewound since it was read (they number another log now); its other
+partitions are written and acknowledged as usual."""
 
 from __future__ import annotations
 
@@ -80,18 +82,38 @@ class Batch:
         return values
 
     def current(self) -> bool:
-        """Fetched in the consumer's present generation, from the present log."""
+        """Fetched in the consumer's present generation, with a partition still on the log it was read
+        from: ack() acknowledges those. (A rewind, IngestService._rewind, sends one partition to the
+        start of a new log: the batch's other partitions are written and acknowledged as usual.)"""
         c = self.consumer
-        return self.generation == c.app.consumer_generation_id and self.epoch == c.log_epoch
+        if self.generation != c.app.consumer_generation_id:
+            return False
+        return self.epoch == c.log_epoch or any(c.rewound_since(tp, self.epoch) is None for tp in self.offsets)
+
+    def drop_rewound(self) -> int:
+        """Takes out the records of the partitions rewound since the batch began (they are read again
+        from their new log) and makes the batch one of the present log; returns how many records are left."""
+        c = self.consumer
+        for tp in [tp for tp in self.offsets if c.rewound_since(tp, self.epoch) is not None]:
+            self.size -= len(self.offsets.pop(tp))
+            self.bytes -= sum(map(len, self._values.pop(tp, ())))
+        self.epoch = c.log_epoch
+        return self.size
 
     def ack(self) -> bool:
-        """Marks the batch's offsets as done, so that the next commit may pass them; False (nothing
-        marked) when the batch is no longer current."""
-        if not self.current():
+        """Marks the batch's offsets as done, so that the next commit may pass them, except those of
+        partitions rewound since it was read (their offsets now number another log); False when
+        nothing was marked (a batch of an earlier generation, or whose partitions were all rewound)."""
+        c = self.consumer
+        if self.generation != c.app.consumer_generation_id:
             return False
+        moved, marked = self.epoch != c.log_epoch, False
         for tp, offsets in self.offsets.items():
-            self.consumer.ack_offsets(tp, offsets)
-        return True
+            if moved and c.rewound_since(tp, self.epoch) is not None:
+                continue
+            c.ack_offsets(tp, offsets)
+            marked = True
+        return marked
 
 
 class InFlight:
@@ -222,11 +244,16 @@ class BatchConsumer(driver.Consumer):
                     records_ms = time.time() * 1000
                 self._fetch_wait(app.fetch_wait if now - last_records < self.IDLE_AFTER else self.IDLE_FETCH_WAIT)
                 if records and not self.flow_active:
-                    await self.perform_seek()  # what Faust's getmany does: back to the committed offsets
+                    try:
+                        await self.perform_seek()  # what Faust's getmany does: back to the committed offsets
+                    except Exception as exc:  # noqa: BLE001 - a partition revoked meanwhile (as Faust: log, go on)
+                        self.log.warning("seek to the committed offsets failed while the flow is stopped: %r", exc)
                     await self._unread(records, epoch)
                     records = None
                 if pending is not None and not pending.current():
-                    pending = None  # rebalanced or rewound meanwhile: its records are read again
+                    pending = None  # rebalanced, or its partitions rewound, meanwhile: its records are read again
+                elif pending is not None and pending.epoch != self.log_epoch:
+                    pending.drop_rewound()  # another partition's rewind: the rest of the batch stays
                 if records and generation != app.consumer_generation_id:
                     await self._unread(records, epoch)
                     records = None
