@@ -708,7 +708,7 @@ def test_a_batch_is_one_write_and_one_fsync(tmp_path, monkeypatch):
     calls = {"write": 0, "fsync": 0}
     real_write, real_fsync = os.write, os.fsync
     j = Journal(tmp_path, max_bytes=1 << 24).open()
-    j.append([(b"warm", b"up")], inflight=False)  # the segment file and its header exist
+    j.append([(b"warm", b"up")], inflight=False, sync=True)  # the segment file, its header and its name are on disk
 
     def write(fd, data):
         calls["write"] += 1
@@ -724,6 +724,35 @@ def test_a_batch_is_one_write_and_one_fsync(tmp_path, monkeypatch):
     assert all(refs) and calls == {"write": 1, "fsync": 1}
     j.append([(b"k", b"v")], inflight=False)  # without sync: written now, fsynced on the timer
     assert calls == {"write": 2, "fsync": 1}
+    monkeypatch.undo()
+    j.close()
+
+
+def test_a_new_segment_is_named_on_disk_before_its_first_batch_returns(tmp_path, monkeypatch):
+    """The directory is fsynced after the first batch of each new segment (its records fsynced in a file
+    that no directory names yet would be lost with a power loss), not after every batch."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    one = len(encode_record(b"k", b"x" * 100))
+    j = Journal(tmp_path, max_bytes=1 << 20, segment_bytes=len(b"HLJ1") + 2 * one).open()
+    monkeypatch.setattr(os, "fsync", fsync)
+    j.append([(b"k", b"x" * 100)], inflight=False, sync=True)
+    j.append([(b"k", b"x" * 100)], inflight=False, sync=True)
+    assert synced == [str(tmp_path / "000000000001.seg"), str(tmp_path), str(tmp_path / "000000000001.seg")]
+    synced.clear()
+    j.append([(b"k", b"x" * 100)], inflight=False, sync=True)  # the segment is full: a new one
+    assert synced == [str(tmp_path / "000000000001.seg"), str(tmp_path / "000000000002.seg"), str(tmp_path)]
+    synced.clear()
+    j.append([(b"k", b"y")], inflight=False)  # without sync: the watcher's sync() names it...
+    j.seal_active()
+    j.append([(b"k", b"z")], inflight=False)  # ...a new segment, not fsynced by this append
+    j.sync()
+    assert synced == [str(tmp_path / "000000000002.seg"), str(tmp_path / "000000000003.seg"), str(tmp_path)]
     monkeypatch.undo()
     j.close()
 

@@ -8,8 +8,9 @@ again, and ingest dedupes by (org, request id).
 Layout: numbered segment files ``<seq>.seg`` in one directory, each a magic header followed by
 records ``[u32 length][u32 crc32][u16 key length][key][event]``. A torn or corrupt tail (a crash
 mid-write) is cut off when the journal is opened. Each batch of events is one ``write()`` and one
-``fsync`` (group commit, EventPublisher asks for it) before any of them is sent, so neither a killed
-process nor a power loss loses an appended event; ``fsync`` also runs when a segment is sealed.
+``fsync`` (group commit, EventPublisher asks for it) before any of them is sent, and the first batch of
+a new segment also fsyncs the directory (the new file's name), so neither a killed process nor a power
+loss loses an appended event; ``fsync`` also runs when a segment is sealed.
 
 This class does file I/O and bookkeeping only; EventPublisher decides what to send and when.
 It is thread-safe: file work runs on the publisher's journal thread (one thread: fsync runs outside
@@ -124,6 +125,7 @@ class Journal:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._dirty = False
+        self._new_file = False  # a segment was created since the directory was last fsynced
         self.segments: list[Segment] = []
         self.cut_tails = 0  # segments whose torn or corrupt tail was cut off when opening
         self.evicted_segments = 0
@@ -215,16 +217,29 @@ class Journal:
                 refs[mark:] = [None] * (len(records) - mark)
                 refs.failed, refs.error = len(records) - mark, exc
                 return refs
+            new_file = False
             if sync and self._dirty and self._fd is not None:
                 fd, self._dirty = self._fd, False
+                new_file, self._new_file = self._new_file, False
         if fd is not None:
             # outside the lock: the loop's acked()/claim() must not wait for the disk. Only this
             # (the journal's one file thread) closes the fd, so it is still open here.
             try:
                 os.fsync(fd)
+                if new_file:
+                    self._sync_dir()
             except OSError as exc:
                 refs.error = exc
         return refs
+
+    def _sync_dir(self) -> None:
+        """fsyncs the directory: a new segment's name survives a power loss only once it is (its records,
+        fsynced in the file, would otherwise be in a file no directory names)."""
+        dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _undo_locked(self, seg: Segment, first: int, start: int) -> None:
         """Forgets the records of `seg` from index `first` (byte `start`) on, whose write failed, and
@@ -279,7 +294,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
-        self._fd = fd
+        self._fd, self._new_file = fd, True
         seg = Segment(seq, path, size=len(MAGIC))
         self.segments.append(seg)
         return seg
@@ -315,8 +330,13 @@ class Journal:
         with self._lock:
             fd = self._fd if self._dirty else None
             self._dirty = False
+            new_file = fd is not None and self._new_file
+            if new_file:
+                self._new_file = False
         if fd is not None:
             os.fsync(fd)  # outside the lock, like append's
+            if new_file:
+                self._sync_dir()
 
     def close(self) -> None:
         with self._lock:
