@@ -270,3 +270,21 @@ async def test_the_time_to_headers_is_observed_while_a_stream_is_still_open(tmp_
                 await asyncio.sleep(0.05)
                 assert not provider.closed_by_peer.is_set()  # the stream is still open
                 assert gw.metrics.registry.get_sample_value(*count) == 1
+
+
+CHUNKED_WITH_TRAILER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                        b"Trailer: x-request-secret\r\n\r\n2\r\n{}\r\n0\r\nx-request-secret: org-a-only\r\n\r\n")
+
+
+async def test_a_providers_trailer_is_never_a_header_of_the_next_answer_on_the_pooled_connection(tmp_path):
+    """A chunked answer's trailer (read by the parser like a header) stays out of every answer's headers:
+    before the fix it became a header of the next request's answer on the same pooled connection, whoever
+    sent that request."""
+    script = lambda conn, req: CHUNKED_WITH_TRAILER if req == 1 else OK  # noqa: E731
+    async with RawProvider(script) as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}") as (url, _gw, _built):
+        async with httpx.AsyncClient(timeout=5) as http:
+            answers = [await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH) for _ in range(2)]
+    assert provider.requests == [(1, 1), (1, 2)]  # the second went on the pooled connection
+    assert [a.status_code for a in answers] == [200, 200] and [a.content for a in answers] == [b"{}", b"{}"]
+    assert not any("x-request-secret" in a.headers for a in answers)

@@ -151,6 +151,8 @@ class Connection(asyncio.Protocol):
 
     # ---- httptools callbacks ---------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head is not None and self.head.done():
+            return  # a trailer (after a chunked body): never a header, of this answer or of the next one
         self._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -227,6 +229,7 @@ class Connection(asyncio.Protocol):
         """Writes the request; the future resolves to `resp` once its head has been read."""
         self.response = resp
         self._skip_body = False
+        self._raw = []
         self.head = self.loop.create_future()
         timeout = self.pool.read_timeout
         if timeout:
