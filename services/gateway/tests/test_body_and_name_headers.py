@@ -83,6 +83,18 @@ def test_anything_else_is_returned_byte_for_byte(body):
     assert with_stream_usage(body) is body
 
 
+def test_a_stream_whose_json_holds_a_lone_surrogate_still_asks_for_usage():
+    """An escaped lone surrogate is valid JSON but not UTF-8: the body is written back with it escaped, as it came."""
+    body = b'{"stream": true, "messages": [{"role": "user", "content": "cut emoji \\ud83d"}]}'
+    out = with_stream_usage(body)
+    assert b"\\ud83d" in out and json.loads(out)["stream_options"] == {"include_usage": True}
+
+
+def test_json_nested_past_the_recursion_limit_is_returned_byte_for_byte():
+    body = b"[" * 100_000 + b"]" * 100_000
+    assert with_stream_usage(body) is body
+
+
 # ---- through the gateway ---------------------------------------------------------------------
 
 @pytest.fixture

@@ -177,6 +177,19 @@ async def test_miss_then_hit_same_bytes_logged_as_a_cache_hit_with_the_cost_save
     assert sample(gw, "helicone_gateway_cache_lookups_total", result="hit") == 1
 
 
+async def test_a_body_the_key_cannot_write_back_as_json_is_keyed_as_sent_not_a_500(gateway):
+    """An escaped lone surrogate is valid JSON (a JavaScript slice that cut an emoji in half) but cannot be
+    written back as UTF-8: the cache keys the bytes as they came (a miss, then a hit), never failing the request."""
+    client, gw, built, fake = gateway
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cut emoji \\ud83d"}]}'
+    answers = []
+    for _ in range(2):
+        answers.append(await client.post("/v1/chat/completions", content=body, headers={**ON, "content-type": "application/json"}))
+        await gw.cache.flush()
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.headers["helicone-cache"] for a in answers] == ["MISS", "HIT"] and len(fake.state.received) == 1
+
+
 async def asgi_call(gw, body: bytes, headers: dict[str, str]) -> tuple[dict, list[bytes]]:
     """One request straight into Gateway.handle: (response headers, the body messages as sent)."""
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",

@@ -477,7 +477,7 @@ def with_stream_usage(body: bytes) -> bytes:
     for, a stream_options that is not an object) is returned as it came, byte for byte."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
     if not isinstance(doc, dict) or doc.get("stream") is not True:
         return body
@@ -487,4 +487,9 @@ def with_stream_usage(body: bytes) -> bytes:
     elif not isinstance(options, dict) or options.get("include_usage") is True:
         return body
     options["include_usage"] = True
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # an escaped lone surrogate (valid JSON, not UTF-8): written escaped, as it came
+        return json.dumps(doc, separators=(",", ":")).encode()
+    except RecursionError:
+        return body

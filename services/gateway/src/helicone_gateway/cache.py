@@ -121,14 +121,15 @@ def cache_directive(raw: dict[str, str], cache_control: str) -> CacheDirective:
 
 def _canonical_body(body: bytes, ignore: frozenset[str]) -> bytes:
     """Canonical JSON (sorted keys, no spaces) minus the ignored top-level keys, so that key order
-    and formatting do not split the cache; bytes that are not JSON are keyed as they are."""
+    and formatting do not split the cache; bytes that are not JSON, or JSON this cannot write back
+    (an escaped lone surrogate, nesting past the recursion limit), are keyed as they are."""
     try:
         doc = json.loads(body)
-    except ValueError:
+        if isinstance(doc, dict) and ignore:
+            doc = {k: v for k, v in doc.items() if k not in ignore}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # (UnicodeEncodeError is a ValueError)
         return body
-    if isinstance(doc, dict) and ignore:
-        doc = {k: v for k, v in doc.items() if k not in ignore}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _key_sync(org_id: str, target: str, method: str, path: str, variant: str, body: bytes, d: CacheDirective) -> str:
