@@ -77,6 +77,14 @@ async def test_query_parameters_come_back_exactly_as_given(analytics_store):
         assert rows == [{"v": text, "n": len(text.encode())}], text[:40]
 
 
+async def test_array_parameters_come_back_exactly_as_given(analytics_store):
+    """An array's strings too (chDB took a Python list's repr: a quote failed the query, a non-ASCII
+    character came back as its \\u escape)."""
+    texts = AWKWARD_TEXT[:-1] + ["it's", "zw\u200bsp", "[x]", "a,b", "]"]
+    rows = await analytics_store.query("SELECT {v:Array(String)} AS v, {n:Array(UInt32)} AS n", {"v": texts, "n": [1, 2]})
+    assert rows == [{"v": texts, "n": [1, 2]}]
+
+
 async def test_one_row_per_org_and_request_id_whatever_the_times(analytics_store):
     store = analytics_store
     rid = events.new_request_id()

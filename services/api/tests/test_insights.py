@@ -200,6 +200,15 @@ async def test_sessions_are_listed_with_totals_sorted_searched_and_filtered(logg
     assert {s["session_id"]: s for s in other} == their
 
 
+@pytest.mark.parametrize("sid", ["it's", "zw\u200bsp", "back\\slash"])
+async def test_the_session_list_shows_sessions_whatever_characters_their_ids_hold(api, sid):
+    """Session ids come from the caller's Helicone-Session-Id header; the default list reads the page's ids
+    back as an array parameter (on chDB a quote in one made the list a 500, other characters hid the session)."""
+    client, state, org, _, _ = api
+    await test_api.add_request(state, org, minutes=0, session_id=sid)
+    assert [s["session_id"] for s in (await post(client, "/v1/session/query", {}))["data"]] == [sid]
+
+
 def walk(node: dict):
     yield node
     for child in node["children"]:

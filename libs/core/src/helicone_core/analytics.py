@@ -497,12 +497,30 @@ def _all_finite(columns) -> bool:
 _PARAM_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
 
 
+# An array's elements are written as in its text format: strings quoted, with their own escapes (a raw
+# tab or newline would still end the value).
+_QUOTED_ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\\n"})
+
+
 def _param_str(value: Any) -> str:
     """A chDB query parameter's value as text, escaped so that ClickHouse reads back exactly `value`."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, str):
         return value.translate(_PARAM_ESCAPES)
+    if isinstance(value, (list, tuple)):
+        return _param_element(value)
+    return str(value)
+
+
+def _param_element(value: Any) -> str:
+    """An array parameter's element (or the array itself) in ClickHouse's text format."""
+    if isinstance(value, str):
+        return "'" + value.translate(_QUOTED_ESCAPES) + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(_param_element, value)) + "]"
+    if isinstance(value, bool):
+        return "1" if value else "0"
     return str(value)
 
 
