@@ -99,7 +99,7 @@ async def test_an_async_log_is_the_event_the_gateway_would_emit(logging_api, kaf
     assert (ev.provider, ev.model, ev.status, ev.method) == ("openai", "gpt-4o-mini-2024-07-18", 200, "POST")
     assert (ev.target_url, ev.path) == ("https://api.openai.com", "/v1/chat/completions")
     assert (ev.user_id, ev.session_id, ev.session_path) == ("alice", "s-1", "/a")
-    assert dict(ev.properties) == {"env": "dev", "Helicone-Request-Name": "greet"}
+    assert dict(ev.properties) == {"env": "dev", "helicone-request-name": "greet"}
     assert (ev.latency_ms, ev.time_to_first_token_ms) == (1500, 300)
     assert ev.request_created_at.ToMilliseconds() == T0 * 1000 + 250
     u = ev.usage

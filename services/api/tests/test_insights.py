@@ -200,6 +200,20 @@ async def test_sessions_are_listed_with_totals_sorted_searched_and_filtered(logg
     assert {s["session_id"]: s for s in other} == their
 
 
+async def test_the_request_name_property_is_filtered_valued_and_listed_by_the_name_it_is_listed_under(api):
+    from helicone_core.log_headers import REQUEST_NAME_PROPERTY
+
+    client, state, org, _, _ = api
+    rid = await test_api.add_request(state, org, minutes=0, props={"team": "search", REQUEST_NAME_PROPERTY: "digest"})
+    [listed] = [k["key"] for k in (await client.get("/v1/property/keys")).json()["data"] if k["key"] != "team"]
+    for name in (listed, "Helicone-Request-Name"):  # property names are read in any case
+        flat = await post(client, "/v1/request/query", {"filter": {"properties": {name: "digest"}}})
+        tree = await post(client, "/v1/request/query", {"filter": {"properties": {name: {"equals": "digest"}}}})
+        values = await post(client, f"/v1/property/{name}/values", {})
+        assert ([d["request_id"] for d in flat["data"]], [d["request_id"] for d in tree["data"]],
+                [v["value"] for v in values["data"]]) == ([rid], [rid], ["digest"]), name
+
+
 @pytest.mark.parametrize("sid", ["it's", "zw\u200bsp", "back\\slash"])
 async def test_the_session_list_shows_sessions_whatever_characters_their_ids_hold(api, sid):
     """Session ids come from the caller's Helicone-Session-Id header; the default list reads the page's ids

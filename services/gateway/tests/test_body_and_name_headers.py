@@ -230,7 +230,7 @@ async def test_request_name_is_logged_as_a_property(gateway):
     r = await client.post("/v1/chat/completions", json=CHAT,
                           headers={**AUTH, "Helicone-Request-Name": "Weekly digest", "Helicone-Property-Team": "search"})
     assert r.status_code == 200
-    assert dict(built[0].properties) == {"team": "search", "Helicone-Request-Name": "Weekly digest"}
+    assert dict(built[0].properties) == {"team": "search", "helicone-request-name": "Weekly digest"}
     r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Request-Name": "x" * 257})
     assert r.status_code == 400 and r.json()["error"]["message"] == "Helicone-Request-Name is longer than 256 characters"
     assert len(built) == 1

@@ -11,8 +11,9 @@ from .events import InlineBodies
 PROPERTY_PREFIX = "helicone-property-"
 MAX_PROPERTIES = 64
 MAX_PROPERTY_VALUE = 4096
-# Helicone-Request-Name is stored as this property (Helicone's name for it), next to the Helicone-Property-* ones.
-REQUEST_NAME_PROPERTY = "Helicone-Request-Name"
+# Helicone-Request-Name is stored as this property (Helicone's name for it), next to the Helicone-Property-* ones;
+# in lower case like them, as the api reads property names in any case by their lower-case form.
+REQUEST_NAME_PROPERTY = "helicone-request-name"
 MAX_REQUEST_NAME = 256
 OMIT_REQUEST = "Helicone-Omit-Request"
 OMIT_RESPONSE = "Helicone-Omit-Response"
@@ -74,7 +75,7 @@ def read_log_header(out: LogHeaders, name: str, value: str) -> bool:
         except ValueError:
             raise HeaderError("Helicone-Request-Id must be a UUID") from None
     elif name == "helicone-request-name":
-        out.request_name = bounded(REQUEST_NAME_PROPERTY, value, MAX_REQUEST_NAME)
+        out.request_name = bounded("Helicone-Request-Name", value, MAX_REQUEST_NAME)
     elif name in _SWITCHES:
         header, attr = _SWITCHES[name]
         setattr(out, attr, switch(header, value))
