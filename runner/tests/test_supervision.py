@@ -144,6 +144,30 @@ async def test_no_recycling_before_the_group_committed_everything(tmp_path):
         assert consumer.seen[-5:] == [PAYLOAD + str(i).encode() for i in range(200, 205)]
 
 
+async def test_no_recycling_of_an_uncommitted_log_while_the_event_loop_is_busy(tmp_path):
+    """The whole stack shares one event loop: with each of its turns taking 0.1 s, a fetch's answer came
+    after the 0.3 s the check waited, and "no record" made it recycle (trim the journal, delete the topic)
+    a log of which the group had committed nothing."""
+    settings = EmbeddedBrokerSettings(recycle_records=10, recycle_hold_lag=1000, drain_timeout=2)
+    async with supervised(tmp_path, settings) as (producer, consumer, supervisor):
+        for first in range(0, 100, 5):  # batches of their own, as in due_for_a_recycle; nothing read or committed
+            await producer.send(first, 5)
+        busy = True
+
+        async def turns_of_a_busy_loop():
+            while busy:
+                time.sleep(0.1)  # noqa: ASYNC251 - a turn of the loop that takes 0.1 s, on purpose
+                await asyncio.sleep(0)
+
+        hog = asyncio.create_task(turns_of_a_busy_loop())
+        try:
+            assert not await supervisor.recycle_if_due()
+        finally:
+            busy = False
+            await hog
+        assert producer.committed_ends == 0 and producer._open.is_set()
+
+
 async def test_producers_are_held_only_once_ingest_has_nearly_caught_up(tmp_path):
     """What the gateway logs while held waits in its journal (spooled): a recycle that finds ingest
     behind lets it catch up first, producers still sending, and holds only for the last records."""
@@ -340,3 +364,129 @@ async def test_a_restart_cancelled_while_rewinding_still_rewinds_everyone(tmp_pa
         assert supervisor.restarts == 1 and not supervisor._down
         assert consumer.rewound and consumer.resets == 1 and producer.log_resets == 1
         assert producer._open.is_set()  # released once everyone started over
+
+
+# ---- a new log whose set-up fails half-way -------------------------------------------------
+
+
+class _FakeBroker:
+    bootstrap = "127.0.0.1:1"
+    pid = 1
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self.starts = 0
+
+    def exited(self) -> int | None:
+        return self.code
+
+    def stop(self) -> None:
+        pass
+
+    async def start_async(self, timeout: float = 20.0) -> str:
+        self.starts += 1
+        self.code = None
+        return self.bootstrap
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        self.held, self.log_resets = False, 0
+
+    async def hold(self) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+
+    async def committed_to_end(self) -> None:
+        pass
+
+    async def log_reset(self) -> None:
+        self.log_resets += 1
+
+
+class _FakeConsumer:
+    def __init__(self) -> None:
+        self.resets = 0
+
+    async def log_reset(self) -> None:
+        self.resets += 1
+
+
+async def _supervise_until_rewound(settings: EmbeddedBrokerSettings, recycle: bool, then=None):
+    """A supervisor of fakes, running until its consumer was rewound once (3 s at most), after `then()`:
+    (broker, producer, consumer, supervisor)."""
+    broker, producer, consumer = _FakeBroker(), _FakeProducer(), _FakeConsumer()
+    sup = BrokerSupervisor(broker, settings, topics=["t", "t.dlq"], partitions=1, recycled_topic="t",
+                           consumer_group="g", producers=[producer], consumers=[consumer], recycle=recycle)
+    sup.start()
+    try:
+        if then is not None:
+            then(broker)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and consumer.resets == 0:
+            await asyncio.sleep(0.05)
+    finally:
+        await sup.stop()
+    return broker, producer, consumer, sup
+
+
+async def test_a_restart_whose_topics_could_not_be_made_at_first_still_rewinds_everyone(monkeypatch):
+    """The broker came back, but making its topics failed once (an admin timeout on a loaded box): the next
+    round makes them and rewinds ingest and the publisher (before, nothing tried again, and ingest read the
+    new log from the dead one's offsets, past what landed below them)."""
+    from helicone_runner import supervision
+
+    calls = []
+
+    async def ensure_topics_failing_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise TimeoutError("admin request timed out")
+
+    monkeypatch.setattr(supervision, "ensure_topics", ensure_topics_failing_once)
+    settings = EmbeddedBrokerSettings(check_interval=0.02, recycle_records=0, restart_max_backoff=0.05)
+    broker, producer, consumer, sup = await _supervise_until_rewound(settings, recycle=False, then=lambda b: setattr(b, "code", -9))
+    assert (broker.starts, sup.restarts, len(calls)) == (1, 1, 2)
+    assert (consumer.resets, producer.log_resets, producer.held) == (1, 1, False)
+
+
+async def test_a_recycle_whose_topic_could_not_be_made_again_still_rewinds_everyone(monkeypatch):
+    """The recycle deleted the topic, then creating it failed: the next round makes it and rewinds everyone."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    state = {"records": 100, "deleted": 0, "creates": 0}
+
+    class Admin:
+        async def delete_topics(self, topics):
+            state["deleted"] += 1
+            state["records"] = 0
+
+        async def create_topics(self, new_topics):
+            state["creates"] += 1
+            raise KafkaTimeoutError("create_topics timed out")
+
+    @contextlib.asynccontextmanager
+    async def clients(self):
+        yield Admin(), None
+
+    async def answer(value, *args):
+        return value
+
+    made = []
+
+    async def ensure_topics(*args, **kwargs):
+        made.append(args)
+
+    from helicone_runner import supervision
+
+    monkeypatch.setattr(supervision, "ensure_topics", ensure_topics)
+    monkeypatch.setattr(BrokerSupervisor, "_clients", clients)
+    monkeypatch.setattr(BrokerSupervisor, "_records", lambda self, probe: answer(state["records"]))
+    monkeypatch.setattr(BrokerSupervisor, "_lag", lambda self, admin, probe: answer(0))
+    monkeypatch.setattr(BrokerSupervisor, "_committed_to_end", lambda self, admin, probe: answer(True))
+    settings = EmbeddedBrokerSettings(check_interval=0.02, recycle_check_interval=0.05, recycle_records=10)
+    _, producer, consumer, sup = await _supervise_until_rewound(settings, recycle=True)
+    assert (state["deleted"], state["creates"], len(made), sup.recycles) == (1, 1, 1, 0)
+    assert (consumer.resets, producer.log_resets, producer.held) == (1, 1, False)

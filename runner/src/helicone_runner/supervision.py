@@ -96,6 +96,9 @@ class BrokerSupervisor:
         self.recycles = 0
         self._task: asyncio.Task | None = None
         self._down = False
+        # the broker's log was replaced (a restart, a recycle) and its topics are not made, or its consumers and
+        # producers not rewound, yet: a step that failed half-way is done again in the next round
+        self._new_log_pending = False
         self._backoff = 0.0
         self._started_at = time.monotonic()
         self._next_recycle_check = time.monotonic() + settings.recycle_check_interval
@@ -118,6 +121,8 @@ class BrokerSupervisor:
             try:
                 if self._down or self.broker.exited() is not None:
                     await self.restart()
+                elif self._new_log_pending:
+                    await self._finish_new_log()
                 elif self.recycle_enabled and time.monotonic() >= self._next_recycle_check:
                     self._next_recycle_check = time.monotonic() + self.settings.recycle_check_interval
                     await self.recycle_if_due()
@@ -182,10 +187,25 @@ class BrokerSupervisor:
         except Exception:
             self._backoff = min(max(self._backoff * 2, 0.5), self.settings.restart_max_backoff)
             raise
-        self._down = False
+        self._down, self._new_log_pending = False, True
         self._started_at = time.monotonic()
+        await self._set_up_new_log()
+
+    async def _set_up_new_log(self) -> None:
+        """The broker's log was replaced: its topics are made, then every consumer and producer rewound to it."""
         await ensure_topics(self.broker.bootstrap, self.topics, self.partitions, 1, security=PLAINTEXT)  # the embedded broker
         await self._reset_consumers()
+        self._new_log_pending = False
+
+    async def _finish_new_log(self) -> None:
+        """Sets up a new log whose set-up failed half-way (a restart or a recycle that raised after the old
+        log was gone): until it is done, ingest reads on at the old log's offsets, past what lands in the new one."""
+        try:
+            await self._hold_producers(self.settings.drain_timeout)
+            await _to_the_end(self._set_up_new_log())
+        finally:
+            self._release_producers()
+        log.info("kafka broker's new log set up after an earlier failure: topics made, consumers and producers rewound")
 
     # ---- recycling -------------------------------------------------------------------
     def _partitions(self) -> list[TopicPartition]:
@@ -216,16 +236,30 @@ class BrokerSupervisor:
         ends = await probe.end_offsets(self._partitions())
         return sum(ends.values())
 
-    async def _committed_to_end(self, admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer) -> bool:
-        """True when the group has committed every record of every partition: a fetch from the
-        committed offset finds nothing."""
+    async def _committed_to_end(self, admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, wait: float = 10.0) -> bool:
+        """True when the group has committed every record of every partition: the broker's answers to
+        fetches from the committed offset bring nothing, and the log end they report (the high
+        watermark, exact on Tansu) is that offset. Two answers after the seek, so that the second
+        answers a fetch asked after it (the first may answer one asked before, of an older log end).
+        Nothing is concluded from an answer that has not come: on a busy event loop a fetch answers
+        late, and "no record within the timeout" said "committed" of a log nobody had read. False if
+        the broker does not answer within `wait` seconds."""
         committed = await admin.list_consumer_group_offsets(self.consumer_group, partitions=self._partitions())
         for tp in self._partitions():
             meta = committed.get(tp)
             offset = meta.offset if meta is not None and meta.offset >= 0 else 0
+            sought, deadline = time.time() * 1000, time.monotonic() + wait
             probe.seek(tp, offset)
-            found = await probe.getmany(tp, timeout_ms=300, max_records=1)
-            if found.get(tp):
+            answers, last = 0, None
+            while answers < 2:
+                if (await probe.getmany(tp, timeout_ms=300, max_records=1)).get(tp):
+                    return False
+                stamp = probe.last_poll_timestamp(tp)  # when the latest answer for tp was taken in (ms)
+                if stamp is not None and stamp >= sought and stamp != last:
+                    answers, last = answers + 1, stamp
+                elif time.monotonic() > deadline:
+                    return False
+            if (probe.highwater(tp) or 0) > offset:
                 return False
         return True
 
@@ -310,8 +344,10 @@ class BrokerSupervisor:
         every consumer and producer starts over on it."""
         for producer in self.producers:
             await producer.committed_to_end()
+        self._new_log_pending = True
         await self._recreate(admin)
         await self._reset_consumers()
+        self._new_log_pending = False
 
     async def _recreate(self, admin: AIOKafkaAdminClient) -> None:
         await admin.delete_topics([self.recycled_topic])
