@@ -11,6 +11,8 @@ def test_targets():
         parse_targets("gateway,billing")
     with pytest.raises(argparse.ArgumentTypeError):
         parse_targets(",")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown service.*gatway"):
+        parse_targets("all,gatway")  # a misspelt name beside all is still an error
 
 
 def test_up_defaults():
@@ -144,3 +146,81 @@ def test_fake_upstream_answers_for_every_provider(tmp_path):
     assert set(gateway.provider_urls.values()) == {"http://127.0.0.1:9999"}
     real = build_parser().parse_args(["up", "--data-dir", str(tmp_path)])
     assert _settings(real, "postgresql://x@127.0.0.1:1/x", "127.0.0.1:1")["gateway"].provider_urls == {}
+
+
+async def test_a_graceful_stop_stops_every_service_that_publishes_before_the_drain(tmp_path, monkeypatch):
+    """The api publishes too (async logs and OTLP answer once Kafka has them, and keep no copy): stopped
+    after the drain, what it logged meanwhile was lost with the memory-only broker."""
+    import asyncio
+    import os
+    import signal
+
+    from helicone_runner import cli
+    from helicone_runner.stack import Running
+    from helicone_runner.supervision import BrokerSupervisor
+
+    order: list[str] = []
+
+    class Kafka:
+        bootstrap, pid, pid_file = "127.0.0.1:1", 1, None
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def exited(self):
+            return None
+
+        async def start_async(self, timeout: float = 20.0) -> str:
+            return self.bootstrap
+
+        def start(self) -> str:
+            return self.bootstrap
+
+        def stop(self) -> None:
+            order.append("broker stopped")
+
+    class Publisher:
+        async def hold(self) -> None:
+            pass
+
+        def release(self) -> None:
+            pass
+
+        async def committed_to_end(self) -> None:
+            pass
+
+        async def log_reset(self) -> None:
+            pass
+
+    class Service:
+        publisher = Publisher()
+
+        async def log_reset(self) -> None:
+            pass
+
+    async def start_services(targets, settings, on_started=None):
+        asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+
+        def stopper(name):
+            async def stop() -> None:
+                order.append(f"{name} stopped")
+            return stop
+
+        return [Running(name, {}, stopper(name), Service()) for name in ("prompts", "ingest", "api", "gateway")]
+
+    async def drain(self, timeout):
+        order.append("drain")
+        return True
+
+    async def no_migrations(settings):
+        pass
+
+    monkeypatch.setattr(cli, "EmbeddedKafka", Kafka)
+    monkeypatch.setattr(cli, "check_ports", lambda host, needs: None)
+    monkeypatch.setattr(cli, "apply_migrations", no_migrations)
+    monkeypatch.setattr(cli, "start_services", start_services)
+    monkeypatch.setattr(cli, "tune_gc", lambda threshold: None)
+    monkeypatch.setattr(BrokerSupervisor, "drain", drain)
+    args = build_parser().parse_args(["up", "--data-dir", str(tmp_path / "d"), "--postgres-dsn", "postgresql://x@127.0.0.1:1/x"])
+    assert await asyncio.wait_for(cli.run_up(args), 20) == 0
+    assert order == ["gateway stopped", "api stopped", "drain", "ingest stopped", "prompts stopped", "broker stopped"]

@@ -48,16 +48,18 @@ class SettingsError(Exception):
     """A HELICONE_* setting a service would refuse: exit 2 before anything starts."""
 
 
+# the services that publish log events to the broker, in the order a graceful stop stops them (before its drain)
+PUBLISHERS = ("gateway", "api")
+
+
 def parse_targets(value: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
         raise argparse.ArgumentTypeError("--target needs at least one service")
-    if "all" in names:
-        return list(SERVICES)
-    unknown = [n for n in names if n not in SERVICES]
+    unknown = [n for n in names if n not in SERVICES and n != "all"]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)} or all")
-    return names
+    return list(SERVICES) if "all" in names else names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,17 +363,18 @@ async def run_up(args) -> int:
         print("stopping...", flush=True)
         return 0
     finally:
-        # Stop order: supervision first (a broker being stopped is not a crash), then the gateway
-        # (what it still holds reaches the broker), then a drain (ingest writes everything the
-        # memory-only broker holds), then the other services, the broker, Postgres, the lock.
+        # Stop order: supervision first (a broker being stopped is not a crash), then the services
+        # that publish to the broker, the gateway and the api (async logs, OTLP: what they still hold
+        # reaches it), then a drain (ingest writes everything the memory-only broker holds: the log no
+        # longer grows), then the other services, the broker, Postgres, the lock.
         (args.data_dir / control.STATE_FILE).unlink(missing_ok=True)
         if supervisor:
             await supervisor.stop()
-        gateway = [r for r in running if r.name == "gateway"]
-        await stop_services(gateway)
+        for name in PUBLISHERS:
+            await stop_services([r for r in running if r.name == name])
         if supervisor and any(r.name == "ingest" for r in running):
             await supervisor.drain(supervisor.settings.drain_timeout)
-        await stop_services([r for r in running if r.name != "gateway"])
+        await stop_services([r for r in running if r.name not in PUBLISHERS])
         if kafka:
             kafka.stop()
         if upstream:
