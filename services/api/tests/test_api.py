@@ -153,6 +153,8 @@ async def test_filter_values_that_cannot_be_stored_are_a_422_naming_the_field(ap
     assert d["field"].startswith("filter.properties.team") and "lone surrogate" in d["message"]
     d = await problem({"model": "m" * 4097})
     assert d["field"] == "filter.model" and "4096" in d["message"]
+    d = await problem({"properties": {"Env": "prod", "env": "dev"}})  # one property, two values: the last one won
+    assert d["field"] == "filter.properties" and "'env' is named more than once" in d["message"]
     for field, value in (("start", "0001-01-01T00:00:00"), ("start", "0001-01-01T00:30:00+01:00"),
                          ("start", "1899-12-31T23:59:59.999Z"), ("end", "2300-01-01T00:00:00Z"),
                          ("end", "9999-12-31T23:59:59-01:00")):

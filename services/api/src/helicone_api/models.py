@@ -163,7 +163,11 @@ class RequestFilter(BaseModel):
     def _few_properties(cls, v: dict[str, str]) -> dict[str, str]:
         if len(v) > 20:
             raise ValueError("at most 20 property filters")
-        return {k.lower(): val for k, val in v.items()}
+        lowered = {k.lower(): val for k, val in v.items()}
+        if len(lowered) < len(v):  # {"Env": "prod", "env": "dev"}: one property, two values (the last one won)
+            twice = sorted({k.lower() for k in v if sum(o.lower() == k.lower() for o in v) > 1})
+            raise ValueError(f"property {twice[0]!r} is named more than once (names are read in any case)")
+        return lowered
 
     @field_validator("scores")
     @classmethod
