@@ -1,5 +1,11 @@
 import pytest
-from helicone_gateway.headers import HeaderError, forward_request_headers, narrow_accept_encoding, parse_helicone_headers
+from helicone_gateway.headers import (
+    HeaderError,
+    forward_request_headers,
+    forward_response_headers,
+    narrow_accept_encoding,
+    parse_helicone_headers,
+)
 from helicone_gateway.providers import Router
 from helicone_gateway.settings import GatewaySettings
 
@@ -47,6 +53,16 @@ def test_helicone_and_hop_by_hop_headers_are_not_forwarded():
         ("accept-encoding", "gzip, deflate, br, zstd"),
     ]))
     assert fwd == {"authorization": "Bearer sk-provider", "x-api-key": "sk-ant", "accept-encoding": "gzip, deflate"}
+
+
+def test_headers_a_connection_header_names_are_hop_by_hop_both_ways():
+    """RFC 9110 7.6.1: a proxy removes the headers Connection names, in requests and in answers."""
+    fwd = dict(forward_request_headers([("connection", "keep-alive, X-Hop-Only"), ("connection", "x-other"),
+                                        ("x-hop-only", "for the gateway"), ("x-other", "too"), ("x-kept", "1")]))
+    assert fwd == {"x-kept": "1"}
+    back = forward_response_headers([(b"Connection", b"close, X-Upstream-Only"), (b"X-Upstream-Only", b"1"),
+                                     (b"Content-Type", b"application/json")])
+    assert back == [(b"content-type", b"application/json")]
 
 
 def test_accept_encoding_keeps_only_what_the_log_can_decode():

@@ -196,11 +196,19 @@ def narrow_accept_encoding(value: str) -> str:
     return ", ".join(kept) or "identity"
 
 
+def _named_by_connection(values) -> frozenset[str]:
+    """The headers a Connection header names: hop-by-hop as well (RFC 9110 7.6.1), never forwarded."""
+    return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
+
+
 def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Everything but Helicone-*, hop-by-hop headers, Host and Content-Length (re-computed)."""
+    """Everything but Helicone-*, hop-by-hop headers (those a Connection header names too), Host and
+    Content-Length (re-computed)."""
     out = []
+    connection = [v for n, v in headers if n == "connection"]
+    named = _named_by_connection(connection) if connection else frozenset()
     for n, v in headers:
-        if n.startswith("helicone-") or n in HOP_BY_HOP or n in ("host", "content-length"):
+        if n.startswith("helicone-") or n in HOP_BY_HOP or n in ("host", "content-length") or n in named:
             continue
         if n == "accept-encoding":
             v = narrow_accept_encoding(v)
@@ -209,12 +217,16 @@ def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, s
 
 
 def forward_response_headers(headers) -> list[tuple[bytes, bytes]]:
-    """Raw (bytes) provider headers minus hop-by-hop ones (the ASGI server re-frames the body) and
-    the ones our server sets itself (Date, Server)."""
+    """Raw (bytes) provider headers minus hop-by-hop ones (those a Connection header names too; the
+    ASGI server re-frames the body) and the ones our server sets itself (Date, Server)."""
     out = []
+    named: frozenset[str] = frozenset()
+    for n, v in headers:
+        if len(n) == 10 and n.lower() == b"connection":
+            named |= _named_by_connection([v.decode("latin-1")])
     for n, v in headers:
         name = n.lower()
         text = name.decode("latin-1")
-        if text not in HOP_BY_HOP and text not in SERVER_SET:
+        if text not in HOP_BY_HOP and text not in SERVER_SET and text not in named:
             out.append((name, v))
     return out
