@@ -214,6 +214,27 @@ async def test_the_request_name_property_is_filtered_valued_and_listed_by_the_na
                 [v["value"] for v in values["data"]]) == ([rid], [rid], ["digest"]), name
 
 
+async def test_session_pages_are_whole_when_many_requests_share_the_last_instant(api):
+    """The default list reads the newest requests first; when that read stops inside one instant, a session
+    last seen at that instant but not read sorts before the ones read (by id): before, page 1 left it out
+    and page 2 showed the other session again."""
+    client, state, org, _, _ = api
+    rows = []
+    for sid, rid in [("a", "00000000-0000-4000-8000-000000000000")] + [("b", events.new_request_id()) for _ in range(2000)]:
+        ev = events.RequestLogged(schema_version=1, request_id=rid, org_id=org, status=200, provider="openai", model="m",
+                                  method="POST", path="/v1/chat/completions", session_id=sid, latency_ms=1,
+                                  time_to_first_token_ms=-1, source="gateway")
+        events.set_time(ev.request_created_at, test_api.T0)
+        events.set_time(ev.response_created_at, test_api.T0)
+        rows.append(events.analytics_row(ev, request_key="", response_key="", request_bytes=0, response_bytes=0,
+                                         request_content_type="", response_content_type="", truncated=False))
+    await state.analytics.insert("request_log", rows)
+    pages = [s["session_id"] for offset in (0, 1)
+             for s in (await post(client, "/v1/session/query", {"limit": 1, "offset": offset}))["data"]]
+    assert pages == ["a", "b"]
+    assert [s["session_id"] for s in (await post(client, "/v1/session/query", {"limit": 10}))["data"]] == ["a", "b"]
+
+
 @pytest.mark.parametrize("sid", ["it's", "zw\u200bsp", "back\\slash"])
 async def test_the_session_list_shows_sessions_whatever_characters_their_ids_hold(api, sid):
     """Session ids come from the caller's Helicone-Session-Id header; the default list reads the page's ids

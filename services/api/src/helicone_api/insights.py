@@ -643,11 +643,14 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             rows = max(2000, 40 * want)
             for _ in range(3):
                 found = await state.analytics.query(*recent_sessions_sql(org, q, rows, since))
-                # a session with any of the rows read has its newest request among them, and every
-                # session not read was last seen before all of them: these lead the list
-                if len(found) >= want:
-                    return [r["session_id"] for r in found][q.offset:want]
-                if sum(int(r["n"]) for r in found) < rows:  # every matching request since `since` was read
+                cut = sum(int(r["n"]) for r in found) >= rows  # not every matching request since `since` was read
+                # a session with any of the rows read has its newest request among them, and every session
+                # not read was last seen before all of them, or at the very instant the read stopped at: those
+                # last seen then may sort after one not read (by id), so only the sessions seen later lead the list
+                led = [r for r in found if r["seen"] != found[-1]["seen"]] if cut else found
+                if len(led) >= want:
+                    return [r["session_id"] for r in led][q.offset:want]
+                if not cut:
                     if since is None:
                         return [r["session_id"] for r in found][q.offset:want]
                     break
