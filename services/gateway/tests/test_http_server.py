@@ -403,3 +403,55 @@ async def test_a_second_stop_signal_cuts_answers_that_would_never_end():
     assert await asyncio.wait_for(task, 5) is True
     assert await asyncio.wait_for(reader.read(), 5) == b"\r\n"  # the rest of the chunk, then the end: no 0-chunk
     assert reader.at_eof()
+
+
+async def refusing_app(scope, receive, send):
+    """Answers 413 or 401 at once, before reading the body (as the gateway refuses a Content-Length over its
+    limit, or a bad key); anything else is echo_app's."""
+    if scope["type"] == "http" and scope["path"] in ("/too-large", "/bad-key"):
+        status = 413 if scope["path"] == "/too-large" else 401
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"no"})
+        return
+    await echo_app(scope, receive, send)
+
+
+async def test_an_answer_given_before_the_body_was_read_closes_the_connection_cleanly():
+    """The rest of the body is never read: the answer says connection: close, and the server reads and drops
+    what still comes for a moment, then closes (before, the connection stayed open, stalled once the unread
+    body filled its buffer, and was reset by the idle timeout: a keep-alive caller's next request was never
+    answered)."""
+    async with running(refusing_app, keepalive_timeout=1.0) as server:
+        reader, writer = await connect(server)
+        writer.write(request("/bad-key", b"x" * 1_000_000))
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"], body) == (401, "close", b"no")
+        await writer.drain()
+        assert await closed_by_server(reader)  # an orderly end of the stream, not a reset
+        writer.close()
+
+
+async def test_a_body_over_the_limit_gets_its_413_whatever_its_size():
+    """A caller sending a 32 MiB body reads the 413 (before, its connection was reset, the answer unread)."""
+    import httpx
+
+    async with running(refusing_app) as server, httpx.AsyncClient(timeout=20) as http:
+        host, port = server.bound[:2]
+        r = await http.post(f"http://{host}:{port}/too-large", content=b"x" * (32 * 1024 * 1024))
+    assert (r.status_code, r.content) == (413, b"no")
+
+
+async def test_a_bad_request_pipelined_behind_a_whole_one_is_refused_after_that_one_is_answered():
+    """The request read whole before it is answered (it may be at the provider, and is logged), then the 400,
+    then the connection closes; before, the 400 went out at once and the first request was cancelled."""
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(request("/slow", b"first"))
+        await asyncio.sleep(0.05)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        first = await read_response(reader)
+        refusal = await read_response(reader)
+        assert first[0] == 200 and json.loads(first[2])["body"] == "first"
+        assert refusal[0] == 400 and refusal[1]["connection"] == "close"
+        assert await closed_by_server(reader)
+        writer.close()

@@ -190,6 +190,8 @@ class Exchange:
         elif kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
+            if not self.body_done:
+                self.keep_alive = False  # answered before its body was read whole (a refusal): see finished()
             self.head = self._head(message["status"], message.get("headers") or ())  # raises on a bad header: still a 500
             self.started = True
             self.conn.loop.call_soon(self._flush_head)
@@ -257,7 +259,7 @@ class Exchange:
 
     def _failed(self) -> None:
         conn = self.conn
-        if self.finished or conn.closed:
+        if self.finished or conn.closed or conn.refusal_sent:
             return
         if self.started:
             self._flush_head()
@@ -281,12 +283,15 @@ class HttpConnection(asyncio.Protocol):
         self.current: Exchange | None = None  # the exchange being answered
         self.pending: deque[Exchange] = deque()  # requests read while another is answered
         self.reading: Exchange | None = None  # the request whose body is being read
+        self.latest: Exchange | None = None  # the request read last
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
         self.head_bytes = 0
         self.events = 0  # message begins, heads and messages completed: where a read's bytes belong
         self.refused = False
+        self.refusal = b""  # the answer to a bad request, waiting for the request before it to be answered
+        self.refusal_sent = False
         self.paused_reading = False
         self.write_paused = False
         self.drained: asyncio.Future | None = None
@@ -316,7 +321,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported", "invalid_request")
+            self._refuse(400, "protocol upgrades are not supported", "invalid_request", self.latest)
             return
         except httptools.HttpParserError as exc:
             self._refuse(400, f"invalid HTTP request: {exc}", "invalid_request")
@@ -383,7 +388,7 @@ class HttpConnection(asyncio.Protocol):
             if name == b"expect" and value.lower() == b"100-continue":
                 expect = True
         ex = Exchange(self, scope, parser.should_keep_alive(), expect)
-        self.reading = ex
+        self.reading = self.latest = ex
         if self.current is None:
             self._start(ex)
         else:
@@ -411,7 +416,12 @@ class HttpConnection(asyncio.Protocol):
     def finished(self, ex: Exchange) -> None:
         """The response of `ex` went out whole."""
         ex.disconnect()  # a receive() still waiting learns the exchange is over
-        if not ex.keep_alive or self.server.stopping:
+        if not ex.body_done:
+            # answered before its body was read whole (a 401, a 413...): nothing will read the rest, so
+            # the connection cannot go on; it reads and drops what the caller still sends for a moment
+            # (closing with bytes unread resets it, and the caller may never read the answer)
+            self._linger()
+        elif not ex.keep_alive or self.server.stopping:
             self.close()
 
     def ended(self, ex: Exchange) -> None:
@@ -419,6 +429,9 @@ class HttpConnection(asyncio.Protocol):
         if self.current is not ex:
             return
         self.current = None
+        if self.refusal:
+            self._send_refusal()  # a bad request read behind this one
+            return
         if self.closed or self.transport.is_closing():
             return
         if self.server.stopping:
@@ -460,18 +473,41 @@ class HttpConnection(asyncio.Protocol):
             self.paused_reading = False
             self.transport.resume_reading()
 
-    def _refuse(self, status: int, message: str, kind: str) -> None:
+    def _refuse(self, status: int, message: str, kind: str, bad: Exchange | None = None) -> None:
         """Answers a request that cannot be parsed or is too large, then closes the connection (after
         reading what the caller still sends for a moment: closing with bytes unread resets it and the
-        caller may never read the answer)."""
+        caller may never read the answer). A request read whole before it, still being answered,
+        is answered first (it may be at the provider already, and is logged); the requests pipelined
+        behind it are not answered. `bad`: the exchange the refusal answers, when it was read whole
+        (an upgrade request)."""
         self.refused = True
-        for ex in (self.current, self.reading, *self.pending):
-            if ex is not None and ex.task is not None and not ex.started:
-                ex.task.cancel()  # the request was not read whole: the app does not answer it
+        current = self.current
+        for ex in (current, self.reading, *self.pending):
+            if ex is not None and ex is not current and ex.task is not None and not ex.started:
+                ex.task.cancel()
         self.pending.clear()
-        if self.closed:
+        cancelled = (current is not None and (not current.body_done or current is bad) and current.task is not None
+                     and not current.started)
+        if cancelled:
+            current.task.cancel()  # the request was not read whole: the app does not answer it
+        self.refusal = error_response(status, message, kind)
+        if cancelled or current is None or current.finished or current.task is None or current.task.done():
+            self._send_refusal()
+        # else: ended() sends it once the app is done with the request before it
+
+    def _send_refusal(self) -> None:
+        refusal, self.refusal = self.refusal, b""
+        self.refusal_sent = True  # the connection's last answer: an exchange cancelled for it answers nothing
+        if refusal and not self.closed and not self.transport.is_closing():
+            self.transport.write(refusal)
+            self._linger()
+
+    def _linger(self) -> None:
+        """Closes after reading (and dropping) what the caller still sends for a moment."""
+        self.refused = True
+        self.resume_reading()
+        if self.closed or self.transport.is_closing():
             return
-        self.transport.write(error_response(status, message, kind))
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(REFUSED_LINGER_SECONDS, self.close)
