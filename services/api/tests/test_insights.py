@@ -235,6 +235,18 @@ async def test_session_pages_are_whole_when_many_requests_share_the_last_instant
     assert [s["session_id"] for s in (await post(client, "/v1/session/query", {"limit": 10}))["data"]] == ["a", "b"]
 
 
+@pytest.mark.parametrize("when", [dt.datetime(2200, 1, 1, 5, tzinfo=dt.timezone.utc), dt.datetime(1950, 1, 1, 5, tzinfo=dt.timezone.utc)])
+async def test_a_request_outside_the_datetime_span_is_counted_whatever_the_ranges_alignment(api, when):
+    """A range on whole hours or days is written on a grain's column, a DateTime that saturates past 2106 and
+    before 1970: a request of 2200 fell out of its own day (stored times run from 1900 to 2299)."""
+    client, state, org, _, _ = api
+    await test_api.add_request(state, org, minutes=(when - test_api.T0).total_seconds() / 60)
+    day = when.replace(hour=0)
+    for start in (day + dt.timedelta(milliseconds=1), day):  # unaligned, aligned
+        r = await client.get("/v1/metrics/summary", params={"start": start.isoformat(), "end": (day + dt.timedelta(days=1)).isoformat()})
+        assert r.status_code == 200 and r.json()["requests"] == 1, (start, r.text)
+
+
 @pytest.mark.parametrize("sid", ["it's", "zw\u200bsp", "back\\slash"])
 async def test_the_session_list_shows_sessions_whatever_characters_their_ids_hold(api, sid):
     """Session ids come from the caller's Helicone-Session-Id header; the default list reads the page's ids
@@ -592,6 +604,11 @@ async def test_bad_input_is_a_422_naming_the_place(api):
     d = await problem("POST", "/v1/metrics/timeseries", json={"start": ts["end"], "end": ts["start"]})
     assert d["field"] == "end" and "after start" in d["message"]
     assert (await problem("POST", "/v1/metrics/timeseries", json={"end": ts["end"]}))["field"] == "start"
+    for start, end, field in (("1960-01-01T00:00:00Z", "1960-01-04T00:00:00Z", "start"),  # stored, but past the span
+                              ("2200-01-01T00:00:00Z", "2200-01-04T00:00:00Z", "start"),  # buckets are computed in:
+                              ("2106-01-30T00:00:00Z", "2106-02-02T00:00:00Z", "end")):   # they came back in 2096 / 2063
+        d = await problem("POST", "/v1/metrics/timeseries", json={"start": start, "end": end, "bucket": "day"})
+        assert d["field"] == field and "between 1970-01-08 and 2106-01-31" in d["message"], start
     d = await problem("POST", "/v1/session/query", json={"sort": {"field": "latency"}})
     assert d["field"] == "sort.field" and "requests" in d["message"]
     assert (await problem("POST", "/v1/user/query", json={"sort": {"field": "errors"}}))["field"] == "sort.field"

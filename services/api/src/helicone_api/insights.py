@@ -151,6 +151,12 @@ def _group_column(group_by: str | None) -> tuple[str, dict[str, Any]]:
     return "properties[{group_key:String}]", {"group_key": PROPERTY_GROUP.match(group_by).group(1).lower()}
 
 
+# ClickHouse's DateTime (what the bucket and grain functions return) holds 1970-01-01 to 2106-02-07 06:28:15 UTC:
+# past its ends they wrap or saturate. Times are stored from 1900 to 2299 (DateTime64).
+DATETIME32 = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2106, 2, 7, 6, 28, 15, tzinfo=dt.timezone.utc))
+BUCKET_RANGE = (dt.datetime(1970, 1, 8, tzinfo=dt.timezone.utc), dt.datetime(2106, 1, 31, tzinfo=dt.timezone.utc))
+
+
 class TimeseriesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"filter": {"provider": "openai"}, "start": "2026-03-01T00:00:00Z", "end": "2026-03-08T00:00:00Z",
@@ -167,7 +173,11 @@ class TimeseriesQuery(BaseModel):
     @field_validator("start", "end")
     @classmethod
     def _stored_range(cls, v: dt.datetime) -> dt.datetime:
-        return _ch_range(v)
+        v = _ch_range(v)
+        if not BUCKET_RANGE[0] <= v <= BUCKET_RANGE[1]:  # (a week's bucket, in any zone, starts inside it too)
+            raise ValueError(f"series buckets lie between {BUCKET_RANGE[0]:%Y-%m-%d} and {BUCKET_RANGE[1]:%Y-%m-%d} "
+                             "(ClickHouse's DateTime, which they are computed in); use the request list for other times")
+        return v
 
     @field_validator("end")
     @classmethod
@@ -237,7 +247,10 @@ def _conditions(org_id: str, f: RequestFilter | FilterNode, start: dt.datetime |
     highs = [t for t in (f.end if flat else None, end) if t is not None]
     where, params = filter_sql(org_id, f.model_copy(update={"start": None, "end": None}) if flat else f)
     low, high = (max(lows) if lows else None), (min(highs) if highs else None)
-    grain = next((g for g in grains if all(t is None or _aligned(t, GRAINS[g][1]) for t in (low, high))), None)
+    # a grain's column is a DateTime: the same rows as the range on request_created_at only while both ends lie
+    # strictly inside its span (a request of 2200 has the grain of 2106-02-07 06:28:15)
+    inside = all(t is None or DATETIME32[0] < t <= DATETIME32[1] for t in (low, high))
+    grain = next((g for g in grains if inside and all(t is None or _aligned(t, GRAINS[g][1]) for t in (low, high))), None)
     column = GRAINS[grain][0] if grain else "request_created_at"
     if low is not None:
         where.append(f"{column} >= {{range_start:DateTime64(3, 'UTC')}}")
