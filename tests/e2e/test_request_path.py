@@ -93,7 +93,7 @@ def test_stream_usage_omitted_bodies_and_request_name(stack):
     assert logged["status"] == 200 and logged["streamed"] and logged["usage"]["completion_tokens"] == 6
     assert logged["cost_usd"] == pytest.approx(cost(GPT4O_MINI, 3, 6))
     assert logged["request_body"] is None and logged["response_body"] is None
-    assert logged["properties"] == {"Helicone-Request-Name": "digest"}
+    assert logged["properties"] == {"helicone-request-name": "digest"}
     r = httpx.post(f"{stack.gateway}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
                    headers={"Helicone-Auth": f"Bearer {stack.key}", "Helicone-Omit-Request": "yes"})
     assert r.status_code == 400 and "Helicone-Omit-Request must be 'true' or 'false'" in r.json()["error"]["message"]
