@@ -463,6 +463,16 @@ class EventPublisher:
             log.error("could not fsync the event journal (%s): its latest events are written and sent, but may not "
                       "survive a power loss", exc)
 
+    def _gave_back_a_past_generations_permit(self, generation: int) -> bool:
+        """After a wait for an in-flight permit: if the broker lost data meanwhile (a new generation), the
+        permit goes back and nothing of `generation` is sent: the journal has its events unsent in the new
+        generation and sends them again there (sent now, they would reach the new log twice)."""
+        if generation == self.journal.generation:
+            return False
+        self._inflight.release()
+        self._resend.set()
+        return True
+
     def _partition(self, key: bytes) -> int:
         return self._partitioner(key, self._partitions, self._partitions) if len(self._partitions) > 1 else 0
 
@@ -476,11 +486,7 @@ class EventPublisher:
             self.journal.failed(ref, generation)
             return "broker_down"
         await self._inflight.acquire()
-        if generation != self.journal.generation:
-            # the broker lost data while this waited: the journal has it unsent in the new generation
-            # and sends it again there (sent now, it would reach the new log twice)
-            self._inflight.release()
-            self._resend.set()
+        if self._gave_back_a_past_generations_permit(generation):
             return ""
         sent = [(ref, 0)]
         if not self._open.is_set():  # held while this event waited for a permit: it goes out after release
@@ -540,12 +546,8 @@ class EventPublisher:
             self.journal.failed(items[0][0], generation)
             self._spooled(1, "broker_down")
             return 1
-        if generation != self.journal.generation:
-            # the broker lost data while this waited: the journal has these unsent in the new generation
-            # and sends them again; they must not open a batch of the old one (nor drop a current one)
-            self._inflight.release()
-            self._resend.set()
-            return len(items)
+        if self._gave_back_a_past_generations_permit(generation):
+            return len(items)  # (they must not open a batch of the old generation, nor drop a current one)
         open_ = self._lingering.get(partition)  # of this generation: a reset drops them all (_forget_log)
         if open_ is None:
             open_ = self._lingering[partition] = _Lingering(producer.create_batch(), generation)
