@@ -504,17 +504,13 @@ _QUOTED_ESCAPES = str.maketrans({"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\
 
 def _param_str(value: Any) -> str:
     """A chDB query parameter's value as text, escaped so that ClickHouse reads back exactly `value`."""
-    if isinstance(value, bool):
-        return "1" if value else "0"
     if isinstance(value, str):
         return value.translate(_PARAM_ESCAPES)
-    if isinstance(value, (list, tuple)):
-        return _param_element(value)
-    return str(value)
+    return _param_element(value)
 
 
 def _param_element(value: Any) -> str:
-    """An array parameter's element (or the array itself) in ClickHouse's text format."""
+    """A value in ClickHouse's text format as an array parameter's element, an array, a number or a bool."""
     if isinstance(value, str):
         return "'" + value.translate(_QUOTED_ESCAPES) + "'"
     if isinstance(value, (list, tuple)):
