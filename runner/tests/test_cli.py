@@ -159,19 +159,15 @@ async def test_a_graceful_stop_stops_every_service_that_publishes_before_the_dra
     from helicone_runner.stack import Running
     from helicone_runner.supervision import BrokerSupervisor
 
+    from runner.tests.test_supervision import _FakeBroker, _FakeConsumer, _FakeProducer
+
     order: list[str] = []
 
-    class Kafka:
-        bootstrap, pid, pid_file = "127.0.0.1:1", 1, None
+    class Kafka(_FakeBroker):
+        pid_file = None
 
         def __init__(self, *args, **kwargs) -> None:
-            pass
-
-        def exited(self):
-            return None
-
-        async def start_async(self, timeout: float = 20.0) -> str:
-            return self.bootstrap
+            super().__init__()
 
         def start(self) -> str:
             return self.bootstrap
@@ -179,24 +175,8 @@ async def test_a_graceful_stop_stops_every_service_that_publishes_before_the_dra
         def stop(self) -> None:
             order.append("broker stopped")
 
-    class Publisher:
-        async def hold(self) -> None:
-            pass
-
-        def release(self) -> None:
-            pass
-
-        async def committed_to_end(self) -> None:
-            pass
-
-        async def log_reset(self) -> None:
-            pass
-
-    class Service:
-        publisher = Publisher()
-
-        async def log_reset(self) -> None:
-            pass
+    class Service(_FakeConsumer):  # (ingest's log_reset) and the publisher of the gateway's and api's
+        publisher = _FakeProducer()
 
     async def start_services(targets, settings, on_started=None):
         asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)

@@ -219,16 +219,14 @@ async def test_session_pages_are_whole_when_many_requests_share_the_last_instant
     last seen at that instant but not read sorts before the ones read (by id): before, page 1 left it out
     and page 2 showed the other session again."""
     client, state, org, _, _ = api
-    rows = []
-    for sid, rid in [("a", "00000000-0000-4000-8000-000000000000")] + [("b", events.new_request_id()) for _ in range(2000)]:
-        ev = events.RequestLogged(schema_version=1, request_id=rid, org_id=org, status=200, provider="openai", model="m",
-                                  method="POST", path="/v1/chat/completions", session_id=sid, latency_ms=1,
-                                  time_to_first_token_ms=-1, source="gateway")
-        events.set_time(ev.request_created_at, test_api.T0)
-        events.set_time(ev.response_created_at, test_api.T0)
-        rows.append(events.analytics_row(ev, request_key="", response_key="", request_bytes=0, response_bytes=0,
-                                         request_content_type="", response_content_type="", truncated=False))
-    await state.analytics.insert("request_log", rows)
+
+    def row(session: str, request_id: str) -> dict:  # what log() writes, all at one instant
+        return {"id": request_id, "status": 200, "provider": "openai", "model": "m", "user": "", "session_id": session,
+                "session_path": "", "session_name": "", "props": {}, "latency_ms": 1, "ttft_ms": -1, "error": "",
+                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "created": test_api.T0}
+
+    await log(state, org, [row("a", "00000000-0000-4000-8000-000000000000")]
+              + [row("b", events.new_request_id()) for _ in range(2000)])
     pages = [s["session_id"] for offset in (0, 1)
              for s in (await post(client, "/v1/session/query", {"limit": 1, "offset": offset}))["data"]]
     assert pages == ["a", "b"]
