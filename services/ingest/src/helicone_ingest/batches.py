@@ -88,16 +88,19 @@ class Batch:
         c = self.consumer
         if self.generation != c.app.consumer_generation_id:
             return False
-        return self.epoch == c.log_epoch or any(c.rewound_since(tp, self.epoch) is None for tp in self.offsets)
+        return self.epoch == c.log_epoch or not all(map(self._rewound, self.offsets))
+
+    def _rewound(self, tp) -> bool:
+        """tp was sent to a new log since this batch began: its offsets here number the old one."""
+        return self.consumer.rewound_since(tp, self.epoch) is not None
 
     def drop_rewound(self) -> int:
         """Takes out the records of the partitions rewound since the batch began (they are read again
         from their new log) and makes the batch one of the present log; returns how many records are left."""
-        c = self.consumer
-        for tp in [tp for tp in self.offsets if c.rewound_since(tp, self.epoch) is not None]:
+        for tp in [tp for tp in self.offsets if self._rewound(tp)]:
             self.size -= len(self.offsets.pop(tp))
             self.bytes -= sum(map(len, self._values.pop(tp, ())))
-        self.epoch = c.log_epoch
+        self.epoch = self.consumer.log_epoch
         return self.size
 
     def ack(self) -> bool:
@@ -109,7 +112,7 @@ class Batch:
             return False
         moved, marked = self.epoch != c.log_epoch, False
         for tp, offsets in self.offsets.items():
-            if moved and c.rewound_since(tp, self.epoch) is not None:
+            if moved and self._rewound(tp):
                 continue
             c.ack_offsets(tp, offsets)
             marked = True
