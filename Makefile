@@ -1,6 +1,8 @@
 # Helicone-class LLM gateway: one-box development and CI entry points.
 PY ?= .venv/bin/python
 DATA_DIR ?= .helicone-data
+# pytest-xdist workers: most tests wait on servers, sockets and timers, so two halve the suite's time even on two cores
+TEST_WORKERS ?= 2
 export PY DATA_DIR
 
 .PHONY: setup up down status demo test test-unit test-e2e proto proto-check lint bench chaos clean
@@ -21,13 +23,13 @@ demo:             ## a few requests (one streaming) through the running stack, t
 	@$(PY) -m helicone_runner demo --data-dir "$(DATA_DIR)" $(ARGS)
 
 test: setup proto-check lint  ## everything CI runs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-unit: setup
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not e2e"
 
 test-e2e: setup
-	$(PY) -m pytest -q tests/e2e
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/e2e
 
 proto: setup      ## regenerate libs/protos/src from protos/
 	$(PY) scripts/gen_protos.py

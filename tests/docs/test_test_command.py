@@ -6,13 +6,33 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_stuck_test_ends_the_run_with_the_stack_of_every_thread(tmp_path):
-    # the repository's own pytest configuration, with the limit lowered from minutes to a second
+# the Makefile's `make test` runs pytest-xdist workers (TEST_WORKERS); a run without them is what a developer types
+WORKERS = [[], ["-n", "2"]]
+
+
+def run_pytest(tmp_path: Path, test_file: Path, timeout: str, workers: list[str]) -> subprocess.CompletedProcess:
+    """The repository's own pytest configuration with the limit lowered from minutes to seconds, loading
+    the hang report as the root conftest does."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+         "--rootdir", str(ROOT), "--basetemp", str(tmp_path / "t"), "-p", "tests.support.hang_report",
+         "-o", f"timeout={timeout}", *workers, str(test_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=["serial", "xdist"])
+def test_a_stuck_test_ends_the_run_with_the_stack_of_every_thread(tmp_path, workers):
     (tmp_path / "test_stuck.py").write_text(textwrap.dedent("""
         import threading
+        import time
+
+        import pytest
 
         def test_stuck():
             gate = threading.Event()
@@ -20,24 +40,26 @@ def test_a_stuck_test_ends_the_run_with_the_stack_of_every_thread(tmp_path):
             helper.start()
             gate.wait()
 
-        def test_after():
-            open(__file__ + ".after", "w").close()  # the run goes no further: the next hang would cost as much again
+        # the run goes no further: the next hang would cost as much again (with workers, the other
+        # worker finishes what it was given, a few of these, and stops)
+        @pytest.mark.parametrize("n", range(40))
+        def test_after(n):
+            time.sleep(0.2)
+            open(f"{__file__}.after{n}", "w").close()
     """))
     started = time.monotonic()
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
-         "--rootdir", str(tmp_path), "-o", "timeout=1", str(tmp_path / "test_stuck.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )
+    run = run_pytest(tmp_path, tmp_path / "test_stuck.py", "2", workers)
     out = run.stdout + run.stderr
     assert run.returncode != 0, out
     assert time.monotonic() - started < 30, out
     assert "Timeout" in out, out
     assert "helper-waiting-too" in out and "test_stuck" in out, out  # both threads' stacks
-    assert not (tmp_path / "test_stuck.py.after").exists(), out
+    after = len(list(tmp_path.glob("test_stuck.py.after*")))
+    assert after == 0 if not workers else after < 40, (after, out)
 
 
-def test_a_stuck_asyncio_test_reports_where_each_of_its_tasks_waits(tmp_path):
+@pytest.mark.parametrize("workers", WORKERS, ids=["serial", "xdist"])
+def test_a_stuck_asyncio_test_reports_where_each_of_its_tasks_waits(tmp_path, workers):
     """The threads' stacks of an asyncio test show only the event loop's select: the coroutine that
     waits is on no thread's stack. The report written before the limit (tests/support/hang_report.py)
     prints each task's stack, and that comes out with the run's end."""
@@ -68,12 +90,7 @@ def test_a_stuck_asyncio_test_reports_where_each_of_its_tasks_waits(tmp_path):
             poller = asyncio.create_task(keep_polling())
             await wait_for_a_reply_that_never_comes(asyncio.get_running_loop().create_future())
     """))
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
-         "--rootdir", str(ROOT), "--basetemp", str(tmp_path / "t"), "-p", "tests.support.hang_report", "-o", "timeout=8",
-         str(tmp_path / "test_stuck_async.py")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    run = run_pytest(tmp_path, tmp_path / "test_stuck_async.py", "8", workers)
     out = run.stdout + run.stderr
     assert run.returncode != 0 and "Timeout" in out, out
     assert "2 asyncio task(s)" in out, out
@@ -100,3 +117,23 @@ def test_free_port_hands_out_ports_below_the_ephemeral_range_never_twice():
     for port in ports[:20]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # free when handed out
+
+
+def test_each_xdist_worker_hands_out_ports_of_its_own(monkeypatch):
+    """Two workers picking at random from one range could both pick a port in the seconds before it is
+    bound, or one could start a service on the port another keeps as one nothing listens on."""
+    from tests.support.net import ephemeral_ports, free_port, own_ports
+
+    assert own_ports(10_000, 19_999) == (10_000, 19_999)  # not under xdist
+    slices = []
+    for index in range(3):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{index}")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        slices.append(own_ports(10_000, 19_999))
+    assert slices == [(10_000, 13_332), (13_333, 16_665), (16_666, 19_998)]
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    lo = ephemeral_ports()[0]
+    if lo > 12_000:
+        first, last = own_ports(10_000, lo - 1)
+        assert first > 10_000 and all(first <= free_port() <= last for _ in range(50))

@@ -13,6 +13,12 @@ while a debugger is attached (pytest-timeout does not fire then either).
 
 A pytest plugin (the root conftest loads it): it hooks pytest-timeout's own timer, so it runs with
 the same limit, and pytest-timeout's timer still runs after it.
+
+Under pytest-xdist (`make test` runs two workers) pytest-timeout's report would be lost: it writes to
+the terminal, and a worker's terminal is /dev/null (execnet keeps the worker's stdout for its channel).
+In a worker this plugin starts pytest-timeout's own timer with the terminal swapped for the worker's
+stderr, which is the run's stderr; the worker then exits as before, and `--max-worker-restart=0`
+(`pyproject.toml`) ends the run instead of starting another worker.
 """
 
 from __future__ import annotations
@@ -141,15 +147,50 @@ def start(timeout: float) -> threading.Timer:
     return timer
 
 
+class _Stderr:
+    """A file that writes to whatever sys.stderr is at each write: pytest-timeout takes its terminal
+    while the test's output is still captured, and writes once it has suspended the capture."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _time_out_in_worker(item, settings) -> None:
+    import pytest_timeout
+    from _pytest._io import TerminalWriter
+
+    item.config.get_terminal_writer = lambda: TerminalWriter(_Stderr())  # the worker exits right after
+    pytest_timeout.timeout_timer(item, settings)
+
+
 TIMER = pytest.StashKey[threading.Timer]()
 
 
 # optional: the plugin loads with pytest-timeout disabled too (-p no:timeout)
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_set_timer(item, settings):
-    if settings.timeout and settings.timeout > 0:
-        item.stash[TIMER] = start(settings.timeout)
-    # None: pytest-timeout's own implementation runs next
+    if not (settings.timeout and settings.timeout > 0):
+        return None
+    item.stash[TIMER] = start(settings.timeout)
+    if hasattr(item.config, "workerinput") and settings.method == "thread":  # an xdist worker
+        timer = threading.Timer(settings.timeout, _time_out_in_worker, (item, settings))
+        timer.name = f"pytest_timeout {item.nodeid}"
+        timer.daemon = True
+
+        def cancel() -> None:
+            timer.cancel()
+            timer.join()
+
+        item.cancel_timeout = cancel  # what pytest-timeout's pytest_timeout_cancel_timer calls
+        timer.start()
+        return True
+    return None  # pytest-timeout's own implementation runs next
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

@@ -1,3 +1,4 @@
+import os
 import random
 import socket
 from functools import cache
@@ -18,15 +19,28 @@ def ephemeral_ports() -> tuple[int, int]:
         return 32768, 60999
 
 
+def own_ports(lo: int, hi: int) -> tuple[int, int]:
+    """This process's share of the ports lo..hi: under pytest-xdist (`make test`) each worker picks from
+    its own slice, so a port one worker picked and has not bound yet (or keeps unbound, as a port
+    nothing listens on) is never another worker's service."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return lo, hi
+    index, count = int(worker[2:]), int(count)
+    size = (hi - lo + 1) // count
+    return lo + index * size, lo + (index + 1) * size - 1
+
+
 def free_port() -> int:
     """A loopback port that is free now, for a service started later. It is picked below the ephemeral
     range: a port from bind(0) is one the kernel may hand next to an outbound connection (a client of
     Kafka, Postgres or S3) before the service binds it, and a stack start failed so (EADDRINUSE). Never
-    the same port twice in one process."""
+    the same port twice in one process, nor one another xdist worker may hand out (own_ports)."""
     lo = ephemeral_ports()[0]
     if lo > 12_000:
+        first, last = own_ports(10_000, lo - 1)
         for _ in range(500):
-            port = _rng.randint(10_000, lo - 1)
+            port = _rng.randint(first, last)
             if port in _handed_out:
                 continue
             with socket.socket() as s:
