@@ -124,6 +124,8 @@ def test_each_xdist_worker_hands_out_ports_of_its_own(monkeypatch):
     bound, or one could start a service on the port another keeps as one nothing listens on."""
     from tests.support.net import ephemeral_ports, free_port, own_ports
 
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # this test may itself run in a worker
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     assert own_ports(10_000, 19_999) == (10_000, 19_999)  # not under xdist
     slices = []
     for index in range(3):
