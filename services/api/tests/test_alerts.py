@@ -449,3 +449,69 @@ async def test_loopback_is_allowed_only_by_the_operator_setting():
     assert "loopback" in WebhookSender(allow_loopback=False, timeout=1, attempts=1).url_problem("http://127.0.0.1/hook")
     with pytest.raises(ValueError):
         ApiSettings(alert_interval=-1, _env_file=None)
+
+
+# ---- webhook URLs that cannot be stored or are spelled oddly, the filter tree, answers left unread ----------
+
+async def test_a_webhook_url_that_is_not_storable_text_is_a_422_not_a_500(alerts):
+    client, *_ = alerts
+    for url in ("https://hooks.example.invalid/\ud800", "https://a\ud800.example.invalid/"):
+        body = json.dumps(rule(url))  # ensure_ascii: the lone surrogate travels as the JSON escape \ud800
+        r = await client.post("/v1/alerts", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert any(d["field"] == "webhook_url" for d in r.json()["error"]["details"]), r.text
+
+
+async def test_an_alert_takes_the_filter_tree_of_request_query(alerts, receiver):
+    client, state, org, _, _ = alerts
+    await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=s) for s in (200, 500, 502, 404)])
+    tree = {"left": {"response": {"status": {"gte": 500}}}, "operator": "and", "right": {"request": {"model": {"equals": "gpt-4o"}}}}
+    r = await client.post("/v1/alerts", json=rule(receiver.url, metric="requests", comparison="gte", threshold=2, filter=tree))
+    assert r.status_code == 201, r.text
+    assert r.json()["filter"] == tree
+    await tick(state)
+    assert [(n["state"], n["requests"], n["value"]) for n in receiver.bodies()] == [("firing", 2, 2)]
+
+
+@pytest.mark.parametrize("url", ["http://2130706433/hook", "http://127.1/hook", "http://0177.0.0.1/hook", "http://1.1/hook"])
+async def test_a_webhook_url_with_an_ipv4_address_in_an_odd_form_is_a_422(alerts, url):
+    client, *_ = alerts
+    r = await client.post("/v1/alerts", json=rule(url))
+    assert r.status_code == 422, r.text
+    assert any(d["field"] == "webhook_url" and "a.b.c.d" in d["message"] for d in r.json()["error"]["details"]), r.text
+
+
+async def test_a_webhook_answering_200_with_an_endless_body_is_delivered_once_without_reading_it_all():
+    """The sender reads the status, not a body of the webhook's choosing: an endless (or huge) answer
+    must neither be buffered in the api's memory nor turn a 200 into a timeout and more deliveries."""
+    posts, written = [], [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        posts.append(await request.read())
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        try:
+            for _ in range(2000):  # 128 MiB at most, 6.4 MB/s
+                await resp.write(chunk)
+                written[0] += len(chunk)
+                await asyncio.sleep(0.01)
+        except (ConnectionError, RuntimeError):
+            pass  # the sender closed the connection: what it should do
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sender = WebhookSender(allow_loopback=True, timeout=1, attempts=3, backoff=0.01)
+    await sender.start()
+    try:
+        d = await sender.send(f"http://127.0.0.1:{port}/hook", b"{}", "s")
+        assert (d.result, d.attempts, d.status) == ("delivered", 1, 200), d
+        assert len(posts) == 1
+    finally:
+        await sender.close()
+        await runner.cleanup()

@@ -5,6 +5,7 @@ forms that embed an IPv4 address (mapped, NAT64, 6to4, Teredo, ...)."""
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 LOOPBACK = "loopback"
@@ -146,3 +147,18 @@ def classify(ip: IPAddress | str) -> str | None:
     if ip.version == 4:
         return _classify_v4(int(ip))
     return _classify_v6(int(ip))  # int() ignores a %zone suffix
+
+
+_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)", re.IGNORECASE)
+_DOTTED_QUAD = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                          r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
+def noncanonical_ipv4(host: str) -> bool:
+    """True for hosts a resolver (or aiohttp) would read as an IPv4 address written some other way than
+    a.b.c.d (2130706433, 0x7f.1, 127.1, 0177.0.0.1, 127.0.0.1.): to be refused outright, so that what is
+    checked and what is connected to cannot differ."""
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if not all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
+        return False  # a name (or an IPv6 literal)
+    return not _DOTTED_QUAD.fullmatch(host)

@@ -22,8 +22,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .alerts import COMPARE, FIRING, METRIC_SQL, RATE_METRICS, RESOLVED, AlertFilter, _iso
-from .queries import SETTINGS, where_sql
+from .alerts import ALERT_FILTER, COMPARE, FIRING, METRIC_SQL, RATE_METRICS, RESOLVED, AlertFilter, _iso
+from .filters import FilterNode, ch_time, filter_sql
+from .queries import SETTINGS
 from .webhooks import ALERT_ID_HEADER, EVENT_ID_HEADER
 
 log = logging.getLogger("helicone.api.alerts")
@@ -50,9 +51,17 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def metric_sql(org_id: str, metric: str, f: AlertFilter) -> tuple[str, dict[str, Any]]:
-    """The window's request count and the rule's metric over the requests the filter (with start/end) keeps."""
-    where, params = where_sql(org_id, f)
+def metric_sql(org_id: str, metric: str, f: AlertFilter | FilterNode, start: dt.datetime | None = None,
+               end: dt.datetime | None = None) -> tuple[str, dict[str, Any]]:
+    """The window's request count and the rule's metric over the requests the filter (a flat one may carry
+    start/end) keeps within [start, end)."""
+    where, params = filter_sql(org_id, f)
+    if start is not None:
+        where.append("request_created_at >= {window_start:DateTime64(3, 'UTC')}")
+        params["window_start"] = ch_time(start)
+    if end is not None:
+        where.append("request_created_at < {window_end:DateTime64(3, 'UTC')}")
+        params["window_end"] = ch_time(end)
     sql = (f"SELECT count() AS requests, {METRIC_SQL[metric]} AS value FROM {{db}}.request_log FINAL "
            f"WHERE {' AND '.join(where)} " + SETTINGS)
     return sql, params
@@ -118,8 +127,8 @@ class AlertEvaluator:
     async def _evaluate_rule(self, rule) -> None:
         end = self.clock()
         start = end - dt.timedelta(seconds=rule["window_seconds"])
-        f = AlertFilter.model_validate(json.loads(rule["filter"])).model_copy(update={"start": start, "end": end})
-        sql, params = metric_sql(str(rule["org_id"]), rule["metric"], f)
+        f = ALERT_FILTER.validate_python(json.loads(rule["filter"]))
+        sql, params = metric_sql(str(rule["org_id"]), rule["metric"], f, start, end)
         async with self._queries:
             row = (await self.state.analytics.query(sql, params))[0]
         requests = int(row["requests"])

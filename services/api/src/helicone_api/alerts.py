@@ -18,8 +18,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator
 
+from .filters import FLAT, TREE, FilterNode, _filter_form
 from .models import RequestFilter, RequestId, error_responses, utf8_text
 from .queries import ERROR_CONDITION
 from .webhooks import url_shape_problem
@@ -68,6 +69,15 @@ class AlertFilter(RequestFilter):
         return v
 
 
+# A rule's `filter`: the flat filter without start/end, or the filter tree of /v1/request/query (whose
+# own time conditions, if any, narrow the window further).
+AnyAlertFilter = Annotated[
+    Annotated[AlertFilter, Tag(FLAT)] | Annotated[FilterNode, Tag(TREE)],
+    Discriminator(_filter_form),
+]
+ALERT_FILTER = TypeAdapter(AnyAlertFilter)
+
+
 class AlertRule(BaseModel):
     """A rule as created (POST) or replaced (PUT)."""
 
@@ -78,7 +88,7 @@ class AlertRule(BaseModel):
     window_seconds: int = Field(..., ge=MIN_WINDOW, le=MAX_WINDOW, description="the trailing window: 60 s to 7 days")
     comparison: Comparison = Field(..., description="fires when `metric comparison threshold` holds")
     threshold: Threshold
-    filter: AlertFilter = Field(default_factory=AlertFilter)
+    filter: AnyAlertFilter = Field(default_factory=AlertFilter)
     min_requests: int = Field(1, ge=1, le=1_000_000,
                               description="error_rate and latencies: fewer requests in the window is no data (state kept)")
     webhook_url: str = Field(..., description="http(s) URL on a public address; notifications are POSTed there")
@@ -93,7 +103,7 @@ class AlertRule(BaseModel):
 
     @field_validator("filter")
     @classmethod
-    def _filter_storable(cls, v: AlertFilter) -> AlertFilter:
+    def _filter_storable(cls, v: AlertFilter | FilterNode) -> AlertFilter | FilterNode:
         if _has_nul(v.model_dump(mode="json")):
             raise ValueError(NUL_MESSAGE)  # Postgres jsonb cannot hold it
         return v
@@ -143,7 +153,7 @@ def event_json(row) -> dict[str, Any]:
     }
 
 
-def _filter_json(f: AlertFilter) -> str:
+def _filter_json(f: AlertFilter | FilterNode) -> str:
     return json.dumps(f.model_dump(mode="json", exclude_defaults=True))
 
 

@@ -28,7 +28,7 @@ from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 import aiohttp
-from helicone_core.addresses import LOOPBACK, REASONS, classify
+from helicone_core.addresses import LOOPBACK, REASONS, classify, noncanonical_ipv4
 
 SIGNATURE_HEADER = "Helicone-Signature"
 ALERT_ID_HEADER = "Helicone-Alert-Id"
@@ -65,6 +65,10 @@ def url_shape_problem(url: str) -> str | None:
     if len(url) > MAX_URL_CHARS:
         return f"is longer than {MAX_URL_CHARS} characters"
     try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"must be valid Unicode text: {url[exc.start]!r} at position {exc.start} is a lone surrogate"
+    try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError as exc:
@@ -77,6 +81,8 @@ def url_shape_problem(url: str) -> str | None:
         return "must not carry user:password@ (it would be shown to everyone who can read the rule); sign with the rule's secret instead"
     if any(c.isspace() or ord(c) < 32 for c in url):
         return "must not contain spaces or control characters"
+    if noncanonical_ipv4(parts.hostname):
+        return "has an IPv4 address in a non-standard form as its host; write it as four decimal numbers a.b.c.d"
     return None
 
 
@@ -174,8 +180,9 @@ class WebhookSender:
             try:
                 async with self._session.post(url, data=body, headers=all_headers, allow_redirects=False,
                                               timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                    # the status is the answer: the body (of the webhook's choosing: endless, or huge) is
+                    # never read, and a connection whose body is left unread is closed, not reused
                     status = resp.status
-                    await resp.read()
             except TimeoutError:
                 status, error = None, f"no answer within {self.timeout:g}s"
                 continue

@@ -18,14 +18,13 @@ gateway call its own loopback ports, the cluster network or a cloud metadata end
 from __future__ import annotations
 
 import errno
-import re
 import socket
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-from helicone_core.addresses import CGNAT, PRIVATE, UNIQUE_LOCAL, IPAddress, classify
+from helicone_core.addresses import CGNAT, PRIVATE, UNIQUE_LOCAL, IPAddress, classify, noncanonical_ipv4
 from helicone_core.addresses import REASONS as ADDRESS_REASONS
 from yarl import URL
 
@@ -37,23 +36,6 @@ REASONS: dict[str, str] = {**ADDRESS_REASONS, NOT_ALLOWLISTED: "not in the allow
 # What target_url_allow_private opens: ranges a self-hosted model can live on. Loopback, link-local,
 # metadata and the rest stay closed (they reach the gateway's own host or the cloud's control plane).
 OPENED_BY_ALLOW_PRIVATE = frozenset({PRIVATE, CGNAT, UNIQUE_LOCAL})
-
-
-# ---- host spellings ----------------------------------------------------------------------------
-
-_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)", re.IGNORECASE)
-_DOTTED_QUAD = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-                          r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
-
-
-def noncanonical_ipv4(host: str) -> bool:
-    """True for hosts the system resolver would read as an IPv4 address written some other way
-    than a.b.c.d (2130706433, 0x7f.1, 127.1, 0177.0.0.1, 127.0.0.1.): refused outright, so that what
-    the gateway checks and what the resolver connects to cannot differ."""
-    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    if not all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
-        return False  # a name (or an IPv6 literal)
-    return not _DOTTED_QUAD.fullmatch(host)
 
 
 def ip_literal(host: str) -> IPAddress | None:
