@@ -194,3 +194,21 @@ async def test_analytics_per_prompt_version_include_scores_and_feedback(api):
     assert (v1["version"], v1["scores"], v1["feedback"]["ratio"]) == (1, {"accuracy": {"avg": 0.5, "count": 1}}, 1.0)
     r = await client.post("/v1/prompts/support/analytics", json={"filter": {"scores": {"accuracy": {"gte": "x"}}}})
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "filter.scores.accuracy.gte"
+
+
+@pytest.mark.parametrize("raw", ['{"template": {"model": "m", "temperature": NaN}}',
+                                 '{"template": {"model": "m", "temperature": 1e400}}'])
+async def test_a_non_finite_number_in_a_template_is_a_4xx_and_nothing_is_stored(api, raw):
+    client = api[0]
+    r = await client.post("/v1/prompts/nan/versions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), (r.status_code, r.text)
+    assert (await client.get("/v1/prompts/nan")).status_code == 404
+
+
+async def test_render_with_an_out_of_range_number_input_is_a_400(api):
+    client = api[0]
+    assert (await client.post("/v1/prompts/support/versions", json={"template": TEMPLATE})).status_code == 201
+    raw = '{"inputs": {"lang": "en", "question": "q", "limit": 1' + "0" * 400 + "}}"
+    r = await client.post("/v1/prompts/support/render", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "'limit'" in r.json()["error"]["message"], (r.status_code, r.text)
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 
 import grpc
 import httpx
@@ -268,3 +269,144 @@ async def test_a_rendered_prompt_is_cached_by_its_rendered_body_and_a_promotion_
         assert r.headers["helicone-cache"] == "MISS"  # the promoted version never gets version 1's answer
         assert s.sent()["messages"][0]["content"] == "You route Acme tickets." and s.built[-1].prompt_version == 2
         assert not s.built[-1].cache_hit
+
+
+@pytest.mark.parametrize("headers, body, words", [
+    ({"Helicone-Prompt-Id": "triage", "Helicone-Prompt-Version": "99999999999"}, None, "Helicone-Prompt-Version"),
+    ({"Helicone-Prompt-Id": "triage", "Helicone-Prompt-Version": "²".encode()}, None, "Helicone-Prompt-Version"),
+    ({}, {"prompt_id": "triage", "version_id": 2**31, "inputs": INPUTS, "messages": []}, "version_id"),
+    ({}, {"prompt_id": "triage", "version_id": "²", "inputs": INPUTS, "messages": []}, "version_id"),
+])
+async def test_versions_out_of_range_or_in_other_digits_are_a_400(setup, headers, body, words):
+    s = setup
+    r = await s.client.post("/v1/chat/completions", json=body or {"model": "gpt-4o-mini", "messages": []},
+                            headers={**s.headers, "Helicone-Prompt-Inputs": json.dumps(INPUTS), **headers} if headers else s.headers)
+    assert r.status_code == 400 and words in r.json()["error"]["message"], (r.status_code, r.text)
+    assert s.fake.state.received == []
+
+
+async def test_an_out_of_range_number_input_is_a_400(setup):
+    s = setup
+    inputs = '{"temp": 1' + "0" * 400 + ', "product": "Acme", "ticket": "t"}'
+    r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                            headers={**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Inputs": inputs})
+    assert r.status_code == 400 and "'temp'" in r.json()["error"]["message"], (r.status_code, r.text)
+    assert s.fake.state.received == []
+
+
+async def test_a_placeholder_written_over_lines_renders(setup):
+    s = setup
+    template = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Ticket: {{\n  ticket\n}}"}]}
+    await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="multiline", template_json=json.dumps(template)))
+    r = await s.client.post("/v1/chat/completions", json={"messages": []},
+                            headers={**s.headers, "Helicone-Prompt-Id": "multiline", "Helicone-Prompt-Inputs": '{"ticket": "t1"}'})
+    assert r.status_code == 200, (r.status_code, r.text)
+    assert s.sent()["messages"] == [{"role": "user", "content": "Ticket: t1"}]
+
+
+async def test_a_change_announced_while_a_fetch_is_in_flight_is_not_cached_as_fresh(tmp_path):
+    """The prompts service read version 1, then version 2 was promoted and its change reached the
+    gateway before the GetPrompt answer did: the answer may be used once, but must not be cached
+    as fresh for the whole TTL."""
+    import asyncio
+    import itertools
+
+    from helicone_core.metrics import ServiceMetrics
+    from helicone_gateway import prompt_rpc
+
+    release = asyncio.Event()
+    asked: list[int] = []
+
+    class Stub:
+        async def GetPrompt(self, request, metadata, timeout):
+            asked.append(1)
+            if len(asked) == 1:
+                await release.wait()  # the read happened; the answer is on its way
+                return pb.PromptVersion(prompt_id="triage", version=1, template_json="{}")
+            return pb.PromptVersion(prompt_id="triage", version=2, template_json="{}")
+
+    resolver = gateway_prompts.PromptResolver(GatewaySettings(data_dir=tmp_path, _env_file=None, prompt_cache_ttl=3600),
+                                              ServiceMetrics("gateway", ""))
+    resolver._rpc, resolver._stubs = prompt_rpc, itertools.cycle([Stub()])
+    never = asyncio.get_running_loop().create_future()
+    resolver._watches["org"] = asyncio.ensure_future(never)  # the org's change stream is open
+    req = gateway_prompts.PromptRequest("triage", environment="production")
+    try:
+        first = asyncio.ensure_future(resolver.version("k", "org", req))
+        while not asked:
+            await asyncio.sleep(0)
+        resolver._expire("org", "triage", time.monotonic())  # what the change stream does on "triage"
+        release.set()
+        assert (await first).version == 1
+        assert (await resolver.version("k", "org", req)).version == 2
+    finally:
+        never.cancel()
+
+
+async def test_while_the_prompts_service_hangs_a_cached_prompt_serves_without_waiting_each_time(fresh_db_dsn, tmp_path):
+    """A prompts service that accepts connections but never answers (hung, or a black-holed network):
+    the first request past the TTL waits out the deadline and serves the cached version; the ones
+    right after it must not each wait the deadline again."""
+    import asyncio
+    import socket
+
+    async with started(fresh_db_dsn, tmp_path, prompt_cache_ttl=2.0, prompts_timeout=1.0) as s:
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(
+            prompt_id="triage", template_json=json.dumps(TEMPLATE), environments=["production"]))
+        headers = {**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Environment": "production",
+                   "Helicone-Prompt-Inputs": json.dumps(INPUTS)}
+
+        async def timed() -> float:
+            began = time.monotonic()
+            r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []}, headers=headers)
+            assert r.status_code == 200, r.text
+            return time.monotonic() - began
+
+        await timed()  # cached
+        port = s.server.bound_port
+        await s.server.stop()
+        hung = socket.socket()  # accepts, never speaks HTTP/2
+        hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hung.bind(("127.0.0.1", port))
+        hung.listen(16)
+        try:
+            await asyncio.sleep(2.1)  # past the TTL
+            took = [await timed() for _ in range(4)]
+            assert took[0] < 1.8, took
+            assert max(took[1:]) < 0.5, took  # each of these waited the whole prompts_timeout
+        finally:
+            hung.close()
+
+
+async def test_system_content_parts_reach_anthropic_as_text_not_as_json(setup):
+    s = setup
+    template = {"messages": [{"role": "system", "content": [{"type": "text", "text": "You triage {{hc:product:string}} tickets."}]},
+                             {"role": "user", "content": "{{ticket}}"}]}
+    await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="parts", template_json=json.dumps(template)))
+    body = {"prompt_id": "parts", "inputs": {"product": "Acme", "ticket": "t"}, "model": "claude-3-5-haiku-latest",
+            "max_tokens": 64, "messages": []}
+    r = await s.client.post("/v1/messages", json=body, headers={**s.headers, "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200, r.text
+    assert s.sent()["system"] in ("You triage Acme tickets.", [{"type": "text", "text": "You triage Acme tickets."}]), s.sent()
+
+
+async def test_a_deeply_nested_body_is_forwarded_untouched_or_refused_never_a_500(setup):
+    s = setup
+    deep = "[" * 100_000 + "]" * 100_000
+    raw = ('{"model": "gpt-4o-mini", "messages": [], "metadata": {"prompt_id": "mine"}, "x": ' + deep + "}").encode()
+    s.gateway.publisher.submit = lambda builder, size=0: None  # only the request path here, not the log's building
+    r = await s.client.post("/v1/chat/completions", content=raw, headers={**s.headers, "content-type": "application/json"})
+    # names no stored prompt: forwarded as sent (the fake provider cannot parse it either, and says so)
+    assert "helicone-id" in r.headers and r.text == "Internal Server Error", (r.status_code, r.headers, r.text[:200])
+    r = await s.client.post("/v1/chat/completions", content=raw,
+                            headers={**s.headers, "content-type": "application/json", "Helicone-Prompt-Id": "triage"})
+    assert r.status_code == 400, (r.status_code, r.text[:200])
+
+
+async def test_deeply_nested_prompt_inputs_are_a_400(setup):
+    s = setup
+    deep = '{"ticket": ' + "[" * 3000 + "]" * 3000 + "}"
+    r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                            headers={**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Inputs": deep})
+    assert r.status_code == 400 and "Helicone-Prompt-Inputs" in r.json()["error"]["message"], (r.status_code, r.text[:200])
+    assert s.fake.state.received == []

@@ -327,3 +327,46 @@ async def test_watch_streams_the_orgs_prompt_changes(env):
     await env.server.stop()  # open watches end at once, not after the grace period
     assert time.monotonic() - started < 3
     assert await asyncio.wait_for(watch.read(), 5) == grpc.aio.EOF
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(template='{"temperature": NaN}'), "template"),
+    (dict(template='{"temperature": Infinity}'), "template"),
+    (dict(template='{"temperature": 1e400}'), "template"),
+    (dict(template='{"messages": [{"role": "user", "content": "a\\u0000b"}]}'), "template"),
+    (dict(message="nul\x00here"), "message"),
+    (dict(template='{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"), "template"),
+])
+async def test_unstorable_values_are_invalid_argument_not_unknown(env, kw, words):
+    got, details = await code_of(env.create(**kw))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT, (got, details)
+    assert words in details
+    # nothing was stored: the prompt does not exist
+    code, _ = await code_of(env.stub.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=env.auth))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_placeholder_with_a_newline_inside_is_a_variable_and_renders(env):
+    template = json.dumps({"messages": [{"role": "user", "content": "About {{\n  topic\n}}"}]})
+    created = await env.create("multiline", template)
+    assert list(created.variables) == ["topic"]
+    out = await env.stub.RenderPrompt(pb.RenderPromptRequest(prompt_id="multiline", inputs={"topic": "owls"}), metadata=env.auth)
+    assert json.loads(out.rendered_json)["messages"][0]["content"] == "About owls"
+
+
+async def test_an_out_of_range_number_input_is_invalid_argument(env):
+    await env.create("typed", TYPED)
+    code, details = await code_of(env.stub.RenderPrompt(pb.RenderPromptRequest(
+        prompt_id="typed", inputs_json='{"temp": 1' + "0" * 400 + ', "topic": "owls"}'), metadata=env.auth))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'temp'" in details, (code, details)
+    # a long integer given as text keeps its value
+    out = await env.stub.RenderPrompt(pb.RenderPromptRequest(
+        prompt_id="typed", inputs={"temp": "12345678901234567890", "topic": "owls"}), metadata=env.auth)
+    assert json.loads(out.rendered_json)["temperature"] == 12345678901234567890
+
+
+async def test_deeply_nested_inputs_json_is_invalid_argument(env):
+    await env.create()
+    code, details = await code_of(env.stub.RenderPrompt(pb.RenderPromptRequest(
+        prompt_id="summary", inputs_json='{"topic": ' + "[" * 100_000 + "]" * 100_000 + "}"), metadata=env.auth))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "inputs_json" in details, (code, details[:200])

@@ -21,6 +21,7 @@ ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 ENVIRONMENT_FORM = "1-64 characters of a-z, 0-9, '_', '-' (e.g. production, staging)"
 PLACEHOLDER = re.compile(r"\{\{\s*(hc:)?([A-Za-z_][A-Za-z0-9_\-]*)(?::([A-Za-z]+))?\s*\}\}")
 TYPES = ("string", "number", "boolean")
+MAX_INT = 10**308  # a number input beyond a double's range is refused, as float("1e400") is
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -28,21 +29,63 @@ class TemplateError(ValueError):
     """A template or inputs we cannot accept; the message names the variable or field."""
 
 
-def _matches(template_json: str):
-    for m in PLACEHOLDER.finditer(template_json):
-        prefixed, name, type_ = m.group(1), m.group(2), m.group(3)
-        if type_ is not None and not prefixed:
-            raise TemplateError(f"variable {name!r}: a type needs the Helicone form {{{{hc:{name}:{type_}}}}}")
-        type_ = type_ or "string"
-        if type_ not in TYPES:
-            raise TemplateError(f"variable {name!r} has unknown type {type_!r}; use one of {', '.join(TYPES)}")
-        yield name, type_
+def _parse(template_json: str) -> Any:
+    """The template's JSON; TemplateError for text that is not JSON, nests too deeply or holds a
+    number no provider takes (NaN, Infinity, beyond a double: Postgres jsonb refuses the first two)."""
+
+    def finite(text: str) -> float:
+        number = float(text)
+        if not math.isfinite(number):
+            raise TemplateError(f"template number {text[:40]} is out of range")
+        return number
+
+    def constant(text: str) -> Any:
+        raise TemplateError(f"template holds {text}, which is not a JSON number")
+
+    try:
+        return json.loads(template_json, parse_float=finite, parse_constant=constant)
+    except TemplateError:
+        raise
+    except RecursionError:
+        raise TemplateError("template is nested too deeply") from None
+    except ValueError as exc:
+        raise TemplateError(f"template is not valid JSON: {exc}") from exc
 
 
-def typed_variables(template_json: str) -> dict[str, str]:
-    """Variable name -> type, in order of first use; one name used with two types is refused."""
+def _strings(node: Any):
+    """Every string of a parsed template, object keys included, in document order."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            for k, v in reversed(item.items()):
+                stack.extend((v, k))
+
+
+def _matches(template: str | Any):
+    # placeholders are found in the decoded strings, as render() fills them (not in the JSON text,
+    # where an escape such as "{{\n name }}" would hide one)
+    doc = _parse(template) if isinstance(template, str) else template
+    for text in _strings(doc):
+        for m in PLACEHOLDER.finditer(text):
+            prefixed, name, type_ = m.group(1), m.group(2), m.group(3)
+            if type_ is not None and not prefixed:
+                raise TemplateError(f"variable {name!r}: a type needs the Helicone form {{{{hc:{name}:{type_}}}}}")
+            type_ = type_ or "string"
+            if type_ not in TYPES:
+                raise TemplateError(f"variable {name!r} has unknown type {type_!r}; use one of {', '.join(TYPES)}")
+            yield name, type_
+
+
+def typed_variables(template: str | Any) -> dict[str, str]:
+    """Variable name -> type, in order of first use; one name used with two types is refused.
+    `template`: the JSON text, or the parsed template."""
     seen: dict[str, str] = {}
-    for name, type_ in _matches(template_json):
+    for name, type_ in _matches(template):
         if seen.setdefault(name, type_) != type_:
             raise TemplateError(f"variable {name!r} is used as both {seen[name]} and {type_}")
     return seen
@@ -54,10 +97,7 @@ def variables(template_json: str) -> list[str]:
 
 def validate(template_json: str) -> dict:
     """The parsed template; raises TemplateError naming what is wrong."""
-    try:
-        doc = json.loads(template_json)
-    except ValueError as exc:
-        raise TemplateError(f"template is not valid JSON: {exc}") from exc
+    doc = _parse(template_json)
     if not isinstance(doc, dict):
         raise TemplateError("template must be a JSON object (a provider request body)")
     messages = doc.get("messages")
@@ -73,7 +113,9 @@ def validate(template_json: str) -> dict:
         raise TemplateError("template field 'tools' must be a list")
     if "response_format" in doc and not isinstance(doc["response_format"], dict):
         raise TemplateError("template field 'response_format' must be an object")
-    typed_variables(template_json)
+    if any("\x00" in text for text in _strings(doc)):
+        raise TemplateError("template contains a NUL character (\\u0000), which cannot be stored")
+    typed_variables(doc)
     return doc
 
 
@@ -86,15 +128,19 @@ def changed_fields(previous: dict | None, current: dict) -> list[str]:
 
 def _coerce(name: str, type_: str, value: Any) -> Any:
     if type_ == "number":
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT:
+            return value
+        if isinstance(value, float) and math.isfinite(value):
             return value
         if isinstance(value, str):
+            if re.fullmatch(r"\s*-?[0-9]{1,308}\s*", value):  # an integer keeps every digit
+                return int(value)
             try:
                 number = float(value)
             except ValueError:
                 number = math.nan
             if math.isfinite(number):
-                return int(number) if re.fullmatch(r"\s*-?\d+\s*", value) else number
+                return number
         raise TemplateError(f"input {name!r} must be a number (variable {{{{hc:{name}:number}}}}), got {str(value)[:40]!r}")
     if type_ == "boolean":
         if isinstance(value, bool):
@@ -116,7 +162,8 @@ def _text(value: Any) -> str:
 def render(template_json: str, inputs: dict[str, Any]) -> str:
     """The template with every placeholder replaced; missing or mistyped inputs are refused
     (TemplateError naming the variable). Inputs the template does not use are ignored."""
-    types = typed_variables(template_json)
+    doc = _parse(template_json)
+    types = typed_variables(doc)
     missing = [v for v in types if v not in inputs]
     if missing:
         raise TemplateError(f"missing inputs: {', '.join(missing)}")
@@ -134,4 +181,4 @@ def render(template_json: str, inputs: dict[str, Any]) -> str:
             return {PLACEHOLDER.sub(lambda m: _text(values[m.group(2)]), k): fill(v) for k, v in node.items()}
         return node
 
-    return json.dumps(fill(json.loads(template_json)), ensure_ascii=False)
+    return json.dumps(fill(doc), ensure_ascii=False)

@@ -153,7 +153,7 @@ def _prompt_request(values: dict[str, str]) -> PromptRequest:
         if "helicone-prompt-inputs" in values:
             try:
                 inputs = json.loads(values["helicone-prompt-inputs"])
-            except ValueError:
+            except (ValueError, RecursionError):
                 inputs = None
             if not isinstance(inputs, dict):
                 raise HeaderError("Helicone-Prompt-Inputs must be a JSON object of variable values, "

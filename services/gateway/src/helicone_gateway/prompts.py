@@ -34,6 +34,10 @@ log = logging.getLogger("helicone.gateway.prompts")
 BODY_FIELDS = ("prompt_id", "version_id", "environment", "inputs")
 # Cheap test for the body form: only bodies containing it are parsed for a top-level "prompt_id".
 BODY_MARK = b'"prompt_id"'
+# Versions are int32 in the prompts proto.
+MAX_VERSION = 2**31 - 1
+# While the prompts service fails, a stale cached version serves and is asked for again at most this often.
+STALE_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,9 @@ def check_environment(value: str, where: str) -> str:
 
 
 def check_version(value: Any, where: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_VERSION:
         raise PromptError(400, f"{where} must be a positive version number (1, 2, ...)")
     return value
 
@@ -114,9 +118,20 @@ def shape(provider: str, doc: dict) -> dict:
     if provider == "anthropic" and isinstance(messages, list):
         system = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
         if system:
-            texts = [doc["system"]] if isinstance(doc.get("system"), str) else []
-            texts += [s if isinstance(s, str) else json.dumps(s) for s in system]
-            doc["system"] = "\n\n".join(texts)
+            parts = [doc["system"]] if isinstance(doc.get("system"), (str, list)) else []
+            parts += system
+            if all(isinstance(p, str) for p in parts):
+                doc["system"] = "\n\n".join(parts)
+            else:  # content parts: Anthropic's system takes a list of text blocks
+                blocks: list = []
+                for p in parts:
+                    if isinstance(p, str):
+                        blocks.append({"type": "text", "text": p})
+                    elif isinstance(p, list):
+                        blocks += [b for b in p if isinstance(b, dict)]
+                    else:
+                        blocks.append({"type": "text", "text": json.dumps(p)})
+                doc["system"] = blocks
             doc["messages"] = [m for m in messages if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))]
     elif provider != "anthropic" and isinstance(doc.get("system"), str):
         doc["messages"] = [{"role": "system", "content": doc.pop("system")}, *(messages if isinstance(messages, list) else [])]
@@ -147,6 +162,7 @@ class PromptResolver:
         self.ttl = settings.prompt_cache_ttl
         self._cache: OrderedDict[tuple, _Entry] = OrderedDict()
         self._inflight: dict[tuple, asyncio.Future] = {}
+        self._raced: set[tuple] = set()  # in-flight fetches that a change was announced for meanwhile
         self._rpc: Any = None  # the prompt_rpc module, once a prompts service is configured
         self._channels: list = []  # grpc.aio.Channel
         self._stubs: itertools.cycle | None = None
@@ -190,7 +206,7 @@ class PromptResolver:
         if pending is None:  # one call per prompt at a time; concurrent requests share it
             pending = asyncio.ensure_future(self._fetch(key, org, req, cache_key, entry))
             self._inflight[cache_key] = pending
-            pending.add_done_callback(lambda _f: self._inflight.pop(cache_key, None))
+            pending.add_done_callback(lambda _f: (self._inflight.pop(cache_key, None), self._raced.discard(cache_key)))
         return await asyncio.shield(pending)
 
     async def _fetch(self, key: str, org: str, req: PromptRequest, cache_key: tuple, entry: _Entry | None):
@@ -198,7 +214,7 @@ class PromptResolver:
             raise PromptError(503, "this gateway has no prompts service configured (HELICONE_PROMPTS_TARGET)",
                               "helicone_prompt_unavailable")
         rpc = self._rpc
-        started = time.perf_counter()
+        started, asked = time.perf_counter(), time.monotonic()
         try:
             found = await next(self._stubs).GetPrompt(
                 rpc.prompts_pb2.GetPromptRequest(prompt_id=req.prompt_id, version=req.version, environment=req.environment),
@@ -207,6 +223,8 @@ class PromptResolver:
             code = exc.code()
             if code in rpc.TRANSIENT:
                 if entry is not None:
+                    # asked again after STALE_RETRY_SECONDS (or a change), not by every request meanwhile
+                    entry.fetched = max(entry.fetched, time.monotonic() - self.ttl + min(self.ttl, STALE_RETRY_SECONDS))
                     self.m_lookups.labels("stale").inc()
                     log.warning("prompts service %s: serving cached prompt %r", code.name, req.prompt_id)
                     return entry.version
@@ -224,7 +242,8 @@ class PromptResolver:
         watch = self._watches.get(org)
         if watch is None or watch.done():
             self._watches[org] = asyncio.get_running_loop().create_task(self._watch(org, key), name=f"prompt-watch-{org}")
-        self._cache[cache_key] = _Entry(found, time.monotonic())
+        # a change announced while the answer was on its way may postdate what it read: re-check on next use
+        self._cache[cache_key] = _Entry(found, -self.ttl if cache_key in self._raced else asked)
         self._cache.move_to_end(cache_key)
         while len(self._cache) > self.settings.prompt_cache_max_entries:
             self._cache.popitem(last=False)
@@ -238,6 +257,9 @@ class PromptResolver:
             if cache_key[0] == org and (not prompt_id or cache_key[1] == prompt_id) and entry.fetched < before:
                 entry.fetched = -self.ttl
                 self.m_invalidated.inc()
+        for cache_key in self._inflight:
+            if cache_key[0] == org and (not prompt_id or cache_key[1] == prompt_id):
+                self._raced.add(cache_key)
 
     async def _watch(self, org: str, key: str) -> None:
         """The org's change stream, reopened after a loss; ends when the key is no longer accepted
@@ -266,7 +288,7 @@ class PromptResolver:
         """The body to forward and what to log; (body, None) when the body names no prompt after all."""
         try:
             doc = json.loads(body) if body.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             if from_headers is None:
                 return body, None  # not JSON: the marker was elsewhere; forwarded untouched
             raise PromptError(400, "a request with Helicone-Prompt-Id must have a JSON object body (or none)") from None

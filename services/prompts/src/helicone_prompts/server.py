@@ -235,6 +235,8 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
         except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.CannotConnectNowError,
                 asyncpg.exceptions.InterfaceError):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "prompt store (Postgres) unreachable; try again shortly")
+        except asyncpg.exceptions.DataError as exc:  # a value Postgres cannot store (NUL in text, \u0000 in jsonb)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the prompt store refused a value: {exc.args[0] if exc.args else exc}")
 
     async def _select(self, conn, org, prompt_id: str, version: int, environment: str, context):
         """One version by number, environment label or latest; aborts NOT_FOUND / FAILED_PRECONDITION."""
@@ -283,6 +285,9 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"template_json is larger than {self.settings.max_template_bytes} bytes")
         environments = [await self._environment(e, context, "environments") for e in request.environments]
+        for field in ("model", "message"):
+            if "\x00" in getattr(request, field):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} contains a NUL character, which cannot be stored")
         try:
             doc = templates.validate(request.template_json)
             typed = templates.typed_variables(request.template_json)
@@ -347,7 +352,7 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
         if request.inputs_json:
             try:
                 extra = json.loads(request.inputs_json)
-            except ValueError:
+            except (ValueError, RecursionError):
                 extra = None
             if not isinstance(extra, dict):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "inputs_json must be a JSON object of variable values")
