@@ -234,3 +234,34 @@ async def test_request_name_is_logged_as_a_property(gateway):
     r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Request-Name": "x" * 257})
     assert r.status_code == 400 and r.json()["error"]["message"] == "Helicone-Request-Name is longer than 256 characters"
     assert len(built) == 1
+
+
+# ---- JSON nested past the recursion limit ------------------------------------------------------
+
+DEEP = b"[" * 5_000 + b"]" * 5_000  # valid JSON that json.loads cannot read (RecursionError, not ValueError)
+
+
+async def test_a_request_whose_json_nests_past_the_recursion_limit_is_forwarded_and_logged(gateway):
+    """Its model cannot be read from it; the request still goes to the provider as sent, and is logged."""
+    client, fake, built = gateway
+    body = b'{"model": "gpt-4o-mini", "messages": [], "metadata": ' + DEEP + b"}"
+    r = await client.post("/v1/chat/completions", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code < 500 or r.headers.get("helicone-id"), r.text  # whatever the provider says, not the gateway's 500
+    [ev] = built
+    assert ev.inline.request_body == body and ev.status == r.status_code
+
+
+async def test_fallbacks_nested_past_the_recursion_limit_are_a_400_naming_the_header(gateway):
+    client, _, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT,
+                          headers={**AUTH, "Helicone-Fallbacks": DEEP.decode()})
+    assert r.status_code == 400 and "Helicone-Fallbacks" in r.json()["error"]["message"], r.text
+
+
+async def test_a_body_override_for_a_body_nested_past_the_recursion_limit_is_a_400(gateway):
+    client, fake, _ = gateway
+    fallbacks = [{"onCodes": [{"from": 500, "to": 599}]}, {"bodyKeyOverride": {"model": "gpt-4o-mini"}}]
+    body = b'{"model": "gpt-4o-mini", "messages": [], "metadata": ' + DEEP + b"}"
+    r = await client.post("/v1/chat/completions", content=body,
+                          headers={**AUTH, "Content-Type": "application/json", "Helicone-Fallbacks": json.dumps(fallbacks)})
+    assert r.status_code == 400 and "bodyKeyOverride" in r.json()["error"]["message"], r.text

@@ -459,10 +459,11 @@ def _parse_gemini_sse(text: str) -> Parsed:
 
 
 def request_model(body: bytes) -> tuple[str, bool]:
-    """(model, stream) from a JSON request body."""
+    """(model, stream) from a JSON request body; ("", False) for one that is not JSON or nests past the
+    recursion limit (the request is logged all the same)."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "", False
     if not isinstance(doc, dict):
         return "", False

@@ -147,7 +147,7 @@ def parse_fallbacks(value: str, check_url) -> tuple[FallbackTarget, ...]:
     and returns it normalized, raising ValueError naming `where`."""
     try:
         items = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         items = None
     if not isinstance(items, list) or not items:
         raise ResilienceError(f"{FALLBACKS} must be {FALLBACK_FORM}")
@@ -227,7 +227,7 @@ def merge_body(body: bytes, override: dict[str, Any], where: str) -> bytes:
     replaces); ResilienceError when the body is not a JSON object."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     if not isinstance(doc, dict):
         raise ResilienceError(f'{where}."bodyKeyOverride" needs a JSON object request body')
