@@ -370,3 +370,29 @@ async def test_deeply_nested_inputs_json_is_invalid_argument(env):
     code, details = await code_of(env.stub.RenderPrompt(pb.RenderPromptRequest(
         prompt_id="summary", inputs_json='{"topic": ' + "[" * 100_000 + "]" * 100_000 + "}"), metadata=env.auth))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "inputs_json" in details, (code, details[:200])
+
+
+async def test_a_watch_ends_once_its_key_is_revoked(env, monkeypatch):
+    """A revoked key's open stream would otherwise tell its holder of the org's prompt changes for good."""
+    from helicone_prompts import server as prompts_server
+
+    monkeypatch.setattr(prompts_server, "WATCH_KEY_CHECK_SECONDS", 0.2)
+    pool = await db.connect_pool(env.dsn, max_size=1)
+    try:
+        key = await db.create_key(pool, env.org, "watcher")
+        for _ in range(100):  # the key directory learns of the new key by LISTEN/NOTIFY
+            if env.server.keys.lookup(key.key) == env.org:
+                break
+            await asyncio.sleep(0.05)
+        watch = env.stub.WatchPrompts(pb.WatchPromptsRequest(), metadata=bearer(key.key))
+        assert (await asyncio.wait_for(watch.read(), 5)).prompt_id == ""
+        await db.revoke_key(pool, key.id)
+        code, details = await code_of(asyncio.wait_for(watch.read(), 10))  # with no change to the org's prompts
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "revoked" in details
+        watch = env.stub.WatchPrompts(pb.WatchPromptsRequest(), metadata=env.auth)  # a key still valid keeps its stream
+        assert (await asyncio.wait_for(watch.read(), 5)).prompt_id == ""
+        await asyncio.sleep(0.6)
+        await env.create("after")
+        assert (await asyncio.wait_for(watch.read(), 5)).prompt_id == "after"
+    finally:
+        await pool.close()

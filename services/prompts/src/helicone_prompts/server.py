@@ -62,6 +62,9 @@ def _version(row) -> prompts_pb2.PromptVersion:
 
 ANYTHING = ""  # PromptChanged.prompt_id meaning "anything may have changed"
 CLOSED = None  # queued to end a watch when the server stops
+# An open watch asks again whether its key is still accepted at each change and at least this often: a
+# revoked key's stream ends (UNAUTHENTICATED) instead of telling its holder of the org's changes for good.
+WATCH_KEY_CHECK_SECONDS = 2.0
 
 
 class PromptChanges:
@@ -189,12 +192,17 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
         self.changes = changes
 
     # ---- checks ----------------------------------------------------------------------
-    async def _org(self, request, context) -> uuid.UUID:
-        """The org of the caller's key; a set org_id field must name the same org."""
+    @staticmethod
+    def _key(context) -> str:
         key = ""
         for name, value in context.invocation_metadata() or ():
             if name == AUTH_METADATA:
                 key = bearer_token(value)
+        return key
+
+    async def _org(self, request, context) -> uuid.UUID:
+        """The org of the caller's key; a set org_id field must name the same org."""
+        key = self._key(context)
         if not key:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing metadata 'authorization: Bearer <your Helicone API key>'")
@@ -436,11 +444,24 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
     async def WatchPrompts(self, request, context):
         """The org's prompt changes as they happen; first an "anything" marker once subscribed."""
         org = str(await self._org(request, context))
+        key = self._key(context)
         q = self.changes.subscribe(org)
         try:
             yield prompts_pb2.PromptChanged(prompt_id=ANYTHING)
-            while (prompt_id := await q.get()) is not CLOSED:
-                yield prompts_pb2.PromptChanged(prompt_id=prompt_id)
+            while True:
+                try:
+                    prompt_id = await wait_for(q.get(), WATCH_KEY_CHECK_SECONDS)
+                except TimeoutError:
+                    prompt_id = ANYTHING  # nothing changed: only the key is checked
+                    quiet = True
+                else:
+                    quiet = False
+                if prompt_id is CLOSED:
+                    return
+                if self.keys.lookup(key) != org:  # loaded (the watch opened): it answers from its copy
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked Helicone API key")
+                if not quiet:
+                    yield prompts_pb2.PromptChanged(prompt_id=prompt_id)
         finally:
             self.changes.unsubscribe(org, q)
 
