@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from helicone_core import events
 from helicone_core.analytics import ChdbStore
 from helicone_ingest.app import IngestService, consumer_lag
@@ -217,3 +217,82 @@ async def test_tokens_and_cost_are_counted_once_per_written_event_with_bounded_l
     assert sum(v for k, v in counted.items() if ("kind", "prompt") in k) == totals["p"] == 412
     assert sum(v for k, v in counted.items() if ("kind", "completion") in k) == totals["c"] == 78
     assert sum(cost.values()) == pytest.approx(totals["usd"])
+
+
+async def test_a_record_without_a_value_is_dead_lettered_and_the_events_after_it_are_written(ingest):
+    """A Kafka record whose value is null (a tombstone: any producer of the topic can send one) is
+    not an event: it goes to the dead-letter topic, and the events after it on the partition are
+    written as usual (it used to raise TypeError in the consumer's batching and in decode)."""
+    svc, _, bootstrap, topic = ingest
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        key = f"{ORG}/{uuid.uuid4()}".encode()
+        await producer.send_and_wait(topic, None, key=key, partition=0)
+    finally:
+        await producer.stop()
+    await produce(bootstrap, topic, [event() for _ in range(3)])
+
+    async def written():
+        return await rows(svc) == 3
+
+    await eventually(written, "the events after the null record written", timeout=30)
+    await eventually(lambda: _dead_letters(svc), "the null record dead-lettered", timeout=10)
+    # the dead letter is the record as it came: its key (the identity, for a replay) and no value
+    consumer = AIOKafkaConsumer(topic + ".dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        [letter] = (await consumer.getmany(timeout_ms=5000)).popitem()[1]
+    finally:
+        await consumer.stop()
+    assert (letter.key, letter.value) == (key, None)
+    assert dict(letter.headers)["x-helicone-error"].startswith(b"record has no value")
+
+
+async def _dead_letters(svc: IngestService) -> bool:
+    return (svc.metrics.registry.get_sample_value("helicone_ingest_dead_letters_total") or 0) == 1
+
+
+async def test_a_dead_letter_keeps_its_record_key(ingest):
+    """A dead letter is meant to be replayed once its cause is fixed: it keeps the record's key (the
+    log identity "<org>/<request id>", which picks the partition), not only its value."""
+    svc, _, bootstrap, topic = ingest
+    key = f"{ORG}/{uuid.uuid4()}".encode()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"\x00not an event", key=key, partition=0)
+    finally:
+        await producer.stop()
+    await eventually(lambda: _dead_letters(svc), "the record dead-lettered", timeout=30)
+    consumer = AIOKafkaConsumer(topic + ".dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        [letter] = (await consumer.getmany(timeout_ms=5000)).popitem()[1]
+    finally:
+        await consumer.stop()
+    assert (letter.key, letter.value) == (key, b"\x00not an event")
+
+
+async def test_a_large_undecodable_record_is_dead_lettered_and_the_events_after_it_are_written(ingest):
+    """The producers send records of up to 4 MiB (the gateway's and the api's max_request_size): one
+    that ingest must dead-letter is sent on as it came, however large, not retried forever (holding
+    its partition) because ingest's own producer refuses records over 1 MB."""
+    svc, _, bootstrap, topic = ingest
+    future = event(response_created_at=None)
+    future.schema_version = 2  # a newer producer's event, say: ingest cannot write it
+    future.inline.response_body = b"x" * (1_200_000)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, events.encode(future), key=events.message_key(future), partition=0)
+        for ev in [event() for _ in range(3)]:
+            await producer.send_and_wait(topic, events.encode(ev), key=events.message_key(ev), partition=0)
+    finally:
+        await producer.stop()
+
+    async def written():
+        return await rows(svc) == 3
+
+    await eventually(lambda: _dead_letters(svc), "the large record dead-lettered", timeout=30)
+    await eventually(written, "the events after the large record written", timeout=30)

@@ -29,8 +29,9 @@ class FakeDlq:
     def __init__(self):
         self.sent = []
 
-    async def send(self, value, headers):
+    async def send(self, value, headers, key=None):
         self.sent.append((value, headers))
+        self.keys = [*getattr(self, "keys", []), key]
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
@@ -150,3 +151,26 @@ async def test_offset_guard_rewinds_only_a_position_stuck_past_the_log_end(tmp_p
     assert stuck.log_epoch == 1  # batches fetched from the old log are neither written nor acknowledged
     assert stuck.rewinds == {stuck.tp: (1, 0)}  # a fetch under way goes back there at the latest (_unread)
     assert svc.metrics.registry.get_sample_value("helicone_ingest_offset_rewinds_total") == 1
+
+
+async def test_an_event_clickhouse_cannot_store_does_not_hold_its_batch_forever(tmp_path):
+    """A location event with a negative body size decodes and validates, but its row cannot be
+    inserted (request_bytes is UInt64): the batch's write must not fail on every retry, holding
+    the good events beside it and every later batch of the partition."""
+    from helicone_core.analytics import ChdbStore
+
+    analytics = ChdbStore(tmp_path / "chdb", "helicone")
+    await analytics.init_schema()
+    try:
+        svc = await service_with_writer(tmp_path, analytics)
+        good = logged_event()
+        odd = logged_event()
+        odd.location.request_key = f"orgs/{odd.org_id}/req"
+        odd.location.response_key = f"orgs/{odd.org_id}/resp"
+        odd.location.request_bytes = -1
+        decoded = await svc.decode([events.encode(good), events.encode(odd)])
+        await asyncio.wait_for(svc.write_decoded(decoded, FakeDlq()), 10)
+        rows = await analytics.query("SELECT toString(request_id) AS id FROM {db}.request_log")
+        assert {r["id"] for r in rows} == {good.request_id, odd.request_id}
+    finally:
+        await analytics.close()

@@ -248,7 +248,7 @@ async def test_pending_metadata_is_bounded_by_distinct_keys():
        max_keys=st.integers(0, 8))
 def test_pending_metadata_merges_a_batch_as_the_merge_rules_say(batches, max_keys):
     """add() inlines the merges for speed: its aggregate equals the one _merge_user, _merge_session
-    and _merge_prop build event by event (first/last seen, the latest non-empty session name, the
+    and _merge_prop build event by event (first/last seen, the newest request's non-empty session name, the
     bound on distinct keys and the drop count)."""
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     metrics = ServiceMetrics("ingest")
@@ -267,7 +267,8 @@ def test_pending_metadata_merges_a_batch_as_the_merge_rules_say(batches, max_key
             if ev.user_id:
                 dropped += not reference._merge_user((org, ev.user_id), at, at)
             if ev.session_id:
-                dropped += not reference._merge_session((org, ev.session_id), at, at, ev.session_name)
+                dropped += not reference._merge_session((org, ev.session_id), at, at, ev.session_name,
+                                                        at if ev.session_name else None)
             for key in ev.properties:
                 dropped += not reference._merge_prop((org, key), at)
     assert (fast.users, fast.sessions, fast.props) == (reference.users, reference.sessions, reference.props)
@@ -318,3 +319,53 @@ async def test_a_failure_after_the_rows_are_in_neither_rewrites_the_batch_nor_ho
     await asyncio.wait_for(second.wait(), 1)
     assert await count(analytics, ev.request_id) == 1
     assert w.m_write_errors.labels("accounting")._value.get() == 1
+
+
+async def test_a_metadata_key_postgres_refuses_does_not_hold_every_other_key(pg_pool):
+    """A user id, session id or name with a NUL character (valid in a protobuf string, and the api's
+    async-log `meta` or an OTLP attribute carry one as "\\u0000") is refused by Postgres' TEXT: the
+    chunk it is in must not fail on every flush, keeping other orgs' users, sessions and property
+    keys out of Postgres until ingest stops (and then dropped)."""
+    metrics = ServiceMetrics("ingest")
+    pending = PendingMetadata(metrics)
+    pending.attach(pg_pool)
+    pending.add([event(org=OTHER_ORG, user_id="eve\x00", session_id="s\x00", session_name="n\x00", properties={"k\x00": "v"}),
+                 event(user_id="bob", session_id="s-bob", session_name="Named\x00", properties={"team": "x"})])
+    assert await pending.flush()
+    assert not len(pending)
+    assert [r["user_id"] for r in await pg_pool.fetch("SELECT user_id FROM request_users")] == ["bob"]
+    assert [r["key"] for r in await pg_pool.fetch("SELECT key FROM property_keys")] == ["team"]
+    assert [(r["session_id"], r["session_name"]) for r in await pg_pool.fetch("SELECT * FROM request_sessions")] == [
+        ("s-bob", "Named")]
+
+
+async def test_a_session_keeps_the_name_of_its_newest_request_whatever_order_events_arrive_in(pg_pool):
+    """A session renamed between two requests: the directory keeps the newer request's name (what the
+    api's sessions answer from ClickHouse, argMaxIf(session_name, request_created_at)), also when the
+    older request is written after it (another partition's worker behind, or a replay after a rewind),
+    whether both are pending together or the newer one is in Postgres already."""
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+    old = event(session_id="s-renamed", session_name="Old", at=t0)
+    new = event(session_id="s-renamed", session_name="New", at=t0 + dt.timedelta(minutes=5))
+    for together in (True, False):
+        await pg_pool.execute("DELETE FROM request_sessions")
+        pending = PendingMetadata(ServiceMetrics("ingest"))
+        pending.attach(pg_pool)
+        pending.add([new])
+        if not together:
+            assert await pending.flush()
+        pending.add([old])
+        assert await pending.flush()
+        assert await pg_pool.fetchval("SELECT session_name FROM request_sessions") == "New", f"together={together}"
+
+
+async def test_values_past_a_column_range_are_not_wrapped_around(writer):
+    """latency_ms (int64 in the event) goes into UInt32 and fallback_index (int32) into UInt16: a value
+    past the column's range is kept at the column's largest value, never wrapped to a small one
+    (2**32 + 5 ms read as 5 ms, the 65,538th fallback as the 2nd)."""
+    w, analytics, _, _ = writer
+    ev = event(latency_ms=2**32 + 5, fallback_index=2**16 + 2)
+    await w.write(w.decode([events.encode(ev)])[0])
+    [row] = await analytics.query(
+        "SELECT latency_ms, fallback_index FROM {db}.request_log WHERE request_id = {rid:UUID}", {"rid": ev.request_id})
+    assert (row["latency_ms"], row["fallback_index"]) == (2**32 - 1, 2**16 - 1)

@@ -181,6 +181,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alert_events_rule ON alert_events(rule_id, id);
     """,
+    # 8: the time of the request a session's name came from: the newest request's name wins, whatever order
+    # ingest writes them in (NULL: a name kept before this, or none)
+    """
+    ALTER TABLE request_sessions ADD COLUMN name_at TIMESTAMPTZ;
+    """,
 ]
 
 

@@ -98,6 +98,9 @@ def decode_many(raws: list[bytes]) -> list[RequestLogged | Exception]:
     protobuf trim the C heap (malloc_trim, every 10,000 frees), and the next batch faulted all
     that memory back in: about a quarter of decoding's time. A value that is not a RequestLogged protobuf
     fails the whole parse; each value is then decoded on its own."""
+    if None in raws:  # records without a value (null: a tombstone), never an event
+        decoded = iter(decode_many([raw for raw in raws if raw is not None]))
+        return [EventError("record has no value (null)") if raw is None else next(decoded) for raw in raws]
     framed = []
     heads = _FRAME_HEADS
     for raw in raws:
@@ -199,6 +202,8 @@ def attempts_json(event: RequestLogged) -> str:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# the largest values of request_log's UInt32 and UInt16 columns (ClickHouse wraps a larger one around)
+_MAX_UINT32, _MAX_UINT16 = 2**32 - 1, 2**16 - 1
 
 
 def set_time(field, when: dt.datetime) -> None:
@@ -331,7 +336,7 @@ def analytics_values(
         org_id,
         created_at,
         response_at,
-        latency_ms if latency_ms > 0 else 0,
+        (latency_ms if latency_ms < _MAX_UINT32 else _MAX_UINT32) if latency_ms > 0 else 0,  # UInt32: never wrapped
         ttft_ms,
         status,
         provider,
@@ -369,6 +374,6 @@ def analytics_values(
         int(cache_hit),
         cache_saved_usd,
         attempts_json(event) if attempts else "",
-        fallback_index if fallback_index > 0 else 0,
+        (fallback_index if fallback_index < _MAX_UINT16 else _MAX_UINT16) if fallback_index > 0 else 0,  # UInt16
         (seconds if seconds > 0 else 0) * 1_000_000_000 + (nanos if nanos > 0 else 0),  # event_version
     ]

@@ -35,6 +35,9 @@ Decoded = tuple[PreparedBatch | list, list[Rejected]]
 
 log = logging.getLogger("helicone.ingest")
 
+# ingest's producer's bound on a record (a dead letter), above the producers' 4 MiB with room for its headers
+DLQ_MAX_REQUEST_SIZE = 16 * 1024 * 1024
+
 
 class IngestService:
     def __init__(self, settings: IngestSettings, *, analytics=None, bodies=None) -> None:
@@ -85,6 +88,10 @@ class IngestService:
             broker_commit_interval=1.0,
             datadir=str(s.data_dir / "faust"),
             stream_wait_empty=False,
+            # what it sends is dead letters: records as they came, which the producers send up to 4 MiB
+            # (their max_request_size). Faust's 1 MB default refused a larger one on every retry, holding
+            # its partition; the broker, which took the record, is the one to judge its size.
+            producer_max_request_size=DLQ_MAX_REQUEST_SIZE,
         )
         app.batch_size, app.batch_max_bytes = s.batch_size, s.batch_max_bytes
         app.batch_within, app.batch_gap, app.fetch_wait = s.batch_within, s.batch_gap, s.fetch_wait
@@ -132,7 +139,8 @@ class IngestService:
                     # a rebalance made stale, and a stuck write must not gather decoded batches behind it)
                     while len(writes := [w for w in writes if not w[0].done()]) >= 2:
                         await asyncio.wait([writes[0][0]])
-                    decoded = await service.decode(batch.values())
+                    keys, values = batch.take()
+                    decoded = await service.decode(values, keys)
                     before = writes[-1][0] if writes else None
                     turn = turns.next()
                     writes.append((asyncio.create_task(write(batch, decoded, turn, before), name="ingest-write"), turn, batch))
@@ -145,10 +153,11 @@ class IngestService:
         app.batch_handler = hand_over
         return app
 
-    async def decode(self, raws: list[bytes]) -> Decoded:
-        """The batch's events made ready to write (their rows and body packs), and those to dead-letter."""
+    async def decode(self, raws: list[bytes | None], keys: list[bytes | None] | None = None) -> Decoded:
+        """The batch's events made ready to write (their rows and body packs), and those to dead-letter
+        (with their record's key, `keys` in the order of `raws`)."""
         assert self.writer is not None
-        good, bad = self.writer.decode(list(raws))
+        good, bad = self.writer.decode(list(raws), keys)
         try:
             return await self.writer.prepare_in_steps(good), bad
         except Exception as exc:  # noqa: BLE001 - write() prepares them again, under _retry like every write
@@ -161,11 +170,15 @@ class IngestService:
         acknowledged after it, so giving up would hold its partitions' commits for good)."""
         good, bad = decoded
         for rejected in bad:
-            await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason), "dead-letter")
+            await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason, r.key), "dead-letter")
         await self._retry(lambda: self.writer.write(good, turn), "write")
 
-    async def _dead_letter(self, dlq, raw: bytes, reason: str) -> None:
-        fut = await dlq.send(value=raw, headers={"x-helicone-error": reason[:500].encode()})
+    async def _dead_letter(self, dlq, raw: bytes | None, reason: str, key: bytes | None = None) -> None:
+        # the record as it came (its key too, so a replay lands on the identity's partition); a record
+        # with neither a key nor a value cannot be produced, so such a null value goes as empty bytes
+        if raw is None and key is None:
+            raw = b""
+        fut = await dlq.send(key=key, value=raw, headers={"x-helicone-error": reason[:500].encode()})
         await fut
         self.m_dlq.inc()
         log.warning("event sent to dead-letter topic: %s", reason)

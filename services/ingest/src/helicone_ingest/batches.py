@@ -52,12 +52,13 @@ from helicone_core.cancellation import wait_for
 class Batch:
     """The records of one or more fetches; ack() marks every offset done at once."""
 
-    __slots__ = ("consumer", "offsets", "_values", "generation", "epoch", "started", "size", "bytes")
+    __slots__ = ("consumer", "offsets", "_values", "_keys", "generation", "epoch", "started", "size", "bytes")
 
     def __init__(self, consumer: BatchConsumer) -> None:
         self.consumer = consumer
         self.offsets: dict = {}  # TP -> [offset], in offset order
         self._values: dict = {}  # TP -> [record value], the same order, until values() takes them
+        self._keys: dict = {}  # TP -> [record key], the same order (a dead-lettered record keeps its key)
         self.generation = consumer.app.consumer_generation_id
         self.epoch = consumer.log_epoch
         self.started = time.monotonic()
@@ -71,15 +72,22 @@ class Batch:
         values = [r.value for r in records]
         self.offsets.setdefault(tp, []).extend([r.offset for r in records])
         self._values.setdefault(tp, []).extend(values)
+        self._keys.setdefault(tp, []).extend([r.key for r in records])
         self.size += len(records)
-        self.bytes += sum(map(len, values))
+        # a record without a value (null: a tombstone) counts no bytes; decode dead-letters it
+        self.bytes += sum(len(v) for v in values if v is not None)
 
     def values(self) -> list[bytes]:
         """The records' values, taken once: the batch keeps only their offsets (what ack() needs), so a
         batch being decoded or written does not also hold its events' raw bytes."""
+        return self.take()[1]
+
+    def take(self) -> tuple[list[bytes | None], list[bytes | None]]:
+        """The records' keys and values, in the same order, taken once (see values())."""
+        keys = [k for ks in self._keys.values() for k in ks]
         values = [v for vs in self._values.values() for v in vs]
-        self._values = {}
-        return values
+        self._keys, self._values = {}, {}
+        return keys, values
 
     def current(self) -> bool:
         """Fetched in the consumer's present generation, with a partition still on the log it was read
@@ -99,7 +107,8 @@ class Batch:
         from their new log) and makes the batch one of the present log; returns how many records are left."""
         for tp in [tp for tp in self.offsets if self._rewound(tp)]:
             self.size -= len(self.offsets.pop(tp))
-            self.bytes -= sum(map(len, self._values.pop(tp, ())))
+            self.bytes -= sum(len(v) for v in self._values.pop(tp, ()) if v is not None)
+            self._keys.pop(tp, None)
         self.epoch = self.consumer.log_epoch
         return self.size
 

@@ -2,7 +2,7 @@
 
 Rows and bodies never wait for Postgres: each batch's metadata is merged into an in-memory
 aggregate, one entry per distinct key, and a background task upserts it. While Postgres is
-unreachable the aggregate keeps merging (first/last seen, latest session name) and is written
+unreachable the aggregate keeps merging (first/last seen, the newest request's session name) and is written
 once Postgres answers again. It is bounded by distinct keys: past the bound, keys not already
 pending are dropped and counted (`helicone_ingest_metadata_dropped_keys_total{reason="full"}`);
 keys already pending keep being updated. The directory is derived data (every request row in
@@ -28,6 +28,14 @@ log = logging.getLogger("helicone.ingest")
 
 UserKey = tuple[uuid.UUID, str]
 FLUSH_CHUNK = 5000  # keys per Postgres transaction, so one flush never runs into the command timeout
+# The longest user id, session id or property key kept (the producers' own bounds are 512 and 256
+# characters): a longer one may not fit a Postgres index entry (2704 bytes), and a key Postgres refuses
+# fails its whole chunk on every flush. So does a NUL character, which TEXT cannot hold.
+MAX_KEY_CHARS = 512
+
+
+def _unstorable(key: str) -> bool:
+    return len(key) > MAX_KEY_CHARS or "\x00" in key
 
 
 class PendingMetadata:
@@ -40,7 +48,8 @@ class PendingMetadata:
         self.retry_max_backoff = retry_max_backoff
         self.pool = None
         self.users: dict[UserKey, tuple[dt.datetime, dt.datetime]] = {}
-        self.sessions: dict[UserKey, tuple[dt.datetime, dt.datetime, str]] = {}
+        # (first seen, last seen, name, when the request that named it was made: None without a name)
+        self.sessions: dict[UserKey, tuple[dt.datetime, dt.datetime, str, dt.datetime | None]] = {}
         self.props: dict[UserKey, dt.datetime] = {}
         self._in_flight = 0  # keys taken by a flush that has not finished yet
         self._failing = False
@@ -52,7 +61,7 @@ class PendingMetadata:
         self.m_dropped = metrics.counter(
             "helicone_ingest_metadata_dropped_keys_total",
             "Users, sessions and property keys never written to Postgres (full: past the pending bound; stopped: "
-            "Postgres unreachable at shutdown)", ("reason",),
+            "Postgres unreachable at shutdown; invalid: a NUL character or longer than 512 characters)", ("reason",),
         )
         self.m_failures = metrics.counter(
             "helicone_ingest_metadata_flush_failures_total", "Failed metadata upserts to Postgres (retried)"
@@ -65,7 +74,7 @@ class PendingMetadata:
     def add(self, batch: list[events.RequestLogged]) -> None:
         """Merges a written batch's metadata; never blocks, never fails. (The merges of
         _merge_user, _merge_session and _merge_prop, inlined: this runs for every event ingest writes.)"""
-        dropped = 0
+        dropped = invalid = 0
         users, sessions, props = self.users, self.sessions, self.props
         size, limit = len(self), self.max_keys
         orgs: dict[str, uuid.UUID | None] = {}
@@ -87,6 +96,9 @@ class PendingMetadata:
             # what Timestamp.ToDatetime gives (nanos rounded toward zero to microseconds); it raises for invalid ones
             at = base.replace(microsecond=nanos // 1000) if 0 <= nanos < 1_000_000_000 else ts.ToDatetime(tzinfo=utc)
             user = ev.user_id
+            if user and _unstorable(user):
+                invalid += 1
+                user = ""
             if user:
                 key = (org, user)
                 old = users.get(key)
@@ -99,19 +111,28 @@ class PendingMetadata:
                 else:
                     dropped += 1
             session = ev.session_id
+            if session and _unstorable(session):
+                invalid += 1
+                session = ""
             if session:
                 key = (org, session)
                 old = sessions.get(key)
                 name = ev.session_name
+                if "\x00" in name:
+                    name = name.replace("\x00", "")
                 if old is not None:
-                    if at < old[0] or at > old[1] or (name and name != old[2]):
-                        sessions[key] = (min(old[0], at), max(old[1], at), name or old[2])
+                    renamed = name and (old[3] is None or at >= old[3])  # the newest request's name wins
+                    if at < old[0] or at > old[1] or (renamed and (name != old[2] or at != old[3])):
+                        sessions[key] = (min(old[0], at), max(old[1], at), *((name, at) if renamed else old[2:]))
                 elif size < limit:
-                    sessions[key] = (at, at, name)
+                    sessions[key] = (at, at, name, at if name else None)
                     size += 1
                 else:
                     dropped += 1
             for prop in ev.properties:
+                if _unstorable(prop):
+                    invalid += 1
+                    continue
                 key = (org, prop)
                 old = props.get(key)
                 if old is not None:
@@ -122,6 +143,8 @@ class PendingMetadata:
                     size += 1
                 else:
                     dropped += 1
+        if invalid:
+            self.m_dropped.labels("invalid").inc(invalid)
         if dropped:
             self.m_dropped.labels("full").inc(dropped)
             if not self._full:  # once per episode; the counter has the numbers
@@ -140,16 +163,18 @@ class PendingMetadata:
         self.users[key] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
         return True
 
-    def _merge_session(self, key: UserKey, lo: dt.datetime, hi: dt.datetime, name: str, *, newer: bool = True) -> bool:
-        """`newer`: `name` was seen after the pending one (a later batch), so a non-empty one replaces it."""
+    def _merge_session(self, key: UserKey, lo: dt.datetime, hi: dt.datetime, name: str, name_at: dt.datetime | None,
+                       *, newer: bool = True) -> bool:
+        """The name of the newer request wins. Of two requests made at one instant, the one merged later:
+        `newer`, `name` was (a later batch), else the pending one was (a failed flush's keys put back)."""
         if not self._has_room(self.sessions, key):
             return False
         old = self.sessions.get(key)
         if old is None:
-            self.sessions[key] = (lo, hi, name)
+            self.sessions[key] = (lo, hi, name, name_at)
         else:
-            keep = (name or old[2]) if newer else (old[2] or name)
-            self.sessions[key] = (min(old[0], lo), max(old[1], hi), keep)
+            renamed = name_at is not None and (old[3] is None or name_at > old[3] or (newer and name_at == old[3]))
+            self.sessions[key] = (min(old[0], lo), max(old[1], hi), *((name, name_at) if renamed else old[2:]))
         return True
 
     def _merge_prop(self, key: UserKey, at: dt.datetime) -> bool:
@@ -177,8 +202,8 @@ class PendingMetadata:
         self._in_flight = 0
         for key, (lo, hi) in users.items():
             self._merge_user(key, lo, hi)
-        for key, (lo, hi, name) in sessions.items():
-            self._merge_session(key, lo, hi, name, newer=False)
+        for key, (lo, hi, name, name_at) in sessions.items():
+            self._merge_session(key, lo, hi, name, name_at, newer=False)
         for key, at in props.items():
             self._merge_prop(key, at)
         self.m_pending.set(len(self))
@@ -255,14 +280,19 @@ async def _upsert(pool, users: dict, sessions: dict, props: dict) -> None:
                 )
             if sessions:
                 await conn.executemany(
-                    """INSERT INTO request_sessions(org_id, session_id, session_name, first_seen, last_seen)
-                       VALUES ($1,$2,$3,$4,$5)
+                    # the newer request's name wins (every SET reads the row as it was)
+                    """INSERT INTO request_sessions(org_id, session_id, session_name, first_seen, last_seen, name_at)
+                       VALUES ($1,$2,$3,$4,$5,$6)
                        ON CONFLICT (org_id, session_id) DO UPDATE SET
-                         session_name = CASE WHEN excluded.session_name <> '' THEN excluded.session_name
-                                             ELSE request_sessions.session_name END,
+                         session_name = CASE WHEN excluded.name_at >= request_sessions.name_at
+                                              OR (excluded.name_at IS NOT NULL AND request_sessions.name_at IS NULL)
+                                             THEN excluded.session_name ELSE request_sessions.session_name END,
+                         name_at = CASE WHEN excluded.name_at >= request_sessions.name_at
+                                         OR (excluded.name_at IS NOT NULL AND request_sessions.name_at IS NULL)
+                                        THEN excluded.name_at ELSE request_sessions.name_at END,
                          first_seen = least(request_sessions.first_seen, excluded.first_seen),
                          last_seen = greatest(request_sessions.last_seen, excluded.last_seen)""",
-                    [(o, s, name, lo, hi) for (o, s), (lo, hi, name) in sessions.items()],
+                    [(o, s, name, lo, hi, name_at) for (o, s), (lo, hi, name, name_at) in sessions.items()],
                 )
             if props:
                 await conn.executemany(

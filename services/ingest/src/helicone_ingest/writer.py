@@ -58,8 +58,9 @@ _INLINE_FIELDS = operator.attrgetter(
 
 @dataclass
 class Rejected:
-    raw: bytes
+    raw: bytes | None
     reason: str
+    key: bytes | None = None  # the Kafka record's key
 
 
 @dataclass
@@ -106,12 +107,14 @@ class BatchWriter:
             "helicone_ingest_cost_usd_total", "Cost in USD of the events written (events with a known cost)", ("provider", "model")
         )
 
-    def decode(self, raws: list[bytes]) -> tuple[list[events.RequestLogged], list[Rejected]]:
+    def decode(self, raws: list[bytes | None], keys: list[bytes | None] | None = None,
+               ) -> tuple[list[events.RequestLogged], list[Rejected]]:
         good: dict[tuple[str, str], events.RequestLogged] = {}
         bad: list[Rejected] = []
-        for raw, ev in zip(raws, events.decode_many(raws), strict=True):
+        for n, (raw, ev) in enumerate(zip(raws, events.decode_many(raws), strict=True)):
             if isinstance(ev, Exception):
-                bad.append(Rejected(raw, str(ev) if isinstance(ev, events.EventError) else f"{ev.__class__.__name__}: {ev}"))
+                bad.append(Rejected(raw, str(ev) if isinstance(ev, events.EventError) else f"{ev.__class__.__name__}: {ev}",
+                                    keys[n] if keys is not None else None))
                 continue
             rid = events.request_uuid(ev.request_id)
             if rid != ev.request_id:  # "{...}", "urn:uuid:...", upper case: the UUID column reads one form only
@@ -243,7 +246,11 @@ class BatchWriter:
         for i, ev in enumerate(batch):
             if ev.WhichOneof("bodies") == "location":  # bodies the producer stored itself
                 loc = ev.location
-                rows[i] = values(ev, loc.request_key, loc.response_key, loc.request_bytes, loc.response_bytes, "", "", False)
+                # sizes as the producer sent them, never negative: a UInt64 column refuses "-1", and a row it
+                # refuses fails its whole batch's insert on every retry
+                req_bytes, resp_bytes = loc.request_bytes, loc.response_bytes
+                rows[i] = values(ev, loc.request_key, loc.response_key, req_bytes if req_bytes > 0 else 0,
+                                 resp_bytes if resp_bytes > 0 else 0, "", "", False)
             else:
                 org_id = ev.org_id
                 members = by_org.get(org_id)
