@@ -198,7 +198,7 @@ async def test_no_kafka_ack_means_503_with_retry_after(tmp_path, fresh_db_dsn):
             t0 = time.monotonic()
             r = await client.post("/custom/v1/log", json=helicone_payload())
             assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
-            assert "nothing was stored" in r.json()["error"]["message"]
+            assert "send it again" in r.json()["error"]["message"]
             assert time.monotonic() - t0 < 3
             r = await client.post("/v1/traces", content=_otlp_request().SerializeToString(),
                                   headers={"Content-Type": "application/x-protobuf"})
@@ -407,3 +407,165 @@ async def test_every_field_of_a_payload_takes_awkward_values_without_a_500(loggi
             r = await client.post("/v1/traces", content=json.dumps(_otlp_json([awkward]), ensure_ascii=True),
                                   headers={"Content-Type": "application/json"})
             assert r.status_code in (200, 400), (i, value, r.text)
+
+
+# ---- review44: Helicone SDK payload shapes, timing, model detection, odd input ----
+
+_SSE = ('data: {"id":"c","model":"gpt-4o-mini-2024-07-18","choices":[{"delta":{"content":"Hi"}}]}\n\n'
+        'data: {"id":"c","model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":2}}\n\n'
+        'data: [DONE]\n\n')
+
+
+def _sdk_payload(request: dict, text_body: str) -> dict:
+    """What Helicone's HeliconeManualLogger (TS and Python helpers) sends for a response given as a string:
+    `json: {}` next to `textBody`, the logger's own headers (no content-type) and `url: custom-model-nopath`."""
+    return {
+        "providerRequest": {"url": "custom-model-nopath", "json": request, "meta": {}},
+        "providerResponse": {"headers": {}, "status": 200, "json": {}, "textBody": text_body},
+        "timing": {"startTime": {"seconds": T0, "milliseconds": 0}, "endTime": {"seconds": T0 + 1, "milliseconds": 0}},
+    }
+
+
+async def test_sdk_log_with_empty_json_next_to_text_body_keeps_the_text_body(logging_api, kafka_bootstrap):
+    """logSingleRequest(request, body: string): the answer is in textBody, json is {} (Helicone reads textBody first)."""
+    client, _, _, topic = logging_api
+    answer = json.dumps({"id": "c1", "model": "gpt-4o-mini", "choices": [{"message": {"role": "assistant", "content": "Hello"}}],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": 2}})
+    r = await client.post("/custom/v1/log", json=_sdk_payload({"model": "gpt-4o-mini", "messages": []}, answer))
+    assert r.status_code == 200, r.text
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert ev.inline.response_body == answer.encode()
+    assert (ev.usage.known, ev.usage.prompt_tokens, ev.usage.completion_tokens) == (True, 10, 2)
+    assert ev.cost_known
+
+
+async def test_sdk_streamed_log_without_content_type_is_read_as_a_stream(logging_api, kafka_bootstrap):
+    """logStream / logSingleStream: the SSE text in textBody, no content-type; the request says stream: true."""
+    client, _, _, topic = logging_api
+    r = await client.post("/custom/v1/log", json=_sdk_payload({"model": "gpt-4o-mini", "stream": True, "messages": []}, _SSE))
+    assert r.status_code == 200, r.text
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert ev.inline.response_body == _SSE.encode() and ev.streamed
+    assert (ev.model, ev.usage.known, ev.usage.prompt_tokens, ev.usage.completion_tokens) == ("gpt-4o-mini-2024-07-18", True, 10, 2)
+    assert ev.cost_known
+
+
+async def test_helicone_headers_on_the_log_request_itself_are_read(logging_api, kafka_bootstrap):
+    """Helicone's manual loggers send user, properties and request id as headers of the log POST (additionalHeaders)."""
+    client, _, _, topic = logging_api
+    rid = str(uuid.uuid4())
+    payload = helicone_payload()
+    payload["providerRequest"]["meta"] = {"Helicone-Property-Env": "meta-wins"}
+    r = await client.post("/custom/v1/log", json=payload, headers={
+        "Helicone-User-Id": "erin", "Helicone-Request-Id": rid, "Helicone-Property-Team": "ml", "Helicone-Property-Env": "hdr"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"request_id": rid}
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert (ev.request_id, ev.user_id, dict(ev.properties)) == (rid, "erin", {"team": "ml", "env": "meta-wins"})
+    r = await client.post("/custom/v1/log", json=helicone_payload(), headers={"Helicone-Request-Id": "nope"})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "headers.helicone-request-id"
+
+
+def test_async_log_latency_is_exact_to_the_millisecond():
+    import datetime as dt
+
+    from helicone_api.async_log import AsyncLog, to_event
+    from helicone_core.cost import CostRegistry
+
+    costs, wrong = CostRegistry.default(), []
+    for start_ms, end_ms in [(0, 1), (0, 3), (7, 12), (250, 751), (999, 0)]:
+        p = AsyncLog.model_validate({
+            "providerRequest": {"url": "https://api.openai.com/v1/chat/completions", "json": {"model": "gpt-4o"}},
+            "providerResponse": {"status": 200, "json": {}},
+            "timing": {"startTime": {"seconds": T0, "milliseconds": start_ms}, "endTime": {"seconds": T0 + 1, "milliseconds": end_ms}}})
+        ev = to_event(p, org_id="o", costs=costs, region="", body_limit=1 << 20, now=dt.datetime.now(dt.timezone.utc))
+        if ev.latency_ms != 1000 + end_ms - start_ms:
+            wrong.append((start_ms, end_ms, ev.latency_ms))
+    assert wrong == []
+
+
+def test_async_log_model_comes_from_the_path_when_the_answer_names_none():
+    """As the gateway does (parsed model, else the path's model, else the request's): Gemini and Azure name the
+    model in the URL, not in the request body."""
+    import datetime as dt
+
+    from helicone_api.async_log import AsyncLog, to_event
+    from helicone_core.cost import CostRegistry
+
+    costs = CostRegistry.default()
+    for url, answer, model in [
+        ("https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent",
+         {"candidates": [], "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3}}, "gemini-2.0-flash"),
+        ("https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+         {"error": {"code": "429", "message": "Rate limit"}}, "gpt-4o"),
+    ]:
+        p = AsyncLog.model_validate({"providerRequest": {"url": url, "json": {"contents": []}},
+                                     "providerResponse": {"status": 200, "json": answer}})
+        ev = to_event(p, org_id="o", costs=costs, region="", body_limit=1 << 20, now=dt.datetime.now(dt.timezone.utc))
+        assert (ev.provider in ("gemini", "azure"), ev.model) == (True, model), url
+
+
+async def test_deeply_nested_json_is_a_4xx_never_a_500(logging_api):
+    client, *_ = logging_api
+    app = client._transport.app
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api",
+                                 headers=client.headers) as c:
+        statuses = {}
+        for depth in range(880, 960):  # around where json.loads stops: some depths parse but cannot be written back
+            body = json.dumps(helicone_payload()).replace('"messages": [', '"deep": ' + "[" * depth + "]" * depth + ', "messages": [', 1)
+            r = await c.post("/custom/v1/log", content=body, headers={"Content-Type": "application/json"})
+            statuses.setdefault(r.status_code, []).append(depth)
+        assert 500 not in statuses, statuses.get(500)
+
+
+async def test_otlp_attribute_of_deeply_nested_json_text_is_never_a_500(logging_api, kafka_bootstrap):
+    """An attribute holding deeply nested JSON text: the span is logged (or rejected), the batch is not a 500."""
+    client, _, _, topic = logging_api
+    app = client._transport.app
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api",
+                                 headers=client.headers) as c:
+        deep = "[" * 5000 + "]" * 5000
+        spans = [_span("3af7651916cd43dd8448eb211c80319c", "c1ad6b7169203331", {**GENAI, "gen_ai.input.messages": deep}),
+                 _span("3af7651916cd43dd8448eb211c80319c", "c2ad6b7169203331", GENAI)]
+        r = await c.post("/v1/traces", json=_otlp_json(spans))
+        assert r.status_code == 200, r.text
+    assert len(await consume(kafka_bootstrap, topic, 2, timeout=5)) == 2
+
+
+async def test_otlp_gzip_body_of_several_members_is_read_whole(logging_api, kafka_bootstrap):
+    """A gzip body may hold several members (RFC 1952); protobuf messages concatenated are one message merged."""
+    client, _, _, topic = logging_api
+    from google.protobuf import json_format
+
+    def one(span_hex: str) -> bytes:
+        doc = _otlp_json([_span("4af7651916cd43dd8448eb211c80319c", span_hex, GENAI)])
+        for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+            import base64
+
+            span["traceId"] = base64.b64encode(bytes.fromhex(span["traceId"])).decode()
+            span["spanId"] = base64.b64encode(bytes.fromhex(span["spanId"])).decode()
+        return json_format.ParseDict(doc, ExportTraceServiceRequest()).SerializeToString()
+
+    body = gzip.compress(one("d1ad6b7169203331")) + gzip.compress(one("d2ad6b7169203331"))
+    assert len(ExportTraceServiceRequest.FromString(gzip.decompress(body)).resource_spans) == 2
+    r = await client.post("/v1/traces", content=body, headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+    assert r.status_code == 200
+    assert len(await consume(kafka_bootstrap, topic, 2, timeout=5)) == 2
+
+
+async def test_a_timed_log_sent_again_after_a_503_is_stored_once(logging_api, kafka_bootstrap):
+    """A 503 (Kafka slower than publish_timeout) does not take back what the producer already buffered:
+    Kafka may still store that copy. The caller sends the log again without a Helicone-Request-Id, and
+    it must replace the first copy, not add a second request."""
+    client, state, _, topic = logging_api
+    other = helicone_payload()
+    other["providerRequest"]["meta"]["Helicone-Request-Id"] = str(uuid.uuid4())
+    assert (await client.post("/custom/v1/log", json=other)).status_code == 200  # producer connected
+    state.publisher.timeout = 0.001  # acks=all takes longer than this
+    r = await client.post("/custom/v1/log", json=helicone_payload())
+    assert r.status_code == 503, r.text
+    state.publisher.timeout = 3.0
+    assert (await client.post("/custom/v1/log", json=helicone_payload())).status_code == 200  # the caller's retry
+    got = await consume(kafka_bootstrap, topic, 3, timeout=5)
+    stored = {(ev.org_id, ev.request_id) for ev in got}  # ingest keeps one log per (org, request id)
+    assert len(stored) == 2, f"{len(stored)} logs stored after one 200, one 503 and its retry"

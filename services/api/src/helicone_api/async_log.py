@@ -5,7 +5,9 @@ emits (usage and cost read by helicone_core.usage), with source "async-log"."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ASYNC_LOG_SOURCE = "async-log"
 MAX_URL = 2048
 MAX_PROVIDER = 64
+_ID_NAMESPACE = uuid.UUID("0b6c1d8e-54a3-4f0e-9d8c-7a2f5e1c3b90")  # ids of timed logs sent without one: uuid5(this, content)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MS = dt.timedelta(milliseconds=1)
 LATEST_SECONDS = 10_413_791_999  # 2299-12-31T23:59:59Z: the newest time the log store (ClickHouse DateTime64) keeps
 # The provider a request URL's host names, when the payload does not say.
 # a provider's host, from the provider table's default base URLs (api.openai.com -> openai, ...)
@@ -32,7 +37,8 @@ class Instant(BaseModel):
     milliseconds: int = Field(0, ge=0, le=999)
 
     def to_datetime(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.seconds + self.milliseconds / 1000, dt.timezone.utc)
+        # exact (no float seconds: 1767000001.001 s is 1767000001.0009999 as a float, a millisecond lost)
+        return _EPOCH + dt.timedelta(seconds=self.seconds, milliseconds=self.milliseconds)
 
 
 class Timing(BaseModel):
@@ -83,9 +89,10 @@ class PayloadError(ValueError):
         self.field, self.message = field, message
 
 
-def log_headers(meta: dict[str, str], field: str) -> LogHeaders:
-    """The log headers among `meta` (names in any case); the rest (Helicone-Auth included) is ignored."""
-    out = LogHeaders()
+def log_headers(meta: dict[str, str], field: str, out: LogHeaders | None = None) -> LogHeaders:
+    """The log headers among `meta` (names in any case), applied over `out`; the rest (Helicone-Auth
+    included) is ignored."""
+    out = out if out is not None else LogHeaders()
     for name, value in meta.items():
         _storable(f"{field}.{name}", name + value)
         try:
@@ -117,8 +124,11 @@ def _target(url: str) -> tuple[str, str]:
     return "", url
 
 
-def _json_bytes(doc: Any) -> bytes:
-    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+def _json_bytes(doc: Any, field: str) -> bytes:
+    try:
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:  # parsed at a shallower stack than this: nested too deeply to write back
+        raise PayloadError(field, "JSON nested too deeply") from None
     try:
         return text.encode()
     except UnicodeEncodeError:  # a lone surrogate (sent as a \udXXX escape): kept escaped, as it came
@@ -134,9 +144,12 @@ def _storable(field: str, text: str) -> str:
 
 
 def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str, body_limit: int,
-             now: dt.datetime) -> events.RequestLogged:
+             now: dt.datetime, headers: dict[str, str] | None = None) -> events.RequestLogged:
+    """headers: the Helicone-* headers of the log request itself (Helicone's manual loggers send the
+    user, properties and request id there); `providerRequest.meta` is read over them."""
     req, resp = payload.providerRequest, payload.providerResponse
-    hh = log_headers(req.meta, "providerRequest.meta")
+    hh = log_headers(headers or {}, "headers")
+    hh = log_headers(req.meta, "providerRequest.meta", hh)
     _storable("providerRequest.url", req.url)
     _storable("provider", payload.provider or "")
     try:
@@ -144,21 +157,30 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
     except ValueError as exc:  # urlsplit refuses e.g. a bad port or bracketed host
         raise PayloadError("providerRequest.url", f"not a valid URL ({exc})") from None
     provider = _provider(payload.provider, req.url)
-    headers = {k.lower(): v for k, v in resp.headers.items()}
-    if resp.json_ is not None:
-        resp_body, resp_ctype = _json_bytes(resp.json_), "application/json"
-    elif resp.textBody is not None:
+    resp_headers = {k.lower(): v for k, v in resp.headers.items()}
+    stream_asked = req.json_.get("stream") is True
+    # textBody first, as Helicone reads it: its loggers send `json: {}` next to the text of a string answer
+    if resp.textBody:
         resp_body = resp.textBody.encode(errors="replace")  # a lone surrogate is no text: stored as '?'
-        resp_ctype = _storable("providerResponse.headers.content-type", headers.get("content-type", "text/plain"))
+        # a streamed answer logged without its headers (Helicone's loggers send none) is its SSE text
+        default_ctype = "text/event-stream" if stream_asked else "text/plain"
+        resp_ctype = _storable("providerResponse.headers.content-type", resp_headers.get("content-type", default_ctype))
+    elif resp.json_ is not None:
+        resp_body, resp_ctype = _json_bytes(resp.json_, "providerResponse.json"), "application/json"
+    elif resp.textBody is not None:
+        resp_body = b""
+        resp_ctype = _storable("providerResponse.headers.content-type", resp_headers.get("content-type", "text/plain"))
     else:
         resp_body, resp_ctype = b"", ""
     table = PROVIDER_TABLE.get(provider)
     # the table says how each provider's answers carry usage; any other answer is read as OpenAI's
     parsed = parse_response(table.usage_for(path) if table else "openai", resp_body, resp_ctype)
     req_model = req.json_.get("model") if isinstance(req.json_.get("model"), str) else ""
-    model = (parsed.model or req_model).encode(errors="replace").decode()  # a lone surrogate is no text
+    # as the gateway: the answer's model, else the one the path names (Gemini, Azure deployments), else the request's
+    path_model = table.model_in(path) if table else ""
+    model = (parsed.model or path_model or req_model).encode(errors="replace").decode()  # a lone surrogate is no text
     cost = costs.cost(provider, model, parsed.tokens) if parsed.known else None
-    req_body = _json_bytes(req.json_)
+    req_body = _json_bytes(req.json_, "providerRequest.json")
     if payload.timing is not None:
         started, finished = payload.timing.startTime.to_datetime(), payload.timing.endTime.to_datetime()
         ttft = payload.timing.timeToFirstToken
@@ -167,9 +189,9 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
         ttft = None
     ev = events.RequestLogged(
         schema_version=events.SCHEMA_VERSION,
-        request_id=hh.request_id or events.new_request_id(),
+        request_id=hh.request_id,
         org_id=org_id,
-        latency_ms=int((finished - started).total_seconds() * 1000),
+        latency_ms=(finished - started) // _MS,
         time_to_first_token_ms=int(ttft) if ttft is not None else -1,
         status=resp.status,
         provider=provider,
@@ -185,11 +207,17 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
         usage=parsed.logged_usage(),
         cost_usd=cost or 0.0,
         cost_known=cost is not None,
-        streamed=req.json_.get("stream") is True or "text/event-stream" in resp_ctype,
+        streamed=stream_asked or "text/event-stream" in resp_ctype,
         inline=hh.inline_bodies(req_body, "application/json", resp_body, resp_ctype, body_limit),
         source=ASYNC_LOG_SOURCE,
         region=region,
     )
     events.set_time(ev.request_created_at, started)
     events.set_time(ev.response_created_at, finished)
+    if not ev.request_id:
+        # A timed log without a Helicone-Request-Id gets an id from its content, so that sending it again
+        # (after a 503: Kafka may still take the first copy later) replaces it instead of adding a copy.
+        # Untimed logs are timed at arrival: each is its own request.
+        ev.request_id = (str(uuid.uuid5(_ID_NAMESPACE, f"{org_id}/{hashlib.sha256(events.encode(ev)).hexdigest()}"))
+                         if payload.timing is not None else events.new_request_id())
     return ev

@@ -18,7 +18,8 @@ from .models import error_responses
 from .otlp import JSON, PROTOBUF, OtlpError, decode_request, encode_response, to_events
 
 RETRY_AFTER = "5"
-UNAVAILABLE = "the log store (Kafka) did not accept the log in time; nothing was stored, send it again"
+UNAVAILABLE = ("the log store (Kafka) did not acknowledge the log in time; send it again (Kafka may still take "
+               "this copy late: a log with the same request id, or a timed one with the same content, replaces it)")
 
 
 def _invalid(field: str, message: str) -> JSONResponse:
@@ -39,12 +40,14 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             raise HTTPException(503, UNAVAILABLE, {"Retry-After": RETRY_AFTER}) from None
 
     @router.post("/custom/v1/log")
-    async def async_log(payload: AsyncLog, org: str = Depends(org_id)) -> JSONResponse:
+    async def async_log(payload: AsyncLog, request: Request, org: str = Depends(org_id)) -> JSONResponse:
         """Logs a provider call your app made itself (Helicone's async-log payload); the answer
-        comes once the log is in Kafka, and the request shows in the api within about a second."""
+        comes once the log is in Kafka, and the request shows in the api within about a second.
+        Helicone-* headers of this request (user, properties, request id) are read too, under `meta`'s."""
         try:
             ev = to_event(payload, org_id=org, costs=state.costs, region=settings.region,
-                          body_limit=settings.max_logged_body_bytes, now=dt.datetime.now(dt.timezone.utc))
+                          body_limit=settings.max_logged_body_bytes, now=dt.datetime.now(dt.timezone.utc),
+                          headers=_helicone_headers(request.scope["headers"]))
             events.validate(ev)
         except PayloadError as exc:
             return _invalid(exc.field, exc.message)
@@ -81,13 +84,31 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     return router
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    """The decompressed body, held to the same limit as a plain one (413 past it)."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        raise HTTPException(400, "body is not valid gzip (Content-Encoding: gzip)") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise HTTPException(413, f"decompressed body larger than {limit} bytes (max_body_bytes, {env_name('max_body_bytes')})")
+def _helicone_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The Helicone-* headers of a request (lower-case names; values UTF-8, as the gateway reads them)."""
+    out = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        if key.startswith("helicone-") and key != "helicone-auth":
+            try:
+                out[key] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PayloadError(f"headers.{key}", "must be valid UTF-8") from None
     return out
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """The decompressed body, every gzip member of it (RFC 1952: a body may hold several, one after
+    another), held to the same limit as a plain one (413 past it)."""
+    out, rest = bytearray(), data
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))  # >= 1: never 0, which means "no limit"
+        except zlib.error:
+            raise HTTPException(400, "body is not valid gzip (Content-Encoding: gzip)") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise HTTPException(413, f"decompressed body larger than {limit} bytes (max_body_bytes, {env_name('max_body_bytes')})")
+        rest = inflater.unused_data
+        if not inflater.eof or not rest:
+            return bytes(out)

@@ -143,7 +143,7 @@ def to_events(msg: ExportTraceServiceRequest, *, org_id: str, costs: CostRegistr
                 try:
                     ev = span_event(span, attrs, org_id=org_id, costs=costs, region=region, body_limit=body_limit)
                     events.validate(ev)
-                except (ValueError, HeaderError) as exc:  # EventError is a ValueError
+                except (ValueError, HeaderError, RecursionError) as exc:  # EventError is a ValueError
                     out.rejected += 1
                     out.first_problem = out.first_problem or f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]: {exc}"
                     continue
@@ -192,7 +192,7 @@ def _json_attr(value: Any) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to read: kept as the text it is
             return value
     return value
 
