@@ -569,3 +569,23 @@ async def test_a_timed_log_sent_again_after_a_503_is_stored_once(logging_api, ka
     got = await consume(kafka_bootstrap, topic, 3, timeout=5)
     stored = {(ev.org_id, ev.request_id) for ev in got}  # ingest keeps one log per (org, request id)
     assert len(stored) == 2, f"{len(stored)} logs stored after one 200, one 503 and its retry"
+
+
+@pytest.mark.parametrize("url", [
+    "generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent?key=AIzaNOT-A-REAL-KEY",
+    "grpc://models.example.invalid/v1/chat?api_key=NOT-A-REAL-KEY#frag",
+])
+def test_a_url_without_an_http_scheme_is_stored_without_its_query(url):
+    """An http(s) URL is stored as base URL and path, never its query; one without that scheme used to be
+    stored whole, with a key in its query (Gemini's ?key=) kept in the log."""
+    import datetime as dt
+
+    from helicone_api.async_log import AsyncLog, to_event
+    from helicone_core.cost import CostRegistry
+
+    p = AsyncLog.model_validate({"providerRequest": {"url": url, "json": {"model": "m"}},
+                                 "providerResponse": {"status": 200, "json": {}}})
+    ev = to_event(p, org_id="o", costs=CostRegistry.default(), region="", body_limit=1 << 20,
+                  now=dt.datetime.now(dt.timezone.utc))
+    assert "NOT-A-REAL-KEY" not in ev.path and "NOT-A-REAL-KEY" not in ev.target_url, (ev.path, ev.target_url)
+    assert ev.path == url.split("?")[0]

@@ -115,13 +115,14 @@ def _provider(given: str | None, url: str) -> str:
 
 
 def _target(url: str) -> tuple[str, str]:
-    """(base URL without credentials, path) of an absolute http(s) URL; ("", url) for a name."""
+    """(base URL without credentials, path) of an absolute http(s) URL; ("", url) for a name. Never the
+    query or fragment: a provider's key may be there (Gemini's ?key=)."""
     parts = urlsplit(url)
     if parts.scheme in ("http", "https") and parts.hostname:
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{host}{port}", parts.path or "/"
-    return "", url
+    return "", url.split("?", 1)[0].split("#", 1)[0]
 
 
 def _json_bytes(doc: Any, field: str) -> bytes:
