@@ -239,18 +239,24 @@ async def test_a_record_without_a_value_is_dead_lettered_and_the_events_after_it
     await eventually(written, "the events after the null record written", timeout=30)
     await eventually(lambda: _dead_letters(svc), "the null record dead-lettered", timeout=10)
     # the dead letter is the record as it came: its key (the identity, for a replay) and no value
-    consumer = AIOKafkaConsumer(topic + ".dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        [letter] = (await consumer.getmany(timeout_ms=5000)).popitem()[1]
-    finally:
-        await consumer.stop()
+    letter = await _the_dead_letter(bootstrap, topic)
     assert (letter.key, letter.value) == (key, None)
     assert dict(letter.headers)["x-helicone-error"].startswith(b"record has no value")
 
 
 async def _dead_letters(svc: IngestService) -> bool:
     return (svc.metrics.registry.get_sample_value("helicone_ingest_dead_letters_total") or 0) == 1
+
+
+async def _the_dead_letter(bootstrap: str, topic: str):
+    """The one record of the topic's dead-letter topic."""
+    consumer = AIOKafkaConsumer(topic + ".dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        [letter] = (await consumer.getmany(timeout_ms=5000)).popitem()[1]
+    finally:
+        await consumer.stop()
+    return letter
 
 
 async def test_a_dead_letter_keeps_its_record_key(ingest):
@@ -265,12 +271,7 @@ async def test_a_dead_letter_keeps_its_record_key(ingest):
     finally:
         await producer.stop()
     await eventually(lambda: _dead_letters(svc), "the record dead-lettered", timeout=30)
-    consumer = AIOKafkaConsumer(topic + ".dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        [letter] = (await consumer.getmany(timeout_ms=5000)).popitem()[1]
-    finally:
-        await consumer.stop()
+    letter = await _the_dead_letter(bootstrap, topic)
     assert (letter.key, letter.value) == (key, b"\x00not an event")
 
 
