@@ -65,6 +65,7 @@ CLOSED = None  # queued to end a watch when the server stops
 # An open watch asks again whether its key is still accepted at each change and at least this often: a
 # revoked key's stream ends (UNAUTHENTICATED) instead of telling its holder of the org's changes for good.
 WATCH_KEY_CHECK_SECONDS = 2.0
+_NO_CHANGE = object()
 
 
 class PromptChanges:
@@ -452,15 +453,12 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
                 try:
                     prompt_id = await wait_for(q.get(), WATCH_KEY_CHECK_SECONDS)
                 except TimeoutError:
-                    prompt_id = ANYTHING  # nothing changed: only the key is checked
-                    quiet = True
-                else:
-                    quiet = False
+                    prompt_id = _NO_CHANGE  # only the key is checked
                 if prompt_id is CLOSED:
                     return
                 if self.keys.lookup(key) != org:  # loaded (the watch opened): it answers from its copy
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked Helicone API key")
-                if not quiet:
+                if prompt_id is not _NO_CHANGE:
                     yield prompts_pb2.PromptChanged(prompt_id=prompt_id)
         finally:
             self.changes.unsubscribe(org, q)
