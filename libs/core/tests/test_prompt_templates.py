@@ -64,3 +64,16 @@ def test_changed_fields():
     assert templates.changed_fields(None, {"model": "a", "messages": []}) == ["messages", "model"]
     assert templates.changed_fields({"model": "a", "temperature": 1}, {"model": "b", "tools": []}) == ["model", "temperature", "tools"]
     assert templates.changed_fields({"model": "a"}, {"model": "a"}) == []
+
+
+@pytest.mark.parametrize("depth", [500, 950])
+def test_a_template_too_deep_to_render_is_refused_when_saved_and_when_rendered(depth):
+    """Nested below the JSON parser's limit but past what rendering can walk: it was saved, and then
+    every render raised RecursionError (a 500 in the gateway, UNKNOWN from the prompts service)."""
+    deep = '{"model": "m", "messages": [], "x": ' + "[" * depth + "]" * depth + "}"
+    with pytest.raises(templates.TemplateError, match="nests deeper than 100 levels"):
+        templates.validate(deep)
+    with pytest.raises(templates.TemplateError, match="nests deeper than 100 levels"):
+        templates.render(deep, {})  # one stored before the check
+    ok = '{"model": "m", "messages": [], "x": ' + "[" * 99 + "]" * 99 + "}"
+    assert templates.validate(ok) and json.loads(templates.render(ok, {}))["model"] == "m"

@@ -22,6 +22,9 @@ ENVIRONMENT_FORM = "1-64 characters of a-z, 0-9, '_', '-' (e.g. production, stag
 PLACEHOLDER = re.compile(r"\{\{\s*(hc:)?([A-Za-z_][A-Za-z0-9_\-]*)(?::([A-Za-z]+))?\s*\}\}")
 TYPES = ("string", "number", "boolean")
 MAX_INT = 10**308  # a number input beyond a double's range is refused, as float("1e400") is
+# Deeper templates are refused: rendering walks them recursively (a request body nests a few levels; a
+# JSON schema in tools or response_format a few dozen at most).
+MAX_DEPTH = 100
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -64,6 +67,18 @@ def _strings(node: Any):
         elif isinstance(item, dict):
             for k, v in reversed(item.items()):
                 stack.extend((v, k))
+
+
+def _depth(node: Any) -> int:
+    """How deeply lists and objects nest in a parsed template (a scalar: 0)."""
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _matches(template: str | Any):
@@ -113,6 +128,8 @@ def validate(template_json: str) -> dict:
         raise TemplateError("template field 'tools' must be a list")
     if "response_format" in doc and not isinstance(doc["response_format"], dict):
         raise TemplateError("template field 'response_format' must be an object")
+    if _depth(doc) > MAX_DEPTH:
+        raise TemplateError(f"template nests deeper than {MAX_DEPTH} levels")
     if any("\x00" in text for text in _strings(doc)):
         raise TemplateError("template contains a NUL character (\\u0000), which cannot be stored")
     typed_variables(doc)
@@ -181,4 +198,7 @@ def render(template_json: str, inputs: dict[str, Any]) -> str:
             return {PLACEHOLDER.sub(lambda m: _text(values[m.group(2)]), k): fill(v) for k, v in node.items()}
         return node
 
-    return json.dumps(fill(doc), ensure_ascii=False)
+    try:
+        return json.dumps(fill(doc), ensure_ascii=False)
+    except RecursionError:  # a template stored before MAX_DEPTH was checked
+        raise TemplateError(f"template nests deeper than {MAX_DEPTH} levels") from None
