@@ -50,7 +50,7 @@ def _parse(template_json: str) -> Any:
     except TemplateError:
         raise
     except RecursionError:
-        raise TemplateError("template is nested too deeply") from None
+        raise TemplateError(f"template nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise TemplateError(f"template is not valid JSON: {exc}") from exc
 
