@@ -589,3 +589,27 @@ def test_a_url_without_an_http_scheme_is_stored_without_its_query(url):
                   now=dt.datetime.now(dt.timezone.utc))
     assert "NOT-A-REAL-KEY" not in ev.path and "NOT-A-REAL-KEY" not in ev.target_url, (ev.path, ev.target_url)
     assert ev.path == url.split("?")[0]
+
+
+@pytest.mark.parametrize("given, provider, url", [
+    ("GOOGLE", "gemini", "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"),
+    ("gemini", "gemini", "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"),
+    ("X", "xai", "https://api.x.ai/v1/chat/completions"),
+    ("OPENAI", "openai", "https://api.openai.com/v1/chat/completions"),
+])
+def test_helicones_provider_names_are_read_as_the_providers_they_name(given, provider, url):
+    """Helicone's SDK sends its own provider names (GOOGLE for Gemini, X for xAI): read as such, the
+    answer's usage is read the provider's way (Gemini's usageMetadata), not as an unknown provider's."""
+    import datetime as dt
+
+    from helicone_api.async_log import AsyncLog, to_event
+    from helicone_core.cost import CostRegistry
+
+    answer = ({"candidates": [], "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3}} if provider == "gemini"
+              else {"model": "m", "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+    p = AsyncLog.model_validate({"provider": given,
+                                 "providerRequest": {"url": url, "json": {"model": "m"}},
+                                 "providerResponse": {"status": 200, "json": answer}})
+    ev = to_event(p, org_id="o", costs=CostRegistry.default(), region="", body_limit=1 << 20,
+                  now=dt.datetime.now(dt.timezone.utc))
+    assert (ev.provider, ev.usage.known, ev.usage.prompt_tokens, ev.usage.completion_tokens) == (provider, True, 5, 3)

@@ -102,9 +102,14 @@ def log_headers(meta: dict[str, str], field: str, out: LogHeaders | None = None)
     return out
 
 
+# Helicone's own names for providers it names otherwise than our provider table does (its SDK sends them)
+HELICONE_PROVIDER_NAMES = {"google": "gemini", "x": "xai"}
+
+
 def _provider(given: str | None, url: str) -> str:
     if given and given.strip():
-        return given.strip().lower()
+        name = given.strip().lower()
+        return HELICONE_PROVIDER_NAMES.get(name, name)
     host = (urlsplit(url).hostname or "") if "://" in url else ""
     for provider_host, name in _HOST_PROVIDERS:
         if host == provider_host or host.endswith("." + provider_host):
