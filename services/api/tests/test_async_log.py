@@ -613,3 +613,23 @@ def test_helicones_provider_names_are_read_as_the_providers_they_name(given, pro
     ev = to_event(p, org_id="o", costs=CostRegistry.default(), region="", body_limit=1 << 20,
                   now=dt.datetime.now(dt.timezone.utc))
     assert (ev.provider, ev.usage.known, ev.usage.prompt_tokens, ev.usage.completion_tokens) == (provider, True, 5, 3)
+
+
+@pytest.mark.parametrize("given, provider", [("x_ai", "xai"), ("gcp.gemini", "gemini"), ("mistral_ai", "mistral"),
+                                             ("az.ai.openai", "azure"), ("OpenAI", "openai"), ("acme-llm", "acme-llm")])
+def test_otel_provider_names_are_stored_under_the_gateways_names(given, provider):
+    """OpenTelemetry's gen_ai.provider.name values (x_ai, gcp.gemini, ...) are stored under the names the
+    gateway logs the same providers by, so a breakdown or filter by provider counts them together."""
+    import base64
+
+    from google.protobuf import json_format
+    from helicone_api.otlp import to_events
+    from helicone_core.cost import CostRegistry
+
+    doc = _otlp_json([_span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", {**GENAI, "gen_ai.provider.name": given})])
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        span["traceId"] = base64.b64encode(bytes.fromhex(span["traceId"])).decode()
+        span["spanId"] = base64.b64encode(bytes.fromhex(span["spanId"])).decode()
+    out = to_events(json_format.ParseDict(doc, ExportTraceServiceRequest()), org_id="o", costs=CostRegistry.default(),
+                    region="", body_limit=1 << 20)
+    assert [ev.provider for ev in out.events] == [provider]

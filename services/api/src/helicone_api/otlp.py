@@ -29,6 +29,9 @@ OTLP_SOURCE = "otlp"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 # Spans with any of these attributes are GenAI calls; the rest are skipped (not rejected).
+# OpenTelemetry's gen_ai.provider.name values for providers the gateway logs under other names
+OTEL_PROVIDER_NAMES = {"x_ai": "xai", "gcp.gemini": "gemini", "gcp.gen_ai": "gemini", "mistral_ai": "mistral",
+                       "az.ai.openai": "azure", "azure.ai.openai": "azure"}
 GENAI_MARKERS = ("gen_ai.provider.name", "gen_ai.system", "gen_ai.operation.name", "gen_ai.request.model",
                  "gen_ai.response.model")
 _ID_NAMESPACE = uuid.UUID("6f1c7b7e-2f0c-4f35-9b0e-3c1c1e5f2a10")  # request ids of spans: uuid5(this, trace/span)
@@ -245,7 +248,8 @@ def span_event(span, attrs: dict, *, org_id: str, costs: CostRegistry, region: s
     if end > LATEST_NANOS:
         raise ValueError("endTimeUnixNano is after 2299-12-31 (the newest time the log store keeps)")
     hh = _span_headers(attrs)
-    provider = (_text(attrs, "gen_ai.provider.name", "gen_ai.system").lower() or events.CUSTOM_PROVIDER)[:MAX_PROVIDER]
+    provider = _text(attrs, "gen_ai.provider.name", "gen_ai.system").lower()
+    provider = (OTEL_PROVIDER_NAMES.get(provider, provider) or events.CUSTOM_PROVIDER)[:MAX_PROVIDER]
     req_model = _text(attrs, "gen_ai.request.model")
     model = _text(attrs, "gen_ai.response.model") or req_model
     prompt = _count(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
