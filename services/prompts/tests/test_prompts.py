@@ -396,3 +396,20 @@ async def test_a_watch_ends_once_its_key_is_revoked(env, monkeypatch):
         assert (await asyncio.wait_for(watch.read(), 5)).prompt_id == "after"
     finally:
         await pool.close()
+
+
+async def test_an_archive_waits_for_a_version_being_created_under_the_prompts_lock(env):
+    """CreatePromptVersion checks that the prompt is not archived under the prompt's advisory lock; an
+    ArchivePrompt that does not take it can land between that check and the insert, leaving a version
+    added to an archived prompt and the archive's version count short."""
+    await env.create("locked")
+    pool = await db.connect_pool(env.dsn, max_size=1)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{env.org}/locked")  # a create under way
+            archive = asyncio.ensure_future(env.stub.ArchivePrompt(pb.ArchivePromptRequest(prompt_id="locked"), metadata=env.auth))
+            await asyncio.sleep(0.5)
+            assert not archive.done()
+        assert (await asyncio.wait_for(archive, 5)).versions == 1
+    finally:
+        await pool.close()

@@ -433,6 +433,8 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
 
         async def archive(conn):
             async with conn.transaction():
+                # the lock CreatePromptVersion checks "not archived" under: no version lands on an archived prompt
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{org}/{prompt_id}")
                 found = await conn.fetchval(
                     "UPDATE prompts SET archived_at = coalesce(archived_at, now()) WHERE org_id=$1 AND prompt_id=$2 RETURNING 1",
                     org, prompt_id)
