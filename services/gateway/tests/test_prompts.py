@@ -343,6 +343,42 @@ async def test_a_change_announced_while_a_fetch_is_in_flight_is_not_cached_as_fr
         never.cancel()
 
 
+async def test_an_orgs_change_stream_closes_once_nothing_of_the_org_is_cached(tmp_path):
+    """One WatchPrompts stream per org whose prompts are cached: once the cache bound evicted the last of
+    an org's entries, its stream goes (it used to stay open for every org ever seen)."""
+    import asyncio
+    import itertools
+
+    from helicone_core.metrics import ServiceMetrics
+    from helicone_gateway import prompt_rpc
+
+    class Stub:
+        async def GetPrompt(self, request, metadata, timeout):
+            return pb.PromptVersion(prompt_id=request.prompt_id, version=1, template_json="{}")
+
+        def WatchPrompts(self, request, metadata):
+            async def never():
+                await asyncio.get_running_loop().create_future()
+                yield
+            return never()
+
+    resolver = gateway_prompts.PromptResolver(
+        GatewaySettings(data_dir=tmp_path, _env_file=None, prompt_cache_max_entries=2), ServiceMetrics("gateway", ""))
+    resolver._rpc, resolver._stubs = prompt_rpc, itertools.cycle([Stub()])
+    try:
+        await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p1"))
+        await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p2"))
+        await resolver.version("k", "org-b", gateway_prompts.PromptRequest("p1"))  # evicts org-a's p1, not all of org-a
+        assert set(resolver._watches) == {"org-a", "org-b"}
+        stream_a = resolver._watches["org-a"]
+        await resolver.version("k", "org-c", gateway_prompts.PromptRequest("p1"))  # evicts org-a's last entry
+        assert set(resolver._watches) == {"org-b", "org-c"}
+        await asyncio.sleep(0)
+        assert stream_a.cancelled()
+    finally:
+        await resolver.stop()
+
+
 async def test_while_the_prompts_service_hangs_a_cached_prompt_serves_without_waiting_each_time(fresh_db_dsn, tmp_path):
     """A prompts service that accepts connections but never answers (hung, or a black-holed network):
     the first request past the TTL waits out the deadline and serves the cached version; the ones

@@ -14,6 +14,7 @@ prompts service configured (HELICONE_PROMPTS_TARGET), when it starts."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -167,6 +168,7 @@ class PromptResolver:
         self._channels: list = []  # grpc.aio.Channel
         self._stubs: itertools.cycle | None = None
         self._watches: dict[str, asyncio.Task] = {}  # org -> its change stream
+        self._org_entries: collections.Counter[str] = collections.Counter()  # org -> its entries in _cache
         self.m_lookups = metrics.counter("helicone_gateway_prompt_lookups_total", "Prompt versions looked up", ("result",))
         self.m_invalidated = metrics.counter("helicone_gateway_prompt_cache_invalidations_total",
                                              "Cached prompt versions expired by a change from the prompts service")
@@ -243,10 +245,18 @@ class PromptResolver:
         if watch is None or watch.done():
             self._watches[org] = asyncio.get_running_loop().create_task(self._watch(org, key), name=f"prompt-watch-{org}")
         # a change announced while the answer was on its way may postdate what it read: re-check on next use
+        if cache_key not in self._cache:
+            self._org_entries[org] += 1
         self._cache[cache_key] = _Entry(found, -self.ttl if cache_key in self._raced else asked)
         self._cache.move_to_end(cache_key)
         while len(self._cache) > self.settings.prompt_cache_max_entries:
-            self._cache.popitem(last=False)
+            (gone, *_), _ = self._cache.popitem(last=False)
+            self._org_entries[gone] -= 1
+            if not self._org_entries[gone]:  # nothing of the org's is cached: its change stream has nothing to expire
+                del self._org_entries[gone]
+                watch = self._watches.pop(gone, None)
+                if watch is not None:
+                    watch.cancel()
         return found
 
     # ---- invalidation --------------------------------------------------------------------
