@@ -87,6 +87,17 @@ def test_topics_are_the_codes_topics():
     assert CommonSettings(kafka_topic_partitions=log["partitions"]).kafka_topic_partitions == 12
 
 
+def test_the_topics_take_the_largest_record_the_producers_send():
+    """Kafka's default max.message.bytes (1 MiB) refuses an event with two large bodies, which the
+    producers (max_request_size MAX_RECORD_BYTES) send: the gateway would retry and spool it for ever and
+    the api answer 503 to every retry. A dead letter is such a record with an error header added."""
+    from helicone_core.kafka import MAX_RECORD_BYTES
+
+    for _, topic in all_documents():
+        if topic["kind"] == "KafkaTopic":
+            assert topic["spec"]["config"].get("max.message.bytes", 1_048_588) >= MAX_RECORD_BYTES + 64 * 1024, topic_name(topic)
+
+
 def test_kafka_is_kraft_with_three_brokers_enough_for_the_topics():
     kafka = only("Kafka")
     pools = [d for _, d in all_documents() if d["kind"] == "KafkaNodePool"]

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 # The options of a plain connection: what the embedded broker (Tansu, loopback only) speaks.
 PLAINTEXT: Mapping[str, Any] = {"security_protocol": "PLAINTEXT"}
+# The largest record the gateway's and the api's producers send (their max_request_size): an event with
+# two bodies at the logged-body limit and its properties. The cluster's topics must take it (k8s/kafka.yaml:
+# max.message.bytes; Kafka's default, 1 MiB, would refuse it on every retry).
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 
 
 def client_security(settings: CommonSettings) -> dict[str, Any]:

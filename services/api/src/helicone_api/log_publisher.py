@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from helicone_core import events
 from helicone_core.cancellation import wait_for
-from helicone_core.kafka import client_security, ping_broker
+from helicone_core.kafka import MAX_RECORD_BYTES, client_security, ping_broker
 from helicone_core.metrics import ServiceMetrics
 
 from .settings import ApiSettings
@@ -81,7 +81,7 @@ class LogPublisher:
                 return self._producer
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, **self.security, acks="all", linger_ms=2,
-                request_timeout_ms=max(1000, int(self.timeout * 1000)), max_request_size=4 * 1024 * 1024,
+                request_timeout_ms=max(1000, int(self.timeout * 1000)), max_request_size=MAX_RECORD_BYTES,
             )
             try:
                 await wait_for(producer.start(), timeout)

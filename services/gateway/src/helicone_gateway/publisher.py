@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from helicone_core import events
 from helicone_core.cancellation import raise_if_cancelling, wait_for
-from helicone_core.kafka import ensure_topics, ping_broker
+from helicone_core.kafka import MAX_RECORD_BYTES, ensure_topics, ping_broker
 from helicone_core.metrics import ServiceMetrics
 
 from .journal import Journal, RecordRef, Segment
@@ -732,7 +732,7 @@ class EventPublisher:
             max_batch_size=self.max_batch_bytes,
             compression_type=self.compression,
             request_timeout_ms=int(timeout * 1000),
-            max_request_size=4 * 1024 * 1024,
+            max_request_size=MAX_RECORD_BYTES,
         )
         self._producer = producer
         await wait_for(producer.start(), timeout)
