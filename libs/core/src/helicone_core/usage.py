@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .cost import TokenCounts
 from .events import Usage
+from .jsontext import json_object
 
 
 @dataclass
@@ -461,11 +462,8 @@ def _parse_gemini_sse(text: str) -> Parsed:
 def request_model(body: bytes) -> tuple[str, bool]:
     """(model, stream) from a JSON request body; ("", False) for one that is not JSON or nests past the
     recursion limit (the request is logged all the same)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return "", False
-    if not isinstance(doc, dict):
+    doc = json_object(body)
+    if doc is None:
         return "", False
     model = doc.get("model") if isinstance(doc.get("model"), str) else ""
     return model, doc.get("stream") is True
@@ -476,11 +474,8 @@ def with_stream_usage(body: bytes) -> bytes:
     already ask for usage gets `stream_options.include_usage = true`, so the stream's last chunk
     carries the usage the log needs. Anything else (not JSON, not a stream, usage already asked
     for, a stream_options that is not an object) is returned as it came, byte for byte."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return body
-    if not isinstance(doc, dict) or doc.get("stream") is not True:
+    doc = json_object(body)
+    if doc is None or doc.get("stream") is not True:
         return body
     options = doc.get("stream_options")
     if options is None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
+from helicone_core.jsontext import json_object
 from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway's modules and tests read them here
     MAX_PROPERTIES,
     OMIT_REQUEST,
@@ -151,11 +151,8 @@ def _prompt_request(values: dict[str, str]) -> PromptRequest:
             raise HeaderError("give Helicone-Prompt-Version or Helicone-Prompt-Environment, not both")
         inputs: object = {}
         if "helicone-prompt-inputs" in values:
-            try:
-                inputs = json.loads(values["helicone-prompt-inputs"])
-            except (ValueError, RecursionError):
-                inputs = None
-            if not isinstance(inputs, dict):
+            inputs = json_object(values["helicone-prompt-inputs"])
+            if inputs is None:
                 raise HeaderError("Helicone-Prompt-Inputs must be a JSON object of variable values, "
                                   'e.g. {"topic": "billing", "max_words": 50}')
         return PromptRequest(

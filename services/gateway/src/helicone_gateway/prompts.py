@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from helicone_core import prompt_templates as templates
+from helicone_core.jsontext import json_object
 from helicone_core.metrics import ServiceMetrics
 
 from .settings import GatewaySettings
@@ -296,15 +297,10 @@ class PromptResolver:
     async def apply(self, key: str, org: str, provider: str, body: bytes,
                     from_headers: PromptRequest | None) -> tuple[bytes, PromptUse | None]:
         """The body to forward and what to log; (body, None) when the body names no prompt after all."""
-        try:
-            doc = json.loads(body) if body.strip() else {}
-        except (ValueError, RecursionError):
+        doc = json_object(body) if body.strip() else {}
+        if doc is None:
             if from_headers is None:
-                return body, None  # not JSON: the marker was elsewhere; forwarded untouched
-            raise PromptError(400, "a request with Helicone-Prompt-Id must have a JSON object body (or none)") from None
-        if not isinstance(doc, dict):
-            if from_headers is None:
-                return body, None
+                return body, None  # not a JSON object: the marker was elsewhere; forwarded untouched
             raise PromptError(400, "a request with Helicone-Prompt-Id must have a JSON object body (or none)")
         if from_headers is not None:
             req = from_headers

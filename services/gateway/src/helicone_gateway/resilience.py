@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from helicone_core.events import PROVIDERS
+from helicone_core.jsontext import json_object
 
 RETRY_PREFIX = "helicone-retry-"
 RETRY_ENABLED = "Helicone-Retry-Enabled"
@@ -225,11 +226,8 @@ def _override(raw: Any, where: str) -> dict[str, Any] | None:
 def merge_body(body: bytes, override: dict[str, Any], where: str) -> bytes:
     """The JSON object body with `override` merged in (objects merge key by key, anything else
     replaces); ResilienceError when the body is not a JSON object."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        doc = None
-    if not isinstance(doc, dict):
+    doc = json_object(body)
+    if doc is None:
         raise ResilienceError(f'{where}."bodyKeyOverride" needs a JSON object request body')
     return json.dumps(_merge(doc, override), separators=(",", ":")).encode()
 

@@ -23,6 +23,7 @@ from helicone_core import db
 from helicone_core import prompt_templates as templates
 from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.db import KeyStoreUnavailable, bearer_token
+from helicone_core.jsontext import json_object
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import Check, ServiceMetrics, readiness
 
@@ -359,11 +360,8 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
         org, prompt_id, version, environment = await self._selector(request, context)
         inputs: dict = dict(request.inputs)
         if request.inputs_json:
-            try:
-                extra = json.loads(request.inputs_json)
-            except (ValueError, RecursionError):
-                extra = None
-            if not isinstance(extra, dict):
+            extra = json_object(request.inputs_json)
+            if extra is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "inputs_json must be a JSON object of variable values")
             inputs.update(extra)
         row = await self._db(context, lambda conn: self._select(conn, org, prompt_id, version, environment, context))
