@@ -397,3 +397,26 @@ async def test_non_finite_costs_and_odd_strings_are_written_as_the_json_module_w
     got = await store.query("SELECT model, toString(cost_usd) AS cost FROM {db}.request_log FINAL WHERE org_id = 'org-nan' "
                             "ORDER BY model")
     assert {r["model"]: r["cost"] for r in got} == {"inf": "inf", "minus": "-inf", "nan": "nan", "plain": "0.5"}
+
+
+async def test_an_insert_refused_for_a_value_of_its_rows_is_told_from_one_that_may_pass(analytics_store, tmp_path):
+    """Ingest dead-letters the rows ClickHouse refuses for their values (retried, they would hold their
+    partition for good) and retries every other failed insert: rows_refused tells the two apart, on
+    both backends (chDB's error and clickhouse-connect's quote ClickHouse's)."""
+    store = analytics_store
+    values = events.analytics_values(_event("org-1", T0), "k1", "k2", 1, 1, "", "", False)
+    values[events.ANALYTICS_COLUMNS.index("request_bytes")] = -1  # UInt64: CANNOT_PARSE_NUMBER
+    with pytest.raises(Exception) as refused:
+        await store.insert_values("request_log", events.ANALYTICS_COLUMNS, [values])
+    assert analytics.rows_refused(refused.value), refused.value
+    with pytest.raises(Exception) as missing:  # UNKNOWN_TABLE: a deployment's fault, not the rows'
+        await store.insert_values("no_such_table", ("a",), [[1]])
+    assert not analytics.rows_refused(missing.value), missing.value
+    if isinstance(store, analytics.ClickHouseServerStore):  # nothing listens there: unreachable, not refused
+        from tests.support.net import free_port
+
+        gone = analytics.ClickHouseServerStore(f"http://127.0.0.1:{free_port()}", "default", "", store.database)
+        with pytest.raises(Exception) as down:
+            await gone.insert_values("request_log", events.ANALYTICS_COLUMNS, [values])
+        assert not analytics.rows_refused(down.value), down.value
+        await gone.close()

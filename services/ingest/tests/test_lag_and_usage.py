@@ -30,6 +30,7 @@ class HeldAnalytics:
         self.open.set()
         self.failures = 0
         self.attempts = 0
+        self.refuse: str | None = None  # a request id whose row gets a value ClickHouse cannot read
 
     async def init_schema(self) -> None:
         await self.store.init_schema()
@@ -40,6 +41,9 @@ class HeldAnalytics:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("clickhouse unreachable (test)")
+        if self.refuse is not None:
+            rid, size = names.index("request_id"), names.index("request_bytes")
+            rows = [[*r[:size], -1, *r[size + 1:]] if r[rid] == self.refuse else r for r in rows]
         await self.store.insert_values(table, names, rows)
 
     async def query(self, sql, params=None):
@@ -297,3 +301,23 @@ async def test_a_large_undecodable_record_is_dead_lettered_and_the_events_after_
 
     await eventually(lambda: _dead_letters(svc), "the large record dead-lettered", timeout=30)
     await eventually(written, "the events after the large record written", timeout=30)
+
+
+async def test_an_event_whose_row_clickhouse_refuses_is_dead_lettered_and_its_partition_goes_on(ingest):
+    """One row ClickHouse refuses for a value (here -1 in a UInt64 column) failed its batch's insert on every
+    retry: the partition stood still for good. It now goes to the dead-letter topic, as its record with
+    ClickHouse's reason, and the events around it, and after it, are written."""
+    svc, analytics, bootstrap, topic = ingest
+    evs = [event(model=f"m-{i}") for i in range(5)]
+    analytics.refuse = evs[2].request_id
+    await produce(bootstrap, topic, evs)
+    await eventually(lambda: _dead_letters(svc), "the refused event dead-lettered", timeout=30)
+    letter = await _the_dead_letter(bootstrap, topic)
+    assert (events.decode(letter.value), letter.key) == (evs[2], events.message_key(evs[2]))
+    assert dict(letter.headers)["x-helicone-error"].startswith(b"ClickHouse refused its row: Code: 72.")
+    await produce(bootstrap, topic, [event(model="after")])
+
+    async def written():
+        return await rows(svc) == 5
+
+    await eventually(written, "the other events and the one after written", timeout=30)

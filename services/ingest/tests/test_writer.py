@@ -369,3 +369,57 @@ async def test_values_past_a_column_range_are_not_wrapped_around(writer):
     [row] = await analytics.query(
         "SELECT latency_ms, fallback_index FROM {db}.request_log WHERE request_id = {rid:UUID}", {"rid": ev.request_id})
     assert (row["latency_ms"], row["fallback_index"]) == (2**32 - 1, 2**16 - 1)
+
+
+class RefusingOneRow:
+    """A real chDB store given one row with a value ClickHouse cannot read (-1 in request_bytes, a UInt64 column), as
+    an event a future producer or a missed clamp could make: ClickHouse refuses the insert of any batch holding it."""
+
+    def __init__(self, store: ChdbStore, request_id: str) -> None:
+        self.store, self.request_id, self.inserts = store, request_id, 0
+
+    async def insert_values(self, table, names, rows):
+        self.inserts += 1
+        rid, size = names.index("request_id"), names.index("request_bytes")
+        rows = [[*r[:size], -1, *r[size + 1:]] if r[rid] == self.request_id else r for r in rows]
+        await self.store.insert_values(table, names, rows)
+
+
+async def test_a_row_clickhouse_refuses_is_handed_back_to_dead_letter_and_the_rest_of_its_batch_is_written(writer):
+    """Retried, a batch holding a row ClickHouse refuses would fail for ever, and its partition with it: the writer
+    inserts the batch in halves down to the refused row, writes every other event (rows, metadata, usage), and hands
+    the refused event back, as its record (value and key), with ClickHouse's reason, for ingest to dead-letter."""
+    w, analytics, _, pool = writer
+    evs = [event(user_id=f"user-{i}") for i in range(9)]
+    bad = evs[4]
+    w.analytics = RefusingOneRow(analytics, bad.request_id)
+    good, _ = w.decode([events.encode(e) for e in evs])
+    [rejected] = await asyncio.wait_for(w.write(good), 30)
+    assert (events.decode(rejected.raw), rejected.key) == (bad, events.message_key(bad))
+    assert "ClickHouse refused its row" in rejected.reason and "CANNOT_PARSE_NUMBER" in rejected.reason
+    assert await count(analytics) == 8 and await count(analytics, bad.request_id) == 0
+    assert w.analytics.inserts <= 1 + 2 * 4  # the whole batch, then two halves per level (9 rows: 4 levels)
+    assert await w.metadata.flush()
+    assert sorted(r["user_id"] for r in await pool.fetch("SELECT user_id FROM request_users")) == sorted(
+        f"user-{i}" for i in range(9) if i != 4)
+    assert w.m_tokens.labels("openai", "gpt-4o-mini", "prompt")._value.get() == 8 * 3  # the refused one not counted
+
+
+async def test_a_store_that_is_down_still_fails_the_write_for_the_caller_to_retry(writer):
+    """Only a refusal for the rows' values is handed back: ClickHouse unreachable (or any other failure) fails the
+    write as before, and no event is dead-lettered."""
+    w, analytics, _, _ = writer
+
+    class Down:
+        inserts = 0
+
+        async def insert_values(self, *a):
+            Down.inserts += 1
+            raise ConnectionError("clickhouse down")
+
+    w.analytics = Down()
+    good, _ = w.decode([events.encode(event()) for _ in range(4)])
+    with pytest.raises(ConnectionError):
+        await w.write(good)
+    assert Down.inserts == 1  # not split: every half would fail the same way
+

@@ -520,6 +520,25 @@ def _param_element(value: Any) -> str:
     return str(value)
 
 
+# ClickHouse's codes (errorCodeToName gives each name) for an insert it refuses because of a value in its rows: one it
+# cannot parse or convert into its column's type (CANNOT_PARSE_*, TYPE_MISMATCH, CANNOT_CONVERT_TYPE, INCORRECT_DATA,
+# VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, TOO_LARGE_STRING_SIZE, ...). Such an insert fails the same way however often it is
+# retried; any other failure (the server unreachable, overloaded, out of memory) may pass.
+ROW_REFUSAL_CODES = frozenset({6, 25, 26, 27, 38, 41, 53, 69, 70, 72, 117, 128, 131, 321, 349, 376, 407, 441, 467, 632, 675, 676})
+# how both backends' errors quote ClickHouse's (chDB's ChdbError, clickhouse-connect's DatabaseError)
+_ERROR_CODE = re.compile(r"\bCode: (\d+)\. DB::Exception")
+
+
+def rows_refused(exc: BaseException) -> bool:
+    """The insert failed on a value of its rows (ROW_REFUSAL_CODES), not on the server: retrying the same rows cannot
+    succeed."""
+    quoted = _ERROR_CODE.search(str(exc))
+    if quoted and int(quoted.group(1)) in ROW_REFUSAL_CODES:
+        return True
+    code = getattr(exc, "code", None)  # clickhouse-connect's, from the X-ClickHouse-Exception-Code header
+    return isinstance(code, int) and code in ROW_REFUSAL_CODES
+
+
 class _Inserts:
     """insert and insert_values of both stores, through their _insert(table, JSONColumns document)."""
 

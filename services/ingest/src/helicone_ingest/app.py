@@ -165,13 +165,21 @@ class IngestService:
             return good, bad
 
     async def write_decoded(self, decoded: Decoded, dlq, turn: Turn | None = None) -> None:
-        """Dead-letters decode()'s rejected events and writes the good ones (their rows in `turn`,
-        see BatchWriter.write), each retried until it succeeds; never raises (the batch is
-        acknowledged after it, so giving up would hold its partitions' commits for good)."""
+        """Dead-letters decode()'s rejected events, writes the good ones (their rows in `turn`,
+        see BatchWriter.write) and dead-letters those whose rows ClickHouse refuses, each retried until
+        it succeeds; never raises (the batch is acknowledged after it, so giving up would hold its
+        partitions' commits for good)."""
         good, bad = decoded
         for rejected in bad:
             await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason, r.key), "dead-letter")
-        await self._retry(lambda: self.writer.write(good, turn), "write")
+        refused: list[Rejected] = []
+
+        async def write() -> None:
+            refused[:] = await self.writer.write(good, turn)
+
+        await self._retry(write, "write")
+        for rejected in refused:  # events whose rows ClickHouse refuses (written as they are, they never would be)
+            await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason, r.key), "dead-letter")
 
     async def _dead_letter(self, dlq, raw: bytes | None, reason: str, key: bytes | None = None) -> None:
         # the record as it came (its key too, so a replay lands on the identity's partition); a record

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from helicone_core import events
-from helicone_core.analytics import AnalyticsStore
+from helicone_core.analytics import AnalyticsStore, rows_refused
 from helicone_core.bodies import PACK_CONTENT_TYPE, BodyStore, body_refs
 from helicone_core.cost import CostRegistry
 from helicone_core.metrics import ServiceMetrics
@@ -150,15 +150,16 @@ class BatchWriter:
             rows += step.rows
         return PreparedBatch(batch, packs, rows)
 
-    async def write(self, batch: list[events.RequestLogged] | PreparedBatch, turn: Turn | None = None) -> None:
+    async def write(self, batch: list[events.RequestLogged] | PreparedBatch, turn: Turn | None = None) -> list[Rejected]:
         """Writes a batch (decode's events or prepare's answer); raises on failure, and the caller
         retries the same batch. With a `turn` the rows are inserted in it (after the bodies are
-        stored), and it ends once they are."""
+        stored), and it ends once they are. Returns the events whose rows ClickHouse refused (see
+        _insert_rows), for the caller to dead-letter; the rest are written."""
         if not batch:
             if turn is not None:  # nothing to insert: the turn passes on in its place in the order
                 await turn.wait()
                 turn.end()
-            return
+            return []
         started = time.perf_counter()
         prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
         try:
@@ -169,13 +170,20 @@ class BatchWriter:
         if turn is not None:
             await turn.wait()
         try:
-            await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, prepared.rows)
+            refused = await self._insert_rows(prepared.rows)
         except Exception:
             self.m_write_errors.labels("analytics").inc()
             raise
         if turn is not None:
             turn.end()
         written = prepared.events
+        rejected = []
+        if refused:
+            gone = set(refused)
+            written = [ev for i, ev in enumerate(written) if i not in gone]
+            for i, exc in refused.items():
+                ev = prepared.events[i]
+                rejected.append(Rejected(events.encode(ev), f"ClickHouse refused its row: {exc}", events.message_key(ev)))
         now = time.time()
         observe = self.m_lag.observe
         # the written events' metadata, lag and usage, a step at a time: the next batch's insert,
@@ -197,6 +205,38 @@ class BatchWriter:
                             len(step), exc.__class__.__name__, exc)
         self.m_batches.observe(time.perf_counter() - started)
         self.m_batch_size.observe(len(written))
+        return rejected
+
+    async def _insert_rows(self, rows: list[list]) -> dict[int, Exception]:
+        """Inserts request_log rows. An insert refused for a value of its rows (analytics.rows_refused) would be refused
+        on every retry, holding its partition for good: its rows are then inserted in halves, down to the single rows
+        refused, and the rest go in. Returns {index of a refused row: ClickHouse's error}; any other failure raises (the
+        caller retries the batch: rows already in are replaced by the same rows)."""
+        try:
+            await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, rows)
+            return {}
+        except Exception as exc:
+            if not rows_refused(exc):
+                raise
+            log.warning("ClickHouse refused a batch of %d rows (%s); inserting it in parts to find the rows at fault",
+                        len(rows), exc)
+            refused: dict[int, Exception] = {}
+            await self._insert_parts(rows, list(range(len(rows))), exc, refused)
+            return refused
+
+    async def _insert_parts(self, rows: list[list], part: list[int], exc: Exception, refused: dict[int, Exception]) -> None:
+        """The rows `part` indexes, whose insert as a whole ClickHouse refused with `exc`: each half inserted alone."""
+        if len(part) == 1:
+            refused[part[0]] = exc
+            return
+        half = len(part) // 2
+        for piece in (part[:half], part[half:]):
+            try:
+                await self.analytics.insert_values("request_log", events.ANALYTICS_COLUMNS, [rows[i] for i in piece])
+            except Exception as piece_exc:
+                if not rows_refused(piece_exc):
+                    raise
+                await self._insert_parts(rows, piece, piece_exc, refused)
 
     def usage_labels(self, ev: events.RequestLogged) -> tuple[str, str]:
         """(provider, model) labels of an event: never a string the caller chose."""
