@@ -423,3 +423,28 @@ async def test_a_store_that_is_down_still_fails_the_write_for_the_caller_to_retr
         await w.write(good)
     assert Down.inserts == 1  # not split: every half would fail the same way
 
+
+@pytest.mark.parametrize("year", [1, 1899, 2300, 2600, 9999])
+async def test_a_request_time_outside_the_log_stores_range_is_rejected_not_written_wrong(writer, year):
+    """ClickHouse's DateTime64 keeps 1900 to 2299, and a row's version (the request time in ns, a UInt64) passes 2**64
+    after 2554, where ClickHouse wraps it round: such an event, which any producer of the topic can send (the api
+    refuses those times), was written with a version that no longer says which request is newest. It is rejected, with
+    the field and the range in the reason, for ingest to dead-letter as it came."""
+    w, analytics, _, _ = writer
+    far = event(at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    far.request_created_at.seconds = int(dt.datetime(year, 6, 1, tzinfo=dt.timezone.utc).timestamp())
+    good, bad = w.decode([events.encode(far)])
+    assert good == []
+    [rejected] = bad
+    assert rejected.raw == events.encode(far)
+    assert "request_created_at" in rejected.reason and "1900-01-01" in rejected.reason and "2299-12-31" in rejected.reason
+
+
+async def test_the_edges_of_the_log_stores_range_are_written(writer):
+    w, analytics, _, _ = writer
+    first = event(at=dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc))
+    last = event(at=dt.datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=dt.timezone.utc))
+    good, bad = w.decode([events.encode(first), events.encode(last)])
+    assert bad == []
+    await w.write(good)
+    assert await count(analytics) == 2

@@ -35,7 +35,11 @@ _ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
-_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 and 9999-12-31T23:59:59 UTC
+# The times the log store keeps: the range ClickHouse documents for DateTime64, 1900-01-01 to 2299-12-31T23:59:59 UTC
+# (Unix seconds). Within it a row's version, the request time in ns (event_version), fits its UInt64 column; past
+# 2554 ClickHouse wraps the version round.
+EARLIEST_SECONDS, LATEST_SECONDS = -2_208_988_800, 10_413_791_999
+TIME_RANGE_TEXT = "1900-01-01 to 2299-12-31 UTC"
 
 
 class EventError(ValueError):
@@ -169,9 +173,9 @@ def validate(event: RequestLogged) -> None:
         raise EventError("request_created_at is missing")
     for name in ("request_created_at", "response_created_at"):
         ts = getattr(event, name)
-        # what Timestamp.ToDatetime accepts (years 1-9999): ingest reads these times after the rows are in
-        if not (0 <= ts.nanos < 1_000_000_000 and _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS):
-            raise EventError(f"{name} is not a valid timestamp (seconds {ts.seconds}, nanos {ts.nanos})")
+        if not (0 <= ts.nanos < 1_000_000_000 and EARLIEST_SECONDS <= ts.seconds <= LATEST_SECONDS):
+            raise EventError(f"{name} is not a time the log store keeps ({TIME_RANGE_TEXT}): "
+                             f"seconds {ts.seconds}, nanos {ts.nanos}")
     for key, value in event.properties.items():
         if not key or len(key) > MAX_PROPERTY_KEY or len(value) > MAX_PROPERTY_VALUE:
             raise EventError(f"property {key[:40]!r} has an empty/oversized key or value")

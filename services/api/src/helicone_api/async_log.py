@@ -24,7 +24,6 @@ MAX_PROVIDER = 64
 _ID_NAMESPACE = uuid.UUID("0b6c1d8e-54a3-4f0e-9d8c-7a2f5e1c3b90")  # ids of timed logs sent without one: uuid5(this, content)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MS = dt.timedelta(milliseconds=1)
-LATEST_SECONDS = 10_413_791_999  # 2299-12-31T23:59:59Z: the newest time the log store (ClickHouse DateTime64) keeps
 # The provider a request URL's host names, when the payload does not say.
 # a provider's host, from the provider table's default base URLs (api.openai.com -> openai, ...)
 _HOST_PROVIDERS = tuple((urlsplit(p.base_url).hostname, p.name) for p in PROVIDER_TABLE.values() if p.base_url)
@@ -33,7 +32,7 @@ _HOST_PROVIDERS = tuple((urlsplit(p.base_url).hostname, p.name) for p in PROVIDE
 class Instant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: int = Field(ge=0, le=LATEST_SECONDS)  # Unix seconds
+    seconds: int = Field(ge=0, le=events.LATEST_SECONDS)  # Unix seconds
     milliseconds: int = Field(0, ge=0, le=999)
 
     def to_datetime(self) -> dt.datetime:

@@ -10,6 +10,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any
 
+from helicone_core import events
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,10 +24,12 @@ from pydantic import (
 
 # As long as the longest header value the gateway stores (a property value: 4096 characters).
 MAX_FILTER_CHARS = 4096
-# The range ClickHouse documents for DateTime64; outside it, what a comparison does depends on the
-# version (chDB and a ClickHouse server may disagree), so such times are refused.
-EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)
-LATEST = dt.datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=dt.timezone.utc)
+# The range ClickHouse documents for DateTime64 (events.EARLIEST_SECONDS to LATEST_SECONDS, to the millisecond);
+# outside it, what a comparison does depends on the version (chDB and a ClickHouse server may disagree), so such
+# times are refused.
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EARLIEST = _EPOCH + dt.timedelta(seconds=events.EARLIEST_SECONDS)
+LATEST = _EPOCH + dt.timedelta(seconds=events.LATEST_SECONDS, milliseconds=999)
 TIME_RANGE = f"{EARLIEST:%Y-%m-%dT%H:%M:%S}Z and {LATEST:%Y-%m-%dT%H:%M:%S}.999Z"
 
 

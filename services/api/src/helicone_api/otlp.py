@@ -23,7 +23,7 @@ from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from .async_log import LATEST_SECONDS, MAX_PROVIDER
+from .async_log import MAX_PROVIDER
 
 OTLP_SOURCE = "otlp"
 PROTOBUF = "application/x-protobuf"
@@ -39,7 +39,7 @@ _MESSAGE_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "us
                    "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}
 _REQUEST_PARAMS = ("temperature", "max_tokens", "top_p", "top_k", "frequency_penalty", "presence_penalty", "seed",
                    "stop_sequences")
-LATEST_NANOS = LATEST_SECONDS * 1_000_000_000
+LATEST_NANOS = events.LATEST_SECONDS * 1_000_000_000
 _USER_ATTRS = ("user.id", "enduser.id")
 _SESSION_ATTRS = ("session.id", "gen_ai.conversation.id")
 
