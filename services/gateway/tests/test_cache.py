@@ -469,3 +469,34 @@ async def test_a_store_that_is_down_or_silent_is_skipped_fast(tmp_path, upstream
             assert sample(gw, "helicone_gateway_cache_lookups_total", result="miss") == 1
             assert not (await gw.ready())["redis"].ok
             assert built[-1].status == 200 and not built[-1].cache_hit
+
+
+async def test_an_answer_from_a_fallback_target_is_not_a_hit_for_requests_without_that_fallback(gateway):
+    """Helicone-Fallbacks may send another body (bodyKeyOverride), headers or provider: what such a chain
+    answered is only replayed to requests naming the same chain, never to the plain request."""
+    client, gw, built, fake = gateway
+    body = dict(CHAT, model="fail-500")
+    chain = {**ON, "Helicone-Fallbacks": json.dumps([{"onCodes": [500]}, {"bodyKeyOverride": {"model": "gpt-4o-mini"}}])}
+    r = await post(client, gw, body=body, headers=chain)
+    assert r.status_code == 200 and r.headers["helicone-fallback-index"] == "1" and r.json()["model"] == "gpt-4o-mini"
+    plain = await post(client, gw, body=body)  # the same body, no fallbacks: what the provider says to it
+    assert plain.status_code == 500 and plain.headers["helicone-cache"] == "MISS"
+    again = await post(client, gw, body=body, headers=chain)
+    assert again.headers["helicone-cache"] == "HIT" and again.json()["model"] == "gpt-4o-mini"
+    assert len(fake.state.received) == 3  # the chain's two tries, then the plain request's one
+
+
+async def test_provider_keys_never_share_entries(gateway):
+    """As Helicone's cache: the caller's provider key is part of the key, so an answer bought with one key is
+    never replayed to a caller with another key, or none (a revoked or wrong key is not served from the cache)."""
+    client, gw, built, fake = gateway
+    alice = {**ON, "Authorization": "Bearer sk-alice"}
+    await post(client, gw, headers=alice)
+    for other in ({**ON, "Authorization": "Bearer sk-mallory"}, ON):
+        r = await post(client, gw, headers=other)
+        assert r.headers["helicone-cache"] == "MISS"
+    assert (await post(client, gw, headers=alice)).headers["helicone-cache"] == "HIT"
+    anthropic = {"model": "claude-3-5-haiku-latest", "max_tokens": 10, "messages": CHAT["messages"]}
+    await post(client, gw, body=anthropic, headers={**ON, "x-api-key": "sk-ant-alice"}, path="/v1/messages")
+    r = await post(client, gw, body=anthropic, headers={**ON, "x-api-key": "sk-ant-mallory"}, path="/v1/messages")
+    assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 5

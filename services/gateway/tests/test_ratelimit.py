@@ -72,6 +72,10 @@ def test_policy_grammar(value, expected):
     ("100;w=31536001", "from 60 to 31536000 seconds"),
     ("100;w=60;u=tokens", "'request' or 'cents'"),
     ("9999999999999;w=60", "at most 1000000000000"),
+    # ASCII only, as every other Helicone-* number: no Arabic-Indic or fullwidth digits, no Kelvin sign for k
+    ("\u0661\u0660\u0660;w=60", "<quota>;w=<seconds>"),
+    ("100;w=\uff16\uff10", "<quota>;w=<seconds>"),
+    ("100;w=60;s=\u212aey", "<quota>;w=<seconds>"),
 ])
 def test_bad_policies_name_the_header_and_the_form(value, says):
     with pytest.raises(HeaderError) as err:
@@ -196,6 +200,17 @@ async def test_bad_policy_or_missing_segment_header_is_a_400_naming_it(tmp_path,
             assert POLICY in r.json()["error"]["message"]
         assert "from 60 to" in bad.json()["error"]["message"]
         assert "Helicone-User-Id" in no_user.json()["error"]["message"]
+        assert not fake.state.received
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+async def test_an_empty_policy_is_a_400_not_an_unlimited_request(tmp_path, upstream, value):
+    """A policy header sent empty (e.g. from an unset variable) is refused, as a bad one is: never silently unlimited."""
+    url, fake = upstream
+    async with cache_gateway(tmp_path, url) as (client, gw, built):
+        r = await client.post("/v1/chat/completions", json=CHAT, headers=limited(value))
+        assert r.status_code == 400 and r.json()["error"]["type"] == "helicone_header_error"
+        assert POLICY in r.json()["error"]["message"] and "<quota>;w=<seconds>" in r.json()["error"]["message"]
         assert not fake.state.received
 
 

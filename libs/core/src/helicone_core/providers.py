@@ -25,7 +25,7 @@ class Provider:
     name: str  # also the path prefix (/<name>/...), the logged `provider` and a metric label value
     label: str
     base_url: str  # default upstream; "" when each deployment must name it (Azure)
-    key: tuple[str, ...]  # the ways the caller sends its provider key (forwarded untouched), for docs
+    key: tuple[str, ...]  # the ways the caller sends its provider key (forwarded untouched): docs, the cache key
     usage: str  # default usage format (a USAGE_FORMATS key)
     usage_paths: tuple[tuple[str, str], ...] = ()  # (marker in the path, usage format) checked in order
     model_path: re.Pattern | None = None  # first group: the model named in the path

@@ -39,6 +39,7 @@ from .cache import (
     ResponseCache,
     cache_directive,
     cache_key,
+    provider_key,
     replay_headers,
 )
 from .egress import (
@@ -406,7 +407,7 @@ class Gateway:
                 if not (directive.read or directive.save):
                     directive = None
             rate_limit: RateLimitRequest | None = None
-            if hh.rate_limit_policy:  # only requests naming a policy pay for it
+            if hh.rate_limit_policy is not None:  # only requests naming a policy pay for it
                 rate_limit = rate_limit_request(hh.rate_limit_policy, hh)
         except HeaderError as exc:
             return await send_error(send, 400, str(exc), "helicone_header_error", request_id, self.answer_headers)
@@ -471,9 +472,13 @@ class Gateway:
         if directive is not None:
             # keyed on the body as rendered: renders of one prompt version with the same inputs share an
             # entry, and a newly promoted version renders differently, so it never gets the old answer
-            key = await cache_key(org_id, f"{rt.provider} {rt.base_url}", method,
+            dest = f"{rt.provider} {rt.base_url}"
+            if hh.fallbacks is not None:  # a chain may answer from another target, body or key: entries of its own
+                dest += " " + header_map[FALLBACKS.lower()]
+            key = await cache_key(org_id, dest, method,
                                   path_and_query,
-                                  narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(), body, directive)
+                                  narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(), body, directive,
+                                  provider_key(header_map))
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
                 return await self._serve_cached(send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,

@@ -2,8 +2,9 @@
 
 A request opts in with headers (parsed by `cache_directive` only when one is present, so requests
 without them pay nothing); its key hashes org + provider target + method + path + body (canonical
-JSON minus ignored keys) + seed. A bucket of up to 20 slots per key lets a caller collect several
-answers to one prompt: lookups miss until every slot is filled, then answer from a random one.
+JSON minus ignored keys) + seed + the caller's provider key. A bucket of up to 20 slots per key lets
+a caller collect several answers to one prompt: lookups miss until every slot is filled, then answer
+from a random one.
 
 Entries keep the provider's status, headers and body chunks, so a streamed answer is replayed as a
 stream of the same bytes. Stores: `MemoryCacheStore` (one process, bounded LRU) or
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from helicone_core.cancellation import wait_for
+from helicone_core.providers import PROVIDER_TABLE
 
 from .headers import HeaderError, switch
 from .offpath import OffPathWrites
@@ -58,6 +60,10 @@ INLINE_JSON_BYTES = 256 * 1024
 # Provider headers never replayed from the cache (they belong to the original answer's exchange).
 NOT_REPLAYED = frozenset({b"set-cookie", b"helicone-id", STATUS_HEADER, BUCKET_IDX_HEADER})
 KEY_PREFIX = "helicone:cache:v1:"
+# The headers a provider key is sent in (the provider table's "key" ways; a ?key= is in the path already):
+# part of the cache key, as in Helicone's, so an answer is never replayed to a caller with another key or none.
+PROVIDER_KEY_HEADERS = tuple(sorted({way.split(":", 1)[0].lower() for p in PROVIDER_TABLE.values() for way in p.key
+                                     if ":" in way and not way.startswith("?")}))
 
 _MAX_AGE = re.compile(r"^(s-maxage|max-age)\s*=\s*\"?([^\",]*)\"?$", re.IGNORECASE)
 
@@ -132,23 +138,30 @@ def _canonical_body(body: bytes, ignore: frozenset[str]) -> bytes:
         return body
 
 
-def _key_sync(org_id: str, target: str, method: str, path: str, variant: str, body: bytes, d: CacheDirective) -> str:
+def provider_key(headers: dict[str, str]) -> str:
+    """The provider key headers of a request (lower-case names), as one string for the cache key."""
+    return "\n".join(f"{n}:{headers[n]}" for n in PROVIDER_KEY_HEADERS if n in headers)
+
+
+def _key_sync(org_id: str, target: str, method: str, path: str, variant: str, body: bytes, d: CacheDirective,
+              credential: str) -> str:
     h = hashlib.sha256()
     # every part length-prefixed: no two different requests can concatenate to the same input
     for part in (org_id.encode(), target.encode(), method.encode(), path.encode(), variant.encode(),
-                 _canonical_body(body, d.ignore_keys), d.seed.encode()):
+                 _canonical_body(body, d.ignore_keys), d.seed.encode(), credential.encode()):
         h.update(struct.pack(">Q", len(part)))
         h.update(part)
     return KEY_PREFIX + h.hexdigest()
 
 
 async def cache_key(org_id: str, target: str, method: str, path: str, variant: str, body: bytes,
-                    d: CacheDirective) -> str:
-    """The bucket key. `target` is the provider and its base URL, `path` includes the query and
-    `variant` the accepted encodings (a gzip answer is never replayed to a caller that did not offer gzip)."""
+                    d: CacheDirective, credential: str = "") -> str:
+    """The bucket key. `target` is the provider and its base URL, `path` includes the query,
+    `variant` the accepted encodings (a gzip answer is never replayed to a caller that did not offer gzip)
+    and `credential` the caller's provider key (`provider_key`)."""
     if len(body) > INLINE_JSON_BYTES:
-        return await asyncio.to_thread(_key_sync, org_id, target, method, path, variant, body, d)
-    return _key_sync(org_id, target, method, path, variant, body, d)
+        return await asyncio.to_thread(_key_sync, org_id, target, method, path, variant, body, d, credential)
+    return _key_sync(org_id, target, method, path, variant, body, d, credential)
 
 
 # ---- entries ----------------------------------------------------------------------------

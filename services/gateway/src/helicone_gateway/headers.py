@@ -56,7 +56,8 @@ class HeliconeHeaders(LogHeaders):
     cache: dict[str, str] | None = None
     prompt: PromptRequest | None = None  # Helicone-Prompt-Id and its companions
     stream_usage: bool = False  # Helicone-Stream-Usage: ask OpenAI-format streams for usage (usage.with_stream_usage)
-    rate_limit_policy: str = ""  # Helicone-RateLimit-Policy as sent; "" (the common case): never near the store (ratelimit.py)
+    # Helicone-RateLimit-Policy as sent (an empty one too: a 400); None (the common case): never near the store (ratelimit.py)
+    rate_limit_policy: str | None = None
     retry: RetryPolicy | None = None  # Helicone-Retry-*, when enabled
     fallbacks: tuple[FallbackTarget, ...] | None = None  # Helicone-Fallbacks
 

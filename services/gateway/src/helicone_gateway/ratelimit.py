@@ -52,8 +52,9 @@ MIN_WINDOW = 60
 MAX_WINDOW = 365 * 24 * 3600
 MAX_QUOTA = 10**12
 FORM = "'<quota>;w=<seconds>[;u=request|cents][;s=user|<property name>]', e.g. '100;w=60' or '500;w=86400;s=user'"
+# re.ASCII: digits are 0-9 only (not Arabic-Indic or fullwidth ones), and no Kelvin sign passes for a k
 _GRAMMAR = re.compile(r"(\d{1,15}(?:\.\d{1,9})?);w=(\d{1,12})(?:;u=([a-z]+))?(?:;s=([A-Za-z0-9_-]{1,128}))?",
-                      re.IGNORECASE)
+                      re.IGNORECASE | re.ASCII)
 KEY_PREFIX = "helicone:ratelimit:v1:"
 MAX_EXPIRY_MS = 10 * MAX_WINDOW * 1000
 
