@@ -81,6 +81,7 @@ CONSTRAINTS = {
     "postgres.port": PORT,
     "redis.port": PORT,
     "redis.url": {"pattern": "^(rediss?://.+)?$"},
+    "admin.token": {"anyOf": [{"maxLength": 0}, {"minLength": 32}]},  # ApiSettings.admin_token: empty (off) or 32+ characters
     "defaults.replicas": {"minimum": 0},
     "defaults.terminationGracePeriodSeconds": {"minimum": 1},
     "defaults.preStopSeconds": {"minimum": 0},

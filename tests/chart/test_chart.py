@@ -156,6 +156,7 @@ BAD_VALUES = [
     ({"components": {"prompts": {"enabled": "yes"}}}, "/components/prompts/enabled"),
     ({"metrics": {"prometheusRule": {"gatewayErrorRatio": 0}}}, "gatewayErrorRatio"),
     ({"networkPolicy": {"providerPorts": []}}, "providerPorts"),
+    ({"admin": {"token": "changeme"}}, "/admin/token"),  # the api refuses a token under 32 characters: it would crash-loop
 ]
 
 
@@ -178,6 +179,13 @@ TEMPLATE_ERRORS = [
     (merge(REQUIRED, {"components": {"ingest": {"keda": {"enabled": True, "maxReplicas": 13}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"components": {"ingest": {"autoscaling": {"enabled": True, "maxReplicas": 20}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"s3": {"accessKeyId": "AK"}}), "s3.accessKeyId and s3.secretAccessKey go together"),
+    # an HPA or ScaledObject whose floor is above its ceiling: the API server (or KEDA's webhook) refuses it mid-install
+    (merge(REQUIRED, {"defaults": {"autoscaling": {"enabled": True, "minReplicas": 3}}, "components": {"ingest": {
+        "autoscaling": {"maxReplicas": 2}}}}), "components.ingest autoscaling.minReplicas (3) is above its maxReplicas (2)"),
+    (merge(REQUIRED, {"components": {"ingest": {"keda": {"enabled": True, "minReplicas": 4, "maxReplicas": 3}}}}),
+     "components.ingest keda.minReplicas (4) is above its maxReplicas (3)"),
+    (merge(REQUIRED, {"components": {"api": {"autoscaling": {"enabled": True, "minReplicas": 11}}}}),
+     "components.api autoscaling.minReplicas (11) is above its maxReplicas (10)"),
 ]
 
 
@@ -271,6 +279,19 @@ def test_gateway_shutdown_and_journal_volume_fit_the_gateway_settings(full):
     journal = int(config["HELICONE_JOURNAL_MAX_BYTES"]) + int(config["HELICONE_JOURNAL_SEGMENT_BYTES"])
     assert size_mib * 1024 * 1024 > journal  # the journal refuses to grow before the kubelet would evict the pod
     assert config["HELICONE_DATA_DIR"] == container["volumeMounts"][0]["mountPath"]
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_the_journal_volume_holds_every_workers_journal(chart, workers):
+    """gateway_workers > 1: each worker keeps its own journal, each up to journal_max_bytes (workers.py), so a Kafka
+    outage fills them all; a volume sized for one gets the pod evicted and every journaled event lost with it."""
+    objs = objects(render(REQUIRED, {"components": {"gateway": {"config": {"gateway_workers": workers}}}}, chart=chart))
+    config = by_kind(objs, "ConfigMap")["hc-helicone-gateway"]["data"]
+    assert config["HELICONE_GATEWAY_WORKERS"] == str(workers)
+    data = next(v for v in pods(objs)["gateway"]["spec"]["volumes"] if v["name"] == "data")
+    size_mib = int(data["emptyDir"]["sizeLimit"].removesuffix("Mi"))
+    journal = int(config["HELICONE_JOURNAL_MAX_BYTES"]) + int(config["HELICONE_JOURNAL_SEGMENT_BYTES"])
+    assert size_mib * 1024 * 1024 > workers * journal
 
 
 def test_canary_rollout_uses_both_services_and_the_analysis_from_values(chart):

@@ -149,8 +149,9 @@ spec:
     - name: data
       emptyDir:
         {{- if eq $name "gateway" }}
-        {{- /* the event journal lives here: its cap plus one segment being written, plus room for the key snapshot */}}
-        {{- $journal := add (int64 (required "components.gateway.config.journal_max_bytes is required (it sizes the journal volume)" $settings.journal_max_bytes)) (int64 (required "components.gateway.config.journal_segment_bytes is required" $settings.journal_segment_bytes)) 67108864 }}
+        {{- /* the event journals live here: each worker's cap plus one segment being written (gateway_workers > 1: one journal per worker), plus room for the key snapshot */}}
+        {{- $perWorker := add (int64 (required "components.gateway.config.journal_max_bytes is required (it sizes the journal volume)" $settings.journal_max_bytes)) (int64 (required "components.gateway.config.journal_segment_bytes is required" $settings.journal_segment_bytes)) }}
+        {{- $journal := add (mul $perWorker (int64 ($settings.gateway_workers | default 1))) 67108864 }}
         sizeLimit: {{ div $journal 1048576 }}Mi
         {{- else }}
         sizeLimit: {{ $c.dataSizeLimit }}
