@@ -7,6 +7,7 @@ from helicone_runner.cli import build_parser, parse_targets
 def test_targets():
     assert parse_targets("all") == ["prompts", "ingest", "api", "gateway"]
     assert parse_targets("gateway, api") == ["gateway", "api"]
+    assert parse_targets("gateway,api,gateway") == ["gateway", "api"]  # a service named twice runs (and binds its port) once
     with pytest.raises(argparse.ArgumentTypeError, match="unknown service"):
         parse_targets("gateway,billing")
     with pytest.raises(argparse.ArgumentTypeError):

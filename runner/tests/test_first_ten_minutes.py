@@ -5,6 +5,7 @@ with the fix, and a detached stack that `status` shows and `down` stops (through
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -110,6 +111,18 @@ def test_a_port_in_use_names_its_holder_and_the_option(tmp_path):
     assert "  postgres" not in done.stdout  # checked before anything started
 
 
+def test_one_port_given_to_two_services_names_both_options_before_anything_starts(tmp_path):
+    """Each service binds its own port in turn: a port given twice passes a check that binds and frees it,
+    then the second service fails after Postgres, the broker, the migrations and the first services started."""
+    port = free_port()
+    done = _cli("up", "--data-dir", str(tmp_path / "d"), "--target", "gateway,api", "--gateway-port", str(port),
+                "--api-port", str(port), "--kafka-port", str(free_port()))
+    assert done.returncode == 1, done.stderr
+    assert f"port {port} is given to both the gateway (--gateway-port / HELICONE_GATEWAY_PORT) and the api " \
+           "(--api-port / HELICONE_API_PORT)" in done.stderr, done.stderr
+    assert "  postgres" not in done.stdout  # checked before anything started
+
+
 def test_a_data_dir_locked_by_another_up_names_its_pid(tmp_path):
     data = tmp_path / "d"
     data.mkdir(mode=0o700)
@@ -143,6 +156,55 @@ def test_status_down_and_demo_when_nothing_runs(tmp_path):
     assert down.returncode == 0 and "nothing to stop" in down.stdout
     demo = _cli("demo", "--data-dir", str(tmp_path))
     assert demo.returncode == NOT_RUNNING and "make up UPSTREAM=fake DETACH=1" in demo.stdout
+
+
+def test_status_reaches_an_external_kafka_given_as_several_bootstrap_servers(tmp_path, capsys):
+    """`up --kafka a:9092,b:9092` (bootstrap servers, as Kafka clients take them): status checks the brokers
+    themselves, not a host named `a:9092,b`."""
+    from helicone_runner import control
+    from helicone_runner.embedded import PidFile, cmdline
+
+    with socket.socket() as down_broker, socket.socket() as broker:
+        down_broker.bind(("127.0.0.1", 0))  # bound, not listening: a broker that is down
+        broker.bind(("127.0.0.1", 0))
+        broker.listen()
+        bootstrap = f"127.0.0.1:{down_broker.getsockname()[1]},127.0.0.1:{broker.getsockname()[1]}"
+        PidFile(tmp_path / control.RUNNER_PID_FILE).write(os.getpid(), cmdline(os.getpid()))
+        control.write_state(tmp_path, {"started_at": time.time(), "services": {},
+                                       "kafka": {"bootstrap": bootstrap, "embedded": False}, "postgres": {"embedded": False}})
+        assert control.status(tmp_path) == 0, capsys.readouterr().out
+    assert "external, reachable" in capsys.readouterr().out
+
+
+def test_up_on_an_ipv6_host_serves_and_proxies_at_bracketed_addresses(tmp_path, fresh_db_dsn):
+    """`--host ::1` (the port check binds IPv6 for it): the services, the prompts gRPC port and the fake provider
+    are reached at [::1]:port, never at `::1:port` (no URL parser or gRPC takes that); the embedded broker, which
+    cannot advertise an IPv6 address, is refused up front instead of failing half-way."""
+    import httpx
+
+    data, gw, grpc_port = tmp_path / "data", free_port(), free_port()
+    ports = ["--gateway-port", str(gw), "--prompts-port", str(free_port()), "--prompts-grpc-port", str(grpc_port),
+             "--fake-upstream-port", str(free_port())]
+    up = _cli("up", "--detach", "--host", "::1", "--target", "gateway,prompts", "--data-dir", str(data),
+              "--postgres-dsn", fresh_db_dsn, "--kafka", f"127.0.0.1:{free_port()}", "--upstream", "fake", *ports, timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http=http://[::1]:{gw}" in up.stdout and f"grpc=[::1]:{grpc_port}" in up.stdout, up.stdout
+        status = _cli("status", "--data-dir", str(data))
+        assert "gateway  ready" in status.stdout and "prompts  ready" in status.stdout, status.stdout
+        key = json.loads(_cli("keys", "create", "--postgres-dsn", fresh_db_dsn).stdout)["key"]
+        r = httpx.post(f"http://[::1]:{gw}/v1/chat/completions", timeout=30,
+                       headers={"Authorization": "Bearer sk-any", "Helicone-Auth": f"Bearer {key}"},
+                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text  # answered by the fake provider, through the gateway's [::1] upstream URL
+    finally:
+        down = _cli("down", "--data-dir", str(data))
+    assert down.returncode == 0, down.stdout + down.stderr
+
+    embedded = _cli("up", "--host", "::1", "--data-dir", str(tmp_path / "e"), "--postgres-dsn", fresh_db_dsn, *ports)
+    assert embedded.returncode == 2, embedded.stdout + embedded.stderr
+    assert "--host ::1 is an IPv6 address, which the embedded broker cannot advertise" in embedded.stderr
+    assert "READY" not in embedded.stdout and not (tmp_path / "e").exists()
 
 
 def test_make_up_passes_args_runs_detached_and_make_down_stops_it(tmp_path, fresh_db_dsn):

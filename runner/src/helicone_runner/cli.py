@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from helicone_core.addresses import host_port
 from helicone_core.filemodes import write_private
 from helicone_core.gc_tuning import tune_gc
 from helicone_core.logging import configure_logging
@@ -53,7 +54,7 @@ PUBLISHERS = ("gateway", "api")
 
 
 def parse_targets(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
+    names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))  # each once: one port each
     if not names:
         raise argparse.ArgumentTypeError("--target needs at least one service")
     unknown = [n for n in names if n not in SERVICES and n != "all"]
@@ -198,7 +199,7 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
         gateway_extra["provider_urls"] = {n: args.openai_url for n in PROVIDER_TABLE if n not in ("openai", "anthropic")}
     if "prompts" in args.target:  # the gateway renders stored prompts from this process's prompts service
         local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-        gateway_extra["prompts_target"] = api_extra["prompts_target"] = f"{local}:{args.prompts_grpc_port}"
+        gateway_extra["prompts_target"] = api_extra["prompts_target"] = host_port(local, args.prompts_grpc_port)
     return {
         "gateway": GatewaySettings(**common, port=args.gateway_port, openai_url=args.openai_url, anthropic_url=args.anthropic_url, **gateway_extra),
         "api": ApiSettings(**common, port=args.api_port, **api_extra),
@@ -235,6 +236,10 @@ def check_settings(args) -> None:
         EmbeddedBrokerSettings()
     except ValidationError as exc:
         raise SettingsError(describe_settings_error(exc)) from None
+    if ":" in args.host and not args.kafka:
+        # Tansu advertises `[::1]` (brackets included) as its host name, which no Kafka client resolves
+        raise SettingsError(f"--host {args.host} is an IPv6 address, which the embedded broker cannot advertise to its "
+                            "clients: use an IPv4 --host (0.0.0.0 for every interface) or an external broker (--kafka HOST:PORT)")
 
 
 def _port_needs(args) -> list[PortNeed]:
@@ -279,7 +284,7 @@ async def run_up(args) -> int:
     t0 = time.monotonic()
     args.data_dir = args.data_dir.resolve()
     if args.upstream == "fake":
-        fake_url = f"http://{args.host}:{args.fake_upstream_port}"
+        fake_url = f"http://{host_port(args.host, args.fake_upstream_port)}"
         args.openai_url = args.anthropic_url = fake_url
     check_settings(args)
     if args.data_dir.exists() and not args.data_dir.is_dir():

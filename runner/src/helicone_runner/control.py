@@ -182,6 +182,15 @@ def _readyz(url: str) -> tuple[bool, str]:
     return False, "not ready (failing: " + ", ".join(failing) + ")"
 
 
+def _any_broker_listening(bootstrap: str) -> bool:
+    """One of the bootstrap servers (`host:port[,host:port...]`, as `up --kafka` takes them) accepts connections."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if port.isdigit() and port_open(host.strip("[]"), int(port)):
+            return True
+    return False
+
+
 def status(data_dir: Path) -> int:
     """0: every service ready; 1: running, something is not; 3: not running."""
     data_dir = data_dir.resolve()
@@ -202,8 +211,7 @@ def status(data_dir: Path) -> int:
         print(f"  {name:8s} {text:40s} {shown}")
     processes = state.get("processes", {})
     kafka = state["kafka"]
-    host, _, port = kafka["bootstrap"].rpartition(":")
-    listening = port_open(host, int(port)) if port.isdigit() else False
+    listening = _any_broker_listening(kafka["bootstrap"])
     if kafka["embedded"]:
         bpid = processes.get("broker", {}).get("pid")
         # the broker's pid changes when the supervisor restarts it: its pid file is current

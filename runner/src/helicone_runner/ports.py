@@ -96,7 +96,13 @@ class PortInUse(RuntimeError):
 def check_ports(host: str, needs: list[PortNeed]) -> None:
     """Raises PortInUse naming every taken port, its holder and the option that moves it."""
     problems = []
+    first: dict[int, PortNeed] = {}
     for need in needs:
+        other = first.setdefault(need.port, need)
+        if other is not need:  # each would bind it in turn: the second fails once everything before it started
+            problems.append(f"port {need.port} is given to both the {other.what} ({other.option}) and the {need.what} "
+                            f"({need.option}); choose another port with one of them")
+            continue
         error = _bind_error(host, need.port)
         if error == errno.EACCES:
             problems.append(f"port {need.port} ({need.what}) on {host} needs privileges; choose a port above 1023 with {need.option}")

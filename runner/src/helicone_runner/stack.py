@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from helicone_core.addresses import host_port
 from helicone_core.http_limits import uvicorn_limits
 
 log = logging.getLogger("helicone.runner")
@@ -49,7 +50,7 @@ async def _serve(app, settings, server: Any = None) -> Any:
     while not server.started:
         if task.done():
             exc = task.exception() if not task.cancelled() else None
-            raise RuntimeError(f"server on {host}:{port} failed to start: {exc!r}")
+            raise RuntimeError(f"server on {host_port(host, port)} failed to start: {exc!r}")
         await asyncio.sleep(0.02)
     return server
 
@@ -83,7 +84,8 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                     await _shutdown(ops)
                     await srv.stop()
 
-                running.append(Running(name, {"grpc": f"{s.host}:{srv.bound_port}", "ops": f"http://{s.host}:{s.port}"}, stop_prompts))
+                running.append(Running(name, {"grpc": host_port(s.host, srv.bound_port), "ops": f"http://{host_port(s.host, s.port)}"},
+                                       stop_prompts))
             elif name == "ingest":
                 from helicone_core.metrics import ops_app
                 from helicone_ingest.app import IngestService
@@ -96,7 +98,7 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                     await _shutdown(ops)
                     await svc.stop()
 
-                running.append(Running(name, {"ops": f"http://{s.host}:{s.port}"}, stop_ingest, svc))
+                running.append(Running(name, {"ops": f"http://{host_port(s.host, s.port)}"}, stop_ingest, svc))
             elif name == "api":
                 from helicone_api.app import create_app as create_api
 
@@ -104,7 +106,7 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                 # this process shares one engine session, so api and ingest see the same data.
                 api = create_api(s)
                 server = await _serve(api, s)
-                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
+                running.append(Running(name, {"http": f"http://{host_port(s.host, s.port)}"}, lambda server=server: _shutdown(server),
                                        api.state.api))
             elif name == "gateway":
                 from helicone_gateway.app import create_app as create_gateway
@@ -112,7 +114,7 @@ async def start_services(targets: list[str], settings: dict[str, Any],
 
                 app = create_gateway(s)
                 server = await _serve(app, s, HttpServer.for_settings(app, s))
-                running.append(Running(name, {"http": f"http://{s.host}:{s.port}"}, lambda server=server: _shutdown(server),
+                running.append(Running(name, {"http": f"http://{host_port(s.host, s.port)}"}, lambda server=server: _shutdown(server),
                                        app.gateway))
             if on_started:
                 on_started(running[-1], time.monotonic() - t0)

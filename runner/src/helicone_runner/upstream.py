@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from helicone_core.addresses import host_port
 from helicone_core.filemodes import open_private, private_dir
 
 from .embedded import PidFile, _parent_death_signal, port_open, terminate
@@ -33,7 +34,7 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{host_port(self.host, self.port)}"
 
     def kill_survivor(self) -> None:
         self.pid_file.kill_survivor("fake provider")

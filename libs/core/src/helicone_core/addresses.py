@@ -162,3 +162,8 @@ def noncanonical_ipv4(host: str) -> bool:
     if not all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
         return False  # a name (or an IPv6 literal)
     return not _DOTTED_QUAD.fullmatch(host)
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port` as URLs, Kafka bootstrap lists and gRPC targets spell it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

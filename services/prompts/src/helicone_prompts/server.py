@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from helicone.prompts.v1 import prompts_pb2, prompts_pb2_grpc
 from helicone_core import db
 from helicone_core import prompt_templates as templates
+from helicone_core.addresses import host_port
 from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.db import KeyStoreUnavailable, bearer_token
 from helicone_core.jsontext import json_object
@@ -491,11 +492,11 @@ class PromptsServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
-        self.bound_port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        self.bound_port = self.server.add_insecure_port(host_port(self.settings.host, self.settings.grpc_port))
         await self.server.start()
         await self._set_serving(True)
         self._watch = asyncio.create_task(self._watch_postgres(), name="prompts-health")
-        log.info("prompts gRPC listening on %s:%s", self.settings.host, self.bound_port)
+        log.info("prompts gRPC listening on %s", host_port(self.settings.host, self.bound_port))
 
     async def _set_serving(self, serving: bool) -> None:
         if serving == self.serving:
