@@ -6,7 +6,9 @@ OpenRouter, Azure's `/openai/deployments/<d>/...`), Gemini's `models/<m>:generat
 Token counts are deterministic: prompt tokens = words in the request's message contents (Gemini:
 its parts' text), completion tokens = words in the reply. Every request's headers are recorded at
 GET /_received so tests can check what the gateway forwarded. Chat and Messages streams answer
-`x-fake-words: N` with a reply of N words (a long stream), and chat streams `x-fake-gzip: 1` gzip-encoded;
+`x-fake-words: N` with a reply of N words (a long stream) and `x-fake-stream-error: 1` with an error event after
+the first word (a 200 stream the provider gave up on: OpenAI's `data: {"error": ...}`, Anthropic's
+`event: error` overloaded_error), and chat streams `x-fake-gzip: 1` gzip-encoded;
 `/v1/embeddings` answers vectors of `x-fake-dims` numbers.
 
 Run: python -m tests.support.fake_upstream --port 9999
@@ -111,11 +113,15 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
             }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         delay = float(request.headers.get("x-fake-chunk-delay", chunk_delay))
+        stream_error = request.headers.get("x-fake-stream-error") == "1"
 
         async def events():
             for i, word in enumerate(words):
                 if i == 1 and model == "break-stream":  # the connection drops after the first chunk
                     raise ConnectionResetError("fake upstream: stream broken on purpose")
+                if i == 1 and stream_error:  # the provider gives up mid-stream, inside its 200
+                    yield b'data: {"error": {"message": "The server is overloaded", "type": "server_error", "code": 503}}\n\n'
+                    return
                 chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                          "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}]}
                 if include_usage:
@@ -159,6 +165,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         prompt, completion = _words(body.get("messages")), len(words)
         model = body.get("model", "claude-3-5-haiku-latest")
         mid = "msg_" + uuid.uuid4().hex[:12]
+        stream_error = request.headers.get("x-fake-stream-error") == "1"
         if not body.get("stream"):
             return {
                 "id": mid, "type": "message", "role": "assistant", "model": model,
@@ -175,6 +182,9 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                 "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1}}})
             yield ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
             for i, word in enumerate(words):
+                if i == 1 and stream_error:  # Anthropic's mid-stream error, inside its 200
+                    yield ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                    return
                 yield ev("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                  "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}})
                 if chunk_delay:

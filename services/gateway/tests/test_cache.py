@@ -242,6 +242,41 @@ async def test_only_successful_answers_are_stored(gateway):
     assert len(fake.state.received) == 2 and len(gw.cache.store) == 0
 
 
+
+STREAMED_MESSAGES = {"model": "claude-3-5-haiku-latest", "max_tokens": 64, "stream": True,
+                     "messages": [{"role": "user", "content": "one two three"}]}
+
+
+@pytest.mark.parametrize(("path", "body", "extra"), [
+    ("/v1/chat/completions", dict(CHAT, stream=True), {}),  # OpenAI's format: data: {"error": ...}
+    ("/v1/chat/completions", dict(CHAT, stream=True), {"x-fake-gzip": "1"}),  # the same, gzip-encoded
+    ("/v1/messages", STREAMED_MESSAGES, {}),  # Anthropic's event: error (overloaded_error)
+], ids=["openai", "openai-gzip", "anthropic"])
+async def test_a_stream_the_provider_gave_up_on_with_an_error_event_is_not_stored(gateway, path, body, extra):
+    """A 200 stream carrying an error event is not a complete answer: it is served, never replayed."""
+    client, gw, built, fake = gateway
+    failed = await post(client, gw, body=body, headers={**ON, **extra, "x-fake-stream-error": "1"}, path=path)
+    assert failed.status_code == 200 and failed.headers["helicone-cache"] == "MISS"
+    assert failed.headers.get("content-encoding", "") == ("gzip" if extra else "")
+    assert b"error" in failed.content and len(gw.cache.store) == 0
+    # the same request once the provider recovered: a MISS (nothing was saved), then a HIT of the good answer
+    good = await post(client, gw, body=body, headers={**ON, **extra}, path=path)
+    hit = await post(client, gw, body=body, headers={**ON, **extra}, path=path)
+    assert (good.headers["helicone-cache"], hit.headers["helicone-cache"]) == ("MISS", "HIT")
+    assert b"error" not in good.content and hit.content == good.content and len(fake.state.received) == 2
+
+
+@pytest.mark.parametrize(("chunks", "failed"), [
+    ([b'data: {"choices": [{"delta": {"content": "error: \\"error\\"\\nevent: error"}}]}\n\n', b"data: [DONE]\n\n"], False),
+    ([b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": {"text": "error"}}\n\n'], False),
+    ([b'data: {"choices": []}\n\ndata:{ "err', b'or" : {"code": 503}}\n\n'], True),  # split over two chunks
+    ([b'event: error\r\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\r\n\r\n'], True),
+])
+def test_stream_failed_finds_error_events_not_the_word_error(chunks, failed):
+    assert cache_mod.stream_failed("text/event-stream; charset=utf-8", "", chunks) is failed
+    assert cache_mod.stream_failed("application/json", "", chunks) is False  # a JSON answer is judged by its status
+
+
 async def test_save_only_and_read_only(gateway):
     client, gw, built, fake = gateway
     read_only = {**AUTH, "Helicone-Cache-Read": "true"}

@@ -164,7 +164,42 @@ async def test_memory_store_forgets_the_least_recently_charged_bucket_past_its_b
     assert not (await store.take("c", 1, 60, 1, TAKE))[0]
 
 
+
+async def test_a_full_memory_store_forgets_a_refilled_bucket_before_a_spent_one():
+    store = MemoryRateLimitStore(max_buckets=3)
+    assert (await store.take("spent", 1, 60, 1, TAKE))[0]  # empty for the next 60 s
+    assert (await store.take("respent", 1000, 60, 1, TAKE))[0]  # full again within 0.06 s...
+    assert (await store.take("refills", 1000, 60, 1, TAKE))[0]  # and this one too
+    await asyncio.sleep(0.1)
+    assert all([(await store.take("respent", 1000, 60, 1, TAKE))[0] for _ in range(1000)])  # ...but spent since
+    assert (await store.take("new", 1, 60, 1, TAKE))[0]
+    assert len(store) == 3
+    assert not (await store.take("spent", 1, 60, 1, TAKE))[0]  # the least recently used, but still spent: kept
+    assert not (await store.take("respent", 1000, 60, 1, TAKE))[0]
+
+
 # ---- through the gateway ------------------------------------------------------------------
+
+
+async def test_an_org_making_buckets_by_the_thousand_never_resets_another_orgs_bucket(tmp_path, upstream):
+    """A full in-memory store never lets one org's new buckets push out another org's spent one (a reset to
+    full, a way round the other org's quota): it forgets refilled buckets first, then the busiest org's."""
+    url, _fake = upstream
+    async with cache_gateway(tmp_path, url) as (client, gw, built):
+        gw.ratelimits.store = MemoryRateLimitStore(max_buckets=10)
+
+        async def status(headers) -> int:
+            return (await client.post("/v1/chat/completions", json=CHAT, headers=headers)).status_code
+
+        assert [await status(limited("1;w=60")) for _ in range(2)] == [200, 429]
+        other = {"Helicone-Auth": "Bearer other-key", POLICY: "1;w=60;s=user"}
+        for i in range(25):  # distinct users: a new spent bucket each, 2.5 times the store's bound
+            assert await status({**other, "Helicone-User-Id": f"user-{i}"}) == 200
+        assert len(gw.ratelimits.store) == 10
+        assert await status(limited("1;w=60")) == 429  # still spent
+        # the busiest org paid for the room: its own least recently used buckets were forgotten
+        assert await status({**other, "Helicone-User-Id": "user-24"}) == 429
+        assert await status({**other, "Helicone-User-Id": "user-0"}) == 200
 
 
 async def test_quota_then_429_with_helicone_headers_and_a_logged_429(tmp_path, upstream):

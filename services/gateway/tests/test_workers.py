@@ -1,6 +1,7 @@
 """`python -m helicone_gateway --workers N`: N processes on one port, each with its own journal,
 stopped together by one SIGTERM; journals of workers that no longer run are handed over."""
 
+import contextlib
 import json
 import os
 import signal
@@ -109,3 +110,39 @@ def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(
     per_worker = [len(_records(worker_journal_dir(journal, i))) for i in range(2)]
     assert sum(per_worker) == sent  # every event kept (Kafka was never reachable)
     assert all(per_worker), per_worker  # and both workers served some of them
+
+
+def _warnings_of_two_workers(tmp_path: Path, **env) -> str:
+    """The parent's and workers' log lines until both workers serve (then stopped)."""
+    tmp_path.mkdir(exist_ok=True)
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    proc = subprocess.Popen([sys.executable, "-m", "helicone_gateway", "--workers", "2"],
+                            env=dict(_gateway_env(tmp_path, port, free_port()), **env), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "gateway workers did not get ready"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return log_path.read_text()
+
+
+def test_workers_without_redis_warn_once_that_rate_limits_and_cache_are_per_worker(tmp_path):
+    warned = [json.loads(line) for line in _warnings_of_two_workers(tmp_path).splitlines() if "HELICONE_REDIS_URL" in line]
+    assert len(warned) == 1, warned  # once, by the parent, not by every worker
+    assert warned[0]["level"] == "warning"
+    assert all(words in warned[0]["msg"] for words in ("2 workers", "rate limit", "2 x N", "cache")), warned[0]
+    # with a shared store (down here: the cache and rate limits just skip it) there is nothing to warn about
+    shared = _warnings_of_two_workers(tmp_path / "redis", HELICONE_REDIS_URL="redis://127.0.0.1:1/0")
+    assert "HELICONE_REDIS_URL" not in shared

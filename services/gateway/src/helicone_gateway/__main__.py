@@ -23,7 +23,7 @@ if workers < 1:
     parser.error(f"--workers {workers}: expected a whole number >= 1")
 if args.worker_index is None and workers > 1:
     adopt_orphan_journals(settings.resolved_journal_dir(), workers)
-    sys.exit(WorkerParent(workers, settings.host, settings.port).run())
+    sys.exit(WorkerParent(workers, settings.host, settings.port, shared_store=bool(settings.redis_url)).run())
 if args.worker_index is None:
     adopt_orphan_journals(settings.resolved_journal_dir(), 1)
     run(create_app(settings), settings)

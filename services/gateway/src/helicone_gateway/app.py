@@ -41,6 +41,7 @@ from .cache import (
     cache_key,
     provider_key,
     replay_headers,
+    stream_failed,
 )
 from .egress import (
     CONNECTING,
@@ -580,7 +581,9 @@ class Gateway:
                 upstream.release()
             else:
                 upstream.close()
-            if completed and recorder is not None and recorder.chunks is not None:
+            # a stream the provider gave up on inside its 200 would be replayed for the whole TTL
+            if (completed and recorder is not None and recorder.chunks is not None
+                    and not stream_failed(resp_ctype, resp_encoding, recorder.chunks)):
                 self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl)
             self._requests(rt.provider, status).inc()
             self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)

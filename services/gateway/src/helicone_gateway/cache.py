@@ -7,7 +7,7 @@ a caller collect several answers to one prompt: lookups miss until every slot is
 from a random one.
 
 Entries keep the provider's status, headers and body chunks, so a streamed answer is replayed as a
-stream of the same bytes. Stores: `MemoryCacheStore` (one process, bounded LRU) or
+stream of the same bytes. Only complete 2xx answers are saved: not a stream that carried an error event. Stores: `MemoryCacheStore` (one process, bounded LRU) or
 `RedisCacheStore` (shared by every replica). Every store call is bounded by a short timeout and any
 failure is a MISS (and a metric), never an error for the caller.
 """
@@ -28,6 +28,7 @@ from typing import Protocol
 
 from helicone_core.cancellation import wait_for
 from helicone_core.providers import PROVIDER_TABLE
+from helicone_core.usage import decode_body
 
 from .headers import HeaderError, switch
 from .offpath import OffPathWrites
@@ -65,6 +66,10 @@ KEY_PREFIX = "helicone:cache:v1:"
 PROVIDER_KEY_HEADERS = tuple(sorted({way.split(":", 1)[0].lower() for p in PROVIDER_TABLE.values() for way in p.key
                                      if ":" in way and not way.startswith("?")}))
 
+# An error event inside a 200 stream (the provider gave up mid-way): Anthropic's `event: error`, an
+# OpenAI-format `data: {"error": ...}` (OpenAI, OpenRouter, Gemini's SSE) or `data: {"type": "error", ...}`.
+# Each line is matched after its newline: a literal the search skips to quickly (a ^ would be tried everywhere).
+_STREAM_ERROR = re.compile(rb'\n(?:event:[ \t]*error[ \t]*(?:\r|\n|\Z)|data:[ \t]*\{\s*"(?:error"\s*:|type"\s*:\s*"error"))')
 _MAX_AGE = re.compile(r"^(s-maxage|max-age)\s*=\s*\"?([^\",]*)\"?$", re.IGNORECASE)
 
 
@@ -228,6 +233,15 @@ class BodyRecorder:
                 self.chunks = None  # too large to cache; the caller is served as usual
             else:
                 self.chunks.append(chunk)
+
+
+def stream_failed(content_type: str, encoding: str, chunks: list[bytes]) -> bool:
+    """Whether an event stream carries an error event: an answer the provider gave up on, not to be
+    saved. Paid by saved streams only, once, after the answer; a plain search ahead of the pattern."""
+    if "text/event-stream" not in content_type:
+        return False
+    body = b"".join((b"\n", *chunks)) if not encoding else b"\n" + decode_body(b"".join(chunks), encoding)
+    return b"error" in body and _STREAM_ERROR.search(body) is not None
 
 
 # ---- stores -----------------------------------------------------------------------------

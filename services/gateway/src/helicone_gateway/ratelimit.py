@@ -20,6 +20,7 @@ by the same short timeout as the cache's; a store that fails or is slow lets the
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import math
 import re
@@ -135,8 +136,8 @@ def bucket_key(org_id: str, req: RateLimitRequest) -> str:
 
 # ---- stores -----------------------------------------------------------------------------
 class RateLimitStore(Protocol):
-    async def take(self, key: str, quota: float, window: int, cost: float, mode: str) -> tuple[bool, float]:
-        """(allowed, tokens left) after a TAKE, CHECK or CHARGE on the bucket (created full)."""
+    async def take(self, key: str, quota: float, window: int, cost: float, mode: str, org: str = "") -> tuple[bool, float]:
+        """(allowed, tokens left) after a TAKE, CHECK or CHARGE on the bucket (created full) of `org`."""
         ...
 
     async def ping(self) -> bool: ...
@@ -153,24 +154,69 @@ def _decide(tokens: float, cost: float, mode: str) -> tuple[bool, float, bool]:
 
 
 class MemoryRateLimitStore:
-    """One process's buckets; past `max_buckets` the least recently charged one is forgotten (it
-    starts full again if used later)."""
+    """One process's buckets, at most `max_buckets`. A new bucket past the bound takes the place of one
+    that has refilled since it was last charged (forgetting it changes nothing: it would start full
+    again), or, when none has, of the least recently charged one of the org holding the most buckets:
+    an org making buckets by the thousand (distinct users or property values) resets its own, never
+    the spent bucket of an org holding fewer."""
 
     def __init__(self, max_buckets: int = 100_000) -> None:
         self.max_buckets = max_buckets
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, monotonic time)
+        self._buckets: dict[str, tuple[float, float, float, str]] = {}  # key -> (tokens, monotonic time, full at, org)
+        self._by_org: dict[str, OrderedDict[str, None]] = {}  # org -> its keys, least recently charged first
+        # heap of (full at, key) per bucket as created: a charge only moves its full time later, so an
+        # entry is looked at again (and moved) when it is due, not on every charge
+        self._refills: list[tuple[float, str]] = []
+        self._warned = False
 
-    async def take(self, key: str, quota: float, window: int, cost: float, mode: str) -> tuple[bool, float]:
+    async def take(self, key: str, quota: float, window: int, cost: float, mode: str, org: str = "") -> tuple[bool, float]:
         now = time.monotonic()
         state = self._buckets.get(key)
         tokens = quota if state is None else min(quota, state[0] + (now - state[1]) * quota / window)
         allowed, tokens, changed = _decide(tokens, cost, mode)
         if changed:
-            self._buckets[key] = (tokens, now)
-            self._buckets.move_to_end(key)
-            while len(self._buckets) > self.max_buckets:
-                self._buckets.popitem(last=False)
+            full_at = now + (quota - tokens) * window / quota
+            if state is None:
+                if len(self._buckets) >= self.max_buckets:
+                    self._make_room(now)
+                heapq.heappush(self._refills, (full_at, key))
+                if len(self._refills) > 2 * len(self._buckets) + 1024:  # mostly forgotten buckets: rebuilt
+                    self._refills = [(b[2], k) for k, b in self._buckets.items()]
+                    heapq.heapify(self._refills)
+            else:
+                org = state[3]
+            self._buckets[key] = (tokens, now, full_at, org)
+            keys = self._by_org.get(org)
+            if keys is None:
+                keys = self._by_org[org] = OrderedDict()
+            keys[key] = None
+            keys.move_to_end(key)
         return allowed, tokens
+
+    def _make_room(self, now: float) -> None:
+        refills = self._refills
+        while refills and refills[0][0] <= now:
+            key = heapq.heappop(refills)[1]
+            state = self._buckets.get(key)
+            if state is not None and state[2] <= now:
+                self._forget(key, state[3])
+                return
+            if state is not None:  # charged since: due again when it is really full
+                heapq.heappush(refills, (state[2], key))
+        org = max(self._by_org, key=lambda o: len(self._by_org[o]))  # O(orgs), only while none has refilled
+        if not self._warned:
+            self._warned = True
+            log.warning("rate limit store full (%d buckets, none refilled): forgetting the least recently charged "
+                        "buckets of the org holding the most (%s), which start full again; set HELICONE_REDIS_URL "
+                        "to keep buckets in Redis", self.max_buckets, org)
+        self._forget(next(iter(self._by_org[org])), org)
+
+    def _forget(self, key: str, org: str) -> None:
+        del self._buckets[key]
+        keys = self._by_org[org]
+        del keys[key]
+        if not keys:
+            del self._by_org[org]
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -180,6 +226,8 @@ class MemoryRateLimitStore:
 
     async def close(self) -> None:
         self._buckets.clear()
+        self._by_org.clear()
+        self._refills.clear()
 
 
 # One round trip, atomic: refill from the Redis server's clock (replicas' clocks never matter), decide,
@@ -228,7 +276,7 @@ class RedisRateLimitStore:
         self.client = redis_client(url, timeout)
         self.script = self.client.register_script(TOKEN_BUCKET_LUA)
 
-    async def take(self, key: str, quota: float, window: int, cost: float, mode: str) -> tuple[bool, float]:
+    async def take(self, key: str, quota: float, window: int, cost: float, mode: str, org: str = "") -> tuple[bool, float]:
         allowed, tokens = await self.script(keys=[key], args=[repr(quota), window, repr(cost), mode, MAX_EXPIRY_MS])
         return allowed == 1, float(tokens)
 
@@ -268,7 +316,7 @@ class RateLimiter:
         mode, cost = (TAKE, 1.0) if p.unit == REQUEST else (CHECK, 0.0)
         try:
             allowed, tokens = await wait_for(
-                self.store.take(bucket_key(org_id, req), p.quota, p.window, cost, mode), self.timeout)
+                self.store.take(bucket_key(org_id, req), p.quota, p.window, cost, mode, org_id), self.timeout)
         except Exception as exc:  # down, slow or broken: the request goes on, never the caller's problem
             self.m_errors.labels("check").inc()
             self.m_decisions.labels("failed_open").inc()
@@ -290,7 +338,7 @@ class RateLimiter:
         if cents <= 0:
             return
         p = req.policy
-        self._charging.start(self.store.take(bucket_key(org_id, req), p.quota, p.window, cents, CHARGE))
+        self._charging.start(self.store.take(bucket_key(org_id, req), p.quota, p.window, cents, CHARGE, org_id))
 
     async def flush(self) -> None:
         """Waits for charges in flight (shutdown, tests)."""

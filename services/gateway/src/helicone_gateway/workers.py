@@ -114,9 +114,10 @@ def _die_with_parent() -> None:
 
 
 class WorkerParent:
-    def __init__(self, workers: int, host: str, port: int) -> None:
+    def __init__(self, workers: int, host: str, port: int, shared_store: bool) -> None:
         self.workers = workers
         self.host, self.port = host, port
+        self.shared_store = shared_store  # HELICONE_REDIS_URL set: rate limits and cache are shared by the workers
         self.procs: dict[int, subprocess.Popen] = {}
         self.started_at: dict[int, float] = {}
         self.stopping = False
@@ -144,6 +145,11 @@ class WorkerParent:
         for i in range(self.workers):
             self._spawn(i)
         log.info("gateway: %d workers on %s:%d", self.workers, self.host, self.port)
+        if not self.shared_store:
+            log.warning("gateway: %d workers without HELICONE_REDIS_URL: each keeps its own rate limit buckets and "
+                        "response cache in memory, so a rate limit of N lets up to %d x N requests through and an "
+                        "answer cached by one worker is a MISS in the others; set HELICONE_REDIS_URL to share them",
+                        self.workers, self.workers)
         failed = 0
         while True:
             alive = [i for i, p in self.procs.items() if p.poll() is None]
