@@ -5,6 +5,7 @@ import secrets
 import zlib
 from types import SimpleNamespace
 
+import pytest
 from helicone_core import usage
 from helicone_core.cost import TokenCounts
 from helicone_core.usage import decode_body, parse_response, request_model
@@ -350,3 +351,40 @@ def test_a_responses_stream_whose_last_event_is_cut_still_gives_its_usage():
     # a nested usage deeper in the cut event is not taken for the answer's
     nested_only = body.replace(b'"usage": {"input_tokens": 12', b'"usage_": {"input_tokens": 12')
     assert not parse_response("openai", nested_only[:2048], "text/event-stream", nested_only[-128 * 1024:]).known
+
+
+def test_an_anthropic_stream_whose_model_is_no_string_still_gives_its_usage_and_a_loggable_event():
+    """Every other reader takes a model only when it is a string: one that is not (an odd Anthropic-compatible
+    server's {"id": ...}, a number) made RequestLogged refuse it, and the request's whole log event was dropped."""
+    from helicone_core import events
+
+    for odd in ({"id": "claude-x"}, 7, ["claude-x"]):
+        stream = (
+            b'event: message_start\ndata: ' + json.dumps({"type": "message_start", "message": {
+                "model": odd, "usage": {"input_tokens": 25, "output_tokens": 1}}}).encode() + b'\n\n'
+            b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}\n\n'
+        )
+        p = parse_response("anthropic", stream, "text/event-stream")
+        assert p.known and p.model == "" and (p.tokens.prompt_tokens, p.tokens.completion_tokens) == (25, 15)
+        events.RequestLogged(model=p.model or "claude-from-the-request", usage=p.logged_usage())
+
+
+def test_xai_reasoning_tokens_outside_completion_tokens_are_counted_as_output():
+    """xAI counts reasoning apart from completion_tokens (its total_tokens is prompt + completion + reasoning;
+    docs.x.ai, "Consumption and rate limits") and bills it as output; OpenAI counts it inside completion_tokens
+    (total = prompt + completion). Either way the logged completion tokens and the cost include the reasoning."""
+    from helicone_core.cost import CostRegistry
+
+    xai = {"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135,
+           "completion_tokens_details": {"reasoning_tokens": 94}}  # xAI's own example
+    openai = {"prompt_tokens": 32, "completion_tokens": 103, "total_tokens": 135,
+              "completion_tokens_details": {"reasoning_tokens": 94}}
+    registry = CostRegistry.default()
+    for u in (xai, openai):
+        body = json.dumps({"model": "grok-3-mini", "usage": u}).encode()
+        stream = sse({"model": "grok-3-mini", "choices": [{"delta": {"content": "hi"}}]},
+                     {"model": "grok-3-mini", "choices": [], "usage": u})
+        for parsed in (parse_response("openai", body, "application/json"), parse_response("openai", stream, "text/event-stream")):
+            assert parsed.known and (parsed.tokens.prompt_tokens, parsed.tokens.completion_tokens) == (32, 103)
+            assert parsed.logged_usage().total_tokens == 135
+            assert registry.cost("xai", "grok-3-mini", parsed.tokens) == pytest.approx((32 * 0.30 + 103 * 0.50) / 1e6)

@@ -117,3 +117,12 @@ def test_routing_by_the_provider_table():
 def test_bad_provider_urls_are_named(urls, message):
     with pytest.raises(ValueError, match=message):
         GatewaySettings(provider_urls=urls, _env_file=None)
+
+
+def test_proxy_connection_is_hop_by_hop_both_ways():
+    """Proxy-Connection (sent by old clients and some HTTP libraries) is a connection option for the next
+    hop, never an end-to-end header: not forwarded to the provider, not passed back to the caller."""
+    fwd = dict(forward_request_headers([("proxy-connection", "keep-alive"), ("authorization", "Bearer sk-provider")]))
+    assert fwd == {"authorization": "Bearer sk-provider"}
+    back = forward_response_headers([(b"Proxy-Connection", b"close"), (b"Content-Type", b"application/json")])
+    assert back == [(b"content-type", b"application/json")]

@@ -358,6 +358,21 @@ async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
     assert built[1].status == 413 and built[1].request_id == too_big.headers["helicone-id"]
 
 
+@pytest.mark.parametrize("suffix", ["?api-version=2024-10-21", "/#v1", "?"])
+async def test_a_target_url_with_a_query_or_fragment_is_a_400_naming_the_header(tmp_path, suffix):
+    """The request's path is appended to Helicone-Target-URL: after a query or fragment it would become
+    part of them, and the request would go to "/" (logged as the path it never reached)."""
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, target_url_allowlist=[host_port(upstream_url)]
+    ) as (client, built):
+        r = await client.post("/v1/chat/completions", json=CHAT,
+                              headers={"Helicone-Auth": "Bearer good-key", "Helicone-Target-URL": upstream_url + suffix})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "helicone_header_error"
+    assert r.json()["error"]["message"].startswith("Helicone-Target-URL must not have a query or fragment")
+    assert fake.state.received == []
+
+
 def target(url: str | bytes) -> list[tuple[str, str | bytes]]:
     return [("Helicone-Auth", "Bearer good-key"), ("Helicone-Target-URL", url)]
 

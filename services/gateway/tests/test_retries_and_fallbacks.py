@@ -252,3 +252,27 @@ async def test_requests_without_the_headers_never_build_a_plan(tmp_path):
         r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Retry-Enabled": "false"})
     assert r.status_code == 503 and len(primary.state.received) == 1  # sent once, answered as the provider answered
     assert len(built[0].attempts) == 0 and "helicone-fallback-index" not in r.headers
+
+
+async def test_a_fallback_to_a_provider_without_a_base_url_is_a_400_before_anything_is_sent(tmp_path):
+    """Azure has no default base URL: a Helicone-Fallbacks entry naming it without a target-url cannot
+    be sent anywhere; that is the header's fault (a 400 naming the entry), not a provider's 502."""
+    async with two_providers(tmp_path) as (client, _gw, built, primary, _, _, _):
+        primary.state.fail_next = [503]
+        fallbacks = [{"onCodes": FALL_ON_ERRORS}, {"provider": "azure"}]
+        r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Fallbacks": json.dumps(fallbacks)})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "helicone_route_error"
+    assert r.json()["error"]["message"].startswith("Helicone-Fallbacks[1]: No base URL for provider 'azure'")
+    assert primary.state.received == [] and built[0].status == 400
+
+
+@pytest.mark.parametrize("retry_after", ["Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+                                         "Mon, 01 Jan 2024 00:00:00 +9999999999999999999999", "\u00b2"])
+async def test_an_unreadable_retry_after_leaves_the_backoff_to_decide(tmp_path, retry_after):
+    """A Retry-After the gateway cannot read (a date out of every range, a digit that is no number)
+    is ignored, as the README says: the request is retried after the backoff, never answered with a 500."""
+    async with two_providers(tmp_path) as (client, _gw, built, primary, _, _, _):
+        primary.state.fail_next = [(429, {"retry-after": retry_after.encode().decode("latin-1")})]  # sent as UTF-8 bytes
+        r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, **FAST})
+    assert r.status_code == 200 and len(primary.state.received) == 2
+    assert [a.status for a in built[0].attempts] == [429, 200]

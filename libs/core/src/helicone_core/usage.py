@@ -138,6 +138,10 @@ def openai_usage(usage: dict) -> TokenCounts:
     cached = (_int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
               or _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
               or _int(usage.get("prompt_cache_hit_tokens")))  # DeepSeek's name for it
+    # OpenAI counts reasoning inside completion_tokens; xAI apart from it (its total is prompt + completion + reasoning)
+    reasoning = _int(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    if reasoning and _int(usage.get("total_tokens")) == prompt + completion + reasoning:
+        completion += reasoning
     return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached)
 
 
@@ -428,7 +432,8 @@ def _parse_anthropic_sse(text: str) -> Parsed:
         kind = ev.get("type")
         if kind == "message_start" and isinstance(ev.get("message"), dict):
             msg = ev["message"]
-            out.model = msg.get("model") or out.model
+            if isinstance(msg.get("model"), str) and msg["model"]:
+                out.model = msg["model"]
             if isinstance(msg.get("usage"), dict):
                 start_usage = dict(msg["usage"])
                 out.known = True

@@ -732,6 +732,8 @@ class Gateway:
             provider = fb.provider or rt.provider
             # a target-url, else the request's own Helicone-Target-URL, else the provider's base URL
             leg_rt = self.router.route_to(provider, rt.path, fb.target_url or (rt.base_url if rt.target else ""))
+            if not leg_rt.base_url:  # Azure without a target-url nor a deployment URL: nowhere to send it
+                raise Rejection(400, f"{FALLBACKS}[{i}]: {missing_base_url(provider)}", "helicone_route_error")
             leg_url = leg_rt.base_url + path_and_query
             leg_target = None
             if leg_rt.target:

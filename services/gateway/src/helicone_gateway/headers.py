@@ -29,6 +29,7 @@ HOP_BY_HOP = frozenset(
         "keep-alive",
         "proxy-authenticate",
         "proxy-authorization",
+        "proxy-connection",  # not in RFC 9110, but sent by old clients as Connection's twin (dropped as nginx and Go do)
         "te",
         "trailer",
         "trailers",
@@ -177,6 +178,8 @@ def _target_url(value: str, name: str = "Helicone-Target-URL") -> str:
         raise HeaderError(f"{name} must be an absolute http(s) URL")
     if url.raw_user or url.raw_password:
         raise HeaderError(f"{name} must not contain credentials")
+    if "?" in value or "#" in value:  # the request's path is appended: it would land in the query or fragment
+        raise HeaderError(f"{name} must not have a query or fragment: it is a base URL, the request's path and query follow it")
     if noncanonical_ipv4(url.raw_host):
         raise HeaderError(f"{name} host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
                           "write it as four decimal numbers a.b.c.d")

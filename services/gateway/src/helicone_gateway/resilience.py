@@ -46,8 +46,8 @@ _FLOAT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Never taken from a fallback's "headers": hop-by-hop and framing headers are the gateway's own.
-_NOT_OVERRIDABLE = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                              "trailers", "transfer-encoding", "upgrade", "host", "content-length"})
+_NOT_OVERRIDABLE = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+                              "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length"})
 
 
 class ResilienceError(ValueError):
@@ -81,11 +81,11 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone takes "²", which float() refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a year or offset past a C int
         return None
     if when is None or when.tzinfo is None:
         return None
