@@ -96,6 +96,22 @@ async def test_the_filter_tree_selects_what_helicone_s_would(api):
         assert await ids(client, {"properties": {text: {"contains": text}}}) == []
 
 
+async def test_time_conditions_hold_exactly_for_a_time_finer_than_the_stored_millisecond(api):
+    """Times are stored to the millisecond; a caller's may carry microseconds (Python's isoformat()). `> x` and
+    `<= x` held for x rounded up, so a request 0.5 ms after x was not `> x` but was `<= x`."""
+    client, state, org, _, _ = api
+    rid = await add_request(state, org, minutes=0)  # created at T0 exactly
+    before = (T0 - dt.timedelta(microseconds=500)).isoformat()  # half a millisecond before it
+    after = (T0 + dt.timedelta(microseconds=500)).isoformat()
+    for op, when, expected in (("gt", before, [rid]), ("gte", before, [rid]), ("lt", before, []), ("lte", before, []),
+                               ("gt", after, []), ("gte", after, []), ("lt", after, [rid]), ("lte", after, [rid])):
+        assert await ids(client, {"request": {"created_at": {op: when}}}) == expected, (op, when)
+    for op in ("equals", "not-equals"):  # no stored time equals it: refused rather than matched against another time
+        field, message = await problem(client, {"filter": {"request": {"created_at": {op: before}}}})
+        assert field == f"filter.request.created_at.{op}" and "millisecond" in message, message
+    assert await ids(client, {"request": {"created_at": {"equals": T0.isoformat()}}}) == [rid]
+
+
 async def test_the_flat_filter_still_works_beside_the_tree(api):
     client, state, org, _, _ = api
     a = await add_request(state, org, minutes=0, model="gpt-4o", props={"env": "prod"})
@@ -157,6 +173,18 @@ async def test_a_bad_tree_is_a_422_naming_the_place(api):
         assert got_field == field and message in got_message, (filter_, got_field, got_message)
         # the export takes the same filter and says the same
         assert await problem(client, {"filter": filter_, "format": "csv"}, "/v1/request/export") == (got_field, got_message)
+
+
+@chdb_only
+async def test_a_property_name_with_a_lone_surrogate_is_refused_saying_so_in_either_form(api):
+    """The flat filter's message says what is wrong with such a name; the tree's said only that it was
+    not "a valid string" (its property names skipped the UTF-8 check every other filter text has)."""
+    client, *_ = api
+    for filter_ in ({"properties": {"team\udfff": "x"}}, {"properties": {"team\udfff": {"equals": "x"}}}):
+        r = await client.post("/v1/request/query", content=json.dumps({"filter": filter_}), headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        [d] = r.json()["error"]["details"]
+        assert d["field"].startswith("filter.properties.team") and "lone surrogate" in d["message"], (filter_, d)
 
 
 async def test_sorting_on_any_column_either_way_with_the_old_sort_names(api):

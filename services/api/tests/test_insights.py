@@ -733,3 +733,31 @@ async def test_dashboard_reads_over_whole_hours_or_days_are_answered_from_the_pr
     sql, params = ins.breakdown_sql(org, ins.BreakdownQuery(start=start, end=end - dt.timedelta(minutes=1), by="model"))
     plan = "\n".join(r["explain"] for r in await state.analytics.query("EXPLAIN " + sql, params))
     assert "models_v2" not in plan
+
+
+async def test_a_series_without_a_bucket_is_held_to_the_bucket_limit_too(api):
+    """`bucket` defaults to "hour": a range of more than 2000 hours is refused whether or not the caller
+    names the bucket (it was answered with a zero-filled row per hour: 1.1 million for 1971-2100)."""
+    client, *_ = api
+    r = await client.post("/v1/metrics/timeseries", json={"start": "2026-01-01T00:00:00Z", "end": "2026-06-01T00:00:00Z"})
+    assert r.status_code == 422, f"{r.status_code}: {len(r.json().get('data', []))} buckets"
+    d = r.json()["error"]["details"][0]
+    assert d["field"] == "bucket" and "3625 hour buckets" in d["message"] and "at most 2000" in d["message"]
+
+
+async def test_a_session_of_exactly_the_request_cap_is_not_called_truncated(api, monkeypatch):
+    """The tree carries at most MAX_SESSION_REQUESTS requests; `requests_truncated` says some were left out,
+    so a session of exactly that many is whole (it was flagged truncated), and one more is not."""
+    from helicone_api import insights as ins
+
+    client, state, org, _, _ = api
+    monkeypatch.setattr(ins, "MAX_SESSION_REQUESTS", 3)
+    rows = dataset(seed=5, n=4)
+    for r in rows:
+        r.update(session_id="capped", session_path="/a")
+    await log(state, org, rows[:3])
+    body = (await client.get("/v1/session/capped")).json()
+    assert (body["requests"], len(body["tree"]["children"][0]["requests"]), body["requests_truncated"]) == (3, 3, False)
+    await log(state, org, rows[3:])
+    body = (await client.get("/v1/session/capped")).json()
+    assert (body["requests"], len(body["tree"]["children"][0]["requests"]), body["requests_truncated"]) == (4, 3, True)

@@ -138,6 +138,14 @@ async def test_analytics_per_prompt_version(api):
     assert {d["version"]: d["requests"] for d in r.json()["data"]} == {1: 1, 2: 1}
     r = await client.post("/v1/prompts/support/analytics", json={"filter": {"nope": 1}})
     assert r.status_code == 422
+    # ...and the tree form of that filter (the README: "filter": <as /v1/request/query>)
+    ok_before = {"left": {"request": {"created_at": {"lt": end}}}, "operator": "and",
+                 "right": {"response": {"status": {"equals": 200}}}}
+    r = await client.post("/v1/prompts/support/analytics", json={"filter": ok_before})
+    assert r.status_code == 200, r.text
+    assert {d["version"]: d["requests"] for d in r.json()["data"]} == {1: 1, 2: 1}
+    r = await client.post("/v1/prompts/support/analytics", json={"filter": {"response": {"status": {"gte": 400}}}})
+    assert {d["version"]: (d["requests"], d["errors"]) for d in r.json()["data"]} == {1: (1, 1)}
 
 
 async def test_analytics_per_prompt_version_include_scores_and_feedback(api):

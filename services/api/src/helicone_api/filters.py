@@ -44,6 +44,7 @@ from .models import (
     RequestId,
     ScoreName,
     _ch_range,
+    _utf8,
     utc,
 )
 from .queries import where_sql
@@ -165,8 +166,10 @@ class TimeCondition(_Condition):
 
     @field_validator("*")
     @classmethod
-    def _stored_range(cls, v):
-        return _ch_range(v)
+    def _stored_range(cls, v, info: ValidationInfo):
+        if info.field_name in ("equals", "not_equals") and v is not None and v.microsecond % 1000:
+            raise ValueError("times are stored to the millisecond: give at most 3 decimals of a second")
+        return _ch_range(v, round_down=info.field_name in ("gt", "lte"))
 
 
 class FloatCondition(_Condition):
@@ -276,7 +279,7 @@ def _table_model(table: str) -> type[_Fields]:
 
 
 RequestFields, ResponseFields, UserFields, SessionFields = (_table_model(t) for t in ("request", "response", "user", "session"))
-PropertyKey = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+PropertyKey = Annotated[str, StringConstraints(min_length=1, max_length=256), BeforeValidator(_utf8)]
 LEAVES = (*TABLES, "properties", "scores")
 BRANCH = ("left", "operator", "right")
 

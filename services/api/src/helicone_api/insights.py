@@ -166,7 +166,8 @@ class TimeseriesQuery(BaseModel):
     start: dt.datetime = Field(description="the first bucket is the one holding start (ISO 8601; naive times are UTC)")
     end: dt.datetime = Field(description="buckets up to end (exclusive)")
     timezone: str = Field("UTC", description=TZ_FORM + "; buckets start at its midnights and hours")
-    bucket: Literal["minute", "hour", "day", "week"] = Field("hour", description="weeks start on Monday")
+    # validate_default: the default bucket is held to MAX_BUCKETS too
+    bucket: Literal["minute", "hour", "day", "week"] = Field("hour", validate_default=True, description="weeks start on Monday")
     group_by: str | None = Field(None, description=f"{GROUP_BY_FORM}: one series per value")
     top_groups: int = Field(10, ge=1, le=MAX_GROUPS, description="with group_by: the groups with most requests; the rest is \"other\"")
 
@@ -370,7 +371,8 @@ def session_requests_sql(org_id: str, session_id: str) -> tuple[str, dict[str, A
         f"SELECT {COLUMNS} FROM {{db}}.request_log FINAL WHERE org_id = {{org:String}} AND session_id = {{sid:String}} "
         "ORDER BY request_created_at, request_id LIMIT {limit:UInt32} " + SETTINGS
     )
-    return sql, {"org": org_id, "sid": session_id, "limit": MAX_SESSION_REQUESTS}
+    # one more than the tree carries: whether any was left out
+    return sql, {"org": org_id, "sid": session_id, "limit": MAX_SESSION_REQUESTS + 1}
 
 
 def _segments(session_path: str) -> list[str]:
@@ -700,10 +702,11 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             state.m_queries.labels("session_detail", "not_found").inc()
             raise HTTPException(404, f"session {session_id[:200]!r} not found")
         rows = await state.analytics.query(*session_requests_sql(org, session_id))
+        truncated, rows = len(rows) > MAX_SESSION_REQUESTS, rows[:MAX_SESSION_REQUESTS]
         scores = await scores_of(state.analytics, org, [r["request_id"] for r in rows])
         requests = [row_to_json(r, scores.get(r["request_id"])) for r in rows]
         return {**session_json(found[0]), "tree": session_tree(rows, requests),
-                "requests_truncated": len(rows) >= MAX_SESSION_REQUESTS}
+                "requests_truncated": truncated}
 
     @router.post("/user/query")
     async def query_users(q: UserQuery, org: str = Depends(org_id)) -> dict:

@@ -66,15 +66,16 @@ def _uuid(value):
 RequestId = Annotated[uuid.UUID, BeforeValidator(_uuid)]
 
 
-def _ch_range(value: dt.datetime | None) -> dt.datetime | None:
+def _ch_range(value: dt.datetime | None, *, round_down: bool = False) -> dt.datetime | None:
     """UTC, rounded up to the millisecond (the stored precision: `>= start` and `< end` keep exactly
-    the rows they would with the full value), within the range ClickHouse stores."""
+    the rows they would with the full value; `> x` and `<= x` do with x rounded down), within the
+    range ClickHouse stores."""
     if value is None:
         return None
     try:
         value = utc(value)
         if value.microsecond % 1000:
-            value += dt.timedelta(microseconds=1000 - value.microsecond % 1000)
+            value += dt.timedelta(microseconds=(0 if round_down else 1000) - value.microsecond % 1000)
     except OverflowError:
         value = None
     if value is None or not EARLIEST <= value <= LATEST:

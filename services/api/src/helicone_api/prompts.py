@@ -19,6 +19,7 @@ from helicone_core import prompt_templates as templates
 from helicone_core.db import bearer_token
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .filters import AnyFilter, filter_sql
 from .models import RequestFilter, error_responses
 from .queries import no_feedback, prompt_analytics_json, prompt_analytics_sql, prompt_scores_json, prompt_scores_sql
 
@@ -95,7 +96,7 @@ class RenderPreview(BaseModel):
 class PromptAnalyticsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    filter: RequestFilter = Field(default_factory=RequestFilter)
+    filter: AnyFilter = Field(default_factory=RequestFilter)
 
 
 def version_json(v: pb.PromptVersion) -> dict:
@@ -210,9 +211,10 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         """Per version: requests, cost, latency and error rate of the requests rendered from it, the mean
         and count of each score and the feedback's thumbs-up share, filtered like POST /v1/request/query."""
         with state.m_query_seconds.labels("prompt_analytics").time():
-            sql, params = prompt_analytics_sql(org, prompt_id, q.filter)
+            filtered = filter_sql(org, q.filter)
+            sql, params = prompt_analytics_sql(filtered, prompt_id)
             rows = await state.analytics.query(sql, params)
-            sql, params = prompt_scores_sql(org, prompt_id, q.filter)
+            sql, params = prompt_scores_sql(filtered, prompt_id)
             scored = prompt_scores_json(await state.analytics.query(sql, params))
         state.m_queries.labels("prompt_analytics", "ok").inc()
         data = []

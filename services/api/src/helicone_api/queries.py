@@ -144,17 +144,16 @@ def body_to_json(data: bytes | None, content_type: str) -> Any:
     return text
 
 
-def prompt_where_sql(org_id: str, prompt_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]:
-    """The request filter's conditions, narrowed to the requests one prompt rendered."""
-    where, params = where_sql(org_id, f)
-    where.append("prompt_id = {prompt_id:String}")
-    params["prompt_id"] = prompt_id
-    return where, params
+def prompt_where_sql(filtered: tuple[list[str], dict[str, Any]], prompt_id: str) -> tuple[list[str], dict[str, Any]]:
+    """A request filter's conditions (filters.filter_sql: the flat filter or the tree), narrowed to the
+    requests one prompt rendered."""
+    where, params = filtered
+    return [*where, "prompt_id = {prompt_id:String}"], {**params, "prompt_id": prompt_id}
 
 
-def prompt_analytics_sql(org_id: str, prompt_id: str, f: RequestFilter) -> tuple[str, dict[str, Any]]:
+def prompt_analytics_sql(filtered: tuple[list[str], dict[str, Any]], prompt_id: str) -> tuple[str, dict[str, Any]]:
     """Per version of one prompt: requests, cost, latency and error rate of the requests it rendered."""
-    where, params = prompt_where_sql(org_id, prompt_id, f)
+    where, params = prompt_where_sql(filtered, prompt_id)
     sql = (
         "SELECT prompt_version, count() AS requests, sum(cost_usd) AS cost_usd, countIf(cost_known = 0) AS cost_unknown, "
         "avg(latency_ms) AS latency_ms_avg, quantile(0.95)(latency_ms) AS latency_ms_p95, "
@@ -177,9 +176,9 @@ def prompt_analytics_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def prompt_scores_sql(org_id: str, prompt_id: str, f: RequestFilter) -> tuple[str, dict[str, Any]]:
+def prompt_scores_sql(filtered: tuple[list[str], dict[str, Any]], prompt_id: str) -> tuple[str, dict[str, Any]]:
     """Per version of one prompt and score name: how many of its requests have that score, and their sum and mean."""
-    where, params = prompt_where_sql(org_id, prompt_id, f)
+    where, params = prompt_where_sql(filtered, prompt_id)
     sql = (
         "SELECT r.prompt_version AS prompt_version, s.name AS name, count() AS n, sum(s.value) AS total, avg(s.value) AS mean "
         f"FROM (SELECT request_id, prompt_version FROM {{db}}.request_log FINAL WHERE {' AND '.join(where)}) AS r "
