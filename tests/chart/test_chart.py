@@ -143,7 +143,7 @@ BAD_VALUES = [
     ({"components": {"gateway": {"config": {"kafka_bootstrap": "x:1"}}}}, "kafka_bootstrap"),  # set via kafka.bootstrap
     ({"components": {"api": {"config": {"journal_max_bytes": 1}}}}, "journal_max_bytes"),  # a gateway setting
     ({"components": {"gateway": {"config": {"journal_max_bytes": 5}}}}, "journal_max_bytes"),  # below the code's minimum
-    ({"config": {"max_query_limit": 5}}, "max_query_limit"),  # api-only: not for every component
+    ({"config": {"alert_interval": 5}}, "alert_interval"),  # api-only: not for every component
     ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
     ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
     ({"kafka": {"securityProtocol": "TLS"}}, "/kafka/securityProtocol"),

@@ -6,7 +6,6 @@ from pydantic import Field, SecretStr, field_validator
 
 class ApiSettings(ServiceSettings):
     port: int = 8585
-    max_query_limit: int = 1000
     # Largest request body (bytes) the api reads; larger ones are answered 413 (guard.py).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     # The prompts service's gRPC address (host:port) behind /v1/prompts; empty: those answer 503.
