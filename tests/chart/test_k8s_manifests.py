@@ -10,6 +10,7 @@ import pytest
 import yaml
 from helicone_core.settings import REQUEST_LOGGED_TOPIC, CommonSettings
 
+from tests.chart.render import CHART_DIR, merge, values_file
 from tests.chart.validation import load_documents, validate_manifest
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"
@@ -200,6 +201,51 @@ def test_chart_values_point_at_these_resources():
     assert values["clickhouse"]["url"] == f"http://clickhouse-{only('ClickHouseInstallation')['metadata']['name']}.{DATA_NAMESPACE}:8123"
     assert values["s3"]["endpoint"] == f"http://minio.{DATA_NAMESPACE}"
     assert values["s3"]["bucket"] == DEFAULTS.s3_bucket
+
+
+REGIONS = sorted(p.name for p in CHART_DIR.glob("values-*.yaml") if p.name != "values-global.yaml")
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_each_region_that_uses_these_resources_names_them_as_they_are(region):
+    """A region's values files (helm install -f values-global.yaml -f values-<region>.yaml) that point at
+    the resources here must name what they create: a bucket the MinIO Tenant does not create answers
+    NoSuchBucket to every body ingest stores, and ingest retries that batch for ever."""
+    values = merge(merge(values_file("values.yaml"), values_file("values-global.yaml")), values_file(region))
+    kafka = only("Kafka")["metadata"]["name"]
+    if values["kafka"]["bootstrap"] == f"{kafka}-kafka-bootstrap.{DATA_NAMESPACE}:9092":
+        log = next(t for _, t in all_documents() if t["kind"] == "KafkaTopic" and topic_name(t) == REQUEST_LOGGED_TOPIC)
+        assert values["kafka"]["partitions"] == log["spec"]["partitions"]
+        assert (values["kafka"]["topic"], values["kafka"]["dlqTopic"]) == (REQUEST_LOGGED_TOPIC, DEFAULTS.kafka_dlq_topic)
+        users = {u["metadata"]["name"] for _, u in all_documents() if u["kind"] == "KafkaUser"}
+        for component, sasl in values["kafka"]["sasl"].items():
+            if isinstance(sasl, dict):
+                assert sasl["username"] in users, (region, component)
+                assert sasl["existingSecret"] in ("", sasl["username"]), (region, component)  # Strimzi's Secret is the user's name
+    chi = only("ClickHouseInstallation")
+    if values["clickhouse"]["url"] == f"http://clickhouse-{chi['metadata']['name']}.{DATA_NAMESPACE}:8123":
+        secret = chi["spec"]["configuration"]["users"][f"{values['clickhouse']['user']}/password"]["valueFrom"]["secretKeyRef"]
+        assert values["clickhouse"]["existingSecret"] in ("", secret["name"]), region
+        assert values["clickhouse"]["database"] == DEFAULTS.clickhouse_database
+    tenant = only("Tenant")["spec"]
+    if values["s3"]["endpoint"] == f"http://minio.{DATA_NAMESPACE}":
+        assert values["s3"]["bucket"] in [b["name"] for b in tenant["buckets"]], (
+            f"{region}: s3.bucket {values['s3']['bucket']!r} is not a bucket of the MinIO Tenant (k8s/minio.yaml)")
+        assert values["s3"]["existingSecret"] in ("", *(u["name"] for u in tenant["users"])), region
+    if values["postgres"].get("existingSecret"):
+        assert values["postgres"]["existingSecret"] == f"{only('Cluster')['metadata']['name']}-app", region
+
+
+def test_grafana_loads_the_charts_dashboards_into_the_folder_they_name():
+    """The chart labels its dashboard ConfigMaps for the sidecar and names their folder in an annotation
+    (grafana_folder: Helicone, the folder docs/runbooks.md sends operators to). Grafana's sidecar reads
+    that annotation only with folderAnnotation set and foldersFromFilesStructure on; without them
+    the dashboards land in the General folder."""
+    dashboards = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["metrics"]["grafanaDashboards"]
+    sidecar = yaml.safe_load((K8S / "kube-prometheus-stack-values.yaml").read_text())["grafana"]["sidecar"]["dashboards"]
+    assert dashboards["labels"].get(sidecar["label"]) == sidecar["labelValue"]
+    assert sidecar.get("folderAnnotation") in dashboards["annotations"], sidecar
+    assert sidecar.get("provider", {}).get("foldersFromFilesStructure") is True, sidecar
 
 
 # ---- a corrupted copy fails ----------------------------------------------------------------------

@@ -113,6 +113,35 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@pytest.mark.parametrize("scaler", [
+    {"ingest": {"keda": {"enabled": True, "minReplicas": 0}}},  # KEDA scales an idle ingest to zero
+    {"ingest": {"replicas": 0}},
+])
+def test_service_down_stays_quiet_for_a_component_scaled_to_zero(tmp_path, scaler):
+    """No pod of a component that may have none is not a component down: ServiceDown (critical) would
+    page every time KEDA scaled an idle ingest to zero. A pod of it that Prometheus cannot scrape still alerts."""
+    rule = the_rule(render(MONITORING, {"components": scaler}))
+    pods = {"gateway": "gw-1", "api": "api-1", "prompts": "pr-1"}
+    series = [{"series": f'helicone_service_up{{namespace="{NAMESPACE}", job="{RELEASE}-helicone-{c}", pod="{pod}", '
+                         f'service="{c}"}}', "values": "1x20"} for c, pod in pods.items()]
+    down = f'up{{namespace="{NAMESPACE}", job="{RELEASE}-helicone-ingest", pod="in-1", component="ingest", instance="10.0.0.3:8788"}}'
+    suite = {"rule_files": [str(write_rules(rule, tmp_path))], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": series,
+         "alert_rule_test": [{"eval_time": "15m", "alertname": "ServiceDown", "exp_alerts": []}]},
+        {"interval": "1m", "input_series": [*series, {"series": down, "values": "0x20"}],
+         "alert_rule_test": [{"eval_time": "15m", "alertname": "ServiceDown", "exp_alerts": [{
+             "exp_labels": {"severity": "critical", "namespace": NAMESPACE, "job": f"{RELEASE}-helicone-ingest", "pod": "in-1",
+                            "component": "ingest", "instance": "10.0.0.3:8788"},
+             "exp_annotations": {**alerts(rule)["ServiceDown"]["annotations"], "summary": f"{RELEASE}-helicone-ingest is down",
+                                 "description": f"Prometheus cannot scrape in-1 of {RELEASE}-helicone-ingest (namespace "
+                                                f"{NAMESPACE}) for 5 minutes."}}]}]},
+    ]}
+    test_file = tmp_path / "scaled_to_zero_test.yaml"
+    test_file.write_text(yaml.safe_dump(suite, sort_keys=False))
+    out = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_every_alert_has_severity_annotations_and_its_runbook_section(rendered):
     sections = {github_anchor(h) for h in re.findall(r"^## (.+)$", RUNBOOKS.read_text(), re.M)}
     rules = alerts(the_rule(rendered))
@@ -171,6 +200,23 @@ def test_monitoring_is_off_by_default():
 def test_chart_lints_with_monitoring_enabled():
     report = helm.lint(CHART, merge(REQUIRED, MONITORING), strict=True, kube_version="v1.33.0")
     assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
+@pytest.mark.parametrize("reader", [
+    {"metrics": {"podMonitor": {"enabled": True}}},
+    {"components": {"gateway": {"rollout": {"enabled": True}}}},  # the canary analysis
+    {"components": {"gateway": {"autoscaling": {"enabled": True, "requestsPerSecond": 100}}}},  # prometheus-adapter's requests/s
+], ids=["podMonitor", "rollout-analysis", "requestsPerSecond"])
+def test_gateway_workers_are_refused_where_prometheus_reads_the_gateway(reader):
+    """gateway_workers > 1: every worker serves its own /metrics on the pod's one port (SO_REUSEPORT), so each
+    scrape reads a random worker's counters (services/gateway/tests/test_workers.py): rate() takes every switch
+    to a smaller worker for a counter reset, and the alerts, dashboards, canary analysis and requests/s HPA
+    read noise. One worker per pod is what can be monitored."""
+    workers = {"components": {"gateway": {"config": {"gateway_workers": 2}}}}
+    with pytest.raises(helm.HelmError, match=r"components\.gateway\.config\.gateway_workers \(2\)"):
+        render(reader, workers)
+    render(reader)  # one worker: fine
+    render(workers)  # nothing reads the gateway's metrics: fine
 
 
 # ---- PodMonitors --------------------------------------------------------------------------------

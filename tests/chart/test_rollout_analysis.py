@@ -7,8 +7,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chart.render import REQUIRED, by_kind, objects, render
 
@@ -68,3 +70,56 @@ def test_p95_time_to_first_byte_is_the_canarys_own(tmp_path, queries):
             for le in ("0.5", "1", "+Inf")]
     promtool_expect(tmp_path, fast + slow, queries["p95-time-to-first-byte"], 0.475)
     promtool_expect(tmp_path, slow, queries["p95-time-to-first-byte"], 0)  # no canary traffic yet
+
+
+class _Keys:
+    """A loaded key set in which every key is an org's."""
+
+    loaded = True
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def ping(self, timeout):
+        return False
+
+    def lookup(self, key):
+        return "11111111-2222-3333-4444-555555555555"
+
+
+class _BrokenRouter:
+    """A bug of a new version on the path every proxied request takes."""
+
+    def route(self, path, headers, target_url):
+        raise RuntimeError("a bug in the canary")
+
+
+async def test_a_canary_that_fails_every_request_fails_the_error_ratio(tmp_path, queries):
+    """The real gateway with a bug its code does not catch answers 500 to every request: the canary's
+    series must say so, or the analysis measures 0 and the broken version is promoted."""
+    from helicone_gateway.app import create_app
+    from helicone_gateway.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(data_dir=tmp_path / "gw", _env_file=None, kafka_bootstrap="127.0.0.1:1"))
+    gw = app.state.gateway
+    gw.keys = _Keys()
+    await gw.start()
+    try:
+        gw.router = _BrokenRouter()
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # as the server: a 500
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            for _ in range(3):
+                r = await client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                                      headers={"Helicone-Auth": "Bearer sk-helicone-canary"})
+                assert r.status_code == 500
+            exposition = (await client.get("/metrics")).text
+    finally:
+        await gw.stop()
+    # the scraped counters as the canary pod's series: each value reached again every minute
+    requests = "helicone_gateway_requests_total"
+    scraped = [series(requests, CANARY, f"0+{int(s.value)}x10", **s.labels)
+               for family in text_string_to_metric_families(exposition) for s in family.samples if s.name == requests]
+    promtool_expect(tmp_path, scraped, queries["error-ratio"], 1)

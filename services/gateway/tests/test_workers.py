@@ -96,6 +96,12 @@ def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(
             r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"},
                            headers={"Helicone-Auth": f"Bearer {KEY}", "Connection": "close"}, timeout=10)
             assert r.status_code == 502
+        # a scrape reads the counters of the one worker its connection landed on, never the pod's (so the chart
+        # refuses gateway_workers > 1 where Prometheus reads the gateway: tests/chart/test_monitoring.py)
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"}, timeout=10).text
+        requests = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                       if line.startswith("helicone_gateway_requests_total{"))
+        assert 0 < requests < sent
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
         assert len(children) == 2
         proc.send_signal(signal.SIGTERM)
