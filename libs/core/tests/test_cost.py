@@ -170,3 +170,37 @@ def test_unreadable_or_non_json_override_file(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps({"openai": ["gpt-4o"]}))
     with pytest.raises(ValueError, match="openai: expected an object of model prices"):
         CostRegistry.load(tmp_path / "list.json")
+
+
+def test_anthropic_cache_writes_kept_for_an_hour_cost_twice_the_input_price():
+    """Anthropic prices a prompt-cache write by its TTL: 1.25x the input price for 5 minutes, 2x for an hour
+    (usage.cache_creation.ephemeral_1h_input_tokens). Every write was priced as a 5-minute one: an hour's
+    writes were logged at 62.5 % of their cost."""
+    from helicone_core.usage import parse_response
+
+    usage_ = {"input_tokens": 100, "cache_creation_input_tokens": 3000, "cache_read_input_tokens": 5000, "output_tokens": 300,
+              "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000}}
+    expected = (100 * 3 + 1000 * 3.75 + 2000 * 6.0 + 5000 * 0.30 + 300 * 15) / 1e6  # claude-sonnet-4
+    body = json.dumps({"model": "claude-sonnet-4-20250514", "usage": usage_}).encode()
+    start = {k: v for k, v in usage_.items() if k != "output_tokens"} | {"output_tokens": 1}
+    stream = (b"event: message_start\ndata: " + json.dumps({"type": "message_start", "message": {
+        "model": "claude-sonnet-4-20250514", "usage": start}}).encode() + b"\n\n"
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":300}}\n\n')
+    reg = CostRegistry.default()
+    for parsed in (parse_response("anthropic", body, "application/json"), parse_response("anthropic", stream, "text/event-stream")):
+        assert (parsed.tokens.cache_write_tokens, parsed.tokens.cache_write_1h_tokens) == (3000, 2000)
+        assert reg.cost("anthropic", parsed.model, parsed.tokens) == pytest.approx(expected)
+    # the long-context tier has its own hour price (2x its input: 12)
+    long_ = TokenCounts(prompt_tokens=250_000, completion_tokens=0, cache_write_tokens=10_000, cache_write_1h_tokens=10_000)
+    assert reg.cost("anthropic", "claude-sonnet-4", long_) == pytest.approx((240_000 * 6.0 + 10_000 * 12.0) / 1e6)
+
+
+def test_a_registry_entry_without_an_hour_price_prices_those_writes_as_any_cache_write(tmp_path):
+    override = tmp_path / "costs.json"
+    override.write_text(json.dumps({"anthropic": {"claude-custom": {"input": 1.0, "output": 2.0, "cache_write": 1.5}}}))
+    reg = CostRegistry.load(override)
+    tokens = TokenCounts(prompt_tokens=1000, cache_write_tokens=1000, cache_write_1h_tokens=600)
+    assert reg.cost("anthropic", "claude-custom", tokens) == pytest.approx(1000 * 1.5 / 1e6)
+    override.write_text(json.dumps({"anthropic": {"claude-custom": {"input": 1.0, "output": 2.0, "cache_write_1h": -1}}}))
+    with pytest.raises(ValueError, match="cache_write_1h must be a number >= 0"):
+        CostRegistry.load(override)

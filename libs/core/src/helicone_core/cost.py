@@ -18,7 +18,7 @@ from pathlib import Path
 from .settings import env_name
 
 PER_TOKENS = 1_000_000
-_PRICE_FIELDS = ("input", "output", "cache_read", "cache_write")
+_PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 _ENTRY_FIELDS = {*_PRICE_FIELDS, "tiers", "pattern", "regex"}
 _TIER_FIELDS = {*_PRICE_FIELDS, "above"}
 
@@ -29,6 +29,7 @@ class Price:
     output: float
     cache_read: float
     cache_write: float
+    cache_write_1h: float  # a prompt-cache write kept for an hour (Anthropic's 1-hour TTL), where it costs more
     # (prompt tokens above which it applies, price), ascending: the whole request is priced at the
     # highest tier its prompt exceeds
     tiers: tuple[tuple[int, Price], ...] = ()
@@ -49,6 +50,7 @@ class TokenCounts:
     completion_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written for an hour (priced at cache_write_1h)
 
 
 def _number(where: str, name: str, value) -> float:
@@ -67,11 +69,13 @@ def _price(where: str, p: dict, fields: set[str]) -> Price:
         if req not in p:
             raise ValueError(f"{where}: {req} is missing")
     inp = _number(where, "input", p["input"])
+    write = _number(where, "cache_write", p.get("cache_write", inp))
     return Price(
         input=inp,
         output=_number(where, "output", p["output"]),
         cache_read=_number(where, "cache_read", p.get("cache_read", inp)),
-        cache_write=_number(where, "cache_write", p.get("cache_write", inp)),
+        cache_write=write,
+        cache_write_1h=_number(where, "cache_write_1h", p.get("cache_write_1h", write)),
     )
 
 
@@ -104,7 +108,7 @@ def _entry(where: str, name: str, p) -> _Entry:
             matcher = re.compile("^" + fnmatch.translate(p["pattern"].lower()))  # the whole name
     except (re.error, TypeError, AttributeError) as exc:
         raise ValueError(f"{where}: not a valid {'regex' if 'regex' in p else 'glob pattern'} ({exc})") from None
-    return _Entry(name.lower(), Price(price.input, price.output, price.cache_read, price.cache_write, tuple(tiers)), matcher)
+    return _Entry(name.lower(), Price(price.input, price.output, price.cache_read, price.cache_write, price.cache_write_1h, tuple(tiers)), matcher)
 
 
 def merge(base: dict, override: dict, source: str = "override") -> dict:
@@ -207,10 +211,12 @@ class CostRegistry:
             return None
         price = base.for_prompt(tokens.prompt_tokens)
         uncached = max(tokens.prompt_tokens - tokens.cache_read_tokens - tokens.cache_write_tokens, 0)
+        one_hour = min(tokens.cache_write_1h_tokens, tokens.cache_write_tokens)
         usd = (
             uncached * price.input
             + tokens.cache_read_tokens * price.cache_read
-            + tokens.cache_write_tokens * price.cache_write
+            + (tokens.cache_write_tokens - one_hour) * price.cache_write
+            + one_hour * price.cache_write_1h
             + tokens.completion_tokens * price.output
         ) / PER_TOKENS
         return round(usd, 12)

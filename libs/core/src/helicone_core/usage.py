@@ -150,7 +150,10 @@ def anthropic_usage(usage: dict, output_tokens: int | None = None) -> TokenCount
     write = _int(usage.get("cache_creation_input_tokens"))
     read = _int(usage.get("cache_read_input_tokens"))
     out = _int(usage.get("output_tokens")) if output_tokens is None else output_tokens
-    return TokenCounts(prompt_tokens=inp + write + read, completion_tokens=out, cache_read_tokens=read, cache_write_tokens=write)
+    # cache_creation splits the writes by TTL: an hour's cost more (Anthropic: 2x input, 5 minutes' 1.25x)
+    one_hour = min(_int(_dict(usage.get("cache_creation")).get("ephemeral_1h_input_tokens")), write)
+    return TokenCounts(prompt_tokens=inp + write + read, completion_tokens=out, cache_read_tokens=read, cache_write_tokens=write,
+                       cache_write_1h_tokens=one_hour)
 
 
 def gemini_usage(meta: dict) -> TokenCounts:
@@ -441,7 +444,7 @@ def _parse_anthropic_sse(text: str) -> Parsed:
             usage = ev["usage"]
             output_tokens = _int(usage.get("output_tokens"))
             # newer APIs report final input/cache counts on message_delta too
-            for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"):
                 if usage.get(k) is not None:
                     start_usage[k] = usage[k]
             out.known = True
