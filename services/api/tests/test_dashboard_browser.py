@@ -5,14 +5,18 @@ stack are in tests/e2e/test_dashboard.py, which checks the same panels against w
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
+from zoneinfo import ZoneInfo
 
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from helicone_api.dashboard import dashboard_router, load_static
+from helicone_api.insights import TimeseriesQuery
+from pydantic import ValidationError
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -69,7 +73,12 @@ def contract_api(calls: list[tuple[str, str, dict | None, dict]]) -> FastAPI:
                 "response_body": {"choices": [{"message": {"content": "Here is your plan"}}]}}
 
     @app.post("/v1/metrics/timeseries")
-    async def timeseries():
+    async def timeseries(request: Request):
+        try:
+            TimeseriesQuery.model_validate(await request.json())  # the api's own check: a zone it knows, few buckets
+        except ValidationError as exc:
+            return JSONResponse({"error": {"type": "invalid_request", "message": "invalid request", "details": [
+                {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]}}, 422)
         return {"data": [metrics_point(b, n) for n, b in enumerate(BUCKETS, 1)]}
 
     @app.post("/v1/metrics/breakdown")
@@ -196,3 +205,59 @@ def test_requests_follow_the_contracts(page, served):
         assert by_path[("POST", path)][0] == {"limit": 50, "offset": 0}
     rq, _ = by_path[("POST", "/v1/request/query")]
     assert set(rq) == {"filter", "limit", "offset", "sort"} and rq["sort"] == "created_at_desc"
+
+
+# a minute past a quarter hour, an hour and a UTC midnight: where rounding the range's end up cuts most off its start
+NOW = "2026-01-08T00:01:00.000Z"
+GRAIN_HOURS = {1: 0.25, 24: 1, 168: 24, 720: 24}  # the projections' grain a range's ends lie on (dashboard.js range())
+
+
+@pytest.mark.parametrize("hours", sorted(GRAIN_HOURS))
+def test_a_time_range_covers_the_whole_span_it_names(page, hours):
+    """"Last hour" shows every request of the last hour (it ended on the next quarter hour and started an hour
+    before that: at 00:01 a request from 23:10 was left out; "Last 7 days" lost up to a day), its ends still on
+    the grain the api's projections hold."""
+    got = page.execute_script("""
+        const sel = document.getElementById("range"), was = sel.value, realNow = Date.now;
+        Date.now = () => Date.parse(arguments[0]);
+        try { sel.value = arguments[1]; return range(); } finally { Date.now = realNow; sel.value = was; }""", NOW, str(hours))
+    now, start, end = (dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (NOW, got["start"], got["end"]))
+    assert start <= now - dt.timedelta(hours=hours) and end >= now, got
+    grain = int(GRAIN_HOURS[hours] * 3600)
+    assert all(int(t.timestamp()) % grain == 0 for t in (start, end)), got
+
+
+def test_forgetting_the_key_drops_what_it_showed(page):
+    """"Forget key" (and a refused key) leave none of the org's data in the page: the request and session that were
+    open stayed in the DOM, and showed again under the next key entered, whichever org that key is of."""
+    settled(page, "requests"), settled(page, "sessions")
+    page.find_element(By.CSS_SELECTOR, f"#requests-table button[data-request-id='{REQ_B}']").click()
+    wait(page, lambda d: settled(d, "detail") == "ready" and d.find_element(By.ID, "detail-id").text == REQ_B)
+    page.find_element(By.CSS_SELECTOR, "#sessions-table button[aria-label='Show session tree s-1']").click()
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-tree li.tree-request")) == 2)
+    page.find_element(By.ID, "forget-key").click()
+    left = page.execute_script("return document.getElementById('main').textContent")
+    for shown in ("Here is your plan", "plan a trip", REQ_B, "alice", "gpt-4o", "Trip"):
+        assert shown not in left, shown
+    page.find_element(By.ID, "api-key").send_keys(KEY)
+    page.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    settled(page, "requests")
+    assert not page.find_element(By.ID, "panel-detail").is_displayed()
+    assert not page.find_element(By.ID, "session-tree-box").is_displayed()
+
+
+def test_a_browser_in_a_time_zone_without_a_name_still_draws_the_series(served, tmp_path, monkeypatch):
+    """A machine whose TZ is a POSIX rule ("XYZ+3") has no IANA zone: the browser says "Etc/Unknown", which the
+    api refuses (422), and "Over time" was an error instead of charts."""
+    base, calls = served
+    monkeypatch.setenv("TZ", "XYZ+3")
+    with headless_chromium(tmp_path) as driver:
+        driver.get(base + "/")
+        assert driver.execute_script("return Intl.DateTimeFormat().resolvedOptions().timeZone") == "Etc/Unknown"
+        driver.find_element(By.ID, "api-key").send_keys(KEY)
+        driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+        assert settled(driver, "timeseries") == "ready", driver.find_element(By.CSS_SELECTOR, "#panel-timeseries .panel-status").text
+        assert series_pixels(driver, "chart-requests") > 0
+        west = driver.execute_script("return new Date().getTimezoneOffset()")  # minutes, as the charts' axes show time
+    zone = [b for _m, path, b, _q in calls if path == "/v1/metrics/timeseries"][-1]["timezone"]
+    assert ZoneInfo(zone).utcoffset(dt.datetime.now()) == -dt.timedelta(minutes=west), zone

@@ -761,3 +761,20 @@ async def test_a_session_of_exactly_the_request_cap_is_not_called_truncated(api,
     await log(state, org, rows[3:])
     body = (await client.get("/v1/session/capped")).json()
     assert (body["requests"], len(body["tree"]["children"][0]["requests"]), body["requests_truncated"]) == (4, 3, True)
+
+
+async def test_a_session_path_of_many_segments_is_answered_as_a_tree(api):
+    """Helicone-Session-Path may hold 1024 characters, so up to 512 segments (an agent's nested steps):
+    the session's tree is still answered and opens in the dashboard (from 126 levels on it was a 500,
+    the JSON encoder's depth limit), its deepest node holding the rest of the path and the request."""
+    client, state, org, _, _ = api
+    path = "/step" * 200
+    [row] = dataset(seed=7, n=1)
+    row.update(session_id="deep", session_path=path)
+    await log(state, org, [row])
+    r = await client.get("/v1/session/deep")
+    assert r.status_code == 200, r.text
+    nodes = list(walk(r.json()["tree"]))
+    leaf = nodes[-1]
+    assert leaf["path"] == path and [q["request_id"] for q in leaf["requests"]] == [row["id"]]
+    assert sum(len(n["requests"]) for n in nodes) == 1

@@ -375,9 +375,15 @@ def session_requests_sql(org_id: str, session_id: str) -> tuple[str, dict[str, A
     return sql, {"org": org_id, "sid": session_id, "limit": MAX_SESSION_REQUESTS + 1}
 
 
+# The session tree's deepest level: the segments past it are one node (its name "x/y/..."), so the tree
+# stays within what its JSON encoding and the dashboard nest (a 1024-character path has up to 512 segments).
+MAX_TREE_DEPTH = 32
+
+
 def _segments(session_path: str) -> list[str]:
     """"/a/b", "a/b/" and "/a//b" are all the node /a/b; "" and "/" the root."""
-    return [s for s in session_path.split("/") if s]
+    segments = [s for s in session_path.split("/") if s]
+    return segments[: MAX_TREE_DEPTH - 1] + ["/".join(segments[MAX_TREE_DEPTH - 1:])] if len(segments) > MAX_TREE_DEPTH else segments
 
 
 def session_tree(rows: list[dict[str, Any]], requests: list[dict[str, Any]]) -> dict[str, Any]:

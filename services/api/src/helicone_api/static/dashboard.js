@@ -98,11 +98,13 @@ function stillCurrent(current) {
 
 function range() {
   const hours = Number($("#range").value);
-  // ends on the next quarter hour, hour or UTC midnight (by the range's length), so the api answers
-  // from its pre-aggregated projections, which hold whole quarter hours, hours and days
+  // starts and ends on a quarter hour, hour or UTC midnight (by the range's length), so the api answers
+  // from its pre-aggregated projections, which hold whole quarter hours, hours and days; rounded outwards,
+  // so the range holds every request of the span it names
   const grain = (hours >= 168 ? 86400 : hours >= 24 ? 3600 : 900) * 1000;
-  const end = new Date(Math.ceil(Date.now() / grain) * grain);
-  const start = new Date(end.getTime() - hours * 3600 * 1000);
+  const now = Date.now();
+  const end = new Date(Math.ceil(now / grain) * grain);
+  const start = new Date(Math.floor((now - hours * 3600 * 1000) / grain) * grain);
   const bucket = hours <= 1 ? "minute" : hours <= 168 ? "hour" : "day";
   return { start: start.toISOString(), end: end.toISOString(), bucket };
 }
@@ -136,10 +138,18 @@ function timeChart(id, x, series) {
   );
 }
 
+// The browser's IANA zone. A TZ without a name (a POSIX rule such as "XYZ+3") is "Etc/Unknown", which the api
+// refuses: a whole-hour offset has its Etc/GMT zone (sign reversed), any other falls back to UTC.
+function timeZone() {
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zone && zone !== "Etc/Unknown") return zone;
+  const offset = new Date().getTimezoneOffset();
+  return offset && offset % 60 === 0 ? `Etc/GMT${offset > 0 ? "+" : "-"}${Math.abs(offset) / 60}` : "UTC";
+}
+
 async function loadTimeseries(current) {
   const r = range();
-  const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-  const resp = await api("POST", "/v1/metrics/timeseries", { start: r.start, end: r.end, bucket: r.bucket, timezone: tz });
+  const resp = await api("POST", "/v1/metrics/timeseries", { start: r.start, end: r.end, bucket: r.bucket, timezone: timeZone() });
   stillCurrent(current);
   // rows may come per group: sum them per bucket (latency takes the slowest group's percentile)
   const byBucket = new Map();
@@ -376,8 +386,23 @@ function filterByUser(userId) {
 
 // ---- key and page wiring ----------------------------------------------------------------------
 
+// What a key's org showed goes with the key: the next key entered (of any org) sees only its own data.
+function clearPage() {
+  for (const name of Object.keys(panelLoads)) panelLoads[name]++; // loads under way render nothing
+  sessionOpens++;
+  for (const id of Object.keys(charts)) {
+    charts[id].destroy();
+    delete charts[id];
+  }
+  for (const panel of document.querySelectorAll("#main .panel")) setPanel(panel.id.slice("panel-".length), "idle");
+  for (const node of document.querySelectorAll("#main :is(tbody, dl, ul, pre), #detail-id, #session-tree-id")) node.replaceChildren();
+  $("#panel-detail").hidden = true;
+  $("#session-tree-box").hidden = true;
+}
+
 function keyRefused(message) {
   sessionStorage.removeItem(KEY_STORAGE);
+  clearPage();
   $("#main").hidden = true;
   $("#forget-key").hidden = true;
   $("#key-status").textContent = "The api refused the key: " + message;
@@ -405,6 +430,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORAGE);
+    clearPage();
     $("#main").hidden = true;
     $("#forget-key").hidden = true;
     $("#key-status").textContent = "Key forgotten. Enter a Helicone API key to load the dashboard.";
