@@ -8,6 +8,7 @@ import threading
 import time
 import types
 import uuid
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -82,6 +83,45 @@ def test_a_torn_or_corrupt_tail_is_cut_and_the_rest_kept(tmp_path):
     third = Journal(tmp_path, max_bytes=1 << 20).open()
     assert list(third.iter_all()) == [(b"a", b"first")]
     third.close()
+
+
+@contextlib.contextmanager
+def _unprivileged(directory):
+    """Runs the block as a user without root's powers, in `directory` (its own): root opens a 0400 file for
+    writing where a gateway's user cannot. Not root: as the user it is."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.chown(directory, 65534, 65534)
+    os.seteuid(65534)  # the real uid stays root: set back below
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o277], ids=["umask022", "umask277"])
+def test_a_journal_killed_mid_write_opens_again_whatever_the_umask(mask):
+    """Its files are 0600 whatever the umask (helicone_core.filemodes): one created 0400 under an odd umask
+    (0277) could not be opened for writing by the next run, whose start would fail on the lock file, or on
+    cutting the torn tail a kill -9 left, at every restart."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # (under /tmp: a user other than root can reach it)
+        root = Path(tmp) / "journal"
+        old = os.umask(mask)
+        try:
+            with _unprivileged(tmp):
+                j = Journal(root, max_bytes=1 << 20).open()
+                j.append([(b"a", b"first")], inflight=False, sync=True)
+                os.write(j._fd, encode_record(b"b", b"second")[:-2])  # killed mid-write
+                j.close()
+                again = Journal(root, max_bytes=1 << 20).open()
+                assert list(again.iter_all()) == [(b"a", b"first")] and again.cut_tails == 1
+                again.close()
+        finally:
+            os.umask(old)
+        assert {stat.S_IMODE(p.stat().st_mode) for p in [root / ".lock", *root.glob("*.seg")]} == {0o600}
 
 
 def test_one_gateway_per_journal_directory(tmp_path):
@@ -250,6 +290,37 @@ def test_a_failed_fsync_leaves_the_batch_journaled_and_says_so(tmp_path, monkeyp
     assert all(refs) and refs.failed == 0 and refs.error.errno == errno.EIO
     assert [data for _, data in j.iter_all()] == [b"a", b"b"]
     j.close()
+
+
+def test_a_seal_whose_fsync_fails_closes_its_segment(tmp_path, monkeypatch):
+    """A disk failing every fsync (EIO): the watcher seals the active segment every segment_seconds, and each
+    failed seal must still close its descriptor, or the gateway leaks one per seal until it runs out of them
+    (and then cannot accept a connection). A batch cut at a failed seal leaves nothing of it behind."""
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+    j.append([(b"k", b"before")], inflight=False, sync=True)
+    before = _open_fds()
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for i in range(5):
+        with pytest.raises(OSError):
+            j.seal_if_older(0)  # the watcher's seal (it logs the error and goes on)
+        assert all(j.append([(b"k", b"x%d" % i)], inflight=False, sync=True))  # a new segment: journaled (and sent)
+    assert _open_fds() <= before
+    one = len(encode_record(b"k", b"y" * 100))
+    j.segment_bytes = j.segments[-1].size + one  # the next batch fills the active segment: its seal fails
+    refs = j.append([(b"k", b"y" * 100)] * 2, inflight=False, sync=True)
+    assert list(refs) == [None, None] and refs.failed == 2
+    monkeypatch.undo()
+    assert _open_fds() <= before
+    j.segment_bytes = 1 << 20
+    assert j.size_bytes == sum(s.path.stat().st_size for s in j.segments)  # the cut batch is gone from the disk too
+    j.close()
+    again = Journal(tmp_path, max_bytes=1 << 20).open()
+    assert [data for _, data in again.iter_all()] == [b"before"] + [b"x%d" % i for i in range(5)]
+    again.close()
 
 
 # ---- the publisher ------------------------------------------------------------------------
@@ -1400,3 +1471,48 @@ async def test_a_publisher_whose_worker_is_gone_never_holds_requests(tmp_path):
         assert pub._backlog > pub.backlog_bytes and not pub.backlogged
     finally:
         await pub.stop()
+
+
+async def test_an_event_too_large_for_kafka_is_dropped_and_never_holds_back_the_events_after_it(tmp_path, kafka_bootstrap):
+    """An event over the producer's record limit (prompt inputs are not cut at the logged-body limit) can never
+    be sent: journaled, the resender would fail on it at every pass (each failure a reconnect), and no event
+    after it would reach Kafka again. It is dropped when built, counted and logged; the others go on."""
+    from helicone_core.kafka import MAX_RECORD_BYTES
+
+    topic = "too-large-" + uuid.uuid4().hex[:8]
+    big, after = _event(), _event()
+    big.prompt_inputs_json = "x" * MAX_RECORD_BYTES
+    down, metrics = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5)  # the broker away: both wait in the journal
+    await down.start()
+    down.submit(lambda: big)
+    down.submit(lambda: after)
+    await down.stop()
+    pub, _ = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    try:
+        got = await _consume(kafka_bootstrap, topic, 1, timeout=15)
+        assert set(got.values()) == {after.request_id}
+    finally:
+        await pub.stop()
+    assert _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "too_large"}) == 1
+
+
+async def test_a_full_journal_says_so_in_the_log_once_a_run_and_when_it_takes_events_again(tmp_path, caplog):
+    """At the cap new events are refused: counted (journal_full) and logged, once per run of refusals, as a full
+    or failing disk is (journal_error), so an operator reading the log learns that events are being lost."""
+    async with _publisher_by_hand(tmp_path, max_bytes=1024, segment_bytes=512) as (pub, metrics, producer):
+        pub._connected.clear()  # the broker away: nothing is acknowledged, nothing can be evicted
+        for i in range(12):
+            await pub._append([(b"o/%d" % i, b"x" * 100)], send=True)
+        full = _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "journal_full"})
+        assert full >= 4 and pub.journal.record_count == 12 - full
+        refused = [r for r in caplog.records if "journal is full" in r.getMessage()]
+        assert len(refused) == 1 and refused[0].levelname == "ERROR"
+        pub._connected.set()
+        await pub._resend_pending(asyncio.get_running_loop())
+        await asyncio.sleep(0)  # the acknowledgements' callbacks: the sealed segments can be evicted now
+        pub.journal.seal_active()
+        pub._connected.clear()
+        await pub._append([(b"o/next", b"y" * 100)], send=True)
+        assert pub.journal.evicted_segments >= 1
+        assert "takes events again" in caplog.text

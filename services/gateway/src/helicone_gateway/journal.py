@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helicone_core.filemodes import private_dir
+from helicone_core.filemodes import open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ class Journal:
         """Takes ownership of the directory and reads back what a previous run left."""
         private_dir(self.root)
         # One owner per directory: two gateways appending to the same segments would corrupt them.
-        self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        # read-only is enough for flock (a lock file an odd umask left 0400 still opens); 0600 whatever the umask
+        self._lock_fd = open_private(self.root / ".lock", os.O_RDONLY | os.O_CREAT)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -255,6 +256,9 @@ class Journal:
                 os.ftruncate(fd, start)
             with contextlib.suppress(OSError):
                 os.close(fd)
+        elif self.segments and self.segments[-1] is seg:  # its seal's fsync failed (and closed it)
+            with contextlib.suppress(OSError):
+                os.truncate(seg.path, start)
 
     def _room_locked(self, need: int) -> bool:
         """Makes room by evicting the oldest sealed segments Kafka has fully acknowledged (only
@@ -286,7 +290,7 @@ class Journal:
             return self.segments[-1]
         seq = self.segments[-1].seq + 1 if self.segments else 1
         path = self.root / f"{seq:012d}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)  # 0600 whatever the umask
         try:
             os.write(fd, MAGIC)
         except OSError:  # a full disk: no segment, and no descriptor left open for it
@@ -304,10 +308,11 @@ class Journal:
             return
         seg.sealed = True
         if self._fd is not None and self.segments and self.segments[-1] is seg:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            self._dirty = False
+            fd, self._fd, self._dirty = self._fd, None, False
+            try:
+                os.fsync(fd)
+            finally:  # closed even when the fsync fails: nothing writes to a sealed segment again
+                os.close(fd)
 
     def seal_if_older(self, seconds: float) -> bool:
         """Seals the active segment once it holds records and is older than `seconds`, so that
@@ -453,6 +458,7 @@ class Journal:
                 seq = int(path.stem)
             except ValueError:
                 continue
+            os.chmod(path, FILE_MODE)  # before the cut: a segment an odd umask left 0400 is writable again
             records, good, bad = _read_records(path)
             if bad:
                 cut = path.stat().st_size - good
@@ -463,7 +469,6 @@ class Journal:
                     continue
                 with open(path, "r+b") as f:
                     f.truncate(good)
-            os.chmod(path, FILE_MODE)
             if not records:
                 path.unlink()
                 continue

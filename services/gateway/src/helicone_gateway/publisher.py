@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from helicone_core import events
 from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.kafka import MAX_RECORD_BYTES, ensure_topics, ping_broker
@@ -146,6 +147,7 @@ class EventPublisher:
         self._commit_floor: dict[int, int] = {}  # first committed offset seen per partition since the last reset
         self._evicted_seen = 0
         self._journal_failing = False  # the last journal append failed (logged once a run of failures)
+        self._journal_full = False  # the last journal append refused events for want of room (logged once a run)
 
         self.m_published = metrics.counter(
             "helicone_gateway_events_published_total", "Log events acknowledged by Kafka", ("path",)
@@ -355,11 +357,19 @@ class EventPublisher:
         """(key, encoded event), or None when there is nothing to publish."""
         try:
             event = builder()
-            return None if event is None else (events.message_key(event), events.encode(event))
+            if event is None:
+                return None
+            key, data = events.message_key(event), events.encode(event)
         except Exception:  # noqa: BLE001 - never let a bad event stop the worker
             log.exception("could not build a log event")
             self.m_dropped.labels("build_error").inc()
             return None
+        # the producer refuses it on every resend (each a reconnect): journaled, it would hold back every event after it
+        if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, data, []) > MAX_RECORD_BYTES:
+            log.error("log event %s dropped: %d bytes, over Kafka's record limit (%d)", key.decode(), len(data), MAX_RECORD_BYTES)
+            self.m_dropped.labels("too_large").inc()
+            return None
+        return key, data
 
     async def _worker(self) -> None:
         while True:
@@ -431,6 +441,14 @@ class EventPublisher:
         full = sum(ref is None for ref in refs) - refs.failed
         if full:
             self.m_dropped.labels("journal_full").inc(full)
+            if not self._journal_full:  # logged once a run of refusals, as a failing disk is
+                self._journal_full = True
+                log.error("the event journal is full (HELICONE_JOURNAL_MAX_BYTES, %d bytes): events are dropped "
+                          "(helicone_gateway_events_dropped_total{reason=\"journal_full\"}) until there is room",
+                          self.journal.max_bytes)
+        elif self._journal_full and any(refs):
+            self._journal_full = False
+            log.warning("the event journal takes events again")
         if self.journal.evicted_segments != self._evicted_seen:
             self.m_evicted.inc(self.journal.evicted_segments - self._evicted_seen)
             self._evicted_seen = self.journal.evicted_segments
