@@ -12,7 +12,7 @@ import httpx
 import pytest
 from helicone.prompts.v1 import prompts_pb2 as pb
 from helicone.prompts.v1 import prompts_pb2_grpc
-from helicone_core import db
+from helicone_core import db, events
 from helicone_gateway import prompts as gateway_prompts
 from helicone_gateway.app import create_app
 from helicone_gateway.settings import GatewaySettings
@@ -446,3 +446,25 @@ async def test_deeply_nested_prompt_inputs_are_a_400(setup):
                             headers={**s.headers, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Inputs": deep})
     assert r.status_code == 400 and "Helicone-Prompt-Inputs" in r.json()["error"]["message"], (r.status_code, r.text[:200])
     assert s.fake.state.received == []
+
+
+async def test_prompt_inputs_past_the_logged_body_limit_are_left_out_and_the_request_is_logged(setup):
+    """Inputs are logged as sent, like bodies, but bodies are cut at max_logged_body_bytes and the inputs were not:
+    a request with more than 4 MiB of them made an event Kafka refuses, dropped (its log lost) or, journaled, held
+    back every event after it. Inputs larger than the bodies' limit are left out; the request body, cut at that
+    limit and flagged, holds what was sent."""
+    from helicone_core import kafka
+
+    s = setup
+    limit = s.gateway.settings.max_logged_body_bytes
+    small = {**INPUTS, "ticket": "x" * 1000}
+    large = {**INPUTS, "ticket": "x" * (kafka.MAX_RECORD_BYTES + 1024)}
+    for inputs in (small, large):
+        body = {"prompt_id": "triage", "version_id": 1, "inputs": inputs, "messages": []}
+        r = await s.client.post("/v1/chat/completions", json=body, headers=s.headers)
+        assert r.status_code == 200, r.text
+    kept, left_out = s.built
+    assert json.loads(kept.prompt_inputs_json) == small
+    assert (left_out.prompt_id, left_out.prompt_version, left_out.prompt_inputs_json) == ("triage", 1, "")
+    assert left_out.inline.request_truncated and len(left_out.inline.request_body) <= limit
+    assert len(events.encode(left_out)) < kafka.MAX_RECORD_BYTES
