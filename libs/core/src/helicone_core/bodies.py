@@ -55,6 +55,13 @@ def split_ref(ref: str) -> tuple[str, int | None, int | None]:
     return _check_key(key), int(m.group(1)), int(m.group(2))
 
 
+def store_error(exc: BaseException) -> str:
+    """What a failed read of the body store was, for an answer: S3's error code (NoSuchBucket, SlowDown,
+    AccessDenied, InvalidAccessKeyId, ...), else the exception's class (a connection or file error)."""
+    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+    return str(code) if code else exc.__class__.__name__
+
+
 class BodyStore(Protocol):
     async def start(self) -> None: ...
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...

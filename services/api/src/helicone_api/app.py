@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
-from helicone_core.bodies import make_body_store
+from helicone_core.bodies import make_body_store, store_error
 from helicone_core.cost import CostRegistry
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
@@ -160,16 +160,27 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
             state.m_queries.labels("detail", "not_found").inc()
             raise HTTPException(404, f"request {request_id} not found")
         row = rows[0]
-        async def body(key: str) -> bytes | None:
-            return await state.bodies.get(key) if key else None  # a row without a key has no stored body
+        async def body(key: str) -> tuple[bytes | None, str | None]:
+            """(the body, None), or (None, why it cannot be read): the store failing costs the body, not the answer."""
+            if not key:
+                return None, None  # a row without a key has no stored body
+            try:
+                data = await state.bodies.get(key)
+            except ValueError:
+                return None, "the row's body reference is not valid"
+            except Exception as exc:  # noqa: BLE001 - the store is down or refuses (S3 throttling, credentials, bucket)
+                log.warning("body %r of request %s could not be read: %r", key, request_id, exc)
+                return None, f"the body store could not be read ({store_error(exc)})"
+            return (None, "not found in the body store") if data is None else (data, None)
 
-        req_body, resp_body, scores = await asyncio.gather(
+        (req_body, req_error), (resp_body, resp_error), scores = await asyncio.gather(
             body(row["request_body_key"]), body(row["response_body_key"]),
             scores_of(state.analytics, org, [row["request_id"]]),
         )
         out = row_to_json(row, scores.get(row["request_id"]))
         out["request_body"] = body_to_json(req_body, row["request_content_type"])
         out["response_body"] = body_to_json(resp_body, row["response_content_type"])
+        out["request_body_error"], out["response_body_error"] = req_error, resp_error
         state.m_queries.labels("detail", "ok").inc()
         return out
 

@@ -161,6 +161,9 @@ class RequestDetail(RequestRow):
          "response_body": "data: {...}\n\ndata: [DONE]\n\n"}]})
     request_body: Any = Field(description="JSON when the body was JSON, else text; null when not stored")
     response_body: Any = Field(description="JSON when the body was JSON, else text (SSE streams as sent); null when not stored")
+    request_body_error: str | None = Field(None, description="why the stored request body could not be read (it is then "
+                                                             "null): not found in the body store, or the store failed")
+    response_body_error: str | None = Field(None, description="as request_body_error, for the response body")
 
 
 class QueryPage(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pydantic_core
 from helicone_core.analytics import ERROR_CONDITION
 
 from .models import FEEDBACK_SCORE, SCORE_OPERATORS, RequestFilter, utc
@@ -138,7 +139,9 @@ def body_to_json(data: bytes | None, content_type: str) -> Any:
     text = data.decode("utf-8", errors="replace")
     if "json" in (content_type or "") or text[:1] in "{[":
         try:
-            return json.loads(text)
+            # the answer's own JSON reader: JSON it cannot write back (an escaped lone surrogate, nesting
+            # deeper than its limit) is refused here and returned as text, where json.loads made it a 500
+            return pydantic_core.from_json(text)
         except ValueError:
             pass
     return text

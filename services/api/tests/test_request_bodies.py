@@ -1,0 +1,118 @@
+"""GET /v1/request/{id}: the bodies as stored, whatever bytes they hold, and the rest of the request
+when a body cannot be read."""
+
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+from helicone_api.app import create_app
+from helicone_api.settings import ApiSettings
+from helicone_core import db, events
+from helicone_core.bodies import PACK_CONTENT_TYPE, body_ref
+
+from services.api.tests.test_api import T0, api, wait_for_keys  # noqa: F401 - the fixture
+from tests.support.net import free_port
+
+
+async def add_row(state, org, request_key: str, response_key: str, content_type: str = "application/json") -> str:
+    """A request_log row pointing at the given body keys, as ingest writes it for a producer's `location`."""
+    ev = events.RequestLogged(schema_version=1, request_id=events.new_request_id(), org_id=org, status=200,
+                              provider="openai", model="gpt-4o", latency_ms=7, time_to_first_token_ms=-1)
+    events.set_time(ev.request_created_at, T0)
+    row = events.analytics_row(ev, request_key=request_key, response_key=response_key, request_bytes=1, response_bytes=1,
+                               request_content_type=content_type, response_content_type=content_type, truncated=False)
+    await state.analytics.insert("request_log", [row])
+    return ev.request_id
+
+
+# JSON that json.loads reads but that cannot go back out as JSON: an escaped lone surrogate (the async
+# log route stores such bodies escaped, as they came), and nesting deeper than the serializer's limit or
+# Python's recursion limit
+@pytest.mark.parametrize("body", [b'{"messages":[{"role":"user","content":"\\ud800"}]}',
+                                  b"[" * 300 + b"]" * 300, b'{"a":' * 5000 + b"1" + b"}" * 5000],
+                         ids=["lone-surrogate", "300-deep", "5000-deep"])
+async def test_a_json_body_that_cannot_be_answered_as_json_comes_back_as_its_text(api, body):  # noqa: F811
+    client, state, org, _, _ = api
+    key = f"orgs/{org}/requests/odd/1/request"
+    await state.bodies.put(key, body, "application/json")
+    rid = await add_row(state, org, key, "")
+    r = await client.get(f"/v1/request/{rid}")
+    assert r.status_code == 200, r.text
+    assert r.json()["request_body"] == body.decode() and r.json()["model"] == "gpt-4o"
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory):
+    """The endpoint of a moto S3 server on loopback."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={"PATH": "/usr/bin:/bin"}, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(endpoint + "/moto-api/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture
+async def s3_api(moto_s3, tmp_path, fresh_db_dsn, analytics_settings):
+    """(client, state, org, bucket): the api on a body store in S3 (moto) whose bucket is made at start."""
+    bucket = "b-" + uuid.uuid4().hex[:12]
+    settings = ApiSettings(data_dir=tmp_path, postgres_dsn=fresh_db_dsn, _env_file=None, body_store="s3", s3_endpoint=moto_s3,
+                           s3_bucket=bucket, s3_create_bucket=True, s3_access_key_id="test", s3_secret_access_key="test",
+                           **analytics_settings)
+    app = create_app(settings)
+    state = app.state.api
+    await state.start()
+    org = await db.create_org(state.pool, "acme")
+    key = (await db.create_key(state.pool, org, "t")).key
+    await wait_for_keys(state, key)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api",
+                               headers={"Authorization": f"Bearer {key}"})
+    yield client, state, org, bucket
+    await client.aclose()
+    await state.stop()
+
+
+async def test_a_body_the_store_cannot_give_is_named_and_the_rest_of_the_request_still_answers(s3_api):
+    client, state, org, bucket = s3_api
+    pack = f"orgs/{org}/packs/p1"
+    await state.bodies.put(pack, b'{"n":1}', PACK_CONTENT_TYPE)
+    gone = await add_row(state, org, body_ref(pack, 0, 7), body_ref(f"orgs/{org}/packs/deleted", 0, 5))
+    crafted = await add_row(state, org, f"orgs/{org}/packs/p1#seven+1", "")
+
+    def detail(rid):
+        return client.get(f"/v1/request/{rid}")
+
+    r = await detail(gone)  # e.g. removed by the bucket's lifecycle rule before the row
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert (d["request_body"], d["request_body_error"], d["response_body"]) == ({"n": 1}, None, None)
+    assert "not found" in d["response_body_error"]
+    r = await detail(crafted)
+    assert r.status_code == 200, r.text
+    assert r.json()["request_body"] is None and "not valid" in r.json()["request_body_error"]
+    assert r.json()["response_body_error"] is None  # no key: no body, and nothing wrong
+
+    # the store fails (a bucket named wrong: NoSuchBucket on every body): the request's fields still come back
+    await state.bodies._client.delete_object(Bucket=bucket, Key=pack)
+    await state.bodies._client.delete_bucket(Bucket=bucket)
+    r = await detail(gone)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert (d["request_id"], d["model"], d["latency_ms"], d["request_body"]) == (gone, "gpt-4o", 7, None)
+    assert "NoSuchBucket" in d["request_body_error"] and "NoSuchBucket" in d["response_body_error"]
