@@ -14,7 +14,7 @@ import uuid
 
 import httpx
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from helicone_core.bodies import PACK_CONTENT_TYPE, S3BodyStore, body_ref, make_body_store
 from helicone_core.settings import CommonSettings
 from pydantic import SecretStr, ValidationError
@@ -154,3 +154,31 @@ async def test_a_body_inside_a_pack_is_read_by_its_byte_range_and_a_whole_object
         assert await store.get(body_ref("orgs/o/packs/missing", 0, 3)) is None
     finally:
         await store.close()
+
+
+async def test_an_s3_endpoint_that_never_answers_fails_a_read_within_the_timeout():
+    """S3 calls wait at most HELICONE_S3_TIMEOUT per try, over 3 tries: aiobotocore's defaults (60 s to read, 5
+    tries in its legacy mode) held an api request for a body, and ingest's write of a batch, for minutes on an
+    endpoint that took the connection and never answered."""
+    import asyncio
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections are taken (the kernel's backlog) and never answered
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    settings = CommonSettings(body_store="s3", s3_endpoint=endpoint, s3_timeout=0.5, s3_access_key_id="k",
+                              s3_secret_access_key="s", _env_file=None)
+    store = make_body_store(settings)
+    await store.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises((BotoCoreError, asyncio.TimeoutError)):  # botocore's read timeout, or aiohttp's
+            await asyncio.wait_for(store.get(body_ref("orgs/o/packs/p", 0, 10)), 60)
+        # three tries of 0.5 s and the standard mode's backoff between them (up to 1 and 2 s), with room for a busy box
+        assert time.monotonic() - started < 15, "still waiting long after three tries"
+    finally:
+        await store.close()
+        silent.close()
+    with pytest.raises(ValidationError, match="s3_timeout"):
+        CommonSettings(s3_timeout=0, _env_file=None)

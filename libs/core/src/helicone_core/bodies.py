@@ -122,9 +122,14 @@ def _read_range(path: Path, offset: int, length: int) -> bytes:
         return f.read(length)
 
 
+# tries of one S3 call (the first and its retries), each bounded by the store's timeout
+S3_TRIES = 3
+
+
 class S3BodyStore:
     def __init__(self, bucket: str, endpoint: str | None, region: str, create_bucket: bool,
-                 access_key_id: SecretStr | None = None, secret_access_key: SecretStr | None = None) -> None:
+                 access_key_id: SecretStr | None = None, secret_access_key: SecretStr | None = None,
+                 timeout: float = 10.0) -> None:
         if (access_key_id is None) != (secret_access_key is None):
             raise ValueError(S3_KEY_PAIR_ERROR)
         self.bucket = bucket
@@ -133,19 +138,25 @@ class S3BodyStore:
         self.create_bucket = create_bucket
         self._access_key_id = access_key_id  # None: the default credential chain
         self._secret_access_key = secret_access_key
+        self.timeout = timeout
         self._session = None
         self._client_cm = None
         self._client = None
 
     async def start(self) -> None:
         import aioboto3
+        from aiobotocore.config import AioConfig
 
         self._session = aioboto3.Session()
         keys = {}
         if self._access_key_id is not None and self._secret_access_key is not None:
             keys = {"aws_access_key_id": self._access_key_id.get_secret_value(),
                     "aws_secret_access_key": self._secret_access_key.get_secret_value()}
-        self._client_cm = self._session.client("s3", endpoint_url=self.endpoint, region_name=self.region, **keys)
+        # each try waits at most `timeout` (aiobotocore's default: 60 s to read, 5 tries in its legacy mode)
+        config = AioConfig(connect_timeout=self.timeout, read_timeout=self.timeout,
+                           retries={"max_attempts": S3_TRIES, "mode": "standard"})
+        self._client_cm = self._session.client("s3", endpoint_url=self.endpoint, region_name=self.region, config=config,
+                                               **keys)
         self._client = await self._client_cm.__aenter__()
         if self.create_bucket:
             try:
@@ -189,4 +200,4 @@ def make_body_store(settings: CommonSettings) -> BodyStore:
     if settings.body_store == "local":
         return LocalBodyStore(settings.resolved_body_dir())
     return S3BodyStore(settings.s3_bucket, settings.s3_endpoint, settings.s3_region, settings.s3_create_bucket,
-                       settings.s3_access_key_id, settings.s3_secret_access_key)
+                       settings.s3_access_key_id, settings.s3_secret_access_key, settings.s3_timeout)

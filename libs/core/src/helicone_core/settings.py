@@ -109,6 +109,8 @@ class CommonSettings(BaseSettings):
     s3_bucket: str = "helicone-bodies"
     s3_region: str = "us-east-1"
     s3_create_bucket: bool = False
+    # Seconds to connect, and to wait for each answer, per try of an S3 call (bodies.S3_TRIES tries)
+    s3_timeout: float = Field(default=10.0, gt=0)
     # Both or neither; neither: the default AWS credential chain (IRSA, instance role, AWS_* variables).
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
