@@ -273,8 +273,10 @@ async function loadRequests(current) {
   return resp.data.length === 0;
 }
 
-function showBody(pre, body) {
-  pre.textContent = body === null || body === undefined ? "(not stored)" : typeof body === "string" ? body : JSON.stringify(body, null, 2);
+function showBody(pre, body, error) {
+  // a body the api could not read says why (request_body_error / response_body_error), not "(not stored)"
+  const missing = error ? `(not available: ${error})` : "(not stored)";
+  pre.textContent = body === null || body === undefined ? missing : typeof body === "string" ? body : JSON.stringify(body, null, 2);
 }
 
 async function openRequest(id) {
@@ -298,13 +300,14 @@ async function openRequest(id) {
       ["Properties", Object.entries(d.properties || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–"],
     ];
     if (d.error) meta.push(["Error", d.error]);
+    if (d.body_truncated) meta.push(["Bodies", "cut at the logged body limit (HELICONE_MAX_LOGGED_BODY_BYTES)"]);
     $("#detail-meta").replaceChildren(...meta.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
     const scores = Object.entries(d.scores || {});
     $("#detail-scores").replaceChildren(
       ...(scores.length ? scores.map(([k, v]) => el("li", { class: "score", text: `${k}: ${v}` })) : [el("li", { text: "No scores" })]),
     );
-    showBody($("#detail-request-body"), d.request_body);
-    showBody($("#detail-response-body"), d.response_body);
+    showBody($("#detail-request-body"), d.request_body, d.request_body_error);
+    showBody($("#detail-response-body"), d.response_body, d.response_body_error);
     return false;
   });
   panel.scrollIntoView({ block: "start" });
