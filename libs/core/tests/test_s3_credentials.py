@@ -7,19 +7,16 @@ key moto knows, with the right secret)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 
-import httpx
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 from helicone_core.bodies import PACK_CONTENT_TYPE, S3BodyStore, body_ref, make_body_store
 from helicone_core.settings import CommonSettings
 from pydantic import SecretStr, ValidationError
 
-from tests.support.net import free_port
+from tests.support.moto_server import moto_server
 
 SETUP_CALLS = 3  # create_user, put_user_policy, create_access_key
 
@@ -29,21 +26,7 @@ def s3(tmp_path_factory):
     """(endpoint, access key id, secret) of a moto server that refuses unknown or wrong keys."""
     import boto3
 
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={"INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS), "PATH": "/usr/bin:/bin"},
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint + "/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.1)
+    with moto_server(tmp_path_factory.mktemp("moto"), {"INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS)}) as endpoint:
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
                            aws_secret_access_key="setup")
         iam.create_user(UserName="bodies")
@@ -51,10 +34,6 @@ def s3(tmp_path_factory):
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
         key = iam.create_access_key(UserName="bodies")["AccessKey"]
         yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 @pytest.fixture

@@ -1,9 +1,6 @@
 """GET /v1/request/{id}: the bodies as stored, whatever bytes they hold, and the rest of the request
 when a body cannot be read."""
 
-import subprocess
-import sys
-import time
 import uuid
 
 import httpx
@@ -14,7 +11,7 @@ from helicone_core import db, events
 from helicone_core.bodies import PACK_CONTENT_TYPE, body_ref
 
 from services.api.tests.test_api import T0, api, wait_for_keys  # noqa: F401 - the fixture
-from tests.support.net import free_port
+from tests.support.moto_server import moto_server
 
 
 async def add_row(state, org, request_key: str, response_key: str, content_type: str = "application/json") -> str:
@@ -47,25 +44,8 @@ async def test_a_json_body_that_cannot_be_answered_as_json_comes_back_as_its_tex
 @pytest.fixture(scope="module")
 def moto_s3(tmp_path_factory):
     """The endpoint of a moto S3 server on loopback."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={"PATH": "/usr/bin:/bin"}, stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint + "/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.1)
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 @pytest.fixture
