@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.gateway.tests.test_proxy import StubKeys
 from tests.chart.render import REQUIRED, by_kind, objects, render
 
 PROMTOOL = shutil.which("promtool") or "promtool missing: `make setup` installs Debian's prometheus package"
@@ -72,24 +73,6 @@ def test_p95_time_to_first_byte_is_the_canarys_own(tmp_path, queries):
     promtool_expect(tmp_path, slow, queries["p95-time-to-first-byte"], 0)  # no canary traffic yet
 
 
-class _Keys:
-    """A loaded key set in which every key is an org's."""
-
-    loaded = True
-
-    async def start(self):
-        pass
-
-    async def stop(self):
-        pass
-
-    async def ping(self, timeout):
-        return False
-
-    def lookup(self, key):
-        return "11111111-2222-3333-4444-555555555555"
-
-
 class _BrokenRouter:
     """A bug of a new version on the path every proxied request takes."""
 
@@ -105,7 +88,7 @@ async def test_a_canary_that_fails_every_request_fails_the_error_ratio(tmp_path,
 
     app = create_app(GatewaySettings(data_dir=tmp_path / "gw", _env_file=None, kafka_bootstrap="127.0.0.1:1"))
     gw = app.state.gateway
-    gw.keys = _Keys()
+    gw.keys = StubKeys()  # "good-key" is an org's
     await gw.start()
     try:
         gw.router = _BrokenRouter()
@@ -113,7 +96,7 @@ async def test_a_canary_that_fails_every_request_fails_the_error_ratio(tmp_path,
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             for _ in range(3):
                 r = await client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
-                                      headers={"Helicone-Auth": "Bearer sk-helicone-canary"})
+                                      headers={"Helicone-Auth": "Bearer good-key"})
                 assert r.status_code == 500
             exposition = (await client.get("/metrics")).text
     finally:
