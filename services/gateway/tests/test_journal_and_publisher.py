@@ -22,6 +22,7 @@ from helicone_gateway.settings import GatewaySettings
 from helicone_runner.embedded import EmbeddedKafka
 
 from tests.support.net import free_port
+from tests.support.users import unprivileged
 
 
 def _event(org: str = "o") -> events.RequestLogged:
@@ -85,21 +86,6 @@ def test_a_torn_or_corrupt_tail_is_cut_and_the_rest_kept(tmp_path):
     third.close()
 
 
-@contextlib.contextmanager
-def _unprivileged(directory):
-    """Runs the block as a user without root's powers, in `directory` (its own): root opens a 0400 file for
-    writing where a gateway's user cannot. Not root: as the user it is."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.chown(directory, 65534, 65534)
-    os.seteuid(65534)  # the real uid stays root: set back below
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-
-
 @pytest.mark.parametrize("mask", [0o022, 0o277], ids=["umask022", "umask277"])
 def test_a_journal_killed_mid_write_opens_again_whatever_the_umask(mask):
     """Its files are 0600 whatever the umask (helicone_core.filemodes): one created 0400 under an odd umask
@@ -111,7 +97,7 @@ def test_a_journal_killed_mid_write_opens_again_whatever_the_umask(mask):
         root = Path(tmp) / "journal"
         old = os.umask(mask)
         try:
-            with _unprivileged(tmp):
+            with unprivileged(tmp):
                 j = Journal(root, max_bytes=1 << 20).open()
                 j.append([(b"a", b"first")], inflight=False, sync=True)
                 os.write(j._fd, encode_record(b"b", b"second")[:-2])  # killed mid-write
@@ -320,6 +306,45 @@ def test_a_seal_whose_fsync_fails_closes_its_segment(tmp_path, monkeypatch):
     j.close()
     again = Journal(tmp_path, max_bytes=1 << 20).open()
     assert [data for _, data in again.iter_all()] == [b"before"] + [b"x%d" % i for i in range(5)]
+    again.close()
+
+
+def test_a_close_whose_fsync_fails_still_releases_the_segment_and_the_lock(tmp_path, monkeypatch, caplog):
+    """A disk failing fsync (EIO) at shutdown: close() logs it and still closes the segment and the lock, so the
+    gateway's shutdown goes on and the next run (or another worker's hand-over) can take the journal."""
+    before = _open_fds()
+    j = Journal(tmp_path, max_bytes=1 << 20).open()
+    j.append([(b"k", b"a")], inflight=False)  # written, not yet fsynced
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    j.close()
+    monkeypatch.undo()
+    assert not j.is_open and _open_fds() <= before
+    assert "could not fsync the event journal" in caplog.text
+    again = Journal(tmp_path, max_bytes=1 << 20).open()  # the lock is free
+    assert list(again.iter_all()) == [(b"k", b"a")]
+    again.close()
+
+
+async def test_a_publisher_stop_completes_when_the_journal_cannot_fsync(tmp_path, monkeypatch):
+    """stop() is the gateway's shutdown: an EIO from the journal's last fsync must not skip the rest of it."""
+    pub, metrics = _publisher(tmp_path, "127.0.0.1:1", publish_timeout=0.5)
+    await pub.start()
+    pub.submit(_event)
+    await _until(lambda: pub.journal.record_count == 1)
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    await pub.stop()
+    monkeypatch.undo()
+    assert not pub.journal.is_open and pub._io._shutdown
+    again = Journal(tmp_path / "journal", max_bytes=1 << 20).open()
+    assert again.record_count == 1
     again.close()
 
 
@@ -1495,6 +1520,33 @@ async def test_an_event_too_large_for_kafka_is_dropped_and_never_holds_back_the_
     finally:
         await pub.stop()
     assert _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "too_large"}) == 1
+
+
+async def test_an_event_too_large_for_kafka_already_in_the_journal_is_dropped_at_resend(tmp_path, kafka_bootstrap, caplog):
+    """One journaled before the build-time check existed (an older version): the producer refuses it at every
+    resend. That refusal is the record's, not an outage: it is dropped, counted and logged as at build time,
+    never sent again (not even after a log reset), and the events after it go on."""
+    from helicone_core.kafka import MAX_RECORD_BYTES
+
+    topic = "too-large-old-" + uuid.uuid4().hex[:8]
+    big, after = _event(), _event()
+    big.prompt_inputs_json = "x" * MAX_RECORD_BYTES
+    previous = Journal(tmp_path / "journal", max_bytes=1 << 24, segment_bytes=1 << 24).open()
+    previous.append([_rec(big), _rec(after)], inflight=False, sync=True)
+    previous.close()
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    try:
+        got = await _consume(kafka_bootstrap, topic, 1, timeout=15)
+        assert set(got.values()) == {after.request_id}
+        await _until(lambda: pub.journal.unacked_count() == 0)
+        assert pub.connected  # never taken for a broker outage
+        await pub.log_reset()  # every unconsumed event goes out again: the dropped one stays dropped
+        await _until(lambda: pub.journal.unacked_count() == 0)
+    finally:
+        await pub.stop()
+    assert _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "too_large"}) == 1
+    assert "over Kafka's record limit" in caplog.text and "kafka publish failed" not in caplog.text
 
 
 async def test_a_full_journal_says_so_in_the_log_once_a_run_and_when_it_takes_events_again(tmp_path, caplog):

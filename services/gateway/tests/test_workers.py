@@ -17,6 +17,7 @@ from helicone_gateway.journal import Journal
 from helicone_gateway.workers import adopt_orphan_journals, worker_journal_dir
 
 from tests.support.net import free_port
+from tests.support.users import unprivileged
 
 ROOT = Path(__file__).resolve().parents[3]
 KEY = "sk-helicone-workers-test"
@@ -61,6 +62,31 @@ def test_a_journal_still_in_use_is_left_alone(tmp_path):
     finally:
         running.close()
     assert _records(worker_journal_dir(root, 2)) == [(b"k", b"v")]
+
+
+def test_journals_are_handed_over_whatever_the_umask():
+    """Under an odd umask (0277) a lock file an earlier run left is 0400, and a lock or journal directory made
+    for an heir that had none would be 0400/0500: opening the lock for writing, or moving segments into that
+    directory, failed every start of the workers. Locks are taken read-only and made 0600 (as the journal's are)."""
+    import stat
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # (under /tmp: a user other than root can reach it)
+        root = Path(tmp) / "journal"
+        old = os.umask(0o277)
+        try:
+            with unprivileged(tmp):
+                _journal_with(worker_journal_dir(root, 0), [(b"w0", b"a")])
+                _journal_with(worker_journal_dir(root, 2), [(b"w2", b"b")])
+                _journal_with(worker_journal_dir(root, 3), [(b"w3", b"c")])  # its heir, worker 1, has no journal yet
+                (worker_journal_dir(root, 2) / ".lock").chmod(0o400)  # as an older version left it
+                assert adopt_orphan_journals(root, 2) == 2
+                assert _records(worker_journal_dir(root, 0)) == [(b"w0", b"a"), (b"w2", b"b")]
+                assert _records(worker_journal_dir(root, 1)) == [(b"w3", b"c")]
+        finally:
+            os.umask(old)
+        heir = worker_journal_dir(root, 1)
+        assert stat.S_IMODE(heir.stat().st_mode) == 0o700 and stat.S_IMODE((heir / ".lock").stat().st_mode) == 0o600
 
 
 def _gateway_env(tmp_path: Path, port: int, upstream_port: int) -> dict:

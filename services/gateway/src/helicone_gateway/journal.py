@@ -344,16 +344,24 @@ class Journal:
                 self._sync_dir()
 
     def close(self) -> None:
+        """fsyncs and closes the active segment and releases the lock; a failing disk is logged, not raised:
+        the descriptors go whatever happens, so a stop goes on and the next run can take the journal."""
         with self._lock:
-            if self._fd is not None:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+            fd, self._fd, self._dirty = self._fd, None, False
+            lock_fd, self._lock_fd = self._lock_fd, None
             if self.segments and not self.segments[-1].sealed:
                 self.segments[-1].sealed = True
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # releases the flock
-                self._lock_fd = None
+            try:
+                if fd is not None:
+                    os.fsync(fd)
+            except OSError as exc:
+                log.error("could not fsync the event journal while closing it (%s): its latest events may not survive "
+                          "a power loss", exc)
+            finally:
+                for one in (fd, lock_fd):  # closing the lock's releases the flock
+                    if one is not None:
+                        with contextlib.suppress(OSError):
+                            os.close(one)
 
     # ---- delivery bookkeeping (loop side) ----------------------------------------------
     def acked(self, ref: RecordRef, partition: int, offset: int, generation: int) -> None:
@@ -375,6 +383,15 @@ class Journal:
             if generation != self.generation:
                 return
             ref.segment.inflight.discard(ref.index)
+
+    def drop(self, ref: RecordRef) -> None:
+        """A record Kafka can never take (over its record limit): it counts as acknowledged and consumed in
+        every generation, so no resend tries it again and its segment can be trimmed."""
+        with self._lock:
+            seg = ref.segment
+            seg.inflight.discard(ref.index)
+            seg.acked.add(ref.index)
+            seg.consumed.add(ref.index)
 
     def forget_deliveries(self) -> None:
         """The broker lost what it had acknowledged: every record counts as unsent again, except

@@ -41,7 +41,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from helicone_core import events
@@ -364,12 +364,16 @@ class EventPublisher:
             log.exception("could not build a log event")
             self.m_dropped.labels("build_error").inc()
             return None
-        # the producer refuses it on every resend (each a reconnect): journaled, it would hold back every event after it
+        # the producer would refuse it at every send: dropped before it is journaled (see _send for older journals)
         if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, data, []) > MAX_RECORD_BYTES:
-            log.error("log event %s dropped: %d bytes, over Kafka's record limit (%d)", key.decode(), len(data), MAX_RECORD_BYTES)
-            self.m_dropped.labels("too_large").inc()
+            self._dropped_too_large(key, data)
             return None
         return key, data
+
+    def _dropped_too_large(self, key: bytes, data: bytes) -> None:
+        log.error("log event %s dropped: %d bytes, over Kafka's record limit (%d)",
+                  key.decode(errors="replace"), len(data), MAX_RECORD_BYTES)
+        self.m_dropped.labels("too_large").inc()
 
     async def _worker(self) -> None:
         while True:
@@ -514,6 +518,13 @@ class EventPublisher:
         try:
             # bounded without wait_for: a full buffer makes send() wait at most request_timeout_ms
             delivery = await producer.send(self.topic, data, key=key, partition=self._partition(key))
+        except MessageSizeTooLargeError:
+            # this record's refusal, not an outage (one journaled before _build's check): it would fail every
+            # resend, each a reconnect, and hold back every record after it
+            self._inflight.release()
+            self.journal.drop(ref)
+            self._dropped_too_large(key, data)
+            return ""
         except Exception as exc:  # noqa: BLE001 - broker down, buffer full, timeout
             self._failed(sent, generation)
             self._mark_down(exc)

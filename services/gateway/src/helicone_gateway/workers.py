@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from helicone_core.filemodes import open_private, private_dir
+
 from .journal import SUFFIX
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,9 @@ def _seqs(directory: Path) -> list[int]:
 
 def _locked(directory: Path):
     """The directory's journal lock, taken (an open fd), or None if a running gateway holds it."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    private_dir(directory)
+    # as Journal.open takes it: read-only (a lock file an odd umask left 0400 still opens), 0600 whatever the umask
+    fd = open_private(directory / ".lock", os.O_RDONLY | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
