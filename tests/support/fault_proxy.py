@@ -1,6 +1,8 @@
 """A loopback TCP forwarder that tests can cut and restore, to put a real server (Postgres, a
 broker) out of reach without stopping it: `cut()` drops every open connection and refuses new
-ones until `restore()`. With `tls`, it also terminates TLS in front of a plain-text server."""
+ones until `restore()`; `stall()` makes the open connections go silent (bytes dropped, nothing
+closed: a failover or a forgotten NAT entry) while new ones still get through. With `tls`, it also
+terminates TLS in front of a plain-text server."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class FaultProxy:
         self.cut_now = False
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._stalled: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.tls)
@@ -45,6 +48,10 @@ class FaultProxy:
     def restore(self) -> None:
         self.cut_now = False
 
+    def stall(self) -> None:
+        """The connections open now stay open but carry nothing more, either way; new ones work."""
+        self._stalled |= self._conns
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut_now:
             writer.transport.abort()
@@ -62,6 +69,8 @@ class FaultProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    if dst in self._stalled:
+                        continue
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()

@@ -4,7 +4,9 @@ restart from the snapshot, and fails closed when it has never seen the key set."
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
+import threading
 import time
 
 import pytest
@@ -78,6 +80,24 @@ async def test_postgres_outage_keeps_known_keys_and_refuses_unknown_ones(pg_pool
         await proxy.stop()
 
 
+async def test_revocation_reaches_a_directory_whose_change_feed_went_silent(pg_pool, fresh_db_dsn, tmp_path):
+    # The feed's connection stops carrying anything without closing (a failover, a NAT entry dropped)
+    # while Postgres takes new connections: no notification comes, and no error says so.
+    org = await db.create_org(pg_pool, "acme")
+    created = await db.create_key(pg_pool, org, "k")
+    proxy, dsn = await postgres_proxy(fresh_db_dsn)
+    keys = directory(dsn, tmp_path / "keys.json")  # the default resync interval (60 s)
+    await keys.start()
+    try:
+        assert keys.live and keys.lookup(created.key) == org
+        proxy.stall()
+        await db.revoke_key(pg_pool, created.id)
+        await eventually(lambda: keys.lookup(created.key) is None, timeout=5)
+    finally:
+        await keys.stop()
+        await proxy.stop()
+
+
 async def test_without_postgres_or_snapshot_every_lookup_fails_closed(pg_pool, fresh_db_dsn, tmp_path):
     proxy, dsn = await postgres_proxy(fresh_db_dsn)
     proxy.cut()
@@ -109,6 +129,26 @@ async def test_a_change_that_arrives_during_a_full_reload_is_not_lost():
 
     await keys._reload(Conn())
     assert keys._keys == {"hash-new": "org-2"}
+
+
+async def test_a_revocation_while_the_snapshot_is_written_reaches_the_snapshot(tmp_path):
+    # else a crash, then a start while Postgres is unreachable, accepts the revoked key again
+    path = tmp_path / "keys.json"
+    keys = directory("postgresql://unused", path)
+    keys._keys, keys._loaded, keys._synced = {"hash-a": "org-1", "hash-b": "org-1"}, True, True
+    writing, release, write = threading.Event(), threading.Event(), keys._save_snapshot
+
+    def slow_write(snapshot):
+        writing.set()
+        release.wait(5)
+        write(snapshot)
+
+    keys._save_snapshot = slow_write
+    keys._schedule_save()
+    assert await asyncio.to_thread(writing.wait, 5)
+    keys._on_notify(None, 0, db.KEY_CHANGES_CHANNEL, "hash-a:")  # revoked while the set before it is written
+    release.set()
+    await eventually(lambda: path.exists() and json.loads(path.read_text())["keys"] == {"hash-b": "org-1"}, timeout=3)
 
 
 def test_corrupt_snapshot_is_ignored(tmp_path):

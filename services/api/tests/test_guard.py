@@ -152,6 +152,16 @@ async def test_ops_and_docs_routes_need_no_key_and_everything_else_does(guarded)
     assert (await call(app, "GET", "/v1/keys", [auth(key)]))[0] == 200
 
 
+async def test_two_authorization_headers_are_refused(guarded):
+    # the gateway and the prompts service would read the last, this guard the first: one credential, or a 400
+    app, state, key = guarded
+    other = (await db.create_key(state.pool, await db.create_org(state.pool, "globex"), "t")).key
+    await wait_for_keys(state, other)
+    for first, second in ((key, other), (other, key), (key, "sk-helicone-nope")):
+        status, _, body, _ = await call(app, "GET", "/v1/keys", [auth(first), auth(second)])
+        assert status == 400 and "Authorization" in body["error"]["message"]
+
+
 ODD_IDS = ["x" * 10_000, "\x00", "a\nb", "\x1b[31m", "\udcff\udcfe", "\ufffd", "é", " ", "%00", "..", "6f1b8e6e" * 100]
 
 

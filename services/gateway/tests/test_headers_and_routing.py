@@ -46,6 +46,13 @@ def test_bad_helicone_headers_are_clear_errors(headers, message):
         parse_helicone_headers(headers)
 
 
+@pytest.mark.parametrize("values", [("Bearer sk-helicone-a", "Bearer sk-helicone-b"), ("Bearer sk-helicone-a", "Bearer sk-helicone-a")])
+def test_two_helicone_auth_headers_are_refused(values):
+    # which one counts would differ from the api (first) and a proxy in front; one credential, or a 400
+    with pytest.raises(HeaderError, match="Helicone-Auth"):
+        parse_helicone_headers([("helicone-auth", v) for v in values])
+
+
 def test_helicone_and_hop_by_hop_headers_are_not_forwarded():
     fwd = dict(forward_request_headers([
         ("helicone-auth", "Bearer x"), ("helicone-property-a", "b"), ("host", "gw"), ("connection", "keep-alive"),

@@ -190,6 +190,14 @@ async def test_org_comes_from_the_key_in_metadata(env):
                                         metadata=env.other_auth)).version == 1
 
 
+async def test_two_authorization_entries_are_refused(env):
+    # the api reads the first Authorization header, this service read the last: one credential, or refused
+    await env.create()
+    for metadata in (env.other_auth + env.auth, env.auth + env.other_auth, env.auth + bearer("sk-helicone-nope")):
+        code, details = await code_of(env.stub.GetPrompt(pb.GetPromptRequest(prompt_id="summary"), metadata=metadata))
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "authorization" in details
+
+
 async def test_deadline_is_honoured_and_the_query_cancelled(env):
     await env.create()
     import asyncpg

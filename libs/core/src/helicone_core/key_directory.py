@@ -2,7 +2,8 @@
 working through a Postgres outage and a restart, and fails closed.
 
 The copy is loaded whole from Postgres, kept current by LISTEN/NOTIFY (a trigger on `api_keys`,
-migration 4, sends `<key hash>:<org id or empty>` on every change) plus a periodic full reload, and
+migration 4, sends `<key hash>:<org id or empty>` on every change; its connection is checked every
+second, as a silent one would miss revocations) plus a periodic full reload, and
 saved as a snapshot file (owner-only: 0600 in a 0700 directory) that a restart loads when Postgres cannot be reached.
 While Postgres is down the last known set answers: known keys keep working, unknown keys are
 refused. With neither Postgres nor a snapshot, every lookup raises KeyStoreUnavailable (the
@@ -33,10 +34,12 @@ SNAPSHOT_FORMAT = 1
 
 class KeyDirectory:
     def __init__(self, dsn: str, snapshot_path: Path | None, metrics: ServiceMetrics, *,
-                 resync_interval: float = 60.0, connect_timeout: float = 2.0, max_backoff: float = 5.0) -> None:
+                 resync_interval: float = 60.0, connect_timeout: float = 2.0, max_backoff: float = 5.0,
+                 heartbeat: float = 1.0) -> None:
         self.dsn = dsn
         self.snapshot_path = snapshot_path
         self.resync_interval = resync_interval
+        self.heartbeat = heartbeat  # how often the feed's connection is checked (revocations must not wait for the resync)
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self._keys: dict[str, str] = {}  # sha256 hex of the key -> org id
@@ -47,6 +50,7 @@ class KeyDirectory:
         self._task: asyncio.Task | None = None
         self._save_task: asyncio.Task | None = None
         self._last_save = -1.0
+        self._save_again = False  # a change came in while a save was under way
         self._first_load = asyncio.Event()
         svc = metrics.service
         self.m_entries = metrics.gauge(f"helicone_{svc}_key_directory_entries", "Active API keys known to this service")
@@ -122,10 +126,14 @@ class KeyDirectory:
                     await self._reload(conn)
                     self._set_live(True)
                     backoff = 0.2
-                    with contextlib.suppress(TimeoutError):
-                        await wait_for(lost.wait(), self.resync_interval)
-                    if lost.is_set() or conn.is_closed():
-                        raise ConnectionError("key change feed connection lost")
+                    resync_at = time.monotonic() + self.resync_interval
+                    while (left := resync_at - time.monotonic()) > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await wait_for(lost.wait(), min(left, self.heartbeat))
+                        if lost.is_set() or conn.is_closed():
+                            raise ConnectionError("key change feed connection lost")
+                        # a silently dead feed (a failover, a dropped NAT entry) brings no revocation and no error: it raises here
+                        await wait_for(conn.fetchval("SELECT 1"), self.connect_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres away: keep answering from the last known set
@@ -182,16 +190,22 @@ class KeyDirectory:
     def _schedule_save(self) -> None:
         """Saves at once, or a second after the last save when changes come in quick succession;
         off the event loop."""
-        if self.snapshot_path is None or (self._save_task is not None and not self._save_task.done()):
+        if self.snapshot_path is None:
+            return
+        if self._save_task is not None and not self._save_task.done():
+            self._save_again = True  # the save under way may be writing a copy from before this change
             return
 
         async def save() -> None:
-            await asyncio.sleep(max(0.0, self._last_save + 1.0 - time.monotonic()))
-            self._last_save = time.monotonic()
-            try:
-                await asyncio.to_thread(self._save_snapshot, dict(self._keys))
-            except OSError as exc:
-                log.warning("could not save the key snapshot to %s: %s", self.snapshot_path, exc)
+            while True:
+                await asyncio.sleep(max(0.0, self._last_save + 1.0 - time.monotonic()))
+                self._last_save, self._save_again = time.monotonic(), False
+                try:
+                    await asyncio.to_thread(self._save_snapshot, dict(self._keys))
+                except OSError as exc:
+                    log.warning("could not save the key snapshot to %s: %s", self.snapshot_path, exc)
+                if not self._save_again:
+                    return
 
         self._save_task = asyncio.get_running_loop().create_task(save())
 

@@ -83,8 +83,10 @@ class RequestGuard:
 
     def _authenticate(self, scope, headers) -> tuple | None:
         """None when the key is known (its org is put in the scope's state), else the answer."""
-        raw = _header(headers, b"authorization")
-        key = db.bearer_token(raw.decode("latin-1")) if raw is not None else ""
+        given = [v for n, v in headers if n.lower() == b"authorization"]
+        if len(given) > 1:  # the gateway and the prompts service would read the last one: never guess which counts
+            return 400, "invalid_request", "send one Authorization header: 'Bearer <your Helicone API key>'", ()
+        key = db.bearer_token(given[0].decode("latin-1")) if given else ""
         if not key:
             return 401, HTTP_ERROR_TYPE, MISSING_KEY, _BEARER
         try:

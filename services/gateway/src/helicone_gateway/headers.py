@@ -96,6 +96,8 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             continue
         value = value.strip()
         if name == "helicone-auth":
+            if out.auth_key:  # the api and a proxy in front may read another one: never guess which counts
+                raise HeaderError("Helicone-Auth must be sent once: 'Bearer <your Helicone API key>'")
             out.auth_key = bearer_token(value)
             if not out.auth_key:
                 raise HeaderError("Helicone-Auth must be 'Bearer <your Helicone API key>'")

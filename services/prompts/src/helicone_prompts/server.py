@@ -197,18 +197,16 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
     # ---- checks ----------------------------------------------------------------------
     @staticmethod
     def _key(context) -> str:
-        key = ""
-        for name, value in context.invocation_metadata() or ():
-            if name == AUTH_METADATA:
-                key = bearer_token(value)
-        return key
+        """The key of the one `authorization` entry; "" with none or several (never guess which counts)."""
+        given = [value for name, value in context.invocation_metadata() or () if name == AUTH_METADATA]
+        return bearer_token(given[0]) if len(given) == 1 else ""
 
     async def _org(self, request, context) -> uuid.UUID:
         """The org of the caller's key; a set org_id field must name the same org."""
         key = self._key(context)
         if not key:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing metadata 'authorization: Bearer <your Helicone API key>'")
+                                "send one metadata entry 'authorization: Bearer <your Helicone API key>'")
         try:
             org = self.keys.lookup(key)
         except KeyStoreUnavailable:
