@@ -323,7 +323,7 @@ async def test_two_evaluators_at_once_evaluate_and_notify_each_rule_once(alerts,
     await state.pool.execute("UPDATE alert_rules SET state = 'ok', next_evaluation_at = now()")
     claimed = await state.pool.fetch(
         "SELECT id, org_id, name, metric, window_seconds, comparison, threshold, filter, min_requests, webhook_url, "
-        "webhook_secret, state FROM alert_rules")
+        "webhook_secret, state, updated_at FROM alert_rules")
     await asyncio.gather(*(e._evaluate_rule(r) for r in claimed for e in (one, two)))
     assert len(receiver.received) == 2 * len(ids)
     assert 'helicone_api_alert_evaluations_total{result="breached"} 18.0' in (await client.get("/metrics")).text
@@ -515,3 +515,134 @@ async def test_a_webhook_answering_200_with_an_endless_body_is_delivered_once_wi
     finally:
         await sender.close()
         await runner.cleanup()
+
+
+# ---- evaluations racing edits, other evaluations and shutdown ----------------------------------------------
+
+
+class Paused:
+    """Wraps the analytics store's query: the first `count` calls wait at `release` once they have told `entered`."""
+
+    def __init__(self, state, count: int = 1) -> None:
+        self.query, self.count = state.analytics.query, count
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+        state.analytics.query = self
+
+    async def __call__(self, sql, params=None):
+        if self.count > 0:
+            self.count -= 1
+            self.entered.set()
+            await self.release.wait()
+        return await self.query(sql, params)
+
+
+async def test_a_rule_replaced_while_it_is_evaluated_is_not_notified_by_its_old_definition(alerts, receiver):
+    """The evaluation in flight when a PUT lands computed the old rule: it must neither notify (the old
+    threshold, to the old webhook) nor set the state; the replaced rule is evaluated afresh."""
+    client, state, org, _, _ = alerts
+    await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500) for _ in range(5)])
+    created = await create(client, rule(receiver.url, threshold=0.2))
+    paused = Paused(state)
+    evaluating = asyncio.create_task(state.alerts.tick())
+    await asyncio.wait_for(paused.entered.wait(), 10)
+    r = await client.put(f"/v1/alerts/{created['id']}", json=rule(receiver.url, threshold=1.0))  # an error rate never > 1
+    assert r.status_code == 200, r.text
+    paused.release.set()
+    await evaluating
+    await tick(state)  # the replaced rule
+    got = (await client.get(f"/v1/alerts/{created['id']}")).json()
+    assert (got["state"], got["last_value"], receiver.bodies()) == ("ok", 1.0, [])
+    assert (await client.get(f"/v1/alerts/{created['id']}/history")).json()["data"] == []
+
+
+async def test_a_rule_disabled_while_it_is_evaluated_is_not_notified(alerts, receiver):
+    client, state, org, _, _ = alerts
+    await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500) for _ in range(5)])
+    created = await create(client, rule(receiver.url))
+    paused = Paused(state)
+    evaluating = asyncio.create_task(state.alerts.tick())
+    await asyncio.wait_for(paused.entered.wait(), 10)
+    r = await client.put(f"/v1/alerts/{created['id']}", json=rule(receiver.url, enabled=False))
+    assert r.status_code == 200, r.text
+    paused.release.set()
+    await evaluating
+    got = (await client.get(f"/v1/alerts/{created['id']}")).json()
+    assert (got["state"], got["enabled"], receiver.bodies()) == ("ok", False, [])
+
+
+async def test_an_evaluation_overtaken_by_newer_ones_neither_notifies_nor_sets_the_state(alerts, receiver):
+    """A slow evaluation (its window three minutes old when its query answers) that two newer evaluations
+    overtook (resolved, then firing again) must not notify its stale `resolved` nor leave the rule resolved."""
+    client, state, org, _, _ = alerts
+    await state.analytics.insert("request_log", [log_row(org, seconds_ago=10) for _ in range(3)])
+    created = await create(client, rule(receiver.url, metric="requests", comparison="gte", threshold=1, window_seconds=60))
+    await tick(state)  # NOW: 3 requests, firing
+    paused = Paused(state)
+    slow = AlertEvaluator(state, interval=0, clock=lambda: NOW + dt.timedelta(seconds=120))  # another replica
+    evaluating = asyncio.create_task(slow.tick())
+    await asyncio.wait_for(paused.entered.wait(), 10)
+    later = NOW + dt.timedelta(seconds=300)
+    await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, now=later) for _ in range(2)])
+    state.alerts.clock = lambda: NOW + dt.timedelta(seconds=180)
+    await tick(state)  # nothing in the window: resolved
+    state.alerts.clock = lambda: later
+    await tick(state)  # traffic again: firing
+    paused.release.set()
+    await evaluating
+    assert [n["state"] for n in receiver.bodies()] == ["firing", "resolved", "firing"]
+    got = (await client.get(f"/v1/alerts/{created['id']}")).json()
+    assert (got["state"], got["last_value"], got["last_evaluated_at"]) == ("firing", 2, "2026-03-01T12:05:00Z")
+
+
+async def test_stopping_the_api_mid_delivery_finishes_the_notification_and_records_it(alerts):
+    """A transition committed is notified at most once and never again: a shutdown (a rolling deploy) that
+    cancelled its delivery left it unsent or unrecorded for good, its history `pending` forever."""
+    client, state, org, _, _ = alerts
+    arrived, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(request: web.Request) -> web.Response:
+        await request.read()
+        arrived.set()
+        await answer.wait()
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", slow_hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500) for _ in range(5)])
+        created = await create(client, rule(f"http://127.0.0.1:{port}/hook"))
+        state.alerts.interval = 3600
+        state.alerts.start()  # the lifespan's loop: its first tick at once
+        await asyncio.wait_for(arrived.wait(), 10)
+        stopping = asyncio.create_task(state.alerts.stop())
+        await asyncio.sleep(0)  # stop() has cancelled what it cancels
+        answer.set()
+        await asyncio.wait_for(stopping, 10)
+        [h] = (await client.get(f"/v1/alerts/{created['id']}/history")).json()["data"]
+        assert (h["state"], h["delivery"]) == ("firing", {"result": "delivered", "attempts": 1, "status": 200, "error": None})
+    finally:
+        answer.set()
+        await runner.cleanup()
+
+
+async def test_a_rules_history_keeps_the_newest_transitions_the_api_can_show(alerts, receiver):
+    """A flapping rule writes a history entry per transition (two a minute at most, forever): the table keeps
+    the newest 1000 per rule, what GET /history can show at most, not every entry since the rule was made."""
+    client, state, org, _, _ = alerts
+    await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500) for _ in range(5)])
+    created = await create(client, rule(receiver.url))
+    assert (await client.get(f"/v1/alerts/{created['id']}/history", params={"limit": 1001})).status_code == 422
+    await state.pool.execute(
+        "INSERT INTO alert_events(rule_id, at, state, value, requests, delivery_result) "
+        "SELECT $1, $2::timestamptz - make_interval(mins => i), CASE WHEN i % 2 = 0 THEN 'firing' ELSE 'resolved' END, 0.5, 5, "
+        "'delivered' FROM generate_series(1000, 1, -1) AS i", uuid.UUID(created["id"]), NOW)
+    await tick(state)  # firing: entry 1001
+    assert [n["state"] for n in receiver.bodies()] == ["firing"]
+    kept = await state.pool.fetch("SELECT at FROM alert_events WHERE rule_id = $1 ORDER BY id", uuid.UUID(created["id"]))
+    assert len(kept) == 1000 and kept[0]["at"] == NOW - dt.timedelta(minutes=999) and kept[-1]["at"] == NOW
+    history = (await client.get(f"/v1/alerts/{created['id']}/history", params={"limit": 1000})).json()["data"]
+    assert len(history) == 1000 and history[0]["state"] == "firing" and history[0]["delivery"]["result"] == "delivered"

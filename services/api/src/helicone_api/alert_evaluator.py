@@ -3,13 +3,16 @@
 Every api replica runs this loop; a rule is evaluated by one of them per interval: a tick claims the
 rules that are due with `FOR UPDATE SKIP LOCKED` and moves their next evaluation one interval ahead
 in the same statement, so another replica's tick skips them (locked) or finds them not due
-(committed). A transition is written with a compare-and-set on the rule's state, so even two
-evaluations of one rule that overlap (one slower than the interval) notify it once.
+(committed). An evaluation writes (and notifies) only if the rule was not replaced since its claim
+(updated_at) and no evaluation of a later window has written (last_evaluated_at), so one slower than
+the interval, or than an edit, is dropped rather than stored over newer results. A transition is a
+compare-and-set on the rule's state too, so two evaluations of one rule that overlap notify it once.
 
 Each tick runs its rules concurrently; a rule's webhook delivery (with its retries) runs in that
 rule's task and a tick is not awaited by the next, so a slow or dead webhook holds up no other rule.
 A notification is sent after its transition is committed, at most once; its result is written to
-the history (`pending` until then).
+the history (`pending` until then). Stopping cancels the evaluations but lets the notifications under
+way finish (each bounded by the webhook's tries): one cancelled would be lost, and `pending` for good.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .alerts import ALERT_FILTER, COMPARE, FIRING, METRIC_SQL, RATE_METRICS, RESOLVED, AlertFilter, _iso
+from .alerts import ALERT_FILTER, COMPARE, FIRING, MAX_HISTORY, METRIC_SQL, RATE_METRICS, RESOLVED, AlertFilter, _iso
 from .filters import FilterNode, ch_time, filter_sql
 from .queries import SETTINGS
 from .webhooks import ALERT_ID_HEADER, EVENT_ID_HEADER
@@ -43,8 +46,12 @@ WITH due AS (
 UPDATE alert_rules r SET next_evaluation_at = now() + make_interval(secs => $2)
 FROM due WHERE r.id = due.id
 RETURNING r.id, r.org_id, r.name, r.metric, r.window_seconds, r.comparison, r.threshold, r.filter, r.min_requests,
-          r.webhook_url, r.webhook_secret, r.state
+          r.webhook_url, r.webhook_secret, r.state, r.updated_at
 """
+
+# An evaluation's results are current: the rule is as claimed ({0}: its updated_at then) and no evaluation of
+# a later window has written ({1}: this window's end).
+CURRENT = "updated_at = {0} AND (last_evaluated_at IS NULL OR last_evaluated_at <= {1})"
 
 
 def utc_now() -> dt.datetime:
@@ -77,6 +84,7 @@ class AlertEvaluator:
         self._queries = asyncio.Semaphore(concurrency)
         self._in_flight: set[uuid.UUID] = set()  # rules this replica is still evaluating or notifying
         self._tasks: set[asyncio.Task] = set()
+        self._notifications: set[asyncio.Task] = set()  # outlive a cancelled tick: stop() awaits them
         self._loop: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -87,6 +95,7 @@ class AlertEvaluator:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._notifications, return_exceptions=True)
         self._loop = None
 
     async def _run(self) -> None:
@@ -136,27 +145,34 @@ class AlertEvaluator:
         if value is None or (rule["metric"] in RATE_METRICS and requests < rule["min_requests"]):
             self.state.m_alert_evaluations.labels(NO_DATA).inc()
             await self.state.pool.execute(
-                "UPDATE alert_rules SET last_value = NULL, last_requests = $2, last_evaluated_at = $3 WHERE id = $1",
-                rule["id"], requests, end)
+                "UPDATE alert_rules SET last_value = NULL, last_requests = $2, last_evaluated_at = $3 "
+                f"WHERE id = $1 AND {CURRENT.format('$4', '$3')}", rule["id"], requests, end, rule["updated_at"])
             return  # too little traffic to judge: the state stays as it is
         breached = COMPARE[rule["comparison"]](value, rule["threshold"])
         self.state.m_alert_evaluations.labels(BREACHED if breached else NOT_BREACHED).inc()
         new_state = FIRING if breached and rule["state"] != FIRING else RESOLVED if not breached and rule["state"] == FIRING else None
         if new_state is None:
             await self.state.pool.execute(
-                "UPDATE alert_rules SET last_value = $2, last_requests = $3, last_evaluated_at = $4 WHERE id = $1",
-                rule["id"], value, requests, end)
+                "UPDATE alert_rules SET last_value = $2, last_requests = $3, last_evaluated_at = $4 "
+                f"WHERE id = $1 AND {CURRENT.format('$5', '$4')}", rule["id"], value, requests, end, rule["updated_at"])
             return
         async with self.state.pool.acquire() as conn, conn.transaction():
             changed = await conn.fetchval(
                 "UPDATE alert_rules SET state = $3, last_value = $4, last_requests = $5, last_evaluated_at = $6 "
-                "WHERE id = $1 AND state = $2 RETURNING id", rule["id"], rule["state"], new_state, value, requests, end)
+                f"WHERE id = $1 AND state = $2 AND {CURRENT.format('$7', '$6')} RETURNING id",
+                rule["id"], rule["state"], new_state, value, requests, end, rule["updated_at"])
             if changed is None:
-                return  # another evaluation made (and notifies) this transition, or the rule was deleted
+                return  # made (and notified) by another evaluation, overtaken by a newer one or an edit, or deleted
             event_id = await conn.fetchval(
                 "INSERT INTO alert_events(rule_id, at, state, value, requests) VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 rule["id"], end, new_state, value, requests)
-        await self._notify(rule, event_id, rule["state"], new_state, value, requests, start, end)
+            await conn.execute(  # a flapping rule's history would grow for good
+                "DELETE FROM alert_events WHERE rule_id = $1 AND id <= (SELECT id FROM alert_events WHERE rule_id = $1 "
+                "ORDER BY id DESC OFFSET $2 LIMIT 1)", rule["id"], MAX_HISTORY)
+        notification = asyncio.create_task(self._notify(rule, event_id, rule["state"], new_state, value, requests, start, end))
+        self._notifications.add(notification)
+        notification.add_done_callback(self._notifications.discard)
+        await asyncio.shield(notification)
 
     async def _notify(self, rule, event_id: int, old: str, new: str, value: float, requests: int,
                       start: dt.datetime, end: dt.datetime) -> None:

@@ -45,6 +45,7 @@ METRIC_SQL: dict[str, str] = {
 RATE_METRICS = frozenset({"error_rate", "latency_p95_ms", "latency_p50_ms"})
 MIN_WINDOW, MAX_WINDOW = 60, 7 * 86400
 MAX_RULES_PER_ORG = 500
+MAX_HISTORY = 1000  # history entries kept per rule (the newest): what GET /history shows at most
 NUL_MESSAGE = "must not contain the NUL character (\\u0000)"
 
 Threshold = Annotated[float, Field(allow_inf_nan=False, strict=False)]
@@ -233,7 +234,7 @@ def alerts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
 
     @router.get("/{alert_id}/history")
     async def history(alert_id: AlertId, org: str = Depends(org_id),
-                      limit: int = Query(100, ge=1, le=1000, description="newest first, at most this many")) -> dict:
+                      limit: int = Query(100, ge=1, le=MAX_HISTORY, description="newest first, at most this many")) -> dict:
         """The rule's transitions, newest first: when, to which state, the value, and how the notification went."""
         await found(await state.pool.fetchval(
             "SELECT id FROM alert_rules WHERE id = $1 AND org_id = $2", alert_id, uuid.UUID(org)), alert_id)
