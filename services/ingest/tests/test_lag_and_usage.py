@@ -155,11 +155,38 @@ async def test_lag_rises_while_ingest_is_held_and_returns_to_zero_once_it_caught
     await eventually(await caught_up(31), "caught up after the hold")
 
 
-def test_lag_sums_partitions_from_the_committed_offset_or_the_position():
+async def test_lag_counts_events_read_but_not_written_when_the_group_has_committed_nothing_yet(ingest):
+    """A fresh group (a first start, or a partition rewound to a new log) has no committed offset: the
+    events ingest has fetched but not written are not committed either, and count in the lag. (They
+    were counted from the consumer's position: fetched, held by a hung ClickHouse, the lag read 0.)"""
+    svc, analytics, bootstrap, topic = ingest
+    analytics.open.clear()  # ClickHouse hangs before anything is written: nothing is ever committed
+    await produce(bootstrap, topic, [event(model=f"held-{i}") for i in range(20)])
+    consumer = svc.faust.consumer
+
+    async def fetched():
+        tps = [tp for tp in consumer.assignment() if tp.topic == topic]
+        return bool(tps) and sum([await consumer.position(tp) or 0 for tp in tps]) == 20
+
+    await eventually(fetched, "the events fetched")
+    svc.m_consumer_lag.set(-1)  # measured again after the fetch
+
+    async def measured():
+        return lag(svc) != -1
+    await eventually(measured, "the lag measured after the fetch")
+    assert lag(svc) == 20
+    analytics.open.set()
+
+    async def caught_up():
+        return await rows(svc) == 20 and lag(svc) == 0
+    await eventually(caught_up, "written, committed and the lag back to 0")
+
+
+def test_lag_sums_partitions_from_the_committed_offset_or_the_log_start():
     ends = {"p0": 100, "p1": 50, "p2": 7, "p3": 9}
     committed = {"p0": 90, "p1": None, "p2": 12, "p3": None}  # p2: committed past a recreated log's end
-    positions = {"p1": 45, "p3": None}  # p3: no position yet either
-    assert consumer_lag(ends, committed, positions) == 10 + 5
+    starts = {"p1": 45, "p3": None}  # p3: no log start known either
+    assert consumer_lag(ends, committed, starts) == 10 + 5
     assert consumer_lag({}, {}, {}) == 0
 
 

@@ -310,10 +310,12 @@ class IngestService:
         listed = await consumer.highwaters(*tps)
         ends = {tp: max(consumer.highwater(tp) or 0, listed.get(tp) or 0) for tp in tps}
         # What Faust committed for the group on these partitions (read from the broker when they
-        # were assigned, then updated with each commit); None when nothing is committed yet.
+        # were assigned, then updated with each commit); None when nothing is committed yet: then
+        # nothing from the log start is (a fresh group, or a rewind, starts there), fetched or not.
         committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
-        positions = {tp: await consumer.position(tp) for tp in tps if committed[tp] is None}
-        self.m_consumer_lag.set(consumer_lag(ends, committed, positions))
+        uncommitted = [tp for tp in tps if committed[tp] is None]
+        starts = await consumer.earliest_offsets(*uncommitted) if uncommitted else {}
+        self.m_consumer_lag.set(consumer_lag(ends, committed, starts))
 
     async def _rewind(self, consumer, tp, offset: int) -> None:
         # forget the offsets Faust tracked for the old log, or it would skip the new records
@@ -374,15 +376,15 @@ class IngestService:
         )
 
 
-def consumer_lag(ends: dict, committed: dict, positions: dict) -> int:
-    """Sum over partitions of (log end - the group's committed offset, or the consumer's position
-    where nothing is committed). A committed offset past the end (a log recreated under the group,
+def consumer_lag(ends: dict, committed: dict, starts: dict) -> int:
+    """Sum over partitions of (log end - the group's committed offset, or the log start where
+    nothing is committed). A committed offset past the end (a log recreated under the group,
     see _offset_guard) counts 0, not a negative lag."""
     total = 0
     for tp, end in ends.items():
         done = committed.get(tp)
         if done is None:
-            done = positions.get(tp)
+            done = starts.get(tp)
         if done is not None:
             total += max(end - done, 0)
     return total
