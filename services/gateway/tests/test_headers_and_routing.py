@@ -92,6 +92,16 @@ def test_routing():
     assert (r.provider, r.base_url, r.target) == ("openai", "https://api.together.xyz", True)
 
 
+def test_a_path_not_starting_with_a_slash_stays_on_the_providers_host():
+    """Defense in depth behind the HTTP server's refusal: "*@host:port/x" after a base URL would name another host."""
+    from yarl import URL
+
+    route = Router(GatewaySettings(openai_url="https://oai.example", _env_file=None)).route
+    for target in ("*@10.0.0.5:8443/v1/chat/completions", "*.internal/x", "*"):
+        r = route(target, {}, "")
+        assert URL(r.base_url + r.path).host == "oai.example" and r.path.startswith("/"), target
+
+
 def test_routing_by_the_provider_table():
     s = GatewaySettings(provider_urls={"groq": "https://groq.proxy.example/"}, _env_file=None)
     route = Router(s).route

@@ -455,3 +455,207 @@ async def test_a_bad_request_pipelined_behind_a_whole_one_is_refused_after_that_
         assert refusal[0] == 400 and refusal[1]["connection"] == "close"
         assert await closed_by_server(reader)
         writer.close()
+
+
+def recording_app(seen: list):
+    """An app that notes each request's method, raw path and headers and answers 200 {}."""
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        seen.append((scope["method"], scope["raw_path"], dict(scope["headers"])))
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+    return app
+
+
+@pytest.mark.parametrize("target", [b"*", b"*@127.0.0.1:1/v1/chat/completions", b"*.evil.example/v1/models", b"*/x"])
+async def test_a_request_target_that_is_not_a_path_is_refused_and_never_reaches_the_app(target):
+    """Only origin-form (/path) and absolute-form (http://host/path, its path kept) reach the app: the proxy appends the
+    path to a provider's base URL, where "*@host/..." would name another host."""
+    seen = []
+    async with running(recording_app(seen)) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST " + target + b" HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\n{}")
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"]) == (400, "close")
+        assert "request target" in json.loads(body)["error"]["message"]
+        assert await closed_by_server(reader)
+        writer.close()
+    assert seen == []
+
+
+@pytest.mark.parametrize("target", [b"gw.example:443", b"http://gw.example"])
+async def test_a_request_target_that_cannot_be_parsed_gets_a_clear_400(target):
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"CONNECT " + target + b" HTTP/1.1\r\nhost: gw\r\n\r\n")
+        status, _, body = await read_response(reader)
+        assert status == 400 and "request target" in json.loads(body)["error"]["message"]
+        assert await closed_by_server(reader)
+        writer.close()
+
+
+async def test_a_request_target_naming_another_host_never_takes_the_gateway_there(tmp_path):
+    """The gateway sends a request to its provider's base URL + the request path; with the path "*@host:port/..." that URL's
+    host was host:port (the base URL became user info): any host and port, past the Helicone-Target-URL egress policy."""
+    from helicone_gateway.app import create_app
+    from helicone_gateway.settings import GatewaySettings
+
+    from services.gateway.tests.test_proxy import StubKeys
+
+    provider, internal = [], []
+    async with running(recording_app(provider)) as prov, running(recording_app(internal)) as inner:
+        app = create_app(GatewaySettings(data_dir=tmp_path, _env_file=None, kafka_bootstrap="127.0.0.1:1",
+                                         openai_url=f"http://{prov.bound[0]}:{prov.bound[1]}"))
+        app.state.gateway.keys = StubKeys()
+        async with running(app) as gateway:
+            reader, writer = await connect(gateway)
+            body = b'{"model": "gpt-4o-mini", "messages": []}'
+            writer.write(b"POST *@%s:%d/v1/chat/completions HTTP/1.1\r\nhost: gw\r\nhelicone-auth: Bearer good-key\r\n"
+                         b"authorization: Bearer sk-caller\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (inner.bound[0].encode(), inner.bound[1], len(body), body))
+            status, _, _ = await read_response(reader)
+            writer.close()
+    assert internal == []
+    assert status == 400
+
+
+async def test_a_100_continue_is_never_sent_to_an_http10_client():
+    """RFC 9110 15.2: no 1xx to an HTTP/1.0 client (an HTTP/1.0 proxy in front takes it for the answer and the real one
+    that follows for the next); its Expect: 100-continue is ignored (10.1.1)."""
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /e HTTP/1.0\r\nhost: gw\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+        writer.write(b"body")
+        status, _, body = await read_response(reader)
+        assert status == 200 and json.loads(body)["body"] == "body"
+        writer.close()
+
+
+async def test_trailer_fields_count_against_the_head_limit_and_never_join_the_request_headers():
+    """Trailer fields after a chunked body were neither counted nor bounded (megabytes buffered past a 4 KiB head
+    limit) and were appended to the headers the app had been handed."""
+    async with running(max_head_bytes=4096) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n")
+        with contextlib.suppress(ConnectionError):
+            for i in range(16):
+                await asyncio.sleep(0.02)  # separate reads (the one in which the trailer fields began is not counted)
+                writer.write(b"x-trailer-%d: %s\r\n" % (i, b"a" * 1000))
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"]) == (431, "close")
+        assert await closed_by_server(reader)
+        writer.close()
+
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-trailer: 1\r\n"
+                     b"helicone-auth: Bearer other\r\n\r\n")
+        status, _, body = await read_response(reader)
+        got = json.loads(body)
+        assert status == 200 and got["body"] == "hello"
+        assert [n for n, _ in got["headers"]] == ["host", "transfer-encoding"]
+        writer.close()
+
+
+@pytest.mark.parametrize("coding", [b"identity, chunked", b"gzip, chunked", b",chunked"])
+async def test_a_transfer_coding_other_than_chunked_is_refused_501(coding):
+    """RFC 9112 6.1: a transfer coding the server does not apply is answered 501 (the gzip bytes of "gzip, chunked"
+    reached the app as if they were the body); the framing is in doubt, so the connection closes."""
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: " + coding + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                     b"GET /second HTTP/1.1\r\nhost: gw\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"]) == (501, "close") and "Transfer-Encoding" in json.loads(body)["error"]["message"]
+        assert await closed_by_server(reader)
+        writer.close()
+
+
+async def test_a_transfer_encoding_header_list_ending_in_chunked_is_refused_501():
+    async with running() as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\n\r\n")
+        assert (await read_response(reader))[0] == 501
+        assert await closed_by_server(reader)
+        writer.close()
+
+
+async def test_chunked_bodies_in_any_case_and_with_extensions_are_still_read():
+    """Chunk data is body, not head: reads of it after a chunk-size line never count against the head limit."""
+    async with running(max_head_bytes=4096) as server:
+        reader, writer = await connect(server)
+        for coding in (b"chunked", b"Chunked", b"CHUNKED"):
+            writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: " + coding + b"\r\n\r\n5;ext=1\r\nhello\r\n2000\r\n")
+            for part in (b"b" * 4096, b"c" * 4096):
+                await asyncio.sleep(0.02)  # separate reads
+                writer.write(part)
+            await asyncio.sleep(0.02)
+            writer.write(b"\r\n0\r\n\r\n")
+            status, _, body = await read_response(reader)
+            assert status == 200 and json.loads(body)["body"] == "hello" + "b" * 4096 + "c" * 4096
+        writer.close()
+
+
+async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off():
+    """Each byte came before the idle timeout, so the head (slowloris) held the connection for as long as the caller
+    liked; it must now arrive whole within about the timeout."""
+    async with running(keepalive_timeout=0.3) as server:
+        reader, writer = await connect(server)
+        head = b"POST / HTTP/1.1\r\nhost: gw\r\nx-slow: " + b"a" * 200 + b"\r\ncontent-length: 0\r\n\r\n"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = asyncio.ensure_future(read_response(reader))
+        for byte in head:
+            if answer.done() or loop.time() - started > 3:
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.02)
+        status, headers, _ = await answer
+        assert (status, headers["connection"]) == (408, "close")
+        assert loop.time() - started < 1.5  # 200+ bytes at 50/s would take over 4 s
+        assert await closed_by_server(reader)
+        writer.close()
+
+
+async def test_a_request_body_the_caller_stops_sending_is_timed_out():
+    """The app waited for the rest of the body for ever: no idle timeout while a request is being answered."""
+    async with running(keepalive_timeout=0.3) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ncontent-length: 10\r\n\r\nabc")  # and nothing more
+        status, headers, body = await asyncio.wait_for(read_response(reader), 3)
+        assert (status, headers["connection"]) == (408, "close") and "body" in json.loads(body)["error"]["message"]
+        assert await closed_by_server(reader)
+        writer.close()
+        await asyncio.sleep(0.1)
+        assert not server.tasks  # the app's task is over
+
+
+async def test_a_slow_but_steady_body_and_a_slow_app_are_not_timed_out():
+    async def slow_app(scope, receive, send):
+        if scope["type"] == "http":
+            await asyncio.sleep(0.75)  # longer than the timeout before it reads the body
+        await echo_app(scope, receive, send)
+
+    async with running(slow_app, keepalive_timeout=0.3) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ncontent-length: 10\r\n\r\n")
+        for byte in b"0123456789":
+            await asyncio.sleep(0.1)
+            writer.write(bytes([byte]))
+        status, _, body = await read_response(reader)
+        assert status == 200 and json.loads(body)["body"] == "0123456789"
+
+        # a caller waiting for 100 Continue is not stalled: its time starts when the 100 is sent
+        writer.write(b"POST / HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await asyncio.sleep(0.25)
+        writer.write(b"body")
+        status, _, body = await read_response(reader)
+        assert status == 200 and json.loads(body)["body"] == "body"
+        writer.close()

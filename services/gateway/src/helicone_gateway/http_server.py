@@ -7,10 +7,12 @@ the first body bytes) cost the gateway about a tenth of its CPU per request unde
 It does: keep-alive, pipelined requests (answered in order), request bodies by Content-Length or
 chunked, responses framed by their Content-Length, else chunked (HTTP/1.1) or by closing (HTTP/1.0),
 no body for HEAD, 1xx, 204 and 304, Expect: 100-continue, the request-head limit of http_limits (431
-while the head arrives, before it is buffered), a Date header, a 500 when the app fails before it
-answers, an idle keep-alive timeout, a graceful stop (no new connections, answers in progress
+while the head arrives, before it is buffered; trailer fields count too and are dropped), a Date header, a 500
+when the app fails before it answers, an idle keep-alive timeout (also a 408 for a head not whole within it, or a
+body the app waits for and the caller stopped sending), a graceful stop (no new connections, answers in progress
 finish, idle connections close) and the ASGI lifespan.
-It does not: upgrades (WebSocket, h2c: 400), HTTP/2, proxy headers (the gateway trusts none).
+It does not: upgrades (WebSocket, h2c: 400), request targets other than a path or an absolute URL (400),
+transfer codings other than chunked (501), HTTP/2, proxy headers (the gateway trusts none).
 
 receive() returns an asyncio.Future, so the gateway's `ensure_future(receive())` (its watch for the
 caller leaving) costs no task. The response head is held until the first body bytes and goes out in
@@ -61,6 +63,14 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
+class RequestRefused(Exception):
+    """Raised in a parser callback: the request is answered `status` and the connection closes."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
 def error_body(message: str, kind: str) -> bytes:
     """The gateway's JSON error shape: {"error": {"message", "type"}}."""
     return json.dumps({"error": {"message": message, "type": kind}}).encode()
@@ -91,8 +101,9 @@ class Exchange:
                  "head_only", "http10", "keep_alive", "queued", "remaining", "scope", "started", "task", "waiter")
 
     def __init__(self, conn: HttpConnection, scope: dict, keep_alive: bool, expect_continue: bool) -> None:
-        self.conn, self.scope, self.keep_alive, self.expect_continue = conn, scope, keep_alive, expect_continue
+        self.conn, self.scope, self.keep_alive = conn, scope, keep_alive
         self.http10 = scope["http_version"] == "1.0"
+        self.expect_continue = expect_continue and not self.http10  # no 1xx to an HTTP/1.0 client (RFC 9110 15.2)
         self.body: list[bytes] = []
         self.queued = 0  # bytes in body
         self.body_done = False  # the whole request body has been read
@@ -151,6 +162,7 @@ class Exchange:
             if self.expect_continue and not self.continue_sent and not self.body_done:
                 self.continue_sent = True
                 self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.conn.last_active = self.conn.loop.time()  # the caller sends the body from now on
             self.waiter = fut  # body bytes, the end of the body, or the caller leaving resolve it
         return fut
 
@@ -286,7 +298,9 @@ class HttpConnection(asyncio.Protocol):
         self.latest: Exchange | None = None  # the request read last
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.in_head = False
+        self.trailers: list[tuple[bytes, bytes]] = []  # a chunked body's trailer fields: read, never handed to the app
+        self.in_head = False  # in a head, or in a chunked body's chunk-size line or trailer fields
+        self.head_mark, self.head_since = -1, 0.0  # the head the idle check saw in progress, and since when
         self.head_bytes = 0
         self.events = 0  # message begins, heads and messages completed: where a read's bytes belong
         self.refused = False
@@ -324,7 +338,11 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(400, "protocol upgrades are not supported", "invalid_request", self.latest)
             return
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"invalid HTTP request: {exc}", "invalid_request")
+            refused = exc.__context__
+            if isinstance(refused, RequestRefused):
+                self._refuse(refused.status, refused.message, refused.kind)
+            else:
+                self._refuse(400, f"invalid HTTP request: {exc}", "invalid_request")
             return
         # A read in which a message began or a head or message ended is not counted: part of it
         # belongs to another message (so a big body never counts against the next head).
@@ -374,8 +392,15 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head, self.events = False, self.events + 1
         parser = self.parser
-        parsed = httptools.parse_url(self.url)
-        raw_path = parsed.path
+        try:
+            parsed = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            raise RequestRefused(400, f"invalid request target {self.url[:200].decode('latin-1')!r}: a path "
+                                 "(/...) or an absolute URL (http://host/...) is accepted") from None
+        raw_path = parsed.path or b""
+        if raw_path[:1] != b"/":  # "*", "*@host/...": appended to a provider's base URL it would name another host
+            raise RequestRefused(400, f"invalid request target {raw_path[:200].decode('latin-1')!r}: a path "
+                                 "(/...) or an absolute URL (http://host/...) is accepted")
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
@@ -397,8 +422,24 @@ class HttpConnection(asyncio.Protocol):
                 self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        self.in_head = False  # after a chunk-size line: body bytes, not trailer fields
         if self.reading is not None:
             self.reading.add_body(body)
+
+    def on_chunk_header(self) -> None:
+        """Chunked requests only. What follows a chunk-size line is its data or, after the last one, the
+        trailer fields: counted against the head limit (and timed like a head) until body bytes come."""
+        self.in_head, self.head_bytes, self.events = True, 0, self.events + 1
+        headers = self.headers
+        if headers is not self.trailers:  # the first chunk: the request's Transfer-Encoding is checked once
+            for name, value in headers:
+                if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                    raise RequestRefused(501, f"Transfer-Encoding {value[:100].decode('latin-1')!r} is not supported: "
+                                         "only chunked is", "not_implemented")
+            self.headers = self.trailers = []
+
+    def on_chunk_complete(self) -> None:
+        self.in_head = False
 
     def on_message_complete(self) -> None:
         self.events += 1
@@ -456,12 +497,28 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         timeout, now = self.server.keepalive_timeout, self.loop.time()
-        if self.current is not None or self.pending:  # busy: no idle timeout while a request is answered
-            self.idle_timer = self.loop.call_at(now + timeout, self._idle_check)
-        elif now >= self.last_active + timeout:  # idle, or a head begun and not finished, for that long
+        current, due = self.current, self.last_active + timeout
+        if self.in_head and (current is None or current is self.reading):
+            # a head (or trailer fields) begun must arrive whole within about the timeout, however
+            # steadily its bytes trickle in (one byte a second would hold the connection for ever)
+            if self.head_mark != self.events:
+                self.head_mark, self.head_since = self.events, now
+            elif now >= self.head_since + timeout:
+                self._refuse(408, f"request head not received whole within {timeout:g} s", "request_timeout")
+                return
+            due = min(due, self.head_since + timeout)
+        if current is not None or self.pending:  # busy: no idle timeout while a request is answered...
+            if (now >= self.last_active + timeout and current is not None and current.waiter is not None
+                    and not current.body_done and not current.started and not self.paused_reading):
+                # ...unless the app waits for body bytes the caller stopped sending
+                self._refuse(408, f"request body: no bytes received for {timeout:g} s", "request_timeout")
+                return
+            if due <= now:
+                due = now + timeout
+        elif now >= due:  # idle, or a head begun and not finished, for that long
             self.close()
-        else:
-            self.idle_timer = self.loop.call_at(self.last_active + timeout, self._idle_check)
+            return
+        self.idle_timer = self.loop.call_at(due, self._idle_check)
 
     def pause_reading(self) -> None:
         if not self.paused_reading and not self.closed:

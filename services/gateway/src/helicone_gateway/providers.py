@@ -56,6 +56,8 @@ class Router:
         Anthropic and anything else OpenAI. Helicone-Target-URL replaces the provider's base URL,
         keeping the provider (and so how usage is read); where it may go is checked by the egress
         policy, not here."""
+        if path[:1] != "/":  # "*@host/...": after a base URL it would name another host (the server refuses it too)
+            path = "/" + path
         end = path.find("/", 1)
         provider = PROVIDER_TABLE.get(path[1:end] if end > 0 else path[1:])
         if provider is not None:
