@@ -157,3 +157,26 @@ def test_corrupt_snapshot_is_ignored(tmp_path):
     keys = directory("postgresql://unused", path)
     keys._load_snapshot()
     assert not keys.loaded
+
+
+async def test_a_key_store_never_reached_says_so_once_in_the_log(pg_pool, fresh_db_dsn, tmp_path, caplog):
+    """The warning came only when a live directory lost Postgres: one that never reached it (a wrong DSN, no rights)
+    answered from its snapshot, or refused every key, and logged nothing. It says so once per outage, and again
+    after it was back and lost it again."""
+    proxy, dsn = await postgres_proxy(fresh_db_dsn)
+    proxy.cut()
+    keys = directory(dsn, tmp_path / "none.json")
+    caplog.set_level("WARNING", logger="helicone_core.key_directory")
+    said = lambda: [r for r in caplog.records if "key store unreachable" in r.getMessage()]  # noqa: E731
+    await keys.start(wait=0.3)
+    try:
+        await eventually(lambda: len(said()) == 1, timeout=5)
+        await asyncio.sleep(1.0)  # several retries at max_backoff 0.2 s
+        assert len(said()) == 1 and "no key set loaded" in said()[0].getMessage(), [r.getMessage() for r in said()]
+        proxy.restore()
+        await eventually(lambda: keys.loaded, timeout=5)
+        proxy.cut()
+        await eventually(lambda: len(said()) == 2, timeout=5)
+    finally:
+        await keys.stop()
+        await proxy.stop()

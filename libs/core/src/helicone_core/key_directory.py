@@ -46,6 +46,7 @@ class KeyDirectory:
         self._loaded = False
         self._synced = False  # the set came from Postgres at least once (not only from the snapshot)
         self._live = False
+        self._said_down = False  # this outage was logged (one that began at start too)
         self._buffer: list[str] | None = None  # notifications that arrive during a full load
         self._task: asyncio.Task | None = None
         self._save_task: asyncio.Task | None = None
@@ -125,6 +126,7 @@ class KeyDirectory:
                 while True:
                     await self._reload(conn)
                     self._set_live(True)
+                    self._said_down = False
                     backoff = 0.2
                     resync_at = time.monotonic() + self.resync_interval
                     while (left := resync_at - time.monotonic()) > 0:
@@ -138,9 +140,14 @@ class KeyDirectory:
                 raise
             except Exception as exc:  # noqa: BLE001 - Postgres away: keep answering from the last known set
                 raise_if_cancelling(exc)
-                if self._live:
-                    log.warning("key store unreachable (%s); answering from the last known key set (%d keys)",
-                                exc.__class__.__name__, len(self._keys))
+                if self._live or not self._said_down:  # once per outage, a first one at start included
+                    self._said_down = True
+                    if self._loaded:
+                        log.warning("key store unreachable (%s); answering from the last known key set (%d keys)",
+                                    exc.__class__.__name__, len(self._keys))
+                    else:
+                        log.warning("key store unreachable (%s) and no key set loaded: every key is refused until it "
+                                    "answers", exc.__class__.__name__)
                 self._set_live(False)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
