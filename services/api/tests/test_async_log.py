@@ -633,3 +633,58 @@ def test_otel_provider_names_are_stored_under_the_gateways_names(given, provider
     out = to_events(json_format.ParseDict(doc, ExportTraceServiceRequest()), org_id="o", costs=CostRegistry.default(),
                     region="", body_limit=1 << 20)
     assert [ev.provider for ev in out.events] == [provider]
+
+
+async def test_model_override_names_the_logged_model_and_its_cost(logging_api, kafka_bootstrap):
+    """Helicone-Model-Override, in `meta` or on the log request itself: the log's model and cost; the logged bodies as sent."""
+    client, state, _, topic = logging_api
+    payload = helicone_payload()
+    payload["providerRequest"]["meta"]["Helicone-Model-Override"] = " gpt-4o "
+    r = await client.post("/custom/v1/log", json=payload)
+    assert r.status_code == 200, r.text
+    r = await client.post("/custom/v1/log", json=helicone_payload(), headers={"Helicone-Model-Override": "acme-support-bot"})
+    assert r.status_code == 200, r.text
+    priced, unpriced = await consume(kafka_bootstrap, topic, 2)
+    tokens = _tokens(1000, 500, 200)
+    assert priced.model == "gpt-4o" and priced.cost_known
+    assert priced.cost_usd == pytest.approx(state.costs.cost("openai", "gpt-4o", tokens))
+    assert priced.cost_usd != pytest.approx(state.costs.cost("openai", "gpt-4o-mini", tokens))
+    assert json.loads(priced.inline.request_body)["model"] == "gpt-4o-mini"
+    assert json.loads(priced.inline.response_body)["model"] == "gpt-4o-mini-2024-07-18"
+    expected = state.costs.cost("openai", "acme-support-bot", tokens)
+    assert unpriced.model == "acme-support-bot" and unpriced.usage.known
+    assert (unpriced.cost_known, unpriced.cost_usd) == (expected is not None, pytest.approx(expected or 0.0))
+
+
+@pytest.mark.parametrize("value", ["", "  ", "m" * 257, "gpt-4o\nx", "gpt\x00"])
+async def test_a_bad_model_override_is_a_422_naming_it(logging_api, value):
+    client, *_ = logging_api
+    payload = helicone_payload()
+    payload["providerRequest"]["meta"]["Helicone-Model-Override"] = value
+    r = await client.post("/custom/v1/log", json=payload)
+    assert r.status_code == 422, r.text
+    detail = r.json()["error"]["details"][0]
+    assert detail["field"] == "providerRequest.meta.Helicone-Model-Override"
+    assert detail["message"].startswith("Helicone-Model-Override ") and "256 characters" in detail["message"]
+
+
+def test_otlp_model_override_attribute_names_the_logged_model_and_its_cost():
+    import base64
+
+    from google.protobuf import json_format
+    from helicone_api.otlp import to_events
+    from helicone_core.cost import CostRegistry, TokenCounts
+
+    doc = _otlp_json([_span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", {**GENAI, "helicone.model.override": "gpt-4o-mini"}),
+                      _span("5b8efff798038103d269b633813fc60c", "fee19b7ec3c1b174", {**GENAI, "helicone.model.override": ""})])
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        span["traceId"] = base64.b64encode(bytes.fromhex(span["traceId"])).decode()
+        span["spanId"] = base64.b64encode(bytes.fromhex(span["spanId"])).decode()
+    costs = CostRegistry.default()
+    out = to_events(json_format.ParseDict(doc, ExportTraceServiceRequest()), org_id="o", costs=costs, region="", body_limit=1 << 20)
+    [ev] = out.events
+    tokens = TokenCounts(prompt_tokens=100, completion_tokens=20, cache_read_tokens=40)
+    assert ev.model == "gpt-4o-mini" and ev.cost_usd == pytest.approx(costs.cost("openai", "gpt-4o-mini", tokens))
+    assert ev.cost_usd != pytest.approx(costs.cost("openai", "gpt-4o-2024-08-06", tokens))
+    assert json.loads(ev.inline.response_body)["model"] == "gpt-4o-2024-08-06"  # the span's, as it came
+    assert out.rejected == 1 and "helicone.model.override" in out.first_problem and "Helicone-Model-Override" in out.first_problem

@@ -265,3 +265,41 @@ async def test_a_body_override_for_a_body_nested_past_the_recursion_limit_is_a_4
     r = await client.post("/v1/chat/completions", content=body,
                           headers={**AUTH, "Content-Type": "application/json", "Helicone-Fallbacks": json.dumps(fallbacks)})
     assert r.status_code == 400 and "bodyKeyOverride" in r.json()["error"]["message"], r.text
+
+
+# ---- Helicone-Model-Override -------------------------------------------------------------------
+
+async def test_model_override_names_the_logged_model_and_prices_it_while_the_provider_gets_the_body_as_sent(gateway):
+    from helicone_core.cost import CostRegistry, TokenCounts
+
+    client, fake, built = gateway
+    sent = b'{"model": "gpt-4o-mini",  "messages": [{"role": "user", "content": "one two three"}]}'  # spaced: byte-exact
+    costs = CostRegistry.default()
+    for override in ("gpt-4o", "acme-support-bot"):  # a priced model; an alias no price list knows
+        r = await client.post("/v1/chat/completions", content=sent, headers={
+            **AUTH, "Helicone-Model-Override": f" {override} ", "Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json()["model"] == "gpt-4o-mini"  # the provider answered for the body's model
+        received = fake.state.received[-1]
+        assert received["body"]["model"] == "gpt-4o-mini" and int(received["headers"]["content-length"]) == len(sent)
+        assert not any(name.startswith("helicone-") for name in received["headers"])
+        ev = built[-1]
+        tokens = TokenCounts(prompt_tokens=ev.usage.prompt_tokens, completion_tokens=ev.usage.completion_tokens)
+        expected = costs.cost("openai", override, tokens)
+        assert ev.model == override and ev.usage.known and ev.inline.request_body == sent
+        assert (ev.cost_known, ev.cost_usd) == (expected is not None, pytest.approx(expected or 0.0))
+    priced = built[0]
+    assert priced.cost_usd != pytest.approx(costs.cost("openai", "gpt-4o-mini", TokenCounts(
+        prompt_tokens=priced.usage.prompt_tokens, completion_tokens=priced.usage.completion_tokens)))
+    r = await client.post("/v1/chat/completions", content=sent, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 200 and built[-1].model == "gpt-4o-mini"  # without it: the answer's model, as before
+
+
+@pytest.mark.parametrize("value", ["", "   ", "m" * 257, "gpt\t4o"])
+async def test_a_bad_model_override_is_a_400_naming_the_header_before_anything_is_sent(gateway, value):
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "Helicone-Model-Override": value})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "helicone_header_error" and error["message"].startswith("Helicone-Model-Override ")
+    assert "256 characters" in error["message"]
+    assert fake.state.received == [] and built == []

@@ -1,8 +1,9 @@
 """The Helicone-* headers that describe a log (request id, user, session, properties, request name,
-omit switches): one reading for the gateway's request headers and the api's async-log `meta`."""
+model override, omit switches): one reading for the gateway's request headers and the api's async-log `meta`."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -15,6 +16,10 @@ MAX_PROPERTY_VALUE = 4096
 # in lower case like them, as the api reads property names in any case by their lower-case form.
 REQUEST_NAME_PROPERTY = "helicone-request-name"
 MAX_REQUEST_NAME = 256
+# Helicone-Model-Override: the model logged and priced instead of the one the request or answer names
+MODEL_OVERRIDE = "Helicone-Model-Override"
+MAX_MODEL = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 OMIT_REQUEST = "Helicone-Omit-Request"
 OMIT_RESPONSE = "Helicone-Omit-Response"
 # lower-case name -> (the header's longest value, the LogHeaders field it sets)
@@ -24,6 +29,7 @@ _BOUNDED = {
     "helicone-session-path": (1024, "session_path"),
     "helicone-session-name": (512, "session_name"),
 }
+_MODEL_OVERRIDE = MODEL_OVERRIDE.lower()
 _SWITCHES = {OMIT_REQUEST.lower(): (OMIT_REQUEST, "omit_request"), OMIT_RESPONSE.lower(): (OMIT_RESPONSE, "omit_response")}
 
 
@@ -40,6 +46,7 @@ class LogHeaders:
     session_name: str = ""
     properties: dict[str, str] = field(default_factory=dict)
     request_name: str = ""  # Helicone-Request-Name, logged as the REQUEST_NAME_PROPERTY property
+    model_override: str = ""  # Helicone-Model-Override: see logged_model
     omit_request: bool = False  # Helicone-Omit-Request: the request body is not logged
     omit_response: bool = False  # Helicone-Omit-Response: the response body is not logged
 
@@ -48,6 +55,11 @@ class LogHeaders:
         if not self.request_name:
             return self.properties
         return {**self.properties, REQUEST_NAME_PROPERTY: self.request_name}
+
+    def logged_model(self, model: str) -> str:
+        """The model a log names and is priced by: the override when one was sent, else `model`
+        (the request sent to the provider is not changed)."""
+        return self.model_override or model
 
     def inline_bodies(self, req_body: bytes, req_ctype: str, resp_body: bytes, resp_ctype: str, limit: int,
                       *, response_cut: bool = False) -> InlineBodies:
@@ -76,6 +88,11 @@ def read_log_header(out: LogHeaders, name: str, value: str) -> bool:
             raise HeaderError("Helicone-Request-Id must be a UUID") from None
     elif name == "helicone-request-name":
         out.request_name = bounded("Helicone-Request-Name", value, MAX_REQUEST_NAME)
+    elif name == _MODEL_OVERRIDE:
+        if not value or _CONTROL.search(value):
+            raise HeaderError(f"{MODEL_OVERRIDE} must be a model name of 1 to {MAX_MODEL} characters "
+                              "without control characters, e.g. 'gpt-4o-mini'")
+        out.model_override = bounded(MODEL_OVERRIDE, value, MAX_MODEL)
     elif name in _SWITCHES:
         header, attr = _SWITCHES[name]
         setattr(out, attr, switch(header, value))

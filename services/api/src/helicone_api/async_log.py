@@ -184,6 +184,7 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
     # as the gateway: the answer's model, else the one the path names (Gemini, Azure deployments), else the request's
     path_model = table.model_in(path) if table else ""
     model = (parsed.model or path_model or req_model).encode(errors="replace").decode()  # a lone surrogate is no text
+    model = hh.logged_model(model)
     cost = costs.cost(provider, model, parsed.tokens) if parsed.known else None
     req_body = _json_bytes(req.json_, "providerRequest.json")
     if payload.timing is not None:

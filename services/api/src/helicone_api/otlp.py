@@ -261,7 +261,8 @@ def span_event(span, attrs: dict, *, org_id: str, costs: CostRegistry, region: s
                                   "gen_ai.usage.cache_creation_input_tokens") or 0,
     )
     known = prompt is not None or completion is not None
-    cost = costs.cost(provider, model, tokens) if known else None
+    logged_model = hh.logged_model(model)  # the log's model and the cost's; the logged bodies keep the span's
+    cost = costs.cost(provider, logged_model, tokens) if known else None
     failed = span.status.code == trace_pb2.Status.STATUS_CODE_ERROR
     status = _count(attrs, "http.response.status_code", "http.status_code")
     if status is None or status > 999:
@@ -296,7 +297,7 @@ def span_event(span, attrs: dict, *, org_id: str, costs: CostRegistry, region: s
         time_to_first_token_ms=ttft_ms,
         status=status,
         provider=provider,
-        model=model,
+        model=logged_model,
         method="POST",
         path=_text(attrs, "gen_ai.operation.name") or span.name[:256],
         target_url=(f"https://{server}" + (f":{port}" if port else "")) if server else "",

@@ -855,7 +855,7 @@ class Gateway:
             req_model, req_stream = request_model(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
             parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
-            model = parsed.model or rt.path_model() or req_model
+            model = hh.logged_model(parsed.model or rt.path_model() or req_model)
             cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
                 self.ratelimits.charge(org_id, rate_limit, cost * 100)
