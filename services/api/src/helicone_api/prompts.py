@@ -17,6 +17,7 @@ from helicone.prompts.v1 import prompts_pb2 as pb
 from helicone.prompts.v1 import prompts_pb2_grpc
 from helicone_core import prompt_templates as templates
 from helicone_core.db import bearer_token
+from helicone_core.log_headers import MAX_MODEL
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .filters import AnyFilter, filter_sql
@@ -61,7 +62,7 @@ class NewVersion(BaseModel):
 
     template: dict[str, Any] = Field(description="the request body: messages, model, parameters, tools, response_format, "
                                                  "with {{name}} / {{hc:name:type}} placeholders in string values")
-    model: str = Field("", max_length=256, description="defaults to the template's model")
+    model: str = Field("", max_length=MAX_MODEL, description="defaults to the template's model")
     message: str = Field("", max_length=2000, description="what changed")
     environments: list[Annotated[str, Field(pattern=templates.ENVIRONMENT.pattern)]] = Field(
         default_factory=list, max_length=16, description="label the new version for these environments at once")
