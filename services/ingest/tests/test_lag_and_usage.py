@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from helicone_core import events
 from helicone_core.analytics import ChdbStore
 from helicone_ingest.app import IngestService, consumer_lag
+from helicone_ingest.batches import BatchConsumer
 from helicone_ingest.settings import IngestSettings
 
 ORG = str(uuid.uuid4())
@@ -142,7 +143,9 @@ async def test_lag_rises_while_ingest_is_held_and_returns_to_zero_once_it_caught
     async def pause():
         aio.pause(aio_tp)
     await consumer._thread.call_thread(pause)
-    await asyncio.sleep(3 * aio._fetcher._fetch_max_wait_ms / 1000)  # a fetch already in flight has come back
+    # a fetch already in flight has come back: one asked while the consumer was idle waits up to IDLE_FETCH_WAIT,
+    # whatever the wait is now (a 0.05 s one read here let a 1.5 s fetch bring the next events in, on a busy box)
+    await asyncio.sleep(2 * max(BatchConsumer.IDLE_FETCH_WAIT, aio._fetcher._fetch_max_wait_ms / 1000))
     watermark = consumer.highwater(tp)
     await produce(bootstrap, topic, [event(model=f"unfetched-{i}") for i in range(10)])
     await eventually(await lag_is(30), "lag of events the consumer has not fetched")
