@@ -6,6 +6,7 @@ two evaluators at once, a dead webhook, and the address guard (with faked connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -65,18 +66,27 @@ class Receiver:
         return [json.loads(b) for _, b in self.received]
 
 
-@pytest.fixture
-async def receiver():
-    r = Receiver()
+@contextlib.asynccontextmanager
+async def serving_hook(handler):
+    """A webhook receiver on 127.0.0.1 answering POST /hook with `handler`; yields its URL."""
     app = web.Application()
-    app.router.add_post("/hook", r.handle)
+    app.router.add_post("/hook", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    r.url = f"http://127.0.0.1:{port}/hook"
-    yield r
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver():
+    r = Receiver()
+    async with serving_hook(r.handle) as url:
+        r.url = url
+        yield r
 
 
 @pytest.fixture
@@ -500,21 +510,15 @@ async def test_a_webhook_answering_200_with_an_endless_body_is_delivered_once_wi
             pass  # the sender closed the connection: what it should do
         return resp
 
-    app = web.Application()
-    app.router.add_post("/hook", endless)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    sender = WebhookSender(allow_loopback=True, timeout=1, attempts=3, backoff=0.01)
-    await sender.start()
-    try:
-        d = await sender.send(f"http://127.0.0.1:{port}/hook", b"{}", "s")
-        assert (d.result, d.attempts, d.status) == ("delivered", 1, 200), d
-        assert len(posts) == 1
-    finally:
-        await sender.close()
-        await runner.cleanup()
+    async with serving_hook(endless) as url:
+        sender = WebhookSender(allow_loopback=True, timeout=1, attempts=3, backoff=0.01)
+        await sender.start()
+        try:
+            d = await sender.send(url, b"{}", "s")
+            assert (d.result, d.attempts, d.status) == ("delivered", 1, 200), d
+            assert len(posts) == 1
+        finally:
+            await sender.close()
 
 
 # ---- evaluations racing edits, other evaluations and shutdown ----------------------------------------------
@@ -606,27 +610,21 @@ async def test_stopping_the_api_mid_delivery_finishes_the_notification_and_recor
         await answer.wait()
         return web.Response(status=200)
 
-    app = web.Application()
-    app.router.add_post("/hook", slow_hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500) for _ in range(5)])
-        created = await create(client, rule(f"http://127.0.0.1:{port}/hook"))
-        state.alerts.interval = 3600
-        state.alerts.start()  # the lifespan's loop: its first tick at once
-        await asyncio.wait_for(arrived.wait(), 10)
-        stopping = asyncio.create_task(state.alerts.stop())
-        await asyncio.sleep(0)  # stop() has cancelled what it cancels
-        answer.set()
-        await asyncio.wait_for(stopping, 10)
-        [h] = (await client.get(f"/v1/alerts/{created['id']}/history")).json()["data"]
-        assert (h["state"], h["delivery"]) == ("firing", {"result": "delivered", "attempts": 1, "status": 200, "error": None})
-    finally:
-        answer.set()
-        await runner.cleanup()
+    async with serving_hook(slow_hook) as url:
+        try:
+            await state.analytics.insert("request_log", [log_row(org, seconds_ago=10, status=500) for _ in range(5)])
+            created = await create(client, rule(url))
+            state.alerts.interval = 3600
+            state.alerts.start()  # the lifespan's loop: its first tick at once
+            await asyncio.wait_for(arrived.wait(), 10)
+            stopping = asyncio.create_task(state.alerts.stop())
+            await asyncio.sleep(0)  # stop() has cancelled what it cancels
+            answer.set()
+            await asyncio.wait_for(stopping, 10)
+            [h] = (await client.get(f"/v1/alerts/{created['id']}/history")).json()["data"]
+            assert (h["state"], h["delivery"]) == ("firing", {"result": "delivered", "attempts": 1, "status": 200, "error": None})
+        finally:
+            answer.set()
 
 
 async def test_a_rules_history_keeps_the_newest_transitions_the_api_can_show(alerts, receiver):
