@@ -117,6 +117,20 @@ def _read_records(path: Path) -> tuple[list[tuple[bytes, bytes]], int, bool]:
     return out, pos, False
 
 
+def take_lock(directory: Path) -> int | None:
+    """The journal directory's lock (made private first), taken: an open fd to close to release it, or None if
+    another process holds it. Read-only is enough for flock (a lock file an odd umask left 0400 still opens);
+    0600 whatever the umask."""
+    private_dir(directory)
+    fd = open_private(directory / ".lock", os.O_RDONLY | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Journal:
     def __init__(self, root: Path, max_bytes: int, segment_bytes: int = 16 * 1024 * 1024) -> None:
         self.root = Path(root)
@@ -134,18 +148,13 @@ class Journal:
 
     def open(self) -> Journal:
         """Takes ownership of the directory and reads back what a previous run left."""
-        private_dir(self.root)
         # One owner per directory: two gateways appending to the same segments would corrupt them.
-        # read-only is enough for flock (a lock file an odd umask left 0400 still opens); 0600 whatever the umask
-        self._lock_fd = open_private(self.root / ".lock", os.O_RDONLY | os.O_CREAT)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
+        self._lock_fd = take_lock(self.root)
+        if self._lock_fd is None:
             raise JournalInUse(
                 f"the event journal {self.root} is in use by another gateway process; give each gateway its own "
                 "HELICONE_JOURNAL_DIR (or data dir)"
-            ) from None
+            )
         self._recover()
         return self
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import signal
@@ -23,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from helicone_core.filemodes import open_private, private_dir
-
-from .journal import SUFFIX
+from .journal import SUFFIX, take_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +39,6 @@ def _seqs(directory: Path) -> list[int]:
     return sorted(int(p.stem) for p in directory.glob("*" + SUFFIX) if p.stem.isdigit())
 
 
-def _locked(directory: Path):
-    """The directory's journal lock, taken (an open fd), or None if a running gateway holds it."""
-    private_dir(directory)
-    # as Journal.open takes it: read-only (a lock file an odd umask left 0400 still opens), 0600 whatever the umask
-    fd = open_private(directory / ".lock", os.O_RDONLY | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def adopt_orphan_journals(journal_dir: Path, workers: int) -> int:
     """Moves the segments of `worker-<j>` journals with j >= workers into the journal of worker
     j % workers (numbered after its own), then removes the emptied directories; returns how many
@@ -67,7 +51,7 @@ def adopt_orphan_journals(journal_dir: Path, workers: int) -> int:
         if not orphan.is_dir() or not index.isdigit() or int(index) < workers:
             continue
         heir = worker_journal_dir(journal_dir, int(index) % workers)
-        fds = [_locked(orphan), _locked(heir)]
+        fds = [take_lock(orphan), take_lock(heir)]
         try:
             if None in fds:
                 log.warning("journal %s or %s is in use by a running gateway; its events stay where they are", orphan, heir)
