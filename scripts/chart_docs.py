@@ -118,6 +118,7 @@ CONSTRAINTS = {
     "networkPolicy.kafkaPorts": {"items": PORT},
     "networkPolicy.clickhousePorts": {"items": PORT},
     "networkPolicy.s3Ports": {"items": PORT},
+    "networkPolicy.dataPeers": {"minItems": 1},  # an empty `to` would be every address
     "metrics.podMonitor.interval": {"pattern": "^[0-9]+(s|m)$"},
     "metrics.prometheusRule.gatewayErrorRatio": {"exclusiveMinimum": 0, "maximum": 1},
     "metrics.prometheusRule.gatewayP95Seconds": {"type": "number", "exclusiveMinimum": 0},

@@ -156,6 +156,7 @@ BAD_VALUES = [
     ({"components": {"prompts": {"enabled": "yes"}}}, "/components/prompts/enabled"),
     ({"metrics": {"prometheusRule": {"gatewayErrorRatio": 0}}}, "gatewayErrorRatio"),
     ({"networkPolicy": {"providerPorts": []}}, "providerPorts"),
+    ({"networkPolicy": {"dataPeers": []}}, "dataPeers"),  # an empty `to` would open those ports to every address
     ({"admin": {"token": "changeme"}}, "/admin/token"),  # the api refuses a token under 32 characters: it would crash-loop
 ]
 
@@ -360,6 +361,67 @@ def test_network_policies_deny_by_default_and_allow_each_real_edge(full):
     grpc = next(r for r in policies["hc-helicone-prompts"]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")
     assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in grpc["from"]} == {"gateway", "api"}
     assert policies["hc-helicone-migrations"]["spec"]["ingress"] == []
+
+
+def test_an_empty_peer_list_lets_nobody_in_not_everyone(chart):
+    """A NetworkPolicy rule with an empty (or missing) `from` matches every source: an operator with no Prometheus
+    (metricsFrom: []) or no ingress controller (apiFrom: []) must not open the ports to the whole cluster, nor undo
+    the gatewayFrom they set."""
+    apps = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+    objs = objects(render(REQUIRED, {"networkPolicy": {"metricsFrom": [], "apiFrom": [], "gatewayFrom": apps}}, chart=chart))
+    assert_valid(objs)
+    policies = by_kind(objs, "NetworkPolicy")
+    for name in COMPONENTS:
+        for rule in policies[f"hc-helicone-{name}"]["spec"]["ingress"]:
+            assert rule.get("from"), (name, rule)
+    assert [r["from"] for r in policies["hc-helicone-gateway"]["spec"]["ingress"]] == [apps]
+    assert policies["hc-helicone-api"]["spec"]["ingress"] == []
+    assert policies["hc-helicone-ingest"]["spec"]["ingress"] == []
+    # apiFrom alone still lets Prometheus in, and the gateway's empty gatewayFrom still means anyone (documented)
+    objs = objects(render(REQUIRED, {"networkPolicy": {"apiFrom": []}}, chart=chart))
+    policies = by_kind(objs, "NetworkPolicy")
+    assert [r["from"] for r in policies["hc-helicone-api"]["spec"]["ingress"]] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]]
+    assert policies["hc-helicone-gateway"]["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
+def test_the_ports_named_by_the_connection_values_are_open(chart):
+    """A port changed in kafka.bootstrap, clickhouse.url or s3.endpoint is where the services connect: the policies open
+    it too, or every pod times out against its own backing service."""
+    objs = objects(render(REQUIRED, {"kafka": {"bootstrap": "b-1.kafka.helicone-data:9096, b-2.kafka.helicone-data:9096"},
+                                     "clickhouse": {"url": "http://clickhouse.helicone-data:18123"},
+                                     "s3": {"endpoint": "http://minio.helicone-data:9001"}}, chart=chart))
+    assert_valid(objs)
+    policies = by_kind(objs, "NetworkPolicy")
+
+    def ports(name):
+        return [p["port"] for r in policies[f"hc-helicone-{name}"]["spec"]["egress"] for p in r["ports"]]
+
+    for name in ("gateway", "ingest", "api"):
+        assert ports(name).count(9096) == 1, name
+    for name in ("ingest", "api", "migrations"):
+        assert 18123 in ports(name), name
+    for name in ("ingest", "api"):
+        assert 9001 in ports(name), name
+    assert 18123 not in ports("gateway") and 9001 not in ports("gateway")
+    defaults = by_kind(objects(render(REQUIRED, chart=chart)), "NetworkPolicy")["hc-helicone-ingest"]["spec"]["egress"]
+    assert [p["port"] for r in defaults for p in r["ports"]].count(9092) == 1  # named and listed: opened once
+
+
+def test_aws_s3_is_reachable_when_no_endpoint_names_another(chart):
+    """s3.endpoint empty means AWS S3 (and, with IRSA, its STS): public addresses on 443. Policies that open S3 only
+    towards dataPeers leave ingest unable to store a single body and the api unable to read one."""
+    objs = objects(render(REQUIRED, {"s3": {"endpoint": ""}}, chart=chart))
+    policies = by_kind(objs, "NetworkPolicy")
+    for name in ("ingest", "api"):
+        public = [r for r in policies[f"hc-helicone-{name}"]["spec"]["egress"]
+                  if {"port": 443, "protocol": "TCP"} in r["ports"] and any("ipBlock" in p for p in r["to"])]
+        assert any(p["ipBlock"]["cidr"] == "0.0.0.0/0" and "169.254.0.0/16" in p["ipBlock"]["except"]
+                   for r in public for p in r["to"]), name
+    assert "HELICONE_S3_ENDPOINT" not in by_kind(objs, "ConfigMap")["hc-helicone-ingest"]["data"]
+    # an in-cluster endpoint (MinIO) opens no public address to ingest
+    egress = by_kind(objects(render(REQUIRED, chart=chart)), "NetworkPolicy")["hc-helicone-ingest"]["spec"]["egress"]
+    assert not any("ipBlock" in p for r in egress for p in r["to"])
 
 
 def test_a_shared_redis_reaches_only_the_gateway_from_a_secret(chart):
