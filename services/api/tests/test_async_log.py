@@ -532,6 +532,23 @@ async def test_otlp_attribute_of_deeply_nested_json_text_is_never_a_500(logging_
     assert len(await consume(kafka_bootstrap, topic, 2, timeout=5)) == 2
 
 
+@pytest.mark.parametrize("body", [
+    "[" * 100_000 + "]" * 100_000,  # deeper than json.loads goes
+    '{"resourceSpans": [{"scopeSpans": [{"spans": ' + "[" * 5000 + "]" * 5000 + "}]}]}",
+    '{"\\ud800": 1}',  # a lone surrogate as a field name, an enum value, a message
+    '{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": "\\ud800"}]}]}]}',
+    '{"resourceSpans": [{"resource": "\\ud800"}]}',
+], ids=["deep-array", "deep-spans", "surrogate-key", "surrogate-enum", "surrogate-message"])
+async def test_otlp_json_too_deep_or_not_unicode_is_a_400_never_a_500(logging_api, body):
+    client, *_ = logging_api
+    app = client._transport.app
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api",
+                                 headers=client.headers) as c:
+        r = await c.post("/v1/traces", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "JSON" in r.json()["error"]["message"]
+
+
 async def test_otlp_gzip_body_of_several_members_is_read_whole(logging_api, kafka_bootstrap):
     """A gzip body may hold several members (RFC 1952); protobuf messages concatenated are one message merged."""
     client, _, _, topic = logging_api

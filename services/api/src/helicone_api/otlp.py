@@ -60,6 +60,8 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         doc = json.loads(body)
     except ValueError as exc:
         raise OtlpError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise OtlpError("body is JSON nested too deeply to read") from None
     if not isinstance(doc, dict):
         raise OtlpError("body must be a JSON object with resourceSpans")
     _hex_ids_to_base64(doc)
@@ -67,6 +69,9 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         json_format.ParseDict(doc, msg, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise OtlpError(f"body is not an OTLP ExportTraceServiceRequest (JSON): {exc}") from None
+    except SystemError:  # upb's answer to a field or enum name with a lone surrogate (an unpaired \udXXX escape)
+        raise OtlpError("body is not an OTLP ExportTraceServiceRequest (JSON): a field name or enum value is not "
+                        "valid Unicode (a lone surrogate)") from None
     return msg
 
 
