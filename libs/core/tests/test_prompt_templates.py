@@ -77,3 +77,22 @@ def test_a_template_too_deep_to_render_is_refused_when_saved_and_when_rendered(d
         templates.render(deep, {})  # one stored before the check
     ok = '{"model": "m", "messages": [], "x": ' + "[" * 99 + "]" * 99 + "}"
     assert templates.validate(ok) and json.loads(templates.render(ok, {}))["model"] == "m"
+
+
+def test_a_lone_surrogate_input_is_refused_naming_the_variable():
+    """JSON lets a caller send "\\ud800"; rendered into the template it made text no UTF-8 encoder takes
+    (a 500 in the gateway, UNKNOWN from the prompts service)."""
+    inputs = json.loads('{"topic": "caf\\u00e9 \\ud800", "audience": "\\ud83d\\ude00"}')
+    with pytest.raises(templates.TemplateError, match="input 'topic' contains a lone surrogate"):
+        templates.render(TEMPLATE, inputs)
+    out = templates.render(TEMPLATE, {**inputs, "topic": "café"})  # a surrogate pair is a character like any other
+    assert json.loads(out)["messages"][0]["content"] == "Summarise café for 😀"
+
+
+def test_inputs_that_would_render_past_max_bytes_are_refused():
+    """One input used many times multiplies: 200 uses of a 10 kB input render 2 MB from a small template."""
+    template = json.dumps({"messages": [{"role": "user", "content": "{{x}} " * 200}]})
+    with pytest.raises(templates.RenderTooLarge, match="more than the limit of 1000000"):
+        templates.render(template, {"x": "a" * 10_000}, max_bytes=1_000_000)
+    assert len(templates.render(template, {"x": "a" * 1_000}, max_bytes=1_000_000)) > 200_000
+    assert templates.render(template, {"x": "a" * 10_000})  # no limit given: as before

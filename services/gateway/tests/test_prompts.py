@@ -379,6 +379,51 @@ async def test_an_orgs_change_stream_closes_once_nothing_of_the_org_is_cached(tm
         await resolver.stop()
 
 
+async def test_a_prompt_forgotten_after_a_refusal_still_lets_its_orgs_change_stream_close(tmp_path):
+    """A cached prompt that the service then refused (archived: 409, gone: 404) left the cache but was still
+    counted as the org's: the org's change stream then stayed open for good, the bound evicting all it held."""
+    import asyncio
+    import itertools
+
+    from helicone_core.metrics import ServiceMetrics
+    from helicone_gateway import prompt_rpc
+
+    refuse = set()
+
+    class Stub:
+        async def GetPrompt(self, request, metadata, timeout):
+            if request.prompt_id in refuse:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           f"prompt {request.prompt_id!r} is archived")
+            return pb.PromptVersion(prompt_id=request.prompt_id, version=1, template_json="{}")
+
+        def WatchPrompts(self, request, metadata):
+            async def never():
+                await asyncio.get_running_loop().create_future()
+                yield
+            return never()
+
+    resolver = gateway_prompts.PromptResolver(
+        GatewaySettings(data_dir=tmp_path, _env_file=None, prompt_cache_max_entries=2), ServiceMetrics("gateway", ""))
+    resolver._rpc, resolver._stubs = prompt_rpc, itertools.cycle([Stub()])
+    try:
+        await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p1"))
+        await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p2"))
+        refuse.add("p1")
+        resolver._expire("org-a", "p1", time.monotonic())  # its archive, announced on the change stream
+        with pytest.raises(gateway_prompts.PromptError) as refused:
+            await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p1"))
+        assert refused.value.status == 409
+        stream_a = resolver._watches["org-a"]
+        await resolver.version("k", "org-b", gateway_prompts.PromptRequest("q1"))
+        await resolver.version("k", "org-c", gateway_prompts.PromptRequest("q1"))  # evicts p2, org-a's last entry
+        assert set(resolver._watches) == {"org-b", "org-c"} and "org-a" not in resolver._org_entries
+        await asyncio.sleep(0)
+        assert stream_a.cancelled()
+    finally:
+        await resolver.stop()
+
+
 async def test_while_the_prompts_service_hangs_a_cached_prompt_serves_without_waiting_each_time(fresh_db_dsn, tmp_path):
     """A prompts service that accepts connections but never answers (hung, or a black-holed network):
     the first request past the TTL waits out the deadline and serves the cached version; the ones
@@ -468,3 +513,35 @@ async def test_prompt_inputs_past_the_logged_body_limit_are_left_out_and_the_req
     assert (left_out.prompt_id, left_out.prompt_version, left_out.prompt_inputs_json) == ("triage", 1, "")
     assert left_out.inline.request_truncated and len(left_out.inline.request_body) <= limit
     assert len(events.encode(left_out)) < kafka.MAX_RECORD_BYTES
+
+
+async def test_a_lone_surrogate_in_a_prompt_request_is_forwarded_as_sent_or_a_400_never_a_500(setup):
+    """JSON lets a caller write "\\ud800": in the caller's own fields it is forwarded as the escape it was
+    (it was a UnicodeEncodeError: a 500); as an input the template uses it is a 400 naming the input."""
+    s = setup
+    raw = (b'{"prompt_id": "triage", "version_id": 1, "inputs": {"temp": 1, "product": "Acme", "ticket": "t", "unused": "\\ud800"},'
+           b' "messages": [{"role": "user", "content": "more \\ud800 caf\\u00e9"}]}')
+    r = await s.client.post("/v1/chat/completions", content=raw, headers={**s.headers, "content-type": "application/json"})
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    assert s.sent()["messages"][-1] == {"role": "user", "content": "more \ud800 café"}
+    [ev] = s.built
+    assert json.loads(ev.prompt_inputs_json)["unused"] == "\ud800"
+    r = await s.client.post("/v1/chat/completions", content=raw.replace(b'"ticket": "t"', b'"ticket": "\\udc00"'),
+                            headers={**s.headers, "content-type": "application/json"})
+    assert r.status_code == 400 and "input 'ticket' contains a lone surrogate" in r.json()["error"]["message"], r.text[:300]
+
+
+async def test_inputs_that_render_past_the_request_limit_are_a_413_before_any_upstream_call(fresh_db_dsn, tmp_path):
+    """A template using an input 100 times multiplies it: a 2 kB input rendered a 200 kB body past
+    HELICONE_MAX_REQUEST_BYTES (a larger one, or more uses, ran the shared gateway out of memory)."""
+    async with started(fresh_db_dsn, tmp_path, max_request_bytes=64 * 1024) as s:
+        template = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ticket}}" * 100}]}
+        await s.prompts("CreatePromptVersion", pb.CreatePromptVersionRequest(prompt_id="many", template_json=json.dumps(template)))
+        body = {"prompt_id": "many", "inputs": {"ticket": "x" * 2000}, "messages": []}
+        r = await s.client.post("/v1/chat/completions", json=body, headers=s.headers)
+        assert r.status_code == 413 and "HELICONE_MAX_REQUEST_BYTES" in r.json()["error"]["message"], (r.status_code, r.text[:300])
+        assert s.fake.state.received == []
+        body["inputs"]["ticket"] = "x" * 100
+        r = await s.client.post("/v1/chat/completions", json=body, headers=s.headers)
+        assert r.status_code == 200, r.text[:300]
+        assert s.sent()["messages"] == [{"role": "user", "content": "x" * 10_000}]

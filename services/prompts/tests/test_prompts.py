@@ -373,6 +373,26 @@ async def test_an_out_of_range_number_input_is_invalid_argument(env):
     assert json.loads(out.rendered_json)["temperature"] == 12345678901234567890
 
 
+async def test_a_lone_surrogate_input_is_invalid_argument_naming_it(env):
+    """inputs_json may hold "\\ud800" (valid JSON); the render then could not be sent (UNKNOWN, which the api
+    reports as the prompts service being unavailable)."""
+    await env.create()
+    code, details = await code_of(env.stub.RenderPrompt(pb.RenderPromptRequest(
+        prompt_id="summary", inputs_json='{"topic": "\\ud800", "audience": "x"}'), metadata=env.auth))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "input 'topic' contains a lone surrogate" in details, (code, details)
+
+
+async def test_a_render_too_large_to_answer_is_invalid_argument(env):
+    """A small template using one input many times: 100 uses of a 40 kB input rendered past what a gRPC
+    answer may carry, and the caller got RESOURCE_EXHAUSTED (the api: "prompts service unavailable")."""
+    await env.create("many", json.dumps({"messages": [{"role": "user", "content": "{{topic}}" * 100}]}))
+    code, details = await code_of(env.stub.RenderPrompt(pb.RenderPromptRequest(
+        prompt_id="many", inputs={"topic": "x" * 40_000}), metadata=env.auth))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "more than the limit" in details, (code, details)
+    out = await env.stub.RenderPrompt(pb.RenderPromptRequest(prompt_id="many", inputs={"topic": "x" * 1000}), metadata=env.auth)
+    assert len(json.loads(out.rendered_json)["messages"][0]["content"]) == 100_000
+
+
 async def test_deeply_nested_inputs_json_is_invalid_argument(env):
     await env.create()
     code, details = await code_of(env.stub.RenderPrompt(pb.RenderPromptRequest(

@@ -9,6 +9,7 @@ placeholder is replaced by its text, JSON-escaped so the result stays valid JSON
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -30,6 +31,10 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 
 class TemplateError(ValueError):
     """A template or inputs we cannot accept; the message names the variable or field."""
+
+
+class RenderTooLarge(TemplateError):
+    """The inputs would render the template past the caller's size limit."""
 
 
 def _parse(template_json: str) -> Any:
@@ -166,6 +171,11 @@ def _coerce(name: str, type_: str, value: Any) -> Any:
             return value.strip().lower() == "true"
         raise TemplateError(f"input {name!r} must be true or false (variable {{{{hc:{name}:boolean}}}}), got {str(value)[:40]!r}")
     if isinstance(value, str):
+        if not value.isascii():  # a lone surrogate ("\\ud800" in JSON) is no UTF-8 text: no provider, log or gRPC reply takes it
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise TemplateError(f"input {name!r} contains a lone surrogate, which is not valid Unicode text") from None
         return value
     if isinstance(value, (int, float, bool)):
         return json.dumps(value)
@@ -176,15 +186,22 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def render(template_json: str, inputs: dict[str, Any]) -> str:
+def render(template_json: str, inputs: dict[str, Any], max_bytes: int | None = None) -> str:
     """The template with every placeholder replaced; missing or mistyped inputs are refused
-    (TemplateError naming the variable). Inputs the template does not use are ignored."""
+    (TemplateError naming the variable). Inputs the template does not use are ignored. With
+    `max_bytes`, inputs that would render past it (one input used many times multiplies) are
+    refused (RenderTooLarge) before anything is built."""
     doc = _parse(template_json)
     types = typed_variables(doc)
     missing = [v for v in types if v not in inputs]
     if missing:
         raise TemplateError(f"missing inputs: {', '.join(missing)}")
     values = {name: _coerce(name, type_, inputs[name]) for name, type_ in types.items()}
+    if max_bytes is not None:
+        uses = collections.Counter(name for name, _ in _matches(doc))
+        size = len(template_json.encode()) + sum(n * len(_text(values[name]).encode()) for name, n in uses.items())
+        if size > max_bytes:
+            raise RenderTooLarge(f"these inputs render the template to about {size} bytes, more than the limit of {max_bytes}")
 
     def fill(node: Any) -> Any:
         if isinstance(node, str):

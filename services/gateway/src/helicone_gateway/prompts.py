@@ -235,7 +235,8 @@ class PromptResolver:
                 raise PromptError(503, f"prompts service unavailable ({code.name}) and prompt {req.prompt_id!r} is not "
                                   "cached on this gateway; try again shortly", "helicone_prompt_unavailable",
                                   ((b"retry-after", b"5"),)) from None
-            self._cache.pop(cache_key, None)  # the prompt changed under us: forget it
+            if self._cache.pop(cache_key, None) is not None:  # the prompt changed under us: forget it
+                self._forget_one(org)
             status = rpc.HTTP_STATUS.get(code, 400)
             self.m_lookups.labels(code.name.lower() if status != 400 else "invalid").inc()
             raise PromptError(status, f"Helicone prompt: {exc.details()}") from None
@@ -252,13 +253,17 @@ class PromptResolver:
         self._cache.move_to_end(cache_key)
         while len(self._cache) > self.settings.prompt_cache_max_entries:
             (gone, *_), _ = self._cache.popitem(last=False)
-            self._org_entries[gone] -= 1
-            if not self._org_entries[gone]:  # nothing of the org's is cached: its change stream has nothing to expire
-                del self._org_entries[gone]
-                watch = self._watches.pop(gone, None)
-                if watch is not None:
-                    watch.cancel()
+            self._forget_one(gone)
         return found
+
+    def _forget_one(self, org: str) -> None:
+        """One of the org's entries left the cache."""
+        self._org_entries[org] -= 1
+        if not self._org_entries[org]:  # nothing of the org's is cached: its change stream has nothing to expire
+            del self._org_entries[org]
+            watch = self._watches.pop(org, None)
+            if watch is not None:
+                watch.cancel()
 
     # ---- invalidation --------------------------------------------------------------------
     def _expire(self, org: str, prompt_id: str, before: float) -> None:
@@ -311,10 +316,23 @@ class PromptResolver:
         caller = {k: v for k, v in doc.items() if k not in BODY_FIELDS}
         found = await self.version(key, org, req)
         inputs = req.inputs or {}
+        limit = self.settings.max_request_bytes
         try:
-            rendered = json.loads(templates.render(found.template_json, inputs))
+            rendered = json.loads(templates.render(found.template_json, inputs, limit))
+        except templates.RenderTooLarge as exc:
+            raise PromptError(413, f"prompt {req.prompt_id!r} version {found.version}: {exc} (HELICONE_MAX_REQUEST_BYTES)",
+                              "request_too_large") from None
         except templates.TemplateError as exc:
             raise PromptError(400, f"prompt {req.prompt_id!r} version {found.version}: {exc}") from None
         out = merge(shape(provider, rendered), caller)
-        use = PromptUse(req.prompt_id, found.version, req.environment, json.dumps(inputs, ensure_ascii=False))
-        return json.dumps(out, ensure_ascii=False).encode(), use
+        use = PromptUse(req.prompt_id, found.version, req.environment, _json_bytes(inputs).decode())
+        return _json_bytes(out), use
+
+
+def _json_bytes(value: Any) -> bytes:
+    """UTF-8 JSON with non-ASCII characters as they are, but a lone surrogate the caller sent as an
+    escape ("\\ud800", which no UTF-8 text holds) kept as escapes (it was a 500)."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value).encode()

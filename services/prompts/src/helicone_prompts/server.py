@@ -68,6 +68,8 @@ CLOSED = None  # queued to end a watch when the server stops
 # revoked key's stream ends (UNAUTHENTICATED) instead of telling its holder of the org's changes for good.
 WATCH_KEY_CHECK_SECONDS = 2.0
 _NO_CHANGE = object()
+# A RenderPrompt answer (the render and its version) stays within gRPC's default 4 MiB message, which callers receive.
+MAX_RENDERED_BYTES = 3 * 1024 * 1024
 
 
 class PromptChanges:
@@ -366,7 +368,7 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
         row = await self._db(context, lambda conn: self._select(conn, org, prompt_id, version, environment, context))
         pv = _version(row)
         try:
-            rendered = templates.render(pv.template_json, inputs)
+            rendered = templates.render(pv.template_json, inputs, MAX_RENDERED_BYTES)
         except templates.TemplateError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"prompt {prompt_id!r} version {pv.version}: {exc}")
         return prompts_pb2.RenderPromptResponse(prompt=pv, rendered_json=rendered)
