@@ -280,6 +280,30 @@ async def test_receive_reports_the_caller_leaving_while_the_app_waits():
         assert (await asyncio.wait_for(seen, 5))["type"] == "http.disconnect"
 
 
+async def test_a_caller_leaving_mid_stream_is_not_logged_as_an_app_failure(caplog):
+    """The gateway stops a stream when its caller leaves (a user stopping a generation, every day): the answer
+    it never ended is not the app's fault, and an error line for each one would bury the real failures."""
+    ended: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def streams_until_the_caller_leaves(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        await receive()
+        watch = asyncio.ensure_future(receive())  # the gateway's watch for the caller leaving
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await asyncio.wait_for(watch, 5)
+        ended.set_result(None)  # returns with the answer unfinished, as the gateway's handler does
+
+    async with running(streams_until_the_caller_leaves) as server:
+        reader, writer = await connect(server)
+        writer.write(request("/stream"))
+        await asyncio.wait_for(reader.readuntil(b"data: 1\n\n"), 5)
+        writer.close()
+        await asyncio.wait_for(ended, 5)  # set as the app returns: the server's verdict is in by the time this wakes
+    assert "before its response ended" not in caplog.text
+
+
 async def test_idle_keep_alive_connection_is_closed_after_the_timeout():
     async with running(keepalive_timeout=0.3) as server:
         reader, writer = await connect(server)

@@ -215,6 +215,34 @@ async def test_a_response_not_read_to_its_end_is_not_reused():
     assert [r["conn"] for r in server.requests] == [1, 2]
 
 
+class EarlyAnswer(asyncio.Protocol):
+    """Answers (keep-alive) as soon as a request's head is in, without reading its body."""
+
+    def connection_made(self, transport) -> None:
+        self.transport, self.head = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.head += data
+        if b"\r\n\r\n" in self.head:
+            self.transport.pause_reading()
+            self.transport.write(answer(b"too big", "413 Payload Too Large"))
+
+
+async def test_a_connection_whose_request_was_not_all_sent_is_not_reused():
+    """An answer may come before the provider read the body: the rest of that body, still in the connection's
+    buffer, would go out ahead of the next request on it (the provider reading one caller's body bytes as the
+    next caller's request)."""
+    port = free_port()
+    server = await asyncio.get_running_loop().create_server(EarlyAnswer, "127.0.0.1", port)
+    try:
+        async with pool() as p:
+            resp, data = await get(p, f"http://127.0.0.1:{port}/", "POST", body=b"x" * (32 << 20))
+            assert (resp.status, data) == (413, b"too big")
+            assert p.idle_count() == 0 and p.in_use == 0
+    finally:
+        server.close()
+
+
 async def test_a_pooled_connection_closed_by_the_server_fails_with_server_disconnected():
     async def handler(server, request, writer):
         if len(server.requests) == 2:  # the reused connection: closed without an answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
 import httpx
@@ -288,3 +289,53 @@ async def test_a_providers_trailer_is_never_a_header_of_the_next_answer_on_the_p
     assert provider.requests == [(1, 1), (1, 2)]  # the second went on the pooled connection
     assert [a.status_code for a in answers] == [200, 200] and [a.content for a in answers] == [b"{}", b"{}"]
     assert not any("x-request-secret" in a.headers for a in answers)
+
+
+class UnreadBodyProvider(asyncio.Protocol):
+    """Reads a request's head, then nothing more until `resume()`: a provider too busy to read a large
+    body. `received` counts the bytes that reached it, `ended` is set when the connection ends."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.head = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if not self.head.is_set():
+            self.head.set()
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.ended.set()
+
+
+async def test_a_request_body_the_provider_had_not_read_is_dropped_when_the_caller_leaves(tmp_path):
+    """The caller leaving cancels the upstream request: the connection is cut at once, not kept open until the
+    provider has read the rest of the body (the provider would then get the whole request and answer it, for
+    nobody, with the gateway's socket left open until then and out of the pool's count)."""
+    provider = UnreadBodyProvider()
+    port = free_port()
+    server = await asyncio.get_running_loop().create_server(lambda: provider, "127.0.0.1", port)
+    big = dict(CHAT, messages=[{"role": "user", "content": "x" * (24 << 20)}])  # far more than the socket buffers hold
+    try:
+        async with gateway_on(tmp_path, f"http://127.0.0.1:{port}") as (url, _gw, built):
+            async with httpx.AsyncClient(timeout=10) as http:
+                sent = asyncio.ensure_future(http.post(url + "/v1/chat/completions", json=big, headers=AUTH))
+                await asyncio.wait_for(provider.head.wait(), 10)
+                sent.cancel()  # the caller leaves
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sent
+            for _ in range(250):
+                if built:
+                    break
+                await asyncio.sleep(0.02)
+            assert built and built[0].status == CLIENT_CLOSED_STATUS
+            provider.transport.resume_reading()  # the provider gets round to reading
+            await asyncio.wait_for(provider.ended.wait(), 10)
+    finally:
+        server.close()
+    assert provider.received < len(json.dumps(big))  # the connection was cut: the request never arrived whole

@@ -263,7 +263,7 @@ class Exchange:
                 raise
         else:
             if not self.finished:
-                if self.started:
+                if self.started and not conn.closed:  # a caller that left stops its answer: not the app's failure
                     log.error("request %s %s: the app returned before its response ended", self.scope["method"], self.scope["path"])
                 self._failed()
         finally:

@@ -277,14 +277,21 @@ class Connection(asyncio.Protocol):
                 self.timer = self.loop.call_at(self.last_read + timeout, self._check_timeout)
 
     def reusable(self) -> bool:
-        return not self.closed and not self._junk and not self.paused
+        # a request not all written (answered before its body was read): the rest would precede the next request
+        return (not self.closed and not self._junk and not self.paused and self.transport is not None
+                and not self.transport.get_write_buffer_size())
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self._cancel_timer()
             if self.transport is not None:
-                self.transport.close()
+                if self.transport.get_write_buffer_size():
+                    # a request the provider has not read whole: close() would first write the rest, keeping the
+                    # connection open (out of the pool's count) until the provider reads it, and then answers it
+                    self.transport.abort()
+                else:
+                    self.transport.close()
 
 
 class Response:
