@@ -205,3 +205,118 @@ async def test_a_graceful_stop_stops_every_service_that_publishes_before_the_dra
     args = build_parser().parse_args(["up", "--data-dir", str(tmp_path / "d"), "--postgres-dsn", "postgresql://x@127.0.0.1:1/x"])
     assert await asyncio.wait_for(cli.run_up(args), 20) == 0
     assert order == ["gateway stopped", "api stopped", "drain", "ingest stopped", "prompts stopped", "broker stopped"]
+
+
+def _start_up(tmp_path, *argv: str, **helicone: str):
+    """`helicone-stack up --target gateway ... argv` in the background, its output in runner.log: (process, log path)."""
+    import subprocess
+    import sys
+
+    log_path = tmp_path / "runner.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "helicone_runner", "up", "--target", "gateway",
+                                 "--data-dir", str(tmp_path / "data"), *argv],
+                                env=_runner_env(**helicone), stdout=log, stderr=subprocess.STDOUT)
+    return proc, log_path
+
+
+def _wait_for_output(proc, log_path, text: bytes, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_while_starting_ends_the_start_up(tmp_path, sig):
+    """Ctrl-C, `down` or `up --detach` giving up while `up` waits at start-up (here for a Postgres that does not
+    answer): it stops there and then. Before, the signal only marked a stop for after READY: `up` went on
+    waiting the whole migrate timeout, and `up --detach` reported it stopped while it went on starting."""
+    import signal
+    import subprocess
+
+    from helicone_runner.embedded import terminate
+
+    from tests.support.net import free_port
+
+    dsn = f"postgresql://helicone:pw@127.0.0.1:{free_port()}/helicone"
+    proc, log_path = _start_up(tmp_path, "--postgres-dsn", dsn, "--kafka", f"127.0.0.1:{free_port()}",
+                               "--gateway-port", str(free_port()), migrate_timeout=300)
+    try:
+        _wait_for_output(proc, log_path, b"postgres not reachable yet")  # in the schema step, retrying
+        proc.send_signal(getattr(signal, sig))
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{sig} while starting did not stop it: {log_path.read_text()[-2000:]}") from None
+    finally:
+        terminate(proc, grace=5)
+    out = log_path.read_text()
+    assert code == 128 + getattr(signal, sig), out
+    assert "  schema    stopped after" in out and "READY" not in out, out
+    assert not (tmp_path / "data" / "runner.pid").exists()  # cleaned up as at any stop
+
+
+def test_a_second_stop_signal_cuts_an_answer_in_progress(tmp_path, fresh_db_dsn):
+    """A graceful stop waits for the answers in progress, and a stream from a slow or hung provider can take
+    the gateway's upstream read timeout (10 minutes): a second Ctrl-C (or SIGTERM) stops at once, as the
+    gateway run alone does. Before, the runner ignored every signal after the first and went on waiting."""
+    import asyncio
+    import signal
+    import socket
+    import subprocess
+    import threading
+
+    import httpx
+    from helicone_core import db
+    from helicone_runner.embedded import terminate
+
+    from tests.support.net import free_port
+
+    async def new_key() -> str:
+        pool = await db.connect_pool(fresh_db_dsn, max_size=1)
+        try:
+            return (await db.create_key(pool, await db.create_org(pool, "acme"), "t")).key
+        finally:
+            await pool.close()
+
+    gw = free_port()
+    with socket.socket() as provider:  # accepts the gateway's request and never answers
+        provider.bind(("127.0.0.1", 0))
+        provider.listen()
+        provider.settimeout(30)
+        proc, log_path = _start_up(tmp_path, "--postgres-dsn", fresh_db_dsn, "--kafka", f"127.0.0.1:{free_port()}",
+                                   "--gateway-port", str(gw), "--openai-url", f"http://127.0.0.1:{provider.getsockname()[1]}")
+        try:
+            _wait_for_output(proc, log_path, b"\nREADY")
+            key = asyncio.run(new_key())
+            answers: list = []
+
+            def ask() -> None:
+                try:
+                    answers.append(httpx.post(f"http://127.0.0.1:{gw}/v1/chat/completions", timeout=60,
+                                              headers={"Authorization": "Bearer sk-any", "Helicone-Auth": f"Bearer {key}"},
+                                              json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+                except httpx.HTTPError as exc:
+                    answers.append(exc)
+
+            caller = threading.Thread(target=ask, daemon=True)
+            caller.start()
+            conn, _ = provider.accept()  # the gateway is waiting for the provider: an answer in progress
+            with conn:
+                proc.send_signal(signal.SIGINT)
+                _wait_for_output(proc, log_path, b"stopping...")
+                proc.send_signal(signal.SIGINT)
+                try:
+                    code = proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"a second SIGINT did not stop it: {log_path.read_text()[-2000:]}") from None
+            caller.join(10)
+        finally:
+            terminate(proc, grace=5)
+    out = log_path.read_text()
+    assert code == 0, out
+    assert "stopping at once (second signal)" in out and not (tmp_path / "data" / "runner.pid").exists()
+    assert answers and not isinstance(answers[0], httpx.Response), answers  # its connection was cut

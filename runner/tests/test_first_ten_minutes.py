@@ -137,6 +137,64 @@ def test_a_data_dir_locked_by_another_up_names_its_pid(tmp_path):
     assert "`helicone-stack down` stops it" in done.stderr
 
 
+def test_the_holder_of_a_port_or_the_data_dir_is_named_without_its_secrets(tmp_path):
+    """The error names the process in the way by its command line, and that of another `up` carries its
+    --postgres-dsn: its password is left out (before, it was printed to the terminal and into CI logs)."""
+    secret = "pw-never-shown-5150"
+    dsn_args = ("--postgres-dsn", f"postgresql://helicone:{secret}@127.0.0.1:{free_port()}/helicone")
+    data, log_path = tmp_path / "d", tmp_path / "first.log"
+    with open(log_path, "wb") as log:  # another `up`, holding the data dir while it waits for its Postgres
+        first = subprocess.Popen([sys.executable, "-m", "helicone_runner", "up", *dsn_args, "--data-dir", str(data),
+                                  "--target", "gateway", "--kafka", f"127.0.0.1:{free_port()}", "--gateway-port", str(free_port())],
+                                 env=_env(HELICONE_MIGRATE_TIMEOUT="120"), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()  # held by a program given the same DSN (its command line is shown up to 120 characters)
+    (tmp_path / "l.py").write_text(f"import socket,time; s=socket.create_server(('127.0.0.1', {port})); print('up', flush=True); "
+                                   "time.sleep(120)")
+    listener = subprocess.Popen([sys.executable, "l.py", *dsn_args], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "up"
+        deadline = time.monotonic() + 30
+        while b"postgres not reachable yet" not in log_path.read_bytes():
+            assert first.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        locked = _cli("up", "--data-dir", str(data), "--gateway-port", str(free_port()))
+        taken = _cli("up", "--data-dir", str(tmp_path / "e"), "--gateway-port", str(port), "--kafka-port", str(free_port()))
+    finally:
+        for proc in (first, listener):
+            proc.kill()
+            proc.wait()
+    assert locked.returncode == 1 and f"is used by another `helicone-stack up` (pid {first.pid}: " in locked.stderr
+    assert taken.returncode == 1 and f"is in use, held by pid {listener.pid} (" in taken.stderr
+    for done in (locked, taken):
+        assert "--postgres-dsn postgresql://helicone:***@127.0.0.1:" in done.stderr, done.stderr
+        assert secret not in done.stdout + done.stderr
+
+
+def test_up_detach_echoes_the_warnings_and_errors_of_the_log(capsys):
+    """`up --detach` shows its progress lines and, of the JSON log lines, the warnings and errors (a survivor of
+    a killed run being stopped, a service that cannot reach a dependency). The log writes its levels in lower
+    case: before, every warning and error was taken for an info line and never shown."""
+    import logging
+
+    from helicone_core.logging import JsonFormatter
+    from helicone_runner.control import _echo
+
+    formatter = JsonFormatter("runner")
+
+    def line(level: int, msg: str) -> str:
+        return formatter.format(logging.LogRecord("helicone.runner", level, __file__, 1, msg, None, None))
+
+    for text in ("  postgres    1.2s  embedded", line(logging.INFO, "postgres schema at version 9"),
+                 line(logging.WARNING, "a kafka broker from an earlier run is still alive (pid 7); stopping it"),
+                 line(logging.ERROR, "lifespan.startup failed: boom")):
+        _echo(text)
+    assert capsys.readouterr().out.splitlines() == [
+        "  postgres    1.2s  embedded",
+        "  warning: a kafka broker from an earlier run is still alive (pid 7); stopping it",
+        "  error: lifespan.startup failed: boom",
+    ]
+
+
 def test_a_damaged_postgres_dir_says_what_to_move_away(tmp_path):
     pgdata = tmp_path / "d" / "postgres"
     pgdata.mkdir(parents=True, mode=0o700)
@@ -156,6 +214,36 @@ def test_status_down_and_demo_when_nothing_runs(tmp_path):
     assert down.returncode == 0 and "nothing to stop" in down.stdout
     demo = _cli("demo", "--data-dir", str(tmp_path))
     assert demo.returncode == NOT_RUNNING and "make up UPSTREAM=fake DETACH=1" in demo.stdout
+
+
+def test_down_after_a_killed_up_stops_the_postgres_it_left(tmp_path):
+    """`kill -9` of `up` (or the OOM killer): the broker and the fake provider die with it, but its Postgres was
+    re-parented to init and serves on. `down` stops it as the next `up` would (before: "nothing to stop", and
+    the postmaster ran on until the next `up`)."""
+    from helicone_runner.embedded import EmbeddedPostgres, alive
+
+    data = tmp_path / "d"
+    code = ("import sys; from helicone_runner.embedded import EmbeddedPostgres; EmbeddedPostgres(sys.argv[1]).start(); "
+            "print('up', flush=True); import time; time.sleep(120)")
+    killed = subprocess.Popen([sys.executable, "-c", code, str(data)], env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "up"
+    finally:
+        killed.kill()
+        killed.wait()
+    postmaster = EmbeddedPostgres(data).postmaster_pid()
+    assert postmaster is not None and alive(postmaster)
+    try:
+        down = _cli("down", "--data-dir", str(data))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert "helicone stack is not running" in down.stdout
+        assert f"stopped what a killed run left: postgres (pid {postmaster})" in down.stdout, down.stdout
+        assert not alive(postmaster)
+        again = _cli("down", "--data-dir", str(data))
+        assert again.returncode == 0 and "nothing to stop" in again.stdout, again.stdout
+    finally:
+        if alive(postmaster):
+            os.kill(postmaster, 2)  # SIGINT: a fast shutdown
 
 
 def test_status_reaches_an_external_kafka_given_as_several_bootstrap_servers(tmp_path, capsys):

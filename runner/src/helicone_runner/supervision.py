@@ -25,8 +25,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -40,6 +40,7 @@ from .settings import EmbeddedBrokerSettings
 log = logging.getLogger("helicone.runner")
 
 STABLE_AFTER = 60.0  # seconds up after which a broker restart is no longer "crashing again"
+T = TypeVar("T")
 
 
 class HeldProducer(Protocol):
@@ -67,12 +68,12 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-async def _to_the_end(step: Coroutine[object, object, None]) -> None:
+async def to_the_end(step: Awaitable[T]) -> T:
     """Runs `step` to its end even if the caller is cancelled meanwhile; the cancel then goes through
     (a second cancel while waiting stops `step` too)."""
     task = asyncio.ensure_future(step)
     try:
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):  # the cancel is what the caller is told about
             await task
@@ -176,7 +177,7 @@ class BrokerSupervisor:
             await self._hold_producers(self.settings.drain_timeout)
             # once the new broker is starting, its topics are made and everyone rewound even if cancelled
             # meanwhile (a graceful stop): a consumer left at the dead log's offsets would skip the new one
-            await _to_the_end(self._bring_up())
+            await to_the_end(self._bring_up())
         finally:
             self._release_producers()
         log.info("kafka broker restarted on %s (pid %s); topics created again", self.broker.bootstrap, self.broker.pid)
@@ -202,7 +203,7 @@ class BrokerSupervisor:
         log was gone): until it is done, ingest reads on at the old log's offsets, past what lands in the new one."""
         try:
             await self._hold_producers(self.settings.drain_timeout)
-            await _to_the_end(self._set_up_new_log())
+            await to_the_end(self._set_up_new_log())
         finally:
             self._release_producers()
         log.info("kafka broker's new log set up after an earlier failure: topics made, consumers and producers rewound")
@@ -331,7 +332,7 @@ class BrokerSupervisor:
                     return False
                 # once the topic is going, it is re-created and everyone rewound even if cancelled meanwhile
                 # (a graceful stop): a consumer left past the new log's end would never read what lands in it
-                await _to_the_end(self._replace_log(admin))
+                await to_the_end(self._replace_log(admin))
             finally:
                 self._release_producers()
         self.recycles += 1
