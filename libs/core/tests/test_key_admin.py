@@ -46,3 +46,19 @@ def test_without_a_dsn_or_a_reachable_postgres_it_says_so_without_the_secret():
     down = key_admin(dsn, "list")
     assert down.returncode == 1 and "cannot reach or update the key store" in down.stderr
     assert "hunter2-secret" not in down.stderr + down.stdout
+
+
+async def test_an_org_id_that_is_not_one_is_named_not_blamed_on_the_key_store(fresh_db_dsn):
+    """`create --org-id` with an org that does not exist (a typo, another database's org) or with an
+    id that is not a UUID, and `list --org-id` with such an id: said as such, naming --org-id, never
+    "cannot reach or update the key store" (which sent the operator to check Postgres)."""
+    created = key_admin(fresh_db_dsn, "create", "--org-name", "acme")
+    assert created.returncode == 0, created.stderr
+    missing = key_admin(fresh_db_dsn, "create", "--org-id", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 1 and "no org with id '00000000-0000-0000-0000-000000000000'" in missing.stderr
+    assert "key store" not in missing.stderr and missing.stdout == ""
+    for command in ("create", "list"):
+        bad = key_admin(fresh_db_dsn, command, "--org-id", "acme")
+        assert bad.returncode == 2 and "--org-id 'acme' is not an org id" in bad.stderr, (command, bad.stderr)
+    listed = [json.loads(line) for line in key_admin(fresh_db_dsn, "list").stdout.splitlines()]
+    assert [k["org_id"] for k in listed] == [json.loads(created.stdout)["org_id"]]  # no key was added to anything

@@ -151,9 +151,12 @@ async def test_a_revocation_while_the_snapshot_is_written_reaches_the_snapshot(t
     await eventually(lambda: path.exists() and json.loads(path.read_text())["keys"] == {"hash-b": "org-1"}, timeout=3)
 
 
-def test_corrupt_snapshot_is_ignored(tmp_path):
+@pytest.mark.parametrize("text", ["{not json", "null", "[]", '"keys"', '{"format": 1, "keys": []}'])
+def test_corrupt_snapshot_is_ignored(tmp_path, text):
+    """Not JSON, or JSON that is not the snapshot's object (a wrong file mounted there): ignored with a
+    warning, as the docstring says; valid JSON of another shape raised AttributeError and stopped start()."""
     path = tmp_path / "keys.json"
-    path.write_text("{not json")
+    path.write_text(text)
     keys = directory("postgresql://unused", path)
     keys._load_snapshot()
     assert not keys.loaded

@@ -339,6 +339,42 @@ async def test_a_metadata_key_postgres_refuses_does_not_hold_every_other_key(pg_
         ("s-bob", "Named")]
 
 
+async def test_two_workers_upserting_the_same_keys_in_another_order_do_not_deadlock(pg_pool, fresh_db_dsn):
+    """Two ingest workers (two partitions' events) flush the same users, sessions and property keys
+    (a popular property key is in every worker's pending set), each in the order its events came in.
+    Upserted in those orders, the two transactions each held a row the other wanted next: Postgres
+    aborted one with a deadlock, and its whole chunk waited for the retry (a warning and a flush
+    failure each time, under load again and again). The rows go in one order whatever the events' order."""
+    import asyncpg
+
+    users = [f"u{i:03d}" for i in range(200)]
+    workers = []
+    for order in (users, users[::-1]):
+        pending = PendingMetadata(ServiceMetrics("ingest"))
+        pending.attach(pg_pool)
+        pending.add([event(user_id=u, session_id="", properties={}) for u in order])
+        workers.append(pending)
+    blocker, watcher = await asyncpg.connect(fresh_db_dsn), await asyncpg.connect(fresh_db_dsn)
+    try:
+        # a third transaction holds the middle key, so that both flushes are under way when it lets go
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("INSERT INTO request_users VALUES ($1, 'u100', now(), now())", uuid.UUID(ORG))
+        flushes = [asyncio.create_task(w.flush()) for w in workers]
+        deadline = time.monotonic() + 30
+        while await watcher.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                     "AND datname = current_database()") < 2:
+            assert time.monotonic() < deadline, "the two flushes never both waited"
+            await asyncio.sleep(0.05)
+        await tx.rollback()
+        assert await asyncio.wait_for(asyncio.gather(*flushes), 30) == [True, True]
+    finally:
+        await blocker.close()
+        await watcher.close()
+    assert [w.m_failures._value.get() for w in workers] == [0, 0]
+    assert await pg_pool.fetchval("SELECT count(*) FROM request_users") == len(users)
+
+
 async def test_a_session_keeps_the_name_of_its_newest_request_whatever_order_events_arrive_in(pg_pool):
     """A session renamed between two requests: the directory keeps the newer request's name (what the
     api's sessions answer from ClickHouse, argMaxIf(session_name, request_created_at)), also when the

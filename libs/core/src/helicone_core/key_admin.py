@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable
 
 from . import db
@@ -30,15 +31,26 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, dsn: str, out: Callable[[str], None] = print) -> int:
+    org_id = getattr(args, "org_id", None)
+    if org_id:
+        try:
+            org_id = str(uuid.UUID(org_id))
+        except ValueError:
+            print(f"error: --org-id {org_id!r} is not an org id (a UUID, the org_id that `create` and `list` print)",
+                  file=sys.stderr)
+            return 2
     pool = await db.connect_pool(dsn, max_size=2)
     try:
         await db.migrate(pool)
         if args.keys_command == "create":
-            org = args.org_id or await db.create_org(pool, args.org_name)
+            if org_id and not await pool.fetchval("SELECT 1 FROM orgs WHERE id = $1", uuid.UUID(org_id)):
+                print(f"error: no org with id {org_id!r} (see the org_id in `list`)", file=sys.stderr)
+                return 1
+            org = org_id or await db.create_org(pool, args.org_name)
             created = await db.create_key(pool, org, args.name)
             out(json.dumps({"org_id": created.org_id, "key": created.key, "id": created.id}))
         elif args.keys_command == "list":
-            for key in await db.list_keys(pool, args.org_id):
+            for key in await db.list_keys(pool, org_id):
                 out(json.dumps(key.to_json()))
         else:
             revoked = await db.revoke_key(pool, args.key_id)

@@ -239,7 +239,7 @@ class KeyDirectory:
             return
         try:
             data = json.loads(self.snapshot_path.read_text())
-            if data.get("format") != SNAPSHOT_FORMAT or not isinstance(data.get("keys"), dict):
+            if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT or not isinstance(data.get("keys"), dict):
                 raise ValueError("unknown snapshot format")
             keys = {str(k): str(v) for k, v in data["keys"].items()}
         except (OSError, ValueError) as exc:

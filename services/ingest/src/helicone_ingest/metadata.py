@@ -268,6 +268,9 @@ class PendingMetadata:
 
 
 async def _upsert(pool, users: dict, sessions: dict, props: dict) -> None:
+    # Rows in key order: two workers upserting shared keys (a popular property key) each in the order its
+    # events came in held a row the other wanted next, and Postgres aborted one of them (a deadlock).
+    users, sessions, props = (dict(sorted(table.items())) for table in (users, sessions, props))
     async with pool.acquire() as conn:
         async with conn.transaction():
             if users:
