@@ -474,6 +474,23 @@ def test_migrations_run_before_install_and_upgrade_with_their_own_copy_of_the_se
     assert "serviceAccountName" not in job["spec"]["template"]["spec"]  # the release's one does not exist yet
 
 
+def test_enabling_migrations_on_an_upgrade_finds_their_network_policy_in_place(chart):
+    """A pre-upgrade hook runs before the upgrade applies the release's new objects: on a release installed with
+    migrations.enabled=false the default deny is already there, so the Job that `helm upgrade --set migrations.enabled=true`
+    starts can reach DNS, Postgres and ClickHouse only through a policy the release already has, or it times out
+    and the upgrade fails."""
+    installed = by_kind(objects(render(REQUIRED, {"migrations": {"enabled": False}}, chart=chart)), "NetworkPolicy")
+    upgraded = objects(render(REQUIRED, chart=chart))
+    job_labels = by_kind(upgraded, "Job")["hc-helicone-migrations"]["spec"]["template"]["metadata"]["labels"]
+    selecting = {n: p["spec"] for n, p in installed.items()
+                 if all(job_labels.get(k) == v for k, v in p["spec"]["podSelector"]["matchLabels"].items())}
+    assert set(selecting) == {"hc-helicone-default-deny", "hc-helicone-migrations"}
+    assert {p["port"] for spec in selecting.values() for r in spec.get("egress", []) for p in r["ports"]} == {53, 5432, 8123, 8443}
+    assert installed["hc-helicone-migrations"] == by_kind(upgraded, "NetworkPolicy")["hc-helicone-migrations"]
+    off = objects(render(REQUIRED, {"migrations": {"enabled": False}, "networkPolicy": {"enabled": False}}, chart=chart))
+    assert not by_kind(off, "NetworkPolicy")
+
+
 def test_regions_keep_their_data_apart(chart):
     rendered = {}
     for region in REGIONS:

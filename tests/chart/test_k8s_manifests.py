@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from helicone_core.settings import REQUEST_LOGGED_TOPIC, CommonSettings
 
-from tests.chart.render import CHART_DIR, merge, values_file
+from tests.chart.render import CHART_DIR, REQUIRED, by_kind, merge, objects, render, values_file
 from tests.chart.validation import load_documents, validate_manifest
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"
-MANIFESTS = ("namespaces.yaml", "kafka.yaml", "postgres.yaml", "clickhouse.yaml", "minio.yaml")
+MANIFESTS = ("namespaces.yaml", "kafka.yaml", "postgres.yaml", "clickhouse.yaml", "minio.yaml", "networkpolicies.yaml")
 DATA_NAMESPACE = "helicone-data"
 CHART_NAMESPACE = "helicone"
 DEFAULTS = CommonSettings()
@@ -246,6 +250,234 @@ def test_grafana_loads_the_charts_dashboards_into_the_folder_they_name():
     assert dashboards["labels"].get(sidecar["label"]) == sidecar["labelValue"]
     assert sidecar.get("folderAnnotation") in dashboards["annotations"], sidecar
     assert sidecar.get("provider", {}).get("foldersFromFilesStructure") is True, sidecar
+
+
+# ---- NetworkPolicies: the data namespace and the chart agree on every edge ---------------------------
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod as NetworkPolicies see it (namespace None and an ip: an address outside the cluster's pods)."""
+
+    namespace: str | None
+    labels: dict = field(default_factory=dict, hash=False)
+    ip: str | None = None
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions) against labels; {} selects everything."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if not {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                "Exists": key in labels, "DoesNotExist": key not in labels}[op]:
+            return False
+    return True
+
+
+def peer_matches(peer: dict, policy_namespace: str, other: Pod) -> bool:
+    if "ipBlock" in peer:  # addresses outside the cluster's pods (which ipBlocks are not meant to select)
+        if other.ip is None:
+            return False
+        ip = ipaddress.ip_address(other.ip)
+        block = peer["ipBlock"]
+        return (ip in ipaddress.ip_network(block["cidr"])
+                and not any(ip in ipaddress.ip_network(e) for e in block.get("except", []) if ipaddress.ip_network(e).version == ip.version))
+    if other.namespace is None:
+        return False
+    if "namespaceSelector" in peer:
+        in_namespace = selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": other.namespace})
+    else:
+        in_namespace = other.namespace == policy_namespace
+    return in_namespace and selects(peer.get("podSelector") or {}, other.labels)
+
+
+def port_matches(rule: dict, port: int, protocol: str) -> bool:
+    return not rule.get("ports") or any(
+        p.get("protocol", "TCP") == protocol and (p.get("port") in (None, port) or p["port"] <= port <= p.get("endPort", p["port"]))
+        for p in rule["ports"] if not isinstance(p.get("port"), str))
+
+
+def allows(policies: list[dict], direction: str, pod: Pod, other: Pod, port: int, protocol: str = "TCP") -> bool:
+    """Does `pod` accept (direction Ingress) / may it open (Egress) a connection from / to `other` on `port`?"""
+    spec_key, peer_key = {"Ingress": ("ingress", "from"), "Egress": ("egress", "to")}[direction]
+    selecting = [p for p in policies if p["metadata"]["namespace"] == pod.namespace and selects(p["spec"]["podSelector"], pod.labels)
+                 and direction in p["spec"].get("policyTypes", ["Ingress", *(["Egress"] if "egress" in p["spec"] else [])])]
+    if pod.namespace is None or not selecting:
+        return True  # not isolated
+    return any(port_matches(rule, port, protocol) and (not rule.get(peer_key)
+                                                        or any(peer_matches(peer, p["metadata"]["namespace"], other) for peer in rule[peer_key]))
+               for p in selecting for rule in p["spec"].get(spec_key) or [])
+
+
+def connects(policies: list[dict], src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
+    return allows(policies, "Egress", src, dst, port, protocol) and allows(policies, "Ingress", dst, src, port, protocol)
+
+
+def strimzi_network_policy() -> dict:
+    """The NetworkPolicy Strimzi writes for the Kafka pods (KafkaCluster.generateNetworkPolicy, Strimzi 1.x): the
+    control plane, replication and agent ports for its own components, each listener from its networkPolicyPeers
+    (none: every source)."""
+    kafka = only("Kafka")
+    name = kafka["metadata"]["name"]
+    brokers = {"podSelector": {"matchLabels": kafka_pod_labels(selector=True)}}
+    operator = {"podSelector": {"matchLabels": {"strimzi.io/kind": "cluster-operator"}}, "namespaceSelector": {}}
+    tools = [{"podSelector": {"matchLabels": {"strimzi.io/name": f"{name}-{tool}"}}}
+             for tool in ("entity-operator", "kafka-exporter", "cruise-control")]
+    rules = [{"ports": [{"port": 9090, "protocol": "TCP"}], "from": [brokers, operator]},
+             {"ports": [{"port": 9091, "protocol": "TCP"}], "from": [operator, brokers, *tools]},
+             {"ports": [{"port": 8443, "protocol": "TCP"}], "from": [operator]}]
+    rules += [{"ports": [{"port": listener["port"], "protocol": "TCP"}], "from": listener.get("networkPolicyPeers", [])}
+              for listener in kafka["spec"]["kafka"]["listeners"]]
+    return {"kind": "NetworkPolicy", "metadata": {"name": f"{name}-network-policy-kafka", "namespace": DATA_NAMESPACE},
+            "spec": {"podSelector": {"matchLabels": kafka_pod_labels(selector=True)}, "policyTypes": ["Ingress"], "ingress": rules}}
+
+
+def kafka_pod_labels(selector: bool = False) -> dict:
+    name = only("Kafka")["metadata"]["name"]
+    labels = {"strimzi.io/cluster": name, "strimzi.io/kind": "Kafka", "strimzi.io/name": f"{name}-kafka"}
+    return labels if selector else {**labels, "strimzi.io/pool-name": "dual-role", "strimzi.io/broker-role": "true",
+                                    "strimzi.io/controller-role": "true", "strimzi.io/component-type": "kafka"}
+
+
+def data_policies() -> list[dict]:
+    return [d for _, d in all_documents() if d["kind"] == "NetworkPolicy"] + [strimzi_network_policy()]
+
+
+def data_pods() -> dict[str, Pod]:
+    """The pods the operators run for k8s/*.yaml, with the labels they give them."""
+    kafka = only("Kafka")["metadata"]["name"]
+    return {
+        "kafka": Pod(DATA_NAMESPACE, kafka_pod_labels()),
+        "kafka-entity-operator": Pod(DATA_NAMESPACE, {"strimzi.io/cluster": kafka, "strimzi.io/kind": "Kafka",
+                                                      "strimzi.io/name": f"{kafka}-entity-operator"}),
+        "postgres": Pod(DATA_NAMESPACE, {"cnpg.io/cluster": only("Cluster")["metadata"]["name"], "cnpg.io/podRole": "instance",
+                                         "cnpg.io/instanceRole": "primary"}),
+        "clickhouse": Pod(DATA_NAMESPACE, {"clickhouse.altinity.com/chi": only("ClickHouseInstallation")["metadata"]["name"],
+                                           "clickhouse.altinity.com/cluster": "main", "clickhouse.altinity.com/app": "chop"}),
+        "minio": Pod(DATA_NAMESPACE, {"v1.min.io/tenant": only("Tenant")["metadata"]["name"], "v1.min.io/pool": "pool-0"}),
+    }
+
+
+def client_ports() -> dict[str, set[int]]:
+    """The ports each data pod serves its clients on (the pod's, which NetworkPolicies see: MinIO's Service maps 80 to 9000)."""
+    return {"kafka": {listener["port"] for listener in only("Kafka")["spec"]["kafka"]["listeners"]},
+            "postgres": {5432}, "clickhouse": {8123}, "minio": {9000}}
+
+
+CHART_RENDERS = {"default": [REQUIRED], **{r: [values_file("values-global.yaml"), values_file(r)] for r in REGIONS}}
+# what a component's configuration names -> the data pods it connects to
+CONNECTION_SETTINGS = {"HELICONE_KAFKA_BOOTSTRAP": "kafka", "HELICONE_POSTGRES_DSN": "postgres",
+                       "HELICONE_CLICKHOUSE_URL": "clickhouse", "HELICONE_S3_ENDPOINT": "minio"}
+
+
+def chart_side(layers: list[dict]) -> tuple[list[dict], dict[str, Pod], dict[str, set[str]]]:
+    """The chart's NetworkPolicies, its pods (component -> Pod in namespace helicone) and what each connects to."""
+    objs = objects(render(*layers, namespace=CHART_NAMESPACE))
+    policies = [{**o, "metadata": {**o["metadata"], "namespace": CHART_NAMESPACE}} for o in objs if o["kind"] == "NetworkPolicy"]
+    configmaps = by_kind(objs, "ConfigMap")
+    pods, uses = {}, {}
+    for o in objs:
+        if o["kind"] in ("Deployment", "Rollout", "Job"):
+            template = o["spec"]["template"]
+            component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+            pods[component] = Pod(CHART_NAMESPACE, template["metadata"]["labels"])
+            container = template["spec"]["containers"][0]
+            settings = {e["name"]: e.get("value") for e in container.get("env", [])}
+            for source in container.get("envFrom", []):
+                settings.update(configmaps.get(source.get("configMapRef", {}).get("name"), {}).get("data", {}))
+            uses[component] = {CONNECTION_SETTINGS[k] for k, v in settings.items() if k in CONNECTION_SETTINGS
+                               and (k != "HELICONE_S3_ENDPOINT" or urlsplit(v).hostname.endswith(f".{DATA_NAMESPACE}"))}
+    return policies, pods, uses
+
+
+def test_the_data_namespace_denies_by_default_and_every_rule_names_its_sources():
+    """Without a default deny, ClickHouse (its user is let in from any address), Postgres and MinIO take a password
+    login from any pod of the cluster; a rule with no `from` (or a Kafka listener with no networkPolicyPeers)
+    would undo it for its port."""
+    policies = [d for _, d in all_documents() if d["kind"] == "NetworkPolicy"]
+    assert {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]} in [p["spec"] for p in policies]
+    peers = [(p["metadata"]["name"], rule.get("from")) for p in policies for rule in p["spec"].get("ingress") or []]
+    peers += [(f"listener {listener['port']}", listener.get("networkPolicyPeers")) for listener in only("Kafka")["spec"]["kafka"]["listeners"]]
+    for name, sources in peers:
+        assert sources, f"{name}: a rule without `from` lets every source in"
+        for peer in sources:
+            assert "ipBlock" not in peer, name
+            assert peer.get("podSelector") or (peer.get("namespaceSelector") or {}).get("matchLabels"), (name, peer)
+
+
+@pytest.mark.parametrize("render_name", sorted(CHART_RENDERS))
+def test_the_data_side_lets_in_exactly_the_edges_the_chart_opens(render_name):
+    """Each chart component reaches each data service on the ports it serves its clients on exactly when both sides
+    allow it: the chart's egress (networkPolicy.dataPeers and its ports) and the data namespace's ingress
+    (networkpolicies.yaml, Strimzi's policy from kafka.yaml's listeners); every service a component's configuration
+    names is among them and no other one."""
+    chart_policies, pods, uses = chart_side(CHART_RENDERS[render_name])
+    _, _, all_uses = chart_side(CHART_RENDERS["default"])  # every backing service in this cluster
+    policies, targets = data_policies(), data_pods()
+    assert set(pods) == {"gateway", "ingest", "api", "prompts", "migrations"}
+    for component, pod in pods.items():
+        for service, ports in client_ports().items():
+            for port in sorted(ports):
+                opened = allows(chart_policies, "Egress", pod, targets[service], port)
+                let_in = allows(policies, "Ingress", targets[service], pod, port)
+                assert opened == let_in, f"{component} -> {service}:{port}: chart egress {opened}, data ingress {let_in}"
+                assert let_in == (service in all_uses[component]), f"{component} -> {service}:{port}"
+            if service in uses[component]:
+                assert all(connects(chart_policies + policies, pod, targets[service], port) for port in ports), (component, service)
+
+
+def test_the_chart_connects_to_ports_the_data_services_serve():
+    values = merge(values_file("values.yaml"), REQUIRED)
+    assert int(urlsplit(f"//{values['kafka']['bootstrap']}").port) in client_ports()["kafka"]
+    assert int(urlsplit(values["clickhouse"]["url"]).port) in client_ports()["clickhouse"]
+    assert values["postgres"]["port"] in client_ports()["postgres"]
+
+
+def test_nothing_else_reaches_the_data_services():
+    policies, targets = data_policies(), data_pods()
+    strangers = [Pod("default", {"app": "shell"}), Pod(CHART_NAMESPACE, {"run": "debug"}),
+                 Pod(CHART_NAMESPACE, {"app.kubernetes.io/name": "other", "app.kubernetes.io/component": "api"}),
+                 Pod("monitoring", {"app.kubernetes.io/name": "grafana"})]
+    for stranger in strangers:
+        for name, target in targets.items():
+            for port in (5432, 8123, 9000, 9009, 9090, 9091, 9092, 9093, 8443, 8000, 9187):
+                assert not allows(policies, "Ingress", target, stranger, port), (stranger, name, port)
+    chart_pod = Pod(CHART_NAMESPACE, {"app.kubernetes.io/name": "helicone", "app.kubernetes.io/component": "ingest"})
+    for port in (9000, 9009):  # ClickHouse's native and interserver ports: the chart speaks HTTP
+        assert not allows(policies, "Ingress", targets["clickhouse"], chart_pod, port)
+
+
+def test_the_operators_and_the_services_own_traffic_flows():
+    policies, pods = data_policies(), data_pods()
+    kafka, entity_operator, postgres, clickhouse, minio = (
+        pods[n] for n in ("kafka", "kafka-entity-operator", "postgres", "clickhouse", "minio"))
+    edges = [(kafka, kafka, 9090), (kafka, kafka, 9091), (entity_operator, kafka, 9091),
+             (Pod("strimzi", {"strimzi.io/kind": "cluster-operator"}), kafka, 9091),
+             (Pod("strimzi", {"strimzi.io/kind": "cluster-operator"}), kafka, 8443),
+             (Pod("keda", {"app": "keda-operator"}), kafka, 9092),
+             (postgres, postgres, 5432), (Pod("cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"}), postgres, 8000),
+             (Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}), postgres, 9187),
+             (Pod("clickhouse-operator", {"app": "clickhouse-operator"}), clickhouse, 8123),
+             (minio, minio, 9000), (Pod("minio-operator", {"app.kubernetes.io/name": "operator"}), minio, 9000)]
+    for src, dst, port in edges:
+        assert connects(policies, src, dst, port), (src, dst, port)
+    dns = Pod("kube-system", {"k8s-app": "kube-dns"})
+    api_server = Pod(None, ip="10.0.0.1")
+    for name, pod in pods.items():
+        assert connects(policies, pod, dns, 53, "UDP") and connects(policies, pod, dns, 53, "TCP"), name
+        for port in (443, 6443):  # their operator code runs against the API server; ClickHouse needs none
+            assert connects(policies, pod, api_server, port) == (name != "clickhouse"), (name, port)
+        for port in (80, 25, 9092):
+            assert not connects(policies, pod, Pod(None, ip="93.184.216.34"), port), (name, port)
+    # the operators' namespaces are those README.md installs them into
+    readme = (K8S / "README.md").read_text()
+    named = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+             for p in policies for rule in p["spec"].get("ingress", []) + p["spec"].get("egress", [])
+             for peer in rule.get("from", []) + rule.get("to", []) if (peer.get("namespaceSelector") or {}).get("matchLabels")}
+    for namespace in named - {DATA_NAMESPACE, CHART_NAMESPACE, "kube-system"}:
+        assert re.search(rf"(-n|namespace) {re.escape(namespace)}\b", readme), namespace
 
 
 # ---- a corrupted copy fails ----------------------------------------------------------------------
