@@ -310,6 +310,27 @@ async def test_a_session_has_its_totals_and_a_trace_tree_by_session_path(logged)
     assert sum(len(n["requests"]) for n in walk(r.json()["tree"])) == len(theirs_checkout)
 
 
+async def test_a_session_page_counts_a_resent_log_once_as_its_tree_and_the_request_list_do(api):
+    """A log sent again (ingest retrying a batch, a client resending an async log) is a second row of the
+    same identity until ClickHouse merges the parts: the session's page counted it twice in its totals
+    (requests, cost, tokens) while its own tree and /v1/request/query, both read with FINAL, showed it once."""
+    client, state, org, _, _ = api
+    await state.analytics._command(f"SYSTEM STOP MERGES {state.analytics.database}.request_log")  # the copies stay two rows
+    rows = dataset(seed=13, n=3)
+    for r in rows:
+        r.update(session_id="resent", session_path="/a")
+    await log(state, org, rows)
+    await log(state, org, rows[:1])  # the same log again
+    listed = (await post(client, "/v1/request/query", {"filter": {"session_id": "resent"}}))["data"]
+    r = await client.get("/v1/session/resent")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    tree = body.pop("tree")
+    body.pop("requests_truncated")
+    assert (len(listed), sum(len(n["requests"]) for n in walk(tree))) == (3, 3)
+    assert body == expected_session(rows)
+
+
 async def test_users_are_listed_with_totals_and_active_days(logged, monkeypatch):
     client, state, org, other_key, mine, theirs = logged
     extra = dataset(seed=9, n=3, start=T0 + dt.timedelta(days=30), hours=1)

@@ -320,7 +320,9 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
                      only: list[str] | None = None) -> tuple[str, dict[str, Any]]:
     """Sessions (requests sharing a Helicone-Session-Id) with their totals; one session when session_id is
     given, these sessions when `only` is. Totals per session and UTC day first (what the sessions
-    projection holds), then per session."""
+    projection holds), then per session. One session's totals are read with FINAL, as its tree is
+    (session_requests_sql): a log resent and not merged yet counts once there, as in /v1/request/query."""
+    table = "request_log FINAL" if session_id is not None else "request_log"
     if session_id is None:
         where, params, _ = _conditions(org_id, q.filter, grains=("day",))
         if only is not None:
@@ -338,7 +340,7 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
     days = (
         f"SELECT session_id, {GRAINS['day'][0]} AS day, "
         + _aggregates(*TOTAL_NAMES, "first_seen", "last_seen", "last_response", "session_name", "session_users", prefix="d_")
-        + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY session_id, day"
+        + f" FROM {{db}}.{table} WHERE {' AND '.join(where)} GROUP BY session_id, day"
     )
     sql = (
         f"SELECT session_id, argMaxIf(d_session_name, d_last_seen, d_session_name != '') AS session_name, "
