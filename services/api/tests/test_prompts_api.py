@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 
+import grpc
 import httpx
 import pytest
 from helicone_api.app import create_app
@@ -105,6 +106,108 @@ async def test_prompts_service_down_is_a_503(api):
     await prompts.stop()
     r = await client.get("/v1/prompts")
     assert r.status_code == 503 and r.headers["retry-after"] == "5" and "prompts service unavailable" in r.json()["error"]["message"]
+
+
+async def all_pages(client, path: str, **params) -> tuple[list, int]:
+    """Every item of a prompts listing, following next_cursor; and how many pages it took."""
+    items, pages = [], 0
+    while True:
+        r = await client.get(path, params=params)
+        assert r.status_code == 200, r.text[:300]
+        pages += 1
+        items += r.json()["data"]
+        if r.json()["next_cursor"] is None:
+            return items, pages
+        params["cursor"] = r.json()["next_cursor"]
+
+
+async def test_lists_larger_than_a_grpc_message_answer_page_by_page(api):
+    """18 versions of a 250 kB template were over the 4 MiB gRPC answer the api receives: the list was a
+    503 "prompts service unavailable (RESOURCE_EXHAUSTED)", for good."""
+    client = api[0]
+    for n in range(18):
+        template = {**TEMPLATE, "messages": [{"role": "system", "content": f"{n} " + "x" * 250_000}]}
+        assert (await client.post("/v1/prompts/big/versions", json={"template": template})).status_code == 201
+    versions, pages = await all_pages(client, "/v1/prompts/big/versions")
+    assert [v["version"] for v in versions] == list(range(18, 0, -1)) and pages > 1
+    assert versions[-1]["template"]["messages"][0]["content"].startswith("0 ")
+
+
+async def test_list_limit_and_cursor(api):
+    client = api[0]
+    for prompt_id in ("b", "d", "f"):
+        assert (await client.post(f"/v1/prompts/{prompt_id}/versions", json={"template": TEMPLATE})).status_code == 201
+    r = await client.get("/v1/prompts", params={"limit": 2})
+    assert [p["prompt_id"] for p in r.json()["data"]] == ["b", "d"] and r.json()["next_cursor"]
+    assert (await client.post("/v1/prompts/a/versions", json={"template": TEMPLATE})).status_code == 201  # before the cursor
+    rest, _ = await all_pages(client, "/v1/prompts", limit=2, cursor=r.json()["next_cursor"])
+    assert [p["prompt_id"] for p in rest] == ["f"]
+    assert [p["prompt_id"] for p in (await all_pages(client, "/v1/prompts", limit=1))[0]] == ["a", "b", "d", "f"]
+
+    for _ in range(2):
+        assert (await client.post("/v1/prompts/b/versions", json={"template": TEMPLATE})).status_code == 201
+    r = await client.get("/v1/prompts/b/versions", params={"limit": 2})
+    assert [v["version"] for v in r.json()["data"]] == [3, 2]
+    assert (await client.post("/v1/prompts/b/versions", json={"template": TEMPLATE})).status_code == 201
+    rest, _ = await all_pages(client, "/v1/prompts/b/versions", limit=2, cursor=r.json()["next_cursor"])
+    assert [v["version"] for v in rest] == [1]
+    r = await client.get("/v1/prompts/b/versions")
+    assert [v["version"] for v in r.json()["data"]] == [4, 3, 2, 1] and r.json()["next_cursor"] is None
+
+
+@pytest.mark.parametrize("path, params, field", [
+    ("/v1/prompts", {"limit": 0}, "query.limit"),
+    ("/v1/prompts", {"limit": 1001}, "query.limit"),
+    ("/v1/prompts", {"limit": "ten"}, "query.limit"),
+    ("/v1/prompts/b/versions", {"limit": -1}, "query.limit"),
+    ("/v1/prompts", {"cursor": "not a cursor!"}, "query.cursor"),
+    ("/v1/prompts", {"cursor": "bm90LWEtY3Vyc29y"}, "query.cursor"),  # well-formed text, but no cursor of ours
+    ("/v1/prompts/b/versions", {"cursor": "bm90LWEtY3Vyc29y"}, "query.cursor"),
+])
+async def test_bad_limits_and_cursors_are_a_422_naming_the_field(api, path, params, field):
+    client = api[0]
+    assert (await client.post("/v1/prompts/b/versions", json={"template": TEMPLATE})).status_code == 201
+    r = await client.get(path, params=params)
+    assert r.status_code == 422 and [d["field"] for d in r.json()["error"]["details"]] == [field], r.text
+
+
+async def test_a_cursor_of_another_list_is_a_422(api):
+    client = api[0]
+    for prompt_id in ("b", "b", "d"):
+        assert (await client.post(f"/v1/prompts/{prompt_id}/versions", json={"template": TEMPLATE})).status_code == 201
+    cursor = (await client.get("/v1/prompts/b/versions", params={"limit": 1})).json()["next_cursor"]
+    for path in ("/v1/prompts", "/v1/prompts/d/versions"):
+        r = await client.get(path, params={"cursor": cursor})
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "query.cursor", r.text
+
+
+@pytest.mark.parametrize("code, status", [
+    (grpc.StatusCode.OUT_OF_RANGE, 400),
+    (grpc.StatusCode.UNAUTHENTICATED, 401),
+    (grpc.StatusCode.ABORTED, 409),
+    (grpc.StatusCode.UNIMPLEMENTED, 501),
+    (grpc.StatusCode.DATA_LOSS, 502),
+    (grpc.StatusCode.INTERNAL, 502),
+    (grpc.StatusCode.UNKNOWN, 502),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, 502),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    (grpc.StatusCode.UNAVAILABLE, 503),
+])
+async def test_grpc_codes_map_to_honest_http_statuses(api, code, status):
+    """Only UNAVAILABLE (and CANCELLED) mean "try again shortly": the rest were all a 503 with Retry-After."""
+    client, state, _, _, _ = api
+
+    class Failing:
+        def __getattr__(self, method):
+            async def fail(*_a, **_kw):
+                raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="the reason")
+            return fail
+
+    state.prompts.stub = Failing()
+    r = await client.get("/v1/prompts/support")
+    message = r.json()["error"]["message"]
+    assert r.status_code == status and ("the reason" in message if status < 500 else code.name in message), r.text
+    assert ("retry-after" in r.headers) == (status == 503)
 
 
 def logged(org: str, version: int, *, minutes: int, status: int = 200, latency: int = 100, cost: float = 0.01,

@@ -441,3 +441,79 @@ async def test_an_archive_waits_for_a_version_being_created_under_the_prompts_lo
         assert (await asyncio.wait_for(archive, 5)).versions == 1
     finally:
         await pool.close()
+
+
+def big_template(n: int) -> str:
+    """A template of about 250 kB (under max_template_bytes): 17 of them pass gRPC's 4 MiB message limit."""
+    return json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": f"{n} " + "x" * 250_000}]})
+
+
+async def all_pages(call, request) -> tuple[list, int]:
+    """Every item of a listing, following next_page_token; and how many pages it took."""
+    items, pages = [], 0
+    while True:
+        page = await call(request)
+        pages += 1
+        items += list(page.prompts if isinstance(page, pb.ListPromptsResponse) else page.versions)
+        if not page.next_page_token:
+            return items, pages
+        request.page_token = page.next_page_token
+
+
+async def test_listings_larger_than_a_grpc_message_are_paged_not_refused(env):
+    """18 versions (and 18 prompts) of a 250 kB template: the whole list in one answer was over the 4 MiB a
+    gRPC client receives, so the caller got RESOURCE_EXHAUSTED for that list, every time."""
+    for n in range(18):
+        await env.create("big", big_template(n))
+        await env.create(f"big-{n:02d}", big_template(n))
+    versions, pages = await all_pages(lambda r: env.stub.ListVersions(r, metadata=env.auth), pb.ListVersionsRequest(prompt_id="big"))
+    assert [v.version for v in versions] == list(range(18, 0, -1)) and pages > 1
+    assert json.loads(versions[0].template_json)["messages"][0]["content"].startswith("17 ")  # the templates come along
+    prompts, pages = await all_pages(lambda r: env.stub.ListPrompts(r, metadata=env.auth), pb.ListPromptsRequest())
+    assert [p.prompt_id for p in prompts] == ["big"] + [f"big-{n:02d}" for n in range(18)] and pages > 1
+
+
+async def test_paging_returns_every_item_once_while_new_ones_are_inserted(env):
+    for prompt_id in ("b", "d", "f", "h"):
+        await env.create(prompt_id)
+    page = await env.stub.ListPrompts(pb.ListPromptsRequest(page_size=2), metadata=env.auth)
+    assert [p.prompt_id for p in page.prompts] == ["b", "d"] and page.next_page_token
+    await env.create("a")  # before the cursor: an offset would show "d" again
+    await env.create("e")  # after it: shown in its place
+    await env.create("b")  # a new version of a prompt already shown: not shown twice
+    rest, _ = await all_pages(lambda r: env.stub.ListPrompts(r, metadata=env.auth),
+                              pb.ListPromptsRequest(page_size=2, page_token=page.next_page_token))
+    assert [p.prompt_id for p in rest] == ["e", "f", "h"]
+
+    for _ in range(4):
+        await env.create("summary")
+    page = await env.stub.ListVersions(pb.ListVersionsRequest(prompt_id="summary", page_size=2), metadata=env.auth)
+    assert [v.version for v in page.versions] == [4, 3]
+    await env.create("summary")  # version 5, newer than the cursor: the next pages neither shift nor repeat
+    rest, _ = await all_pages(lambda r: env.stub.ListVersions(r, metadata=env.auth),
+                              pb.ListVersionsRequest(prompt_id="summary", page_size=2, page_token=page.next_page_token))
+    assert [v.version for v in rest] == [2, 1]
+    # the last page says so, and a page size over the maximum is taken as the maximum
+    page = await env.stub.ListVersions(pb.ListVersionsRequest(prompt_id="summary", page_size=2**31 - 1), metadata=env.auth)
+    assert [v.version for v in page.versions] == [5, 4, 3, 2, 1] and page.next_page_token == ""
+
+
+async def test_bad_page_sizes_and_tokens_are_invalid_argument_naming_the_field(env):
+    await env.create("summary")
+    await env.create("summary")
+    await env.create("other")
+    s = env.stub
+    versions = await s.ListVersions(pb.ListVersionsRequest(prompt_id="summary", page_size=1), metadata=env.auth)
+    prompts = await s.ListPrompts(pb.ListPromptsRequest(page_size=1), metadata=env.auth)
+    for call in (s.ListPrompts(pb.ListPromptsRequest(page_size=-1), metadata=env.auth),
+                 s.ListVersions(pb.ListVersionsRequest(prompt_id="summary", page_size=-1), metadata=env.auth)):
+        code, details = await code_of(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_size" in details, (code, details)
+    for call in (s.ListPrompts(pb.ListPromptsRequest(page_token="garbage"), metadata=env.auth),
+                 s.ListPrompts(pb.ListPromptsRequest(page_token="\u00e9\U0001f600" * 3), metadata=env.auth),
+                 s.ListPrompts(pb.ListPromptsRequest(page_token=versions.next_page_token), metadata=env.auth),
+                 s.ListPrompts(pb.ListPromptsRequest(page_token=prompts.next_page_token, include_archived=True), metadata=env.auth),
+                 s.ListVersions(pb.ListVersionsRequest(prompt_id="summary", page_token=prompts.next_page_token), metadata=env.auth),
+                 s.ListVersions(pb.ListVersionsRequest(prompt_id="other", page_token=versions.next_page_token), metadata=env.auth)):
+        code, details = await code_of(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in details, (code, details)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import grpc
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from helicone.prompts.v1 import prompts_pb2 as pb
 from helicone.prompts.v1 import prompts_pb2_grpc
 from helicone_core import prompt_templates as templates
@@ -20,20 +21,36 @@ from helicone_core.db import bearer_token
 from helicone_core.log_headers import MAX_MODEL
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .filters import AnyFilter, filter_sql
+from .filters import AnyFilter, CursorText, filter_sql
 from .models import RequestFilter, error_responses
 from .queries import no_feedback, prompt_analytics_json, prompt_analytics_sql, prompt_scores_json, prompt_scores_sql
 
 PromptId = Annotated[str, Path(pattern=templates.PROMPT_ID.pattern, description=f"the prompt's id: {templates.PROMPT_ID_FORM}")]
 Environment = Annotated[str, Path(pattern=templates.ENVIRONMENT.pattern, description=templates.ENVIRONMENT_FORM)]
-# gRPC status -> HTTP status for the caller
+# gRPC status -> HTTP status for the caller, with the service's message
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,  # the key was revoked between this api's check and the service's
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
 }
+# gRPC status -> HTTP status when the service failed: only these are worth retrying shortly (503, Retry-After)
+FAILURE_STATUS = {
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.CANCELLED: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,  # a prompts service older than this api
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}  # anything else (INTERNAL, UNKNOWN, DATA_LOSS, RESOURCE_EXHAUSTED: an answer over the size limit) is a 502
+# List pages (the service also stops a page before 3 MiB, so a page may be shorter while more follow)
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many per page; a page of large templates "
+                                                             "may hold fewer while more follow")]
+Cursor = Annotated[CursorText | None, Query(description="the next_cursor of the previous page of this same list")]
+BAD_CURSOR = "must be the next_cursor of a previous page of this same list (the same path and include_archived)"
 
 
 def _unstorable(value: Any, path: str) -> str | None:
@@ -132,31 +149,44 @@ class PromptsClient:
         if self.channel is not None:
             await self.channel.close()
 
-    async def call(self, request: Request, method: str, message):
+    async def call(self, request: Request, method: str, message, *, cursor: bool = False):
+        """`method`'s answer; its error as the matching HTTP status (with `cursor`, INVALID_ARGUMENT is a 422 on `cursor`)."""
         if self.stub is None:
             raise HTTPException(503, "this api has no prompts service configured (HELICONE_PROMPTS_TARGET)")
         key = bearer_token(request.headers.get("authorization"))  # checked by RequestGuard already
         try:
             return await getattr(self.stub, method)(message, metadata=(("authorization", f"Bearer {key}"),), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            status = HTTP_STATUS.get(exc.code())
-            if status is None:
-                raise HTTPException(503, f"prompts service unavailable ({exc.code().name}); try again shortly",
+            code = exc.code()
+            if cursor and code == grpc.StatusCode.INVALID_ARGUMENT:  # the route checked everything else it sends
+                raise RequestValidationError([{"loc": ("query", "cursor"), "msg": BAD_CURSOR, "type": "value_error"}]) from None
+            if code in HTTP_STATUS:
+                raise HTTPException(HTTP_STATUS[code], exc.details()) from None
+            status = FAILURE_STATUS.get(code, 502)
+            if status == 503:
+                raise HTTPException(503, f"prompts service unavailable ({code.name}); try again shortly",
                                     {"Retry-After": "5"}) from None
-            raise HTTPException(status, exc.details()) from None
+            raise HTTPException(status, f"prompts service failed ({code.name}): {exc.details()}") from None
 
 
 def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=error_responses({
         400: "refused by the prompts service (the message says why)", 403: "not allowed", 404: "no such prompt or version",
-        409: "conflicts with the prompt's state (exists already, archived, ...)"}))
+        409: "conflicts with the prompt's state (exists already, archived, ...)",
+        501: "the prompts service does not implement this call (it is older than this api)",
+        502: "the prompts service failed (the message names its gRPC code)",
+        503: "the prompts service is unreachable (with Retry-After), or the key store is not loaded yet",
+        504: "the prompts service did not answer in time"}))
     client: PromptsClient = state.prompts
 
     @router.get("")
-    async def list_prompts(request: Request, include_archived: bool = Query(False), org: str = Depends(org_id)) -> dict:
-        """The latest version of each prompt."""
-        found = await client.call(request, "ListPrompts", pb.ListPromptsRequest(include_archived=include_archived))
-        return {"data": [version_json(v) for v in found.prompts]}
+    async def list_prompts(request: Request, include_archived: bool = Query(False), limit: Limit = DEFAULT_LIMIT,
+                           cursor: Cursor = None, org: str = Depends(org_id)) -> dict:
+        """The latest version of each prompt, by prompt id, a page at a time: `next_cursor` (null on the
+        last page) goes back as `cursor`."""
+        found = await client.call(request, "ListPrompts", pb.ListPromptsRequest(
+            include_archived=include_archived, page_size=limit, page_token=cursor or ""), cursor=True)
+        return {"data": [version_json(v) for v in found.prompts], "next_cursor": found.next_page_token or None}
 
     @router.post("/{prompt_id}/versions", status_code=201)
     async def create_version(request: Request, prompt_id: PromptId, body: NewVersion, org: str = Depends(org_id)) -> dict:
@@ -166,10 +196,13 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         return version_json(created)
 
     @router.get("/{prompt_id}/versions")
-    async def list_versions(request: Request, prompt_id: PromptId, org: str = Depends(org_id)) -> dict:
-        """Every version, newest first, with the fields each changed."""
-        found = await client.call(request, "ListVersions", pb.ListVersionsRequest(prompt_id=prompt_id))
-        return {"data": [version_json(v) for v in found.versions]}
+    async def list_versions(request: Request, prompt_id: PromptId, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
+                            org: str = Depends(org_id)) -> dict:
+        """Every version, newest first, with the fields each changed, a page at a time: `next_cursor` (null
+        on the last page) goes back as `cursor`."""
+        found = await client.call(request, "ListVersions", pb.ListVersionsRequest(
+            prompt_id=prompt_id, page_size=limit, page_token=cursor or ""), cursor=True)
+        return {"data": [version_json(v) for v in found.versions], "next_cursor": found.next_page_token or None}
 
     @router.get("/{prompt_id}")
     async def get_prompt(request: Request, prompt_id: PromptId, version: int = Query(0, ge=0, le=MAX_VERSION),

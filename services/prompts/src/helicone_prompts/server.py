@@ -7,6 +7,8 @@ Every call is scoped to the org of the caller's Helicone key (metadata `authoriz
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import datetime as dt
 import json
@@ -70,6 +72,36 @@ WATCH_KEY_CHECK_SECONDS = 2.0
 _NO_CHANGE = object()
 # A RenderPrompt answer (the render and its version) stays within gRPC's default 4 MiB message, which callers receive.
 MAX_RENDERED_BYTES = 3 * 1024 * 1024
+# List pages: page_size 0 means the default, a larger one is taken as the maximum; a page also stops before
+# LIST_PAGE_BYTES (versions carry their templates), within the 4 MiB a caller receives, like a render.
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+LIST_PAGE_BYTES = 3 * 1024 * 1024
+MAX_PAGE_TOKEN_CHARS = 1024
+
+
+class PageTokenError(ValueError):
+    pass
+
+
+def page_token(kind: str, of, after) -> str:
+    """An opaque position in one list: its kind, what it lists (include_archived, prompt_id) and the last item given."""
+    return base64.urlsafe_b64encode(json.dumps([kind, of, after], separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def read_page_token(token: str, kind: str, of, after_type: type):
+    """The last item given before `token`; PageTokenError when it is no token of this very list."""
+    try:
+        if len(token) > MAX_PAGE_TOKEN_CHARS:
+            raise ValueError
+        got_kind, got_of, after = json.loads(base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4)))
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        raise PageTokenError("page_token is not a next_page_token of this service") from None
+    if got_kind != kind or got_of != of or type(got_of) is not type(of) or type(after) is not after_type:
+        raise PageTokenError(f"page_token belongs to another list; pass the next_page_token of the previous {kind} page "
+                             "with the same request fields")
+    if (after_type is int and not 1 <= after <= 2**31 - 1) or (after_type is str and not templates.PROMPT_ID.match(after)):
+        raise PageTokenError("page_token is not a next_page_token of this service")
+    return after
 
 
 class PromptChanges:
@@ -339,23 +371,65 @@ class PromptService(prompts_pb2_grpc.PromptServiceServicer):
         org, prompt_id, version, environment = await self._selector(request, context)
         return _version(await self._db(context, lambda conn: self._select(conn, org, prompt_id, version, environment, context)))
 
+    @staticmethod
+    async def _paging(request, context, kind: str, of, after_type: type, first) -> tuple[int, object]:
+        """The page size and the position after which the page starts (`first` without a token)."""
+        if request.page_size < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"page_size must be 0 (the default, {DEFAULT_PAGE_SIZE}) or a positive number (at most {MAX_PAGE_SIZE} are used)")
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if not request.page_token:
+            return size, first
+        try:
+            return size, read_page_token(request.page_token, kind, of, after_type)
+        except PageTokenError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    @staticmethod
+    async def _page(conn, sql: str, *args, size: int) -> tuple[list[prompts_pb2.PromptVersion], bool]:
+        """Up to `size` versions of `sql` (which returns at most size + 1 rows) within LIST_PAGE_BYTES, read
+        a few rows at a time so a list of large templates is never fetched whole; and whether more follow."""
+        page, used = [], 0
+        async with conn.transaction(readonly=True):
+            async for row in conn.cursor(sql, *args, prefetch=min(size + 1, 16)):
+                if len(page) == size:
+                    return page, True
+                pv = _version(row)
+                used += pv.ByteSize() + 8  # + the field's tag and length
+                if page and used > LIST_PAGE_BYTES:
+                    return page, True
+                page.append(pv)
+        return page, False
+
     async def ListPrompts(self, request, context):
         org = await self._org(request, context)
-        rows = await self._db(context, lambda conn: conn.fetch(
+        size, after = await self._paging(request, context, "prompts", request.include_archived, str, "")
+        page, more = await self._db(context, lambda conn: self._page(
+            conn,
             f"""SELECT DISTINCT ON (v.prompt_id) {VERSION_COLUMNS} {FROM_VERSIONS}
-                WHERE v.org_id=$1 AND ($2 OR p.archived_at IS NULL) ORDER BY v.prompt_id, v.version DESC""",
-            org, request.include_archived))
-        return prompts_pb2.ListPromptsResponse(prompts=[_version(r) for r in rows])
+                WHERE v.org_id=$1 AND ($2 OR p.archived_at IS NULL) AND v.prompt_id > $3
+                ORDER BY v.prompt_id, v.version DESC LIMIT $4""",
+            org, request.include_archived, after, size + 1, size=size))
+        token = page_token("prompts", request.include_archived, page[-1].prompt_id) if more else ""
+        return prompts_pb2.ListPromptsResponse(prompts=page, next_page_token=token)
 
     async def ListVersions(self, request, context):
         org = await self._org(request, context)
         prompt_id = await self._prompt_id(request.prompt_id, context)
-        rows = await self._db(context, lambda conn: conn.fetch(
-            f"SELECT {VERSION_COLUMNS} {FROM_VERSIONS} WHERE v.org_id=$1 AND v.prompt_id=$2 ORDER BY v.version DESC",
-            org, prompt_id))
-        if not rows:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"prompt {prompt_id!r} not found")
-        return prompts_pb2.ListVersionsResponse(versions=[_version(r) for r in rows])
+        size, before = await self._paging(request, context, "versions", prompt_id, int, None)
+
+        async def read(conn):
+            page, more = await self._page(
+                conn, f"""SELECT {VERSION_COLUMNS} {FROM_VERSIONS} WHERE v.org_id=$1 AND v.prompt_id=$2
+                          AND ($3::int IS NULL OR v.version < $3) ORDER BY v.version DESC LIMIT $4""",
+                org, prompt_id, before, size + 1, size=size)
+            if not page and not await conn.fetchval("SELECT 1 FROM prompts WHERE org_id=$1 AND prompt_id=$2", org, prompt_id):
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"prompt {prompt_id!r} not found")
+            return page, more
+
+        page, more = await self._db(context, read)
+        token = page_token("versions", prompt_id, page[-1].version) if more else ""
+        return prompts_pb2.ListVersionsResponse(versions=page, next_page_token=token)
 
     async def RenderPrompt(self, request, context):
         org, prompt_id, version, environment = await self._selector(request, context)

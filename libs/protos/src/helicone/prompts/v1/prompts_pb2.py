@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!helicone/prompts/v1/prompts.proto\x12\x13helicone.prompts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x08Variable\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xb5\x02\n\rPromptVersion\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x15\n\rtemplate_json\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tvariables\x18\x07 \x03(\t\x12\x36\n\x0ftyped_variables\x18\x08 \x03(\x0b\x32\x1d.helicone.prompts.v1.Variable\x12\x14\n\x0c\x65nvironments\x18\t \x03(\t\x12\x0f\n\x07message\x18\n \x01(\t\x12\x10\n\x08\x61rchived\x18\x0b \x01(\x08\x12\x16\n\x0e\x63hanged_fields\x18\x0c \x03(\t\"\xa0\x01\n\x1a\x43reatePromptVersionRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x15\n\rtemplate_json\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nnew_prompt\x18\x06 \x01(\x08\x12\x14\n\x0c\x65nvironments\x18\x07 \x03(\t\"[\n\x10GetPromptRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x13\n\x0b\x65nvironment\x18\x04 \x01(\t\">\n\x12ListPromptsRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\"J\n\x13ListPromptsResponse\x12\x33\n\x07prompts\x18\x01 \x03(\x0b\x32\".helicone.prompts.v1.PromptVersion\"8\n\x13ListVersionsRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\"L\n\x14ListVersionsResponse\x12\x34\n\x08versions\x18\x01 \x03(\x0b\x32\".helicone.prompts.v1.PromptVersion\"`\n\x15SetEnvironmentRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65nvironment\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\"T\n\x1aRollbackEnvironmentRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65nvironment\x18\x03 \x01(\t\"9\n\x14\x41rchivePromptRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\"<\n\x15\x41rchivePromptResponse\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x01(\x05\"\xe8\x01\n\x13RenderPromptRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x44\n\x06inputs\x18\x04 \x03(\x0b\x32\x34.helicone.prompts.v1.RenderPromptRequest.InputsEntry\x12\x13\n\x0b\x65nvironment\x18\x05 \x01(\t\x12\x13\n\x0binputs_json\x18\x06 \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x14RenderPromptResponse\x12\x32\n\x06prompt\x18\x01 \x01(\x0b\x32\".helicone.prompts.v1.PromptVersion\x12\x15\n\rrendered_json\x18\x02 \x01(\t\"%\n\x13WatchPromptsRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\"\"\n\rPromptChanged\x12\x11\n\tprompt_id\x18\x01 \x01(\t2\x95\x07\n\rPromptService\x12j\n\x13\x43reatePromptVersion\x12/.helicone.prompts.v1.CreatePromptVersionRequest\x1a\".helicone.prompts.v1.PromptVersion\x12V\n\tGetPrompt\x12%.helicone.prompts.v1.GetPromptRequest\x1a\".helicone.prompts.v1.PromptVersion\x12`\n\x0bListPrompts\x12\'.helicone.prompts.v1.ListPromptsRequest\x1a(.helicone.prompts.v1.ListPromptsResponse\x12\x63\n\x0cRenderPrompt\x12(.helicone.prompts.v1.RenderPromptRequest\x1a).helicone.prompts.v1.RenderPromptResponse\x12\x63\n\x0cListVersions\x12(.helicone.prompts.v1.ListVersionsRequest\x1a).helicone.prompts.v1.ListVersionsResponse\x12`\n\x0eSetEnvironment\x12*.helicone.prompts.v1.SetEnvironmentRequest\x1a\".helicone.prompts.v1.PromptVersion\x12j\n\x13RollbackEnvironment\x12/.helicone.prompts.v1.RollbackEnvironmentRequest\x1a\".helicone.prompts.v1.PromptVersion\x12\x66\n\rArchivePrompt\x12).helicone.prompts.v1.ArchivePromptRequest\x1a*.helicone.prompts.v1.ArchivePromptResponse\x12^\n\x0cWatchPrompts\x12(.helicone.prompts.v1.WatchPromptsRequest\x1a\".helicone.prompts.v1.PromptChanged0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!helicone/prompts/v1/prompts.proto\x12\x13helicone.prompts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x08Variable\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xb5\x02\n\rPromptVersion\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x15\n\rtemplate_json\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tvariables\x18\x07 \x03(\t\x12\x36\n\x0ftyped_variables\x18\x08 \x03(\x0b\x32\x1d.helicone.prompts.v1.Variable\x12\x14\n\x0c\x65nvironments\x18\t \x03(\t\x12\x0f\n\x07message\x18\n \x01(\t\x12\x10\n\x08\x61rchived\x18\x0b \x01(\x08\x12\x16\n\x0e\x63hanged_fields\x18\x0c \x03(\t\"\xa0\x01\n\x1a\x43reatePromptVersionRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x15\n\rtemplate_json\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nnew_prompt\x18\x06 \x01(\x08\x12\x14\n\x0c\x65nvironments\x18\x07 \x03(\t\"[\n\x10GetPromptRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x13\n\x0b\x65nvironment\x18\x04 \x01(\t\"e\n\x12ListPromptsRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x13ListPromptsResponse\x12\x33\n\x07prompts\x18\x01 \x03(\x0b\x32\".helicone.prompts.v1.PromptVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\x13ListVersionsRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x14ListVersionsResponse\x12\x34\n\x08versions\x18\x01 \x03(\x0b\x32\".helicone.prompts.v1.PromptVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x15SetEnvironmentRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65nvironment\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\"T\n\x1aRollbackEnvironmentRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65nvironment\x18\x03 \x01(\t\"9\n\x14\x41rchivePromptRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\"<\n\x15\x41rchivePromptResponse\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x01(\x05\"\xe8\x01\n\x13RenderPromptRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x11\n\tprompt_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x44\n\x06inputs\x18\x04 \x03(\x0b\x32\x34.helicone.prompts.v1.RenderPromptRequest.InputsEntry\x12\x13\n\x0b\x65nvironment\x18\x05 \x01(\t\x12\x13\n\x0binputs_json\x18\x06 \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x14RenderPromptResponse\x12\x32\n\x06prompt\x18\x01 \x01(\x0b\x32\".helicone.prompts.v1.PromptVersion\x12\x15\n\rrendered_json\x18\x02 \x01(\t\"%\n\x13WatchPromptsRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\"\"\n\rPromptChanged\x12\x11\n\tprompt_id\x18\x01 \x01(\t2\x95\x07\n\rPromptService\x12j\n\x13\x43reatePromptVersion\x12/.helicone.prompts.v1.CreatePromptVersionRequest\x1a\".helicone.prompts.v1.PromptVersion\x12V\n\tGetPrompt\x12%.helicone.prompts.v1.GetPromptRequest\x1a\".helicone.prompts.v1.PromptVersion\x12`\n\x0bListPrompts\x12\'.helicone.prompts.v1.ListPromptsRequest\x1a(.helicone.prompts.v1.ListPromptsResponse\x12\x63\n\x0cRenderPrompt\x12(.helicone.prompts.v1.RenderPromptRequest\x1a).helicone.prompts.v1.RenderPromptResponse\x12\x63\n\x0cListVersions\x12(.helicone.prompts.v1.ListVersionsRequest\x1a).helicone.prompts.v1.ListVersionsResponse\x12`\n\x0eSetEnvironment\x12*.helicone.prompts.v1.SetEnvironmentRequest\x1a\".helicone.prompts.v1.PromptVersion\x12j\n\x13RollbackEnvironment\x12/.helicone.prompts.v1.RollbackEnvironmentRequest\x1a\".helicone.prompts.v1.PromptVersion\x12\x66\n\rArchivePrompt\x12).helicone.prompts.v1.ArchivePromptRequest\x1a*.helicone.prompts.v1.ArchivePromptResponse\x12^\n\x0cWatchPrompts\x12(.helicone.prompts.v1.WatchPromptsRequest\x1a\".helicone.prompts.v1.PromptChanged0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,31 +43,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPROMPTREQUEST']._serialized_start=606
   _globals['_GETPROMPTREQUEST']._serialized_end=697
   _globals['_LISTPROMPTSREQUEST']._serialized_start=699
-  _globals['_LISTPROMPTSREQUEST']._serialized_end=761
-  _globals['_LISTPROMPTSRESPONSE']._serialized_start=763
-  _globals['_LISTPROMPTSRESPONSE']._serialized_end=837
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=839
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=895
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=897
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=973
-  _globals['_SETENVIRONMENTREQUEST']._serialized_start=975
-  _globals['_SETENVIRONMENTREQUEST']._serialized_end=1071
-  _globals['_ROLLBACKENVIRONMENTREQUEST']._serialized_start=1073
-  _globals['_ROLLBACKENVIRONMENTREQUEST']._serialized_end=1157
-  _globals['_ARCHIVEPROMPTREQUEST']._serialized_start=1159
-  _globals['_ARCHIVEPROMPTREQUEST']._serialized_end=1216
-  _globals['_ARCHIVEPROMPTRESPONSE']._serialized_start=1218
-  _globals['_ARCHIVEPROMPTRESPONSE']._serialized_end=1278
-  _globals['_RENDERPROMPTREQUEST']._serialized_start=1281
-  _globals['_RENDERPROMPTREQUEST']._serialized_end=1513
-  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._serialized_start=1468
-  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._serialized_end=1513
-  _globals['_RENDERPROMPTRESPONSE']._serialized_start=1515
-  _globals['_RENDERPROMPTRESPONSE']._serialized_end=1612
-  _globals['_WATCHPROMPTSREQUEST']._serialized_start=1614
-  _globals['_WATCHPROMPTSREQUEST']._serialized_end=1651
-  _globals['_PROMPTCHANGED']._serialized_start=1653
-  _globals['_PROMPTCHANGED']._serialized_end=1687
-  _globals['_PROMPTSERVICE']._serialized_start=1690
-  _globals['_PROMPTSERVICE']._serialized_end=2607
+  _globals['_LISTPROMPTSREQUEST']._serialized_end=800
+  _globals['_LISTPROMPTSRESPONSE']._serialized_start=802
+  _globals['_LISTPROMPTSRESPONSE']._serialized_end=901
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=903
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=998
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1000
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1101
+  _globals['_SETENVIRONMENTREQUEST']._serialized_start=1103
+  _globals['_SETENVIRONMENTREQUEST']._serialized_end=1199
+  _globals['_ROLLBACKENVIRONMENTREQUEST']._serialized_start=1201
+  _globals['_ROLLBACKENVIRONMENTREQUEST']._serialized_end=1285
+  _globals['_ARCHIVEPROMPTREQUEST']._serialized_start=1287
+  _globals['_ARCHIVEPROMPTREQUEST']._serialized_end=1344
+  _globals['_ARCHIVEPROMPTRESPONSE']._serialized_start=1346
+  _globals['_ARCHIVEPROMPTRESPONSE']._serialized_end=1406
+  _globals['_RENDERPROMPTREQUEST']._serialized_start=1409
+  _globals['_RENDERPROMPTREQUEST']._serialized_end=1641
+  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._serialized_start=1596
+  _globals['_RENDERPROMPTREQUEST_INPUTSENTRY']._serialized_end=1641
+  _globals['_RENDERPROMPTRESPONSE']._serialized_start=1643
+  _globals['_RENDERPROMPTRESPONSE']._serialized_end=1740
+  _globals['_WATCHPROMPTSREQUEST']._serialized_start=1742
+  _globals['_WATCHPROMPTSREQUEST']._serialized_end=1779
+  _globals['_PROMPTCHANGED']._serialized_start=1781
+  _globals['_PROMPTCHANGED']._serialized_end=1815
+  _globals['_PROMPTSERVICE']._serialized_start=1818
+  _globals['_PROMPTSERVICE']._serialized_end=2735
 # @@protoc_insertion_point(module_scope)

@@ -76,32 +76,44 @@ class GetPromptRequest(_message.Message):
     def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., version: _Optional[int] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class ListPromptsRequest(_message.Message):
-    __slots__ = ("org_id", "include_archived")
+    __slots__ = ("org_id", "include_archived", "page_size", "page_token")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     include_archived: bool
-    def __init__(self, org_id: _Optional[str] = ..., include_archived: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, org_id: _Optional[str] = ..., include_archived: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPromptsResponse(_message.Message):
-    __slots__ = ("prompts",)
+    __slots__ = ("prompts", "next_page_token")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedCompositeFieldContainer[PromptVersion]
-    def __init__(self, prompts: _Optional[_Iterable[_Union[PromptVersion, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, prompts: _Optional[_Iterable[_Union[PromptVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
-    __slots__ = ("org_id", "prompt_id")
+    __slots__ = ("org_id", "prompt_id", "page_size", "page_token")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     prompt_id: str
-    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, org_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListVersionsResponse(_message.Message):
-    __slots__ = ("versions",)
+    __slots__ = ("versions", "next_page_token")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[PromptVersion]
-    def __init__(self, versions: _Optional[_Iterable[_Union[PromptVersion, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[PromptVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetEnvironmentRequest(_message.Message):
     __slots__ = ("org_id", "prompt_id", "environment", "version")
