@@ -24,6 +24,7 @@ from helicone_gateway.cache import (
 from helicone_gateway.headers import HeaderError
 
 from services.gateway.tests.test_proxy import CHAT, StubKeys
+from services.gateway.tests.test_upstream_faults import RawProvider
 from tests.support.fake_upstream import create_app as create_fake_upstream
 from tests.support.gateway import in_process_gateway
 from tests.support.inloop import asgi_exchange, serve
@@ -275,6 +276,68 @@ async def test_a_stream_the_provider_gave_up_on_with_an_error_event_is_not_store
 def test_stream_failed_finds_error_events_not_the_word_error(chunks, failed):
     assert cache_mod.stream_failed("text/event-stream; charset=utf-8", "", chunks) is failed
     assert cache_mod.stream_failed("application/json", "", chunks) is False  # a JSON answer is judged by its status
+
+
+def framed(ctype: str, body: bytes) -> bytes:
+    """A 200 whose HTTP framing ends cleanly (the last chunk of a chunked body): whatever the body lacks, the exchange is whole."""
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    return head + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+
+SSE, JSON_TYPE = "text/event-stream; charset=utf-8", "application/json"
+OAI_DELTA = b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+OAI_STOP = b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason": "stop"}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+RESP_DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
+RESP_DONE = (b'event: response.completed\ndata: {"type":"response.completed","response":{"id":"r1","status":"completed",'
+             b'"model":"gpt-4o-mini","usage":{"input_tokens":3,"output_tokens":1}}}\n\n')
+ANT_START = (b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-3-5-haiku-latest","usage":{"input_tokens":3}}}\n\n'
+             b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n')
+ANT_END = (b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}\n\n'
+           b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+GEM_DELTA = b'data: {"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.0-flash"}\r\n\r\n'
+GEM_END = (b'data: {"candidates":[{"content":{"parts":[{"text":"!"}],"role":"model"},"finishReason":"STOP","index":0}],'
+           b'"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2},"modelVersion":"gemini-2.0-flash"}\r\n\r\n')
+JSON_WHOLE = b'{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}'
+LARGE_JSON = b'{"object":"list","data":[' + b",".join([b'{"embedding":[0.25,0.5]}'] * 20000) + b'],"model":"m"}'
+CHAT_PATH, GEMINI_SSE = "/v1/chat/completions", "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+GEMINI_ARRAY = "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent"
+
+
+@pytest.mark.parametrize(("path", "ctype", "body", "stored"), [
+    (CHAT_PATH, SSE, OAI_DELTA + OAI_STOP + DONE, True),
+    (CHAT_PATH, SSE, OAI_DELTA + OAI_STOP, False),  # no data: [DONE]
+    (CHAT_PATH, SSE, OAI_DELTA + DONE, False),  # [DONE] but no choice ever finished
+    (CHAT_PATH, SSE, OAI_DELTA + b'data: {"choices":[{"delta":{"content":"data: [DONE] \\"finish_reason\\": \\"x"}}]}\n\n', False),  # the ends only in the text
+    ("/v1/responses", SSE, RESP_DELTA + RESP_DONE, True),  # the Responses API ends with response.completed, no [DONE]
+    ("/v1/responses", SSE, RESP_DELTA, False),
+    ("/v1/messages", SSE, ANT_START + ANT_END, True),
+    ("/v1/messages", SSE, ANT_START, False),  # no message_stop
+    (GEMINI_SSE, SSE, GEM_DELTA + GEM_END, True),
+    (GEMINI_SSE, SSE, GEM_DELTA, False),  # no candidate finished
+    (CHAT_PATH, JSON_TYPE, JSON_WHOLE, True),
+    (CHAT_PATH, JSON_TYPE, JSON_WHOLE[:60], False),  # a JSON answer cut short
+    (GEMINI_ARRAY, JSON_TYPE, b"[" + GEM_DELTA[6:-4] + b",\r\n" + GEM_END[6:-4] + b"]", True),
+    (GEMINI_ARRAY, JSON_TYPE, b"[" + GEM_DELTA[6:-4] + b",\r\n", False),
+    (CHAT_PATH, JSON_TYPE, LARGE_JSON, True),  # past INLINE_JSON_BYTES: checked on a worker thread
+    (CHAT_PATH, JSON_TYPE, LARGE_JSON[:-2], False),
+], ids=["openai", "openai-no-done", "openai-no-finish", "openai-markers-in-text", "responses", "responses-cut",
+        "anthropic", "anthropic-no-stop", "gemini-sse", "gemini-sse-cut", "json", "json-cut", "gemini-array",
+        "gemini-array-cut", "json-large", "json-large-cut"])
+async def test_only_whole_answers_are_stored_not_ones_cut_short_in_clean_framing(tmp_path, path, ctype, body, stored):
+    """A provider (or a proxy in front of it) that ends its 200 cleanly before the answer is whole: the cut answer
+    is served as it came, never saved to be replayed as a HIT for the whole TTL. What marks an answer whole is its
+    format's end: OpenAI's data: [DONE] after a finish_reason (the Responses API's response.completed), Anthropic's
+    message_stop, Gemini's finishReason; a JSON answer parses."""
+    async with RawProvider(lambda c, r: framed(ctype, body)) as provider:
+        url = f"http://127.0.0.1:{provider.port}"
+        async with cache_gateway(tmp_path, url, provider_urls={"gemini": url}) as (client, gw, built):
+            first = await post(client, gw, body=STREAMED_MESSAGES, path=path)
+            second = await post(client, gw, body=STREAMED_MESSAGES, path=path)
+            assert len(gw.cache.store) == int(stored)
+    assert first.status_code == 200 and first.content == body and second.content == body
+    assert (first.headers["helicone-cache"], second.headers["helicone-cache"]) == ("MISS", "HIT" if stored else "MISS")
+    assert len(provider.requests) == (1 if stored else 2)
 
 
 async def test_save_only_and_read_only(gateway):

@@ -11,6 +11,7 @@ import pytest
 
 from services.gateway.tests.test_proxy import CHAT, StubKeys, host_port
 from services.gateway.tests.test_proxy import target_sockets as _loopback_only  # noqa: F401 (autouse: loopback only)
+from services.gateway.tests.test_upstream_faults import RawProvider
 from tests.support.fake_upstream import create_app as create_fake_upstream
 from tests.support.gateway import in_process_gateway
 from tests.support.inloop import serve
@@ -209,6 +210,24 @@ async def test_a_caller_that_leaves_during_the_backoff_cancels_it(tmp_path):
     assert elapsed < 5 and sent == []  # nothing was answered: the caller is gone
     assert len(primary.state.received) == 1  # no retry was sent
     assert built[0].status == 499 and [a.status for a in built[0].attempts] == [503]
+
+
+async def test_a_caller_that_leaves_while_a_try_is_awaited_logs_that_try_as_cancelled(tmp_path):
+    """The try in flight when the caller left reached the provider (and may be billed): it is one of the
+    logged attempts, with no status (none came back) and an error saying it was cancelled."""
+    async with RawProvider(lambda c, r: "hang") as silent:
+        silent_url = f"http://127.0.0.1:{silent.port}"
+        async with two_providers(tmp_path, allow=[host_port(silent_url)]) as (_client, gw, built, primary, primary_url, _, _):
+            primary.state.fail_next = [503]
+            fallbacks = [{"onCodes": FALL_ON_ERRORS}, {"target-url": silent_url}]
+            sent = await call(gw, {**AUTH, "Helicone-Fallbacks": json.dumps(fallbacks)}, CHAT, leave_after=0.5)
+            await asyncio.wait_for(silent.closed_by_peer.wait(), 3)  # the hung request was cancelled
+    assert sent == [] and silent.requests == [(1, 1)]
+    ev = built[0]
+    assert ev.status == 499 and ev.fallback_index == 1 and ev.target_url == silent_url
+    assert tries(ev) == [(primary_url, 503, 0, 0), (silent_url, 0, 1, 0)]
+    assert ev.attempts[1].error == "client disconnected before the provider answered; upstream request cancelled"
+    assert ev.attempts[1].latency_ms >= 400
 
 
 async def call(gw, headers: dict, body: dict, leave_after: float | None = None) -> list[dict]:

@@ -131,6 +131,29 @@ async def test_caller_leaving_mid_stream_closes_a_silent_provider_stream(tmp_pat
     assert ev.status == 200 and "client disconnected" in ev.error and ev.inline.response_body.startswith(b"data:")
 
 
+async def test_a_provider_silent_mid_stream_past_the_read_timeout_is_logged_as_that_timeout(tmp_path):
+    """The log says why the answer was cut: the provider sent nothing for the read timeout, naming the
+    setting an operator would raise (not a bare "stream broke", which reads as the provider's fault)."""
+    async with RawProvider(lambda c, r: STREAM_START) as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}", upstream_read_timeout=0.3) as (url, gw, built):
+        async with httpx.AsyncClient(timeout=5) as http:
+            async with http.stream("POST", url + "/v1/chat/completions", json=CHAT, headers=AUTH) as r:
+                with pytest.raises(httpx.RemoteProtocolError):  # the answer is cut short, never completed
+                    async for _ in r.aiter_raw():
+                        pass
+        await asyncio.wait_for(provider.closed_by_peer.wait(), 3)
+        for _ in range(100):
+            if built:
+                break
+            await asyncio.sleep(0.02)
+        kinds = {s.labels["kind"] for m in gw.m_upstream_errors.collect() for s in m.samples if s.name.endswith("_total")}
+    [ev] = built
+    assert ev.status == 200 and ev.inline.response_body.startswith(b"data:")
+    assert ev.error == ("timeout: the provider sent nothing for 0.3 s mid-stream (HELICONE_UPSTREAM_READ_TIMEOUT); "
+                        "the response was cut short")
+    assert kinds == {"stream_SocketTimeoutError"}
+
+
 async def test_a_pooled_connection_closed_by_the_provider_is_retried_once_on_a_new_one(tmp_path):
     # connection 1 answers its first request, then is found closed when reused
     script = lambda conn, req: OK if (conn, req) != (1, 2) else "close"  # noqa: E731

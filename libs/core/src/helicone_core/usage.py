@@ -467,6 +467,40 @@ def _parse_gemini_sse(text: str) -> Parsed:
     return out
 
 
+# How an answer in each usage format shows it came whole (read only for answers about to be cached): the
+# markers a stream ends with, each an unescaped JSON key or an SSE line's start, so text inside a JSON string
+# (its quotes and line breaks escaped) never matches. OpenAI's format: Chat Completions (and Completions) end
+# with `data: [DONE]` after a chunk whose choice finished; the Responses API with response.completed (or
+# response.incomplete, its finish_reason "length"). Anthropic: message_stop. Gemini: a candidate's finishReason.
+_DONE_LINE = re.compile(rb"[\r\n]data:[ \t]*\[DONE\][ \t]*(?:\r|\n|\Z)")
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
+_RESPONSES_END = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete)"')
+_MESSAGE_STOP = re.compile(rb'"type"\s*:\s*"message_stop"')
+_FINISH_REASON_GEMINI = re.compile(rb'"finishReason"\s*:\s*"')
+
+
+def answer_whole(usage_format: str, body: bytes, content_type: str) -> bool:
+    """Whether a 2xx answer (decoded) is whole rather than cut short inside HTTP framing that ended cleanly:
+    an event stream carries its format's end (above), a JSON answer parses; any other body cannot tell,
+    and is taken as whole."""
+    ctype = (content_type or "").lower()
+    if "text/event-stream" in ctype:
+        if usage_format == "anthropic":
+            return _MESSAGE_STOP.search(body) is not None
+        if usage_format == "gemini":
+            return _FINISH_REASON_GEMINI.search(body) is not None
+        text = b"\n" + body
+        return ((_DONE_LINE.search(text) is not None and _FINISH_REASON.search(body) is not None)
+                or _RESPONSES_END.search(body) is not None)
+    media = ctype.split(";", 1)[0].strip()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+            return False
+    return True
+
+
 def request_model(body: bytes) -> tuple[str, bool]:
     """(model, stream) from a JSON request body; ("", False) for one that is not JSON or nests past the
     recursion limit (the request is logged all the same)."""

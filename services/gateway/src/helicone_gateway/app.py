@@ -41,7 +41,6 @@ from .cache import (
     cache_key,
     provider_key,
     replay_headers,
-    stream_failed,
 )
 from .egress import (
     CONNECTING,
@@ -94,11 +93,14 @@ log = logging.getLogger("helicone.gateway")
 
 # Status logged when the caller left before the provider answered (nginx's "client closed request").
 CLIENT_CLOSED_STATUS = 499
+# Logged when the caller left while the provider's answer was awaited (the request, and a planned request's try).
+CANCELLED_ERROR = "client disconnected before the provider answered; upstream request cancelled"
 # Connection failures that, on a connection reused from the pool and before any response byte,
 # mean the provider had already closed it: the request is sent once more on a new connection.
 STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 ALLOWLIST_ENV = env_name("target_url_allowlist")
 ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
+READ_TIMEOUT_ENV = env_name("upstream_read_timeout")
 
 
 def retryable_error(exc: BaseException) -> bool:
@@ -507,7 +509,7 @@ class Gateway:
             self.m_requests.labels(rt.provider, "client_closed").inc()
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
-                             error="client disconnected before the provider answered; upstream request cancelled", prompt=prompt,
+                             error=CANCELLED_ERROR, prompt=prompt,
                              plan=plan)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             disconnected.cancel()
@@ -550,7 +552,7 @@ class Gateway:
 
         disconnected.add_done_callback(close_upstream)
         first_chunk_at = -1.0
-        completed = False
+        completed = read_timed_out = False
         try:
             await send({"type": "http.response.start", "status": status, "headers": resp_headers})
             # in the next turn of the loop: after the first body bytes are written, long before a stream ends
@@ -571,6 +573,7 @@ class Gateway:
         except (TimeoutError, aiohttp.ClientError) as exc:
             # the provider's stream broke mid-way (or was closed because the caller left)
             if not disconnected.done():
+                read_timed_out = isinstance(exc, TimeoutError)  # upstream_read_timeout between chunks
                 self.m_upstream_errors.labels(rt.provider, "stream_" + exc.__class__.__name__).inc()
         finally:
             caller_left = disconnected.done() and not completed
@@ -581,10 +584,10 @@ class Gateway:
                 upstream.release()
             else:
                 upstream.close()
-            # a stream the provider gave up on inside its 200 would be replayed for the whole TTL
-            if (completed and recorder is not None and recorder.chunks is not None
-                    and not stream_failed(resp_ctype, resp_encoding, recorder.chunks)):
-                self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl)
+            # checked there (storable): an answer cut short or given up on would be replayed for the whole TTL
+            if completed and recorder is not None and recorder.chunks is not None:
+                self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl,
+                                rt.usage, resp_ctype, resp_encoding)
             self._requests(rt.provider, status).inc()
             self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
@@ -592,6 +595,9 @@ class Gateway:
                 error = ""
             elif caller_left:
                 error = "client disconnected before the response completed; upstream response closed"
+            elif read_timed_out:
+                error = (f"timeout: the provider sent nothing for {self.settings.upstream_read_timeout:g} s mid-stream "
+                         f"({READ_TIMEOUT_ENV}); the response was cut short")
             else:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -762,7 +768,8 @@ class Gateway:
         429/5xx and connection failures, until one answers with a status its onCodes do not list
         (or the last answers). Nothing has been sent to the caller yet, so any try may be dropped.
         Transport failures of the last try are raised (a 502/504 as usual); a failure counts as 502
-        (504 for a timeout) against onCodes. The caller leaving cancels a backoff (ClientGone)."""
+        (504 for a timeout) against onCodes. The caller leaving cancels a backoff, or the try under way (ClientGone;
+        that try is recorded, with no status)."""
         retries = plan.retry.retries if plan.retry is not None else 0
         last = len(plan.legs) - 1
         for index, leg in enumerate(plan.legs):
@@ -777,6 +784,10 @@ class Gateway:
                 sent = time.perf_counter()
                 try:
                     resp = await self._send_upstream(leg.rt, method, leg.url, leg_headers, leg_body, disconnected, leg.target)
+                except ClientGone:
+                    # the caller left while this try was under way: it may have reached (and cost) the provider
+                    plan.record(leg, 0, CANCELLED_ERROR, sent, n)
+                    raise
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     timed_out = isinstance(exc, TimeoutError)
                     plan.record(leg, 0, f"{'timeout' if timed_out else exc.__class__.__name__}: upstream request failed", sent, n)

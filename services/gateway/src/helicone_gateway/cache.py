@@ -7,7 +7,8 @@ a caller collect several answers to one prompt: lookups miss until every slot is
 from a random one.
 
 Entries keep the provider's status, headers and body chunks, so a streamed answer is replayed as a
-stream of the same bytes. Only complete 2xx answers are saved: not a stream that carried an error event. Stores: `MemoryCacheStore` (one process, bounded LRU) or
+stream of the same bytes. Only whole 2xx answers are saved: not one cut short (a stream without its format's
+end, JSON that does not parse), nor a stream that carried an error event. Stores: `MemoryCacheStore` (one process, bounded LRU) or
 `RedisCacheStore` (shared by every replica). Every store call is bounded by a short timeout and any
 failure is a MISS (and a metric), never an error for the caller.
 """
@@ -28,7 +29,7 @@ from typing import Protocol
 
 from helicone_core.cancellation import wait_for
 from helicone_core.providers import PROVIDER_TABLE
-from helicone_core.usage import decode_body
+from helicone_core.usage import answer_whole, decode_body
 
 from .headers import HeaderError, switch
 from .offpath import OffPathWrites
@@ -56,7 +57,8 @@ MAX_BUCKET_SIZE = 20
 MAX_SEED_CHARS = 256
 MAX_IGNORE_KEYS = 64
 MAX_IGNORE_KEY_CHARS = 256
-# Bodies above this are canonicalised on a worker thread, not on the event loop.
+# Bodies above this are canonicalised (a request's) or checked before a save (an answer's) on a worker
+# thread, not on the event loop.
 INLINE_JSON_BYTES = 256 * 1024
 # Provider headers never replayed from the cache (they belong to the original answer's exchange).
 NOT_REPLAYED = frozenset({b"set-cookie", b"helicone-id", STATUS_HEADER, BUCKET_IDX_HEADER})
@@ -241,7 +243,21 @@ def stream_failed(content_type: str, encoding: str, chunks: list[bytes]) -> bool
     if "text/event-stream" not in content_type:
         return False
     body = b"".join((b"\n", *chunks)) if not encoding else b"\n" + decode_body(b"".join(chunks), encoding)
+    return _error_event(body)
+
+
+def _error_event(body: bytes) -> bool:
+    """body: a decoded event stream, a line break first (the pattern matches after one)."""
     return b"error" in body and _STREAM_ERROR.search(body) is not None
+
+
+def storable(usage_format: str, content_type: str, encoding: str, chunks: list[bytes]) -> bool:
+    """Whether a 2xx answer may be saved: whole as its usage format marks one (answer_whole: not cut
+    short inside HTTP framing that ended cleanly) and, for a stream, without an error event."""
+    body = b"".join((b"\n", *chunks)) if not encoding else b"\n" + decode_body(b"".join(chunks), encoding)
+    if "text/event-stream" in content_type and _error_event(body):
+        return False
+    return answer_whole(usage_format, body[1:], content_type)
 
 
 # ---- stores -----------------------------------------------------------------------------
@@ -351,6 +367,7 @@ class ResponseCache:
         self.m_errors = metrics.counter("helicone_gateway_cache_errors_total",
                                         "Response cache store calls that failed or timed out (skipped)", ("op",))
         self._saving = OffPathWrites(timeout, self.m_errors.labels("write").inc, "cache write")
+        self._checking: set[asyncio.Task] = set()  # large answers being checked on a worker thread before their save
 
     async def lookup(self, key: str, d: CacheDirective) -> Lookup:
         """Reads the bucket when the request may read; on a miss, picks the free slot to save into."""
@@ -380,8 +397,25 @@ class ResponseCache:
         free = next((i for i, v in enumerate(found) if v is None), random.randrange(d.bucket_size))
         return Lookup(key, None, free if d.save else -1)
 
-    def save(self, lookup: Lookup, entry: CachedResponse, ttl: int) -> None:
-        """Stores the entry in the background (off the request's task), bounded by the timeout."""
+    def save(self, lookup: Lookup, entry: CachedResponse, ttl: int, usage_format: str, content_type: str,
+             encoding: str) -> None:
+        """Stores a 2xx answer in the background (off the request's task), bounded by the timeout, unless
+        it is not `storable` (cut short, or a stream with an error event): that is checked here, once,
+        on a worker thread for an answer larger than INLINE_JSON_BYTES."""
+        if sum(map(len, entry.chunks)) > INLINE_JSON_BYTES:
+            task = asyncio.get_running_loop().create_task(self._save_checked(lookup, entry, ttl, usage_format,
+                                                                              content_type, encoding))
+            self._checking.add(task)
+            task.add_done_callback(self._checking.discard)
+        elif storable(usage_format, content_type, encoding, entry.chunks):
+            self._store(lookup, entry, ttl)
+
+    async def _save_checked(self, lookup: Lookup, entry: CachedResponse, ttl: int, usage_format: str,
+                            content_type: str, encoding: str) -> None:
+        if await asyncio.to_thread(storable, usage_format, content_type, encoding, entry.chunks):
+            self._store(lookup, entry, ttl)
+
+    def _store(self, lookup: Lookup, entry: CachedResponse, ttl: int) -> None:
         data = entry.encode()
         if len(data) > self.max_entry_bytes:
             return
@@ -389,6 +423,8 @@ class ResponseCache:
 
     async def flush(self) -> None:
         """Waits for saves in flight (shutdown, tests)."""
+        while self._checking:
+            await asyncio.gather(*list(self._checking), return_exceptions=True)
         await self._saving.flush()
 
     async def close(self) -> None:
