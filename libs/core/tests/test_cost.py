@@ -204,3 +204,31 @@ def test_a_registry_entry_without_an_hour_price_prices_those_writes_as_any_cache
     override.write_text(json.dumps({"anthropic": {"claude-custom": {"input": 1.0, "output": 2.0, "cache_write_1h": -1}}}))
     with pytest.raises(ValueError, match="cache_write_1h must be a number >= 0"):
         CostRegistry.load(override)
+
+
+# OpenAI's pricing page (platform.openai.com/docs/pricing; the same in LiteLLM's model_prices_and_context_window.json):
+# models whose names start with a listed family's name but are priced apart from it. The longest-prefix fallback
+# priced them as the family: gpt-5.2-pro at 1/12 of its price, the gpt-4 turbo previews at 3x, Azure's gpt-35-turbo not at all.
+@pytest.mark.parametrize("model, want", [
+    ("gpt-4o-2024-05-13", (5.0, 15.0, 5.0)),  # the first gpt-4o snapshot: $5 / $15, no cached-input discount
+    ("gpt-5.2-pro", (21.0, 168.0, 21.0)),
+    ("gpt-5.2-pro-2025-12-11", (21.0, 168.0, 21.0)),
+    ("gpt-5.1-codex-mini", (0.25, 2.0, 0.025)),
+    ("o3-deep-research-2025-06-26", (10.0, 40.0, 2.50)),
+    ("o4-mini-deep-research", (2.0, 8.0, 0.50)),
+    ("gpt-4-0125-preview", (10.0, 30.0, 10.0)),  # GPT-4 Turbo previews, not GPT-4's $30 / $60
+    ("gpt-4-1106-preview", (10.0, 30.0, 10.0)),
+    ("gpt-4-vision-preview", (10.0, 30.0, 10.0)),
+    ("gpt-35-turbo", (0.50, 1.50, 0.50)),  # Azure's name for gpt-3.5-turbo (its answers' `model`)
+])
+def test_variants_priced_apart_from_their_family(model, want):
+    reg = CostRegistry.default()
+    provider = "azure" if model.startswith("gpt-35") else "openai"
+    p = reg.price(provider, model)
+    assert p is not None and (p.input, p.output, p.cache_read) == want, model
+    # the family members around them keep their prices
+    assert reg.price("openai", "gpt-4o-2024-08-06").input == 2.50
+    assert reg.price("openai", "gpt-4-0613").input == 30.0
+    assert reg.price("openai", "gpt-4-turbo-2024-04-09").input == 10.0
+    assert reg.price("openai", "gpt-5.2-2025-12-11").input == 1.75
+    assert reg.price("openai", "o3-2025-04-16").input == 2.0

@@ -40,3 +40,9 @@ def test_malformed_entries_are_named(name, entry, message):
 
 def test_base_url_loses_its_trailing_slash():
     assert parse_table({"ok": GOOD})["ok"].base_url == "https://x.example"
+
+
+def test_anthropic_openai_sdk_compatibility_path_is_read_as_openai():
+    anthropic = PROVIDER_TABLE["anthropic"]
+    assert anthropic.usage_for("/v1/messages") == "anthropic"
+    assert anthropic.usage_for("/v1/chat/completions") == "openai"  # its OpenAI SDK compatibility layer

@@ -388,3 +388,25 @@ def test_xai_reasoning_tokens_outside_completion_tokens_are_counted_as_output():
             assert parsed.known and (parsed.tokens.prompt_tokens, parsed.tokens.completion_tokens) == (32, 103)
             assert parsed.logged_usage().total_tokens == 135
             assert registry.cost("xai", "grok-3-mini", parsed.tokens) == pytest.approx((32 * 0.30 + 103 * 0.50) / 1e6)
+
+
+def test_a_groq_stream_without_include_usage_gives_the_usage_of_its_x_groq_field():
+    """Groq closes a stream with its usage under `x_groq` (console.groq.com/docs/api-reference) when the request did
+    not ask for stream_options.include_usage: that usage was passed over, and the stream logged with no usage or cost."""
+    from helicone_core.cost import CostRegistry
+
+    last = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "llama-3.3-70b-versatile",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "x_groq": {"id": "req_01", "usage": {"queue_time": 0.075, "prompt_tokens": 23, "prompt_time": 0.006,
+                                                 "completion_tokens": 19, "completion_time": 0.022, "total_tokens": 42,
+                                                 "total_time": 0.028}}}
+    body = sse({"id": "chatcmpl-1", "model": "llama-3.3-70b-versatile", "choices": [{"delta": {"content": "hi"}}],
+                "x_groq": {"id": "req_01"}}, last)
+    p = parse_response("openai", body, "text/event-stream")
+    assert p.known and p.model == "llama-3.3-70b-versatile"
+    assert (p.tokens.prompt_tokens, p.tokens.completion_tokens) == (23, 19)
+    assert CostRegistry.default().cost("groq", p.model, p.tokens) == pytest.approx((23 * 0.59 + 19 * 0.79) / 1e6)
+    # asked for include_usage, Groq adds OpenAI's usage chunk after it: that one is read (the same counts)
+    both = sse(last, {"id": "chatcmpl-1", "model": "llama-3.3-70b-versatile", "choices": [],
+                      "usage": {"prompt_tokens": 23, "completion_tokens": 19, "total_tokens": 42}})
+    assert parse_response("openai", both, "text/event-stream").tokens == p.tokens

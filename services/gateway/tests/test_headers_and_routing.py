@@ -123,6 +123,19 @@ def test_routing_by_the_provider_table():
     r = route("/azure/openai/deployments/prod-4o/chat/completions", {}, "https://acme.openai.azure.com")
     assert (r.provider, r.base_url, r.target) == ("azure", "https://acme.openai.azure.com", True)
     assert route("/groqx/v1/chat/completions", {}, "").provider == "openai"  # not a prefix: a path like any other
+
+
+def test_anthropic_openai_sdk_path_reads_openai_usage_and_names_no_provider():
+    """Anthropic's OpenAI SDK layer answers /v1/chat/completions with OpenAI's usage; that path, without a
+    prefix, stays OpenAI's (only a marker of a provider's own format names it, as Gemini's :generateContent)."""
+    route = Router(GatewaySettings(_env_file=None)).route
+    r = route("/anthropic/v1/chat/completions", {}, "")
+    assert (r.provider, r.path, r.usage) == ("anthropic", "/v1/chat/completions", "openai")
+    assert (route("/anthropic/v1/messages", {}, "").usage, route("/v1/messages", {}, "").usage) == ("anthropic", "anthropic")
+    r = route("/v1/chat/completions", {}, "")
+    assert (r.provider, r.usage) == ("openai", "openai")
+    r = route("/v1/chat/completions", {"anthropic-version": "2023-06-01"}, "")
+    assert (r.provider, r.usage) == ("anthropic", "openai")
     assert route("/groq", {}, "").path == "/"
 
 

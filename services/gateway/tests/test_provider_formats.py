@@ -178,3 +178,21 @@ def test_a_bad_cost_registry_file_stops_the_gateway_naming_the_entry(tmp_path):
     prices.write_text('{"groq": {"llama-3.3-70b-versatile": {"input": 1.0, "ouptut": 2.0}}}')
     with pytest.raises(ValueError, match=r"\(HELICONE_COST_REGISTRY_FILE\): groq/llama-3.3-70b-versatile: unknown field\(s\) \['ouptut'\]"):
         create_app(GatewaySettings(data_dir=tmp_path, cost_registry_file=prices, _env_file=None))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_anthropic_openai_sdk_compatibility_endpoint_is_read_as_openai(gateway, stream):
+    """Anthropic serves the OpenAI SDK at /v1/chat/completions (platform.claude.com/docs/en/api/openai-sdk): its
+    answers carry OpenAI's usage (prompt_tokens, completion_tokens). Read as Anthropic's Messages usage they gave
+    0 and 0 tokens as a known usage: a logged cost of $0 for every such request, and no usage on its streams."""
+    client, fake, built, upstream_url = gateway
+    headers = {**AUTH, "x-api-key": "sk-ant-provider", **({"Helicone-Stream-Usage": "true"} if stream else {})}
+    r = await client.post("/anthropic/v1/chat/completions", json=chat("claude-sonnet-4-5", stream=stream), headers=headers)
+    assert r.status_code == 200
+    received = fake.state.received[-1]
+    assert received["path"] == "/v1/chat/completions"
+    assert received["body"].get("stream_options") == ({"include_usage": True} if stream else None)
+    [ev] = built
+    assert (ev.provider, ev.model) == ("anthropic", "claude-sonnet-4-5")
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens, ev.usage.known) == (4, REPLY_WORDS, True)
+    assert ev.cost_known and ev.cost_usd == pytest.approx(usd(4, REPLY_WORDS, 3.0, 15.0))

@@ -387,7 +387,7 @@ def _last_chunks(text: str, wanted: set[str]):
 
 def _parse_openai_sse(text: str) -> Parsed:
     """The model of the last chunk naming one and the usage of the last chunk carrying it (Chat
-    Completions chunks; Responses API events, whose `response` object carries both), read from the end."""
+    Completions chunks, Groq's in `x_groq`; Responses API events, whose `response` object carries both), read from the end."""
     out = Parsed()
     wanted = {'"model"', '"usage"'}
     for chunk in _last_chunks(text, wanted):
@@ -400,7 +400,8 @@ def _parse_openai_sse(text: str) -> Parsed:
                 out.model = chunk["model"]
                 wanted.discard('"model"')
         if '"usage"' in wanted:
-            usage = chunk.get("usage") or (resp or {}).get("usage")
+            # Groq's last chunk carries it under x_groq when the request did not ask for include_usage
+            usage = chunk.get("usage") or (resp or {}).get("usage") or _dict(chunk.get("x_groq")).get("usage")
             if isinstance(usage, dict):
                 out.tokens, out.known = openai_usage(usage), True
                 wanted.discard('"usage"')

@@ -45,8 +45,10 @@ class Router:
         self.base_urls["openai"] = settings.openai_url.rstrip("/")
         self.base_urls["anthropic"] = settings.anthropic_url.rstrip("/")
         self.base_urls.update({name: url.rstrip("/") for name, url in settings.provider_urls.items()})
-        # a path marker that, without a prefix, names its provider (Gemini's ":generateContent")
-        self.markers = tuple((marker, name) for name, p in PROVIDER_TABLE.items() for marker, _fmt in p.usage_paths)
+        # a path marker that, without a prefix, names its provider (Gemini's ":generateContent"): only one read in the
+        # provider's own format; Anthropic's "/chat/completions" (its OpenAI SDK layer) is every OpenAI-format path
+        self.markers = tuple((marker, name) for name, p in PROVIDER_TABLE.items() for marker, fmt in p.usage_paths
+                             if fmt == name)
 
     def route(self, path: str, headers: dict[str, str], target_url: str) -> Route:
         """path is the request path; headers are lower-cased.
