@@ -126,6 +126,23 @@ async def test_bad_cache_headers_are_a_400_naming_the_header_and_form(gateway, n
     assert fake.state.received == [] and "helicone-cache" not in r.headers
 
 
+@pytest.mark.parametrize("headers", [
+    {**AUTH, "Helicone-Cache-Enable": "true"},  # a typo of Helicone-Cache-Enabled: every request went to the provider
+    {**ON, "Helicone-Cache-Bucket-Size": "3"},
+    {**ON, "Helicone-Cache-Ignore-Key": "user"},
+])
+async def test_an_unknown_cache_header_is_a_400_naming_it_not_silently_ignored(gateway, headers):
+    """As unknown Helicone-Retry-* and Helicone-Prompt-* names are: a misspelt cache header was dropped without a
+    word, so the caller paid the provider for every request it believed cached (or shared entries it meant to split)."""
+    client, gw, built, fake = gateway
+    r = await post(client, gw, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "helicone_header_error", r.text
+    unknown = next(n for n in headers if n not in ON).lower()
+    message = r.json()["error"]["message"]
+    assert repr(unknown) in message and "Helicone-Cache-Enabled" in message and "Helicone-Cache-Ignore-Keys" in message
+    assert fake.state.received == []
+
+
 def test_every_bad_value_raises_header_error():
     with pytest.raises(HeaderError, match="Helicone-Cache-Enabled"):
         cache_directive({"helicone-cache-enabled": "maybe"}, "")

@@ -156,3 +156,77 @@ def test_proxy_connection_is_hop_by_hop_both_ways():
     assert fwd == {"authorization": "Bearer sk-provider"}
     back = forward_response_headers([(b"Proxy-Connection", b"close"), (b"Content-Type", b"application/json")])
     assert back == [(b"content-type", b"application/json")]
+
+
+# ---- Helicone features this gateway does not have ------------------------------------------------
+
+UNSUPPORTED_ON = [("Helicone-Moderations-Enabled", "true", "not moderated"),
+                  ("Helicone-LLM-Security-Enabled", "TRUE", "not checked"),
+                  ("Helicone-OpenAI-Api-Base", "https://acme.openai.azure.com", "Helicone-Target-URL")]
+
+
+@pytest.mark.parametrize("name, value, words", UNSUPPORTED_ON)
+def test_a_safety_feature_this_gateway_lacks_is_refused_not_silently_skipped(name, value, words):
+    with pytest.raises(HeaderError, match=f"{name} is not supported by this gateway.*{words}"):
+        parse_helicone_headers([(name.lower(), value)])
+
+
+@pytest.mark.parametrize("name", ["helicone-moderations-enabled", "helicone-llm-security-enabled"])
+def test_switching_a_missing_safety_feature_off_is_accepted(name):
+    parse_helicone_headers([(name, "false")])
+    with pytest.raises(HeaderError, match="must be 'true' or 'false'"):
+        parse_helicone_headers([(name, "on")])
+
+
+@pytest.mark.parametrize("name, value, words", UNSUPPORTED_ON)
+async def test_a_request_asking_for_a_missing_safety_feature_never_reaches_the_provider(tmp_path, name, value, words):
+    """Helicone blocks flagged messages (Moderations) and prompt injections (LLM Security) before the provider sees
+    them, and sends oai.helicone.ai traffic to Helicone-OpenAI-Api-Base: all three were dropped without a word here,
+    so such a request went to the provider unchecked (or, for an Azure caller, to OpenAI with its Azure api-key)."""
+    from services.gateway.tests.test_proxy import CHAT, started_gateway
+    from tests.support.fake_upstream import create_app as create_fake_upstream
+    from tests.support.inloop import serve
+
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(tmp_path, openai_url=upstream_url,
+                                                            anthropic_url=upstream_url) as (client, built):
+        r = await client.post("/openai/deployments/prod-4o/chat/completions", json=CHAT,
+                              headers={"Helicone-Auth": "Bearer good-key", "api-key": "azure-secret", name: value})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "helicone_header_error", r.text
+        assert name in r.json()["error"]["message"]
+        assert fake.state.received == [] and built == []
+
+
+# ---- the gateway's own answer headers ------------------------------------------------------------
+
+def test_a_providers_copies_of_the_gateways_own_answer_headers_are_dropped():
+    back = forward_response_headers([(b"Helicone-Id", b"other"), (b"helicone-cache", b"HIT"), (b"Helicone-Region", b"us"),
+                                     (b"Helicone-RateLimit-Remaining", b"3"), (b"Helicone-Fallback-Index", b"1"),
+                                     (b"Helicone-Cache-Bucket-Idx", b"0"), (b"Content-Type", b"application/json")])
+    assert back == [(b"content-type", b"application/json")]
+
+
+async def test_a_target_that_is_itself_a_helicone_gateway_does_not_double_the_answers_helicone_id(tmp_path):
+    """A Helicone-Target-URL that answers with Helicone-* headers of its own (another Helicone gateway, one region
+    chained to another): the caller got two Helicone-Id headers (an HTTP client reads 'theirs, ours', and the id is
+    the key to GET /v1/request/{id}) and, with the cache on, 'HIT' from the other gateway next to this one's 'MISS'."""
+    from services.gateway.tests.test_proxy import CHAT, started_gateway
+    from tests.support.inloop import serve
+
+    async def other_gateway(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        body = b'{"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"helicone-id", b"11111111-1111-1111-1111-111111111111"),
+            (b"helicone-cache", b"HIT"), (b"helicone-cache-bucket-idx", b"4")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async with serve(other_gateway) as upstream_url, started_gateway(tmp_path, openai_url=upstream_url,
+                                                                    anthropic_url=upstream_url) as (client, built):
+        r = await client.post("/v1/chat/completions", json=CHAT,
+                              headers={"Helicone-Auth": "Bearer good-key", "Helicone-Cache-Enabled": "true"})
+        assert r.status_code == 200, r.text
+        [ev] = built
+        assert r.headers.get_list("helicone-id") == [ev.request_id]
+        assert r.headers.get_list("helicone-cache") == ["MISS"] and r.headers.get_list("helicone-cache-bucket-idx") == ["0"]

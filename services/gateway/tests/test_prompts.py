@@ -515,6 +515,27 @@ async def test_prompt_inputs_past_the_logged_body_limit_are_left_out_and_the_req
     assert len(events.encode(left_out)) < kafka.MAX_RECORD_BYTES
 
 
+@pytest.mark.parametrize("form", ["headers", "body"])
+async def test_omit_request_keeps_the_prompt_inputs_out_of_the_log_too(setup, form):
+    """The inputs are what the caller sent (the request body as rendered is made of them): with
+    Helicone-Omit-Request: true they were stored all the same, shown by GET /v1/request/{id} as `prompt.inputs`."""
+    s = setup
+    omit = {**s.headers, "Helicone-Omit-Request": "true"}
+    if form == "headers":
+        r = await s.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                                headers={**omit, "Helicone-Prompt-Id": "triage", "Helicone-Prompt-Version": "1",
+                                         "Helicone-Prompt-Inputs": json.dumps(INPUTS)})
+    else:
+        r = await s.client.post("/v1/chat/completions", json={"prompt_id": "triage", "version_id": 1, "inputs": INPUTS,
+                                                              "messages": []}, headers=omit)
+    assert r.status_code == 200, r.text
+    assert s.sent()["messages"][1]["content"] == 'Ticket: login "fails"'  # rendered and sent as usual
+    [ev] = s.built
+    assert (ev.prompt_id, ev.prompt_version) == ("triage", 1)  # which prompt ran is still logged
+    assert ev.prompt_inputs_json == "" and ev.inline.request_body == b""
+    assert ev.usage.known and ev.status == 200
+
+
 async def test_a_lone_surrogate_in_a_prompt_request_is_forwarded_as_sent_or_a_400_never_a_500(setup):
     """JSON lets a caller write "\\ud800": in the caller's own fields it is forwarded as the escape it was
     (it was a UnicodeEncodeError: a 500); as an input the template uses it is a 400 naming the input."""

@@ -908,8 +908,8 @@ class Gateway:
                 ev.prompt_id, ev.prompt_version = prompt.prompt_id, prompt.version
                 ev.prompt_environment = prompt.environment
                 # logged as bodies are, up to their limit: the event must fit a Kafka record (the request body, cut
-                # at that limit and flagged, holds larger inputs as sent)
-                if len(prompt.inputs_json) <= limit // 4 or len(prompt.inputs_json.encode()) <= limit:
+                # at that limit and flagged, holds larger inputs as sent); part of the request: Helicone-Omit-Request omits them
+                if not hh.omit_request and (len(prompt.inputs_json) <= limit // 4 or len(prompt.inputs_json.encode()) <= limit):
                     ev.prompt_inputs_json = prompt.inputs_json
             events.set_time_ns(ev.request_created_at, started_at)
             events.set_time_ns(ev.response_created_at, finished_at)

@@ -44,6 +44,8 @@ CACHE_BUCKET_MAX_SIZE = "Helicone-Cache-Bucket-Max-Size"
 CACHE_SEED = "Helicone-Cache-Seed"
 CACHE_IGNORE_KEYS = "Helicone-Cache-Ignore-Keys"
 CACHE_CONTROL = "Cache-Control"
+CACHE_HEADERS = {h.lower(): h for h in (CACHE_ENABLED, CACHE_SAVE, CACHE_READ, CACHE_BUCKET_MAX_SIZE, CACHE_SEED,
+                                        CACHE_IGNORE_KEYS)}
 # Response headers
 CACHE_STATUS = "Helicone-Cache"
 CACHE_BUCKET_IDX = "Helicone-Cache-Bucket-Idx"
@@ -108,6 +110,9 @@ def _ttl(cache_control: str) -> int:
 def cache_directive(raw: dict[str, str], cache_control: str) -> CacheDirective:
     """raw: the Helicone-Cache-* request headers present (lower-case names); raises HeaderError
     naming the header and the accepted form. Every header is checked, even when the cache is off."""
+    for name in raw:
+        if name not in CACHE_HEADERS:  # a misspelt name would leave the cache off (or a key unsplit) without a word
+            raise HeaderError(f"unknown header {name[:60]!r}; cache headers are {', '.join(CACHE_HEADERS.values())}")
     enabled = switch(CACHE_ENABLED, raw[CACHE_ENABLED.lower()]) if CACHE_ENABLED.lower() in raw else False
     save = switch(CACHE_SAVE, raw[CACHE_SAVE.lower()]) if CACHE_SAVE.lower() in raw else False
     read = switch(CACHE_READ, raw[CACHE_READ.lower()]) if CACHE_READ.lower() in raw else False

@@ -21,6 +21,7 @@ from yarl import URL
 
 from .egress import noncanonical_ipv4
 from .prompts import PromptError, PromptRequest, check_environment, check_prompt_id, check_version
+from .providers import TARGET_URL_HEADER
 from .resilience import RETRY_PREFIX, FallbackTarget, ResilienceError, RetryPolicy, parse_fallbacks, parse_retry
 
 HOP_BY_HOP = frozenset(
@@ -44,6 +45,13 @@ CACHE_PREFIX = "helicone-cache-"
 STREAM_USAGE = "Helicone-Stream-Usage"
 # Response header naming the region whose gateway answered (HELICONE_REGION), when one is set.
 REGION_HEADER = "Helicone-Region"
+# Helicone features this gateway does not have whose silent absence would let a request through unchecked,
+# or send it elsewhere: refused (400) rather than ignored. lower-case name -> (header, what would not happen)
+UNSUPPORTED = {
+    "helicone-moderations-enabled": ("Helicone-Moderations-Enabled", "messages are not moderated"),
+    "helicone-llm-security-enabled": ("Helicone-LLM-Security-Enabled", "prompts are not checked for injections"),
+}
+OPENAI_API_BASE = "Helicone-OpenAI-Api-Base"
 
 
 @dataclass
@@ -126,6 +134,15 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
                 out.fallbacks = parse_fallbacks(value, _target_url)
             except ResilienceError as exc:
                 raise HeaderError(str(exc)) from None
+        elif name in UNSUPPORTED:
+            header, missing = UNSUPPORTED[name]
+            if switch(header, value):  # 'false' asks for nothing this gateway lacks
+                raise HeaderError(f"{header} is not supported by this gateway: {missing}. "
+                                  "Remove the header (or send 'false') to send the request without it")
+        elif name == OPENAI_API_BASE.lower():
+            raise HeaderError(f"{OPENAI_API_BASE} is not supported by this gateway: send {TARGET_URL_HEADER}: <base URL> "
+                              "instead (for Azure, call /azure/openai/deployments/... with "
+                              f"{TARGET_URL_HEADER}: https://<resource>.openai.azure.com)")
     if prompt is not None:
         out.prompt = _prompt_request(prompt)
     if retry is not None:
@@ -221,7 +238,9 @@ def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, s
 
 def forward_response_headers(headers) -> list[tuple[bytes, bytes]]:
     """Raw (bytes) provider headers minus hop-by-hop ones (those a Connection header names too; the
-    ASGI server re-frames the body) and the ones our server sets itself (Date, Server)."""
+    ASGI server re-frames the body), the ones our server sets itself (Date, Server) and Helicone-* ones:
+    those are this gateway's answer headers (Helicone-Id, -Cache, ...), never a target's copies
+    (another Helicone gateway's), which the caller would see next to ours."""
     out = []
     named: frozenset[str] = frozenset()
     for n, v in headers:
@@ -230,6 +249,6 @@ def forward_response_headers(headers) -> list[tuple[bytes, bytes]]:
     for n, v in headers:
         name = n.lower()
         text = name.decode("latin-1")
-        if text not in HOP_BY_HOP and text not in SERVER_SET and text not in named:
+        if text not in HOP_BY_HOP and text not in SERVER_SET and text not in named and not text.startswith("helicone-"):
             out.append((name, v))
     return out
