@@ -466,6 +466,17 @@ async def test_helicone_headers_on_the_log_request_itself_are_read(logging_api, 
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "headers.helicone-request-id"
 
 
+
+async def test_a_helicone_header_sent_twice_on_the_log_request_is_a_422_naming_it(logging_api, kafka_bootstrap):
+    """As the gateway: two copies (the app's and a proxy's) were read last-wins, so a privacy proxy's
+    Helicone-Omit-Request: true followed by the app's 'false' logged the body the caller hid."""
+    client, _, _, topic = logging_api
+    r = await client.post("/custom/v1/log", json=helicone_payload(),
+                          headers=[("Helicone-Omit-Request", "true"), ("Helicone-Omit-Request", "false")])
+    assert r.status_code == 422, r.text
+    [detail] = r.json()["error"]["details"]
+    assert detail["field"] == "headers.helicone-omit-request" and "more than once" in detail["message"], detail
+
 def test_async_log_latency_is_exact_to_the_millisecond():
     import datetime as dt
 

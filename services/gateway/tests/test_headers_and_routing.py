@@ -230,3 +230,17 @@ async def test_a_target_that_is_itself_a_helicone_gateway_does_not_double_the_an
         [ev] = built
         assert r.headers.get_list("helicone-id") == [ev.request_id]
         assert r.headers.get_list("helicone-cache") == ["MISS"] and r.headers.get_list("helicone-cache-bucket-idx") == ["0"]
+
+
+@pytest.mark.parametrize("name, values", [
+    ("helicone-omit-request", ("true", "false")),  # a privacy proxy's 'true', then the app's 'false': the body was logged
+    ("helicone-target-url", ("https://a.example", "https://b.example")),
+    ("helicone-property-team", ("red", "blue")),
+    ("helicone-user-id", ("alice", "alice")),
+])
+def test_a_helicone_header_sent_twice_is_refused_naming_it_not_the_last_one_taken(name, values):
+    """Two copies of one header (an app's and a proxy's) were read last-wins without a word: which one a caller
+    meant is unknown, and for Helicone-Omit-Request that decided whether a body the caller hid was stored."""
+    with pytest.raises(HeaderError, match=f"{name} was sent more than once"):
+        parse_helicone_headers([(name, v) for v in values])
+    parse_helicone_headers([(name, values[0]), ("helicone-property-other", "x")])  # once is fine

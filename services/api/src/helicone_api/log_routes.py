@@ -90,6 +90,8 @@ def _helicone_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     for name, value in raw:
         key = name.decode("latin-1").lower()
         if key.startswith("helicone-") and key != "helicone-auth":
+            if key in out:  # two copies (the app's and a proxy's): never guess which counts
+                raise PayloadError(f"headers.{key}", "was sent more than once; send each Helicone-* header once")
             try:
                 out[key] = value.decode("utf-8")
             except UnicodeDecodeError:

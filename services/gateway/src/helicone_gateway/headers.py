@@ -99,13 +99,18 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
     out = HeliconeHeaders()
     prompt: dict[str, str] | None = None
     retry: dict[str, str] | None = None
+    seen: set[str] = set()
     for name, value in headers:
         if not name.startswith("helicone-"):
             continue
+        # two copies (the app's and a proxy's): never guess which counts (Omit-Request 'true' then 'false')
+        if name in seen:
+            if name == "helicone-auth":
+                raise HeaderError("Helicone-Auth must be sent once: 'Bearer <your Helicone API key>'")
+            raise HeaderError(f"{name} was sent more than once; send each Helicone-* header once")
+        seen.add(name)
         value = value.strip()
         if name == "helicone-auth":
-            if out.auth_key:  # the api and a proxy in front may read another one: never guess which counts
-                raise HeaderError("Helicone-Auth must be sent once: 'Bearer <your Helicone API key>'")
             out.auth_key = bearer_token(value)
             if not out.auth_key:
                 raise HeaderError("Helicone-Auth must be 'Bearer <your Helicone API key>'")
