@@ -536,6 +536,20 @@ async def test_omit_request_keeps_the_prompt_inputs_out_of_the_log_too(setup, fo
     assert ev.usage.known and ev.status == 200
 
 
+@pytest.mark.parametrize("omit", [False, True])
+async def test_a_refused_input_is_quoted_to_the_caller_but_not_logged_under_omit_request(setup, omit):
+    """The refusal quotes the input's value (up to 40 characters) for the caller; the log's error had it too,
+    so a value the caller hid with Helicone-Omit-Request: true was stored all the same."""
+    s = setup
+    headers = {**s.headers, "Helicone-Omit-Request": "true"} if omit else s.headers
+    body = {"prompt_id": "triage", "version_id": 1, "inputs": {**INPUTS, "temp": "ssn 078-05-1120"}, "messages": []}
+    r = await s.client.post("/v1/chat/completions", json=body, headers=headers)
+    assert r.status_code == 400 and "078-05-1120" in r.json()["error"]["message"], r.text  # the caller sees why
+    [ev] = s.built
+    assert ev.status == 400 and "triage" in ev.error
+    assert ("078-05-1120" in ev.error) is not omit, ev.error
+    assert s.fake.state.received == []
+
 async def test_a_lone_surrogate_in_a_prompt_request_is_forwarded_as_sent_or_a_400_never_a_500(setup):
     """JSON lets a caller write "\\ud800": in the caller's own fields it is forwarded as the escape it was
     (it was a UnicodeEncodeError: a 500); as an input the template uses it is a 400 naming the input."""

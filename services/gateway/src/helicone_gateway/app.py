@@ -116,9 +116,11 @@ class ClientGone(Exception):
 class Rejection(Exception):
     """A request the gateway answers itself (status, message, error type, extra headers)."""
 
-    def __init__(self, status: int, message: str, kind: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    def __init__(self, status: int, message: str, kind: str, headers: tuple[tuple[bytes, bytes], ...] = (),
+                 logged: str = "") -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
+        self.logged = logged or message  # the log's error (the message, unless it quotes what the caller omits)
 
 
 async def send_error(send, status: int, message: str, kind: str, request_id: str,
@@ -467,7 +469,7 @@ class Gateway:
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
         except Rejection as r:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt)
+                      r.status, "", b"", "", False, -1, error=r.logged, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
                                     (*r.headers, *limit_headers))
 
@@ -828,7 +830,8 @@ class Gateway:
         try:
             return await self.prompts.apply(hh.auth_key, org_id, rt.provider, body, hh.prompt)
         except PromptError as exc:
-            raise Rejection(exc.status, exc.message, exc.kind, exc.headers) from None
+            raise Rejection(exc.status, exc.message, exc.kind, exc.headers,
+                            exc.omitted if hh.omit_request else exc.message) from None
 
     async def _read_body(self, receive, declared: str | None) -> bytes:
         """The request body; raises Rejection (413) as soon as it exceeds max_request_bytes

@@ -66,9 +66,11 @@ class PromptError(Exception):
     """A prompt request the gateway answers itself (status, message, error type, extra headers)."""
 
     def __init__(self, status: int, message: str, kind: str = "helicone_prompt_error",
-                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+                 headers: tuple[tuple[bytes, bytes], ...] = (), omitted: str = "") -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
+        # what the log records instead under Helicone-Omit-Request when the message quotes the request's content
+        self.omitted = omitted or message
 
 
 def check_prompt_id(value: str, where: str) -> str:
@@ -323,7 +325,9 @@ class PromptResolver:
             raise PromptError(413, f"prompt {req.prompt_id!r} version {found.version}: {exc} (HELICONE_MAX_REQUEST_BYTES)",
                               "request_too_large") from None
         except templates.TemplateError as exc:
-            raise PromptError(400, f"prompt {req.prompt_id!r} version {found.version}: {exc}") from None
+            raise PromptError(400, f"prompt {req.prompt_id!r} version {found.version}: {exc}",
+                              omitted=f"prompt {req.prompt_id!r} version {found.version}: its inputs were refused "
+                                      "(why quotes them: left out under Helicone-Omit-Request)") from None
         out = merge(shape(provider, rendered), caller)
         use = PromptUse(req.prompt_id, found.version, req.environment, _json_bytes(inputs).decode())
         return _json_bytes(out), use
