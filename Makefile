@@ -25,11 +25,11 @@ demo:             ## a few requests (one streaming) through the running stack, t
 test: setup proto-check lint  ## everything CI runs
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
-test-unit: setup
+test-unit: setup  ## every test not marked e2e
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not e2e"
 
-test-e2e: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests/e2e
+test-e2e: setup   ## every test marked e2e (tests/e2e, the README's blocks, the chart booted as processes): with test-unit, all of make test
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m e2e
 
 proto: setup      ## regenerate libs/protos/src from protos/
 	$(PY) scripts/gen_protos.py

@@ -1,5 +1,6 @@
 """The README's test command under a stuck test: it ends with every thread's stack, not at CI's own time limit."""
 
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -139,3 +140,30 @@ def test_each_xdist_worker_hands_out_ports_of_its_own(monkeypatch):
     if lo > 12_000:
         first, last = own_ports(10_000, lo - 1)
         assert first > 10_000 and all(first <= free_port() <= last for _ in range(50))
+
+
+def make_pytest_args(target: str) -> list[str]:
+    """The pytest arguments of a Makefile target's recipe (what follows `-m pytest`)."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        if "-m pytest" in line:
+            return shlex.split(line.split("-m pytest", 1)[1])
+    raise AssertionError(f"make {target} runs no pytest")
+
+
+def test_make_test_unit_and_test_e2e_are_the_two_halves_of_make_test():
+    """The README: `make test-unit` and `make test-e2e` run either half of `make test`. A test marked e2e
+    outside tests/e2e (the README's blocks, the chart booted as processes) was run by neither."""
+    whole = make_pytest_args("test")
+    halves = {target: make_pytest_args(target) for target in ("test-unit", "test-e2e")}
+    assert "-m" not in whole, whole
+    split = {}
+    for target, args in halves.items():
+        assert "-m" in args, f"make {target} must select by the e2e marker, not by paths: {args}"
+        i = args.index("-m")
+        split[target] = (args[:i] + args[i + 2:], args[i + 1])
+    assert split["test-unit"][0] == split["test-e2e"][0] == whole, f"the halves must run what make test runs: {halves}"
+    assert split["test-unit"][1] == f"not {split['test-e2e'][1]}", halves
