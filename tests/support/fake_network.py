@@ -18,6 +18,7 @@ class FakeResolver(AbstractResolver):
 
     async def resolve(self, host, port=0, family=socket.AF_INET):
         self.asked.append(host)
+        host.encode("idna")  # as socket.getaddrinfo does before asking anyone: UnicodeError for a..b
         rounds = self.answers[host]
         ips = rounds.pop(0) if len(rounds) > 1 else rounds[0]
         return [{"hostname": host, "host": ip, "port": port, "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,

@@ -37,6 +37,11 @@ CLASSIFIED = [
     # cloud metadata, even inside link-local, CGNAT and unique-local space
     ("169.254.169.254", "cloud_metadata"), ("169.254.170.2", "cloud_metadata"), ("169.254.170.23", "cloud_metadata"),
     ("100.100.100.200", "cloud_metadata"), ("fd00:ec2::254", "cloud_metadata"), ("fd00:ec2::23", "cloud_metadata"),
+    # ... and the platform addresses outside link-local: Azure's WireServer (public space), Oracle Classic,
+    # and the IPv6 metadata servers of GCP, OCI, Scaleway and Akamai (all unique-local, which allow_private opens)
+    ("168.63.129.16", "cloud_metadata"), ("192.0.0.192", "cloud_metadata"), ("::ffff:168.63.129.16", "cloud_metadata"),
+    ("fd20:ce::254", "cloud_metadata"), ("fd00:c1::a9fe:a9fe", "cloud_metadata"), ("fd00:42::42", "cloud_metadata"),
+    ("fd00:a9fe:a9fe::1", "cloud_metadata"),
     # multicast, broadcast, reserved, documentation, benchmarking
     ("224.0.0.1", "multicast"), ("239.255.255.250", "multicast"), ("ff02::1", "multicast"),
     ("255.255.255.255", "broadcast"),
@@ -119,7 +124,8 @@ def test_policy():
     private = EgressPolicy([], allow_private=True)
     assert private.refusal("10.0.0.5", 80) is None and private.refusal("fd12::1", 80) is None
     assert private.refusal("100.64.0.1", 80) is None
-    for shut in ("127.0.0.1", "0.0.0.0", "169.254.1.1", "169.254.169.254", "100.100.100.200", "fd00:ec2::254", "::ffff:127.0.0.1"):
+    for shut in ("127.0.0.1", "0.0.0.0", "169.254.1.1", "169.254.169.254", "100.100.100.200", "fd00:ec2::254", "::ffff:127.0.0.1",
+                 "fd20:ce::254", "fd00:c1::a9fe:a9fe", "fd00:42::42", "fd00:a9fe:a9fe::1", "168.63.129.16"):
         assert private.refusal(shut, 80) is not None, shut
     listed = EgressPolicy(["127.0.0.1:4000", "models.internal", "[::1]:8080"], allow_private=False)
     assert listed.refusal("127.0.0.1", 4000) is None

@@ -37,6 +37,11 @@ def test_parse_helicone_headers():
     ([("helicone-target-url", "http://127.1/")], "non-standard form"),
     ([("helicone-target-url", "http://0177.0.0.1/")], "non-standard form"),
     ([("helicone-target-url", "http://127.0.0.1./")], "non-standard form"),
+    # host names no resolver can be asked about: an empty label, or one over 63 characters
+    ([("helicone-target-url", "http://models..example")], "not a valid host name"),
+    ([("helicone-target-url", "https://.example")], "not a valid host name"),
+    ([("helicone-target-url", f"http://{'a' * 64}.example:8000")], "not a valid host name"),
+    ([("helicone-fallbacks", '[{"target-url": "http://models..example"}]')], "not a valid host name"),
     ([("helicone-request-id", "not-a-uuid")], "UUID"),
     ([("helicone-property-", "x")], "name"),
     ([("helicone-user-id", "u" * 600)], "longer"),

@@ -412,6 +412,19 @@ async def test_target_urls_into_the_gateways_own_network_are_refused_and_logged(
     assert 'helicone_gateway_target_refused_total{reason="cloud_metadata"} 1.0' in metrics
 
 
+async def test_a_target_host_no_resolver_can_take_is_a_400_naming_the_header(tmp_path, target_sockets):
+    """An empty label (a..b) or one over 63 characters cannot even be put to the resolver: a clear 400,
+    not an unhandled error from deep in the upstream connection."""
+    async with started_gateway(tmp_path) as (client, built):
+        answers = [await client.post("/v1/chat/completions", json=CHAT, headers=target(url))
+                   for url in ("http://models..example:8000", f"https://{'a' * 64}.example")]
+    for r in answers:
+        assert (r.status_code, r.json()["error"]["type"]) == (400, "helicone_header_error"), r.text
+        assert r.json()["error"]["message"].startswith("Helicone-Target-URL host ")
+        assert "not a valid host name" in r.json()["error"]["message"]
+    assert target_sockets == []
+
+
 async def test_allow_private_opens_private_ranges_but_not_loopback_or_metadata(tmp_path, target_sockets):
     fake = create_fake_upstream()
     async with serve(fake) as upstream_url, started_gateway(tmp_path, target_url_allow_private=True) as (client, built):

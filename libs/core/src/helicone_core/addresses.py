@@ -55,6 +55,8 @@ _V4 = _table([
     ("169.254.170.2/32", CLOUD_METADATA),  # AWS ECS task credentials
     ("169.254.170.23/32", CLOUD_METADATA),  # AWS EKS pod identity
     ("100.100.100.200/32", CLOUD_METADATA),  # Alibaba Cloud (inside CGNAT space)
+    ("168.63.129.16/32", CLOUD_METADATA),  # Azure WireServer (platform endpoint in public space)
+    ("192.0.0.192/32", CLOUD_METADATA),  # Oracle Cloud Classic (inside 192.0.0.0/24)
     ("0.0.0.0/8", UNSPECIFIED),  # "this network": 0.0.0.0 reaches the local host on Linux
     ("127.0.0.0/8", LOOPBACK),
     ("169.254.0.0/16", LINK_LOCAL),
@@ -91,6 +93,10 @@ def _teredo(n: int) -> tuple[int, ...]:
 _V6 = _table([
     ("fd00:ec2::254/128", CLOUD_METADATA),  # AWS IMDS over IPv6 (inside fc00::/7)
     ("fd00:ec2::23/128", CLOUD_METADATA),  # AWS EKS pod identity over IPv6
+    ("fd20:ce::254/128", CLOUD_METADATA),  # GCP over IPv6 (inside fc00::/7, as are the next ones)
+    ("fd00:c1::a9fe:a9fe/128", CLOUD_METADATA),  # Oracle Cloud Infrastructure over IPv6
+    ("fd00:42::42/128", CLOUD_METADATA),  # Scaleway over IPv6
+    ("fd00:a9fe:a9fe::1/128", CLOUD_METADATA),  # Akamai / Linode over IPv6
     ("::/128", UNSPECIFIED),
     ("::1/128", LOOPBACK),
     # IPv6 addresses that carry an IPv4 address: the IPv4 one decides.
@@ -162,6 +168,16 @@ def noncanonical_ipv4(host: str) -> bool:
     if not all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
         return False  # a name (or an IPv6 literal)
     return not _DOTTED_QUAD.fullmatch(host)
+
+
+def host_name_problem(host: str) -> str | None:
+    """What makes `host` a name no resolver can be asked about (an empty label as in a..b or .a, or one
+    over 63 characters: socket.getaddrinfo raises UnicodeError for them, not an OSError), or None."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return "is not a valid host name: every label between dots takes 1 to 63 characters"
+    return None
 
 
 def host_port(host: str, port: int) -> str:

@@ -28,7 +28,7 @@ from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 import aiohttp
-from helicone_core.addresses import LOOPBACK, REASONS, classify, noncanonical_ipv4
+from helicone_core.addresses import LOOPBACK, REASONS, classify, host_name_problem, noncanonical_ipv4
 
 SIGNATURE_HEADER = "Helicone-Signature"
 ALERT_ID_HEADER = "Helicone-Alert-Id"
@@ -83,10 +83,13 @@ def url_shape_problem(url: str) -> str | None:
         return "must not contain spaces or control characters"
     if noncanonical_ipv4(parts.hostname):
         return "has an IPv4 address in a non-standard form as its host; write it as four decimal numbers a.b.c.d"
+    problem = host_name_problem(parts.hostname)
+    if problem:
+        return f"host {problem}"
     return None
 
 
-# Addresses refused during the current delivery (the socket factory runs in subtasks of the
+# Why addresses were refused during the current delivery (the socket factory runs in subtasks of the
 # delivery's task, which copy this context: the list itself is shared).
 _REFUSED: ContextVar[list[str] | None] = ContextVar("helicone_webhook_refused", default=None)
 
@@ -141,7 +144,7 @@ class WebhookSender:
         if reason is not None:
             refused = _REFUSED.get()
             if refused is not None:
-                refused.append(f"{ip} is {REASONS[reason]}")
+                refused.append(REASONS[reason])  # never the address: the rule's owner gets no map of the api's network
             raise AddressRefused(errno.EACCES, f"webhook address refused: {REASONS[reason]}")
         return (self._open_socket or _open_socket)(addr_info)
 
@@ -188,7 +191,8 @@ class WebhookSender:
                 continue
             except aiohttp.ClientError as exc:
                 if refused:
-                    return Delivery(REFUSED, attempt, error="; ".join(dict.fromkeys(refused)) + "; webhooks go to public addresses only")
+                    return Delivery(REFUSED, attempt, error=f"webhook_url host resolves to {' and '.join(dict.fromkeys(refused))}; "
+                                                            "webhooks go to public addresses only")
                 status, error = None, f"could not connect: {type(exc).__name__}: {exc}"[:500]
                 continue
             if 200 <= status < 300:

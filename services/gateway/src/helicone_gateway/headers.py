@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from helicone_core.addresses import host_name_problem
 from helicone_core.jsontext import json_object
 from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway's modules and tests read them here
     MAX_PROPERTIES,
@@ -207,6 +208,9 @@ def _target_url(value: str, name: str = "Helicone-Target-URL") -> str:
     if noncanonical_ipv4(url.raw_host):
         raise HeaderError(f"{name} host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
                           "write it as four decimal numbers a.b.c.d")
+    problem = host_name_problem(url.raw_host)
+    if problem:
+        raise HeaderError(f"{name} host {url.raw_host[:64]!r} {problem}")
     return value.rstrip("/")
 
 
