@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from helicone_core.settings import CLICKHOUSE_IDENTIFIER
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "helicone"
@@ -81,6 +82,7 @@ CONSTRAINTS = {
     "postgres.port": PORT,
     "redis.port": PORT,
     "redis.url": {"pattern": "^(rediss?://.+)?$"},
+    "clickhouse.database": {"pattern": f"^{CLICKHOUSE_IDENTIFIER.pattern}$"},  # written unquoted in the analytics SQL
     "admin.token": {"anyOf": [{"maxLength": 0}, {"minLength": 32}]},  # ApiSettings.admin_token: empty (off) or 32+ characters
     "defaults.replicas": {"minimum": 0},
     "defaults.terminationGracePeriodSeconds": {"minimum": 1},

@@ -1,8 +1,10 @@
 """request_log's projections answer the dashboard's aggregations with the numbers a scan of the
 rows gives (analytics.REQUEST_LOG_PROJECTIONS), on both backends, fresh and migrated tables."""
 
+import asyncio
 import datetime as dt
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,77 @@ async def test_a_table_from_before_the_projections_gets_them_and_keeps_its_rows(
     finally:
         await store.close()
 
+
+
+def _table_without_projections(db: str) -> str:
+    return (analytics.REQUEST_LOG_DDL.format(db=db, table="request_log", projections="",
+                                             sorting_key=analytics.REQUEST_LOG_SORTING_KEY)
+            .replace("SETTINGS deduplicate_merge_projection_mode = 'rebuild'\n", ""))
+
+
+UNFINISHED = ("SELECT command FROM system.mutations WHERE database = {d:String} AND table = 'request_log' "
+              "AND NOT is_done ORDER BY command")
+
+
+async def test_projections_added_to_an_existing_table_are_built_in_the_background(analytics_settings):
+    """Building a new projection for a table's existing rows is a mutation (hours on a large table): a start
+    must not wait for it, whatever mutations_sync the server (chDB: 1) or the user's profile sets."""
+    from helicone_core.analytics import make_analytics_store
+    from helicone_core.settings import CommonSettings
+
+    store = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    db = store.database
+    try:
+        await store._command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        await store._command(_table_without_projections(db))
+        await _load(store, 2_000)
+        # no mutation runs until merges start again: a start that waited for the builds would never end
+        await store._command(f"SYSTEM STOP MERGES {db}.request_log")
+        await asyncio.wait_for(store.init_schema(), 60)
+        pending = [r["command"] for r in await store.query(UNFINISHED, {"d": db})]
+        assert len(pending) == len(analytics.REQUEST_LOG_PROJECTIONS), pending
+        assert all("MATERIALIZE PROJECTION" in c for c in pending), pending
+        count = await store.query(f"SELECT count() AS n FROM {{db}}.request_log FINAL SETTINGS {SETTINGS}")
+        assert count == [{"n": 2_000}]  # read from the rows meanwhile
+
+        await store._command(f"SYSTEM START MERGES {db}.request_log")
+        deadline = time.monotonic() + 120
+        while await store.query(UNFINISHED, {"d": db}) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        parts = await store.query("SELECT projections FROM system.parts WHERE database = {d:String} "
+                                  "AND table = 'request_log' AND active", {"d": db})
+        assert parts and all(set(p["projections"]) == set(analytics.REQUEST_LOG_PROJECTIONS) for p in parts), parts
+    finally:
+        await store.close()
+
+
+async def test_a_retired_projection_whose_build_has_not_finished_is_dropped(analytics_settings):
+    """A projection a newer release added and an older one does not know (a rollback), or one replaced by a
+    new version, may still be building on the existing parts: dropping it stops its build instead of failing
+    the start ("Cannot drop projection ... affected by mutation")."""
+    from helicone_core.analytics import make_analytics_store
+    from helicone_core.settings import CommonSettings
+
+    store = make_analytics_store(CommonSettings(**analytics_settings, _env_file=None))
+    db = store.database
+    try:
+        await store.init_schema()
+        await _load(store, 2_000)
+        # a build that cannot finish stands for one that takes hours: its mutation stays unfinished
+        await store._command(f"ALTER TABLE {db}.request_log ADD PROJECTION retired_v1 "
+                             "(SELECT org_id, sum(throwIf(latency_ms >= 0, 'still building')) GROUP BY org_id), "
+                             "MATERIALIZE PROJECTION retired_v1 SETTINGS mutations_sync = 0")
+        pending = [r["command"] for r in await store.query(UNFINISHED, {"d": db})]
+        assert len(pending) == 1 and "MATERIALIZE PROJECTION retired_v1" in pending[0], pending
+        await store.init_schema()
+        names = {r["name"] for r in await store.query(
+            "SELECT name FROM system.projections WHERE database = {d:String} AND table = 'request_log'", {"d": db})}
+        assert names == set(analytics.REQUEST_LOG_PROJECTIONS)
+        assert await store.query(UNFINISHED, {"d": db}) == []
+        count = await store.query(f"SELECT count() AS n FROM {{db}}.request_log FINAL SETTINGS {SETTINGS}")
+        assert count == [{"n": 2_000}]
+    finally:
+        await store.close()
 
 
 async def test_the_users_page_projection_keeps_small_granules(analytics_store):

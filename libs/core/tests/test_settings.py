@@ -21,3 +21,20 @@ def test_an_invalid_region_is_a_clear_settings_error(region, monkeypatch):
     [error] = info.value.errors()
     assert error["loc"] == ("region",)
     assert "HELICONE_REGION" in error["msg"] and "lower-case letters, digits and '-'" in error["msg"]
+
+
+@pytest.mark.parametrize("database", ["helicone-prod", "1helicone", "helicone.prod", "", "helicone prod", "`x`"])
+def test_a_clickhouse_database_that_is_not_a_plain_identifier_is_a_clear_settings_error(database, monkeypatch):
+    """The database name is written into every statement unquoted: a name ClickHouse would need quoted is refused
+    when the settings are read, naming the variable, not later as "invalid identifier" from the analytics store."""
+    monkeypatch.setenv("HELICONE_CLICKHOUSE_DATABASE", database)
+    with pytest.raises(ValidationError) as info:
+        CommonSettings(_env_file=None)
+    [error] = info.value.errors()
+    assert error["loc"] == ("clickhouse_database",)
+    assert "HELICONE_CLICKHOUSE_DATABASE" in error["msg"] and "letters, digits and '_'" in error["msg"]
+
+
+@pytest.mark.parametrize("database", ["helicone", "helicone_prod", "_h2", "Helicone"])
+def test_a_plain_clickhouse_database_name_is_accepted(database):
+    assert CommonSettings(clickhouse_database=database, _env_file=None).clickhouse_database == database

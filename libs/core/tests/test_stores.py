@@ -420,3 +420,24 @@ async def test_an_insert_refused_for_a_value_of_its_rows_is_told_from_one_that_m
             await gone.insert_values("request_log", events.ANALYTICS_COLUMNS, [values])
         assert not analytics.rows_refused(down.value), down.value
         await gone.close()
+
+
+async def test_a_clickhouse_user_that_may_not_change_the_schema_gets_an_error_naming_the_setting(tmp_path):
+    """A user whose profile is read-only (or lacks the grants) cannot create or alter the tables: the start
+    says which user, which setting names it and what the user needs, on one line."""
+    from tests.support import chdb_http
+
+    proc, url = chdb_http.start(tmp_path / "readonly")  # a server of its own: its session is made read-only
+    store = analytics.ClickHouseServerStore(url, "helicone_reader", "", "t_readonly")
+    try:
+        await store._command("SET readonly = 2")  # as a user with readonly = 2 in its profile: reads and settings only
+        with pytest.raises(RuntimeError) as refused:
+            await store.init_schema()
+        message = str(refused.value)
+        assert "'helicone_reader'" in message and "HELICONE_CLICKHOUSE_USER" in message, message
+        assert "readonly = 0" in message and "Cannot execute query in readonly mode" in message, message
+        assert "\n" not in message
+    finally:
+        await store.close()
+        proc.terminate()
+        proc.wait(10)

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 import orjson
 
 from .filemodes import private_dir
-from .settings import CommonSettings
+from .settings import CLICKHOUSE_IDENTIFIER, CommonSettings, env_name
 
 log = logging.getLogger(__name__)
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = CLICKHOUSE_IDENTIFIER
 
 # A log's identity is (org_id, request_id), and it is the whole sorting key, with no partition key:
 # ReplacingMergeTree collapses only rows with equal sorting keys in the same partition, so with the
@@ -230,10 +230,16 @@ async def _projections(store, table: str) -> set[str]:
     return {r["name"] for r in rows}
 
 
+# A projection's build for the existing parts is a mutation, hours on a large table: never waited for, whatever
+# the server's or the user's profile says (chDB's default is 1, which waits).
+_IN_BACKGROUND = "SETTINGS mutations_sync = 0"
+
+
 async def migrate_projections(store, table: str = "request_log", projections: dict[str, str] | None = None) -> None:
     """Brings an existing table's projections to `projections` (REQUEST_LOG_PROJECTIONS for request_log):
     new ones are added and built for the existing parts in the background (a mutation: queries answer
-    from the raw rows until a part has it), old versions dropped. Safe to repeat and to run at once."""
+    from the raw rows until a part has it), old versions dropped, their unfinished builds stopped. Safe to
+    repeat and to run at once."""
     db, table = store.database, _check_ident(table)
     wanted = REQUEST_LOG_PROJECTIONS if projections is None else projections
     present = await _projections(store, table)
@@ -242,12 +248,17 @@ async def migrate_projections(store, table: str = "request_log", projections: di
     await store._command(f"ALTER TABLE {db}.{table} MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild'")
     for name in sorted(present - set(wanted)):
         log.warning("%s: dropping the projection %s", table, name)
-        await store._command(f"ALTER TABLE {db}.{table} DROP PROJECTION IF EXISTS {_check_ident(name)}")
+        # ClickHouse refuses to drop a projection whose build is still running (a rollback soon after the
+        # release that added it, a replacement soon after the original): that build is no longer wanted
+        await store._command(f"KILL MUTATION WHERE database = '{db}' AND table = '{table}' AND NOT is_done "
+                             f"AND match(command, '\\\\bMATERIALIZE PROJECTION {_check_ident(name)}\\\\b')")
+        await store._command(f"ALTER TABLE {db}.{table} DROP PROJECTION IF EXISTS {name}")
     for name, query in wanted.items():
         if name not in present:
             log.warning("%s: adding the projection %s (built for existing rows in the background)", table, name)
-            await store._command(f"ALTER TABLE {db}.{table} ADD PROJECTION IF NOT EXISTS {_projection_sql(name, query)}")
-            await store._command(f"ALTER TABLE {db}.{table} MATERIALIZE PROJECTION {name}")
+            # one statement: a crash cannot leave it added but never built for the existing parts
+            await store._command(f"ALTER TABLE {db}.{table} ADD PROJECTION IF NOT EXISTS {_projection_sql(name, query)}, "
+                                 f"MATERIALIZE PROJECTION {name} {_IN_BACKGROUND}")
 
 
 async def _sorting_key(store, table: str) -> str | None:
@@ -437,7 +448,7 @@ class AnalyticsStore(Protocol):
 
 
 def _check_ident(name: str) -> str:
-    if not _IDENT.match(name):
+    if not _IDENT.fullmatch(name):
         raise ValueError(f"invalid identifier {name!r}")
     return name
 
@@ -527,6 +538,10 @@ def _param_element(value: Any) -> str:
 ROW_REFUSAL_CODES = frozenset({6, 25, 26, 27, 38, 41, 53, 69, 70, 72, 117, 128, 131, 321, 349, 376, 407, 441, 467, 632, 675, 676})
 # how both backends' errors quote ClickHouse's (chDB's ChdbError, clickhouse-connect's DatabaseError)
 _ERROR_CODE = re.compile(r"\bCode: (\d+)\. DB::Exception")
+
+
+# READONLY (a read-only profile) and ACCESS_DENIED (a missing grant): the user may not run the migrations' DDL
+SCHEMA_REFUSAL_CODES = frozenset({164, 497})
 
 
 def rows_refused(exc: BaseException) -> bool:
@@ -675,8 +690,19 @@ class ClickHouseServerStore(_Inserts):
         await client.command(sql)
 
     async def init_schema(self) -> None:
-        await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        await migrate_schema(self)
+        try:
+            await self._command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            await migrate_schema(self)
+        except Exception as exc:
+            quoted = _ERROR_CODE.search(str(exc))
+            if not quoted or int(quoted.group(1)) not in SCHEMA_REFUSAL_CODES:
+                raise
+            reason = " ".join(str(exc)[quoted.start():].split()).split(" (for url ")[0]
+            raise RuntimeError(
+                f"ClickHouse user {self.user!r} ({env_name('clickhouse_user')}) may not create or alter the analytics "
+                f"tables of database {self.database} ({env_name('clickhouse_database')}): {reason}. Give it readonly = 0 "
+                f"in its profile and GRANT ALL ON {self.database}.*, or set {env_name('clickhouse_user')} to a user that "
+                "has them") from None
 
     async def _insert(self, table: str, body: str | bytes) -> None:
         client = await self._client_()

@@ -56,6 +56,17 @@ def _region(value: str) -> str:
     return value
 
 
+# A ClickHouse database, table or column name as the analytics SQL writes it: unquoted.
+CLICKHOUSE_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _clickhouse_database(value: str) -> str:
+    if not CLICKHOUSE_IDENTIFIER.fullmatch(value):
+        raise ValueError(f"HELICONE_CLICKHOUSE_DATABASE {value[:40]!r} must be letters, digits and '_', not starting "
+                         "with a digit (e.g. helicone_prod)")
+    return value
+
+
 class CommonSettings(BaseSettings):
     # hide_input_in_errors: a validation error would otherwise print the input, secrets included
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True)
@@ -100,7 +111,7 @@ class CommonSettings(BaseSettings):
     clickhouse_url: str = "http://localhost:8123"
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr = SecretStr("")
-    clickhouse_database: str = "helicone"
+    clickhouse_database: Annotated[str, AfterValidator(_clickhouse_database)] = "helicone"
 
     # Object store for request/response bodies
     body_store: Literal["local", "s3"] = "s3"
