@@ -22,7 +22,7 @@ from helicone_api.settings import ApiSettings
 from helicone_api.webhooks import SIGNATURE_HEADER, WebhookSender
 from helicone_core import db, events
 
-from services.api.tests.test_api import wait_for_keys
+from services.api.tests.test_api import documented_answers, wait_for_keys
 from tests.support.fake_network import FakeResolver, Recorder
 from tests.support.net import free_port
 
@@ -107,8 +107,10 @@ async def alerts(tmp_path, fresh_db_dsn, chdb_path):
     other_key = (await db.create_key(state.pool, other_org, "t")).key
     await wait_for_keys(state, key, other_key)
     transport = httpx.ASGITransport(app=app)
-    client = httpx.AsyncClient(transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {key}"})
-    other = httpx.AsyncClient(transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {other_key}"})
+    client = httpx.AsyncClient(transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {key}"},
+                               event_hooks=documented_answers(app))
+    other = httpx.AsyncClient(transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {other_key}"},
+                              event_hooks=documented_answers(app))
     yield client, state, org, other, other_org
     await client.aclose()
     await other.aclose()

@@ -1,7 +1,9 @@
 import datetime as dt
 import json
+import re
 
 import httpx
+import jsonschema
 import pytest
 from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
@@ -35,6 +37,51 @@ async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice",
     return ev.request_id
 
 
+def documented_answers(app) -> dict:
+    """httpx event hooks that hold every JSON answer the tests get to the app's OpenAPI document: a 2xx
+    answer must be one it declares, and an answer of a declared status must pass its schema (answers'
+    objects are closed: a field the document does not name fails, as does a missing one)."""
+    validators: dict[tuple[str, str, int], jsonschema.Draft202012Validator | None] = {}
+
+    def route(method: str, path: str) -> str | None:
+        """The document's path template of a request: literal segments before parameters, and a parameter
+        spanning several segments (a session id with "/") only when nothing else matches."""
+        templates = [t for t, ops in app.openapi()["paths"].items() if method in ops]
+        for segment in ("[^/]+", ".+"):
+            found = [t for t in templates if re.fullmatch(
+                "".join(segment if p.startswith("{") else re.escape(p) for p in re.split(r"(\{[^}]+\})", t)), path)]
+            if found:
+                return min(found, key=lambda t: t.count("{"))
+        return None
+
+    def validator(path: str, method: str, status: int) -> jsonschema.Draft202012Validator | None:
+        if (path, method, status) not in validators:
+            doc = app.openapi()
+            answer = doc["paths"][path][method]["responses"].get(str(status), {})
+            schema = answer.get("content", {}).get("application/json", {}).get("schema")
+            validators[path, method, status] = (
+                None if schema is None else jsonschema.Draft202012Validator({**schema, "components": doc["components"]}))
+        return validators[path, method, status]
+
+    async def check(response: httpx.Response) -> None:
+        if response.headers.get("content-type", "").split(";")[0] != "application/json":
+            return
+        method = response.request.method.lower()
+        path = route(method, response.request.url.path)
+        if path is None:
+            return  # ops and dashboard routes, 404s and 405s
+        where = f"{method.upper()} {path} {response.status_code}"
+        v = validator(path, method, response.status_code)
+        if v is None:
+            assert not 200 <= response.status_code < 300, f"{where}: a JSON answer the OpenAPI document does not declare"
+            return
+        await response.aread()
+        problems = [f"{e.message} at {'.'.join(map(str, e.absolute_path)) or 'the top'}" for e in v.iter_errors(response.json())]
+        assert problems == [], f"{where}: the answer does not match the OpenAPI document"
+
+    return {"response": [check]}
+
+
 @pytest.fixture
 async def api(tmp_path, fresh_db_dsn, analytics_settings):
     settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=fresh_db_dsn, _env_file=None, **analytics_settings)
@@ -47,7 +94,7 @@ async def api(tmp_path, fresh_db_dsn, analytics_settings):
     other_key = (await db.create_key(state.pool, other_org, "t")).key
     await wait_for_keys(state, key, other_key)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
-                               headers={"Authorization": f"Bearer {key}"})
+                               headers={"Authorization": f"Bearer {key}"}, event_hooks=documented_answers(app))
     yield client, state, org, other_org, other_key
     await client.aclose()
     await state.stop()

@@ -19,7 +19,7 @@ from helicone_core import db, events
 from helicone_core.kafka import PLAINTEXT, ensure_topics
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
-from services.api.tests.test_api import wait_for_keys
+from services.api.tests.test_api import documented_answers, wait_for_keys
 
 T0 = 1_767_000_000  # seconds
 
@@ -40,7 +40,7 @@ async def logging_api(tmp_path, fresh_db_dsn, kafka_bootstrap):
     key = (await db.create_key(state.pool, org, "t")).key
     await wait_for_keys(state, key)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
-                               headers={"Authorization": f"Bearer {key}"})
+                               headers={"Authorization": f"Bearer {key}"}, event_hooks=documented_answers(app))
     yield client, state, org, topic
     await client.aclose()
     await state.stop()

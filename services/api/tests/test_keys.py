@@ -12,7 +12,7 @@ from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
 from helicone_core import db
 
-from services.api.tests.test_api import api, wait_for_keys  # noqa: F401 - the fixture
+from services.api.tests.test_api import api, documented_answers, wait_for_keys  # noqa: F401 - the fixture
 
 
 async def test_list_create_and_revoke_keys_of_your_own_org(api):  # noqa: F811
@@ -77,7 +77,8 @@ async def admin_api(tmp_path, fresh_db_dsn):
                            chdb_path=tmp_path / "chdb", admin_token=ADMIN_TOKEN, _env_file=None)
     app = create_app(settings)
     await app.state.api.start()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                 event_hooks=documented_answers(app)) as client:
         yield client, app.state.api
     await app.state.api.stop()
 

@@ -12,6 +12,7 @@ import uuid
 
 import asyncpg
 import httpx
+import jsonschema
 import pytest
 import schemathesis
 from helicone_api.app import create_app
@@ -27,6 +28,72 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from services.api.tests.test_api import add_request, wait_for_keys
+
+
+def _success_answers(doc: dict) -> list[tuple[str, dict]]:
+    """(`METHOD path status`, schema) of every 2xx JSON answer the document declares."""
+    return [(f"{method.upper()} {path} {status}", content["application/json"]["schema"])
+            for path, ops in doc["paths"].items() for method, op in ops.items()
+            for status, answer in op["responses"].items()
+            if status.startswith("2") and "application/json" in (content := answer.get("content", {}))]
+
+
+def _reachable(doc: dict, schema: dict) -> list[tuple[str, dict]]:
+    """(name, schema) of the schema and of every schema inside it, components followed once each."""
+    out, stack, seen = [], [("answer", schema)], set()
+    while stack:
+        name, s = stack.pop()
+        if "$ref" in s:
+            ref = s["$ref"].rsplit("/", 1)[-1]
+            if ref not in seen:
+                seen.add(ref)
+                stack.append((ref, doc["components"]["schemas"][ref]))
+            continue
+        out.append((name, s))
+        for key, inner in s.get("properties", {}).items():
+            stack.append((f"{name}.{key}", inner))
+        for key in ("items", "additionalProperties"):
+            if isinstance(s.get(key), dict):
+                stack.append((f"{name}[]", s[key]))
+        for key in ("anyOf", "oneOf", "allOf"):
+            stack += [(name, inner) for inner in s.get(key, [])]
+    return out
+
+
+def test_every_success_answer_is_typed_in_the_openapi_document(tmp_path):
+    """A client generated from the document (openapi-generator, orval) gets typed data: every 2xx JSON
+    answer is an object with named fields, and every object in it is closed (additionalProperties: false, or
+    a map of one type), so schemathesis and the route tests fail on a field the code adds undocumented."""
+    doc = create_app(ApiSettings(_env_file=None, data_dir=tmp_path, body_store="local")).openapi()  # nothing started
+    answers = _success_answers(doc)
+    assert len(answers) > 30
+    untyped, open_objects = [], []
+    for route, schema in answers:
+        top = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+        if not top.get("properties"):
+            untyped.append(route)
+            continue
+        open_objects += [f"{route}: {name}" for name, s in _reachable(doc, schema)
+                         if "properties" in s and s.get("additionalProperties") is not False]
+    assert untyped == [], "answers the document gives as a bare object or anything"
+    assert open_objects == [], "objects in answers that may hold fields the document does not name"
+
+
+def test_the_examples_of_every_success_answer_match_its_schema(tmp_path):
+    """Examples in the document are real answers: each one of a model in a 2xx answer passes the model's
+    own schema (nulls included: a nullable field is still required)."""
+    doc = create_app(ApiSettings(_env_file=None, data_dir=tmp_path, body_store="local")).openapi()
+    checked, problems = 0, []
+    components = {name for _, schema in _success_answers(doc) for name, _ in _reachable(doc, schema)}
+    for name in sorted(components & set(doc["components"]["schemas"])):
+        schema = doc["components"]["schemas"][name]
+        validator = jsonschema.Draft202012Validator({**schema, "components": doc["components"]})
+        for example in schema.get("examples", []):
+            checked += 1
+            problems += [f"{name}: {e.message} at {'.'.join(map(str, e.absolute_path))}" for e in validator.iter_errors(example)]
+    assert problems == []
+    assert checked >= 20
+
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = 400  # across every operation; 10-25 s on a quiet machine

@@ -16,6 +16,8 @@ from helicone_core import db, events
 from helicone_prompts.server import PromptsServer
 from helicone_prompts.settings import PromptsSettings
 
+from services.api.tests.test_api import documented_answers
+
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 TEMPLATE = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Reply in {{hc:lang:string}}"},
                                                  {"role": "user", "content": "{{question}}"}],
@@ -38,7 +40,7 @@ async def api(tmp_path, fresh_db_dsn, analytics_settings):
             break
         await asyncio.sleep(0.01)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
-                                 headers={"Authorization": f"Bearer {key}"}) as client:
+                                 headers={"Authorization": f"Bearer {key}"}, event_hooks=documented_answers(app)) as client:
         yield client, state, org, other, prompts
     await state.stop()
     await prompts.stop()

@@ -14,7 +14,7 @@ from helicone_core.settings import env_name
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .keys import _storable
-from .models import error_responses, utf8_text
+from .models import Answer, documented, error_responses, utf8_text
 
 ADMIN_ORGS_PATH = "/v1/admin/orgs"
 ADMIN_PATHS = frozenset({ADMIN_ORGS_PATH})  # skipped by RequestGuard's key check: the route checks the admin token
@@ -26,6 +26,22 @@ class NewOrg(BaseModel):
     name: Annotated[utf8_text(200, min_length=1), AfterValidator(_storable)] = Field(description="the org's name")
     key_name: Annotated[utf8_text(200, min_length=1), AfterValidator(_storable)] = Field(
         "admin", description="a label for the org's first key")
+
+
+class OrgKey(Answer):
+    id: str
+    name: str
+    key: str = Field(description="the key itself: shown in this answer only")
+
+
+class CreatedOrg(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "org_id": "0b7f6e5d-4c3b-4a29-8f1e-0d9c8b7a6f5e", "name": "acme",
+        "key": {"id": "3d9c1f0e-8a5b-4c1d-9e2f-7a6b5c4d3e2f", "name": "admin", "key": "sk-helicone-Ab3xk2Jd9vQpL0sTz7YwR4mNc8HfUe1Gi5oBa6WqXyE"}}]})
+
+    org_id: str
+    name: str
+    key: OrgKey = Field(description="the org's first key")
 
 
 def admin_router(state) -> APIRouter:
@@ -42,7 +58,7 @@ def admin_router(state) -> APIRouter:
         if state.pool is None:
             raise HTTPException(503, "key store unavailable; try again shortly", {"Retry-After": "5"})
 
-    @router.post("/orgs", status_code=201, responses=error_responses({
+    @router.post("/orgs", status_code=201, response_model=documented(CreatedOrg), responses=error_responses({
         404: "the admin routes are off: the operator has not set HELICONE_ADMIN_TOKEN"}))
     async def create_org(new: NewOrg, _: None = Depends(check)) -> dict:
         """A new org and its first key; the plaintext `key` is in this answer only (Postgres keeps its hash)."""

@@ -21,9 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator
 
 from .filters import FLAT, TREE, FilterNode, _filter_form
-from .models import RequestFilter, RequestId, error_responses, utf8_text
+from .models import Answer, RequestFilter, RequestId, documented, error_responses, utf8_text
 from .queries import ERROR_CONDITION
-from .webhooks import url_shape_problem
+from .webhooks import DELIVERY_RESULTS, url_shape_problem
 
 Metric = Literal["cost_usd", "error_rate", "latency_p95_ms", "latency_p50_ms", "requests"]
 Comparison = Literal["gt", "gte", "lt", "lte"]
@@ -135,6 +135,77 @@ def _iso(t: dt.datetime | None) -> str | None:
     return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z") if t else None
 
 
+# A notification's outcome; "pending" (alert_events' default) until the webhook was tried.
+DeliveryResult = Literal[(*DELIVERY_RESULTS, "pending")]  # type: ignore[valid-type]
+RULE_EXAMPLE = {
+    "id": "9a1c7e52-5b0d-4f3e-8c6a-2d1e0f9b8a7c", "name": "gpt-4o error rate", "metric": "error_rate", "window_seconds": 300,
+    "comparison": "gt", "threshold": 0.05, "filter": {"model": "gpt-4o"}, "min_requests": 20,
+    "webhook_url": "https://hooks.example.com/helicone", "enabled": True, "state": "firing", "last_value": 0.125,
+    "last_requests": 48, "last_evaluated_at": "2026-03-01T12:05:00.123456Z", "created_at": "2026-03-01T09:00:00.654321Z",
+    "updated_at": "2026-03-01T09:00:00.654321Z",
+}
+
+
+class AlertRuleState(Answer):
+    """A rule as rule_json gives it: its definition, state and last evaluation."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [RULE_EXAMPLE]})
+
+    id: str
+    name: str
+    metric: Metric
+    window_seconds: int
+    comparison: Comparison
+    threshold: float
+    filter: dict[str, Any] = Field(description="the rule's filter as given (the flat form or the tree), defaults left out")
+    min_requests: int
+    webhook_url: str
+    enabled: bool
+    state: State
+    last_value: float | None = Field(description="the metric at the last evaluation; null before one, or with no data")
+    last_requests: int | None = Field(description="the requests in the window at the last evaluation")
+    last_evaluated_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class CreatedAlertRule(AlertRuleState):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **RULE_EXAMPLE, "state": "ok", "last_value": None, "last_requests": None, "last_evaluated_at": None,
+        "webhook_secret": "whsec_kq3V0yG8tYwN2bJc7xRf5LmZp1QsHd9AeU4oTi6Wv0E"}]})
+
+    webhook_secret: str = Field(description="signs the rule's notifications (Helicone-Signature): shown in this answer only")
+
+
+class AlertRuleList(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [RULE_EXAMPLE]}]})
+
+    data: list[AlertRuleState] = Field(description="oldest first")
+
+
+class Delivery(Answer):
+    result: DeliveryResult
+    attempts: int
+    status: int | None = Field(description="the webhook's last answer status; null when it did not answer")
+    error: str | None
+
+
+class AlertEvent(Answer):
+    at: str
+    state: State = Field(description="the state the rule went to")
+    value: float | None
+    requests: int | None
+    delivery: Delivery = Field(description="how the notification went")
+
+
+class AlertHistory(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
+        "at": "2026-03-01T12:05:00.123456Z", "state": "firing", "value": 0.125, "requests": 48,
+        "delivery": {"result": "delivered", "attempts": 1, "status": 200, "error": None}}]}]})
+
+    data: list[AlertEvent] = Field(description="newest first")
+
+
 def rule_json(row) -> dict[str, Any]:
     return {
         "id": str(row["id"]), "name": row["name"], "metric": row["metric"], "window_seconds": row["window_seconds"],
@@ -179,7 +250,7 @@ def alerts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             raise HTTPException(404, f"alert {alert_id} not found")
         return row
 
-    @router.post("", status_code=201)
+    @router.post("", status_code=201, response_model=documented(CreatedAlertRule))
     async def create(rule: AlertRule, org: str = Depends(org_id)) -> dict:
         """Creates a rule; the answer's `webhook_secret` (which signs its notifications) is shown only here."""
         check_url(rule)
@@ -198,20 +269,20 @@ def alerts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             )
         return {**rule_json(row), "webhook_secret": secret}
 
-    @router.get("")
+    @router.get("", response_model=documented(AlertRuleList))
     async def list_rules(org: str = Depends(org_id)) -> dict:
         rows = await state.pool.fetch(
             f"SELECT {RULE_COLUMNS} FROM alert_rules WHERE org_id = $1 ORDER BY created_at, id", uuid.UUID(org))
         return {"data": [rule_json(r) for r in rows]}
 
-    @router.get("/{alert_id}")
+    @router.get("/{alert_id}", response_model=documented(AlertRuleState))
     async def get_rule(alert_id: AlertId, org: str = Depends(org_id)) -> dict:
         """The rule with its state (`ok`, `firing`, `resolved`), last value and when it was last evaluated."""
         row = await state.pool.fetchrow(
             f"SELECT {RULE_COLUMNS} FROM alert_rules WHERE id = $1 AND org_id = $2", alert_id, uuid.UUID(org))
         return rule_json(await found(row, alert_id))
 
-    @router.put("/{alert_id}")
+    @router.put("/{alert_id}", response_model=documented(AlertRuleState))
     async def replace_rule(alert_id: AlertId, rule: AlertRule, org: str = Depends(org_id)) -> dict:
         """Replaces the rule's definition; its state, history and webhook secret are kept."""
         check_url(rule)
@@ -232,7 +303,7 @@ def alerts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         await found(deleted, alert_id)
         return Response(status_code=204)
 
-    @router.get("/{alert_id}/history")
+    @router.get("/{alert_id}/history", response_model=documented(AlertHistory))
     async def history(alert_id: AlertId, org: str = Depends(org_id),
                       limit: int = Query(100, ge=1, le=MAX_HISTORY, description="newest first, at most this many")) -> dict:
         """The rule's transitions, newest first: when, to which state, the value, and how the notification went."""

@@ -28,7 +28,7 @@ from .insights import insights_router
 from .keys import keys_router
 from .log_publisher import LogPublisher
 from .log_routes import logs_router
-from .models import ERRORS, ErrorBody, RequestId
+from .models import ERRORS, ErrorBody, RequestId, keep_example_nulls
 from .prompts import PromptsClient, prompts_router
 from .queries import body_to_json, detail_sql, row_to_json
 from .scores import scores_of, scores_router
@@ -123,6 +123,14 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
 
     app = FastAPI(title="helicone-api", version=build_version(), lifespan=lifespan, responses=ERRORS)
     app.state.api = state
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            keep_example_nulls(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     add_ops_routes(app, state.metrics, state.ready)
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
     static = load_static()

@@ -34,7 +34,7 @@ from .filters import (
     query_digest,
     sort_value,
 )
-from .models import RequestFilter
+from .models import Answer, RequestFilter
 from .queries import COLUMNS, SETTINGS, row_to_json
 from .scores import scores_of
 
@@ -72,7 +72,7 @@ class ExportQuery(BaseModel):
     limit: int | None = Field(None, ge=1, le=MAX_EXPORT, description=f"at most this many requests; none: all (up to {MAX_EXPORT})")
 
 
-class Usage(BaseModel):
+class Usage(Answer):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -81,13 +81,13 @@ class Usage(BaseModel):
     known: bool
 
 
-class SessionRef(BaseModel):
+class SessionRef(Answer):
     id: str
     path: str | None
     name: str | None
 
 
-class PromptRef(BaseModel):
+class PromptRef(Answer):
     id: str
     version: int
     inputs: dict[str, Any]
@@ -107,7 +107,7 @@ EXAMPLE_ROW = {
 }
 
 
-class UpstreamAttempt(BaseModel):
+class UpstreamAttempt(Answer):
     """One try of the provider (Helicone-Retry-* / Helicone-Fallbacks), as RequestLogged.attempts logs it."""
 
     target_url: str
@@ -119,7 +119,7 @@ class UpstreamAttempt(BaseModel):
     retry: int = Field(description="0 the target's first try, 1 its first retry, ...")
 
 
-class RequestRow(BaseModel):
+class RequestRow(Answer):
     """One logged request as the query and export return it."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_ROW]})
@@ -166,7 +166,7 @@ class RequestDetail(RequestRow):
     response_body_error: str | None = Field(None, description="as request_body_error, for the response body")
 
 
-class QueryPage(BaseModel):
+class QueryPage(Answer):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"data": [EXAMPLE_ROW], "limit": 1, "offset": 0, "next_cursor": "WyIyMDI2LTAzLTAxIDEyOjAwOjAwLjAwMCIsIjZmMWIiXQ.q8Jb0x"}]})
     data: list[RequestRow]

@@ -21,8 +21,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SESSION_USERS, TIME_ORDER_SETTINGS
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from .explorer import EXAMPLE_ROW, RequestRow
 from .filters import AnyFilter, FilterNode, filter_sql
-from .models import MAX_FILTER_CHARS, FilterText, RequestFilter, _ch_range, _utf8, error_responses
+from .models import MAX_FILTER_CHARS, Answer, FilterText, RequestFilter, _ch_range, _utf8, documented, error_responses
 from .queries import COLUMNS, SETTINGS, _ch_time, _iso, row_to_json
 from .scores import scores_of
 
@@ -135,6 +136,185 @@ class BreakdownQuery(TimeRange):
     filter: AnyFilter = Field(default_factory=RequestFilter)
     by: Literal["model", "provider"]
     limit: int = Field(100, ge=1, le=1000)
+
+
+# The answers' shapes, as the *_json functions below build them.
+class Totals(Answer):
+    requests: int
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+SESSION_EXAMPLE = {
+    "session_id": "sess-checkout-1", "session_name": "Checkout", "requests": 3, "cost_usd": 0.0042, "prompt_tokens": 900,
+    "completion_tokens": 240, "total_tokens": 1140, "duration_ms": 5210, "first_seen": "2026-03-01T12:00:00.000Z",
+    "last_seen": "2026-03-01T12:00:04.100Z", "errors": 0, "users": ["alice"],
+}
+
+
+class SessionTotals(Totals):
+    model_config = ConfigDict(json_schema_extra={"examples": [SESSION_EXAMPLE]})
+
+    session_id: str
+    session_name: str | None = Field(description="the newest request's Helicone-Session-Name; null when none had one")
+    duration_ms: int = Field(description="first request to last response")
+    first_seen: str
+    last_seen: str
+    errors: int
+    users: list[str] = Field(description=f"the session's user ids, sorted (at most {MAX_SESSION_USERS})")
+
+
+class SessionPage(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [SESSION_EXAMPLE], "limit": 100, "offset": 0}]})
+
+    data: list[SessionTotals]
+    limit: int
+    offset: int
+
+
+class SessionNode(Answer):
+    """A node of a session's trace tree: a Helicone-Session-Path prefix."""
+
+    path: str = Field(description='"/" for the root')
+    name: str = Field(description="the path's last segment; \"\" for the root")
+    requests: list[RequestRow] = Field(description="the requests logged exactly at this path, oldest first")
+    children: list[SessionNode]
+    cost_usd: float = Field(description="over the node's subtree")
+    duration_ms: int = Field(description="over the node's subtree: first request to last response")
+
+
+class SessionDetail(SessionTotals):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **SESSION_EXAMPLE, "requests": 1, "tree": {"path": "/", "name": "", "requests": [], "cost_usd": 0.0007, "duration_ms": 1250,
+                                                   "children": [{"path": "/chat", "name": "chat", "requests": [EXAMPLE_ROW],
+                                                                 "children": [], "cost_usd": 0.0007, "duration_ms": 1250}]},
+        "requests_truncated": False}]})
+
+    tree: SessionNode
+    requests_truncated: bool = Field(description=f"the session has more than the {MAX_SESSION_REQUESTS} requests the tree holds")
+
+
+USER_EXAMPLE = {"user_id": "alice", "requests": 42, "cost_usd": 0.31, "prompt_tokens": 12000, "completion_tokens": 3400,
+                "total_tokens": 15400, "active_days": 5, "first_seen": "2026-03-01T08:12:00.000Z",
+                "last_seen": "2026-03-07T17:45:10.250Z"}
+
+
+class UserTotals(Totals):
+    model_config = ConfigDict(json_schema_extra={"examples": [USER_EXAMPLE]})
+
+    user_id: str
+    active_days: int = Field(description="distinct UTC dates with a request")
+    first_seen: str
+    last_seen: str
+
+
+class UserPage(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [USER_EXAMPLE], "limit": 100, "offset": 0}]})
+
+    data: list[UserTotals]
+    limit: int
+    offset: int
+
+
+class PropertyKeyCount(Answer):
+    key: str
+    requests: int
+
+
+class PropertyKeyList(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{"key": "env", "requests": 1200}, {"key": "team", "requests": 300}]}]})
+
+    data: list[PropertyKeyCount] = Field(description="most requests first")
+
+
+class Quantiles(Answer):
+    """DDSketch estimates (within 1 %); null without data."""
+
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+
+QUANTILES_EXAMPLE = {"p50": 640.2, "p90": 1510.0, "p95": 1890.7, "p99": 3012.4}
+
+
+class PropertyValueStats(Answer):
+    value: str
+    requests: int
+    cost_usd: float
+    errors: int
+    error_rate: float
+    avg_latency_ms: float | None
+    latency_ms: Quantiles
+    p95_latency_ms: float | None
+
+
+class PropertyValueList(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
+        "value": "prod", "requests": 900, "cost_usd": 2.5, "errors": 9, "error_rate": 0.01, "avg_latency_ms": 812.3,
+        "latency_ms": QUANTILES_EXAMPLE, "p95_latency_ms": 1890.7}]}]})
+
+    data: list[PropertyValueStats] = Field(description="most requests first")
+
+
+class TimeseriesPoint(Answer):
+    bucket: str = Field(description="the bucket's start in the query's time zone, e.g. 2026-03-01T00:00:00+05:30")
+    group: str | None = Field(description='the group_by value; "other" for the groups beyond top_groups; null without group_by')
+    is_other: bool
+    requests: int
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int
+    error_rate: float
+    latency_ms: Quantiles
+    ttft_ms: Quantiles = Field(description="time to first token")
+
+
+class Timeseries(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
+        "bucket": "2026-03-01T00:00:00+01:00", "group": "gpt-4o", "is_other": False, "requests": 120, "cost_usd": 0.84,
+        "prompt_tokens": 36000, "completion_tokens": 9000, "errors": 3, "error_rate": 0.025, "latency_ms": QUANTILES_EXAMPLE,
+        "ttft_ms": {"p50": 210.0, "p90": 480.5, "p95": 610.0, "p99": 990.1}}]}]})
+
+    data: list[TimeseriesPoint] = Field(description="per group, its buckets in time order, zero-filled")
+
+
+class BreakdownRow(Answer):
+    key: str = Field(description="the model or provider")
+    requests: int
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    error_rate: float
+    p95_latency_ms: float | None
+
+
+class Breakdown(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
+        "key": "gpt-4o", "requests": 120, "cost_usd": 0.84, "prompt_tokens": 36000, "completion_tokens": 9000,
+        "error_rate": 0.025, "p95_latency_ms": 1890.7}]}]})
+
+    data: list[BreakdownRow] = Field(description="most requests first")
+
+
+class Summary(Totals):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "requests": 1200, "cost_usd": 8.4, "prompt_tokens": 360000, "completion_tokens": 90000, "total_tokens": 450000,
+        "errors": 30, "error_rate": 0.025, "users": 85, "sessions": 240, "avg_latency_ms": 812.3, "p95_latency_ms": 1890.7,
+        "cache_hits": 40, "cache_saved_usd": 0.21}]})
+
+    errors: int
+    error_rate: float
+    users: int
+    sessions: int
+    avg_latency_ms: float | None = Field(description="null without requests")
+    p95_latency_ms: float | None = Field(description="null without requests")
+    cache_hits: int
+    cache_saved_usd: float
 
 
 @functools.cache
@@ -691,7 +871,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             return None
         return dt.datetime.fromisoformat(rows[0]["h"]).replace(tzinfo=dt.timezone.utc) + dt.timedelta(hours=1)
 
-    @router.post("/session/query")
+    @router.post("/session/query", response_model=documented(SessionPage))
     async def query_sessions(q: SessionQuery, org: str = Depends(org_id)) -> dict:
         """Sessions with requests matching the filter, their totals over those requests."""
         ids = await recent_sessions(q, org)
@@ -702,7 +882,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         rows = await run("session_query", session_list_sql(org, q))
         return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
 
-    @router.get("/session/{session_id:path}")  # :path: a session id may contain "/"
+    @router.get("/session/{session_id:path}", response_model=documented(SessionDetail))  # :path: a session id may contain "/"
     async def get_session(session_id: Annotated[FilterText, Path()], org: str = Depends(org_id)) -> dict:
         """One session's totals and its trace tree (Helicone-Session-Path), with every request in it."""
         found = await run("session_detail", session_list_sql(org, None, session_id))
@@ -716,25 +896,25 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         return {**session_json(found[0]), "tree": session_tree(rows, requests),
                 "requests_truncated": truncated}
 
-    @router.post("/user/query")
+    @router.post("/user/query", response_model=documented(UserPage))
     async def query_users(q: UserQuery, org: str = Depends(org_id)) -> dict:
         """Users with requests matching the filter, their totals over those requests."""
         rows = await run("user_query", user_list_sql(org, q))
         return {"data": [user_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
 
-    @router.get("/property/keys")
+    @router.get("/property/keys", response_model=documented(PropertyKeyList))
     async def property_keys(r: Annotated[TimeRange, Query()], org: str = Depends(org_id)) -> dict:
         """The custom property names (Helicone-Property-*) logged, most requests first."""
         rows = await run("property_keys", property_keys_sql(org, r))
         return {"data": [{"key": row["key"], "requests": int(row["requests"])} for row in rows]}
 
-    @router.post("/property/{key:path}/values")
+    @router.post("/property/{key:path}/values", response_model=documented(PropertyValueList))
     async def property_values(key: PropertyKey, q: PropertyValuesQuery, org: str = Depends(org_id)) -> dict:
         """A property's values, most requests first: requests, cost, errors and latency percentiles per value."""
         rows = await run("property_values", property_values_sql(org, key.lower(), q))
         return {"data": [property_value_json(row) for row in rows]}
 
-    @router.post("/metrics/timeseries")
+    @router.post("/metrics/timeseries", response_model=documented(Timeseries))
     async def timeseries(q: TimeseriesQuery, org: str = Depends(org_id)) -> dict:
         """Requests, cost, tokens, errors and latency/TTFT percentiles per time bucket (and group), zero-filled."""
         rows = await run("timeseries", timeseries_sql(org, q))
@@ -743,13 +923,13 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         zone = zoneinfo.ZoneInfo(q.timezone)
         return {"data": [timeseries_json(r, q, zone) for r in rows]}
 
-    @router.post("/metrics/breakdown")
+    @router.post("/metrics/breakdown", response_model=documented(Breakdown))
     async def breakdown(q: BreakdownQuery, org: str = Depends(org_id)) -> dict:
         """Totals per model or provider, most requests first."""
         rows = await run("breakdown", breakdown_sql(org, q))
         return {"data": [breakdown_json(r) for r in rows]}
 
-    @router.get("/metrics/summary")
+    @router.get("/metrics/summary", response_model=documented(Summary))
     async def summary(r: Annotated[TimeRange, Query()], org: str = Depends(org_id)) -> dict:
         """Totals for dashboard tiles."""
         rows = await run("summary", summary_sql(org, r))

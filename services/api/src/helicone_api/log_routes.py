@@ -11,15 +11,37 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from helicone_core import events
 from helicone_core.settings import env_name
+from pydantic import ConfigDict, Field
 
 from .async_log import AsyncLog, PayloadError, to_event
 from .log_publisher import PublishUnavailable
-from .models import error_responses
+from .models import Answer, documented, error_responses
 from .otlp import JSON, PROTOBUF, OtlpError, decode_request, encode_response, to_events
 
 RETRY_AFTER = "5"
 UNAVAILABLE = ("the log store (Kafka) did not acknowledge the log in time; send it again (Kafka may still take "
                "this copy late: a log with the same request id, or a timed one with the same content, replaces it)")
+
+
+class LogAccepted(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"request_id": "6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1"}]})
+
+    request_id: str = Field(description="the logged request's id (also in the Helicone-Id header)")
+
+
+class PartialSuccess(Answer):
+    rejectedSpans: str = Field(description="how many spans were refused (an int64: a string in OTLP's JSON)")
+    errorMessage: str = Field("", description="why the first of them was refused")
+
+
+class TracesAccepted(Answer):
+    """OTLP's ExportTraceServiceResponse in its JSON form: {} when every span was taken."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {}, {"partialSuccess": {"rejectedSpans": "1", "errorMessage": "resourceSpans[0].scopeSpans[0].spans[2]: "
+                                                               "startTimeUnixNano must be set and endTimeUnixNano not before it"}}]})
+
+    partialSuccess: PartialSuccess = Field(None, description="only when spans were refused")
 
 
 def _invalid(field: str, message: str) -> JSONResponse:
@@ -39,7 +61,8 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         except PublishUnavailable:
             raise HTTPException(503, UNAVAILABLE, {"Retry-After": RETRY_AFTER}) from None
 
-    @router.post("/custom/v1/log")
+    @router.post("/custom/v1/log", response_model=documented(LogAccepted), responses={200: {"headers": {
+        "Helicone-Id": {"description": "the logged request's id", "schema": {"type": "string"}}}}})
     async def async_log(payload: AsyncLog, request: Request, org: str = Depends(org_id)) -> JSONResponse:
         """Logs a provider call your app made itself (Helicone's async-log payload); the answer
         comes once the log is in Kafka, and the request shows in the api within about a second.
@@ -56,8 +79,12 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         await publish([ev])
         return JSONResponse({"request_id": ev.request_id}, headers={"Helicone-Id": ev.request_id})
 
-    @router.post("/v1/traces")
-    @router.post("/v1/trace/log")  # Helicone's path for the same (its helicone-async / OpenLLMetry loggers export there)
+    traces_answer = {"response_model": documented(TracesAccepted), "responses": {200: {
+        "description": "the spans were logged (an OTLP ExportTraceServiceResponse, in the request's Content-Type)",
+        "content": {PROTOBUF: {"schema": {"type": "string", "format": "binary"}}}}}}
+
+    @router.post("/v1/traces", **traces_answer)
+    @router.post("/v1/trace/log", **traces_answer)  # Helicone's path for the same (its helicone-async / OpenLLMetry loggers export there)
     async def otlp_traces(request: Request, org: str = Depends(org_id)) -> Response:
         """OTLP/HTTP trace export (protobuf or JSON): GenAI spans become request logs."""
         content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()

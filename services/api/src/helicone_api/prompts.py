@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -22,7 +22,7 @@ from helicone_core.log_headers import MAX_MODEL
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .filters import AnyFilter, CursorText, filter_sql
-from .models import RequestFilter, error_responses
+from .models import Answer, RequestFilter, documented, error_responses
 from .queries import no_feedback, prompt_analytics_json, prompt_analytics_sql, prompt_scores_json, prompt_scores_sql
 
 PromptId = Annotated[str, Path(pattern=templates.PROMPT_ID.pattern, description=f"the prompt's id: {templates.PROMPT_ID_FORM}")]
@@ -117,6 +117,101 @@ class PromptAnalyticsQuery(BaseModel):
     filter: AnyFilter = Field(default_factory=RequestFilter)
 
 
+class PromptVariable(Answer):
+    name: str
+    type: Literal[templates.TYPES] = Field(description="`{{hc:name:type}}`'s type; string for a plain `{{name}}`")  # type: ignore[valid-type]
+
+
+VERSION_EXAMPLE = {
+    "prompt_id": "support", "version": 2,
+    "template": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{question}}"}],
+                 "max_tokens": "{{hc:limit:number}}"},
+    "model": "gpt-4o-mini", "variables": [{"name": "question", "type": "string"}, {"name": "limit", "type": "number"}],
+    "environments": ["production"], "message": "a token limit", "changed_fields": ["max_tokens"], "archived": False,
+    "created_at": "2026-03-01T12:00:00.123456+00:00",
+}
+
+
+class PromptVersion(Answer):
+    """One version of a prompt, as version_json gives it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [VERSION_EXAMPLE]})
+
+    prompt_id: str
+    version: int
+    template: dict[str, Any] = Field(description="the request body, with its placeholders")
+    model: str
+    variables: list[PromptVariable] = Field(description="in order of first use")
+    environments: list[str] = Field(description="the environments this version is labelled for")
+    message: str = Field(description="what changed, from the author")
+    changed_fields: list[str] = Field(description="top-level template fields that differ from the previous version")
+    archived: bool
+    created_at: str | None
+
+
+class PromptVersionPage(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [VERSION_EXAMPLE], "next_cursor": "djI"}]})
+
+    data: list[PromptVersion]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: this is the last page")
+
+
+class ArchivedPrompt(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt_id": "support", "archived": True, "versions": 2}]})
+
+    prompt_id: str
+    archived: Literal[True]
+    versions: int = Field(description="how many versions the prompt has")
+
+
+class RenderedPrompt(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "prompt": VERSION_EXAMPLE, "rendered": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi?"}],
+                                                "max_tokens": 100}}]})
+
+    prompt: PromptVersion = Field(description="the version rendered")
+    rendered: dict[str, Any] = Field(description="the request body it renders to with these inputs")
+
+
+class LatencySummary(Answer):
+    avg: float
+    p95: float
+
+
+class ScoreSummary(Answer):
+    avg: float
+    count: int = Field(description="requests with this score")
+
+
+class FeedbackSummary(Answer):
+    up: int
+    down: int
+    count: int
+    ratio: float | None = Field(description="the thumbs-up share; null without feedback")
+
+
+class VersionAnalytics(Answer):
+    version: int
+    requests: int
+    cost_usd: float
+    cost_unknown_requests: int = Field(description="requests of models not in the cost registry (not in cost_usd)")
+    latency_ms: LatencySummary
+    errors: int
+    error_rate: float = Field(description="status >= 400 or no response, over requests")
+    scores: dict[str, ScoreSummary] = Field(description="score name -> its mean and count (the feedback score is `feedback`)")
+    feedback: FeedbackSummary
+
+
+class PromptAnalytics(Answer):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt_id": "support", "data": [{
+        "version": 2, "requests": 40, "cost_usd": 0.12, "cost_unknown_requests": 0, "latency_ms": {"avg": 820.5, "p95": 1900.0},
+        "errors": 2, "error_rate": 0.05, "scores": {"accuracy": {"avg": 0.85, "count": 12}},
+        "feedback": {"up": 9, "down": 1, "count": 10, "ratio": 0.9}}]}]})
+
+    prompt_id: str
+    data: list[VersionAnalytics] = Field(description="per version the requests rendered from it, newest version first")
+
+
 def version_json(v: pb.PromptVersion) -> dict:
     return {
         "prompt_id": v.prompt_id,
@@ -179,7 +274,7 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         504: "the prompts service did not answer in time"}))
     client: PromptsClient = state.prompts
 
-    @router.get("")
+    @router.get("", response_model=documented(PromptVersionPage))
     async def list_prompts(request: Request, include_archived: bool = Query(False), limit: Limit = DEFAULT_LIMIT,
                            cursor: Cursor = None, org: str = Depends(org_id)) -> dict:
         """The latest version of each prompt, by prompt id, a page at a time: `next_cursor` (null on the
@@ -188,14 +283,14 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             include_archived=include_archived, page_size=limit, page_token=cursor or ""), cursor=True)
         return {"data": [version_json(v) for v in found.prompts], "next_cursor": found.next_page_token or None}
 
-    @router.post("/{prompt_id}/versions", status_code=201)
+    @router.post("/{prompt_id}/versions", status_code=201, response_model=documented(PromptVersion))
     async def create_version(request: Request, prompt_id: PromptId, body: NewVersion, org: str = Depends(org_id)) -> dict:
         created = await client.call(request, "CreatePromptVersion", pb.CreatePromptVersionRequest(
             prompt_id=prompt_id, template_json=json.dumps(body.template), model=body.model, message=body.message,
             environments=body.environments, new_prompt=body.new_prompt))
         return version_json(created)
 
-    @router.get("/{prompt_id}/versions")
+    @router.get("/{prompt_id}/versions", response_model=documented(PromptVersionPage))
     async def list_versions(request: Request, prompt_id: PromptId, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None,
                             org: str = Depends(org_id)) -> dict:
         """Every version, newest first, with the fields each changed, a page at a time: `next_cursor` (null
@@ -204,7 +299,7 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             prompt_id=prompt_id, page_size=limit, page_token=cursor or ""), cursor=True)
         return {"data": [version_json(v) for v in found.versions], "next_cursor": found.next_page_token or None}
 
-    @router.get("/{prompt_id}")
+    @router.get("/{prompt_id}", response_model=documented(PromptVersion))
     async def get_prompt(request: Request, prompt_id: PromptId, version: int = Query(0, ge=0, le=MAX_VERSION),
                          environment: str | None = Query(None, pattern=templates.ENVIRONMENT.pattern),
                          org: str = Depends(org_id)) -> dict:
@@ -212,7 +307,7 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             prompt_id=prompt_id, version=version, environment=environment or ""))
         return version_json(found)
 
-    @router.put("/{prompt_id}/environments/{environment}")
+    @router.put("/{prompt_id}/environments/{environment}", response_model=documented(PromptVersion))
     async def set_environment(request: Request, prompt_id: PromptId, environment: Environment, body: EnvironmentLabel,
                               org: str = Depends(org_id)) -> dict:
         """Labels a version for an environment (e.g. promotes it to production)."""
@@ -220,18 +315,18 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             prompt_id=prompt_id, environment=environment, version=body.version))
         return version_json(found)
 
-    @router.post("/{prompt_id}/environments/{environment}/rollback")
+    @router.post("/{prompt_id}/environments/{environment}/rollback", response_model=documented(PromptVersion))
     async def rollback(request: Request, prompt_id: PromptId, environment: Environment, org: str = Depends(org_id)) -> dict:
         found = await client.call(request, "RollbackEnvironment", pb.RollbackEnvironmentRequest(
             prompt_id=prompt_id, environment=environment))
         return version_json(found)
 
-    @router.post("/{prompt_id}/archive")
+    @router.post("/{prompt_id}/archive", response_model=documented(ArchivedPrompt))
     async def archive(request: Request, prompt_id: PromptId, org: str = Depends(org_id)) -> dict:
         done = await client.call(request, "ArchivePrompt", pb.ArchivePromptRequest(prompt_id=prompt_id))
         return {"prompt_id": done.prompt_id, "archived": True, "versions": done.versions}
 
-    @router.post("/{prompt_id}/render")
+    @router.post("/{prompt_id}/render", response_model=documented(RenderedPrompt))
     async def render(request: Request, prompt_id: PromptId, body: RenderPreview, org: str = Depends(org_id)) -> dict:
         """A preview of the request body a version renders to with these inputs."""
         if body.version and body.environment:
@@ -240,7 +335,7 @@ def prompts_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             prompt_id=prompt_id, version=body.version, environment=body.environment or "", inputs_json=json.dumps(body.inputs)))
         return {"prompt": version_json(done.prompt), "rendered": json.loads(done.rendered_json)}
 
-    @router.post("/{prompt_id}/analytics")
+    @router.post("/{prompt_id}/analytics", response_model=documented(PromptAnalytics))
     async def analytics(prompt_id: PromptId, q: PromptAnalyticsQuery, org: str = Depends(org_id)) -> dict:
         """Per version: requests, cost, latency and error rate of the requests rendered from it, the mean
         and count of each score and the feedback's thumbs-up share, filtered like POST /v1/request/query."""

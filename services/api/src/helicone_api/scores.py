@@ -16,8 +16,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import ConfigDict, Field
 
-from .models import FEEDBACK_SCORE, SCORE_NAME_FORM, SCORE_NAME_PATTERN, Feedback, RequestId, Score, error_responses
+from .models import (
+    FEEDBACK_SCORE,
+    SCORE_NAME_FORM,
+    SCORE_NAME_PATTERN,
+    Answer,
+    Feedback,
+    RequestId,
+    Score,
+    documented,
+    error_responses,
+)
 from .queries import SETTINGS
 
 ScoreNamePath = Annotated[str, Path(pattern=SCORE_NAME_PATTERN, description=f"the score's name: {SCORE_NAME_FORM}")]
@@ -35,6 +46,29 @@ SCORE_SQL = (
     "SELECT count() AS n FROM {db}.request_scores FINAL "
     "WHERE org_id = {org:String} AND request_id = {rid:UUID} AND name = {name:String} AND deleted = 0 " + SETTINGS
 )
+
+
+class ScoreWritten(Answer):
+    """A score as PUT /v1/request/{id}/score/{name} wrote it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1", "name": "accuracy", "value": 0.9,
+        "updated_at": "2026-03-01T12:00:05.123456Z"}]})
+
+    request_id: str
+    name: str
+    value: float
+    updated_at: str = Field(description="when this api wrote it (UTC, to the microsecond): the newest write wins")
+
+
+class FeedbackWritten(ScoreWritten):
+    """The rating as POST /v1/request/{id}/feedback wrote it: the score `feedback`, 1 (up) or 0 (down)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1", "name": FEEDBACK_SCORE, "value": 1.0,
+        "updated_at": "2026-03-01T12:00:05.123456Z", "rating": True}]})
+
+    rating: bool
 
 
 class ScoreClock:
@@ -95,13 +129,13 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         state.m_queries.labels(endpoint, "ok").inc()
         return {"request_id": str(request_id), "name": name, "value": value, "updated_at": updated_at}
 
-    @router.post("/feedback")
+    @router.post("/feedback", response_model=documented(FeedbackWritten))
     async def feedback(request_id: RequestId, body: Feedback, org: str = Depends(org_id)) -> dict:
         """Thumbs up (`true`) or down (`false`): the score `feedback`, 1 or 0; a newer rating replaces this one."""
         out = await put(org, request_id, FEEDBACK_SCORE, 1.0 if body.rating else 0.0, "feedback")
         return {**out, "rating": body.rating}
 
-    @router.put("/score/{name}")
+    @router.put("/score/{name}", response_model=documented(ScoreWritten))
     async def put_score(request_id: RequestId, name: ScoreNamePath, body: Score, org: str = Depends(org_id)) -> dict:
         """Sets the score `name`; writing it again replaces the value."""
         if name == FEEDBACK_SCORE and body.value not in (0.0, 1.0):
