@@ -35,6 +35,31 @@ async def test_local_body_store_reads_a_body_inside_a_pack_by_its_byte_range(tmp
             await store.get(bad)
 
 
+async def test_local_body_store_sweep_deletes_bodies_past_the_retention_and_keeps_newer(tmp_path):
+    import os
+    import time
+
+    store = LocalBodyStore(tmp_path / "bodies")
+    await store.start()
+    await store.put("orgs/o/packs/old", b"old", "application/octet-stream")
+    await store.put("orgs/o/requests/r/1/request", b"old", "application/json")  # a body of before the packs
+    await store.put("orgs/o/packs/new", b"new", "application/octet-stream")
+    forty_days_ago = time.time() - 40 * 86400
+    for key in ("orgs/o/packs/old", "orgs/o/requests/r/1/request"):
+        os.utime(tmp_path / "bodies" / key, (forty_days_ago, forty_days_ago))
+    assert await store.sweep(30 * 86400) == 2
+    assert await store.get("orgs/o/packs/old") is None and await store.get("orgs/o/requests/r/1/request") is None
+    assert await store.get("orgs/o/packs/new") == b"new"
+    # the directories it emptied go too; those still in use stay
+    assert not (tmp_path / "bodies" / "orgs/o/requests").exists()
+    os.utime(tmp_path / "bodies" / "orgs/o/packs/new", (forty_days_ago, forty_days_ago))
+    assert await store.sweep(30 * 86400) == 1
+    assert not (tmp_path / "bodies" / "orgs").exists()
+    await store.put("orgs/o/packs/newer", b"newer", "application/octet-stream")  # the next write recreates them
+    assert await store.get("orgs/o/packs/newer") == b"newer"
+    assert await store.ping()
+
+
 def _row(ev):
     return events.analytics_row(ev, request_key="k1", response_key="k2", request_bytes=1, response_bytes=1,
                                 request_content_type="", response_content_type="", truncated=False)
@@ -441,3 +466,108 @@ async def test_a_clickhouse_user_that_may_not_change_the_schema_gets_an_error_na
         await store.close()
         proc.terminate()
         proc.wait(10)
+
+
+# Retention (settings.retention_days): rows of requests past the age leave every request-level table.
+RETENTION_TABLES = {"request_log": "request_created_at", "request_properties": "request_created_at",
+                    "request_scores": "updated_at"}
+
+
+def _retained_store(analytics_settings, days: int):
+    return make_analytics_store(CommonSettings(**analytics_settings, retention_days=days, _env_file=None))
+
+
+async def _ttls(store) -> dict[str, str | None]:
+    return {table: await analytics._table_ttl(store, table) for table in RETENTION_TABLES}
+
+
+async def _log_requests(store, org: str, age_days: int, count: int) -> None:
+    """`count` requests logged `age_days` ago, each with a property and a score."""
+    db = store.database
+    await store._command(
+        f"INSERT INTO {db}.request_log (request_id, org_id, request_created_at, properties, version) "
+        f"SELECT generateUUIDv4(), '{org}', now64(3) - toIntervalDay({age_days}), map('team', 'a'), 1 FROM numbers({count})")
+    await store._command(
+        f"INSERT INTO {db}.request_scores (org_id, request_id, name, value, updated_at) "
+        f"SELECT org_id, request_id, 'feedback', 1, request_created_at FROM {db}.request_log WHERE org_id = '{org}'")
+
+
+async def _counts(store) -> dict[str, int]:
+    counts = {}
+    for table in RETENTION_TABLES:
+        rows = await store.query(f"SELECT org_id, count() AS n FROM {{db}}.{table} GROUP BY org_id ORDER BY org_id "
+                                 "SETTINGS output_format_json_quote_64bit_integers = 0")
+        counts[table] = {r["org_id"]: r["n"] for r in rows}
+    return counts
+
+
+async def test_rows_past_the_retention_leave_every_request_table_and_newer_rows_stay(analytics_settings):
+    store = _retained_store(analytics_settings, 0)
+    try:
+        await store.init_schema()
+        await _log_requests(store, "org-old", 40, 3)
+        await _log_requests(store, "org-new", 20, 2)
+    finally:
+        await store.close()
+    store = _retained_store(analytics_settings, 30)  # the next release's pods start with a retention
+    try:
+        await store.init_schema()
+        for table in RETENTION_TABLES:
+            await store._command(f"OPTIMIZE TABLE {store.database}.{table} FINAL")
+        assert await _counts(store) == {table: {"org-new": 2} for table in RETENTION_TABLES}
+        # what the dashboard reads from a projection drops them too
+        sql = (f"SELECT org_id, {analytics.AGGREGATES['requests']} AS n FROM {{db}}.request_log "
+               f"GROUP BY org_id, {analytics.GRAINS['hour'][0]} SETTINGS preferred_optimize_projection_name = "
+               f"'series_hourly_v2', {analytics.PROJECTION_SETTINGS}, output_format_json_quote_64bit_integers = 0")
+        plan = "\n".join(r["explain"] for r in await store.query("EXPLAIN " + sql))
+        assert "ReadFromMergeTree (series_hourly_v2)" in plan, plan
+        assert await store.query(sql) == [{"org_id": "org-new", "n": 2}]
+        # rows logged from now on: past the age, dropped; within it, kept
+        await _log_requests(store, "org-old", 31, 1)
+        await _log_requests(store, "org-new", 29, 1)
+        for table in RETENTION_TABLES:
+            await store._command(f"OPTIMIZE TABLE {store.database}.{table} FINAL")
+        assert await _counts(store) == {table: {"org-new": 3} for table in RETENTION_TABLES}
+    finally:
+        await store.close()
+
+
+async def test_a_changed_retention_changes_the_ttl_0_removes_it_and_an_unchanged_one_alters_nothing(analytics_settings):
+    def ttl(days):
+        return {table: f"{column} + toIntervalDay({days})" for table, column in RETENTION_TABLES.items()}
+
+    async def start(days: int) -> list[str]:
+        store = _retained_store(analytics_settings, days)
+        commands, command = [], store._command
+
+        async def spy(sql: str) -> None:
+            commands.append(sql)
+            await command(sql)
+
+        store._command = spy
+        try:
+            await store.init_schema()
+            assert await _ttls(store) == (ttl(days) if days else dict.fromkeys(RETENTION_TABLES))
+        finally:
+            await store.close()
+        return [sql for sql in commands if "TTL" in sql]
+
+    assert await start(0) == []  # the default: keep forever, no TTL, nothing altered
+    first = await start(30)
+    assert len(first) == 3 and all("mutations_sync = 0" in sql for sql in first)  # never waits for a rewrite
+    assert await start(30) == []  # unchanged: no ALTER
+    assert len(await start(7)) == 3
+    assert len(await start(0)) == 3  # REMOVE TTL
+    assert await start(0) == []
+
+
+async def test_pods_starting_at_once_agree_on_the_retention(analytics_settings):
+    for days in (30, 0):
+        stores = [_retained_store(analytics_settings, days) for _ in range(2)]
+        try:
+            await asyncio.gather(*(s.init_schema() for s in stores))
+            assert set((await _ttls(stores[0])).values()) == ({f"request_created_at + toIntervalDay({days})",
+                                                               f"updated_at + toIntervalDay({days})"} if days else {None})
+        finally:
+            for s in stores:
+                await s.close()

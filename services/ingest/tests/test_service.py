@@ -174,3 +174,28 @@ async def test_an_event_clickhouse_cannot_store_does_not_hold_its_batch_forever(
         assert {r["id"] for r in rows} == {good.request_id, odd.request_id}
     finally:
         await analytics.close()
+
+
+async def test_the_local_body_store_is_swept_past_the_retention(tmp_path):
+    import os
+    import time
+
+    bodies = LocalBodyStore(tmp_path / "bodies")
+    svc = IngestService(IngestSettings(data_dir=tmp_path, body_store="local", analytics_backend="chdb", retention_days=30,
+                                       _env_file=None), bodies=bodies)
+    await bodies.start()
+    await bodies.put("orgs/o/packs/old", b"old", "application/octet-stream")
+    await bodies.put("orgs/o/packs/new", b"new", "application/octet-stream")
+    old = time.time() - 31 * 86400
+    os.utime(tmp_path / "bodies" / "orgs/o/packs/old", (old, old))
+    sweep = asyncio.create_task(svc._sweep_bodies())  # start() runs it when retention_days is set
+    try:
+        for _ in range(200):
+            if await bodies.get("orgs/o/packs/old") is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await bodies.get("orgs/o/packs/old") is None
+        assert await bodies.get("orgs/o/packs/new") == b"new"
+    finally:
+        sweep.cancel()
+        await asyncio.gather(sweep, return_exceptions=True)

@@ -33,8 +33,8 @@ _IDENT = CLICKHOUSE_IDENTIFIER
 # Queries always filter on org_id, the key prefix; time ranges use the minmax skip index, which
 # skips parts and granules outside the range (most effective on recent, not yet merged parts). With
 # FINAL it is exact since ClickHouse 25.6 (use_skip_indexes_if_final_exact_mode, on by default:
-# never turn it off for this table) and unused before (correct, slower). Retention, if wanted,
-# is a TTL on request_created_at, which needs no partitions.
+# never turn it off for this table) and unused before (correct, slower). Retention is a TTL on
+# request_created_at (migrate_retention), which needs no partitions.
 REQUEST_LOG_SORTING_KEY = "org_id, request_id"
 
 REQUEST_LOG_DDL = """
@@ -403,11 +403,58 @@ async def migrate_request_properties(store) -> None:
         await store._command(f"ALTER TABLE {db}.request_properties MODIFY COMMENT '{_PROPERTIES_READY}'")
 
 
+# Retention (settings.retention_days): a TTL on each table's time column, so ClickHouse drops rows past the age in
+# its merges. request_log and request_properties: the request's time (request_created_at, the time every view
+# and filter uses). request_scores has no request time; updated_at is the score's last write, never before its
+# request, so a score goes with or after its request. A reused request id's newer row outlives the older one,
+# which it replaces anyway (its version is higher).
+RETENTION_COLUMNS = {"request_log": "request_created_at", "request_properties": "request_created_at",
+                     "request_scores": "updated_at"}
+# the table's TTL as system.tables.create_table_query prints it (one line), up to the clause after it
+_TABLE_TTL = re.compile(r" TTL (.+?)(?: SETTINGS | COMMENT |$)")
+
+
+def retention_ttl(column: str, days: int) -> str:
+    """A table's TTL for `days` of retention, written as ClickHouse prints it back (compared to skip the ALTER)."""
+    return f"{_check_ident(column)} + toIntervalDay({int(days)})"
+
+
+async def _table_ttl(store, table: str) -> str | None:
+    rows = await store.query("SELECT create_table_query FROM system.tables WHERE database = {d:String} AND name = {t:String}",
+                             {"d": store.database, "t": table})
+    m = _TABLE_TTL.search(rows[0]["create_table_query"]) if rows else None
+    return m.group(1) if m else None
+
+
+async def migrate_retention(store, days: int) -> None:
+    """Brings the TTL of each table of RETENTION_COLUMNS to `days` (0: none). An unchanged setting
+    issues no ALTER; a change is a metadata change, and the rows already stored are checked against
+    it in the background (a mutation, never waited for: hours on a large table); merges drop what
+    is past it from then on. Safe to repeat and to run at once."""
+    db = store.database
+    for table, column in RETENTION_COLUMNS.items():
+        wanted = retention_ttl(column, days) if days else None
+        present = await _table_ttl(store, table)
+        if present == wanted:
+            continue
+        if wanted is None:
+            log.warning("%s: removing the retention TTL (%s): rows are kept forever", table, present)
+            try:
+                await store._command(f"ALTER TABLE {db}.{table} REMOVE TTL")
+            except Exception:
+                if await _table_ttl(store, table) is not None:
+                    raise  # not another process removing it first
+            continue
+        log.warning("%s: retention TTL %s (was %s); applied to existing rows in the background", table, wanted, present)
+        await store._command(f"ALTER TABLE {db}.{table} MODIFY TTL {wanted} {_IN_BACKGROUND}")
+
+
 async def migrate_schema(store) -> None:
     """Every analytics table, created or brought up to date; safe to run again and at once."""
     await migrate_request_log(store)
     await migrate_request_properties(store)
     await store._command(request_scores_ddl(store.database))
+    await migrate_retention(store, store.retention_days)
 
 
 async def _copy_previous_request_log(store, attempts: int = 3) -> None:
@@ -438,6 +485,7 @@ async def _copy_previous_request_log(store, attempts: int = 3) -> None:
 
 class AnalyticsStore(Protocol):
     database: str
+    retention_days: int  # init_schema's TTL (settings.retention_days); 0: none
 
     async def init_schema(self) -> None: ...
     async def insert(self, table: str, rows: list[dict[str, Any]]) -> None: ...
@@ -599,9 +647,10 @@ class ChdbStore(_Inserts):
     _handles: dict[Path, _ChdbHandle] = {}
     _handles_lock = threading.Lock()
 
-    def __init__(self, path: Path, database: str) -> None:
+    def __init__(self, path: Path, database: str, retention_days: int = 0) -> None:
         self.path = Path(path).resolve()
         self.database = _check_ident(database)
+        self.retention_days = retention_days
         self._handle: _ChdbHandle | None = None
 
     def _get_handle(self) -> _ChdbHandle:
@@ -669,11 +718,12 @@ class ChdbStore(_Inserts):
 class ClickHouseServerStore(_Inserts):
     """A ClickHouse server through clickhouse-connect (HTTP)."""
 
-    def __init__(self, url: str, user: str, password: str, database: str) -> None:
+    def __init__(self, url: str, user: str, password: str, database: str, retention_days: int = 0) -> None:
         self.url = url
         self.user = user
         self._password = password
         self.database = _check_ident(database)
+        self.retention_days = retention_days
         self._client = None
 
     async def _client_(self):
@@ -730,10 +780,11 @@ class ClickHouseServerStore(_Inserts):
 
 def make_analytics_store(settings: CommonSettings) -> AnalyticsStore:
     if settings.analytics_backend == "chdb":
-        return ChdbStore(settings.resolved_chdb_path(), settings.clickhouse_database)
+        return ChdbStore(settings.resolved_chdb_path(), settings.clickhouse_database, settings.retention_days)
     return ClickHouseServerStore(
         settings.clickhouse_url,
         settings.clickhouse_user,
         settings.clickhouse_password.get_secret_value(),
         settings.clickhouse_database,
+        settings.retention_days,
     )

@@ -10,9 +10,11 @@ per org and batch that ingest writes (see helicone_ingest.writer). Both forms st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -112,8 +114,35 @@ class LocalBodyStore:
     async def ping(self) -> bool:
         return self.root.is_dir() and os.access(self.root, os.W_OK)
 
+    async def sweep(self, max_age: float) -> int:
+        """Deletes the bodies written more than `max_age` seconds ago (retention, as an S3 lifecycle rule
+        does by an object's age); returns how many. A pack only holds the requests of one batch, written
+        when they were logged."""
+        return await asyncio.to_thread(_sweep, self.root, time.time() - max_age)
+
     async def close(self) -> None:
         return None
+
+
+def _sweep(root: Path, cutoff: float) -> int:
+    removed, emptied = 0, set()  # emptied: directories this sweep deleted from
+    for parent, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(parent, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    removed += 1
+                    emptied.add(parent)
+        for name in dirs:
+            path = os.path.join(parent, name)
+            # an empty directory nothing was written to for the whole age (a write racing its removal fails,
+            # and ingest retries the batch)
+            with contextlib.suppress(OSError):
+                if path in emptied or os.lstat(path).st_mtime < cutoff:
+                    os.rmdir(path)  # only when empty
+                    emptied.add(parent)
+    return removed
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:

@@ -19,6 +19,7 @@ from .gc_tuning import DEFAULT_YOUNG_THRESHOLD
 
 REQUEST_LOGGED_TOPIC = "helicone.request-logged.v1"
 ENV_PREFIX = "HELICONE_"
+MAX_RETENTION_DAYS = 3650  # ten years: longer is keeping forever (0)
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -67,6 +68,13 @@ def _clickhouse_database(value: str) -> str:
     return value
 
 
+def _retention_days(value: int) -> int:
+    if not 0 <= value <= MAX_RETENTION_DAYS:
+        raise ValueError(f"{env_name('retention_days')} {value} must be 0 (keep every request forever) or a number of days "
+                         f"from 1 to {MAX_RETENTION_DAYS}")
+    return value
+
+
 class CommonSettings(BaseSettings):
     # hide_input_in_errors: a validation error would otherwise print the input, secrets included
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True)
@@ -112,6 +120,10 @@ class CommonSettings(BaseSettings):
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr = SecretStr("")
     clickhouse_database: Annotated[str, AfterValidator(_clickhouse_database)] = "helicone"
+    # Days a request's log rows are kept (a ClickHouse TTL set by the schema migration, see
+    # analytics.migrate_retention); 0: forever. Bodies: an S3 lifecycle rule, or the local store's sweep.
+    retention_days: Annotated[int, AfterValidator(_retention_days)] = Field(
+        default=0, json_schema_extra={"minimum": 0, "maximum": MAX_RETENTION_DAYS})  # the bounds in the chart schema too
 
     # Object store for request/response bodies
     body_store: Literal["local", "s3"] = "s3"

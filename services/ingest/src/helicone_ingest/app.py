@@ -38,6 +38,8 @@ log = logging.getLogger("helicone.ingest")
 # ingest's producer's bound on a record (a dead letter), above the producers' 4 MiB with room for its headers
 DLQ_MAX_REQUEST_SIZE = 16 * 1024 * 1024
 
+BODY_SWEEP_INTERVAL = 3600.0  # seconds between sweeps of the local body store past the retention
+
 
 class IngestService:
     def __init__(self, settings: IngestSettings, *, analytics=None, bodies=None) -> None:
@@ -66,6 +68,7 @@ class IngestService:
         self._guard_task: asyncio.Task | None = None
         self._postgres_task: asyncio.Task | None = None
         self._metadata_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
         self._past_end: dict = {}  # partition -> position seen past the log end in the last round
 
     def _build_faust(self) -> faust.App:
@@ -218,6 +221,23 @@ class IngestService:
         self.faust = self._build_faust()
         await self.faust.start()
         self._guard_task = asyncio.create_task(self._offset_guard())
+        if s.retention_days and hasattr(self.bodies, "sweep"):  # the local store; S3's is a lifecycle rule (README)
+            self._sweep_task = asyncio.create_task(self._sweep_bodies(), name="ingest-body-sweep")
+
+    async def _sweep_bodies(self) -> None:
+        """Deletes the local store's bodies older than retention_days, at start and every BODY_SWEEP_INTERVAL
+        (ClickHouse drops their rows by the tables' TTL)."""
+        while True:
+            try:
+                removed = await self.bodies.sweep(self.settings.retention_days * 86400)
+                if removed:
+                    log.info("retention: deleted %d body files older than %d days", removed, self.settings.retention_days)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a file error: try again next round
+                raise_if_cancelling(exc)
+                log.warning("retention: body sweep failed (%s: %s)", exc.__class__.__name__, exc)
+            await asyncio.sleep(BODY_SWEEP_INTERVAL)
 
     async def _connect_postgres(self) -> None:
         """Connects and migrates, retrying until Postgres answers; then the pending metadata flows."""
@@ -344,7 +364,7 @@ class IngestService:
         self._past_end = {}
 
     async def stop(self) -> None:
-        for task in (self._guard_task, self._postgres_task):
+        for task in (self._guard_task, self._postgres_task, self._sweep_task):
             await _cancel(task)
         if self.faust is not None:
             await self.faust.stop()
