@@ -343,9 +343,9 @@ async def test_a_change_announced_while_a_fetch_is_in_flight_is_not_cached_as_fr
         never.cancel()
 
 
-async def test_an_orgs_change_stream_closes_once_nothing_of_the_org_is_cached(tmp_path):
-    """One WatchPrompts stream per org whose prompts are cached: once the cache bound evicted the last of
-    an org's entries, its stream goes (it used to stay open for every org ever seen)."""
+def silent_resolver(tmp_path, refuse: set[str] | None = None) -> gateway_prompts.PromptResolver:
+    """A resolver of at most 2 entries whose prompts service gives version 1 of every prompt but those in
+    `refuse` (archived: FAILED_PRECONDITION), and whose change streams stay open and silent."""
     import asyncio
     import itertools
 
@@ -354,6 +354,9 @@ async def test_an_orgs_change_stream_closes_once_nothing_of_the_org_is_cached(tm
 
     class Stub:
         async def GetPrompt(self, request, metadata, timeout):
+            if refuse and request.prompt_id in refuse:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           f"prompt {request.prompt_id!r} is archived")
             return pb.PromptVersion(prompt_id=request.prompt_id, version=1, template_json="{}")
 
         def WatchPrompts(self, request, metadata):
@@ -365,6 +368,15 @@ async def test_an_orgs_change_stream_closes_once_nothing_of_the_org_is_cached(tm
     resolver = gateway_prompts.PromptResolver(
         GatewaySettings(data_dir=tmp_path, _env_file=None, prompt_cache_max_entries=2), ServiceMetrics("gateway", ""))
     resolver._rpc, resolver._stubs = prompt_rpc, itertools.cycle([Stub()])
+    return resolver
+
+
+async def test_an_orgs_change_stream_closes_once_nothing_of_the_org_is_cached(tmp_path):
+    """One WatchPrompts stream per org whose prompts are cached: once the cache bound evicted the last of
+    an org's entries, its stream goes (it used to stay open for every org ever seen)."""
+    import asyncio
+
+    resolver = silent_resolver(tmp_path)
     try:
         await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p1"))
         await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p2"))
@@ -383,29 +395,9 @@ async def test_a_prompt_forgotten_after_a_refusal_still_lets_its_orgs_change_str
     """A cached prompt that the service then refused (archived: 409, gone: 404) left the cache but was still
     counted as the org's: the org's change stream then stayed open for good, the bound evicting all it held."""
     import asyncio
-    import itertools
 
-    from helicone_core.metrics import ServiceMetrics
-    from helicone_gateway import prompt_rpc
-
-    refuse = set()
-
-    class Stub:
-        async def GetPrompt(self, request, metadata, timeout):
-            if request.prompt_id in refuse:
-                raise grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                           f"prompt {request.prompt_id!r} is archived")
-            return pb.PromptVersion(prompt_id=request.prompt_id, version=1, template_json="{}")
-
-        def WatchPrompts(self, request, metadata):
-            async def never():
-                await asyncio.get_running_loop().create_future()
-                yield
-            return never()
-
-    resolver = gateway_prompts.PromptResolver(
-        GatewaySettings(data_dir=tmp_path, _env_file=None, prompt_cache_max_entries=2), ServiceMetrics("gateway", ""))
-    resolver._rpc, resolver._stubs = prompt_rpc, itertools.cycle([Stub()])
+    refuse: set[str] = set()
+    resolver = silent_resolver(tmp_path, refuse)
     try:
         await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p1"))
         await resolver.version("k", "org-a", gateway_prompts.PromptRequest("p2"))
