@@ -12,6 +12,31 @@ import pytest
 # what a stuck test waits for, written a little before pytest-timeout ends the run
 pytest_plugins = ["tests.support.hang_report"]
 
+# Tests that share a stack (a session's or a module's fixture: one `helicone-stack up`, ~10-20 s to start)
+# go to one pytest-xdist worker, which starts it once; under plain `-n` each worker would start its own.
+SESSION_STACK = "tests/e2e/"  # tests/e2e/conftest.py's `stack`, save the modules below
+OWN_STACK = {"tests/e2e/test_prompts.py"}
+MODULE_STACK = {"tests/faults/test_embedded_broker.py", "tests/faults/test_request_ids.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`-n N` (dist "load"): the tests of a shared stack handed out together, first; every other test
+    handed out alone to a worker with 2 or fewer queued (xdist_group marks would say this, but
+    pytest-xdist 3.8 cannot apply them under pytest 9: it renames item._nodeid, which pytest 9 no
+    longer reads)."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedStackScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path.startswith(SESSION_STACK) and path not in OWN_STACK:
+                return SESSION_STACK
+            return path if path in MODULE_STACK else nodeid
+
+    return SharedStackScheduling(config, log)
+
 
 @pytest.fixture(scope="session")
 def pg_dsn(tmp_path_factory) -> str:

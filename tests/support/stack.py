@@ -115,6 +115,12 @@ def _stop(proc: subprocess.Popen) -> None:
     terminate(proc, grace=20)
 
 
+def _stop_stand_in(proc: subprocess.Popen) -> None:
+    """The fake upstream and moto hold nothing worth a graceful stop; uvicorn's would wait for every
+    request in flight, e.g. a "hang" model's, which never ends (SIGKILL after `grace`: 20 s per test)."""
+    terminate(proc, grace=2)
+
+
 def _create_key(dsn: str) -> dict:
     import asyncio
 
@@ -248,6 +254,8 @@ def running_stack(tmp: Path, *, s3: bool = True, extra_env: dict[str, str] | Non
             _launch=launch, _runner=lambda: runner_slot[-1], _prompts=prompts_control,
         )
     finally:
-        for proc in reversed(runner_slot + prompts_slot + procs):
+        for proc in reversed(runner_slot + prompts_slot):
             _stop(proc)
+        for proc in reversed(procs):  # the stand-ins, once the stack that called them is down
+            _stop_stand_in(proc)
         kafka.stop()

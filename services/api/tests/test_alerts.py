@@ -24,6 +24,7 @@ from helicone_core import db, events
 
 from services.api.tests.test_api import documented_answers, wait_for_keys
 from tests.support.fake_network import FakeResolver, Recorder
+from tests.support.keys import keys_before_start
 from tests.support.net import free_port
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -96,15 +97,12 @@ async def alerts(tmp_path, fresh_db_dsn, chdb_path):
     settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=fresh_db_dsn, analytics_backend="chdb",
                            chdb_path=chdb_path, clickhouse_database="t_" + uuid.uuid4().hex[:10], alert_interval=0,
                            alert_webhook_allow_loopback=True, alert_webhook_timeout=2, _env_file=None)
+    (org, key), (other_org, other_key) = [(k.org_id, k.key) for k in await keys_before_start(fresh_db_dsn, "acme", "other")]
     app = create_app(settings)
     state = app.state.api
     await state.start()
     state.webhooks.backoff = 0.01
     state.alerts.clock = lambda: NOW
-    org = await db.create_org(state.pool, "acme")
-    key = (await db.create_key(state.pool, org, "t")).key
-    other_org = await db.create_org(state.pool, "other")
-    other_key = (await db.create_key(state.pool, other_org, "t")).key
     await wait_for_keys(state, key, other_key)
     transport = httpx.ASGITransport(app=app)
     client = httpx.AsyncClient(transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {key}"},

@@ -9,6 +9,8 @@ from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
 from helicone_core import db, events
 
+from tests.support.keys import keys_before_start
+
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
@@ -85,13 +87,10 @@ def documented_answers(app) -> dict:
 @pytest.fixture
 async def api(tmp_path, fresh_db_dsn, analytics_settings):
     settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=fresh_db_dsn, _env_file=None, **analytics_settings)
+    (org, key), (other_org, other_key) = [(k.org_id, k.key) for k in await keys_before_start(fresh_db_dsn, "acme", "other")]
     app = create_app(settings)
     state = app.state.api
     await state.start()
-    org = await db.create_org(state.pool, "acme")
-    key = (await db.create_key(state.pool, org, "t")).key
-    other_org = await db.create_org(state.pool, "other")
-    other_key = (await db.create_key(state.pool, other_org, "t")).key
     await wait_for_keys(state, key, other_key)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
                                headers={"Authorization": f"Bearer {key}"}, event_hooks=documented_answers(app))

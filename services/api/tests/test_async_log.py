@@ -20,6 +20,7 @@ from helicone_core.kafka import PLAINTEXT, ensure_topics
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
 from services.api.tests.test_api import documented_answers, wait_for_keys
+from tests.support.keys import keys_before_start
 
 T0 = 1_767_000_000  # seconds
 
@@ -33,11 +34,11 @@ def _settings(tmp_path, dsn, bootstrap, topic, **kw) -> ApiSettings:
 async def logging_api(tmp_path, fresh_db_dsn, kafka_bootstrap):
     topic = "asynclog-" + uuid.uuid4().hex[:8]
     await ensure_topics(kafka_bootstrap, [topic], 1, 1, security=PLAINTEXT)
+    [made] = await keys_before_start(fresh_db_dsn, "acme")
+    org, key = made.org_id, made.key
     app = create_app(_settings(tmp_path, fresh_db_dsn, kafka_bootstrap, topic, publish_timeout=3.0))
     state = app.state.api
     await state.start()
-    org = await db.create_org(state.pool, "acme")
-    key = (await db.create_key(state.pool, org, "t")).key
     await wait_for_keys(state, key)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
                                headers={"Authorization": f"Bearer {key}"}, event_hooks=documented_answers(app))

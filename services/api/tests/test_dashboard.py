@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from helicone_api.dashboard import CONTENT_SECURITY_POLICY
 
 from services.api.tests.test_guard import guarded  # noqa: F401  (fixture)
+from tests.support.wheel import build_wheel
 
 API_DIR = Path(__file__).resolve().parents[1]
 
@@ -76,9 +75,8 @@ async def test_nothing_else_is_opened(client):
 def test_wheel_ships_the_assets(tmp_path):
     source = tmp_path / "api"  # a copy: the build leaves build/ and egg-info next to the sources
     shutil.copytree(API_DIR, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "tests"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                    str(source)], check=True, timeout=120)
-    [wheel] = tmp_path.glob("helicone_api-*.whl")
+    wheel = build_wheel(source, tmp_path / "dist")
+    assert wheel.name.startswith("helicone_api-")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {p.name for p in (API_DIR / "src/helicone_api/static").iterdir()}
     assert {"index.html", "dashboard.js", "dashboard.css", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"} <= shipped

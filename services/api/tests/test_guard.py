@@ -13,6 +13,7 @@ from helicone_api.settings import ApiSettings
 from helicone_core import db
 
 from services.api.tests.test_api import wait_for_keys
+from tests.support.keys import keys_before_start
 
 LIMIT = 64 * 1024
 
@@ -21,11 +22,11 @@ LIMIT = 64 * 1024
 async def guarded(tmp_path, fresh_db_dsn):
     settings = ApiSettings(data_dir=tmp_path, body_store="local", postgres_dsn=fresh_db_dsn, analytics_backend="chdb",
                            chdb_path=tmp_path / "chdb", max_body_bytes=LIMIT, _env_file=None)
+    [made] = await keys_before_start(fresh_db_dsn, "acme")
+    key = made.key
     app = create_app(settings)
     state = app.state.api
     await state.start()
-    org = await db.create_org(state.pool, "acme")
-    key = (await db.create_key(state.pool, org, "t")).key
     await wait_for_keys(state, key)
     yield app, state, key
     await state.stop()

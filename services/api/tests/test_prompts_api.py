@@ -12,11 +12,12 @@ import httpx
 import pytest
 from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
-from helicone_core import db, events
+from helicone_core import events
 from helicone_prompts.server import PromptsServer
 from helicone_prompts.settings import PromptsSettings
 
 from services.api.tests.test_api import documented_answers
+from tests.support.keys import keys_before_start
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 TEMPLATE = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Reply in {{hc:lang:string}}"},
@@ -26,16 +27,15 @@ TEMPLATE = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "
 
 @pytest.fixture
 async def api(tmp_path, fresh_db_dsn, analytics_settings):
+    made, made_other = await keys_before_start(fresh_db_dsn, "acme", "other")
+    org, key, other = made.org_id, made.key, made_other.key
     prompts = PromptsServer(PromptsSettings(postgres_dsn=fresh_db_dsn, grpc_port=0, data_dir=tmp_path / "p", _env_file=None))
     await prompts.start()
     app = create_app(ApiSettings(data_dir=tmp_path / "a", body_store="local", postgres_dsn=fresh_db_dsn, _env_file=None,
                                  prompts_target=f"127.0.0.1:{prompts.bound_port}", **analytics_settings))
     state = app.state.api
     await state.start()
-    org = await db.create_org(state.pool, "acme")
-    key = (await db.create_key(state.pool, org, "t")).key
-    other = (await db.create_key(state.pool, await db.create_org(state.pool, "other"), "t")).key
-    for _ in range(300):  # new keys reach both key directories through NOTIFY
+    for _ in range(300):  # the keys are in both key directories' first load
         if all(d.lookup(k) for d in (state.keys, prompts.keys) for k in (key, other)):
             break
         await asyncio.sleep(0.01)

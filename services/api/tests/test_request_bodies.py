@@ -7,10 +7,11 @@ import httpx
 import pytest
 from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
-from helicone_core import db, events
+from helicone_core import events
 from helicone_core.bodies import PACK_CONTENT_TYPE, body_ref
 
 from services.api.tests.test_api import T0, api, wait_for_keys  # noqa: F401 - the fixture
+from tests.support.keys import keys_before_start
 from tests.support.moto_server import moto_server
 
 
@@ -55,11 +56,11 @@ async def s3_api(moto_s3, tmp_path, fresh_db_dsn, analytics_settings):
     settings = ApiSettings(data_dir=tmp_path, postgres_dsn=fresh_db_dsn, _env_file=None, body_store="s3", s3_endpoint=moto_s3,
                            s3_bucket=bucket, s3_create_bucket=True, s3_access_key_id="test", s3_secret_access_key="test",
                            **analytics_settings)
+    [made] = await keys_before_start(fresh_db_dsn, "acme")
+    org, key = made.org_id, made.key
     app = create_app(settings)
     state = app.state.api
     await state.start()
-    org = await db.create_org(state.pool, "acme")
-    key = (await db.create_key(state.pool, org, "t")).key
     await wait_for_keys(state, key)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api",
                                headers={"Authorization": f"Bearer {key}"})
