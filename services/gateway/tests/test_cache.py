@@ -291,8 +291,8 @@ async def test_a_stream_the_provider_gave_up_on_with_an_error_event_is_not_store
     ([b'event: error\r\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\r\n\r\n'], True),
 ])
 def test_stream_failed_finds_error_events_not_the_word_error(chunks, failed):
-    assert cache_mod.stream_failed("text/event-stream; charset=utf-8", "", chunks) is failed
-    assert cache_mod.stream_failed("application/json", "", chunks) is False  # a JSON answer is judged by its status
+    assert cache_mod.stream_failed("text/event-stream; charset=utf-8", b"".join(chunks)) is failed
+    assert cache_mod.stream_failed("application/json", b"".join(chunks)) is False  # a JSON answer is judged by its status
 
 
 def framed(ctype: str, body: bytes) -> bytes:

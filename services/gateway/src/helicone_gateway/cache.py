@@ -242,27 +242,20 @@ class BodyRecorder:
                 self.chunks.append(chunk)
 
 
-def stream_failed(content_type: str, encoding: str, chunks: list[bytes]) -> bool:
-    """Whether an event stream carries an error event: an answer the provider gave up on, not to be
-    saved. Paid by saved streams only, once, after the answer; a plain search ahead of the pattern."""
-    if "text/event-stream" not in content_type:
+def stream_failed(content_type: str, body: bytes) -> bool:
+    """Whether a decoded answer is an event stream carrying an error event: an answer the provider gave
+    up on, not to be saved. Paid by saved answers only, once, after the answer; a plain search ahead of
+    the pattern (which matches after a line break)."""
+    if "text/event-stream" not in content_type or b"error" not in body:
         return False
-    body = b"".join((b"\n", *chunks)) if not encoding else b"\n" + decode_body(b"".join(chunks), encoding)
-    return _error_event(body)
-
-
-def _error_event(body: bytes) -> bool:
-    """body: a decoded event stream, a line break first (the pattern matches after one)."""
-    return b"error" in body and _STREAM_ERROR.search(body) is not None
+    return _STREAM_ERROR.search(b"\n" + body) is not None
 
 
 def storable(usage_format: str, content_type: str, encoding: str, chunks: list[bytes]) -> bool:
     """Whether a 2xx answer may be saved: whole as its usage format marks one (answer_whole: not cut
     short inside HTTP framing that ended cleanly) and, for a stream, without an error event."""
-    body = b"".join((b"\n", *chunks)) if not encoding else b"\n" + decode_body(b"".join(chunks), encoding)
-    if "text/event-stream" in content_type and _error_event(body):
-        return False
-    return answer_whole(usage_format, body[1:], content_type)
+    body = b"".join(chunks) if not encoding else decode_body(b"".join(chunks), encoding)
+    return not stream_failed(content_type, body) and answer_whole(usage_format, body, content_type)
 
 
 # ---- stores -----------------------------------------------------------------------------
