@@ -154,6 +154,36 @@ def test_every_alert_has_severity_annotations_and_its_runbook_section(rendered):
     assert sections == {n.lower() for n in rules}, "runbook sections without an alert"
 
 
+# The kubelet's (cAdvisor) container series the runbooks read beside the services' own; `container` is the component.
+KUBELET_METRICS = frozenset({"container_cpu_usage_seconds_total", "container_cpu_cfs_throttled_periods_total"})
+
+
+def runbook_queries() -> list[tuple[str, str]]:
+    """(section, query) of every line of the runbooks' ```promql blocks, comments left out."""
+    queries = []
+    for section in re.split(r"^## ", RUNBOOKS.read_text(), flags=re.M)[1:]:
+        for block in re.findall(r"^```promql\n(.*?)^```", section, re.M | re.S):
+            for line in block.splitlines():
+                query = re.sub(r"(^|\s)#.*$", "", line).strip()
+                if query:
+                    queries.append((section.split("\n", 1)[0], query))
+    return queries
+
+
+def test_runbook_queries_read_metrics_that_exist():
+    """A runbook query on a metric nobody exports answers an empty result in the middle of an incident.
+    The runbooks promise that the dashboards show every metric they name, and the dashboards' metrics are
+    held against a running stack below; the services' registries have no process_* collector."""
+    queries = runbook_queries()
+    assert {s for s, _ in queries} >= {"GatewayHighErrorRatio", "GatewayRequestsHeldByLogging", "ServiceDown"}
+    shown = {name for path in dashboard_files() for _, _, names in dashboard_exprs(path) for name in names}
+    for section, query in queries:
+        unknown = promql_metric_names(query) - shown - KUBELET_METRICS
+        assert unknown == set(), f"runbook {section}: {query!r} reads {sorted(unknown)}, which no dashboard shows"
+        for name in promql_metric_names(query) & KUBELET_METRICS:
+            assert re.search(name + r'\{[^}]*container="(gateway|ingest|api|prompts)"', query), (section, query)
+
+
 def test_thresholds_come_from_values(tmp_path):
     rule = the_rule(render(MONITORING, {"metrics": {"prometheusRule": {
         "gatewayErrorRatio": 0.2, "gatewayP95Seconds": 8, "journalBacklogMinutes": 17,
@@ -179,6 +209,34 @@ def test_thresholds_the_rules_cannot_use_are_refused_naming_them(key, value):
     with pytest.raises(helm.HelmError, match=re.escape(f"/metrics/prometheusRule/{key}")):
         render(MONITORING, {"metrics": {"prometheusRule": {key: value}}})
 
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"metrics": {"podMonitor": {"interval": "3m"}}}, r"metrics\.podMonitor\.interval \(3m\) is more than half of the alerts' 5m"),
+    ({"metrics": {"podMonitor": {"interval": "151s"}}}, r"metrics\.podMonitor\.interval \(151s\) is more than half of the alerts' 5m"),
+    ({"metrics": {"podMonitor": {"interval": "90s"}}, "components": {"gateway": {"rollout": {"enabled": True}}}},
+     r"metrics\.podMonitor\.interval \(90s\) is more than half of components\.gateway\.rollout\.analysis\.window \(2m\)"),
+    ({"metrics": {"podMonitor": {"interval": "1m"}},
+      "components": {"gateway": {"rollout": {"enabled": True, "analysis": {"window": "90s"}}}}},
+     r"metrics\.podMonitor\.interval \(1m\) is more than half of components\.gateway\.rollout\.analysis\.window \(90s\)"),
+])
+def test_a_scrape_interval_the_rate_windows_cannot_use_is_refused(values, message):
+    """rate() needs two scrapes in its window: scraped every 3m, a 5m window mostly holds one, every alert
+    on a rate (5xx ratio, dead letters, write failures...) drops out before its `for:` and never fires, and the
+    canary analysis (`... or vector(0)`) measures a failing canary as healthy."""
+    with pytest.raises(helm.HelmError, match=message):
+        render(MONITORING, values)
+
+
+@pytest.mark.parametrize("values", [
+    {"metrics": {"podMonitor": {"interval": "150s"}}},
+    {"metrics": {"podMonitor": {"interval": "1m"}}, "components": {"gateway": {"rollout": {"enabled": True}}}},
+    # not read by the rules or the analysis: any interval
+    {"metrics": {"podMonitor": {"interval": "10m"}, "prometheusRule": {"enabled": False}}},
+    {"metrics": {"podMonitor": {"interval": "5m"}, "prometheusRule": {"enabled": False}},
+     "components": {"gateway": {"rollout": {"enabled": True, "analysis": {"enabled": False}}}}},
+])
+def test_scrape_intervals_the_rate_windows_can_use_render(values):
+    assert docs(render(MONITORING, values), "PodMonitor")
 
 def test_only_enabled_components_are_monitored():
     rendered = render(MONITORING, {"components": {"ingest": {"enabled": False}, "prompts": {"enabled": False}}})
@@ -284,6 +342,40 @@ def test_every_dashboard_query_reads_helicone_metrics():
     for path in dashboard_files():
         for where, expr, names in dashboard_exprs(path):
             assert names or "up{" in expr, f"{where}: no metric in {expr!r}"
+
+
+def grafana_to_promql(expr: str) -> str:
+    """A panel query as Grafana sends it for namespace NAMESPACE (a 30 s scrape: $__rate_interval 2m)."""
+    return expr.replace("$namespace", NAMESPACE).replace("$__rate_interval", "2m").replace("$__range", "1h")
+
+
+def test_ratio_panels_read_0_while_traffic_flows_without_errors(tmp_path):
+    """A provider's 5xx series exists only after its first 5xx: the ratio panels of a healthy gateway
+    must read 0 (per provider too), not "No data", which an operator cannot tell from a broken query.
+    Evaluated by Prometheus' engine (promtool), over two gateway pods."""
+    def requests(pod: str, provider: str, status_class: str, per_minute: int) -> dict:
+        return {"series": f'helicone_gateway_requests_total{{namespace="{NAMESPACE}", job="{RELEASE}-helicone-gateway", '
+                          f'pod="{pod}", provider="{provider}", status_class="{status_class}"}}', "values": f"0+{per_minute}x20"}
+
+    healthy = [requests("gw-1", "openai", "2xx", 120), requests("gw-2", "openai", "2xx", 120)]  # never a 5xx
+    failing = [*healthy, requests("gw-1", "anthropic", "2xx", 90), requests("gw-2", "anthropic", "2xx", 90),
+               requests("gw-2", "anthropic", "5xx", 60)]  # anthropic: 1/s of 4/s, all 5xx on one pod
+    expected = {  # every percentunit panel -> its samples for the healthy and the failing series
+        ("overview.json", "Gateway 5xx ratio"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.125}]),
+        ("gateway.json", "5xx ratio by provider"): (
+            [{"labels": '{provider="openai"}', "value": 0}],
+            [{"labels": '{provider="openai"}', "value": 0}, {"labels": '{provider="anthropic"}', "value": 0.25}]),
+    }
+    panels = {(path.name, p["title"]): p for path in dashboard_files() for p in json.loads(path.read_text())["panels"]}
+    assert {k for k, p in panels.items() if p["fieldConfig"]["defaults"].get("unit") == "percentunit"} == expected.keys()
+    tests = [{"name": name, "interval": "1m", "input_series": series, "promql_expr_test": [
+        {"expr": grafana_to_promql(target["expr"]), "eval_time": "10m", "exp_samples": samples[i]}
+        for key, samples in expected.items() for target in panels[key]["targets"]]}
+        for i, (name, series) in enumerate([("no 5xx", healthy), ("anthropic 25% 5xx", failing)])]
+    test_file = tmp_path / "ratio_panels_test.yaml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": tests}, sort_keys=False))
+    out = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar():

@@ -17,3 +17,12 @@ component's series carry and the selector the rules scope every query with.
 {{- define "helicone.runbookUrl" -}}
 {{- printf "%s/blob/main/charts/%s/docs/runbooks.md#%s" (trimSuffix "/" .ctx.Chart.Home) .ctx.Chart.Name (lower .alert) }}
 {{- end }}
+
+{{/* The rate() window of the PrometheusRule's alerts: it must hold two scrapes (podmonitor.yaml checks). */}}
+{{- define "helicone.ruleRateWindow" -}}5m{{- end }}
+
+{{/* Seconds of a duration as the schema allows them: "30s", "5m", "1h". */}}
+{{- define "helicone.durationSeconds" -}}
+{{- $n := int (trimSuffix "s" (trimSuffix "m" (trimSuffix "h" .))) }}
+{{- if hasSuffix "h" . }}{{ mul $n 3600 }}{{ else if hasSuffix "m" . }}{{ mul $n 60 }}{{ else }}{{ $n }}{{ end }}
+{{- end }}
