@@ -203,7 +203,9 @@ async def test_no_kafka_ack_means_503_with_retry_after(tmp_path, fresh_db_dsn):
             assert time.monotonic() - t0 < 3
             r = await client.post("/v1/traces", content=_otlp_request().SerializeToString(),
                                   headers={"Content-Type": "application/x-protobuf"})
-            assert r.status_code == 503
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"  # OTLP/HTTP: retryable, after this long
+            code, message = _rpc_status(r, "application/x-protobuf")
+            assert code == 14 and "send it again" in message  # UNAVAILABLE
             ready = await client.get("/readyz")
             assert ready.json()["checks"]["kafka"]["ok"] is False and ready.status_code == 200  # queries still served
     finally:
@@ -314,17 +316,54 @@ async def test_otlp_json_skips_other_spans_and_reports_rejected_ones(logging_api
 async def test_otlp_bad_bodies_are_clear(logging_api):
     client, *_ = logging_api
     r = await client.post("/v1/traces", content=b"{}", headers={"Content-Type": "text/plain"})
-    assert r.status_code == 415 and "application/x-protobuf" in r.json()["error"]["message"]
+    assert r.status_code == 415 and "application/x-protobuf" in _rpc_status(r, "application/json")[1]
     r = await client.post("/v1/traces", content=b"\xff\xff\xff", headers={"Content-Type": "application/x-protobuf"})
-    assert r.status_code == 400 and "protobuf" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "protobuf" in _rpc_status(r, "application/x-protobuf")[1]
     bad_id = _otlp_json([_span("zz", "eee19b7ec3c1b174", GENAI)])
     r = await client.post("/v1/traces", json=bad_id)
-    assert r.status_code == 400 and "resourceSpans[0].scopeSpans[0].spans[0].traceId must be hex" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "resourceSpans[0].scopeSpans[0].spans[0].traceId must be hex" in r.json()["message"]
     r = await client.post("/v1/traces", content=b"not gzip", headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert r.status_code == 400
     # nothing GenAI: nothing logged, nothing rejected
     r = await client.post("/v1/traces", json=_otlp_json([_span("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7", {})]))
     assert r.status_code == 200 and r.json() == {}
+
+
+def _rpc_status(r: httpx.Response, content_type: str) -> tuple[int, str]:
+    """(code, message) of a google.rpc.Status answer, read without the api's own classes: its JSON form,
+    or its protobuf fields by number (code = 1, message = 2)."""
+    assert r.headers["content-type"] == content_type, (r.status_code, r.headers["content-type"], r.content[:200])
+    if content_type == "application/json":
+        doc = r.json()
+        assert set(doc) <= {"code", "message", "details"}, doc
+        return doc.get("code", 0), doc.get("message", "")
+    from google.protobuf import empty_pb2
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    fields = {f.field_number: f.data for f in UnknownFieldSet(empty_pb2.Empty.FromString(r.content))}
+    assert set(fields) <= {1, 2, 3}, fields
+    return fields.get(1, 0), fields.get(2, b"").decode()
+
+
+@pytest.mark.parametrize("content_type", ["application/x-protobuf", "application/json"])
+async def test_otlp_errors_are_a_google_rpc_status_in_the_requests_encoding(logging_api, content_type):
+    """OTLP/HTTP: every 4xx/5xx body is a google.rpc.Status, encoded as the request was, so an
+    exporter (the collector's otlphttp, the SDKs) reads the cause instead of a body it cannot decode."""
+    client, *_ = logging_api
+    bad = b"\xff\xff\xff" if content_type == "application/x-protobuf" else b"not json"
+    cases = [
+        (400, bad, {}, "not"),
+        (400, b"not gzip", {"Content-Encoding": "gzip"}, "gzip"),
+        (415, b"", {"Content-Encoding": "br"}, "Content-Encoding"),
+        (413, gzip.compress(b"\0" * (4 << 20)), {"Content-Encoding": "gzip"}, "HELICONE_MAX_BODY_BYTES"),
+        (401, b"", {"Authorization": "Bearer sk-helicone-not-a-key"}, "key"),  # answered before the route
+        (413, b"\0" * ((1 << 20) + 1), {}, "HELICONE_MAX_BODY_BYTES"),
+    ]
+    for status, body, headers, said in cases:
+        r = await client.post("/v1/traces", content=body, headers={"Content-Type": content_type, **headers})
+        assert r.status_code == status, (status, r.content[:200])
+        code, message = _rpc_status(r, content_type)
+        assert said in message and code == (16 if status == 401 else 3), (status, code, message)
 
 
 async def test_publish_waits_while_held_and_answers_after_release(logging_api, kafka_bootstrap):
@@ -558,7 +597,7 @@ async def test_otlp_json_too_deep_or_not_unicode_is_a_400_never_a_500(logging_ap
                                  headers=client.headers) as c:
         r = await c.post("/v1/traces", content=body.encode(), headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
-    assert "JSON" in r.json()["error"]["message"]
+    assert "JSON" in r.json()["message"]
 
 
 async def test_otlp_gzip_body_of_several_members_is_read_whole(logging_api, kafka_bootstrap):
@@ -580,6 +619,18 @@ async def test_otlp_gzip_body_of_several_members_is_read_whole(logging_api, kafk
     r = await client.post("/v1/traces", content=body, headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
     assert r.status_code == 200
     assert len(await consume(kafka_bootstrap, topic, 2, timeout=5)) == 2
+
+
+@pytest.mark.parametrize("cut", [4, 8, 40], ids=["no-size", "no-trailer", "mid-stream"])
+async def test_otlp_gzip_body_cut_short_is_a_400_not_a_partial_export(logging_api, kafka_bootstrap, cut):
+    """A gzip body that ends before its member does (no CRC/size trailer, or cut in the deflate stream)
+    is not valid gzip: answered 400, not taken as the spans that happened to come out of it."""
+    client, _, _, topic = logging_api
+    body = gzip.compress(_otlp_request().SerializeToString())[:-cut]
+    r = await client.post("/v1/traces", content=body, headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+    assert r.status_code == 400, r.content[:200]
+    assert "gzip" in _rpc_status(r, "application/x-protobuf")[1]
+    assert await consume(kafka_bootstrap, topic, 1, timeout=1) == []
 
 
 async def test_a_timed_log_sent_again_after_a_503_is_stored_once(logging_api, kafka_bootstrap):

@@ -29,6 +29,7 @@ from .keys import keys_router
 from .log_publisher import LogPublisher
 from .log_routes import logs_router
 from .models import ERRORS, ErrorBody, RequestId, keep_example_nulls
+from .otlp import OTLP_PATHS
 from .prompts import PromptsClient, prompts_router
 from .queries import body_to_json, detail_sql, row_to_json
 from .scores import scores_of, scores_router
@@ -134,7 +135,8 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     add_ops_routes(app, state.metrics, state.ready)
     docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
     static = load_static()
-    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs | public_paths(static) | ADMIN_PATHS)
+    app.add_middleware(RequestGuard, state=state, public_paths=OPS_PATHS | docs | public_paths(static) | ADMIN_PATHS,
+                       otlp_paths=OTLP_PATHS)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,6 +20,8 @@ from helicone_core import db
 from helicone_core.db import KeyStoreUnavailable
 from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, env_name, header_limit_error
 
+from .otlp import encode_status, media_type
+
 log = logging.getLogger("helicone.api")
 
 ORG_STATE_KEY = "org_id"
@@ -37,8 +39,12 @@ class BodyTooLarge(Exception):
 async def send_json_error(send, status: int, kind: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """The api's error shape, {"error": {"type", "message"}}, sent straight through ASGI."""
     body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    await _send_answer(send, status, "application/json", body, headers)
+
+
+async def _send_answer(send, status: int, content_type: str, body: bytes, headers: Iterable[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+        (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -55,10 +61,11 @@ def _over(digits: bytes, limit: int) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app, *, state, public_paths: Iterable[str]) -> None:
+    def __init__(self, app, *, state, public_paths: Iterable[str], otlp_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.state = state  # ApiState: its key directory is read per request (it can be swapped in tests)
         self.public_paths = frozenset(public_paths)
+        self.otlp_paths = frozenset(otlp_paths)  # answered as OTLP/HTTP asks: a google.rpc.Status
         s = state.settings
         self.max_header_count, self.max_header_bytes, self.max_body_bytes = s.max_header_count, s.max_header_bytes, s.max_body_bytes
         self.too_large = f"request body larger than {self.max_body_bytes} bytes (max_body_bytes, {env_name('max_body_bytes')})"
@@ -68,18 +75,27 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         too_many = header_limit_error(scope, self.max_header_count, self.max_header_bytes)
         if too_many is not None:
-            return await send_json_error(send, HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, too_many)
+            return await self._refuse(scope, send, HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARGE_TYPE, too_many)
         if not scope.get("query_string", b"").isascii():  # HTTP servers refuse these; other ASGI callers may not
-            return await send_json_error(send, 400, "invalid_request", "the query string must be ASCII (percent-encode the rest)")
+            return await self._refuse(scope, send, 400, "invalid_request", "the query string must be ASCII (percent-encode the rest)")
         headers = scope["headers"]
         if scope["path"] not in self.public_paths:
             refused = self._authenticate(scope, headers)
             if refused is not None:
-                return await send_json_error(send, *refused)
+                return await self._refuse(scope, send, *refused)
         declared = _header(headers, b"content-length")
         if declared is not None and _over(declared.strip(), self.max_body_bytes):
-            return await send_json_error(send, 413, BODY_TOO_LARGE_TYPE, self.too_large)
+            return await self._refuse(scope, send, 413, BODY_TOO_LARGE_TYPE, self.too_large)
         await self._call_with_body_limit(scope, receive, send)
+
+    async def _refuse(self, scope, send, status: int, kind: str, message: str,
+                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        """The api's error shape, or on the OTLP paths a google.rpc.Status as the request was encoded."""
+        if scope["path"] not in self.otlp_paths:
+            return await send_json_error(send, status, kind, message, headers)
+        body, content_type = encode_status(status, message, media_type(
+            (_header(scope["headers"], b"content-type") or b"").decode("latin-1")))
+        await _send_answer(send, status, content_type, body, headers)
 
     def _authenticate(self, scope, headers) -> tuple | None:
         """None when the key is known (its org is put in the scope's state), else the answer."""
@@ -128,4 +144,4 @@ class RequestGuard:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await send_json_error(send, 413, BODY_TOO_LARGE_TYPE, self.too_large)
+            await self._refuse(scope, send, 413, BODY_TOO_LARGE_TYPE, self.too_large)

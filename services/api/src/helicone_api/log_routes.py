@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 from .async_log import AsyncLog, PayloadError, to_event
 from .log_publisher import PublishUnavailable
 from .models import Answer, documented, error_responses
-from .otlp import JSON, PROTOBUF, OtlpError, decode_request, encode_response, to_events
+from .otlp import JSON, OTLP_PATHS, PROTOBUF, OtlpError, decode_request, encode_response, encode_status, media_type, to_events
 
 RETRY_AFTER = "5"
 UNAVAILABLE = ("the log store (Kafka) did not acknowledge the log in time; send it again (Kafka may still take "
@@ -44,6 +44,24 @@ class TracesAccepted(Answer):
     partialSuccess: PartialSuccess = Field(None, description="only when spans were refused")
 
 
+class OtlpStatus(Answer):
+    """OTLP/HTTP's error answer: a google.rpc.Status, in its JSON form (protobuf when the request was)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"code": 3, "message": "body is not JSON: Expecting value: "
+                                                                                        "line 1 column 1 (char 0)"}]})
+
+    code: int = Field(description="the google.rpc.Code of the cause (the HTTP status says whether to retry)")
+    message: str = Field(description="what is wrong")
+
+
+_STATUS_FORM = " (a google.rpc.Status: protobuf when the request was, else its JSON form)"
+OTLP_ERRORS: dict[int | str, dict] = {status: {"model": OtlpStatus, "description": cause + _STATUS_FORM} for status, cause in {
+    400: "a body that does not decode, or a query string that is not ASCII", 401: "no key, or an unknown or revoked key",
+    413: "request body over max_body_bytes (a gzip body: after decompression too)",
+    415: "a Content-Type or Content-Encoding not taken", 431: "too many or too large request headers",
+    503: "Kafka or the key store did not answer in time; send them again (Retry-After)"}.items()}
+
+
 def _invalid(field: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": "invalid_request", "message": "invalid request",
                                    "details": [{"field": field, "message": message}]}}, status_code=422)
@@ -51,7 +69,6 @@ def _invalid(field: str, message: str) -> JSONResponse:
 
 def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(tags=["logs"], responses=error_responses({
-        400: "an OTLP body that does not decode", 415: "an OTLP Content-Type or Content-Encoding not taken",
         503: "Kafka did not take the logs in time; send them again (Retry-After)"}))
     settings = state.settings
 
@@ -81,13 +98,10 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
 
     traces_answer = {"response_model": documented(TracesAccepted), "responses": {200: {
         "description": "the spans were logged (an OTLP ExportTraceServiceResponse, in the request's Content-Type)",
-        "content": {PROTOBUF: {"schema": {"type": "string", "format": "binary"}}}}}}
+        "content": {PROTOBUF: {"schema": {"type": "string", "format": "binary"}}}}, **OTLP_ERRORS}}
 
-    @router.post("/v1/traces", **traces_answer)
-    @router.post("/v1/trace/log", **traces_answer)  # Helicone's path for the same (its helicone-async / OpenLLMetry loggers export there)
-    async def otlp_traces(request: Request, org: str = Depends(org_id)) -> Response:
-        """OTLP/HTTP trace export (protobuf or JSON): GenAI spans become request logs."""
-        content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    async def export(request: Request, org: str, content_type: str) -> tuple[int, str]:
+        """Logs the GenAI spans of an export: (how many spans were rejected, why the first was)."""
         if content_type not in (PROTOBUF, JSON):
             raise HTTPException(415, f"Content-Type must be {PROTOBUF} or {JSON} (OTLP/HTTP), got {content_type[:80]!r}")
         body = await request.body()
@@ -106,7 +120,20 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         state.m_spans.labels("logged").inc(len(converted.events))
         state.m_spans.labels("skipped").inc(converted.skipped)
         state.m_spans.labels("rejected").inc(converted.rejected)
-        return Response(encode_response(converted.rejected, converted.first_problem, content_type), media_type=content_type)
+        return converted.rejected, converted.first_problem
+
+    async def otlp_traces(request: Request, org: str = Depends(org_id)) -> Response:
+        """OTLP/HTTP trace export (protobuf or JSON): GenAI spans become request logs."""
+        content_type = media_type(request.headers.get("content-type", ""))
+        try:
+            rejected, problem = await export(request, org, content_type)
+        except HTTPException as exc:  # OTLP/HTTP's error answer: a google.rpc.Status, as the request was encoded
+            body, answer_type = encode_status(exc.status_code, exc.detail, content_type)
+            return Response(body, exc.status_code, exc.headers, media_type=answer_type)
+        return Response(encode_response(rejected, problem, content_type), media_type=content_type)
+
+    for path in OTLP_PATHS:
+        router.post(path, **traces_answer)(otlp_traces)
 
     return router
 
@@ -138,6 +165,8 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             raise HTTPException(400, "body is not valid gzip (Content-Encoding: gzip)") from None
         if len(out) > limit or inflater.unconsumed_tail:
             raise HTTPException(413, f"decompressed body larger than {limit} bytes (max_body_bytes, {env_name('max_body_bytes')})")
+        if data and not inflater.eof:  # cut short (an empty body is an empty export): a prefix of the spans sent
+            raise HTTPException(400, "body is not valid gzip (Content-Encoding: gzip): it ends before its last member does")
         rest = inflater.unused_data
-        if not inflater.eof or not rest:
+        if not rest:
             return bytes(out)

@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError
 from helicone_core import events
 from helicone_core.cost import CostRegistry, TokenCounts
@@ -26,6 +27,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from .async_log import MAX_PROVIDER
 
 OTLP_SOURCE = "otlp"
+# OTLP/HTTP's path, and Helicone's for the same (its helicone-async / OpenLLMetry loggers export there)
+OTLP_PATHS = ("/v1/traces", "/v1/trace/log")
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 # Spans with any of these attributes are GenAI calls; the rest are skipped (not rejected).
@@ -46,6 +49,11 @@ _SESSION_ATTRS = ("session.id", "gen_ai.conversation.id")
 
 class OtlpError(ValueError):
     """A body that is not an ExportTraceServiceRequest (answered 400, as OTLP/HTTP asks)."""
+
+
+def media_type(content_type: str) -> str:
+    """A Content-Type header's media type, lower case, without its parameters (`; charset=utf-8`)."""
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
@@ -110,6 +118,35 @@ def encode_response(rejected: int, message: str, content_type: str) -> bytes:
     if content_type == PROTOBUF:
         return out.SerializeToString()
     return json.dumps(json_format.MessageToDict(out)).encode()
+
+
+def _status_message_class():
+    """google.rpc.Status, the body OTLP/HTTP asks of every 4xx and 5xx answer (googleapis-common-protos is
+    not a dependency): built from its descriptor, in a pool of its own; `details` is left out (never sent)."""
+    f = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="google/rpc/status.proto", package="google.rpc", syntax="proto3")
+    file.message_type.add(name="Status", field=[
+        f(name="code", number=1, type=f.TYPE_INT32, label=f.LABEL_OPTIONAL, json_name="code"),
+        f(name="message", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL, json_name="message")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("google.rpc.Status"))
+
+
+Status = _status_message_class()
+# HTTP status of an error answer -> its google.rpc.Code (exporters may record it; OTLP/HTTP retries by the HTTP status)
+_RPC_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+              500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def encode_status(status: int, message: str, content_type: str) -> tuple[bytes, str]:
+    """An OTLP/HTTP error answer: a google.rpc.Status as the request was encoded (its JSON form unless
+    the request was protobuf), and the answer's Content-Type."""
+    code = _RPC_CODES.get(status, grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.UNKNOWN)
+    out = Status(code=code.value[0], message=message)
+    if content_type == PROTOBUF:
+        return out.SerializeToString(), PROTOBUF
+    return json.dumps(json_format.MessageToDict(out)).encode(), JSON
 
 
 def any_value(v) -> Any:
