@@ -1,18 +1,19 @@
 """The dashboard in a real headless browser against the running stack: traffic sent through the gateway
-with the official SDKs shows up in the request table, filters narrow it, a request opens with both
-bodies and its scores, and each analytics panel either draws its data or, while the api does not
-serve its route, says "not available"."""
+with the official SDKs shows up in the request table, filters narrow it, the table pages past its
+first page, a request opens with both bodies and its scores, and each analytics panel either draws its
+data (over the chosen range, up to now) or, while the api does not serve its route, says "not available"."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.e2e.test_request_path import claude, oai
 from tests.support.browser import headless_chromium, series_pixels
@@ -20,6 +21,7 @@ from tests.support.browser import headless_chromium, series_pixels
 pytestmark = pytest.mark.e2e
 
 WAIT = 30
+PAGE_ROWS = 100  # dashboard.js REQUEST_LIMIT: the rows of one page of the request table
 PANELS_WITH_CHARTS = {"timeseries": ("chart-requests", "chart-cost", "chart-tokens", "chart-latency"), "models": ("chart-models",)}
 
 
@@ -71,6 +73,36 @@ def page(stack, sent, tmp_path_factory):
         driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
         wait(driver, lambda d: panel_state(d, "requests") in ("ready", "empty", "error"))
         yield driver
+
+
+def async_logs(stack, n: int, at: float, **meta: str) -> list[str]:
+    """n requests logged through POST /custom/v1/log, 10 ms apart from `at` (Unix seconds), with these
+    Helicone-* headers; their ids, once the api serves each."""
+    ids = []
+    with stack.api_client() as api:
+        for i in range(n):
+            t = at + i / 100
+            payload = {
+                "providerRequest": {"url": "https://api.openai.com/v1/chat/completions", "meta": meta,
+                                    "json": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"logged {i}"}]}},
+                "providerResponse": {"status": 200, "json": {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+                                                             "choices": [{"message": {"role": "assistant", "content": "ok"}}]}},
+                "timing": {"startTime": {"seconds": int(t), "milliseconds": int(t * 1000) % 1000},
+                           "endTime": {"seconds": int(t) + 1, "milliseconds": int(t * 1000) % 1000}},
+            }
+            r = api.post("/custom/v1/log", json=payload)
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["request_id"])
+    for rid in ids:
+        stack.wait_for_request(rid)
+    return ids
+
+
+def choose_range(driver, hours: int) -> None:
+    """Picks a time range as a user would; every panel reloads."""
+    Select(driver.find_element(By.ID, "range")).select_by_value(str(hours))
+    for name in ("summary", "timeseries", "models", "requests", "sessions", "users"):
+        settled(driver, name)
 
 
 def wait(driver, until, timeout: float = WAIT):
@@ -221,6 +253,79 @@ def test_users_panel(page, stack, sent):
     assert any(r.startswith(sent.alice) for r in rows) and any(r.startswith(sent.bob) for r in rows), rows
     page.find_element(By.CSS_SELECTOR, f"#users-table button[aria-label='Show requests of user {sent.bob}']").click()
     wait(page, lambda d: table_request_ids(d) == sent.bob_ids)
+
+
+def test_the_request_table_pages_past_its_first_page(page, stack):
+    user = f"dash-many-{uuid.uuid4().hex[:8]}"
+    ids = async_logs(stack, PAGE_ROWS + 5, time.time() - 120, **{"Helicone-User-Id": user})
+    apply_filters(page, user_id=user)
+    wait(page, lambda d: len(table_request_ids(d)) == PAGE_ROWS)
+    assert set(table_request_ids(page)) == set(ids[5:])  # newest first
+    more = page.find_element(By.ID, "requests-more")
+    assert more.is_displayed() and more.text == "Load more"
+    more.click()
+    wait(page, lambda d: len(table_request_ids(d)) == len(ids) and panel_state(d, "requests") == "ready")
+    shown = table_request_ids(page)
+    assert shown == ids[::-1], "each row once, newest first"
+    assert not more.is_displayed(), "no page follows the last one"
+    apply_filters(page, user_id=f"dash-nobody-{uuid.uuid4().hex[:8]}")
+    assert panel_state(page, "requests") == "empty" and not more.is_displayed()
+
+
+def test_sessions_and_users_cover_the_chosen_range(page, stack, sent):
+    run = uuid.uuid4().hex[:8]
+    user, session = f"dash-old-{run}", f"dash-old-sess-{run}"
+    async_logs(stack, 1, time.time() - 3 * 86400, **{"Helicone-User-Id": user, "Helicone-Session-Id": session})
+    try:
+        choose_range(page, 720)
+        assert any(r.startswith(user) for r in table_rows(page, "users-table"))
+        assert any(session in r for r in table_rows(page, "sessions-table"))
+        choose_range(page, 24)  # three days ago is not in the last 24 hours
+        users, sessions = table_rows(page, "users-table"), table_rows(page, "sessions-table")
+        assert not any(r.startswith(user) for r in users), users
+        assert not any(session in r for r in sessions), sessions
+        assert any(r.startswith(sent.alice) for r in users) and any(sent.session in r for r in sessions)
+    finally:
+        choose_range(page, 24)
+
+
+def test_the_charts_end_at_now(page):
+    # the browser's clock one minute past a quarter hour: the "last hour" range ends at the next quarter hour,
+    # whose 14 minutes still to come hold no requests yet, and are not drawn as minutes without any
+    now = (int(time.time()) // 900 * 900 + 60) * 1000
+    page.execute_script("window.realDateNow = Date.now; Date.now = () => arguments[0];", now)
+    try:
+        choose_range(page, 1)
+        assert settled(page, "timeseries") == "ready", panel_status(page, "timeseries")
+        for chart in PANELS_WITH_CHARTS["timeseries"]:
+            buckets = page.execute_script("return charts[arguments[0]].data[0]", chart)
+            assert buckets and max(buckets) <= now / 1000, (chart, max(buckets) - now / 1000)
+    finally:
+        page.execute_script("Date.now = window.realDateNow;")
+        choose_range(page, 24)
+
+
+def test_the_detail_never_shows_another_requests_data(page, sent):
+    apply_filters(page, user_id=sent.alice)
+    wait(page, lambda d: sent.scored in table_request_ids(d))
+    page.find_element(By.CSS_SELECTOR, f"button.open-request[data-request-id='{sent.scored}']").click()
+    wait(page, lambda d: settled(d, "detail") == "ready" and d.find_element(By.ID, "detail-id").text == sent.scored)
+    unknown = str(uuid.uuid4())  # e.g. a request the retention already removed
+    page.execute_script("openRequest(arguments[0])", unknown)
+    wait(page, lambda d: d.find_element(By.ID, "detail-id").text == unknown and settled(d, "detail") == "error")
+    assert f"request {unknown} not found" in panel_status(page, "detail")
+    for part in ("detail-meta", "detail-scores", "detail-request-body", "detail-response-body"):
+        assert page.find_element(By.ID, part).get_attribute("textContent") == "", part
+
+
+def test_a_new_key_starts_from_a_clean_page(page, stack, sent):
+    page.find_element(By.CSS_SELECTOR, f"button.open-request[data-request-id='{sent.alice_ids[0]}']").click()
+    wait(page, lambda d: settled(d, "detail") == "ready")
+    page.find_element(By.ID, "api-key").send_keys(stack.key)  # another key (of the same org here), entered while connected
+    page.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    assert not page.find_element(By.ID, "panel-detail").is_displayed()
+    assert page.find_element(By.ID, "detail-request-body").get_attribute("textContent") == ""
+    settled(page, "requests")
 
 
 def test_the_page_ran_without_script_errors_or_csp_violations(page):

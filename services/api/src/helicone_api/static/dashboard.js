@@ -152,9 +152,12 @@ async function loadTimeseries(current) {
   const resp = await api("POST", "/v1/metrics/timeseries", { start: r.start, end: r.end, bucket: r.bucket, timezone: timeZone() });
   stillCurrent(current);
   // rows may come per group: sum them per bucket (latency takes the slowest group's percentile)
+  // the range ends on a rounded time after now: the zero-filled buckets past now are no traffic yet, not none
+  const now = Date.now() / 1000;
   const byBucket = new Map();
   for (const d of resp.data) {
     const t = Date.parse(d.bucket) / 1000;
+    if (t > now) continue;
     const acc = byBucket.get(t) || { requests: 0, cost: 0, prompt: 0, completion: 0, p50: null, p95: null };
     acc.requests += d.requests;
     acc.cost += d.cost_usd || 0;
@@ -251,26 +254,47 @@ function scoresText(scores) {
   return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "–";
 }
 
+function requestRow(d) {
+  return row([
+    fmtTime(d.created_at),
+    d.model || "–",
+    d.user_id || "–",
+    d.status,
+    fmtInt(d.latency_ms),
+    fmtInt(d.usage.total_tokens),
+    fmtUsd(d.cost_usd),
+    scoresText(d.scores),
+    el("button", { type: "button", class: "open-request", "data-request-id": d.request_id, "aria-label": "Open request " + d.request_id, text: "Open", onclick: () => openRequest(d.request_id) }),
+  ]);
+}
+
+// The query of the table's pages and the api's next_cursor after the last one shown (null: no more rows).
+// Each next page is asked with the very same query (its range too), as the cursor belongs to it.
+let requestsMore = null;
+
+function setRequestsMore(query, nextCursor) {
+  requestsMore = query && nextCursor ? { query, cursor: nextCursor } : null;
+  $("#requests-more").hidden = requestsMore === null;
+  $("#requests-table").dataset.rows = String($("#requests-table tbody").rows.length);
+}
+
 async function loadRequests(current) {
-  const resp = await api("POST", "/v1/request/query", requestFilter());
+  setRequestsMore(null, null); // a "load more" now would append to the table this load replaces
+  const query = requestFilter();
+  const resp = await api("POST", "/v1/request/query", query);
   stillCurrent(current);
-  $("#requests-table tbody").replaceChildren(
-    ...resp.data.map((d) =>
-      row([
-        fmtTime(d.created_at),
-        d.model || "–",
-        d.user_id || "–",
-        d.status,
-        fmtInt(d.latency_ms),
-        fmtInt(d.usage.total_tokens),
-        fmtUsd(d.cost_usd),
-        scoresText(d.scores),
-        el("button", { type: "button", class: "open-request", "data-request-id": d.request_id, "aria-label": "Open request " + d.request_id, text: "Open", onclick: () => openRequest(d.request_id) }),
-      ]),
-    ),
-  );
-  $("#requests-table").dataset.rows = String(resp.data.length);
+  $("#requests-table tbody").replaceChildren(...resp.data.map(requestRow));
+  setRequestsMore(query, resp.next_cursor);
   return resp.data.length === 0;
+}
+
+async function loadMoreRequests(current) {
+  const { query, cursor } = requestsMore;
+  const resp = await api("POST", "/v1/request/query", { ...query, cursor });
+  stillCurrent(current);
+  $("#requests-table tbody").append(...resp.data.map(requestRow));
+  setRequestsMore(query, resp.next_cursor);
+  return false;
 }
 
 function showBody(pre, body, error) {
@@ -283,8 +307,12 @@ async function openRequest(id) {
   const panel = $("#panel-detail");
   panel.hidden = false;
   $("#detail-id").textContent = id;
+  for (const node of panel.querySelectorAll("dl, ul, pre")) node.replaceChildren(); // not the previous request's
   await loadPanel("detail", async (current) => {
-    const d = await api("GET", "/v1/request/" + encodeURIComponent(id));
+    // this route is served: its 404 is a request this org does not have (yet), not a missing route
+    const d = await api("GET", "/v1/request/" + encodeURIComponent(id)).catch((e) => {
+      throw e instanceof ApiError && e.status === 404 ? new ApiError(0, e.message) : e;
+    });
     stillCurrent(current);
     const meta = [
       ["Time", fmtTime(d.created_at)],
@@ -316,7 +344,8 @@ async function openRequest(id) {
 // ---- sessions and users -----------------------------------------------------------------------
 
 async function loadSessions(current) {
-  const resp = await api("POST", "/v1/session/query", { limit: LIST_LIMIT, offset: 0 });
+  const r = range();
+  const resp = await api("POST", "/v1/session/query", { filter: { start: r.start, end: r.end }, limit: LIST_LIMIT, offset: 0 });
   stillCurrent(current);
   $("#sessions-table tbody").replaceChildren(
     ...resp.data.map((s) =>
@@ -362,7 +391,8 @@ async function openSession(id) {
 }
 
 async function loadUsers(current) {
-  const resp = await api("POST", "/v1/user/query", { limit: LIST_LIMIT, offset: 0 });
+  const r = range();
+  const resp = await api("POST", "/v1/user/query", { filter: { start: r.start, end: r.end }, limit: LIST_LIMIT, offset: 0 });
   stillCurrent(current);
   $("#users-table tbody").replaceChildren(
     ...resp.data.map((u) =>
@@ -401,6 +431,7 @@ function clearPage() {
   for (const node of document.querySelectorAll("#main :is(tbody, dl, ul, pre), #detail-id, #session-tree-id")) node.replaceChildren();
   $("#panel-detail").hidden = true;
   $("#session-tree-box").hidden = true;
+  setRequestsMore(null, null);
 }
 
 function keyRefused(message) {
@@ -427,6 +458,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const input = $("#api-key");
+    clearPage(); // a key entered while connected: nothing the previous key showed stays
     sessionStorage.setItem(KEY_STORAGE, input.value.trim());
     input.value = "";
     loadAll();
@@ -443,6 +475,7 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     loadPanel("requests", loadRequests);
   });
+  $("#requests-more").addEventListener("click", () => requestsMore && loadPanel("requests", loadMoreRequests));
   $("#request-filters").addEventListener("reset", () => setTimeout(() => loadPanel("requests", loadRequests), 0));
   if (apiKey()) loadAll();
 });
