@@ -615,3 +615,47 @@ async def test_provider_keys_never_share_entries(gateway):
     await post(client, gw, body=anthropic, headers={**ON, "x-api-key": "sk-ant-alice"}, path="/v1/messages")
     r = await post(client, gw, body=anthropic, headers={**ON, "x-api-key": "sk-ant-mallory"}, path="/v1/messages")
     assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 5
+
+
+async def test_a_cache_hit_the_caller_stops_reading_is_cut_after_the_write_timeout_and_logged_so(tmp_path):
+    """The replay of a large cached answer waited for the caller to read for ever (its task, and the entry it
+    held, never ended); it is cut after HELICONE_CLIENT_WRITE_TIMEOUT and the hit is logged as cut."""
+    import httpx
+    from helicone_gateway.app import create_app
+    from helicone_gateway.http_server import HttpServer
+    from helicone_gateway.settings import GatewaySettings
+
+    from services.gateway.tests.test_http_server import non_reader, running
+
+    answer = b'{"object": "chat.completion", "text": "' + b"a" * (6 * 1024 * 1024) + b'"}'
+    provider_answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+    async with RawProvider(lambda c, r: provider_answer) as provider:
+        settings = GatewaySettings(data_dir=tmp_path, _env_file=None, openai_url=f"http://127.0.0.1:{provider.port}",
+                                   kafka_bootstrap="127.0.0.1:1", client_write_timeout=0.5, port=free_port())
+        app = create_app(settings)
+        gw = app.state.gateway
+        gw.keys = StubKeys()
+        built: list = []
+        server = HttpServer.for_settings(app, settings)
+        async with running(server=server):
+            gw.publisher.submit = lambda builder, size=0: built.append(builder())
+            body = json.dumps(CHAT).encode()
+            headers = {**ON, "content-type": "application/json", "accept-encoding": "identity"}
+            async with httpx.AsyncClient(timeout=5) as http:
+                r = await http.post(f"http://{server.bound[0]}:{server.bound[1]}/v1/chat/completions", content=body,
+                                    headers=headers)
+            assert r.headers["helicone-cache"] == "MISS" and r.content == answer
+            await gw.cache.flush()
+            head = "".join(f"{n}: {v}\r\n" for n, v in headers.items())
+            sock = await non_reader(server, b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n%scontent-length: %d\r\n\r\n%s"
+                                    % (head.encode(), len(body), body))
+            for _ in range(250):
+                if len(built) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+            assert not server.tasks
+            sock.close()
+    hit = built[1]
+    assert hit.cache_hit and "HELICONE_CLIENT_WRITE_TIMEOUT" in hit.error
+    assert sample(gw, "helicone_gateway_requests_total", provider="openai", status_class="client_write_timeout") == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 
 import pytest
 from helicone_gateway.http_server import HttpServer
@@ -57,8 +58,9 @@ async def echo_app(scope, receive, send):
 
 
 @contextlib.asynccontextmanager
-async def running(app=echo_app, **options):
-    server = HttpServer(app, "127.0.0.1", 0, **options)
+async def running(app=echo_app, server: HttpServer | None = None, **options):
+    """Serves `app` on a free loopback port (or runs `server`, built already) while the block runs."""
+    server = server or HttpServer(app, "127.0.0.1", 0, **options)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -683,3 +685,133 @@ async def test_a_slow_but_steady_body_and_a_slow_app_are_not_timed_out():
         status, _, body = await read_response(reader)
         assert status == 200 and json.loads(body)["body"] == "body"
         writer.close()
+
+
+async def non_reader(server: HttpServer, data: bytes) -> socket.socket:
+    """A caller with a small receive buffer that sends `data` and then reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connecting: the window it offers stays small
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, server.bound)
+    await loop.sock_sendall(sock, data)
+    return sock
+
+
+def endless_stream(watched: list):
+    """Streams 64 KiB events until the caller is gone; notes the disconnect message its watch got."""
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        await receive()
+        watch = asyncio.ensure_future(receive())  # the gateway's watch for the caller leaving
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        event = b"data: " + b"x" * 65536 + b"\n\n"
+        while not watch.done():
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        watched.append(watch.result())
+    return app
+
+
+async def test_a_caller_that_never_reads_its_stream_is_cut_after_the_write_timeout():
+    """It held its answer (at the gateway: the provider's connection and its slot in the pool) for ever: send() waited
+    for the caller to read without bound."""
+    from helicone_gateway.http_server import WRITE_TIMED_OUT
+
+    watched: list = []
+    async with running(endless_stream(watched), write_timeout=0.3) as server:
+        sock = await non_reader(server, request("/stream", method="GET"))
+        for _ in range(250):
+            if watched:
+                break
+            await asyncio.sleep(0.02)
+        assert watched == [WRITE_TIMED_OUT]  # the app learns why: the gateway logs it so
+        await asyncio.sleep(0.05)
+        assert not server.connections and not server.tasks
+        sock.close()
+
+
+async def test_a_caller_that_reads_slowly_but_steadily_is_not_cut():
+    """Writing is paused far longer than the write timeout in all, but the caller keeps taking bytes."""
+    chunk, total = b"x" * 65536, 256  # 16 MiB: more than the socket buffers hold
+    loop = asyncio.get_running_loop()
+
+    async def big(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(chunk) * total).encode())]})
+        for i in range(total):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < total - 1})
+
+    async with running(big, write_timeout=0.3) as server:
+        sock = await non_reader(server, request("/big", method="GET"))
+        got = bytearray()
+        started = loop.time()
+        while loop.time() - started < 1.5:  # 16 KiB every 50 ms: about 320 KiB/s
+            got += await asyncio.wait_for(loop.sock_recv(sock, 16384), 5)
+            await asyncio.sleep(0.05)
+        head_size = got.index(b"\r\n\r\n") + 4
+        while len(got) - head_size < len(chunk) * total:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+            if not data:
+                break  # cut
+            got += data
+        sock.close()
+    assert got.startswith(b"HTTP/1.1 200") and len(got) - head_size == len(chunk) * total
+
+
+async def test_pipelined_answers_the_caller_does_not_read_are_not_piled_up():
+    """Each pipelined request was answered into the write buffer whether or not the caller read: a caller sending
+    requests and reading nothing grew the gateway's memory by every answer (64 KiB each here, 32 MiB in all)."""
+    seen: list = []
+    answer = b"y" * 65536
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        seen.append(scope["path"])
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
+
+    count = 500
+    async with running(app) as server:
+        sock = await non_reader(server, b"".join(request(f"/{i}", method="GET") for i in range(count)))
+        await asyncio.sleep(1.0)
+        assert len(seen) < count // 4  # about what the socket buffers hold, not every answer
+        loop = asyncio.get_running_loop()
+        got = 0
+        while got < count * (len(answer) + 100):  # the caller reads: every answer comes, in order
+            data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+            assert data
+            got += len(data)
+            if len(seen) == count and got >= count * len(answer):
+                break
+        assert seen == [f"/{i}" for i in range(count)]
+        sock.close()
+
+
+async def test_a_whole_answer_the_caller_never_reads_does_not_hold_up_a_stop():
+    """The last write of an answer does not wait for the caller: its bytes sat in the buffer, the close after it
+    waited for them for ever, and so did a graceful stop (until the pod was killed, with every other answer)."""
+    answer = b"z" * (8 * 1024 * 1024)
+
+    async def whole(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await echo_app(scope, receive, send)
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
+
+    server = HttpServer(whole, "127.0.0.1", 0, write_timeout=0.3)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    sock = await non_reader(server, request("/whole", method="GET"))
+    await asyncio.sleep(0.05)
+    server.should_exit = True
+    assert await asyncio.wait_for(task, 5) is True
+    assert not server.connections
+    sock.close()

@@ -23,8 +23,8 @@ AUTH = {"Helicone-Auth": "Bearer good-key"}
 
 class RawProvider:
     """Reads one HTTP request per turn and lets `script(conn_no, request_no)` decide: a bytes answer,
-    "hang" (never answer), "stall:<text>" (send text, then nothing more) or "close" (drop the
-    connection without answering)."""
+    "hang" (never answer), "stall:<text>" (send text, then nothing more), "endless" (an event stream
+    that never ends) or "close" (drop the connection without answering)."""
 
     def __init__(self, script) -> None:
         self.script = script
@@ -62,6 +62,12 @@ class RawProvider:
                     writer.write(action)
                     await writer.drain()
                     continue
+                if action == "endless":  # 64 KiB events for as long as the gateway takes them
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    event = b"data: " + b"x" * 65536 + b"\n\n"
+                    while True:
+                        writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+                        await writer.drain()
                 if action.startswith("stall:"):  # answer this much, then go silent
                     writer.write(action[len("stall:"):].encode())
                     await writer.drain()
@@ -362,3 +368,39 @@ async def test_a_request_body_the_provider_had_not_read_is_dropped_when_the_call
     finally:
         server.close()
     assert provider.received < len(json.dumps(big))  # the connection was cut: the request never arrived whole
+
+
+async def test_a_caller_that_stops_reading_a_stream_frees_its_provider_connection_after_the_write_timeout(tmp_path):
+    """A caller that opened a stream and read nothing more held the provider's connection (and its slot in the
+    pool) for ever: with a pool of one, nobody else was served again (504 after the connect timeout)."""
+    from helicone_gateway.http_server import HttpServer
+
+    from services.gateway.tests.test_http_server import non_reader, running
+
+    async with RawProvider(lambda c, r: "endless" if c == 1 else OK) as provider:
+        settings = GatewaySettings(data_dir=tmp_path, _env_file=None, openai_url=f"http://127.0.0.1:{provider.port}",
+                                   kafka_bootstrap="127.0.0.1:1", max_upstream_connections=1,
+                                   upstream_connect_timeout=3, client_write_timeout=0.5, port=free_port())
+        app = create_app(settings)
+        gw = app.state.gateway
+        gw.keys = StubKeys()
+        built = []
+        server = HttpServer.for_settings(app, settings)  # as the gateway serves: the setting reaches the server
+        async with running(server=server):
+            gw.publisher.submit = lambda builder, size=0: built.append(builder())
+            body = json.dumps(CHAT).encode()
+            sock = await non_reader(server, b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nhelicone-auth: Bearer good-key\r\n"
+                                            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await asyncio.wait_for(provider.closed_by_peer.wait(), 5)  # the gateway let go of the provider's stream
+            async with httpx.AsyncClient(timeout=5) as http:  # ...and of its pool slot
+                r = await http.post(f"http://{server.bound[0]}:{server.bound[1]}/v1/chat/completions", json=CHAT, headers=AUTH)
+            assert (r.status_code, r.json()) == (200, {})
+            sock.close()
+            for _ in range(100):
+                if len(built) == 2:
+                    break
+                await asyncio.sleep(0.02)
+    cut = next(ev for ev in built if ev.error)
+    assert cut.status == 200 and "HELICONE_CLIENT_WRITE_TIMEOUT" in cut.error and cut.inline.response_body.startswith(b"data: ")
+    assert gw.metrics.registry.get_sample_value(
+        "helicone_gateway_requests_total", {"provider": "openai", "status_class": "client_write_timeout"}) == 1.0

@@ -62,7 +62,7 @@ from .headers import (
     narrow_accept_encoding,
     parse_helicone_headers,
 )
-from .http_server import error_body
+from .http_server import WRITE_TIMED_OUT, error_body
 from .journal import Journal
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, Router, missing_base_url
@@ -101,6 +101,7 @@ STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSErro
 ALLOWLIST_ENV = env_name("target_url_allowlist")
 ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
 READ_TIMEOUT_ENV = env_name("upstream_read_timeout")
+WRITE_TIMEOUT_ENV = env_name("client_write_timeout")
 
 
 def retryable_error(exc: BaseException) -> bool:
@@ -486,7 +487,7 @@ class Gateway:
                                   provider_key(header_map))
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
-                return await self._serve_cached(send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
+                return await self._serve_cached(receive, send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
                                                 started, started_at, prompt, limit_headers)
 
         # after the request body, receive() only ever reports the caller going away
@@ -579,6 +580,7 @@ class Gateway:
                 self.m_upstream_errors.labels(rt.provider, "stream_" + exc.__class__.__name__).inc()
         finally:
             caller_left = disconnected.done() and not completed
+            write_timed_out = caller_left and self._write_timed_out(disconnected)
             disconnected.remove_done_callback(close_upstream)
             disconnected.cancel()
             # a connection that answered 5xx or did not finish cleanly is not reused
@@ -590,11 +592,16 @@ class Gateway:
             if completed and recorder is not None and recorder.chunks is not None:
                 self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl,
                                 rt.usage, resp_ctype, resp_encoding)
-            self._requests(rt.provider, status).inc()
+            if write_timed_out:
+                self.m_requests.labels(rt.provider, "client_write_timeout").inc()
+            else:
+                self._requests(rt.provider, status).inc()
             self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
             if completed:
                 error = ""
+            elif write_timed_out:
+                error = self._write_timeout_error() + " and the upstream response closed"
             elif caller_left:
                 error = "client disconnected before the response completed; upstream response closed"
             elif read_timed_out:
@@ -606,8 +613,17 @@ class Gateway:
                       status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt,
                       rate_limit=rate_limit, plan=plan, resp_tail=capture.end())
 
-    async def _serve_cached(self, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
-                            method: str, body: bytes, req_ctype: str, started: float, started_at: int,
+    @staticmethod
+    def _write_timed_out(disconnected: asyncio.Future) -> bool:
+        """The server cut the caller: it took none of its answer for client_write_timeout."""
+        return disconnected.done() and not disconnected.cancelled() and disconnected.result() is WRITE_TIMED_OUT
+
+    def _write_timeout_error(self) -> str:
+        return (f"timeout: the caller read none of the response for {self.settings.client_write_timeout:g} s "
+                f"({WRITE_TIMEOUT_ENV}); its connection was cut")
+
+    async def _serve_cached(self, receive, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders,
+                            rt: Route, method: str, body: bytes, req_ctype: str, started: float, started_at: int,
                             prompt: PromptUse | None, limit_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream)."""
         entry = lookup.hit
@@ -616,13 +632,24 @@ class Gateway:
         headers += [(STATUS_HEADER, HIT), (BUCKET_IDX_HEADER, str(lookup.slot).encode()),
                     (b"helicone-id", request_id.encode()), *self.answer_headers, *limit_headers]
         first_chunk_at = -1.0
+        gone = asyncio.ensure_future(receive())  # after the request body, receive() only reports the caller going away
+        error = ""
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})
         for chunk in entry.chunks:
             if first_chunk_at < 0:
                 first_chunk_at = time.perf_counter()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self._requests(rt.provider, entry.status).inc()
+            if gone.done():
+                error = (self._write_timeout_error() if self._write_timed_out(gone)
+                         else "client disconnected before the response completed")
+                break
+        else:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        gone.cancel()
+        if error and self._write_timed_out(gone):
+            self.m_requests.labels(rt.provider, "client_write_timeout").inc()
+        else:
+            self._requests(rt.provider, entry.status).inc()
         self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
         stored = dict(entry.headers)
         encoding = stored.get(b"content-encoding", b"").decode("latin-1")
@@ -632,7 +659,8 @@ class Gateway:
             capture.add(chunk)
         ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
         self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at, entry.status, encoding,
-                  capture.data(), ctype, capture.truncated, ttft_ms, prompt=prompt, cache_hit=True, resp_tail=capture.end())
+                  capture.data(), ctype, capture.truncated, ttft_ms, error=error, prompt=prompt, cache_hit=True,
+                  resp_tail=capture.end())
 
     def _target(self, url: str, name: str = "Helicone-Target-URL") -> TargetDest:
         """The checked destination of a Target-URL request (or of a Helicone-Fallbacks target: `name`

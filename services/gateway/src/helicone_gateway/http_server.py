@@ -9,8 +9,10 @@ chunked, responses framed by their Content-Length, else chunked (HTTP/1.1) or by
 no body for HEAD, 1xx, 204 and 304, Expect: 100-continue, the request-head limit of http_limits (431
 while the head arrives, before it is buffered; trailer fields count too and are dropped), a Date header, a 500
 when the app fails before it answers, an idle keep-alive timeout (also a 408 for a head not whole within it, or a
-body the app waits for and the caller stopped sending), a graceful stop (no new connections, answers in progress
-finish, idle connections close) and the ASGI lifespan.
+body the app waits for and the caller stopped sending), a write timeout (a caller that takes none of its answer for
+that long is cut, and its app learns it from receive(): WRITE_TIMED_OUT; pipelined requests wait while their caller
+does not read), a graceful stop (no new connections, answers in progress finish, idle connections close) and the ASGI
+lifespan.
 It does not: upgrades (WebSocket, h2c: 400), request targets other than a path or an absolute URL (400),
 transfer codings other than chunked (501), HTTP/2, proxy headers (the gateway trusts none).
 
@@ -30,11 +32,13 @@ import json
 import logging
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import httptools
@@ -45,15 +49,26 @@ from helicone_core.http_limits import (
     head_too_large_message,
     server_head_limit,
 )
-from helicone_core.settings import ServiceSettings
+
+try:
+    from fcntl import ioctl
+    from termios import TIOCOUTQ  # on a TCP socket (Linux): bytes sent and not yet acknowledged, or not yet sent
+except ImportError:  # elsewhere only the transport's own buffer is watched
+    ioctl = TIOCOUTQ = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from .settings import GatewaySettings
 
 log = logging.getLogger("helicone.gateway.http")
 
 KEEPALIVE_TIMEOUT = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
+WRITE_TIMEOUT = 60.0  # seconds a caller may take none of an answer held back for it before its connection is cut
 BODY_HIGH_WATER = 256 * 1024  # request body bytes buffered ahead of the app before reading pauses
 MAX_PIPELINED = 16  # requests read ahead of the one being answered before reading pauses
 ASGI = {"version": "3.0", "spec_version": "2.3"}
 DISCONNECT = {"type": "http.disconnect"}
+# what receive() gives once the connection was cut because the caller took none of its answer for write_timeout
+WRITE_TIMED_OUT = {"type": "http.disconnect", "write_timeout": True}
 NO_BODY_STATUS = frozenset({204, 304})
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in http.HTTPStatus}
 
@@ -133,7 +148,7 @@ class Exchange:
     def disconnect(self) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(DISCONNECT)
+            waiter.set_result(self.conn.gone)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -155,7 +170,7 @@ class Exchange:
     def receive(self) -> asyncio.Future:
         fut = self.conn.loop.create_future()
         if self.conn.closed or self.finished:
-            fut.set_result(DISCONNECT)
+            fut.set_result(self.conn.gone)
         elif self.body or (self.body_done and not self.end_sent):
             fut.set_result(self._message())
         else:
@@ -309,6 +324,10 @@ class HttpConnection(asyncio.Protocol):
         self.paused_reading = False
         self.write_paused = False
         self.drained: asyncio.Future | None = None
+        self.write_resumes = 0  # times the caller took enough of the answer for writing to go on
+        self.write_mark = (0, 0)  # (write_resumes, bytes not taken by the caller) when the write timer was armed
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.gone = DISCONNECT  # the disconnect message receive() gives once the connection is closed
         self.last_active = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.client: tuple[str, int] | None = None
@@ -361,16 +380,60 @@ class HttpConnection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._watch_writes()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.write_resumes += 1
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
+        if (self.current is None and self.pending and not self.closed and not self.refused and not self.server.stopping
+                and not self.transport.is_closing()):
+            self._start_next()  # a pipelined request held back while the caller did not read
+
+    def _watch_writes(self) -> None:
+        """Arms the write timer: only while bytes wait for the caller (writing paused, or a close waiting to
+        flush), so a caller that keeps up costs no timer."""
+        if self.write_timer is None and not self.closed:
+            self.write_mark = (self.write_resumes, self._untaken())
+            self.write_timer = self.loop.call_later(self.server.write_timeout, self._write_check)
+
+    def _untaken(self) -> int:
+        """Answer bytes the caller has not taken: the transport's buffer and the socket's send queue (the kernel's
+        buffer, megabytes on a fast link, frees room for the transport only in large steps)."""
+        size = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if ioctl is not None and sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                size += struct.unpack("i", ioctl(sock.fileno(), TIOCOUTQ, b"\0\0\0\0"))[0]
+        return size
+
+    def _write_check(self) -> None:
+        """A caller that took no byte of its answer for write_timeout is cut: an answer it never reads would
+        otherwise hold its provider connection (and the answer's memory) for ever."""
+        self.write_timer = None
+        transport = self.transport
+        if self.closed or not (self.write_paused or transport.is_closing()):
+            return  # the caller caught up: pause_writing arms the timer again
+        if not transport.get_write_buffer_size():
+            return
+        resumes, mark = self.write_mark
+        size = self._untaken()
+        if resumes != self.write_resumes or size < mark:  # it reads, however slowly
+            self._watch_writes()
+            return
+        log.info("connection from %s cut: the caller read none of its answer for %g s (%d bytes waiting)",
+                 self.client, self.server.write_timeout, size)
+        self.gone = WRITE_TIMED_OUT
+        transport.abort()
 
     async def drain(self) -> None:
         if self.drained is None or self.drained.done():
@@ -479,11 +542,15 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         if self.pending:
-            self._start(self.pending.popleft())
-            if self.paused_reading and len(self.pending) < MAX_PIPELINED // 2 and (self.reading is None or self.reading.queued <= BODY_HIGH_WATER):
-                self.resume_reading()
+            if not self.write_paused:  # else resume_writing starts it: answers the caller does not read never pile up
+                self._start_next()
         else:
             self._touch()
+
+    def _start_next(self) -> None:
+        self._start(self.pending.popleft())
+        if self.paused_reading and len(self.pending) < MAX_PIPELINED // 2 and (self.reading is None or self.reading.queued <= BODY_HIGH_WATER):
+            self.resume_reading()
 
     # ---- connection state ----------------------------------------------------------------
     def _touch(self) -> None:
@@ -580,6 +647,8 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self._watch_writes()  # the close waits for the caller to take the rest: not for ever
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
@@ -592,10 +661,11 @@ class HttpServer:
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None,
                  max_head_bytes: int = 1 << 20, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 backlog: int = 2048) -> None:
+                 write_timeout: float = WRITE_TIMEOUT, backlog: int = 2048) -> None:
         self.app, self.host, self.port, self.sock = app, host, port, sock
         self.max_head_bytes = max_head_bytes
         self.keepalive_timeout = keepalive_timeout
+        self.write_timeout = write_timeout
         self.backlog = backlog
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task] = set()
@@ -607,9 +677,10 @@ class HttpServer:
         self.bound: tuple[str, int] | None = None
 
     @classmethod
-    def for_settings(cls, app, settings: ServiceSettings, *, sock: socket.socket | None = None) -> HttpServer:
+    def for_settings(cls, app, settings: GatewaySettings, *, sock: socket.socket | None = None) -> HttpServer:
         """On settings.host:port (or `sock`), refusing request heads over the service's header limits."""
-        return cls(app, settings.host, settings.port, sock=sock, max_head_bytes=server_head_limit(settings))
+        return cls(app, settings.host, settings.port, sock=sock, max_head_bytes=server_head_limit(settings),
+                   write_timeout=settings.client_write_timeout)
 
     @property
     def should_exit(self) -> bool:
@@ -706,7 +777,7 @@ class Lifespan:
             await self.task
 
 
-def run(app, settings: ServiceSettings, *, sock: socket.socket | None = None) -> None:
+def run(app, settings: GatewaySettings, *, sock: socket.socket | None = None) -> None:
     """Serves `app` on settings.host:port (or on `sock`, already listening: one of several workers
     sharing a port) until SIGTERM or SIGINT, then stops gracefully (a second signal: at once) and
     returns (exit 0); exits 3 when the app's startup failed, as uvicorn does."""

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from yarl import URL
 
 from .egress import parse_allowlist_entry
+from .http_server import WRITE_TIMEOUT
 
 
 class GatewaySettings(ServiceSettings):
@@ -34,6 +35,9 @@ class GatewaySettings(ServiceSettings):
     target_url_allow_private: bool = False
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0  # longest silence allowed between response bytes
+    # Longest a caller may take none of an answer the gateway holds for it (it stopped reading a stream or a
+    # large answer); then its connection is cut and the provider's answer closed, freeing the connection slot.
+    client_write_timeout: float = Field(default=WRITE_TIMEOUT, gt=0)
     max_upstream_connections: int = 1000
     max_request_bytes: int = 32 * 1024 * 1024
     # Bodies above this many bytes are truncated in the log event (never in the proxied traffic).
