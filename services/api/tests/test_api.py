@@ -39,16 +39,37 @@ async def add_request(state, org, *, minutes, model="gpt-4o-mini", user="alice",
     return ev.request_id
 
 
+# An OpenAPI document and its answer validators per set of routes: the document of apps with the same routes
+# (endpoints, response models, declared answers) is the same, and FastAPI takes most of a second to build one,
+# more than the rest of a test's app costs.
+_DOCUMENTS: dict[str, tuple[dict, dict]] = {}
+
+
+def _routes_key(app) -> str:
+    """What an app's OpenAPI answers are built from: each route's path, methods, endpoint and answers."""
+    return "\n".join(repr((getattr(r, "path", None), sorted(getattr(r, "methods", None) or ()),
+                            getattr(getattr(r, "endpoint", None), "__qualname__", None),
+                            getattr(r, "response_model", None), getattr(r, "status_code", None),
+                            getattr(r, "responses", None))) for r in app.routes)
+
+
 def documented_answers(app) -> dict:
     """httpx event hooks that hold every JSON answer the tests get to the app's OpenAPI document: a 2xx
     answer must be one it declares, and an answer of a declared status must pass its schema (answers'
     objects are closed: a field the document does not name fails, as does a missing one)."""
-    validators: dict[tuple[str, str, int], jsonschema.Draft202012Validator | None] = {}
+    key = _routes_key(app)
+    if key not in _DOCUMENTS:
+        _DOCUMENTS[key] = (app.openapi(), {})
+    doc, validators = _DOCUMENTS[key]
+    templates_of: dict[str, list[str]] = {}
+    for template, ops in doc["paths"].items():
+        for method in ops:
+            templates_of.setdefault(method, []).append(template)
 
     def route(method: str, path: str) -> str | None:
         """The document's path template of a request: literal segments before parameters, and a parameter
         spanning several segments (a session id with "/") only when nothing else matches."""
-        templates = [t for t, ops in app.openapi()["paths"].items() if method in ops]
+        templates = templates_of.get(method, [])
         for segment in ("[^/]+", ".+"):
             found = [t for t in templates if re.fullmatch(
                 "".join(segment if p.startswith("{") else re.escape(p) for p in re.split(r"(\{[^}]+\})", t)), path)]
@@ -58,7 +79,6 @@ def documented_answers(app) -> dict:
 
     def validator(path: str, method: str, status: int) -> jsonschema.Draft202012Validator | None:
         if (path, method, status) not in validators:
-            doc = app.openapi()
             answer = doc["paths"][path][method]["responses"].get(str(status), {})
             schema = answer.get("content", {}).get("application/json", {}).get("schema")
             validators[path, method, status] = (
