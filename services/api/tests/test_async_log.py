@@ -31,12 +31,14 @@ def _settings(tmp_path, dsn, bootstrap, topic, **kw) -> ApiSettings:
 
 
 @pytest.fixture
-async def logging_api(tmp_path, fresh_db_dsn, kafka_bootstrap):
+async def logging_api(request, tmp_path, fresh_db_dsn, kafka_bootstrap):
+    """(client, api state, org id, topic); a test's own settings: parametrize it indirectly with them."""
     topic = "asynclog-" + uuid.uuid4().hex[:8]
     await ensure_topics(kafka_bootstrap, [topic], 1, 1, security=PLAINTEXT)
     [made] = await keys_before_start(fresh_db_dsn, "acme")
     org, key = made.org_id, made.key
-    app = create_app(_settings(tmp_path, fresh_db_dsn, kafka_bootstrap, topic, publish_timeout=3.0))
+    settings = {"publish_timeout": 3.0, **getattr(request, "param", {})}
+    app = create_app(_settings(tmp_path, fresh_db_dsn, kafka_bootstrap, topic, **settings))
     state = app.state.api
     await state.start()
     await wait_for_keys(state, key)
@@ -768,3 +770,116 @@ def test_otlp_model_override_attribute_names_the_logged_model_and_its_cost():
     assert ev.cost_usd != pytest.approx(costs.cost("openai", "gpt-4o-2024-08-06", tokens))
     assert json.loads(ev.inline.response_body)["model"] == "gpt-4o-2024-08-06"  # the span's, as it came
     assert out.rejected == 1 and "helicone.model.override" in out.first_problem and "Helicone-Model-Override" in out.first_problem
+
+
+# an operator's limits above Kafka's record (4 MiB): a request body of 16 MiB, bodies logged up to 3 MiB each
+LARGE_LIMITS = {"max_body_bytes": 16 << 20, "max_logged_body_bytes": 3 << 20}
+
+
+@pytest.mark.parametrize("logging_api", [LARGE_LIMITS], indirect=True)
+async def test_an_async_log_larger_than_a_kafka_record_is_never_answered_send_it_again(logging_api, kafka_bootstrap):
+    """Kafka's producer refuses a record over MAX_RECORD_BYTES at every try: the api answered 503 "send it
+    again", and the caller's retries could never succeed (the log lost). Bodies that make it too large are
+    cut further (flagged truncated) so the log is kept; a log too large without its bodies is a 413 naming the limit."""
+    from helicone_core.kafka import MAX_RECORD_BYTES
+
+    client, _, _, topic = logging_api
+    big = helicone_payload()
+    big["providerRequest"]["meta"]["Helicone-Request-Id"] = rid = str(uuid.uuid4())
+    big["providerRequest"]["json"]["messages"][0]["content"] = "q" * (4 << 20)
+    big["providerResponse"]["json"]["choices"][0]["message"]["content"] = "a" * (4 << 20)
+    r = await client.post("/custom/v1/log", json=big)
+    assert r.status_code == 200, r.text[:300]
+    [ev] = await consume(kafka_bootstrap, topic, 1)
+    assert ev.request_id == rid and len(events.encode(ev)) <= MAX_RECORD_BYTES
+    assert ev.inline.request_truncated and ev.inline.response_truncated
+    assert ev.inline.request_body.startswith(b'{"model":"gpt-4o-mini"') and ev.inline.response_body.startswith(b'{"id":"c1"')
+    assert (ev.usage.prompt_tokens, ev.usage.completion_tokens) == (1000, 500)  # read from the whole answer
+
+    huge_model = helicone_payload()
+    huge_model["providerResponse"]["json"]["model"] = "m" * (5 << 20)
+    r = await client.post("/custom/v1/log", json=huge_model)
+    assert r.status_code == 413, r.text[:300]
+    message = r.json()["error"]["message"]
+    assert str(MAX_RECORD_BYTES) in message and "model" in message, message
+    assert "send it again" not in message and "retry-after" not in r.headers
+    assert [e.request_id for e in await consume(kafka_bootstrap, topic, 2, timeout=1)] == [rid]
+
+
+@pytest.mark.parametrize("logging_api", [LARGE_LIMITS], indirect=True)
+async def test_an_otlp_span_larger_than_a_kafka_record_is_rejected_alone(logging_api, kafka_bootstrap):
+    """One span too large for a Kafka record made the whole export a 503 that every retry met again; now
+    the others are logged, a span whose messages make it too large is logged with them cut, and one too
+    large without them is counted in partial_success, naming the limit."""
+    from helicone_core.kafka import MAX_RECORD_BYTES
+
+    client, _, _, topic = logging_api
+    trace = "2af7651916cd43dd8448eb211c80319c"
+    spans = [
+        _span(trace, "e1ad6b7169203331", GENAI),
+        _span(trace, "e2ad6b7169203331", {**GENAI, "gen_ai.response.model": "m" * (5 << 20)}),
+        _span(trace, "e3ad6b7169203331", {**GENAI, "gen_ai.input.messages": json.dumps([{"role": "user", "content": "q" * (4 << 20)}]),
+                                          "gen_ai.output.messages": json.dumps([{"role": "assistant", "content": "a" * (4 << 20)}])}),
+    ]
+    r = await client.post("/v1/traces", content=json.dumps(_otlp_json(spans)), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text[:300]
+    partial = r.json()["partialSuccess"]
+    assert partial["rejectedSpans"] in (1, "1")
+    message = partial["errorMessage"]
+    assert message.startswith("resourceSpans[0].scopeSpans[0].spans[1]: ") and str(MAX_RECORD_BYTES) in message, message
+    got = await consume(kafka_bootstrap, topic, 2)
+    assert [e.model for e in got] == ["gpt-4o-2024-08-06"] * 2
+    assert all(len(events.encode(e)) <= MAX_RECORD_BYTES for e in got)
+    assert got[1].inline.request_truncated and got[1].inline.response_truncated
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("content_type", ["application/x-protobuf", "application/json"])
+async def test_an_empty_otlp_export_succeeds_in_either_encoding(logging_api, content_type, gzipped):
+    """OTLP/HTTP: "If the server receives an empty request (a request that does not carry any telemetry
+    data) the server SHOULD respond with success." An empty body was a 200 as protobuf but a 400 as JSON."""
+    client, *_ = logging_api
+    body, headers = (gzip.compress(b""), {"Content-Encoding": "gzip"}) if gzipped else (b"", {})
+    r = await client.post("/v1/traces", content=body, headers={"Content-Type": content_type, **headers})
+    assert r.status_code == 200, r.content[:200]
+    assert r.headers["content-type"] == content_type
+    if content_type == "application/json":
+        assert r.json() == {}
+    else:
+        assert not ExportTraceServiceResponse.FromString(r.content).HasField("partial_success")
+
+
+async def test_a_broker_that_never_answers_leaves_no_half_started_producer_behind(tmp_path):
+    """Kafka slow, not down: it takes connections and answers nothing. Each log is a 503 at publish_timeout, whose
+    deadline cancelled the producer's start: that producer was never stopped, and each 503 left one behind,
+    reported as an "Unclosed AIOKafkaProducer" error when collected."""
+    import gc
+
+    from helicone_api.log_publisher import LogPublisher, PublishUnavailable
+    from helicone_core.metrics import ServiceMetrics
+
+    async def silent(reader, writer):
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop, unclosed = asyncio.get_running_loop(), []
+    loop.set_exception_handler(lambda _loop, context: unclosed.append(context["message"]))
+    publisher = LogPublisher(_settings(tmp_path, "postgresql://unused@127.0.0.1/x", f"127.0.0.1:{port}", "t",
+                                       publish_timeout=0.3), ServiceMetrics("api"))
+    try:
+        await publisher.start()
+        await publisher._warm_up  # its own connect attempt times out (and stops its producer)
+        ev = events.RequestLogged(schema_version=events.SCHEMA_VERSION, request_id=str(uuid.uuid4()), org_id="o")
+        for _ in range(2):
+            with pytest.raises(PublishUnavailable):
+                await publisher.publish([ev])
+        await publisher.stop()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [m for m in unclosed if "Unclosed" in m], unclosed
+    finally:
+        loop.set_exception_handler(None)
+        server.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from .cancellation import wait_for
 from .settings import KAFKA_SASL_PROTOCOLS, KAFKA_TLS_PROTOCOLS, CommonSettings
@@ -27,6 +28,11 @@ PLAINTEXT: Mapping[str, Any] = {"security_protocol": "PLAINTEXT"}
 # two bodies at the logged-body limit and its properties. The cluster's topics must take it (k8s/kafka.yaml:
 # max.message.bytes; Kafka's default, 1 MiB, would refuse it on every retry).
 MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+
+def record_bytes(key: bytes, value: bytes) -> int:
+    """A record's size as the producer holds it against max_request_size (over MAX_RECORD_BYTES: refused at every send)."""
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
 
 
 def client_security(settings: CommonSettings) -> dict[str, Any]:

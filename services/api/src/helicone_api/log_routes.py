@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from helicone_core import events
+from helicone_core.kafka import MAX_RECORD_BYTES
 from helicone_core.settings import env_name
 from pydantic import ConfigDict, Field
 
 from .async_log import AsyncLog, PayloadError, to_event
-from .log_publisher import PublishUnavailable
+from .log_publisher import PublishUnavailable, RecordTooLarge, fit_record
 from .models import Answer, documented, error_responses
 from .otlp import JSON, OTLP_PATHS, PROTOBUF, OtlpError, decode_request, encode_response, encode_status, media_type, to_events
 
@@ -79,7 +80,9 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             raise HTTPException(503, UNAVAILABLE, {"Retry-After": RETRY_AFTER}) from None
 
     @router.post("/custom/v1/log", response_model=documented(LogAccepted), responses={200: {"headers": {
-        "Helicone-Id": {"description": "the logged request's id", "schema": {"type": "string"}}}}})
+        "Helicone-Id": {"description": "the logged request's id", "schema": {"type": "string"}}}}, **error_responses({
+        413: f"request body over max_body_bytes, or a log over Kafka's record limit ({MAX_RECORD_BYTES} bytes) "
+             "even without its bodies"})})
     async def async_log(payload: AsyncLog, request: Request, org: str = Depends(org_id)) -> JSONResponse:
         """Logs a provider call your app made itself (Helicone's async-log payload); the answer
         comes once the log is in Kafka, and the request shows in the api within about a second.
@@ -89,10 +92,13 @@ def logs_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
                           body_limit=settings.max_logged_body_bytes, now=dt.datetime.now(dt.timezone.utc),
                           headers=_helicone_headers(request.scope["headers"]))
             events.validate(ev)
+            fit_record(ev)
         except PayloadError as exc:
             return _invalid(exc.field, exc.message)
         except events.EventError as exc:
             return _invalid("providerRequest.meta", str(exc))
+        except RecordTooLarge as exc:  # Kafka would refuse it at every try: never a 503 to retry
+            raise HTTPException(413, str(exc)) from None
         await publish([ev])
         return JSONResponse({"request_id": ev.request_id}, headers={"Helicone-Id": ev.request_id})
 

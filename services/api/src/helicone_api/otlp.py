@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .async_log import MAX_PROVIDER
+from .log_publisher import fit_record
 
 OTLP_SOURCE = "otlp"
 # OTLP/HTTP's path, and Helicone's for the same (its helicone-async / OpenLLMetry loggers export there)
@@ -63,6 +64,8 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
             msg.ParseFromString(body)
         except DecodeError as exc:
             raise OtlpError(f"body is not an OTLP ExportTraceServiceRequest (protobuf): {exc}") from None
+        return msg
+    if not body.strip():  # an empty request, as an empty protobuf body is: OTLP/HTTP says it SHOULD succeed
         return msg
     try:
         doc = json.loads(body)
@@ -188,7 +191,8 @@ def to_events(msg: ExportTraceServiceRequest, *, org_id: str, costs: CostRegistr
                 try:
                     ev = span_event(span, attrs, org_id=org_id, costs=costs, region=region, body_limit=body_limit)
                     events.validate(ev)
-                except (ValueError, HeaderError, RecursionError) as exc:  # EventError is a ValueError
+                    fit_record(ev)
+                except (ValueError, HeaderError, RecursionError) as exc:  # EventError and RecordTooLarge are ValueErrors
                     out.rejected += 1
                     out.first_problem = out.first_problem or f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]: {exc}"
                     continue

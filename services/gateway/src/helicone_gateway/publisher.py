@@ -43,10 +43,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from helicone_core import events
 from helicone_core.cancellation import raise_if_cancelling, wait_for
-from helicone_core.kafka import MAX_RECORD_BYTES, ensure_topics, ping_broker
+from helicone_core.kafka import MAX_RECORD_BYTES, ensure_topics, ping_broker, record_bytes
 from helicone_core.metrics import ServiceMetrics
 
 from .journal import Journal, RecordRef, Segment
@@ -365,7 +364,7 @@ class EventPublisher:
             self.m_dropped.labels("build_error").inc()
             return None
         # the producer would refuse it at every send: dropped before it is journaled (see _send for older journals)
-        if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, data, []) > MAX_RECORD_BYTES:
+        if record_bytes(key, data) > MAX_RECORD_BYTES:
             self._dropped_too_large(key, data)
             return None
         return key, data
