@@ -100,6 +100,19 @@ def _gateway_env(tmp_path: Path, port: int, upstream_port: int) -> dict:
                 HELICONE_OPENAI_URL=f"http://127.0.0.1:{upstream_port}", HELICONE_LOG_LEVEL="WARNING")
 
 
+def _scrape(port: int) -> str:
+    """/metrics on a new connection (so the kernel may hand it to any worker); no series twice."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"}, timeout=10).text
+    series = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(series) == len(set(series)), sorted(s for s in series if series.count(s) > 1)
+    return text
+
+
+def _sum(scraped: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
 def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(tmp_path):
     port = free_port()
     env = _gateway_env(tmp_path, port, free_port())  # nothing listens upstream: every request is a logged 502
@@ -122,12 +135,12 @@ def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(
             r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"},
                            headers={"Helicone-Auth": f"Bearer {KEY}", "Connection": "close"}, timeout=10)
             assert r.status_code == 502
-        # a scrape reads the counters of the one worker its connection landed on, never the pod's (so the chart
-        # refuses gateway_workers > 1 where Prometheus reads the gateway: tests/chart/test_monitoring.py)
-        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Connection": "close"}, timeout=10).text
-        requests = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
-                       if line.startswith("helicone_gateway_requests_total{"))
-        assert 0 < requests < sent
+        # whichever worker a scrape lands on, it reads the totals of both (and one series per name and labels)
+        for _ in range(8):
+            scraped = _scrape(port)
+            assert _sum(scraped, "helicone_gateway_requests_total") == sent
+            assert _sum(scraped, "helicone_gateway_upstream_errors_total") == sent
+            assert _sum(scraped, "helicone_service_up") == 1 and _sum(scraped, "helicone_gateway_kafka_connected") == 0
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
         assert len(children) == 2
         proc.send_signal(signal.SIGTERM)
@@ -178,3 +191,60 @@ def test_workers_without_redis_warn_once_that_rate_limits_and_cache_are_per_work
     # with a shared store (down here: the cache and rate limits just skip it) there is nothing to warn about
     shared = _warnings_of_two_workers(tmp_path / "redis", HELICONE_REDIS_URL="redis://127.0.0.1:1/0")
     assert "HELICONE_REDIS_URL" not in shared
+
+
+def test_a_restarted_worker_keeps_the_totals_and_takes_no_connection_before_it_serves(tmp_path):
+    """A worker that dies is started again: its counters stay in every scrape's totals (no reset for rate()), and
+    while the new one starts (here >= 2 s: it waits for Postgres, which is down) the kernel hands it no connection,
+    so none waits on it: its socket listens only once it serves, as a single gateway's does."""
+    from helicone_gateway.workers import STARTED_AFTER
+
+    port = free_port()
+    env = _gateway_env(tmp_path, port, free_port())
+    proc = subprocess.Popen([sys.executable, "-m", "helicone_gateway", "--workers", "2"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gateway.log", "wb"))
+    started = time.monotonic()
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    headers = {"Helicone-Auth": f"Bearer {KEY}", "Connection": "close"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "gateway workers did not get ready"
+            time.sleep(0.2)
+        sent = 20
+        for _ in range(sent):
+            assert httpx.post(url, json={"model": "m"}, headers=headers, timeout=10).status_code == 502
+        assert _sum(_scrape(port), "helicone_gateway_requests_total") == sent
+        time.sleep(max(0.0, started + STARTED_AFTER + 1 - time.monotonic()))  # it served: the parent starts it again
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(children) == 2
+        os.kill(children[1], signal.SIGKILL)
+        while True:  # until the parent has started the new worker
+            now = {int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()}
+            if len(now - set(children)) == 1:
+                break
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            time.sleep(0.05)
+        # the new worker starts (python, then a 2 s wait for Postgres); every request on a new connection is answered
+        # by the one serving, none waits for the new one's start
+        stalled = 0
+        until = time.monotonic() + 4.0
+        while time.monotonic() < until:
+            try:
+                assert httpx.post(url, json={"model": "m"}, headers=headers, timeout=1.0).status_code == 502
+                sent += 1
+            except httpx.TimeoutException:
+                stalled += 1
+        assert stalled == 0, f"{stalled} requests waited on the worker that was starting"
+        for _ in range(6):  # the dead worker's requests are still counted, whichever worker answers the scrape
+            assert _sum(_scrape(port), "helicone_gateway_requests_total") == sent
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -54,9 +54,11 @@ class KeyDirectory:
         self._save_again = False  # a change came in while a save was under way
         self._first_load = asyncio.Event()
         svc = metrics.service
-        self.m_entries = metrics.gauge(f"helicone_{svc}_key_directory_entries", "Active API keys known to this service")
+        self.m_entries = metrics.gauge(f"helicone_{svc}_key_directory_entries", "Active API keys known to this service",
+                                       merge="livemax")
         self.m_live = metrics.gauge(f"helicone_{svc}_key_directory_live",
-                                    "1 while key changes are followed live from Postgres; 0 while answering from the last known set")
+                                    "1 while key changes are followed live from Postgres; 0 while answering from the last known set",
+                                    merge="livemin")
         self.m_changes = metrics.counter(f"helicone_{svc}_key_directory_changes_total", "Key changes applied", ("kind",))
 
     # ---- lifecycle -------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """Prometheus helpers (one registry per service so that services sharing a process still
 expose only their own series on their own /metrics) and the ops routes, /readyz included.
 
+Processes started with MULTIPROCESS_DIR in their environment (the gateway's workers, one port)
+record every metric in files there and each /metrics answers the totals over all of them, so a
+scrape reads the same counters whichever worker it lands on; a gauge says how its values merge.
+
 /readyz answers `{"ready": bool, "checks": {name: {"ok": bool, "required": bool}}}`: 200 when
 every required check is ok, else 503. An optional check that fails (e.g. the gateway's Kafka:
 events wait in its journal) is reported but keeps the service ready. Every check is a real round
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -61,6 +66,10 @@ OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+# prometheus_client's own setting: read when it is first imported, so only a new process can be given it
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def build_version() -> str:
     """The version every service reports: all of them ship together with helicone-core, in one image."""
     try:
@@ -73,23 +82,32 @@ class ServiceMetrics:
     def __init__(self, service: str, region: str = "") -> None:
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
-        self.up = Gauge("helicone_service_up", "1 while the service is running", ["service"], registry=self.registry)
+        self.merged_from = os.environ.get(MULTIPROCESS_DIR)  # one of several workers: render every worker's values
+        self.up = self.gauge("helicone_service_up", "1 while the service is running", ("service",), merge="livemax")
         self.up.labels(service).set(1)
         # a constant 1 whose labels say what runs where (join it onto other series by `service`)
-        self.info = Gauge("helicone_service_info", "Which service, in which region (HELICONE_REGION), at which version",
-                          ["service", "region", "version"], registry=self.registry)
+        self.info = self.gauge("helicone_service_info", "Which service, in which region (HELICONE_REGION), at which version",
+                               ("service", "region", "version"), merge="livemax")
         self.info.labels(service, region, build_version()).set(1)
 
     def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)
 
-    def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return Gauge(name, doc, labels, registry=self.registry)
+    def gauge(self, name: str, doc: str, labels: tuple[str, ...] = (), merge: str = "livesum") -> Gauge:
+        """`merge`: how the values of several workers add up (prometheus_client's multiprocess_mode;
+        livesum, livemax, livemin: over the running ones); one process reports its own value."""
+        return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=merge)
 
     def histogram(self, name: str, doc: str, labels: tuple[str, ...] = (), buckets=LATENCY_BUCKETS) -> Histogram:
         return Histogram(name, doc, labels, registry=self.registry, buckets=buckets)
 
     def render(self) -> tuple[bytes, str]:
+        if self.merged_from:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, self.merged_from)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -778,8 +778,8 @@ class Lifespan:
 
 
 def run(app, settings: GatewaySettings, *, sock: socket.socket | None = None) -> None:
-    """Serves `app` on settings.host:port (or on `sock`, already listening: one of several workers
-    sharing a port) until SIGTERM or SIGINT, then stops gracefully (a second signal: at once) and
+    """Serves `app` on settings.host:port (or on `sock`, bound, and listening once the app has started: one of
+    several workers sharing a port) until SIGTERM or SIGINT, then stops gracefully (a second signal: at once) and
     returns (exit 0); exits 3 when the app's startup failed, as uvicorn does."""
     server = HttpServer.for_settings(app, settings, sock=sock)
     tune_gc(settings.gc_young_threshold)

@@ -160,7 +160,8 @@ class EventPublisher:
         self.m_backlog = metrics.gauge(
             "helicone_gateway_log_backlog_bytes", "Body bytes of log events not yet journaled and handed to Kafka"
         )
-        self.m_connected = metrics.gauge("helicone_gateway_kafka_connected", "1 while the Kafka producer is connected")
+        self.m_connected = metrics.gauge("helicone_gateway_kafka_connected", "1 while the Kafka producer is connected",
+                                         merge="livemin")  # several workers: 1 while every one is
         self.m_journal_bytes = metrics.gauge("helicone_gateway_journal_bytes", "Bytes in the event journal")
         self.m_journal_events = metrics.gauge(
             "helicone_gateway_journal_events", "Events in the journal (ingest has not committed past them yet)"

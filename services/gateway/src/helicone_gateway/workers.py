@@ -7,6 +7,10 @@ Worker 0 keeps the journal directory itself (one worker is the plain layout); wo
 no worker will own (a restart with fewer workers) to the worker that takes their place, so nothing
 journaled waits forever. SIGTERM/SIGINT to the parent stops every worker gracefully; a worker that
 dies after it has served is started again; one that fails to start stops them all.
+
+The workers record their metrics in one directory the parent makes for the run (helicone_core.metrics,
+MULTIPROCESS_DIR), so /metrics answers the totals of all, a dead worker's counters included, whichever
+worker the scrape lands on.
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from helicone_core.metrics import MULTIPROCESS_DIR
+from prometheus_client import multiprocess
 
 from .journal import SUFFIX, take_lock
 
@@ -77,7 +86,8 @@ def adopt_orphan_journals(journal_dir: Path, workers: int) -> int:
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port that other workers can bind too (SO_REUSEPORT)."""
+    """A socket bound to host:port that other workers can bind too (SO_REUSEPORT); not listening yet:
+    the server listens once the app has started, so the kernel hands a starting worker no connection."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,7 +97,6 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise SystemExit(f"gateway: cannot listen on {host}:{port} (HELICONE_HOST/HELICONE_PORT): {exc.strerror}") from None
-    sock.listen(2048)
     sock.set_inheritable(False)
     return sock
 
@@ -108,11 +117,13 @@ class WorkerParent:
         self.procs: dict[int, subprocess.Popen] = {}
         self.started_at: dict[int, float] = {}
         self.stopping = False
+        self.metrics_dir = ""
 
     def _spawn(self, index: int) -> None:
         argv = [sys.executable, "-m", "helicone_gateway", "--worker-index", str(index), "--workers", str(self.workers)]
+        env = dict(os.environ, **{MULTIPROCESS_DIR: self.metrics_dir})
         # own process group: a terminal's Ctrl-C reaches the parent only, which stops each worker once
-        self.procs[index] = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
+        self.procs[index] = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         self.started_at[index] = time.monotonic()
 
     def _signal_all(self, sig: int) -> None:
@@ -127,6 +138,13 @@ class WorkerParent:
 
     def run(self) -> int:
         reuseport_socket(self.host, self.port).close()  # a clear error now if the port is taken
+        self.metrics_dir = tempfile.mkdtemp(prefix="helicone-gateway-metrics-")  # this run's, empty: counters start at 0
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         for i in range(self.workers):
@@ -152,6 +170,7 @@ class WorkerParent:
                     self._signal_all(signal.SIGTERM)
                     break
                 log.error("gateway worker %d exited with %s; starting it again", i, code)
+                multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # its gauges go; its counters stay in the totals
                 self._spawn(i)
             time.sleep(0.2)
         deadline = time.monotonic() + STOP_GRACE
