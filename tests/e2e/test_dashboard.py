@@ -1,16 +1,20 @@
 """The dashboard in a real headless browser against the running stack: traffic sent through the gateway
 with the official SDKs shows up in the request table, filters narrow it, the table pages past its
-first page, a request opens with both bodies and its scores, and each analytics panel either draws its
-data (over the chosen range, up to now) or, while the api does not serve its route, says "not available"."""
+first page (so do the session and user lists), a request opens with both bodies and its scores, and each analytics
+panel either draws its data (over the chosen range of whole days of the browser's zone, up to now) or, while the api
+does not serve its route, says "not available"."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 import uuid
+import zoneinfo
 from dataclasses import dataclass
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -22,6 +26,8 @@ pytestmark = pytest.mark.e2e
 
 WAIT = 30
 PAGE_ROWS = 100  # dashboard.js REQUEST_LIMIT: the rows of one page of the request table
+LIST_ROWS = 50  # dashboard.js LIST_LIMIT: the rows of one page of the sessions and users lists
+MAX_SESSION_REQUESTS = 5000  # helicone_api.insights: the requests a session's tree holds
 PANELS_WITH_CHARTS = {"timeseries": ("chart-requests", "chart-cost", "chart-tokens", "chart-latency"), "models": ("chart-models",)}
 
 
@@ -75,9 +81,9 @@ def page(stack, sent, tmp_path_factory):
         yield driver
 
 
-def async_logs(stack, n: int, at: float, **meta: str) -> list[str]:
+def async_logs(stack, n: int, at: float, usage: tuple[int, int] = (3, 2), served: bool = True, **meta: str) -> list[str]:
     """n requests logged through POST /custom/v1/log, 10 ms apart from `at` (Unix seconds), with these
-    Helicone-* headers; their ids, once the api serves each."""
+    Helicone-* headers and (prompt, completion) tokens; their ids, once the api serves each (`served`)."""
     ids = []
     with stack.api_client() as api:
         for i in range(n):
@@ -85,7 +91,7 @@ def async_logs(stack, n: int, at: float, **meta: str) -> list[str]:
             payload = {
                 "providerRequest": {"url": "https://api.openai.com/v1/chat/completions", "meta": meta,
                                     "json": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"logged {i}"}]}},
-                "providerResponse": {"status": 200, "json": {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+                "providerResponse": {"status": 200, "json": {"model": "gpt-4o-mini", "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]},
                                                              "choices": [{"message": {"role": "assistant", "content": "ok"}}]}},
                 "timing": {"startTime": {"seconds": int(t), "milliseconds": int(t * 1000) % 1000},
                            "endTime": {"seconds": int(t) + 1, "milliseconds": int(t * 1000) % 1000}},
@@ -93,7 +99,7 @@ def async_logs(stack, n: int, at: float, **meta: str) -> list[str]:
             r = api.post("/custom/v1/log", json=payload)
             assert r.status_code == 200, r.text
             ids.append(r.json()["request_id"])
-    for rid in ids:
+    for rid in ids if served else ():
         stack.wait_for_request(rid)
     return ids
 
@@ -289,6 +295,104 @@ def test_sessions_and_users_cover_the_chosen_range(page, stack, sent):
         choose_range(page, 24)
 
 
+def test_a_cost_under_a_cent_never_reads_zero(page, stack):
+    user = f"dash-cheap-{uuid.uuid4().hex[:8]}"
+    [rid] = async_logs(stack, 1, time.time() - 60, usage=(1, 0), **{"Helicone-User-Id": user})  # 1 gpt-4o-mini token: $0.00000015
+    apply_filters(page, user_id=user)
+    wait(page, lambda d: table_request_ids(d) == [rid])
+    cost = page.find_element(By.CSS_SELECTOR, "#requests-table tbody tr td:nth-child(7)").text
+    assert cost == "$0.00000015"
+    page.find_element(By.CSS_SELECTOR, f"button.open-request[data-request-id='{rid}']").click()
+    wait(page, lambda d: settled(d, "detail") == "ready" and d.find_element(By.ID, "detail-id").text == rid)
+    assert "Cost\n$0.00000015" in page.find_element(By.ID, "detail-meta").text
+
+
+def list_ids(driver, table: str) -> list[str]:
+    """The session ids or user ids the list shows (its rows' first cells), read in one script call."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#' + arguments[0] + ' tbody tr td:first-child')].map(td => td.textContent)", table)
+
+
+def test_sessions_and_users_page_past_their_first_page(page, stack):
+    run = uuid.uuid4().hex[:8]
+    mine = [f"dash-page-{run}-{i:02}" for i in range(LIST_ROWS + 5)]
+    logged = [rid for i, name in enumerate(mine) for rid in async_logs(
+        stack, 1, time.time() - 120 + i / 10, served=False, **{"Helicone-User-Id": name, "Helicone-Session-Id": name})]
+    for rid in logged:
+        stack.wait_for_request(rid)
+    try:
+        choose_range(page, 168)  # the lists reload
+        for table, more in (("sessions-table", "sessions-more"), ("users-table", "users-more")):
+            assert len(list_ids(page, table)) == LIST_ROWS, table
+            button = page.find_element(By.ID, more)
+            assert button.is_displayed() and button.text == "Load more", table
+            while button.is_displayed():
+                shown = len(list_ids(page, table))
+                button.click()
+                wait(page, lambda d: len(list_ids(d, table)) > shown and settled(d, table.split("-")[0]) == "ready")  # noqa: B023
+            ids = list_ids(page, table)
+            assert len(ids) == len(set(ids)), f"{table}: a row shown twice"
+            assert set(mine) <= set(ids), f"{table}: rows past the first page missing"
+            assert [i for i in ids if i in mine] == mine[::-1], f"{table}: last seen first"
+    finally:
+        choose_range(page, 24)
+
+
+def traced_session(stack, session: str, n: int, at: float) -> None:
+    """n GenAI spans of one session exported over OTLP (a few exports), 1 ms apart from `at` (Unix seconds),
+    their bodies omitted; returns once the api counts every one in the session."""
+    attrs = [KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in (
+        ("gen_ai.provider.name", "openai"), ("gen_ai.request.model", "gpt-4o-mini"), ("session.id", session),
+        ("helicone.omit.request", "true"), ("helicone.omit.response", "true"))]
+    trace = uuid.uuid4().bytes
+    with stack.api_client() as api:
+        for first in range(0, n, 2000):
+            export = ExportTraceServiceRequest()
+            spans = export.resource_spans.add().scope_spans.add().spans
+            for i in range(first, min(n, first + 2000)):
+                t = int((at + i / 1000) * 1e9)
+                spans.add(trace_id=trace, span_id=(i + 1).to_bytes(8, "big"), name="chat", start_time_unix_nano=t,
+                          end_time_unix_nano=t + 100_000_000, attributes=attrs)
+            r = api.post("/v1/traces", content=export.SerializeToString(), headers={"Content-Type": "application/x-protobuf"})
+            assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 60
+        while (r := api.get(f"/v1/session/{session}")).status_code != 200 or r.json()["requests"] < n:
+            assert time.monotonic() < deadline, f"session {session} did not reach the api within 60s"
+            time.sleep(0.5)
+
+
+def test_a_cut_session_tree_says_so(page, stack, sent):
+    session = f"dash-big-{uuid.uuid4().hex[:8]}"
+    traced_session(stack, session, MAX_SESSION_REQUESTS + 1, time.time() - 60)
+    choose_range(page, 1)  # the list reloads: the session is its newest
+    page.find_element(By.CSS_SELECTOR, f"#sessions-table button[aria-label='Show session tree {session}']").click()
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-tree li.tree-request")) == MAX_SESSION_REQUESTS)
+    note = page.find_element(By.ID, "session-tree-status")
+    assert note.is_displayed() and "5,000 of the session's 5,001 requests" in note.text, note.text
+    page.execute_script("openSession(arguments[0])", sent.session)  # a whole session: nothing said
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-tree li.tree-request")) == len(sent.alice_ids))
+    assert not note.is_displayed() and note.text == ""
+    choose_range(page, 24)
+
+
+def test_the_first_day_of_the_last_30_days_is_a_whole_day_of_the_browsers_zone(page, stack):
+    zone = zoneinfo.ZoneInfo("America/New_York")
+    first = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=720)).astimezone(zone).replace(hour=0, minute=0, second=0)
+    first = first.replace(microsecond=0)  # the first day of the range there; a request in its first hour
+    user = f"dash-zone-{uuid.uuid4().hex[:8]}"
+    async_logs(stack, 1, first.timestamp() + 1800, **{"Helicone-User-Id": user})
+    page.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "America/New_York"})
+    try:
+        choose_range(page, 720)
+        assert settled(page, "timeseries") == "ready", panel_status(page, "timeseries")
+        buckets, requests = page.execute_script("return charts['chart-requests'].data.slice(0, 2)")
+        assert buckets[0] == first.timestamp(), "the first bucket is the range's first day, not a part of one"
+        assert requests[0] == 1, "the first day holds its requests"
+    finally:
+        page.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+        choose_range(page, 24)
+
+
 def test_the_charts_end_at_now(page):
     # the browser's clock one minute past a quarter hour: the "last hour" range ends at the next quarter hour,
     # whose 14 minutes still to come hold no requests yet, and are not drawn as minutes without any
@@ -346,3 +450,24 @@ def test_the_key_stays_in_the_tab_and_a_wrong_key_is_refused(page, stack):
     page.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
     wait(page, lambda d: "refused the key" in d.find_element(By.ID, "key-status").text)
     assert page.execute_script("return sessionStorage.getItem('helicone-api-key')") is None
+
+
+def test_a_key_with_characters_no_key_has_is_refused_at_the_form(page, stack):
+    sent_before = page.execute_script("return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/')).length")
+    preview = stack.key[:16] + "…"  # a key's preview (as GET /v1/keys shows it), pasted as the key
+    field = page.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(preview)
+    page.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    status = page.find_element(By.ID, "key-status").text
+    assert "characters an API key cannot have" in status, status
+    assert field.get_attribute("aria-invalid") == "true"
+    assert page.execute_script("return sessionStorage.getItem('helicone-api-key')") is None
+    assert not page.find_element(By.ID, "main").is_displayed()
+    assert page.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/')).length") == sent_before, "nothing sent"
+    field.clear()
+    field.send_keys(stack.key)  # the whole key works
+    page.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    assert field.get_attribute("aria-invalid") is None
+    assert settled(page, "requests") == "ready", panel_status(page, "requests")

@@ -59,6 +59,18 @@ async def test_assets_are_public_with_their_types(client):
     assert lic.status_code == 200 and "MIT License" in lic.text
 
 
+async def test_uptime_probes_may_ask_with_head(client):
+    c, key = client
+    for path in ("/", "/static/dashboard.js"):
+        got, head = await c.get(path), await c.head(path)
+        assert head.status_code == 200, (path, head.status_code)
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers["content-length"] == str(len(got.content)), path
+        assert head.headers["content-security-policy"] == CONTENT_SECURITY_POLICY, path
+    assert (await c.head("/static/nope.js")).status_code == 401  # still only the shipped files are public
+    assert (await c.head("/v1/keys")).status_code == 401
+
+
 async def test_nothing_else_is_opened(client):
     c, key = client
     for path in ("/static/nope.js", "/static/index.html", "/static/", "/index.html", "/v1/keys"):

@@ -58,11 +58,12 @@ def dashboard_router(files: dict[str, tuple[bytes, str]]) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     page, page_type = files[INDEX]
 
-    @router.get(PAGE_PATH)
+    # HEAD too: uptime probes ask for the page's headers alone (the server sends no body)
+    @router.api_route(PAGE_PATH, methods=["GET", "HEAD"])
     async def index() -> Response:
         return Response(page, media_type=page_type, headers={**SECURITY_HEADERS, "cache-control": "no-cache"})
 
-    @router.get(STATIC_PREFIX + "{name}")
+    @router.api_route(STATIC_PREFIX + "{name}", methods=["GET", "HEAD"])
     async def static(name: str) -> Response:
         found = files.get(name)
         if found is None or name == INDEX:

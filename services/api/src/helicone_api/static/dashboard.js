@@ -7,6 +7,8 @@
 const KEY_STORAGE = "helicone-api-key";
 const REQUEST_LIMIT = 100;
 const LIST_LIMIT = 50;
+// what an Authorization header can carry and any key can be: printable ASCII, no space
+const API_KEY_FORM = /^[\x21-\x7e]+$/;
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -44,7 +46,11 @@ async function api(method, path, body) {
 // ---- formatting -------------------------------------------------------------------------------
 
 const fmtInt = (n) => (n === null || n === undefined ? "–" : Math.round(n).toLocaleString("en-US"));
-const fmtUsd = (n) => (n === null || n === undefined ? "–" : "$" + Number(n).toFixed(n >= 1 ? 2 : 6));
+// a cost under a cent keeps 3 significant digits, written out (not "1.5e-7"): a cost never reads as $0.000000
+const fmtUsd = (n) =>
+  n === null || n === undefined ? "–"
+    : n !== 0 && Math.abs(n) < 0.01 ? "$" + Number(n).toLocaleString("en-US", { maximumSignificantDigits: 3, maximumFractionDigits: 20 })
+      : "$" + Number(n).toFixed(n >= 1 ? 2 : 6);
 const fmtPct = (n) => (n === null || n === undefined ? "–" : (n * 100).toFixed(1) + "%");
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
 
@@ -96,17 +102,45 @@ function stillCurrent(current) {
   if (!current()) throw new Superseded();
 }
 
+const UNIT_MS = { quarter: 900 * 1000, hour: 3600 * 1000, day: 86400 * 1000 };
+
+// The start of the quarter hour, hour or day holding t (ms), in the browser's zone (in UTC when `utc`, or when
+// the api is sent UTC: timeZone()). Every zone's offset is whole quarter hours: a quarter hour is one in UTC too.
+function floorTo(t, unit, utc = timeZone() === "UTC") {
+  if (unit === "quarter") return Math.floor(t / UNIT_MS.quarter) * UNIT_MS.quarter;
+  const d = new Date(t);
+  if (unit === "day") utc ? d.setUTCHours(0, 0, 0, 0) : d.setHours(0, 0, 0, 0);
+  else utc ? d.setUTCMinutes(0, 0, 0) : d.setMinutes(0, 0, 0);
+  return d.getTime();
+}
+
+// The first boundary at or after t: one and a half units past the previous one lies in the next unit, whatever
+// a summer time change makes of a day's length (23 to 25 hours).
+function ceilTo(t, unit, utc = timeZone() === "UTC") {
+  const f = floorTo(t, unit, utc);
+  return f === t ? t : floorTo(f + 1.5 * UNIT_MS[unit], unit, utc);
+}
+
 function range() {
   const hours = Number($("#range").value);
-  // starts and ends on a quarter hour, hour or UTC midnight (by the range's length), so the api answers
-  // from its pre-aggregated projections, which hold whole quarter hours, hours and days; rounded outwards,
-  // so the range holds every request of the span it names
-  const grain = (hours >= 168 ? 86400 : hours >= 24 ? 3600 : 900) * 1000;
+  // starts and ends on a quarter hour, hour or midnight (by the range's length) of the browser's zone, the
+  // boundaries of the chart's buckets there (the first and last one cover their whole time) and of the api's
+  // pre-aggregated quarter hours and hours; rounded outwards, so the range holds every request of the span it names
+  const unit = hours >= 168 ? "day" : hours >= 24 ? "hour" : "quarter";
   const now = Date.now();
-  const end = new Date(Math.ceil(now / grain) * grain);
-  const start = new Date(Math.floor((now - hours * 3600 * 1000) / grain) * grain);
+  const start = new Date(floorTo(now - hours * 3600 * 1000, unit));
+  const end = new Date(ceilTo(now, unit));
   const bucket = hours <= 1 ? "minute" : hours <= 168 ? "hour" : "day";
-  return { start: start.toISOString(), end: end.toISOString(), bucket };
+  return { start: start.toISOString(), end: end.toISOString(), bucket, unit };
+}
+
+// The range of the sessions and users lists: over days, widened to UTC midnights, the days the api's
+// per-day totals of sessions and users hold (a range on another zone's midnight would read every request).
+function listRange() {
+  const r = range();
+  if (r.unit !== "day") return r;
+  const utcDay = (t, to) => new Date(to(Date.parse(t), "day", true)).toISOString();
+  return { start: utcDay(r.start, floorTo), end: utcDay(r.end, ceilTo) };
 }
 
 // ---- charts -----------------------------------------------------------------------------------
@@ -343,25 +377,67 @@ async function openRequest(id) {
 
 // ---- sessions and users -----------------------------------------------------------------------
 
-async function loadSessions(current) {
-  const r = range();
-  const resp = await api("POST", "/v1/session/query", { filter: { start: r.start, end: r.end }, limit: LIST_LIMIT, offset: 0 });
-  stillCurrent(current);
-  $("#sessions-table tbody").replaceChildren(
-    ...resp.data.map((s) =>
-      row([
-        el("button", { type: "button", class: "link", "aria-label": "Show session tree " + s.session_id, text: s.session_name ? `${s.session_name} (${s.session_id})` : s.session_id, onclick: () => openSession(s.session_id) }),
-        fmtInt(s.requests),
-        fmtUsd(s.cost_usd),
-        fmtInt(s.total_tokens),
-        fmtInt(s.duration_ms),
-        fmtInt(s.errors),
-        fmtTime(s.last_seen),
-      ]),
-    ),
-  );
-  return resp.data.length === 0;
+function sessionRow(s) {
+  return row([
+    el("button", { type: "button", class: "link", "aria-label": "Show session tree " + s.session_id, text: s.session_name ? `${s.session_name} (${s.session_id})` : s.session_id, onclick: () => openSession(s.session_id) }),
+    fmtInt(s.requests),
+    fmtUsd(s.cost_usd),
+    fmtInt(s.total_tokens),
+    fmtInt(s.duration_ms),
+    fmtInt(s.errors),
+    fmtTime(s.last_seen),
+  ]);
 }
+
+function userRow(u) {
+  return row([
+    u.user_id
+      ? el("button", { type: "button", class: "link", "aria-label": "Show requests of user " + u.user_id, text: u.user_id, onclick: () => filterByUser(u.user_id) })
+      : "(no user)",
+    fmtInt(u.requests),
+    fmtUsd(u.cost_usd),
+    fmtInt(u.total_tokens),
+    fmtInt(u.active_days),
+    fmtTime(u.last_seen),
+  ]);
+}
+
+const LISTS = {
+  sessions: { path: "/v1/session/query", id: (s) => s.session_id, row: sessionRow },
+  users: { path: "/v1/user/query", id: (u) => u.user_id, row: userRow },
+};
+
+// The api pages these lists by offset alone: each page asks for one row more than it shows (whether another page
+// follows), every next one with the very same query (its range too). A row a later page repeats (its session or
+// user moved up with newer requests since) is shown once. listMore[name]: the next page's query and the ids shown.
+const listMore = {};
+
+function setListMore(name, next) {
+  listMore[name] = next;
+  $(`#${name}-more`).hidden = !next;
+  $(`#${name}-table`).dataset.rows = String($(`#${name}-table tbody`).rows.length);
+}
+
+async function loadListPage(name, current, query, shown) {
+  const list = LISTS[name];
+  const resp = await api("POST", list.path, { ...query, limit: LIST_LIMIT + 1 });
+  stillCurrent(current);
+  const page = resp.data.slice(0, LIST_LIMIT).filter((d) => !shown.has(list.id(d)));
+  for (const d of page) shown.add(list.id(d));
+  const body = $(`#${name}-table tbody`);
+  if (query.offset === 0) body.replaceChildren(...page.map(list.row));
+  else body.append(...page.map(list.row));
+  setListMore(name, resp.data.length > LIST_LIMIT ? { query: { ...query, offset: query.offset + LIST_LIMIT }, shown } : null);
+  return shown.size === 0;
+}
+
+// The panel load of a list's first page, and of its next one ("Load more").
+const loadList = (name) => (current) => {
+  setListMore(name, null); // a "load more" now would append to the list this load replaces
+  const r = listRange();
+  return loadListPage(name, current, { filter: { start: r.start, end: r.end }, offset: 0 }, new Set());
+};
+const loadMoreList = (name) => (current) => loadListPage(name, current, listMore[name].query, listMore[name].shown);
 
 function treeItem(node) {
   const label = `${node.name || node.path || "/"} — ${fmtUsd(node.cost_usd)}, ${fmtInt(node.duration_ms)} ms`;
@@ -375,6 +451,10 @@ function treeItem(node) {
   return el("li", { role: "treeitem", "aria-expanded": "true", class: "tree-node" }, el("span", { text: label }), group);
 }
 
+function treeRequests(node) {
+  return (node.requests || []).length + (node.children || []).reduce((n, c) => n + treeRequests(c), 0);
+}
+
 let sessionOpens = 0;
 async function openSession(id) {
   const seq = ++sessionOpens;
@@ -382,33 +462,18 @@ async function openSession(id) {
   $("#session-tree-id").textContent = id;
   const tree = $("#session-tree");
   tree.replaceChildren(el("li", { text: "Loading…" }));
+  $("#session-tree-status").textContent = "";
   try {
     const s = await api("GET", "/v1/session/" + encodeURIComponent(id));
-    if (seq === sessionOpens) tree.replaceChildren(treeItem(s.tree));
+    if (seq !== sessionOpens) return;
+    tree.replaceChildren(treeItem(s.tree));
+    if (s.requests_truncated) {
+      $("#session-tree-status").textContent =
+        `Cut short: the tree shows the first ${fmtInt(treeRequests(s.tree))} of the session's ${fmtInt(s.requests)} requests.`;
+    }
   } catch (e) {
     if (seq === sessionOpens) tree.replaceChildren(el("li", { text: e instanceof ApiError && e.status === 404 ? "Not available." : "Error: " + e.message }));
   }
-}
-
-async function loadUsers(current) {
-  const r = range();
-  const resp = await api("POST", "/v1/user/query", { filter: { start: r.start, end: r.end }, limit: LIST_LIMIT, offset: 0 });
-  stillCurrent(current);
-  $("#users-table tbody").replaceChildren(
-    ...resp.data.map((u) =>
-      row([
-        u.user_id
-          ? el("button", { type: "button", class: "link", "aria-label": "Show requests of user " + u.user_id, text: u.user_id, onclick: () => filterByUser(u.user_id) })
-          : "(no user)",
-        fmtInt(u.requests),
-        fmtUsd(u.cost_usd),
-        fmtInt(u.total_tokens),
-        fmtInt(u.active_days),
-        fmtTime(u.last_seen),
-      ]),
-    ),
-  );
-  return resp.data.length === 0;
 }
 
 function filterByUser(userId) {
@@ -428,10 +493,11 @@ function clearPage() {
     delete charts[id];
   }
   for (const panel of document.querySelectorAll("#main .panel")) setPanel(panel.id.slice("panel-".length), "idle");
-  for (const node of document.querySelectorAll("#main :is(tbody, dl, ul, pre), #detail-id, #session-tree-id")) node.replaceChildren();
+  for (const node of document.querySelectorAll("#main :is(tbody, dl, ul, pre), #detail-id, #session-tree-id, #session-tree-status")) node.replaceChildren();
   $("#panel-detail").hidden = true;
   $("#session-tree-box").hidden = true;
   setRequestsMore(null, null);
+  for (const name of Object.keys(LISTS)) setListMore(name, null);
 }
 
 function keyRefused(message) {
@@ -450,16 +516,25 @@ function loadAll() {
   loadPanel("timeseries", loadTimeseries);
   loadPanel("models", loadModels);
   loadPanel("requests", loadRequests);
-  loadPanel("sessions", loadSessions);
-  loadPanel("users", loadUsers);
+  loadPanel("sessions", loadList("sessions"));
+  loadPanel("users", loadList("users"));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const input = $("#api-key");
+    const key = input.value.trim();
+    // fetch cannot send such a key in a header (it would throw in every panel): said here, nothing sent or kept
+    if (!API_KEY_FORM.test(key)) {
+      input.setAttribute("aria-invalid", "true");
+      $("#key-status").textContent = "This key has characters an API key cannot have: a Helicone API key is sk-helicone- " +
+        "followed by letters, digits, '-' and '_' (paste the whole key, not its preview ending in …).";
+      return;
+    }
+    input.removeAttribute("aria-invalid");
     clearPage(); // a key entered while connected: nothing the previous key showed stays
-    sessionStorage.setItem(KEY_STORAGE, input.value.trim());
+    sessionStorage.setItem(KEY_STORAGE, key);
     input.value = "";
     loadAll();
   });
@@ -476,6 +551,7 @@ document.addEventListener("DOMContentLoaded", () => {
     loadPanel("requests", loadRequests);
   });
   $("#requests-more").addEventListener("click", () => requestsMore && loadPanel("requests", loadMoreRequests));
+  for (const name of Object.keys(LISTS)) $(`#${name}-more`).addEventListener("click", () => listMore[name] && loadPanel(name, loadMoreList(name)));
   $("#request-filters").addEventListener("reset", () => setTimeout(() => loadPanel("requests", loadRequests), 0));
   if (apiKey()) loadAll();
 });
