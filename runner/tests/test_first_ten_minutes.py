@@ -264,6 +264,22 @@ def test_status_reaches_an_external_kafka_given_as_several_bootstrap_servers(tmp
     assert "external, reachable" in capsys.readouterr().out
 
 
+def test_status_says_why_the_embedded_broker_was_given_up(tmp_path, capsys):
+    """Supervision left a broker that kept crashing down (its reason in the state file): status shows it FAILED
+    with the reason, and exits 1 (before, it showed the last pid "NOT listening" and nothing of why)."""
+    from helicone_runner import control
+    from helicone_runner.embedded import PidFile, cmdline
+
+    reason = "kafka broker on 127.0.0.1:1 not restarted again: 5 crash(es) ... its last output: ERROR boom"
+    PidFile(tmp_path / control.RUNNER_PID_FILE).write(os.getpid(), cmdline(os.getpid()))
+    control.write_state(tmp_path, {"started_at": time.time(), "services": {}, "processes": {"broker": {"pid": 1}},
+                                   "kafka": {"bootstrap": "127.0.0.1:1", "embedded": True, "failed": reason},
+                                   "postgres": {"embedded": False}})
+    assert control.status(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "kafka    embedded, FAILED: not restarted" in out and reason in out, out
+
+
 def test_up_on_an_ipv6_host_serves_and_proxies_at_bracketed_addresses(tmp_path, fresh_db_dsn):
     """`--host ::1` (the port check binds IPv6 for it): the services, the prompts gRPC port and the fake provider
     are reached at [::1]:port, never at `::1:port` (no URL parser or gRPC takes that); the embedded broker, which
@@ -293,6 +309,44 @@ def test_up_on_an_ipv6_host_serves_and_proxies_at_bracketed_addresses(tmp_path, 
     assert embedded.returncode == 2, embedded.stdout + embedded.stderr
     assert "--host ::1 is an IPv6 address, which the embedded broker cannot advertise" in embedded.stderr
     assert "READY" not in embedded.stdout and not (tmp_path / "e").exists()
+
+
+def test_a_detached_up_keeps_the_postgres_password_off_its_command_line(tmp_path, fresh_db_dsn):
+    """`up --detach --postgres-dsn ...`: the background `up` gets the DSN in its environment (its user's only), not
+    on its command line, which every local user reads (/proc/<pid>/cmdline, `ps`) for as long as it runs (before,
+    the detached child was started with the DSN, password included, among its arguments)."""
+    secret = "pw-off-the-cmdline-7331"
+    dsn = fresh_db_dsn.replace("postgres:@", f"postgres:{secret}@")  # trust auth: the password is not checked
+    assert secret in dsn
+    data, gw = tmp_path / "data", free_port()
+    up = _cli("up", "--detach", "--target", "gateway", "--data-dir", str(data), f"--postgres-dsn={dsn}",
+              "--kafka", f"127.0.0.1:{free_port()}", "--gateway-port", str(gw), timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        pid = runner_pid(data)
+        assert pid is not None
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert secret not in argv and "--postgres-dsn" not in argv, argv
+        assert f"--gateway-port\0{gw}" in argv, argv  # the other options are still given as they were
+        status = _cli("status", "--data-dir", str(data))
+        assert "gateway  ready" in status.stdout, status.stdout  # it reached the Postgres of the DSN
+    finally:
+        down = _cli("down", "--data-dir", str(data))
+    assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.mark.parametrize("given", [["up", "--det"], ["--de"], ["up", "--detach", "--detach"]])
+def test_the_detached_up_is_not_told_to_detach_again(given):
+    """--detach as argparse takes it (abbreviated too): the background `up` must not get it, or it starts another
+    background `up` with it, which starts another... (before, only the exact `--detach` was left out)."""
+    from helicone_runner.cli import _detached
+
+    argv = [*given, "--gateway-port", "1234"]
+    args = build_parser().parse_args(argv if argv[0] == "up" else ["up", *argv])
+    assert args.detach
+    child, env = _detached(argv, args)
+    assert child == ["--gateway-port", "1234"] and env == {}
+    assert not build_parser().parse_args(["up", *child]).detach
 
 
 def test_make_up_passes_args_runs_detached_and_make_down_stops_it(tmp_path, fresh_db_dsn):

@@ -8,16 +8,18 @@ import asyncio
 import contextlib
 import gc
 import os
+import signal
 import subprocess
 import sys
 import time
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from helicone_core.kafka import PLAINTEXT, ensure_topics
-from helicone_runner.embedded import DataDirLock, EmbeddedKafka, PidFile, alive, cmdline
+from helicone_runner.embedded import DataDirLock, EmbeddedKafka, EmbeddedPostgres, PidFile, alive, cmdline
 from helicone_runner.settings import EmbeddedBrokerSettings
-from helicone_runner.supervision import BrokerSupervisor
+from helicone_runner.supervision import BrokerSupervisor, PostgresSupervisor
 
 from tests.support.net import free_port
 
@@ -212,6 +214,89 @@ async def test_a_killed_broker_is_restarted_with_its_topics(tmp_path):
     finally:
         await supervisor.stop()
         broker.stop()
+
+
+class CrashingBroker(EmbeddedKafka):
+    """A real broker whose every start after `crash` is set dies at once, saying why on stderr in colour
+    (as Tansu does when it cannot run)."""
+
+    crash = False
+    spawns = 0
+
+    def argv(self) -> list[str]:
+        self.spawns += 1
+        if not self.crash:
+            return super().argv()
+        return [sys.executable, "-c", "import sys; print('\\x1b[31mERROR\\x1b[0m tansu: storage engine failed', file=sys.stderr); "
+                "sys.exit(3)"]
+
+
+async def test_a_broker_that_keeps_crashing_is_given_up_with_its_last_output(tmp_path):
+    """A broker that dies at once each time was restarted for ever (every 30 s at most), saying nothing more than
+    a warning each time. After max_quick_crashes in a row supervision stops, once, with an error naming the
+    crashes, the last failure and the broker's last output (which `status` shows)."""
+    broker = CrashingBroker("127.0.0.1", free_port(), tmp_path / "b.log", tmp_path / "b.pid")
+    broker.start()
+    failures: list[str] = []
+    settings = EmbeddedBrokerSettings(check_interval=0.05, restart_max_backoff=0.1, max_quick_crashes=3)
+    supervisor = BrokerSupervisor(broker, settings, topics=[TOPIC], partitions=1, recycled_topic=TOPIC, consumer_group=GROUP,
+                                  consumers=[_FakeConsumer()], recycle=False, on_failed=failures.append)
+    supervisor.start()
+    try:
+        broker.crash = True
+        broker.proc.kill()
+        deadline = time.monotonic() + 30
+        while not failures:
+            assert time.monotonic() < deadline, f"still restarting after {broker.spawns} starts"
+            await asyncio.sleep(0.05)
+        spawns = broker.spawns
+        await asyncio.sleep(1)  # ten rounds of supervision: no start again, no second report
+        assert broker.spawns == spawns and failures == [supervisor.failed]
+        assert supervisor._task.done() and broker.proc is None and not broker.pid_file.path.exists()
+        failure = failures[0]
+        assert "not restarted again: 3 crash(es) or failed start(s) in a row" in failure, failure
+        assert "kafka broker exited with 3" in failure, failure  # the last failure
+        assert f"its last output ({broker.log_path}): " in failure and "| ERROR tansu: storage engine failed." in failure, failure
+        assert "\x1b" not in failure  # its colours left out
+    finally:
+        await supervisor.stop()
+        broker.stop()
+
+
+async def test_a_killed_embedded_postgres_is_started_again_and_the_services_pools_reach_it(tmp_path):
+    """The embedded postmaster killed (kill -9, OOM): before, nothing started it again and every service ran on
+    without its Postgres (new keys refused, metadata unwritten) until the stack was restarted by hand. It comes back
+    on the same DSN with what was committed before the kill, and a pool made before it (a service's) works again."""
+    from helicone_core import db
+
+    pg = EmbeddedPostgres(tmp_path / "data")
+    dsn = await asyncio.to_thread(pg.start)
+    supervisor = PostgresSupervisor(pg, check_interval=0.1, max_backoff=0.5)
+    pool = None
+    try:
+        pool = await db.connect_pool(dsn, max_size=2)
+        await pool.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+        supervisor.start()
+        first = pg.postmaster_pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while supervisor.restarts == 0 or pg.postmaster_pid() is None:
+            assert time.monotonic() < deadline, "postgres not started again"
+            await asyncio.sleep(0.1)
+        assert pg.postmaster_pid() != first and not alive(first)
+        while True:  # the pool's connections to the dead server are replaced as they are found closed
+            try:
+                assert await pool.fetchval("SELECT x FROM kept") == 7  # committed before the kill: recovered
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                assert time.monotonic() < deadline, "the pool never reached the restarted postgres"
+                await asyncio.sleep(0.1)
+    finally:
+        await supervisor.stop()
+        if pool is not None:
+            await pool.close()
+        await asyncio.to_thread(pg.stop)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux")

@@ -151,6 +151,46 @@ async def test_a_revocation_while_the_snapshot_is_written_reaches_the_snapshot(t
     await eventually(lambda: path.exists() and json.loads(path.read_text())["keys"] == {"hash-b": "org-1"}, timeout=3)
 
 
+async def test_a_stop_does_not_wait_for_a_snapshot_save_whose_turn_has_not_come(tmp_path):
+    """Changes in quick succession are saved a second after the last save; a stop meanwhile writes the set at once
+    (before, it waited for the pending save's turn, then wrote the set again: up to a second more per stop)."""
+    path = tmp_path / "keys.json"
+    keys = directory("postgresql://unused", path)
+    keys._keys, keys._loaded, keys._synced = {"hash-a": "org-1"}, True, True
+    keys._last_save = time.monotonic() + 3600  # the pending save's turn, far off: a stop that waits for it hangs
+    keys._on_notify(None, 0, db.KEY_CHANGES_CHANNEL, "hash-b:org-2")
+    stopping = asyncio.create_task(keys.stop())
+    await asyncio.wait({stopping}, timeout=10)  # not wait_for: stop() swallows a cancel while it awaits the save
+    assert stopping.done(), "stop waits for a save whose turn has not come"
+    assert json.loads(path.read_text())["keys"] == {"hash-a": "org-1", "hash-b": "org-2"}
+
+
+async def test_a_stop_while_the_snapshot_is_written_lets_the_write_end_first(tmp_path):
+    path = tmp_path / "keys.json"
+    keys = directory("postgresql://unused", path)
+    keys._keys, keys._loaded, keys._synced = {"hash-a": "org-1"}, True, True
+    writing, release, write, writes = threading.Event(), threading.Event(), keys._save_snapshot, []
+
+    def slow_write(snapshot):
+        writes.append(("start", dict(snapshot)))
+        writing.set()
+        release.wait(5)
+        write(snapshot)
+        writes.append(("end", dict(snapshot)))
+
+    keys._save_snapshot = slow_write
+    keys._schedule_save()
+    assert await asyncio.to_thread(writing.wait, 5)
+    keys._on_notify(None, 0, db.KEY_CHANGES_CHANNEL, "hash-a:")
+    stopping = asyncio.create_task(keys.stop())
+    await asyncio.sleep(0.2)
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    # one write at a time (they share a temporary file), the last one of the set as it is now
+    assert [w[0] for w in writes] == ["start", "end", "start", "end"] and writes[-1][1] == {}
+    assert json.loads(path.read_text())["keys"] == {}
+
+
 @pytest.mark.parametrize("text", ["{not json", "null", "[]", '"keys"', '{"format": 1, "keys": []}'])
 def test_corrupt_snapshot_is_ignored(tmp_path, text):
     """Not JSON, or JSON that is not the snapshot's object (a wrong file mounted there): ignored with a

@@ -37,12 +37,16 @@ from .options import env_flag, env_option, one_of, port, positive_seconds
 from .ports import PortNeed, check_ports
 from .settings import EmbeddedBrokerSettings
 from .stack import SERVICES, Running, start_services, stop_services
-from .supervision import BrokerSupervisor, to_the_end
+from .supervision import BrokerSupervisor, PostgresSupervisor, to_the_end
 from .upstream import FakeUpstream
 
 log = logging.getLogger("helicone.runner")
 BOOTSTRAP_FILE = "bootstrap-key.json"
 SETTINGS_ERROR = 2
+POSTGRES_DSN_ENV = "HELICONE_POSTGRES_DSN"
+# options whose value holds a password: a detached `up` gets them in its environment (readable by its user
+# only), never on its command line (/proc/<pid>/cmdline, `ps`: readable by every local user, for as long as it runs)
+SECRET_OPTIONS = {"--postgres-dsn": ("postgres_dsn", POSTGRES_DSN_ENV)}
 
 
 class SettingsError(Exception):
@@ -73,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         data_dir(sp)
-        env_option(sp, "--postgres-dsn", "HELICONE_POSTGRES_DSN", "use this Postgres instead of the embedded one", metavar="DSN")
+        env_option(sp, "--postgres-dsn", POSTGRES_DSN_ENV, "use this Postgres instead of the embedded one", metavar="DSN")
 
     up = sub.add_parser("up", help="start services (in the foreground unless --detach)",
                         description="Start the stack; prints each step with its time, then the URLs, a key and READY.")
@@ -209,7 +213,7 @@ def _settings(args, dsn: str, bootstrap: str) -> dict:
     }
 
 
-def _broker_supervisor(kafka: EmbeddedKafka, settings: dict, running: list[Running]) -> BrokerSupervisor:
+def _broker_supervisor(kafka: EmbeddedKafka, settings: dict, running: list[Running], on_failed) -> BrokerSupervisor:
     """Restarts the embedded broker; recycles its request-log topic only when every producer and
     consumer of that topic runs in this process (see supervision.py)."""
     services = {r.name: r.service for r in running}
@@ -224,7 +228,7 @@ def _broker_supervisor(kafka: EmbeddedKafka, settings: dict, running: list[Runni
         recycled_topic=s.kafka_topic, consumer_group=s.consumer_group,
         # the api publishes async logs: held like the gateway while the topic is recycled
         producers=[svc.publisher for svc in (gateway, services.get("api")) if svc is not None],
-        consumers=[ingest] if ingest else [], recycle=recycle,
+        consumers=[ingest] if ingest else [], recycle=recycle, on_failed=on_failed,
     )
 
 
@@ -298,7 +302,7 @@ async def run_up(args) -> int:
     pid_file = PidFile(args.data_dir / control.RUNNER_PID_FILE)
     pid_file.write(os.getpid(), cmdline(os.getpid()) or [])
     (args.data_dir / control.STATE_FILE).unlink(missing_ok=True)  # a leftover of a killed run
-    pg = kafka = supervisor = upstream = None
+    pg = kafka = supervisor = pg_supervisor = upstream = None
     running = []
     stop = asyncio.Event()
     signals: list[int] = []  # the stop signals received: the first stops gracefully, a second at once
@@ -366,9 +370,6 @@ async def run_up(args) -> int:
 
         running = await start_services(args.target, settings, on_started=started)
         tune_gc(settings["migrate"].gc_young_threshold)  # once every service has started
-        if kafka:
-            supervisor = _broker_supervisor(kafka, settings, running)
-            supervisor.start()
         state = {
             "pid": os.getpid(), "started_at": time.time(), "startup_seconds": time.monotonic() - t0,
             "data_dir": str(args.data_dir), "services": {r.name: r.urls for r in running},
@@ -379,7 +380,18 @@ async def run_up(args) -> int:
                                                            ("postgres", pg and pg.postmaster_pid())) if p},
             "key": {**key, "file": str(args.data_dir / BOOTSTRAP_FILE)} if key else None,
         }
+        if kafka:
+            def broker_failed(message: str) -> None:  # supervision gave up: `status` says so, and why
+                state["kafka"]["failed"] = message
+                control.write_state(args.data_dir, state)
+
+            supervisor = _broker_supervisor(kafka, settings, running, broker_failed)
         control.write_state(args.data_dir, state)
+        if supervisor:
+            supervisor.start()
+        if pg:
+            pg_supervisor = PostgresSupervisor(pg)
+            pg_supervisor.start()
         print("\n".join(control.summary_lines(state)), flush=True)
         print("READY", flush=True)
         starting = None
@@ -394,16 +406,18 @@ async def run_up(args) -> int:
         return 128 + signals[0]
     finally:
         starting = None
-        # Stop order: supervision first (a broker being stopped is not a crash), then the services
+        # Stop order: supervision first (a broker or Postgres being stopped is not a crash), then the services
         # that publish to the broker, the gateway and the api (async logs, OTLP: what they still hold
         # reaches it), then a drain (ingest writes everything the memory-only broker holds: the log no
         # longer grows), then the other services, the broker, Postgres, the lock.
         (args.data_dir / control.STATE_FILE).unlink(missing_ok=True)
+        if pg_supervisor:
+            await pg_supervisor.stop()
         if supervisor:
             await supervisor.stop()
         for name in PUBLISHERS:
             await stop_services([r for r in running if r.name == name])
-        if supervisor and any(r.name == "ingest" for r in running):
+        if supervisor and not supervisor.failed and any(r.name == "ingest" for r in running):
             await supervisor.drain(supervisor.settings.drain_timeout)
         await stop_services([r for r in running if r.name not in PUBLISHERS])
         if kafka:
@@ -436,9 +450,16 @@ def _run(coro) -> int:
     return uvloop.run(coro)
 
 
-def _without_detach(argv: list[str]) -> list[str]:
-    out = [a for a in argv if a != "--detach"]
-    return out[1:] if out[:1] == ["up"] else out
+def _detached(argv: list[str], args) -> tuple[list[str], dict[str, str]]:
+    """The detached `up`'s arguments (no --detach: a child given it would detach again, and its child...; no
+    SECRET_OPTIONS) and the variables that carry the secret options' values to it instead."""
+    left_out = argparse.ArgumentParser(add_help=False)  # finds them however given: `--opt v`, `--opt=v`, abbreviated
+    left_out.add_argument("--detach", action="store_true")
+    for option in SECRET_OPTIONS:
+        left_out.add_argument(option)
+    _, rest = left_out.parse_known_args(argv[1:] if argv[:1] == ["up"] else argv)
+    env = {var: value for dest, var in SECRET_OPTIONS.values() if (value := getattr(args, dest, None))}
+    return rest, env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             if args.detach:
                 check_settings(args)
-                return control.detach(_without_detach(argv), args.data_dir, args.startup_timeout)
+                child_argv, child_env = _detached(argv, args)
+                return control.detach(child_argv, args.data_dir, args.startup_timeout, child_env)
             return _run(run_up(args))
         if args.command == "status":
             return control.status(args.data_dir)

@@ -89,9 +89,10 @@ def _echo(line: str) -> None:
             print(f"  {level}: {record.get('msg') or record.get('message')}", flush=True)
 
 
-def detach(argv: list[str], data_dir: Path, timeout: float) -> int:
-    """Starts `helicone-stack up <argv>` in its own session, its output in the data dir's log,
-    echoes its progress and returns once it is READY (0) or has failed (its exit code)."""
+def detach(argv: list[str], data_dir: Path, timeout: float, env: dict[str, str] | None = None) -> int:
+    """Starts `helicone-stack up <argv>` in its own session (`env` added to its environment: secrets stay
+    off its command line), its output in the data dir's log, echoes its progress and returns once it is
+    READY (0) or has failed (its exit code)."""
     data_dir = data_dir.resolve()
     pid = runner_pid(data_dir)
     if pid is not None:
@@ -105,7 +106,8 @@ def detach(argv: list[str], data_dir: Path, timeout: float) -> int:
     with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "helicone_runner", "up", *argv], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**{k: v for k, v in os.environ.items() if k != "HELICONE_DETACH"}, "PYTHONUNBUFFERED": "1"})
+                                env={**{k: v for k, v in os.environ.items() if k != "HELICONE_DETACH"}, **(env or {}),
+                                     "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
     with open(log_path, "rb") as log:
         log.seek(offset)
@@ -245,10 +247,14 @@ def status(data_dir: Path) -> int:
         with contextlib.suppress(OSError, ValueError, KeyError):
             bpid = json.loads((data_dir / "broker.pid").read_text())["pid"]
         text = f"embedded, pid {bpid}, " + ("listening" if listening else "NOT listening")
+        if kafka.get("failed"):
+            text, listening = "embedded, FAILED: not restarted", False
     else:
         text = "external, " + ("reachable" if listening else "NOT reachable")
     healthy &= listening
     print(f"  {'kafka':8s} {text:40s} {kafka['bootstrap']}")
+    if kafka.get("failed"):
+        print(f"  {'':8s} {kafka['failed']}")
     pg = state["postgres"]
     if pg["embedded"]:
         from .embedded import EmbeddedPostgres

