@@ -1522,6 +1522,48 @@ async def test_an_event_too_large_for_kafka_is_dropped_and_never_holds_back_the_
     assert _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "too_large"}) == 1
 
 
+async def test_an_event_whose_two_bodies_are_over_kafkas_record_limit_is_kept_with_its_bodies_cut(tmp_path, kafka_bootstrap):
+    """With HELICONE_MAX_LOGGED_BODY_BYTES raised past half the record limit, a request and a response each at that
+    limit made an event Kafka would refuse: the gateway dropped the whole log (too_large), where the api keeps it with
+    its bodies cut. Now the bodies are cut, the larger first and flagged truncated, until the event fits: the request
+    is logged, with its usage, status and as much of each body as fits; nothing is counted as dropped."""
+    from helicone_core.kafka import MAX_RECORD_BYTES, record_bytes
+
+    topic = "fit-" + uuid.uuid4().hex[:8]
+    big = _event()
+    big.status, big.model = 200, "gpt-4o"
+    big.usage.total_tokens = 7
+    big.inline.request_body = b"q" * (3 * 1024 * 1024)
+    big.inline.response_body = b"a" * (3 * 1024 * 1024)
+    pub, metrics = _publisher(tmp_path, kafka_bootstrap, topic)
+    await pub.start()
+    try:
+        pub.submit(lambda: big)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, fetch_max_bytes=2 * MAX_RECORD_BYTES,
+                                    max_partition_fetch_bytes=2 * MAX_RECORD_BYTES)
+        await consumer.start()
+        try:
+            got = []
+            deadline = asyncio.get_running_loop().time() + 15
+            while not got and asyncio.get_running_loop().time() < deadline:
+                for records in (await consumer.getmany(timeout_ms=250)).values():
+                    got.extend(records)
+        finally:
+            await consumer.stop()
+    finally:
+        await pub.stop()
+    assert _sample(metrics, "helicone_gateway_events_dropped_total", {"reason": "too_large"}) == 0
+    [record] = got
+    logged = events.decode(record.value)
+    assert logged.request_id == big.request_id and logged.status == 200 and logged.usage.total_tokens == 7
+    assert record_bytes(record.key, record.value) <= MAX_RECORD_BYTES
+    inline = logged.inline
+    assert inline.request_truncated and inline.response_truncated
+    assert set(inline.request_body) == {ord("q")} and set(inline.response_body) == {ord("a")}
+    assert len(inline.request_body) + len(inline.response_body) > MAX_RECORD_BYTES - 1024  # cut no more than needed
+
+
 async def test_an_event_too_large_for_kafka_already_in_the_journal_is_dropped_at_resend(tmp_path, kafka_bootstrap, caplog):
     """One journaled before the build-time check existed (an older version): the producer refuses it at every
     resend. That refusal is the record's, not an outage: it is dropped, counted and logged as at build time,

@@ -306,6 +306,34 @@ CHUNKED_WITH_TRAILER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nT
                         b"Trailer: x-request-secret\r\n\r\n2\r\n{}\r\n0\r\nx-request-secret: org-a-only\r\n\r\n")
 
 
+async def test_every_counted_answer_is_also_timed_in_the_request_duration(tmp_path):
+    """requests_total and request_duration_seconds must count the same answers (the latency panels and the
+    canary analysis divide one by the other's rate): a 502 for a provider that cannot be reached and a caller
+    leaving while the provider is awaited were counted but never timed, and the answers the gateway gives itself
+    after auth (a 413 here, a 429, a 504 for a hung provider's timeout) were not even counted."""
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the connect is refused
+    async with RawProvider(lambda c, r: "hang") as hung, \
+            gateway_on(tmp_path, dead, anthropic_url=f"http://127.0.0.1:{hung.port}", upstream_read_timeout=1.5,
+                       max_request_bytes=4096) as (url, gw, built):
+        async with httpx.AsyncClient(timeout=5) as http:
+            assert (await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)).status_code == 502
+            assert (await http.post(url + "/v1/messages", json=CHAT, headers=AUTH)).status_code == 504
+            assert (await http.post(url + "/v1/chat/completions", json={"x": "y" * 5000}, headers=AUTH)).status_code == 413
+            with contextlib.suppress(httpx.ReadTimeout):  # the caller leaves while the provider is awaited: a 499
+                await http.post(url + "/v1/messages", json=CHAT, headers=AUTH, timeout=0.3)
+        for _ in range(100):
+            if len(built) == 4:
+                break
+            await asyncio.sleep(0.02)
+    assert sorted(ev.status for ev in built) == sorted([413, 502, 504, CLIENT_CLOSED_STATUS])
+    sample = gw.metrics.registry.get_sample_value
+    for provider, classes in (("openai", ("5xx", "4xx")), ("anthropic", ("5xx", "client_closed"))):
+        counted = sum(sample("helicone_gateway_requests_total", {"provider": provider, "status_class": c}) or 0
+                      for c in classes)
+        assert counted == 2, provider
+        assert sample("helicone_gateway_request_duration_seconds_count", {"provider": provider}) == counted, provider
+
+
 async def test_a_providers_trailer_is_never_a_header_of_the_next_answer_on_the_pooled_connection(tmp_path):
     """A chunked answer's trailer (read by the parser like a header) stays out of every answer's headers:
     before the fix it became a header of the next request's answer on the same pooled connection, whoever

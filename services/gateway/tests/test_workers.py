@@ -248,3 +248,106 @@ def test_a_restarted_worker_keeps_the_totals_and_takes_no_connection_before_it_s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()}
+
+
+def _listens(pid: int, port: int) -> bool:
+    """The process holds a socket listening on the port (a worker listens once it serves)."""
+    listening = {line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A" and int(line.split()[1].rsplit(":", 1)[1], 16) == port}
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd).removeprefix("socket:[").removesuffix("]") in listening
+                   for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def test_a_worker_that_keeps_dying_soon_after_its_restarts_is_started_again_and_the_others_keep_serving(tmp_path):
+    """A worker that served and is then killed again and again, each time soon after it was started again (OOM kills
+    under load), counted as one that "failed to start": the parent stopped every worker and the whole gateway went
+    down. Only a first start that fails (a broken configuration) stops them all; a worker that served is started
+    again, after a back-off while it keeps dying, and the other goes on serving meanwhile."""
+    from helicone_gateway.workers import STARTED_AFTER
+
+    port = free_port()
+    env = _gateway_env(tmp_path, port, free_port())
+    proc = subprocess.Popen([sys.executable, "-m", "helicone_gateway", "--workers", "2"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gateway.log", "wb"))
+    started = time.monotonic()
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    headers = {"Helicone-Auth": f"Bearer {KEY}", "Connection": "close"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "gateway workers did not get ready"
+            time.sleep(0.2)
+        time.sleep(max(0.0, started + STARTED_AFTER + 1 - time.monotonic()))  # both served
+        first = sorted(_children(proc.pid))
+        assert len(first) == 2
+        seen, victim = set(first), first[1]
+        for _ in range(3):  # killed, then killed again at once each time it is started again
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while not (_children(proc.pid) - seen):
+                assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+                assert time.monotonic() < deadline, "the killed worker was not started again"
+                assert httpx.post(url, json={"model": "m"}, headers=headers, timeout=10).status_code == 502  # the other serves
+                time.sleep(0.05)
+            [victim] = _children(proc.pid) - seen
+            seen.add(victim)
+        # the last one is left alone: it starts and serves, and the gateway runs two workers again
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200 and \
+                        _children(proc.pid) == {first[0], victim} and _listens(victim, port):
+                    break
+            assert time.monotonic() < deadline, "the restarted worker did not come back"
+            time.sleep(0.2)
+        assert "stopping every worker" not in (tmp_path / "gateway.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_sigterm_while_a_worker_is_being_started_stops_that_worker_too(tmp_path, monkeypatch):
+    """A SIGTERM that reached the parent while it was starting a worker (at start-up, or restarting one) signalled
+    the workers it knew of: the one being started ran on until the stop's grace ended (30 s), then was killed, and
+    the workers after it were still started. Now the new one is signalled as soon as it is known, and no more start."""
+    import types
+
+    from helicone_gateway import workers
+
+    real = subprocess.Popen
+    started: list[subprocess.Popen] = []
+
+    def popen(argv, **kw):  # a stand-in worker; the SIGTERM arrives as the parent starts the first one
+        child = real([sys.executable, "-c", "import time; time.sleep(60)"], **kw)
+        started.append(child)
+        if len(started) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return child
+
+    monkeypatch.setattr(workers, "subprocess", types.SimpleNamespace(Popen=popen))
+    monkeypatch.setattr(workers, "STOP_GRACE", 3.0)  # (killed after it, not stopped: the failure this test looks for)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        workers.WorkerParent(2, "127.0.0.1", free_port(), shared_store=True).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        for child in started:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert [child.returncode for child in started] == [-signal.SIGTERM]  # stopped by the SIGTERM, and no other started

@@ -1,5 +1,7 @@
 """Kafka helpers shared by producers and consumers.
 
+`fit_record` is the one place that makes a log event fit one record (the gateway's and the api's).
+
 `client_security` is the one place that turns the Kafka security settings into aiokafka client
 options: every client the services create (the gateway's producer, admin and offsets reader,
 ingest's Faust consumer and producer, `ensure_topics`, `ping_broker`) is built with them.
@@ -17,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from . import events
 from .cancellation import wait_for
 from .settings import KAFKA_SASL_PROTOCOLS, KAFKA_TLS_PROTOCOLS, CommonSettings
 
@@ -33,6 +36,37 @@ MAX_RECORD_BYTES = 4 * 1024 * 1024
 def record_bytes(key: bytes, value: bytes) -> int:
     """A record's size as the producer holds it against max_request_size (over MAX_RECORD_BYTES: refused at every send)."""
     return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+
+
+class RecordTooLarge(ValueError):
+    """An event over Kafka's record limit even without its bodies: the producer would refuse it at every
+    try (the api refuses it: a /custom/v1/log is a 413, a span is rejected; the gateway drops it, counted)."""
+
+
+# the event's text fields that the caller's payload sizes, one of which is named when the event cannot fit
+_SIZED_FIELDS = ("model", "path", "target_url", "provider", "user_id", "session_id", "session_path", "session_name",
+                 "error", "prompt_inputs_json")
+
+
+def fit_record(ev: events.RequestLogged) -> None:
+    """Cuts the event's inline bodies, the larger first (flagged truncated), until it fits one Kafka record
+    (MAX_RECORD_BYTES): bodies are cut at max_logged_body_bytes, and two of them at that limit may not fit.
+    Raises RecordTooLarge when it does not fit even without them."""
+    key = events.message_key(ev)
+    size = record_bytes(key, events.encode(ev))
+    inline = ev.inline
+    while size > MAX_RECORD_BYTES:
+        side = "request" if len(inline.request_body) >= len(inline.response_body) else "response"
+        body = getattr(inline, f"{side}_body")
+        if not body:
+            largest = max(_SIZED_FIELDS, key=lambda name: len(getattr(ev, name)))
+            raise RecordTooLarge(
+                f"the log is {size} bytes without its bodies, over the largest record the log store (Kafka) takes, "
+                f"{MAX_RECORD_BYTES} bytes; its {largest} alone is {len(getattr(ev, largest).encode())} bytes")
+        # each byte cut takes at least one off the record (the length prefixes only shrink)
+        setattr(inline, f"{side}_body", body[:max(0, len(body) - (size - MAX_RECORD_BYTES))])
+        setattr(inline, f"{side}_truncated", True)
+        size = record_bytes(key, events.encode(ev))
 
 
 def client_security(settings: CommonSettings) -> dict[str, Any]:

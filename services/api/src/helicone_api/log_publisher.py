@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from helicone_core import events
 from helicone_core.cancellation import wait_for
-from helicone_core.kafka import MAX_RECORD_BYTES, client_security, ping_broker, record_bytes
+from helicone_core.kafka import MAX_RECORD_BYTES, client_security, ping_broker
 from helicone_core.metrics import ServiceMetrics
 
 from .settings import ApiSettings
@@ -28,37 +28,6 @@ log = logging.getLogger("helicone.api")
 
 class PublishUnavailable(Exception):
     """Kafka did not acknowledge the events in time: nothing was accepted (answered 503)."""
-
-
-class RecordTooLarge(ValueError):
-    """An event over Kafka's record limit even without its bodies: the producer would refuse it at every
-    try, so it is refused here, never answered 503 (a /custom/v1/log is a 413, a span is rejected)."""
-
-
-# the event's text fields that the caller's payload sizes, one of which is named when the event cannot fit
-_SIZED_FIELDS = ("model", "path", "target_url", "provider", "user_id", "session_id", "session_path", "session_name",
-                 "error")
-
-
-def fit_record(ev: events.RequestLogged) -> None:
-    """Cuts the event's inline bodies, the larger first (flagged truncated), until it fits one Kafka record
-    (MAX_RECORD_BYTES): bodies are cut at max_logged_body_bytes, and two of them at that limit may not fit.
-    Raises RecordTooLarge when it does not fit even without them."""
-    key = events.message_key(ev)
-    size = record_bytes(key, events.encode(ev))
-    inline = ev.inline
-    while size > MAX_RECORD_BYTES:
-        side = "request" if len(inline.request_body) >= len(inline.response_body) else "response"
-        body = getattr(inline, f"{side}_body")
-        if not body:
-            largest = max(_SIZED_FIELDS, key=lambda name: len(getattr(ev, name)))
-            raise RecordTooLarge(
-                f"the log is {size} bytes without its bodies, over the largest record the log store (Kafka) takes, "
-                f"{MAX_RECORD_BYTES} bytes; its {largest} alone is {len(getattr(ev, largest).encode())} bytes")
-        # each byte cut takes at least one off the record (the length prefixes only shrink)
-        setattr(inline, f"{side}_body", body[:max(0, len(body) - (size - MAX_RECORD_BYTES))])
-        setattr(inline, f"{side}_truncated", True)
-        size = record_bytes(key, events.encode(ev))
 
 
 class LogPublisher:

@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from helicone_core import events
-from helicone_core.kafka import MAX_RECORD_BYTES
+from helicone_core.kafka import MAX_RECORD_BYTES, RecordTooLarge, fit_record
 from helicone_core.settings import env_name
 from pydantic import ConfigDict, Field
 
 from .async_log import AsyncLog, PayloadError, to_event
-from .log_publisher import PublishUnavailable, RecordTooLarge, fit_record
+from .log_publisher import PublishUnavailable
 from .models import Answer, documented, error_responses
 from .otlp import JSON, OTLP_PATHS, PROTOBUF, OtlpError, decode_request, encode_response, encode_status, media_type, to_events
 

@@ -20,12 +20,12 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.message import DecodeError
 from helicone_core import events
 from helicone_core.cost import CostRegistry, TokenCounts
+from helicone_core.kafka import fit_record
 from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from .async_log import MAX_PROVIDER
-from .log_publisher import fit_record
 
 OTLP_SOURCE = "otlp"
 # OTLP/HTTP's path, and Helicone's for the same (its helicone-async / OpenLLMetry loggers export there)

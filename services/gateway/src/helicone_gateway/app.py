@@ -374,6 +374,12 @@ class Gateway:
             child = self._requests_by[key] = self.m_requests.labels(*key)
         return child
 
+    def _answered(self, provider: str, started: float, status: int, status_class: str = "") -> None:
+        """Counts one answer in requests_total (by its status, or `status_class` when given) and its time in
+        request_duration_seconds: the one place for both, so the histogram's count is the requests' count."""
+        (self.m_requests.labels(provider, status_class) if status_class else self._requests(provider, status)).inc()
+        self._provider_series(provider)[1].observe(time.perf_counter() - started)
+
     # ---- auth ------------------------------------------------------------------------
     def org_for(self, key: str) -> str:
         """The org of a known Helicone key; raises Rejection otherwise. Fails closed: without a
@@ -466,9 +472,11 @@ class Gateway:
             if plan is not None:
                 self._plan_bodies(plan, body)
         except ClientGone:
+            self._answered(rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
         except Rejection as r:
+            self._answered(rt.provider, started, r.status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.logged, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
@@ -502,6 +510,7 @@ class Gateway:
                 rt, body = served.rt, body if served.body is None else served.body  # logged as the answering target got it
         except Rejection as r:  # every address of the Target-URL host was refused at connect time
             disconnected.cancel()
+            self._answered(rt.provider, started, r.status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.message, prompt=prompt, plan=plan)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
@@ -509,7 +518,7 @@ class Gateway:
         except ClientGone:
             if plan is not None:
                 rt = plan.legs[plan.index].rt
-            self.m_requests.labels(rt.provider, "client_closed").inc()
+            self._answered(rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
                              error=CANCELLED_ERROR, prompt=prompt,
@@ -522,7 +531,7 @@ class Gateway:
             kind = "timeout" if timed_out else exc.__class__.__name__
             status = 504 if timed_out else 502
             self.m_upstream_errors.labels(rt.provider, kind).inc()
-            self.m_requests.labels(rt.provider, "5xx").inc()
+            self._answered(rt.provider, started, status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt, plan=plan)
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
@@ -592,11 +601,7 @@ class Gateway:
             if completed and recorder is not None and recorder.chunks is not None:
                 self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl,
                                 rt.usage, resp_ctype, resp_encoding)
-            if write_timed_out:
-                self.m_requests.labels(rt.provider, "client_write_timeout").inc()
-            else:
-                self._requests(rt.provider, status).inc()
-            self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
+            self._answered(rt.provider, started, status, "client_write_timeout" if write_timed_out else "")
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
             if completed:
                 error = ""
@@ -646,11 +651,8 @@ class Gateway:
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         gone.cancel()
-        if error and self._write_timed_out(gone):
-            self.m_requests.labels(rt.provider, "client_write_timeout").inc()
-        else:
-            self._requests(rt.provider, entry.status).inc()
-        self._provider_series(rt.provider)[1].observe(time.perf_counter() - started)
+        self._answered(rt.provider, started, entry.status,
+                       "client_write_timeout" if error and self._write_timed_out(gone) else "")
         stored = dict(entry.headers)
         encoding = stored.get(b"content-encoding", b"").decode("latin-1")
         ctype = stored.get(b"content-type", b"").decode("latin-1")

@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLarg
 from aiokafka.partitioner import DefaultPartitioner
 from helicone_core import events
 from helicone_core.cancellation import raise_if_cancelling, wait_for
-from helicone_core.kafka import MAX_RECORD_BYTES, ensure_topics, ping_broker, record_bytes
+from helicone_core.kafka import MAX_RECORD_BYTES, RecordTooLarge, ensure_topics, fit_record, ping_broker, record_bytes
 from helicone_core.metrics import ServiceMetrics
 
 from .journal import Journal, RecordRef, Segment
@@ -364,15 +364,21 @@ class EventPublisher:
             log.exception("could not build a log event")
             self.m_dropped.labels("build_error").inc()
             return None
-        # the producer would refuse it at every send: dropped before it is journaled (see _send for older journals)
         if record_bytes(key, data) > MAX_RECORD_BYTES:
-            self._dropped_too_large(key, data)
-            return None
+            # two bodies at a raised HELICONE_MAX_LOGGED_BODY_BYTES (or large fields) may not fit one record: the
+            # bodies are cut (flagged truncated) until it does, as the api does. What cannot fit even without them
+            # the producer would refuse at every send: dropped before it is journaled (see _send for older journals)
+            try:
+                fit_record(event)
+            except RecordTooLarge as exc:
+                self._dropped_too_large(key, data, str(exc))
+                return None
+            data = events.encode(event)
         return key, data
 
-    def _dropped_too_large(self, key: bytes, data: bytes) -> None:
-        log.error("log event %s dropped: %d bytes, over Kafka's record limit (%d)",
-                  key.decode(errors="replace"), len(data), MAX_RECORD_BYTES)
+    def _dropped_too_large(self, key: bytes, data: bytes, why: str = "") -> None:
+        log.error("log event %s dropped: %d bytes, over Kafka's record limit (%d)%s",
+                  key.decode(errors="replace"), len(data), MAX_RECORD_BYTES, f": {why}" if why else "")
         self.m_dropped.labels("too_large").inc()
 
     async def _worker(self) -> None:

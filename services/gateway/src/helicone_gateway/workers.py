@@ -6,7 +6,9 @@ Worker 0 keeps the journal directory itself (one worker is the plain layout); wo
 `<journal dir>/worker-<i>`. Before the workers start, the parent hands the segments of journals
 no worker will own (a restart with fewer workers) to the worker that takes their place, so nothing
 journaled waits forever. SIGTERM/SIGINT to the parent stops every worker gracefully; a worker that
-dies after it has served is started again; one that fails to start stops them all.
+dies after it has served is started again (at once, or with a growing back-off while it keeps dying soon after
+each restart, as repeated OOM kills under load do); only a first start that fails (a broken configuration)
+stops them all.
 
 The workers record their metrics in one directory the parent makes for the run (helicone_core.metrics,
 MULTIPROCESS_DIR), so /metrics answers the totals of all, a dead worker's counters included, whichever
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 WORKER_PREFIX = "worker-"
 STARTED_AFTER = 10.0  # seconds: a worker that exits sooner failed to start (no restart loop)
+RESTART_BACKOFF, MAX_RESTART_BACKOFF = 0.5, 30.0  # seconds before a served worker that died quickly is started again
 STOP_GRACE = 30.0  # seconds a worker gets to drain after SIGTERM before it is killed
 
 
@@ -116,6 +119,7 @@ class WorkerParent:
         self.shared_store = shared_store  # HELICONE_REDIS_URL set: rate limits and cache are shared by the workers
         self.procs: dict[int, subprocess.Popen] = {}
         self.started_at: dict[int, float] = {}
+        self.served: set[int] = set()  # worker indexes one of whose processes lived past STARTED_AFTER
         self.stopping = False
         self.metrics_dir = ""
 
@@ -123,8 +127,11 @@ class WorkerParent:
         argv = [sys.executable, "-m", "helicone_gateway", "--worker-index", str(index), "--workers", str(self.workers)]
         env = dict(os.environ, **{MULTIPROCESS_DIR: self.metrics_dir})
         # own process group: a terminal's Ctrl-C reaches the parent only, which stops each worker once
-        self.procs[index] = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        self.procs[index] = proc = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         self.started_at[index] = time.monotonic()
+        if self.stopping:  # a SIGTERM while it was being started signalled the others only
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
 
     def _signal_all(self, sig: int) -> None:
         for proc in self.procs.values():
@@ -148,6 +155,8 @@ class WorkerParent:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         for i in range(self.workers):
+            if self.stopping:
+                break
             self._spawn(i)
         log.info("gateway: %d workers on %s:%d", self.workers, self.host, self.port)
         if not self.shared_store:
@@ -156,22 +165,44 @@ class WorkerParent:
                         "answer cached by one worker is a MISS in the others; set HELICONE_REDIS_URL to share them",
                         self.workers, self.workers)
         failed = 0
+        restart_at: dict[int, float] = {}  # dead workers waiting for their back-off to end
+        backoff: dict[int, float] = {}  # the next back-off of a worker that died soon after a restart
         while True:
             alive = [i for i, p in self.procs.items() if p.poll() is None]
             if self.stopping or failed:
                 break
             for i, proc in self.procs.items():
-                code = proc.poll()
-                if code is None:
+                now = time.monotonic()
+                if i in restart_at:
+                    if now >= restart_at[i]:
+                        del restart_at[i]
+                        self._spawn(i)
                     continue
-                if time.monotonic() - self.started_at[i] < STARTED_AFTER:
+                code = proc.poll()
+                lived = now - self.started_at[i]
+                if lived >= STARTED_AFTER:
+                    self.served.add(i)
+                if code is None:
+                    if lived >= STARTED_AFTER:
+                        backoff.pop(i, None)  # it serves again: a later death restarts it at once
+                    continue
+                if i not in self.served:
                     log.error("gateway worker %d exited with %s while starting; stopping every worker", i, code)
                     failed = code or 1
                     self._signal_all(signal.SIGTERM)
                     break
-                log.error("gateway worker %d exited with %s; starting it again", i, code)
                 multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # its gauges go; its counters stay in the totals
-                self._spawn(i)
+                if lived >= STARTED_AFTER:
+                    log.error("gateway worker %d exited with %s; starting it again", i, code)
+                    self._spawn(i)
+                    continue
+                # it served before and died soon after its restart (killed for memory under load, say): the
+                # others go on serving; it is started again after a back-off that grows while this goes on
+                delay = backoff.get(i, RESTART_BACKOFF)
+                backoff[i] = min(delay * 2, MAX_RESTART_BACKOFF)
+                log.error("gateway worker %d exited with %s %.1fs after it was started again; starting it again in %.1fs",
+                          i, code, lived, delay)
+                restart_at[i] = now + delay
             time.sleep(0.2)
         deadline = time.monotonic() + STOP_GRACE
         while alive and time.monotonic() < deadline:
@@ -181,5 +212,5 @@ class WorkerParent:
             log.error("gateway worker %d did not stop within %.0fs; killing it", i, STOP_GRACE)
             self.procs[i].kill()
             self.procs[i].wait()
-        codes = [p.returncode for p in self.procs.values()]
+        codes = [p.returncode for i, p in self.procs.items() if i not in restart_at]  # (a death already dealt with)
         return failed or next((c for c in codes if c), 0)
