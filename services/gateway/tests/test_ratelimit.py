@@ -178,6 +178,16 @@ async def test_a_full_memory_store_forgets_a_refilled_bucket_before_a_spent_one(
     assert not (await store.take("respent", 1000, 60, 1, TAKE))[0]
 
 
+async def test_a_memory_store_keeps_every_bucket_in_its_refill_schedule_when_it_rebuilds_it():
+    """The schedule is rebuilt once forgotten buckets' entries pile up; the bucket being created then
+    must be in it, or it is never found refilled and a spent bucket is forgotten (reset) in its place."""
+    store = MemoryRateLimitStore(max_buckets=3)
+    assert (await store.take("spent", 1, 3600, 1, TAKE, "a"))[0]
+    for i in range(1500):  # a flood of spent buckets: each new one forgets one, whose entry stays till due
+        assert (await store.take(f"flood-{i}", 1, 3600, 1, TAKE, "b"))[0]
+        assert set(store._buckets) <= {key for _, key in store._refills}, i
+
+
 # ---- through the gateway ------------------------------------------------------------------
 
 
@@ -372,3 +382,26 @@ async def test_gateway_errors_after_an_allowed_check_carry_the_headers_too(tmp_p
         r = await client.post("/v1/chat/completions", json=CHAT, headers=limited("2;w=60"))
         assert r.status_code == 502 and r.headers["helicone-ratelimit-remaining"] == "1"
         assert r.headers["helicone-ratelimit-policy"] == "2;w=60" and built[-1].status == 502
+
+
+async def test_cents_are_charged_for_openai_streams_that_did_not_ask_for_usage(tmp_path, upstream):
+    """An OpenAI stream carries its usage only when asked (stream_options.include_usage): under a u=cents
+    policy the gateway asks for it, else the answer's cost is unknown, never charged, and the budget never spent."""
+    url, fake = upstream
+    async with cache_gateway(tmp_path, url, provider_urls={"mistral": url}) as (client, gw, built):
+        headers = limited("0.0001;w=60;u=cents;s=run", **{"Helicone-Property-Run": run_id()})
+        first = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=headers)
+        assert first.status_code == 200 and "Hello" in first.text
+        assert fake.state.received[-1]["body"]["stream_options"] == {"include_usage": True}
+        await gw.ratelimits.flush()
+        assert built[0].cost_known and built[0].cost_usd * 100 > 0.0001
+        second = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=headers)
+        assert second.status_code == 429 and len(fake.state.received) == 1
+        # a u=request policy leaves the body as the caller sent it, and so does a u=cents one to another provider
+        # (Mistral refuses stream_options with a 422)
+        plain = await client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=limited("5;w=60"))
+        assert plain.status_code == 200 and "stream_options" not in fake.state.received[-1]["body"]
+        mistral = await client.post("/mistral/v1/chat/completions", json={**CHAT, "stream": True},
+                                    headers=limited("1;w=60;u=cents"))
+        assert mistral.status_code == 200 and fake.state.received[-1]["path"] == "/v1/chat/completions"
+        assert "stream_options" not in fake.state.received[-1]["body"]

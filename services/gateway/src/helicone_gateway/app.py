@@ -466,8 +466,9 @@ class Gateway:
             # only requests naming a prompt pay for it: a header, or the body form's field name
             if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
                 body, prompt = await self._render_prompt(hh, org_id, rt, body)
-            # only requests naming the header pay for the JSON round trip; Anthropic streams always carry usage
-            if hh.stream_usage and rt.usage == "openai" and method == "POST":
+            # only requests naming the header (or a u=cents policy) pay for the JSON round trip; Anthropic streams
+            # always carry usage
+            if (hh.stream_usage or _cents_need_usage(hh, rt, rate_limit)) and rt.usage == "openai" and method == "POST":
                 body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
             if plan is not None:
                 self._plan_bodies(plan, body)
@@ -949,6 +950,14 @@ class Gateway:
             return ev
 
         self.publisher.submit(build, len(body) + len(resp_body) + len(resp_tail))
+
+
+def _cents_need_usage(hh: HeliconeHeaders, rt: Route, rate_limit: RateLimitRequest | None) -> bool:
+    """A u=cents policy on OpenAI's own (chat) completions: a stream there carries no usage unless asked
+    (stream_options.include_usage), and a cost never known is never charged to the budget. Not elsewhere:
+    other OpenAI-format APIs (Mistral's) refuse stream_options, and a target or fallback may be one of them."""
+    return (rate_limit is not None and rate_limit.policy.unit == CENTS and rt.provider == "openai" and not rt.target
+            and hh.fallbacks is None and rt.path.endswith("completions"))
 
 
 class GatewayApp:

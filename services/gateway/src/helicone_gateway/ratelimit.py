@@ -180,12 +180,13 @@ class MemoryRateLimitStore:
                 if len(self._buckets) >= self.max_buckets:
                     self._make_room(now)
                 heapq.heappush(self._refills, (full_at, key))
-                if len(self._refills) > 2 * len(self._buckets) + 1024:  # mostly forgotten buckets: rebuilt
-                    self._refills = [(b[2], k) for k, b in self._buckets.items()]
-                    heapq.heapify(self._refills)
             else:
                 org = state[3]
             self._buckets[key] = (tokens, now, full_at, org)
+            # mostly forgotten buckets: rebuilt, once this one is among the buckets (else it would never be found refilled)
+            if state is None and len(self._refills) > 2 * len(self._buckets) + 1024:
+                self._refills = [(b[2], k) for k, b in self._buckets.items()]
+                heapq.heapify(self._refills)
             keys = self._by_org.get(org)
             if keys is None:
                 keys = self._by_org[org] = OrderedDict()
