@@ -42,6 +42,17 @@ def _words(messages) -> int:
     return total
 
 
+# audio as OpenAI's audio models count it: each input_audio part of the prompt is this many prompt tokens, and
+# an answer asked for with "modalities": [..., "audio"] has this many audio completion tokens per word besides its text
+AUDIO_PART_TOKENS = 100
+AUDIO_TOKENS_PER_WORD = 8
+
+
+def _audio_parts(messages) -> int:
+    return sum(1 for m in messages or [] if isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, dict) and p.get("type") == "input_audio")
+
+
 def _reply(request: Request) -> list[str]:
     """The reply's words: REPLY's, or `x-fake-words` of them (REPLY's words over and over)."""
     words = REPLY.split(" ")
@@ -102,6 +113,13 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         words = _reply(request) if body.get("stream") else REPLY.split(" ")
         prompt, completion = _words(body.get("messages")), len(words)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        audio_in = AUDIO_PART_TOKENS * _audio_parts(body.get("messages"))
+        audio_out = AUDIO_TOKENS_PER_WORD * completion if "audio" in (body.get("modalities") or []) else 0
+        if audio_in or audio_out:
+            prompt, completion = prompt + audio_in, completion + audio_out
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                     "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": audio_in},
+                     "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": audio_out}}
         model = body.get("model", "gpt-4o-mini")
         cid = "chatcmpl-" + uuid.uuid4().hex[:12]
         created = int(time.time())

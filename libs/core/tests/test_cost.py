@@ -220,6 +220,21 @@ def test_a_registry_entry_without_an_hour_price_prices_those_writes_as_any_cache
     ("gpt-4-1106-preview", (10.0, 30.0, 10.0)),
     ("gpt-4-vision-preview", (10.0, 30.0, 10.0)),
     ("gpt-35-turbo", (0.50, 1.50, 0.50)),  # Azure's name for gpt-3.5-turbo (its answers' `model`)
+    # Retired snapshots, at the prices OpenAI listed for them (its pricing page's legacy models and the
+    # deprecations page, platform.openai.com/docs/deprecations; LiteLLM's gpt-3.5-turbo-16k, -1106 and -instruct
+    # entries agree): they were priced as gpt-4 ($30 / $60) or gpt-3.5-turbo ($0.50 / $1.50).
+    ("gpt-4-32k", (60.0, 120.0, 60.0)),
+    ("gpt-4-32k-0613", (60.0, 120.0, 60.0)),
+    ("gpt-4-32k-0314", (60.0, 120.0, 60.0)),
+    ("gpt-4-0314", (30.0, 60.0, 30.0)),  # the first gpt-4 snapshot: gpt-4's price
+    ("gpt-3.5-turbo-16k", (3.0, 4.0, 3.0)),
+    ("gpt-3.5-turbo-16k-0613", (3.0, 4.0, 3.0)),
+    ("gpt-35-turbo-16k", (3.0, 4.0, 3.0)),  # Azure's
+    ("gpt-3.5-turbo-0613", (1.50, 2.0, 1.50)),
+    ("gpt-3.5-turbo-0301", (1.50, 2.0, 1.50)),
+    ("gpt-3.5-turbo-1106", (1.0, 2.0, 1.0)),
+    ("gpt-3.5-turbo-instruct", (1.50, 2.0, 1.50)),
+    ("gpt-3.5-turbo-instruct-0914", (1.50, 2.0, 1.50)),
 ])
 def test_variants_priced_apart_from_their_family(model, want):
     reg = CostRegistry.default()
@@ -232,3 +247,118 @@ def test_variants_priced_apart_from_their_family(model, want):
     assert reg.price("openai", "gpt-4-turbo-2024-04-09").input == 10.0
     assert reg.price("openai", "gpt-5.2-2025-12-11").input == 1.75
     assert reg.price("openai", "o3-2025-04-16").input == 2.0
+    assert reg.price("openai", "gpt-3.5-turbo-0125").input == 0.50
+
+
+# OpenAI's pricing page (platform.openai.com/docs/pricing, audio tokens; LiteLLM's model_prices_and_context_window.json
+# input_cost_per_audio_token / output_cost_per_audio_token / cache_read_input_audio_token_cost agree, save its
+# transcribe audio price: OpenAI's cookbook and page give $6 and $3 per 1M, $0.006 and $0.003 a minute).
+# Audio tokens were priced at the text rate, or the model's family's (gpt-4o-audio-preview as gpt-4o).
+@pytest.mark.parametrize("model, usage, want", [
+    # Chat Completions: prompt_tokens_details / completion_tokens_details; text $2.50 / $10, audio $40 / $80
+    ("gpt-4o-audio-preview-2024-12-17",
+     {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 800},
+      "completion_tokens_details": {"audio_tokens": 400, "reasoning_tokens": 0}},
+     200 * 2.50 + 800 * 40.0 + 100 * 10.0 + 400 * 80.0),
+    ("gpt-4o-mini-audio-preview-2024-12-17",
+     {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"audio_tokens": 800},
+      "completion_tokens_details": {"audio_tokens": 400}},
+     200 * 0.15 + 800 * 10.0 + 100 * 0.60 + 400 * 20.0),
+    ("gpt-audio-2025-08-28",
+     {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"audio_tokens": 800},
+      "completion_tokens_details": {"audio_tokens": 400}},
+     200 * 2.50 + 800 * 32.0 + 100 * 10.0 + 400 * 64.0),
+    # the Realtime API's response.done usage: input_token_details (its cached audio too) / output_token_details;
+    # gpt-realtime: text $4 / $16, cached $0.40; audio $32 / $64, cached audio $0.40
+    ("gpt-realtime",
+     {"total_tokens": 1500, "input_tokens": 1000, "output_tokens": 500,
+      "input_token_details": {"cached_tokens": 600, "text_tokens": 200, "audio_tokens": 800,
+                              "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 500}},
+      "output_token_details": {"text_tokens": 100, "audio_tokens": 400}},
+     100 * 4.0 + 300 * 32.0 + 100 * 0.40 + 500 * 0.40 + 100 * 16.0 + 400 * 64.0),
+    # gpt-realtime-mini's cached audio ($0.30) is not its cached text ($0.06)
+    ("gpt-realtime-mini",
+     {"input_tokens": 1000, "output_tokens": 500,
+      "input_token_details": {"cached_tokens": 600, "audio_tokens": 800, "cached_tokens_details": {"audio_tokens": 500}},
+      "output_token_details": {"audio_tokens": 400}},
+     100 * 0.60 + 300 * 10.0 + 100 * 0.06 + 500 * 0.30 + 100 * 2.40 + 400 * 20.0),
+    # an audio transcription's usage: input_token_details; gpt-4o-transcribe text $2.50 / $10, audio in $6
+    ("gpt-4o-transcribe",
+     {"type": "tokens", "input_tokens": 1014, "input_token_details": {"text_tokens": 14, "audio_tokens": 1000},
+      "output_tokens": 200, "total_tokens": 1214},
+     14 * 2.50 + 1000 * 6.0 + 200 * 10.0),
+    ("gpt-4o-mini-transcribe",
+     {"type": "tokens", "input_tokens": 1000, "input_token_details": {"text_tokens": 0, "audio_tokens": 1000},
+      "output_tokens": 200},
+     1000 * 3.0 + 200 * 5.0),
+    # text only on an audio model: the text rate
+    ("gpt-4o-audio-preview", {"prompt_tokens": 1000, "completion_tokens": 500}, 1000 * 2.50 + 500 * 10.0),
+])
+def test_audio_tokens_are_priced_at_the_audio_rate(model, usage, want):
+    from helicone_core.usage import openai_usage
+
+    assert CostRegistry.default().cost("openai", model, openai_usage(usage)) == pytest.approx(want / 1e6)
+
+
+def test_audio_tokens_of_a_model_without_an_audio_price_are_an_unknown_cost_not_the_text_rate(tmp_path):
+    reg = CostRegistry.default()
+    audio_in = TokenCounts(prompt_tokens=1000, completion_tokens=10, audio_prompt_tokens=800)
+    audio_out = TokenCounts(prompt_tokens=10, completion_tokens=500, audio_completion_tokens=400)
+    assert reg.cost("openai", "gpt-4o", audio_in) is None
+    assert reg.cost("openai", "gpt-4o", audio_out) is None
+    # a transcribe model's answer is text: it has no audio output price
+    assert reg.cost("openai", "gpt-4o-transcribe", audio_out) is None
+    assert reg.cost("openai", "gpt-4o", TokenCounts(1000, 500)) == pytest.approx((1000 * 2.50 + 500 * 10.0) / 1e6)
+    # an override gives one: audio_cache_read defaults to audio_input
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"openai": {"gpt-4o": {"input": 2.5, "output": 10.0, "audio_input": 40.0, "audio_output": 80.0}}}))
+    over = CostRegistry.load(path)
+    assert over.cost("openai", "gpt-4o", audio_in) == pytest.approx((200 * 2.5 + 800 * 40.0 + 10 * 10.0) / 1e6)
+    assert over.price("openai", "gpt-4o").audio_cache_read == 40.0
+    path.write_text(json.dumps({"openai": {"gpt-4o": {"input": 2.5, "output": 10.0, "audio_input": "dear"}}}))
+    with pytest.raises(ValueError, match="openai/gpt-4o: audio_input must be a number >= 0"):
+        CostRegistry.load(path)
+
+
+# Bedrock names Anthropic's models anthropic.<model>-v<N>:<M>, with us. / eu. / apac. / au. / jp. / global. in front
+# for a cross-region inference profile; LiteLLM's model_prices_and_context_window.json (its bedrock entries) gives
+# Anthropic's own prices for them, save the geographic (not global.) profiles of Claude Sonnet, Haiku and Opus 4.5:
+# 10 % more (us.anthropic.claude-sonnet-4-5-20250929-v1:0: $3.30 / $16.50, $0.33 cached). They had no cost.
+@pytest.mark.parametrize("model, want, canonical", [
+    ("us.anthropic.claude-3-5-sonnet-20241022-v2:0", (3.0, 15.0, 0.30), "claude-3-5-sonnet"),
+    ("eu.anthropic.claude-3-5-sonnet-20240620-v1:0", (3.0, 15.0, 0.30), "claude-3-5-sonnet"),
+    ("apac.anthropic.claude-sonnet-4-20250514-v1:0", (3.0, 15.0, 0.30), "claude-sonnet-4"),
+    ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", (3.0, 15.0, 0.30), "claude-sonnet-4-5"),
+    ("anthropic.claude-3-5-haiku-20241022-v1:0", (0.80, 4.0, 0.08), "claude-3-5-haiku"),
+    ("anthropic.claude-3-haiku-20240307-v1:0", (0.25, 1.25, 0.03), "claude-3-haiku"),
+    ("us.anthropic.claude-3-opus-20240229-v1:0", (15.0, 75.0, 1.50), "claude-3-opus"),
+    ("us.anthropic.claude-opus-4-1-20250805-v1:0", (15.0, 75.0, 1.50), "claude-opus-4-1"),
+    ("anthropic.claude-opus-4-5-20251101-v1:0", (5.0, 25.0, 0.50), "claude-opus-4-5"),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", (3.30, 16.50, 0.33), "claude-sonnet-4-5-bedrock-geo"),
+    ("eu.anthropic.claude-haiku-4-5-20251001-v1:0", (1.10, 5.50, 0.11), "claude-haiku-4-5-bedrock-geo"),
+    ("us.anthropic.claude-opus-4-5-20251101-v1:0", (5.50, 27.50, 0.55), "claude-opus-4-5-bedrock-geo"),
+    # an inference profile's ARN ends with its id
+    ("arn:aws:bedrock:us-east-1:111122223333:inference-profile/us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+     (3.0, 15.0, 0.30), "claude-3-7-sonnet"),
+])
+def test_bedrock_ids_of_anthropic_models_are_priced_as_the_model(model, want, canonical):
+    reg = CostRegistry.default()
+    for provider in ("bedrock", "aws.bedrock", "anthropic"):
+        p = reg.price(provider, model)
+        assert p is not None and (p.input, p.output, p.cache_read) == want, (provider, model)
+        assert reg.canonical_model(provider, model) == canonical
+
+
+def test_bedrock_ids_priced_otherwise_or_unknown_are_not_given_anthropics_price():
+    reg = CostRegistry.default()
+    # the geographic profile's premium covers its long-context tier too (LiteLLM: $6.60 in above 200K)
+    long_ = TokenCounts(prompt_tokens=250_000, completion_tokens=100)
+    assert reg.cost("bedrock", "us.anthropic.claude-sonnet-4-5-20250929-v1:0", long_) == pytest.approx(
+        (250_000 * 6.60 + 100 * 24.75) / 1e6)
+    # GovCloud's profiles cost more again (20 %), and Claude 2 is no model of the registry: unknown
+    assert reg.price("bedrock", "us-gov.anthropic.claude-sonnet-4-5-20250929-v1:0") is None
+    assert reg.price("bedrock", "anthropic.claude-v2:1") is None
+    assert reg.price("bedrock", "anthropic.claude-instant-v1") is None
+    # other vendors' Bedrock models are priced by Bedrock, not as the vendor's own API
+    assert reg.price("bedrock", "mistral.mistral-large-2402-v1:0") is None
+    assert reg.price("bedrock", "meta.llama3-3-70b-instruct-v1:0") is None

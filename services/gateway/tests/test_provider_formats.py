@@ -62,6 +62,28 @@ async def test_openai_compatible_providers(gateway, stream, path, upstream_path,
     assert ev.cost_known and ev.cost_usd == pytest.approx(usd(4, REPLY_WORDS, price_in, price_out))
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_audio_tokens_are_logged_at_the_audio_price_or_as_an_unknown_cost(gateway, stream):
+    """OpenAI's audio models report usage.prompt_tokens_details.audio_tokens and completion_tokens_details.audio_tokens,
+    priced far above their text tokens (gpt-4o-audio-preview: $40 / $80 per 1M audio tokens, $2.50 / $10 text;
+    platform.openai.com/docs/pricing). They were priced at the text rate, gpt-4o's: 16x too little for the audio."""
+    client, fake, built, _ = gateway
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "one two three four"}, audio]}]
+    headers = {**AUTH, "Authorization": "Bearer sk-provider", **({"Helicone-Stream-Usage": "true"} if stream else {})}
+    for model in ("gpt-4o-audio-preview-2024-12-17", "gpt-4o"):
+        r = await client.post("/openai/v1/chat/completions", headers=headers, json={
+            "model": model, "messages": messages, "modalities": ["text", "audio"], "stream": stream})
+        assert r.status_code == 200
+    audio_model, text_model = built
+    # the fake upstream: 100 tokens for the audio part, 8 audio tokens per word of the reply besides its text
+    assert (audio_model.usage.prompt_tokens, audio_model.usage.completion_tokens) == (104, REPLY_WORDS * 9)
+    assert audio_model.cost_known and audio_model.cost_usd == pytest.approx(
+        usd(4, REPLY_WORDS, 2.50, 10.0) + usd(100, REPLY_WORDS * 8, 40.0, 80.0))
+    # a model without an audio price that reports audio tokens: no cost, not one at its text rate
+    assert text_model.usage.known and not text_model.cost_known
+
+
 GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "five words of gemini prompt"}]}]}
 
 

@@ -4,10 +4,12 @@ The registry ships as cost_registry.json; HELICONE_COST_REGISTRY_FILE names a fi
 merged over it (an entry replaces the shipped entry of that name, `null` removes one). A model is
 found in its provider's section (every section when the provider has none): by exact name, else by
 the first entry whose `regex` / `pattern` (glob) matches, else by the longest entry name it starts
-with. Tiers price the whole request differently above a prompt size (long-context pricing)."""
+with; a Bedrock id of an Anthropic model is looked up as the whole id, then as the model's own name.
+Tiers price the whole request differently above a prompt size (long-context pricing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import re
@@ -18,7 +20,11 @@ from pathlib import Path
 from .settings import env_name
 
 PER_TOKENS = 1_000_000
-_PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+# Bedrock's id of an Anthropic model, "anthropic.<model>-v<N>:<M>", with a geography in front for a cross-region
+# inference profile ("us.", "eu.", "apac.", "au.", "jp.", "global."): priced as <model> unless an entry
+# matches the whole id (the geographic profiles of newer models cost more). GovCloud's "us-gov." is not among them.
+_BEDROCK_ANTHROPIC = re.compile(r"(?:(?:us|eu|apac|au|jp|global)\.)?anthropic\.(claude-.+?)(?:-v[0-9]+(?::[0-9]+)?)?")
+_PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "audio_cache_read")
 _ENTRY_FIELDS = {*_PRICE_FIELDS, "tiers", "pattern", "regex"}
 _TIER_FIELDS = {*_PRICE_FIELDS, "above"}
 
@@ -30,6 +36,11 @@ class Price:
     cache_read: float
     cache_write: float
     cache_write_1h: float  # a prompt-cache write kept for an hour (Anthropic's 1-hour TTL), where it costs more
+    # audio tokens (OpenAI's audio, realtime and transcribe models), None where the registry has no audio price:
+    # a request that used audio then has no cost rather than one priced at the text rate
+    audio_input: float | None = None
+    audio_output: float | None = None
+    audio_cache_read: float | None = None
     # (prompt tokens above which it applies, price), ascending: the whole request is priced at the
     # highest tier its prompt exceeds
     tiers: tuple[tuple[int, Price], ...] = ()
@@ -51,6 +62,9 @@ class TokenCounts:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0  # of cache_write_tokens, those written for an hour (priced at cache_write_1h)
+    audio_prompt_tokens: int = 0  # of prompt_tokens, those that are audio (cached or not)
+    audio_cache_read_tokens: int = 0  # of audio_prompt_tokens, those read from the cache (of cache_read_tokens too)
+    audio_completion_tokens: int = 0  # of completion_tokens, those that are audio
 
 
 def _number(where: str, name: str, value) -> float:
@@ -70,12 +84,18 @@ def _price(where: str, p: dict, fields: set[str]) -> Price:
             raise ValueError(f"{where}: {req} is missing")
     inp = _number(where, "input", p["input"])
     write = _number(where, "cache_write", p.get("cache_write", inp))
+    audio = {name: _number(where, name, p[name]) for name in ("audio_input", "audio_output") if name in p}
+    if "audio_cache_read" in p:
+        audio["audio_cache_read"] = _number(where, "audio_cache_read", p["audio_cache_read"])
+    elif "audio_input" in audio:
+        audio["audio_cache_read"] = audio["audio_input"]
     return Price(
         input=inp,
         output=_number(where, "output", p["output"]),
         cache_read=_number(where, "cache_read", p.get("cache_read", inp)),
         cache_write=write,
         cache_write_1h=_number(where, "cache_write_1h", p.get("cache_write_1h", write)),
+        **audio,
     )
 
 
@@ -108,7 +128,7 @@ def _entry(where: str, name: str, p) -> _Entry:
             matcher = re.compile("^" + fnmatch.translate(p["pattern"].lower()))  # the whole name
     except (re.error, TypeError, AttributeError) as exc:
         raise ValueError(f"{where}: not a valid {'regex' if 'regex' in p else 'glob pattern'} ({exc})") from None
-    return _Entry(name.lower(), Price(price.input, price.output, price.cache_read, price.cache_write, price.cache_write_1h, tuple(tiers)), matcher)
+    return _Entry(name.lower(), dataclasses.replace(price, tiers=tuple(tiers)), matcher)
 
 
 def merge(base: dict, override: dict, source: str = "override") -> dict:
@@ -182,17 +202,28 @@ class CostRegistry:
         model = model.rsplit("/", 1)[-1]
         prov = provider.lower()
         providers = [prov] if prov in self._sections else list(self._sections)
-        for prov in providers:
-            entries = self._sections[prov]
-            hit = entries.get(model)
-            if hit is not None:
-                return hit
-            for e in self._patterns[prov]:
-                if e.matcher.search(model):
-                    return e
-            for candidate in self._ordered[prov]:
-                if model.startswith(candidate):
-                    return entries[candidate]
+        names = [model]
+        bedrock = _BEDROCK_ANTHROPIC.fullmatch(model)
+        if bedrock:
+            names.append(bedrock.group(1))
+        for name in names:
+            for prov in providers:
+                hit = self._find(prov, name)
+                if hit is not None:
+                    return hit
+        return None
+
+    def _find(self, prov: str, model: str) -> _Entry | None:
+        entries = self._sections[prov]
+        hit = entries.get(model)
+        if hit is not None:
+            return hit
+        for e in self._patterns[prov]:
+            if e.matcher.search(model):
+                return e
+        for candidate in self._ordered[prov]:
+            if model.startswith(candidate):
+                return entries[candidate]
         return None
 
     def price(self, provider: str, model: str) -> Price | None:
@@ -206,19 +237,29 @@ class CostRegistry:
         return match.name if match else None
 
     def cost(self, provider: str, model: str, tokens: TokenCounts) -> float | None:
+        """USD, or None when the model has no price here (nor an audio price for the audio tokens it reported)."""
         base = self.price(provider, model)
         if base is None:
             return None
         price = base.for_prompt(tokens.prompt_tokens)
+        audio_in = min(tokens.audio_prompt_tokens, tokens.prompt_tokens)
+        audio_cached = min(tokens.audio_cache_read_tokens, audio_in, tokens.cache_read_tokens)
+        audio_out = min(tokens.audio_completion_tokens, tokens.completion_tokens)
+        if (audio_in and price.audio_input is None) or (audio_out and price.audio_output is None):
+            return None
         uncached = max(tokens.prompt_tokens - tokens.cache_read_tokens - tokens.cache_write_tokens, 0)
+        audio_uncached = min(audio_in - audio_cached, uncached)
         one_hour = min(tokens.cache_write_1h_tokens, tokens.cache_write_tokens)
         usd = (
-            uncached * price.input
-            + tokens.cache_read_tokens * price.cache_read
+            (uncached - audio_uncached) * price.input
+            + (tokens.cache_read_tokens - audio_cached) * price.cache_read
             + (tokens.cache_write_tokens - one_hour) * price.cache_write
             + one_hour * price.cache_write_1h
-            + tokens.completion_tokens * price.output
+            + (tokens.completion_tokens - audio_out) * price.output
         ) / PER_TOKENS
+        if audio_in or audio_out:  # (a price is None only where its count is 0, checked above)
+            usd += (audio_uncached * (price.audio_input or 0.0) + audio_cached * (price.audio_cache_read or 0.0)
+                    + audio_out * (price.audio_output or 0.0)) / PER_TOKENS
         return round(usd, 12)
 
 

@@ -135,14 +135,21 @@ def _dict(v) -> dict:
 def openai_usage(usage: dict) -> TokenCounts:
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
-    cached = (_int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
+    # Chat Completions' details; the Realtime API's and audio transcriptions' are input_/output_token_details
+    prompt_details = _dict(usage.get("prompt_tokens_details")) or _dict(usage.get("input_token_details"))
+    completion_details = _dict(usage.get("completion_tokens_details")) or _dict(usage.get("output_token_details"))
+    cached = (_int(prompt_details.get("cached_tokens"))
               or _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
               or _int(usage.get("prompt_cache_hit_tokens")))  # DeepSeek's name for it
     # OpenAI counts reasoning inside completion_tokens; xAI apart from it (its total is prompt + completion + reasoning)
-    reasoning = _int(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    reasoning = _int(completion_details.get("reasoning_tokens"))
     if reasoning and _int(usage.get("total_tokens")) == prompt + completion + reasoning:
         completion += reasoning
-    return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached)
+    # audio tokens (audio, realtime and transcribe models) cost several times the text rate
+    return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached,
+                       audio_prompt_tokens=_int(prompt_details.get("audio_tokens")),
+                       audio_cache_read_tokens=_int(_dict(prompt_details.get("cached_tokens_details")).get("audio_tokens")),
+                       audio_completion_tokens=_int(completion_details.get("audio_tokens")))
 
 
 def anthropic_usage(usage: dict, output_tokens: int | None = None) -> TokenCounts:
