@@ -140,6 +140,9 @@ def test_api_user_may_only_write_the_log():
 
 
 def test_ingest_user_may_consume_the_log_in_its_group_and_write_the_dlq(tmp_path):
+    """...and replay the DLQ from its pod (`python -m helicone_ingest.dlq replay`, as the runbook says): read it
+    in the replay group and write the log; without these the documented replay failed on authorization."""
+    from helicone_ingest import dlq
     from helicone_ingest.app import IngestService
     from helicone_ingest.settings import IngestSettings
 
@@ -148,9 +151,10 @@ def test_ingest_user_may_consume_the_log_in_its_group_and_write_the_dlq(tmp_path
     assert app.conf.id == DEFAULTS.consumer_group and not app.conf.topic_disable_leader
     leader_topic = app._leader_assignor._leader_topic_name  # Faust's name for it: "<app id>-__assignor-__leader"
     assert acls("helicone-ingest") == {
-        ("topic", REQUEST_LOGGED_TOPIC, "literal"): {"Describe", "Read"},
-        ("topic", DEFAULTS.kafka_dlq_topic, "literal"): {"Describe", "Write"},
+        ("topic", REQUEST_LOGGED_TOPIC, "literal"): {"Describe", "Read", "Write"},
+        ("topic", DEFAULTS.kafka_dlq_topic, "literal"): {"Describe", "Read", "Write"},
         ("group", DEFAULTS.consumer_group, "literal"): {"Describe", "Read"},
+        ("group", DEFAULTS.consumer_group + dlq.REPLAY_GROUP_SUFFIX, "literal"): {"Describe", "Read"},
         ("topic", leader_topic, "literal"): {"Create", "Describe", "Read", "Write"},
     }
 

@@ -4,6 +4,7 @@ try it, and manage keys.
   helicone-stack up [--detach] [--upstream fake] [--target gateway,api|all] [--data-dir DIR] ...
   helicone-stack status | down | demo [--data-dir DIR]
   helicone-stack keys create|list|revoke ...
+  helicone-stack dlq list|replay ...
 
 Every option can also be set with the environment variable shown in its help.
 Exit codes: 0 ok, 1 failed, 2 bad option or setting, 3 not running (status, demo).
@@ -69,7 +70,7 @@ def parse_targets(value: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="helicone-stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="{up,status,down,demo,keys}")
+    sub = p.add_subparsers(dest="command", metavar="{up,status,down,demo,keys,dlq}")
 
     def data_dir(sp):
         env_option(sp, "--data-dir", "HELICONE_DATA_DIR", "where Postgres, chDB, bodies, the event journal, pid and log files live",
@@ -143,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key: every gateway and api refuses it within about a second")
     common(kr)
     kr.add_argument("key_id", help="the key's id from `keys list` (or the key itself)")
+
+    from helicone_ingest import dlq
+
+    dq = sub.add_parser("dlq", help="the request log's dead letters: list them, replay them once their cause is fixed",
+                        description=dlq.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_dir(dq)
+    env_option(dq, "--kafka", "HELICONE_KAFKA_BOOTSTRAP", "bootstrap servers of the broker (its HELICONE_KAFKA_SECURITY_* "
+               "settings apply); unset: the broker of the stack running on the data dir", metavar="HOST:PORT")
+    dlq.add_commands(dq)
     return p
 
 
@@ -441,6 +451,28 @@ async def run_keys(args) -> int:
     return await key_admin.run(args, dsn)
 
 
+async def run_dlq(args) -> int:
+    """dlq list|replay against --kafka, or the broker of the stack running on --data-dir (the same code as
+    `python -m helicone_ingest.dlq` in a cluster)."""
+    from helicone_ingest import dlq
+    from helicone_ingest.settings import IngestSettings
+
+    bootstrap, plain = args.kafka, {}
+    if not bootstrap:
+        state = control.read_state(args.data_dir)
+        if state is None:
+            print(f"error: {control.not_running_message(args.data_dir)}, or give the broker with --kafka", file=sys.stderr)
+            return control.NOT_RUNNING
+        bootstrap = state["kafka"]["bootstrap"]
+        if state["kafka"]["embedded"]:  # the embedded broker listens in plain text, as run_up's services connect
+            plain = dict(kafka_security_protocol="PLAINTEXT", kafka_sasl_username="", kafka_sasl_password="", kafka_ssl_cafile=None)
+    try:
+        settings = IngestSettings(kafka_bootstrap=bootstrap, **plain)
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(exc)) from None
+    return await dlq.run(args, settings)
+
+
 def _run(coro) -> int:
     """uvloop when available (it is with uvicorn[standard]), else the default loop."""
     try:
@@ -488,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args.data_dir, args.timeout)
+        if args.command == "dlq":
+            return asyncio.run(run_dlq(args))
         return asyncio.run(run_keys(args))
     except KeyboardInterrupt:
         return 130

@@ -30,7 +30,7 @@ def consumer_of(app: BatchApp, topic: str):
 
 
 def records(*offsets: int) -> list:
-    return [types.SimpleNamespace(offset=o, key=None, value=b"%d" % o) for o in offsets]
+    return [types.SimpleNamespace(offset=o, key=None, value=b"%d" % o, headers=()) for o in offsets]
 
 
 async def test_a_batch_acknowledges_its_offsets_at_once_and_gaps_do_not_stop_the_commit():

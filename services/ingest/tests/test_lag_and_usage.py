@@ -309,6 +309,28 @@ async def test_a_dead_letter_keeps_its_record_key(ingest):
     assert (letter.key, letter.value) == (key, b"\x00not an event")
 
 
+async def test_a_dead_letter_says_why_where_it_came_from_and_when(ingest):
+    """An operator looking at a dead letter must see why it is there, the record it was (topic, partition,
+    offset) and when it was dead-lettered; it carried only the reason in words."""
+    svc, _, bootstrap, topic = ingest
+    await produce(bootstrap, topic, [event() for _ in range(2)])  # offsets 0 and 1 of partition 0
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"\x00not an event", key=f"{ORG}/{uuid.uuid4()}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    await eventually(lambda: _dead_letters(svc), "the record dead-lettered", timeout=30)
+    headers = dict((await _the_dead_letter(bootstrap, topic)).headers)
+    assert headers["x-helicone-error-class"] in (b"EventError", b"DecodeError")
+    assert (headers["x-helicone-original-topic"], headers["x-helicone-original-partition"],
+            headers["x-helicone-original-offset"]) == (topic.encode(), b"0", b"2")
+    at = dt.datetime.fromisoformat(headers["x-helicone-dead-lettered-at"].decode())
+    assert before <= at <= dt.datetime.now(dt.timezone.utc)
+    assert "x-helicone-replays" not in headers  # never replayed
+
+
 async def test_a_large_undecodable_record_is_dead_lettered_and_the_events_after_it_are_written(ingest):
     """The producers send records of up to 4 MiB (the gateway's and the api's max_request_size): one
     that ingest must dead-letter is sent on as it came, however large, not retried forever (holding
@@ -344,7 +366,11 @@ async def test_an_event_whose_row_clickhouse_refuses_is_dead_lettered_and_its_pa
     await eventually(lambda: _dead_letters(svc), "the refused event dead-lettered", timeout=30)
     letter = await _the_dead_letter(bootstrap, topic)
     assert (events.decode(letter.value), letter.key) == (evs[2], events.message_key(evs[2]))
-    assert dict(letter.headers)["x-helicone-error"].startswith(b"ClickHouse refused its row: Code: 72.")
+    headers = dict(letter.headers)
+    assert headers["x-helicone-error"].startswith(b"ClickHouse refused its row: Code: 72.")
+    # where it came from: the third record of the topic's partition for its key
+    assert (headers["x-helicone-original-topic"], headers["x-helicone-original-offset"]) == (topic.encode(), b"2")
+    assert headers["x-helicone-error-class"]
     await produce(bootstrap, topic, [event(model="after")])
 
     async def written():

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
@@ -26,6 +26,7 @@ from helicone_core.metrics import Check, ServiceMetrics, readiness
 from helicone_core.settings import KAFKA_SASL_PROTOCOLS
 
 from .batches import Batch, BatchApp, InFlight, Turn, Turns
+from .dlq import Origin, dead_letter_headers
 from .metadata import PendingMetadata
 from .settings import IngestSettings
 from .writer import BatchWriter, PreparedBatch, Rejected
@@ -120,9 +121,9 @@ class IngestService:
                 in_flight.leave(batch)
                 raise
 
-        async def write(batch: Batch, decoded: Decoded, turn: Turn, before: asyncio.Task | None) -> None:
+        async def write(batch: Batch, decoded: Decoded, turn: Turn, before: asyncio.Task | None, origins: Sequence[Origin]) -> None:
             try:
-                await service.write_decoded(decoded, dlq, turn)
+                await service.write_decoded(decoded, dlq, turn, origins)
                 if before is not None:
                     await asyncio.wait([before])
                 batch.ack()
@@ -142,11 +143,12 @@ class IngestService:
                     # a rebalance made stale, and a stuck write must not gather decoded batches behind it)
                     while len(writes := [w for w in writes if not w[0].done()]) >= 2:
                         await asyncio.wait([writes[0][0]])
+                    origins = batch.origins()
                     keys, values = batch.take()
-                    decoded = await service.decode(values, keys)
+                    decoded = await service.decode(values, keys, origins)
                     before = writes[-1][0] if writes else None
                     turn = turns.next()
-                    writes.append((asyncio.create_task(write(batch, decoded, turn, before), name="ingest-write"), turn, batch))
+                    writes.append((asyncio.create_task(write(batch, decoded, turn, before, origins), name="ingest-write"), turn, batch))
             finally:
                 for task, turn, batch in reversed(writes):  # stopping: an unfinished batch is not acknowledged (read again)
                     await _cancel(task)
@@ -156,43 +158,50 @@ class IngestService:
         app.batch_handler = hand_over
         return app
 
-    async def decode(self, raws: list[bytes | None], keys: list[bytes | None] | None = None) -> Decoded:
+    async def decode(self, raws: list[bytes | None], keys: list[bytes | None] | None = None,
+                     origins: Sequence[Origin] | None = None) -> Decoded:
         """The batch's events made ready to write (their rows and body packs), and those to dead-letter
-        (with their record's key, `keys` in the order of `raws`)."""
+        (with their record's key and origin, `keys` and `origins` in the order of `raws`)."""
         assert self.writer is not None
-        good, bad = self.writer.decode(list(raws), keys)
+        good, bad = self.writer.decode(list(raws), keys, origins)
         try:
             return await self.writer.prepare_in_steps(good), bad
         except Exception as exc:  # noqa: BLE001 - write() prepares them again, under _retry like every write
             log.warning("ingest prepare failed (%s: %s); the write retries it", exc.__class__.__name__, exc)
             return good, bad
 
-    async def write_decoded(self, decoded: Decoded, dlq, turn: Turn | None = None) -> None:
+    async def write_decoded(self, decoded: Decoded, dlq, turn: Turn | None = None, origins: Sequence[Origin] | None = None) -> None:
         """Dead-letters decode()'s rejected events, writes the good ones (their rows in `turn`,
         see BatchWriter.write) and dead-letters those whose rows ClickHouse refuses, each retried until
         it succeeds; never raises (the batch is acknowledged after it, so giving up would hold its
-        partitions' commits for good)."""
+        partitions' commits for good). `origins`: the batch's records', for the dead letters' headers."""
         good, bad = decoded
         for rejected in bad:
-            await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason, r.key), "dead-letter")
+            await self._retry(lambda r=rejected: self._dead_letter(dlq, r), "dead-letter")
         refused: list[Rejected] = []
 
         async def write() -> None:
             refused[:] = await self.writer.write(good, turn)
 
         await self._retry(write, "write")
+        if refused and origins:  # the record of each refused event: the last of its identity (the copy decode kept)
+            by_key = {o.key: o for o in origins if o.key is not None}
+            for rejected in refused:
+                rejected.origin = by_key.get(rejected.key)
         for rejected in refused:  # events whose rows ClickHouse refuses (written as they are, they never would be)
-            await self._retry(lambda r=rejected: self._dead_letter(dlq, r.raw, r.reason, r.key), "dead-letter")
+            await self._retry(lambda r=rejected: self._dead_letter(dlq, r), "dead-letter")
 
-    async def _dead_letter(self, dlq, raw: bytes | None, reason: str, key: bytes | None = None) -> None:
+    async def _dead_letter(self, dlq, rejected: Rejected) -> None:
         # the record as it came (its key too, so a replay lands on the identity's partition); a record
         # with neither a key nor a value cannot be produced, so such a null value goes as empty bytes
+        raw, key = rejected.raw, rejected.key
         if raw is None and key is None:
             raw = b""
-        fut = await dlq.send(key=key, value=raw, headers={"x-helicone-error": reason[:500].encode()})
+        headers = dead_letter_headers(rejected.reason, rejected.error_class, rejected.origin)
+        fut = await dlq.send(key=key, value=raw, headers=headers)
         await fut
         self.m_dlq.inc()
-        log.warning("event sent to dead-letter topic: %s", reason)
+        log.warning("event sent to dead-letter topic: %s", rejected.reason)
 
     async def _retry(self, op, what: str) -> None:
         backoff = 0.2

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import operator
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from helicone_core.bodies import PACK_CONTENT_TYPE, BodyStore, body_refs
 from helicone_core.cost import CostRegistry
 from helicone_core.metrics import ServiceMetrics
 
+from .dlq import Origin
 from .metadata import PendingMetadata
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ class Rejected:
     raw: bytes | None
     reason: str
     key: bytes | None = None  # the Kafka record's key
+    error_class: str = ""  # the class of what refused it (the dead letter's dlq.ERROR_CLASS_HEADER)
+    origin: Origin | None = None  # where its record came from (None: not known, e.g. a test's own bytes)
 
 
 @dataclass
@@ -107,14 +111,15 @@ class BatchWriter:
             "helicone_ingest_cost_usd_total", "Cost in USD of the events written (events with a known cost)", ("provider", "model")
         )
 
-    def decode(self, raws: list[bytes | None], keys: list[bytes | None] | None = None,
+    def decode(self, raws: list[bytes | None], keys: list[bytes | None] | None = None, origins: Sequence[Origin] | None = None,
                ) -> tuple[list[events.RequestLogged], list[Rejected]]:
         good: dict[tuple[str, str], events.RequestLogged] = {}
         bad: list[Rejected] = []
         for n, (raw, ev) in enumerate(zip(raws, events.decode_many(raws), strict=True)):
             if isinstance(ev, Exception):
                 bad.append(Rejected(raw, str(ev) if isinstance(ev, events.EventError) else f"{ev.__class__.__name__}: {ev}",
-                                    keys[n] if keys is not None else None))
+                                    keys[n] if keys is not None else None, ev.__class__.__name__,
+                                    origins[n] if origins is not None else None))
                 continue
             rid = events.request_uuid(ev.request_id)
             if rid != ev.request_id:  # "{...}", "urn:uuid:...", upper case: the UUID column reads one form only
@@ -183,7 +188,8 @@ class BatchWriter:
             written = [ev for i, ev in enumerate(written) if i not in gone]
             for i, exc in refused.items():
                 ev = prepared.events[i]
-                rejected.append(Rejected(events.encode(ev), f"ClickHouse refused its row: {exc}", events.message_key(ev)))
+                rejected.append(Rejected(events.encode(ev), f"ClickHouse refused its row: {exc}", events.message_key(ev),
+                                         exc.__class__.__name__))
         now = time.time()
         observe = self.m_lag.observe
         # the written events' metadata, lag and usage, a step at a time: the next batch's insert,
