@@ -82,7 +82,30 @@ async def to_the_end(step: Awaitable[T]) -> T:
         raise
 
 
-class BrokerSupervisor:
+class _Supervision:
+    """A supervisor's loop (`_run`) as a task: started once the stack runs, stopped first when it stops (so
+    that stopping what it watches is not taken for a crash)."""
+
+    name = "supervisor"
+    _task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class BrokerSupervisor(_Supervision):
+    name = "broker-supervisor"
+
     def __init__(self, broker: EmbeddedKafka, settings: EmbeddedBrokerSettings, *, topics: Sequence[str], partitions: int,
                  recycled_topic: str, consumer_group: str, producers: Sequence[HeldProducer] = (),
                  consumers: Sequence[ResettableConsumer] = (), recycle: bool = True,
@@ -102,7 +125,6 @@ class BrokerSupervisor:
         self.failed: str | None = None
         self._quick_crashes = 0  # in a row: crashes soon after a start, and starts that failed
         self._last_error = ""
-        self._task: asyncio.Task | None = None
         self._down = False
         # the broker's log was replaced (a restart, a recycle) and its topics are not made, or its consumers and
         # producers not rewound, yet: a step that failed half-way is done again in the next round
@@ -111,18 +133,7 @@ class BrokerSupervisor:
         self._started_at = time.monotonic()
         self._next_recycle_check = time.monotonic() + settings.recycle_check_interval
 
-    # ---- lifecycle -------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="broker-supervisor")
-
-    async def stop(self) -> None:
-        """Stops supervising (first, so that stopping the broker is not taken for a crash)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
+    # ---- supervision -----------------------------------------------------------------
     async def _run(self) -> None:
         while self.failed is None:
             await asyncio.sleep(self.settings.check_interval)
@@ -388,30 +399,21 @@ class BrokerSupervisor:
             pass  # a client's metadata request created it again in between: empty all the same
 
 
-class PostgresSupervisor:
+class PostgresSupervisor(_Supervision):
     """Restarts the embedded Postgres when its postmaster dies (killed, OOM): it holds the keys and metadata, and
     while it is down the services answer from their last known key set and refuse keys they have not seen. It
     comes back on the same socket (the services' pools reconnect to it) after crash recovery from its WAL. A
     start that fails (a backend of the dead one still holding its shared memory, a full disk) is tried again
-    with back-off, for as long as the stack runs: nothing else can serve the services' DSN."""
+    with back-off, for as long as the stack runs: nothing else can serve the services' DSN. A start under way
+    when supervision stops ends in its thread."""
+
+    name = "postgres-supervisor"
 
     def __init__(self, pg: EmbeddedPostgres, check_interval: float = 1.0, max_backoff: float = 30.0) -> None:
         self.pg = pg
         self.check_interval = check_interval
         self.max_backoff = max_backoff
         self.restarts = 0
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="postgres-supervisor")
-
-    async def stop(self) -> None:
-        """Stops supervising (first: a postmaster being stopped is not a crash). A start under way ends in its thread."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _run(self) -> None:
         backoff, started_at = 0.0, time.monotonic()
