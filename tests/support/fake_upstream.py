@@ -130,6 +130,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                 "usage": usage,
             }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage |= request.headers.get("x-fake-always-usage") == "1"  # as Mistral's streams, which refuse stream_options
         delay = float(request.headers.get("x-fake-chunk-delay", chunk_delay))
         stream_error = request.headers.get("x-fake-stream-error") == "1"
 

@@ -32,6 +32,7 @@ def test_usage_format_and_model_by_path():
     ("ok", {**GOOD, "model_path": "("}, "'ok': model_path is not a regex"),
     ("ok", {**GOOD, "prefix": "/ok"}, r"'ok': unknown field\(s\) \['prefix'\]"),
     ("ok", {k: v for k, v in GOOD.items() if k != "key"}, "'ok': key must be a list"),
+    ("ok", {**GOOD, "stream_options": "/chat/completions"}, "'ok': stream_options must be a list of path endings"),
 ])
 def test_malformed_entries_are_named(name, entry, message):
     with pytest.raises(ValueError, match=message):
@@ -46,3 +47,14 @@ def test_anthropic_openai_sdk_compatibility_path_is_read_as_openai():
     anthropic = PROVIDER_TABLE["anthropic"]
     assert anthropic.usage_for("/v1/messages") == "anthropic"
     assert anthropic.usage_for("/v1/chat/completions") == "openai"  # its OpenAI SDK compatibility layer
+
+
+def test_stream_options_only_where_the_api_takes_them():
+    """Helicone-Stream-Usage adds stream_options there only: Mistral refuses it (422), the Responses API has none."""
+    openai = PROVIDER_TABLE["openai"]
+    assert openai.takes_stream_options("/v1/chat/completions") and openai.takes_stream_options("/v1/completions")
+    assert not openai.takes_stream_options("/v1/responses") and not openai.takes_stream_options("/v1/embeddings")
+    assert not PROVIDER_TABLE["mistral"].takes_stream_options("/v1/chat/completions")
+    assert not PROVIDER_TABLE["anthropic"].takes_stream_options("/v1/messages")
+    assert PROVIDER_TABLE["anthropic"].takes_stream_options("/v1/chat/completions")
+    assert not PROVIDER_TABLE["gemini"].takes_stream_options("/v1beta/models/gemini-2.5-flash:streamGenerateContent")

@@ -202,6 +202,47 @@ async def test_stream_usage_leaves_non_streaming_and_non_json_bodies_untouched(g
     assert built[-1].inline.request_body == b"\x00binary\xff"
 
 
+def strict_provider(received: list):
+    """An OpenAI-format provider that, like Mistral's API, refuses stream_options with a 422 and sends the
+    usage in its stream's last chunk all the same (received: (path, body) of each request)."""
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        received.append((scope["path"], body))
+        if "stream_options" in json.loads(body):
+            answer, status, ctype = b'{"detail": [{"type": "extra_forbidden", "loc": ["body", "stream_options"]}]}', 422, b"application/json"
+        else:
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "mistral-small-latest",
+                     "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+            answer, status, ctype = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode(), 200, b"text/event-stream"
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})
+        await send({"type": "http.response.body", "body": answer})
+    return app
+
+
+@pytest.mark.parametrize("path, sent_to", [("/mistral/v1/chat/completions", "/v1/chat/completions"),
+                                           ("/v1/responses", "/v1/responses")])
+async def test_stream_usage_leaves_the_body_as_sent_where_the_api_refuses_stream_options(tmp_path, path, sent_to):
+    """Mistral refuses stream_options (and streams its usage anyway); OpenAI's Responses API does not take it
+    (its stream's response.completed carries the usage): the request must not break because of the header."""
+    received: list = []
+    async with serve(strict_provider(received)) as url, started_gateway(
+        tmp_path, openai_url=url, anthropic_url=url, provider_urls={"mistral": url}
+    ) as (client, built):
+        r = await client.post(path, content=STREAM_BODY,
+                              headers={**AUTH, "Helicone-Stream-Usage": "true", "Content-Type": "application/json"})
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    assert received == [(sent_to, STREAM_BODY)]
+    [ev] = built
+    assert ev.status == 200 and ev.inline.request_body == STREAM_BODY
+    assert ev.usage.known and (ev.usage.prompt_tokens, ev.usage.completion_tokens) == (3, 1)
+
+
 async def test_stream_usage_is_not_applied_to_anthropic_requests(gateway, monkeypatch):
     client, fake, _ = gateway
     calls = []

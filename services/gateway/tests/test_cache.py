@@ -598,6 +598,7 @@ async def test_an_answer_from_a_fallback_target_is_not_a_hit_for_requests_withou
     assert plain.status_code == 500 and plain.headers["helicone-cache"] == "MISS"
     again = await post(client, gw, body=body, headers=chain)
     assert again.headers["helicone-cache"] == "HIT" and again.json()["model"] == "gpt-4o-mini"
+    assert again.headers["helicone-fallback-index"] == "1"  # the HIT names the target that answered, as its MISS did
     assert len(fake.state.received) == 3  # the chain's two tries, then the plain request's one
 
 

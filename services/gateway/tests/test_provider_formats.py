@@ -52,9 +52,14 @@ OPENAI_FORMAT = [
 async def test_openai_compatible_providers(gateway, stream, path, upstream_path, model, provider, price_in, price_out):
     client, fake, built, upstream_url = gateway
     headers = {**AUTH, "Authorization": "Bearer sk-provider", **({"Helicone-Stream-Usage": "true"} if stream else {})}
+    # a provider whose API refuses stream_options (Mistral) gets the body as sent, and streams its usage unasked
+    asked = stream and PROVIDER_TABLE[provider].takes_stream_options(upstream_path)
+    if stream and not asked:
+        headers["x-fake-always-usage"] = "1"
     r = await client.post(path, json=chat(model, stream=stream), headers=headers)
     assert r.status_code == 200
     received = fake.state.received[-1]
+    assert ("stream_options" in received["body"]) == asked
     assert received["path"] == upstream_path and received["headers"]["authorization"] == "Bearer sk-provider"
     [ev] = built
     assert (ev.provider, ev.model, ev.path, ev.target_url, ev.streamed) == (provider, model, upstream_path, upstream_url, stream)

@@ -4,6 +4,7 @@ segment, u=cents charged after the answer, two replicas on one Redis, and stores
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -382,6 +383,20 @@ async def test_gateway_errors_after_an_allowed_check_carry_the_headers_too(tmp_p
         r = await client.post("/v1/chat/completions", json=CHAT, headers=limited("2;w=60"))
         assert r.status_code == 502 and r.headers["helicone-ratelimit-remaining"] == "1"
         assert r.headers["helicone-ratelimit-policy"] == "2;w=60" and built[-1].status == 502
+
+
+async def test_requests_the_gateway_refuses_for_the_callers_own_error_spend_no_token(tmp_path, upstream):
+    """A body Helicone-Fallbacks' bodyKeyOverride cannot merge into is a 400 before anything is sent: the
+    caller fixes it and sends again, and that request is not refused for a token the 400 spent."""
+    url, fake = upstream
+    async with cache_gateway(tmp_path, url) as (client, gw, built):
+        fallbacks = json.dumps([{"onCodes": [500]}, {"bodyKeyOverride": {"model": "gpt-4o-mini"}}])
+        bad = await client.post("/v1/chat/completions", content=b"plain text",
+                                headers=limited("1;w=60", **{"Helicone-Fallbacks": fallbacks}))
+        assert bad.status_code == 400 and "bodyKeyOverride" in bad.json()["error"]["message"]
+        good = await client.post("/v1/chat/completions", json=CHAT, headers=limited("1;w=60", **{"Helicone-Fallbacks": fallbacks}))
+        assert good.status_code == 200 and good.headers["helicone-ratelimit-remaining"] == "0"
+        assert len(fake.state.received) == 1 and [e.status for e in built] == [400, 200]
 
 
 async def test_cents_are_charged_for_openai_streams_that_did_not_ask_for_usage(tmp_path, upstream):

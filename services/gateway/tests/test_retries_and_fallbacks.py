@@ -147,6 +147,28 @@ async def test_retries_apply_to_each_target_before_falling_back(tmp_path):
                                (backup_url, 200, 1, 1)]
 
 
+async def test_stream_usage_is_asked_only_of_the_targets_whose_api_takes_it(tmp_path):
+    """Helicone-Stream-Usage adds stream_options where the target's provider takes it: a fallback to
+    Mistral (which refuses it with a 422) gets the body as sent, an OpenAI one gets it."""
+    async with two_providers(tmp_path) as (client, _gw, built, primary, _, backup, backup_url):
+        body = dict(CHAT, stream=True)
+        headers = {**AUTH, "Helicone-Stream-Usage": "true"}
+        primary.state.fail_next = [500]
+        to_mistral = [{"onCodes": FALL_ON_ERRORS}, {"provider": "mistral", "target-url": backup_url}]
+        r = await client.post("/v1/chat/completions", json=body, headers={**headers, "Helicone-Fallbacks": json.dumps(to_mistral)})
+        assert r.status_code == 200 and r.headers["helicone-fallback-index"] == "1"
+        assert primary.state.received[-1]["body"]["stream_options"] == {"include_usage": True}
+        assert backup.state.received[-1]["body"] == body
+        backup.state.fail_next = [500]
+        to_openai = [{"provider": "mistral", "target-url": backup_url, "onCodes": FALL_ON_ERRORS},
+                     {"bodyKeyOverride": {"model": "gpt-4o"}}]
+        r = await client.post("/v1/chat/completions", json=body, headers={**headers, "Helicone-Fallbacks": json.dumps(to_openai)})
+        assert r.status_code == 200 and r.headers["helicone-fallback-index"] == "1"
+        assert backup.state.received[-1]["body"] == body
+        assert primary.state.received[-1]["body"] == dict(body, model="gpt-4o", stream_options={"include_usage": True})
+    assert [ev.provider for ev in built] == ["mistral", "openai"] and built[1].usage.known
+
+
 async def test_a_status_outside_on_codes_is_answered_from_that_target(tmp_path):
     async with two_providers(tmp_path) as (client, _gw, built, primary, _, backup, backup_url):
         primary.state.fail_next = [400]

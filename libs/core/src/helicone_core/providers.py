@@ -17,7 +17,7 @@ USAGE_FORMATS = {
     "gemini": "Gemini `generateContent` JSON, `streamGenerateContent` SSE (`?alt=sse`) and JSON-array stream",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9]{1,31}$")
-_FIELDS = {"label", "base_url", "key", "usage", "usage_paths", "model_path", "sdk_base"}
+_FIELDS = {"label", "base_url", "key", "usage", "usage_paths", "stream_options", "model_path", "sdk_base"}
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,18 @@ class Provider:
     model_path: re.Pattern | None = None  # first group: the model named in the path
     sdk_base: str = ""  # the SDK base_url under the gateway, for docs
     formats: tuple[str, ...] = field(default=())  # every usage format this provider's answers come in
+    # path endings whose API takes stream_options.include_usage (Helicone-Stream-Usage); () for none
+    stream_options: tuple[str, ...] = ()
 
     def usage_for(self, path: str) -> str:
         for marker, fmt in self.usage_paths:
             if marker in path:
                 return fmt
         return self.usage
+
+    def takes_stream_options(self, path: str) -> bool:
+        """Whether a request to `path` may be given stream_options (others refuse it, e.g. Mistral with a 422)."""
+        return path.endswith(self.stream_options) if self.stream_options else False
 
     def model_in(self, path: str) -> str:
         if self.model_path is None:
@@ -70,6 +76,9 @@ def parse_table(doc: dict) -> dict[str, Provider]:
         for fmt in formats:
             if fmt not in USAGE_FORMATS:
                 raise ValueError(f"{where}: usage format {fmt!r} is not one of {sorted(USAGE_FORMATS)}")
+        stream_options = entry.get("stream_options") or []
+        if not (isinstance(stream_options, list) and all(isinstance(p, str) and p.startswith("/") for p in stream_options)):
+            raise ValueError(f"{where}: stream_options must be a list of path endings, e.g. [\"/chat/completions\"]")
         try:
             model_path = re.compile(entry["model_path"]) if entry.get("model_path") else None
         except re.error as exc:
@@ -78,6 +87,7 @@ def parse_table(doc: dict) -> dict[str, Provider]:
             name=name, label=entry["label"], base_url=entry["base_url"].rstrip("/"), key=tuple(key),
             usage=entry["usage"], usage_paths=tuple(paths.items()), model_path=model_path,
             sdk_base=entry.get("sdk_base", ""), formats=tuple(dict.fromkeys(formats)),
+            stream_options=tuple(stream_options),
         )
     return out
 

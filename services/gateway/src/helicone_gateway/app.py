@@ -456,22 +456,25 @@ class Gateway:
             if hh.retry is not None or hh.fallbacks is not None:  # only requests asking for them pay for a plan
                 plan = self._plan(hh, rt, url, target, path_and_query)
             body = await self._read_body(receive, header_map.get("content-length"))
-            if rate_limit is not None:  # before the prompt is fetched or the cache read: a refused request costs nothing more
+            # only requests naming a prompt pay for it: a header, or the body form's field name
+            if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
+                body, prompt = await self._render_prompt(hh, org_id, rt, body)
+            # only requests naming the header (or a u=cents policy) pay for the JSON round trip, and only where the
+            # provider's API takes stream_options (the provider table): Mistral refuses it, Anthropic streams carry usage
+            wants_usage = (hh.stream_usage or _cents_need_usage(hh, rt, rate_limit)) and method == "POST"
+            rendered = body
+            if wants_usage and rt.takes_stream_options():
+                body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
+            if plan is not None:
+                self._plan_bodies(plan, rendered, body, wants_usage)
+            # after the caller's own errors (prompt, body override) so they spend no token; before the cache read
+            if rate_limit is not None:
                 decision = await self.ratelimits.check(org_id, rate_limit)
                 limit_headers = decision.headers
                 if not decision.allowed:
                     raise Rejection(429, f"Rate limit reached for {rate_limit.policy.text!r} (Helicone-RateLimit-Policy); "
                                     f"retry in {decision.retry_after} s", "helicone_rate_limited",
                                     ((b"retry-after", str(decision.retry_after).encode()),))
-            # only requests naming a prompt pay for it: a header, or the body form's field name
-            if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
-                body, prompt = await self._render_prompt(hh, org_id, rt, body)
-            # only requests naming the header (or a u=cents policy) pay for the JSON round trip; Anthropic streams
-            # always carry usage
-            if (hh.stream_usage or _cents_need_usage(hh, rt, rate_limit)) and rt.usage == "openai" and method == "POST":
-                body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
-            if plan is not None:
-                self._plan_bodies(plan, body)
         except ClientGone:
             self._answered(rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -549,6 +552,8 @@ class Gateway:
             if lookup.slot >= 0 and 200 <= status < 300:  # only successful answers are stored
                 recorder = BodyRecorder(self.cache.max_entry_bytes)
                 cached_headers = [(n, v) for n, v in resp_headers if n not in NOT_REPLAYED]
+                # replayed with the answer: a HIT names the target that gave it, as its MISS did
+                cached_headers.extend(self._fallback_index(hh, plan))
             resp_headers.append((STATUS_HEADER, MISS))
             if lookup.slot >= 0:
                 resp_headers.append((BUCKET_IDX_HEADER, str(lookup.slot).encode()))
@@ -781,13 +786,23 @@ class Gateway:
         return Plan(hh.retry, legs)
 
     @staticmethod
-    def _plan_bodies(plan: Plan, body: bytes) -> None:
+    def _plan_bodies(plan: Plan, rendered: bytes, body: bytes, wants_usage: bool) -> None:
+        """Each target's body: `rendered` (the request's, prompt rendered) with its bodyKeyOverride merged in,
+        and stream_options added where its provider takes them (wants_usage); None where that is `body`, the
+        body for the request's own route."""
+        usage_here = body is not rendered
         for i, leg in enumerate(plan.legs):
+            usage = wants_usage and leg.rt.takes_stream_options()
             if leg.fallback is not None and leg.fallback.body_override is not None:
                 try:
-                    leg.body = merge_body(body, leg.fallback.body_override, f"{FALLBACKS}[{i}]")
+                    merged = merge_body(rendered, leg.fallback.body_override, f"{FALLBACKS}[{i}]")
                 except ResilienceError as exc:
                     raise Rejection(400, str(exc), "helicone_header_error") from None
+                leg.body = with_stream_usage(merged) if usage else merged
+            elif usage and not usage_here:
+                leg.body = with_stream_usage(rendered)
+            elif usage_here and not usage:
+                leg.body = rendered
 
     @staticmethod
     def _fallback_index(hh: HeliconeHeaders, plan: Plan | None) -> tuple[tuple[bytes, bytes], ...]:

@@ -28,6 +28,11 @@ class Route:
         p = PROVIDER_TABLE.get(self.provider)
         return p.model_in(self.path) if p is not None else ""
 
+    def takes_stream_options(self) -> bool:
+        """Whether this provider's API at this path takes stream_options.include_usage (the provider table's fact)."""
+        p = PROVIDER_TABLE.get(self.provider)
+        return p is not None and p.takes_stream_options(self.path)
+
 
 def missing_base_url(provider: str) -> str:
     """The 400 message for a provider whose base URL this deployment does not set."""
