@@ -10,7 +10,8 @@ import time
 
 import httpx
 import pytest
-from helicone_gateway.app import CLIENT_CLOSED_STATUS, ClientGone, Gateway, create_app
+from helicone_core.providers import PROVIDER_TABLE
+from helicone_gateway.app import CLIENT_CLOSED_STATUS, NO_PROVIDER, UNKNOWN_PROVIDER, ClientGone, Gateway, create_app
 from helicone_gateway.settings import GatewaySettings
 from helicone_gateway.upstream import Attempt
 
@@ -332,6 +333,59 @@ async def test_every_counted_answer_is_also_timed_in_the_request_duration(tmp_pa
                       for c in classes)
         assert counted == 2, provider
         assert sample("helicone_gateway_request_duration_seconds_count", {"provider": provider}) == counted, provider
+
+
+async def test_answers_given_before_auth_are_counted_and_timed_and_a_key_store_outage_is_a_5xx(tmp_path):
+    """The 431, a Helicone header's 400, the 401s and the 503 of an unavailable key store (auth fails closed) were
+    counted nowhere: a gateway answering every request 503 for a key store it cannot read never reached the 5xx
+    ratio, its alert or the canary analysis. They are counted under provider "none" (never a provider's name): the
+    401s as 4xx (a flood of bad keys pages nobody), the 503 as 5xx."""
+    async with gateway_on(tmp_path, "http://127.0.0.1:1", max_header_count=12) as (url, gw, built):
+        async with httpx.AsyncClient(timeout=5) as http:
+            post = lambda headers: http.post(url + "/v1/chat/completions", json=CHAT, headers=headers)  # noqa: E731
+            statuses = [
+                (await post({f"x-h{i}": "v" for i in range(12)})).status_code,
+                (await post({**AUTH, "Helicone-Request-Id": "x"})).status_code,
+                (await post({})).status_code,
+                (await post({"Helicone-Auth": "Bearer revoked"})).status_code,
+                (await post({"Helicone-Auth": "Bearer down"})).status_code,
+            ]
+    assert statuses == [431, 400, 401, 401, 503] and built == []
+    assert NO_PROVIDER not in PROVIDER_TABLE
+    sample = gw.metrics.registry.get_sample_value
+    counted = {c: sample("helicone_gateway_requests_total", {"provider": NO_PROVIDER, "status_class": c})
+               for c in ("4xx", "5xx")}
+    assert counted == {"4xx": 4, "5xx": 1}
+    assert sample("helicone_gateway_request_duration_seconds_count", {"provider": NO_PROVIDER}) == 5
+
+
+@pytest.mark.parametrize("fails", ["before answering", "after answering"])
+async def test_a_request_the_gateway_fails_on_is_counted_once_and_timed(tmp_path, fails):
+    """A bug in the handler was counted as an unknown 5xx but never timed; one that struck after the answer was
+    counted (logging it, here) was counted a second time, as a 5xx the caller never got."""
+    async with RawProvider(lambda c, r: OK) as provider, \
+            gateway_on(tmp_path, f"http://127.0.0.1:{provider.port}") as (url, gw, _built):
+        def bug(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        if fails == "before answering":
+            gw.router.route = bug
+        else:
+            gw.publisher.submit = bug
+        async with httpx.AsyncClient(timeout=5) as http:
+            r = await http.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    sample = gw.metrics.registry.get_sample_value
+    counted = {(p, c): sample("helicone_gateway_requests_total", {"provider": p, "status_class": c})
+               for p in ("openai", UNKNOWN_PROVIDER) for c in ("2xx", "5xx")}
+    timed = {p: sample("helicone_gateway_request_duration_seconds_count", {"provider": p}) for p in ("openai", UNKNOWN_PROVIDER)}
+    if fails == "before answering":
+        assert r.status_code == 500
+        assert {k: v for k, v in counted.items() if v} == {(UNKNOWN_PROVIDER, "5xx"): 1}
+        assert timed == {"openai": None, UNKNOWN_PROVIDER: 1}
+    else:
+        assert r.status_code == 200 and r.content == b"{}"
+        assert {k: v for k, v in counted.items() if v} == {("openai", "2xx"): 1}
+        assert timed == {"openai": 1, UNKNOWN_PROVIDER: None}
 
 
 async def test_a_providers_trailer_is_never_a_header_of_the_next_answer_on_the_pooled_connection(tmp_path):

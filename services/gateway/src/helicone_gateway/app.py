@@ -102,6 +102,13 @@ ALLOWLIST_ENV = env_name("target_url_allowlist")
 ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
 READ_TIMEOUT_ENV = env_name("upstream_read_timeout")
 WRITE_TIMEOUT_ENV = env_name("client_write_timeout")
+# The `provider` of requests_total and request_duration_seconds when no provider is known: answers given before the
+# request is routed (431, a Helicone header's 400, 401, the 503 of an unavailable key store), and a request the
+# gateway failed on. Never a provider table name (tested).
+NO_PROVIDER = "none"
+UNKNOWN_PROVIDER = "unknown"
+# Set in the ASGI scope once its answer is counted: a failure after that is not counted again.
+COUNTED = "helicone.counted"
 
 
 def retryable_error(exc: BaseException) -> bool:
@@ -288,7 +295,8 @@ class Gateway:
                                       else MemoryRateLimitStore(), settings.cache_store_timeout, metrics)
         self.prompts = PromptResolver(settings, metrics)
         self.m_requests = metrics.counter(
-            "helicone_gateway_requests_total", "Proxied requests", ("provider", "status_class")
+            "helicone_gateway_requests_total", "Requests answered (provider \"none\": before routing, as a 401)",
+            ("provider", "status_class")
         )
         self.m_duration = metrics.histogram(
             "helicone_gateway_request_duration_seconds", "Request time, first byte in to last byte out", ("provider",)
@@ -374,9 +382,10 @@ class Gateway:
             child = self._requests_by[key] = self.m_requests.labels(*key)
         return child
 
-    def _answered(self, provider: str, started: float, status: int, status_class: str = "") -> None:
+    def _answered(self, scope, provider: str, started: float, status: int, status_class: str = "") -> None:
         """Counts one answer in requests_total (by its status, or `status_class` when given) and its time in
         request_duration_seconds: the one place for both, so the histogram's count is the requests' count."""
+        scope[COUNTED] = True
         (self.m_requests.labels(provider, status_class) if status_class else self._requests(provider, status)).inc()
         self._provider_series(provider)[1].observe(time.perf_counter() - started)
 
@@ -401,13 +410,14 @@ class Gateway:
         return org
 
     # ---- proxy (raw ASGI: this is the hot path) ---------------------------------------
-    async def handle(self, scope, receive, send) -> None:
-        started = time.perf_counter()
+    async def handle(self, scope, receive, send, started: float = 0.0) -> None:
+        started = started or time.perf_counter()  # GatewayApp passes the time it took, for a failure's count
         started_at = time.time_ns()  # wall clock, for the log (a datetime is made off the request path)
         request_id = events.new_request_id()  # every response carries one, errors included
         # Like every answer before auth, a 431 is not logged: who sent it is unknown.
         too_large = header_limit_error(scope, self.settings.max_header_count, self.settings.max_header_bytes)
         if too_large is not None:
+            self._answered(scope, NO_PROVIDER, started, HEADERS_TOO_LARGE_STATUS)
             return await send_error(send, HEADERS_TOO_LARGE_STATUS, too_large, HEADERS_TOO_LARGE_TYPE, request_id,
                                     self.answer_headers)
         try:
@@ -422,11 +432,13 @@ class Gateway:
             if hh.rate_limit_policy is not None:  # only requests naming a policy pay for it
                 rate_limit = rate_limit_request(hh.rate_limit_policy, hh)
         except HeaderError as exc:
+            self._answered(scope, NO_PROVIDER, started, 400)
             return await send_error(send, 400, str(exc), "helicone_header_error", request_id, self.answer_headers)
         request_id = hh.request_id or request_id
         try:
             org_id = self.org_for(hh.auth_key)
         except Rejection as r:
+            self._answered(scope, NO_PROVIDER, started, r.status)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers)
         if self.publisher.backlogged:
             # the log backlog is over its memory budget: wait for room, before the body is read
@@ -438,7 +450,7 @@ class Gateway:
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         header_map = dict(raw_headers)
         req_ctype = header_map.get("content-type", "")
-        rt = Route(provider="unknown", base_url="", path=path)
+        rt = Route(provider=UNKNOWN_PROVIDER, base_url="", path=path)
         body = b""
         query = scope.get("query_string") or b""
         target: TargetDest | None = None
@@ -476,11 +488,11 @@ class Gateway:
                                     f"retry in {decision.retry_after} s", "helicone_rate_limited",
                                     ((b"retry-after", str(decision.retry_after).encode()),))
         except ClientGone:
-            self._answered(rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
+            self._answered(scope, rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1, error="client disconnected while sending the request")
         except Rejection as r:
-            self._answered(rt.provider, started, r.status)
+            self._answered(scope, rt.provider, started, r.status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.logged, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
@@ -499,7 +511,7 @@ class Gateway:
                                   provider_key(header_map))
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
-                return await self._serve_cached(receive, send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
+                return await self._serve_cached(scope, receive, send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
                                                 started, started_at, prompt, limit_headers)
 
         # after the request body, receive() only ever reports the caller going away
@@ -514,7 +526,7 @@ class Gateway:
                 rt, body = served.rt, body if served.body is None else served.body  # logged as the answering target got it
         except Rejection as r:  # every address of the Target-URL host was refused at connect time
             disconnected.cancel()
-            self._answered(rt.provider, started, r.status)
+            self._answered(scope, rt.provider, started, r.status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.message, prompt=prompt, plan=plan)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
@@ -522,7 +534,7 @@ class Gateway:
         except ClientGone:
             if plan is not None:
                 rt = plan.legs[plan.index].rt
-            self._answered(rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
+            self._answered(scope, rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
                              error=CANCELLED_ERROR, prompt=prompt,
@@ -535,7 +547,7 @@ class Gateway:
             kind = "timeout" if timed_out else exc.__class__.__name__
             status = 504 if timed_out else 502
             self.m_upstream_errors.labels(rt.provider, kind).inc()
-            self._answered(rt.provider, started, status)
+            self._answered(scope, rt.provider, started, status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt, plan=plan)
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
@@ -607,7 +619,7 @@ class Gateway:
             if completed and recorder is not None and recorder.chunks is not None:
                 self.cache.save(lookup, CachedResponse(status, cached_headers, recorder.chunks), directive.ttl,
                                 rt.usage, resp_ctype, resp_encoding)
-            self._answered(rt.provider, started, status, "client_write_timeout" if write_timed_out else "")
+            self._answered(scope, rt.provider, started, status, "client_write_timeout" if write_timed_out else "")
             ttft_ms = int((first_chunk_at - started) * 1000) if first_chunk_at >= 0 else -1
             if completed:
                 error = ""
@@ -633,7 +645,7 @@ class Gateway:
         return (f"timeout: the caller read none of the response for {self.settings.client_write_timeout:g} s "
                 f"({WRITE_TIMEOUT_ENV}); its connection was cut")
 
-    async def _serve_cached(self, receive, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders,
+    async def _serve_cached(self, scope, receive, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders,
                             rt: Route, method: str, body: bytes, req_ctype: str, started: float, started_at: int,
                             prompt: PromptUse | None, limit_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream)."""
@@ -657,7 +669,7 @@ class Gateway:
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         gone.cancel()
-        self._answered(rt.provider, started, entry.status,
+        self._answered(scope, rt.provider, started, entry.status,
                        "client_write_timeout" if error and self._write_timed_out(gone) else "")
         stored = dict(entry.headers)
         encoding = stored.get(b"content-encoding", b"").decode("latin-1")
@@ -987,12 +999,15 @@ class GatewayApp:
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
         if kind == "http" and scope["path"] not in OPS_PATHS:
+            started = time.perf_counter()
             try:
-                await self.gateway.handle(scope, receive, send)
+                await self.gateway.handle(scope, receive, send, started)
             except Exception:
                 # a bug: the server answers 500 (or cuts the answer short); counted, or the 5xx ratio,
-                # its alert and the canary analysis never see the gateway's own failures
-                self.gateway.m_requests.labels("unknown", "5xx").inc()
+                # its alert and the canary analysis never see the gateway's own failures (once: not
+                # when it struck after the answer was counted)
+                if COUNTED not in scope:
+                    self.gateway._answered(scope, UNKNOWN_PROVIDER, started, 500)
                 raise
         elif kind == "lifespan":
             await self.lifespan(receive, send)

@@ -213,4 +213,6 @@ class WorkerParent:
             self.procs[i].kill()
             self.procs[i].wait()
         codes = [p.returncode for i, p in self.procs.items() if i not in restart_at]  # (a death already dealt with)
+        if self.stopping:  # the stop asked for: a worker it reached before it had set its handler (starting) died of it
+            codes = [0 if c == -signal.SIGTERM else c for c in codes]
         return failed or next((c for c in codes if c), 0)
