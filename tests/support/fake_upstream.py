@@ -9,7 +9,8 @@ GET /_received so tests can check what the gateway forwarded. Chat and Messages 
 `x-fake-words: N` with a reply of N words (a long stream) and `x-fake-stream-error: 1` with an error event after
 the first word (a 200 stream the provider gave up on: OpenAI's `data: {"error": ...}`, Anthropic's
 `event: error` overloaded_error), and chat streams `x-fake-gzip: 1` gzip-encoded;
-`/v1/embeddings` answers vectors of `x-fake-dims` numbers.
+`/v1/embeddings` answers vectors of `x-fake-dims` numbers; `/v1/audio/transcriptions` a transcription of a
+multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it).
 
 Run: python -m tests.support.fake_upstream --port 9999
 """
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import json
+import re
 import struct
 import time
 import uuid
@@ -244,6 +246,22 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         array = ((("[" if i == 0 else ",\r\n") + json.dumps(c) + ("]" if i == len(parts) - 1 else "")).encode()
                  for i, c in enumerate(parts))
         return StreamingResponse(array, media_type="application/json")
+
+    @app.post("/v1/audio/transcriptions")
+    @app.post("/{prefix:path}/audio/transcriptions")
+    async def transcriptions(request: Request):
+        # multipart/form-data: the model is a form field, the answer names none; whisper-1 reports the audio's
+        # duration, the gpt-4o transcribe models tokens (AUDIO_PART_TOKENS for the file, the reply's words out)
+        raw = await request.body()
+        m = re.search(rb'name="model"\r\n\r\n([^\r]*)\r\n', raw)
+        model = m.group(1).decode() if m else ""
+        record(request, {"model": model, "bytes": len(raw)})
+        if model.startswith("whisper"):
+            return {"text": REPLY, "usage": {"type": "duration", "seconds": 3}}
+        completion = len(REPLY.split(" "))
+        return {"text": REPLY, "usage": {"type": "tokens", "input_tokens": AUDIO_PART_TOKENS, "output_tokens": completion,
+                                         "total_tokens": AUDIO_PART_TOKENS + completion,
+                                         "input_token_details": {"text_tokens": 0, "audio_tokens": AUDIO_PART_TOKENS}}}
 
     @app.api_route("/{path:path}", methods=["GET", "POST"])
     async def other(path: str, request: Request):

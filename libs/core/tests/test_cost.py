@@ -36,7 +36,8 @@ def test_anthropic_cost_with_cache_write_and_read():
 def test_provider_prefixed_and_finetuned_model_names():
     reg = CostRegistry.default()
     assert reg.price("openai", "openai/gpt-4o-mini") == reg.price("openai", "gpt-4o-mini")
-    assert reg.price("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123") == reg.price("openai", "gpt-4o-mini")
+    # a fine-tune is priced at its own (fine-tuned inference) price, not its base model's: see below
+    assert reg.price("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123") == reg.price("openai", "ft:gpt-4o-mini")
 
 
 def test_bad_registry_file_is_a_clear_error(tmp_path):
@@ -50,7 +51,7 @@ def test_canonical_model_names_come_from_the_registry_only():
     reg = CostRegistry.default()
     assert reg.canonical_model("openai", "gpt-4o-mini-2024-07-18") == "gpt-4o-mini"
     assert reg.canonical_model("openai", "GPT-4o") == "gpt-4o"
-    assert reg.canonical_model("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123") == "gpt-4o-mini"
+    assert reg.canonical_model("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123") == "ft:gpt-4o-mini"
     assert reg.canonical_model("anthropic", "claude-3-5-haiku-20241022") == "claude-3-5-haiku"
     assert reg.canonical_model("openrouter", "openai/gpt-4o") == "gpt-4o"  # provider without a section: every section
     assert reg.canonical_model("openai", "my-team-finetune-9000") is None
@@ -362,3 +363,121 @@ def test_bedrock_ids_priced_otherwise_or_unknown_are_not_given_anthropics_price(
     # other vendors' Bedrock models are priced by Bedrock, not as the vendor's own API
     assert reg.price("bedrock", "mistral.mistral-large-2402-v1:0") is None
     assert reg.price("bedrock", "meta.llama3-3-70b-instruct-v1:0") is None
+
+
+# OpenAI's pricing page (platform.openai.com/docs/pricing, "Fine-tuning": the price of a fine-tuned model's inference;
+# LiteLLM's model_prices_and_context_window.json ft: entries agree): a fine-tune costs more than its base model,
+# 2x for gpt-4o-mini ($0.30 / $1.20), gpt-4.1 ($3 / $12) and the rest, 1.5x for gpt-4o ($3.75 / $15), 6x in for
+# gpt-3.5-turbo ($3 / $6). Fine-tunes were priced as their base model: at half their cost or less.
+@pytest.mark.parametrize("model, want, canonical", [
+    ("ft:gpt-4o-mini-2024-07-18:acme::abc123", (0.30, 1.20, 0.15), "ft:gpt-4o-mini"),
+    ("ft:gpt-4o-mini-2024-07-18:acme:support-bot:abc123:ckpt-step-100", (0.30, 1.20, 0.15), "ft:gpt-4o-mini"),
+    ("ft:gpt-4o-2024-08-06:acme::abc123", (3.75, 15.0, 1.875), "ft:gpt-4o"),
+    ("ft:gpt-4.1-2025-04-14:acme::abc123", (3.0, 12.0, 0.75), "ft:gpt-4.1"),
+    ("ft:gpt-4.1-mini-2025-04-14:acme::abc123", (0.80, 3.20, 0.20), "ft:gpt-4.1-mini"),
+    ("ft:gpt-4.1-nano-2025-04-14:acme::abc123", (0.20, 0.80, 0.05), "ft:gpt-4.1-nano"),
+    ("ft:o4-mini-2025-04-16:acme::abc123", (4.0, 16.0, 1.0), "ft:o4-mini"),
+    ("ft:gpt-3.5-turbo-0125:acme::abc123", (3.0, 6.0, 3.0), "ft:gpt-3.5-turbo"),
+    ("ft:gpt-3.5-turbo-1106:acme::abc123", (3.0, 6.0, 3.0), "ft:gpt-3.5-turbo"),
+    ("ft:davinci-002:acme::abc123", (12.0, 12.0, 12.0), "ft:davinci-002"),
+])
+def test_finetuned_models_are_priced_at_the_finetuned_inference_price(model, want, canonical):
+    reg = CostRegistry.default()
+    for provider in ("openai", "azure"):
+        p = reg.price(provider, model)
+        assert p is not None and (p.input, p.output, p.cache_read) == want, (provider, model)
+        assert reg.canonical_model(provider, model) == canonical
+    tokens = TokenCounts(prompt_tokens=1000, completion_tokens=500)
+    assert reg.cost("openai", model, tokens) == pytest.approx((1000 * want[0] + 500 * want[1]) / 1e6)
+
+
+def test_a_finetune_of_a_model_without_a_finetuned_price_has_no_cost_not_the_base_price():
+    reg = CostRegistry.default()
+    assert reg.price("openai", "gpt-5-2025-08-07") is not None
+    assert reg.cost("openai", "ft:gpt-5-2025-08-07:acme::abc123", TokenCounts(1000, 500)) is None
+    assert reg.canonical_model("openai", "ft:gpt-5-2025-08-07:acme::abc123") is None
+
+
+# Anthropic's pricing page (platform.claude.com/docs/en/about-claude/pricing; LiteLLM's claude-opus-4-6, -4-7 and
+# claude-sonnet-4-6 entries and their Bedrock ids agree): Claude Opus 4.6 and 4.7 cost $5 / $25 like Opus 4.5, Sonnet 4.6
+# $3 / $15 with its 1M context at the same price. The longest-prefix fallback priced claude-opus-4-6 as claude-opus-4
+# ($15 / $75, 3x) and claude-sonnet-4-6 above 200K prompt tokens at Sonnet 4's long-context tier (2x).
+@pytest.mark.parametrize("provider, model, want, canonical", [
+    ("anthropic", "claude-opus-4-6", (5.0, 25.0, 0.50, 6.25, 10.0), "claude-opus-4-6"),
+    ("anthropic", "claude-opus-4-6-20260205", (5.0, 25.0, 0.50, 6.25, 10.0), "claude-opus-4-6"),
+    ("openrouter", "anthropic/claude-opus-4.6", (5.0, 25.0, 0.50, 6.25, 10.0), "claude-opus-4-6"),
+    ("anthropic", "claude-opus-4-7-20260416", (5.0, 25.0, 0.50, 6.25, 10.0), "claude-opus-4-7"),
+    ("anthropic", "claude-sonnet-4-6", (3.0, 15.0, 0.30, 3.75, 6.0), "claude-sonnet-4-6"),
+    ("bedrock", "global.anthropic.claude-opus-4-6-v1", (5.0, 25.0, 0.50, 6.25, 10.0), "claude-opus-4-6"),
+    ("bedrock", "us.anthropic.claude-opus-4-6-v1", (5.50, 27.50, 0.55, 6.875, 11.0), "claude-opus-4-6-bedrock-geo"),
+    ("bedrock", "eu.anthropic.claude-sonnet-4-6", (3.30, 16.50, 0.33, 4.125, 6.6), "claude-sonnet-4-6-bedrock-geo"),
+])
+def test_current_claude_versions_at_their_own_price(provider, model, want, canonical):
+    reg = CostRegistry.default()
+    p = reg.price(provider, model)
+    assert p is not None and (p.input, p.output, p.cache_read, p.cache_write, p.cache_write_1h) == want, model
+    assert reg.canonical_model(provider, model) == canonical
+    long_ = TokenCounts(prompt_tokens=500_000, completion_tokens=100)
+    assert reg.cost(provider, model, long_) == pytest.approx((500_000 * want[0] + 100 * want[1]) / 1e6)
+
+
+@pytest.mark.parametrize("provider, model", [
+    ("anthropic", "claude-opus-4-9"),  # newer than the registry knows: not claude-opus-4's $15
+    ("anthropic", "claude-opus-4-9-20270101"),
+    ("openrouter", "anthropic/claude-haiku-4.7"),
+    ("anthropic", "claude-sonnet-4-8"),
+    ("openai", "gpt-4.5-preview"),  # GPT-4.5 ($75 / $150) is not gpt-4 ($30 / $60)
+    ("openai", "gpt-5.7"),
+    ("gemini", "gemini-embedding-2"),  # not gemini-embedding's price
+    ("mistral", "mistral-large-3"),  # not mistral-large's $2 / $6
+])
+def test_a_newer_version_than_the_registry_knows_has_no_cost_not_an_older_versions_price(provider, model):
+    reg = CostRegistry.default()
+    assert reg.canonical_model(provider, model) is None
+    assert reg.cost(provider, model, TokenCounts(1000, 500)) is None
+
+
+def test_snapshots_and_sizes_are_no_other_version(tmp_path):
+    reg = CostRegistry.default()
+    assert reg.canonical_model("anthropic", "claude-opus-4-20250514") == "claude-opus-4"
+    assert reg.canonical_model("anthropic", "claude-sonnet-4-20250514") == "claude-sonnet-4"
+    assert reg.canonical_model("openai", "gpt-4-0613") == "gpt-4"
+    assert reg.canonical_model("openai", "gpt-4o-2024-08-06") == "gpt-4o"
+    assert reg.canonical_model("openai", "gpt-5.2-2025-12-11") == "gpt-5.2"
+    assert reg.canonical_model("gemini", "gemini-2.0-flash-001") == "gemini-2.0-flash"
+    assert reg.canonical_model("gemini", "gemini-embedding-001") == "gemini-embedding"
+    assert reg.canonical_model("xai", "grok-4-0709") == "grok-4"
+    assert reg.canonical_model("mistral", "mistral-small-2506") == "mistral-small"
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"vllm": {"qwen3": {"input": 0.01, "output": 0.02}}}))
+    assert CostRegistry.load(path).canonical_model("vllm", "qwen3-8b") == "qwen3"
+
+
+# Google's pricing page (ai.google.dev/gemini-api/docs/pricing; LiteLLM's gemini/ entries agree): the Flash models price
+# audio input above text, image and video (gemini-2.5-flash: $1.00 per 1M audio tokens, $0.30 text; cached $0.10 / $0.03),
+# the Pro models one price for every modality. Native usageMetadata lists audio in promptTokensDetails (modality AUDIO),
+# the cached part in cacheTokensDetails: it was priced at the text rate, a third of its price.
+@pytest.mark.parametrize("model, details, cached, want", [
+    ("gemini-2.5-flash", [{"modality": "TEXT", "tokenCount": 200}, {"modality": "AUDIO", "tokenCount": 800}], None,
+     200 * 0.30 + 800 * 1.0 + 100 * 2.50),
+    ("gemini-2.5-flash", [{"modality": "TEXT", "tokenCount": 200}, {"modality": "AUDIO", "tokenCount": 800}],
+     [{"modality": "TEXT", "tokenCount": 100}, {"modality": "AUDIO", "tokenCount": 500}],
+     100 * 0.30 + 300 * 1.0 + 100 * 0.03 + 500 * 0.10 + 100 * 2.50),
+    ("gemini-2.5-flash-lite", [{"modality": "AUDIO", "tokenCount": 1000}], None, 1000 * 0.30 + 100 * 0.40),
+    ("gemini-2.0-flash-001", [{"modality": "AUDIO", "tokenCount": 1000}], None, 1000 * 0.70 + 100 * 0.40),
+    ("gemini-3-flash-preview", [{"modality": "AUDIO", "tokenCount": 1000}], None, 1000 * 1.0 + 100 * 3.0),
+    # one price for every modality: audio at the input price (and the long-context tier's above 200K)
+    ("gemini-2.5-pro", [{"modality": "AUDIO", "tokenCount": 1000}], None, 1000 * 1.25 + 100 * 10.0),
+    ("gemini-2.5-pro", [{"modality": "AUDIO", "tokenCount": 250_000}], None, 250_000 * 2.50 + 100 * 15.0),
+    ("gemini-2.5-flash", [{"modality": "TEXT", "tokenCount": 1000}, {"modality": "IMAGE", "tokenCount": 0}], None,
+     1000 * 0.30 + 100 * 2.50),
+])
+def test_gemini_audio_is_priced_at_the_audio_rate(model, details, cached, want):
+    from helicone_core.usage import parse_response
+
+    meta = {"promptTokenCount": sum(d["tokenCount"] for d in details), "candidatesTokenCount": 100,
+            "promptTokensDetails": details, **({"cacheTokensDetails": cached,
+                                                "cachedContentTokenCount": sum(d["tokenCount"] for d in cached)} if cached else {})}
+    body = json.dumps({"candidates": [], "usageMetadata": meta, "modelVersion": model}).encode()
+    parsed = parse_response("gemini", body, "application/json")
+    assert CostRegistry.default().cost("gemini", parsed.model, parsed.tokens) == pytest.approx(want / 1e6)

@@ -223,3 +223,36 @@ async def test_anthropic_openai_sdk_compatibility_endpoint_is_read_as_openai(gat
     assert (ev.provider, ev.model) == ("anthropic", "claude-sonnet-4-5")
     assert (ev.usage.prompt_tokens, ev.usage.completion_tokens, ev.usage.known) == (4, REPLY_WORDS, True)
     assert ev.cost_known and ev.cost_usd == pytest.approx(usd(4, REPLY_WORDS, 3.0, 15.0))
+
+
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4  # an upload's bytes, binary as audio is
+
+
+def multipart(model: str, model_last: bool) -> tuple[bytes, str]:
+    """A transcription upload as an SDK sends it: the model a form field, before or after the file."""
+    boundary = "----helicone-test-8a1b"
+    file_part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="model.wav"\r\n'
+                 "Content-Type: audio/wav\r\n\r\n").encode() + WAV + b"\r\n"
+    model_part = f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode()
+    parts = [file_part, model_part] if model_last else [model_part, file_part]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f'multipart/form-data; boundary="{boundary}"'
+
+
+@pytest.mark.parametrize("model_last", [False, True], ids=["model-first", "model-last"])
+async def test_audio_transcriptions_are_logged_with_the_form_models_cost(gateway, model_last):
+    """POST /v1/audio/transcriptions is multipart/form-data: the model is a form field and the answer names none.
+    The logged model was "" and the cost unknown, though gpt-4o-transcribe's answer carries its usage
+    (audio tokens in: $6 per 1M, text out $10; platform.openai.com/docs/pricing). whisper-1 is priced per minute
+    of audio, which the registry does not price: its cost is unknown, not a guess."""
+    client, fake, built, _ = gateway
+    headers = {**AUTH, "Authorization": "Bearer sk-provider"}
+    for model in ("gpt-4o-transcribe", "whisper-1"):
+        body, ctype = multipart(model, model_last)
+        r = await client.post("/openai/v1/audio/transcriptions", content=body, headers={**headers, "Content-Type": ctype})
+        assert r.status_code == 200 and r.json()["text"]
+        assert fake.state.received[-1]["body"] == {"model": model, "bytes": len(body)}  # the upload went on whole
+    transcribe, whisper = built
+    assert (transcribe.provider, transcribe.model, transcribe.path) == ("openai", "gpt-4o-transcribe", "/v1/audio/transcriptions")
+    assert (transcribe.usage.prompt_tokens, transcribe.usage.completion_tokens, transcribe.usage.known) == (100, REPLY_WORDS, True)
+    assert transcribe.cost_known and transcribe.cost_usd == pytest.approx(usd(100, REPLY_WORDS, 6.0, 10.0))
+    assert whisper.model == "whisper-1" and not whisper.cost_known

@@ -4,7 +4,9 @@ The registry ships as cost_registry.json; HELICONE_COST_REGISTRY_FILE names a fi
 merged over it (an entry replaces the shipped entry of that name, `null` removes one). A model is
 found in its provider's section (every section when the provider has none): by exact name, else by
 the first entry whose `regex` / `pattern` (glob) matches, else by the longest entry name it starts
-with; a Bedrock id of an Anthropic model is looked up as the whole id, then as the model's own name.
+with, unless the rest names another version of it (claude-opus-4-6 is not claude-opus-4); a fine-tune
+(ft:<model>:...) only by the ft: entries; a Bedrock id of an Anthropic model is looked up as the whole id,
+then as the model's own name.
 Tiers price the whole request differently above a prompt size (long-context pricing)."""
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ PER_TOKENS = 1_000_000
 # inference profile ("us.", "eu.", "apac.", "au.", "jp.", "global."): priced as <model> unless an entry
 # matches the whole id (the geographic profiles of newer models cost more). GovCloud's "us-gov." is not among them.
 _BEDROCK_ANTHROPIC = re.compile(r"(?:(?:us|eu|apac|au|jp|global)\.)?anthropic\.(claude-.+?)(?:-v[0-9]+(?::[0-9]+)?)?")
+# The longest-prefix fallback stops at a different version of the entry's model: "claude-opus-4-6" is not
+# "claude-opus-4", nor "gpt-4.5" "gpt-4" (newer versions are priced apart, often lower); a snapshot's date is no version
+# ("gpt-4-0613", "claude-opus-4-20250514"), nor a size ("qwen3-8b"). Matched where the entry's name ends: a number of
+# one or two digits (after "-", "." or none) that ends the name or a part of it.
+_OTHER_VERSION = re.compile(r"[-.]?[0-9]{1,2}(?![0-9a-z])")
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "audio_cache_read")
 _ENTRY_FIELDS = {*_PRICE_FIELDS, "tiers", "pattern", "regex"}
 _TIER_FIELDS = {*_PRICE_FIELDS, "above"}
@@ -196,9 +203,8 @@ class CostRegistry:
         model = model.lower().strip()
         if not model:
             return None
-        # providers prefix models in some APIs ("openai/gpt-4o", "accounts/x/models/y"); fine-tunes look like "ft:gpt-4o:org::id"
-        if model.startswith("ft:"):
-            model = model[3:]
+        # providers prefix models in some APIs ("openai/gpt-4o", "accounts/x/models/y"); a fine-tune ("ft:gpt-4o:org::id")
+        # is found by its ft: entries only: OpenAI prices a fine-tune's inference above its base model's (about 2x)
         model = model.rsplit("/", 1)[-1]
         prov = provider.lower()
         providers = [prov] if prov in self._sections else list(self._sections)
@@ -222,7 +228,7 @@ class CostRegistry:
             if e.matcher.search(model):
                 return e
         for candidate in self._ordered[prov]:
-            if model.startswith(candidate):
+            if model.startswith(candidate) and not _OTHER_VERSION.match(model, len(candidate)):
                 return entries[candidate]
         return None
 

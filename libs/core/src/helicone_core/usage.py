@@ -168,8 +168,20 @@ def gemini_usage(meta: dict) -> TokenCounts:
     cachedContentTokenCount is part of promptTokenCount."""
     prompt = _int(meta.get("promptTokenCount")) + _int(meta.get("toolUsePromptTokenCount"))
     completion = _int(meta.get("candidatesTokenCount")) + _int(meta.get("thoughtsTokenCount"))
+    # audio parts (promptTokensDetails' AUDIO modality) cost more than text on the Flash models
     return TokenCounts(prompt_tokens=prompt, completion_tokens=completion,
-                       cache_read_tokens=_int(meta.get("cachedContentTokenCount")))
+                       cache_read_tokens=_int(meta.get("cachedContentTokenCount")),
+                       audio_prompt_tokens=_modality_tokens(meta.get("promptTokensDetails"), "AUDIO"),
+                       audio_cache_read_tokens=_modality_tokens(meta.get("cacheTokensDetails"), "AUDIO"),
+                       audio_completion_tokens=_modality_tokens(meta.get("candidatesTokensDetails"), "AUDIO"))
+
+
+def _modality_tokens(details, modality: str) -> int:
+    """Gemini's token counts by modality: a list of {"modality": "TEXT" | "AUDIO" | ..., "tokenCount": N}."""
+    if not isinstance(details, list):
+        return 0
+    return min(sum(_int(d.get("tokenCount")) for d in details if isinstance(d, dict) and d.get("modality") == modality),
+               MAX_TOKENS)
 
 
 def parse_response(usage_format: str, body: bytes, content_type: str, tail: bytes = b"") -> Parsed:
@@ -517,6 +529,42 @@ def request_model(body: bytes) -> tuple[str, bool]:
         return "", False
     model = doc.get("model") if isinstance(doc.get("model"), str) else ""
     return model, doc.get("stream") is True
+
+
+# OpenAI's audio uploads (and the APIs copying them): a multipart/form-data request whose `model` is a form field,
+# answered without a model
+FORM_MODEL_PATHS = ("/audio/transcriptions", "/audio/translations")
+_BOUNDARY = re.compile(r';\s*boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
+_MODEL_PART = re.compile(rb'^content-disposition:[ \t]*form-data[ \t]*;(?:[^\r\n]*;)?[ \t]*name="?model"?[ \t]*(?:;|\r?$)',
+                         re.IGNORECASE | re.MULTILINE)
+FORM_MODEL_MAX_BYTES = 256  # a model name; a longer `model` field is no model
+
+
+def form_model(body: bytes, content_type: str) -> str:
+    """The `model` field of a multipart/form-data request body; "" when it has none (or is no such body).
+    Only the parts' headers are searched: the audio file between them is skipped, not copied."""
+    if not (content_type or "").lower().startswith("multipart/form-data"):
+        return ""
+    m = _BOUNDARY.search(content_type)
+    if not m:
+        return ""
+    delimiter = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    at = body.find(delimiter)
+    while at >= 0:
+        start = at + len(delimiter)
+        end_of_head = body.find(b"\r\n\r\n", start)
+        if end_of_head < 0:
+            return ""
+        following = body.find(delimiter, end_of_head)
+        if following < 0:
+            return ""
+        if _MODEL_PART.search(body, start, end_of_head + 2):
+            value = body[end_of_head + 4:following]
+            if value.endswith(b"\r\n"):
+                value = value[:-2]
+            return value.decode("utf-8", errors="replace").strip() if len(value) <= FORM_MODEL_MAX_BYTES else ""
+        at = following
+    return ""
 
 
 def with_stream_usage(body: bytes) -> bytes:

@@ -21,7 +21,15 @@ from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARG
 from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, OpsRoutes, ServiceMetrics, readiness
-from helicone_core.usage import TailDecoder, decode_body, parse_response, request_model, with_stream_usage
+from helicone_core.usage import (
+    FORM_MODEL_PATHS,
+    TailDecoder,
+    decode_body,
+    form_model,
+    parse_response,
+    request_model,
+    with_stream_usage,
+)
 from yarl import URL
 
 from .cache import (
@@ -924,7 +932,10 @@ class Gateway:
         limit = self.settings.max_logged_body_bytes
 
         def build() -> events.RequestLogged:
-            req_model, req_stream = request_model(body)
+            if rt.path.endswith(FORM_MODEL_PATHS):  # an audio upload: its model is a form field
+                req_model, req_stream = form_model(body, req_ctype), False
+            else:
+                req_model, req_stream = request_model(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
             parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
             model = hh.logged_model(parsed.model or rt.path_model() or req_model)
