@@ -545,6 +545,47 @@ async def test_days_and_hours_across_daylight_saving_changes_in_new_york(api):
     assert [d["requests"] for d in data] == [w["requests"] for w in want]
 
 
+@pytest.mark.parametrize("tz, day", [("Atlantic/Azores", (3, 29)), ("America/Santiago", (9, 6)), ("Africa/Cairo", (4, 24)),
+                                     ("America/Havana", (11, 1))])
+async def test_days_where_the_clocks_change_at_midnight_are_one_bucket_each(api, tz, day):
+    """Where clocks spring forward at midnight the day starts at 01:00 (Azores, Santiago, Cairo); where they fall
+    back from 01:00, midnight comes twice and the day starts at the first (Havana): one bucket per local date all the same."""
+    client, state, org, _, _ = api
+    zone = ZoneInfo(tz)
+
+    def day_start(d: dt.date) -> dt.datetime:  # the first instant of a local date (01:00 when midnight is skipped)
+        return dt.datetime.fromtimestamp(dt.datetime(d.year, d.month, d.day, tzinfo=zone).timestamp(), zone)
+
+    changed = dt.date(2026, *day)
+    dates = [changed + dt.timedelta(days=d) for d in range(-3, 5)]
+    start, end = day_start(dates[0]).astimezone(UTC), day_start(dates[-1] + dt.timedelta(days=1)).astimezone(UTC)
+    rows = [r for r in dataset(seed=8, n=60, start=start, hours=8 * 24)
+            if r["created"] < end and r["created"].astimezone(zone).date() != dates[2]]
+    await log(state, org, rows)  # (a day without requests: the one before the change is zero-filled)
+    data = (await post(client, "/v1/metrics/timeseries", {"start": start.isoformat(), "end": end.isoformat(),
+                                                          "bucket": "day", "timezone": tz}))["data"]
+    assert [d["bucket"] for d in data] == [day_start(d).isoformat() for d in dates]
+    assert strip(data) == expected_series(rows, [day_start(d) for d in dates], lambda x: day_start(x["created"].astimezone(zone).date()))
+    # weeks (from Monday) over the same days
+    data = (await post(client, "/v1/metrics/timeseries", {"start": start.isoformat(), "end": end.isoformat(),
+                                                          "bucket": "week", "timezone": tz}))["data"]
+    assert sum(d["requests"] for d in data) == len(rows)
+    assert [d["bucket"] for d in data] == sorted({day_start(d - dt.timedelta(days=d.weekday())).isoformat() for d in dates})
+
+
+async def test_a_range_ending_inside_a_bucket_has_that_bucket_zero_filled(api):
+    """The last bucket is the one holding the range's last millisecond, requests or none, in any grouping."""
+    client, state, org, _, _ = api
+    await log(state, org, dataset(seed=9, n=1, start=dt.datetime(2030, 1, 1, 1, tzinfo=UTC), hours=1))
+    for end, hours in (("2030-01-01T03:00:00.500Z", 4), ("2030-01-01T03:00:00Z", 3), ("2030-01-01T02:59:59.999Z", 3)):
+        body = {"start": "2030-01-01T00:00:00.250Z", "end": end, "bucket": "hour"}
+        data = (await post(client, "/v1/metrics/timeseries", body))["data"]
+        assert [d["bucket"] for d in data] == [f"2030-01-01T0{h}:00:00+00:00" for h in range(hours)], end
+        grouped = (await post(client, "/v1/metrics/timeseries", {**body, "group_by": "model"}))["data"]
+        assert [d["bucket"] for d in grouped] == [d["bucket"] for d in data], end
+        assert sum(d["requests"] for d in grouped) == sum(d["requests"] for d in data) == 1
+
+
 async def test_breakdown_and_summary(logged):
     client, state, org, other_key, mine, theirs = logged
     start, end = T0 + dt.timedelta(hours=6), T0 + dt.timedelta(hours=50)

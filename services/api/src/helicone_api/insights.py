@@ -37,13 +37,15 @@ MAX_SESSION_USERS = SESSION_USERS
 # (helicone_core.analytics.REQUEST_LOG_PROJECTIONS); see _conditions for when it can.
 AGG_SETTINGS = f"{SETTINGS}, {PROJECTION_SETTINGS}"
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
-# A bucket's start from a DateTime in the caller's zone ({t}), and the WITH FILL step between buckets:
-# ClickHouse steps DAY and WEEK by the calendar of that zone, so DST days are 23 or 25 hours long.
+# A bucket's key from a DateTime in the caller's zone ({t}), the WITH FILL step between keys, and the
+# bucket's start from its key ({k}). Days and weeks are keyed and filled by local Date (23- and 25-hour
+# days alike): WITH FILL stepping a DateTime by a DAY lands an hour off where a zone skips midnight
+# (Azores, Cairo, Santiago), and added a bucket a day from there on.
 BUCKET_SQL = {
-    "minute": ("toStartOfMinute({t})", "INTERVAL 1 MINUTE"),
-    "hour": ("toStartOfHour({t})", "INTERVAL 1 HOUR"),
-    "day": ("toStartOfDay({t})", "INTERVAL 1 DAY"),
-    "week": ("toDateTime(toMonday({t}), {{tz:String}})", "INTERVAL 1 WEEK"),  # weeks start on Monday
+    "minute": ("toStartOfMinute({t})", "INTERVAL 1 MINUTE", "{k}"),
+    "hour": ("toStartOfHour({t})", "INTERVAL 1 HOUR", "{k}"),
+    "day": ("toDate({t})", "INTERVAL 1 DAY", "toDateTime({k}, {{tz:String}})"),
+    "week": ("toMonday({t})", "INTERVAL 1 WEEK", "toDateTime({k}, {{tz:String}})"),  # weeks start on Monday
 }
 GROUP_BY_FORM = '"model", "provider", "user" or "property:<key>"'
 GROUP_COLUMNS = {"model": "model", "provider": "provider", "user": "user_id"}
@@ -741,11 +743,13 @@ def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]
     if q.bucket != "minute" and q.start >= QUARTER_HOUR_ZONES_SINCE:
         grains = _zone_grains(q.timezone, q.start, q.end)
     where, params, grain = _conditions(org_id, q.filter, q.start, q.end, grains)
-    params.update(tz=q.timezone, fill_start=_ch_time(q.start), fill_end=_ch_time(q.end))
-    start_of, step = BUCKET_SQL[q.bucket]
+    # the fill runs from the bucket holding start to the one holding the range's last millisecond
+    params.update(tz=q.timezone, fill_start=_ch_time(q.start), fill_last=_ch_time(q.end - dt.timedelta(milliseconds=1)))
+    key_of, step, start_of = BUCKET_SQL[q.bucket]
     time = GRAINS[grain][0] if grain else "request_created_at"
-    bucket = start_of.format(t=f"toDateTime({time}, {{tz:String}})")
-    fill_from = start_of.format(t="toDateTime({fill_start:DateTime64(3, 'UTC')}, {tz:String})")
+    key = key_of.format(t=f"toDateTime({time}, {{tz:String}})")
+    fill_from = key_of.format(t="toDateTime({fill_start:DateTime64(3, 'UTC')}, {tz:String})")
+    fill_to = key_of.format(t="toDateTime({fill_last:DateTime64(3, 'UTC')}, {tz:String})") + f" + {step}"
     group, group_params = _group_column(q.group_by)
     params.update(group_params)
     conditions = " AND ".join(where)
@@ -757,12 +761,15 @@ def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]
         # both keys repeat the IN: a shared alias would not be a grouping key (ClickHouse builds the set once)
         grouping = f"toUInt8(({group}) NOT IN ({top})) AS is_other, if(is_other, '', {group}) AS grp"
         params["top"] = q.top_groups
-    sql = (
-        f"SELECT {grouping}, {bucket} AS bucket, {TOTALS}, "
+    filled = (
+        f"SELECT {grouping}, {key} AS bucket_key, {TOTALS}, "
         + _aggregates("latency_quantiles", "ttft_quantiles")
-        + f" FROM {{db}}.request_log WHERE {conditions} GROUP BY is_other, grp, bucket "
-        f"ORDER BY is_other, grp, bucket WITH FILL FROM {fill_from} "
-        f"TO toDateTime({{fill_end:DateTime64(3, 'UTC')}}, {{tz:String}}) STEP {step} "
+        + f" FROM {{db}}.request_log WHERE {conditions} GROUP BY is_other, grp, bucket_key "
+        f"ORDER BY is_other, grp, bucket_key WITH FILL FROM {fill_from} TO {fill_to} STEP {step}"
+    )
+    sql = (
+        f"SELECT is_other, grp, {start_of.format(k='bucket_key')} AS bucket, {', '.join(TOTAL_NAMES)}, latency_quantiles, "
+        f"ttft_quantiles FROM ({filled}) ORDER BY is_other, grp, bucket_key "
         f"{AGG_SETTINGS}, date_time_output_format = 'unix_timestamp'"
     )
     return sql, params
