@@ -219,8 +219,9 @@ def test_requests_follow_the_contracts(page, served):
     assert set(bd) == {"start", "end", "by"} and bd["by"] == "model"
     _, q = by_path[("GET", "/v1/metrics/summary")]
     assert set(q) == {"start", "end"} and q["start"] < q["end"]
-    for path in ("/v1/session/query", "/v1/user/query"):
-        assert by_path[("POST", path)][0] == {"limit": 50, "offset": 0}
+    for path in ("/v1/session/query", "/v1/user/query"):  # a page of 50 asks for one more (whether another follows)
+        lq, _ = by_path[("POST", path)]
+        assert lq == {"filter": {"start": q["start"], "end": q["end"]}, "limit": 51, "offset": 0}, lq
     rq, _ = by_path[("POST", "/v1/request/query")]
     assert set(rq) == {"filter", "limit", "offset", "sort"} and rq["sort"] == "created_at_desc"
 
