@@ -14,7 +14,7 @@ while a debugger is attached (pytest-timeout does not fire then either).
 A pytest plugin (the root conftest loads it): it hooks pytest-timeout's own timer, so it runs with
 the same limit, and pytest-timeout's timer still runs after it.
 
-Under pytest-xdist (`make test` runs two workers) pytest-timeout's report would be lost: it writes to
+Under pytest-xdist (`make test` runs several workers) pytest-timeout's report would be lost: it writes to
 the terminal, and a worker's terminal is /dev/null (execnet keeps the worker's stdout for its channel).
 In a worker this plugin starts pytest-timeout's own timer with the terminal swapped for the worker's
 stderr, which is the run's stderr; the worker then exits as before, and `--max-worker-restart=0`
