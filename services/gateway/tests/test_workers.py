@@ -320,10 +320,9 @@ def test_a_worker_that_keeps_dying_soon_after_its_restarts_is_started_again_and_
             proc.wait()
 
 
-def test_a_sigterm_while_a_worker_is_being_started_stops_that_worker_too(tmp_path, monkeypatch):
-    """A SIGTERM that reached the parent while it was starting a worker (at start-up, or restarting one) signalled
-    the workers it knew of: the one being started ran on until the stop's grace ended (30 s), then was killed, and
-    the workers after it were still started. Now the new one is signalled as soon as it is known, and no more start."""
+def _stopped_parent(monkeypatch, worker_code: str, *, stop_after: int, ready: bool = False) -> tuple[int, list[int | None]]:
+    """A 2-worker parent whose workers run `worker_code` (each says "ready" first when `ready`), sent SIGTERM as it
+    has started `stop_after` of them: (its exit code, the workers' exit codes)."""
     import types
 
     from helicone_gateway import workers
@@ -331,18 +330,19 @@ def test_a_sigterm_while_a_worker_is_being_started_stops_that_worker_too(tmp_pat
     real = subprocess.Popen
     started: list[subprocess.Popen] = []
 
-    def popen(argv, **kw):  # a stand-in worker; the SIGTERM arrives as the parent starts the first one
-        child = real([sys.executable, "-c", "import time; time.sleep(60)"], **kw)
+    def popen(argv, **kw):
+        child = real([sys.executable, "-c", worker_code], stdout=subprocess.PIPE, **kw)
         started.append(child)
-        if len(started) == 1:
+        if ready:
+            assert child.stdout.readline() == b"ready\n"
+        if len(started) == stop_after:
             os.kill(os.getpid(), signal.SIGTERM)
         return child
 
     monkeypatch.setattr(workers, "subprocess", types.SimpleNamespace(Popen=popen))
-    monkeypatch.setattr(workers, "STOP_GRACE", 3.0)  # (killed after it, not stopped: the failure this test looks for)
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
-        workers.WorkerParent(2, "127.0.0.1", free_port(), shared_store=True).run()
+        code = workers.WorkerParent(2, "127.0.0.1", free_port(), shared_store=True).run()
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
@@ -350,50 +350,32 @@ def test_a_sigterm_while_a_worker_is_being_started_stops_that_worker_too(tmp_pat
             if child.poll() is None:
                 child.kill()
                 child.wait()
-    assert [child.returncode for child in started] == [-signal.SIGTERM]  # stopped by the SIGTERM, and no other started
+        for child in started:
+            child.stdout.close()
+    return code, [child.returncode for child in started]
 
 
-def test_a_stop_that_reaches_workers_before_their_signal_handler_is_still_a_clean_exit(tmp_path, monkeypatch):
+def test_a_sigterm_while_a_worker_is_being_started_stops_that_worker_too(monkeypatch):
+    """A SIGTERM that reached the parent while it was starting a worker (at start-up, or restarting one) signalled
+    the workers it knew of: the one being started ran on until the stop's grace ended (30 s), then was killed, and
+    the workers after it were still started. Now the new one is signalled as soon as it is known, and no more start."""
+    from helicone_gateway import workers
+
+    monkeypatch.setattr(workers, "STOP_GRACE", 3.0)  # (killed after it, not stopped: the failure this test looks for)
+    # stopped by the SIGTERM, and no other started
+    assert _stopped_parent(monkeypatch, "import time; time.sleep(60)", stop_after=1)[1] == [-signal.SIGTERM]
+
+
+def test_a_stop_that_reaches_workers_before_their_signal_handler_is_still_a_clean_exit(monkeypatch):
     """A worker the stop's SIGTERM reaches while it is still starting (before it has set its handler) dies of the
     signal: the parent exited with that (-15, so 241) for a stop it was asked for and carried out. A clean stop exits 0;
     a worker that had to be killed, or that exited with an error of its own, still makes it fail."""
-    import types
-
     from helicone_gateway import workers
 
-    real = subprocess.Popen
-
-    def run_parent(worker_code: str, ready: bool = False) -> tuple[int, list[int | None]]:
-        started: list[subprocess.Popen] = []
-
-        def popen(argv, **kw):  # stand-in workers; the SIGTERM arrives once both are started (and `ready`: say so)
-            child = real([sys.executable, "-c", worker_code], stdout=subprocess.PIPE, **kw)
-            started.append(child)
-            if ready:
-                assert child.stdout.readline() == b"ready\n"
-            if len(started) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return child
-
-        monkeypatch.setattr(workers, "subprocess", types.SimpleNamespace(Popen=popen))
-        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-        try:
-            code = workers.WorkerParent(2, "127.0.0.1", free_port(), shared_store=True).run()
-        finally:
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
-            for child in started:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-            for child in started:
-                child.stdout.close()
-        return code, [child.returncode for child in started]
-
-    assert run_parent("import time; time.sleep(60)") == (0, [-signal.SIGTERM, -signal.SIGTERM])
+    assert _stopped_parent(monkeypatch, "import time; time.sleep(60)", stop_after=2) == (0, [-signal.SIGTERM, -signal.SIGTERM])
     # one that exits with an error of its own as it stops
     failing = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(4)); print('ready', flush=True); time.sleep(60)"
-    assert run_parent(failing, ready=True) == (4, [4, 4])
+    assert _stopped_parent(monkeypatch, failing, stop_after=2, ready=True) == (4, [4, 4])
     monkeypatch.setattr(workers, "STOP_GRACE", 1.0)
     ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
-    assert run_parent(ignoring, ready=True) == (-signal.SIGKILL, [-signal.SIGKILL, -signal.SIGKILL])
+    assert _stopped_parent(monkeypatch, ignoring, stop_after=2, ready=True) == (-signal.SIGKILL, [-signal.SIGKILL, -signal.SIGKILL])
