@@ -372,10 +372,8 @@ async def test_a_request_head_never_finished_does_not_hold_up_a_stop():
     assert await asyncio.wait_for(task, 5) is True
 
 
-async def test_a_caller_that_reads_slowly_holds_the_app_back_instead_of_filling_memory():
-    chunk, total = b"x" * 65536, 1024  # 64 MiB offered: far beyond what the socket buffers hold
-    sent = []
-
+def big_answer(chunk: bytes, total: int, sent: list[int] | None = None):
+    """An app answering `total` copies of `chunk` in one Content-Length answer (each one sent noted in `sent`)."""
     async def big(scope, receive, send):
         if scope["type"] == "lifespan":
             return await echo_app(scope, receive, send)
@@ -384,7 +382,15 @@ async def test_a_caller_that_reads_slowly_holds_the_app_back_instead_of_filling_
                     "headers": [(b"content-length", str(len(chunk) * total).encode())]})
         for i in range(total):
             await send({"type": "http.response.body", "body": chunk, "more_body": i < total - 1})
-            sent.append(i)
+            if sent is not None:
+                sent.append(i)
+    return big
+
+
+async def test_a_caller_that_reads_slowly_holds_the_app_back_instead_of_filling_memory():
+    chunk, total = b"x" * 65536, 1024  # 64 MiB offered: far beyond what the socket buffers hold
+    sent = []
+    big = big_answer(chunk, total, sent)
 
     async with running(big) as server:
         reader, writer = await connect(server)
@@ -735,15 +741,7 @@ async def test_a_caller_that_reads_slowly_but_steadily_is_not_cut():
     """Writing is paused far longer than the write timeout in all, but the caller keeps taking bytes."""
     chunk, total = b"x" * 65536, 256  # 16 MiB: more than the socket buffers hold
     loop = asyncio.get_running_loop()
-
-    async def big(scope, receive, send):
-        if scope["type"] == "lifespan":
-            return await echo_app(scope, receive, send)
-        await receive()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(chunk) * total).encode())]})
-        for i in range(total):
-            await send({"type": "http.response.body", "body": chunk, "more_body": i < total - 1})
+    big = big_answer(chunk, total)
 
     async with running(big, write_timeout=0.3) as server:
         sock = await non_reader(server, request("/big", method="GET"))
