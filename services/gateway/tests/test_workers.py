@@ -113,11 +113,11 @@ def _sum(scraped: str, name: str) -> float:
                if line.startswith(name + "{") or line.startswith(name + " "))
 
 
-def _two_workers_ready(tmp_path: Path) -> tuple[int, subprocess.Popen]:
+def _two_workers_ready(tmp_path: Path, **extra_env: str) -> tuple[int, subprocess.Popen]:
     """`helicone_gateway --workers 2` on a free port (nothing listens upstream: a request is a logged 502), once
-    it answers /readyz; (port, the parent)."""
+    it answers /readyz; (port, the parent). Its log: tmp_path / "gateway.log"."""
     port = free_port()
-    env = _gateway_env(tmp_path, port, free_port())
+    env = dict(_gateway_env(tmp_path, port, free_port()), **extra_env)
     proc = subprocess.Popen([sys.executable, "-m", "helicone_gateway", "--workers", "2"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gateway.log", "wb"))
     try:
@@ -136,9 +136,22 @@ def _two_workers_ready(tmp_path: Path) -> tuple[int, subprocess.Popen]:
     return port, proc
 
 
+
+@contextlib.contextmanager
+def _stopped_after(proc: subprocess.Popen):
+    """The block, then a SIGTERM that must stop every worker cleanly (exit 0 within 40 s); killed if the block failed."""
+    try:
+        yield
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(tmp_path):
     port, proc = _two_workers_ready(tmp_path)
-    try:
+    with _stopped_after(proc):
         time.sleep(1.0)  # the second worker too
         sent = 40
         for _ in range(sent):  # a new connection each: the kernel spreads them over the workers
@@ -153,14 +166,8 @@ def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(
             assert _sum(scraped, "helicone_service_up") == 1 and _sum(scraped, "helicone_gateway_kafka_connected") == 0
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
         assert len(children) == 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(40) == 0
-        for child in children:
-            assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
     journal = tmp_path / "journal"
     per_worker = [len(_records(worker_journal_dir(journal, i))) for i in range(2)]
     assert sum(per_worker) == sent  # every event kept (Kafka was never reachable)
@@ -170,27 +177,10 @@ def test_two_workers_share_the_port_each_with_a_journal_and_stop_on_one_sigterm(
 def _warnings_of_two_workers(tmp_path: Path, **env) -> str:
     """The parent's and workers' log lines until both workers serve (then stopped)."""
     tmp_path.mkdir(exist_ok=True)
-    port = free_port()
-    log_path = tmp_path / "gateway.log"
-    proc = subprocess.Popen([sys.executable, "-m", "helicone_gateway", "--workers", "2"],
-                            env=dict(_gateway_env(tmp_path, port, free_port()), **env), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "gateway workers did not get ready"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(40) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return log_path.read_text()
+    _, proc = _two_workers_ready(tmp_path, **env)
+    with _stopped_after(proc):
+        pass
+    return (tmp_path / "gateway.log").read_text()
 
 
 def test_workers_without_redis_warn_once_that_rate_limits_and_cache_are_per_worker(tmp_path):
@@ -226,7 +216,7 @@ def test_a_restarted_worker_keeps_the_totals_and_takes_no_connection_before_it_s
     port, proc = _two_workers_ready(tmp_path)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     headers = {"Helicone-Auth": f"Bearer {KEY}", "Connection": "close"}
-    try:
+    with _stopped_after(proc):
         sent = 20
         for _ in range(sent):
             assert httpx.post(url, json={"model": "m"}, headers=headers, timeout=10).status_code == 502
@@ -254,12 +244,6 @@ def test_a_restarted_worker_keeps_the_totals_and_takes_no_connection_before_it_s
         assert stalled == 0, f"{stalled} requests waited on the worker that was starting"
         for _ in range(6):  # the dead worker's requests are still counted, whichever worker answers the scrape
             assert _sum(_scrape(port), "helicone_gateway_requests_total") == sent
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(40) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _children(pid: int) -> set[int]:
@@ -286,7 +270,7 @@ def test_a_worker_that_keeps_dying_soon_after_its_restarts_is_started_again_and_
     port, proc = _two_workers_ready(tmp_path)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     headers = {"Helicone-Auth": f"Bearer {KEY}", "Connection": "close"}
-    try:
+    with _stopped_after(proc):
         _served(proc, STARTED_AFTER)
         first = sorted(_children(proc.pid))
         assert len(first) == 2
@@ -312,12 +296,6 @@ def test_a_worker_that_keeps_dying_soon_after_its_restarts_is_started_again_and_
             assert time.monotonic() < deadline, "the restarted worker did not come back"
             time.sleep(0.2)
         assert "stopping every worker" not in (tmp_path / "gateway.log").read_text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(40) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _stopped_parent(monkeypatch, worker_code: str, *, stop_after: int, ready: bool = False) -> tuple[int, list[int | None]]:
