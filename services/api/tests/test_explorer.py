@@ -112,6 +112,58 @@ async def test_time_conditions_hold_exactly_for_a_time_finer_than_the_stored_mil
     assert await ids(client, {"request": {"created_at": {"equals": T0.isoformat()}}}) == [rid]
 
 
+@chdb_only
+async def test_not_contains_selects_the_requests_whose_text_lacks_the_substring(api):
+    """Helicone's text operators include not-contains; a filter using it, as Helicone's clients send, was a 422."""
+    client, state, org, _, _ = api
+    a = await add_request(state, org, minutes=0, model="gpt-4o", props={"env": "prod-eu"})
+    b = await add_request(state, org, minutes=1, model="claude-3-5-sonnet", props={"env": "dev"})
+    c = await add_request(state, org, minutes=2, model="gpt-4o-mini")
+    assert set(await ids(client, {"request": {"model": {"not-contains": "gpt"}}})) == {b}
+    assert set(await ids(client, {"request": {"model": {"not-contains": "GPT"}}})) == {a, b, c}  # case-sensitive, as contains
+    assert set(await ids(client, {"properties": {"env": {"not-contains": "prod"}}})) == {b, c}  # no such property: ''
+    assert set(await ids(client, {"request": {"model": {"contains": "gpt", "not-contains": "mini"}}})) == {a}
+
+
+@chdb_only
+async def test_a_like_pattern_ending_in_a_lone_backslash_is_a_422_not_a_500(api):
+    """A backslash escapes the next character of a like/ilike pattern; one at the very end escapes nothing, and
+    ClickHouse failed the query (CANNOT_PARSE_ESCAPE_SEQUENCE): the caller got a 500 for a typo."""
+    client, state, org, _, _ = api
+    rid = await add_request(state, org, minutes=0, model="C:\\models\\", props={"dir": "a\\"})
+    for filter_, field in (({"request": {"model": {"like": "C:\\%\\"}}}, "filter.request.model.like"),
+                           ({"properties": {"dir": {"ilike": "\\"}}}, "filter.properties.dir.ilike"),
+                           ({"request": {"model": {"like": "x\\\\\\"}}}, "filter.request.model.like")):  # \\ then a lone \
+        got_field, message = await problem(client, {"filter": filter_})
+        assert (got_field, "backslash" in message) == (field, True), (filter_, message)
+    assert await ids(client, {"request": {"model": {"like": "C:\\\\%\\\\"}}}) == [rid]  # an escaped backslash is one
+    assert await ids(client, {"properties": {"dir": {"ilike": "A\\\\"}}}) == [rid]
+
+
+@chdb_only
+async def test_a_cost_or_time_to_first_token_the_api_shows_as_unknown_never_matches_a_condition_on_it(api):
+    """An unpriced request (cost_usd null) was stored as cost 0 and a non-streamed one (time_to_first_token_ms null) as
+    -1, and conditions read those: "cost_usd lte 0.01" listed every unpriced request as cheap, "ttft lt 100" every
+    non-streamed one as fast."""
+    client, state, org, _, _ = api
+    priced = await add_request(state, org, minutes=0, cost_usd=0.25, time_to_first_token_ms=50)
+    unknown = await add_request(state, org, minutes=1, cost_usd=0.0, cost_known=False)  # ttft -1: not streamed
+    free = await add_request(state, org, minutes=2, cache_hit=True, time_to_first_token_ms=300)  # known: cost 0
+    shown = {d["request_id"]: d for d in (await client.post("/v1/request/query", json={})).json()["data"]}
+    assert (shown[unknown]["cost_usd"], shown[unknown]["time_to_first_token_ms"], shown[free]["cost_usd"]) == (None, None, 0.0)
+    cases = [
+        ({"response": {"cost_usd": {"lte": 0.3}}}, {priced, free}),
+        ({"response": {"cost_usd": {"equals": 0}}}, {free}),
+        ({"response": {"cost_usd": {"not-equals": 0.25}}}, {free}),
+        ({"response": {"time_to_first_token_ms": {"lt": 100}}}, {priced}),
+        ({"response": {"time_to_first_token_ms": {"not-equals": 50}}}, {free}),
+        (tree("or", {"response": {"cost_usd": {"gt": 1}}}, {"request": {"model": {"equals": "gpt-4o-mini"}}}),
+         {priced, unknown, free}),
+    ]
+    for filter_, expected in cases:
+        assert set(await ids(client, filter_)) == expected, filter_
+
+
 async def test_the_flat_filter_still_works_beside_the_tree(api):
     client, state, org, _, _ = api
     a = await add_request(state, org, minutes=0, model="gpt-4o", props={"env": "prod"})
@@ -203,6 +255,30 @@ async def test_sorting_on_any_column_either_way_with_the_old_sort_names(api):
     assert field == "sort.field" and "latency_ms" in message
     field, message = await problem(client, {"sort": "latency_asc"})
     assert field == "sort" and "created_at_desc" in message
+
+
+@chdb_only
+async def test_sorting_on_cost_or_time_to_first_token_puts_requests_where_it_is_unknown_last_either_way(api):
+    """The answer shows an unpriced request's cost and a non-streamed one's time to first token as null, but sorting
+    read the stored 0 and -1: "fastest first token" began with every non-streamed request, "cheapest" with every
+    unpriced one. Unknown values now come last in either direction, as SQL's NULLS LAST, and cursors page through them."""
+    client, state, org, _, _ = api
+    a = await add_request(state, org, minutes=0, cost_usd=0.25, time_to_first_token_ms=50)
+    unknown = {await add_request(state, org, minutes=m, cost_usd=0.0, cost_known=False) for m in (1, 2)}
+    c = await add_request(state, org, minutes=3, cache_hit=True, time_to_first_token_ms=300)  # cost known: 0
+    for field, direction, known in (("time_to_first_token_ms", "asc", [a, c]), ("time_to_first_token_ms", "desc", [c, a]),
+                                    ("cost_usd", "asc", [c, a]), ("cost_usd", "desc", [a, c])):
+        sort = {"field": field, "direction": direction}
+        everything = await ids(client, sort=sort)
+        assert everything[:2] == known and set(everything[2:]) == unknown, sort
+        paged, cursor = [], None
+        while True:
+            r = await client.post("/v1/request/query", json={"sort": sort, "limit": 1, **({"cursor": cursor} if cursor else {})})
+            assert r.status_code == 200, r.text
+            paged += [d["request_id"] for d in r.json()["data"]]
+            if (cursor := r.json()["next_cursor"]) is None:
+                break
+        assert paged == everything, sort
 
 
 async def test_cursor_pages_stay_exact_while_requests_arrive(api):
@@ -359,6 +435,27 @@ async def test_the_export_streams_every_matching_request_as_csv_or_json_lines(ap
     assert [json.loads(line)["request_id"] for line in b"".join(chunks).decode().splitlines()] == rids[:1234]
     status, _, chunks = await export(app, key, {"format": "csv", "filter": {"model": "nothing"}})
     assert status == 200 and b"".join(chunks).decode().splitlines() == [",".join(CSV_COLUMNS)]
+
+
+@chdb_only
+async def test_the_csv_export_neutralises_text_a_spreadsheet_would_run_as_a_formula(api):
+    """Callers choose user ids, properties, session names and models; a CSV cell starting with = + - @ (or a tab or
+    carriage return) is run as a formula by Excel and Sheets when the export is opened (CSV injection). Such text
+    now starts with a ' in the CSV; numbers and the JSON Lines export are as stored."""
+    client, state, org, _, _ = api
+    rid = await add_request(state, org, minutes=0, model="+cmd|' /C calc'!A0", user='=HYPERLINK("http://evil","x")',
+                            session_id="@SUM(1+1)", session_name="-2+3", error="\t=1+1", region="\r=1", cost_usd=0.25)
+    app, key = client._transport.app, client.headers["authorization"].removeprefix("Bearer ")
+    status, _, chunks = await export(app, key, {"format": "csv"})
+    [record] = list(csv.DictReader(io.StringIO(b"".join(chunks).decode())))
+    assert status == 200 and record["request_id"] == rid
+    assert (record["model"], record["user_id"], record["session_id"], record["session_name"], record["error"],
+            record["region"]) == ("'+cmd|' /C calc'!A0", '\'=HYPERLINK("http://evil","x")', "'@SUM(1+1)", "'-2+3", "'\t=1+1",
+                                  "'\r=1")
+    assert (record["cost_usd"], record["latency_ms"], record["provider"]) == ("0.25", "120", "openai")
+    status, _, chunks = await export(app, key, {"format": "jsonl"})
+    [line] = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+    assert (line["user_id"], line["session"]["name"]) == ('=HYPERLINK("http://evil","x")', "-2+3")
 
 
 @chdb_only

@@ -68,7 +68,8 @@ class ExportQuery(BaseModel):
 
     filter: AnyFilter = Field(default_factory=RequestFilter)
     sort: SortSpec = Field("created_at_desc", validate_default=True)
-    format: Literal["csv", "jsonl"] = Field(..., description="csv: a header row, then one row per request; jsonl: one request per line")
+    format: Literal["csv", "jsonl"] = Field(..., description="csv: a header row, then one row per request (text starting with = + - @, a tab or a carriage return "
+                                                         "gets a leading ', so a spreadsheet shows it rather than runs it); jsonl: one request per line")
     limit: int | None = Field(None, ge=1, le=MAX_EXPORT, description=f"at most this many requests; none: all (up to {MAX_EXPORT})")
 
 
@@ -185,6 +186,21 @@ CSV_COLUMNS = (
 )
 
 
+# What a spreadsheet opening the CSV runs as a formula when a cell starts with it (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as its CSV cell: text a spreadsheet would run as a formula starts with a ' (shown, not run)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_record(row: dict[str, Any]) -> list[Any]:
     session, prompt, usage = row["session"] or {}, row["prompt"] or {}, row["usage"]
     flat = {**row, "session_id": session.get("id"), "session_path": session.get("path"), "session_name": session.get("name"),
@@ -194,7 +210,7 @@ def csv_record(row: dict[str, Any]) -> list[Any]:
             "scores": json.dumps(row["scores"], sort_keys=True), "usage_known": usage["known"],
             "attempts": json.dumps(row["attempts"], ensure_ascii=False) if row["attempts"] else "",
             **{k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens", "cache_read_tokens", "cache_write_tokens")}}
-    return ["" if flat[c] is None else ("true" if flat[c] is True else "false" if flat[c] is False else flat[c]) for c in CSV_COLUMNS]
+    return [csv_cell(flat[c]) for c in CSV_COLUMNS]
 
 
 def _invalid(field: str, message: str) -> RequestValidationError:

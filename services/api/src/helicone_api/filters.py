@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -72,7 +73,7 @@ Time = Annotated[dt.datetime, Field(description="ISO 8601; naive times are UTC")
 COMPARE = {"equals": "{c} = {p}", "not-equals": "{c} != {p}", "gt": "{c} > {p}", "gte": "{c} >= {p}",
            "lt": "{c} < {p}", "lte": "{c} <= {p}"}
 TEXT_SQL = {"equals": COMPARE["equals"], "not-equals": COMPARE["not-equals"], "like": "{c} LIKE {p}",
-            "ilike": "{c} ILIKE {p}", "contains": "position({c}, {p}) > 0"}
+            "ilike": "{c} ILIKE {p}", "contains": "position({c}, {p}) > 0", "not-contains": "position({c}, {p}) = 0"}
 
 
 _STRICT: dict[str, type[_StrictKeys]] = {}  # model name -> model, for the message about a key it does not take
@@ -131,7 +132,8 @@ def _in_list():
 
 
 class TextCondition(_Condition):
-    """Text: like/ilike take SQL LIKE patterns (% any run, _ one character, \\ escapes); contains is a case-sensitive substring."""
+    """Text: like/ilike take SQL LIKE patterns (% any run, _ one character, \\ escapes); contains and not-contains
+    test a case-sensitive substring."""
 
     kind: ClassVar[str] = "text"
     equals: FilterText | None = None
@@ -139,7 +141,16 @@ class TextCondition(_Condition):
     like: FilterText | None = None
     ilike: FilterText | None = None
     contains: FilterText | None = None
+    not_contains: FilterText | None = Field(None, alias="not-contains")
     in_: list[FilterText] | None = _in_list()
+
+    @field_validator("like", "ilike")
+    @classmethod
+    def _complete_escapes(cls, v: str | None) -> str | None:
+        # ClickHouse fails the whole query on a pattern whose last backslash escapes nothing
+        if v is not None and (len(v) - len(v.rstrip("\\"))) % 2:
+            raise ValueError("ends in a lone backslash, which escapes nothing: write \\\\ for a backslash itself")
+        return v
 
 
 class IdCondition(_Condition):
@@ -207,6 +218,7 @@ class Column:
     sql: str
     ch_type: str
     condition: type[_Condition]
+    known: str = ""  # SQL that holds when the stored value is real: the answer shows null otherwise, and no condition matches
 
 
 _TEXT, _TIME = "String", "DateTime64(3, 'UTC')"
@@ -232,8 +244,8 @@ TABLES: dict[str, dict[str, Column]] = {
         "status": Column("status", "Int64", StatusCondition),
         "created_at": Column("response_created_at", _TIME, TimeCondition),
         "latency_ms": Column("latency_ms", "Int64", CountCondition),
-        "time_to_first_token_ms": Column("time_to_first_token_ms", "Int64", SignedCondition),
-        "cost_usd": Column("cost_usd", "Float64", FloatCondition),
+        "time_to_first_token_ms": Column("time_to_first_token_ms", "Int64", SignedCondition, known="time_to_first_token_ms >= 0"),
+        "cost_usd": Column("cost_usd", "Float64", FloatCondition, known="cost_known = 1"),
         "prompt_tokens": Column("prompt_tokens", "Int64", CountCondition),
         "completion_tokens": Column("completion_tokens", "Int64", CountCondition),
         "total_tokens": Column("total_tokens", "Int64", CountCondition),
@@ -412,6 +424,7 @@ def _leaf_sql(node: FilterNode, p: _Params) -> str:
         for name, col in columns.items():
             cond = getattr(fields, name)
             if cond is not None:
+                parts += [col.known] if col.known else []
                 parts += _condition_sql(col.sql, col.ch_type, cond, p)
     if node.properties is not None:
         for key, cond in sorted(node.properties.items()):
@@ -501,6 +514,12 @@ SORT_COLUMNS: dict[str, tuple[str, str]] = {
     "region": ("region", _TEXT),
     "prompt_id": ("prompt_id", _TEXT),
 }
+# sort field -> (SQL, and the test of a row read) for its value being known: the answer shows null otherwise, and such
+# rows sort after every known one in either direction (NULLS LAST), among themselves by request id.
+SORT_KNOWN: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "time_to_first_token_ms": (TABLES["response"]["time_to_first_token_ms"].known, lambda row: int(row["time_to_first_token_ms"]) >= 0),
+    "cost_usd": (TABLES["response"]["cost_usd"].known, lambda row: bool(int(row["cost_known"]))),
+}
 # The sorts /v1/request/query has always taken, as (field, direction).
 LEGACY_SORTS = {
     "created_at_desc": ("created_at", "desc"),
@@ -511,7 +530,8 @@ LEGACY_SORTS = {
 
 
 class Sort(BaseModel):
-    """Rows ordered by `field`, then by request id (ascending), so that the order is total."""
+    """Rows ordered by `field`, then by request id (ascending), so that the order is total; a cost or time to first
+    token the answer shows as null (unknown) sorts last either way."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"field": "latency_ms", "direction": "desc"}]})
 
@@ -539,16 +559,25 @@ SortSpec = Annotated[
 
 def order_sql(sort: Sort) -> str:
     column = SORT_COLUMNS[sort.field][0]
+    if sort.field in SORT_KNOWN:
+        known = SORT_KNOWN[sort.field][0]
+        return f"({known}) DESC, if({known}, {column}, 0) {sort.direction.upper()}, request_id ASC"
     return f"{column} {sort.direction.upper()}, request_id ASC"
 
 
 def after_sql(sort: Sort, value: Any, request_id: str, params: dict[str, Any]) -> str:
-    """Rows after (value, request_id) in the sort's order: the keyset condition of a cursor."""
+    """Rows after (value, request_id) in the sort's order: the keyset condition of a cursor (value None: the
+    row's value is unknown, so only unknown ones with a greater id follow)."""
     column, ch_type = SORT_COLUMNS[sort.field]
-    params["cursor_value"], params["cursor_id"] = value, request_id
+    known = SORT_KNOWN[sort.field][0] if sort.field in SORT_KNOWN else None
+    params["cursor_id"] = request_id
+    if known and value is None:
+        return f"(NOT ({known}) AND request_id > {{cursor_id:UUID}})"
+    params["cursor_value"] = value
     beyond = "<" if sort.direction == "desc" else ">"
     v = f"{{cursor_value:{ch_type}}}"
-    return f"({column} {beyond} {v} OR ({column} = {v} AND request_id > {{cursor_id:UUID}}))"
+    after = f"({column} {beyond} {v} OR ({column} = {v} AND request_id > {{cursor_id:UUID}}))"
+    return f"(({known}) AND {after} OR NOT ({known}))" if known else after
 
 
 # ---- cursors -------------------------------------------------------------------------------------
@@ -605,6 +634,8 @@ class CursorCodec:
         except (ValueError, TypeError):
             raise CursorError("is not a cursor this api returned") from None
         ch_type = SORT_COLUMNS[sort.field][1]
+        if value is None and sort.field in SORT_KNOWN:
+            return value, request_id
         if ch_type in (_TEXT, _TIME) and not isinstance(value, str) or ch_type.endswith("Int64") and not isinstance(value, int) \
                 or ch_type == "Float64" and not isinstance(value, (int, float)) or isinstance(value, bool):
             raise CursorError("is not a cursor this api returned")
@@ -612,5 +643,7 @@ class CursorCodec:
 
 
 def sort_value(row: dict[str, Any], sort: Sort) -> Any:
-    """The last row's value of the sort column, as its cursor carries it."""
+    """The last row's value of the sort column, as its cursor carries it (None: unknown)."""
+    if sort.field in SORT_KNOWN and not SORT_KNOWN[sort.field][1](row):
+        return None
     return row[SORT_COLUMNS[sort.field][0]]
