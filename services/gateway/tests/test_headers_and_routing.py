@@ -154,6 +154,22 @@ def test_bad_provider_urls_are_named(urls, message):
         GatewaySettings(provider_urls=urls, _env_file=None)
 
 
+@pytest.mark.parametrize("setting, url, message", [
+    ("openai_url", "api.openai.com", r"HELICONE_OPENAI_URL: 'api.openai.com' is not a base URL \(http\(s\)://host"),
+    ("anthropic_url", "https://api.anthropic.com?beta=1", "HELICONE_ANTHROPIC_URL: .* is not a base URL"),
+    ("openai_url", "https://svc:s3cret@oai.proxy.internal", "HELICONE_OPENAI_URL: the URL holds credentials"),
+    ("provider_urls", {"groq": "https://svc:s3cret@groq.proxy.internal/v1"}, "HELICONE_PROVIDER_URLS: 'groq': the URL holds credentials"),
+])
+def test_a_base_url_with_credentials_or_that_is_no_url_stops_the_gateway_naming_the_setting(setting, url, message):
+    """HELICONE_OPENAI_URL and HELICONE_ANTHROPIC_URL were taken unchecked (a URL without a scheme failed every request
+    with a 502; one with a query had each request's path appended to its query), and a base URL with user:password@ was
+    taken by every setting: the credentials were never sent to the provider, but were logged as the target_url of every
+    request (ClickHouse, the dashboard), where the schema promises a base URL never holds any."""
+    with pytest.raises(ValueError, match=message) as raised:
+        GatewaySettings(**{setting: url}, _env_file=None)
+    assert "s3cret" not in str(raised.value)  # the refusal is printed at start-up: it never repeats the password
+
+
 def test_proxy_connection_is_hop_by_hop_both_ways():
     """Proxy-Connection (sent by old clients and some HTTP libraries) is a connection option for the next
     hop, never an end-to-end header: not forwarded to the provider, not passed back to the caller."""

@@ -489,6 +489,44 @@ async def test_path_encoding_and_query_string_are_forwarded_as_sent(gateway):
     assert r.json() == {"path": "/v1/files/file%2Fabc/content", "query": "limit=2&after=x%20y"}
 
 
+async def test_path_and_query_reach_the_provider_byte_for_byte_under_a_base_path(tmp_path):
+    """The upstream URL was parsed again before sending and re-encoded on the way: escapes of reserved characters were
+    decoded (a%3Ab went as a:b, ?ids=a%2Fb as ids=a/b, %3F as ?) and a stray % encoded once more (%ZZ as %25ZZ), so an
+    opaque id or signed query reached the provider changed, and the log named a path the provider never saw."""
+    fake = create_fake_upstream()
+    path = "/v1beta/files/a%3Ab%2Fc%7E%2C/content"
+    query = "after=2024-01-01T00%3A00%3A00Z&ids=a%2Fb&ids=c&q=%3F%2B+x%26y&bad=%ZZ"
+    async with serve(fake) as upstream_url, started_gateway(
+        tmp_path, provider_urls={"gemini": upstream_url + "/base"}, target_url_allowlist=[host_port(upstream_url)]
+    ) as (client, built):
+        auth = {"Helicone-Auth": "Bearer good-key"}
+        by_prefix = await client.get(f"/gemini{path}?{query}", headers=auth)
+        by_target = await client.get(f"/openai{path}?{query}", headers={**auth, "Helicone-Target-URL": upstream_url + "/t/"})
+    assert by_prefix.json() == {"path": "/base" + path, "query": query}
+    assert by_target.json() == {"path": "/t" + path, "query": query}
+    assert [ev.path for ev in built] == [path, path]
+
+
+@pytest.mark.parametrize("raw_path", [b"/gemini/../../admin/keys", b"/gemini/v1beta/%2e%2E/%2E%2e/admin/./keys"])
+async def test_a_path_with_dot_segments_is_refused_never_sent_above_the_providers_base_path(tmp_path, raw_path):
+    """'..' segments (as sent, or percent-encoded as every HTTP client leaves them) were resolved when the upstream URL
+    was built: /gemini/../../admin went to the provider host's /admin, out of the base path the operator set (a
+    proxy's per-team prefix, an account's path in an AI gateway), while the log named the path under the base."""
+    from tests.support.inloop import asgi_request
+
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, in_process_gateway(
+        tmp_path, StubKeys(), kafka_bootstrap="127.0.0.1:1", provider_urls={"gemini": upstream_url + "/team-a/gemini"}
+    ) as (_, gw, built):
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "root_path": "",
+                 "path": raw_path.decode(), "raw_path": raw_path, "query_string": b"key=AIza-secret",
+                 "headers": [(b"helicone-auth", b"Bearer good-key")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8080)}
+        status, _, answer = await asgi_request(gw.handle, scope, [b""])
+    assert status == 400 and json.loads(answer)["error"]["type"] == "helicone_route_error", answer
+    assert "'..'" in json.loads(answer)["error"]["message"]
+    assert fake.state.received == [] and [ev.status for ev in built] == [400]
+
+
 async def test_bad_helicone_header_is_a_400(gateway):
     client, _, _ = gateway
     r = await client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": "Bearer good-key", "Helicone-Request-Id": "x"})

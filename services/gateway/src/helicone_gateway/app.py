@@ -73,7 +73,7 @@ from .headers import (
 from .http_server import WRITE_TIMED_OUT, error_body
 from .journal import Journal
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
-from .providers import Route, Router, missing_base_url
+from .providers import Route, Router, dot_segment, dot_segment_message, missing_base_url, upstream_url
 from .publisher import EventPublisher
 from .ratelimit import (
     CENTS,
@@ -467,6 +467,8 @@ class Gateway:
         plan: Plan | None = None
         try:
             rt = self.router.route(path, header_map, hh.target_url)
+            if dot_segment(rt.path):  # sent as is, the provider would resolve it: out of the base path, maybe
+                raise Rejection(400, dot_segment_message(rt.path), "helicone_route_error")
             if not rt.base_url:
                 raise Rejection(400, missing_base_url(rt.provider), "helicone_route_error")
             path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
@@ -695,7 +697,7 @@ class Gateway:
         says which header named it); raises Rejection (403) if the egress policy refuses its host and
         port, or its address when the host is an IP literal."""
         try:
-            parsed = URL(url)  # the same object is handed to the upstream pool: no second reading of the host
+            parsed = upstream_url(url)  # the same object is handed to the upstream pool: no second reading of the host
             if not parsed.raw_host:
                 raise ValueError("no host")
         except ValueError as exc:
@@ -728,7 +730,7 @@ class Gateway:
         through the egress-checked socket factory; Rejection (403) if every address was refused."""
         upstream = self.upstream
         assert upstream is not None
-        dest, sockets = (url, None) if target is None else (target.url, self.target_sockets)
+        dest, sockets = (upstream_url(url), None) if target is None else (target.url, self.target_sockets)
         for attempt_no in (1, 2):
             attempt = Attempt()
             connecting = token = None

@@ -22,7 +22,7 @@ from yarl import URL
 
 from .egress import noncanonical_ipv4
 from .prompts import PromptError, PromptRequest, check_environment, check_prompt_id, check_version
-from .providers import TARGET_URL_HEADER
+from .providers import TARGET_URL_HEADER, base_url
 from .resilience import RETRY_PREFIX, FallbackTarget, ResilienceError, RetryPolicy, parse_fallbacks, parse_retry
 
 HOP_BY_HOP = frozenset(
@@ -211,7 +211,7 @@ def _target_url(value: str, name: str = "Helicone-Target-URL") -> str:
     problem = host_name_problem(url.raw_host)
     if problem:
         raise HeaderError(f"{name} host {url.raw_host[:64]!r} {problem}")
-    return value.rstrip("/")
+    return base_url(value)  # encoded (IDNA host, escaped path): the request's raw path and query follow it as sent
 
 
 # Encodings the gateway can decode for the log. The response bytes themselves are passed through

@@ -7,8 +7,10 @@ request: one dict lookup on the first path segment."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from helicone_core.providers import PROVIDER_TABLE
+from yarl import URL
 
 from .settings import GatewaySettings, env_name
 
@@ -34,6 +36,32 @@ class Route:
         return p is not None and p.takes_stream_options(self.path)
 
 
+def base_url(url: str) -> str:
+    """A base URL in the encoded form (IDNA host, percent-encoded path) the request's raw path and query are
+    appended to as they are (see upstream_url); "" stays ""."""
+    return str(URL(url)).rstrip("/") if url else ""
+
+
+def upstream_url(url: str) -> URL:
+    """A base URL (base_url's form) plus the request's raw path and query, taken as they are: never re-encoded nor
+    normalized (a%3Ab stays a%3Ab, ?ids=a%2Fb stays so)."""
+    return URL(url, encoded=True)
+
+
+def dot_segment(path: str) -> bool:
+    """Whether the raw `path` has a '.' or '..' segment, as sent or percent-encoded (%2e%2e, ..%2f): sent on, the
+    provider's server would resolve it, and /<prefix>/../.. would leave the base path the deployment names."""
+    if "/." not in path and "%" not in path and "\\" not in path:  # the common path: no unquoting
+        return False
+    return any(s in (".", "..") for s in unquote(path).replace("\\", "/").split("/"))
+
+
+def dot_segment_message(path: str) -> str:
+    """The 400 message for a path dot_segment refuses."""
+    return (f"request path {path[:200]!r} has a '.' or '..' segment (or one percent-encoded): send the path it "
+            "stands for, without them")
+
+
 def missing_base_url(provider: str) -> str:
     """The 400 message for a provider whose base URL this deployment does not set."""
     example = "https://<resource>.openai.azure.com" if provider == "azure" else "https://..."
@@ -47,9 +75,10 @@ class Router:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.base_urls = {name: p.base_url for name, p in PROVIDER_TABLE.items()}
-        self.base_urls["openai"] = settings.openai_url.rstrip("/")
-        self.base_urls["anthropic"] = settings.anthropic_url.rstrip("/")
-        self.base_urls.update({name: url.rstrip("/") for name, url in settings.provider_urls.items()})
+        self.base_urls["openai"] = settings.openai_url
+        self.base_urls["anthropic"] = settings.anthropic_url
+        self.base_urls.update(settings.provider_urls)
+        self.base_urls = {name: base_url(url) for name, url in self.base_urls.items()}
         # a path marker that, without a prefix, names its provider (Gemini's ":generateContent"): only one read in the
         # provider's own format; Anthropic's "/chat/completions" (its OpenAI SDK layer) is every OpenAI-format path
         self.markers = tuple((marker, name) for name, p in PROVIDER_TABLE.items() for marker, fmt in p.usage_paths

@@ -8,7 +8,7 @@ from typing import Literal
 from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
 from helicone_core.settings import env_name as settings_env_name
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from yarl import URL
 
 from .egress import parse_allowlist_entry
@@ -110,13 +110,28 @@ class GatewaySettings(ServiceSettings):
                 raise ValueError(f"{where}: {name!r}: set its base URL with {settings_env_name(name + '_url')}")
             if name not in PROVIDER_TABLE:
                 raise ValueError(f"{where}: {name!r} is no provider of the table; accepted: {sorted(set(PROVIDER_TABLE) - {'openai', 'anthropic'})}")
-            try:
-                parsed = URL(url)
-            except ValueError:
-                parsed = None
-            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.query_string:
-                raise ValueError(f"{where}: {name!r}: {url!r} is not a base URL (http(s)://host[:port][/path], no query)")
+            check_base_url(f"{where}: {name!r}", url)
         return urls
+
+    @field_validator("openai_url", "anthropic_url")
+    @classmethod
+    def _base_url(cls, url: str, info: ValidationInfo) -> str:
+        check_base_url(settings_env_name(info.field_name), url)
+        return url
+
+
+def check_base_url(where: str, url: str) -> None:
+    """ValueError naming `where` unless `url` is http(s)://host[:port][/path]: no query or fragment (each request's path
+    follows it) and no user:password@ (never sent to the provider, and the base URL is logged with every request)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        parsed = None
+    if parsed is not None and (parsed.raw_user or parsed.raw_password):  # the URL is not repeated: it holds a secret
+        raise ValueError(f"{where}: the URL holds credentials (user:password@): they are never sent to the provider, and "
+                         "the base URL is logged with every request; send the provider's key as a request header")
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or "?" in url or "#" in url:
+        raise ValueError(f"{where}: {url!r} is not a base URL (http(s)://host[:port][/path], no query or fragment)")
 
 
 
