@@ -35,6 +35,35 @@ async def test_local_body_store_reads_a_body_inside_a_pack_by_its_byte_range(tmp
             await store.get(bad)
 
 
+async def test_local_body_store_names_a_body_its_pack_holds_only_part_of(tmp_path):
+    """A pack file shorter than its rows' ranges (cut by a power loss: the local store does not fsync) gave the
+    bytes that were there, a cut body answered as if whole and an empty one as no body at all."""
+    store = LocalBodyStore(tmp_path / "bodies")
+    await store.start()
+    await store.put("orgs/o/packs/p1", b'{"req":1}{"re', "application/octet-stream")
+    assert await store.get(body_ref("orgs/o/packs/p1", 0, 9)) == b'{"req":1}'
+    with pytest.raises(Exception, match="^the stored body is cut short: 4 of its 10 bytes are in the body store$"):
+        await store.get(body_ref("orgs/o/packs/p1", 9, 10))
+    with pytest.raises(Exception, match="^the stored body is cut short: 0 of its 5 bytes are in the body store$"):
+        await store.get(body_ref("orgs/o/packs/p1", 20, 5))
+
+
+async def test_local_body_store_refuses_to_read_a_body_larger_than_any_log_holds(tmp_path):
+    """A body file of any size was read whole into memory (a producer's `location` body of gigabytes)."""
+    from helicone_core.kafka import MAX_RECORD_BYTES
+
+    store = LocalBodyStore(tmp_path / "bodies")
+    await store.start()
+    await store.put("orgs/o/requests/r/1/request", b"x" * MAX_RECORD_BYTES, "text/plain")
+    await store.put("orgs/o/requests/r/1/response", b"x" * (MAX_RECORD_BYTES + 1), "text/plain")
+    assert len(await store.get("orgs/o/requests/r/1/request")) == MAX_RECORD_BYTES
+    too_large = f"^the stored body is {MAX_RECORD_BYTES + 1} bytes, more than the {MAX_RECORD_BYTES} an answer holds$"
+    with pytest.raises(Exception, match=too_large):
+        await store.get("orgs/o/requests/r/1/response")
+    with pytest.raises(Exception, match=too_large):  # a range of a pack: refused before a byte is read
+        await store.get(body_ref("orgs/o/requests/r/1/response", 0, MAX_RECORD_BYTES + 1))
+
+
 async def test_local_body_store_sweep_deletes_bodies_past_the_retention_and_keeps_newer(tmp_path):
     import os
     import time

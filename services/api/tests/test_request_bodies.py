@@ -9,6 +9,7 @@ from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
 from helicone_core import events
 from helicone_core.bodies import PACK_CONTENT_TYPE, body_ref
+from helicone_core.kafka import MAX_RECORD_BYTES
 
 from services.api.tests.test_api import T0, api, wait_for_keys  # noqa: F401 - the fixture
 from tests.support.keys import keys_before_start
@@ -97,3 +98,40 @@ async def test_a_body_the_store_cannot_give_is_named_and_the_rest_of_the_request
     d = r.json()
     assert (d["request_id"], d["model"], d["latency_ms"], d["request_body"]) == (gone, "gpt-4o", 7, None)
     assert "NoSuchBucket" in d["request_body_error"] and "NoSuchBucket" in d["response_body_error"]
+
+
+async def test_a_body_whose_pack_is_cut_short_is_named_cut_short_never_answered_cut_or_as_the_store_failing(s3_api):
+    """A pack holding less than its rows point at was answered as the bytes that were there: a cut body as if
+    whole, and a range past its end as the store failing (InvalidRange) when the store answers well."""
+    client, state, org, _ = s3_api
+    pack = f"orgs/{org}/packs/cut"
+    await state.bodies.put(pack, b'{"req":1}{"re', PACK_CONTENT_TYPE)  # written whole it was '{"req":1}{"resp":1}'
+    part = await add_row(state, org, body_ref(pack, 0, 9), body_ref(pack, 9, 10))
+    r = await client.get(f"/v1/request/{part}")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert (d["request_body"], d["request_body_error"], d["response_body"]) == ({"req": 1}, None, None)
+    assert d["response_body_error"] == "the stored body is cut short: 4 of its 10 bytes are in the body store"
+    past = await add_row(state, org, body_ref(pack, 20, 5), "")
+    r = await client.get(f"/v1/request/{past}")
+    assert r.status_code == 200, r.text
+    assert r.json()["request_body"] is None
+    assert r.json()["request_body_error"] == "the stored body is cut short: 0 of its 5 bytes are in the body store"
+
+
+async def test_a_stored_body_larger_than_any_log_holds_is_named_not_read_into_the_answer(s3_api):
+    """A producer's `location` body of any size was read whole into memory, decoded and answered: one
+    request for a body of gigabytes could take the api down. The largest body a log holds (one Kafka record)
+    is answered; one larger is named with its size."""
+    client, state, org, _ = s3_api
+    fits, over = f"orgs/{org}/requests/r/1/request", f"orgs/{org}/requests/r/1/response"
+    await state.bodies.put(fits, b"x" * MAX_RECORD_BYTES, "text/plain")
+    await state.bodies.put(over, b"x" * (MAX_RECORD_BYTES + 1), "text/plain")
+    rid = await add_row(state, org, fits, over, content_type="text/plain")
+    r = await client.get(f"/v1/request/{rid}")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert len(d["request_body"]) == MAX_RECORD_BYTES and d["request_body_error"] is None
+    assert d["response_body"] is None
+    assert d["response_body_error"] == (f"the stored body is {MAX_RECORD_BYTES + 1} bytes, more than the {MAX_RECORD_BYTES} "
+                                        "an answer holds")

@@ -199,3 +199,42 @@ async def test_the_local_body_store_is_swept_past_the_retention(tmp_path):
     finally:
         sweep.cancel()
         await asyncio.gather(sweep, return_exceptions=True)
+
+
+async def test_a_retention_the_s3_bucket_does_not_enforce_on_bodies_is_warned_of_at_start(tmp_path, caplog):
+    """With HELICONE_RETENTION_DAYS set, rows expired and bodies in S3 stayed forever unless the operator had
+    added the bucket's lifecycle rule (README), and nothing said it was missing: prompts and answers kept past
+    the retention without a word. Ingest checks the bucket at start and names what is missing."""
+    import logging
+
+    from helicone_core.bodies import S3BodyStore
+    from pydantic import SecretStr
+
+    from tests.support.moto_server import moto_server
+
+    def rule(days, prefix="orgs/"):
+        return {"Rules": [{"ID": "r", "Status": "Enabled", "Filter": {"Prefix": prefix}, "Expiration": {"Days": days}}]}
+
+    with moto_server(tmp_path) as endpoint:
+        bodies = S3BodyStore("bodies", endpoint, "us-east-1", True, SecretStr("test"), SecretStr("test"))
+        await bodies.start()
+        svc = IngestService(IngestSettings(data_dir=tmp_path, body_store="s3", analytics_backend="chdb", retention_days=30,
+                                           _env_file=None), bodies=bodies)
+        client = bodies._client
+        try:
+            for lifecycle, warned in [(None, "has no lifecycle rule expiring objects under orgs/"),
+                                      (rule(90), "expires objects under orgs/ after 90 days"),
+                                      (rule(30, prefix="other/"), "has no lifecycle rule expiring objects under orgs/"),
+                                      (rule(30), None), (rule(7, prefix=""), None)]:
+                if lifecycle is not None:
+                    await client.put_bucket_lifecycle_configuration(Bucket="bodies", LifecycleConfiguration=lifecycle)
+                caplog.clear()
+                with caplog.at_level(logging.WARNING, logger="helicone.ingest"):
+                    await svc._check_body_retention()
+                said = [r.getMessage() for r in caplog.records if r.name == "helicone.ingest"]
+                if warned is None:
+                    assert said == [], (lifecycle, said)
+                else:
+                    assert len(said) == 1 and warned in said[0] and "HELICONE_RETENTION_DAYS 30" in said[0], (lifecycle, said)
+        finally:
+            await bodies.close()

@@ -101,6 +101,31 @@ async def test_replayed_events_do_not_double_count(writer):
     assert await pool.fetchval("SELECT count(*) FROM request_users") == 1
 
 
+async def test_an_event_already_past_the_retention_stores_neither_its_row_nor_its_bodies(tmp_path):
+    """An event whose request is older than HELICONE_RETENTION_DAYS (an async-log backfill, a backlog in Kafka)
+    had its row written, shown until ClickHouse's next TTL merge, and its bodies stored for the whole retention
+    from then on: prompts and answers of a request that is gone, kept for another 30 days."""
+    analytics = ChdbStore(tmp_path / "chdb", "helicone", retention_days=30)
+    await analytics.init_schema()
+    bodies = LocalBodyStore(tmp_path / "bodies")
+    await bodies.start()
+    metrics = ServiceMetrics("ingest")
+    w = BatchWriter(analytics, bodies, PendingMetadata(metrics), metrics, retention_days=30)
+    now = dt.datetime.now(dt.timezone.utc)
+    gone = event(at=now - dt.timedelta(days=30, minutes=1), body=b'{"secret":"gone"}')
+    kept = event(at=now - dt.timedelta(days=29, hours=23), body=b'{"secret":"kept"}')
+    try:
+        good, bad = w.decode([events.encode(gone), events.encode(kept)])
+        assert bad == [] and [ev.request_id for ev in good] == [kept.request_id]
+        await w.write(good)
+        assert await count(analytics) == 1 and await count(analytics, kept.request_id) == 1
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "bodies").rglob("*") if p.is_file())
+        assert b"kept" in stored and b"gone" not in stored
+        assert metrics.registry.get_sample_value("helicone_ingest_events_total", {"result": "expired"}) == 1
+    finally:
+        await analytics.close()
+
+
 async def test_undecodable_events_are_rejected_with_reasons(writer):
     w, analytics, _, _ = writer
     bad_version = event()

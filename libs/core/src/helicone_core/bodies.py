@@ -21,12 +21,16 @@ from typing import Protocol
 from pydantic import SecretStr
 
 from .filemodes import PRIVATE_FILE_MODE, private_dir
+from .kafka import MAX_RECORD_BYTES
 from .settings import S3_KEY_PAIR_ERROR, CommonSettings
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
 RANGE_SEP = "#"  # never part of an object key (_KEY)
 _RANGE = re.compile(r"^(\d{1,15})\+(\d{1,15})$")
 PACK_CONTENT_TYPE = "application/vnd.helicone.body-pack"
+# the largest body read for an answer: every body a log event carries fits one Kafka record; a producer's
+# `location` object may be any size, and one read whole could take the reader's memory
+MAX_BODY_READ_BYTES = MAX_RECORD_BYTES
 
 
 def _check_key(key: str) -> str:
@@ -64,10 +68,40 @@ def store_error(exc: BaseException) -> str:
     return str(code) if code else exc.__class__.__name__
 
 
+class BodyCutShort(Exception):
+    """A body whose object holds only part of the range its reference names: the object was not written
+    whole (a local pack cut by a power loss; the local store does not fsync). Never answered as the part."""
+
+    def __init__(self, present: int, length: int) -> None:
+        super().__init__(f"the stored body is cut short: {present} of its {length} bytes are in the body store")
+        self.present, self.length = present, length
+
+
+class BodyTooLarge(Exception):
+    """A body larger than MAX_BODY_READ_BYTES: named with its size, never read."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the stored body is {size} bytes, more than the {MAX_BODY_READ_BYTES} an answer holds")
+        self.size = size
+
+
+def _readable(size: int) -> None:
+    if size > MAX_BODY_READ_BYTES:
+        raise BodyTooLarge(size)
+
+
+def _whole(data: bytes, length: int) -> bytes:
+    if len(data) < length:
+        raise BodyCutShort(len(data), length)
+    return data
+
+
 class BodyStore(Protocol):
     async def start(self) -> None: ...
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
-    async def get(self, ref: str) -> bytes | None: ...  # a key or a body_ref; None: no such object
+    # a key or a body_ref; None: no such object; raises BodyCutShort for a range the object holds only part of,
+    # BodyTooLarge for a body over MAX_BODY_READ_BYTES
+    async def get(self, ref: str) -> bytes | None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -106,8 +140,9 @@ class LocalBodyStore:
         path = self._path(key)
         try:
             if offset is None:
-                return await asyncio.to_thread(path.read_bytes)
-            return await asyncio.to_thread(_read_range, path, offset, length)
+                return await asyncio.to_thread(_read_object, path)
+            _readable(length)
+            return _whole(await asyncio.to_thread(_read_range, path, offset, length), length)
         except FileNotFoundError:
             return None
 
@@ -143,6 +178,12 @@ def _sweep(root: Path, cutoff: float) -> int:
                     os.rmdir(path)  # only when empty
                     emptied.add(parent)
     return removed
+
+
+def _read_object(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        _readable(os.fstat(f.fileno()).st_size)
+        return f.read()
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:
@@ -204,13 +245,41 @@ class S3BodyStore:
         if offset is not None:
             if length == 0:
                 return b""
+            _readable(length)
             extra["Range"] = f"bytes={offset}-{offset + length - 1}"
         try:
             obj = await self._client.get_object(Bucket=self.bucket, Key=key, **extra)
         except self._client.exceptions.NoSuchKey:
             return None
+        except self._client.exceptions.ClientError as exc:
+            if offset is not None and store_error(exc) == "InvalidRange":  # the object ends before the range starts
+                raise BodyCutShort(0, length) from None
+            raise
         async with obj["Body"] as stream:
-            return await stream.read()
+            if offset is None:
+                _readable(obj.get("ContentLength", 0))  # leaves the answer unread (its connection is closed)
+            data = await stream.read()
+        return data if offset is None else _whole(data, length)
+
+    async def expiry_days(self, prefix: str) -> int | None:
+        """The fewest days after which the bucket's lifecycle rules expire every object under `prefix` (None: no
+        enabled rule does). A rule narrowed to tags or object sizes leaves other objects, so it does not count."""
+        try:
+            config = await self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except self._client.exceptions.ClientError as exc:
+            if store_error(exc) == "NoSuchLifecycleConfiguration":
+                return None
+            raise
+        days = []
+        for rule in config.get("Rules", []):
+            narrowed = rule.get("Filter", {"Prefix": rule.get("Prefix", "")})
+            if "And" in narrowed and set(narrowed["And"]) == {"Prefix"}:
+                narrowed = narrowed["And"]
+            expires = rule.get("Expiration", {}).get("Days")
+            if (rule.get("Status") == "Enabled" and expires and set(narrowed) <= {"Prefix"}
+                    and prefix.startswith(narrowed.get("Prefix", ""))):
+                days.append(expires)
+        return min(days, default=None)
 
     async def ping(self) -> bool:
         try:

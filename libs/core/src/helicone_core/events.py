@@ -256,8 +256,11 @@ def event_version(event: RequestLogged) -> int:
     return max(ts.seconds, 0) * 1_000_000_000 + max(ts.nanos, 0)
 
 
+BODIES_PREFIX = "orgs/"  # every stored body is under it (the prefix of the bucket's retention lifecycle rule)
+
+
 def body_prefix(org_id: str) -> str:
-    return f"orgs/{org_id}/"
+    return f"{BODIES_PREFIX}{org_id}/"
 
 
 def body_keys(org_id: str, request_id: str, version: int) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from helicone_core import db
 from helicone_core.analytics import make_analytics_store
-from helicone_core.bodies import make_body_store, store_error
+from helicone_core.bodies import BodyCutShort, BodyTooLarge, make_body_store, store_error
 from helicone_core.cost import CostRegistry
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
@@ -178,6 +178,8 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
                 data = await state.bodies.get(key)
             except ValueError:
                 return None, "the row's body reference is not valid"
+            except (BodyCutShort, BodyTooLarge) as exc:
+                return None, str(exc)
             except Exception as exc:  # noqa: BLE001 - the store is down or refuses (S3 throttling, credentials, bucket)
                 log.warning("body %r of request %s could not be read: %r", key, request_id, exc)
                 return None, f"the body store could not be read ({store_error(exc)})"

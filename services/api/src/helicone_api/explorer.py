@@ -163,7 +163,8 @@ class RequestDetail(RequestRow):
     request_body: Any = Field(description="JSON when the body was JSON, else text; null when not stored")
     response_body: Any = Field(description="JSON when the body was JSON, else text (SSE streams as sent); null when not stored")
     request_body_error: str | None = Field(None, description="why the stored request body could not be read (it is then "
-                                                             "null): not found in the body store, or the store failed")
+                                                             "null): not found in the body store, cut short there, "
+                                                             "larger than an answer holds, or the store failed")
     response_body_error: str | None = Field(None, description="as request_body_error, for the response body")
 
 

@@ -20,10 +20,11 @@ from helicone_core.analytics import make_analytics_store
 from helicone_core.bodies import make_body_store
 from helicone_core.cancellation import raise_if_cancelling, wait_for
 from helicone_core.cost import CostRegistry
+from helicone_core.events import BODIES_PREFIX
 from helicone_core.filemodes import private_dir
 from helicone_core.kafka import client_security, ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
-from helicone_core.settings import KAFKA_SASL_PROTOCOLS
+from helicone_core.settings import KAFKA_SASL_PROTOCOLS, env_name
 
 from .batches import Batch, BatchApp, InFlight, Turn, Turns
 from .dlq import Origin, dead_letter_headers
@@ -222,7 +223,7 @@ class IngestService:
         await self.bodies.start()
         await self.analytics.init_schema()
         self.writer = BatchWriter(self.analytics, self.bodies, self.metadata, self.metrics,
-                                  CostRegistry.load(s.cost_registry_file))
+                                  CostRegistry.load(s.cost_registry_file), s.retention_days)
         self._postgres_task = asyncio.create_task(self._connect_postgres(), name="ingest-postgres")
         self._metadata_task = asyncio.create_task(self.metadata.run(), name="ingest-metadata")
         await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor,
@@ -232,6 +233,31 @@ class IngestService:
         self._guard_task = asyncio.create_task(self._offset_guard())
         if s.retention_days and hasattr(self.bodies, "sweep"):  # the local store; S3's is a lifecycle rule (README)
             self._sweep_task = asyncio.create_task(self._sweep_bodies(), name="ingest-body-sweep")
+        await self._check_body_retention()
+
+    async def _check_body_retention(self) -> None:
+        """Warns when retention_days is set and the S3 bucket's lifecycle rules do not expire the bodies within it
+        (the operator adds the rule: README, "Configuration of a cluster deployment"); never stops ingest."""
+        days = self.settings.retention_days
+        if not days or not hasattr(self.bodies, "expiry_days"):
+            return
+        prefix, bucket = BODIES_PREFIX, f"S3 bucket {self.bodies.bucket!r}"
+        try:
+            expires = await self.bodies.expiry_days(prefix)
+        except Exception as exc:  # noqa: BLE001 - e.g. AccessDenied: the role may not read the lifecycle
+            raise_if_cancelling(exc)
+            log.warning("%s %d: could not check that the %s expires the bodies (%s: %s)", env_name("retention_days"), days,
+                        bucket, exc.__class__.__name__, exc)
+            return
+        if expires is None:
+            found = f"has no lifecycle rule expiring objects under {prefix}"
+        elif expires > days:
+            found = f"expires objects under {prefix} after {expires} days"
+        else:
+            return
+        log.warning("%s %d, but the %s %s: request and response bodies stay after their rows are gone; add a "
+                    "lifecycle rule of %d days on the prefix %s (README, \"Configuration of a cluster deployment\")",
+                    env_name("retention_days"), days, bucket, found, days, prefix)
 
     async def _sweep_bodies(self) -> None:
         """Deletes the local store's bodies older than retention_days, at start and every BODY_SWEEP_INTERVAL

@@ -81,8 +81,9 @@ class PreparedBatch:
 
 class BatchWriter:
     def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, metadata: PendingMetadata, metrics: ServiceMetrics,
-                 costs: CostRegistry | None = None) -> None:
+                 costs: CostRegistry | None = None, retention_days: int = 0) -> None:
         self.analytics = analytics
+        self.retention_days = retention_days  # settings.retention_days; 0: keep every request
         self.bodies = bodies
         self.metadata = metadata
         self.costs = costs or CostRegistry.default()
@@ -129,10 +130,22 @@ class BatchWriter:
             # one row per identity, the newest request (as ReplacingMergeTree would keep; a tie: the later copy)
             if kept is None or events.event_version(ev) >= events.event_version(kept):
                 good[identity] = ev
-        self.m_events.labels("ok").inc(len(good))
-        self.m_events.labels("duplicate_in_batch").inc(len(raws) - len(bad) - len(good))
+        unique = len(good)
+        retained = self._within_retention(good.values())
+        self.m_events.labels("ok").inc(len(retained))
+        self.m_events.labels("duplicate_in_batch").inc(len(raws) - len(bad) - unique)
+        self.m_events.labels("expired").inc(unique - len(retained))
         self.m_events.labels("rejected").inc(len(bad))
-        return list(good.values()), bad
+        return retained, bad
+
+    def _within_retention(self, evs) -> list[events.RequestLogged]:
+        """The events whose request is within retention_days. One older (an async-log backfill, a backlog in
+        Kafka) is not written: ClickHouse's TTL would drop its row at the next merge, while its bodies, which
+        expire by when they were stored, would stay for the whole retention after it."""
+        if not self.retention_days:
+            return list(evs)
+        cutoff = time.time() - self.retention_days * 86400
+        return [ev for ev in evs if ev.request_created_at.seconds + ev.request_created_at.nanos / 1e9 > cutoff]
 
     def prepare(self, batch: list[events.RequestLogged]) -> PreparedBatch:
         """The CPU part of writing a batch: its body packs and rows, nothing stored yet (ingest
