@@ -280,3 +280,71 @@ def test_a_browser_in_a_time_zone_without_a_name_still_draws_the_series(served, 
         west = driver.execute_script("return new Date().getTimezoneOffset()")  # minutes, as the charts' axes show time
     zone = [b for _m, path, b, _q in calls if path == "/v1/metrics/timeseries"][-1]["timezone"]
     assert ZoneInfo(zone).utcoffset(dt.datetime.now()) == -dt.timedelta(minutes=west), zone
+
+
+# what a caller may log as a user id, model, score name or session name: the page renders it with its own row builders
+HOSTILE_ROWS = """
+    const [user, model, name] = arguments;
+    const added = [
+        [document.querySelector("#requests-table tbody"), requestRow({...arguments[3], user_id: user, model, scores: {[name]: 1}})],
+        [document.querySelector("#users-table tbody"), userRow({user_id: user, requests: 1, cost_usd: 0.0000042, total_tokens: 10,
+                                                                active_days: 1, last_seen: arguments[4]})],
+        [document.querySelector("#sessions-table tbody"), sessionRow({session_id: "s-9", session_name: name, requests: 1,
+                                                                      cost_usd: 0.0000042, total_tokens: 10, duration_ms: 340})],
+        [document.getElementById("panel-sessions"), treeItem({name, cost_usd: 0.0000042, duration_ms: 340, requests: [], children: []})],
+    ];
+    for (const [box, node] of added) box.append(node);
+    return added.map(([, node]) => node);"""
+
+
+def render_hostile(page, user: str, model: str, name: str) -> list:
+    settled(page, "requests"), settled(page, "users"), settled(page, "sessions")
+    return page.execute_script(HOSTILE_ROWS, user, model, name, ROWS[0], BUCKETS[0])
+
+
+def remove(page, nodes: list) -> None:
+    page.execute_script("for (const n of arguments[0]) n.remove();", nodes)
+
+
+def test_a_logged_value_of_any_length_stays_inside_its_table(page):
+    """A 10 kB user id (or model) without a space made its table 90 000 px wide: the page scrolled sideways and the
+    request's status, cost and "Open" button were a screen-width scroll away per screen. It wraps in its cell, now,
+    the cell scrolls past a few lines, and no number of the row breaks."""
+    nodes = render_hostile(page, "u" * 10_000, "m" * 3_000, "n" * 5_000)
+    try:
+        page_width, view_width = page.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert page_width <= view_width
+        for table in ("requests-table", "users-table", "sessions-table"):
+            width, panel = page.execute_script(
+                "const t = document.getElementById(arguments[0]); return [t.offsetWidth, t.closest('.panel').clientWidth]", table)
+            assert width <= panel, table
+        request, user, session, tree = nodes
+        for tr in (request, user, session):
+            assert tr.size["height"] < 200, tr.text[:80]
+        # each number of the row is on one line
+        lines = page.execute_script("""
+            return [...arguments[0].cells].filter((td) => /^[0-9$.,]+$/.test(td.textContent)).map((td) => {
+                const r = document.createRange(); r.selectNodeContents(td); return [td.textContent, r.getClientRects().length]; })""",
+                                    request)
+        assert lines == [["200", 1], ["120", 1], ["10", 1], ["$0.0000042", 1]], lines
+        assert tree.size["width"] <= view_width
+    finally:
+        remove(page, nodes)
+
+
+def test_a_logged_value_cannot_hide_or_reorder_characters(page):
+    """A user id "\u202eecila" (a right-to-left override) showed as "alice", another user's id; the override in a
+    session name turned the cost and duration after it around ("sm 043 ,2400000.0$"), and a zero-width space made
+    "gpt\u200b-4o" read as "gpt-4o". Each such character shows as its code point, now."""
+    nodes = render_hostile(page, "\u202eecila", "gpt\u200b-4o", "trip\u202e")
+    try:
+        request, user, session, tree = nodes
+        assert "⟨U+202E⟩ecila" in request.text and "gpt⟨U+200B⟩-4o" in request.text and "trip⟨U+202E⟩=1" in request.text
+        assert user.text.startswith("⟨U+202E⟩ecila 1 ")
+        assert "trip⟨U+202E⟩ (s-9)" in session.text
+        assert tree.text == "trip⟨U+202E⟩ — $0.0000042, 340 ms"
+        shown = page.execute_script("return arguments[0].map((n) => n.textContent).join('')", nodes)
+        assert "\u202e" not in shown and "\u200b" not in shown
+    finally:
+        remove(page, nodes)

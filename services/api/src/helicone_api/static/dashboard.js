@@ -54,6 +54,12 @@ const fmtUsd = (n) =>
 const fmtPct = (n) => (n === null || n === undefined ? "–" : (n * 100).toFixed(1) + "%");
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
 
+// What a caller logged may hold characters that show nothing or reorder the text around them (controls, bidi
+// embeddings, overrides, isolates and marks, zero-width spaces): each shows as its code point, so "\u202eecila"
+// never reads as "alice" nor turns the numbers after it around, and "gpt\u200b-4o" is not "gpt-4o".
+const HIDDEN_CHARS = /[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0\ufff9-\ufffb]/g;
+const shown = (v) => String(v).replace(HIDDEN_CHARS, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`);
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -65,6 +71,10 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// A logged value in a table cell: any length, maybe without a space, it wraps anywhere and scrolls past a few lines
+// (dashboard.css .value), never widening its table beyond the page.
+const value = (v) => el("span", { class: "value", text: shown(v) });
+
 function row(cells) {
   return el("tr", {}, ...cells.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: String(c) }))));
 }
@@ -74,7 +84,7 @@ function row(cells) {
 function setPanel(name, state, message = "") {
   const panel = $("#panel-" + name);
   panel.dataset.state = state;
-  $(".panel-status", panel).textContent = message;
+  $(".panel-status", panel).textContent = shown(message); // an api's error may repeat a logged value
 }
 
 // Runs one panel's load: a 404 means this api does not serve the route (yet). Only the newest load
@@ -228,7 +238,7 @@ async function loadModels(current) {
     "chart-models",
     {
       scales: { x: { time: false, range: () => [-0.5, Math.max(keys.length, 1) - 0.5] } },
-      axes: [{ splits: () => x, values: (u, splits) => splits.map((i) => keys[i] ?? "") }, {}],
+      axes: [{ splits: () => x, values: (u, splits) => splits.map((i) => (i in keys ? shown(keys[i]) : "")) }, {}],
       series: [{}, { label: "cost (USD)", fill: COLORS[0], stroke: COLORS[0], paths: uPlot.paths.bars({ size: [0.6, 80] }), points: { show: false } }],
       legend: { show: false },
     },
@@ -237,7 +247,7 @@ async function loadModels(current) {
   const body = $("#models-table tbody");
   body.replaceChildren(
     ...rows.map((d) =>
-      row([d.key || "(none)", fmtInt(d.requests), fmtUsd(d.cost_usd), fmtInt(d.prompt_tokens + d.completion_tokens), fmtPct(d.error_rate), fmtInt(d.p95_latency_ms)]),
+      row([value(d.key || "(none)"), fmtInt(d.requests), fmtUsd(d.cost_usd), fmtInt(d.prompt_tokens + d.completion_tokens), fmtPct(d.error_rate), fmtInt(d.p95_latency_ms)]),
     ),
   );
   return rows.length === 0;
@@ -285,14 +295,14 @@ function requestFilter() {
 
 function scoresText(scores) {
   const entries = Object.entries(scores || {});
-  return entries.length ? entries.map(([k, v]) => `${k}=${v}`).join(", ") : "–";
+  return entries.length ? value(entries.map(([k, v]) => `${k}=${v}`).join(", ")) : "–";
 }
 
 function requestRow(d) {
   return row([
     fmtTime(d.created_at),
-    d.model || "–",
-    d.user_id || "–",
+    d.model ? value(d.model) : "–",
+    d.user_id ? value(d.user_id) : "–",
     d.status,
     fmtInt(d.latency_ms),
     fmtInt(d.usage.total_tokens),
@@ -340,7 +350,7 @@ function showBody(pre, body, error) {
 async function openRequest(id) {
   const panel = $("#panel-detail");
   panel.hidden = false;
-  $("#detail-id").textContent = id;
+  $("#detail-id").textContent = shown(id);
   for (const node of panel.querySelectorAll("dl, ul, pre")) node.replaceChildren(); // not the previous request's
   await loadPanel("detail", async (current) => {
     // this route is served: its 404 is a request this org does not have (yet), not a missing route
@@ -350,23 +360,23 @@ async function openRequest(id) {
     stillCurrent(current);
     const meta = [
       ["Time", fmtTime(d.created_at)],
-      ["Provider", d.provider],
-      ["Model", d.model || "–"],
+      ["Provider", shown(d.provider)],
+      ["Model", d.model ? shown(d.model) : "–"],
       ["Status", String(d.status)],
       ["Latency (ms)", fmtInt(d.latency_ms)],
       ["Time to first token (ms)", fmtInt(d.time_to_first_token_ms)],
-      ["User", d.user_id || "–"],
-      ["Session", d.session ? `${d.session.id} ${d.session.path || ""}` : "–"],
+      ["User", d.user_id ? shown(d.user_id) : "–"],
+      ["Session", d.session ? shown(`${d.session.id} ${d.session.path || ""}`) : "–"],
       ["Tokens (prompt / completion)", `${fmtInt(d.usage.prompt_tokens)} / ${fmtInt(d.usage.completion_tokens)}`],
       ["Cost", fmtUsd(d.cost_usd)],
-      ["Properties", Object.entries(d.properties || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–"],
+      ["Properties", shown(Object.entries(d.properties || {}).map(([k, v]) => `${k}=${v}`).join(", ")) || "–"],
     ];
-    if (d.error) meta.push(["Error", d.error]);
+    if (d.error) meta.push(["Error", shown(d.error)]);
     if (d.body_truncated) meta.push(["Bodies", "cut at the logged body limit (HELICONE_MAX_LOGGED_BODY_BYTES)"]);
     $("#detail-meta").replaceChildren(...meta.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
     const scores = Object.entries(d.scores || {});
     $("#detail-scores").replaceChildren(
-      ...(scores.length ? scores.map(([k, v]) => el("li", { class: "score", text: `${k}: ${v}` })) : [el("li", { text: "No scores" })]),
+      ...(scores.length ? scores.map(([k, v]) => el("li", { class: "score", text: shown(`${k}: ${v}`) })) : [el("li", { text: "No scores" })]),
     );
     showBody($("#detail-request-body"), d.request_body, d.request_body_error);
     showBody($("#detail-response-body"), d.response_body, d.response_body_error);
@@ -379,7 +389,8 @@ async function openRequest(id) {
 
 function sessionRow(s) {
   return row([
-    el("button", { type: "button", class: "link", "aria-label": "Show session tree " + s.session_id, text: s.session_name ? `${s.session_name} (${s.session_id})` : s.session_id, onclick: () => openSession(s.session_id) }),
+    el("button", { type: "button", class: "link", "aria-label": "Show session tree " + s.session_id, onclick: () => openSession(s.session_id) },
+      value(s.session_name ? `${s.session_name} (${s.session_id})` : s.session_id)),
     fmtInt(s.requests),
     fmtUsd(s.cost_usd),
     fmtInt(s.total_tokens),
@@ -392,7 +403,7 @@ function sessionRow(s) {
 function userRow(u) {
   return row([
     u.user_id
-      ? el("button", { type: "button", class: "link", "aria-label": "Show requests of user " + u.user_id, text: u.user_id, onclick: () => filterByUser(u.user_id) })
+      ? el("button", { type: "button", class: "link", "aria-label": "Show requests of user " + u.user_id, onclick: () => filterByUser(u.user_id) }, value(u.user_id))
       : "(no user)",
     fmtInt(u.requests),
     fmtUsd(u.cost_usd),
@@ -440,10 +451,10 @@ const loadList = (name) => (current) => {
 const loadMoreList = (name) => (current) => loadListPage(name, current, listMore[name].query, listMore[name].shown);
 
 function treeItem(node) {
-  const label = `${node.name || node.path || "/"} — ${fmtUsd(node.cost_usd)}, ${fmtInt(node.duration_ms)} ms`;
+  const label = `${shown(node.name || node.path || "/")} — ${fmtUsd(node.cost_usd)}, ${fmtInt(node.duration_ms)} ms`;
   const group = el("ul", { role: "group" });
   for (const r of node.requests || []) {
-    const text = `${r.model || r.path} · ${r.status} · ${fmtInt(r.latency_ms)} ms · ${fmtUsd(r.cost_usd)}`;
+    const text = `${shown(r.model || r.path)} · ${r.status} · ${fmtInt(r.latency_ms)} ms · ${fmtUsd(r.cost_usd)}`;
     const open = el("button", { type: "button", class: "link", "aria-label": "Open request " + r.request_id, text, onclick: () => openRequest(r.request_id) });
     group.append(el("li", { role: "treeitem", class: "tree-request" }, open));
   }
@@ -459,7 +470,7 @@ let sessionOpens = 0;
 async function openSession(id) {
   const seq = ++sessionOpens;
   $("#session-tree-box").hidden = false;
-  $("#session-tree-id").textContent = id;
+  $("#session-tree-id").textContent = shown(id);
   const tree = $("#session-tree");
   tree.replaceChildren(el("li", { text: "Loading…" }));
   $("#session-tree-status").textContent = "";
@@ -472,7 +483,7 @@ async function openSession(id) {
         `Cut short: the tree shows the first ${fmtInt(treeRequests(s.tree))} of the session's ${fmtInt(s.requests)} requests.`;
     }
   } catch (e) {
-    if (seq === sessionOpens) tree.replaceChildren(el("li", { text: e instanceof ApiError && e.status === 404 ? "Not available." : "Error: " + e.message }));
+    if (seq === sessionOpens) tree.replaceChildren(el("li", { text: e instanceof ApiError && e.status === 404 ? "Not available." : "Error: " + shown(e.message) }));
   }
 }
 
@@ -505,7 +516,7 @@ function keyRefused(message) {
   clearPage();
   $("#main").hidden = true;
   $("#forget-key").hidden = true;
-  $("#key-status").textContent = "The api refused the key: " + message;
+  $("#key-status").textContent = "The api refused the key: " + shown(message);
 }
 
 function loadAll() {
