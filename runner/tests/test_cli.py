@@ -320,3 +320,15 @@ def test_a_second_stop_signal_cuts_an_answer_in_progress(tmp_path, fresh_db_dsn)
     assert code == 0, out
     assert "stopping at once (second signal)" in out and not (tmp_path / "data" / "runner.pid").exists()
     assert answers and not isinstance(answers[0], httpx.Response), answers  # its connection was cut
+
+
+def test_keys_with_a_postgres_dsn_whose_password_is_not_percent_encoded_exit_2_showing_none_of_it(capsys):
+    """The DSN of --postgres-dsn went to asyncpg unchecked: with an unencoded '@' in the password the rest of it was
+    taken for the host and port, and `error: invalid literal for int() with base 10: 'Pw99@127.0.0.1'` printed it."""
+    from helicone_runner.cli import main
+
+    code = main(["keys", "list", "--postgres-dsn", "postgresql://u:S3c@ret:Pw99@127.0.0.1/db"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "HELICONE_POSTGRES_DSN" in captured.err and "%40" in captured.err, captured.err
+    assert not any(piece in captured.out + captured.err for piece in ("S3c", "ret", "Pw99"))

@@ -62,3 +62,12 @@ async def test_an_org_id_that_is_not_one_is_named_not_blamed_on_the_key_store(fr
         assert bad.returncode == 2 and "--org-id 'acme' is not an org id" in bad.stderr, (command, bad.stderr)
     listed = [json.loads(line) for line in key_admin(fresh_db_dsn, "list").stdout.splitlines()]
     assert [k["org_id"] for k in listed] == [json.loads(created.stdout)["org_id"]]  # no key was added to anything
+
+
+def test_a_dsn_whose_password_is_not_percent_encoded_is_refused_before_any_connection():
+    """asyncpg took what followed an unencoded '@' in the password for the host and port (a DNS lookup of part of
+    the password); the Job said only "ValueError: cannot reach or update the key store"."""
+    refused = key_admin("postgresql://u:S3c@ret:Pw99@127.0.0.1/db", "list")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: HELICONE_POSTGRES_DSN: ") and "%40" in refused.stderr, refused.stderr
+    assert not any(piece in refused.stdout + refused.stderr for piece in ("S3c", "ret", "Pw99"))

@@ -60,3 +60,30 @@ def test_an_invalid_retention_is_a_settings_error_naming_the_variable(value, acc
     assert error["loc"] == ("retention_days",)
     message = describe_settings_error(info.value)
     assert message.startswith("HELICONE_RETENTION_DAYS") and accepted in message
+
+
+# unencoded '@' and ':' / '@' / '/' / '#' in the password: asyncpg ends the user info at the first '@' and the
+# host at the first '/', so the rest of the password became the host (looked up in DNS) or a port (echoed back as
+# "invalid literal for int() ... 'Pw99@127.0.0.1'" in every error line)
+_PASSWORD_PIECES = ("S3c", "ret", "Pw99")
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u:S3c@ret:Pw99@127.0.0.1/db", "postgresql://u:S3c@retPw99@127.0.0.1:5432/db",
+                                 "postgresql://u:S3c/retPw99@127.0.0.1/db", "postgres://u:S3c#retPw99@127.0.0.1/db"])
+def test_a_postgres_dsn_whose_password_is_not_percent_encoded_is_a_settings_error_that_shows_none_of_it(dsn, monkeypatch):
+    from helicone_core.settings import describe_settings_error
+
+    monkeypatch.setenv("HELICONE_POSTGRES_DSN", dsn)
+    with pytest.raises(ValidationError) as info:
+        CommonSettings(_env_file=None)
+    message = describe_settings_error(info.value)
+    assert message.startswith("HELICONE_POSTGRES_DSN") and "%40" in message, message
+    assert not any(piece in message for piece in _PASSWORD_PIECES), message
+    assert not any(piece in str(info.value) for piece in _PASSWORD_PIECES)
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u:S3c%40ret%3APw99%2F@127.0.0.1:5432/db", "postgresql://127.0.0.1/db",
+                                 "postgresql://u:pw@h1:5432,h2:5433/db?sslmode=require", "postgresql://u:pw@[::1]:5432/db",
+                                 "postgresql:///db?host=/run/postgresql&user=me@corp", "postgres://u@h"])
+def test_a_postgres_dsn_with_its_password_percent_encoded_is_accepted(dsn):
+    assert CommonSettings(postgres_dsn=dsn, _env_file=None).postgres_dsn.get_secret_value() == dsn

@@ -29,7 +29,7 @@ from helicone_core.gc_tuning import tune_gc
 from helicone_core.logging import configure_logging
 from helicone_core.migrate import MigrateSettings, apply_migrations
 from helicone_core.providers import PROVIDER_TABLE
-from helicone_core.settings import describe_settings_error
+from helicone_core.settings import check_postgres_dsn, describe_settings_error
 from pydantic import ValidationError
 
 from . import control
@@ -246,7 +246,7 @@ def check_settings(args) -> None:
     """Every service's settings (they also read HELICONE_* variables) and the runner's own, checked
     before anything starts: a bad value is one line naming the variable, not a traceback later."""
     try:
-        _settings(args, "postgresql://check@localhost/check", "localhost:9092")
+        _settings(args, args.postgres_dsn or "postgresql://check@localhost/check", "localhost:9092")
         EmbeddedBrokerSettings()
     except ValidationError as exc:
         raise SettingsError(describe_settings_error(exc)) from None
@@ -446,7 +446,12 @@ async def run_keys(args) -> int:
     from helicone_core import key_admin
 
     dsn = args.postgres_dsn
-    if not dsn:
+    if dsn:
+        try:
+            check_postgres_dsn(dsn)  # before asyncpg, whose errors would show a password it misreads
+        except ValueError as exc:
+            raise SettingsError(f"--postgres-dsn / {POSTGRES_DSN_ENV}: {exc}") from None
+    else:
         dsn = EmbeddedPostgres(args.data_dir.resolve()).start()
     return await key_admin.run(args, dsn)
 

@@ -660,3 +660,29 @@ async def test_a_cache_hit_the_caller_stops_reading_is_cut_after_the_write_timeo
     hit = built[1]
     assert hit.cache_hit and "HELICONE_CLIENT_WRITE_TIMEOUT" in hit.error
     assert sample(gw, "helicone_gateway_requests_total", provider="openai", status_class="client_write_timeout") == 1
+
+
+@pytest.mark.parametrize("url", ["redis://:S3c/retPw99@127.0.0.1:6379/0", "rediss://cache:S3c?retPw99@127.0.0.1:6380",
+                                 "redis://:S3c#retPw99@127.0.0.1", "redis://:1234/S3cretPw99@127.0.0.1:6379/0"])
+def test_a_redis_url_whose_password_is_not_percent_encoded_is_a_settings_error_that_shows_none_of_it(url, monkeypatch):
+    """A '/', '?' or '#' in the password ends the URL's host part: redis-py took the rest of it for the port and the
+    gateway died at start with `ValueError: Port could not be cast to integer value as 'S3c'` on stderr."""
+    from helicone_core.settings import describe_settings_error
+    from helicone_gateway.settings import GatewaySettings
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("HELICONE_REDIS_URL", url)
+    with pytest.raises(ValidationError) as info:
+        GatewaySettings(_env_file=None)
+    message = describe_settings_error(info.value)
+    assert message.startswith("HELICONE_REDIS_URL") and "%2F" in message, message
+    assert not any(piece in message + str(info.value) for piece in ("S3c", "ret", "Pw99")), message
+
+
+@pytest.mark.parametrize("url", ["redis://:S3c%2Fret@127.0.0.1:6379/0", "rediss://cache:p@ss@127.0.0.1:6380", "redis://127.0.0.1",
+                                 "unix:///run/redis.sock?db=0", ""])
+def test_a_redis_url_redis_py_reads_as_written_is_accepted(url):
+    from helicone_gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(redis_url=url, _env_file=None)
+    assert (settings.redis_url.get_secret_value() if settings.redis_url else "") == url

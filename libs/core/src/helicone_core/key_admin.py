@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 
 from . import db
+from .settings import check_postgres_dsn
 
 DSN_ENV = "HELICONE_POSTGRES_DSN"
 
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     dsn = os.environ.get(DSN_ENV)
     if not dsn:
         print(f"error: {DSN_ENV} is not set (the Postgres URI the services use)", file=sys.stderr)
+        return 2
+    try:
+        check_postgres_dsn(dsn)  # before asyncpg, which would take part of a misread password for the host
+    except ValueError as exc:
+        print(f"error: {DSN_ENV}: {exc}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(run(args, dsn))

@@ -18,9 +18,13 @@ _SECRET_PATTERNS = [
     re.compile(r"\b(sk-ant-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{6,}"),
     # Authorization-style values
     re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}"),
+    # a quoted value (libpq's password='a b'): up to its closing quote, spaces and all
+    re.compile(r"(?i)((?:password|secret)[\"']?\s*[:=]\s*')[^']+(')"),
+    re.compile(r"(?i)((?:password|secret)[\"']?\s*[:=]\s*\")[^\"]+(\")"),
     re.compile(r"(?i)((?:x-api-key|api[_-]?key|authorization|helicone-auth|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]{4,}"),
-    # credentials inside URLs: scheme://user:pass@host
-    re.compile(r"(://[^/\s:@]+:)[^@\s/]+(@)"),
+    # credentials inside URLs: scheme://user:pass@host, the user may be empty (redis://:pass@host); up to the
+    # last '@' before the path, as redis-py and urllib split them (a password may hold an unencoded '@')
+    re.compile(r"(://[^/\s:@]*:)[^\s/?#]+(@)"),
 ]
 
 

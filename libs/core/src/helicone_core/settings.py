@@ -68,6 +68,34 @@ def _clickhouse_database(value: str) -> str:
     return value
 
 
+_URI_DELIMITERS = re.compile(r"[/?#]")
+
+
+def check_postgres_dsn(dsn: str) -> None:
+    """ValueError unless a postgresql:// URI's user and password are percent-encoded. asyncpg ends the user info at
+    the first '@' and the host list at the first '/', '?' or '#': with one of those (or a second '@') left as is, the
+    rest of the password is taken for a host (looked up in DNS) or a port (echoed in every connection error).
+    The message never repeats the DSN (nor names the setting). A DSN that is no URI is left to the driver's own error."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return
+    authority = _URI_DELIMITERS.split(rest, maxsplit=1)[0]
+    after = rest[len(authority):]
+    path = after.partition("?")[0].partition("#")[0] if after.startswith("/") else ""
+    userinfo, _, hosts = authority.rpartition("@")
+    ports = [spec.rpartition("]")[2].partition(":")[2] if spec.startswith("[") else spec.partition(":")[2]
+             for spec in hosts.split(",")]
+    if "@" in userinfo or any(port and not port.isdigit() for port in ports) or (not userinfo and "@" in path):
+        raise ValueError("the user or password holds a character a URI must percent-encode "
+                         "(@ as %40, : as %3A, / as %2F, ? as %3F, # as %23), or a port is not a number; as written, part "
+                         "of the password would be taken for the host or the port")
+
+
+def _postgres_dsn(value: SecretStr) -> SecretStr:
+    check_postgres_dsn(value.get_secret_value())
+    return value
+
+
 def _retention_days(value: int) -> int:
     if not 0 <= value <= MAX_RETENTION_DAYS:
         raise ValueError(f"{env_name('retention_days')} {value} must be 0 (keep every request forever) or a number of days "
@@ -108,7 +136,7 @@ class CommonSettings(BaseSettings):
     kafka_ssl_cafile: Path | None = None  # CA bundle (PEM) for SSL / SASL_SSL; None: the system's CAs
 
     # Postgres (metadata, keys, prompts)
-    postgres_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    postgres_dsn: Annotated[SecretStr, AfterValidator(_postgres_dsn)] = SecretStr("postgresql://postgres@localhost:5432/postgres")
     # Local copy of the API key hashes (see key_directory.py): survives Postgres outages and restarts.
     key_snapshot_file: Path | None = None  # defaults to <data_dir>/keys/<service>.snapshot.json
     key_resync_interval: float = Field(default=60.0, gt=0)  # full reload besides the live change feed

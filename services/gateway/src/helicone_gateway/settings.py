@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
@@ -113,6 +114,14 @@ class GatewaySettings(ServiceSettings):
             check_base_url(f"{where}: {name!r}", url)
         return urls
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, url):
+        if url in ("", None):
+            return None  # an empty variable (e.g. rendered by a chart) means "no Redis"
+        check_redis_url(url.get_secret_value() if isinstance(url, SecretStr) else str(url))
+        return url
+
     @field_validator("openai_url", "anthropic_url")
     @classmethod
     def _base_url(cls, url: str, info: ValidationInfo) -> str:
@@ -133,6 +142,22 @@ def check_base_url(where: str, url: str) -> None:
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or "?" in url or "#" in url:
         raise ValueError(f"{where}: {url!r} is not a base URL (http(s)://host[:port][/path], no query or fragment)")
 
+
+def check_redis_url(url: str) -> None:
+    """ValueError unless redis-py reads `url` as written: a '/', '?' or '#' left unencoded in the password ends the host
+    part, and the rest of the password became the port (`Port could not be cast to integer value as '<it>'`, printed
+    at start-up) or the database. The message never repeats the URL."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access
+    except ValueError:
+        bad = True
+    else:
+        bad = "@" not in parts.netloc and "@" in parts.path
+    if bad:
+        raise ValueError("not a Redis URL as written (redis://[[user]:password@]host[:port][/db], rediss:// for TLS): a port "
+                         "that is not a number, or a '/', '?' or '#' in the password that is not percent-encoded "
+                         "(%2F, %3F, %23)")
 
 
 def env_name(field: str) -> str:
