@@ -536,6 +536,30 @@ async def test_a_webhook_answering_200_with_an_endless_body_is_delivered_once_wi
             await sender.close()
 
 
+
+async def test_a_failed_delivery_never_names_the_webhooks_path_or_query():
+    """A chat webhook's secret is its path (Slack's /services/T../B../<token>, Discord's /api/webhooks/<id>/<token>):
+    aiohttp's error for an answer that is no HTTP (ClientResponseError) repeats the whole URL, which went into the
+    api's warning log and the rule's stored history. The error names the webhook's origin only."""
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"garbage\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = WebhookSender(allow_loopback=True, timeout=2, attempts=1)
+    await sender.start()
+    try:
+        d = await sender.send(f"http://127.0.0.1:{port}/services/T000/B000/XXsecretXX?token=abc", b"{}", "s")
+    finally:
+        await sender.close()
+        server.close()
+    assert d.result == "failed" and d.error, d
+    assert "XXsecretXX" not in d.error and "token=abc" not in d.error, d.error
+    assert f"http://127.0.0.1:{port}" in d.error, d.error
+
 # ---- evaluations racing edits, other evaluations and shutdown ----------------------------------------------
 
 

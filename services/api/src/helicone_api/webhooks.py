@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from helicone_core.addresses import LOOPBACK, REASONS, classify, host_name_problem, noncanonical_ipv4
+from yarl import URL
 
 SIGNATURE_HEADER = "Helicone-Signature"
 ALERT_ID_HEADER = "Helicone-Alert-Id"
@@ -193,7 +194,7 @@ class WebhookSender:
                 if refused:
                     return Delivery(REFUSED, attempt, error=f"webhook_url host resolves to {' and '.join(dict.fromkeys(refused))}; "
                                                             "webhooks go to public addresses only")
-                status, error = None, f"could not connect: {type(exc).__name__}: {exc}"[:500]
+                status, error = None, f"could not connect: {type(exc).__name__}: {_without_path(str(exc), url)}"[:500]
                 continue
             if 200 <= status < 300:
                 return Delivery(DELIVERED, attempt, status)
@@ -201,3 +202,16 @@ class WebhookSender:
             if status != 429 and status < 500:
                 break  # the webhook refused this notification: trying again would not change that
         return Delivery(FAILED, attempt, status, error)
+
+
+def _without_path(text: str, url: str) -> str:
+    """`text` with `url` (as given, or as aiohttp's yarl writes it) cut to its origin: a chat webhook's secret is its
+    path or query, and some aiohttp errors repeat the whole URL (the error is logged and kept in the rule's history)."""
+    try:
+        parsed = URL(url)
+        origin = str(parsed.origin())
+    except ValueError:
+        return text
+    for written in dict.fromkeys((url, str(parsed))):
+        text = text.replace(written, origin + "/…")
+    return text
