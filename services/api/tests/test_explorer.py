@@ -120,9 +120,95 @@ async def test_not_contains_selects_the_requests_whose_text_lacks_the_substring(
     b = await add_request(state, org, minutes=1, model="claude-3-5-sonnet", props={"env": "dev"})
     c = await add_request(state, org, minutes=2, model="gpt-4o-mini")
     assert set(await ids(client, {"request": {"model": {"not-contains": "gpt"}}})) == {b}
-    assert set(await ids(client, {"request": {"model": {"not-contains": "GPT"}}})) == {a, b, c}  # case-sensitive, as contains
+    assert set(await ids(client, {"request": {"model": {"not-contains": "GPT"}}})) == {b}  # in any case, as contains
     assert set(await ids(client, {"properties": {"env": {"not-contains": "prod"}}})) == {b, c}  # no such property: ''
     assert set(await ids(client, {"request": {"model": {"contains": "gpt", "not-contains": "mini"}}})) == {a}
+
+
+@chdb_only
+async def test_contains_and_not_contains_match_in_any_case_as_helicone_s_do(api):
+    """Helicone's contains and not-contains are ILIKE '%text%' (packages/filters/filters.ts): a script moved from it
+    asking for model contains "gpt-4" silently missed "GPT-4o-mini", and not-contains "gpt" kept it."""
+    client, state, org, _, _ = api
+    a = await add_request(state, org, minutes=0, model="gpt-4o", props={"team": "Core"})
+    b = await add_request(state, org, minutes=1, model="GPT-4o-mini", props={"team": "core-eu"})
+    c = await add_request(state, org, minutes=2, model="claude-3-5-sonnet", props={"team": "100%_sure"})
+    assert set(await ids(client, {"request": {"model": {"contains": "gpt-4"}}})) == {a, b}
+    assert set(await ids(client, {"request": {"model": {"not-contains": "GPT"}}})) == {c}
+    assert set(await ids(client, {"properties": {"TEAM": {"contains": "CORE"}}})) == {a, b}
+    assert set(await ids(client, {"properties": {"team": {"contains": "%_"}}})) == {c}  # the text itself, never a pattern
+    assert set(await ids(client, {"response": {"error": {"not-contains": "x"}}})) == {a, b, c}
+
+
+@chdb_only
+async def test_helicone_s_documented_query_body_is_answered_as_helicone_would(api):
+    """Helicone's own example body for POST /v1/request/query (valhalla/jawn/src/controllers/public/requestController.ts):
+    `"filter": "all"`, a sort object {"created_at": "desc"} and isCached / isScored / isPartOfExperiment were each a
+    422, so no script moved from Helicone got an answer."""
+    client, state, org, _, _ = api
+    a = await add_request(state, org, minutes=0, model="gpt-4o", latency_ms=300, usage=events.Usage(
+        prompt_tokens=1, completion_tokens=50, total_tokens=51, known=True))
+    b = await add_request(state, org, minutes=1, model="gpt-4o-mini", latency_ms=100, cache_hit=True)
+    c = await add_request(state, org, minutes=2, model="claude-3-5-sonnet", latency_ms=900)
+    documented = {"filter": "all", "isCached": False, "limit": 10, "offset": 0, "sort": {"created_at": "desc"},
+                  "isScored": False, "isPartOfExperiment": False, "includeInputs": True}
+    assert await ids(client, **documented) == [c, a]  # isCached false: what the provider answered, as Helicone's table
+    assert await ids(client, **{**documented, "isCached": True}) == [b]
+    assert await ids(client, "all") == [c, b, a]
+    assert await ids(client, "all", sort={"created_at": "asc"}) == [a, b, c]
+    assert await ids(client, "all", sort={"latency": "desc"}) == [c, a, b]
+    assert (await ids(client, "all", sort={"completion_tokens": "desc"}))[0] == a
+    assert await ids(client, "all", sort={"body_model": "asc"}) == [c, a, b]
+    assert await ids(client, tree("and", "all", {"request": {"model": {"like": "gpt%"}}})) == [b, a]
+    assert await ids(client, tree("or", {"request": {"model": {"equals": "x"}}}, "all")) == [c, b, a]
+    assert await ids(client, {"model": "gpt-4o-mini"}, isCached=False) == []  # with the flat form too
+    export = {**{k: v for k, v in documented.items() if k != "offset"}, "format": "jsonl"}  # the export has no offset
+    lines = (await client.post("/v1/request/export", json=export)).text.splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [c, a]
+
+
+@chdb_only
+async def test_helicone_s_request_response_rmt_leaf_selects_by_its_own_field_names(api):
+    """Helicone's clickhouse filter leaf (`request_response_rmt`, packages/filters/filterDefs.ts), as its docs'
+    examples and its export scripts send it, was a 422 ("Extra inputs are not permitted")."""
+    client, state, org, _, _ = api
+    a = await add_request(state, org, minutes=0, model="gpt-4o", user="abc@email.com", props={"env": "prod"},
+                          latency_ms=300, status=200)
+    b = await add_request(state, org, minutes=1, model="gpt-4o-mini", user="bob", props={"env": "dev"},
+                          latency_ms=900, status=429, time_to_first_token_ms=40)
+    rmt = "request_response_rmt"
+    cases = [
+        (tree("and", {rmt: {"user_id": {"equals": "abc@email.com"}}}, {rmt: {"model": {"contains": "GPT-4"}}}), {a}),
+        ({rmt: {"properties": {"env": {"equals": "dev"}}}}, {b}),
+        ({rmt: {"status": {"gte": 400}, "latency": {"gt": 500}}}, {b}),  # several fields: all hold
+        ({rmt: {"time_to_first_token": {"lt": 100}}}, {b}),
+        ({rmt: {"request_created_at": {"gte": (T0 + dt.timedelta(minutes=1)).isoformat()}}}, {b}),
+        ({rmt: {"request_id": {"equals": a}}}, {a}),
+        ({rmt: {"total_tokens": {"equals": 15}, "provider": {"equals": "openai"}}}, {a, b}),
+    ]
+    for filter_, expected in cases:
+        assert set(await ids(client, filter_)) == expected, filter_
+
+
+@chdb_only
+async def test_helicone_s_forms_this_api_cannot_answer_are_a_422_naming_them(api):
+    client, *_ = api
+    cases = [
+        ({"filter": {"request_response_rmt": {"threat": {"equals": True}}}}, "filter.request_response_rmt.threat",
+         "not a request_response_rmt field; use "),
+        ({"filter": tree("or", "all", {"request_response_rmt": {"scores": {"x": {"equals": "1"}}}})},
+         "filter.right.request_response_rmt.scores", "not a request_response_rmt field"),
+        ({"filter": "everything"}, "filter", '"all"'),
+        ({"sort": {"request_prompt": "asc"}}, "sort", "created_at, latency"),
+        ({"sort": {"created_at": "up"}}, "sort", '"asc" or "desc"'),
+        ({"sort": {"created_at": "desc", "latency": "asc"}}, "sort", "one field"),
+        ({"isScored": True}, "isScored", "not supported"),
+        ({"isPartOfExperiment": True}, "isPartOfExperiment", "not supported"),
+        ({"filter": {"cache_hit": True}, "isCached": False}, "isCached", "cache_hit"),
+    ]
+    for body, field, message in cases:
+        got_field, got_message = await problem(client, body)
+        assert got_field == field and message in got_message, (body, got_field, got_message)
 
 
 @chdb_only

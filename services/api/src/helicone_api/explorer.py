@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Depends
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from helicone_core.analytics import TIME_ORDER_SETTINGS
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .filters import (
     EXAMPLE_TREE,
@@ -42,13 +42,54 @@ EXPORT_PAGE = 1000  # rows per internal query of an export
 MAX_EXPORT = 1_000_000
 
 
-class RequestQuery(BaseModel):
+class FilteredQuery(BaseModel):
+    """A filter, and the options of Helicone's RequestQueryParams (valhalla/jawn/src/controllers/public/requestController.ts
+    in Helicone/helicone) that this api can answer, so that Helicone's request bodies select the same requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: AnyFilter = Field(default_factory=RequestFilter)
+    is_cached: bool | None = Field(None, alias="isCached", description="Helicone's: true only answers from the response cache, "
+                                                                         "false only the others (as filter.cache_hit); none: both")
+    is_scored: Literal[False] | None = Field(None, alias="isScored", description="Helicone's; only false (the default) is supported")
+    is_part_of_experiment: Literal[False] | None = Field(None, alias="isPartOfExperiment",
+                                                         description="Helicone's; only false (the default) is supported")
+    include_inputs: bool | None = Field(None, alias="includeInputs", description="Helicone's; rows always carry their prompt inputs")
+
+    @field_validator("is_scored", "is_part_of_experiment", mode="before")
+    @classmethod
+    def _unsupported(cls, v: Any) -> Any:
+        if v is True:
+            raise ValueError("true is not supported here (no experiments; filter on scores instead); false or absent")
+        return v
+
+    @field_validator("is_cached")
+    @classmethod
+    def _one_cache_condition(cls, v: bool | None, info: ValidationInfo) -> bool | None:
+        flat = info.data.get("filter")
+        if v is not None and isinstance(flat, RequestFilter) and flat.cache_hit not in (None, v):
+            raise ValueError("says the opposite of filter.cache_hit: give one of them")
+        return v
+
+    @model_validator(mode="after")
+    def _cached_as_filter(self) -> FilteredQuery:
+        if self.is_cached is None:
+            return self
+        if isinstance(self.filter, RequestFilter):
+            self.filter = self.filter.model_copy(update={"cache_hit": self.is_cached})
+        else:
+            self.filter = FilterNode(left=self.filter, operator="and",
+                                     right=FilterNode(request={"cache_hit": {"equals": self.is_cached}}))
+        return self
+
+
+class RequestQuery(FilteredQuery):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"filter": {"model": "gpt-4o", "user_id": "alice"}, "limit": 50, "sort": "created_at_desc"},
         {"filter": EXAMPLE_TREE, "sort": {"field": "latency_ms", "direction": "desc"}, "limit": 100},
+        {"filter": "all", "isCached": False, "limit": 10, "offset": 0, "sort": {"created_at": "desc"}},
     ]})
 
-    filter: AnyFilter = Field(default_factory=RequestFilter)
     limit: int = Field(100, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=1_000_000, description="rows to skip; with a cursor it must be 0")
     sort: SortSpec = Field("created_at_desc", validate_default=True)
@@ -61,12 +102,11 @@ class RequestQuery(BaseModel):
         return self
 
 
-class ExportQuery(BaseModel):
+class ExportQuery(FilteredQuery):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"filter": EXAMPLE_TREE, "sort": "created_at_desc", "format": "csv", "limit": 10000},
     ]})
 
-    filter: AnyFilter = Field(default_factory=RequestFilter)
     sort: SortSpec = Field("created_at_desc", validate_default=True)
     format: Literal["csv", "jsonl"] = Field(..., description="csv: a header row, then one row per request (text starting with = + - @, a tab or a carriage return "
                                                          "gets a leading ', so a spreadsheet shows it rather than runs it); jsonl: one request per line")

@@ -7,6 +7,9 @@ one table and its fields: `{"request": {"model": {"equals": "gpt-4o"}}}`,
 `{"response": {"status": {"gte": 400}}}`, `{"user": {"user_id": {"in": ["a", "b"]}}}`,
 `{"session": {"session_name": {"like": "chat%"}}}`, `{"properties": {"env": {"equals": "prod"}}}`,
 `{"scores": {"accuracy": {"gte": 0.5}}}`. Several fields (or operators) in one leaf must all hold.
+Helicone's own forms are read too: `"all"` (every request) for a whole filter or either side of a branch, and its
+clickhouse leaf `{"request_response_rmt": {"latency": {"gt": 500}, "properties": {"env": {"equals": "prod"}}}}`
+under Helicone's field names (RMT_FIELDS); a field of it this api does not store is a 422 naming it.
 Each field has a type and takes only that type's operators (the fields of TextCondition, FloatCondition, ...);
 anything else is a 422 whose `field` is the JSON path of the mistake (`filter.left.request.model`).
 """
@@ -73,7 +76,9 @@ Time = Annotated[dt.datetime, Field(description="ISO 8601; naive times are UTC")
 COMPARE = {"equals": "{c} = {p}", "not-equals": "{c} != {p}", "gt": "{c} > {p}", "gte": "{c} >= {p}",
            "lt": "{c} < {p}", "lte": "{c} <= {p}"}
 TEXT_SQL = {"equals": COMPARE["equals"], "not-equals": COMPARE["not-equals"], "like": "{c} LIKE {p}",
-            "ilike": "{c} ILIKE {p}", "contains": "position({c}, {p}) > 0", "not-contains": "position({c}, {p}) = 0"}
+            "ilike": "{c} ILIKE {p}",
+            # in any case, as Helicone's (ILIKE '%text%'), but the text itself: % and _ are not wildcards
+            "contains": "positionCaseInsensitiveUTF8({c}, {p}) > 0", "not-contains": "positionCaseInsensitiveUTF8({c}, {p}) = 0"}
 
 
 _STRICT: dict[str, type[_StrictKeys]] = {}  # model name -> model, for the message about a key it does not take
@@ -133,7 +138,7 @@ def _in_list():
 
 class TextCondition(_Condition):
     """Text: like/ilike take SQL LIKE patterns (% any run, _ one character, \\ escapes); contains and not-contains
-    test a case-sensitive substring."""
+    test a substring in any case (as Helicone's do)."""
 
     kind: ClassVar[str] = "text"
     equals: FilterText | None = None
@@ -262,19 +267,41 @@ TABLES: dict[str, dict[str, Column]] = {
 }
 
 
+HELICONE_RMT = "request_response_rmt"
+# Helicone's clickhouse leaf (packages/filters/filterDefs.ts in Helicone/helicone): its field -> our column, for
+# the fields this api stores; its `properties` are read as ours.
+RMT_FIELDS: dict[str, Column] = {
+    "request_id": TABLES["request"]["request_id"],
+    "request_created_at": TABLES["request"]["created_at"],
+    "response_created_at": TABLES["response"]["created_at"],
+    **{name: TABLES["request"][name] for name in ("model", "provider", "user_id", "target_url", "prompt_id")},
+    "status": TABLES["response"]["status"],
+    "latency": TABLES["response"]["latency_ms"],
+    "time_to_first_token": TABLES["response"]["time_to_first_token_ms"],
+    **{name: TABLES["response"][name] for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
+    "prompt_cache_read_tokens": TABLES["response"]["cache_read_tokens"],
+    "prompt_cache_write_tokens": TABLES["response"]["cache_write_tokens"],
+}
+LEAF_COLUMNS: dict[str, dict[str, Column]] = {**TABLES, HELICONE_RMT: RMT_FIELDS}
+
+
 class _Fields(_StrictKeys):
     """Conditions on one table's fields; all must hold."""
 
     table: ClassVar[str] = ""
 
     @classmethod
+    def field_names(cls) -> list[str]:
+        return [cls.model_fields[f].alias or f for f in cls.model_fields]
+
+    @classmethod
     def unknown_key(cls) -> str:
-        return f"not a {cls.table} field; use {', '.join(TABLES[cls.table])}"
+        return f"not a {cls.table} field; use {', '.join(cls.field_names())}"
 
     @model_validator(mode="before")
     @classmethod
     def _known_fields(cls, value: Any) -> Any:
-        names = ", ".join(TABLES[cls.table])
+        names = ", ".join(cls.field_names())
         if not isinstance(value, dict):
             raise ValueError(f"must be an object of field -> condition; {cls.table} fields: {names}")
         if all(v is None for v in value.values()):  # null is the same as absent
@@ -282,17 +309,26 @@ class _Fields(_StrictKeys):
         return value
 
 
-def _table_model(table: str) -> type[_Fields]:
-    fields = {name: (col.condition | None, None) for name, col in TABLES[table].items()}
-    model = create_model(f"{table.capitalize()}Fields", __base__=_Fields, __doc__=f"Conditions on the {table}'s fields; all must hold.",
-                         **fields)
+PropertyKey = Annotated[str, StringConstraints(min_length=1, max_length=256), BeforeValidator(_utf8)]
+
+
+def _properties_field(text: str) -> Any:
+    return Field(None, min_length=1, max_length=MAX_KEYS, description=f"{text} (names in any case; a request without it has ''); 1-{MAX_KEYS}")
+
+
+def _table_model(table: str, name: str, **more: Any) -> type[_Fields]:
+    fields = {field: (col.condition | None, None) for field, col in LEAF_COLUMNS[table].items()}
+    model = create_model(name, __base__=_Fields, __doc__=f"Conditions on the {table}'s fields; all must hold.", **fields, **more)
     model.table = table
     return model
 
 
-RequestFields, ResponseFields, UserFields, SessionFields = (_table_model(t) for t in ("request", "response", "user", "session"))
-PropertyKey = Annotated[str, StringConstraints(min_length=1, max_length=256), BeforeValidator(_utf8)]
+RequestFields, ResponseFields, UserFields, SessionFields = (_table_model(t, f"{t.capitalize()}Fields") for t in ("request", "response", "user", "session"))
+RequestResponseRmtFields = _table_model(
+    HELICONE_RMT, "RequestResponseRmtFields",
+    properties=(dict[PropertyKey, TextCondition] | None, _properties_field("Helicone's property name -> condition on its value")))
 LEAVES = (*TABLES, "properties", "scores")
+ALL = "all"  # Helicone's filter of every request, for a whole filter or either side of a branch
 BRANCH = ("left", "operator", "right")
 
 EXAMPLE_TREE = {
@@ -322,7 +358,7 @@ def _shape(value: Any, path: str = "") -> tuple[int, int, str]:
             for side in ("left", "right"):
                 stack.append((node.get(side), level + 1, f"{where}.{side}".lstrip(".")))
             continue
-        for leaf in LEAVES:
+        for leaf in (*LEAVES, HELICONE_RMT):
             fields = node.get(leaf)
             if isinstance(fields, dict):
                 count += sum(len(c) if isinstance(c, dict) else 1 for c in fields.values())
@@ -332,7 +368,8 @@ def _shape(value: Any, path: str = "") -> tuple[int, int, str]:
 
 
 class FilterNode(_StrictKeys):
-    """A branch (`left`, `operator`, `right`) or a leaf (exactly one of request, response, user, session, properties, scores)."""
+    """A branch (`left`, `operator`, `right`) or a leaf (exactly one of request, response, user, session, properties, scores,
+    or Helicone's request_response_rmt); "all" (every request) in place of a node."""
 
     model_config = ConfigDict(json_schema_extra={"additionalProperties": False, "examples": [EXAMPLE_TREE]})
 
@@ -347,16 +384,20 @@ class FilterNode(_StrictKeys):
     response: ResponseFields | None = None  # type: ignore[valid-type]
     user: UserFields | None = None  # type: ignore[valid-type]
     session: SessionFields | None = None  # type: ignore[valid-type]
-    properties: dict[PropertyKey, TextCondition] | None = Field(
-        None, min_length=1, max_length=MAX_KEYS, description=f"property name (any case) -> condition on its value (a request without it has ''); 1-{MAX_KEYS}")
+    request_response_rmt: RequestResponseRmtFields | None = Field(  # type: ignore[valid-type]
+        None, description="Helicone's clickhouse leaf under its own field names")
+    properties: dict[PropertyKey, TextCondition] | None = _properties_field("property name -> condition on its value")
+    everything: Literal[True] | None = Field(None, alias=ALL, description='every request: what "all" in place of a node reads as')
     scores: dict[ScoreName, FloatCondition] | None = Field(
         None, min_length=1, max_length=MAX_KEYS, description=f"score name -> condition on its value (a request without that score never matches); 1-{MAX_KEYS}")
 
     @model_validator(mode="before")
     @classmethod
     def _bounded(cls, value: Any) -> Any:
+        if value == ALL:
+            return {ALL: True}
         if not isinstance(value, dict):
-            raise ValueError('must be an object: {"left", "operator", "right"} or a leaf such as {"request": {...}}')
+            raise ValueError('must be an object, {"left", "operator", "right"} or a leaf such as {"request": {...}}, or "all"')
         depth, count, deepest = _shape(value)
         if depth > MAX_DEPTH:
             raise ValueError(f"the tree is nested deeper than {MAX_DEPTH} levels (down to {deepest or 'this node'})")
@@ -367,7 +408,7 @@ class FilterNode(_StrictKeys):
     @model_validator(mode="after")
     def _branch_or_leaf(self) -> FilterNode:
         branch = [k for k in BRANCH if getattr(self, k) is not None]
-        leaves = [k for k in LEAVES if getattr(self, k) is not None]
+        leaves = [k for k in (*LEAVES, HELICONE_RMT) if getattr(self, k) is not None] + [ALL] * (self.everything is not None)
         if branch:
             missing = [k for k in BRANCH if k not in branch]
             if missing or leaves:
@@ -416,8 +457,10 @@ def _condition_sql(column: str, ch_type: str, cond: _Condition, p: _Params) -> l
 
 
 def _leaf_sql(node: FilterNode, p: _Params) -> str:
+    if node.everything:
+        return "1"
     parts: list[str] = []
-    for table, columns in TABLES.items():
+    for table, columns in LEAF_COLUMNS.items():
         fields = getattr(node, table)
         if fields is None:
             continue
@@ -426,8 +469,9 @@ def _leaf_sql(node: FilterNode, p: _Params) -> str:
             if cond is not None:
                 parts += [col.known] if col.known else []
                 parts += _condition_sql(col.sql, col.ch_type, cond, p)
-    if node.properties is not None:
-        for key, cond in sorted(node.properties.items()):
+    properties = node.properties if node.request_response_rmt is None else node.request_response_rmt.properties
+    if properties is not None:
+        for key, cond in sorted(properties.items()):
             parts += _condition_sql(f"properties[{p.add(key.lower(), _TEXT)}]", _TEXT, cond, p)
     if node.scores is not None:
         for name, cond in sorted(node.scores.items()):
@@ -471,7 +515,7 @@ def _filter_form(value: Any) -> str:
         return TREE
     if not isinstance(value, dict):
         return FLAT
-    if any(k in value for k in (*BRANCH, *TABLES)):
+    if any(k in value for k in (*BRANCH, *LEAF_COLUMNS, ALL)):
         return TREE
     props, scores = value.get("properties"), value.get("scores")
     if isinstance(props, dict) and any(isinstance(v, dict) for v in props.values()):
@@ -482,11 +526,21 @@ def _filter_form(value: Any) -> str:
     return FLAT
 
 
-# A request body's `filter`: the flat RequestFilter or the tree, told apart by _filter_form.
+def _all_is_every_request(value: Any) -> Any:
+    """Helicone's `"filter": "all"`: the flat filter that names nothing."""
+    if isinstance(value, str):
+        if value != ALL:
+            raise ValueError('must be "all" (every request) or a filter object')
+        return {}
+    return value
+
+
+# A request body's `filter`: "all", the flat RequestFilter or the tree, told apart by _filter_form.
 AnyFilter = Annotated[
     Annotated[RequestFilter, Tag(FLAT)] | Annotated[FilterNode, Tag(TREE)],
     Discriminator(_filter_form),
-    Field(description="the flat filter (every field given must match) or a filter tree (see FilterNode)"),
+    BeforeValidator(_all_is_every_request),
+    Field(description='"all", the flat filter (every field given must match) or a filter tree (see FilterNode)'),
 ]
 
 
@@ -539,7 +593,30 @@ class Sort(BaseModel):
     direction: Literal["asc", "desc"] = "desc"
 
 
+# Helicone's sort object, {"created_at": "desc"} (SortLeafRequest in Helicone/helicone's sorts.ts): its field -> ours,
+# for the ones this api can sort on.
+HELICONE_SORTS = {"created_at": "created_at", "latency": "latency_ms", "total_tokens": "total_tokens",
+                  "completion_tokens": "completion_tokens", "prompt_tokens": "prompt_tokens", "user_id": "user_id",
+                  "body_model": "model"}
+
+
+def _helicone_sort(value: dict[str, Any]) -> dict[str, Any]:
+    if not value:  # Helicone sorts newest first when its sort names nothing
+        return {"field": "created_at", "direction": "desc"}
+    if len(value) > 1:
+        raise ValueError(f"Helicone's sort object names one field ({', '.join(HELICONE_SORTS)}), not {len(value)}")
+    [(name, direction)] = value.items()
+    if name not in HELICONE_SORTS:
+        raise ValueError(f"cannot sort on Helicone's {name!r}: its sort object takes {', '.join(HELICONE_SORTS)} here; "
+                         f'or give {{"field": ..., "direction": ...}} (fields: {", ".join(SORT_COLUMNS)})')
+    if direction not in ("asc", "desc"):
+        raise ValueError(f'{name} must be "asc" or "desc"')
+    return {"field": HELICONE_SORTS[name], "direction": direction}
+
+
 def _legacy_sort(value: Any) -> Any:
+    if isinstance(value, dict) and "field" not in value and "direction" not in value:
+        return _helicone_sort(value)
     if isinstance(value, str):
         if value not in LEGACY_SORTS:
             raise ValueError(f'must be one of {", ".join(LEGACY_SORTS)} or {{"field": ..., "direction": "asc" | "desc"}} '
@@ -552,8 +629,11 @@ def _legacy_sort(value: Any) -> Any:
 SortSpec = Annotated[
     Sort,
     BeforeValidator(_legacy_sort),
-    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(LEGACY_SORTS)}, Sort.model_json_schema()],
-                    "description": '"created_at_desc", "created_at_asc", "latency_desc", "cost_desc", or {"field", "direction"}'}),
+    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(LEGACY_SORTS)}, Sort.model_json_schema(),
+                              {"type": "object", "maxProperties": 1, "description": "Helicone's sort object",
+                               "properties": {f: {"enum": ["asc", "desc"]} for f in HELICONE_SORTS}, "additionalProperties": False}],
+                    "description": '"created_at_desc", "created_at_asc", "latency_desc", "cost_desc", {"field", "direction"}, '
+                                   'or Helicone\'s {"created_at": "desc"}'}),
 ]
 
 
