@@ -141,7 +141,10 @@ def test_api_user_may_only_write_the_log():
 
 def test_ingest_user_may_consume_the_log_in_its_group_and_write_the_dlq(tmp_path):
     """...and replay the DLQ from its pod (`python -m helicone_ingest.dlq replay`, as the runbook says): read it
-    in the replay group and write the log; without these the documented replay failed on authorization."""
+    in the replay group and write the log; without these the documented replay failed on authorization.
+
+    Faust's own topics get what Faust does on them and no more: it creates its leader-election topic
+    (CreateTopics at start) and consumes it, but never produces to it, so Write on it was a grant nothing used."""
     from helicone_ingest import dlq
     from helicone_ingest.app import IngestService
     from helicone_ingest.settings import IngestSettings
@@ -150,13 +153,57 @@ def test_ingest_user_may_consume_the_log_in_its_group_and_write_the_dlq(tmp_path
     app = IngestService(IngestSettings(data_dir=tmp_path), analytics=object(), bodies=object())._build_faust()
     assert app.conf.id == DEFAULTS.consumer_group and not app.conf.topic_disable_leader
     leader_topic = app._leader_assignor._leader_topic_name  # Faust's name for it: "<app id>-__assignor-__leader"
+    # Faust's internal topics: the leader topic (declared, then subscribed: Create and Read) and a table's changelog
+    # (declared, read at recovery, written on each change); ingest has no tables today.
+    internal = {leader_topic: {"Create", "Describe", "Read"}}
+    internal |= {table.changelog_topic.get_topic_name(): {"Create", "Describe", "Read", "Write"} for table in app.tables.values()}
     assert acls("helicone-ingest") == {
         ("topic", REQUEST_LOGGED_TOPIC, "literal"): {"Describe", "Read", "Write"},
         ("topic", DEFAULTS.kafka_dlq_topic, "literal"): {"Describe", "Read", "Write"},
         ("group", DEFAULTS.consumer_group, "literal"): {"Describe", "Read"},
         ("group", DEFAULTS.consumer_group + dlq.REPLAY_GROUP_SUFFIX, "literal"): {"Describe", "Read"},
-        ("topic", leader_topic, "literal"): {"Create", "Describe", "Read", "Write"},
-    }
+    } | {("topic", name, "literal"): ops for name, ops in internal.items()}
+
+
+def test_the_user_kedas_kafka_scaler_authenticates_as_may_read_the_lag_it_scales_on():
+    """KEDA's kafka scaler reads the group's lag: the topic's partitions and log ends (Metadata, ListOffsets:
+    Describe on the topic) and the group's committed offsets (FindCoordinator, OffsetFetch: Describe on the
+    group), as the KafkaUser the chart's TriggerAuthentication names."""
+    import base64
+
+    objs = objects(render(REQUIRED, {"components": {"ingest": {"keda": {"enabled": True}}}}))
+    [scaled] = by_kind(objs, "ScaledObject").values()
+    [trigger] = scaled["spec"]["triggers"]
+    auth = by_kind(objs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
+    ref = next(r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "username")
+    user = base64.b64decode(by_kind(objs, "Secret")[ref["name"]]["data"][ref["key"]]).decode()
+    granted = acls(user)
+    assert "Describe" in granted[("topic", trigger["metadata"]["topic"], "literal")]
+    assert "Describe" in granted[("group", trigger["metadata"]["consumerGroup"], "literal")]
+
+
+def test_the_runbooks_console_consumers_use_only_groups_their_kafka_user_may_read():
+    """A console consumer given no --group subscribes in a random group `console-consumer-<n>`, which no
+    KafkaUser may read: the runbook's command to look at the dead letters failed with GroupAuthorizationFailed
+    as every user k8s/kafka.yaml lets read that topic. With --partition it is assigned the partition and
+    joins no group (and commits nothing: the console consumer's own group does not auto-commit)."""
+    text = (CHART_DIR / "docs" / "runbooks.md").read_text().replace("\\\n", " ")
+    commands = [line.split() for line in text.splitlines() if "kafka-console-consumer.sh" in line]
+    assert commands
+    users = [u["metadata"]["name"] for _, u in all_documents() if u["kind"] == "KafkaUser"]
+    for args in commands:
+        topic = args[args.index("--topic") + 1]
+        readers = [u for u in users if "Read" in acls(u).get(("topic", topic, "literal"), set())]
+        assert readers, f"no KafkaUser may read {topic}: {' '.join(args)}"
+        if "--group" in args:
+            group = args[args.index("--group") + 1]
+            assert any("Read" in acls(u).get(("group", group, "literal"), set()) for u in readers), " ".join(args)
+        else:
+            assert "--partition" in args, f"joins a random group no KafkaUser may read: {' '.join(args)}"
+            # one command per partition, over every partition of the topic
+            loop = re.search(r"^for p in ([\d ]+); do$", text, re.M)
+            partitions = next(t["spec"]["partitions"] for _, t in all_documents() if t["kind"] == "KafkaTopic" and topic_name(t) == topic)
+            assert args[args.index("--partition") + 1] == '"$p"' and loop and loop[1].split() == [str(n) for n in range(partitions)]
 
 
 def test_kafka_users_authenticate_with_scram_sha_512():
