@@ -9,6 +9,7 @@ GET /_received so tests can check what the gateway forwarded. Chat and Messages 
 `x-fake-words: N` with a reply of N words (a long stream) and `x-fake-stream-error: 1` with an error event after
 the first word (a 200 stream the provider gave up on: OpenAI's `data: {"error": ...}`, Anthropic's
 `event: error` overloaded_error), and chat streams `x-fake-gzip: 1` gzip-encoded;
+Anthropic on Vertex AI (`publishers/anthropic/models/<m>:rawPredict`, `:streamRawPredict`) as `/v1/messages`;
 `/v1/embeddings` answers vectors of `x-fake-dims` numbers; `/v1/audio/transcriptions` a transcription of a
 multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it).
 
@@ -182,9 +183,26 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     async def messages(request: Request):
         body = await request.json()
         record(request, body)
+        return _messages(request, body, body.get("model", "claude-3-5-haiku-latest"))
+
+    @app.post("/{version}/projects/{project}/locations/{location}/publishers/anthropic/models/{model_call}")
+    async def vertex_messages(model_call: str, request: Request):
+        """Anthropic on Vertex AI: the model in the path (claude-sonnet-4-5@20250929), none in the body;
+        :rawPredict answers as /v1/messages does, :streamRawPredict its stream. A planned failure (fail_next)
+        answers as Vertex does, a Google error naming no model."""
+        body = await request.json()
+        record(request, body)
+        if app.state.fail_next:
+            status = app.state.fail_next.pop(0)
+            return JSONResponse({"error": {"code": status, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}},
+                                status_code=status)
+        model, _, call = model_call.partition(":")
+        body["stream"] = call == "streamRawPredict"
+        return _messages(request, body, model.replace("@", "-"))
+
+    def _messages(request: Request, body: dict, model: str):
         words = _reply(request) if body.get("stream") else REPLY.split(" ")
         prompt, completion = _words(body.get("messages")), len(words)
-        model = body.get("model", "claude-3-5-haiku-latest")
         mid = "msg_" + uuid.uuid4().hex[:12]
         stream_error = request.headers.get("x-fake-stream-error") == "1"
         if not body.get("stream"):

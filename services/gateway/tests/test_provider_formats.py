@@ -256,3 +256,29 @@ async def test_audio_transcriptions_are_logged_with_the_form_models_cost(gateway
     assert (transcribe.usage.prompt_tokens, transcribe.usage.completion_tokens, transcribe.usage.known) == (100, REPLY_WORDS, True)
     assert transcribe.cost_known and transcribe.cost_usd == pytest.approx(usd(100, REPLY_WORDS, 6.0, 10.0))
     assert whisper.model == "whisper-1" and not whisper.cost_known
+
+
+VERTEX_CLAUDE = "/v1/projects/acme/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929"
+
+
+@pytest.mark.parametrize("call, ctype", [("rawPredict", "application/json"), ("streamRawPredict", "text/event-stream")],
+                         ids=["json", "sse"])
+async def test_anthropic_on_vertex_ai_without_a_prefix_is_read_as_anthropic(gateway, call, ctype):
+    """Claude on Vertex AI (publishers/anthropic/models/<m>:rawPredict, the AnthropicVertex SDK's path, Helicone-Target-URL
+    naming the region's host): the body names no model and carries anthropic_version, not the header. It was read as
+    OpenAI's: logged as provider "openai" with no cost (Claude has no price there), its cache tokens dropped, and its
+    stream logged with no model and 0 prompt tokens as a known usage."""
+    client, fake, built, upstream_url = gateway
+    body = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 64, "messages": [{"role": "user", "content": "one two three four"}]}
+    headers = {**AUTH, "Authorization": "Bearer ya29.gcp-token", "Helicone-Target-URL": upstream_url}
+    r = await client.post(f"{VERTEX_CLAUDE}:{call}", json=body, headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith(ctype)
+    received = fake.state.received[-1]
+    assert received["path"] == f"{VERTEX_CLAUDE}:{call}" and received["headers"]["authorization"] == "Bearer ya29.gcp-token"
+    fake.state.fail_next.append(429)  # Vertex's quota error names no model: the path's is logged
+    assert (await client.post(f"{VERTEX_CLAUDE}:{call}", json=body, headers=headers)).status_code == 429
+    ok, quota = built
+    assert (ok.provider, ok.model) == ("anthropic", "claude-sonnet-4-5-20250929")
+    assert (ok.usage.prompt_tokens, ok.usage.completion_tokens, ok.usage.known) == (4, REPLY_WORDS, True)
+    assert ok.cost_known and ok.cost_usd == pytest.approx(usd(4, REPLY_WORDS, 3.0, 15.0))
+    assert (quota.provider, quota.model, quota.status) == ("anthropic", "claude-sonnet-4-5", 429)

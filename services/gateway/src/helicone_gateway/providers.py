@@ -26,7 +26,7 @@ class Route:
     usage: str = "openai"  # how model and tokens are read from the answer (helicone_core.providers.USAGE_FORMATS)
 
     def path_model(self) -> str:
-        """The model the path names (Gemini's models/<m>:generateContent, Azure's deployment), or ""."""
+        """The model the path names (Gemini's models/<m>:generateContent, Azure's deployment, Claude's on Vertex AI), or ""."""
         p = PROVIDER_TABLE.get(self.provider)
         return p.model_in(self.path) if p is not None else ""
 
@@ -88,7 +88,7 @@ class Router:
         """path is the request path; headers are lower-cased.
 
         /<provider>/... chooses a provider of the table explicitly; otherwise a path marker of one
-        (Gemini's `:generateContent`) names it, /v1/messages (or an anthropic-version header) means
+        (Gemini's `:generateContent`, Vertex AI's `/publishers/anthropic/models/` for Claude) names it, /v1/messages (or an anthropic-version header) means
         Anthropic and anything else OpenAI. Helicone-Target-URL replaces the provider's base URL,
         keeping the provider (and so how usage is read); where it may go is checked by the egress
         policy, not here."""
