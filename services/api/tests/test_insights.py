@@ -759,7 +759,7 @@ async def test_the_openapi_examples_are_accepted_as_they_stand(logged):
                     r = await client.request(method.upper(), path.replace("{key}", "env"), json=ex)
                     assert r.status_code == 200, (path, r.text)
                     posted += 1
-    assert posted == 5
+    assert posted == 6
 
 
 async def test_dashboard_reads_over_whole_hours_or_days_are_answered_from_the_projections(logged):
@@ -840,3 +840,53 @@ async def test_a_session_path_of_many_segments_is_answered_as_a_tree(api):
     leaf = nodes[-1]
     assert leaf["path"] == path and [q["request_id"] for q in leaf["requests"]] == [row["id"]]
     assert sum(len(n["requests"]) for n in nodes) == 1
+
+
+async def test_helicones_session_query_body_reads_its_time_range_name_and_empty_search(logged):
+    """Helicone's POST /v1/session/query body ({"search": "", "timeFilter": {"startTimeUnixMs", "endTimeUnixMs"},
+    "timezoneDifference", "nameEquals"?, "filter"}, Helicone/helicone valhalla/jawn/src/controllers/public/sessionController.ts
+    and managers/SessionManager.ts) was a 422 on all of it, its always-sent empty search included."""
+    client, state, org, other_key, mine, theirs = logged
+    start, end = T0 + dt.timedelta(hours=20), T0 + dt.timedelta(hours=50)
+    ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
+    inside = [r for r in mine if r["session_id"] and start < r["created"] < end]  # Helicone's gt/lt: both ends left out
+
+    def expected(rows: list[dict]) -> list[dict]:
+        return sorted((expected_session(s) for s in by(rows, lambda r: r["session_id"]).values()),
+                      key=lambda s: s["last_seen"], reverse=True)
+
+    helicone = {"search": "", "timeFilter": {"startTimeUnixMs": ms(start), "endTimeUnixMs": ms(end)}, "timezoneDifference": 0}
+    assert (await post(client, "/v1/session/query", {**helicone, "filter": "all"}))["data"] == expected(inside)
+    # a time filter's own start instant is out (gt), as Helicone's
+    first = min(r["created"] for r in inside)
+    later = [r for r in inside if r["created"] > first]
+    body = {**helicone, "timeFilter": {"startTimeUnixMs": ms(first), "endTimeUnixMs": ms(end)}, "filter": "all"}
+    assert (await post(client, "/v1/session/query", body))["data"] == expected(later)
+
+    gpt4o = [r for r in inside if r["model"] == "gpt-4o"]
+    tree = {"request_response_rmt": {"model": {"equals": "gpt-4o"}}}
+    assert (await post(client, "/v1/session/query", {**helicone, "filter": tree}))["data"] == expected(gpt4o)
+    assert (await post(client, "/v1/session/query", {**helicone, "filter": {"model": "gpt-4o"}}))["data"] == expected(gpt4o)
+
+    name = next(r["session_name"] for r in inside if r["session_name"])
+    named = [r for r in inside if r["session_name"] == name]
+    assert (await post(client, "/v1/session/query", {**helicone, "filter": "all", "nameEquals": name}))["data"] == expected(named)
+
+    r = await client.post("/v1/session/query", json={**helicone, "filter": {"start": iso(start)}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "timeFilter", r.text
+
+
+async def test_helicones_user_query_body_lists_the_users_it_names(logged):
+    """Helicone's POST /v1/user/query names its users in `userIds` (Helicone/helicone
+    valhalla/jawn/src/controllers/public/userController.ts): a 422 here, so a script moved from Helicone got no users."""
+    client, state, org, other_key, mine, theirs = logged
+    users = by([r for r in mine if r["user"]], lambda r: r["user"])
+    named = {"alice", "Dave", "nobody-such"}
+    data = (await post(client, "/v1/user/query", {"userIds": sorted(named)}))["data"]
+    assert {u["user_id"]: u["requests"] for u in data} == {u: len(rows) for u, rows in users.items() if u in named}
+    window = {"start": T0.isoformat(), "end": (T0 + dt.timedelta(days=2)).isoformat()}  # the two-step path too
+    data = (await post(client, "/v1/user/query", {"userIds": ["alice"], "filter": window}))["data"]
+    assert [(u["user_id"], u["requests"]) for u in data] == [("alice", sum(r["created"] < T0 + dt.timedelta(days=2) for r in users["alice"]))]
+    assert len((await post(client, "/v1/user/query", {"userIds": []}))["data"]) == len(users)  # Helicone's empty list: every user
+    r = await client.post("/v1/user/query", json={"userIds": [f"u{i}" for i in range(101)]})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "userIds", r.text

@@ -174,3 +174,28 @@ async def test_an_integer_a_score_cannot_hold_exactly_is_refused_not_rounded():
         with pytest.raises(ValidationError) as err:
             Score.model_validate({"value": too_big})
         assert "cannot be stored exactly" in str(err.value)
+
+
+async def test_helicones_score_body_sets_every_named_score_at_once_booleans_as_one_or_zero(api):
+    """Helicone's POST /v1/request/{id}/score ({"scores": {name: number | boolean}}, Helicone/helicone
+    valhalla/jawn/src/managers/score/ScoreManager.ts) was a 404 "Not Found": a script moved from Helicone lost its scores."""
+    client, state, org, other_org, _ = api
+    rid = await add_request(state, org, minutes=0)
+    await put(client, rid, "accuracy", 0.1)
+    r = await client.post(f"/v1/request/{rid}/score", json={"scores": {"accuracy": 0.75, "passed": True, "toxic": False, "n": 3}})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["request_id"], body["scores"]) == (rid, {"accuracy": 0.75, "passed": 1, "toxic": 0, "n": 3})
+    assert body["updated_at"].endswith("Z")
+    assert await scores(client, rid) == {"accuracy": 0.75, "passed": 1, "toxic": 0, "n": 3}  # the newer write replaced 0.1
+    assert (await client.post(f"/v1/request/{rid}/score", json={"scores": {}})).status_code == 201  # Helicone's example body
+    assert await scores(client, rid) == {"accuracy": 0.75, "passed": 1, "toxic": 0, "n": 3}
+
+    theirs = await add_request(state, other_org, minutes=0)
+    r = await client.post(f"/v1/request/{theirs}/score", json={"scores": {"accuracy": 1}})
+    assert r.status_code == 404 and r.json()["error"]["message"] == f"request {theirs} not found"
+    for bad, field in (({"scores": {"bad name": 1}}, "scores.bad name"), ({"scores": {"accuracy": "0.5"}}, "scores.accuracy"),
+                       ({"scores": {"feedback": 0.5}}, "scores.feedback"), ({"score": 1}, "scores")):
+        r = await client.post(f"/v1/request/{rid}/score", json=bad)
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["field"].startswith(field), (bad, r.text)
+    assert await scores(client, rid) == {"accuracy": 0.75, "passed": 1, "toxic": 0, "n": 3}  # nothing of a refused body written

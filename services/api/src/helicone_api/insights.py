@@ -19,7 +19,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SESSION_USERS, TIME_ORDER_SETTINGS
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from .explorer import EXAMPLE_ROW, RequestRow
 from .filters import AnyFilter, FilterNode, filter_sql
@@ -33,6 +42,7 @@ MAX_BUCKETS = 2000
 MAX_GROUPS = 50
 MAX_SESSION_REQUESTS = 5000
 MAX_SESSION_USERS = SESSION_USERS
+MAX_USER_IDS = 100  # users one user list may name (Helicone's userIds)
 # Aggregations read request_log without FINAL, so that ClickHouse can answer them from its projections
 # (helicone_core.analytics.REQUEST_LOG_PROJECTIONS); see _conditions for when it can.
 AGG_SETTINGS = f"{SETTINGS}, {PROJECTION_SETTINGS}"
@@ -86,12 +96,79 @@ class _ListQuery(BaseModel):
     offset: int = Field(0, ge=0, le=1_000_000)
 
 
-class SessionQuery(_ListQuery):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"filter": FILTER_EXAMPLE, "search": "checkout", "sort": {"field": "cost_usd", "direction": "desc"}, "limit": 50}]})
+UnixMs = Annotated[dt.datetime, WithJsonSchema({"type": "number", "description": "Unix milliseconds", "examples": [1772366400000]})]
 
-    search: SearchText | None = Field(None, description="a substring of the session id or name (any case)")
+
+class TimeFilterMs(BaseModel):
+    """Helicone's session `timeFilter`: the requests strictly after start and strictly before end (Unix milliseconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: UnixMs = Field(alias="startTimeUnixMs")
+    end: UnixMs = Field(alias="endTimeUnixMs")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _unix_ms(cls, v: Any) -> dt.datetime:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError("must be a time in Unix milliseconds, such as 1772366400000")
+        try:
+            t = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=math.floor(v))
+        except OverflowError:
+            t = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+        return _ch_range(t)
+
+    @model_validator(mode="after")
+    def _after_start(self) -> TimeFilterMs:
+        if self.end <= self.start:
+            raise ValueError("endTimeUnixMs must be after startTimeUnixMs")
+        return self
+
+
+def _empty_is_none(v: Any) -> Any:
+    return None if v == "" else v  # Helicone's bodies always carry a search, "" for none
+
+
+class SessionQuery(_ListQuery):
+    """Also reads Helicone's SessionQueryParams (valhalla/jawn/src/controllers/public/sessionController.ts in
+    Helicone/helicone): `timeFilter` and `nameEquals` narrow the requests counted, as its SessionManager does."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"filter": FILTER_EXAMPLE, "search": "checkout", "sort": {"field": "cost_usd", "direction": "desc"}, "limit": 50},
+        {"search": "", "timeFilter": {"startTimeUnixMs": 1772323200000, "endTimeUnixMs": 1772928000000},
+         "timezoneDifference": 0, "filter": "all"}]})
+
+    search: Annotated[SearchText | None, BeforeValidator(_empty_is_none)] = Field(
+        None, description='a substring of the session id or name (any case); "" for none')
     sort: SessionSort = Field(default_factory=SessionSort)
+    time_filter: TimeFilterMs | None = Field(None, alias="timeFilter", description="Helicone's: only the requests strictly "
+                                             "between its two Unix-millisecond times (a flat filter's start/end is the other way)")
+    name_equals: FilterText | None = Field(None, alias="nameEquals",
+                                           description="Helicone's: only the requests of this session name (Helicone-Session-Name)")
+    timezone_difference: int | None = Field(None, alias="timezoneDifference", ge=-1440, le=1440,
+                                            description="Helicone's; read and not used: times are answered in UTC")
+
+    @field_validator("time_filter")
+    @classmethod
+    def _one_time_range(cls, v: TimeFilterMs | None, info: ValidationInfo) -> TimeFilterMs | None:
+        flat = info.data.get("filter")
+        if v is not None and isinstance(flat, RequestFilter) and (flat.start is not None or flat.end is not None):
+            raise ValueError("and filter.start/end are two time ranges: give one of them")
+        return v
+
+    @model_validator(mode="after")
+    def _time_filter_as_filter(self) -> SessionQuery:
+        """Into the filter: a flat one's start/end (after start is from start's next millisecond, the stored
+        precision), else a tree's created_at condition."""
+        t = self.time_filter
+        if t is None:
+            return self
+        if isinstance(self.filter, RequestFilter):
+            self.filter = self.filter.model_copy(update={"start": t.start + dt.timedelta(milliseconds=1), "end": t.end})
+        else:
+            self.filter = FilterNode(left=self.filter, operator="and",
+                                     right=FilterNode(request={"created_at": {"gt": t.start, "lt": t.end}}))
+        return self
 
 
 class UserQuery(_ListQuery):
@@ -100,6 +177,9 @@ class UserQuery(_ListQuery):
 
     search: SearchText | None = Field(None, description="a substring of the user id (any case)")
     sort: UserSort = Field(default_factory=UserSort)
+    user_ids: list[FilterText] | None = Field(
+        None, alias="userIds", max_length=MAX_USER_IDS,
+        description=f"Helicone's (UserQueryParams): only these users, at most {MAX_USER_IDS}; [] or absent: every user")
 
 
 class PropertyValuesQuery(BaseModel):
@@ -479,12 +559,21 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _session_conditions(org_id: str, q: SessionQuery, grains: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any]]:
+    """The conditions on the requests a session list counts: the filter's, Helicone's nameEquals, and a session id."""
+    where, params, _ = _conditions(org_id, q.filter, grains=grains)
+    if q.name_equals is not None:
+        where.append("session_name = {name_equals:String}")
+        params["name_equals"] = q.name_equals
+    where.append("session_id != ''")
+    return where, params
+
+
 def recent_sessions_sql(org_id: str, q: SessionQuery, rows: int, since: dt.datetime | None = None) -> tuple[str, dict[str, Any]]:
     """The sessions of the newest `rows` matching requests (from `since` on), newest first: read in time
     order from the by_time projection, so the default session list (last seen first) need not total
     every session. A recent `since` is what makes ClickHouse pick the projection (fewer marks to read)."""
-    where, params, _ = _conditions(org_id, q.filter)
-    where.append("session_id != ''")
+    where, params = _session_conditions(org_id, q)
     if since is not None:
         where.append("request_created_at >= {since:DateTime64(3, 'UTC')}")
         params["since"] = _ch_time(since)
@@ -506,13 +595,12 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
     (session_requests_sql): a log resent and not merged yet counts once there, as in /v1/request/query."""
     table = "request_log FINAL" if session_id is not None else "request_log"
     if session_id is None:
-        where, params, _ = _conditions(org_id, q.filter, grains=("day",))
+        where, params = _session_conditions(org_id, q, grains=("day",))
         if only is not None:
             where.append("session_id IN {only:Array(String)}")
             params["only"] = only
     else:
-        where, params = ["org_id = {org:String}", "session_id = {sid:String}"], {"org": org_id, "sid": session_id}
-    where.append("session_id != ''")
+        where, params = ["org_id = {org:String}", "session_id = {sid:String}", "session_id != ''"], {"org": org_id, "sid": session_id}
     having = ""
     if q is not None and q.search:
         having = ("HAVING positionCaseInsensitiveUTF8(session_id, {search:String}) > 0 "
@@ -639,6 +727,9 @@ def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[st
     if q.search:
         where.append("positionCaseInsensitiveUTF8(user_id, {search:String}) > 0")
         params["search"] = q.search
+    if q.user_ids:
+        where.append("user_id IN {user_ids:Array(String)}")
+        params["user_ids"] = q.user_ids
     field, direction = q.sort.field, q.sort.direction.upper()
     conditions = " AND ".join(where)
 

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -142,6 +143,22 @@ class Score(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     value: ScoreValue = Field(..., description="a finite number")
+
+
+MAX_SCORES_PER_WRITE = 64
+# Helicone's score values: a number, or true/false as 1/0 (ScoreManager.mapScores in Helicone/helicone).
+HeliconeScoreValue = Annotated[ScoreValue, BeforeValidator(lambda v: float(v) if isinstance(v, bool) else v),
+                               WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "boolean"}]})]
+
+
+class Scores(BaseModel):
+    """Helicone's ScoreRequest (POST /v1/request/{id}/score): several scores of one request in one write."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"scores": {"accuracy": 0.9, "passed": True}}]})
+
+    scores: dict[ScoreName, HeliconeScoreValue] = Field(
+        ..., max_length=MAX_SCORES_PER_WRITE,
+        description=f"score name -> a finite number, or true/false (stored as 1/0); at most {MAX_SCORES_PER_WRITE}")
 
 
 class RequestFilter(BaseModel):

@@ -26,6 +26,7 @@ from .models import (
     Feedback,
     RequestId,
     Score,
+    Scores,
     documented,
     error_responses,
 )
@@ -59,6 +60,18 @@ class ScoreWritten(Answer):
     name: str
     value: float
     updated_at: str = Field(description="when this api wrote it (UTC, to the microsecond): the newest write wins")
+
+
+class ScoresWritten(Answer):
+    """The scores as POST /v1/request/{id}/score (Helicone's body) wrote them, all at one time."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1", "scores": {"accuracy": 0.9, "passed": 1.0},
+        "updated_at": "2026-03-01T12:00:05.123456Z"}]})
+
+    request_id: str
+    scores: dict[str, float] = Field(description="name -> the value stored (true/false as 1/0)")
+    updated_at: str = Field(description="when this api wrote them (UTC, to the microsecond): the newest write wins")
 
 
 class FeedbackWritten(ScoreWritten):
@@ -115,17 +128,19 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             state.m_queries.labels(endpoint, "not_found").inc()
             raise HTTPException(404, f"request {request_id} not found")
 
-    async def write(org: str, request_id: uuid.UUID, name: str, value: float, *, deleted: bool = False) -> str:
+    async def write(org: str, request_id: uuid.UUID, values: dict[str, float], *, deleted: bool = False) -> str:
+        """One insert of every value, all stamped with the same time."""
         at = ch_time_us(clock.now())
-        await state.analytics.insert("request_scores", [{
-            "org_id": org, "request_id": str(request_id), "name": name, "value": value, "deleted": int(deleted), "updated_at": at,
-        }])
+        if values:
+            await state.analytics.insert("request_scores", [{
+                "org_id": org, "request_id": str(request_id), "name": name, "value": value, "deleted": int(deleted), "updated_at": at,
+            } for name, value in values.items()])
         return at.replace(" ", "T") + "Z"
 
     async def put(org: str, request_id: uuid.UUID, name: str, value: float, endpoint: str) -> dict[str, Any]:
         with state.m_query_seconds.labels(endpoint).time():
             await logged(org, request_id, endpoint)
-            updated_at = await write(org, request_id, name, value)
+            updated_at = await write(org, request_id, {name: value})
         state.m_queries.labels(endpoint, "ok").inc()
         return {"request_id": str(request_id), "name": name, "value": value, "updated_at": updated_at}
 
@@ -142,6 +157,19 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             raise _invalid("value", f"the {FEEDBACK_SCORE!r} score is 1 (thumbs up) or 0 (thumbs down)")
         return await put(org, request_id, name, body.value, "score")
 
+    @router.post("/score", status_code=201, response_model=documented(ScoresWritten))
+    async def post_scores(request_id: RequestId, body: Scores, org: str = Depends(org_id)) -> dict:
+        """Helicone's form: sets every score named in `scores` at once (true/false as 1/0); writing one again
+        replaces its value, and the scores not named are left as they are."""
+        feedback = body.scores.get(FEEDBACK_SCORE)
+        if feedback is not None and feedback not in (0.0, 1.0):
+            raise _invalid(f"scores.{FEEDBACK_SCORE}", f"the {FEEDBACK_SCORE!r} score is 1 or true (thumbs up), 0 or false (thumbs down)")
+        with state.m_query_seconds.labels("scores").time():
+            await logged(org, request_id, "scores")
+            updated_at = await write(org, request_id, body.scores)
+        state.m_queries.labels("scores", "ok").inc()
+        return {"request_id": str(request_id), "scores": body.scores, "updated_at": updated_at}
+
     @router.delete("/score/{name}", status_code=204)
     async def delete_score(request_id: RequestId, name: ScoreNamePath, org: str = Depends(org_id)) -> Response:
         with state.m_query_seconds.labels("score_delete").time():
@@ -150,7 +178,7 @@ def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             if not int(found[0]["n"]):
                 state.m_queries.labels("score_delete", "not_found").inc()
                 raise HTTPException(404, f"request {request_id} has no score named {name!r}")
-            await write(org, request_id, name, 0.0, deleted=True)
+            await write(org, request_id, {name: 0.0}, deleted=True)
         state.m_queries.labels("score_delete", "ok").inc()
         return Response(status_code=204)
 
