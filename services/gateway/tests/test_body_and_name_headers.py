@@ -344,3 +344,24 @@ async def test_a_bad_model_override_is_a_400_naming_the_header_before_anything_i
     assert error["type"] == "helicone_header_error" and error["message"].startswith("Helicone-Model-Override ")
     assert "256 characters" in error["message"]
     assert fake.state.received == [] and built == []
+
+
+# ---- the end user: Helicone-User-Id, else the body's `user` ------------------------------------
+
+async def test_the_bodys_user_parameter_is_the_logged_user_when_no_user_header_is_sent(gateway):
+    """Helicone's user metrics take OpenAI's `user` request parameter as the user when no
+    Helicone-User-Id is sent (the header wins when both are); the gateway logged such requests with no
+    user at all. A `user` that could not be a Helicone-User-Id (not a string, empty, too long, control
+    characters) is not one; the body goes to the provider as sent either way."""
+    client, fake, built = gateway
+    r = await client.post("/v1/chat/completions", json=dict(CHAT, user="alice"), headers=AUTH)
+    assert r.status_code == 200 and fake.state.received[-1]["body"]["user"] == "alice"
+    assert built[-1].user_id == "alice"
+    r = await client.post("/v1/chat/completions", json=dict(CHAT, user="alice"), headers={**AUTH, "Helicone-User-Id": "bob"})
+    assert r.status_code == 200 and built[-1].user_id == "bob"
+    for user in (42, "", "u" * 513, "a\nb"):
+        r = await client.post("/v1/chat/completions", json=dict(CHAT, user=user), headers=AUTH)
+        assert r.status_code == 200 and built[-1].user_id == "", user
+    # a body the caller hid from the log (Helicone-Omit-Request) names no user either
+    r = await client.post("/v1/chat/completions", json=dict(CHAT, user="alice"), headers={**AUTH, "Helicone-Omit-Request": "true"})
+    assert r.status_code == 200 and built[-1].user_id == "" and built[-1].inline.request_body == b""

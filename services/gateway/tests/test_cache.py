@@ -479,6 +479,19 @@ async def test_entries_expire_after_max_age(gateway):
     assert r.headers["helicone-cache"] == "MISS" and len(fake.state.received) == 2
 
 
+async def test_a_max_age_on_a_second_cache_control_line_sets_the_ttl(gateway, monkeypatch):
+    """Cache-Control sent as two field lines is one list (RFC 9110 5.3): a max-age on the second
+    line (one added after a client's own `no-cache`) was silently left out, and the answer kept for 7 days."""
+    client, gw, built, fake = gateway
+    ttls = []
+    set_entry = gw.cache.store.set
+    monkeypatch.setattr(gw.cache.store, "set", lambda key, value, ttl: ttls.append(ttl) or set_entry(key, value, ttl))
+    r = await client.post("/v1/chat/completions", json=CHAT,
+                          headers=[*ON.items(), ("Cache-Control", "no-cache"), ("Cache-Control", "max-age=60")])
+    await gw.cache.flush()
+    assert r.status_code == 200 and r.headers["helicone-cache"] == "MISS" and ttls == [60]
+
+
 async def test_redis_entries_get_the_requested_ttl(tmp_path, upstream, redis_url):
     import redis.asyncio as redis
 

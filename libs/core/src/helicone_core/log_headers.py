@@ -22,9 +22,10 @@ MAX_MODEL = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 OMIT_REQUEST = "Helicone-Omit-Request"
 OMIT_RESPONSE = "Helicone-Omit-Response"
+MAX_USER_ID = 512
 # lower-case name -> (the header's longest value, the LogHeaders field it sets)
 _BOUNDED = {
-    "helicone-user-id": (512, "user_id"),
+    "helicone-user-id": (MAX_USER_ID, "user_id"),
     "helicone-session-id": (512, "session_id"),
     "helicone-session-path": (1024, "session_path"),
     "helicone-session-name": (512, "session_name"),
@@ -55,6 +56,15 @@ class LogHeaders:
         if not self.request_name:
             return self.properties
         return {**self.properties, REQUEST_NAME_PROPERTY: self.request_name}
+
+    def logged_user(self, body_user: str) -> str:
+        """The user a log names: Helicone-User-Id, else the request body's `user` (OpenAI's end-user
+        parameter, Helicone's fallback) when it could have been sent as that header; "" for neither, and
+        under Helicone-Omit-Request (the body the caller hid is not read for it)."""
+        if self.user_id or self.omit_request:
+            return self.user_id
+        user = body_user.strip()
+        return user if len(user) <= MAX_USER_ID and not _CONTROL.search(user) else ""
 
     def logged_model(self, model: str) -> str:
         """The model a log names and is priced by: the override when one was sent, else `model`

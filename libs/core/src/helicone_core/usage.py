@@ -524,11 +524,19 @@ def answer_whole(usage_format: str, body: bytes, content_type: str) -> bool:
 def request_model(body: bytes) -> tuple[str, bool]:
     """(model, stream) from a JSON request body; ("", False) for one that is not JSON or nests past the
     recursion limit (the request is logged all the same)."""
+    model, stream, _ = request_fields(body)
+    return model, stream
+
+
+def request_fields(body: bytes) -> tuple[str, bool, str]:
+    """(model, stream, user) from a JSON request body, read in one parse; `user` is OpenAI's end-user
+    parameter ("" when absent or not a string). ("", False, "") for a body that is not JSON."""
     doc = json_object(body)
     if doc is None:
-        return "", False
+        return "", False, ""
     model = doc.get("model") if isinstance(doc.get("model"), str) else ""
-    return model, doc.get("stream") is True
+    user = doc.get("user") if isinstance(doc.get("user"), str) else ""
+    return model, doc.get("stream") is True, user
 
 
 # OpenAI's audio uploads (and the APIs copying them): a multipart/form-data request whose `model` is a form field,

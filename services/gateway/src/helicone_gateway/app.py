@@ -27,7 +27,7 @@ from helicone_core.usage import (
     decode_body,
     form_model,
     parse_response,
-    request_model,
+    request_fields,
     with_stream_usage,
 )
 from yarl import URL
@@ -433,7 +433,8 @@ class Gateway:
             hh = parse_helicone_headers(raw_headers)
             directive: CacheDirective | None = None
             if hh.cache is not None:  # only requests that name the cache pay for it
-                directive = cache_directive(hh.cache, next((v for n, v in raw_headers if n == "cache-control"), ""))
+                # every Cache-Control line: several lines are one comma-separated list (RFC 9110 5.3)
+                directive = cache_directive(hh.cache, ", ".join(v for n, v in raw_headers if n == "cache-control"))
                 if not (directive.read or directive.save):
                     directive = None
             rate_limit: RateLimitRequest | None = None
@@ -935,9 +936,9 @@ class Gateway:
 
         def build() -> events.RequestLogged:
             if rt.path.endswith(FORM_MODEL_PATHS):  # an audio upload: its model is a form field
-                req_model, req_stream = form_model(body, req_ctype), False
+                req_model, req_stream, req_user = form_model(body, req_ctype), False, ""
             else:
-                req_model, req_stream = request_model(body)
+                req_model, req_stream, req_user = request_fields(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
             parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
             model = hh.logged_model(parsed.model or rt.path_model() or req_model)
@@ -956,7 +957,7 @@ class Gateway:
                 method=method,
                 path=rt.path,
                 target_url=rt.base_url,
-                user_id=hh.user_id,
+                user_id=hh.logged_user(req_user),
                 session_id=hh.session_id,
                 session_path=hh.session_path,
                 session_name=hh.session_name,
