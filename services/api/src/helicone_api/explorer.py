@@ -30,6 +30,7 @@ from .filters import (
     SortSpec,
     after_sql,
     filter_sql,
+    narrowed,
     order_sql,
     query_digest,
     sort_value,
@@ -75,11 +76,7 @@ class FilteredQuery(BaseModel):
     def _cached_as_filter(self) -> FilteredQuery:
         if self.is_cached is None:
             return self
-        if isinstance(self.filter, RequestFilter):
-            self.filter = self.filter.model_copy(update={"cache_hit": self.is_cached})
-        else:
-            self.filter = FilterNode(left=self.filter, operator="and",
-                                     right=FilterNode(request={"cache_hit": {"equals": self.is_cached}}))
+        self.filter = narrowed(self.filter, {"cache_hit": self.is_cached}, {"cache_hit": {"equals": self.is_cached}})
         return self
 
 

@@ -544,6 +544,13 @@ AnyFilter = Annotated[
 ]
 
 
+def narrowed(f: RequestFilter | FilterNode, flat: dict[str, Any], request: dict[str, Any]) -> RequestFilter | FilterNode:
+    """`f` with one more condition: a flat filter gets the fields `flat` (it stays flat, and keeps its fast
+    paths), a tree the request leaf `request` ANDed in."""
+    if isinstance(f, RequestFilter):
+        return f.model_copy(update=flat)
+    return FilterNode(left=f, operator="and", right=FilterNode(request=request))
+
 def ch_time(value: dt.datetime) -> str:
     return utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 

@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from .explorer import EXAMPLE_ROW, RequestRow
-from .filters import AnyFilter, FilterNode, filter_sql
+from .filters import AnyFilter, FilterNode, filter_sql, narrowed
 from .models import MAX_FILTER_CHARS, Answer, FilterText, RequestFilter, _ch_range, _utf8, documented, error_responses
 from .queries import COLUMNS, SETTINGS, _ch_time, _iso, row_to_json
 from .scores import scores_of
@@ -163,11 +163,8 @@ class SessionQuery(_ListQuery):
         t = self.time_filter
         if t is None:
             return self
-        if isinstance(self.filter, RequestFilter):
-            self.filter = self.filter.model_copy(update={"start": t.start + dt.timedelta(milliseconds=1), "end": t.end})
-        else:
-            self.filter = FilterNode(left=self.filter, operator="and",
-                                     right=FilterNode(request={"created_at": {"gt": t.start, "lt": t.end}}))
+        self.filter = narrowed(self.filter, {"start": t.start + dt.timedelta(milliseconds=1), "end": t.end},
+                               {"created_at": {"gt": t.start, "lt": t.end}})
         return self
 
 
