@@ -10,6 +10,16 @@ import uvicorn
 from tests.support.net import free_port
 
 
+async def request_body(receive) -> bytes:
+    """An ASGI app's whole request body, read from `receive` (a disconnect ends it)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 @contextlib.asynccontextmanager
 async def serve(app, lifespan: str = "off", **options):
     """options: more uvicorn.Config arguments (e.g. helicone_core.http_limits.uvicorn_limits)."""

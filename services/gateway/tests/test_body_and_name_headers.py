@@ -12,7 +12,7 @@ from helicone_gateway.headers import MAX_PROPERTIES, REQUEST_NAME_PROPERTY, Head
 
 from services.gateway.tests.test_proxy import CHAT, started_gateway
 from tests.support.fake_upstream import create_app as create_fake_upstream
-from tests.support.inloop import serve
+from tests.support.inloop import request_body, serve
 
 AUTH = {"Helicone-Auth": "Bearer good-key"}
 # spaced as a person would write it: a re-serialised body would be shorter
@@ -206,12 +206,7 @@ def strict_provider(received: list):
     """An OpenAI-format provider that, like Mistral's API, refuses stream_options with a 422 and sends the
     usage in its stream's last chunk all the same (received: (path, body) of each request)."""
     async def app(scope, receive, send):
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await request_body(receive)
         received.append((scope["path"], body))
         if "stream_options" in json.loads(body):
             answer, status, ctype = b'{"detail": [{"type": "extra_forbidden", "loc": ["body", "stream_options"]}]}', 422, b"application/json"

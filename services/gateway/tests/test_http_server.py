@@ -11,6 +11,8 @@ import socket
 import pytest
 from helicone_gateway.http_server import HttpServer
 
+from tests.support.inloop import request_body
+
 
 async def echo_app(scope, receive, send):
     """Answers with what it got: method, path, query, headers, body; some paths behave differently."""
@@ -21,12 +23,7 @@ async def echo_app(scope, receive, send):
             if message["type"] == "lifespan.shutdown":
                 return
     path = scope["path"]
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await request_body(receive)
     if path == "/fail":
         raise ValueError("the app broke")
     if path == "/fail-midway":
