@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from helicone_core import usage
 from helicone_core.cost import TokenCounts
-from helicone_core.usage import decode_body, parse_response, request_model
+from helicone_core.usage import decode_body, parse_response, request_fields
 
 
 def sse(*events) -> bytes:
@@ -55,7 +55,7 @@ def test_non_json_bodies_do_not_raise():
     assert not parse_response("openai", b"[1,2]", "application/json").known
 
 
-def test_decode_body_and_request_model():
+def test_decode_body_and_request_fields():
     raw = b'{"usage":{}}'
     assert decode_body(gzip.compress(raw), "gzip") == raw
     assert decode_body(b"not gzip", "gzip") == b"not gzip"
@@ -63,8 +63,8 @@ def test_decode_body_and_request_model():
     partial = decode_body(gzip.compress(big)[:300], "gzip")  # capture cut off mid-stream
     assert 0 < len(partial) < len(big) and big.startswith(partial)
     assert decode_body(zlib.compress(raw), "deflate") == raw
-    assert request_model(b'{"model":"gpt-4o","stream":true}') == ("gpt-4o", True)
-    assert request_model(b"garbage") == ("", False)
+    assert request_fields(b'{"model":"gpt-4o","stream":true}') == ("gpt-4o", True, "")
+    assert request_fields(b"garbage") == ("", False, "")
 
 
 GEMINI_CHUNKS = [

@@ -521,16 +521,10 @@ def answer_whole(usage_format: str, body: bytes, content_type: str) -> bool:
     return True
 
 
-def request_model(body: bytes) -> tuple[str, bool]:
-    """(model, stream) from a JSON request body; ("", False) for one that is not JSON or nests past the
-    recursion limit (the request is logged all the same)."""
-    model, stream, _ = request_fields(body)
-    return model, stream
-
-
 def request_fields(body: bytes) -> tuple[str, bool, str]:
     """(model, stream, user) from a JSON request body, read in one parse; `user` is OpenAI's end-user
-    parameter ("" when absent or not a string). ("", False, "") for a body that is not JSON."""
+    parameter ("" when absent or not a string). ("", False, "") for a body that is not JSON or nests past the
+    recursion limit (the request is logged all the same)."""
     doc = json_object(body)
     if doc is None:
         return "", False, ""
