@@ -147,7 +147,7 @@ def test_anthropic_openai_sdk_path_reads_openai_usage_and_names_no_provider():
 @pytest.mark.parametrize("urls, message", [
     ({"openai": "https://x.example"}, "HELICONE_PROVIDER_URLS: 'openai': set its base URL with HELICONE_OPENAI_URL"),
     ({"cohere": "https://x.example"}, "HELICONE_PROVIDER_URLS: 'cohere' is no provider of the table; accepted: .*'azure'"),
-    ({"groq": "groq.example"}, "HELICONE_PROVIDER_URLS: 'groq': 'groq.example' is not a base URL"),
+    ({"groq": "groq.example"}, r"HELICONE_PROVIDER_URLS: 'groq': must be an absolute http\(s\) URL"),
 ])
 def test_bad_provider_urls_are_named(urls, message):
     with pytest.raises(ValueError, match=message):
@@ -155,10 +155,13 @@ def test_bad_provider_urls_are_named(urls, message):
 
 
 @pytest.mark.parametrize("setting, url, message", [
-    ("openai_url", "api.openai.com", r"HELICONE_OPENAI_URL: 'api.openai.com' is not a base URL \(http\(s\)://host"),
-    ("anthropic_url", "https://api.anthropic.com?beta=1", "HELICONE_ANTHROPIC_URL: .* is not a base URL"),
-    ("openai_url", "https://svc:s3cret@oai.proxy.internal", "HELICONE_OPENAI_URL: the URL holds credentials"),
-    ("provider_urls", {"groq": "https://svc:s3cret@groq.proxy.internal/v1"}, "HELICONE_PROVIDER_URLS: 'groq': the URL holds credentials"),
+    ("openai_url", "api.openai.com", r"HELICONE_OPENAI_URL: must be an absolute http\(s\) URL: http\(s\)://host"),
+    ("anthropic_url", "https://api.anthropic.com?beta=1", "HELICONE_ANTHROPIC_URL: must not have a query or fragment"),
+    ("openai_url", "https://svc:s3cret@oai.proxy.internal", "HELICONE_OPENAI_URL: must not contain credentials"),
+    ("provider_urls", {"groq": "https://svc:s3cret@groq.proxy.internal/v1"}, "HELICONE_PROVIDER_URLS: 'groq': must not contain credentials"),
+    # the rules a Helicone-Target-URL is held to (one base_url_problem): the host a resolver reads is the host written
+    ("openai_url", "http://0x7f.1:8000", "HELICONE_OPENAI_URL: host '0x7f.1' is an IPv4 address in a non-standard form"),
+    ("provider_urls", {"groq": "https://groq..proxy.internal"}, "HELICONE_PROVIDER_URLS: 'groq': host .* is not a valid host name"),
 ])
 def test_a_base_url_with_credentials_or_that_is_no_url_stops_the_gateway_naming_the_setting(setting, url, message):
     """HELICONE_OPENAI_URL and HELICONE_ANTHROPIC_URL were taken unchecked (a URL without a scheme failed every request

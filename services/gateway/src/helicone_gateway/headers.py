@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from helicone_core.addresses import host_name_problem
 from helicone_core.jsontext import json_object
 from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway's modules and tests read them here
     MAX_PROPERTIES,
@@ -18,12 +17,11 @@ from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway
     read_log_header,
     switch,
 )
-from yarl import URL
 
-from .egress import noncanonical_ipv4
 from .prompts import PromptError, PromptRequest, check_environment, check_prompt_id, check_version
 from .providers import TARGET_URL_HEADER, base_url
 from .resilience import RETRY_PREFIX, FallbackTarget, ResilienceError, RetryPolicy, parse_fallbacks, parse_retry
+from .settings import base_url_problem
 
 HOP_BY_HOP = frozenset(
     {
@@ -194,23 +192,9 @@ def _prompt_request(values: dict[str, str]) -> PromptRequest:
 
 def _target_url(value: str, name: str = "Helicone-Target-URL") -> str:
     """A target base URL (Helicone-Target-URL, or a Helicone-Fallbacks "target-url": `name` says which)."""
-    # parsed with yarl, as the upstream pool parses the URL it connects to: one reading of the host everywhere
-    try:
-        url = URL(value)
-    except ValueError as exc:
-        raise HeaderError(f"{name} is not a valid URL ({exc})") from None
-    if url.scheme not in ("http", "https") or not url.raw_host:
-        raise HeaderError(f"{name} must be an absolute http(s) URL")
-    if url.raw_user or url.raw_password:
-        raise HeaderError(f"{name} must not contain credentials")
-    if "?" in value or "#" in value:  # the request's path is appended: it would land in the query or fragment
-        raise HeaderError(f"{name} must not have a query or fragment: it is a base URL, the request's path and query follow it")
-    if noncanonical_ipv4(url.raw_host):
-        raise HeaderError(f"{name} host {url.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
-                          "write it as four decimal numbers a.b.c.d")
-    problem = host_name_problem(url.raw_host)
+    problem = base_url_problem(value)
     if problem:
-        raise HeaderError(f"{name} host {url.raw_host[:64]!r} {problem}")
+        raise HeaderError(f"{name} {problem}")
     return base_url(value)  # encoded (IDNA host, escaped path): the request's raw path and query follow it as sent
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from helicone_core.addresses import host_name_problem
 from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
 from helicone_core.settings import env_name as settings_env_name
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from yarl import URL
 
-from .egress import parse_allowlist_entry
+from .egress import noncanonical_ipv4, parse_allowlist_entry
 from .http_server import WRITE_TIMEOUT
 
 
@@ -111,7 +112,7 @@ class GatewaySettings(ServiceSettings):
                 raise ValueError(f"{where}: {name!r}: set its base URL with {settings_env_name(name + '_url')}")
             if name not in PROVIDER_TABLE:
                 raise ValueError(f"{where}: {name!r} is no provider of the table; accepted: {sorted(set(PROVIDER_TABLE) - {'openai', 'anthropic'})}")
-            check_base_url(f"{where}: {name!r}", url)
+            check_base_url(f"{where}: {name!r}:", url)
         return urls
 
     @field_validator("redis_url", mode="before")
@@ -125,22 +126,38 @@ class GatewaySettings(ServiceSettings):
     @field_validator("openai_url", "anthropic_url")
     @classmethod
     def _base_url(cls, url: str, info: ValidationInfo) -> str:
-        check_base_url(settings_env_name(info.field_name), url)
+        check_base_url(f"{settings_env_name(info.field_name)}:", url)
         return url
 
 
-def check_base_url(where: str, url: str) -> None:
-    """ValueError naming `where` unless `url` is http(s)://host[:port][/path]: no query or fragment (each request's path
-    follows it) and no user:password@ (never sent to the provider, and the base URL is logged with every request)."""
-    try:
+def base_url_problem(url: str) -> str | None:
+    """What makes `url` no base URL the gateway may send requests under, or None. One rule for the deployment's base
+    URLs and a caller's Helicone-Target-URL or fallback "target-url": http(s)://host[:port][/path], no query or fragment
+    (each request's path follows it), no user:password@ (never sent to the provider, and the base URL is logged with
+    every request), a host a resolver reads as written. The text never repeats the URL (it may hold a secret)."""
+    try:  # parsed with yarl, as the upstream pool parses the URL it connects to: one reading of the host everywhere
         parsed = URL(url)
-    except ValueError:
-        parsed = None
-    if parsed is not None and (parsed.raw_user or parsed.raw_password):  # the URL is not repeated: it holds a secret
-        raise ValueError(f"{where}: the URL holds credentials (user:password@): they are never sent to the provider, and "
-                         "the base URL is logged with every request; send the provider's key as a request header")
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or "?" in url or "#" in url:
-        raise ValueError(f"{where}: {url!r} is not a base URL (http(s)://host[:port][/path], no query or fragment)")
+    except ValueError as exc:
+        return f"is not a valid URL ({exc}); a base URL is http(s)://host[:port][/path]"
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        return "must be an absolute http(s) URL: http(s)://host[:port][/path]"
+    if parsed.raw_user or parsed.raw_password:
+        return ("must not contain credentials (user:password@): they are never sent to the provider, and the base URL "
+                "is logged with every request; send the provider's key as a request header")
+    if "?" in url or "#" in url:
+        return "must not have a query or fragment: it is a base URL, the request's path and query follow it"
+    if noncanonical_ipv4(parsed.raw_host):
+        return (f"host {parsed.raw_host[:64]!r} is an IPv4 address in a non-standard form; "
+                "write it as four decimal numbers a.b.c.d")
+    problem = host_name_problem(parsed.raw_host)
+    return f"host {parsed.raw_host[:64]!r} {problem}" if problem else None
+
+
+def check_base_url(where: str, url: str) -> None:
+    """ValueError naming `where` unless `url` is a base URL (base_url_problem)."""
+    problem = base_url_problem(url)
+    if problem:
+        raise ValueError(f"{where} {problem}")
 
 
 def check_redis_url(url: str) -> None:
