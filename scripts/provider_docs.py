@@ -23,6 +23,10 @@ def table() -> str:
             "| --- | --- | --- | --- | --- | --- |"]
     for p in PROVIDER_TABLE.values():
         base = f"`{p.base_url}`" if p.base_url else "none: `Helicone-Target-URL` or `HELICONE_PROVIDER_URLS`"
+        if p.base_url_form:
+            base += f" (`{p.base_url_form}`)"
+        for marker, form in p.target_paths:  # an API the default base URL does not serve (Vertex AI's)
+            base += f"; paths with `{marker}`: `Helicone-Target-URL: {form}`"
         usage = _usage(p)
         key = " or ".join(f"`{k}`" for k in p.key)
         rows.append(f"| {p.label} | `/{p.name}` | {base} | {key} | {usage} | `<gateway>{p.sdk_base}` |")

@@ -12,6 +12,13 @@ the first word (a 200 stream the provider gave up on: OpenAI's `data: {"error": 
 Anthropic on Vertex AI (`publishers/anthropic/models/<m>:rawPredict`, `:streamRawPredict`) as `/v1/messages`;
 `/v1/embeddings` answers vectors of `x-fake-dims` numbers; `/v1/audio/transcriptions` a transcription of a
 multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it).
+Gemini's `:embedContent`, `:batchEmbedContents` and `:countTokens`, and Vertex AI's Gemini paths
+(`projects/<p>/locations/<l>/publishers/google/models/<m>:generateContent`, `:streamGenerateContent`, `:embedContent`,
+`:predict` for embeddings, `:countTokens`) with Vertex's usage fields (cachedContentTokenCount for a `cachedContent`,
+thoughtsTokenCount for a thinkingConfig, toolUsePromptTokenCount for a googleSearch tool). AWS Bedrock's runtime
+(`/model/<id>/converse`, `/converse-stream`, `/invoke`, `/invoke-with-response-stream`; Claude's bodies for invoke), its
+streams AWS event streams, and a SigV4-signed request checked as AWS checks it (tests.support.bedrock's keys): a 403
+when a signed header, the path, query or body changed on the way.
 
 Run: python -m tests.support.fake_upstream --port 9999
 """
@@ -31,6 +38,9 @@ import zlib
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
+
+from tests.support import bedrock as aws
 
 REPLY = "Hello from the fake upstream model"
 
@@ -77,7 +87,8 @@ def _gzip(stream):
 
 def create_app(chunk_delay: float = 0.0) -> FastAPI:
     app = FastAPI()
-    app.add_middleware(GZipMiddleware, minimum_size=200)
+    # AWS never compresses its event streams
+    app.add_middleware(GZipMiddleware, minimum_size=200, exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, aws.EVENT_STREAM))
     app.state.received = []
     # statuses the next chat requests get instead of an answer, in order: 503 or (429, {"retry-after": "1"})
     app.state.fail_next = []
@@ -235,20 +246,38 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.post("/{version}/models/{model_call}")
-    async def gemini(version: str, model_call: str, request: Request):
-        body = await request.json()
-        record(request, body)
-        model, _, call = model_call.partition(":")
-        if call not in ("generateContent", "streamGenerateContent"):
-            return JSONResponse({"error": {"code": 404, "message": f"unknown method {call}", "status": "NOT_FOUND"}}, 404)
-        prompt = sum(len(str(p.get("text", "")).split()) for c in body.get("contents", []) for p in c.get("parts", []))
+    def vector(dims: int = 8) -> list[float]:
+        return [round((i % 97) / 97 - 0.5, 8) for i in range(dims)]
+
+    def parts_words(contents) -> int:
+        contents = [contents] if isinstance(contents, dict) else contents or []
+        return sum(len(str(p.get("text", "")).split()) for c in contents for p in (c.get("parts") or []))
+
+    def gemini_answer(request: Request, body: dict, model: str, call: str, vertex: bool):
+        """generateContent and its streams; on Vertex AI with the usage fields of a cache, thinking and a search tool."""
+        prompt = parts_words(body.get("contents"))
+        extra = {}
+        if vertex:
+            cached = 1000 if body.get("cachedContent") else 0  # a cached content's tokens are part of the prompt
+            prompt += cached
+            if cached:
+                extra["cachedContentTokenCount"] = cached
+                extra["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+            if (body.get("generationConfig") or {}).get("thinkingConfig"):
+                extra["thoughtsTokenCount"] = 50
+            if any("googleSearch" in t for t in body.get("tools") or []):
+                extra["toolUsePromptTokenCount"] = 30
         words = REPLY.split(" ")
 
         def chunk(text: str, done: bool, completion: int) -> dict:
+            total = prompt + completion + extra.get("thoughtsTokenCount", 0) + extra.get("toolUsePromptTokenCount", 0)
             out = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}],
-                   "usageMetadata": {"promptTokenCount": prompt, "totalTokenCount": prompt + completion},
+                   "usageMetadata": {"promptTokenCount": prompt, "totalTokenCount": total, **extra},
                    "modelVersion": model, "responseId": "fake-" + uuid.uuid4().hex[:8]}
+            if vertex:
+                out["createTime"] = "2025-06-01T10:00:00.000000Z"
+                out["usageMetadata"]["trafficType"] = "ON_DEMAND"
+                out["usageMetadata"]["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
             if done:
                 out["candidates"][0]["finishReason"] = "STOP"
             if completion:
@@ -264,6 +293,111 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         array = ((("[" if i == 0 else ",\r\n") + json.dumps(c) + ("]" if i == len(parts) - 1 else "")).encode()
                  for i, c in enumerate(parts))
         return StreamingResponse(array, media_type="application/json")
+
+    @app.post("/{version}/models/{model_call}")
+    async def gemini(version: str, model_call: str, request: Request):
+        body = await request.json()
+        record(request, body)
+        model, _, call = model_call.partition(":")
+        if call in ("generateContent", "streamGenerateContent"):
+            return gemini_answer(request, body, model, call, vertex=False)
+        # the Gemini API's embeddings and token counts carry no usageMetadata
+        if call == "embedContent":
+            return {"embedding": {"values": vector()}}
+        if call == "batchEmbedContents":
+            return {"embeddings": [{"values": vector()} for _ in body.get("requests", [])]}
+        if call == "countTokens":
+            tokens = parts_words(body.get("contents"))
+            return {"totalTokens": tokens, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}]}
+        return JSONResponse({"error": {"code": 404, "message": f"unknown method {call}", "status": "NOT_FOUND"}}, 404)
+
+    @app.post("/{version}/projects/{project}/locations/{location}/publishers/google/models/{model_call}")
+    async def vertex_gemini(version: str, project: str, location: str, model_call: str, request: Request):
+        """Vertex AI's Gemini paths, answered as Vertex does (cloud.google.com/vertex-ai/generative-ai/docs/reference/rest)."""
+        body = await request.json()
+        record(request, body)
+        model, _, call = model_call.partition(":")
+        if call in ("generateContent", "streamGenerateContent"):
+            return gemini_answer(request, body, model, call, vertex=True)
+        if call == "embedContent":  # gemini-embedding-001: usageMetadata after the vector
+            tokens = parts_words(body.get("content"))
+            return {"embedding": {"values": vector()}, "usageMetadata": {"promptTokenCount": tokens, "totalTokenCount": tokens},
+                    "truncated": False}
+        if call == "predict":  # text-embedding-005 & co: a token count per instance, characters billed
+            texts = [str(i.get("content", "")) for i in body.get("instances", [])]
+            return {"predictions": [{"embeddings": {"statistics": {"truncated": False, "token_count": len(t.split())},
+                                                    "values": vector()}} for t in texts],
+                    "metadata": {"billableCharacterCount": sum(len(t.replace(" ", "")) for t in texts)}}
+        if call == "countTokens":
+            tokens = parts_words(body.get("contents"))
+            return {"totalTokens": tokens, "totalBillableCharacters": tokens * 5,
+                    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}]}
+        return JSONResponse({"error": {"code": 404, "message": f"unknown method {call}", "status": "NOT_FOUND"}}, 404)
+
+    @app.post("/model/{model_id}/{operation}")
+    async def bedrock(model_id: str, operation: str, request: Request):
+        """Bedrock's runtime (docs.aws.amazon.com/bedrock/latest/APIReference): Converse and ConverseStream for any
+        model; InvokeModel and InvokeModelWithResponseStream with Claude's Messages bodies. A cachePoint after the
+        system prompt (Converse) or a cache_control on it (Claude) caches its words: `x-fake-cache: read` reads
+        them, else they are written. Streams answer `x-fake-words: N` with N words; the bytes streamed are recorded."""
+        raw = await request.body()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        raw_path = request.scope.get("raw_path", b"").decode("latin-1")
+        path_qs = raw_path + ("?" + request.url.query if request.url.query else "")
+        app.state.received.append({"path": raw_path, "query": request.url.query, "headers": headers, "body": raw})
+        if headers.get("authorization", "").startswith("AWS4-") and not aws.signature_holds(
+                request.method, headers.get("host", ""), path_qs, headers, raw):
+            return JSONResponse({"message": "The request signature we calculated does not match the signature you provided. "
+                                            "Check your AWS Secret Access Key and signing method."}, status_code=403,
+                                headers={"x-amzn-errortype": "InvalidSignatureException:http://internal.amazon.com/coral/"})
+        body = json.loads(raw)
+        words = _reply(request) if operation.endswith("-stream") else REPLY.split(" ")
+        read = headers.get("x-fake-cache") == "read"
+        if operation in ("converse", "converse-stream"):
+            system = body.get("system") or []
+            cached = sum(len(str(b.get("text", "")).split()) for b in system) if any("cachePoint" in b for b in system) else 0
+            prompt = sum(len(str(b.get("text", "")).split()) for m in body.get("messages", []) for b in m.get("content", []))
+            usage = {"inputTokens": prompt, "outputTokens": len(words), "totalTokens": prompt + cached + len(words),
+                     "cacheReadInputTokens": cached if read else 0, "cacheWriteInputTokens": 0 if read else cached}
+            if operation == "converse":
+                return {"output": {"message": {"role": "assistant", "content": [{"text": REPLY}]}}, "stopReason": "end_turn",
+                        "usage": usage, "metrics": {"latencyMs": 312}}
+            frames = [aws.event("messageStart", {"role": "assistant"})]
+            frames += [aws.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w if i == 0 else " " + w}})
+                       for i, w in enumerate(words)]
+            frames += [aws.event("contentBlockStop", {"contentBlockIndex": 0}), aws.event("messageStop", {"stopReason": "end_turn"}),
+                       aws.event("metadata", {"usage": usage, "metrics": {"latencyMs": 312}})]
+            app.state.received[-1]["answer"] = b"".join(frames)
+            return StreamingResponse(iter(frames), media_type=aws.EVENT_STREAM)
+        # InvokeModel: Claude's Messages API (anthropic_version bedrock-2023-05-31); its answer names the model
+        # without the inference profile
+        system = body.get("system") or []
+        system = [{"type": "text", "text": system}] if isinstance(system, str) else system
+        cached = sum(len(b.get("text", "").split()) for b in system) if any("cache_control" in b for b in system) else 0
+        prompt = _words(body.get("messages"))
+        usage = {"input_tokens": prompt, "cache_creation_input_tokens": 0 if read else cached,
+                 "cache_read_input_tokens": cached if read else 0, "output_tokens": len(words)}
+        model = re.sub(r"^(?:[a-z]+\.)?anthropic\.|-v[0-9]+(?::[0-9]+)?$", "", model_id)
+        mid = "msg_bdrk_" + uuid.uuid4().hex[:12]
+        if operation == "invoke":
+            return {"id": mid, "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": REPLY}], "stop_reason": "end_turn", "stop_sequence": None,
+                    "usage": usage}
+        start = {"type": "message_start", "message": {"id": mid, "type": "message", "role": "assistant", "model": model,
+                                                      "content": [], "stop_reason": None, "stop_sequence": None,
+                                                      "usage": {**usage, "output_tokens": 1}}}
+        frames = [aws.chunk(start), aws.chunk({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
+        frames += [aws.chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}})
+                   for i, w in enumerate(words)]
+        frames += [aws.chunk({"type": "content_block_stop", "index": 0}),
+                   aws.chunk({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                              "usage": {"output_tokens": len(words)}}),
+                   aws.chunk({"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                       "inputTokenCount": prompt, "outputTokenCount": len(words), "invocationLatency": 900, "firstByteLatency": 300,
+                       "cacheReadInputTokenCount": usage["cache_read_input_tokens"],
+                       "cacheWriteInputTokenCount": usage["cache_creation_input_tokens"]}})]
+        app.state.received[-1]["answer"] = b"".join(frames)
+        return StreamingResponse(iter(frames), media_type=aws.EVENT_STREAM)
 
     @app.post("/v1/audio/transcriptions")
     @app.post("/{prefix:path}/audio/transcriptions")

@@ -70,8 +70,9 @@ def test_every_routed_provider_is_priced_or_falls_back_to_every_section():
 
     shipped = json.loads((__import__("importlib").resources.files("helicone_core") / "cost_registry.json").read_text())
     assert {"as_of", "source"} <= set(shipped["_meta"])
-    # azure serves OpenAI's models and openrouter every vendor's: their models are found in every section
-    assert set(PROVIDER_NAMES) - set(shipped) == {"azure", "openrouter"}
+    # azure serves OpenAI's models, openrouter and bedrock every vendor's: their models are found in every section
+    # (Bedrock's ids of Anthropic's models as the model, the others unpriced: test_bedrock_ids_...)
+    assert set(PROVIDER_NAMES) - set(shipped) == {"azure", "openrouter", "bedrock"}
     assert set(shipped) - {"_meta"} <= set(PROVIDER_NAMES)
     reg = CostRegistry.default()
     assert reg.canonical_model("azure", "gpt-4o-2024-11-20") == "gpt-4o"

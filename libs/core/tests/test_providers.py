@@ -58,3 +58,22 @@ def test_stream_options_only_where_the_api_takes_them():
     assert not PROVIDER_TABLE["anthropic"].takes_stream_options("/v1/messages")
     assert PROVIDER_TABLE["anthropic"].takes_stream_options("/v1/chat/completions")
     assert not PROVIDER_TABLE["gemini"].takes_stream_options("/v1beta/models/gemini-2.5-flash:streamGenerateContent")
+
+
+def test_bedrock_and_vertex_ai_paths():
+    bedrock = PROVIDER_TABLE["bedrock"]
+    assert bedrock.base_url == "" and bedrock.base_url_form == "https://bedrock-runtime.<region>.amazonaws.com"
+    assert bedrock.usage_for("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream") == "bedrock"
+    assert bedrock.usage_for("/model/meta.llama3-70b-instruct-v1%3A0/invoke") == "bedrock"
+    assert bedrock.usage_for("/openai/v1/chat/completions") == "openai"  # Bedrock's OpenAI-compatible endpoint
+    # the model id as the API reads it: botocore percent-encodes its colon, an ARN's slash
+    assert bedrock.model_in("/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse") == "anthropic.claude-3-5-haiku-20241022-v1:0"
+    gemini = PROVIDER_TABLE["gemini"]
+    for path in ("/v1beta/models/gemini-embedding-001:embedContent", "/v1beta/models/text-embedding-004:batchEmbedContents",
+                 "/v1beta/models/gemini-2.5-flash:countTokens",
+                 "/v1/projects/p/locations/us-central1/publishers/google/models/text-embedding-005:predict"):
+        assert gemini.usage_for(path) == "gemini"
+    vertex = "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"
+    assert PROVIDER_TABLE["anthropic"].target_needed(vertex).startswith("https://<location>-aiplatform.googleapis.com")
+    assert gemini.target_needed("/v1beta/models/gemini-2.5-flash:generateContent") == ""
+    assert PROVIDER_TABLE["anthropic"].target_needed("/v1/messages") == ""

@@ -410,3 +410,114 @@ def test_a_groq_stream_without_include_usage_gives_the_usage_of_its_x_groq_field
     both = sse(last, {"id": "chatcmpl-1", "model": "llama-3.3-70b-versatile", "choices": [],
                       "usage": {"prompt_tokens": 23, "completion_tokens": 19, "total_tokens": 42}})
     assert parse_response("openai", both, "text/event-stream").tokens == p.tokens
+
+
+# ---- Bedrock (docs.aws.amazon.com/bedrock/latest/APIReference: Converse, ConverseStream, InvokeModel*) ----------
+from tests.support import bedrock as aws  # noqa: E402
+
+CLAUDE_START = {"type": "message_start", "message": {
+    "id": "msg_bdrk_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929", "content": [],
+    "usage": {"input_tokens": 20, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 1800, "output_tokens": 1}}}
+CLAUDE_METRICS = {"inputTokenCount": 20, "outputTokenCount": 42, "invocationLatency": 950, "firstByteLatency": 310,
+                  "cacheReadInputTokenCount": 1800, "cacheWriteInputTokenCount": 0}
+
+
+def claude_invoke_stream(deltas: int) -> bytes:
+    return b"".join([aws.chunk(CLAUDE_START),
+                     *(aws.chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "word "}})
+                       for _ in range(deltas)),
+                     aws.chunk({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 42}}),
+                     aws.chunk({"type": "message_stop", "amazon-bedrock-invocationMetrics": CLAUDE_METRICS})])
+
+
+def converse_stream(deltas: int, usage_: dict) -> bytes:
+    return b"".join([aws.event("messageStart", {"role": "assistant"}),
+                     *(aws.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "word "}}) for _ in range(deltas)),
+                     aws.event("contentBlockStop", {"contentBlockIndex": 0}), aws.event("messageStop", {"stopReason": "end_turn"}),
+                     aws.event("metadata", {"usage": usage_, "metrics": {"latencyMs": 420}})])
+
+
+# Converse's usage counts its input without the cache's: totalTokens = inputTokens + outputTokens + cache reads + writes
+CONVERSE_USAGE = {"inputTokens": 12, "outputTokens": 181, "totalTokens": 1207, "cacheReadInputTokens": 0,
+                  "cacheWriteInputTokens": 1014}
+
+
+def test_bedrock_converse_json_and_stream_usage_with_the_cache():
+    body = json.dumps({"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",
+                       "usage": CONVERSE_USAGE, "metrics": {"latencyMs": 420}}).encode()
+    for p in (parse_response("bedrock", body, "application/json"),
+              parse_response("bedrock", converse_stream(50, CONVERSE_USAGE), usage.EVENT_STREAM)):
+        assert p.known and p.model == ""  # the path's model id is what Bedrock bills
+        assert (p.tokens.prompt_tokens, p.tokens.completion_tokens, p.tokens.cache_write_tokens) == (1026, 181, 1014)
+
+
+def test_bedrock_invoke_claude_json_keeps_anthropics_cache_counts():
+    body = json.dumps({**CLAUDE_START["message"], "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+                       "usage": {**CLAUDE_START["message"]["usage"], "output_tokens": 42}}).encode()
+    p = parse_response("bedrock", body, "application/json")
+    assert p.known and p.model == ""
+    assert (p.tokens.prompt_tokens, p.tokens.cache_read_tokens, p.tokens.completion_tokens) == (1820, 1800, 42)
+
+
+def test_bedrock_invoke_stream_reads_claudes_events_in_the_chunks_bytes():
+    p = parse_response("bedrock", claude_invoke_stream(200), usage.EVENT_STREAM)
+    assert p.known and (p.tokens.prompt_tokens, p.tokens.cache_read_tokens, p.tokens.completion_tokens) == (1820, 1800, 42)
+
+
+def test_bedrock_invoke_stream_of_another_model_by_its_invocation_metrics():
+    """Meta Llama's stream events carry no usage object but its last chunk's amazon-bedrock-invocationMetrics."""
+    body = b"".join([aws.chunk({"generation": "Hello", "prompt_token_count": None, "generation_token_count": 1,
+                                "stop_reason": None}),
+                     aws.chunk({"generation": "", "prompt_token_count": None, "generation_token_count": 9, "stop_reason": "stop",
+                                "amazon-bedrock-invocationMetrics": {"inputTokenCount": 17, "outputTokenCount": 9,
+                                                                     "invocationLatency": 600, "firstByteLatency": 200}})])
+    p = parse_response("bedrock", body, usage.EVENT_STREAM)
+    assert p.known and (p.tokens.prompt_tokens, p.tokens.completion_tokens) == (17, 9)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 7, 12, 13, 50, 311])
+def test_a_bedrock_stream_cut_at_the_logged_limit_is_read_from_its_tails_first_whole_frame(cut):
+    """The capture keeps the stream's start and its last 128 KiB, which begins anywhere inside a frame."""
+    for body, want in ((claude_invoke_stream(3000), (1820, 42)), (converse_stream(3000, CONVERSE_USAGE), (1026, 181))):
+        head, tail = body[:4096], body[-(64 * 1024 + cut):]
+        p = parse_response("bedrock", head, usage.EVENT_STREAM, tail)
+        assert p.known and (p.tokens.prompt_tokens, p.tokens.completion_tokens) == want
+
+
+def test_a_bedrock_stream_reads_few_frames_however_long():
+    """Frames are found by their lengths; only the first and last few are decoded (a 20,000-frame stream: 12)."""
+    body = claude_invoke_stream(20_000)
+    decoded = []
+    real = usage.event_frame
+    usage.event_frame = lambda data, i: decoded.append(i) or real(data, i)
+    try:
+        assert parse_response("bedrock", body, usage.EVENT_STREAM).known
+    finally:
+        usage.event_frame = real
+    assert len(decoded) <= usage.LAST_FRAMES + usage.FIRST_FRAMES
+
+
+def test_a_bedrock_stream_is_whole_only_with_its_last_event():
+    """Cached only when whole: ConverseStream ends with metadata, InvokeModelWithResponseStream with the chunk carrying
+    Bedrock's invocation metrics; a stream cut short, or ended by an exception frame, is not."""
+    converse, invoke = converse_stream(5, CONVERSE_USAGE), claude_invoke_stream(5)
+    assert usage.answer_whole("bedrock", converse, usage.EVENT_STREAM)
+    assert usage.answer_whole("bedrock", invoke, usage.EVENT_STREAM)
+    for body in (converse[:-1], invoke[:-40], converse[:len(converse) // 2] + aws.exception(
+            "throttlingException", "Too many tokens, please wait before trying again.")):
+        assert not usage.answer_whole("bedrock", body, usage.EVENT_STREAM)
+
+
+def test_vertex_embeddings_predict_usage_is_logged_and_never_priced_per_token():
+    body = json.dumps({"predictions": [{"embeddings": {"statistics": {"truncated": False, "token_count": 6},
+                                                       "values": [0.1, -0.2]}},
+                                       {"embeddings": {"statistics": {"truncated": False, "token_count": 4},
+                                                       "values": [0.3, 0.4]}}],
+                       "metadata": {"billableCharacterCount": 38}}).encode()
+    p = parse_response("gemini", body, "application/json")
+    assert p.known and not p.priced and p.tokens.prompt_tokens == 10
+    from helicone_core.cost import CostRegistry
+    assert p.cost(CostRegistry.default(), "gemini", "text-embedding-004") is None  # free on the Gemini API, not on Vertex
+    # Imagen's :predict answers images: no token count, no usage
+    images = json.dumps({"predictions": [{"bytesBase64Encoded": "iVBORw0KGgo=", "mimeType": "image/png"}]}).encode()
+    assert not parse_response("gemini", images, "application/json").known

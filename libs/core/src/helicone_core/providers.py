@@ -8,23 +8,28 @@ import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from urllib.parse import unquote
 
 # How model and token usage are read from an answer (helicone_gateway.usage): the JSON body and
 # the stream forms of each API.
 USAGE_FORMATS = {
     "openai": "OpenAI JSON, SSE (`stream_options.include_usage`)",
     "anthropic": "Anthropic JSON, SSE",
-    "gemini": "Gemini `generateContent` JSON, `streamGenerateContent` SSE (`?alt=sse`) and JSON-array stream",
+    "gemini": "Gemini `generateContent` JSON, `streamGenerateContent` SSE (`?alt=sse`) and JSON-array stream, "
+              "`embedContent` and Vertex AI's embeddings `:predict` (`countTokens`: no cost)",
+    "bedrock": "Bedrock `Converse` JSON and `ConverseStream` event stream (its `metadata` event); `InvokeModel` JSON and "
+               "event stream (`chunk.bytes`) of Anthropic's models, other models' streams by `amazon-bedrock-invocationMetrics`",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9]{1,31}$")
-_FIELDS = {"label", "base_url", "key", "usage", "usage_paths", "stream_options", "model_path", "sdk_base"}
+_FIELDS = {"label", "base_url", "base_url_form", "key", "usage", "usage_paths", "target_paths", "stream_options", "model_path",
+           "sdk_base"}
 
 
 @dataclass(frozen=True)
 class Provider:
     name: str  # also the path prefix (/<name>/...), the logged `provider` and a metric label value
     label: str
-    base_url: str  # default upstream; "" when each deployment must name it (Azure)
+    base_url: str  # default upstream; "" when each deployment must name it (Azure, Bedrock)
     key: tuple[str, ...]  # the ways the caller sends its provider key (forwarded untouched): docs, the cache key
     usage: str  # default usage format (a USAGE_FORMATS key)
     usage_paths: tuple[tuple[str, str], ...] = ()  # (marker in the path, usage format) checked in order
@@ -33,6 +38,9 @@ class Provider:
     formats: tuple[str, ...] = field(default=())  # every usage format this provider's answers come in
     # path endings whose API takes stream_options.include_usage (Helicone-Stream-Usage); () for none
     stream_options: tuple[str, ...] = ()
+    base_url_form: str = ""  # the form of a base URL to name where there is no default (errors, docs)
+    # (marker in the path, base URL form): an API the default base URL does not serve (Vertex AI's regional hosts)
+    target_paths: tuple[tuple[str, str], ...] = ()
 
     def usage_for(self, path: str) -> str:
         for marker, fmt in self.usage_paths:
@@ -48,7 +56,18 @@ class Provider:
         if self.model_path is None:
             return ""
         m = self.model_path.search(path)
-        return m.group(1) if m else ""
+        if not m:
+            return ""
+        # as the API reads it: Bedrock's SDKs send anthropic.claude-...-v2:0 as ...-v2%3A0
+        return unquote(m.group(1)) if "%" in m.group(1) else m.group(1)
+
+    def target_needed(self, path: str) -> str:
+        """The form of the base URL a path needs when the default base URL does not serve its API (a Vertex AI
+        path: Google's regional hosts), else ""."""
+        for marker, form in self.target_paths:
+            if marker in path:
+                return form
+        return ""
 
 
 def parse_table(doc: dict) -> dict[str, Provider]:
@@ -76,6 +95,11 @@ def parse_table(doc: dict) -> dict[str, Provider]:
         for fmt in formats:
             if fmt not in USAGE_FORMATS:
                 raise ValueError(f"{where}: usage format {fmt!r} is not one of {sorted(USAGE_FORMATS)}")
+        targets = entry.get("target_paths") or {}
+        if not (isinstance(targets, dict) and all(isinstance(v, str) and v for v in targets.values())):
+            raise ValueError(f"{where}: target_paths must map a path marker to the base URL its API needs")
+        if not isinstance(entry.get("base_url_form", ""), str):
+            raise ValueError(f"{where}: base_url_form must be a string, e.g. \"https://<resource>.openai.azure.com\"")
         stream_options = entry.get("stream_options") or []
         if not (isinstance(stream_options, list) and all(isinstance(p, str) and p.startswith("/") for p in stream_options)):
             raise ValueError(f"{where}: stream_options must be a list of path endings, e.g. [\"/chat/completions\"]")
@@ -87,7 +111,8 @@ def parse_table(doc: dict) -> dict[str, Provider]:
             name=name, label=entry["label"], base_url=entry["base_url"].rstrip("/"), key=tuple(key),
             usage=entry["usage"], usage_paths=tuple(paths.items()), model_path=model_path,
             sdk_base=entry.get("sdk_base", ""), formats=tuple(dict.fromkeys(formats)),
-            stream_options=tuple(stream_options),
+            stream_options=tuple(stream_options), base_url_form=entry.get("base_url_form", ""),
+            target_paths=tuple(targets.items()),
         )
     return out
 

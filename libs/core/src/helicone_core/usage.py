@@ -1,17 +1,29 @@
-"""Reads model and token usage from provider responses (JSON and SSE streams) in each usage format of
-the provider table (openai, anthropic, gemini): one reading for the gateway's traffic and the api's async logs."""
+"""Reads model and token usage from provider responses (JSON, SSE streams and AWS event streams) in each usage
+format of the provider table (openai, anthropic, gemini, bedrock): one reading for the gateway's traffic and the
+api's async logs."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
+import struct
 import zlib
 from dataclasses import dataclass
 
-from .cost import TokenCounts
+from .cost import CostRegistry, TokenCounts
 from .events import Usage
 from .jsontext import json_object
+
+# AWS's binary event stream (Bedrock's ConverseStream and InvokeModelWithResponseStream): logged as a stream, as SSE
+EVENT_STREAM = "application/vnd.amazon.eventstream"
+
+
+def is_stream(content_type: str) -> bool:
+    """Whether an answer of this Content-Type is a stream: SSE, or AWS's event stream."""
+    return "text/event-stream" in content_type or EVENT_STREAM in content_type
 
 
 @dataclass
@@ -19,6 +31,13 @@ class Parsed:
     model: str = ""
     tokens: TokenCounts = TokenCounts()
     known: bool = False
+    # False: the provider bills this answer by something else than its tokens (Vertex AI's embeddings :predict, by
+    # the characters of most models): its usage is logged, its cost is unknown rather than priced per token
+    priced: bool = True
+
+    def cost(self, costs: CostRegistry, provider: str, model: str) -> float | None:
+        """USD, or None: no usage read, an answer not billed by its tokens (`priced`), or a model without a price."""
+        return costs.cost(provider, model, self.tokens) if self.known and self.priced else None
 
     def logged_usage(self) -> Usage:
         """The usage as RequestLogged carries it (the gateway's and the async logs' events alike)."""
@@ -196,6 +215,8 @@ def parse_response(usage_format: str, body: bytes, content_type: str, tail: byte
 
 
 def _parse_response(usage_format: str, body: bytes, content_type: str, tail: bytes) -> Parsed:
+    if usage_format == "bedrock":
+        return _parse_bedrock(body, content_type or "", tail)
     if "text/event-stream" in (content_type or ""):
         # a line break between the cut start and the tail: their broken lines never join into one
         text = _sse_text((body + b"\n" + tail if tail else body).decode("utf-8", errors="replace"))
@@ -332,7 +353,8 @@ def _parse_json_tail(usage_format: str, head: str, tail: str) -> Parsed:
 
 
 def _parse_gemini(chunks) -> Parsed:
-    """Every chunk of a stream carries the usage so far: the last one counts."""
+    """Every chunk of a stream carries the usage so far: the last one counts. Vertex AI's embeddings :predict answers
+    predictions instead, each with its input's token count."""
     out = Parsed()
     for chunk in chunks:
         if not isinstance(chunk, dict):
@@ -343,7 +365,19 @@ def _parse_gemini(chunks) -> Parsed:
         if isinstance(meta, dict):
             out.tokens = gemini_usage(meta)
             out.known = True
+        elif isinstance(chunk.get("predictions"), list):
+            _predicted_tokens(out, chunk["predictions"])
     return out
+
+
+def _predicted_tokens(out: Parsed, predictions: list) -> None:
+    """Vertex AI's embeddings :predict: each prediction's embeddings.statistics.token_count, summed as prompt tokens.
+    Vertex bills its text-embedding and multilingual models by the input's characters (metadata.billableCharacterCount),
+    not by tokens: the usage is known, the cost is not priced from token prices (Parsed.priced)."""
+    counts = [_dict(_dict(_dict(p).get("embeddings")).get("statistics")).get("token_count") for p in predictions]
+    if counts and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in counts):
+        out.tokens = TokenCounts(prompt_tokens=min(sum(_int(c) for c in counts), MAX_TOKENS))
+        out.known, out.priced = True, False
 
 
 # A stream's usage and model are in its last events (OpenAI's usage chunk, Gemini's last chunk) or in a
@@ -442,34 +476,53 @@ def _responses_completed_cut(out: Parsed, text: str) -> None:
             out.model = model
 
 
-def _parse_anthropic_sse(text: str) -> Parsed:
-    """Input counts and the model from message_start, the output count (and newer APIs' final input
-    and cache counts) from the last message_delta: only those events are parsed."""
-    out = Parsed()
-    start_usage: dict = {}
-    output_tokens: int | None = None
-    for line in _lines_holding(text, ('"usage"', '"message_start"')):
-        ev = _data(line)
-        if not isinstance(ev, dict):
-            continue
+class _AnthropicUsage:
+    """Anthropic's stream events read for usage (its Messages SSE; Claude's InvokeModel stream on Bedrock): the model
+    and input counts of message_start, the output count (and newer APIs' final input and cache counts) of the last
+    message_delta."""
+
+    __slots__ = ("delta", "final", "model", "output", "start", "started")
+
+    def __init__(self) -> None:
+        self.model = ""
+        self.start: dict = {}
+        self.final: dict = {}
+        self.output: int | None = None
+        self.started = self.delta = False
+
+    def feed(self, ev: dict) -> None:
         kind = ev.get("type")
         if kind == "message_start" and isinstance(ev.get("message"), dict):
             msg = ev["message"]
             if isinstance(msg.get("model"), str) and msg["model"]:
-                out.model = msg["model"]
+                self.model = msg["model"]
             if isinstance(msg.get("usage"), dict):
-                start_usage = dict(msg["usage"])
-                out.known = True
+                self.start, self.final = dict(msg["usage"]), {}
+                self.started = True
         elif kind == "message_delta" and isinstance(ev.get("usage"), dict):
             usage = ev["usage"]
-            output_tokens = _int(usage.get("output_tokens"))
+            self.output = _int(usage.get("output_tokens"))
             # newer APIs report final input/cache counts on message_delta too
             for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"):
                 if usage.get(k) is not None:
-                    start_usage[k] = usage[k]
-            out.known = True
+                    self.final[k] = usage[k]
+            self.delta = True
+
+    def tokens(self) -> TokenCounts:
+        return anthropic_usage({**self.start, **self.final}, self.output)
+
+
+def _parse_anthropic_sse(text: str) -> Parsed:
+    """Input counts and the model from message_start, the output count (and newer APIs' final input
+    and cache counts) from the last message_delta: only those events are parsed."""
+    events = _AnthropicUsage()
+    for line in _lines_holding(text, ('"usage"', '"message_start"')):
+        ev = _data(line)
+        if isinstance(ev, dict):
+            events.feed(ev)
+    out = Parsed(model=events.model, known=events.started or events.delta)
     if out.known:
-        out.tokens = anthropic_usage(start_usage, output_tokens)
+        out.tokens = events.tokens()
     return out
 
 
@@ -485,6 +538,210 @@ def _parse_gemini_sse(text: str) -> Parsed:
             out.tokens, out.known = gemini_usage(chunk["usageMetadata"]), True
             wanted.discard('"usageMetadata"')
     return out
+
+
+# ---- Bedrock ------------------------------------------------------------------------------------------
+# Converse answers {"usage": {"inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"}}, its
+# input count without the cache's (totalTokens is the four's sum); InvokeModel answers the model's own body
+# (Claude's: Anthropic's Messages usage). Their streams are AWS event streams: binary frames, each [total length,
+# headers length, prelude CRC32] (big-endian uint32s), headers, payload, message CRC32. ConverseStream's usage is in
+# its last event, `metadata`; InvokeModelWithResponseStream's `chunk` events carry the model's own stream events
+# as base64 JSON in {"bytes": ...}, the last with Bedrock's amazon-bedrock-invocationMetrics. No model is read
+# from an answer: the path's model id (an inference profile, us.anthropic.claude-...) is what Bedrock bills.
+
+
+def bedrock_usage(usage: dict) -> TokenCounts | None:
+    """A Bedrock usage object: Converse's (inputTokens ...; its invocation metrics' inputTokenCount ... alike), or
+    the model's own in an InvokeModel body (Anthropic's input_tokens ..., OpenAI's prompt_tokens ...); None for
+    any other."""
+    if "inputTokens" in usage or "outputTokens" in usage or "inputTokenCount" in usage:
+        inp = _int(usage.get("inputTokens", usage.get("inputTokenCount")))
+        read = _int(usage.get("cacheReadInputTokens", usage.get("cacheReadInputTokenCount")))
+        write = _int(usage.get("cacheWriteInputTokens", usage.get("cacheWriteInputTokenCount")))
+        return TokenCounts(prompt_tokens=inp + read + write, completion_tokens=_int(usage.get("outputTokens",
+                           usage.get("outputTokenCount"))), cache_read_tokens=read, cache_write_tokens=write)
+    if "input_tokens" in usage or "output_tokens" in usage:
+        return anthropic_usage(usage)
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        return openai_usage(usage)
+    return None
+
+
+def _invoke_body_usage(doc: dict) -> TokenCounts | None:
+    """An InvokeModel body's usage: a `usage` object, or Meta Llama's prompt_token_count / generation_token_count,
+    or Amazon Titan's inputTextTokenCount (its embeddings too)."""
+    if isinstance(doc.get("usage"), dict):
+        return bedrock_usage(doc["usage"])
+    if "prompt_token_count" in doc or "generation_token_count" in doc:
+        return TokenCounts(prompt_tokens=_int(doc.get("prompt_token_count")),
+                           completion_tokens=_int(doc.get("generation_token_count")))
+    if "inputTextTokenCount" in doc:
+        results = doc.get("results") if isinstance(doc.get("results"), list) else []
+        return TokenCounts(prompt_tokens=_int(doc.get("inputTextTokenCount")),
+                           completion_tokens=min(sum(_int(_dict(r).get("tokenCount")) for r in results), MAX_TOKENS))
+    return None
+
+
+def _parse_bedrock(body: bytes, content_type: str, tail: bytes) -> Parsed:
+    if EVENT_STREAM in content_type:
+        return _parse_event_stream(body, tail)
+    try:
+        doc = json.loads(body)
+    except ValueError:  # (UnicodeDecodeError too) a body cut at the logged limit: its usage is in the tail
+        usage = _last_member(tail.decode("utf-8", errors="replace"), "usage", "{") if tail else None
+        doc = {"usage": usage}
+    tokens = _invoke_body_usage(doc) if isinstance(doc, dict) else None
+    return Parsed(tokens=tokens, known=True) if tokens is not None else Parsed()
+
+
+_UINT32 = struct.Struct(">I")  # the prelude's lengths and CRCs, the message CRC
+# Event stream header value types with a fixed size (byte, short, int, long, timestamp, uuid); 0 and 1 (true,
+# false) have none, 6 and 7 (bytes, string) a 2-byte length first
+_HEADER_SIZES = {2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
+# the first header of a frame that a cut capture's tail may start inside of: its name's length byte, then the name
+_FIRST_HEADERS = (b"\x0b:event-type", b"\x0d:message-type", b"\x0d:content-type", b"\x0f:exception-type")
+# frames read from the end (the last events carry the usage) and from the start (Claude's message_start)
+LAST_FRAMES = 8
+FIRST_FRAMES = 4
+# occurrences of a header name tried as a frame's first header before giving up (a tail is cut inside one frame only)
+RESYNC_TRIES = 16
+
+
+def event_frames(data: bytes, i: int = 0) -> list[int]:
+    """The offsets of the whole frames of an AWS event stream in data[i:], each found from the one before by its
+    length alone (a frame decoded is checked by its CRC, event_frame); stops before a frame cut off."""
+    out = []
+    n = len(data)
+    while i + 16 <= n:
+        total = _UINT32.unpack_from(data, i)[0]
+        if total < 16 or i + total > n:
+            break
+        out.append(i)
+        i += total
+    return out
+
+
+def _first_frame(data: bytes) -> int:
+    """The offset of the first whole frame in `data`, which may start inside one (a capture's tail), or -1: a
+    frame's first header is one of Bedrock's, 12 bytes in, and its prelude's CRC holds."""
+    found = -1
+    for name in _FIRST_HEADERS:
+        pos = data.find(name, 12)
+        for _ in range(RESYNC_TRIES):
+            if pos < 0 or 0 <= found < pos - 12:
+                break
+            start = pos - 12
+            if zlib.crc32(data[start:start + 8]) == _UINT32.unpack_from(data, start + 8)[0]:
+                found = start
+                break
+            pos = data.find(name, pos + 1)
+    return found
+
+
+def event_frame(data: bytes, i: int) -> tuple[dict[str, str], bytes] | None:
+    """The string headers and the payload of the frame at data[i] (one event_frames found); None when its
+    message CRC does not hold or its headers do not parse."""
+    end = i + _UINT32.unpack_from(data, i)[0] - 4
+    if zlib.crc32(data[i:end]) != _UINT32.unpack_from(data, end)[0]:
+        return None
+    j, headers_end = i + 12, i + 12 + _UINT32.unpack_from(data, i + 4)[0]
+    if headers_end > end:
+        return None
+    headers: dict[str, str] = {}
+    try:
+        while j < headers_end:
+            name_end = j + 1 + data[j]
+            name = data[j + 1:name_end].decode("utf-8", errors="replace")
+            kind, j = data[name_end], name_end + 1
+            if kind in (0, 1):
+                continue
+            if kind in _HEADER_SIZES:
+                j += _HEADER_SIZES[kind]
+            elif kind in (6, 7):
+                size = int.from_bytes(data[j:j + 2], "big")
+                if kind == 7:
+                    headers[name] = data[j + 2:j + 2 + size].decode("utf-8", errors="replace")
+                j += 2 + size
+            else:
+                return None
+    except IndexError:
+        return None
+    return (headers, data[headers_end:end]) if j == headers_end else None
+
+
+def _event(data: bytes, i: int) -> tuple[str, bytes]:
+    """(:event-type, payload) of an event frame; ("", b"") for an exception or a frame that does not read."""
+    frame = event_frame(data, i)
+    if frame is None or frame[0].get(":message-type", "event") != "event":
+        return "", b""
+    return frame[0].get(":event-type", ""), frame[1]
+
+
+def _chunk_event(payload: bytes) -> dict | None:
+    """The model's own stream event an InvokeModelWithResponseStream `chunk` carries: {"bytes": base64 JSON}."""
+    try:
+        doc = json.loads(payload)
+        ev = json.loads(base64.b64decode(doc["bytes"], validate=True)) if isinstance(doc, dict) else None
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
+    return ev if isinstance(ev, dict) else None
+
+
+def _parse_event_stream(body: bytes, tail: bytes) -> Parsed:
+    """A Bedrock event stream's usage: ConverseStream's metadata event; for InvokeModelWithResponseStream, Claude's
+    own message_start and message_delta (cache counts included), else the invocation metrics Bedrock adds to the
+    last chunk. Only the first and last few frames are decoded. `tail`: the end of a stream longer than the logged
+    body, read from its first whole frame."""
+    frames = [(body, i) for i in event_frames(body)]
+    if tail:
+        start = _first_frame(tail)
+        if start >= 0:
+            frames += [(tail, i) for i in event_frames(tail, start)]
+    metrics: dict | None = None
+    delta: dict | None = None  # Claude's last message_delta
+    for data, i in frames[:-LAST_FRAMES - 1:-1]:
+        kind, payload = _event(data, i)
+        if kind == "metadata":
+            doc = json_object(payload)
+            tokens = bedrock_usage(doc["usage"]) if doc is not None and isinstance(doc.get("usage"), dict) else None
+            return Parsed(tokens=tokens, known=True) if tokens is not None else Parsed()
+        ev = _chunk_event(payload) if kind == "chunk" else None
+        if ev is None:
+            continue
+        if metrics is None and isinstance(ev.get("amazon-bedrock-invocationMetrics"), dict):
+            metrics = ev["amazon-bedrock-invocationMetrics"]
+        if delta is None and ev.get("type") == "message_delta":
+            delta = ev
+        if metrics is not None and delta is not None:
+            break
+    claude = _AnthropicUsage()
+    for data, i in frames[:FIRST_FRAMES]:
+        kind, payload = _event(data, i)
+        ev = _chunk_event(payload) if kind == "chunk" else None
+        if ev is not None and ev.get("type") == "message_start":
+            claude.feed(ev)
+            break
+    if delta is not None:
+        claude.feed(delta)
+    if claude.started:
+        if not claude.delta and metrics is not None:  # the output count from Bedrock's metrics
+            claude.output = _int(metrics.get("outputTokenCount"))
+        return Parsed(tokens=claude.tokens(), known=True)
+    tokens = bedrock_usage(metrics) if metrics is not None else None
+    return Parsed(tokens=tokens, known=True) if tokens is not None else Parsed()
+
+
+def _event_stream_whole(body: bytes) -> bool:
+    """Whether a Bedrock event stream came whole: its frames run to its very end, the last is no exception and
+    ends the answer (ConverseStream's metadata, or the chunk carrying Bedrock's invocation metrics)."""
+    frames = event_frames(body)
+    if not frames or frames[-1] + _UINT32.unpack_from(body, frames[-1])[0] != len(body):
+        return False
+    kind, payload = _event(body, frames[-1])
+    if kind == "metadata":
+        return True
+    ev = _chunk_event(payload) if kind == "chunk" else None
+    return ev is not None and "amazon-bedrock-invocationMetrics" in ev
 
 
 # How an answer in each usage format shows it came whole (read only for answers about to be cached): the
@@ -504,6 +761,8 @@ def answer_whole(usage_format: str, body: bytes, content_type: str) -> bool:
     an event stream carries its format's end (above), a JSON answer parses; any other body cannot tell,
     and is taken as whole."""
     ctype = (content_type or "").lower()
+    if EVENT_STREAM in ctype:
+        return _event_stream_whole(body) if usage_format == "bedrock" else True
     if "text/event-stream" in ctype:
         if usage_format == "anthropic":
             return _MESSAGE_STOP.search(body) is not None

@@ -15,7 +15,7 @@ from helicone_core import events
 from helicone_core.cost import CostRegistry
 from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
 from helicone_core.providers import PROVIDER_TABLE
-from helicone_core.usage import parse_response
+from helicone_core.usage import is_stream, parse_response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ASYNC_LOG_SOURCE = "async-log"
@@ -185,7 +185,7 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
     path_model = table.model_in(path) if table else ""
     model = (parsed.model or path_model or req_model).encode(errors="replace").decode()  # a lone surrogate is no text
     model = hh.logged_model(model)
-    cost = costs.cost(provider, model, parsed.tokens) if parsed.known else None
+    cost = parsed.cost(costs, provider, model)
     req_body = _json_bytes(req.json_, "providerRequest.json")
     if payload.timing is not None:
         started, finished = payload.timing.startTime.to_datetime(), payload.timing.endTime.to_datetime()
@@ -213,7 +213,7 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
         usage=parsed.logged_usage(),
         cost_usd=cost or 0.0,
         cost_known=cost is not None,
-        streamed=stream_asked or "text/event-stream" in resp_ctype,
+        streamed=stream_asked or is_stream(resp_ctype),
         inline=hh.inline_bodies(req_body, "application/json", resp_body, resp_ctype, body_limit),
         source=ASYNC_LOG_SOURCE,
         region=region,

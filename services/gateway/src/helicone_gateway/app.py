@@ -26,6 +26,7 @@ from helicone_core.usage import (
     TailDecoder,
     decode_body,
     form_model,
+    is_stream,
     parse_response,
     request_fields,
     with_stream_usage,
@@ -207,7 +208,7 @@ class Capture:
         self.parts: list[bytes] = []
         self.size = 0
         self.total = 0
-        self.keep_tail = "text/event-stream" in content_type or "json" in content_type
+        self.keep_tail = is_stream(content_type) or "json" in content_type
         encoding = encoding.lower().strip()
         self.encoding = "" if encoding == "identity" else encoding
         self.decoder: TailDecoder | None = None
@@ -471,7 +472,7 @@ class Gateway:
             if dot_segment(rt.path):  # sent as is, the provider would resolve it: out of the base path, maybe
                 raise Rejection(400, dot_segment_message(rt.path), "helicone_route_error")
             if not rt.base_url:
-                raise Rejection(400, missing_base_url(rt.provider), "helicone_route_error")
+                raise Rejection(400, missing_base_url(rt.provider, rt.path), "helicone_route_error")
             path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
             url = rt.base_url + path_and_query
             if rt.target:
@@ -799,8 +800,8 @@ class Gateway:
             provider = fb.provider or rt.provider
             # a target-url, else the request's own Helicone-Target-URL, else the provider's base URL
             leg_rt = self.router.route_to(provider, rt.path, fb.target_url or (rt.base_url if rt.target else ""))
-            if not leg_rt.base_url:  # Azure without a target-url nor a deployment URL: nowhere to send it
-                raise Rejection(400, f"{FALLBACKS}[{i}]: {missing_base_url(provider)}", "helicone_route_error")
+            if not leg_rt.base_url:  # Azure without a target-url nor a deployment URL (a Vertex AI path...): nowhere to send it
+                raise Rejection(400, f"{FALLBACKS}[{i}]: {missing_base_url(provider, rt.path)}", "helicone_route_error")
             leg_url = leg_rt.base_url + path_and_query
             leg_target = None
             if leg_rt.target:
@@ -942,7 +943,7 @@ class Gateway:
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
             parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
             model = hh.logged_model(parsed.model or rt.path_model() or req_model)
-            cost = self.costs.cost(rt.provider, model, parsed.tokens) if parsed.known else None
+            cost = parsed.cost(self.costs, rt.provider, model)
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
                 self.ratelimits.charge(org_id, rate_limit, cost * 100)
             ev = events.RequestLogged(
@@ -966,7 +967,7 @@ class Gateway:
                 # a cache hit cost nothing: what the provider would have charged is logged as saved
                 cost_usd=0.0 if cache_hit else cost or 0.0,
                 cost_known=cost is not None,
-                streamed=req_stream or "text/event-stream" in resp_ctype,
+                streamed=req_stream or is_stream(resp_ctype),
                 inline=hh.inline_bodies(body, req_ctype, decoded, resp_ctype, limit, response_cut=resp_truncated),
                 error=error,
                 source="gateway",

@@ -214,9 +214,23 @@ def _named_by_connection(values) -> frozenset[str]:
     return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
 
 
+_SIGNED_HEADERS = re.compile(r"SignedHeaders=([^,\s]+)")
+
+
+def sigv4_signed(headers: list[tuple[str, str]], name: str) -> bool:
+    """Whether an AWS Signature V4 Authorization header (Bedrock's SDKs sign every request) covers the header
+    `name` (lower-case): AWS refuses a request whose signed header was changed on the way (403)."""
+    for n, v in headers:
+        if n == "authorization" and v.startswith("AWS4-"):
+            m = _SIGNED_HEADERS.search(v)
+            return m is not None and name in m.group(1).lower().split(";")
+    return False
+
+
 def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Everything but Helicone-*, hop-by-hop headers (those a Connection header names too), Host and
-    Content-Length (re-computed)."""
+    Content-Length (re-computed). Accept-Encoding is narrowed to what the log can decode, unless a SigV4
+    signature covers it (then it goes as signed: the answer's usage may be unreadable, the request is not refused)."""
     out = []
     connection = [v for n, v in headers if n == "connection"]
     named = _named_by_connection(connection) if connection else frozenset()
@@ -224,7 +238,9 @@ def forward_request_headers(headers: list[tuple[str, str]]) -> list[tuple[str, s
         if n.startswith("helicone-") or n in HOP_BY_HOP or n in ("host", "content-length") or n in named:
             continue
         if n == "accept-encoding":
-            v = narrow_accept_encoding(v)
+            narrowed = narrow_accept_encoding(v)
+            if narrowed != v and not sigv4_signed(headers, n):
+                v = narrowed
         out.append((n, v))
     return out
 

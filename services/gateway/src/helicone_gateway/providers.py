@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from helicone_core.providers import PROVIDER_TABLE
+from helicone_core.providers import PROVIDER_TABLE, Provider
 from yarl import URL
 
 from .settings import GatewaySettings, env_name
@@ -62,9 +62,15 @@ def dot_segment_message(path: str) -> str:
             "stands for, without them")
 
 
-def missing_base_url(provider: str) -> str:
-    """The 400 message for a provider whose base URL this deployment does not set."""
-    example = "https://<resource>.openai.azure.com" if provider == "azure" else "https://..."
+def missing_base_url(provider: str, path: str = "") -> str:
+    """The 400 message for a provider whose base URL this deployment does not set, or whose default base URL does not
+    serve the API of `path` (a Vertex AI path: Google's regional hosts)."""
+    p = PROVIDER_TABLE.get(provider)
+    if p is not None and (needed := p.target_needed(path)):
+        return (f"{path[:200]!r} is a path of an API {p.label}'s default base URL ({p.base_url}) does not serve: "
+                f"send {TARGET_URL_HEADER}: {needed}, or have the gateway's operator set {env_name('provider_urls')} "
+                f"for {provider!r}")
+    example = p.base_url_form if p is not None and p.base_url_form else "https://..."
     return (f"No base URL for provider {provider!r}: send {TARGET_URL_HEADER}: {example}, or have the gateway's operator "
             f"set {env_name('provider_urls')}='{{\"{provider}\": \"{example}\"}}'")
 
@@ -79,6 +85,10 @@ class Router:
         self.base_urls["anthropic"] = settings.anthropic_url
         self.base_urls.update(settings.provider_urls)
         self.base_urls = {name: base_url(url) for name, url in self.base_urls.items()}
+        # providers at their default base URL that does not serve some of their paths (Vertex AI's, at the Gemini API's
+        # host): such a path gets no base URL (a 400 naming the one it needs) rather than the wrong API or company
+        self.defaulted = {name for name, p in PROVIDER_TABLE.items()
+                          if p.target_paths and self.base_urls[name] == base_url(p.base_url)}
         # a path marker that, without a prefix, names its provider (Gemini's ":generateContent"): only one read in the
         # provider's own format; Anthropic's "/chat/completions" (its OpenAI SDK layer) is every OpenAI-format path
         self.markers = tuple((marker, name) for name, p in PROVIDER_TABLE.items() for marker, fmt in p.usage_paths
@@ -88,10 +98,12 @@ class Router:
         """path is the request path; headers are lower-cased.
 
         /<provider>/... chooses a provider of the table explicitly; otherwise a path marker of one
-        (Gemini's `:generateContent`, Vertex AI's `/publishers/anthropic/models/` for Claude) names it, /v1/messages (or an anthropic-version header) means
+        (Gemini's `:generateContent`, Vertex AI's `/publishers/anthropic/models/` for Claude, Bedrock's `/converse`)
+        names it, /v1/messages (or an anthropic-version header) means
         Anthropic and anything else OpenAI. Helicone-Target-URL replaces the provider's base URL,
         keeping the provider (and so how usage is read); where it may go is checked by the egress
-        policy, not here."""
+        policy, not here. A path the provider's default base URL does not serve (Vertex AI's, the table's
+        target_paths) gets no base URL unless Target-URL or the deployment names one."""
         if path[:1] != "/":  # "*@host/...": after a base URL it would name another host (the server refuses it too)
             path = "/" + path
         end = path.find("/", 1)
@@ -108,16 +120,17 @@ class Router:
                 anthropic = path.startswith("/v1/messages") or "anthropic-version" in headers
                 name = "anthropic" if anthropic else "openai"
             provider = PROVIDER_TABLE[name]
+        return self._route(provider, path, target_url)
+
+    def _route(self, provider: Provider, path: str, target_url: str) -> Route:
         usage = provider.usage_for(path)
         if target_url:
             return Route(provider.name, target_url.rstrip("/"), path, target=True, usage=usage)
+        if provider.name in self.defaulted and provider.target_needed(path):
+            return Route(provider.name, "", path, usage=usage)  # missing_base_url names the host it needs
         return Route(provider.name, self.base_urls[provider.name], path, usage=usage)
 
     def route_to(self, name: str, path: str, target_url: str = "") -> Route:
         """A route to the provider the table names `name` (a Helicone-Fallbacks entry), its base URL
         replaced by target_url when one is given."""
-        provider = PROVIDER_TABLE[name]
-        usage = provider.usage_for(path)
-        if target_url:
-            return Route(provider.name, target_url.rstrip("/"), path, target=True, usage=usage)
-        return Route(provider.name, self.base_urls[provider.name], path, usage=usage)
+        return self._route(PROVIDER_TABLE[name], path, target_url)
