@@ -11,7 +11,8 @@ the first word (a 200 stream the provider gave up on: OpenAI's `data: {"error": 
 `event: error` overloaded_error), and chat streams `x-fake-gzip: 1` gzip-encoded;
 Anthropic on Vertex AI (`publishers/anthropic/models/<m>:rawPredict`, `:streamRawPredict`) as `/v1/messages`;
 `/v1/embeddings` answers vectors of `x-fake-dims` numbers; `/v1/audio/transcriptions` a transcription of a
-multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it).
+multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it); `/v1/moderations` flags an input whose text
+holds a FLAGGED_WORDS word (401 without an Authorization header, as OpenAI).
 Gemini's `:embedContent`, `:batchEmbedContents` and `:countTokens`, and Vertex AI's Gemini paths
 (`projects/<p>/locations/<l>/publishers/google/models/<m>:generateContent`, `:streamGenerateContent`, `:embedContent`,
 `:predict` for embeddings, `:countTokens`) with Vertex's usage fields (cachedContentTokenCount for a `cachedContent`,
@@ -43,6 +44,17 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 from tests.support import bedrock as aws
 
 REPLY = "Hello from the fake upstream model"
+
+
+# the fake moderation endpoint's lexicon: a word in an input's text flags it in that category
+FLAGGED_WORDS = {"violent": "violence", "hateful": "hate"}
+MODERATION_CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence")
+
+
+def _moderation_result(text: str) -> dict:
+    hits = {FLAGGED_WORDS[w] for w in re.findall(r"[a-z-]+", text.lower()) if w in FLAGGED_WORDS}
+    return {"flagged": bool(hits), "categories": {c: c in hits for c in MODERATION_CATEGORIES},
+            "category_scores": {c: 0.97 if c in hits else 0.0004 for c in MODERATION_CATEGORIES}}
 
 
 def _words(messages) -> int:
@@ -92,6 +104,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     app.state.received = []
     # statuses the next chat requests get instead of an answer, in order: 503 or (429, {"retry-after": "1"})
     app.state.fail_next = []
+    # answers the next moderation requests get instead of a verdict, in order: a status (500) or "hang" (never answers)
+    app.state.moderation_fail_next = []
 
     @app.get("/_received")
     async def received() -> list:
@@ -189,6 +203,33 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         tokens = sum(len(str(text).split()) for text in inputs)
         return {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(len(inputs))],
                 "model": body.get("model", "text-embedding-3-small"), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        """OpenAI's moderation endpoint: one result per string of `input`, one for a list of text/image_url parts
+        (omni-moderation's multimodal input)."""
+        body = await request.json()
+        record(request, body)
+        if app.state.moderation_fail_next:
+            planned = app.state.moderation_fail_next.pop(0)
+            if planned == "hang":  # until the caller gives up on it (a test's server then stops at once)
+                while not await request.is_disconnected():
+                    await asyncio.sleep(0.05)
+                return Response(status_code=499)
+            return JSONResponse({"error": {"message": f"planned failure {planned}", "type": "server_error"}},
+                                status_code=planned)
+        if not request.headers.get("authorization"):
+            return JSONResponse({"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error"}},
+                                status_code=401)
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            texts = [inputs]
+        elif isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs):
+            texts = inputs
+        else:
+            texts = [" ".join(p.get("text", "") for p in inputs or [] if isinstance(p, dict))]
+        return {"id": "modr-" + uuid.uuid4().hex[:12], "model": "omni-moderation-latest",
+                "results": [_moderation_result(t) for t in texts]}
 
     @app.post("/v1/messages")
     async def messages(request: Request):

@@ -184,8 +184,7 @@ def test_proxy_connection_is_hop_by_hop_both_ways():
 
 # ---- Helicone features this gateway does not have ------------------------------------------------
 
-UNSUPPORTED_ON = [("Helicone-Moderations-Enabled", "true", "not moderated"),
-                  ("Helicone-LLM-Security-Enabled", "TRUE", "not checked"),
+UNSUPPORTED_ON = [("Helicone-LLM-Security-Enabled", "TRUE", "not checked"),
                   ("Helicone-OpenAI-Api-Base", "https://acme.openai.azure.com", "Helicone-Target-URL")]
 
 
@@ -195,7 +194,7 @@ def test_a_safety_feature_this_gateway_lacks_is_refused_not_silently_skipped(nam
         parse_helicone_headers([(name.lower(), value)])
 
 
-@pytest.mark.parametrize("name", ["helicone-moderations-enabled", "helicone-llm-security-enabled"])
+@pytest.mark.parametrize("name", ["helicone-llm-security-enabled"])
 def test_switching_a_missing_safety_feature_off_is_accepted(name):
     parse_helicone_headers([(name, "false")])
     with pytest.raises(HeaderError, match="must be 'true' or 'false'"):
@@ -204,9 +203,9 @@ def test_switching_a_missing_safety_feature_off_is_accepted(name):
 
 @pytest.mark.parametrize("name, value, words", UNSUPPORTED_ON)
 async def test_a_request_asking_for_a_missing_safety_feature_never_reaches_the_provider(tmp_path, name, value, words):
-    """Helicone blocks flagged messages (Moderations) and prompt injections (LLM Security) before the provider sees
-    them, and sends oai.helicone.ai traffic to Helicone-OpenAI-Api-Base: all three were dropped without a word here,
-    so such a request went to the provider unchecked (or, for an Azure caller, to OpenAI with its Azure api-key)."""
+    """Helicone blocks prompt injections (LLM Security) before the provider sees them, and sends oai.helicone.ai
+    traffic to Helicone-OpenAI-Api-Base: both were dropped without a word here, so such a request went to the provider
+    unchecked (or, for an Azure caller, to OpenAI with its Azure api-key). Moderations: test_moderation.py."""
     from services.gateway.tests.test_proxy import CHAT, started_gateway
     from tests.support.fake_upstream import create_app as create_fake_upstream
     from tests.support.inloop import serve

@@ -6,6 +6,7 @@ and the ops routes (helicone_core.metrics.OpsRoutes): the gateway process never 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import traceback
@@ -73,6 +74,18 @@ from .headers import (
 )
 from .http_server import WRITE_TIMED_OUT, error_body
 from .journal import Journal
+from .moderation import (
+    FLAGGED_STATUS,
+    MAX_ANSWER_BYTES,
+    MODERATIONS_HEADER,
+    ModerationError,
+    flagged_body,
+    flagged_message,
+    moderation_input,
+    moderation_path,
+    read_verdict,
+    request_headers,
+)
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, Router, dot_segment, dot_segment_message, missing_base_url, upstream_url
 from .publisher import EventPublisher
@@ -111,6 +124,7 @@ ALLOWLIST_ENV = env_name("target_url_allowlist")
 ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
 READ_TIMEOUT_ENV = env_name("upstream_read_timeout")
 WRITE_TIMEOUT_ENV = env_name("client_write_timeout")
+MODERATION_TIMEOUT_ENV = env_name("moderation_timeout")
 # The `provider` of requests_total and request_duration_seconds when no provider is known: answers given before the
 # request is routed (431, a Helicone header's 400, 401, the 503 of an unavailable key store), and a request the
 # gateway failed on. Never a provider table name (tested).
@@ -134,16 +148,19 @@ class Rejection(Exception):
     """A request the gateway answers itself (status, message, error type, extra headers)."""
 
     def __init__(self, status: int, message: str, kind: str, headers: tuple[tuple[bytes, bytes], ...] = (),
-                 logged: str = "") -> None:
+                 logged: str = "", body: bytes | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
         self.logged = logged or message  # the log's error (the message, unless it quotes what the caller omits)
+        self.body = body  # an answer body of its own (Helicone's shape for a flagged prompt); None: the error shape
 
 
 async def send_error(send, status: int, message: str, kind: str, request_id: str,
-                     always: tuple[tuple[bytes, bytes], ...], extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    """A JSON error answer; `always` are the headers every gateway answer carries (Gateway.answer_headers)."""
-    body = error_body(message, kind)
+                     always: tuple[tuple[bytes, bytes], ...], extra: tuple[tuple[bytes, bytes], ...] = (),
+                     body: bytes | None = None) -> None:
+    """A JSON error answer; `always` are the headers every gateway answer carries (Gateway.answer_headers). `body`
+    replaces the gateway's error shape (error_body) when given."""
+    body = error_body(message, kind) if body is None else body
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"helicone-id", request_id.encode()), *always, *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -337,6 +354,12 @@ class Gateway:
         self.m_target_refused = metrics.counter(
             "helicone_gateway_target_refused_total", "Helicone-Target-URL requests refused by the egress policy", ("reason",)
         )
+        self.m_moderations = metrics.counter(
+            "helicone_gateway_moderations_total",
+            "Helicone-Moderations-Enabled requests by outcome: passed, flagged, failed (no verdict: not sent), "
+            "refused (nothing to moderate: not OpenAI chat), skipped (the latest message is not the user's)",
+            ("result",),
+        )
         # the series every proxied request touches, looked up once per label values (labels() takes
         # a lock and builds a key per call)
         self._auth_ok = self.m_auth.labels("ok")
@@ -491,6 +514,9 @@ class Gateway:
                 body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
             if plan is not None:
                 self._plan_bodies(plan, rendered, body, wants_usage)
+            moderation: tuple[str, bytes] | None = None
+            if hh.moderations:  # only requests asking for it pay for reading the body's messages
+                moderation = self._moderation_call(rt, method, rendered)
             # after the caller's own errors (prompt, body override) so they spend no token; before the cache read
             if rate_limit is not None:
                 decision = await self.ratelimits.check(org_id, rate_limit)
@@ -499,6 +525,10 @@ class Gateway:
                     raise Rejection(429, f"Rate limit reached for {rate_limit.policy.text!r} (Helicone-RateLimit-Policy); "
                                     f"retry in {decision.retry_after} s", "helicone_rate_limited",
                                     ((b"retry-after", str(decision.retry_after).encode()),))
+            # after the rate limit (a limited request makes no upstream call); before the cache read (a cached answer
+            # to a prompt moderation would flag is never served around it)
+            if moderation is not None:
+                await self._moderate(rt, moderation, raw_headers, request_id)
         except ClientGone:
             self._answered(scope, rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -508,7 +538,7 @@ class Gateway:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       r.status, "", b"", "", False, -1, error=r.logged, prompt=prompt)
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
-                                    (*r.headers, *limit_headers))
+                                    (*r.headers, *limit_headers), r.body)
 
         lookup: Lookup | None = None
         if directive is not None:
@@ -893,6 +923,73 @@ class Gateway:
             await asyncio.wait((disconnected,), timeout=seconds)
         if disconnected.done():
             raise ClientGone()
+
+    # ---- moderation (only requests with Helicone-Moderations-Enabled: true) ----
+    def _moderation_call(self, rt: Route, method: str, body: bytes) -> tuple[str, bytes] | None:
+        """(moderation endpoint path, its request body) for the latest user message; None when the latest message is
+        not the user's (sent unmoderated, as in Helicone); Rejection (400) when the request has nothing to moderate."""
+        try:
+            path = moderation_path(rt.provider, method, rt.path)
+            content = moderation_input(body)
+        except ModerationError as exc:
+            self.m_moderations.labels("refused").inc()
+            raise Rejection(exc.status, exc.message, exc.kind) from None
+        if content is None:
+            self.m_moderations.labels("skipped").inc()
+            return None
+        return path, json.dumps({"input": content}).encode()
+
+    async def _moderate(self, rt: Route, call: tuple[str, bytes], raw_headers: list[tuple[str, str]],
+                        request_id: str) -> None:
+        """Asks the moderation endpoint next to the request's own (the deployment's OpenAI URL, or its
+        Helicone-Target-URL, egress-checked as the request is) with the caller's key. Rejection when the prompt is
+        flagged (Helicone's 400) and when no verdict came (fail closed: a failed moderation never lets a request through)."""
+        path, payload = call
+        url = rt.base_url + path
+        target = self._target(url) if rt.target else None
+        headers = request_headers(forward_request_headers(raw_headers))
+        timeout = self.settings.moderation_timeout
+        never = asyncio.get_running_loop().create_future()  # the caller leaving is not watched: the timeout bounds it
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self._send_upstream(rt, "POST", url, headers, payload, never, target)
+                try:
+                    parts, size = [], 0
+                    async for chunk in resp.content.iter_any():
+                        size += len(chunk)
+                        if size > MAX_ANSWER_BYTES:
+                            raise ModerationError(502, f"{MODERATIONS_HEADER}: the moderation endpoint's answer is over "
+                                                  f"{MAX_ANSWER_BYTES} bytes; the request was not sent")
+                        parts.append(chunk)
+                except BaseException:
+                    resp.close()
+                    raise
+                if resp.status < 500:  # as the provider's: a connection that answered 5xx is not reused
+                    resp.release()
+                else:
+                    resp.close()
+            verdict = read_verdict(resp.status, b"".join(parts), resp.headers.get("retry-after"))
+        except ModerationError as exc:
+            self.m_moderations.labels("failed").inc()
+            raise Rejection(exc.status, exc.message, exc.kind, exc.headers, exc.logged) from None
+        except TimeoutError:
+            self.m_moderations.labels("failed").inc()
+            raise Rejection(504, f"{MODERATIONS_HEADER}: the moderation endpoint did not answer within {timeout:g} s "
+                            f"({MODERATION_TIMEOUT_ENV}); the request was not sent", "helicone_moderation_error") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            self.m_moderations.labels("failed").inc()
+            raise Rejection(502, f"{MODERATIONS_HEADER}: the moderation endpoint could not be reached "
+                            f"({exc.__class__.__name__}); the request was not sent", "helicone_moderation_error") from None
+        except Rejection:  # its Target-URL host refused at connect time (403)
+            self.m_moderations.labels("failed").inc()
+            raise
+        finally:
+            never.cancel()
+        if verdict.flagged:
+            self.m_moderations.labels("flagged").inc()
+            raise Rejection(FLAGGED_STATUS, flagged_message(verdict), "helicone_moderation_flagged",
+                            body=flagged_body(verdict, request_id))
+        self.m_moderations.labels("passed").inc()
 
     async def _render_prompt(self, hh: HeliconeHeaders, org_id: str, rt: Route, body: bytes) -> tuple[bytes, PromptUse | None]:
         """The stored prompt rendered into the body (provider-shaped); Rejection when it cannot be,

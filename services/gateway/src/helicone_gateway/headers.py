@@ -18,6 +18,7 @@ from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway
     switch,
 )
 
+from .moderation import MODERATIONS_HEADER
 from .prompts import PromptError, PromptRequest, check_environment, check_prompt_id, check_version
 from .providers import TARGET_URL_HEADER, base_url
 from .resilience import RETRY_PREFIX, FallbackTarget, ResilienceError, RetryPolicy, parse_fallbacks, parse_retry
@@ -47,9 +48,9 @@ REGION_HEADER = "Helicone-Region"
 # Helicone features this gateway does not have whose silent absence would let a request through unchecked,
 # or send it elsewhere: refused (400) rather than ignored. lower-case name -> (header, what would not happen)
 UNSUPPORTED = {
-    "helicone-moderations-enabled": ("Helicone-Moderations-Enabled", "messages are not moderated"),
     "helicone-llm-security-enabled": ("Helicone-LLM-Security-Enabled", "prompts are not checked for injections"),
 }
+_MODERATIONS = MODERATIONS_HEADER.lower()
 OPENAI_API_BASE = "Helicone-OpenAI-Api-Base"
 
 
@@ -68,6 +69,7 @@ class HeliconeHeaders(LogHeaders):
     rate_limit_policy: str | None = None
     retry: RetryPolicy | None = None  # Helicone-Retry-*, when enabled
     fallbacks: tuple[FallbackTarget, ...] | None = None  # Helicone-Fallbacks
+    moderations: bool = False  # Helicone-Moderations-Enabled: the latest user message is moderated first (moderation.py)
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -138,6 +140,8 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
                 out.fallbacks = parse_fallbacks(value, _target_url)
             except ResilienceError as exc:
                 raise HeaderError(str(exc)) from None
+        elif name == _MODERATIONS:
+            out.moderations = switch(MODERATIONS_HEADER, value)
         elif name in UNSUPPORTED:
             header, missing = UNSUPPORTED[name]
             if switch(header, value):  # 'false' asks for nothing this gateway lacks

@@ -84,6 +84,9 @@ class GatewaySettings(ServiceSettings):
     prompts_channels: int = Field(default=2, ge=1, le=16)  # gRPC connections to the prompts service
     prompt_cache_ttl: float = Field(default=30.0, ge=0)  # how long a fetched version is used without asking again
     prompt_cache_max_entries: int = Field(default=10_000, ge=1)
+    # Helicone-Moderations-Enabled (moderation.py): longest a moderation call may take, connection included; past it
+    # the request gets a 504 and is not sent (a moderation that did not happen never lets a request through).
+    moderation_timeout: float = Field(default=10.0, gt=0, le=600)
     # Response cache (cache.py, Helicone-Cache-* headers). With a Redis/Valkey URL
     # (redis://[:password@]host:port/db, rediss:// for TLS) every replica shares one cache;
     # without one each gateway keeps its own, in memory, up to cache_memory_max_bytes.
