@@ -174,7 +174,8 @@ async def _old_installation(settings: dict, rows: list[dict]):
 
 
 CURRENT_TABLES = {"request_log": "org_id, request_id", "request_scores": "org_id, request_id, name",
-                  "request_properties": "org_id, key, request_id", "request_properties_mv": ""}
+                  "request_properties": "org_id, key, request_id", "request_properties_mv": "",
+                  "request_property_overrides": "org_id, request_id, key"}
 
 
 async def _tables(store) -> dict[str, str]:
@@ -384,7 +385,9 @@ async def test_request_scores_keep_one_score_per_name_the_newest_write(analytics
     assert await _tables(store) == CURRENT_TABLES == {"request_log": analytics.REQUEST_LOG_SORTING_KEY,
                                                       "request_scores": analytics.REQUEST_SCORES_SORTING_KEY,
                                                       "request_properties": analytics.REQUEST_PROPERTIES_SORTING_KEY,
-                                                      "request_properties_mv": ""}
+                                                      "request_properties_mv": "",
+                                                      "request_property_overrides":
+                                                          analytics.REQUEST_PROPERTY_OVERRIDES_SORTING_KEY}
     rid, other = events.new_request_id(), events.new_request_id()
     first = _score("org-a", rid, "accuracy", 0.5, "2026-03-01 12:00:00.000001")
     await store.insert("request_scores", [first])
@@ -499,7 +502,7 @@ async def test_a_clickhouse_user_that_may_not_change_the_schema_gets_an_error_na
 
 # Retention (settings.retention_days): rows of requests past the age leave every request-level table.
 RETENTION_TABLES = {"request_log": "request_created_at", "request_properties": "request_created_at",
-                    "request_scores": "updated_at"}
+                    "request_scores": "updated_at", "request_property_overrides": "request_created_at"}
 
 
 def _retained_store(analytics_settings, days: int):
@@ -511,7 +514,7 @@ async def _ttls(store) -> dict[str, str | None]:
 
 
 async def _log_requests(store, org: str, age_days: int, count: int) -> None:
-    """`count` requests logged `age_days` ago, each with a property and a score."""
+    """`count` requests logged `age_days` ago, each with a property, a score and a property put on it later."""
     db = store.database
     await store._command(
         f"INSERT INTO {db}.request_log (request_id, org_id, request_created_at, properties, version) "
@@ -519,6 +522,9 @@ async def _log_requests(store, org: str, age_days: int, count: int) -> None:
     await store._command(
         f"INSERT INTO {db}.request_scores (org_id, request_id, name, value, updated_at) "
         f"SELECT org_id, request_id, 'feedback', 1, request_created_at FROM {db}.request_log WHERE org_id = '{org}'")
+    await store._command(  # put today: it goes with its request all the same
+        f"INSERT INTO {db}.request_property_overrides (org_id, request_id, key, value, request_created_at, updated_at) "
+        f"SELECT org_id, request_id, 'team', 'b', request_created_at, now64(6) FROM {db}.request_log WHERE org_id = '{org}'")
 
 
 async def _counts(store) -> dict[str, int]:
@@ -583,10 +589,10 @@ async def test_a_changed_retention_changes_the_ttl_0_removes_it_and_an_unchanged
 
     assert await start(0) == []  # the default: keep forever, no TTL, nothing altered
     first = await start(30)
-    assert len(first) == 3 and all("mutations_sync = 0" in sql for sql in first)  # never waits for a rewrite
+    assert len(first) == len(RETENTION_TABLES) and all("mutations_sync = 0" in sql for sql in first)  # never waits for a rewrite
     assert await start(30) == []  # unchanged: no ALTER
-    assert len(await start(7)) == 3
-    assert len(await start(0)) == 3  # REMOVE TTL
+    assert len(await start(7)) == len(RETENTION_TABLES)
+    assert len(await start(0)) == len(RETENTION_TABLES)  # REMOVE TTL
     assert await start(0) == []
 
 

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the api straight through its ASGI entry point (so any bytes can be sent,
 not only what an HTTP client allows), against a real Postgres and each analytics backend: random
-methods, paths and ids, query strings, headers, and filter and score bodies (awkward text, lone
+methods, paths and ids, query strings, headers, and filter, score and property bodies (awkward text, lone
 surrogates, far-off dates, non-finite and huge numbers, wrong types, broken JSON, filter trees, sorts, cursors and
 exports) sent in random chunks. The api never answers 500, always
 answers in JSON, and never hangs."""
@@ -17,6 +17,7 @@ import asyncpg
 from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
 from helicone_core import db
+from helicone_core.log_headers import MAX_PROPERTIES, PropertyError, custom_property
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +79,11 @@ def encoded(document) -> bytes:
     return json.dumps(document, ensure_ascii=True, allow_nan=True).encode()  # ascii: surrogates travel as \udXXX
 
 
+property_keys = st.one_of(st.sampled_from(["env", "Env", "a.b_c-d~e!#$%&'*+^`|", "k" * 256, "k" * 257, "", "my key", "é"]),
+                          text)
+property_values = st.one_of(st.sampled_from(["prod", " prod\t", "", "v" * 4096, "v" * 4097, "a\tb", "a\nb", "\\N"]), text)
+property_bodies = st.fixed_dictionaries({}, optional={"key": st.one_of(property_keys, scalar),
+                                                      "value": st.one_of(property_values, scalar), "bogus": json_value})
 score_bodies = st.one_of(st.fixed_dictionaries({}, optional={"value": numbers, "rating": scalar, "bogus": json_value}),
                          st.fixed_dictionaries({"value": st.floats(allow_nan=False, allow_infinity=False)}),
                          st.fixed_dictionaries({"rating": st.booleans()}))
@@ -90,7 +96,7 @@ alert_bodies = st.fixed_dictionaries({}, optional={
                                                     "http://[zz/", "http://hooks.example.invalid:99999/", "http://10.0.0.1/"])),
 })
 bodies = st.one_of(queries.map(encoded), json_value.map(encoded), st.binary(max_size=200), score_bodies.map(encoded),
-                   alert_bodies.map(encoded),
+                   alert_bodies.map(encoded), property_bodies.map(encoded),
                    queries.map(encoded).map(lambda b: b[: len(b) // 2]),  # cut short
                    st.just(b"[" * 5000), st.just(b'{"limit": 5}' + b" " * 70_000))  # deeply nested, over the limit
 ids = st.one_of(st.uuids().map(str), text, st.binary(max_size=60).map(lambda b: b.decode("latin-1")), st.just("x" * 5000),
@@ -104,6 +110,7 @@ routes = st.one_of(
     st.tuples(st.just("POST"), st.one_of(st.just(LOGGED), ids).map(lambda i: f"/v1/request/{i}/feedback")),
     st.tuples(st.sampled_from(["PUT", "DELETE", "PUT"]),
               st.builds(lambda i, n: f"/v1/request/{i}/score/{n}", st.one_of(st.just(LOGGED), ids), score_names)),
+    st.tuples(st.just("PUT"), st.one_of(st.just(LOGGED), ids).map(lambda i: f"/v1/request/{i}/property")),
     st.tuples(st.just("DELETE"), ids.map(lambda i: "/v1/keys/" + i)),
     st.tuples(st.sampled_from(["GET", "POST"]), st.just("/v1/keys")),
     st.tuples(st.sampled_from(["GET", "POST"]), st.just("/v1/alerts")),
@@ -186,6 +193,7 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         @example(r=dict(OK, route=("PUT", f"/v1/request/{LOGGED}/score/accuracy"), body=b'{"value": 0.5}'))
         @example(r=dict(OK, route=("DELETE", f"/v1/request/{LOGGED}/score/accuracy"), body=b""))
         @example(r=dict(OK, route=("POST", f"/v1/request/{LOGGED}/feedback"), body=b'{"rating": true}'))
+        @example(r=dict(OK, route=("PUT", f"/v1/request/{LOGGED}/property"), body=b'{"key": "env", "value": "a\\\\N"}'))
         @example(r=dict(OK, body=encoded({"filter": {"scores": {"feedback": {"equals": 1}, "accuracy": {"gte": 1e308}}}})))
         @example(r=dict(OK, route=("POST", "/v1/alerts"), body=encoded({
             "name": "x", "metric": "requests", "window_seconds": 60, "comparison": "gt", "threshold": 1e308,
@@ -258,6 +266,44 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
             assert got == stored and all(str(got[n]) == str(stored[n]) for n in got), (got, stored)  # 5e-324 stays 5e-324
 
         check_scores()
+
+        # Properties put on the logged request: what the gateway would log for the header Helicone-Property-<key>:
+        # <value> (log_headers.custom_property) is stored, shown on the request and matched by a filter on it, exactly;
+        # what it would refuse is a 422 naming `key` or `value`.
+        put = json.loads(loop.run_until_complete(send("GET", f"/v1/request/{logged}"))[1])["properties"]  # the fuzzing's puts
+
+        def utf8(text: str) -> bool:
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                return False
+            return True
+
+        @settings(max_examples=score_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(key=st.one_of(property_keys, scalar), value=st.one_of(property_values, scalar))
+        @example(key="Env", value=" prod ")
+        @example(key="x", value="{x:String}\\N\t'")
+        @example(key="k", value="\ud800")
+        def check_properties(key, value):
+            status, answer = loop.run_until_complete(send("PUT", f"/v1/request/{logged}/property", encoded({"key": key, "value": value})))
+            if not (isinstance(key, str) and isinstance(value, str) and utf8(key) and utf8(value)):
+                assert status == 422, answer
+                return
+            try:
+                name, stored = custom_property(key, value)
+            except PropertyError as exc:
+                assert status == 422 and [d["field"] for d in json.loads(answer)["error"]["details"]] == [exc.part], answer
+                return
+            if name not in put and len(put) >= MAX_PROPERTIES:
+                assert status == 409, answer
+                return
+            assert status == 200 and json.loads(answer)["properties"] == {**put, name: stored}, answer
+            put[name] = stored
+            assert json.loads(loop.run_until_complete(send("GET", f"/v1/request/{logged}"))[1])["properties"] == put
+            status, answer = loop.run_until_complete(send("POST", "/v1/request/query", encoded({"filter": {"properties": {name: stored}}})))
+            assert status == 200 and [d["request_id"] for d in json.loads(answer)["data"]] == [logged], answer
+
+        check_properties()
     finally:
         loop.run_until_complete(stack.aclose())
         loop.close()

@@ -533,6 +533,21 @@ async def test_bad_helicone_header_is_a_400(gateway):
     assert r.status_code == 400 and "UUID" in r.json()["error"]["message"]
 
 
+async def test_a_property_name_the_log_store_would_refuse_is_a_400(gateway):
+    """The log store keeps property names of at most 256 characters (events.validate): a longer
+    Helicone-Property-<name> was proxied and answered 200, and its log then refused by ingest (dead-lettered: the
+    request never showed). Now it is a 400 naming the limit, like any other header the log cannot take."""
+    client, fake, built = gateway
+    auth = {"Helicone-Auth": "Bearer good-key"}
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={**auth, "Helicone-Property-" + "k" * 257: "v"})
+    assert r.status_code == 400 and "longer than 256 characters" in r.json()["error"]["message"], r.text
+    assert fake.state.received == []
+    r = await client.post("/v1/chat/completions", json=CHAT, headers={**auth, "Helicone-Property-" + "K" * 256: "v"})
+    assert r.status_code == 200 and dict(built[-1].properties) == {"k" * 256: "v"}
+    for ev in built:  # every log the gateway built is one the store keeps
+        events.validate(ev)
+
+
 async def test_every_gateway_answer_carries_a_helicone_id(gateway):
     client, _, _ = gateway
     answers = [

@@ -1,4 +1,5 @@
-"""Analytics store: the `request_log` and `request_scores` tables on chDB (embedded) or a ClickHouse server.
+"""Analytics store: the `request_log`, `request_properties`, `request_scores` and `request_property_overrides`
+tables on chDB (embedded) or a ClickHouse server.
 
 Both backends run the same SQL text, with ClickHouse server-side parameters ({name:Type}),
 and insert the same JSONCompactEachRowWithNames payload.
@@ -337,6 +338,33 @@ def request_scores_ddl(database: str) -> str:
     return REQUEST_SCORES_DDL.format(db=database, sorting_key=REQUEST_SCORES_SORTING_KEY)
 
 
+# Custom properties put on a logged request through the api (PUT /v1/request/{id}/property): one row per
+# (org, request id, key), the whole sorting key; `updated_at` (the api's clock, microseconds) is the version, so
+# FINAL keeps the newest value and the same put twice leaves one. request_log and request_properties are not
+# rewritten: a newer version of a request_log row would count twice in every aggregation read without FINAL (the
+# projections) until ClickHouse merged the part holding the old row, which for an old request's large part may
+# be days. Readers merge these rows over the logged properties instead (helicone_api.queries.property_sql).
+# `request_created_at` is the request's, for retention.
+REQUEST_PROPERTY_OVERRIDES_SORTING_KEY = "org_id, request_id, key"
+REQUEST_PROPERTY_OVERRIDES_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.request_property_overrides
+(
+    org_id String,
+    request_id UUID,
+    key String,
+    value String,
+    request_created_at DateTime64(3, 'UTC'),
+    updated_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY ({sorting_key})
+"""
+
+
+def request_property_overrides_ddl(database: str) -> str:
+    return REQUEST_PROPERTY_OVERRIDES_DDL.format(db=database, sorting_key=REQUEST_PROPERTY_OVERRIDES_SORTING_KEY)
+
+
 # Custom properties, one row per (request, property key): what the property endpoints read. A projection of
 # request_log grouped by the whole property map (as before) has one pre-aggregated row per distinct map and
 # day: 450 per day for three small properties, and as many as requests once one property is an id; every
@@ -347,6 +375,8 @@ def request_scores_ddl(database: str) -> str:
 # all land here with no writer of their own; identity (org, key, request id) and `version` as request_log:
 # a resent log collapses, a replaced one keeps the newest value, and aggregations read without FINAL like
 # request_log's (see ERROR_CONDITION). A key that a replacing log no longer carries keeps the older row.
+# Properties put through the api are not copied here (request_property_overrides): a read of a key with puts
+# reads request_log instead (helicone_api.insights.property_values_sql).
 REQUEST_PROPERTIES_SORTING_KEY = "org_id, key, request_id"
 REQUEST_PROPERTIES_PROJECTIONS = {
     "values_v1": _aggregate_projection(["org_id", "key", GRAINS["day"][0], "value"],
@@ -409,7 +439,7 @@ async def migrate_request_properties(store) -> None:
 # request, so a score goes with or after its request. A reused request id's newer row outlives the older one,
 # which it replaces anyway (its version is higher).
 RETENTION_COLUMNS = {"request_log": "request_created_at", "request_properties": "request_created_at",
-                     "request_scores": "updated_at"}
+                     "request_scores": "updated_at", "request_property_overrides": "request_created_at"}
 # the table's TTL as system.tables.create_table_query prints it (one line), up to the clause after it
 _TABLE_TTL = re.compile(r" TTL (.+?)(?: SETTINGS | COMMENT |$)")
 
@@ -454,6 +484,7 @@ async def migrate_schema(store) -> None:
     await migrate_request_log(store)
     await migrate_request_properties(store)
     await store._command(request_scores_ddl(store.database))
+    await store._command(request_property_overrides_ddl(store.database))
     await migrate_retention(store, store.retention_days)
 
 

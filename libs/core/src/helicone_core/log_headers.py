@@ -7,11 +7,16 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from .events import InlineBodies
+from .events import MAX_PROPERTY_KEY, MAX_PROPERTY_VALUE, InlineBodies
 
 PROPERTY_PREFIX = "helicone-property-"
 MAX_PROPERTIES = 64
-MAX_PROPERTY_VALUE = 4096
+# What makes a header at all (RFC 9110): a name of token characters, a value without control characters but HTAB.
+# The gateway's decode_headers refuses any other header; custom_property holds a property given outside a header to it.
+HTTP_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+HTTP_VALUE_CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
+_HTTP_TOKEN = re.compile(HTTP_TOKEN)
+_HTTP_VALUE_CONTROL = re.compile(HTTP_VALUE_CONTROL)
 # Helicone-Request-Name is stored as this property (Helicone's name for it), next to the Helicone-Property-* ones;
 # in lower case like them, as the api reads property names in any case by their lower-case form.
 REQUEST_NAME_PROPERTY = "helicone-request-name"
@@ -36,6 +41,14 @@ _SWITCHES = {OMIT_REQUEST.lower(): (OMIT_REQUEST, "omit_request"), OMIT_RESPONSE
 
 class HeaderError(ValueError):
     """A Helicone-* header with a value we cannot accept (the gateway answers 400, the api 422)."""
+
+
+class PropertyError(HeaderError):
+    """A custom property the log cannot take; `part` says whether its "key" or its "value" is wrong."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 @dataclass
@@ -109,13 +122,35 @@ def read_log_header(out: LogHeaders, name: str, value: str) -> bool:
     elif name.startswith(PROPERTY_PREFIX):
         key = name[len(PROPERTY_PREFIX):]
         if not key:
-            raise HeaderError("Helicone-Property- header needs a name after the prefix")
+            raise PropertyError("key", "Helicone-Property- header needs a name after the prefix")
+        if len(key) > MAX_PROPERTY_KEY:  # the log store's limit (events.validate): such a log would never be stored
+            raise PropertyError("key", f"the property name of {name[:60]}... is longer than {MAX_PROPERTY_KEY} characters")
         if len(out.properties) >= MAX_PROPERTIES and key not in out.properties:
             raise HeaderError(f"at most {MAX_PROPERTIES} Helicone-Property-* headers are allowed")
-        out.properties[key] = bounded(name, value, MAX_PROPERTY_VALUE)
+        if len(value) > MAX_PROPERTY_VALUE:
+            raise PropertyError("value", f"{name} is longer than {MAX_PROPERTY_VALUE} characters")
+        out.properties[key] = value
     else:
         return False
     return True
+
+
+def custom_property(key: str, value: str) -> tuple[str, str]:
+    """A custom property given as a key and a value (the api's PUT /v1/request/{id}/property) as the log
+    stores it: what the gateway would log for the header `Helicone-Property-<key>: <value>`, by the same
+    rules (the header's syntax, as decode_headers checks it; the name in lower case and the value stripped,
+    as parse_helicone_headers reads them; then read_log_header's). Raises PropertyError naming the part."""
+    name = PROPERTY_PREFIX + key
+    if not _HTTP_TOKEN.fullmatch(name):
+        raise PropertyError("key", f"property name {key[:60]!r} cannot be sent as a Helicone-Property-<name> header: "
+                                   "a name is 1 or more of A-Z a-z 0-9 and ! # $ % & ' * + - . ^ _ ` | ~")
+    if _HTTP_VALUE_CONTROL.search(value):
+        raise PropertyError("value", "a property value cannot hold control characters (a tab excepted), "
+                                     "as the value of a Helicone-Property-<name> header cannot")
+    out = LogHeaders()
+    read_log_header(out, name.lower(), value.strip())
+    [(key, value)] = out.properties.items()
+    return key, value
 
 
 def switch(name: str, value: str) -> bool:

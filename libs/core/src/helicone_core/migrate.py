@@ -2,7 +2,7 @@
 chart's pre-install/pre-upgrade hook Job) and `helicone-stack up` run the same `apply_migrations`.
 
 It applies the Postgres migrations (db.migrate) and the analytics schema of the store the settings
-select (init_schema: the database, then analytics.migrate_schema: request_log and request_scores),
+select (init_schema: the database, then analytics.migrate_schema: every analytics table),
 with the settings read from the HELICONE_* environment. A database that does not answer yet (the
 hook may run before Postgres or ClickHouse is up) is tried again with backoff for up to
 HELICONE_MIGRATE_TIMEOUT seconds.

@@ -21,7 +21,7 @@ from .admin import ADMIN_PATHS, admin_router
 from .alert_evaluator import EVALUATION_RESULTS, AlertEvaluator
 from .alerts import alerts_router
 from .dashboard import dashboard_router, load_static, public_paths
-from .explorer import RequestDetail, explorer_router
+from .explorer import RequestDetail, explorer_router, requests_json
 from .filters import FILTER_FORMS
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
 from .insights import insights_router
@@ -31,8 +31,9 @@ from .log_routes import logs_router
 from .models import ERRORS, ErrorBody, RequestId, keep_example_nulls
 from .otlp import OTLP_PATHS
 from .prompts import PromptsClient, prompts_router
-from .queries import body_to_json, detail_sql, row_to_json
-from .scores import scores_of, scores_router
+from .properties import properties_router
+from .queries import body_to_json, detail_sql
+from .scores import scores_router
 from .settings import ApiSettings
 from .webhooks import DELIVERY_RESULTS, WebhookSender
 
@@ -185,11 +186,9 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
                 return None, f"the body store could not be read ({store_error(exc)})"
             return (None, "not found in the body store") if data is None else (data, None)
 
-        (req_body, req_error), (resp_body, resp_error), scores = await asyncio.gather(
-            body(row["request_body_key"]), body(row["response_body_key"]),
-            scores_of(state.analytics, org, [row["request_id"]]),
+        (req_body, req_error), (resp_body, resp_error), [out] = await asyncio.gather(
+            body(row["request_body_key"]), body(row["response_body_key"]), requests_json(state.analytics, org, [row]),
         )
-        out = row_to_json(row, scores.get(row["request_id"]))
         out["request_body"] = body_to_json(req_body, row["request_content_type"])
         out["response_body"] = body_to_json(resp_body, row["response_content_type"])
         out["request_body_error"], out["response_body_error"] = req_error, resp_error
@@ -198,6 +197,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
 
     app.include_router(explorer_router(state, org_id))
     app.include_router(scores_router(state, org_id))
+    app.include_router(properties_router(state, org_id))
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
     app.include_router(alerts_router(state, org_id))

@@ -36,6 +36,7 @@ from .filters import (
     sort_value,
 )
 from .models import Answer, RequestFilter
+from .properties import puts_of
 from .queries import COLUMNS, SETTINGS, row_to_json
 from .scores import scores_of
 
@@ -175,7 +176,8 @@ class RequestRow(Answer):
     target_url: str
     user_id: str | None
     session: SessionRef | None
-    properties: dict[str, str]
+    properties: dict[str, str] = Field(description="the custom properties logged (Helicone-Property-*), "
+                                                   "with those put since (PUT /v1/request/{id}/property) over them")
     usage: Usage
     cost_usd: float | None
     streamed: bool
@@ -253,6 +255,14 @@ def csv_record(row: dict[str, Any]) -> list[Any]:
 
 def _invalid(field: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+async def requests_json(store, org_id: str, rows: list[dict]) -> list[dict[str, Any]]:
+    """request_log rows in the api's shape, with their scores and the properties put on them: every answer
+    that shows requests (one request, pages, exports, a session's tree) builds them here."""
+    ids = [r["request_id"] for r in rows]
+    scores, puts = await scores_of(store, org_id, ids), await puts_of(store, org_id, ids)
+    return [row_to_json(r, scores.get(r["request_id"]), puts.get(r["request_id"])) for r in rows]
 
 
 class RequestPager:
@@ -342,8 +352,7 @@ class RequestPager:
         return None if position is None else self.codec.encode(self.org, self.digest, *position)
 
     async def rows_json(self, rows: list[dict]) -> list[dict[str, Any]]:
-        scores = await scores_of(self.state.analytics, self.org, [r["request_id"] for r in rows])
-        return [row_to_json(r, scores.get(r["request_id"])) for r in rows]
+        return await requests_json(self.state.analytics, self.org, rows)
 
 
 def explorer_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:

@@ -51,7 +51,7 @@ from .models import (
     _utf8,
     utc,
 )
-from .queries import where_sql
+from .queries import property_sql, where_sql
 
 MAX_DEPTH = 16  # branch levels: a left-deep chain of 17 leaves, as a UI adding one filter at a time builds
 MAX_CONDITIONS = 64  # field conditions in the whole tree (each operator of each field counts once)
@@ -472,7 +472,7 @@ def _leaf_sql(node: FilterNode, p: _Params) -> str:
     properties = node.properties if node.request_response_rmt is None else node.request_response_rmt.properties
     if properties is not None:
         for key, cond in sorted(properties.items()):
-            parts += _condition_sql(f"properties[{p.add(key.lower(), _TEXT)}]", _TEXT, cond, p)
+            parts += _condition_sql(property_sql(p.add(key.lower(), _TEXT)), _TEXT, cond, p)
     if node.scores is not None:
         for name, cond in sorted(node.scores.items()):
             tests = _condition_sql("value", "Float64", cond, p)

@@ -5,6 +5,8 @@ Same SQL text on chDB and a ClickHouse server, server-side parameters only; ever
 the caller's org, and every caller filter becomes SQL in one place (`_conditions`, through
 queries.where_sql). Time-series buckets are cut in the caller's IANA time zone by ClickHouse itself
 (half-hour offsets, 23- and 25-hour days) and zero-filled with `WITH FILL`.
+A custom property is read as the request shows it, with the values put on it through the api
+(queries.property_sql, properties.py).
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ from pydantic import (
     model_validator,
 )
 
-from .explorer import EXAMPLE_ROW, RequestRow
+from .explorer import EXAMPLE_ROW, RequestRow, requests_json
 from .filters import AnyFilter, FilterNode, filter_sql, narrowed
 from .models import MAX_FILTER_CHARS, Answer, FilterText, RequestFilter, _ch_range, _utf8, documented, error_responses
-from .queries import COLUMNS, SETTINGS, _ch_time, _iso, row_to_json
-from .scores import scores_of
+from .queries import COLUMNS, SETTINGS, _ch_time, _iso, has_property_sql, property_sql
 
 # Bounds that keep one answer small: buckets of a time series, its groups (the rest is "other"),
 # the requests one session's tree carries, the users listed per session.
@@ -407,7 +408,7 @@ def _group_column(group_by: str | None) -> tuple[str, dict[str, Any]]:
         return "''", {}
     if group_by in GROUP_COLUMNS:
         return GROUP_COLUMNS[group_by], {}
-    return "properties[{group_key:String}]", {"group_key": PROPERTY_GROUP.match(group_by).group(1).lower()}
+    return property_sql("{group_key:String}"), {"group_key": PROPERTY_GROUP.match(group_by).group(1).lower()}
 
 
 # ClickHouse's DateTime (what the bucket and grain functions return) holds 1970-01-01 to 2106-02-07 06:28:15 UTC:
@@ -764,31 +765,52 @@ def user_json(row: dict[str, Any]) -> dict[str, Any]:
             "first_seen": _iso(row["first_seen"]), "last_seen": _iso(row["last_seen"])}
 
 
-def property_keys_sql(org_id: str, r: TimeRange) -> tuple[str, dict[str, Any]]:
-    """The keys in use, most requests first, from request_properties (its values projection over whole days)."""
-    where, params, _ = _conditions(org_id, RequestFilter(), r.start, r.end, grains=("day",))
-    sql = (f"SELECT key, count() AS requests FROM {{db}}.request_properties WHERE {' AND '.join(where)} "
-           "GROUP BY key ORDER BY requests DESC, key LIMIT 1000 " + AGG_SETTINGS)
+def puts_sql(org_id: str, start: dt.datetime | None, end: dt.datetime | None,
+             key: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Whether any property (or the property `key`) was put on a request of the org in the range (properties.py):
+    without one, the property endpoints read request_properties alone."""
+    where, params, _ = _conditions(org_id, RequestFilter(), start, end)
+    if key is not None:
+        where.append("key = {pkey:String}")
+        params["pkey"] = key
+    sql = (f"SELECT count() AS n FROM (SELECT 1 FROM {{db}}.request_property_overrides WHERE {' AND '.join(where)} "
+           "LIMIT 1) " + SETTINGS)
     return sql, params
+
+
+def property_keys_sql(org_id: str, r: TimeRange, put: bool = False) -> tuple[str, dict[str, Any]]:
+    """The keys in use, most requests first, from request_properties (its values projection over whole days);
+    with `put` (puts_sql), plus each key put on a request that had not logged it."""
+    where, params, _ = _conditions(org_id, RequestFilter(), r.start, r.end, grains=("day",))
+    conditions = " AND ".join(where)
+    counts = f"SELECT key, count() AS requests FROM {{db}}.request_properties WHERE {conditions} GROUP BY key"
+    if put:
+        added = (f"SELECT key, count() AS n FROM {{db}}.request_property_overrides FINAL WHERE {conditions} "
+                 "AND (key, request_id) NOT IN (SELECT key, request_id FROM {db}.request_properties WHERE org_id = {org:String} "
+                 "AND (key, request_id) IN (SELECT key, request_id FROM {db}.request_property_overrides WHERE org_id = {org:String})) "
+                 "GROUP BY key")
+        logged = f"SELECT key, count() AS n FROM {{db}}.request_properties WHERE {conditions} GROUP BY key"
+        counts = f"SELECT key, sum(n) AS requests FROM ({logged} UNION ALL {added}) GROUP BY key"
+    return f"{counts} ORDER BY requests DESC, key LIMIT 1000 " + AGG_SETTINGS, params
 
 
 PROPERTY_VALUE_AGGREGATES = ("requests", "cost_usd", "errors", "avg_latency_ms", "latency_quantiles")
 
 
-def property_values_sql(org_id: str, key: str, q: PropertyValuesQuery) -> tuple[str, dict[str, Any]]:
+def property_values_sql(org_id: str, key: str, q: PropertyValuesQuery, put: bool = False) -> tuple[str, dict[str, Any]]:
     """The values of one property, most requests first, with their cost, errors and latency.
 
     A filter of a time range alone reads request_properties (the key's own rows; over whole days its
-    values projection); any other filter needs the request's other columns: request_log's rows."""
+    values projection), unless the key was put on a request in the range (`put`, puts_sql); any other filter,
+    or such a put, needs the request's other columns: request_log's rows, with the values put on them."""
     f = q.filter
-    only_time = _only_time(f)
     where, params, _ = _conditions(org_id, f, grains=("day",))
-    if only_time:
+    if _only_time(f) and not put:
         table, value = "request_properties", "value"
         where.append("key = {pkey:String}")
     else:
-        table, value = "request_log", "properties[{pkey:String}]"
-        where.append("mapContains(properties, {pkey:String})")
+        table, value = "request_log", property_sql("{pkey:String}")
+        where.append(has_property_sql("{pkey:String}"))
     params["pkey"] = key
     params["limit"] = q.limit
     sql = (
@@ -844,8 +866,10 @@ def timeseries_sql(org_id: str, q: TimeseriesQuery) -> tuple[str, dict[str, Any]
     if q.group_by is None:
         grouping = "'' AS grp, 0 AS is_other"
     else:
-        top = (f"SELECT {group} FROM {{db}}.request_log WHERE {conditions} GROUP BY {group} "
-               f"ORDER BY count() DESC, {group} LIMIT {{top:UInt32}}")
+        # grouped by an alias: a group holding a scalar subquery (a property, queries.property_sql) written out
+        # again in ORDER BY is not recognised as the grouping key
+        top = (f"SELECT {group} AS top_group FROM {{db}}.request_log WHERE {conditions} GROUP BY top_group "
+               "ORDER BY count() DESC, top_group LIMIT {top:UInt32}")
         # both keys repeat the IN: a shared alias would not be a grouping key (ClickHouse builds the set once)
         grouping = f"toUInt8(({group}) NOT IN ({top})) AS is_other, if(is_other, '', {group}) AS grp"
         params["top"] = q.top_groups
@@ -927,6 +951,10 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         state.m_queries.labels(endpoint, "ok").inc()
         return rows
 
+    async def put(org: str, start: dt.datetime | None, end: dt.datetime | None, key: str | None = None) -> bool:
+        rows = await state.analytics.query(*puts_sql(org, start, end, key))
+        return bool(int(rows[0]["n"]))
+
     async def recent_sessions(q: SessionQuery, org: str) -> list[str] | None:
         """The ids of the page of sessions last seen first, from the newest requests; None when that
         order is not asked for (or a search narrows the list) and the sessions must all be totalled."""
@@ -986,8 +1014,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             raise HTTPException(404, f"session {session_id[:200]!r} not found")
         rows = await state.analytics.query(*session_requests_sql(org, session_id))
         truncated, rows = len(rows) > MAX_SESSION_REQUESTS, rows[:MAX_SESSION_REQUESTS]
-        scores = await scores_of(state.analytics, org, [r["request_id"] for r in rows])
-        requests = [row_to_json(r, scores.get(r["request_id"])) for r in rows]
+        requests = await requests_json(state.analytics, org, rows)
         return {**session_json(found[0]), "tree": session_tree(rows, requests),
                 "requests_truncated": truncated}
 
@@ -1000,13 +1027,15 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     @router.get("/property/keys", response_model=documented(PropertyKeyList))
     async def property_keys(r: Annotated[TimeRange, Query()], org: str = Depends(org_id)) -> dict:
         """The custom property names (Helicone-Property-*) logged, most requests first."""
-        rows = await run("property_keys", property_keys_sql(org, r))
+        rows = await run("property_keys", property_keys_sql(org, r, await put(org, r.start, r.end)))
         return {"data": [{"key": row["key"], "requests": int(row["requests"])} for row in rows]}
 
     @router.post("/property/{key:path}/values", response_model=documented(PropertyValueList))
     async def property_values(key: PropertyKey, q: PropertyValuesQuery, org: str = Depends(org_id)) -> dict:
         """A property's values, most requests first: requests, cost, errors and latency percentiles per value."""
-        rows = await run("property_values", property_values_sql(org, key.lower(), q))
+        f = q.filter
+        put_in_range = _only_time(f) and await put(org, f.start, f.end, key.lower())  # other filters read request_log anyway
+        rows = await run("property_values", property_values_sql(org, key.lower(), q, put_in_range))
         return {"data": [property_value_json(row) for row in rows]}
 
     @router.post("/metrics/timeseries", response_model=documented(Timeseries))

@@ -1,4 +1,5 @@
-"""SQL over the request_log and request_scores tables. Same text on chDB and ClickHouse (server-side parameters)."""
+"""SQL over the request_log, request_scores and request_property_overrides tables. Same text on chDB and ClickHouse
+(server-side parameters)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,31 @@ def detail_sql(org_id: str, request_id: str) -> tuple[str, dict[str, Any]]:
     return sql, {"org": org_id, "rid": request_id}
 
 
+def _put_values(key: str) -> str:
+    """The (request id, value) pairs put on the org's requests under one property key (PUT
+    /v1/request/{id}/property), newest write of each: sorted, so every copy of it in a query is the same array."""
+    return ("(SELECT arraySort(groupArray((request_id, value))) FROM {db}.request_property_overrides FINAL "
+            f"WHERE org_id = {{org:String}} AND key = {key})")
+
+
+def property_sql(key: str) -> str:
+    """The value of the custom property named by the parameter `key` (such as '{f0:String}', the name in lower
+    case) as the request's answer shows it: the value put on the request when there is one, else the logged one
+    ('' without either). The one expression every filter, grouping and breakdown of a property reads, on
+    request_log's rows and with the {org:String} parameter. The puts are read once per query (a scalar
+    subquery); none (the usual case): ClickHouse folds the `if` to the logged value, at no cost per row;
+    otherwise transform looks each row's id up in a hash table of them."""
+    puts = _put_values(key)
+    logged = f"properties[{key}]"
+    return f"if(empty({puts}), {logged}, transform(request_id, arrayMap(p -> p.1, {puts}), arrayMap(p -> p.2, {puts}), {logged}))"
+
+
+def has_property_sql(key: str) -> str:
+    """Whether the request has the property named by the parameter `key`, logged or put on it."""
+    return (f"(mapContains(properties, {key}) OR request_id IN (SELECT request_id FROM {{db}}.request_property_overrides "
+            f"WHERE org_id = {{org:String}} AND key = {key}))")
+
+
 def where_sql(org_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]:
     """The flat filter as WHERE conditions (joined with AND) and their parameters (the tree: filters.filter_sql)."""
     where = ["org_id = {org:String}"]
@@ -58,7 +84,7 @@ def where_sql(org_id: str, f: RequestFilter) -> tuple[list[str], dict[str, Any]]
         where.append("status = {status:Int32}")
         params["status"] = f.status
     for i, (key, value) in enumerate(sorted(f.properties.items())):
-        where.append(f"properties[{{pk{i}:String}}] = {{pv{i}:String}}")
+        where.append(f"{property_sql(f'{{pk{i}:String}}')} = {{pv{i}:String}}")
         params[f"pk{i}"] = key
         params[f"pv{i}"] = value
     for i, (name, bounds) in enumerate(sorted(f.scores.items())):
@@ -80,8 +106,10 @@ def _iso(ch_time: str) -> str:
     return ch_time.replace(" ", "T") + "Z" if ch_time and "T" not in ch_time else ch_time
 
 
-def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None) -> dict[str, Any]:
-    """A request_log row in the api's shape, with its scores (score name -> value; empty: none)."""
+def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None,
+                put: dict[str, str] | None = None) -> dict[str, Any]:
+    """A request_log row in the api's shape, with its scores (score name -> value; empty: none) and the
+    properties put on it after it was logged (name -> value, over the logged ones; see properties.py)."""
     return {
         "request_id": row["request_id"],
         "created_at": _iso(row["request_created_at"]),
@@ -99,7 +127,7 @@ def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None) -> 
             {"id": row["session_id"], "path": row["session_path"] or None, "name": row["session_name"] or None}
             if row["session_id"] else None
         ),
-        "properties": row["properties"],
+        "properties": {**row["properties"], **put} if put else row["properties"],
         "usage": {
             "prompt_tokens": int(row["prompt_tokens"]),
             "completion_tokens": int(row["completion_tokens"]),

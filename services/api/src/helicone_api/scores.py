@@ -84,9 +84,9 @@ class FeedbackWritten(ScoreWritten):
     rating: bool
 
 
-class ScoreClock:
-    """The version of a score write: UTC microseconds, strictly increasing in this process, so of two
-    writes through one api the later always wins (across replicas, the later by wall clock)."""
+class WriteClock:
+    """The version of a score write (and of a property put, properties.py): UTC microseconds, strictly increasing
+    in this clock, so of two writes through one api the later always wins (across replicas, the later by wall clock)."""
 
     def __init__(self) -> None:
         self._last = 0
@@ -120,7 +120,7 @@ def _invalid(field: str, message: str) -> RequestValidationError:
 def scores_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(prefix="/v1/request/{request_id}", tags=["scores"],
                        responses=error_responses({404: "no such request in the caller's org, or no such score on it"}))
-    clock = ScoreClock()
+    clock = WriteClock()
 
     async def logged(org: str, request_id: uuid.UUID, endpoint: str) -> None:
         rows = await state.analytics.query(LOGGED_SQL, {"org": org, "rid": str(request_id)})

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from helicone_core.jsontext import json_object
 from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway's modules and tests read them here
+    HTTP_TOKEN,
+    HTTP_VALUE_CONTROL,
     MAX_PROPERTIES,
     OMIT_REQUEST,
     OMIT_RESPONSE,
@@ -72,8 +74,8 @@ class HeliconeHeaders(LogHeaders):
     moderations: bool = False  # Helicone-Moderations-Enabled: the latest user message is moderated first (moderation.py)
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110: no control characters but HTAB
+_TOKEN = re.compile(HTTP_TOKEN.encode())
+_FORBIDDEN_IN_VALUE = re.compile(HTTP_VALUE_CONTROL.encode())  # RFC 9110: no control characters but HTAB
 
 
 def decode_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

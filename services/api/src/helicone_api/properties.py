@@ -1,0 +1,150 @@
+"""Custom properties put on a logged request after the fact: Helicone's PUT /v1/request/{id}/property.
+
+A put is a row of `request_property_overrides` (helicone_core.analytics), one per (org, request id, key),
+stamped with this api's clock: FINAL keeps the newest, so the same put twice leaves one value and a newer one
+replaces it; the request's other properties are left as they are. The logged row is never rewritten; every
+reader merges the puts over the logged properties: the request's answer, the query and export rows and a
+session's tree through puts_of, filters, groupings and the property endpoints through queries.property_sql.
+Key and value follow the gateway's rule for a Helicone-Property-<key> header (log_headers.custom_property).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.exceptions import RequestValidationError
+from helicone_core.log_headers import MAX_PROPERTIES, PropertyError, custom_property
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from .models import Answer, RequestId, _utf8, documented, error_responses
+from .queries import SETTINGS
+from .scores import WriteClock, ch_time_us
+
+# The request as a put finds it: its logged properties and time (FINAL: the newest request with the id).
+LOGGED_SQL = (
+    "SELECT properties, request_created_at FROM {db}.request_log FINAL "
+    "WHERE org_id = {org:String} AND request_id = {rid:UUID} LIMIT 1 " + SETTINGS
+)
+PUTS_OF_SQL = (
+    "SELECT request_id, key, value FROM {db}.request_property_overrides FINAL "
+    "WHERE org_id = {org:String} AND request_id IN {rids:Array(UUID)} ORDER BY request_id, key " + SETTINGS
+)
+
+Text = Annotated[str, BeforeValidator(_utf8), Field(strict=True)]
+
+
+class PropertyPut(BaseModel):
+    """Helicone's body: one custom property of the request, added or changed."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"key": "env", "value": "prod"}]})
+
+    key: Text = Field(
+        description="the property's name, as in a Helicone-Property-<key> header: 1-256 of A-Z a-z 0-9 "
+        "! # $ % & ' * + - . ^ _ ` | ~, stored in lower case (names are read in any case)"
+    )
+    value: Text = Field(
+        description="at most 4096 characters, without control characters but tab; stored without "
+        "leading and trailing white space, as a header's value"
+    )
+
+
+class PropertyWritten(Answer):
+    """The property as PUT /v1/request/{id}/property wrote it, and the request's properties now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1",
+                    "key": "env",
+                    "value": "prod",
+                    "updated_at": "2026-03-01T12:00:05.123456Z",
+                    "properties": {"env": "prod", "team": "search"},
+                }
+            ]
+        }
+    )
+
+    request_id: str
+    key: str = Field(description="the name as stored (lower case)")
+    value: str = Field(description="the value as stored")
+    updated_at: str = Field(description="when this api wrote it (UTC, to the microsecond): the newest write wins")
+    properties: dict[str, str] = Field(description="every property of the request after this write")
+
+
+async def puts_of(store, org_id: str, request_ids: list[str]) -> dict[str, dict[str, str]]:
+    """request id -> {key: value put on it} for those of the given requests that have puts."""
+    out: dict[str, dict[str, str]] = {}
+    if not request_ids:
+        return out
+    for row in await store.query(PUTS_OF_SQL, {"org": org_id, "rids": request_ids}):
+        out.setdefault(row["request_id"], {})[row["key"]] = row["value"]
+    return out
+
+
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+def properties_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
+    router = APIRouter(
+        prefix="/v1/request/{request_id}",
+        tags=["requests"],
+        responses=error_responses(
+            {
+                404: "no request of the caller's org has this id (yet: logging takes about a second)",
+                409: f"the request has {MAX_PROPERTIES} properties already: another one is not added (changing one is)",
+            }
+        ),
+    )
+    clock = WriteClock()
+
+    @router.put("/property", response_model=documented(PropertyWritten))
+    async def put_property(request_id: RequestId, body: PropertyPut, org: str = Depends(org_id)) -> dict[str, Any]:
+        """Adds the custom property `key` to a logged request, or changes its value; its other properties stay.
+        Every read of the request's properties sees it from the answer on: the request, queries and exports,
+        property filters, the property endpoints, groupings and sessions. Putting the same value again changes nothing."""
+        try:
+            key, value = custom_property(body.key, body.value)
+        except PropertyError as exc:
+            raise _invalid(exc.part, str(exc)) from None
+        rid = str(request_id)
+        with state.m_query_seconds.labels("property").time():
+            logged = await state.analytics.query(LOGGED_SQL, {"org": org, "rid": rid})
+            if not logged:
+                state.m_queries.labels("property", "not_found").inc()
+                raise HTTPException(404, f"request {rid} not found")
+            properties = {**logged[0]["properties"], **(await puts_of(state.analytics, org, [rid])).get(rid, {})}
+            if key not in properties and len(properties) >= MAX_PROPERTIES:
+                state.m_queries.labels("property", "refused").inc()
+                raise HTTPException(
+                    409,
+                    f"request {rid} has {len(properties)} properties; at most {MAX_PROPERTIES} "
+                    f"are kept, so {key!r} is not added (an existing one can be changed)",
+                )
+            at = ch_time_us(clock.now())
+            await state.analytics.insert(
+                "request_property_overrides",
+                [
+                    {
+                        "org_id": org,
+                        "request_id": rid,
+                        "key": key,
+                        "value": value,
+                        "request_created_at": logged[0]["request_created_at"],
+                        "updated_at": at,
+                    }
+                ],
+            )
+        state.m_queries.labels("property", "ok").inc()
+        return {
+            "request_id": rid,
+            "key": key,
+            "value": value,
+            "updated_at": at.replace(" ", "T") + "Z",
+            "properties": {**properties, key: value},
+        }
+
+    return router
