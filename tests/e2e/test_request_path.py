@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import time
 import uuid
@@ -338,3 +339,25 @@ def test_every_service_reports_its_region_and_ingest_its_usage_and_lag(stack):
     while metric_samples(stack.ingest_ops, "helicone_ingest_consumer_lag_events") != {(): 0.0}:
         assert time.monotonic() < deadline, "ingest's lag did not return to 0 after it caught up"
         time.sleep(0.25)
+
+
+def test_openai_audio_speech_and_a_large_upload_keep_their_bytes_to_the_api(stack):
+    """A binary answer (/v1/audio/speech) relayed byte for byte and an upload larger than a megabyte (streamed through
+    the gateway) are logged with their bytes: the api answers a binary body as its base64, said to be so (it was text
+    with every byte that is not UTF-8 replaced), and the upload's start as sent."""
+    from tests.support.fake_upstream import SPEECH_BYTES_PER_CHAR, binary_bytes
+
+    client = oai(stack)
+    raw = client.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input="hello there")
+    assert raw.content == binary_bytes(SPEECH_BYTES_PER_CHAR * len("hello there"))
+    speech = stack.wait_for_request(raw.headers["helicone-id"])
+    assert (speech["model"], speech["cost_usd"], speech["usage"]["known"]) == ("tts-1", None, False)
+    assert speech["response_body_encoding"] == "base64"
+    assert base64.b64decode(speech["response_body"]) == binary_bytes(SPEECH_BYTES_PER_CHAR * len("hello there"))
+    data = binary_bytes(2 * 1024 * 1024)
+    upload = client.files.with_raw_response.create(file=("in.bin", data), purpose="batch")
+    assert upload.parse().bytes > len(data)
+    logged = stack.wait_for_request(upload.headers["helicone-id"])
+    assert logged["status"] == 200 and logged["body_truncated"] and logged["request_body_encoding"] == "base64"
+    start = base64.b64decode(logged["request_body"])
+    assert start.startswith(b"--") and data[:1000] in start

@@ -11,8 +11,13 @@ the first word (a 200 stream the provider gave up on: OpenAI's `data: {"error": 
 `event: error` overloaded_error), and chat streams `x-fake-gzip: 1` gzip-encoded;
 Anthropic on Vertex AI (`publishers/anthropic/models/<m>:rawPredict`, `:streamRawPredict`) as `/v1/messages`;
 `/v1/embeddings` answers vectors of `x-fake-dims` numbers; `/v1/audio/transcriptions` a transcription of a
-multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it); `/v1/moderations` flags an input whose text
-holds a FLAGGED_WORDS word (401 without an Authorization header, as OpenAI).
+multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it); `/v1/files` and `/v1/uploads/<id>/parts`
+take an upload (recorded by size and SHA-256), `/v1/files/<id>/content` answers `x-fake-bytes` binary bytes,
+`/v1/audio/speech` streams binary audio/mpeg (or, with "stream_format": "sse", its events and usage), `/v1/responses` answers JSON or its event stream
+(`/v1/responses/<id>` a stored one), `/v1/batches` a batch (retrieved or cancelled: completed, with its usage), `/v1/images/generations`
+and `/v1/images/edits` (multipart) a base64 image.
+`/v1/moderations` flags an input whose text holds a FLAGGED_WORDS word (401 without an Authorization header, as
+OpenAI).
 Gemini's `:embedContent`, `:batchEmbedContents` and `:countTokens`, and Vertex AI's Gemini paths
 (`projects/<p>/locations/<l>/publishers/google/models/<m>:generateContent`, `:streamGenerateContent`, `:embedContent`,
 `:predict` for embeddings, `:countTokens`) with Vertex's usage fields (cachedContentTokenCount for a `cachedContent`,
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import re
 import struct
@@ -40,6 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
+from starlette.requests import ClientDisconnect
 
 from tests.support import bedrock as aws
 
@@ -55,6 +62,22 @@ def _moderation_result(text: str) -> dict:
     hits = {FLAGGED_WORDS[w] for w in re.findall(r"[a-z-]+", text.lower()) if w in FLAGGED_WORDS}
     return {"flagged": bool(hits), "categories": {c: c in hits for c in MODERATION_CATEGORIES},
             "category_scores": {c: 0.97 if c in hits else 0.0004 for c in MODERATION_CATEGORIES}}
+
+
+# bytes of audio/speech's answer per character of its input
+SPEECH_BYTES_PER_CHAR = 600
+# audio tokens of a streamed (stream_format "sse") speech answer per word of its input
+SPEECH_TOKENS_PER_WORD = 10
+# the usage a completed batch object carries: its requests' together
+BATCH_USAGE = {"input_tokens": 100_000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 50_000,
+               "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 150_000}
+# output tokens of a gpt-image answer (one image)
+IMAGE_TOKENS = 1056
+
+
+def binary_bytes(size: int, start: int = 0) -> bytes:
+    """`size` bytes of a binary body (a file, audio): every byte value, so never UTF-8; the same at the same offset."""
+    return bytes((start + i) % 251 for i in range(size))
 
 
 def _words(messages) -> int:
@@ -102,6 +125,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     # AWS never compresses its event streams
     app.add_middleware(GZipMiddleware, minimum_size=200, exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, aws.EVENT_STREAM))
     app.state.received = []
+    app.state.upload_progress = 0  # bytes of the upload in progress received so far
     # statuses the next chat requests get instead of an answer, in order: 503 or (429, {"retry-after": "1"})
     app.state.fail_next = []
     # answers the next moderation requests get instead of a verdict, in order: a status (500) or "hang" (never answers)
@@ -455,6 +479,147 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         return {"text": REPLY, "usage": {"type": "tokens", "input_tokens": AUDIO_PART_TOKENS, "output_tokens": completion,
                                          "total_tokens": AUDIO_PART_TOKENS + completion,
                                          "input_token_details": {"text_tokens": 0, "audio_tokens": AUDIO_PART_TOKENS}}}
+
+    @app.post("/v1/files")
+    @app.post("/v1/uploads/{upload_id}/parts")
+    async def upload(request: Request):
+        """A multipart upload (a file, an upload's part): recorded by its size and SHA-256, the bytes as they came (or,
+        cut short, as {"bytes", "cut": True}); `upload_progress` counts its bytes as they arrive. `x-fake-reject: <status>`
+        answers that status at once, the body unread (as a provider refusing an upload too large)."""
+        if request.headers.get("x-fake-reject"):
+            record(request, {"rejected": True})
+            status = int(request.headers["x-fake-reject"])
+            return JSONResponse({"error": {"message": "upload refused", "type": "invalid_request_error"}}, status_code=status)
+        size, digest = 0, hashlib.sha256()
+        app.state.upload_progress = 0
+        try:
+            async for piece in request.stream():
+                size += len(piece)
+                digest.update(piece)
+                app.state.upload_progress = size
+        except ClientDisconnect:
+            record(request, {"bytes": size, "cut": True})
+            raise
+        record(request, {"bytes": size, "sha256": digest.hexdigest()})
+        if request.url.path.endswith("/parts"):
+            return {"id": "part_" + uuid.uuid4().hex[:12], "object": "upload.part", "created_at": int(time.time()),
+                    "upload_id": request.path_params["upload_id"]}
+        return {"id": "file-" + uuid.uuid4().hex[:12], "object": "file", "bytes": size, "created_at": int(time.time()),
+                "filename": "upload.jsonl", "purpose": "batch", "status": "processed"}
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(file_id: str, request: Request):
+        """The file's bytes, `x-fake-bytes` of them (default 4096), binary (not UTF-8), streamed in 64 KiB pieces."""
+        size = int(request.headers.get("x-fake-bytes", "4096"))
+
+        async def pieces():
+            for at in range(0, size, 65536):
+                yield binary_bytes(min(65536, size - at), at)
+
+        return StreamingResponse(pieces(), media_type="application/octet-stream", headers={"content-length": str(size)})
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request):
+        """Text to speech: audio/mpeg bytes (binary, not UTF-8), SPEECH_BYTES_PER_CHAR per character of the input,
+        streamed in pieces as they are made."""
+        body = await request.json()
+        record(request, body)
+        size = SPEECH_BYTES_PER_CHAR * len(body.get("input", ""))
+        if body.get("stream_format") == "sse":  # gpt-4o-mini-tts: base64 audio deltas, then the usage in tokens
+            words = len(str(body.get("input", "")).split())
+            usage = {"input_tokens": words, "output_tokens": SPEECH_TOKENS_PER_WORD * words,
+                     "total_tokens": (1 + SPEECH_TOKENS_PER_WORD) * words}
+
+            def events():
+                for at in range(0, size, 4096):
+                    audio = base64.b64encode(binary_bytes(min(4096, size - at), at)).decode()
+                    yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': audio})}\n\n".encode()
+                yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        async def pieces():
+            for at in range(0, size, 4096):
+                yield binary_bytes(min(4096, size - at), at)
+                await asyncio.sleep(0)
+
+        return StreamingResponse(pieces(), media_type="audio/mpeg")
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        """The Responses API: JSON, or with "stream": true its events, response.completed last with the usage
+        (input tokens = words of `input`, output tokens = the reply's words)."""
+        body = await request.json()
+        record(request, body)
+        words = REPLY.split(" ")
+        prompt = len(str(body.get("input", "")).split())
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(words),
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + len(words)}
+        rid = "resp_" + uuid.uuid4().hex[:12]
+        model = body.get("model", "gpt-4o-mini")
+        message = {"id": "msg_" + uuid.uuid4().hex[:8], "type": "message", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": REPLY, "annotations": []}]}
+        done = {"id": rid, "object": "response", "created_at": int(time.time()), "status": "completed", "model": model,
+                "output": [message], "usage": usage}
+        if not body.get("stream"):
+            return done
+        started = {**done, "status": "in_progress", "output": [], "usage": None}
+
+        async def events():
+            seq = 0
+
+            def ev(kind: str, data: dict) -> bytes:
+                nonlocal seq
+                seq += 1
+                return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **data})}\n\n".encode()
+
+            yield ev("response.created", {"response": started})
+            for i, word in enumerate(words):
+                yield ev("response.output_text.delta", {"item_id": message["id"], "output_index": 0, "content_index": 0,
+                                                        "delta": word if i == 0 else " " + word})
+            yield ev("response.completed", {"response": done})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/images/generations")
+    @app.post("/v1/images/edits")
+    async def images(request: Request):
+        """gpt-image-1's answer: one base64 PNG and its token usage (IMAGE_TOKENS out); dall-e models' has no usage.
+        An edit is multipart/form-data, its model a form field."""
+        raw = await request.body()
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            m = re.search(rb'name="model"\r\n\r\n([^\r]*)\r\n', raw)
+            body = {"model": m.group(1).decode() if m else "", "bytes": len(raw)}
+        else:
+            body = json.loads(raw)
+        record(request, body)
+        answer = {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(binary_bytes(1024)).decode()}]}
+        if body.get("model", "").startswith("gpt-image"):
+            prompt = len(str(body.get("prompt", "")).split())
+            answer["usage"] = {"input_tokens": prompt, "output_tokens": IMAGE_TOKENS, "total_tokens": prompt + IMAGE_TOKENS,
+                               "input_tokens_details": {"text_tokens": prompt, "image_tokens": 0}}
+        return answer
+
+    @app.get("/v1/responses/{response_id}")
+    async def stored_response(response_id: str, request: Request):
+        """A stored response, retrieved (as a background response is polled): the usage of the call that made it."""
+        record(request, {})
+        return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "completed",
+                "model": "gpt-4o-mini", "output": [], "usage": {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}}
+
+    @app.post("/v1/batches")
+    @app.get("/v1/batches/{batch_id}")
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def batch(request: Request, batch_id: str = ""):
+        """A batch: created in progress, retrieved (or cancelled) completed, with its model and the whole batch's usage
+        (BATCH_USAGE, billed at the batch API's prices)."""
+        record(request, await request.json() if request.method == "POST" and not batch_id else {})
+        done = bool(batch_id)
+        return {"id": batch_id or "batch_" + uuid.uuid4().hex[:12], "object": "batch", "endpoint": "/v1/chat/completions",
+                "input_file_id": "file-abc", "completion_window": "24h", "status": "completed" if done else "validating",
+                "created_at": int(time.time()), "model": "gpt-4o-mini" if done else None,
+                "request_counts": {"total": 10, "completed": 10 if done else 0, "failed": 0},
+                "usage": BATCH_USAGE if done else None}
 
     @app.api_route("/{path:path}", methods=["GET", "POST"])
     async def other(path: str, request: Request):

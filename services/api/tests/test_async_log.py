@@ -558,6 +558,22 @@ def test_async_log_model_comes_from_the_path_when_the_answer_names_none():
         assert (ev.provider in ("gemini", "azure"), ev.model) == (True, model), url
 
 
+def test_an_async_log_of_a_batch_object_keeps_its_model_and_no_usage():
+    """A batch object (batches.retrieve, polled until done) carries its whole batch's usage, billed at the batch API's
+    prices: logged, each poll was priced once more at the standard rate. As the gateway: the model, no usage."""
+    import datetime as dt
+
+    from helicone_api.async_log import AsyncLog, to_event
+    from helicone_core.cost import CostRegistry
+
+    batch = {"id": "batch_1", "object": "batch", "status": "completed", "model": "gpt-4o-mini",
+             "usage": {"input_tokens": 100_000, "output_tokens": 50_000, "total_tokens": 150_000}}
+    p = AsyncLog.model_validate({"providerRequest": {"url": "https://api.openai.com/v1/batches/batch_1/cancel", "json": {}},
+                                 "providerResponse": {"status": 200, "json": batch}})
+    ev = to_event(p, org_id="o", costs=CostRegistry.default(), region="", body_limit=1 << 20, now=dt.datetime.now(dt.timezone.utc))
+    assert (ev.model, ev.usage.known, ev.cost_known) == ("gpt-4o-mini", False, False)
+
+
 async def test_deeply_nested_json_is_a_4xx_never_a_500(logging_api):
     client, *_ = logging_api
     app = client._transport.app

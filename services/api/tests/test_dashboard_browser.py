@@ -69,9 +69,9 @@ def contract_api(calls: list[tuple[str, str, dict | None, dict]]) -> FastAPI:
     @app.get("/v1/request/{rid}")
     async def detail(rid: str):
         row = next(r for r in ROWS if r["request_id"] == rid)
-        if rid == REQ_A:  # its request body could not be read, its response body was cut at the logged limit
+        if rid == REQ_A:  # its request body could not be read, its response body (binary: audio) was cut at the logged limit
             return {**row, "body_truncated": True, "request_body": None, "request_body_error": "not found in the body store",
-                    "response_body": "data: {\"choices\": [", "response_body_error": None}
+                    "response_body": "//79/A==", "response_body_encoding": "base64", "response_body_error": None}
         return {**row, "request_body": {"model": row["model"], "messages": [{"role": "user", "content": "plan a trip"}]},
                 "response_body": {"choices": [{"message": {"content": "Here is your plan"}}]}, "body_truncated": False}
 
@@ -188,11 +188,14 @@ def test_session_tree(page):
 
 def test_a_request_says_when_its_bodies_were_cut_or_could_not_be_read(page):
     """The api says why a body is null (request_body_error) and that the bodies were cut (body_truncated): the
-    detail showed "(not stored)" for a body the store could not give, and a cut body as if whole."""
+    detail showed "(not stored)" for a body the store could not give, and a cut body as if whole; and a binary
+    body (base64) was shown as its base64 text alone."""
     settled(page, "requests")
     page.find_element(By.CSS_SELECTOR, f"#requests-table button[data-request-id='{REQ_A}']").click()
     wait(page, lambda d: settled(d, "detail") == "ready" and d.find_element(By.ID, "detail-id").text == REQ_A)
     assert page.find_element(By.ID, "detail-request-body").text == "(not available: not found in the body store)"
+    # a binary body (response_body_encoding "base64") is said to be one, with its size, not shown as if text
+    assert page.find_element(By.ID, "detail-response-body").text == "(binary, 4 bytes, as base64)\n//79/A=="
     meta = {m.find_element(By.TAG_NAME, "dt").text: m.find_element(By.TAG_NAME, "dd").text
             for m in page.find_elements(By.CSS_SELECTOR, "#detail-meta > div")}
     assert meta["Bodies"].startswith("cut at the logged body limit"), meta

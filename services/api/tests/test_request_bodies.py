@@ -1,6 +1,7 @@
 """GET /v1/request/{id}: the bodies as stored, whatever bytes they hold, and the rest of the request
 when a body cannot be read."""
 
+import base64
 import uuid
 
 import httpx
@@ -41,6 +42,39 @@ async def test_a_json_body_that_cannot_be_answered_as_json_comes_back_as_its_tex
     r = await client.get(f"/v1/request/{rid}")
     assert r.status_code == 200, r.text
     assert r.json()["request_body"] == body.decode() and r.json()["model"] == "gpt-4o"
+
+
+# an audio answer's start (audio/speech), and an upload whose file is binary (images/edits), as the gateway logs them
+AUDIO = bytes(range(256)) * 4
+UPLOAD = (b'--b1\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-image-1\r\n--b1\r\nContent-Disposition: form-data; '
+          b'name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n\x00\xff\xfe' + AUDIO)
+
+
+@pytest.mark.parametrize("body, content_type", [(AUDIO, "audio/mpeg"), (UPLOAD, "multipart/form-data; boundary=b1")],
+                         ids=["audio", "multipart"])
+async def test_a_binary_body_comes_back_whole_as_base64_and_says_so(api, body, content_type):  # noqa: F811
+    """A body that is not UTF-8 text (an audio answer, an upload holding an image) was answered as text with each byte
+    that is not UTF-8 replaced by U+FFFD: neither the bytes nor a sign that they were binary."""
+    client, state, org, _, _ = api
+    key = f"orgs/{org}/requests/binary/1/response"
+    await state.bodies.put(key, body, content_type)
+    rid = await add_row(state, org, "", key, content_type)
+    r = await client.get(f"/v1/request/{rid}")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["response_body_encoding"] == "base64" and base64.b64decode(d["response_body"]) == body
+    assert (d["request_body"], d["request_body_encoding"]) == (None, None)
+
+
+async def test_a_text_body_cut_inside_a_character_is_still_text(api):  # noqa: F811
+    """A logged body is cut at the log's limit, which may fall inside a character: that body is text, not binary."""
+    client, state, org, _, _ = api
+    key = f"orgs/{org}/requests/cut/1/response"
+    await state.bodies.put(key, "data: caf\u00e9".encode()[:-1], "text/event-stream")
+    rid = await add_row(state, org, "", key, "text/event-stream")
+    r = await client.get(f"/v1/request/{rid}")
+    assert r.status_code == 200, r.text
+    assert (r.json()["response_body"], r.json()["response_body_encoding"]) == ("data: caf\ufffd", None)
 
 
 @pytest.fixture(scope="module")

@@ -298,3 +298,17 @@ async def test_with_fallbacks_the_prompt_is_moderated_once_before_any_target_is_
     assert paths(fake) == ["/v1/moderations", "/v1/moderations", "/v1/chat/completions"]
     assert paths(backup) == ["/v1/chat/completions"]
     assert [ev.status for ev in built] == [400, 200]
+
+
+async def test_a_large_upload_asking_for_moderation_is_read_and_refused_never_streamed_past_it(gateway):
+    """Uploads of a megabyte or more are streamed to the provider as they arrive (app.UPLOAD_STREAM_BYTES), never read
+    by the gateway: one asking for moderation is read, so it is refused like any request that cannot be moderated,
+    never sent unchecked."""
+    client, gw, built, fake = gateway
+    form = b"x" * (1024 * 1024 + 10)
+    headers = {**MODERATED, "Content-Type": "application/octet-stream"}
+    r = await client.post("/v1/chat/completions", content=form, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"].startswith(MODERATIONS_HEADER)
+    assert fake.state.received == []
+    assert sample(gw, "refused") == 1.0

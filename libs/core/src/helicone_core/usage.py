@@ -203,6 +203,19 @@ def _modality_tokens(details, modality: str) -> int:
                MAX_TOKENS)
 
 
+# Answers whose usage is not their request's: a retrieval (GET, HEAD) repeats the usage of the call that ran the model
+# (a stored response or chat completion, a background response polled), and a batch object (created, retrieved,
+# cancelled) carries its whole batch's, billed at the batch API's prices, which the registry does not hold. Their usage
+# is not read (usage_is_its_own): an unknown cost, never one counted again at each poll.
+RETRIEVAL_METHODS = frozenset({"GET", "HEAD"})
+BATCH_PATH = "/batches"  # OpenAI's /v1/batches (Azure's /openai/batches), Anthropic's /v1/messages/batches
+
+
+def usage_is_its_own(method: str, path: str) -> bool:
+    """Whether the usage an answer carries is its request's own (see RETRIEVAL_METHODS)."""
+    return method not in RETRIEVAL_METHODS and BATCH_PATH not in path
+
+
 def parse_response(usage_format: str, body: bytes, content_type: str, tail: bytes = b"") -> Parsed:
     """Model and usage of an answer read the way `usage_format` (openai, anthropic, gemini) says.
     tail: the answer's last bytes when `body` is only its start (a capture cut at the logged body's
@@ -792,9 +805,9 @@ def request_fields(body: bytes) -> tuple[str, bool, str]:
     return model, doc.get("stream") is True, user
 
 
-# OpenAI's audio uploads (and the APIs copying them): a multipart/form-data request whose `model` is a form field,
-# answered without a model
-FORM_MODEL_PATHS = ("/audio/transcriptions", "/audio/translations")
+# OpenAI's uploads (audio transcriptions and translations, image edits and variations, and the APIs copying them) are
+# multipart/form-data requests whose `model` is a form field, answered without a model
+FORM_DATA = "multipart/form-data"
 _BOUNDARY = re.compile(r';\s*boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
 _MODEL_PART = re.compile(rb'^content-disposition:[ \t]*form-data[ \t]*;(?:[^\r\n]*;)?[ \t]*name="?model"?[ \t]*(?:;|\r?$)',
                          re.IGNORECASE | re.MULTILINE)
@@ -804,7 +817,7 @@ FORM_MODEL_MAX_BYTES = 256  # a model name; a longer `model` field is no model
 def form_model(body: bytes, content_type: str) -> str:
     """The `model` field of a multipart/form-data request body; "" when it has none (or is no such body).
     Only the parts' headers are searched: the audio file between them is skipped, not copied."""
-    if not (content_type or "").lower().startswith("multipart/form-data"):
+    if not (content_type or "").lower().startswith(FORM_DATA):
         return ""
     m = _BOUNDARY.search(content_type)
     if not m:

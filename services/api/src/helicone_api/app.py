@@ -189,8 +189,8 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
         (req_body, req_error), (resp_body, resp_error), [out] = await asyncio.gather(
             body(row["request_body_key"]), body(row["response_body_key"]), requests_json(state.analytics, org, [row]),
         )
-        out["request_body"] = body_to_json(req_body, row["request_content_type"])
-        out["response_body"] = body_to_json(resp_body, row["response_content_type"])
+        out["request_body"], out["request_body_encoding"] = body_to_json(req_body, row["request_content_type"])
+        out["response_body"], out["response_body_encoding"] = body_to_json(resp_body, row["response_content_type"])
         out["request_body_error"], out["response_body_error"] = req_error, resp_error
         state.m_queries.labels("detail", "ok").inc()
         return out

@@ -15,7 +15,7 @@ from helicone_core import events
 from helicone_core.cost import CostRegistry
 from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
 from helicone_core.providers import PROVIDER_TABLE
-from helicone_core.usage import is_stream, parse_response
+from helicone_core.usage import Parsed, is_stream, parse_response, usage_is_its_own
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ASYNC_LOG_SOURCE = "async-log"
@@ -180,6 +180,8 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
     table = PROVIDER_TABLE.get(provider)
     # the table says how each provider's answers carry usage; any other answer is read as OpenAI's
     parsed = parse_response(table.usage_for(path) if table else "openai", resp_body, resp_ctype)
+    if not usage_is_its_own("POST", path):  # a batch object: its whole batch's usage, not this call's (as the gateway)
+        parsed = Parsed(model=parsed.model)
     req_model = req.json_.get("model") if isinstance(req.json_.get("model"), str) else ""
     # as the gateway: the answer's model, else the one the path names (Gemini, Azure deployments), else the request's
     path_model = table.model_in(path) if table else ""

@@ -37,7 +37,7 @@ from .filters import (
 )
 from .models import Answer, RequestFilter
 from .properties import puts_of
-from .queries import COLUMNS, SETTINGS, row_to_json
+from .queries import BINARY_ENCODING, COLUMNS, SETTINGS, row_to_json
 from .scores import scores_of
 
 EXPORT_PAGE = 1000  # rows per internal query of an export
@@ -199,8 +199,15 @@ class RequestDetail(RequestRow):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {**EXAMPLE_ROW, "request_body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
          "response_body": "data: {...}\n\ndata: [DONE]\n\n"}]})
-    request_body: Any = Field(description="JSON when the body was JSON, else text; null when not stored")
-    response_body: Any = Field(description="JSON when the body was JSON, else text (SSE streams as sent); null when not stored")
+    request_body: Any = Field(description="JSON when the body was JSON, else text; base64 text when it is not UTF-8 "
+                                          "text (request_body_encoding); null when not stored")
+    response_body: Any = Field(description="JSON when the body was JSON, else text (SSE streams as sent); base64 text when "
+                                           "it is not UTF-8 text (audio, an image: response_body_encoding); null when not stored")
+    request_body_encoding: Literal[BINARY_ENCODING] | None = Field(None, description='"base64" when request_body is the base64 '
+                                                                              "of a binary body (an upload holding a file); "
+                                                                              "else null")
+    response_body_encoding: Literal[BINARY_ENCODING] | None = Field(None, description='"base64" when response_body is the base64 '
+                                                                               "of a binary body; else null")
     request_body_error: str | None = Field(None, description="why the stored request body could not be read (it is then "
                                                              "null): not found in the body store, cut short there, "
                                                              "larger than an answer holds, or the store failed")

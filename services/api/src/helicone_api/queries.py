@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import codecs
 import json
 from typing import Any
 
@@ -159,12 +161,27 @@ def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None,
     }
 
 
-def body_to_json(data: bytes | None, content_type: str) -> Any:
-    """JSON bodies come back as JSON; anything else (SSE streams included) as text. No body (none
-    sent, or not stored because of Helicone-Omit-Request/-Response) is null."""
+# How a body that is not UTF-8 text (audio, an image, an upload holding one) is answered, whole and said to be so
+BINARY_ENCODING = "base64"
+
+
+def body_to_json(data: bytes | None, content_type: str) -> tuple[Any, str | None]:
+    """(the body, its encoding): JSON bodies come back as JSON, other text (SSE streams included) as text, both with
+    no encoding; bytes that are not UTF-8 text as their base64 text and BINARY_ENCODING. No body (none sent, or not
+    stored because of Helicone-Omit-Request/-Response) is null."""
     if not data:
-        return None
-    text = data.decode("utf-8", errors="replace")
+        return None, None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        text = decoder.decode(data, final=False)  # not final: a logged body is cut at the log's limit, maybe in a character
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), BINARY_ENCODING
+    if decoder.getstate()[0]:
+        text += "\ufffd"  # the character the cut fell in
+    return _text_to_json(text, content_type), None
+
+
+def _text_to_json(text: str, content_type: str) -> Any:
     if "json" in (content_type or "") or text[:1] in "{[":
         try:
             # the answer's own JSON reader: JSON it cannot write back (an escaped lone surrogate, nesting

@@ -23,13 +23,15 @@ from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, OpsRoutes, ServiceMetrics, readiness
 from helicone_core.usage import (
-    FORM_MODEL_PATHS,
+    FORM_DATA,
+    Parsed,
     TailDecoder,
     decode_body,
     form_model,
     is_stream,
     parse_response,
     request_fields,
+    usage_is_its_own,
     with_stream_usage,
 )
 from yarl import URL
@@ -165,6 +167,63 @@ async def send_error(send, status: int, message: str, kind: str, request_id: str
                (b"helicone-id", request_id.encode()), *always, *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# Uploads (files, an upload's parts, audio, images to edit) of at least UPLOAD_STREAM_BYTES, by their Content-Length, go to
+# the provider as they arrive (Upload), whatever their size: they are never held whole, so HELICONE_MAX_REQUEST_BYTES, the
+# bound of what the gateway reads into memory, is not theirs. Smaller ones, and any body asking for a feature that reads
+# or resends it (a prompt, the cache, retries and fallbacks), are read whole as other bodies are.
+UPLOAD_MEDIA_TYPES = ("multipart/form-data", "application/octet-stream")
+UPLOAD_STREAM_BYTES = 1024 * 1024
+UPLOAD_DIGITS = len(str(UPLOAD_STREAM_BYTES))  # a Content-Length with fewer digits is smaller: no further test
+
+
+class Upload:
+    """A large upload sent to the provider as it arrives (an upstream.StreamedBody): iterating it reads the caller's body,
+    raising ClientGone if the caller leaves, and keeps its start for the log. Once the body is read, `disconnected`
+    resolves when the caller leaves, as the watch of other requests does (not when the provider answered before the body
+    was all sent: the server drops the rest after the answer)."""
+
+    __slots__ = ("_keep", "_watch", "disconnected", "kept", "length", "parts", "receive")
+
+    def __init__(self, receive, length: int, logged_bytes: int) -> None:
+        self.receive, self.length = receive, length
+        self._keep = logged_bytes + 1  # a byte past the log's limit: the log then says the body was cut (inline_bodies)
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self._watch: asyncio.Future | None = None
+        self.disconnected: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.disconnected.add_done_callback(self._stop_watch)
+
+    async def __aiter__(self):
+        receive = self.receive
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            if chunk:
+                if self.kept < self._keep:
+                    piece = chunk[:self._keep - self.kept]
+                    self.parts.append(piece)
+                    self.kept += len(piece)
+                yield chunk
+            if not message.get("more_body", False):
+                watch = self._watch = asyncio.ensure_future(receive())
+                watch.add_done_callback(self._caller_left)
+                return
+
+    def start(self) -> bytes:
+        """The body's first bytes, as far as the log keeps them."""
+        return b"".join(self.parts)
+
+    def _caller_left(self, watch: asyncio.Future) -> None:
+        if not watch.cancelled() and not self.disconnected.done():
+            self.disconnected.set_result(watch.result())
+
+    def _stop_watch(self, _disconnected: asyncio.Future) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
 
 
 class TargetDest:
@@ -490,6 +549,7 @@ class Gateway:
         prompt: PromptUse | None = None
         limit_headers: tuple[tuple[bytes, bytes], ...] = ()
         plan: Plan | None = None
+        upload: Upload | None = None
         try:
             rt = self.router.route(path, header_map, hh.target_url)
             if dot_segment(rt.path):  # sent as is, the provider would resolve it: out of the base path, maybe
@@ -502,21 +562,29 @@ class Gateway:
                 target = self._target(url)  # refused before the body is read
             if hh.retry is not None or hh.fallbacks is not None:  # only requests asking for them pay for a plan
                 plan = self._plan(hh, rt, url, target, path_and_query)
-            body = await self._read_body(receive, header_map.get("content-length"))
-            # only requests naming a prompt pay for it: a header, or the body form's field name
-            if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
-                body, prompt = await self._render_prompt(hh, org_id, rt, body)
-            # only requests naming the header (or a u=cents policy) pay for the JSON round trip, and only where the
-            # provider's API takes stream_options (the provider table): Mistral refuses it, Anthropic streams carry usage
-            wants_usage = (hh.stream_usage or _cents_need_usage(hh, rt, rate_limit)) and method == "POST"
-            rendered = body
-            if wants_usage and rt.takes_stream_options():
-                body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
-            if plan is not None:
-                self._plan_bodies(plan, rendered, body, wants_usage)
             moderation: tuple[str, bytes] | None = None
-            if hh.moderations:  # only requests asking for it pay for reading the body's messages
-                moderation = self._moderation_call(rt, method, rendered)
+            declared = header_map.get("content-length")
+            # a large upload, sent to nobody else and read for nothing but the log: streamed, never held whole
+            # (not one to moderate: its body is read, and refused, never sent unchecked)
+            if (declared is not None and len(declared) >= UPLOAD_DIGITS and plan is None and directive is None
+                    and hh.prompt is None and not hh.moderations and req_ctype.lower().startswith(UPLOAD_MEDIA_TYPES)
+                    and declared.isdigit() and int(declared) >= UPLOAD_STREAM_BYTES):
+                upload = Upload(receive, int(declared), self.settings.max_logged_body_bytes)
+            else:
+                body = await self._read_body(receive, declared)
+                # only requests naming a prompt pay for it: a header, or the body form's field name
+                if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
+                    body, prompt = await self._render_prompt(hh, org_id, rt, body)
+                # only requests naming the header (or a u=cents policy) pay for the JSON round trip, and only where the
+                # provider's API takes stream_options (the provider table): Mistral refuses it, Anthropic streams carry usage
+                wants_usage = (hh.stream_usage or _cents_need_usage(hh, rt, rate_limit)) and method == "POST"
+                rendered = body
+                if wants_usage and rt.takes_stream_options():
+                    body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
+                if plan is not None:
+                    self._plan_bodies(plan, rendered, body, wants_usage)
+                if hh.moderations:  # only requests asking for it pay for reading the body's messages
+                    moderation = self._moderation_call(rt, method, rendered)
             # after the caller's own errors (prompt, body override) so they spend no token; before the cache read
             if rate_limit is not None:
                 decision = await self.ratelimits.check(org_id, rate_limit)
@@ -556,12 +624,16 @@ class Gateway:
                 return await self._serve_cached(scope, receive, send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
                                                 started, started_at, prompt, limit_headers)
 
-        # after the request body, receive() only ever reports the caller going away
-        disconnected = asyncio.ensure_future(receive())
+        # after the request body, receive() only ever reports the caller going away (an upload's watch starts after it)
+        disconnected = asyncio.ensure_future(receive()) if upload is None else upload.disconnected
         try:
             if plan is None:
-                upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers), body,
-                                                     disconnected, target)
+                try:
+                    upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers),
+                                                         body if upload is None else upload, disconnected, target)
+                finally:
+                    if upload is not None:
+                        body = upload.start()  # what the log keeps of it
             else:
                 upstream = await self._send_planned(plan, method, forward_request_headers(raw_headers), body, disconnected)
                 served = plan.legs[plan.index]
@@ -754,7 +826,7 @@ class Gateway:
                 message += f", or all private ranges with {ALLOW_PRIVATE_ENV}=true"
         return Rejection(403, message, "helicone_target_refused")
 
-    async def _send_upstream(self, rt: Route, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+    async def _send_upstream(self, rt: Route, method: str, url: str, headers: list[tuple[str, str]], body: bytes | Upload,
                              disconnected: asyncio.Future, target: TargetDest | None = None) -> Response:
         """The provider's response (headers read); raises ClientGone as soon as the caller leaves,
         cancelling the upstream request. A request that fails on a connection reused from the pool
@@ -785,7 +857,7 @@ class Gateway:
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def _request_here(upstream: UpstreamPool, method: str, url: str | URL, headers: list[tuple[str, str]], body: bytes,
+    async def _request_here(upstream: UpstreamPool, method: str, url: str | URL, headers: list[tuple[str, str]], body: bytes | Upload,
                             attempt: Attempt, disconnected: asyncio.Future,
                             socket_factory: SocketFactory | None = None) -> Response:
         """upstream.request run by the calling task, with no task of its own: the request is written
@@ -1033,12 +1105,14 @@ class Gateway:
         limit = self.settings.max_logged_body_bytes
 
         def build() -> events.RequestLogged:
-            if rt.path.endswith(FORM_MODEL_PATHS):  # an audio upload: its model is a form field
+            if req_ctype[:19].lower() == FORM_DATA:  # an upload (audio, an image to edit): its model is a form field
                 req_model, req_stream, req_user = form_model(body, req_ctype), False, ""
             else:
                 req_model, req_stream, req_user = request_fields(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
             parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
+            if not usage_is_its_own(method, rt.path):  # a retrieval, a batch: the model named, no usage
+                parsed = Parsed(model=parsed.model)
             model = hh.logged_model(parsed.model or rt.path_model() or req_model)
             cost = parsed.cost(self.costs, rt.provider, model)
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:

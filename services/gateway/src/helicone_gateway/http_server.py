@@ -98,6 +98,14 @@ def error_response(status: int, message: str, kind: str) -> bytes:
             + b"connection: close\r\ndate: " + http_date() + b"\r\n\r\n" + body)
 
 
+def upgrade_refusal(ex: Exchange | None) -> str:
+    """Why an upgrade (Upgrade: websocket, h2c; CONNECT) is refused, naming what was asked for."""
+    protocol = next((v for n, v in ex.scope["headers"] if n == b"upgrade"), b"") if ex is not None else b""
+    asked = f"Upgrade: {protocol[:40].decode('latin-1')}" if protocol else "a protocol upgrade (CONNECT)"
+    return (f"{asked} is not supported: this gateway proxies HTTP requests only, so a WebSocket (the Realtime API's) "
+            "cannot go through it; connect to the provider directly, or send HTTP requests without an upgrade")
+
+
 _date = [0, b""]
 
 
@@ -354,7 +362,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported", "invalid_request", self.latest)
+            self._refuse(400, upgrade_refusal(self.latest), "invalid_request", self.latest)
             return
         except httptools.HttpParserError as exc:
             refused = exc.__context__

@@ -41,6 +41,7 @@ class GatewaySettings(ServiceSettings):
     # large answer); then its connection is cut and the provider's answer closed, freeing the connection slot.
     client_write_timeout: float = Field(default=WRITE_TIMEOUT, gt=0)
     max_upstream_connections: int = 1000
+    # The largest body the gateway reads whole (413 past it); large uploads are streamed through instead (app.Upload).
     max_request_bytes: int = 32 * 1024 * 1024
     # Bodies above this many bytes are truncated in the log event (never in the proxied traffic).
     max_logged_body_bytes: int = 450 * 1024

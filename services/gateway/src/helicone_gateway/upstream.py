@@ -2,7 +2,9 @@
 connections parsing responses with httptools. It does what the gateway needs and nothing more:
 
 - the request goes out in one write: request line, Host, the caller's headers as given (no
-  User-Agent, Accept or Accept-Encoding of its own, no cookies), Content-Length and the body;
+  User-Agent, Accept or Accept-Encoding of its own, no cookies), Content-Length and the body; or, for a
+  StreamedBody (a large upload), the head and then each piece of the body as it comes, on a new connection,
+  waiting while the provider does not take them, and no more once the provider has answered;
 - the response body passes through as the provider sent it (no decompression), chunk by chunk as
   it arrives, with a bounded buffer (reading pauses while the consumer lags); redirects are not
   followed and no proxy is taken from the environment;
@@ -27,8 +29,8 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import httptools
@@ -43,6 +45,15 @@ HIGH_WATER = 256 * 1024  # buffered response bytes above which reading the socke
 LOW_WATER = 64 * 1024  # ... and below which it resumes
 KEEPALIVE_TIMEOUT = 15.0  # idle pooled connections are closed after this long (aiohttp's default)
 _CRLF = frozenset("\r\n\0")
+
+
+class StreamedBody(Protocol):
+    """A request body sent as it arrives rather than held whole: `length` bytes (its Content-Length), its pieces read
+    by iterating it (once: a request carrying one is never sent again)."""
+
+    length: int
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
 
 
 def _open_socket(addr_info: AddrInfo) -> socket.socket:
@@ -98,7 +109,9 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self._raw: list[tuple[bytes, bytes]] = []
         self._skip_body = False
-        self._junk = False  # bytes after a HEAD response, or between responses: never reused
+        self._junk = False  # bytes after a HEAD response, or between responses, or a body not sent whole: never reused
+        self.write_paused = False  # the provider takes none of a streamed body for now
+        self.drained: asyncio.Future | None = None  # a streamed body's wait for the provider to take more
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -141,13 +154,21 @@ class Connection(asyncio.Protocol):
                 if exc is not None:
                     detail += f". {exc!r}"
                 self._fail(aiohttp.ClientPayloadError(detail))
+        self._wake_writer()
         self.pool._lost(self)
 
-    def pause_writing(self) -> None:  # the request is written at once; the transport buffers it
-        pass
+    # a request held whole is written at once (the transport buffers it); a streamed body waits while this is paused
+    def pause_writing(self) -> None:
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        pass
+        self.write_paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     # ---- httptools callbacks ---------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -243,6 +264,24 @@ class Connection(asyncio.Protocol):
         else:
             transport.writelines((data, body))
         return self.head
+
+    async def send_body(self, body: StreamedBody) -> None:
+        """Writes a streamed body as its pieces come (after send()), waiting while the provider takes none of it. Stops
+        as soon as the provider has answered, or failed: the rest is not sent, and the connection is not reused."""
+        head, transport, sent = self.head, self.transport, 0
+        assert head is not None and transport is not None
+        async for piece in body:
+            if head.done() or self.closed:
+                break
+            transport.write(piece)
+            sent += len(piece)
+            self.last_read = self.loop.time()  # the read timeout counts the provider's silence from the body's end
+            if self.write_paused and not self.closed:
+                self.drained = self.loop.create_future()
+                await asyncio.wait((self.drained, head), return_when=asyncio.FIRST_COMPLETED)
+                self.drained = None
+        if sent != body.length:
+            self._junk = True  # the next request would follow a body cut short
 
     def _check_timeout(self) -> None:
         self.timer = None
@@ -427,9 +466,10 @@ class UpstreamPool:
         self.closed = False
 
     # ---- requests ---------------------------------------------------------------------------
-    async def request(self, method: str, url: str | URL, headers: list[tuple[str, str]], body: bytes = b"",
+    async def request(self, method: str, url: str | URL, headers: list[tuple[str, str]], body: bytes | StreamedBody = b"",
                       attempt: Attempt | None = None, socket_factory: SocketFactory | None = None) -> Response:
-        """Sends the request and returns the response once its head is read (the body follows)."""
+        """Sends the request and returns the response once its head is read (the body follows). A StreamedBody goes on
+        a new connection: it cannot be sent again should a pooled one turn out closed by the provider."""
         if self.closed:
             raise RuntimeError("the upstream pool is closed")
         u = url if isinstance(url, URL) else URL(url)
@@ -445,20 +485,26 @@ class UpstreamPool:
             if not _CRLF.isdisjoint(n) or not _CRLF.isdisjoint(v):
                 raise ValueError(f"header {n!r} holds a line break")
             parts.append(f"{n}: {v}\r\n")
-        if body or method not in GET_METHODS:
-            parts.append(f"Content-Length: {len(body)}\r\n")
+        streamed = not isinstance(body, bytes)
+        length = body.length if streamed else len(body)  # type: ignore[union-attr]
+        if length or method not in GET_METHODS:
+            parts.append(f"Content-Length: {length}\r\n")
         parts.append("\r\n")
         data = "".join(parts).encode()  # header values are UTF-8 text (headers.decode_headers)
         key = (scheme, host, port, socket_factory)
-        conn = self._reuse(key)
+        conn = None if streamed else self._reuse(key)
         if conn is None:
-            conn = await self._connect(key, socket_factory)
+            conn = await self._connect(key, socket_factory, fresh=streamed)
         if conn.used and attempt is not None:
             attempt.reused = True
         conn.used = True
         resp = Response(conn, method, u)
         try:
-            return await conn.send(resp, data, body)
+            if not streamed:
+                return await conn.send(resp, data, body)  # type: ignore[arg-type]
+            head = conn.send(resp, data, b"")
+            await conn.send_body(body)  # type: ignore[arg-type]
+            return await head
         except BaseException:
             resp.close()
             raise
@@ -486,21 +532,21 @@ class UpstreamPool:
             return conn
         return None
 
-    async def _connect(self, key: tuple, socket_factory: SocketFactory | None) -> Connection:
+    async def _connect(self, key: tuple, socket_factory: SocketFactory | None, fresh: bool = False) -> Connection:
         scheme, host, port, _ = key
         try:
             if self.connect_timeout is None:
-                return await self._open(key, socket_factory)
+                return await self._open(key, socket_factory, fresh)
             async with asyncio.timeout(self.connect_timeout):
-                return await self._open(key, socket_factory)
+                return await self._open(key, socket_factory, fresh)
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ServerTimeoutError):
                 raise
             raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {scheme}://{host}:{port}") from exc
 
-    async def _open(self, key: tuple, socket_factory: SocketFactory | None) -> Connection:
+    async def _open(self, key: tuple, socket_factory: SocketFactory | None, fresh: bool = False) -> Connection:
         await self._slot()
-        conn = self._pop_idle(key)  # released while this request waited for its slot
+        conn = None if fresh else self._pop_idle(key)  # released while this request waited for its slot
         if conn is not None:
             return conn
         try:

@@ -341,10 +341,14 @@ async function loadMoreRequests(current) {
   return false;
 }
 
-function showBody(pre, body, error) {
+function showBody(pre, body, error, encoding) {
   // a body the api could not read says why (request_body_error / response_body_error), not "(not stored)"
   const missing = error ? `(not available: ${error})` : "(not stored)";
-  pre.textContent = body === null || body === undefined ? missing : typeof body === "string" ? body : JSON.stringify(body, null, 2);
+  if (body === null || body === undefined) pre.textContent = missing;
+  else if (encoding === "base64") { // binary (audio, an image, an upload holding one): its bytes as base64
+    const bytes = (body.length / 4) * 3 - (body.endsWith("==") ? 2 : body.endsWith("=") ? 1 : 0);
+    pre.textContent = `(binary, ${bytes} bytes, as base64)\n${body}`;
+  } else pre.textContent = typeof body === "string" ? body : JSON.stringify(body, null, 2);
 }
 
 async function openRequest(id) {
@@ -378,8 +382,8 @@ async function openRequest(id) {
     $("#detail-scores").replaceChildren(
       ...(scores.length ? scores.map(([k, v]) => el("li", { class: "score", text: shown(`${k}: ${v}`) })) : [el("li", { text: "No scores" })]),
     );
-    showBody($("#detail-request-body"), d.request_body, d.request_body_error);
-    showBody($("#detail-response-body"), d.response_body, d.response_body_error);
+    showBody($("#detail-request-body"), d.request_body, d.request_body_error, d.request_body_encoding);
+    showBody($("#detail-response-body"), d.response_body, d.response_body_error, d.response_body_encoding);
     return false;
   });
   panel.scrollIntoView({ block: "start" });
