@@ -9,6 +9,8 @@ GET /_received so tests can check what the gateway forwarded. Chat and Messages 
 `x-fake-words: N` with a reply of N words (a long stream) and `x-fake-stream-error: 1` with an error event after
 the first word (a 200 stream the provider gave up on: OpenAI's `data: {"error": ...}`, Anthropic's
 `event: error` overloaded_error), and chat streams `x-fake-gzip: 1` gzip-encoded;
+Anthropic's `/v1/messages/count_tokens`, Message Batches (create, results as JSONL), Files (upload, download) and
+`/v1/models`; `x-fake-usage` / `x-fake-delta-usage` (JSON) add fields to a Messages answer's usage / a stream's message_delta usage;
 Anthropic on Vertex AI (`publishers/anthropic/models/<m>:rawPredict`, `:streamRawPredict`) as `/v1/messages`;
 `/v1/embeddings` answers vectors of `x-fake-dims` numbers; `/v1/audio/transcriptions` a transcription of a
 multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it); `/v1/files` and `/v1/uploads/<id>/parts`
@@ -142,6 +144,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
 
     def record(request: Request, body: dict) -> None:
         app.state.received.append({"path": request.url.path, "query": request.url.query, "headers": dict(request.headers),
+                                   "header_lines": [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw],
                                    "body": body})
 
     @app.post("/v1/chat/completions")
@@ -276,16 +279,70 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         body["stream"] = call == "streamRawPredict"
         return _messages(request, body, model.replace("@", "-"))
 
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request):
+        body = await request.json()
+        record(request, body)
+        return {"input_tokens": _words(body.get("messages"))}
+
+    @app.post("/v1/messages/batches")
+    async def create_batch(request: Request):
+        body = await request.json()
+        record(request, body)
+        return {"id": "msgbatch_fake", "type": "message_batch", "processing_status": "in_progress",
+                "request_counts": {"processing": len(body.get("requests", [])), "succeeded": 0, "errored": 0,
+                                   "canceled": 0, "expired": 0},
+                "ended_at": None, "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-02T00:00:00Z",
+                "cancel_initiated_at": None, "archived_at": None, "results_url": None}
+
+    @app.get("/v1/messages/batches/{batch_id}/results")
+    async def batch_results(batch_id: str, request: Request):
+        """A batch's results as Anthropic streams them: JSONL, one Message per line, each usage at the batch tier."""
+        record(request, {})
+        lines = [{"custom_id": f"req-{i}", "result": {"type": "succeeded", "message": {
+            "id": f"msg_{i}", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+            "content": [{"type": "text", "text": REPLY}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 1000, "output_tokens": 6, "service_tier": "batch"}}}} for i in range(2)]
+        return Response(b"".join(json.dumps(x).encode() + b"\n" for x in lines), media_type="application/binary")
+
+    async def anthropic_upload(request: Request):
+        """Anthropic's Files API (the `upload` route below hands it requests with an anthropic-version header): the one
+        `file` part kept for anthropic_download."""
+        # one `file` part (python-multipart is not installed): its headers, then its bytes up to the closing delimiter
+        raw = await request.body()
+        boundary = request.headers["content-type"].split("boundary=", 1)[1].strip('"').encode()
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        data = rest[:rest.rindex(b"\r\n--" + boundary)]
+        filename = re.search(rb'filename="([^"]*)"', head).group(1).decode()
+        record(request, {"filename": filename, "size": len(data)})
+        app.state.files = {**getattr(app.state, "files", {}), "file_fake": data}
+        return {"id": "file_fake", "type": "file", "filename": filename, "mime_type": "text/plain",
+                "size_bytes": len(data), "created_at": "2026-01-01T00:00:00Z", "downloadable": True}
+
+    async def anthropic_download(file_id: str, request: Request):
+        record(request, {})
+        return Response(app.state.files[file_id], media_type="application/octet-stream")
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        record(request, {})
+        return {"data": [{"type": "model", "id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5",
+                          "created_at": "2025-09-29T00:00:00Z"}], "has_more": False, "first_id": None, "last_id": None}
+
     def _messages(request: Request, body: dict, model: str):
         words = _reply(request) if body.get("stream") else REPLY.split(" ")
         prompt, completion = _words(body.get("messages")), len(words)
         mid = "msg_" + uuid.uuid4().hex[:12]
         stream_error = request.headers.get("x-fake-stream-error") == "1"
+        # more usage fields (cache counts, server_tool_use, service_tier, ...): JSON merged into the usage (a stream's
+        # message_start), and into a stream's message_delta usage (its final counts)
+        extra = json.loads(request.headers.get("x-fake-usage", "{}"))
+        final = json.loads(request.headers.get("x-fake-delta-usage", "{}"))
         if not body.get("stream"):
             return {
                 "id": mid, "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": REPLY}], "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": prompt, "output_tokens": completion},
+                "usage": {"input_tokens": prompt, "output_tokens": completion, **extra},
             }
 
         async def events():
@@ -294,7 +351,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
 
             yield ev("message_start", {"type": "message_start", "message": {
                 "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
-                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1}}})
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt, "output_tokens": 1, **extra}}})
             yield ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
             for i, word in enumerate(words):
                 if i == 1 and stream_error:  # Anthropic's mid-stream error, inside its 200
@@ -306,7 +363,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                     await asyncio.sleep(chunk_delay)
             yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
             yield ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                       "usage": {"output_tokens": completion}})
+                                       "usage": {"output_tokens": completion, **final}})
             yield ev("message_stop", {"type": "message_stop"})
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -485,7 +542,10 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     async def upload(request: Request):
         """A multipart upload (a file, an upload's part): recorded by its size and SHA-256, the bytes as they came (or,
         cut short, as {"bytes", "cut": True}); `upload_progress` counts its bytes as they arrive. `x-fake-reject: <status>`
-        answers that status at once, the body unread (as a provider refusing an upload too large)."""
+        answers that status at once, the body unread (as a provider refusing an upload too large). Anthropic's SDK
+        (an anthropic-version header) gets anthropic_upload."""
+        if request.headers.get("anthropic-version") and request.url.path == "/v1/files":
+            return await anthropic_upload(request)
         if request.headers.get("x-fake-reject"):
             record(request, {"rejected": True})
             status = int(request.headers["x-fake-reject"])
@@ -509,7 +569,10 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
 
     @app.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str, request: Request):
-        """The file's bytes, `x-fake-bytes` of them (default 4096), binary (not UTF-8), streamed in 64 KiB pieces."""
+        """The file's bytes, `x-fake-bytes` of them (default 4096), binary (not UTF-8), streamed in 64 KiB pieces; for
+        Anthropic's SDK (an anthropic-version header) the file it uploaded (anthropic_download)."""
+        if request.headers.get("anthropic-version"):
+            return await anthropic_download(file_id, request)
         size = int(request.headers.get("x-fake-bytes", "4096"))
 
         async def pieces():

@@ -482,3 +482,18 @@ def test_gemini_audio_is_priced_at_the_audio_rate(model, details, cached, want):
     body = json.dumps({"candidates": [], "usageMetadata": meta, "modelVersion": model}).encode()
     parsed = parse_response("gemini", body, "application/json")
     assert CostRegistry.default().cost("gemini", parsed.model, parsed.tokens) == pytest.approx(want / 1e6)
+
+
+def test_web_searches_cost_the_fee_at_every_tier_and_no_cost_without_one():
+    """Anthropic's web search: $10 per 1,000 searches besides the tokens, above the long-context tier as below it; an
+    entry without a web_search price gives a request that searched no cost, never the tokens' alone."""
+    reg = CostRegistry({"anthropic": {
+        "searcher": {"input": 3.0, "output": 15.0, "web_search": 10.0, "tiers": [{"above": 1000, "input": 6.0, "output": 22.5}]},
+        "plain": {"input": 3.0, "output": 15.0},
+    }})
+    searched = TokenCounts(prompt_tokens=100, completion_tokens=10, web_search_requests=3)
+    assert reg.cost("anthropic", "searcher", searched) == pytest.approx((100 * 3.0 + 10 * 15.0) / 1e6 + 0.03)
+    long = TokenCounts(prompt_tokens=2000, completion_tokens=10, web_search_requests=1)
+    assert reg.cost("anthropic", "searcher", long) == pytest.approx((2000 * 6.0 + 10 * 22.5) / 1e6 + 0.01)
+    assert reg.cost("anthropic", "plain", searched) is None
+    assert reg.cost("anthropic", "plain", TokenCounts(prompt_tokens=100, completion_tokens=10)) == pytest.approx(450 / 1e6)

@@ -32,7 +32,8 @@ _BEDROCK_ANTHROPIC = re.compile(r"(?:(?:us|eu|apac|au|jp|global)\.)?anthropic\.(
 # one or two digits (after "-", "." or none) that ends the name or a part of it.
 _OTHER_VERSION = re.compile(r"[-.]?[0-9]{1,2}(?![0-9a-z])")
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "audio_cache_read")
-_ENTRY_FIELDS = {*_PRICE_FIELDS, "tiers", "pattern", "regex"}
+# USD per 1,000 searches of a server-side web search tool (Anthropic's web_search): a model's, whatever its prompt's tier
+_ENTRY_FIELDS = {*_PRICE_FIELDS, "web_search", "tiers", "pattern", "regex"}
 _TIER_FIELDS = {*_PRICE_FIELDS, "above"}
 
 
@@ -48,6 +49,9 @@ class Price:
     audio_input: float | None = None
     audio_output: float | None = None
     audio_cache_read: float | None = None
+    # USD per 1,000 web searches (Anthropic's usage.server_tool_use.web_search_requests), None where the registry has
+    # none: a request that searched then has no cost rather than one without its searches
+    web_search: float | None = None
     # (prompt tokens above which it applies, price), ascending: the whole request is priced at the
     # highest tier its prompt exceeds
     tiers: tuple[tuple[int, Price], ...] = ()
@@ -72,6 +76,7 @@ class TokenCounts:
     audio_prompt_tokens: int = 0  # of prompt_tokens, those that are audio (cached or not)
     audio_cache_read_tokens: int = 0  # of audio_prompt_tokens, those read from the cache (of cache_read_tokens too)
     audio_completion_tokens: int = 0  # of completion_tokens, those that are audio
+    web_search_requests: int = 0  # searches a server-side web search tool ran (billed per search, besides tokens)
 
 
 def _number(where: str, name: str, value) -> float:
@@ -96,6 +101,8 @@ def _price(where: str, p: dict, fields: set[str]) -> Price:
         audio["audio_cache_read"] = _number(where, "audio_cache_read", p["audio_cache_read"])
     elif "audio_input" in audio:
         audio["audio_cache_read"] = audio["audio_input"]
+    if "web_search" in p:
+        audio["web_search"] = _number(where, "web_search", p["web_search"])
     return Price(
         input=inp,
         output=_number(where, "output", p["output"]),
@@ -121,7 +128,7 @@ def _entry(where: str, name: str, p) -> _Entry:
         above = t.get("above") if isinstance(t, dict) else None
         if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
             raise ValueError(f"{tw}: above must be a prompt token count > 0, got {above!r}")
-        tiers.append((above, _price(tw, t, _TIER_FIELDS)))
+        tiers.append((above, dataclasses.replace(_price(tw, t, _TIER_FIELDS), web_search=price.web_search)))
     tiers.sort(key=lambda x: x[0])
     if len({a for a, _ in tiers}) != len(tiers):
         raise ValueError(f"{where}: two tiers start above the same prompt size")
@@ -243,7 +250,8 @@ class CostRegistry:
         return match.name if match else None
 
     def cost(self, provider: str, model: str, tokens: TokenCounts) -> float | None:
-        """USD, or None when the model has no price here (nor an audio price for the audio tokens it reported)."""
+        """USD, or None when the model has no price here (nor an audio price for the audio tokens it reported, nor a
+        web search price for the searches it ran)."""
         base = self.price(provider, model)
         if base is None:
             return None
@@ -252,6 +260,8 @@ class CostRegistry:
         audio_cached = min(tokens.audio_cache_read_tokens, audio_in, tokens.cache_read_tokens)
         audio_out = min(tokens.audio_completion_tokens, tokens.completion_tokens)
         if (audio_in and price.audio_input is None) or (audio_out and price.audio_output is None):
+            return None
+        if tokens.web_search_requests and price.web_search is None:
             return None
         uncached = max(tokens.prompt_tokens - tokens.cache_read_tokens - tokens.cache_write_tokens, 0)
         audio_uncached = min(audio_in - audio_cached, uncached)
@@ -266,6 +276,8 @@ class CostRegistry:
         if audio_in or audio_out:  # (a price is None only where its count is 0, checked above)
             usd += (audio_uncached * (price.audio_input or 0.0) + audio_cached * (price.audio_cache_read or 0.0)
                     + audio_out * (price.audio_output or 0.0)) / PER_TOKENS
+        if tokens.web_search_requests:
+            usd += tokens.web_search_requests * (price.web_search or 0.0) / 1000
         return round(usd, 12)
 
 

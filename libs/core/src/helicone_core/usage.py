@@ -179,7 +179,22 @@ def anthropic_usage(usage: dict, output_tokens: int | None = None) -> TokenCount
     # cache_creation splits the writes by TTL: an hour's cost more (Anthropic: 2x input, 5 minutes' 1.25x)
     one_hour = min(_int(_dict(usage.get("cache_creation")).get("ephemeral_1h_input_tokens")), write)
     return TokenCounts(prompt_tokens=inp + write + read, completion_tokens=out, cache_read_tokens=read, cache_write_tokens=write,
-                       cache_write_1h_tokens=one_hour)
+                       cache_write_1h_tokens=one_hour,
+                       web_search_requests=_int(_dict(usage.get("server_tool_use")).get("web_search_requests")))
+
+
+# Anthropic's usage names a service tier and an inference geography whose prices differ from the standard ones the
+# registry holds: Priority Tier by contract (unpublished), Batch at 50 %, US-only inference ("us") at 1.1x on newer
+# models (platform.claude.com/docs/en/about-claude/pricing). Those answers' cost is unknown, never the standard price.
+_STANDARD_TIERS = frozenset({"standard"})
+_STANDARD_GEOS = frozenset({"global", "not_available"})
+
+
+def anthropic_priced(usage: dict) -> bool:
+    """Whether an Anthropic usage is billed at the registry's (standard tier, global inference) prices."""
+    tier, geo = usage.get("service_tier"), usage.get("inference_geo")
+    return (not isinstance(tier, str) or not tier or tier in _STANDARD_TIERS) and (
+        not isinstance(geo, str) or not geo or geo in _STANDARD_GEOS)
 
 
 def gemini_usage(meta: dict) -> TokenCounts:
@@ -256,7 +271,7 @@ def _parse_response(usage_format: str, body: bytes, content_type: str, tail: byt
     if not isinstance(usage, dict):
         return Parsed(model=model)
     if usage_format == "anthropic":
-        return Parsed(model=model, tokens=anthropic_usage(usage), known=True)
+        return Parsed(model=model, tokens=anthropic_usage(usage), known=True, priced=anthropic_priced(usage))
     return Parsed(model=model, tokens=openai_usage(usage), known=True)
 
 
@@ -362,6 +377,7 @@ def _parse_json_tail(usage_format: str, head: str, tail: str) -> Parsed:
     out = Parsed(model=model if isinstance(model, str) else "")
     if isinstance(usage, dict):
         out.tokens, out.known = counts(usage), True
+        out.priced = anthropic_priced(usage) if usage_format == "anthropic" else True
     return out
 
 
@@ -515,14 +531,18 @@ class _AnthropicUsage:
         elif kind == "message_delta" and isinstance(ev.get("usage"), dict):
             usage = ev["usage"]
             self.output = _int(usage.get("output_tokens"))
-            # newer APIs report final input/cache counts on message_delta too
-            for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"):
+            # newer APIs report final input/cache counts (and server tool use) on message_delta too
+            for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation",
+                      "server_tool_use"):
                 if usage.get(k) is not None:
                     self.final[k] = usage[k]
             self.delta = True
 
     def tokens(self) -> TokenCounts:
         return anthropic_usage({**self.start, **self.final}, self.output)
+
+    def priced(self) -> bool:
+        return anthropic_priced(self.start)
 
 
 def _parse_anthropic_sse(text: str) -> Parsed:
@@ -535,7 +555,7 @@ def _parse_anthropic_sse(text: str) -> Parsed:
             events.feed(ev)
     out = Parsed(model=events.model, known=events.started or events.delta)
     if out.known:
-        out.tokens = events.tokens()
+        out.tokens, out.priced = events.tokens(), events.priced()
     return out
 
 

@@ -53,6 +53,7 @@ from .cache import (
     cache_key,
     provider_key,
     replay_headers,
+    stream_failed,
 )
 from .egress import (
     CONNECTING,
@@ -119,6 +120,8 @@ log = logging.getLogger("helicone.gateway")
 CLIENT_CLOSED_STATUS = 499
 # Logged when the caller left while the provider's answer was awaited (the request, and a planned request's try).
 CANCELLED_ERROR = "client disconnected before the provider answered; upstream request cancelled"
+# logged for a 200 stream that carries an error event (Anthropic's `event: error`, OpenAI's `data: {"error": ...}`)
+STREAM_ERROR_EVENT = "provider stream ended with an error event before the response completed"
 # Connection failures that, on a connection reused from the pool and before any response byte,
 # mean the provider had already closed it: the request is sent once more on a new connection.
 STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -1113,6 +1116,10 @@ class Gateway:
             parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
             if not usage_is_its_own(method, rt.path):  # a retrieval, a batch: the model named, no usage
                 parsed = Parsed(model=parsed.model)
+            logged_error = error
+            if not error and (stream_failed(resp_ctype, decoded) or stream_failed(resp_ctype, resp_tail)):
+                # a 200 stream the provider gave up on: its usage is what it reported so far, its cost unknown
+                logged_error, parsed.priced = STREAM_ERROR_EVENT, False
             model = hh.logged_model(parsed.model or rt.path_model() or req_model)
             cost = parsed.cost(self.costs, rt.provider, model)
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
@@ -1140,7 +1147,7 @@ class Gateway:
                 cost_known=cost is not None,
                 streamed=req_stream or is_stream(resp_ctype),
                 inline=hh.inline_bodies(body, req_ctype, decoded, resp_ctype, limit, response_cut=resp_truncated),
-                error=error,
+                error=logged_error,
                 source="gateway",
                 region=self.settings.region,
                 cache_hit=cache_hit,
