@@ -345,17 +345,20 @@ def test_network_policies_deny_by_default_and_allow_each_real_edge(full):
         return {p["port"] for rule in policies[name]["spec"]["egress"] for p in rule["ports"]}
 
     assert egress_ports("hc-helicone-gateway") == {53, 9092, 9093, 5432, 50051, 443}
-    assert egress_ports("hc-helicone-ingest") == {53, 9092, 9093, 5432, 8123, 8443, 80, 443, 9000}
+    assert egress_ports("hc-helicone-ingest") == {53, 9092, 9093, 5432, 8123, 8443, 80, 443, 9000}  # 80, 443: webhooks too
     assert egress_ports("hc-helicone-prompts") == {53, 5432}
     assert egress_ports("hc-helicone-api") == {53, 9092, 9093, 5432, 8123, 8443, 80, 443, 9000, 50051}  # Kafka: async logs
     provider = next(r for r in policies["hc-helicone-gateway"]["spec"]["egress"] if r["ports"] == [{"port": 443, "protocol": "TCP"}])
     assert "169.254.0.0/16" in provider["to"][0]["ipBlock"]["except"]  # never the cloud metadata service
     assert "10.0.0.0/8" in provider["to"][0]["ipBlock"]["except"]
-    # the api's alert webhooks: public addresses on 443 and 80, never the cluster or the metadata service
-    webhooks = next(r for r in policies["hc-helicone-api"]["spec"]["egress"] if r["ports"][0]["port"] == 443 and "ipBlock" in r["to"][0])
-    assert {p["port"] for p in webhooks["ports"]} == {443, 80}
-    assert {"169.254.0.0/16", "10.0.0.0/8"} <= set(webhooks["to"][0]["ipBlock"]["except"])
-    assert webhooks["to"][1]["ipBlock"]["except"] == ["fc00::/7", "fe80::/10"]
+    # the api's alert webhooks and ingest's per-request webhooks: public addresses on 443 and 80, never the cluster or
+    # the metadata service
+    for component in ("api", "ingest"):
+        webhooks = next(r for r in policies[f"hc-helicone-{component}"]["spec"]["egress"]
+                        if r["ports"][0]["port"] == 443 and "ipBlock" in r["to"][0])
+        assert {p["port"] for p in webhooks["ports"]} == {443, 80}, component
+        assert {"169.254.0.0/16", "10.0.0.0/8"} <= set(webhooks["to"][0]["ipBlock"]["except"]), component
+        assert webhooks["to"][1]["ipBlock"]["except"] == ["fc00::/7", "fe80::/10"], component
     api_from = policies["hc-helicone-api"]["spec"]["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in api_from
     grpc = next(r for r in policies["hc-helicone-prompts"]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")
@@ -419,8 +422,11 @@ def test_aws_s3_is_reachable_when_no_endpoint_names_another(chart):
         assert any(p["ipBlock"]["cidr"] == "0.0.0.0/0" and "169.254.0.0/16" in p["ipBlock"]["except"]
                    for r in public for p in r["to"]), name
     assert "HELICONE_S3_ENDPOINT" not in by_kind(objs, "ConfigMap")["hc-helicone-ingest"]["data"]
-    # an in-cluster endpoint (MinIO) opens no public address to ingest
+    # an in-cluster endpoint (MinIO) opens no public address to ingest but its per-request webhooks' ports
     egress = by_kind(objects(render(REQUIRED, chart=chart)), "NetworkPolicy")["hc-helicone-ingest"]["spec"]["egress"]
+    assert {p["port"] for r in egress if any("ipBlock" in t for t in r["to"]) for p in r["ports"]} == {443, 80}
+    no_hooks = objects(render(REQUIRED, {"networkPolicy": {"webhookPorts": []}}, chart=chart))
+    egress = by_kind(no_hooks, "NetworkPolicy")["hc-helicone-ingest"]["spec"]["egress"]
     assert not any("ipBlock" in p for r in egress for p in r["to"])
 
 

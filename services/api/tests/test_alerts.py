@@ -19,8 +19,8 @@ from aiohttp import web
 from helicone_api.alert_evaluator import AlertEvaluator
 from helicone_api.app import create_app
 from helicone_api.settings import ApiSettings
-from helicone_api.webhooks import SIGNATURE_HEADER, WebhookSender
 from helicone_core import db, events
+from helicone_core.webhooks import SIGNATURE_HEADER, WebhookSender
 
 from services.api.tests.test_api import documented_answers, wait_for_keys
 from tests.support.fake_network import FakeResolver, Recorder

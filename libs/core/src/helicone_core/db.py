@@ -186,6 +186,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE request_sessions ADD COLUMN name_at TIMESTAMPTZ;
     """,
+    # 9: per-request webhooks (helicone_api.request_webhooks routes, delivered by ingest after it wrote the request)
+    """
+    CREATE TABLE request_webhooks (
+        id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+        org_id UUID NOT NULL REFERENCES orgs(id),
+        destination TEXT NOT NULL,
+        hmac_key TEXT NOT NULL,
+        sample_rate DOUBLE PRECISION NOT NULL DEFAULT 100,
+        property_filters JSONB NOT NULL DEFAULT '{}',
+        include_data BOOLEAN NOT NULL DEFAULT true,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX request_webhooks_org ON request_webhooks(org_id, created_at);
+    """,
 ]
 
 

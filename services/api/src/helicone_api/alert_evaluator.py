@@ -25,10 +25,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from helicone_core.webhooks import ALERT_ID_HEADER, EVENT_ID_HEADER
+
 from .alerts import ALERT_FILTER, COMPARE, FIRING, MAX_HISTORY, METRIC_SQL, RATE_METRICS, RESOLVED, AlertFilter, _iso
 from .filters import FilterNode, ch_time, filter_sql
 from .queries import SETTINGS
-from .webhooks import ALERT_ID_HEADER, EVENT_ID_HEADER
 
 log = logging.getLogger("helicone.api.alerts")
 

@@ -18,12 +18,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
+from helicone_core.webhooks import DELIVERY_RESULTS, url_shape_problem
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator
 
 from .filters import FLAT, TREE, FilterNode, _filter_form
 from .models import Answer, RequestFilter, RequestId, documented, error_responses, utf8_text
 from .queries import ERROR_CONDITION
-from .webhooks import DELIVERY_RESULTS, url_shape_problem
 
 Metric = Literal["cost_usd", "error_rate", "latency_p95_ms", "latency_p50_ms", "requests"]
 Comparison = Literal["gt", "gte", "lt", "lte"]

@@ -15,6 +15,7 @@ from helicone_core.bodies import BodyCutShort, BodyTooLarge, make_body_store, st
 from helicone_core.cost import CostRegistry
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, ServiceMetrics, add_ops_routes, build_version, readiness
+from helicone_core.webhooks import DELIVERY_RESULTS, WebhookSender
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admin import ADMIN_PATHS, admin_router
@@ -33,9 +34,9 @@ from .otlp import OTLP_PATHS
 from .prompts import PromptsClient, prompts_router
 from .properties import properties_router
 from .queries import body_to_json, detail_sql
+from .request_webhooks import request_webhooks_router
 from .scores import scores_router
 from .settings import ApiSettings
-from .webhooks import DELIVERY_RESULTS, WebhookSender
 
 log = logging.getLogger("helicone.api")
 
@@ -201,6 +202,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
     app.include_router(alerts_router(state, org_id))
+    app.include_router(request_webhooks_router(state, org_id))
     app.include_router(insights_router(state, org_id))
     app.include_router(dashboard_router(static))
     app.include_router(logs_router(state, org_id))

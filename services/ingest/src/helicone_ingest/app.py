@@ -25,10 +25,12 @@ from helicone_core.filemodes import private_dir
 from helicone_core.kafka import client_security, ensure_topics, ping_broker
 from helicone_core.metrics import Check, ServiceMetrics, readiness
 from helicone_core.settings import KAFKA_SASL_PROTOCOLS, env_name
+from helicone_core.webhooks import WebhookSender
 
 from .batches import Batch, BatchApp, InFlight, Turn, Turns
 from .dlq import Origin, dead_letter_headers
 from .metadata import PendingMetadata
+from .request_webhooks import RequestWebhooks
 from .settings import IngestSettings
 from .writer import BatchWriter, PreparedBatch, Rejected
 
@@ -54,6 +56,10 @@ class IngestService:
         self.metadata = PendingMetadata(
             self.metrics, max_keys=settings.metadata_max_pending_keys, retry_max_backoff=settings.metadata_retry_max_backoff
         )
+        self.webhooks = RequestWebhooks(
+            self.metrics, WebhookSender(allow_loopback=settings.webhook_allow_loopback, timeout=settings.webhook_timeout,
+                                        attempts=settings.webhook_attempts),
+            queue_size=settings.webhook_queue_size, ttl=settings.webhook_config_ttl, concurrency=settings.webhook_concurrency)
         self.writer: BatchWriter | None = None
         self.faust: faust.App | None = None
         self.m_dlq = self.metrics.counter("helicone_ingest_dead_letters_total", "Events sent to the dead-letter topic")
@@ -224,6 +230,9 @@ class IngestService:
         await self.analytics.init_schema()
         self.writer = BatchWriter(self.analytics, self.bodies, self.metadata, self.metrics,
                                   CostRegistry.load(s.cost_registry_file), s.retention_days)
+        self.writer.webhooks = self.webhooks
+        await self.webhooks.sender.start()
+        self.webhooks.start()
         self._postgres_task = asyncio.create_task(self._connect_postgres(), name="ingest-postgres")
         self._metadata_task = asyncio.create_task(self.metadata.run(), name="ingest-metadata")
         await ensure_topics(s.kafka_bootstrap, [s.kafka_topic, s.kafka_dlq_topic], s.kafka_topic_partitions, s.kafka_replication_factor,
@@ -303,6 +312,7 @@ class IngestService:
             raise
         self.pool = pool
         self.metadata.attach(pool)
+        self.webhooks.attach(pool)
         log.info("postgres connected; %d metadata keys pending", len(self.metadata))
 
     async def _offset_guard(self) -> None:
@@ -404,6 +414,8 @@ class IngestService:
         if self.faust is not None:
             await self.faust.stop()
         await _cancel(self._metadata_task)
+        await self.webhooks.stop()  # deliveries still queued are not sent (at most once, like Helicone's)
+        await self.webhooks.sender.close()
         if self.pool is None and len(self.metadata):
             # Postgres may be back between two reconnection attempts: one last try, bounded
             with contextlib.suppress(Exception):

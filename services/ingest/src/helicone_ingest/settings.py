@@ -50,3 +50,11 @@ class IngestSettings(ServiceSettings):
     metadata_max_pending_keys: int = Field(default=100_000, ge=1)  # distinct keys kept while Postgres is away
     metadata_retry_max_backoff: float = Field(default=5.0, gt=0)
     metadata_stop_timeout: float = Field(default=5.0, ge=0)  # last flush on a graceful stop
+    # per-request webhooks (request_webhooks.py): delivered off the write path, dropped (and counted) past the queue
+    webhook_queue_size: int = Field(default=10_000, ge=1)  # deliveries waiting at most
+    webhook_concurrency: int = Field(default=16, ge=1)  # deliveries in progress at most
+    webhook_config_ttl: float = Field(default=10.0, gt=0)  # seconds an org's webhooks are cached
+    webhook_timeout: float = Field(default=10.0, gt=0)  # seconds for one delivery attempt
+    webhook_attempts: int = Field(default=3, ge=1, le=10)  # tries per delivery (backoff between them)
+    # loopback destinations too (tests, a single box); private and link-local ones never
+    webhook_allow_loopback: bool = False

@@ -40,6 +40,7 @@ from .metadata import PendingMetadata
 
 if TYPE_CHECKING:
     from .batches import Turn
+    from .request_webhooks import RequestWebhooks
 
 log = logging.getLogger("helicone.ingest")
 
@@ -86,6 +87,7 @@ class BatchWriter:
         self.retention_days = retention_days  # settings.retention_days; 0: keep every request
         self.bodies = bodies
         self.metadata = metadata
+        self.webhooks: RequestWebhooks | None = None  # per-request webhooks, offered each written event
         self.costs = costs or CostRegistry.default()
         self.m_events = metrics.counter("helicone_ingest_events_total", "Events consumed", ("result",))
         self.m_batches = metrics.histogram(
@@ -213,6 +215,8 @@ class BatchWriter:
             step = written[start:start + PREPARE_STEP]
             try:
                 self.metadata.add(step)
+                if self.webhooks is not None:
+                    self.webhooks.offer(step)  # queued only: delivery never holds the writes
                 for ev in step:
                     if ev.HasField("response_created_at"):
                         at = ev.response_created_at

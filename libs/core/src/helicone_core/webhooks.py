@@ -1,16 +1,19 @@
-"""Alert notifications: a JSON POST to the rule's webhook, signed with the rule's secret.
+"""Webhook delivery: a signed JSON POST to a URL an org chose. The api's alert notifications
+(helicone_api.alerts) and ingest's per-request webhooks (helicone_ingest.request_webhooks) both send with it.
 
-A rule's owner chooses the webhook URL, so the api only connects to public addresses (the same
-classification as the gateway's Target-URL guard, helicone_core.addresses); the operator setting
-HELICONE_ALERT_WEBHOOK_ALLOW_LOOPBACK also opens loopback (tests, a single box). The check runs in
+An org chooses the webhook URL, so the sender only connects to public addresses (the same
+classification as the gateway's Target-URL guard, helicone_core.addresses); the operator settings
+HELICONE_ALERT_WEBHOOK_ALLOW_LOOPBACK (api) and HELICONE_WEBHOOK_ALLOW_LOOPBACK (ingest) also open
+loopback (tests, a single box). The check runs in
 the connector's socket factory on the address actually connected to (after DNS, for names and IP
 literals alike), so a name that resolves, or later re-resolves, to a private address is refused.
 Redirects are not followed.
 
 Each delivery gets `attempts` tries, `timeout` seconds each, with backoff between them: a
 connection error, a timeout, 429 and 5xx are tried again; another 4xx, a 3xx and a refused address
-are final. The body is signed: `Helicone-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
-"<t>.<body>" keyed with the rule's secret>`.
+are final. An alert notification is signed `Helicone-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+"<t>.<body>" keyed with the rule's secret>` (sign); a per-request webhook as Helicone signs it, the hex
+HMAC-SHA256 of the body keyed with the webhook's HMAC key (sign_body).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 import aiohttp
-from helicone_core.addresses import LOOPBACK, REASONS, classify, host_name_problem, noncanonical_ipv4
 from yarl import URL
+
+from helicone_core.addresses import LOOPBACK, REASONS, classify, host_name_problem, noncanonical_ipv4
 
 SIGNATURE_HEADER = "Helicone-Signature"
 ALERT_ID_HEADER = "Helicone-Alert-Id"
@@ -59,6 +63,16 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The Helicone-Signature header value of `body` sent at `timestamp` (unix seconds)."""
     mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"
+
+
+def sign_body(secret: str, body: bytes) -> str:
+    """Helicone's per-request webhook signature: the hex HMAC-SHA256 of `body` keyed with `secret`."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def sign_timestamped(secret: str, body: bytes) -> str:
+    """sign() of `body` sent now."""
+    return sign(secret, int(time.time()), body)
 
 
 def url_shape_problem(url: str) -> str | None:
@@ -117,7 +131,7 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
 
     def refusal(self, ip: str) -> str | None:
-        """Why the api will not connect to `ip` (a key of helicone_core.addresses.REASONS), or None."""
+        """Why the sender will not connect to `ip` (a key of helicone_core.addresses.REASONS), or None."""
         label = classify(ip)
         if label == LOOPBACK and self.allow_loopback:
             return None
@@ -160,8 +174,9 @@ class WebhookSender:
             await self._session.close()
             self._session = None
 
-    async def send(self, url: str, body: bytes, secret: str, headers: dict[str, str] | None = None) -> Delivery:
-        """POSTs `body` (JSON) to `url`, signed with `secret`; never raises."""
+    async def send(self, url: str, body: bytes, secret: str, headers: dict[str, str] | None = None,
+                   signer: Callable[[str, bytes], str] = sign_timestamped) -> Delivery:
+        """POSTs `body` (JSON) to `url`, signed with `secret` by `signer` (each attempt); never raises."""
         problem = self.url_problem(url)
         if problem:
             return Delivery(REFUSED, 0, error=f"webhook_url {problem}")
@@ -169,18 +184,19 @@ class WebhookSender:
         refused: list[str] = []
         token = _REFUSED.set(refused)
         try:
-            return await self._send(url, body, secret, headers or {}, refused)
+            return await self._send(url, body, secret, headers or {}, refused, signer)
         finally:
             _REFUSED.reset(token)
 
-    async def _send(self, url: str, body: bytes, secret: str, headers: dict[str, str], refused: list[str]) -> Delivery:
+    async def _send(self, url: str, body: bytes, secret: str, headers: dict[str, str], refused: list[str],
+                    signer: Callable[[str, bytes], str]) -> Delivery:
         status = error = None
         attempt = 0
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 2))
             refused.clear()
-            all_headers = {**headers, "Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, int(time.time()), body)}
+            all_headers = {**headers, "Content-Type": "application/json", SIGNATURE_HEADER: signer(secret, body)}
             try:
                 async with self._session.post(url, data=body, headers=all_headers, allow_redirects=False,
                                               timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
