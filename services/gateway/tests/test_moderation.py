@@ -312,3 +312,36 @@ async def test_a_large_upload_asking_for_moderation_is_read_and_refused_never_st
     assert r.json()["error"]["message"].startswith(MODERATIONS_HEADER)
     assert fake.state.received == []
     assert sample(gw, "refused") == 1.0
+
+
+async def test_a_fallback_whose_body_override_changes_the_messages_is_moderated_before_it_is_sent(tmp_path):
+    """A Helicone-Fallbacks "bodyKeyOverride" replaces what a target is sent: a latest user message it puts there is
+    moderated too, before any target is tried, never sent unchecked."""
+    backup = create_fake_upstream()
+    async with serve(backup) as backup_url:
+        allow = [backup_url.removeprefix("http://")]
+        async with moderated_gateway(tmp_path, target_url_allowlist=allow) as (client, gw, built, fake):
+
+            def fallbacks(override: dict) -> str:
+                return json.dumps(
+                    [{"onCodes": [{"from": 500, "to": 599}]}, {"target-url": backup_url, "bodyKeyOverride": override}]
+                )
+
+            fake.state.fail_next.append(503)  # were it tried, the first target would fail: the backup would answer
+            flagged = await client.post(
+                "/v1/chat/completions",
+                json=CLEAN_CHAT,
+                headers={**MODERATED, "Helicone-Fallbacks": fallbacks({"messages": FLAGGED_CHAT["messages"]})},
+            )
+            clean = await client.post(
+                "/v1/chat/completions",
+                json=CLEAN_CHAT,
+                headers={**MODERATED, "Helicone-Fallbacks": fallbacks({"model": "gpt-4o"})},
+            )
+    assert flagged.status_code == 400 and flagged.json()["error"]["code"] == "PROMPT_FLAGGED_FOR_MODERATION", flagged.text
+    assert clean.status_code == 200 and clean.headers["helicone-fallback-index"] == "1", clean.text
+    # the override that changes the messages is moderated as well; one that leaves them as they are asks nothing more
+    assert paths(fake) == ["/v1/moderations", "/v1/moderations", "/v1/moderations", "/v1/chat/completions"]
+    assert paths(backup) == ["/v1/chat/completions"]
+    assert [ev.status for ev in built] == [400, 200]
+    assert (sample(gw, "flagged"), sample(gw, "passed")) == (1.0, 1.0)

@@ -27,9 +27,8 @@ from helicone_core.request_webhooks import (
 from helicone_core.webhooks import url_shape_problem
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .alerts import NUL_MESSAGE
 from .models import Answer, RequestId, documented, error_responses, utf8_text
-
-NUL_MESSAGE = "must not contain the NUL character (\\u0000)"
 
 
 class RequestWebhookSpec(BaseModel):

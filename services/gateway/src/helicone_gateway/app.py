@@ -82,6 +82,7 @@ from .moderation import (
     MAX_ANSWER_BYTES,
     MODERATIONS_HEADER,
     ModerationError,
+    Verdict,
     flagged_body,
     flagged_message,
     moderation_input,
@@ -176,7 +177,7 @@ async def send_error(send, status: int, message: str, kind: str, request_id: str
 # the provider as they arrive (Upload), whatever their size: they are never held whole, so HELICONE_MAX_REQUEST_BYTES, the
 # bound of what the gateway reads into memory, is not theirs. Smaller ones, and any body asking for a feature that reads
 # or resends it (a prompt, the cache, retries and fallbacks), are read whole as other bodies are.
-UPLOAD_MEDIA_TYPES = ("multipart/form-data", "application/octet-stream")
+UPLOAD_MEDIA_TYPES = (FORM_DATA, "application/octet-stream")
 UPLOAD_STREAM_BYTES = 1024 * 1024
 UPLOAD_DIGITS = len(str(UPLOAD_STREAM_BYTES))  # a Content-Length with fewer digits is smaller: no further test
 
@@ -565,7 +566,7 @@ class Gateway:
                 target = self._target(url)  # refused before the body is read
             if hh.retry is not None or hh.fallbacks is not None:  # only requests asking for them pay for a plan
                 plan = self._plan(hh, rt, url, target, path_and_query)
-            moderation: tuple[str, bytes] | None = None
+            moderation: tuple[str, tuple[bytes, ...]] | None = None
             declared = header_map.get("content-length")
             # a large upload, sent to nobody else and read for nothing but the log: streamed, never held whole
             # (not one to moderate: its body is read, and refused, never sent unchecked)
@@ -587,7 +588,7 @@ class Gateway:
                 if plan is not None:
                     self._plan_bodies(plan, rendered, body, wants_usage)
                 if hh.moderations:  # only requests asking for it pay for reading the body's messages
-                    moderation = self._moderation_call(rt, method, rendered)
+                    moderation = self._moderation_call(rt, method, rendered, plan)
             # after the caller's own errors (prompt, body override) so they spend no token; before the cache read
             if rate_limit is not None:
                 decision = await self.ratelimits.check(org_id, rate_limit)
@@ -1000,29 +1001,48 @@ class Gateway:
             raise ClientGone()
 
     # ---- moderation (only requests with Helicone-Moderations-Enabled: true) ----
-    def _moderation_call(self, rt: Route, method: str, body: bytes) -> tuple[str, bytes] | None:
-        """(moderation endpoint path, its request body) for the latest user message; None when the latest message is
-        not the user's (sent unmoderated, as in Helicone); Rejection (400) when the request has nothing to moderate."""
+    def _moderation_call(self, rt: Route, method: str, body: bytes,
+                         plan: Plan | None = None) -> tuple[str, tuple[bytes, ...]] | None:
+        """(moderation endpoint path, its request bodies): one for the latest user message, and one for each other latest
+        user message a Helicone-Fallbacks bodyKeyOverride puts in a target's body (never sent unchecked); None when no
+        body sent ends with the user's message (sent unmoderated, as in Helicone); Rejection (400) when the request has
+        nothing to moderate."""
+        bodies = [body]
+        if plan is not None:
+            bodies += [leg.body for leg in plan.legs if leg.fallback is not None and leg.fallback.body_override is not None]
         try:
             path = moderation_path(rt.provider, method, rt.path)
-            content = moderation_input(body)
+            contents = [moderation_input(b) for b in bodies if b is not None]
         except ModerationError as exc:
             self.m_moderations.labels("refused").inc()
             raise Rejection(exc.status, exc.message, exc.kind) from None
-        if content is None:
+        payloads = tuple(dict.fromkeys(json.dumps({"input": c}).encode() for c in contents if c is not None))
+        if not payloads:
             self.m_moderations.labels("skipped").inc()
             return None
-        return path, json.dumps({"input": content}).encode()
+        return path, payloads
 
-    async def _moderate(self, rt: Route, call: tuple[str, bytes], raw_headers: list[tuple[str, str]],
+    async def _moderate(self, rt: Route, call: tuple[str, tuple[bytes, ...]], raw_headers: list[tuple[str, str]],
                         request_id: str) -> None:
         """Asks the moderation endpoint next to the request's own (the deployment's OpenAI URL, or its
-        Helicone-Target-URL, egress-checked as the request is) with the caller's key. Rejection when the prompt is
-        flagged (Helicone's 400) and when no verdict came (fail closed: a failed moderation never lets a request through)."""
-        path, payload = call
+        Helicone-Target-URL, egress-checked as the request is) with the caller's key, about each body of the call in
+        turn. Rejection when a prompt is flagged (Helicone's 400) and when no verdict came (fail closed: a failed
+        moderation never lets a request through)."""
+        path, payloads = call
         url = rt.base_url + path
         target = self._target(url) if rt.target else None
         headers = request_headers(forward_request_headers(raw_headers))
+        for payload in payloads:
+            verdict = await self._moderation_verdict(rt, url, target, headers, payload)
+            if verdict.flagged:
+                self.m_moderations.labels("flagged").inc()
+                raise Rejection(FLAGGED_STATUS, flagged_message(verdict), "helicone_moderation_flagged",
+                                body=flagged_body(verdict, request_id))
+        self.m_moderations.labels("passed").inc()
+
+    async def _moderation_verdict(self, rt: Route, url: str, target: TargetDest | None, headers: list[tuple[str, str]],
+                                  payload: bytes) -> Verdict:
+        """One moderation call's verdict; Rejection when none came."""
         timeout = self.settings.moderation_timeout
         never = asyncio.get_running_loop().create_future()  # the caller leaving is not watched: the timeout bounds it
         try:
@@ -1060,11 +1080,7 @@ class Gateway:
             raise
         finally:
             never.cancel()
-        if verdict.flagged:
-            self.m_moderations.labels("flagged").inc()
-            raise Rejection(FLAGGED_STATUS, flagged_message(verdict), "helicone_moderation_flagged",
-                            body=flagged_body(verdict, request_id))
-        self.m_moderations.labels("passed").inc()
+        return verdict
 
     async def _render_prompt(self, hh: HeliconeHeaders, org_id: str, rt: Route, body: bytes) -> tuple[bytes, PromptUse | None]:
         """The stored prompt rendered into the body (provider-shaped); Rejection when it cannot be,
