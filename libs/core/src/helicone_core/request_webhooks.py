@@ -53,3 +53,14 @@ async def org_webhooks(pool, org_id: str) -> list[RequestWebhook]:
         return []  # not an org id Postgres could hold: no webhooks
     rows = await pool.fetch(f"SELECT {COLUMNS} FROM {TABLE} WHERE org_id = $1 ORDER BY created_at, id", org)
     return [RequestWebhook.from_row(r) for r in rows]
+
+
+async def all_webhooks(pool) -> dict[str, list[RequestWebhook]]:
+    """Every org's webhooks (org id -> its webhooks, oldest first): what ingest reads once per interval, one query
+    however many orgs write (an org without webhooks, the usual case, costs nothing per event)."""
+    rows = await pool.fetch(f"SELECT {COLUMNS} FROM {TABLE} ORDER BY org_id, created_at, id")
+    out: dict[str, list[RequestWebhook]] = {}
+    for r in rows:
+        hook = RequestWebhook.from_row(r)
+        out.setdefault(hook.org_id, []).append(hook)
+    return out

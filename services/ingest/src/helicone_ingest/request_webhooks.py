@@ -4,8 +4,10 @@ with Helicone's payload and signature.
 Ingest delivers because it is the one that knows a request is stored: BatchWriter.write offers its
 events once their rows are in. Delivery never slows ingest: offer() only puts work on a bounded queue
 (full: the delivery is dropped and counted), one task takes it off and sends with up to `concurrency`
-deliveries at a time. An org's webhooks are read from Postgres once per `ttl` seconds (cached per org,
-the last answer kept while Postgres is away); no Postgres, no answer yet: nothing is sent for that org.
+deliveries at a time. Every org's webhooks are read from Postgres in one query once per `ttl` seconds
+(the last answer kept while Postgres is away), starting at the first offer: the events offered before
+that first answer wait for it (at most a queue's worth), then go by it. While no org has a webhook,
+offering costs nothing per event.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import orjson
 from helicone_core import events
 from helicone_core.metrics import ServiceMetrics
-from helicone_core.request_webhooks import RequestWebhook, org_webhooks
+from helicone_core.request_webhooks import RequestWebhook, all_webhooks
 from helicone_core.webhooks import DELIVERY_RESULTS, WebhookSender, sign_body
 
 log = logging.getLogger("helicone.ingest")
@@ -27,9 +28,8 @@ DROPPED = "dropped"  # the queue was full: never tried
 RESULTS = (*DELIVERY_RESULTS, DROPPED)
 # Helicone's payload limit: a body longer than this is replaced by TOO_LARGE
 MAX_BODY_BYTES = 10 * 1024
-# Events held per place of the delivery queue while orgs' webhooks are first read (a new org's whole batch, up to
-# thousands of events, waits for one read); past it they are dropped and counted
-WAITING_PER_QUEUE_PLACE = 10
+# Seconds between tries of a first read that failed (Postgres not there yet): the events offered meanwhile wait
+FIRST_READ_RETRY = 1.0
 TOO_LARGE = "Body too large for webhook, please fetch the full request and response from Helicone"
 
 
@@ -65,10 +65,10 @@ class RequestWebhooks:
         self.concurrency = concurrency
         self.pool = None
         self._queue: asyncio.Queue[tuple[RequestWebhook, events.RequestLogged]] = asyncio.Queue(queue_size)
-        self._waiting: dict[str, list[events.RequestLogged]] = {}  # org -> its events while its webhooks are read
-        self._waiting_count = 0
-        self._configs: dict[str, tuple[float, list[RequestWebhook]]] = {}  # org -> (read at, monotonic; its webhooks)
-        self._loading: dict[str, asyncio.Task] = {}
+        self._hooks: dict[str, list[RequestWebhook]] | None = None  # org -> its webhooks; None: not read yet
+        self._waiting: list[events.RequestLogged] = []  # offered before the first read answered
+        self._read = asyncio.Event()  # set after each read, answered or failed
+        self._reader: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self.m_deliveries = metrics.counter(
@@ -79,34 +79,25 @@ class RequestWebhooks:
 
     def attach(self, pool) -> None:
         self.pool = pool
+        if self._waiting:
+            self._start_reading()
 
     def offer(self, written: list[events.RequestLogged]) -> None:
-        """Queues the deliveries of events whose rows are written; never waits. An org's events wait (no queue entry,
-        no task) while its webhooks are first read: an org without webhooks, the usual case, costs a dict lookup per
-        event, never a queued delivery or a drop."""
-        now = time.monotonic()
+        """Queues the deliveries of events whose rows are written; never waits."""
+        hooks = self._hooks
+        if hooks is None:  # not read yet: they wait for the first answer, at most a queue's worth
+            self._start_reading()
+            room = max(0, self._queue.maxsize - len(self._waiting))
+            self._waiting += written[:room]
+            if len(written) > room:
+                self.m_deliveries.labels(DROPPED).inc(len(written) - room)
+            return
+        if not hooks:
+            return
         for ev in written:
-            cached = self._configs.get(ev.org_id)
-            if cached is None:
-                self._wait(ev)
-                continue
-            if now - cached[0] > self.ttl:
-                self._refresh(ev.org_id)  # this event goes by the last answer; the next ones by the new
-            for hook in cached[1]:
+            for hook in hooks.get(ev.org_id, ()):
                 if hook.selects(ev.properties):
                     self._put(hook, ev)
-
-    def _wait(self, ev: events.RequestLogged) -> None:
-        """Holds an event until its org's webhooks are read (_load hands it on); without Postgres nothing is read, and
-        nothing is sent for the org. At most WAITING_PER_QUEUE_PLACE events per queue place wait (past it: dropped and
-        counted)."""
-        if self._refresh(ev.org_id) is None:
-            return
-        if self._waiting_count >= self._queue.maxsize * WAITING_PER_QUEUE_PLACE:
-            self.m_deliveries.labels(DROPPED).inc()
-            return
-        self._waiting.setdefault(ev.org_id, []).append(ev)
-        self._waiting_count += 1
 
     def _put(self, hook: RequestWebhook, ev: events.RequestLogged) -> None:
         try:
@@ -114,11 +105,27 @@ class RequestWebhooks:
         except asyncio.QueueFull:
             self.m_deliveries.labels(DROPPED).inc()
 
+    def _start_reading(self) -> None:
+        if self._reader is None and self.pool is not None:
+            self._reader = asyncio.create_task(self._read_loop(), name="ingest-webhooks-read")
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                self._hooks = await all_webhooks(self.pool)
+            except Exception as exc:  # noqa: BLE001 - Postgres away: the last answer stands until it is back
+                log.debug("webhooks not read (%s: %s)", exc.__class__.__name__, exc)
+            if self._hooks is not None and self._waiting:
+                waiting, self._waiting = self._waiting, []
+                self.offer(waiting)
+            self._read.set()
+            await asyncio.sleep(self.ttl if self._hooks is not None else min(self.ttl, FIRST_READ_RETRY))
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingest-webhooks")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._sending, *self._loading.values()) if t is not None]
+        tasks = [t for t in (self._task, self._reader, *self._sending) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -127,8 +134,9 @@ class RequestWebhooks:
 
     async def idle(self) -> None:
         """Returns once everything offered so far has been tried (tests, a graceful stop)."""
-        while self._loading:
-            await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        if self._hooks is None and self._reader is not None:
+            self._read.clear()
+            await self._read.wait()
         await self._queue.join()
 
     async def _run(self) -> None:
@@ -157,31 +165,3 @@ class RequestWebhooks:
             raise
         except Exception as exc:  # noqa: BLE001 - one delivery's failure must not stop the others
             log.warning("webhook delivery of request %s failed (%s: %s)", ev.request_id, exc.__class__.__name__, exc)
-
-    def _refresh(self, org: str) -> asyncio.Task | None:
-        """The read of the org's webhooks under way, started if none is; None without Postgres."""
-        if self.pool is None:
-            return None
-        loading = self._loading.get(org)
-        if loading is None:
-            loading = self._loading[org] = asyncio.create_task(self._load(org), name="ingest-webhooks-read")
-            loading.add_done_callback(lambda _: self._loading.pop(org, None))
-        return loading
-
-    async def _load(self, org: str) -> list[RequestWebhook]:
-        """Reads the org's webhooks, then hands on the org's events that waited for them."""
-        try:
-            hooks = await org_webhooks(self.pool, org)
-        except Exception as exc:  # noqa: BLE001 - Postgres away: the last answer stands until it is back
-            log.debug("webhooks of org %s not read (%s: %s)", org, exc.__class__.__name__, exc)
-            cached = self._configs.get(org)
-            hooks = cached[1] if cached else []
-        else:
-            self._configs[org] = (time.monotonic(), hooks)
-        waiting = self._waiting.pop(org, [])
-        self._waiting_count -= len(waiting)
-        for ev in waiting:
-            for hook in hooks:
-                if hook.selects(ev.properties):
-                    self._put(hook, ev)
-        return hooks
