@@ -231,9 +231,9 @@ async def test_malformed_request_gets_400_and_the_connection_closes():
         assert await closed_by_server(reader)
 
         reader, writer = await connect(server)
-        writer.write(b"GET /ws HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        writer.write(b"GET /ws HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n")
         status, _, body = await read_response(reader)
-        assert status == 400 and "upgrade" in json.loads(body)["error"]["message"]
+        assert status == 400 and json.loads(body)["error"]["message"].startswith("Upgrade: h2c is not supported")
         writer.close()
 
 

@@ -225,19 +225,20 @@ async def test_a_json_body_over_the_request_limit_is_still_a_413_naming_the_sett
     assert info.value.status_code == 413 and "HELICONE_MAX_REQUEST_BYTES" in info.value.message
 
 
-async def test_a_realtime_websocket_is_refused_at_once_with_a_message_naming_the_upgrade(gateway):
-    """The Realtime API is a WebSocket (GET /v1/realtime, Upgrade: websocket), which the gateway cannot carry: the SDK got
-    a 400 "protocol upgrades are not supported", naming neither the Upgrade header nor what the gateway takes."""
+async def test_a_realtime_websocket_to_a_provider_without_it_gets_the_providers_status(gateway):
+    """The Realtime API is a WebSocket (GET /v1/realtime, Upgrade: websocket): the gateway relays it
+    (test_realtime.py); a provider that does not upgrade it answers the SDK with its own HTTP status, logged."""
     client, _fake, built, _url = gateway
     with pytest.raises(websockets.InvalidStatus) as info:
         async with asyncio.timeout(5):
             async with client.realtime.connect(model="gpt-realtime"):
                 pass
     response = info.value.response
-    message = json.loads(response.body)["error"]["message"]
-    assert response.status_code == 400 and message.startswith("Upgrade: websocket is not supported"), message
-    assert "Realtime API" in message and "HTTP" in message
-    assert not built  # refused as it arrives, before any Helicone key is read: nobody's log
+    # the fake provider's server has no WebSocket route: it refuses the upgrade with a 403
+    assert response.status_code == 403, response.body
+    assert "WebSocket handshake with 403" in json.loads(response.body)["error"]["message"]
+    [ev] = await logged(built)
+    assert (ev.status, ev.model, ev.path) == (403, "gpt-realtime", "/v1/realtime")
 
 
 async def test_a_batch_or_a_stored_response_retrieved_is_logged_without_its_usage_never_priced_again(gateway):

@@ -6,6 +6,7 @@ and the ops routes (helicone_core.metrics.OpsRoutes): the gateway process never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -95,11 +96,22 @@ from .providers import Route, Router, dot_segment, dot_segment_message, missing_
 from .publisher import EventPublisher
 from .ratelimit import (
     CENTS,
+    POLICY_HEADER,
     MemoryRateLimitStore,
     RateLimiter,
     RateLimitRequest,
     RedisRateLimitStore,
     rate_limit_request,
+)
+from .realtime import (
+    CLOSE_TIMEOUT,
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    MAX_MESSAGE_BYTES,
+    RealtimeUsage,
+    sent_close_code,
+    upstream_headers,
+    ws_session,
 )
 from .resilience import (
     FALLBACK_INDEX_HEADER,
@@ -426,6 +438,7 @@ class Gateway:
         # the series every proxied request touches, looked up once per label values (labels() takes
         # a lock and builds a key per call)
         self._auth_ok = self.m_auth.labels("ok")
+        self._ws_sessions: dict[bool, aiohttp.ClientSession] = {}  # Target-URL or not -> provider WebSocket client
         self._per_provider: dict[str, tuple] = {}  # provider -> (ttfb, duration) children
         self._requests_by: dict[tuple[str, str], Any] = {}  # (provider, status class) -> m_requests child
 
@@ -448,6 +461,8 @@ class Gateway:
         await self.ratelimits.close()
         if self.upstream is not None:
             await self.upstream.close()
+        for session in self._ws_sessions.values():
+            await session.close()
 
     async def ready(self) -> dict[str, Check]:
         """Ready while it can authenticate and forward. Kafka and Postgres are optional: without
@@ -753,6 +768,178 @@ class Gateway:
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt,
                       rate_limit=rate_limit, plan=plan, resp_tail=capture.end())
+
+    # ---- WebSockets (the Realtime API): only connections that asked for the upgrade come here ----
+    async def relay_websocket(self, scope, receive, send) -> None:
+        """A WebSocket relayed to the provider: Helicone-Auth checked before anything goes upstream (fails closed), the
+        route and the Target-URL egress check as for HTTP, the caller's key and subprotocols sent on; then every message
+        both ways as it came, pings answered on each side, a close (its code and reason) passed on. A handshake the
+        provider refuses is answered with its status. Logged once when the session ends (RequestLogged: status 101, the
+        session's length, the usage of its response.done events summed); no bodies are kept."""
+        started, started_at = time.perf_counter(), time.time_ns()
+        request_id = events.new_request_id()
+        await receive()  # websocket.connect
+        try:
+            too_large = header_limit_error(scope, self.settings.max_header_count, self.settings.max_header_bytes)
+            if too_large is not None:
+                raise Rejection(HEADERS_TOO_LARGE_STATUS, too_large, HEADERS_TOO_LARGE_TYPE)
+            raw_headers = decode_headers(scope["headers"])
+            try:
+                hh = parse_helicone_headers(raw_headers)
+            except HeaderError as exc:
+                raise Rejection(400, str(exc), "helicone_header_error") from None
+            request_id = hh.request_id or request_id
+            org_id = self.org_for(hh.auth_key)
+            # checks a WebSocket session cannot have: refused, never a session that goes unchecked or unlimited
+            unchecked = [h for h, on in ((MODERATIONS_HEADER, hh.moderations),
+                                         (POLICY_HEADER, hh.rate_limit_policy is not None)) if on]
+            if unchecked:
+                raise Rejection(400, f"{unchecked[0]} applies to HTTP requests only: a WebSocket session's messages are "
+                                "neither moderated nor rate limited; remove the header to open the session without it",
+                                "helicone_header_error")
+        except Rejection as r:
+            self._answered(scope, NO_PROVIDER, started, r.status)
+            return await self._deny_websocket(send, r, request_id)
+        path = scope["raw_path"].decode("latin-1")
+        query = scope.get("query_string") or b""
+        rt = Route(provider=UNKNOWN_PROVIDER, base_url="", path=path)
+        model = ""
+        for name, value in URL.build(query=query.decode("latin-1")).query.items():
+            if name in ("model", "deployment") and not model:  # OpenAI's query parameter, Azure's deployment
+                model = value
+        try:
+            rt = self.router.route(path, dict(raw_headers), hh.target_url)
+            if dot_segment(rt.path):
+                raise Rejection(400, dot_segment_message(rt.path), "helicone_route_error")
+            if not rt.base_url:
+                raise Rejection(400, missing_base_url(rt.provider, rt.path), "helicone_route_error")
+            url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
+            target = self._target(url) if rt.target else None
+            ws = await self._connect_websocket(url, target, upstream_headers(raw_headers), scope.get("subprotocols") or ())
+        except Rejection as r:
+            self._answered(scope, rt.provider, started, r.status)
+            self._log_session(org_id, request_id, hh, rt, model, started, started_at, r.status, RealtimeUsage(), -1, r.logged)
+            return await self._deny_websocket(send, r, request_id)
+        headers = [(b"helicone-id", request_id.encode()), *self.answer_headers]
+        await send({"type": "websocket.accept", "subprotocol": ws.protocol, "headers": headers})
+        self._answered(scope, rt.provider, started, 101)  # its duration: the handshake's (a session's length is logged)
+        usage, first_at, error = RealtimeUsage(), -1.0, ""
+
+        async def caller_to_provider() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    await ws.close(code=sent_close_code(message.get("code"), GOING_AWAY))
+                    return
+                text = message.get("text")
+                if text is not None:
+                    await ws.send_str(text)
+                else:
+                    await ws.send_bytes(message.get("bytes") or b"")
+
+        pump = asyncio.ensure_future(caller_to_provider())
+        kind = None
+        try:
+            while True:
+                msg = await ws.receive()
+                kind = msg.type
+                if kind is aiohttp.WSMsgType.TEXT:
+                    if first_at < 0:
+                        first_at = time.perf_counter()
+                    usage.read(msg.data)
+                    await send({"type": "websocket.send", "text": msg.data})
+                elif kind is aiohttp.WSMsgType.BINARY:
+                    if first_at < 0:
+                        first_at = time.perf_counter()
+                    await send({"type": "websocket.send", "bytes": msg.data})
+                else:  # CLOSE (the provider's, answered by aiohttp), CLOSING (the caller's, under way), CLOSED, ERROR
+                    break
+            if not pump.done() and kind is not aiohttp.WSMsgType.CLOSING:  # the provider ended the session: the caller
+                # gets its close code and reason (CLOSING: the caller's close, under way, ended the loop)
+                if kind is aiohttp.WSMsgType.CLOSE:
+                    code, reason = sent_close_code(msg.data, INTERNAL_ERROR), msg.extra or ""
+                else:
+                    code, reason = INTERNAL_ERROR, "provider connection lost"
+                    error = f"provider WebSocket connection lost ({msg.data.__class__.__name__ if msg.data else 'closed'})"
+                await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        except (aiohttp.ClientError, OSError) as exc:  # the provider's side broke while a message went to it
+            error = f"provider WebSocket failed: {exc.__class__.__name__}"
+            await send({"type": "websocket.close", "code": INTERNAL_ERROR, "reason": "provider connection lost"})
+        finally:
+            if not pump.done() and kind is not aiohttp.WSMsgType.CLOSING:  # CLOSING: the caller's close is under way
+                pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
+                await pump
+            if not ws.closed:
+                await ws.close()
+            ttft_ms = int((first_at - started) * 1000) if first_at >= 0 else -1
+            self._log_session(org_id, request_id, hh, rt, model, started, started_at, 101, usage, ttft_ms, error)
+
+    async def _connect_websocket(self, url: str, target: TargetDest | None, headers: list[tuple[str, str]],
+                                 subprotocols) -> aiohttp.ClientWebSocketResponse:
+        """The provider's WebSocket; Rejection with the provider's status when it refused the upgrade, 502/504 when it
+        could not be reached, 403 when the egress policy refused every address of a Target-URL host."""
+        session = self._ws_sessions.get(target is not None)
+        if session is None:
+            session = self._ws_sessions[target is not None] = ws_session(self.target_sockets if target is not None else None)
+        s = self.settings
+        connecting = token = None
+        if target is not None:
+            connecting = TargetConnect(target.host, target.port)
+            token = CONNECTING.set(connecting)
+        try:
+            async with asyncio.timeout(s.upstream_connect_timeout + s.upstream_read_timeout):
+                return await session.ws_connect(
+                    target.url if target is not None else upstream_url(url), headers=headers, protocols=subprotocols,
+                    autoping=True, autoclose=True, max_msg_size=MAX_MESSAGE_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status if exc.status >= 400 else 502
+            raise Rejection(status, f"the provider answered the WebSocket handshake with {exc.status} "
+                            f"({exc.message}); the session was not opened", "upstream_error") from None
+        except TimeoutError:
+            raise Rejection(504, "timeout: the provider did not complete the WebSocket handshake", "upstream_timeout") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if connecting is not None and connecting.refused and not connecting.opened:
+                raise self._target_refused(connecting.refused, target.host, target.port, literal=False,  # type: ignore[union-attr]
+                                           name=target.name) from None  # type: ignore[union-attr]
+            raise Rejection(502, f"the provider's WebSocket could not be reached ({exc.__class__.__name__})",
+                            "upstream_error") from None
+        finally:
+            if token is not None:
+                CONNECTING.reset(token)
+
+    async def _deny_websocket(self, send, r: Rejection, request_id: str) -> None:
+        """An HTTP answer instead of the upgrade (the gateway's error shape), as an HTTP request would get it."""
+        body = error_body(r.message, r.kind) if r.body is None else r.body
+        headers = [(b"content-type", b"application/json"), (b"helicone-id", request_id.encode()), *self.answer_headers,
+                   *r.headers]
+        await send({"type": "websocket.http.response.start", "status": r.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+
+    def _log_session(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, model: str, started: float,
+                     started_at: int, status: int, usage: RealtimeUsage, ttft_ms: int, error: str) -> None:
+        """The session as one logged request: its length as the latency, its summed usage priced by the registry."""
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        finished_at = time.time_ns()
+
+        def build() -> events.RequestLogged:
+            parsed = Parsed(model=model, tokens=usage.tokens, known=usage.known)
+            logged_model = hh.logged_model(model)
+            cost = parsed.cost(self.costs, rt.provider, logged_model)
+            ev = events.RequestLogged(
+                schema_version=events.SCHEMA_VERSION, request_id=request_id, org_id=org_id, latency_ms=latency_ms,
+                time_to_first_token_ms=ttft_ms, status=status, provider=rt.provider, model=logged_model, method="GET",
+                path=rt.path, target_url=rt.base_url, user_id=hh.logged_user(""), session_id=hh.session_id,
+                session_path=hh.session_path, session_name=hh.session_name, properties=hh.logged_properties(),
+                usage=parsed.logged_usage(), cost_usd=cost or 0.0, cost_known=cost is not None, streamed=True,
+                inline=hh.inline_bodies(b"", "", b"", "", 0), error=error, source="gateway", region=self.settings.region,
+            )
+            events.set_time_ns(ev.request_created_at, started_at)
+            events.set_time_ns(ev.response_created_at, finished_at)
+            return ev
+
+        self.publisher.submit(build, 0)
 
     @staticmethod
     def _write_timed_out(disconnected: asyncio.Future) -> bool:
@@ -1218,6 +1405,8 @@ class GatewayApp:
                 if COUNTED not in scope:
                     self.gateway._answered(scope, UNKNOWN_PROVIDER, started, 500)
                 raise
+        elif kind == "websocket":
+            await self.gateway.relay_websocket(scope, receive, send)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
         else:

@@ -13,7 +13,10 @@ body the app waits for and the caller stopped sending), a write timeout (a calle
 that long is cut, and its app learns it from receive(): WRITE_TIMED_OUT; pipelined requests wait while their caller
 does not read), a graceful stop (no new connections, answers in progress finish, idle connections close) and the ASGI
 lifespan.
-It does not: upgrades (WebSocket, h2c: 400), request targets other than a path or an absolute URL (400),
+Upgrade: websocket (a GET answered alone, not pipelined behind another request) becomes an ASGI "websocket" scope
+(WebSocketSession: framing by websockets' sans-I/O ServerProtocol, pings answered, the denial-response extension for an
+HTTP answer instead of the upgrade); the connection's transport is handed to it, so plain requests pay nothing for it.
+It does not: other upgrades (h2c, CONNECT: 400), request targets other than a path or an absolute URL (400),
 transfer codings other than chunked (501), HTTP/2, proxy headers (the gateway trusts none).
 
 receive() returns an asyncio.Future, so the gateway's `ensure_future(receive())` (its watch for the
@@ -49,6 +52,11 @@ from helicone_core.http_limits import (
     head_too_large_message,
     server_head_limit,
 )
+from websockets.datastructures import Headers as WsHeaders
+from websockets.frames import Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 try:
     from fcntl import ioctl
@@ -98,12 +106,20 @@ def error_response(status: int, message: str, kind: str) -> bytes:
             + b"connection: close\r\ndate: " + http_date() + b"\r\n\r\n" + body)
 
 
+def upgrade_protocol(ex: Exchange | None) -> bytes:
+    return next((v for n, v in ex.scope["headers"] if n == b"upgrade"), b"") if ex is not None else b""
+
+
 def upgrade_refusal(ex: Exchange | None) -> str:
-    """Why an upgrade (Upgrade: websocket, h2c; CONNECT) is refused, naming what was asked for."""
-    protocol = next((v for n, v in ex.scope["headers"] if n == b"upgrade"), b"") if ex is not None else b""
+    """Why an upgrade other than a WebSocket's (h2c; CONNECT; a WebSocket pipelined behind another request) is refused,
+    naming what was asked for."""
+    protocol = upgrade_protocol(ex)
     asked = f"Upgrade: {protocol[:40].decode('latin-1')}" if protocol else "a protocol upgrade (CONNECT)"
-    return (f"{asked} is not supported: this gateway proxies HTTP requests only, so a WebSocket (the Realtime API's) "
-            "cannot go through it; connect to the provider directly, or send HTTP requests without an upgrade")
+    if protocol.lower() == b"websocket":
+        return (f"{asked} is only accepted on a GET that is the connection's only request in flight (not pipelined "
+                "behind another, no body)")
+    return (f"{asked} is not supported: this gateway proxies HTTP requests and WebSockets (Upgrade: websocket on a GET) "
+            "only; send HTTP requests without an upgrade")
 
 
 _date = [0, b""]
@@ -340,6 +356,7 @@ class HttpConnection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
+        self.websocket: WebSocketSession | None = None  # the session the connection was upgraded to
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -361,8 +378,15 @@ class HttpConnection(asyncio.Protocol):
         events = self.events
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(400, upgrade_refusal(self.latest), "invalid_request", self.latest)
+        except httptools.HttpParserUpgrade as upgrade:
+            ex = self.latest
+            if (ex is not None and ex is self.current and ex.body_done and not self.pending and ex.task is not None
+                    and not ex.started and ex.scope["method"] == "GET" and upgrade_protocol(ex).lower() == b"websocket"):
+                ex.task.cancel()  # not run yet (created in this callback): the session's task answers it
+                self.current = self.reading = None
+                WebSocketSession(self, ex.scope, data[upgrade.args[0]:] if upgrade.args else b"")
+            else:
+                self._refuse(400, upgrade_refusal(ex), "invalid_request", ex)
             return
         except httptools.HttpParserError as exc:
             refused = exc.__context__
@@ -569,7 +593,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _idle_check(self) -> None:
         self.idle_timer = None
-        if self.closed:
+        if self.closed or self.websocket is not None:  # a WebSocket stays open while either side wants it
             return
         timeout, now = self.server.keepalive_timeout, self.loop.time()
         current, due = self.current, self.last_active + timeout
@@ -649,7 +673,9 @@ class HttpConnection(asyncio.Protocol):
     def stop(self) -> None:
         """Graceful stop (the server's `stopping` is set): an idle connection closes now, a busy one after
         its current response (requests pipelined behind it are not answered)."""
-        if self.current is None:  # idle, or a request not yet read whole: it is not answered
+        if self.websocket is not None:
+            self.websocket.going_away()
+        elif self.current is None:  # idle, or a request not yet read whole: it is not answered
             self.close()
 
     def close(self) -> None:
@@ -661,6 +687,271 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
             self.transport.abort()
+
+
+# WebSocket close codes a close frame never carries (RFC 6455 7.4.1): the app is given them, a peer never is
+NO_STATUS_CODE, ABNORMAL_CODE = 1005, 1006
+WS_MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one WebSocket message (a Realtime audio append is base64 of its audio)
+WS_INBOX_HIGH = 64  # messages received ahead of the app before reading pauses
+
+
+class WebSocketSession(asyncio.Protocol):
+    """A connection upgraded by Upgrade: websocket, served as an ASGI "websocket" scope. It takes the connection's
+    transport (set_protocol), so the HTTP parser never sees its bytes again. The handshake is answered when the app
+    accepts (websocket.accept), or an HTTP answer is given instead (websocket.http.response.*, the denial-response
+    extension; websocket.close before accepting: 403). Pings are answered here; a close frame received is answered
+    and given to the app as websocket.disconnect with its code (1005 when it had none, 1006 when the connection
+    dropped without one)."""
+
+    def __init__(self, conn: HttpConnection, scope: dict, early: bytes) -> None:
+        self.conn, self.loop, self.transport = conn, conn.loop, conn.transport
+        conn.websocket = self
+        headers = scope["headers"]
+        offered = [p.strip() for n, v in headers if n == b"sec-websocket-protocol"
+                   for p in v.decode("latin-1").split(",") if p.strip()]
+        self.scope = {**scope, "type": "websocket", "subprotocols": offered,
+                      "extensions": {"websocket.http.response": {}}}
+        self.request = WsRequest(scope["raw_path"].decode("latin-1") + ("?" + scope["query_string"].decode("latin-1")
+                                                                         if scope["query_string"] else ""),
+                                 WsHeaders([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]))
+        self.protocol = None  # websockets.ServerProtocol once accepted
+        self.early = early  # bytes the caller sent after its head, before the handshake was answered
+        self.connected = False  # websocket.connect was given to the app
+        self.accepted = False
+        self.answered = False  # the handshake's answer (101, or an HTTP answer) went out
+        self.denial: list = []  # a websocket.http.response.start and its body parts, until the last
+        self.inbox: deque[dict] = deque()
+        self.waiter: asyncio.Future | None = None
+        self.fragments: list[bytes] = []
+        self.fragment_op = None
+        self.close_code = 0  # set once the caller is gone: the disconnect's code
+        self.closed = False
+        self.paused_reading = False
+        self.task = self.loop.create_task(self.run(conn.app))
+        conn.server.tasks.add(self.task)
+        self.task.add_done_callback(conn.server.tasks.discard)
+        self.transport.set_protocol(self)
+        self.transport.pause_reading()  # nothing is read before the handshake is answered
+        self.paused_reading = True
+
+    # ---- ASGI ------------------------------------------------------------------------
+    def receive(self) -> asyncio.Future:
+        fut = self.loop.create_future()
+        if not self.connected:
+            self.connected = True
+            fut.set_result({"type": "websocket.connect"})
+        elif self.inbox:
+            fut.set_result(self.inbox.popleft())
+            if self.paused_reading and self.protocol is not None and len(self.inbox) < WS_INBOX_HIGH // 2 and not self.closed:
+                self.paused_reading = False
+                self.transport.resume_reading()
+        elif self.close_code:
+            fut.set_result({"type": "websocket.disconnect", "code": self.close_code})
+        else:
+            self.waiter = fut
+        return fut
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "websocket.send":
+            if not self.accepted:
+                raise RuntimeError("websocket.send before websocket.accept")
+            if self.closed or self.protocol.state is not State.OPEN:
+                return  # the caller is gone or closing: what the app still sends has nowhere to go
+            text = message.get("text")
+            if text is not None:
+                self.protocol.send_text(text.encode())
+            else:
+                self.protocol.send_binary(message.get("bytes") or b"")
+            self._flush()
+            if self.conn.write_paused and not self.closed:
+                await self.conn.drain()
+        elif kind == "websocket.accept":
+            self._accept(message)
+        elif kind == "websocket.close":
+            if not self.answered:
+                self._deny(403, [(b"content-type", b"application/json")],
+                           error_body("the WebSocket was refused", "websocket_refused"))
+            elif self.accepted and not self.closed and self.protocol.state is State.OPEN:
+                self.protocol.send_close(message.get("code", 1000), message.get("reason") or "")
+                self._flush()
+        elif kind == "websocket.http.response.start":
+            if self.answered or self.denial:
+                raise RuntimeError("websocket.http.response.start after the handshake was answered")
+            self.denial = [message]
+        elif kind == "websocket.http.response.body":
+            if not self.denial:
+                raise RuntimeError("websocket.http.response.body before websocket.http.response.start")
+            self.denial.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                start, *parts = self.denial
+                self._deny(start["status"], start.get("headers") or (), b"".join(parts))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _accept(self, message: dict) -> None:
+        if self.answered:
+            raise RuntimeError("websocket.accept after the handshake was answered")
+        chosen = message.get("subprotocol")
+        handshake = ServerProtocol(subprotocols=[chosen] if chosen else None, logger=log)
+        response = handshake.accept(self.request)
+        self.answered = True
+        if response.status_code != 101:  # not a valid handshake (no Sec-WebSocket-Key, another version): its 4xx
+            handshake.send_response(response)
+            for data in handshake.data_to_send():
+                self.transport.write(data)
+            self.conn.close()
+            return
+        for name, value in message.get("headers") or ():
+            response.headers[name.decode("latin-1")] = value.decode("latin-1")
+        handshake.send_response(response)
+        self.transport.write(b"".join(handshake.data_to_send()))
+        # the frames from here on: a protocol that starts open (one built for the handshake would parse a request first)
+        self.protocol = ServerProtocol(state=State.OPEN, max_size=WS_MAX_MESSAGE, logger=log)
+        self.accepted = True
+        early, self.early = self.early, b""
+        if early:
+            self.data_received(early)
+        if not self.closed and len(self.inbox) < WS_INBOX_HIGH:
+            self.paused_reading = False
+            self.transport.resume_reading()
+
+    def _deny(self, status: int, headers, body: bytes) -> None:
+        """An HTTP answer instead of the upgrade; the connection closes after it."""
+        self.answered = True
+        self.denial = []
+        if self.closed:
+            return
+        head = [status_line(status)]
+        for name, value in headers:
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name:
+                raise RuntimeError(f"invalid response header {name!r}")
+            if name.lower() not in (b"content-length", b"connection", b"transfer-encoding"):
+                head.append(name + b": " + value + b"\r\n")
+        head.append(b"content-length: %d\r\nconnection: close\r\ndate: %b\r\n\r\n" % (len(body), http_date()))
+        self.transport.write(b"".join(head) + body)
+        self.conn.close()
+
+    def going_away(self) -> None:
+        """The server stops: an open session is closed with 1001 (the app learns it as a disconnect)."""
+        if self.accepted and not self.closed and self.protocol.state is State.OPEN:
+            self.protocol.send_close(1001, "server shutting down")
+            self._flush()
+        self._gone(1001)
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if self.closed:
+                return
+            if data:
+                self.transport.write(data)
+            else:  # the closing handshake is over: the server closes the TCP connection
+                self.conn.close()
+
+    def _gone(self, code: int) -> None:
+        if not self.close_code:
+            self.close_code = code
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result({"type": "websocket.disconnect", "code": self.close_code})
+
+    def _put(self, message: dict) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+            return
+        self.inbox.append(message)
+        if len(self.inbox) >= WS_INBOX_HIGH and not self.paused_reading:
+            self.paused_reading = True
+            self.transport.pause_reading()
+
+    async def run(self, app) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("websocket %s failed: %s", self.scope["path"], "".join(traceback.format_exception_only(exc)).strip())
+            self._ended(1011)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            self._ended(1000)
+
+    def _ended(self, code: int) -> None:
+        """The app is done: a handshake it never answered is a 500 (1011 after accepting: an error), an open session closes."""
+        if self.closed:
+            return
+        if not self.answered:
+            self._deny(500, [(b"content-type", b"application/json")], error_body("internal gateway error", "gateway_error"))
+        elif self.accepted and self.protocol.state is State.OPEN:
+            self.protocol.send_close(code)
+            self._flush()
+            self.loop.call_later(REFUSED_LINGER_SECONDS, self.conn.close)  # the caller's close frame is not awaited for ever
+        elif self.accepted:
+            self.loop.call_later(REFUSED_LINGER_SECONDS, self.conn.close)
+
+    # ---- asyncio.Protocol (the connection's, once upgraded) ----------------------------
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        if protocol is None:
+            self.early += data
+            return
+        protocol.receive_data(data)
+        for frame in protocol.events_received():
+            op = frame.opcode
+            if op is Opcode.TEXT or op is Opcode.BINARY:
+                self.fragment_op = op
+                self.fragments = [frame.data]
+            elif op is Opcode.CONT:
+                self.fragments.append(frame.data)
+            else:
+                continue  # ping (answered by the protocol), pong, close (below)
+            if frame.fin:
+                payload = b"".join(self.fragments)
+                self.fragments = []
+                if self.fragment_op is Opcode.TEXT:
+                    try:
+                        self._put({"type": "websocket.receive", "text": payload.decode()})
+                    except UnicodeDecodeError:
+                        protocol.fail(1007, "invalid UTF-8 in a text message")
+                        break
+                else:
+                    self._put({"type": "websocket.receive", "bytes": payload})
+        self._flush()
+        if protocol.close_rcvd is not None:
+            self._gone(protocol.close_rcvd.code)
+        elif protocol.state is State.CLOSED:  # a protocol error (too large, bad frame): it sent its close
+            self._gone(ABNORMAL_CODE)
+
+    def eof_received(self) -> bool | None:
+        if self.protocol is not None:
+            self.protocol.receive_eof()
+            self._flush()
+        return None
+
+    def connection_lost(self, exc) -> None:
+        conn = self.conn
+        self.closed = conn.closed = True
+        conn.server.connections.discard(conn)
+        if conn.write_timer is not None:
+            conn.write_timer.cancel()
+            conn.write_timer = None
+        if conn.drained is not None and not conn.drained.done():
+            conn.drained.set_result(None)
+        code = ABNORMAL_CODE
+        if self.protocol is not None and self.protocol.close_rcvd is not None:
+            code = self.protocol.close_rcvd.code
+        self._gone(code)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        conn = self.conn
+        conn.write_paused = False
+        conn.write_resumes += 1
+        if conn.drained is not None and not conn.drained.done():
+            conn.drained.set_result(None)
 
 
 class HttpServer:

@@ -1,0 +1,80 @@
+"""OpenAI's Realtime API through the gateway: a WebSocket (GET /v1/realtime?model=..., Upgrade: websocket) relayed
+frame for frame to the provider, and logged once when it ends, as one request, with the usage of its `response.done`
+events summed. The relay itself is Gateway.relay_websocket; this module holds what it reads and sends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import aiohttp
+from helicone_core.cost import TokenCounts
+from helicone_core.usage import openai_usage
+
+from .headers import forward_request_headers
+
+# The Realtime server event that carries a response's usage; messages without this text are never parsed.
+RESPONSE_DONE = "response.done"
+# Close codes never sent in a close frame (RFC 6455 7.4.1): what goes to the other side instead.
+NO_STATUS, ABNORMAL = 1005, 1006
+NORMAL, GOING_AWAY, INTERNAL_ERROR = 1000, 1001, 1011
+# bytes of one message either way (base64 audio appends are the largest the SDKs send); the server's bound is the same
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# seconds a close handshake with the provider may take before its connection is dropped
+CLOSE_TIMEOUT = 5.0
+
+
+def sent_close_code(code: int | None, dropped: int) -> int:
+    """The code to close the other side with: `dropped` for a connection lost without a close frame, 1000 for a close
+    without a code; any other code as it came."""
+    if code is None or code == ABNORMAL or code == 0:
+        return dropped
+    return NORMAL if code == NO_STATUS else code
+
+
+def upstream_headers(raw_headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The caller's headers for the provider's handshake: its key (Authorization, api-key), OpenAI-Beta and the rest as
+    for an HTTP request (no Helicone-* nor hop-by-hop ones), minus the WebSocket handshake's own (Sec-WebSocket-*:
+    the client connecting upstream makes its own key; the subprotocols offered go as its protocols)."""
+    return [(n, v) for n, v in forward_request_headers(raw_headers) if not n.startswith("sec-websocket-")]
+
+
+def ws_session(socket_factory=None) -> aiohttp.ClientSession:
+    """A client session for provider WebSockets: no proxy from the environment (the egress check must see the real
+    peer), no cookies, `socket_factory` opening its sockets (the egress-guarded one for Helicone-Target-URL)."""
+    connector = aiohttp.TCPConnector(limit=0, socket_factory=socket_factory, force_close=True)
+    return aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+
+
+def _add(a: TokenCounts, b: TokenCounts) -> TokenCounts:
+    return TokenCounts(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(TokenCounts)})
+
+
+class RealtimeUsage:
+    """The usage of a Realtime session: the sum of its `response.done` events' `usage` (input_tokens, output_tokens and
+    their input_token_details / output_token_details: cached, text and audio tokens). `known` once one was read."""
+
+    __slots__ = ("known", "responses", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens = TokenCounts()
+        self.known = False
+        self.responses = 0
+
+    def read(self, text: str) -> None:
+        """Reads a server event (a text message); only one naming response.done is parsed."""
+        if RESPONSE_DONE not in text:
+            return
+        try:
+            event = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or event.get("type") != RESPONSE_DONE:
+            return
+        response = event.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+        if not isinstance(usage, dict):
+            return
+        self.tokens = _add(self.tokens, openai_usage(usage))
+        self.known = True
+        self.responses += 1

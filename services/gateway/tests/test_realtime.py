@@ -1,0 +1,244 @@
+"""OpenAI's Realtime API (a WebSocket: GET /v1/realtime?model=..., Upgrade: websocket) through the real gateway (its
+own HTTP server) to a fake Realtime server on loopback (aiohttp's WebSocketResponse): the openai SDK's
+realtime.connect and a raw websockets client, messages both ways, close codes, auth and egress refusals before
+anything goes upstream, and the session logged once with its response.done usage summed and priced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import openai
+import pytest
+import websockets
+from aiohttp import WSMsgType, web
+from helicone_gateway.app import create_app
+from helicone_gateway.http_server import HttpServer
+from helicone_gateway.settings import GatewaySettings
+
+from services.gateway.tests.test_http_server import running
+from services.gateway.tests.test_proxy import ORG, StubKeys
+
+PROVIDER_KEY = "sk-provider"
+# one response.done's usage (Realtime's fields): 120 in (20 text, 100 audio; 40 cached, 30 of them audio), 60 out
+USAGE = {
+    "total_tokens": 180,
+    "input_tokens": 120,
+    "output_tokens": 60,
+    "input_token_details": {
+        "cached_tokens": 40,
+        "text_tokens": 20,
+        "audio_tokens": 100,
+        "cached_tokens_details": {"text_tokens": 10, "audio_tokens": 30},
+    },
+    "output_token_details": {"text_tokens": 10, "audio_tokens": 50},
+}
+
+
+class FakeRealtime:
+    """A Realtime server: session.created first; response.create answered with response.done (USAGE); a binary
+    message echoed; {"type": "close-me", "code": N} closes with N. Records each handshake and what it received."""
+
+    def __init__(self) -> None:
+        self.handshakes: list[dict] = []
+        self.received: list = []
+        self.closed_with: asyncio.Future | None = None
+
+    async def handle(self, request: web.Request):
+        self.handshakes.append({"headers": {n.lower(): v for n, v in request.headers.items()}, "query": dict(request.query)})
+        if request.headers.get("authorization") != f"Bearer {PROVIDER_KEY}":
+            return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
+        self.closed_with = asyncio.get_running_loop().create_future()
+        ws = web.WebSocketResponse(protocols=("realtime",))
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"type": "session.created", "session": {"model": request.query.get("model")}}))
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                self.received.append(msg.data)
+                await ws.send_bytes(msg.data[::-1])
+                continue
+            event = json.loads(msg.data)
+            self.received.append(event)
+            if event["type"] == "response.create":
+                await ws.send_str(json.dumps({"type": "response.done", "response": {"status": "completed", "usage": USAGE}}))
+            elif event["type"] == "close-me":
+                await ws.close(code=event["code"], message=b"bye from the provider")
+        self.closed_with.set_result(ws.close_code)
+        return ws
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp_path, **settings):
+    """(fake Realtime server, built events, gateway ws:// URL of /v1/realtime)."""
+    fake = FakeRealtime()
+    app = web.Application()
+    app.router.add_get("/v1/realtime", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        config = GatewaySettings(
+            data_dir=tmp_path,
+            _env_file=None,
+            openai_url=f"http://127.0.0.1:{port}",
+            kafka_bootstrap="127.0.0.1:1",
+            port=0,
+            **settings,
+        )
+        gw_app = create_app(config)
+        gw = gw_app.state.gateway
+        gw.keys = StubKeys()
+        built: list = []
+        async with running(server=HttpServer.for_settings(gw_app, config)) as server:
+            gw.publisher.submit = lambda builder, size=0: built.append(builder())
+            yield fake, built, f"ws://127.0.0.1:{server.bound[1]}/v1/realtime"
+    finally:
+        await runner.cleanup()
+
+
+async def logged(built: list, n: int = 1) -> list:
+    for _ in range(300):
+        if len(built) >= n:
+            return built[:n]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(built)} events logged, {n} expected")
+
+
+def connect(url: str, key: str = "good-key", **options):
+    headers = {"Authorization": f"Bearer {PROVIDER_KEY}", **({"Helicone-Auth": f"Bearer {key}"} if key else {})}
+    return websockets.connect(url, additional_headers={**headers, **options.pop("headers", {})}, open_timeout=5, **options)
+
+
+async def test_the_sdk_session_is_relayed_and_logged_once_with_its_response_done_usage_summed(tmp_path):
+    async with stack(tmp_path) as (fake, built, url):
+        client = openai.AsyncOpenAI(
+            base_url=url.replace("ws://", "http://").removesuffix("/realtime"),
+            api_key=PROVIDER_KEY,
+            default_headers={"Helicone-Auth": "Bearer good-key", "Helicone-Property-App": "voice"},
+        )
+        async with asyncio.timeout(5), client.realtime.connect(model="gpt-realtime") as conn:
+            created = json.loads(await conn.recv_bytes())
+            assert created == {"type": "session.created", "session": {"model": "gpt-realtime"}}
+            for _ in range(2):
+                await conn.send({"type": "response.create"})
+                done = json.loads(await conn.recv_bytes())
+                assert done["type"] == "response.done" and done["response"]["usage"] == USAGE
+        [ev] = await logged(built)
+    [handshake] = fake.handshakes
+    assert handshake["query"] == {"model": "gpt-realtime"} and handshake["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert not any(name.lower().startswith("helicone-") for name in handshake["headers"])
+    assert fake.received == [{"type": "response.create"}] * 2
+    assert (ev.status, ev.provider, ev.model, ev.method, ev.path, ev.org_id) == (
+        101,
+        "openai",
+        "gpt-realtime",
+        "GET",
+        "/v1/realtime",
+        ORG,
+    )
+    assert dict(ev.properties) == {"app": "voice"} and ev.streamed and not ev.error
+    u = ev.usage
+    assert (u.known, u.prompt_tokens, u.completion_tokens, u.cache_read_tokens) == (True, 240, 120, 80)
+    # gpt-realtime per 1M: text in $4, cached $0.40, out $16; audio in $32, cached $0.40, out $64
+    text_in, text_cached, text_out = 240 - 200 - (80 - 60), 80 - 60, 120 - 100
+    audio_in, audio_cached, audio_out = 200 - 60, 60, 100
+    expected = (text_in * 4 + text_cached * 0.40 + text_out * 16 + audio_in * 32 + audio_cached * 0.40 + audio_out * 64) / 1e6
+    assert ev.cost_known and ev.cost_usd == pytest.approx(expected)
+    assert not ev.inline.request_body and not ev.inline.response_body  # no transcript kept
+
+
+async def test_binary_and_text_pass_both_ways_with_the_callers_subprotocols_and_beta_header(tmp_path):
+    async with stack(tmp_path) as (fake, built, url):
+        async with connect(
+            url + "?model=gpt-4o-realtime-preview",
+            headers={"OpenAI-Beta": "realtime=v1"},
+            subprotocols=["realtime", "openai-insecure-api-key.sk-browser"],
+        ) as ws:
+            assert ws.subprotocol == "realtime"
+            assert json.loads(await ws.recv())["type"] == "session.created"
+            await ws.send(bytes(range(256)) * 4)
+            assert await ws.recv() == (bytes(range(256)) * 4)[::-1]
+            text = json.dumps({"type": "conversation.item.create", "text": "héllo ✓"})
+            await ws.send(text)
+        await logged(built)
+    headers = fake.handshakes[0]["headers"]
+    assert headers["openai-beta"] == "realtime=v1"
+    offered = [p.strip() for p in headers["sec-websocket-protocol"].split(",")]
+    assert offered == ["realtime", "openai-insecure-api-key.sk-browser"]  # the browser's key subprotocol goes on
+    assert fake.received == [bytes(range(256)) * 4, json.loads(text)]
+    [ev] = built
+    assert (ev.model, ev.usage.known, ev.cost_known) == ("gpt-4o-realtime-preview", False, False)  # no response: unknown
+
+
+async def test_close_codes_pass_both_ways(tmp_path):
+    async with stack(tmp_path) as (fake, built, url):
+        async with connect(url + "?model=gpt-realtime") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "close-me", "code": 4001}))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        assert (ws.close_code, ws.close_reason) == (4001, "bye from the provider")
+        async with connect(url + "?model=gpt-realtime") as ws:
+            await ws.recv()
+            await ws.close(code=4002, reason="caller done")
+        assert await asyncio.wait_for(fake.closed_with, 5) == 4002
+        assert [ev.status for ev in await logged(built, 2)] == [101, 101]
+
+
+async def test_a_caller_that_drops_its_connection_closes_the_providers(tmp_path):
+    async with stack(tmp_path) as (fake, built, url):
+        ws = await connect(url + "?model=gpt-realtime")
+        await ws.recv()
+        ws.transport.abort()  # no close frame: the TCP connection just ends
+        assert await asyncio.wait_for(fake.closed_with, 5) == 1001  # going away
+        [ev] = await logged(built)
+        assert ev.status == 101 and ev.latency_ms >= 0
+
+
+@pytest.mark.parametrize("key", ["", "bad-key"])
+async def test_helicone_auth_is_checked_before_anything_goes_upstream(tmp_path, key):
+    async with stack(tmp_path) as (fake, built, url):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(url + "?model=gpt-realtime", key=key):
+                pass
+        response = info.value.response
+        assert response.status_code == 401 and "Helicone" in json.loads(response.body)["error"]["message"]
+        assert not fake.handshakes and not built
+
+
+async def test_a_handshake_the_provider_refuses_is_answered_with_its_status_and_logged(tmp_path):
+    async with stack(tmp_path) as (fake, built, url):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(url + "?model=gpt-realtime", headers={"Authorization": "Bearer sk-wrong"}):
+                pass
+        assert info.value.response.status_code == 401 and len(fake.handshakes) == 1
+        [ev] = await logged(built)
+        assert ev.status == 401 and "401" in ev.error
+
+
+async def test_a_target_url_on_loopback_is_refused_by_the_egress_policy(tmp_path):
+    async with stack(tmp_path) as (fake, built, url):
+        target = "http://127.0.0.1:9"  # loopback: never a Target-URL destination unless allowlisted
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(url + "?model=gpt-realtime", headers={"Helicone-Target-URL": target}):
+                pass
+        response = info.value.response
+        assert response.status_code == 403 and "Helicone-Target-URL" in json.loads(response.body)["error"]["message"]
+        assert not fake.handshakes
+
+
+@pytest.mark.parametrize("header", [{"Helicone-Moderations-Enabled": "true"}, {"Helicone-RateLimit-Policy": "10;w=60"}])
+async def test_a_session_asking_for_moderation_or_a_rate_limit_is_refused_never_opened_without_them(tmp_path, header):
+    """Moderation and rate limits apply to HTTP requests; a session that asked for either is refused (400 naming the
+    header) before anything goes upstream, never opened unchecked or unlimited."""
+    async with stack(tmp_path) as (fake, built, url):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(url + "?model=gpt-realtime", headers=header):
+                pass
+        response = info.value.response
+        [name] = header
+        assert response.status_code == 400 and json.loads(response.body)["error"]["message"].startswith(name)
+        assert not fake.handshakes
