@@ -156,6 +156,13 @@ def test_every_panel_renders_its_contract(page, panel):
     assert settled(page, panel) == "ready", page.find_element(By.CSS_SELECTOR, f"#panel-{panel} .panel-status").text
 
 
+def test_an_api_without_webhooks_says_so_and_offers_no_form(page):
+    """This double serves no /v1/webhooks (an older api): the panel says "not available", with no form to fill."""
+    assert settled(page, "webhooks") == "unavailable"
+    assert page.find_element(By.CSS_SELECTOR, "#panel-webhooks .panel-status").text.startswith("Not available")
+    assert not page.find_element(By.ID, "webhook-form").is_displayed()
+
+
 def test_charts_draw_every_series(page):
     settled(page, "timeseries"), settled(page, "models")
     for chart in ("chart-requests", "chart-cost", "chart-tokens", "chart-latency", "chart-models"):

@@ -12,10 +12,12 @@ const API_KEY_FORM = /^[\x21-\x7e]+$/;
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
+// details: the api's 422 problems, [{field, message}] (a field is a JSON path: "destination", "filter.user_id")
 class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, details = []) {
     super(message);
     this.status = status;
+    this.details = details;
   }
 }
 
@@ -38,7 +40,7 @@ async function api(method, path, body) {
     let message = err.message || resp.statusText || "request failed";
     if (err.details) message += ": " + err.details.map((d) => `${d.field} ${d.message}`).join("; ");
     if (resp.status === 401) keyRefused(message);
-    throw new ApiError(resp.status, message);
+    throw new ApiError(resp.status, message, Array.isArray(err.details) ? err.details : []);
   }
   return data;
 }
@@ -53,6 +55,8 @@ const fmtUsd = (n) =>
       : "$" + Number(n).toFixed(n >= 1 ? 2 : 6);
 const fmtPct = (n) => (n === null || n === undefined ? "–" : (n * 100).toFixed(1) + "%");
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+// [key, value] pairs (properties, filters) in one order, whatever order the api's answer has them in
+const byKey = ([a], [b]) => (a < b ? -1 : a > b ? 1 : 0);
 
 // What a caller logged may hold characters that show nothing or reorder the text around them (controls, bidi
 // embeddings, overrides, isolates and marks, zero-width spaces): each shows as its code point, so "\u202eecila"
@@ -91,13 +95,13 @@ function setPanel(name, state, message = "") {
 // of a panel renders: `load(current)` checks current() after each await, so a slow older answer
 // never overwrites a newer one.
 const panelLoads = {};
-async function loadPanel(name, load) {
+async function loadPanel(name, load, emptyMessage = "No data in this range.") {
   const seq = (panelLoads[name] = (panelLoads[name] || 0) + 1);
   const current = () => panelLoads[name] === seq;
   setPanel(name, "loading", "Loading…");
   try {
     const empty = await load(current);
-    if (current()) setPanel(name, empty ? "empty" : "ready", empty ? "No data in this range." : "");
+    if (current()) setPanel(name, empty ? "empty" : "ready", empty ? emptyMessage : "");
   } catch (e) {
     if (!current()) return;
     if (e instanceof ApiError && e.status === 404) setPanel(name, "unavailable", "Not available: this api does not serve it yet.");
@@ -356,6 +360,8 @@ async function openRequest(id) {
   panel.hidden = false;
   $("#detail-id").textContent = shown(id);
   for (const node of panel.querySelectorAll("dl, ul, pre")) node.replaceChildren(); // not the previous request's
+  resetForm($("#property-form"));
+  detailRequestId = null; // set once this request's detail shows
   await loadPanel("detail", async (current) => {
     // this route is served: its 404 is a request this org does not have (yet), not a missing route
     const d = await api("GET", "/v1/request/" + encodeURIComponent(id)).catch((e) => {
@@ -373,11 +379,12 @@ async function openRequest(id) {
       ["Session", d.session ? shown(`${d.session.id} ${d.session.path || ""}`) : "–"],
       ["Tokens (prompt / completion)", `${fmtInt(d.usage.prompt_tokens)} / ${fmtInt(d.usage.completion_tokens)}`],
       ["Cost", fmtUsd(d.cost_usd)],
-      ["Properties", shown(Object.entries(d.properties || {}).map(([k, v]) => `${k}=${v}`).join(", ")) || "–"],
     ];
     if (d.error) meta.push(["Error", shown(d.error)]);
     if (d.body_truncated) meta.push(["Bodies", "cut at the logged body limit (HELICONE_MAX_LOGGED_BODY_BYTES)"]);
     $("#detail-meta").replaceChildren(...meta.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
+    detailRequestId = d.request_id;
+    showProperties(d.properties);
     const scores = Object.entries(d.scores || {});
     $("#detail-scores").replaceChildren(
       ...(scores.length ? scores.map(([k, v]) => el("li", { class: "score", text: shown(`${k}: ${v}`) })) : [el("li", { text: "No scores" })]),
@@ -387,6 +394,211 @@ async function openRequest(id) {
     return false;
   });
   panel.scrollIntoView({ block: "start" });
+}
+
+// ---- forms: what the api refuses, next to the field it names ----------------------------------
+
+// Each problem of a 422 shows next to its field (the form's [data-error-for] element named by the field's first
+// part, its input marked aria-invalid); anything else (a 404, a 409, a field the form has no input for, a network
+// error) in the form's own error line.
+function showFormError(form, e) {
+  clearFormErrors(form);
+  const slots = new Map([...form.querySelectorAll("[data-error-for]")].map((s) => [s.dataset.errorFor, s]));
+  const details = e instanceof ApiError ? e.details : [];
+  let unplaced = details.length === 0;
+  for (const d of details) {
+    const slot = slots.get(String(d.field).split(".")[0]);
+    if (!slot) {
+      unplaced = true;
+      continue;
+    }
+    slot.textContent = (slot.textContent ? slot.textContent + "; " : "") + shown(d.message); // it may repeat the value
+    form.elements[slot.dataset.errorFor].setAttribute("aria-invalid", "true");
+  }
+  $(".form-error", form).textContent = unplaced ? "Error: " + shown(e.message) : "Not saved: see the field marked.";
+}
+
+function clearFormErrors(form) {
+  for (const node of form.querySelectorAll(".field-error, .form-error, .form-status")) node.textContent = "";
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+function resetForm(form) {
+  form.reset();
+  clearFormErrors(form);
+}
+
+// A problem found before anything is sent, shown as the api's would be.
+const invalid = (field, message) => new ApiError(0, `${field}: ${message}`, [{ field, message }]);
+
+// Bumped when the page drops what a key showed (clearPage): an answer to an earlier key's action renders nothing.
+let pageEpoch = 0;
+
+// Runs a form's action once at a time (its submit button disabled meanwhile: a double click creates one webhook);
+// `act` returns what to do with the answer, run only if the page still shows what the form was for (`still()`).
+async function submitForm(form, act, still = () => true) {
+  const epoch = pageEpoch;
+  const button = $("button[type=submit]", form);
+  const live = () => epoch === pageEpoch && still();
+  clearFormErrors(form);
+  button.disabled = true;
+  try {
+    const done = await act();
+    if (live()) done();
+  } catch (e) {
+    if (live()) showFormError(form, e);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- a request's custom properties ------------------------------------------------------------
+
+let detailRequestId = null; // the request the detail shows (its properties' form writes to it)
+
+function showProperties(props) {
+  const entries = Object.entries(props || {}).sort(byKey);
+  $("#detail-properties").replaceChildren(
+    ...(entries.length
+      ? entries.map(([k, v]) =>
+        el("li", { class: "property" }, value(k), " = ", value(v),
+          el("button", { type: "button", class: "link edit-property", "aria-label": "Edit property " + shown(k), text: "Edit", onclick: () => editProperty(k, v) })))
+      : [el("li", { text: "No properties" })]),
+  );
+}
+
+function editProperty(key, v) {
+  const form = $("#property-form");
+  clearFormErrors(form);
+  form.elements.key.value = key;
+  form.elements.value.value = v;
+  form.elements.value.focus();
+}
+
+// PUT /v1/request/{id}/property: the detail then shows the request's properties as the answer has them.
+function saveProperty(ev) {
+  ev.preventDefault();
+  const form = ev.target;
+  const id = detailRequestId;
+  const seq = panelLoads.detail; // another request opened meanwhile: its detail is not this answer's
+  const body = { key: form.elements.key.value.trim(), value: form.elements.value.value };
+  return submitForm(form, async () => {
+    const r = await api("PUT", `/v1/request/${encodeURIComponent(id)}/property`, body);
+    return () => {
+      showProperties(r.properties);
+      form.reset();
+      $(".form-status", form).textContent = shown(`Saved ${r.key} = ${r.value}`);
+    };
+  }, () => panelLoads.detail === seq && detailRequestId === id);
+}
+
+// ---- webhooks ---------------------------------------------------------------------------------
+
+const fmtRate = (n) => `${Number(n).toLocaleString("en-US", { maximumFractionDigits: 4 })}%`;
+
+function webhookRow(w) {
+  const filters = Object.entries(w.property_filters || {}).sort(byKey);
+  const actions = el("span", { class: "webhook-actions" });
+  const remove = el("button", { type: "button", class: "delete-webhook", "data-webhook-id": w.id, "aria-label": "Delete webhook to " + shown(w.destination), text: "Delete" });
+  remove.addEventListener("click", () => confirmDelete(actions, remove, w));
+  actions.append(remove);
+  const tr = row([
+    value(w.destination),
+    fmtRate(w.sample_rate),
+    filters.length ? el("ul", { class: "plain" }, ...filters.map(([k, v]) => el("li", {}, value(`${k}=${v}`)))) : "every request",
+    w.include_data ? "yes" : "no",
+    fmtTime(w.created_at),
+    actions,
+  ]);
+  tr.dataset.webhookId = w.id;
+  return tr;
+}
+
+// "Delete" asks first, in the row: nothing is deleted until "Yes, delete"; a refusal shows there.
+function confirmDelete(box, remove, w) {
+  const yes = el("button", { type: "button", class: "confirm-delete", text: "Yes, delete" });
+  const no = el("button", { type: "button", class: "cancel-delete", text: "Cancel" });
+  const said = el("span", { class: "form-error", role: "alert" });
+  box.replaceChildren(el("span", { text: "Delete this webhook? Its deliveries stop. " }), yes, " ", no, said);
+  no.addEventListener("click", () => {
+    box.replaceChildren(remove);
+    remove.focus();
+  });
+  yes.addEventListener("click", async () => {
+    const epoch = pageEpoch;
+    yes.disabled = no.disabled = true;
+    said.textContent = "";
+    try {
+      await api("DELETE", "/v1/webhooks/" + encodeURIComponent(w.id));
+      if (epoch === pageEpoch) loadPanel("webhooks", loadWebhooks, NO_WEBHOOKS);
+    } catch (e) {
+      if (epoch !== pageEpoch) return;
+      said.textContent = "Not deleted: " + shown(e.message);
+      yes.disabled = no.disabled = false;
+    }
+  });
+  no.focus();
+}
+
+const NO_WEBHOOKS = "No webhooks yet: add one below.";
+
+async function loadWebhooks(current) {
+  const resp = await api("GET", "/v1/webhooks");
+  stillCurrent(current);
+  $("#webhooks-table tbody").replaceChildren(...resp.data.map(webhookRow));
+  $("#webhooks-table").dataset.rows = String(resp.data.length);
+  return resp.data.length === 0;
+}
+
+// The form as POST /v1/webhooks takes it; property filters are one name=value a line (a name cannot hold "=").
+function webhookSpec(form) {
+  const rate = form.elements.sample_rate;
+  if (rate.validity.badInput || rate.value.trim() === "") throw invalid("sample_rate", "a percent from 0 to 100, e.g. 100");
+  const filters = {};
+  for (const [i, line] of form.elements.property_filters.value.split("\n").entries()) {
+    if (!line.trim()) continue;
+    const at = line.indexOf("=");
+    if (at < 1) throw invalid("property_filters", `line ${i + 1}: write name=value, e.g. environment=production`);
+    const name = line.slice(0, at).trim();
+    if (name in filters) throw invalid("property_filters", `line ${i + 1}: ${name} is given twice`);
+    filters[name] = line.slice(at + 1).trim();
+  }
+  return { destination: form.elements.destination.value.trim(), sample_rate: Number(rate.value), property_filters: filters, include_data: form.elements.include_data.checked };
+}
+
+function createWebhook(ev) {
+  ev.preventDefault();
+  const form = ev.target;
+  let spec;
+  try {
+    spec = webhookSpec(form);
+  } catch (e) {
+    showFormError(form, e);
+    return;
+  }
+  return submitForm(form, async () => {
+    const w = await api("POST", "/v1/webhooks", spec);
+    return () => {
+      showWebhookKey(w);
+      resetForm(form);
+      loadPanel("webhooks", loadWebhooks, NO_WEBHOOKS);
+    };
+  });
+}
+
+// The key that signs a webhook's deliveries is in its create answer only: shown here until dismissed (or the
+// page drops the api key), kept nowhere else.
+function showWebhookKey(w) {
+  $("#webhook-key-destination").textContent = shown(w.destination);
+  $("#webhook-key-value").textContent = w.hmac_key;
+  $("#webhook-key").hidden = false;
+  $("#webhook-key-done").focus();
+}
+
+function hideWebhookKey() {
+  $("#webhook-key").hidden = true;
+  $("#webhook-key-value").textContent = "";
+  $("#webhook-key-destination").textContent = "";
 }
 
 // ---- sessions and users -----------------------------------------------------------------------
@@ -502,6 +714,7 @@ function filterByUser(userId) {
 // What a key's org showed goes with the key: the next key entered (of any org) sees only its own data.
 function clearPage() {
   for (const name of Object.keys(panelLoads)) panelLoads[name]++; // loads under way render nothing
+  pageEpoch++; // and so do the forms' actions under way
   sessionOpens++;
   for (const id of Object.keys(charts)) {
     charts[id].destroy();
@@ -511,6 +724,9 @@ function clearPage() {
   for (const node of document.querySelectorAll("#main :is(tbody, dl, ul, pre), #detail-id, #session-tree-id, #session-tree-status")) node.replaceChildren();
   $("#panel-detail").hidden = true;
   $("#session-tree-box").hidden = true;
+  detailRequestId = null;
+  hideWebhookKey();
+  for (const form of [$("#property-form"), $("#webhook-form")]) resetForm(form); // what was typed for that org too
   setRequestsMore(null, null);
   for (const name of Object.keys(LISTS)) setListMore(name, null);
 }
@@ -533,6 +749,7 @@ function loadAll() {
   loadPanel("requests", loadRequests);
   loadPanel("sessions", loadList("sessions"));
   loadPanel("users", loadList("users"));
+  loadPanel("webhooks", loadWebhooks, NO_WEBHOOKS);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -565,6 +782,9 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     loadPanel("requests", loadRequests);
   });
+  $("#property-form").addEventListener("submit", saveProperty);
+  $("#webhook-form").addEventListener("submit", createWebhook);
+  $("#webhook-key-done").addEventListener("click", hideWebhookKey);
   $("#requests-more").addEventListener("click", () => requestsMore && loadPanel("requests", loadMoreRequests));
   for (const name of Object.keys(LISTS)) $(`#${name}-more`).addEventListener("click", () => listMore[name] && loadPanel(name, loadMoreList(name)));
   $("#request-filters").addEventListener("reset", () => setTimeout(() => loadPanel("requests", loadRequests), 0));
