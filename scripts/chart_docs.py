@@ -127,6 +127,8 @@ CONSTRAINTS = {
     "metrics.prometheusRule.journalBacklogMinutes": {"minimum": 1},
     "metrics.prometheusRule.consumerLagEvents": {"minimum": 1},
     "metrics.prometheusRule.deadLettersPerSecond": {"exclusiveMinimum": 0},
+    "metrics.prometheusRule.moderationFailureRatio": {"exclusiveMinimum": 0, "maximum": 1},
+    "metrics.prometheusRule.webhookFailureRatio": {"exclusiveMinimum": 0, "maximum": 1},
 }
 
 

@@ -187,13 +187,17 @@ def test_runbook_queries_read_metrics_that_exist():
 def test_thresholds_come_from_values(tmp_path):
     rule = the_rule(render(MONITORING, {"metrics": {"prometheusRule": {
         "gatewayErrorRatio": 0.2, "gatewayP95Seconds": 8, "journalBacklogMinutes": 17,
-        "consumerLagEvents": 2500000, "deadLettersPerSecond": 0.003}}}))
+        "consumerLagEvents": 2500000, "deadLettersPerSecond": 0.003, "moderationFailureRatio": 0.3,
+        "webhookFailureRatio": 0.8}}}))
     rules = alerts(rule)
     assert rules["GatewayHighErrorRatio"]["expr"].rstrip().endswith("> 0.2")
     assert rules["GatewayHighLatency"]["expr"].rstrip().endswith("> 8")
     assert rules["GatewayJournalBacklog"]["for"] == "17m"
     assert rules["IngestConsumerLag"]["expr"].rstrip().endswith("> 2500000")  # no exponent (2.5e+06)
     assert rules["IngestDeadLetters"]["expr"].rstrip().endswith("> 0.003")
+    assert rules["GatewayModerationFailures"]["expr"].rstrip().endswith("> 0.3")
+    assert rules["IngestWebhookDeliveriesFailing"]["expr"].rstrip().endswith("> 0.8")
+    assert "(threshold 0.8)" in rules["IngestWebhookDeliveriesFailing"]["annotations"]["description"]
     assert "(threshold 0.2)" in rules["GatewayHighErrorRatio"]["annotations"]["description"]
     assert "for 17 minutes" in rules["GatewayJournalBacklog"]["annotations"]["description"]
     out = subprocess.run([promtool(), "check", "rules", str(write_rules(rule, tmp_path))], capture_output=True, text=True)
@@ -202,7 +206,7 @@ def test_thresholds_come_from_values(tmp_path):
 
 @pytest.mark.parametrize(("key", "value"), [
     ("journalBacklogMinutes", 2.5), ("journalBacklogMinutes", 0), ("gatewayErrorRatio", "high"), ("gatewayErrorRatio", 0),
-    ("consumerLagEvents", -5), ("deadLettersPerSecond", 0),
+    ("consumerLagEvents", -5), ("deadLettersPerSecond", 0), ("moderationFailureRatio", 0), ("webhookFailureRatio", 1.5),
 ])
 def test_thresholds_the_rules_cannot_use_are_refused_naming_them(key, value):
     """A threshold lands in PromQL as it is (a duration for journalBacklogMinutes): the schema keeps it a number above 0."""
@@ -347,21 +351,34 @@ def grafana_to_promql(expr: str) -> str:
 
 
 def test_ratio_panels_read_0_while_traffic_flows_without_errors(tmp_path):
-    """A provider's 5xx series exists only after its first 5xx: the ratio panels of a healthy gateway
-    must read 0 (per provider too), not "No data", which an operator cannot tell from a broken query.
-    Evaluated by Prometheus' engine (promtool), over two gateway pods."""
+    """A provider's 5xx series exists only after its first 5xx (a moderation result's after its first
+    outcome): the ratio panels of a healthy gateway must read 0 (per provider too), not "No data", which an
+    operator cannot tell from a broken query. Evaluated by Prometheus' engine (promtool), over two pods."""
     def requests(pod: str, provider: str, status_class: str, per_minute: int) -> dict:
         return {"series": f'helicone_gateway_requests_total{{namespace="{NAMESPACE}", job="{RELEASE}-helicone-gateway", '
                           f'pod="{pod}", provider="{provider}", status_class="{status_class}"}}', "values": f"0+{per_minute}x20"}
 
-    healthy = [requests("gw-1", "openai", "2xx", 120), requests("gw-2", "openai", "2xx", 120)]  # never a 5xx
+    def counted(metric: str, service: str, pod: str, result: str, per_minute: int) -> dict:
+        return {"series": f'{metric}{{namespace="{NAMESPACE}", job="{RELEASE}-helicone-{service}", pod="{pod}", '
+                          f'result="{result}"}}', "values": f"0+{per_minute}x20"}
+
+    moderations, deliveries = "helicone_gateway_moderations_total", "helicone_ingest_webhook_deliveries_total"
+    healthy = [requests("gw-1", "openai", "2xx", 120), requests("gw-2", "openai", "2xx", 120),  # never a 5xx
+               counted(moderations, "gateway", "gw-1", "passed", 30), counted(moderations, "gateway", "gw-2", "flagged", 15),
+               counted(moderations, "gateway", "gw-2", "refused", 50),  # never a failed moderation
+               counted(deliveries, "ingest", "in-1", "delivered", 60), counted(deliveries, "ingest", "in-1", "failed", 0),
+               counted(deliveries, "ingest", "in-1", "refused", 30)]
     failing = [*healthy, requests("gw-1", "anthropic", "2xx", 90), requests("gw-2", "anthropic", "2xx", 90),
-               requests("gw-2", "anthropic", "5xx", 60)]  # anthropic: 1/s of 4/s, all 5xx on one pod
+               requests("gw-2", "anthropic", "5xx", 60),  # anthropic: 1/s of 4/s, all 5xx on one pod
+               counted(moderations, "gateway", "gw-2", "failed", 15),  # 15 of 60 calls, refused ones made none
+               counted(deliveries, "ingest", "in-2", "failed", 20)]  # 20 of 80 tried, refused ones aside
     expected = {  # every percentunit panel -> its samples for the healthy and the failing series
         ("overview.json", "Gateway 5xx ratio"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.125}]),
         ("gateway.json", "5xx ratio by provider"): (
             [{"labels": '{provider="openai"}', "value": 0}],
             [{"labels": '{provider="openai"}', "value": 0}, {"labels": '{provider="anthropic"}', "value": 0.25}]),
+        ("gateway.json", "Moderation calls without a verdict"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.25}]),
+        ("ingest.json", "Webhook deliveries failed"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.25}]),
     }
     panels = {(path.name, p["title"]): p for path in dashboard_files() for p in json.loads(path.read_text())["panels"]}
     assert {k for k, p in panels.items() if p["fieldConfig"]["defaults"].get("unit") == "percentunit"} == expected.keys()

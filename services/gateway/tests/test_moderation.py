@@ -147,7 +147,10 @@ async def test_a_moderation_call_that_fails_fails_closed(gateway, planned, heade
     [ev] = built
     assert ev.status == status and f"answered {status if status != 502 else 500}" in ev.error
     assert "API key" not in ev.error and "planned" not in ev.error  # the endpoint's own words are not logged
-    assert (sample(gw, "failed"), sample(gw, "passed")) == (1.0, 0.0)
+    # the endpoint's 4xx is the caller's key or quota, passed on: `denied`, never an outage's `failed` (which pages)
+    outcome = "failed" if status >= 500 else "denied"
+    assert (sample(gw, outcome), sample(gw, "passed")) == (1.0, 0.0)
+    assert sample(gw, "denied" if outcome == "failed" else "failed") == 0.0
 
 
 async def test_a_moderation_endpoint_that_never_answers_is_a_504_within_the_moderation_timeout(tmp_path):

@@ -82,6 +82,7 @@ from .moderation import (
     FLAGGED_STATUS,
     MAX_ANSWER_BYTES,
     MODERATIONS_HEADER,
+    RELAYED,
     ModerationError,
     Verdict,
     flagged_body,
@@ -431,8 +432,9 @@ class Gateway:
         )
         self.m_moderations = metrics.counter(
             "helicone_gateway_moderations_total",
-            "Helicone-Moderations-Enabled requests by outcome: passed, flagged, failed (no verdict: not sent), "
-            "refused (nothing to moderate: not OpenAI chat), skipped (the latest message is not the user's)",
+            "Helicone-Moderations-Enabled requests by outcome: passed, flagged, failed (no verdict from the endpoint: "
+            "not sent), denied (the endpoint's 400/401/403/429 passed on: the caller's key or quota), refused (nothing "
+            "to moderate: not OpenAI chat), skipped (the latest message is not the user's)",
             ("result",),
         )
         # the series every proxied request touches, looked up once per label values (labels() takes
@@ -1252,7 +1254,8 @@ class Gateway:
                     resp.close()
             verdict = read_verdict(resp.status, b"".join(parts), resp.headers.get("retry-after"))
         except ModerationError as exc:
-            self.m_moderations.labels("failed").inc()
+            # the endpoint's 4xx (the caller's key, quota or input) is passed on: the caller's, not an outage
+            self.m_moderations.labels("denied" if exc.status in RELAYED else "failed").inc()
             raise Rejection(exc.status, exc.message, exc.kind, exc.headers, exc.logged) from None
         except TimeoutError:
             self.m_moderations.labels("failed").inc()
