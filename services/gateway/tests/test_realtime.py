@@ -44,6 +44,8 @@ class FakeRealtime:
         self.handshakes: list[dict] = []
         self.received: list = []
         self.closed_with: asyncio.Future | None = None
+        self.hear = asyncio.Event()  # set: the deaf endpoint starts reading what it was sent
+        self.gateway: HttpServer | None = None  # the gateway's server, to see what a session holds
 
     async def handle(self, request: web.Request):
         self.handshakes.append({"headers": {n.lower(): v for n, v in request.headers.items()}, "query": dict(request.query)})
@@ -67,6 +69,20 @@ class FakeRealtime:
         self.closed_with.set_result(ws.close_code)
         return ws
 
+    async def deaf(self, request: web.Request):
+        """Accepts the session, then reads nothing of it until `hear` is set (a provider that does not read)."""
+        self.handshakes.append({"headers": dict(request.headers), "query": dict(request.query)})
+        ws = web.WebSocketResponse(protocols=("realtime",))
+        await ws.prepare(request)
+        await self.hear.wait()
+        async for _ in ws:
+            pass
+        return ws
+
+    async def moved(self, request: web.Request):
+        """A handshake answered with a redirect to the real endpoint, on this same server."""
+        raise web.HTTPTemporaryRedirect(f"/v1/realtime?{request.query_string}")
+
 
 @contextlib.asynccontextmanager
 async def stack(tmp_path, **settings):
@@ -74,6 +90,8 @@ async def stack(tmp_path, **settings):
     fake = FakeRealtime()
     app = web.Application()
     app.router.add_get("/v1/realtime", fake.handle)
+    app.router.add_get("/v1/realtime/deaf", fake.deaf)
+    app.router.add_get("/v1/realtime/moved", fake.moved)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -93,9 +111,11 @@ async def stack(tmp_path, **settings):
         gw.keys = StubKeys()
         built: list = []
         async with running(server=HttpServer.for_settings(gw_app, config)) as server:
+            fake.gateway = server
             gw.publisher.submit = lambda builder, size=0: built.append(builder())
             yield fake, built, f"ws://127.0.0.1:{server.bound[1]}/v1/realtime"
     finally:
+        fake.hear.set()
         await runner.cleanup()
 
 
@@ -242,3 +262,72 @@ async def test_a_session_asking_for_moderation_or_a_rate_limit_is_refused_never_
         [name] = header
         assert response.status_code == 400 and json.loads(response.body)["error"]["message"].startswith(name)
         assert not fake.handshakes
+
+
+async def test_a_handshake_redirect_is_not_followed(tmp_path):
+    """The gateway never follows a redirect (its egress check saw only the first host; the key would go on): a
+    handshake answered with a 30x is refused (502 naming the status) and nothing connects to where it pointed."""
+    async with stack(tmp_path) as (fake, built, url):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(url + "/moved?model=gpt-realtime", subprotocols=["realtime", "openai-insecure-api-key.sk-x"]):
+                pass
+        response = info.value.response
+        assert response.status_code == 502 and "307" in json.loads(response.body)["error"]["message"]
+        assert not fake.handshakes  # the endpoint it pointed at was never reached
+        [ev] = await logged(built)
+        assert ev.status == 502 and "sk-x" not in ev.error
+
+
+def held(server: HttpServer) -> int:
+    """Bytes of caller messages the gateway's WebSocket sessions hold, not yet taken by the relay."""
+    total = 0
+    for conn in server.connections:
+        if conn.websocket is not None:
+            for entry in conn.websocket.inbox:
+                message = entry[0] if isinstance(entry, tuple) else entry
+                total += len(message.get("bytes") or message.get("text") or b"")
+    return total
+
+
+async def test_a_caller_sending_to_a_provider_that_does_not_read_makes_the_gateway_hold_little(tmp_path):
+    """Reading from the caller pauses once about a megabyte of its messages waits (not 64 messages of up to 16 MiB
+    each: a gigabyte per session)."""
+    async with stack(tmp_path) as (fake, built, url):
+        async with connect(url + "/deaf?model=gpt-realtime", max_size=None) as ws:
+            chunk = b"a" * (1024 * 1024)
+
+            async def flood() -> None:
+                for _ in range(48):
+                    await ws.send(chunk)
+
+            sending = asyncio.ensure_future(flood())
+            most, still = 0, 0
+            while still < 20 and not sending.done():  # until the caller's sends stall for 0.4 s
+                await asyncio.sleep(0.02)
+                now = held(fake.gateway)
+                still = still + 1 if now <= most else 0
+                most = max(most, now)
+            assert most <= 2 * len(chunk), f"{most / len(chunk):.0f} MiB held for one session"
+            fake.hear.set()
+            await asyncio.wait_for(sending, 10)
+
+
+async def test_a_session_whose_provider_takes_none_of_the_callers_messages_ends(tmp_path):
+    """A provider that reads nothing for the write timeout ends the session (1011, logged with why) instead of
+    holding it, its caller and the gateway's graceful stop for ever."""
+    async with stack(tmp_path, client_write_timeout=0.5) as (fake, built, url):
+        async with connect(url + "/deaf?model=gpt-realtime", max_size=None, close_timeout=1) as ws:
+            chunk = b"a" * (1024 * 1024)
+
+            async def flood() -> None:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    for _ in range(48):
+                        await ws.send(chunk)
+
+            sending = asyncio.ensure_future(flood())
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)  # the provider's close handshake is waited for 5 s
+            assert ws.close_code == 1011
+            sending.cancel()
+        [ev] = await logged(built)
+        assert ev.status == 101 and "provider" in ev.error and "0.5" in ev.error

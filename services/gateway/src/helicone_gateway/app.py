@@ -826,18 +826,27 @@ class Gateway:
         await send({"type": "websocket.accept", "subprotocol": ws.protocol, "headers": headers})
         self._answered(scope, rt.provider, started, 101)  # its duration: the handshake's (a session's length is logged)
         usage, first_at, error = RealtimeUsage(), -1.0, ""
+        write_timeout = self.settings.client_write_timeout
 
         async def caller_to_provider() -> None:
+            nonlocal error
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
                     await ws.close(code=sent_close_code(message.get("code"), GOING_AWAY))
                     return
                 text = message.get("text")
-                if text is not None:
-                    await ws.send_str(text)
-                else:
-                    await ws.send_bytes(message.get("bytes") or b"")
+                try:
+                    async with asyncio.timeout(write_timeout):  # a provider that reads none would hold the session for ever
+                        if text is not None:
+                            await ws.send_str(text)
+                        else:
+                            await ws.send_bytes(message.get("bytes") or b"")
+                except TimeoutError:
+                    error = f"the provider took none of the caller's messages for {write_timeout:g} s"
+                    await send({"type": "websocket.close", "code": INTERNAL_ERROR, "reason": "provider not reading"})
+                    await ws.close(code=INTERNAL_ERROR)
+                    return
 
         pump = asyncio.ensure_future(caller_to_provider())
         kind = None

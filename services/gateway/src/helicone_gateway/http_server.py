@@ -693,6 +693,7 @@ class HttpConnection(asyncio.Protocol):
 NO_STATUS_CODE, ABNORMAL_CODE = 1005, 1006
 WS_MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one WebSocket message (a Realtime audio append is base64 of its audio)
 WS_INBOX_HIGH = 64  # messages received ahead of the app before reading pauses
+WS_INBOX_HIGH_BYTES = 1024 * 1024  # or bytes of them (a larger message still comes whole, but alone)
 
 
 class WebSocketSession(asyncio.Protocol):
@@ -720,7 +721,8 @@ class WebSocketSession(asyncio.Protocol):
         self.accepted = False
         self.answered = False  # the handshake's answer (101, or an HTTP answer) went out
         self.denial: list = []  # a websocket.http.response.start and its body parts, until the last
-        self.inbox: deque[dict] = deque()
+        self.inbox: deque[tuple[dict, int]] = deque()  # messages not yet received by the app, with their sizes
+        self.inbox_bytes = 0
         self.waiter: asyncio.Future | None = None
         self.fragments: list[bytes] = []
         self.fragment_op = None
@@ -741,8 +743,11 @@ class WebSocketSession(asyncio.Protocol):
             self.connected = True
             fut.set_result({"type": "websocket.connect"})
         elif self.inbox:
-            fut.set_result(self.inbox.popleft())
-            if self.paused_reading and self.protocol is not None and len(self.inbox) < WS_INBOX_HIGH // 2 and not self.closed:
+            message, size = self.inbox.popleft()
+            self.inbox_bytes -= size
+            fut.set_result(message)
+            if (self.paused_reading and self.protocol is not None and len(self.inbox) < WS_INBOX_HIGH // 2
+                    and self.inbox_bytes < WS_INBOX_HIGH_BYTES // 2 and not self.closed):
                 self.paused_reading = False
                 self.transport.resume_reading()
         elif self.close_code:
@@ -812,7 +817,7 @@ class WebSocketSession(asyncio.Protocol):
         early, self.early = self.early, b""
         if early:
             self.data_received(early)
-        if not self.closed and len(self.inbox) < WS_INBOX_HIGH:
+        if not self.closed and len(self.inbox) < WS_INBOX_HIGH and self.inbox_bytes < WS_INBOX_HIGH_BYTES:
             self.paused_reading = False
             self.transport.resume_reading()
 
@@ -855,13 +860,14 @@ class WebSocketSession(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result({"type": "websocket.disconnect", "code": self.close_code})
 
-    def _put(self, message: dict) -> None:
+    def _put(self, message: dict, size: int) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(message)
             return
-        self.inbox.append(message)
-        if len(self.inbox) >= WS_INBOX_HIGH and not self.paused_reading:
+        self.inbox.append((message, size))
+        self.inbox_bytes += size
+        if (len(self.inbox) >= WS_INBOX_HIGH or self.inbox_bytes >= WS_INBOX_HIGH_BYTES) and not self.paused_reading:
             self.paused_reading = True
             self.transport.pause_reading()
 
@@ -911,12 +917,12 @@ class WebSocketSession(asyncio.Protocol):
                 self.fragments = []
                 if self.fragment_op is Opcode.TEXT:
                     try:
-                        self._put({"type": "websocket.receive", "text": payload.decode()})
+                        self._put({"type": "websocket.receive", "text": payload.decode()}, len(payload))
                     except UnicodeDecodeError:
                         protocol.fail(1007, "invalid UTF-8 in a text message")
                         break
                 else:
-                    self._put({"type": "websocket.receive", "bytes": payload})
+                    self._put({"type": "websocket.receive", "bytes": payload}, len(payload))
         self._flush()
         if protocol.close_rcvd is not None:
             self._gone(protocol.close_rcvd.code)

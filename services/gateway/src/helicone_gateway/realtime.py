@@ -39,11 +39,32 @@ def upstream_headers(raw_headers: list[tuple[str, str]]) -> list[tuple[str, str]
     return [(n, v) for n, v in forward_request_headers(raw_headers) if not n.startswith("sec-websocket-")]
 
 
+async def _refuse_redirect(session, context, params: aiohttp.TraceRequestRedirectParams) -> None:
+    """ws_connect follows redirects and cannot be told not to: a 30x answer to the handshake fails it instead (the
+    gateway never follows one: the egress check saw the first host only, and the key would go on to the next)."""
+    resp = params.response
+    raise aiohttp.WSServerHandshakeError(
+        resp.request_info,
+        (resp,),
+        status=resp.status,
+        message=f"{resp.reason}, a redirect the gateway does not follow",
+        headers=resp.headers,
+    )
+
+
 def ws_session(socket_factory=None) -> aiohttp.ClientSession:
     """A client session for provider WebSockets: no proxy from the environment (the egress check must see the real
-    peer), no cookies, `socket_factory` opening its sockets (the egress-guarded one for Helicone-Target-URL)."""
+    peer), no cookies, no redirects, `socket_factory` opening its sockets (the egress-guarded one for Target-URL)."""
     connector = aiohttp.TCPConnector(limit=0, socket_factory=socket_factory, force_close=True)
-    return aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+    no_redirects = aiohttp.TraceConfig()
+    no_redirects.on_request_redirect.append(_refuse_redirect)
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trace_configs=[no_redirects],
+    )
 
 
 def _add(a: TokenCounts, b: TokenCounts) -> TokenCounts:
