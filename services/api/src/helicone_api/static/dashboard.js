@@ -554,13 +554,16 @@ async function loadWebhooks(current) {
 function webhookSpec(form) {
   const rate = form.elements.sample_rate;
   if (rate.validity.badInput || rate.value.trim() === "") throw invalid("sample_rate", "a percent from 0 to 100, e.g. 100");
-  const filters = {};
+  // no prototype: a property named constructor or __proto__ is a filter like any other
+  const filters = Object.create(null);
+  const seen = new Set(); // names match in any case (the api stores them lower-case)
   for (const [i, line] of form.elements.property_filters.value.split("\n").entries()) {
     if (!line.trim()) continue;
     const at = line.indexOf("=");
     if (at < 1) throw invalid("property_filters", `line ${i + 1}: write name=value, e.g. environment=production`);
     const name = line.slice(0, at).trim();
-    if (name in filters) throw invalid("property_filters", `line ${i + 1}: ${name} is given twice`);
+    if (seen.has(name.toLowerCase())) throw invalid("property_filters", `line ${i + 1}: ${name} is given twice`);
+    seen.add(name.toLowerCase());
     filters[name] = line.slice(at + 1).trim();
   }
   return { destination: form.elements.destination.value.trim(), sample_rate: Number(rate.value), property_filters: filters, include_data: form.elements.include_data.checked };
