@@ -18,7 +18,7 @@ from helicone_core.bodies import LocalBodyStore
 from helicone_core.metrics import ServiceMetrics
 from helicone_core.request_webhooks import TABLE
 from helicone_core.webhooks import SIGNATURE_HEADER, WebhookSender
-from helicone_ingest.request_webhooks import RequestWebhooks
+from helicone_ingest.request_webhooks import MAX_BODY_BYTES, RequestWebhooks
 
 from services.api.tests.test_alerts import Receiver, serving_hook
 from services.ingest.tests.test_writer import ORG, OTHER_ORG, count, event, new_writer
@@ -182,6 +182,35 @@ async def test_orgs_without_webhooks_cost_no_queued_delivery_and_one_read_for_al
     assert len(reads) == 1
     assert (delivered(hooks, "dropped"), delivered(hooks), delivered(hooks, "failed")) == (0, 0, 0)
     assert await count(analytics) == 200
+
+
+async def test_a_queued_delivery_holds_the_payloads_bodies_never_the_events(ingest):
+    """A delivery waits in a queue of up to HELICONE_WEBHOOK_QUEUE_SIZE (10,000) while receivers are slow; it held the
+    whole event, whose logged bodies may be hundreds of KiB each (gigabytes for a full queue). It holds what the payload
+    carries: bodies over 10 KiB are Helicone's "too large" text. So do the events waiting for the first read."""
+    w, hooks, _, pool = ingest
+    await hooks.stop()
+    hooks.concurrency = 1
+    hooks.start()
+    release = asyncio.Event()
+
+    async def hang(request):
+        await asyncio.wait_for(release.wait(), 30)
+        return web.Response()
+
+    big = b'{"text": "' + b"x" * 300_000 + b'"}'
+    async with serving_hook(hang) as url:
+        await add_webhook(pool, ORG, url)
+        await write(w, [event(body=big) for _ in range(3)])  # before the first read: they wait for it
+        assert len(hooks._waiting) == 3
+        held = [len(x.request_body or "") + len(x.response_body or "") for x in hooks._waiting]
+        await write(w, [event(body=big) for _ in range(20)])
+        while hooks._hooks is None:
+            await asyncio.sleep(0.01)
+        await write(w, [event(body=big) for _ in range(20)])
+        held += [len(x.request_body or "") + len(x.response_body or "") for _, x in list(hooks._queue._queue)]
+        release.set()
+    assert len(held) > 20 and max(held) <= 2 * MAX_BODY_BYTES
 
 
 # ---- the address guard: a faked DNS, connections never made ---------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 import orjson
 from helicone_core import events
@@ -33,24 +34,42 @@ FIRST_READ_RETRY = 1.0
 TOO_LARGE = "Body too large for webhook, please fetch the full request and response from Helicone"
 
 
-def payload(ev: events.RequestLogged, include_data: bool) -> bytes:
-    """Helicone's webhook payload of a request; bodies only with include_data and when the event carries them inline."""
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a delivery needs of a written event: its org, its properties (the filters), the payload without bodies and
+    the bodies as a payload carries them (text of at most MAX_BODY_BYTES, or TOO_LARGE). A queued or waiting delivery
+    holds this, never the event, whose logged bodies may be hundreds of KiB each."""
+
+    org_id: str
+    properties: dict[str, str]
+    fields: dict
+    request_body: str | None
+    response_body: str | None
+
+
+def written(ev: events.RequestLogged) -> Written:
     u = ev.usage
-    out = {
+    properties = dict(ev.properties)
+    fields = {
         "request_id": ev.request_id, "user_id": ev.user_id or None, "model": ev.model, "provider": ev.provider,
         "metadata": {
             "status": ev.status, "cost": ev.cost_usd if ev.cost_known else None,
             "promptTokens": u.prompt_tokens if u.known else None,
             "completionTokens": u.completion_tokens if u.known else None,
             "totalTokens": u.total_tokens if u.known else None,
-            "latencyMs": ev.latency_ms, "properties": dict(ev.properties),
+            "latencyMs": ev.latency_ms, "properties": properties,
         },
     }
-    if include_data:
-        inline = ev.WhichOneof("bodies") == "inline"
-        out["request_body"] = _body(ev.inline.request_body) if inline else None
-        out["response_body"] = _body(ev.inline.response_body) if inline else None
-    return orjson.dumps(out)
+    inline = ev.WhichOneof("bodies") == "inline"
+    return Written(ev.org_id, properties, fields, _body(ev.inline.request_body) if inline else None,
+                   _body(ev.inline.response_body) if inline else None)
+
+
+def payload(w: Written, include_data: bool) -> bytes:
+    """Helicone's webhook payload of a request; bodies only with include_data and when the event carried them inline."""
+    if not include_data:
+        return orjson.dumps(w.fields)
+    return orjson.dumps({**w.fields, "request_body": w.request_body, "response_body": w.response_body})
 
 
 def _body(raw: bytes) -> str:
@@ -64,9 +83,9 @@ class RequestWebhooks:
         self.ttl = ttl
         self.concurrency = concurrency
         self.pool = None
-        self._queue: asyncio.Queue[tuple[RequestWebhook, events.RequestLogged]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[RequestWebhook, Written]] = asyncio.Queue(queue_size)
         self._hooks: dict[str, list[RequestWebhook]] | None = None  # org -> its webhooks; None: not read yet
-        self._waiting: list[events.RequestLogged] = []  # offered before the first read answered
+        self._waiting: list[Written] = []  # offered before the first read answered
         self._read = asyncio.Event()  # set after each read, answered or failed
         self._reader: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
@@ -82,28 +101,30 @@ class RequestWebhooks:
         if self._waiting:
             self._start_reading()
 
-    def offer(self, written: list[events.RequestLogged]) -> None:
+    def offer(self, evs: list[events.RequestLogged]) -> None:
         """Queues the deliveries of events whose rows are written; never waits."""
         hooks = self._hooks
         if hooks is None:  # not read yet: they wait for the first answer, at most a queue's worth
             self._start_reading()
             room = max(0, self._queue.maxsize - len(self._waiting))
-            self._waiting += written[:room]
-            if len(written) > room:
-                self.m_deliveries.labels(DROPPED).inc(len(written) - room)
+            self._waiting += [written(ev) for ev in evs[:room]]
+            if len(evs) > room:
+                self.m_deliveries.labels(DROPPED).inc(len(evs) - room)
             return
-        if not hooks:
-            return
-        for ev in written:
-            for hook in hooks.get(ev.org_id, ()):
-                if hook.selects(ev.properties):
-                    self._put(hook, ev)
+        if hooks:
+            self._deliver_to(hooks, ((ev.org_id, ev.properties, ev) for ev in evs))
 
-    def _put(self, hook: RequestWebhook, ev: events.RequestLogged) -> None:
-        try:
-            self._queue.put_nowait((hook, ev))
-        except asyncio.QueueFull:
-            self.m_deliveries.labels(DROPPED).inc()
+    def _deliver_to(self, hooks: dict[str, list[RequestWebhook]], items) -> None:
+        """Queues (hook, Written) for each item (org, properties, an event or its Written) its org's hooks select."""
+        for org, properties, item in items:
+            slim = None
+            for hook in hooks.get(org, ()):
+                if hook.selects(properties):
+                    slim = slim or (item if isinstance(item, Written) else written(item))
+                    try:
+                        self._queue.put_nowait((hook, slim))
+                    except asyncio.QueueFull:
+                        self.m_deliveries.labels(DROPPED).inc()
 
     def _start_reading(self) -> None:
         if self._reader is None and self.pool is not None:
@@ -117,7 +138,7 @@ class RequestWebhooks:
                 log.debug("webhooks not read (%s: %s)", exc.__class__.__name__, exc)
             if self._hooks is not None and self._waiting:
                 waiting, self._waiting = self._waiting, []
-                self.offer(waiting)
+                self._deliver_to(self._hooks, ((w.org_id, w.properties, w) for w in waiting))
             self._read.set()
             await asyncio.sleep(self.ttl if self._hooks is not None else min(self.ttl, FIRST_READ_RETRY))
 
@@ -142,9 +163,9 @@ class RequestWebhooks:
     async def _run(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
         while True:
-            hook, ev = await self._queue.get()
+            hook, item = await self._queue.get()
             await slots.acquire()
-            task = asyncio.create_task(self._deliver(hook, ev), name="ingest-webhook-delivery")
+            task = asyncio.create_task(self._deliver(hook, item), name="ingest-webhook-delivery")
             self._sending.add(task)
 
             def done(t: asyncio.Task) -> None:
@@ -154,9 +175,9 @@ class RequestWebhooks:
 
             task.add_done_callback(done)
 
-    async def _deliver(self, hook: RequestWebhook, ev: events.RequestLogged) -> None:
+    async def _deliver(self, hook: RequestWebhook, item: Written) -> None:
         try:
-            delivery = await self.sender.send(hook.destination, payload(ev, hook.include_data), hook.hmac_key,
+            delivery = await self.sender.send(hook.destination, payload(item, hook.include_data), hook.hmac_key,
                                               signer=sign_body)
             self.m_deliveries.labels(delivery.result).inc()
             if delivery.error:
@@ -164,4 +185,5 @@ class RequestWebhooks:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one delivery's failure must not stop the others
-            log.warning("webhook delivery of request %s failed (%s: %s)", ev.request_id, exc.__class__.__name__, exc)
+            log.warning("webhook delivery of request %s failed (%s: %s)", item.fields["request_id"], exc.__class__.__name__,
+                        exc)
