@@ -28,9 +28,11 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import aiohttp
+from pydantic import AfterValidator
 from yarl import URL
 
 from helicone_core.addresses import LOOPBACK, REASONS, classify, host_name_problem, noncanonical_ipv4
@@ -102,6 +104,19 @@ def url_shape_problem(url: str) -> str | None:
     if problem:
         return f"host {problem}"
     return None
+
+
+def checked_url(url: str) -> str:
+    """A webhook URL of a valid form (url_shape_problem), else a ValueError naming what is wrong: the validator of every
+    api model that takes one (WebhookUrl)."""
+    problem = url_shape_problem(url)
+    if problem:
+        raise ValueError(problem)
+    return url
+
+
+# A webhook URL field of an api model (alert rules, per-request webhooks)
+WebhookUrl = Annotated[str, AfterValidator(checked_url)]
 
 
 # Why addresses were refused during the current delivery (the socket factory runs in subtasks of the

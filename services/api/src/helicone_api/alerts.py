@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
-from helicone_core.webhooks import DELIVERY_RESULTS, url_shape_problem
+from helicone_core.webhooks import DELIVERY_RESULTS, WebhookUrl
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator
 
 from .filters import FLAT, TREE, FilterNode, _filter_form
@@ -92,7 +92,7 @@ class AlertRule(BaseModel):
     filter: AnyAlertFilter = Field(default_factory=AlertFilter)
     min_requests: int = Field(1, ge=1, le=1_000_000,
                               description="error_rate and latencies: fewer requests in the window is no data (state kept)")
-    webhook_url: str = Field(..., description="http(s) URL on a public address; notifications are POSTed there")
+    webhook_url: WebhookUrl = Field(..., description="http(s) URL on a public address; notifications are POSTed there")
     enabled: bool = True
 
     @field_validator("name")
@@ -107,14 +107,6 @@ class AlertRule(BaseModel):
     def _filter_storable(cls, v: AlertFilter | FilterNode) -> AlertFilter | FilterNode:
         if _has_nul(v.model_dump(mode="json")):
             raise ValueError(NUL_MESSAGE)  # Postgres jsonb cannot hold it
-        return v
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        problem = url_shape_problem(v)
-        if problem:
-            raise ValueError(problem)
         return v
 
     @field_validator("threshold")

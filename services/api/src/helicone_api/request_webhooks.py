@@ -24,7 +24,7 @@ from helicone_core.request_webhooks import (
     MIN_SAMPLE_RATE,
     TABLE,
 )
-from helicone_core.webhooks import url_shape_problem
+from helicone_core.webhooks import WebhookUrl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .alerts import NUL_MESSAGE
@@ -36,7 +36,7 @@ class RequestWebhookSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    destination: str = Field(..., description="http(s) URL on a public address; each matching request is POSTed there")
+    destination: WebhookUrl = Field(..., description="http(s) URL on a public address; each matching request is POSTed there")
     sample_rate: float = Field(MAX_SAMPLE_RATE, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE, allow_inf_nan=False,
                                description="percent of the matching requests sent, 0-100")
     property_filters: dict[utf8_text(256, 1), utf8_text(MAX_PROPERTY_VALUE)] = Field(
@@ -44,14 +44,6 @@ class RequestWebhookSpec(BaseModel):
         description="{name: value}: only requests with all these Helicone-Property-<name> values are sent "
                     "(names match in any case, as the gateway stores them in lower case)")
     include_data: bool = Field(True, description="the payload carries request_body and response_body")
-
-    @field_validator("destination")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        problem = url_shape_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
     @field_validator("property_filters")
     @classmethod
