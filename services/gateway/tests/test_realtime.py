@@ -1,7 +1,8 @@
 """OpenAI's Realtime API (a WebSocket: GET /v1/realtime?model=..., Upgrade: websocket) through the real gateway (its
 own HTTP server) to a fake Realtime server on loopback (aiohttp's WebSocketResponse): the openai SDK's
 realtime.connect and a raw websockets client, messages both ways, close codes, auth and egress refusals before
-anything goes upstream, and the session logged once with its response.done usage summed and priced."""
+anything goes upstream, keepalive pings to a silent caller (one that answers none is cut), and the session logged once
+with its response.done usage summed and priced."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from aiohttp import WSMsgType, web
 from helicone_gateway.app import create_app
 from helicone_gateway.http_server import HttpServer
 from helicone_gateway.settings import GatewaySettings
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from services.gateway.tests.test_http_server import running
 from services.gateway.tests.test_proxy import ORG, StubKeys
@@ -331,3 +336,110 @@ async def test_a_session_whose_provider_takes_none_of_the_callers_messages_ends(
             sending.cancel()
         [ev] = await logged(built)
         assert ev.status == 101 and "provider" in ev.error and "0.5" in ev.error
+
+
+class RawCaller:
+    """A caller on a plain socket framed by websockets' sans-I/O ClientProtocol, so what it does with the gateway's pings
+    is up to the test: `answers` False never sends the pong (a caller whose network vanished answers nothing)."""
+
+    def __init__(self, url: str, answers: bool) -> None:
+        self.protocol = ClientProtocol(parse_uri(url))
+        self.answers = answers
+        self.pings = 0
+        self.texts: asyncio.Queue = asyncio.Queue()
+        self.opened = asyncio.get_running_loop().create_future()
+        self.ended = asyncio.get_running_loop().create_future()  # the gateway dropped the connection
+        self.writer: asyncio.StreamWriter | None = None
+        self.task: asyncio.Task | None = None
+
+    async def open(self) -> RawCaller:
+        request = self.protocol.connect()
+        request.headers["Authorization"] = f"Bearer {PROVIDER_KEY}"
+        request.headers["Helicone-Auth"] = "Bearer good-key"
+        self.protocol.send_request(request)
+        reader, self.writer = await asyncio.open_connection(self.protocol.uri.host, self.protocol.uri.port)
+        self.writer.write(b"".join(self.protocol.data_to_send()))
+        self.task = asyncio.ensure_future(self._read(reader))
+        response = await asyncio.wait_for(self.opened, 5)
+        assert response.status_code == 101
+        return self
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                data = await reader.read(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.ended.set_result(asyncio.get_running_loop().time())
+                return
+            self.protocol.receive_data(data)
+            for event in self.protocol.events_received():
+                if isinstance(event, Response):
+                    self.opened.set_result(event)
+                elif isinstance(event, Frame) and event.opcode is Opcode.PING:
+                    self.pings += 1
+                elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    self.texts.put_nowait(json.loads(event.data))
+            pongs = b"".join(self.protocol.data_to_send())
+            if self.answers:
+                self.writer.write(pongs)
+
+    def send(self, event: dict) -> None:
+        self.protocol.send_text(json.dumps(event).encode())
+        self.writer.write(b"".join(self.protocol.data_to_send()))
+
+    async def event(self) -> dict:
+        return await asyncio.wait_for(self.texts.get(), 5)
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def raw_caller(url: str, answers: bool):
+    caller = RawCaller(url + "?model=gpt-realtime", answers)
+    await caller.open()
+    try:
+        yield caller
+    finally:
+        caller.close()
+
+
+async def test_a_caller_that_answers_the_keepalive_pings_keeps_its_session(tmp_path):
+    async with stack(tmp_path, websocket_ping_interval=0.2, websocket_ping_timeout=0.2) as (fake, built, url):
+        async with raw_caller(url, answers=True) as caller:
+            assert (await caller.event())["type"] == "session.created"
+            await asyncio.sleep(1.2)  # six intervals of silence from the caller
+            assert caller.pings >= 3 and not caller.ended.done() and not fake.closed_with.done()
+            caller.send({"type": "response.create"})
+            assert (await caller.event())["type"] == "response.done"
+        assert await asyncio.wait_for(fake.closed_with, 5) == 1001
+
+
+async def test_a_caller_that_answers_no_ping_is_cut_and_the_providers_session_closed(tmp_path):
+    """A half-open caller (its network vanished: no FIN, no pong) is cut after about interval + timeout; the provider's
+    session is closed going away (1001), and the session logged once."""
+    async with stack(tmp_path, websocket_ping_interval=0.2, websocket_ping_timeout=0.2) as (fake, built, url):
+        async with raw_caller(url, answers=False) as caller:
+            opened = asyncio.get_running_loop().time()
+            assert (await caller.event())["type"] == "session.created"
+            assert await asyncio.wait_for(fake.closed_with, 5) == 1001
+            cut = await asyncio.wait_for(caller.ended, 5) - opened
+            assert caller.pings >= 1 and 0.35 <= cut < 1.5, cut
+            [ev] = await logged(built)
+            assert ev.status == 101
+            assert not any(conn.websocket for conn in fake.gateway.connections)
+            await asyncio.sleep(0.3)
+            assert len(built) == 1
+
+
+async def test_no_keepalive_ping_is_sent_with_the_interval_0(tmp_path):
+    async with stack(tmp_path, websocket_ping_interval=0, websocket_ping_timeout=0.2) as (fake, built, url):
+        async with raw_caller(url, answers=False) as caller:
+            assert (await caller.event())["type"] == "session.created"
+            await asyncio.sleep(1.0)
+            assert caller.pings == 0 and not caller.ended.done() and not fake.closed_with.done()
+            caller.send({"type": "response.create"})
+            assert (await caller.event())["type"] == "response.done"

@@ -14,8 +14,10 @@ that long is cut, and its app learns it from receive(): WRITE_TIMED_OUT; pipelin
 does not read), a graceful stop (no new connections, answers in progress finish, idle connections close) and the ASGI
 lifespan.
 Upgrade: websocket (a GET answered alone, not pipelined behind another request) becomes an ASGI "websocket" scope
-(WebSocketSession: framing by websockets' sans-I/O ServerProtocol, pings answered, the denial-response extension for an
-HTTP answer instead of the upgrade); the connection's transport is handed to it, so plain requests pay nothing for it.
+(WebSocketSession: framing by websockets' sans-I/O ServerProtocol, pings answered, keepalive pings to a caller that
+sent nothing for ws_ping_interval (one not heard from within ws_ping_timeout after it is cut), the denial-response
+extension for an HTTP answer instead of the upgrade); the connection's transport is handed to it, so plain requests
+pay nothing for it.
 It does not: other upgrades (h2c, CONNECT: 400), request targets other than a path or an absolute URL (400),
 transfer codings other than chunked (501), HTTP/2, proxy headers (the gateway trusts none).
 
@@ -71,6 +73,9 @@ log = logging.getLogger("helicone.gateway.http")
 
 KEEPALIVE_TIMEOUT = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
 WRITE_TIMEOUT = 60.0  # seconds a caller may take none of an answer held back for it before its connection is cut
+# seconds of silence from a WebSocket caller before it is pinged, and then for its pong (or any frame) before it is
+# taken as gone: a caller whose network vanished would otherwise hold its session and provider connection for ever
+WS_PING_INTERVAL, WS_PING_TIMEOUT = 20.0, 20.0
 BODY_HIGH_WATER = 256 * 1024  # request body bytes buffered ahead of the app before reading pauses
 MAX_PIPELINED = 16  # requests read ahead of the one being answered before reading pauses
 ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -702,7 +707,8 @@ class WebSocketSession(asyncio.Protocol):
     accepts (websocket.accept), or an HTTP answer is given instead (websocket.http.response.*, the denial-response
     extension; websocket.close before accepting: 403). Pings are answered here; a close frame received is answered
     and given to the app as websocket.disconnect with its code (1005 when it had none, 1006 when the connection
-    dropped without one)."""
+    dropped without one). A caller silent for the server's ws_ping_interval is pinged; one that sends nothing (no pong)
+    within ws_ping_timeout after it is cut (1006 to the app): one timer per session, re-armed, never one per frame."""
 
     def __init__(self, conn: HttpConnection, scope: dict, early: bytes) -> None:
         self.conn, self.loop, self.transport = conn, conn.loop, conn.transport
@@ -729,6 +735,9 @@ class WebSocketSession(asyncio.Protocol):
         self.close_code = 0  # set once the caller is gone: the disconnect's code
         self.closed = False
         self.paused_reading = False
+        self.last_received = 0.0  # loop time of the caller's last bytes (once accepted)
+        self.ping_sent = 0.0  # loop time of the keepalive ping awaiting an answer; 0: none
+        self.ping_timer: asyncio.TimerHandle | None = None
         self.task = self.loop.create_task(self.run(conn.app))
         conn.server.tasks.add(self.task)
         self.task.add_done_callback(conn.server.tasks.discard)
@@ -814,6 +823,10 @@ class WebSocketSession(asyncio.Protocol):
         # the frames from here on: a protocol that starts open (one built for the handshake would parse a request first)
         self.protocol = ServerProtocol(state=State.OPEN, max_size=WS_MAX_MESSAGE, logger=log)
         self.accepted = True
+        self.last_received = self.loop.time()
+        interval = self.conn.server.ws_ping_interval
+        if interval > 0:
+            self.ping_timer = self.loop.call_at(self.last_received + interval, self._keepalive)
         early, self.early = self.early, b""
         if early:
             self.data_received(early)
@@ -843,6 +856,31 @@ class WebSocketSession(asyncio.Protocol):
             self.protocol.send_close(1001, "server shutting down")
             self._flush()
         self._gone(1001)
+
+    def _keepalive(self) -> None:
+        """The session's one timer: pings a caller silent for ws_ping_interval, cuts one that then sent nothing (not
+        even the pong) for ws_ping_timeout; otherwise re-arms itself for when the caller will have been silent."""
+        self.ping_timer = None
+        if self.closed or self.protocol.state is not State.OPEN:
+            return  # closing or gone: the close handshake's own timeouts end it
+        server, now = self.conn.server, self.loop.time()
+        if self.ping_sent and self.last_received < self.ping_sent:
+            due = self.ping_sent + server.ws_ping_timeout
+            if now >= due:
+                log.info("websocket from %s cut: no pong (nor any frame) within %g s of a ping, after %g s of silence",
+                         self.conn.client, server.ws_ping_timeout, server.ws_ping_interval)
+                self._gone(ABNORMAL_CODE)
+                self.conn.abort()
+                return
+        else:
+            self.ping_sent = 0.0
+            due = self.last_received + server.ws_ping_interval
+            if now >= due:
+                self.ping_sent = now
+                self.protocol.send_ping(b"%d" % int(now * 1000))
+                self._flush()
+                due = now + server.ws_ping_timeout
+        self.ping_timer = self.loop.call_at(due, self._keepalive)
 
     def _flush(self) -> None:
         for data in self.protocol.data_to_send():
@@ -902,6 +940,7 @@ class WebSocketSession(asyncio.Protocol):
         if protocol is None:
             self.early += data
             return
+        self.last_received = self.loop.time()
         protocol.receive_data(data)
         for frame in protocol.events_received():
             op = frame.opcode
@@ -939,6 +978,9 @@ class WebSocketSession(asyncio.Protocol):
         conn = self.conn
         self.closed = conn.closed = True
         conn.server.connections.discard(conn)
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
         if conn.write_timer is not None:
             conn.write_timer.cancel()
             conn.write_timer = None
@@ -966,11 +1008,14 @@ class HttpServer:
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None,
                  max_head_bytes: int = 1 << 20, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 write_timeout: float = WRITE_TIMEOUT, backlog: int = 2048) -> None:
+                 write_timeout: float = WRITE_TIMEOUT, ws_ping_interval: float = WS_PING_INTERVAL,
+                 ws_ping_timeout: float = WS_PING_TIMEOUT, backlog: int = 2048) -> None:
         self.app, self.host, self.port, self.sock = app, host, port, sock
         self.max_head_bytes = max_head_bytes
         self.keepalive_timeout = keepalive_timeout
         self.write_timeout = write_timeout
+        self.ws_ping_interval = ws_ping_interval  # 0: WebSocket callers are never pinged
+        self.ws_ping_timeout = ws_ping_timeout
         self.backlog = backlog
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task] = set()
@@ -985,7 +1030,8 @@ class HttpServer:
     def for_settings(cls, app, settings: GatewaySettings, *, sock: socket.socket | None = None) -> HttpServer:
         """On settings.host:port (or `sock`), refusing request heads over the service's header limits."""
         return cls(app, settings.host, settings.port, sock=sock, max_head_bytes=server_head_limit(settings),
-                   write_timeout=settings.client_write_timeout)
+                   write_timeout=settings.client_write_timeout, ws_ping_interval=settings.websocket_ping_interval,
+                   ws_ping_timeout=settings.websocket_ping_timeout)
 
     @property
     def should_exit(self) -> bool:

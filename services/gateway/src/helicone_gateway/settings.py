@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from yarl import URL
 
 from .egress import noncanonical_ipv4, parse_allowlist_entry
-from .http_server import WRITE_TIMEOUT
+from .http_server import WRITE_TIMEOUT, WS_PING_INTERVAL, WS_PING_TIMEOUT
 
 
 class GatewaySettings(ServiceSettings):
@@ -40,6 +40,10 @@ class GatewaySettings(ServiceSettings):
     # Longest a caller may take none of an answer the gateway holds for it (it stopped reading a stream or a
     # large answer); then its connection is cut and the provider's answer closed, freeing the connection slot.
     client_write_timeout: float = Field(default=WRITE_TIMEOUT, gt=0)
+    # A WebSocket caller (Realtime) that sent nothing for this many seconds is pinged (0: never); one that then sends
+    # nothing, not even the pong, for websocket_ping_timeout is taken as gone and its provider session closed (1001).
+    websocket_ping_interval: float = Field(default=WS_PING_INTERVAL, ge=0)
+    websocket_ping_timeout: float = Field(default=WS_PING_TIMEOUT, gt=0)
     max_upstream_connections: int = 1000
     # The largest body the gateway reads whole (413 past it); large uploads are streamed through instead (app.Upload).
     max_request_bytes: int = 32 * 1024 * 1024
