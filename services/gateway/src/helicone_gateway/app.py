@@ -176,14 +176,15 @@ class Rejection(Exception):
 
 async def send_error(send, status: int, message: str, kind: str, request_id: str,
                      always: tuple[tuple[bytes, bytes], ...], extra: tuple[tuple[bytes, bytes], ...] = (),
-                     body: bytes | None = None) -> None:
+                     body: bytes | None = None, asgi: str = "http.response") -> None:
     """A JSON error answer; `always` are the headers every gateway answer carries (Gateway.answer_headers). `body`
-    replaces the gateway's error shape (error_body) when given."""
+    replaces the gateway's error shape (error_body) when given. `asgi`: "websocket.http.response" answers a WebSocket
+    handshake with it instead of the upgrade (the denial-response extension)."""
     body = error_body(message, kind) if body is None else body
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"helicone-id", request_id.encode()), *always, *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await send({"type": f"{asgi}.start", "status": status, "headers": headers})
+    await send({"type": f"{asgi}.body", "body": body, "more_body": False})
 
 
 # Uploads (files, an upload's parts, audio, images to edit) of at least UPLOAD_STREAM_BYTES, by their Content-Length, go to
@@ -922,11 +923,8 @@ class Gateway:
 
     async def _deny_websocket(self, send, r: Rejection, request_id: str) -> None:
         """An HTTP answer instead of the upgrade (the gateway's error shape), as an HTTP request would get it."""
-        body = error_body(r.message, r.kind) if r.body is None else r.body
-        headers = [(b"content-type", b"application/json"), (b"helicone-id", request_id.encode()), *self.answer_headers,
-                   *r.headers]
-        await send({"type": "websocket.http.response.start", "status": r.status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+        await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers, r.headers, r.body,
+                         asgi="websocket.http.response")
 
     def _log_session(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, model: str, started: float,
                      started_at: int, status: int, usage: RealtimeUsage, ttft_ms: int, error: str) -> None:

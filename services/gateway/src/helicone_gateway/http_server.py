@@ -975,17 +975,13 @@ class WebSocketSession(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc) -> None:
-        conn = self.conn
-        self.closed = conn.closed = True
-        conn.server.connections.discard(conn)
+        self.closed = True
+        # the connection's own release (the server's set, its timers, a writer waiting to drain); it has no request
+        # left: its exchange went to this session at the upgrade
+        self.conn.connection_lost(exc)
         if self.ping_timer is not None:
             self.ping_timer.cancel()
             self.ping_timer = None
-        if conn.write_timer is not None:
-            conn.write_timer.cancel()
-            conn.write_timer = None
-        if conn.drained is not None and not conn.drained.done():
-            conn.drained.set_result(None)
         code = ABNORMAL_CODE
         if self.protocol is not None and self.protocol.close_rcvd is not None:
             code = self.protocol.close_rcvd.code
