@@ -20,6 +20,8 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 0.0, 100.0
 MAX_WEBHOOKS_PER_ORG = 100
 MAX_PROPERTY_FILTERS = 50
 HMAC_KEY_PREFIX = "whsec_"
+# An org's webhooks, oldest first ($1: the org id): the api's list and org_webhooks
+ORG_WEBHOOKS_SQL = f"SELECT {COLUMNS} FROM {TABLE} WHERE org_id = $1 ORDER BY created_at, id"
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ async def org_webhooks(pool, org_id: str) -> list[RequestWebhook]:
         org = uuid.UUID(org_id)
     except ValueError:
         return []  # not an org id Postgres could hold: no webhooks
-    rows = await pool.fetch(f"SELECT {COLUMNS} FROM {TABLE} WHERE org_id = $1 ORDER BY created_at, id", org)
+    rows = await pool.fetch(ORG_WEBHOOKS_SQL, org)
     return [RequestWebhook.from_row(r) for r in rows]
 
 

@@ -22,6 +22,7 @@ from helicone_core.request_webhooks import (
     MAX_SAMPLE_RATE,
     MAX_WEBHOOKS_PER_ORG,
     MIN_SAMPLE_RATE,
+    ORG_WEBHOOKS_SQL,
     TABLE,
 )
 from helicone_core.webhooks import WebhookUrl
@@ -118,7 +119,7 @@ def request_webhooks_router(state, org_id: Callable[..., Awaitable[str]]) -> API
     @router.get("", response_model=documented(RequestWebhookList))
     async def list_webhooks(org: str = Depends(org_id)) -> dict:
         """The org's webhooks, without their HMAC keys."""
-        rows = await state.pool.fetch(f"SELECT {COLUMNS} FROM {TABLE} WHERE org_id = $1 ORDER BY created_at, id", uuid.UUID(org))
+        rows = await state.pool.fetch(ORG_WEBHOOKS_SQL, uuid.UUID(org))
         return {"data": [webhook_json(r) for r in rows]}
 
     @router.delete("/{webhook_id}", status_code=204)
