@@ -5,6 +5,7 @@ and value follow the gateway's Helicone-Property-* rule, and only the caller's o
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -205,6 +206,19 @@ async def test_a_request_takes_no_more_properties_than_the_gateway_logs(api):
     spare = await add_request(state, org, minutes=1, props={f"p{i}": "v" for i in range(MAX_PROPERTIES - 1)})
     assert (await put(client, spare, "last", "v")).status_code == 200
     assert (await put(client, spare, "past-the-last", "v")).status_code == 409
+
+
+async def test_concurrent_puts_of_new_keys_never_take_a_request_past_its_limit(api):
+    """Puts of new keys arriving together on a request one short of its limit: one is added, the others get the 409;
+    a put changing a key it has goes through alongside them."""
+    client, state, org, _, _ = api
+    logged = {f"p{i}": "v" for i in range(MAX_PROPERTIES - 1)}
+    rid = await add_request(state, org, minutes=0, props=logged)
+    answers = await asyncio.gather(*(put(client, rid, key, "v") for key in ("new-a", "new-b", "new-c", "p0")))
+    assert sorted(r.status_code for r in answers[:3]) == [200, 409, 409], [r.text for r in answers]
+    assert answers[3].status_code == 200
+    [added] = [key for key, r in zip(("new-a", "new-b", "new-c"), answers[:3], strict=True) if r.status_code == 200]
+    assert await properties(client, rid) == {**logged, added: "v"}
 
 
 async def test_a_put_keeps_the_logged_request_time_for_retention(api):

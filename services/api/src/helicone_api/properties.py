@@ -6,10 +6,14 @@ replaces it; the request's other properties are left as they are. The logged row
 reader merges the puts over the logged properties: the request's answer, the query and export rows and a
 session's tree through puts_of, filters, groupings and the property endpoints through queries.property_sql.
 Key and value follow the gateway's rule for a Helicone-Property-<key> header (log_headers.custom_property).
+A put's check of the request's property count and its write are one step per (org, request) in this process
+(PutsUnderWay); two api replicas can still each add one key to a request one short of the limit at the same moment.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -84,6 +88,32 @@ async def puts_of(store, org_id: str, request_ids: list[str]) -> dict[str, dict[
     return out
 
 
+class PutsUnderWay:
+    """One put at a time per (org, request id): its count of the request's properties and its write are never
+    interleaved with another's, so two new keys put together on a request one short of the limit cannot both be
+    added. Only requests with a put under way, or waiting, have an entry."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._users: dict[tuple[str, str], int] = {}  # puts holding or awaiting each lock
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, org: str, rid: str):
+        request = (org, rid)
+        lock = self._locks.get(request)
+        if lock is None:
+            lock = self._locks[request] = asyncio.Lock()
+        self._users[request] = self._users.get(request, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            if self._users[request] == 1:
+                del self._users[request], self._locks[request]
+            else:
+                self._users[request] -= 1
+
+
 def _invalid(field: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
 
@@ -100,6 +130,7 @@ def properties_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter
         ),
     )
     clock = WriteClock()
+    under_way = PutsUnderWay()
 
     @router.put("/property", response_model=documented(PropertyWritten))
     async def put_property(request_id: RequestId, body: PropertyPut, org: str = Depends(org_id)) -> dict[str, Any]:
@@ -111,33 +142,34 @@ def properties_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter
         except PropertyError as exc:
             raise _invalid(exc.part, str(exc)) from None
         rid = str(request_id)
-        with state.m_query_seconds.labels("property").time():
-            logged = await state.analytics.query(LOGGED_SQL, {"org": org, "rid": rid})
-            if not logged:
-                state.m_queries.labels("property", "not_found").inc()
-                raise HTTPException(404, f"request {rid} not found")
-            properties = {**logged[0]["properties"], **(await puts_of(state.analytics, org, [rid])).get(rid, {})}
-            if key not in properties and len(properties) >= MAX_PROPERTIES:
-                state.m_queries.labels("property", "refused").inc()
-                raise HTTPException(
-                    409,
-                    f"request {rid} has {len(properties)} properties; at most {MAX_PROPERTIES} "
-                    f"are kept, so {key!r} is not added (an existing one can be changed)",
+        async with under_way.one_at_a_time(org, rid):  # the count checked is still the count when the row is written
+            with state.m_query_seconds.labels("property").time():
+                logged = await state.analytics.query(LOGGED_SQL, {"org": org, "rid": rid})
+                if not logged:
+                    state.m_queries.labels("property", "not_found").inc()
+                    raise HTTPException(404, f"request {rid} not found")
+                properties = {**logged[0]["properties"], **(await puts_of(state.analytics, org, [rid])).get(rid, {})}
+                if key not in properties and len(properties) >= MAX_PROPERTIES:
+                    state.m_queries.labels("property", "refused").inc()
+                    raise HTTPException(
+                        409,
+                        f"request {rid} has {len(properties)} properties; at most {MAX_PROPERTIES} "
+                        f"are kept, so {key!r} is not added (an existing one can be changed)",
+                    )
+                at = ch_time_us(clock.now())
+                await state.analytics.insert(
+                    "request_property_overrides",
+                    [
+                        {
+                            "org_id": org,
+                            "request_id": rid,
+                            "key": key,
+                            "value": value,
+                            "request_created_at": logged[0]["request_created_at"],
+                            "updated_at": at,
+                        }
+                    ],
                 )
-            at = ch_time_us(clock.now())
-            await state.analytics.insert(
-                "request_property_overrides",
-                [
-                    {
-                        "org_id": org,
-                        "request_id": rid,
-                        "key": key,
-                        "value": value,
-                        "request_created_at": logged[0]["request_created_at"],
-                        "updated_at": at,
-                    }
-                ],
-            )
         state.m_queries.labels("property", "ok").inc()
         return {
             "request_id": rid,
