@@ -44,13 +44,12 @@ async def ingest(tmp_path, pg_pool):
     for org in (ORG, OTHER_ORG):
         await pg_pool.execute("INSERT INTO orgs(id, name) VALUES ($1, 'acme')", uuid.UUID(org))
     metrics = ServiceMetrics("ingest")
-    w = new_writer(analytics, bodies, pg_pool, metrics)
     sender = WebhookSender(allow_loopback=True, timeout=1, attempts=1)
     await sender.start()
     hooks = RequestWebhooks(metrics, sender, queue_size=100, ttl=60)
     hooks.attach(pg_pool)
     hooks.start()
-    w.webhooks = hooks
+    w = new_writer(analytics, bodies, pg_pool, metrics, webhooks=hooks)
     yield w, hooks, analytics, pg_pool
     await hooks.stop()
     await sender.close()

@@ -37,11 +37,11 @@ def event(*, org=ORG, at: dt.datetime | None = None, body: bytes = b'{"ok":true}
     return ev
 
 
-def new_writer(analytics, bodies, pool, metrics: ServiceMetrics | None = None) -> BatchWriter:
+def new_writer(analytics, bodies, pool, metrics: ServiceMetrics | None = None, webhooks=None) -> BatchWriter:
     metrics = metrics or ServiceMetrics("ingest")
     metadata = PendingMetadata(metrics, retry_max_backoff=0.2)
     metadata.attach(pool)
-    return BatchWriter(analytics, bodies, metadata, metrics)
+    return BatchWriter(analytics, bodies, metadata, metrics, webhooks=webhooks)
 
 
 @pytest.fixture

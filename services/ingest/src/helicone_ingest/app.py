@@ -229,8 +229,7 @@ class IngestService:
         await self.bodies.start()
         await self.analytics.init_schema()
         self.writer = BatchWriter(self.analytics, self.bodies, self.metadata, self.metrics,
-                                  CostRegistry.load(s.cost_registry_file), s.retention_days)
-        self.writer.webhooks = self.webhooks
+                                  CostRegistry.load(s.cost_registry_file), s.retention_days, webhooks=self.webhooks)
         await self.webhooks.sender.start()
         self.webhooks.start()
         self._postgres_task = asyncio.create_task(self._connect_postgres(), name="ingest-postgres")

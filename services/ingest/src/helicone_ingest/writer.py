@@ -82,12 +82,12 @@ class PreparedBatch:
 
 class BatchWriter:
     def __init__(self, analytics: AnalyticsStore, bodies: BodyStore, metadata: PendingMetadata, metrics: ServiceMetrics,
-                 costs: CostRegistry | None = None, retention_days: int = 0) -> None:
+                 costs: CostRegistry | None = None, retention_days: int = 0, webhooks: RequestWebhooks | None = None) -> None:
         self.analytics = analytics
         self.retention_days = retention_days  # settings.retention_days; 0: keep every request
         self.bodies = bodies
         self.metadata = metadata
-        self.webhooks: RequestWebhooks | None = None  # per-request webhooks, offered each written event
+        self.webhooks = webhooks  # per-request webhooks, offered each written event
         self.costs = costs or CostRegistry.default()
         self.m_events = metrics.counter("helicone_ingest_events_total", "Events consumed", ("result",))
         self.m_batches = metrics.histogram(
