@@ -51,12 +51,13 @@ class FakeRealtime:
         self.closed_with: asyncio.Future | None = None
         self.hear = asyncio.Event()  # set: the deaf endpoint starts reading what it was sent
         self.gateway: HttpServer | None = None  # the gateway's server, to see what a session holds
+        self.gw = None  # the Gateway behind it, to read its metrics
 
     async def handle(self, request: web.Request):
         self.handshakes.append({"headers": {n.lower(): v for n, v in request.headers.items()}, "query": dict(request.query)})
         if request.headers.get("authorization") != f"Bearer {PROVIDER_KEY}":
             return web.json_response({"error": {"message": "Incorrect API key provided"}}, status=401)
-        self.closed_with = asyncio.get_running_loop().create_future()
+        closed = self.closed_with = asyncio.get_running_loop().create_future()  # the latest session's
         ws = web.WebSocketResponse(protocols=("realtime",))
         await ws.prepare(request)
         await ws.send_str(json.dumps({"type": "session.created", "session": {"model": request.query.get("model")}}))
@@ -71,7 +72,9 @@ class FakeRealtime:
                 await ws.send_str(json.dumps({"type": "response.done", "response": {"status": "completed", "usage": USAGE}}))
             elif event["type"] == "close-me":
                 await ws.close(code=event["code"], message=b"bye from the provider")
-        self.closed_with.set_result(ws.close_code)
+            elif event["type"] == "drop-me":  # the provider's connection lost: no close frame
+                request.transport.abort()
+        closed.set_result(ws.close_code)
         return ws
 
     async def deaf(self, request: web.Request):
@@ -116,7 +119,7 @@ async def stack(tmp_path, **settings):
         gw.keys = StubKeys()
         built: list = []
         async with running(server=HttpServer.for_settings(gw_app, config)) as server:
-            fake.gateway = server
+            fake.gateway, fake.gw = server, gw
             gw.publisher.submit = lambda builder, size=0: built.append(builder())
             yield fake, built, f"ws://127.0.0.1:{server.bound[1]}/v1/realtime"
     finally:
@@ -443,3 +446,84 @@ async def test_no_keepalive_ping_is_sent_with_the_interval_0(tmp_path):
             assert caller.pings == 0 and not caller.ended.done() and not fake.closed_with.done()
             caller.send({"type": "response.create"})
             assert (await caller.event())["type"] == "response.done"
+
+
+SESSIONS_ENV = "HELICONE_REALTIME_SESSIONS_PER_KEY"
+
+
+class TwoKeys(StubKeys):
+    """"good-key" and "second-key", both ORG's."""
+
+    def lookup(self, key):
+        return ORG if key == "second-key" else super().lookup(key)
+
+
+def sample(fake: FakeRealtime, name: str) -> float:
+    return fake.gw.metrics.registry.get_sample_value(name) or 0.0
+
+
+async def test_a_key_holding_its_limit_of_sessions_is_refused_one_more_with_a_429_before_anything_goes_upstream(tmp_path):
+    """A Helicone key may hold HELICONE_REALTIME_SESSIONS_PER_KEY sessions open at once: one more is refused (429 naming
+    the setting and the limit, counted, logged as an HTTP request over its rate limit) and never reaches the provider;
+    another key, of the same org, opens its own."""
+    async with stack(tmp_path, realtime_sessions_per_key=2) as (fake, built, url):
+        fake.gw.keys = TwoKeys()
+        async with connect(url + "?model=gpt-realtime") as a, connect(url + "?model=gpt-realtime") as b:
+            assert json.loads(await a.recv())["type"] == json.loads(await b.recv())["type"] == "session.created"
+            with pytest.raises(websockets.InvalidStatus) as info:
+                async with connect(url + "?model=gpt-realtime"):
+                    pass
+            response = info.value.response
+            message = json.loads(response.body)["error"]["message"]
+            assert response.status_code == 429 and SESSIONS_ENV in message and "2 Realtime sessions" in message, message
+            assert len(fake.handshakes) == 2
+            assert sample(fake, "helicone_gateway_realtime_sessions_refused_total") == 1
+            assert sample(fake, "helicone_gateway_realtime_sessions_open") == 2
+            [ev] = await logged(built)
+            assert (ev.status, ev.org_id, ev.model) == (429, ORG, "gpt-realtime") and SESSIONS_ENV in ev.error
+            async with connect(url + "?model=gpt-realtime", key="second-key") as c:
+                assert json.loads(await c.recv())["type"] == "session.created"
+
+
+async def test_a_sessions_slot_is_released_however_the_session_ends_and_taken_by_the_next(tmp_path):
+    """With one session per key, the next session opens after each way one ends: the caller closes, the provider
+    closes, the provider's connection is lost, the caller's drops, the caller answers no keepalive ping, the provider
+    refuses the handshake. (Each session is logged once, when its slot is given back: the wait for it.)"""
+    async with stack(tmp_path, realtime_sessions_per_key=1, websocket_ping_interval=0.2,
+                     websocket_ping_timeout=0.2) as (fake, built, url):
+        model = url + "?model=gpt-realtime"
+        async with connect(model) as ws:  # the caller closes
+            await ws.recv()
+        await logged(built, 1)
+        async with connect(model) as ws:  # the provider closes
+            await ws.recv()
+            await ws.send(json.dumps({"type": "close-me", "code": 4001}))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        await logged(built, 2)
+        async with connect(model) as ws:  # the provider's connection is lost
+            await ws.recv()
+            await ws.send(json.dumps({"type": "drop-me"}))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1011
+        await logged(built, 3)
+        ws = await connect(model)  # the caller's connection drops
+        await ws.recv()
+        ws.transport.abort()
+        await logged(built, 4)
+        async with raw_caller(url, answers=False) as caller:  # the caller answers no ping
+            await asyncio.wait_for(caller.ended, 5)
+        await logged(built, 5)
+        with pytest.raises(websockets.InvalidStatus) as info:  # the provider refuses the handshake
+            async with connect(model, headers={"Authorization": "Bearer sk-wrong"}):
+                pass
+        assert info.value.response.status_code == 401
+        await logged(built, 6)
+        async with connect(model) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+            assert sample(fake, "helicone_gateway_realtime_sessions_open") == 1
+        await logged(built, 7)
+        assert [ev.status for ev in built] == [101] * 5 + [401, 101]
+        assert sample(fake, "helicone_gateway_realtime_sessions_refused_total") == 0
+        assert sample(fake, "helicone_gateway_realtime_sessions_open") == 0

@@ -109,6 +109,7 @@ from .realtime import (
     GOING_AWAY,
     INTERNAL_ERROR,
     MAX_MESSAGE_BYTES,
+    OpenSessions,
     RealtimeUsage,
     sent_close_code,
     upstream_headers,
@@ -144,6 +145,7 @@ ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
 READ_TIMEOUT_ENV = env_name("upstream_read_timeout")
 WRITE_TIMEOUT_ENV = env_name("client_write_timeout")
 MODERATION_TIMEOUT_ENV = env_name("moderation_timeout")
+REALTIME_SESSIONS_ENV = env_name("realtime_sessions_per_key")
 # The `provider` of requests_total and request_duration_seconds when no provider is known: answers given before the
 # request is routed (431, a Helicone header's 400, 401, the 503 of an unavailable key store), and a request the
 # gateway failed on. Never a provider table name (tested).
@@ -438,6 +440,12 @@ class Gateway:
             "to moderate: not OpenAI chat), skipped (the latest message is not the user's)",
             ("result",),
         )
+        self.m_realtime_refused = metrics.counter(
+            "helicone_gateway_realtime_sessions_refused_total",
+            f"Realtime sessions refused (429): their Helicone key held {REALTIME_SESSIONS_ENV} open in this process",
+        )
+        self.realtime_sessions = OpenSessions(settings.realtime_sessions_per_key, metrics.gauge(
+            "helicone_gateway_realtime_sessions_open", "Realtime (WebSocket) sessions open, or opening with the provider"))
         # the series every proxied request touches, looked up once per label values (labels() takes
         # a lock and builds a key per call)
         self._auth_ok = self.m_auth.labels("ok")
@@ -777,7 +785,8 @@ class Gateway:
         """A WebSocket relayed to the provider: Helicone-Auth checked before anything goes upstream (fails closed), the
         route and the Target-URL egress check as for HTTP, the caller's key and subprotocols sent on; then every message
         both ways as it came, pings answered on each side, a close (its code and reason) passed on. A handshake the
-        provider refuses is answered with its status. Logged once when the session ends (RequestLogged: status 101, the
+        provider refuses is answered with its status; a key already holding realtime_sessions_per_key sessions in this
+        process is refused one more (429). Logged once when the session ends (RequestLogged: status 101, the
         session's length, the usage of its response.done events summed); no bodies are kept."""
         started, started_at = time.perf_counter(), time.time_ns()
         request_id = events.new_request_id()
@@ -818,11 +827,35 @@ class Gateway:
                 raise Rejection(400, missing_base_url(rt.provider, rt.path), "helicone_route_error")
             url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
             target = self._target(url) if rt.target else None
+            # after the caller's own errors, before anything goes upstream: a refused session costs the provider nothing
+            if not self.realtime_sessions.take(hh.auth_key):
+                self.m_realtime_refused.inc()
+                limit = self.settings.realtime_sessions_per_key
+                raise Rejection(429, f"This Helicone API key already has {limit} Realtime sessions open on this gateway process "
+                                f"({REALTIME_SESSIONS_ENV}); close one before opening another", "helicone_session_limit")
+        except Rejection as r:
+            return await self._refuse_session(scope, send, r, org_id, request_id, hh, rt, model, started, started_at)
+        try:  # the one place the session is given back, however it ends
+            await self._relay_session(scope, receive, send, org_id, request_id, hh, rt, model, started, started_at,
+                                      url, target, raw_headers)
+        finally:
+            self.realtime_sessions.release(hh.auth_key)
+
+    async def _refuse_session(self, scope, send, r: Rejection, org_id: str, request_id: str, hh: HeliconeHeaders,
+                              rt: Route, model: str, started: float, started_at: int) -> None:
+        """A session refused after Helicone-Auth: answered as an HTTP request would be, and logged."""
+        self._answered(scope, rt.provider, started, r.status)
+        self._log_session(org_id, request_id, hh, rt, model, started, started_at, r.status, RealtimeUsage(), -1, r.logged)
+        await self._deny_websocket(send, r, request_id)
+
+    async def _relay_session(self, scope, receive, send, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route,
+                             model: str, started: float, started_at: int, url: str, target: TargetDest | None,
+                             raw_headers: list[tuple[str, str]]) -> None:
+        """The provider's WebSocket opened (a refused handshake answered and logged), then the session relayed."""
+        try:
             ws = await self._connect_websocket(url, target, upstream_headers(raw_headers), scope.get("subprotocols") or ())
         except Rejection as r:
-            self._answered(scope, rt.provider, started, r.status)
-            self._log_session(org_id, request_id, hh, rt, model, started, started_at, r.status, RealtimeUsage(), -1, r.logged)
-            return await self._deny_websocket(send, r, request_id)
+            return await self._refuse_session(scope, send, r, org_id, request_id, hh, rt, model, started, started_at)
         headers = [(b"helicone-id", request_id.encode()), *self.answer_headers]
         await send({"type": "websocket.accept", "subprotocol": ws.protocol, "headers": headers})
         self._answered(scope, rt.provider, started, 101)  # its duration: the handshake's (a session's length is logged)

@@ -99,3 +99,33 @@ class RealtimeUsage:
         self.tokens = _add(self.tokens, openai_usage(usage))
         self.known = True
         self.responses += 1
+
+
+class OpenSessions:
+    """The Realtime sessions each Helicone key holds open in this process, at most `per_key` each; `gauge` is
+    their total. A key's entry goes with its last session, so the map holds only keys with a session open."""
+
+    __slots__ = ("gauge", "per_key", "_by_key")
+
+    def __init__(self, per_key: int, gauge) -> None:
+        self.per_key = per_key
+        self.gauge = gauge
+        self._by_key: dict[str, int] = {}
+
+    def take(self, key: str) -> bool:
+        """One more session for `key`; False (nothing taken) when it holds `per_key` already."""
+        held = self._by_key.get(key, 0)
+        if held >= self.per_key:
+            return False
+        self._by_key[key] = held + 1
+        self.gauge.inc()
+        return True
+
+    def release(self, key: str) -> None:
+        """Gives back a session taken for `key`."""
+        held = self._by_key[key] - 1
+        if held:
+            self._by_key[key] = held
+        else:
+            del self._by_key[key]
+        self.gauge.dec()

@@ -44,6 +44,9 @@ class GatewaySettings(ServiceSettings):
     # nothing, not even the pong, for websocket_ping_timeout is taken as gone and its provider session closed (1001).
     websocket_ping_interval: float = Field(default=WS_PING_INTERVAL, ge=0)
     websocket_ping_timeout: float = Field(default=WS_PING_TIMEOUT, gt=0)
+    # Realtime sessions one Helicone key may hold open at once in one gateway process (each of --workers counts its
+    # own); one more is refused with a 429. Each holds a provider WebSocket and up to about 1 MiB of caller messages.
+    realtime_sessions_per_key: int = Field(default=100, ge=1)
     max_upstream_connections: int = 1000
     # The largest body the gateway reads whole (413 past it); large uploads are streamed through instead (app.Upload).
     max_request_bytes: int = 32 * 1024 * 1024
