@@ -48,11 +48,12 @@ CHART_MANAGED = {
     "consumer_group", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_cafile",
     "analytics_backend", "chdb_path", "clickhouse_url", "clickhouse_user", "clickhouse_database",
     "body_store", "body_dir", "s3_endpoint", "s3_bucket", "s3_region", "journal_dir", "prompts_target",
+    "llm_security_url", "llm_security_model",
 }
 # Secrets reach the pods only from Secrets (postgres.existingSecret, ...), never from a ConfigMap.
 SECRET_SETTINGS = {"postgres_dsn", "clickhouse_password", "kafka_sasl_password", "s3_access_key_id", "s3_secret_access_key",
                    "redis_url",  # a Redis URL may carry its password
-                   "admin_token"}
+                   "admin_token", "llm_security_api_key"}
 
 # Keys whose content is free-form Kubernetes (or Argo) structure: checked by Kubernetes, not here.
 FREE_OBJECTS = {
@@ -65,7 +66,7 @@ FREE_OBJECTS = {
 OBJECT_LISTS = {
     "defaults.tolerations", "defaults.extraEnv", "defaults.networkPolicy.extraIngress", "defaults.networkPolicy.extraEgress",
     "components.gateway.rollout.steps", "networkPolicy.dataPeers", "networkPolicy.gatewayFrom", "networkPolicy.apiFrom",
-    "networkPolicy.metricsFrom",
+    "networkPolicy.metricsFrom", "llmSecurity.peers",
 }
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 CONSTRAINTS = {
@@ -83,6 +84,7 @@ CONSTRAINTS = {
     "redis.port": PORT,
     "redis.url": {"pattern": "^(rediss?://.+)?$"},
     "clickhouse.database": {"pattern": f"^{CLICKHOUSE_IDENTIFIER.pattern}$"},  # written unquoted in the analytics SQL
+    "llmSecurity.url": {"pattern": "^(https?://.+)?$"},
     "admin.token": {"anyOf": [{"maxLength": 0}, {"minLength": 32}]},  # ApiSettings.admin_token: empty (off) or 32+ characters
     "defaults.replicas": {"minimum": 0},
     "defaults.terminationGracePeriodSeconds": {"minimum": 1},

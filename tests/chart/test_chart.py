@@ -158,6 +158,9 @@ BAD_VALUES = [
     ({"networkPolicy": {"providerPorts": []}}, "providerPorts"),
     ({"networkPolicy": {"dataPeers": []}}, "dataPeers"),  # an empty `to` would open those ports to every address
     ({"admin": {"token": "changeme"}}, "/admin/token"),  # the api refuses a token under 32 characters: it would crash-loop
+    ({"llmSecurity": {"url": "llama-guard.ml:8000/v1", "model": "m"}}, "/llmSecurity/url"),
+    ({"components": {"gateway": {"config": {"llm_security_url": "http://x"}}}}, "llm_security_url"),  # via llmSecurity.url
+    ({"components": {"gateway": {"config": {"llm_security_api_key": "k"}}}}, "llm_security_api_key"),  # only from Secrets
 ]
 
 
@@ -180,6 +183,7 @@ TEMPLATE_ERRORS = [
     (merge(REQUIRED, {"components": {"ingest": {"keda": {"enabled": True, "maxReplicas": 13}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"components": {"ingest": {"autoscaling": {"enabled": True, "maxReplicas": 20}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"s3": {"accessKeyId": "AK"}}), "s3.accessKeyId and s3.secretAccessKey go together"),
+    (merge(REQUIRED, {"llmSecurity": {"url": "http://llama-guard.ml:8000/v1"}}), "llmSecurity.model is required with llmSecurity.url"),
     # an HPA or ScaledObject whose floor is above its ceiling: the API server (or KEDA's webhook) refuses it mid-install
     (merge(REQUIRED, {"defaults": {"autoscaling": {"enabled": True, "minReplicas": 3}}, "components": {"ingest": {
         "autoscaling": {"maxReplicas": 2}}}}), "components.ingest autoscaling.minReplicas (3) is above its maxReplicas (2)"),
@@ -460,6 +464,40 @@ def test_the_admin_token_reaches_only_the_api_from_a_secret(chart):
     assert "admin-token" not in by_kind(existing, "Secret")["hc-helicone"]["data"]
     without = objects(render(REQUIRED, chart=chart))  # no token: the admin routes are off
     assert "HELICONE_ADMIN_TOKEN" not in env_of(pods(without)["api"]["spec"]["containers"][0])
+
+
+def test_the_llm_security_classifier_reaches_only_the_gateway_with_its_key_from_a_secret(chart):
+    """llmSecurity.url and .model are the gateway's HELICONE_LLM_SECURITY_URL and _MODEL, its key comes from a Secret,
+    and an in-cluster classifier (llmSecurity.peers) is reachable on the port its URL names, or the gateway refuses
+    every Helicone-LLM-Security-Enabled request (502) under the default-deny policies."""
+    ml = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ml"}}}]
+    security = {"url": "http://llama-guard.ml:8000/v1", "model": "meta-llama/Llama-Guard-3-8B", "apiKey": "sk-guard", "peers": ml}
+    objs = objects(render(REQUIRED, {"llmSecurity": security}, chart=chart))
+    assert_valid(objs)
+    config = by_kind(objs, "ConfigMap")["hc-helicone-gateway"]["data"]
+    assert (config["HELICONE_LLM_SECURITY_URL"], config["HELICONE_LLM_SECURITY_MODEL"]) == (security["url"], security["model"])
+    gateway = env_of(pods(objs)["gateway"]["spec"]["containers"][0])
+    assert gateway["HELICONE_LLM_SECURITY_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "hc-helicone", "key": "llm-security-api-key"}
+    assert by_kind(objs, "Secret")["hc-helicone"]["data"]["llm-security-api-key"]
+    for name, pod in pods(objs).items():
+        if name != "gateway":
+            assert "HELICONE_LLM_SECURITY_API_KEY" not in env_of(pod["spec"]["containers"][0])
+            assert "HELICONE_LLM_SECURITY_URL" not in by_kind(objs, "ConfigMap")[f"hc-helicone-{name}"]["data"]
+    policies = by_kind(objs, "NetworkPolicy")
+    assert {"ports": [{"port": 8000, "protocol": "TCP"}], "to": ml} in policies["hc-helicone-gateway"]["spec"]["egress"]
+    assert 8000 not in {p["port"] for r in policies["hc-helicone-ingest"]["spec"]["egress"] for p in r["ports"]}
+    # an https URL without a port: 443 towards its peers; a hosted classifier (no peers): the provider rule, nothing more
+    hosted = objects(render(REQUIRED, {"llmSecurity": {**security, "url": "https://guard.ml/v1"}}, chart=chart))
+    assert {"ports": [{"port": 443, "protocol": "TCP"}], "to": ml} in by_kind(hosted, "NetworkPolicy")["hc-helicone-gateway"]["spec"]["egress"]
+    public = objects(render(REQUIRED, {"llmSecurity": {**security, "url": "https://api.together.xyz/v1", "peers": []}}, chart=chart))
+    assert not any(r["to"] == ml for r in by_kind(public, "NetworkPolicy")["hc-helicone-gateway"]["spec"]["egress"])
+    existing = objects(render(REQUIRED, {"llmSecurity": {**security, "apiKey": "", "existingSecret": "guard"}}, chart=chart))
+    ref = env_of(pods(existing)["gateway"]["spec"]["containers"][0])["HELICONE_LLM_SECURITY_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "guard", "key": "api-key"}
+    assert "llm-security-api-key" not in by_kind(existing, "Secret")["hc-helicone"]["data"]
+    without = objects(render(REQUIRED, chart=chart))  # no classifier: the header is refused, nothing of it rendered
+    assert "HELICONE_LLM_SECURITY_API_KEY" not in env_of(pods(without)["gateway"]["spec"]["containers"][0])
+    assert "HELICONE_LLM_SECURITY_URL" not in by_kind(without, "ConfigMap")["hc-helicone-gateway"]["data"]
 
 
 def test_pdbs_select_each_component(full):

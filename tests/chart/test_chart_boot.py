@@ -97,6 +97,8 @@ def cluster_values() -> dict:
         "postgres": {"existingSecret": "pg-app"},
         "clickhouse": {"existingSecret": "ch-user"},
         "s3": {"existingSecret": "s3-keys"},
+        "llmSecurity": {"url": "http://llama-guard.ml:8000/v1", "model": "meta-llama/Llama-Guard-3-8B",
+                        "existingSecret": "llm-security", "peers": [{"namespaceSelector": {"matchLabels": {"name": "ml"}}}]},
     }
 
 
@@ -135,6 +137,7 @@ NEEDED_WHEN = {
     "kafka_sasl_password": lambda env: env.get("HELICONE_KAFKA_SECURITY_PROTOCOL", "").startswith("SASL"),
     "redis_url": lambda env: False,  # optional: without it each gateway keeps its response cache in memory
     "admin_token": lambda env: False,  # optional: without it the api's /v1/admin routes answer 404
+    "llm_security_api_key": lambda env: False,  # optional: a classifier in the cluster may need no key
 }
 
 

@@ -173,6 +173,10 @@ field names (schema-checked against the code).
 {{- if eq $name "prompts" }}
 {{- $_ := set $s "grpc_port" $c.grpcPort }}
 {{- end }}
+{{- if and (eq $name "gateway") $v.llmSecurity.url }}
+{{- $_ := set $s "llm_security_url" $v.llmSecurity.url }}
+{{- $_ := set $s "llm_security_model" (required "llmSecurity.model is required with llmSecurity.url (the classifier's model as its server names it, e.g. meta-llama/Llama-Guard-3-8B)" $v.llmSecurity.model) }}
+{{- end }}
 {{- if ne $name "migrations" }}
 {{- range $k, $val := $v.config }}{{ $_ := set $s $k $val }}{{ end }}
 {{- range $k, $val := ($c.config | default dict) }}{{ $_ := set $s $k $val }}{{ end }}
@@ -240,6 +244,13 @@ service's existingSecret when set, else from the chart's Secret.
 {{- $out = append $out (dict "env" "HELICONE_REDIS_URL" "secret" $own "key" "redis-url") }}
 {{- end }}
 {{- end }}
+{{- if and (eq .component "gateway") $v.llmSecurity.url (or $v.llmSecurity.apiKey $v.llmSecurity.existingSecret) }}
+{{- if $v.llmSecurity.existingSecret }}
+{{- $out = append $out (dict "env" "HELICONE_LLM_SECURITY_API_KEY" "secret" $v.llmSecurity.existingSecret "key" $v.llmSecurity.existingSecretKey) }}
+{{- else }}
+{{- $out = append $out (dict "env" "HELICONE_LLM_SECURITY_API_KEY" "secret" $own "key" "llm-security-api-key") }}
+{{- end }}
+{{- end }}
 {{- if and (eq .component "api") (or $v.admin.token $v.admin.existingSecret) }}
 {{- if $v.admin.existingSecret }}
 {{- $out = append $out (dict "env" "HELICONE_ADMIN_TOKEN" "secret" $v.admin.existingSecret "key" $v.admin.existingSecretKey) }}
@@ -266,6 +277,7 @@ service's existingSecret when set, else from the chart's Secret.
 {{- if and (not $v.postgres.existingSecret) $v.postgres.dsn }}{{ $_ := set $d "postgres-dsn" $v.postgres.dsn }}{{ end }}
 {{- if and (not $v.clickhouse.existingSecret) $v.clickhouse.password }}{{ $_ := set $d "clickhouse-password" $v.clickhouse.password }}{{ end }}
 {{- if and $v.components.gateway.enabled (not $v.redis.existingSecret) $v.redis.url }}{{ $_ := set $d "redis-url" $v.redis.url }}{{ end }}
+{{- if and $v.components.gateway.enabled $v.llmSecurity.url (not $v.llmSecurity.existingSecret) $v.llmSecurity.apiKey }}{{ $_ := set $d "llm-security-api-key" $v.llmSecurity.apiKey }}{{ end }}
 {{- if and $v.components.api.enabled (not $v.admin.existingSecret) $v.admin.token }}{{ $_ := set $d "admin-token" $v.admin.token }}{{ end }}
 {{- if and (not $v.s3.existingSecret) $v.s3.accessKeyId $v.s3.secretAccessKey }}
 {{- $_ := set $d "s3-access-key-id" $v.s3.accessKeyId }}

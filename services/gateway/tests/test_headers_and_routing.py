@@ -182,10 +182,9 @@ def test_proxy_connection_is_hop_by_hop_both_ways():
     assert back == [(b"content-type", b"application/json")]
 
 
-# ---- Helicone features this gateway does not have ------------------------------------------------
+# ---- Helicone features this gateway does not have (or has not set up) ---------------------------------------------
 
-UNSUPPORTED_ON = [("Helicone-LLM-Security-Enabled", "TRUE", "not checked"),
-                  ("Helicone-OpenAI-Api-Base", "https://acme.openai.azure.com", "Helicone-Target-URL")]
+UNSUPPORTED_ON = [("Helicone-OpenAI-Api-Base", "https://acme.openai.azure.com", "Helicone-Target-URL")]
 
 
 @pytest.mark.parametrize("name, value, words", UNSUPPORTED_ON)
@@ -194,18 +193,25 @@ def test_a_safety_feature_this_gateway_lacks_is_refused_not_silently_skipped(nam
         parse_helicone_headers([(name.lower(), value)])
 
 
-@pytest.mark.parametrize("name", ["helicone-llm-security-enabled"])
-def test_switching_a_missing_safety_feature_off_is_accepted(name):
-    parse_helicone_headers([(name, "false")])
+def test_llm_security_is_a_true_or_false_switch():
+    assert parse_helicone_headers([("helicone-llm-security-enabled", "TRUE")]).llm_security
+    assert not parse_helicone_headers([("helicone-llm-security-enabled", "false")]).llm_security
     with pytest.raises(HeaderError, match="must be 'true' or 'false'"):
-        parse_helicone_headers([(name, "on")])
+        parse_helicone_headers([("helicone-llm-security-enabled", "on")])
 
 
-@pytest.mark.parametrize("name, value, words", UNSUPPORTED_ON)
-async def test_a_request_asking_for_a_missing_safety_feature_never_reaches_the_provider(tmp_path, name, value, words):
+# (header, value, words of the 400, whether the refused request is logged: a header refused once the org is known is)
+REFUSED_ON = [("Helicone-LLM-Security-Enabled", "TRUE", "HELICONE_LLM_SECURITY_URL is not set", True),
+              *[(name, value, words, False) for name, value, words in UNSUPPORTED_ON]]
+
+
+@pytest.mark.parametrize("name, value, words, logged", REFUSED_ON)
+async def test_a_request_asking_for_a_missing_safety_feature_never_reaches_the_provider(tmp_path, name, value, words, logged):
     """Helicone blocks prompt injections (LLM Security) before the provider sees them, and sends oai.helicone.ai
     traffic to Helicone-OpenAI-Api-Base: both were dropped without a word here, so such a request went to the provider
-    unchecked (or, for an Azure caller, to OpenAI with its Azure api-key). Moderations: test_moderation.py."""
+    unchecked (or, for an Azure caller, to OpenAI with its Azure api-key). A gateway without a prompt classifier
+    (HELICONE_LLM_SECURITY_URL) still refuses LLM Security, naming the setting. Moderations: test_moderation.py; LLM
+    Security with a classifier: test_llm_security.py."""
     from services.gateway.tests.test_proxy import CHAT, started_gateway
     from tests.support.fake_upstream import create_app as create_fake_upstream
     from tests.support.inloop import serve
@@ -216,8 +222,10 @@ async def test_a_request_asking_for_a_missing_safety_feature_never_reaches_the_p
         r = await client.post("/openai/deployments/prod-4o/chat/completions", json=CHAT,
                               headers={"Helicone-Auth": "Bearer good-key", "api-key": "azure-secret", name: value})
         assert r.status_code == 400 and r.json()["error"]["type"] == "helicone_header_error", r.text
-        assert name in r.json()["error"]["message"]
-        assert fake.state.received == [] and built == []
+        message = r.json()["error"]["message"]
+        assert name in message and words in message
+        assert fake.state.received == []
+        assert [ev.status for ev in built] == ([400] if logged else [])
 
 
 # ---- the gateway's own answer headers ------------------------------------------------------------

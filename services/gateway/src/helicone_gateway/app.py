@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,13 +79,23 @@ from .headers import (
 )
 from .http_server import WRITE_TIMED_OUT, error_body
 from .journal import Journal
+from .llm_security import (
+    LLM_SECURITY,
+    LLM_SECURITY_HEADER,
+    THREAT_STATUS,
+    classifier_input,
+    classifier_request,
+    classifier_url,
+    not_configured,
+    threat_body,
+    threat_message,
+)
+from .llm_security import read_verdict as read_threat
+from .llm_security import request_headers as classifier_headers
 from .moderation import (
     FLAGGED_STATUS,
-    MAX_ANSWER_BYTES,
+    MODERATION,
     MODERATIONS_HEADER,
-    RELAYED,
-    ModerationError,
-    Verdict,
     flagged_body,
     flagged_message,
     moderation_input,
@@ -92,6 +103,7 @@ from .moderation import (
     read_verdict,
     request_headers,
 )
+from .prompt_check import MAX_ANSWER_BYTES, PromptCheck, PromptCheckError, Verdict
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
 from .providers import Route, Router, dot_segment, dot_segment_message, missing_base_url, upstream_url
 from .publisher import EventPublisher
@@ -144,7 +156,6 @@ ALLOWLIST_ENV = env_name("target_url_allowlist")
 ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
 READ_TIMEOUT_ENV = env_name("upstream_read_timeout")
 WRITE_TIMEOUT_ENV = env_name("client_write_timeout")
-MODERATION_TIMEOUT_ENV = env_name("moderation_timeout")
 REALTIME_SESSIONS_ENV = env_name("realtime_sessions_per_key")
 # The `provider` of requests_total and request_duration_seconds when no provider is known: answers given before the
 # request is routed (431, a Helicone header's 400, 401, the 503 of an unavailable key store), and a request the
@@ -281,6 +292,28 @@ class Plan:
     def record(self, leg: Leg, status: int, error: str, sent: float, retry: int) -> None:
         self.attempts.append((leg.rt.base_url, leg.rt.provider, status, error,
                               int((time.perf_counter() - sent) * 1000), self.index, retry))
+
+
+class PromptCall:
+    """One check of the request's prompt to make before it is sent (only requests asking for one have any): the check,
+    its outcome counter, the service's URL (and its checked destination, for a Helicone-Target-URL), the call's headers,
+    its distinct request bodies, how an answer is read, and the answer to a blocked prompt."""
+
+    __slots__ = ("blocked", "check", "counter", "headers", "payloads", "read", "target", "url")
+
+    def __init__(self, check: PromptCheck, counter: Any, url: str, target: TargetDest | None, headers: list[tuple[str, str]],
+                 payloads: tuple[bytes, ...], read: Callable[[int, bytes, str | None], Verdict],
+                 blocked: Callable[[Verdict, str], Rejection]) -> None:
+        self.check, self.counter, self.url, self.target, self.headers = check, counter, url, target, headers
+        self.payloads, self.read, self.blocked = payloads, read, blocked
+
+
+def _moderation_flagged(verdict: Verdict, request_id: str) -> Rejection:
+    return Rejection(FLAGGED_STATUS, flagged_message(verdict), MODERATION.flagged_kind, body=flagged_body(verdict, request_id))
+
+
+def _threat_detected(verdict: Verdict, request_id: str) -> Rejection:
+    return Rejection(THREAT_STATUS, threat_message(verdict), LLM_SECURITY.flagged_kind, body=threat_body(verdict, request_id))
 
 
 # How much of an answer's end a capture keeps past the logged body's limit: a stream's last events,
@@ -446,6 +479,20 @@ class Gateway:
         )
         self.realtime_sessions = OpenSessions(settings.realtime_sessions_per_key, metrics.gauge(
             "helicone_gateway_realtime_sessions_open", "Realtime (WebSocket) sessions open, or opening with the provider"))
+        self.m_llm_security = metrics.counter(
+            "helicone_gateway_llm_security_total",
+            "Helicone-LLM-Security-Enabled requests by outcome: passed, flagged, failed (no verdict from the classifier: "
+            "not sent), refused (nothing to check: not a chat completion, or no classifier set), skipped (the latest "
+            "message is not the user's)",
+            ("result",),
+        )
+        # the deployment's prompt classifier (HELICONE_LLM_SECURITY_URL): where it is asked, its model and the call's
+        # headers, built once; None: Helicone-LLM-Security-Enabled is refused
+        self.classifier: tuple[str, str, list[tuple[str, str]]] | None = None
+        if settings.llm_security_url:
+            key = settings.llm_security_api_key.get_secret_value() if settings.llm_security_api_key else ""
+            self.classifier = (classifier_url(settings.llm_security_url), settings.llm_security_model.strip(),
+                               classifier_headers(key))
         # the series every proxied request touches, looked up once per label values (labels() takes
         # a lock and builds a key per call)
         self._auth_ok = self.m_auth.labels("ok")
@@ -592,12 +639,12 @@ class Gateway:
                 target = self._target(url)  # refused before the body is read
             if hh.retry is not None or hh.fallbacks is not None:  # only requests asking for them pay for a plan
                 plan = self._plan(hh, rt, url, target, path_and_query)
-            moderation: tuple[str, tuple[bytes, ...]] | None = None
+            checks: list[PromptCall] | None = None
             declared = header_map.get("content-length")
             # a large upload, sent to nobody else and read for nothing but the log: streamed, never held whole
-            # (not one to moderate: its body is read, and refused, never sent unchecked)
+            # (not one whose prompt is checked: its body is read, and refused, never sent unchecked)
             if (declared is not None and len(declared) >= UPLOAD_DIGITS and plan is None and directive is None
-                    and hh.prompt is None and not hh.moderations and req_ctype.lower().startswith(UPLOAD_MEDIA_TYPES)
+                    and hh.prompt is None and not hh.prompt_checked and req_ctype.lower().startswith(UPLOAD_MEDIA_TYPES)
                     and declared.isdigit() and int(declared) >= UPLOAD_STREAM_BYTES):
                 upload = Upload(receive, int(declared), self.settings.max_logged_body_bytes)
             else:
@@ -613,8 +660,8 @@ class Gateway:
                     body = with_stream_usage(body)  # Content-Length is recomputed from it (forward_request_headers)
                 if plan is not None:
                     self._plan_bodies(plan, rendered, body, wants_usage)
-                if hh.moderations:  # only requests asking for it pay for reading the body's messages
-                    moderation = self._moderation_call(rt, method, rendered, plan)
+                if hh.prompt_checked:  # only requests asking for a check of their prompt pay for reading its messages
+                    checks = self._prompt_checks(hh, rt, method, rendered, plan, raw_headers)
             # after the caller's own errors (prompt, body override) so they spend no token; before the cache read
             if rate_limit is not None:
                 decision = await self.ratelimits.check(org_id, rate_limit)
@@ -624,9 +671,10 @@ class Gateway:
                                     f"retry in {decision.retry_after} s", "helicone_rate_limited",
                                     ((b"retry-after", str(decision.retry_after).encode()),))
             # after the rate limit (a limited request makes no upstream call); before the cache read (a cached answer
-            # to a prompt moderation would flag is never served around it)
-            if moderation is not None:
-                await self._moderate(rt, moderation, raw_headers, request_id)
+            # to a prompt a check would block is never served around it)
+            if checks is not None:
+                for call in checks:
+                    await self._check_prompt(rt, call, request_id)
         except ClientGone:
             self._answered(scope, rt.provider, started, CLIENT_CLOSED_STATUS, "client_closed")
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
@@ -803,11 +851,11 @@ class Gateway:
             request_id = hh.request_id or request_id
             org_id = self.org_for(hh.auth_key)
             # checks a WebSocket session cannot have: refused, never a session that goes unchecked or unlimited
-            unchecked = [h for h, on in ((MODERATIONS_HEADER, hh.moderations),
+            unchecked = [h for h, on in ((LLM_SECURITY_HEADER, hh.llm_security), (MODERATIONS_HEADER, hh.moderations),
                                          (POLICY_HEADER, hh.rate_limit_policy is not None)) if on]
             if unchecked:
                 raise Rejection(400, f"{unchecked[0]} applies to HTTP requests only: a WebSocket session's messages are "
-                                "neither moderated nor rate limited; remove the header to open the session without it",
+                                "neither checked, moderated nor rate limited; remove the header to open the session without it",
                                 "helicone_header_error")
         except Rejection as r:
             self._answered(scope, NO_PROVIDER, started, r.status)
@@ -1229,61 +1277,95 @@ class Gateway:
         if disconnected.done():
             raise ClientGone()
 
-    # ---- moderation (only requests with Helicone-Moderations-Enabled: true) ----
-    def _moderation_call(self, rt: Route, method: str, body: bytes,
-                         plan: Plan | None = None) -> tuple[str, tuple[bytes, ...]] | None:
-        """(moderation endpoint path, its request bodies): one for the latest user message, and one for each other latest
-        user message a Helicone-Fallbacks bodyKeyOverride puts in a target's body (never sent unchecked); None when no
-        body sent ends with the user's message (sent unmoderated, as in Helicone); Rejection (400) when the request has
-        nothing to moderate."""
+    # ---- prompt checks (only requests with Helicone-LLM-Security-Enabled or Helicone-Moderations-Enabled: true) ----
+    def _prompt_checks(self, hh: HeliconeHeaders, rt: Route, method: str, body: bytes, plan: Plan | None,
+                       raw_headers: list[tuple[str, str]]) -> list[PromptCall] | None:
+        """The checks the request asked for, made after the rate limit: the LLM security classifier's, then the
+        moderation (Helicone's order). Each asks about the latest user message of the body, and of each other body a
+        Helicone-Fallbacks bodyKeyOverride gives a target (never sent unchecked), once, before any target is tried.
+        None when no check has anything to ask; Rejection (400) when the request cannot be checked."""
         bodies = [body]
         if plan is not None:
             bodies += [leg.body for leg in plan.legs if leg.fallback is not None and leg.fallback.body_override is not None]
+        calls = []
+        if hh.llm_security:
+            calls.append(self._classifier_call(rt, method, bodies))
+        if hh.moderations:
+            calls.append(self._moderation_call(rt, method, bodies, raw_headers))
+        return [c for c in calls if c is not None] or None
+
+    @staticmethod
+    def _refused(counter: Any, exc: PromptCheckError) -> Rejection:
+        """A request a check cannot apply to: a 400, counted refused, never sent unchecked."""
+        counter.labels("refused").inc()
+        return Rejection(exc.status, exc.message, exc.kind)
+
+    @staticmethod
+    def _distinct(counter: Any, payloads: list[bytes | None]) -> tuple[bytes, ...] | None:
+        """A check's distinct request bodies (None: a body with nothing to check); None, counted skipped, when there is
+        nothing to ask (the request goes unchecked, as in Helicone)."""
+        distinct = tuple(dict.fromkeys(p for p in payloads if p is not None))
+        if not distinct:
+            counter.labels("skipped").inc()
+            return None
+        return distinct
+
+    def _classifier_call(self, rt: Route, method: str, bodies: list[bytes | None]) -> PromptCall | None:
+        """The deployment's prompt classifier asked about each latest user message, with its own key (never the
+        caller's headers); refused (400) when the gateway has none."""
+        try:
+            if self.classifier is None:
+                raise not_configured()
+            url, model, headers = self.classifier
+            texts = [classifier_input(method, rt.path, b) for b in bodies if b is not None]
+        except PromptCheckError as exc:
+            raise self._refused(self.m_llm_security, exc) from None
+        payloads = self._distinct(self.m_llm_security, [None if t is None else classifier_request(model, t) for t in texts])
+        if payloads is None:
+            return None
+        return PromptCall(LLM_SECURITY, self.m_llm_security, url, None, headers, payloads, read_threat, _threat_detected)
+
+    def _moderation_call(self, rt: Route, method: str, bodies: list[bytes | None],
+                         raw_headers: list[tuple[str, str]]) -> PromptCall | None:
+        """OpenAI's moderation endpoint next to the request's own (the deployment's OpenAI URL, or its
+        Helicone-Target-URL, egress-checked as the request is), asked with the caller's key."""
         try:
             path = moderation_path(rt.provider, method, rt.path)
             contents = [moderation_input(b) for b in bodies if b is not None]
-        except ModerationError as exc:
-            self.m_moderations.labels("refused").inc()
-            raise Rejection(exc.status, exc.message, exc.kind) from None
-        payloads = tuple(dict.fromkeys(json.dumps({"input": c}).encode() for c in contents if c is not None))
-        if not payloads:
-            self.m_moderations.labels("skipped").inc()
+        except PromptCheckError as exc:
+            raise self._refused(self.m_moderations, exc) from None
+        payloads = self._distinct(self.m_moderations, [None if c is None else json.dumps({"input": c}).encode() for c in contents])
+        if payloads is None:
             return None
-        return path, payloads
-
-    async def _moderate(self, rt: Route, call: tuple[str, tuple[bytes, ...]], raw_headers: list[tuple[str, str]],
-                        request_id: str) -> None:
-        """Asks the moderation endpoint next to the request's own (the deployment's OpenAI URL, or its
-        Helicone-Target-URL, egress-checked as the request is) with the caller's key, about each body of the call in
-        turn. Rejection when a prompt is flagged (Helicone's 400) and when no verdict came (fail closed: a failed
-        moderation never lets a request through)."""
-        path, payloads = call
         url = rt.base_url + path
-        target = self._target(url) if rt.target else None
-        headers = request_headers(forward_request_headers(raw_headers))
-        for payload in payloads:
-            verdict = await self._moderation_verdict(rt, url, target, headers, payload)
-            if verdict.flagged:
-                self.m_moderations.labels("flagged").inc()
-                raise Rejection(FLAGGED_STATUS, flagged_message(verdict), "helicone_moderation_flagged",
-                                body=flagged_body(verdict, request_id))
-        self.m_moderations.labels("passed").inc()
+        return PromptCall(MODERATION, self.m_moderations, url, self._target(url) if rt.target else None,
+                          request_headers(forward_request_headers(raw_headers)), payloads, read_verdict, _moderation_flagged)
 
-    async def _moderation_verdict(self, rt: Route, url: str, target: TargetDest | None, headers: list[tuple[str, str]],
-                                  payload: bytes) -> Verdict:
-        """One moderation call's verdict; Rejection when none came."""
-        timeout = self.settings.moderation_timeout
+    async def _check_prompt(self, rt: Route, call: PromptCall, request_id: str) -> None:
+        """Asks the check's service about each body of the call in turn. Rejection when a prompt is blocked (Helicone's
+        400) and when no verdict came (fail closed: a check that did not happen never lets a request through)."""
+        for payload in call.payloads:
+            verdict = await self._verdict(rt, call, payload)
+            if verdict.flagged:
+                call.counter.labels("flagged").inc()
+                raise call.blocked(verdict, request_id)
+        call.counter.labels("passed").inc()
+
+    async def _verdict(self, rt: Route, call: PromptCall, payload: bytes) -> Verdict:
+        """One call's verdict; Rejection when none came."""
+        check = call.check
+        timeout = getattr(self.settings, check.timeout_setting)
         never = asyncio.get_running_loop().create_future()  # the caller leaving is not watched: the timeout bounds it
         try:
             async with asyncio.timeout(timeout):
-                resp = await self._send_upstream(rt, "POST", url, headers, payload, never, target)
+                resp = await self._send_upstream(rt, "POST", call.url, call.headers, payload, never, call.target)
                 try:
                     parts, size = [], 0
                     async for chunk in resp.content.iter_any():
                         size += len(chunk)
                         if size > MAX_ANSWER_BYTES:
-                            raise ModerationError(502, f"{MODERATIONS_HEADER}: the moderation endpoint's answer is over "
-                                                  f"{MAX_ANSWER_BYTES} bytes; the request was not sent")
+                            raise PromptCheckError(502, f"{check.header}: {check.service}'s answer is over "
+                                                   f"{MAX_ANSWER_BYTES} bytes; the request was not sent", check.error_kind)
                         parts.append(chunk)
                 except BaseException:
                     resp.close()
@@ -1292,21 +1374,21 @@ class Gateway:
                     resp.release()
                 else:
                     resp.close()
-            verdict = read_verdict(resp.status, b"".join(parts), resp.headers.get("retry-after"))
-        except ModerationError as exc:
-            # the endpoint's 4xx (the caller's key, quota or input) is passed on: the caller's, not an outage
-            self.m_moderations.labels("denied" if exc.status in RELAYED else "failed").inc()
+            verdict = call.read(resp.status, b"".join(parts), resp.headers.get("retry-after"))
+        except PromptCheckError as exc:
+            # a 4xx passed on (the moderation endpoint's: the caller's key, quota or input) is the caller's, not an outage
+            call.counter.labels("denied" if exc.status < 500 else "failed").inc()
             raise Rejection(exc.status, exc.message, exc.kind, exc.headers, exc.logged) from None
         except TimeoutError:
-            self.m_moderations.labels("failed").inc()
-            raise Rejection(504, f"{MODERATIONS_HEADER}: the moderation endpoint did not answer within {timeout:g} s "
-                            f"({MODERATION_TIMEOUT_ENV}); the request was not sent", "helicone_moderation_error") from None
+            call.counter.labels("failed").inc()
+            raise Rejection(504, f"{check.header}: {check.service} did not answer within {timeout:g} s "
+                            f"({env_name(check.timeout_setting)}); the request was not sent", check.error_kind) from None
         except (aiohttp.ClientError, OSError) as exc:
-            self.m_moderations.labels("failed").inc()
-            raise Rejection(502, f"{MODERATIONS_HEADER}: the moderation endpoint could not be reached "
-                            f"({exc.__class__.__name__}); the request was not sent", "helicone_moderation_error") from None
+            call.counter.labels("failed").inc()
+            raise Rejection(502, f"{check.header}: {check.service} could not be reached "
+                            f"({exc.__class__.__name__}); the request was not sent", check.error_kind) from None
         except Rejection:  # its Target-URL host refused at connect time (403)
-            self.m_moderations.labels("failed").inc()
+            call.counter.labels("failed").inc()
             raise
         finally:
             never.cancel()

@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-from helicone_core.addresses import CGNAT, PRIVATE, UNIQUE_LOCAL, IPAddress, classify, noncanonical_ipv4
+from helicone_core.addresses import CGNAT, LOOPBACK, PRIVATE, UNIQUE_LOCAL, IPAddress, classify, noncanonical_ipv4
 from helicone_core.addresses import REASONS as ADDRESS_REASONS
 from yarl import URL
 
@@ -73,6 +73,22 @@ def parse_allowlist_entry(entry: str) -> tuple[str, int | None]:
     if noncanonical_ipv4(url.raw_host):
         raise ValueError(f"target_url_allowlist entry {entry!r}: write IPv4 addresses as a.b.c.d")
     return normalize_host(url.raw_host), url.explicit_port
+
+
+# Where a service the deployment names for itself (the LLM security classifier) may be: a public address, the gateway's
+# own host (a sidecar) or its network (an in-cluster service); never an address that is no service's own (link-local,
+# cloud metadata, unspecified, multicast, reserved, documentation).
+SERVICE_ADDRESSES = frozenset({LOOPBACK, *OPENED_BY_ALLOW_PRIVATE})
+
+
+def service_address_problem(raw_host: str) -> str | None:
+    """Why a deployment service URL's host, an IP address, is no service's address (SERVICE_ADDRESSES), or None. A name
+    is not resolved here: its addresses are the operator's DNS, as for the providers' base URLs."""
+    ip = ip_literal(normalize_host(raw_host.strip("[]")))
+    label = classify(ip) if ip is not None else None
+    if label is None or label in SERVICE_ADDRESSES:
+        return None
+    return f"host {raw_host[:64]!r} is {ADDRESS_REASONS[label]}, not a service's address"
 
 
 # ---- policy -------------------------------------------------------------------------------------

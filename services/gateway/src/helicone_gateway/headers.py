@@ -20,6 +20,7 @@ from helicone_core.log_headers import (  # noqa: F401 - re-exported: the gateway
     switch,
 )
 
+from .llm_security import LLM_SECURITY_HEADER
 from .moderation import MODERATIONS_HEADER
 from .prompts import PromptError, PromptRequest, check_environment, check_prompt_id, check_version
 from .providers import TARGET_URL_HEADER, base_url
@@ -47,12 +48,8 @@ CACHE_PREFIX = "helicone-cache-"
 STREAM_USAGE = "Helicone-Stream-Usage"
 # Response header naming the region whose gateway answered (HELICONE_REGION), when one is set.
 REGION_HEADER = "Helicone-Region"
-# Helicone features this gateway does not have whose silent absence would let a request through unchecked,
-# or send it elsewhere: refused (400) rather than ignored. lower-case name -> (header, what would not happen)
-UNSUPPORTED = {
-    "helicone-llm-security-enabled": ("Helicone-LLM-Security-Enabled", "prompts are not checked for injections"),
-}
 _MODERATIONS = MODERATIONS_HEADER.lower()
+_LLM_SECURITY = LLM_SECURITY_HEADER.lower()
 OPENAI_API_BASE = "Helicone-OpenAI-Api-Base"
 
 
@@ -72,6 +69,9 @@ class HeliconeHeaders(LogHeaders):
     retry: RetryPolicy | None = None  # Helicone-Retry-*, when enabled
     fallbacks: tuple[FallbackTarget, ...] | None = None  # Helicone-Fallbacks
     moderations: bool = False  # Helicone-Moderations-Enabled: the latest user message is moderated first (moderation.py)
+    llm_security: bool = False  # Helicone-LLM-Security-Enabled: the latest user message is classified first (llm_security.py)
+    # either of the two: the one test a request pays for both (prompt_check.py)
+    prompt_checked: bool = False
 
 
 _TOKEN = re.compile(HTTP_TOKEN.encode())
@@ -143,12 +143,11 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
             except ResilienceError as exc:
                 raise HeaderError(str(exc)) from None
         elif name == _MODERATIONS:
-            out.moderations = switch(MODERATIONS_HEADER, value)
-        elif name in UNSUPPORTED:
-            header, missing = UNSUPPORTED[name]
-            if switch(header, value):  # 'false' asks for nothing this gateway lacks
-                raise HeaderError(f"{header} is not supported by this gateway: {missing}. "
-                                  "Remove the header (or send 'false') to send the request without it")
+            if switch(MODERATIONS_HEADER, value):
+                out.moderations = out.prompt_checked = True
+        elif name == _LLM_SECURITY:
+            if switch(LLM_SECURITY_HEADER, value):
+                out.llm_security = out.prompt_checked = True
         elif name == OPENAI_API_BASE.lower():
             raise HeaderError(f"{OPENAI_API_BASE} is not supported by this gateway: send {TARGET_URL_HEADER}: <base URL> "
                               "instead (for Azure, call /azure/openai/deployments/... with "

@@ -10,10 +10,10 @@ from helicone_core.addresses import host_name_problem
 from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
 from helicone_core.settings import env_name as settings_env_name
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from yarl import URL
 
-from .egress import noncanonical_ipv4, parse_allowlist_entry
+from .egress import noncanonical_ipv4, parse_allowlist_entry, service_address_problem
 from .http_server import WRITE_TIMEOUT, WS_PING_INTERVAL, WS_PING_TIMEOUT
 
 
@@ -95,6 +95,14 @@ class GatewaySettings(ServiceSettings):
     # Helicone-Moderations-Enabled (moderation.py): longest a moderation call may take, connection included; past it
     # the request gets a 504 and is not sent (a moderation that did not happen never lets a request through).
     moderation_timeout: float = Field(default=10.0, gt=0, le=600)
+    # Helicone-LLM-Security-Enabled (llm_security.py): the prompt classifier, the base URL of an OpenAI-compatible API
+    # serving a Llama Guard model (vLLM, Ollama, a hosted provider: http://vllm:8000/v1; <url>/chat/completions is
+    # asked), the model's name there and its API key (sent as a Bearer token; none when unset). No URL: the header is
+    # refused (400). The timeout bounds one call, connection included; past it the request gets a 504 and is not sent.
+    llm_security_url: str | None = None
+    llm_security_model: str = ""
+    llm_security_api_key: SecretStr | None = None
+    llm_security_timeout: float = Field(default=10.0, gt=0, le=600)
     # Response cache (cache.py, Helicone-Cache-* headers). With a Redis/Valkey URL
     # (redis://[:password@]host:port/db, rediss:// for TLS) every replica shares one cache;
     # without one each gateway keeps its own, in memory, up to cache_memory_max_bytes.
@@ -133,6 +141,31 @@ class GatewaySettings(ServiceSettings):
             return None  # an empty variable (e.g. rendered by a chart) means "no Redis"
         check_redis_url(url.get_secret_value() if isinstance(url, SecretStr) else str(url))
         return url
+
+    @field_validator("llm_security_url", mode="before")
+    @classmethod
+    def _llm_security_url(cls, url):
+        if url in ("", None):
+            return None  # an empty variable (e.g. rendered by a chart) means "no classifier"
+        where = f"{settings_env_name('llm_security_url')}:"
+        check_base_url(where, url)
+        problem = service_address_problem(URL(url).raw_host or "")
+        if problem:
+            raise ValueError(f"{where} {problem}")
+        return url
+
+    @field_validator("llm_security_api_key", mode="before")
+    @classmethod
+    def _llm_security_api_key(cls, key):
+        return None if key in ("", None) else key
+
+    @model_validator(mode="after")
+    def _llm_security_model(self) -> GatewaySettings:
+        if self.llm_security_url and not self.llm_security_model.strip():
+            raise ValueError(f"{settings_env_name('llm_security_model')} must name the classifier's model (as its server "
+                             f"knows it, e.g. meta-llama/Llama-Guard-3-8B or llama-guard3) when "
+                             f"{settings_env_name('llm_security_url')} is set")
+        return self
 
     @field_validator("openai_url", "anthropic_url")
     @classmethod
