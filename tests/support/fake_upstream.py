@@ -20,6 +20,10 @@ take an upload (recorded by size and SHA-256), `/v1/files/<id>/content` answers 
 and `/v1/images/edits` (multipart) a base64 image.
 `/v1/moderations` flags an input whose text holds a FLAGGED_WORDS word (401 without an Authorization header, as
 OpenAI).
+Chat completions and Messages refuse a request too long for `x-fake-context-window` (tokens: a number, or a JSON object
+of them by model) as OpenAI (400 context_length_exceeded) and Anthropic ("prompt is too long", "exceed context limit")
+word their refusals, counting its prompt (words, as above) and max_tokens / max_completion_tokens;
+`x-fake-refusal-counts: 0` leaves the counts out of the message.
 Gemini's `:embedContent`, `:batchEmbedContents` and `:countTokens`, and Vertex AI's Gemini paths
 (`projects/<p>/locations/<l>/publishers/google/models/<m>:generateContent`, `:streamGenerateContent`, `:embedContent`,
 `:predict` for embeddings, `:countTokens`) with Vertex's usage fields (cachedContentTokenCount for a `cachedContent`,
@@ -103,6 +107,43 @@ def _audio_parts(messages) -> int:
                for p in m["content"] if isinstance(p, dict) and p.get("type") == "input_audio")
 
 
+def _length_refusal(request: Request, body: dict, prompt: int, anthropic: bool) -> JSONResponse | None:
+    """The provider's refusal of a request too long for the context window x-fake-context-window gives its model."""
+    window = request.headers.get("x-fake-context-window")
+    if window is None:
+        return None
+    if window.startswith("{"):
+        window = json.loads(window).get(str(body.get("model")))
+        if window is None:
+            return None
+    window = int(window)
+    completion = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    if prompt + completion <= window:
+        return None
+    counts = request.headers.get("x-fake-refusal-counts") != "0"
+    if anthropic:
+        if not counts:
+            message = "prompt is too long"
+        elif prompt > window:
+            message = f"prompt is too long: {prompt} tokens > {window} maximum"
+        else:
+            message = (f"input length and `max_tokens` exceed context limit: {prompt} + {completion} > {window}, "
+                       "decrease input length or `max_tokens` and try again")
+        return JSONResponse({"type": "error", "error": {"type": "invalid_request_error", "message": message},
+                             "request_id": "req_fake"}, status_code=400)
+    if not counts:
+        message = "Please reduce the length of the messages or completion."
+    elif completion:
+        message = (f"This model's maximum context length is {window} tokens. However, you requested {prompt + completion} "
+                   f"tokens ({prompt} in the messages, {completion} in the completion). Please reduce the length of the "
+                   "messages or completion.")
+    else:
+        message = (f"This model's maximum context length is {window} tokens. However, your messages resulted in {prompt} "
+                   "tokens. Please reduce the length of the messages.")
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": "messages",
+                                   "code": "context_length_exceeded"}}, status_code=400)
+
+
 def _reply(request: Request) -> list[str]:
     """The reply's words: REPLY's, or `x-fake-words` of them (REPLY's words over and over)."""
     words = REPLY.split(" ")
@@ -167,6 +208,9 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
                                 status_code=int(model_name[5:]))
         words = _reply(request) if body.get("stream") else REPLY.split(" ")
         prompt, completion = _words(body.get("messages")), len(words)
+        refusal = _length_refusal(request, body, prompt, anthropic=False)
+        if refusal is not None:
+            return refusal
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         audio_in = AUDIO_PART_TOKENS * _audio_parts(body.get("messages"))
         audio_out = AUDIO_TOKENS_PER_WORD * completion if "audio" in (body.get("modalities") or []) else 0
@@ -332,6 +376,9 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     def _messages(request: Request, body: dict, model: str):
         words = _reply(request) if body.get("stream") else REPLY.split(" ")
         prompt, completion = _words(body.get("messages")), len(words)
+        refusal = _length_refusal(request, body, prompt, anthropic=True)
+        if refusal is not None:
+            return refusal
         mid = "msg_" + uuid.uuid4().hex[:12]
         stream_error = request.headers.get("x-fake-stream-error") == "1"
         # more usage fields (cache counts, server_tool_use, service_tier, ...): JSON merged into the usage (a stream's

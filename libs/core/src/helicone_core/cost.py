@@ -7,7 +7,9 @@ the first entry whose `regex` / `pattern` (glob) matches, else by the longest en
 with, unless the rest names another version of it (claude-opus-4-6 is not claude-opus-4); a fine-tune
 (ft:<model>:...) only by the ft: entries; a Bedrock id of an Anthropic model is looked up as the whole id,
 then as the model's own name.
-Tiers price the whole request differently above a prompt size (long-context pricing)."""
+Tiers price the whole request differently above a prompt size (long-context pricing). An entry may also carry its model's
+context window (`context_window`, tokens), found by the same matching: the gateway's Helicone-Token-Limit-Exception-Handler
+reads it (context_window)."""
 
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ _BEDROCK_ANTHROPIC = re.compile(r"(?:(?:us|eu|apac|au|jp|global)\.)?anthropic\.(
 _OTHER_VERSION = re.compile(r"[-.]?[0-9]{1,2}(?![0-9a-z])")
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "audio_cache_read")
 # USD per 1,000 searches of a server-side web search tool (Anthropic's web_search): a model's, whatever its prompt's tier
-_ENTRY_FIELDS = {*_PRICE_FIELDS, "web_search", "tiers", "pattern", "regex"}
+# context_window: the model's context window in tokens (prompt and completion together), as its provider documents it
+_ENTRY_FIELDS = {*_PRICE_FIELDS, "web_search", "tiers", "pattern", "regex", "context_window"}
 _TIER_FIELDS = {*_PRICE_FIELDS, "above"}
 
 
@@ -118,10 +121,14 @@ class _Entry:
     name: str
     price: Price
     matcher: re.Pattern | None  # from `regex`, or `pattern` (a glob) translated to one
+    context_window: int | None = None  # tokens; None where the registry does not know it
 
 
 def _entry(where: str, name: str, p) -> _Entry:
     price = _price(where, p, _ENTRY_FIELDS)
+    window = p.get("context_window")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
+        raise ValueError(f"{where}: context_window must be a whole number of tokens > 0, got {window!r}")
     tiers = []
     for i, t in enumerate(p.get("tiers") or []):
         tw = f"{where}: tiers[{i}]"
@@ -142,7 +149,7 @@ def _entry(where: str, name: str, p) -> _Entry:
             matcher = re.compile("^" + fnmatch.translate(p["pattern"].lower()))  # the whole name
     except (re.error, TypeError, AttributeError) as exc:
         raise ValueError(f"{where}: not a valid {'regex' if 'regex' in p else 'glob pattern'} ({exc})") from None
-    return _Entry(name.lower(), dataclasses.replace(price, tiers=tuple(tiers)), matcher)
+    return _Entry(name.lower(), dataclasses.replace(price, tiers=tuple(tiers)), matcher, window)
 
 
 def merge(base: dict, override: dict, source: str = "override") -> dict:
@@ -248,6 +255,12 @@ class CostRegistry:
         price here: a value from a fixed set, fit for a metric label, whatever the caller sent."""
         match = self._match(provider, model)
         return match.name if match else None
+
+    def context_window(self, provider: str, model: str) -> int | None:
+        """The model's context window in tokens, by the entry its price is found by; None where that entry has none
+        (or there is no entry): never a guess from another model."""
+        match = self._match(provider, model)
+        return match.context_window if match else None
 
     def cost(self, provider: str, model: str, tokens: TokenCounts) -> float | None:
         """USD, or None when the model has no price here (nor an audio price for the audio tokens it reported, nor a

@@ -138,6 +138,17 @@ from .resilience import (
     retryable_status,
 )
 from .settings import GatewaySettings, env_name
+from .token_limit import (
+    APPLIED_PROPERTY,
+    FALLBACK,
+    MAX_REFUSAL_BYTES,
+    TOKEN_LIMIT_HEADER,
+    Fitting,
+    Refusal,
+    TokenLimitError,
+    body_shape,
+    read_refusal,
+)
 from .upstream import Attempt, Response, SocketFactory, UpstreamPool
 
 log = logging.getLogger("helicone.gateway")
@@ -147,6 +158,8 @@ log = logging.getLogger("helicone.gateway")
 CLIENT_CLOSED_STATUS = 499
 # Logged when the caller left while the provider's answer was awaited (the request, and a planned request's try).
 CANCELLED_ERROR = "client disconnected before the provider answered; upstream request cancelled"
+# A planned request's try its provider refused for its length, which Helicone-Token-Limit-Exception-Handler sent again
+LENGTH_REFUSED_ERROR = f"refused for its length; sent again by {TOKEN_LIMIT_HEADER}"
 # logged for a 200 stream that carries an error event (Anthropic's `event: error`, OpenAI's `data: {"error": ...}`)
 STREAM_ERROR_EVENT = "provider stream ended with an error event before the response completed"
 # Connection failures that, on a connection reused from the pool and before any response byte,
@@ -271,11 +284,12 @@ class Leg:
     """One target of a request with Helicone-Retry-* or Helicone-Fallbacks: its route, URL, checked
     destination (Target-URL traffic), and its Helicone-Fallbacks entry (headers, body, onCodes)."""
 
-    __slots__ = ("body", "fallback", "rt", "target", "url")
+    __slots__ = ("body", "fallback", "fitting", "rt", "target", "url")
 
     def __init__(self, rt: Route, url: str, target: TargetDest | None, fallback: FallbackTarget | None) -> None:
         self.rt, self.url, self.target, self.fallback = rt, url, target, fallback
         self.body: bytes | None = None  # the request body with bodyKeyOverride merged in; None: the body as sent
+        self.fitting: Fitting | None = None  # Helicone-Token-Limit-Exception-Handler's handling of this target
 
 
 class Plan:
@@ -493,6 +507,12 @@ class Gateway:
             key = settings.llm_security_api_key.get_secret_value() if settings.llm_security_api_key else ""
             self.classifier = (classifier_url(settings.llm_security_url), settings.llm_security_model.strip(),
                                classifier_headers(key))
+        self.m_token_limit = metrics.counter(
+            "helicone_gateway_token_limit_refusals_total",
+            "Provider refusals of a request for its length that Helicone-Token-Limit-Exception-Handler met, by strategy "
+            "and result: resent (cut, or to the next model) or gave_up (nothing more to try: the refusal is answered)",
+            ("handler", "result"),
+        )
         # the series every proxied request touches, looked up once per label values (labels() takes
         # a lock and builds a key per call)
         self._auth_ok = self.m_auth.labels("ok")
@@ -627,6 +647,7 @@ class Gateway:
         limit_headers: tuple[tuple[bytes, bytes], ...] = ()
         plan: Plan | None = None
         upload: Upload | None = None
+        fitting: Fitting | None = None
         try:
             rt = self.router.route(path, header_map, hh.target_url)
             if dot_segment(rt.path):  # sent as is, the provider would resolve it: out of the base path, maybe
@@ -644,7 +665,8 @@ class Gateway:
             # a large upload, sent to nobody else and read for nothing but the log: streamed, never held whole
             # (not one whose prompt is checked: its body is read, and refused, never sent unchecked)
             if (declared is not None and len(declared) >= UPLOAD_DIGITS and plan is None and directive is None
-                    and hh.prompt is None and not hh.prompt_checked and req_ctype.lower().startswith(UPLOAD_MEDIA_TYPES)
+                    and hh.prompt is None and not hh.prompt_checked and hh.token_limit is None
+                    and req_ctype.lower().startswith(UPLOAD_MEDIA_TYPES)
                     and declared.isdigit() and int(declared) >= UPLOAD_STREAM_BYTES):
                 upload = Upload(receive, int(declared), self.settings.max_logged_body_bytes)
             else:
@@ -662,6 +684,8 @@ class Gateway:
                     self._plan_bodies(plan, rendered, body, wants_usage)
                 if hh.prompt_checked:  # only requests asking for a check of their prompt pay for reading its messages
                     checks = self._prompt_checks(hh, rt, method, rendered, plan, raw_headers)
+                if hh.token_limit is not None:  # only requests asking for it pay for reading the body's messages
+                    fitting = self._fittings(hh, rt, method, body, plan)
             # after the caller's own errors (prompt, body override) so they spend no token; before the cache read
             if rate_limit is not None:
                 decision = await self.ratelimits.check(org_id, rate_limit)
@@ -693,6 +717,8 @@ class Gateway:
             dest = f"{rt.provider} {rt.base_url}"
             if hh.fallbacks is not None:  # a chain may answer from another target, body or key: entries of its own
                 dest += " " + header_map[FALLBACKS.lower()]
+            if hh.token_limit is not None:  # its answer may be to a cut body or another model: never one without it
+                dest += f" {TOKEN_LIMIT_HEADER}={hh.token_limit}"
             key = await cache_key(org_id, dest, method,
                                   path_and_query,
                                   narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(), body, directive,
@@ -704,25 +730,35 @@ class Gateway:
 
         # after the request body, receive() only ever reports the caller going away (an upload's watch starts after it)
         disconnected = asyncio.ensure_future(receive()) if upload is None else upload.disconnected
+        # a cut body is checked as the request was, before it is sent (the cut joins text never checked together)
+        recheck = self._recheck(hh, rt, method, raw_headers, request_id) if hh.prompt_checked and hh.token_limit else None
         try:
             if plan is None:
                 try:
-                    upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers),
-                                                         body if upload is None else upload, disconnected, target)
+                    if fitting is None:
+                        upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers),
+                                                             body if upload is None else upload, disconnected, target)
+                    else:
+                        upstream = await self._send_fitting(fitting, rt, method, url, forward_request_headers(raw_headers),
+                                                            disconnected, target, recheck)
                 finally:
                     if upload is not None:
                         body = upload.start()  # what the log keeps of it
+                    elif fitting is not None:
+                        body = fitting.sent  # logged as the provider got it (cut, or its model chosen)
             else:
-                upstream = await self._send_planned(plan, method, forward_request_headers(raw_headers), body, disconnected)
+                upstream = await self._send_planned(plan, method, forward_request_headers(raw_headers), body, disconnected,
+                                                    recheck)
                 served = plan.legs[plan.index]
                 rt, body = served.rt, body if served.body is None else served.body  # logged as the answering target got it
-        except Rejection as r:  # every address of the Target-URL host was refused at connect time
+        except Rejection as r:  # every address of the Target-URL host was refused at connect time; a cut body flagged
             disconnected.cancel()
             self._answered(scope, rt.provider, started, r.status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      r.status, "", b"", "", False, -1, error=r.message, prompt=prompt, plan=plan)
+                      r.status, "", b"", "", False, -1, error=r.logged, prompt=prompt, plan=plan,
+                      applied=_applied(fitting, plan))
             return await send_error(send, r.status, r.message, r.kind, request_id, self.answer_headers,
-                                    (*r.headers, *limit_headers))
+                                    (*r.headers, *limit_headers), r.body)
         except ClientGone:
             if plan is not None:
                 rt = plan.legs[plan.index].rt
@@ -730,7 +766,7 @@ class Gateway:
             return self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                              CLIENT_CLOSED_STATUS, "", b"", "", False, -1,
                              error=CANCELLED_ERROR, prompt=prompt,
-                             plan=plan)
+                             plan=plan, applied=_applied(fitting, plan))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             disconnected.cancel()
             if plan is not None:
@@ -741,7 +777,8 @@ class Gateway:
             self.m_upstream_errors.labels(rt.provider, kind).inc()
             self._answered(scope, rt.provider, started, status)
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
-                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt, plan=plan)
+                      status, "", b"", "", False, -1, error=f"{kind}: upstream request failed", prompt=prompt, plan=plan,
+                      applied=_applied(fitting, plan))
             return await send_error(send, status, f"Gateway could not reach the provider ({kind})",
                                     "gateway_upstream_timeout" if timed_out else "gateway_upstream_error", request_id,
                                     self.answer_headers, (*limit_headers, *self._fallback_index(hh, plan)))
@@ -826,7 +863,8 @@ class Gateway:
                 error = "provider stream broke before the response completed"
             self._log(org_id, request_id, hh, rt, method, body, req_ctype, started, started_at,
                       status, resp_encoding, capture.data(), resp_ctype, capture.truncated, ttft_ms, error=error, prompt=prompt,
-                      rate_limit=rate_limit, plan=plan, resp_tail=capture.end())
+                      rate_limit=rate_limit, plan=plan, resp_tail=capture.end(),
+                      applied=_applied(fitting, plan) if hh.token_limit else "")
 
     # ---- WebSockets (the Realtime API): only connections that asked for the upgrade come here ----
     async def relay_websocket(self, scope, receive, send) -> None:
@@ -852,11 +890,12 @@ class Gateway:
             org_id = self.org_for(hh.auth_key)
             # checks a WebSocket session cannot have: refused, never a session that goes unchecked or unlimited
             unchecked = [h for h, on in ((LLM_SECURITY_HEADER, hh.llm_security), (MODERATIONS_HEADER, hh.moderations),
-                                         (POLICY_HEADER, hh.rate_limit_policy is not None)) if on]
+                                         (POLICY_HEADER, hh.rate_limit_policy is not None),
+                                         (TOKEN_LIMIT_HEADER, hh.token_limit is not None)) if on]
             if unchecked:
                 raise Rejection(400, f"{unchecked[0]} applies to HTTP requests only: a WebSocket session's messages are "
-                                "neither checked, moderated nor rate limited; remove the header to open the session without it",
-                                "helicone_header_error")
+                                "neither checked, moderated, rate limited nor cut to fit; remove the header to open the "
+                                "session without it", "helicone_header_error")
         except Rejection as r:
             self._answered(scope, NO_PROVIDER, started, r.status)
             return await self._deny_websocket(send, r, request_id)
@@ -1218,13 +1257,14 @@ class Gateway:
         return ((FALLBACK_INDEX_HEADER, str(plan.index).encode()),)
 
     async def _send_planned(self, plan: Plan, method: str, headers: list[tuple[str, str]], body: bytes,
-                            disconnected: asyncio.Future) -> Response:
+                            disconnected: asyncio.Future, recheck=None) -> Response:
         """The response to answer with: each target in turn, each tried again (Helicone-Retry-*) on
         429/5xx and connection failures, until one answers with a status its onCodes do not list
         (or the last answers). Nothing has been sent to the caller yet, so any try may be dropped.
         Transport failures of the last try are raised (a 502/504 as usual); a failure counts as 502
         (504 for a timeout) against onCodes. The caller leaving cancels a backoff, or the try under way (ClientGone;
-        that try is recorded, with no status)."""
+        that try is recorded, with no status). Under Helicone-Token-Limit-Exception-Handler each target's tries are fitted
+        (_send_fitting): a try refused for its length is recorded, and the body that fits is the target's from then on."""
         retries = plan.retry.retries if plan.retry is not None else 0
         last = len(plan.legs) - 1
         for index, leg in enumerate(plan.legs):
@@ -1238,7 +1278,19 @@ class Gateway:
             for n in range(retries + 1):
                 sent = time.perf_counter()
                 try:
-                    resp = await self._send_upstream(leg.rt, method, leg.url, leg_headers, leg_body, disconnected, leg.target)
+                    if leg.fitting is None:
+                        resp = await self._send_upstream(leg.rt, method, leg.url, leg_headers, leg_body, disconnected,
+                                                         leg.target)
+                    else:
+                        def refused(at: float, leg: Leg = leg, n: int = n) -> None:
+                            plan.record(leg, 400, LENGTH_REFUSED_ERROR, at, n)
+
+                        try:
+                            resp = await self._send_fitting(leg.fitting, leg.rt, method, leg.url, leg_headers, disconnected,
+                                                            leg.target, recheck, refused)
+                        finally:
+                            leg.body = leg.fitting.sent  # tried again (a retry) and logged as sent
+                        sent = leg.fitting.sent_at  # the try that answered: the body last sent
                 except ClientGone:
                     # the caller left while this try was under way: it may have reached (and cost) the provider
                     plan.record(leg, 0, CANCELLED_ERROR, sent, n)
@@ -1276,6 +1328,88 @@ class Gateway:
             await asyncio.wait((disconnected,), timeout=seconds)
         if disconnected.done():
             raise ClientGone()
+
+    # ---- token limits (only requests with Helicone-Token-Limit-Exception-Handler) ----
+    def _fittings(self, hh: HeliconeHeaders, rt: Route, method: str, body: bytes, plan: Plan | None) -> Fitting | None:
+        """The handler's handling of the request's own route (returned), or of each target of its plan (set on the leg,
+        whose body becomes the one it sends first); Rejection (400 naming the header) for a request it cannot apply to,
+        before anything is sent."""
+        handler = hh.token_limit
+        assert handler is not None
+        try:
+            if plan is None:
+                return Fitting(handler, body_shape(method, rt.path, rt.usage), body, hh.model_override,
+                               self._window_of(rt.provider))
+            for i, leg in enumerate(plan.legs):
+                where = f"{TOKEN_LIMIT_HEADER} ({FALLBACKS}[{i}])" if leg.fallback is not None else TOKEN_LIMIT_HEADER
+                leg.fitting = Fitting(handler, body_shape(method, leg.rt.path, leg.rt.usage),
+                                      body if leg.body is None else leg.body, hh.model_override,
+                                      self._window_of(leg.rt.provider), where)
+                leg.body = leg.fitting.first
+        except TokenLimitError as exc:
+            raise Rejection(400, exc.message, "helicone_header_error") from None
+        return None
+
+    def _window_of(self, provider: str):
+        """A model's context window as the cost registry gives it, for `provider`."""
+        return lambda model: self.costs.context_window(provider, model)
+
+    def _recheck(self, hh: HeliconeHeaders, rt: Route, method: str, raw_headers: list[tuple[str, str]], request_id: str):
+        """Checks a cut body as the request's prompt was checked (Helicone-LLM-Security-Enabled,
+        Helicone-Moderations-Enabled), before it is sent."""
+        async def recheck(cut: bytes) -> None:
+            for call in self._prompt_checks(hh, rt, method, cut, None, raw_headers) or ():
+                await self._check_prompt(rt, call, request_id)
+
+        return recheck
+
+    async def _send_fitting(self, fitting: Fitting, rt: Route, method: str, url: str, headers: list[tuple[str, str]],
+                            disconnected: asyncio.Future, target: TargetDest | None, recheck=None,
+                            refused=None) -> Response:
+        """The provider's answer to the body `fitting` sends first, or, when it refuses that for its length, to the body
+        fitting gives next (cut, or to the next model), until one is answered or nothing is left to try (that refusal
+        is then the answer, relayed as it came). A cut body is moderated first when the request asked for moderation
+        (recheck); `refused` is told when each refused try was sent. fitting.sent is the body last sent."""
+        while True:
+            fitting.sent_at = time.perf_counter()
+            resp = await self._send_upstream(rt, method, url, headers, fitting.sent, disconnected, target)
+            if resp.status != 400:
+                return resp
+            refusal, read = await self._refusal(fitting.shape, resp)
+            following = None if refusal is None else fitting.next_body(fitting.sent, refusal)
+            if following is None:
+                if refusal is not None:
+                    self.m_token_limit.labels(fitting.handler, "gave_up").inc()
+                resp.unread(read)
+                return resp
+            self.m_token_limit.labels(fitting.handler, "resent").inc()
+            resp.release()
+            if refused is not None:
+                refused(fitting.sent_at)
+            fitting.sent = following  # logged as the body flagged, when the moderation below flags it
+            if recheck is not None and fitting.handler != FALLBACK:
+                await recheck(following)
+
+    @staticmethod
+    async def _refusal(shape: str, resp: Response) -> tuple[Refusal | None, bytes]:
+        """A 400 answer, read up to MAX_REFUSAL_BYTES, as a refusal for the request's length (None: another answer), and
+        the bytes read (put back in front of the answer when it is relayed)."""
+        parts, size = [], 0
+        try:
+            async for chunk in resp.content.iter_any():
+                parts.append(chunk)
+                size += len(chunk)
+                if size > MAX_REFUSAL_BYTES:
+                    break
+        except BaseException:
+            resp.close()
+            raise
+        read = b"".join(parts)
+        if size > MAX_REFUSAL_BYTES or not resp.done:
+            return None, read
+        encoding = resp.headers.get("content-encoding", "")
+        return read_refusal(shape, resp.status, decode_body(read, encoding) if encoding else read), read
+
 
     # ---- prompt checks (only requests with Helicone-LLM-Security-Enabled or Helicone-Moderations-Enabled: true) ----
     def _prompt_checks(self, hh: HeliconeHeaders, rt: Route, method: str, body: bytes, plan: Plan | None,
@@ -1427,10 +1561,11 @@ class Gateway:
              req_ctype: str, started: float, started_at: int, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
              prompt: PromptUse | None = None, cache_hit: bool = False, rate_limit: RateLimitRequest | None = None,
-             plan: Plan | None = None, resp_tail: bytes = b"") -> None:
+             plan: Plan | None = None, resp_tail: bytes = b"", applied: str = "") -> None:
         """Hands the log event to the publisher; the event itself is built on its worker. With a
         u=cents rate limit, the cost it computes is charged to the bucket there (off the request path).
-        resp_tail: the decoded end of an answer cut at the logged body's limit (Capture.end), read for the usage."""
+        resp_tail: the decoded end of an answer cut at the logged body's limit (Capture.end), read for the usage.
+        applied: what Helicone-Token-Limit-Exception-Handler did to the body (logged as the APPLIED_PROPERTY property)."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = time.time_ns()
         limit = self.settings.max_logged_body_bytes
@@ -1468,7 +1603,7 @@ class Gateway:
                 session_id=hh.session_id,
                 session_path=hh.session_path,
                 session_name=hh.session_name,
-                properties=hh.logged_properties(),
+                properties={**hh.logged_properties(), APPLIED_PROPERTY: applied} if applied else hh.logged_properties(),
                 usage=parsed.logged_usage(),
                 # a cache hit cost nothing: what the provider would have charged is logged as saved
                 cost_usd=0.0 if cache_hit else cost or 0.0,
@@ -1506,6 +1641,16 @@ def _cents_need_usage(hh: HeliconeHeaders, rt: Route, rate_limit: RateLimitReque
     other OpenAI-format APIs (Mistral's) refuse stream_options, and a target or fallback may be one of them."""
     return (rate_limit is not None and rate_limit.policy.unit == CENTS and rt.provider == "openai" and not rt.target
             and hh.fallbacks is None and rt.path.endswith("completions"))
+
+
+def _applied(fitting: Fitting | None, plan: Plan | None) -> str:
+    """What Helicone-Token-Limit-Exception-Handler did to the body of the request's route, or of its plan's target that
+    answered; "" when nothing (the body went as sent, or the header was not sent)."""
+    if fitting is not None:
+        return fitting.applied
+    if plan is not None and plan.legs[plan.index].fitting is not None:
+        return plan.legs[plan.index].fitting.applied  # type: ignore[union-attr]
+    return ""
 
 
 class GatewayApp:

@@ -26,6 +26,7 @@ from .prompts import PromptError, PromptRequest, check_environment, check_prompt
 from .providers import TARGET_URL_HEADER, base_url
 from .resilience import RETRY_PREFIX, FallbackTarget, ResilienceError, RetryPolicy, parse_fallbacks, parse_retry
 from .settings import base_url_problem
+from .token_limit import TOKEN_LIMIT_HEADER, parse_handler
 
 HOP_BY_HOP = frozenset(
     {
@@ -50,6 +51,7 @@ STREAM_USAGE = "Helicone-Stream-Usage"
 REGION_HEADER = "Helicone-Region"
 _MODERATIONS = MODERATIONS_HEADER.lower()
 _LLM_SECURITY = LLM_SECURITY_HEADER.lower()
+_TOKEN_LIMIT = TOKEN_LIMIT_HEADER.lower()
 OPENAI_API_BASE = "Helicone-OpenAI-Api-Base"
 
 
@@ -72,6 +74,8 @@ class HeliconeHeaders(LogHeaders):
     llm_security: bool = False  # Helicone-LLM-Security-Enabled: the latest user message is classified first (llm_security.py)
     # either of the two: the one test a request pays for both (prompt_check.py)
     prompt_checked: bool = False
+    # Helicone-Token-Limit-Exception-Handler's strategy; None (the common case): the body is never read for it (token_limit.py)
+    token_limit: str | None = None
 
 
 _TOKEN = re.compile(HTTP_TOKEN.encode())
@@ -148,6 +152,8 @@ def parse_helicone_headers(headers: list[tuple[str, str]]) -> HeliconeHeaders:
         elif name == _LLM_SECURITY:
             if switch(LLM_SECURITY_HEADER, value):
                 out.llm_security = out.prompt_checked = True
+        elif name == _TOKEN_LIMIT:
+            out.token_limit = parse_handler(value)
         elif name == OPENAI_API_BASE.lower():
             raise HeaderError(f"{OPENAI_API_BASE} is not supported by this gateway: send {TARGET_URL_HEADER}: <base URL> "
                               "instead (for Azure, call /azure/openai/deployments/... with "

@@ -407,6 +407,12 @@ class Response:
         parts = [chunk async for chunk in self]
         return b"".join(parts)
 
+    def unread(self, data: bytes) -> None:
+        """Puts `data`, read from the start of the body, back in front of the rest: the answer is relayed whole."""
+        if data:
+            self.chunks.appendleft(data)
+            self._size += len(data)
+
     def release(self) -> None:
         """Back to the pool if the body was read to its end and the connection may be reused;
         closed otherwise."""
