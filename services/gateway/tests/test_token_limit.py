@@ -12,6 +12,8 @@ from helicone_core.cost import CostRegistry
 from services.gateway.tests.test_proxy import StubKeys, host_port
 from services.gateway.tests.test_proxy import target_sockets as _loopback_only  # noqa: F401 (autouse: loopback only)
 from services.gateway.tests.test_realtime import connect, stack
+from tests.support.fake_classifier import MODEL as GUARD
+from tests.support.fake_classifier import create_app as create_fake_classifier
 from tests.support.fake_upstream import REPLY
 from tests.support.fake_upstream import create_app as create_fake_upstream
 from tests.support.gateway import in_process_gateway
@@ -287,6 +289,21 @@ async def test_a_cut_body_is_moderated_before_it_is_sent(gateway):
     moderated, cut = fake.state.received[2]["body"], fake.state.received[3]["body"]
     assert moderated == {"input": cut["messages"][0]["content"]} and " … " in moderated["input"]
     assert built[0].properties[APPLIED] == "middle-out"
+
+
+async def test_a_cut_body_is_checked_by_the_classifier_before_it_is_sent(tmp_path):
+    """middle-out joins a long text's start and end, a text never classified: a cut is classified again before it is
+    sent, as the request was (Helicone-LLM-Security-Enabled)."""
+    classifier = create_fake_classifier()
+    async with serve(classifier) as guard, limited_gateway(tmp_path, llm_security_url=guard + "/v1",
+                                                           llm_security_model=GUARD) as (client, _gw, built, fake):
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": words(300)}]}
+        headers = {**LIMITED, HEADER: "middle-out", "Helicone-LLM-Security-Enabled": "true"}
+        r = await client.post("/v1/chat/completions", json=chat, headers=headers)
+        assert r.status_code == 200, r.text
+        asked = [x["body"]["messages"][-1]["content"] for x in classifier.state.received]
+        cut = fake.state.received[-1]["body"]["messages"][0]["content"]
+        assert len(asked) == 2 and " … " in cut and cut in asked[1]  # the request's text, then the cut's
 
 
 async def test_a_websocket_session_asking_for_it_is_refused_never_opened_without_it(tmp_path):
