@@ -144,6 +144,24 @@ def test_anthropic_openai_sdk_path_reads_openai_usage_and_names_no_provider():
     assert route("/groq", {}, "").path == "/"
 
 
+def test_a_path_without_a_colon_is_searched_for_no_custom_method_marker():
+    """Gemini's markers (":generateContent" ...) name a custom method, which only a path with a colon calls: the common
+    path (/v1/chat/completions) is searched for the other markers only, and each marker still names its provider."""
+    searched = []
+
+    class Path(str):
+        def __contains__(self, part):
+            searched.append(part)
+            return super().__contains__(part)
+
+    router = Router(GatewaySettings(_env_file=None))
+    assert router.route(Path("/v1/chat/completions"), {}, "").provider == "openai"
+    assert searched and [m for m in searched if ":" in m] == [":"]
+    assert any(":" in marker for marker, _ in router.markers)
+    for marker, owner in router.markers:
+        assert router.route(f"/v1/x/m{marker}", {}, "https://t.example").provider == owner, marker
+
+
 @pytest.mark.parametrize("urls, message", [
     ({"openai": "https://x.example"}, "HELICONE_PROVIDER_URLS: 'openai': set its base URL with HELICONE_OPENAI_URL"),
     ({"cohere": "https://x.example"}, "HELICONE_PROVIDER_URLS: 'cohere' is no provider of the table; accepted: .*'azure'"),

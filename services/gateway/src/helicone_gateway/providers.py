@@ -93,6 +93,9 @@ class Router:
         # provider's own format; Anthropic's "/chat/completions" (its OpenAI SDK layer) is every OpenAI-format path
         self.markers = tuple((marker, name) for name, p in PROVIDER_TABLE.items() for marker, fmt in p.usage_paths
                              if fmt == name)
+        # a path without a colon holds no custom-method marker (Gemini's ":generateContent"): the common path
+        # (/v1/chat/completions) is searched for the others only, in the same order
+        self.colonless_markers = tuple((marker, name) for marker, name in self.markers if ":" not in marker)
 
     def route(self, path: str, headers: dict[str, str], target_url: str) -> Route:
         """path is the request path; headers are lower-cased.
@@ -112,7 +115,7 @@ class Router:
             path = path[len(provider.name) + 1:] or "/"
         else:
             name = ""
-            for marker, owner in self.markers:
+            for marker, owner in self.markers if ":" in path else self.colonless_markers:
                 if marker in path:
                     name = owner
                     break
