@@ -15,6 +15,7 @@ import pytest
 from helicone_core import events
 from helicone_core import usage as usage_mod
 from helicone_core.db import KeyStoreUnavailable
+from helicone_gateway import app as gateway_app
 from helicone_gateway import egress
 from helicone_gateway.app import TAIL_BYTES, Capture, create_app
 from helicone_gateway.settings import GatewaySettings
@@ -356,6 +357,37 @@ async def test_helicone_target_url_overrides_the_provider_base_url(tmp_path):
     assert built[0].target_url == upstream_url
     assert too_big.status_code == 413 and len(fake.state.received) == 1
     assert built[1].status == 413 and built[1].request_id == too_big.headers["helicone-id"]
+
+
+async def test_a_body_within_the_limit_builds_no_refusal(tmp_path, monkeypatch):
+    """The 413 of a body over HELICONE_MAX_REQUEST_BYTES is built when a body is refused, not for every request in case
+    it is (an exception and its message per request)."""
+    made = []
+    init = gateway_app.Rejection.__init__
+    monkeypatch.setattr(gateway_app.Rejection, "__init__", lambda self, *args, **kw: made.append(args[:2]) or init(self, *args, **kw))
+    auth = {"Helicone-Auth": "Bearer good-key"}
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(tmp_path, openai_url=upstream_url, max_request_bytes=4096) as (
+            client, built):
+        ok = await client.post("/v1/chat/completions", json=CHAT, headers=auth)
+        assert ok.status_code == 200 and made == []
+        too_big = await client.post("/v1/chat/completions", content=b"x" * 5000, headers=auth)
+    message = "request body larger than 4096 bytes (HELICONE_MAX_REQUEST_BYTES)"
+    assert too_big.status_code == 413 and too_big.json()["error"] == {"message": message, "type": "request_too_large"}
+    assert made == [(413, message)] and [ev.status for ev in built] == [200, 413]
+
+
+async def test_a_stream_kept_whole_is_searched_for_an_error_event_once(tmp_path, monkeypatch):
+    """A stream within the logged body's limit has no tail of its own: the log reads its body for an error event, and
+    not the empty tail too (a bytes search per streamed request)."""
+    searched = []
+    real = gateway_app.stream_failed
+    monkeypatch.setattr(gateway_app, "stream_failed", lambda ctype, body: searched.append(body) or real(ctype, body))
+    fake = create_fake_upstream()
+    async with serve(fake) as upstream_url, started_gateway(tmp_path, openai_url=upstream_url) as (client, built):
+        r = await client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers={"Helicone-Auth": "Bearer good-key"})
+    assert r.status_code == 200 and b"data: " in r.content
+    assert built[0].streamed and built[0].error == "" and searched == [r.content]
 
 
 @pytest.mark.parametrize("suffix", ["?api-version=2024-10-21", "/#v1", "?"])

@@ -213,6 +213,11 @@ async def send_error(send, status: int, message: str, kind: str, request_id: str
     await send({"type": f"{asgi}.body", "body": body, "more_body": False})
 
 
+def _body_too_large(limit: int) -> Rejection:
+    """The 413 of a request body over HELICONE_MAX_REQUEST_BYTES (built when refused: never per request)."""
+    return Rejection(413, f"request body larger than {limit} bytes (HELICONE_MAX_REQUEST_BYTES)", "request_too_large")
+
+
 # Uploads (files, an upload's parts, audio, images to edit) of at least UPLOAD_STREAM_BYTES, by their Content-Length, go to
 # the provider as they arrive (Upload), whatever their size: they are never held whole, so HELICONE_MAX_REQUEST_BYTES, the
 # bound of what the gateway reads into memory, is not theirs. Smaller ones, and any body asking for a feature that reads
@@ -1048,27 +1053,10 @@ class Gateway:
 
     def _log_session(self, org_id: str, request_id: str, hh: HeliconeHeaders, rt: Route, model: str, started: float,
                      started_at: int, status: int, usage: RealtimeUsage, ttft_ms: int, error: str) -> None:
-        """The session as one logged request: its length as the latency, its summed usage priced by the registry."""
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        finished_at = time.time_ns()
-
-        def build() -> events.RequestLogged:
-            parsed = Parsed(model=model, tokens=usage.tokens, known=usage.known)
-            logged_model = hh.logged_model(model)
-            cost = parsed.cost(self.costs, rt.provider, logged_model)
-            ev = events.RequestLogged(
-                schema_version=events.SCHEMA_VERSION, request_id=request_id, org_id=org_id, latency_ms=latency_ms,
-                time_to_first_token_ms=ttft_ms, status=status, provider=rt.provider, model=logged_model, method="GET",
-                path=rt.path, target_url=rt.base_url, user_id=hh.logged_user(""), session_id=hh.session_id,
-                session_path=hh.session_path, session_name=hh.session_name, properties=hh.logged_properties(),
-                usage=parsed.logged_usage(), cost_usd=cost or 0.0, cost_known=cost is not None, streamed=True,
-                inline=hh.inline_bodies(b"", "", b"", "", 0), error=error, source="gateway", region=self.settings.region,
-            )
-            events.set_time_ns(ev.request_created_at, started_at)
-            events.set_time_ns(ev.response_created_at, finished_at)
-            return ev
-
-        self.publisher.submit(build, 0)
+        """The session as one logged request (_log's event, without bodies): its length as the latency, its summed usage
+        priced by the registry."""
+        self._log(org_id, request_id, hh, rt, "GET", b"", "", started, started_at, status, "", b"", "", False, ttft_ms,
+                  error=error, read=Parsed(model=model, tokens=usage.tokens, known=usage.known), streamed=True)
 
     @staticmethod
     def _write_timed_out(disconnected: asyncio.Future) -> bool:
@@ -1541,9 +1529,8 @@ class Gateway:
         """The request body; raises Rejection (413) as soon as it exceeds max_request_bytes
         (nothing more is read) and ClientGone if the caller leaves."""
         limit = self.settings.max_request_bytes
-        too_large = Rejection(413, f"request body larger than {limit} bytes (HELICONE_MAX_REQUEST_BYTES)", "request_too_large")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise too_large
+            raise _body_too_large(limit)
         parts, size = [], 0
         while True:
             message = await receive()
@@ -1552,7 +1539,7 @@ class Gateway:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _body_too_large(limit)
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
@@ -1561,11 +1548,14 @@ class Gateway:
              req_ctype: str, started: float, started_at: int, status: int, encoding: str,
              resp_body: bytes, resp_ctype: str, resp_truncated: bool, ttft_ms: int, error: str = "",
              prompt: PromptUse | None = None, cache_hit: bool = False, rate_limit: RateLimitRequest | None = None,
-             plan: Plan | None = None, resp_tail: bytes = b"", applied: str = "") -> None:
+             plan: Plan | None = None, resp_tail: bytes = b"", applied: str = "", read: Parsed | None = None,
+             streamed: bool = False) -> None:
         """Hands the log event to the publisher; the event itself is built on its worker. With a
         u=cents rate limit, the cost it computes is charged to the bucket there (off the request path).
         resp_tail: the decoded end of an answer cut at the logged body's limit (Capture.end), read for the usage.
-        applied: what Helicone-Token-Limit-Exception-Handler did to the body (logged as the APPLIED_PROPERTY property)."""
+        applied: what Helicone-Token-Limit-Exception-Handler did to the body (logged as the APPLIED_PROPERTY property).
+        read: the model and usage read already (a Realtime session's, summed from its messages) instead of from the
+        answer; streamed: logged as a stream whatever its bodies say (a WebSocket session)."""
         latency_ms = int((time.perf_counter() - started) * 1000)
         finished_at = time.time_ns()
         limit = self.settings.max_logged_body_bytes
@@ -1576,11 +1566,14 @@ class Gateway:
             else:
                 req_model, req_stream, req_user = request_fields(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
-            parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
-            if not usage_is_its_own(method, rt.path):  # a retrieval, a batch: the model named, no usage
-                parsed = Parsed(model=parsed.model)
+            if read is None:
+                parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
+                if not usage_is_its_own(method, rt.path):  # a retrieval, a batch: the model named, no usage
+                    parsed = Parsed(model=parsed.model)
+            else:
+                parsed = read
             logged_error = error
-            if not error and (stream_failed(resp_ctype, decoded) or stream_failed(resp_ctype, resp_tail)):
+            if not error and (stream_failed(resp_ctype, decoded) or (resp_tail and stream_failed(resp_ctype, resp_tail))):
                 # a 200 stream the provider gave up on: its usage is what it reported so far, its cost unknown
                 logged_error, parsed.priced = STREAM_ERROR_EVENT, False
             model = hh.logged_model(parsed.model or rt.path_model() or req_model)
@@ -1608,7 +1601,7 @@ class Gateway:
                 # a cache hit cost nothing: what the provider would have charged is logged as saved
                 cost_usd=0.0 if cache_hit else cost or 0.0,
                 cost_known=cost is not None,
-                streamed=req_stream or is_stream(resp_ctype),
+                streamed=streamed or req_stream or is_stream(resp_ctype),
                 inline=hh.inline_bodies(body, req_ctype, decoded, resp_ctype, limit, response_cut=resp_truncated),
                 error=logged_error,
                 source="gateway",
