@@ -392,6 +392,33 @@ def test_ratio_panels_read_0_while_traffic_flows_without_errors(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_realtime_panels_show_each_pods_sessions_open_and_refused(tmp_path):
+    """The gateway dashboard shows the Realtime sessions each pod holds (helicone_gateway_realtime_sessions_open) and
+    the sessions it refused per second, a key at HELICONE_REALTIME_SESSIONS_PER_KEY (..._refused_total), this
+    release's only. Evaluated by Prometheus' engine (promtool), over two pods."""
+    def series(metric: str, pod: str, values: str, namespace: str = NAMESPACE) -> dict:
+        return {"series": f'{metric}{{namespace="{namespace}", job="{RELEASE}-helicone-gateway", pod="{pod}"}}',
+                "values": values}
+
+    opened, refused = "helicone_gateway_realtime_sessions_open", "helicone_gateway_realtime_sessions_refused_total"
+    inputs = [series(opened, "gw-1", "0+1x10 10x10"), series(opened, "gw-2", "3x20"),
+              series(refused, "gw-1", "0x10 0+30x10"), series(refused, "gw-2", "0x20"),  # gw-1: 30 a minute from 10m on
+              series(opened, "gw-9", "50x20", namespace="other")]  # another release's: never shown
+    panels = {p["title"]: p for p in json.loads((CHART / "dashboards" / "gateway.json").read_text())["panels"]}
+    expected = {
+        "Realtime sessions open": [{"labels": '{pod="gw-1"}', "value": 10}, {"labels": '{pod="gw-2"}', "value": 3}],
+        "Realtime sessions refused / s (key at its session limit)": [{"labels": '{pod="gw-1"}', "value": 0.5},
+                                                                    {"labels": '{pod="gw-2"}', "value": 0}],
+    }
+    checks = [{"expr": grafana_to_promql(target["expr"]), "eval_time": "18m", "exp_samples": samples}
+              for title, samples in expected.items() for target in panels[title]["targets"]]
+    test_file = tmp_path / "realtime_panels_test.yaml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"name": "realtime panels", "interval": "1m", "input_series": inputs, "promql_expr_test": checks}]}, sort_keys=False))
+    out = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar():
     rendered = render(MONITORING, {"metrics": {"grafanaDashboards": {
         "namespace": "monitoring", "labels": {"grafana_dashboard": "1", "team": "llm"}, "annotations": {"grafana_folder": "LLM"}}}})

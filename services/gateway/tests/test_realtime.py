@@ -1,8 +1,8 @@
 """OpenAI's Realtime API (a WebSocket: GET /v1/realtime?model=..., Upgrade: websocket) through the real gateway (its
 own HTTP server) to a fake Realtime server on loopback (aiohttp's WebSocketResponse): the openai SDK's
-realtime.connect and a raw websockets client, messages both ways, close codes, auth and egress refusals before
-anything goes upstream, keepalive pings to a silent caller (one that answers none is cut), and the session logged once
-with its response.done usage summed and priced."""
+realtime.connect and a raw websockets client, messages both ways, close codes, malformed handshakes, auth and egress
+refusals before anything goes upstream, keepalive pings to a silent caller (one that answers none is cut), and the
+session logged once with its response.done usage summed and priced."""
 
 from __future__ import annotations
 
@@ -235,6 +235,60 @@ async def test_helicone_auth_is_checked_before_anything_goes_upstream(tmp_path, 
         response = info.value.response
         assert response.status_code == 401 and "Helicone" in json.loads(response.body)["error"]["message"]
         assert not fake.handshakes and not built
+
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample Sec-WebSocket-Key: base64 of 16 bytes
+
+
+async def raw_handshake(url: str, headers: str) -> tuple[int, dict[str, str], bytes]:
+    """Sends a handshake with `headers` (lines, each ending in CRLF) and the caller's keys on a plain socket, as a
+    client that websockets would not let send a malformed one; (status, headers, body) of the answer."""
+    port = int(url.split(":")[2].split("/")[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write((f"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nAuthorization: Bearer {PROVIDER_KEY}\r\nHelicone-Auth: Bearer good-key\r\n"
+                      f"{headers}\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status_line, *lines = head.decode("latin-1").strip().split("\r\n")
+        answer_headers = {n.lower(): v.strip() for n, v in (line.split(":", 1) for line in lines)}
+        length = int(answer_headers.get("content-length", 0))
+        body = await asyncio.wait_for(reader.readexactly(length), 5)
+    finally:
+        writer.close()
+    return int(status_line.split()[1]), answer_headers, body
+
+
+@pytest.mark.parametrize(("headers", "status", "named"), [
+    ("Sec-WebSocket-Version: 13\r\n", 400, "Sec-WebSocket-Key"),  # no key
+    ("Sec-WebSocket-Key: not base64!\r\nSec-WebSocket-Version: 13\r\n", 400, "Sec-WebSocket-Key"),
+    ("Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n", 400, "Sec-WebSocket-Key"),  # 5 bytes, not 16
+    (f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n", 400, "Sec-WebSocket-Key"),
+    (f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 8\r\n", 426, "Sec-WebSocket-Version"),  # another version
+    (f"Sec-WebSocket-Key: {KEY}\r\n", 400, "Sec-WebSocket-Version"),  # no version
+    (f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: realtime x y\r\n", 400,
+     "Sec-WebSocket-Protocol"),  # not a list of tokens
+    (f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nOrigin: https://a.example\r\nOrigin: https://b.example\r\n",
+     400, "Origin"),
+], ids=["no-key", "key-not-base64", "key-not-16-bytes", "two-keys", "version-8", "no-version", "bad-subprotocols",
+        "two-origins"])
+async def test_a_malformed_handshake_is_refused_before_anything_goes_upstream(tmp_path, headers, status, named):
+    """A handshake RFC 6455 refuses is answered 400 naming the header (426 for a version other than 13), with
+    Sec-WebSocket-Version: 13 when the version was the fault, and the provider never sees a connection for it: none
+    opened and closed at once, nothing logged nor counted as a session."""
+    async with stack(tmp_path) as (fake, built, url):
+        got, answer_headers, body = await raw_handshake(url, headers)
+        await asyncio.sleep(0.2)  # a provider connection, had one been opened, would be seen by now
+        assert not fake.handshakes and not built, f"the provider saw {len(fake.handshakes)} connection(s)"
+        assert sample(fake, "helicone_gateway_realtime_sessions_open") == 0
+        message = json.loads(body)["error"]["message"]
+        assert got == status and message.startswith("WebSocket handshake refused") and named in message, (got, message)
+        if named == "Sec-WebSocket-Version":
+            assert answer_headers["sec-websocket-version"] == "13"
+        if status == 426:
+            assert answer_headers["upgrade"] == "websocket"
+        valid, _, _ = await raw_handshake(url, f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n")
+        assert valid == 101 and len(fake.handshakes) == 1  # the same caller's well-formed handshake goes on
 
 
 async def test_a_handshake_the_provider_refuses_is_answered_with_its_status_and_logged(tmp_path):

@@ -878,7 +878,8 @@ class Gateway:
         both ways as it came, pings answered on each side, a close (its code and reason) passed on. A handshake the
         provider refuses is answered with its status; a key already holding realtime_sessions_per_key sessions in this
         process is refused one more (429). Logged once when the session ends (RequestLogged: status 101, the
-        session's length, the usage of its response.done events summed); no bodies are kept."""
+        session's length, the usage of its response.done events summed); no bodies are kept. A handshake RFC 6455
+        refuses (Sec-WebSocket-Key, -Version) never comes here: the server answers it (http_server.handshake_refusal)."""
         started, started_at = time.perf_counter(), time.time_ns()
         request_id = events.new_request_id()
         await receive()  # websocket.connect

@@ -17,7 +17,8 @@ Upgrade: websocket (a GET answered alone, not pipelined behind another request) 
 (WebSocketSession: framing by websockets' sans-I/O ServerProtocol, pings answered, keepalive pings to a caller that
 sent nothing for ws_ping_interval (one not heard from within ws_ping_timeout after it is cut), the denial-response
 extension for an HTTP answer instead of the upgrade); the connection's transport is handed to it, so plain requests
-pay nothing for it.
+pay nothing for it. A handshake RFC 6455 refuses (no or a malformed Sec-WebSocket-Key, a version other than 13) is
+answered here (400; 426 naming the version taken) and never reaches the app, so nothing goes upstream for it.
 It does not: other upgrades (h2c, CONNECT: 400), request targets other than a path or an absolute URL (400),
 transfer codings other than chunked (501), HTTP/2, proxy headers (the gateway trusts none).
 
@@ -56,6 +57,7 @@ from helicone_core.http_limits import (
     server_head_limit,
 )
 from websockets.datastructures import Headers as WsHeaders
+from websockets.exceptions import InvalidHandshake, InvalidHeader, InvalidUpgrade
 from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
@@ -109,10 +111,11 @@ def error_body(message: str, kind: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind}}).encode()
 
 
-def error_response(status: int, message: str, kind: str) -> bytes:
-    """A whole JSON error answer in the gateway's error shape, after which the connection closes."""
+def error_response(status: int, message: str, kind: str, headers: bytes = b"") -> bytes:
+    """A whole JSON error answer in the gateway's error shape, after which the connection closes; `headers`: more header
+    lines, each ending in CRLF."""
     body = error_body(message, kind)
-    return (status_line(status) + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+    return (status_line(status) + headers + b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
             + b"connection: close\r\ndate: " + http_date() + b"\r\n\r\n" + body)
 
 
@@ -130,6 +133,44 @@ def upgrade_refusal(ex: Exchange | None) -> str:
                 "behind another, no body)")
     return (f"{asked} is not supported: this gateway proxies HTTP requests and WebSockets (Upgrade: websocket on a GET) "
             "only; send HTTP requests without an upgrade")
+
+
+WS_VERSION = "13"  # the one WebSocket version there is (RFC 6455); a caller asking for another is told this one
+# what a handshake header refused must be, by header (RFC 6455 4.1)
+WS_ACCEPTED_FORM = {
+    "Sec-WebSocket-Key": "send one Sec-WebSocket-Key, the base64 of 16 random bytes",
+    "Sec-WebSocket-Version": f"send Sec-WebSocket-Version: {WS_VERSION}, the only version this gateway speaks",
+    "Sec-WebSocket-Protocol": "send the subprotocols offered as a comma-separated list of tokens",
+    "Origin": "send at most one Origin",
+    "Connection": "send Connection: Upgrade",
+    "Upgrade": "send Upgrade: websocket, once",
+}
+
+
+def handshake_request(scope: dict) -> WsRequest:
+    """The WebSocket handshake request of an upgrade's scope, as websockets reads it."""
+    query = scope["query_string"]
+    return WsRequest(scope["raw_path"].decode("latin-1") + ("?" + query.decode("latin-1") if query else ""),
+                     WsHeaders([(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]))
+
+
+def handshake_refusal(request: WsRequest) -> tuple[int, str, bytes] | None:
+    """(status, message, header lines) answering a handshake RFC 6455 refuses, checked as websockets checks it when the
+    session is accepted: 426 with Sec-WebSocket-Version: 13 for another version (400 for none or several), 426 for a
+    wrong Upgrade or Connection, 400 for the rest (no or a malformed Sec-WebSocket-Key, ...); None for a valid one."""
+    try:
+        ServerProtocol(logger=log).process_request(request)
+    except InvalidHandshake as exc:
+        name = exc.name if isinstance(exc, InvalidHeader) else ""
+        message = f"WebSocket handshake refused: {exc}" + (f"; {WS_ACCEPTED_FORM[name]}" if name in WS_ACCEPTED_FORM else "")
+        if name == "Sec-WebSocket-Version":
+            wrong = exc.value is not None and exc.value != "multiple values"  # a version asked for, not this one
+            return (426 if wrong else 400, message,
+                    (b"upgrade: websocket\r\n" if wrong else b"") + b"sec-websocket-version: %s\r\n" % WS_VERSION.encode())
+        if isinstance(exc, InvalidUpgrade):
+            return 426, message, b"upgrade: websocket\r\n"
+        return 400, message, b""
+    return None
 
 
 _date = [0, b""]
@@ -392,9 +433,15 @@ class HttpConnection(asyncio.Protocol):
             ex = self.latest
             if (ex is not None and ex is self.current and ex.body_done and not self.pending and ex.task is not None
                     and not ex.started and ex.scope["method"] == "GET" and upgrade_protocol(ex).lower() == b"websocket"):
+                request = handshake_request(ex.scope)
+                refusal = handshake_refusal(request)
+                if refusal is not None:  # answered here: the app, and so the provider, never sees it
+                    status, message, headers = refusal
+                    self._refuse(status, message, "invalid_request", ex, headers)
+                    return
                 ex.task.cancel()  # not run yet (created in this callback): the session's task answers it
                 self.current = self.reading = None
-                WebSocketSession(self, ex.scope, data[upgrade.args[0]:] if upgrade.args else b"")
+                WebSocketSession(self, ex.scope, request, data[upgrade.args[0]:] if upgrade.args else b"")
             else:
                 self._refuse(400, upgrade_refusal(ex), "invalid_request", ex)
             return
@@ -639,13 +686,13 @@ class HttpConnection(asyncio.Protocol):
             self.paused_reading = False
             self.transport.resume_reading()
 
-    def _refuse(self, status: int, message: str, kind: str, bad: Exchange | None = None) -> None:
+    def _refuse(self, status: int, message: str, kind: str, bad: Exchange | None = None, headers: bytes = b"") -> None:
         """Answers a request that cannot be parsed or is too large, then closes the connection (after
         reading what the caller still sends for a moment: closing with bytes unread resets it and the
         caller may never read the answer). A request read whole before it, still being answered,
         is answered first (it may be at the provider already, and is logged); the requests pipelined
         behind it are not answered. `bad`: the exchange the refusal answers, when it was read whole
-        (an upgrade request)."""
+        (an upgrade request); `headers`: more header lines for the answer."""
         self.refused = True
         current = self.current
         for ex in (current, self.reading, *self.pending):
@@ -656,7 +703,7 @@ class HttpConnection(asyncio.Protocol):
                      and not current.started)
         if cancelled:
             current.task.cancel()  # the request was not read whole: the app does not answer it
-        self.refusal = error_response(status, message, kind)
+        self.refusal = error_response(status, message, kind, headers)
         if cancelled or current is None or current.finished or current.task is None or current.task.done():
             self._send_refusal()
         # else: ended() sends it once the app is done with the request before it
@@ -715,7 +762,7 @@ class WebSocketSession(asyncio.Protocol):
     dropped without one). A caller silent for the server's ws_ping_interval is pinged; one that sends nothing (no pong)
     within ws_ping_timeout after it is cut (1006 to the app): one timer per session, re-armed, never one per frame."""
 
-    def __init__(self, conn: HttpConnection, scope: dict, early: bytes) -> None:
+    def __init__(self, conn: HttpConnection, scope: dict, request: WsRequest, early: bytes) -> None:
         self.conn, self.loop, self.transport = conn, conn.loop, conn.transport
         conn.websocket = self
         headers = scope["headers"]
@@ -723,9 +770,7 @@ class WebSocketSession(asyncio.Protocol):
                    for p in v.decode("latin-1").split(",") if p.strip()]
         self.scope = {**scope, "type": "websocket", "subprotocols": offered,
                       "extensions": {"websocket.http.response": {}}}
-        self.request = WsRequest(scope["raw_path"].decode("latin-1") + ("?" + scope["query_string"].decode("latin-1")
-                                                                         if scope["query_string"] else ""),
-                                 WsHeaders([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]))
+        self.request = request  # checked by handshake_refusal before the session was made
         self.protocol = None  # websockets.ServerProtocol once accepted
         self.early = early  # bytes the caller sent after its head, before the handshake was answered
         self.connected = False  # websocket.connect was given to the app
@@ -815,7 +860,7 @@ class WebSocketSession(asyncio.Protocol):
         handshake = ServerProtocol(subprotocols=[chosen] if chosen else None, logger=log)
         response = handshake.accept(self.request)
         self.answered = True
-        if response.status_code != 101:  # not a valid handshake (no Sec-WebSocket-Key, another version): its 4xx
+        if response.status_code != 101:  # the request was checked before the app ran: a subprotocol never offered
             handshake.send_response(response)
             for data in handshake.data_to_send():
                 self.transport.write(data)
