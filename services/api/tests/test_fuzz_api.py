@@ -1,7 +1,7 @@
 """Property-based fuzzing of the api straight through its ASGI entry point (so any bytes can be sent,
 not only what an HTTP client allows), against a real Postgres and each analytics backend: random
-methods, paths and ids, query strings, headers, and filter, score and property bodies (awkward text, lone
-surrogates, far-off dates, non-finite and huge numbers, wrong types, broken JSON, filter trees, sorts, cursors and
+methods, paths and ids, query strings, headers, and filter, score, property and Helicone's REST bodies (awkward text,
+lone surrogates, far-off dates, non-finite and huge numbers, wrong types, broken JSON, filter trees, sorts, cursors and
 exports) sent in random chunks. The api never answers 500, always
 answers in JSON, and never hangs."""
 
@@ -95,8 +95,21 @@ alert_bodies = st.fixed_dictionaries({}, optional={
     "webhook_url": st.one_of(text, st.sampled_from(["https://hooks.example.invalid/x", "http://127.0.0.1:1/x", "http://[::1]/",
                                                     "http://[zz/", "http://hooks.example.invalid:99999/", "http://10.0.0.1/"])),
 })
+# Helicone's bodies for its REST routes (helicone_api.helicone_rest): Unix-ms and -second time filters, pSize, one-field
+# sorts, session names and search terms
+helicone_times = st.fixed_dictionaries({}, optional={k: numbers for k in ("startTimeUnixMs", "endTimeUnixMs", "startTimeUnixSeconds",
+                                                                         "endTimeUnixSeconds", "bogus")})
+helicone_sorts = st.dictionaries(st.sampled_from(["cost", "last_active", "average_tokens_per_request", "user_id", "rate_limited_count",
+                                                  "bogus"]), st.one_of(st.sampled_from(["asc", "desc", "up"]), scalar), max_size=2)
+helicone_bodies = st.fixed_dictionaries({}, optional={
+    "filter": st.one_of(st.just("all"), filters, trees, json_value), "timeFilter": st.one_of(helicone_times, json_value),
+    "pSize": st.one_of(st.sampled_from(["p50", "p75", "p95", "p99", "p99.9", "p42"]), scalar), "useInterquartile": scalar,
+    "nameContains": st.one_of(text, scalar), "timezoneDifference": numbers, "timeZoneDifferenceMinutes": numbers,
+    "sort": st.one_of(helicone_sorts, json_value), "limit": st.one_of(st.integers(-5, 5000), scalar),
+    "offset": st.one_of(st.integers(-5, 2_000_000), scalar), "searchTerm": st.one_of(text, scalar), "bogus": json_value,
+})
 bodies = st.one_of(queries.map(encoded), json_value.map(encoded), st.binary(max_size=200), score_bodies.map(encoded),
-                   alert_bodies.map(encoded), property_bodies.map(encoded),
+                   alert_bodies.map(encoded), property_bodies.map(encoded), helicone_bodies.map(encoded),
                    queries.map(encoded).map(lambda b: b[: len(b) // 2]),  # cut short
                    st.just(b"[" * 5000), st.just(b'{"limit": 5}' + b" " * 70_000))  # deeply nested, over the limit
 ids = st.one_of(st.uuids().map(str), text, st.binary(max_size=60).map(lambda b: b.decode("latin-1")), st.just("x" * 5000),
@@ -111,6 +124,10 @@ routes = st.one_of(
     st.tuples(st.sampled_from(["PUT", "DELETE", "PUT"]),
               st.builds(lambda i, n: f"/v1/request/{i}/score/{n}", st.one_of(st.just(LOGGED), ids), score_names)),
     st.tuples(st.just("PUT"), st.one_of(st.just(LOGGED), ids).map(lambda i: f"/v1/request/{i}/property")),
+    st.tuples(st.just("POST"), st.sampled_from(["/v1/user/metrics/query", "/v1/user/metrics-overview/query", "/v1/session/metrics/query",
+                                                "/v1/session/name/query", "/v1/property/query", "/v1/request/query-clickhouse"])),
+    st.tuples(st.just("POST"), property_keys.map(lambda k: f"/v1/property/{k}/search")),
+    st.tuples(st.just("POST"), ids.map(lambda i: f"/v1/session/{i}/feedback")),
     st.tuples(st.just("DELETE"), ids.map(lambda i: "/v1/keys/" + i)),
     st.tuples(st.sampled_from(["GET", "POST"]), st.just("/v1/keys")),
     st.tuples(st.sampled_from(["GET", "POST"]), st.just("/v1/alerts")),
@@ -201,6 +218,13 @@ def test_the_api_never_fails_on_any_request(pg_dsn, analytics_settings, tmp_path
         @example(r=dict(OK, body=encoded({"filter": {"left": {"request": {"model": {"in": ["a\\", "\ud800"]}}}, "operator": "or",
                                                      "right": {"response": {"status": {"gte": 400}}}}})))
         @example(r=dict(OK, route=("POST", "/v1/request/export"), body=encoded({"format": "csv", "sort": {"field": "model"}})))
+        @example(r=dict(OK, route=("POST", "/v1/session/metrics/query"), body=encoded({
+            "pSize": "p99.9", "useInterquartile": True, "nameContains": "a\\%_'", "timezoneDifference": 0,
+            "timeFilter": {"startTimeUnixMs": 0, "endTimeUnixMs": 4e12}, "filter": {"request_response_rmt": {"latency": {"gt": 1}}}})))
+        @example(r=dict(OK, route=("POST", "/v1/user/metrics/query"), body=encoded({
+            "filter": "all", "offset": 0, "limit": 3, "sort": {"average_requests_per_day_active": "desc"},
+            "timeFilter": {"startTimeUnixSeconds": 1, "endTimeUnixSeconds": 4e9}})))
+        @example(r=dict(OK, route=("POST", "/v1/property/env/search"), body=encoded({"searchTerm": "\\N%"})))
         @example(r=dict(OK, route=("GET", "/"), auth=None))  # the dashboard page: HTML, not JSON
         def check(r):
             status, answer = loop.run_until_complete(asyncio.wait_for(call(app, r, key, logged), 10))

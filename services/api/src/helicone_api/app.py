@@ -25,6 +25,7 @@ from .dashboard import dashboard_router, load_static, public_paths
 from .explorer import RequestDetail, explorer_router, requests_json
 from .filters import FILTER_FORMS
 from .guard import HTTP_ERROR_TYPE, MISSING_KEY, ORG_STATE_KEY, RequestGuard
+from .helicone_rest import helicone_rest_router
 from .insights import insights_router
 from .keys import keys_router
 from .log_publisher import LogPublisher
@@ -204,6 +205,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(alerts_router(state, org_id))
     app.include_router(request_webhooks_router(state, org_id))
     app.include_router(insights_router(state, org_id))
+    app.include_router(helicone_rest_router(state, org_id))
     app.include_router(dashboard_router(static))
     app.include_router(logs_router(state, org_id))
     app.include_router(admin_router(state))

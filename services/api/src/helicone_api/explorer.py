@@ -1,4 +1,5 @@
-"""The request explorer: POST /v1/request/query (a page of requests, by offset or by cursor) and
+"""The request explorer: POST /v1/request/query (a page of requests, by offset or by cursor; Helicone's
+POST /v1/request/query-clickhouse is the same route) and
 POST /v1/request/export (every matching request, streamed as CSV or JSON Lines).
 
 A filter is the flat RequestFilter the api has always taken or Helicone's filter tree (filters.py);
@@ -387,6 +388,11 @@ def explorer_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             next_cursor = pager.cursor(position)
         state.m_queries.labels("query", "ok").inc()
         return {"data": data, "limit": q.limit, "offset": q.offset, "next_cursor": next_cursor}
+
+    # Helicone's second name for its request list (read from ClickHouse there; this api's list always is)
+    router.add_api_route("/query-clickhouse", query_requests, methods=["POST"], response_model=QueryPage,
+                         summary="Query Requests (Helicone's query-clickhouse)",
+                         description="The same as POST /v1/request/query: Helicone's body and this api's answer.")
 
     @router.post("/export", response_class=StreamingResponse, responses={200: {
         "description": "CSV (text/csv, a header row) or JSON Lines (application/x-ndjson, one request per line as in the query's data)",

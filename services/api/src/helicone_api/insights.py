@@ -17,7 +17,7 @@ import math
 import re
 import zoneinfo
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from helicone_core.analytics import AGGREGATES, GRAINS, PROJECTION_SETTINGS, SESSION_USERS, TIME_ORDER_SETTINGS
@@ -98,32 +98,68 @@ class _ListQuery(BaseModel):
 
 
 UnixMs = Annotated[dt.datetime, WithJsonSchema({"type": "number", "description": "Unix milliseconds", "examples": [1772366400000]})]
+UnixSeconds = Annotated[dt.datetime, WithJsonSchema({"type": "number", "description": "Unix seconds", "examples": [1772366400]})]
 
 
-class TimeFilterMs(BaseModel):
-    """Helicone's session `timeFilter`: the requests strictly after start and strictly before end (Unix milliseconds)."""
+class _UnixTimeFilter(BaseModel):
+    """Helicone's `timeFilter`: the requests strictly after start and strictly before end, in Unix time units."""
 
     model_config = ConfigDict(extra="forbid")
+    unit: ClassVar[str]
+    unit_ms: ClassVar[int]
+    example: ClassVar[int]
 
-    start: UnixMs = Field(alias="startTimeUnixMs")
-    end: UnixMs = Field(alias="endTimeUnixMs")
-
-    @field_validator("start", "end", mode="before")
+    @field_validator("start", "end", mode="before", check_fields=False)
     @classmethod
-    def _unix_ms(cls, v: Any) -> dt.datetime:
+    def _unix_time(cls, v: Any) -> dt.datetime:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ValueError("must be a time in Unix milliseconds, such as 1772366400000")
+            raise ValueError(f"must be a time in Unix {cls.unit}, such as {cls.example}")
         try:
-            t = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=math.floor(v))
+            t = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=math.floor(v * cls.unit_ms))
         except OverflowError:
             t = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
         return _ch_range(t)
 
     @model_validator(mode="after")
-    def _after_start(self) -> TimeFilterMs:
+    def _after_start(self) -> _UnixTimeFilter:
         if self.end <= self.start:
-            raise ValueError("endTimeUnixMs must be after startTimeUnixMs")
+            names = [self.model_fields[f].alias for f in ("end", "start")]
+            raise ValueError(f"{names[0]} must be after {names[1]}")
         return self
+
+    def narrow(self, f: RequestFilter | FilterNode) -> RequestFilter | FilterNode:
+        """`f` with this range: a flat filter's start/end (after start is from start's next millisecond, the stored
+        precision), else a tree's created_at condition."""
+        return narrowed(f, {"start": self.start + dt.timedelta(milliseconds=1), "end": self.end},
+                        {"created_at": {"gt": self.start, "lt": self.end}})
+
+
+class TimeFilterMs(_UnixTimeFilter):
+    """Helicone's session `timeFilter`: the requests strictly after start and strictly before end (Unix milliseconds)."""
+
+    unit, unit_ms, example = "milliseconds", 1, 1772366400000
+    start: UnixMs = Field(alias="startTimeUnixMs")
+    end: UnixMs = Field(alias="endTimeUnixMs")
+
+
+class TimeFilterSeconds(_UnixTimeFilter):
+    """Helicone's user metrics `timeFilter`: the requests strictly after start and strictly before end (Unix seconds)."""
+
+    unit, unit_ms, example = "seconds", 1000, 1772366400
+    start: UnixSeconds = Field(alias="startTimeUnixSeconds")
+    end: UnixSeconds = Field(alias="endTimeUnixSeconds")
+
+
+def one_time_range(v: _UnixTimeFilter | None, info: ValidationInfo) -> _UnixTimeFilter | None:
+    """A `timeFilter` validator: with a flat filter's own start/end it is a 422 (two ranges)."""
+    flat = info.data.get("filter")
+    if v is not None and isinstance(flat, RequestFilter) and (flat.start is not None or flat.end is not None):
+        raise ValueError("and filter.start/end are two time ranges: give one of them")
+    return v
+
+
+# Helicone's time zone offsets (timezoneDifference, timeZoneDifferenceMinutes)
+TimezoneMinutes = Annotated[int | None, Field(ge=-1440, le=1440, description="Helicone's; read and not used: times are answered in UTC")]
 
 
 def _empty_is_none(v: Any) -> Any:
@@ -146,26 +182,14 @@ class SessionQuery(_ListQuery):
                                              "between its two Unix-millisecond times (a flat filter's start/end is the other way)")
     name_equals: FilterText | None = Field(None, alias="nameEquals",
                                            description="Helicone's: only the requests of this session name (Helicone-Session-Name)")
-    timezone_difference: int | None = Field(None, alias="timezoneDifference", ge=-1440, le=1440,
-                                            description="Helicone's; read and not used: times are answered in UTC")
+    timezone_difference: TimezoneMinutes = Field(None, alias="timezoneDifference")
 
-    @field_validator("time_filter")
-    @classmethod
-    def _one_time_range(cls, v: TimeFilterMs | None, info: ValidationInfo) -> TimeFilterMs | None:
-        flat = info.data.get("filter")
-        if v is not None and isinstance(flat, RequestFilter) and (flat.start is not None or flat.end is not None):
-            raise ValueError("and filter.start/end are two time ranges: give one of them")
-        return v
+    _one_time_range = field_validator("time_filter")(one_time_range)
 
     @model_validator(mode="after")
     def _time_filter_as_filter(self) -> SessionQuery:
-        """Into the filter: a flat one's start/end (after start is from start's next millisecond, the stored
-        precision), else a tree's created_at condition."""
-        t = self.time_filter
-        if t is None:
-            return self
-        self.filter = narrowed(self.filter, {"start": t.start + dt.timedelta(milliseconds=1), "end": t.end},
-                               {"created_at": {"gt": t.start, "lt": t.end}})
+        if self.time_filter is not None:
+            self.filter = self.time_filter.narrow(self.filter)
         return self
 
 
@@ -557,12 +581,17 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _session_conditions(org_id: str, q: SessionQuery, grains: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any]]:
-    """The conditions on the requests a session list counts: the filter's, Helicone's nameEquals, and a session id."""
-    where, params, _ = _conditions(org_id, q.filter, grains=grains)
-    if q.name_equals is not None:
+def _session_conditions(org_id: str, f: RequestFilter | FilterNode, *, name_equals: str | None = None,
+                        name_contains: str | None = None, grains: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any]]:
+    """The conditions on the requests a session view counts: the filter's, Helicone's nameEquals (the session name) or
+    nameContains (a substring of it, any case), and a session id."""
+    where, params, _ = _conditions(org_id, f, grains=grains)
+    if name_equals is not None:
         where.append("session_name = {name_equals:String}")
-        params["name_equals"] = q.name_equals
+        params["name_equals"] = name_equals
+    if name_contains:
+        where.append("positionCaseInsensitiveUTF8(session_name, {name_contains:String}) > 0")
+        params["name_contains"] = name_contains
     where.append("session_id != ''")
     return where, params
 
@@ -571,7 +600,7 @@ def recent_sessions_sql(org_id: str, q: SessionQuery, rows: int, since: dt.datet
     """The sessions of the newest `rows` matching requests (from `since` on), newest first: read in time
     order from the by_time projection, so the default session list (last seen first) need not total
     every session. A recent `since` is what makes ClickHouse pick the projection (fewer marks to read)."""
-    where, params = _session_conditions(org_id, q)
+    where, params = _session_conditions(org_id, q.filter, name_equals=q.name_equals)
     if since is not None:
         where.append("request_created_at >= {since:DateTime64(3, 'UTC')}")
         params["since"] = _ch_time(since)
@@ -593,7 +622,7 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
     (session_requests_sql): a log resent and not merged yet counts once there, as in /v1/request/query."""
     table = "request_log FINAL" if session_id is not None else "request_log"
     if session_id is None:
-        where, params = _session_conditions(org_id, q, grains=("day",))
+        where, params = _session_conditions(org_id, q.filter, name_equals=q.name_equals, grains=("day",))
         if only is not None:
             where.append("session_id IN {only:Array(String)}")
             params["only"] = only
@@ -702,9 +731,13 @@ USER_PAGE_TWO_STEPS = 5000
 PAGE_SETTINGS = f"{AGG_SETTINGS}, preferred_optimize_projection_name = 'users_page_v1'"
 # A user's sort value read straight from the users projection (GROUP BY user_id over its per-day rows);
 # active_days counts the user's (user, day) groups.
-_USER_SORT_VALUE = {"requests": AGGREGATES["requests"], "cost_usd": AGGREGATES["cost_usd"],
-                    "total_tokens": AGGREGATES["total_tokens"], "first_seen": AGGREGATES["first_seen"],
-                    "last_seen": AGGREGATES["last_seen"]}
+_USER_SORT_VALUE = {name: AGGREGATES[name] for name in ("requests", "cost_usd", "prompt_tokens", "completion_tokens",
+                                                         "total_tokens", "first_seen", "last_seen")}
+# What a user list may be ordered by beyond USER_SORTS (Helicone's user metrics sorts): a column of the per-user
+# totals, or an expression of them (none of these two-step).
+USER_ORDER = {"user_id": "user_id", "prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens",
+              "requests_per_active_day": "requests / active_days",
+              "tokens_per_request": "(prompt_tokens + completion_tokens) / requests"}
 
 
 def _only_time(f: RequestFilter | FilterNode) -> bool:
@@ -712,14 +745,8 @@ def _only_time(f: RequestFilter | FilterNode) -> bool:
     return isinstance(f, RequestFilter) and f.model_copy(update={"start": None, "end": None}) == RequestFilter()
 
 
-def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[str, dict[str, Any]]:
-    """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request.
-    Totals per user and UTC day first (what the users projection holds), then per user.
-
-    A filter of a time range alone, on whole UTC days, is answered in two steps: first every user's sort
-    value alone from the users projection (one aggregate read per row instead of nine), the page's users
-    in order, then all the totals of just those users from users_page (their rows in small granules), in
-    that order; other filters (which the projections cannot answer) read request_log's rows once."""
+def _user_conditions(org_id: str, q: UserQuery) -> tuple[list[str], dict[str, Any], str | None]:
+    """The conditions on the requests a user list counts: the filter's, a user id, the search and Helicone's userIds."""
     where, params, grain = _conditions(org_id, q.filter, grains=("day",))
     where.append("user_id != ''")
     if q.search:
@@ -728,7 +755,22 @@ def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[st
     if q.user_ids:
         where.append("user_id IN {user_ids:Array(String)}")
         params["user_ids"] = q.user_ids
-    field, direction = q.sort.field, q.sort.direction.upper()
+    return where, params, grain
+
+
+def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True,
+                  order: tuple[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+    """Users (Helicone-User-Id) with their totals; active_days counts distinct UTC dates with a request.
+    Totals per user and UTC day first (what the users projection holds), then per user. `order`: (a USER_SORTS
+    or USER_ORDER field, direction) in place of the query's sort.
+
+    A filter of a time range alone, on whole UTC days, is answered in two steps: first every user's sort
+    value alone from the users projection (one aggregate read per row instead of nine), the page's users
+    in order, then all the totals of just those users from users_page (their rows in small granules), in
+    that order; other filters (which the projections cannot answer) read request_log's rows once."""
+    where, params, grain = _user_conditions(org_id, q)
+    field, direction = order or (q.sort.field, q.sort.direction)
+    direction = direction.upper()
     conditions = " AND ".join(where)
 
     def days_of(cond: str) -> str:  # the per-(user, day) rows under a condition
@@ -739,6 +781,7 @@ def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[st
                "max(d_last_seen) AS last_seen")
     params["limit"] = q.limit
     params["offset"] = q.offset
+    two_steps = two_steps and (field in _USER_SORT_VALUE or field == "active_days")
     if two_steps and _only_time(q.filter) and grain == "day" and q.offset + q.limit <= USER_PAGE_TWO_STEPS:
         if field == "active_days":
             values = (f"SELECT user_id, count() AS v FROM (SELECT user_id, {GRAINS['day'][0]} AS day FROM {{db}}.request_log "
@@ -755,9 +798,22 @@ def user_list_sql(org_id: str, q: UserQuery, two_steps: bool = True) -> tuple[st
         return sql, params
     sql = (
         f"{columns} FROM ({days_of(conditions)}) GROUP BY user_id "
-        f"ORDER BY {field} {direction}, user_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} " + AGG_SETTINGS
+        f"ORDER BY {USER_ORDER.get(field, field)} {direction}, user_id LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}} "
+        + AGG_SETTINGS
     )
     return sql, params
+
+
+def user_count_sql(org_id: str, q: UserQuery) -> tuple[str, dict[str, Any]]:
+    """How many users the list has in all (every page)."""
+    where, params, _ = _user_conditions(org_id, q)
+    return f"SELECT uniqExact(user_id) AS n FROM {{db}}.request_log WHERE {' AND '.join(where)} " + AGG_SETTINGS, params
+
+
+def org_has_users_sql(org_id: str) -> tuple[str, dict[str, Any]]:
+    """Whether the org has logged a request with a user id at all (Helicone's hasUsers)."""
+    return ("SELECT count() AS n FROM (SELECT 1 FROM {db}.request_log WHERE org_id = {org:String} AND user_id != '' "
+            "LIMIT 1) " + SETTINGS, {"org": org_id})
 
 
 def user_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -940,6 +996,68 @@ def summary_json(row: dict[str, Any]) -> dict[str, Any]:
             "avg_latency_ms": _number(row["avg_latency_ms"]) if totals["requests"] else None,
             "p95_latency_ms": _p95(row["latency_quantiles"]) if totals["requests"] else None,
             "cache_hits": int(row["cache_hits"]), "cache_saved_usd": float(row["cache_saved_usd"])}
+
+
+HISTOGRAM_BINS = 10
+
+
+def distribution_sql(where_params: tuple[list[str], dict[str, Any]], key: str, metrics: dict[str, str],
+                     upper: float, interquartile: bool) -> tuple[str, dict[str, Any]]:
+    """Helicone's distributions (its metrics and metrics-overview routes): per value of `key` (a session, a user) each
+    of `metrics` (name -> aggregate) over its requests meeting the conditions `where_params`; then of each metric
+    `<name>_avg`, the mean over every key, and the values kept (up to its `upper` quantile, and with `interquartile`
+    from its 1 - upper one too; quantileExact: the kept ends are values) as `<name>_lo`, `<name>_hi` and
+    `<name>_bins`: how many fall in each of HISTOGRAM_BINS equal slices of [lo, hi] (hi in the last). Each key's
+    values are computed once (kept in arrays), so a value compared with an end is that very value."""
+    where, params = where_params
+    where = [*where, f"{key} != ''"]
+    per = (f"SELECT {key} AS k, " + ", ".join(f"{expr} AS {name}" for name, expr in metrics.items())
+           + f" FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY k")
+    upper, lower = float(upper), round(1 - float(upper), 6)  # written into the SQL: numbers (of P_SIZES), never text
+    parts = []
+    for name in metrics:
+        lo, hi = f"{name}_lo", f"{name}_hi"
+        low = f"arrayReduce('quantileExact({lower!r})', {name})" if interquartile else f"arrayMin({name})"
+        slot = (f"if({hi} > {lo}, least(toUInt32(floor((x - {lo}) / ({hi} - {lo}) * {HISTOGRAM_BINS})), {HISTOGRAM_BINS - 1}), 0)")
+        parts.append(
+            f"{low} AS {lo}, arrayReduce('quantileExact({upper!r})', {name}) AS {hi}, arrayAvg({name}) AS {name}_avg, "
+            f"arrayMap(x -> {slot}, arrayFilter(x -> x >= {lo} AND x <= {hi}, {name})) AS {name}_slots, "
+            f"arrayMap(i -> countEqual({name}_slots, i), range({HISTOGRAM_BINS})) AS {name}_bins")
+    columns = ", ".join(f"groupArray({name}) AS {name}" for name in metrics)
+    sql = f"SELECT n, {', '.join(parts)} FROM (SELECT count() AS n, {columns} FROM ({per})) " + SETTINGS
+    return sql, params
+
+
+def histogram_json(row: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """Helicone's HistogramRow list of one metric of distribution_sql's row: the slices holding values, each
+    {"range_start", "range_end"} (as text, as Helicone's) and "value" (how many)."""
+    if not int(row["n"]):
+        return []
+    lo, hi, bins = float(row[f"{name}_lo"]), float(row[f"{name}_hi"]), [int(b) for b in row[f"{name}_bins"]]
+    if hi <= lo:
+        return [{"range_start": _number_text(lo), "range_end": _number_text(hi), "value": sum(bins)}]
+    width = (hi - lo) / HISTOGRAM_BINS
+    return [{"range_start": _number_text(lo + i * width), "range_end": _number_text(hi if i == HISTOGRAM_BINS - 1 else lo + (i + 1) * width),
+             "value": b} for i, b in enumerate(bins) if b]
+
+
+def _number_text(x: float) -> str:
+    """A number as JavaScript writes it (3, not 3.0), as Helicone's range ends are."""
+    return str(int(x)) if x.is_integer() and abs(x) < 1e21 else repr(x)
+
+
+def session_names_sql(where_params: tuple[list[str], dict[str, Any]], limit: int) -> tuple[str, dict[str, Any]]:
+    """Per session name (Helicone-Session-Name; "" for requests of a session without one) of the requests meeting the
+    conditions (_session_conditions'): its sessions, first and last request, mean latency and cost; last used first."""
+    where, params = where_params
+    params = {**params, "limit": limit}
+    sql = (
+        "SELECT session_name AS name, uniqExact(session_id) AS session_count, min(request_created_at) AS first_used, "
+        "max(request_created_at) AS last_used, avg(latency_ms) AS avg_latency, sum(cost_usd) AS total_cost "
+        f"FROM {{db}}.request_log WHERE {' AND '.join(where)} GROUP BY name ORDER BY last_used DESC, name "
+        "LIMIT {limit:UInt32} " + SETTINGS
+    )
+    return sql, params
 
 
 def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:

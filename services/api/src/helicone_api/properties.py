@@ -1,4 +1,5 @@
-"""Custom properties put on a logged request after the fact: Helicone's PUT /v1/request/{id}/property.
+"""Custom properties put on a logged request after the fact: Helicone's PUT /v1/request/{id}/property, and its
+POST /v1/session/{id}/feedback (the property Helicone-Session-Feedback on the session's first request).
 
 A put is a row of `request_property_overrides` (helicone_core.analytics), one per (org, request id, key),
 stamped with this api's clock: FINAL keeps the newest, so the same put twice leaves one value and a newer one
@@ -17,12 +18,12 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.exceptions import RequestValidationError
 from helicone_core.log_headers import MAX_PROPERTIES, PropertyError, custom_property
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from .models import Answer, RequestId, _utf8, documented, error_responses
+from .models import Answer, Feedback, FilterText, RequestId, _utf8, documented, error_responses
 from .queries import SETTINGS
 from .scores import WriteClock, ch_time_us
 
@@ -31,6 +32,12 @@ LOGGED_SQL = (
     "SELECT properties, request_created_at FROM {db}.request_log FINAL "
     "WHERE org_id = {org:String} AND request_id = {rid:UUID} LIMIT 1 " + SETTINGS
 )
+# A session's first request: where Helicone's session feedback is put
+FIRST_OF_SESSION_SQL = (
+    "SELECT request_id FROM {db}.request_log FINAL WHERE org_id = {org:String} AND session_id = {sid:String} "
+    "ORDER BY request_created_at, request_id LIMIT 1 " + SETTINGS
+)
+SESSION_FEEDBACK = "Helicone-Session-Feedback"  # the property Helicone's POST /v1/session/{id}/feedback puts
 PUTS_OF_SQL = (
     "SELECT request_id, key, value FROM {db}.request_property_overrides FINAL "
     "WHERE org_id = {org:String} AND request_id IN {rids:Array(UUID)} ORDER BY request_id, key " + SETTINGS
@@ -78,6 +85,13 @@ class PropertyWritten(Answer):
     properties: dict[str, str] = Field(description="every property of the request after this write")
 
 
+class SessionFeedbackWritten(Answer):
+    """Helicone's answer ({"data", "error": null}), with the put on the session's first request as data."""
+
+    data: PropertyWritten
+    error: None = Field(description="always null: an error is the api's {\"error\": {...}} with its status")
+
+
 async def puts_of(store, org_id: str, request_ids: list[str]) -> dict[str, dict[str, str]]:
     """request id -> {key: value put on it} for those of the given requests that have puts."""
     out: dict[str, dict[str, str]] = {}
@@ -120,7 +134,6 @@ def _invalid(field: str, message: str) -> RequestValidationError:
 
 def properties_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(
-        prefix="/v1/request/{request_id}",
         tags=["requests"],
         responses=error_responses(
             {
@@ -132,17 +145,10 @@ def properties_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter
     clock = WriteClock()
     under_way = PutsUnderWay()
 
-    @router.put("/property", response_model=documented(PropertyWritten))
-    async def put_property(request_id: RequestId, body: PropertyPut, org: str = Depends(org_id)) -> dict[str, Any]:
-        """Adds the custom property `key` to a logged request, or changes its value; its other properties stay.
-        Every read of the request's properties sees it from the answer on: the request, queries and exports,
-        property filters, the property endpoints, groupings and sessions. Putting the same value again changes nothing."""
-        try:
-            key, value = custom_property(body.key, body.value)
-        except PropertyError as exc:
-            raise _invalid(exc.part, str(exc)) from None
-        rid = str(request_id)
-        async with under_way.one_at_a_time(org, rid):  # the count checked is still the count when the row is written
+    async def put(org: str, rid: str, key: str, value: str) -> dict[str, Any]:
+        """Puts the property (as custom_property reads it) on the org's logged request `rid`: the put's answer."""
+        # the count checked is still the count when the row is written
+        async with under_way.one_at_a_time(org, rid):
             with state.m_query_seconds.labels("property").time():
                 logged = await state.analytics.query(LOGGED_SQL, {"org": org, "rid": rid})
                 if not logged:
@@ -178,5 +184,28 @@ def properties_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter
             "updated_at": at.replace(" ", "T") + "Z",
             "properties": {**properties, key: value},
         }
+
+    @router.put("/v1/request/{request_id}/property", response_model=documented(PropertyWritten))
+    async def put_property(request_id: RequestId, body: PropertyPut, org: str = Depends(org_id)) -> dict[str, Any]:
+        """Adds the custom property `key` to a logged request, or changes its value; its other properties stay.
+        Every read of the request's properties sees it from the answer on: the request, queries and exports,
+        property filters, the property endpoints, groupings and sessions. Putting the same value again changes nothing."""
+        try:
+            key, value = custom_property(body.key, body.value)
+        except PropertyError as exc:
+            raise _invalid(exc.part, str(exc)) from None
+        return await put(org, str(request_id), key, value)
+
+    @router.post("/v1/session/{session_id:path}/feedback", tags=["helicone"], response_model=documented(SessionFeedbackWritten),
+                 responses=error_responses({404: "no session of the caller's org has this id"}))
+    async def session_feedback(session_id: Annotated[FilterText, Path()], body: Feedback, org: str = Depends(org_id)) -> dict[str, Any]:
+        """Helicone's session feedback: the property Helicone-Session-Feedback, "1" (thumbs up) or "0", put on the
+        session's first request (as Helicone's SessionManager puts it)."""
+        first = await state.analytics.query(FIRST_OF_SESSION_SQL, {"org": org, "sid": session_id})
+        if not first:
+            state.m_queries.labels("property", "not_found").inc()
+            raise HTTPException(404, f"session {session_id[:200]!r} not found")
+        key, value = custom_property(SESSION_FEEDBACK, "1" if body.rating else "0")
+        return {"data": await put(org, first[0]["request_id"], key, value), "error": None}
 
     return router
