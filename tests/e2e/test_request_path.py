@@ -344,14 +344,15 @@ def test_every_service_reports_its_region_and_ingest_its_usage_and_lag(stack):
 def test_openai_audio_speech_and_a_large_upload_keep_their_bytes_to_the_api(stack):
     """A binary answer (/v1/audio/speech) relayed byte for byte and an upload larger than a megabyte (streamed through
     the gateway) are logged with their bytes: the api answers a binary body as its base64, said to be so (it was text
-    with every byte that is not UTF-8 replaced), and the upload's start as sent."""
+    with every byte that is not UTF-8 replaced), and the upload's start as sent. The speech's cost reaches the api."""
     from tests.support.fake_upstream import SPEECH_BYTES_PER_CHAR, binary_bytes
 
     client = oai(stack)
     raw = client.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input="hello there")
     assert raw.content == binary_bytes(SPEECH_BYTES_PER_CHAR * len("hello there"))
     speech = stack.wait_for_request(raw.headers["helicone-id"])
-    assert (speech["model"], speech["cost_usd"], speech["usage"]["known"]) == ("tts-1", None, False)
+    # tts-1 is billed per character of its input ($15 per 1M): priced though its answer, audio, reports no usage
+    assert (speech["model"], speech["cost_usd"], speech["usage"]["known"]) == ("tts-1", pytest.approx(11 * 15.0 / 1e6), False)
     assert speech["response_body_encoding"] == "base64"
     assert base64.b64decode(speech["response_body"]) == binary_bytes(SPEECH_BYTES_PER_CHAR * len("hello there"))
     data = binary_bytes(2 * 1024 * 1024)

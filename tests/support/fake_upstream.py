@@ -13,11 +13,12 @@ Anthropic's `/v1/messages/count_tokens`, Message Batches (create, results as JSO
 `/v1/models`; `x-fake-usage` / `x-fake-delta-usage` (JSON) add fields to a Messages answer's usage / a stream's message_delta usage;
 Anthropic on Vertex AI (`publishers/anthropic/models/<m>:rawPredict`, `:streamRawPredict`) as `/v1/messages`;
 `/v1/embeddings` answers vectors of `x-fake-dims` numbers; `/v1/audio/transcriptions` a transcription of a
-multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it); `/v1/files` and `/v1/uploads/<id>/parts`
+multipart upload (its usage as whisper-1 or gpt-4o-transcribe report it; `response_format` text: plain text, no usage);
+`/v1/files` and `/v1/uploads/<id>/parts`
 take an upload (recorded by size and SHA-256), `/v1/files/<id>/content` answers `x-fake-bytes` binary bytes,
 `/v1/audio/speech` streams binary audio/mpeg (or, with "stream_format": "sse", its events and usage), `/v1/responses` answers JSON or its event stream
 (`/v1/responses/<id>` a stored one), `/v1/batches` a batch (retrieved or cancelled: completed, with its usage), `/v1/images/generations`
-and `/v1/images/edits` (multipart) a base64 image.
+and `/v1/images/edits` (multipart) a base64 image per image asked for (`n`), gpt-image's with its usage.
 `/v1/moderations` flags an input whose text holds a FLAGGED_WORDS word (401 without an Authorization header, as
 OpenAI).
 Chat completions and Messages refuse a request too long for `x-fake-context-window` (tokens: a number, or a JSON object
@@ -77,8 +78,11 @@ SPEECH_TOKENS_PER_WORD = 10
 # the usage a completed batch object carries: its requests' together
 BATCH_USAGE = {"input_tokens": 100_000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 50_000,
                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 150_000}
-# output tokens of a gpt-image answer (one image)
+# output tokens of a gpt-image answer (one image), and input tokens of each image an edit uploads
 IMAGE_TOKENS = 1056
+IMAGE_INPUT_TOKENS = 323
+# the length of a whisper transcription's audio, as its usage reports it
+WHISPER_SECONDS = 3
 
 
 def binary_bytes(size: int, start: int = 0) -> bytes:
@@ -577,8 +581,10 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         m = re.search(rb'name="model"\r\n\r\n([^\r]*)\r\n', raw)
         model = m.group(1).decode() if m else ""
         record(request, {"model": model, "bytes": len(raw)})
+        if re.search(rb'name="response_format"\r\n\r\ntext\r\n', raw):
+            return Response(REPLY, media_type="text/plain")
         if model.startswith("whisper"):
-            return {"text": REPLY, "usage": {"type": "duration", "seconds": 3}}
+            return {"text": REPLY, "usage": {"type": "duration", "seconds": WHISPER_SECONDS}}
         completion = len(REPLY.split(" "))
         return {"text": REPLY, "usage": {"type": "tokens", "input_tokens": AUDIO_PART_TOKENS, "output_tokens": completion,
                                          "total_tokens": AUDIO_PART_TOKENS + completion,
@@ -694,20 +700,27 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
     @app.post("/v1/images/generations")
     @app.post("/v1/images/edits")
     async def images(request: Request):
-        """gpt-image-1's answer: one base64 PNG and its token usage (IMAGE_TOKENS out); dall-e models' has no usage.
-        An edit is multipart/form-data, its model a form field."""
+        """Base64 PNGs, `n` of them; gpt-image's answer has its token usage (the prompt's words and IMAGE_INPUT_TOKENS
+        per uploaded image in, IMAGE_TOKENS per image out), dall-e models' none. An edit is multipart/form-data, its
+        model, prompt and n form fields."""
         raw = await request.body()
+        images_in = 0
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            m = re.search(rb'name="model"\r\n\r\n([^\r]*)\r\n', raw)
-            body = {"model": m.group(1).decode() if m else "", "bytes": len(raw)}
+            fields = dict(re.findall(rb'name="(model|prompt|n)"\r\n\r\n([^\r]*)\r\n', raw))
+            body = {"model": fields.get(b"model", b"").decode(), "prompt": fields.get(b"prompt", b"").decode(),
+                    "n": int(fields.get(b"n", b"1")), "bytes": len(raw)}
+            images_in = len(re.findall(rb'name="image(?:\[\])?"; filename=', raw))
         else:
             body = json.loads(raw)
         record(request, body)
-        answer = {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(binary_bytes(1024)).decode()}]}
+        n = body.get("n") or 1
+        answer = {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(binary_bytes(1024)).decode()}] * n}
         if body.get("model", "").startswith("gpt-image"):
             prompt = len(str(body.get("prompt", "")).split())
-            answer["usage"] = {"input_tokens": prompt, "output_tokens": IMAGE_TOKENS, "total_tokens": prompt + IMAGE_TOKENS,
-                               "input_tokens_details": {"text_tokens": prompt, "image_tokens": 0}}
+            image_in = IMAGE_INPUT_TOKENS * images_in
+            answer["usage"] = {"input_tokens": prompt + image_in, "output_tokens": IMAGE_TOKENS * n,
+                               "total_tokens": prompt + image_in + IMAGE_TOKENS * n,
+                               "input_tokens_details": {"text_tokens": prompt, "image_tokens": image_in}}
         return answer
 
     @app.get("/v1/responses/{response_id}")

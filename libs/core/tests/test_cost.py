@@ -497,3 +497,90 @@ def test_web_searches_cost_the_fee_at_every_tier_and_no_cost_without_one():
     assert reg.cost("anthropic", "searcher", long) == pytest.approx((2000 * 6.0 + 10 * 22.5) / 1e6 + 0.01)
     assert reg.cost("anthropic", "plain", searched) is None
     assert reg.cost("anthropic", "plain", TokenCounts(prompt_tokens=100, completion_tokens=10)) == pytest.approx(450 / 1e6)
+
+
+# OpenAI's models billed by something else than tokens (developers.openai.com/api/docs/models/tts-1, tts-1-hd, whisper-1;
+# DALL-E's per-image prices as its pricing page listed them; LiteLLM's model_prices_and_context_window.json agrees:
+# tts-1 1.5e-05 and tts-1-hd 3e-05 per character, whisper-1 0.0001 per second, dall-e per pixel times the pixels) and
+# the GPT image models' image tokens (gpt-image-1: text $5 in, images $10 in and $40 out per 1M; gpt-image-1-mini $2,
+# $2.50, $8). They had no price: their cost was unknown.
+@pytest.mark.parametrize("model, counts, want", [
+    ("tts-1", dict(characters=1000), 1000 * 15.0 / 1e6),
+    ("tts-1-1106", dict(characters=1000), 1000 * 15.0 / 1e6),  # a snapshot: its model's price
+    ("tts-1-hd", dict(characters=4096), 4096 * 30.0 / 1e6),
+    ("whisper-1", dict(audio_seconds=90), 1.5 * 0.006),
+    ("whisper-1", dict(audio_seconds=8.47), 8 / 60 * 0.006),  # billed to the nearest second
+    ("whisper-1", dict(audio_seconds=8.5), 9 / 60 * 0.006),
+    ("dall-e-3", dict(images=(("standard", "1024x1024", 1),)), 0.04),
+    ("dall-e-3", dict(images=(("standard", "1792x1024", 1),)), 0.08),
+    ("dall-e-3", dict(images=(("hd", "1024x1024", 1),)), 0.08),
+    ("dall-e-3", dict(images=(("hd", "1024x1792", 1),)), 0.12),
+    ("dall-e-2", dict(images=(("standard", "256x256", 3),)), 3 * 0.016),
+    ("dall-e-2", dict(images=(("standard", "512x512", 1), ("standard", "1024x1024", 2))), 0.018 + 2 * 0.02),
+    ("gpt-image-1", dict(prompt_tokens=50, completion_tokens=4160, image_completion_tokens=4160),
+     (50 * 5.0 + 4160 * 40.0) / 1e6),
+    ("gpt-image-1", dict(prompt_tokens=373, completion_tokens=1056, image_prompt_tokens=323, image_completion_tokens=1056),
+     (50 * 5.0 + 323 * 10.0 + 1056 * 40.0) / 1e6),
+    ("gpt-image-1-mini-2025-10-06", dict(prompt_tokens=373, completion_tokens=1056, image_prompt_tokens=323,
+                                         image_completion_tokens=1056), (50 * 2.0 + 323 * 2.50 + 1056 * 8.0) / 1e6),
+])
+def test_speech_transcription_and_image_models_are_priced_by_what_openai_bills_them(model, counts, want):
+    assert CostRegistry.default().cost("openai", model, TokenCounts(**counts)) == pytest.approx(want)
+
+
+def test_a_model_billed_by_another_unit_has_no_cost_without_it_nor_for_what_it_has_no_price():
+    """Never a guess: what a model has no price for gives no cost, and a model billed only by characters, audio or
+    images has none when the request counted none of them (not $0)."""
+    reg = CostRegistry.default()
+    assert reg.cost("openai", "tts-1", TokenCounts()) is None
+    assert reg.cost("openai", "tts-1", TokenCounts(prompt_tokens=10, completion_tokens=100)) is None  # no token price
+    assert reg.cost("openai", "whisper-1", TokenCounts()) is None  # an answer that gave no duration
+    assert reg.cost("openai", "whisper-1", TokenCounts(characters=10)) is None
+    assert reg.cost("openai", "gpt-4o-mini-tts", TokenCounts(characters=10)) is None  # billed by tokens, not characters
+    assert reg.cost("openai", "dall-e-3", TokenCounts(images=(("auto", "1024x1024", 1),))) is None
+    assert reg.cost("openai", "dall-e-3", TokenCounts(images=(("standard", "256x256", 1),))) is None  # dall-e-2's size
+    assert reg.cost("openai", "dall-e-2", TokenCounts(images=(("hd", "1024x1024", 1),))) is None
+    assert reg.cost("openai", "gpt-image-1", TokenCounts(images=(("standard", "1024x1024", 1),))) is None
+    # gpt-image-1 has no text output price, nor one for cached tokens the answer does not split into text and images
+    assert reg.cost("openai", "gpt-image-1", TokenCounts(prompt_tokens=10, completion_tokens=100, image_completion_tokens=90)) is None
+    cached = TokenCounts(prompt_tokens=400, completion_tokens=10, cache_read_tokens=100, image_prompt_tokens=300,
+                         image_completion_tokens=10)
+    assert reg.cost("openai", "gpt-image-1", cached) is None
+    # image tokens to a model without an image price: no cost, never the text rate
+    assert reg.cost("openai", "gpt-4o", TokenCounts(prompt_tokens=400, completion_tokens=10, image_prompt_tokens=300)) is None
+    assert reg.cost("openai", "gpt-image-1.5", TokenCounts(prompt_tokens=10, completion_tokens=10)) is None  # another version
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"characters": -1}, r"characters must be a number >= 0 \(USD per 1M characters\)"),
+    ({"audio_minute": "0.006"}, r"audio_minute must be a number >= 0 \(USD per minute of audio\)"),
+    ({"images": {"standard": {"1024x1024": "4 cents"}}}, r"images.standard.1024x1024 must be a number >= 0 \(USD per image\)"),
+    ({"images": {"standard": {"large": 0.04}}}, r"images.standard: 'large' is no size; accepted: WIDTHxHEIGHT"),
+    ({"images": {"standard": 0.04}}, r"images.standard must be an object of sizes"),
+    ({"images": []}, r"images must be an object of qualities"),
+    ({"images": {"": {"1024x1024": 0.04}}}, r"images: a quality needs a name"),
+    ({"image_output": 40.0}, "input is missing"),  # a GPT image model has a text input price
+    ({"input": 5.0, "image_output": 40.0, "tiers": [{"above": 10, "input": 1, "output": 1, "characters": 1}]},
+     r"tiers\[0\]: unknown field\(s\) \['characters'\]"),
+])
+def test_bad_unit_prices_are_named_with_their_field(tmp_path, entry, message):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"openai": {"bad": entry}}))
+    with pytest.raises(ValueError, match=message) as err:
+        CostRegistry.load(path)
+    assert "openai/bad" in str(err.value)
+
+
+def test_an_override_prices_a_model_by_characters_audio_or_images(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"openai": {
+        "house-tts": {"characters": 10.0},
+        "house-stt": {"audio_minute": 0.01, "input": 1.0, "output": 2.0},
+        "house-draw": {"images": {"low": {"512x512": 0.01}}},
+    }}))
+    reg = CostRegistry.load(path)
+    assert reg.cost("openai", "house-tts", TokenCounts(characters=100)) == pytest.approx(100 * 10.0 / 1e6)
+    assert reg.cost("openai", "house-stt", TokenCounts(prompt_tokens=10, audio_seconds=60)) == pytest.approx(10 / 1e6 + 0.01)
+    assert reg.cost("openai", "house-stt", TokenCounts()) == 0.0  # it has token prices: nothing counted is nothing billed
+    assert reg.cost("openai", "house-draw", TokenCounts(images=(("low", "512x512", 2),))) == pytest.approx(0.02)
+    assert reg.price("openai", "house-draw").input is None

@@ -521,3 +521,130 @@ def test_vertex_embeddings_predict_usage_is_logged_and_never_priced_per_token():
     # Imagen's :predict answers images: no token count, no usage
     images = json.dumps({"predictions": [{"bytesBase64Encoded": "iVBORw0KGgo=", "mimeType": "image/png"}]}).encode()
     assert not parse_response("gemini", images, "application/json").known
+
+
+def test_whisper_is_read_as_the_seconds_of_audio_it_reports():
+    """whisper-1 answers its audio's length, what it is billed by: `usage: {"type": "duration", "seconds": N}` (json and
+    verbose_json today), verbose_json's `duration` before that; text, srt and vtt answers give none."""
+    from helicone_core.cost import CostRegistry
+
+    reg = CostRegistry.default()
+    json_answer = json.dumps({"text": "hello", "usage": {"type": "duration", "seconds": 42}}).encode()
+    verbose = json.dumps({"task": "transcribe", "language": "english", "duration": 42.3, "text": "hello", "segments": []}).encode()
+    for body, usage_known in ((json_answer, True), (verbose, False)):
+        p = parse_response("openai", body, "application/json")
+        assert p.known is usage_known and p.tokens.audio_seconds == pytest.approx(float(json.loads(body).get("duration", 42)))
+        assert p.cost(reg, "openai", "whisper-1") == pytest.approx(42 / 60 * 0.006)
+    for body, ctype in ((b"hello", "text/plain"), (b"1\n00:00:00,000 --> 00:00:01,000\nhello\n", "application/x-subrip"),
+                        (json.dumps({"text": "hello"}).encode(), "application/json"),
+                        (json.dumps({"text": "hello", "usage": {"type": "duration"}}).encode(), "application/json"),
+                        (json.dumps({"text": "hello", "duration": "42"}).encode(), "application/json")):
+        assert parse_response("openai", body, ctype).cost(reg, "openai", "whisper-1") is None, body
+    # the usage at the end of a verbose answer cut at the logged limit
+    long = json.dumps({"task": "transcribe", "duration": 600.0, "text": "word " * 50_000,
+                       "usage": {"type": "duration", "seconds": 600}}).encode()
+    cut = parse_response("openai", long[:4096], "application/json", tail=long[-4096:])
+    assert cut.tokens.audio_seconds == 600 and cut.cost(reg, "openai", "whisper-1") == pytest.approx(0.06)
+
+
+def test_the_images_apis_usage_counts_image_tokens_apart():
+    """gpt-image's usage: input_tokens_details splits text and image tokens; its output tokens are the image's, or
+    output_tokens_details splits them. Other answers' details (the Responses API's cached_tokens) are no image."""
+    usage_ = {"input_tokens": 373, "input_tokens_details": {"text_tokens": 50, "image_tokens": 323}, "output_tokens": 1056,
+              "total_tokens": 1429}
+    t = usage.openai_usage(usage_)
+    assert (t.prompt_tokens, t.image_prompt_tokens, t.completion_tokens, t.image_completion_tokens) == (373, 323, 1056, 1056)
+    split = usage.openai_usage({**usage_, "output_tokens_details": {"image_tokens": 1000, "text_tokens": 56}})
+    assert (split.completion_tokens, split.image_completion_tokens) == (1056, 1000)
+    responses = usage.openai_usage({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 40}, "output_tokens": 10,
+                                    "output_tokens_details": {"reasoning_tokens": 0}})
+    assert (responses.cache_read_tokens, responses.image_prompt_tokens, responses.image_completion_tokens) == (40, 0, 0)
+    # a gpt-image stream's image_generation.completed event carries the same usage
+    stream = sse({"type": "image_generation.partial_image", "b64_json": "iVBO"},
+                 {"type": "image_generation.completed", "b64_json": "iVBO", "usage": usage_})
+    p = parse_response("openai", stream, "text/event-stream")
+    assert p.known and p.tokens.image_prompt_tokens == 323 and p.tokens.image_completion_tokens == 1056
+    # an answer of base64 images is cut at the logged limit: its usage, last, is read from the tail
+    answer = json.dumps({"created": 1, "data": [{"b64_json": "A" * 200_000}], "usage": usage_}).encode()
+    cut = parse_response("openai", answer[:4096], "application/json", tail=answer[-4096:])
+    assert cut.known and (cut.tokens.image_prompt_tokens, cut.tokens.image_completion_tokens) == (323, 1056)
+
+
+def form(fields: list[tuple[str, bytes]], boundary: str = "b-42", close: bool = True) -> tuple[bytes, str]:
+    """A multipart/form-data body of (name, value) parts; a value starting with b"\\x89PNG" is a file."""
+    parts = []
+    for name, value in fields:
+        file = '; filename="in.png"\r\nContent-Type: image/png' if value.startswith(b"\x89PNG") else ""
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{file}\r\n\r\n'.encode() + value + b"\r\n")
+    return b"".join(parts) + (f"--{boundary}--\r\n".encode() if close else b""), f"multipart/form-data; boundary={boundary}"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+FORM_TYPE = form([])[1]
+
+
+def test_speech_and_image_requests_count_what_they_are_billed_for():
+    """tts-1's answer is audio and dall-e's names no usage: what they are billed for is in the request, tts-1's `input`
+    characters and dall-e's `n`, `size` and `quality` (each missing one the API's default: 1, 1024x1024, standard)."""
+    billed = usage.billed_by_request
+    none = usage.Parsed(model="")
+    speech = json.dumps({"model": "tts-1", "input": "Héllo there", "voice": "alloy"}).encode()
+    p = billed(none, "/v1/audio/speech", speech, "application/json", True)
+    assert p.billed and not p.known and p.tokens == TokenCounts(characters=11)  # characters, not UTF-8 bytes
+    assert billed(none, "/openai/deployments/tts/audio/speech", speech, "application/json", True).tokens.characters == 11
+    generate = json.dumps({"model": "dall-e-3", "prompt": "a cat", "size": "1792x1024", "quality": "hd"}).encode()
+    assert billed(none, "/v1/images/generations", generate, "application/json", True).tokens.images == (("hd", "1792x1024", 1),)
+    defaults = json.dumps({"model": "dall-e-2", "prompt": "a cat", "n": 3, "size": None}).encode()
+    assert billed(none, "/v1/images/generations", defaults, "application/json", True).tokens.images == (("standard", "1024x1024", 3),)
+    edit, ctype = form([("model", b"dall-e-2"), ("n", b"2"), ("size", b"512x512"), ("image", PNG), ("prompt", b"blue")])
+    assert billed(none, "/v1/images/edits", edit, ctype, True).tokens.images == (("standard", "512x512", 2),)
+    variation, ctype = form([("image", PNG), ("model", b"dall-e-2")])
+    assert billed(none, "/v1/images/variations", variation, ctype, True).tokens.images == (("standard", "1024x1024", 1),)
+    # a streamed upload's logged start, cut in its file after n and size (an SDK sends the fields first): its quality,
+    # not told, matters not for dall-e-2 (one quality), for dall-e-3 it would
+    from helicone_core.cost import CostRegistry
+
+    cut = form([("model", b"dall-e-2"), ("n", b"2"), ("size", b"512x512"), ("image", PNG)], close=False)[0][:-100]
+    p = billed(none, "/v1/images/edits", cut, ctype, True)
+    assert p.tokens.images == (("", "512x512", 2),)
+    assert p.cost(CostRegistry.default(), "openai", "dall-e-2") == pytest.approx(2 * 0.018)
+    wide = billed(none, "/v1/images/edits", cut.replace(b"512x512", b"1024x1024"), ctype, True)
+    assert wide.cost(CostRegistry.default(), "openai", "dall-e-3") is None  # standard $0.04 or hd $0.08
+
+
+@pytest.mark.parametrize("path, body, ctype, answered", [
+    ("/v1/audio/speech", b'{"model": "tts-1", "input": "cut at the lo', "application/json", True),  # not JSON: cut
+    ("/v1/audio/speech", b'{"model": "tts-1", "input": ["a"]}', "application/json", True),
+    ("/v1/audio/speech", b'{"model": "tts-1", "input": "hello"}', "application/json", False),  # a 4xx, cut short
+    ("/v1/chat/completions", b'{"model": "tts-1", "input": "hello"}', "application/json", True),
+    ("/v1/images/generations", b'{"model": "dall-e-2", "prompt": "x", "n": 0}', "application/json", True),
+    ("/v1/images/generations", b'{"model": "dall-e-2", "prompt": "x", "n": 11}', "application/json", True),
+    ("/v1/images/generations", b'{"model": "dall-e-2", "prompt": "x", "n": true}', "application/json", True),
+    ("/v1/images/generations", b'{"model": "dall-e-2", "prompt": "x", "n": 2.0}', "application/json", True),
+    ("/v1/images/generations", b'{"model": "dall-e-3", "prompt": "x", "size": 1024}', "application/json", True),
+    # a streamed upload's logged start, cut before its fields: they may say otherwise than the defaults
+    ("/v1/images/edits", form([("image", PNG)], close=False)[0], FORM_TYPE, True),
+    ("/v1/images/edits", form([("model", b"dall-e-2"), ("n", b"2"), ("image", PNG)], close=False)[0], FORM_TYPE, True),
+    ("/v1/images/edits", form([("n", b"x2"), ("image", PNG)])[0], FORM_TYPE, True),
+    ("/v1/images/edits", form([("n", "²".encode()), ("image", PNG)])[0], FORM_TYPE, True),  # a digit, not a number
+    ("/v1/images/edits", form([("n", b"2"), ("image", PNG)])[0], "multipart/form-data", True),  # no boundary
+])
+def test_a_request_that_does_not_tell_what_it_was_billed_for_counts_nothing(path, body, ctype, answered):
+    p = usage.billed_by_request(usage.Parsed(model="m"), path, body, ctype, answered)
+    assert not p.billed and p.tokens == TokenCounts()
+
+
+def test_an_answer_with_a_usage_or_not_priced_is_not_counted_again_from_its_request():
+    speech = b'{"model": "gpt-4o-mini-tts", "input": "hello", "stream_format": "sse"}'
+    read = usage.Parsed(model="", tokens=TokenCounts(prompt_tokens=1, completion_tokens=50), known=True)
+    assert usage.billed_by_request(read, "/v1/audio/speech", speech, "application/json", True) is read
+    failed = usage.Parsed(model="", priced=False)
+    assert usage.billed_by_request(failed, "/v1/audio/speech", speech, "application/json", True) is failed
+
+
+def test_form_fields_reads_a_forms_small_fields_and_whether_it_came_whole():
+    body, ctype = form([("model", b"whisper-1"), ("file", PNG), ("n", b"2"), ("prompt", b"x" * 300)])
+    assert usage.form_fields(body, ctype, frozenset({b"model", b"n", b"prompt"})) == ({"model": "whisper-1", "n": "2", "prompt": ""}, True)
+    cut = body[:len(body) // 2]
+    assert usage.form_fields(cut, ctype, frozenset({b"model", b"n"})) == ({"model": "whisper-1"}, False)
+    assert usage.form_model(body, ctype) == "whisper-1" and usage.form_model(body, "application/json") == ""

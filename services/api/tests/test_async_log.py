@@ -574,6 +574,31 @@ def test_an_async_log_of_a_batch_object_keeps_its_model_and_no_usage():
     assert (ev.model, ev.usage.known, ev.cost_known) == ("gpt-4o-mini", False, False)
 
 
+def test_an_async_log_of_speech_or_dall_e_is_priced_by_its_request_as_the_gateway_prices_it():
+    """tts-1's answer is audio and dall-e's names no usage: as the gateway, the request's `input` characters ($15 per
+    1M) and images (dall-e-3 hd 1024x1792: $0.12) price them; an error answer is not priced."""
+    import datetime as dt
+
+    from helicone_api.async_log import AsyncLog, to_event
+    from helicone_core.cost import CostRegistry
+
+    costs = CostRegistry.default()
+    cases = [
+        ("https://api.openai.com/v1/audio/speech", {"model": "tts-1", "input": "Hello there", "voice": "alloy"},
+         {"status": 200, "textBody": "ID3..."}, 11 * 15.0 / 1e6),
+        ("https://api.openai.com/v1/images/generations",
+         {"model": "dall-e-3", "prompt": "a cat", "size": "1024x1792", "quality": "hd"},
+         {"status": 200, "json": {"created": T0, "data": [{"url": "https://img.example/1.png"}]}}, 0.12),
+        ("https://api.openai.com/v1/images/generations", {"model": "dall-e-3", "prompt": "a cat"},
+         {"status": 400, "json": {"error": {"message": "content policy"}}}, None),
+    ]
+    for url, request, response, want in cases:
+        p = AsyncLog.model_validate({"providerRequest": {"url": url, "json": request}, "providerResponse": response})
+        ev = to_event(p, org_id="o", costs=costs, region="", body_limit=1 << 20, now=dt.datetime.now(dt.timezone.utc))
+        assert (ev.model, ev.usage.known) == (request["model"], False)
+        assert (ev.cost_usd if ev.cost_known else None) == pytest.approx(want), url
+
+
 async def test_deeply_nested_json_is_a_4xx_never_a_500(logging_api):
     client, *_ = logging_api
     app = client._transport.app

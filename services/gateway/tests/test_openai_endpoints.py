@@ -17,7 +17,13 @@ from helicone_gateway.settings import GatewaySettings
 
 from services.gateway.tests.test_http_server import running
 from services.gateway.tests.test_proxy import StubKeys
-from tests.support.fake_upstream import SPEECH_TOKENS_PER_WORD, binary_bytes
+from tests.support.fake_upstream import (
+    IMAGE_INPUT_TOKENS,
+    IMAGE_TOKENS,
+    SPEECH_TOKENS_PER_WORD,
+    WHISPER_SECONDS,
+    binary_bytes,
+)
 from tests.support.fake_upstream import create_app as create_fake_upstream
 from tests.support.inloop import serve
 
@@ -78,7 +84,7 @@ async def test_an_image_edit_is_logged_with_the_model_of_its_form(gateway):
     assert fake.state.received[-1]["body"]["model"] == "gpt-image-1"
     [ev] = await logged(built)
     assert (ev.status, ev.model, ev.path) == (200, "gpt-image-1", "/v1/images/edits")
-    assert ev.usage.known and not ev.cost_known  # the registry has no gpt-image price: unknown, never a guess
+    assert ev.usage.known and ev.cost_known  # its image tokens at gpt-image-1's prices: test_gpt_image_models_...
 
 
 async def test_a_streamed_speech_is_priced_as_gpt_4o_mini_tts_and_a_binary_one_is_unknown(gateway):
@@ -106,6 +112,80 @@ async def test_a_streamed_speech_is_priced_as_gpt_4o_mini_tts_and_a_binary_one_i
     assert (mp3.model, mp3.usage.known, mp3.cost_known) == ("gpt-4o-mini-tts", False, False)
     assert mp3.inline.response_content_type == "audio/mpeg" and mp3.inline.response_truncated
     assert mp3.inline.response_body == binary_bytes(LOGGED)  # the start of the audio as sent, not text
+
+
+async def test_tts_1_whisper_1_and_dall_e_are_priced_by_what_openai_bills_them(gateway):
+    """Their answers carry no tokens, and their cost was unknown. tts-1 is billed per character of its input ($15 per
+    1M, tts-1-hd $30), whisper-1 per minute of audio ($0.006, by its answer's usage.seconds; a text answer gives none:
+    unknown), DALL-E per image by size and quality (dall-e-3 standard 1024x1024 $0.04, hd 1792x1024 $0.12, a request
+    naming neither gets the API's defaults, standard 1024x1024; dall-e-2 256x256 $0.016 each of n)."""
+    client, _fake, built, _ = gateway
+    text = "Héllo there, what a day"  # characters, not UTF-8 bytes
+    for model in ("tts-1", "tts-1-hd"):
+        audio = await client.audio.speech.create(model=model, voice="alloy", input=text)
+        assert audio.content == binary_bytes(len(audio.content))
+    transcript = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", binary_bytes(2000), "audio/wav"))
+    assert transcript.usage.seconds == WHISPER_SECONDS
+    plain = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", binary_bytes(2000), "audio/wav"),
+                                                     response_format="text")
+    assert isinstance(plain, str)
+    await client.images.generate(model="dall-e-3", prompt="a cat", size="1792x1024", quality="hd")
+    await client.images.generate(model="dall-e-3", prompt="a cat")
+    three = await client.images.generate(model="dall-e-2", prompt="a cat", n=3, size="256x256")
+    assert len(three.data) == 3
+    events = await logged(built, 7)
+    assert [(ev.model, ev.status) for ev in events] == [
+        ("tts-1", 200), ("tts-1-hd", 200), ("whisper-1", 200), ("whisper-1", 200), ("dall-e-3", 200), ("dall-e-3", 200),
+        ("dall-e-2", 200)]
+    costs = [ev.cost_usd if ev.cost_known else None for ev in events]
+    assert costs == pytest.approx([len(text) * 15.0 / 1e6, len(text) * 30.0 / 1e6, WHISPER_SECONDS / 60 * 0.006, None,
+                                   0.12, 0.04, 3 * 0.016])
+    # no tokens were reported: the usage stays unknown, the cost is what the request was billed for
+    assert [ev.usage.known for ev in events] == [False, False, True, False, False, False, False]
+
+
+async def test_gpt_image_models_are_priced_by_their_text_and_image_tokens(gateway):
+    """gpt-image-1's usage splits its input into text and image tokens ($5 and $10 per 1M) and its output is image
+    tokens ($40 per 1M); gpt-image-1-mini $2, $2.50, $8. They had no price: their cost was unknown."""
+    client, _fake, built, _ = gateway
+    generated = await client.images.generate(model="gpt-image-1", prompt="a cat on a mat", n=2)
+    assert generated.usage.output_tokens == 2 * IMAGE_TOKENS
+    edited = await client.images.edit(model="gpt-image-1-mini", image=("cat.png", binary_bytes(5000), "image/png"),
+                                      prompt="make it blue")
+    assert edited.usage.input_tokens_details.image_tokens == IMAGE_INPUT_TOKENS
+    generate, edit = await logged(built, 2)
+    assert generate.cost_known and generate.cost_usd == pytest.approx((5 * 5.0 + 2 * IMAGE_TOKENS * 40.0) / 1e6)
+    assert edit.model == "gpt-image-1-mini" and edit.cost_known
+    assert edit.cost_usd == pytest.approx((3 * 2.0 + IMAGE_INPUT_TOKENS * 2.50 + IMAGE_TOKENS * 8.0) / 1e6)
+
+
+def edit_form(fields: dict[str, str], image: bytes, fields_first: bool, boundary: str = "edit-b1") -> tuple[bytes, str]:
+    """An image edit's multipart body: its fields before the image (as the SDKs send them) or after it."""
+    text = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items())
+    file = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="in.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + image + b"\r\n"
+    parts = [text.encode(), file] if fields_first else [file, text.encode()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def test_a_dall_e_edit_streamed_as_a_large_upload_is_priced_only_from_the_fields_its_logged_start_holds(gateway):
+    """An upload of a megabyte or more is streamed and only its start is kept: n and size sent before the image (as the
+    SDKs send them) price it (dall-e-2 512x512, $0.018 each); sent after it, the start does not tell them, and the
+    cost is unknown rather than the defaults' (1 image, 1024x1024)."""
+    client, fake, built, url = gateway
+    image = binary_bytes(1536 * 1024)
+    answer = await client.images.edit(model="dall-e-2", image=("big.png", image, "image/png"), prompt="blue", n=2,
+                                      size="512x512")
+    assert len(answer.data) == 2
+    body, ctype = edit_form({"model": "dall-e-2", "prompt": "blue", "n": "2", "size": "512x512"}, image, fields_first=False)
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(url + "/v1/images/edits", content=body,
+                            headers={"Helicone-Auth": "Bearer good-key", "Authorization": "Bearer sk-provider", "Content-Type": ctype})
+    assert r.status_code == 200 and len(r.json()["data"]) == 2 and fake.state.received[-1]["body"]["bytes"] == len(body)
+    sdk, fields_last = await logged(built, 2)
+    assert sdk.inline.request_truncated and fields_last.inline.request_truncated  # streamed: their start kept
+    assert (sdk.model, sdk.cost_known) == ("dall-e-2", True) and sdk.cost_usd == pytest.approx(2 * 0.018)
+    assert (fields_last.model, fields_last.status, fields_last.cost_known) == ("", 200, False)
 
 
 def upload_body(size: int, boundary: str = "helicone-upload-b1") -> tuple[bytes, str]:

@@ -6,6 +6,7 @@ import pytest
 from helicone_core.providers import PROVIDER_TABLE
 
 from services.gateway.tests.test_proxy import ORG, host_port, started_gateway
+from tests.support.fake_upstream import WHISPER_SECONDS
 from tests.support.fake_upstream import create_app as create_fake_upstream
 from tests.support.inloop import serve
 
@@ -243,7 +244,7 @@ async def test_audio_transcriptions_are_logged_with_the_form_models_cost(gateway
     """POST /v1/audio/transcriptions is multipart/form-data: the model is a form field and the answer names none.
     The logged model was "" and the cost unknown, though gpt-4o-transcribe's answer carries its usage
     (audio tokens in: $6 per 1M, text out $10; platform.openai.com/docs/pricing). whisper-1 is priced per minute
-    of audio, which the registry does not price: its cost is unknown, not a guess."""
+    of audio ($0.006), by the seconds its answer's usage reports."""
     client, fake, built, _ = gateway
     headers = {**AUTH, "Authorization": "Bearer sk-provider"}
     for model in ("gpt-4o-transcribe", "whisper-1"):
@@ -255,7 +256,7 @@ async def test_audio_transcriptions_are_logged_with_the_form_models_cost(gateway
     assert (transcribe.provider, transcribe.model, transcribe.path) == ("openai", "gpt-4o-transcribe", "/v1/audio/transcriptions")
     assert (transcribe.usage.prompt_tokens, transcribe.usage.completion_tokens, transcribe.usage.known) == (100, REPLY_WORDS, True)
     assert transcribe.cost_known and transcribe.cost_usd == pytest.approx(usd(100, REPLY_WORDS, 6.0, 10.0))
-    assert whisper.model == "whisper-1" and not whisper.cost_known
+    assert whisper.model == "whisper-1" and whisper.cost_known and whisper.cost_usd == pytest.approx(WHISPER_SECONDS / 60 * 0.006)
 
 
 VERTEX_CLAUDE = "/v1/projects/acme/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929"

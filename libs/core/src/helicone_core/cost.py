@@ -7,15 +7,18 @@ the first entry whose `regex` / `pattern` (glob) matches, else by the longest en
 with, unless the rest names another version of it (claude-opus-4-6 is not claude-opus-4); a fine-tune
 (ft:<model>:...) only by the ft: entries; a Bedrock id of an Anthropic model is looked up as the whole id,
 then as the model's own name.
-Tiers price the whole request differently above a prompt size (long-context pricing). An entry may also carry its model's
-context window (`context_window`, tokens), found by the same matching: the gateway's Helicone-Token-Limit-Exception-Handler
-reads it (context_window)."""
+Tiers price the whole request differently above a prompt size (long-context pricing). Models billed by something
+else than tokens are priced by it: the characters of their input (tts-1), the minutes of their input audio
+(whisper-1), their images by quality and size (dall-e). An entry may also carry its model's context window
+(`context_window`, tokens), found by the same matching: the gateway's Helicone-Token-Limit-Exception-Handler reads it
+(context_window)."""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
 import json
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +27,7 @@ from pathlib import Path
 from .settings import env_name
 
 PER_TOKENS = 1_000_000
+PER_CHARACTERS = 1_000_000  # `characters` is USD per 1M characters
 # Bedrock's id of an Anthropic model, "anthropic.<model>-v<N>:<M>", with a geography in front for a cross-region
 # inference profile ("us.", "eu.", "apac.", "au.", "jp.", "global."): priced as <model> unless an entry
 # matches the whole id (the geographic profiles of newer models cost more). GovCloud's "us-gov." is not among them.
@@ -33,28 +37,44 @@ _BEDROCK_ANTHROPIC = re.compile(r"(?:(?:us|eu|apac|au|jp|global)\.)?anthropic\.(
 # ("gpt-4-0613", "claude-opus-4-20250514"), nor a size ("qwen3-8b"). Matched where the entry's name ends: a number of
 # one or two digits (after "-", "." or none) that ends the name or a part of it.
 _OTHER_VERSION = re.compile(r"[-.]?[0-9]{1,2}(?![0-9a-z])")
-_PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "audio_cache_read")
-# USD per 1,000 searches of a server-side web search tool (Anthropic's web_search): a model's, whatever its prompt's tier
+_PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "audio_cache_read",
+                 "image_input", "image_output")
+# A model's prices of what it bills besides tokens, whatever its prompt's tier: web_search (USD per 1,000 searches of a
+# server-side web search tool, Anthropic's), characters (USD per 1M characters of input: tts-1), audio_minute (USD per
+# minute of input audio: whisper-1), images (USD per image, by quality then size: dall-e)
+_UNIT_FIELDS = ("web_search", "characters", "audio_minute", "images")
+_UNITS = {"web_search": "USD per 1,000 searches", "characters": "USD per 1M characters", "audio_minute": "USD per minute of audio"}
+# a model priced by one of these needs no token price (a request that reports tokens to it has no cost)
+_BILLED_BY_UNIT = ("characters", "audio_minute", "images")
 # context_window: the model's context window in tokens (prompt and completion together), as its provider documents it
-_ENTRY_FIELDS = {*_PRICE_FIELDS, "web_search", "tiers", "pattern", "regex", "context_window"}
+_ENTRY_FIELDS = {*_PRICE_FIELDS, *_UNIT_FIELDS, "tiers", "pattern", "regex", "context_window"}
 _TIER_FIELDS = {*_PRICE_FIELDS, "above"}
+_IMAGE_SIZE = re.compile(r"[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")  # WIDTHxHEIGHT, as the Images API's `size`
 
 
 @dataclass(frozen=True)
 class Price:
-    input: float
-    output: float
-    cache_read: float
-    cache_write: float
-    cache_write_1h: float  # a prompt-cache write kept for an hour (Anthropic's 1-hour TTL), where it costs more
+    # None for a model not billed by that kind of token (tts-1, whisper-1, dall-e; gpt-image's text output): a request
+    # that reports such tokens has no cost rather than one that leaves them out
+    input: float | None
+    output: float | None
+    cache_read: float | None
+    cache_write: float | None
+    cache_write_1h: float | None  # a prompt-cache write kept for an hour (Anthropic's 1-hour TTL), where it costs more
     # audio tokens (OpenAI's audio, realtime and transcribe models), None where the registry has no audio price:
     # a request that used audio then has no cost rather than one priced at the text rate
     audio_input: float | None = None
     audio_output: float | None = None
     audio_cache_read: float | None = None
+    # image tokens (gpt-image's usage: input_tokens_details.image_tokens, its output), None where the registry has none
+    image_input: float | None = None
+    image_output: float | None = None
     # USD per 1,000 web searches (Anthropic's usage.server_tool_use.web_search_requests), None where the registry has
     # none: a request that searched then has no cost rather than one without its searches
     web_search: float | None = None
+    characters: float | None = None  # USD per 1M characters of input (tts-1)
+    audio_minute: float | None = None  # USD per minute of input audio (whisper-1), billed to the nearest second
+    images: tuple[tuple[str, str, float], ...] = ()  # (quality, size, USD per image) of a model billed per image
     # (prompt tokens above which it applies, price), ascending: the whole request is priced at the
     # highest tier its prompt exceeds
     tiers: tuple[tuple[int, Price], ...] = ()
@@ -66,10 +86,18 @@ class Price:
                 chosen = tier
         return chosen
 
+    def image(self, quality: str, size: str) -> float | None:
+        """USD per image of this quality and size; None where the model has no such price. Quality "" (the request did
+        not tell it): the price of that size where every quality the model has it in costs the same (dall-e-2's one)."""
+        prices = {usd for q, s, usd in self.images if s == size and (q == quality or not quality)}
+        return prices.pop() if len(prices) == 1 else None
+
 
 @dataclass(frozen=True)
 class TokenCounts:
-    """prompt_tokens counts every prompt token, cached or not; the cache counts are subsets of it."""
+    """What a request is billed for. prompt_tokens counts every prompt token, cached or not; the cache, audio and
+    image counts are subsets of it (of completion_tokens). Models billed otherwise count characters, audio seconds
+    or images. Every field adds up (a Realtime session sums its responses')."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -79,13 +107,38 @@ class TokenCounts:
     audio_prompt_tokens: int = 0  # of prompt_tokens, those that are audio (cached or not)
     audio_cache_read_tokens: int = 0  # of audio_prompt_tokens, those read from the cache (of cache_read_tokens too)
     audio_completion_tokens: int = 0  # of completion_tokens, those that are audio
+    image_prompt_tokens: int = 0  # of prompt_tokens, those that are images (gpt-image's input_tokens_details)
+    image_completion_tokens: int = 0  # of completion_tokens, those that are images (gpt-image's output)
     web_search_requests: int = 0  # searches a server-side web search tool ran (billed per search, besides tokens)
+    characters: int = 0  # characters of input of a model billed by them (tts-1: the request's `input`)
+    audio_seconds: float = 0.0  # seconds of input audio of a model billed by its length (whisper-1: the answer's)
+    # images of a model billed per image (dall-e): (quality, size, how many), as the request asked for them; quality ""
+    # where it did not tell (a streamed upload's form cut before it): priced where the size has one price
+    images: tuple[tuple[str, str, int], ...] = ()
 
 
-def _number(where: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{where}: {name} must be a number >= 0 (USD per 1M tokens), got {value!r}")
+def _number(where: str, name: str, value, unit: str = "USD per 1M tokens") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{where}: {name} must be a number >= 0 ({unit}), got {value!r}")
     return float(value)
+
+
+def _images(where: str, table) -> tuple[tuple[str, str, float], ...]:
+    """`images`: {quality: {size: USD per image}}, e.g. {"standard": {"1024x1024": 0.04}}."""
+    form = 'an object of qualities, each an object of sizes ("1024x1024") and USD per image'
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"{where}: images must be {form}, got {table!r}")
+    out = []
+    for quality, sizes in table.items():
+        if not quality:
+            raise ValueError(f"{where}: images: a quality needs a name (\"standard\", \"hd\")")
+        if not isinstance(sizes, dict) or not sizes:
+            raise ValueError(f"{where}: images.{quality} must be an object of sizes (\"1024x1024\") and USD per image, got {sizes!r}")
+        for size, usd in sizes.items():
+            if not _IMAGE_SIZE.fullmatch(size):
+                raise ValueError(f"{where}: images.{quality}: {size!r} is no size; accepted: WIDTHxHEIGHT, e.g. \"1024x1024\"")
+            out.append((quality, size, _number(where, f"images.{quality}.{size}", usd, "USD per image")))
+    return tuple(out)
 
 
 def _price(where: str, p: dict, fields: set[str]) -> Price:
@@ -94,25 +147,34 @@ def _price(where: str, p: dict, fields: set[str]) -> Price:
     unknown = set(p) - fields
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; accepted: {sorted(fields)}")
-    for req in ("input", "output"):
-        if req not in p:
+    # a model billed by characters, audio minutes or images needs no token price, one whose output is images
+    # (image_output) no text output price: tokens it has no price for give a request no cost
+    by_unit = any(name in p for name in _BILLED_BY_UNIT)
+    for req, spared in (("input", by_unit), ("output", by_unit or "image_output" in p)):
+        if req not in p and not spared:
             raise ValueError(f"{where}: {req} is missing")
-    inp = _number(where, "input", p["input"])
-    write = _number(where, "cache_write", p.get("cache_write", inp))
-    audio = {name: _number(where, name, p[name]) for name in ("audio_input", "audio_output") if name in p}
-    if "audio_cache_read" in p:
-        audio["audio_cache_read"] = _number(where, "audio_cache_read", p["audio_cache_read"])
-    elif "audio_input" in audio:
-        audio["audio_cache_read"] = audio["audio_input"]
-    if "web_search" in p:
-        audio["web_search"] = _number(where, "web_search", p["web_search"])
+
+    def number(name: str, default=None) -> float | None:
+        value = p.get(name, default)
+        return None if value is None else _number(where, name, value)
+
+    inp = number("input")
+    write = number("cache_write", inp)
+    extra = {name: number(name) for name in ("audio_input", "audio_output", "image_input", "image_output") if name in p}
+    if "audio_cache_read" in p or "audio_input" in extra:
+        extra["audio_cache_read"] = number("audio_cache_read", extra.get("audio_input"))
+    for name in ("web_search", "characters", "audio_minute"):
+        if name in p:
+            extra[name] = _number(where, name, p[name], _UNITS[name])
+    if "images" in p:
+        extra["images"] = _images(where, p["images"])
     return Price(
         input=inp,
-        output=_number(where, "output", p["output"]),
-        cache_read=_number(where, "cache_read", p.get("cache_read", inp)),
+        output=number("output"),
+        cache_read=number("cache_read", inp),
         cache_write=write,
-        cache_write_1h=_number(where, "cache_write_1h", p.get("cache_write_1h", write)),
-        **audio,
+        cache_write_1h=number("cache_write_1h", write),
+        **extra,
     )
 
 
@@ -135,7 +197,9 @@ def _entry(where: str, name: str, p) -> _Entry:
         above = t.get("above") if isinstance(t, dict) else None
         if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
             raise ValueError(f"{tw}: above must be a prompt token count > 0, got {above!r}")
-        tiers.append((above, dataclasses.replace(_price(tw, t, _TIER_FIELDS), web_search=price.web_search)))
+        tiers.append((above, dataclasses.replace(_price(tw, t, _TIER_FIELDS), web_search=price.web_search,
+                                                 characters=price.characters, audio_minute=price.audio_minute,
+                                                 images=price.images)))
     tiers.sort(key=lambda x: x[0])
     if len({a for a, _ in tiers}) != len(tiers):
         raise ValueError(f"{where}: two tiers start above the same prompt size")
@@ -263,8 +327,9 @@ class CostRegistry:
         return match.context_window if match else None
 
     def cost(self, provider: str, model: str, tokens: TokenCounts) -> float | None:
-        """USD, or None when the model has no price here (nor an audio price for the audio tokens it reported, nor a
-        web search price for the searches it ran)."""
+        """USD, or None when the model has no price here, or none for something the request was billed for (audio or
+        image tokens, text tokens to a model billed otherwise, web searches, characters, audio, an image's size and
+        quality), or counts nothing a model billed only otherwise is billed by."""
         base = self.price(provider, model)
         if base is None:
             return None
@@ -272,25 +337,56 @@ class CostRegistry:
         audio_in = min(tokens.audio_prompt_tokens, tokens.prompt_tokens)
         audio_cached = min(tokens.audio_cache_read_tokens, audio_in, tokens.cache_read_tokens)
         audio_out = min(tokens.audio_completion_tokens, tokens.completion_tokens)
-        if (audio_in and price.audio_input is None) or (audio_out and price.audio_output is None):
-            return None
-        if tokens.web_search_requests and price.web_search is None:
-            return None
+        image_in = min(tokens.image_prompt_tokens, tokens.prompt_tokens - audio_in)
+        image_out = min(tokens.image_completion_tokens, tokens.completion_tokens - audio_out)
+        if image_in and (tokens.cache_read_tokens or tokens.cache_write_tokens):
+            return None  # which of the cached tokens are images is not reported
         uncached = max(tokens.prompt_tokens - tokens.cache_read_tokens - tokens.cache_write_tokens, 0)
         audio_uncached = min(audio_in - audio_cached, uncached)
         one_hour = min(tokens.cache_write_1h_tokens, tokens.cache_write_tokens)
-        usd = (
-            (uncached - audio_uncached) * price.input
-            + (tokens.cache_read_tokens - audio_cached) * price.cache_read
-            + (tokens.cache_write_tokens - one_hour) * price.cache_write
-            + one_hour * price.cache_write_1h
-            + (tokens.completion_tokens - audio_out) * price.output
-        ) / PER_TOKENS
-        if audio_in or audio_out:  # (a price is None only where its count is 0, checked above)
-            usd += (audio_uncached * (price.audio_input or 0.0) + audio_cached * (price.audio_cache_read or 0.0)
-                    + audio_out * (price.audio_output or 0.0)) / PER_TOKENS
+        # (count, USD per 1M): a count without a price gives no cost, never one that leaves it out
+        counted = (
+            (max(uncached - audio_uncached - image_in, 0), price.input),
+            (tokens.cache_read_tokens - audio_cached, price.cache_read),
+            (tokens.cache_write_tokens - one_hour, price.cache_write),
+            (one_hour, price.cache_write_1h),
+            (tokens.completion_tokens - audio_out - image_out, price.output),
+            (audio_uncached, price.audio_input),
+            (audio_cached, price.audio_cache_read),
+            (audio_out, price.audio_output),
+            (image_in, price.image_input),
+            (image_out, price.image_output),
+        )
+        usd = 0.0
+        for count, per_million in counted:
+            if count:
+                if per_million is None:
+                    return None
+                usd += count * per_million
+        usd /= PER_TOKENS
+        billed = False
+        if tokens.characters:
+            if price.characters is None:
+                return None
+            usd += tokens.characters * price.characters / PER_CHARACTERS
+            billed = True
+        if tokens.audio_seconds:
+            if price.audio_minute is None:
+                return None
+            usd += math.floor(tokens.audio_seconds + 0.5) * price.audio_minute / 60  # to the nearest second
+            billed = True
+        for quality, size, n in tokens.images:
+            each = price.image(quality, size)
+            if each is None:
+                return None
+            usd += n * each
+            billed = True
+        if not billed and price.input is None and price.output is None:
+            return None  # a model billed only by characters, audio or images, and none counted: unknown, not $0
         if tokens.web_search_requests:
-            usd += tokens.web_search_requests * (price.web_search or 0.0) / 1000
+            if price.web_search is None:
+                return None
+            usd += tokens.web_search_requests * price.web_search / 1000
         return round(usd, 12)
 
 

@@ -34,10 +34,15 @@ class Parsed:
     # False: the provider bills this answer by something else than its tokens (Vertex AI's embeddings :predict, by
     # the characters of most models): its usage is logged, its cost is unknown rather than priced per token
     priced: bool = True
+    # True: no usage was read, but what the answer was billed for is known (tts-1's characters and dall-e's images from
+    # the request, billed_by_request; whisper-1's seconds from an older verbose_json's duration): priced by that, its
+    # usage still logged as unknown
+    billed: bool = False
 
     def cost(self, costs: CostRegistry, provider: str, model: str) -> float | None:
-        """USD, or None: no usage read, an answer not billed by its tokens (`priced`), or a model without a price."""
-        return costs.cost(provider, model, self.tokens) if self.known and self.priced else None
+        """USD, or None: no usage read nor billed units counted, an answer not billed by its tokens (`priced`), or a
+        model without a price."""
+        return costs.cost(provider, model, self.tokens) if (self.known or self.billed) and self.priced else None
 
     def logged_usage(self) -> Usage:
         """The usage as RequestLogged carries it (the gateway's and the async logs' events alike)."""
@@ -151,6 +156,13 @@ def _dict(v) -> dict:
     return v if isinstance(v, dict) else {}
 
 
+def _seconds(v) -> float | None:
+    """A length of audio in seconds, as an answer gives it; None for anything else."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= MAX_TOKENS:
+        return None
+    return float(v)
+
+
 def openai_usage(usage: dict) -> TokenCounts:
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
@@ -164,11 +176,22 @@ def openai_usage(usage: dict) -> TokenCounts:
     reasoning = _int(completion_details.get("reasoning_tokens"))
     if reasoning and _int(usage.get("total_tokens")) == prompt + completion + reasoning:
         completion += reasoning
-    # audio tokens (audio, realtime and transcribe models) cost several times the text rate
+    # the Images API's (GPT image models): input_tokens_details splits text and image tokens, and its output tokens
+    # are the image's (output_tokens_details splits them where the model writes text too); image tokens cost more
+    images_in = _dict(usage.get("input_tokens_details"))
+    image_in = image_out = 0
+    if "image_tokens" in images_in or "text_tokens" in images_in:
+        image_in = _int(images_in.get("image_tokens"))
+        images_out = _dict(usage.get("output_tokens_details"))
+        image_out = _int(images_out.get("image_tokens")) if "image_tokens" in images_out else completion
+    # audio tokens (audio, realtime and transcribe models) cost several times the text rate; whisper-1 reports the
+    # audio's length instead ({"type": "duration", "seconds": N}), what it is billed by
+    seconds = _seconds(usage.get("seconds")) if usage.get("type") == "duration" else None
     return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached,
                        audio_prompt_tokens=_int(prompt_details.get("audio_tokens")),
                        audio_cache_read_tokens=_int(_dict(prompt_details.get("cached_tokens_details")).get("audio_tokens")),
-                       audio_completion_tokens=_int(completion_details.get("audio_tokens")))
+                       audio_completion_tokens=_int(completion_details.get("audio_tokens")),
+                       image_prompt_tokens=image_in, image_completion_tokens=image_out, audio_seconds=seconds or 0.0)
 
 
 def anthropic_usage(usage: dict, output_tokens: int | None = None) -> TokenCounts:
@@ -269,6 +292,10 @@ def _parse_response(usage_format: str, body: bytes, content_type: str, tail: byt
     model = doc.get("model") if isinstance(doc.get("model"), str) else ""
     usage = doc.get("usage")
     if not isinstance(usage, dict):
+        # a verbose_json transcription or translation from before the API added its usage: the audio's length
+        seconds = _seconds(doc.get("duration")) if usage_format == "openai" and isinstance(doc.get("text"), str) else None
+        if seconds is not None:
+            return Parsed(model=model, tokens=TokenCounts(audio_seconds=seconds), billed=True)
         return Parsed(model=model)
     if usage_format == "anthropic":
         return Parsed(model=model, tokens=anthropic_usage(usage), known=True, priced=anthropic_priced(usage))
@@ -829,36 +856,114 @@ def request_fields(body: bytes) -> tuple[str, bool, str]:
 # multipart/form-data requests whose `model` is a form field, answered without a model
 FORM_DATA = "multipart/form-data"
 _BOUNDARY = re.compile(r';\s*boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
-_MODEL_PART = re.compile(rb'^content-disposition:[ \t]*form-data[ \t]*;(?:[^\r\n]*;)?[ \t]*name="?model"?[ \t]*(?:;|\r?$)',
-                         re.IGNORECASE | re.MULTILINE)
-FORM_MODEL_MAX_BYTES = 256  # a model name; a longer `model` field is no model
+_PART_NAME = re.compile(rb'^content-disposition:[ \t]*form-data[ \t]*;(?:[^\r\n]*;)?[ \t]*name="?([^";\r\n]*)"?[ \t]*(?:;|\r?$)',
+                        re.IGNORECASE | re.MULTILINE)
+FORM_MODEL_MAX_BYTES = 256  # a model name (or another field read: n, size, quality); a longer one is none of them
 
 
-def form_model(body: bytes, content_type: str) -> str:
-    """The `model` field of a multipart/form-data request body; "" when it has none (or is no such body).
-    Only the parts' headers are searched: the audio file between them is skipped, not copied."""
+def form_fields(body: bytes, content_type: str, names: frozenset[bytes]) -> tuple[dict[str, str], bool]:
+    """The fields `names` of a multipart/form-data request body ("" for one longer than FORM_MODEL_MAX_BYTES), and
+    whether the body is whole (its closing delimiter is there: a streamed upload's logged start is not, a field
+    after the cut is missing). Only the parts' headers are searched: a file between them is skipped, not copied."""
     if not (content_type or "").lower().startswith(FORM_DATA):
-        return ""
+        return {}, False
     m = _BOUNDARY.search(content_type)
     if not m:
-        return ""
+        return {}, False
     delimiter = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    found: dict[str, str] = {}
     at = body.find(delimiter)
     while at >= 0:
         start = at + len(delimiter)
+        if body.startswith(b"--", start):
+            return found, True
         end_of_head = body.find(b"\r\n\r\n", start)
         if end_of_head < 0:
-            return ""
+            return found, False
         following = body.find(delimiter, end_of_head)
         if following < 0:
-            return ""
-        if _MODEL_PART.search(body, start, end_of_head + 2):
+            return found, False
+        part = _PART_NAME.search(body, start, end_of_head + 2)
+        if part and part.group(1) in names:
+            name = part.group(1).decode("latin-1")
             value = body[end_of_head + 4:following]
             if value.endswith(b"\r\n"):
                 value = value[:-2]
-            return value.decode("utf-8", errors="replace").strip() if len(value) <= FORM_MODEL_MAX_BYTES else ""
+            if name not in found:
+                found[name] = value.decode("utf-8", errors="replace").strip() if len(value) <= FORM_MODEL_MAX_BYTES else ""
         at = following
-    return ""
+    return found, False
+
+
+_MODEL_FIELD = frozenset({b"model"})
+
+
+def form_model(body: bytes, content_type: str) -> str:
+    """The `model` field of a multipart/form-data request body; "" when it has none (or is no such body)."""
+    return form_fields(body, content_type, _MODEL_FIELD)[0].get("model", "")
+
+
+# Answers that carry no usage, billed by what their request asked for: OpenAI's speech (tts-1, per character of its
+# `input`) and images (dall-e, per image by `n`, `size` and `quality`)
+SPEECH_PATH = "/audio/speech"
+IMAGE_PATHS = ("/images/generations", "/images/edits", "/images/variations")
+# The Images API's value of a field a request leaves out, for the models it bills per image (dall-e-2, dall-e-3): one
+# image, 1024x1024, standard quality (its API reference before the GPT image models: "Defaults to 1024x1024",
+# "Defaults to standard"; help.openai.com/en/articles/8555480-dall-e-3-api: quality "defaults to standard"). A value
+# the registry has no price for ("auto", a GPT image size) gives no cost.
+IMAGE_REQUEST_DEFAULTS = {"n": 1, "size": "1024x1024", "quality": "standard"}
+_IMAGE_FIELDS = frozenset(name.encode() for name in IMAGE_REQUEST_DEFAULTS)
+MAX_IMAGES = 10  # n: the most images one request may ask for
+_FORM_COUNT = re.compile(r"[0-9]{1,2}")  # n as a form field
+
+
+def billed_by_request(parsed: Parsed, path: str, body: bytes, content_type: str, answered: bool) -> Parsed:
+    """`parsed` with what its request was billed for, where the answer reports no usage: a speech's characters (its
+    JSON `input`), an image request's images (its JSON or form fields). `answered`: the provider answered it in full
+    and with success (2xx, no error); otherwise, on another path, or when the body does not tell (not JSON, a field of
+    another form, a form cut before it), `parsed` as it came. Only these paths' bodies are read."""
+    if parsed.known or parsed.billed or not parsed.priced or not answered:
+        return parsed
+    end = path.rstrip("/")
+    if end.endswith(SPEECH_PATH):
+        doc = json_object(body)
+        text = doc.get("input") if doc is not None else None
+        if isinstance(text, str) and text:
+            return Parsed(model=parsed.model, tokens=TokenCounts(characters=len(text)), billed=True)
+    elif end.endswith(IMAGE_PATHS):
+        images = _requested_images(body, content_type)
+        if images is not None:
+            return Parsed(model=parsed.model, tokens=TokenCounts(images=(images,)), billed=True)
+    return parsed
+
+
+def _requested_images(body: bytes, content_type: str) -> tuple[str, str, int] | None:
+    """(quality, size, n) an image request asked for, each missing field the API's default; None when the body does
+    not tell (not JSON nor a form, a field of another form, a form cut before its n or size; cut before its quality:
+    quality "", see TokenCounts.images)."""
+    if (content_type or "").lower().startswith(FORM_DATA):
+        fields, whole = form_fields(body, content_type, _IMAGE_FIELDS)
+        n = fields.get("n")
+        asked: dict = {**fields, "n": int(n) if n is not None and _FORM_COUNT.fullmatch(n) else n}
+    else:
+        doc = json_object(body)
+        if doc is None:
+            return None
+        asked, whole = doc, True
+    values = {}
+    for name, default in IMAGE_REQUEST_DEFAULTS.items():
+        value = asked.get(name)
+        if value is None and not whole:  # it may come after the cut: a quality not told, priced only where it cannot matter
+            if name != "quality":
+                return None
+            value = ""
+        values[name] = default if value is None else value
+    n, size, quality = values["n"], values["size"], values["quality"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
+        return None
+    if not isinstance(size, str) or not isinstance(quality, str):
+        return None
+    return quality, size, n
 
 
 def with_stream_usage(body: bytes) -> bytes:

@@ -15,7 +15,7 @@ from helicone_core import events
 from helicone_core.cost import CostRegistry
 from helicone_core.log_headers import HeaderError, LogHeaders, read_log_header
 from helicone_core.providers import PROVIDER_TABLE
-from helicone_core.usage import Parsed, is_stream, parse_response, usage_is_its_own
+from helicone_core.usage import Parsed, billed_by_request, is_stream, parse_response, usage_is_its_own
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ASYNC_LOG_SOURCE = "async-log"
@@ -180,15 +180,17 @@ def to_event(payload: AsyncLog, *, org_id: str, costs: CostRegistry, region: str
     table = PROVIDER_TABLE.get(provider)
     # the table says how each provider's answers carry usage; any other answer is read as OpenAI's
     parsed = parse_response(table.usage_for(path) if table else "openai", resp_body, resp_ctype)
+    req_body = _json_bytes(req.json_, "providerRequest.json")
     if not usage_is_its_own("POST", path):  # a batch object: its whole batch's usage, not this call's (as the gateway)
         parsed = Parsed(model=parsed.model)
+    else:  # tts-1's characters, dall-e's images: billed by what the request asked for (as the gateway)
+        parsed = billed_by_request(parsed, path, req_body, "application/json", 200 <= resp.status < 300)
     req_model = req.json_.get("model") if isinstance(req.json_.get("model"), str) else ""
     # as the gateway: the answer's model, else the one the path names (Gemini, Azure deployments), else the request's
     path_model = table.model_in(path) if table else ""
     model = (parsed.model or path_model or req_model).encode(errors="replace").decode()  # a lone surrogate is no text
     model = hh.logged_model(model)
     cost = parsed.cost(costs, provider, model)
-    req_body = _json_bytes(req.json_, "providerRequest.json")
     if payload.timing is not None:
         started, finished = payload.timing.startTime.to_datetime(), payload.timing.endTime.to_datetime()
         ttft = payload.timing.timeToFirstToken

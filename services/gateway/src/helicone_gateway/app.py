@@ -28,6 +28,7 @@ from helicone_core.usage import (
     FORM_DATA,
     Parsed,
     TailDecoder,
+    billed_by_request,
     decode_body,
     form_model,
     is_stream,
@@ -1567,9 +1568,11 @@ class Gateway:
             else:
                 req_model, req_stream, req_user = request_fields(body)
             decoded = decode_body(resp_body, encoding) if encoding else resp_body
+            own = False
             if read is None:
                 parsed = parse_response(rt.usage, decoded, resp_ctype, resp_tail)
-                if not usage_is_its_own(method, rt.path):  # a retrieval, a batch: the model named, no usage
+                own = usage_is_its_own(method, rt.path)
+                if not own:  # a retrieval, a batch: the model named, no usage
                     parsed = Parsed(model=parsed.model)
             else:
                 parsed = read
@@ -1577,6 +1580,8 @@ class Gateway:
             if not error and (stream_failed(resp_ctype, decoded) or (resp_tail and stream_failed(resp_ctype, resp_tail))):
                 # a 200 stream the provider gave up on: its usage is what it reported so far, its cost unknown
                 logged_error, parsed.priced = STREAM_ERROR_EVENT, False
+            if own:  # tts-1's characters, dall-e's images: billed by what the request asked for (their answers report none)
+                parsed = billed_by_request(parsed, rt.path, body, req_ctype, 200 <= status < 300 and not logged_error)
             model = hh.logged_model(parsed.model or rt.path_model() or req_model)
             cost = parsed.cost(self.costs, rt.provider, model)
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
