@@ -131,6 +131,8 @@ CONSTRAINTS = {
     "metrics.prometheusRule.deadLettersPerSecond": {"exclusiveMinimum": 0},
     "metrics.prometheusRule.moderationFailureRatio": {"exclusiveMinimum": 0, "maximum": 1},
     "metrics.prometheusRule.webhookFailureRatio": {"exclusiveMinimum": 0, "maximum": 1},
+    "metrics.prometheusRule.llmSecurityFailureRatio": {"exclusiveMinimum": 0, "maximum": 1},
+    "metrics.prometheusRule.storeErrorRatio": {"exclusiveMinimum": 0},  # failed calls per lookup/decision: may pass 1
 }
 
 

@@ -1,9 +1,10 @@
 """The chart's monitoring: PodMonitors, the PrometheusRule (checked and unit-tested by promtool),
-runbooks, Grafana dashboards, and every metric their PromQL reads held against the /metrics of a
-running stack."""
+runbooks, Grafana dashboards, every metric their PromQL reads held against the /metrics of a
+running stack, and every metric the services register shown on a panel of their dashboard."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -25,7 +26,7 @@ from tests.chart.promql import (
     promql_metric_names,
     rule_exprs,
 )
-from tests.chart.render import NAMESPACE, RELEASE, REQUIRED, merge, objects
+from tests.chart.render import NAMESPACE, RELEASE, REQUIRED, ROOT, merge, objects
 from tests.chart.render import render as render_chart
 
 pytestmark = pytest.mark.chart
@@ -188,7 +189,7 @@ def test_thresholds_come_from_values(tmp_path):
     rule = the_rule(render(MONITORING, {"metrics": {"prometheusRule": {
         "gatewayErrorRatio": 0.2, "gatewayP95Seconds": 8, "journalBacklogMinutes": 17,
         "consumerLagEvents": 2500000, "deadLettersPerSecond": 0.003, "moderationFailureRatio": 0.3,
-        "webhookFailureRatio": 0.8}}}))
+        "webhookFailureRatio": 0.8, "llmSecurityFailureRatio": 0.4, "storeErrorRatio": 1.5}}}))
     rules = alerts(rule)
     assert rules["GatewayHighErrorRatio"]["expr"].rstrip().endswith("> 0.2")
     assert rules["GatewayHighLatency"]["expr"].rstrip().endswith("> 8")
@@ -197,6 +198,10 @@ def test_thresholds_come_from_values(tmp_path):
     assert rules["IngestDeadLetters"]["expr"].rstrip().endswith("> 0.003")
     assert rules["GatewayModerationFailures"]["expr"].rstrip().endswith("> 0.3")
     assert rules["IngestWebhookDeliveriesFailing"]["expr"].rstrip().endswith("> 0.8")
+    assert rules["GatewayLLMSecurityFailures"]["expr"].rstrip().endswith("> 0.4")
+    assert "(threshold 0.4)" in rules["GatewayLLMSecurityFailures"]["annotations"]["description"]
+    for store in ("GatewayCacheStoreErrors", "GatewayRateLimitStoreErrors"):  # failed calls a lookup/decision: may pass 1
+        assert rules[store]["expr"].rstrip().endswith("> 1.5") and "(threshold 1.5)" in rules[store]["annotations"]["description"]
     assert "(threshold 0.8)" in rules["IngestWebhookDeliveriesFailing"]["annotations"]["description"]
     assert "(threshold 0.2)" in rules["GatewayHighErrorRatio"]["annotations"]["description"]
     assert "for 17 minutes" in rules["GatewayJournalBacklog"]["annotations"]["description"]
@@ -207,6 +212,7 @@ def test_thresholds_come_from_values(tmp_path):
 @pytest.mark.parametrize(("key", "value"), [
     ("journalBacklogMinutes", 2.5), ("journalBacklogMinutes", 0), ("gatewayErrorRatio", "high"), ("gatewayErrorRatio", 0),
     ("consumerLagEvents", -5), ("deadLettersPerSecond", 0), ("moderationFailureRatio", 0), ("webhookFailureRatio", 1.5),
+    ("llmSecurityFailureRatio", 0), ("llmSecurityFailureRatio", 1.5), ("storeErrorRatio", 0), ("storeErrorRatio", "often"),
 ])
 def test_thresholds_the_rules_cannot_use_are_refused_naming_them(key, value):
     """A threshold lands in PromQL as it is (a duration for journalBacklogMinutes): the schema keeps it a number above 0."""
@@ -249,6 +255,8 @@ def test_only_enabled_components_are_monitored():
     down = alerts(rule)["ServiceDown"]["expr"]
     assert 'job=~"hc-helicone-gateway|hc-helicone-api"' in down
     assert "ingest" not in down and "prompts" not in down
+    assert "GatewayPromptsUnavailable" not in alerts(rule)  # the gateway is given no prompts service to fail
+    assert "GatewayPromptsUnavailable" in alerts(the_rule(render(MONITORING)))
     assert sorted(pm["metadata"]["name"] for pm in docs(rendered, "PodMonitor")) == ["hc-helicone-api", "hc-helicone-gateway"]
 
 
@@ -327,8 +335,18 @@ def test_dashboards_parse_and_every_panel_queries_the_datasource_variable():
         assert board["panels"], path.name
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), f"{path.name}: panel ids repeat"
+        cells: dict[tuple[int, int], str] = {}
         for panel in board["panels"]:
             where = f"{path.name} panel {panel.get('title')!r}"
+            grid = panel["gridPos"]
+            assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, where
+            for cell in ((x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])):
+                assert cell not in cells, f"{where} overlaps {cells[cell]}"
+                cells[cell] = where
+            if panel["type"] == "row":  # a heading: its panels follow it in the list (collapsed, they would hide from every check)
+                assert panel["collapsed"] is False and panel.get("panels", []) == [] and "targets" not in panel, where
+                assert (grid["x"], grid["w"], grid["h"]) == (0, 24, 1), where
+                continue
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
             assert panel["targets"], where
             for target in panel["targets"]:
@@ -351,8 +369,8 @@ def grafana_to_promql(expr: str) -> str:
 
 
 def test_ratio_panels_read_0_while_traffic_flows_without_errors(tmp_path):
-    """A provider's 5xx series exists only after its first 5xx (a moderation result's after its first
-    outcome): the ratio panels of a healthy gateway must read 0 (per provider too), not "No data", which an
+    """A provider's 5xx series exists only after its first 5xx (a moderation, LLM security or cache result's after its
+    first outcome): the ratio panels of a healthy gateway must read 0 (per provider too), not "No data", which an
     operator cannot tell from a broken query. Evaluated by Prometheus' engine (promtool), over two pods."""
     def requests(pod: str, provider: str, status_class: str, per_minute: int) -> dict:
         return {"series": f'helicone_gateway_requests_total{{namespace="{NAMESPACE}", job="{RELEASE}-helicone-gateway", '
@@ -363,14 +381,19 @@ def test_ratio_panels_read_0_while_traffic_flows_without_errors(tmp_path):
                           f'result="{result}"}}', "values": f"0+{per_minute}x20"}
 
     moderations, deliveries = "helicone_gateway_moderations_total", "helicone_ingest_webhook_deliveries_total"
+    llm_security, cache = "helicone_gateway_llm_security_total", "helicone_gateway_cache_lookups_total"
     healthy = [requests("gw-1", "openai", "2xx", 120), requests("gw-2", "openai", "2xx", 120),  # never a 5xx
                counted(moderations, "gateway", "gw-1", "passed", 30), counted(moderations, "gateway", "gw-2", "flagged", 15),
                counted(moderations, "gateway", "gw-2", "refused", 50),  # never a failed moderation
+               counted(llm_security, "gateway", "gw-1", "passed", 40), counted(llm_security, "gateway", "gw-2", "refused", 20),
+               counted(cache, "gateway", "gw-1", "miss", 30),  # never a hit yet: 0, not "No data"
                counted(deliveries, "ingest", "in-1", "delivered", 60), counted(deliveries, "ingest", "in-1", "failed", 0),
                counted(deliveries, "ingest", "in-1", "refused", 30)]
     failing = [*healthy, requests("gw-1", "anthropic", "2xx", 90), requests("gw-2", "anthropic", "2xx", 90),
                requests("gw-2", "anthropic", "5xx", 60),  # anthropic: 1/s of 4/s, all 5xx on one pod
                counted(moderations, "gateway", "gw-2", "failed", 15),  # 15 of 60 calls, refused ones made none
+               counted(llm_security, "gateway", "gw-2", "failed", 10),  # 10 of 50 calls, refused ones made none
+               counted(cache, "gateway", "gw-2", "hit", 90),  # 90 of 120 lookups
                counted(deliveries, "ingest", "in-2", "failed", 20)]  # 20 of 80 tried, refused ones aside
     expected = {  # every percentunit panel -> its samples for the healthy and the failing series
         ("overview.json", "Gateway 5xx ratio"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.125}]),
@@ -378,10 +401,12 @@ def test_ratio_panels_read_0_while_traffic_flows_without_errors(tmp_path):
             [{"labels": '{provider="openai"}', "value": 0}],
             [{"labels": '{provider="openai"}', "value": 0}, {"labels": '{provider="anthropic"}', "value": 0.25}]),
         ("gateway.json", "Moderation calls without a verdict"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.25}]),
+        ("gateway.json", "LLM security calls without a verdict"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.2}]),
+        ("gateway.json", "Cache hit ratio"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.75}]),
         ("ingest.json", "Webhook deliveries failed"): ([{"labels": "{}", "value": 0}], [{"labels": "{}", "value": 0.25}]),
     }
     panels = {(path.name, p["title"]): p for path in dashboard_files() for p in json.loads(path.read_text())["panels"]}
-    assert {k for k, p in panels.items() if p["fieldConfig"]["defaults"].get("unit") == "percentunit"} == expected.keys()
+    assert {k for k, p in panels.items() if p.get("fieldConfig", {}).get("defaults", {}).get("unit") == "percentunit"} == expected.keys()
     tests = [{"name": name, "interval": "1m", "input_series": series, "promql_expr_test": [
         {"expr": grafana_to_promql(target["expr"]), "eval_time": "10m", "exp_samples": samples[i]}
         for key, samples in expected.items() for target in panels[key]["targets"]]}
@@ -477,7 +502,66 @@ def test_every_promql_metric_name_follows_the_naming_convention():
         assert re.fullmatch(r"helicone_(service_(up|info)|(gateway|ingest|api|prompts)_[a-z0-9_]+)", name), (name, where)
 
 
-# ---- (c) against a running stack ----------------------------------------------------------------
+# ---- (c) every metric a service registers is on a dashboard -------------------------------------
+
+# Where each service's metrics (helicone_<service>_*) are shown (ingest's tokens and cost on their own dashboard); every
+# service's helicone_service_* on the overview.
+SERVICE_DASHBOARDS = {"gateway": ("gateway.json",), "ingest": ("ingest.json", "cost.json"), "api": ("api.json",),
+                      "prompts": ("api.json",), "service": ("overview.json",)}
+# Metrics a service registers that no panel shows, each with the reason (name -> why). None so far: a metric worth
+# exporting is worth a panel, and one nobody needs to see should not be exported.
+NO_PANEL: dict[str, str] = {}
+SOURCES = [*sorted(ROOT.glob("services/*/src")), ROOT / "libs" / "core" / "src"]
+
+
+def registered_metric_names() -> dict[str, str]:
+    """helicone_* name -> where the services' code registers it: every `<metrics>.counter|gauge|histogram(<name>, ...)`
+    whose name is a literal (those built at run time are read from a running stack's /metrics below)."""
+    found: dict[str, str] = {}
+    for src in SOURCES:
+        for path in sorted(src.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in {"counter", "gauge", "histogram"} and node.args
+                        and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("helicone_")):
+                    found[node.args[0].value] = f"{path.relative_to(ROOT)}:{node.lineno}"
+    return found
+
+
+def panel_metric_names() -> dict[str, set[str]]:
+    """Dashboard file name -> the metrics its panels read (its variables left out)."""
+    return {path.name: {n for where, _, names in dashboard_exprs(path) if " panel " in where for n in names}
+            for path in dashboard_files()}
+
+
+def assert_shown_on_dashboards(registered: dict[str, str]) -> None:
+    """Every registered metric (name -> where it is registered) is read by a panel of its service's dashboard."""
+    for name, where in registered.items():
+        assert re.fullmatch(r"helicone_(service_(up|info)|(gateway|ingest|api|prompts)_[a-z0-9_]+)", name), (name, where)
+    shown = panel_metric_names()
+    boards = {name: SERVICE_DASHBOARDS[name.split("_")[1]] for name in registered}
+    unshown = {name: f"{where} (dashboards/{' or '.join(boards[name])})" for name, where in registered.items()
+               if not any(name in shown[b] for b in boards[name]) and name not in NO_PANEL}
+    assert unshown == {}, "metrics no panel of their service's dashboard shows (add one, or to NO_PANEL with why):\n" + "\n".join(
+        f"  {name}: {where}" for name, where in sorted(unshown.items()))
+    # the allowlist stays true: none of its metrics has gained a panel (still registered: checked against a running stack)
+    assert {n for n in NO_PANEL if n in set().union(*shown.values())} == set(), "NO_PANEL names a metric a panel shows"
+
+
+def test_registered_metric_names_reads_the_services_code():
+    found = registered_metric_names()
+    assert {"helicone_service_up", "helicone_gateway_requests_total", "helicone_gateway_cache_lookups_total",
+            "helicone_ingest_events_total", "helicone_api_queries_total", "helicone_prompts_rpc_seconds"} <= found.keys()
+    assert found["helicone_gateway_cache_lookups_total"].startswith("services/gateway/src/helicone_gateway/cache.py:")
+
+
+def test_every_metric_the_code_registers_is_shown_on_its_services_dashboard():
+    """A metric without a panel is one an operator never looks at until an incident, when its name has to be
+    found in the code: each service's dashboard shows every metric the service registers."""
+    assert_shown_on_dashboards(registered_metric_names())
+
+
+# ---- (d) against a running stack ----------------------------------------------------------------
 
 def exported_metric_names(exposition: str) -> set[str]:
     """Names with a `# TYPE` line: exported even before a labelled metric has its first sample."""
@@ -498,8 +582,9 @@ def running(tmp_path_factory):
         yield stack
 
 
-@pytest.mark.e2e
-def test_every_promql_metric_exists_in_the_metrics_of_a_running_stack(running):
+@pytest.fixture(scope="module")
+def exported(running) -> dict[str, set[str]]:
+    """Metric name -> the services whose /metrics export it, on a running stack."""
     # one proxied request, logged end to end, so labelled series appear on gateway and ingest
     r = httpx.post(f"{running.gateway}/v1/chat/completions", timeout=30, headers={
         "Authorization": "Bearer sk-proj-monitoring-test-0123456789", "Helicone-Auth": f"Bearer {running.key}"},
@@ -507,16 +592,32 @@ def test_every_promql_metric_exists_in_the_metrics_of_a_running_stack(running):
     assert r.status_code == 200, r.text
     running.wait_for_request(r.headers["helicone-id"])
 
-    exported: dict[str, set[str]] = {}
+    names: dict[str, set[str]] = {}
     for service, base in (("gateway", running.gateway), ("ingest", running.ingest_ops), ("api", running.api),
                           ("prompts", running.prompts_ops)):
         page = httpx.get(f"{base}/metrics", timeout=10)
         assert page.status_code == 200, (service, page.text[:200])
         for name in exported_metric_names(page.text):
-            exported.setdefault(name, set()).add(service)
-    assert "helicone_gateway_requests_total" in exported and "helicone_ingest_events_total" in exported
+            names.setdefault(name, set()).add(service)
+    assert "helicone_gateway_requests_total" in names and "helicone_ingest_events_total" in names
+    return names
 
+
+@pytest.mark.e2e
+def test_every_promql_metric_exists_in_the_metrics_of_a_running_stack(exported):
     used = chart_metric_names(render(MONITORING, {"components": {"gateway": {"rollout": {"enabled": True}}}}))
     missing = {name: sorted(where) for name, where in used.items() if name not in exported}
     assert missing == {}, "metrics the chart's PromQL reads but no service exports:\n" + "\n".join(
         f"  {name}: {', '.join(where)}" for name, where in sorted(missing.items()))
+
+
+@pytest.mark.e2e
+def test_every_metric_a_running_stack_exports_is_shown_on_its_services_dashboard(exported):
+    """The names the code builds at run time (the key directory's helicone_<service>_key_directory_*) and any
+    registration the scan of the code misses. `<name>_created` is prometheus_client's creation time of a counter or
+    histogram, not a metric of its own."""
+    own = {name: services for name, services in exported.items()
+           if not (name.endswith("_created") and {name[:-len("_created")], name[:-len("_created")] + "_total"} & exported.keys())}
+    assert own.keys() < exported.keys() and "helicone_gateway_prompt_rpc_seconds" in own
+    assert_shown_on_dashboards({name: f"/metrics of {', '.join(sorted(services))}" for name, services in own.items()})
+    assert NO_PANEL.keys() <= exported.keys() | registered_metric_names().keys(), "NO_PANEL names a metric nothing registers"
