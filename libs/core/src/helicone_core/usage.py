@@ -532,7 +532,7 @@ def _responses_completed_cut(out: Parsed, text: str) -> None:
             out.model = model
 
 
-class _AnthropicUsage:
+class AnthropicStreamUsage:
     """Anthropic's stream events read for usage (its Messages SSE; Claude's InvokeModel stream on Bedrock): the model
     and input counts of message_start, the output count (and newer APIs' final input and cache counts) of the last
     message_delta."""
@@ -575,7 +575,7 @@ class _AnthropicUsage:
 def _parse_anthropic_sse(text: str) -> Parsed:
     """Input counts and the model from message_start, the output count (and newer APIs' final input
     and cache counts) from the last message_delta: only those events are parsed."""
-    events = _AnthropicUsage()
+    events = AnthropicStreamUsage()
     for line in _lines_holding(text, ('"usage"', '"message_start"')):
         ev = _data(line)
         if isinstance(ev, dict):
@@ -774,7 +774,7 @@ def _parse_event_stream(body: bytes, tail: bytes) -> Parsed:
             delta = ev
         if metrics is not None and delta is not None:
             break
-    claude = _AnthropicUsage()
+    claude = AnthropicStreamUsage()
     for data, i in frames[:FIRST_FRAMES]:
         kind, payload = _event(data, i)
         ev = _chunk_event(payload) if kind == "chunk" else None

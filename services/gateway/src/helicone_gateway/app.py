@@ -150,6 +150,14 @@ from .token_limit import (
     body_shape,
     read_refusal,
 )
+from .translate_anthropic import (
+    ChatRequest,
+    TranslationError,
+    check_request,
+    refused_headers,
+    translate_request,
+    translated_headers,
+)
 from .upstream import Attempt, Response, SocketFactory, UpstreamPool
 
 log = logging.getLogger("helicone.gateway")
@@ -654,10 +662,13 @@ class Gateway:
         plan: Plan | None = None
         upload: Upload | None = None
         fitting: Fitting | None = None
+        chat: ChatRequest | None = None  # an OpenAI chat completion translated to Anthropic (/ai/...)
         try:
             rt = self.router.route(path, header_map, hh.target_url)
             if dot_segment(rt.path):  # sent as is, the provider would resolve it: out of the base path, maybe
                 raise Rejection(400, dot_segment_message(rt.path), "helicone_route_error")
+            if rt.openai_chat:  # what cannot be translated is refused before the body is read
+                self._check_openai_chat(method, rt, hh)
             if not rt.base_url:
                 raise Rejection(400, missing_base_url(rt.provider, rt.path), "helicone_route_error")
             path_and_query = rt.path + ("?" + query.decode("latin-1") if query else "")
@@ -673,13 +684,15 @@ class Gateway:
             if (declared is not None and len(declared) >= UPLOAD_DIGITS and plan is None and directive is None
                     and hh.prompt is None and not hh.prompt_checked and hh.token_limit is None
                     and req_ctype.lower().startswith(UPLOAD_MEDIA_TYPES)
-                    and declared.isdigit() and int(declared) >= UPLOAD_STREAM_BYTES):
+                    and declared.isdigit() and int(declared) >= UPLOAD_STREAM_BYTES and not rt.openai_chat):
                 upload = Upload(receive, int(declared), self.settings.max_logged_body_bytes)
             else:
                 body = await self._read_body(receive, declared)
                 # only requests naming a prompt pay for it: a header, or the body form's field name
                 if hh.prompt is not None or (method == "POST" and BODY_MARK in body):
                     body, prompt = await self._render_prompt(hh, org_id, rt, body)
+                if rt.openai_chat:  # from here on the body is the Messages request Anthropic gets (and the log keeps)
+                    body, chat = self._openai_chat(hh, body)
                 # only requests naming the header (or a u=cents policy) pay for the JSON round trip, and only where the
                 # provider's API takes stream_options (the provider table): Mistral refuses it, Anthropic streams carry usage
                 wants_usage = (hh.stream_usage or _cents_need_usage(hh, rt, rate_limit)) and method == "POST"
@@ -727,25 +740,28 @@ class Gateway:
                 dest += f" {TOKEN_LIMIT_HEADER}={hh.token_limit}"
             key = await cache_key(org_id, dest, method,
                                   path_and_query,
-                                  narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(), body, directive,
-                                  provider_key(header_map))
+                                  narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(),
+                                  body if chat is None else chat.source, directive, provider_key(header_map))
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
                 return await self._serve_cached(scope, receive, send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
-                                                started, started_at, prompt, limit_headers)
+                                                started, started_at, prompt, limit_headers, chat)
 
         # after the request body, receive() only ever reports the caller going away (an upload's watch starts after it)
         disconnected = asyncio.ensure_future(receive()) if upload is None else upload.disconnected
         # a cut body is checked as the request was, before it is sent (the cut joins text never checked together)
         recheck = self._recheck(hh, rt, method, raw_headers, request_id) if hh.prompt_checked and hh.token_limit else None
+        forwarded = forward_request_headers(raw_headers)
+        if chat is not None:
+            forwarded = chat.upstream_headers(forwarded)
         try:
             if plan is None:
                 try:
                     if fitting is None:
-                        upstream = await self._send_upstream(rt, method, url, forward_request_headers(raw_headers),
+                        upstream = await self._send_upstream(rt, method, url, forwarded,
                                                              body if upload is None else upload, disconnected, target)
                     else:
-                        upstream = await self._send_fitting(fitting, rt, method, url, forward_request_headers(raw_headers),
+                        upstream = await self._send_fitting(fitting, rt, method, url, forwarded,
                                                             disconnected, target, recheck)
                 finally:
                     if upload is not None:
@@ -753,8 +769,7 @@ class Gateway:
                     elif fitting is not None:
                         body = fitting.sent  # logged as the provider got it (cut, or its model chosen)
             else:
-                upstream = await self._send_planned(plan, method, forward_request_headers(raw_headers), body, disconnected,
-                                                    recheck)
+                upstream = await self._send_planned(plan, method, forwarded, body, disconnected, recheck)
                 served = plan.legs[plan.index]
                 rt, body = served.rt, body if served.body is None else served.body  # logged as the answering target got it
         except Rejection as r:  # every address of the Target-URL host was refused at connect time; a cut body flagged
@@ -804,6 +819,10 @@ class Gateway:
             resp_headers.append((STATUS_HEADER, MISS))
             if lookup.slot >= 0:
                 resp_headers.append((BUCKET_IDX_HEADER, str(lookup.slot).encode()))
+        answer = None  # the translation of Anthropic's answer (the cache and the log keep the answer as it came)
+        if chat is not None:
+            answer = chat.answer(status, resp_ctype, resp_encoding)
+            resp_headers = translated_headers(resp_headers, status)
         resp_headers.append((b"helicone-id", request_id.encode()))
         resp_headers.extend(self.answer_headers)
         resp_headers.extend(limit_headers)
@@ -828,11 +847,15 @@ class Gateway:
                 capture.add(chunk)
                 if recorder is not None:
                     recorder.add(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                out = chunk if answer is None else answer.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
                 if disconnected.done():
                     break
             else:
                 if not disconnected.done():
+                    if answer is not None and (out := answer.end()):
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     completed = True
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -917,6 +940,8 @@ class Gateway:
             rt = self.router.route(path, dict(raw_headers), hh.target_url)
             if dot_segment(rt.path):
                 raise Rejection(400, dot_segment_message(rt.path), "helicone_route_error")
+            if rt.openai_chat:  # a translated chat completion is an HTTP POST: refused (404 or 405)
+                self._check_openai_chat("GET", rt, hh)
             if not rt.base_url:
                 raise Rejection(400, missing_base_url(rt.provider, rt.path), "helicone_route_error")
             url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
@@ -1071,11 +1096,20 @@ class Gateway:
 
     async def _serve_cached(self, scope, receive, send, lookup: Lookup, org_id: str, request_id: str, hh: HeliconeHeaders,
                             rt: Route, method: str, body: bytes, req_ctype: str, started: float, started_at: int,
-                            prompt: PromptUse | None, limit_headers: tuple[tuple[bytes, bytes], ...]) -> None:
-        """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream)."""
+                            prompt: PromptUse | None, limit_headers: tuple[tuple[bytes, bytes], ...],
+                            chat: ChatRequest | None = None) -> None:
+        """Replays a cached answer: the stored status, headers and body chunks (a stream stays a stream); translated
+        for an OpenAI request to Anthropic (`chat`: the cache holds Anthropic's answer as it came)."""
         entry = lookup.hit
         assert entry is not None
         headers = replay_headers(entry)
+        stored = dict(entry.headers)
+        encoding = stored.get(b"content-encoding", b"").decode("latin-1")
+        ctype = stored.get(b"content-type", b"").decode("latin-1")
+        answer = None
+        if chat is not None:
+            answer = chat.answer(entry.status, ctype, encoding)
+            headers = translated_headers(headers, entry.status)
         headers += [(STATUS_HEADER, HIT), (BUCKET_IDX_HEADER, str(lookup.slot).encode()),
                     (b"helicone-id", request_id.encode()), *self.answer_headers, *limit_headers]
         first_chunk_at = -1.0
@@ -1085,19 +1119,20 @@ class Gateway:
         for chunk in entry.chunks:
             if first_chunk_at < 0:
                 first_chunk_at = time.perf_counter()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            out = chunk if answer is None else answer.feed(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
             if gone.done():
                 error = (self._write_timeout_error() if self._write_timed_out(gone)
                          else "client disconnected before the response completed")
                 break
         else:
+            if answer is not None and (out := answer.end()):
+                await send({"type": "http.response.body", "body": out, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         gone.cancel()
         self._answered(scope, rt.provider, started, entry.status,
                        "client_write_timeout" if error and self._write_timed_out(gone) else "")
-        stored = dict(entry.headers)
-        encoding = stored.get(b"content-encoding", b"").decode("latin-1")
-        ctype = stored.get(b"content-type", b"").decode("latin-1")
         capture = Capture(self.settings.max_logged_body_bytes, ctype, encoding)
         for chunk in entry.chunks:
             capture.add(chunk)
@@ -1521,11 +1556,34 @@ class Gateway:
     async def _render_prompt(self, hh: HeliconeHeaders, org_id: str, rt: Route, body: bytes) -> tuple[bytes, PromptUse | None]:
         """The stored prompt rendered into the body (provider-shaped); Rejection when it cannot be,
         before anything is sent upstream."""
-        try:
-            return await self.prompts.apply(hh.auth_key, org_id, rt.provider, body, hh.prompt)
+        try:  # a body translated from OpenAI's format (/ai/...) is rendered in OpenAI's shape
+            return await self.prompts.apply(hh.auth_key, org_id, "openai" if rt.openai_chat else rt.provider, body, hh.prompt)
         except PromptError as exc:
             raise Rejection(exc.status, exc.message, exc.kind, exc.headers,
                             exc.omitted if hh.omit_request else exc.message) from None
+
+    # ---- OpenAI chat completions translated to Anthropic (only requests under /ai/) ----
+    @staticmethod
+    def _check_openai_chat(method: str, rt: Route, hh: HeliconeHeaders) -> None:
+        """Rejection for a request under /ai/ that cannot be translated (another path or method, a Helicone feature
+        that cannot apply), before its body is read."""
+        refused = refused_headers(hh.fallbacks is not None, hh.token_limit is not None, hh.moderations, hh.llm_security)
+        err = check_request(method, rt.path, refused)
+        if err is not None:
+            raise Rejection(err.status, err.message, "invalid_request_error", ((b"allow", b"POST"),) if err.status == 405 else (),
+                            body=err.body())
+
+    @staticmethod
+    def _openai_chat(hh: HeliconeHeaders, body: bytes) -> tuple[bytes, ChatRequest]:
+        """The Messages request of an OpenAI chat completion body, and what its answer's translation needs; Rejection
+        (400 naming the field) for one that cannot be translated. The body's `user` is logged as for OpenAI's requests."""
+        try:
+            body, chat, user = translate_request(body, hh.stream_usage)
+        except TranslationError as exc:
+            raise Rejection(exc.status, exc.message, "invalid_request_error", body=exc.body()) from None
+        if user and not hh.user_id:
+            hh.user_id = hh.logged_user(user)
+        return body, chat
 
     async def _read_body(self, receive, declared: str | None) -> bytes:
         """The request body; raises Rejection (413) as soon as it exceeds max_request_bytes

@@ -13,6 +13,8 @@ from helicone_core.providers import PROVIDER_TABLE, Provider
 from yarl import URL
 
 from .settings import GatewaySettings, env_name
+from .translate_anthropic import OPENAI_CHAT_PREFIX, upstream_path
+from .translate_anthropic import PROVIDER as TRANSLATED_PROVIDER
 
 TARGET_URL_HEADER = "Helicone-Target-URL"
 
@@ -24,6 +26,9 @@ class Route:
     path: str  # path sent upstream, starting with /
     target: bool = False  # base_url came from Helicone-Target-URL (egress-checked, see egress.py)
     usage: str = "openai"  # how model and tokens are read from the answer (helicone_core.providers.USAGE_FORMATS)
+    # the caller speaks OpenAI Chat Completions (under OPENAI_CHAT_PREFIX): the gateway translates to and from the
+    # provider's own API (translate_anthropic); `path` is then that API's
+    openai_chat: bool = False
 
     def path_model(self) -> str:
         """The model the path names (Gemini's models/<m>:generateContent, Azure's deployment, Claude's on Vertex AI), or ""."""
@@ -100,7 +105,8 @@ class Router:
     def route(self, path: str, headers: dict[str, str], target_url: str) -> Route:
         """path is the request path; headers are lower-cased.
 
-        /<provider>/... chooses a provider of the table explicitly; otherwise a path marker of one
+        /<provider>/... chooses a provider of the table explicitly; /ai/... (OPENAI_CHAT_PREFIX) is OpenAI Chat
+        Completions the gateway translates to Anthropic's Messages API; otherwise a path marker of one
         (Gemini's `:generateContent`, Vertex AI's `/publishers/anthropic/models/` for Claude, Bedrock's `/converse`)
         names it, /v1/messages (or an anthropic-version header) means
         Anthropic and anything else OpenAI. Helicone-Target-URL replaces the provider's base URL,
@@ -113,6 +119,10 @@ class Router:
         provider = PROVIDER_TABLE.get(path[1:end] if end > 0 else path[1:])
         if provider is not None:
             path = path[len(provider.name) + 1:] or "/"
+        elif path.startswith(OPENAI_CHAT_PREFIX):  # OpenAI Chat Completions translated to Anthropic's Messages API
+            provider = PROVIDER_TABLE[TRANSLATED_PROVIDER]
+            path = upstream_path(path[len(OPENAI_CHAT_PREFIX) - 1:])
+            return self._route(provider, path, target_url, openai_chat=True)
         else:
             name = ""
             for marker, owner in self.markers if ":" in path else self.colonless_markers:
@@ -125,13 +135,13 @@ class Router:
             provider = PROVIDER_TABLE[name]
         return self._route(provider, path, target_url)
 
-    def _route(self, provider: Provider, path: str, target_url: str) -> Route:
+    def _route(self, provider: Provider, path: str, target_url: str, openai_chat: bool = False) -> Route:
         usage = provider.usage_for(path)
         if target_url:
-            return Route(provider.name, target_url.rstrip("/"), path, target=True, usage=usage)
+            return Route(provider.name, target_url.rstrip("/"), path, target=True, usage=usage, openai_chat=openai_chat)
         if provider.name in self.defaulted and provider.target_needed(path):
-            return Route(provider.name, "", path, usage=usage)  # missing_base_url names the host it needs
-        return Route(provider.name, self.base_urls[provider.name], path, usage=usage)
+            return Route(provider.name, "", path, usage=usage, openai_chat=openai_chat)  # missing_base_url names the host
+        return Route(provider.name, self.base_urls[provider.name], path, usage=usage, openai_chat=openai_chat)
 
     def route_to(self, name: str, path: str, target_url: str = "") -> Route:
         """A route to the provider the table names `name` (a Helicone-Fallbacks entry), its base URL
