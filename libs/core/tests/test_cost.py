@@ -302,6 +302,52 @@ def test_audio_tokens_are_priced_at_the_audio_rate(model, usage, want):
     assert CostRegistry.default().cost("openai", model, openai_usage(usage)) == pytest.approx(want / 1e6)
 
 
+# The Realtime API's image input (response.done: input_token_details.image_tokens, cached_tokens_details.image_tokens):
+# gpt-realtime $5 per 1M, cached $0.50 (developers.openai.com/api/docs/models/gpt-realtime-1.5, gpt-realtime-2; LiteLLM's
+# gpt-realtime input_cost_per_image 5e-06); its text $4, cached $0.40. Images were priced at the text rate.
+REALTIME_IMAGES = {"total_tokens": 2050, "input_tokens": 2000, "output_tokens": 50,
+                   "input_token_details": {"cached_tokens": 1500, "text_tokens": 300, "audio_tokens": 500, "image_tokens": 1200,
+                                           "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 400,
+                                                                     "image_tokens": 1000}},
+                   "output_token_details": {"text_tokens": 10, "audio_tokens": 40}}
+
+
+@pytest.mark.parametrize("model", ["gpt-realtime", "gpt-realtime-2025-08-28"])
+def test_realtime_image_tokens_are_priced_at_the_image_rate_cached_ones_at_the_cached_image_rate(model):
+    from helicone_core.usage import openai_usage
+
+    want = (200 * 4.0 + 100 * 0.40 + 100 * 32.0 + 400 * 0.40 + 200 * 5.0 + 1000 * 0.50 + 10 * 16.0 + 40 * 64.0) / 1e6
+    assert CostRegistry.default().cost("openai", model, openai_usage(REALTIME_IMAGES)) == pytest.approx(want)
+
+
+def test_realtime_image_tokens_without_a_price_or_a_told_kind_are_an_unknown_cost_not_the_text_rate(tmp_path):
+    from helicone_core.usage import openai_usage
+
+    reg = CostRegistry.default()
+    images = openai_usage(REALTIME_IMAGES)
+    # models without an image price: gpt-realtime-mini (none published), gpt-4o-realtime-preview (takes no images)
+    assert reg.cost("openai", "gpt-realtime-mini", images) is None
+    assert reg.cost("openai", "gpt-4o-realtime-preview", images) is None
+    # cached tokens whose kinds are not told (no cached_tokens_details): which are images is unknown
+    details = REALTIME_IMAGES["input_token_details"]
+    untold = {**REALTIME_IMAGES, "input_token_details": {k: v for k, v in details.items() if k != "cached_tokens_details"}}
+    assert reg.cost("openai", "gpt-realtime", openai_usage(untold)) is None
+    # an image input price without a cached one: cached image tokens have no cost, uncached ones are priced
+    path = tmp_path / "override.json"
+    path.write_text(json.dumps({"openai": {"seer": {"input": 4.0, "output": 16.0, "cache_read": 0.40, "audio_input": 32.0,
+                                                    "audio_output": 64.0, "image_input": 5.0}}}))
+    over = CostRegistry.load(path)
+    assert over.cost("openai", "seer", images) is None
+    uncached = TokenCounts(prompt_tokens=1100, completion_tokens=20, image_prompt_tokens=1050)
+    assert over.cost("openai", "seer", uncached) == pytest.approx((50 * 4.0 + 1050 * 5.0 + 20 * 16.0) / 1e6)
+    # a session without images is priced as it was: gpt-realtime's text and audio
+    plain = openai_usage({**REALTIME_IMAGES, "input_tokens": 800,
+                          "input_token_details": {"cached_tokens": 500, "text_tokens": 300, "audio_tokens": 500,
+                                                  "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 400}}})
+    want = (200 * 4.0 + 100 * 0.40 + 100 * 32.0 + 400 * 0.40 + 10 * 16.0 + 40 * 64.0) / 1e6
+    assert reg.cost("openai", "gpt-realtime", plain) == pytest.approx(want)
+
+
 def test_audio_tokens_of_a_model_without_an_audio_price_are_an_unknown_cost_not_the_text_rate(tmp_path):
     reg = CostRegistry.default()
     audio_in = TokenCounts(prompt_tokens=1000, completion_tokens=10, audio_prompt_tokens=800)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from helicone_core import usage
-from helicone_core.cost import TokenCounts
+from helicone_core.cost import CostRegistry, TokenCounts
 from helicone_core.usage import decode_body, parse_response, request_fields
 
 
@@ -568,6 +568,36 @@ def test_the_images_apis_usage_counts_image_tokens_apart():
     answer = json.dumps({"created": 1, "data": [{"b64_json": "A" * 200_000}], "usage": usage_}).encode()
     cut = parse_response("openai", answer[:4096], "application/json", tail=answer[-4096:])
     assert cut.known and (cut.tokens.image_prompt_tokens, cut.tokens.image_completion_tokens) == (323, 1056)
+
+
+def test_the_realtime_apis_usage_counts_image_tokens_apart_cached_ones_too():
+    """A Realtime response.done's usage: input_token_details.image_tokens are image tokens, and of the cached ones
+    cached_tokens_details tells the kind (text, audio, image), images included; none of them without details."""
+    usage_ = {"total_tokens": 1250, "input_tokens": 1200, "output_tokens": 50,
+              "input_token_details": {"cached_tokens": 1088, "text_tokens": 150, "audio_tokens": 0, "image_tokens": 1050,
+                                      "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0, "image_tokens": 1024}},
+              "output_token_details": {"text_tokens": 10, "audio_tokens": 40}}
+    t = usage.openai_usage(usage_)
+    assert (t.prompt_tokens, t.cache_read_tokens, t.image_prompt_tokens, t.image_cache_read_tokens) == (1200, 1088, 1050, 1024)
+    assert (t.cache_read_split_tokens, t.image_completion_tokens, t.audio_completion_tokens) == (1088, 0, 40)
+    unsplit = usage.openai_usage({**usage_, "input_token_details": {"cached_tokens": 1088, "image_tokens": 1050}})
+    assert (unsplit.image_prompt_tokens, unsplit.image_cache_read_tokens, unsplit.cache_read_split_tokens) == (1050, 0, 0)
+
+
+def test_chat_completions_and_responses_image_tokens_stay_text_tokens():
+    """gpt-4o / gpt-4.1 bill an image's tokens as input tokens at the text rate: Chat Completions' prompt_tokens_details
+    may count them (image_tokens, text_tokens), the Responses API's input_tokens_details does not; neither is an image
+    token to price apart."""
+    chat = {"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0, "text_tokens": 235, "image_tokens": 765}}
+    responses = {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                 "output_tokens": 10, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 1010}
+    reg = CostRegistry.default()
+    for answer in (chat, responses):
+        t = usage.openai_usage(answer)
+        assert (t.prompt_tokens, t.image_prompt_tokens, t.image_completion_tokens) == (1000, 0, 0), answer
+        assert reg.cost("openai", "gpt-4o", t) == pytest.approx((1000 * 2.50 + 10 * 10.0) / 1e6)
+        assert reg.cost("openai", "gpt-4.1", t) == pytest.approx((1000 * 2.0 + 10 * 8.0) / 1e6)
 
 
 def form(fields: list[tuple[str, bytes]], boundary: str = "b-42", close: bool = True) -> tuple[bytes, str]:

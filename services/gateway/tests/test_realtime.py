@@ -39,13 +39,27 @@ USAGE = {
     },
     "output_token_details": {"text_tokens": 10, "audio_tokens": 50},
 }
+# two response.done usages of a session shown an image (an input_image item): the first reads it uncached (1050 image
+# tokens of 1100 in); the second reads 1024 of its image tokens and 64 text ones from the cache
+IMAGE_USAGES = [
+    {"total_tokens": 1120, "input_tokens": 1100, "output_tokens": 20,
+     "input_token_details": {"cached_tokens": 0, "text_tokens": 50, "audio_tokens": 0, "image_tokens": 1050,
+                             "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}},
+     "output_token_details": {"text_tokens": 20, "audio_tokens": 0}},
+    {"total_tokens": 1250, "input_tokens": 1200, "output_tokens": 50,
+     "input_token_details": {"cached_tokens": 1088, "text_tokens": 150, "audio_tokens": 0, "image_tokens": 1050,
+                             "cached_tokens_details": {"text_tokens": 64, "audio_tokens": 0, "image_tokens": 1024}},
+     "output_token_details": {"text_tokens": 10, "audio_tokens": 40}},
+]
 
 
 class FakeRealtime:
-    """A Realtime server: session.created first; response.create answered with response.done (USAGE); a binary
-    message echoed; {"type": "close-me", "code": N} closes with N. Records each handshake and what it received."""
+    """A Realtime server: session.created first; response.create answered with response.done (the next of `usages`,
+    USAGE once none is left); a binary message echoed; {"type": "close-me", "code": N} closes with N. Records each
+    handshake and what it received."""
 
     def __init__(self) -> None:
+        self.usages: list[dict] = []
         self.handshakes: list[dict] = []
         self.received: list = []
         self.closed_with: asyncio.Future | None = None
@@ -69,7 +83,8 @@ class FakeRealtime:
             event = json.loads(msg.data)
             self.received.append(event)
             if event["type"] == "response.create":
-                await ws.send_str(json.dumps({"type": "response.done", "response": {"status": "completed", "usage": USAGE}}))
+                usage = self.usages.pop(0) if self.usages else USAGE
+                await ws.send_str(json.dumps({"type": "response.done", "response": {"status": "completed", "usage": usage}}))
             elif event["type"] == "close-me":
                 await ws.close(code=event["code"], message=b"bye from the provider")
             elif event["type"] == "drop-me":  # the provider's connection lost: no close frame
@@ -176,6 +191,26 @@ async def test_the_sdk_session_is_relayed_and_logged_once_with_its_response_done
     expected = (text_in * 4 + text_cached * 0.40 + text_out * 16 + audio_in * 32 + audio_cached * 0.40 + audio_out * 64) / 1e6
     assert ev.cost_known and ev.cost_usd == pytest.approx(expected)
     assert not ev.inline.request_body and not ev.inline.response_body  # no transcript kept
+
+
+async def test_a_session_shown_an_image_is_logged_with_its_image_tokens_at_the_image_rate(tmp_path):
+    """Image input costs more than text on gpt-realtime ($5 per 1M, cached $0.50; text $4, cached $0.40): the session's
+    image tokens, cached or not, are priced at those. A model without an image price logs no cost, not the text rate."""
+    async with stack(tmp_path) as (fake, built, url):
+        for model in ("gpt-realtime", "gpt-realtime-mini"):
+            fake.usages = [*IMAGE_USAGES]
+            async with connect(url + f"?model={model}") as ws:
+                assert json.loads(await ws.recv())["type"] == "session.created"
+                for _ in IMAGE_USAGES:
+                    await ws.send(json.dumps({"type": "response.create"}))
+                    assert json.loads(await ws.recv())["type"] == "response.done"
+        shown, mini = await logged(built, 2)
+    assert (shown.model, shown.usage.prompt_tokens, shown.usage.cache_read_tokens) == ("gpt-realtime", 2300, 1088)
+    text_in, text_cached, text_out, audio_out = 50 + (150 - 64), 64, 20 + 10, 40
+    image_in, image_cached = 1050 + (1050 - 1024), 1024
+    expected = (text_in * 4 + text_cached * 0.40 + text_out * 16 + audio_out * 64 + image_in * 5 + image_cached * 0.50) / 1e6
+    assert shown.cost_known and shown.cost_usd == pytest.approx(expected)
+    assert (mini.model, mini.usage.known, mini.cost_known) == ("gpt-realtime-mini", True, False)
 
 
 async def test_binary_and_text_pass_both_ways_with_the_callers_subprotocols_and_beta_header(tmp_path):

@@ -38,7 +38,7 @@ _BEDROCK_ANTHROPIC = re.compile(r"(?:(?:us|eu|apac|au|jp|global)\.)?anthropic\.(
 # one or two digits (after "-", "." or none) that ends the name or a part of it.
 _OTHER_VERSION = re.compile(r"[-.]?[0-9]{1,2}(?![0-9a-z])")
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "audio_cache_read",
-                 "image_input", "image_output")
+                 "image_input", "image_output", "image_cache_read")
 # A model's prices of what it bills besides tokens, whatever its prompt's tier: web_search (USD per 1,000 searches of a
 # server-side web search tool, Anthropic's), characters (USD per 1M characters of input: tts-1), audio_minute (USD per
 # minute of input audio: whisper-1), images (USD per image, by quality then size: dall-e)
@@ -66,9 +66,12 @@ class Price:
     audio_input: float | None = None
     audio_output: float | None = None
     audio_cache_read: float | None = None
-    # image tokens (gpt-image's usage: input_tokens_details.image_tokens, its output), None where the registry has none
+    # image tokens (gpt-image's usage: input_tokens_details.image_tokens, its output; the Realtime API's
+    # input_token_details.image_tokens), None where the registry has none; image_cache_read has no default: cached image
+    # tokens to a model without that price have no cost
     image_input: float | None = None
     image_output: float | None = None
+    image_cache_read: float | None = None
     # USD per 1,000 web searches (Anthropic's usage.server_tool_use.web_search_requests), None where the registry has
     # none: a request that searched then has no cost rather than one without its searches
     web_search: float | None = None
@@ -107,7 +110,11 @@ class TokenCounts:
     audio_prompt_tokens: int = 0  # of prompt_tokens, those that are audio (cached or not)
     audio_cache_read_tokens: int = 0  # of audio_prompt_tokens, those read from the cache (of cache_read_tokens too)
     audio_completion_tokens: int = 0  # of completion_tokens, those that are audio
-    image_prompt_tokens: int = 0  # of prompt_tokens, those that are images (gpt-image's input_tokens_details)
+    image_prompt_tokens: int = 0  # of prompt_tokens, those that are images (gpt-image's input_tokens_details, Realtime's)
+    image_cache_read_tokens: int = 0  # of image_prompt_tokens, those read from the cache (of cache_read_tokens too)
+    # of cache_read_tokens, those the usage tells the kind of (text, audio or image: Realtime's cached_tokens_details); a
+    # prompt with image tokens and cached tokens of no told kind has no cost (which of them are images is unknown)
+    cache_read_split_tokens: int = 0
     image_completion_tokens: int = 0  # of completion_tokens, those that are images (gpt-image's output)
     web_search_requests: int = 0  # searches a server-side web search tool ran (billed per search, besides tokens)
     characters: int = 0  # characters of input of a model billed by them (tts-1: the request's `input`)
@@ -160,7 +167,8 @@ def _price(where: str, p: dict, fields: set[str]) -> Price:
 
     inp = number("input")
     write = number("cache_write", inp)
-    extra = {name: number(name) for name in ("audio_input", "audio_output", "image_input", "image_output") if name in p}
+    extra = {name: number(name) for name in ("audio_input", "audio_output", "image_input", "image_output", "image_cache_read")
+             if name in p}
     if "audio_cache_read" in p or "audio_input" in extra:
         extra["audio_cache_read"] = number("audio_cache_read", extra.get("audio_input"))
     for name in ("web_search", "characters", "audio_minute"):
@@ -338,23 +346,26 @@ class CostRegistry:
         audio_cached = min(tokens.audio_cache_read_tokens, audio_in, tokens.cache_read_tokens)
         audio_out = min(tokens.audio_completion_tokens, tokens.completion_tokens)
         image_in = min(tokens.image_prompt_tokens, tokens.prompt_tokens - audio_in)
+        image_cached = min(tokens.image_cache_read_tokens, image_in, tokens.cache_read_tokens - audio_cached)
         image_out = min(tokens.image_completion_tokens, tokens.completion_tokens - audio_out)
-        if image_in and (tokens.cache_read_tokens or tokens.cache_write_tokens):
+        if image_in and (tokens.cache_write_tokens or tokens.cache_read_tokens > tokens.cache_read_split_tokens):
             return None  # which of the cached tokens are images is not reported
         uncached = max(tokens.prompt_tokens - tokens.cache_read_tokens - tokens.cache_write_tokens, 0)
         audio_uncached = min(audio_in - audio_cached, uncached)
+        image_uncached = min(image_in - image_cached, uncached - audio_uncached)
         one_hour = min(tokens.cache_write_1h_tokens, tokens.cache_write_tokens)
         # (count, USD per 1M): a count without a price gives no cost, never one that leaves it out
         counted = (
-            (max(uncached - audio_uncached - image_in, 0), price.input),
-            (tokens.cache_read_tokens - audio_cached, price.cache_read),
+            (max(uncached - audio_uncached - image_uncached, 0), price.input),
+            (tokens.cache_read_tokens - audio_cached - image_cached, price.cache_read),
             (tokens.cache_write_tokens - one_hour, price.cache_write),
             (one_hour, price.cache_write_1h),
             (tokens.completion_tokens - audio_out - image_out, price.output),
             (audio_uncached, price.audio_input),
             (audio_cached, price.audio_cache_read),
             (audio_out, price.audio_output),
-            (image_in, price.image_input),
+            (image_uncached, price.image_input),
+            (image_cached, price.image_cache_read),
             (image_out, price.image_output),
         )
         usd = 0.0

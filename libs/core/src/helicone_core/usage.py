@@ -179,11 +179,17 @@ def openai_usage(usage: dict) -> TokenCounts:
     # the Images API's (GPT image models): input_tokens_details splits text and image tokens, and its output tokens
     # are the image's (output_tokens_details splits them where the model writes text too); image tokens cost more
     images_in = _dict(usage.get("input_tokens_details"))
-    image_in = image_out = 0
+    image_in = image_out = image_cached = split = 0
     if "image_tokens" in images_in or "text_tokens" in images_in:
         image_in = _int(images_in.get("image_tokens"))
         images_out = _dict(usage.get("output_tokens_details"))
         image_out = _int(images_out.get("image_tokens")) if "image_tokens" in images_out else completion
+    # the Realtime API's input_token_details counts image tokens apart, cached ones too (cached_tokens_details tells each
+    # cached token's kind); Chat Completions' prompt_tokens_details.image_tokens stay text: gpt-4o bills them as such
+    elif realtime := _dict(usage.get("input_token_details")):
+        kinds = _dict(realtime.get("cached_tokens_details"))
+        image_in, image_cached = _int(realtime.get("image_tokens")), _int(kinds.get("image_tokens"))
+        split = sum(_int(kinds.get(kind)) for kind in ("text_tokens", "audio_tokens", "image_tokens"))
     # audio tokens (audio, realtime and transcribe models) cost several times the text rate; whisper-1 reports the
     # audio's length instead ({"type": "duration", "seconds": N}), what it is billed by
     seconds = _seconds(usage.get("seconds")) if usage.get("type") == "duration" else None
@@ -191,7 +197,8 @@ def openai_usage(usage: dict) -> TokenCounts:
                        audio_prompt_tokens=_int(prompt_details.get("audio_tokens")),
                        audio_cache_read_tokens=_int(_dict(prompt_details.get("cached_tokens_details")).get("audio_tokens")),
                        audio_completion_tokens=_int(completion_details.get("audio_tokens")),
-                       image_prompt_tokens=image_in, image_completion_tokens=image_out, audio_seconds=seconds or 0.0)
+                       image_prompt_tokens=image_in, image_cache_read_tokens=image_cached, cache_read_split_tokens=split,
+                       image_completion_tokens=image_out, audio_seconds=seconds or 0.0)
 
 
 def anthropic_usage(usage: dict, output_tokens: int | None = None) -> TokenCounts:
