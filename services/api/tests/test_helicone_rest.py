@@ -275,3 +275,12 @@ async def test_session_feedback_is_a_property_on_the_sessions_first_request(api)
     assert r.status_code == 404, r.text
     r = await client.post("/v1/session/chat/42/feedback", json={"rating": "yes"})
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "rating", r.text
+
+
+@pytest.mark.parametrize("key", ["k" * 257, "İ" * 200])  # past the filter's 256 characters (İ is two in lower case)
+async def test_a_property_search_on_a_name_no_property_can_have_is_a_422_naming_the_key(api, key):
+    client = api[0]
+    r = await client.post(f"/v1/property/{key}/search", json={"searchTerm": "a"})
+    assert r.status_code == 422, r.text
+    [problem] = r.json()["error"]["details"]
+    assert problem["field"] == "key" and "256 characters" in problem["message"]

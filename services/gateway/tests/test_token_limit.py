@@ -2,6 +2,7 @@
 endpoints, which refuse a request too long for `x-fake-context-window` as OpenAI and Anthropic word their refusals
 (tests/support/fake_upstream.py: a word is a token)."""
 
+import asyncio
 import contextlib
 import json
 
@@ -139,6 +140,22 @@ async def test_fallback_sends_the_first_model_and_the_next_one_only_when_the_pro
     assert ev.status == 200 and ev.properties[APPLIED] == "fallback:gpt-4.1" and ev.model == "gpt-4.1"
     assert json.loads(ev.inline.request_body)["model"] == "gpt-4.1"
     assert sample(gw, handler="fallback", result="resent") == 1.0
+
+
+async def test_fallback_tries_each_model_listed_once_even_when_the_body_lists_one_twice(gateway):
+    """A model listed twice is tried once: the provider refusing every model ends the request with its refusal, after
+    one try a model (it went on sending to the models in a loop, for as long as the caller waited)."""
+    client, gw, built, fake = gateway
+    windows = {**AUTH, "x-fake-context-window": json.dumps({"gpt-4o-mini": 50, "gpt-4.1": 60})}
+    long = {"model": "gpt-4o-mini, gpt-4.1, gpt-4o-mini", "messages": [{"role": "user", "content": words(200)}]}
+    r = await asyncio.wait_for(client.post("/v1/chat/completions", json=long, headers={**windows, HEADER: "fallback"}), 5)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    assert [b["model"] for b in sent(fake)] == ["gpt-4o-mini", "gpt-4.1"]
+    assert built[0].status == 400 and sample(gw, handler="fallback", result="gave_up") == 1.0
+    r = await client.post("/v1/chat/completions", json=dict(long, model="gpt-4o-mini, gpt-4o-mini"),
+                          headers={**windows, HEADER: "fallback"})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith(HEADER), r.text  # one model alone
+    assert len(fake.state.received) == 2
 
 
 async def test_anthropic_messages_are_cut_to_fit_with_the_completion_tokens_they_ask_for(gateway):

@@ -13,7 +13,17 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from .filters import AnyFilter, FilterNode
 from .insights import (
@@ -367,8 +377,12 @@ def helicone_rest_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRou
     async def property_search(key: PropertyKey, q: PropertySearchQuery, org: str = Depends(org_id)) -> dict:
         """Helicone's property search: the property's values holding `searchTerm` (any case), most requests first."""
         name = key.lower()
+        try:
+            condition = FilterNode(properties={name: {"contains": q.search_term}})
+        except ValidationError as exc:  # a name longer than a filter's property name (so than any property's): the key's 422
+            raise RequestValidationError([{"loc": ("path", "key"), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]) from None
         # a tree filter: read from request_log's rows, with the values put on them
-        values = PropertyValuesQuery(filter=FilterNode(properties={name: {"contains": q.search_term}}), limit=MAX_PROPERTY_SEARCH)
+        values = PropertyValuesQuery(filter=condition, limit=MAX_PROPERTY_SEARCH)
         rows = await run("property_search", property_values_sql(org, name, values))
         return {"data": [r["value"] for r in rows], "error": None}
 

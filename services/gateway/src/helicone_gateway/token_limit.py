@@ -81,7 +81,8 @@ def _chat_doc(body: bytes, where: str) -> dict[str, Any]:
 
 
 def _candidates(model: Any) -> list[str]:
-    return [m.strip() for m in model.split(",") if m.strip()] if isinstance(model, str) else []
+    """The models a fallback body lists, each once (next_body finds the one refused by its name)."""
+    return list(dict.fromkeys(m.strip() for m in model.split(",") if m.strip())) if isinstance(model, str) else []
 
 
 def reserved_tokens(doc: dict[str, Any]) -> int:
