@@ -678,3 +678,9 @@ def test_form_fields_reads_a_forms_small_fields_and_whether_it_came_whole():
     cut = body[:len(body) // 2]
     assert usage.form_fields(cut, ctype, frozenset({b"model", b"n"})) == ({"model": "whisper-1"}, False)
     assert usage.form_model(body, ctype) == "whisper-1" and usage.form_model(body, "application/json") == ""
+
+
+def test_request_fields_are_unicode_text_a_lone_surrogate_written_as_a_question_mark():
+    body = b'{"model": "gpt-4o\\ud800", "user": "\\udfffu", "stream": true}'
+    assert request_fields(body) == ("gpt-4o?", True, "?u")
+    assert usage.unicode_text("caf\u00e9 \u6f22") == "caf\u00e9 \u6f22" and usage.unicode_text("plain") == "plain"

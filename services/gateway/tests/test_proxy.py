@@ -668,3 +668,17 @@ async def test_every_answer_names_the_gateways_region_when_one_is_set_and_so_doe
     # what was logged (proxied, 413, 403, 502) names the region too
     assert sorted(ev.status for ev in built) == [200, 200, 403, 413, 500, 502]
     assert {ev.region for ev in built} == {region}
+
+
+async def test_a_lone_surrogate_in_the_bodys_user_still_logs_the_request(tmp_path):
+    """JSON may escape a lone surrogate ("\\udfff"), which is no Unicode text: the request goes as sent, and is logged
+    with such a user (or model) written as '?' (as the async log writes it), never dropped for a log event that cannot
+    be encoded."""
+    auth = {"Helicone-Auth": "Bearer good-key"}
+    fake = create_fake_upstream()
+    body = b'{"model": "gpt-4o-mini", "user": "u\\udfff", "messages": [{"role": "user", "content": "hi"}]}'
+    async with serve(fake) as upstream_url, started_gateway(tmp_path, openai_url=upstream_url) as (client, built):
+        r = await client.post("/v1/chat/completions", content=body, headers={**auth, "content-type": "application/json"})
+    assert r.status_code == 200
+    assert len(built) == 1, "the request was not logged"
+    assert built[0].user_id == "u?" and built[0].SerializeToString()

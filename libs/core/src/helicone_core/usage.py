@@ -847,15 +847,27 @@ def answer_whole(usage_format: str, body: bytes, content_type: str) -> bool:
     return True
 
 
+def unicode_text(value: str) -> str:
+    """`value` as UTF-8 can carry it (a log event's string fields must): a lone surrogate, which JSON may escape
+    ("\\ud800") but is no Unicode text, becomes '?' (as the async log writes it)."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode(errors="replace").decode()
+    return value
+
+
 def request_fields(body: bytes) -> tuple[str, bool, str]:
     """(model, stream, user) from a JSON request body, read in one parse; `user` is OpenAI's end-user
     parameter ("" when absent or not a string). ("", False, "") for a body that is not JSON or nests past the
-    recursion limit (the request is logged all the same)."""
+    recursion limit (the request is logged all the same). Model and user are Unicode text (unicode_text)."""
     doc = json_object(body)
     if doc is None:
         return "", False, ""
-    model = doc.get("model") if isinstance(doc.get("model"), str) else ""
-    user = doc.get("user") if isinstance(doc.get("user"), str) else ""
+    model = unicode_text(doc["model"]) if isinstance(doc.get("model"), str) else ""
+    user = unicode_text(doc["user"]) if isinstance(doc.get("user"), str) else ""
     return model, doc.get("stream") is True, user
 
 

@@ -34,6 +34,7 @@ from helicone_core.usage import (
     is_stream,
     parse_response,
     request_fields,
+    unicode_text,
     usage_is_its_own,
     with_stream_usage,
 )
@@ -1640,7 +1641,7 @@ class Gateway:
                 logged_error, parsed.priced = STREAM_ERROR_EVENT, False
             if own:  # tts-1's characters, dall-e's images: billed by what the request asked for (their answers report none)
                 parsed = billed_by_request(parsed, rt.path, body, req_ctype, 200 <= status < 300 and not logged_error)
-            model = hh.logged_model(parsed.model or rt.path_model() or req_model)
+            model = unicode_text(hh.logged_model(parsed.model or rt.path_model() or req_model))  # an answer's too
             cost = parsed.cost(self.costs, rt.provider, model)
             if rate_limit is not None and rate_limit.policy.unit == CENTS and cost:
                 self.ratelimits.charge(org_id, rate_limit, cost * 100)
