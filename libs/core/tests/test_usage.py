@@ -684,3 +684,9 @@ def test_request_fields_are_unicode_text_a_lone_surrogate_written_as_a_question_
     body = b'{"model": "gpt-4o\\ud800", "user": "\\udfffu", "stream": true}'
     assert request_fields(body) == ("gpt-4o?", True, "?u")
     assert usage.unicode_text("caf\u00e9 \u6f22") == "caf\u00e9 \u6f22" and usage.unicode_text("plain") == "plain"
+
+
+def test_an_unquoted_form_field_name_with_blanks_after_it_is_still_read():
+    body = (b"--b\r\nContent-Disposition: form-data; name=model \r\n\r\nwhisper-1\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--b--\r\n")
+    assert usage.form_model(body, "multipart/form-data; boundary=b") == "whisper-1"

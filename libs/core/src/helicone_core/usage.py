@@ -903,8 +903,9 @@ def form_fields(body: bytes, content_type: str, names: frozenset[bytes]) -> tupl
         if following < 0:
             return found, False
         part = _PART_NAME.search(body, start, end_of_head + 2)
-        if part and part.group(1) in names:
-            name = part.group(1).decode("latin-1")
+        field = part.group(1).strip(b" \t") if part else b""  # an unquoted name=model may have blanks after it
+        if field in names:
+            name = field.decode("latin-1")
             value = body[end_of_head + 4:following]
             if value.endswith(b"\r\n"):
                 value = value[:-2]
