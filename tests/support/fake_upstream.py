@@ -24,7 +24,9 @@ OpenAI).
 Chat completions and Messages refuse a request too long for `x-fake-context-window` (tokens: a number, or a JSON object
 of them by model) as OpenAI (400 context_length_exceeded) and Anthropic ("prompt is too long", "exceed context limit")
 word their refusals, counting its prompt (words, as above) and max_tokens / max_completion_tokens;
-`x-fake-refusal-counts: 0` leaves the counts out of the message.
+`x-fake-refusal-counts: 0` leaves the counts out of the message. `x-fake-cache` (JSON: `cached_tokens`,
+`cache_write_tokens`) adds prompt-cache counts to a chat completion's `prompt_tokens_details` and a response's
+`input_tokens_details`, as OpenAI reports cache reads and writes.
 Gemini's `:embedContent`, `:batchEmbedContents` and `:countTokens`, and Vertex AI's Gemini paths
 (`projects/<p>/locations/<l>/publishers/google/models/<m>:generateContent`, `:streamGenerateContent`, `:embedContent`,
 `:predict` for embeddings, `:countTokens`) with Vertex's usage fields (cachedContentTokenCount for a `cachedContent`,
@@ -223,6 +225,8 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
             usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                      "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": audio_in},
                      "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": audio_out}}
+        if request.headers.get("x-fake-cache"):
+            usage["prompt_tokens_details"] = {**usage.get("prompt_tokens_details", {}), **json.loads(request.headers["x-fake-cache"])}
         model = body.get("model", "gpt-4o-mini")
         cid = "chatcmpl-" + uuid.uuid4().hex[:12]
         created = int(time.time())
@@ -671,6 +675,7 @@ def create_app(chunk_delay: float = 0.0) -> FastAPI:
         prompt = len(str(body.get("input", "")).split())
         usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(words),
                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + len(words)}
+        usage["input_tokens_details"].update(json.loads(request.headers.get("x-fake-cache", "{}")))
         rid = "resp_" + uuid.uuid4().hex[:12]
         model = body.get("model", "gpt-4o-mini")
         message = {"id": "msg_" + uuid.uuid4().hex[:8], "type": "message", "status": "completed", "role": "assistant",

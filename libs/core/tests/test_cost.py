@@ -500,6 +500,92 @@ def test_snapshots_and_sizes_are_no_other_version(tmp_path):
     assert CostRegistry.load(path).canonical_model("vllm", "qwen3-8b") == "qwen3"
 
 
+def test_a_snapshot_date_does_not_continue_the_version_number_an_entry_ends_with(tmp_path):
+    """gpt-realtime-2025-08-28 is gpt-realtime's snapshot: it starts with gpt-realtime-2's name, whose 2 its date goes on."""
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"vllm": {"voice": {"input": 1.0, "output": 2.0}, "voice-2": {"input": 3.0, "output": 4.0}}}))
+    reg = CostRegistry.from_file(path)
+    assert reg.canonical_model("vllm", "voice-2025-08-28") == "voice"
+    assert reg.canonical_model("vllm", "voice-2-2026-05-07") == "voice-2"
+    assert reg.canonical_model("vllm", "voice-20") is None  # another version of both
+    shipped = CostRegistry.default()
+    assert shipped.canonical_model("openai", "gpt-realtime-2025-08-28") == "gpt-realtime"
+    assert shipped.canonical_model("openai", "gpt-realtime-2") == "gpt-realtime-2"
+
+
+# The models OpenAI's and Anthropic's model pages listed in December 2026 that a stored official page prices whole:
+# developers.openai.com/api/docs/models/<model> (gpt-6-astra: /models/compare; gpt-6-luna, gpt-5.6-luna: ja-JP;
+# gpt-realtime-2.1: zh-Hans), platform.claude.com/docs/<locale>/models/<model>/overview and /about-claude/pricing.
+# (input, output, cache_read, cache_write, cache_write_1h) per 1M, the context window.
+@pytest.mark.parametrize("provider, model, want, window, canonical", [
+    ("openai", "gpt-6.2-sol", (2.0, 10.0, 0.10, 2.50, 2.50), 1_050_000, "gpt-6.2-sol"),
+    ("openai", "gpt-6-astra", (10.0, 50.0, 1.0, 12.50, 12.50), 1_050_000, "gpt-6-astra"),
+    ("openrouter", "openai/gpt-6-luna", (0.10, 0.50, 0.01, 0.125, 0.125), 1_050_000, "gpt-6-luna"),
+    ("openai", "gpt-5.6-luna", (0.20, 1.20, 0.02, 0.25, 0.25), 1_050_000, "gpt-5.6-luna"),
+    # realtime models report no cache writes (their usage has none): the input price stands for them
+    ("openai", "gpt-realtime-2", (4.0, 24.0, 0.40, 4.0, 4.0), 128_000, "gpt-realtime-2"),
+    ("openai", "gpt-realtime-2.1", (4.0, 24.0, 0.40, 4.0, 4.0), 128_000, "gpt-realtime-2.1"),
+    ("openai", "gpt-realtime-2.1-mini", (0.60, 2.40, 0.06, 0.60, 0.60), 128_000, "gpt-realtime-2.1-mini"),
+    ("openai", "gpt-realtime-1.5", (4.0, 16.0, 0.40, 4.0, 4.0), 32_000, "gpt-realtime-1.5"),
+    ("anthropic", "claude-opus-5-20260724", (5.0, 25.0, 0.50, 6.25, 10.0), 1_000_000, "claude-opus-5"),
+    ("openrouter", "anthropic/claude-opus-5.5", (4.0, 20.0, 0.20, 5.0, 8.0), 1_000_000, "claude-opus-5-5"),
+    ("anthropic", "claude-sonnet-5", (2.0, 10.0, 0.20, 2.50, 4.0), 1_000_000, "claude-sonnet-5"),
+    ("anthropic", "claude-sonnet-5-5", (2.0, 10.0, None, 2.50, 4.0), 1_000_000, "claude-sonnet-5-5"),
+    ("anthropic", "claude-fable-5", (10.0, 50.0, 1.0, 12.50, 20.0), 1_000_000, "claude-fable-5"),
+    ("anthropic", "claude-fable-5-1", (10.0, 50.0, 0.25, 12.50, 20.0), 1_000_000, "claude-fable-5-1"),
+    ("anthropic", "claude-mythos-5-1", (10.0, 50.0, 0.25, 12.50, 20.0), None, "claude-mythos-5-1"),
+    ("anthropic", "claude-opus-4-8", (5.0, 25.0, 0.50, 6.25, 10.0), None, "claude-opus-4-8"),
+    ("bedrock", "global.anthropic.claude-opus-5-v1:0", (5.0, 25.0, 0.50, 6.25, 10.0), 1_000_000, "claude-opus-5"),
+])
+def test_the_newest_openai_and_claude_models_at_their_pages_prices(provider, model, want, window, canonical):
+    reg = CostRegistry.default()
+    p = reg.price(provider, model)
+    assert p is not None and (p.input, p.output, p.cache_read, p.cache_write, p.cache_write_1h) == want, model
+    assert (reg.canonical_model(provider, model), reg.context_window(provider, model)) == (canonical, window)
+    assert reg.cost(provider, model, TokenCounts(1000, 100)) == pytest.approx((1000 * want[0] + 100 * want[1]) / 1e6)
+    written = TokenCounts(prompt_tokens=1000, completion_tokens=100, cache_write_tokens=600)
+    assert reg.cost(provider, model, written) == pytest.approx((400 * want[0] + 600 * want[3] + 100 * want[1]) / 1e6)
+
+
+def test_openai_prompts_above_272k_tokens_cost_the_long_context_price_for_the_whole_request():
+    """GPT-5.6 and later pages: more than 272K input tokens double the input and cache rates and take 1.5x the output."""
+    reg = CostRegistry.default()
+    short = TokenCounts(prompt_tokens=272_000, completion_tokens=1000, cache_read_tokens=100_000, cache_write_tokens=50_000)
+    long_ = TokenCounts(prompt_tokens=272_001, completion_tokens=1000, cache_read_tokens=100_000, cache_write_tokens=50_000)
+    assert reg.cost("openai", "gpt-6.2-sol", short) == pytest.approx(
+        (122_000 * 2.0 + 100_000 * 0.10 + 50_000 * 2.50 + 1000 * 10.0) / 1e6)
+    assert reg.cost("openai", "gpt-6.2-sol", long_) == pytest.approx(
+        (122_001 * 4.0 + 100_000 * 0.20 + 50_000 * 5.0 + 1000 * 15.0) / 1e6)
+    assert reg.cost("openai", "gpt-6-luna", long_) == pytest.approx(
+        (122_001 * 0.20 + 100_000 * 0.02 + 50_000 * 0.25 + 1000 * 0.75) / 1e6)
+    # gpt-5.6-luna's page doubles the input (cache writes are 1.25x it) and does not say what cached input costs then
+    written = TokenCounts(prompt_tokens=300_000, completion_tokens=1000, cache_write_tokens=50_000)
+    assert reg.cost("openai", "gpt-5.6-luna", written) == pytest.approx((250_000 * 0.40 + 50_000 * 0.50 + 1000 * 1.80) / 1e6)
+    assert reg.cost("openai", "gpt-5.6-luna", long_) is None
+    # gpt-6-astra's stored page states no long-context price: unknown above 272K, never the short one
+    assert reg.cost("openai", "gpt-6-astra", short) is not None
+    assert reg.cost("openai", "gpt-6-astra", long_) is None
+
+
+@pytest.mark.parametrize("provider, model, tokens", [
+    # Sonnet 5.5's stored page states $0.20 per 1M cache reads, from before the change of 2026-10-07 trackers report
+    ("anthropic", "claude-sonnet-5-5", TokenCounts(prompt_tokens=1000, completion_tokens=10, cache_read_tokens=800)),
+    # Bedrock's geographic profiles of the newest Claude models: no Bedrock price of theirs at hand, not Anthropic's
+    ("bedrock", "us.anthropic.claude-opus-5-v1:0", TokenCounts(1000, 100)),
+    ("bedrock", "eu.anthropic.claude-sonnet-5-5-v1:0", TokenCounts(1000, 100)),
+    ("bedrock", "jp.anthropic.claude-opus-4-8-v1:0", TokenCounts(1000, 100)),
+    # models whose prices no stored official page states whole, and newer versions than the registry knows
+    ("openai", "gpt-6.2-astra", TokenCounts(1000, 100)),
+    ("openai", "gpt-5.6-sol", TokenCounts(1000, 100)),
+    ("openai", "gpt-realtime-2.5", TokenCounts(1000, 100)),
+    ("anthropic", "claude-haiku-5-5", TokenCounts(1000, 100)),
+    ("anthropic", "claude-fable-5-2", TokenCounts(1000, 100)),
+    ("openrouter", "anthropic/claude-opus-5.7", TokenCounts(1000, 100)),
+])
+def test_what_no_stored_official_page_prices_is_an_unknown_cost(provider, model, tokens):
+    assert CostRegistry.default().cost(provider, model, tokens) is None
+
+
 # Google's pricing page (ai.google.dev/gemini-api/docs/pricing; LiteLLM's gemini/ entries agree): the Flash models price
 # audio input above text, image and video (gemini-2.5-flash: $1.00 per 1M audio tokens, $0.30 text; cached $0.10 / $0.03),
 # the Pro models one price for every modality. Native usageMetadata lists audio in promptTokensDetails (modality AUDIO),

@@ -23,6 +23,33 @@ def test_openai_json_usage_with_cached_tokens():
     assert (p.tokens.prompt_tokens, p.tokens.completion_tokens, p.tokens.cache_read_tokens) == (120, 30, 100)
 
 
+def test_openai_cache_writes_are_read_from_chat_completions_and_the_responses_api():
+    """OpenAI reports prompt tokens written to the cache apart from those read from it (openai-python's
+    CompletionUsage.prompt_tokens_details.cache_write_tokens, ResponseUsage.input_tokens_details.cache_write_tokens):
+    logged as cache writes and priced at the model's cache-write price (GPT-5.6 and later: 1.25x input), not as input."""
+    chat = {"prompt_tokens": 5000, "completion_tokens": 100, "total_tokens": 5100,
+            "prompt_tokens_details": {"cached_tokens": 3000, "cache_write_tokens": 1500}}
+    responses = {"input_tokens": 5000, "output_tokens": 100, "total_tokens": 5100,
+                 "input_tokens_details": {"cached_tokens": 3000, "cache_write_tokens": 1500},
+                 "output_tokens_details": {"reasoning_tokens": 40}}
+    completed = {"type": "response.completed", "response": {"model": "gpt-6.2-sol", "usage": responses}}
+    answers = [
+        parse_response("openai", json.dumps({"model": "gpt-6.2-sol", "usage": chat}).encode(), "application/json"),
+        parse_response("openai", sse({"model": "gpt-6.2-sol", "choices": [], "usage": chat}), "text/event-stream"),
+        parse_response("openai", json.dumps({"model": "gpt-6.2-sol", "usage": responses}).encode(), "application/json"),
+        parse_response("openai", f"event: response.completed\ndata: {json.dumps(completed)}\n\n".encode(), "text/event-stream"),
+    ]
+    reg = CostRegistry.default()
+    for p in answers:
+        assert (p.tokens.prompt_tokens, p.tokens.cache_read_tokens, p.tokens.cache_write_tokens) == (5000, 3000, 1500)
+        assert (p.logged_usage().cache_read_tokens, p.logged_usage().cache_write_tokens) == (3000, 1500)
+        # gpt-6.2-sol: $2 input, $0.10 cached input, $2.50 cache writes, $10 output per 1M
+        want = (500 * 2.0 + 3000 * 0.10 + 1500 * 2.50 + 100 * 10.0) / 1e6
+        assert p.cost(reg, "openai", p.model) == pytest.approx(want)
+    # before the GPT-5.6 family a cache write costs no more than input: gpt-4.1's $2
+    assert answers[0].cost(reg, "openai", "gpt-4.1") == pytest.approx((2000 * 2.0 + 3000 * 0.50 + 100 * 8.0) / 1e6)
+
+
 def test_openai_stream_usage_from_final_chunk():
     body = sse({"model": "gpt-4o-mini", "choices": [{"delta": {"content": "hi"}}], "usage": None},
                {"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}})

@@ -372,3 +372,20 @@ async def test_files_content_responses_embeddings_and_moderations_through_the_sd
     assert (embeddings.model, embeddings.usage.prompt_tokens) == ("text-embedding-3-small", 4)
     assert embeddings.cost_known and embeddings.cost_usd == pytest.approx(4 * 0.02 / 1e6)
     assert (moderation.model, moderation.usage.known, moderation.cost_known) == ("omni-moderation-latest", False, False)
+
+
+async def test_openai_cache_writes_are_logged_and_priced_at_the_models_cache_write_price(gateway):
+    """GPT-5.6 and later bill prompt tokens written to the cache at 1.25x input; OpenAI reports them apart from the cached
+    ones (prompt_tokens_details / input_tokens_details.cache_write_tokens). Chat Completions (JSON and a stream) and the
+    Responses API log them as cache writes, priced at gpt-6.2-sol's $2.50 per 1M, not its $2 input."""
+    client, _, built, _ = gateway
+    cache = {"extra_headers": {"x-fake-cache": json.dumps({"cached_tokens": 4, "cache_write_tokens": 3})}}
+    words = "one two three four five six seven eight nine ten"
+    await client.chat.completions.create(model="gpt-6.2-sol", messages=[{"role": "user", "content": words}], **cache)
+    stream = await client.chat.completions.create(model="gpt-6.2-sol", messages=[{"role": "user", "content": words}],
+                                                  stream=True, stream_options={"include_usage": True}, **cache)
+    assert [c async for c in stream]
+    await client.responses.create(model="gpt-6.2-sol", input=words, **cache)
+    for ev in await logged(built, 3):
+        assert (ev.model, ev.usage.prompt_tokens, ev.usage.cache_read_tokens, ev.usage.cache_write_tokens) == ("gpt-6.2-sol", 10, 4, 3)
+        assert ev.cost_known and ev.cost_usd == pytest.approx((3 * 2.0 + 4 * 0.10 + 3 * 2.50 + 6 * 10.0) / 1e6)

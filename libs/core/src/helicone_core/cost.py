@@ -4,9 +4,9 @@ The registry ships as cost_registry.json; HELICONE_COST_REGISTRY_FILE names a fi
 merged over it (an entry replaces the shipped entry of that name, `null` removes one). A model is
 found in its provider's section (every section when the provider has none): by exact name, else by
 the first entry whose `regex` / `pattern` (glob) matches, else by the longest entry name it starts
-with, unless the rest names another version of it (claude-opus-4-6 is not claude-opus-4); a fine-tune
-(ft:<model>:...) only by the ft: entries; a Bedrock id of an Anthropic model is looked up as the whole id,
-then as the model's own name.
+with, unless the rest names another version of it (claude-opus-4-6 is not claude-opus-4) or goes on with the number
+its name ends with (gpt-realtime-2025-08-28 is not gpt-realtime-2); a fine-tune (ft:<model>:...) only by the ft:
+entries; a Bedrock id of an Anthropic model is looked up as the whole id, then as the model's own name.
 Tiers price the whole request differently above a prompt size (long-context pricing). Models billed by something
 else than tokens are priced by it: the characters of their input (tts-1), the minutes of their input audio
 (whisper-1), their images by quality and size (dall-e). An entry may also carry its model's context window
@@ -314,7 +314,8 @@ class CostRegistry:
             if e.matcher.search(model):
                 return e
         for candidate in self._ordered[prov]:
-            if model.startswith(candidate) and not _OTHER_VERSION.match(model, len(candidate)):
+            if (model.startswith(candidate) and not _OTHER_VERSION.match(model, len(candidate))
+                    and not (candidate[-1:].isdigit() and model[len(candidate):len(candidate) + 1].isdigit())):
                 return entries[candidate]
         return None
 

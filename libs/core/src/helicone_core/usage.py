@@ -172,6 +172,10 @@ def openai_usage(usage: dict) -> TokenCounts:
     cached = (_int(prompt_details.get("cached_tokens"))
               or _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
               or _int(usage.get("prompt_cache_hit_tokens")))  # DeepSeek's name for it
+    # prompt tokens written to the cache (Chat Completions' prompt_tokens_details, the Responses API's
+    # input_tokens_details): not among cached_tokens; GPT-5.6 and later bill them above the input rate
+    written = (_int(prompt_details.get("cache_write_tokens"))
+               or _int(_dict(usage.get("input_tokens_details")).get("cache_write_tokens")))
     # OpenAI counts reasoning inside completion_tokens; xAI apart from it (its total is prompt + completion + reasoning)
     reasoning = _int(completion_details.get("reasoning_tokens"))
     if reasoning and _int(usage.get("total_tokens")) == prompt + completion + reasoning:
@@ -194,7 +198,7 @@ def openai_usage(usage: dict) -> TokenCounts:
     # audio's length instead ({"type": "duration", "seconds": N}), what it is billed by
     seconds = _seconds(usage.get("seconds")) if usage.get("type") == "duration" else None
     return TokenCounts(prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=cached,
-                       audio_prompt_tokens=_int(prompt_details.get("audio_tokens")),
+                       cache_write_tokens=written, audio_prompt_tokens=_int(prompt_details.get("audio_tokens")),
                        audio_cache_read_tokens=_int(_dict(prompt_details.get("cached_tokens_details")).get("audio_tokens")),
                        audio_completion_tokens=_int(completion_details.get("audio_tokens")),
                        image_prompt_tokens=image_in, image_cache_read_tokens=image_cached, cache_read_split_tokens=split,
