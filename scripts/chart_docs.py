@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 from helicone_core.settings import CLICKHOUSE_IDENTIFIER
+from helicone_core.vault import MASTER_KEY_TEXT as VAULT_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "helicone"
@@ -53,7 +54,7 @@ CHART_MANAGED = {
 # Secrets reach the pods only from Secrets (postgres.existingSecret, ...), never from a ConfigMap.
 SECRET_SETTINGS = {"postgres_dsn", "clickhouse_password", "kafka_sasl_password", "s3_access_key_id", "s3_secret_access_key",
                    "redis_url",  # a Redis URL may carry its password
-                   "admin_token", "llm_security_api_key"}
+                   "admin_token", "llm_security_api_key", "vault_key", "vault_old_keys"}
 
 # Keys whose content is free-form Kubernetes (or Argo) structure: checked by Kubernetes, not here.
 FREE_OBJECTS = {
@@ -86,6 +87,9 @@ CONSTRAINTS = {
     "clickhouse.database": {"pattern": f"^{CLICKHOUSE_IDENTIFIER.pattern}$"},  # written unquoted in the analytics SQL
     "llmSecurity.url": {"pattern": "^(https?://.+)?$"},
     "admin.token": {"anyOf": [{"maxLength": 0}, {"minLength": 32}]},  # ApiSettings.admin_token: empty (off) or 32+ characters
+    # helicone_core.vault.parse_master_key: empty (off) or 32 bytes in base64; the old keys a comma-separated list of them
+    "vault.key": {"pattern": f"^({VAULT_KEY})?$"},
+    "vault.oldKeys": {"pattern": f"^({VAULT_KEY}(\\s*,\\s*{VAULT_KEY})*)?$"},
     "defaults.replicas": {"minimum": 0},
     "defaults.terminationGracePeriodSeconds": {"minimum": 1},
     "defaults.preStopSeconds": {"minimum": 0},

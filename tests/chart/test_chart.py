@@ -4,6 +4,7 @@ or by the templates with a message naming the value; and the rendered objects do
 
 from __future__ import annotations
 
+import base64
 import itertools
 import subprocess
 import sys
@@ -161,6 +162,9 @@ BAD_VALUES = [
     ({"llmSecurity": {"url": "llama-guard.ml:8000/v1", "model": "m"}}, "/llmSecurity/url"),
     ({"components": {"gateway": {"config": {"llm_security_url": "http://x"}}}}, "llm_security_url"),  # via llmSecurity.url
     ({"components": {"gateway": {"config": {"llm_security_api_key": "k"}}}}, "llm_security_api_key"),  # only from Secrets
+    ({"vault": {"key": "changeme"}}, "/vault/key"),  # the api and the gateway refuse a key that is not 32 bytes of base64
+    ({"vault": {"oldKeys": "A" * 43 + "=, old"}}, "/vault/oldKeys"),
+    ({"components": {"api": {"config": {"vault_key": "A" * 43 + "="}}}}, "vault_key"),  # only from Secrets
 ]
 
 
@@ -184,6 +188,7 @@ TEMPLATE_ERRORS = [
     (merge(REQUIRED, {"components": {"ingest": {"autoscaling": {"enabled": True, "maxReplicas": 20}}}}), "above kafka.partitions"),
     (merge(REQUIRED, {"s3": {"accessKeyId": "AK"}}), "s3.accessKeyId and s3.secretAccessKey go together"),
     (merge(REQUIRED, {"llmSecurity": {"url": "http://llama-guard.ml:8000/v1"}}), "llmSecurity.model is required with llmSecurity.url"),
+    (merge(REQUIRED, {"vault": {"oldKeys": "A" * 43 + "="}}), "vault.oldKeys needs vault.key"),
     # an HPA or ScaledObject whose floor is above its ceiling: the API server (or KEDA's webhook) refuses it mid-install
     (merge(REQUIRED, {"defaults": {"autoscaling": {"enabled": True, "minReplicas": 3}}, "components": {"ingest": {
         "autoscaling": {"maxReplicas": 2}}}}), "components.ingest autoscaling.minReplicas (3) is above its maxReplicas (2)"),
@@ -464,6 +469,40 @@ def test_the_admin_token_reaches_only_the_api_from_a_secret(chart):
     assert "admin-token" not in by_kind(existing, "Secret")["hc-helicone"]["data"]
     without = objects(render(REQUIRED, chart=chart))  # no token: the admin routes are off
     assert "HELICONE_ADMIN_TOKEN" not in env_of(pods(without)["api"]["spec"]["containers"][0])
+
+
+def test_the_vault_master_key_reaches_only_the_api_and_the_gateway_from_a_secret(chart):
+    """The provider key vault's master key (and the old ones) come from a Secret to the api (it encrypts) and the
+    gateway (it decrypts), as the settings the code reads, and to nothing else (ingest, prompts, the migrations)."""
+    from helicone_api.settings import ApiSettings
+    from helicone_gateway.settings import GatewaySettings
+
+    key, old = "A" * 43 + "=", "B" * 43 + "=, " + "C" * 43 + "="
+    objs = objects(render(REQUIRED, {"vault": {"key": key, "oldKeys": old}}, chart=chart))
+    assert_valid(objs)
+    secret = by_kind(objs, "Secret")["hc-helicone"]["data"]
+    for name, pod in pods(objs).items():
+        env = env_of(pod["spec"]["containers"][0])
+        if name in ("api", "gateway"):
+            assert env["HELICONE_VAULT_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "hc-helicone", "key": "vault-key"}
+            assert env["HELICONE_VAULT_OLD_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "hc-helicone", "key": "vault-old-keys"}
+        else:
+            assert "HELICONE_VAULT_KEY" not in env and "HELICONE_VAULT_OLD_KEYS" not in env
+    job = next(o for o in objs if o["kind"] == "Job")
+    assert "HELICONE_VAULT_KEY" not in env_of(job["spec"]["template"]["spec"]["containers"][0])
+    # the values the Secret holds start both services with the vault on
+    values = {"vault_key": base64.b64decode(secret["vault-key"]).decode(),
+              "vault_old_keys": base64.b64decode(secret["vault-old-keys"]).decode()}
+    for cls in (ApiSettings, GatewaySettings):
+        assert cls(_env_file=None, **values).vault_keyring() is not None
+    existing = objects(render(REQUIRED, {"vault": {"existingSecret": "helicone-vault", "existingSecretOldKeysKey": "old"}},
+                              chart=chart))
+    env = env_of(pods(existing)["gateway"]["spec"]["containers"][0])
+    assert env["HELICONE_VAULT_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "helicone-vault", "key": "key"}
+    assert env["HELICONE_VAULT_OLD_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "helicone-vault", "key": "old"}
+    assert not {"vault-key", "vault-old-keys"} & set(by_kind(existing, "Secret")["hc-helicone"]["data"])
+    without = objects(render(REQUIRED, chart=chart))  # no key: the vault is off, nothing of it rendered
+    assert all("HELICONE_VAULT_KEY" not in env_of(p["spec"]["containers"][0]) for p in pods(without).values())
 
 
 def test_the_llm_security_classifier_reaches_only_the_gateway_with_its_key_from_a_secret(chart):

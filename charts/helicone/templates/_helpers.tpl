@@ -258,6 +258,20 @@ service's existingSecret when set, else from the chart's Secret.
 {{- $out = append $out (dict "env" "HELICONE_ADMIN_TOKEN" "secret" $own "key" "admin-token") }}
 {{- end }}
 {{- end }}
+{{- if and (has .component (list "api" "gateway")) (or $v.vault.key $v.vault.existingSecret) }}
+{{- /* the provider key vault: the api encrypts with it, the gateway decrypts */}}
+{{- if $v.vault.existingSecret }}
+{{- $out = append $out (dict "env" "HELICONE_VAULT_KEY" "secret" $v.vault.existingSecret "key" $v.vault.existingSecretKey) }}
+{{- if $v.vault.existingSecretOldKeysKey }}
+{{- $out = append $out (dict "env" "HELICONE_VAULT_OLD_KEYS" "secret" $v.vault.existingSecret "key" $v.vault.existingSecretOldKeysKey) }}
+{{- end }}
+{{- else }}
+{{- $out = append $out (dict "env" "HELICONE_VAULT_KEY" "secret" $own "key" "vault-key") }}
+{{- if $v.vault.oldKeys }}
+{{- $out = append $out (dict "env" "HELICONE_VAULT_OLD_KEYS" "secret" $own "key" "vault-old-keys") }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (has "kafka" $uses) (hasPrefix "SASL" $v.kafka.securityProtocol) }}
 {{- $user := get $v.kafka.sasl .component }}
 {{- if $user.existingSecret }}
@@ -279,6 +293,11 @@ service's existingSecret when set, else from the chart's Secret.
 {{- if and $v.components.gateway.enabled (not $v.redis.existingSecret) $v.redis.url }}{{ $_ := set $d "redis-url" $v.redis.url }}{{ end }}
 {{- if and $v.components.gateway.enabled $v.llmSecurity.url (not $v.llmSecurity.existingSecret) $v.llmSecurity.apiKey }}{{ $_ := set $d "llm-security-api-key" $v.llmSecurity.apiKey }}{{ end }}
 {{- if and $v.components.api.enabled (not $v.admin.existingSecret) $v.admin.token }}{{ $_ := set $d "admin-token" $v.admin.token }}{{ end }}
+{{- if and $v.vault.oldKeys (not $v.vault.key) (not $v.vault.existingSecret) }}{{ fail "vault.oldKeys needs vault.key: the old keys only decrypt, a current key encrypts" }}{{ end }}
+{{- if and (or $v.components.api.enabled $v.components.gateway.enabled) (not $v.vault.existingSecret) $v.vault.key }}
+{{- $_ := set $d "vault-key" $v.vault.key }}
+{{- if $v.vault.oldKeys }}{{ $_ := set $d "vault-old-keys" $v.vault.oldKeys }}{{ end }}
+{{- end }}
 {{- if and (not $v.s3.existingSecret) $v.s3.accessKeyId $v.s3.secretAccessKey }}
 {{- $_ := set $d "s3-access-key-id" $v.s3.accessKeyId }}
 {{- $_ := set $d "s3-secret-access-key" $v.s3.secretAccessKey }}

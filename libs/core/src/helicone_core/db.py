@@ -18,6 +18,9 @@ KEY_PREFIX = "sk-helicone-"
 KEY_CHANGES_CHANNEL = "helicone_api_keys"
 # Postgres NOTIFY channel for prompt changes; payload "<org id>:<prompt id>"
 PROMPT_CHANGES_CHANNEL = "helicone_prompt_changes"
+# Postgres NOTIFY channel for provider_keys changes (the vault); payload "<org id>:<provider>:<key id>:<hex ciphertext>",
+# the last two empty when the org's key for that provider is gone
+PROVIDER_KEY_CHANGES_CHANNEL = "helicone_provider_keys"
 
 MIGRATIONS: list[str] = [
     # 1: organisations and keys
@@ -199,6 +202,35 @@ MIGRATIONS: list[str] = [
         created_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     CREATE INDEX request_webhooks_org ON request_webhooks(org_id, created_at);
+    """,
+    # 10: the provider key vault (helicone_core.vault): one stored key per org and provider, encrypted (AES-GCM under the
+    # deployment's master key, bound to its org and provider), and a change feed for the gateways' copies
+    f"""
+    CREATE TABLE provider_keys (
+        id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+        org_id UUID NOT NULL REFERENCES orgs(id),
+        provider TEXT NOT NULL,
+        name TEXT NOT NULL,
+        hint TEXT NOT NULL,
+        ciphertext BYTEA NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        UNIQUE (org_id, provider)
+    );
+    CREATE FUNCTION helicone_notify_provider_key_change() RETURNS trigger AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            PERFORM pg_notify('{PROVIDER_KEY_CHANGES_CHANNEL}', OLD.org_id::text || ':' || OLD.provider || '::');
+            RETURN OLD;
+        END IF;
+        IF TG_OP = 'UPDATE' AND (OLD.org_id <> NEW.org_id OR OLD.provider <> NEW.provider) THEN
+            PERFORM pg_notify('{PROVIDER_KEY_CHANGES_CHANNEL}', OLD.org_id::text || ':' || OLD.provider || '::');
+        END IF;
+        PERFORM pg_notify('{PROVIDER_KEY_CHANGES_CHANNEL}', NEW.org_id::text || ':' || NEW.provider || ':' || NEW.id::text
+                          || ':' || encode(NEW.ciphertext, 'hex'));
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER provider_keys_notify AFTER INSERT OR UPDATE OR DELETE ON provider_keys
+        FOR EACH ROW EXECUTE FUNCTION helicone_notify_provider_key_change();
     """,
 ]
 

@@ -33,6 +33,11 @@ SNAPSHOT_FORMAT = 1
 
 
 class KeyDirectory:
+    # what is followed (a subclass follows another table: helicone_core.vault.ProviderKeyDirectory)
+    channel = KEY_CHANGES_CHANNEL
+    down_message = "key store unreachable (%s); answering from the last known key set (%d keys)"
+    down_unloaded_message = "key store unreachable (%s) and no key set loaded: every key is refused until it answers"
+
     def __init__(self, dsn: str, snapshot_path: Path | None, metrics: ServiceMetrics, *,
                  resync_interval: float = 60.0, connect_timeout: float = 2.0, max_backoff: float = 5.0,
                  heartbeat: float = 1.0) -> None:
@@ -54,6 +59,9 @@ class KeyDirectory:
         self._save_again = False  # a change came in while a save was under way
         self._writing: asyncio.Task | None = None  # the snapshot write under way (in a thread)
         self._first_load = asyncio.Event()
+        self._register_metrics(metrics)
+
+    def _register_metrics(self, metrics: ServiceMetrics) -> None:
         svc = metrics.service
         self.m_entries = metrics.gauge(f"helicone_{svc}_key_directory_entries", "Active API keys known to this service",
                                        merge="livemax")
@@ -129,7 +137,7 @@ class KeyDirectory:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 # listen before loading, so no change between the load and the listen is missed
-                await conn.add_listener(KEY_CHANGES_CHANNEL, self._on_notify)
+                await conn.add_listener(self.channel, self._on_notify)
                 while True:
                     await self._reload(conn)
                     self._set_live(True)
@@ -150,11 +158,9 @@ class KeyDirectory:
                 if self._live or not self._said_down:  # once per outage, a first one at start included
                     self._said_down = True
                     if self._loaded:
-                        log.warning("key store unreachable (%s); answering from the last known key set (%d keys)",
-                                    exc.__class__.__name__, len(self._keys))
+                        log.warning(self.down_message, exc.__class__.__name__, len(self._keys))
                     else:
-                        log.warning("key store unreachable (%s) and no key set loaded: every key is refused until it "
-                                    "answers", exc.__class__.__name__)
+                        log.warning(self.down_unloaded_message, exc.__class__.__name__)
                 self._set_live(False)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -166,10 +172,7 @@ class KeyDirectory:
 
     async def _reload(self, conn: asyncpg.Connection) -> None:
         self._buffer = []
-        rows = await wait_for(
-            conn.fetch("SELECT key_hash, org_id FROM api_keys WHERE revoked_at IS NULL"), self.connect_timeout * 5
-        )
-        keys = {r["key_hash"]: str(r["org_id"]) for r in rows}
+        keys = await self._fetch(conn)
         pending, self._buffer = self._buffer, None
         for payload in pending:  # changes committed while the load ran: newer than what it read
             self._apply(keys, payload)
@@ -180,6 +183,13 @@ class KeyDirectory:
         self.m_changes.labels("full_reload").inc()
         self._schedule_save()
 
+    async def _fetch(self, conn: asyncpg.Connection) -> dict:
+        """The whole set, as Postgres has it now."""
+        rows = await wait_for(
+            conn.fetch("SELECT key_hash, org_id FROM api_keys WHERE revoked_at IS NULL"), self.connect_timeout * 5
+        )
+        return {r["key_hash"]: str(r["org_id"]) for r in rows}
+
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
         if self._buffer is not None:
             self._buffer.append(payload)
@@ -188,7 +198,7 @@ class KeyDirectory:
         self.m_entries.set(len(self._keys))
         self._schedule_save()
 
-    def _apply(self, keys: dict[str, str], payload: str) -> None:
+    def _apply(self, keys: dict, payload: str) -> None:
         digest, _, org = payload.partition(":")
         if org:
             keys[digest] = org

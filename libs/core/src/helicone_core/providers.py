@@ -21,6 +21,8 @@ USAGE_FORMATS = {
                "event stream (`chunk.bytes`) of Anthropic's models, other models' streams by `amazon-bedrock-invocationMetrics`",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9]{1,31}$")
+# a `key` way the gateway can send an org's stored key in: "Name: <key>" or "Name: Bearer <... key>"
+_VAULT_WAY = re.compile(r"^([A-Za-z0-9-]+):\s*(Bearer )?<[^<>]*\bkey>$")
 _FIELDS = {"label", "base_url", "base_url_form", "key", "usage", "usage_paths", "target_paths", "stream_options", "model_path",
            "sdk_base"}
 
@@ -41,6 +43,11 @@ class Provider:
     base_url_form: str = ""  # the form of a base URL to name where there is no default (errors, docs)
     # (marker in the path, base URL form): an API the default base URL does not serve (Vertex AI's regional hosts)
     target_paths: tuple[tuple[str, str], ...] = ()
+    # read from `key`: the (lower-case) headers a caller's key comes in, the query parameter one may come in (Gemini's
+    # ?key=), and the header and value prefix a stored key (helicone_core.vault) is sent in (None: never one)
+    key_headers: tuple[str, ...] = ()
+    key_param: str = ""
+    vault_header: tuple[str, str] | None = None
 
     def usage_for(self, path: str) -> str:
         for marker, fmt in self.usage_paths:
@@ -107,8 +114,14 @@ def parse_table(doc: dict) -> dict[str, Provider]:
             model_path = re.compile(entry["model_path"]) if entry.get("model_path") else None
         except re.error as exc:
             raise ValueError(f"{where}: model_path is not a regex ({exc})") from None
+        key_headers = tuple(dict.fromkeys(way.split(":", 1)[0].strip().lower() for way in key
+                                          if ":" in way and not way.startswith("?")))
+        key_param = next((way[1:].split("=", 1)[0] for way in key if way.startswith("?")), "")
+        vault_way = next((m for way in key if (m := _VAULT_WAY.match(way))), None)
         out[name] = Provider(
             name=name, label=entry["label"], base_url=entry["base_url"].rstrip("/"), key=tuple(key),
+            key_headers=key_headers, key_param=key_param,
+            vault_header=(vault_way.group(1).lower(), vault_way.group(2) or "") if vault_way else None,
             usage=entry["usage"], usage_paths=tuple(paths.items()), model_path=model_path,
             sdk_base=entry.get("sdk_base", ""), formats=tuple(dict.fromkeys(formats)),
             stream_options=tuple(stream_options), base_url_form=entry.get("base_url_form", ""),

@@ -34,6 +34,7 @@ from .models import ERRORS, ErrorBody, RequestId, keep_example_nulls
 from .otlp import OTLP_PATHS
 from .prompts import PromptsClient, prompts_router
 from .properties import properties_router
+from .provider_keys import provider_keys_router
 from .queries import body_to_json, detail_sql
 from .request_webhooks import request_webhooks_router
 from .scores import scores_router
@@ -201,6 +202,7 @@ def create_app(settings: ApiSettings | None = None, *, analytics=None, bodies=No
     app.include_router(scores_router(state, org_id))
     app.include_router(properties_router(state, org_id))
     app.include_router(keys_router(state, org_id))
+    app.include_router(provider_keys_router(state, org_id))
     app.include_router(prompts_router(state, org_id))
     app.include_router(alerts_router(state, org_id))
     app.include_router(request_webhooks_router(state, org_id))

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from helicone_core.settings import ServiceSettings
+from helicone_core.vault import VaultSettings
 from pydantic import Field, SecretStr, field_validator
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(ServiceSettings, VaultSettings):  # VaultSettings: /v1/provider-keys (provider_keys.py)
     port: int = 8585
     # Largest request body (bytes) the api reads; larger ones are answered 413 (guard.py).
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)

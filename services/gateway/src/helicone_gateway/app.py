@@ -24,6 +24,7 @@ from helicone_core.http_limits import HEADERS_TOO_LARGE_STATUS, HEADERS_TOO_LARG
 from helicone_core.kafka import client_security
 from helicone_core.key_directory import KeyDirectory
 from helicone_core.metrics import OPS_PATHS, Check, OpsRoutes, ServiceMetrics, readiness
+from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.usage import (
     FORM_DATA,
     Parsed,
@@ -38,6 +39,7 @@ from helicone_core.usage import (
     usage_is_its_own,
     with_stream_usage,
 )
+from helicone_core.vault import ProviderKeyDirectory, StoredKey
 from yarl import URL
 
 from .cache import (
@@ -107,7 +109,8 @@ from .moderation import (
 )
 from .prompt_check import MAX_ANSWER_BYTES, PromptCheck, PromptCheckError, Verdict
 from .prompts import BODY_MARK, PromptError, PromptResolver, PromptUse
-from .providers import Route, Router, dot_segment, dot_segment_message, missing_base_url, upstream_url
+from .provider_keys import HELICONE, OWN, REALTIME_KEY_PROTOCOL, VAULT_HEADERS, caller_key, origin, take_helicone_key
+from .providers import TARGET_URL_HEADER, Route, Router, dot_segment, dot_segment_message, missing_base_url, upstream_url
 from .publisher import EventPublisher
 from .ratelimit import (
     CENTS,
@@ -178,6 +181,7 @@ STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSErro
 ALLOWLIST_ENV = env_name("target_url_allowlist")
 ALLOW_PRIVATE_ENV = env_name("target_url_allow_private")
 READ_TIMEOUT_ENV = env_name("upstream_read_timeout")
+VAULT_ORIGINS_ENV = env_name("vault_target_origins")
 WRITE_TIMEOUT_ENV = env_name("client_write_timeout")
 REALTIME_SESSIONS_ENV = env_name("realtime_sessions_per_key")
 # The `provider` of requests_total and request_duration_seconds when no provider is known: answers given before the
@@ -299,10 +303,11 @@ class Leg:
     """One target of a request with Helicone-Retry-* or Helicone-Fallbacks: its route, URL, checked
     destination (Target-URL traffic), and its Helicone-Fallbacks entry (headers, body, onCodes)."""
 
-    __slots__ = ("body", "fallback", "fitting", "rt", "target", "url")
+    __slots__ = ("body", "fallback", "fitting", "rt", "stored", "target", "url")
 
     def __init__(self, rt: Route, url: str, target: TargetDest | None, fallback: FallbackTarget | None) -> None:
         self.rt, self.url, self.target, self.fallback = rt, url, target, fallback
+        self.stored: StoredKey | None = None  # its org's stored key for its provider (the vault), sent with its tries
         self.body: bytes | None = None  # the request body with bodyKeyOverride merged in; None: the body as sent
         self.fitting: Fitting | None = None  # Helicone-Token-Limit-Exception-Handler's handling of this target
 
@@ -528,6 +533,30 @@ class Gateway:
             "and result: resent (cut, or to the next model) or gave_up (nothing more to try: the refusal is answered)",
             ("handler", "result"),
         )
+        # the provider key vault (HELICONE_VAULT_KEY; helicone_core.vault, provider_keys.py): its metrics whether it is on
+        # or not, and every org's stored keys, decrypted, in memory (None while it is off: nothing is ever added)
+        self.m_vault_entries = metrics.gauge(
+            "helicone_gateway_vault_entries", "Stored provider keys this gateway holds (the provider key vault)", merge="livemax")
+        self.m_vault_live = metrics.gauge(
+            "helicone_gateway_vault_live",
+            "1 while stored provider key changes are followed live from Postgres; 0 while answering from the last known "
+            "set, or while the vault is off", merge="livemin")
+        self.m_vault_changes = metrics.counter(
+            "helicone_gateway_vault_changes_total",
+            "Stored provider key changes applied, by kind: added, removed, full_reload, undecryptable (a stored key left "
+            "out, at each load, because no master key of this gateway decrypts it)", ("kind",))
+        self.m_vault_requests = metrics.counter(
+            "helicone_gateway_vault_requests_total",
+            "Requests without a provider key of their own whose org stores one (each other Helicone-Fallbacks target "
+            "counted apart), by what the vault did: added (the stored key sent), target_refused (not sent: a "
+            "Helicone-Target-URL origin outside HELICONE_VAULT_TARGET_ORIGINS), missing (a Helicone key sent as the "
+            "provider key, and none stored: a 401)", ("result",))
+        keyring = settings.vault_keyring()
+        self.vault: ProviderKeyDirectory | None = None if keyring is None else ProviderKeyDirectory(
+            settings.postgres_dsn.get_secret_value(), keyring, VAULT_HEADERS, entries=self.m_vault_entries,
+            live=self.m_vault_live, changes=self.m_vault_changes, resync_interval=settings.key_resync_interval)
+        self.vault_origins = frozenset(origin(o) for o in settings.vault_target_origins)
+        self._vault_added = self.m_vault_requests.labels("added")
         # the series every proxied request touches, looked up once per label values (labels() takes
         # a lock and builds a key per call)
         self._auth_ok = self.m_auth.labels("ok")
@@ -544,10 +573,14 @@ class Gateway:
                                      read_timeout=s.upstream_read_timeout, dns_ttl=300)
         await self.publisher.start()
         await self.keys.start()
+        if self.vault is not None:
+            await self.vault.start()
         await self.prompts.start()
 
     async def stop(self) -> None:
         await self.prompts.stop()
+        if self.vault is not None:
+            await self.vault.stop()
         await self.keys.stop()
         await self.publisher.stop()
         await self.cache.close()
@@ -612,6 +645,61 @@ class Gateway:
         self._auth_ok.inc()
         return org
 
+    # ---- the provider key vault (only a gateway with HELICONE_VAULT_KEY) ----------------------------------------
+    def _stored_key(self, org_id: str, rt: Route, raw_headers: list[tuple[str, str]], header_map: dict[str, str],
+                    query: bytes, wanted: bool) -> tuple[list[tuple[str, str]], dict[str, str], StoredKey | None]:
+        """(the request's headers, its header map, the org's stored key that goes with it or None). The caller's own key
+        for rt's provider wins (None); a Helicone key where that key goes is taken out of the headers (never forwarded)
+        and asks for the stored key, as `wanted` does: then no stored key is a Rejection (401, or 403 for a Target-URL
+        origin the operator has not listed) rather than a request sent without any."""
+        held = caller_key(rt.provider, header_map, query)
+        if held == OWN:
+            return raw_headers, header_map, None
+        if held == HELICONE:  # with Helicone-Auth too (else it was taken out before auth)
+            _, raw_headers = take_helicone_key(raw_headers)
+            header_map, wanted = dict(raw_headers), True
+            if caller_key(rt.provider, header_map, query) == OWN:
+                return raw_headers, header_map, None
+        stored, refused = self._vault_key(org_id, rt)
+        if stored is None and wanted:
+            p = PROVIDER_TABLE[rt.provider]
+            if refused:
+                raise Rejection(403, f"your org's stored {p.label} key is never sent to {TARGET_URL_HEADER} {refused}: the "
+                                f"gateway's operator lists the origins it may go to in {VAULT_ORIGINS_ENV}; send your own "
+                                "provider key there", "helicone_vault_refused")
+            self.m_vault_requests.labels("missing").inc()
+            raise Rejection(401, f"your Helicone key was sent where the {p.label} key goes, and your org stores no key for "
+                            f"provider {rt.provider!r}: store one (POST /v1/provider-keys on the api), or send the "
+                            f"provider's own key ({p.key[0]})", "helicone_vault_error")
+        return raw_headers, header_map, stored
+
+    def _vault_key(self, org_id: str, rt: Route, count: bool = True) -> tuple[StoredKey | None, str]:
+        """(the org's stored key for rt's provider, "") when it may go where rt goes; (None, the Target-URL origin) when
+        it may not; (None, "") when there is none. `count`: in helicone_gateway_vault_requests_total."""
+        stored = self.vault.key_for(org_id, rt.provider)  # type: ignore[union-attr]
+        if stored is None:
+            return None, ""
+        if rt.target:  # a host of the caller's choosing: only an origin the operator listed
+            where = origin(rt.base_url)
+            if where not in self.vault_origins:
+                if count:
+                    self.m_vault_requests.labels("target_refused").inc()
+                return None, where
+        if count:
+            self._vault_added.inc()
+        return stored, ""
+
+    def _stored_keys_of(self, org_id: str, rt: Route, plan: Plan, header_map: dict[str, str], query: bytes) -> None:
+        """Each target of a plan its own provider's stored key, where the request (or the target's "headers") carries
+        none of its own for that provider: never another provider's, nor one for a Target-URL origin not listed. A
+        target other than the request's own route (rt, counted already) is counted apart."""
+        for leg in plan.legs:
+            fb = leg.fallback
+            headers = header_map if fb is None or not fb.headers else {**header_map, **dict(fb.headers)}
+            if caller_key(leg.rt.provider, headers, query) != OWN:
+                other = (leg.rt.provider, leg.rt.base_url) != (rt.provider, rt.base_url)
+                leg.stored = self._vault_key(org_id, leg.rt, count=other)[0]
+
     # ---- proxy (raw ASGI: this is the hot path) ---------------------------------------
     async def handle(self, scope, receive, send, started: float = 0.0) -> None:
         started = started or time.perf_counter()  # GatewayApp passes the time it took, for a failure's count
@@ -639,6 +727,10 @@ class Gateway:
             self._answered(scope, NO_PROVIDER, started, 400)
             return await send_error(send, 400, str(exc), "helicone_header_error", request_id, self.answer_headers)
         request_id = hh.request_id or request_id
+        wanted = False  # the caller sent its Helicone key where the provider key goes: it asks for its org's stored key
+        if not hh.auth_key and self.vault is not None:  # (a 401 without the vault: no cost to requests with Helicone-Auth)
+            hh.auth_key, raw_headers = take_helicone_key(raw_headers)
+            wanted = bool(hh.auth_key)
         try:
             org_id = self.org_for(hh.auth_key)
         except Rejection as r:
@@ -664,6 +756,7 @@ class Gateway:
         upload: Upload | None = None
         fitting: Fitting | None = None
         chat: ChatRequest | None = None  # an OpenAI chat completion translated to Anthropic (/ai/...)
+        stored: StoredKey | None = None  # the org's stored key for rt's provider (the vault), when it goes with the request
         try:
             rt = self.router.route(path, header_map, hh.target_url)
             if dot_segment(rt.path):  # sent as is, the provider would resolve it: out of the base path, maybe
@@ -676,8 +769,12 @@ class Gateway:
             url = rt.base_url + path_and_query
             if rt.target:
                 target = self._target(url)  # refused before the body is read
+            if self.vault is not None:  # only a gateway with a vault: the caller's own key costs one dict lookup
+                raw_headers, header_map, stored = self._stored_key(org_id, rt, raw_headers, header_map, query, wanted)
             if hh.retry is not None or hh.fallbacks is not None:  # only requests asking for them pay for a plan
                 plan = self._plan(hh, rt, url, target, path_and_query)
+                if self.vault is not None:
+                    self._stored_keys_of(org_id, rt, plan, header_map, query)
             checks: list[PromptCall] | None = None
             declared = header_map.get("content-length")
             # a large upload, sent to nobody else and read for nothing but the log: streamed, never held whole
@@ -703,7 +800,7 @@ class Gateway:
                 if plan is not None:
                     self._plan_bodies(plan, rendered, body, wants_usage)
                 if hh.prompt_checked:  # only requests asking for a check of their prompt pay for reading its messages
-                    checks = self._prompt_checks(hh, rt, method, rendered, plan, raw_headers)
+                    checks = self._prompt_checks(hh, rt, method, rendered, plan, _with(raw_headers, stored))
                 if hh.token_limit is not None:  # only requests asking for it pay for reading the body's messages
                     fitting = self._fittings(hh, rt, method, body, plan)
             # after the caller's own errors (prompt, body override) so they spend no token; before the cache read
@@ -739,10 +836,13 @@ class Gateway:
                 dest += " " + header_map[FALLBACKS.lower()]
             if hh.token_limit is not None:  # its answer may be to a cut body or another model: never one without it
                 dest += f" {TOKEN_LIMIT_HEADER}={hh.token_limit}"
+            # an answer got with a stored key is kept under that key's id: never replayed once it is replaced or deleted
+            used = (stored,) if plan is None else (stored, *(leg.stored for leg in plan.legs))
+            credential = provider_key(header_map) + "".join(f"\nvault:{k.id}" for k in used if k is not None)
             key = await cache_key(org_id, dest, method,
                                   path_and_query,
                                   narrow_accept_encoding(header_map.get("accept-encoding", "")).lower(),
-                                  body if chat is None else chat.source, directive, provider_key(header_map))
+                                  body if chat is None else chat.source, directive, credential)
             lookup = await self.cache.lookup(key, directive)
             if lookup.hit is not None:
                 return await self._serve_cached(scope, receive, send, lookup, org_id, request_id, hh, rt, method, body, req_ctype,
@@ -751,8 +851,11 @@ class Gateway:
         # after the request body, receive() only ever reports the caller going away (an upload's watch starts after it)
         disconnected = asyncio.ensure_future(receive()) if upload is None else upload.disconnected
         # a cut body is checked as the request was, before it is sent (the cut joins text never checked together)
-        recheck = self._recheck(hh, rt, method, raw_headers, request_id) if hh.prompt_checked and hh.token_limit else None
+        recheck = (self._recheck(hh, rt, method, _with(raw_headers, stored), request_id) if hh.prompt_checked and hh.token_limit
+                   else None)
         forwarded = forward_request_headers(raw_headers)
+        if stored is not None and plan is None:  # a plan's targets each get their own provider's (_send_planned)
+            forwarded.append(stored.header)
         if chat is not None:
             forwarded = chat.upstream_headers(forwarded)
         try:
@@ -918,6 +1021,10 @@ class Gateway:
             except HeaderError as exc:
                 raise Rejection(400, str(exc), "helicone_header_error") from None
             request_id = hh.request_id or request_id
+            wanted = False  # as for HTTP (handle): a Helicone key where the provider key goes
+            if not hh.auth_key and self.vault is not None:
+                hh.auth_key, raw_headers = take_helicone_key(raw_headers)
+                wanted = bool(hh.auth_key)
             org_id = self.org_for(hh.auth_key)
             # checks a WebSocket session cannot have: refused, never a session that goes unchecked or unlimited
             unchecked = [h for h, on in ((LLM_SECURITY_HEADER, hh.llm_security), (MODERATIONS_HEADER, hh.moderations),
@@ -947,6 +1054,10 @@ class Gateway:
                 raise Rejection(400, missing_base_url(rt.provider, rt.path), "helicone_route_error")
             url = rt.base_url + rt.path + ("?" + query.decode("latin-1") if query else "")
             target = self._target(url) if rt.target else None
+            stored = None
+            # a browser's key in a subprotocol (openai-insecure-api-key.<key>) is the caller's own
+            if self.vault is not None and not any(p.startswith(REALTIME_KEY_PROTOCOL) for p in scope.get("subprotocols") or ()):
+                raw_headers, _, stored = self._stored_key(org_id, rt, raw_headers, dict(raw_headers), query, wanted)
             # after the caller's own errors, before anything goes upstream: a refused session costs the provider nothing
             if not self.realtime_sessions.take(hh.auth_key):
                 self.m_realtime_refused.inc()
@@ -957,7 +1068,7 @@ class Gateway:
             return await self._refuse_session(scope, send, r, org_id, request_id, hh, rt, model, started, started_at)
         try:  # the one place the session is given back, however it ends
             await self._relay_session(scope, receive, send, org_id, request_id, hh, rt, model, started, started_at,
-                                      url, target, raw_headers)
+                                      url, target, _with(raw_headers, stored))
         finally:
             self.realtime_sessions.release(hh.auth_key)
 
@@ -1300,6 +1411,8 @@ class Gateway:
             if fb is not None and fb.headers:
                 names = {n for n, _ in fb.headers}
                 leg_headers = [h for h in headers if h[0] not in names] + list(fb.headers)
+            if leg.stored is not None:
+                leg_headers = [*leg_headers, leg.stored.header]
             leg_body = body if leg.body is None else leg.body
             for n in range(retries + 1):
                 sent = time.perf_counter()
@@ -1691,6 +1804,12 @@ class Gateway:
             return ev
 
         self.publisher.submit(build, len(body) + len(resp_body) + len(resp_tail))
+
+
+def _with(headers: list[tuple[str, str]], stored: StoredKey | None) -> list[tuple[str, str]]:
+    """The request's headers with its org's stored key added (when one goes with it): what a call next to the request's
+    own (its moderation) is sent with."""
+    return headers if stored is None else [*headers, stored.header]
 
 
 def _cents_need_usage(hh: HeliconeHeaders, rt: Route, rate_limit: RateLimitRequest | None) -> bool:

@@ -67,8 +67,7 @@ NOT_REPLAYED = frozenset({b"set-cookie", b"helicone-id", STATUS_HEADER, BUCKET_I
 KEY_PREFIX = "helicone:cache:v1:"
 # The headers a provider key is sent in (the provider table's "key" ways; a ?key= is in the path already):
 # part of the cache key, as in Helicone's, so an answer is never replayed to a caller with another key or none.
-PROVIDER_KEY_HEADERS = tuple(sorted({way.split(":", 1)[0].lower() for p in PROVIDER_TABLE.values() for way in p.key
-                                     if ":" in way and not way.startswith("?")}))
+PROVIDER_KEY_HEADERS = tuple(sorted({name for p in PROVIDER_TABLE.values() for name in p.key_headers}))
 
 # An error event inside a 200 stream (the provider gave up mid-way): Anthropic's `event: error`, an
 # OpenAI-format `data: {"error": ...}` (OpenAI, OpenRouter, Gemini's SSE) or `data: {"type": "error", ...}`.

@@ -10,6 +10,7 @@ from helicone_core.addresses import host_name_problem
 from helicone_core.providers import PROVIDER_TABLE
 from helicone_core.settings import ServiceSettings
 from helicone_core.settings import env_name as settings_env_name
+from helicone_core.vault import VaultSettings
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from yarl import URL
 
@@ -17,7 +18,7 @@ from .egress import noncanonical_ipv4, parse_allowlist_entry, service_address_pr
 from .http_server import WRITE_TIMEOUT, WS_PING_INTERVAL, WS_PING_TIMEOUT
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, VaultSettings):  # VaultSettings: stored provider keys (provider_keys.py)
     port: int = 8787
     # Gateway processes sharing the port (SO_REUSEPORT), each with its own journal (workers.py);
     # `python -m helicone_gateway --workers N` overrides it.
@@ -35,6 +36,10 @@ class GatewaySettings(ServiceSettings):
     # Also let any Target-URL reach private ranges (RFC 1918, 100.64/10, fc00::/7); loopback,
     # link-local, unspecified and cloud metadata addresses still need an allowlist entry.
     target_url_allow_private: bool = False
+    # Origins (https://host[:port]) a Helicone-Target-URL request may take its org's stored provider key to (the provider
+    # key vault, HELICONE_VAULT_KEY): e.g. an Azure OpenAI resource each team names as its Target-URL. Any other
+    # Target-URL host never gets a stored key (the caller chooses it: it could be anyone's server).
+    vault_target_origins: list[str] = []
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0  # longest silence allowed between response bytes
     # Longest a caller may take none of an answer the gateway holds for it (it stopped reading a stream or a
@@ -120,6 +125,16 @@ class GatewaySettings(ServiceSettings):
     def _allowlist_entries(cls, entries: list[str]) -> list[str]:
         for entry in entries:
             parse_allowlist_entry(entry)  # raises ValueError naming the entry and the accepted forms
+        return entries
+
+    @field_validator("vault_target_origins")
+    @classmethod
+    def _vault_target_origins(cls, entries: list[str]) -> list[str]:
+        where = settings_env_name("vault_target_origins")
+        for i, entry in enumerate(entries):  # named by position: an entry is never repeated (it may hold a secret)
+            check_base_url(f"{where}[{i}]", entry)
+            if URL(entry).raw_path not in ("", "/"):
+                raise ValueError(f"{where}[{i}] must be an origin, scheme://host[:port], without a path")
         return entries
 
     @field_validator("provider_urls")
