@@ -49,8 +49,8 @@ QUERIES = {
                      f"WHERE {_in_range('day')} AND user_id IN ('user-7', 'user-11') GROUP BY user_id, day ORDER BY user_id, day",
     "users_v1": f"SELECT user_id, {_aggs('requests', 'cost_usd', 'first_seen', 'last_seen')} FROM {{db}}.request_log "
                 f"{{final}} WHERE {_in_range('day')} GROUP BY user_id ORDER BY cost_usd DESC, user_id LIMIT 20",
-    "sessions_v1": f"SELECT session_id, {_aggs('requests', 'cost_usd', 'errors', 'first_seen', 'last_response')}, "
-                   f"{_aggs('session_name', 'session_users')} "
+    "sessions_v2": f"SELECT session_id, {_aggs('requests', 'cost_usd', 'errors', 'first_seen', 'last_response')}, "
+                   f"{_aggs('session_name', 'session_users', 'latency_ms_sum')} "
                    f"FROM {{db}}.request_log {{final}} WHERE {_in_range('day')} GROUP BY session_id "
                    "ORDER BY last_response DESC, session_id LIMIT 20",
     "by_time_v1": f"SELECT request_id, request_created_at, model FROM {{db}}.request_log {{final}} "

@@ -124,15 +124,20 @@ def totals(rows: list[dict]) -> dict:
 def expected_session(rows: list[dict]) -> dict:
     named = [r for r in rows if r["session_name"]]
     end = max(r["created"] + dt.timedelta(milliseconds=r["latency_ms"]) for r in rows)
+    sums, users = totals(rows), sorted({r["user"] for r in rows if r["user"]})
+    first, last = iso(min(r["created"] for r in rows)), iso(max(r["created"] for r in rows))
     return {
         "session_id": rows[0]["session_id"],
         "session_name": max(named, key=lambda r: r["created"])["session_name"] if named else None,
-        **totals(rows),
+        **sums,
         "duration_ms": round((end - min(r["created"] for r in rows)).total_seconds() * 1000),
-        "first_seen": iso(min(r["created"] for r in rows)),
-        "last_seen": iso(max(r["created"] for r in rows)),
+        "first_seen": first,
+        "last_seen": last,
         "errors": sum(map(is_error, rows)),
-        "users": sorted({r["user"] for r in rows if r["user"]}),
+        "users": users,
+        # Helicone's SessionResult names of the same values
+        "created_at": first, "latest_request_created_at": last, "total_cost": sums["cost_usd"], "total_requests": len(rows),
+        "avg_latency": pytest.approx(sum(r["latency_ms"] for r in rows) / len(rows)), "user_ids": users,
     }
 
 
@@ -339,7 +344,8 @@ async def test_users_are_listed_with_totals_and_active_days(logged, monkeypatch)
     await log(state, org, extra)
     users = by([r for r in mine + extra if r["user"]], lambda r: r["user"])
     expected = {u: {"user_id": u, **totals(rows), "active_days": len({r["created"].date() for r in rows}),
-                    "first_seen": iso(min(r["created"] for r in rows)), "last_seen": iso(max(r["created"] for r in rows))}
+                    "first_seen": iso(min(r["created"] for r in rows)), "last_seen": iso(max(r["created"] for r in rows)),
+                    "count": len(rows), "cost": totals(rows)["cost_usd"]}  # Helicone's names of requests, cost_usd
                 for u, rows in users.items()}
     assert expected["alice"]["active_days"] >= 2
 
@@ -776,7 +782,7 @@ async def test_dashboard_reads_over_whole_hours_or_days_are_answered_from_the_pr
         "series_half_hourly_v1": ins.timeseries_sql(org, ins.TimeseriesQuery(**window, bucket="day", timezone="Asia/Kolkata")),
         "models_v2": ins.breakdown_sql(org, ins.BreakdownQuery(**window, by="model")),
         "users_v1": ins.user_list_sql(org, ins.UserQuery(filter=window), two_steps=False),
-        "sessions_v1": ins.session_list_sql(org, ins.SessionQuery(filter=window)),
+        "sessions_v2": ins.session_list_sql(org, ins.SessionQuery(filter=window)),
         "request_properties (values_v1)": ins.property_values_sql(org, "env", ins.PropertyValuesQuery(filter=window)),
         "property keys (values_v1)": ins.property_keys_sql(org, ins.TimeRange(**window)),
     }

@@ -139,6 +139,8 @@ AGGREGATES = {
     "latency_quantiles": f"quantilesDD({QUANTILE_ACCURACY}, {_Q})(latency_ms)",
     "ttft_quantiles": f"quantilesDDIf({QUANTILE_ACCURACY}, {_Q})(time_to_first_token_ms, time_to_first_token_ms >= 0)",
     "avg_latency_ms": "avg(latency_ms)",
+    # a sum, not avg: per-day sums add up to a session's, whose mean is then the sum over its requests
+    "latency_ms_sum": "sum(latency_ms)",
     "users": "uniqIf(user_id, notEmpty(user_id))",
     "sessions": "uniqIf(session_id, notEmpty(session_id))",
     "cache_hits": "countIf(cache_hit = 1)",
@@ -187,9 +189,10 @@ REQUEST_LOG_PROJECTIONS = {
     # just the page's users from users_page (the same rows in small granules, see PROJECTION_OPTIONS)
     "users_v1": _aggregate_projection(["org_id", "user_id", GRAINS["day"][0]], _USER_DAYS),
     "users_page_v1": _aggregate_projection(["org_id", "user_id", GRAINS["day"][0]], _USER_DAYS),
-    "sessions_v1": _aggregate_projection(["org_id", "session_id", GRAINS["day"][0]],
+    # v2: with latency_ms_sum (a session's mean latency, Helicone's avg_latency)
+    "sessions_v2": _aggregate_projection(["org_id", "session_id", GRAINS["day"][0]],
                                          _TOTALS + ["errors", "first_seen", "last_seen", "last_response", "session_name",
-                                                    "session_users"]),
+                                                    "session_users", "latency_ms_sum"]),
     # properties: see request_properties below
 }
 # Storage options of some projections, after their query (ClickHouse 26.1 or newer reads WITH SETTINGS).

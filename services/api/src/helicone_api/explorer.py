@@ -36,9 +36,9 @@ from .filters import (
     query_digest,
     sort_value,
 )
-from .models import Answer, RequestFilter
+from .models import Answer, HeliconeEnvelope, RequestFilter, documented
 from .properties import puts_of
-from .queries import BINARY_ENCODING, COLUMNS, SETTINGS, row_to_json
+from .queries import BINARY_ENCODING, COLUMNS, SETTINGS, helicone_request_json, row_to_json
 from .scores import scores_of
 
 EXPORT_PAGE = 1000  # rows per internal query of an export
@@ -133,7 +133,7 @@ class PromptRef(Answer):
     inputs: dict[str, Any]
 
 
-EXAMPLE_ROW = {
+_API_EXAMPLE_ROW = {
     "request_id": "6f1b8e6e-3f1a-4c55-9a43-0d8b43e5b5a1", "created_at": "2026-03-01T12:00:00.000Z",
     "response_created_at": "2026-03-01T12:00:01.250Z", "latency_ms": 1250, "time_to_first_token_ms": 310, "status": 200,
     "provider": "openai", "model": "gpt-4o", "method": "POST", "path": "/v1/chat/completions",
@@ -145,6 +145,7 @@ EXAMPLE_ROW = {
     "source": "gateway", "region": "eu-west-1", "prompt": None, "cache_hit": False, "cache_saved_usd": None,
     "attempts": [], "fallback_index": 0, "scores": {"accuracy": 0.9, "feedback": 1.0},
 }
+EXAMPLE_ROW = {**_API_EXAMPLE_ROW, **helicone_request_json(_API_EXAMPLE_ROW)}
 
 
 class UpstreamAttempt(Answer):
@@ -159,10 +160,8 @@ class UpstreamAttempt(Answer):
     retry: int = Field(description="0 the target's first try, 1 its first retry, ...")
 
 
-class RequestRow(Answer):
-    """One logged request as the query and export return it."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_ROW]})
+class ApiRequestRow(Answer):
+    """This api's own fields of a logged request (RequestRow adds Helicone's names)."""
 
     request_id: str
     created_at: str
@@ -196,6 +195,57 @@ class RequestRow(Answer):
     scores: dict[str, float]
 
 
+class RequestRow(ApiRequestRow):
+    """One logged request as the query, the export, a session's tree and GET /v1/request/{id} return it: the api's
+    fields and, next to them, those of Helicone's HeliconeRequest it lacks (queries.helicone_request_json, the same
+    values), so that a script written against Helicone's POST /v1/request/query reads its rows."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_ROW]})
+
+    response_id: None = Field(description="Helicone's response id: none here (one id per request); always null")
+    response_body: None = Field(description="null: GET /v1/request/{id} answers the bodies")
+    response_status: int = Field(description="status")
+    response_model: str = Field(description="model")
+    request_created_at: str = Field(description="created_at")
+    request_body: None = Field(description="null: GET /v1/request/{id} answers the bodies")
+    request_path: str = Field(description="path")
+    request_user_id: str | None = Field(description="user_id")
+    request_properties: dict[str, str] = Field(description="properties")
+    request_model: str = Field(description="model")
+    model_override: None = Field(description="not logged; always null")
+    helicone_user: None = Field(description="Helicone's dashboard user of the key: none here; always null")
+    delay_ms: int = Field(description="latency_ms")
+    time_to_first_token: int | None = Field(description="time_to_first_token_ms")
+    total_tokens: int = Field(description="usage.total_tokens")
+    prompt_tokens: int = Field(description="usage.prompt_tokens")
+    prompt_cache_write_tokens: int = Field(description="usage.cache_write_tokens")
+    prompt_cache_read_tokens: int = Field(description="usage.cache_read_tokens")
+    completion_tokens: int = Field(description="usage.completion_tokens")
+    prompt_audio_tokens: None = Field(description="not logged apart; always null")
+    completion_audio_tokens: None = Field(description="not logged apart; always null")
+    cost: float | None = Field(description="cost_usd")
+    costUSD: float | None = Field(description="cost_usd")  # Helicone's spelling
+    prompt_id: str | None = Field(description="prompt.id")
+    prompt_version: str | None = Field(description="prompt.version, as text (Helicone's)")
+    feedback_created_at: None = Field(description="not answered here; always null")
+    feedback_id: None = Field(description="none here (feedback is the score `feedback`); always null")
+    feedback_rating: bool | None = Field(description="the `feedback` score: true for 1 (up), false for 0; null without")
+    signed_body_url: None = Field(description="no signed URLs here; always null (GET /v1/request/{id} has the bodies)")
+    llmSchema: None = Field(description="Helicone's parsed bodies: not built here; always null")
+    country_code: None = Field(description="not logged; always null")
+    asset_ids: list[str] = Field(description="no assets here; always []")
+    asset_urls: dict[str, str] = Field(description="no assets here; always {}")
+    assets: list[str] = Field(description="no assets here; always []")
+    cache_reference_id: None = Field(description="the request a cached answer came from is not logged; always null "
+                                                 "(cache_hit says whether it was one)")
+    cache_enabled: bool = Field(description="cache_hit: true for answers from the response cache; false otherwise "
+                                            "(whether a miss asked for the cache is not logged)")
+    updated_at: None = Field(description="not logged; always null")
+    request_referrer: None = Field(description="not logged; always null")
+    ai_gateway_body_mapping: None = Field(description="Helicone's AI gateway's: none here; always null")
+    storage_location: None = Field(description="Helicone's body storage: none here; always null")
+
+
 class RequestDetail(RequestRow):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {**EXAMPLE_ROW, "request_body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
@@ -215,9 +265,10 @@ class RequestDetail(RequestRow):
     response_body_error: str | None = Field(None, description="as request_body_error, for the response body")
 
 
-class QueryPage(Answer):
+class QueryPage(HeliconeEnvelope):
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"data": [EXAMPLE_ROW], "limit": 1, "offset": 0, "next_cursor": "WyIyMDI2LTAzLTAxIDEyOjAwOjAwLjAwMCIsIjZmMWIiXQ.q8Jb0x"}]})
+        {"data": [EXAMPLE_ROW], "limit": 1, "offset": 0,
+         "next_cursor": "WyIyMDI2LTAzLTAxIDEyOjAwOjAwLjAwMCIsIjZmMWIiXQ.q8Jb0x", "error": None}]})
     data: list[RequestRow]
     limit: int
     offset: int
@@ -369,7 +420,7 @@ def explorer_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     # (its password), so no new secret has to be deployed; changing it only invalidates open cursors.
     codec = CursorCodec(state.settings.postgres_dsn.get_secret_value().encode())
 
-    @router.post("/query", response_model=QueryPage)
+    @router.post("/query", response_model=documented(QueryPage))
     async def query_requests(
         q: Annotated[RequestQuery, Body(openapi_examples={
             "flat": {"summary": "the flat filter", "value": RequestQuery.model_config["json_schema_extra"]["examples"][0]},
@@ -387,10 +438,10 @@ def explorer_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
             data = await pager.rows_json(rows)
             next_cursor = pager.cursor(position)
         state.m_queries.labels("query", "ok").inc()
-        return {"data": data, "limit": q.limit, "offset": q.offset, "next_cursor": next_cursor}
+        return {"data": data, "limit": q.limit, "offset": q.offset, "next_cursor": next_cursor, "error": None}
 
     # Helicone's second name for its request list (read from ClickHouse there; this api's list always is)
-    router.add_api_route("/query-clickhouse", query_requests, methods=["POST"], response_model=QueryPage,
+    router.add_api_route("/query-clickhouse", query_requests, methods=["POST"], response_model=documented(QueryPage),
                          summary="Query Requests (Helicone's query-clickhouse)",
                          description="The same as POST /v1/request/query: Helicone's body and this api's answer.")
 

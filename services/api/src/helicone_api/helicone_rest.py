@@ -49,7 +49,7 @@ from .insights import (
     user_count_sql,
     user_list_sql,
 )
-from .models import Answer, FilterText, RequestFilter, documented
+from .models import Answer, FilterText, HeliconeEnvelope, RequestFilter, documented
 
 # Helicone's pSize: the quantile up to which values are kept in a distribution (from 1 - it too with useInterquartile)
 P_SIZES = {"p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
@@ -169,10 +169,6 @@ class PropertySearchQuery(_Strict):
 # ---- answers ---------------------------------------------------------------------------------------
 
 
-class _Result(Answer):
-    error: None = Field(description="always null: an error is the api's {\"error\": {...}} with its status")
-
-
 USER_METRIC_EXAMPLE = {
     "id": "alice", "user_id": "alice", "active_for": 5, "first_active": "2026-03-01T08:12:00.000Z",
     "last_active": "2026-03-07T17:45:10.250Z", "total_requests": 42, "average_requests_per_day_active": 8.4,
@@ -202,7 +198,7 @@ class UserMetricsPage(Answer):
     hasUsers: bool = Field(description="whether the org has logged any request with a user id")  # Helicone's name
 
 
-class UserMetricsResult(_Result):
+class UserMetricsResult(HeliconeEnvelope):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"data": {"users": [USER_METRIC_EXAMPLE], "count": 1, "hasUsers": True}, "error": None}]})
 
@@ -235,7 +231,7 @@ class SessionMetrics(Answer):
 HISTOGRAM_EXAMPLE = [{"range_start": "1", "range_end": "1.9", "value": 12}, {"range_start": "8.2", "range_end": "10", "value": 3}]
 
 
-class SessionMetricsResult(_Result):
+class SessionMetricsResult(HeliconeEnvelope):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": {
         "session_count": HISTOGRAM_EXAMPLE, "session_duration": [{"range_start": "0", "range_end": "4.5", "value": 15}],
         "session_cost": [{"range_start": "0.001", "range_end": "0.04", "value": 15}],
@@ -250,7 +246,7 @@ class UserMetricsOverview(Answer):
     user_cost: list[HistogramRow] = Field(description="USD per user")
 
 
-class UserMetricsOverviewResult(_Result):
+class UserMetricsOverviewResult(HeliconeEnvelope):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": {
         "request_count": HISTOGRAM_EXAMPLE, "user_cost": [{"range_start": "0", "range_end": "0.3", "value": 15}]}, "error": None}]})
 
@@ -271,7 +267,7 @@ class SessionName(Answer):
     total_cost: float = Field(description="USD")
 
 
-class SessionNamesResult(_Result):
+class SessionNamesResult(HeliconeEnvelope):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": [SESSION_NAME_EXAMPLE], "error": None}]})
 
     data: list[SessionName] = Field(description="last used first")
@@ -281,13 +277,13 @@ class PropertyName(Answer):
     property: str = Field(description="a custom property's name, as stored (lower case)")
 
 
-class PropertyNamesResult(_Result):
+class PropertyNamesResult(HeliconeEnvelope):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{"property": "env"}, {"property": "team"}], "error": None}]})
 
     data: list[PropertyName] = Field(description="most requests first")
 
 
-class PropertyValuesResult(_Result):
+class PropertyValuesResult(HeliconeEnvelope):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": ["prod", "preprod"], "error": None}]})
 
     data: list[str] = Field(description=f"at most {MAX_PROPERTY_SEARCH}, most requests first")

@@ -34,7 +34,17 @@ from pydantic import (
 
 from .explorer import EXAMPLE_ROW, RequestRow, requests_json
 from .filters import AnyFilter, FilterNode, filter_sql, narrowed
-from .models import MAX_FILTER_CHARS, Answer, FilterText, RequestFilter, _ch_range, _utf8, documented, error_responses
+from .models import (
+    MAX_FILTER_CHARS,
+    Answer,
+    FilterText,
+    HeliconeEnvelope,
+    RequestFilter,
+    _ch_range,
+    _utf8,
+    documented,
+    error_responses,
+)
 from .queries import COLUMNS, SETTINGS, _ch_time, _iso, has_property_sql, property_sql
 
 # Bounds that keep one answer small: buckets of a time series, its groups (the rest is "other"),
@@ -255,23 +265,36 @@ SESSION_EXAMPLE = {
     "session_id": "sess-checkout-1", "session_name": "Checkout", "requests": 3, "cost_usd": 0.0042, "prompt_tokens": 900,
     "completion_tokens": 240, "total_tokens": 1140, "duration_ms": 5210, "first_seen": "2026-03-01T12:00:00.000Z",
     "last_seen": "2026-03-01T12:00:04.100Z", "errors": 0, "users": ["alice"],
+    "created_at": "2026-03-01T12:00:00.000Z", "latest_request_created_at": "2026-03-01T12:00:04.100Z", "total_cost": 0.0042,
+    "total_requests": 3, "avg_latency": 1210.0, "user_ids": ["alice"],
 }
 
 
 class SessionTotals(Totals):
+    """A session's totals, under this api's names and, next to them, those of Helicone's SessionResult
+    (valhalla/jawn/src/managers/SessionManager.ts) that it lacks (same values)."""
+
     model_config = ConfigDict(json_schema_extra={"examples": [SESSION_EXAMPLE]})
 
     session_id: str
-    session_name: str | None = Field(description="the newest request's Helicone-Session-Name; null when none had one")
+    session_name: str | None = Field(description="the newest request's Helicone-Session-Name; null when none had one "
+                                                 "(Helicone's is \"\")")
     duration_ms: int = Field(description="first request to last response")
     first_seen: str
     last_seen: str
     errors: int
     users: list[str] = Field(description=f"the session's user ids, sorted (at most {MAX_SESSION_USERS})")
+    created_at: str = Field(description="Helicone's: first_seen")
+    latest_request_created_at: str = Field(description="Helicone's: last_seen")
+    total_cost: float = Field(description="Helicone's: cost_usd")
+    total_requests: int = Field(description="Helicone's: requests")
+    avg_latency: float = Field(description="Helicone's: the mean latency of its requests, ms")
+    user_ids: list[str] = Field(description="Helicone's: users")
 
 
-class SessionPage(Answer):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [SESSION_EXAMPLE], "limit": 100, "offset": 0}]})
+class SessionPage(HeliconeEnvelope):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"data": [SESSION_EXAMPLE], "limit": 100, "offset": 0, "error": None}]})
 
     data: list[SessionTotals]
     limit: int
@@ -291,9 +314,10 @@ class SessionNode(Answer):
 
 class SessionDetail(SessionTotals):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        **SESSION_EXAMPLE, "requests": 1, "tree": {"path": "/", "name": "", "requests": [], "cost_usd": 0.0007, "duration_ms": 1250,
-                                                   "children": [{"path": "/chat", "name": "chat", "requests": [EXAMPLE_ROW],
-                                                                 "children": [], "cost_usd": 0.0007, "duration_ms": 1250}]},
+        **SESSION_EXAMPLE, "requests": 1, "total_requests": 1,
+        "tree": {"path": "/", "name": "", "requests": [], "cost_usd": 0.0007, "duration_ms": 1250,
+                 "children": [{"path": "/chat", "name": "chat", "requests": [EXAMPLE_ROW],
+                               "children": [], "cost_usd": 0.0007, "duration_ms": 1250}]},
         "requests_truncated": False}]})
 
     tree: SessionNode
@@ -302,20 +326,26 @@ class SessionDetail(SessionTotals):
 
 USER_EXAMPLE = {"user_id": "alice", "requests": 42, "cost_usd": 0.31, "prompt_tokens": 12000, "completion_tokens": 3400,
                 "total_tokens": 15400, "active_days": 5, "first_seen": "2026-03-01T08:12:00.000Z",
-                "last_seen": "2026-03-07T17:45:10.250Z"}
+                "last_seen": "2026-03-07T17:45:10.250Z", "count": 42, "cost": 0.31}
 
 
 class UserTotals(Totals):
+    """A user's totals, with the names of Helicone's POST /v1/user/query rows ({count, prompt_tokens,
+    completion_tokens, user_id, cost}: userController.ts) that this api's lack (same values)."""
+
     model_config = ConfigDict(json_schema_extra={"examples": [USER_EXAMPLE]})
 
     user_id: str
     active_days: int = Field(description="distinct UTC dates with a request")
     first_seen: str
     last_seen: str
+    count: int = Field(description="Helicone's: requests")
+    cost: float = Field(description="Helicone's: cost_usd")
 
 
-class UserPage(Answer):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [USER_EXAMPLE], "limit": 100, "offset": 0}]})
+class UserPage(HeliconeEnvelope):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"data": [USER_EXAMPLE], "limit": 100, "offset": 0, "error": None}]})
 
     data: list[UserTotals]
     limit: int
@@ -636,12 +666,14 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
     sort, direction = (q.sort.field, q.sort.direction.upper()) if q is not None else ("last_seen", "DESC")
     days = (
         f"SELECT session_id, {GRAINS['day'][0]} AS day, "
-        + _aggregates(*TOTAL_NAMES, "first_seen", "last_seen", "last_response", "session_name", "session_users", prefix="d_")
+        + _aggregates(*TOTAL_NAMES, "first_seen", "last_seen", "last_response", "session_name", "session_users",
+                      "latency_ms_sum", prefix="d_")
         + f" FROM {{db}}.{table} WHERE {' AND '.join(where)} GROUP BY session_id, day"
     )
     sql = (
         f"SELECT session_id, argMaxIf(d_session_name, d_last_seen, d_session_name != '') AS session_name, "
         f"{TOTALS_OF_DAYS}, min(d_first_seen) AS first_seen, max(d_last_seen) AS last_seen, "
+        "sum(d_latency_ms_sum) AS latency_ms_sum, "
         "toUnixTimestamp64Milli(max(d_last_response)) - toUnixTimestamp64Milli(min(d_first_seen)) AS duration_ms, "
         f"arraySlice(arraySort(arrayDistinct(arrayFlatten(groupArray(d_session_users)))), 1, {MAX_SESSION_USERS}) AS users "
         f"FROM ({days}) GROUP BY session_id {having}"
@@ -653,15 +685,25 @@ def session_list_sql(org_id: str, q: SessionQuery | None, session_id: str | None
 
 
 def session_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A session_list_sql row in the api's shape, with Helicone's SessionResult names next to the api's."""
+    totals = _totals(row)
+    first_seen, last_seen = _iso(row["first_seen"]), _iso(row["last_seen"])
     return {
         "session_id": row["session_id"],
         "session_name": row["session_name"] or None,
-        **_totals(row),
+        **totals,
         "duration_ms": max(int(row["duration_ms"]), 0),
-        "first_seen": _iso(row["first_seen"]),
-        "last_seen": _iso(row["last_seen"]),
+        "first_seen": first_seen,
+        "last_seen": last_seen,
         "errors": int(row["errors"]),
         "users": row["users"],
+        # Helicone's names (its session_id, session_name and token counts are the api's own)
+        "created_at": first_seen,
+        "latest_request_created_at": last_seen,
+        "total_cost": totals["cost_usd"],
+        "total_requests": totals["requests"],
+        "avg_latency": int(row["latency_ms_sum"]) / totals["requests"],  # a listed session has a request
+        "user_ids": row["users"],
     }
 
 
@@ -817,8 +859,11 @@ def org_has_users_sql(org_id: str) -> tuple[str, dict[str, Any]]:
 
 
 def user_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {"user_id": row["user_id"], **_totals(row), "active_days": int(row["active_days"]),
-            "first_seen": _iso(row["first_seen"]), "last_seen": _iso(row["last_seen"])}
+    """A user_list_sql row in the api's shape, with Helicone's names (count, cost) next to the api's."""
+    totals = _totals(row)
+    return {"user_id": row["user_id"], **totals, "active_days": int(row["active_days"]),
+            "first_seen": _iso(row["first_seen"]), "last_seen": _iso(row["last_seen"]),
+            "count": totals["requests"], "cost": totals["cost_usd"]}
 
 
 def puts_sql(org_id: str, start: dt.datetime | None, end: dt.datetime | None,
@@ -1119,9 +1164,9 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
         if ids is not None:
             page = q.model_copy(update={"offset": 0})
             rows = await run("session_query", session_list_sql(org, page, only=ids)) if ids else []
-            return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
+            return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset, "error": None}
         rows = await run("session_query", session_list_sql(org, q))
-        return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
+        return {"data": [session_json(r) for r in rows], "limit": q.limit, "offset": q.offset, "error": None}
 
     @router.get("/session/{session_id:path}", response_model=documented(SessionDetail))  # :path: a session id may contain "/"
     async def get_session(session_id: Annotated[FilterText, Path()], org: str = Depends(org_id)) -> dict:
@@ -1140,7 +1185,7 @@ def insights_router(state, org_id: Callable[..., Awaitable[str]]) -> APIRouter:
     async def query_users(q: UserQuery, org: str = Depends(org_id)) -> dict:
         """Users with requests matching the filter, their totals over those requests."""
         rows = await run("user_query", user_list_sql(org, q))
-        return {"data": [user_json(r) for r in rows], "limit": q.limit, "offset": q.offset}
+        return {"data": [user_json(r) for r in rows], "limit": q.limit, "offset": q.offset, "error": None}
 
     @router.get("/property/keys", response_model=documented(PropertyKeyList))
     async def property_keys(r: Annotated[TimeRange, Query()], org: str = Depends(org_id)) -> dict:

@@ -219,6 +219,13 @@ class Answer(BaseModel):
         return out
 
 
+class HeliconeEnvelope(Answer):
+    """The `"error": null` next to `data` of Helicone's Result answers (`{"data": ..., "error": null}`), so that a
+    script written against api.helicone.ai that checks `error` reads this api's answers as it reads Helicone's."""
+
+    error: None = Field(description="always null: an error is the api's {\"error\": {...}} with its status")
+
+
 class _SchemaOf:
     def __init__(self, model: type[BaseModel]) -> None:
         self.model = model

@@ -111,8 +111,9 @@ def _iso(ch_time: str) -> str:
 def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None,
                 put: dict[str, str] | None = None) -> dict[str, Any]:
     """A request_log row in the api's shape, with its scores (score name -> value; empty: none) and the
-    properties put on it after it was logged (name -> value, over the logged ones; see properties.py)."""
-    return {
+    properties put on it after it was logged (name -> value, over the logged ones; see properties.py), and
+    Helicone's names of its fields next to the api's (helicone_request_json)."""
+    out = {
         "request_id": row["request_id"],
         "created_at": _iso(row["request_created_at"]),
         "response_created_at": _iso(row["response_created_at"]),
@@ -158,6 +159,60 @@ def row_to_json(row: dict[str, Any], scores: dict[str, float] | None = None,
         "attempts": json.loads(row["attempts"]) if row["attempts"] else [],
         "fallback_index": int(row["fallback_index"]),
         "scores": scores or {},
+    }
+    out.update(helicone_request_json(out))
+    return out
+
+
+def helicone_request_json(row: dict[str, Any]) -> dict[str, Any]:
+    """Helicone's HeliconeRequest fields (Helicone/helicone packages/llm-mapper/types.ts, as its POST /v1/request/query
+    answers them) that a row_to_json row lacks, from that row: the same values under Helicone's names, and Helicone's
+    empty value for what this api does not record (no separate response id, Helicone's internal key user, model
+    override flag, country, assets, signed body URL, parsed llmSchema, cached-from request id, update time); the
+    bodies are null but in GET /v1/request/{id}, which reads them. Fields both have (request_id, response_created_at,
+    provider, model, target_url, properties, scores) are the row's own."""
+    usage, prompt, feedback = row["usage"], row["prompt"], row["scores"].get(FEEDBACK_SCORE)
+    return {
+        "response_id": None,
+        "response_body": None,
+        "response_status": row["status"],
+        "response_model": row["model"],  # one model per request: the answer's, else the path's or the request's
+        "request_created_at": row["created_at"],
+        "request_body": None,
+        "request_path": row["path"],
+        "request_user_id": row["user_id"],
+        "request_properties": row["properties"],
+        "request_model": row["model"],
+        "model_override": None,
+        "helicone_user": None,
+        "delay_ms": row["latency_ms"],
+        "time_to_first_token": row["time_to_first_token_ms"],
+        "total_tokens": usage["total_tokens"],
+        "prompt_tokens": usage["prompt_tokens"],
+        "prompt_cache_write_tokens": usage["cache_write_tokens"],
+        "prompt_cache_read_tokens": usage["cache_read_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "prompt_audio_tokens": None,
+        "completion_audio_tokens": None,
+        "cost": row["cost_usd"],
+        "costUSD": row["cost_usd"],
+        "prompt_id": prompt["id"] if prompt else None,
+        "prompt_version": str(prompt["version"]) if prompt else None,  # text in Helicone's
+        "feedback_created_at": None,
+        "feedback_id": None,
+        "feedback_rating": None if feedback is None else feedback == 1,  # the feedback score: 1 up, 0 down
+        "signed_body_url": None,
+        "llmSchema": None,
+        "country_code": None,
+        "asset_ids": [],
+        "asset_urls": {},
+        "assets": [],
+        "cache_reference_id": None,
+        "cache_enabled": row["cache_hit"],  # known for answers from the cache; a miss does not log whether it asked
+        "updated_at": None,
+        "request_referrer": None,
+        "ai_gateway_body_mapping": None,
+        "storage_location": None,
     }
 
 
