@@ -245,3 +245,22 @@ async def test_a_realtime_session_without_a_provider_key_opens_with_the_stored_k
             assert json.loads(await ws.recv())["type"] == "session.created"
     [handshake] = fake.handshakes
     assert handshake["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+
+
+async def test_a_helicone_key_in_a_header_another_provider_takes_is_never_forwarded_with_the_stored_key(tmp_path, pg_pool,
+                                                                                                        fresh_db_dsn):
+    """With Helicone-Auth too: the Helicone key sent as the provider key in another provider's header (x-api-key to
+    OpenAI, Authorization to Anthropic) goes nowhere, and the request gets its own provider's stored key."""
+    async with vault_stack(tmp_path, pg_pool, fresh_db_dsn) as s:
+        acme = {"Helicone-Auth": f"Bearer {s.acme.key}"}
+        r = await s.client.post("/v1/chat/completions", json=CHAT, headers={**acme, "x-api-key": s.acme.key})
+        assert r.status_code == 200 and sent(s.primary)["authorization"] == f"Bearer {OPENAI_KEY}"
+        r = await s.client.post("/v1/chat/completions", json=CHAT, headers={**acme, "x-goog-api-key": s.acme.key,
+                                                                          "api-key": s.acme.key})
+        assert r.status_code == 200 and sent(s.primary)["authorization"] == f"Bearer {OPENAI_KEY}"
+        # a stored key or none: an org storing none sends its request on without the Helicone key either
+        r = await s.client.post("/v1/chat/completions", json=CHAT, headers={"Helicone-Auth": f"Bearer {s.other.key}",
+                                                                          "x-api-key": s.other.key})
+        assert r.status_code == 200 and "authorization" not in sent(s.primary)
+    received = [h for fake in (s.primary, s.backup) for got in fake.state.received for h in got["header_lines"]]
+    assert not any(db.KEY_PREFIX in value for _, value in received)

@@ -655,10 +655,12 @@ class Gateway:
         held = caller_key(rt.provider, header_map, query)
         if held == OWN:
             return raw_headers, header_map, None
-        if held == HELICONE:  # with Helicone-Auth too (else it was taken out before auth)
-            _, raw_headers = take_helicone_key(raw_headers)
-            header_map, wanted = dict(raw_headers), True
-            if caller_key(rt.provider, header_map, query) == OWN:
+        # with Helicone-Auth too (else it was taken out before auth): a Helicone key in any provider's key header
+        # (x-api-key to OpenAI) is never forwarded; in this provider's own, it asks for the stored key
+        _, kept = take_helicone_key(raw_headers)
+        if kept is not raw_headers:
+            raw_headers, header_map, wanted = kept, dict(kept), wanted or held == HELICONE
+            if held == HELICONE and caller_key(rt.provider, header_map, query) == OWN:
                 return raw_headers, header_map, None
         stored, refused = self._vault_key(org_id, rt)
         if stored is None and wanted:
