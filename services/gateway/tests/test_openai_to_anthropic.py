@@ -412,3 +412,54 @@ async def test_a_cached_answer_is_replayed_translated(claude):
     assert len(fake.state.received) == 2
     hits = [e for e in await logged(built, 4) if e.cache_hit]
     assert len(hits) == 2 and all(e.usage.prompt_tokens == 2 and e.model == SONNET for e in hits)
+
+
+@pytest.mark.parametrize("depth", [990, 5000])
+async def test_tool_call_arguments_nested_too_deep_are_a_400_never_a_500(claude, depth):
+    """arguments is a string the gateway parses: JSON nested deeper than it can read or write back is the caller's error."""
+    _, fake, _, url = claude
+    nested = '{"a":' * depth + "1" + "}" * depth
+    body = {"model": MODEL, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": nested}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}
+    async with httpx.AsyncClient() as http:
+        r = await http.post(url + "/ai/chat/completions", json=body, headers={**AUTH, "x-api-key": "sk-ant-caller"})
+    assert r.status_code == 400, r.text
+    assert "arguments" in r.json()["error"]["message"]
+    assert fake.state.received == []  # nothing sent
+
+
+def test_arguments_nested_as_deep_as_json_is_read_or_written_are_a_translation_error():
+    """Around the depth where parsing the arguments, or writing them into the Messages request, runs out of stack."""
+    from helicone_gateway.translate_anthropic import TranslationError, translate_request
+
+    for depth in range(960, 1010, 2):
+        nested = '{"a":' * depth + "1" + "}" * depth
+        body = json.dumps({"model": MODEL, "messages": [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": nested}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "x"}]}).encode()
+        try:
+            translate_request(body)
+        except TranslationError:
+            pass
+
+
+def test_a_long_stream_line_arriving_in_small_chunks_is_read_in_linear_time():
+    """A 24 MB line (under the limit) in 16 KB reads: translated without holding the event loop for seconds (each read
+    copied the whole line so far: quadratic)."""
+    import time
+
+    from helicone_gateway.translate_anthropic import StreamAnswer, translate_request
+
+    _, chat, _ = translate_request(json.dumps({"model": MODEL, "stream": True, "messages": [
+        {"role": "user", "content": "hi"}]}).encode())
+    answer = StreamAnswer(chat, "")
+    text = "y" * (24 * 1024 * 1024)
+    line = b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"' + text.encode() + b'"}}\n'
+    t0 = time.perf_counter()
+    out = b"".join(answer.feed(line[i:i + 16384]) for i in range(0, len(line), 16384)) + answer.end()
+    assert time.perf_counter() - t0 < 2
+    assert json.loads(out[len(b"data: "):])["choices"][0]["delta"]["content"] == text

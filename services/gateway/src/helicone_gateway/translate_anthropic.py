@@ -204,7 +204,11 @@ def translate_request(body: bytes, stream_usage: bool = False) -> tuple[bytes, C
     user_id = doc.get("safety_identifier") if isinstance(doc.get("safety_identifier"), str) else user
     if user_id and len(user_id) <= MAX_USER_ID and not _PERSONAL.match(user_id):
         out["metadata"] = {"user_id": user_id}
-    return _dumps(out), chat, user
+    try:
+        return _dumps(out), chat, user
+    except RecursionError:  # a tool call's arguments (a string the caller sends) nested deeper than JSON is written
+        raise TranslationError("the request's JSON is nested too deeply to be sent to Anthropic (a tool call's "
+                               "arguments?)") from None
 
 
 def _model(value) -> str:
@@ -402,7 +406,7 @@ def _assistant(m: dict, where: str) -> list[dict]:
         if isinstance(args, str):
             try:
                 args = json.loads(args) if args.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # nested deeper than the parser reads: no ValueError
                 raise TranslationError(f"{at}.function.arguments is not JSON", f"{at}.function.arguments") from None
         elif args is None:
             args = {}
@@ -638,7 +642,7 @@ class StreamAnswer(Answer):
 
     def __init__(self, chat: ChatRequest, encoding: str) -> None:
         super().__init__(chat, encoding)
-        self.rest = b""
+        self.rest = bytearray()  # a line not ended yet: appended to, never copied whole per chunk (a long line is linear)
         self.id = self.model = ""
         self.usage = AnthropicStreamUsage()
         self.tools: dict[int, list] = {}  # content block index -> [tool call index, arguments sent]
@@ -646,18 +650,19 @@ class StreamAnswer(Answer):
         self.stopped = False
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self.rest + self._decode(chunk)
+        data = self._decode(chunk)
         cut = data.rfind(b"\n")
         if cut < 0:
-            self.rest = data
-            if len(data) > MAX_ANSWER_BYTES:
-                self.failed, self.rest = self.failed or f"a line of Anthropic's stream is over {MAX_ANSWER_BYTES} bytes", b""
+            self.rest += data
+            if len(self.rest) > MAX_ANSWER_BYTES:
+                self.failed, self.rest = self.failed or f"a line of Anthropic's stream is over {MAX_ANSWER_BYTES} bytes", bytearray()
             return self._failure()
-        self.rest = data[cut + 1:]
-        return self._lines(data[:cut])
+        lines = bytes(self.rest) + data[:cut]
+        self.rest = bytearray(data[cut + 1:])
+        return self._lines(lines)
 
     def end(self) -> bytes:
-        rest = self.rest + self._flush()
+        rest = bytes(self.rest) + self._flush()
         tail = self._lines(rest) if rest and not self.failed else b""
         return tail + self._failure()
 
