@@ -138,6 +138,9 @@ NEEDED_WHEN = {
     "redis_url": lambda env: False,  # optional: without it each gateway keeps its response cache in memory
     "admin_token": lambda env: False,  # optional: without it the api's /v1/admin routes answer 404
     "llm_security_api_key": lambda env: False,  # optional: a classifier in the cluster may need no key
+    # optional: without a master key the provider key vault is off; old keys only ever decrypt beside a current one
+    "vault_key": lambda env: "HELICONE_VAULT_OLD_KEYS" in env,
+    "vault_old_keys": lambda env: False,
 }
 
 
