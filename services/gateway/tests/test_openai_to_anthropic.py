@@ -17,6 +17,7 @@ from helicone_gateway.http_server import HttpServer
 from helicone_gateway.settings import GatewaySettings
 
 from services.gateway.tests.test_http_server import running
+from services.gateway.tests.test_openai_endpoints import logged
 from services.gateway.tests.test_proxy import StubKeys
 from tests.support.fake_anthropic import BAD_KEY, REPLY, THINKING, TOOL_PREFACE
 from tests.support.fake_anthropic import create_app as create_fake_anthropic
@@ -56,15 +57,6 @@ async def claude_gateway(tmp_path, **settings):
 async def claude(tmp_path):
     async with claude_gateway(tmp_path) as stack:
         yield stack
-
-
-async def logged(built: list, n: int = 1) -> list:
-    """The first `n` events, once built (the log is written after the answer went out)."""
-    for _ in range(200):
-        if len(built) >= n:
-            return built[:n]
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{len(built)} events logged, {n} expected")
 
 
 def words(text: str) -> int:
